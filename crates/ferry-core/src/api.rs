@@ -1,0 +1,149 @@
+//! JSON bodies of Ferry's HTTP API, shared by the server and the CLI so they never drift.
+//!
+//! Times are milliseconds since the Unix epoch (`*_ms`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DeploymentState, ReplicaState};
+
+/// Every error answer of the API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiError {
+    /// Stable machine-readable code: `unauthorized`, `not_found`, `invalid_manifest`,
+    /// `conflict`, `bad_request`, `internal`.
+    pub code: String,
+    /// What went wrong, for a human.
+    pub message: String,
+    /// Details such as the manifest errors, each with file:line:column and hint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+/// `POST /v1/apps`: apply a manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// The manifest text, exactly as written (so errors point at the user's lines).
+    pub manifest: String,
+    /// The file name shown in errors (e.g. `ferry.yaml`).
+    #[serde(default)]
+    pub file_name: Option<String>,
+    /// Absolute directory of the manifest: relative `cwd:` and `run` paths resolve here.
+    #[serde(default)]
+    pub base_dir: Option<String>,
+    /// Validate and show the changes without storing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub app: String,
+    /// The stored manifest revision (unchanged when nothing changed or on a dry run).
+    pub revision: i64,
+    pub dry_run: bool,
+    /// Human-readable changes, e.g. `+ environment staging`, `~ services.api.replicas: 2 -> 3`.
+    pub changes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppSummary {
+    pub name: String,
+    pub revision: i64,
+    pub services: Vec<String>,
+    pub environments: Vec<String>,
+    pub updated_at_ms: i64,
+}
+
+/// `POST /v1/apps/{app}/envs/{env}/deployments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub version: String,
+}
+
+/// `POST /v1/apps/{app}/envs/{env}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct RollbackRequest {
+    /// Version to go back to; default: the release before the current one that succeeded.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// One deployment (rollout) of a version into an environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeploymentView {
+    pub id: i64,
+    pub app: String,
+    pub env: String,
+    pub version: String,
+    /// Version that was serving when the deployment started (None for the first one).
+    pub previous_version: Option<String>,
+    pub strategy: String,
+    pub state: DeploymentState,
+    /// Why it ended the way it did (failure reason, rollback target…).
+    pub reason: Option<String>,
+    /// What kind of request created it: `deploy` or `rollback`.
+    pub kind: String,
+    pub requested_by: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// A timeline entry of a deployment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventView {
+    /// Increasing per deployment; pass as `after` to get only newer events.
+    pub seq: i64,
+    pub at_ms: i64,
+    /// e.g. `state`, `replica`, `health`, `traffic`, `error`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// `GET /v1/deployments/{id}`: the deployment with its timeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentDetail {
+    pub deployment: DeploymentView,
+    pub events: Vec<EventView>,
+}
+
+/// One running (or failed) replica.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaView {
+    pub id: String,
+    pub service: String,
+    pub version: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub state: ReplicaState,
+    pub restarts: u32,
+    /// Whether the proxy currently sends it traffic.
+    pub in_traffic: bool,
+}
+
+/// Status of one environment of an app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvStatus {
+    pub app: String,
+    pub env: String,
+    pub listen: String,
+    /// Version serving all traffic now (None before the first successful deployment).
+    pub current_version: Option<String>,
+    pub latest_deployment: Option<DeploymentView>,
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// `GET /v1/apps/{app}/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub app: String,
+    pub revision: i64,
+    pub environments: Vec<EnvStatus>,
+}
+
+/// `GET /v1/whoami`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: String,
+}

@@ -1,0 +1,8 @@
+//! Ferry's pure core: the manifest, the domain vocabulary, the API bodies and the rollout
+//! decisions. Nothing here does I/O or reads a clock; callers pass `now` in.
+
+pub mod api;
+pub mod duration;
+pub mod manifest;
+pub mod model;
+pub mod rollout;
