@@ -1,1 +1,116 @@
-//! placeholder
+//! The Ferry server: HTTP API, authentication and the deployment controller, around the
+//! store (state), the process runtime (replicas) and the proxy (a separate process fed
+//! route tables over its local admin API).
+//!
+//! Data directory layout:
+//! - `ferry.db`     SQLite state store
+//! - `admin.token`  the admin API token (mode 0600), created on first start
+//! - `proxy/`       the proxy's own state (its admin token, pid file, last route table)
+//! - `logs/`        one log file per replica
+
+mod api;
+mod auth;
+mod clock;
+mod controller;
+mod error;
+mod logs;
+mod proxy_link;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_runtime::ProcessRuntime;
+use ferry_store::Store;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ServerError;
+
+/// Largest replica log kept on disk before the oldest half is dropped.
+const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The `ferry` executable, started as `ferry proxy` for the data plane.
+    pub ferry_exe: PathBuf,
+}
+
+/// A running server. Dropping it leaves the proxy and replicas running.
+pub struct Server {
+    addr: SocketAddr,
+    admin_token: String,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    controller: Arc<controller::Controller>,
+}
+
+/// Starts the control plane: opens the store, adopts or starts the proxy, re-adopts the
+/// replicas of a previous run, resumes unfinished deployments and serves the API.
+pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| ServerError::io(format!("creating data directory {}", config.data_dir.display()), e))?;
+    let data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| ServerError::io(format!("resolving {}", config.data_dir.display()), e))?;
+    let store = Store::open_sqlite_file(&data_dir.join("ferry.db")).await?;
+    let admin_token = auth::ensure_admin_token(&store, &data_dir).await?;
+
+    let shutdown = CancellationToken::new();
+    let proxy = proxy_link::ProxyLink::adopt_or_start(&config.ferry_exe, &data_dir.join("proxy")).await?;
+    let runtime = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
+    let controller = controller::Controller::new(store.clone(), runtime, proxy);
+    controller.recover().await?;
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(controller.clone().run(shutdown.clone())));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError::io(format!("binding the API on {}", config.listen), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::io("reading the API address".to_string(), e))?;
+    let app = api::router(api::AppState { store, controller: controller.clone(), shutdown: shutdown.clone() });
+    let api_shutdown = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    }));
+    tracing::info!(%addr, data_dir = %data_dir.display(), "ferry server ready");
+    Ok(Server { addr, admin_token, shutdown, tasks, controller })
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.admin_token.clone()
+    }
+
+    /// Stops the control plane only: the proxy and the replicas keep serving.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops every replica and the proxy, then the control plane.
+    pub async fn teardown(self) {
+        self.controller.teardown().await;
+        self.stop().await;
+    }
+
+    /// Resolves when the server was asked to stop through the API (`POST /v1/teardown`).
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+}

@@ -1,0 +1,386 @@
+//! The HTTP API: JSON in and out, bearer-token authentication, errors as `ApiError`.
+//! Handlers only translate; decisions live in the controller and the pure core.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use ferry_core::api::{
+    ApiError, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail, DeploymentView, RollbackRequest,
+    WhoAmI,
+};
+use ferry_core::manifest::{self, Manifest};
+use ferry_store::{AppRecord, NewManifest, Store};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{self, Caller};
+use crate::clock::now_ms;
+use crate::controller::{Controller, RequestError};
+
+/// The API's description, served at `/openapi.json`; a test keeps it in step with the router.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+const MAX_EVENT_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub controller: Arc<Controller>,
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: AppState) -> Router {
+    let authenticated = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/apps", post(apply).get(list_apps))
+        .route("/v1/apps/{app}", get(get_app))
+        .route("/v1/apps/{app}/status", get(status))
+        .route("/v1/apps/{app}/envs/{env}/deployments", post(deploy).get(history))
+        .route("/v1/apps/{app}/envs/{env}/rollback", post(rollback))
+        .route("/v1/apps/{app}/envs/{env}/logs", get(logs))
+        .route("/v1/deployments/{id}", get(deployment))
+        .route("/v1/deployments/{id}/events", get(events))
+        .route("/v1/teardown", post(teardown))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .merge(authenticated)
+        .fallback(|| async { ApiFailure::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /openapi.json") })
+        .with_state(state)
+}
+
+/// An error answer: status code plus the `ApiError` body.
+pub struct ApiFailure {
+    status: StatusCode,
+    body: ApiError,
+}
+
+impl ApiFailure {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiFailure { status, body: ApiError { code: code.to_string(), message: message.into(), details: Vec::new() } }
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<RequestError> for ApiFailure {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::NotFound(m) => ApiFailure::new(StatusCode::NOT_FOUND, "not_found", m),
+            RequestError::Conflict(m) => ApiFailure::new(StatusCode::CONFLICT, "conflict", m),
+            RequestError::BadRequest(m) => ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m),
+            RequestError::Server(e) => internal(e),
+        }
+    }
+}
+
+impl From<ferry_store::StoreError> for ApiFailure {
+    fn from(e: ferry_store::StoreError) -> Self {
+        internal(e)
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiFailure {
+    tracing::error!(error = %e, "internal error answering a request");
+    ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match auth::authenticate(&state.store, header).await {
+        Ok(Some(caller)) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Ok(None) => ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid API token: send `Authorization: Bearer <token>` (the admin token is in DATA_DIR/admin.token)",
+        )
+        .into_response(),
+        Err(e) => internal(e).into_response(),
+    }
+}
+
+async fn whoami(Extension(caller): Extension<Caller>) -> Json<WhoAmI> {
+    Json(WhoAmI { name: caller.name, role: caller.role })
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let proxy = state.controller.proxy_metrics().await.unwrap_or_else(|e| format!("# proxy metrics unavailable: {e}\n"));
+    let text = format!("# HELP ferry_up The Ferry server is running.\n# TYPE ferry_up gauge\nferry_up 1\n{proxy}");
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+async fn apply(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<ApplyRequest>,
+) -> ApiResult<Json<ApplyResponse>> {
+    let file_name = request.file_name.clone().unwrap_or_else(|| "ferry.yaml".to_string());
+    let manifest = manifest::parse(&request.manifest, &file_name).map_err(|errors| ApiFailure {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body: ApiError {
+            code: "invalid_manifest".to_string(),
+            message: format!("{file_name} has {} error(s); nothing was changed", errors.errors.len()),
+            details: errors.errors.iter().map(ToString::to_string).collect(),
+        },
+    })?;
+    if let Some(base_dir) = &request.base_dir {
+        if !std::path::Path::new(base_dir).is_absolute() {
+            return Err(ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", format!("base_dir {base_dir:?} must be absolute")));
+        }
+    }
+    let apps = state.store.list_apps().await?;
+    check_listeners(&manifest, &apps)?;
+    let old = apps.iter().find(|a| a.name == manifest.app);
+    let old_manifest: Option<Manifest> = old.and_then(|a| serde_json::from_str(&a.manifest_json).ok());
+    let mut changes = manifest.diff(old_manifest.as_ref());
+    if old.is_some_and(|a| a.base_dir != request.base_dir) {
+        changes.push(format!("~ base_dir: {}", request.base_dir.as_deref().unwrap_or("(none)")));
+    }
+    if request.dry_run {
+        return Ok(Json(ApplyResponse {
+            app: manifest.app.clone(),
+            revision: old.map(|a| a.revision).unwrap_or(0),
+            dry_run: true,
+            changes,
+        }));
+    }
+    let manifest_json = serde_json::to_string(&manifest).map_err(internal)?;
+    let record = state
+        .store
+        .apply_manifest(NewManifest {
+            app: manifest.app.clone(),
+            yaml: request.manifest,
+            manifest_json,
+            base_dir: request.base_dir,
+            applied_by: caller.name,
+            now_ms: now_ms(),
+        })
+        .await?;
+    state.controller.wake();
+    Ok(Json(ApplyResponse { app: record.name, revision: record.revision, dry_run: false, changes }))
+}
+
+/// A listener may belong to one environment of one app, and must be free to bind.
+fn check_listeners(manifest: &Manifest, apps: &[AppRecord]) -> ApiResult<()> {
+    let mut ours: HashMap<String, String> = HashMap::new();
+    for app in apps {
+        let Ok(other) = serde_json::from_str::<Manifest>(&app.manifest_json) else { continue };
+        for (env, config) in other.environments.iter() {
+            ours.insert(config.listen.clone(), format!("{}/{env}", app.name));
+        }
+    }
+    for (env, config) in manifest.environments.iter() {
+        match ours.get(&config.listen) {
+            Some(owner) if !owner.starts_with(&format!("{}/", manifest.app)) => {
+                return Err(ApiFailure::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("environments.{env}.listen: {} is already used by {owner}", config.listen),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let addr: SocketAddr = config.listen.parse().map_err(|_| {
+                    ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", format!("environments.{env}.listen is not IP:PORT"))
+                })?;
+                if let Err(e) = std::net::TcpListener::bind(addr) {
+                    return Err(ApiFailure::new(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        format!("environments.{env}.listen: cannot listen on {addr}: {e}; pick a free port"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn summary(record: &AppRecord) -> AppSummary {
+    let manifest: Option<Manifest> = serde_json::from_str(&record.manifest_json).ok();
+    AppSummary {
+        name: record.name.clone(),
+        revision: record.revision,
+        services: manifest.as_ref().map(|m| m.services.keys().cloned().collect()).unwrap_or_default(),
+        environments: manifest.as_ref().map(|m| m.environments.keys().map(str::to_string).collect()).unwrap_or_default(),
+        updated_at_ms: record.updated_at_ms,
+    }
+}
+
+async fn list_apps(State(state): State<AppState>) -> ApiResult<Json<Vec<AppSummary>>> {
+    Ok(Json(state.store.list_apps().await?.iter().map(summary).collect()))
+}
+
+async fn get_app(State(state): State<AppState>, Path(app): Path<String>) -> ApiResult<Json<AppSummary>> {
+    let record = state.store.get_app(&app).await?.ok_or_else(|| not_found(format!("app {app:?} not found")))?;
+    Ok(Json(summary(&record)))
+}
+
+fn not_found(message: String) -> ApiFailure {
+    ApiFailure::new(StatusCode::NOT_FOUND, "not_found", message)
+}
+
+#[derive(Deserialize)]
+struct EnvFilter {
+    env: Option<String>,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(filter): Query<EnvFilter>,
+) -> ApiResult<Json<ferry_core::api::AppStatus>> {
+    Ok(Json(state.controller.status(&app, filter.env.as_deref()).await?))
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+    Json(request): Json<DeployRequest>,
+) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
+    let view = state.controller.request_deployment(&app, &env, &request.version, "deploy", &caller.name).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn rollback(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+    body: Option<Json<RollbackRequest>>,
+) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
+    let to = body.and_then(|Json(r)| r.to);
+    let view = state.controller.request_rollback(&app, &env, to, &caller.name).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<u32>,
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Path((app, env)): Path<(String, String)>,
+    Query(limit): Query<Limit>,
+) -> ApiResult<Json<Vec<DeploymentView>>> {
+    if state.store.get_app(&app).await?.is_none() {
+        return Err(not_found(format!("app {app:?} not found")));
+    }
+    let records = state.store.list_deployments(&app, &env, limit.limit.unwrap_or(20).min(1000)).await?;
+    Ok(Json(records.iter().map(|d| d.view()).collect()))
+}
+
+async fn deployment(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<DeploymentDetail>> {
+    let record = state.store.get_deployment(id).await?.ok_or_else(|| not_found(format!("deployment {id} not found")))?;
+    let events = state.store.events_after(id, 0, 10_000).await?;
+    Ok(Json(DeploymentDetail { deployment: record.view(), events }))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<i64>,
+    wait_ms: Option<u64>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(query): Query<EventsQuery>,
+) -> ApiResult<Json<Vec<ferry_core::api::EventView>>> {
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_EVENT_WAIT);
+    Ok(Json(state.controller.wait_events(id, query.after.unwrap_or(0), wait).await?))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    service: Option<String>,
+    tail: Option<usize>,
+    follow: Option<bool>,
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    Path((app, env)): Path<(String, String)>,
+    Query(query): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    let status = state.controller.status(&app, Some(&env)).await?;
+    if let Some(service) = &query.service {
+        let known = status.environments.iter().flat_map(|e| e.replicas.iter()).any(|r| &r.service == service);
+        let declared = state
+            .store
+            .get_app(&app)
+            .await?
+            .and_then(|a| serde_json::from_str::<Manifest>(&a.manifest_json).ok())
+            .is_some_and(|m| m.services.contains_key(service));
+        if !known && !declared {
+            return Err(not_found(format!("app {app} has no service {service:?}")));
+        }
+    }
+    let tail = query.tail.unwrap_or(100).min(100_000);
+    let follow = query.follow.unwrap_or(false);
+    let stream = crate::logs::stream(state.controller.clone(), app, env, query.service, tail, follow);
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+async fn teardown(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    state.controller.teardown().await;
+    state.shutdown.cancel();
+    Ok(Json(serde_json::json!({ "stopped": true })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route the router serves is described in openapi.json, and nothing more.
+    #[test]
+    fn openapi_documents_every_route() {
+        let spec: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON");
+        let documented: std::collections::BTreeSet<String> =
+            spec["paths"].as_object().expect("paths").keys().cloned().collect();
+        let served: std::collections::BTreeSet<String> = [
+            "/healthz",
+            "/readyz",
+            "/openapi.json",
+            "/metrics",
+            "/v1/whoami",
+            "/v1/apps",
+            "/v1/apps/{app}",
+            "/v1/apps/{app}/status",
+            "/v1/apps/{app}/envs/{env}/deployments",
+            "/v1/apps/{app}/envs/{env}/rollback",
+            "/v1/apps/{app}/envs/{env}/logs",
+            "/v1/deployments/{id}",
+            "/v1/deployments/{id}/events",
+            "/v1/teardown",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        assert_eq!(documented, served);
+    }
+}

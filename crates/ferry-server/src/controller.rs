@@ -1,0 +1,970 @@
+//! The deployment controller: a loop that observes replicas (store + runtime), asks the pure
+//! core (`ferry_core::rollout`) what to do, persists the decision, then acts on it.
+//!
+//! Invariants:
+//! - A deployment's state transition is committed (compare-and-set) before its effects.
+//! - A replica row is written before its process starts, and marked draining (and taken out
+//!   of the pushed route table) before its process is stopped; so after a crash every
+//!   process is either known to the store or findable by its `FERRY_REPLICA_ID`.
+//! - Decisions are level-triggered: a restarted controller recomputes them from what runs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ferry_core::api::{AppStatus, DeploymentView, EnvStatus, EventView, ReplicaView};
+use ferry_core::manifest::{Manifest, Strategy};
+use ferry_core::model::{DeploymentState, ReplicaState};
+use ferry_core::rollout::{self, Action, Observed, Pace, Patience, ServiceInput, Verdict};
+use ferry_proxy::routes::{BackendGroup, ListenerConfig, Route, RouteTable};
+use ferry_runtime::{HealthSpec, ProcessIdentity, ProcessRuntime, ReplicaSpec, RuntimeEvent};
+use ferry_store::{AppRecord, DeploymentRecord, NewDeployment, ReplicaRecord, Store, StoreError, Transition};
+use rand::RngExt;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::error::ServerError;
+use crate::proxy_link::ProxyLink;
+
+/// How often the loop re-evaluates without being woken (timeouts, proxy liveness).
+const TICK: Duration = Duration::from_millis(200);
+/// How long adopted replicas get to report their health before decisions resume.
+const SETTLE_TIMEOUT_MS: i64 = 10_000;
+/// Exits before first becoming healthy that mark a new version as crash-looping.
+const MAX_START_EXITS: u32 = 3;
+/// Most time a drained replica gets to finish its in-flight requests before it is stopped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a user request was refused; the API maps these to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+impl From<StoreError> for RequestError {
+    fn from(e: StoreError) -> Self {
+        RequestError::Server(ServerError::Store(e))
+    }
+}
+
+pub struct Controller {
+    store: Store,
+    runtime: ProcessRuntime,
+    proxy: ProxyLink,
+    wake: Notify,
+    events_changed: watch::Sender<u64>,
+    /// Replicas whose stop task is running.
+    stopping: Mutex<HashSet<String>>,
+    /// Decisions wait until adopted replicas have reported health (or this time passes).
+    settle_until_ms: Mutex<i64>,
+    adopted: Mutex<HashSet<String>>,
+    /// Last traffic split announced per (app, env), so the timeline only shows changes.
+    traffic_summary: Mutex<HashMap<(String, String), String>>,
+    torn_down: AtomicBool,
+}
+
+impl Controller {
+    pub fn new(store: Store, runtime: ProcessRuntime, proxy: ProxyLink) -> Arc<Controller> {
+        Arc::new(Controller {
+            store,
+            runtime,
+            proxy,
+            wake: Notify::new(),
+            events_changed: watch::channel(0).0,
+            stopping: Mutex::new(HashSet::new()),
+            settle_until_ms: Mutex::new(0),
+            adopted: Mutex::new(HashSet::new()),
+            traffic_summary: Mutex::new(HashMap::new()),
+            torn_down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn runtime(&self) -> &ProcessRuntime {
+        &self.runtime
+    }
+
+    /// Asks the loop for a pass now (after an apply, say).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Re-adopts the replicas a previous server left running; stops what it can't vouch for.
+    pub async fn recover(&self) -> Result<(), ServerError> {
+        let apps = self.apps().await?;
+        let mut adopted = HashSet::new();
+        for record in self.store.list_replicas(None, None).await? {
+            let spec = apps.get(&record.app).and_then(|(app, manifest)| replica_spec(app, manifest, &record));
+            let identity = record.pid.zip(record.start_time).map(|(pid, start_time)| ProcessIdentity { pid, start_time });
+            let keep = match (spec, identity, record.draining) {
+                (Some(spec), Some(identity), false) => self.runtime.adopt(spec, identity).await?,
+                (_, Some(identity), _) => {
+                    ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
+                    false
+                }
+                (_, None, _) => {
+                    // Crashed between writing the row and recording the pid: find it by id.
+                    kill_by_replica_id(&record.id).await;
+                    false
+                }
+            };
+            if keep {
+                tracing::info!(replica = %record.id, "re-adopted replica");
+                adopted.insert(record.id.clone());
+            } else {
+                tracing::info!(replica = %record.id, "replica from a previous run is gone; forgetting it");
+                self.store.delete_replica(&record.id).await?;
+            }
+        }
+        *lock(&self.settle_until_ms) = now_ms() + SETTLE_TIMEOUT_MS;
+        *lock(&self.adopted) = adopted;
+        Ok(())
+    }
+
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut events = self.runtime.subscribe();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_proxy_check = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tick.tick() => {}
+                event = events.recv() => match event {
+                    Ok(event) => self.on_runtime_event(event).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "controller lagged behind runtime events");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+            if self.torn_down.load(Ordering::SeqCst) {
+                continue;
+            }
+            let now = now_ms();
+            if now - last_proxy_check > 1_000 {
+                last_proxy_check = now;
+                match self.proxy.ensure_alive().await {
+                    Ok(()) => {}
+                    Err(e) => tracing::error!(error = %e, "proxy is down and could not be restarted"),
+                }
+            }
+            if let Err(e) = self.reconcile_all().await {
+                tracing::error!(error = %e, "reconcile failed; retrying");
+            }
+        }
+    }
+
+    fn settled(&self) -> bool {
+        if now_ms() >= *lock(&self.settle_until_ms) {
+            return true;
+        }
+        let adopted = lock(&self.adopted).clone();
+        adopted.iter().all(|id| {
+            self.runtime
+                .status(id)
+                .is_none_or(|s| s.state != ReplicaState::Starting)
+        })
+    }
+
+    async fn on_runtime_event(&self, event: RuntimeEvent) {
+        let (id, message) = match &event {
+            RuntimeEvent::Started { id, identity } => {
+                if let Err(e) = self.store.set_replica_process(id, identity.pid, identity.start_time).await {
+                    tracing::error!(replica = %id, error = %e, "could not record the replica's pid");
+                }
+                (id, format!("started (pid {})", identity.pid))
+            }
+            RuntimeEvent::Healthy { id } => (id, "healthy".to_string()),
+            RuntimeEvent::Unhealthy { id, reason } => (id, format!("unhealthy: {reason}")),
+            RuntimeEvent::Exited { id, reason, will_restart } => (
+                id,
+                if *will_restart { format!("exited ({reason}); restarting") } else { format!("exited ({reason})") },
+            ),
+            RuntimeEvent::Stopped { id } => (id, "stopped".to_string()),
+        };
+        self.replica_event(id, &message).await;
+        self.wake.notify_one();
+    }
+
+    /// Puts a replica's news on the timeline of the deployment running in its environment.
+    async fn replica_event(&self, id: &str, message: &str) {
+        let Ok(replicas) = self.store.list_replicas(None, None).await else { return };
+        let Some(record) = replicas.into_iter().find(|r| r.id == id) else { return };
+        let line = format!("{} {} {} on 127.0.0.1:{}: {message}", record.service, record.version, short_id(id), record.port);
+        tracing::info!(app = %record.app, env = %record.env, "{line}");
+        if let Ok(Some(active)) = self.active_deployment(&record.app, &record.env).await {
+            self.event(active.id, "replica", &line).await;
+        }
+    }
+
+    async fn event(&self, deployment_id: i64, kind: &str, message: &str) {
+        match self.store.append_event(deployment_id, kind, message, now_ms()).await {
+            Ok(_) => {
+                self.events_changed.send_modify(|n| *n += 1);
+            }
+            Err(e) => tracing::error!(deployment = deployment_id, error = %e, "could not record an event"),
+        }
+    }
+
+    async fn apps(&self) -> Result<BTreeMap<String, (AppRecord, Manifest)>, ServerError> {
+        let mut apps = BTreeMap::new();
+        for record in self.store.list_apps().await? {
+            match serde_json::from_str::<Manifest>(&record.manifest_json) {
+                Ok(manifest) => {
+                    apps.insert(record.name.clone(), (record, manifest));
+                }
+                Err(e) => tracing::error!(app = %record.name, error = %e, "stored manifest is unreadable"),
+            }
+        }
+        Ok(apps)
+    }
+
+    async fn active_deployment(&self, app: &str, env: &str) -> Result<Option<DeploymentRecord>, StoreError> {
+        Ok(self.store.latest_deployment(app, env).await?.filter(|d| !d.state.is_terminal()))
+    }
+
+    /// One pass over every environment of every app, then the route table.
+    async fn reconcile_all(self: &Arc<Self>) -> Result<(), ServerError> {
+        if !self.settled() {
+            return Ok(());
+        }
+        let apps = self.apps().await?;
+        let replicas = self.store.list_replicas(None, None).await?;
+        let now = now_ms();
+        for (app, manifest) in apps.values() {
+            for (env_name, _) in manifest.environments.iter() {
+                let env_replicas: Vec<&ReplicaRecord> =
+                    replicas.iter().filter(|r| r.app == app.name && r.env == env_name).collect();
+                if let Err(e) = self.reconcile_env(app, manifest, env_name, &env_replicas, now).await {
+                    tracing::error!(app = %app.name, env = env_name, error = %e, "could not reconcile");
+                }
+            }
+        }
+        // Replicas of apps, environments or services no longer in any manifest.
+        let orphans: Vec<String> = replicas
+            .iter()
+            .filter(|r| !r.draining)
+            .filter(|r| {
+                apps.get(&r.app).is_none_or(|(_, m)| m.environments.get(&r.env).is_none() || !m.services.contains_key(&r.service))
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        for id in orphans {
+            self.store.set_replica_draining(&id, now).await?;
+        }
+        self.push_routes(&apps).await?;
+        self.stop_drained().await?;
+        Ok(())
+    }
+
+    async fn reconcile_env(
+        &self,
+        app: &AppRecord,
+        manifest: &Manifest,
+        env: &str,
+        replicas: &[&ReplicaRecord],
+        now: i64,
+    ) -> Result<(), ServerError> {
+        let services = self.observe(manifest, env, replicas);
+        let strategy = manifest.environments.get(env).map(|e| e.strategy.clone()).unwrap_or_default();
+        let Some(deployment) = self.active_deployment(&app.name, env).await? else {
+            return self.maintain(app, manifest, env, &services, now).await;
+        };
+        let (target, pace) = match deployment.state {
+            DeploymentState::Pending => {
+                let message = match &deployment.previous_version {
+                    Some(previous) => format!("rollout started: {previous} -> {} ({})", deployment.version, describe(&strategy)),
+                    None => format!("rollout started: {} ({})", deployment.version, describe(&strategy)),
+                };
+                self.transition(&deployment, DeploymentState::Progressing, None, None, &message).await?;
+                return Ok(());
+            }
+            DeploymentState::Progressing => (deployment.version.clone(), pace_of(&strategy, manifest, env)),
+            DeploymentState::RollingBack => match &deployment.previous_version {
+                Some(previous) => (previous.clone(), restore_pace(manifest, env)),
+                None => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let verdict = match rollout::reconcile(&target, &services, pace, now) {
+            Verdict::Progress(actions) => match self.act(app, manifest, env, Some(deployment.id), actions, now).await {
+                Ok(()) => return Ok(()),
+                Err(reason) => Verdict::Failed(reason),
+            },
+            other => other,
+        };
+        if let Some((state, reason)) = rollout::next_state(deployment.state, &verdict, deployment.previous_version.is_some()) {
+            let current = match state {
+                DeploymentState::Succeeded => Some(deployment.version.clone()),
+                DeploymentState::RolledBack => deployment.previous_version.clone(),
+                _ => None,
+            };
+            let message = match state {
+                DeploymentState::RollingBack => format!("rolling back to {}: {reason}", target_or(&deployment.previous_version)),
+                _ => reason.clone(),
+            };
+            let keep_reason = matches!(state, DeploymentState::RollingBack | DeploymentState::Failed);
+            let reason = if keep_reason { Some(reason) } else { deployment.reason.clone() };
+            self.transition(&deployment, state, reason, current, &message).await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps an idle environment at its current version: replaces lost replicas, removes
+    /// anything else (e.g. the remains of a failed first deployment).
+    async fn maintain(
+        &self,
+        app: &AppRecord,
+        manifest: &Manifest,
+        env: &str,
+        services: &[ServiceInput],
+        now: i64,
+    ) -> Result<(), ServerError> {
+        let current = self.store.env_current(&app.name, env).await?.and_then(|e| e.current_version);
+        match current {
+            Some(version) => {
+                if let Verdict::Progress(actions) = rollout::reconcile(&version, services, restore_pace(manifest, env), now) {
+                    if let Err(reason) = self.act(app, manifest, env, None, actions, now).await {
+                        tracing::error!(app = %app.name, env, "{reason}");
+                    }
+                }
+            }
+            None => {
+                let leftovers: Vec<String> =
+                    services.iter().flat_map(|s| s.replicas.iter()).filter(|r| !r.draining).map(|r| r.id.clone()).collect();
+                for id in leftovers {
+                    self.store.set_replica_draining(&id, now).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn observe(&self, manifest: &Manifest, env: &str, replicas: &[&ReplicaRecord]) -> Vec<ServiceInput> {
+        manifest
+            .services
+            .iter()
+            .map(|(name, service)| ServiceInput {
+                service: name.clone(),
+                desired: manifest.replicas(name, env),
+                replicas: replicas.iter().filter(|r| &r.service == name).map(|r| self.observed(r)).collect(),
+                patience: Patience {
+                    start_timeout_ms: millis(service.health.start_timeout.get()),
+                    max_start_exits: MAX_START_EXITS,
+                },
+            })
+            .collect()
+    }
+
+    fn observed(&self, record: &ReplicaRecord) -> Observed {
+        let status = self.runtime.status(&record.id);
+        Observed {
+            id: record.id.clone(),
+            version: record.version.clone(),
+            state: status.as_ref().map(|s| s.state).unwrap_or(ReplicaState::Exited),
+            started_at_ms: record.created_at_ms,
+            restarts: status.as_ref().map(|s| s.restarts).unwrap_or(0),
+            ever_healthy: status.as_ref().is_some_and(|s| s.ever_healthy),
+            draining: record.draining,
+            last_exit: status.and_then(|s| s.last_exit),
+        }
+    }
+
+    /// Carries out the core's actions. Err: the new version can't even be started.
+    async fn act(
+        &self,
+        app: &AppRecord,
+        manifest: &Manifest,
+        env: &str,
+        deployment: Option<i64>,
+        actions: Vec<Action>,
+        now: i64,
+    ) -> Result<(), String> {
+        for action in actions {
+            match action {
+                Action::Start { service, version, count } => {
+                    for _ in 0..count {
+                        self.start_replica(app, manifest, env, &service, &version, deployment, now).await?;
+                    }
+                }
+                Action::Drain { service, ids } => {
+                    for id in ids {
+                        self.store.set_replica_draining(&id, now).await.map_err(|e| e.to_string())?;
+                        if let Some(deployment) = deployment {
+                            self.event(deployment, "replica", &format!("{service} {}: draining", short_id(&id))).await;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_replica(
+        &self,
+        app: &AppRecord,
+        manifest: &Manifest,
+        env: &str,
+        service: &str,
+        version: &str,
+        deployment: Option<i64>,
+        now: i64,
+    ) -> Result<(), String> {
+        let port = ferry_runtime::free_port().map_err(|e| format!("no free port for {service}: {e}"))?;
+        let record = ReplicaRecord {
+            id: replica_id(&app.name, env, service, version),
+            app: app.name.clone(),
+            env: env.to_string(),
+            service: service.to_string(),
+            version: version.to_string(),
+            port,
+            pid: None,
+            start_time: None,
+            draining: false,
+            deployment_id: deployment,
+            created_at_ms: now,
+        };
+        let spec = replica_spec(app, manifest, &record).ok_or_else(|| format!("service {service} is not in the manifest"))?;
+        // Persist, then act: the row exists before the process does.
+        self.store.insert_replica(&record).await.map_err(|e| e.to_string())?;
+        if let Some(deployment) = deployment {
+            self.event(deployment, "replica", &format!("{service} {version} {}: starting on 127.0.0.1:{port}", short_id(&record.id)))
+                .await;
+        }
+        match self.runtime.start(spec).await {
+            Ok(identity) => {
+                self.store
+                    .set_replica_process(&record.id, identity.pid, identity.start_time)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.store.delete_replica(&record.id).await;
+                Err(format!("{service} {version}: could not start: {e}"))
+            }
+        }
+    }
+
+    async fn transition(
+        &self,
+        deployment: &DeploymentRecord,
+        state: DeploymentState,
+        reason: Option<String>,
+        set_current_version: Option<String>,
+        message: &str,
+    ) -> Result<(), ServerError> {
+        let result = self
+            .store
+            .transition(Transition {
+                id: deployment.id,
+                expected_row_version: deployment.row_version,
+                state,
+                reason,
+                phase: deployment.phase.clone(),
+                set_current_version,
+                event: format!("{state}: {message}"),
+                now_ms: now_ms(),
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(deployment = deployment.id, app = %deployment.app, env = %deployment.env, %state, "{message}");
+                self.events_changed.send_modify(|n| *n += 1);
+                self.wake.notify_one();
+                Ok(())
+            }
+            // Someone else (a newer request) moved it first: re-read on the next pass.
+            Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn push_routes(&self, apps: &BTreeMap<String, (AppRecord, Manifest)>) -> Result<(), ServerError> {
+        let replicas = self.store.list_replicas(None, None).await?;
+        let mut listeners = Vec::new();
+        let mut summaries: Vec<(String, String, String)> = Vec::new();
+        for (app, manifest) in apps.values() {
+            for (env_name, env) in manifest.environments.iter() {
+                let Ok(listen) = env.listen.parse::<SocketAddr>() else { continue };
+                let mut routes = Vec::new();
+                let mut summary = Vec::new();
+                for (service_name, service) in &manifest.services {
+                    let observed: Vec<Observed> = replicas
+                        .iter()
+                        .filter(|r| r.app == app.name && r.env == env_name && &r.service == service_name)
+                        .map(|r| self.observed(r))
+                        .collect();
+                    let ports: HashMap<&str, u16> = replicas.iter().map(|r| (r.id.as_str(), r.port)).collect();
+                    let backends: Vec<BackendGroup> = rollout::traffic(&observed)
+                        .into_iter()
+                        .map(|share| {
+                            summary.push(format!(
+                                "{service_name} {} {}% ({} replica{})",
+                                share.version,
+                                share.weight as f64 / 100.0,
+                                share.replica_ids.len(),
+                                if share.replica_ids.len() == 1 { "" } else { "s" }
+                            ));
+                            BackendGroup {
+                                version: share.version,
+                                weight: share.weight,
+                                endpoints: share
+                                    .replica_ids
+                                    .iter()
+                                    .filter_map(|id| ports.get(id.as_str()))
+                                    .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
+                                    .collect(),
+                            }
+                        })
+                        .collect();
+                    routes.push(Route { service: service_name.clone(), path_prefix: service.route.clone(), backends });
+                }
+                listeners.push(ListenerConfig { id: format!("{}/{env_name}", app.name), listen, routes });
+                let summary = if summary.is_empty() { "no ready replicas".to_string() } else { summary.join(", ") };
+                summaries.push((app.name.clone(), env_name.to_string(), summary));
+            }
+        }
+        let previous = lock(&self.traffic_summary).clone();
+        if self.proxy.push(RouteTable { generation: 0, listeners }).await? {
+            for (app, env, summary) in summaries {
+                if previous.get(&(app.clone(), env.clone())) == Some(&summary) {
+                    continue;
+                }
+                if let Ok(Some(active)) = self.active_deployment(&app, &env).await {
+                    self.event(active.id, "traffic", &summary).await;
+                }
+                lock(&self.traffic_summary).insert((app, env), summary);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops replicas marked draining, once the route table without them is in place.
+    async fn stop_drained(self: &Arc<Self>) -> Result<(), ServerError> {
+        for record in self.store.list_replicas(None, None).await?.into_iter().filter(|r| r.draining) {
+            if !lock(&self.stopping).insert(record.id.clone()) {
+                continue;
+            }
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                this.wait_for_drain(record.port).await;
+                let stopped = match this.runtime.status(&record.id) {
+                    Some(_) => this.runtime.stop(&record.id).await.map_err(|e| e.to_string()),
+                    None => {
+                        if let Some(identity) = record.pid.zip(record.start_time).map(|(pid, start_time)| ProcessIdentity { pid, start_time }) {
+                            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
+                        }
+                        Ok(())
+                    }
+                };
+                match stopped {
+                    Ok(()) => {
+                        if let Err(e) = this.store.delete_replica(&record.id).await {
+                            tracing::error!(replica = %record.id, error = %e, "could not forget a stopped replica");
+                        }
+                    }
+                    Err(e) => tracing::error!(replica = %record.id, error = %e, "could not stop replica"),
+                }
+                this.wake.notify_one();
+            });
+        }
+        // Forget ids whose rows are gone so the set doesn't grow forever.
+        let live: HashSet<String> = self.store.list_replicas(None, None).await?.into_iter().map(|r| r.id).collect();
+        lock(&self.stopping).retain(|id| live.contains(id));
+        Ok(())
+    }
+}
+
+// What the API asks of the controller.
+impl Controller {
+    /// Waits (bounded) until the proxy has no request in flight to `port`, so stopping the
+    /// replica fails no client. Requests picked it before the route change at the latest.
+    async fn wait_for_drain(&self, port: u16) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            let busy = match self.proxy.stats().await {
+                Ok(stats) => stats
+                    .versions
+                    .iter()
+                    .flat_map(|v| v.endpoints.iter())
+                    .any(|e| e.addr == addr && e.in_flight > 0),
+                Err(_) => false,
+            };
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Records a deployment request; the loop picks it up at once. A deployment still
+    /// running in the environment is superseded: the newest request wins.
+    pub async fn request_deployment(
+        &self,
+        app: &str,
+        env: &str,
+        version: &str,
+        kind: &str,
+        requested_by: &str,
+    ) -> Result<DeploymentView, RequestError> {
+        let record = self
+            .store
+            .get_app(app)
+            .await?
+            .ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found; apply its manifest first")))?;
+        let manifest: Manifest = serde_json::from_str(&record.manifest_json)
+            .map_err(|e| RequestError::Server(ServerError::Proxy(format!("stored manifest of {app} is unreadable: {e}"))))?;
+        let environment = manifest.environments.get(env).ok_or_else(|| {
+            let known: Vec<&str> = manifest.environments.keys().collect();
+            RequestError::NotFound(format!("app {app} has no environment {env:?} (it has: {})", known.join(", ")))
+        })?;
+        validate_version(version)?;
+        let now = now_ms();
+        self.store.ensure_release(app, version, now).await?;
+        let previous_version = self.store.env_current(app, env).await?.and_then(|e| e.current_version);
+        for active in self.store.active_deployments().await? {
+            if active.app == app && active.env == env {
+                self.supersede(&active).await?;
+            }
+        }
+        let deployment = self
+            .store
+            .create_deployment(NewDeployment {
+                app: app.to_string(),
+                env: env.to_string(),
+                version: version.to_string(),
+                previous_version,
+                kind: kind.to_string(),
+                strategy: environment.strategy.name().to_string(),
+                requested_by: requested_by.to_string(),
+                manifest_revision: record.revision,
+                now_ms: now,
+            })
+            .await?;
+        self.events_changed.send_modify(|n| *n += 1);
+        self.wake.notify_one();
+        Ok(deployment.view())
+    }
+
+    async fn supersede(&self, active: &DeploymentRecord) -> Result<(), RequestError> {
+        let mut current = active.clone();
+        for _ in 0..5 {
+            let result = self
+                .store
+                .transition(Transition {
+                    id: current.id,
+                    expected_row_version: current.row_version,
+                    state: DeploymentState::Superseded,
+                    reason: Some("superseded by a newer deployment request".to_string()),
+                    phase: current.phase.clone(),
+                    set_current_version: None,
+                    event: "superseded: a newer deployment request takes over".to_string(),
+                    now_ms: now_ms(),
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict(_)) => match self.store.get_deployment(current.id).await? {
+                    Some(fresh) if !fresh.state.is_terminal() => current = fresh,
+                    _ => return Ok(()),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RequestError::Conflict(format!("deployment {} keeps changing; try again", active.id)))
+    }
+
+    /// Rolls back to `to`, or to the last version that succeeded before the current one.
+    pub async fn request_rollback(
+        &self,
+        app: &str,
+        env: &str,
+        to: Option<String>,
+        requested_by: &str,
+    ) -> Result<DeploymentView, RequestError> {
+        let current = self.store.env_current(app, env).await?.and_then(|e| e.current_version);
+        let target = match to {
+            Some(version) => {
+                if !self.store.version_succeeded_in(app, env, &version).await? {
+                    return Err(RequestError::Conflict(format!(
+                        "{version} never succeeded in {app}/{env}, so there is nothing to roll back to; deploy it instead"
+                    )));
+                }
+                version
+            }
+            None => {
+                let Some(current) = current.clone() else {
+                    return Err(RequestError::Conflict(format!("{app}/{env} has no current version to roll back from")));
+                };
+                self.store.previous_succeeded_version(app, env, &current).await?.ok_or_else(|| {
+                    RequestError::Conflict(format!("{app}/{env} has no earlier succeeded version than {current}"))
+                })?
+            }
+        };
+        if current.as_deref() == Some(target.as_str()) {
+            if let Some(active) = self.active_deployment(app, env).await? {
+                // Current already is the target: just stop what's in progress.
+                self.supersede(&active).await?;
+                self.wake.notify_one();
+                return Ok(self.store.get_deployment(active.id).await?.unwrap_or(active).view());
+            }
+        }
+        self.request_deployment(app, env, &target, "rollback", requested_by).await
+    }
+
+    /// Events after `after`, waiting up to `wait` for the first one.
+    pub async fn wait_events(&self, id: i64, after: i64, wait: Duration) -> Result<Vec<EventView>, RequestError> {
+        if self.store.get_deployment(id).await?.is_none() {
+            return Err(RequestError::NotFound(format!("deployment {id} not found")));
+        }
+        let mut changed = self.events_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            changed.borrow_and_update();
+            let events = self.store.events_after(id, after, 1000).await?;
+            if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(events);
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    pub async fn status(&self, app: &str, only_env: Option<&str>) -> Result<AppStatus, RequestError> {
+        let record = self.store.get_app(app).await?.ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found")))?;
+        let manifest: Manifest = serde_json::from_str(&record.manifest_json)
+            .map_err(|e| RequestError::Server(ServerError::Proxy(format!("stored manifest of {app} is unreadable: {e}"))))?;
+        if let Some(env) = only_env {
+            if manifest.environments.get(env).is_none() {
+                return Err(RequestError::NotFound(format!("app {app} has no environment {env:?}")));
+            }
+        }
+        let replicas = self.store.list_replicas(Some(app), None).await?;
+        let mut environments = Vec::new();
+        for (env_name, env) in manifest.environments.iter().filter(|(name, _)| only_env.is_none_or(|only| only == *name)) {
+            let current_version = self.store.env_current(app, env_name).await?.and_then(|e| e.current_version);
+            let latest_deployment = self.store.latest_deployment(app, env_name).await?.map(|d| d.view());
+            let replicas = replicas
+                .iter()
+                .filter(|r| r.env == env_name)
+                .map(|r| {
+                    let status = self.runtime.status(&r.id);
+                    let state = if r.draining {
+                        ReplicaState::Stopping
+                    } else {
+                        status.as_ref().map(|s| s.state).unwrap_or(ReplicaState::Exited)
+                    };
+                    ReplicaView {
+                        id: r.id.clone(),
+                        service: r.service.clone(),
+                        version: r.version.clone(),
+                        port: r.port,
+                        pid: status.as_ref().and_then(|s| s.pid).or(r.pid),
+                        state,
+                        restarts: status.as_ref().map(|s| s.restarts).unwrap_or(0),
+                        in_traffic: state == ReplicaState::Healthy,
+                    }
+                })
+                .collect();
+            environments.push(EnvStatus {
+                app: app.to_string(),
+                env: env_name.to_string(),
+                listen: env.listen.clone(),
+                current_version,
+                latest_deployment,
+                replicas,
+            });
+        }
+        Ok(AppStatus { app: app.to_string(), revision: record.revision, environments })
+    }
+
+    pub async fn proxy_metrics(&self) -> Result<String, ServerError> {
+        self.proxy.metrics_text().await
+    }
+
+    /// Stops every replica and the proxy; the controller stops acting.
+    pub async fn teardown(&self) {
+        self.torn_down.store(true, Ordering::SeqCst);
+        self.runtime.stop_all().await;
+        if let Ok(records) = self.store.list_replicas(None, None).await {
+            for record in records {
+                if let Some(identity) = record.pid.zip(record.start_time).map(|(pid, start_time)| ProcessIdentity { pid, start_time }) {
+                    ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
+                }
+                let _ = self.store.delete_replica(&record.id).await;
+            }
+        }
+        self.proxy.stop().await;
+        tracing::info!("teardown complete: replicas and proxy stopped");
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn target_or(version: &Option<String>) -> &str {
+    version.as_deref().unwrap_or("nothing")
+}
+
+fn validate_version(version: &str) -> Result<(), RequestError> {
+    let ok = !version.is_empty()
+        && version.len() <= 128
+        && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RequestError::BadRequest(format!(
+            "invalid version {version:?}: use letters, digits and . - _ + (e.g. 1.4.2 or 1.4.2-rc.1)"
+        )))
+    }
+}
+
+fn pace_of(strategy: &Strategy, manifest: &Manifest, env: &str) -> Pace {
+    match strategy {
+        Strategy::Recreate {} => Pace::Recreate,
+        Strategy::Rolling(rolling) => {
+            let desired = manifest.services.keys().map(|s| manifest.replicas(s, env)).max().unwrap_or(1);
+            Pace::Rolling {
+                max_surge: rolling.max_surge.resolve(desired, true),
+                max_unavailable: rolling.max_unavailable.resolve(desired, false),
+            }
+        }
+    }
+}
+
+/// Restoring a known-good version goes as fast as capacity allows: start all of it at
+/// once, keep the current replicas until their replacements are ready.
+fn restore_pace(manifest: &Manifest, env: &str) -> Pace {
+    let desired = manifest.services.keys().map(|s| manifest.replicas(s, env)).max().unwrap_or(1);
+    Pace::Rolling { max_surge: desired, max_unavailable: 0 }
+}
+
+fn describe(strategy: &Strategy) -> String {
+    match strategy {
+        Strategy::Recreate {} => "recreate".to_string(),
+        Strategy::Rolling(r) => format!(
+            "rolling, max surge {}, max unavailable {}",
+            int_or_percent(r.max_surge),
+            int_or_percent(r.max_unavailable)
+        ),
+    }
+}
+
+fn int_or_percent(v: ferry_core::manifest::IntOrPercent) -> String {
+    match v {
+        ferry_core::manifest::IntOrPercent::Count(n) => n.to_string(),
+        ferry_core::manifest::IntOrPercent::Percent(p) => format!("{}%", p.0),
+    }
+}
+
+/// `app.env.service.version.xxxxxx`: unique across servers (the random tail) and readable.
+fn replica_id(app: &str, env: &str, service: &str, version: &str) -> String {
+    let tail: u32 = rand::rng().random();
+    let safe_version: String =
+        version.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    format!("{app}.{env}.{service}.{safe_version}.{:06x}", tail & 0xff_ffff)
+}
+
+/// The random tail of a replica id: enough to tell replicas apart in a timeline.
+fn short_id(id: &str) -> String {
+    format!("#{}", id.rsplit('.').next().unwrap_or(id))
+}
+
+/// What the runtime needs to run (or re-adopt) the replica of `record`.
+fn replica_spec(app: &AppRecord, manifest: &Manifest, record: &ReplicaRecord) -> Option<ReplicaSpec> {
+    let service = manifest.services.get(&record.service)?;
+    let environment = manifest.environments.get(&record.env)?;
+    let base_dir = app.base_dir.as_ref().map(PathBuf::from);
+    let cwd = match (&base_dir, &service.cwd) {
+        (Some(base), Some(cwd)) => Some(base.join(cwd)),
+        (None, Some(cwd)) => Some(PathBuf::from(cwd)),
+        (base, None) => base.clone(),
+    };
+    let mut env_vars: BTreeMap<String, String> = service.env.clone();
+    env_vars.extend(environment.vars.clone());
+    env_vars.insert("FERRY_REPLICA_ID".to_string(), record.id.clone());
+    let health = &service.health;
+    Some(ReplicaSpec {
+        id: record.id.clone(),
+        app: record.app.clone(),
+        env: record.env.clone(),
+        service: record.service.clone(),
+        version: record.version.clone(),
+        argv: service.run.clone(),
+        cwd,
+        env_vars,
+        port: record.port,
+        health: HealthSpec {
+            path: health.path.clone(),
+            interval: health.interval.get(),
+            timeout: health.timeout.get(),
+            healthy_threshold: health.healthy_threshold,
+            unhealthy_threshold: health.unhealthy_threshold,
+        },
+        stop_timeout: service.stop_timeout.get(),
+    })
+}
+
+/// Finds a process started with `FERRY_REPLICA_ID=id` (its pid was never recorded because
+/// the server died right after starting it) and stops its process group.
+async fn kill_by_replica_id(id: &str) {
+    let needle = format!("FERRY_REPLICA_ID={id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+            if let Some(identity) = ferry_runtime::process_identity(pid) {
+                tracing::info!(replica = id, pid, "stopping a replica whose pid was never recorded");
+                ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_ids_are_unique_and_readable() {
+        let a = replica_id("shop", "prod", "api", "1.2.3+build");
+        let b = replica_id("shop", "prod", "api", "1.2.3+build");
+        assert_ne!(a, b);
+        assert!(a.starts_with("shop.prod.api.1.2.3_build."), "{a}");
+        assert_eq!(short_id(&a).len(), 7);
+    }
+
+    #[test]
+    fn versions_are_checked() {
+        assert!(validate_version("1.4.2-rc.1").is_ok());
+        assert!(validate_version("").is_err());
+        assert!(validate_version("1.0 ; rm -rf").is_err());
+    }
+}

@@ -1,0 +1,24 @@
+use ferry_store::StoreError;
+
+/// Why the server could not start or an operation failed, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("runtime: {0}")]
+    Runtime(#[from] ferry_runtime::RuntimeError),
+    #[error("proxy: {0}")]
+    Proxy(String),
+}
+
+impl ServerError {
+    pub fn io(context: String, source: std::io::Error) -> Self {
+        ServerError::Io { context, source }
+    }
+}
