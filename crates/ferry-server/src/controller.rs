@@ -111,13 +111,15 @@ impl Controller {
         for record in self.store.list_replicas(None, None).await? {
             let spec = apps.get(&record.app).and_then(|(app, manifest)| replica_spec(app, manifest, &record));
             let identity = record.pid.zip(record.start_time).map(|(pid, start_time)| ProcessIdentity { pid, start_time });
-            let keep = match (spec, identity, record.draining) {
-                (Some(spec), Some(identity), false) => self.runtime.adopt(spec, identity).await?,
-                (_, Some(identity), _) => {
+            // Draining replicas are adopted too: the loop takes them out of the route table
+            // before stopping them, as it would have done without the crash.
+            let keep = match (spec, identity) {
+                (Some(spec), Some(identity)) => self.runtime.adopt(spec, identity).await?,
+                (None, Some(identity)) => {
                     ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
                     false
                 }
-                (_, None, _) => {
+                (_, None) => {
                     // Crashed between writing the row and recording the pid: find it by id.
                     kill_by_replica_id(&record.id).await;
                     false

@@ -1,0 +1,970 @@
+//! Store contract suite. Every check is a function over a freshly migrated [`Store`] (plus,
+//! when it needs one, the URL to open it again) so the same suite can run on every engine.
+//! Today: SQLite files in a temporary directory; a PostgreSQL backend plugs into
+//! `contract_tests!` later.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_core::model::DeploymentState;
+use ferry_store::{
+    DeploymentRecord, NewDeployment, NewManifest, ReplicaRecord, Store, StoreError, Transition,
+};
+use serde_json::json;
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------------------------
+
+fn manifest(app: &str, yaml: &str, now_ms: i64) -> NewManifest {
+    NewManifest {
+        app: app.into(),
+        yaml: yaml.into(),
+        manifest_json: format!("{{\"yaml\":{yaml:?}}}"),
+        base_dir: Some("/srv/shop".into()),
+        applied_by: "alice".into(),
+        now_ms,
+    }
+}
+
+fn new_deployment(app: &str, env: &str, version: &str, now_ms: i64) -> NewDeployment {
+    NewDeployment {
+        app: app.into(),
+        env: env.into(),
+        version: version.into(),
+        previous_version: None,
+        kind: "deploy".into(),
+        strategy: "rolling".into(),
+        requested_by: "alice".into(),
+        manifest_revision: 1,
+        now_ms,
+    }
+}
+
+fn to(d: &DeploymentRecord, state: DeploymentState, now_ms: i64) -> Transition {
+    Transition {
+        id: d.id,
+        expected_row_version: d.row_version,
+        state,
+        reason: None,
+        phase: d.phase.clone(),
+        set_current_version: None,
+        event: format!("state: {state}"),
+        now_ms,
+    }
+}
+
+/// Creates a deployment and drives it to `end` through progressing (and rolling-back for
+/// rolled-back), setting the current version when it succeeds.
+async fn finished(
+    store: &Store,
+    app: &str,
+    env: &str,
+    version: &str,
+    end: DeploymentState,
+    now: i64,
+) -> DeploymentRecord {
+    let d = store
+        .create_deployment(new_deployment(app, env, version, now))
+        .await
+        .unwrap();
+    let d = store
+        .transition(to(&d, DeploymentState::Progressing, now + 1))
+        .await
+        .unwrap();
+    let d = if end == DeploymentState::RolledBack {
+        store
+            .transition(to(&d, DeploymentState::RollingBack, now + 2))
+            .await
+            .unwrap()
+    } else {
+        d
+    };
+    let mut t = to(&d, end, now + 3);
+    if end == DeploymentState::Succeeded {
+        t.set_current_version = Some(version.into());
+    }
+    store.transition(t).await.unwrap()
+}
+
+fn replica(id: &str, app: &str, env: &str, service: &str, created_at_ms: i64) -> ReplicaRecord {
+    ReplicaRecord {
+        id: id.into(),
+        app: app.into(),
+        env: env.into(),
+        service: service.into(),
+        version: "1.0.0".into(),
+        port: 41000,
+        pid: None,
+        start_time: None,
+        draining: false,
+        deployment_id: None,
+        created_at_ms,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the contract
+// ---------------------------------------------------------------------------------------------
+
+pub async fn migrations_are_idempotent(store: Store, url: String) {
+    store
+        .apply_manifest(manifest("shop", "app: shop", 1))
+        .await
+        .unwrap();
+    store.close().await;
+    // opening again re-runs the migrator: nothing to apply, data intact
+    let again = Store::open(&url).await.unwrap();
+    let third = Store::open(&url).await.unwrap();
+    assert_eq!(again.get_app("shop").await.unwrap().unwrap().revision, 1);
+    assert_eq!(third.list_apps().await.unwrap().len(), 1);
+}
+
+pub async fn manifest_revision_bumps_only_on_change(store: Store, _url: String) {
+    assert_eq!(store.get_app("shop").await.unwrap(), None);
+    let first = store
+        .apply_manifest(manifest("shop", "app: shop", 10))
+        .await
+        .unwrap();
+    assert_eq!(first.revision, 1);
+    assert_eq!(first.name, "shop");
+    assert_eq!(first.base_dir.as_deref(), Some("/srv/shop"));
+    assert_eq!(first.updated_at_ms, 10);
+
+    // same yaml + json: no new revision, record unchanged
+    let same = store
+        .apply_manifest(manifest("shop", "app: shop", 20))
+        .await
+        .unwrap();
+    assert_eq!(same, first);
+
+    // yaml changes
+    let second = store
+        .apply_manifest(manifest("shop", "app: shop # v2", 30))
+        .await
+        .unwrap();
+    assert_eq!(second.revision, 2);
+    assert_eq!(second.yaml, "app: shop # v2");
+    assert_eq!(second.updated_at_ms, 30);
+
+    // only the json changes → still a new revision
+    let mut m = manifest("shop", "app: shop # v2", 40);
+    m.manifest_json = "{\"other\":true}".into();
+    let third = store.apply_manifest(m).await.unwrap();
+    assert_eq!(third.revision, 3);
+    assert_eq!(third.manifest_json, "{\"other\":true}");
+
+    // independent counter per app; list by name
+    let blog = store
+        .apply_manifest(manifest("blog", "app: blog", 50))
+        .await
+        .unwrap();
+    assert_eq!(blog.revision, 1);
+    let apps = store.list_apps().await.unwrap();
+    assert_eq!(
+        apps.iter()
+            .map(|a| (a.name.as_str(), a.revision))
+            .collect::<Vec<_>>(),
+        [("blog", 1), ("shop", 3)]
+    );
+    assert_eq!(store.get_app("shop").await.unwrap(), Some(third));
+}
+
+pub async fn concurrent_applies_of_one_manifest_make_one_revision(store: Store, _url: String) {
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.apply_manifest(manifest("shop", "app: shop", i)).await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().revision, 1);
+    }
+    assert_eq!(store.get_app("shop").await.unwrap().unwrap().revision, 1);
+}
+
+pub async fn releases_are_recorded_once(store: Store, _url: String) {
+    store.ensure_release("shop", "1.0.0", 1).await.unwrap();
+    store.ensure_release("shop", "1.0.0", 5).await.unwrap();
+    store.ensure_release("shop", "1.1.0", 2).await.unwrap();
+    store.ensure_release("blog", "9.9.9", 3).await.unwrap();
+    let releases = store.list_releases("shop").await.unwrap();
+    assert_eq!(
+        releases
+            .iter()
+            .map(|r| (r.version.as_str(), r.created_at_ms))
+            .collect::<Vec<_>>(),
+        [("1.1.0", 2), ("1.0.0", 1)]
+    );
+    assert!(store.list_releases("nope").await.unwrap().is_empty());
+}
+
+pub async fn deployments_create_get_list_latest(store: Store, _url: String) {
+    assert_eq!(store.latest_deployment("shop", "prod").await.unwrap(), None);
+    assert_eq!(store.get_deployment(1234).await.unwrap(), None);
+
+    let mut nd = new_deployment("shop", "prod", "1.0.0", 100);
+    nd.previous_version = Some("0.9.0".into());
+    let a = store.create_deployment(nd).await.unwrap();
+    assert_eq!(a.state, DeploymentState::Pending);
+    assert_eq!(a.row_version, 1);
+    assert_eq!(a.phase, json!({}));
+    assert_eq!(a.previous_version.as_deref(), Some("0.9.0"));
+    assert_eq!(
+        (a.created_at_ms, a.updated_at_ms, a.finished_at_ms),
+        (100, 100, None)
+    );
+    assert_eq!(a.reason, None);
+
+    let b = store
+        .create_deployment(new_deployment("shop", "prod", "1.1.0", 200))
+        .await
+        .unwrap();
+    let other_env = store
+        .create_deployment(new_deployment("shop", "staging", "2.0.0", 300))
+        .await
+        .unwrap();
+    assert!(b.id > a.id);
+
+    assert_eq!(store.get_deployment(a.id).await.unwrap(), Some(a.clone()));
+    let listed = store.list_deployments("shop", "prod", 10).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![b.clone(), a.clone()],
+        "newest first, env filtered"
+    );
+    assert_eq!(
+        store.list_deployments("shop", "prod", 1).await.unwrap(),
+        vec![b.clone()]
+    );
+    assert_eq!(
+        store.latest_deployment("shop", "prod").await.unwrap(),
+        Some(b.clone())
+    );
+    assert_eq!(
+        store.latest_deployment("shop", "staging").await.unwrap(),
+        Some(other_env.clone())
+    );
+
+    // creation logs the first event
+    let events = store.events_after(a.id, 0, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (
+            events[0].seq,
+            events[0].kind.as_str(),
+            events[0].message.as_str(),
+            events[0].at_ms
+        ),
+        (1, "state", "state: pending", 100)
+    );
+
+    // view carries the public fields
+    let view = a.view();
+    assert_eq!(
+        (
+            view.id,
+            view.state,
+            view.version.as_str(),
+            view.kind.as_str()
+        ),
+        (a.id, DeploymentState::Pending, "1.0.0", "deploy")
+    );
+
+    // active: non-terminal, oldest first
+    let active = store.active_deployments().await.unwrap();
+    assert_eq!(
+        active.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [a.id, b.id, other_env.id]
+    );
+    store
+        .transition(to(&a, DeploymentState::Superseded, 400))
+        .await
+        .unwrap();
+    let active = store.active_deployments().await.unwrap();
+    assert_eq!(
+        active.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [b.id, other_env.id]
+    );
+}
+
+pub async fn transition_cas_conflicts_on_stale_row_version(store: Store, _url: String) {
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let mut t = to(&d, DeploymentState::Progressing, 2);
+    t.phase = json!({"step": 1});
+    t.reason = Some("starting".into());
+    let p = store.transition(t).await.unwrap();
+    assert_eq!(p.row_version, 2);
+    assert_eq!(p.state, DeploymentState::Progressing);
+    assert_eq!(p.phase, json!({"step": 1}));
+    assert_eq!(p.reason.as_deref(), Some("starting"));
+    assert_eq!((p.updated_at_ms, p.finished_at_ms), (2, None));
+
+    // stale: expects 1 while it is 2
+    let stale = to(&d, DeploymentState::RollingBack, 3);
+    let err = store.transition(stale).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(store.get_deployment(d.id).await.unwrap(), Some(p.clone()));
+    assert_eq!(
+        store.events_after(d.id, 0, 100).await.unwrap().len(),
+        2,
+        "no event on conflict"
+    );
+
+    // unknown id
+    let mut missing = to(&d, DeploymentState::Progressing, 3);
+    missing.id = d.id + 1000;
+    assert!(
+        matches!(store.transition(missing).await.unwrap_err(), StoreError::NotFound(what) if what.contains("deployment"))
+    );
+
+    // terminal states never change again, even with the right row_version
+    let done = store
+        .transition(to(&p, DeploymentState::Failed, 4))
+        .await
+        .unwrap();
+    let err = store
+        .transition(to(&done, DeploymentState::Progressing, 5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(store.get_deployment(d.id).await.unwrap(), Some(done));
+}
+
+pub async fn terminal_transition_sets_finished_and_env_current_atomically(
+    store: Store,
+    _url: String,
+) {
+    assert_eq!(store.env_current("shop", "prod").await.unwrap(), None);
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 10))
+        .await
+        .unwrap();
+    let p = store
+        .transition(to(&d, DeploymentState::Progressing, 20))
+        .await
+        .unwrap();
+
+    // a conflicting terminal transition changes nothing: no finished_at, no env row, no event
+    let mut stale = to(&d, DeploymentState::Succeeded, 25);
+    stale.set_current_version = Some("1.0.0".into());
+    assert!(matches!(
+        store.transition(stale).await.unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    assert_eq!(store.get_deployment(d.id).await.unwrap(), Some(p.clone()));
+    assert_eq!(store.env_current("shop", "prod").await.unwrap(), None);
+    assert_eq!(store.events_after(d.id, 0, 100).await.unwrap().len(), 2);
+
+    let mut t = to(&p, DeploymentState::Succeeded, 30);
+    t.set_current_version = Some("1.0.0".into());
+    t.event = "succeeded: all traffic on 1.0.0".into();
+    let s = store.transition(t).await.unwrap();
+    assert_eq!(
+        (s.state, s.finished_at_ms, s.updated_at_ms, s.row_version),
+        (DeploymentState::Succeeded, Some(30), 30, 3)
+    );
+    let env = store.env_current("shop", "prod").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            env.current_version.as_deref(),
+            env.deployment_id,
+            env.updated_at_ms
+        ),
+        (Some("1.0.0"), Some(d.id), 30)
+    );
+    let last = store.events_after(d.id, 2, 10).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(
+        (last[0].kind.as_str(), last[0].message.as_str()),
+        ("state", "succeeded: all traffic on 1.0.0")
+    );
+
+    // the next success overwrites (upsert); a non-terminal transition leaves finished_at NULL
+    let d2 = store
+        .create_deployment(new_deployment("shop", "prod", "1.1.0", 40))
+        .await
+        .unwrap();
+    let mut t = to(&d2, DeploymentState::Progressing, 50);
+    t.set_current_version = Some("1.1.0".into()); // e.g. blue/green switch before completion
+    let p2 = store.transition(t).await.unwrap();
+    assert_eq!(p2.finished_at_ms, None);
+    let env = store.env_current("shop", "prod").await.unwrap().unwrap();
+    assert_eq!(
+        (env.current_version.as_deref(), env.deployment_id),
+        (Some("1.1.0"), Some(d2.id))
+    );
+
+    // failing to another terminal state without set_current_version leaves env alone
+    let f = store
+        .transition(to(&p2, DeploymentState::Failed, 60))
+        .await
+        .unwrap();
+    assert_eq!(f.finished_at_ms, Some(60));
+    assert_eq!(
+        store
+            .env_current("shop", "prod")
+            .await
+            .unwrap()
+            .unwrap()
+            .current_version
+            .as_deref(),
+        Some("1.1.0")
+    );
+    assert_eq!(store.env_current("shop", "staging").await.unwrap(), None);
+}
+
+pub async fn events_have_increasing_seq(store: Store, _url: String) {
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let other = store
+        .create_deployment(new_deployment("shop", "qa", "1.0.0", 1))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let seq = store
+            .append_event(d.id, "replica", &format!("replica {i} healthy"), 10 + i)
+            .await
+            .unwrap();
+        assert_eq!(seq, i + 2, "seq 1 is the creation event");
+    }
+    assert_eq!(
+        store
+            .append_event(other.id, "traffic", "weight 5%", 20)
+            .await
+            .unwrap(),
+        2,
+        "seq is per deployment"
+    );
+    let d = store
+        .transition(to(&d, DeploymentState::Progressing, 30))
+        .await
+        .unwrap();
+    assert_eq!(d.row_version, 2, "append_event doesn't bump row_version");
+
+    let all = store.events_after(d.id, 0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6, 7]
+    );
+    assert_eq!(all[6].message, "state: progressing");
+    let page = store.events_after(d.id, 3, 2).await.unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|e| (e.seq, e.message.as_str()))
+            .collect::<Vec<_>>(),
+        [(4, "replica 2 healthy"), (5, "replica 3 healthy")]
+    );
+    assert!(store.events_after(d.id, 7, 10).await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .append_event(d.id + 99, "x", "y", 1)
+            .await
+            .unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+
+    // concurrent appends still get distinct, gapless seqs
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        let id = other.id;
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_event(id, "health", &format!("c{i}"), 100)
+                .await
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (3..=10).collect::<Vec<i64>>());
+}
+
+pub async fn previous_succeeded_version_skips_failures(store: Store, _url: String) {
+    assert_eq!(
+        store
+            .previous_succeeded_version("shop", "prod", "1.0.0")
+            .await
+            .unwrap(),
+        None
+    );
+    finished(
+        &store,
+        "shop",
+        "prod",
+        "1.0.0",
+        DeploymentState::Succeeded,
+        100,
+    )
+    .await;
+    finished(
+        &store,
+        "shop",
+        "prod",
+        "1.1.0",
+        DeploymentState::Succeeded,
+        200,
+    )
+    .await;
+    finished(
+        &store,
+        "shop",
+        "prod",
+        "1.2.0",
+        DeploymentState::RolledBack,
+        300,
+    )
+    .await;
+    finished(
+        &store,
+        "shop",
+        "prod",
+        "1.3.0",
+        DeploymentState::Failed,
+        400,
+    )
+    .await;
+    finished(
+        &store,
+        "shop",
+        "staging",
+        "1.5.0",
+        DeploymentState::Succeeded,
+        450,
+    )
+    .await;
+    finished(
+        &store,
+        "shop",
+        "prod",
+        "1.4.0",
+        DeploymentState::Succeeded,
+        500,
+    )
+    .await;
+    let pending = store
+        .create_deployment(new_deployment("shop", "prod", "1.6.0", 600))
+        .await
+        .unwrap();
+    assert_eq!(pending.state, DeploymentState::Pending);
+
+    let prev = |cur: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .previous_succeeded_version("shop", "prod", cur)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        prev("1.4.0").await.as_deref(),
+        Some("1.1.0"),
+        "skips rolled-back 1.2.0 and failed 1.3.0"
+    );
+    assert_eq!(prev("1.1.0").await.as_deref(), Some("1.4.0"));
+    assert_eq!(prev("9.9.9").await.as_deref(), Some("1.4.0"));
+
+    // a rollback deployment back to 1.1.0 that succeeds makes 1.1.0 current; the previous is 1.4.0
+    let mut rb = new_deployment("shop", "prod", "1.1.0", 700);
+    rb.kind = "rollback".into();
+    let rb = store.create_deployment(rb).await.unwrap();
+    let rb = store
+        .transition(to(&rb, DeploymentState::Progressing, 701))
+        .await
+        .unwrap();
+    let mut t = to(&rb, DeploymentState::Succeeded, 702);
+    t.set_current_version = Some("1.1.0".into());
+    store.transition(t).await.unwrap();
+    assert_eq!(prev("1.1.0").await.as_deref(), Some("1.4.0"));
+    assert_eq!(
+        store
+            .env_current("shop", "prod")
+            .await
+            .unwrap()
+            .unwrap()
+            .current_version
+            .as_deref(),
+        Some("1.1.0")
+    );
+
+    assert!(
+        store
+            .version_succeeded_in("shop", "prod", "1.0.0")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .version_succeeded_in("shop", "prod", "1.2.0")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .version_succeeded_in("shop", "prod", "1.3.0")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .version_succeeded_in("shop", "prod", "1.5.0")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .version_succeeded_in("shop", "staging", "1.5.0")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .version_succeeded_in("shop", "prod", "1.6.0")
+            .await
+            .unwrap()
+    );
+}
+
+pub async fn replicas_lifecycle_and_filters(store: Store, _url: String) {
+    let mut a = replica("shop-prod-api-1", "shop", "prod", "api", 1);
+    a.deployment_id = Some(7);
+    store.insert_replica(&a).await.unwrap();
+    store
+        .insert_replica(&replica("shop-prod-web-1", "shop", "prod", "web", 2))
+        .await
+        .unwrap();
+    store
+        .insert_replica(&replica("shop-qa-api-1", "shop", "qa", "api", 3))
+        .await
+        .unwrap();
+    store
+        .insert_replica(&replica("blog-prod-api-1", "blog", "prod", "api", 4))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.insert_replica(&a).await.unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+
+    let ids = |v: Vec<ReplicaRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_replicas(None, None).await.unwrap()),
+        [
+            "blog-prod-api-1",
+            "shop-prod-api-1",
+            "shop-prod-web-1",
+            "shop-qa-api-1"
+        ]
+    );
+    assert_eq!(
+        ids(store.list_replicas(Some("shop"), None).await.unwrap()),
+        ["shop-prod-api-1", "shop-prod-web-1", "shop-qa-api-1"]
+    );
+    assert_eq!(
+        ids(store
+            .list_replicas(Some("shop"), Some("prod"))
+            .await
+            .unwrap()),
+        ["shop-prod-api-1", "shop-prod-web-1"]
+    );
+    assert_eq!(
+        ids(store.list_replicas(None, Some("prod")).await.unwrap()),
+        ["blog-prod-api-1", "shop-prod-api-1", "shop-prod-web-1"]
+    );
+    assert!(
+        store
+            .list_replicas(Some("nope"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // process identity: u64 start times round-trip, including ones above i64::MAX
+    store
+        .set_replica_process("shop-prod-api-1", 4242, 1_700_000_000_123)
+        .await
+        .unwrap();
+    store
+        .set_replica_process("shop-qa-api-1", u32::MAX, u64::MAX - 1)
+        .await
+        .unwrap();
+    store
+        .set_replica_draining("shop-prod-api-1", 50)
+        .await
+        .unwrap();
+    store
+        .set_replica_draining("shop-prod-api-1", 60)
+        .await
+        .unwrap(); // idempotent
+    let all = store.list_replicas(Some("shop"), None).await.unwrap();
+    let api = &all[0];
+    assert_eq!(
+        (
+            api.pid,
+            api.start_time,
+            api.draining,
+            api.deployment_id,
+            api.port
+        ),
+        (Some(4242), Some(1_700_000_000_123), true, Some(7), 41000)
+    );
+    assert_eq!(
+        api,
+        &ReplicaRecord {
+            pid: Some(4242),
+            start_time: Some(1_700_000_000_123),
+            draining: true,
+            ..a.clone()
+        }
+    );
+    assert!(!all[1].draining);
+    assert_eq!(
+        (all[2].pid, all[2].start_time),
+        (Some(u32::MAX), Some(u64::MAX - 1))
+    );
+
+    assert!(matches!(
+        store.set_replica_process("ghost", 1, 1).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    assert!(matches!(
+        store.set_replica_draining("ghost", 1).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+
+    store.delete_replica("shop-prod-api-1").await.unwrap();
+    store.delete_replica("shop-prod-api-1").await.unwrap(); // idempotent
+    assert_eq!(
+        ids(store
+            .list_replicas(Some("shop"), Some("prod"))
+            .await
+            .unwrap()),
+        ["shop-prod-web-1"]
+    );
+}
+
+pub async fn tokens_find_touch_count(store: Store, _url: String) {
+    assert_eq!(store.count_tokens().await.unwrap(), 0);
+    let hash = "a".repeat(64);
+    let id = store
+        .insert_token("admin", &hash, "admin", 10)
+        .await
+        .unwrap();
+    let id2 = store
+        .insert_token("ci", &"b".repeat(64), "deployer", 11)
+        .await
+        .unwrap();
+    assert_ne!(id, id2);
+    assert_eq!(store.count_tokens().await.unwrap(), 2);
+    assert!(matches!(
+        store
+            .insert_token("dup", &hash, "viewer", 12)
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    assert_eq!(store.count_tokens().await.unwrap(), 2);
+
+    let t = store.find_token(&hash).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            t.id,
+            t.name.as_str(),
+            t.role.as_str(),
+            t.created_at_ms,
+            t.last_used_at_ms
+        ),
+        (id, "admin", "admin", 10, None)
+    );
+    assert_eq!(store.find_token(&"c".repeat(64)).await.unwrap(), None);
+
+    store.touch_token(id, 99).await.unwrap();
+    assert_eq!(
+        store
+            .find_token(&hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at_ms,
+        Some(99)
+    );
+    assert!(matches!(
+        store.touch_token(id + id2 + 100, 1).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+}
+
+pub async fn concurrent_transitions_exactly_one_wins(store: Store, _url: String) {
+    for round in 0..20 {
+        let d = store
+            .create_deployment(new_deployment(
+                "shop",
+                "prod",
+                &format!("1.0.{round}"),
+                round,
+            ))
+            .await
+            .unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let mut tasks = Vec::new();
+        for (i, state) in [DeploymentState::Progressing, DeploymentState::Superseded]
+            .into_iter()
+            .enumerate()
+        {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            let mut t = to(&d, state, 1000 + round);
+            t.set_current_version = Some(format!("winner-{i}"));
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store.transition(t).await
+            }));
+        }
+        let mut wins = Vec::new();
+        let mut conflicts = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(rec) => wins.push(rec),
+                Err(StoreError::Conflict(_)) => conflicts += 1,
+                Err(other) => panic!("round {round}: unexpected error {other:?}"),
+            }
+        }
+        assert_eq!((wins.len(), conflicts), (1, 1), "round {round}");
+        let won = &wins[0];
+        assert_eq!(won.row_version, 2);
+        assert_eq!(
+            store.get_deployment(d.id).await.unwrap().as_ref(),
+            Some(won)
+        );
+        let events = store.events_after(d.id, 0, 10).await.unwrap();
+        assert_eq!(events.len(), 2, "round {round}: only the winner's event");
+        let env = store.env_current("shop", "prod").await.unwrap().unwrap();
+        assert_eq!(env.deployment_id, Some(d.id));
+        let winner = if won.state == DeploymentState::Progressing {
+            "winner-0"
+        } else {
+            "winner-1"
+        };
+        assert_eq!(env.current_version.as_deref(), Some(winner));
+    }
+}
+
+pub async fn corrupt_rows_are_reported(store: Store, _url: String) {
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE deployments SET state = 'exploded' WHERE id = $1")
+        .bind(d.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    match store.get_deployment(d.id).await.unwrap_err() {
+        StoreError::Corrupt(msg) => assert!(
+            msg.contains(&format!("deployment {}", d.id)) && msg.contains("exploded"),
+            "{msg}"
+        ),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// engines
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh SQLite database file in its own temporary directory.
+async fn fresh_sqlite() -> (Store, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("ferry.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let store = Store::open(&url).await.unwrap();
+    (store, url, dir)
+}
+
+macro_rules! contract_tests {
+    ($engine:ident, $fresh:ident: $($case:ident),* $(,)?) => {
+        mod $engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let (store, url, _guard) = super::$fresh().await;
+                    super::$case(store, url).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_tests!(sqlite, fresh_sqlite:
+    migrations_are_idempotent,
+    manifest_revision_bumps_only_on_change,
+    concurrent_applies_of_one_manifest_make_one_revision,
+    releases_are_recorded_once,
+    deployments_create_get_list_latest,
+    transition_cas_conflicts_on_stale_row_version,
+    terminal_transition_sets_finished_and_env_current_atomically,
+    events_have_increasing_seq,
+    previous_succeeded_version_skips_failures,
+    replicas_lifecycle_and_filters,
+    tokens_find_touch_count,
+    concurrent_transitions_exactly_one_wins,
+    corrupt_rows_are_reported,
+);
+
+// ---------------------------------------------------------------------------------------------
+// SQLite-only checks
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sqlite_uses_wal_normal_sync_and_foreign_keys() {
+    let (store, _url, _dir) = fresh_sqlite().await;
+    let one = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            use sqlx::Row;
+            let row = sqlx::query(sql).fetch_one(store.pool()).await.unwrap();
+            match row.try_get::<String, _>(0) {
+                Ok(text) => text,
+                Err(_) => row.try_get::<i64, _>(0).unwrap().to_string(),
+            }
+        }
+    };
+    assert_eq!(one("PRAGMA journal_mode").await.to_lowercase(), "wal");
+    assert_eq!(one("PRAGMA synchronous").await, "1", "NORMAL");
+    assert_eq!(one("PRAGMA foreign_keys").await, "1");
+    assert_eq!(one("PRAGMA busy_timeout").await, "5000");
+}
+
+#[tokio::test]
+async fn open_sqlite_file_creates_the_database_with_odd_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("with space #and?marks%.db");
+    let store = Store::open_sqlite_file(&path).await.unwrap();
+    store.ensure_release("shop", "1.0.0", 1).await.unwrap();
+    store.close().await;
+    assert!(path.exists());
+    let again = Store::open_sqlite_file(&path).await.unwrap();
+    assert_eq!(again.list_releases("shop").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_works_for_quick_tests() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    let d = store
+        .create_deployment(new_deployment("shop", "dev", "1.0.0", 1))
+        .await
+        .unwrap();
+    assert_eq!(store.get_deployment(d.id).await.unwrap(), Some(d));
+}
