@@ -1,7 +1,19 @@
 //! The `ferry.yaml` manifest: the typed shape, parsing with precise errors, and validation.
 //!
 //! Parsing never touches the outside world: a manifest is text in, `Manifest` or
-//! `ManifestError` (with file, line, column, field path and hint) out.
+//! `ManifestErrors` (each with file, line, column, field path and hint) out.
+//!
+//! Parsing runs in three passes over the same text:
+//! 1. a position tree ([`tree`]) — YAML syntax errors and duplicate keys stop here;
+//! 2. the typed parse (serde) — unknown fields and wrong types stop here, named by path;
+//! 3. semantic validation ([`validate`]) — every remaining mistake is reported at once.
+//!
+//! The reference for users is `docs/manifest.md`; the editor schema is `docs/ferry.schema.json`.
+
+mod diff;
+mod errors;
+mod tree;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,15 +23,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
 
-/// A whole manifest: one app, its services and its environments (in promotion order).
+/// Pattern every app, service and environment name must match.
+pub const NAME_PATTERN: &str = "^[a-z][a-z0-9-]{0,62}$";
+/// Most replicas a service may run in one environment.
+pub const MAX_REPLICAS: u32 = 64;
+/// Environment variables Ferry sets for every replica; manifests may not set them.
+pub const RESERVED_VARS: [&str; 5] = ["PORT", "VERSION", "FERRY_APP", "FERRY_ENV", "FERRY_SERVICE"];
+/// Placeholders substituted in a service's `run` arguments.
+pub const RUN_PLACEHOLDERS: [&str; 2] = ["PORT", "VERSION"];
+
+/// A Ferry manifest (`ferry.yaml`): one app, its services and its environments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "Ferry manifest (ferry.yaml)")]
 pub struct Manifest {
-    /// App name: lowercase letters, digits and `-`, starting with a letter.
+    /// App name: lowercase letters, digits and `-`, starting with a letter (at most 63).
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub app: String,
-    /// Services keyed by name (same naming rule as the app).
+    /// Services keyed by name (same naming rule as the app). At least one.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    #[schemars(extend("propertyNames" = { "pattern": "^[a-z][a-z0-9-]{0,62}$" }))]
     pub services: BTreeMap<String, Service>,
-    /// Environments keyed by name, in the order they are written (promotion order).
+    /// Environments keyed by name (same naming rule as the app), in promotion order:
+    /// a release goes through them in the order they are written. At least one.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    #[schemars(extend("propertyNames" = { "pattern": "^[a-z][a-z0-9-]{0,62}$" }))]
     pub environments: IndexedMap<Environment>,
 }
 
@@ -27,46 +58,59 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
-    /// Command line (argv). `${PORT}` and `${VERSION}` are substituted.
+    /// Command line (argv), not run through a shell. `${PORT}` (the port this replica must
+    /// listen on) and `${VERSION}` (the release version) are substituted in every argument.
+    #[serde(default)]
+    #[schemars(length(min = 1), example = example_run())]
     pub run: Vec<String>,
     /// Working directory, relative to the directory of the manifest file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    /// Extra environment variables for every replica.
+    /// Extra environment variables for every replica (environment `vars` override them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }))]
     pub env: BTreeMap<String, String>,
-    /// Number of replicas per environment (1..=64).
+    /// Number of replicas in each environment (1..=64); an environment's `replicas` wins.
     #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 64))]
     pub replicas: u32,
-    /// Path prefix routed to this service on the environment's listener (default `/`).
+    /// Path prefix routed to this service on each environment's listener (default `/`).
+    /// The longest matching prefix wins; routes are unique within the app.
     #[serde(default = "default_route")]
+    #[schemars(regex(pattern = r"^/"))]
     pub route: String,
-    /// Active health check.
+    /// Active HTTP health check of every replica.
     #[serde(default)]
     pub health: HealthCheck,
-    /// How long a replica gets between SIGTERM and SIGKILL.
+    /// How long a replica gets between SIGTERM and SIGKILL (default 10s).
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: HumanDuration,
 }
 
-/// HTTP health check against each replica on `127.0.0.1:$PORT`.
+/// HTTP health check: `GET http://127.0.0.1:$PORT{path}` on each replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    /// Path requested; any 2xx answer is healthy.
+    /// Path requested; any 2xx answer is healthy (default `/health`).
     #[serde(default = "default_health_path")]
+    #[schemars(regex(pattern = r"^/"))]
     pub path: String,
+    /// Time between two checks of one replica (default 1s).
     #[serde(default = "default_health_interval")]
     pub interval: HumanDuration,
+    /// How long one check may take; at most `interval` (default 500ms).
     #[serde(default = "default_health_timeout")]
     pub timeout: HumanDuration,
-    /// Consecutive successes before a replica is healthy.
+    /// Consecutive successes before a replica is healthy (default 1).
     #[serde(default = "default_healthy_threshold")]
+    #[schemars(range(min = 1))]
     pub healthy_threshold: u32,
-    /// Consecutive failures before a healthy replica is unhealthy.
+    /// Consecutive failures before a healthy replica is unhealthy (default 3).
     #[serde(default = "default_unhealthy_threshold")]
+    #[schemars(range(min = 1))]
     pub unhealthy_threshold: u32,
-    /// How long a new replica may take to become healthy before the rollout fails.
+    /// How long a new replica may take to become healthy before the rollout fails
+    /// (default 30s).
     #[serde(default = "default_start_timeout")]
     pub start_timeout: HumanDuration,
 }
@@ -88,21 +132,31 @@ impl Default for HealthCheck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
-    /// Proxy listener, e.g. `127.0.0.1:8080`.
+    /// Proxy listener `IP:PORT`, e.g. `127.0.0.1:8080`; unique across environments.
+    /// Every service of the app is reachable there under its `route`.
+    #[serde(default)]
+    #[schemars(example = "127.0.0.1:8080")]
     pub listen: String,
-    /// Variables given to every replica in this environment (override service `env`).
+    /// Variables given to every replica in this environment (they override service `env`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }))]
     pub vars: BTreeMap<String, String>,
-    /// Replica count override for every service in this environment.
+    /// Replica count for every service in this environment (1..=64), overriding the
+    /// services' own `replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
     pub replicas: Option<u32>,
+    /// How a new version replaces the running one (default: rolling, max_surge 1,
+    /// max_unavailable 0).
     #[serde(default)]
     pub strategy: Strategy,
 }
 
 /// How a new version replaces the running one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+///
+/// Written either as a bare name (`recreate`, `rolling` — rolling with default limits) or
+/// as a one-key map (`{ recreate: {} }`, `{ rolling: { max_surge: 1, max_unavailable: 0 } }`).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Strategy {
     /// Stop everything old, then start everything new (downtime; for dev).
     Recreate {},
@@ -117,6 +171,9 @@ impl Default for Strategy {
 }
 
 impl Strategy {
+    /// Names accepted for `strategy`.
+    pub const NAMES: [&'static str; 2] = ["recreate", "rolling"];
+
     pub fn name(&self) -> &'static str {
         match self {
             Strategy::Recreate {} => "recreate",
@@ -125,14 +182,136 @@ impl Strategy {
     }
 }
 
+impl Serialize for Strategy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Strategy::Recreate {} => s.serialize_str("recreate"),
+            Strategy::Rolling(rolling) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("rolling", rolling)?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Strategy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Strategy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`recreate`, `rolling` or a map like `{ rolling: { max_surge: 1 } }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Strategy, E> {
+                match v {
+                    "recreate" => Ok(Strategy::Recreate {}),
+                    "rolling" => Ok(Strategy::Rolling(Rolling::default())),
+                    other => Err(E::unknown_variant(other, &Strategy::NAMES)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Strategy, A::Error> {
+                use serde::de::Error;
+                let Some(name) = map.next_key::<String>()? else {
+                    return Err(A::Error::invalid_length(
+                        0,
+                        &"a map with one key: `recreate` or `rolling`",
+                    ));
+                };
+                let strategy = match name.as_str() {
+                    "recreate" => {
+                        map.next_value::<Empty>()?;
+                        Strategy::Recreate {}
+                    }
+                    "rolling" => {
+                        Strategy::Rolling(map.next_value::<Option<Rolling>>()?.unwrap_or_default())
+                    }
+                    other => return Err(A::Error::unknown_variant(other, &Strategy::NAMES)),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(A::Error::custom(format!(
+                        "a strategy has exactly one key, found `{name}` and `{extra}`"
+                    )));
+                }
+                Ok(strategy)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `recreate:` takes no settings: accepts `{}` or nothing.
+struct Empty;
+
+impl<'de> Deserialize<'de> for Empty {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Empty;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("nothing or `{}`")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Empty, E> {
+                Ok(Empty)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Empty, E> {
+                Ok(Empty)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Empty, A::Error> {
+                match map.next_key::<String>()? {
+                    Some(key) => Err(serde::de::Error::unknown_field(&key, &[])),
+                    None => Ok(Empty),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for Strategy {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Strategy".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let rolling = generator.subschema_for::<Rolling>();
+        schemars::json_schema!({
+            "description": "How a new version replaces the running one: `recreate` (stop all old, then start all new; downtime) or `rolling` (replace replicas in health-gated batches). Write a bare name or a one-key map.",
+            "oneOf": [
+                { "type": "string", "enum": ["recreate", "rolling"] },
+                {
+                    "type": "object",
+                    "properties": { "recreate": { "type": ["object", "null"], "additionalProperties": false } },
+                    "required": ["recreate"],
+                    "additionalProperties": false
+                },
+                {
+                    "type": "object",
+                    "properties": { "rolling": rolling },
+                    "required": ["rolling"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 /// Rolling update limits, as replica counts or percentages of the replica count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rolling {
-    /// Replicas that may run above the desired count during the update (`1` or `25%`).
+    /// Replicas that may run above the desired count during the update: a count (`1`) or a
+    /// percentage of the replica count (`"25%"`, rounded up). Default 1.
     #[serde(default = "default_max_surge")]
     pub max_surge: IntOrPercent,
-    /// Replicas that may be missing below the desired count (`0` or `25%`).
+    /// Replicas that may be missing below the desired count: a count (`0`) or a percentage
+    /// (`"25%"`, rounded down). Default 0. Not both limits may be 0.
     #[serde(default = "default_max_unavailable")]
     pub max_unavailable: IntOrPercent,
 }
@@ -147,11 +326,11 @@ impl Default for Rolling {
 }
 
 /// A count (`2`) or a percentage of the replica count (`"25%"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum IntOrPercent {
     Count(u32),
-    Percent(#[schemars(with = "String")] Percent),
+    Percent(Percent),
 }
 
 impl IntOrPercent {
@@ -171,11 +350,84 @@ impl IntOrPercent {
             }
         }
     }
+
+    /// True for `0` and `"0%"`.
+    pub fn is_zero(self) -> bool {
+        matches!(
+            self,
+            IntOrPercent::Count(0) | IntOrPercent::Percent(Percent(0))
+        )
+    }
 }
 
-/// A whole percentage written as `"25%"`.
+impl std::fmt::Display for IntOrPercent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IntOrPercent::Count(n) => write!(f, "{n}"),
+            IntOrPercent::Percent(Percent(p)) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IntOrPercent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IntOrPercent;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a count like 1 or a percentage like \"25%\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IntOrPercent, E> {
+                u32::try_from(v)
+                    .map(IntOrPercent::Count)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IntOrPercent, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IntOrPercent, E> {
+                Percent::parse(v)
+                    .map(IntOrPercent::Percent)
+                    .map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for IntOrPercent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrPercent".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A count (`2`) or a percentage of the replica count (`\"25%\"`, at most 100%).",
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^(100|[1-9]?[0-9])%$" }
+            ]
+        })
+    }
+}
+
+/// A whole percentage written as `"25%"` (validation rejects values above 100).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Percent(pub u32);
+
+impl Percent {
+    fn parse(text: &str) -> Result<Percent, String> {
+        let digits = text.trim().strip_suffix('%').ok_or_else(|| {
+            format!("expected a count like 1 or a percentage like \"25%\", got {text:?}")
+        })?;
+        digits
+            .trim()
+            .parse()
+            .map(Percent)
+            .map_err(|_| format!("expected a percentage like \"25%\", got {text:?}"))
+    }
+}
 
 impl Serialize for Percent {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -186,22 +438,19 @@ impl Serialize for Percent {
 impl<'de> Deserialize<'de> for Percent {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        let digits = text.strip_suffix('%').ok_or_else(|| {
-            serde::de::Error::custom(format!("expected a count or a percentage like \"25%\", got {text:?}"))
-        })?;
-        let value: u32 = digits.trim().parse().map_err(|_| {
-            serde::de::Error::custom(format!("expected a percentage like \"25%\", got {text:?}"))
-        })?;
-        if value > 100 {
-            return Err(serde::de::Error::custom(format!("percentage {value}% is above 100%")));
-        }
-        Ok(Percent(value))
+        Percent::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
 /// A map that keeps the order its keys were written in (environments are ordered).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IndexedMap<T>(pub Vec<(String, T)>);
+
+impl<T> Default for IndexedMap<T> {
+    fn default() -> Self {
+        IndexedMap(Vec::new())
+    }
+}
 
 impl<T> IndexedMap<T> {
     pub fn get(&self, key: &str) -> Option<&T> {
@@ -212,6 +461,16 @@ impl<T> IndexedMap<T> {
     }
     pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Position of `key` in written order (promotion order for environments).
+    pub fn position(&self, key: &str) -> Option<usize> {
+        self.0.iter().position(|(k, _)| k == key)
     }
 }
 
@@ -234,7 +493,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for IndexedMap<T> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a map")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut entries: Vec<(String, T)> = Vec::new();
                 while let Some((k, v)) = access.next_entry::<String, T>()? {
                     if entries.iter().any(|(existing, _)| *existing == k) {
@@ -256,8 +518,14 @@ impl<T: JsonSchema> JsonSchema for IndexedMap<T> {
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         <BTreeMap<String, T>>::json_schema(generator)
     }
+    fn inline_schema() -> bool {
+        true
+    }
 }
 
+fn example_run() -> Vec<String> {
+    ["./server", "--port", "${PORT}"].map(String::from).to_vec()
+}
 fn default_replicas() -> u32 {
     1
 }
@@ -300,30 +568,52 @@ pub struct ManifestErrors {
 }
 
 /// One mistake: where (file:line:column and field path), what, and how to fix it.
+///
+/// Displays as `file:line:column: path: message (hint: …)`; the path part is left out for
+/// errors that concern no field (a YAML syntax error), the hint part when there is none.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {path}: {message}{}", .hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+#[error(
+    "{file}:{line}:{column}: {}{message}{}",
+    if .path.is_empty() { String::new() } else { format!("{}: ", .path) },
+    .hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default()
+)]
 pub struct ManifestError {
     pub file: String,
+    /// 1-based line (0 when unknown).
     pub line: usize,
+    /// 1-based column (0 when unknown).
     pub column: usize,
-    /// Dotted field path, e.g. `services.api.health.interval`.
+    /// Dotted field path, e.g. `services.api.health.interval` (`run[0]` for list items).
     pub path: String,
     pub message: String,
     pub hint: Option<String>,
 }
 
 /// Parses and validates a manifest. `file_name` is only used in error messages.
+///
+/// On failure every error found is returned, sorted by position. A YAML syntax error or a
+/// type error (unknown field, wrong type) stops parsing at that point; semantic mistakes
+/// (names, ranges, listeners, variables…) are all collected.
 pub fn parse(text: &str, file_name: &str) -> Result<Manifest, ManifestErrors> {
-    serde_saphyr::from_str::<Manifest>(text).map_err(|e| ManifestErrors {
-        errors: vec![ManifestError {
-            file: file_name.to_string(),
-            line: 0,
-            column: 0,
-            path: String::new(),
-            message: e.to_string(),
-            hint: None,
-        }],
-    })
+    let tree = tree::parse(text).map_err(|e| ManifestErrors {
+        errors: vec![errors::from_yaml(&e, None, file_name)],
+    })?;
+    let duplicates = errors::duplicates(&tree, file_name);
+    if !duplicates.is_empty() {
+        return Err(ManifestErrors { errors: duplicates });
+    }
+    let manifest = serde_saphyr::from_str::<Manifest>(text).map_err(|e| ManifestErrors {
+        errors: vec![errors::from_yaml(&e, Some(&tree), file_name)],
+    })?;
+    let mut errors: Vec<ManifestError> = validate::validate(&manifest)
+        .into_iter()
+        .map(|issue| issue.into_error(&tree, file_name))
+        .collect();
+    if errors.is_empty() {
+        return Ok(manifest);
+    }
+    errors.sort_by_key(|e| (e.line, e.column));
+    Err(ManifestErrors { errors })
 }
 
 impl Manifest {
@@ -335,17 +625,51 @@ impl Manifest {
             .unwrap_or(1)
     }
 
-    /// Human-readable changes from `old` to `self` (`+ added`, `- removed`, `~ changed`).
+    /// Human-readable changes from `old` to `self`, one per line, in a stable order:
+    /// `+ services.web`, `- environments.qa`, `~ services.api.replicas: 2 -> 3`.
+    /// With no `old` every service and environment is listed as added. Empty when equal.
     pub fn diff(&self, old: Option<&Manifest>) -> Vec<String> {
-        match old {
-            None => vec![format!("+ app {}", self.app)],
-            Some(old) if old == self => Vec::new(),
-            Some(_) => vec![format!("~ app {}", self.app)],
-        }
+        diff::diff(self, old)
+    }
+
+    /// Writes the manifest back as YAML (defaults spelled out).
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_default()
     }
 }
 
-/// JSON Schema of `ferry.yaml`, for editors.
+/// JSON Schema (draft-07) of `ferry.yaml`, for editors. Committed as `docs/ferry.schema.json`.
 pub fn json_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(Manifest)).unwrap_or_default()
+    let schema = schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<Manifest>();
+    let mut value = serde_json::to_value(schema).unwrap_or_default();
+    // These fields default to empty so that validation can report all of them missing at
+    // once; for editors they are required and have no default.
+    mark_required(&mut value, &["app", "services", "environments"]);
+    if let Some(defs) = value.get_mut("definitions") {
+        if let Some(service) = defs.get_mut("Service") {
+            mark_required(service, &["run"]);
+        }
+        if let Some(environment) = defs.get_mut("Environment") {
+            mark_required(environment, &["listen"]);
+        }
+    }
+    value
+}
+
+fn mark_required(schema: &mut serde_json::Value, fields: &[&str]) {
+    if let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        for field in fields {
+            if let Some(prop) = props.get_mut(*field).and_then(|p| p.as_object_mut()) {
+                prop.remove("default");
+            }
+        }
+    }
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert(
+            "required".into(),
+            fields.iter().map(|f| serde_json::Value::from(*f)).collect(),
+        );
+    }
 }
