@@ -1,1 +1,546 @@
-//! placeholder
+//! `ferry-runtime`: the process runtime. Starts replica processes on 127.0.0.1, supervises
+//! them (health checks, exit detection, restart with backoff) and stops them. It makes no
+//! rollout decisions: it reports [`RuntimeEvent`]s and the controller decides.
+//!
+//! Replicas survive the Ferry server's death: each runs in its own process group, writes
+//! straight to an append-mode log file (no pipe to break), and is never killed when the
+//! runtime is dropped. A restarted server re-adopts them with [`ProcessRuntime::adopt`]
+//! using the [`ProcessIdentity`] (pid + start time) it persisted, so a reused pid is never
+//! mistaken for a replica.
+//!
+//! Dropping the last [`ProcessRuntime`] handle detaches: supervision tasks end, processes
+//! keep running (as if the server had crashed).
+
+mod logs;
+mod procfs;
+mod supervise;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ferry_core::model::ReplicaState;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::supervise::Proc;
+
+/// What to run for one replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSpec {
+    /// Unique, chosen by the controller, e.g. `shop-staging-api-1.1.0-3f2a`. Also names the
+    /// log file, so keep it file-name safe.
+    pub id: String,
+    pub app: String,
+    pub env: String,
+    pub service: String,
+    pub version: String,
+    /// Program and arguments. `${PORT}` and `${VERSION}` are substituted by the runtime.
+    pub argv: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// Service env + environment vars, merged by the caller; set after the runtime's own
+    /// (`PORT`, `VERSION`, `FERRY_APP`, `FERRY_ENV`, `FERRY_SERVICE`), so they may override them.
+    pub env_vars: BTreeMap<String, String>,
+    pub port: u16,
+    pub health: HealthSpec,
+    /// How long `stop` waits after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+/// HTTP health check: `GET http://127.0.0.1:{port}{path}`, 2xx is a success. An empty
+/// `path` disables checks: the replica counts as healthy as soon as it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: "/health".to_string(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+/// Identifies one process across server restarts: a pid alone may be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    pub pid: u32,
+    /// `/proc/PID/stat` field 22 (starttime, clock ticks since boot).
+    pub start_time: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub id: String,
+    pub state: ReplicaState,
+    /// The running process, if any (None while waiting to restart).
+    pub pid: Option<u32>,
+    /// Restarts after unexpected exits.
+    pub restarts: u32,
+    pub ever_healthy: bool,
+    /// How the last process ended, e.g. `exit code 1`, `signal 9`.
+    pub last_exit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEvent {
+    /// A process was started (first start or restart): persist `identity` to re-adopt it.
+    Started {
+        id: String,
+        identity: ProcessIdentity,
+    },
+    /// Reached `healthy_threshold` consecutive successful checks (from Starting or Unhealthy).
+    Healthy { id: String },
+    /// Was healthy, then failed `unhealthy_threshold` consecutive checks.
+    Unhealthy { id: String, reason: String },
+    /// The process ended on its own (or a restart attempt failed to spawn).
+    Exited {
+        id: String,
+        reason: String,
+        will_restart: bool,
+    },
+    /// Stopped on purpose by `stop`; it will not come back.
+    Stopped { id: String },
+}
+
+impl RuntimeEvent {
+    pub fn id(&self) -> &str {
+        match self {
+            RuntimeEvent::Started { id, .. }
+            | RuntimeEvent::Healthy { id }
+            | RuntimeEvent::Unhealthy { id, .. }
+            | RuntimeEvent::Exited { id, .. }
+            | RuntimeEvent::Stopped { id } => id,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "invalid replica id {id:?}: it names the log file, so it must be non-empty without '/' or NUL"
+    )]
+    InvalidId { id: String },
+    #[error("replica {id}: empty argv")]
+    EmptyArgv { id: String },
+    #[error("replica {id}: working directory {} does not exist", dir.display())]
+    MissingCwd { id: String, dir: PathBuf },
+    #[error("replica {id}: cannot start {program:?}: {source}")]
+    Spawn {
+        id: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("replica {id}: cannot open log file {}: {source}", path.display())]
+    LogFile {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("replica {id}: cannot read /proc/{pid}/stat of the process just started")]
+    Identity { id: String, pid: u32 },
+    #[error("replica {id} is already supervised (pid {pid:?})")]
+    AlreadySupervised { id: String, pid: Option<u32> },
+    #[error("replica {id}: process {pid} still runs after SIGKILL")]
+    StopFailed { id: String, pid: u32 },
+    #[error("cannot reserve a free port on 127.0.0.1: {0}")]
+    FreePort(#[source] std::io::Error),
+}
+
+/// Starts and supervises replica processes. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct ProcessRuntime {
+    inner: Arc<Inner>,
+    /// Detaches (ends supervision without touching processes) when the last handle drops.
+    _detach: Arc<DetachOnDrop>,
+}
+
+impl std::fmt::Debug for ProcessRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessRuntime")
+            .field("log_dir", &self.inner.log_dir)
+            .field("replicas", &self.inner.replicas().len())
+            .finish()
+    }
+}
+
+struct DetachOnDrop(CancellationToken);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+pub(crate) struct Inner {
+    log_dir: PathBuf,
+    max_log_bytes: u64,
+    events: broadcast::Sender<RuntimeEvent>,
+    replicas: Mutex<HashMap<String, Arc<Replica>>>,
+    http: reqwest::Client,
+    detach: CancellationToken,
+    janitor_started: AtomicBool,
+}
+
+impl Inner {
+    fn replicas(&self) -> MutexGuard<'_, HashMap<String, Arc<Replica>>> {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn emit(&self, event: RuntimeEvent) {
+        tracing::debug!(?event, "runtime event");
+        // No subscriber is fine.
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn log_path(&self, id: &str) -> PathBuf {
+        self.log_dir.join(format!("{id}.log"))
+    }
+}
+
+/// How a supervision task ended, for `stop` to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Done {
+    Running,
+    Stopped,
+    /// The process (this pid) survived SIGKILL.
+    Stuck(u32),
+}
+
+pub(crate) struct Replica {
+    pub spec: ReplicaSpec,
+    pub shared: Mutex<Shared>,
+    pub stop: CancellationToken,
+    pub done: watch::Sender<Done>,
+}
+
+impl Replica {
+    pub(crate) fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub state: ReplicaState,
+    pub identity: Option<ProcessIdentity>,
+    pub restarts: u32,
+    pub ever_healthy: bool,
+    pub last_exit: Option<String>,
+    pub healthy_since: Option<Instant>,
+}
+
+const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+impl ProcessRuntime {
+    /// `log_dir` receives `<id>.log` per replica (created when needed); a log above
+    /// `max_log_bytes` is cut to its last `max_log_bytes / 2` bytes (0 = no limit).
+    pub fn new(log_dir: PathBuf, max_log_bytes: u64) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let detach = CancellationToken::new();
+        ProcessRuntime {
+            inner: Arc::new(Inner {
+                log_dir,
+                max_log_bytes,
+                events,
+                replicas: Mutex::new(HashMap::new()),
+                http,
+                detach: detach.clone(),
+                janitor_started: AtomicBool::new(false),
+            }),
+            _detach: Arc::new(DetachOnDrop(detach)),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Spawns the replica and supervises it. Returns once the process exists (not once it
+    /// is healthy: wait for [`RuntimeEvent::Healthy`]). Also emits `Started`.
+    pub async fn start(&self, spec: ReplicaSpec) -> Result<ProcessIdentity, RuntimeError> {
+        validate_id(&spec.id)?;
+        self.ensure_janitor();
+        let inner = &self.inner;
+        let mut replicas = inner.replicas();
+        if let Some(existing) = replicas.get(&spec.id) {
+            return Err(RuntimeError::AlreadySupervised {
+                id: spec.id.clone(),
+                pid: existing.shared().identity.map(|i| i.pid),
+            });
+        }
+        let (child, identity) = supervise::spawn(inner, &spec)?;
+        let replica = Arc::new(Replica {
+            spec,
+            shared: Mutex::new(Shared {
+                state: ReplicaState::Starting,
+                identity: Some(identity),
+                restarts: 0,
+                ever_healthy: false,
+                last_exit: None,
+                healthy_since: None,
+            }),
+            stop: CancellationToken::new(),
+            done: watch::channel(Done::Running).0,
+        });
+        replicas.insert(replica.spec.id.clone(), replica.clone());
+        drop(replicas);
+        inner.emit(RuntimeEvent::Started {
+            id: replica.spec.id.clone(),
+            identity,
+        });
+        tokio::spawn(supervise::supervise(
+            inner.clone(),
+            replica,
+            Proc::Own { child, identity },
+        ));
+        Ok(identity)
+    }
+
+    /// Re-adopts a replica started by an earlier server. `Ok(true)`: a process with the same
+    /// pid AND start time still runs and is supervised again (health checks from Starting,
+    /// exit detection by polling /proc, restart on exit like any replica). `Ok(false)`: it is
+    /// gone or the pid belongs to another process now: nothing was done, the caller decides.
+    /// Adopting an id already supervised with the same identity is `Ok(true)`.
+    pub async fn adopt(
+        &self,
+        spec: ReplicaSpec,
+        identity: ProcessIdentity,
+    ) -> Result<bool, RuntimeError> {
+        validate_id(&spec.id)?;
+        self.ensure_janitor();
+        let inner = &self.inner;
+        let mut replicas = inner.replicas();
+        if let Some(existing) = replicas.get(&spec.id) {
+            let current = existing.shared().identity;
+            if current == Some(identity) {
+                return Ok(true);
+            }
+            return Err(RuntimeError::AlreadySupervised {
+                id: spec.id.clone(),
+                pid: current.map(|i| i.pid),
+            });
+        }
+        if !procfs::is_alive(&identity) {
+            return Ok(false);
+        }
+        let replica = Arc::new(Replica {
+            spec,
+            shared: Mutex::new(Shared {
+                state: ReplicaState::Starting,
+                identity: Some(identity),
+                restarts: 0,
+                ever_healthy: false,
+                last_exit: None,
+                healthy_since: None,
+            }),
+            stop: CancellationToken::new(),
+            done: watch::channel(Done::Running).0,
+        });
+        replicas.insert(replica.spec.id.clone(), replica.clone());
+        drop(replicas);
+        logs::append_line(
+            &inner.log_path(&replica.spec.id),
+            &format!(
+                "--- adopted pid {} at {} ---",
+                identity.pid,
+                logs::now_rfc3339()
+            ),
+        );
+        tokio::spawn(supervise::supervise(
+            inner.clone(),
+            replica,
+            Proc::Adopted { identity },
+        ));
+        Ok(true)
+    }
+
+    /// Stops a replica for good: SIGTERM to its process group, up to `stop_timeout` to exit,
+    /// then SIGKILL to the group. No restart afterwards. Returns once the process is gone;
+    /// the replica is then forgotten (`status` returns None). Unknown id: `Ok(())`.
+    pub async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(replica) = self.inner.replicas().get(id).cloned() else {
+            return Ok(());
+        };
+        replica.stop.cancel();
+        let mut done = replica.done.subscribe();
+        let outcome = match done.wait_for(|d| *d != Done::Running).await {
+            Ok(d) => *d,
+            // The supervision task ended without reporting (runtime shutting down).
+            Err(_) => Done::Stopped,
+        };
+        {
+            let mut replicas = self.inner.replicas();
+            if replicas
+                .get(id)
+                .is_some_and(|current| Arc::ptr_eq(current, &replica))
+            {
+                replicas.remove(id);
+            }
+        }
+        match outcome {
+            Done::Stuck(pid) => Err(RuntimeError::StopFailed {
+                id: id.to_string(),
+                pid,
+            }),
+            Done::Running | Done::Stopped => Ok(()),
+        }
+    }
+
+    pub fn status(&self, id: &str) -> Option<ReplicaStatus> {
+        self.inner
+            .replicas()
+            .get(id)
+            .map(|replica| status_of(replica))
+    }
+
+    /// Every supervised replica, sorted by id.
+    pub fn list(&self) -> Vec<ReplicaStatus> {
+        let mut all: Vec<ReplicaStatus> = self
+            .inner
+            .replicas()
+            .values()
+            .map(|replica| status_of(replica))
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The identity of the replica's current process (None while waiting to restart).
+    pub fn identity(&self, id: &str) -> Option<ProcessIdentity> {
+        self.inner
+            .replicas()
+            .get(id)
+            .and_then(|replica| replica.shared().identity)
+    }
+
+    /// `log_dir/<id>.log`.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.inner.log_path(id)
+    }
+
+    /// Stops every supervised replica concurrently (errors are logged).
+    pub async fn stop_all(&self) {
+        let ids: Vec<String> = self.inner.replicas().keys().cloned().collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in ids {
+            let runtime = self.clone();
+            tasks.spawn(async move {
+                if let Err(e) = runtime.stop(&id).await {
+                    tracing::warn!(error = %e, "stop failed");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn ensure_janitor(&self) {
+        if self.inner.janitor_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = inner.detach.cancelled() => return,
+                    () = tokio::time::sleep(LOG_CHECK_INTERVAL) => {}
+                }
+                let max = inner.max_log_bytes;
+                if max == 0 {
+                    continue;
+                }
+                let paths: Vec<PathBuf> = inner
+                    .replicas()
+                    .keys()
+                    .map(|id| inner.log_path(id))
+                    .collect();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for path in paths {
+                        if let Err(e) = logs::cap_log(&path, max) {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot cap log file");
+                        }
+                    }
+                })
+                .await;
+            }
+        });
+    }
+}
+
+fn validate_id(id: &str) -> Result<(), RuntimeError> {
+    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) {
+        return Err(RuntimeError::InvalidId { id: id.to_string() });
+    }
+    Ok(())
+}
+
+fn status_of(replica: &Replica) -> ReplicaStatus {
+    let shared = replica.shared();
+    ReplicaStatus {
+        id: replica.spec.id.clone(),
+        state: shared.state,
+        pid: shared.identity.map(|i| i.pid),
+        restarts: shared.restarts,
+        ever_healthy: shared.ever_healthy,
+        last_exit: shared.last_exit.clone(),
+    }
+}
+
+/// Binds 127.0.0.1:0, reads the port the OS chose, releases it.
+pub fn free_port() -> Result<u16, RuntimeError> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(RuntimeError::FreePort)?;
+    let port = listener
+        .local_addr()
+        .map_err(RuntimeError::FreePort)?
+        .port();
+    Ok(port)
+}
+
+/// Reads the identity of a running process from /proc; None if it is gone (or a zombie).
+pub fn process_identity(pid: u32) -> Option<ProcessIdentity> {
+    procfs::read_stat(pid)
+        .filter(|stat| !stat.is_dead())
+        .map(|stat| ProcessIdentity {
+            pid,
+            start_time: stat.start_time,
+        })
+}
+
+/// Kills a replica process group the controller no longer wants (e.g. found after a
+/// crash): SIGTERM to the group, up to `timeout` to exit, then SIGKILL. Signals only when
+/// pid AND start time match, so a reused pid is never touched. Returns true when no process
+/// with this identity runs afterwards (including when it was already gone), false if it
+/// survived SIGKILL.
+pub async fn kill_process_group(identity: &ProcessIdentity, timeout: Duration) -> bool {
+    if !procfs::is_alive(identity) {
+        return true;
+    }
+    procfs::signal_identity(identity, nix::sys::signal::Signal::SIGTERM);
+    if !procfs::wait_gone(identity, timeout).await {
+        procfs::signal_identity(identity, nix::sys::signal::Signal::SIGKILL);
+        if !procfs::wait_gone(identity, Duration::from_secs(5)).await {
+            return false;
+        }
+    }
+    procfs::kill_stragglers_and_wait(identity.pid, Duration::from_secs(2)).await;
+    true
+}

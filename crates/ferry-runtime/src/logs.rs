@@ -1,0 +1,114 @@
+//! Replica log files: append-mode files the replica writes to directly, capped in size.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Opens (creating it and its directory) the log file in append mode.
+pub(crate) fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Appends one line of our own to a replica log (best effort).
+pub(crate) fn append_line(path: &Path, line: &str) {
+    let result = open_append(path).and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write to replica log");
+    }
+}
+
+/// UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub(crate) fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_rfc3339(secs)
+}
+
+pub(crate) fn format_rfc3339(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let rem = unix_secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// When the file is above `max_bytes`, keeps only its last `max_bytes / 2` bytes (from a
+/// line start). Copy-tail-then-truncate: writers holding the file with O_APPEND keep
+/// writing at the new end; lines written during the copy may be lost. Returns whether the
+/// file was cut.
+pub(crate) fn cap_log(path: &Path, max_bytes: u64) -> io::Result<bool> {
+    if max_bytes == 0 {
+        return Ok(false);
+    }
+    let len = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max_bytes {
+        return Ok(false);
+    }
+    let keep = max_bytes / 2;
+    let mut file = OpenOptions::new().read(true).append(true).open(path)?;
+    file.seek(SeekFrom::Start(len - keep))?;
+    let mut tail = Vec::with_capacity(usize::try_from(keep).unwrap_or(0));
+    Read::by_ref(&mut file).take(keep).read_to_end(&mut tail)?;
+    let start = tail.iter().position(|b| *b == b'\n').map_or(0, |nl| nl + 1);
+    file.set_len(0)?;
+    let mut out = format!(
+        "--- log truncated at {} (over {max_bytes} bytes) ---\n",
+        now_rfc3339()
+    )
+    .into_bytes();
+    out.extend_from_slice(&tail[start..]);
+    file.write_all(&out)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_time() {
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn caps_keeping_the_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.log");
+        let mut text = String::new();
+        for i in 0..1000 {
+            text.push_str(&format!("line {i:05}\n"));
+        }
+        std::fs::write(&path, &text).expect("write");
+        assert!(cap_log(&path, 2000).expect("cap"));
+        let after = std::fs::read_to_string(&path).expect("read");
+        assert!(after.len() <= 2000, "{}", after.len());
+        assert!(after.starts_with("--- log truncated"));
+        assert!(after.ends_with("line 00999\n"));
+        assert!(!cap_log(&path, 2000).expect("cap again"));
+    }
+}
