@@ -156,6 +156,11 @@ impl Controller {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
             }
+            // Record everything already queued before deciding (decisions read live
+            // status), so the timeline shows every change that led to a decision.
+            while let Ok(event) = events.try_recv() {
+                self.on_runtime_event(event).await;
+            }
             if self.torn_down.load(Ordering::SeqCst) {
                 continue;
             }

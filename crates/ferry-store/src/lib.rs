@@ -617,7 +617,7 @@ impl Store {
     // -- deployments --------------------------------------------------------------------------
 
     /// Creates a deployment in state `pending` with `row_version` 1 and its first event
-    /// (`state`, "state: pending").
+    /// (`state`, "pending: KIND of VERSION requested by WHO").
     pub async fn create_deployment(&self, d: NewDeployment) -> Result<DeploymentRecord> {
         let op = || {
             format!(
@@ -652,7 +652,13 @@ impl Store {
             &mut tx,
             record.id,
             "state",
-            &format!("state: {}", DeploymentState::Pending),
+            &format!(
+                "{}: {} of {} requested by {}",
+                DeploymentState::Pending,
+                d.kind,
+                d.version,
+                d.requested_by
+            ),
             d.now_ms,
         )
         .await?;
