@@ -28,7 +28,9 @@ impl FromStr for HumanDuration {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         humantime::parse_duration(text.trim())
             .map(HumanDuration)
-            .map_err(|e| format!("invalid duration {text:?} ({e}); write it like 500ms, 10s, 2m or 1h30m"))
+            .map_err(|e| {
+                format!("invalid duration {text:?} ({e}); write it like 500ms, 10s, 2m or 1h30m")
+            })
     }
 }
 
@@ -70,7 +72,12 @@ mod tests {
 
     #[test]
     fn parses_and_prints_round_trip() {
-        for (text, ms) in [("500ms", 500), ("1s", 1000), ("2m", 120_000), ("1h30m", 5_400_000)] {
+        for (text, ms) in [
+            ("500ms", 500),
+            ("1s", 1000),
+            ("2m", 120_000),
+            ("1h30m", 5_400_000),
+        ] {
             let d: HumanDuration = text.parse().unwrap();
             assert_eq!(d.0, Duration::from_millis(ms), "{text}");
             let again: HumanDuration = d.to_string().parse().unwrap();

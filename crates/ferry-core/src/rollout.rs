@@ -43,7 +43,10 @@ pub enum Pace {
     /// Everything old goes first, then everything new starts.
     Recreate,
     /// At most `desired + max_surge` replicas, at least `desired - max_unavailable` ready.
-    Rolling { max_surge: u32, max_unavailable: u32 },
+    Rolling {
+        max_surge: u32,
+        max_unavailable: u32,
+    },
 }
 
 /// Bounds on how long a new replica may take before the rollout gives up on it.
@@ -59,7 +62,11 @@ pub struct Patience {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Start `count` more replicas of `version`.
-    Start { service: String, version: String, count: u32 },
+    Start {
+        service: String,
+        version: String,
+        count: u32,
+    },
     /// Take these replicas out of traffic, then stop them.
     Drain { service: String, ids: Vec<String> },
 }
@@ -134,7 +141,8 @@ fn plan_service(version: &str, service: &ServiceInput, pace: Pace) -> (Vec<Actio
     let desired = service.desired;
     let live: Vec<&Observed> = service.replicas.iter().filter(|r| !r.draining).collect();
     let draining = service.replicas.len() - live.len();
-    let (new, old): (Vec<&Observed>, Vec<&Observed>) = live.iter().partition(|r| r.version == version);
+    let (new, old): (Vec<&Observed>, Vec<&Observed>) =
+        live.iter().partition(|r| r.version == version);
     let new_total = count(new.len());
     let new_ready = count(new.iter().filter(|r| r.ready()).count());
 
@@ -148,7 +156,12 @@ fn plan_service(version: &str, service: &ServiceInput, pace: Pace) -> (Vec<Actio
     if new_total > desired {
         let mut surplus: Vec<&&Observed> = new.iter().collect();
         surplus.sort_by_key(|r| r.ready());
-        drain.extend(surplus.iter().take((new_total - desired) as usize).map(|r| r.id.clone()));
+        drain.extend(
+            surplus
+                .iter()
+                .take((new_total - desired) as usize)
+                .map(|r| r.id.clone()),
+        );
     }
 
     match pace {
@@ -159,8 +172,15 @@ fn plan_service(version: &str, service: &ServiceInput, pace: Pace) -> (Vec<Actio
                 actions.push(start(service, version, desired - new_total));
             }
         }
-        Pace::Rolling { max_surge, max_unavailable } => {
-            let max_surge = if max_surge == 0 && max_unavailable == 0 { 1 } else { max_surge };
+        Pace::Rolling {
+            max_surge,
+            max_unavailable,
+        } => {
+            let max_surge = if max_surge == 0 && max_unavailable == 0 {
+                1
+            } else {
+                max_surge
+            };
             let old_total = count(old.len());
             let ceiling = desired + max_surge;
             let room = ceiling.saturating_sub(new_total + old_total);
@@ -169,7 +189,8 @@ fn plan_service(version: &str, service: &ServiceInput, pace: Pace) -> (Vec<Actio
                 actions.push(start(service, version, to_start));
             }
             // Unready old replicas serve nothing: they go first and cost no availability.
-            let (old_ready, old_unready): (Vec<&&Observed>, Vec<&&Observed>) = old.iter().partition(|r| r.ready());
+            let (old_ready, old_unready): (Vec<&&Observed>, Vec<&&Observed>) =
+                old.iter().partition(|r| r.ready());
             drain.extend(old_unready.iter().map(|r| r.id.clone()));
             let min_available = desired.saturating_sub(max_unavailable);
             let ready_total = new_ready + count(old_ready.len());
@@ -178,13 +199,20 @@ fn plan_service(version: &str, service: &ServiceInput, pace: Pace) -> (Vec<Actio
         }
     }
     if !drain.is_empty() {
-        actions.push(Action::Drain { service: service.service.clone(), ids: drain });
+        actions.push(Action::Drain {
+            service: service.service.clone(),
+            ids: drain,
+        });
     }
     (actions, false)
 }
 
 fn start(service: &ServiceInput, version: &str, count: u32) -> Action {
-    Action::Start { service: service.service.clone(), version: version.to_string(), count }
+    Action::Start {
+        service: service.service.clone(),
+        version: version.to_string(),
+        count,
+    }
 }
 
 fn count(n: usize) -> u32 {
@@ -235,11 +263,19 @@ pub fn next_state(
     use DeploymentState::*;
     match (state, verdict) {
         (Pending, _) => Some((Progressing, "rollout started".to_string())),
-        (Progressing, Verdict::Converged) => Some((Succeeded, "all replicas healthy and serving".to_string())),
-        (Progressing, Verdict::Failed(reason)) if has_previous => Some((RollingBack, reason.clone())),
+        (Progressing, Verdict::Converged) => {
+            Some((Succeeded, "all replicas healthy and serving".to_string()))
+        }
+        (Progressing, Verdict::Failed(reason)) if has_previous => {
+            Some((RollingBack, reason.clone()))
+        }
         (Progressing, Verdict::Failed(reason)) => Some((Failed, reason.clone())),
-        (RollingBack, Verdict::Converged) => Some((RolledBack, "previous version restored".to_string())),
-        (RollingBack, Verdict::Failed(reason)) => Some((Failed, format!("rollback failed too: {reason}"))),
+        (RollingBack, Verdict::Converged) => {
+            Some((RolledBack, "previous version restored".to_string()))
+        }
+        (RollingBack, Verdict::Failed(reason)) => {
+            Some((Failed, format!("rollback failed too: {reason}")))
+        }
         _ => None,
     }
 }
@@ -248,7 +284,10 @@ pub fn next_state(
 mod tests {
     use super::*;
 
-    const PATIENCE: Patience = Patience { start_timeout_ms: 30_000, max_start_exits: 3 };
+    const PATIENCE: Patience = Patience {
+        start_timeout_ms: 30_000,
+        max_start_exits: 3,
+    };
 
     fn replica(id: &str, version: &str, state: ReplicaState) -> Observed {
         Observed {
@@ -264,35 +303,69 @@ mod tests {
     }
 
     fn svc(desired: u32, replicas: Vec<Observed>) -> Vec<ServiceInput> {
-        vec![ServiceInput { service: "web".into(), desired, replicas, patience: PATIENCE }]
+        vec![ServiceInput {
+            service: "web".into(),
+            desired,
+            replicas,
+            patience: PATIENCE,
+        }]
     }
 
     #[test]
     fn first_deployment_starts_everything_at_once_when_nothing_runs() {
-        let verdict = reconcile("1.0.0", &svc(3, vec![]), Pace::Rolling { max_surge: 1, max_unavailable: 0 }, 0);
+        let verdict = reconcile(
+            "1.0.0",
+            &svc(3, vec![]),
+            Pace::Rolling {
+                max_surge: 1,
+                max_unavailable: 0,
+            },
+            0,
+        );
         // With nothing old, the surge ceiling (3 + 1) leaves room for all three.
         assert_eq!(
             verdict,
-            Verdict::Progress(vec![Action::Start { service: "web".into(), version: "1.0.0".into(), count: 3 }])
+            Verdict::Progress(vec![Action::Start {
+                service: "web".into(),
+                version: "1.0.0".into(),
+                count: 3
+            }])
         );
     }
 
     #[test]
     fn rolling_surges_one_then_drains_one_old_per_ready_new() {
-        let old = || (0..3).map(|i| replica(&format!("o{i}"), "1", ReplicaState::Healthy)).collect::<Vec<_>>();
-        let pace = Pace::Rolling { max_surge: 1, max_unavailable: 0 };
+        let old = || {
+            (0..3)
+                .map(|i| replica(&format!("o{i}"), "1", ReplicaState::Healthy))
+                .collect::<Vec<_>>()
+        };
+        let pace = Pace::Rolling {
+            max_surge: 1,
+            max_unavailable: 0,
+        };
         assert_eq!(
             reconcile("2", &svc(3, old()), pace, 0),
-            Verdict::Progress(vec![Action::Start { service: "web".into(), version: "2".into(), count: 1 }])
+            Verdict::Progress(vec![Action::Start {
+                service: "web".into(),
+                version: "2".into(),
+                count: 1
+            }])
         );
         let mut with_starting = old();
         with_starting.push(replica("n0", "2", ReplicaState::Starting));
-        assert_eq!(reconcile("2", &svc(3, with_starting), pace, 0), Verdict::Progress(vec![]));
+        assert_eq!(
+            reconcile("2", &svc(3, with_starting), pace, 0),
+            Verdict::Progress(vec![])
+        );
         let mut with_ready = old();
         with_ready.push(replica("n0", "2", ReplicaState::Healthy));
         assert_eq!(
             reconcile("2", &svc(3, with_ready), pace, 0),
-            Verdict::Progress(vec![Action::Drain { service: "web".into(), ids: vec!["o0".into()] }])
+            Verdict::Progress(vec![Action::Drain {
+                service: "web".into(),
+                ids: vec!["o0".into()]
+            }])
         );
     }
 
@@ -301,22 +374,37 @@ mod tests {
         let old = vec![replica("o0", "1", ReplicaState::Healthy)];
         assert_eq!(
             reconcile("2", &svc(1, old), Pace::Recreate, 0),
-            Verdict::Progress(vec![Action::Drain { service: "web".into(), ids: vec!["o0".into()] }])
+            Verdict::Progress(vec![Action::Drain {
+                service: "web".into(),
+                ids: vec!["o0".into()]
+            }])
         );
         let mut leaving = replica("o0", "1", ReplicaState::Stopping);
         leaving.draining = true;
-        assert_eq!(reconcile("2", &svc(1, vec![leaving]), Pace::Recreate, 0), Verdict::Progress(vec![]));
+        assert_eq!(
+            reconcile("2", &svc(1, vec![leaving]), Pace::Recreate, 0),
+            Verdict::Progress(vec![])
+        );
     }
 
     #[test]
     fn converged_only_when_exactly_desired_ready_and_nothing_else() {
-        let ready = vec![replica("n0", "2", ReplicaState::Healthy), replica("n1", "2", ReplicaState::Healthy)];
-        assert_eq!(reconcile("2", &svc(2, ready.clone()), Pace::Recreate, 0), Verdict::Converged);
+        let ready = vec![
+            replica("n0", "2", ReplicaState::Healthy),
+            replica("n1", "2", ReplicaState::Healthy),
+        ];
+        assert_eq!(
+            reconcile("2", &svc(2, ready.clone()), Pace::Recreate, 0),
+            Verdict::Converged
+        );
         let mut extra = ready;
         extra.push(replica("n2", "2", ReplicaState::Starting));
         assert_eq!(
             reconcile("2", &svc(2, extra), Pace::Recreate, 0),
-            Verdict::Progress(vec![Action::Drain { service: "web".into(), ids: vec!["n2".into()] }])
+            Verdict::Progress(vec![Action::Drain {
+                service: "web".into(),
+                ids: vec!["n2".into()]
+            }])
         );
     }
 
@@ -324,12 +412,21 @@ mod tests {
     fn failures_name_the_replica_and_the_cause() {
         let mut slow = replica("n0", "2", ReplicaState::Starting);
         slow.started_at_ms = 1_000;
-        let pace = Pace::Rolling { max_surge: 1, max_unavailable: 0 };
-        assert_eq!(reconcile("2", &svc(1, vec![slow.clone()]), pace, 31_000), Verdict::Progress(vec![]));
+        let pace = Pace::Rolling {
+            max_surge: 1,
+            max_unavailable: 0,
+        };
+        assert_eq!(
+            reconcile("2", &svc(1, vec![slow.clone()]), pace, 31_000),
+            Verdict::Progress(vec![])
+        );
         let Verdict::Failed(reason) = reconcile("2", &svc(1, vec![slow]), pace, 31_001) else {
             panic!("expected a failure")
         };
-        assert!(reason.contains("n0") && reason.contains("not healthy within 30s"), "{reason}");
+        assert!(
+            reason.contains("n0") && reason.contains("not healthy within 30s"),
+            "{reason}"
+        );
 
         let mut crashing = replica("n1", "2", ReplicaState::Exited);
         crashing.restarts = 3;
@@ -337,18 +434,32 @@ mod tests {
         let Verdict::Failed(reason) = reconcile("2", &svc(1, vec![crashing]), pace, 0) else {
             panic!("expected a failure")
         };
-        assert!(reason.contains("exited 3 times") && reason.contains("exit code 1"), "{reason}");
+        assert!(
+            reason.contains("exited 3 times") && reason.contains("exit code 1"),
+            "{reason}"
+        );
 
         let mut relapsed = replica("n2", "2", ReplicaState::Unhealthy);
         relapsed.ever_healthy = true;
-        assert!(matches!(reconcile("2", &svc(1, vec![relapsed]), pace, 0), Verdict::Failed(_)));
+        assert!(matches!(
+            reconcile("2", &svc(1, vec![relapsed]), pace, 0),
+            Verdict::Failed(_)
+        ));
     }
 
     #[test]
     fn old_versions_failing_do_not_fail_the_new_one() {
         let mut old = replica("o0", "1", ReplicaState::Unhealthy);
         old.ever_healthy = true;
-        let verdict = reconcile("2", &svc(1, vec![old]), Pace::Rolling { max_surge: 1, max_unavailable: 0 }, 0);
+        let verdict = reconcile(
+            "2",
+            &svc(1, vec![old]),
+            Pace::Rolling {
+                max_surge: 1,
+                max_unavailable: 0,
+            },
+            0,
+        );
         assert!(matches!(verdict, Verdict::Progress(_)), "{verdict:?}");
     }
 
@@ -366,10 +477,18 @@ mod tests {
     }
 
     fn simulate(desired: u32, max_surge: u32, max_unavailable: u32) {
-        let pace = Pace::Rolling { max_surge, max_unavailable };
-        let effective_surge = if max_surge == 0 && max_unavailable == 0 { 1 } else { max_surge };
-        let mut replicas: Vec<Observed> =
-            (0..desired).map(|i| replica(&format!("o{i}"), "1", ReplicaState::Healthy)).collect();
+        let pace = Pace::Rolling {
+            max_surge,
+            max_unavailable,
+        };
+        let effective_surge = if max_surge == 0 && max_unavailable == 0 {
+            1
+        } else {
+            max_surge
+        };
+        let mut replicas: Vec<Observed> = (0..desired)
+            .map(|i| replica(&format!("o{i}"), "1", ReplicaState::Healthy))
+            .collect();
         let mut next_id = 0;
         for step in 0..100 {
             // Replicas started in the previous step are ready now; drained ones are gone.
@@ -393,12 +512,19 @@ mod tests {
                 }
                 Verdict::Failed(reason) => panic!("unexpected failure: {reason}"),
                 Verdict::Progress(actions) => {
-                    assert!(!actions.is_empty(), "stuck: n={desired} surge={max_surge} unavail={max_unavailable}");
+                    assert!(
+                        !actions.is_empty(),
+                        "stuck: n={desired} surge={max_surge} unavail={max_unavailable}"
+                    );
                     for action in actions {
                         match action {
                             Action::Start { count, .. } => {
                                 for _ in 0..count {
-                                    replicas.push(replica(&format!("n{next_id}"), "2", ReplicaState::Starting));
+                                    replicas.push(replica(
+                                        &format!("n{next_id}"),
+                                        "2",
+                                        ReplicaState::Starting,
+                                    ));
                                     next_id += 1;
                                 }
                             }
@@ -410,7 +536,10 @@ mod tests {
                         }
                     }
                     let live = replicas.iter().filter(|r| !r.draining).count() as u32;
-                    assert!(live <= desired + effective_surge, "surge exceeded at step {step}");
+                    assert!(
+                        live <= desired + effective_surge,
+                        "surge exceeded at step {step}"
+                    );
                 }
             }
         }
@@ -438,12 +567,28 @@ mod tests {
     fn state_machine_moves_only_forward() {
         use DeploymentState::*;
         let failed = Verdict::Failed("bad".into());
-        assert_eq!(next_state(Progressing, &failed, true).map(|s| s.0), Some(RollingBack));
-        assert_eq!(next_state(Progressing, &failed, false).map(|s| s.0), Some(Failed));
-        assert_eq!(next_state(RollingBack, &Verdict::Converged, true).map(|s| s.0), Some(RolledBack));
-        assert_eq!(next_state(Progressing, &Verdict::Converged, true).map(|s| s.0), Some(Succeeded));
+        assert_eq!(
+            next_state(Progressing, &failed, true).map(|s| s.0),
+            Some(RollingBack)
+        );
+        assert_eq!(
+            next_state(Progressing, &failed, false).map(|s| s.0),
+            Some(Failed)
+        );
+        assert_eq!(
+            next_state(RollingBack, &Verdict::Converged, true).map(|s| s.0),
+            Some(RolledBack)
+        );
+        assert_eq!(
+            next_state(Progressing, &Verdict::Converged, true).map(|s| s.0),
+            Some(Succeeded)
+        );
         for terminal in DeploymentState::ALL.into_iter().filter(|s| s.is_terminal()) {
-            for verdict in [Verdict::Converged, failed.clone(), Verdict::Progress(vec![])] {
+            for verdict in [
+                Verdict::Converged,
+                failed.clone(),
+                Verdict::Progress(vec![]),
+            ] {
                 assert_eq!(next_state(terminal, &verdict, true), None);
             }
         }

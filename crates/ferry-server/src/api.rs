@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use ferry_core::api::{
-    ApiError, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail, DeploymentView, RollbackRequest,
-    WhoAmI,
+    ApiError, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
+    DeploymentView, RollbackRequest, WhoAmI,
 };
 use ferry_core::manifest::{self, Manifest};
 use ferry_store::{AppRecord, NewManifest, Store};
@@ -45,7 +45,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/apps", post(apply).get(list_apps))
         .route("/v1/apps/{app}", get(get_app))
         .route("/v1/apps/{app}/status", get(status))
-        .route("/v1/apps/{app}/envs/{env}/deployments", post(deploy).get(history))
+        .route(
+            "/v1/apps/{app}/envs/{env}/deployments",
+            post(deploy).get(history),
+        )
         .route("/v1/apps/{app}/envs/{env}/rollback", post(rollback))
         .route("/v1/apps/{app}/envs/{env}/logs", get(logs))
         .route("/v1/deployments/{id}", get(deployment))
@@ -55,9 +58,18 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .merge(authenticated)
-        .fallback(|| async { ApiFailure::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /openapi.json") })
+        .fallback(|| async {
+            ApiFailure::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see /openapi.json",
+            )
+        })
         .with_state(state)
 }
 
@@ -69,7 +81,14 @@ pub struct ApiFailure {
 
 impl ApiFailure {
     fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        ApiFailure { status, body: ApiError { code: code.to_string(), message: message.into(), details: Vec::new() } }
+        ApiFailure {
+            status,
+            body: ApiError {
+                code: code.to_string(),
+                message: message.into(),
+                details: Vec::new(),
+            },
+        }
     }
 }
 
@@ -84,7 +103,9 @@ impl From<RequestError> for ApiFailure {
         match e {
             RequestError::NotFound(m) => ApiFailure::new(StatusCode::NOT_FOUND, "not_found", m),
             RequestError::Conflict(m) => ApiFailure::new(StatusCode::CONFLICT, "conflict", m),
-            RequestError::BadRequest(m) => ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m),
+            RequestError::BadRequest(m) => {
+                ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m)
+            }
             RequestError::Server(e) => internal(e),
         }
     }
@@ -103,8 +124,15 @@ fn internal(e: impl std::fmt::Display) -> ApiFailure {
 
 type ApiResult<T> = Result<T, ApiFailure>;
 
-async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     match auth::authenticate(&state.store, header).await {
         Ok(Some(caller)) => {
             request.extensions_mut().insert(caller);
@@ -121,13 +149,29 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
 }
 
 async fn whoami(Extension(caller): Extension<Caller>) -> Json<WhoAmI> {
-    Json(WhoAmI { name: caller.name, role: caller.role })
+    Json(WhoAmI {
+        name: caller.name,
+        role: caller.role,
+    })
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let proxy = state.controller.proxy_metrics().await.unwrap_or_else(|e| format!("# proxy metrics unavailable: {e}\n"));
-    let text = format!("# HELP ferry_up The Ferry server is running.\n# TYPE ferry_up gauge\nferry_up 1\n{proxy}");
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+    let proxy = state
+        .controller
+        .proxy_metrics()
+        .await
+        .unwrap_or_else(|e| format!("# proxy metrics unavailable: {e}\n"));
+    let text = format!(
+        "# HELP ferry_up The Ferry server is running.\n# TYPE ferry_up gauge\nferry_up 1\n{proxy}"
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn apply(
@@ -135,27 +179,41 @@ async fn apply(
     Extension(caller): Extension<Caller>,
     Json(request): Json<ApplyRequest>,
 ) -> ApiResult<Json<ApplyResponse>> {
-    let file_name = request.file_name.clone().unwrap_or_else(|| "ferry.yaml".to_string());
+    let file_name = request
+        .file_name
+        .clone()
+        .unwrap_or_else(|| "ferry.yaml".to_string());
     let manifest = manifest::parse(&request.manifest, &file_name).map_err(|errors| ApiFailure {
         status: StatusCode::UNPROCESSABLE_ENTITY,
         body: ApiError {
             code: "invalid_manifest".to_string(),
-            message: format!("{file_name} has {} error(s); nothing was changed", errors.errors.len()),
+            message: format!(
+                "{file_name} has {} error(s); nothing was changed",
+                errors.errors.len()
+            ),
             details: errors.errors.iter().map(ToString::to_string).collect(),
         },
     })?;
-    if let Some(base_dir) = &request.base_dir {
-        if !std::path::Path::new(base_dir).is_absolute() {
-            return Err(ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", format!("base_dir {base_dir:?} must be absolute")));
-        }
+    if let Some(base_dir) = &request.base_dir
+        && !std::path::Path::new(base_dir).is_absolute()
+    {
+        return Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("base_dir {base_dir:?} must be absolute"),
+        ));
     }
     let apps = state.store.list_apps().await?;
     check_listeners(&manifest, &apps)?;
     let old = apps.iter().find(|a| a.name == manifest.app);
-    let old_manifest: Option<Manifest> = old.and_then(|a| serde_json::from_str(&a.manifest_json).ok());
+    let old_manifest: Option<Manifest> =
+        old.and_then(|a| serde_json::from_str(&a.manifest_json).ok());
     let mut changes = manifest.diff(old_manifest.as_ref());
     if old.is_some_and(|a| a.base_dir != request.base_dir) {
-        changes.push(format!("~ base_dir: {}", request.base_dir.as_deref().unwrap_or("(none)")));
+        changes.push(format!(
+            "~ base_dir: {}",
+            request.base_dir.as_deref().unwrap_or("(none)")
+        ));
     }
     if request.dry_run {
         return Ok(Json(ApplyResponse {
@@ -178,14 +236,21 @@ async fn apply(
         })
         .await?;
     state.controller.wake();
-    Ok(Json(ApplyResponse { app: record.name, revision: record.revision, dry_run: false, changes }))
+    Ok(Json(ApplyResponse {
+        app: record.name,
+        revision: record.revision,
+        dry_run: false,
+        changes,
+    }))
 }
 
 /// A listener may belong to one environment of one app, and must be free to bind.
 fn check_listeners(manifest: &Manifest, apps: &[AppRecord]) -> ApiResult<()> {
     let mut ours: HashMap<String, String> = HashMap::new();
     for app in apps {
-        let Ok(other) = serde_json::from_str::<Manifest>(&app.manifest_json) else { continue };
+        let Ok(other) = serde_json::from_str::<Manifest>(&app.manifest_json) else {
+            continue;
+        };
         for (env, config) in other.environments.iter() {
             ours.insert(config.listen.clone(), format!("{}/{env}", app.name));
         }
@@ -196,19 +261,28 @@ fn check_listeners(manifest: &Manifest, apps: &[AppRecord]) -> ApiResult<()> {
                 return Err(ApiFailure::new(
                     StatusCode::CONFLICT,
                     "conflict",
-                    format!("environments.{env}.listen: {} is already used by {owner}", config.listen),
+                    format!(
+                        "environments.{env}.listen: {} is already used by {owner}",
+                        config.listen
+                    ),
                 ));
             }
             Some(_) => {}
             None => {
                 let addr: SocketAddr = config.listen.parse().map_err(|_| {
-                    ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", format!("environments.{env}.listen is not IP:PORT"))
+                    ApiFailure::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("environments.{env}.listen is not IP:PORT"),
+                    )
                 })?;
                 if let Err(e) = std::net::TcpListener::bind(addr) {
                     return Err(ApiFailure::new(
                         StatusCode::CONFLICT,
                         "conflict",
-                        format!("environments.{env}.listen: cannot listen on {addr}: {e}; pick a free port"),
+                        format!(
+                            "environments.{env}.listen: cannot listen on {addr}: {e}; pick a free port"
+                        ),
                     ));
                 }
             }
@@ -222,18 +296,33 @@ fn summary(record: &AppRecord) -> AppSummary {
     AppSummary {
         name: record.name.clone(),
         revision: record.revision,
-        services: manifest.as_ref().map(|m| m.services.keys().cloned().collect()).unwrap_or_default(),
-        environments: manifest.as_ref().map(|m| m.environments.keys().map(str::to_string).collect()).unwrap_or_default(),
+        services: manifest
+            .as_ref()
+            .map(|m| m.services.keys().cloned().collect())
+            .unwrap_or_default(),
+        environments: manifest
+            .as_ref()
+            .map(|m| m.environments.keys().map(str::to_string).collect())
+            .unwrap_or_default(),
         updated_at_ms: record.updated_at_ms,
     }
 }
 
 async fn list_apps(State(state): State<AppState>) -> ApiResult<Json<Vec<AppSummary>>> {
-    Ok(Json(state.store.list_apps().await?.iter().map(summary).collect()))
+    Ok(Json(
+        state.store.list_apps().await?.iter().map(summary).collect(),
+    ))
 }
 
-async fn get_app(State(state): State<AppState>, Path(app): Path<String>) -> ApiResult<Json<AppSummary>> {
-    let record = state.store.get_app(&app).await?.ok_or_else(|| not_found(format!("app {app:?} not found")))?;
+async fn get_app(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<AppSummary>> {
+    let record = state
+        .store
+        .get_app(&app)
+        .await?
+        .ok_or_else(|| not_found(format!("app {app:?} not found")))?;
     Ok(Json(summary(&record)))
 }
 
@@ -251,7 +340,9 @@ async fn status(
     Path(app): Path<String>,
     Query(filter): Query<EnvFilter>,
 ) -> ApiResult<Json<ferry_core::api::AppStatus>> {
-    Ok(Json(state.controller.status(&app, filter.env.as_deref()).await?))
+    Ok(Json(
+        state.controller.status(&app, filter.env.as_deref()).await?,
+    ))
 }
 
 async fn deploy(
@@ -260,7 +351,10 @@ async fn deploy(
     Path((app, env)): Path<(String, String)>,
     Json(request): Json<DeployRequest>,
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
-    let view = state.controller.request_deployment(&app, &env, &request.version, "deploy", &caller.name).await?;
+    let view = state
+        .controller
+        .request_deployment(&app, &env, &request.version, "deploy", &caller.name)
+        .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -271,7 +365,10 @@ async fn rollback(
     body: Option<Json<RollbackRequest>>,
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
     let to = body.and_then(|Json(r)| r.to);
-    let view = state.controller.request_rollback(&app, &env, to, &caller.name).await?;
+    let view = state
+        .controller
+        .request_rollback(&app, &env, to, &caller.name)
+        .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -288,14 +385,27 @@ async fn history(
     if state.store.get_app(&app).await?.is_none() {
         return Err(not_found(format!("app {app:?} not found")));
     }
-    let records = state.store.list_deployments(&app, &env, limit.limit.unwrap_or(20).min(1000)).await?;
+    let records = state
+        .store
+        .list_deployments(&app, &env, limit.limit.unwrap_or(20).min(1000))
+        .await?;
     Ok(Json(records.iter().map(|d| d.view()).collect()))
 }
 
-async fn deployment(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<DeploymentDetail>> {
-    let record = state.store.get_deployment(id).await?.ok_or_else(|| not_found(format!("deployment {id} not found")))?;
+async fn deployment(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<DeploymentDetail>> {
+    let record = state
+        .store
+        .get_deployment(id)
+        .await?
+        .ok_or_else(|| not_found(format!("deployment {id} not found")))?;
     let events = state.store.events_after(id, 0, 10_000).await?;
-    Ok(Json(DeploymentDetail { deployment: record.view(), events }))
+    Ok(Json(DeploymentDetail {
+        deployment: record.view(),
+        events,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -310,7 +420,12 @@ async fn events(
     Query(query): Query<EventsQuery>,
 ) -> ApiResult<Json<Vec<ferry_core::api::EventView>>> {
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_EVENT_WAIT);
-    Ok(Json(state.controller.wait_events(id, query.after.unwrap_or(0), wait).await?))
+    Ok(Json(
+        state
+            .controller
+            .wait_events(id, query.after.unwrap_or(0), wait)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -327,7 +442,11 @@ async fn logs(
 ) -> ApiResult<Response> {
     let status = state.controller.status(&app, Some(&env)).await?;
     if let Some(service) = &query.service {
-        let known = status.environments.iter().flat_map(|e| e.replicas.iter()).any(|r| &r.service == service);
+        let known = status
+            .environments
+            .iter()
+            .flat_map(|e| e.replicas.iter())
+            .any(|r| &r.service == service);
         let declared = state
             .store
             .get_app(&app)
@@ -340,9 +459,19 @@ async fn logs(
     }
     let tail = query.tail.unwrap_or(100).min(100_000);
     let follow = query.follow.unwrap_or(false);
-    let stream = crate::logs::stream(state.controller.clone(), app, env, query.service, tail, follow);
+    let stream = crate::logs::stream(
+        state.controller.clone(),
+        app,
+        env,
+        query.service,
+        tail,
+        follow,
+    );
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     Ok((headers, Body::from_stream(stream)).into_response())
 }
 
@@ -359,9 +488,14 @@ mod tests {
     /// Every route the router serves is described in openapi.json, and nothing more.
     #[test]
     fn openapi_documents_every_route() {
-        let spec: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON");
-        let documented: std::collections::BTreeSet<String> =
-            spec["paths"].as_object().expect("paths").keys().cloned().collect();
+        let spec: serde_json::Value =
+            serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON");
+        let documented: std::collections::BTreeSet<String> = spec["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .cloned()
+            .collect();
         let served: std::collections::BTreeSet<String> = [
             "/healthz",
             "/readyz",

@@ -25,7 +25,8 @@ pub async fn ensure_admin_token(store: &Store, data_dir: &Path) -> Result<String
                 .mode(0o600)
                 .open(&path)
                 .map_err(|e| ServerError::io(format!("creating {}", path.display()), e))?;
-            writeln!(file, "{token}").map_err(|e| ServerError::io(format!("writing {}", path.display()), e))?;
+            writeln!(file, "{token}")
+                .map_err(|e| ServerError::io(format!("writing {}", path.display()), e))?;
             token
         }
         Err(e) => return Err(ServerError::io(format!("reading {}", path.display()), e)),
@@ -33,12 +34,17 @@ pub async fn ensure_admin_token(store: &Store, data_dir: &Path) -> Result<String
     if token.is_empty() {
         return Err(ServerError::io(
             format!("reading {}", path.display()),
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "the admin token file is empty; delete it to get a new one"),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the admin token file is empty; delete it to get a new one",
+            ),
         ));
     }
     let hash = token_hash(&token);
     if store.find_token(&hash).await?.is_none() {
-        store.insert_token("admin", &hash, "admin", now_ms()).await?;
+        store
+            .insert_token("admin", &hash, "admin", now_ms())
+            .await?;
     }
     Ok(token)
 }
@@ -66,15 +72,24 @@ pub struct Caller {
 
 /// Looks the bearer token up by its hash. High-entropy tokens make a fast hash the right
 /// tool (a KDF is for passwords); the lookup is by hash, so no secret is compared.
-pub async fn authenticate(store: &Store, header: Option<&str>) -> Result<Option<Caller>, ServerError> {
-    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+pub async fn authenticate(
+    store: &Store,
+    header: Option<&str>,
+) -> Result<Option<Caller>, ServerError> {
+    let Some(token) = header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+    else {
         return Ok(None);
     };
     if token.is_empty() {
         return Ok(None);
     }
     let record: Option<TokenRecord> = store.find_token(&token_hash(token)).await?;
-    Ok(record.map(|r| Caller { name: format!("token:{}", r.name), role: r.role }))
+    Ok(record.map(|r| Caller {
+        name: format!("token:{}", r.name),
+        role: r.role,
+    }))
 }
 
 #[cfg(test)]

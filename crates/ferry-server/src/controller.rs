@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry_core::api::{AppStatus, DeploymentView, EnvStatus, EventView, ReplicaView};
@@ -22,7 +22,9 @@ use ferry_core::model::{DeploymentState, ReplicaState};
 use ferry_core::rollout::{self, Action, Observed, Pace, Patience, ServiceInput, Verdict};
 use ferry_proxy::routes::{BackendGroup, ListenerConfig, Route, RouteTable};
 use ferry_runtime::{HealthSpec, ProcessIdentity, ProcessRuntime, ReplicaSpec, RuntimeEvent};
-use ferry_store::{AppRecord, DeploymentRecord, NewDeployment, ReplicaRecord, Store, StoreError, Transition};
+use ferry_store::{
+    AppRecord, DeploymentRecord, NewDeployment, ReplicaRecord, Store, StoreError, Transition,
+};
 use rand::RngExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -109,8 +111,13 @@ impl Controller {
         let apps = self.apps().await?;
         let mut adopted = HashSet::new();
         for record in self.store.list_replicas(None, None).await? {
-            let spec = apps.get(&record.app).and_then(|(app, manifest)| replica_spec(app, manifest, &record));
-            let identity = record.pid.zip(record.start_time).map(|(pid, start_time)| ProcessIdentity { pid, start_time });
+            let spec = apps
+                .get(&record.app)
+                .and_then(|(app, manifest)| replica_spec(app, manifest, &record));
+            let identity = record
+                .pid
+                .zip(record.start_time)
+                .map(|(pid, start_time)| ProcessIdentity { pid, start_time });
             // Draining replicas are adopted too: the loop takes them out of the route table
             // before stopping them, as it would have done without the crash.
             let keep = match (spec, identity) {
@@ -169,7 +176,9 @@ impl Controller {
                 last_proxy_check = now;
                 match self.proxy.ensure_alive().await {
                     Ok(()) => {}
-                    Err(e) => tracing::error!(error = %e, "proxy is down and could not be restarted"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "proxy is down and could not be restarted")
+                    }
                 }
             }
             if let Err(e) = self.reconcile_all().await {
@@ -193,16 +202,28 @@ impl Controller {
     async fn on_runtime_event(&self, event: RuntimeEvent) {
         let (id, message) = match &event {
             RuntimeEvent::Started { id, identity } => {
-                if let Err(e) = self.store.set_replica_process(id, identity.pid, identity.start_time).await {
+                if let Err(e) = self
+                    .store
+                    .set_replica_process(id, identity.pid, identity.start_time)
+                    .await
+                {
                     tracing::error!(replica = %id, error = %e, "could not record the replica's pid");
                 }
                 (id, format!("started (pid {})", identity.pid))
             }
             RuntimeEvent::Healthy { id } => (id, "healthy".to_string()),
             RuntimeEvent::Unhealthy { id, reason } => (id, format!("unhealthy: {reason}")),
-            RuntimeEvent::Exited { id, reason, will_restart } => (
+            RuntimeEvent::Exited {
                 id,
-                if *will_restart { format!("exited ({reason}); restarting") } else { format!("exited ({reason})") },
+                reason,
+                will_restart,
+            } => (
+                id,
+                if *will_restart {
+                    format!("exited ({reason}); restarting")
+                } else {
+                    format!("exited ({reason})")
+                },
             ),
             RuntimeEvent::Stopped { id } => (id, "stopped".to_string()),
         };
@@ -212,9 +233,19 @@ impl Controller {
 
     /// Puts a replica's news on the timeline of the deployment running in its environment.
     async fn replica_event(&self, id: &str, message: &str) {
-        let Ok(replicas) = self.store.list_replicas(None, None).await else { return };
-        let Some(record) = replicas.into_iter().find(|r| r.id == id) else { return };
-        let line = format!("{} {} {} on 127.0.0.1:{}: {message}", record.service, record.version, short_id(id), record.port);
+        let Ok(replicas) = self.store.list_replicas(None, None).await else {
+            return;
+        };
+        let Some(record) = replicas.into_iter().find(|r| r.id == id) else {
+            return;
+        };
+        let line = format!(
+            "{} {} {} on 127.0.0.1:{}: {message}",
+            record.service,
+            record.version,
+            short_id(id),
+            record.port
+        );
         tracing::info!(app = %record.app, env = %record.env, "{line}");
         if let Ok(Some(active)) = self.active_deployment(&record.app, &record.env).await {
             self.event(active.id, "replica", &line).await;
@@ -222,11 +253,17 @@ impl Controller {
     }
 
     async fn event(&self, deployment_id: i64, kind: &str, message: &str) {
-        match self.store.append_event(deployment_id, kind, message, now_ms()).await {
+        match self
+            .store
+            .append_event(deployment_id, kind, message, now_ms())
+            .await
+        {
             Ok(_) => {
                 self.events_changed.send_modify(|n| *n += 1);
             }
-            Err(e) => tracing::error!(deployment = deployment_id, error = %e, "could not record an event"),
+            Err(e) => {
+                tracing::error!(deployment = deployment_id, error = %e, "could not record an event")
+            }
         }
     }
 
@@ -237,14 +274,24 @@ impl Controller {
                 Ok(manifest) => {
                     apps.insert(record.name.clone(), (record, manifest));
                 }
-                Err(e) => tracing::error!(app = %record.name, error = %e, "stored manifest is unreadable"),
+                Err(e) => {
+                    tracing::error!(app = %record.name, error = %e, "stored manifest is unreadable")
+                }
             }
         }
         Ok(apps)
     }
 
-    async fn active_deployment(&self, app: &str, env: &str) -> Result<Option<DeploymentRecord>, StoreError> {
-        Ok(self.store.latest_deployment(app, env).await?.filter(|d| !d.state.is_terminal()))
+    async fn active_deployment(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Result<Option<DeploymentRecord>, StoreError> {
+        Ok(self
+            .store
+            .latest_deployment(app, env)
+            .await?
+            .filter(|d| !d.state.is_terminal()))
     }
 
     /// One pass over every environment of every app, then the route table.
@@ -257,9 +304,14 @@ impl Controller {
         let now = now_ms();
         for (app, manifest) in apps.values() {
             for (env_name, _) in manifest.environments.iter() {
-                let env_replicas: Vec<&ReplicaRecord> =
-                    replicas.iter().filter(|r| r.app == app.name && r.env == env_name).collect();
-                if let Err(e) = self.reconcile_env(app, manifest, env_name, &env_replicas, now).await {
+                let env_replicas: Vec<&ReplicaRecord> = replicas
+                    .iter()
+                    .filter(|r| r.app == app.name && r.env == env_name)
+                    .collect();
+                if let Err(e) = self
+                    .reconcile_env(app, manifest, env_name, &env_replicas, now)
+                    .await
+                {
                     tracing::error!(app = %app.name, env = env_name, error = %e, "could not reconcile");
                 }
             }
@@ -269,7 +321,9 @@ impl Controller {
             .iter()
             .filter(|r| !r.draining)
             .filter(|r| {
-                apps.get(&r.app).is_none_or(|(_, m)| m.environments.get(&r.env).is_none() || !m.services.contains_key(&r.service))
+                apps.get(&r.app).is_none_or(|(_, m)| {
+                    m.environments.get(&r.env).is_none() || !m.services.contains_key(&r.service)
+                })
             })
             .map(|r| r.id.clone())
             .collect();
@@ -290,20 +344,42 @@ impl Controller {
         now: i64,
     ) -> Result<(), ServerError> {
         let services = self.observe(manifest, env, replicas);
-        let strategy = manifest.environments.get(env).map(|e| e.strategy.clone()).unwrap_or_default();
+        let strategy = manifest
+            .environments
+            .get(env)
+            .map(|e| e.strategy.clone())
+            .unwrap_or_default();
         let Some(deployment) = self.active_deployment(&app.name, env).await? else {
             return self.maintain(app, manifest, env, &services, now).await;
         };
         let (target, pace) = match deployment.state {
             DeploymentState::Pending => {
                 let message = match &deployment.previous_version {
-                    Some(previous) => format!("rollout started: {previous} -> {} ({})", deployment.version, describe(&strategy)),
-                    None => format!("rollout started: {} ({})", deployment.version, describe(&strategy)),
+                    Some(previous) => format!(
+                        "rollout started: {previous} -> {} ({})",
+                        deployment.version,
+                        describe(&strategy)
+                    ),
+                    None => format!(
+                        "rollout started: {} ({})",
+                        deployment.version,
+                        describe(&strategy)
+                    ),
                 };
-                self.transition(&deployment, DeploymentState::Progressing, None, None, &message).await?;
+                self.transition(
+                    &deployment,
+                    DeploymentState::Progressing,
+                    None,
+                    None,
+                    &message,
+                )
+                .await?;
                 return Ok(());
             }
-            DeploymentState::Progressing => (deployment.version.clone(), pace_of(&strategy, manifest, env)),
+            DeploymentState::Progressing => (
+                deployment.version.clone(),
+                pace_of(&strategy, manifest, env),
+            ),
             DeploymentState::RollingBack => match &deployment.previous_version {
                 Some(previous) => (previous.clone(), restore_pace(manifest, env)),
                 None => return Ok(()),
@@ -311,25 +387,43 @@ impl Controller {
             _ => return Ok(()),
         };
         let verdict = match rollout::reconcile(&target, &services, pace, now) {
-            Verdict::Progress(actions) => match self.act(app, manifest, env, Some(deployment.id), actions, now).await {
+            Verdict::Progress(actions) => match self
+                .act(app, manifest, env, Some(deployment.id), actions, now)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(reason) => Verdict::Failed(reason),
             },
             other => other,
         };
-        if let Some((state, reason)) = rollout::next_state(deployment.state, &verdict, deployment.previous_version.is_some()) {
+        if let Some((state, reason)) = rollout::next_state(
+            deployment.state,
+            &verdict,
+            deployment.previous_version.is_some(),
+        ) {
             let current = match state {
                 DeploymentState::Succeeded => Some(deployment.version.clone()),
                 DeploymentState::RolledBack => deployment.previous_version.clone(),
                 _ => None,
             };
             let message = match state {
-                DeploymentState::RollingBack => format!("rolling back to {}: {reason}", target_or(&deployment.previous_version)),
+                DeploymentState::RollingBack => format!(
+                    "rolling back to {}: {reason}",
+                    target_or(&deployment.previous_version)
+                ),
                 _ => reason.clone(),
             };
-            let keep_reason = matches!(state, DeploymentState::RollingBack | DeploymentState::Failed);
-            let reason = if keep_reason { Some(reason) } else { deployment.reason.clone() };
-            self.transition(&deployment, state, reason, current, &message).await?;
+            let keep_reason = matches!(
+                state,
+                DeploymentState::RollingBack | DeploymentState::Failed
+            );
+            let reason = if keep_reason {
+                Some(reason)
+            } else {
+                deployment.reason.clone()
+            };
+            self.transition(&deployment, state, reason, current, &message)
+                .await?;
         }
         Ok(())
     }
@@ -344,18 +438,27 @@ impl Controller {
         services: &[ServiceInput],
         now: i64,
     ) -> Result<(), ServerError> {
-        let current = self.store.env_current(&app.name, env).await?.and_then(|e| e.current_version);
+        let current = self
+            .store
+            .env_current(&app.name, env)
+            .await?
+            .and_then(|e| e.current_version);
         match current {
             Some(version) => {
-                if let Verdict::Progress(actions) = rollout::reconcile(&version, services, restore_pace(manifest, env), now) {
-                    if let Err(reason) = self.act(app, manifest, env, None, actions, now).await {
-                        tracing::error!(app = %app.name, env, "{reason}");
-                    }
+                if let Verdict::Progress(actions) =
+                    rollout::reconcile(&version, services, restore_pace(manifest, env), now)
+                    && let Err(reason) = self.act(app, manifest, env, None, actions, now).await
+                {
+                    tracing::error!(app = %app.name, env, "{reason}");
                 }
             }
             None => {
-                let leftovers: Vec<String> =
-                    services.iter().flat_map(|s| s.replicas.iter()).filter(|r| !r.draining).map(|r| r.id.clone()).collect();
+                let leftovers: Vec<String> = services
+                    .iter()
+                    .flat_map(|s| s.replicas.iter())
+                    .filter(|r| !r.draining)
+                    .map(|r| r.id.clone())
+                    .collect();
                 for id in leftovers {
                     self.store.set_replica_draining(&id, now).await?;
                 }
@@ -364,14 +467,23 @@ impl Controller {
         Ok(())
     }
 
-    fn observe(&self, manifest: &Manifest, env: &str, replicas: &[&ReplicaRecord]) -> Vec<ServiceInput> {
+    fn observe(
+        &self,
+        manifest: &Manifest,
+        env: &str,
+        replicas: &[&ReplicaRecord],
+    ) -> Vec<ServiceInput> {
         manifest
             .services
             .iter()
             .map(|(name, service)| ServiceInput {
                 service: name.clone(),
                 desired: manifest.replicas(name, env),
-                replicas: replicas.iter().filter(|r| &r.service == name).map(|r| self.observed(r)).collect(),
+                replicas: replicas
+                    .iter()
+                    .filter(|r| &r.service == name)
+                    .map(|r| self.observed(r))
+                    .collect(),
                 patience: Patience {
                     start_timeout_ms: millis(service.health.start_timeout.get()),
                     max_start_exits: MAX_START_EXITS,
@@ -385,7 +497,10 @@ impl Controller {
         Observed {
             id: record.id.clone(),
             version: record.version.clone(),
-            state: status.as_ref().map(|s| s.state).unwrap_or(ReplicaState::Exited),
+            state: status
+                .as_ref()
+                .map(|s| s.state)
+                .unwrap_or(ReplicaState::Exited),
             started_at_ms: record.created_at_ms,
             restarts: status.as_ref().map(|s| s.restarts).unwrap_or(0),
             ever_healthy: status.as_ref().is_some_and(|s| s.ever_healthy),
@@ -406,16 +521,29 @@ impl Controller {
     ) -> Result<(), String> {
         for action in actions {
             match action {
-                Action::Start { service, version, count } => {
+                Action::Start {
+                    service,
+                    version,
+                    count,
+                } => {
                     for _ in 0..count {
-                        self.start_replica(app, manifest, env, &service, &version, deployment, now).await?;
+                        self.start_replica(app, manifest, env, &service, &version, deployment, now)
+                            .await?;
                     }
                 }
                 Action::Drain { service, ids } => {
                     for id in ids {
-                        self.store.set_replica_draining(&id, now).await.map_err(|e| e.to_string())?;
+                        self.store
+                            .set_replica_draining(&id, now)
+                            .await
+                            .map_err(|e| e.to_string())?;
                         if let Some(deployment) = deployment {
-                            self.event(deployment, "replica", &format!("{service} {}: draining", short_id(&id))).await;
+                            self.event(
+                                deployment,
+                                "replica",
+                                &format!("{service} {}: draining", short_id(&id)),
+                            )
+                            .await;
                         }
                     }
                 }
@@ -435,7 +563,8 @@ impl Controller {
         deployment: Option<i64>,
         now: i64,
     ) -> Result<(), String> {
-        let port = ferry_runtime::free_port().map_err(|e| format!("no free port for {service}: {e}"))?;
+        let port =
+            ferry_runtime::free_port().map_err(|e| format!("no free port for {service}: {e}"))?;
         let record = ReplicaRecord {
             id: replica_id(&app.name, env, service, version),
             app: app.name.clone(),
@@ -449,12 +578,23 @@ impl Controller {
             deployment_id: deployment,
             created_at_ms: now,
         };
-        let spec = replica_spec(app, manifest, &record).ok_or_else(|| format!("service {service} is not in the manifest"))?;
+        let spec = replica_spec(app, manifest, &record)
+            .ok_or_else(|| format!("service {service} is not in the manifest"))?;
         // Persist, then act: the row exists before the process does.
-        self.store.insert_replica(&record).await.map_err(|e| e.to_string())?;
+        self.store
+            .insert_replica(&record)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(deployment) = deployment {
-            self.event(deployment, "replica", &format!("{service} {version} {}: starting on 127.0.0.1:{port}", short_id(&record.id)))
-                .await;
+            self.event(
+                deployment,
+                "replica",
+                &format!(
+                    "{service} {version} {}: starting on 127.0.0.1:{port}",
+                    short_id(&record.id)
+                ),
+            )
+            .await;
         }
         match self.runtime.start(spec).await {
             Ok(identity) => {
@@ -505,22 +645,30 @@ impl Controller {
         }
     }
 
-    async fn push_routes(&self, apps: &BTreeMap<String, (AppRecord, Manifest)>) -> Result<(), ServerError> {
+    async fn push_routes(
+        &self,
+        apps: &BTreeMap<String, (AppRecord, Manifest)>,
+    ) -> Result<(), ServerError> {
         let replicas = self.store.list_replicas(None, None).await?;
         let mut listeners = Vec::new();
         let mut summaries: Vec<(String, String, String)> = Vec::new();
         for (app, manifest) in apps.values() {
             for (env_name, env) in manifest.environments.iter() {
-                let Ok(listen) = env.listen.parse::<SocketAddr>() else { continue };
+                let Ok(listen) = env.listen.parse::<SocketAddr>() else {
+                    continue;
+                };
                 let mut routes = Vec::new();
                 let mut summary = Vec::new();
                 for (service_name, service) in &manifest.services {
                     let observed: Vec<Observed> = replicas
                         .iter()
-                        .filter(|r| r.app == app.name && r.env == env_name && &r.service == service_name)
+                        .filter(|r| {
+                            r.app == app.name && r.env == env_name && &r.service == service_name
+                        })
                         .map(|r| self.observed(r))
                         .collect();
-                    let ports: HashMap<&str, u16> = replicas.iter().map(|r| (r.id.as_str(), r.port)).collect();
+                    let ports: HashMap<&str, u16> =
+                        replicas.iter().map(|r| (r.id.as_str(), r.port)).collect();
                     let backends: Vec<BackendGroup> = rollout::traffic(&observed)
                         .into_iter()
                         .map(|share| {
@@ -529,7 +677,11 @@ impl Controller {
                                 share.version,
                                 share.weight as f64 / 100.0,
                                 share.replica_ids.len(),
-                                if share.replica_ids.len() == 1 { "" } else { "s" }
+                                if share.replica_ids.len() == 1 {
+                                    ""
+                                } else {
+                                    "s"
+                                }
                             ));
                             BackendGroup {
                                 version: share.version,
@@ -543,15 +695,34 @@ impl Controller {
                             }
                         })
                         .collect();
-                    routes.push(Route { service: service_name.clone(), path_prefix: service.route.clone(), backends });
+                    routes.push(Route {
+                        service: service_name.clone(),
+                        path_prefix: service.route.clone(),
+                        backends,
+                    });
                 }
-                listeners.push(ListenerConfig { id: format!("{}/{env_name}", app.name), listen, routes });
-                let summary = if summary.is_empty() { "no ready replicas".to_string() } else { summary.join(", ") };
+                listeners.push(ListenerConfig {
+                    id: format!("{}/{env_name}", app.name),
+                    listen,
+                    routes,
+                });
+                let summary = if summary.is_empty() {
+                    "no ready replicas".to_string()
+                } else {
+                    summary.join(", ")
+                };
                 summaries.push((app.name.clone(), env_name.to_string(), summary));
             }
         }
         let previous = lock(&self.traffic_summary).clone();
-        if self.proxy.push(RouteTable { generation: 0, listeners }).await? {
+        if self
+            .proxy
+            .push(RouteTable {
+                generation: 0,
+                listeners,
+            })
+            .await?
+        {
             for (app, env, summary) in summaries {
                 if previous.get(&(app.clone(), env.clone())) == Some(&summary) {
                     continue;
@@ -567,7 +738,13 @@ impl Controller {
 
     /// Stops replicas marked draining, once the route table without them is in place.
     async fn stop_drained(self: &Arc<Self>) -> Result<(), ServerError> {
-        for record in self.store.list_replicas(None, None).await?.into_iter().filter(|r| r.draining) {
+        for record in self
+            .store
+            .list_replicas(None, None)
+            .await?
+            .into_iter()
+            .filter(|r| r.draining)
+        {
             if !lock(&self.stopping).insert(record.id.clone()) {
                 continue;
             }
@@ -575,10 +752,19 @@ impl Controller {
             tokio::spawn(async move {
                 this.wait_for_drain(record.port).await;
                 let stopped = match this.runtime.status(&record.id) {
-                    Some(_) => this.runtime.stop(&record.id).await.map_err(|e| e.to_string()),
+                    Some(_) => this
+                        .runtime
+                        .stop(&record.id)
+                        .await
+                        .map_err(|e| e.to_string()),
                     None => {
-                        if let Some(identity) = record.pid.zip(record.start_time).map(|(pid, start_time)| ProcessIdentity { pid, start_time }) {
-                            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
+                        if let Some(identity) = record
+                            .pid
+                            .zip(record.start_time)
+                            .map(|(pid, start_time)| ProcessIdentity { pid, start_time })
+                        {
+                            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10))
+                                .await;
                         }
                         Ok(())
                     }
@@ -589,13 +775,21 @@ impl Controller {
                             tracing::error!(replica = %record.id, error = %e, "could not forget a stopped replica");
                         }
                     }
-                    Err(e) => tracing::error!(replica = %record.id, error = %e, "could not stop replica"),
+                    Err(e) => {
+                        tracing::error!(replica = %record.id, error = %e, "could not stop replica")
+                    }
                 }
                 this.wake.notify_one();
             });
         }
         // Forget ids whose rows are gone so the set doesn't grow forever.
-        let live: HashSet<String> = self.store.list_replicas(None, None).await?.into_iter().map(|r| r.id).collect();
+        let live: HashSet<String> = self
+            .store
+            .list_replicas(None, None)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         lock(&self.stopping).retain(|id| live.contains(id));
         Ok(())
     }
@@ -634,21 +828,29 @@ impl Controller {
         kind: &str,
         requested_by: &str,
     ) -> Result<DeploymentView, RequestError> {
-        let record = self
-            .store
-            .get_app(app)
-            .await?
-            .ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found; apply its manifest first")))?;
-        let manifest: Manifest = serde_json::from_str(&record.manifest_json)
-            .map_err(|e| RequestError::Server(ServerError::Proxy(format!("stored manifest of {app} is unreadable: {e}"))))?;
+        let record = self.store.get_app(app).await?.ok_or_else(|| {
+            RequestError::NotFound(format!("app {app:?} not found; apply its manifest first"))
+        })?;
+        let manifest: Manifest = serde_json::from_str(&record.manifest_json).map_err(|e| {
+            RequestError::Server(ServerError::Proxy(format!(
+                "stored manifest of {app} is unreadable: {e}"
+            )))
+        })?;
         let environment = manifest.environments.get(env).ok_or_else(|| {
             let known: Vec<&str> = manifest.environments.keys().collect();
-            RequestError::NotFound(format!("app {app} has no environment {env:?} (it has: {})", known.join(", ")))
+            RequestError::NotFound(format!(
+                "app {app} has no environment {env:?} (it has: {})",
+                known.join(", ")
+            ))
         })?;
         validate_version(version)?;
         let now = now_ms();
         self.store.ensure_release(app, version, now).await?;
-        let previous_version = self.store.env_current(app, env).await?.and_then(|e| e.current_version);
+        let previous_version = self
+            .store
+            .env_current(app, env)
+            .await?
+            .and_then(|e| e.current_version);
         for active in self.store.active_deployments().await? {
             if active.app == app && active.env == env {
                 self.supersede(&active).await?;
@@ -691,14 +893,19 @@ impl Controller {
                 .await;
             match result {
                 Ok(_) => return Ok(()),
-                Err(StoreError::Conflict(_)) => match self.store.get_deployment(current.id).await? {
-                    Some(fresh) if !fresh.state.is_terminal() => current = fresh,
-                    _ => return Ok(()),
-                },
+                Err(StoreError::Conflict(_)) => {
+                    match self.store.get_deployment(current.id).await? {
+                        Some(fresh) if !fresh.state.is_terminal() => current = fresh,
+                        _ => return Ok(()),
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(RequestError::Conflict(format!("deployment {} keeps changing; try again", active.id)))
+        Err(RequestError::Conflict(format!(
+            "deployment {} keeps changing; try again",
+            active.id
+        )))
     }
 
     /// Rolls back to `to`, or to the last version that succeeded before the current one.
@@ -709,7 +916,11 @@ impl Controller {
         to: Option<String>,
         requested_by: &str,
     ) -> Result<DeploymentView, RequestError> {
-        let current = self.store.env_current(app, env).await?.and_then(|e| e.current_version);
+        let current = self
+            .store
+            .env_current(app, env)
+            .await?
+            .and_then(|e| e.current_version);
         let target = match to {
             Some(version) => {
                 if !self.store.version_succeeded_in(app, env, &version).await? {
@@ -721,26 +932,44 @@ impl Controller {
             }
             None => {
                 let Some(current) = current.clone() else {
-                    return Err(RequestError::Conflict(format!("{app}/{env} has no current version to roll back from")));
+                    return Err(RequestError::Conflict(format!(
+                        "{app}/{env} has no current version to roll back from"
+                    )));
                 };
-                self.store.previous_succeeded_version(app, env, &current).await?.ok_or_else(|| {
-                    RequestError::Conflict(format!("{app}/{env} has no earlier succeeded version than {current}"))
-                })?
+                self.store
+                    .previous_succeeded_version(app, env, &current)
+                    .await?
+                    .ok_or_else(|| {
+                        RequestError::Conflict(format!(
+                            "{app}/{env} has no earlier succeeded version than {current}"
+                        ))
+                    })?
             }
         };
-        if current.as_deref() == Some(target.as_str()) {
-            if let Some(active) = self.active_deployment(app, env).await? {
-                // Current already is the target: just stop what's in progress.
-                self.supersede(&active).await?;
-                self.wake.notify_one();
-                return Ok(self.store.get_deployment(active.id).await?.unwrap_or(active).view());
-            }
+        if current.as_deref() == Some(target.as_str())
+            && let Some(active) = self.active_deployment(app, env).await?
+        {
+            // Current already is the target: just stop what's in progress.
+            self.supersede(&active).await?;
+            self.wake.notify_one();
+            return Ok(self
+                .store
+                .get_deployment(active.id)
+                .await?
+                .unwrap_or(active)
+                .view());
         }
-        self.request_deployment(app, env, &target, "rollback", requested_by).await
+        self.request_deployment(app, env, &target, "rollback", requested_by)
+            .await
     }
 
     /// Events after `after`, waiting up to `wait` for the first one.
-    pub async fn wait_events(&self, id: i64, after: i64, wait: Duration) -> Result<Vec<EventView>, RequestError> {
+    pub async fn wait_events(
+        &self,
+        id: i64,
+        after: i64,
+        wait: Duration,
+    ) -> Result<Vec<EventView>, RequestError> {
         if self.store.get_deployment(id).await?.is_none() {
             return Err(RequestError::NotFound(format!("deployment {id} not found")));
         }
@@ -752,26 +981,54 @@ impl Controller {
             if !events.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(events);
             }
-            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
                 return Ok(Vec::new());
             }
         }
     }
 
-    pub async fn status(&self, app: &str, only_env: Option<&str>) -> Result<AppStatus, RequestError> {
-        let record = self.store.get_app(app).await?.ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found")))?;
-        let manifest: Manifest = serde_json::from_str(&record.manifest_json)
-            .map_err(|e| RequestError::Server(ServerError::Proxy(format!("stored manifest of {app} is unreadable: {e}"))))?;
-        if let Some(env) = only_env {
-            if manifest.environments.get(env).is_none() {
-                return Err(RequestError::NotFound(format!("app {app} has no environment {env:?}")));
-            }
+    pub async fn status(
+        &self,
+        app: &str,
+        only_env: Option<&str>,
+    ) -> Result<AppStatus, RequestError> {
+        let record = self
+            .store
+            .get_app(app)
+            .await?
+            .ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found")))?;
+        let manifest: Manifest = serde_json::from_str(&record.manifest_json).map_err(|e| {
+            RequestError::Server(ServerError::Proxy(format!(
+                "stored manifest of {app} is unreadable: {e}"
+            )))
+        })?;
+        if let Some(env) = only_env
+            && manifest.environments.get(env).is_none()
+        {
+            return Err(RequestError::NotFound(format!(
+                "app {app} has no environment {env:?}"
+            )));
         }
         let replicas = self.store.list_replicas(Some(app), None).await?;
         let mut environments = Vec::new();
-        for (env_name, env) in manifest.environments.iter().filter(|(name, _)| only_env.is_none_or(|only| only == *name)) {
-            let current_version = self.store.env_current(app, env_name).await?.and_then(|e| e.current_version);
-            let latest_deployment = self.store.latest_deployment(app, env_name).await?.map(|d| d.view());
+        for (env_name, env) in manifest
+            .environments
+            .iter()
+            .filter(|(name, _)| only_env.is_none_or(|only| only == *name))
+        {
+            let current_version = self
+                .store
+                .env_current(app, env_name)
+                .await?
+                .and_then(|e| e.current_version);
+            let latest_deployment = self
+                .store
+                .latest_deployment(app, env_name)
+                .await?
+                .map(|d| d.view());
             let replicas = replicas
                 .iter()
                 .filter(|r| r.env == env_name)
@@ -780,7 +1037,10 @@ impl Controller {
                     let state = if r.draining {
                         ReplicaState::Stopping
                     } else {
-                        status.as_ref().map(|s| s.state).unwrap_or(ReplicaState::Exited)
+                        status
+                            .as_ref()
+                            .map(|s| s.state)
+                            .unwrap_or(ReplicaState::Exited)
                     };
                     ReplicaView {
                         id: r.id.clone(),
@@ -803,7 +1063,11 @@ impl Controller {
                 replicas,
             });
         }
-        Ok(AppStatus { app: app.to_string(), revision: record.revision, environments })
+        Ok(AppStatus {
+            app: app.to_string(),
+            revision: record.revision,
+            environments,
+        })
     }
 
     pub async fn proxy_metrics(&self) -> Result<String, ServerError> {
@@ -816,7 +1080,11 @@ impl Controller {
         self.runtime.stop_all().await;
         if let Ok(records) = self.store.list_replicas(None, None).await {
             for record in records {
-                if let Some(identity) = record.pid.zip(record.start_time).map(|(pid, start_time)| ProcessIdentity { pid, start_time }) {
+                if let Some(identity) = record
+                    .pid
+                    .zip(record.start_time)
+                    .map(|(pid, start_time)| ProcessIdentity { pid, start_time })
+                {
                     ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
                 }
                 let _ = self.store.delete_replica(&record.id).await;
@@ -828,7 +1096,9 @@ impl Controller {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn millis(d: Duration) -> i64 {
@@ -842,7 +1112,9 @@ fn target_or(version: &Option<String>) -> &str {
 fn validate_version(version: &str) -> Result<(), RequestError> {
     let ok = !version.is_empty()
         && version.len() <= 128
-        && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
     if ok {
         Ok(())
     } else {
@@ -856,7 +1128,12 @@ fn pace_of(strategy: &Strategy, manifest: &Manifest, env: &str) -> Pace {
     match strategy {
         Strategy::Recreate {} => Pace::Recreate,
         Strategy::Rolling(rolling) => {
-            let desired = manifest.services.keys().map(|s| manifest.replicas(s, env)).max().unwrap_or(1);
+            let desired = manifest
+                .services
+                .keys()
+                .map(|s| manifest.replicas(s, env))
+                .max()
+                .unwrap_or(1);
             Pace::Rolling {
                 max_surge: rolling.max_surge.resolve(desired, true),
                 max_unavailable: rolling.max_unavailable.resolve(desired, false),
@@ -868,8 +1145,16 @@ fn pace_of(strategy: &Strategy, manifest: &Manifest, env: &str) -> Pace {
 /// Restoring a known-good version goes as fast as capacity allows: start all of it at
 /// once, keep the current replicas until their replacements are ready.
 fn restore_pace(manifest: &Manifest, env: &str) -> Pace {
-    let desired = manifest.services.keys().map(|s| manifest.replicas(s, env)).max().unwrap_or(1);
-    Pace::Rolling { max_surge: desired, max_unavailable: 0 }
+    let desired = manifest
+        .services
+        .keys()
+        .map(|s| manifest.replicas(s, env))
+        .max()
+        .unwrap_or(1);
+    Pace::Rolling {
+        max_surge: desired,
+        max_unavailable: 0,
+    }
 }
 
 fn describe(strategy: &Strategy) -> String {
@@ -893,9 +1178,20 @@ fn int_or_percent(v: ferry_core::manifest::IntOrPercent) -> String {
 /// `app.env.service.version.xxxxxx`: unique across servers (the random tail) and readable.
 fn replica_id(app: &str, env: &str, service: &str, version: &str) -> String {
     let tail: u32 = rand::rng().random();
-    let safe_version: String =
-        version.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
-    format!("{app}.{env}.{service}.{safe_version}.{:06x}", tail & 0xff_ffff)
+    let safe_version: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{app}.{env}.{service}.{safe_version}.{:06x}",
+        tail & 0xff_ffff
+    )
 }
 
 /// The random tail of a replica id: enough to tell replicas apart in a timeline.
@@ -904,7 +1200,11 @@ fn short_id(id: &str) -> String {
 }
 
 /// What the runtime needs to run (or re-adopt) the replica of `record`.
-fn replica_spec(app: &AppRecord, manifest: &Manifest, record: &ReplicaRecord) -> Option<ReplicaSpec> {
+fn replica_spec(
+    app: &AppRecord,
+    manifest: &Manifest,
+    record: &ReplicaRecord,
+) -> Option<ReplicaSpec> {
     let service = manifest.services.get(&record.service)?;
     let environment = manifest.environments.get(&record.env)?;
     let base_dir = app.base_dir.as_ref().map(PathBuf::from);
@@ -942,15 +1242,31 @@ fn replica_spec(app: &AppRecord, manifest: &Manifest, record: &ReplicaRecord) ->
 /// the server died right after starting it) and stops its process group.
 async fn kill_by_replica_id(id: &str) {
     let needle = format!("FERRY_REPLICA_ID={id}");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
-            if let Some(identity) = ferry_runtime::process_identity(pid) {
-                tracing::info!(replica = id, pid, "stopping a replica whose pid was never recorded");
-                ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
-            }
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+            && let Some(identity) = ferry_runtime::process_identity(pid)
+        {
+            tracing::info!(
+                replica = id,
+                pid,
+                "stopping a replica whose pid was never recorded"
+            );
+            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
         }
     }
 }

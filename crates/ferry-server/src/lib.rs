@@ -50,15 +50,20 @@ pub struct Server {
 /// Starts the control plane: opens the store, adopts or starts the proxy, re-adopts the
 /// replicas of a previous run, resumes unfinished deployments and serves the API.
 pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| ServerError::io(format!("creating data directory {}", config.data_dir.display()), e))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServerError::io(
+            format!("creating data directory {}", config.data_dir.display()),
+            e,
+        )
+    })?;
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| ServerError::io(format!("resolving {}", config.data_dir.display()), e))?;
     let store = Store::open_sqlite_file(&data_dir.join("ferry.db")).await?;
     let admin_token = auth::ensure_admin_token(&store, &data_dir).await?;
 
     let shutdown = CancellationToken::new();
-    let proxy = proxy_link::ProxyLink::adopt_or_start(&config.ferry_exe, &data_dir.join("proxy")).await?;
+    let proxy =
+        proxy_link::ProxyLink::adopt_or_start(&config.ferry_exe, &data_dir.join("proxy")).await?;
     let runtime = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
     let controller = controller::Controller::new(store.clone(), runtime, proxy);
     controller.recover().await?;
@@ -72,18 +77,31 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::io("reading the API address".to_string(), e))?;
-    let app = api::router(api::AppState { store, controller: controller.clone(), shutdown: shutdown.clone() });
+    let app = api::router(api::AppState {
+        store,
+        controller: controller.clone(),
+        shutdown: shutdown.clone(),
+    });
     let api_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "API server stopped");
         }
     }));
     tracing::info!(%addr, data_dir = %data_dir.display(), "ferry server ready");
-    Ok(Server { addr, admin_token, shutdown, tasks, controller })
+    Ok(Server {
+        addr,
+        admin_token,
+        shutdown,
+        tasks,
+        controller,
+    })
 }
 
 impl Server {

@@ -26,10 +26,24 @@ pub fn stream(
         let mut offsets: HashMap<String, u64> = HashMap::new();
         let mut first = true;
         loop {
-            let Ok(replicas) = controller.store().list_replicas(Some(&app), Some(&env)).await else { break };
-            for replica in replicas.iter().filter(|r| service.as_ref().is_none_or(|s| s == &r.service)) {
+            let Ok(replicas) = controller
+                .store()
+                .list_replicas(Some(&app), Some(&env))
+                .await
+            else {
+                break;
+            };
+            for replica in replicas
+                .iter()
+                .filter(|r| service.as_ref().is_none_or(|s| s == &r.service))
+            {
                 let path = controller.runtime().log_path(&replica.id);
-                let prefix = format!("[{} {} {}] ", replica.service, replica.version, short(&replica.id));
+                let prefix = format!(
+                    "[{} {} {}] ",
+                    replica.service,
+                    replica.version,
+                    short(&replica.id)
+                );
                 let known = offsets.get(&replica.id).copied();
                 let (text, end) = match known {
                     None if first => read_tail(&path, tail),
@@ -60,7 +74,9 @@ pub fn stream(
             }
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (Ok(chunk), rx)) })
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok(chunk), rx))
+    })
 }
 
 fn short(id: &str) -> &str {
@@ -77,7 +93,9 @@ fn read_tail(path: &std::path::Path, lines: usize) -> (String, u64) {
 
 /// Complete lines appended after `offset` (a truncated file starts over), and the new offset.
 fn read_from(path: &std::path::Path, offset: u64) -> (String, u64) {
-    let Ok(mut file) = std::fs::File::open(path) else { return (String::new(), offset) };
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return (String::new(), offset);
+    };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let offset = if len < offset { 0 } else { offset };
     if file.seek(SeekFrom::Start(offset)).is_err() {
@@ -88,9 +106,16 @@ fn read_from(path: &std::path::Path, offset: u64) -> (String, u64) {
         return (String::new(), offset);
     }
     // Keep a partial last line for the next read.
-    let complete = buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+    let complete = buf
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
     buf.truncate(complete);
-    (String::from_utf8_lossy(&buf).into_owned(), offset + complete as u64)
+    (
+        String::from_utf8_lossy(&buf).into_owned(),
+        offset + complete as u64,
+    )
 }
 
 #[cfg(test)]
@@ -109,7 +134,11 @@ mod tests {
         let (text, _) = read_from(&path, end);
         assert_eq!(text, "partial done\nnext\n");
         let (text, end) = read_from(&path, 10_000);
-        assert_eq!(text.lines().count(), 5, "a truncated file is read from the start");
+        assert_eq!(
+            text.lines().count(),
+            5,
+            "a truncated file is read from the start"
+        );
         assert!(end > 0);
     }
 }

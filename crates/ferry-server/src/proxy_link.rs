@@ -41,7 +41,10 @@ pub struct ProxyLink {
 }
 
 impl ProxyLink {
-    pub async fn adopt_or_start(ferry_exe: &Path, state_dir: &Path) -> Result<ProxyLink, ServerError> {
+    pub async fn adopt_or_start(
+        ferry_exe: &Path,
+        state_dir: &Path,
+    ) -> Result<ProxyLink, ServerError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| ServerError::io(format!("creating {}", state_dir.display()), e))?;
         let http = reqwest::Client::builder()
@@ -77,7 +80,10 @@ impl ProxyLink {
         if healthy(&self.http, &endpoint).await {
             return Ok(());
         }
-        tracing::warn!(pid = endpoint.pid, "proxy is not answering; starting a new one");
+        tracing::warn!(
+            pid = endpoint.pid,
+            "proxy is not answering; starting a new one"
+        );
         let fresh = start_proxy(&self.ferry_exe, &self.state_dir, &self.http).await?;
         *lock(&self.endpoint) = fresh;
         Ok(())
@@ -101,10 +107,10 @@ impl ProxyLink {
     /// Sends `table` unless the proxy already has it. Returns whether anything was sent.
     pub async fn push(&self, mut table: RouteTable) -> Result<bool, ServerError> {
         let previous = lock(&self.last_pushed).clone();
-        if let Some(previous) = &previous {
-            if previous.listeners == table.listeners {
-                return Ok(false);
-            }
+        if let Some(previous) = &previous
+            && previous.listeners == table.listeners
+        {
+            return Ok(false);
         }
         let previous_generation = previous.map(|t| t.generation).unwrap_or(0);
         table.generation = (previous_generation + 1).max(u64::try_from(now_ms()).unwrap_or(0));
@@ -120,7 +126,10 @@ impl ProxyLink {
         if !response.status().is_success() {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
-            return Err(ServerError::Proxy(format!("proxy refused the route table ({status}): {}", body.trim())));
+            return Err(ServerError::Proxy(format!(
+                "proxy refused the route table ({status}): {}",
+                body.trim()
+            )));
         }
         *lock(&self.last_pushed) = Some(table);
         Ok(true)
@@ -164,13 +173,23 @@ impl ProxyLink {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn read_endpoint(state_dir: &Path) -> Option<Endpoint> {
-    let pid_file: PidFile = serde_json::from_str(&std::fs::read_to_string(state_dir.join("proxy.json")).ok()?).ok()?;
-    let token = std::fs::read_to_string(state_dir.join("admin.token")).ok()?.trim().to_string();
-    Some(Endpoint { pid: pid_file.pid, base_url: format!("http://{}", pid_file.admin_addr), token })
+    let pid_file: PidFile =
+        serde_json::from_str(&std::fs::read_to_string(state_dir.join("proxy.json")).ok()?).ok()?;
+    let token = std::fs::read_to_string(state_dir.join("admin.token"))
+        .ok()?
+        .trim()
+        .to_string();
+    Some(Endpoint {
+        pid: pid_file.pid,
+        base_url: format!("http://{}", pid_file.admin_addr),
+        token,
+    })
 }
 
 async fn healthy(http: &reqwest::Client, endpoint: &Endpoint) -> bool {
@@ -183,7 +202,11 @@ async fn healthy(http: &reqwest::Client, endpoint: &Endpoint) -> bool {
             .is_ok_and(|r| r.status().is_success())
 }
 
-async fn start_proxy(ferry_exe: &Path, state_dir: &Path, http: &reqwest::Client) -> Result<Endpoint, ServerError> {
+async fn start_proxy(
+    ferry_exe: &Path,
+    state_dir: &Path,
+    http: &reqwest::Client,
+) -> Result<Endpoint, ServerError> {
     let log_path = state_dir.join("proxy.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -207,7 +230,12 @@ async fn start_proxy(ferry_exe: &Path, state_dir: &Path, http: &reqwest::Client)
         .process_group(0)
         .kill_on_drop(false)
         .spawn()
-        .map_err(|e| ServerError::io(format!("starting the proxy ({} proxy)", ferry_exe.display()), e))?;
+        .map_err(|e| {
+            ServerError::io(
+                format!("starting the proxy ({} proxy)", ferry_exe.display()),
+                e,
+            )
+        })?;
     let pid = child.id().unwrap_or(0);
     // Reap it when it exits, so it never lingers as a zombie while we live.
     tokio::spawn(async move {
@@ -215,11 +243,11 @@ async fn start_proxy(ferry_exe: &Path, state_dir: &Path, http: &reqwest::Client)
     });
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
-        if let Some(endpoint) = read_endpoint(state_dir).filter(|e| e.pid == pid) {
-            if healthy(http, &endpoint).await {
-                tracing::info!(pid, admin = %endpoint.base_url, "proxy started");
-                return Ok(endpoint);
-            }
+        if let Some(endpoint) = read_endpoint(state_dir).filter(|e| e.pid == pid)
+            && healthy(http, &endpoint).await
+        {
+            tracing::info!(pid, admin = %endpoint.base_url, "proxy started");
+            return Ok(endpoint);
         }
         if tokio::time::Instant::now() > deadline {
             return Err(ServerError::Proxy(format!(

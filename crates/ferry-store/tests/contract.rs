@@ -259,7 +259,12 @@ pub async fn deployments_create_get_list_latest(store: Store, _url: String) {
             events[0].message.as_str(),
             events[0].at_ms
         ),
-        (1, "state", "pending: deploy of 1.0.0 requested by alice", 100)
+        (
+            1,
+            "state",
+            "pending: deploy of 1.0.0 requested by alice",
+            100
+        )
     );
 
     // view carries the public fields
