@@ -1,6 +1,7 @@
 //! Ferry's pure core: the manifest, the domain vocabulary, the API bodies and the rollout
 //! decisions. Nothing here does I/O or reads a clock; callers pass `now` in.
 
+pub mod analysis;
 pub mod api;
 pub mod duration;
 pub mod manifest;

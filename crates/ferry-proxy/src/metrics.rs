@@ -1,0 +1,305 @@
+//! Hot-path counters per (listener, service, version), `/v1/stats` and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+use crate::stats::{EndpointStats, LatencyPercentiles, VersionStats};
+use crate::table::Endpoint;
+
+/// Upper bounds (seconds) of the Prometheus histogram buckets.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const BUCKETS_US: [u64; 14] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 30_000_000,
+];
+/// Highest latency the HDR histograms track (values above are clamped): 1 hour.
+const HDR_MAX_US: u64 = 3_600_000_000;
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn new_hist() -> Histogram<u64> {
+    // 2 significant digits (1 % precision) keeps each histogram around 30 KB.
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static histogram bounds are valid")
+}
+
+fn shard_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(4)
+        .clamp(1, 16)
+}
+
+thread_local! {
+    static SHARD: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Relaxed) as usize
+    };
+}
+
+/// Cumulative figures of one (listener, service, version).
+#[derive(Debug)]
+pub(crate) struct KeyStats {
+    pub listener: Arc<str>,
+    pub service: Arc<str>,
+    pub version: Arc<str>,
+    /// Created for a proxy-generated answer (no route / no backends), not a real group.
+    synthetic: bool,
+    requests: AtomicU64,
+    errors_5xx: AtomicU64,
+    in_flight: AtomicI64,
+    codes: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS.len()],
+    sum_us: AtomicU64,
+    hist: Box<[Mutex<Histogram<u64>>]>,
+    endpoints: Mutex<Vec<Arc<Endpoint>>>,
+}
+
+impl KeyStats {
+    fn new(listener: &str, service: &str, version: &str, synthetic: bool) -> Self {
+        Self {
+            listener: listener.into(),
+            service: service.into(),
+            version: version.into(),
+            synthetic,
+            requests: AtomicU64::new(0),
+            errors_5xx: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            codes: Default::default(),
+            buckets: Default::default(),
+            sum_us: AtomicU64::new(0),
+            hist: (0..shard_count()).map(|_| Mutex::new(new_hist())).collect(),
+            endpoints: Mutex::new(Vec::new()),
+        }
+    }
+
+    #[inline]
+    pub fn start(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    pub fn finish(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Records one answered request. Cheap: atomics plus one uncontended shard lock.
+    #[inline]
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.requests.fetch_add(1, Relaxed);
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.codes[class].fetch_add(1, Relaxed);
+        if status >= 500 {
+            self.errors_5xx.fetch_add(1, Relaxed);
+        }
+        self.sum_us.fetch_add(us, Relaxed);
+        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        let shard = SHARD.with(|s| *s) % self.hist.len();
+        if let Ok(mut h) = self.hist[shard].lock() {
+            h.saturating_record(us.clamp(1, HDR_MAX_US));
+        }
+    }
+
+    fn merged_hist(&self) -> Histogram<u64> {
+        let mut out = new_hist();
+        for shard in self.hist.iter() {
+            if let Ok(h) = shard.lock() {
+                let _ = out.add(&*h);
+            }
+        }
+        out
+    }
+
+    pub fn set_endpoints(&self, eps: Vec<Arc<Endpoint>>) {
+        if let Ok(mut e) = self.endpoints.lock() {
+            *e = eps;
+        }
+    }
+
+    fn snapshot(&self, now_ms: i64) -> VersionStats {
+        let h = self.merged_hist();
+        let q = |p: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(p) as f64 / 1000.0
+            }
+        };
+        let mut buf = Vec::new();
+        let _ = hdrhistogram::serialization::Serializer::serialize(
+            &mut hdrhistogram::serialization::V2Serializer::new(),
+            &h,
+            &mut buf,
+        );
+        let endpoints = self
+            .endpoints
+            .lock()
+            .map(|eps| {
+                eps.iter()
+                    .map(|e| EndpointStats {
+                        addr: e.addr,
+                        in_flight: e.in_flight(),
+                        ejected_until_ms: e.ejected_until(now_ms),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        VersionStats {
+            listener: self.listener.to_string(),
+            service: self.service.to_string(),
+            version: self.version.to_string(),
+            requests: self.requests.load(Relaxed),
+            errors_5xx: self.errors_5xx.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed).max(0) as u64,
+            latency_ms: LatencyPercentiles {
+                p50: q(0.50),
+                p90: q(0.90),
+                p95: q(0.95),
+                p99: q(0.99),
+            },
+            histogram_us: crate::stats::base64_encode(&buf),
+            endpoints,
+        }
+    }
+
+    fn visible(&self) -> bool {
+        !self.synthetic || self.requests.load(Relaxed) > 0 || self.in_flight.load(Relaxed) > 0
+    }
+}
+
+type Key = (String, String, String);
+
+/// All keys ever created since start (counters are cumulative, so keys are never dropped).
+#[derive(Debug, Default)]
+pub(crate) struct StatsRegistry {
+    keys: Mutex<BTreeMap<Key, Arc<KeyStats>>>,
+}
+
+impl StatsRegistry {
+    pub fn key(
+        &self,
+        listener: &str,
+        service: &str,
+        version: &str,
+        synthetic: bool,
+    ) -> Arc<KeyStats> {
+        let mut keys = match self.keys.lock() {
+            Ok(k) => k,
+            Err(p) => p.into_inner(),
+        };
+        keys.entry((listener.to_owned(), service.to_owned(), version.to_owned()))
+            .or_insert_with(|| Arc::new(KeyStats::new(listener, service, version, synthetic)))
+            .clone()
+    }
+
+    fn all(&self) -> Vec<Arc<KeyStats>> {
+        match self.keys.lock() {
+            Ok(k) => k.values().filter(|k| k.visible()).cloned().collect(),
+            Err(p) => p
+                .into_inner()
+                .values()
+                .filter(|k| k.visible())
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub fn snapshot(&self, now_ms: i64) -> Vec<VersionStats> {
+        self.all().iter().map(|k| k.snapshot(now_ms)).collect()
+    }
+}
+
+/// Encodes the registry on each scrape of `/metrics`.
+#[derive(Debug)]
+pub(crate) struct MetricsCollector(pub Arc<StatsRegistry>);
+
+impl Collector for MetricsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let keys = self.0.all();
+        {
+            let mut m = encoder.encode_descriptor(
+                "ferry_proxy_requests",
+                "Requests answered by the proxy, by status class.",
+                None,
+                MetricType::Counter,
+            )?;
+            for k in &keys {
+                for (i, class) in CODE_CLASSES.iter().enumerate() {
+                    let v = k.codes[i].load(Relaxed);
+                    if v == 0 {
+                        continue;
+                    }
+                    let labels = [
+                        ("listener", &*k.listener),
+                        ("service", &*k.service),
+                        ("version", &*k.version),
+                        ("code", *class),
+                    ];
+                    m.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "ferry_proxy_request_duration_seconds",
+                "Latency from request received to response headers.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for k in &keys {
+                let labels = [
+                    ("listener", &*k.listener),
+                    ("service", &*k.service),
+                    ("version", &*k.version),
+                ];
+                // The encoder accumulates: pass per-bucket counts, +Inf gets the rest.
+                let total = k.requests.load(Relaxed);
+                let mut below = 0u64;
+                let mut buckets: Vec<(f64, u64)> = BUCKETS
+                    .iter()
+                    .zip(k.buckets.iter())
+                    .map(|(le, c)| {
+                        let c = c.load(Relaxed);
+                        below += c;
+                        (*le, c)
+                    })
+                    .collect();
+                buckets.push((f64::INFINITY, total.saturating_sub(below)));
+                let count = total.max(below);
+                let sum = k.sum_us.load(Relaxed) as f64 / 1e6;
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "ferry_proxy_in_flight",
+                "Requests being proxied now.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for k in &keys {
+                let labels = [
+                    ("listener", &*k.listener),
+                    ("service", &*k.service),
+                    ("version", &*k.version),
+                ];
+                m.encode_family(&labels)?
+                    .encode_gauge(&k.in_flight.load(Relaxed).max(0))?;
+            }
+        }
+        Ok(())
+    }
+}

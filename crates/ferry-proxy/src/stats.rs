@@ -1,0 +1,163 @@
+//! Types of `GET /v1/stats`.
+//!
+//! Counters are cumulative since the proxy process started; the controller diffs two
+//! snapshots (and two decoded histograms) to get a window.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Body of `GET /v1/stats`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StatsSnapshot {
+    /// Unix ms when this proxy process started (counters restart from zero then).
+    pub started_at_ms: i64,
+    /// Unix ms when this snapshot was taken.
+    pub taken_at_ms: i64,
+    /// Generation of the route table being served.
+    pub generation: u64,
+    /// One entry per (listener, service, version) ever routed to since start.
+    pub versions: Vec<VersionStats>,
+}
+
+/// Cumulative figures of one (listener, service, version).
+///
+/// Requests that matched no route are counted under `service == ""`, requests to a
+/// route with no backends under `version == ""`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct VersionStats {
+    pub listener: String,
+    pub service: String,
+    pub version: String,
+    /// Completed requests (response headers sent or proxy error answered).
+    pub requests: u64,
+    /// Answers with status >= 500, including the proxy's own 502/503/504.
+    pub errors_5xx: u64,
+    pub in_flight: u64,
+    /// Latency to response headers.
+    pub latency_ms: LatencyPercentiles,
+    /// HDR histogram of latencies in microseconds, V2 serialization, base64 (standard,
+    /// padded). Decode with [`decode_histogram`].
+    pub histogram_us: String,
+    /// Endpoints of this version in the current table.
+    pub endpoints: Vec<EndpointStats>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Default)]
+pub struct LatencyPercentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// Live state of one upstream endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EndpointStats {
+    pub addr: SocketAddr,
+    pub in_flight: u64,
+    /// Unix ms until which the endpoint is passively ejected (connect failure); `None`
+    /// when it takes traffic.
+    pub ejected_until_ms: Option<i64>,
+}
+
+/// Error decoding [`VersionStats::histogram_us`].
+#[derive(Debug, thiserror::Error)]
+pub enum HistogramDecodeError {
+    #[error("invalid base64")]
+    Base64,
+    #[error("invalid histogram: {0:?}")]
+    Histogram(hdrhistogram::serialization::DeserializeError),
+}
+
+/// Decodes [`VersionStats::histogram_us`] (values are microseconds).
+pub fn decode_histogram(
+    encoded: &str,
+) -> Result<hdrhistogram::Histogram<u64>, HistogramDecodeError> {
+    let bytes = base64_decode(encoded).ok_or(HistogramDecodeError::Base64)?;
+    let mut d = hdrhistogram::serialization::Deserializer::new();
+    d.deserialize(&mut std::io::Cursor::new(bytes))
+        .map_err(HistogramDecodeError::Histogram)
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub(crate) fn base64_encode(input: &[u8]) -> String {
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(B64[(n >> 18) as usize & 63] as char);
+        out.push(B64[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            B64[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            B64[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+pub(crate) fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes = input.trim().as_bytes();
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for chunk in bytes.chunks(4) {
+        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            let v = if i >= 4 - pad { 0 } else { val(*c)? };
+            n = (n << 6) | v;
+        }
+        out.push((n >> 16) as u8);
+        if pad < 2 {
+            out.push((n >> 8) as u8);
+        }
+        if pad < 1 {
+            out.push(n as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_roundtrip() {
+        for len in 0..20 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let enc = base64_encode(&data);
+            assert_eq!(base64_decode(&enc).as_deref(), Some(&data[..]));
+        }
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert!(base64_decode("Zm9").is_none());
+    }
+}

@@ -1,0 +1,378 @@
+//! Compiled per-listener route tables and the backend pickers of the hot path.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
+
+use bytes::Bytes;
+use http::uri::Authority;
+
+use crate::metrics::{KeyStats, StatsRegistry};
+use crate::routes::ListenerConfig;
+
+/// One upstream address; shared by every table that mentions it, so outstanding-request
+/// counts and ejections survive table swaps.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub addr: SocketAddr,
+    pub authority: Authority,
+    in_flight: AtomicI64,
+    /// Unix ms; 0 = never ejected.
+    ejected_until_ms: AtomicI64,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr) -> Self {
+        let authority = Authority::from_maybe_shared(Bytes::from(addr.to_string()))
+            .unwrap_or_else(|_| Authority::from_static("invalid"));
+        Self {
+            addr,
+            authority,
+            in_flight: AtomicI64::new(0),
+            ejected_until_ms: AtomicI64::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed).max(0) as u64
+    }
+
+    #[inline]
+    pub fn start(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    pub fn finish(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    pub fn eject(&self, until_ms: i64) {
+        self.ejected_until_ms.store(until_ms, Relaxed);
+    }
+
+    #[inline]
+    fn is_ejected(&self, now: &mut LazyNow) -> bool {
+        let until = self.ejected_until_ms.load(Relaxed);
+        until != 0 && until > now.get()
+    }
+
+    pub fn ejected_until(&self, now_ms: i64) -> Option<i64> {
+        let until = self.ejected_until_ms.load(Relaxed);
+        (until > now_ms).then_some(until)
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads the clock at most once, and only if an ejection has to be checked.
+#[derive(Default)]
+pub(crate) struct LazyNow(Option<i64>);
+
+impl LazyNow {
+    fn get(&mut self) -> i64 {
+        *self.0.get_or_insert_with(now_ms)
+    }
+}
+
+/// Endpoints by address, shared across table generations.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointRegistry(Mutex<HashMap<SocketAddr, Arc<Endpoint>>>);
+
+impl EndpointRegistry {
+    fn get(&self, addr: SocketAddr) -> Arc<Endpoint> {
+        let mut m = match self.0.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(addr)
+            .or_insert_with(|| Arc::new(Endpoint::new(addr)))
+            .clone()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub weight: u32,
+    pub endpoints: Box<[Arc<Endpoint>]>,
+    pub stats: Arc<KeyStats>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RouteEntry {
+    prefix: String,
+    pub groups: Box<[Group]>,
+    /// Group index per slot; one period of a smooth weighted round-robin.
+    schedule: Box<[u16]>,
+    counter: AtomicUsize,
+    /// Stats key for answers of a route without backends.
+    pub no_backend_stats: Arc<KeyStats>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ListenerTable {
+    pub id: Arc<str>,
+    /// Longest prefix first.
+    routes: Box<[RouteEntry]>,
+    pub unrouted_stats: Arc<KeyStats>,
+}
+
+impl ListenerTable {
+    pub fn compile(
+        cfg: &ListenerConfig,
+        endpoints: &EndpointRegistry,
+        stats: &StatsRegistry,
+    ) -> Self {
+        let mut routes: Vec<RouteEntry> = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let groups: Box<[Group]> = r
+                    .backends
+                    .iter()
+                    .map(|g| {
+                        let eps: Box<[Arc<Endpoint>]> =
+                            g.endpoints.iter().map(|a| endpoints.get(*a)).collect();
+                        let key = stats.key(&cfg.id, &r.service, &g.version, false);
+                        key.set_endpoints(eps.to_vec());
+                        Group {
+                            weight: g.weight,
+                            endpoints: eps,
+                            stats: key,
+                        }
+                    })
+                    .collect();
+                let weights: Vec<u32> = groups.iter().map(|g| g.weight).collect();
+                RouteEntry {
+                    prefix: r.path_prefix.clone(),
+                    schedule: smooth_schedule(&weights),
+                    groups,
+                    counter: AtomicUsize::new(0),
+                    no_backend_stats: stats.key(&cfg.id, &r.service, "", true),
+                }
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Self {
+            id: cfg.id.as_str().into(),
+            routes: routes.into_boxed_slice(),
+            unrouted_stats: stats.key(&cfg.id, "", "", true),
+        }
+    }
+
+    #[inline]
+    pub fn route_for(&self, path: &str) -> Option<&RouteEntry> {
+        self.routes.iter().find(|r| prefix_matches(&r.prefix, path))
+    }
+}
+
+#[inline]
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with(['/', '?']),
+        None => false,
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// One period of smooth weighted round-robin over the groups with a positive weight.
+/// Weights are reduced by their gcd, so 2500/7500 gives a period of 4 (1 + 3) and any
+/// 100 consecutive picks are split exactly 25/75.
+pub(crate) fn smooth_schedule(weights: &[u32]) -> Box<[u16]> {
+    let g = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd);
+    if g == 0 {
+        return Box::new([]);
+    }
+    let reduced: Vec<i64> = weights.iter().map(|w| i64::from(w / g)).collect();
+    let total: i64 = reduced.iter().sum();
+    let mut current = vec![0i64; reduced.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..reduced.len() {
+            current[i] += reduced[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(best as u16);
+    }
+    out.into_boxed_slice()
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(
+        std::collections::hash_map::RandomState::new().build_hasher().finish() | 1,
+    );
+}
+
+/// xorshift64*: cheap per-thread randomness for power-of-two choices.
+#[inline]
+pub(crate) fn fast_rand() -> u64 {
+    RNG.with(|c| {
+        let mut x = c.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        c.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// (group index, endpoint index)
+pub(crate) type Pick = (u16, u16);
+
+/// Endpoints already attempted for one request.
+#[derive(Default)]
+pub(crate) struct Tried {
+    picks: [Pick; 4],
+    n: usize,
+}
+
+impl Tried {
+    pub fn add(&mut self, p: Pick) {
+        if self.n < self.picks.len() {
+            self.picks[self.n] = p;
+            self.n += 1;
+        }
+    }
+    #[inline]
+    fn contains(&self, p: Pick) -> bool {
+        self.picks[..self.n].contains(&p)
+    }
+}
+
+impl RouteEntry {
+    pub fn has_backends(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    /// Next group by weight (exact, deterministic).
+    #[inline]
+    pub fn next_group(&self) -> usize {
+        if self.schedule.is_empty() {
+            return 0;
+        }
+        let n = self.counter.fetch_add(1, Relaxed);
+        usize::from(self.schedule[n % self.schedule.len()])
+    }
+
+    /// Endpoint for an attempt: least outstanding (power of two choices) in the
+    /// preferred group; else in another weighted group; else anything not yet tried
+    /// (ejected or zero-weight endpoints included, as a last resort).
+    pub fn pick(&self, preferred: usize, tried: &Tried, now: &mut LazyNow) -> Option<Pick> {
+        if let Some(p) = self.pick_in(preferred, tried, now, true) {
+            return Some(p);
+        }
+        let n = self.groups.len();
+        for off in 1..n {
+            let gi = (preferred + off) % n;
+            if self.groups[gi].weight > 0
+                && let Some(p) = self.pick_in(gi, tried, now, true)
+            {
+                return Some(p);
+            }
+        }
+        for off in 0..n {
+            let gi = (preferred + off) % n;
+            if let Some(p) = self.pick_in(gi, tried, now, false) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn pick_in(
+        &self,
+        gi: usize,
+        tried: &Tried,
+        now: &mut LazyNow,
+        healthy_only: bool,
+    ) -> Option<Pick> {
+        let eps = &self.groups.get(gi)?.endpoints;
+        let ok = |i: usize, now: &mut LazyNow| {
+            let usable = !(healthy_only && eps[i].is_ejected(now));
+            usable && !tried.contains((gi as u16, i as u16))
+        };
+        let pick = |i: usize| Some((gi as u16, i as u16));
+        match eps.len() {
+            0 => None,
+            1 => {
+                if ok(0, now) {
+                    pick(0)
+                } else {
+                    None
+                }
+            }
+            len => {
+                let r = fast_rand();
+                let a = (r % len as u64) as usize;
+                let b = (a + 1 + ((r >> 32) % (len as u64 - 1)) as usize) % len;
+                match (ok(a, now), ok(b, now)) {
+                    (true, true) => {
+                        if eps[b].in_flight.load(Relaxed) < eps[a].in_flight.load(Relaxed) {
+                            pick(b)
+                        } else {
+                            pick(a)
+                        }
+                    }
+                    (true, false) => pick(a),
+                    (false, true) => pick(b),
+                    (false, false) => (0..len).find(|i| ok(*i, now)).and_then(pick),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/x"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/api/", "/api/x"));
+        assert!(!prefix_matches("/api/", "/api"));
+    }
+
+    #[test]
+    fn schedules_are_exact() {
+        let s = smooth_schedule(&[2500, 7500]);
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.iter().filter(|g| **g == 0).count(), 1);
+        let s = smooth_schedule(&[0, 10000]);
+        assert_eq!(&*s, &[1]);
+        let s = smooth_schedule(&[1, 9999]);
+        assert_eq!(s.len(), 10000);
+        assert_eq!(s.iter().filter(|g| **g == 0).count(), 1);
+        let s = smooth_schedule(&[3333, 3333, 3334]);
+        assert_eq!(s.len(), 10000);
+        // Smooth: within any 100 consecutive picks of a 5 % group, exactly 5.
+        let s = smooth_schedule(&[500, 9500]);
+        assert_eq!(s.len(), 20);
+        let rep: Vec<u16> = s.iter().cycle().take(137 + 100).copied().collect();
+        assert_eq!(rep[137..].iter().filter(|g| **g == 0).count(), 5);
+        assert!(smooth_schedule(&[]).is_empty());
+    }
+}

@@ -1,0 +1,832 @@
+//! End-to-end tests on real loopback sockets with in-process upstreams.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use ferry_proxy::routes::{BackendGroup, ListenerConfig, Route, RouteTable};
+use ferry_proxy::stats::{StatsSnapshot, decode_histogram};
+use ferry_proxy::{RunningProxy, spawn_for_test};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio_util::sync::CancellationToken;
+
+// ---------- helpers ----------
+
+/// An upstream HTTP server answering with its name (and echoing what it saw in headers).
+struct Upstream {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    async fn start(name: &'static str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let graceful = GracefulShutdown::new();
+            loop {
+                let stream = tokio::select! {
+                    _ = s.cancelled() => break,
+                    r = listener.accept() => match r { Ok((st, _)) => st, Err(_) => continue },
+                };
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let mut resp = Response::builder().header("x-upstream", name);
+                    for (seen, h) in [
+                        ("x-seen-xff", "x-forwarded-for"),
+                        ("x-seen-xfp", "x-forwarded-proto"),
+                        ("x-seen-xfh", "x-forwarded-host"),
+                        ("x-seen-rid", "x-request-id"),
+                        ("x-seen-connection", "connection"),
+                    ] {
+                        if let Some(v) = req.headers().get(h) {
+                            resp = resp.header(seen, v.clone());
+                        }
+                    }
+                    if req.uri().path() == "/slow" {
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    }
+                    let status = if req.uri().path().starts_with("/fail") {
+                        500
+                    } else {
+                        200
+                    };
+                    Ok::<_, Infallible>(
+                        resp.status(status)
+                            .body(Full::new(Bytes::from_static(name.as_bytes())))
+                            .unwrap(),
+                    )
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc);
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = fut.await;
+                });
+            }
+            graceful.shutdown().await;
+        });
+        Upstream { addr, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn group(version: &str, weight: u32, endpoints: &[SocketAddr]) -> BackendGroup {
+    BackendGroup {
+        version: version.into(),
+        weight,
+        endpoints: endpoints.to_vec(),
+    }
+}
+
+fn table(
+    generation: u64,
+    listen: SocketAddr,
+    routes: Vec<(&str, &str, Vec<BackendGroup>)>,
+) -> RouteTable {
+    RouteTable {
+        generation,
+        listeners: vec![ListenerConfig {
+            id: "shop/prod".into(),
+            listen,
+            routes: routes
+                .into_iter()
+                .map(|(service, prefix, backends)| Route {
+                    service: service.into(),
+                    path_prefix: prefix.into(),
+                    backends,
+                })
+                .collect(),
+        }],
+    }
+}
+
+struct Harness {
+    proxy: RunningProxy,
+    http: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = spawn_for_test(dir.path()).await.unwrap();
+        Harness {
+            proxy,
+            http: reqwest::Client::new(),
+            _dir: Some(dir),
+        }
+    }
+
+    fn admin(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy.admin_addr, path)
+    }
+
+    async fn put(&self, t: &RouteTable) -> reqwest::Response {
+        self.http
+            .put(self.admin("/v1/routes"))
+            .bearer_auth(&self.proxy.token)
+            .json(t)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn put_ok(&self, t: &RouteTable) {
+        let r = self.put(t).await;
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["generation"], t.generation);
+    }
+
+    async fn stats(&self) -> StatsSnapshot {
+        self.http
+            .get(self.admin("/v1/stats"))
+            .bearer_auth(&self.proxy.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        self.proxy.shutdown.cancel();
+        self.proxy.handle.await.unwrap();
+    }
+}
+
+async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = c.get(url).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.text().await.unwrap())
+}
+
+// ---------- tests ----------
+
+#[tokio::test]
+async fn routes_by_longest_prefix_and_sets_forwarding_headers() {
+    let h = Harness::new().await;
+    let api = Upstream::start("api").await;
+    let web = Upstream::start("web").await;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![
+            ("web", "/", vec![group("v1", 10000, &[web.addr])]),
+            ("api", "/api", vec![group("v1", 10000, &[api.addr])]),
+        ],
+    ))
+    .await;
+    let base = format!("http://{listen}");
+    assert_eq!(
+        get(&h.http, &format!("{base}/api")).await,
+        (200, "api".into())
+    );
+    assert_eq!(
+        get(&h.http, &format!("{base}/api/x?q=1")).await,
+        (200, "api".into())
+    );
+    assert_eq!(
+        get(&h.http, &format!("{base}/apix")).await,
+        (200, "web".into())
+    );
+    assert_eq!(get(&h.http, &format!("{base}/")).await, (200, "web".into()));
+
+    // Forwarding headers; a request id is generated and returned.
+    let r = h
+        .http
+        .get(format!("{base}/api/h"))
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .send()
+        .await
+        .unwrap();
+    let hd = r.headers();
+    assert_eq!(hd["x-seen-xff"], "127.0.0.1");
+    assert_eq!(hd["x-seen-xfp"], "http");
+    assert_eq!(hd["x-seen-xfh"], listen.to_string().as_str());
+    let rid = hd["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(rid.len(), 32);
+    assert_eq!(hd["x-seen-rid"], rid.as_str());
+    // Another request gets another id.
+    let r2 = h.http.get(format!("{base}/api/h")).send().await.unwrap();
+    assert_ne!(r2.headers()["x-request-id"], rid.as_str());
+
+    // Incoming X-Forwarded-For is appended to, incoming X-Request-Id kept.
+    let r = h
+        .http
+        .get(format!("{base}/api/h"))
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-seen-xff"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(r.headers()["x-seen-rid"], "req-42");
+    assert_eq!(r.headers()["x-request-id"], "req-42");
+
+    // h2c (prior knowledge) is served too.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(format!("{base}/api/h2")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.headers()["x-seen-xfh"], listen.to_string().as_str());
+    assert_eq!(r.text().await.unwrap(), "api");
+
+    h.stop().await;
+    api.stop().await;
+    web.stop().await;
+}
+
+#[tokio::test]
+async fn answers_503_without_route_or_backend() {
+    let h = Harness::new().await;
+    let listen = free_port();
+    h.put_ok(&table(1, listen, vec![("api", "/api", vec![])]))
+        .await;
+    let (s, body) = get(&h.http, &format!("http://{listen}/api/x")).await;
+    assert_eq!(s, 503);
+    assert!(
+        body.contains("shop/prod") && body.contains("/api/x"),
+        "{body}"
+    );
+    let (s, body) = get(&h.http, &format!("http://{listen}/other")).await;
+    assert_eq!(s, 503);
+    assert!(body.contains("no route"), "{body}");
+    // A group with no endpoints.
+    h.put_ok(&table(
+        2,
+        listen,
+        vec![("api", "/", vec![group("v1", 10000, &[])])],
+    ))
+    .await;
+    let (s, body) = get(&h.http, &format!("http://{listen}/x")).await;
+    assert_eq!(s, 503, "{body}");
+    let st = h.stats().await;
+    let v1 = st.versions.iter().find(|v| v.version == "v1").unwrap();
+    assert_eq!((v1.requests, v1.errors_5xx), (1, 1));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn weights_are_exact() {
+    let h = Harness::new().await;
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![(
+            "api",
+            "/",
+            vec![group("v1", 2500, &[a.addr]), group("v2", 7500, &[b.addr])],
+        )],
+    ))
+    .await;
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..100 {
+        let (s, body) = get(&h.http, &format!("http://{listen}/")).await;
+        assert_eq!(s, 200);
+        *counts.entry(body).or_default() += 1;
+    }
+    assert_eq!(counts.get("a"), Some(&25));
+    assert_eq!(counts.get("b"), Some(&75));
+
+    h.put_ok(&table(
+        2,
+        listen,
+        vec![(
+            "api",
+            "/",
+            vec![group("v1", 0, &[a.addr]), group("v2", 10000, &[b.addr])],
+        )],
+    ))
+    .await;
+    for _ in 0..100 {
+        assert_eq!(
+            get(&h.http, &format!("http://{listen}/")).await,
+            (200, "b".into())
+        );
+    }
+    h.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn switch_under_load_has_no_errors() {
+    let h = Harness::new().await;
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let listen = free_port();
+    let t = |generation: u64, to_v2: bool| {
+        let (w1, w2) = if to_v2 { (0, 10000) } else { (10000, 0) };
+        table(
+            generation,
+            listen,
+            vec![(
+                "api",
+                "/",
+                vec![group("v1", w1, &[v1.addr]), group("v2", w2, &[v2.addr])],
+            )],
+        )
+    };
+    h.put_ok(&t(1, false)).await;
+    let url = format!("http://{listen}/");
+    let done = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (done, ok, url, progress) = (done.clone(), ok.clone(), url.clone(), progress.clone());
+        clients.push(tokio::spawn(async move {
+            let c = reqwest::Client::new(); // keep-alive connection per client
+            let mut failures = Vec::new();
+            for _ in 0..3000 {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let body = r.text().await.unwrap_or_default();
+                        if body == "v1" || body == "v2" {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            progress.notify_waiters();
+                        } else {
+                            failures.push(format!("body {body:?}"));
+                        }
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(format!("error {e}")),
+                }
+            }
+            failures
+        }));
+    }
+    let checker = reqwest::Client::new();
+    for generation in 2..=9u64 {
+        // Let some load run on the current table.
+        let target = ok.load(Ordering::Relaxed) + 100;
+        let reached = async {
+            loop {
+                let notified = progress.notified();
+                if ok.load(Ordering::Relaxed) >= target {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), reached)
+            .await
+            .expect("clients made no progress");
+        let to_v2 = generation % 2 == 0;
+        h.put_ok(&t(generation, to_v2)).await;
+        let want = if to_v2 { "v2" } else { "v1" };
+        // Any request after the PUT returned sees the new version.
+        for _ in 0..5 {
+            assert_eq!(get(&checker, &url).await, (200, want.to_string()));
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.unwrap());
+    }
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(ok.load(Ordering::Relaxed) >= 800);
+    h.stop().await;
+    v1.stop().await;
+    v2.stop().await;
+}
+
+#[tokio::test]
+async fn stopped_upstream_is_ejected_and_requests_retry() {
+    let h = Harness::new().await;
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let a_addr = a.addr;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![("api", "/", vec![group("v1", 10000, &[a.addr, b.addr])])],
+    ))
+    .await;
+    let url = format!("http://{listen}/");
+    let mut seen = HashMap::<String, u32>::new();
+    for _ in 0..50 {
+        let (s, body) = get(&h.http, &url).await;
+        assert_eq!(s, 200);
+        *seen.entry(body).or_default() += 1;
+    }
+    assert!(seen.contains_key("a") && seen.contains_key("b"), "{seen:?}");
+
+    a.stop().await; // closes its listener and its (idle) pooled connections
+    for i in 0..200 {
+        let (s, body) = get(&h.http, &url).await;
+        assert_eq!((s, body.as_str()), (200, "b"), "request {i}");
+    }
+    let st = h.stats().await;
+    let v1 = st.versions.iter().find(|v| v.version == "v1").unwrap();
+    assert_eq!(v1.errors_5xx, 0);
+    let ep = v1.endpoints.iter().find(|e| e.addr == a_addr).unwrap();
+    assert!(ep.ejected_until_ms.is_some(), "{ep:?}");
+
+    // A POST with a small body is retried too.
+    let r = h.http.post(&url).body("hello").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    h.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_upstream_gives_502() {
+    let h = Harness::new().await;
+    let listen = free_port();
+    let dead = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![("api", "/", vec![group("v9", 10000, &[dead])])],
+    ))
+    .await;
+    let (s, body) = get(&h.http, &format!("http://{listen}/")).await;
+    assert_eq!(s, 502, "{body}");
+    let st = h.stats().await;
+    let v = st.versions.iter().find(|v| v.version == "v9").unwrap();
+    assert_eq!((v.requests, v.errors_5xx), (1, 1));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn routes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start("up").await;
+    let listen = free_port();
+    let t = table(
+        7,
+        listen,
+        vec![("api", "/", vec![group("v1", 10000, &[up.addr])])],
+    );
+    let first = Harness {
+        proxy: spawn_for_test(dir.path()).await.unwrap(),
+        http: reqwest::Client::new(),
+        _dir: None,
+    };
+    let token = first.proxy.token.clone();
+    first.put_ok(&t).await;
+    assert_eq!(
+        get(&first.http, &format!("http://{listen}/")).await,
+        (200, "up".into())
+    );
+    first.stop().await;
+
+    // Files: token 0600, proxy.json, routes.json.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let saved: RouteTable =
+        serde_json::from_slice(&std::fs::read(dir.path().join("routes.json")).unwrap()).unwrap();
+    assert_eq!(saved, t);
+
+    let second = Harness {
+        proxy: spawn_for_test(dir.path()).await.unwrap(),
+        http: reqwest::Client::new(),
+        _dir: None,
+    };
+    assert_eq!(second.proxy.token, token);
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("proxy.json")).unwrap()).unwrap();
+    assert_eq!(info["admin_addr"], second.proxy.admin_addr.to_string());
+    assert_eq!(info["pid"], std::process::id());
+    assert_eq!(
+        get(&second.http, &format!("http://{listen}/")).await,
+        (200, "up".into())
+    );
+    let current: RouteTable = second
+        .http
+        .get(second.admin("/v1/routes"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(current, t);
+    second.stop().await;
+    up.stop().await;
+}
+
+#[tokio::test]
+async fn admin_auth_stale_generation_and_bind_conflict() {
+    let h = Harness::new().await;
+    let up = Upstream::start("up").await;
+    assert_eq!(
+        h.http
+            .get(h.admin("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        h.http
+            .get(h.admin("/v1/routes"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = h
+        .http
+        .get(h.admin("/v1/routes"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let listen = free_port();
+    let t5 = table(
+        5,
+        listen,
+        vec![("api", "/", vec![group("v1", 10000, &[up.addr])])],
+    );
+    let r = h
+        .http
+        .put(h.admin("/v1/routes"))
+        .json(&t5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    h.put_ok(&t5).await;
+
+    // Stale writer.
+    let mut t4 = t5.clone();
+    t4.generation = 4;
+    assert_eq!(h.put(&t4).await.status(), 409);
+
+    // Invalid table.
+    let bad = table(
+        6,
+        listen,
+        vec![("api", "/", vec![group("v1", 5000, &[up.addr])])],
+    );
+    assert_eq!(h.put(&bad).await.status(), 400);
+
+    // Bind conflict: a second listener on an occupied port.
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = occupied.local_addr().unwrap();
+    let mut t6 = t5.clone();
+    t6.generation = 6;
+    t6.listeners[0].routes[0].backends = vec![];
+    t6.listeners.push(ListenerConfig {
+        id: "shop/staging".into(),
+        listen: busy,
+        routes: vec![],
+    });
+    let r = h.put(&t6).await;
+    assert_eq!(r.status(), 409);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("shop/staging") && body.contains(&busy.to_string()),
+        "{body}"
+    );
+    // Nothing changed.
+    assert_eq!(
+        get(&h.http, &format!("http://{listen}/")).await,
+        (200, "up".into())
+    );
+    let current: RouteTable = h
+        .http
+        .get(h.admin("/v1/routes"))
+        .bearer_auth(&h.proxy.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(current, t5);
+
+    // Removing a listener frees its port; re-adding binds again.
+    let other = free_port();
+    let mut t7 = t5.clone();
+    t7.generation = 7;
+    t7.listeners[0].listen = other;
+    h.put_ok(&t7).await;
+    assert_eq!(
+        get(&h.http, &format!("http://{other}/")).await,
+        (200, "up".into())
+    );
+    let mut t8 = t5.clone();
+    t8.generation = 8;
+    h.put_ok(&t8).await;
+    assert_eq!(
+        get(&reqwest::Client::new(), &format!("http://{listen}/")).await,
+        (200, "up".into())
+    );
+    drop(occupied);
+    h.stop().await;
+    up.stop().await;
+}
+
+#[tokio::test]
+async fn stats_and_metrics_count_per_version() {
+    let h = Harness::new().await;
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![(
+            "api",
+            "/",
+            vec![group("v1", 5000, &[a.addr]), group("v2", 5000, &[b.addr])],
+        )],
+    ))
+    .await;
+    for i in 0..40 {
+        let path = if i % 4 < 2 { "/ok" } else { "/fail" };
+        get(&h.http, &format!("http://{listen}{path}")).await;
+    }
+    let st = h.stats().await;
+    assert_eq!(st.generation, 1);
+    for v in ["v1", "v2"] {
+        let s = st.versions.iter().find(|s| s.version == v).unwrap();
+        assert_eq!(s.listener, "shop/prod");
+        assert_eq!(s.service, "api");
+        assert_eq!(s.requests, 20, "{s:?}");
+        assert_eq!(s.errors_5xx, 10, "{s:?}");
+        assert_eq!(s.in_flight, 0);
+        assert!(s.latency_ms.p50 > 0.0 && s.latency_ms.p99 >= s.latency_ms.p50);
+        let hist = decode_histogram(&s.histogram_us).unwrap();
+        assert_eq!(hist.len(), 20);
+        assert_eq!(s.endpoints.len(), 1);
+    }
+    // No synthetic entries without traffic.
+    assert_eq!(st.versions.len(), 2);
+
+    let text = h
+        .http
+        .get(h.admin("/metrics"))
+        .bearer_auth(&h.proxy.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"ferry_proxy_requests_total{listener="shop/prod",service="api",version="v1",code="2xx"} 10"#,
+        r#"ferry_proxy_requests_total{listener="shop/prod",service="api",version="v2",code="5xx"} 10"#,
+        r#"ferry_proxy_request_duration_seconds_count{listener="shop/prod",service="api",version="v1"} 20"#,
+        r#"ferry_proxy_request_duration_seconds_bucket{le="+Inf",listener="shop/prod",service="api",version="v2"} 20"#,
+        r#"ferry_proxy_in_flight{listener="shop/prod",service="api",version="v1"} 0"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    h.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An upstream that answers one keep-alive response per connection and then closes the
+/// socket, so the proxy's pool keeps finding dead connections.
+async fn one_shot_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Dropped: closed without `Connection: close`.
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn upstream_closing_pooled_connections_causes_no_errors() {
+    let h = Harness::new().await;
+    let (up, task) = one_shot_upstream().await;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![("api", "/", vec![group("v1", 10000, &[up])])],
+    ))
+    .await;
+    let url = format!("http://{listen}/");
+    for i in 0..200 {
+        assert_eq!(get(&h.http, &url).await, (200, "ok".into()), "request {i}");
+    }
+    h.stop().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn removed_listener_drains_in_flight_requests() {
+    let h = Harness::new().await;
+    let up = Upstream::start("up").await;
+    let listen = free_port();
+    let keep = free_port();
+    let mut t = table(
+        1,
+        listen,
+        vec![("api", "/", vec![group("v1", 10000, &[up.addr])])],
+    );
+    t.listeners.push(ListenerConfig {
+        id: "shop/staging".into(),
+        listen: keep,
+        routes: t.listeners[0].routes.clone(),
+    });
+    h.put_ok(&t).await;
+    let client = reqwest::Client::new();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { get(&client, &format!("http://{listen}/slow")).await }
+    });
+    // Wait (bounded) until the slow request is in flight.
+    let mut in_flight = false;
+    for _ in 0..200 {
+        let st = h.stats().await;
+        if st
+            .versions
+            .iter()
+            .any(|v| v.listener == "shop/prod" && v.in_flight == 1)
+        {
+            in_flight = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(in_flight, "slow request never became in flight");
+    let mut t2 = t.clone();
+    t2.generation = 2;
+    t2.listeners.remove(0);
+    h.put_ok(&t2).await;
+    // The in-flight request completes; the port no longer accepts; the other listener serves.
+    assert_eq!(slow.await.unwrap(), (200, "up".into()));
+    assert!(
+        reqwest::Client::new()
+            .get(format!("http://{listen}/"))
+            .send()
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        get(&client, &format!("http://{keep}/")).await,
+        (200, "up".into())
+    );
+    h.stop().await;
+    up.stop().await;
+}

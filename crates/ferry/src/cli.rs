@@ -1,0 +1,436 @@
+//! The command line: argument parsing, dispatch, and how errors become exit codes.
+
+mod client;
+mod commands;
+mod config;
+mod output;
+mod quickstart;
+mod serve;
+mod wait;
+
+use std::fmt;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry_core::duration::HumanDuration;
+
+/// Default address of the Ferry API.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
+
+/// Exit codes, also listed in `ferry --help`.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const INVALID: u8 = 2;
+    pub const DEPLOY_FAILED: u8 = 3;
+    pub const TIMED_OUT: u8 = 4;
+    pub const UNAUTHORIZED: u8 = 5;
+    pub const NOT_FOUND: u8 = 6;
+    pub const CONFLICT: u8 = 7;
+}
+
+const AFTER_HELP: &str = "\
+Configuration:
+  The API address comes from --url, then FERRY_URL, then the config file, then http://127.0.0.1:7070.
+  The token comes from --token, then FERRY_TOKEN, then the config file.
+  Config file: $FERRY_CONFIG or ~/.config/ferry/config.json (written by `ferry login` and `ferry quickstart`).
+
+Exit codes:
+  0  success
+  1  error (including: cannot reach the server)
+  2  invalid input (bad manifest, bad flags or arguments)
+  3  deployment failed or was rolled back
+  4  timed out waiting
+  5  unauthorized or forbidden
+  6  not found
+  7  conflict (e.g. nothing to roll back to)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ferry: release orchestrator and progressive-delivery engine",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// URL of the Ferry API.
+    #[arg(long, global = true, env = "FERRY_URL", value_name = "URL")]
+    url: Option<String>,
+    /// API token (bearer).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Args, Default)]
+pub struct OutputArg {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Ferry server (API, controller, and the proxy it supervises).
+    Server {
+        /// Data directory (SQLite database, admin token, logs).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Address of the API.
+        #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+        listen: SocketAddr,
+    },
+    /// Run the data-plane proxy (started by `ferry server`).
+    #[command(hide = true)]
+    Proxy {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: SocketAddr,
+    },
+    /// Run the demo HTTP service (same as the `ferry-demo` binary).
+    #[command(hide = true)]
+    Demo(ferry_demo::DemoArgs),
+    /// Check a token against the server and save URL and token in the config file.
+    Login,
+    /// Validate a manifest and store it on the server.
+    Apply {
+        /// The manifest (ferry.yaml).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Show what would change without storing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Deploy a version of an app to an environment.
+    Deploy {
+        /// App name (as in the manifest).
+        app: String,
+        /// Environment to deploy to.
+        #[arg(long, value_name = "ENV")]
+        env: String,
+        /// Version to deploy (substituted for ${VERSION} in the service's `run`).
+        #[arg(long, value_name = "VERSION")]
+        version: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Roll an environment back to the previous succeeded release (or to --to VERSION).
+    Rollback {
+        /// App name.
+        app: String,
+        /// Environment to roll back.
+        #[arg(long, value_name = "ENV")]
+        env: String,
+        /// Version to go back to.
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Show what runs where: current version, latest deployment, replicas.
+    Status {
+        /// App name.
+        app: String,
+        /// Only this environment (with -o json: prints that environment's status object).
+        #[arg(long, value_name = "ENV")]
+        env: Option<String>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// List the deployments of an environment, newest first.
+    History {
+        /// App name.
+        app: String,
+        /// Environment.
+        #[arg(long, value_name = "ENV")]
+        env: String,
+        /// How many deployments to show.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: u32,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Print the output of an environment's replicas.
+    Logs {
+        /// App name.
+        app: String,
+        /// Environment.
+        #[arg(long, value_name = "ENV")]
+        env: String,
+        /// Only this service.
+        #[arg(long, value_name = "SERVICE")]
+        service: Option<String>,
+        /// Lines to show from the end of each replica's log.
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// List the apps.
+    Apps {
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Show one deployment with its timeline.
+    Deployment {
+        /// Deployment id (as shown by `ferry history`).
+        id: i64,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Print the JSON Schema of ferry.yaml (for editors).
+    Schema,
+    /// Stop every replica and the proxy, then the server (nothing keeps running).
+    Teardown {
+        /// Confirm: traffic to every environment stops.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Start a local Ferry, deploy a demo app, roll out a new version, and keep it running.
+    Quickstart {
+        /// Data directory.
+        #[arg(long, default_value = ".ferry/quickstart", value_name = "DIR")]
+        data: PathBuf,
+        /// Address of the API.
+        #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// Follow the deployment until it ends; exit 0 only if it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub timeout: HumanDuration,
+}
+
+/// An error that carries its exit code (and detail lines printed under the message).
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+    pub details: Vec<String>,
+    /// A transport problem (server unreachable, timeout) worth retrying while waiting.
+    pub transient: bool,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            transient: false,
+        }
+    }
+
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
+        self
+    }
+
+    /// Whether `err` is a transient transport failure.
+    pub fn is_transient(err: &anyhow::Error) -> bool {
+        err.downcast_ref::<Failure>().is_some_and(|f| f.transient)
+    }
+
+    pub fn with_details(mut self, details: Vec<String>) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Entry point: parse, run, turn the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.command);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Don't wait for stray blocking tasks (stdin readers, DNS) on the way out.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(err) => ExitCode::from(report(&err)),
+    }
+}
+
+/// Prints an error to stderr and returns its exit code.
+fn report(err: &anyhow::Error) -> u8 {
+    let _ = std::io::stdout().flush();
+    let mut stderr = std::io::stderr().lock();
+    if let Some(failure) = err.downcast_ref::<Failure>() {
+        let _ = writeln!(stderr, "error: {}", failure.message);
+        for line in &failure.details {
+            let _ = writeln!(stderr, "  {line}");
+        }
+        failure.code
+    } else {
+        let _ = writeln!(stderr, "error: {err:#}");
+        exit::ERROR
+    }
+}
+
+fn init_tracing(command: &Command) {
+    let default = match command {
+        Command::Server { .. } | Command::Proxy { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli {
+        url,
+        token,
+        command,
+    } = cli;
+    if let Command::Login = command {
+        return commands::login(url, token).await;
+    }
+    let conn = config::Connection::resolve(url, token);
+    match command {
+        Command::Server { data, listen } => serve::server(data, listen).await,
+        Command::Proxy {
+            state_dir,
+            admin_listen,
+        } => serve::proxy(state_dir, admin_listen).await,
+        Command::Quickstart { data, listen } => quickstart::run(data, listen).await,
+        Command::Schema => commands::schema(),
+        Command::Demo(args) => ferry_demo::serve(args).await,
+        command => {
+            let client = client::Client::new(&conn)?;
+            match command {
+                Command::Apply { file, dry_run, out } => {
+                    commands::apply(&client, &file, dry_run, out.output).await
+                }
+                Command::Deploy {
+                    app,
+                    env,
+                    version,
+                    wait,
+                    out,
+                } => commands::deploy(&client, &app, &env, &version, wait, out.output).await,
+                Command::Rollback {
+                    app,
+                    env,
+                    to,
+                    wait,
+                    out,
+                } => commands::rollback(&client, &app, &env, to, wait, out.output).await,
+                Command::Status { app, env, out } => {
+                    commands::status(&client, &app, env.as_deref(), out.output).await
+                }
+                Command::History {
+                    app,
+                    env,
+                    limit,
+                    out,
+                } => commands::history(&client, &app, &env, limit, out.output).await,
+                Command::Logs {
+                    app,
+                    env,
+                    service,
+                    tail,
+                    follow,
+                } => commands::logs(&client, &app, &env, service.as_deref(), tail, follow).await,
+                Command::Apps { out } => commands::apps(&client, out.output).await,
+                Command::Deployment { id, out } => {
+                    commands::deployment(&client, id, out.output).await
+                }
+                Command::Teardown { yes } => commands::teardown(&client, yes).await,
+                Command::Server { .. }
+                | Command::Proxy { .. }
+                | Command::Quickstart { .. }
+                | Command::Schema
+                | Command::Demo(_)
+                | Command::Login => Ok(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_deploy_with_wait_and_timeout() {
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "deploy",
+            "demo",
+            "--env",
+            "production",
+            "--version",
+            "1.1.0",
+            "--wait",
+            "--timeout",
+            "2m",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Deploy { wait, .. } => {
+                assert!(wait.wait);
+                assert_eq!(wait.timeout.get(), std::time::Duration::from_secs(120));
+            }
+            other => panic!("parsed {other:?}"),
+        }
+    }
+}

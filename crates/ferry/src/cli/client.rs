@@ -1,0 +1,304 @@
+//! The one place that talks to the Ferry API: bearer token, timeouts, and API errors mapped
+//! to exit codes with a clear message.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_core::api::ApiError;
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::config::Connection;
+use super::{Failure, exit};
+
+/// Timeout of ordinary requests (long polls add their wait to it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(conn: &Connection) -> anyhow::Result<Client> {
+        let base = Url::parse(&conn.url).map_err(|e| {
+            Failure::new(
+                exit::INVALID,
+                format!(
+                    "invalid Ferry URL {:?}: {e} (write it like http://127.0.0.1:7070)",
+                    conn.url
+                ),
+            )
+        })?;
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(Failure::new(
+                exit::INVALID,
+                format!(
+                    "invalid Ferry URL {:?}: expected http://HOST:PORT",
+                    conn.url
+                ),
+            )
+            .into());
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("ferry-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Client {
+            http,
+            base,
+            token: conn.token.clone(),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        self.base.as_str().trim_end_matches('/')
+    }
+
+    /// URL of `segments` (each one escaped) under the base URL, with query pairs.
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        url
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, self.url(segments, query));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        req
+    }
+
+    /// Sends and maps every failure (transport or API) to a `Failure`.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let req = match timeout {
+            Some(t) => req.timeout(t),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.api_error(resp).await.into())
+    }
+
+    pub fn transport_error(&self, e: &reqwest::Error) -> Failure {
+        let url = self.base_url();
+        if e.is_connect() {
+            Failure::new(
+                exit::ERROR,
+                format!("cannot reach Ferry at {url} — is `ferry server` running?"),
+            )
+            .with_details(vec![
+                "set the address with --url or FERRY_URL (default http://127.0.0.1:7070)".into(),
+            ])
+            .transient()
+        } else if e.is_timeout() {
+            Failure::new(
+                exit::ERROR,
+                format!("Ferry at {url} did not answer in time"),
+            )
+            .transient()
+        } else {
+            Failure::new(
+                exit::ERROR,
+                format!("request to Ferry at {url} failed: {}", error_chain(e)),
+            )
+            .transient()
+        }
+    }
+
+    async fn api_error(&self, resp: reqwest::Response) -> Failure {
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        let parsed: Option<ApiError> = serde_json::from_slice(&body).ok();
+        let (code_name, message, mut details) = match parsed {
+            Some(e) => (e.code, e.message, e.details),
+            None => {
+                let text = String::from_utf8_lossy(&body).trim().to_string();
+                let message = if text.is_empty() {
+                    format!("the server answered {status}")
+                } else {
+                    format!("the server answered {status}: {text}")
+                };
+                (String::new(), message, Vec::new())
+            }
+        };
+        let code = exit_code_for(&code_name, status);
+        if status == StatusCode::UNAUTHORIZED && self.token.is_none() {
+            details.push(
+                "no API token given: pass --token, set FERRY_TOKEN, or run `ferry login --token TOKEN` \
+                 (the admin token is in DATA_DIR/admin.token)"
+                    .into(),
+            );
+        }
+        Failure::new(code, message).with_details(details)
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send(
+                self.request(Method::GET, segments, query),
+                Some(REQUEST_TIMEOUT),
+            )
+            .await?;
+        self.decode(resp).await
+    }
+
+    /// A GET that may be held by the server for up to `wait`.
+    pub async fn get_long_poll<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        wait: Duration,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send(
+                self.request(Method::GET, segments, query),
+                Some(REQUEST_TIMEOUT + wait),
+            )
+            .await?;
+        self.decode(resp).await
+    }
+
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send(
+                self.request(Method::POST, segments, &[]).json(body),
+                Some(REQUEST_TIMEOUT),
+            )
+            .await?;
+        self.decode(resp).await
+    }
+
+    /// A POST whose answer body is not needed.
+    pub async fn post_ignore(&self, segments: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        self.send(
+            self.request(Method::POST, segments, &[])
+                .json(&serde_json::json!({})),
+            Some(timeout),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A streamed GET (no overall timeout).
+    pub async fn get_stream(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> anyhow::Result<reqwest::Response> {
+        self.send(self.request(Method::GET, segments, query), None)
+            .await
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response) -> anyhow::Result<T> {
+        let url = resp.url().clone();
+        let body = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        serde_json::from_slice(&body).map_err(|e| {
+            Failure::new(
+                exit::ERROR,
+                format!(
+                    "unexpected answer from {} ({e}); is {} a Ferry server of the same version?",
+                    url.path(),
+                    self.base_url()
+                ),
+            )
+            .into()
+        })
+    }
+}
+
+/// Exit code of an API error code (falling back to the HTTP status).
+pub fn exit_code_for(code: &str, status: StatusCode) -> u8 {
+    match code {
+        "unauthorized" | "forbidden" => exit::UNAUTHORIZED,
+        "not_found" => exit::NOT_FOUND,
+        "invalid_manifest" | "bad_request" => exit::INVALID,
+        "conflict" => exit::CONFLICT,
+        "internal" => exit::ERROR,
+        _ => match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => exit::UNAUTHORIZED,
+            StatusCode::NOT_FOUND => exit::NOT_FOUND,
+            StatusCode::CONFLICT => exit::CONFLICT,
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => exit::INVALID,
+            _ => exit::ERROR,
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_codes_map_to_exit_codes() {
+        assert_eq!(exit_code_for("unauthorized", StatusCode::UNAUTHORIZED), 5);
+        assert_eq!(exit_code_for("forbidden", StatusCode::FORBIDDEN), 5);
+        assert_eq!(exit_code_for("not_found", StatusCode::NOT_FOUND), 6);
+        assert_eq!(
+            exit_code_for("invalid_manifest", StatusCode::UNPROCESSABLE_ENTITY),
+            2
+        );
+        assert_eq!(exit_code_for("conflict", StatusCode::CONFLICT), 7);
+        assert_eq!(exit_code_for("", StatusCode::BAD_GATEWAY), 1);
+        assert_eq!(exit_code_for("", StatusCode::NOT_FOUND), 6);
+    }
+
+    #[test]
+    fn urls_escape_segments_and_keep_a_base_path() {
+        let client = Client::new(&Connection {
+            url: "http://127.0.0.1:7070/ferry".into(),
+            token: None,
+        })
+        .unwrap();
+        let url = client.url(&["v1", "apps", "a b"], &[("env", "prod".into())]);
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:7070/ferry/v1/apps/a%20b?env=prod"
+        );
+    }
+}

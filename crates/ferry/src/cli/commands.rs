@@ -1,0 +1,436 @@
+//! The client commands: each one a few API calls and some printing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_core::api::{
+    AppStatus, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
+    DeploymentView, EnvStatus, RollbackRequest, WhoAmI,
+};
+use futures_util::StreamExt;
+
+use super::client::Client;
+use super::config::{self, ConfigFile, Connection};
+use super::output::{
+    Table, age, duration_ms, event_line, listen_url, now_ms, print_json, timestamp,
+};
+use super::{DEFAULT_URL, Failure, Format, WaitArgs, exit, wait};
+
+pub fn schema() -> anyhow::Result<()> {
+    print_json(&ferry_core::manifest::json_schema())
+}
+
+pub async fn login(url: Option<String>, token: Option<String>) -> anyhow::Result<()> {
+    let token = token.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+        Failure::new(
+            exit::INVALID,
+            "`ferry login` needs --token TOKEN (the admin token is in DATA_DIR/admin.token)",
+        )
+    })?;
+    let existing = config::load();
+    let url = url
+        .or(existing.url)
+        .unwrap_or_else(|| DEFAULT_URL.to_string());
+    let conn = Connection {
+        url: url.trim_end_matches('/').to_string(),
+        token: Some(token.trim().to_string()),
+    };
+    let client = Client::new(&conn)?;
+    let me: WhoAmI = client.get(&["v1", "whoami"], &[]).await?;
+    let path = config::save(&ConfigFile {
+        url: Some(conn.url.clone()),
+        token: conn.token.clone(),
+    })?;
+    println!(
+        "logged in to {} as {} ({}); saved in {}",
+        conn.url,
+        me.name,
+        me.role,
+        path.display()
+    );
+    Ok(())
+}
+
+/// Reads and validates the manifest locally, then sends it.
+pub async fn apply(
+    client: &Client,
+    file: &Path,
+    dry_run: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Failure::new(
+            exit::INVALID,
+            format!("cannot read {}: {e}", file.display()),
+        )
+    })?;
+    let file_name = file.display().to_string();
+    if let Err(errors) = ferry_core::manifest::parse(&text, &file_name) {
+        let count = errors.errors.len();
+        return Err(Failure::new(
+            exit::INVALID,
+            format!(
+                "{file_name} is not a valid manifest ({count} error{}); nothing was sent",
+                if count == 1 { "" } else { "s" }
+            ),
+        )
+        .with_details(errors.errors.iter().map(ToString::to_string).collect())
+        .into());
+    }
+    let base_dir = absolute_dir_of(file)?;
+    let request = ApplyRequest {
+        manifest: text,
+        file_name: Some(file_name),
+        base_dir: Some(base_dir.display().to_string()),
+        dry_run,
+    };
+    let resp: ApplyResponse = client.post(&["v1", "apps"], &request).await?;
+    if format == Format::Json {
+        return print_json(&resp);
+    }
+    print_apply(&resp);
+    Ok(())
+}
+
+pub fn print_apply(resp: &ApplyResponse) {
+    let n = resp.changes.len();
+    let plural = if n == 1 { "" } else { "s" };
+    match (resp.dry_run, n) {
+        (true, 0) => println!("app {}: no changes (dry run)", resp.app),
+        (true, _) => println!(
+            "app {}: {n} change{plural} would be applied (dry run)",
+            resp.app
+        ),
+        (false, 0) => println!("app {}: no changes (revision {})", resp.app, resp.revision),
+        (false, _) => println!(
+            "app {}: applied revision {} ({n} change{plural})",
+            resp.app, resp.revision
+        ),
+    }
+    for change in &resp.changes {
+        println!("  {change}");
+    }
+}
+
+fn absolute_dir_of(file: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::fs::canonicalize(file)
+        .with_context(|| format!("cannot resolve {}", file.display()))?;
+    Ok(abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/")))
+}
+
+pub async fn deploy(
+    client: &Client,
+    app: &str,
+    env: &str,
+    version: &str,
+    wait: WaitArgs,
+    format: Format,
+) -> anyhow::Result<()> {
+    let dep: DeploymentView = client
+        .post(
+            &["v1", "apps", app, "envs", env, "deployments"],
+            &DeployRequest {
+                version: version.to_string(),
+            },
+        )
+        .await?;
+    finish_request(client, dep, wait, format).await
+}
+
+pub async fn rollback(
+    client: &Client,
+    app: &str,
+    env: &str,
+    to: Option<String>,
+    wait: WaitArgs,
+    format: Format,
+) -> anyhow::Result<()> {
+    let dep: DeploymentView = client
+        .post(
+            &["v1", "apps", app, "envs", env, "rollback"],
+            &RollbackRequest { to },
+        )
+        .await?;
+    finish_request(client, dep, wait, format).await
+}
+
+/// After a deploy or rollback request: print it, and with --wait follow it to the end.
+async fn finish_request(
+    client: &Client,
+    dep: DeploymentView,
+    wait: WaitArgs,
+    format: Format,
+) -> anyhow::Result<()> {
+    let json = format == Format::Json;
+    if !wait.wait {
+        if json {
+            return print_json(&dep);
+        }
+        println!("{}", wait::headline(&dep));
+        println!(
+            "started; follow it with `ferry deployment {}` or `ferry status {} --env {}`",
+            dep.id, dep.app, dep.env
+        );
+        return Ok(());
+    }
+    if !json {
+        println!("{}", wait::headline(&dep));
+    }
+    let done = wait::follow(client, &dep, wait.timeout.get(), !json).await?;
+    if json {
+        print_json(&done)?;
+    }
+    wait::outcome(&done)
+}
+
+pub async fn status(
+    client: &Client,
+    app: &str,
+    env: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let query: Vec<(&str, String)> = env.map(|e| ("env", e.to_string())).into_iter().collect();
+    let status: AppStatus = client.get(&["v1", "apps", app, "status"], &query).await?;
+    if let Some(env) = env {
+        let env_status = status
+            .environments
+            .iter()
+            .find(|e| e.env == env)
+            .ok_or_else(|| {
+                let known: Vec<&str> = status.environments.iter().map(|e| e.env.as_str()).collect();
+                Failure::new(
+                    exit::NOT_FOUND,
+                    format!("app {app} has no environment {env:?}"),
+                )
+                .with_details(vec![format!("environments: {}", known.join(", "))])
+            })?;
+        if format == Format::Json {
+            return print_json(env_status);
+        }
+        println!("{} (revision {})", status.app, status.revision);
+        print_env_status(env_status, now_ms());
+        return Ok(());
+    }
+    if format == Format::Json {
+        return print_json(&status);
+    }
+    println!("{} (revision {})", status.app, status.revision);
+    let now = now_ms();
+    for env_status in &status.environments {
+        print_env_status(env_status, now);
+    }
+    Ok(())
+}
+
+fn print_env_status(status: &EnvStatus, now: i64) {
+    println!();
+    println!("{}  {}", status.env, listen_url(&status.listen));
+    println!(
+        "  current   {}",
+        status
+            .current_version
+            .as_deref()
+            .unwrap_or("(nothing deployed)")
+    );
+    if let Some(dep) = &status.latest_deployment {
+        let mut line = format!(
+            "  latest    #{}  {} {}  {}  {}",
+            dep.id,
+            dep.kind,
+            dep.version,
+            dep.state,
+            age(dep.created_at_ms, now)
+        );
+        if let Some(reason) = &dep.reason {
+            line.push_str(&format!("  ({reason})"));
+        }
+        println!("{line}");
+    }
+    if status.replicas.is_empty() {
+        println!("  replicas  none");
+        return;
+    }
+    println!("  replicas");
+    let mut table = Table::new(&[
+        "ID", "SERVICE", "VERSION", "STATE", "PORT", "PID", "RESTARTS", "TRAFFIC",
+    ])
+    .indent(4);
+    for r in &status.replicas {
+        table.row(vec![
+            r.id.clone(),
+            r.service.clone(),
+            r.version.clone(),
+            r.state.to_string(),
+            r.port.to_string(),
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.restarts.to_string(),
+            if r.in_traffic { "yes" } else { "no" }.to_string(),
+        ]);
+    }
+    print!("{}", table.render());
+}
+
+pub async fn history(
+    client: &Client,
+    app: &str,
+    env: &str,
+    limit: u32,
+    format: Format,
+) -> anyhow::Result<()> {
+    let deployments: Vec<DeploymentView> = client
+        .get(
+            &["v1", "apps", app, "envs", env, "deployments"],
+            &[("limit", limit.to_string())],
+        )
+        .await?;
+    if format == Format::Json {
+        return print_json(&deployments);
+    }
+    if deployments.is_empty() {
+        println!("no deployments of {app} to {env} yet");
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut table = Table::new(&[
+        "ID", "VERSION", "KIND", "STATE", "STARTED", "DURATION", "BY", "REASON",
+    ]);
+    for d in &deployments {
+        let duration = match d.finished_at_ms {
+            Some(end) => duration_ms(end - d.created_at_ms),
+            None => format!("{} so far", duration_ms(now - d.created_at_ms)),
+        };
+        table.row(vec![
+            format!("#{}", d.id),
+            d.version.clone(),
+            d.kind.clone(),
+            d.state.to_string(),
+            age(d.created_at_ms, now),
+            duration,
+            d.requested_by.clone(),
+            d.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+pub async fn logs(
+    client: &Client,
+    app: &str,
+    env: &str,
+    service: Option<&str>,
+    tail: Option<u32>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let mut query = vec![("follow", follow.to_string())];
+    if let Some(service) = service {
+        query.push(("service", service.to_string()));
+    }
+    if let Some(tail) = tail {
+        query.push(("tail", tail.to_string()));
+    }
+    let resp = client
+        .get_stream(&["v1", "apps", app, "envs", env, "logs"], &query)
+        .await?;
+    let mut stream = resp.bytes_stream();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| client.transport_error(&e))?;
+        if stdout
+            .write_all(&chunk)
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // stdout closed (e.g. piped into `head`): stop quietly.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+pub async fn apps(client: &Client, format: Format) -> anyhow::Result<()> {
+    let apps: Vec<AppSummary> = client.get(&["v1", "apps"], &[]).await?;
+    if format == Format::Json {
+        return print_json(&apps);
+    }
+    if apps.is_empty() {
+        println!("no apps yet: `ferry apply -f ferry.yaml` adds one");
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut table = Table::new(&["APP", "REVISION", "SERVICES", "ENVIRONMENTS", "UPDATED"]);
+    for a in &apps {
+        table.row(vec![
+            a.name.clone(),
+            a.revision.to_string(),
+            a.services.join(","),
+            a.environments.join(","),
+            age(a.updated_at_ms, now),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+pub async fn deployment(client: &Client, id: i64, format: Format) -> anyhow::Result<()> {
+    let detail: DeploymentDetail = client
+        .get(&["v1", "deployments", &id.to_string()], &[])
+        .await?;
+    if format == Format::Json {
+        return print_json(&detail);
+    }
+    let d = &detail.deployment;
+    let now = now_ms();
+    println!("{}", wait::headline(d));
+    println!("  state      {}", d.state);
+    if let Some(reason) = &d.reason {
+        println!("  reason     {reason}");
+    }
+    println!(
+        "  requested  by {}, {}",
+        d.requested_by,
+        age(d.created_at_ms, now)
+    );
+    println!("  started    {}", timestamp(d.created_at_ms));
+    match d.finished_at_ms {
+        Some(end) => println!(
+            "  finished   {} (took {})",
+            timestamp(end),
+            duration_ms(end - d.created_at_ms)
+        ),
+        None => println!("  running    for {}", duration_ms(now - d.created_at_ms)),
+    }
+    println!();
+    println!("timeline (UTC)");
+    if detail.events.is_empty() {
+        println!("  (no events yet)");
+    }
+    for event in &detail.events {
+        println!("{}", event_line(event));
+    }
+    Ok(())
+}
+
+pub async fn teardown(client: &Client, yes: bool) -> anyhow::Result<()> {
+    if !yes {
+        return Err(Failure::new(
+            exit::INVALID,
+            "teardown stops every replica, the proxy and the server: traffic to every environment stops",
+        )
+        .with_details(vec!["run `ferry teardown --yes` to confirm".into()])
+        .into());
+    }
+    client
+        .post_ignore(&["v1", "teardown"], Duration::from_secs(120))
+        .await?;
+    println!(
+        "stopped every replica and the proxy; the Ferry server at {} shuts down too",
+        client.base_url()
+    );
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! `ferry server` and the hidden `ferry proxy`: the long-running processes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use super::Failure;
+use super::exit;
+
+/// Resolves on the first SIGINT or SIGTERM, with the signal's name.
+pub async fn terminated() -> anyhow::Result<&'static str> {
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    })
+}
+
+/// Starts the server in this process (the `ferry` executable is reused for the proxy).
+pub async fn start_server(data: &Path, listen: SocketAddr) -> anyhow::Result<ferry_server::Server> {
+    let ferry_exe = std::env::current_exe().context("cannot find the ferry executable")?;
+    ferry_server::start(ferry_server::ServerConfig {
+        data_dir: data.to_path_buf(),
+        listen,
+        ferry_exe,
+    })
+    .await
+    .map_err(|e| Failure::new(exit::ERROR, format!("cannot start the Ferry server: {e}")).into())
+}
+
+pub async fn server(data: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
+    let server = start_server(&data, listen).await?;
+    let data_abs = std::fs::canonicalize(&data).unwrap_or(data);
+    let token_file = data_abs.join("admin.token");
+    println!("Ferry API on http://{}", server.addr());
+    println!("  data       {}", data_abs.display());
+    println!("  admin token in {} (chmod 600)", token_file.display());
+    println!(
+        "  try        FERRY_URL=http://{} FERRY_TOKEN=$(cat {}) ferry apps",
+        server.addr(),
+        token_file.display()
+    );
+    tokio::select! {
+        signal = terminated() => {
+            let signal = signal?;
+            eprintln!("{signal}: stopping the control plane");
+            server.stop().await;
+            eprintln!("control plane stopped; the proxy and the replicas keep serving.");
+            eprintln!("to stop them too: start `ferry server` again and run `ferry teardown --yes`");
+        }
+        () = server.stopped() => {
+            eprintln!("teardown requested through the API: replicas and proxy stopped");
+            server.stop().await;
+        }
+    }
+    Ok(())
+}
+
+pub async fn proxy(state_dir: PathBuf, admin_listen: SocketAddr) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        if let Ok(signal) = terminated().await {
+            tracing::info!(signal, "proxy stopping");
+        }
+        on_signal.cancel();
+    });
+    ferry_proxy::run(
+        ferry_proxy::ProxyConfig {
+            state_dir,
+            admin_listen,
+        },
+        shutdown,
+    )
+    .await
+    .map_err(|e| Failure::new(exit::ERROR, format!("proxy: {e}")).into())
+}

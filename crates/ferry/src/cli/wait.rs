@@ -1,0 +1,178 @@
+//! Following a deployment to its end (`--wait`): events as they happen, then the outcome.
+
+use std::time::Duration;
+
+use ferry_core::api::{DeploymentDetail, DeploymentView, EventView};
+use ferry_core::model::DeploymentState;
+use tokio::time::Instant;
+
+use super::client::Client;
+use super::output::{duration_ms, event_line};
+use super::{Failure, exit};
+
+/// Longest single long poll.
+const POLL: Duration = Duration::from_secs(10);
+
+/// `deployment #12: demo 1.1.0 → production (rolling, replacing 1.0.0)`.
+pub fn headline(dep: &DeploymentView) -> String {
+    let from = match &dep.previous_version {
+        Some(v) if v != &dep.version => format!(", replacing {v}"),
+        Some(_) => ", same version again".to_string(),
+        None => ", first deployment".to_string(),
+    };
+    let what = kind_word(dep);
+    format!(
+        "{what} #{}: {} {} → {} ({}{from})",
+        dep.id, dep.app, dep.version, dep.env, dep.strategy
+    )
+}
+
+/// `rollback` or `deployment`.
+fn kind_word(dep: &DeploymentView) -> &'static str {
+    if dep.kind == "rollback" {
+        "rollback"
+    } else {
+        "deployment"
+    }
+}
+
+/// Follows `dep` until it reaches a terminal state, printing each new event when
+/// `print_events`. Fails with exit code 4 after `timeout`. Rides out a server restart.
+pub async fn follow(
+    client: &Client,
+    dep: &DeploymentView,
+    timeout: Duration,
+    print_events: bool,
+) -> anyhow::Result<DeploymentView> {
+    let id = dep.id.to_string();
+    let deadline = Instant::now() + timeout;
+    let mut last_seq: Option<i64> = None;
+    let mut lost_contact = false;
+    let print = |events: &[EventView], last_seq: &mut Option<i64>| {
+        for event in events {
+            if last_seq.is_some_and(|last| event.seq <= last) {
+                continue;
+            }
+            if print_events {
+                println!("{}", event_line(event));
+            }
+            *last_seq = Some(event.seq);
+        }
+    };
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let step = async {
+            if remaining > Duration::ZERO {
+                let wait = remaining.min(POLL);
+                let mut query = vec![("wait_ms", wait.as_millis().to_string())];
+                if let Some(seq) = last_seq {
+                    query.push(("after", seq.to_string()));
+                }
+                let events: Vec<EventView> = client
+                    .get_long_poll(&["v1", "deployments", &id, "events"], &query, wait)
+                    .await?;
+                print(&events, &mut last_seq);
+            }
+            let detail: DeploymentDetail = client.get(&["v1", "deployments", &id], &[]).await?;
+            print(&detail.events, &mut last_seq);
+            anyhow::Ok(detail.deployment)
+        };
+        match tokio::time::timeout(remaining + Duration::from_secs(5), step).await {
+            Ok(Ok(current)) => {
+                if lost_contact {
+                    eprintln!("  (reconnected to Ferry)");
+                    lost_contact = false;
+                }
+                if current.state.is_terminal() {
+                    return Ok(current);
+                }
+                if remaining == Duration::ZERO {
+                    return Err(timed_out(&current, timeout).into());
+                }
+            }
+            Ok(Err(err)) if Failure::is_transient(&err) && Instant::now() < deadline => {
+                if !lost_contact {
+                    eprintln!(
+                        "  (lost contact with Ferry at {}; retrying until the timeout)",
+                        client.base_url()
+                    );
+                    lost_contact = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(Err(err)) => return Err(err),
+            Err(_) => return Err(timed_out(dep, timeout).into()),
+        }
+    }
+}
+
+fn timed_out(dep: &DeploymentView, timeout: Duration) -> Failure {
+    Failure::new(
+        exit::TIMED_OUT,
+        format!(
+            "timed out after {} waiting for deployment #{} (still {})",
+            duration_ms(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)),
+            dep.id,
+            dep.state
+        ),
+    )
+    .with_details(vec![format!(
+        "it goes on in the server; follow it with `ferry deployment {}`",
+        dep.id
+    )])
+}
+
+/// Prints how a finished deployment ended; an error (exit code 3) unless it succeeded.
+pub fn outcome(dep: &DeploymentView) -> anyhow::Result<()> {
+    let took = dep
+        .finished_at_ms
+        .map(|end| format!(" in {}", duration_ms(end - dep.created_at_ms)))
+        .unwrap_or_default();
+    let reason = dep.reason.as_deref().unwrap_or("no reason recorded");
+    let what = kind_word(dep);
+    match dep.state {
+        DeploymentState::Succeeded => {
+            println!(
+                "{what} #{} succeeded{took}: {} {} is serving {}",
+                dep.id, dep.app, dep.version, dep.env
+            );
+            Ok(())
+        }
+        DeploymentState::RolledBack => {
+            let still = dep
+                .previous_version
+                .as_deref()
+                .map(|v| format!("; {} is serving {v} again", dep.env))
+                .unwrap_or_default();
+            Err(Failure::new(
+                exit::DEPLOY_FAILED,
+                format!(
+                    "{what} #{} ({} {}) was rolled back{took}: {reason}{still}",
+                    dep.id, dep.app, dep.version
+                ),
+            )
+            .into())
+        }
+        DeploymentState::Failed => Err(Failure::new(
+            exit::DEPLOY_FAILED,
+            format!(
+                "{what} #{} ({} {}) failed{took}: {reason}",
+                dep.id, dep.app, dep.version
+            ),
+        )
+        .into()),
+        DeploymentState::Superseded => Err(Failure::new(
+            exit::DEPLOY_FAILED,
+            format!(
+                "{what} #{} ({} {}) was superseded by a newer deployment: {reason}",
+                dep.id, dep.app, dep.version
+            ),
+        )
+        .into()),
+        state => Err(Failure::new(
+            exit::ERROR,
+            format!("deployment #{} is still {state}", dep.id),
+        )
+        .into()),
+    }
+}

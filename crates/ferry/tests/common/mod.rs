@@ -1,0 +1,818 @@
+//! Black-box harness: a real `ferry server` child on loopback ports, the `ferry` CLI as a
+//! subprocess, manifests running `ferry-demo`, a bounded client loop, and a process audit
+//! that makes sure nothing the test started outlives it.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferry_core::api::{DeploymentDetail, DeploymentView, EnvStatus, EventView};
+use ferry_core::model::ReplicaState;
+use tokio::time::Instant;
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_ferry-demo");
+
+/// The end-to-end tests run one at a time: each starts a server, a proxy, replicas and a
+/// client loop, which is plenty for a small machine.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs a test body with an overall deadline.
+pub async fn bounded<F: std::future::Future<Output = ()>>(limit: Duration, body: F) {
+    if tokio::time::timeout(limit, body).await.is_err() {
+        panic!("test did not finish within {limit:?}");
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// What a CLI run produced.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"))
+    }
+}
+
+impl std::fmt::Display for CliOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit code {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A service of the test manifest: `ferry-demo` behind `sh -c PRELUDE; exec ferry-demo`.
+pub struct Spec {
+    pub app: String,
+    pub env: String,
+    pub listen_port: u16,
+    pub replicas: u32,
+    /// Shell run before `exec ferry-demo` (may test `$VERSION`).
+    pub prelude: String,
+    pub start_timeout: String,
+    pub extra_service_yaml: String,
+}
+
+impl Spec {
+    pub fn new(app: &str) -> Spec {
+        Spec {
+            app: app.to_string(),
+            env: "production".to_string(),
+            listen_port: free_port(),
+            replicas: 2,
+            prelude: String::new(),
+            start_timeout: "15s".to_string(),
+            extra_service_yaml: String::new(),
+        }
+    }
+
+    pub fn listener(&self) -> String {
+        format!("127.0.0.1:{}", self.listen_port)
+    }
+}
+
+/// One Ferry installation under a temporary directory.
+pub struct Ferry {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub api_port: u16,
+    pub url: String,
+    pub token: String,
+    /// Put into every replica's environment so the audit finds them all.
+    pub mark: String,
+    server: Option<Child>,
+    server_starts: u32,
+    pub http: reqwest::Client,
+}
+
+impl Ferry {
+    pub async fn start() -> Ferry {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let data = dir.path().join("data");
+        let api_port = free_port();
+        let mark = format!("{}", dir.path().display());
+        let mut ferry = Ferry {
+            url: format!("http://127.0.0.1:{api_port}"),
+            dir,
+            data,
+            api_port,
+            token: String::new(),
+            mark,
+            server: None,
+            server_starts: 0,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        };
+        ferry.start_server().await;
+        ferry
+    }
+
+    /// Starts `ferry server` on the same data dir and port, and waits until it is ready.
+    pub async fn start_server(&mut self) {
+        assert!(self.server.is_none(), "server already running");
+        self.server_starts += 1;
+        let n = self.server_starts;
+        let out = std::fs::File::create(self.dir.path().join(format!("server-{n}.out")))
+            .expect("server log");
+        let err = std::fs::File::create(self.dir.path().join(format!("server-{n}.err")))
+            .expect("server log");
+        let child = std::process::Command::new(FERRY)
+            .args(["server", "--data"])
+            .arg(&self.data)
+            .args(["--listen", &format!("127.0.0.1:{}", self.api_port)])
+            .env("RUST_LOG", "info")
+            .env_remove("FERRY_URL")
+            .env_remove("FERRY_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn ferry server");
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.server.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.server = None;
+                panic!(
+                    "ferry server exited during start ({status})\n{}",
+                    self.server_logs()
+                );
+            }
+            let ready = self
+                .http
+                .get(format!("{}/readyz", self.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferry server not ready within 30s\n{}",
+                self.server_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let token = std::fs::read_to_string(self.data.join("admin.token"))
+            .expect("DATA/admin.token after start");
+        self.token = token.trim().to_string();
+        assert!(!self.token.is_empty(), "admin.token is empty");
+    }
+
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
+    }
+
+    /// `kill -9` of the server process only (the proxy and replicas are its children in
+    /// the process tree but must survive it).
+    pub fn kill9_server(&mut self) {
+        let mut child = self.server.take().expect("server running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Last lines of every server log, for failure messages.
+    pub fn server_logs(&self) -> String {
+        let mut text = String::new();
+        for n in 1..=self.server_starts {
+            for ext in ["out", "err"] {
+                let path = self.dir.path().join(format!("server-{n}.{ext}"));
+                let content = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = content.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                text.push_str(&format!(
+                    "--- server-{n}.{ext} (last {} lines)\n",
+                    tail.len()
+                ));
+                for line in tail {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        text
+    }
+
+    pub fn pids_file(&self) -> PathBuf {
+        self.dir.path().join("replica-pids")
+    }
+
+    /// Writes the manifest for `spec` and returns its path.
+    pub fn write_manifest(&self, spec: &Spec, file: &str) -> PathBuf {
+        let script = format!(
+            "echo $$ >> '{pids}'; {prelude} exec '{demo}' --port \"$PORT\" --version \"$VERSION\"",
+            pids = self.pids_file().display(),
+            prelude = spec.prelude,
+            demo = DEMO,
+        );
+        let run = serde_json::to_string(&["sh", "-c", &script]).expect("json");
+        let mark = serde_json::to_string(&self.mark).expect("json");
+        let yaml = format!(
+            "app: {app}
+services:
+  web:
+    run: {run}
+    replicas: {replicas}
+    env: {{ FERRY_TEST_MARK: {mark} }}
+    stop_timeout: 5s
+    health: {{ path: /health, interval: 300ms, timeout: 300ms, start_timeout: {start_timeout} }}
+{extra}environments:
+  {env}:
+    listen: {listen}
+    strategy: {{ rolling: {{ max_surge: 1, max_unavailable: 0 }} }}
+",
+            app = spec.app,
+            replicas = spec.replicas,
+            start_timeout = spec.start_timeout,
+            extra = spec.extra_service_yaml,
+            env = spec.env,
+            listen = spec.listener(),
+        );
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, yaml).expect("write manifest");
+        path
+    }
+
+    /// Runs the `ferry` CLI against this server (bounded to 120 s).
+    pub async fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_with_token(args, Some(&self.token)).await
+    }
+
+    pub async fn cli_with_token(&self, args: &[&str], token: Option<&str>) -> CliOutput {
+        let mut cmd = tokio::process::Command::new(FERRY);
+        cmd.args(args)
+            .env("FERRY_URL", &self.url)
+            .env("FERRY_CONFIG", self.dir.path().join("cli-config.json"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match token {
+            Some(t) => cmd.env("FERRY_TOKEN", t),
+            None => cmd.env_remove("FERRY_TOKEN"),
+        };
+        let output = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("`ferry {}` did not finish within 120s", args.join(" ")))
+            .expect("run ferry");
+        CliOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `ferry apply` + `ferry deploy --wait` that must succeed.
+    pub async fn apply(&self, manifest: &Path) {
+        let out = self
+            .cli(&["apply", "-f", &manifest.display().to_string()])
+            .await;
+        assert_eq!(out.code, 0, "apply failed:\n{out}\n{}", self.server_logs());
+    }
+
+    pub async fn deploy_ok(&self, spec: &Spec, version: &str) -> CliOutput {
+        let out = self
+            .cli(&[
+                "deploy",
+                &spec.app,
+                "--env",
+                &spec.env,
+                "--version",
+                version,
+                "--wait",
+                "--timeout",
+                "60s",
+            ])
+            .await;
+        assert_eq!(
+            out.code,
+            0,
+            "deploy {version} --wait should succeed:\n{out}\n{}",
+            self.server_logs()
+        );
+        out
+    }
+
+    /// Right after a successful `deploy --wait`, the listener must answer from `version`.
+    pub async fn assert_serves(&self, spec: &Spec, version: &str) {
+        let resp = self
+            .http
+            .get(format!("http://{}/", spec.listener()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET through the proxy right after deploy --wait: {e}"));
+        let status = resp.status();
+        let answered = resp
+            .headers()
+            .get("x-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp.text().await.unwrap_or_default();
+        assert!(
+            status.is_success() && answered == version,
+            "`deploy --wait` reported {version} succeeded, but the proxy's next answer was \
+             {status} from version {answered:?}: {}\n{}",
+            body.trim(),
+            self.timelines(spec, wall_ms()).await
+        );
+    }
+
+    pub async fn api_get(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn env_status(&self, spec: &Spec) -> EnvStatus {
+        let out = self
+            .cli(&["status", &spec.app, "--env", &spec.env, "-o", "json"])
+            .await;
+        assert_eq!(out.code, 0, "status failed:\n{out}");
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status -o json is not an EnvStatus ({e}):\n{out}"))
+    }
+
+    pub async fn deployment(&self, id: i64) -> DeploymentDetail {
+        let (status, body) = self.api_get(&format!("/v1/deployments/{id}")).await;
+        assert!(status.is_success(), "GET deployment {id}: {status} {body}");
+        serde_json::from_value(body).expect("DeploymentDetail")
+    }
+
+    /// Waits (long polls) for an event of deployment `id` matching `pred`.
+    pub async fn wait_for_event(
+        &self,
+        id: i64,
+        limit: Duration,
+        pred: impl Fn(&EventView) -> bool,
+    ) -> EventView {
+        let deadline = Instant::now() + limit;
+        let mut after = 0i64;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let (status, body) = self
+                .api_get(&format!(
+                    "/v1/deployments/{id}/events?after={after}&wait_ms=1000"
+                ))
+                .await;
+            assert!(status.is_success(), "events of {id}: {status} {body}");
+            let events: Vec<EventView> = serde_json::from_value(body).expect("events");
+            for event in events {
+                after = after.max(event.seq);
+                if pred(&event) {
+                    return event;
+                }
+                seen.push(format!("{} {}", event.kind, event.message));
+            }
+        }
+        panic!(
+            "no matching event of deployment {id} within {limit:?}; saw:\n{}",
+            seen.join("\n")
+        );
+    }
+
+    /// Waits until deployment `id` reaches a terminal state.
+    pub async fn wait_terminal(&self, id: i64, limit: Duration) -> DeploymentView {
+        let deadline = Instant::now() + limit;
+        loop {
+            let detail = self.deployment(id).await;
+            if detail.deployment.state.is_terminal() {
+                return detail.deployment;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deployment {id} still {} after {limit:?}; timeline:\n{}\n{}",
+                detail.deployment.state,
+                detail
+                    .events
+                    .iter()
+                    .map(|e| format!("{} {}", e.kind, e.message))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                self.server_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The timelines of the environment's last deployments, times relative to `origin_ms`
+    /// (wall clock), to explain a failure.
+    pub async fn timelines(&self, spec: &Spec, origin_ms: i64) -> String {
+        let (_, list) = self
+            .api_get(&format!(
+                "/v1/apps/{}/envs/{}/deployments?limit=5",
+                spec.app, spec.env
+            ))
+            .await;
+        let list: Vec<DeploymentView> = serde_json::from_value(list).unwrap_or_default();
+        let mut text = String::new();
+        for dep in list.iter().rev() {
+            text.push_str(&format!(
+                "deployment #{} {} {} ({})\n",
+                dep.id, dep.kind, dep.version, dep.state
+            ));
+            for e in self.deployment(dep.id).await.events {
+                text.push_str(&format!(
+                    "  {:+.3}s {} {}\n",
+                    (e.at_ms - origin_ms) as f64 / 1000.0,
+                    e.kind,
+                    e.message
+                ));
+            }
+        }
+        text
+    }
+
+    /// Every pid a replica ever had (each replica's `sh` records `$$` before `exec`).
+    pub fn recorded_replica_pids(&self) -> BTreeSet<u32> {
+        std::fs::read_to_string(self.pids_file())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Live processes that belong to this installation: the server, the proxy (their
+    /// command lines name the data dir) and the replicas (their environment has the mark).
+    pub fn live_processes(&self) -> Vec<(u32, String)> {
+        let me = std::process::id();
+        let needle_env = format!("FERRY_TEST_MARK={}", self.mark);
+        let data = self.data.display().to_string();
+        let mut found = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me || !is_alive(pid) {
+                continue;
+            }
+            let cmdline = read_nul_separated(&format!("/proc/{pid}/cmdline"));
+            let environ = read_nul_separated(&format!("/proc/{pid}/environ"));
+            let ours = cmdline.iter().any(|arg| arg.contains(&data))
+                || environ.iter().any(|var| var == &needle_env);
+            if ours {
+                found.push((pid, cmdline.join(" ")));
+            }
+        }
+        found
+    }
+
+    /// POST /v1/teardown, then stop the server; kill what is left (by pid) and report it.
+    fn shutdown_and_audit(&mut self) -> Vec<(u32, String)> {
+        if let Some(mut child) = self.server.take() {
+            let _ = raw_post(self.api_port, "/v1/teardown", &self.token);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+                    std::thread::sleep(Duration::from_secs(3));
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = self.live_processes();
+            if left.is_empty() {
+                return Vec::new();
+            }
+            if std::time::Instant::now() >= deadline {
+                for (pid, _) in &left {
+                    signal(*pid, nix::sys::signal::Signal::SIGKILL);
+                }
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        let left = self.shutdown_and_audit();
+        if std::thread::panicking() {
+            eprintln!("{}", self.server_logs());
+            if !left.is_empty() {
+                eprintln!("processes left behind (killed): {left:?}");
+            }
+            return;
+        }
+        assert!(
+            left.is_empty(),
+            "processes left behind after teardown (now killed): {left:#?}\n{}",
+            self.server_logs()
+        );
+    }
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // State is the first field after the parenthesised command name.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+fn read_nul_separated(path: &str) -> Vec<String> {
+    std::fs::read(path)
+        .map(|bytes| {
+            bytes
+                .split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+/// A blocking HTTP/1.1 POST (usable from `Drop`, inside or outside a runtime).
+fn raw_post(port: u16, path: &str, token: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// Replicas the server lists that are meant to be running.
+pub fn active_replicas(status: &EnvStatus) -> Vec<&ferry_core::api::ReplicaView> {
+    status
+        .replicas
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.state,
+                ReplicaState::Starting | ReplicaState::Healthy | ReplicaState::Unhealthy
+            )
+        })
+        .collect()
+}
+
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One answer seen by the client loop.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub sent: Instant,
+    /// The version that answered, or what went wrong.
+    pub result: Result<String, String>,
+}
+
+/// A bounded client loop: `workers` keep-alive clients hitting the listener until stopped
+/// (or until each has sent `cap` requests).
+pub struct Load {
+    pub started: Instant,
+    pub started_wall_ms: i64,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    pub fn start(listener: &str, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let url = format!("http://{listener}/");
+        let tasks = (0..workers)
+            .map(|_| {
+                let stop = stop.clone();
+                let count = count.clone();
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::builder()
+                        .pool_max_idle_per_host(1)
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .expect("client");
+                    let mut samples = Vec::new();
+                    const CAP: usize = 50_000;
+                    while !stop.load(Ordering::Relaxed) && samples.len() < CAP {
+                        let sent = Instant::now();
+                        let result = match client.get(&url).send().await {
+                            Ok(resp) if resp.status().is_success() => {
+                                let header = resp
+                                    .headers()
+                                    .get("x-version")
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string);
+                                match resp.text().await {
+                                    Ok(body) => Ok(header.unwrap_or_else(|| {
+                                        body.split_whitespace().last().unwrap_or("").to_string()
+                                    })),
+                                    Err(e) => Err(format!("body: {e}")),
+                                }
+                            }
+                            Ok(resp) => {
+                                let status = resp.status();
+                                let server = resp
+                                    .headers()
+                                    .get("server")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                let body = resp.text().await.unwrap_or_default();
+                                let body: String = body.chars().take(200).collect();
+                                Err(format!(
+                                    "HTTP {status} (server {server:?}): {}",
+                                    body.trim()
+                                ))
+                            }
+                            Err(e) => Err(format!("{e:?}")),
+                        };
+                        samples.push(Sample { sent, result });
+                        count.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load {
+            started: Instant::now(),
+            started_wall_ms: wall_ms(),
+            stop,
+            count,
+            tasks,
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` requests were answered (or fails after 20 s).
+    pub async fn warm_up(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "client loop is not getting answers"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut workers = Vec::new();
+        for task in self.tasks {
+            workers.push(task.await.expect("load task"));
+        }
+        LoadReport {
+            started: self.started,
+            workers,
+        }
+    }
+}
+
+pub struct LoadReport {
+    pub started: Instant,
+    pub workers: Vec<Vec<Sample>>,
+}
+
+impl LoadReport {
+    pub fn total(&self) -> usize {
+        self.workers.iter().map(Vec::len).sum()
+    }
+
+    pub fn failures(&self) -> Vec<String> {
+        self.workers
+            .iter()
+            .flatten()
+            .filter_map(|s| {
+                s.result.as_ref().err().map(|e| {
+                    format!(
+                        "+{:.3}s after the load started: {e}",
+                        s.sent.duration_since(self.started).as_secs_f64()
+                    )
+                })
+            })
+            .collect()
+    }
+
+    pub fn assert_no_failures(&self, context: &str) {
+        let failures = self.failures();
+        assert!(
+            failures.is_empty(),
+            "{} of {} client requests failed; first ones: {:#?}\n{context}",
+            failures.len(),
+            self.total(),
+            &failures[..failures.len().min(5)]
+        );
+    }
+
+    /// `+1.234s`: when `t` was, relative to the start of the load.
+    pub fn at(&self, t: Instant) -> String {
+        format!(
+            "+{:.3}s",
+            t.saturating_duration_since(self.started).as_secs_f64()
+        )
+    }
+
+    /// Versions that answered requests sent at or after `t`.
+    pub fn versions_sent_after(&self, t: Instant) -> BTreeSet<String> {
+        self.workers
+            .iter()
+            .flatten()
+            .filter(|s| s.sent >= t)
+            .filter_map(|s| s.result.as_ref().ok().cloned())
+            .collect()
+    }
+
+    pub fn versions(&self) -> BTreeSet<String> {
+        self.workers
+            .iter()
+            .flatten()
+            .filter_map(|s| s.result.as_ref().ok().cloned())
+            .collect()
+    }
+
+    pub fn count_sent_after(&self, t: Instant) -> usize {
+        self.workers
+            .iter()
+            .flatten()
+            .filter(|s| s.sent >= t)
+            .count()
+    }
+
+    /// The first answer of every worker.
+    pub fn first_versions(&self) -> BTreeSet<String> {
+        self.workers
+            .iter()
+            .filter_map(|w| w.first())
+            .filter_map(|s| s.result.as_ref().ok().cloned())
+            .collect()
+    }
+}
