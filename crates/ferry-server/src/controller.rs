@@ -396,6 +396,12 @@ impl Controller {
             },
             other => other,
         };
+        if verdict == Verdict::Converged && !self.routed_only_to(&app.name, env, &target, &services)
+        {
+            // Converged replicas are not enough: the proxy must have acknowledged a table
+            // that sends everything to them before the deployment can claim success.
+            return Ok(());
+        }
         if let Some((state, reason)) = rollout::next_state(
             deployment.state,
             &verdict,
@@ -645,6 +651,33 @@ impl Controller {
         }
     }
 
+    /// Whether the proxy's acknowledged table sends every route of app/env to exactly the
+    /// desired replicas of `version` and nothing else.
+    fn routed_only_to(
+        &self,
+        app: &str,
+        env: &str,
+        version: &str,
+        services: &[ServiceInput],
+    ) -> bool {
+        let Some(table) = self.proxy.acknowledged() else {
+            return false;
+        };
+        let id = format!("{app}/{env}");
+        let Some(listener) = table.listeners.iter().find(|l| l.id == id) else {
+            return false;
+        };
+        services.iter().all(|service| {
+            listener.routes.iter().any(|route| {
+                route.service == service.service
+                    && matches!(route.backends.as_slice(), [group]
+                        if group.version == version
+                            && group.weight == 10_000
+                            && group.endpoints.len() == service.desired as usize)
+            })
+        })
+    }
+
     async fn push_routes(
         &self,
         apps: &BTreeMap<String, (AppRecord, Manifest)>,
@@ -723,6 +756,8 @@ impl Controller {
             })
             .await?
         {
+            // Decisions wait on the acknowledged table: take the next pass right away.
+            self.wake.notify_one();
             for (app, env, summary) in summaries {
                 if previous.get(&(app.clone(), env.clone())) == Some(&summary) {
                     continue;

@@ -61,6 +61,13 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let store = Store::open_sqlite_file(&data_dir.join("ferry.db")).await?;
     let admin_token = auth::ensure_admin_token(&store, &data_dir).await?;
 
+    // Bind first: a taken port must fail the start before anything is spawned.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError::io(format!("binding the API on {}", config.listen), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::io("reading the API address".to_string(), e))?;
     let shutdown = CancellationToken::new();
     let proxy =
         proxy_link::ProxyLink::adopt_or_start(&config.ferry_exe, &data_dir.join("proxy")).await?;
@@ -71,12 +78,6 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(controller.clone().run(shutdown.clone())));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ServerError::io(format!("binding the API on {}", config.listen), e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServerError::io("reading the API address".to_string(), e))?;
     let app = api::router(api::AppState {
         store,
         controller: controller.clone(),

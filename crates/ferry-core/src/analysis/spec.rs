@@ -457,7 +457,8 @@ impl Default for ErrorsCompare {
 }
 
 /// A metric bound: a plain number (`0.01`, `5`), a percentage (`"1%"`, stored as the
-/// fraction 0.01) or a duration (`500ms`, compared in milliseconds with latencies).
+/// fraction 0.01) or a duration (`500ms`, `1.5s`, `1s 500ms`, `800us`; compared in
+/// milliseconds with latencies).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Threshold {
     Number(f64),
@@ -481,20 +482,33 @@ impl Threshold {
 }
 
 impl fmt::Display for Threshold {
+    /// For humans: `0.01`, `1%`, `500ms`, `1.5s`, `800µs`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Threshold::Number(v) => f.write_str(&fmt_exact(*v)),
             Threshold::Percent(v) => write!(f, "{}%", fmt_exact(v * 100.0)),
-            Threshold::Duration(d) => {
-                // humantime prints sub-millisecond parts awkwardly; use our own for those.
-                if d.0.subsec_nanos() % 1_000_000 == 0 {
-                    write!(f, "{d}")
-                } else {
-                    f.write_str(&fmt_ms(d.0.as_secs_f64() * 1000.0))
-                }
-            }
+            Threshold::Duration(d) => f.write_str(&fmt_ms(d.0.as_secs_f64() * 1000.0)),
         }
     }
+}
+
+/// `1.5s`, `0.5ms`, `250 ms`: a decimal number and one unit (humantime only takes integers).
+fn parse_decimal_duration(text: &str) -> Option<Duration> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|&i| i > 0)?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds_per_unit = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(number * seconds_per_unit).ok()
 }
 
 impl FromStr for Threshold {
@@ -512,8 +526,10 @@ impl FromStr for Threshold {
             return Ok(Threshold::Number(v));
         }
         t.parse::<HumanDuration>()
+            .ok()
+            .or_else(|| parse_decimal_duration(t).map(HumanDuration))
             .map(Threshold::Duration)
-            .map_err(|_| {
+            .ok_or_else(|| {
                 format!(
                     "invalid threshold {text:?}; write a number (0.01), a percentage (1%) \
                      or a duration (500ms)"
@@ -526,7 +542,9 @@ impl Serialize for Threshold {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Threshold::Number(v) => s.serialize_f64(*v),
-            _ => s.collect_str(self),
+            Threshold::Percent(_) => s.collect_str(self),
+            // humantime's form (`1s 500ms`) always parses back
+            Threshold::Duration(d) => s.collect_str(d),
         }
     }
 }
@@ -566,7 +584,7 @@ impl JsonSchema for Threshold {
             "oneOf": [
                 { "type": "number" },
                 { "type": "string", "pattern": "^\\s*-?[0-9.]+\\s*%\\s*$" },
-                { "type": "string", "pattern": "^([0-9]+(ns|us|ms|s|m|h|d) ?)+$" }
+                { "type": "string", "pattern": "^([0-9.]+ ?(ns|us|µs|ms|s|m|h|d) ?)+$" }
             ]
         })
     }

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// A latency distribution as a list of `(upper bound in µs, count)` buckets: `count`
 /// requests took more than the previous bucket's bound and at most this bucket's bound.
+/// The judges take each bucket's requests at its bound (as HDR histograms report
+/// "highest equivalent values"), and treat the requests of one bucket as tied.
 ///
 /// Always normalized: bounds strictly increasing, no empty bucket. Serializes as a JSON
 /// array of pairs, e.g. `[[1000, 12], [2000, 3]]`. The controller converts an HDR histogram
