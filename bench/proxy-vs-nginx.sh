@@ -3,6 +3,7 @@
 #
 #   bench/proxy-vs-nginx.sh            # defaults: wrk -t2 -c64 -d10s --latency
 #   DURATION=30s CONNS=128 ROUNDS=5 bench/proxy-vs-nginx.sh
+#   SKIP_BUILD=1 bench/proxy-vs-nginx.sh   # reuse target/release/{ferry,ferry-demo}
 #
 # Builds `cargo build --release -p ferry`, starts one `ferry-demo` upstream, a
 # `ferry proxy` (route table PUT over its admin API) and a foreground nginx (own prefix,
@@ -27,8 +28,10 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
     apt-get install -y nginx wrk >/dev/null
 fi
 
-echo "building (cargo build --release -p ferry)" >&2
-cargo build --release -p ferry >&2
+if [[ -z "${SKIP_BUILD:-}" ]]; then   # SKIP_BUILD=1: use the binaries already built
+    echo "building (cargo build --release -p ferry)" >&2
+    cargo build --release -p ferry >&2
+fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 FERRY="$TARGET_DIR/release/ferry"
 DEMO="$TARGET_DIR/release/ferry-demo"

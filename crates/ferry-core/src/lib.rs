@@ -6,4 +6,5 @@ pub mod api;
 pub mod duration;
 pub mod manifest;
 pub mod model;
+pub mod progressive;
 pub mod rollout;

@@ -12,8 +12,13 @@
 
 mod diff;
 mod errors;
+mod progressive;
 mod tree;
 mod validate;
+
+pub use progressive::{
+    BlueGreen, Canary, CanaryStep, DEFAULT_PREVIEW_HEADER, Pause, Stickiness, weight_basis_points,
+};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -162,6 +167,10 @@ pub enum Strategy {
     Recreate {},
     /// Replace replicas in health-gated batches.
     Rolling(Rolling),
+    /// Shift a share of requests to the new version step by step, with analysis.
+    Canary(Canary),
+    /// Start the new version beside the old, then switch all traffic at once.
+    BlueGreen(BlueGreen),
 }
 
 impl Default for Strategy {
@@ -172,13 +181,20 @@ impl Default for Strategy {
 
 impl Strategy {
     /// Names accepted for `strategy`.
-    pub const NAMES: [&'static str; 2] = ["recreate", "rolling"];
+    pub const NAMES: [&'static str; 4] = ["recreate", "rolling", "canary", "blue_green"];
 
     pub fn name(&self) -> &'static str {
         match self {
             Strategy::Recreate {} => "recreate",
             Strategy::Rolling(_) => "rolling",
+            Strategy::Canary(_) => "canary",
+            Strategy::BlueGreen(_) => "blue_green",
         }
+    }
+
+    /// Canary and blue/green run two versions side by side with weighted traffic.
+    pub fn is_progressive(&self) -> bool {
+        matches!(self, Strategy::Canary(_) | Strategy::BlueGreen(_))
     }
 }
 
@@ -192,6 +208,16 @@ impl Serialize for Strategy {
                 map.serialize_entry("rolling", rolling)?;
                 map.end()
             }
+            Strategy::Canary(canary) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("canary", canary)?;
+                map.end()
+            }
+            Strategy::BlueGreen(blue_green) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("blue_green", blue_green)?;
+                map.end()
+            }
         }
     }
 }
@@ -202,12 +228,16 @@ impl<'de> Deserialize<'de> for Strategy {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = Strategy;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("`recreate`, `rolling` or a map like `{ rolling: { max_surge: 1 } }`")
+                f.write_str("`recreate`, `rolling`, `blue_green` or a map like `{ rolling: { max_surge: 1 } }` or `{ canary: { steps: [...] } }`")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Strategy, E> {
                 match v {
                     "recreate" => Ok(Strategy::Recreate {}),
                     "rolling" => Ok(Strategy::Rolling(Rolling::default())),
+                    "blue_green" => Ok(Strategy::BlueGreen(BlueGreen::default())),
+                    "canary" => Err(E::custom(
+                        "a canary needs its steps: write `canary: { steps: [{ weight: 10 }, { pause: 1m }] }`",
+                    )),
                     other => Err(E::unknown_variant(other, &Strategy::NAMES)),
                 }
             }
@@ -219,7 +249,7 @@ impl<'de> Deserialize<'de> for Strategy {
                 let Some(name) = map.next_key::<String>()? else {
                     return Err(A::Error::invalid_length(
                         0,
-                        &"a map with one key: `recreate` or `rolling`",
+                        &"a map with one key: `recreate`, `rolling`, `canary` or `blue_green`",
                     ));
                 };
                 let strategy = match name.as_str() {
@@ -230,6 +260,10 @@ impl<'de> Deserialize<'de> for Strategy {
                     "rolling" => {
                         Strategy::Rolling(map.next_value::<Option<Rolling>>()?.unwrap_or_default())
                     }
+                    "canary" => Strategy::Canary(map.next_value::<Canary>()?),
+                    "blue_green" => Strategy::BlueGreen(
+                        map.next_value::<Option<BlueGreen>>()?.unwrap_or_default(),
+                    ),
                     other => return Err(A::Error::unknown_variant(other, &Strategy::NAMES)),
                 };
                 if let Some(extra) = map.next_key::<String>()? {
@@ -281,10 +315,12 @@ impl JsonSchema for Strategy {
     }
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         let rolling = generator.subschema_for::<Rolling>();
+        let canary = generator.subschema_for::<Canary>();
+        let blue_green = generator.subschema_for::<BlueGreen>();
         schemars::json_schema!({
-            "description": "How a new version replaces the running one: `recreate` (stop all old, then start all new; downtime) or `rolling` (replace replicas in health-gated batches). Write a bare name or a one-key map.",
+            "description": "How a new version replaces the running one: `recreate` (stop all old, then start all new; downtime), `rolling` (replace replicas in health-gated batches), `canary` (weighted steps with analysis) or `blue_green` (start beside, switch at once). Write a bare name or a one-key map.",
             "oneOf": [
-                { "type": "string", "enum": ["recreate", "rolling"] },
+                { "type": "string", "enum": ["recreate", "rolling", "blue_green"] },
                 {
                     "type": "object",
                     "properties": { "recreate": { "type": ["object", "null"], "additionalProperties": false } },
@@ -295,6 +331,18 @@ impl JsonSchema for Strategy {
                     "type": "object",
                     "properties": { "rolling": rolling },
                     "required": ["rolling"],
+                    "additionalProperties": false
+                },
+                {
+                    "type": "object",
+                    "properties": { "canary": canary },
+                    "required": ["canary"],
+                    "additionalProperties": false
+                },
+                {
+                    "type": "object",
+                    "properties": { "blue_green": blue_green },
+                    "required": ["blue_green"],
                     "additionalProperties": false
                 }
             ]

@@ -21,12 +21,14 @@ pub enum DeploymentState {
     RolledBack,
     /// Terminal: failed with nothing to restore (e.g. the very first deployment).
     Failed,
-    /// Terminal: replaced by a newer request before it started.
+    /// Terminal: replaced by a newer deployment request.
     Superseded,
+    /// Terminal: stopped by hand (`ferry abort`); the previous version serves all traffic.
+    Aborted,
 }
 
 impl DeploymentState {
-    pub const ALL: [DeploymentState; 7] = [
+    pub const ALL: [DeploymentState; 8] = [
         DeploymentState::Pending,
         DeploymentState::Progressing,
         DeploymentState::RollingBack,
@@ -34,6 +36,7 @@ impl DeploymentState {
         DeploymentState::RolledBack,
         DeploymentState::Failed,
         DeploymentState::Superseded,
+        DeploymentState::Aborted,
     ];
 
     pub fn is_terminal(self) -> bool {
@@ -43,6 +46,7 @@ impl DeploymentState {
                 | DeploymentState::RolledBack
                 | DeploymentState::Failed
                 | DeploymentState::Superseded
+                | DeploymentState::Aborted
         )
     }
 
@@ -55,6 +59,7 @@ impl DeploymentState {
             DeploymentState::RolledBack => "rolled-back",
             DeploymentState::Failed => "failed",
             DeploymentState::Superseded => "superseded",
+            DeploymentState::Aborted => "aborted",
         }
     }
 }

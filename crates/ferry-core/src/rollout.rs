@@ -100,7 +100,9 @@ pub fn reconcile(version: &str, services: &[ServiceInput], pace: Pace, now_ms: i
     }
 }
 
-fn failure(version: &str, service: &ServiceInput, now_ms: i64) -> Option<String> {
+/// Why `version`'s replicas of `service` cannot be trusted, if they cannot: not healthy in
+/// time, crash-looping, or unhealthy after being healthy.
+pub fn failure(version: &str, service: &ServiceInput, now_ms: i64) -> Option<String> {
     let name = &service.service;
     let patience = service.patience;
     service
@@ -219,6 +221,37 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Moves one service towards exact replica counts per version (`want`); versions not in
+/// `want` are drained. Used by progressive strategies, whose traffic is weighted by the
+/// rollout rather than by replica counts, so replicas can come and go freely. Returns the
+/// actions and whether every wanted replica is ready and nothing else runs.
+pub fn reconcile_sets(service: &ServiceInput, want: &[(String, u32)]) -> (Vec<Action>, bool) {
+    let mut actions = Vec::new();
+    let mut drain = Vec::new();
+    let live: Vec<&Observed> = service.replicas.iter().filter(|r| !r.draining).collect();
+    let mut converged = live.len() == service.replicas.len();
+    for (version, count) in want {
+        let mut mine: Vec<&&Observed> = live.iter().filter(|r| &r.version == version).collect();
+        let total = self::count(mine.len());
+        let ready = self::count(mine.iter().filter(|r| r.ready()).count());
+        converged &= total == *count && ready == *count;
+        if total < *count {
+            actions.push(start(service, version, count - total));
+        } else if total > *count {
+            mine.sort_by_key(|r| r.ready());
+            drain.extend(mine.iter().take((total - count) as usize).map(|r| r.id.clone()));
+        }
+    }
+    for r in live.iter().filter(|r| !want.iter().any(|(v, _)| v == &r.version)) {
+        converged = false;
+        drain.push(r.id.clone());
+    }
+    if !drain.is_empty() {
+        actions.push(Action::Drain { service: service.service.clone(), ids: drain });
+    }
+    (actions, converged)
+}
+
 /// Traffic for one service: which versions get what share, over which replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionTraffic {
@@ -250,6 +283,31 @@ pub fn traffic(replicas: &[Observed]) -> Vec<VersionTraffic> {
     let assigned: u32 = shares.iter().map(|s| s.weight).sum();
     if let Some(first) = shares.first_mut() {
         first.weight += 10_000 - assigned;
+    }
+    shares
+}
+
+/// Traffic for a weighted rollout: `canary_bp` basis points to `canary`, the rest to
+/// `stable`, over their ready replicas. A side with no ready replica gets nothing (all goes
+/// to the other), so a weight is never sent into a void. Canary first: sticky clients hash
+/// into buckets counted from the first group, so raising the weight keeps them in place.
+pub fn weighted_traffic(replicas: &[Observed], stable: &str, canary: &str, canary_bp: u32) -> Vec<VersionTraffic> {
+    let ready = |version: &str| -> Vec<String> {
+        replicas.iter().filter(|r| r.ready() && r.version == version).map(|r| r.id.clone()).collect()
+    };
+    let (canary_ids, stable_ids) = (ready(canary), ready(stable));
+    let canary_bp = match (canary_ids.is_empty(), stable_ids.is_empty()) {
+        (true, true) => return Vec::new(),
+        (true, false) => 0,
+        (false, true) => 10_000,
+        (false, false) => canary_bp.min(10_000),
+    };
+    let mut shares = Vec::new();
+    if !canary_ids.is_empty() {
+        shares.push(VersionTraffic { version: canary.to_string(), weight: canary_bp, replica_ids: canary_ids });
+    }
+    if !stable_ids.is_empty() {
+        shares.push(VersionTraffic { version: stable.to_string(), weight: 10_000 - canary_bp, replica_ids: stable_ids });
     }
     shares
 }
@@ -561,6 +619,46 @@ mod tests {
         assert_eq!(shares[1].replica_ids, vec!["n0"]);
         assert_eq!(shares[1].weight, 3333);
         assert!(traffic(&[replica("x", "1", ReplicaState::Starting)]).is_empty());
+    }
+
+    #[test]
+    fn sets_reach_exact_counts_and_drain_everything_else() {
+        let input = ServiceInput {
+            service: "web".into(),
+            desired: 3,
+            replicas: vec![
+                replica("s0", "1", ReplicaState::Healthy),
+                replica("s1", "1", ReplicaState::Healthy),
+                replica("c0", "2", ReplicaState::Starting),
+                replica("c1", "2", ReplicaState::Healthy),
+                replica("x0", "0.9", ReplicaState::Healthy),
+            ],
+            patience: PATIENCE,
+        };
+        let want = vec![("2".to_string(), 1), ("1".to_string(), 3)];
+        let (actions, converged) = reconcile_sets(&input, &want);
+        assert!(!converged);
+        assert_eq!(
+            actions,
+            vec![
+                Action::Start { service: "web".into(), version: "1".into(), count: 1 },
+                Action::Drain { service: "web".into(), ids: vec!["c0".into(), "x0".into()] },
+            ]
+        );
+    }
+
+    #[test]
+    fn weighted_traffic_never_points_at_a_side_without_ready_replicas() {
+        let both = vec![replica("s0", "1", ReplicaState::Healthy), replica("c0", "2", ReplicaState::Healthy)];
+        let shares = weighted_traffic(&both, "1", "2", 500);
+        assert_eq!(shares.iter().map(|s| (s.version.as_str(), s.weight)).collect::<Vec<_>>(), vec![("2", 500), ("1", 9_500)]);
+        let only_stable = vec![replica("s0", "1", ReplicaState::Healthy), replica("c0", "2", ReplicaState::Starting)];
+        let shares = weighted_traffic(&only_stable, "1", "2", 500);
+        assert_eq!(shares.iter().map(|s| (s.version.as_str(), s.weight)).collect::<Vec<_>>(), vec![("1", 10_000)]);
+        for bp in [0, 1, 5_000, 9_999, 10_000, 20_000] {
+            let total: u32 = weighted_traffic(&both, "1", "2", bp).iter().map(|s| s.weight).sum();
+            assert_eq!(total, 10_000, "weights always sum to 100%");
+        }
     }
 
     #[test]

@@ -31,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::error::ServerError;
+use crate::progressive::{Meter, Phase, Subject, plan_for};
 use crate::proxy_link::ProxyLink;
+use ferry_core::progressive::{self, Outcome, Plan};
 
 /// How often the loop re-evaluates without being woken (timeouts, proxy liveness).
 const TICK: Duration = Duration::from_millis(200);
@@ -74,6 +76,8 @@ pub struct Controller {
     adopted: Mutex<HashSet<String>>,
     /// Last traffic split announced per (app, env), so the timeline only shows changes.
     traffic_summary: Mutex<HashMap<(String, String), String>>,
+    /// Analysis windows over the proxy's counters.
+    meter: Meter,
     torn_down: AtomicBool,
 }
 
@@ -89,6 +93,7 @@ impl Controller {
             settle_until_ms: Mutex::new(0),
             adopted: Mutex::new(HashSet::new()),
             traffic_summary: Mutex::new(HashMap::new()),
+            meter: Meter::default(),
             torn_down: AtomicBool::new(false),
         })
     }
@@ -352,6 +357,13 @@ impl Controller {
         let Some(deployment) = self.active_deployment(&app.name, env).await? else {
             return self.maintain(app, manifest, env, &services, now).await;
         };
+        if deployment.state != DeploymentState::Pending
+            && let Some(plan) = plan_of(&deployment, &strategy, manifest, env)
+        {
+            return self
+                .drive_progressive(app, manifest, env, &deployment, &plan, &services, now)
+                .await;
+        }
         let (target, pace) = match deployment.state {
             DeploymentState::Pending => {
                 let message = match &deployment.previous_version {
@@ -428,8 +440,175 @@ impl Controller {
             } else {
                 deployment.reason.clone()
             };
+            let aborted_by = Phase::of(&deployment.phase).aborted_by;
+            let (state, message) = match (state, aborted_by) {
+                (DeploymentState::RolledBack, Some(by)) => {
+                    (DeploymentState::Aborted, format!("aborted by {by}; previous version restored"))
+                }
+                (state, _) => (state, message),
+            };
             self.transition(&deployment, state, reason, current, &message)
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// One pass of a canary or blue/green rollout: observe, measure what is due, advance
+    /// the pure machine, persist its progress, then move replicas to match it.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive_progressive(
+        &self,
+        app: &AppRecord,
+        manifest: &Manifest,
+        env: &str,
+        deployment: &DeploymentRecord,
+        plan: &Plan,
+        services: &[ServiceInput],
+        now: i64,
+    ) -> Result<(), ServerError> {
+        let canary = deployment.version.as_str();
+        let stable = target_or(&deployment.previous_version).to_string();
+        let mut phase = Phase::of(&deployment.phase);
+        if deployment.state == DeploymentState::RollingBack {
+            // All traffic is on the stable version already (routes use weight 0 here):
+            // restore its replicas, stop the new ones.
+            let mut converged = true;
+            for service in services {
+                let want = vec![(stable.clone(), service.desired)];
+                let (actions, done) = rollout::reconcile_sets(service, &want);
+                converged &= done;
+                if let Err(reason) = self.act(app, manifest, env, Some(deployment.id), actions, now).await {
+                    tracing::error!(deployment = deployment.id, "{reason}");
+                }
+            }
+            if converged && self.routed_only_to(&app.name, env, &stable, services) {
+                self.meter.forget(deployment.id);
+                let (state, message) = match &phase.aborted_by {
+                    Some(by) => (DeploymentState::Aborted, format!("aborted by {by}; {stable} serves all traffic")),
+                    None => (DeploymentState::RolledBack, format!("{stable} restored and serving all traffic")),
+                };
+                self.transition(deployment, state, deployment.reason.clone(), Some(stable), &message).await?;
+            }
+            return Ok(());
+        }
+
+        let progress = phase.progress.clone().unwrap_or_else(|| progressive::start(now));
+        let canary_failure = services.iter().find_map(|s| rollout::failure(canary, s, now));
+        let canary_ready = canary_readiness(services, canary, progress.canary_replicas);
+        let stable_running = count_live(services, |r| r.version != canary);
+
+        let listener = format!("{}/{env}", app.name);
+        let subject = Subject {
+            app: &app.name,
+            env,
+            listener: &listener,
+            canary,
+            stable: &stable,
+            base_dir: app.base_dir.as_ref().map(PathBuf::from),
+        };
+        let stage_key = (deployment.id, progress.stage as u64);
+        let background_key = (deployment.id, u64::MAX);
+        let (stage_spec, background_spec) = progressive::wants(plan, &progress, now);
+        let analysing = progress.stage_run.is_some() || progress.background_run.is_some();
+        let stats = if analysing { self.proxy.stats().await.ok() } else { None };
+        let mut stage_measurements = None;
+        let mut background_measurements = None;
+        if let Some(stats) = &stats {
+            if progress.stage_run.is_some() {
+                self.meter.open(stage_key, stats, &subject);
+            }
+            if progress.background_run.is_some() {
+                self.meter.open(background_key, stats, &subject);
+            }
+            if let Some(spec) = stage_spec {
+                stage_measurements = Some(self.meter.measure(stage_key, spec, stats, &subject).await);
+            }
+            if let Some(spec) = background_spec {
+                background_measurements = Some(self.meter.measure(background_key, spec, stats, &subject).await);
+            }
+        }
+        let command = phase.command.take();
+        let observed = progressive::Observation {
+            canary_ready,
+            stable_running,
+            canary_failure,
+            stage_measurements,
+            background_measurements,
+        };
+        let (next, outcome) = progressive::advance(plan, &progress, &observed, command.as_ref().map(|c| c.name.command()), now);
+        let changed = phase.progress.as_ref() != Some(&next) || command.is_some();
+        phase.progress = Some(next.clone());
+
+        match outcome {
+            Outcome::Failed(reason) => {
+                self.transition_with_phase(
+                    deployment,
+                    DeploymentState::RollingBack,
+                    Some(reason.clone()),
+                    None,
+                    phase.to_value(),
+                    &format!("all traffic back to {stable} now: {reason}"),
+                )
+                .await?;
+                return Ok(());
+            }
+            Outcome::Completed => {
+                if self.routed_only_to(&app.name, env, canary, services) {
+                    self.meter.forget(deployment.id);
+                    self.transition_with_phase(
+                        deployment,
+                        DeploymentState::Succeeded,
+                        None,
+                        Some(canary.to_string()),
+                        phase.to_value(),
+                        &format!("{canary} serves all traffic; {stable} retired"),
+                    )
+                    .await?;
+                    return Ok(());
+                }
+            }
+            Outcome::Continue(notes) => {
+                if changed {
+                    let mut message = notes.join("; ");
+                    if let Some(command) = &command {
+                        let done = format!("{} by {}", command.name.verb(), command.by);
+                        message = if message.is_empty() { done } else { format!("{done}: {message}") };
+                    }
+                    if message.is_empty() {
+                        message = progressive::summary(plan, &next);
+                    }
+                    let saved = self
+                        .transition_with_phase(deployment, DeploymentState::Progressing, None, None, phase.to_value(), &message)
+                        .await?;
+                    if !saved {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        // Persisted: now move replicas to match the progress.
+        for service in services {
+            let want = if next.retiring_stable {
+                vec![(canary.to_string(), service.desired)]
+            } else {
+                vec![
+                    (canary.to_string(), next.canary_replicas.min(service.desired)),
+                    (stable.clone(), service.desired),
+                ]
+            };
+            let (actions, _) = rollout::reconcile_sets(service, &want);
+            if let Err(reason) = self.act(app, manifest, env, Some(deployment.id), actions, now).await {
+                self.transition_with_phase(
+                    deployment,
+                    DeploymentState::RollingBack,
+                    Some(reason.clone()),
+                    None,
+                    phase.to_value(),
+                    &format!("all traffic back to {stable}: {reason}"),
+                )
+                .await?;
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -625,6 +804,22 @@ impl Controller {
         set_current_version: Option<String>,
         message: &str,
     ) -> Result<(), ServerError> {
+        self.transition_with_phase(deployment, state, reason, set_current_version, deployment.phase.clone(), message)
+            .await
+            .map(|_| ())
+    }
+
+    /// A compare-and-set transition that also replaces the phase. `Ok(false)`: someone else
+    /// changed the deployment first (it is re-read on the next pass).
+    async fn transition_with_phase(
+        &self,
+        deployment: &DeploymentRecord,
+        state: DeploymentState,
+        reason: Option<String>,
+        set_current_version: Option<String>,
+        phase: serde_json::Value,
+        message: &str,
+    ) -> Result<bool, ServerError> {
         let result = self
             .store
             .transition(Transition {
@@ -632,7 +827,7 @@ impl Controller {
                 expected_row_version: deployment.row_version,
                 state,
                 reason,
-                phase: deployment.phase.clone(),
+                phase,
                 set_current_version,
                 event: format!("{state}: {message}"),
                 now_ms: now_ms(),
@@ -643,10 +838,10 @@ impl Controller {
                 tracing::info!(deployment = deployment.id, app = %deployment.app, env = %deployment.env, %state, "{message}");
                 self.events_changed.send_modify(|n| *n += 1);
                 self.wake.notify_one();
-                Ok(())
+                Ok(true)
             }
             // Someone else (a newer request) moved it first: re-read on the next pass.
-            Err(StoreError::Conflict(_)) => Ok(()),
+            Err(StoreError::Conflict(_)) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -683,6 +878,13 @@ impl Controller {
         apps: &BTreeMap<String, (AppRecord, Manifest)>,
     ) -> Result<(), ServerError> {
         let replicas = self.store.list_replicas(None, None).await?;
+        let active: HashMap<(String, String), DeploymentRecord> = self
+            .store
+            .active_deployments()
+            .await?
+            .into_iter()
+            .map(|d| ((d.app.clone(), d.env.clone()), d))
+            .collect();
         let mut listeners = Vec::new();
         let mut summaries: Vec<(String, String, String)> = Vec::new();
         for (app, manifest) in apps.values() {
@@ -692,6 +894,18 @@ impl Controller {
                 };
                 let mut routes = Vec::new();
                 let mut summary = Vec::new();
+                // A progressive rollout splits by its weight; anything else by replica count.
+                let weighting = active.get(&(app.name.clone(), env_name.to_string())).and_then(|d| {
+                    plan_of(d, &env.strategy, manifest, env_name)?;
+                    let stable = d.previous_version.clone()?;
+                    let bp = match d.state {
+                        DeploymentState::Progressing => {
+                            Phase::of(&d.phase).progress.map(|p| p.weight_bp).unwrap_or(0)
+                        }
+                        _ => 0,
+                    };
+                    Some((stable, d.version.clone(), bp))
+                });
                 for (service_name, service) in &manifest.services {
                     let observed: Vec<Observed> = replicas
                         .iter()
@@ -702,7 +916,13 @@ impl Controller {
                         .collect();
                     let ports: HashMap<&str, u16> =
                         replicas.iter().map(|r| (r.id.as_str(), r.port)).collect();
-                    let backends: Vec<BackendGroup> = rollout::traffic(&observed)
+                    let shares = match &weighting {
+                        Some((stable, canary, bp)) => {
+                            rollout::weighted_traffic(&observed, stable, canary, *bp)
+                        }
+                        None => rollout::traffic(&observed),
+                    };
+                    let backends: Vec<BackendGroup> = shares
                         .into_iter()
                         .map(|share| {
                             summary.push(format!(
@@ -1159,9 +1379,26 @@ fn validate_version(version: &str) -> Result<(), RequestError> {
     }
 }
 
+/// The progressive plan a deployment follows, if it follows one: canary and blue/green
+/// need a serving version to compare with, and rollbacks go straight back.
+fn plan_of(deployment: &DeploymentRecord, strategy: &Strategy, manifest: &Manifest, env: &str) -> Option<Plan> {
+    let previous = deployment.previous_version.as_ref()?;
+    if previous == &deployment.version || deployment.kind == "rollback" {
+        return None;
+    }
+    plan_for(strategy, largest_replicas(manifest, env))
+}
+
+fn largest_replicas(manifest: &Manifest, env: &str) -> u32 {
+    manifest.services.keys().map(|s| manifest.replicas(s, env)).max().unwrap_or(1)
+}
+
 fn pace_of(strategy: &Strategy, manifest: &Manifest, env: &str) -> Pace {
     match strategy {
         Strategy::Recreate {} => Pace::Recreate,
+        // A first deployment (nothing to compare with) of a progressive strategy starts
+        // everything at once.
+        Strategy::Canary(_) | Strategy::BlueGreen(_) => restore_pace(manifest, env),
         Strategy::Rolling(rolling) => {
             let desired = manifest
                 .services
@@ -1175,6 +1412,30 @@ fn pace_of(strategy: &Strategy, manifest: &Manifest, env: &str) -> Pace {
             }
         }
     }
+}
+
+/// How many new-version replicas count as ready for the rollout: the wanted number when
+/// every service has its share ready, else the fewest ready in any service.
+fn canary_readiness(services: &[ServiceInput], canary: &str, wanted: u32) -> u32 {
+    let mut all_ready = true;
+    let mut fewest = u32::MAX;
+    for service in services {
+        let ready = count_live(std::slice::from_ref(service), |r| {
+            r.version == canary && r.state == ReplicaState::Healthy
+        });
+        all_ready &= ready >= wanted.min(service.desired);
+        fewest = fewest.min(ready);
+    }
+    if all_ready { wanted } else { fewest }
+}
+
+fn count_live(services: &[ServiceInput], matches: impl Fn(&Observed) -> bool) -> u32 {
+    let n = services
+        .iter()
+        .flat_map(|s| s.replicas.iter())
+        .filter(|r| !r.draining && matches(r))
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Restoring a known-good version goes as fast as capacity allows: start all of it at
@@ -1197,16 +1458,13 @@ fn describe(strategy: &Strategy) -> String {
         Strategy::Recreate {} => "recreate".to_string(),
         Strategy::Rolling(r) => format!(
             "rolling, max surge {}, max unavailable {}",
-            int_or_percent(r.max_surge),
-            int_or_percent(r.max_unavailable)
+            r.max_surge, r.max_unavailable
         ),
-    }
-}
-
-fn int_or_percent(v: ferry_core::manifest::IntOrPercent) -> String {
-    match v {
-        ferry_core::manifest::IntOrPercent::Count(n) => n.to_string(),
-        ferry_core::manifest::IntOrPercent::Percent(p) => format!("{}%", p.0),
+        Strategy::Canary(c) => format!("canary, {} steps", c.steps.len()),
+        Strategy::BlueGreen(b) => format!(
+            "blue/green, {}",
+            if b.auto_promote { "auto-promote" } else { "promote by hand" }
+        ),
     }
 }
 

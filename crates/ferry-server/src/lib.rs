@@ -14,6 +14,7 @@ mod clock;
 mod controller;
 mod error;
 mod logs;
+mod progressive;
 mod proxy_link;
 
 use std::net::SocketAddr;

@@ -8,8 +8,11 @@ use super::{
     MAX_REPLICAS, Manifest, ManifestError, NAME_PATTERN, RESERVED_VARS, RUN_PLACEHOLDERS, Service,
     Strategy,
 };
+use crate::analysis::{AnalysisSpec, PathPart};
 use crate::duration::HumanDuration;
-use crate::manifest::IntOrPercent;
+use crate::manifest::{
+    BlueGreen, Canary, DEFAULT_PREVIEW_HEADER, IntOrPercent, Pause, weight_basis_points,
+};
 
 /// One semantic mistake, located by field path (turned into line:column by the tree).
 pub(super) struct Issue {
@@ -222,8 +225,148 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
                 );
             }
         }
+        match &env.strategy {
+            Strategy::Canary(canary) => {
+                check_canary(&mut out, &with(&with(&base, "strategy"), "canary"), canary)
+            }
+            Strategy::BlueGreen(blue_green) => {
+                let bpath = with(&with(&base, "strategy"), "blue_green");
+                check_blue_green(&mut out, &bpath, blue_green);
+                if let Some(preview) = &blue_green.preview_listen {
+                    let ppath = with(&bpath, "preview_listen");
+                    match preview.parse::<SocketAddr>() {
+                        Ok(addr) if addr.port() != 0 => {
+                            if listeners.iter().any(|(other, _)| *other == addr) || env.listen == *preview {
+                                out.value(
+                                    ppath,
+                                    format!("preview listener `{addr}` is already an environment's listener"),
+                                    Some("give the preview its own port".into()),
+                                );
+                            }
+                            listeners.push((addr, name));
+                        }
+                        _ => out.value(
+                            ppath,
+                            format!("invalid preview listen address {preview:?}"),
+                            Some("write it as IP:PORT with a fixed port, e.g. `127.0.0.1:8081`".into()),
+                        ),
+                    }
+                }
+            }
+            _ => {}
+        }
     }
     out.0
+}
+
+fn check_canary(out: &mut Issues, base: &[Seg], canary: &Canary) {
+    if canary.steps.is_empty() {
+        out.key(
+            with(base, "steps"),
+            "a canary needs at least one step",
+            Some("e.g. `steps: [{ weight: 10 }, { pause: 1m }, { weight: 50 }]`".into()),
+        );
+    }
+    for (i, step) in canary.steps.iter().enumerate() {
+        let mut spath = with(base, "steps");
+        spath.push(Seg::Index(i));
+        if step.weight.is_none() && step.pause.is_none() && step.analysis.is_none() && step.replicas.is_none() {
+            out.value(
+                spath.clone(),
+                "an empty step does nothing",
+                Some("give it a `weight`, a `pause` or an `analysis`".into()),
+            );
+        }
+        if let Some(weight) = step.weight
+            && weight_basis_points(weight).is_none()
+        {
+            out.value(
+                with(&spath, "weight"),
+                format!("weight {weight} is not a percentage between 0 and 100 with at most two decimals"),
+                Some("e.g. `weight: 5` or `weight: 0.5`".into()),
+            );
+        }
+        if let Some(replicas) = step.replicas {
+            check_replicas(out, with(&spath, "replicas"), replicas);
+        }
+        if let Some(Pause::For(d)) = &step.pause {
+            positive(out, with(&spath, "pause"), *d);
+        }
+        if let Some(analysis) = &step.analysis {
+            check_analysis(out, &with(&spath, "analysis"), analysis);
+        }
+    }
+    if let Some(analysis) = &canary.analysis {
+        check_analysis(out, &with(base, "analysis"), analysis);
+    }
+    if let Some(sticky) = &canary.stickiness {
+        let spath = with(base, "stickiness");
+        if sticky.header.is_none() && sticky.cookie.is_none() {
+            out.value(
+                spath,
+                "stickiness needs a `header` or a `cookie` to recognise a client",
+                Some("e.g. `stickiness: { header: X-User-Id }` or `{ cookie: session }`".into()),
+            );
+        } else if let Some(header) = &sticky.header
+            && !is_header_name(header)
+        {
+            out.value(with(&spath, "header"), format!("invalid header name {header:?}"), None);
+        }
+    }
+    if !is_header_name(&canary.preview_header) {
+        out.value(
+            with(base, "preview_header"),
+            format!("invalid header name {:?}", canary.preview_header),
+            Some(format!("e.g. `{DEFAULT_PREVIEW_HEADER}`")),
+        );
+    }
+}
+
+fn check_blue_green(out: &mut Issues, base: &[Seg], blue_green: &BlueGreen) {
+    if !is_header_name(&blue_green.preview_header) {
+        out.value(
+            with(base, "preview_header"),
+            format!("invalid header name {:?}", blue_green.preview_header),
+            Some(format!("e.g. `{DEFAULT_PREVIEW_HEADER}`")),
+        );
+    }
+    if let Some(after) = blue_green.auto_promote_after {
+        positive(out, with(base, "auto_promote_after"), after);
+        if blue_green.auto_promote {
+            out.value(
+                with(base, "auto_promote_after"),
+                "auto_promote_after only applies with `auto_promote: false`",
+                Some("set `auto_promote: false` to wait for `ferry promote` (or this long)".into()),
+            );
+        }
+    }
+    positive(out, with(base, "scale_down_delay"), blue_green.scale_down_delay);
+    for (key, analysis) in [
+        ("pre_promotion_analysis", &blue_green.pre_promotion_analysis),
+        ("post_promotion_analysis", &blue_green.post_promotion_analysis),
+    ] {
+        if let Some(analysis) = analysis {
+            check_analysis(out, &with(base, key), analysis);
+        }
+    }
+}
+
+fn check_analysis(out: &mut Issues, base: &[Seg], analysis: &AnalysisSpec) {
+    for issue in analysis.validate() {
+        let mut path = base.to_vec();
+        path.extend(issue.path.iter().map(|part| match part {
+            PathPart::Key(k) => Seg::Key(k.clone()),
+            PathPart::Index(i) => Seg::Index(*i),
+        }));
+        out.value(path, issue.message, issue.hint);
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
 fn with(base: &[Seg], key: &str) -> Vec<Seg> {

@@ -1,0 +1,245 @@
+//! The controller's side of canary and blue/green: the persisted phase, the plan of an
+//! environment's strategy, and the I/O that feeds analysis (proxy stats windows, HTTP and
+//! command checks, Prometheus queries). Decisions stay in `ferry_core::progressive`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use ferry_core::analysis::{
+    AnalysisSpec, LatencyBins, Measurement, MetricSpec, Observation, Source, TemplateVars, WindowStats, measure,
+    observe_command, observe_http, observe_prometheus,
+};
+use ferry_core::manifest::Strategy;
+use ferry_core::progressive::{self, Command, Plan, Progress};
+use ferry_proxy::stats::{StatsSnapshot, decode_histogram};
+use serde::{Deserialize, Serialize};
+
+/// What a progressive deployment keeps in its `phase` column.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Phase {
+    #[serde(default)]
+    pub progress: Option<Progress>,
+    /// A command from a person, waiting for the loop to apply it.
+    #[serde(default)]
+    pub command: Option<PendingCommand>,
+    /// Set when `ferry abort` asked for the way back: the end state is `aborted`.
+    #[serde(default)]
+    pub aborted_by: Option<String>,
+}
+
+impl Phase {
+    pub fn of(value: &serde_json::Value) -> Phase {
+        serde_json::from_value(value.clone()).unwrap_or_default()
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandName {
+    Promote,
+    PromoteFull,
+    Pause,
+    Resume,
+}
+
+impl CommandName {
+    pub fn command(self) -> Command {
+        match self {
+            CommandName::Promote => Command::Promote,
+            CommandName::PromoteFull => Command::PromoteFull,
+            CommandName::Pause => Command::Pause,
+            CommandName::Resume => Command::Resume,
+        }
+    }
+
+    pub fn verb(self) -> &'static str {
+        match self {
+            CommandName::Promote => "promote",
+            CommandName::PromoteFull => "promote --full",
+            CommandName::Pause => "pause",
+            CommandName::Resume => "resume",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingCommand {
+    pub name: CommandName,
+    pub by: String,
+}
+
+/// The plan of a progressive strategy for `replicas` (the environment's largest service).
+pub fn plan_for(strategy: &Strategy, replicas: u32) -> Option<Plan> {
+    match strategy {
+        Strategy::Canary(canary) => Some(progressive::canary_plan(canary, replicas)),
+        Strategy::BlueGreen(blue_green) => Some(progressive::blue_green_plan(blue_green, replicas)),
+        _ => None,
+    }
+}
+
+/// Who is measured: the new version against the serving one, on one listener.
+pub struct Subject<'a> {
+    pub app: &'a str,
+    pub env: &'a str,
+    pub listener: &'a str,
+    pub canary: &'a str,
+    pub stable: &'a str,
+    pub base_dir: Option<PathBuf>,
+}
+
+/// Cumulative counters of both sides when an analysis window opened.
+#[derive(Debug, Clone)]
+struct WindowStart {
+    canary: WindowStats,
+    stable: WindowStats,
+    at_ms: i64,
+}
+
+/// Opens and closes analysis windows over the proxy's cumulative stats.
+#[derive(Default)]
+pub struct Meter {
+    windows: Mutex<HashMap<(i64, u64), WindowStart>>,
+    http: reqwest::Client,
+}
+
+impl Meter {
+    /// Makes sure a window is open for this analysis (the first one opens when the run
+    /// starts, within one controller pass).
+    pub fn open(&self, key: (i64, u64), stats: &StatsSnapshot, subject: &Subject<'_>) {
+        let mut windows = lock(&self.windows);
+        windows.entry(key).or_insert_with(|| WindowStart {
+            canary: cumulative(stats, subject.listener, subject.canary),
+            stable: cumulative(stats, subject.listener, subject.stable),
+            at_ms: stats.taken_at_ms,
+        });
+    }
+
+    pub fn forget(&self, deployment_id: i64) {
+        lock(&self.windows).retain(|(id, _), _| *id != deployment_id);
+    }
+
+    /// Measures every metric of `spec` over the window since the last call, then opens the
+    /// next window.
+    pub async fn measure(
+        &self,
+        key: (i64, u64),
+        spec: &AnalysisSpec,
+        stats: &StatsSnapshot,
+        subject: &Subject<'_>,
+    ) -> Vec<Measurement> {
+        let canary_now = cumulative(stats, subject.listener, subject.canary);
+        let stable_now = cumulative(stats, subject.listener, subject.stable);
+        let start = lock(&self.windows).insert(
+            key,
+            WindowStart { canary: canary_now.clone(), stable: stable_now.clone(), at_ms: stats.taken_at_ms },
+        );
+        let (canary, stable) = match start {
+            Some(start) => {
+                let mut canary = WindowStats::between(&start.canary, &canary_now);
+                let mut stable = WindowStats::between(&start.stable, &stable_now);
+                canary.duration_ms = (stats.taken_at_ms - start.at_ms).max(0);
+                stable.duration_ms = canary.duration_ms;
+                (canary, stable)
+            }
+            None => (WindowStats::default(), WindowStats::default()),
+        };
+        let vars = TemplateVars { app: subject.app, env: subject.env, version: subject.canary };
+        let mut measurements = Vec::with_capacity(spec.metrics.len());
+        for metric in &spec.metrics {
+            let metric = metric.with_vars(&vars);
+            let external = if metric.is_external() {
+                Some(self.observe(&metric, subject).await)
+            } else {
+                None
+            };
+            measurements.push(measure(&metric, &canary, Some(&stable), external.as_ref()));
+        }
+        measurements
+    }
+
+    async fn observe(&self, metric: &MetricSpec, subject: &Subject<'_>) -> Observation {
+        match metric.source() {
+            Some(Source::Http(check)) => {
+                let method = reqwest::Method::from_bytes(check.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+                let mut request = self.http.request(method, &check.url).timeout(check.timeout.get());
+                for (name, value) in &check.headers {
+                    request = request.header(name, value);
+                }
+                if let Some(body) = &check.body {
+                    request = request.body(body.clone());
+                }
+                match request.send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let body = response.text().await.unwrap_or_default();
+                        observe_http(check, status, &body)
+                    }
+                    Err(e) => Observation::Error(format!("GET {} failed: {e}", check.url)),
+                }
+            }
+            Some(Source::Command(check)) => {
+                let Some((program, args)) = check.run.split_first() else {
+                    return Observation::Error("empty command".into());
+                };
+                let mut command = tokio::process::Command::new(program);
+                command.args(args).kill_on_drop(true).stdin(std::process::Stdio::null());
+                if let Some(dir) = &subject.base_dir {
+                    command.current_dir(dir);
+                }
+                match tokio::time::timeout(check.timeout.get(), command.output()).await {
+                    Ok(Ok(output)) => {
+                        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+                        text.push_str(&String::from_utf8_lossy(&output.stderr));
+                        observe_command(output.status.code(), &text)
+                    }
+                    Ok(Err(e)) => Observation::Error(format!("cannot run {program}: {e}")),
+                    Err(_) => Observation::Error(format!("{program} did not finish within {}", check.timeout)),
+                }
+            }
+            Some(Source::Prometheus(query)) => {
+                let url = format!("{}/api/v1/query", query.address.trim_end_matches('/'));
+                let response = self
+                    .http
+                    .get(&url)
+                    .query(&[("query", query.query.as_str())])
+                    .timeout(query.timeout.get())
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) => observe_prometheus(&response.text().await.unwrap_or_default()),
+                    Err(e) => Observation::Error(format!("Prometheus at {} unreachable: {e}", query.address)),
+                }
+            }
+            _ => Observation::Error("not an external metric".into()),
+        }
+    }
+}
+
+/// Everything the proxy has counted for `version` on `listener`, all services merged.
+fn cumulative(stats: &StatsSnapshot, listener: &str, version: &str) -> WindowStats {
+    let mut total = WindowStats::default();
+    for v in stats.versions.iter().filter(|v| v.listener == listener && v.version == version) {
+        let mut bins = LatencyBins::default();
+        if let Ok(histogram) = decode_histogram(&v.histogram_us) {
+            for value in histogram.iter_recorded() {
+                bins.add(histogram.highest_equivalent(value.value_iterated_to()), value.count_at_value());
+            }
+        }
+        total = total.merge(&WindowStats {
+            requests: v.requests,
+            errors_5xx: v.errors_5xx,
+            duration_ms: 0,
+            latency_us: bins,
+        });
+    }
+    total
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
