@@ -161,13 +161,15 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         .proxy_metrics()
         .await
         .unwrap_or_else(|e| format!("# proxy metrics unavailable: {e}\n"));
+    // The proxy speaks OpenMetrics, whose `# EOF` terminator must come last, after ours.
+    let proxy = proxy.trim_end().trim_end_matches("# EOF").trim_end();
     let text = format!(
-        "# HELP ferry_up The Ferry server is running.\n# TYPE ferry_up gauge\nferry_up 1\n{proxy}"
+        "# HELP ferry_up The Ferry server is running.\n# TYPE ferry_up gauge\nferry_up 1\n{proxy}\n# EOF\n"
     );
     Ok((
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )
