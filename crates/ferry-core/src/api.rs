@@ -131,6 +131,38 @@ pub struct EnvStatus {
     pub current_version: Option<String>,
     pub latest_deployment: Option<DeploymentView>,
     pub replicas: Vec<ReplicaView>,
+    /// Where a canary or blue/green rollout in progress stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
+}
+
+/// A canary or blue/green rollout in progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutView {
+    pub deployment_id: i64,
+    pub strategy: String,
+    /// 1-based stage number and the number of stages.
+    pub stage: usize,
+    pub stages: usize,
+    pub stage_name: String,
+    pub canary_version: String,
+    pub stable_version: String,
+    /// Share of requests the new version gets now, in percent.
+    pub canary_weight: f64,
+    pub paused: bool,
+    /// Why it waits for a person (a pause step, an inconclusive analysis), if it does.
+    pub waiting_for: Option<String>,
+    /// Latest verdict of each analysis metric, one line each.
+    pub analysis: Vec<String>,
+    pub summary: String,
+}
+
+/// `POST /v1/apps/{app}/envs/{env}/promote`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PromoteRequest {
+    /// Skip every remaining step: straight to 100%.
+    #[serde(default)]
+    pub full: bool,
 }
 
 /// `GET /v1/apps/{app}/status`.

@@ -321,7 +321,8 @@ fn enter(progress: &mut Progress, plan: &Plan, stage: usize, now_ms: i64) {
     progress.waiting_for = None;
 }
 
-fn stage_name(stage: &Stage) -> String {
+/// Human name of a stage (`weight 5%`, `step 2 pause`).
+pub fn stage_name(stage: &Stage) -> String {
     match stage {
         Stage::Scale { replicas } => format!("scaling to {replicas} replicas"),
         Stage::Weight { basis_points } => format!("weight {}", percent(*basis_points)),

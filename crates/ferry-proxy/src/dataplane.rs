@@ -375,7 +375,7 @@ async fn handle(
             request_id,
         ));
     }
-    let preferred = route.next_group();
+    let preferred = route.choose_group(&parts.headers);
 
     // Small or empty bodies are buffered so that a failed connect can be retried.
     let mut streamed: Option<Incoming> = None;

@@ -34,6 +34,56 @@ pub struct Route {
     pub path_prefix: String,
     #[serde(default)]
     pub backends: Vec<BackendGroup>,
+    /// Header override: requests carrying the header reach `version` whatever its weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewRule>,
+    /// Keeps a client (by header or cookie) on the same version while weights change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyRule>,
+}
+
+/// A request carrying `header` with any value other than empty, `0` or `false`
+/// (case-insensitive, surrounding whitespace ignored) goes to the group of `version`, even
+/// at weight 0, as long as that group has endpoints; otherwise the normal choice applies.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PreviewRule {
+    /// E.g. `X-Ferry-Preview`.
+    pub header: String,
+    pub version: String,
+}
+
+/// Sticky group choice. The key is the (first) value of `header` if the request has it
+/// and it is not empty, else the value of the cookie `cookie` from the `Cookie` header.
+/// With a key, the group is the first one, in table order, whose cumulative weight
+/// exceeds [`sticky_bucket`]`(key)`; zero-weight groups are never chosen. Put the canary
+/// group first: as its weight grows, clients already on it stay on it. Requests without a
+/// key get the exact per-request weighted choice.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct StickyRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// The sticky bucket of a key, in `0..TOTAL_WEIGHT`: FNV-1a 64-bit of the key's bytes
+/// (offset basis `0xcbf29ce484222325`, prime `0x100000001b3`) modulo 10000. Fixed, so
+/// the same key lands in the same bucket across proxy restarts, machines and versions.
+pub fn sticky_bucket(key: &[u8]) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(TOTAL_WEIGHT)) as u32
+}
+
+/// RFC 6265 cookie-name (an RFC 7230 token).
+fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The endpoints of one version of a service and the share of traffic they get.
@@ -109,6 +159,47 @@ impl RouteTable {
                         l.id, r.service
                     )));
                 }
+                let ctx = || format!("listener {:?} service {:?}", l.id, r.service);
+                if let Some(p) = &r.preview {
+                    if http::HeaderName::from_bytes(p.header.as_bytes()).is_err() {
+                        return Err(ValidationError(format!(
+                            "{}: preview header {:?} is not a valid header name",
+                            ctx(),
+                            p.header
+                        )));
+                    }
+                    if !versions.contains(p.version.as_str()) {
+                        return Err(ValidationError(format!(
+                            "{}: preview version {:?} is not one of the route's backend groups",
+                            ctx(),
+                            p.version
+                        )));
+                    }
+                }
+                if let Some(st) = &r.sticky {
+                    if st.header.is_none() && st.cookie.is_none() {
+                        return Err(ValidationError(format!(
+                            "{}: sticky needs a header or a cookie",
+                            ctx()
+                        )));
+                    }
+                    if let Some(h) = &st.header
+                        && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+                    {
+                        return Err(ValidationError(format!(
+                            "{}: sticky header {h:?} is not a valid header name",
+                            ctx()
+                        )));
+                    }
+                    if let Some(c) = &st.cookie
+                        && !valid_cookie_name(c)
+                    {
+                        return Err(ValidationError(format!(
+                            "{}: sticky cookie {c:?} is not a valid cookie name",
+                            ctx()
+                        )));
+                    }
+                }
             }
         }
         Ok(())
@@ -137,6 +228,8 @@ mod tests {
                             endpoints: vec![],
                         })
                         .collect(),
+                    preview: None,
+                    sticky: None,
                 }],
             }],
         }
@@ -154,5 +247,69 @@ mod tests {
         t.listeners.push(t.listeners[0].clone());
         t.listeners[1].id = "other".into();
         assert!(t.validate().is_err(), "duplicate listen address");
+    }
+
+    #[test]
+    fn preview_and_sticky_validation() {
+        let with = |preview: Option<PreviewRule>, sticky: Option<StickyRule>| {
+            let mut t = table(&[0, 10000], "/");
+            t.listeners[0].routes[0].preview = preview;
+            t.listeners[0].routes[0].sticky = sticky;
+            t.validate()
+        };
+        let preview = |h: &str, v: &str| {
+            Some(PreviewRule {
+                header: h.into(),
+                version: v.into(),
+            })
+        };
+        let sticky = |h: Option<&str>, c: Option<&str>| {
+            Some(StickyRule {
+                header: h.map(Into::into),
+                cookie: c.map(Into::into),
+            })
+        };
+        assert!(with(preview("X-Ferry-Preview", "v0"), None).is_ok());
+        assert!(with(preview("X-Ferry-Preview", "v9"), None).is_err());
+        assert!(with(preview("bad header", "v0"), None).is_err());
+        assert!(with(preview("", "v0"), None).is_err());
+        assert!(with(None, sticky(Some("X-User-Id"), None)).is_ok());
+        assert!(with(None, sticky(None, Some("ferry_id"))).is_ok());
+        assert!(with(None, sticky(Some("x-user"), Some("sid"))).is_ok());
+        assert!(with(None, sticky(None, None)).is_err());
+        assert!(with(None, sticky(Some("x:y"), None)).is_err());
+        assert!(with(None, sticky(None, Some("a=b"))).is_err());
+        assert!(with(None, sticky(None, Some(""))).is_err());
+    }
+
+    #[test]
+    fn new_fields_are_optional_in_json() {
+        let old = r#"{"service":"api","path_prefix":"/","backends":[]}"#;
+        let r: Route = serde_json::from_str(old).expect("old route json");
+        assert!(r.preview.is_none() && r.sticky.is_none());
+        // And are left out when unset, so older readers keep working.
+        let back = serde_json::to_string(&r).expect("json");
+        assert!(
+            !back.contains("preview") && !back.contains("sticky"),
+            "{back}"
+        );
+    }
+
+    #[test]
+    fn sticky_bucket_is_fixed_fnv1a() {
+        // FNV-1a 64 reference values, so the bucket never depends on the process.
+        assert_eq!(
+            sticky_bucket(b""),
+            (0xcbf2_9ce4_8422_2325u64 % 10_000) as u32
+        );
+        assert_eq!(
+            sticky_bucket(b"a"),
+            (0xaf63_dc4c_8601_ec8cu64 % 10_000) as u32
+        );
+        assert_eq!(
+            sticky_bucket(b"foobar"),
+            (0x8594_4171_f739_67e8u64 % 10_000) as u32
+        );
+        assert!((0..1000).all(|i| sticky_bucket(format!("user-{i}").as_bytes()) < 10_000));
     }
 }

@@ -9,10 +9,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 
 use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
 use http::uri::Authority;
 
 use crate::metrics::{KeyStats, StatsRegistry};
-use crate::routes::ListenerConfig;
+use crate::routes::{ListenerConfig, Route, sticky_bucket};
 
 /// One upstream address; shared by every table that mentions it, so outstanding-request
 /// counts and ejections survive table swaps.
@@ -117,6 +118,68 @@ pub(crate) struct RouteEntry {
     counter: AtomicUsize,
     /// Stats key for answers of a route without backends.
     pub no_backend_stats: Arc<KeyStats>,
+    /// Preview header and the index of the group it forces.
+    preview: Option<(HeaderName, usize)>,
+    sticky: Option<Sticky>,
+    /// Running sum of the group weights, in table order (for sticky buckets).
+    cumulative: Box<[u32]>,
+}
+
+#[derive(Debug)]
+struct Sticky {
+    header: Option<HeaderName>,
+    cookie: Option<Box<[u8]>>,
+}
+
+impl Sticky {
+    fn compile(r: &Route) -> Option<Self> {
+        let st = r.sticky.as_ref()?;
+        Some(Self {
+            header: st
+                .header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            cookie: st.cookie.as_deref().map(|c| c.as_bytes().into()),
+        })
+    }
+
+    /// The request's sticky key: the header's value, else the cookie's.
+    fn key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        if let Some(name) = &self.header
+            && let Some(v) = headers.get(name)
+            && !v.is_empty()
+        {
+            return Some(v.as_bytes());
+        }
+        let cookie = self.cookie.as_deref()?;
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .find_map(|v| cookie_value(v.as_bytes(), cookie))
+    }
+}
+
+/// The value of cookie `name` in a `Cookie:` header value (`a=1; b=2`), unquoted;
+/// `None` if absent or empty.
+pub(crate) fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|b| *b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        if pair[..eq].trim_ascii() != name {
+            return None;
+        }
+        let mut v = pair[eq + 1..].trim_ascii();
+        if v.len() >= 2 && v[0] == b'"' && v[v.len() - 1] == b'"' {
+            v = &v[1..v.len() - 1];
+        }
+        (!v.is_empty()).then_some(v)
+    })
+}
+
+/// A preview header turns the override on unless empty, `0` or `false`.
+fn preview_on(v: &[u8]) -> bool {
+    let v = v.trim_ascii();
+    !(v.is_empty() || v == b"0" || v.eq_ignore_ascii_case(b"false"))
 }
 
 #[derive(Debug)]
@@ -153,12 +216,27 @@ impl ListenerTable {
                     })
                     .collect();
                 let weights: Vec<u32> = groups.iter().map(|g| g.weight).collect();
+                let cumulative = weights
+                    .iter()
+                    .scan(0u32, |acc, w| {
+                        *acc = acc.saturating_add(*w);
+                        Some(*acc)
+                    })
+                    .collect();
+                let preview = r.preview.as_ref().and_then(|p| {
+                    let name = HeaderName::from_bytes(p.header.as_bytes()).ok()?;
+                    let gi = r.backends.iter().position(|g| g.version == p.version)?;
+                    Some((name, gi))
+                });
                 RouteEntry {
                     prefix: r.path_prefix.clone(),
                     schedule: smooth_schedule(&weights),
                     groups,
                     counter: AtomicUsize::new(0),
                     no_backend_stats: stats.key(&cfg.id, &r.service, "", true),
+                    preview,
+                    sticky: Sticky::compile(r),
+                    cumulative,
                 }
             })
             .collect();
@@ -264,9 +342,36 @@ impl RouteEntry {
         !self.groups.is_empty()
     }
 
+    /// The group a request should go to: the preview group if the request asks for it
+    /// (and it has endpoints), else the sticky group of the request's key, else the next
+    /// group by weight.
+    #[inline]
+    pub fn choose_group(&self, headers: &HeaderMap) -> usize {
+        if let Some((name, gi)) = &self.preview
+            && let Some(v) = headers.get(name)
+            && preview_on(v.as_bytes())
+            && !self.groups[*gi].endpoints.is_empty()
+        {
+            return *gi;
+        }
+        if let Some(st) = &self.sticky
+            && let Some(key) = st.key(headers)
+            && let Some(gi) = self.sticky_group(sticky_bucket(key))
+        {
+            return gi;
+        }
+        self.next_group()
+    }
+
+    /// First group, in table order, whose cumulative weight exceeds `bucket`.
+    #[inline]
+    fn sticky_group(&self, bucket: u32) -> Option<usize> {
+        self.cumulative.iter().position(|c| *c > bucket)
+    }
+
     /// Next group by weight (exact, deterministic).
     #[inline]
-    pub fn next_group(&self) -> usize {
+    fn next_group(&self) -> usize {
         if self.schedule.is_empty() {
             return 0;
         }
@@ -354,6 +459,28 @@ mod tests {
         assert!(!prefix_matches("/api", "/apix"));
         assert!(prefix_matches("/api/", "/api/x"));
         assert!(!prefix_matches("/api/", "/api"));
+    }
+
+    #[test]
+    fn cookies() {
+        let h = b"a=1; ferry_id=\"u-7\" ;b=; c = 3";
+        assert_eq!(cookie_value(h, b"ferry_id"), Some(&b"u-7"[..]));
+        assert_eq!(cookie_value(h, b"a"), Some(&b"1"[..]));
+        assert_eq!(cookie_value(h, b"c"), Some(&b"3"[..]));
+        assert_eq!(cookie_value(h, b"b"), None);
+        assert_eq!(cookie_value(h, b"ferry"), None);
+        assert_eq!(cookie_value(b"", b"a"), None);
+        assert_eq!(cookie_value(b"garbage;;=x", b"a"), None);
+    }
+
+    #[test]
+    fn preview_values() {
+        for on in ["1", "true", "yes", "v2", " 1 "] {
+            assert!(preview_on(on.as_bytes()), "{on}");
+        }
+        for off in ["", "0", "false", "FALSE", " 0 "] {
+            assert!(!preview_on(off.as_bytes()), "{off}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use ferry_proxy::routes::{BackendGroup, ListenerConfig, Route, RouteTable};
+use ferry_proxy::routes::{
+    BackendGroup, ListenerConfig, PreviewRule, Route, RouteTable, StickyRule, sticky_bucket,
+};
 use ferry_proxy::stats::{StatsSnapshot, decode_histogram};
 use ferry_proxy::{RunningProxy, spawn_for_test};
 use http_body_util::Full;
@@ -116,6 +118,8 @@ fn table(
                     service: service.into(),
                     path_prefix: prefix.into(),
                     backends,
+                    preview: None,
+                    sticky: None,
                 })
                 .collect(),
         }],
@@ -829,4 +833,320 @@ async fn removed_listener_drains_in_flight_requests() {
     );
     h.stop().await;
     up.stop().await;
+}
+
+// ---------- preview override and stickiness ----------
+
+/// canary (first, as the server orders them) + stable, with the given canary weight.
+fn canary_table(
+    generation: u64,
+    listen: SocketAddr,
+    canary: SocketAddr,
+    stable: SocketAddr,
+    canary_bp: u32,
+    preview: Option<PreviewRule>,
+    sticky: Option<StickyRule>,
+) -> RouteTable {
+    let mut t = table(
+        generation,
+        listen,
+        vec![(
+            "api",
+            "/",
+            vec![
+                group("v2", canary_bp, &[canary]),
+                group("v1", 10000 - canary_bp, &[stable]),
+            ],
+        )],
+    );
+    t.listeners[0].routes[0].preview = preview;
+    t.listeners[0].routes[0].sticky = sticky;
+    t
+}
+
+async fn get_with(c: &reqwest::Client, url: &str, name: &str, value: &str) -> String {
+    let r = c.get(url).header(name, value).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn preview_header_reaches_a_zero_weight_group() {
+    let h = Harness::new().await;
+    let green = Upstream::start("green").await;
+    let blue = Upstream::start("blue").await;
+    let listen = free_port();
+    let preview = Some(PreviewRule {
+        header: "X-Ferry-Preview".into(),
+        version: "v2".into(),
+    });
+    h.put_ok(&canary_table(
+        1,
+        listen,
+        green.addr,
+        blue.addr,
+        0,
+        preview.clone(),
+        None,
+    ))
+    .await;
+    let url = format!("http://{listen}/");
+    for _ in 0..50 {
+        assert_eq!(
+            get_with(&h.http, &url, "x-ferry-preview", "1").await,
+            "green"
+        );
+        assert_eq!(get(&h.http, &url).await, (200, "blue".into()));
+        for off in ["0", "false", ""] {
+            assert_eq!(
+                get_with(&h.http, &url, "x-ferry-preview", off).await,
+                "blue"
+            );
+        }
+    }
+    let st = h.stats().await;
+    let v2 = st.versions.iter().find(|v| v.version == "v2").unwrap();
+    assert_eq!(
+        v2.requests, 50,
+        "preview requests are counted under the canary"
+    );
+
+    // A preview group without endpoints falls back to the weighted choice.
+    let mut t = canary_table(2, listen, green.addr, blue.addr, 0, preview, None);
+    t.listeners[0].routes[0].backends[0].endpoints.clear();
+    h.put_ok(&t).await;
+    assert_eq!(
+        get_with(&h.http, &url, "x-ferry-preview", "1").await,
+        "blue"
+    );
+
+    // Validation: the preview version must be a group of the route.
+    let mut bad = canary_table(3, listen, green.addr, blue.addr, 0, None, None);
+    bad.listeners[0].routes[0].preview = Some(PreviewRule {
+        header: "X-Ferry-Preview".into(),
+        version: "v9".into(),
+    });
+    assert_eq!(h.put(&bad).await.status(), 400);
+    bad.listeners[0].routes[0].preview = Some(PreviewRule {
+        header: "bad header".into(),
+        version: "v2".into(),
+    });
+    assert_eq!(h.put(&bad).await.status(), 400);
+    h.stop().await;
+    green.stop().await;
+    blue.stop().await;
+}
+
+/// Side (`canary`/`stable`) of each of `keys` sticky keys, sent as header `x-user-id`.
+async fn sides(h: &Harness, listen: SocketAddr, keys: usize) -> Vec<String> {
+    let url = format!("http://{listen}/");
+    let mut out = Vec::with_capacity(keys);
+    for k in 0..keys {
+        out.push(get_with(&h.http, &url, "x-user-id", &format!("user-{k}")).await);
+    }
+    out
+}
+
+fn within(count: usize, expected: usize, keys: usize) -> bool {
+    let tol = keys * 3 / 100;
+    count.abs_diff(expected) <= tol
+}
+
+#[tokio::test]
+async fn sticky_header_is_stable_and_monotonic_as_the_canary_grows() {
+    let h = Harness::new().await;
+    let canary = Upstream::start("canary").await;
+    let stable = Upstream::start("stable").await;
+    let listen = free_port();
+    let sticky = Some(StickyRule {
+        header: Some("X-User-Id".into()),
+        cookie: None,
+    });
+    h.put_ok(&canary_table(
+        1,
+        listen,
+        canary.addr,
+        stable.addr,
+        1000,
+        None,
+        sticky.clone(),
+    ))
+    .await;
+    let url = format!("http://{listen}/");
+
+    // Same key, same side, every time; a canary key and a stable key both exist.
+    let mut seen = HashMap::new();
+    for k in 0..20 {
+        let key = format!("user-{k}");
+        let first = get_with(&h.http, &url, "x-user-id", &key).await;
+        for _ in 0..100 {
+            assert_eq!(get_with(&h.http, &url, "x-user-id", &key).await, first);
+        }
+        seen.insert(key, first);
+    }
+    // Requests without the key keep the exact weighted choice (10 % of 100).
+    let mut canary_hits = 0;
+    for _ in 0..100 {
+        if get(&h.http, &url).await.1 == "canary" {
+            canary_hits += 1;
+        }
+    }
+    assert_eq!(canary_hits, 10);
+
+    // 1000 keys at 10 %, then 50 %: nobody leaves the canary, shares match the weights.
+    const KEYS: usize = 1000;
+    let at10 = sides(&h, listen, KEYS).await;
+    let on10 = at10.iter().filter(|s| *s == "canary").count();
+    let expected10 = (0..KEYS)
+        .filter(|k| sticky_bucket(format!("user-{k}").as_bytes()) < 1000)
+        .count();
+    assert_eq!(on10, expected10, "the proxy uses sticky_bucket");
+    assert!(
+        within(on10, KEYS / 10, KEYS),
+        "{on10} keys on a 10 % canary"
+    );
+    h.put_ok(&canary_table(
+        2,
+        listen,
+        canary.addr,
+        stable.addr,
+        5000,
+        None,
+        sticky.clone(),
+    ))
+    .await;
+    let at50 = sides(&h, listen, KEYS).await;
+    let on50 = at50.iter().filter(|s| *s == "canary").count();
+    assert!(within(on50, KEYS / 2, KEYS), "{on50} keys on a 50 % canary");
+    for k in 0..KEYS {
+        if at10[k] == "canary" {
+            assert_eq!(at50[k], "canary", "user-{k} left the canary at 50 %");
+        }
+    }
+
+    // Zero weight is never chosen by stickiness; 100 % takes everyone.
+    h.put_ok(&canary_table(
+        3,
+        listen,
+        canary.addr,
+        stable.addr,
+        0,
+        None,
+        sticky.clone(),
+    ))
+    .await;
+    assert!(sides(&h, listen, 200).await.iter().all(|s| s == "stable"));
+    h.put_ok(&canary_table(
+        4,
+        listen,
+        canary.addr,
+        stable.addr,
+        10000,
+        None,
+        sticky,
+    ))
+    .await;
+    assert!(sides(&h, listen, 200).await.iter().all(|s| s == "canary"));
+    h.stop().await;
+    canary.stop().await;
+    stable.stop().await;
+}
+
+#[tokio::test]
+async fn sticky_cookie_and_preview_precedence() {
+    let h = Harness::new().await;
+    let canary = Upstream::start("canary").await;
+    let stable = Upstream::start("stable").await;
+    let listen = free_port();
+    h.put_ok(&canary_table(
+        1,
+        listen,
+        canary.addr,
+        stable.addr,
+        2000,
+        Some(PreviewRule {
+            header: "X-Ferry-Preview".into(),
+            version: "v2".into(),
+        }),
+        Some(StickyRule {
+            header: None,
+            cookie: Some("ferry_id".into()),
+        }),
+    ))
+    .await;
+    let url = format!("http://{listen}/");
+    let mut on_canary = 0;
+    for k in 0..200 {
+        let cookie = format!("theme=dark; ferry_id=sess-{k}; other=1");
+        let first = get_with(&h.http, &url, "cookie", &cookie).await;
+        for _ in 0..5 {
+            assert_eq!(get_with(&h.http, &url, "cookie", &cookie).await, first);
+        }
+        let expected = if sticky_bucket(format!("sess-{k}").as_bytes()) < 2000 {
+            "canary"
+        } else {
+            "stable"
+        };
+        assert_eq!(first, expected, "sess-{k}");
+        if first == "canary" {
+            on_canary += 1;
+        }
+        // The preview header wins over the cookie.
+        let r = h
+            .http
+            .get(&url)
+            .header("cookie", &cookie)
+            .header("x-ferry-preview", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "canary");
+    }
+    assert!(on_canary > 0 && on_canary < 200);
+    h.stop().await;
+    canary.stop().await;
+    stable.stop().await;
+}
+
+#[tokio::test]
+async fn stickiness_survives_a_proxy_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let canary = Upstream::start("canary").await;
+    let stable = Upstream::start("stable").await;
+    let listen = free_port();
+    let t = canary_table(
+        1,
+        listen,
+        canary.addr,
+        stable.addr,
+        3000,
+        None,
+        Some(StickyRule {
+            header: Some("x-user-id".into()),
+            cookie: Some("ferry_id".into()),
+        }),
+    );
+    let first = Harness {
+        proxy: spawn_for_test(dir.path()).await.unwrap(),
+        http: reqwest::Client::new(),
+        _dir: None,
+    };
+    first.put_ok(&t).await;
+    let before = sides(&first, listen, 300).await;
+    first.stop().await;
+
+    let second = Harness {
+        proxy: spawn_for_test(dir.path()).await.unwrap(),
+        http: reqwest::Client::new(),
+        _dir: None,
+    };
+    let after = sides(&second, listen, 300).await;
+    assert_eq!(before, after);
+    assert!(before.iter().any(|s| s == "canary") && before.iter().any(|s| s == "stable"));
+    let saved: RouteTable =
+        serde_json::from_slice(&std::fs::read(dir.path().join("routes.json")).unwrap()).unwrap();
+    assert_eq!(saved, t, "preview/sticky are persisted");
+    second.stop().await;
+    canary.stop().await;
+    stable.stop().await;
 }

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use ferry_core::api::{
     ApiError, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
-    DeploymentView, RollbackRequest, WhoAmI,
+    DeploymentView, PromoteRequest, RollbackRequest, WhoAmI,
 };
 use ferry_core::manifest::{self, Manifest};
 use ferry_store::{AppRecord, NewManifest, Store};
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{self, Caller};
 use crate::clock::now_ms;
 use crate::controller::{Controller, RequestError};
+use crate::progressive::CommandName;
 
 /// The API's description, served at `/openapi.json`; a test keeps it in step with the router.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -51,6 +52,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/apps/{app}/envs/{env}/rollback", post(rollback))
         .route("/v1/apps/{app}/envs/{env}/logs", get(logs))
+        .route("/v1/apps/{app}/envs/{env}/watch", get(watch))
+        .route("/v1/apps/{app}/envs/{env}/promote", post(promote))
+        .route("/v1/apps/{app}/envs/{env}/pause", post(pause))
+        .route("/v1/apps/{app}/envs/{env}/resume", post(resume))
+        .route("/v1/apps/{app}/envs/{env}/abort", post(abort))
+        .route("/v1/apps/{app}/envs/{env}/retry", post(retry))
         .route("/v1/deployments/{id}", get(deployment))
         .route("/v1/deployments/{id}/events", get(events))
         .route("/v1/teardown", post(teardown))
@@ -374,6 +381,64 @@ async fn rollback(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+async fn promote(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+    body: Option<Json<PromoteRequest>>,
+) -> ApiResult<Json<DeploymentView>> {
+    let full = body.is_some_and(|Json(b)| b.full);
+    let name = if full { CommandName::PromoteFull } else { CommandName::Promote };
+    Ok(Json(state.controller.request_command(&app, &env, name, &caller.name).await?))
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<Json<DeploymentView>> {
+    Ok(Json(state.controller.request_command(&app, &env, CommandName::Pause, &caller.name).await?))
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<Json<DeploymentView>> {
+    Ok(Json(state.controller.request_command(&app, &env, CommandName::Resume, &caller.name).await?))
+}
+
+async fn abort(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<Json<DeploymentView>> {
+    Ok(Json(state.controller.request_abort(&app, &env, &caller.name).await?))
+}
+
+async fn retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
+    Ok((StatusCode::CREATED, Json(state.controller.request_retry(&app, &env, &caller.name).await?)))
+}
+
+type StatusEvents = axum::response::sse::Sse<
+    axum::response::sse::KeepAliveStream<
+        futures_util::stream::BoxStream<'static, Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+>;
+
+/// Server-sent events: the environment's status (JSON `EnvStatus`) now and after every
+/// change, for `ferry status --watch`.
+async fn watch(State(state): State<AppState>, Path((app, env)): Path<(String, String)>) -> ApiResult<StatusEvents> {
+    // Fail fast on an unknown app/env instead of opening an empty stream.
+    state.controller.status(&app, Some(&env)).await?;
+    let stream = state.controller.clone().watch(app, env);
+    Ok(axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
+}
+
 #[derive(Deserialize)]
 struct Limit {
     limit: Option<u32>,
@@ -510,6 +575,12 @@ mod tests {
             "/v1/apps/{app}/envs/{env}/deployments",
             "/v1/apps/{app}/envs/{env}/rollback",
             "/v1/apps/{app}/envs/{env}/logs",
+            "/v1/apps/{app}/envs/{env}/watch",
+            "/v1/apps/{app}/envs/{env}/promote",
+            "/v1/apps/{app}/envs/{env}/pause",
+            "/v1/apps/{app}/envs/{env}/resume",
+            "/v1/apps/{app}/envs/{env}/abort",
+            "/v1/apps/{app}/envs/{env}/retry",
             "/v1/deployments/{id}",
             "/v1/deployments/{id}/events",
             "/v1/teardown",

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::error::ServerError;
-use crate::progressive::{Meter, Phase, Subject, plan_for};
+use crate::progressive::{CommandName, Meter, PendingCommand, Phase, Subject, plan_for};
 use crate::proxy_link::ProxyLink;
 use ferry_core::progressive::{self, Outcome, Plan};
 
@@ -952,6 +952,8 @@ impl Controller {
                         service: service_name.clone(),
                         path_prefix: service.route.clone(),
                         backends,
+                        preview: None,
+                        sticky: None,
                     });
                 }
                 listeners.push(ListenerConfig {
@@ -1218,6 +1220,126 @@ impl Controller {
             .await
     }
 
+    /// The deployment in progress in app/env, or a clear refusal.
+    async fn in_progress(&self, app: &str, env: &str) -> Result<DeploymentRecord, RequestError> {
+        self.active_deployment(app, env).await?.ok_or_else(|| {
+            RequestError::Conflict(format!("no deployment in progress in {app}/{env}"))
+        })
+    }
+
+    /// Hands a promote/pause/resume to the running canary or blue/green rollout; the loop
+    /// applies it on its next pass (within milliseconds).
+    pub async fn request_command(
+        &self,
+        app: &str,
+        env: &str,
+        name: CommandName,
+        by: &str,
+    ) -> Result<DeploymentView, RequestError> {
+        for _ in 0..5 {
+            let deployment = self.in_progress(app, env).await?;
+            let record = self.store.get_app(app).await?.ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found")))?;
+            let manifest: Manifest = serde_json::from_str(&record.manifest_json)
+                .map_err(|e| RequestError::Server(ServerError::Proxy(format!("stored manifest of {app} is unreadable: {e}"))))?;
+            let strategy = manifest.environments.get(env).map(|e| e.strategy.clone()).unwrap_or_default();
+            if plan_of(&deployment, &strategy, &manifest, env).is_none() {
+                return Err(RequestError::Conflict(format!(
+                    "deployment #{} of {} in {app}/{env} is a {} rollout; {} applies to canary and blue/green rollouts that replace a running version",
+                    deployment.id, deployment.version, deployment.strategy, name.verb()
+                )));
+            }
+            if deployment.state != DeploymentState::Progressing {
+                return Err(RequestError::Conflict(format!(
+                    "deployment #{} is {}; {} applies while it progresses",
+                    deployment.id, deployment.state, name.verb()
+                )));
+            }
+            let mut phase = Phase::of(&deployment.phase);
+            phase.command = Some(PendingCommand { name, by: by.to_string() });
+            let saved = self
+                .transition_with_phase(
+                    &deployment,
+                    DeploymentState::Progressing,
+                    None,
+                    None,
+                    phase.to_value(),
+                    &format!("{} requested by {by}", name.verb()),
+                )
+                .await?;
+            if saved {
+                return Ok(self.store.get_deployment(deployment.id).await?.unwrap_or(deployment).view());
+            }
+        }
+        Err(RequestError::Conflict(format!("the deployment in {app}/{env} keeps changing; try again")))
+    }
+
+    /// Sends all traffic back to the serving version now and stops the new one; the
+    /// deployment ends `aborted`. Works for every strategy.
+    pub async fn request_abort(&self, app: &str, env: &str, by: &str) -> Result<DeploymentView, RequestError> {
+        for _ in 0..5 {
+            let deployment = self.in_progress(app, env).await?;
+            let mut phase = Phase::of(&deployment.phase);
+            phase.aborted_by = Some(by.to_string());
+            let reason = format!("aborted by {by}");
+            let (state, message) = match &deployment.previous_version {
+                Some(previous) => (
+                    DeploymentState::RollingBack,
+                    format!("{reason}: all traffic back to {previous}"),
+                ),
+                // Nothing to go back to: stop here; the environment's leftovers are removed.
+                None => (DeploymentState::Aborted, reason.clone()),
+            };
+            if self
+                .transition_with_phase(&deployment, state, Some(reason), None, phase.to_value(), &message)
+                .await?
+            {
+                return Ok(self.store.get_deployment(deployment.id).await?.unwrap_or(deployment).view());
+            }
+        }
+        Err(RequestError::Conflict(format!("the deployment in {app}/{env} keeps changing; try again")))
+    }
+
+    /// Starts an aborted or rolled-back rollout again from the beginning.
+    pub async fn request_retry(&self, app: &str, env: &str, by: &str) -> Result<DeploymentView, RequestError> {
+        let latest = self
+            .store
+            .latest_deployment(app, env)
+            .await?
+            .ok_or_else(|| RequestError::Conflict(format!("{app}/{env} has no deployment to retry")))?;
+        if !matches!(latest.state, DeploymentState::Aborted | DeploymentState::RolledBack | DeploymentState::Failed) {
+            return Err(RequestError::Conflict(format!(
+                "the latest deployment of {app}/{env} (#{}, {}) is {}; only an aborted, rolled-back or failed one can be retried",
+                latest.id, latest.version, latest.state
+            )));
+        }
+        self.request_deployment(app, env, &latest.version, "retry", by).await
+    }
+
+    /// The environment's status now and after every change (at most every 250 ms).
+    pub fn watch(
+        self: Arc<Self>,
+        app: String,
+        env: String,
+    ) -> futures_util::stream::BoxStream<'static, Result<axum::response::sse::Event, std::convert::Infallible>> {
+        use futures_util::StreamExt;
+        let changed = self.events_changed.subscribe();
+        futures_util::stream::unfold((self, changed, true), move |(this, mut changed, first)| {
+            let (app, env) = (app.clone(), env.clone());
+            async move {
+                if !first {
+                    changed.changed().await.ok()?;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                changed.borrow_and_update();
+                let status = this.status(&app, Some(&env)).await.ok()?;
+                let env_status = status.environments.into_iter().next()?;
+                let event = axum::response::sse::Event::default().event("status").json_data(&env_status).ok()?;
+                Some((Ok(event), (this, changed, false)))
+            }
+        })
+        .boxed()
+    }
+
     /// Events after `after`, waiting up to `wait` for the first one.
     pub async fn wait_events(
         &self,
@@ -1309,6 +1431,10 @@ impl Controller {
                     }
                 })
                 .collect();
+            let rollout = self
+                .active_deployment(app, env_name)
+                .await?
+                .and_then(|d| rollout_view(&d, &env.strategy, &manifest, env_name));
             environments.push(EnvStatus {
                 app: app.to_string(),
                 env: env_name.to_string(),
@@ -1316,6 +1442,7 @@ impl Controller {
                 current_version,
                 latest_deployment,
                 replicas,
+                rollout,
             });
         }
         Ok(AppStatus {
@@ -1412,6 +1539,52 @@ fn pace_of(strategy: &Strategy, manifest: &Manifest, env: &str) -> Pace {
             }
         }
     }
+}
+
+/// Where a progressive deployment stands, for `ferry status`.
+fn rollout_view(
+    deployment: &DeploymentRecord,
+    strategy: &Strategy,
+    manifest: &Manifest,
+    env: &str,
+) -> Option<ferry_core::api::RolloutView> {
+    let plan = plan_of(deployment, strategy, manifest, env)?;
+    let progress = Phase::of(&deployment.phase).progress.unwrap_or_default();
+    let weight = match deployment.state {
+        DeploymentState::Progressing => progress.weight_bp,
+        _ => 0,
+    };
+    let analysis = [&progress.stage_run, &progress.background_run]
+        .into_iter()
+        .flatten()
+        .flat_map(|run| run.metrics.iter())
+        .filter_map(|metric| metric.last.as_ref())
+        .map(progressive::describe)
+        .collect();
+    Some(ferry_core::api::RolloutView {
+        deployment_id: deployment.id,
+        strategy: strategy.name().to_string(),
+        stage: (progress.stage + 1).min(plan.stages.len()),
+        stages: plan.stages.len(),
+        stage_name: plan
+            .stages
+            .get(progress.stage)
+            .map(progressive::stage_name)
+            .unwrap_or_else(|| "done".to_string()),
+        canary_version: deployment.version.clone(),
+        stable_version: target_or(&deployment.previous_version).to_string(),
+        canary_weight: f64::from(weight) / 100.0,
+        paused: progress.manually_paused,
+        waiting_for: progress.waiting_for.clone(),
+        analysis,
+        summary: match deployment.state {
+            DeploymentState::RollingBack => format!(
+                "rolling back: all traffic on {}",
+                target_or(&deployment.previous_version)
+            ),
+            _ => progressive::summary(&plan, &progress),
+        },
+    })
 }
 
 /// How many new-version replicas count as ready for the rollout: the wanted number when
