@@ -334,7 +334,7 @@ fn unknown_strategy_suggests() {
         ",
         &[&[
             "ferry.yaml:6:15: environments.dev.strategy: unknown strategy `rollin`",
-            "(hint: did you mean `rolling`? expected one of: `recreate`, `rolling`)",
+            "(hint: did you mean `rolling`? expected one of: `recreate`, `rolling`, `canary`, `blue_green`)",
         ]],
     );
     check(
@@ -347,9 +347,8 @@ fn unknown_strategy_suggests() {
             strategy: { canary: { steps: [] } }
         ",
         &[&[
-            "environments.dev.strategy",
-            "unknown strategy `canary`",
-            "expected one of: `recreate`, `rolling`",
+            "ferry.yaml:6:27: environments.dev.strategy.canary.steps",
+            "a canary needs at least one step",
         ]],
     );
     check(
