@@ -57,6 +57,34 @@ pub struct Manifest {
     #[schemars(length(min = 1))]
     #[schemars(extend("propertyNames" = { "pattern": "^[a-z][a-z0-9-]{0,62}$" }))]
     pub environments: IndexedMap<Environment>,
+    /// Webhooks told about every deployment state change (or only the listed states).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<Notification>,
+}
+
+/// A webhook that receives a POST for deployment state changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    /// `http://` or `https://` URL.
+    pub webhook: String,
+    /// `json` (Ferry's own body) or `slack` (a Slack-compatible `{"text": …}` body).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Only these states (e.g. `[succeeded, rolled-back, failed, aborted]`); all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<String>,
+    /// Only these environments; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 /// How to run one version of a service.

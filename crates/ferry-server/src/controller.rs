@@ -78,6 +78,8 @@ pub struct Controller {
     traffic_summary: Mutex<HashMap<(String, String), String>>,
     /// Analysis windows over the proxy's counters.
     meter: Meter,
+    /// Client for webhooks.
+    http: reqwest::Client,
     torn_down: AtomicBool,
 }
 
@@ -94,6 +96,7 @@ impl Controller {
             adopted: Mutex::new(HashSet::new()),
             traffic_summary: Mutex::new(HashMap::new()),
             meter: Meter::default(),
+            http: reqwest::Client::new(),
             torn_down: AtomicBool::new(false),
         })
     }
@@ -836,6 +839,9 @@ impl Controller {
         match result {
             Ok(_) => {
                 tracing::info!(deployment = deployment.id, app = %deployment.app, env = %deployment.env, %state, "{message}");
+                if state != deployment.state {
+                    self.notify(deployment, state, message).await;
+                }
                 self.events_changed.send_modify(|n| *n += 1);
                 self.wake.notify_one();
                 Ok(true)
@@ -844,6 +850,27 @@ impl Controller {
             Err(StoreError::Conflict(_)) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Tells the app's webhooks that a deployment changed state.
+    async fn notify(&self, deployment: &DeploymentRecord, state: DeploymentState, message: &str) {
+        let Ok(Some(app)) = self.store.get_app(&deployment.app).await else { return };
+        let Ok(manifest) = serde_json::from_str::<Manifest>(&app.manifest_json) else { return };
+        if manifest.notifications.is_empty() {
+            return;
+        }
+        let change = crate::notify::StateChange {
+            app: deployment.app.clone(),
+            env: deployment.env.clone(),
+            deployment_id: deployment.id,
+            version: deployment.version.clone(),
+            previous_version: deployment.previous_version.clone(),
+            state: state.to_string(),
+            previous_state: deployment.state.to_string(),
+            message: message.to_string(),
+            at_ms: now_ms(),
+        };
+        crate::notify::send(&self.http, &manifest.notifications, change);
     }
 
     /// Whether the proxy's acknowledged table sends every route of app/env to exactly the

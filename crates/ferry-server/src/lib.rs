@@ -14,6 +14,7 @@ mod clock;
 mod controller;
 mod error;
 mod logs;
+mod notify;
 mod progressive;
 mod proxy_link;
 

@@ -256,6 +256,32 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
             _ => {}
         }
     }
+    for (i, notification) in m.notifications.iter().enumerate() {
+        let base = vec![Seg::Key("notifications".into()), Seg::Index(i)];
+        let url = &notification.webhook;
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            out.value(
+                with(&base, "webhook"),
+                format!("invalid webhook URL {url:?}"),
+                Some("write a full URL, e.g. `https://hooks.example.com/ferry`".into()),
+            );
+        }
+        for (j, state) in notification.states.iter().enumerate() {
+            if state.parse::<crate::model::DeploymentState>().is_err() {
+                let mut path = with(&base, "states");
+                path.push(Seg::Index(j));
+                let names: Vec<&str> = crate::model::DeploymentState::ALL.iter().map(|s| s.as_str()).collect();
+                out.value(path, format!("unknown state `{state}`"), Some(format!("one of: {}", names.join(", "))));
+            }
+        }
+        for (j, env) in notification.environments.iter().enumerate() {
+            if m.environments.get(env).is_none() {
+                let mut path = with(&base, "environments");
+                path.push(Seg::Index(j));
+                out.value(path, format!("no environment `{env}` in this manifest"), None);
+            }
+        }
+    }
     out.0
 }
 
