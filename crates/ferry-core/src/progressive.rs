@@ -51,24 +51,34 @@ pub fn canary_plan(canary: &Canary, replicas: u32) -> Plan {
             stages.push(Stage::Scale { replicas: r });
         }
         if let Some(spec) = &step.analysis {
-            stages.push(Stage::Analysis { label: format!("step {n} analysis"), spec: spec.clone() });
+            stages.push(Stage::Analysis {
+                label: format!("step {n} analysis"),
+                spec: spec.clone(),
+            });
         }
         match &step.pause {
             Some(Pause::For(d)) => stages.push(Stage::Pause {
                 label: format!("step {n} pause"),
                 ms: Some(millis(d.get())),
             }),
-            Some(Pause::UntilPromoted) => {
-                stages.push(Stage::Pause { label: format!("step {n} pause"), ms: None })
-            }
+            Some(Pause::UntilPromoted) => stages.push(Stage::Pause {
+                label: format!("step {n} pause"),
+                ms: None,
+            }),
             None => {}
         }
     }
     let finale = stages.len();
     stages.push(Stage::Scale { replicas });
-    stages.push(Stage::Weight { basis_points: 10_000 });
+    stages.push(Stage::Weight {
+        basis_points: 10_000,
+    });
     stages.push(Stage::RetireStable);
-    Plan { stages, finale, background: canary.analysis.clone() }
+    Plan {
+        stages,
+        finale,
+        background: canary.analysis.clone(),
+    }
 }
 
 /// Compiles blue/green: green at full size, pre-promotion analysis, the wait for a promote
@@ -77,7 +87,10 @@ pub fn canary_plan(canary: &Canary, replicas: u32) -> Plan {
 pub fn blue_green_plan(blue_green: &BlueGreen, replicas: u32) -> Plan {
     let mut stages = vec![Stage::Scale { replicas }];
     if let Some(spec) = &blue_green.pre_promotion_analysis {
-        stages.push(Stage::Analysis { label: "pre-promotion analysis".into(), spec: spec.clone() });
+        stages.push(Stage::Analysis {
+            label: "pre-promotion analysis".into(),
+            spec: spec.clone(),
+        });
     }
     if !blue_green.auto_promote {
         stages.push(Stage::Pause {
@@ -86,22 +99,33 @@ pub fn blue_green_plan(blue_green: &BlueGreen, replicas: u32) -> Plan {
         });
     }
     let finale = stages.len();
-    stages.push(Stage::Weight { basis_points: 10_000 });
+    stages.push(Stage::Weight {
+        basis_points: 10_000,
+    });
     if let Some(spec) = &blue_green.post_promotion_analysis {
-        stages.push(Stage::Analysis { label: "post-promotion analysis".into(), spec: spec.clone() });
+        stages.push(Stage::Analysis {
+            label: "post-promotion analysis".into(),
+            spec: spec.clone(),
+        });
     }
     stages.push(Stage::Pause {
         label: "scale-down delay".into(),
         ms: Some(millis(blue_green.scale_down_delay.get())),
     });
     stages.push(Stage::RetireStable);
-    Plan { stages, finale, background: None }
+    Plan {
+        stages,
+        finale,
+        background: None,
+    }
 }
 
 /// Canary replicas for a weight: the environment's count scaled, rounded up, at least 1.
 pub fn proportional(replicas: u32, basis_points: u32) -> u32 {
     let scaled = (u64::from(replicas) * u64::from(basis_points)).div_ceil(10_000);
-    u32::try_from(scaled).unwrap_or(replicas).clamp(1, replicas.max(1))
+    u32::try_from(scaled)
+        .unwrap_or(replicas)
+        .clamp(1, replicas.max(1))
 }
 
 fn millis(d: std::time::Duration) -> i64 {
@@ -162,9 +186,15 @@ pub enum Outcome {
 }
 
 /// Which analyses are due now (the controller measures only those).
-pub fn wants<'a>(plan: &'a Plan, progress: &Progress, now_ms: i64) -> (Option<&'a AnalysisSpec>, Option<&'a AnalysisSpec>) {
+pub fn wants<'a>(
+    plan: &'a Plan,
+    progress: &Progress,
+    now_ms: i64,
+) -> (Option<&'a AnalysisSpec>, Option<&'a AnalysisSpec>) {
     let stage = match (plan.stages.get(progress.stage), &progress.stage_run) {
-        (Some(Stage::Analysis { spec, .. }), Some(run)) if analysis::due(run, spec, now_ms) => Some(spec),
+        (Some(Stage::Analysis { spec, .. }), Some(run)) if analysis::due(run, spec, now_ms) => {
+            Some(spec)
+        }
         _ => None,
     };
     let background = match (&plan.background, &progress.background_run) {
@@ -176,7 +206,10 @@ pub fn wants<'a>(plan: &'a Plan, progress: &Progress, now_ms: i64) -> (Option<&'
 
 /// Starts a rollout: the first stage begins now.
 pub fn start(now_ms: i64) -> Progress {
-    Progress { stage_started_ms: now_ms, ..Progress::default() }
+    Progress {
+        stage_started_ms: now_ms,
+        ..Progress::default()
+    }
 }
 
 /// One step of the machine. Never moves backwards; `Failed` is the only way out early.
@@ -193,14 +226,23 @@ pub fn advance(
     if let Some(reason) = &observed.canary_failure {
         return (next, Outcome::Failed(reason.clone()));
     }
-    if let (Some(spec), Some(run), Some(measurements)) =
-        (&plan.background, &progress.background_run, &observed.background_measurements)
-    {
+    if let (Some(spec), Some(run), Some(measurements)) = (
+        &plan.background,
+        &progress.background_run,
+        &observed.background_measurements,
+    ) {
         let (run, verdict) = analysis::record(run, spec, measurements, now_ms);
         next.background_run = Some(run);
-        notes.extend(measurements.iter().map(|m| format!("background analysis: {}", describe(m))));
+        notes.extend(
+            measurements
+                .iter()
+                .map(|m| format!("background analysis: {}", describe(m))),
+        );
         if let RunVerdict::Failed { reason, .. } = verdict {
-            return (next, Outcome::Failed(format!("background analysis failed: {reason}")));
+            return (
+                next,
+                Outcome::Failed(format!("background analysis failed: {reason}")),
+            );
         }
     }
 
@@ -250,32 +292,47 @@ pub fn advance(
                     false
                 } else {
                     if next.weight_bp != *basis_points {
-                        notes.push(format!("weight {} → {}", percent(next.weight_bp), percent(*basis_points)));
+                        notes.push(format!(
+                            "weight {} → {}",
+                            percent(next.weight_bp),
+                            percent(*basis_points)
+                        ));
                     }
                     next.weight_bp = *basis_points;
-                    if next.weight_bp > 0 && next.background_run.is_none() && plan.background.is_some() {
+                    if next.weight_bp > 0
+                        && next.background_run.is_none()
+                        && plan.background.is_some()
+                    {
                         next.background_run = Some(AnalysisRun::new(now_ms));
                     }
                     true
                 }
             }
             Stage::Analysis { label, spec } => {
-                let run = next.stage_run.get_or_insert_with(|| AnalysisRun::new(now_ms)).clone();
+                let run = next
+                    .stage_run
+                    .get_or_insert_with(|| AnalysisRun::new(now_ms))
+                    .clone();
                 match &observed.stage_measurements {
                     Some(measurements) if progress.stage == next.stage => {
                         let (run, verdict) = analysis::record(&run, spec, measurements, now_ms);
                         next.stage_run = Some(run);
-                        notes.extend(measurements.iter().map(|m| format!("{label}: {}", describe(m))));
+                        notes.extend(
+                            measurements
+                                .iter()
+                                .map(|m| format!("{label}: {}", describe(m))),
+                        );
                         match verdict {
                             RunVerdict::Passed => true,
                             RunVerdict::Failed { reason, .. } => {
-                                return (next, Outcome::Failed(format!("{label} failed: {reason}")));
+                                return (
+                                    next,
+                                    Outcome::Failed(format!("{label} failed: {reason}")),
+                                );
                             }
                             RunVerdict::NeedsHuman { reason } => {
-                                let waiting = format!(
-                                    "{label} at {}: {reason}",
-                                    percent(next.weight_bp)
-                                );
+                                let waiting =
+                                    format!("{label} at {}: {reason}", percent(next.weight_bp));
                                 if next.waiting_for.as_ref() != Some(&waiting) {
                                     notes.push(format!("waiting for a person: {waiting}"));
                                 }
@@ -288,10 +345,15 @@ pub fn advance(
                     _ => false,
                 }
             }
-            Stage::Pause { label, ms: Some(ms) } => now_ms - next.stage_started_ms >= *ms && {
-                notes.push(format!("{label} of {}s over", ms / 1000));
-                true
-            },
+            Stage::Pause {
+                label,
+                ms: Some(ms),
+            } => {
+                now_ms - next.stage_started_ms >= *ms && {
+                    notes.push(format!("{label} of {}s over", ms / 1000));
+                    true
+                }
+            }
             Stage::Pause { label, ms: None } => {
                 let waiting = format!("{label}: waiting for `ferry promote`");
                 if next.waiting_for.as_ref() != Some(&waiting) {
@@ -348,7 +410,11 @@ pub fn describe(m: &Measurement) -> String {
 
 /// The human summary of where a rollout stands, for `ferry status`.
 pub fn summary(plan: &Plan, progress: &Progress) -> String {
-    let stage = plan.stages.get(progress.stage).map(stage_name).unwrap_or_else(|| "done".into());
+    let stage = plan
+        .stages
+        .get(progress.stage)
+        .map(stage_name)
+        .unwrap_or_else(|| "done".into());
     let mut text = format!(
         "stage {}/{} ({stage}), new version at {}",
         (progress.stage + 1).min(plan.stages.len()),
@@ -371,19 +437,34 @@ mod tests {
     use crate::manifest::CanaryStep;
 
     fn canary(steps: Vec<CanaryStep>) -> Canary {
-        Canary { steps, analysis: None, stickiness: None, preview_header: "X-Ferry-Preview".into() }
+        Canary {
+            steps,
+            analysis: None,
+            stickiness: None,
+            preview_header: "X-Ferry-Preview".into(),
+        }
     }
 
     fn weight(w: f64) -> CanaryStep {
-        CanaryStep { weight: Some(w), ..CanaryStep::default() }
+        CanaryStep {
+            weight: Some(w),
+            ..CanaryStep::default()
+        }
     }
 
     fn pause(p: Pause) -> CanaryStep {
-        CanaryStep { pause: Some(p), ..CanaryStep::default() }
+        CanaryStep {
+            pause: Some(p),
+            ..CanaryStep::default()
+        }
     }
 
     fn ready(n: u32) -> Observation {
-        Observation { canary_ready: n, stable_running: 3, ..Observation::default() }
+        Observation {
+            canary_ready: n,
+            stable_running: 3,
+            ..Observation::default()
+        }
     }
 
     fn measurement(verdict: Verdict) -> Measurement {
@@ -404,22 +485,33 @@ mod tests {
         let mut metric = MetricSpec::named("errors");
         metric.builtin = Some(crate::analysis::Builtin::ErrorRate);
         metric.max = Some(crate::analysis::Threshold::Number(0.01));
-        AnalysisSpec { metrics: vec![metric], ..AnalysisSpec::default() }
+        AnalysisSpec {
+            metrics: vec![metric],
+            ..AnalysisSpec::default()
+        }
     }
 
     #[test]
     fn canary_plan_scales_before_weighting_and_ends_with_the_finale() {
-        let plan = canary_plan(&canary(vec![weight(5.0), pause(Pause::UntilPromoted), weight(50.0)]), 4);
+        let plan = canary_plan(
+            &canary(vec![weight(5.0), pause(Pause::UntilPromoted), weight(50.0)]),
+            4,
+        );
         assert_eq!(
             plan.stages,
             vec![
                 Stage::Scale { replicas: 1 },
                 Stage::Weight { basis_points: 500 },
-                Stage::Pause { label: "step 2 pause".into(), ms: None },
+                Stage::Pause {
+                    label: "step 2 pause".into(),
+                    ms: None
+                },
                 Stage::Scale { replicas: 2 },
                 Stage::Weight { basis_points: 5000 },
                 Stage::Scale { replicas: 4 },
-                Stage::Weight { basis_points: 10_000 },
+                Stage::Weight {
+                    basis_points: 10_000
+                },
                 Stage::RetireStable,
             ]
         );
@@ -434,9 +526,15 @@ mod tests {
         assert_eq!(out, Outcome::Continue(vec![]));
         let (p, out) = advance(&plan, &p, &ready(1), None, 10);
         assert_eq!((p.stage, p.weight_bp), (2, 500));
-        let Outcome::Continue(notes) = out else { panic!() };
+        let Outcome::Continue(notes) = out else {
+            panic!()
+        };
         assert!(notes.iter().any(|n| n == "weight 0% → 5%"), "{notes:?}");
-        assert!(p.waiting_for.as_deref().is_some_and(|w| w.contains("ferry promote")));
+        assert!(
+            p.waiting_for
+                .as_deref()
+                .is_some_and(|w| w.contains("ferry promote"))
+        );
         // Nothing moves while it waits; promote releases it into the finale.
         let (same, _) = advance(&plan, &p, &ready(1), None, 1_000_000);
         assert_eq!(same.stage, 2);
@@ -444,13 +542,29 @@ mod tests {
         assert_eq!((p.stage, p.canary_replicas, p.weight_bp), (3, 3, 500));
         let (p, _) = advance(&plan, &p, &ready(3), None, 30);
         assert_eq!((p.weight_bp, p.retiring_stable), (10_000, true));
-        let (_, out) = advance(&plan, &p, &Observation { canary_ready: 3, stable_running: 0, ..Default::default() }, None, 40);
+        let (_, out) = advance(
+            &plan,
+            &p,
+            &Observation {
+                canary_ready: 3,
+                stable_running: 0,
+                ..Default::default()
+            },
+            None,
+            40,
+        );
         assert_eq!(out, Outcome::Completed);
     }
 
     #[test]
     fn timed_pause_counts_from_the_persisted_stage_start() {
-        let plan = canary_plan(&canary(vec![weight(10.0), pause(Pause::For("60s".parse().unwrap()))]), 2);
+        let plan = canary_plan(
+            &canary(vec![
+                weight(10.0),
+                pause(Pause::For("60s".parse().unwrap())),
+            ]),
+            2,
+        );
         let (p, _) = advance(&plan, &start(0), &ready(1), None, 1_000);
         assert_eq!(p.stage, 2);
         assert_eq!(p.stage_started_ms, 1_000);
@@ -470,11 +584,22 @@ mod tests {
         assert!(p.stage_run.is_some());
         assert_eq!(wants(&plan, &p, 1).0, None, "not due before one interval");
         assert!(wants(&plan, &p, 5_000).0.is_some());
-        let bad = Observation { stage_measurements: Some(vec![measurement(Verdict::Fail)]), ..ready(1) };
+        let bad = Observation {
+            stage_measurements: Some(vec![measurement(Verdict::Fail)]),
+            ..ready(1)
+        };
         let (_, out) = advance(&plan, &p, &bad, None, 5_000);
-        let Outcome::Failed(reason) = out else { panic!("{out:?}") };
-        assert!(reason.contains("step 1 analysis failed") && reason.contains("0.5"), "{reason}");
-        let good = Observation { stage_measurements: Some(vec![measurement(Verdict::Pass)]), ..ready(1) };
+        let Outcome::Failed(reason) = out else {
+            panic!("{out:?}")
+        };
+        assert!(
+            reason.contains("step 1 analysis failed") && reason.contains("0.5"),
+            "{reason}"
+        );
+        let good = Observation {
+            stage_measurements: Some(vec![measurement(Verdict::Pass)]),
+            ..ready(1)
+        };
         let (p, _) = advance(&plan, &p, &good, None, 5_000);
         assert_eq!(p.stage, 3, "passed: on to the finale");
     }
@@ -489,11 +614,17 @@ mod tests {
         let (p, _) = advance(&plan, &start(0), &ready(1), None, 0);
         let mut thin = measurement(Verdict::Inconclusive);
         thin.reason = "only 3 requests, need 20 before judging".into();
-        let obs = Observation { stage_measurements: Some(vec![thin]), ..ready(1) };
+        let obs = Observation {
+            stage_measurements: Some(vec![thin]),
+            ..ready(1)
+        };
         let (p, out) = advance(&plan, &p, &obs, None, 5_000);
         assert!(matches!(out, Outcome::Continue(_)));
         let waiting = p.waiting_for.clone().expect("waiting");
-        assert!(waiting.contains("at 5%") && waiting.contains("only 3 requests"), "{waiting}");
+        assert!(
+            waiting.contains("at 5%") && waiting.contains("only 3 requests"),
+            "{waiting}"
+        );
         let (p, _) = advance(&plan, &p, &ready(1), Some(Command::Promote), 6_000);
         assert_eq!(p.stage, 3);
         assert_eq!(p.waiting_for, None);
@@ -502,7 +633,10 @@ mod tests {
     #[test]
     fn canary_failure_wins_over_everything() {
         let plan = canary_plan(&canary(vec![weight(5.0)]), 2);
-        let obs = Observation { canary_failure: Some("web 2.0: replica #1 unhealthy".into()), ..ready(1) };
+        let obs = Observation {
+            canary_failure: Some("web 2.0: replica #1 unhealthy".into()),
+            ..ready(1)
+        };
         let (_, out) = advance(&plan, &start(0), &obs, Some(Command::PromoteFull), 0);
         assert_eq!(out, Outcome::Failed("web 2.0: replica #1 unhealthy".into()));
     }
@@ -516,16 +650,25 @@ mod tests {
         assert!(p.manually_paused);
         assert_eq!(p.stage, 0, "paused before the first stage finished");
         let (p, _) = advance(&plan, &p, &ready(1), Some(Command::Resume), 1);
-        assert!(p.background_run.is_some(), "weight > 0 starts background analysis");
+        assert!(
+            p.background_run.is_some(),
+            "weight > 0 starts background analysis"
+        );
         let (p, _) = advance(&plan, &p, &ready(1), Some(Command::Pause), 2);
-        let bad = Observation { background_measurements: Some(vec![measurement(Verdict::Fail)]), ..ready(1) };
+        let bad = Observation {
+            background_measurements: Some(vec![measurement(Verdict::Fail)]),
+            ..ready(1)
+        };
         let (_, out) = advance(&plan, &p, &bad, None, 10_000);
         assert!(matches!(out, Outcome::Failed(r) if r.contains("background analysis failed")));
     }
 
     #[test]
     fn promote_full_skips_to_the_finale() {
-        let plan = canary_plan(&canary(vec![weight(5.0), pause(Pause::UntilPromoted), weight(50.0)]), 3);
+        let plan = canary_plan(
+            &canary(vec![weight(5.0), pause(Pause::UntilPromoted), weight(50.0)]),
+            3,
+        );
         let (p, _) = advance(&plan, &start(0), &ready(1), None, 0);
         let (p, _) = advance(&plan, &p, &ready(1), Some(Command::PromoteFull), 1);
         assert_eq!((p.stage, p.canary_replicas), (plan.finale, 3));
@@ -533,11 +676,19 @@ mod tests {
 
     #[test]
     fn blue_green_waits_for_promotion_then_switches_and_keeps_blue_for_the_delay() {
-        let bg = BlueGreen { auto_promote: false, scale_down_delay: "30s".parse().unwrap(), ..BlueGreen::default() };
+        let bg = BlueGreen {
+            auto_promote: false,
+            scale_down_delay: "30s".parse().unwrap(),
+            ..BlueGreen::default()
+        };
         let plan = blue_green_plan(&bg, 2);
         let (p, _) = advance(&plan, &start(0), &ready(2), None, 0);
         assert_eq!((p.weight_bp, p.stage), (0, 1));
-        assert!(p.waiting_for.as_deref().is_some_and(|w| w.contains("awaiting promotion")));
+        assert!(
+            p.waiting_for
+                .as_deref()
+                .is_some_and(|w| w.contains("awaiting promotion"))
+        );
         let (p, _) = advance(&plan, &p, &ready(2), Some(Command::Promote), 1_000);
         assert_eq!(p.weight_bp, 10_000, "atomic switch");
         assert!(!p.retiring_stable, "blue stays warm");
@@ -549,7 +700,11 @@ mod tests {
 
     #[test]
     fn blue_green_auto_promotes_after_the_delay() {
-        let bg = BlueGreen { auto_promote: false, auto_promote_after: Some("10s".parse().unwrap()), ..BlueGreen::default() };
+        let bg = BlueGreen {
+            auto_promote: false,
+            auto_promote_after: Some("10s".parse().unwrap()),
+            ..BlueGreen::default()
+        };
         let plan = blue_green_plan(&bg, 1);
         let (p, _) = advance(&plan, &start(0), &ready(1), None, 0);
         assert_eq!(p.weight_bp, 0);
@@ -562,7 +717,12 @@ mod tests {
         for replicas in 1..=4 {
             for steps in [
                 vec![weight(1.0)],
-                vec![weight(5.0), pause(Pause::For("1s".parse().unwrap())), weight(25.0), weight(100.0)],
+                vec![
+                    weight(5.0),
+                    pause(Pause::For("1s".parse().unwrap())),
+                    weight(25.0),
+                    weight(100.0),
+                ],
                 vec![weight(0.5), weight(10.0), pause(Pause::UntilPromoted)],
             ] {
                 let plan = canary_plan(&canary(steps), replicas);
@@ -570,7 +730,11 @@ mod tests {
                 let mut last_weight = 0;
                 let mut stable = 3;
                 for t in 0..100 {
-                    let obs = Observation { canary_ready: p.canary_replicas, stable_running: stable, ..Default::default() };
+                    let obs = Observation {
+                        canary_ready: p.canary_replicas,
+                        stable_running: stable,
+                        ..Default::default()
+                    };
                     let command = p.waiting_for.is_some().then_some(Command::Promote);
                     let (next, out) = advance(&plan, &p, &obs, command, t * 1_000);
                     assert!(next.weight_bp >= last_weight, "weight went back");

@@ -239,15 +239,25 @@ pub fn reconcile_sets(service: &ServiceInput, want: &[(String, u32)]) -> (Vec<Ac
             actions.push(start(service, version, count - total));
         } else if total > *count {
             mine.sort_by_key(|r| r.ready());
-            drain.extend(mine.iter().take((total - count) as usize).map(|r| r.id.clone()));
+            drain.extend(
+                mine.iter()
+                    .take((total - count) as usize)
+                    .map(|r| r.id.clone()),
+            );
         }
     }
-    for r in live.iter().filter(|r| !want.iter().any(|(v, _)| v == &r.version)) {
+    for r in live
+        .iter()
+        .filter(|r| !want.iter().any(|(v, _)| v == &r.version))
+    {
         converged = false;
         drain.push(r.id.clone());
     }
     if !drain.is_empty() {
-        actions.push(Action::Drain { service: service.service.clone(), ids: drain });
+        actions.push(Action::Drain {
+            service: service.service.clone(),
+            ids: drain,
+        });
     }
     (actions, converged)
 }
@@ -291,9 +301,18 @@ pub fn traffic(replicas: &[Observed]) -> Vec<VersionTraffic> {
 /// `stable`, over their ready replicas. A side with no ready replica gets nothing (all goes
 /// to the other), so a weight is never sent into a void. Canary first: sticky clients hash
 /// into buckets counted from the first group, so raising the weight keeps them in place.
-pub fn weighted_traffic(replicas: &[Observed], stable: &str, canary: &str, canary_bp: u32) -> Vec<VersionTraffic> {
+pub fn weighted_traffic(
+    replicas: &[Observed],
+    stable: &str,
+    canary: &str,
+    canary_bp: u32,
+) -> Vec<VersionTraffic> {
     let ready = |version: &str| -> Vec<String> {
-        replicas.iter().filter(|r| r.ready() && r.version == version).map(|r| r.id.clone()).collect()
+        replicas
+            .iter()
+            .filter(|r| r.ready() && r.version == version)
+            .map(|r| r.id.clone())
+            .collect()
     };
     let (canary_ids, stable_ids) = (ready(canary), ready(stable));
     let canary_bp = match (canary_ids.is_empty(), stable_ids.is_empty()) {
@@ -304,10 +323,18 @@ pub fn weighted_traffic(replicas: &[Observed], stable: &str, canary: &str, canar
     };
     let mut shares = Vec::new();
     if !canary_ids.is_empty() {
-        shares.push(VersionTraffic { version: canary.to_string(), weight: canary_bp, replica_ids: canary_ids });
+        shares.push(VersionTraffic {
+            version: canary.to_string(),
+            weight: canary_bp,
+            replica_ids: canary_ids,
+        });
     }
     if !stable_ids.is_empty() {
-        shares.push(VersionTraffic { version: stable.to_string(), weight: 10_000 - canary_bp, replica_ids: stable_ids });
+        shares.push(VersionTraffic {
+            version: stable.to_string(),
+            weight: 10_000 - canary_bp,
+            replica_ids: stable_ids,
+        });
     }
     shares
 }
@@ -641,22 +668,50 @@ mod tests {
         assert_eq!(
             actions,
             vec![
-                Action::Start { service: "web".into(), version: "1".into(), count: 1 },
-                Action::Drain { service: "web".into(), ids: vec!["c0".into(), "x0".into()] },
+                Action::Start {
+                    service: "web".into(),
+                    version: "1".into(),
+                    count: 1
+                },
+                Action::Drain {
+                    service: "web".into(),
+                    ids: vec!["c0".into(), "x0".into()]
+                },
             ]
         );
     }
 
     #[test]
     fn weighted_traffic_never_points_at_a_side_without_ready_replicas() {
-        let both = vec![replica("s0", "1", ReplicaState::Healthy), replica("c0", "2", ReplicaState::Healthy)];
+        let both = vec![
+            replica("s0", "1", ReplicaState::Healthy),
+            replica("c0", "2", ReplicaState::Healthy),
+        ];
         let shares = weighted_traffic(&both, "1", "2", 500);
-        assert_eq!(shares.iter().map(|s| (s.version.as_str(), s.weight)).collect::<Vec<_>>(), vec![("2", 500), ("1", 9_500)]);
-        let only_stable = vec![replica("s0", "1", ReplicaState::Healthy), replica("c0", "2", ReplicaState::Starting)];
+        assert_eq!(
+            shares
+                .iter()
+                .map(|s| (s.version.as_str(), s.weight))
+                .collect::<Vec<_>>(),
+            vec![("2", 500), ("1", 9_500)]
+        );
+        let only_stable = vec![
+            replica("s0", "1", ReplicaState::Healthy),
+            replica("c0", "2", ReplicaState::Starting),
+        ];
         let shares = weighted_traffic(&only_stable, "1", "2", 500);
-        assert_eq!(shares.iter().map(|s| (s.version.as_str(), s.weight)).collect::<Vec<_>>(), vec![("1", 10_000)]);
+        assert_eq!(
+            shares
+                .iter()
+                .map(|s| (s.version.as_str(), s.weight))
+                .collect::<Vec<_>>(),
+            vec![("1", 10_000)]
+        );
         for bp in [0, 1, 5_000, 9_999, 10_000, 20_000] {
-            let total: u32 = weighted_traffic(&both, "1", "2", bp).iter().map(|s| s.weight).sum();
+            let total: u32 = weighted_traffic(&both, "1", "2", bp)
+                .iter()
+                .map(|s| s.weight)
+                .sum();
             assert_eq!(total, 10_000, "weights always sum to 100%");
         }
     }

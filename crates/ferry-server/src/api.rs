@@ -261,43 +261,60 @@ fn check_listeners(manifest: &Manifest, apps: &[AppRecord]) -> ApiResult<()> {
             continue;
         };
         for (env, config) in other.environments.iter() {
-            ours.insert(config.listen.clone(), format!("{}/{env}", app.name));
+            for listen in listens(config) {
+                ours.insert(listen, format!("{}/{env}", app.name));
+            }
         }
     }
     for (env, config) in manifest.environments.iter() {
-        match ours.get(&config.listen) {
-            Some(owner) if !owner.starts_with(&format!("{}/", manifest.app)) => {
-                return Err(ApiFailure::new(
-                    StatusCode::CONFLICT,
-                    "conflict",
-                    format!(
-                        "environments.{env}.listen: {} is already used by {owner}",
-                        config.listen
-                    ),
-                ));
-            }
-            Some(_) => {}
-            None => {
-                let addr: SocketAddr = config.listen.parse().map_err(|_| {
-                    ApiFailure::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("environments.{env}.listen is not IP:PORT"),
-                    )
-                })?;
-                if let Err(e) = std::net::TcpListener::bind(addr) {
-                    return Err(ApiFailure::new(
-                        StatusCode::CONFLICT,
-                        "conflict",
-                        format!(
-                            "environments.{env}.listen: cannot listen on {addr}: {e}; pick a free port"
-                        ),
-                    ));
-                }
-            }
+        for listen in listens(config) {
+            check_listener(manifest, env, &listen, &ours)?;
         }
     }
     Ok(())
+}
+
+/// An environment's proxy listeners: the main one and blue/green's preview.
+fn listens(env: &ferry_core::manifest::Environment) -> Vec<String> {
+    let mut all = vec![env.listen.clone()];
+    if let ferry_core::manifest::Strategy::BlueGreen(bg) = &env.strategy
+        && let Some(preview) = &bg.preview_listen
+    {
+        all.push(preview.clone());
+    }
+    all
+}
+
+fn check_listener(
+    manifest: &Manifest,
+    env: &str,
+    listen: &str,
+    ours: &HashMap<String, String>,
+) -> ApiResult<()> {
+    match ours.get(listen) {
+        Some(owner) if !owner.starts_with(&format!("{}/", manifest.app)) => Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("environments.{env}: listener {listen} is already used by {owner}"),
+        )),
+        Some(_) => Ok(()),
+        None => {
+            let addr: SocketAddr = listen.parse().map_err(|_| {
+                ApiFailure::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("environments.{env}: listener {listen:?} is not IP:PORT"),
+                )
+            })?;
+            std::net::TcpListener::bind(addr).map(|_| ()).map_err(|e| {
+                ApiFailure::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("environments.{env}: cannot listen on {addr}: {e}; pick a free port"),
+                )
+            })
+        }
+    }
 }
 
 fn summary(record: &AppRecord) -> AppSummary {
@@ -388,8 +405,17 @@ async fn promote(
     body: Option<Json<PromoteRequest>>,
 ) -> ApiResult<Json<DeploymentView>> {
     let full = body.is_some_and(|Json(b)| b.full);
-    let name = if full { CommandName::PromoteFull } else { CommandName::Promote };
-    Ok(Json(state.controller.request_command(&app, &env, name, &caller.name).await?))
+    let name = if full {
+        CommandName::PromoteFull
+    } else {
+        CommandName::Promote
+    };
+    Ok(Json(
+        state
+            .controller
+            .request_command(&app, &env, name, &caller.name)
+            .await?,
+    ))
 }
 
 async fn pause(
@@ -397,7 +423,12 @@ async fn pause(
     Extension(caller): Extension<Caller>,
     Path((app, env)): Path<(String, String)>,
 ) -> ApiResult<Json<DeploymentView>> {
-    Ok(Json(state.controller.request_command(&app, &env, CommandName::Pause, &caller.name).await?))
+    Ok(Json(
+        state
+            .controller
+            .request_command(&app, &env, CommandName::Pause, &caller.name)
+            .await?,
+    ))
 }
 
 async fn resume(
@@ -405,7 +436,12 @@ async fn resume(
     Extension(caller): Extension<Caller>,
     Path((app, env)): Path<(String, String)>,
 ) -> ApiResult<Json<DeploymentView>> {
-    Ok(Json(state.controller.request_command(&app, &env, CommandName::Resume, &caller.name).await?))
+    Ok(Json(
+        state
+            .controller
+            .request_command(&app, &env, CommandName::Resume, &caller.name)
+            .await?,
+    ))
 }
 
 async fn abort(
@@ -413,7 +449,12 @@ async fn abort(
     Extension(caller): Extension<Caller>,
     Path((app, env)): Path<(String, String)>,
 ) -> ApiResult<Json<DeploymentView>> {
-    Ok(Json(state.controller.request_abort(&app, &env, &caller.name).await?))
+    Ok(Json(
+        state
+            .controller
+            .request_abort(&app, &env, &caller.name)
+            .await?,
+    ))
 }
 
 async fn retry(
@@ -421,18 +462,32 @@ async fn retry(
     Extension(caller): Extension<Caller>,
     Path((app, env)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
-    Ok((StatusCode::CREATED, Json(state.controller.request_retry(&app, &env, &caller.name).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            state
+                .controller
+                .request_retry(&app, &env, &caller.name)
+                .await?,
+        ),
+    ))
 }
 
 type StatusEvents = axum::response::sse::Sse<
     axum::response::sse::KeepAliveStream<
-        futures_util::stream::BoxStream<'static, Result<axum::response::sse::Event, std::convert::Infallible>>,
+        futures_util::stream::BoxStream<
+            'static,
+            Result<axum::response::sse::Event, std::convert::Infallible>,
+        >,
     >,
 >;
 
 /// Server-sent events: the environment's status (JSON `EnvStatus`) now and after every
 /// change, for `ferry status --watch`.
-async fn watch(State(state): State<AppState>, Path((app, env)): Path<(String, String)>) -> ApiResult<StatusEvents> {
+async fn watch(
+    State(state): State<AppState>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<StatusEvents> {
     // Fail fast on an unknown app/env instead of opening an empty stream.
     state.controller.status(&app, Some(&env)).await?;
     let stream = state.controller.clone().watch(app, env);

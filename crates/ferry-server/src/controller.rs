@@ -17,10 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry_core::api::{AppStatus, DeploymentView, EnvStatus, EventView, ReplicaView};
-use ferry_core::manifest::{Manifest, Strategy};
+use ferry_core::manifest::{BlueGreen, Manifest, Strategy};
 use ferry_core::model::{DeploymentState, ReplicaState};
 use ferry_core::rollout::{self, Action, Observed, Pace, Patience, ServiceInput, Verdict};
-use ferry_proxy::routes::{BackendGroup, ListenerConfig, Route, RouteTable};
+use ferry_proxy::routes::{
+    BackendGroup, ListenerConfig, PreviewRule, Route, RouteTable, StickyRule,
+};
 use ferry_runtime::{HealthSpec, ProcessIdentity, ProcessRuntime, ReplicaSpec, RuntimeEvent};
 use ferry_store::{
     AppRecord, DeploymentRecord, NewDeployment, ReplicaRecord, Store, StoreError, Transition,
@@ -445,9 +447,10 @@ impl Controller {
             };
             let aborted_by = Phase::of(&deployment.phase).aborted_by;
             let (state, message) = match (state, aborted_by) {
-                (DeploymentState::RolledBack, Some(by)) => {
-                    (DeploymentState::Aborted, format!("aborted by {by}; previous version restored"))
-                }
+                (DeploymentState::RolledBack, Some(by)) => (
+                    DeploymentState::Aborted,
+                    format!("aborted by {by}; previous version restored"),
+                ),
                 (state, _) => (state, message),
             };
             self.transition(&deployment, state, reason, current, &message)
@@ -480,23 +483,44 @@ impl Controller {
                 let want = vec![(stable.clone(), service.desired)];
                 let (actions, done) = rollout::reconcile_sets(service, &want);
                 converged &= done;
-                if let Err(reason) = self.act(app, manifest, env, Some(deployment.id), actions, now).await {
+                if let Err(reason) = self
+                    .act(app, manifest, env, Some(deployment.id), actions, now)
+                    .await
+                {
                     tracing::error!(deployment = deployment.id, "{reason}");
                 }
             }
             if converged && self.routed_only_to(&app.name, env, &stable, services) {
                 self.meter.forget(deployment.id);
                 let (state, message) = match &phase.aborted_by {
-                    Some(by) => (DeploymentState::Aborted, format!("aborted by {by}; {stable} serves all traffic")),
-                    None => (DeploymentState::RolledBack, format!("{stable} restored and serving all traffic")),
+                    Some(by) => (
+                        DeploymentState::Aborted,
+                        format!("aborted by {by}; {stable} serves all traffic"),
+                    ),
+                    None => (
+                        DeploymentState::RolledBack,
+                        format!("{stable} restored and serving all traffic"),
+                    ),
                 };
-                self.transition(deployment, state, deployment.reason.clone(), Some(stable), &message).await?;
+                self.transition(
+                    deployment,
+                    state,
+                    deployment.reason.clone(),
+                    Some(stable),
+                    &message,
+                )
+                .await?;
             }
             return Ok(());
         }
 
-        let progress = phase.progress.clone().unwrap_or_else(|| progressive::start(now));
-        let canary_failure = services.iter().find_map(|s| rollout::failure(canary, s, now));
+        let progress = phase
+            .progress
+            .clone()
+            .unwrap_or_else(|| progressive::start(now));
+        let canary_failure = services
+            .iter()
+            .find_map(|s| rollout::failure(canary, s, now));
         let canary_ready = canary_readiness(services, canary, progress.canary_replicas);
         let stable_running = count_live(services, |r| r.version != canary);
 
@@ -513,7 +537,11 @@ impl Controller {
         let background_key = (deployment.id, u64::MAX);
         let (stage_spec, background_spec) = progressive::wants(plan, &progress, now);
         let analysing = progress.stage_run.is_some() || progress.background_run.is_some();
-        let stats = if analysing { self.proxy.stats().await.ok() } else { None };
+        let stats = if analysing {
+            self.proxy.stats().await.ok()
+        } else {
+            None
+        };
         let mut stage_measurements = None;
         let mut background_measurements = None;
         if let Some(stats) = &stats {
@@ -524,10 +552,15 @@ impl Controller {
                 self.meter.open(background_key, stats, &subject);
             }
             if let Some(spec) = stage_spec {
-                stage_measurements = Some(self.meter.measure(stage_key, spec, stats, &subject).await);
+                stage_measurements =
+                    Some(self.meter.measure(stage_key, spec, stats, &subject).await);
             }
             if let Some(spec) = background_spec {
-                background_measurements = Some(self.meter.measure(background_key, spec, stats, &subject).await);
+                background_measurements = Some(
+                    self.meter
+                        .measure(background_key, spec, stats, &subject)
+                        .await,
+                );
             }
         }
         let command = phase.command.take();
@@ -538,7 +571,13 @@ impl Controller {
             stage_measurements,
             background_measurements,
         };
-        let (next, outcome) = progressive::advance(plan, &progress, &observed, command.as_ref().map(|c| c.name.command()), now);
+        let (next, outcome) = progressive::advance(
+            plan,
+            &progress,
+            &observed,
+            command.as_ref().map(|c| c.name.command()),
+            now,
+        );
         let changed = phase.progress.as_ref() != Some(&next) || command.is_some();
         phase.progress = Some(next.clone());
 
@@ -575,13 +614,24 @@ impl Controller {
                     let mut message = notes.join("; ");
                     if let Some(command) = &command {
                         let done = format!("{} by {}", command.name.verb(), command.by);
-                        message = if message.is_empty() { done } else { format!("{done}: {message}") };
+                        message = if message.is_empty() {
+                            done
+                        } else {
+                            format!("{done}: {message}")
+                        };
                     }
                     if message.is_empty() {
                         message = progressive::summary(plan, &next);
                     }
                     let saved = self
-                        .transition_with_phase(deployment, DeploymentState::Progressing, None, None, phase.to_value(), &message)
+                        .transition_with_phase(
+                            deployment,
+                            DeploymentState::Progressing,
+                            None,
+                            None,
+                            phase.to_value(),
+                            &message,
+                        )
                         .await?;
                     if !saved {
                         return Ok(());
@@ -595,12 +645,18 @@ impl Controller {
                 vec![(canary.to_string(), service.desired)]
             } else {
                 vec![
-                    (canary.to_string(), next.canary_replicas.min(service.desired)),
+                    (
+                        canary.to_string(),
+                        next.canary_replicas.min(service.desired),
+                    ),
                     (stable.clone(), service.desired),
                 ]
             };
             let (actions, _) = rollout::reconcile_sets(service, &want);
-            if let Err(reason) = self.act(app, manifest, env, Some(deployment.id), actions, now).await {
+            if let Err(reason) = self
+                .act(app, manifest, env, Some(deployment.id), actions, now)
+                .await
+            {
                 self.transition_with_phase(
                     deployment,
                     DeploymentState::RollingBack,
@@ -807,9 +863,16 @@ impl Controller {
         set_current_version: Option<String>,
         message: &str,
     ) -> Result<(), ServerError> {
-        self.transition_with_phase(deployment, state, reason, set_current_version, deployment.phase.clone(), message)
-            .await
-            .map(|_| ())
+        self.transition_with_phase(
+            deployment,
+            state,
+            reason,
+            set_current_version,
+            deployment.phase.clone(),
+            message,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// A compare-and-set transition that also replaces the phase. `Ok(false)`: someone else
@@ -854,8 +917,12 @@ impl Controller {
 
     /// Tells the app's webhooks that a deployment changed state.
     async fn notify(&self, deployment: &DeploymentRecord, state: DeploymentState, message: &str) {
-        let Ok(Some(app)) = self.store.get_app(&deployment.app).await else { return };
-        let Ok(manifest) = serde_json::from_str::<Manifest>(&app.manifest_json) else { return };
+        let Ok(Some(app)) = self.store.get_app(&deployment.app).await else {
+            return;
+        };
+        let Ok(manifest) = serde_json::from_str::<Manifest>(&app.manifest_json) else {
+            return;
+        };
         if manifest.notifications.is_empty() {
             return;
         }
@@ -920,19 +987,23 @@ impl Controller {
                     continue;
                 };
                 let mut routes = Vec::new();
+                let mut preview_routes = Vec::new();
                 let mut summary = Vec::new();
                 // A progressive rollout splits by its weight; anything else by replica count.
-                let weighting = active.get(&(app.name.clone(), env_name.to_string())).and_then(|d| {
-                    plan_of(d, &env.strategy, manifest, env_name)?;
-                    let stable = d.previous_version.clone()?;
-                    let bp = match d.state {
-                        DeploymentState::Progressing => {
-                            Phase::of(&d.phase).progress.map(|p| p.weight_bp).unwrap_or(0)
-                        }
-                        _ => 0,
-                    };
-                    Some((stable, d.version.clone(), bp))
-                });
+                let weighting = active
+                    .get(&(app.name.clone(), env_name.to_string()))
+                    .and_then(|d| {
+                        plan_of(d, &env.strategy, manifest, env_name)?;
+                        let stable = d.previous_version.clone()?;
+                        let bp = match d.state {
+                            DeploymentState::Progressing => Phase::of(&d.phase)
+                                .progress
+                                .map(|p| p.weight_bp)
+                                .unwrap_or(0),
+                            _ => 0,
+                        };
+                        Some((stable, d.version.clone(), bp))
+                    });
                 for (service_name, service) in &manifest.services {
                     let observed: Vec<Observed> = replicas
                         .iter()
@@ -975,12 +1046,41 @@ impl Controller {
                             }
                         })
                         .collect();
+                    let (preview, sticky) = match &weighting {
+                        Some((_, canary, _)) if backends.iter().any(|g| &g.version == canary) => (
+                            Some(PreviewRule {
+                                header: preview_header(&env.strategy),
+                                version: canary.clone(),
+                            }),
+                            sticky_rule(&env.strategy),
+                        ),
+                        _ => (None, None),
+                    };
+                    // Blue/green's preview listener serves the new version only.
+                    let preview_backends: Vec<BackendGroup> = match &weighting {
+                        Some((_, canary, _)) => backends
+                            .iter()
+                            .filter(|g| &g.version == canary && !g.endpoints.is_empty())
+                            .map(|g| BackendGroup {
+                                weight: 10_000,
+                                ..g.clone()
+                            })
+                            .collect(),
+                        None => backends.clone(),
+                    };
+                    preview_routes.push(Route {
+                        service: service_name.clone(),
+                        path_prefix: service.route.clone(),
+                        backends: preview_backends,
+                        preview: None,
+                        sticky: None,
+                    });
                     routes.push(Route {
                         service: service_name.clone(),
                         path_prefix: service.route.clone(),
                         backends,
-                        preview: None,
-                        sticky: None,
+                        preview,
+                        sticky,
                     });
                 }
                 listeners.push(ListenerConfig {
@@ -988,6 +1088,18 @@ impl Controller {
                     listen,
                     routes,
                 });
+                if let Strategy::BlueGreen(BlueGreen {
+                    preview_listen: Some(preview),
+                    ..
+                }) = &env.strategy
+                    && let Ok(listen) = preview.parse::<SocketAddr>()
+                {
+                    listeners.push(ListenerConfig {
+                        id: format!("{}/{env_name}/preview", app.name),
+                        listen,
+                        routes: preview_routes,
+                    });
+                }
                 let summary = if summary.is_empty() {
                     "no ready replicas".to_string()
                 } else {
@@ -1265,24 +1377,43 @@ impl Controller {
     ) -> Result<DeploymentView, RequestError> {
         for _ in 0..5 {
             let deployment = self.in_progress(app, env).await?;
-            let record = self.store.get_app(app).await?.ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found")))?;
-            let manifest: Manifest = serde_json::from_str(&record.manifest_json)
-                .map_err(|e| RequestError::Server(ServerError::Proxy(format!("stored manifest of {app} is unreadable: {e}"))))?;
-            let strategy = manifest.environments.get(env).map(|e| e.strategy.clone()).unwrap_or_default();
+            let record = self
+                .store
+                .get_app(app)
+                .await?
+                .ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found")))?;
+            let manifest: Manifest = serde_json::from_str(&record.manifest_json).map_err(|e| {
+                RequestError::Server(ServerError::Proxy(format!(
+                    "stored manifest of {app} is unreadable: {e}"
+                )))
+            })?;
+            let strategy = manifest
+                .environments
+                .get(env)
+                .map(|e| e.strategy.clone())
+                .unwrap_or_default();
             if plan_of(&deployment, &strategy, &manifest, env).is_none() {
                 return Err(RequestError::Conflict(format!(
                     "deployment #{} of {} in {app}/{env} is a {} rollout; {} applies to canary and blue/green rollouts that replace a running version",
-                    deployment.id, deployment.version, deployment.strategy, name.verb()
+                    deployment.id,
+                    deployment.version,
+                    deployment.strategy,
+                    name.verb()
                 )));
             }
             if deployment.state != DeploymentState::Progressing {
                 return Err(RequestError::Conflict(format!(
                     "deployment #{} is {}; {} applies while it progresses",
-                    deployment.id, deployment.state, name.verb()
+                    deployment.id,
+                    deployment.state,
+                    name.verb()
                 )));
             }
             let mut phase = Phase::of(&deployment.phase);
-            phase.command = Some(PendingCommand { name, by: by.to_string() });
+            phase.command = Some(PendingCommand {
+                name,
+                by: by.to_string(),
+            });
             let saved = self
                 .transition_with_phase(
                     &deployment,
@@ -1294,15 +1425,27 @@ impl Controller {
                 )
                 .await?;
             if saved {
-                return Ok(self.store.get_deployment(deployment.id).await?.unwrap_or(deployment).view());
+                return Ok(self
+                    .store
+                    .get_deployment(deployment.id)
+                    .await?
+                    .unwrap_or(deployment)
+                    .view());
             }
         }
-        Err(RequestError::Conflict(format!("the deployment in {app}/{env} keeps changing; try again")))
+        Err(RequestError::Conflict(format!(
+            "the deployment in {app}/{env} keeps changing; try again"
+        )))
     }
 
     /// Sends all traffic back to the serving version now and stops the new one; the
     /// deployment ends `aborted`. Works for every strategy.
-    pub async fn request_abort(&self, app: &str, env: &str, by: &str) -> Result<DeploymentView, RequestError> {
+    pub async fn request_abort(
+        &self,
+        app: &str,
+        env: &str,
+        by: &str,
+    ) -> Result<DeploymentView, RequestError> {
         for _ in 0..5 {
             let deployment = self.in_progress(app, env).await?;
             let mut phase = Phase::of(&deployment.phase);
@@ -1317,29 +1460,54 @@ impl Controller {
                 None => (DeploymentState::Aborted, reason.clone()),
             };
             if self
-                .transition_with_phase(&deployment, state, Some(reason), None, phase.to_value(), &message)
+                .transition_with_phase(
+                    &deployment,
+                    state,
+                    Some(reason),
+                    None,
+                    phase.to_value(),
+                    &message,
+                )
                 .await?
             {
-                return Ok(self.store.get_deployment(deployment.id).await?.unwrap_or(deployment).view());
+                return Ok(self
+                    .store
+                    .get_deployment(deployment.id)
+                    .await?
+                    .unwrap_or(deployment)
+                    .view());
             }
         }
-        Err(RequestError::Conflict(format!("the deployment in {app}/{env} keeps changing; try again")))
+        Err(RequestError::Conflict(format!(
+            "the deployment in {app}/{env} keeps changing; try again"
+        )))
     }
 
     /// Starts an aborted or rolled-back rollout again from the beginning.
-    pub async fn request_retry(&self, app: &str, env: &str, by: &str) -> Result<DeploymentView, RequestError> {
+    pub async fn request_retry(
+        &self,
+        app: &str,
+        env: &str,
+        by: &str,
+    ) -> Result<DeploymentView, RequestError> {
         let latest = self
             .store
             .latest_deployment(app, env)
             .await?
-            .ok_or_else(|| RequestError::Conflict(format!("{app}/{env} has no deployment to retry")))?;
-        if !matches!(latest.state, DeploymentState::Aborted | DeploymentState::RolledBack | DeploymentState::Failed) {
+            .ok_or_else(|| {
+                RequestError::Conflict(format!("{app}/{env} has no deployment to retry"))
+            })?;
+        if !matches!(
+            latest.state,
+            DeploymentState::Aborted | DeploymentState::RolledBack | DeploymentState::Failed
+        ) {
             return Err(RequestError::Conflict(format!(
                 "the latest deployment of {app}/{env} (#{}, {}) is {}; only an aborted, rolled-back or failed one can be retried",
                 latest.id, latest.version, latest.state
             )));
         }
-        self.request_deployment(app, env, &latest.version, "retry", by).await
+        self.request_deployment(app, env, &latest.version, "retry", by)
+            .await
     }
 
     /// The environment's status now and after every change (at most every 250 ms).
@@ -1347,7 +1515,10 @@ impl Controller {
         self: Arc<Self>,
         app: String,
         env: String,
-    ) -> futures_util::stream::BoxStream<'static, Result<axum::response::sse::Event, std::convert::Infallible>> {
+    ) -> futures_util::stream::BoxStream<
+        'static,
+        Result<axum::response::sse::Event, std::convert::Infallible>,
+    > {
         use futures_util::StreamExt;
         let changed = self.events_changed.subscribe();
         futures_util::stream::unfold((self, changed, true), move |(this, mut changed, first)| {
@@ -1360,7 +1531,10 @@ impl Controller {
                 changed.borrow_and_update();
                 let status = this.status(&app, Some(&env)).await.ok()?;
                 let env_status = status.environments.into_iter().next()?;
-                let event = axum::response::sse::Event::default().event("status").json_data(&env_status).ok()?;
+                let event = axum::response::sse::Event::default()
+                    .event("status")
+                    .json_data(&env_status)
+                    .ok()?;
                 Some((Ok(event), (this, changed, false)))
             }
         })
@@ -1535,7 +1709,12 @@ fn validate_version(version: &str) -> Result<(), RequestError> {
 
 /// The progressive plan a deployment follows, if it follows one: canary and blue/green
 /// need a serving version to compare with, and rollbacks go straight back.
-fn plan_of(deployment: &DeploymentRecord, strategy: &Strategy, manifest: &Manifest, env: &str) -> Option<Plan> {
+fn plan_of(
+    deployment: &DeploymentRecord,
+    strategy: &Strategy,
+    manifest: &Manifest,
+    env: &str,
+) -> Option<Plan> {
     let previous = deployment.previous_version.as_ref()?;
     if previous == &deployment.version || deployment.kind == "rollback" {
         return None;
@@ -1543,8 +1722,31 @@ fn plan_of(deployment: &DeploymentRecord, strategy: &Strategy, manifest: &Manife
     plan_for(strategy, largest_replicas(manifest, env))
 }
 
+fn preview_header(strategy: &Strategy) -> String {
+    match strategy {
+        Strategy::Canary(c) => c.preview_header.clone(),
+        Strategy::BlueGreen(b) => b.preview_header.clone(),
+        _ => ferry_core::manifest::DEFAULT_PREVIEW_HEADER.to_string(),
+    }
+}
+
+fn sticky_rule(strategy: &Strategy) -> Option<StickyRule> {
+    match strategy {
+        Strategy::Canary(c) => c.stickiness.as_ref().map(|s| StickyRule {
+            header: s.header.clone(),
+            cookie: s.cookie.clone(),
+        }),
+        _ => None,
+    }
+}
+
 fn largest_replicas(manifest: &Manifest, env: &str) -> u32 {
-    manifest.services.keys().map(|s| manifest.replicas(s, env)).max().unwrap_or(1)
+    manifest
+        .services
+        .keys()
+        .map(|s| manifest.replicas(s, env))
+        .max()
+        .unwrap_or(1)
 }
 
 fn pace_of(strategy: &Strategy, manifest: &Manifest, env: &str) -> Pace {
@@ -1663,7 +1865,11 @@ fn describe(strategy: &Strategy) -> String {
         Strategy::Canary(c) => format!("canary, {} steps", c.steps.len()),
         Strategy::BlueGreen(b) => format!(
             "blue/green, {}",
-            if b.auto_promote { "auto-promote" } else { "promote by hand" }
+            if b.auto_promote {
+                "auto-promote"
+            } else {
+                "promote by hand"
+            }
         ),
     }
 }

@@ -26,7 +26,8 @@ pub struct StateChange {
 impl StateChange {
     fn wanted_by(&self, notification: &Notification) -> bool {
         (notification.states.is_empty() || notification.states.iter().any(|s| *s == self.state))
-            && (notification.environments.is_empty() || notification.environments.iter().any(|e| *e == self.env))
+            && (notification.environments.is_empty()
+                || notification.environments.iter().any(|e| *e == self.env))
     }
 
     /// The body for `format`.
@@ -56,7 +57,9 @@ pub fn send(http: &reqwest::Client, notifications: &[Notification], change: Stat
                     Ok(response) => {
                         tracing::warn!(host = %host(&url), status = %response.status(), attempt, "webhook refused the notification")
                     }
-                    Err(e) => tracing::warn!(host = %host(&url), error = %e.without_url(), attempt, "webhook unreachable"),
+                    Err(e) => {
+                        tracing::warn!(host = %host(&url), error = %e.without_url(), attempt, "webhook unreachable")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
             }
@@ -66,7 +69,10 @@ pub fn send(http: &reqwest::Client, notifications: &[Notification], change: Stat
 
 /// Only the host goes to logs: webhook URLs often carry a secret in their path.
 fn host(url: &str) -> &str {
-    url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("?")
+    url.split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("?")
 }
 
 #[cfg(test)]
@@ -110,11 +116,19 @@ mod tests {
         assert_eq!(json["deployment_id"], 7);
         let slack = change().body(WebhookFormat::Slack);
         let text = slack["text"].as_str().unwrap();
-        assert!(text.contains("shop/production") && text.contains("rolled-back") && text.contains("0.5"), "{text}");
+        assert!(
+            text.contains("shop/production")
+                && text.contains("rolled-back")
+                && text.contains("0.5"),
+            "{text}"
+        );
     }
 
     #[test]
     fn logs_only_the_host() {
-        assert_eq!(host("https://hooks.slack.com/services/T000/B000/SECRET"), "hooks.slack.com");
+        assert_eq!(
+            host("https://hooks.slack.com/services/T000/B000/SECRET"),
+            "hooks.slack.com"
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use ferry_core::analysis::{
-    AnalysisSpec, LatencyBins, Measurement, MetricSpec, Observation, Source, TemplateVars, WindowStats, measure,
-    observe_command, observe_http, observe_prometheus,
+    AnalysisSpec, LatencyBins, Measurement, MetricSpec, Observation, Source, TemplateVars,
+    WindowStats, measure, observe_command, observe_http, observe_prometheus,
 };
 use ferry_core::manifest::Strategy;
 use ferry_core::progressive::{self, Command, Plan, Progress};
@@ -136,7 +136,11 @@ impl Meter {
         let stable_now = cumulative(stats, subject.listener, subject.stable);
         let start = lock(&self.windows).insert(
             key,
-            WindowStart { canary: canary_now.clone(), stable: stable_now.clone(), at_ms: stats.taken_at_ms },
+            WindowStart {
+                canary: canary_now.clone(),
+                stable: stable_now.clone(),
+                at_ms: stats.taken_at_ms,
+            },
         );
         let (canary, stable) = match start {
             Some(start) => {
@@ -148,7 +152,11 @@ impl Meter {
             }
             None => (WindowStats::default(), WindowStats::default()),
         };
-        let vars = TemplateVars { app: subject.app, env: subject.env, version: subject.canary };
+        let vars = TemplateVars {
+            app: subject.app,
+            env: subject.env,
+            version: subject.canary,
+        };
         let mut measurements = Vec::with_capacity(spec.metrics.len());
         for metric in &spec.metrics {
             let metric = metric.with_vars(&vars);
@@ -165,8 +173,12 @@ impl Meter {
     async fn observe(&self, metric: &MetricSpec, subject: &Subject<'_>) -> Observation {
         match metric.source() {
             Some(Source::Http(check)) => {
-                let method = reqwest::Method::from_bytes(check.method.as_bytes()).unwrap_or(reqwest::Method::GET);
-                let mut request = self.http.request(method, &check.url).timeout(check.timeout.get());
+                let method = reqwest::Method::from_bytes(check.method.as_bytes())
+                    .unwrap_or(reqwest::Method::GET);
+                let mut request = self
+                    .http
+                    .request(method, &check.url)
+                    .timeout(check.timeout.get());
                 for (name, value) in &check.headers {
                     request = request.header(name, value);
                 }
@@ -187,7 +199,10 @@ impl Meter {
                     return Observation::Error("empty command".into());
                 };
                 let mut command = tokio::process::Command::new(program);
-                command.args(args).kill_on_drop(true).stdin(std::process::Stdio::null());
+                command
+                    .args(args)
+                    .kill_on_drop(true)
+                    .stdin(std::process::Stdio::null());
                 if let Some(dir) = &subject.base_dir {
                     command.current_dir(dir);
                 }
@@ -198,7 +213,10 @@ impl Meter {
                         observe_command(output.status.code(), &text)
                     }
                     Ok(Err(e)) => Observation::Error(format!("cannot run {program}: {e}")),
-                    Err(_) => Observation::Error(format!("{program} did not finish within {}", check.timeout)),
+                    Err(_) => Observation::Error(format!(
+                        "{program} did not finish within {}",
+                        check.timeout
+                    )),
                 }
             }
             Some(Source::Prometheus(query)) => {
@@ -212,7 +230,10 @@ impl Meter {
                     .await;
                 match response {
                     Ok(response) => observe_prometheus(&response.text().await.unwrap_or_default()),
-                    Err(e) => Observation::Error(format!("Prometheus at {} unreachable: {e}", query.address)),
+                    Err(e) => Observation::Error(format!(
+                        "Prometheus at {} unreachable: {e}",
+                        query.address
+                    )),
                 }
             }
             _ => Observation::Error("not an external metric".into()),
@@ -223,11 +244,18 @@ impl Meter {
 /// Everything the proxy has counted for `version` on `listener`, all services merged.
 fn cumulative(stats: &StatsSnapshot, listener: &str, version: &str) -> WindowStats {
     let mut total = WindowStats::default();
-    for v in stats.versions.iter().filter(|v| v.listener == listener && v.version == version) {
+    for v in stats
+        .versions
+        .iter()
+        .filter(|v| v.listener == listener && v.version == version)
+    {
         let mut bins = LatencyBins::default();
         if let Ok(histogram) = decode_histogram(&v.histogram_us) {
             for value in histogram.iter_recorded() {
-                bins.add(histogram.highest_equivalent(value.value_iterated_to()), value.count_at_value());
+                bins.add(
+                    histogram.highest_equivalent(value.value_iterated_to()),
+                    value.count_at_value(),
+                );
             }
         }
         total = total.merge(&WindowStats {
@@ -241,5 +269,7 @@ fn cumulative(stats: &StatsSnapshot, listener: &str, version: &str) -> WindowSta
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

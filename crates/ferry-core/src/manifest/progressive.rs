@@ -90,9 +90,14 @@ impl<'de> Deserialize<'de> for Pause {
                 f.write_str("a duration like `60s`, or `{}` to wait for `ferry promote`")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Pause, E> {
-                v.parse::<HumanDuration>().map(Pause::For).map_err(E::custom)
+                v.parse::<HumanDuration>()
+                    .map(Pause::For)
+                    .map_err(E::custom)
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Pause, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Pause, A::Error> {
                 match map.next_key::<String>()? {
                     Some(key) => Err(serde::de::Error::unknown_field(&key, &[])),
                     None => Ok(Pause::UntilPromoted),

@@ -236,7 +236,9 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
                     let ppath = with(&bpath, "preview_listen");
                     match preview.parse::<SocketAddr>() {
                         Ok(addr) if addr.port() != 0 => {
-                            if listeners.iter().any(|(other, _)| *other == addr) || env.listen == *preview {
+                            if listeners.iter().any(|(other, _)| *other == addr)
+                                || env.listen == *preview
+                            {
                                 out.value(
                                     ppath,
                                     format!("preview listener `{addr}` is already an environment's listener"),
@@ -248,7 +250,10 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
                         _ => out.value(
                             ppath,
                             format!("invalid preview listen address {preview:?}"),
-                            Some("write it as IP:PORT with a fixed port, e.g. `127.0.0.1:8081`".into()),
+                            Some(
+                                "write it as IP:PORT with a fixed port, e.g. `127.0.0.1:8081`"
+                                    .into(),
+                            ),
                         ),
                     }
                 }
@@ -270,15 +275,26 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
             if state.parse::<crate::model::DeploymentState>().is_err() {
                 let mut path = with(&base, "states");
                 path.push(Seg::Index(j));
-                let names: Vec<&str> = crate::model::DeploymentState::ALL.iter().map(|s| s.as_str()).collect();
-                out.value(path, format!("unknown state `{state}`"), Some(format!("one of: {}", names.join(", "))));
+                let names: Vec<&str> = crate::model::DeploymentState::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect();
+                out.value(
+                    path,
+                    format!("unknown state `{state}`"),
+                    Some(format!("one of: {}", names.join(", "))),
+                );
             }
         }
         for (j, env) in notification.environments.iter().enumerate() {
             if m.environments.get(env).is_none() {
                 let mut path = with(&base, "environments");
                 path.push(Seg::Index(j));
-                out.value(path, format!("no environment `{env}` in this manifest"), None);
+                out.value(
+                    path,
+                    format!("no environment `{env}` in this manifest"),
+                    None,
+                );
             }
         }
     }
@@ -296,7 +312,11 @@ fn check_canary(out: &mut Issues, base: &[Seg], canary: &Canary) {
     for (i, step) in canary.steps.iter().enumerate() {
         let mut spath = with(base, "steps");
         spath.push(Seg::Index(i));
-        if step.weight.is_none() && step.pause.is_none() && step.analysis.is_none() && step.replicas.is_none() {
+        if step.weight.is_none()
+            && step.pause.is_none()
+            && step.analysis.is_none()
+            && step.replicas.is_none()
+        {
             out.value(
                 spath.clone(),
                 "an empty step does nothing",
@@ -336,7 +356,11 @@ fn check_canary(out: &mut Issues, base: &[Seg], canary: &Canary) {
         } else if let Some(header) = &sticky.header
             && !is_header_name(header)
         {
-            out.value(with(&spath, "header"), format!("invalid header name {header:?}"), None);
+            out.value(
+                with(&spath, "header"),
+                format!("invalid header name {header:?}"),
+                None,
+            );
         }
     }
     if !is_header_name(&canary.preview_header) {
@@ -366,10 +390,17 @@ fn check_blue_green(out: &mut Issues, base: &[Seg], blue_green: &BlueGreen) {
             );
         }
     }
-    positive(out, with(base, "scale_down_delay"), blue_green.scale_down_delay);
+    positive(
+        out,
+        with(base, "scale_down_delay"),
+        blue_green.scale_down_delay,
+    );
     for (key, analysis) in [
         ("pre_promotion_analysis", &blue_green.pre_promotion_analysis),
-        ("post_promotion_analysis", &blue_green.post_promotion_analysis),
+        (
+            "post_promotion_analysis",
+            &blue_green.post_promotion_analysis,
+        ),
     ] {
         if let Some(analysis) = analysis {
             check_analysis(out, &with(base, key), analysis);
