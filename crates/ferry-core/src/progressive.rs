@@ -395,7 +395,7 @@ pub fn stage_name(stage: &Stage) -> String {
 
 /// `12.5%` from basis points.
 pub fn percent(basis_points: u32) -> String {
-    if basis_points % 100 == 0 {
+    if basis_points.is_multiple_of(100) {
         format!("{}%", basis_points / 100)
     } else {
         format!("{}%", f64::from(basis_points) / 100.0)

@@ -25,9 +25,9 @@ pub struct StateChange {
 
 impl StateChange {
     fn wanted_by(&self, notification: &Notification) -> bool {
-        (notification.states.is_empty() || notification.states.iter().any(|s| *s == self.state))
+        (notification.states.is_empty() || notification.states.contains(&self.state))
             && (notification.environments.is_empty()
-                || notification.environments.iter().any(|e| *e == self.env))
+                || notification.environments.contains(&self.env))
     }
 
     /// The body for `format`.
