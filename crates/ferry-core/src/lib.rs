@@ -3,8 +3,10 @@
 
 pub mod analysis;
 pub mod api;
+pub mod audit;
 pub mod duration;
 pub mod manifest;
 pub mod model;
 pub mod progressive;
+pub mod rbac;
 pub mod rollout;

@@ -1312,6 +1312,24 @@ impl Controller {
         to: Option<String>,
         requested_by: &str,
     ) -> Result<DeploymentView, RequestError> {
+        // Mid-rollout, "roll back" means: back to the version that was serving, now. For
+        // blue/green that is the instant switch back to blue, which is still running.
+        if let Some(active) = self.active_deployment(app, env).await?
+            && active.state == DeploymentState::Progressing
+            && let Some(previous) = active.previous_version.clone()
+            && to.as_deref().is_none_or(|t| t == previous)
+        {
+            let reason = format!("rolled back by {requested_by}");
+            self.transition(
+                &active,
+                DeploymentState::RollingBack,
+                Some(reason.clone()),
+                None,
+                &format!("{reason}: all traffic back to {previous}"),
+            )
+            .await?;
+            return Ok(self.store.get_deployment(active.id).await?.unwrap_or(active).view());
+        }
         let current = self
             .store
             .env_current(app, env)
