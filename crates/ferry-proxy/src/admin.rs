@@ -87,16 +87,37 @@ impl Proxy {
         let stats = Arc::new(StatsRegistry::default());
         let mut registry = Registry::default();
         registry.register_collector(Box::new(MetricsCollector(stats.clone())));
+        let endpoints = EndpointRegistry::new(
+            shared.opts.workers.max(1),
+            shared.opts.pool_max_idle_per_host,
+        );
         Self {
             shared,
             stats,
-            endpoints: EndpointRegistry::default(),
+            endpoints,
             registry,
             table: ArcSwap::from_pointee(RouteTable::default()),
             state: tokio::sync::Mutex::new(State::default()),
             token,
             state_dir,
             started_at_ms: now_ms(),
+        }
+    }
+
+    /// Closes expired or upstream-closed idle upstream connections now and then.
+    pub async fn reap_idle_connections(self: Arc<Self>, shutdown: CancellationToken) {
+        let timeout = self.shared.opts.pool_idle_timeout;
+        let period = (timeout / 2).clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        );
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            let left = self.endpoints.reap_idle(timeout);
+            tracing::trace!(idle = left, "reaped idle upstream connections");
         }
     }
 

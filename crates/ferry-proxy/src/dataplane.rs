@@ -5,32 +5,27 @@ use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ProxyOptions;
-use crate::body::{InFlight, ProxyBody};
+use crate::body::{InFlight, ProxyBody, UpstreamBody};
 use crate::metrics::KeyStats;
 use crate::table::{LazyNow, ListenerTable, Tried, now_ms};
-
-pub(crate) type UpstreamClient = Client<HttpConnector, ProxyBody>;
+use crate::upstream::{self, ReqBody};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -44,12 +39,18 @@ static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=u
 /// Attempts per request (connect failures move on to another endpoint).
 const MAX_ATTEMPTS: usize = 4;
 
+/// A request sent on a pooled connection idle for at least this long keeps a copy (when
+/// it is idempotent and its body is buffered), so that it can be sent again if the
+/// upstream closed the connection at the moment it was written (idle-timeout race).
+/// Connections used more recently than that had no time to reach an upstream's idle
+/// timeout, and their closing is seen when they are taken from the pool.
+const RETRY_COPY_AFTER: Duration = Duration::from_millis(100);
+
 /// Data-plane worker threads, each running a single-threaded tokio runtime (like nginx
 /// workers): a client connection, its requests and the upstream connections they use stay
 /// on one thread, with no cross-thread wake-ups or work stealing on the hot path.
 pub(crate) struct Workers {
     handles: Vec<tokio::runtime::Handle>,
-    clients: Vec<UpstreamClient>,
     next: AtomicUsize,
     stop: CancellationToken,
 }
@@ -83,10 +84,8 @@ impl Workers {
                 .map_err(|_| std::io::Error::other("proxy worker thread died"))??;
             handles.push(handle);
         }
-        let clients = (0..n).map(|_| upstream_client(opts)).collect();
         Ok(Self {
             handles,
-            clients,
             next: AtomicUsize::new(0),
             stop,
         })
@@ -106,18 +105,6 @@ impl Drop for Workers {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-fn upstream_client(opts: &ProxyOptions) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(opts.connect_timeout));
-    http.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(opts.pool_idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(opts.pool_max_idle_per_host)
-        .build(http)
 }
 
 pub(crate) struct Shared {
@@ -142,7 +129,8 @@ pub(crate) struct ListenerCtx {
 
 struct ConnCtx {
     listener: Arc<ListenerCtx>,
-    client: UpstreamClient,
+    /// The worker thread serving this connection (index of its upstream idle pools).
+    worker: usize,
     client_ip: HeaderValue,
 }
 
@@ -156,6 +144,53 @@ fn server_builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Graceful drain of a listener's client connections. Cheaper per poll than hyper-util's
+/// `GracefulShutdown`, whose watcher polls a `watch` channel (and takes its lock) on every
+/// poll of every connection: here a connection registers for the start signal once and
+/// then only reads an atomic flag.
+#[derive(Default)]
+struct Drain {
+    draining: AtomicBool,
+    started: tokio::sync::Notify,
+    active: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One open connection of a [`Drain`] (counted from accept to close).
+struct DrainToken(Arc<Drain>);
+
+impl DrainToken {
+    fn new(d: &Arc<Drain>) -> Self {
+        d.active.fetch_add(1, Ordering::SeqCst);
+        Self(d.clone())
+    }
+}
+
+impl Drop for DrainToken {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Drain {
+    /// Asks every connection to finish gracefully and waits until all have closed.
+    async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.started.notify_waiters();
+        loop {
+            let idle = self.idle.notified();
+            let mut idle = std::pin::pin!(idle);
+            idle.as_mut().enable();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
 /// Accepts on `listener` until `cancel`, then drains open connections gracefully
 /// (in-flight requests complete, idle keep-alive connections close).
 pub(crate) fn spawn_listener(
@@ -164,7 +199,7 @@ pub(crate) fn spawn_listener(
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let graceful = GracefulShutdown::new();
+        let drain = Arc::new(Drain::default());
         let builder = Arc::new(server_builder());
         loop {
             let (stream, peer) = tokio::select! {
@@ -191,10 +226,10 @@ pub(crate) fn spawn_listener(
             let worker = ctx.shared.workers.pick();
             let conn = Arc::new(ConnCtx {
                 listener: ctx.clone(),
-                client: ctx.shared.workers.clients[worker].clone(),
+                worker,
                 client_ip: ip_header(peer),
             });
-            let watcher = graceful.watcher();
+            let token = DrainToken::new(&drain);
             let builder = builder.clone();
             ctx.shared.workers.handles[worker].spawn(async move {
                 let stream = match tokio::net::TcpStream::from_std(std_stream) {
@@ -206,22 +241,40 @@ pub(crate) fn spawn_listener(
                 };
                 let _ = stream.set_nodelay(true);
                 let svc = service_fn(move |req| handle(conn.clone(), req));
-                let fut = watcher.watch(
-                    builder
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .into_owned(),
-                );
-                if let Err(e) = fut.await {
+                let served = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned();
+                let mut served = std::pin::pin!(served);
+                let d = &token.0;
+                let mut started = std::pin::pin!(d.started.notified());
+                let (mut registered, mut finishing) = (false, false);
+                let res = std::future::poll_fn(|cx| {
+                    if !finishing {
+                        if !registered {
+                            // Once: the task's waker is stable, so this registration wakes
+                            // the connection when the drain starts.
+                            registered = true;
+                            let _ = started.as_mut().poll(cx);
+                        }
+                        if d.draining.load(Ordering::Acquire) {
+                            finishing = true;
+                            served.as_mut().graceful_shutdown();
+                        }
+                    }
+                    served.as_mut().poll(cx)
+                })
+                .await;
+                if let Err(e) = res {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
             });
         }
         drop(listener);
-        let drain = ctx.shared.opts.drain_timeout;
+        let limit = ctx.shared.opts.drain_timeout;
         tokio::select! {
-            _ = graceful.shutdown() => {}
-            _ = tokio::time::sleep(drain) => {
-                tracing::warn!("listener drain timed out after {drain:?}");
+            _ = drain.drain() => {}
+            _ = tokio::time::sleep(limit) => {
+                tracing::warn!("listener drain timed out after {limit:?}");
             }
         }
     })
@@ -256,7 +309,24 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+#[inline]
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the (few) names instead of a hash lookup per hop-by-hop header.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION) {
         let listed: Vec<HeaderName> = conn
             .to_str()
@@ -301,15 +371,13 @@ fn local_answer(
     resp
 }
 
-/// A pooled connection the upstream closed before (or while) the request was written.
-fn is_stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+/// The upstream closed the (pooled) connection before answering.
+fn is_stale_connection(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
-        if let Some(he) = s.downcast_ref::<hyper::Error>()
-            && (he.is_incomplete_message() || he.is_canceled() || he.is_closed())
-        {
-            return true;
-        }
         if let Some(io) = s.downcast_ref::<std::io::Error>()
             && matches!(
                 io.kind(),
@@ -324,6 +392,20 @@ fn is_stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
         src = s.source();
     }
     false
+}
+
+/// A copy of a request with a buffered body.
+fn copy_request(r: &Request<ReqBody>) -> Option<Request<ReqBody>> {
+    let body = match r.body() {
+        ReqBody::Full(b) => ReqBody::Full(b.clone()),
+        ReqBody::Stream(_) => return None,
+    };
+    let mut c = Request::new(body);
+    *c.method_mut() = r.method().clone();
+    *c.uri_mut() = r.uri().clone();
+    *c.version_mut() = r.version();
+    *c.headers_mut() = r.headers().clone();
+    Some(c)
 }
 
 fn truncated(path: &str) -> &str {
@@ -377,19 +459,19 @@ async fn handle(
     }
     let preferred = route.choose_group(&parts.headers);
 
-    // Small or empty bodies are buffered so that a failed connect can be retried.
-    let mut streamed: Option<Incoming> = None;
-    let buffered: Option<Option<Bytes>> = if body.is_end_stream() {
-        Some(None)
-    } else if body
-        .size_hint()
-        .upper()
-        .is_some_and(|n| n <= opts.max_buffered_body as u64)
-    {
+    // Small or empty bodies are buffered so that the request can be sent again.
+    let buffered = body.is_end_stream()
+        || body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= opts.max_buffered_body as u64);
+    let up_body = if body.is_end_stream() {
+        ReqBody::Full(None)
+    } else if buffered {
         match body.collect().await {
             Ok(c) => {
                 let b = c.to_bytes();
-                Some((!b.is_empty()).then_some(b))
+                ReqBody::Full((!b.is_empty()).then_some(b))
             }
             Err(_) => {
                 let stats = &route.groups[preferred.min(route.groups.len() - 1)].stats;
@@ -403,14 +485,15 @@ async fn handle(
             }
         }
     } else {
-        streamed = Some(body);
-        None
+        ReqBody::Stream(body)
     };
 
     // Upstream request headers.
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
-    if buffered.is_some() && h.contains_key(header::EXPECT) {
+    // Room for the forwarding headers in one allocation.
+    h.reserve(4);
+    if buffered && h.contains_key(header::EXPECT) {
         // The body is already read (hyper answered any 100-continue).
         h.remove(header::EXPECT);
     }
@@ -441,15 +524,30 @@ async fn handle(
     h.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
 
+    // Origin-form request target, as an HTTP/1.1 request.
     let path_and_query = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let idempotent = matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
-    );
+    let retryable = buffered
+        && matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::PUT
+                | Method::DELETE
+                | Method::OPTIONS
+                | Method::TRACE
+        );
+    let mut pending = {
+        let mut up = Request::new(up_body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = Uri::from(path_and_query);
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = std::mem::take(&mut parts.headers);
+        Some(up)
+    };
 
     let mut tried = Tried::default();
     let mut now = LazyNow::default();
@@ -460,38 +558,51 @@ async fn handle(
         let Some((gi, ei)) = route.pick(preferred, &tried, &mut now) else {
             break;
         };
+        let Some(mut up) = pending.take() else {
+            break;
+        };
         let group = &route.groups[usize::from(gi)];
         let ep = &group.endpoints[usize::from(ei)];
-        let body = match &buffered {
-            Some(b) => ProxyBody::Full(b.clone()),
-            None => match streamed.take() {
-                Some(b) => ProxyBody::Stream(b, None),
-                None => break,
+        if !up.headers().contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(ep.authority.as_str())
+        {
+            up.headers_mut().insert(header::HOST, v);
+        }
+        let c = match ep.idle.checkout(conn.worker, start, opts.pool_idle_timeout) {
+            Some(c) => c,
+            None => match upstream::connect(ep.addr, opts.connect_timeout).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(upstream = %ep.addr, error = %e, "connect failed; ejecting");
+                    let ms = i64::try_from(opts.ejection.as_millis()).unwrap_or(i64::MAX / 2);
+                    ep.eject(now_ms().saturating_add(ms));
+                    tried.add((gi, ei));
+                    failure = Some("could not connect to any upstream");
+                    pending = Some(up);
+                    continue;
+                }
             },
         };
-        let mut up = Request::new(body);
-        *up.method_mut() = parts.method.clone();
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(ep.authority.clone());
-        uri.path_and_query = Some(path_and_query.clone());
-        *up.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = if buffered.is_some() {
-            parts.headers.clone()
+        let copy = if retryable
+            && !stale_retry_used
+            && c.uses > 0
+            && c.idle_for(start) >= RETRY_COPY_AFTER
+        {
+            copy_request(&up)
         } else {
-            std::mem::take(&mut parts.headers)
+            None
         };
 
         let guard = InFlight::new(ep.clone(), group.stats.clone());
         last_stats = Some(&group.stats);
-        match tokio::time::timeout(opts.upstream_timeout, conn.client.request(up)).await {
-            Ok(Ok(resp)) => {
+        match tokio::time::timeout(opts.upstream_timeout, upstream::send(c, up)).await {
+            Ok((Ok(resp), alive)) => {
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 rp.headers.insert(X_REQUEST_ID.clone(), request_id);
                 group.stats.record(rp.status.as_u16(), start.elapsed());
-                return Ok(Response::from_parts(rp, ProxyBody::Stream(rb, Some(guard))));
+                let body = UpstreamBody::new(rb, alive, conn.worker, guard);
+                return Ok(Response::from_parts(rp, ProxyBody::Upstream(body)));
             }
             Err(_elapsed) => {
                 drop(guard);
@@ -503,21 +614,23 @@ async fn handle(
                     request_id,
                 ));
             }
-            Ok(Err(e)) => {
+            Ok((Err(mut e), _)) => {
                 drop(guard);
-                if e.is_connect() {
-                    tracing::debug!(upstream = %ep.addr, error = %e, "connect failed; ejecting");
-                    let ms = i64::try_from(opts.ejection.as_millis()).unwrap_or(i64::MAX / 2);
-                    ep.eject(now_ms().saturating_add(ms));
-                    tried.add((gi, ei));
-                    failure = Some("could not connect to any upstream");
+                if let Some(req) = e.take_message() {
+                    // Never written: the pooled connection had closed. Safe to send again.
+                    tracing::debug!(upstream = %ep.addr, error = %e.error(), "pooled connection closed; retrying");
+                    failure = Some("upstream closed the connection");
+                    pending = Some(req);
                     continue;
                 }
-                if buffered.is_some() && idempotent && !stale_retry_used && is_stale_connection(&e)
+                let e = e.into_error();
+                if let Some(copy) = copy
+                    && is_stale_connection(&e)
                 {
                     tracing::debug!(upstream = %ep.addr, error = %e, "stale pooled connection; retrying");
                     stale_retry_used = true;
                     failure = Some("upstream closed the connection");
+                    pending = Some(copy);
                     continue;
                 }
                 tracing::debug!(upstream = %ep.addr, error = %e, "upstream request failed");

@@ -23,6 +23,7 @@ mod body;
 mod dataplane;
 mod metrics;
 mod table;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,7 +55,9 @@ pub struct ProxyOptions {
     pub max_buffered_body: usize,
     /// How long a removed listener (or the proxy at shutdown) waits for open connections.
     pub drain_timeout: Duration,
+    /// Idle upstream connections are closed after this long.
     pub pool_idle_timeout: Duration,
+    /// Idle upstream connections kept per endpoint and per worker thread.
     pub pool_max_idle_per_host: usize,
     /// Data-plane threads (single-threaded runtimes); default: one per CPU.
     pub workers: usize,
@@ -181,6 +184,7 @@ pub async fn start(
     admin::write_atomic(&dir.join("proxy.json"), &info).map_err(state_err)?;
     tracing::info!(%admin_addr, "ferry proxy admin API listening");
 
+    tokio::spawn(proxy.clone().reap_idle_connections(shutdown.clone()));
     let handle = tokio::spawn(admin::serve_admin(proxy, listener, shutdown.clone()));
     Ok(RunningProxy {
         admin_addr,

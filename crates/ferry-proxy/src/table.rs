@@ -14,6 +14,7 @@ use http::uri::Authority;
 
 use crate::metrics::{KeyStats, StatsRegistry};
 use crate::routes::{ListenerConfig, Route, sticky_bucket};
+use crate::upstream::IdlePool;
 
 /// One upstream address; shared by every table that mentions it, so outstanding-request
 /// counts and ejections survive table swaps.
@@ -24,10 +25,12 @@ pub(crate) struct Endpoint {
     in_flight: AtomicI64,
     /// Unix ms; 0 = never ejected.
     ejected_until_ms: AtomicI64,
+    /// Idle upstream connections, per worker thread.
+    pub idle: IdlePool,
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, workers: usize, max_idle: usize) -> Self {
         let authority = Authority::from_maybe_shared(Bytes::from(addr.to_string()))
             .unwrap_or_else(|_| Authority::from_static("invalid"));
         Self {
@@ -35,6 +38,7 @@ impl Endpoint {
             authority,
             in_flight: AtomicI64::new(0),
             ejected_until_ms: AtomicI64::new(0),
+            idle: IdlePool::new(workers, max_idle),
         }
     }
 
@@ -87,18 +91,41 @@ impl LazyNow {
 }
 
 /// Endpoints by address, shared across table generations.
-#[derive(Debug, Default)]
-pub(crate) struct EndpointRegistry(Mutex<HashMap<SocketAddr, Arc<Endpoint>>>);
+#[derive(Debug)]
+pub(crate) struct EndpointRegistry {
+    map: Mutex<HashMap<SocketAddr, Arc<Endpoint>>>,
+    workers: usize,
+    max_idle: usize,
+}
 
 impl EndpointRegistry {
-    fn get(&self, addr: SocketAddr) -> Arc<Endpoint> {
-        let mut m = match self.0.lock() {
+    pub fn new(workers: usize, max_idle: usize) -> Self {
+        Self {
+            map: Mutex::default(),
+            workers,
+            max_idle,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<Endpoint>>> {
+        match self.map.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
-        };
-        m.entry(addr)
-            .or_insert_with(|| Arc::new(Endpoint::new(addr)))
+        }
+    }
+
+    fn get(&self, addr: SocketAddr) -> Arc<Endpoint> {
+        self.lock()
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Endpoint::new(addr, self.workers, self.max_idle)))
             .clone()
+    }
+
+    /// Closes idle upstream connections that expired or were closed by the upstream.
+    pub fn reap_idle(&self, idle_timeout: std::time::Duration) -> usize {
+        let eps: Vec<Arc<Endpoint>> = self.lock().values().cloned().collect();
+        let now = std::time::Instant::now();
+        eps.iter().map(|e| e.idle.reap(now, idle_timeout)).sum()
     }
 }
 

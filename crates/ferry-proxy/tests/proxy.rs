@@ -1153,3 +1153,127 @@ async fn stickiness_survives_a_proxy_restart() {
     canary.stop().await;
     stable.stop().await;
 }
+
+// ---------- upstream connection pooling ----------
+
+/// An upstream that counts the connections it accepted and answers by path:
+/// `/chunked` (a streamed body of 3 chunks), `/empty` (204), `/echo` (the request body),
+/// anything else `ok` (HEAD: no body).
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    use http_body_util::{BodyExt, StreamBody};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                type B = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+                let resp: Response<B> = match req.uri().path() {
+                    "/chunked" => {
+                        let chunks = ["one ", "two ", "three"]
+                            .map(|c| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(c))));
+                        let stream = futures_stream(chunks.to_vec());
+                        Response::new(BodyExt::boxed(StreamBody::new(stream)))
+                    }
+                    "/empty" => Response::builder()
+                        .status(204)
+                        .body(BodyExt::boxed(Full::new(Bytes::new())))
+                        .unwrap(),
+                    "/echo" => {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        Response::new(BodyExt::boxed(Full::new(body)))
+                    }
+                    _ => Response::new(BodyExt::boxed(Full::new(Bytes::from_static(b"ok")))),
+                };
+                Ok::<_, Infallible>(resp)
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+/// A stream over `items`, yielding one per poll.
+fn futures_stream<T: Unpin>(items: Vec<T>) -> impl hyper::body::Body + Send
+where
+    T: Send + 'static,
+    T: Into<Result<hyper::body::Frame<Bytes>, Infallible>>,
+{
+    struct S<T>(std::collections::VecDeque<T>);
+    impl<T: Unpin + Into<Result<hyper::body::Frame<Bytes>, Infallible>>> hyper::body::Body for S<T> {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+            std::task::Poll::Ready(self.get_mut().0.pop_front().map(Into::into))
+        }
+    }
+    S(items.into_iter().collect())
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_across_response_kinds() {
+    let h = Harness::new().await;
+    let (addr, accepted, task) = counting_upstream().await;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![("api", "/", vec![group("v1", 10000, &[addr])])],
+    ))
+    .await;
+    let base = format!("http://{listen}");
+    // One keep-alive client connection: its requests stay on one worker, which needs one
+    // upstream connection for all of them, whatever the kind of response.
+    let big = "x".repeat(200 * 1024); // above max_buffered_body: streamed upstream
+    for i in 0..30 {
+        assert_eq!(
+            get(&h.http, &format!("{base}/plain")).await,
+            (200, "ok".into())
+        );
+        assert_eq!(
+            get(&h.http, &format!("{base}/chunked")).await,
+            (200, "one two three".into())
+        );
+        let r = h.http.get(format!("{base}/empty")).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+        let r = h.http.head(format!("{base}/plain")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = h
+            .http
+            .post(format!("{base}/echo"))
+            .body(format!("small {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), format!("small {i}"));
+        if i % 10 == 0 {
+            let r = h
+                .http
+                .post(format!("{base}/echo"))
+                .body(big.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.text().await.unwrap().len(), big.len());
+        }
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
+    let st = h.stats().await;
+    let v1 = st.versions.iter().find(|v| v.version == "v1").unwrap();
+    assert_eq!((v1.requests, v1.errors_5xx, v1.in_flight), (153, 0, 0));
+    h.stop().await;
+    task.abort();
+}

@@ -5,21 +5,25 @@
 //! Data directory layout:
 //! - `ferry.db`     SQLite state store
 //! - `admin.token`  the admin API token (mode 0600), created on first start
+//! - `audit.key`    the key signing audit checkpoints (mode 0600), created on first start
 //! - `proxy/`       the proxy's own state (its admin token, pid file, last route table)
 //! - `logs/`        one log file per replica
 
+mod access;
 mod api;
+mod audit;
 mod auth;
 mod clock;
 mod controller;
 mod error;
+mod identity;
 mod logs;
 mod notify;
 mod progressive;
 mod proxy_link;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_runtime::ProcessRuntime;
@@ -62,6 +66,8 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         .map_err(|e| ServerError::io(format!("resolving {}", config.data_dir.display()), e))?;
     let store = Store::open_sqlite_file(&data_dir.join("ferry.db")).await?;
     let admin_token = auth::ensure_admin_token(&store, &data_dir).await?;
+    let audit_key = audit::load_or_create_key(&data_dir)?;
+    auth::warm_up().await;
 
     // Bind first: a taken port must fail the start before anything is spawned.
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -79,11 +85,17 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
 
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(controller.clone().run(shutdown.clone())));
+    tasks.push(tokio::spawn(audit::run_checkpoints(
+        store.clone(),
+        audit_key,
+        shutdown.clone(),
+    )));
 
     let app = api::router(api::AppState {
         store,
-        controller: controller.clone(),
+        controller: Some(controller.clone()),
         shutdown: shutdown.clone(),
+        gov: Arc::new(access::Governance::new(audit_key)),
     });
     let api_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {
@@ -133,5 +145,53 @@ impl Server {
     /// Resolves when the server was asked to stop through the API (`POST /v1/teardown`).
     pub async fn stopped(&self) {
         self.shutdown.cancelled().await
+    }
+}
+
+/// The HTTP API without the deployment controller or the proxy: identity, roles, tokens,
+/// audit and the stored history answer; routes that drive deployments answer 503 once the
+/// caller passed authentication and authorisation. Built for in-process tests (with
+/// `tower::ServiceExt::oneshot`) and tools. Requests should carry
+/// `axum::extract::ConnectInfo<SocketAddr>` in their extensions for source addresses.
+pub struct ApiOnly {
+    router: axum::Router,
+    admin_token: String,
+    store: Store,
+    audit_key: [u8; 32],
+}
+
+impl ApiOnly {
+    /// Uses `data_dir` for `admin.token` and `audit.key` (created when missing).
+    pub async fn open(store: Store, data_dir: &Path) -> Result<ApiOnly, ServerError> {
+        let admin_token = auth::ensure_admin_token(&store, data_dir).await?;
+        let audit_key = audit::load_or_create_key(data_dir)?;
+        let router = api::router(api::AppState {
+            store: store.clone(),
+            controller: None,
+            shutdown: CancellationToken::new(),
+            gov: Arc::new(access::Governance::new(audit_key)),
+        });
+        Ok(ApiOnly {
+            router,
+            admin_token,
+            store,
+            audit_key,
+        })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Writes a signed audit checkpoint now if the chain grew since the last one (what the
+    /// server's background task does every minute); returns whether it wrote one.
+    pub async fn checkpoint(&self) -> Result<bool, ServerError> {
+        Ok(audit::checkpoint_now(&self.store, &self.audit_key)
+            .await?
+            .is_some())
     }
 }

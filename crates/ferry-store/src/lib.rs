@@ -22,6 +22,12 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
+mod audit;
+mod identity;
+
+pub use audit::{AuditQuery, CheckpointRecord};
+pub use identity::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
+
 /// Errors of the store. `NotFound`/`Conflict` are for callers to act on; `Database` carries
 /// the operation that failed; `Corrupt` means a row holds a value this code can't read back.
 #[derive(Debug, thiserror::Error)]
@@ -187,15 +193,6 @@ pub struct ReplicaRecord {
     pub created_at_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TokenRecord {
-    pub id: i64,
-    pub name: String,
-    pub role: String,
-    pub created_at_ms: i64,
-    pub last_used_at_ms: Option<i64>,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Migrations
 // ---------------------------------------------------------------------------------------------
@@ -203,11 +200,18 @@ pub struct TokenRecord {
 /// SQLite migrations, embedded. Same versions/descriptions/checksums `sqlx::migrate!` would
 /// produce for `migrations/sqlite` (file `NNNN_description.sql`), without needing sqlx's
 /// proc-macro feature. A test checks that every file of the folder is listed here.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "identity",
+        include_str!("../migrations/sqlite/0002_identity.sql"),
+    ),
+];
 
 /// The migration files this build embeds for an engine (`(version, description)`), for tests.
 #[doc(hidden)]
@@ -331,18 +335,6 @@ fn replica_from_row(row: &AnyRow) -> Result<ReplicaRecord> {
         deployment_id: get(row, "deployment_id", &what)?,
         created_at_ms: get(row, "created_at_ms", &what)?,
         id,
-    })
-}
-
-fn token_from_row(row: &AnyRow) -> Result<TokenRecord> {
-    let id: i64 = get(row, "id", &|| "api_tokens row".to_string())?;
-    let what = || format!("token {id}");
-    Ok(TokenRecord {
-        id,
-        name: get(row, "name", &what)?,
-        role: get(row, "role", &what)?,
-        created_at_ms: get(row, "created_at_ms", &what)?,
-        last_used_at_ms: get(row, "last_used_at_ms", &what)?,
     })
 }
 
@@ -1008,64 +1000,6 @@ impl Store {
         .await
         .ctx(|| "listing replicas".into())?;
         rows.iter().map(replica_from_row).collect()
-    }
-
-    // -- API tokens ---------------------------------------------------------------------------
-
-    /// Stores a token by its hash (lowercase hex SHA-256); returns its id.
-    /// `Conflict` if the same hash is already stored.
-    pub async fn insert_token(
-        &self,
-        name: &str,
-        token_hash: &str,
-        role: &str,
-        now_ms: i64,
-    ) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO api_tokens (name, token_hash, role, created_at_ms) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(name)
-        .bind(token_hash)
-        .bind(role)
-        .bind(now_ms)
-        .fetch_one(&self.pool)
-        .await
-        .ctx(|| format!("storing token {name}"))?;
-        get(&row, "id", &|| format!("token {name}"))
-    }
-
-    pub async fn find_token(&self, token_hash: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query(
-            "SELECT id, name, role, created_at_ms, last_used_at_ms FROM api_tokens \
-             WHERE token_hash = $1",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .ctx(|| "looking up a token".into())?;
-        row.as_ref().map(token_from_row).transpose()
-    }
-
-    pub async fn touch_token(&self, id: i64, now_ms: i64) -> Result<()> {
-        let done = sqlx::query("UPDATE api_tokens SET last_used_at_ms = $1 WHERE id = $2")
-            .bind(now_ms)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .ctx(|| format!("touching token {id}"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("token {id}")));
-        }
-        Ok(())
-    }
-
-    pub async fn count_tokens(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens")
-            .fetch_one(&self.pool)
-            .await
-            .ctx(|| "counting tokens".into())?;
-        get(&row, "n", &|| "token count".to_string())
     }
 }
 

@@ -8,9 +8,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ferry_core::audit::{self, AuditEntry};
 use ferry_core::model::DeploymentState;
 use ferry_store::{
-    DeploymentRecord, NewDeployment, NewManifest, ReplicaRecord, Store, StoreError, Transition,
+    AuditQuery, DeploymentRecord, NewBinding, NewDeployment, NewManifest, NewToken, ReplicaRecord,
+    RoleRecord, Store, StoreError, Transition,
 };
 use serde_json::json;
 
@@ -885,6 +887,512 @@ pub async fn corrupt_rows_are_reported(store: Store, _url: String) {
     }
 }
 
+pub async fn users_create_get_list_disable_password(store: Store, _url: String) {
+    assert!(store.list_users().await.unwrap().is_empty());
+    let alice = store.create_user("alice", "$argon2id$a", 10).await.unwrap();
+    assert_eq!(
+        (
+            alice.name.as_str(),
+            alice.disabled,
+            alice.created_at_ms,
+            alice.updated_at_ms
+        ),
+        ("alice", false, 10, 10)
+    );
+    assert!(matches!(
+        store
+            .create_user("alice", "$argon2id$b", 11)
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    store.create_user("bob", "$argon2id$b", 12).await.unwrap();
+    let names: Vec<String> = store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    // the hash is never serialised nor debug-printed
+    let json = serde_json::to_string(&alice).unwrap();
+    assert!(!json.contains("argon2"), "{json}");
+    assert!(!format!("{alice:?}").contains("argon2"));
+
+    let off = store.set_user_disabled("alice", true, 20).await.unwrap();
+    assert!(off.disabled);
+    assert_eq!(off.updated_at_ms, 20);
+    assert!(store.get_user("alice").await.unwrap().unwrap().disabled);
+    assert!(
+        !store
+            .set_user_disabled("alice", false, 21)
+            .await
+            .unwrap()
+            .disabled
+    );
+    assert!(matches!(
+        store
+            .set_user_disabled("nobody", true, 1)
+            .await
+            .unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+
+    store
+        .set_user_password("bob", "$argon2id$new", 30)
+        .await
+        .unwrap();
+    let bob = store.get_user("bob").await.unwrap().unwrap();
+    assert_eq!(
+        (bob.password_hash.as_str(), bob.updated_at_ms),
+        ("$argon2id$new", 30)
+    );
+    assert!(matches!(
+        store.set_user_password("nobody", "x", 1).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    assert_eq!(store.get_user("nobody").await.unwrap(), None);
+}
+
+pub async fn roles_and_bindings(store: Store, _url: String) {
+    let role = RoleRecord {
+        name: "releaser".into(),
+        description: "ships".into(),
+        permissions: vec!["deploy".into(), "view".into()],
+        created_at_ms: 5,
+    };
+    store.create_role(&role).await.unwrap();
+    assert!(matches!(
+        store.create_role(&role).await.unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    assert_eq!(
+        store.get_role("releaser").await.unwrap(),
+        Some(role.clone())
+    );
+    assert_eq!(store.list_roles().await.unwrap(), vec![role.clone()]);
+    assert_eq!(store.get_role("nope").await.unwrap(), None);
+
+    // bindings need an existing user
+    let bind = |subject: &str, role: &str, app: Option<&str>, envs: &[&str]| NewBinding {
+        subject: subject.into(),
+        role: role.into(),
+        app: app.map(String::from),
+        envs: envs.iter().map(|e| e.to_string()).collect(),
+        created_by: "user:root".into(),
+        now_ms: 7,
+    };
+    assert!(matches!(
+        store
+            .create_binding(bind("ghost", "viewer", None, &[]))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    store.create_user("alice", "h", 1).await.unwrap();
+    store.create_user("bob", "h", 1).await.unwrap();
+    let b1 = store
+        .create_binding(bind("alice", "releaser", Some("shop"), &["dev", "staging"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            b1.subject.as_str(),
+            b1.role.as_str(),
+            b1.app.as_deref(),
+            b1.envs.clone()
+        ),
+        (
+            "alice",
+            "releaser",
+            Some("shop"),
+            vec!["dev".to_string(), "staging".to_string()]
+        )
+    );
+    let b2 = store
+        .create_binding(bind("bob", "viewer", None, &[]))
+        .await
+        .unwrap();
+    assert!(b2.id > b1.id);
+    assert_eq!(b2.app, None);
+    assert!(b2.envs.is_empty());
+    assert_eq!(
+        store.list_bindings(None).await.unwrap(),
+        vec![b1.clone(), b2.clone()]
+    );
+    assert_eq!(
+        store.list_bindings(Some("alice")).await.unwrap(),
+        vec![b1.clone()]
+    );
+    assert_eq!(store.get_binding(b2.id).await.unwrap(), Some(b2.clone()));
+
+    // a bound role can't be deleted; nothing changes
+    assert!(matches!(
+        store.delete_role("releaser", 8).await.unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    assert!(store.get_role("releaser").await.unwrap().is_some());
+    assert_eq!(store.delete_binding(b1.id).await.unwrap(), b1);
+    assert!(matches!(
+        store.delete_binding(b1.id).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    // nor while an unrevoked, unexpired token uses it
+    let t = store
+        .create_token(token("ci", "f", "api", None, "releaser", None))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.delete_role("releaser", 8).await.unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    store.revoke_token(t.id, 9).await.unwrap();
+    store.delete_role("releaser", 10).await.unwrap();
+    assert_eq!(store.get_role("releaser").await.unwrap(), None);
+    assert!(matches!(
+        store.delete_role("releaser", 10).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+}
+
+fn token(
+    name: &str,
+    hash_char: &str,
+    kind: &str,
+    owner: Option<&str>,
+    role: &str,
+    expires_at_ms: Option<i64>,
+) -> NewToken {
+    NewToken {
+        name: name.into(),
+        token_hash: hash_char.repeat(64),
+        kind: kind.into(),
+        owner: owner.map(String::from),
+        role: role.into(),
+        app: Some("shop".into()),
+        envs: vec!["staging".into()],
+        expires_at_ms,
+        now_ms: 100,
+    }
+}
+
+pub async fn tokens_scoped_expiring_revocable(store: Store, _url: String) {
+    let ci = store
+        .create_token(token("ci", "a", "api", None, "deployer", Some(1_000)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            ci.name.as_str(),
+            ci.kind.as_str(),
+            ci.owner.as_deref(),
+            ci.role.as_str(),
+            ci.app.as_deref(),
+            ci.envs.clone(),
+            ci.created_at_ms,
+            ci.expires_at_ms,
+            ci.revoked_at_ms,
+            ci.last_used_at_ms
+        ),
+        (
+            "ci",
+            "api",
+            None,
+            "deployer",
+            Some("shop"),
+            vec!["staging".to_string()],
+            100,
+            Some(1_000),
+            None,
+            None
+        )
+    );
+    let session = store
+        .create_token(token(
+            "session",
+            "b",
+            "session",
+            Some("alice"),
+            "viewer",
+            None,
+        ))
+        .await
+        .unwrap();
+    let mine = store
+        .create_token(token("mine", "c", "api", Some("alice"), "viewer", None))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_token(token("dup", "a", "api", None, "viewer", None))
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    assert_eq!(
+        store.find_token(&"a".repeat(64)).await.unwrap(),
+        Some(ci.clone())
+    );
+    assert_eq!(
+        store.get_token(session.id).await.unwrap(),
+        Some(session.clone())
+    );
+    assert_eq!(store.get_token(9_999).await.unwrap(), None);
+    let ids = |v: Vec<ferry_store::TokenRecord>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_tokens(None, None).await.unwrap()),
+        [ci.id, session.id, mine.id]
+    );
+    assert_eq!(
+        ids(store.list_tokens(Some("alice"), None).await.unwrap()),
+        [session.id, mine.id]
+    );
+    assert_eq!(
+        ids(store.list_tokens(Some("alice"), Some("api")).await.unwrap()),
+        [mine.id]
+    );
+
+    let revoked = store.revoke_token(ci.id, 500).await.unwrap();
+    assert_eq!(revoked.revoked_at_ms, Some(500));
+    // idempotent: the first revocation time stays
+    assert_eq!(
+        store.revoke_token(ci.id, 600).await.unwrap().revoked_at_ms,
+        Some(500)
+    );
+    assert_eq!(
+        store
+            .find_token(&"a".repeat(64))
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at_ms,
+        Some(500)
+    );
+    assert!(matches!(
+        store.revoke_token(9_999, 1).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+
+    // admin rotation: every other admin token is revoked
+    let old = store
+        .create_token(token("admin", "d", "admin", None, "admin", None))
+        .await
+        .unwrap();
+    let new = store
+        .create_token(token("admin", "e", "admin", None, "admin", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .revoke_tokens_of_kind_except("admin", &"e".repeat(64), 700)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .get_token(old.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at_ms,
+        Some(700)
+    );
+    assert_eq!(
+        store
+            .get_token(new.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at_ms,
+        None
+    );
+    assert_eq!(
+        store
+            .get_token(mine.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at_ms,
+        None
+    );
+}
+
+fn entry(
+    at_ms: i64,
+    actor: &str,
+    action: &str,
+    app: Option<&str>,
+    env: Option<&str>,
+) -> AuditEntry {
+    AuditEntry {
+        at_ms,
+        actor: actor.into(),
+        source: Some("127.0.0.1".into()),
+        action: action.into(),
+        app: app.map(String::from),
+        env: env.map(String::from),
+        target: None,
+        summary: format!("{action} by {actor}"),
+        reason: None,
+        outcome: "ok".into(),
+    }
+}
+
+pub async fn audit_appends_chain_and_queries(store: Store, _url: String) {
+    assert_eq!(store.audit_head().await.unwrap(), None);
+    let r1 = store
+        .append_audit(entry(
+            10,
+            "user:alice",
+            "deploy",
+            Some("shop"),
+            Some("prod"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!((r1.seq, r1.prev_hash.as_str()), (1, audit::GENESIS));
+    let mut no_source = entry(20, "token:ci", "apply", Some("shop"), None);
+    no_source.source = None;
+    let r2 = store.append_audit(no_source).await.unwrap();
+    assert_eq!((r2.seq, r2.prev_hash.as_str()), (2, r1.hash.as_str()));
+    let r3 = store
+        .append_audit(entry(30, "user:bob", "users.create", None, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        Some((3, r3.hash.clone()))
+    );
+
+    let all = store.audit_records(0, 100).await.unwrap();
+    assert_eq!(all, vec![r1.clone(), r2.clone(), r3.clone()]);
+    assert_eq!(audit::verify(&all).unwrap().count, 3);
+    assert_eq!(store.audit_records(1, 1).await.unwrap(), vec![r2.clone()]);
+
+    let q = |f: &dyn Fn(&mut AuditQuery)| {
+        let mut q = AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let seqs = |v: Vec<audit::AuditRecord>| v.into_iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.query_audit(&q(&|_| {})).await.unwrap()),
+        [3, 2, 1]
+    );
+    assert_eq!(
+        seqs(
+            store
+                .query_audit(&q(&|q| q.app = Some("shop".into())))
+                .await
+                .unwrap()
+        ),
+        [2, 1]
+    );
+    assert_eq!(
+        seqs(
+            store
+                .query_audit(&q(&|q| q.env = Some("prod".into())))
+                .await
+                .unwrap()
+        ),
+        [1]
+    );
+    assert_eq!(
+        seqs(
+            store
+                .query_audit(&q(&|q| q.actor = Some("user:bob".into())))
+                .await
+                .unwrap()
+        ),
+        [3]
+    );
+    assert_eq!(
+        seqs(
+            store
+                .query_audit(&q(&|q| q.action = Some("apply".into())))
+                .await
+                .unwrap()
+        ),
+        [2]
+    );
+    assert_eq!(
+        seqs(
+            store
+                .query_audit(&q(&|q| {
+                    q.since_ms = Some(20);
+                    q.until_ms = Some(30)
+                }))
+                .await
+                .unwrap()
+        ),
+        [2]
+    );
+    assert_eq!(
+        seqs(
+            store
+                .query_audit(&q(&|q| q.before_seq = Some(3)))
+                .await
+                .unwrap()
+        ),
+        [2, 1]
+    );
+    assert_eq!(
+        seqs(store.query_audit(&q(&|q| q.limit = 1)).await.unwrap()),
+        [3]
+    );
+}
+
+pub async fn concurrent_audit_appends_make_one_chain(store: Store, _url: String) {
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_audit(entry(
+                    i,
+                    &format!("user:u{i}"),
+                    "deploy",
+                    Some("shop"),
+                    None,
+                ))
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let all = store.audit_records(0, 1_000).await.unwrap();
+    assert_eq!(all.len(), 40);
+    let head = audit::verify(&all).unwrap();
+    assert_eq!(head.count, 40);
+}
+
+pub async fn audit_checkpoints_are_stored(store: Store, _url: String) {
+    assert_eq!(store.latest_audit_checkpoint().await.unwrap(), None);
+    let key = [7u8; 32];
+    let c1 = audit::sign_checkpoint(&key, 1, "aa", 10);
+    let c2 = audit::sign_checkpoint(&key, 2, "bb", 20);
+    let id1 = store.insert_audit_checkpoint(&c1).await.unwrap();
+    let id2 = store.insert_audit_checkpoint(&c2).await.unwrap();
+    assert!(id2 > id1);
+    let latest = store.latest_audit_checkpoint().await.unwrap().unwrap();
+    assert_eq!((latest.id, &latest.checkpoint), (id2, &c2));
+    assert!(audit::check_checkpoint(&key, &latest.checkpoint));
+    let listed: Vec<_> = store
+        .list_audit_checkpoints(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.checkpoint)
+        .collect();
+    assert_eq!(listed, vec![c2, c1]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // engines
 // ---------------------------------------------------------------------------------------------
@@ -926,6 +1434,12 @@ contract_tests!(sqlite, fresh_sqlite:
     tokens_find_touch_count,
     concurrent_transitions_exactly_one_wins,
     corrupt_rows_are_reported,
+    users_create_get_list_disable_password,
+    roles_and_bindings,
+    tokens_scoped_expiring_revocable,
+    audit_appends_chain_and_queries,
+    concurrent_audit_appends_make_one_chain,
+    audit_checkpoints_are_stored,
 );
 
 // ---------------------------------------------------------------------------------------------

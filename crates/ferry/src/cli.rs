@@ -4,6 +4,7 @@ mod client;
 mod commands;
 mod config;
 mod output;
+mod progressive;
 mod quickstart;
 mod serve;
 mod wait;
@@ -42,11 +43,11 @@ Exit codes:
   0  success
   1  error (including: cannot reach the server)
   2  invalid input (bad manifest, bad flags or arguments)
-  3  deployment failed or was rolled back
+  3  deployment failed, was rolled back or aborted
   4  timed out waiting
   5  unauthorized or forbidden
   6  not found
-  7  conflict (e.g. nothing to roll back to)";
+  7  conflict (e.g. nothing to roll back to, no rollout in progress to promote or abort)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -151,13 +152,78 @@ enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
-    /// Show what runs where: current version, latest deployment, replicas.
+    /// Show what runs where: current version, latest deployment, rollout, replicas.
     Status {
         /// App name.
         app: String,
         /// Only this environment (with -o json: prints that environment's status object).
         #[arg(long, value_name = "ENV")]
         env: Option<String>,
+        /// Follow the environment live (needs --env) until its latest deployment ends;
+        /// exit code as `deploy --wait`. With -o json: one status object per line.
+        #[arg(short = 'w', long, requires = "env")]
+        watch: bool,
+        /// With --watch: stop watching after this long (exit code 4).
+        #[arg(long, value_name = "DURATION", requires = "watch")]
+        timeout: Option<HumanDuration>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Move a canary or blue/green rollout past its current step (a pause, a held analysis).
+    Promote {
+        /// App name.
+        app: String,
+        /// Environment.
+        #[arg(long, value_name = "ENV")]
+        env: String,
+        /// Skip every remaining step: the new version gets 100% now.
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Hold a canary or blue/green rollout where it is (background analysis keeps watching).
+    Pause {
+        /// App name.
+        app: String,
+        /// Environment.
+        #[arg(long, value_name = "ENV")]
+        env: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Continue a paused rollout (or one waiting on an inconclusive analysis).
+    Resume {
+        /// App name.
+        app: String,
+        /// Environment.
+        #[arg(long, value_name = "ENV")]
+        env: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Stop the rollout in progress: 100% of traffic back to the stable version now, the new
+    /// version stopped, state `aborted`.
+    Abort {
+        /// App name.
+        app: String,
+        /// Environment.
+        #[arg(long, value_name = "ENV")]
+        env: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Start the latest aborted, rolled-back or failed rollout again from its first step.
+    Retry {
+        /// App name.
+        app: String,
+        /// Environment.
+        #[arg(long, value_name = "ENV")]
+        env: String,
+        #[command(flatten)]
+        wait: WaitArgs,
         #[command(flatten)]
         out: OutputArg,
     },
@@ -368,9 +434,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     wait,
                     out,
                 } => commands::rollback(&client, &app, &env, to, wait, out.output).await,
-                Command::Status { app, env, out } => {
+                Command::Status {
+                    app,
+                    env: Some(env),
+                    watch: true,
+                    timeout,
+                    out,
+                } => {
+                    progressive::watch(
+                        &client,
+                        &app,
+                        &env,
+                        out.output,
+                        timeout.map(HumanDuration::get),
+                    )
+                    .await
+                }
+                Command::Status { app, env, out, .. } => {
                     commands::status(&client, &app, env.as_deref(), out.output).await
                 }
+                Command::Promote {
+                    app,
+                    env,
+                    full,
+                    out,
+                } => {
+                    let what = progressive::Steer::Promote { full };
+                    progressive::steer(&client, &app, &env, what, out.output).await
+                }
+                Command::Pause { app, env, out } => {
+                    progressive::steer(&client, &app, &env, progressive::Steer::Pause, out.output)
+                        .await
+                }
+                Command::Resume { app, env, out } => {
+                    progressive::steer(&client, &app, &env, progressive::Steer::Resume, out.output)
+                        .await
+                }
+                Command::Abort {
+                    app,
+                    env,
+                    wait,
+                    out,
+                } => progressive::abort(&client, &app, &env, wait, out.output).await,
+                Command::Retry {
+                    app,
+                    env,
+                    wait,
+                    out,
+                } => progressive::retry(&client, &app, &env, wait, out.output).await,
                 Command::History {
                     app,
                     env,
@@ -432,5 +543,34 @@ mod tests {
             }
             other => panic!("parsed {other:?}"),
         }
+    }
+
+    #[test]
+    fn parses_the_rollout_commands() {
+        let cli =
+            Cli::try_parse_from(["ferry", "promote", "shop", "--env", "prod", "--full"]).unwrap();
+        assert!(matches!(cli.command, Command::Promote { full: true, .. }));
+        let cli =
+            Cli::try_parse_from(["ferry", "abort", "shop", "--env", "prod", "--wait"]).unwrap();
+        assert!(matches!(cli.command, Command::Abort { wait, .. } if wait.wait));
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "status",
+            "shop",
+            "--env",
+            "prod",
+            "--watch",
+            "--timeout",
+            "30s",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status { watch: true, timeout: Some(t), .. } if t.get() == std::time::Duration::from_secs(30)
+        ));
+        assert!(
+            Cli::try_parse_from(["ferry", "status", "shop", "--watch"]).is_err(),
+            "--watch needs --env"
+        );
     }
 }

@@ -9,6 +9,7 @@ use ferry_core::api::{
     AppStatus, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
     DeploymentView, EnvStatus, RollbackRequest, WhoAmI,
 };
+use ferry_core::model::DeploymentState;
 use futures_util::StreamExt;
 
 use super::client::Client;
@@ -156,11 +157,49 @@ pub async fn rollback(
             &RollbackRequest { to },
         )
         .await?;
-    finish_request(client, dep, wait, format).await
+    if dep.kind == "rollback" {
+        return finish_request(client, dep, wait, format).await;
+    }
+    // Mid-rollout the server sends the rollout in progress straight back to the version
+    // that was serving: `rolled-back` is the success of this command.
+    let json = format == Format::Json;
+    if !json {
+        println!("{}", wait::headline(&dep));
+    }
+    if !wait.wait {
+        if json {
+            return print_json(&dep);
+        }
+        if let Some(previous) = &dep.previous_version {
+            println!(
+                "rolling back: all traffic back to {previous} now, {} being stopped; follow it with `ferry deployment {}`",
+                dep.version, dep.id
+            );
+        }
+        return Ok(());
+    }
+    let done = wait::follow(client, &dep, wait.timeout.get(), !json).await?;
+    if json {
+        print_json(&done)?;
+    }
+    if done.state == DeploymentState::RolledBack {
+        if !json {
+            let serving = done
+                .previous_version
+                .as_deref()
+                .unwrap_or("the previous version");
+            println!(
+                "deployment #{} ({} {}) rolled back: {} is serving {serving}",
+                done.id, done.app, done.version, done.env
+            );
+        }
+        return Ok(());
+    }
+    wait::outcome(&done)
 }
 
 /// After a deploy or rollback request: print it, and with --wait follow it to the end.
-async fn finish_request(
+pub(super) async fn finish_request(
     client: &Client,
     dep: DeploymentView,
     wait: WaitArgs,
@@ -250,6 +289,11 @@ fn print_env_status(status: &EnvStatus, now: i64) {
             line.push_str(&format!("  ({reason})"));
         }
         println!("{line}");
+    }
+    if let Some(rollout) = &status.rollout {
+        for line in super::progressive::rollout_lines(rollout) {
+            println!("{line}");
+        }
     }
     if status.replicas.is_empty() {
         println!("  replicas  none");

@@ -161,6 +161,21 @@ pub fn outcome(dep: &DeploymentView) -> anyhow::Result<()> {
             ),
         )
         .into()),
+        DeploymentState::Aborted => {
+            let still = dep
+                .previous_version
+                .as_deref()
+                .map(|v| format!("; {} is serving {v}", dep.env))
+                .unwrap_or_default();
+            Err(Failure::new(
+                exit::DEPLOY_FAILED,
+                format!(
+                    "{what} #{} ({} {}) was aborted{took}: {reason}{still}",
+                    dep.id, dep.app, dep.version
+                ),
+            )
+            .into())
+        }
         DeploymentState::Superseded => Err(Failure::new(
             exit::DEPLOY_FAILED,
             format!(

@@ -31,6 +31,21 @@ pub async fn bounded<F: std::future::Future<Output = ()>>(limit: Duration, body:
     }
 }
 
+/// `n` sequential GETs from one keep-alive client; the answers in order.
+pub async fn sample_sequential(listener: &str, n: usize) -> Vec<Sample> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let url = format!("http://{listener}/");
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(request_once(&client, &url, Instant::now()).await);
+    }
+    out
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -73,6 +88,8 @@ pub struct Spec {
     pub prelude: String,
     pub start_timeout: String,
     pub extra_service_yaml: String,
+    /// The environment's `strategy:` as one line of YAML (flow style).
+    pub strategy: String,
 }
 
 impl Spec {
@@ -85,6 +102,7 @@ impl Spec {
             prelude: String::new(),
             start_timeout: "15s".to_string(),
             extra_service_yaml: String::new(),
+            strategy: "{ rolling: { max_surge: 1, max_unavailable: 0 } }".to_string(),
         }
     }
 
@@ -250,7 +268,7 @@ services:
 {extra}environments:
   {env}:
     listen: {listen}
-    strategy: {{ rolling: {{ max_surge: 1, max_unavailable: 0 }} }}
+    strategy: {strategy}
 ",
             app = spec.app,
             replicas = spec.replicas,
@@ -258,6 +276,7 @@ services:
             extra = spec.extra_service_yaml,
             env = spec.env,
             listen = spec.listener(),
+            strategy = spec.strategy,
         );
         let path = self.dir.path().join(file);
         std::fs::write(&path, yaml).expect("write manifest");
@@ -371,6 +390,46 @@ services:
         assert_eq!(out.code, 0, "status failed:\n{out}");
         serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("status -o json is not an EnvStatus ({e}):\n{out}"))
+    }
+
+    /// The environment's status straight from the API (cheaper than the CLI in loops).
+    pub async fn status_api(&self, spec: &Spec) -> EnvStatus {
+        let (status, body) = self
+            .api_get(&format!("/v1/apps/{}/status?env={}", spec.app, spec.env))
+            .await;
+        assert!(status.is_success(), "status: {status} {body}");
+        let app: ferry_core::api::AppStatus = serde_json::from_value(body).expect("AppStatus");
+        app.environments
+            .into_iter()
+            .find(|e| e.env == spec.env)
+            .expect("the environment in the status")
+    }
+
+    /// Polls the environment's status until `pred` holds (or fails after `limit`, showing
+    /// the last status and the timelines).
+    pub async fn wait_status(
+        &self,
+        spec: &Spec,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&EnvStatus) -> bool,
+    ) -> EnvStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status_api(spec).await;
+            if pred(&status) {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "waited {limit:?} for: {what}; last status: {:#?}\n{}\n{}",
+                    status,
+                    self.timelines(spec, wall_ms()).await,
+                    self.server_logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn deployment(&self, id: i64) -> DeploymentDetail {
@@ -628,6 +687,10 @@ pub struct Sample {
     pub sent: Instant,
     /// The version that answered, or what went wrong.
     pub result: Result<String, String>,
+    /// HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// `X-Version` of the answer (also on error answers), when there was one.
+    pub version: Option<String>,
 }
 
 /// A bounded client loop: `workers` keep-alive clients hitting the listener until stopped
@@ -660,38 +723,8 @@ impl Load {
                     const CAP: usize = 50_000;
                     while !stop.load(Ordering::Relaxed) && samples.len() < CAP {
                         let sent = Instant::now();
-                        let result = match client.get(&url).send().await {
-                            Ok(resp) if resp.status().is_success() => {
-                                let header = resp
-                                    .headers()
-                                    .get("x-version")
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(str::to_string);
-                                match resp.text().await {
-                                    Ok(body) => Ok(header.unwrap_or_else(|| {
-                                        body.split_whitespace().last().unwrap_or("").to_string()
-                                    })),
-                                    Err(e) => Err(format!("body: {e}")),
-                                }
-                            }
-                            Ok(resp) => {
-                                let status = resp.status();
-                                let server = resp
-                                    .headers()
-                                    .get("server")
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or("")
-                                    .to_string();
-                                let body = resp.text().await.unwrap_or_default();
-                                let body: String = body.chars().take(200).collect();
-                                Err(format!(
-                                    "HTTP {status} (server {server:?}): {}",
-                                    body.trim()
-                                ))
-                            }
-                            Err(e) => Err(format!("{e:?}")),
-                        };
-                        samples.push(Sample { sent, result });
+                        let sample = request_once(&client, &url, sent).await;
+                        samples.push(sample);
                         count.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(3)).await;
                     }
@@ -734,6 +767,59 @@ impl Load {
             started: self.started,
             workers,
         }
+    }
+}
+
+/// One GET: the version that answered (`X-Version`, else the body's last word), or what
+/// went wrong.
+pub async fn request_once(client: &reqwest::Client, url: &str, sent: Instant) -> Sample {
+    match client.get(url).send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let header = resp
+                .headers()
+                .get("x-version")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if status.is_success() {
+                let result = match resp.text().await {
+                    Ok(body) => Ok(header.clone().unwrap_or_else(|| {
+                        body.split_whitespace().last().unwrap_or("").to_string()
+                    })),
+                    Err(e) => Err(format!("body: {e}")),
+                };
+                Sample {
+                    sent,
+                    version: result.as_ref().ok().cloned(),
+                    result,
+                    status: Some(status.as_u16()),
+                }
+            } else {
+                let server = resp
+                    .headers()
+                    .get("server")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let body = resp.text().await.unwrap_or_default();
+                let body: String = body.chars().take(200).collect();
+                Sample {
+                    sent,
+                    result: Err(format!(
+                        "HTTP {status} (server {server:?}, version {header:?}): {}",
+                        body.trim()
+                    )),
+                    status: Some(status.as_u16()),
+                    version: header,
+                }
+            }
+        }
+        Err(e) => Sample {
+            sent,
+            result: Err(format!("{e:?}")),
+            status: None,
+            version: None,
+        },
     }
 }
 
@@ -789,6 +875,10 @@ impl LoadReport {
             .filter(|s| s.sent >= t)
             .filter_map(|s| s.result.as_ref().ok().cloned())
             .collect()
+    }
+
+    pub fn samples(&self) -> impl Iterator<Item = &Sample> {
+        self.workers.iter().flatten()
     }
 
     pub fn versions(&self) -> BTreeSet<String> {

@@ -1,0 +1,252 @@
+//! Upstream HTTP/1.1 connections: pooled per endpoint and per worker thread, and driven
+//! inside the task of the client request that uses them.
+//!
+//! hyper's connection future is polled by the request's own task (while waiting for the
+//! response head, then by the response body as the client side reads it), so a proxied
+//! request costs no cross-task wake-up, no spawned task and no shared pool lock. An idle
+//! connection is not polled; it is checked (polled once with a no-op waker, which reads a
+//! pending EOF) when it is taken out of the pool, and a reaper drops the expired and
+//! closed ones in the background.
+
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::TrySendError;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The body of a request sent upstream.
+#[derive(Debug)]
+pub(crate) enum ReqBody {
+    Full(Option<Bytes>),
+    Stream(Incoming),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Stream(inner) => Pin::new(inner).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Full(b) => b.is_none(),
+            ReqBody::Stream(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Full(None) => SizeHint::with_exact(0),
+            ReqBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ReqBody::Stream(inner) => inner.size_hint(),
+        }
+    }
+}
+
+type Connection = http1::Connection<TokioIo<TcpStream>, ReqBody>;
+
+/// One upstream connection: the sending half and the connection state machine.
+pub(crate) struct Conn {
+    tx: http1::SendRequest<ReqBody>,
+    conn: Connection,
+    /// When it was put back into the pool (or opened).
+    since: Instant,
+    /// Requests already sent on it.
+    pub uses: u64,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("uses", &self.uses).finish()
+    }
+}
+
+impl Conn {
+    /// Lets the connection make progress without a task to wake: reads a pending EOF
+    /// or moves a finished exchange back to idle. `false` once it has ended.
+    fn poll_idle(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(&mut self.conn).poll(&mut cx).is_pending()
+    }
+
+    /// Reusable for another request right now.
+    fn reusable(&mut self) -> bool {
+        if !self.poll_idle() {
+            return false;
+        }
+        self.tx.is_ready()
+    }
+
+    /// Drives the connection from the current task; `true` once it has ended.
+    #[inline]
+    pub fn poll_conn(&mut self, cx: &mut Context<'_>) -> bool {
+        Pin::new(&mut self.conn).poll(cx).is_ready()
+    }
+
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.since)
+    }
+}
+
+/// Opens a connection to `addr` (TCP_NODELAY) within `timeout`.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Box<Conn>> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ));
+        }
+    };
+    stream.set_nodelay(true)?;
+    let (tx, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(Box::new(Conn {
+        tx,
+        conn,
+        since: Instant::now(),
+        uses: 0,
+    }))
+}
+
+/// Sends `req` on `c`, driving the connection from this task until the response head
+/// arrives. Returns the connection too unless it ended (then it cannot be reused; any
+/// body already received stays readable in the response).
+pub(crate) async fn send(
+    mut c: Box<Conn>,
+    req: Request<ReqBody>,
+) -> (
+    Result<Response<Incoming>, TrySendError<Request<ReqBody>>>,
+    Option<Box<Conn>>,
+) {
+    c.uses += 1;
+    let mut fut = std::pin::pin!(c.tx.try_send_request(req));
+    let mut alive = Some(c);
+    let res = poll_fn(|cx| {
+        if let Some(c) = alive.as_mut()
+            && c.poll_conn(cx)
+        {
+            // Ended: dropping it resolves the request with an error (or with the
+            // response it already delivered).
+            alive = None;
+        }
+        // The response is only ever delivered while the connection is polled just above,
+        // in this task: the receiver needs no waker of its own (one would re-schedule
+        // this task for nothing after every response).
+        fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    })
+    .await;
+    (res, alive)
+}
+
+/// Boxed on purpose: a connection (hyper's state machine and buffers) moves between the
+/// pool and the response body of each request it serves; a box moves as one pointer.
+#[allow(clippy::vec_box)]
+type Stack = Vec<Box<Conn>>;
+
+/// Idle connections of one endpoint, one stack per worker thread (most recently used on
+/// top, so a light load keeps a few connections warm and the rest expire).
+#[derive(Debug)]
+pub(crate) struct IdlePool {
+    slots: Box<[Mutex<Stack>]>,
+    max_idle: usize,
+}
+
+impl IdlePool {
+    pub fn new(workers: usize, max_idle: usize) -> Self {
+        Self {
+            slots: (0..workers.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            max_idle,
+        }
+    }
+
+    fn slot(&self, worker: usize) -> std::sync::MutexGuard<'_, Stack> {
+        let m = &self.slots[worker % self.slots.len()];
+        match m.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// A live, ready connection idle for less than `idle_timeout`, if any.
+    pub fn checkout(
+        &self,
+        worker: usize,
+        now: Instant,
+        idle_timeout: Duration,
+    ) -> Option<Box<Conn>> {
+        loop {
+            let mut c = self.slot(worker).pop()?;
+            if c.idle_for(now) < idle_timeout && c.reusable() {
+                return Some(c);
+            }
+            // Dropped outside the lock: closes the socket.
+        }
+    }
+
+    /// Puts a connection back after its exchange completed, if it can be reused.
+    pub fn checkin(&self, worker: usize, mut c: Box<Conn>) {
+        if self.max_idle == 0 || !c.reusable() {
+            return;
+        }
+        c.since = Instant::now();
+        let evicted = {
+            let mut slot = self.slot(worker);
+            // Full: the oldest goes (closed outside the lock).
+            let evicted = (slot.len() >= self.max_idle).then(|| slot.remove(0));
+            slot.push(c);
+            evicted
+        };
+        drop(evicted);
+    }
+
+    /// Drops expired and closed idle connections; returns how many are left.
+    pub fn reap(&self, now: Instant, idle_timeout: Duration) -> usize {
+        let mut left = 0;
+        for w in 0..self.slots.len() {
+            let dead: Vec<Box<Conn>> = {
+                let mut slot = self.slot(w);
+                let all = std::mem::take(&mut *slot);
+                let (keep, dead): (Vec<_>, Vec<_>) = all
+                    .into_iter()
+                    .partition(|c| c.idle_for(now) < idle_timeout);
+                *slot = keep;
+                let mut dead = dead;
+                let mut i = 0;
+                while i < slot.len() {
+                    if slot[i].poll_idle() {
+                        i += 1;
+                    } else {
+                        dead.push(slot.remove(i));
+                    }
+                }
+                left += slot.len();
+                dead
+            };
+            drop(dead);
+        }
+        left
+    }
+}

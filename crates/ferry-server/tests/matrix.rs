@@ -1,0 +1,247 @@
+//! The role × endpoint matrix, generated from ONE table: every built-in role, bound to
+//! `shop [staging]` (through a user session and through an API token) and bound everywhere,
+//! × every gated endpoint × in-scope target / another app / another environment.
+//! Expected: allowed (anything but 401/403), 403, or 401 without credentials.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{Harness, PASSWORD};
+use ferry_core::rbac::{Permission, builtin_roles};
+use serde_json::{Value, json};
+
+/// What an endpoint acts on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum On {
+    /// `{app}/{env}` of the case (or a deployment there).
+    AppEnv,
+    /// The case's whole app.
+    App,
+    /// The server (global).
+    Global,
+}
+
+/// What an endpoint needs.
+#[derive(Clone, Copy, Debug)]
+enum Needs {
+    /// Just a valid credential.
+    Auth,
+    /// The permission on the target.
+    Perm(Permission, On),
+    /// The permission somewhere (lists, filtered afterwards).
+    Anywhere(Permission),
+    /// The permission on the target, and a user (API tokens may not).
+    UserPerm(Permission, On),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Case {
+    InScope,
+    OtherApp,
+    OtherEnv,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Principal {
+    /// A user session, binding on shop [staging].
+    ScopedUser,
+    /// An API token made by the admin, role on shop [staging].
+    ScopedToken,
+    /// A user session, binding on all apps and environments.
+    Everywhere,
+}
+
+struct Row {
+    method: &'static str,
+    /// `{app}`, `{env}`, `{dep}` (a deployment in app/env), `{n}` (unique per call).
+    path: &'static str,
+    body: Option<&'static str>,
+    needs: Needs,
+}
+
+const fn row(method: &'static str, path: &'static str, body: Option<&'static str>, needs: Needs) -> Row {
+    Row { method, path, body, needs }
+}
+
+use Needs::*;
+use On::*;
+use Permission as P;
+
+/// THE table: every gated endpoint with what it needs. (`/v1/login` is public and
+/// `/v1/logout` ends the session it is called with: both are checked after the matrix.)
+const TABLE: &[Row] = &[
+    row("GET", "/v1/whoami", None, Auth),
+    row("GET", "/metrics", None, Perm(P::ViewMetrics, Global)),
+    row("GET", "/v1/apps", None, Anywhere(P::View)),
+    row("POST", "/v1/apps", Some(r#"{"manifest": "app: {app}\nservices:\n  api:\n    run: [\"true\"]\nenvironments:\n  {env}:\n    listen: 127.0.0.1:{port}\n", "dry_run": true}"#), Perm(P::ManageApps, App)),
+    row("GET", "/v1/apps/{app}", None, Perm(P::View, App)),
+    row("GET", "/v1/apps/{app}/status", None, Perm(P::View, App)),
+    row("POST", "/v1/apps/{app}/envs/{env}/deployments", Some(r#"{"version": "1.2.0"}"#), Perm(P::Deploy, AppEnv)),
+    row("GET", "/v1/apps/{app}/envs/{env}/deployments", None, Perm(P::View, AppEnv)),
+    row("POST", "/v1/apps/{app}/envs/{env}/rollback", Some("{}"), Perm(P::Rollback, AppEnv)),
+    row("GET", "/v1/apps/{app}/envs/{env}/logs", None, Perm(P::ViewLogs, AppEnv)),
+    row("GET", "/v1/apps/{app}/envs/{env}/watch", None, Perm(P::View, AppEnv)),
+    row("POST", "/v1/apps/{app}/envs/{env}/promote", Some("{}"), Perm(P::Promote, AppEnv)),
+    row("POST", "/v1/apps/{app}/envs/{env}/pause", None, Perm(P::Promote, AppEnv)),
+    row("POST", "/v1/apps/{app}/envs/{env}/resume", None, Perm(P::Promote, AppEnv)),
+    row("POST", "/v1/apps/{app}/envs/{env}/abort", None, Perm(P::Abort, AppEnv)),
+    row("POST", "/v1/apps/{app}/envs/{env}/retry", None, Perm(P::Deploy, AppEnv)),
+    row("GET", "/v1/deployments/{dep}", None, Perm(P::View, AppEnv)),
+    row("GET", "/v1/deployments/{dep}/events", None, Perm(P::View, AppEnv)),
+    row("GET", "/v1/deployments/{dep}/change-record?format=markdown", None, Perm(P::View, AppEnv)),
+    row("POST", "/v1/teardown", None, Perm(P::ManageServer, Global)),
+    row("GET", "/v1/users", None, Perm(P::ManageUsers, Global)),
+    row("POST", "/v1/users", Some(r#"{"username": "new{n}", "password": "a long enough password"}"#), Perm(P::ManageUsers, Global)),
+    row("POST", "/v1/users/victim/disable", None, Perm(P::ManageUsers, Global)),
+    row("POST", "/v1/users/victim/enable", None, Perm(P::ManageUsers, Global)),
+    row("PUT", "/v1/users/victim/password", Some(r#"{"password": "a long enough password"}"#), Perm(P::ManageUsers, Global)),
+    row("GET", "/v1/roles", None, Auth),
+    row("POST", "/v1/roles", Some(r#"{"name": "custom{n}", "permissions": ["view"]}"#), Perm(P::ManageRoles, Global)),
+    row("DELETE", "/v1/roles/nosuch", None, Perm(P::ManageRoles, Global)),
+    row("GET", "/v1/bindings", None, Auth),
+    row("GET", "/v1/bindings?user=victim", None, Perm(P::ManageUsers, Global)),
+    row("POST", "/v1/bindings", Some(r#"{"user": "victim", "role": "viewer", "app": "{app}"}"#), Perm(P::ManageUsers, Global)),
+    row("DELETE", "/v1/bindings/999999", None, Perm(P::ManageUsers, Global)),
+    row("GET", "/v1/tokens", None, Auth),
+    row("POST", "/v1/tokens", Some(r#"{"name": "t{n}", "role": "reader", "app": "{app}", "envs": ["{env}"], "expires_in": "1h"}"#), UserPerm(P::View, AppEnv)),
+    row("DELETE", "/v1/tokens/999999", None, Perm(P::ManageUsers, Global)),
+    row("GET", "/v1/auth/can-i?permission=deploy&app={app}&env={env}", None, Auth),
+    row("GET", "/v1/auth/can-i?permission=deploy&as=victim", None, Perm(P::ManageUsers, Global)),
+    row("GET", "/v1/audit?app={app}", None, Anywhere(P::View)),
+    row("GET", "/v1/audit/export", None, Anywhere(P::View)),
+    row("GET", "/v1/audit/verify", None, Perm(P::View, Global)),
+    row("GET", "/v1/audit/checkpoints", None, Perm(P::View, Global)),
+];
+
+/// The rules spelled independently of the server: a binding on `shop [staging]` grants a
+/// permission of its role on shop/staging; on the whole app `shop` only read permissions;
+/// nothing global. A binding everywhere grants everything its role has.
+fn expect_allowed(role_perms: &[Permission], principal: Principal, needs: Needs, case: Case) -> bool {
+    let has = |p: Permission| role_perms.contains(&p);
+    let scoped = principal != Principal::Everywhere;
+    let on_target = |p: Permission, on: On| {
+        has(p)
+            && (!scoped
+                || match on {
+                    AppEnv => case == Case::InScope,
+                    App => case != Case::OtherApp && p.is_read_only(),
+                    Global => false,
+                })
+    };
+    match needs {
+        Auth => true,
+        Perm(p, on) => on_target(p, on),
+        Anywhere(p) => has(p),
+        UserPerm(p, on) => principal != Principal::ScopedToken && on_target(p, on),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_role_times_every_endpoint_times_scope() {
+    let h = Harness::new().await;
+    h.add_user("victim").await;
+    h.admin_ok("POST", "/v1/roles", Some(json!({"name": "reader", "permissions": ["view"]}))).await;
+    let deps = [
+        (("shop", "staging"), h.deployment("shop", "staging", "1.0.0", "user:x").await),
+        (("blog", "staging"), h.deployment("blog", "staging", "1.0.0", "user:x").await),
+        (("shop", "production"), h.deployment("shop", "production", "1.0.0", "user:x").await),
+    ];
+    let cases = [
+        (Case::InScope, "shop", "staging"),
+        (Case::OtherApp, "blog", "staging"),
+        (Case::OtherEnv, "shop", "production"),
+    ];
+    let mut principals = Vec::new();
+    for role in builtin_roles() {
+        let perms: Vec<Permission> = role.permissions.iter().copied().collect();
+        let scoped = h.user_with(&format!("{}-scoped", role.name), &role.name, Some("shop"), &["staging"]).await;
+        let token = h.token(&format!("{}-token", role.name), &role.name, Some("shop"), &["staging"]).await;
+        let everywhere = h.user_with(&format!("{}-all", role.name), &role.name, None, &[]).await;
+        principals.push((role.name.clone(), perms.clone(), Principal::ScopedUser, scoped));
+        principals.push((role.name.clone(), perms.clone(), Principal::ScopedToken, token));
+        principals.push((role.name.clone(), perms, Principal::Everywhere, everywhere));
+    }
+
+    let mut n = 0;
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for r in TABLE {
+        for (case, app, env) in cases {
+            let dep = deps.iter().find(|((a, e), _)| *a == app && *e == env).unwrap().1;
+            let fill = |text: &str, n: i32| {
+                text.replace("{app}", app)
+                    .replace("{env}", env)
+                    .replace("{dep}", &dep.to_string())
+                    .replace("{n}", &n.to_string())
+                    .replace("{port}", &free_port().to_string())
+            };
+            // no credentials, bad credentials
+            for token in [None, Some("ferry_0000")] {
+                n += 1;
+                let body: Option<Value> = r.body.map(|b| serde_json::from_str(&fill(b, n)).unwrap());
+                let a = h.call(r.method, &fill(r.path, n), token, body).await;
+                checked += 1;
+                if a.status != StatusCode::UNAUTHORIZED {
+                    failures.push(format!("{} {} {case:?} token={token:?}: want 401, got {} {}", r.method, r.path, a.status, a.text));
+                }
+            }
+            for (role, perms, principal, token) in &principals {
+                n += 1;
+                let body: Option<Value> = r.body.map(|b| serde_json::from_str(&fill(b, n)).unwrap());
+                let path = fill(r.path, n);
+                let a = h.call(r.method, &path, Some(token), body).await;
+                checked += 1;
+                let allowed = expect_allowed(perms, *principal, r.needs, case);
+                let ok = if allowed {
+                    a.status != StatusCode::FORBIDDEN && a.status != StatusCode::UNAUTHORIZED
+                } else {
+                    a.status == StatusCode::FORBIDDEN
+                };
+                if !ok {
+                    failures.push(format!(
+                        "{role} {principal:?} {} {path} ({case:?}): want {}, got {} {}",
+                        r.method,
+                        if allowed { "allowed" } else { "403" },
+                        a.status,
+                        a.text.chars().take(300).collect::<String>()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {checked} checks failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(checked > 1_500, "{checked}");
+
+    // the table covers every gated route but login and logout
+    let spec: Value = serde_json::from_str(include_str!("../openapi.json")).unwrap();
+    let mut gated = 0;
+    for (_, ops) in spec["paths"].as_object().unwrap() {
+        for (_, op) in ops.as_object().unwrap() {
+            if op.get("x-ferry-action").is_some() {
+                gated += 1;
+            }
+        }
+    }
+    let distinct: std::collections::BTreeSet<(&str, &str)> = TABLE
+        .iter()
+        .map(|r| (r.method, r.path.split('?').next().unwrap()))
+        .collect();
+    assert_eq!(distinct.len() + 2, gated, "every gated route is in the table");
+
+    // login is public; logout ends the session it comes with (any principal may)
+    let login = h
+        .call("POST", "/v1/login", None, Some(json!({"username": "victim", "password": "a long enough password"})))
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text);
+    let session = login.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(h.call("POST", "/v1/logout", Some(&session), None).await.status, StatusCode::OK);
+    assert_eq!(h.call("POST", "/v1/logout", Some(&session), None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.call("POST", "/v1/logout", None, None).await.status, StatusCode::UNAUTHORIZED);
+    let _ = PASSWORD;
+}
