@@ -46,6 +46,14 @@ const MAX_START_EXITS: u32 = 3;
 /// Most time a drained replica gets to finish its in-flight requests before it is stopped.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A state change asked for by a person, applied with compare-and-set.
+struct Change {
+    state: DeploymentState,
+    reason: Option<String>,
+    phase: serde_json::Value,
+    message: String,
+}
+
 /// Why a user request was refused; the API maps these to status codes.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -1316,19 +1324,23 @@ impl Controller {
         // blue/green that is the instant switch back to blue, which is still running.
         if let Some(active) = self.active_deployment(app, env).await?
             && active.state == DeploymentState::Progressing
-            && let Some(previous) = active.previous_version.clone()
-            && to.as_deref().is_none_or(|t| t == previous)
+            && active
+                .previous_version
+                .as_ref()
+                .is_some_and(|previous| to.as_deref().is_none_or(|t| t == previous))
         {
-            let reason = format!("rolled back by {requested_by}");
-            self.transition(
-                &active,
-                DeploymentState::RollingBack,
-                Some(reason.clone()),
-                None,
-                &format!("{reason}: all traffic back to {previous}"),
-            )
-            .await?;
-            return Ok(self.store.get_deployment(active.id).await?.unwrap_or(active).view());
+            return self
+                .change_in_progress(app, env, |deployment| {
+                    let previous = target_or(&deployment.previous_version);
+                    let reason = format!("rolled back by {requested_by}");
+                    Ok(Change {
+                        state: DeploymentState::RollingBack,
+                        message: format!("{reason}: all traffic back to {previous}"),
+                        reason: Some(reason),
+                        phase: deployment.phase.clone(),
+                    })
+                })
+                .await;
         }
         let current = self
             .store
@@ -1377,11 +1389,35 @@ impl Controller {
             .await
     }
 
-    /// The deployment in progress in app/env, or a clear refusal.
-    async fn in_progress(&self, app: &str, env: &str) -> Result<DeploymentRecord, RequestError> {
-        self.active_deployment(app, env).await?.ok_or_else(|| {
-            RequestError::Conflict(format!("no deployment in progress in {app}/{env}"))
-        })
+    /// Applies `change` to the deployment in progress in app/env with compare-and-set,
+    /// re-reading and retrying when the controller moved it meanwhile.
+    async fn change_in_progress(
+        &self,
+        app: &str,
+        env: &str,
+        change: impl Fn(&DeploymentRecord) -> Result<Change, RequestError>,
+    ) -> Result<DeploymentView, RequestError> {
+        for _ in 0..5 {
+            let deployment = self.active_deployment(app, env).await?.ok_or_else(|| {
+                RequestError::Conflict(format!("no deployment in progress in {app}/{env}"))
+            })?;
+            let Change {
+                state,
+                reason,
+                phase,
+                message,
+            } = change(&deployment)?;
+            if self
+                .transition_with_phase(&deployment, state, reason, None, phase, &message)
+                .await?
+            {
+                let fresh = self.store.get_deployment(deployment.id).await?;
+                return Ok(fresh.unwrap_or(deployment).view());
+            }
+        }
+        Err(RequestError::Conflict(format!(
+            "the deployment in {app}/{env} keeps changing; try again"
+        )))
     }
 
     /// Hands a promote/pause/resume to the running canary or blue/green rollout; the loop
@@ -1393,67 +1429,44 @@ impl Controller {
         name: CommandName,
         by: &str,
     ) -> Result<DeploymentView, RequestError> {
-        for _ in 0..5 {
-            let deployment = self.in_progress(app, env).await?;
-            let record = self
-                .store
-                .get_app(app)
-                .await?
-                .ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found")))?;
-            let manifest: Manifest = serde_json::from_str(&record.manifest_json).map_err(|e| {
-                RequestError::Server(ServerError::Proxy(format!(
-                    "stored manifest of {app} is unreadable: {e}"
-                )))
-            })?;
-            let strategy = manifest
-                .environments
-                .get(env)
-                .map(|e| e.strategy.clone())
-                .unwrap_or_default();
-            if plan_of(&deployment, &strategy, &manifest, env).is_none() {
+        let record = self
+            .store
+            .get_app(app)
+            .await?
+            .ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found")))?;
+        let manifest: Manifest = serde_json::from_str(&record.manifest_json).map_err(|e| {
+            RequestError::Server(ServerError::Proxy(format!(
+                "stored manifest of {app} is unreadable: {e}"
+            )))
+        })?;
+        let strategy = manifest
+            .environments
+            .get(env)
+            .map(|e| e.strategy.clone())
+            .unwrap_or_default();
+        self.change_in_progress(app, env, |deployment| {
+            if plan_of(deployment, &strategy, &manifest, env).is_none() {
                 return Err(RequestError::Conflict(format!(
                     "deployment #{} of {} in {app}/{env} is a {} rollout; {} applies to canary and blue/green rollouts that replace a running version",
-                    deployment.id,
-                    deployment.version,
-                    deployment.strategy,
-                    name.verb()
+                    deployment.id, deployment.version, deployment.strategy, name.verb()
                 )));
             }
             if deployment.state != DeploymentState::Progressing {
                 return Err(RequestError::Conflict(format!(
                     "deployment #{} is {}; {} applies while it progresses",
-                    deployment.id,
-                    deployment.state,
-                    name.verb()
+                    deployment.id, deployment.state, name.verb()
                 )));
             }
             let mut phase = Phase::of(&deployment.phase);
-            phase.command = Some(PendingCommand {
-                name,
-                by: by.to_string(),
-            });
-            let saved = self
-                .transition_with_phase(
-                    &deployment,
-                    DeploymentState::Progressing,
-                    None,
-                    None,
-                    phase.to_value(),
-                    &format!("{} requested by {by}", name.verb()),
-                )
-                .await?;
-            if saved {
-                return Ok(self
-                    .store
-                    .get_deployment(deployment.id)
-                    .await?
-                    .unwrap_or(deployment)
-                    .view());
-            }
-        }
-        Err(RequestError::Conflict(format!(
-            "the deployment in {app}/{env} keeps changing; try again"
-        )))
+            phase.command = Some(PendingCommand { name, by: by.to_string() });
+            Ok(Change {
+                state: DeploymentState::Progressing,
+                reason: None,
+                phase: phase.to_value(),
+                message: format!("{} requested by {by}", name.verb()),
+            })
+        })
+        .await
     }
 
     /// Sends all traffic back to the serving version now and stops the new one; the
@@ -1464,8 +1477,7 @@ impl Controller {
         env: &str,
         by: &str,
     ) -> Result<DeploymentView, RequestError> {
-        for _ in 0..5 {
-            let deployment = self.in_progress(app, env).await?;
+        self.change_in_progress(app, env, |deployment| {
             let mut phase = Phase::of(&deployment.phase);
             phase.aborted_by = Some(by.to_string());
             let reason = format!("aborted by {by}");
@@ -1477,28 +1489,14 @@ impl Controller {
                 // Nothing to go back to: stop here; the environment's leftovers are removed.
                 None => (DeploymentState::Aborted, reason.clone()),
             };
-            if self
-                .transition_with_phase(
-                    &deployment,
-                    state,
-                    Some(reason),
-                    None,
-                    phase.to_value(),
-                    &message,
-                )
-                .await?
-            {
-                return Ok(self
-                    .store
-                    .get_deployment(deployment.id)
-                    .await?
-                    .unwrap_or(deployment)
-                    .view());
-            }
-        }
-        Err(RequestError::Conflict(format!(
-            "the deployment in {app}/{env} keeps changing; try again"
-        )))
+            Ok(Change {
+                state,
+                reason: Some(reason),
+                phase: phase.to_value(),
+                message,
+            })
+        })
+        .await
     }
 
     /// Starts an aborted or rolled-back rollout again from the beginning.
