@@ -103,22 +103,118 @@ pub static RULES: &[Rule] = &[
     rule(Method::POST, "/v1/login", "login", Public, Global),
     rule(Method::POST, "/v1/logout", "logout", Authenticated, Global),
     rule(Method::GET, "/v1/whoami", "whoami", Authenticated, Global),
-    rule(Method::GET, "/metrics", "metrics", Perm(P::ViewMetrics), Global),
-    rule(Method::GET, "/v1/apps", "apps.list", Anywhere(P::View), Global),
-    rule(Method::POST, "/v1/apps", "apply", Perm(P::ManageApps), Manifest),
-    rule(Method::GET, "/v1/apps/{app}", "apps.get", Perm(P::View), App),
-    rule(Method::GET, "/v1/apps/{app}/status", "status", Perm(P::View), App),
-    rule(Method::POST, const_concat::DEPLOYMENTS, "deploy", Perm(P::Deploy), AppEnv),
-    rule(Method::GET, const_concat::DEPLOYMENTS, "history", Perm(P::View), AppEnv),
-    rule(Method::POST, const_concat::ROLLBACK, "rollback", Perm(P::Rollback), AppEnv),
-    rule(Method::GET, const_concat::LOGS, "logs", Perm(P::ViewLogs), AppEnv),
-    rule(Method::GET, const_concat::WATCH, "watch", Perm(P::View), AppEnv),
-    rule(Method::POST, const_concat::PROMOTE, "promote", Perm(P::Promote), AppEnv),
-    rule(Method::POST, const_concat::PAUSE, "pause", Perm(P::Promote), AppEnv),
-    rule(Method::POST, const_concat::RESUME, "resume", Perm(P::Promote), AppEnv),
-    rule(Method::POST, const_concat::ABORT, "abort", Perm(P::Abort), AppEnv),
-    rule(Method::POST, const_concat::RETRY, "retry", Perm(P::Deploy), AppEnv),
-    rule(Method::GET, "/v1/deployments/{id}", "deployments.get", Perm(P::View), Deployment),
+    rule(
+        Method::GET,
+        "/metrics",
+        "metrics",
+        Perm(P::ViewMetrics),
+        Global,
+    ),
+    rule(
+        Method::GET,
+        "/v1/apps",
+        "apps.list",
+        Anywhere(P::View),
+        Global,
+    ),
+    rule(
+        Method::POST,
+        "/v1/apps",
+        "apply",
+        Perm(P::ManageApps),
+        Manifest,
+    ),
+    rule(
+        Method::GET,
+        "/v1/apps/{app}",
+        "apps.get",
+        Perm(P::View),
+        App,
+    ),
+    rule(
+        Method::GET,
+        "/v1/apps/{app}/status",
+        "status",
+        Perm(P::View),
+        App,
+    ),
+    rule(
+        Method::POST,
+        const_concat::DEPLOYMENTS,
+        "deploy",
+        Perm(P::Deploy),
+        AppEnv,
+    ),
+    rule(
+        Method::GET,
+        const_concat::DEPLOYMENTS,
+        "history",
+        Perm(P::View),
+        AppEnv,
+    ),
+    rule(
+        Method::POST,
+        const_concat::ROLLBACK,
+        "rollback",
+        Perm(P::Rollback),
+        AppEnv,
+    ),
+    rule(
+        Method::GET,
+        const_concat::LOGS,
+        "logs",
+        Perm(P::ViewLogs),
+        AppEnv,
+    ),
+    rule(
+        Method::GET,
+        const_concat::WATCH,
+        "watch",
+        Perm(P::View),
+        AppEnv,
+    ),
+    rule(
+        Method::POST,
+        const_concat::PROMOTE,
+        "promote",
+        Perm(P::Promote),
+        AppEnv,
+    ),
+    rule(
+        Method::POST,
+        const_concat::PAUSE,
+        "pause",
+        Perm(P::Promote),
+        AppEnv,
+    ),
+    rule(
+        Method::POST,
+        const_concat::RESUME,
+        "resume",
+        Perm(P::Promote),
+        AppEnv,
+    ),
+    rule(
+        Method::POST,
+        const_concat::ABORT,
+        "abort",
+        Perm(P::Abort),
+        AppEnv,
+    ),
+    rule(
+        Method::POST,
+        const_concat::RETRY,
+        "retry",
+        Perm(P::Deploy),
+        AppEnv,
+    ),
+    rule(
+        Method::GET,
+        "/v1/deployments/{id}",
+        "deployments.get",
+        Perm(P::View),
+        Deployment,
+    ),
     rule(
         Method::GET,
         "/v1/deployments/{id}/events",
@@ -133,9 +229,27 @@ pub static RULES: &[Rule] = &[
         Perm(P::View),
         Deployment,
     ),
-    rule(Method::POST, "/v1/teardown", "teardown", Perm(P::ManageServer), Global),
-    rule(Method::GET, "/v1/users", "users.list", Perm(P::ManageUsers), Global),
-    rule(Method::POST, "/v1/users", "users.create", Perm(P::ManageUsers), Global),
+    rule(
+        Method::POST,
+        "/v1/teardown",
+        "teardown",
+        Perm(P::ManageServer),
+        Global,
+    ),
+    rule(
+        Method::GET,
+        "/v1/users",
+        "users.list",
+        Perm(P::ManageUsers),
+        Global,
+    ),
+    rule(
+        Method::POST,
+        "/v1/users",
+        "users.create",
+        Perm(P::ManageUsers),
+        Global,
+    ),
     rule(
         Method::POST,
         "/v1/users/{name}/disable",
@@ -157,8 +271,20 @@ pub static RULES: &[Rule] = &[
         SelfOr(P::ManageUsers),
         Global,
     ),
-    rule(Method::GET, "/v1/roles", "roles.list", Authenticated, Global),
-    rule(Method::POST, "/v1/roles", "roles.create", Perm(P::ManageRoles), Global),
+    rule(
+        Method::GET,
+        "/v1/roles",
+        "roles.list",
+        Authenticated,
+        Global,
+    ),
+    rule(
+        Method::POST,
+        "/v1/roles",
+        "roles.create",
+        Perm(P::ManageRoles),
+        Global,
+    ),
     rule(
         Method::DELETE,
         "/v1/roles/{name}",
@@ -166,7 +292,13 @@ pub static RULES: &[Rule] = &[
         Perm(P::ManageRoles),
         Global,
     ),
-    rule(Method::GET, "/v1/bindings", "bindings.list", Authenticated, Global),
+    rule(
+        Method::GET,
+        "/v1/bindings",
+        "bindings.list",
+        Authenticated,
+        Global,
+    ),
     rule(
         Method::POST,
         "/v1/bindings",
@@ -181,13 +313,55 @@ pub static RULES: &[Rule] = &[
         Perm(P::ManageUsers),
         Global,
     ),
-    rule(Method::GET, "/v1/tokens", "tokens.list", Authenticated, Global),
-    rule(Method::POST, "/v1/tokens", "tokens.create", Authenticated, Global),
-    rule(Method::DELETE, "/v1/tokens/{id}", "tokens.delete", Authenticated, Global),
-    rule(Method::GET, "/v1/auth/can-i", "auth.can_i", Authenticated, Global),
-    rule(Method::GET, "/v1/audit", "audit.query", Anywhere(P::View), Global),
-    rule(Method::GET, "/v1/audit/export", "audit.export", Anywhere(P::View), Global),
-    rule(Method::GET, "/v1/audit/verify", "audit.verify", Perm(P::View), Global),
+    rule(
+        Method::GET,
+        "/v1/tokens",
+        "tokens.list",
+        Authenticated,
+        Global,
+    ),
+    rule(
+        Method::POST,
+        "/v1/tokens",
+        "tokens.create",
+        Authenticated,
+        Global,
+    ),
+    rule(
+        Method::DELETE,
+        "/v1/tokens/{id}",
+        "tokens.delete",
+        Authenticated,
+        Global,
+    ),
+    rule(
+        Method::GET,
+        "/v1/auth/can-i",
+        "auth.can_i",
+        Authenticated,
+        Global,
+    ),
+    rule(
+        Method::GET,
+        "/v1/audit",
+        "audit.query",
+        Anywhere(P::View),
+        Global,
+    ),
+    rule(
+        Method::GET,
+        "/v1/audit/export",
+        "audit.export",
+        Anywhere(P::View),
+        Global,
+    ),
+    rule(
+        Method::GET,
+        "/v1/audit/verify",
+        "audit.verify",
+        Perm(P::View),
+        Global,
+    ),
     rule(
         Method::GET,
         "/v1/audit/checkpoints",
@@ -282,9 +456,9 @@ impl Access {
     /// `permission` on any scope.
     pub fn anywhere(&self, permission: Permission) -> bool {
         let has = |bindings: &[Binding]| {
-            bindings.iter().any(|b| {
-                rbac::find_role(&self.roles, &b.role).is_some_and(|r| r.has(permission))
-            })
+            bindings
+                .iter()
+                .any(|b| rbac::find_role(&self.roles, &b.role).is_some_and(|r| r.has(permission)))
         };
         has(&self.caller.bindings) && self.caller.owner_bindings.as_deref().is_none_or(has)
     }
@@ -470,8 +644,14 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
                     ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", message.clone())
                         .into_response();
                 if method != Method::GET {
-                    record(&state, &seen, "anonymous", &format!("failed: 401 {message}"), slot)
-                        .await;
+                    record(
+                        &state,
+                        &seen,
+                        "anonymous",
+                        &format!("failed: 401 {message}"),
+                        slot,
+                    )
+                    .await;
                 }
                 return response;
             }
@@ -530,8 +710,7 @@ fn denied_outcome(reason: &str) -> String {
 async fn raw_params(parts: &mut axum::http::request::Parts) -> HashMap<String, String> {
     let mut into = HashMap::new();
     if let Ok(raw) =
-        <RawPathParams as axum::extract::FromRequestParts<()>>::from_request_parts(parts, &())
-            .await
+        <RawPathParams as axum::extract::FromRequestParts<()>>::from_request_parts(parts, &()).await
     {
         for (k, v) in raw.iter() {
             into.insert(k.to_string(), v.to_string());
@@ -552,10 +731,7 @@ async fn authorize(
     match seen.rule.target {
         TargetFrom::Global | TargetFrom::App | TargetFrom::AppEnv => {}
         TargetFrom::Deployment => {
-            let id = seen
-                .params
-                .get("id")
-                .and_then(|id| id.parse::<i64>().ok());
+            let id = seen.params.get("id").and_then(|id| id.parse::<i64>().ok());
             if let Some(id) = id {
                 seen.target = Some(format!("deployment {id}"));
                 if let Some(d) = state.store.get_deployment(id).await.map_err(internal)? {
@@ -611,7 +787,8 @@ async fn authorize(
         }
         SelfOr(p) => {
             let named = seen.params.get("name");
-            if named.is_some() && access.caller.user.as_ref() == named
+            if named.is_some()
+                && access.caller.user.as_ref() == named
                 && access.caller.kind == auth::CallerKind::User
             {
                 return Ok(());

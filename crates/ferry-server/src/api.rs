@@ -19,8 +19,8 @@ use ferry_core::api::{
     ApiError, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
     DeploymentView, PromoteRequest, RollbackRequest,
 };
-use ferry_core::rbac::{Permission, Target};
 use ferry_core::manifest::{self, Manifest};
+use ferry_core::rbac::{Permission, Target};
 use ferry_store::{AppRecord, NewManifest, Store};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -647,14 +647,7 @@ async fn logs(
     }
     let tail = query.tail.unwrap_or(100).min(100_000);
     let follow = query.follow.unwrap_or(false);
-    let stream = crate::logs::stream(
-        controller.clone(),
-        app,
-        env,
-        query.service,
-        tail,
-        follow,
-    );
+    let stream = crate::logs::stream(controller.clone(), app, env, query.service, tail, follow);
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,

@@ -13,8 +13,8 @@ use ferry_core::api::{DeploymentView, EventView};
 use ferry_core::audit::{self, AuditRecord, Break, Checkpoint};
 use ferry_core::rbac::{Permission, Target};
 use ferry_store::{AuditQuery, CheckpointRecord, Store, StoreError};
-use serde::{Deserialize, Serialize};
 use rand::RngExt;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
@@ -514,7 +514,10 @@ pub fn render_markdown(c: &ChangeRecord) -> String {
                 .unwrap_or_else(|| "(in progress)".to_string()),
         ),
         ("Outcome", c.outcome.clone()),
-        ("Reason", c.reason.clone().unwrap_or_else(|| "-".to_string())),
+        (
+            "Reason",
+            c.reason.clone().unwrap_or_else(|| "-".to_string()),
+        ),
     ];
     for (k, v) in rows {
         let _ = writeln!(out, "| {k} | {} |", cell(&v));

@@ -39,7 +39,10 @@ fn store_failure(e: ferry_store::StoreError) -> ApiFailure {
 /// User names: 1–64 characters, a letter or digit first, then letters, digits, `.`, `_`,
 /// `-` or `@`.
 pub fn validate_username(name: &str) -> Result<(), String> {
-    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     let ok_rest = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
@@ -121,8 +124,11 @@ pub async fn login(
         Ok(user) => user,
         Err(e) => return internal(e).into_response(),
     };
-    let ok = auth::verify_password(request.password, user.as_ref().map(|u| u.password_hash.clone()))
-        .await;
+    let ok = auth::verify_password(
+        request.password,
+        user.as_ref().map(|u| u.password_hash.clone()),
+    )
+    .await;
     let Some(user) = user.filter(|_| ok) else {
         {
             let mut throttle = state.gov.throttle();
@@ -398,7 +404,10 @@ pub async fn create_role(
         return Err(ApiFailure::new(
             StatusCode::CONFLICT,
             "conflict",
-            format!("{} is a built-in role and cannot be redefined", request.name),
+            format!(
+                "{} is a built-in role and cannot be redefined",
+                request.name
+            ),
         ));
     }
     let permissions = request
@@ -592,7 +601,11 @@ pub async fn list_tokens(
 ) -> ApiResult<Json<Vec<TokenView>>> {
     let now = now_ms();
     let tokens = if access.allows(Permission::ManageUsers, Target::global()) {
-        state.store.list_tokens(None, None).await.map_err(internal)?
+        state
+            .store
+            .list_tokens(None, None)
+            .await
+            .map_err(internal)?
     } else if let (CallerKind::User, Some(user)) = (access.caller.kind, &access.caller.user) {
         state
             .store
@@ -653,8 +666,7 @@ pub async fn create_token(
     slot.with(|n| n.app = request.app.clone());
     if access.caller.kind == CallerKind::Token {
         return Err(slot.deny(
-            "API tokens cannot make tokens; log in as a user (or use the admin token)"
-                .to_string(),
+            "API tokens cannot make tokens; log in as a user (or use the admin token)".to_string(),
         ));
     }
     let role = role_named(&access.roles, &request.role)?;
@@ -808,7 +820,10 @@ pub async fn can_i(
         env: query.env.as_deref(),
     };
     let (subject, decision) = match &query.as_user {
-        None => (access.caller.name.clone(), access.decide(permission, target)),
+        None => (
+            access.caller.name.clone(),
+            access.decide(permission, target),
+        ),
         Some(user) => {
             access.require(&slot, Permission::ManageUsers, Target::global())?;
             let Some(record) = state.store.get_user(user).await.map_err(internal)? else {

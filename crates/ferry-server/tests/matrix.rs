@@ -61,8 +61,18 @@ struct Row {
     needs: Needs,
 }
 
-const fn row(method: &'static str, path: &'static str, body: Option<&'static str>, needs: Needs) -> Row {
-    Row { method, path, body, needs }
+const fn row(
+    method: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+    needs: Needs,
+) -> Row {
+    Row {
+        method,
+        path,
+        body,
+        needs,
+    }
 }
 
 use Needs::*;
@@ -75,40 +85,174 @@ const TABLE: &[Row] = &[
     row("GET", "/v1/whoami", None, Auth),
     row("GET", "/metrics", None, Perm(P::ViewMetrics, Global)),
     row("GET", "/v1/apps", None, Anywhere(P::View)),
-    row("POST", "/v1/apps", Some(r#"{"manifest": "app: {app}\nservices:\n  api:\n    run: [\"true\"]\nenvironments:\n  {env}:\n    listen: 127.0.0.1:{port}\n", "dry_run": true}"#), Perm(P::ManageApps, App)),
+    row(
+        "POST",
+        "/v1/apps",
+        Some(
+            r#"{"manifest": "app: {app}\nservices:\n  api:\n    run: [\"true\"]\nenvironments:\n  {env}:\n    listen: 127.0.0.1:{port}\n", "dry_run": true}"#,
+        ),
+        Perm(P::ManageApps, App),
+    ),
     row("GET", "/v1/apps/{app}", None, Perm(P::View, App)),
     row("GET", "/v1/apps/{app}/status", None, Perm(P::View, App)),
-    row("POST", "/v1/apps/{app}/envs/{env}/deployments", Some(r#"{"version": "1.2.0"}"#), Perm(P::Deploy, AppEnv)),
-    row("GET", "/v1/apps/{app}/envs/{env}/deployments", None, Perm(P::View, AppEnv)),
-    row("POST", "/v1/apps/{app}/envs/{env}/rollback", Some("{}"), Perm(P::Rollback, AppEnv)),
-    row("GET", "/v1/apps/{app}/envs/{env}/logs", None, Perm(P::ViewLogs, AppEnv)),
-    row("GET", "/v1/apps/{app}/envs/{env}/watch", None, Perm(P::View, AppEnv)),
-    row("POST", "/v1/apps/{app}/envs/{env}/promote", Some("{}"), Perm(P::Promote, AppEnv)),
-    row("POST", "/v1/apps/{app}/envs/{env}/pause", None, Perm(P::Promote, AppEnv)),
-    row("POST", "/v1/apps/{app}/envs/{env}/resume", None, Perm(P::Promote, AppEnv)),
-    row("POST", "/v1/apps/{app}/envs/{env}/abort", None, Perm(P::Abort, AppEnv)),
-    row("POST", "/v1/apps/{app}/envs/{env}/retry", None, Perm(P::Deploy, AppEnv)),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/deployments",
+        Some(r#"{"version": "1.2.0"}"#),
+        Perm(P::Deploy, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/deployments",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/rollback",
+        Some("{}"),
+        Perm(P::Rollback, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/logs",
+        None,
+        Perm(P::ViewLogs, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/watch",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/promote",
+        Some("{}"),
+        Perm(P::Promote, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/pause",
+        None,
+        Perm(P::Promote, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/resume",
+        None,
+        Perm(P::Promote, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/abort",
+        None,
+        Perm(P::Abort, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/retry",
+        None,
+        Perm(P::Deploy, AppEnv),
+    ),
     row("GET", "/v1/deployments/{dep}", None, Perm(P::View, AppEnv)),
-    row("GET", "/v1/deployments/{dep}/events", None, Perm(P::View, AppEnv)),
-    row("GET", "/v1/deployments/{dep}/change-record?format=markdown", None, Perm(P::View, AppEnv)),
+    row(
+        "GET",
+        "/v1/deployments/{dep}/events",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/deployments/{dep}/change-record?format=markdown",
+        None,
+        Perm(P::View, AppEnv),
+    ),
     row("POST", "/v1/teardown", None, Perm(P::ManageServer, Global)),
     row("GET", "/v1/users", None, Perm(P::ManageUsers, Global)),
-    row("POST", "/v1/users", Some(r#"{"username": "new{n}", "password": "a long enough password"}"#), Perm(P::ManageUsers, Global)),
-    row("POST", "/v1/users/victim/disable", None, Perm(P::ManageUsers, Global)),
-    row("POST", "/v1/users/victim/enable", None, Perm(P::ManageUsers, Global)),
-    row("PUT", "/v1/users/victim/password", Some(r#"{"password": "a long enough password"}"#), Perm(P::ManageUsers, Global)),
+    row(
+        "POST",
+        "/v1/users",
+        Some(r#"{"username": "new{n}", "password": "a long enough password"}"#),
+        Perm(P::ManageUsers, Global),
+    ),
+    row(
+        "POST",
+        "/v1/users/victim/disable",
+        None,
+        Perm(P::ManageUsers, Global),
+    ),
+    row(
+        "POST",
+        "/v1/users/victim/enable",
+        None,
+        Perm(P::ManageUsers, Global),
+    ),
+    row(
+        "PUT",
+        "/v1/users/victim/password",
+        Some(r#"{"password": "a long enough password"}"#),
+        Perm(P::ManageUsers, Global),
+    ),
     row("GET", "/v1/roles", None, Auth),
-    row("POST", "/v1/roles", Some(r#"{"name": "custom{n}", "permissions": ["view"]}"#), Perm(P::ManageRoles, Global)),
-    row("DELETE", "/v1/roles/nosuch", None, Perm(P::ManageRoles, Global)),
+    row(
+        "POST",
+        "/v1/roles",
+        Some(r#"{"name": "custom{n}", "permissions": ["view"]}"#),
+        Perm(P::ManageRoles, Global),
+    ),
+    row(
+        "DELETE",
+        "/v1/roles/nosuch",
+        None,
+        Perm(P::ManageRoles, Global),
+    ),
     row("GET", "/v1/bindings", None, Auth),
-    row("GET", "/v1/bindings?user=victim", None, Perm(P::ManageUsers, Global)),
-    row("POST", "/v1/bindings", Some(r#"{"user": "victim", "role": "viewer", "app": "{app}"}"#), Perm(P::ManageUsers, Global)),
-    row("DELETE", "/v1/bindings/999999", None, Perm(P::ManageUsers, Global)),
+    row(
+        "GET",
+        "/v1/bindings?user=victim",
+        None,
+        Perm(P::ManageUsers, Global),
+    ),
+    row(
+        "POST",
+        "/v1/bindings",
+        Some(r#"{"user": "victim", "role": "viewer", "app": "{app}"}"#),
+        Perm(P::ManageUsers, Global),
+    ),
+    row(
+        "DELETE",
+        "/v1/bindings/999999",
+        None,
+        Perm(P::ManageUsers, Global),
+    ),
     row("GET", "/v1/tokens", None, Auth),
-    row("POST", "/v1/tokens", Some(r#"{"name": "t{n}", "role": "reader", "app": "{app}", "envs": ["{env}"], "expires_in": "1h"}"#), UserPerm(P::View, AppEnv)),
-    row("DELETE", "/v1/tokens/999999", None, Perm(P::ManageUsers, Global)),
-    row("GET", "/v1/auth/can-i?permission=deploy&app={app}&env={env}", None, Auth),
-    row("GET", "/v1/auth/can-i?permission=deploy&as=victim", None, Perm(P::ManageUsers, Global)),
+    row(
+        "POST",
+        "/v1/tokens",
+        Some(
+            r#"{"name": "t{n}", "role": "reader", "app": "{app}", "envs": ["{env}"], "expires_in": "1h"}"#,
+        ),
+        UserPerm(P::View, AppEnv),
+    ),
+    row(
+        "DELETE",
+        "/v1/tokens/999999",
+        None,
+        Perm(P::ManageUsers, Global),
+    ),
+    row(
+        "GET",
+        "/v1/auth/can-i?permission=deploy&app={app}&env={env}",
+        None,
+        Auth,
+    ),
+    row(
+        "GET",
+        "/v1/auth/can-i?permission=deploy&as=victim",
+        None,
+        Perm(P::ManageUsers, Global),
+    ),
     row("GET", "/v1/audit?app={app}", None, Anywhere(P::View)),
     row("GET", "/v1/audit/export", None, Anywhere(P::View)),
     row("GET", "/v1/audit/verify", None, Perm(P::View, Global)),
@@ -118,7 +262,12 @@ const TABLE: &[Row] = &[
 /// The rules spelled independently of the server: a binding on `shop [staging]` grants a
 /// permission of its role on shop/staging; on the whole app `shop` only read permissions;
 /// nothing global. A binding everywhere grants everything its role has.
-fn expect_allowed(role_perms: &[Permission], principal: Principal, needs: Needs, case: Case) -> bool {
+fn expect_allowed(
+    role_perms: &[Permission],
+    principal: Principal,
+    needs: Needs,
+    case: Case,
+) -> bool {
     let has = |p: Permission| role_perms.contains(&p);
     let scoped = principal != Principal::Everywhere;
     let on_target = |p: Permission, on: On| {
@@ -139,18 +288,36 @@ fn expect_allowed(role_perms: &[Permission], principal: Principal, needs: Needs,
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_role_times_every_endpoint_times_scope() {
     let h = Harness::new().await;
     h.add_user("victim").await;
-    h.admin_ok("POST", "/v1/roles", Some(json!({"name": "reader", "permissions": ["view"]}))).await;
+    h.admin_ok(
+        "POST",
+        "/v1/roles",
+        Some(json!({"name": "reader", "permissions": ["view"]})),
+    )
+    .await;
     let deps = [
-        (("shop", "staging"), h.deployment("shop", "staging", "1.0.0", "user:x").await),
-        (("blog", "staging"), h.deployment("blog", "staging", "1.0.0", "user:x").await),
-        (("shop", "production"), h.deployment("shop", "production", "1.0.0", "user:x").await),
+        (
+            ("shop", "staging"),
+            h.deployment("shop", "staging", "1.0.0", "user:x").await,
+        ),
+        (
+            ("blog", "staging"),
+            h.deployment("blog", "staging", "1.0.0", "user:x").await,
+        ),
+        (
+            ("shop", "production"),
+            h.deployment("shop", "production", "1.0.0", "user:x").await,
+        ),
     ];
     let cases = [
         (Case::InScope, "shop", "staging"),
@@ -160,11 +327,37 @@ async fn every_role_times_every_endpoint_times_scope() {
     let mut principals = Vec::new();
     for role in builtin_roles() {
         let perms: Vec<Permission> = role.permissions.iter().copied().collect();
-        let scoped = h.user_with(&format!("{}-scoped", role.name), &role.name, Some("shop"), &["staging"]).await;
-        let token = h.token(&format!("{}-token", role.name), &role.name, Some("shop"), &["staging"]).await;
-        let everywhere = h.user_with(&format!("{}-all", role.name), &role.name, None, &[]).await;
-        principals.push((role.name.clone(), perms.clone(), Principal::ScopedUser, scoped));
-        principals.push((role.name.clone(), perms.clone(), Principal::ScopedToken, token));
+        let scoped = h
+            .user_with(
+                &format!("{}-scoped", role.name),
+                &role.name,
+                Some("shop"),
+                &["staging"],
+            )
+            .await;
+        let token = h
+            .token(
+                &format!("{}-token", role.name),
+                &role.name,
+                Some("shop"),
+                &["staging"],
+            )
+            .await;
+        let everywhere = h
+            .user_with(&format!("{}-all", role.name), &role.name, None, &[])
+            .await;
+        principals.push((
+            role.name.clone(),
+            perms.clone(),
+            Principal::ScopedUser,
+            scoped,
+        ));
+        principals.push((
+            role.name.clone(),
+            perms.clone(),
+            Principal::ScopedToken,
+            token,
+        ));
         principals.push((role.name.clone(), perms, Principal::Everywhere, everywhere));
     }
 
@@ -173,7 +366,11 @@ async fn every_role_times_every_endpoint_times_scope() {
     let mut checked = 0;
     for r in TABLE {
         for (case, app, env) in cases {
-            let dep = deps.iter().find(|((a, e), _)| *a == app && *e == env).unwrap().1;
+            let dep = deps
+                .iter()
+                .find(|((a, e), _)| *a == app && *e == env)
+                .unwrap()
+                .1;
             let fill = |text: &str, n: i32| {
                 text.replace("{app}", app)
                     .replace("{env}", env)
@@ -184,16 +381,21 @@ async fn every_role_times_every_endpoint_times_scope() {
             // no credentials, bad credentials
             for token in [None, Some("ferry_0000")] {
                 n += 1;
-                let body: Option<Value> = r.body.map(|b| serde_json::from_str(&fill(b, n)).unwrap());
+                let body: Option<Value> =
+                    r.body.map(|b| serde_json::from_str(&fill(b, n)).unwrap());
                 let a = h.call(r.method, &fill(r.path, n), token, body).await;
                 checked += 1;
                 if a.status != StatusCode::UNAUTHORIZED {
-                    failures.push(format!("{} {} {case:?} token={token:?}: want 401, got {} {}", r.method, r.path, a.status, a.text));
+                    failures.push(format!(
+                        "{} {} {case:?} token={token:?}: want 401, got {} {}",
+                        r.method, r.path, a.status, a.text
+                    ));
                 }
             }
             for (role, perms, principal, token) in &principals {
                 n += 1;
-                let body: Option<Value> = r.body.map(|b| serde_json::from_str(&fill(b, n)).unwrap());
+                let body: Option<Value> =
+                    r.body.map(|b| serde_json::from_str(&fill(b, n)).unwrap());
                 let path = fill(r.path, n);
                 let a = h.call(r.method, &path, Some(token), body).await;
                 checked += 1;
@@ -215,7 +417,12 @@ async fn every_role_times_every_endpoint_times_scope() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {checked} checks failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} checks failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(checked > 1_500, "{checked}");
 
     // the table covers every gated route but login and logout
@@ -232,16 +439,38 @@ async fn every_role_times_every_endpoint_times_scope() {
         .iter()
         .map(|r| (r.method, r.path.split('?').next().unwrap()))
         .collect();
-    assert_eq!(distinct.len() + 2, gated, "every gated route is in the table");
+    assert_eq!(
+        distinct.len() + 2,
+        gated,
+        "every gated route is in the table"
+    );
 
     // login is public; logout ends the session it comes with (any principal may)
     let login = h
-        .call("POST", "/v1/login", None, Some(json!({"username": "victim", "password": "a long enough password"})))
+        .call(
+            "POST",
+            "/v1/login",
+            None,
+            Some(json!({"username": "victim", "password": "a long enough password"})),
+        )
         .await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.text);
     let session = login.json()["token"].as_str().unwrap().to_string();
-    assert_eq!(h.call("POST", "/v1/logout", Some(&session), None).await.status, StatusCode::OK);
-    assert_eq!(h.call("POST", "/v1/logout", Some(&session), None).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(h.call("POST", "/v1/logout", None, None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.call("POST", "/v1/logout", Some(&session), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.call("POST", "/v1/logout", Some(&session), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.call("POST", "/v1/logout", None, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let _ = PASSWORD;
 }

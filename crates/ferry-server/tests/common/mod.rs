@@ -41,9 +41,7 @@ impl Harness {
         let store = Store::open_sqlite_file(&dir.path().join("ferry.db"))
             .await
             .expect("store");
-        let api = ApiOnly::open(store.clone(), dir.path())
-            .await
-            .expect("api");
+        let api = ApiOnly::open(store.clone(), dir.path()).await.expect("api");
         let admin = api.admin_token().to_string();
         Harness {
             api,
@@ -89,7 +87,12 @@ impl Harness {
         let mut request = builder.body(body).expect("request");
         let addr: SocketAddr = addr.parse().expect("addr");
         request.extensions_mut().insert(ConnectInfo(addr));
-        let response = self.api.router().oneshot(request).await.expect("infallible");
+        let response = self
+            .api
+            .router()
+            .oneshot(request)
+            .await
+            .expect("infallible");
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024 * 1024)
@@ -105,7 +108,12 @@ impl Harness {
     /// Admin call that must succeed (2xx); returns the JSON.
     pub async fn admin_ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let a = self.call(method, path, Some(&self.admin), body).await;
-        assert!(a.status.is_success(), "{method} {path}: {} {}", a.status, a.text);
+        assert!(
+            a.status.is_success(),
+            "{method} {path}: {} {}",
+            a.status,
+            a.text
+        );
         serde_json::from_str(&a.text).unwrap_or(Value::Null)
     }
 
