@@ -1160,7 +1160,7 @@ async fn stickiness_survives_a_proxy_restart() {
 /// `/chunked` (a streamed body of 3 chunks), `/empty` (204), `/echo` (the request body),
 /// anything else `ok` (HEAD: no body).
 async fn counting_upstream() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
-    use http_body_util::{BodyExt, StreamBody};
+    use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
@@ -1171,12 +1171,9 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHa
             let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
                 type B = http_body_util::combinators::BoxBody<Bytes, Infallible>;
                 let resp: Response<B> = match req.uri().path() {
-                    "/chunked" => {
-                        let chunks = ["one ", "two ", "three"]
-                            .map(|c| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(c))));
-                        let stream = futures_stream(chunks.to_vec());
-                        Response::new(BodyExt::boxed(StreamBody::new(stream)))
-                    }
+                    "/chunked" => Response::new(BodyExt::boxed(ChunkedBody(
+                        ["one ", "two ", "three"].into_iter().collect(),
+                    ))),
                     "/empty" => Response::builder()
                         .status(204)
                         .body(BodyExt::boxed(Full::new(Bytes::new())))
@@ -1199,24 +1196,19 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHa
     (addr, accepted, task)
 }
 
-/// A stream over `items`, yielding one per poll.
-fn futures_stream<T: Unpin>(items: Vec<T>) -> impl hyper::body::Body + Send
-where
-    T: Send + 'static,
-    T: Into<Result<hyper::body::Frame<Bytes>, Infallible>>,
-{
-    struct S<T>(std::collections::VecDeque<T>);
-    impl<T: Unpin + Into<Result<hyper::body::Frame<Bytes>, Infallible>>> hyper::body::Body for S<T> {
-        type Data = Bytes;
-        type Error = Infallible;
-        fn poll_frame(
-            self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-            std::task::Poll::Ready(self.get_mut().0.pop_front().map(Into::into))
-        }
+/// A body of unknown length (sent chunked), one frame per poll.
+struct ChunkedBody(std::collections::VecDeque<&'static str>);
+
+impl hyper::body::Body for ChunkedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let next = self.get_mut().0.pop_front();
+        std::task::Poll::Ready(next.map(|c| Ok(hyper::body::Frame::data(Bytes::from(c)))))
     }
-    S(items.into_iter().collect())
 }
 
 #[tokio::test]
