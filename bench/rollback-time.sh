@@ -3,6 +3,7 @@
 #
 #   bench/rollback-time.sh                 # 5 runs per profile, 400 req/s
 #   RUNS=10 RATE=300 bench/rollback-time.sh
+#   KEEP=1 bench/ ...                       # keep the temporary directory (logs, data)
 #   SKIP_BUILD=1 bench/rollback-time.sh    # reuse target/release/{ferry,ferry-demo}
 #
 # Starts `ferry server` (which starts its proxy) on a temporary data dir, deploys a stable
@@ -52,7 +53,7 @@ cleanup() {
         kill -KILL "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
     fi
-    rm -rf "$TMP"
+    if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -3,6 +3,7 @@
 #
 #   bench/switch-errors.sh                  # 300 req/s per listener
 #   RATE=500 bench/switch-errors.sh
+#   KEEP=1 bench/ ...                       # keep the temporary directory (logs, data)
 #   SKIP_BUILD=1 bench/switch-errors.sh     # reuse target/release/{ferry,ferry-demo}
 #
 # Starts `ferry server` (and so its proxy) on a temporary data dir with one app and two
@@ -48,7 +49,7 @@ cleanup() {
         kill -KILL "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
     fi
-    rm -rf "$TMP"
+    if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

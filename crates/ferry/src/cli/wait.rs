@@ -48,7 +48,11 @@ pub async fn follow(
     let deadline = Instant::now() + timeout;
     let mut last_seq: Option<i64> = None;
     let mut lost_contact = false;
-    let print = |events: &[EventView], last_seq: &mut Option<i64>| {
+    // Set once a terminal transition was printed: the deployment row may have been read
+    // just before it committed (the detail is two reads), so don't long-poll for events
+    // that already came; re-read the deployment instead.
+    let mut ended = false;
+    let print = |events: &[EventView], last_seq: &mut Option<i64>, ended: &mut bool| {
         for event in events {
             if last_seq.is_some_and(|last| event.seq <= last) {
                 continue;
@@ -56,13 +60,17 @@ pub async fn follow(
             if print_events {
                 println!("{}", event_line(event));
             }
+            *ended |= is_terminal_transition(event);
             *last_seq = Some(event.seq);
         }
     };
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
+        if ended {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let step = async {
-            if remaining > Duration::ZERO {
+            if remaining > Duration::ZERO && !ended {
                 let wait = remaining.min(POLL);
                 let mut query = vec![("wait_ms", wait.as_millis().to_string())];
                 if let Some(seq) = last_seq {
@@ -71,10 +79,10 @@ pub async fn follow(
                 let events: Vec<EventView> = client
                     .get_long_poll(&["v1", "deployments", &id, "events"], &query, wait)
                     .await?;
-                print(&events, &mut last_seq);
+                print(&events, &mut last_seq, &mut ended);
             }
             let detail: DeploymentDetail = client.get(&["v1", "deployments", &id], &[]).await?;
-            print(&detail.events, &mut last_seq);
+            print(&detail.events, &mut last_seq, &mut ended);
             anyhow::Ok(detail.deployment)
         };
         match tokio::time::timeout(remaining + Duration::from_secs(5), step).await {
@@ -104,6 +112,16 @@ pub async fn follow(
             Err(_) => return Err(timed_out(dep, timeout).into()),
         }
     }
+}
+
+/// A `state` event recording a move to a terminal state (`aborted: …`, `succeeded: …`).
+fn is_terminal_transition(event: &EventView) -> bool {
+    event.kind == "state"
+        && event
+            .message
+            .split_once(':')
+            .and_then(|(state, _)| state.parse::<DeploymentState>().ok())
+            .is_some_and(DeploymentState::is_terminal)
 }
 
 fn timed_out(dep: &DeploymentView, timeout: Duration) -> Failure {
@@ -189,5 +207,36 @@ pub fn outcome(dep: &DeploymentView) -> anyhow::Result<()> {
             format!("deployment #{} is still {state}", dep.id),
         )
         .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_terminal_transitions() {
+        let event = |kind: &str, message: &str| EventView {
+            seq: 1,
+            at_ms: 0,
+            kind: kind.into(),
+            message: message.into(),
+        };
+        assert!(is_terminal_transition(&event(
+            "state",
+            "aborted: aborted by x; 1.0.0 serves all traffic"
+        )));
+        assert!(is_terminal_transition(&event(
+            "state",
+            "rolled-back: 1.0.0 restored"
+        )));
+        assert!(!is_terminal_transition(&event(
+            "state",
+            "rolling-back: all traffic back"
+        )));
+        assert!(!is_terminal_transition(&event(
+            "replica",
+            "succeeded: not a state event"
+        )));
     }
 }
