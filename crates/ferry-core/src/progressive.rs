@@ -256,17 +256,20 @@ pub fn advance(
             if let Some(run) = &next.stage_run {
                 next.stage_run = Some(run.resume(now_ms));
             }
+            resume_background(&mut next, now_ms);
             next.waiting_for = None;
             notes.push("resumed".into());
         }
         Some(Command::PromoteFull) if next.stage < plan.finale => {
             notes.push("promoted to full by hand: skipping to the final promotion".into());
+            resume_background(&mut next, now_ms);
             enter(&mut next, plan, plan.finale, now_ms);
         }
         Some(Command::Promote) => {
             if let Some(stage) = plan.stages.get(next.stage) {
                 notes.push(format!("promoted by hand past {}", stage_name(stage)));
                 next.manually_paused = false;
+                resume_background(&mut next, now_ms);
                 let following = next.stage + 1;
                 enter(&mut next, plan, following, now_ms);
             }
@@ -274,6 +277,21 @@ pub fn advance(
         _ => {}
     }
     if next.manually_paused {
+        return (next, Outcome::Continue(notes));
+    }
+    // Background analysis that cannot judge (too little traffic for too long) holds the
+    // rollout for a person, like a stage analysis does.
+    if let Some(RunVerdict::NeedsHuman { reason }) =
+        next.background_run.as_ref().map(|r| &r.verdict)
+    {
+        let waiting = format!(
+            "background analysis at {}: {reason}",
+            percent(next.weight_bp)
+        );
+        if next.waiting_for.as_ref() != Some(&waiting) {
+            notes.push(format!("waiting for a person: {waiting}"));
+        }
+        next.waiting_for = Some(waiting);
         return (next, Outcome::Continue(notes));
     }
 
@@ -376,6 +394,13 @@ pub fn advance(
     (next, Outcome::Continue(notes))
 }
 
+/// A person took responsibility: background analysis that was waiting measures again.
+fn resume_background(progress: &mut Progress, now_ms: i64) {
+    if let Some(run) = &progress.background_run {
+        progress.background_run = Some(run.resume(now_ms));
+    }
+}
+
 fn enter(progress: &mut Progress, plan: &Plan, stage: usize, now_ms: i64) {
     progress.stage = stage.min(plan.stages.len());
     progress.stage_started_ms = now_ms;
@@ -386,6 +411,7 @@ fn enter(progress: &mut Progress, plan: &Plan, stage: usize, now_ms: i64) {
 /// Human name of a stage (`weight 5%`, `step 2 pause`).
 pub fn stage_name(stage: &Stage) -> String {
     match stage {
+        Stage::Scale { replicas: 1 } => "scaling to 1 replica".to_string(),
         Stage::Scale { replicas } => format!("scaling to {replicas} replicas"),
         Stage::Weight { basis_points } => format!("weight {}", percent(*basis_points)),
         Stage::Analysis { label, .. } | Stage::Pause { label, .. } => label.clone(),
@@ -661,6 +687,39 @@ mod tests {
         };
         let (_, out) = advance(&plan, &p, &bad, None, 10_000);
         assert!(matches!(out, Outcome::Failed(r) if r.contains("background analysis failed")));
+    }
+
+    #[test]
+    fn inconclusive_background_analysis_holds_for_a_person_and_resume_measures_again() {
+        let mut c = canary(vec![weight(5.0), weight(50.0)]);
+        let mut spec = errors_analysis();
+        spec.inconclusive_limit = 0;
+        c.analysis = Some(spec);
+        let plan = canary_plan(&c, 2);
+        let (p, _) = advance(&plan, &start(0), &ready(1), None, 0);
+        assert!(p.background_run.is_some());
+        let thin = Observation {
+            background_measurements: Some(vec![measurement(Verdict::Inconclusive)]),
+            ..ready(1)
+        };
+        let (p, out) = advance(&plan, &p, &thin, None, 5_000);
+        assert!(matches!(out, Outcome::Continue(_)));
+        let stage = p.stage;
+        assert!(
+            p.waiting_for
+                .as_deref()
+                .is_some_and(|w| w.starts_with("background analysis at")),
+            "{:?}",
+            p.waiting_for
+        );
+        let (held, _) = advance(&plan, &p, &ready(2), None, 60_000);
+        assert_eq!(held.stage, stage, "held while waiting");
+        let (p, _) = advance(&plan, &held, &ready(1), Some(Command::Resume), 61_000);
+        assert_eq!(p.waiting_for, None);
+        assert!(
+            wants(&plan, &p, 66_000).1.is_some(),
+            "background analysis is due again"
+        );
     }
 
     #[test]

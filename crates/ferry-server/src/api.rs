@@ -583,12 +583,13 @@ async fn deployment(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<DeploymentDetail>> {
+    // Events first: the state read after them is at least as new as their last line.
+    let events = state.store.events_after(id, 0, 10_000).await?;
     let record = state
         .store
         .get_deployment(id)
         .await?
         .ok_or_else(|| not_found(format!("deployment {id} not found")))?;
-    let events = state.store.events_after(id, 0, 10_000).await?;
     Ok(Json(DeploymentDetail {
         deployment: record.view(),
         events,

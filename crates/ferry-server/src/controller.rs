@@ -560,15 +560,13 @@ impl Controller {
                 self.meter.open(background_key, stats, &subject);
             }
             if let Some(spec) = stage_spec {
-                stage_measurements =
-                    Some(self.meter.measure(stage_key, spec, stats, &subject).await);
+                stage_measurements = self.meter.measure(stage_key, spec, stats, &subject).await;
             }
             if let Some(spec) = background_spec {
-                background_measurements = Some(
-                    self.meter
-                        .measure(background_key, spec, stats, &subject)
-                        .await,
-                );
+                background_measurements = self
+                    .meter
+                    .measure(background_key, spec, stats, &subject)
+                    .await;
             }
         }
         let command = phase.command.take();

@@ -124,34 +124,45 @@ impl Meter {
     }
 
     /// Measures every metric of `spec` over the window since the last call, then opens the
-    /// next window.
+    /// next window. `None` while the open window is younger than most of an interval (it was
+    /// just opened, e.g. by a restarted server): judging a near-empty window would only
+    /// produce a spurious Inconclusive.
     pub async fn measure(
         &self,
         key: (i64, u64),
         spec: &AnalysisSpec,
         stats: &StatsSnapshot,
         subject: &Subject<'_>,
-    ) -> Vec<Measurement> {
+    ) -> Option<Vec<Measurement>> {
         let canary_now = cumulative(stats, subject.listener, subject.canary);
         let stable_now = cumulative(stats, subject.listener, subject.stable);
-        let start = lock(&self.windows).insert(
-            key,
-            WindowStart {
-                canary: canary_now.clone(),
-                stable: stable_now.clone(),
-                at_ms: stats.taken_at_ms,
-            },
-        );
-        let (canary, stable) = match start {
-            Some(start) => {
-                let mut canary = WindowStats::between(&start.canary, &canary_now);
-                let mut stable = WindowStats::between(&start.stable, &stable_now);
-                canary.duration_ms = (stats.taken_at_ms - start.at_ms).max(0);
-                stable.duration_ms = canary.duration_ms;
-                (canary, stable)
+        let interval_ms = i64::try_from(spec.interval.get().as_millis()).unwrap_or(i64::MAX);
+        let start = {
+            let mut windows = lock(&self.windows);
+            let young = windows
+                .get(&key)
+                .is_none_or(|w| stats.taken_at_ms - w.at_ms < interval_ms * 4 / 5);
+            if young {
+                windows.entry(key).or_insert_with(|| WindowStart {
+                    canary: canary_now.clone(),
+                    stable: stable_now.clone(),
+                    at_ms: stats.taken_at_ms,
+                });
+                return None;
             }
-            None => (WindowStats::default(), WindowStats::default()),
+            windows.insert(
+                key,
+                WindowStart {
+                    canary: canary_now.clone(),
+                    stable: stable_now.clone(),
+                    at_ms: stats.taken_at_ms,
+                },
+            )?
         };
+        let mut canary = WindowStats::between(&start.canary, &canary_now);
+        let mut stable = WindowStats::between(&start.stable, &stable_now);
+        canary.duration_ms = (stats.taken_at_ms - start.at_ms).max(0);
+        stable.duration_ms = canary.duration_ms;
         let vars = TemplateVars {
             app: subject.app,
             env: subject.env,
@@ -167,7 +178,7 @@ impl Meter {
             };
             measurements.push(measure(&metric, &canary, Some(&stable), external.as_ref()));
         }
-        measurements
+        Some(measurements)
     }
 
     async fn observe(&self, metric: &MetricSpec, subject: &Subject<'_>) -> Observation {
