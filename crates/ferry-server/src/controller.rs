@@ -1770,12 +1770,7 @@ fn pace_of(strategy: &Strategy, manifest: &Manifest, env: &str) -> Pace {
         // everything at once.
         Strategy::Canary(_) | Strategy::BlueGreen(_) => restore_pace(manifest, env),
         Strategy::Rolling(rolling) => {
-            let desired = manifest
-                .services
-                .keys()
-                .map(|s| manifest.replicas(s, env))
-                .max()
-                .unwrap_or(1);
+            let desired = largest_replicas(manifest, env);
             Pace::Rolling {
                 max_surge: rolling.max_surge.resolve(desired, true),
                 max_unavailable: rolling.max_unavailable.resolve(desired, false),
@@ -1857,14 +1852,8 @@ fn count_live(services: &[ServiceInput], matches: impl Fn(&Observed) -> bool) ->
 /// Restoring a known-good version goes as fast as capacity allows: start all of it at
 /// once, keep the current replicas until their replacements are ready.
 fn restore_pace(manifest: &Manifest, env: &str) -> Pace {
-    let desired = manifest
-        .services
-        .keys()
-        .map(|s| manifest.replicas(s, env))
-        .max()
-        .unwrap_or(1);
     Pace::Rolling {
-        max_surge: desired,
+        max_surge: largest_replicas(manifest, env),
         max_unavailable: 0,
     }
 }
