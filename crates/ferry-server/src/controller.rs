@@ -1220,6 +1220,19 @@ impl Controller {
         }
     }
 
+    /// An app's stored record and its manifest.
+    async fn app_manifest(&self, app: &str) -> Result<(AppRecord, Manifest), RequestError> {
+        let record = self.store.get_app(app).await?.ok_or_else(|| {
+            RequestError::NotFound(format!("app {app:?} not found; apply its manifest first"))
+        })?;
+        let manifest = serde_json::from_str(&record.manifest_json).map_err(|e| {
+            RequestError::Server(ServerError::Corrupt(format!(
+                "stored manifest of {app} is unreadable: {e}"
+            )))
+        })?;
+        Ok((record, manifest))
+    }
+
     /// Records a deployment request; the loop picks it up at once. A deployment still
     /// running in the environment is superseded: the newest request wins.
     pub async fn request_deployment(
@@ -1230,14 +1243,7 @@ impl Controller {
         kind: &str,
         requested_by: &str,
     ) -> Result<DeploymentView, RequestError> {
-        let record = self.store.get_app(app).await?.ok_or_else(|| {
-            RequestError::NotFound(format!("app {app:?} not found; apply its manifest first"))
-        })?;
-        let manifest: Manifest = serde_json::from_str(&record.manifest_json).map_err(|e| {
-            RequestError::Server(ServerError::Proxy(format!(
-                "stored manifest of {app} is unreadable: {e}"
-            )))
-        })?;
+        let (record, manifest) = self.app_manifest(app).await?;
         let environment = manifest.environments.get(env).ok_or_else(|| {
             let known: Vec<&str> = manifest.environments.keys().collect();
             RequestError::NotFound(format!(
@@ -1427,16 +1433,7 @@ impl Controller {
         name: CommandName,
         by: &str,
     ) -> Result<DeploymentView, RequestError> {
-        let record = self
-            .store
-            .get_app(app)
-            .await?
-            .ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found")))?;
-        let manifest: Manifest = serde_json::from_str(&record.manifest_json).map_err(|e| {
-            RequestError::Server(ServerError::Proxy(format!(
-                "stored manifest of {app} is unreadable: {e}"
-            )))
-        })?;
+        let (_, manifest) = self.app_manifest(app).await?;
         let strategy = manifest
             .environments
             .get(env)
@@ -1587,16 +1584,7 @@ impl Controller {
         app: &str,
         only_env: Option<&str>,
     ) -> Result<AppStatus, RequestError> {
-        let record = self
-            .store
-            .get_app(app)
-            .await?
-            .ok_or_else(|| RequestError::NotFound(format!("app {app:?} not found")))?;
-        let manifest: Manifest = serde_json::from_str(&record.manifest_json).map_err(|e| {
-            RequestError::Server(ServerError::Proxy(format!(
-                "stored manifest of {app} is unreadable: {e}"
-            )))
-        })?;
+        let (record, manifest) = self.app_manifest(app).await?;
         if let Some(env) = only_env
             && manifest.environments.get(env).is_none()
         {

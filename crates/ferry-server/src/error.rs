@@ -15,6 +15,9 @@ pub enum ServerError {
     Runtime(#[from] ferry_runtime::RuntimeError),
     #[error("proxy: {0}")]
     Proxy(String),
+    /// Stored state that cannot be read back (a bug or a hand-edited database).
+    #[error("corrupt state: {0}")]
+    Corrupt(String),
 }
 
 impl ServerError {
