@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod api;
 pub mod audit;
 pub mod duration;
+pub mod gates;
 pub mod manifest;
 pub mod model;
 pub mod progressive;

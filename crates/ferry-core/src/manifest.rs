@@ -183,6 +183,35 @@ pub struct Environment {
     /// max_unavailable 0).
     #[serde(default)]
     pub strategy: Strategy,
+    /// What must hold before a deployment may start here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates: Option<Gates>,
+}
+
+/// Conditions a deployment waits for (in state `awaiting-approval`) before it starts.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    /// Approvals needed, by role; several rules must all hold (e.g. one tech-lead and one
+    /// product-owner). The person who asked for the deployment never counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalRule>,
+    /// Each approver must also hold a role the requester does not have.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub separate_approver_role: bool,
+}
+
+/// `count` approvals from people holding `role` in this app and environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRule {
+    pub role: String,
+    #[serde(default = "default_approval_count")]
+    pub count: u32,
+}
+
+fn default_approval_count() -> u32 {
+    1
 }
 
 /// How a new version replaces the running one.

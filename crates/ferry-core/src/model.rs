@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeploymentState {
-    /// Accepted, waiting for the environment's previous deployment to finish.
+    /// Accepted, about to start.
     Pending,
+    /// Waiting for its gates (approvals) before it may start.
+    AwaitingApproval,
     /// Replicas being replaced and traffic moving.
     Progressing,
     /// The new version failed; the previous one is being restored.
@@ -25,11 +27,14 @@ pub enum DeploymentState {
     Superseded,
     /// Terminal: stopped by hand (`ferry abort`); the previous version serves all traffic.
     Aborted,
+    /// Terminal: an approver rejected it before it started.
+    Rejected,
 }
 
 impl DeploymentState {
-    pub const ALL: [DeploymentState; 8] = [
+    pub const ALL: [DeploymentState; 10] = [
         DeploymentState::Pending,
+        DeploymentState::AwaitingApproval,
         DeploymentState::Progressing,
         DeploymentState::RollingBack,
         DeploymentState::Succeeded,
@@ -37,6 +42,7 @@ impl DeploymentState {
         DeploymentState::Failed,
         DeploymentState::Superseded,
         DeploymentState::Aborted,
+        DeploymentState::Rejected,
     ];
 
     pub fn is_terminal(self) -> bool {
@@ -47,12 +53,14 @@ impl DeploymentState {
                 | DeploymentState::Failed
                 | DeploymentState::Superseded
                 | DeploymentState::Aborted
+                | DeploymentState::Rejected
         )
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             DeploymentState::Pending => "pending",
+            DeploymentState::AwaitingApproval => "awaiting-approval",
             DeploymentState::Progressing => "progressing",
             DeploymentState::RollingBack => "rolling-back",
             DeploymentState::Succeeded => "succeeded",
@@ -60,6 +68,7 @@ impl DeploymentState {
             DeploymentState::Failed => "failed",
             DeploymentState::Superseded => "superseded",
             DeploymentState::Aborted => "aborted",
+            DeploymentState::Rejected => "rejected",
         }
     }
 }

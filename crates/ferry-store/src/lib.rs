@@ -22,6 +22,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
+mod approvals;
 mod audit;
 mod identity;
 
@@ -210,6 +211,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "identity",
         include_str!("../migrations/sqlite/0002_identity.sql"),
+    ),
+    (
+        3,
+        "approvals",
+        include_str!("../migrations/sqlite/0003_approvals.sql"),
     ),
 ];
 

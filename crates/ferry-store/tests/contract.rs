@@ -1406,6 +1406,55 @@ async fn fresh_sqlite() -> (Store, String, tempfile::TempDir) {
     (store, url, dir)
 }
 
+pub async fn approvals_replace_and_withdraw(store: Store, _url: String) {
+    use ferry_core::gates::Approval;
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let decision = |who: &str, approved: bool, at_ms: i64| Approval {
+        approver: who.into(),
+        roles: vec!["approver".into()],
+        approved,
+        reason: (!approved).then(|| "not yet".into()),
+        at_ms,
+    };
+    assert!(store.approvals(d.id).await.unwrap().is_empty());
+    store
+        .record_approval(d.id, &decision("user:bob", true, 10))
+        .await
+        .unwrap();
+    store
+        .record_approval(d.id, &decision("user:carol", true, 11))
+        .await
+        .unwrap();
+    // a new decision of the same person replaces the old one
+    store
+        .record_approval(d.id, &decision("user:bob", false, 12))
+        .await
+        .unwrap();
+    let live = store.approvals(d.id).await.unwrap();
+    assert_eq!(
+        live,
+        vec![
+            decision("user:carol", true, 11),
+            decision("user:bob", false, 12)
+        ]
+    );
+    store
+        .withdraw_approval(d.id, "user:carol", 13)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.approvals(d.id).await.unwrap(),
+        vec![decision("user:bob", false, 12)]
+    );
+    assert!(matches!(
+        store.withdraw_approval(d.id, "user:carol", 14).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
 macro_rules! contract_tests {
     ($engine:ident, $fresh:ident: $($case:ident),* $(,)?) => {
         mod $engine {
@@ -1422,6 +1471,7 @@ macro_rules! contract_tests {
 
 contract_tests!(sqlite, fresh_sqlite:
     migrations_are_idempotent,
+    approvals_replace_and_withdraw,
     manifest_revision_bumps_only_on_change,
     concurrent_applies_of_one_manifest_make_one_revision,
     releases_are_recorded_once,

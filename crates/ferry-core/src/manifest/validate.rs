@@ -225,6 +225,22 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
                 );
             }
         }
+        if let Some(gates) = &env.gates {
+            for (i, rule) in gates.approvals.iter().enumerate() {
+                let mut rpath = with(&with(&base, "gates"), "approvals");
+                rpath.push(Seg::Index(i));
+                if let Err(message) = crate::rbac::validate_role_name(&rule.role) {
+                    out.value(with(&rpath, "role"), message, None);
+                }
+                if !(1..=10).contains(&rule.count) {
+                    out.value(
+                        with(&rpath, "count"),
+                        format!("count {} is out of range", rule.count),
+                        Some("between 1 and 10 approvals".into()),
+                    );
+                }
+            }
+        }
         match &env.strategy {
             Strategy::Canary(canary) => {
                 check_canary(&mut out, &with(&with(&base, "strategy"), "canary"), canary)

@@ -194,6 +194,14 @@ pub fn outcome(dep: &DeploymentView) -> anyhow::Result<()> {
             )
             .into())
         }
+        DeploymentState::Rejected => Err(Failure::new(
+            exit::DEPLOY_FAILED,
+            format!(
+                "{what} #{} ({} {}) was rejected: {reason}",
+                dep.id, dep.app, dep.version
+            ),
+        )
+        .into()),
         DeploymentState::Superseded => Err(Failure::new(
             exit::DEPLOY_FAILED,
             format!(
