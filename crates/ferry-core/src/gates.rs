@@ -45,7 +45,7 @@ pub fn evaluate(rules: &[ApprovalRule], approvals: &[Approval], requester: &str)
         let mut people: Vec<&str> = approvals
             .iter()
             .filter(|a| a.approved && !same_person(&a.approver, requester))
-            .filter(|a| a.roles.iter().any(|r| *r == rule.role))
+            .filter(|a| a.roles.contains(&rule.role))
             .map(|a| a.approver.as_str())
             .collect();
         people.sort_unstable();

@@ -223,6 +223,27 @@ pub static RULES: &[Rule] = &[
         Deployment,
     ),
     rule(
+        Method::POST,
+        "/v1/deployments/{id}/approve",
+        "approve",
+        Perm(P::Approve),
+        Deployment,
+    ),
+    rule(
+        Method::DELETE,
+        "/v1/deployments/{id}/approve",
+        "approve.withdraw",
+        Perm(P::Approve),
+        Deployment,
+    ),
+    rule(
+        Method::GET,
+        "/v1/deployments/{id}/approvals",
+        "approvals",
+        Perm(P::View),
+        Deployment,
+    ),
+    rule(
         Method::GET,
         "/v1/deployments/{id}/change-record",
         "change_record",

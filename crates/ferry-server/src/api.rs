@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{self, Access, AuditSlot, Governance};
+use crate::approvals;
 use crate::clock::now_ms;
 use crate::controller::{Controller, RequestError};
 use crate::progressive::CommandName;
@@ -94,6 +95,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/deployments/{id}/change-record",
             get(audit::change_record),
         )
+        .route(
+            "/v1/deployments/{id}/approve",
+            post(approvals::decide).delete(approvals::withdraw),
+        )
+        .route("/v1/deployments/{id}/approvals", get(approvals::list))
         .route("/metrics", get(metrics))
         .route("/v1/apps", post(apply).get(list_apps))
         .route("/v1/apps/{app}", get(get_app))
@@ -442,7 +448,13 @@ async fn deploy(
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
     let view = state
         .controller()?
-        .request_deployment(&app, &env, &request.version, "deploy", &access.caller.name)
+        .request_deployment(
+            &app,
+            &env,
+            &request.version,
+            "deploy",
+            &access.caller.principal(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(noted(&slot, view))))
 }
@@ -457,7 +469,7 @@ async fn rollback(
     let to = body.and_then(|Json(r)| r.to);
     let view = state
         .controller()?
-        .request_rollback(&app, &env, to, &access.caller.name)
+        .request_rollback(&app, &env, to, &access.caller.principal())
         .await?;
     Ok((StatusCode::CREATED, Json(noted(&slot, view))))
 }
@@ -532,7 +544,7 @@ async fn retry(
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
     let view = state
         .controller()?
-        .request_retry(&app, &env, &access.caller.name)
+        .request_retry(&app, &env, &access.caller.principal())
         .await?;
     Ok((StatusCode::CREATED, Json(noted(&slot, view))))
 }
@@ -717,6 +729,8 @@ mod tests {
             "/v1/audit/verify",
             "/v1/audit/checkpoints",
             "/v1/deployments/{id}/change-record",
+            "/v1/deployments/{id}/approve",
+            "/v1/deployments/{id}/approvals",
         ]
         .into_iter()
         .map(String::from)

@@ -355,7 +355,7 @@ pub struct ChangeRecord {
     /// Audit records about this deployment: who asked, promoted, paused, aborted.
     pub audit: Vec<AuditRecord>,
     /// Not recorded yet by this version of Ferry: always empty.
-    pub approvals: Vec<serde_json::Value>,
+    pub approvals: Vec<ferry_core::gates::Approval>,
     pub gates: Vec<serde_json::Value>,
     pub hooks: Vec<serde_json::Value>,
     pub generated_at_ms: i64,
@@ -470,7 +470,7 @@ async fn build_change_record(store: &Store, id: i64) -> ApiResult<ChangeRecord> 
         analysis,
         traffic,
         audit: audit_records,
-        approvals: Vec::new(),
+        approvals: store.approvals(id).await.map_err(internal)?,
         gates: Vec::new(),
         hooks: Vec::new(),
         generated_at_ms: now_ms(),
@@ -534,7 +534,25 @@ pub fn render_markdown(c: &ChangeRecord) -> String {
     let none = |out: &mut String, title: &str| {
         let _ = writeln!(out, "\n## {title}\n\n_None recorded._");
     };
-    none(&mut out, "Approvals");
+    let _ = writeln!(out, "\n## Approvals\n");
+    if c.approvals.is_empty() {
+        let _ = writeln!(out, "_None recorded._");
+    }
+    for a in &c.approvals {
+        let verdict = if a.approved { "approved" } else { "rejected" };
+        let reason = a
+            .reason
+            .as_deref()
+            .map(|r| format!(": {}", cell(r)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "- {} — {verdict} by {} ({}){reason}",
+            rfc3339(a.at_ms),
+            cell(&a.approver),
+            a.roles.join(", ")
+        );
+    }
     none(&mut out, "Gates passed");
     events(&mut out, "Analysis verdicts", &c.analysis);
     events(&mut out, "Traffic", &c.traffic);

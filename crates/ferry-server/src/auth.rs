@@ -236,6 +236,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The person who acts (`user:alice`, also for a token alice made), else the token:
+    /// what a deployment records as its requester, so separation of duties compares people.
+    pub fn principal(&self) -> String {
+        match &self.user {
+            Some(user) => format!("user:{user}"),
+            None => self.name.clone(),
+        }
+    }
+
     /// The role names held (for `whoami`'s `role`).
     pub fn role_names(&self) -> String {
         let mut names: Vec<&str> = self.bindings.iter().map(|b| b.role.as_str()).collect();

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry_core::api::{AppStatus, DeploymentView, EnvStatus, EventView, ReplicaView};
+use ferry_core::gates::{self, GateVerdict};
 use ferry_core::manifest::{BlueGreen, Manifest, Strategy};
 use ferry_core::model::{DeploymentState, ReplicaState};
 use ferry_core::rollout::{self, Action, Observed, Pace, Patience, ServiceInput, Verdict};
@@ -370,6 +371,13 @@ impl Controller {
         let Some(deployment) = self.active_deployment(&app.name, env).await? else {
             return self.maintain(app, manifest, env, &services, now).await;
         };
+        if matches!(
+            deployment.state,
+            DeploymentState::Pending | DeploymentState::AwaitingApproval
+        ) && !self.gates_pass(&deployment, manifest, env).await?
+        {
+            return Ok(());
+        }
         if deployment.state != DeploymentState::Pending
             && let Some(plan) = plan_of(&deployment, &strategy, manifest, env)
         {
@@ -378,7 +386,7 @@ impl Controller {
                 .await;
         }
         let (target, pace) = match deployment.state {
-            DeploymentState::Pending => {
+            DeploymentState::Pending | DeploymentState::AwaitingApproval => {
                 let message = match &deployment.previous_version {
                     Some(previous) => format!(
                         "rollout started: {previous} -> {} ({})",
@@ -676,6 +684,62 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Whether a deployment may start: its environment's approval rules hold (rollbacks
+    /// to a known-good version skip them). Moves it to `awaiting-approval` (saying who must
+    /// approve) or `rejected`; `true` when it may go on.
+    async fn gates_pass(
+        &self,
+        deployment: &DeploymentRecord,
+        manifest: &Manifest,
+        env: &str,
+    ) -> Result<bool, ServerError> {
+        let rules = manifest
+            .environments
+            .get(env)
+            .and_then(|e| e.gates.as_ref())
+            .map(|g| g.approvals.clone())
+            .unwrap_or_default();
+        if rules.is_empty() || deployment.kind == "rollback" {
+            return Ok(true);
+        }
+        let approvals = self.store.approvals(deployment.id).await?;
+        match gates::evaluate(&rules, &approvals, &deployment.requested_by) {
+            GateVerdict::Passed => Ok(true),
+            GateVerdict::Waiting(unmet) => {
+                if deployment.state == DeploymentState::Pending {
+                    self.transition(
+                        deployment,
+                        DeploymentState::AwaitingApproval,
+                        None,
+                        None,
+                        &format!("waiting for {}", unmet.join("; ")),
+                    )
+                    .await?;
+                }
+                Ok(false)
+            }
+            GateVerdict::Rejected { by, reason } => {
+                let reason = format!("rejected by {by}: {reason}");
+                self.transition(
+                    deployment,
+                    DeploymentState::Rejected,
+                    Some(reason.clone()),
+                    None,
+                    &reason,
+                )
+                .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Records a line on a deployment's timeline from outside the loop (an approval), and
+    /// lets the loop look again.
+    pub async fn note(&self, deployment_id: i64, kind: &str, message: &str) {
+        self.event(deployment_id, kind, message).await;
+        self.wake.notify_one();
     }
 
     /// Keeps an idle environment at its current version: replaces lost replicas, removes

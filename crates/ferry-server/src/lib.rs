@@ -11,6 +11,7 @@
 
 mod access;
 mod api;
+mod approvals;
 mod audit;
 mod auth;
 mod clock;

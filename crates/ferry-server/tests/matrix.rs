@@ -168,6 +168,24 @@ const TABLE: &[Row] = &[
         None,
         Perm(P::View, AppEnv),
     ),
+    row(
+        "POST",
+        "/v1/deployments/{dep}/approve",
+        Some("{}"),
+        Perm(P::Approve, AppEnv),
+    ),
+    row(
+        "DELETE",
+        "/v1/deployments/{dep}/approve",
+        None,
+        Perm(P::Approve, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/deployments/{dep}/approvals",
+        None,
+        Perm(P::View, AppEnv),
+    ),
     row("POST", "/v1/teardown", None, Perm(P::ManageServer, Global)),
     row("GET", "/v1/users", None, Perm(P::ManageUsers, Global)),
     row(

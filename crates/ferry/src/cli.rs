@@ -1,8 +1,11 @@
 //! The command line: argument parsing, dispatch, and how errors become exit codes.
 
+mod approvals;
+mod audit;
 mod client;
 mod commands;
 mod config;
+mod identity;
 mod output;
 mod progressive;
 mod quickstart;
@@ -69,6 +72,9 @@ pub struct Cli {
         value_name = "TOKEN"
     )]
     token: Option<String>,
+    /// Why you do this: sent as X-Ferry-Reason and kept in the audit log (mutating commands).
+    #[arg(long, global = true, value_name = "TEXT")]
+    reason: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -109,8 +115,9 @@ enum Command {
     /// Run the demo HTTP service (same as the `ferry-demo` binary).
     #[command(hide = true)]
     Demo(ferry_demo::DemoArgs),
-    /// Check a token against the server and save URL and token in the config file.
-    Login,
+    /// Log in with user name and password (or check --token TOKEN) and save the session
+    /// token and URL in the config file (mode 0600).
+    Login(identity::LoginArgs),
     /// Validate a manifest and store it on the server.
     Apply {
         /// The manifest (ferry.yaml).
@@ -269,6 +276,20 @@ enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
+    #[command(flatten)]
+    Identity(identity::Command),
+    #[command(flatten)]
+    Audit(audit::Command),
+    /// Approve a deployment awaiting approval (or --reject it with --reason, or
+    /// --withdraw your decision). You can never approve your own deployment.
+    Approve(approvals::ApproveArgs),
+    /// Show a deployment's approvals and what its gate still needs.
+    Approvals {
+        /// The deployment.
+        deployment: i64,
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Print the JSON Schema of ferry.yaml (for editors).
     Schema,
     /// Stop every replica and the proxy, then the server (nothing keeps running).
@@ -399,10 +420,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli {
         url,
         token,
+        reason,
         command,
     } = cli;
-    if let Command::Login = command {
-        return commands::login(url, token).await;
+    if let Command::Login(args) = command {
+        return identity::login(url, token, args).await;
     }
     let conn = config::Connection::resolve(url, token);
     match command {
@@ -415,7 +437,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schema => commands::schema(),
         Command::Demo(args) => ferry_demo::serve(args).await,
         command => {
-            let client = client::Client::new(&conn)?;
+            let client = client::Client::new(&conn)?.with_reason(reason)?;
             match command {
                 Command::Apply { file, dry_run, out } => {
                     commands::apply(&client, &file, dry_run, out.output).await
@@ -496,16 +518,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     follow,
                 } => commands::logs(&client, &app, &env, service.as_deref(), tail, follow).await,
                 Command::Apps { out } => commands::apps(&client, out.output).await,
+                Command::Approve(args) => approvals::approve(&client, args).await,
+                Command::Approvals { deployment, out } => {
+                    approvals::approvals(&client, deployment, out).await
+                }
                 Command::Deployment { id, out } => {
                     commands::deployment(&client, id, out.output).await
                 }
                 Command::Teardown { yes } => commands::teardown(&client, yes).await,
+                Command::Identity(cmd) => identity::run(&client, cmd).await,
+                Command::Audit(cmd) => audit::run(&client, cmd).await,
                 Command::Server { .. }
                 | Command::Proxy { .. }
                 | Command::Quickstart { .. }
                 | Command::Schema
                 | Command::Demo(_)
-                | Command::Login => Ok(()),
+                | Command::Login(_) => Ok(()),
             }
         }
     }

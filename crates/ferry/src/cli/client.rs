@@ -19,6 +19,8 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     token: Option<String>,
+    /// Sent as `X-Ferry-Reason` (recorded in the audit log).
+    reason: Option<String>,
 }
 
 impl Client {
@@ -51,7 +53,28 @@ impl Client {
             http,
             base,
             token: conn.token.clone(),
+            reason: None,
         })
+    }
+
+    /// Sends `reason` as `X-Ferry-Reason` with every request (the audit log records it).
+    /// Must be printable ASCII (an HTTP header); `Err` says why not.
+    pub fn with_reason(mut self, reason: Option<String>) -> anyhow::Result<Client> {
+        if let Some(reason) = reason
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+        {
+            if !reason.chars().all(|c| c == ' ' || c.is_ascii_graphic()) || reason.len() > 1000 {
+                return Err(Failure::new(
+                    exit::INVALID,
+                    "--reason must be at most 1000 printable ASCII characters on one line \
+                     (it is sent as an HTTP header)",
+                )
+                .into());
+            }
+            self.reason = Some(reason);
+        }
+        Ok(self)
     }
 
     pub fn base_url(&self) -> &str {
@@ -82,6 +105,9 @@ impl Client {
         let mut req = self.http.request(method, self.url(segments, query));
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
+        }
+        if let Some(reason) = &self.reason {
+            req = req.header("x-ferry-reason", reason);
         }
         req
     }
@@ -131,6 +157,11 @@ impl Client {
 
     async fn api_error(&self, resp: reqwest::Response) -> Failure {
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let body = resp.bytes().await.unwrap_or_default();
         let parsed: Option<ApiError> = serde_json::from_slice(&body).ok();
         let (code_name, message, mut details) = match parsed {
@@ -146,10 +177,16 @@ impl Client {
             }
         };
         let code = exit_code_for(&code_name, status);
+        if status == StatusCode::TOO_MANY_REQUESTS
+            && let Some(secs) = retry_after
+        {
+            return Failure::new(code, format!("too many failed logins, retry in {secs}s"));
+        }
         if status == StatusCode::UNAUTHORIZED && self.token.is_none() {
             details.push(
-                "no API token given: pass --token, set FERRY_TOKEN, or run `ferry login --token TOKEN` \
-                 (the admin token is in DATA_DIR/admin.token)"
+                "no API token given: run `ferry login` (user and password), pass --token, set \
+                 FERRY_TOKEN, or run `ferry login --token TOKEN` (the admin token is in \
+                 DATA_DIR/admin.token)"
                     .into(),
             );
         }
@@ -200,6 +237,47 @@ impl Client {
         self.decode(resp).await
     }
 
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send(
+                self.request(Method::PUT, segments, &[]).json(body),
+                Some(REQUEST_TIMEOUT),
+            )
+            .await?;
+        self.decode(resp).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, segments: &[&str]) -> anyhow::Result<T> {
+        let resp = self
+            .send(
+                self.request(Method::DELETE, segments, &[]),
+                Some(REQUEST_TIMEOUT),
+            )
+            .await?;
+        self.decode(resp).await
+    }
+
+    /// A GET whose answer is text (Markdown, JSON lines), not one JSON value.
+    pub async fn get_text(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> anyhow::Result<String> {
+        let resp = self
+            .send(
+                self.request(Method::GET, segments, query),
+                Some(REQUEST_TIMEOUT),
+            )
+            .await?;
+        resp.text()
+            .await
+            .map_err(|e| self.transport_error(&e).into())
+    }
+
     /// A POST whose answer body is not needed.
     pub async fn post_ignore(&self, segments: &[&str], timeout: Duration) -> anyhow::Result<()> {
         self.send(
@@ -241,13 +319,15 @@ impl Client {
 /// Exit code of an API error code (falling back to the HTTP status).
 pub fn exit_code_for(code: &str, status: StatusCode) -> u8 {
     match code {
-        "unauthorized" | "forbidden" => exit::UNAUTHORIZED,
+        "unauthorized" | "forbidden" | "disabled" | "throttled" => exit::UNAUTHORIZED,
         "not_found" => exit::NOT_FOUND,
         "invalid_manifest" | "bad_request" => exit::INVALID,
         "conflict" => exit::CONFLICT,
         "internal" => exit::ERROR,
         _ => match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => exit::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
+                exit::UNAUTHORIZED
+            }
             StatusCode::NOT_FOUND => exit::NOT_FOUND,
             StatusCode::CONFLICT => exit::CONFLICT,
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => exit::INVALID,

@@ -88,13 +88,17 @@ pub struct Connection {
 impl Connection {
     /// Flags and environment (already merged by clap) win over the config file.
     pub fn resolve(url: Option<String>, token: Option<String>) -> Connection {
-        let file = if url.is_some() && token.is_some() {
+        let file = if url.is_some() && token.as_deref().is_some_and(|t| !t.trim().is_empty()) {
             ConfigFile::default()
         } else {
             load()
         };
         let url = url.or(file.url).unwrap_or_else(|| DEFAULT_URL.to_string());
-        let token = token.or(file.token).filter(|t| !t.trim().is_empty());
+        // An empty --token/FERRY_TOKEN does not hide the config file's token.
+        let token = token
+            .filter(|t| !t.trim().is_empty())
+            .or(file.token)
+            .filter(|t| !t.trim().is_empty());
         Connection {
             url: url.trim_end_matches('/').to_string(),
             token: token.map(|t| t.trim().to_string()),
