@@ -223,6 +223,10 @@ pub(super) async fn finish_request(
     let done = wait::follow(client, &dep, wait.timeout.get(), !json).await?;
     if json {
         print_json(&done)?;
+        // stdout stays one JSON value; a failure still says why on stderr (and exit code).
+        if done.state == DeploymentState::Succeeded {
+            return Ok(());
+        }
     }
     wait::outcome(&done)
 }
