@@ -270,16 +270,16 @@ pub async fn status(
     Ok(())
 }
 
-fn print_env_status(status: &EnvStatus, now: i64) {
-    println!();
-    println!("{}  {}", status.env, listen_url(&status.listen));
-    println!(
+/// The current version, the latest deployment and the rollout in progress: shared by
+/// `status` and `status --watch`.
+pub(super) fn summary_lines(status: &EnvStatus, now: i64) -> Vec<String> {
+    let mut lines = vec![format!(
         "  current   {}",
         status
             .current_version
             .as_deref()
             .unwrap_or("(nothing deployed)")
-    );
+    )];
     if let Some(dep) = &status.latest_deployment {
         let mut line = format!(
             "  latest    #{}  {} {}  {}  {}",
@@ -292,12 +292,19 @@ fn print_env_status(status: &EnvStatus, now: i64) {
         if let Some(reason) = &dep.reason {
             line.push_str(&format!("  ({reason})"));
         }
-        println!("{line}");
+        lines.push(line);
     }
     if let Some(rollout) = &status.rollout {
-        for line in super::progressive::rollout_lines(rollout) {
-            println!("{line}");
-        }
+        lines.extend(super::progressive::rollout_lines(rollout));
+    }
+    lines
+}
+
+fn print_env_status(status: &EnvStatus, now: i64) {
+    println!();
+    println!("{}  {}", status.env, listen_url(&status.listen));
+    for line in summary_lines(status, now) {
+        println!("{line}");
     }
     if status.replicas.is_empty() {
         println!("  replicas  none");

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::client::Client;
 use super::commands::finish_request;
-use super::output::{age, clock, duration_ms, event_line, listen_url, now_ms, print_json};
+use super::output::{clock, duration_ms, event_line, listen_url, now_ms, print_json};
 use super::{Failure, Format, WaitArgs, exit, wait};
 
 /// A command that steers the rollout in progress.
@@ -300,30 +300,7 @@ fn watch_block(status: &EnvStatus, events: &[EventView], now: i64) -> Vec<String
         listen_url(&status.listen),
         clock(now)
     )];
-    lines.push(format!(
-        "  current   {}",
-        status
-            .current_version
-            .as_deref()
-            .unwrap_or("(nothing deployed)")
-    ));
-    if let Some(dep) = &status.latest_deployment {
-        let mut line = format!(
-            "  latest    #{}  {} {}  {}  {}",
-            dep.id,
-            dep.kind,
-            dep.version,
-            dep.state,
-            age(dep.created_at_ms, now)
-        );
-        if let Some(reason) = &dep.reason {
-            line.push_str(&format!("  ({reason})"));
-        }
-        lines.push(line);
-    }
-    if let Some(rollout) = &status.rollout {
-        lines.extend(rollout_lines(rollout));
-    }
+    lines.extend(super::commands::summary_lines(status, now));
     lines.push(format!("  replicas  {}", replica_summary(status)));
     if !events.is_empty() {
         lines.push("  timeline (UTC)".into());
