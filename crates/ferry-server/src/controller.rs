@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry_core::api::{AppStatus, DeploymentView, EnvStatus, EventView, ReplicaView};
-use ferry_core::gates::{self, GateVerdict};
+use ferry_core::gates;
 use ferry_core::manifest::{BlueGreen, Manifest, Strategy};
 use ferry_core::model::{DeploymentState, ReplicaState};
 use ferry_core::rollout::{self, Action, Observed, Pace, Patience, ServiceInput, Verdict};
@@ -597,16 +597,7 @@ impl Controller {
 
         match outcome {
             Outcome::Failed(reason) => {
-                self.transition_with_phase(
-                    deployment,
-                    DeploymentState::RollingBack,
-                    Some(reason.clone()),
-                    None,
-                    phase.to_value(),
-                    &format!("all traffic back to {stable} now: {reason}"),
-                )
-                .await?;
-                return Ok(());
+                return self.roll_back(deployment, &phase, &stable, &reason).await;
             }
             Outcome::Completed => {
                 if self.routed_only_to(&app.name, env, canary, services) {
@@ -671,19 +662,30 @@ impl Controller {
                 .act(app, manifest, env, Some(deployment.id), actions, now)
                 .await
             {
-                self.transition_with_phase(
-                    deployment,
-                    DeploymentState::RollingBack,
-                    Some(reason.clone()),
-                    None,
-                    phase.to_value(),
-                    &format!("all traffic back to {stable}: {reason}"),
-                )
-                .await?;
-                return Ok(());
+                return self.roll_back(deployment, &phase, &stable, &reason).await;
             }
         }
         Ok(())
+    }
+
+    /// Sends a progressive rollout back to `stable`: the next route table gives it 100 %.
+    async fn roll_back(
+        &self,
+        deployment: &DeploymentRecord,
+        phase: &Phase,
+        stable: &str,
+        reason: &str,
+    ) -> Result<(), ServerError> {
+        self.transition_with_phase(
+            deployment,
+            DeploymentState::RollingBack,
+            Some(reason.to_string()),
+            None,
+            phase.to_value(),
+            &format!("all traffic back to {stable} now: {reason}"),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Whether a deployment may start: its environment's approval rules hold (rollbacks
@@ -695,32 +697,53 @@ impl Controller {
         manifest: &Manifest,
         env: &str,
     ) -> Result<bool, ServerError> {
-        let rules = manifest
-            .environments
-            .get(env)
-            .and_then(|e| e.gates.as_ref())
-            .map(|g| g.approvals.clone())
-            .unwrap_or_default();
-        if rules.is_empty() || deployment.kind == "rollback" {
+        let Some(env_gates) = manifest.environments.get(env).and_then(|e| e.gates.clone()) else {
+            return Ok(true);
+        };
+        if deployment.kind == "rollback" {
             return Ok(true);
         }
+        let history = self.gate_history(deployment, &env_gates).await?;
         let approvals = self.store.approvals(deployment.id).await?;
-        match gates::evaluate(&rules, &approvals, &deployment.requested_by) {
-            GateVerdict::Passed => Ok(true),
-            GateVerdict::Waiting(unmet) => {
+        match gates::evaluate_gates(
+            &env_gates,
+            &history,
+            &approvals,
+            &deployment.requested_by,
+            now_ms(),
+        ) {
+            gates::GatesVerdict::Passed => {
+                unmet_gates_changed(deployment.id, None);
+                Ok(true)
+            }
+            gates::GatesVerdict::Waiting(unmet) => {
+                let message = format!(
+                    "waiting for {}",
+                    unmet
+                        .iter()
+                        .map(|u| u.message.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
                 if deployment.state == DeploymentState::Pending {
                     self.transition(
                         deployment,
                         DeploymentState::AwaitingApproval,
                         None,
                         None,
-                        &format!("waiting for {}", unmet.join("; ")),
+                        &message,
                     )
                     .await?;
+                    unmet_gates_changed(deployment.id, Some(&unmet));
+                } else if unmet_gates_changed(deployment.id, Some(&unmet)) {
+                    // Already waiting: a new timeline line only when what is awaited
+                    // changes (not for every tick of a soak countdown).
+                    self.event(deployment.id, "gates", &message).await;
                 }
                 Ok(false)
             }
-            GateVerdict::Rejected { by, reason } => {
+            gates::GatesVerdict::Rejected { by, reason } => {
+                unmet_gates_changed(deployment.id, None);
                 let reason = format!("rejected by {by}: {reason}");
                 self.transition(
                     deployment,
@@ -733,6 +756,53 @@ impl Controller {
                 Ok(false)
             }
         }
+    }
+
+    /// What the `after` and `soak` gates need to know: the latest successful deployment of
+    /// this version in the `after` environment, and whether that environment still runs it.
+    async fn gate_history(
+        &self,
+        deployment: &DeploymentRecord,
+        env_gates: &ferry_core::manifest::Gates,
+    ) -> Result<gates::History, ServerError> {
+        let mut history = gates::History {
+            version: deployment.version.clone(),
+            succeeded_in_after_env: None,
+        };
+        let Some(after) = &env_gates.after else {
+            return Ok(history);
+        };
+        let recent = self
+            .store
+            .list_deployments(&deployment.app, after, 1000)
+            .await?;
+        let latest = recent
+            .iter()
+            .find(|d| d.state == DeploymentState::Succeeded && d.version == deployment.version);
+        let finished_at_ms = match latest {
+            Some(d) => Some(d.finished_at_ms.unwrap_or(d.updated_at_ms)),
+            // Older than the last 1000 deployments there: it succeeded long ago.
+            None if self
+                .store
+                .version_succeeded_in(&deployment.app, after, &deployment.version)
+                .await? =>
+            {
+                Some(0)
+            }
+            None => None,
+        };
+        if let Some(finished_at_ms) = finished_at_ms {
+            let current = self
+                .store
+                .env_current(&deployment.app, after)
+                .await?
+                .and_then(|e| e.current_version);
+            history.succeeded_in_after_env = Some(gates::SoakFacts {
+                finished_at_ms,
+                still_current: current.as_deref() == Some(deployment.version.as_str()),
+            });
+        }
+        Ok(history)
     }
 
     /// Records a line on a deployment's timeline from outside the loop (an approval), and
@@ -2021,6 +2091,24 @@ async fn kill_by_replica_id(id: &str) {
                 "stopping a replica whose pid was never recorded"
             );
             ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
+        }
+    }
+}
+
+/// Whether the unmet gates of a waiting deployment differ from the last time they were
+/// seen (compared by their stable keys, so a soak countdown is not a change); `None`
+/// forgets the deployment. Kept in memory: after a restart the list is recorded once more.
+fn unmet_gates_changed(deployment_id: i64, unmet: Option<&[gates::Unmet]>) -> bool {
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<HashMap<i64, Vec<String>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let Ok(mut seen) = SEEN.lock() else {
+        return false;
+    };
+    match unmet {
+        None => seen.remove(&deployment_id).is_some(),
+        Some(unmet) => {
+            let keys: Vec<String> = unmet.iter().map(|u| u.key.clone()).collect();
+            seen.insert(deployment_id, keys.clone()) != Some(keys)
         }
     }
 }
