@@ -1,9 +1,19 @@
-//! Gates a deployment must pass before it starts: for now, approvals by role (with
-//! separation of duties). Pure: the approvals and the requester come in, a verdict comes out.
+//! Gates a deployment must pass before it starts: approvals by role (with separation of
+//! duties), `after` another environment, `soak` there, and `freeze` windows.
+//!
+//! Pure: the gates, the release's history in the `after` environment, the approvals, the
+//! requester and the time come in; a verdict with one plain line per unmet gate comes out.
 
+use std::time::Duration;
+
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+use jiff::civil::DateTime;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp, Zoned};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::ApprovalRule;
+use crate::manifest::{ApprovalRule, FreezeWindow, Gates};
 
 /// One person's decision on a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +80,251 @@ pub fn evaluate(rules: &[ApprovalRule], approvals: &[Approval], requester: &str)
 /// Principals compare without case and surrounding space (`user:Alice` is `user:alice`).
 pub fn same_person(a: &str, b: &str) -> bool {
     a.trim().eq_ignore_ascii_case(b.trim())
+}
+
+/// What Ferry knows about the release in the `after` environment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct History {
+    /// The version being deployed.
+    pub version: String,
+    /// `Some` when a deployment of `version` succeeded in the `after` environment (the
+    /// latest such deployment); `None` when it never did.
+    pub succeeded_in_after_env: Option<SoakFacts>,
+}
+
+/// The latest successful deployment of the version in the `after` environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoakFacts {
+    /// When that deployment finished (ms since the Unix epoch).
+    pub finished_at_ms: i64,
+    /// The environment still runs this version (no rollback or other version since).
+    pub still_current: bool,
+}
+
+/// One gate that does not hold yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unmet {
+    /// `after`, `soak`, `freeze` or `approvals`.
+    pub gate: String,
+    /// Names the condition without its countdown: it changes only when what is awaited
+    /// changes (so a timeline records a new line then, not on every pass).
+    pub key: String,
+    /// What a person reads, e.g. `soaking in staging: 7m12s more (needs 10m)`.
+    pub message: String,
+}
+
+/// Where all of an environment's gates stand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GatesVerdict {
+    /// Every gate holds: the deployment may start.
+    Passed,
+    /// One entry per unmet gate, in the order after/soak, freeze, approvals.
+    Waiting(Vec<Unmet>),
+    /// Someone rejected it.
+    Rejected { by: String, reason: String },
+}
+
+/// Judges every gate of an environment at `now_ms`. A rejection wins over everything;
+/// otherwise every unmet gate is listed.
+pub fn evaluate_gates(
+    gates: &Gates,
+    history: &History,
+    approvals: &[Approval],
+    requester: &str,
+    now_ms: i64,
+) -> GatesVerdict {
+    let mut unmet = Vec::new();
+    if let Some(env) = &gates.after {
+        let version = &history.version;
+        match history.succeeded_in_after_env {
+            None => unmet.push(Unmet {
+                gate: "after".into(),
+                key: format!("after:{env}"),
+                message: format!("waiting for {version} to succeed in {env}"),
+            }),
+            Some(facts) => {
+                if let Some(soak) = gates.soak {
+                    let needs = soak.get();
+                    if !facts.still_current {
+                        unmet.push(Unmet {
+                            gate: "soak".into(),
+                            key: format!("soak-replaced:{env}"),
+                            message: format!(
+                                "soaking in {env}: {version} no longer runs there (replaced); deploy it there again"
+                            ),
+                        });
+                    } else {
+                        let served_ms = now_ms.saturating_sub(facts.finished_at_ms).max(0);
+                        let served = Duration::from_millis(served_ms.unsigned_abs());
+                        if served < needs {
+                            unmet.push(Unmet {
+                                gate: "soak".into(),
+                                key: format!("soak:{env}"),
+                                message: format!(
+                                    "soaking in {env}: {} more (needs {})",
+                                    compact(needs - served),
+                                    compact(needs)
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for window in &gates.freeze {
+        if let Some(message) = freeze_open(window, now_ms) {
+            unmet.push(Unmet {
+                gate: "freeze".into(),
+                key: message.clone(),
+                message,
+            });
+        }
+    }
+    match evaluate(&gates.approvals, approvals, requester) {
+        GateVerdict::Rejected { by, reason } => return GatesVerdict::Rejected { by, reason },
+        GateVerdict::Waiting(lines) => unmet.extend(lines.into_iter().map(|line| Unmet {
+            gate: "approvals".into(),
+            key: line.clone(),
+            message: line,
+        })),
+        GateVerdict::Passed => {}
+    }
+    if unmet.is_empty() {
+        GatesVerdict::Passed
+    } else {
+        GatesVerdict::Waiting(unmet)
+    }
+}
+
+/// `7m12s`, `1h30m`, `64h`, `250ms`: a duration rounded up to the second (under a second,
+/// to the millisecond).
+pub fn compact(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    let mut secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let hours = secs / 3600;
+    secs %= 3600;
+    let minutes = secs / 60;
+    secs %= 60;
+    let mut out = String::new();
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+    }
+    if minutes > 0 {
+        out.push_str(&format!("{minutes}m"));
+    }
+    if secs > 0 || out.is_empty() {
+        out.push_str(&format!("{secs}s"));
+    }
+    out
+}
+
+/// A cron expression of 5 fields (or 6 with seconds first), e.g. `0 18 * * FRI`.
+pub fn parse_cron(expression: &str) -> Result<Cron, String> {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .build()
+        .parse(expression)
+        .map_err(|e| format!("invalid cron expression {expression:?}: {e}"))
+}
+
+/// An IANA time zone name such as `Europe/Paris` or `UTC`.
+pub fn parse_timezone(name: &str) -> Result<TimeZone, String> {
+    TimeZone::get(name).map_err(|_| format!("unknown time zone {name:?}"))
+}
+
+/// A local date-time without offset, e.g. `2026-12-20T00:00:00`.
+pub fn parse_local(text: &str) -> Result<DateTime, String> {
+    text.trim()
+        .parse::<DateTime>()
+        .map_err(|e| format!("invalid date-time {text:?}: {e}"))
+}
+
+/// The time zone a window is read in (`UTC` when it names none).
+pub fn window_timezone(window: &FreezeWindow) -> &str {
+    window.timezone.as_deref().unwrap_or("UTC")
+}
+
+/// When the window covering `now_ms` closes, if one does. `Err` when the window cannot be
+/// read (the manifest validation prevents this).
+pub fn freeze_open_until(window: &FreezeWindow, now_ms: i64) -> Result<Option<Zoned>, String> {
+    let tz = parse_timezone(window_timezone(window))?;
+    let now = Timestamp::from_millisecond(now_ms)
+        .map_err(|e| format!("time out of range: {e}"))?
+        .to_zoned(tz.clone());
+    match (&window.cron, window.duration, &window.from, &window.until) {
+        (Some(expression), Some(duration), None, None) => {
+            let cron = parse_cron(expression)?;
+            let length = SignedDuration::try_from(duration.get())
+                .map_err(|e| format!("duration out of range: {e}"))?;
+            // The latest opening at or before now; no earlier opening can reach further,
+            // since every window lasts the same.
+            let Ok(mut start) = cron.find_previous_occurrence(&now, true) else {
+                return Ok(None);
+            };
+            let mut end = start
+                .checked_add(length)
+                .map_err(|e| format!("window end out of range: {e}"))?;
+            if end <= now {
+                return Ok(None);
+            }
+            // Windows that overlap (or touch) run on into one another.
+            for _ in 0..1000 {
+                let Ok(next) = cron.find_next_occurrence(&start, false) else {
+                    break;
+                };
+                if next > end {
+                    break;
+                }
+                let next_end = next
+                    .checked_add(length)
+                    .map_err(|e| format!("window end out of range: {e}"))?;
+                if next_end > end {
+                    end = next_end;
+                }
+                start = next;
+            }
+            Ok(Some(end))
+        }
+        (None, None, Some(from), Some(until)) => {
+            let from = parse_local(from)?
+                .to_zoned(tz.clone())
+                .map_err(|e| format!("`from` out of range: {e}"))?;
+            let until = parse_local(until)?
+                .to_zoned(tz)
+                .map_err(|e| format!("`until` out of range: {e}"))?;
+            Ok((from <= now && now < until).then_some(until))
+        }
+        _ => Err("a freeze window is either `cron` + `duration` or `from` + `until`".into()),
+    }
+}
+
+/// How a window is named in messages: its cron expression or its range, and its zone.
+pub fn describe_window(window: &FreezeWindow) -> String {
+    let what = match (&window.cron, &window.from, &window.until) {
+        (Some(cron), _, _) => format!("`{cron}`"),
+        (None, Some(from), Some(until)) => format!("{from} to {until}"),
+        _ => "(incomplete)".into(),
+    };
+    format!("{what} ({})", window_timezone(window))
+}
+
+/// The line for an open (or unreadable, which blocks too) freeze window; `None` if closed.
+fn freeze_open(window: &FreezeWindow, now_ms: i64) -> Option<String> {
+    match freeze_open_until(window, now_ms) {
+        Ok(None) => None,
+        Ok(Some(end)) => Some(format!(
+            "freeze window {} open until {}",
+            describe_window(window),
+            end.strftime("%Y-%m-%dT%H:%M:%S%:z")
+        )),
+        Err(e) => Some(format!(
+            "freeze window {} cannot be read ({e})",
+            describe_window(window)
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -159,5 +414,397 @@ mod tests {
             GateVerdict::Waiting(_)
         ));
         assert_eq!(evaluate(&[], &[], "user:alice"), GateVerdict::Passed);
+    }
+
+    // -- after, soak and freeze ---------------------------------------------------------
+
+    use crate::duration::HumanDuration;
+
+    fn at(text: &str) -> i64 {
+        text.parse::<Timestamp>()
+            .expect("timestamp")
+            .as_millisecond()
+    }
+
+    fn cron_window(cron: &str, hours: u64, tz: &str) -> FreezeWindow {
+        FreezeWindow {
+            cron: Some(cron.into()),
+            duration: Some(HumanDuration(Duration::from_secs(hours * 3600))),
+            timezone: Some(tz.into()),
+            ..FreezeWindow::default()
+        }
+    }
+
+    fn range_window(from: &str, until: &str, tz: Option<&str>) -> FreezeWindow {
+        FreezeWindow {
+            from: Some(from.into()),
+            until: Some(until.into()),
+            timezone: tz.map(Into::into),
+            ..FreezeWindow::default()
+        }
+    }
+
+    fn promotion(soak_secs: Option<u64>) -> Gates {
+        Gates {
+            after: Some("staging".into()),
+            soak: soak_secs.map(|s| HumanDuration(Duration::from_secs(s))),
+            ..Gates::default()
+        }
+    }
+
+    fn history(facts: Option<SoakFacts>) -> History {
+        History {
+            version: "1.4.2".into(),
+            succeeded_in_after_env: facts,
+        }
+    }
+
+    fn messages(verdict: GatesVerdict) -> Vec<String> {
+        match verdict {
+            GatesVerdict::Waiting(unmet) => unmet.into_iter().map(|u| u.message).collect(),
+            other => panic!("expected Waiting, got {other:?}"),
+        }
+    }
+
+    /// The message of `window` at `now`, or `None` if closed.
+    fn freeze_line(window: FreezeWindow, now: &str) -> Option<String> {
+        let gates = Gates {
+            freeze: vec![window],
+            ..Gates::default()
+        };
+        match evaluate_gates(&gates, &History::default(), &[], "user:alice", at(now)) {
+            GatesVerdict::Passed => None,
+            verdict => Some(messages(verdict).join("; ")),
+        }
+    }
+
+    #[test]
+    fn no_gates_pass() {
+        assert_eq!(
+            evaluate_gates(&Gates::default(), &History::default(), &[], "user:a", 0),
+            GatesVerdict::Passed
+        );
+    }
+
+    #[test]
+    fn after_waits_until_the_version_succeeded_there() {
+        let gates = promotion(None);
+        assert_eq!(
+            messages(evaluate_gates(&gates, &history(None), &[], "user:a", 0)),
+            vec!["waiting for 1.4.2 to succeed in staging"]
+        );
+        // Without a soak, having succeeded once is enough, even if replaced since.
+        let replaced = SoakFacts {
+            finished_at_ms: 0,
+            still_current: false,
+        };
+        assert_eq!(
+            evaluate_gates(&gates, &history(Some(replaced)), &[], "user:a", 1),
+            GatesVerdict::Passed
+        );
+    }
+
+    #[test]
+    fn soak_counts_from_the_latest_success_and_needs_it_still_serving() {
+        let gates = promotion(Some(600));
+        let finished = at("2026-05-04T10:00:00Z");
+        let serving = SoakFacts {
+            finished_at_ms: finished,
+            still_current: true,
+        };
+        let soak = |now: i64| evaluate_gates(&gates, &history(Some(serving)), &[], "u", now);
+        // Not yet succeeded: only the `after` line (the soak has not begun).
+        assert_eq!(
+            messages(evaluate_gates(&gates, &history(None), &[], "u", finished)),
+            vec!["waiting for 1.4.2 to succeed in staging"]
+        );
+        assert_eq!(
+            messages(soak(finished + 168_000)),
+            vec!["soaking in staging: 7m12s more (needs 10m)"]
+        );
+        assert_eq!(
+            messages(soak(finished)),
+            vec!["soaking in staging: 10m more (needs 10m)"]
+        );
+        // Rounded up: 0.5 s left reads 500ms, 1.5 s left reads 2s.
+        assert_eq!(
+            messages(soak(finished + 599_500)),
+            vec!["soaking in staging: 500ms more (needs 10m)"]
+        );
+        assert_eq!(
+            messages(soak(finished + 598_500)),
+            vec!["soaking in staging: 2s more (needs 10m)"]
+        );
+        assert_eq!(soak(finished + 600_000), GatesVerdict::Passed);
+        assert_eq!(soak(finished + 86_400_000), GatesVerdict::Passed);
+        // A clock behind the finish time waits the full soak, never less.
+        assert_eq!(
+            messages(soak(finished - 5_000)),
+            vec!["soaking in staging: 10m more (needs 10m)"]
+        );
+        // Replaced since (a rollback or another version): the soak never completes.
+        let replaced = SoakFacts {
+            finished_at_ms: finished,
+            still_current: false,
+        };
+        assert_eq!(
+            messages(evaluate_gates(
+                &gates,
+                &history(Some(replaced)),
+                &[],
+                "u",
+                finished + 86_400_000
+            )),
+            vec![
+                "soaking in staging: 1.4.2 no longer runs there (replaced); deploy it there again"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_soak_key_does_not_change_with_the_countdown() {
+        let gates = promotion(Some(600));
+        let serving = SoakFacts {
+            finished_at_ms: 0,
+            still_current: true,
+        };
+        let keys = |now: i64| match evaluate_gates(&gates, &history(Some(serving)), &[], "u", now) {
+            GatesVerdict::Waiting(unmet) => unmet.into_iter().map(|u| u.key).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(keys(1_000), keys(200_000));
+        assert_eq!(keys(1_000), vec!["soak:staging".to_string()]);
+    }
+
+    #[test]
+    fn weekly_cron_window_in_paris() {
+        let weekend = || cron_window("0 18 * * FRI", 64, "Europe/Paris");
+        // Friday 2026-11-20 17:59 Paris: not yet.
+        assert_eq!(freeze_line(weekend(), "2026-11-20T17:59:59+01:00"), None);
+        // Opens at 18:00 sharp, for 64 h: until Monday 10:00.
+        let open = Some(
+            "freeze window `0 18 * * FRI` (Europe/Paris) open until 2026-11-23T10:00:00+01:00"
+                .to_string(),
+        );
+        assert_eq!(freeze_line(weekend(), "2026-11-20T18:00:00+01:00"), open);
+        assert_eq!(freeze_line(weekend(), "2026-11-21T12:00:00+01:00"), open);
+        assert_eq!(freeze_line(weekend(), "2026-11-23T09:59:59+01:00"), open);
+        // Closed from Monday 10:00, all week.
+        assert_eq!(freeze_line(weekend(), "2026-11-23T10:00:00+01:00"), None);
+        assert_eq!(freeze_line(weekend(), "2026-11-25T12:00:00+01:00"), None);
+        // The same instant seen from UTC: 17:00Z is 18:00 in Paris.
+        assert!(freeze_line(weekend(), "2026-11-20T17:00:00Z").is_some());
+        assert_eq!(freeze_line(weekend(), "2026-11-20T16:59:59Z"), None);
+    }
+
+    #[test]
+    fn cron_window_across_the_autumn_dst_change() {
+        // Paris leaves summer time on Sunday 2026-10-25 (03:00 CEST -> 02:00 CET). The
+        // window opens Friday 18:00 local (+02:00), lasts 64 h of elapsed time, and so
+        // closes Monday 09:00 local (+01:00).
+        let weekend = || cron_window("0 18 * * FRI", 64, "Europe/Paris");
+        assert_eq!(freeze_line(weekend(), "2026-10-23T15:59:59Z"), None);
+        assert_eq!(
+            freeze_line(weekend(), "2026-10-23T16:00:00Z").as_deref(),
+            Some(
+                "freeze window `0 18 * * FRI` (Europe/Paris) open until 2026-10-26T09:00:00+01:00"
+            )
+        );
+        // During the repeated hour.
+        assert!(freeze_line(weekend(), "2026-10-25T00:30:00Z").is_some());
+        assert!(freeze_line(weekend(), "2026-10-25T01:30:00Z").is_some());
+        assert!(freeze_line(weekend(), "2026-10-26T07:59:59Z").is_some());
+        assert_eq!(freeze_line(weekend(), "2026-10-26T08:00:00Z"), None);
+        // The next Friday opens at 18:00 winter time (17:00Z), not 16:00Z.
+        assert_eq!(freeze_line(weekend(), "2026-10-30T16:30:00Z"), None);
+        assert!(freeze_line(weekend(), "2026-10-30T17:00:00Z").is_some());
+    }
+
+    #[test]
+    fn cron_window_across_the_spring_dst_change() {
+        // Paris enters summer time on Sunday 2026-03-29 (02:00 CET -> 03:00 CEST): Friday
+        // 18:00 (+01:00) plus 64 h closes Monday 11:00 (+02:00).
+        let weekend = || cron_window("0 18 * * FRI", 64, "Europe/Paris");
+        assert_eq!(
+            freeze_line(weekend(), "2026-03-28T12:00:00+01:00").as_deref(),
+            Some(
+                "freeze window `0 18 * * FRI` (Europe/Paris) open until 2026-03-30T11:00:00+02:00"
+            )
+        );
+        assert!(freeze_line(weekend(), "2026-03-30T08:59:59Z").is_some());
+        assert_eq!(freeze_line(weekend(), "2026-03-30T09:00:00Z"), None);
+        // The next Friday opens at 18:00 summer time = 16:00Z.
+        assert_eq!(freeze_line(weekend(), "2026-04-03T15:59:59Z"), None);
+        assert!(freeze_line(weekend(), "2026-04-03T16:00:00Z").is_some());
+    }
+
+    #[test]
+    fn a_cron_window_opening_in_the_skipped_hour_still_opens() {
+        // 02:30 does not exist in Paris on 2026-03-29; the window must still open that
+        // night (at the first valid time after the gap) rather than be skipped.
+        let nightly = || cron_window("30 2 * * *", 1, "Europe/Paris");
+        assert!(freeze_line(nightly(), "2026-03-29T01:45:00Z").is_some());
+        assert_eq!(freeze_line(nightly(), "2026-03-29T12:00:00Z"), None);
+        // The day before: 02:30 CET = 01:30Z, for one hour.
+        assert!(freeze_line(nightly(), "2026-03-28T01:30:00Z").is_some());
+        assert_eq!(freeze_line(nightly(), "2026-03-28T02:30:00Z"), None);
+    }
+
+    #[test]
+    fn overlapping_cron_windows_run_into_one_another() {
+        // Opens on the 1st and the 2nd at midnight, 36 h each: one freeze from the 1st
+        // 00:00 to the 3rd 12:00.
+        let window = || cron_window("0 0 1,2 * *", 36, "UTC");
+        assert_eq!(
+            freeze_line(window(), "2026-06-01T06:00:00Z").as_deref(),
+            Some("freeze window `0 0 1,2 * *` (UTC) open until 2026-06-03T12:00:00+00:00")
+        );
+        assert!(freeze_line(window(), "2026-06-03T11:59:59Z").is_some());
+        assert_eq!(freeze_line(window(), "2026-06-03T12:00:00Z"), None);
+    }
+
+    #[test]
+    fn absolute_windows() {
+        let holidays = || range_window("2026-12-20T00:00:00", "2027-01-03T00:00:00", Some("UTC"));
+        assert_eq!(freeze_line(holidays(), "2026-12-19T23:59:59Z"), None);
+        let open = Some(
+            "freeze window 2026-12-20T00:00:00 to 2027-01-03T00:00:00 (UTC) open until 2027-01-03T00:00:00+00:00"
+                .to_string(),
+        );
+        assert_eq!(freeze_line(holidays(), "2026-12-20T00:00:00Z"), open);
+        assert_eq!(freeze_line(holidays(), "2027-01-02T23:59:59Z"), open);
+        assert_eq!(freeze_line(holidays(), "2027-01-03T00:00:00Z"), None);
+        // No time zone means UTC.
+        let no_zone = || range_window("2026-12-20T00:00:00", "2027-01-03T00:00:00", None);
+        assert_eq!(freeze_line(no_zone(), "2026-12-20T00:00:00Z"), open);
+        // Read in Paris: midnight there is 23:00Z the day before.
+        let paris = || {
+            range_window(
+                "2026-12-20T00:00:00",
+                "2027-01-03T00:00:00",
+                Some("Europe/Paris"),
+            )
+        };
+        assert!(freeze_line(paris(), "2026-12-19T23:00:00Z").is_some());
+        assert_eq!(freeze_line(paris(), "2026-12-19T22:59:59Z"), None);
+        assert_eq!(freeze_line(paris(), "2027-01-02T23:00:00Z"), None);
+        // A range spanning a DST change ends at its local wall-clock time.
+        let autumn = || {
+            range_window(
+                "2026-10-24T00:00:00",
+                "2026-10-26T00:00:00",
+                Some("Europe/Paris"),
+            )
+        };
+        assert_eq!(
+            freeze_line(autumn(), "2026-10-25T12:00:00Z").as_deref(),
+            Some(
+                "freeze window 2026-10-24T00:00:00 to 2026-10-26T00:00:00 (Europe/Paris) open until 2026-10-26T00:00:00+01:00"
+            )
+        );
+        assert!(freeze_line(autumn(), "2026-10-23T22:00:00Z").is_some());
+        assert_eq!(freeze_line(autumn(), "2026-10-25T23:00:00Z"), None);
+    }
+
+    #[test]
+    fn an_unreadable_window_blocks() {
+        let broken = FreezeWindow {
+            cron: Some("61 * * * *".into()),
+            duration: Some(HumanDuration(Duration::from_secs(60))),
+            ..FreezeWindow::default()
+        };
+        let line = freeze_line(broken, "2026-01-01T00:00:00Z").expect("blocked");
+        assert!(line.contains("cannot be read"), "{line}");
+        let half = FreezeWindow {
+            cron: Some("0 18 * * FRI".into()),
+            ..FreezeWindow::default()
+        };
+        assert!(freeze_line(half, "2026-01-01T00:00:00Z").is_some());
+    }
+
+    #[test]
+    fn every_unmet_gate_is_listed_and_a_rejection_wins() {
+        let gates = Gates {
+            approvals: vec![rule("approver", 1)],
+            freeze: vec![range_window(
+                "2026-01-01T00:00:00",
+                "2026-02-01T00:00:00",
+                None,
+            )],
+            ..promotion(Some(60))
+        };
+        let now = at("2026-01-10T00:00:00Z");
+        assert_eq!(
+            messages(evaluate_gates(
+                &gates,
+                &history(None),
+                &[],
+                "user:alice",
+                now
+            )),
+            vec![
+                "waiting for 1.4.2 to succeed in staging",
+                "freeze window 2026-01-01T00:00:00 to 2026-02-01T00:00:00 (UTC) open until 2026-02-01T00:00:00+00:00",
+                "1 more approval from role approver (not user:alice)",
+            ]
+        );
+        let rejected = [approval("user:bob", &["approver"], false)];
+        assert_eq!(
+            evaluate_gates(&gates, &history(None), &rejected, "user:alice", now),
+            GatesVerdict::Rejected {
+                by: "user:bob".into(),
+                reason: "not ready".into()
+            }
+        );
+        let approved = [approval("user:bob", &["approver"], true)];
+        let soaked = SoakFacts {
+            finished_at_ms: now - 60_000,
+            still_current: true,
+        };
+        assert_eq!(
+            evaluate_gates(
+                &gates,
+                &history(Some(soaked)),
+                &approved,
+                "user:alice",
+                at("2026-02-01T00:00:00Z")
+            ),
+            GatesVerdict::Passed
+        );
+    }
+
+    #[test]
+    fn compact_durations() {
+        for (ms, text) in [
+            (0, "0ms"),
+            (250, "250ms"),
+            (1_000, "1s"),
+            (1_001, "2s"),
+            (432_000, "7m12s"),
+            (600_000, "10m"),
+            (5_400_000, "1h30m"),
+            (230_400_000, "64h"),
+            (3_601_000, "1h1s"),
+        ] {
+            assert_eq!(compact(Duration::from_millis(ms)), text);
+        }
+    }
+
+    #[test]
+    fn parsers_explain_what_is_wrong() {
+        assert!(parse_cron("0 18 * * FRI").is_ok());
+        assert!(parse_cron("0 0 18 * * FRI").is_ok());
+        assert!(parse_cron("0 25 * * *").is_err());
+        assert!(parse_cron("every friday").is_err());
+        assert!(parse_timezone("Europe/Paris").is_ok());
+        assert!(parse_timezone("UTC").is_ok());
+        assert!(
+            parse_timezone("Europe/Pariss")
+                .unwrap_err()
+                .contains("Europe/Pariss")
+        );
+        assert!(parse_local("2026-12-20T00:00:00").is_ok());
+        assert!(parse_local("2026-13-20T00:00:00").is_err());
+        assert!(parse_local("tomorrow").is_err());
     }
 }

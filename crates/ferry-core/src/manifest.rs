@@ -199,6 +199,50 @@ pub struct Gates {
     /// Each approver must also hold a role the requester does not have.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub separate_approver_role: bool,
+    /// The release must have succeeded in this environment first; it must be written
+    /// earlier in `environments`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
+    pub after: Option<String>,
+    /// And it must have been serving there for at least this long: the latest successful
+    /// deployment of the version in `after` finished at least `soak` ago, and that
+    /// environment still runs it (not replaced by a rollback or another version). Needs `after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<HumanDuration>,
+    /// Windows in which no deployment may start here (one already running carries on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<FreezeWindow>,
+}
+
+/// A freeze window: either recurring (`cron` + `duration`) or absolute (`from` + `until`),
+/// read in `timezone`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    { "required": ["cron", "duration"], "not": { "anyOf": [{ "required": ["from"] }, { "required": ["until"] }] } },
+    { "required": ["from", "until"], "not": { "anyOf": [{ "required": ["cron"] }, { "required": ["duration"] }] } }
+]))]
+pub struct FreezeWindow {
+    /// When the window opens, as a cron expression in `timezone` (5 fields, or 6 with
+    /// seconds first), e.g. `0 18 * * FRI`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "0 18 * * FRI")]
+    pub cron: Option<String>,
+    /// How long each window stays open (elapsed time), e.g. `64h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<HumanDuration>,
+    /// Start of an absolute window, a local date-time in `timezone`: `2026-12-20T00:00:00`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "2026-12-20T00:00:00")]
+    pub from: Option<String>,
+    /// End of an absolute window (excluded), a local date-time in `timezone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "2027-01-03T00:00:00")]
+    pub until: Option<String>,
+    /// IANA time zone the window is read in, e.g. `Europe/Paris` (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "Europe/Paris")]
+    pub timezone: Option<String>,
 }
 
 /// `count` approvals from people holding `role` in this app and environment.

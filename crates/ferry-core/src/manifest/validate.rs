@@ -10,8 +10,10 @@ use super::{
 };
 use crate::analysis::{AnalysisSpec, PathPart};
 use crate::duration::HumanDuration;
+use crate::gates;
 use crate::manifest::{
-    BlueGreen, Canary, DEFAULT_PREVIEW_HEADER, IntOrPercent, Pause, weight_basis_points,
+    BlueGreen, Canary, DEFAULT_PREVIEW_HEADER, FreezeWindow, Gates, IntOrPercent, Pause,
+    weight_basis_points,
 };
 
 /// One semantic mistake, located by field path (turned into line:column by the tree).
@@ -149,7 +151,7 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
         );
     }
     let mut listeners: Vec<(SocketAddr, &str)> = Vec::new();
-    for (name, env) in m.environments.iter() {
+    for (position, (name, env)) in m.environments.iter().enumerate() {
         let base = p(&["environments", name]);
         if !is_name(name) {
             out.key(
@@ -240,6 +242,13 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
                     );
                 }
             }
+            let earlier: Vec<&str> = m
+                .environments
+                .iter()
+                .take(position)
+                .map(|(n, _)| n)
+                .collect();
+            check_promotion_gates(&mut out, &with(&base, "gates"), name, gates, &earlier, m);
         }
         match &env.strategy {
             Strategy::Canary(canary) => {
@@ -551,6 +560,167 @@ fn check_service(out: &mut Issues, base: &[Seg], s: &Service) {
     }
 }
 
+/// `after` names an earlier environment, `soak` goes with `after`, freeze windows read.
+fn check_promotion_gates(
+    out: &mut Issues,
+    gpath: &[Seg],
+    env: &str,
+    gates: &Gates,
+    earlier: &[&str],
+    m: &Manifest,
+) {
+    if let Some(after) = &gates.after {
+        let apath = with(gpath, "after");
+        let listed = if earlier.is_empty() {
+            "none: this is the first environment".to_string()
+        } else {
+            earlier
+                .iter()
+                .map(|e| format!("`{e}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if after == env {
+            out.value(
+                apath,
+                format!("environment `{env}` cannot come after itself"),
+                Some(format!("name an environment written before it ({listed})")),
+            );
+        } else if m.environments.get(after).is_none() {
+            out.value(
+                apath,
+                format!("`after` names unknown environment `{after}`"),
+                Some(format!("environments written before `{env}`: {listed}")),
+            );
+        } else if !earlier.contains(&after.as_str()) {
+            out.value(
+                apath,
+                format!("`after: {after}` names an environment written after `{env}`"),
+                Some(format!(
+                    "environments are in promotion order; move `{after}` before `{env}` or name one of: {listed}"
+                )),
+            );
+        }
+    }
+    if let Some(soak) = gates.soak {
+        let spath = with(gpath, "soak");
+        if gates.after.is_none() {
+            out.key(
+                spath.clone(),
+                "`soak` needs `after`: the environment the release soaks in",
+                Some("e.g. `after: staging` with `soak: 30m`".into()),
+            );
+        }
+        positive(out, spath, soak);
+    }
+    for (i, window) in gates.freeze.iter().enumerate() {
+        let mut wpath = with(gpath, "freeze");
+        wpath.push(Seg::Index(i));
+        check_freeze_window(out, &wpath, window);
+    }
+}
+
+fn check_freeze_window(out: &mut Issues, wpath: &[Seg], w: &FreezeWindow) {
+    let shape_hint = Some(
+        "write `{ cron: \"0 18 * * FRI\", duration: 64h, timezone: Europe/Paris }` or \
+         `{ from: \"2026-12-20T00:00:00\", until: \"2027-01-03T00:00:00\", timezone: UTC }`"
+            .to_string(),
+    );
+    let recurring = w.cron.is_some() || w.duration.is_some();
+    let absolute = w.from.is_some() || w.until.is_some();
+    if recurring && absolute {
+        out.value(
+            wpath.to_vec(),
+            "a freeze window is either recurring (`cron` + `duration`) or absolute (`from` + `until`), not both",
+            shape_hint.clone(),
+        );
+    } else if !recurring && !absolute {
+        out.value(
+            wpath.to_vec(),
+            "a freeze window needs `cron` + `duration` or `from` + `until`",
+            shape_hint.clone(),
+        );
+    }
+    let tz = match &w.timezone {
+        None => gates::parse_timezone("UTC").ok(),
+        Some(name) => match gates::parse_timezone(name) {
+            Ok(tz) => Some(tz),
+            Err(message) => {
+                out.value(
+                    with(wpath, "timezone"),
+                    message,
+                    Some("an IANA time zone name such as `Europe/Paris`, `America/New_York` or `UTC`".into()),
+                );
+                None
+            }
+        },
+    };
+    if recurring {
+        match &w.cron {
+            None => out.key(
+                wpath.to_vec(),
+                "`cron` is required with `duration`",
+                Some("when the window opens, e.g. `cron: \"0 18 * * FRI\"` (Fridays 18:00)".into()),
+            ),
+            Some(expression) => {
+                if let Err(message) = gates::parse_cron(expression) {
+                    out.value(
+                        with(wpath, "cron"),
+                        message,
+                        Some("5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first, e.g. `0 18 * * FRI`".into()),
+                    );
+                }
+            }
+        }
+        match w.duration {
+            None => out.key(
+                wpath.to_vec(),
+                "`duration` is required with `cron`",
+                Some("how long each window stays open, e.g. `duration: 64h`".into()),
+            ),
+            Some(d) => positive(out, with(wpath, "duration"), d),
+        }
+    }
+    if absolute {
+        let mut read = |field: &str, value: &Option<String>| match value {
+            None => {
+                out.key(
+                    wpath.to_vec(),
+                    format!("`{field}` is required in an absolute freeze window"),
+                    shape_hint.clone(),
+                );
+                None
+            }
+            Some(text) => match gates::parse_local(text) {
+                Ok(dt) => Some(dt),
+                Err(message) => {
+                    out.value(
+                        with(wpath, field),
+                        message,
+                        Some("a local date-time without offset, e.g. `2026-12-20T00:00:00`; the zone is `timezone`".into()),
+                    );
+                    None
+                }
+            },
+        };
+        let from = read("from", &w.from);
+        let until = read("until", &w.until);
+        if let (Some(from), Some(until), Some(tz)) = (from, until, tz) {
+            let ordered = match (from.to_zoned(tz.clone()), until.to_zoned(tz)) {
+                (Ok(a), Ok(b)) => a < b,
+                _ => from < until,
+            };
+            if !ordered {
+                out.value(
+                    with(wpath, "until"),
+                    format!("`until` {until} is not after `from` {from}"),
+                    Some("the window runs from `from` (included) to `until` (excluded)".into()),
+                );
+            }
+        }
+    }
+}
+
 fn positive(out: &mut Issues, path: Vec<Seg>, d: HumanDuration) {
     if d.0.is_zero() {
         out.value(
@@ -636,5 +806,143 @@ mod tests {
         assert_eq!(unknown_placeholders("${HOME}/x${PORT}"), vec!["HOME"]);
         assert_eq!(unknown_placeholders("${PORT"), vec!["${PORT"]);
         assert!(unknown_placeholders("$PORT").is_empty());
+    }
+
+    // -- after, soak and freeze ----------------------------------------------------------
+
+    const HEAD: &str = "app: shop\nservices:\n  web:\n    run: [./web]\nenvironments:\n  staging:\n    listen: 127.0.0.1:8081\n";
+
+    /// Parses a manifest whose `production` environment has `gates` (YAML flow text);
+    /// returns the errors as `line:column path: message`.
+    fn gate_errors(gates: &str) -> Vec<String> {
+        let text = format!("{HEAD}  production:\n    listen: 127.0.0.1:8082\n    gates: {gates}\n");
+        match crate::manifest::parse(&text, "ferry.yaml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .errors
+                .iter()
+                .map(|e| format!("{}:{} {}: {}", e.line, e.column, e.path, e.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn good_promotion_gates_parse() {
+        let text = format!(
+            "{HEAD}  production:\n    listen: 127.0.0.1:8082\n    gates:\n      after: staging\n      soak: 10m\n      freeze:\n        - {{ cron: \"0 18 * * FRI\", duration: 64h, timezone: Europe/Paris }}\n        - {{ from: \"2026-12-20T00:00:00\", until: \"2027-01-03T00:00:00\", timezone: UTC }}\n        - {{ from: \"2026-12-24T00:00:00\", until: \"2026-12-27T00:00:00\" }}\n"
+        );
+        let m = crate::manifest::parse(&text, "ferry.yaml").expect("valid");
+        let gates = m
+            .environments
+            .get("production")
+            .and_then(|e| e.gates.clone())
+            .expect("gates");
+        assert_eq!(gates.after.as_deref(), Some("staging"));
+        assert_eq!(gates.soak.map(|d| d.get().as_secs()), Some(600));
+        assert_eq!(gates.freeze.len(), 3);
+        assert_eq!(gates.freeze[0].cron.as_deref(), Some("0 18 * * FRI"));
+        assert_eq!(gates.freeze[2].timezone, None);
+    }
+
+    #[test]
+    fn after_must_name_an_earlier_environment() {
+        let errors = gate_errors("{ after: production }");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("environments.production.gates.after"),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("cannot come after itself"), "{errors:?}");
+        let errors = gate_errors("{ after: qa }");
+        assert!(errors[0].contains("unknown environment `qa`"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("10:21 "),
+            "located at the value: {errors:?}"
+        );
+
+        // Naming a later environment is refused: promotion goes in written order.
+        let text = "app: shop\nservices:\n  web:\n    run: [./web]\nenvironments:\n  staging:\n    listen: 127.0.0.1:8081\n    gates: { after: production }\n  production:\n    listen: 127.0.0.1:8082\n";
+        let errors = crate::manifest::parse(&text, "ferry.yaml")
+            .expect_err("invalid")
+            .errors;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].message.contains("written after `staging`"),
+            "{errors:?}"
+        );
+        assert_eq!(errors[0].line, 8);
+    }
+
+    #[test]
+    fn soak_needs_after_and_a_length() {
+        let errors = gate_errors("{ soak: 10m }");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("`soak` needs `after`"), "{errors:?}");
+        let errors = gate_errors("{ after: staging, soak: 0s }");
+        assert!(errors[0].contains("greater than 0"), "{errors:?}");
+    }
+
+    #[test]
+    fn freeze_windows_are_checked_field_by_field() {
+        for (gates, expected, field) in [
+            (
+                "{ freeze: [ { cron: \"0 25 * * *\", duration: 1h } ] }",
+                "invalid cron expression",
+                "freeze[0].cron",
+            ),
+            (
+                "{ freeze: [ { cron: \"0 18 * * FRI\", duration: 1h, timezone: Europe/Pariss } ] }",
+                "unknown time zone \"Europe/Pariss\"",
+                "freeze[0].timezone",
+            ),
+            (
+                "{ freeze: [ { cron: \"0 18 * * FRI\" } ] }",
+                "`duration` is required",
+                "freeze[0]",
+            ),
+            (
+                "{ freeze: [ { duration: 1h } ] }",
+                "`cron` is required",
+                "freeze[0]",
+            ),
+            (
+                "{ freeze: [ { cron: \"0 18 * * FRI\", duration: 0s } ] }",
+                "greater than 0",
+                "freeze[0].duration",
+            ),
+            (
+                "{ freeze: [ { from: \"2026-12-20T00:00:00\" } ] }",
+                "`until` is required",
+                "freeze[0]",
+            ),
+            (
+                "{ freeze: [ { from: \"2026-12-32T00:00:00\", until: \"2027-01-03T00:00:00\" } ] }",
+                "invalid date-time",
+                "freeze[0].from",
+            ),
+            (
+                "{ freeze: [ { from: \"2027-01-03T00:00:00\", until: \"2026-12-20T00:00:00\" } ] }",
+                "is not after",
+                "freeze[0].until",
+            ),
+            (
+                "{ freeze: [ { cron: \"0 18 * * FRI\", duration: 1h, from: \"2026-12-20T00:00:00\", until: \"2027-01-03T00:00:00\" } ] }",
+                "not both",
+                "freeze[0]",
+            ),
+            (
+                "{ freeze: [ { timezone: UTC } ] }",
+                "needs `cron` + `duration` or `from` + `until`",
+                "freeze[0]",
+            ),
+        ] {
+            let errors = gate_errors(gates);
+            assert_eq!(errors.len(), 1, "{gates}: {errors:?}");
+            assert!(errors[0].contains(expected), "{gates}: {errors:?}");
+            assert!(
+                errors[0].contains(&format!("environments.production.gates.{field}:")),
+                "{gates}: {errors:?}"
+            );
+        }
     }
 }

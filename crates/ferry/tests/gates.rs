@@ -1,0 +1,152 @@
+//! Promotion gates end to end: `after` + `soak` hold a production deployment until the
+//! release has succeeded and served in staging long enough; a freeze window holds it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Ferry, SERIAL, Spec, bounded, free_port};
+use tokio::time::Instant;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A manifest with `staging` (no gates) then `production` with `gates` (flow YAML).
+fn two_environments(ferry: &Ferry, spec: &Spec, gates: &str) -> PathBuf {
+    let path = ferry.write_manifest(spec, "ferry.yaml");
+    let mut yaml = std::fs::read_to_string(&path).expect("read manifest");
+    yaml.push_str(&format!(
+        "  production:\n    listen: 127.0.0.1:{}\n    strategy: {}\n    gates: {gates}\n",
+        free_port(),
+        spec.strategy
+    ));
+    std::fs::write(&path, yaml).expect("write manifest");
+    path
+}
+
+fn staging_spec(app: &str) -> Spec {
+    let mut spec = Spec::new(app);
+    spec.env = "staging".into();
+    spec.replicas = 1;
+    spec
+}
+
+async fn deploy(ferry: &Ferry, app: &str, env: &str, version: &str) -> i64 {
+    let out = ferry
+        .cli(&[
+            "deploy",
+            app,
+            "--env",
+            env,
+            "--version",
+            version,
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "deploy:\n{out}");
+    out.json()["id"].as_i64().expect("deployment id")
+}
+
+/// The deployment's state and its timeline as text.
+async fn state_and_timeline(ferry: &Ferry, id: i64) -> (String, String) {
+    let detail = ferry.deployment(id).await;
+    let timeline = detail
+        .events
+        .iter()
+        .map(|e| format!("{} {}", e.kind, e.message))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (detail.deployment.state.to_string(), timeline)
+}
+
+async fn wait_state(ferry: &Ferry, id: i64, state: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (now, timeline) = state_and_timeline(ferry, id).await;
+        if now == state {
+            return timeline;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment #{id} is {now}, never {state}; timeline:\n{timeline}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn production_waits_for_staging_and_the_soak() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let spec = staging_spec("gated");
+        let manifest = two_environments(&ferry, &spec, "{ after: staging, soak: 2s }");
+        ferry.apply(&manifest).await;
+
+        // Never ran in staging: production waits, and says why.
+        let prod = deploy(&ferry, "gated", "production", "1.0.0").await;
+        let timeline = wait_state(&ferry, prod, "awaiting-approval").await;
+        assert!(
+            timeline.contains("waiting for 1.0.0 to succeed in staging"),
+            "{timeline}"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (state, _) = state_and_timeline(&ferry, prod).await;
+        assert_eq!(state, "awaiting-approval");
+
+        // It succeeds in staging; production then soaks 2 s before it starts.
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let staged = Instant::now();
+        ferry
+            .wait_for_event(prod, Duration::from_secs(10), |e| {
+                e.message.contains("soaking in staging:") && e.message.contains("(needs 2s)")
+            })
+            .await;
+        let done = ferry.wait_terminal(prod, Duration::from_secs(25)).await;
+        assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
+        assert!(
+            staged.elapsed() >= Duration::from_millis(1500),
+            "production started before the soak was over ({:?})",
+            staged.elapsed()
+        );
+        // The countdown does not flood the timeline.
+        let (_, timeline) = state_and_timeline(&ferry, prod).await;
+        let gate_lines = timeline.lines().filter(|l| l.starts_with("gates ")).count();
+        assert!(gate_lines <= 2, "{timeline}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_freeze_window_holds_the_deployment() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let spec = staging_spec("frozen");
+        let manifest = two_environments(
+            &ferry,
+            &spec,
+            "{ freeze: [ { from: \"2000-01-01T00:00:00\", until: \"2999-01-01T00:00:00\", timezone: UTC } ] }",
+        );
+        ferry.apply(&manifest).await;
+
+        let prod = deploy(&ferry, "frozen", "production", "1.0.0").await;
+        let timeline = wait_state(&ferry, prod, "awaiting-approval").await;
+        assert!(
+            timeline.contains(
+                "freeze window 2000-01-01T00:00:00 to 2999-01-01T00:00:00 (UTC) open until 2999-01-01T00:00:00+00:00"
+            ),
+            "{timeline}"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (state, _) = state_and_timeline(&ferry, prod).await;
+        assert_eq!(state, "awaiting-approval");
+
+        let out = ferry.cli(&["abort", "frozen", "--env", "production"]).await;
+        assert_eq!(out.code, 0, "abort:\n{out}");
+        let done = ferry.wait_terminal(prod, Duration::from_secs(10)).await;
+        assert!(done.state.is_terminal(), "{done:?}");
+    })
+    .await;
+}
