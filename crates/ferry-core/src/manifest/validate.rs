@@ -862,7 +862,7 @@ mod tests {
 
         // Naming a later environment is refused: promotion goes in written order.
         let text = "app: shop\nservices:\n  web:\n    run: [./web]\nenvironments:\n  staging:\n    listen: 127.0.0.1:8081\n    gates: { after: production }\n  production:\n    listen: 127.0.0.1:8082\n";
-        let errors = crate::manifest::parse(&text, "ferry.yaml")
+        let errors = crate::manifest::parse(text, "ferry.yaml")
             .expect_err("invalid")
             .errors;
         assert_eq!(errors.len(), 1, "{errors:?}");
