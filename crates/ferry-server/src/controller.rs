@@ -89,6 +89,8 @@ pub struct Controller {
     traffic_summary: Mutex<HashMap<(String, String), String>>,
     /// Analysis windows over the proxy's counters.
     meter: Meter,
+    /// Last unmet-gate keys announced per waiting deployment (timeline shows changes only).
+    unmet_gates: Mutex<HashMap<i64, Vec<String>>>,
     /// Client for webhooks.
     http: reqwest::Client,
     torn_down: AtomicBool,
@@ -107,6 +109,7 @@ impl Controller {
             adopted: Mutex::new(HashSet::new()),
             traffic_summary: Mutex::new(HashMap::new()),
             meter: Meter::default(),
+            unmet_gates: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
             torn_down: AtomicBool::new(false),
         })
@@ -713,7 +716,7 @@ impl Controller {
             now_ms(),
         ) {
             gates::GatesVerdict::Passed => {
-                unmet_gates_changed(deployment.id, None);
+                self.unmet_gates_changed(deployment.id, None);
                 Ok(true)
             }
             gates::GatesVerdict::Waiting(unmet) => {
@@ -734,8 +737,8 @@ impl Controller {
                         &message,
                     )
                     .await?;
-                    unmet_gates_changed(deployment.id, Some(&unmet));
-                } else if unmet_gates_changed(deployment.id, Some(&unmet)) {
+                    self.unmet_gates_changed(deployment.id, Some(&unmet));
+                } else if self.unmet_gates_changed(deployment.id, Some(&unmet)) {
                     // Already waiting: a new timeline line only when what is awaited
                     // changes (not for every tick of a soak countdown).
                     self.event(deployment.id, "gates", &message).await;
@@ -743,7 +746,7 @@ impl Controller {
                 Ok(false)
             }
             gates::GatesVerdict::Rejected { by, reason } => {
-                unmet_gates_changed(deployment.id, None);
+                self.unmet_gates_changed(deployment.id, None);
                 let reason = format!("rejected by {by}: {reason}");
                 self.transition(
                     deployment,
@@ -803,6 +806,20 @@ impl Controller {
             });
         }
         Ok(history)
+    }
+
+    /// Whether the unmet gates of a waiting deployment differ from the last time they were
+    /// seen (compared by their stable keys, so a soak countdown is not a change); `None`
+    /// forgets the deployment. In memory: after a restart the list is recorded once more.
+    fn unmet_gates_changed(&self, deployment_id: i64, unmet: Option<&[gates::Unmet]>) -> bool {
+        let mut seen = lock(&self.unmet_gates);
+        match unmet {
+            None => seen.remove(&deployment_id).is_some(),
+            Some(unmet) => {
+                let keys: Vec<String> = unmet.iter().map(|u| u.key.clone()).collect();
+                seen.insert(deployment_id, keys.clone()) != Some(keys)
+            }
+        }
     }
 
     /// Records a line on a deployment's timeline from outside the loop (an approval), and
@@ -2091,24 +2108,6 @@ async fn kill_by_replica_id(id: &str) {
                 "stopping a replica whose pid was never recorded"
             );
             ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
-        }
-    }
-}
-
-/// Whether the unmet gates of a waiting deployment differ from the last time they were
-/// seen (compared by their stable keys, so a soak countdown is not a change); `None`
-/// forgets the deployment. Kept in memory: after a restart the list is recorded once more.
-fn unmet_gates_changed(deployment_id: i64, unmet: Option<&[gates::Unmet]>) -> bool {
-    static SEEN: std::sync::LazyLock<std::sync::Mutex<HashMap<i64, Vec<String>>>> =
-        std::sync::LazyLock::new(Default::default);
-    let Ok(mut seen) = SEEN.lock() else {
-        return false;
-    };
-    match unmet {
-        None => seen.remove(&deployment_id).is_some(),
-        Some(unmet) => {
-            let keys: Vec<String> = unmet.iter().map(|u| u.key.clone()).collect();
-            seen.insert(deployment_id, keys.clone()) != Some(keys)
         }
     }
 }
