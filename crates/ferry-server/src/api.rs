@@ -42,6 +42,7 @@ pub struct AppState {
     /// `None` when the API runs without the deployment controller (identity/audit only, as
     /// in the API tests): routes that need it answer 503 after the gate.
     pub controller: Option<Arc<Controller>>,
+    pub secrets: Arc<crate::secrets::Secrets>,
     pub shutdown: CancellationToken,
     pub gov: Arc<Governance>,
 }
@@ -59,7 +60,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    use crate::{audit, identity};
+    use crate::{audit, identity, secrets};
     let gated = Router::new()
         .route("/v1/login", post(identity::login))
         .route("/v1/logout", post(identity::logout))
@@ -118,6 +119,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/apps/{app}/envs/{env}/retry", post(retry))
         .route("/v1/deployments/{id}", get(deployment))
         .route("/v1/deployments/{id}/events", get(events))
+        .route("/v1/apps/{app}/envs/{env}/secrets", get(secrets::list))
+        .route(
+            "/v1/apps/{app}/envs/{env}/secrets/{name}",
+            put(secrets::set).delete(secrets::delete),
+        )
+        .route("/v1/secrets/rotate-key", post(secrets::rotate_key))
         .route("/v1/teardown", post(teardown))
         .route_layer(middleware::from_fn_with_state(state.clone(), access::gate));
     Router::new()
@@ -731,6 +738,9 @@ mod tests {
             "/v1/deployments/{id}/change-record",
             "/v1/deployments/{id}/approve",
             "/v1/deployments/{id}/approvals",
+            "/v1/apps/{app}/envs/{env}/secrets",
+            "/v1/apps/{app}/envs/{env}/secrets/{name}",
+            "/v1/secrets/rotate-key",
         ]
         .into_iter()
         .map(String::from)

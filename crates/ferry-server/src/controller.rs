@@ -94,10 +94,17 @@ pub struct Controller {
     /// Client for webhooks.
     http: reqwest::Client,
     torn_down: AtomicBool,
+    /// Decrypts each environment's secrets when its replicas start.
+    secrets: Arc<crate::secrets::Secrets>,
 }
 
 impl Controller {
-    pub fn new(store: Store, runtime: ProcessRuntime, proxy: ProxyLink) -> Arc<Controller> {
+    pub fn new(
+        store: Store,
+        runtime: ProcessRuntime,
+        proxy: ProxyLink,
+        secrets: Arc<crate::secrets::Secrets>,
+    ) -> Arc<Controller> {
         Arc::new(Controller {
             store,
             runtime,
@@ -112,6 +119,7 @@ impl Controller {
             unmet_gates: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
             torn_down: AtomicBool::new(false),
+            secrets,
         })
     }
 
@@ -133,9 +141,19 @@ impl Controller {
         let apps = self.apps().await?;
         let mut adopted = HashSet::new();
         for record in self.store.list_replicas(None, None).await? {
+            // An adopted process keeps the environment it started with; these are for the
+            // runtime's restarts of it.
+            let secrets = self
+                .secrets
+                .env_vars(&record.app, &record.env)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(replica = %record.id, error = %e, "cannot decrypt its secrets");
+                    BTreeMap::new()
+                });
             let spec = apps
                 .get(&record.app)
-                .and_then(|(app, manifest)| replica_spec(app, manifest, &record));
+                .and_then(|(app, manifest)| replica_spec(app, manifest, &record, secrets));
             let identity = record
                 .pid
                 .zip(record.start_time)
@@ -979,7 +997,12 @@ impl Controller {
             deployment_id: deployment,
             created_at_ms: now,
         };
-        let spec = replica_spec(app, manifest, &record)
+        let secrets = self
+            .secrets
+            .env_vars(&app.name, env)
+            .await
+            .map_err(|e| format!("cannot start {service}: {e}"))?;
+        let spec = replica_spec(app, manifest, &record, secrets)
             .ok_or_else(|| format!("service {service} is not in the manifest"))?;
         // Persist, then act: the row exists before the process does.
         self.store
@@ -2045,6 +2068,7 @@ fn replica_spec(
     app: &AppRecord,
     manifest: &Manifest,
     record: &ReplicaRecord,
+    secrets: BTreeMap<String, String>,
 ) -> Option<ReplicaSpec> {
     let service = manifest.services.get(&record.service)?;
     let environment = manifest.environments.get(&record.env)?;
@@ -2056,6 +2080,8 @@ fn replica_spec(
     };
     let mut env_vars: BTreeMap<String, String> = service.env.clone();
     env_vars.extend(environment.vars.clone());
+    // secrets win over the service's env and the environment's vars
+    env_vars.extend(secrets);
     env_vars.insert("FERRY_REPLICA_ID".to_string(), record.id.clone());
     let health = &service.health;
     Some(ReplicaSpec {

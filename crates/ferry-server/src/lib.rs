@@ -6,6 +6,8 @@
 //! - `ferry.db`     SQLite state store
 //! - `admin.token`  the admin API token (mode 0600), created on first start
 //! - `audit.key`    the key signing audit checkpoints (mode 0600), created on first start
+//! - `secrets.key`  the master key of the secrets (mode 0600), created on first start unless
+//!   `FERRY_MASTER_KEY_FILE` names the operator's own key file
 //! - `proxy/`       the proxy's own state (its admin token, pid file, last route table)
 //! - `logs/`        one log file per replica
 
@@ -22,6 +24,7 @@ mod logs;
 mod notify;
 mod progressive;
 mod proxy_link;
+mod secrets;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +71,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let store = Store::open_sqlite_file(&data_dir.join("ferry.db")).await?;
     let admin_token = auth::ensure_admin_token(&store, &data_dir).await?;
     let audit_key = audit::load_or_create_key(&data_dir)?;
+    let secrets = secrets::Secrets::open(store.clone(), &data_dir, master_key_file()).await?;
     auth::warm_up().await;
 
     // Bind first: a taken port must fail the start before anything is spawned.
@@ -81,7 +85,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let proxy =
         proxy_link::ProxyLink::adopt_or_start(&config.ferry_exe, &data_dir.join("proxy")).await?;
     let runtime = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
-    let controller = controller::Controller::new(store.clone(), runtime, proxy);
+    let controller = controller::Controller::new(store.clone(), runtime, proxy, secrets.clone());
     controller.recover().await?;
 
     let mut tasks = Vec::new();
@@ -95,6 +99,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let app = api::router(api::AppState {
         store,
         controller: Some(controller.clone()),
+        secrets,
         shutdown: shutdown.clone(),
         gov: Arc::new(access::Governance::new(audit_key)),
     });
@@ -118,6 +123,13 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         tasks,
         controller,
     })
+}
+
+/// The operator's master key file (`FERRY_MASTER_KEY_FILE`), if given.
+fn master_key_file() -> Option<PathBuf> {
+    std::env::var_os(secrets::KEY_FILE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 impl Server {
@@ -166,9 +178,11 @@ impl ApiOnly {
     pub async fn open(store: Store, data_dir: &Path) -> Result<ApiOnly, ServerError> {
         let admin_token = auth::ensure_admin_token(&store, data_dir).await?;
         let audit_key = audit::load_or_create_key(data_dir)?;
+        let secrets = secrets::Secrets::open(store.clone(), data_dir, master_key_file()).await?;
         let router = api::router(api::AppState {
             store: store.clone(),
             controller: None,
+            secrets,
             shutdown: CancellationToken::new(),
             gov: Arc::new(access::Governance::new(audit_key)),
         });

@@ -186,6 +186,30 @@ const TABLE: &[Row] = &[
         None,
         Perm(P::View, AppEnv),
     ),
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/secrets",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "PUT",
+        "/v1/apps/{app}/envs/{env}/secrets/MATRIX_{n}",
+        Some(r#"{"value": "matrix value {n}"}"#),
+        Perm(P::ManageSecrets, AppEnv),
+    ),
+    row(
+        "DELETE",
+        "/v1/apps/{app}/envs/{env}/secrets/NOSUCH",
+        None,
+        Perm(P::ManageSecrets, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/secrets/rotate-key",
+        None,
+        Perm(P::ManageServer, Global),
+    ),
     row("POST", "/v1/teardown", None, Perm(P::ManageServer, Global)),
     row("GET", "/v1/users", None, Perm(P::ManageUsers, Global)),
     row(

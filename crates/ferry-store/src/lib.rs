@@ -25,9 +25,11 @@ use sqlx::{AnyPool, Row, SqlSafeStr};
 mod approvals;
 mod audit;
 mod identity;
+mod secrets;
 
 pub use audit::{AuditQuery, CheckpointRecord};
 pub use identity::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
+pub use secrets::{SecretInfo, SecretRecord};
 
 /// Errors of the store. `NotFound`/`Conflict` are for callers to act on; `Database` carries
 /// the operation that failed; `Corrupt` means a row holds a value this code can't read back.
@@ -216,6 +218,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "approvals",
         include_str!("../migrations/sqlite/0003_approvals.sql"),
+    ),
+    (
+        4,
+        "secrets",
+        include_str!("../migrations/sqlite/0004_secrets.sql"),
     ),
 ];
 

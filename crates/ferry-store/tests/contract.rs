@@ -1406,6 +1406,118 @@ async fn fresh_sqlite() -> (Store, String, tempfile::TempDir) {
     (store, url, dir)
 }
 
+pub async fn secrets_put_get_list_delete_reencrypt(store: Store, _url: String) {
+    // versions start at 1 and bump per set; `seal` sees the version it binds
+    let a = store
+        .put_secret("shop", "prod", "DB_PASSWORD", "fp1", "alice", 1000, |v| {
+            Ok(format!("ct-{v}"))
+        })
+        .await
+        .unwrap();
+    assert_eq!((a.version, a.fingerprint.as_str()), (1, "fp1"));
+    let b = store
+        .put_secret("shop", "prod", "DB_PASSWORD", "fp2", "bob", 2000, |v| {
+            Ok(format!("ct-{v}"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.version, b.updated_by.as_str(), b.updated_at_ms),
+        (2, "bob", 2000)
+    );
+    store
+        .put_secret("shop", "prod", "API_KEY", "fp3", "alice", 3000, |_| {
+            Ok("x".into())
+        })
+        .await
+        .unwrap();
+    store
+        .put_secret("shop", "dev", "API_KEY", "fp4", "alice", 3000, |_| {
+            Ok("y".into())
+        })
+        .await
+        .unwrap();
+    // a failing seal writes nothing
+    let failed = store
+        .put_secret("shop", "prod", "DB_PASSWORD", "fp9", "eve", 4000, |_| {
+            Err("no key".into())
+        })
+        .await;
+    assert!(failed.is_err());
+
+    let got = store
+        .get_secret("shop", "prod", "DB_PASSWORD")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.version, got.ciphertext.as_str()), (2, "ct-2"));
+    assert!(
+        store
+            .get_secret("shop", "prod", "NOPE")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let listed = store.list_secrets("shop", "prod").await.unwrap();
+    let names: Vec<_> = listed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["API_KEY", "DB_PASSWORD"]);
+    // list results carry no ciphertext
+    let json = serde_json::to_string(&listed).unwrap();
+    assert!(
+        !json.contains("ct-2") && !json.contains("ciphertext"),
+        "{json}"
+    );
+
+    // re-encryption is all or nothing
+    let all_before = store.all_secrets().await.unwrap();
+    assert_eq!(all_before.len(), 3);
+    let failed = store
+        .reencrypt_secrets(|r| {
+            if r.env == "dev" {
+                Err("boom".into())
+            } else {
+                Ok(format!("new-{}", r.ciphertext))
+            }
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(store.all_secrets().await.unwrap(), all_before);
+    let n = store
+        .reencrypt_secrets(|r| Ok(format!("new-{}", r.ciphertext)))
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let got = store
+        .get_secret("shop", "prod", "DB_PASSWORD")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.version, got.ciphertext.as_str()), (2, "new-ct-2"));
+
+    assert!(
+        store
+            .delete_secret("shop", "prod", "DB_PASSWORD")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_secret("shop", "prod", "DB_PASSWORD")
+            .await
+            .unwrap()
+    );
+    // a secret set again after deletion starts over at version 1
+    let again = store
+        .put_secret("shop", "prod", "DB_PASSWORD", "fp5", "alice", 5000, |v| {
+            Ok(format!("ct-{v}"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.version, 1);
+    assert_eq!(store.secrets_of("shop", "dev").await.unwrap().len(), 1);
+}
+
 pub async fn approvals_replace_and_withdraw(store: Store, _url: String) {
     use ferry_core::gates::Approval;
     let d = store
@@ -1490,6 +1602,7 @@ contract_tests!(sqlite, fresh_sqlite:
     audit_appends_chain_and_queries,
     concurrent_audit_appends_make_one_chain,
     audit_checkpoints_are_stored,
+    secrets_put_get_list_delete_reencrypt,
 );
 
 // ---------------------------------------------------------------------------------------------

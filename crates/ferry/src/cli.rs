@@ -9,6 +9,7 @@ mod identity;
 mod output;
 mod progressive;
 mod quickstart;
+mod secrets;
 mod serve;
 mod wait;
 
@@ -280,6 +281,9 @@ enum Command {
     Identity(identity::Command),
     #[command(flatten)]
     Audit(audit::Command),
+    /// Encrypted secrets, injected as environment variables when replicas start.
+    #[command(subcommand)]
+    Secrets(secrets::Command),
     /// Approve a deployment awaiting approval (or --reject it with --reason, or
     /// --withdraw your decision). You can never approve your own deployment.
     Approve(approvals::ApproveArgs),
@@ -528,6 +532,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Teardown { yes } => commands::teardown(&client, yes).await,
                 Command::Identity(cmd) => identity::run(&client, cmd).await,
                 Command::Audit(cmd) => audit::run(&client, cmd).await,
+                Command::Secrets(cmd) => secrets::run(&client, cmd).await,
                 Command::Server { .. }
                 | Command::Proxy { .. }
                 | Command::Quickstart { .. }

@@ -1,0 +1,131 @@
+//! `ferry secrets`: set (value from stdin), list, rm, rotate-key. Values go to the server
+//! once and are never shown back: only names, versions and fingerprints.
+
+use std::io::{IsTerminal, Read};
+
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+
+use super::client::Client;
+use super::output::{Table, print_json, timestamp};
+use super::{Failure, Format, OutputArg, exit};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set a secret; the value is read from stdin (one trailing newline is dropped).
+    Set {
+        app: String,
+        #[arg(long)]
+        env: String,
+        /// Variable name: ^[A-Z_][A-Z0-9_]*$, not PORT, VERSION or FERRY_*.
+        name: String,
+    },
+    /// List an environment's secrets: names, versions and fingerprints (never values).
+    List {
+        app: String,
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Delete a secret.
+    Rm {
+        app: String,
+        #[arg(long)]
+        env: String,
+        name: String,
+    },
+    /// Generate a new master key and re-encrypt every secret under it.
+    RotateKey,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SecretInfo {
+    name: String,
+    version: i64,
+    fingerprint: String,
+    #[serde(default)]
+    updated_by: String,
+    updated_at_ms: i64,
+}
+
+pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Set { app, env, name } => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!("Enter the value of {name}, then Ctrl-D:");
+            }
+            let mut value = String::new();
+            stdin
+                .lock()
+                .read_to_string(&mut value)
+                .map_err(|e| Failure::new(exit::INVALID, format!("reading stdin: {e}")))?;
+            if value.ends_with('\n') {
+                value.pop();
+                if value.ends_with('\r') {
+                    value.pop();
+                }
+            }
+            if value.is_empty() {
+                return Err(Failure::new(
+                    exit::INVALID,
+                    format!("no value for {name} on stdin; e.g. `printf %s \"$VALUE\" | ferry secrets set {app} --env {env} {name}`"),
+                )
+                .into());
+            }
+            let body = serde_json::json!({ "value": value });
+            drop(value);
+            let info: SecretInfo = client
+                .put(&["v1", "apps", &app, "envs", &env, "secrets", &name], &body)
+                .await?;
+            println!(
+                "secret {} of {app}/{env} set: version {}, fingerprint {}",
+                info.name, info.version, info.fingerprint
+            );
+            println!("running replicas keep the old value until the next deployment");
+            Ok(())
+        }
+        Command::List { app, env, out } => {
+            let list: Vec<SecretInfo> = client
+                .get(&["v1", "apps", &app, "envs", &env, "secrets"], &[])
+                .await?;
+            if out.output == Format::Json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                println!("{app}/{env} has no secrets");
+                return Ok(());
+            }
+            let mut table = Table::new(&["NAME", "VERSION", "FINGERPRINT", "UPDATED", "BY"]);
+            for s in list {
+                table.row(vec![
+                    s.name,
+                    s.version.to_string(),
+                    s.fingerprint,
+                    timestamp(s.updated_at_ms),
+                    s.updated_by,
+                ]);
+            }
+            print!("{}", table.render());
+            Ok(())
+        }
+        Command::Rm { app, env, name } => {
+            let _: serde_json::Value = client
+                .delete(&["v1", "apps", &app, "envs", &env, "secrets", &name])
+                .await?;
+            println!("secret {name} of {app}/{env} deleted");
+            Ok(())
+        }
+        Command::RotateKey => {
+            let answer: serde_json::Value =
+                client.post(&["v1", "secrets", "rotate-key"], &()).await?;
+            println!(
+                "master key rotated to {}: {} secret(s) re-encrypted",
+                answer["key_id"].as_str().unwrap_or("?"),
+                answer["reencrypted"]
+            );
+            Ok(())
+        }
+    }
+}
