@@ -602,17 +602,28 @@ async fn deployment(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<DeploymentDetail>> {
-    // Events first: the state read after them is at least as new as their last line.
-    let events = state.store.events_after(id, 0, 10_000).await?;
-    let record = state
-        .store
-        .get_deployment(id)
-        .await?
-        .ok_or_else(|| not_found(format!("deployment {id} not found")))?;
-    Ok(Json(DeploymentDetail {
-        deployment: record.view(),
-        events,
-    }))
+    // A transition writes the state and its event together; read the events between two
+    // reads of the deployment and retry if a transition slipped in, so state and timeline
+    // always agree.
+    let read = || async {
+        state
+            .store
+            .get_deployment(id)
+            .await?
+            .ok_or_else(|| not_found(format!("deployment {id} not found")))
+    };
+    let mut before = read().await?;
+    loop {
+        let events = state.store.events_after(id, 0, 10_000).await?;
+        let after = read().await?;
+        if after.row_version == before.row_version {
+            return Ok(Json(DeploymentDetail {
+                deployment: after.view(),
+                events,
+            }));
+        }
+        before = after;
+    }
 }
 
 #[derive(Deserialize)]
