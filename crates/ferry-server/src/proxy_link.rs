@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ferry_proxy::routes::RouteTable;
@@ -14,6 +15,9 @@ use serde::Deserialize;
 
 use crate::clock::now_ms;
 use crate::error::ServerError;
+
+/// Failed health checks (one a second) before a live but silent proxy is replaced.
+const MAX_MISSED_CHECKS: u32 = 5;
 
 /// How long a freshly started proxy may take to write its pid file.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -37,6 +41,8 @@ pub struct ProxyLink {
     endpoint: Mutex<Endpoint>,
     /// Last table the proxy accepted: pushes of an equal table are skipped.
     last_pushed: Mutex<Option<RouteTable>>,
+    /// Consecutive failed health checks of a proxy whose process still exists.
+    missed_checks: AtomicU32,
     http: reqwest::Client,
 }
 
@@ -63,6 +69,7 @@ impl ProxyLink {
             state_dir: state_dir.to_path_buf(),
             endpoint: Mutex::new(endpoint),
             last_pushed: Mutex::new(None),
+            missed_checks: AtomicU32::new(0),
             http,
         };
         let current = link.current_routes().await?;
@@ -78,12 +85,26 @@ impl ProxyLink {
     pub async fn ensure_alive(&self) -> Result<(), ServerError> {
         let endpoint = self.endpoint();
         if healthy(&self.http, &endpoint).await {
+            self.missed_checks.store(0, Ordering::Relaxed);
             return Ok(());
         }
-        tracing::warn!(
-            pid = endpoint.pid,
-            "proxy is not answering; starting a new one"
-        );
+        // A live but slow proxy (a loaded machine) is given a few more checks; a second
+        // proxy beside it could not take over its listeners anyway.
+        let identity = ferry_runtime::process_identity(endpoint.pid);
+        let missed = self.missed_checks.fetch_add(1, Ordering::Relaxed) + 1;
+        if identity.is_some() && missed < MAX_MISSED_CHECKS {
+            tracing::warn!(
+                pid = endpoint.pid,
+                missed,
+                "proxy is slow to answer its health check"
+            );
+            return Ok(());
+        }
+        tracing::warn!(pid = endpoint.pid, "proxy is not answering; replacing it");
+        if let Some(identity) = identity {
+            ferry_runtime::kill_process_group(&identity, Duration::from_secs(5)).await;
+        }
+        self.missed_checks.store(0, Ordering::Relaxed);
         let fresh = start_proxy(&self.ferry_exe, &self.state_dir, &self.http).await?;
         *lock(&self.endpoint) = fresh;
         Ok(())
