@@ -5,58 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{CliOutput, DEMO, FERRY, Ferry, SERIAL, bounded, free_port};
-use tokio::io::AsyncWriteExt;
+use common::{As, DEMO, Ferry, SERIAL, bounded, free_port, ok, run};
 
 const LIMIT: Duration = Duration::from_secs(240);
 const ALICE_PASSWORD: &str = "correct horse battery staple";
 const ALICE_NEW_PASSWORD: &str = "tr0ub4dor and three more words";
-
-/// Who runs a CLI command: a config file, maybe a token, maybe stdin.
-struct As<'a> {
-    config: PathBuf,
-    token: Option<&'a str>,
-}
-
-/// Runs `ferry ARGS` with FERRY_CONFIG = `who.config`, FERRY_TOKEN = `who.token` (none
-/// if `None`) and `stdin` written to its standard input.
-async fn run(ferry: &Ferry, who: &As<'_>, args: &[&str], stdin: Option<&str>) -> CliOutput {
-    let mut cmd = tokio::process::Command::new(FERRY);
-    cmd.args(args)
-        .env("FERRY_URL", &ferry.url)
-        .env("FERRY_CONFIG", &who.config)
-        .env_remove("RUST_LOG")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    match who.token {
-        Some(t) => cmd.env("FERRY_TOKEN", t),
-        None => cmd.env_remove("FERRY_TOKEN"),
-    };
-    let mut child = cmd.spawn().expect("spawn ferry");
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin pipe");
-        pipe.write_all(text.as_bytes()).await.expect("write stdin");
-        drop(pipe);
-    }
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("`ferry {}` did not finish within 120s", args.join(" ")))
-        .expect("run ferry");
-    CliOutput {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// App `shop` with environments dev and production, one `ferry-demo` replica each.
 fn write_shop_manifest(ferry: &Ferry) -> PathBuf {
@@ -87,10 +42,6 @@ environments:
     let path = ferry.dir.path().join("shop.yaml");
     std::fs::write(&path, yaml).expect("write manifest");
     path
-}
-
-fn ok(out: &CliOutput, what: &str) {
-    assert_eq!(out.code, 0, "{what} should succeed:\n{out}");
 }
 
 fn json_lines(text: &str) -> Vec<serde_json::Value> {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ferry_core::api::{DeploymentDetail, DeploymentView, EnvStatus, EventView};
 use ferry_core::model::ReplicaState;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
@@ -905,4 +906,104 @@ impl LoadReport {
             .filter_map(|s| s.result.as_ref().ok().cloned())
             .collect()
     }
+}
+
+/// Who runs a CLI command: a config file, maybe a token, maybe stdin.
+pub struct As<'a> {
+    pub config: PathBuf,
+    pub token: Option<&'a str>,
+}
+
+/// Runs `ferry ARGS` with FERRY_CONFIG = `who.config`, FERRY_TOKEN = `who.token` (none
+/// if `None`) and `stdin` written to its standard input.
+pub async fn run(ferry: &Ferry, who: &As<'_>, args: &[&str], stdin: Option<&str>) -> CliOutput {
+    let mut cmd = tokio::process::Command::new(FERRY);
+    cmd.args(args)
+        .env("FERRY_URL", &ferry.url)
+        .env("FERRY_CONFIG", &who.config)
+        .env_remove("RUST_LOG")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    match who.token {
+        Some(t) => cmd.env("FERRY_TOKEN", t),
+        None => cmd.env_remove("FERRY_TOKEN"),
+    };
+    let mut child = cmd.spawn().expect("spawn ferry");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(text.as_bytes()).await.expect("write stdin");
+        drop(pipe);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("`ferry {}` did not finish within 120s", args.join(" ")))
+        .expect("run ferry");
+    CliOutput {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Fails the test with the command's output unless it exited 0.
+pub fn ok(out: &CliOutput, what: &str) {
+    assert_eq!(out.code, 0, "{what} should succeed:\n{out}");
+}
+
+/// The admin (the server's bootstrap token) as a CLI actor.
+pub fn admin(ferry: &Ferry) -> As<'_> {
+    As {
+        config: ferry.dir.path().join("admin.json"),
+        token: Some(&ferry.token),
+    }
+}
+
+/// Creates user `name` with `password`, binds each `(role, app, env)`, logs the user in
+/// and returns them as a CLI actor (their session in their own config file).
+pub async fn add_person<'a>(
+    ferry: &'a Ferry,
+    name: &str,
+    password: &str,
+    grants: &[(&str, &str, Option<&str>)],
+) -> As<'a> {
+    let root = admin(ferry);
+    let stdin = format!("{password}\n");
+    ok(
+        &run(
+            ferry,
+            &root,
+            &["users", "add", name, "--password-stdin"],
+            Some(&stdin),
+        )
+        .await,
+        "users add",
+    );
+    for (role, app, env) in grants {
+        let mut args = vec!["grant", name, role, "--app", app];
+        if let Some(env) = env {
+            args.extend(["--env", env]);
+        }
+        ok(&run(ferry, &root, &args, None).await, "grant");
+    }
+    let who = As {
+        config: ferry.dir.path().join(format!("{name}.json")),
+        token: None,
+    };
+    ok(
+        &run(
+            ferry,
+            &who,
+            &["login", "--user", name, "--password-stdin"],
+            Some(&stdin),
+        )
+        .await,
+        "login",
+    );
+    who
 }
