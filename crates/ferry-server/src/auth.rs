@@ -31,6 +31,28 @@ pub const SESSION_TTL_MS: i64 = 12 * 60 * 60 * 1000;
 /// `last_used_at_ms` of a token is written at most this often.
 const TOUCH_EVERY_MS: i64 = 60_000;
 /// Shortest password accepted.
+/// Ended sessions are kept this long (the owner can still see them in `tokens list`), then
+/// deleted by [`purge_ended_sessions`].
+const SESSION_KEEP_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// Deletes sessions that ended a week ago, at start and then hourly, until shutdown.
+pub async fn purge_ended_sessions(store: Store, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match store.purge_sessions(now_ms() - SESSION_KEEP_MS).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "purged ended sessions"),
+            Err(e) => tracing::warn!(error = %e, "purging ended sessions failed"),
+        }
+    }
+}
+
 pub const MIN_PASSWORD_CHARS: usize = 12;
 
 /// Reads `DIR/admin.token`, creating it (mode 0600) with a fresh random token on first

@@ -95,6 +95,10 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         audit_key,
         shutdown.clone(),
     )));
+    tasks.push(tokio::spawn(auth::purge_ended_sessions(
+        store.clone(),
+        shutdown.clone(),
+    )));
 
     let app = api::router(api::AppState {
         store,

@@ -547,6 +547,22 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Deletes login sessions that expired or were revoked before `before_ms` (a session is
+    /// worthless once it ended; API tokens stay listed until revoked and purged by hand).
+    /// Returns how many went.
+    pub async fn purge_sessions(&self, before_ms: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM api_tokens WHERE kind = 'session' \
+             AND ((expires_at_ms IS NOT NULL AND expires_at_ms < $1) \
+                  OR (revoked_at_ms IS NOT NULL AND revoked_at_ms < $1))",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await
+        .ctx(|| "purging ended sessions".to_string())?;
+        Ok(done.rows_affected())
+    }
+
     /// Records a use of a token.
     pub async fn touch_token(&self, id: i64, now_ms: i64) -> Result<()> {
         let done = sqlx::query("UPDATE api_tokens SET last_used_at_ms = $1 WHERE id = $2")

@@ -1077,6 +1077,54 @@ fn token(
     }
 }
 
+pub async fn ended_sessions_are_purged(store: Store, _url: String) {
+    let live = store
+        .create_token(token(
+            "s1",
+            "a",
+            "session",
+            Some("alice"),
+            "viewer",
+            Some(5_000),
+        ))
+        .await
+        .unwrap();
+    let expired = store
+        .create_token(token(
+            "s2",
+            "b",
+            "session",
+            Some("alice"),
+            "viewer",
+            Some(1_000),
+        ))
+        .await
+        .unwrap();
+    let revoked = store
+        .create_token(token("s3", "c", "session", Some("bob"), "viewer", None))
+        .await
+        .unwrap();
+    store.revoke_token(revoked.id, 1_500).await.unwrap();
+    let expired_api = store
+        .create_token(token("ci", "d", "api", None, "deployer", Some(1_000)))
+        .await
+        .unwrap();
+    assert_eq!(store.purge_sessions(2_000).await.unwrap(), 2);
+    let left: Vec<i64> = store
+        .list_tokens(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(
+        left,
+        [live.id, expired_api.id],
+        "{expired:?} and {revoked:?} are gone"
+    );
+    assert_eq!(store.purge_sessions(2_000).await.unwrap(), 0);
+}
+
 pub async fn tokens_scoped_expiring_revocable(store: Store, _url: String) {
     let ci = store
         .create_token(token("ci", "a", "api", None, "deployer", Some(1_000)))
@@ -1603,6 +1651,7 @@ contract_tests!(sqlite, fresh_sqlite:
     concurrent_audit_appends_make_one_chain,
     audit_checkpoints_are_stored,
     secrets_put_get_list_delete_reencrypt,
+    ended_sessions_are_purged,
 );
 
 // ---------------------------------------------------------------------------------------------
