@@ -658,13 +658,7 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
         .and_then(|b| b.get("reason"))
         .and_then(Value::as_str)
         .map(str::to_string)
-        .or_else(|| {
-            parts
-                .headers
-                .get("x-ferry-reason")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
+        .or_else(|| reason_header(&parts.headers))
         .filter(|r| !r.trim().is_empty());
     let mut seen = Seen {
         rule,
@@ -996,4 +990,47 @@ pub fn too_many(retry_after_ms: u64, message: String) -> Response {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
     response
+}
+
+/// The `X-Ferry-Reason` header: percent-encoded UTF-8 (plain ASCII passes as itself).
+/// `None` when absent or not valid UTF-8 once decoded.
+pub fn reason_header(headers: &axum::http::HeaderMap) -> Option<String> {
+    let raw = headers.get("x-ferry-reason")?.as_bytes();
+    percent_encoding::percent_decode(raw)
+        .decode_utf8()
+        .ok()
+        .map(|text| text.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_reason(raw: &str) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "x-ferry-reason",
+            HeaderValue::from_str(raw).expect("header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn reasons_are_percent_decoded_utf8() {
+        assert_eq!(
+            reason_header(&with_reason("INC-7: bad config")).as_deref(),
+            Some("INC-7: bad config")
+        );
+        assert_eq!(
+            reason_header(&with_reason("d%C3%A9ploiement urgent 100%25")).as_deref(),
+            Some("déploiement urgent 100%")
+        );
+        // A lone `%` from a hand-written header stays itself.
+        assert_eq!(
+            reason_header(&with_reason("99% sure")).as_deref(),
+            Some("99% sure")
+        );
+        assert_eq!(reason_header(&with_reason("%FF%FE")), None);
+        assert_eq!(reason_header(&axum::http::HeaderMap::new()), None);
+    }
 }

@@ -54,10 +54,7 @@ pub async fn decide(
 ) -> ApiResult<Json<ApprovalStatus>> {
     let mut request = body.map(|Json(b)| b).unwrap_or_default();
     if request.reason.is_none() {
-        request.reason = headers
-            .get("x-ferry-reason")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        request.reason = crate::access::reason_header(&headers);
     }
     slot.with(|n| n.target = Some(format!("deployment {id}")));
     let deployment = state.store.get_deployment(id).await?.ok_or_else(|| {

@@ -545,7 +545,7 @@ async fn users_roles_tokens_audit_and_change_records() {
 
         let out = cli!(
             &admin,
-            &["users", "disable", "alice", "--reason", "left the team"]
+            &["users", "disable", "alice", "--reason", "a quitté l’équipe"]
         );
         ok(&out, "users disable");
         let out = cli!(
@@ -559,7 +559,7 @@ async fn users_roles_tokens_audit_and_change_records() {
             &["audit", "--action", "users.disable", "-o", "json"]
         );
         ok(&out, "audit users.disable");
-        assert_eq!(out.json()[0]["reason"], "left the team", "{out}");
+        assert_eq!(out.json()[0]["reason"], "a quitté l’équipe", "{out}");
         let out = cli!(&admin, &["users", "enable", "alice"]);
         ok(&out, "users enable");
         let out = cli!(&admin, &["revoke", &binding_id.to_string()]);
@@ -892,7 +892,7 @@ async fn approvals_enforce_separation_of_duties() {
                 &id.to_string(),
                 "--reject",
                 "--reason",
-                "UAT not signed off",
+                "UAT non validée — voir ticket",
             ],
             None,
         )
@@ -901,7 +901,7 @@ async fn approvals_enforce_separation_of_duties() {
         let detail = wait_for_state(&ferry, &alice, id, "rejected").await;
         assert_eq!(
             detail["deployment"]["reason"],
-            "rejected by user:bob: UAT not signed off"
+            "rejected by user:bob: UAT non validée — voir ticket"
         );
         let out = run(
             &ferry,

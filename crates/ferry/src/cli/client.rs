@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+/// What `X-Ferry-Reason` escapes: controls, `%` itself and (always) every non-ASCII byte.
+const REASON_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
 use anyhow::Context;
 use ferry_core::api::ApiError;
 use reqwest::{Method, StatusCode, Url};
@@ -58,17 +61,17 @@ impl Client {
     }
 
     /// Sends `reason` as `X-Ferry-Reason` with every request (the audit log records it).
-    /// Must be printable ASCII (an HTTP header); `Err` says why not.
+    /// One line of at most 1000 characters, any language: it travels percent-encoded
+    /// (UTF-8), which the server decodes; `Err` says what is wrong with it.
     pub fn with_reason(mut self, reason: Option<String>) -> anyhow::Result<Client> {
         if let Some(reason) = reason
             .map(|r| r.trim().to_string())
             .filter(|r| !r.is_empty())
         {
-            if !reason.chars().all(|c| c == ' ' || c.is_ascii_graphic()) || reason.len() > 1000 {
+            if reason.chars().any(char::is_control) || reason.chars().count() > 1000 {
                 return Err(Failure::new(
                     exit::INVALID,
-                    "--reason must be at most 1000 printable ASCII characters on one line \
-                     (it is sent as an HTTP header)",
+                    "--reason must be one line of at most 1000 characters",
                 )
                 .into());
             }
@@ -107,7 +110,8 @@ impl Client {
             req = req.bearer_auth(token);
         }
         if let Some(reason) = &self.reason {
-            req = req.header("x-ferry-reason", reason);
+            let encoded = percent_encoding::utf8_percent_encode(reason, REASON_ESCAPED);
+            req = req.header("x-ferry-reason", encoded.to_string());
         }
         req
     }
