@@ -123,11 +123,18 @@ pub struct Ferry {
     pub mark: String,
     server: Option<Child>,
     server_starts: u32,
+    /// Extra environment of every `ferry server` this installation starts.
+    server_env: Vec<(String, String)>,
     pub http: reqwest::Client,
 }
 
 impl Ferry {
     pub async fn start() -> Ferry {
+        Ferry::start_with_env(&[]).await
+    }
+
+    /// Like [`Ferry::start`], with extra environment variables for the server process.
+    pub async fn start_with_env(server_env: &[(&str, &str)]) -> Ferry {
         let dir = tempfile::Builder::new()
             .prefix("ferry-e2e-")
             .tempdir()
@@ -144,6 +151,10 @@ impl Ferry {
             mark,
             server: None,
             server_starts: 0,
+            server_env: server_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -169,6 +180,7 @@ impl Ferry {
             .env("RUST_LOG", "info")
             .env_remove("FERRY_URL")
             .env_remove("FERRY_TOKEN")
+            .envs(self.server_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
