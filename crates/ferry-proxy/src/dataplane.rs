@@ -25,6 +25,7 @@ use crate::ProxyOptions;
 use crate::body::{InFlight, ProxyBody, UpstreamBody};
 use crate::metrics::KeyStats;
 use crate::table::{LazyNow, ListenerTable, Tried, now_ms};
+use crate::tunnel::{self, UPGRADE_TOKEN};
 use crate::upstream::{self, ReqBody};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -242,7 +243,7 @@ pub(crate) fn spawn_listener(
                 let _ = stream.set_nodelay(true);
                 let svc = service_fn(move |req| handle(conn.clone(), req));
                 let served = builder
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .into_owned();
                 let mut served = std::pin::pin!(served);
                 let d = &token.0;
@@ -417,12 +418,15 @@ fn truncated(path: &str) -> &str {
 
 async fn handle(
     conn: Arc<ConnCtx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let ctx = &conn.listener;
     let opts = &ctx.shared.opts;
     let table = ctx.table.load_full();
+    // WebSocket and other upgrades: the protocol asked for, and the client side's switch.
+    let upgrade = tunnel::requested_protocol(req.version(), req.headers())
+        .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let request_id = match parts.headers.get(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() => v.clone(),
@@ -523,6 +527,10 @@ async fn handle(
     h.insert(X_FORWARDED_FOR.clone(), xff);
     h.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some((protocol, _)) = &upgrade {
+        h.insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+        h.insert(header::UPGRADE, protocol.clone());
+    }
 
     // Origin-form request target, as an HTTP/1.1 request.
     let path_and_query = parts
@@ -551,6 +559,11 @@ async fn handle(
 
     let mut tried = Tried::default();
     let mut now = LazyNow::default();
+    if let Some((_, client)) = upgrade
+        && let Some(up) = pending.take()
+    {
+        return Ok(upgrade_through(&conn, route, preferred, up, client, start, request_id).await);
+    }
     let mut stale_retry_used = false;
     let mut last_stats: Option<&KeyStats> = None;
     let mut failure: Option<&'static str> = None;
@@ -655,4 +668,69 @@ async fn handle(
     };
     let stats = last_stats.unwrap_or(&route.groups[preferred.min(route.groups.len() - 1)].stats);
     Ok(local_answer(stats, start, status, msg, request_id))
+}
+
+/// Forwards an upgrade request to one endpoint of the route (on a connection of its own)
+/// and answers with the upstream's response; a `101` leaves the tunnel running.
+async fn upgrade_through(
+    conn: &ConnCtx,
+    route: &crate::table::RouteEntry,
+    preferred: usize,
+    up: Request<ReqBody>,
+    client: hyper::upgrade::OnUpgrade,
+    start: Instant,
+    request_id: HeaderValue,
+) -> Response<ProxyBody> {
+    let opts = &conn.listener.shared.opts;
+    let mut now = LazyNow::default();
+    let Some((gi, ei)) = route.pick(preferred, &Tried::default(), &mut now) else {
+        let stats = &route.groups[preferred.min(route.groups.len() - 1)].stats;
+        return local_answer(
+            stats,
+            start,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ferry-proxy: no endpoint for the upgrade\n".into(),
+            request_id,
+        );
+    };
+    let group = &route.groups[usize::from(gi)];
+    let ep = &group.endpoints[usize::from(ei)];
+    let guard = InFlight::new(ep.clone(), group.stats.clone());
+    match tunnel::forward(
+        ep.addr,
+        opts.connect_timeout,
+        opts.upstream_timeout,
+        up,
+        client,
+    )
+    .await
+    {
+        Ok(resp) => {
+            let (mut rp, rb) = resp.into_parts();
+            rp.headers.insert(X_REQUEST_ID.clone(), request_id);
+            group.stats.record(rp.status.as_u16(), start.elapsed());
+            if rp.status == StatusCode::SWITCHING_PROTOCOLS {
+                // `Connection`/`Upgrade` stay: they are the answer's point.
+                return Response::from_parts(rp, ProxyBody::Full(None));
+            }
+            strip_hop_by_hop(&mut rp.headers);
+            let body = UpstreamBody::new(rb, None, conn.worker, guard);
+            Response::from_parts(rp, ProxyBody::Upstream(body))
+        }
+        Err(e) => {
+            drop(guard);
+            if matches!(e, tunnel::TunnelError::Connect(_)) {
+                let ms = i64::try_from(opts.ejection.as_millis()).unwrap_or(i64::MAX / 2);
+                ep.eject(now_ms().saturating_add(ms));
+            }
+            tracing::debug!(upstream = %ep.addr, error = %e, "upgrade failed");
+            local_answer(
+                &group.stats,
+                start,
+                StatusCode::BAD_GATEWAY,
+                format!("ferry-proxy: {e}\n"),
+                request_id,
+            )
+        }
+    }
 }

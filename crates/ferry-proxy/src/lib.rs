@@ -23,6 +23,7 @@ mod body;
 mod dataplane;
 mod metrics;
 mod table;
+mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;

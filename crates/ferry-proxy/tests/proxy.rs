@@ -1269,3 +1269,110 @@ async fn upstream_connections_are_reused_across_response_kinds() {
     h.stop().await;
     task.abort();
 }
+
+/// An upstream that accepts `Upgrade: echo` with `101 Switching Protocols` (saying which
+/// `x-request-id` and `connection` it saw), then echoes every byte in upper case.
+async fn upgrading_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await;
+                let lower = head.to_ascii_lowercase();
+                if !lower.contains("upgrade: echo") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let rid = lower
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-request-id: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\nx-seen-rid: {rid}\r\n\r\n"
+                );
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut chunk = [0u8; 1024];
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let upper = chunk[..n].to_ascii_uppercase();
+                            if s.write_all(&upper).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Reads up to the end of an HTTP head (`\r\n\r\n`); nothing after it is consumed because
+/// the peer sends nothing more before it gets an answer.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => head.push(byte[0]),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn upgrades_are_tunnelled_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::new().await;
+    let (up, task) = upgrading_upstream().await;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![("ws", "/", vec![group("v1", 10000, &[up])])],
+    ))
+    .await;
+
+    let mut client = tokio::net::TcpStream::connect(listen).await.unwrap();
+    client
+        .write_all(
+            b"GET /socket HTTP/1.1\r\nhost: shop\r\nconnection: keep-alive, Upgrade\r\nupgrade: echo\r\nx-request-id: ws-1\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(
+        head.contains("x-seen-rid: ws-1"),
+        "the request id travels: {head}"
+    );
+    for message in ["hello", "through the proxy", "and back"] {
+        client.write_all(message.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; message.len()];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, message.to_ascii_uppercase().as_bytes());
+    }
+    drop(client);
+
+    // A plain request on the same route is not an upgrade: the upstream refuses it, and the
+    // proxy passes that answer on.
+    assert_eq!(
+        get(&h.http, &format!("http://{listen}/socket")).await.0,
+        426
+    );
+    h.stop().await;
+    task.abort();
+}
