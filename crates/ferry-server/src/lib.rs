@@ -3,7 +3,7 @@
 //! route tables over its local admin API).
 //!
 //! Data directory layout:
-//! - `ferry.db`     SQLite state store
+//! - `ferry.db`     SQLite state store (unless the state is in PostgreSQL: `database_url`)
 //! - `admin.token`  the admin API token (mode 0600), created on first start
 //! - `audit.key`    the key signing audit checkpoints (mode 0600), created on first start
 //! - `secrets.key`  the master key of the secrets (mode 0600), created on first start unless
@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The `ferry` executable, started as `ferry proxy` for the data plane.
     pub ferry_exe: PathBuf,
+    /// The store: a `postgres://` (or `sqlite://`) URL; `None` = `DATA_DIR/ferry.db`.
+    pub database_url: Option<String>,
 }
 
 /// A running server. Dropping it leaves the proxy and replicas running.
@@ -68,7 +70,10 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     })?;
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| ServerError::io(format!("resolving {}", config.data_dir.display()), e))?;
-    let store = Store::open_sqlite_file(&data_dir.join("ferry.db")).await?;
+    let store = match &config.database_url {
+        Some(url) => Store::open(url).await?,
+        None => Store::open_sqlite_file(&data_dir.join("ferry.db")).await?,
+    };
     let admin_token = auth::ensure_admin_token(&store, &data_dir).await?;
     let audit_key = audit::load_or_create_key(&data_dir)?;
     let secrets = secrets::Secrets::open(store.clone(), &data_dir, master_key_file()).await?;

@@ -1,7 +1,7 @@
 //! Ferry's durable state.
 //!
 //! One [`Store`] over a sqlx `Any` pool, so the same runtime queries run on SQLite (embedded
-//! default) and, later, PostgreSQL. Portability rules followed by every query here:
+//! default) and PostgreSQL (`ferry server --database postgres://…`). Portability rules followed by every query here:
 //! `$n` placeholders, times as i64 milliseconds, JSON as TEXT, booleans as 0/1 integers,
 //! enums as their `as_str()` text, no engine-specific SQL besides `RETURNING` and
 //! `ON CONFLICT` (both engines have them).
@@ -235,9 +235,37 @@ pub fn embedded_migrations(backend: &str) -> Vec<(i64, &'static str)> {
         .collect()
 }
 
+/// PostgreSQL migrations: the same versions as [`SQLITE_MIGRATIONS`], in
+/// `migrations/postgres` (a test checks that the two folders list the same migrations).
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "identity",
+        include_str!("../migrations/postgres/0002_identity.sql"),
+    ),
+    (
+        3,
+        "approvals",
+        include_str!("../migrations/postgres/0003_approvals.sql"),
+    ),
+    (
+        4,
+        "secrets",
+        include_str!("../migrations/postgres/0004_secrets.sql"),
+    ),
+];
+
 fn migrations_for(backend: &str) -> &'static [(i64, &'static str, &'static str)] {
     if backend.eq_ignore_ascii_case("sqlite") {
         SQLITE_MIGRATIONS
+    } else if backend.eq_ignore_ascii_case("postgresql") || backend.eq_ignore_ascii_case("postgres")
+    {
+        POSTGRES_MIGRATIONS
     } else {
         &[]
     }
@@ -1043,7 +1071,8 @@ async fn insert_event(
 }
 
 /// Hides a password in a database URL before it goes into an error message.
-fn redact(url: &str) -> Cow<'_, str> {
+/// `url` with any password replaced by `***` (for logs and messages).
+pub fn redact(url: &str) -> Cow<'_, str> {
     if let Some((scheme, rest)) = url.split_once("://")
         && let Some((creds, host)) = rest.split_once('@')
         && let Some((user, _password)) = creds.split_once(':')
@@ -1069,8 +1098,28 @@ mod tests {
     }
 
     #[test]
-    fn every_sqlite_migration_file_is_embedded() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    fn every_migration_file_is_embedded_and_both_engines_have_the_same() {
+        let sqlite = migration_files("sqlite");
+        assert_eq!(sqlite, embedded("sqlite"));
+        assert_eq!(migration_files("postgres"), embedded("postgresql"));
+        assert_eq!(
+            migration_files("postgres"),
+            sqlite,
+            "every migration needs its PostgreSQL twin"
+        );
+    }
+
+    fn embedded(backend: &str) -> Vec<(i64, String)> {
+        embedded_migrations(backend)
+            .into_iter()
+            .map(|(v, d)| (v, d.to_string()))
+            .collect()
+    }
+
+    fn migration_files(folder: &str) -> Vec<(i64, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(folder);
         let mut files: Vec<(i64, String)> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -1082,10 +1131,6 @@ mod tests {
             })
             .collect();
         files.sort();
-        let embedded: Vec<(i64, String)> = embedded_migrations("sqlite")
-            .into_iter()
-            .map(|(v, d)| (v, d.to_string()))
-            .collect();
-        assert_eq!(files, embedded);
+        files
     }
 }

@@ -1,7 +1,8 @@
 //! Store contract suite. Every check is a function over a freshly migrated [`Store`] (plus,
 //! when it needs one, the URL to open it again) so the same suite can run on every engine.
-//! Today: SQLite files in a temporary directory; a PostgreSQL backend plugs into
-//! `contract_tests!` later.
+//! Every check runs on SQLite (a file in a temporary directory) and on PostgreSQL (a new
+//! database per test on the server named by `FERRY_TEST_POSTGRES_URL`, by default the local
+//! one over its socket).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -1454,6 +1455,94 @@ async fn fresh_sqlite() -> (Store, String, tempfile::TempDir) {
     (store, url, dir)
 }
 
+/// Where the PostgreSQL server for these tests is (its `postgres` database):
+/// `FERRY_TEST_POSTGRES_URL`, by default the local server's socket as the current user.
+fn postgres_admin_url() -> String {
+    std::env::var("FERRY_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        let user = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        format!("postgres://{user}@localhost/postgres?host=/var/run/postgresql")
+    })
+}
+
+/// A database of its own on the PostgreSQL server, dropped when the guard goes.
+struct PostgresDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside any runtime: a short-lived one of its own does the work.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::AnyConnection::connect(&admin_url).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A freshly migrated store in a new PostgreSQL database; `None` (the test is skipped, and
+/// says so) when no server answers, unless `FERRY_REQUIRE_POSTGRES=1` (as in `.ci/run`).
+async fn fresh_postgres() -> Option<(Store, String, PostgresDatabase)> {
+    use sqlx::Connection;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    sqlx::any::install_default_drivers();
+    let admin_url = postgres_admin_url();
+    let mut admin = match sqlx::AnyConnection::connect(&admin_url).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let required = std::env::var("FERRY_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "FERRY_REQUIRE_POSTGRES=1 but {admin_url} refused: {e}"
+            );
+            eprintln!("SKIPPED: no PostgreSQL at {admin_url} ({e})");
+            return None;
+        }
+    };
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("ferry_contract_{}_{n}", std::process::id());
+    let create = format!("CREATE DATABASE {name}");
+    sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let guard = PostgresDatabase {
+        admin_url: admin_url.clone(),
+        name: name.clone(),
+    };
+    let url = database_url(&admin_url, &name);
+    let store = Store::open(&url).await.unwrap();
+    Some((store, url, guard))
+}
+
+/// `admin_url` with its database name replaced by `name`.
+fn database_url(admin_url: &str, name: &str) -> String {
+    let (base, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    if query.is_empty() {
+        format!("{server}/{name}")
+    } else {
+        format!("{server}/{name}?{query}")
+    }
+}
+
 pub async fn secrets_put_get_list_delete_reencrypt(store: Store, _url: String) {
     // versions start at 1 and bump per set; `seal` sees the version it binds
     let a = store
@@ -1621,7 +1710,9 @@ macro_rules! contract_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    let (store, url, _guard) = super::$fresh().await;
+                    let Some((store, url, _guard)) = super::$fresh().await else {
+                        return;
+                    };
                     super::$case(store, url).await;
                 }
             )*
@@ -1629,7 +1720,19 @@ macro_rules! contract_tests {
     };
 }
 
-contract_tests!(sqlite, fresh_sqlite:
+/// The same suite on every engine.
+macro_rules! on_every_engine {
+    ($($case:ident),* $(,)?) => {
+        contract_tests!(sqlite, fresh_sqlite_some: $($case),*);
+        contract_tests!(postgres, fresh_postgres: $($case),*);
+    };
+}
+
+async fn fresh_sqlite_some() -> Option<(Store, String, tempfile::TempDir)> {
+    Some(fresh_sqlite().await)
+}
+
+on_every_engine!(
     migrations_are_idempotent,
     approvals_replace_and_withdraw,
     manifest_revision_bumps_only_on_change,

@@ -104,6 +104,15 @@ enum Command {
         /// Address of the API.
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: SocketAddr,
+        /// Keep the state in PostgreSQL instead of DIR/ferry.db, e.g.
+        /// postgres://ferry:PASSWORD@db.internal/ferry (tables are created on first start).
+        #[arg(
+            long,
+            env = "FERRY_DATABASE_URL",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        database: Option<String>,
     },
     /// Run the data-plane proxy (started by `ferry server`).
     #[command(hide = true)]
@@ -432,7 +441,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let conn = config::Connection::resolve(url, token);
     match command {
-        Command::Server { data, listen } => serve::server(data, listen).await,
+        Command::Server {
+            data,
+            listen,
+            database,
+        } => serve::server(data, listen, database).await,
         Command::Proxy {
             state_dir,
             admin_listen,

@@ -21,23 +21,37 @@ pub async fn terminated() -> anyhow::Result<&'static str> {
 }
 
 /// Starts the server in this process (the `ferry` executable is reused for the proxy).
-pub async fn start_server(data: &Path, listen: SocketAddr) -> anyhow::Result<ferry_server::Server> {
+pub async fn start_server(
+    data: &Path,
+    listen: SocketAddr,
+    database_url: Option<String>,
+) -> anyhow::Result<ferry_server::Server> {
     let ferry_exe = std::env::current_exe().context("cannot find the ferry executable")?;
     ferry_server::start(ferry_server::ServerConfig {
         data_dir: data.to_path_buf(),
         listen,
         ferry_exe,
+        database_url,
     })
     .await
     .map_err(|e| Failure::new(exit::ERROR, format!("cannot start the Ferry server: {e}")).into())
 }
 
-pub async fn server(data: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
-    let server = start_server(&data, listen).await?;
+pub async fn server(
+    data: PathBuf,
+    listen: SocketAddr,
+    database: Option<String>,
+) -> anyhow::Result<()> {
+    let store = match &database {
+        Some(url) => ferry_store::redact(url).into_owned(),
+        None => "SQLite, in the data directory".to_string(),
+    };
+    let server = start_server(&data, listen, database).await?;
     let data_abs = std::fs::canonicalize(&data).unwrap_or(data);
     let token_file = data_abs.join("admin.token");
     println!("Ferry API on http://{}", server.addr());
     println!("  data       {}", data_abs.display());
+    println!("  state      {store}");
     println!("  admin token in {} (chmod 600)", token_file.display());
     println!(
         "  try        FERRY_URL=http://{} FERRY_TOKEN=$(cat {}) ferry apps",

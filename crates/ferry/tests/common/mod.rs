@@ -1019,3 +1019,64 @@ pub async fn add_person<'a>(
     );
     who
 }
+
+/// `psql -X -d DB -Atc SQL` as the current user on the local server's socket: its output,
+/// or psql's error text.
+pub fn psql(database: &str, sql: &str) -> Result<String, String> {
+    let output = std::process::Command::new("psql")
+        .args(["-X", "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+/// A PostgreSQL database of its own on the local server, dropped at the end.
+pub struct PgDatabase {
+    pub name: String,
+}
+
+impl PgDatabase {
+    /// `None` (after saying the test is skipped) when no local PostgreSQL answers, unless
+    /// `FERRY_REQUIRE_POSTGRES=1` (as in `.ci/run`), where that fails the test.
+    pub fn create(prefix: &str) -> Option<PgDatabase> {
+        if let Err(e) = psql("postgres", "SELECT 1") {
+            let required = std::env::var("FERRY_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "FERRY_REQUIRE_POSTGRES=1 but PostgreSQL is not reachable with `psql -d postgres`: {e}"
+            );
+            eprintln!("SKIPPED: no PostgreSQL reachable with `psql -d postgres` ({e})");
+            return None;
+        }
+        let name = format!("{prefix}_{}", std::process::id());
+        let _ = psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        psql("postgres", &format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        Some(PgDatabase { name })
+    }
+
+    /// A sqlx URL reaching it over the local socket as the current user.
+    pub fn url(&self) -> String {
+        let user = psql("postgres", "SELECT current_user").expect("current_user");
+        format!(
+            "postgres://{user}@localhost/{}?host=/var/run/postgresql",
+            self.name
+        )
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
