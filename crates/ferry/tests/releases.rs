@@ -102,7 +102,7 @@ async fn releases_promotion_and_auto_promotion() {
         spec.env = "dev".into();
         spec.replicas = 1;
         spec.prelude = format!(
-            "echo \"$VERSION $FERRY_ENV ${{FERRY_RELEASE_TAG:--}} ${{FERRY_COMMIT:--}}\" >> '{}';",
+            "echo \"$VERSION $FERRY_ENV T=$FERRY_RELEASE_TAG C=$FERRY_COMMIT\" >> '{}';",
             tags_file(&ferry).display()
         );
         let manifest = four_environments(&ferry, &spec);
@@ -202,7 +202,7 @@ async fn releases_promotion_and_auto_promotion() {
         let tag = "1.4.2-sha-abcdef1-staging";
         let started = std::fs::read_to_string(tags_file(&ferry)).unwrap();
         assert!(
-            started.contains(&format!("1.4.2 staging {tag} abcdef1")),
+            started.contains(&format!("1.4.2 staging T={tag} C=abcdef1")),
             "the replica's environment: {started}"
         );
         let out = ferry.cli(&["status", "shop", "--env", "staging"]).await;
@@ -379,7 +379,7 @@ async fn releases_promotion_and_auto_promotion() {
         );
         let started = std::fs::read_to_string(tags_file(&ferry)).unwrap();
         assert!(
-            started.contains("2.0.0 qa 2.0.0-sha-1234567-qa 1234567"),
+            started.contains("2.0.0 qa T=2.0.0-sha-1234567-qa C=1234567"),
             "{started}"
         );
 
@@ -415,7 +415,7 @@ async fn releases_promotion_and_auto_promotion() {
         assert!(out.json()["commit"].is_null(), "{out}");
         let started = std::fs::read_to_string(tags_file(&ferry)).unwrap();
         assert!(
-            started.contains("build-7 dev - -"),
+            started.contains("build-7 dev T= C=\n"),
             "no tag without a commit: {started}"
         );
     })
