@@ -197,7 +197,7 @@ enum Command {
         )]
         env: Option<String>,
         /// Skip every remaining step: the new version gets 100% now (with --env).
-        #[arg(long, requires = "env")]
+        #[arg(long, conflicts_with_all = ["from", "to"])]
         full: bool,
         /// Environment whose current version is promoted (with --to).
         #[arg(long, value_name = "ENV", requires = "to")]
