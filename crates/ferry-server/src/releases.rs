@@ -126,6 +126,12 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<ReleaseCreated>)> {
     let manifest = manifest_of(&state.store, &app).await?;
     let data = validated(&manifest, &request.version, &request.data, true)?;
+    if data.commit.is_none() {
+        return Err(bad_request(format!(
+            "release {}: `commit` is required (the commit the version was built from)",
+            request.version
+        )));
+    }
     slot.with(|n| n.target = Some(format!("release {}", request.version)));
     let outcome = state
         .store
