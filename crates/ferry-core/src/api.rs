@@ -55,9 +55,13 @@ pub struct AppSummary {
 }
 
 /// `POST /v1/apps/{app}/envs/{env}/deployments`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct DeployRequest {
     pub version: String,
+    /// Release data (commit, artifacts, notes): records the release when it is unknown
+    /// (then the version must be semver), must match it when it is known.
+    #[serde(flatten)]
+    pub release: crate::release::ReleaseData,
 }
 
 /// `POST /v1/apps/{app}/envs/{env}/rollback`.
@@ -134,6 +138,10 @@ pub struct EnvStatus {
     /// Where a canary or blue/green rollout in progress stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutView>,
+    // releases:
+    /// `{version}-sha-{commit7}-{env}` of the current version, when its commit is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_tag: Option<String>,
 }
 
 /// A canary or blue/green rollout in progress.
@@ -178,4 +186,60 @@ pub struct AppStatus {
 pub struct WhoAmI {
     pub name: String,
     pub role: String,
+}
+
+// releases:
+
+/// `POST /v1/apps/{app}/releases`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ReleaseRequest {
+    pub version: String,
+    #[serde(flatten)]
+    pub data: crate::release::ReleaseData,
+}
+
+/// Where a release stands in one environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReleaseEnvView {
+    pub env: String,
+    pub placement: crate::release::Placement,
+    /// `{version}-sha-{commit7}-{env}` when the commit is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Ids of the deployments of this version there, oldest first.
+    pub deployments: Vec<i64>,
+}
+
+/// A release with where it is deployed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReleaseView {
+    pub app: String,
+    pub version: String,
+    #[serde(default)]
+    pub commit: Option<String>,
+    #[serde(default)]
+    pub artifacts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
+    pub created_at_ms: i64,
+    /// Environments this version was deployed to, in manifest order.
+    pub environments: Vec<ReleaseEnvView>,
+}
+
+/// Answer of `POST /v1/apps/{app}/releases`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReleaseCreated {
+    /// `created`, `exists` (same data: nothing changed) or `completed` (a bare release got
+    /// its data).
+    pub outcome: String,
+    pub release: ReleaseView,
+}
+
+/// `POST /v1/apps/{app}/promotions`: deploy what serves in `from` to `to`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromotionRequest {
+    pub from: String,
+    pub to: String,
 }

@@ -10,4 +10,6 @@ pub mod manifest;
 pub mod model;
 pub mod progressive;
 pub mod rbac;
+// releases:
+pub mod release;
 pub mod rollout;

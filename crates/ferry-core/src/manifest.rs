@@ -212,6 +212,13 @@ pub struct Gates {
     /// Windows in which no deployment may start here (one already running carries on).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<FreezeWindow>,
+    // releases:
+    /// Deploy here, automatically, every version that succeeds in `after` and still serves
+    /// there (once per version: a failed or rejected auto-promotion is not retried). The
+    /// deployment then passes this environment's other gates like any other; it counts as
+    /// requested by whoever requested the deployment in `after`. Needs `after`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_promote: bool,
 }
 
 /// A freeze window: either recurring (`cron` + `duration`) or absolute (`from` + `until`),

@@ -49,6 +49,10 @@ pub enum Need {
     Anywhere(Permission),
     /// The caller is the user named in the path, or has this permission (globally).
     SelfOr(Permission),
+    // releases:
+    /// This permission on the route's app in at least one environment (recording a
+    /// release: whoever may deploy it somewhere).
+    InSomeEnv(Permission),
 }
 
 /// Where a route's target comes from.
@@ -64,6 +68,9 @@ pub enum TargetFrom {
     Deployment,
     /// The `app:` of the manifest in an `ApplyRequest` body.
     Manifest,
+    // releases:
+    /// `{app}` in the path and the environment named by the body's `to` (promotions).
+    BodyTo,
 }
 
 /// One route: method, path template (as in the router), stable audit action name, what it
@@ -93,9 +100,9 @@ const fn rule(
     }
 }
 
-use Need::{Anywhere, Authenticated, Perm, Public, SelfOr};
+use Need::{Anywhere, Authenticated, InSomeEnv, Perm, Public, SelfOr};
 use Permission as P;
-use TargetFrom::{App, AppEnv, Deployment, Global, Manifest};
+use TargetFrom::{App, AppEnv, BodyTo, Deployment, Global, Manifest};
 
 /// Every gated route. The router serves exactly these (a test checks it); a route missing
 /// here answers 405 — deny by default.
@@ -417,6 +424,35 @@ pub static RULES: &[Rule] = &[
         "audit.checkpoints",
         Perm(P::View),
         Global,
+    ),
+    // releases:
+    rule(
+        Method::POST,
+        "/v1/apps/{app}/releases",
+        "releases.create",
+        InSomeEnv(P::Deploy),
+        App,
+    ),
+    rule(
+        Method::GET,
+        "/v1/apps/{app}/releases",
+        "releases.list",
+        Perm(P::View),
+        App,
+    ),
+    rule(
+        Method::GET,
+        "/v1/apps/{app}/releases/{version}",
+        "releases.get",
+        Perm(P::View),
+        App,
+    ),
+    rule(
+        Method::POST,
+        "/v1/apps/{app}/promotions",
+        "promotions.create",
+        Perm(P::Deploy),
+        BodyTo,
     ),
 ];
 
@@ -780,6 +816,17 @@ async fn authorize(
     let mut need = seen.rule.need;
     match seen.rule.target {
         TargetFrom::Global | TargetFrom::App | TargetFrom::AppEnv => {}
+        // releases:
+        TargetFrom::BodyTo => {
+            // no `to`: judged app-wide, so only who may deploy everywhere in the app learns
+            // what is wrong with the request
+            seen.env = seen
+                .body
+                .as_ref()
+                .and_then(|b| b.get("to"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
         TargetFrom::Deployment => {
             let id = seen.params.get("id").and_then(|id| id.parse::<i64>().ok());
             if let Some(id) = id {
@@ -833,6 +880,33 @@ async fn authorize(
                 Err(forbidden(format!(
                     "denied: none of your bindings gives {p} anywhere"
                 )))
+            }
+        }
+        // releases:
+        InSomeEnv(p) => {
+            let decision = access.decide(p, target);
+            if decision.allowed {
+                return Ok(());
+            }
+            let envs: std::collections::BTreeSet<&str> = access
+                .caller
+                .bindings
+                .iter()
+                .flat_map(|b| b.scope.envs.iter().map(String::as_str))
+                .collect();
+            let somewhere = envs.into_iter().any(|env| {
+                access.allows(
+                    p,
+                    Target {
+                        app: target.app,
+                        env: Some(env),
+                    },
+                )
+            });
+            if somewhere {
+                Ok(())
+            } else {
+                Err(forbidden(decision.reason))
             }
         }
         SelfOr(p) => {
@@ -969,6 +1043,16 @@ fn summarize(seen: &Seen) -> String {
                 .unwrap_or_else(|| ", never expiring".to_string())
         ),
         "tokens.delete" => format!("revoke token #{}", p("id")),
+        // releases:
+        "releases.create" => format!(
+            "record release {app} {}",
+            s("version").unwrap_or_else(|| "?".to_string())
+        ),
+        "promotions.create" => format!(
+            "promote {app} from {} to {}",
+            s("from").unwrap_or_else(|| "?".to_string()),
+            s("to").unwrap_or_else(|| "?".to_string())
+        ),
         other => {
             let on = match (&seen.app, &seen.env, &seen.target) {
                 (_, _, Some(t)) => format!(" {t}"),

@@ -48,7 +48,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn controller(&self) -> ApiResult<&Arc<Controller>> {
+    pub(crate) fn controller(&self) -> ApiResult<&Arc<Controller>> {
         self.controller.as_ref().ok_or_else(|| {
             ApiFailure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -126,6 +126,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/secrets/rotate-key", post(secrets::rotate_key))
         .route("/v1/teardown", post(teardown))
+        // releases:
+        .route(
+            "/v1/apps/{app}/releases",
+            post(crate::releases::create).get(crate::releases::list),
+        )
+        .route(
+            "/v1/apps/{app}/releases/{version}",
+            get(crate::releases::show),
+        )
+        .route("/v1/apps/{app}/promotions", post(crate::releases::promote))
         .route_layer(middleware::from_fn_with_state(state.clone(), access::gate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -453,6 +463,8 @@ async fn deploy(
     Path((app, env)): Path<(String, String)>,
     Json(request): Json<DeployRequest>,
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
+    // releases: a deploy may carry release data (recorded when unknown, checked when known)
+    crate::releases::record_for_deploy(&state, &access, &app, &env, &request).await?;
     let view = state
         .controller()?
         .request_deployment(
@@ -752,6 +764,10 @@ mod tests {
             "/v1/apps/{app}/envs/{env}/secrets",
             "/v1/apps/{app}/envs/{env}/secrets/{name}",
             "/v1/secrets/rotate-key",
+            // releases:
+            "/v1/apps/{app}/releases",
+            "/v1/apps/{app}/releases/{version}",
+            "/v1/apps/{app}/promotions",
         ]
         .into_iter()
         .map(String::from)

@@ -151,9 +151,10 @@ impl Controller {
                     tracing::error!(replica = %record.id, error = %e, "cannot decrypt its secrets");
                     BTreeMap::new()
                 });
-            let spec = apps
-                .get(&record.app)
-                .and_then(|(app, manifest)| replica_spec(app, manifest, &record, secrets));
+            let commit = self.release_commit(&record.app, &record.version).await;
+            let spec = apps.get(&record.app).and_then(|(app, manifest)| {
+                replica_spec(app, manifest, &record, secrets, commit.as_deref())
+            });
             let identity = record
                 .pid
                 .zip(record.start_time)
@@ -355,6 +356,10 @@ impl Controller {
                     tracing::error!(app = %app.name, env = env_name, error = %e, "could not reconcile");
                 }
             }
+        }
+        // releases: auto-promotion, level-triggered from the store (promotion.rs)
+        if let Err(e) = crate::promotion::auto_promote(self, &apps).await {
+            tracing::error!(error = %e, "auto-promotion pass failed; retrying");
         }
         // Replicas of apps, environments or services no longer in any manifest.
         let orphans: Vec<String> = replicas
@@ -1002,7 +1007,8 @@ impl Controller {
             .env_vars(&app.name, env)
             .await
             .map_err(|e| format!("cannot start {service}: {e}"))?;
-        let spec = replica_spec(app, manifest, &record, secrets)
+        let commit = self.release_commit(&app.name, version).await;
+        let spec = replica_spec(app, manifest, &record, secrets, commit.as_deref())
             .ok_or_else(|| format!("service {service} is not in the manifest"))?;
         // Persist, then act: the row exists before the process does.
         self.store
@@ -1391,6 +1397,18 @@ impl Controller {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // releases:
+    /// The commit of a release, when it is known (for `FERRY_COMMIT`/`FERRY_RELEASE_TAG`).
+    async fn release_commit(&self, app: &str, version: &str) -> Option<String> {
+        match self.store.get_release(app, version).await {
+            Ok(release) => release.and_then(|r| r.data.commit),
+            Err(e) => {
+                tracing::error!(app, version, error = %e, "cannot read the release");
+                None
+            }
         }
     }
 
@@ -1812,7 +1830,17 @@ impl Controller {
                 .active_deployment(app, env_name)
                 .await?
                 .and_then(|d| rollout_view(&d, &env.strategy, &manifest, env_name));
+            // releases:
+            let release_tag = match &current_version {
+                Some(version) => ferry_core::release::tag(
+                    version,
+                    self.release_commit(app, version).await.as_deref(),
+                    env_name,
+                ),
+                None => None,
+            };
             environments.push(EnvStatus {
+                release_tag,
                 app: app.to_string(),
                 env: env_name.to_string(),
                 listen: env.listen.clone(),
@@ -2069,6 +2097,7 @@ fn replica_spec(
     manifest: &Manifest,
     record: &ReplicaRecord,
     secrets: BTreeMap<String, String>,
+    commit: Option<&str>,
 ) -> Option<ReplicaSpec> {
     let service = manifest.services.get(&record.service)?;
     let environment = manifest.environments.get(&record.env)?;
@@ -2083,6 +2112,13 @@ fn replica_spec(
     // secrets win over the service's env and the environment's vars
     env_vars.extend(secrets);
     env_vars.insert("FERRY_REPLICA_ID".to_string(), record.id.clone());
+    // releases: the release's identity, when its commit is known
+    if let Some(commit) = commit {
+        env_vars.insert("FERRY_COMMIT".to_string(), commit.to_string());
+        if let Some(tag) = ferry_core::release::tag(&record.version, Some(commit), &record.env) {
+            env_vars.insert("FERRY_RELEASE_TAG".to_string(), tag);
+        }
+    }
     let health = &service.health;
     Some(ReplicaSpec {
         id: record.id.clone(),

@@ -25,6 +25,9 @@ mod notify;
 mod progressive;
 mod proxy_link;
 mod secrets;
+// releases:
+mod promotion;
+mod releases;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -34,6 +34,9 @@ enum Needs {
     Anywhere(Permission),
     /// The permission on the target, and a user (API tokens may not).
     UserPerm(Permission, On),
+    // releases:
+    /// The permission on the case's app, in at least one of its environments.
+    SomeEnvPerm(Permission),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -299,6 +302,26 @@ const TABLE: &[Row] = &[
     row("GET", "/v1/audit/export", None, Anywhere(P::View)),
     row("GET", "/v1/audit/verify", None, Perm(P::View, Global)),
     row("GET", "/v1/audit/checkpoints", None, Perm(P::View, Global)),
+    // releases:
+    row(
+        "POST",
+        "/v1/apps/{app}/releases",
+        Some(r#"{"version": "1.{n}.0", "commit": "abcdef1"}"#),
+        SomeEnvPerm(P::Deploy),
+    ),
+    row("GET", "/v1/apps/{app}/releases", None, Perm(P::View, App)),
+    row(
+        "GET",
+        "/v1/apps/{app}/releases/1.0.0",
+        None,
+        Perm(P::View, App),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/promotions",
+        Some(r#"{"from": "dev", "to": "{env}"}"#),
+        Perm(P::Deploy, AppEnv),
+    ),
 ];
 
 /// The rules spelled independently of the server: a binding on `shop [staging]` grants a
@@ -326,6 +349,8 @@ fn expect_allowed(
         Perm(p, on) => on_target(p, on),
         Anywhere(p) => has(p),
         UserPerm(p, on) => principal != Principal::ScopedToken && on_target(p, on),
+        // releases:
+        SomeEnvPerm(p) => has(p) && (!scoped || case != Case::OtherApp),
     }
 }
 

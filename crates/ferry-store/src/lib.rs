@@ -26,10 +26,14 @@ mod approvals;
 mod audit;
 mod identity;
 mod secrets;
+// releases:
+mod releases;
 
 pub use audit::{AuditQuery, CheckpointRecord};
 pub use identity::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
 pub use secrets::{SecretInfo, SecretRecord};
+// releases:
+pub use releases::{DeploymentFact, NewRelease, ReleaseOutcome, ReleaseRecord};
 
 /// Errors of the store. `NotFound`/`Conflict` are for callers to act on; `Database` carries
 /// the operation that failed; `Corrupt` means a row holds a value this code can't read back.
@@ -93,13 +97,6 @@ pub struct AppRecord {
     pub manifest_json: String,
     pub base_dir: Option<String>,
     pub updated_at_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ReleaseRecord {
-    pub app: String,
-    pub version: String,
-    pub created_at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -224,6 +221,12 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "secrets",
         include_str!("../migrations/sqlite/0004_secrets.sql"),
     ),
+    // releases:
+    (
+        5,
+        "releases",
+        include_str!("../migrations/sqlite/0005_releases.sql"),
+    ),
 ];
 
 /// The migration files this build embeds for an engine (`(version, description)`), for tests.
@@ -257,6 +260,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "secrets",
         include_str!("../migrations/postgres/0004_secrets.sql"),
+    ),
+    (
+        5,
+        "releases",
+        include_str!("../migrations/postgres/0005_releases.sql"),
     ),
 ];
 
@@ -623,28 +631,6 @@ impl Store {
         .await
         .ctx(|| format!("recording release {app} {version}"))?;
         Ok(())
-    }
-
-    /// Releases of an app, newest first.
-    pub async fn list_releases(&self, app: &str) -> Result<Vec<ReleaseRecord>> {
-        let rows = sqlx::query(
-            "SELECT app, version, created_at_ms FROM releases WHERE app = $1 \
-             ORDER BY created_at_ms DESC, version DESC",
-        )
-        .bind(app)
-        .fetch_all(&self.pool)
-        .await
-        .ctx(|| format!("listing releases of {app}"))?;
-        rows.iter()
-            .map(|row| {
-                let what = || format!("release of {app}");
-                Ok(ReleaseRecord {
-                    app: get(row, "app", &what)?,
-                    version: get(row, "version", &what)?,
-                    created_at_ms: get(row, "created_at_ms", &what)?,
-                })
-            })
-            .collect()
     }
 
     // -- deployments --------------------------------------------------------------------------

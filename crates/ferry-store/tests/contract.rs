@@ -1704,6 +1704,193 @@ pub async fn approvals_replace_and_withdraw(store: Store, _url: String) {
     ));
 }
 
+// releases:
+
+fn new_release(
+    version: &str,
+    commit: Option<&str>,
+    notes: Option<&str>,
+    now_ms: i64,
+) -> ferry_store::NewRelease {
+    ferry_store::NewRelease {
+        app: "shop".into(),
+        version: version.into(),
+        data: ferry_core::release::ReleaseData {
+            commit: commit.map(str::to_string),
+            artifacts: [("api".to_string(), format!("img:{version}"))].into(),
+            notes: notes.map(str::to_string),
+        },
+        created_by: "user:alice".into(),
+        now_ms,
+    }
+}
+
+pub async fn releases_are_immutable_and_bare_ones_completed_once(store: Store, _url: String) {
+    use ferry_store::ReleaseOutcome as O;
+    let first = new_release("1.4.2", Some("abcdef1"), Some("notes"), 10);
+    let created = match store.record_release(first.clone(), true).await.unwrap() {
+        O::Created(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(created.created_by.as_deref(), Some("user:alice"));
+    assert_eq!(created.data.commit.as_deref(), Some("abcdef1"));
+    assert_eq!(created.data.artifacts["api"], "img:1.4.2");
+    // identical: no-op, the first creation time stays
+    let mut again = first.clone();
+    again.now_ms = 99;
+    again.created_by = "user:bob".into();
+    match store.record_release(again, true).await.unwrap() {
+        O::Exists(r) => assert_eq!(
+            (r.created_at_ms, r.created_by.as_deref()),
+            (10, Some("user:alice"))
+        ),
+        other => panic!("{other:?}"),
+    }
+    // different commit: conflict naming the field; nothing changed
+    let other = new_release("1.4.2", Some("1234567"), Some("notes"), 11);
+    match store.record_release(other, true).await.unwrap() {
+        O::Conflict {
+            field,
+            stored,
+            requested,
+            ..
+        } => {
+            assert_eq!(
+                (field, stored.as_str(), requested.as_str()),
+                ("commit", "abcdef1", "1234567")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // implicit (a deploy's flags): only given fields count
+    let mut partial = new_release("1.4.2", Some("abcdef1"), None, 12);
+    partial.data.artifacts.clear();
+    assert!(matches!(
+        store.record_release(partial.clone(), false).await.unwrap(),
+        O::Exists(_)
+    ));
+    assert!(matches!(
+        store.record_release(partial, true).await.unwrap(),
+        O::Conflict {
+            field: "artifacts",
+            ..
+        }
+    ));
+    assert_eq!(
+        store.get_release("shop", "1.4.2").await.unwrap().unwrap(),
+        created
+    );
+
+    // a bare release from a plain deploy is completed once, then immutable
+    store.ensure_release("shop", "2.0.0", 20).await.unwrap();
+    let bare = store.get_release("shop", "2.0.0").await.unwrap().unwrap();
+    assert!(bare.data.is_bare());
+    assert_eq!(bare.created_by, None);
+    let fill = new_release("2.0.0", Some("fedcba9"), None, 21);
+    match store.record_release(fill.clone(), true).await.unwrap() {
+        O::Completed(r) => {
+            assert_eq!(r.data.commit.as_deref(), Some("fedcba9"));
+            assert_eq!(r.created_at_ms, 20);
+            assert_eq!(r.created_by.as_deref(), Some("user:alice"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let refill = new_release("2.0.0", Some("0000000"), None, 22);
+    assert!(matches!(
+        store.record_release(refill, true).await.unwrap(),
+        O::Conflict {
+            field: "commit",
+            ..
+        }
+    ));
+    assert!(store.get_release("shop", "9.9.9").await.unwrap().is_none());
+
+    let listed: Vec<String> = store
+        .list_releases("shop")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(listed, ["2.0.0", "1.4.2"]);
+}
+
+pub async fn release_facts_per_version_and_env(store: Store, _url: String) {
+    finished(
+        &store,
+        "shop",
+        "dev",
+        "1.0.0",
+        DeploymentState::Succeeded,
+        100,
+    )
+    .await;
+    finished(&store, "shop", "dev", "1.1.0", DeploymentState::Failed, 200).await;
+    finished(
+        &store,
+        "shop",
+        "qa",
+        "1.0.0",
+        DeploymentState::Succeeded,
+        300,
+    )
+    .await;
+    finished(
+        &store,
+        "blog",
+        "dev",
+        "1.0.0",
+        DeploymentState::Succeeded,
+        400,
+    )
+    .await;
+    let all = store.deployment_facts("shop", None, 100).await.unwrap();
+    let seen: Vec<(&str, &str, DeploymentState)> = all
+        .iter()
+        .map(|f| (f.env.as_str(), f.version.as_str(), f.state))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("dev", "1.0.0", DeploymentState::Succeeded),
+            ("dev", "1.1.0", DeploymentState::Failed),
+            ("qa", "1.0.0", DeploymentState::Succeeded),
+        ]
+    );
+    assert_eq!(
+        store
+            .deployment_facts("shop", Some("1.1.0"), 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.deployment_facts("shop", None, 2).await.unwrap().len(),
+        2
+    );
+    let dev: Vec<String> = store
+        .deployed_versions("shop", "dev")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(dev, ["1.0.0", "1.1.0"]);
+    assert!(
+        store
+            .deployed_versions("shop", "production")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let currents = store.env_currents("shop").await.unwrap();
+    let currents: Vec<(&str, Option<&str>)> = currents
+        .iter()
+        .map(|e| (e.env.as_str(), e.current_version.as_deref()))
+        .collect();
+    assert_eq!(currents, [("dev", Some("1.0.0")), ("qa", Some("1.0.0"))]);
+}
+
 macro_rules! contract_tests {
     ($engine:ident, $fresh:ident: $($case:ident),* $(,)?) => {
         mod $engine {
@@ -1755,6 +1942,9 @@ on_every_engine!(
     audit_checkpoints_are_stored,
     secrets_put_get_list_delete_reencrypt,
     ended_sessions_are_purged,
+    // releases:
+    releases_are_immutable_and_bare_ones_completed_once,
+    release_facts_per_version_and_env,
 );
 
 // ---------------------------------------------------------------------------------------------

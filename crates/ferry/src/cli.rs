@@ -10,6 +10,8 @@ mod output;
 mod progressive;
 mod quickstart;
 mod secrets;
+// releases:
+mod releases;
 mod serve;
 mod wait;
 
@@ -149,6 +151,10 @@ enum Command {
         /// Version to deploy (substituted for ${VERSION} in the service's `run`).
         #[arg(long, value_name = "VERSION")]
         version: String,
+        /// Release data: recorded with the release when the version is new (it must then
+        /// be a semantic version), must match it otherwise (exit 7).
+        #[command(flatten)]
+        release: releases::ReleaseFlags,
         #[command(flatten)]
         wait: WaitArgs,
         #[command(flatten)]
@@ -186,16 +192,31 @@ enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
-    /// Move a canary or blue/green rollout past its current step (a pause, a held analysis).
+    /// Move a canary or blue/green rollout past its current step (--env ENV [--full]),
+    /// or deploy the version serving in one environment to another (--from A --to B).
     Promote {
         /// App name.
         app: String,
-        /// Environment.
-        #[arg(long, value_name = "ENV")]
-        env: String,
-        /// Skip every remaining step: the new version gets 100% now.
-        #[arg(long)]
+        /// Environment whose rollout moves on.
+        #[arg(
+            long,
+            value_name = "ENV",
+            required_unless_present = "from",
+            conflicts_with_all = ["from", "to"]
+        )]
+        env: Option<String>,
+        /// Skip every remaining step: the new version gets 100% now (with --env).
+        #[arg(long, conflicts_with_all = ["from", "to"])]
         full: bool,
+        /// Environment whose current version is promoted (with --to).
+        #[arg(long, value_name = "ENV", requires = "to")]
+        from: Option<String>,
+        /// Environment it is deployed to (with --from).
+        #[arg(long, value_name = "ENV", requires = "from")]
+        to: Option<String>,
+        /// With --from/--to: follow the deployment until it ends.
+        #[command(flatten)]
+        wait: WaitArgs,
         #[command(flatten)]
         out: OutputArg,
     },
@@ -319,6 +340,17 @@ enum Command {
         /// Address of the API.
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: SocketAddr,
+    },
+    // releases:
+    /// Record or show an immutable release (version, commit, artifacts, notes).
+    #[command(subcommand)]
+    Release(releases::Command),
+    /// List an app's releases, newest first, with where each is deployed and its tag there.
+    Releases {
+        /// App name.
+        app: String,
+        #[command(flatten)]
+        out: OutputArg,
     },
 }
 
@@ -463,9 +495,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     app,
                     env,
                     version,
+                    release,
                     wait,
                     out,
-                } => commands::deploy(&client, &app, &env, &version, wait, out.output).await,
+                } => {
+                    let release = release.data()?;
+                    commands::deploy(&client, &app, &env, &version, release, wait, out.output).await
+                }
                 Command::Rollback {
                     app,
                     env,
@@ -496,11 +532,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     app,
                     env,
                     full,
+                    from,
+                    to,
+                    wait,
                     out,
-                } => {
-                    let what = progressive::Steer::Promote { full };
-                    progressive::steer(&client, &app, &env, what, out.output).await
-                }
+                } => match (env, from, to) {
+                    (Some(env), _, _) => {
+                        if wait.wait {
+                            return Err(Failure::new(
+                                exit::INVALID,
+                                "--wait goes with --from/--to (a rollout step is promoted at once)",
+                            )
+                            .into());
+                        }
+                        let what = progressive::Steer::Promote { full };
+                        progressive::steer(&client, &app, &env, what, out.output).await
+                    }
+                    (None, Some(from), Some(to)) => {
+                        releases::promote(&client, &app, &from, &to, wait, out.output).await
+                    }
+                    _ => Err(Failure::new(
+                        exit::INVALID,
+                        "`ferry promote` needs --env ENV, or --from ENV --to ENV",
+                    )
+                    .into()),
+                },
                 Command::Pause { app, env, out } => {
                     progressive::steer(&client, &app, &env, progressive::Steer::Pause, out.output)
                         .await
@@ -546,6 +602,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Identity(cmd) => identity::run(&client, cmd).await,
                 Command::Audit(cmd) => audit::run(&client, cmd).await,
                 Command::Secrets(cmd) => secrets::run(&client, cmd).await,
+                // releases:
+                Command::Release(cmd) => releases::run(&client, cmd).await,
+                Command::Releases { app, out } => releases::list(&client, &app, out.output).await,
                 Command::Server { .. }
                 | Command::Proxy { .. }
                 | Command::Quickstart { .. }
@@ -618,5 +677,65 @@ mod tests {
             Cli::try_parse_from(["ferry", "status", "shop", "--watch"]).is_err(),
             "--watch needs --env"
         );
+    }
+
+    // releases:
+    #[test]
+    fn promote_takes_env_or_from_and_to() {
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "promote",
+            "shop",
+            "--from",
+            "staging",
+            "--to",
+            "production",
+            "--wait",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Promote { env: None, from: Some(_), to: Some(_), wait, .. } if wait.wait
+        ));
+        for bad in [
+            &["ferry", "promote", "shop"][..],
+            &[
+                "ferry", "promote", "shop", "--env", "prod", "--from", "staging",
+            ],
+            &["ferry", "promote", "shop", "--from", "staging"],
+            &["ferry", "promote", "shop", "--to", "production"],
+            &[
+                "ferry", "promote", "shop", "--from", "a", "--to", "b", "--full",
+            ],
+        ] {
+            let e = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "deploy",
+            "shop",
+            "--env",
+            "qa",
+            "--version",
+            "1.4.2",
+            "--commit",
+            "abcdef1",
+            "--artifact",
+            "api=img:1",
+            "--artifact",
+            "web=img:2",
+            "--notes",
+            "n",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Deploy { release, .. } => {
+                let data = release.data().unwrap();
+                assert_eq!(data.artifacts.len(), 2);
+                assert_eq!(data.commit.as_deref(), Some("abcdef1"));
+            }
+            other => panic!("parsed {other:?}"),
+        }
     }
 }

@@ -613,6 +613,14 @@ fn check_promotion_gates(
         }
         positive(out, spath, soak);
     }
+    // releases:
+    if gates.auto_promote && gates.after.is_none() {
+        out.key(
+            with(gpath, "auto_promote"),
+            "`auto_promote` needs `after`: the environment versions are promoted from",
+            Some("e.g. `after: dev` with `auto_promote: true`".into()),
+        );
+    }
     for (i, window) in gates.freeze.iter().enumerate() {
         let mut wpath = with(gpath, "freeze");
         wpath.push(Seg::Index(i));
@@ -824,6 +832,20 @@ mod tests {
                 .map(|e| format!("{}:{} {}: {}", e.line, e.column, e.path, e.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn auto_promote_needs_after() {
+        let errors = gate_errors("{ auto_promote: true }");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("environments.production.gates.auto_promote"),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("needs `after`"), "{errors:?}");
+        assert!(errors[0].starts_with("10:"), "located: {errors:?}");
+        assert!(gate_errors("{ after: staging, auto_promote: true }").is_empty());
+        assert!(gate_errors("{ auto_promote: false }").is_empty());
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub async fn deploy(
     app: &str,
     env: &str,
     version: &str,
+    release: ferry_core::release::ReleaseData,
     wait: WaitArgs,
     format: Format,
 ) -> anyhow::Result<()> {
@@ -137,6 +138,7 @@ pub async fn deploy(
             &["v1", "apps", app, "envs", env, "deployments"],
             &DeployRequest {
                 version: version.to_string(),
+                release,
             },
         )
         .await?;
@@ -274,11 +276,17 @@ pub async fn status(
 /// `status` and `status --watch`.
 pub(super) fn summary_lines(status: &EnvStatus, now: i64) -> Vec<String> {
     let mut lines = vec![format!(
-        "  current   {}",
+        "  current   {}{}",
         status
             .current_version
             .as_deref()
-            .unwrap_or("(nothing deployed)")
+            .unwrap_or("(nothing deployed)"),
+        // releases:
+        status
+            .release_tag
+            .as_deref()
+            .map(|tag| format!("  ({tag})"))
+            .unwrap_or_default()
     )];
     if let Some(dep) = &status.latest_deployment {
         let mut line = format!(

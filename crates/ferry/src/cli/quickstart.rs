@@ -156,6 +156,7 @@ impl Tour<'_> {
                     &["v1", "apps", self.app, "envs", self.env, "deployments"],
                     &DeployRequest {
                         version: (*version).to_string(),
+                        ..Default::default()
                     },
                 )
                 .await?;
