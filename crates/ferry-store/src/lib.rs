@@ -26,6 +26,8 @@ mod approvals;
 mod audit;
 mod identity;
 mod secrets;
+// gates:
+mod gates;
 
 pub use audit::{AuditQuery, CheckpointRecord};
 pub use identity::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
@@ -153,6 +155,7 @@ impl DeploymentRecord {
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
             finished_at_ms: self.finished_at_ms,
+            gates: Vec::new(),
         }
     }
 }
@@ -223,6 +226,12 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "secrets",
         include_str!("../migrations/sqlite/0004_secrets.sql"),
+    ),
+    // gates:
+    (
+        8,
+        "gates",
+        include_str!("../migrations/sqlite/0008_gates.sql"),
     ),
 ];
 

@@ -1567,6 +1567,74 @@ pub async fn approvals_replace_and_withdraw(store: Store, _url: String) {
     ));
 }
 
+// gates:
+pub async fn gate_check_results_and_overrides(store: Store, _url: String) {
+    use ferry_core::gates::{CheckResult, Override};
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let other = store
+        .create_deployment(new_deployment("shop", "staging", "1.0.0", 1))
+        .await
+        .unwrap();
+    let result = |name: &str, passed: bool, explanation: &str, at_ms: i64| CheckResult {
+        name: name.into(),
+        passed,
+        explanation: explanation.into(),
+        at_ms,
+    };
+    assert!(store.check_results(d.id).await.unwrap().is_empty());
+    store
+        .record_check_result(
+            d.id,
+            &result("ci", false, "expected status 200, got 503", 10),
+        )
+        .await
+        .unwrap();
+    store
+        .record_check_result(d.id, &result("uat", false, "exit 1: missing", 11))
+        .await
+        .unwrap();
+    // the latest result replaces the previous one of the same check
+    store
+        .record_check_result(d.id, &result("ci", true, "status 200", 20))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.check_results(d.id).await.unwrap(),
+        vec![
+            result("ci", true, "status 200", 20),
+            result("uat", false, "exit 1: missing", 11)
+        ]
+    );
+    assert!(store.check_results(other.id).await.unwrap().is_empty());
+
+    let lift = |by: &str, reason: &str, at_ms: i64| Override {
+        gate: "freeze".into(),
+        by: by.into(),
+        reason: reason.into(),
+        at_ms,
+    };
+    assert!(store.overrides(d.id).await.unwrap().is_empty());
+    store
+        .record_override(d.id, &lift("user:bob", "hotfix for INC-123", 30))
+        .await
+        .unwrap();
+    store
+        .record_override(d.id, &lift("user:carol", "again", 31))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.overrides(d.id).await.unwrap(),
+        vec![
+            lift("user:bob", "hotfix for INC-123", 30),
+            lift("user:carol", "again", 31)
+        ]
+    );
+    assert!(store.overrides(other.id).await.unwrap().is_empty());
+}
+
 macro_rules! contract_tests {
     ($engine:ident, $fresh:ident: $($case:ident),* $(,)?) => {
         mod $engine {
@@ -1603,6 +1671,8 @@ contract_tests!(sqlite, fresh_sqlite:
     concurrent_audit_appends_make_one_chain,
     audit_checkpoints_are_stored,
     secrets_put_get_list_delete_reencrypt,
+    // gates:
+    gate_check_results_and_overrides,
 );
 
 // ---------------------------------------------------------------------------------------------
