@@ -126,6 +126,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/secrets/rotate-key", post(secrets::rotate_key))
         .route("/v1/teardown", post(teardown))
+        // gates:
+        .route("/v1/deployments/{id}/gates", get(crate::gates::status))
+        .route(
+            "/v1/deployments/{id}/overrides",
+            post(crate::gates::create_override),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), access::gate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -752,6 +758,9 @@ mod tests {
             "/v1/apps/{app}/envs/{env}/secrets",
             "/v1/apps/{app}/envs/{env}/secrets/{name}",
             "/v1/secrets/rotate-key",
+            // gates:
+            "/v1/deployments/{id}/gates",
+            "/v1/deployments/{id}/overrides",
         ]
         .into_iter()
         .map(String::from)

@@ -5,6 +5,8 @@ mod audit;
 mod client;
 mod commands;
 mod config;
+// gates:
+mod gates;
 mod identity;
 mod output;
 mod progressive;
@@ -294,6 +296,10 @@ enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
+    // gates:
+    /// Show every gate of a deployment with its state (GATE / STATE / DETAIL), or
+    /// `ferry gates override ID --gate freeze --reason "…"` to lift a freeze for it.
+    Gates(gates::GatesArgs),
     /// Print the JSON Schema of ferry.yaml (for editors).
     Schema,
     /// Stop every replica and the proxy, then the server (nothing keeps running).
@@ -533,6 +539,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Identity(cmd) => identity::run(&client, cmd).await,
                 Command::Audit(cmd) => audit::run(&client, cmd).await,
                 Command::Secrets(cmd) => secrets::run(&client, cmd).await,
+                // gates:
+                Command::Gates(args) => gates::run(&client, args).await,
                 Command::Server { .. }
                 | Command::Proxy { .. }
                 | Command::Quickstart { .. }
