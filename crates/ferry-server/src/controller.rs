@@ -739,7 +739,7 @@ impl Controller {
                 self.unmet_gates_changed(deployment.id, None);
                 // History shows every gate and who or what passed it.
                 for line in report.passed_lines() {
-                    self.event(deployment.id, "gates", &line).await;
+                    self.event(deployment.id, "gate", &line).await;
                 }
                 Ok(true)
             }
