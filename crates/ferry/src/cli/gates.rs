@@ -110,3 +110,64 @@ pub fn rows_table(rows: &[GateRow], indent: usize) -> String {
     }
     table.render()
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+    use super::*;
+
+    fn parse(args: &[&str]) -> GatesArgs {
+        match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Gates(args)) => args,
+            other => panic!("{args:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gates_show_and_override_parse() {
+        let shown = parse(&["ferry", "gates", "42", "-o", "json"]);
+        assert_eq!(shown.deployment, Some(42));
+        assert!(shown.action.is_none());
+        assert_eq!(shown.out.output, Format::Json);
+        let lifted = parse(&[
+            "ferry", "gates", "override", "42", "--gate", "freeze", "--reason", "hotfix",
+        ]);
+        match lifted.action {
+            Some(GatesAction::Override {
+                deployment, gate, ..
+            }) => {
+                assert_eq!(deployment, 42);
+                assert_eq!(gate, "freeze");
+            }
+            None => panic!("override"),
+        }
+        assert!(Cli::try_parse_from(["ferry", "gates"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "gates", "override", "42"]).is_err());
+    }
+
+    #[test]
+    fn the_table_has_one_line_per_gate() {
+        let rows = vec![
+            GateRow {
+                gate: "freeze".into(),
+                state: ferry_core::gates::GateState::Overridden,
+                detail: "overridden by bob: hotfix".into(),
+                key: String::new(),
+            },
+            GateRow {
+                gate: "checks:ci".into(),
+                state: ferry_core::gates::GateState::Failed,
+                detail: "expected status 200, got 503".into(),
+                key: String::new(),
+            },
+        ];
+        let text = rows_table(&rows, 2);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].trim_start().starts_with("GATE"), "{text}");
+        assert!(lines[1].contains("overridden by bob: hotfix"), "{text}");
+        assert!(lines[2].contains("failed"), "{text}");
+    }
+}
