@@ -741,6 +741,11 @@ impl Controller {
                 for line in report.passed_lines() {
                     self.event(deployment.id, "gate", &line).await;
                 }
+                if !report.rows.is_empty() {
+                    self.store
+                        .record_passed_gates(deployment.id, &report.rows, now)
+                        .await?;
+                }
                 Ok(true)
             }
             gates::GatesVerdict::Waiting(unmet) => {

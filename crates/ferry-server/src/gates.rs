@@ -288,6 +288,10 @@ pub struct GatesStatus {
     pub gates: Vec<GateRow>,
     /// Gates lifted for this deployment (who, when, why).
     pub overrides: Vec<Override>,
+    /// Set when the deployment has passed its gates: the rows are as they stood then
+    /// (otherwise they are judged now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed_at_ms: Option<i64>,
 }
 
 /// `POST /v1/deployments/{id}/overrides`
@@ -311,6 +315,17 @@ pub async fn gates_status(store: &Store, id: i64) -> ApiResult<GatesStatus> {
         .get_deployment(id)
         .await?
         .ok_or_else(|| not_found(id))?;
+    if !waiting(deployment.state)
+        && let Some((rows, at_ms)) = store.passed_gates(id).await?
+    {
+        return Ok(GatesStatus {
+            deployment: deployment.view(),
+            verdict: "passed".into(),
+            gates: rows,
+            overrides: store.overrides(id).await?,
+            passed_at_ms: Some(at_ms),
+        });
+    }
     let env_gates = gates_of(store, &deployment.app, &deployment.env).await?;
     let report = report_for(store, &deployment, &env_gates, now_ms()).await?;
     let verdict = match report.verdict() {
@@ -323,6 +338,7 @@ pub async fn gates_status(store: &Store, id: i64) -> ApiResult<GatesStatus> {
         verdict: verdict.to_string(),
         gates: report.rows,
         overrides: store.overrides(id).await?,
+        passed_at_ms: None,
     })
 }
 

@@ -1,9 +1,9 @@
 //! Facts for the promotion gates: the latest result of each gate check of a deployment, and
 //! the gates lifted for one deployment (freeze overrides).
 
-use ferry_core::gates::{CheckResult, Override};
+use ferry_core::gates::{CheckResult, GateRow, Override};
 
-use crate::{Ctx, Result, Store, get};
+use crate::{Ctx, Result, Store, StoreError, get};
 
 impl Store {
     /// Keeps `result` as the latest result of its check on the deployment (replacing the
@@ -102,5 +102,43 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Keeps the gate rows of a deployment as they stood when it passed its gates.
+    pub async fn record_passed_gates(
+        &self,
+        deployment_id: i64,
+        rows: &[GateRow],
+        at_ms: i64,
+    ) -> Result<()> {
+        let json = serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO gate_reports (deployment_id, rows_json, at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (deployment_id) DO UPDATE SET rows_json = excluded.rows_json, at_ms = excluded.at_ms",
+        )
+        .bind(deployment_id)
+        .bind(json)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await
+        .ctx(|| format!("recording the passed gates of deployment {deployment_id}"))?;
+        Ok(())
+    }
+
+    /// The gate rows recorded when the deployment passed its gates, and when.
+    pub async fn passed_gates(&self, deployment_id: i64) -> Result<Option<(Vec<GateRow>, i64)>> {
+        let row = sqlx::query("SELECT rows_json, at_ms FROM gate_reports WHERE deployment_id = $1")
+            .bind(deployment_id)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx(|| format!("reading the passed gates of deployment {deployment_id}"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let what = || format!("passed gates of deployment {deployment_id}");
+        let json: String = get(&row, "rows_json", &what)?;
+        let rows = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", what())))?;
+        Ok(Some((rows, get(&row, "at_ms", &what)?)))
     }
 }

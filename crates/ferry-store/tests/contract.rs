@@ -1633,6 +1633,31 @@ pub async fn gate_check_results_and_overrides(store: Store, _url: String) {
         ]
     );
     assert!(store.overrides(other.id).await.unwrap().is_empty());
+
+    // the rows as they stood when the deployment passed its gates
+    use ferry_core::gates::{GateRow, GateState};
+    let passed = vec![
+        GateRow {
+            gate: "freeze".into(),
+            state: GateState::Overridden,
+            detail: "overridden by bob: hotfix for INC-123".into(),
+            key: String::new(),
+        },
+        GateRow {
+            gate: "checks:ci".into(),
+            state: GateState::Met,
+            detail: "passed: status 200".into(),
+            key: String::new(),
+        },
+    ];
+    assert_eq!(store.passed_gates(d.id).await.unwrap(), None);
+    store
+        .record_passed_gates(d.id, &passed[..1], 40)
+        .await
+        .unwrap();
+    store.record_passed_gates(d.id, &passed, 41).await.unwrap();
+    assert_eq!(store.passed_gates(d.id).await.unwrap(), Some((passed, 41)));
+    assert_eq!(store.passed_gates(other.id).await.unwrap(), None);
 }
 
 macro_rules! contract_tests {

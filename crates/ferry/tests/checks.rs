@@ -241,6 +241,14 @@ async fn checks_hold_the_deployment_until_they_pass() {
             timeline.contains("gate checks:uat: met (passed: exit 0)"),
             "{timeline}"
         );
+        // Afterwards `ferry gates` shows the rows as they stood when it passed.
+        let out = ferry.cli(&["gates", &prod.to_string(), "-o", "json"]).await;
+        assert_eq!(out.code, 0, "{out}");
+        let report = out.json();
+        assert_eq!(report["verdict"], "passed", "{report:#}");
+        assert!(report["passed_at_ms"].is_i64(), "{report:#}");
+        assert_eq!(row(&report, "checks:ci-green")["state"], "met");
+        assert_eq!(row(&report, "checks:uat")["state"], "met");
         // Once started, status shows no gate rows.
         let out = ferry
             .cli(&["status", "checked", "--env", "production", "-o", "json"])
@@ -393,9 +401,12 @@ async fn a_freeze_is_overridden_by_someone_allowed_with_a_reason() {
         let out = ferry.cli(&["gates", &id]).await;
         assert_eq!(out.code, 0, "{out}");
         assert!(
-            out.stdout.contains("freeze") && out.stdout.contains("overridden"),
+            out.stdout.contains("freeze")
+                && out.stdout.contains("overridden by bob: hotfix for INC-123"),
             "{out}"
         );
+        let out = ferry.cli(&["gates", &id, "-o", "json"]).await;
+        assert_eq!(row(&out.json(), "freeze")["state"], "overridden", "{out}");
         // A deployment no longer waiting gets no override.
         let out = ferry
             .cli_with_token(

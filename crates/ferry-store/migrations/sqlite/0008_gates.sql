@@ -17,3 +17,9 @@ CREATE TABLE gate_overrides (
     at_ms         BIGINT NOT NULL
 );
 CREATE INDEX gate_overrides_by_deployment ON gate_overrides (deployment_id, id);
+-- The gate rows of a deployment as they stood when it passed its gates (JSON array).
+CREATE TABLE gate_reports (
+    deployment_id BIGINT NOT NULL PRIMARY KEY REFERENCES deployments(id) ON DELETE CASCADE,
+    rows_json     TEXT   NOT NULL,
+    at_ms         BIGINT NOT NULL
+);

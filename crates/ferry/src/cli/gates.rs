@@ -45,6 +45,8 @@ pub struct GatesStatus {
     pub gates: Vec<GateRow>,
     #[serde(default)]
     pub overrides: Vec<Override>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed_at_ms: Option<i64>,
 }
 
 pub async fn run(client: &Client, args: GatesArgs) -> anyhow::Result<()> {
@@ -85,6 +87,12 @@ fn show(status: &GatesStatus, format: Format) -> anyhow::Result<()> {
         "deployment #{}: {} {} → {} ({}), gates {}",
         d.id, d.app, d.version, d.env, d.state, status.verdict
     );
+    if let Some(at) = status.passed_at_ms {
+        println!(
+            "  passed its gates at {}; as they stood then:",
+            timestamp(at)
+        );
+    }
     if status.gates.is_empty() {
         println!("  no gates configured");
     } else {
