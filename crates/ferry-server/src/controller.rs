@@ -728,12 +728,21 @@ impl Controller {
         if deployment.kind == "rollback" {
             return Ok(true);
         }
+        let history = self.gate_history(deployment, &env_gates).await?;
+        let approvals = self.store.approvals(deployment.id).await?;
         let now = now_ms();
         let facts = crate::gates::facts(&self.store, deployment.id).await?;
         self.gate_checks
             .start_due(&self.store, deployment, &env_gates, &facts.checks, now)
             .await;
-        let report = crate::gates::report_for(&self.store, deployment, &env_gates, now).await?;
+        let report = gates::report(
+            &env_gates,
+            &history,
+            &approvals,
+            &deployment.requested_by,
+            &facts,
+            now,
+        );
         match report.verdict() {
             gates::GatesVerdict::Passed => {
                 self.unmet_gates_changed(deployment.id, None);
@@ -788,6 +797,16 @@ impl Controller {
                 Ok(false)
             }
         }
+    }
+
+    /// What the `after` and `soak` gates need to know: the latest successful deployment of
+    /// this version in the `after` environment, and whether that environment still runs it.
+    async fn gate_history(
+        &self,
+        deployment: &DeploymentRecord,
+        env_gates: &ferry_core::manifest::Gates,
+    ) -> Result<gates::History, ServerError> {
+        Ok(crate::gates::history(&self.store, deployment, env_gates).await?)
     }
 
     /// Whether the unmet gates of a waiting deployment differ from the last time they were
