@@ -1,8 +1,11 @@
 //! Gates a deployment must pass before it starts: approvals by role (with separation of
-//! duties), `after` another environment, `soak` there, and `freeze` windows.
+//! duties), `after` another environment, `soak` there, `freeze` windows (which someone
+//! allowed to may override for one deployment) and external `checks`.
 //!
 //! Pure: the gates, the release's history in the `after` environment, the approvals, the
-//! requester and the time come in; a verdict with one plain line per unmet gate comes out.
+//! requester, the facts the server gathered (check results, overrides) and the time come
+//! in; a [`GateReport`] with one row per configured gate comes out, and the verdict
+//! derives from it.
 
 use std::time::Duration;
 
@@ -13,7 +16,9 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, Zoned};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{ApprovalRule, FreezeWindow, Gates};
+use schemars::JsonSchema;
+
+use crate::manifest::{ApprovalRule, FreezeWindow, GateCheck, Gates, HttpGateCheck};
 
 /// One person's decision on a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,14 +123,153 @@ pub struct Unmet {
 pub enum GatesVerdict {
     /// Every gate holds: the deployment may start.
     Passed,
-    /// One entry per unmet gate, in the order after/soak, freeze, approvals.
+    /// One entry per unmet gate, in the order after/soak, freeze, approvals, checks.
     Waiting(Vec<Unmet>),
     /// Someone rejected it.
     Rejected { by: String, reason: String },
 }
 
-/// Judges every gate of an environment at `now_ms`. A rejection wins over everything;
-/// otherwise every unmet gate is listed.
+// gates: the report ------------------------------------------------------------------------
+
+/// Where one gate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GateState {
+    /// It holds.
+    Met,
+    /// Not yet (or a check not run yet / too old: pending).
+    Waiting,
+    /// It does not hold and says why (a failing check keeps the deployment waiting; a
+    /// rejection ends it).
+    Failed,
+    /// It does not hold but someone allowed to lifted it for this deployment.
+    Overridden,
+}
+
+impl GateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateState::Met => "met",
+            GateState::Waiting => "waiting",
+            GateState::Failed => "failed",
+            GateState::Overridden => "overridden",
+        }
+    }
+
+    /// Whether the deployment may pass this gate.
+    pub fn passes(self) -> bool {
+        matches!(self, GateState::Met | GateState::Overridden)
+    }
+}
+
+impl std::fmt::Display for GateState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One configured gate in a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GateRow {
+    /// `after`, `soak`, `freeze`, `approvals` or `checks:NAME`.
+    pub gate: String,
+    pub state: GateState,
+    /// One line: what holds it, or who/what passed it.
+    pub detail: String,
+    /// Stable name of the condition (no countdown), for "did it change" comparisons.
+    #[serde(skip)]
+    pub key: String,
+}
+
+/// The latest result of one gate check of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// The check's `name`.
+    pub name: String,
+    pub passed: bool,
+    /// One line, e.g. `expected status 200, got 503` or `exit 1: no such file`.
+    pub explanation: String,
+    /// When it finished (ms since the Unix epoch).
+    pub at_ms: i64,
+}
+
+/// A gate lifted for one deployment by someone allowed to (today: `freeze`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Override {
+    pub gate: String,
+    /// `user:bob`, or `token:NAME`.
+    pub by: String,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+/// What the server knows besides history and approvals: check results and overrides.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Facts {
+    pub checks: Vec<CheckResult>,
+    pub overrides: Vec<Override>,
+}
+
+/// Every configured gate of an environment with its state; the verdict derives from it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GateReport {
+    pub rows: Vec<GateRow>,
+    /// `(by, reason)` when someone rejected the deployment.
+    pub rejected: Option<(String, String)>,
+}
+
+impl GateReport {
+    /// Passed when every row passes; Rejected when someone rejected; otherwise the rows
+    /// that hold the deployment (a soak that has not begun is left out while `after` waits).
+    pub fn verdict(&self) -> GatesVerdict {
+        if let Some((by, reason)) = &self.rejected {
+            return GatesVerdict::Rejected {
+                by: by.clone(),
+                reason: reason.clone(),
+            };
+        }
+        let after_waits = self
+            .rows
+            .iter()
+            .any(|r| r.gate == "after" && !r.state.passes());
+        let unmet: Vec<Unmet> = self
+            .rows
+            .iter()
+            .filter(|r| !r.state.passes())
+            .filter(|r| !(after_waits && r.gate == "soak"))
+            .map(|r| Unmet {
+                gate: r.gate.clone(),
+                key: r.key.clone(),
+                message: r.detail.clone(),
+            })
+            .collect();
+        if unmet.is_empty() {
+            GatesVerdict::Passed
+        } else {
+            GatesVerdict::Waiting(unmet)
+        }
+    }
+
+    /// The timeline lines recorded when a deployment passes: one per gate, saying who or
+    /// what passed it (`gate approvals: met (approved by carol)`).
+    pub fn passed_lines(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .map(|r| match r.state {
+                GateState::Overridden => format!("gate {}: {}", r.gate, r.detail),
+                state => format!("gate {}: {state} ({})", r.gate, r.detail),
+            })
+            .collect()
+    }
+}
+
+/// `user:bob` reads `bob`; other principals (`token:ci`) stay as they are.
+pub fn display_principal(principal: &str) -> &str {
+    principal.strip_prefix("user:").unwrap_or(principal)
+}
+
+/// Judges every gate of an environment at `now_ms` without check results or overrides
+/// (see [`report`]). A rejection wins over everything; otherwise every unmet gate is listed.
 pub fn evaluate_gates(
     gates: &Gates,
     history: &History,
@@ -133,67 +277,272 @@ pub fn evaluate_gates(
     requester: &str,
     now_ms: i64,
 ) -> GatesVerdict {
-    let mut unmet = Vec::new();
+    report(
+        gates,
+        history,
+        approvals,
+        requester,
+        &Facts::default(),
+        now_ms,
+    )
+    .verdict()
+}
+
+/// The report: one row per configured gate, in the order after, soak, freeze, approvals,
+/// checks (in manifest order).
+pub fn report(
+    gates: &Gates,
+    history: &History,
+    approvals: &[Approval],
+    requester: &str,
+    facts: &Facts,
+    now_ms: i64,
+) -> GateReport {
+    let mut rows = Vec::new();
+    let version = &history.version;
     if let Some(env) = &gates.after {
-        let version = &history.version;
-        match history.succeeded_in_after_env {
-            None => unmet.push(Unmet {
+        rows.push(match history.succeeded_in_after_env {
+            None => GateRow {
                 gate: "after".into(),
+                state: GateState::Waiting,
+                detail: format!("waiting for {version} to succeed in {env}"),
                 key: format!("after:{env}"),
-                message: format!("waiting for {version} to succeed in {env}"),
-            }),
-            Some(facts) => {
-                if let Some(soak) = gates.soak {
-                    let needs = soak.get();
-                    if !facts.still_current {
-                        unmet.push(Unmet {
-                            gate: "soak".into(),
-                            key: format!("soak-replaced:{env}"),
-                            message: format!(
-                                "soaking in {env}: {version} no longer runs there (replaced); deploy it there again"
-                            ),
-                        });
-                    } else {
-                        let served_ms = now_ms.saturating_sub(facts.finished_at_ms).max(0);
-                        let served = Duration::from_millis(served_ms.unsigned_abs());
-                        if served < needs {
-                            unmet.push(Unmet {
-                                gate: "soak".into(),
-                                key: format!("soak:{env}"),
-                                message: format!(
-                                    "soaking in {env}: {} more (needs {})",
-                                    compact(needs - served),
-                                    compact(needs)
-                                ),
-                            });
-                        }
-                    }
+            },
+            Some(_) => GateRow {
+                gate: "after".into(),
+                state: GateState::Met,
+                detail: format!("{version} succeeded in {env}"),
+                key: format!("after-met:{env}"),
+            },
+        });
+        if let Some(soak) = gates.soak {
+            rows.push(soak_row(env, version, soak.get(), history, now_ms));
+        }
+    }
+    if !gates.freeze.is_empty() {
+        rows.push(freeze_row(&gates.freeze, &facts.overrides, now_ms));
+    }
+    let mut rejected = None;
+    if !gates.approvals.is_empty() || approvals.iter().any(|a| !a.approved) {
+        let row = match evaluate(&gates.approvals, approvals, requester) {
+            GateVerdict::Rejected { by, reason } => {
+                let detail = format!("rejected by {}: {reason}", display_principal(&by));
+                rejected = Some((by, reason));
+                GateRow {
+                    gate: "approvals".into(),
+                    state: GateState::Failed,
+                    key: detail.clone(),
+                    detail,
                 }
+            }
+            GateVerdict::Waiting(lines) => GateRow {
+                gate: "approvals".into(),
+                state: GateState::Waiting,
+                key: lines.join("; "),
+                detail: lines.join("; "),
+            },
+            GateVerdict::Passed => {
+                let mut people: Vec<&str> = approvals
+                    .iter()
+                    .filter(|a| a.approved && !same_person(&a.approver, requester))
+                    .filter(|a| gates.approvals.iter().any(|r| a.roles.contains(&r.role)))
+                    .map(|a| display_principal(&a.approver))
+                    .collect();
+                people.dedup();
+                GateRow {
+                    gate: "approvals".into(),
+                    state: GateState::Met,
+                    detail: format!("approved by {}", people.join(", ")),
+                    key: "approvals-met".into(),
+                }
+            }
+        };
+        rows.push(row);
+    }
+    for check in &gates.checks {
+        rows.push(check_row(check, &facts.checks, now_ms));
+    }
+    GateReport { rows, rejected }
+}
+
+fn soak_row(env: &str, version: &str, needs: Duration, history: &History, now_ms: i64) -> GateRow {
+    let row = |state, detail: String, key: String| GateRow {
+        gate: "soak".into(),
+        state,
+        detail,
+        key,
+    };
+    match history.succeeded_in_after_env {
+        None => row(
+            GateState::Waiting,
+            format!(
+                "soak of {} in {env} starts once {version} has succeeded there",
+                compact(needs)
+            ),
+            format!("soak-not-started:{env}"),
+        ),
+        Some(facts) if !facts.still_current => row(
+            GateState::Waiting,
+            format!(
+                "soaking in {env}: {version} no longer runs there (replaced); deploy it there again"
+            ),
+            format!("soak-replaced:{env}"),
+        ),
+        Some(facts) => {
+            let served_ms = now_ms.saturating_sub(facts.finished_at_ms).max(0);
+            let served = Duration::from_millis(served_ms.unsigned_abs());
+            if served < needs {
+                row(
+                    GateState::Waiting,
+                    format!(
+                        "soaking in {env}: {} more (needs {})",
+                        compact(needs - served),
+                        compact(needs)
+                    ),
+                    format!("soak:{env}"),
+                )
+            } else {
+                row(
+                    GateState::Met,
+                    format!(
+                        "{version} served in {env} for {} (needs {})",
+                        compact(served),
+                        compact(needs)
+                    ),
+                    format!("soak-met:{env}"),
+                )
             }
         }
     }
-    for window in &gates.freeze {
-        if let Some(message) = freeze_open(window, now_ms) {
-            unmet.push(Unmet {
-                gate: "freeze".into(),
-                key: message.clone(),
-                message,
-            });
-        }
+}
+
+fn freeze_row(windows: &[FreezeWindow], overrides: &[Override], now_ms: i64) -> GateRow {
+    let mut unreadable = false;
+    let open: Vec<String> = windows
+        .iter()
+        .filter_map(|w| {
+            let line = freeze_open(w, now_ms);
+            unreadable |= line
+                .as_deref()
+                .is_some_and(|l| l.contains("cannot be read"));
+            line
+        })
+        .collect();
+    if open.is_empty() {
+        return GateRow {
+            gate: "freeze".into(),
+            state: GateState::Met,
+            detail: "no freeze window open".into(),
+            key: "freeze-closed".into(),
+        };
     }
-    match evaluate(&gates.approvals, approvals, requester) {
-        GateVerdict::Rejected { by, reason } => return GatesVerdict::Rejected { by, reason },
-        GateVerdict::Waiting(lines) => unmet.extend(lines.into_iter().map(|line| Unmet {
-            gate: "approvals".into(),
-            key: line.clone(),
-            message: line,
-        })),
-        GateVerdict::Passed => {}
+    let joined = open.join("; ");
+    if let Some(lifted) = overrides.iter().rev().find(|o| o.gate == "freeze") {
+        let detail = format!(
+            "overridden by {}: {}",
+            display_principal(&lifted.by),
+            lifted.reason
+        );
+        return GateRow {
+            gate: "freeze".into(),
+            state: GateState::Overridden,
+            key: detail.clone(),
+            detail,
+        };
     }
-    if unmet.is_empty() {
-        GatesVerdict::Passed
-    } else {
-        GatesVerdict::Waiting(unmet)
+    GateRow {
+        gate: "freeze".into(),
+        state: if unreadable {
+            GateState::Failed
+        } else {
+            GateState::Waiting
+        },
+        key: joined.clone(),
+        detail: joined,
+    }
+}
+
+/// A check result older than its interval plus its timeout (the time a re-run may take)
+/// is stale: pending again.
+fn check_row(check: &GateCheck, results: &[CheckResult], now_ms: i64) -> GateRow {
+    let gate = format!("checks:{}", check.name);
+    let latest = results.iter().rev().find(|r| r.name == check.name);
+    let fresh_ms =
+        i64::try_from((check.interval() + check.timeout()).as_millis()).unwrap_or(i64::MAX);
+    match latest {
+        None => GateRow {
+            key: format!("{gate}:pending"),
+            gate,
+            state: GateState::Waiting,
+            detail: "pending: not run yet".into(),
+        },
+        Some(r) if now_ms.saturating_sub(r.at_ms) > fresh_ms => GateRow {
+            key: format!("{gate}:pending"),
+            gate,
+            state: GateState::Waiting,
+            detail: format!(
+                "pending: last result is {} old (re-run every {})",
+                compact(Duration::from_millis(
+                    now_ms.saturating_sub(r.at_ms).unsigned_abs()
+                )),
+                compact(check.interval())
+            ),
+        },
+        Some(r) if r.passed => GateRow {
+            key: format!("{gate}:met"),
+            gate,
+            state: GateState::Met,
+            detail: format!("passed: {}", r.explanation),
+        },
+        Some(r) => GateRow {
+            key: format!("{gate}:failed:{}", r.explanation),
+            gate,
+            state: GateState::Failed,
+            detail: format!(
+                "{} (re-run every {})",
+                r.explanation,
+                compact(check.interval())
+            ),
+        },
+    }
+}
+
+/// Replaces `${VERSION}`, `${FERRY_ENV}` and `${FERRY_APP}` in a check's URL or argument.
+pub fn substitute(text: &str, version: &str, env: &str, app: &str) -> String {
+    text.replace("${VERSION}", version)
+        .replace("${FERRY_ENV}", env)
+        .replace("${FERRY_APP}", app)
+}
+
+/// Judges an HTTP check's answer: `(passed, one-line explanation)`.
+pub fn judge_http(check: &HttpGateCheck, status: u16, body: &str) -> (bool, String) {
+    let want = check.expect_status.unwrap_or(200);
+    if status != want {
+        return (false, format!("expected status {want}, got {status}"));
+    }
+    match &check.expect_body {
+        Some(text) if !body.contains(text.as_str()) => (
+            false,
+            format!("status {status}, but the body does not contain {text:?}"),
+        ),
+        Some(text) => (true, format!("status {status}, body contains {text:?}")),
+        None => (true, format!("status {status}")),
+    }
+}
+
+/// Judges a command check: exit 0 passes; otherwise `exit N: <last output line>`.
+pub fn judge_exit(code: Option<i32>, output: &str) -> (bool, String) {
+    let last = output
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| l.chars().take(200).collect::<String>());
+    let tail = last.map(|l| format!(": {l}")).unwrap_or_default();
+    match code {
+        Some(0) => (true, format!("exit 0{tail}")),
+        Some(n) => (false, format!("exit {n}{tail}")),
+        None => (false, format!("killed by a signal{tail}")),
     }
 }
 
@@ -806,5 +1155,490 @@ mod tests {
         assert!(parse_local("2026-12-20T00:00:00").is_ok());
         assert!(parse_local("2026-13-20T00:00:00").is_err());
         assert!(parse_local("tomorrow").is_err());
+    }
+
+    // gates: report, checks and overrides -------------------------------------------------
+
+    fn check(name: &str, interval_s: u64) -> GateCheck {
+        GateCheck {
+            name: name.into(),
+            run: Some(vec!["true".into()]),
+            interval: Some(HumanDuration(Duration::from_secs(interval_s))),
+            timeout: Some(HumanDuration(Duration::from_secs(1))),
+            ..GateCheck::default()
+        }
+    }
+
+    fn result(name: &str, passed: bool, explanation: &str, at_ms: i64) -> CheckResult {
+        CheckResult {
+            name: name.into(),
+            passed,
+            explanation: explanation.into(),
+            at_ms,
+        }
+    }
+
+    fn lift(by: &str, reason: &str) -> Override {
+        Override {
+            gate: "freeze".into(),
+            by: by.into(),
+            reason: reason.into(),
+            at_ms: 0,
+        }
+    }
+
+    fn always_frozen() -> FreezeWindow {
+        range_window("2000-01-01T00:00:00", "2999-01-01T00:00:00", None)
+    }
+
+    /// `(gate, state, detail)` of every row.
+    fn rows(report: &GateReport) -> Vec<(String, GateState, String)> {
+        report
+            .rows
+            .iter()
+            .map(|r| (r.gate.clone(), r.state, r.detail.clone()))
+            .collect()
+    }
+
+    fn row(gate: &str, state: GateState, detail: &str) -> (String, GateState, String) {
+        (gate.into(), state, detail.into())
+    }
+
+    #[test]
+    fn the_report_has_one_row_per_configured_gate_and_none_for_the_others() {
+        let facts = Facts::default();
+        let none = report(&Gates::default(), &History::default(), &[], "u", &facts, 0);
+        assert!(none.rows.is_empty());
+        assert_eq!(none.verdict(), GatesVerdict::Passed);
+        assert!(none.passed_lines().is_empty());
+
+        let gates = Gates {
+            approvals: vec![rule("approver", 1)],
+            freeze: vec![always_frozen()],
+            checks: vec![check("ci-green", 10), check("uat", 10)],
+            ..promotion(Some(600))
+        };
+        let now = at("2026-01-10T00:00:00Z");
+        let waiting = report(&gates, &history(None), &[], "user:alice", &facts, now);
+        assert_eq!(
+            rows(&waiting),
+            vec![
+                row(
+                    "after",
+                    GateState::Waiting,
+                    "waiting for 1.4.2 to succeed in staging"
+                ),
+                row(
+                    "soak",
+                    GateState::Waiting,
+                    "soak of 10m in staging starts once 1.4.2 has succeeded there"
+                ),
+                row(
+                    "freeze",
+                    GateState::Waiting,
+                    "freeze window 2000-01-01T00:00:00 to 2999-01-01T00:00:00 (UTC) open until 2999-01-01T00:00:00+00:00"
+                ),
+                row(
+                    "approvals",
+                    GateState::Waiting,
+                    "1 more approval from role approver (not user:alice)"
+                ),
+                row(
+                    "checks:ci-green",
+                    GateState::Waiting,
+                    "pending: not run yet"
+                ),
+                row("checks:uat", GateState::Waiting, "pending: not run yet"),
+            ]
+        );
+        // The soak that has not begun is not listed as unmet while `after` waits.
+        let GatesVerdict::Waiting(unmet) = waiting.verdict() else {
+            panic!("waiting")
+        };
+        let gates_unmet: Vec<&str> = unmet.iter().map(|u| u.gate.as_str()).collect();
+        assert_eq!(
+            gates_unmet,
+            vec![
+                "after",
+                "freeze",
+                "approvals",
+                "checks:ci-green",
+                "checks:uat"
+            ]
+        );
+
+        // Everything holds: every row met or overridden, and the verdict passes.
+        let soaked = SoakFacts {
+            finished_at_ms: now - 720_000,
+            still_current: true,
+        };
+        let facts = Facts {
+            checks: vec![
+                result("ci-green", true, "status 200", now - 1_000),
+                result("uat", true, "exit 0", now - 2_000),
+            ],
+            overrides: vec![lift("user:bob", "hotfix for INC-123")],
+        };
+        let approvals = [approval("user:carol", &["approver"], true)];
+        let passed = report(
+            &gates,
+            &history(Some(soaked)),
+            &approvals,
+            "user:alice",
+            &facts,
+            now,
+        );
+        assert_eq!(passed.verdict(), GatesVerdict::Passed);
+        assert_eq!(
+            passed.passed_lines(),
+            vec![
+                "gate after: met (1.4.2 succeeded in staging)",
+                "gate soak: met (1.4.2 served in staging for 12m (needs 10m))",
+                "gate freeze: overridden by bob: hotfix for INC-123",
+                "gate approvals: met (approved by carol)",
+                "gate checks:ci-green: met (passed: status 200)",
+                "gate checks:uat: met (passed: exit 0)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_check_is_pending_until_run_failed_while_failing_and_pending_again_when_stale() {
+        let gates = Gates {
+            checks: vec![check("ci-green", 10)],
+            ..Gates::default()
+        };
+        let judge = |results: Vec<CheckResult>, now: i64| {
+            let facts = Facts {
+                checks: results,
+                overrides: Vec::new(),
+            };
+            report(&gates, &History::default(), &[], "u", &facts, now)
+        };
+        let never = judge(Vec::new(), 50_000);
+        assert_eq!(never.rows[0].state, GateState::Waiting);
+        assert!(matches!(never.verdict(), GatesVerdict::Waiting(_)));
+
+        let failing = judge(
+            vec![result(
+                "ci-green",
+                false,
+                "expected status 200, got 503",
+                45_000,
+            )],
+            50_000,
+        );
+        assert_eq!(
+            rows(&failing),
+            vec![row(
+                "checks:ci-green",
+                GateState::Failed,
+                "expected status 200, got 503 (re-run every 10s)"
+            )]
+        );
+        // A failed check keeps the deployment waiting; it never rejects it.
+        let GatesVerdict::Waiting(unmet) = failing.verdict() else {
+            panic!("a failing check waits")
+        };
+        assert_eq!(unmet[0].gate, "checks:ci-green");
+        assert!(unmet[0].message.contains("got 503"));
+
+        // The latest result counts.
+        let passing = judge(
+            vec![
+                result("ci-green", false, "expected status 200, got 503", 30_000),
+                result("ci-green", true, "status 200", 45_000),
+            ],
+            50_000,
+        );
+        assert_eq!(passing.verdict(), GatesVerdict::Passed);
+
+        // Older than interval + timeout (11 s): pending again, even if it passed.
+        let at_edge = judge(vec![result("ci-green", true, "status 200", 39_000)], 50_000);
+        assert_eq!(at_edge.verdict(), GatesVerdict::Passed);
+        let stale = judge(vec![result("ci-green", true, "status 200", 38_999)], 50_000);
+        assert_eq!(
+            rows(&stale),
+            vec![row(
+                "checks:ci-green",
+                GateState::Waiting,
+                "pending: last result is 12s old (re-run every 10s)"
+            )]
+        );
+        // A result of another check does not count.
+        let other = judge(vec![result("uat", true, "exit 0", 49_000)], 50_000);
+        assert_eq!(other.rows[0].detail, "pending: not run yet");
+    }
+
+    #[test]
+    fn check_keys_change_with_the_failure_not_with_time() {
+        let gates = Gates {
+            checks: vec![check("ci", 10)],
+            ..Gates::default()
+        };
+        let key = |results: Vec<CheckResult>, now: i64| {
+            let facts = Facts {
+                checks: results,
+                overrides: Vec::new(),
+            };
+            report(&gates, &History::default(), &[], "u", &facts, now).rows[0]
+                .key
+                .clone()
+        };
+        let a = key(vec![result("ci", false, "exit 1: no", 1_000)], 2_000);
+        let b = key(vec![result("ci", false, "exit 1: no", 9_000)], 9_500);
+        let c = key(vec![result("ci", false, "exit 2: other", 9_000)], 9_500);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            key(Vec::new(), 0),
+            key(vec![result("ci", true, "", 0)], 100_000)
+        );
+    }
+
+    #[test]
+    fn a_freeze_override_lifts_an_open_window_only() {
+        let gates = Gates {
+            freeze: vec![always_frozen()],
+            ..Gates::default()
+        };
+        let facts = Facts {
+            checks: Vec::new(),
+            overrides: vec![lift("user:bob", "hotfix for INC-123")],
+        };
+        let lifted = report(
+            &gates,
+            &History::default(),
+            &[],
+            "u",
+            &facts,
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(
+            rows(&lifted),
+            vec![row(
+                "freeze",
+                GateState::Overridden,
+                "overridden by bob: hotfix for INC-123"
+            )]
+        );
+        assert_eq!(lifted.verdict(), GatesVerdict::Passed);
+        // The latest override names who lifted it.
+        let two = Facts {
+            checks: Vec::new(),
+            overrides: vec![lift("user:bob", "first"), lift("token:ci", "second")],
+        };
+        let lifted = report(
+            &gates,
+            &History::default(),
+            &[],
+            "u",
+            &two,
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(lifted.rows[0].detail, "overridden by token:ci: second");
+        // An override of another gate does not lift the freeze.
+        let other = Facts {
+            checks: Vec::new(),
+            overrides: vec![Override {
+                gate: "approvals".into(),
+                ..lift("user:bob", "x")
+            }],
+        };
+        let held = report(
+            &gates,
+            &History::default(),
+            &[],
+            "u",
+            &other,
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(held.rows[0].state, GateState::Waiting);
+        // A closed window is met, override or not.
+        let closed = Gates {
+            freeze: vec![range_window(
+                "2026-12-20T00:00:00",
+                "2027-01-03T00:00:00",
+                None,
+            )],
+            ..Gates::default()
+        };
+        let met = report(
+            &closed,
+            &History::default(),
+            &[],
+            "u",
+            &facts,
+            at("2026-06-01T00:00:00Z"),
+        );
+        assert_eq!(
+            rows(&met),
+            vec![row("freeze", GateState::Met, "no freeze window open")]
+        );
+        // An override does not lift the other gates.
+        let with_approval = Gates {
+            approvals: vec![rule("approver", 1)],
+            ..gates.clone()
+        };
+        let still = report(
+            &with_approval,
+            &History::default(),
+            &[],
+            "user:alice",
+            &facts,
+            at("2026-01-01T00:00:00Z"),
+        );
+        let GatesVerdict::Waiting(unmet) = still.verdict() else {
+            panic!("approvals still wait")
+        };
+        assert_eq!(unmet.len(), 1);
+        assert_eq!(unmet[0].gate, "approvals");
+    }
+
+    #[test]
+    fn a_rejection_is_a_failed_row_and_ends_it_whatever_the_checks_say() {
+        let gates = Gates {
+            approvals: vec![rule("approver", 1)],
+            checks: vec![check("ci", 10)],
+            ..Gates::default()
+        };
+        let facts = Facts {
+            checks: vec![result("ci", true, "status 200", 0)],
+            overrides: Vec::new(),
+        };
+        let rejected = [approval("user:bob", &["approver"], false)];
+        let r = report(
+            &gates,
+            &History::default(),
+            &rejected,
+            "user:alice",
+            &facts,
+            1,
+        );
+        assert_eq!(
+            rows(&r)[0],
+            row("approvals", GateState::Failed, "rejected by bob: not ready")
+        );
+        assert_eq!(
+            r.verdict(),
+            GatesVerdict::Rejected {
+                by: "user:bob".into(),
+                reason: "not ready".into()
+            }
+        );
+        // Approved by several people: each is named once, the requester never.
+        let approvals = [
+            approval("user:bob", &["approver"], true),
+            approval("user:alice", &["approver"], true),
+            approval("token:ci", &["approver"], true),
+        ];
+        let r = report(
+            &gates,
+            &History::default(),
+            &approvals,
+            "user:alice",
+            &facts,
+            1,
+        );
+        assert_eq!(r.rows[0].detail, "approved by bob, token:ci");
+        assert_eq!(r.verdict(), GatesVerdict::Passed);
+    }
+
+    #[test]
+    fn soak_rows_say_how_long_and_when_replaced() {
+        let gates = promotion(Some(600));
+        let facts = Facts::default();
+        let replaced = SoakFacts {
+            finished_at_ms: 0,
+            still_current: false,
+        };
+        let r = report(
+            &gates,
+            &history(Some(replaced)),
+            &[],
+            "u",
+            &facts,
+            1_000_000,
+        );
+        assert_eq!(r.rows[0].state, GateState::Met);
+        assert_eq!(r.rows[1].state, GateState::Waiting);
+        assert!(r.rows[1].detail.contains("no longer runs there"));
+        let GatesVerdict::Waiting(unmet) = r.verdict() else {
+            panic!("waiting")
+        };
+        assert_eq!(unmet.len(), 1);
+        assert_eq!(unmet[0].gate, "soak");
+    }
+
+    #[test]
+    fn substitution_and_judges() {
+        assert_eq!(
+            substitute(
+                "http://ci/${FERRY_APP}/${FERRY_ENV}/${VERSION}?v=${VERSION}",
+                "1.2.0",
+                "production",
+                "shop"
+            ),
+            "http://ci/shop/production/1.2.0?v=1.2.0"
+        );
+        assert_eq!(substitute("${HOME}", "1", "e", "a"), "${HOME}");
+        let http = HttpGateCheck {
+            url: "http://x".into(),
+            expect_status: None,
+            expect_body: Some("success".into()),
+        };
+        assert_eq!(
+            judge_http(&http, 503, "success"),
+            (false, "expected status 200, got 503".to_string())
+        );
+        assert_eq!(
+            judge_http(&http, 200, "pending"),
+            (
+                false,
+                "status 200, but the body does not contain \"success\"".to_string()
+            )
+        );
+        assert!(judge_http(&http, 200, "build: success").0);
+        let plain = HttpGateCheck {
+            url: "http://x".into(),
+            expect_status: Some(204),
+            expect_body: None,
+        };
+        assert_eq!(
+            judge_http(&plain, 204, ""),
+            (true, "status 204".to_string())
+        );
+        assert_eq!(
+            judge_exit(Some(1), "starting\nno such file: /srv/uat/1.0.ok\n\n"),
+            (false, "exit 1: no such file: /srv/uat/1.0.ok".to_string())
+        );
+        assert_eq!(judge_exit(Some(0), ""), (true, "exit 0".to_string()));
+        assert_eq!(
+            judge_exit(None, ""),
+            (false, "killed by a signal".to_string())
+        );
+        let long = "x".repeat(1000);
+        assert!(judge_exit(Some(2), &long).1.len() < 220);
+    }
+
+    #[test]
+    fn states_read_as_words() {
+        assert_eq!(
+            serde_json::to_value(GateState::Overridden).expect("json"),
+            serde_json::json!("overridden")
+        );
+        for s in [
+            GateState::Met,
+            GateState::Waiting,
+            GateState::Failed,
+            GateState::Overridden,
+        ] {
+            assert_eq!(
+                serde_json::to_value(s).expect("json"),
+                serde_json::json!(s.as_str())
+            );
+        }
+        assert!(GateState::Met.passes() && GateState::Overridden.passes());
+        assert!(!GateState::Waiting.passes() && !GateState::Failed.passes());
     }
 }

@@ -219,6 +219,71 @@ pub struct Gates {
     /// requested by whoever requested the deployment in `after`. Needs `after`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_promote: bool,
+    // gates:
+    /// External checks that must pass (an HTTP answer, or a command exiting 0); re-run every
+    /// `interval` while the deployment waits. A failing check keeps it waiting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<GateCheck>,
+}
+
+/// One external check of the `checks` gate: exactly one of `http` or `run`. `${VERSION}`,
+/// `${FERRY_ENV}` and `${FERRY_APP}` are replaced in the URL, the body and the arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    { "required": ["http"], "not": { "required": ["run"] } },
+    { "required": ["run"], "not": { "required": ["http"] } }
+]))]
+pub struct GateCheck {
+    /// Names the check in reports (`checks:NAME`); unique in the environment.
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"),
+        example = "ci-green"
+    )]
+    pub name: String,
+    /// Passes when a GET of `url` answers `expect_status` (and its body contains `expect_body`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpGateCheck>,
+    /// Passes when this command (argv, run in the manifest's directory) exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Vec<String>>,
+    /// How often the check is re-run while the deployment waits (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
+    /// How long one run may take (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+}
+
+impl GateCheck {
+    /// `interval`, or its default of 10 s.
+    pub fn interval(&self) -> Duration {
+        self.interval
+            .map(HumanDuration::get)
+            .unwrap_or(Duration::from_secs(10))
+    }
+
+    /// `timeout`, or its default of 5 s.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+            .map(HumanDuration::get)
+            .unwrap_or(Duration::from_secs(5))
+    }
+}
+
+/// The `http` form of a gate check.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGateCheck {
+    /// `http://` or `https://` URL fetched with GET.
+    #[schemars(example = "http://127.0.0.1:9000/status/${VERSION}")]
+    pub url: String,
+    /// The status the answer must have (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+    /// Text the body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_body: Option<String>,
 }
 
 /// A freeze window: either recurring (`cron` + `duration`) or absolute (`from` + `until`),

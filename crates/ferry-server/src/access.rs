@@ -454,6 +454,21 @@ pub static RULES: &[Rule] = &[
         Perm(P::Deploy),
         BodyTo,
     ),
+    // gates:
+    rule(
+        Method::GET,
+        "/v1/deployments/{id}/gates",
+        "gates",
+        Perm(P::View),
+        Deployment,
+    ),
+    rule(
+        Method::POST,
+        "/v1/deployments/{id}/overrides",
+        "gates.override",
+        Perm(P::OverrideFreeze),
+        Deployment,
+    ),
 ];
 
 /// Path templates under `/v1/apps/{app}/envs/{env}`.

@@ -136,6 +136,12 @@ pub fn router(state: AppState) -> Router {
             get(crate::releases::show),
         )
         .route("/v1/apps/{app}/promotions", post(crate::releases::promote))
+        // gates:
+        .route("/v1/deployments/{id}/gates", get(crate::gates::status))
+        .route(
+            "/v1/deployments/{id}/overrides",
+            post(crate::gates::create_override),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), access::gate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -768,6 +774,9 @@ mod tests {
             "/v1/apps/{app}/releases",
             "/v1/apps/{app}/releases/{version}",
             "/v1/apps/{app}/promotions",
+            // gates:
+            "/v1/deployments/{id}/gates",
+            "/v1/deployments/{id}/overrides",
         ]
         .into_iter()
         .map(String::from)

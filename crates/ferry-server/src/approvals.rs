@@ -33,6 +33,11 @@ pub struct ApprovalStatus {
     /// One line per unmet rule; empty when the gate holds.
     pub waiting_for: Vec<String>,
     pub rejected: Option<String>,
+    // gates:
+    /// Every configured gate of the environment with its state (the same rows as
+    /// `GET /v1/deployments/{id}/gates`).
+    #[serde(default)]
+    pub gates: Vec<gates::GateRow>,
 }
 
 /// `GET /v1/deployments/{id}/approvals`
@@ -199,11 +204,15 @@ async fn status(state: &AppState, id: i64) -> ApiResult<ApprovalStatus> {
                 (Vec::new(), Some(format!("rejected by {by}: {reason}")))
             }
         };
+    let rows = crate::gates::report_for(&state.store, &deployment, &gates, now_ms())
+        .await?
+        .rows;
     Ok(ApprovalStatus {
         deployment: deployment.view(),
         approvals,
         waiting_for,
         rejected,
+        gates: rows,
     })
 }
 

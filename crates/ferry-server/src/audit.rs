@@ -471,7 +471,14 @@ async fn build_change_record(store: &Store, id: i64) -> ApiResult<ChangeRecord> 
         traffic,
         audit: audit_records,
         approvals: store.approvals(id).await.map_err(internal)?,
-        gates: Vec::new(),
+        // gates: the gates lifted for this deployment (who, when, why)
+        gates: store
+            .overrides(id)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter_map(|o| serde_json::to_value(o).ok())
+            .collect(),
         hooks: Vec::new(),
         generated_at_ms: now_ms(),
     })

@@ -96,6 +96,9 @@ pub struct Controller {
     torn_down: AtomicBool,
     /// Decrypts each environment's secrets when its replicas start.
     secrets: Arc<crate::secrets::Secrets>,
+    // gates:
+    /// Runs the external gate checks of waiting deployments in the background.
+    gate_checks: crate::gates::CheckRunner,
 }
 
 impl Controller {
@@ -120,6 +123,7 @@ impl Controller {
             http: reqwest::Client::new(),
             torn_down: AtomicBool::new(false),
             secrets,
+            gate_checks: crate::gates::CheckRunner::default(),
         })
     }
 
@@ -731,15 +735,31 @@ impl Controller {
         }
         let history = self.gate_history(deployment, &env_gates).await?;
         let approvals = self.store.approvals(deployment.id).await?;
-        match gates::evaluate_gates(
+        let now = now_ms();
+        let facts = crate::gates::facts(&self.store, deployment.id).await?;
+        self.gate_checks
+            .start_due(&self.store, deployment, &env_gates, &facts.checks, now)
+            .await;
+        let report = gates::report(
             &env_gates,
             &history,
             &approvals,
             &deployment.requested_by,
-            now_ms(),
-        ) {
+            &facts,
+            now,
+        );
+        match report.verdict() {
             gates::GatesVerdict::Passed => {
                 self.unmet_gates_changed(deployment.id, None);
+                // History shows every gate and who or what passed it.
+                for line in report.passed_lines() {
+                    self.event(deployment.id, "gate", &line).await;
+                }
+                if !report.rows.is_empty() {
+                    self.store
+                        .record_passed_gates(deployment.id, &report.rows, now)
+                        .await?;
+                }
                 Ok(true)
             }
             gates::GatesVerdict::Waiting(unmet) => {
@@ -791,44 +811,7 @@ impl Controller {
         deployment: &DeploymentRecord,
         env_gates: &ferry_core::manifest::Gates,
     ) -> Result<gates::History, ServerError> {
-        let mut history = gates::History {
-            version: deployment.version.clone(),
-            succeeded_in_after_env: None,
-        };
-        let Some(after) = &env_gates.after else {
-            return Ok(history);
-        };
-        let recent = self
-            .store
-            .list_deployments(&deployment.app, after, 1000)
-            .await?;
-        let latest = recent
-            .iter()
-            .find(|d| d.state == DeploymentState::Succeeded && d.version == deployment.version);
-        let finished_at_ms = match latest {
-            Some(d) => Some(d.finished_at_ms.unwrap_or(d.updated_at_ms)),
-            // Older than the last 1000 deployments there: it succeeded long ago.
-            None if self
-                .store
-                .version_succeeded_in(&deployment.app, after, &deployment.version)
-                .await? =>
-            {
-                Some(0)
-            }
-            None => None,
-        };
-        if let Some(finished_at_ms) = finished_at_ms {
-            let current = self
-                .store
-                .env_current(&deployment.app, after)
-                .await?
-                .and_then(|e| e.current_version);
-            history.succeeded_in_after_env = Some(gates::SoakFacts {
-                finished_at_ms,
-                still_current: current.as_deref() == Some(deployment.version.as_str()),
-            });
-        }
-        Ok(history)
+        Ok(crate::gates::history(&self.store, deployment, env_gates).await?)
     }
 
     /// Whether the unmet gates of a waiting deployment differ from the last time they were
@@ -1796,11 +1779,15 @@ impl Controller {
                 .env_current(app, env_name)
                 .await?
                 .and_then(|e| e.current_version);
-            let latest_deployment = self
-                .store
-                .latest_deployment(app, env_name)
-                .await?
-                .map(|d| d.view());
+            let latest_deployment = match self.store.latest_deployment(app, env_name).await? {
+                Some(d) => {
+                    let mut view = d.view();
+                    // gates: the rows of a deployment waiting at its gates
+                    view.gates = crate::gates::rows_if_waiting(&self.store, &d).await?;
+                    Some(view)
+                }
+                None => None,
+            };
             let replicas = replicas
                 .iter()
                 .filter(|r| r.env == env_name)

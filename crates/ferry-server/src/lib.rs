@@ -19,6 +19,8 @@ mod auth;
 mod clock;
 mod controller;
 mod error;
+// gates:
+mod gates;
 mod identity;
 mod logs;
 mod notify;

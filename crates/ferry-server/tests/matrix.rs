@@ -322,6 +322,19 @@ const TABLE: &[Row] = &[
         Some(r#"{"from": "dev", "to": "{env}"}"#),
         Perm(P::Deploy, AppEnv),
     ),
+    // gates:
+    row(
+        "GET",
+        "/v1/deployments/{dep}/gates",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/deployments/{dep}/overrides",
+        Some(r#"{"gate": "freeze", "reason": "matrix {n}"}"#),
+        Perm(P::OverrideFreeze, AppEnv),
+    ),
 ];
 
 /// The rules spelled independently of the server: a binding on `shop [staging]` grants a

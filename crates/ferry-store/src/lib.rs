@@ -28,6 +28,8 @@ mod identity;
 mod secrets;
 // releases:
 mod releases;
+// gates:
+mod gates;
 
 pub use audit::{AuditQuery, CheckpointRecord};
 pub use identity::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
@@ -150,6 +152,7 @@ impl DeploymentRecord {
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
             finished_at_ms: self.finished_at_ms,
+            gates: Vec::new(),
         }
     }
 }
@@ -227,6 +230,12 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "releases",
         include_str!("../migrations/sqlite/0005_releases.sql"),
     ),
+    // gates:
+    (
+        8,
+        "gates",
+        include_str!("../migrations/sqlite/0008_gates.sql"),
+    ),
 ];
 
 /// The migration files this build embeds for an engine (`(version, description)`), for tests.
@@ -265,6 +274,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "releases",
         include_str!("../migrations/postgres/0005_releases.sql"),
+    ),
+    (
+        8,
+        "gates",
+        include_str!("../migrations/postgres/0008_gates.sql"),
     ),
 ];
 

@@ -1891,6 +1891,99 @@ pub async fn release_facts_per_version_and_env(store: Store, _url: String) {
     assert_eq!(currents, [("dev", Some("1.0.0")), ("qa", Some("1.0.0"))]);
 }
 
+// gates:
+pub async fn gate_check_results_and_overrides(store: Store, _url: String) {
+    use ferry_core::gates::{CheckResult, Override};
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let other = store
+        .create_deployment(new_deployment("shop", "staging", "1.0.0", 1))
+        .await
+        .unwrap();
+    let result = |name: &str, passed: bool, explanation: &str, at_ms: i64| CheckResult {
+        name: name.into(),
+        passed,
+        explanation: explanation.into(),
+        at_ms,
+    };
+    assert!(store.check_results(d.id).await.unwrap().is_empty());
+    store
+        .record_check_result(
+            d.id,
+            &result("ci", false, "expected status 200, got 503", 10),
+        )
+        .await
+        .unwrap();
+    store
+        .record_check_result(d.id, &result("uat", false, "exit 1: missing", 11))
+        .await
+        .unwrap();
+    // the latest result replaces the previous one of the same check
+    store
+        .record_check_result(d.id, &result("ci", true, "status 200", 20))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.check_results(d.id).await.unwrap(),
+        vec![
+            result("ci", true, "status 200", 20),
+            result("uat", false, "exit 1: missing", 11)
+        ]
+    );
+    assert!(store.check_results(other.id).await.unwrap().is_empty());
+
+    let lift = |by: &str, reason: &str, at_ms: i64| Override {
+        gate: "freeze".into(),
+        by: by.into(),
+        reason: reason.into(),
+        at_ms,
+    };
+    assert!(store.overrides(d.id).await.unwrap().is_empty());
+    store
+        .record_override(d.id, &lift("user:bob", "hotfix for INC-123", 30))
+        .await
+        .unwrap();
+    store
+        .record_override(d.id, &lift("user:carol", "again", 31))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.overrides(d.id).await.unwrap(),
+        vec![
+            lift("user:bob", "hotfix for INC-123", 30),
+            lift("user:carol", "again", 31)
+        ]
+    );
+    assert!(store.overrides(other.id).await.unwrap().is_empty());
+
+    // the rows as they stood when the deployment passed its gates
+    use ferry_core::gates::{GateRow, GateState};
+    let passed = vec![
+        GateRow {
+            gate: "freeze".into(),
+            state: GateState::Overridden,
+            detail: "overridden by bob: hotfix for INC-123".into(),
+            key: String::new(),
+        },
+        GateRow {
+            gate: "checks:ci".into(),
+            state: GateState::Met,
+            detail: "passed: status 200".into(),
+            key: String::new(),
+        },
+    ];
+    assert_eq!(store.passed_gates(d.id).await.unwrap(), None);
+    store
+        .record_passed_gates(d.id, &passed[..1], 40)
+        .await
+        .unwrap();
+    store.record_passed_gates(d.id, &passed, 41).await.unwrap();
+    assert_eq!(store.passed_gates(d.id).await.unwrap(), Some((passed, 41)));
+    assert_eq!(store.passed_gates(other.id).await.unwrap(), None);
+}
+
 macro_rules! contract_tests {
     ($engine:ident, $fresh:ident: $($case:ident),* $(,)?) => {
         mod $engine {
@@ -1945,6 +2038,8 @@ on_every_engine!(
     // releases:
     releases_are_immutable_and_bare_ones_completed_once,
     release_facts_per_version_and_env,
+    // gates:
+    gate_check_results_and_overrides,
 );
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ mod audit;
 mod client;
 mod commands;
 mod config;
+// gates:
+mod gates;
 mod identity;
 mod output;
 mod progressive;
@@ -324,6 +326,10 @@ enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
+    // gates:
+    /// Show every gate of a deployment with its state (GATE / STATE / DETAIL), or
+    /// `ferry gates override ID --gate freeze --reason "…"` to lift a freeze for it.
+    Gates(gates::GatesArgs),
     /// Print the JSON Schema of ferry.yaml (for editors).
     Schema,
     /// Stop every replica and the proxy, then the server (nothing keeps running).
@@ -605,6 +611,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 // releases:
                 Command::Release(cmd) => releases::run(&client, cmd).await,
                 Command::Releases { app, out } => releases::list(&client, &app, out.output).await,
+                // gates:
+                Command::Gates(args) => gates::run(&client, args).await,
                 Command::Server { .. }
                 | Command::Proxy { .. }
                 | Command::Quickstart { .. }

@@ -626,6 +626,138 @@ fn check_promotion_gates(
         wpath.push(Seg::Index(i));
         check_freeze_window(out, &wpath, window);
     }
+    check_gate_checks(out, gpath, gates);
+}
+
+/// Placeholders a gate check may use.
+pub(crate) const CHECK_PLACEHOLDERS: [&str; 3] = ["VERSION", "FERRY_ENV", "FERRY_APP"];
+
+/// `${NAME}` placeholders of `text` that a gate check does not know.
+fn unknown_check_placeholders(text: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                if !CHECK_PLACEHOLDERS.contains(&name) {
+                    bad.push(name.to_string());
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                bad.push(format!("${{{after}"));
+                break;
+            }
+        }
+    }
+    bad
+}
+
+// gates:
+/// Each check: a unique name, exactly one of `http`/`run`, known placeholders, sane times.
+fn check_gate_checks(out: &mut Issues, gpath: &[Seg], gates: &Gates) {
+    let placeholder_hint =
+        || Some("gate checks know `${VERSION}`, `${FERRY_ENV}` and `${FERRY_APP}`".to_string());
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, check) in gates.checks.iter().enumerate() {
+        let mut cpath = with(gpath, "checks");
+        cpath.push(Seg::Index(i));
+        let name = check.name.as_str();
+        let valid_name = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid_name {
+            out.value(
+                with(&cpath, "name"),
+                format!("invalid check name {name:?}"),
+                Some("letters, digits, `.`, `_` and `-` (at most 63), e.g. `ci-green`".into()),
+            );
+        } else if seen.contains(&name) {
+            out.value(
+                with(&cpath, "name"),
+                format!("check `{name}` is defined twice in this environment"),
+                Some("give each check its own name".into()),
+            );
+        }
+        seen.push(name);
+        match (&check.http, &check.run) {
+            (Some(_), Some(_)) => out.value(
+                cpath.clone(),
+                "a check is either `http` or `run`, not both",
+                Some("split it into two checks".into()),
+            ),
+            (None, None) => out.value(
+                cpath.clone(),
+                "a check needs `http` or `run`",
+                Some(
+                    "e.g. `http: { url: \"http://ci/status/${VERSION}\", expect_status: 200 }` or `run: [\"sh\", \"-c\", \"test -f /srv/uat/${VERSION}.ok\"]`".into(),
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(http) = &check.http {
+            let hpath = with(&cpath, "http");
+            let url = http.url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                out.value(
+                    with(&hpath, "url"),
+                    format!("check URL {:?} is not an http:// or https:// URL", http.url),
+                    Some("e.g. `http://127.0.0.1:9000/status/${VERSION}`".into()),
+                );
+            }
+            for bad in unknown_check_placeholders(&http.url) {
+                out.value(
+                    with(&hpath, "url"),
+                    format!("unknown placeholder `{bad}`"),
+                    placeholder_hint(),
+                );
+            }
+            if let Some(status) = http.expect_status
+                && !(100..=599).contains(&status)
+            {
+                out.value(
+                    with(&hpath, "expect_status"),
+                    format!("{status} is not an HTTP status"),
+                    Some("a status from 100 to 599, e.g. 200".into()),
+                );
+            }
+        }
+        if let Some(run) = &check.run {
+            let rpath = with(&cpath, "run");
+            if run.first().is_none_or(|p| p.trim().is_empty()) {
+                out.value(
+                    rpath.clone(),
+                    "`run` needs a program",
+                    Some("argv form, e.g. `[\"sh\", \"-c\", \"test -f ok\"]`".into()),
+                );
+            }
+            for (j, arg) in run.iter().enumerate() {
+                for bad in unknown_check_placeholders(arg) {
+                    let mut apath = rpath.clone();
+                    apath.push(Seg::Index(j));
+                    out.value(
+                        apath,
+                        format!("unknown placeholder `{bad}`"),
+                        placeholder_hint(),
+                    );
+                }
+            }
+        }
+        if let Some(interval) = check.interval {
+            positive(out, with(&cpath, "interval"), interval);
+        }
+        if let Some(timeout) = check.timeout {
+            positive(out, with(&cpath, "timeout"), timeout);
+        }
+    }
 }
 
 fn check_freeze_window(out: &mut Issues, wpath: &[Seg], w: &FreezeWindow) {
@@ -966,5 +1098,96 @@ mod tests {
                 "{gates}: {errors:?}"
             );
         }
+    }
+
+    // gates: checks ---------------------------------------------------------------------
+
+    #[test]
+    fn good_gate_checks_parse() {
+        let text = format!(
+            "{HEAD}  production:\n    listen: 127.0.0.1:8082\n    gates:\n      checks:\n        - name: ci-green\n          http: {{ url: \"http://127.0.0.1:9000/status/${{VERSION}}\", expect_status: 200, expect_body: success }}\n          interval: 2s\n          timeout: 1s\n        - name: uat-signed-off\n          run: [\"sh\", \"-c\", \"test -f /srv/uat/${{VERSION}}-${{FERRY_ENV}}-${{FERRY_APP}}.ok\"]\n"
+        );
+        let m = crate::manifest::parse(&text, "ferry.yaml").expect("valid");
+        let gates = m
+            .environments
+            .get("production")
+            .and_then(|e| e.gates.clone())
+            .expect("gates");
+        assert_eq!(gates.checks.len(), 2);
+        assert_eq!(gates.checks[0].name, "ci-green");
+        assert_eq!(gates.checks[0].interval().as_secs(), 2);
+        assert_eq!(gates.checks[1].interval().as_secs(), 10, "default");
+        assert_eq!(gates.checks[1].timeout().as_secs(), 5, "default");
+        assert_eq!(
+            gates.checks[0].http.as_ref().and_then(|h| h.expect_status),
+            Some(200)
+        );
+    }
+
+    #[test]
+    fn gate_checks_are_checked_field_by_field() {
+        for (gates, expected, field) in [
+            (
+                "{ checks: [ { name: a, http: { url: \"http://x/\" }, run: [\"true\"] } ] }",
+                "either `http` or `run`, not both",
+                "checks[0]",
+            ),
+            (
+                "{ checks: [ { name: a } ] }",
+                "needs `http` or `run`",
+                "checks[0]",
+            ),
+            (
+                "{ checks: [ { name: a, run: [\"true\"] }, { name: a, run: [\"true\"] } ] }",
+                "defined twice",
+                "checks[1].name",
+            ),
+            (
+                "{ checks: [ { name: \"bad name\", run: [\"true\"] } ] }",
+                "invalid check name",
+                "checks[0].name",
+            ),
+            (
+                "{ checks: [ { name: a, http: { url: \"ftp://x/\" } } ] }",
+                "not an http:// or https:// URL",
+                "checks[0].http.url",
+            ),
+            (
+                "{ checks: [ { name: a, http: { url: \"http://x/${PORT}\" } } ] }",
+                "unknown placeholder `PORT`",
+                "checks[0].http.url",
+            ),
+            (
+                "{ checks: [ { name: a, http: { url: \"http://x/\", expect_status: 999 } } ] }",
+                "not an HTTP status",
+                "checks[0].http.expect_status",
+            ),
+            (
+                "{ checks: [ { name: a, run: [] } ] }",
+                "needs a program",
+                "checks[0].run",
+            ),
+            (
+                "{ checks: [ { name: a, run: [\"sh\", \"${HOME}\"] } ] }",
+                "unknown placeholder `HOME`",
+                "checks[0].run[1]",
+            ),
+            (
+                "{ checks: [ { name: a, run: [\"true\"], interval: 0s } ] }",
+                "greater than 0",
+                "checks[0].interval",
+            ),
+        ] {
+            let errors = gate_errors(gates);
+            assert_eq!(errors.len(), 1, "{gates}: {errors:?}");
+            assert!(errors[0].contains(expected), "{gates}: {errors:?}");
+            assert!(
+                errors[0].contains(&format!("environments.production.gates.{field}:")),
+                "{gates}: {errors:?}"
+            );
+        }
+        // Unknown fields are refused by the typed parse.
+        let errors = gate_errors("{ checks: [ { name: a, run: [\"true\"], every: 1s } ] }");
+        assert!(!errors.is_empty());
     }
 }

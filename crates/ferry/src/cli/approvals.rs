@@ -29,6 +29,9 @@ struct ApprovalStatus {
     approvals: Vec<Approval>,
     waiting_for: Vec<String>,
     rejected: Option<String>,
+    // gates:
+    #[serde(default)]
+    gates: Vec<ferry_core::gates::GateRow>,
 }
 
 pub async fn approve(client: &Client, args: ApproveArgs) -> anyhow::Result<()> {
@@ -82,6 +85,9 @@ fn show(status: &ApprovalStatus, format: Format) -> anyhow::Result<()> {
         for line in &status.waiting_for {
             println!("  waiting for {line}");
         }
+    }
+    if !status.gates.is_empty() {
+        print!("{}", super::gates::rows_table(&status.gates, 2));
     }
     Ok(())
 }

@@ -305,6 +305,17 @@ pub(super) fn summary_lines(status: &EnvStatus, now: i64) -> Vec<String> {
     if let Some(rollout) = &status.rollout {
         lines.extend(super::progressive::rollout_lines(rollout));
     }
+    // gates: the gates a waiting deployment is held at
+    if let Some(dep) = &status.latest_deployment
+        && !dep.gates.is_empty()
+    {
+        lines.push("  gates".to_string());
+        lines.extend(
+            super::gates::rows_table(&dep.gates, 4)
+                .lines()
+                .map(str::to_string),
+        );
+    }
     lines
 }
 

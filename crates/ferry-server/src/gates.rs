@@ -1,0 +1,439 @@
+//! The shell around `ferry_core::gates`: gathers the facts a gate report needs (history in
+//! the `after` environment, approvals, check results, overrides), runs the external gate
+//! checks of waiting deployments in the background (never blocking the controller loop),
+//! and serves `GET /v1/deployments/{id}/gates` and `POST /v1/deployments/{id}/overrides`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
+use ferry_core::api::DeploymentView;
+use ferry_core::gates::{self, CheckResult, Facts, GateReport, GateRow, Override};
+use ferry_core::manifest::{GateCheck, Gates, Manifest};
+use ferry_core::model::DeploymentState;
+use ferry_store::{DeploymentRecord, Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{Access, AuditSlot};
+use crate::api::{ApiFailure, ApiResult, AppState};
+use crate::clock::now_ms;
+
+/// Whether a deployment still waits at its gates (and so may run checks, get overrides and
+/// show its gate rows in `ferry status`).
+pub fn waiting(state: DeploymentState) -> bool {
+    matches!(
+        state,
+        DeploymentState::Pending | DeploymentState::AwaitingApproval
+    )
+}
+
+/// The gates of `env` in the app's current manifest (none: the default, no gate).
+pub async fn gates_of(store: &Store, app: &str, env: &str) -> Result<Gates, StoreError> {
+    let record = store.get_app(app).await?;
+    let manifest: Option<Manifest> =
+        record.and_then(|r| serde_json::from_str(&r.manifest_json).ok());
+    Ok(manifest
+        .and_then(|m| m.environments.get(env).and_then(|e| e.gates.clone()))
+        .unwrap_or_default())
+}
+
+/// What the `after` and `soak` gates need to know: the latest successful deployment of
+/// this version in the `after` environment, and whether that environment still runs it.
+pub async fn history(
+    store: &Store,
+    deployment: &DeploymentRecord,
+    env_gates: &Gates,
+) -> Result<gates::History, StoreError> {
+    let mut history = gates::History {
+        version: deployment.version.clone(),
+        succeeded_in_after_env: None,
+    };
+    let Some(after) = &env_gates.after else {
+        return Ok(history);
+    };
+    let recent = store.list_deployments(&deployment.app, after, 1000).await?;
+    let latest = recent
+        .iter()
+        .find(|d| d.state == DeploymentState::Succeeded && d.version == deployment.version);
+    let finished_at_ms = match latest {
+        Some(d) => Some(d.finished_at_ms.unwrap_or(d.updated_at_ms)),
+        // Older than the last 1000 deployments there: it succeeded long ago.
+        None if store
+            .version_succeeded_in(&deployment.app, after, &deployment.version)
+            .await? =>
+        {
+            Some(0)
+        }
+        None => None,
+    };
+    if let Some(finished_at_ms) = finished_at_ms {
+        let current = store
+            .env_current(&deployment.app, after)
+            .await?
+            .and_then(|e| e.current_version);
+        history.succeeded_in_after_env = Some(gates::SoakFacts {
+            finished_at_ms,
+            still_current: current.as_deref() == Some(deployment.version.as_str()),
+        });
+    }
+    Ok(history)
+}
+
+/// Check results and overrides recorded for a deployment.
+pub async fn facts(store: &Store, deployment_id: i64) -> Result<Facts, StoreError> {
+    Ok(Facts {
+        checks: store.check_results(deployment_id).await?,
+        overrides: store.overrides(deployment_id).await?,
+    })
+}
+
+/// The gate report of a deployment against `env_gates` at `now`.
+pub async fn report_for(
+    store: &Store,
+    deployment: &DeploymentRecord,
+    env_gates: &Gates,
+    now: i64,
+) -> Result<GateReport, StoreError> {
+    let history = history(store, deployment, env_gates).await?;
+    let approvals = store.approvals(deployment.id).await?;
+    let facts = facts(store, deployment.id).await?;
+    Ok(gates::report(
+        env_gates,
+        &history,
+        &approvals,
+        &deployment.requested_by,
+        &facts,
+        now,
+    ))
+}
+
+/// The gate rows shown under a waiting deployment (empty for any other).
+pub async fn rows_if_waiting(
+    store: &Store,
+    deployment: &DeploymentRecord,
+) -> Result<Vec<GateRow>, StoreError> {
+    if !waiting(deployment.state) || deployment.kind == "rollback" {
+        return Ok(Vec::new());
+    }
+    let env_gates = gates_of(store, &deployment.app, &deployment.env).await?;
+    Ok(report_for(store, deployment, &env_gates, now_ms())
+        .await?
+        .rows)
+}
+
+// -- running checks ----------------------------------------------------------------------
+
+/// Runs gate checks in the background: at most one run per (deployment, check) at a time;
+/// each finished run replaces the check's latest result in the store.
+#[derive(Clone, Default)]
+pub struct CheckRunner {
+    running: Arc<Mutex<HashSet<(i64, String)>>>,
+    http: reqwest::Client,
+}
+
+impl CheckRunner {
+    /// Starts every check of `env_gates` that is due for `deployment`: never run, or its
+    /// latest result is at least `interval` old. Returns at once.
+    pub async fn start_due(
+        &self,
+        store: &Store,
+        deployment: &DeploymentRecord,
+        env_gates: &Gates,
+        results: &[CheckResult],
+        now: i64,
+    ) {
+        let mut base_dir: Option<Option<PathBuf>> = None;
+        for check in &env_gates.checks {
+            let interval_ms = i64::try_from(check.interval().as_millis()).unwrap_or(i64::MAX);
+            let due = results
+                .iter()
+                .rev()
+                .find(|r| r.name == check.name)
+                .is_none_or(|r| now.saturating_sub(r.at_ms) >= interval_ms);
+            if !due {
+                continue;
+            }
+            let key = (deployment.id, check.name.clone());
+            if !lock(&self.running).insert(key.clone()) {
+                continue;
+            }
+            if check.run.is_some() && base_dir.is_none() {
+                base_dir = Some(match store.get_app(&deployment.app).await {
+                    Ok(app) => app.and_then(|a| a.base_dir).map(PathBuf::from),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the manifest directory for a gate check");
+                        None
+                    }
+                });
+            }
+            let subject = Subject {
+                deployment_id: deployment.id,
+                app: deployment.app.clone(),
+                env: deployment.env.clone(),
+                version: deployment.version.clone(),
+                base_dir: base_dir.clone().flatten(),
+            };
+            let runner = self.clone();
+            let store = store.clone();
+            let check = check.clone();
+            tokio::spawn(async move {
+                let (passed, explanation) = runner.run(&check, &subject).await;
+                let result = CheckResult {
+                    name: check.name.clone(),
+                    passed,
+                    explanation,
+                    at_ms: now_ms(),
+                };
+                if let Err(e) = store
+                    .record_check_result(subject.deployment_id, &result)
+                    .await
+                {
+                    tracing::warn!(error = %e, check = %check.name, "recording a gate check result");
+                }
+                lock(&runner.running).remove(&key);
+            });
+        }
+    }
+
+    /// One run of a check: `(passed, one-line explanation)`.
+    async fn run(&self, check: &GateCheck, subject: &Subject) -> (bool, String) {
+        let fill =
+            |text: &str| gates::substitute(text, &subject.version, &subject.env, &subject.app);
+        let timeout = check.timeout();
+        if let Some(http) = &check.http {
+            let url = fill(&http.url);
+            let answer = self.http.get(&url).timeout(timeout).send().await;
+            return match answer {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = response.text().await.unwrap_or_default();
+                    gates::judge_http(http, status, &body)
+                }
+                Err(e) if e.is_timeout() => (
+                    false,
+                    format!("GET {url}: no answer within {}", gates::compact(timeout)),
+                ),
+                Err(e) => (false, format!("GET {url} failed: {}", one_line(&e))),
+            };
+        }
+        let argv: Vec<String> = check.run.iter().flatten().map(|a| fill(a)).collect();
+        let Some((program, args)) = argv.split_first() else {
+            return (false, "the check has neither `http` nor `run`".into());
+        };
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .env("VERSION", &subject.version)
+            .env("FERRY_ENV", &subject.env)
+            .env("FERRY_APP", &subject.app)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(dir) = &subject.base_dir {
+            command.current_dir(dir);
+        }
+        match tokio::time::timeout(timeout, command.output()).await {
+            Ok(Ok(output)) => {
+                let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+                text.push('\n');
+                text.push_str(&String::from_utf8_lossy(&output.stderr));
+                gates::judge_exit(output.status.code(), &text)
+            }
+            Ok(Err(e)) => (false, format!("cannot run {program}: {e}")),
+            Err(_) => (
+                false,
+                format!(
+                    "{program} did not finish within {}",
+                    gates::compact(timeout)
+                ),
+            ),
+        }
+    }
+}
+
+struct Subject {
+    deployment_id: i64,
+    app: String,
+    env: String,
+    version: String,
+    base_dir: Option<PathBuf>,
+}
+
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text.replace('\n', " ")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// -- API -----------------------------------------------------------------------------------
+
+/// `GET /v1/deployments/{id}/gates`: every configured gate of the deployment's environment
+/// with its state now.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GatesStatus {
+    pub deployment: DeploymentView,
+    /// `passed`, `waiting` or `rejected` (derived from the rows).
+    pub verdict: String,
+    pub gates: Vec<GateRow>,
+    /// Gates lifted for this deployment (who, when, why).
+    pub overrides: Vec<Override>,
+    /// Set when the deployment has passed its gates: the rows are as they stood then
+    /// (otherwise they are judged now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed_at_ms: Option<i64>,
+}
+
+/// `POST /v1/deployments/{id}/overrides`
+#[derive(Debug, Default, Deserialize)]
+pub struct OverrideRequest {
+    #[serde(default)]
+    pub gate: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<GatesStatus>> {
+    gates_status(&state.store, id).await.map(Json)
+}
+
+pub async fn gates_status(store: &Store, id: i64) -> ApiResult<GatesStatus> {
+    let deployment = store
+        .get_deployment(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    if !waiting(deployment.state)
+        && let Some((rows, at_ms)) = store.passed_gates(id).await?
+    {
+        return Ok(GatesStatus {
+            deployment: deployment.view(),
+            verdict: "passed".into(),
+            gates: rows,
+            overrides: store.overrides(id).await?,
+            passed_at_ms: Some(at_ms),
+        });
+    }
+    let env_gates = gates_of(store, &deployment.app, &deployment.env).await?;
+    let report = report_for(store, &deployment, &env_gates, now_ms()).await?;
+    let verdict = match report.verdict() {
+        gates::GatesVerdict::Passed => "passed",
+        gates::GatesVerdict::Waiting(_) => "waiting",
+        gates::GatesVerdict::Rejected { .. } => "rejected",
+    };
+    Ok(GatesStatus {
+        deployment: deployment.view(),
+        verdict: verdict.to_string(),
+        gates: report.rows,
+        overrides: store.overrides(id).await?,
+        passed_at_ms: None,
+    })
+}
+
+/// Lifts the freeze gate for one waiting deployment (permission `override_freeze`, checked
+/// by the access gate on the deployment's app/env), with a mandatory reason.
+pub async fn create_override(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Extension(slot): Extension<AuditSlot>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Option<Json<OverrideRequest>>,
+) -> ApiResult<(StatusCode, Json<GatesStatus>)> {
+    slot.with(|n| n.target = Some(format!("deployment {id}")));
+    let request = body.map(|Json(b)| b).unwrap_or_default();
+    let gate = request.gate.as_deref().map(str::trim).unwrap_or("");
+    if gate != "freeze" {
+        return Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            if gate.is_empty() {
+                "name the gate to override: `--gate freeze`".to_string()
+            } else {
+                format!("gate {gate:?} cannot be overridden; only `freeze` can")
+            },
+        ));
+    }
+    let reason = request
+        .reason
+        .or_else(|| {
+            headers
+                .get("x-ferry-reason")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "overriding a freeze needs a reason (`--reason \"hotfix for INC-123\"`)",
+            )
+        })?;
+    let deployment = state
+        .store
+        .get_deployment(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    if !waiting(deployment.state) {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "deployment #{id} is {}; only a waiting deployment (pending or awaiting-approval) can get an override",
+                deployment.state
+            ),
+        ));
+    }
+    let env_gates = gates_of(&state.store, &deployment.app, &deployment.env).await?;
+    if env_gates.freeze.is_empty() {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "{}/{} has no freeze window to override",
+                deployment.app, deployment.env
+            ),
+        ));
+    }
+    let by = access.caller.principal();
+    let lifted = Override {
+        gate: "freeze".into(),
+        by: by.clone(),
+        reason: reason.clone(),
+        at_ms: now_ms(),
+    };
+    state.store.record_override(id, &lifted).await?;
+    let line = format!(
+        "freeze overridden by {}: {reason}",
+        gates::display_principal(&by)
+    );
+    if let Some(controller) = &state.controller {
+        controller.note(id, "override", &line).await;
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(gates_status(&state.store, id).await?),
+    ))
+}
+
+fn not_found(id: i64) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("deployment {id} not found"),
+    )
+}
