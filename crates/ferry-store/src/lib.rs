@@ -26,6 +26,9 @@ mod approvals;
 mod audit;
 mod identity;
 mod secrets;
+// config:
+mod config;
+pub use config::ReplicaConfig;
 
 pub use audit::{AuditQuery, CheckpointRecord};
 pub use identity::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
@@ -223,6 +226,12 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "secrets",
         include_str!("../migrations/sqlite/0004_secrets.sql"),
+    ),
+    // config:
+    (
+        7,
+        "config",
+        include_str!("../migrations/sqlite/0007_config.sql"),
     ),
 ];
 
