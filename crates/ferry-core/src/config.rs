@@ -612,5 +612,115 @@ impl ConfigSummary {
     }
 }
 
+/// `GET /v1/apps/{app}/envs/{env}/config`: the effective configuration of an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvConfig {
+    pub app: String,
+    pub env: String,
+    /// The version serving there (what `${VERSION}` is shown with); `None` before the
+    /// first successful deployment (`VERSION` then shows `(none)`).
+    pub version: Option<String>,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One service's effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceConfig {
+    pub service: String,
+    /// Sorted by name; secrets show `(secret)` as their value.
+    pub vars: Vec<EffectiveVar>,
+    /// The environment's secrets: name, version and fingerprint only.
+    pub secrets: Vec<SecretRef>,
+    /// Digest a replica of the serving version started now would be recorded with.
+    pub digest: String,
+    /// Templates that do not resolve (only for manifests stored before they were checked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Running replicas and whether they run this configuration (`ferry redeploy` replaces
+    /// the others).
+    pub replicas: Vec<ReplicaConfigState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaConfigState {
+    pub id: String,
+    pub version: String,
+    pub up_to_date: bool,
+}
+
+/// One difference between the configurations of two environments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDifference {
+    pub service: String,
+    pub name: String,
+    /// `only-in-left`, `only-in-right` or `different`.
+    pub kind: String,
+    /// Value (or `(secret) vN`) on each side; `None` where it is absent.
+    pub left: Option<String>,
+    pub right: Option<String>,
+}
+
+/// Compares two environments' configurations variable by variable (built-ins, which
+/// always differ, are left out). Secrets are compared by presence and version only.
+pub fn diff(left: &EnvConfig, right: &EnvConfig) -> Vec<ConfigDifference> {
+    let shown = |c: &ServiceConfig| -> BTreeMap<String, String> {
+        let secrets: BTreeMap<&str, i64> = c
+            .secrets
+            .iter()
+            .map(|s| (s.name.as_str(), s.version))
+            .collect();
+        c.vars
+            .iter()
+            .filter(|v| v.source != Source::Builtin)
+            .map(|v| {
+                let value = match (&v.source, secrets.get(v.name.as_str())) {
+                    (Source::Secret, Some(version)) => format!("{SECRET_PLACEHOLDER} v{version}"),
+                    _ => v.value.clone(),
+                };
+                (v.name.clone(), value)
+            })
+            .collect()
+    };
+    let empty = BTreeMap::new();
+    let services: BTreeSet<&str> = left
+        .services
+        .iter()
+        .chain(&right.services)
+        .map(|s| s.service.as_str())
+        .collect();
+    let mut out = Vec::new();
+    for service in services {
+        let l = left
+            .services
+            .iter()
+            .find(|s| s.service == service)
+            .map(shown);
+        let r = right
+            .services
+            .iter()
+            .find(|s| s.service == service)
+            .map(shown);
+        let (l, r) = (l.as_ref().unwrap_or(&empty), r.as_ref().unwrap_or(&empty));
+        let names: BTreeSet<&String> = l.keys().chain(r.keys()).collect();
+        for name in names {
+            let (a, b) = (l.get(name), r.get(name));
+            let kind = match (a, b) {
+                (Some(a), Some(b)) if a == b => continue,
+                (Some(_), Some(_)) => "different",
+                (Some(_), None) => "only-in-left",
+                _ => "only-in-right",
+            };
+            out.push(ConfigDifference {
+                service: service.to_string(),
+                name: name.clone(),
+                kind: kind.to_string(),
+                left: a.cloned(),
+                right: b.cloned(),
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -418,6 +418,21 @@ pub static RULES: &[Rule] = &[
         Perm(P::View),
         Global,
     ),
+    // config:
+    rule(
+        Method::GET,
+        "/v1/apps/{app}/envs/{env}/config",
+        "config.get",
+        Perm(P::View),
+        AppEnv,
+    ),
+    rule(
+        Method::POST,
+        "/v1/apps/{app}/envs/{env}/redeploy",
+        "redeploy",
+        Perm(P::Deploy),
+        AppEnv,
+    ),
 ];
 
 /// Path templates under `/v1/apps/{app}/envs/{env}`.
@@ -975,6 +990,8 @@ fn summarize(seen: &Seen) -> String {
                 .unwrap_or_else(|| ", never expiring".to_string())
         ),
         "tokens.delete" => format!("revoke token #{}", p("id")),
+        // config:
+        "redeploy" => format!("redeploy {app} in {env} with its current configuration"),
         other => {
             let on = match (&seen.app, &seen.env, &seen.target) {
                 (_, _, Some(t)) => format!(" {t}"),

@@ -25,6 +25,8 @@ mod notify;
 mod progressive;
 mod proxy_link;
 mod secrets;
+// config:
+mod config;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -299,6 +299,19 @@ const TABLE: &[Row] = &[
     row("GET", "/v1/audit/export", None, Anywhere(P::View)),
     row("GET", "/v1/audit/verify", None, Perm(P::View, Global)),
     row("GET", "/v1/audit/checkpoints", None, Perm(P::View, Global)),
+    // config:
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/config",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/redeploy",
+        None,
+        Perm(P::Deploy, AppEnv),
+    ),
 ];
 
 /// The rules spelled independently of the server: a binding on `shop [staging]` grants a

@@ -375,3 +375,69 @@ fn unknown_environment_or_service() {
         Err(ConfigError::UnknownService("nope".into()))
     );
 }
+
+fn env_config(env: &str, vars: &[(&str, &str, Source)], secrets: &[SecretRef]) -> EnvConfig {
+    let vars = vars
+        .iter()
+        .map(|(n, v, s)| EffectiveVar {
+            name: n.to_string(),
+            value: v.to_string(),
+            source: s.clone(),
+        })
+        .collect();
+    EnvConfig {
+        app: "shop".into(),
+        env: env.into(),
+        version: Some("1".into()),
+        services: vec![ServiceConfig {
+            service: "web".into(),
+            vars: with_secrets(vars, secrets),
+            secrets: secrets.to_vec(),
+            digest: String::new(),
+            errors: vec![],
+            replicas: vec![],
+        }],
+    }
+}
+
+#[test]
+fn diff_compares_values_and_secret_versions_only() {
+    let a = env_config(
+        "staging",
+        &[
+            ("SAME", "1", Source::App),
+            ("HOST", "a", Source::Env("staging".into())),
+            ("ONLY_A", "x", Source::App),
+            ("FERRY_ENV", "staging", Source::Builtin),
+        ],
+        &[secret("KEY", 1, "fa"), secret("TOKEN", 2, "t")],
+    );
+    let b = env_config(
+        "prod",
+        &[
+            ("SAME", "1", Source::App),
+            ("HOST", "b", Source::Env("prod".into())),
+            ("FERRY_ENV", "prod", Source::Builtin),
+        ],
+        &[secret("KEY", 3, "fb"), secret("TOKEN", 2, "other")],
+    );
+    let d = diff(&a, &b);
+    let lines: Vec<String> = d
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} {} {:?} {:?}",
+                d.service, d.name, d.kind, d.left, d.right
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            r#"web HOST different Some("a") Some("b")"#,
+            r#"web KEY different Some("(secret) v1") Some("(secret) v3")"#,
+            r#"web ONLY_A only-in-left Some("x") None"#,
+        ]
+    );
+    assert!(diff(&a, &a).is_empty());
+}
