@@ -12,6 +12,8 @@ mod quickstart;
 mod secrets;
 mod serve;
 mod wait;
+// config:
+mod vars;
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
@@ -311,6 +313,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: SocketAddr,
     },
+    // config:
+    /// Show the effective variables of each service in an environment and where each comes
+    /// from (secrets: name, version and fingerprint only); `ferry config diff APP ENV1 ENV2`
+    /// compares two environments.
+    Config(vars::ConfigArgs),
+    /// Deploy the version already serving again, replacing the replicas whose configuration
+    /// (variables, secrets, command line) changed, at the environment's rolling pace.
+    Redeploy(vars::RedeployArgs),
 }
 
 #[derive(Debug, Clone, Copy, Args)]
@@ -533,6 +543,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Identity(cmd) => identity::run(&client, cmd).await,
                 Command::Audit(cmd) => audit::run(&client, cmd).await,
                 Command::Secrets(cmd) => secrets::run(&client, cmd).await,
+                // config:
+                Command::Config(args) => vars::config(&client, args).await,
+                Command::Redeploy(args) => vars::redeploy(&client, args).await,
                 Command::Server { .. }
                 | Command::Proxy { .. }
                 | Command::Quickstart { .. }
