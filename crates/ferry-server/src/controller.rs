@@ -535,6 +535,11 @@ impl Controller {
                     DeploymentState::Aborted,
                     format!("aborted by {by}; previous version restored"),
                 ),
+                // config: a failed redeploy keeps the replicas that run the old configuration.
+                (DeploymentState::RolledBack, None) if redeploy.is_some() => (
+                    DeploymentState::RolledBack,
+                    "previous configuration kept: its replicas serve all traffic".to_string(),
+                ),
                 (state, _) => (state, message),
             };
             self.transition(&deployment, state, reason, current, &message)
