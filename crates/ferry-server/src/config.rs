@@ -311,3 +311,169 @@ pub async fn get_config(
         services,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::model::ReplicaState;
+    use ferry_core::rollout::{self, Action, Observed, Pace, Patience, Verdict};
+
+    fn replica(id: &str, state: ReplicaState) -> Observed {
+        Observed {
+            id: id.to_string(),
+            version: "1.0.0".to_string(),
+            state,
+            started_at_ms: 0,
+            restarts: 0,
+            ever_healthy: state == ReplicaState::Healthy,
+            draining: false,
+            last_exit: None,
+        }
+    }
+
+    fn service(replicas: Vec<Observed>) -> ServiceInput {
+        ServiceInput {
+            service: "web".to_string(),
+            desired: 2,
+            replicas,
+            patience: Patience {
+                start_timeout_ms: 30_000,
+                max_start_exits: 3,
+            },
+        }
+    }
+
+    fn plan(stale: &[&str], fresh: &[&str]) -> Redeploy {
+        Redeploy {
+            stale: stale.iter().map(|s| s.to_string()).collect(),
+            fresh: fresh.iter().map(|s| s.to_string()).collect(),
+            changes: vec![],
+        }
+    }
+
+    const PACE: Pace = Pace::Rolling {
+        max_surge: 1,
+        max_unavailable: 0,
+    };
+
+    /// The unchanged reconciler, fed stale replicas as another version, replaces them one
+    /// at a time without ever going below the desired count of ready replicas.
+    #[test]
+    fn stale_replicas_are_replaced_at_the_rolling_pace() {
+        use ReplicaState::*;
+        // Nothing started yet: one new replica of the same version.
+        let mut s = vec![service(vec![replica("a", Healthy), replica("b", Healthy)])];
+        mark(&mut s, "1.0.0", &plan(&["a", "b"], &[]), false);
+        assert_eq!(s[0].replicas[0].version, "1.0.0~stale");
+        assert_eq!(
+            rollout::reconcile("1.0.0", &s, PACE, 1),
+            Verdict::Progress(vec![Action::Start {
+                service: "web".into(),
+                version: "1.0.0".into(),
+                count: 1
+            }])
+        );
+        // The new one is healthy: one stale replica is drained.
+        let mut s = vec![service(vec![
+            replica("a", Healthy),
+            replica("b", Healthy),
+            replica("c", Healthy),
+        ])];
+        mark(&mut s, "1.0.0", &plan(&["a", "b"], &["c"]), false);
+        match rollout::reconcile("1.0.0", &s, PACE, 1) {
+            Verdict::Progress(actions) => assert!(
+                actions.iter().any(|a| matches!(a, Action::Drain { ids, .. } if ids.len() == 1 && (ids[0] == "a" || ids[0] == "b"))),
+                "{actions:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // All fresh and healthy: converged.
+        let mut s = vec![service(vec![replica("c", Healthy), replica("d", Healthy)])];
+        mark(&mut s, "1.0.0", &plan(&[], &["c", "d"]), false);
+        assert_eq!(rollout::reconcile("1.0.0", &s, PACE, 1), Verdict::Converged);
+    }
+
+    /// Rolling back a redeploy drains the new replicas that are not ready and keeps the
+    /// ones that serve (old configuration, or new and healthy).
+    #[test]
+    fn rolling_back_drains_unready_new_replicas_only() {
+        use ReplicaState::*;
+        let mut s = vec![service(vec![
+            replica("a", Healthy),
+            replica("b", Healthy),
+            replica("c", Starting),
+        ])];
+        mark(&mut s, "1.0.0", &plan(&["a", "b"], &["c"]), true);
+        assert_eq!(s[0].replicas[0].version, "1.0.0");
+        assert_eq!(s[0].replicas[2].version, "1.0.0~new");
+        assert_eq!(
+            rollout::reconcile(
+                "1.0.0",
+                &s,
+                Pace::Rolling {
+                    max_surge: 2,
+                    max_unavailable: 0
+                },
+                1
+            ),
+            Verdict::Progress(vec![Action::Drain {
+                service: "web".into(),
+                ids: vec!["c".into()]
+            }])
+        );
+    }
+
+    #[test]
+    fn other_versions_are_left_alone() {
+        let mut s = vec![service(vec![Observed {
+            version: "0.9.0".into(),
+            ..replica("z", ReplicaState::Healthy)
+        }])];
+        mark(&mut s, "1.0.0", &plan(&["z"], &[]), false);
+        assert_eq!(s[0].replicas[0].version, "0.9.0");
+    }
+
+    #[test]
+    fn replica_env_layers_templates_and_secrets() {
+        let m = ferry_core::manifest::parse(
+            r#"app: shop
+vars: { HOST: db, SHARED: app }
+services:
+  web:
+    run: ["./web"]
+    env: { URL: "pg://${HOST}/${FERRY_ENV}", SHARED: service, TOKEN: visible }
+environments:
+  prod: { listen: 127.0.0.1:8080, vars: { HOST: prod-db } }
+"#,
+            "ferry.yaml",
+        )
+        .unwrap();
+        let secrets = BTreeMap::from([("TOKEN".to_string(), "s3cr3t".to_string())]);
+        let env = replica_env(&m, "prod", "web", "1.0.0", secrets);
+        assert_eq!(env["URL"], "pg://prod-db/prod");
+        assert_eq!(env["SHARED"], "service");
+        assert_eq!(env["HOST"], "prod-db");
+        assert_eq!(env["TOKEN"], "s3cr3t", "secrets win");
+        assert!(
+            !env.contains_key("VERSION"),
+            "the runtime sets the built-ins"
+        );
+    }
+
+    #[test]
+    fn a_template_that_no_longer_resolves_keeps_its_literal_value() {
+        let mut m = ferry_core::manifest::parse(
+            "app: shop\nservices:\n  web: { run: [\"./web\"] }\nenvironments:\n  prod: { listen: 127.0.0.1:8080 }\n",
+            "ferry.yaml",
+        )
+        .unwrap();
+        // As stored before templates were checked.
+        m.services
+            .get_mut("web")
+            .unwrap()
+            .env
+            .insert("OLD".into(), "${NOT_DEFINED}".into());
+        let env = replica_env(&m, "prod", "web", "1", BTreeMap::new());
+        assert_eq!(env["OLD"], "${NOT_DEFINED}");
+    }
+}
