@@ -1486,8 +1486,10 @@ impl Controller {
             .env_current(app, env)
             .await?
             .and_then(|e| e.current_version);
-        // config: deploying the version that already serves rolls out its configuration.
-        let kind = if kind == "deploy" && previous_version.as_deref() == Some(version) {
+        // config: deploying (or retrying) the version that already serves rolls out its
+        // configuration.
+        let same = previous_version.as_deref() == Some(version);
+        let kind = if same && matches!(kind, "deploy" | "retry") {
             "redeploy"
         } else {
             kind

@@ -359,6 +359,18 @@ async fn layered_config_diff_and_redeploys() {
         let old: BTreeSet<String> = before.iter().map(|(id, _)| id.clone()).collect();
         assert_eq!(still, old, "the old replicas keep serving");
 
+        // Fixed again: retrying the failed redeploy is a redeploy, and the replicas that
+        // kept serving already run that configuration.
+        let manifest = write(&ferry, &spec, staging_port, "db-b", "no");
+        ferry.apply(&manifest).await;
+        let out = ferry
+            .cli(&["retry", "cfg", "--env", "production", "--wait", "-o", "json"])
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        assert_eq!(out.json()["kind"], "redeploy", "{out}");
+        let id = out.json()["id"].as_i64().expect("id");
+        assert!(timeline(&ferry, id).await.contains("configuration unchanged"));
+
         // The secret values are nowhere: outputs above, logs, database files.
         for value in [&secret_one, &secret_two] {
             let found = files_containing(ferry.dir.path(), value.as_bytes());
