@@ -441,3 +441,11 @@ fn diff_compares_values_and_secret_versions_only() {
     );
     assert!(diff(&a, &a).is_empty());
 }
+
+#[test]
+fn apply_dry_run_lists_changed_vars() {
+    let old = manifest(LAYERED);
+    let new = manifest(&LAYERED.replace("DB_HOST: db.internal", "DB_HOST: db2.internal"));
+    let lines = new.diff(Some(&old));
+    assert_eq!(lines, vec!["~ vars.DB_HOST: db.internal -> db2.internal"]);
+}
