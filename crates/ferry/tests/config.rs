@@ -379,3 +379,57 @@ async fn layered_config_diff_and_redeploys() {
     })
     .await;
 }
+
+/// In a canary environment a redeploy takes the rolling path (weights are per version):
+/// no canary steps, every replica replaced, no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_environments_redeploy_on_the_rolling_path() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("cfgcanary");
+        spec.replicas = 2;
+        spec.strategy = "{ canary: { steps: [{ weight: 50 }, { pause: 1h }] } }".to_string();
+        spec.prelude = "export FERRY_SERVICE=\"web@$DATABASE_URL\";".to_string();
+        let staging_port = common::free_port();
+        let listener = spec.listener();
+        let manifest = write(&ferry, &spec, staging_port, "db-a", "no");
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let before = replica_ids(&ferry, &spec).await;
+
+        let manifest = write(&ferry, &spec, staging_port, "db-b", "no");
+        ferry.apply(&manifest).await;
+        let load = Load::start(&listener, 4);
+        load.warm_up(20).await;
+        let out = ferry
+            .cli(&[
+                "redeploy",
+                "cfgcanary",
+                "--env",
+                "production",
+                "--wait",
+                "-o",
+                "json",
+            ])
+            .await;
+        let report = load.stop().await;
+        assert_eq!(out.code, 0, "{out}\n{}", ferry.server_logs());
+        report.assert_no_failures(&ferry.timelines(&spec, common::wall_ms()).await);
+        let id = out.json()["id"].as_i64().expect("id");
+        let lines = timeline(&ferry, id).await;
+        assert!(
+            lines.contains("config changed: DATABASE_URL, DB_HOST"),
+            "{lines}"
+        );
+        assert!(!lines.contains("pause"), "no canary steps: {lines}");
+        let after = replica_ids(&ferry, &spec).await;
+        assert_eq!(after.len(), 2);
+        assert!(before.is_disjoint(&after), "{before:?} vs {after:?}");
+        assert_eq!(
+            bodies(&listener, 6).await,
+            BTreeSet::from(["hello from web@postgres://db-b:5432/shop 1.0.0".to_string()])
+        );
+    })
+    .await;
+}
