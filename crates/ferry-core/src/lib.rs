@@ -13,3 +13,5 @@ pub mod rbac;
 // releases:
 pub mod release;
 pub mod rollout;
+// config:
+pub mod config;

@@ -16,6 +16,7 @@ mod progressive;
 mod tree;
 mod validate;
 
+pub(crate) use errors::closest;
 pub use progressive::{
     BlueGreen, Canary, CanaryStep, DEFAULT_PREVIEW_HEADER, Pause, Stickiness, weight_basis_points,
 };
@@ -46,6 +47,11 @@ pub struct Manifest {
     #[serde(default)]
     #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
     pub app: String,
+    /// App-wide variables: defaults for every environment (an environment's `vars` override
+    /// them). Values may reference other variables as `${NAME}` (`$${` is a literal `${`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }))]
+    pub vars: BTreeMap<String, String>,
     /// Services keyed by name (same naming rule as the app). At least one.
     #[serde(default)]
     #[schemars(length(min = 1))]
@@ -100,6 +106,8 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     /// Extra environment variables for every replica (environment `vars` override them).
+    /// Values may reference variables (`${DB_HOST}`) and `${VERSION}`, `${FERRY_APP}`,
+    /// `${FERRY_ENV}`, `${FERRY_SERVICE}`; `$${` is a literal `${`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }))]
     pub env: BTreeMap<String, String>,
@@ -170,7 +178,8 @@ pub struct Environment {
     #[serde(default)]
     #[schemars(example = "127.0.0.1:8080")]
     pub listen: String,
-    /// Variables given to every replica in this environment (they override service `env`).
+    /// Variables given to every replica in this environment (they override the app's
+    /// `vars` and service `env`). Values may reference other variables as `${NAME}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }))]
     pub vars: BTreeMap<String, String>,

@@ -469,6 +469,21 @@ pub static RULES: &[Rule] = &[
         Perm(P::OverrideFreeze),
         Deployment,
     ),
+    // config:
+    rule(
+        Method::GET,
+        "/v1/apps/{app}/envs/{env}/config",
+        "config.get",
+        Perm(P::View),
+        AppEnv,
+    ),
+    rule(
+        Method::POST,
+        "/v1/apps/{app}/envs/{env}/redeploy",
+        "redeploy",
+        Perm(P::Deploy),
+        AppEnv,
+    ),
 ];
 
 /// Path templates under `/v1/apps/{app}/envs/{env}`.
@@ -1068,6 +1083,8 @@ fn summarize(seen: &Seen) -> String {
             s("from").unwrap_or_else(|| "?".to_string()),
             s("to").unwrap_or_else(|| "?".to_string())
         ),
+        // config:
+        "redeploy" => format!("redeploy {app} in {env} with its current configuration"),
         other => {
             let on = match (&seen.app, &seen.env, &seen.target) {
                 (_, _, Some(t)) => format!(" {t}"),

@@ -125,6 +125,12 @@ pub fn router(state: AppState) -> Router {
             put(secrets::set).delete(secrets::delete),
         )
         .route("/v1/secrets/rotate-key", post(secrets::rotate_key))
+        // config:
+        .route(
+            "/v1/apps/{app}/envs/{env}/config",
+            get(crate::config::get_config),
+        )
+        .route("/v1/apps/{app}/envs/{env}/redeploy", post(redeploy))
         .route("/v1/teardown", post(teardown))
         // releases:
         .route(
@@ -484,6 +490,20 @@ async fn deploy(
     Ok((StatusCode::CREATED, Json(noted(&slot, view))))
 }
 
+/// config: `POST .../redeploy` — the serving version again, with the current configuration.
+async fn redeploy(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Extension(slot): Extension<AuditSlot>,
+    Path((app, env)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
+    let view = state
+        .controller()?
+        .request_redeploy(&app, &env, &access.caller.principal())
+        .await?;
+    Ok((StatusCode::CREATED, Json(noted(&slot, view))))
+}
+
 async fn rollback(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -777,6 +797,9 @@ mod tests {
             // gates:
             "/v1/deployments/{id}/gates",
             "/v1/deployments/{id}/overrides",
+            // config:
+            "/v1/apps/{app}/envs/{env}/config",
+            "/v1/apps/{app}/envs/{env}/redeploy",
         ]
         .into_iter()
         .map(String::from)

@@ -392,7 +392,7 @@ impl Controller {
         replicas: &[&ReplicaRecord],
         now: i64,
     ) -> Result<(), ServerError> {
-        let services = self.observe(manifest, env, replicas);
+        let mut services = self.observe(manifest, env, replicas);
         let strategy = manifest
             .environments
             .get(env)
@@ -415,7 +415,50 @@ impl Controller {
                 .drive_progressive(app, manifest, env, &deployment, &plan, &services, now)
                 .await;
         }
+        // config: a redeploy replaces the replicas whose configuration is out of date.
+        let redeploy = if deployment.kind == "redeploy" {
+            Some(
+                crate::config::redeploy_state(&self.store, app, manifest, env, &deployment.version)
+                    .await?,
+            )
+        } else {
+            None
+        };
         let (target, pace) = match deployment.state {
+            DeploymentState::Pending | DeploymentState::AwaitingApproval
+                if let Some(plan) = &redeploy =>
+            {
+                if plan.stale.is_empty() {
+                    let message = format!(
+                        "redeploy of {}: configuration unchanged",
+                        deployment.version
+                    );
+                    self.transition(
+                        &deployment,
+                        DeploymentState::Succeeded,
+                        None,
+                        Some(deployment.version.clone()),
+                        &message,
+                    )
+                    .await?;
+                } else {
+                    let message = format!(
+                        "redeploy of {} started ({}): config changed: {}",
+                        deployment.version,
+                        describe(&strategy),
+                        plan.changes.join(", ")
+                    );
+                    self.transition(
+                        &deployment,
+                        DeploymentState::Progressing,
+                        None,
+                        None,
+                        &message,
+                    )
+                    .await?;
+                }
+                return Ok(());
+            }
             DeploymentState::Pending | DeploymentState::AwaitingApproval => {
                 let message = match &deployment.previous_version {
                     Some(previous) => format!(
@@ -449,6 +492,10 @@ impl Controller {
             },
             _ => return Ok(()),
         };
+        if let Some(plan) = &redeploy {
+            let rolling_back = deployment.state == DeploymentState::RollingBack;
+            crate::config::mark(&mut services, &deployment.version, plan, rolling_back);
+        }
         let verdict = match rollout::reconcile(&target, &services, pace, now) {
             Verdict::Progress(actions) => match self
                 .act(app, manifest, env, Some(deployment.id), actions, now)
@@ -496,6 +543,11 @@ impl Controller {
                 (DeploymentState::RolledBack, Some(by)) => (
                     DeploymentState::Aborted,
                     format!("aborted by {by}; previous version restored"),
+                ),
+                // config: a failed redeploy keeps the replicas that run the old configuration.
+                (DeploymentState::RolledBack, None) if redeploy.is_some() => (
+                    DeploymentState::RolledBack,
+                    "previous configuration kept: its replicas serve all traffic".to_string(),
                 ),
                 (state, _) => (state, message),
             };
@@ -998,6 +1050,7 @@ impl Controller {
             .insert_replica(&record)
             .await
             .map_err(|e| e.to_string())?;
+        crate::config::record(&self.store, app, manifest, &record).await;
         if let Some(deployment) = deployment {
             self.event(
                 deployment,
@@ -1434,6 +1487,14 @@ impl Controller {
             .env_current(app, env)
             .await?
             .and_then(|e| e.current_version);
+        // config: deploying (or retrying) the version that already serves rolls out its
+        // configuration.
+        let same = previous_version.as_deref() == Some(version);
+        let kind = if same && matches!(kind, "deploy" | "retry") {
+            "redeploy"
+        } else {
+            kind
+        };
         for active in self.store.active_deployments().await? {
             if active.app == app && active.env == env {
                 self.supersede(&active).await?;
@@ -1456,6 +1517,29 @@ impl Controller {
         self.events_changed.send_modify(|n| *n += 1);
         self.wake.notify_one();
         Ok(deployment.view())
+    }
+
+    /// config: a deployment of the version serving in `env`, replacing the replicas whose
+    /// configuration (variables, secrets, command line) is out of date.
+    pub async fn request_redeploy(
+        &self,
+        app: &str,
+        env: &str,
+        requested_by: &str,
+    ) -> Result<DeploymentView, RequestError> {
+        self.app_manifest(app).await?;
+        let current = self
+            .store
+            .env_current(app, env)
+            .await?
+            .and_then(|e| e.current_version)
+            .ok_or_else(|| {
+                RequestError::Conflict(format!(
+                    "nothing has been deployed to {app}/{env} yet: use `ferry deploy` first"
+                ))
+            })?;
+        self.request_deployment(app, env, &current, "redeploy", requested_by)
+            .await
     }
 
     async fn supersede(&self, active: &DeploymentRecord) -> Result<(), RequestError> {
@@ -2087,17 +2171,16 @@ fn replica_spec(
     commit: Option<&str>,
 ) -> Option<ReplicaSpec> {
     let service = manifest.services.get(&record.service)?;
-    let environment = manifest.environments.get(&record.env)?;
-    let base_dir = app.base_dir.as_ref().map(PathBuf::from);
-    let cwd = match (&base_dir, &service.cwd) {
-        (Some(base), Some(cwd)) => Some(base.join(cwd)),
-        (None, Some(cwd)) => Some(PathBuf::from(cwd)),
-        (base, None) => base.clone(),
-    };
-    let mut env_vars: BTreeMap<String, String> = service.env.clone();
-    env_vars.extend(environment.vars.clone());
-    // secrets win over the service's env and the environment's vars
-    env_vars.extend(secrets);
+    manifest.environments.get(&record.env)?;
+    let cwd = crate::config::cwd_of(app, service);
+    // Layered, templated variables; secrets win over all of them.
+    let mut env_vars = crate::config::replica_env(
+        manifest,
+        &record.env,
+        &record.service,
+        &record.version,
+        secrets,
+    );
     env_vars.insert("FERRY_REPLICA_ID".to_string(), record.id.clone());
     // releases: the release's identity, when its commit is known
     if let Some(commit) = commit {

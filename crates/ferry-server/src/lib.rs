@@ -30,6 +30,8 @@ mod secrets;
 // releases:
 mod promotion;
 mod releases;
+// config:
+mod config;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -335,6 +335,19 @@ const TABLE: &[Row] = &[
         Some(r#"{"gate": "freeze", "reason": "matrix {n}"}"#),
         Perm(P::OverrideFreeze, AppEnv),
     ),
+    // config:
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/config",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/redeploy",
+        None,
+        Perm(P::Deploy, AppEnv),
+    ),
 ];
 
 /// The rules spelled independently of the server: a binding on `shop [staging]` grants a

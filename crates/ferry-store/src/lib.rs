@@ -30,6 +30,9 @@ mod secrets;
 mod releases;
 // gates:
 mod gates;
+// config:
+mod config;
+pub use config::ReplicaConfig;
 
 pub use audit::{AuditQuery, CheckpointRecord};
 pub use identity::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
@@ -230,6 +233,12 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "releases",
         include_str!("../migrations/sqlite/0005_releases.sql"),
     ),
+    // config:
+    (
+        7,
+        "config",
+        include_str!("../migrations/sqlite/0007_config.sql"),
+    ),
     // gates:
     (
         8,
@@ -274,6 +283,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "releases",
         include_str!("../migrations/postgres/0005_releases.sql"),
+    ),
+    (
+        7,
+        "config",
+        include_str!("../migrations/postgres/0007_config.sql"),
     ),
     (
         8,

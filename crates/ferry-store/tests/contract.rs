@@ -2040,7 +2040,66 @@ on_every_engine!(
     release_facts_per_version_and_env,
     // gates:
     gate_check_results_and_overrides,
+    // config:
+    replica_configs_are_recorded_and_listed,
 );
+
+// config:
+pub async fn replica_configs_are_recorded_and_listed(store: Store, _url: String) {
+    store
+        .insert_replica(&replica("shop-prod-web-b", "shop", "prod", "web", 1))
+        .await
+        .unwrap();
+    store
+        .insert_replica(&replica("shop-prod-web-a", "shop", "prod", "web", 2))
+        .await
+        .unwrap();
+    store
+        .insert_replica(&replica("shop-qa-web-a", "shop", "qa", "web", 3))
+        .await
+        .unwrap();
+    store
+        .set_replica_config("shop-prod-web-b", "d1", "{\"vars\":{}}")
+        .await
+        .unwrap();
+    // Recording twice replaces.
+    store
+        .set_replica_config("shop-prod-web-b", "d2", "{}")
+        .await
+        .unwrap();
+    let got = store.replica_configs("shop", "prod").await.unwrap();
+    assert_eq!(
+        got,
+        vec![
+            ferry_store::ReplicaConfig {
+                id: "shop-prod-web-a".into(),
+                digest: None,
+                summary: None
+            },
+            ferry_store::ReplicaConfig {
+                id: "shop-prod-web-b".into(),
+                digest: Some("d2".into()),
+                summary: Some("{}".into())
+            },
+        ]
+    );
+    assert!(matches!(
+        store.set_replica_config("nope", "d", "{}").await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Other stored fields are untouched and deleting the replica forgets its config.
+    let listed = store
+        .list_replicas(Some("shop"), Some("prod"))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    store.delete_replica("shop-prod-web-b").await.unwrap();
+    assert_eq!(
+        store.replica_configs("shop", "prod").await.unwrap().len(),
+        1
+    );
+    assert_eq!(store.replica_configs("shop", "qa").await.unwrap().len(), 1);
+}
 
 // ---------------------------------------------------------------------------------------------
 // SQLite-only checks

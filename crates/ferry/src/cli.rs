@@ -16,6 +16,8 @@ mod secrets;
 mod releases;
 mod serve;
 mod wait;
+// config:
+mod vars;
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
@@ -358,6 +360,14 @@ enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
+    // config:
+    /// Show the effective variables of each service in an environment and where each comes
+    /// from (secrets: name, version and fingerprint only); `ferry config diff APP ENV1 ENV2`
+    /// compares two environments.
+    Config(vars::ConfigArgs),
+    /// Deploy the version already serving again, replacing the replicas whose configuration
+    /// (variables, secrets, command line) changed, at the environment's rolling pace.
+    Redeploy(vars::RedeployArgs),
 }
 
 #[derive(Debug, Clone, Copy, Args)]
@@ -613,6 +623,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Releases { app, out } => releases::list(&client, &app, out.output).await,
                 // gates:
                 Command::Gates(args) => gates::run(&client, args).await,
+                // config:
+                Command::Config(args) => vars::config(&client, args).await,
+                Command::Redeploy(args) => vars::redeploy(&client, args).await,
                 Command::Server { .. }
                 | Command::Proxy { .. }
                 | Command::Quickstart { .. }

@@ -260,7 +260,7 @@ pub(super) fn example(path: &[Seg]) -> Option<&'static str> {
 }
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
-pub(super) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let word_lower = word.to_ascii_lowercase();
     candidates
         .iter()

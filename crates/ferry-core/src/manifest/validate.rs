@@ -323,6 +323,12 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
             }
         }
     }
+    // config: top-level vars and templates in vars / service env.
+    check_vars(&mut out, &p(&["vars"]), &m.vars);
+    for e in crate::config::check(m) {
+        let path = e.path().iter().map(|k| Seg::Key(k.clone())).collect();
+        out.value(path, e.message(), e.hint());
+    }
     out.0
 }
 

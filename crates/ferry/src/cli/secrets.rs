@@ -83,7 +83,9 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
                 "secret {} of {app}/{env} set: version {}, fingerprint {}",
                 info.name, info.version, info.fingerprint
             );
-            println!("running replicas keep the old value until the next deployment");
+            println!(
+                "running replicas keep the old value until the next deployment; `ferry redeploy {app} --env {env}` rolls it out now"
+            );
             Ok(())
         }
         Command::List { app, env, out } => {
