@@ -11,3 +11,5 @@ pub mod model;
 pub mod progressive;
 pub mod rbac;
 pub mod rollout;
+// hooks:
+pub mod hooks;
