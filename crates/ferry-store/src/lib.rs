@@ -24,10 +24,13 @@ use sqlx::{AnyPool, Row, SqlSafeStr};
 
 mod approvals;
 mod audit;
+// hooks:
+mod hooks;
 mod identity;
 mod secrets;
 
 pub use audit::{AuditQuery, CheckpointRecord};
+pub use hooks::{HookRunRecord, NewHookRun};
 pub use identity::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
 pub use secrets::{SecretInfo, SecretRecord};
 
@@ -223,6 +226,12 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "secrets",
         include_str!("../migrations/sqlite/0004_secrets.sql"),
+    ),
+    // hooks:
+    (
+        6,
+        "hooks",
+        include_str!("../migrations/sqlite/0006_hooks.sql"),
     ),
 ];
 
