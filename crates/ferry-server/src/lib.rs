@@ -13,12 +13,16 @@
 
 mod access;
 mod api;
+// hooks:
+mod api_hooks;
 mod approvals;
 mod audit;
 mod auth;
 mod clock;
 mod controller;
 mod error;
+// hooks:
+mod hooks;
 mod identity;
 mod logs;
 mod notify;

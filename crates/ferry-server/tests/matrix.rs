@@ -299,6 +299,19 @@ const TABLE: &[Row] = &[
     row("GET", "/v1/audit/export", None, Anywhere(P::View)),
     row("GET", "/v1/audit/verify", None, Perm(P::View, Global)),
     row("GET", "/v1/audit/checkpoints", None, Perm(P::View, Global)),
+    // hooks:
+    row(
+        "GET",
+        "/v1/deployments/{dep}/hooks",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/deployments/{dep}/hooks/smoke/output",
+        None,
+        Perm(P::ViewLogs, AppEnv),
+    ),
 ];
 
 /// The rules spelled independently of the server: a binding on `shop [staging]` grants a
