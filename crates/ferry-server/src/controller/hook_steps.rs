@@ -255,11 +255,10 @@ impl Controller {
         if self.hooks.is_settled(latest.id) {
             return Ok(());
         }
-        let rolled_back = match (latest.state, latest.kind.as_str()) {
-            (DeploymentState::RolledBack, _) => true,
-            (DeploymentState::Succeeded, "rollback") => true,
-            _ => false,
-        };
+        let rolled_back = matches!(
+            (latest.state, latest.kind.as_str()),
+            (DeploymentState::RolledBack, _) | (DeploymentState::Succeeded, "rollback")
+        );
         if !rolled_back {
             self.hooks.mark_settled(latest.id);
             return Ok(());
