@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ferry_core::hooks::{self, Decision, HookPhase, RunState, Step};
 use ferry_core::manifest::{Hook, HttpHook, Manifest, Migration, OnInterrupt};
 use ferry_runtime::ProcessIdentity;
-use ferry_store::{AppRecord, HookRunRecord, NewHookRun, Store};
+use ferry_store::{AppRecord, DeploymentRecord, HookRunRecord, NewHookRun, Store};
 use tokio::process::Command;
 
 use crate::clock::now_ms;
@@ -124,6 +124,8 @@ pub struct HookRunner {
     dir: PathBuf,
     /// Deployments whose after-rollback phases are known to be done (saves store reads).
     settled: Mutex<HashSet<i64>>,
+    /// Deployments that said they wait for another deployment's hook.
+    waiting: Mutex<HashSet<i64>>,
 }
 
 impl HookRunner {
@@ -134,6 +136,7 @@ impl HookRunner {
             http: reqwest::Client::new(),
             dir,
             settled: Mutex::new(HashSet::new()),
+            waiting: Mutex::new(HashSet::new()),
         }
     }
 
@@ -414,6 +417,30 @@ impl HookRunner {
             }
         }
         Ok(jobs)
+    }
+
+    /// A hook of another deployment of the same app/env that is still running.
+    pub async fn running_elsewhere(
+        &self,
+        deployment: &DeploymentRecord,
+    ) -> Result<Option<(String, i64)>, ServerError> {
+        for run in self.store.running_hook_runs().await? {
+            if run.deployment_id == deployment.id {
+                continue;
+            }
+            if let Some(other) = self.store.get_deployment(run.deployment_id).await?
+                && other.app == deployment.app
+                && other.env == deployment.env
+            {
+                return Ok(Some((run.hook, other.id)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `true` the first time a deployment waits for another's hook (one timeline line).
+    pub fn first_wait(&self, deployment_id: i64) -> bool {
+        lock(&self.waiting).insert(deployment_id)
     }
 
     /// Whether the after-rollback phases of a deployment are known to be done.

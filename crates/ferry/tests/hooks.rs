@@ -309,8 +309,13 @@ async fn failed_smoke_test_rolls_back_and_runs_on_rollback() {
         // 2.0 answers 500 on `/` (its health check still passes).
         spec.prelude = "[ \"$VERSION\" = 2.0 ] && export DEMO_ERROR_RATE=1;".to_string();
         let rb = file(&ferry, "rollback.log");
+        let up = file(&ferry, "up.log");
         let hooks = format!(
-            r#"  post_deploy:
+            r#"  pre_deploy:
+    - name: migrate
+      run: ["sh", "-c", "echo \"up $VERSION\" >> '{up}'"]
+      migration: {{ down: ["sh", "-c", "echo \"down $VERSION to $PREVIOUS_VERSION\" >> '{rb}'"] }}
+  post_deploy:
     - name: health
       http: {{ path: /health, expect_status: 200, expect_json: {{ pointer: /version, equals: "${{VERSION}}" }}, max_latency: 5s }}
     - name: smoke
@@ -320,7 +325,8 @@ async fn failed_smoke_test_rolls_back_and_runs_on_rollback() {
     - name: page
       run: ["sh", "-c", "echo \"rolled back $VERSION to $PREVIOUS_VERSION\" >> '{rb}'"]
 "#,
-            rb = rb.display()
+            rb = rb.display(),
+            up = up.display()
         );
         let manifest = manifest_with_hooks(&ferry, &spec, &hooks);
         ferry.apply(&manifest).await;
@@ -338,8 +344,17 @@ async fn failed_smoke_test_rolls_back_and_runs_on_rollback() {
             "{reason}"
         );
         ferry.assert_serves(&spec, "1.0").await;
-        let got = wait_lines(&rb, Duration::from_secs(30), |l| !l.is_empty()).await;
-        assert_eq!(got, vec!["rolled back 2.0 to 1.0".to_string()]);
+        // The reversible migration's `down` runs first (traffic is back on 1.0), then
+        // on_rollback.
+        let got = wait_lines(&rb, Duration::from_secs(30), |l| l.len() >= 2).await;
+        assert_eq!(
+            got,
+            vec![
+                "down 2.0 to 1.0".to_string(),
+                "rolled back 2.0 to 1.0".to_string()
+            ]
+        );
+        assert_eq!(lines(&up), vec!["up 1.0".to_string(), "up 2.0".to_string()]);
         let runs = summary(&hook_runs(&ferry, id).await);
         assert!(
             runs.contains(&("post_deploy".into(), "health".into(), 1, "succeeded".into())),
@@ -349,9 +364,18 @@ async fn failed_smoke_test_rolls_back_and_runs_on_rollback() {
             runs.contains(&("on_rollback".into(), "page".into(), 1, "succeeded".into())),
             "{runs:?}"
         );
-        // Exactly once: no second on_rollback run later.
+        assert!(
+            runs.contains(&(
+                "migration_down".into(),
+                format!("migrate-down-{id}"),
+                1,
+                "succeeded".into()
+            )),
+            "{runs:?}"
+        );
+        // Exactly once: nothing runs again later.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_eq!(lines(&rb).len(), 1);
+        assert_eq!(lines(&rb).len(), 2);
     })
     .await;
 }
@@ -494,6 +518,93 @@ async fn a_hook_interrupted_by_a_server_kill_fails_or_reruns_exactly_once() {
             ]
         );
         assert_eq!(lines(&b).len(), 2, "exactly two attempts ran");
+        ferry.assert_serves(&spec, "2.0").await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn progressive_smoke_tests_go_through_the_preview_before_traffic_moves() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        // blue/green with a preview listener: green 2.0 fails its smoke test there; blue
+        // keeps all the traffic and green is removed.
+        let mut spec = Spec::new("bluey");
+        spec.replicas = 1;
+        let preview_port = common::free_port();
+        spec.strategy = format!("{{ blue_green: {{ preview_listen: 127.0.0.1:{preview_port} }} }}");
+        let hooks = r#"  post_deploy:
+    - name: version
+      http: { path: /health, expect_json: { pointer: /version, equals: "1.0" } }
+"#;
+        let manifest = manifest_with_hooks(&ferry, &spec, hooks);
+        ferry.apply(&manifest).await;
+        let out = deploy(&ferry, &spec, "1.0", true).await;
+        assert_eq!(out.code, 0, "{out}\n{}", ferry.server_logs());
+        let load = common::Load::start(&spec.listener(), 2);
+        load.warm_up(20).await;
+        let out = deploy(&ferry, &spec, "2.0", true).await;
+        assert_eq!(out.code, 3, "{out}\n{}", ferry.server_logs());
+        let id = deployment_id(&out);
+        let report = load.stop().await;
+        report.assert_no_failures("blue/green smoke test failure");
+        assert_eq!(
+            report.versions(),
+            ["1.0".to_string()].into_iter().collect(),
+            "no request reached green before its smoke test passed"
+        );
+        let d = ferry.deployment(id).await.deployment;
+        assert_eq!(d.state, DeploymentState::RolledBack, "{d:?}");
+        assert!(
+            d.reason
+                .unwrap_or_default()
+                .contains("expected /version to equal \"1.0\", got \"2.0\""),
+            "the smoke test reached green through the preview listener"
+        );
+        let outputs = ferry
+            .cli(&[
+                "logs",
+                "bluey",
+                "--env",
+                "production",
+                "--hook",
+                "version",
+                "-o",
+                "json",
+            ])
+            .await;
+        assert_eq!(outputs.code, 0, "{outputs}");
+        assert!(
+            outputs
+                .stdout
+                .contains(&format!("127.0.0.1:{preview_port}/health")),
+            "{outputs}"
+        );
+        ferry.assert_serves(&spec, "1.0").await;
+
+        // canary: the smoke test goes through the preview header before the first step.
+        let mut spec = Spec::new("canny");
+        spec.replicas = 1;
+        spec.strategy = "{ canary: { steps: [{ weight: 50 }] } }".into();
+        let hooks = r#"  post_deploy:
+    - name: version
+      http: { path: /health, expect_json: { pointer: /version, equals: "${VERSION}" } }
+"#;
+        let manifest = manifest_with_hooks(&ferry, &spec, hooks);
+        ferry.apply(&manifest).await;
+        for v in ["1.0", "2.0"] {
+            let out = deploy(&ferry, &spec, v, true).await;
+            assert_eq!(out.code, 0, "{out}\n{}", ferry.server_logs());
+        }
+        let out = ferry
+            .cli(&["logs", "canny", "--env", "production", "--hook", "version"])
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        assert!(
+            out.stdout.contains("preview header X-Ferry-Preview"),
+            "{out}"
+        );
         ferry.assert_serves(&spec, "2.0").await;
     })
     .await;

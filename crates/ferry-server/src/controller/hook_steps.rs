@@ -95,8 +95,25 @@ impl Controller {
         env: &str,
         deployment: &DeploymentRecord,
     ) -> Result<bool, ServerError> {
-        if deployment.kind == "rollback" {
+        if deployment.kind == "rollback"
+            || HookRunner::jobs(manifest, HookPhase::PreDeploy, env).is_empty()
+        {
             return Ok(true);
+        }
+        // A superseded deployment's hook may still run (a migration, say): never run two
+        // deployments' hooks of one environment at once.
+        if let Some((hook, other)) = self.hooks.running_elsewhere(deployment).await? {
+            if self.hooks.first_wait(deployment.id) {
+                self.event(
+                    deployment.id,
+                    "hook",
+                    &format!(
+                        "waiting for hook {hook} of deployment #{other} to finish before running pre_deploy hooks"
+                    ),
+                )
+                .await;
+            }
+            return Ok(false);
         }
         match self
             .hook_phase(
