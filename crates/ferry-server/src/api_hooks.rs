@@ -54,6 +54,16 @@ pub async fn output(
     State(state): State<AppState>,
     Path((id, name)): Path<(i64, String)>,
 ) -> ApiResult<Json<Vec<HookOutput>>> {
+    // A running attempt's output is not redacted yet on disk: redact on the way out too.
+    let secrets: Vec<String> = match state.store.get_deployment(id).await? {
+        Some(d) => state
+            .secrets
+            .env_vars(&d.app, &d.env)
+            .await
+            .map(|s| s.into_values().filter(|v| v.len() >= 4).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     let runs: Vec<HookRunRecord> = runs_of(&state, id)
         .await?
         .into_iter()
@@ -70,7 +80,11 @@ pub async fn output(
         runs.iter()
             .map(|run| HookOutput {
                 run: view(run),
-                output: crate::hooks::read_output(run),
+                output: secrets
+                    .iter()
+                    .fold(crate::hooks::read_output(run), |text, secret| {
+                        text.replace(secret.as_str(), "[redacted]")
+                    }),
             })
             .collect(),
     ))

@@ -1929,6 +1929,8 @@ impl Controller {
     /// Stops every replica and the proxy; the controller stops acting.
     pub async fn teardown(&self) {
         self.torn_down.store(true, Ordering::SeqCst);
+        // hooks: running hooks are workloads too.
+        self.hooks.stop_all().await;
         self.runtime.stop_all().await;
         if let Ok(records) = self.store.list_replicas(None, None).await {
             for record in records {

@@ -359,6 +359,20 @@ impl HookRunner {
         Ok(())
     }
 
+    /// Stops the process group of every running attempt (teardown). The attempts' tasks
+    /// record how they ended.
+    pub async fn stop_all(&self) {
+        let Ok(runs) = self.store.running_hook_runs().await else {
+            return;
+        };
+        for run in runs {
+            if let (Some(pid), Some(start_time)) = (run.pid, run.start_time) {
+                let identity = ProcessIdentity { pid, start_time };
+                ferry_runtime::kill_process_group(&identity, Duration::from_secs(5)).await;
+            }
+        }
+    }
+
     /// The first irreversible migration that succeeded in a deployment's pre_deploy phase.
     pub async fn irreversible_migration(
         &self,
@@ -594,7 +608,18 @@ async fn run_command(store: &Store, a: &Attempt, argv: &[String]) -> Result<(), 
     {
         tracing::error!(run = a.run.id, error = %e, "could not record the hook's pid");
     }
-    match tokio::time::timeout(a.job.timeout, child.wait()).await {
+    // Wait, keeping the output file within bounds while the hook writes.
+    let waited = tokio::time::timeout(a.job.timeout, async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                status = child.wait() => return status,
+                _ = tick.tick() => trim_running_output(&a.output),
+            }
+        }
+    })
+    .await;
+    match waited {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => {
             // The hook is done; anything it left behind in its group goes too.
@@ -682,6 +707,38 @@ fn append_line(path: &Path, line: &str) {
     }
 }
 
+/// While a hook runs: once its output passes 4× the cap, keep only the last cap's worth
+/// (lines written during the trim may be lost; the file stays bounded).
+fn trim_running_output(path: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let Ok(len) = std::fs::metadata(path).map(|m| m.len()) else {
+        return;
+    };
+    if len <= 4 * MAX_OUTPUT_BYTES {
+        return;
+    }
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    else {
+        return;
+    };
+    let mut tail = Vec::new();
+    if f.seek(SeekFrom::Start(len - MAX_OUTPUT_BYTES)).is_err()
+        || f.read_to_end(&mut tail).is_err()
+        || f.set_len(0).is_err()
+        || f.seek(SeekFrom::Start(0)).is_err()
+    {
+        return;
+    }
+    let _ = writeln!(
+        f,
+        "--- output truncated to its last {MAX_OUTPUT_BYTES} bytes ---"
+    );
+    let _ = f.write_all(&tail);
+}
+
 /// Caps the output (keeping the tail) and redacts secret values.
 fn finalize_output(path: &Path, secrets: &[String]) {
     let Ok(bytes) = std::fs::read(path) else {
@@ -746,4 +803,66 @@ pub fn read_output(run: &HookRunRecord) -> String {
         .and_then(|p| std::fs::read(p).ok())
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_redacted_and_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.log");
+        std::fs::write(&path, "pw=hunter22\nok\n").expect("write");
+        finalize_output(&path, &["hunter22".to_string()]);
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "pw=[redacted]\nok\n"
+        );
+        let big = "x".repeat(MAX_OUTPUT_BYTES as usize + 10) + "\nEND\n";
+        std::fs::write(&path, &big).expect("write");
+        finalize_output(&path, &[]);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.starts_with("--- output truncated"), "{}", &text[..60]);
+        assert!(text.ends_with("\nEND\n"));
+        assert!(text.len() as u64 <= MAX_OUTPUT_BYTES + 100);
+    }
+
+    #[test]
+    fn running_output_is_trimmed_past_four_caps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.log");
+        std::fs::write(&path, "y".repeat(MAX_OUTPUT_BYTES as usize)).expect("write");
+        trim_running_output(&path);
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").len(),
+            MAX_OUTPUT_BYTES,
+            "small files are left alone"
+        );
+        std::fs::write(&path, "z".repeat(5 * MAX_OUTPUT_BYTES as usize)).expect("write");
+        trim_running_output(&path);
+        let len = std::fs::metadata(&path).expect("meta").len();
+        assert!(
+            len > MAX_OUTPUT_BYTES && len < MAX_OUTPUT_BYTES + 100,
+            "{len}"
+        );
+    }
+
+    #[test]
+    fn jobs_take_their_defaults_from_the_hook() {
+        let hook: Hook = serde_json::from_value(serde_json::json!({
+            "name": "smoke", "http": { "path": "/health" }
+        }))
+        .expect("hook");
+        let job = Job::of(&hook);
+        assert_eq!(job.timeout, DEFAULT_HTTP_TIMEOUT);
+        assert!(matches!(job.kind, JobKind::Http(_)));
+        let hook: Hook = serde_json::from_value(serde_json::json!({
+            "name": "migrate", "run": ["true"], "migration": "irreversible"
+        }))
+        .expect("hook");
+        let job = Job::of(&hook);
+        assert_eq!(job.timeout, ferry_core::manifest::DEFAULT_HOOK_TIMEOUT);
+        assert_eq!(job.migration.as_deref(), Some("irreversible"));
+    }
 }
