@@ -387,12 +387,17 @@ async fn irreversible_migration_refuses_rollback_unless_forced_with_a_reason() {
         let ferry = Ferry::start().await;
         let mut spec = Spec::new("migra");
         spec.replicas = 1;
+        // 3.0 answers 500 on `/`: its smoke test fails after its migration ran.
+        spec.prelude = "[ \"$VERSION\" = 3.0 ] && export DEMO_ERROR_RATE=1;".to_string();
         let m = file(&ferry, "migrations.log");
         let hooks = format!(
             r#"  pre_deploy:
     - name: migrate
       run: ["sh", "-c", "echo \"migrated for $VERSION\" >> '{m}'"]
       migration: irreversible
+  post_deploy:
+    - name: smoke
+      http: {{ path: /, expect_status: 200 }}
 "#,
             m = m.display()
         );
@@ -443,6 +448,34 @@ async fn irreversible_migration_refuses_rollback_unless_forced_with_a_reason() {
                 .any(|l| l.contains("rollback") && l.contains(reason))
                 || out.stdout.contains(reason),
             "the forced rollback and its reason are audited: {out}"
+        );
+
+        // An automatic rollback never goes back past an irreversible migration: 3.0's smoke
+        // test fails after its migration ran → failed, and 3.0 keeps serving.
+        let out = deploy(&ferry, &spec, "3.0", true).await;
+        assert_eq!(out.code, 3, "{out}\n{}", ferry.server_logs());
+        let id = deployment_id(&out);
+        let d = ferry.deployment(id).await.deployment;
+        assert_eq!(d.state, DeploymentState::Failed, "{d:?}");
+        let reason = d.reason.unwrap_or_default();
+        assert!(
+            reason.contains("cannot roll back automatically: migration migrate is irreversible")
+                && reason.contains("expected status 200, got 500"),
+            "{reason}"
+        );
+        let status = ferry.env_status(&spec).await;
+        assert_eq!(status.current_version.as_deref(), Some("3.0"), "{status:?}");
+        let resp = ferry
+            .http
+            .get(format!("http://{}/", spec.listener()))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(
+            resp.headers()
+                .get("x-version")
+                .and_then(|v| v.to_str().ok()),
+            Some("3.0")
         );
     })
     .await;
