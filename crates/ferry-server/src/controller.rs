@@ -523,6 +523,10 @@ impl Controller {
             } else {
                 deployment.reason.clone()
             };
+            // hooks: say so when this goes back past an irreversible migration.
+            if state == DeploymentState::RollingBack {
+                self.warn_if_irreversible(&deployment).await?;
+            }
             let aborted_by = Phase::of(&deployment.phase).aborted_by;
             let (state, message) = match (state, aborted_by) {
                 (DeploymentState::RolledBack, Some(by)) => (

@@ -257,6 +257,26 @@ impl Controller {
         Ok(true)
     }
 
+    /// A rolling/recreate rollout whose new version cannot serve still rolls back; the
+    /// timeline says when that goes back past an irreversible migration.
+    pub(super) async fn warn_if_irreversible(
+        &self,
+        deployment: &DeploymentRecord,
+    ) -> Result<(), ServerError> {
+        if let Some(migration) = self.hooks.irreversible_migration(deployment.id).await? {
+            self.event(
+                deployment.id,
+                "hook",
+                &format!(
+                    "warning: rolling back past irreversible migration {migration}: {} cannot serve, so the previous version runs on the migrated data",
+                    deployment.version
+                ),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
     /// After a deployment ended rolled back (or a requested rollback succeeded): the `down`
     /// commands of the reversible migrations rolled back past, then the on_rollback hooks.
     /// Failures are reported on the timeline, never fatal.
