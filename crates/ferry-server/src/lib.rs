@@ -10,6 +10,7 @@
 //!   `FERRY_MASTER_KEY_FILE` names the operator's own key file
 //! - `proxy/`       the proxy's own state (its admin token, pid file, last route table)
 //! - `logs/`        one log file per replica
+//! - `hooks/`       captured hook output: `<deployment>/<phase>-<name>-<attempt>.log`
 
 mod access;
 mod api;
