@@ -276,6 +276,8 @@ pub fn decide(phase: HookPhase, steps: &[Step], runs: &[Run]) -> Decision {
                     } else {
                         format!(" after {failures} attempts")
                     };
+                    // "failed: expected status 200, got 503" reads as the reason's tail.
+                    let what = what.strip_prefix("failed: ").unwrap_or(&what);
                     return Decision::Failed {
                         hook: step.name.clone(),
                         reason: format!("{phase} hook {} failed{tries}: {what}", step.name),

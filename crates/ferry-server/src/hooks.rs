@@ -223,9 +223,13 @@ impl HookRunner {
             })
             .await?;
         let what = if attempt > 1 {
-            format!("hook {} ({phase}): started attempt {attempt}", job.name)
+            format!(
+                "hook {}: started attempt {attempt}{}",
+                job.name,
+                phase_note(phase)
+            )
         } else {
-            format!("hook {} ({phase}): started", job.name)
+            format!("hook {}: started{}", job.name, phase_note(phase))
         };
         let line = match why {
             Some(why) => format!("{what} ({why})"),
@@ -345,7 +349,7 @@ impl HookRunner {
                     self.event(
                         run.deployment_id,
                         &format!(
-                            "hook {} ({}) was interrupted by a server restart (attempt {})",
+                            "hook {} was interrupted by a server restart ({}, attempt {})",
                             run.hook, run.phase, run.attempt
                         ),
                     )
@@ -490,7 +494,7 @@ async fn finish_run(
         .await
     {
         Ok(_) => {
-            let line = format!("hook {} ({}): {summary}", run.hook, run.phase);
+            let line = format!("hook {}: {summary}", run.hook);
             if let Err(e) = store
                 .append_event(deployment_id, "hook", &line, now_ms())
                 .await
@@ -539,7 +543,7 @@ async fn execute(
                 RunState::Failed,
                 code,
                 match last {
-                    Some(last) => format!("failed ({code_text}) after {}: {last}", seconds(took)),
+                    Some(last) => format!("failed ({code_text}): {last}"),
                     None => format!("failed ({code_text}) after {}", seconds(took)),
                 },
             )
@@ -553,6 +557,14 @@ async fn execute(
             ),
         ),
         Err(Failure::Other(message)) => (RunState::Failed, None, format!("failed: {message}")),
+    }
+}
+
+/// The phase, said on a `started` line unless it is pre_deploy (the common case).
+fn phase_note(phase: HookPhase) -> String {
+    match phase {
+        HookPhase::PreDeploy => String::new(),
+        other => format!(" ({other})"),
     }
 }
 

@@ -185,8 +185,8 @@ async fn pre_deploy_runs_in_order_and_a_failure_changes_nothing() {
             ]
         );
         let line = timeline(&ferry, first_id).await;
-        assert!(line.contains("hook first (pre_deploy): started"), "{line}");
-        assert!(line.contains("hook first (pre_deploy): succeeded in "), "{line}");
+        assert!(line.contains("hook first: started"), "{line}");
+        assert!(line.contains("hook first: succeeded in "), "{line}");
         // The hook printed the secret: the captured output shows it redacted; cwd is the
         // manifest's directory.
         let out = ferry
@@ -522,7 +522,7 @@ async fn a_hook_interrupted_by_a_server_kill_fails_or_reruns_exactly_once() {
         );
         let line = timeline(&ferry, id).await;
         assert!(
-            line.contains("hook fragile (pre_deploy) was interrupted by a server restart"),
+            line.contains("hook fragile was interrupted by a server restart"),
             "{line}"
         );
         assert!(!is_alive(pid), "recovery stopped the interrupted hook's group");
