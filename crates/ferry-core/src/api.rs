@@ -70,6 +70,10 @@ pub struct RollbackRequest {
     /// Version to go back to; default: the release before the current one that succeeded.
     #[serde(default)]
     pub to: Option<String>,
+    // hooks:
+    /// Go back past an irreversible migration anyway (needs a reason).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// One deployment (rollout) of a version into an environment.
@@ -247,4 +251,37 @@ pub struct ReleaseCreated {
 pub struct PromotionRequest {
     pub from: String,
     pub to: String,
+}
+
+// hooks:
+/// One attempt of a deployment hook (`GET /v1/deployments/{id}/hooks`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HookRunView {
+    pub id: i64,
+    pub deployment_id: i64,
+    /// `pre_deploy`, `post_deploy`, `on_rollback` or `migration_down`.
+    pub phase: String,
+    pub hook: String,
+    pub attempt: u32,
+    /// `running`, `succeeded`, `failed`, `interrupted` or `timed-out`.
+    pub state: String,
+    pub started_at_ms: i64,
+    #[serde(default)]
+    pub finished_at_ms: Option<i64>,
+    #[serde(default)]
+    pub duration_ms: Option<i64>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub summary: Option<String>,
+    /// `irreversible`, `reversible` or none.
+    #[serde(default)]
+    pub migration: Option<String>,
+}
+
+/// The captured output of one attempt (`GET /v1/deployments/{id}/hooks/{name}/output`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HookOutput {
+    pub run: HookRunView,
+    pub output: String,
 }

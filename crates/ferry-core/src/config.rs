@@ -349,12 +349,11 @@ impl<'a> Resolver<'a> {
     }
 }
 
-/// Every variable a replica of `service` in `env` receives from the manifest (not its
-/// secrets, not `PORT`), sorted by name, with their sources; plus every error found.
-pub fn resolve(
+/// The app's `vars` overridden by `env`'s, templated: what a hook in `env` receives from the
+/// manifest (hooks belong to no service), sorted by name; plus every error found.
+pub fn environment_vars(
     manifest: &Manifest,
     env: &str,
-    service: &str,
     version: &str,
 ) -> (Vec<EffectiveVar>, Vec<ConfigError>) {
     let Some(environment) = manifest.environments.get(env) else {
@@ -363,12 +362,19 @@ pub fn resolve(
             vec![ConfigError::UnknownEnvironment(env.to_string())],
         );
     };
-    let Some(svc) = manifest.services.get(service) else {
-        return (
-            vec![],
-            vec![ConfigError::UnknownService(service.to_string())],
-        );
-    };
+    let (r, out) = layered(manifest, env, environment, version, None);
+    (out.into_values().collect(), r.errors)
+}
+
+/// The layered (app, then environment) variables, resolved, and the resolver that did it
+/// (for service templates and the errors).
+fn layered<'a>(
+    manifest: &'a Manifest,
+    env: &'a str,
+    environment: &'a crate::manifest::Environment,
+    version: &str,
+    service: Option<&str>,
+) -> (Resolver<'a>, BTreeMap<String, EffectiveVar>) {
     let mut raw: BTreeMap<&str, Raw> = BTreeMap::new();
     for (name, template) in &manifest.vars {
         raw.insert(
@@ -390,12 +396,14 @@ pub fn resolve(
             },
         );
     }
-    let builtins = BTreeMap::from([
+    let mut builtins = BTreeMap::from([
         ("VERSION", version.to_string()),
         ("FERRY_APP", manifest.app.clone()),
         ("FERRY_ENV", env.to_string()),
-        ("FERRY_SERVICE", service.to_string()),
     ]);
+    if let Some(service) = service {
+        builtins.insert("FERRY_SERVICE", service.to_string());
+    }
     let mut r = Resolver {
         manifest,
         env,
@@ -419,6 +427,30 @@ pub fn resolve(
             );
         }
     }
+    (r, out)
+}
+
+/// Every variable a replica of `service` in `env` receives from the manifest (not its
+/// secrets, not `PORT`), sorted by name, with their sources; plus every error found.
+pub fn resolve(
+    manifest: &Manifest,
+    env: &str,
+    service: &str,
+    version: &str,
+) -> (Vec<EffectiveVar>, Vec<ConfigError>) {
+    let Some(environment) = manifest.environments.get(env) else {
+        return (
+            vec![],
+            vec![ConfigError::UnknownEnvironment(env.to_string())],
+        );
+    };
+    let Some(svc) = manifest.services.get(service) else {
+        return (
+            vec![],
+            vec![ConfigError::UnknownService(service.to_string())],
+        );
+    };
+    let (mut r, mut out) = layered(manifest, env, environment, version, Some(service));
     for (name, template) in &svc.env {
         let at = path(&["services", service, "env", name]);
         // Rendered even when shadowed, so that its mistakes are reported.

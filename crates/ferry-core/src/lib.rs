@@ -15,3 +15,5 @@ pub mod release;
 pub mod rollout;
 // config:
 pub mod config;
+// hooks:
+pub mod hooks;

@@ -12,11 +12,14 @@
 
 mod diff;
 mod errors;
+// hooks:
+mod hooks;
 mod progressive;
 mod tree;
 mod validate;
 
 pub(crate) use errors::closest;
+pub use hooks::{DEFAULT_HOOK_TIMEOUT, ExpectJson, Hook, Hooks, HttpHook, Migration, OnInterrupt};
 pub use progressive::{
     BlueGreen, Canary, CanaryStep, DEFAULT_PREVIEW_HEADER, Pause, Stickiness, weight_basis_points,
 };
@@ -66,6 +69,9 @@ pub struct Manifest {
     /// Webhooks told about every deployment state change (or only the listed states).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<Notification>,
+    /// Commands and HTTP smoke tests run at fixed points of every deployment.
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
 }
 
 /// A webhook that receives a POST for deployment state changes.

@@ -484,6 +484,21 @@ pub static RULES: &[Rule] = &[
         Perm(P::Deploy),
         AppEnv,
     ),
+    // hooks:
+    rule(
+        Method::GET,
+        "/v1/deployments/{id}/hooks",
+        "deployments.hooks",
+        Perm(P::View),
+        Deployment,
+    ),
+    rule(
+        Method::GET,
+        "/v1/deployments/{id}/hooks/{name}/output",
+        "deployments.hook_output",
+        Perm(P::ViewLogs),
+        Deployment,
+    ),
 ];
 
 /// Path templates under `/v1/apps/{app}/envs/{env}`.

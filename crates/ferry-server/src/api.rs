@@ -148,6 +148,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/deployments/{id}/overrides",
             post(crate::gates::create_override),
         )
+        // hooks:
+        .route("/v1/deployments/{id}/hooks", get(crate::api_hooks::list))
+        .route(
+            "/v1/deployments/{id}/hooks/{name}/output",
+            get(crate::api_hooks::output),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), access::gate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -509,12 +515,31 @@ async fn rollback(
     Extension(access): Extension<Access>,
     Extension(slot): Extension<AuditSlot>,
     Path((app, env)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Option<Json<RollbackRequest>>,
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
-    let to = body.and_then(|Json(r)| r.to);
+    let request = body.map(|Json(r)| r).unwrap_or_default();
+    // hooks: forcing a rollback past an irreversible migration needs a reason (audited).
+    let has_reason = headers
+        .get("x-ferry-reason")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|r| !r.trim().is_empty());
+    if request.force && !has_reason {
+        return Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a forced rollback needs a reason: send X-Ferry-Reason (ferry rollback --force --reason \"...\")",
+        ));
+    }
     let view = state
         .controller()?
-        .request_rollback(&app, &env, to, &access.caller.principal())
+        .request_rollback(
+            &app,
+            &env,
+            request.to,
+            &access.caller.principal(),
+            request.force,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(noted(&slot, view))))
 }
@@ -800,6 +825,9 @@ mod tests {
             // config:
             "/v1/apps/{app}/envs/{env}/config",
             "/v1/apps/{app}/envs/{env}/redeploy",
+            // hooks:
+            "/v1/deployments/{id}/hooks",
+            "/v1/deployments/{id}/hooks/{name}/output",
         ]
         .into_iter()
         .map(String::from)

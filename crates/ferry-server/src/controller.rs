@@ -38,6 +38,9 @@ use crate::progressive::{CommandName, Meter, PendingCommand, Phase, Subject, pla
 use crate::proxy_link::ProxyLink;
 use ferry_core::progressive::{self, Outcome, Plan};
 
+// hooks:
+mod hook_steps;
+
 /// How often the loop re-evaluates without being woken (timeouts, proxy liveness).
 const TICK: Duration = Duration::from_millis(200);
 /// How long adopted replicas get to report their health before decisions resume.
@@ -99,6 +102,9 @@ pub struct Controller {
     // gates:
     /// Runs the external gate checks of waiting deployments in the background.
     gate_checks: crate::gates::CheckRunner,
+    // hooks:
+    /// Runs deployment hooks (pre_deploy, post_deploy, on_rollback) as recorded tasks.
+    hooks: crate::hooks::HookRunner,
 }
 
 impl Controller {
@@ -108,6 +114,14 @@ impl Controller {
         proxy: ProxyLink,
         secrets: Arc<crate::secrets::Secrets>,
     ) -> Arc<Controller> {
+        // hooks: output lives beside the replicas' logs, in DATA_DIR/hooks.
+        let hooks_dir = runtime
+            .log_path("x")
+            .parent()
+            .and_then(|logs| logs.parent())
+            .map(|data| data.join("hooks"))
+            .unwrap_or_else(|| PathBuf::from("hooks"));
+        let hooks = crate::hooks::HookRunner::new(store.clone(), secrets.clone(), hooks_dir);
         Arc::new(Controller {
             store,
             runtime,
@@ -124,6 +138,7 @@ impl Controller {
             torn_down: AtomicBool::new(false),
             secrets,
             gate_checks: crate::gates::CheckRunner::default(),
+            hooks,
         })
     }
 
@@ -142,6 +157,8 @@ impl Controller {
 
     /// Re-adopts the replicas a previous server left running; stops what it can't vouch for.
     pub async fn recover(&self) -> Result<(), ServerError> {
+        // hooks: attempts the previous server left running are interrupted, never re-adopted.
+        self.hooks.recover().await?;
         let apps = self.apps().await?;
         let mut adopted = HashSet::new();
         for record in self.store.list_replicas(None, None).await? {
@@ -399,12 +416,24 @@ impl Controller {
             .map(|e| e.strategy.clone())
             .unwrap_or_default();
         let Some(deployment) = self.active_deployment(&app.name, env).await? else {
+            // hooks:
+            self.after_rollback_hooks(app, manifest, env).await?;
             return self.maintain(app, manifest, env, &services, now).await;
         };
         if matches!(
             deployment.state,
             DeploymentState::Pending | DeploymentState::AwaitingApproval
         ) && !self.gates_pass(&deployment, manifest, env).await?
+        {
+            return Ok(());
+        }
+        // hooks: pre_deploy runs to completion before anything moves.
+        if matches!(
+            deployment.state,
+            DeploymentState::Pending | DeploymentState::AwaitingApproval
+        ) && !self
+            .pre_deploy_done(app, manifest, env, &deployment)
+            .await?
         {
             return Ok(());
         }
@@ -512,6 +541,18 @@ impl Controller {
             // that sends everything to them before the deployment can claim success.
             return Ok(());
         }
+        // hooks: post_deploy smoke tests before `succeeded`; a failure rolls back.
+        let verdict = if verdict == Verdict::Converged {
+            match self
+                .post_deploy_verdict(app, manifest, env, &deployment)
+                .await?
+            {
+                Some(verdict) => verdict,
+                None => return Ok(()),
+            }
+        } else {
+            verdict
+        };
         if let Some((state, reason)) = rollout::next_state(
             deployment.state,
             &verdict,
@@ -538,6 +579,10 @@ impl Controller {
             } else {
                 deployment.reason.clone()
             };
+            // hooks: say so when this goes back past an irreversible migration.
+            if state == DeploymentState::RollingBack {
+                self.warn_if_irreversible(&deployment).await?;
+            }
             let aborted_by = Phase::of(&deployment.phase).aborted_by;
             let (state, message) = match (state, aborted_by) {
                 (DeploymentState::RolledBack, Some(by)) => (
@@ -675,6 +720,38 @@ impl Controller {
             now,
         );
         let changed = phase.progress.as_ref() != Some(&next) || command.is_some();
+        // hooks: post_deploy smoke tests through the preview route before traffic first moves.
+        if next.weight_bp > 0 && progress.weight_bp == 0 && !matches!(outcome, Outcome::Failed(_)) {
+            match self
+                .progressive_post_deploy(app, manifest, env, deployment)
+                .await?
+            {
+                crate::hooks::PhaseStatus::Done => {}
+                crate::hooks::PhaseStatus::Waiting => {
+                    // Hold the weight at 0; keep the new replicas the step wants running.
+                    for service in services {
+                        let want = vec![
+                            (
+                                canary.to_string(),
+                                next.canary_replicas.min(service.desired),
+                            ),
+                            (stable.clone(), service.desired),
+                        ];
+                        let (actions, _) = rollout::reconcile_sets(service, &want);
+                        if let Err(reason) = self
+                            .act(app, manifest, env, Some(deployment.id), actions, now)
+                            .await
+                        {
+                            tracing::error!(deployment = deployment.id, "{reason}");
+                        }
+                    }
+                    return Ok(());
+                }
+                crate::hooks::PhaseStatus::Failed(reason) => {
+                    return self.roll_back(deployment, &phase, &stable, &reason).await;
+                }
+            }
+        }
         phase.progress = Some(next.clone());
 
         match outcome {
@@ -758,6 +835,13 @@ impl Controller {
         stable: &str,
         reason: &str,
     ) -> Result<(), ServerError> {
+        // hooks: never roll back past an irreversible migration automatically.
+        if self
+            .fail_forward_if_irreversible(deployment, reason)
+            .await?
+        {
+            return Ok(());
+        }
         self.transition_with_phase(
             deployment,
             DeploymentState::RollingBack,
@@ -1582,6 +1666,7 @@ impl Controller {
         env: &str,
         to: Option<String>,
         requested_by: &str,
+        force: bool,
     ) -> Result<DeploymentView, RequestError> {
         // Mid-rollout, "roll back" means: back to the version that was serving, now. For
         // blue/green that is the instant switch back to blue, which is still running.
@@ -1592,6 +1677,15 @@ impl Controller {
                 .as_ref()
                 .is_some_and(|previous| to.as_deref().is_none_or(|t| t == previous))
         {
+            // hooks:
+            self.check_rollback_migrations(
+                app,
+                env,
+                Some(&active),
+                target_or(&active.previous_version),
+                force,
+            )
+            .await?;
             return self
                 .change_in_progress(app, env, |deployment| {
                     let previous = target_or(&deployment.previous_version);
@@ -1635,6 +1729,9 @@ impl Controller {
                     })?
             }
         };
+        // hooks:
+        self.check_rollback_migrations(app, env, None, &target, force)
+            .await?;
         if current.as_deref() == Some(target.as_str())
             && let Some(active) = self.active_deployment(app, env).await?
         {
@@ -1935,6 +2032,8 @@ impl Controller {
     /// Stops every replica and the proxy; the controller stops acting.
     pub async fn teardown(&self) {
         self.torn_down.store(true, Ordering::SeqCst);
+        // hooks: running hooks are workloads too.
+        self.hooks.stop_all().await;
         self.runtime.stop_all().await;
         if let Ok(records) = self.store.list_replicas(None, None).await {
             for record in records {

@@ -10,9 +10,12 @@
 //!   `FERRY_MASTER_KEY_FILE` names the operator's own key file
 //! - `proxy/`       the proxy's own state (its admin token, pid file, last route table)
 //! - `logs/`        one log file per replica
+//! - `hooks/`       captured hook output: `<deployment>/<phase>-<name>-<attempt>.log`
 
 mod access;
 mod api;
+// hooks:
+mod api_hooks;
 mod approvals;
 mod audit;
 mod auth;
@@ -21,6 +24,8 @@ mod controller;
 mod error;
 // gates:
 mod gates;
+// hooks:
+mod hooks;
 mod identity;
 mod logs;
 mod notify;

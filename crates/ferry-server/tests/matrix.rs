@@ -348,6 +348,19 @@ const TABLE: &[Row] = &[
         None,
         Perm(P::Deploy, AppEnv),
     ),
+    // hooks:
+    row(
+        "GET",
+        "/v1/deployments/{dep}/hooks",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/deployments/{dep}/hooks/smoke/output",
+        None,
+        Perm(P::ViewLogs, AppEnv),
+    ),
 ];
 
 /// The rules spelled independently of the server: a binding on `shop [staging]` grants a

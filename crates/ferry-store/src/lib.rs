@@ -24,6 +24,8 @@ use sqlx::{AnyPool, Row, SqlSafeStr};
 
 mod approvals;
 mod audit;
+// hooks:
+mod hooks;
 mod identity;
 mod secrets;
 // releases:
@@ -35,6 +37,7 @@ mod config;
 pub use config::ReplicaConfig;
 
 pub use audit::{AuditQuery, CheckpointRecord};
+pub use hooks::{HookRunRecord, NewHookRun};
 pub use identity::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
 pub use secrets::{SecretInfo, SecretRecord};
 // releases:
@@ -233,6 +236,12 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "releases",
         include_str!("../migrations/sqlite/0005_releases.sql"),
     ),
+    // hooks:
+    (
+        6,
+        "hooks",
+        include_str!("../migrations/sqlite/0006_hooks.sql"),
+    ),
     // config:
     (
         7,
@@ -283,6 +292,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "releases",
         include_str!("../migrations/postgres/0005_releases.sql"),
+    ),
+    (
+        6,
+        "hooks",
+        include_str!("../migrations/postgres/0006_hooks.sql"),
     ),
     (
         7,

@@ -7,6 +7,8 @@ mod commands;
 mod config;
 // gates:
 mod gates;
+// hooks:
+mod hooks;
 mod identity;
 mod output;
 mod progressive;
@@ -174,6 +176,9 @@ enum Command {
         /// Version to go back to.
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
+        /// Go back past an irreversible migration anyway (needs --reason; audited).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         wait: WaitArgs,
         #[command(flatten)]
@@ -298,6 +303,15 @@ enum Command {
         /// Keep printing new lines.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Print the captured output of this deployment hook instead (every attempt).
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["service", "tail", "follow"])]
+        hook: Option<String>,
+        /// With --hook: this deployment (default: the latest one that ran the hook).
+        #[arg(long, value_name = "ID", requires = "hook")]
+        deployment: Option<i64>,
+        /// With --hook: `-o json` prints the attempts with their output as JSON.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text, requires = "hook")]
+        output: Format,
     },
     /// List the apps.
     Apps {
@@ -502,6 +516,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schema => commands::schema(),
         Command::Demo(args) => ferry_demo::serve(args).await,
         command => {
+            // hooks: a forced rollback must say why (it is audited).
+            if matches!(command, Command::Rollback { force: true, .. })
+                && reason.as_deref().is_none_or(|r| r.trim().is_empty())
+            {
+                return Err(Failure::new(
+                    exit::INVALID,
+                    "--force needs --reason \"why the old version is safe on the migrated data\" (it is kept in the audit log)",
+                )
+                .into());
+            }
             let client = client::Client::new(&conn)?.with_reason(reason)?;
             match command {
                 Command::Apply { file, dry_run, out } => {
@@ -522,9 +546,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     app,
                     env,
                     to,
+                    force,
                     wait,
                     out,
-                } => commands::rollback(&client, &app, &env, to, wait, out.output).await,
+                } => commands::rollback(&client, &app, &env, to, force, wait, out.output).await,
                 Command::Status {
                     app,
                     env: Some(env),
@@ -602,9 +627,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Logs {
                     app,
                     env,
+                    hook: Some(hook),
+                    deployment,
+                    output,
+                    ..
+                } => {
+                    hooks::logs(
+                        &client,
+                        &app,
+                        &env,
+                        &hook,
+                        deployment,
+                        output == Format::Json,
+                    )
+                    .await
+                }
+                Command::Logs {
+                    app,
+                    env,
                     service,
                     tail,
                     follow,
+                    ..
                 } => commands::logs(&client, &app, &env, service.as_deref(), tail, follow).await,
                 Command::Apps { out } => commands::apps(&client, out.output).await,
                 Command::Approve(args) => approvals::approve(&client, args).await,

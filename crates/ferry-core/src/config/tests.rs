@@ -449,3 +449,25 @@ fn apply_dry_run_lists_changed_vars() {
     let lines = new.diff(Some(&old));
     assert_eq!(lines, vec!["~ vars.DB_HOST: db.internal -> db2.internal"]);
 }
+
+#[test]
+fn environment_vars_are_the_layered_vars_without_any_service() {
+    let m = manifest(LAYERED);
+    let (vars, errors) = environment_vars(&m, "staging", "1.2.0");
+    assert_eq!(get(&vars, "DB_HOST").value, "staging-db");
+    assert_eq!(get(&vars, "DB_HOST").source, Source::Env("staging".into()));
+    assert_eq!(get(&vars, "DB_NAME").source, Source::App);
+    assert!(
+        vars.iter().all(|v| v.name != "DATABASE_URL"),
+        "no service env"
+    );
+    // GREETING names the service: a hook has none, so it is reported, not guessed.
+    assert!(vars.iter().all(|v| v.name != "GREETING"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].to_string().contains("FERRY_SERVICE"),
+        "{errors:?}"
+    );
+    let (_, errors) = environment_vars(&m, "nowhere", "1.2.0");
+    assert_eq!(errors.len(), 1);
+}

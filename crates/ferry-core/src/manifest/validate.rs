@@ -329,7 +329,162 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
         let path = e.path().iter().map(|k| Seg::Key(k.clone())).collect();
         out.value(path, e.message(), e.hint());
     }
+    // hooks:
+    check_hooks(&mut out, m);
     out.0
+}
+
+/// Variables Ferry sets for every hook; `env:` may not set them.
+pub const HOOK_RESERVED_VARS: [&str; 6] = [
+    "VERSION",
+    "PREVIOUS_VERSION",
+    "FERRY_APP",
+    "FERRY_ENV",
+    "FERRY_DEPLOYMENT_ID",
+    "FERRY_HOOK",
+];
+
+fn check_hooks(out: &mut Issues, m: &Manifest) {
+    let known_envs: Vec<&str> = m.environments.keys().collect();
+    for (phase, hooks) in [
+        ("pre_deploy", &m.hooks.pre_deploy),
+        ("post_deploy", &m.hooks.post_deploy),
+        ("on_rollback", &m.hooks.on_rollback),
+    ] {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, hook) in hooks.iter().enumerate() {
+            let base = vec![
+                Seg::Key("hooks".into()),
+                Seg::Key(phase.into()),
+                Seg::Index(i),
+            ];
+            if !is_name(&hook.name) {
+                out.value(
+                    with(&base, "name"),
+                    format!("invalid hook name {:?}", hook.name),
+                    name_hint(&hook.name),
+                );
+            }
+            if let Some(first) = seen.insert(&hook.name, i) {
+                out.value(
+                    with(&base, "name"),
+                    format!(
+                        "hook name `{}` is already used by hooks.{phase}[{first}]",
+                        hook.name
+                    ),
+                    Some("names must be unique within a phase".into()),
+                );
+            }
+            match (&hook.run, &hook.http) {
+                (Some(_), Some(_)) => out.key(
+                    with(&base, "http"),
+                    "a hook has either `run` or `http`, not both",
+                    Some("split it into two hooks".into()),
+                ),
+                (None, None) => out.key(
+                    base.clone(),
+                    "a hook needs `run` (a command) or `http` (a smoke test)",
+                    Some("e.g. `run: [\"./smoke.sh\"]` or `http: { path: /health }`".into()),
+                ),
+                _ => {}
+            }
+            if let Some(run) = &hook.run
+                && (run.is_empty() || run[0].trim().is_empty())
+            {
+                out.value(
+                    with(&base, "run"),
+                    "the command is empty",
+                    Some("write the argv, e.g. `[\"sh\", \"-c\", \"./backup.sh\"]`".into()),
+                );
+            }
+            if let Some(http) = &hook.http {
+                let hbase = with(&base, "http");
+                if !http.path.starts_with('/') {
+                    out.value(
+                        with(&hbase, "path"),
+                        format!("path {:?} must start with `/`", http.path),
+                        None,
+                    );
+                }
+                if let Some(status) = http.expect_status
+                    && !(100..=599).contains(&status)
+                {
+                    out.value(
+                        with(&hbase, "expect_status"),
+                        format!("{status} is not an HTTP status"),
+                        Some("a number between 100 and 599".into()),
+                    );
+                }
+                if let Some(json) = &http.expect_json
+                    && !(json.pointer.is_empty() || json.pointer.starts_with('/'))
+                {
+                    out.value(
+                        with(&with(&hbase, "expect_json"), "pointer"),
+                        format!("invalid JSON pointer {:?}", json.pointer),
+                        Some("a JSON pointer starts with `/`, e.g. `/version`".into()),
+                    );
+                }
+                if let Some(latency) = http.max_latency {
+                    positive(out, with(&hbase, "max_latency"), latency);
+                }
+            }
+            if let Some(timeout) = hook.timeout {
+                positive(out, with(&base, "timeout"), timeout);
+            }
+            for (j, env) in hook.environments.iter().enumerate() {
+                if m.environments.get(env).is_none() {
+                    let mut path = with(&base, "environments");
+                    path.push(Seg::Index(j));
+                    out.value(
+                        path,
+                        format!("no environment `{env}` in this manifest"),
+                        Some(format!("known environments: {}", known_envs.join(", "))),
+                    );
+                }
+            }
+            for name in hook.env.keys() {
+                let path = with(&with(&base, "env"), name);
+                if HOOK_RESERVED_VARS.contains(&name.as_str()) {
+                    out.key(
+                        path,
+                        format!("`{name}` is set by Ferry for every hook"),
+                        Some(format!("Ferry sets {}", HOOK_RESERVED_VARS.join(", "))),
+                    );
+                } else if !is_var_name(name) {
+                    out.key(
+                        path,
+                        format!("invalid environment variable name {name:?}"),
+                        Some("names are letters, digits and `_`, not starting with a digit".into()),
+                    );
+                }
+            }
+            if let Some(migration) = &hook.migration {
+                if phase != "pre_deploy" {
+                    out.key(
+                        with(&base, "migration"),
+                        "`migration` is only allowed on pre_deploy hooks",
+                        Some("migrations run before the new version starts; move this hook to `pre_deploy`".into()),
+                    );
+                }
+                if hook.http.is_some() {
+                    out.key(
+                        with(&base, "migration"),
+                        "an HTTP hook cannot be a migration",
+                        None,
+                    );
+                }
+                if let super::Migration::Down(down) = migration
+                    && (down.is_empty() || down[0].trim().is_empty())
+                {
+                    out.value(
+                        with(&with(&base, "migration"), "down"),
+                        "the down command is empty",
+                        Some("write its argv, or `migration: irreversible`".into()),
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn check_canary(out: &mut Issues, base: &[Seg], canary: &Canary) {
@@ -1195,5 +1350,162 @@ mod tests {
         // Unknown fields are refused by the typed parse.
         let errors = gate_errors("{ checks: [ { name: a, run: [\"true\"], every: 1s } ] }");
         assert!(!errors.is_empty());
+    }
+}
+
+// hooks:
+#[cfg(test)]
+mod hook_tests {
+    const HEAD: &str = "app: shop\nservices:\n  web:\n    run: [./web]\nenvironments:\n  staging:\n    listen: 127.0.0.1:8081\n  production:\n    listen: 127.0.0.1:8082\n";
+
+    fn errors(hooks: &str) -> Vec<String> {
+        let text = format!("{HEAD}hooks:\n{hooks}");
+        match crate::manifest::parse(&text, "ferry.yaml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = format!(
+            "{HEAD}{}",
+            r#"hooks:
+  pre_deploy:
+    - name: backup
+      run: ["sh", "-c", "pg_dump -f \"$BACKUP_DIR/backup-$VERSION.sql\" app"]
+      timeout: 60s
+      retries: 1
+      environments: [staging, production]
+      env: { PGDATABASE: app }
+      on_interrupt: fail
+    - name: migrate
+      run: ["sh", "-c", "psql -v ON_ERROR_STOP=1 -f migrations/002.sql"]
+      migration: irreversible
+    - name: migrate2
+      run: ["true"]
+      migration: { down: ["sh","-c","psql -f migrations/002.down.sql"] }
+      on_interrupt: rerun
+  post_deploy:
+    - name: smoke
+      http: { path: /health, expect_status: 200, expect_body: "ok",
+              expect_json: { pointer: /version, equals: "${VERSION}" }, max_latency: 500ms }
+      retries: 2
+    - name: e2e
+      run: ["./smoke.sh"]
+  on_rollback:
+    - name: page-oncall
+      run: ["sh", "-c", "echo rolled back $VERSION"]
+"#
+        );
+        let m = crate::manifest::parse(&text, "ferry.yaml").expect("valid");
+        assert_eq!(m.hooks.pre_deploy.len(), 3);
+        assert_eq!(
+            m.hooks.pre_deploy[1].migration,
+            Some(crate::manifest::Migration::Irreversible)
+        );
+        assert!(matches!(
+            &m.hooks.pre_deploy[2].migration,
+            Some(crate::manifest::Migration::Down(d)) if d.len() == 3
+        ));
+        assert_eq!(m.hooks.pre_deploy[0].timeout().as_secs(), 60);
+        let http = m.hooks.post_deploy[0].http.as_ref().expect("http");
+        assert_eq!(http.expect_status, Some(200));
+        assert_eq!(m.hooks.on_rollback[0].name, "page-oncall");
+        // Round trip through JSON (how the server stores it).
+        let json = serde_json::to_string(&m).expect("json");
+        let back: crate::manifest::Manifest = serde_json::from_str(&json).expect("back");
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        for (hooks, expected, at) in [
+            (
+                "  pre_deploy:\n    - { name: a, run: [x], environments: [qa] }\n",
+                "no environment `qa`",
+                "hooks.pre_deploy[0].environments[0]",
+            ),
+            (
+                "  pre_deploy:\n    - { name: a, run: [] }\n",
+                "the command is empty",
+                "hooks.pre_deploy[0].run",
+            ),
+            (
+                "  pre_deploy:\n    - { name: a }\n",
+                "needs `run`",
+                "hooks.pre_deploy[0]",
+            ),
+            (
+                "  post_deploy:\n    - { name: a, run: [x], http: { path: /h } }\n",
+                "not both",
+                "hooks.post_deploy[0].http",
+            ),
+            (
+                "  pre_deploy:\n    - { name: a, run: [x] }\n    - { name: a, run: [y] }\n",
+                "already used by hooks.pre_deploy[0]",
+                "hooks.pre_deploy[1].name",
+            ),
+            (
+                "  post_deploy:\n    - { name: a, run: [x], migration: irreversible }\n",
+                "only allowed on pre_deploy",
+                "hooks.post_deploy[0].migration",
+            ),
+            (
+                "  pre_deploy:\n    - { name: a, run: [x], timeout: 0s }\n",
+                "greater than 0",
+                "hooks.pre_deploy[0].timeout",
+            ),
+            (
+                "  pre_deploy:\n    - { name: a, run: [x], env: { VERSION: x } }\n",
+                "set by Ferry",
+                "hooks.pre_deploy[0].env.VERSION",
+            ),
+            (
+                "  on_rollback:\n    - { name: Bad_Name, run: [x] }\n",
+                "invalid hook name",
+                "hooks.on_rollback[0].name",
+            ),
+            (
+                "  post_deploy:\n    - { name: a, http: { path: health } }\n",
+                "must start with `/`",
+                "hooks.post_deploy[0].http.path",
+            ),
+        ] {
+            let errors = errors(hooks);
+            assert_eq!(errors.len(), 1, "{hooks}: {errors:?}");
+            assert!(errors[0].contains(expected), "{hooks}: {errors:?}");
+            assert!(
+                errors[0].contains(&format!("{at}: ")),
+                "{hooks}: {errors:?}"
+            );
+            assert!(errors[0].starts_with("ferry.yaml:1"), "{errors:?}");
+        }
+    }
+
+    #[test]
+    fn type_mistakes_are_located_too() {
+        for (hooks, expected) in [
+            (
+                "  pre_deploy:\n    - { name: a, run: [x], timeout: soon }\n",
+                "invalid duration",
+            ),
+            (
+                "  pre_deploy:\n    - { name: a, run: [x], migration: maybe }\n",
+                "irreversible",
+            ),
+            (
+                "  pre_deploy:\n    - { name: a, run: [x], on_interrupt: retry }\n",
+                "on_interrupt",
+            ),
+            (
+                "  pre_deploy:\n    - { name: a, run: [x], bogus: 1 }\n",
+                "bogus",
+            ),
+        ] {
+            let errors = errors(hooks);
+            assert_eq!(errors.len(), 1, "{hooks}: {errors:?}");
+            assert!(errors[0].contains(expected), "{hooks}: {errors:?}");
+        }
     }
 }

@@ -150,13 +150,14 @@ pub async fn rollback(
     app: &str,
     env: &str,
     to: Option<String>,
+    force: bool,
     wait: WaitArgs,
     format: Format,
 ) -> anyhow::Result<()> {
     let dep: DeploymentView = client
         .post(
             &["v1", "apps", app, "envs", env, "rollback"],
-            &RollbackRequest { to },
+            &RollbackRequest { to, force },
         )
         .await?;
     if dep.kind == "rollback" {
@@ -455,8 +456,14 @@ pub async fn deployment(client: &Client, id: i64, format: Format) -> anyhow::Res
     let detail: DeploymentDetail = client
         .get(&["v1", "deployments", &id.to_string()], &[])
         .await?;
+    // hooks:
+    let hook_runs = super::hooks::runs(client, id).await.unwrap_or_default();
     if format == Format::Json {
-        return print_json(&detail);
+        let mut value = serde_json::to_value(&detail)?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("hooks".into(), serde_json::to_value(&hook_runs)?);
+        }
+        return print_json(&value);
     }
     let d = &detail.deployment;
     let now = now_ms();
@@ -487,6 +494,7 @@ pub async fn deployment(client: &Client, id: i64, format: Format) -> anyhow::Res
     for event in &detail.events {
         println!("{}", event_line(event));
     }
+    super::hooks::print_runs(&hook_runs);
     Ok(())
 }
 
