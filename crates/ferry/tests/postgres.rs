@@ -1,10 +1,18 @@
-//! The server keeps its state in a real PostgreSQL (`ferry server --database URL`): deploys,
-//! history and users live there, survive a `kill -9` of the server, and nothing is written
-//! to a SQLite file. Skipped (saying so) without a local PostgreSQL, unless
-//! `FERRY_REQUIRE_POSTGRES=1` (set by `.ci/run`, which installs and starts one).
+//! Ferry with a real PostgreSQL:
+//! - the server keeps its state there (`ferry server --database URL`): deploys, history and
+//!   the audit live there, survive a `kill -9` of the server, and no SQLite file is made;
+//! - deployment hooks against an app database: a `pre_deploy` hook takes a `pg_dump`
+//!   backup, the next applies the release's schema migration; a failing migration stops the
+//!   deployment before any traffic moves (the previous version keeps serving, the backup is
+//!   on disk), and a rollback past the irreversible migration is refused unless forced with
+//!   a reason.
+//!
+//! Skipped (saying so) without a local PostgreSQL, unless `FERRY_REQUIRE_POSTGRES=1` (set by
+//! `.ci/run`, which installs and starts one).
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Ferry, PgDatabase, SERIAL, Spec, bounded, psql};
@@ -83,6 +91,174 @@ async fn the_server_keeps_its_state_in_postgresql() {
         assert!(
             audit.parse::<i64>().unwrap_or(0) >= 2,
             "audit in PostgreSQL: {audit}"
+        );
+    })
+    .await;
+}
+
+fn hooks_yaml(database: &str) -> String {
+    format!(
+        r#"hooks:
+  pre_deploy:
+    - name: backup
+      run: ["sh", "-c", "mkdir -p backups && pg_dump --no-owner -d \"$PGDATABASE\" -f \"backups/backup-$VERSION.sql\""]
+      env: {{ PGDATABASE: {database} }}
+      timeout: 60s
+    - name: migrate
+      run: ["sh", "-c", "psql -X -q --single-transaction -v ON_ERROR_STOP=1 -d \"$PGDATABASE\" -f \"migrations/$VERSION.sql\""]
+      env: {{ PGDATABASE: {database} }}
+      timeout: 60s
+      migration: irreversible
+"#
+    )
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let path = dir.join(file);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+fn replica_starts(ferry: &Ferry) -> usize {
+    std::fs::read_to_string(ferry.pids_file())
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_dump_backup_and_migration_run_before_traffic_moves() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = PgDatabase::create("ferry_hooks") else {
+        return;
+    };
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let dir = ferry.dir.path().to_path_buf();
+        write(
+            &dir,
+            "migrations/1.0.0.sql",
+            "CREATE TABLE accounts (id serial PRIMARY KEY, email text NOT NULL);\n\
+             INSERT INTO accounts (email) VALUES ('ada@example.com');\n",
+        );
+        write(
+            &dir,
+            "migrations/1.1.0.sql",
+            "ALTER TABLE accounts ADD COLUMN display_name text;\n",
+        );
+        // The first statement would work; the second fails, so the whole file rolls back.
+        write(
+            &dir,
+            "migrations/1.2.0.sql",
+            "ALTER TABLE accounts ADD COLUMN half_done text;\n\
+             ALTER TABLE no_such_table ADD COLUMN x int;\n",
+        );
+        let mut spec = Spec::new("ledger");
+        spec.replicas = 1;
+        spec.extra_service_yaml = hooks_yaml(&db.name);
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        ferry.assert_serves(&spec, "1.0.0").await;
+        assert!(dir.join("backups/backup-1.0.0.sql").is_file());
+        assert_eq!(
+            psql(&db.name, "SELECT email FROM accounts").as_deref(),
+            Ok("ada@example.com")
+        );
+
+        ferry.deploy_ok(&spec, "1.1.0").await;
+        ferry.assert_serves(&spec, "1.1.0").await;
+        let backup = std::fs::read_to_string(dir.join("backups/backup-1.1.0.sql"))
+            .expect("the 1.1.0 backup");
+        assert!(
+            backup.contains("CREATE TABLE public.accounts") && backup.contains("ada@example.com"),
+            "the backup taken before 1.1.0 holds the schema and the data:\n{backup}"
+        );
+        assert!(psql(&db.name, "SELECT display_name FROM accounts").is_ok());
+
+        // A failing migration: the deployment fails before any replica of 1.2.0 starts.
+        let starts_before = replica_starts(&ferry);
+        let out = ferry
+            .cli(&[
+                "deploy",
+                "ledger",
+                "--env",
+                "production",
+                "--version",
+                "1.2.0",
+                "--wait",
+                "--timeout",
+                "60s",
+            ])
+            .await;
+        assert_ne!(
+            out.code, 0,
+            "a failing migration must fail the deployment:\n{out}"
+        );
+        assert!(
+            out.stdout.contains("migrate") || out.stderr.contains("migrate"),
+            "the failure names the hook:\n{out}"
+        );
+        assert!(
+            dir.join("backups/backup-1.2.0.sql").is_file(),
+            "the backup ran before the failing migration"
+        );
+        assert!(
+            psql(&db.name, "SELECT half_done FROM accounts").is_err(),
+            "the failed migration left nothing behind"
+        );
+        assert_eq!(
+            replica_starts(&ferry),
+            starts_before,
+            "no replica of 1.2.0 was started"
+        );
+        ferry.assert_serves(&spec, "1.1.0").await;
+        let migrate_log = ferry
+            .cli(&["logs", "ledger", "--env", "production", "--hook", "migrate"])
+            .await;
+        assert!(
+            migrate_log.stdout.contains("no_such_table"),
+            "the hook's captured output shows psql's error:\n{migrate_log}"
+        );
+
+        // Going back to 1.0.0 crosses 1.1.0's irreversible migration.
+        let refused = ferry
+            .cli(&["rollback", "ledger", "--env", "production", "--to", "1.0.0"])
+            .await;
+        assert_ne!(
+            refused.code, 0,
+            "rollback past an irreversible migration:\n{refused}"
+        );
+        assert!(
+            refused.stderr.contains("irreversible"),
+            "the refusal explains why:\n{refused}"
+        );
+        let forced = ferry
+            .cli(&[
+                "rollback",
+                "ledger",
+                "--env",
+                "production",
+                "--to",
+                "1.0.0",
+                "--force",
+                "--reason",
+                "restore drill",
+                "--wait",
+                "--timeout",
+                "60s",
+            ])
+            .await;
+        assert_eq!(
+            forced.code, 0,
+            "a forced rollback with a reason goes ahead:\n{forced}"
+        );
+        ferry.assert_serves(&spec, "1.0.0").await;
+        let audit = ferry.cli(&["audit", "--app", "ledger"]).await;
+        assert!(
+            audit.stdout.contains("restore drill"),
+            "the reason is audited:\n{audit}"
         );
     })
     .await;
