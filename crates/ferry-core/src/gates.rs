@@ -251,13 +251,13 @@ impl GateReport {
     }
 
     /// The timeline lines recorded when a deployment passes: one per gate, saying who or
-    /// what passed it (`gate approvals: met (approved by carol)`).
+    /// what passed it (`approvals: met (approved by carol)`, recorded as a `gate` event).
     pub fn passed_lines(&self) -> Vec<String> {
         self.rows
             .iter()
             .map(|r| match r.state {
-                GateState::Overridden => format!("gate {}: {}", r.gate, r.detail),
-                state => format!("gate {}: {state} ({})", r.gate, r.detail),
+                GateState::Overridden => format!("{}: {}", r.gate, r.detail),
+                state => format!("{}: {state} ({})", r.gate, r.detail),
             })
             .collect()
     }
@@ -1292,12 +1292,12 @@ mod tests {
         assert_eq!(
             passed.passed_lines(),
             vec![
-                "gate after: met (1.4.2 succeeded in staging)",
-                "gate soak: met (1.4.2 served in staging for 12m (needs 10m))",
-                "gate freeze: overridden by bob: hotfix for INC-123",
-                "gate approvals: met (approved by carol)",
-                "gate checks:ci-green: met (passed: status 200)",
-                "gate checks:uat: met (passed: exit 0)",
+                "after: met (1.4.2 succeeded in staging)",
+                "soak: met (1.4.2 served in staging for 12m (needs 10m))",
+                "freeze: overridden by bob: hotfix for INC-123",
+                "approvals: met (approved by carol)",
+                "checks:ci-green: met (passed: status 200)",
+                "checks:uat: met (passed: exit 0)",
             ]
         );
     }
