@@ -230,11 +230,27 @@ impl CheckRunner {
             .env("FERRY_ENV", &subject.env)
             .env("FERRY_APP", &subject.app)
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            // Its own group, so that a timeout stops what it started too (`sh -c` children):
+            // the group goes while its leader still lives, so it is not dropped-and-killed.
+            .process_group(0)
+            .kill_on_drop(false);
         if let Some(dir) = &subject.base_dir {
             command.current_dir(dir);
         }
-        match tokio::time::timeout(timeout, command.output()).await {
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => return (false, format!("cannot run {program}: {e}")),
+        };
+        let identity = child.id().and_then(ferry_runtime::process_identity);
+        let finished = tokio::time::timeout(timeout, child.wait_with_output()).await;
+        if finished.is_err()
+            && let Some(identity) = identity
+        {
+            ferry_runtime::kill_process_group(&identity, std::time::Duration::from_secs(1)).await;
+        }
+        match finished {
             Ok(Ok(output)) => {
                 let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
                 text.push('\n');
@@ -436,4 +452,68 @@ fn not_found(id: i64) -> ApiFailure {
         "not_found",
         format!("deployment {id} not found"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(dir: &std::path::Path) -> Subject {
+        Subject {
+            deployment_id: 1,
+            app: "shop".into(),
+            env: "production".into(),
+            version: "1.4.2".into(),
+            base_dir: Some(dir.to_path_buf()),
+        }
+    }
+
+    fn check(run: &[&str], timeout_ms: u64) -> GateCheck {
+        GateCheck {
+            name: "uat".into(),
+            run: Some(run.iter().map(|a| a.to_string()).collect()),
+            timeout: Some(ferry_core::duration::HumanDuration(
+                std::time::Duration::from_millis(timeout_ms),
+            )),
+            ..GateCheck::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_check_passes_on_exit_0_and_sees_the_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runner = CheckRunner::default();
+        let ok = check(&["sh", "-c", "test \"$VERSION\" = 1.4.2"], 5_000);
+        let (passed, why) = runner.run(&ok, &subject(dir.path())).await;
+        assert!(passed, "{why}");
+        let failing = check(&["sh", "-c", "echo not signed off; exit 3"], 5_000);
+        let (passed, why) = runner.run(&failing, &subject(dir.path())).await;
+        assert!(!passed);
+        assert!(why.contains("not signed off"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_check_takes_everything_it_started_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runner = CheckRunner::default();
+        let slow = check(&["sh", "-c", "sleep 30 & echo $! > sleeper.pid; wait"], 300);
+        let (passed, why) = runner.run(&slow, &subject(dir.path())).await;
+        assert!(!passed);
+        assert!(why.contains("did not finish"), "{why}");
+        let pid: u32 = std::fs::read_to_string(dir.path().join("sleeper.pid"))
+            .expect("the check wrote its child's pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        // Gone, or at most a zombie waiting for init to reap it.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let running = state
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'));
+        assert!(
+            !running,
+            "the check's child {pid} outlived the timeout: {state}"
+        );
+    }
 }
