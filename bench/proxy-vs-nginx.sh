@@ -39,40 +39,10 @@ for bin in "$FERRY" "$DEMO"; do
     [[ -x "$bin" ]] || { echo "missing $bin" >&2; exit 1; }
 done
 
-TMP=$(mktemp -d /tmp/ferry-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# wait_http URL [curl args...]: up to 10 s for a 2xx answer.
-wait_http() {
-    local url=$1; shift
-    for _ in $(seq 100); do
-        if curl -fsS -o /dev/null "$@" "$url" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out waiting for $url" >&2
-    return 1
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 UP_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
 FERRY_PORT=$(free_port)
 NGINX_PORT=$(free_port)
 
@@ -81,55 +51,10 @@ NGINX_PORT=$(free_port)
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/"
 
-# 2. Ferry proxy + route table.
-mkdir -p "$TMP/ferry"
-"$FERRY" proxy --state-dir "$TMP/ferry" --admin-listen "127.0.0.1:$ADMIN_PORT" >"$TMP/ferry.log" 2>&1 &
-FERRY_PID=$!
-PIDS+=("$FERRY_PID")
-wait_http "http://127.0.0.1:$ADMIN_PORT/healthz"
-TOKEN=$(cat "$TMP/ferry/admin.token")
-cat >"$TMP/routes.json" <<JSON
-{"generation": 1, "listeners": [{"id": "bench/prod", "listen": "127.0.0.1:$FERRY_PORT",
-  "routes": [{"service": "demo", "path_prefix": "/",
-    "backends": [{"version": "bench", "weight": 10000, "endpoints": ["127.0.0.1:$UP_PORT"]}]}]}]}
-JSON
-curl -fsS -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-    --data-binary @"$TMP/routes.json" "http://127.0.0.1:$ADMIN_PORT/v1/routes" >/dev/null
-wait_http "http://127.0.0.1:$FERRY_PORT/"
-
-# 3. nginx in the foreground with its own prefix.
-mkdir -p "$TMP/nginx/logs"
-cat >"$TMP/nginx/nginx.conf" <<CONF
-worker_processes auto;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    upstream app {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-CONF
-nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log" &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-wait_http "http://127.0.0.1:$NGINX_PORT/"
+# 2. Ferry proxy + route table, 3. nginx (bench/lib.sh).
+start_ferry_proxy ferry "$FERRY_PORT" "$UP_PORT" "$FERRY" proxy
+FERRY_PID=$PROXY_PID
+start_nginx "$NGINX_PORT" "$UP_PORT"
 
 # 4. Load, in turn.
 to_ms() { # "1.23ms" / "456.00us" / "1.20s" -> ms

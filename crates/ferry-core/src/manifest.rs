@@ -37,7 +37,16 @@ pub const NAME_PATTERN: &str = "^[a-z][a-z0-9-]{0,62}$";
 /// Most replicas a service may run in one environment.
 pub const MAX_REPLICAS: u32 = 64;
 /// Environment variables Ferry sets for every replica; manifests may not set them.
-pub const RESERVED_VARS: [&str; 5] = ["PORT", "VERSION", "FERRY_APP", "FERRY_ENV", "FERRY_SERVICE"];
+pub const RESERVED_VARS: [&str; 8] = [
+    "PORT",
+    "VERSION",
+    "FERRY_APP",
+    "FERRY_ENV",
+    "FERRY_SERVICE",
+    "FERRY_COMMIT",
+    "FERRY_RELEASE_TAG",
+    "FERRY_REPLICA_ID",
+];
 /// Placeholders substituted in a service's `run` arguments.
 pub const RUN_PLACEHOLDERS: [&str; 2] = ["PORT", "VERSION"];
 

@@ -687,7 +687,7 @@ fn env_var_names_and_reserved_names() {
         &[
             &[
                 "ferry.yaml:6:7: services.api.env.PORT: `PORT` is set by Ferry and cannot be overridden",
-                "Ferry sets PORT, VERSION, FERRY_APP, FERRY_ENV, FERRY_SERVICE for every replica",
+                "Ferry sets PORT, VERSION, FERRY_APP, FERRY_ENV, FERRY_SERVICE, FERRY_COMMIT, FERRY_RELEASE_TAG, FERRY_REPLICA_ID for every replica",
             ],
             &[
                 "ferry.yaml:7:7: services.api.env.LOG-LEVEL: invalid environment variable name \"LOG-LEVEL\"",
