@@ -114,6 +114,29 @@ pub async fn auto_promote(
             };
             tracing::info!(app = %app, env = %promotion.env, version = %promotion.version,
                 from = %promotion.from_env, id = view.id, "auto-promoted");
+            // The audit log says who did what: here Ferry itself, for the source's requester.
+            let entry = ferry_core::audit::AuditEntry {
+                at_ms: crate::clock::now_ms(),
+                actor: "system".to_string(),
+                source: None,
+                action: "promotions.auto".to_string(),
+                app: Some(app.clone()),
+                env: Some(promotion.env.clone()),
+                target: Some(format!("deployment {}", view.id)),
+                summary: format!(
+                    "auto-promote {app} {} from {} (#{}) to {} for {}",
+                    promotion.version,
+                    promotion.from_env,
+                    promotion.source_deployment_id,
+                    promotion.env,
+                    promotion.requested_by
+                ),
+                reason: None,
+                outcome: "ok".to_string(),
+            };
+            if let Err(e) = controller.store().append_audit(entry).await {
+                tracing::error!(error = %e, "could not write the audit record of an auto-promotion");
+            }
             controller
                 .note(
                     view.id,

@@ -408,6 +408,36 @@ async fn releases_promotion_and_auto_promotion() {
             .map(|d| d["version"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(qa_versions, ["build-7", "2.0.0"], "one auto-promotion each");
+        // Each auto-promotion is in the audit log, by Ferry itself, once.
+        let audit = ferry
+            .cli(&[
+                "audit",
+                "--app",
+                "shop",
+                "--action",
+                "promotions.auto",
+                "-o",
+                "json",
+            ])
+            .await;
+        ok(&audit, "audit");
+        let autos: Vec<String> = audit
+            .json()
+            .as_array()
+            .expect("a list of records")
+            .iter()
+            .map(|r| {
+                let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                format!("{} {}", text("actor"), text("summary"))
+            })
+            .collect();
+        assert_eq!(autos.len(), 2, "{autos:?}");
+        assert!(
+            autos
+                .iter()
+                .all(|a| a.starts_with("system auto-promote shop ")),
+            "{autos:?}"
+        );
         let out = ferry
             .cli(&["release", "show", "shop", "build-7", "-o", "json"])
             .await;
