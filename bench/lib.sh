@@ -1,0 +1,95 @@
+# Shared by the proxy benchmarks: process cleanup, ports, readiness, and the two proxies
+# under test (a `ferry proxy` fed one route table, a foreground nginx). Source it after
+# `set -euo pipefail`; it sets TMP and an EXIT trap that stops everything started here.
+
+TMP=$(mktemp -d /tmp/ferry-bench.XXXXXX)
+PIDS=()
+bench_cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_http URL [curl args...]: up to 10 s for a 2xx answer.
+wait_http() {
+    local url=$1; shift
+    for _ in $(seq 100); do
+        if curl -fsS -o /dev/null "$@" "$url" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "timed out waiting for $url" >&2
+    return 1
+}
+
+# start_ferry_proxy NAME LISTEN_PORT UPSTREAM_PORT CMD...: a proxy (`CMD --state-dir D
+# --admin-listen A`) routing everything on LISTEN_PORT to the upstream. Sets PROXY_PID.
+start_ferry_proxy() {
+    local name=$1 listen=$2 upstream=$3; shift 3
+    local dir="$TMP/$name" admin token
+    admin=$(free_port)
+    mkdir -p "$dir"
+    "$@" --state-dir "$dir" --admin-listen "127.0.0.1:$admin" >"$TMP/$name.log" 2>&1 &
+    PROXY_PID=$!
+    PIDS+=("$PROXY_PID")
+    wait_http "http://127.0.0.1:$admin/healthz"
+    token=$(cat "$dir/admin.token")
+    cat >"$dir/table.json" <<JSON
+{"generation": 1, "listeners": [{"id": "bench/prod", "listen": "127.0.0.1:$listen",
+  "routes": [{"service": "demo", "path_prefix": "/",
+    "backends": [{"version": "bench", "weight": 10000, "endpoints": ["127.0.0.1:$upstream"]}]}]}]}
+JSON
+    curl -fsS -X PUT -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+        --data-binary @"$dir/table.json" "http://127.0.0.1:$admin/v1/routes" >/dev/null
+    wait_http "http://127.0.0.1:$listen/"
+}
+
+# start_nginx LISTEN_PORT UPSTREAM_PORT: nginx in the foreground with its own prefix
+# (worker_processes auto, upstream keepalive 64, access log off). Sets NGINX_PID.
+start_nginx() {
+    local listen=$1 upstream=$2
+    mkdir -p "$TMP/nginx/logs"
+    cat >"$TMP/nginx/nginx.conf" <<CONF
+worker_processes auto;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    upstream app {
+        server 127.0.0.1:$upstream;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$listen;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+    nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log" &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+    wait_http "http://127.0.0.1:$listen/"
+}
