@@ -544,3 +544,35 @@ pub async fn kill_process_group(identity: &ProcessIdentity, timeout: Duration) -
     procfs::kill_stragglers_and_wait(identity.pid, Duration::from_secs(2)).await;
     true
 }
+
+/// Finds the processes started with the environment variable `name=value` (a marker such
+/// as `FERRY_REPLICA_ID`, for a process whose pid was never recorded because the server died
+/// right after starting it) and stops each one's process group; returns their pids.
+pub async fn kill_by_marker(name: &str, value: &str, timeout: Duration) -> Vec<u32> {
+    let needle = format!("{name}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut killed = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+            && let Some(identity) = process_identity(pid)
+        {
+            kill_process_group(&identity, timeout).await;
+            killed.push(pid);
+        }
+    }
+    killed
+}

@@ -2310,36 +2310,16 @@ fn replica_spec(
     })
 }
 
-/// Finds a process started with `FERRY_REPLICA_ID=id` (its pid was never recorded because
-/// the server died right after starting it) and stops its process group.
+/// Stops a replica whose pid was never recorded (the server died right after starting
+/// it), found by its `FERRY_REPLICA_ID`.
 async fn kill_by_replica_id(id: &str) {
-    let needle = format!("FERRY_REPLICA_ID={id}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ
-            .split(|b| *b == 0)
-            .any(|var| var == needle.as_bytes())
-            && let Some(identity) = ferry_runtime::process_identity(pid)
-        {
-            tracing::info!(
-                replica = id,
-                pid,
-                "stopping a replica whose pid was never recorded"
-            );
-            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
-        }
+    for pid in ferry_runtime::kill_by_marker("FERRY_REPLICA_ID", id, Duration::from_secs(10)).await
+    {
+        tracing::info!(
+            replica = id,
+            pid,
+            "stopped a replica whose pid was never recorded"
+        );
     }
 }
 

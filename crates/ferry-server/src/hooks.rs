@@ -336,7 +336,13 @@ impl HookRunner {
                     ferry_runtime::kill_process_group(&identity, Duration::from_secs(5)).await;
                 }
             } else {
-                kill_by_run_id(run.id).await;
+                // Its pid was never recorded (the server died right after starting it).
+                ferry_runtime::kill_by_marker(
+                    "FERRY_HOOK_RUN_ID",
+                    &run.id.to_string(),
+                    Duration::from_secs(5),
+                )
+                .await;
             }
             match self
                 .store
@@ -781,34 +787,6 @@ fn finalize_output(path: &Path, secrets: &[String]) {
     }
     if let Err(e) = std::fs::write(path, text) {
         tracing::error!(path = %path.display(), error = %e, "could not rewrite hook output");
-    }
-}
-
-/// Finds a hook process whose pid was never recorded (the server died right after starting
-/// it) by its `FERRY_HOOK_RUN_ID` and stops its process group.
-async fn kill_by_run_id(id: i64) {
-    let needle = format!("FERRY_HOOK_RUN_ID={id}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ
-            .split(|b| *b == 0)
-            .any(|var| var == needle.as_bytes())
-            && let Some(identity) = ferry_runtime::process_identity(pid)
-        {
-            ferry_runtime::kill_process_group(&identity, Duration::from_secs(5)).await;
-        }
     }
 }
 

@@ -58,17 +58,6 @@ async fn deploy_production(ferry: &Ferry, app: &str) -> i64 {
     out.json()["id"].as_i64().expect("deployment id")
 }
 
-async fn timeline(ferry: &Ferry, id: i64) -> String {
-    ferry
-        .deployment(id)
-        .await
-        .events
-        .iter()
-        .map(|e| format!("{} {}", e.kind, e.message))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Polls `ferry gates ID -o json` until `pred` holds on its JSON (or fails with the last).
 async fn wait_gates(ferry: &Ferry, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -82,7 +71,7 @@ async fn wait_gates(ferry: &Ferry, id: i64, what: &str, pred: impl Fn(&Value) ->
         assert!(
             Instant::now() < deadline,
             "never {what}; last report:\n{report:#}\ntimeline:\n{}",
-            timeline(ferry, id).await
+            ferry.timeline(id).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -229,7 +218,7 @@ async fn checks_hold_the_deployment_until_they_pass() {
         std::fs::write(ferry.dir.path().join("uat-1.0.0-production.ok"), "ok").unwrap();
         let done = ferry.wait_terminal(prod, Duration::from_secs(40)).await;
         assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
-        let timeline = timeline(&ferry, prod).await;
+        let timeline = ferry.timeline(prod).await;
         let waited = timeline.find("waiting for").expect("it waited");
         let started = timeline.find("rollout started").expect("it started");
         assert!(waited < started, "{timeline}");
@@ -388,7 +377,7 @@ async fn a_freeze_is_overridden_by_someone_allowed_with_a_reason() {
         // It starts; the timeline says who lifted the freeze and why.
         let done = ferry.wait_terminal(prod, Duration::from_secs(40)).await;
         assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
-        let timeline = timeline(&ferry, prod).await;
+        let timeline = ferry.timeline(prod).await;
         assert!(
             timeline.contains("freeze overridden by bob: hotfix for INC-123"),
             "{timeline}"

@@ -6,59 +6,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{CliOutput, FERRY, Ferry, Load, SERIAL, Spec, bounded};
-use tokio::io::AsyncWriteExt;
+use common::{Ferry, Load, SERIAL, Spec, bounded, files_containing};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(400);
-
-async fn with_stdin(ferry: &Ferry, args: &[&str], stdin: &str) -> CliOutput {
-    let mut cmd = tokio::process::Command::new(FERRY);
-    cmd.args(args)
-        .env("FERRY_URL", &ferry.url)
-        .env("FERRY_TOKEN", &ferry.token)
-        .env("FERRY_CONFIG", ferry.dir.path().join("cli-config.json"))
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("spawn ferry");
-    let mut pipe = child.stdin.take().expect("stdin pipe");
-    pipe.write_all(stdin.as_bytes()).await.expect("write stdin");
-    drop(pipe);
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("ferry finished")
-        .expect("run ferry");
-    CliOutput {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if let Ok(bytes) = std::fs::read(&path)
-            && bytes.windows(needle.len()).any(|w| w == needle)
-        {
-            found.push(path.display().to_string());
-        }
-    }
-    found
-}
 
 /// The test manifest: top-level vars, a templated service env, a second environment.
 fn write(ferry: &Ferry, spec: &Spec, staging_port: u16, db_host: &str, broken: &str) -> PathBuf {
@@ -101,17 +55,6 @@ async fn replica_ids(ferry: &Ferry, spec: &Spec) -> BTreeSet<(String, Option<u32
         .iter()
         .map(|r| (r.id.clone(), r.pid))
         .collect()
-}
-
-async fn timeline(ferry: &Ferry, id: i64) -> String {
-    ferry
-        .deployment(id)
-        .await
-        .events
-        .iter()
-        .map(|e| format!("{} {}", e.kind, e.message))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 async fn latest_deployment_id(ferry: &Ferry, spec: &Spec) -> i64 {
@@ -195,9 +138,7 @@ async fn layered_config_diff_and_redeploys() {
 
         // A secret: listed by name, version and fingerprint, never its value.
         let secret_one = format!("first-secret-{}", std::process::id());
-        let out = with_stdin(
-            &ferry,
-            &["secrets", "set", "cfg", "--env", "production", "API_KEY"],
+        let out = ferry.cli_with_stdin(&["secrets", "set", "cfg", "--env", "production", "API_KEY"],
             &secret_one,
         )
         .await;
@@ -274,7 +215,7 @@ async fn layered_config_diff_and_redeploys() {
         let detail = ferry.deployment(id).await;
         assert_eq!(detail.deployment.kind, "redeploy");
         assert_eq!(detail.deployment.version, "1.0.0");
-        let lines = timeline(&ferry, id).await;
+        let lines = ferry.timeline(id).await;
         eprintln!("redeploy:\n{lines}\n{} requests", report.total());
         assert!(lines.contains("config changed: "), "{lines}");
         assert!(lines.contains("DB_HOST"), "{lines}");
@@ -291,9 +232,7 @@ async fn layered_config_diff_and_redeploys() {
 
         // A secret change reaches the new replicas through a redeploy.
         let secret_two = format!("second-and-longer-secret-{}", std::process::id());
-        let out = with_stdin(
-            &ferry,
-            &["secrets", "set", "cfg", "--env", "production", "API_KEY"],
+        let out = ferry.cli_with_stdin(&["secrets", "set", "cfg", "--env", "production", "API_KEY"],
             &secret_two,
         )
         .await;
@@ -304,7 +243,7 @@ async fn layered_config_diff_and_redeploys() {
             .await;
         assert_eq!(out.code, 0, "{out}");
         let id = out.json()["id"].as_i64().expect("id");
-        let lines = timeline(&ferry, id).await;
+        let lines = ferry.timeline(id).await;
         assert!(lines.contains("config changed: secret API_KEY v1 → v2"), "{lines}");
         let expected = format!(
             "hello from web@postgres://db-b:5432/shop@k{} 1.0.0",
@@ -320,15 +259,15 @@ async fn layered_config_diff_and_redeploys() {
         assert_eq!(out.code, 0, "{out}");
         let id = out.json()["id"].as_i64().expect("id");
         assert!(
-            timeline(&ferry, id).await.contains("configuration unchanged"),
+            ferry.timeline(id).await.contains("configuration unchanged"),
             "{}",
-            timeline(&ferry, id).await
+            ferry.timeline(id).await
         );
         let out = ferry.deploy_ok(&spec, "1.0.0").await;
         assert!(out.stdout.contains("1.0.0"), "{out}");
         let id = latest_deployment_id(&ferry, &spec).await;
         assert_eq!(ferry.deployment(id).await.deployment.kind, "redeploy");
-        assert!(timeline(&ferry, id).await.contains("configuration unchanged"));
+        assert!(ferry.timeline(id).await.contains("configuration unchanged"));
         assert_eq!(replica_ids(&ferry, &spec).await, before);
 
         // A broken configuration: the new replicas never become healthy, the old ones keep
@@ -345,10 +284,10 @@ async fn layered_config_diff_and_redeploys() {
         report.assert_no_failures("old replicas keep serving during a failed redeploy");
         let id = latest_deployment_id(&ferry, &spec).await;
         let detail = ferry.deployment(id).await;
-        assert_eq!(detail.deployment.state.as_str(), "rolled-back", "{}", timeline(&ferry, id).await);
-        assert!(timeline(&ferry, id).await.contains("previous configuration kept"));
+        assert_eq!(detail.deployment.state.as_str(), "rolled-back", "{}", ferry.timeline(id).await);
+        assert!(ferry.timeline(id).await.contains("previous configuration kept"));
         assert!(detail.deployment.reason.is_some());
-        eprintln!("broken redeploy:\n{}", timeline(&ferry, id).await);
+        eprintln!("broken redeploy:\n{}", ferry.timeline(id).await);
         assert_eq!(bodies(&listener, 6).await, BTreeSet::from([expected]));
         let status = ferry
             .wait_status(&spec, Duration::from_secs(30), "two replicas serving", |s| {
@@ -369,7 +308,7 @@ async fn layered_config_diff_and_redeploys() {
         assert_eq!(out.code, 0, "{out}");
         assert_eq!(out.json()["kind"], "redeploy", "{out}");
         let id = out.json()["id"].as_i64().expect("id");
-        assert!(timeline(&ferry, id).await.contains("configuration unchanged"));
+        assert!(ferry.timeline(id).await.contains("configuration unchanged"));
 
         // The secret values are nowhere: outputs above, logs, database files.
         for value in [&secret_one, &secret_two] {
@@ -417,7 +356,7 @@ async fn canary_environments_redeploy_on_the_rolling_path() {
         assert_eq!(out.code, 0, "{out}\n{}", ferry.server_logs());
         report.assert_no_failures(&ferry.timelines(&spec, common::wall_ms()).await);
         let id = out.json()["id"].as_i64().expect("id");
-        let lines = timeline(&ferry, id).await;
+        let lines = ferry.timeline(id).await;
         assert!(
             lines.contains("config changed: DATABASE_URL, DB_HOST"),
             "{lines}"

@@ -7,12 +7,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{CliOutput, FERRY, Ferry, SERIAL, Spec, bounded, is_alive};
+use common::{CliOutput, Ferry, SERIAL, Spec, bounded, is_alive};
 use ferry_core::model::DeploymentState;
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -57,22 +55,13 @@ async fn wait_lines(path: &Path, limit: Duration, pred: impl Fn(&[String]) -> bo
 }
 
 async fn set_secret(ferry: &Ferry, spec: &Spec, name: &str, value: &str) {
-    let mut cmd = tokio::process::Command::new(FERRY);
-    cmd.args(["secrets", "set", &spec.app, "--env", &spec.env, name])
-        .env("FERRY_URL", &ferry.url)
-        .env("FERRY_TOKEN", &ferry.token)
-        .env("FERRY_CONFIG", ferry.dir.path().join("cli-config.json"))
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("spawn ferry");
-    let mut pipe = child.stdin.take().expect("stdin");
-    pipe.write_all(value.as_bytes()).await.expect("write");
-    drop(pipe);
-    let out = child.wait_with_output().await.expect("ferry secrets set");
-    assert!(out.status.success(), "secrets set failed");
+    let out = ferry
+        .cli_with_stdin(
+            &["secrets", "set", &spec.app, "--env", &spec.env, name],
+            value,
+        )
+        .await;
+    assert_eq!(out.code, 0, "secrets set failed:\n{out}");
 }
 
 async fn deploy(ferry: &Ferry, spec: &Spec, version: &str, wait: bool) -> CliOutput {
@@ -96,17 +85,6 @@ fn deployment_id(out: &CliOutput) -> i64 {
     out.json()["id"]
         .as_i64()
         .unwrap_or_else(|| panic!("no deployment id in {out}"))
-}
-
-async fn timeline(ferry: &Ferry, id: i64) -> String {
-    ferry
-        .deployment(id)
-        .await
-        .events
-        .iter()
-        .map(|e| e.message.clone())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 async fn hook_runs(ferry: &Ferry, id: i64) -> Vec<serde_json::Value> {
@@ -184,7 +162,7 @@ async fn pre_deploy_runs_in_order_and_a_failure_changes_nothing() {
                 ("pre_deploy".into(), "slow".into(), 1, "succeeded".into()),
             ]
         );
-        let line = timeline(&ferry, first_id).await;
+        let line = ferry.timeline(first_id).await;
         assert!(line.contains("hook first: started"), "{line}");
         assert!(line.contains("hook first: succeeded in "), "{line}");
         // The hook printed the secret: the captured output shows it redacted; cwd is the
@@ -220,7 +198,7 @@ async fn pre_deploy_runs_in_order_and_a_failure_changes_nothing() {
             "one retry: {got:?}"
         );
         ferry.assert_serves(&spec, "1.0").await;
-        let line = timeline(&ferry, second_id).await;
+        let line = ferry.timeline(second_id).await;
         assert!(!line.contains("web 2.0"), "no 2.0 replica ever started:\n{line}");
         assert!(line.contains("started attempt 2 (retry 1 of 1"), "{line}");
         let status = ferry.env_status(&spec).await;
@@ -292,7 +270,7 @@ async fn pre_deploy_runs_in_order_and_a_failure_changes_nothing() {
         assert!(
             d.reason.unwrap_or_default().contains("timed out after 1s"),
             "{}",
-            timeline(&ferry, third_id).await
+            ferry.timeline(third_id).await
         );
         ferry.assert_serves(&spec, "1.0").await;
     })
@@ -520,7 +498,7 @@ async fn a_hook_interrupted_by_a_server_kill_fails_or_reruns_exactly_once() {
             d.reason.clone().unwrap_or_default().contains("interrupted by a server restart"),
             "{d:?}"
         );
-        let line = timeline(&ferry, id).await;
+        let line = ferry.timeline(id).await;
         assert!(
             line.contains("hook fragile was interrupted by a server restart"),
             "{line}"

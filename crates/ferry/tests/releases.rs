@@ -82,17 +82,6 @@ async fn wait_succeeded_in(ferry: &Ferry, env: &str, version: &str) -> serde_jso
     }
 }
 
-async fn timeline(ferry: &Ferry, id: i64) -> String {
-    ferry
-        .deployment(id)
-        .await
-        .events
-        .iter()
-        .map(|e| format!("{} {}", e.kind, e.message))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn releases_promotion_and_auto_promotion() {
     let _serial = SERIAL.lock().await;
@@ -229,7 +218,7 @@ async fn releases_promotion_and_auto_promotion() {
         assert_eq!(prod["version"], "1.4.2");
         assert_eq!(prod["kind"], "promote");
         assert_eq!(prod["state"], "succeeded");
-        let lines = timeline(&ferry, prod["id"].as_i64().unwrap()).await;
+        let lines = ferry.timeline(prod["id"].as_i64().unwrap()).await;
         assert!(
             lines.contains(&format!("promoted from staging (#{staging_id})")),
             "{lines}"
@@ -372,7 +361,7 @@ async fn releases_promotion_and_auto_promotion() {
             qa["requested_by"],
             history(&ferry, "dev").await[0]["requested_by"]
         );
-        let lines = timeline(&ferry, qa["id"].as_i64().unwrap()).await;
+        let lines = ferry.timeline(qa["id"].as_i64().unwrap()).await;
         assert!(
             lines.contains(&format!("auto-promoted from dev after #{dev_id} succeeded")),
             "{lines}"

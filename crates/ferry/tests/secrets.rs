@@ -4,59 +4,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{CliOutput, FERRY, Ferry, SERIAL, Spec, bounded};
-use tokio::io::AsyncWriteExt;
+use common::{Ferry, SERIAL, Spec, bounded, files_containing};
 
 const LIMIT: Duration = Duration::from_secs(240);
-
-async fn with_stdin(ferry: &Ferry, args: &[&str], stdin: &str) -> CliOutput {
-    let mut cmd = tokio::process::Command::new(FERRY);
-    cmd.args(args)
-        .env("FERRY_URL", &ferry.url)
-        .env("FERRY_TOKEN", &ferry.token)
-        .env("FERRY_CONFIG", ferry.dir.path().join("cli-config.json"))
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("spawn ferry");
-    let mut pipe = child.stdin.take().expect("stdin pipe");
-    pipe.write_all(stdin.as_bytes()).await.expect("write stdin");
-    drop(pipe);
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("ferry finished")
-        .expect("run ferry");
-    CliOutput {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if let Ok(bytes) = std::fs::read(&path)
-            && bytes.windows(needle.len()).any(|w| w == needle)
-        {
-            found.push(path.display().to_string());
-        }
-    }
-    found
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secrets_are_injected_and_never_shown() {
@@ -83,35 +35,35 @@ async fn secrets_are_injected_and_never_shown() {
         assert_eq!(mode & 0o777, 0o600);
 
         // set from stdin (trailing newline dropped); empty and bad names refused
-        let out = with_stdin(
-            &ferry,
-            &[
-                "secrets",
-                "set",
-                "vault",
-                "--env",
-                "production",
-                "DB_PASSWORD",
-            ],
-            &format!("{value}\n"),
-        )
-        .await;
+        let out = ferry
+            .cli_with_stdin(
+                &[
+                    "secrets",
+                    "set",
+                    "vault",
+                    "--env",
+                    "production",
+                    "DB_PASSWORD",
+                ],
+                &format!("{value}\n"),
+            )
+            .await;
         assert_eq!(out.code, 0, "{out}");
         assert!(out.stdout.contains("version 1, fingerprint "), "{out}");
         assert!(!out.stdout.contains(&value), "{out}");
-        let out = with_stdin(
-            &ferry,
-            &["secrets", "set", "vault", "--env", "production", "EMPTY"],
-            "",
-        )
-        .await;
+        let out = ferry
+            .cli_with_stdin(
+                &["secrets", "set", "vault", "--env", "production", "EMPTY"],
+                "",
+            )
+            .await;
         assert_eq!(out.code, 2, "{out}");
-        let out = with_stdin(
-            &ferry,
-            &["secrets", "set", "vault", "--env", "production", "PORT"],
-            "x",
-        )
-        .await;
+        let out = ferry
+            .cli_with_stdin(
+                &["secrets", "set", "vault", "--env", "production", "PORT"],
+                "x",
+            )
+            .await;
         assert_eq!(out.code, 2, "{out}");
 
         // list: names, versions and fingerprints only

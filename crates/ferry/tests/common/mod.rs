@@ -1080,3 +1080,40 @@ impl Drop for PgDatabase {
         );
     }
 }
+
+impl Ferry {
+    /// `ferry ARGS` as the admin with `stdin` on its standard input (e.g. a secret).
+    pub async fn cli_with_stdin(&self, args: &[&str], stdin: &str) -> CliOutput {
+        run(self, &admin(self), args, Some(stdin)).await
+    }
+
+    /// A deployment's timeline, one `kind message` line per event.
+    pub async fn timeline(&self, id: i64) -> String {
+        self.deployment(id)
+            .await
+            .events
+            .iter()
+            .map(|e| format!("{} {}", e.kind, e.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
