@@ -74,6 +74,9 @@ pub struct RollbackRequest {
     /// Go back past an irreversible migration anyway (needs a reason).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// Why (kept in the audit log); the `X-Ferry-Reason` header works too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One deployment (rollout) of a version into an environment.

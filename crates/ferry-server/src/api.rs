@@ -520,15 +520,16 @@ async fn rollback(
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
     let request = body.map(|Json(r)| r).unwrap_or_default();
     // hooks: forcing a rollback past an irreversible migration needs a reason (audited).
-    let has_reason = headers
-        .get("x-ferry-reason")
-        .and_then(|v| v.to_str().ok())
+    let has_reason = request
+        .reason
+        .clone()
+        .or_else(|| access::reason_header(&headers))
         .is_some_and(|r| !r.trim().is_empty());
     if request.force && !has_reason {
         return Err(ApiFailure::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "a forced rollback needs a reason: send X-Ferry-Reason (ferry rollback --force --reason \"...\")",
+            "a forced rollback needs a reason: `reason` in the body or X-Ferry-Reason (ferry rollback --force --reason \"...\")",
         ));
     }
     let view = state

@@ -157,7 +157,11 @@ pub async fn rollback(
     let dep: DeploymentView = client
         .post(
             &["v1", "apps", app, "envs", env, "rollback"],
-            &RollbackRequest { to, force },
+            &RollbackRequest {
+                to,
+                force,
+                reason: None,
+            },
         )
         .await?;
     if dep.kind == "rollback" {
