@@ -224,12 +224,12 @@ impl HookRunner {
             .await?;
         let what = if attempt > 1 {
             format!(
-                "hook {}: started attempt {attempt}{}",
+                "{}: started attempt {attempt}{}",
                 job.name,
                 phase_note(phase)
             )
         } else {
-            format!("hook {}: started{}", job.name, phase_note(phase))
+            format!("{}: started{}", job.name, phase_note(phase))
         };
         let line = match why {
             Some(why) => format!("{what} ({why})"),
@@ -251,7 +251,7 @@ impl HookRunner {
         let (vars, errors) =
             ferry_core::config::environment_vars(target.manifest, target.env, target.version);
         if let Some(error) = errors.first() {
-            self.event(target.deployment_id, &format!("hook {}: {error}", job.name))
+            self.event(target.deployment_id, &format!("{}: {error}", job.name))
                 .await;
         }
         let mut env: BTreeMap<String, String> =
@@ -314,6 +314,7 @@ impl HookRunner {
         finish_run(&self.store, run, state, exit_code, summary, deployment_id).await;
     }
 
+    /// A `hook` line on the deployment's timeline (the message starts with the hook's name).
     async fn event(&self, deployment_id: i64, message: &str) {
         if let Err(e) = self
             .store
@@ -359,7 +360,7 @@ impl HookRunner {
                     self.event(
                         run.deployment_id,
                         &format!(
-                            "hook {} was interrupted by a server restart ({}, attempt {})",
+                            "{} was interrupted by a server restart ({}, attempt {})",
                             run.hook, run.phase, run.attempt
                         ),
                     )
@@ -504,7 +505,7 @@ async fn finish_run(
         .await
     {
         Ok(_) => {
-            let line = format!("hook {}: {summary}", run.hook);
+            let line = format!("{}: {summary}", run.hook);
             if let Err(e) = store
                 .append_event(deployment_id, "hook", &line, now_ms())
                 .await
