@@ -874,7 +874,15 @@ impl Controller {
         let now = now_ms();
         let facts = crate::gates::facts(&self.store, deployment.id).await?;
         self.gate_checks
-            .start_due(&self.store, deployment, &env_gates, &facts.checks, now)
+            .start_due(
+                &self.store,
+                &self.secrets,
+                manifest,
+                deployment,
+                &env_gates,
+                &facts.checks,
+                now,
+            )
             .await;
         let report = gates::report(
             &env_gates,

@@ -3,7 +3,7 @@
 //! checks of waiting deployments in the background (never blocking the controller loop),
 //! and serves `GET /v1/deployments/{id}/gates` and `POST /v1/deployments/{id}/overrides`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -137,15 +137,20 @@ pub struct CheckRunner {
 impl CheckRunner {
     /// Starts every check of `env_gates` that is due for `deployment`: never run, or its
     /// latest result is at least `interval` old. Returns at once.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start_due(
         &self,
         store: &Store,
+        secrets: &crate::secrets::Secrets,
+        manifest: &ferry_core::manifest::Manifest,
         deployment: &DeploymentRecord,
         env_gates: &Gates,
         results: &[CheckResult],
         now: i64,
     ) {
         let mut base_dir: Option<Option<PathBuf>> = None;
+        // What a command check runs with: the environment's variables and secrets.
+        let mut command_env: Option<CommandEnv> = None;
         for check in &env_gates.checks {
             let interval_ms = i64::try_from(check.interval().as_millis()).unwrap_or(i64::MAX);
             let due = results
@@ -169,12 +174,16 @@ impl CheckRunner {
                     }
                 });
             }
+            if check.run.is_some() && command_env.is_none() {
+                command_env = Some(CommandEnv::of(secrets, manifest, deployment).await);
+            }
             let subject = Subject {
                 deployment_id: deployment.id,
                 app: deployment.app.clone(),
                 env: deployment.env.clone(),
                 version: deployment.version.clone(),
                 base_dir: base_dir.clone().flatten(),
+                command_env: command_env.clone().unwrap_or_default(),
             };
             let runner = self.clone();
             let store = store.clone();
@@ -226,6 +235,7 @@ impl CheckRunner {
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
+            .envs(&subject.command_env.vars)
             .env("VERSION", &subject.version)
             .env("FERRY_ENV", &subject.env)
             .env("FERRY_APP", &subject.app)
@@ -255,7 +265,8 @@ impl CheckRunner {
                 let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
                 text.push('\n');
                 text.push_str(&String::from_utf8_lossy(&output.stderr));
-                gates::judge_exit(output.status.code(), &text)
+                let (passed, why) = gates::judge_exit(output.status.code(), &text);
+                (passed, subject.command_env.redact(why))
             }
             Ok(Err(e)) => (false, format!("cannot run {program}: {e}")),
             Err(_) => (
@@ -275,6 +286,46 @@ struct Subject {
     env: String,
     version: String,
     base_dir: Option<PathBuf>,
+    command_env: CommandEnv,
+}
+
+/// The environment of a command check: the layered variables and the secrets of the
+/// deployment's environment (as hooks get them), and the secret values to keep out of its
+/// one-line explanation.
+#[derive(Clone, Default)]
+struct CommandEnv {
+    vars: BTreeMap<String, String>,
+    secret_values: Vec<String>,
+}
+
+impl CommandEnv {
+    async fn of(
+        secrets: &crate::secrets::Secrets,
+        manifest: &ferry_core::manifest::Manifest,
+        deployment: &DeploymentRecord,
+    ) -> CommandEnv {
+        let (vars, _) =
+            ferry_core::config::environment_vars(manifest, &deployment.env, &deployment.version);
+        let mut out = CommandEnv {
+            vars: vars.into_iter().map(|v| (v.name, v.value)).collect(),
+            secret_values: Vec::new(),
+        };
+        match secrets.env_vars(&deployment.app, &deployment.env).await {
+            Ok(secrets) => {
+                out.secret_values = secrets.values().filter(|v| v.len() >= 4).cloned().collect();
+                out.vars.extend(secrets);
+            }
+            Err(e) => tracing::warn!(error = %e, "a gate check runs without the secrets"),
+        }
+        out
+    }
+
+    fn redact(&self, mut text: String) -> String {
+        for secret in &self.secret_values {
+            text = text.replace(secret.as_str(), "[redacted]");
+        }
+        text
+    }
 }
 
 fn one_line(e: &dyn std::error::Error) -> String {
@@ -465,6 +516,10 @@ mod tests {
             env: "production".into(),
             version: "1.4.2".into(),
             base_dir: Some(dir.to_path_buf()),
+            command_env: CommandEnv {
+                vars: BTreeMap::from([("CI_TOKEN".to_string(), "s3cr3t-token".to_string())]),
+                secret_values: vec!["s3cr3t-token".to_string()],
+            },
         }
     }
 
@@ -490,6 +545,11 @@ mod tests {
         let (passed, why) = runner.run(&failing, &subject(dir.path())).await;
         assert!(!passed);
         assert!(why.contains("not signed off"), "{why}");
+        // It gets the environment's secrets, and never repeats one in its explanation.
+        let leaky = check(&["sh", "-c", "echo token=$CI_TOKEN; exit 1"], 5_000);
+        let (passed, why) = runner.run(&leaky, &subject(dir.path())).await;
+        assert!(!passed);
+        assert!(why.contains("token=[redacted]"), "{why}");
     }
 
     #[tokio::test]
