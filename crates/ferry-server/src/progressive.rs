@@ -252,13 +252,19 @@ impl Meter {
     }
 }
 
-/// Everything the proxy has counted for `version` on `listener`, all services merged.
+/// Everything the proxy has counted for `version` on `listener` and on its blue/green
+/// preview listener (`LISTENER/preview`, which serves the new version before the switch),
+/// all services merged.
 fn cumulative(stats: &StatsSnapshot, listener: &str, version: &str) -> WindowStats {
+    let ours = |id: &str| {
+        id.strip_prefix(listener)
+            .is_some_and(|rest| rest.is_empty() || rest == "/preview")
+    };
     let mut total = WindowStats::default();
     for v in stats
         .versions
         .iter()
-        .filter(|v| v.listener == listener && v.version == version)
+        .filter(|v| ours(&v.listener) && v.version == version)
     {
         let mut bins = LatencyBins::default();
         if let Ok(histogram) = decode_histogram(&v.histogram_us) {
@@ -283,4 +289,44 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proxy::stats::{LatencyPercentiles, VersionStats};
+
+    fn counted(listener: &str, version: &str, requests: u64, errors_5xx: u64) -> VersionStats {
+        VersionStats {
+            listener: listener.into(),
+            service: "web".into(),
+            version: version.into(),
+            requests,
+            errors_5xx,
+            in_flight: 0,
+            latency_ms: LatencyPercentiles::default(),
+            histogram_us: String::new(),
+            endpoints: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_version_counts_on_its_listener_and_its_preview_listener_only() {
+        let stats = StatsSnapshot {
+            started_at_ms: 0,
+            taken_at_ms: 1,
+            generation: 1,
+            versions: vec![
+                counted("shop/production", "2.0.0", 10, 1),
+                counted("shop/production/preview", "2.0.0", 30, 3),
+                counted("shop/production", "1.0.0", 500, 0),
+                counted("shop/production-eu", "2.0.0", 1000, 1000),
+                counted("shop/staging/preview", "2.0.0", 1000, 1000),
+            ],
+        };
+        let green = cumulative(&stats, "shop/production", "2.0.0");
+        assert_eq!((green.requests, green.errors_5xx), (40, 4));
+        let blue = cumulative(&stats, "shop/production", "1.0.0");
+        assert_eq!((blue.requests, blue.errors_5xx), (500, 0));
+    }
 }
