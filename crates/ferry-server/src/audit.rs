@@ -354,10 +354,15 @@ pub struct ChangeRecord {
     pub traffic: Vec<EventView>,
     /// Audit records about this deployment: who asked, promoted, paused, aborted.
     pub audit: Vec<AuditRecord>,
-    /// Not recorded yet by this version of Ferry: always empty.
+    /// Approvals and rejections, withdrawn ones included (with when).
     pub approvals: Vec<ferry_core::gates::Approval>,
-    pub gates: Vec<serde_json::Value>,
-    pub hooks: Vec<serde_json::Value>,
+    /// Every gate as it stood when the deployment passed them (who or what passed each);
+    /// empty when it never passed (or its environment has no gates).
+    pub gates: Vec<ferry_core::gates::GateRow>,
+    /// The gates lifted for this deployment (who, when, why).
+    pub overrides: Vec<ferry_core::gates::Override>,
+    /// Every hook attempt: backups, migrations, smoke tests, on-rollback jobs.
+    pub hooks: Vec<ferry_core::api::HookRunView>,
     pub generated_at_ms: i64,
 }
 
@@ -471,15 +476,20 @@ async fn build_change_record(store: &Store, id: i64) -> ApiResult<ChangeRecord> 
         traffic,
         audit: audit_records,
         approvals: store.approvals(id).await.map_err(internal)?,
-        // gates: the gates lifted for this deployment (who, when, why)
         gates: store
-            .overrides(id)
+            .passed_gates(id)
             .await
             .map_err(internal)?
-            .into_iter()
-            .filter_map(|o| serde_json::to_value(o).ok())
+            .map(|(rows, _)| rows)
+            .unwrap_or_default(),
+        overrides: store.overrides(id).await.map_err(internal)?,
+        hooks: store
+            .hook_runs(id)
+            .await
+            .map_err(internal)?
+            .iter()
+            .map(crate::api_hooks::view)
             .collect(),
-        hooks: Vec::new(),
         generated_at_ms: now_ms(),
     })
 }
@@ -560,10 +570,48 @@ pub fn render_markdown(c: &ChangeRecord) -> String {
             a.roles.join(", ")
         );
     }
-    none(&mut out, "Gates passed");
+    if c.gates.is_empty() {
+        none(&mut out, "Gates passed");
+    } else {
+        let _ = writeln!(
+            out,
+            "\n## Gates passed\n\n| Gate | State | Detail |\n| --- | --- | --- |"
+        );
+        for g in &c.gates {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                cell(&g.gate),
+                g.state,
+                cell(&g.detail)
+            );
+        }
+    }
     events(&mut out, "Analysis verdicts", &c.analysis);
     events(&mut out, "Traffic", &c.traffic);
-    none(&mut out, "Hooks");
+    if c.hooks.is_empty() {
+        none(&mut out, "Hooks");
+    } else {
+        let _ = writeln!(
+            out,
+            "\n## Hooks\n\n| Phase | Hook | Attempt | State | Started | Duration | Result |\n| --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for h in &c.hooks {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                cell(&h.phase),
+                cell(&h.hook),
+                h.attempt,
+                cell(&h.state),
+                rfc3339(h.started_at_ms),
+                h.duration_ms
+                    .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".to_string()),
+                cell(h.summary.as_deref().unwrap_or("-"))
+            );
+        }
+    }
     let _ = writeln!(out, "\n## Audit trail\n");
     if c.audit.is_empty() {
         let _ = writeln!(out, "_None recorded._");

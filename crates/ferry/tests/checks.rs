@@ -423,12 +423,23 @@ async fn a_freeze_is_overridden_by_someone_allowed_with_a_reason() {
                 && r["outcome"].as_str().is_some_and(|o| o.starts_with("denied"))),
             "the refused override is audited:\n{out}"
         );
-        // The change record lists the override.
+        // The change record lists the override, and every gate as it was passed.
         let (status, record) = ferry
             .api_get(&format!("/v1/deployments/{prod}/change-record"))
             .await;
         assert!(status.is_success(), "{record}");
-        assert_eq!(record["gates"][0]["by"], "user:bob", "{record:#}");
+        assert_eq!(record["overrides"][0]["by"], "user:bob", "{record:#}");
+        let freeze = record["gates"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["gate"] == "freeze"))
+            .unwrap_or_else(|| panic!("no freeze row in {record:#}"));
+        assert_eq!(freeze["state"], "overridden", "{record:#}");
+        let markdown = ferry.cli(&["change-record", &prod.to_string()]).await;
+        assert!(
+            markdown.stdout.contains("## Gates passed")
+                && markdown.stdout.contains("| freeze | overridden |"),
+            "{markdown}"
+        );
     })
     .await;
 }

@@ -201,6 +201,17 @@ async fn pre_deploy_runs_in_order_and_a_failure_changes_nothing() {
         let line = ferry.timeline(second_id).await;
         assert!(!line.contains("web 2.0"), "no 2.0 replica ever started:\n{line}");
         assert!(line.contains("started attempt 2 (retry 1 of 1"), "{line}");
+        // The change record carries every attempt, for the change ticket.
+        let record = ferry
+            .cli(&["change-record", &second_id.to_string()])
+            .await;
+        assert_eq!(record.code, 0, "{record}");
+        assert!(
+            record.stdout.contains("| pre_deploy | first | 1 | succeeded |")
+                && record.stdout.contains("| pre_deploy | second | 2 | failed |"),
+            "{record}"
+        );
+        assert!(!record.stdout.contains(&secret), "{record}");
         let status = ferry.env_status(&spec).await;
         assert!(
             status.replicas.iter().all(|r| r.version == "1.0"),
