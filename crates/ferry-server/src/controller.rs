@@ -105,6 +105,8 @@ pub struct Controller {
     // hooks:
     /// Runs deployment hooks (pre_deploy, post_deploy, on_rollback) as recorded tasks.
     hooks: crate::hooks::HookRunner,
+    /// Manifests at older revisions (immutable), read when replicas start with one.
+    pinned: Mutex<HashMap<(String, i64), Arc<Manifest>>>,
 }
 
 impl Controller {
@@ -139,6 +141,7 @@ impl Controller {
             secrets,
             gate_checks: crate::gates::CheckRunner::default(),
             hooks,
+            pinned: Mutex::new(HashMap::new()),
         })
     }
 
@@ -173,9 +176,16 @@ impl Controller {
                     BTreeMap::new()
                 });
             let commit = self.release_commit(&record.app, &record.version).await;
-            let spec = apps.get(&record.app).and_then(|(app, manifest)| {
-                replica_spec(app, manifest, &record, secrets, commit.as_deref())
-            });
+            let spec = match apps.get(&record.app) {
+                Some((app, latest)) => {
+                    let pinned = self
+                        .spec_manifest(app, latest, &record.env, record.deployment_id)
+                        .await;
+                    replica_spec(app, &pinned, &record, secrets.clone(), commit.as_deref())
+                        .or_else(|| replica_spec(app, latest, &record, secrets, commit.as_deref()))
+                }
+                None => None,
+            };
             let identity = record
                 .pid
                 .zip(record.start_time)
@@ -446,8 +456,11 @@ impl Controller {
         }
         // config: a redeploy replaces the replicas whose configuration is out of date.
         let redeploy = if deployment.kind == "redeploy" {
+            let pinned = self
+                .spec_manifest(app, manifest, env, Some(deployment.id))
+                .await;
             Some(
-                crate::config::redeploy_state(&self.store, app, manifest, env, &deployment.version)
+                crate::config::redeploy_state(&self.store, app, &pinned, env, &deployment.version)
                     .await?,
             )
         } else {
@@ -1135,6 +1148,13 @@ impl Controller {
             .await
             .map_err(|e| format!("cannot start {service}: {e}"))?;
         let commit = self.release_commit(&app.name, version).await;
+        // A service new since that revision has no older configuration: the latest it is.
+        let pinned = self.spec_manifest(app, manifest, env, deployment).await;
+        let manifest = if pinned.services.contains_key(service) {
+            pinned.as_ref()
+        } else {
+            manifest
+        };
         let spec = replica_spec(app, manifest, &record, secrets, commit.as_deref())
             .ok_or_else(|| format!("service {service} is not in the manifest"))?;
         // Persist, then act: the row exists before the process does.
@@ -1165,6 +1185,62 @@ impl Controller {
             Err(e) => {
                 let _ = self.store.delete_replica(&record.id).await;
                 Err(format!("{service} {version}: could not start: {e}"))
+            }
+        }
+    }
+
+    /// The manifest a replica of `env` runs with: the revision of the deployment that
+    /// starts it (`deployment_id`), else of the deployment that made the environment's
+    /// current version. So `ferry apply` alone never changes what runs, not even for a
+    /// replica replaced after a crash or re-adopted after a restart; the next deployment
+    /// brings the change. The latest manifest when there is no such deployment.
+    async fn spec_manifest(
+        &self,
+        app: &AppRecord,
+        latest: &Manifest,
+        env: &str,
+        deployment_id: Option<i64>,
+    ) -> Arc<Manifest> {
+        let deployment_id = match deployment_id {
+            Some(id) => Some(id),
+            None => self
+                .store
+                .env_current(&app.name, env)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|e| e.deployment_id),
+        };
+        let revision = match deployment_id {
+            Some(id) => self
+                .store
+                .get_deployment(id)
+                .await
+                .ok()
+                .flatten()
+                .map(|d| d.manifest_revision),
+            None => None,
+        };
+        let Some(revision) = revision.filter(|r| *r != app.revision) else {
+            return Arc::new(latest.clone());
+        };
+        let key = (app.name.clone(), revision);
+        if let Some(manifest) = lock(&self.pinned).get(&key) {
+            return manifest.clone();
+        }
+        let pinned = match self.store.get_app_at(&app.name, revision).await {
+            Ok(Some(record)) => serde_json::from_str::<Manifest>(&record.manifest_json).ok(),
+            _ => None,
+        };
+        match pinned {
+            Some(manifest) => {
+                let manifest = Arc::new(manifest);
+                lock(&self.pinned).insert(key, manifest.clone());
+                manifest
+            }
+            None => {
+                tracing::warn!(app = %app.name, revision, "manifest revision unreadable; using the latest");
+                Arc::new(latest.clone())
             }
         }
     }

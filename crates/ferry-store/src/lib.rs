@@ -645,6 +645,23 @@ impl Store {
         row.as_ref().map(app_from_row).transpose()
     }
 
+    /// The app as it was at manifest `revision` (what a deployment requested with it runs);
+    /// `None` if the app or that revision is unknown.
+    pub async fn get_app_at(&self, app: &str, revision: i64) -> Result<Option<AppRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT a.name, m.revision AS revision, m.yaml, m.manifest_json, m.base_dir, ",
+            "a.updated_at_ms ",
+            "FROM apps a JOIN manifest_revisions m ON m.app = a.name ",
+            "WHERE a.name = $1 AND m.revision = $2"
+        ))
+        .bind(app)
+        .bind(revision)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx(|| format!("reading revision {revision} of app {app}"))?;
+        row.as_ref().map(app_from_row).transpose()
+    }
+
     /// All apps with their latest revision, by name.
     pub async fn list_apps(&self) -> Result<Vec<AppRecord>> {
         let rows = sqlx::query(concat!(

@@ -159,6 +159,15 @@ pub async fn manifest_revision_bumps_only_on_change(store: Store, _url: String) 
     assert_eq!(third.revision, 3);
     assert_eq!(third.manifest_json, "{\"other\":true}");
 
+    // every revision stays readable: what a deployment requested with it runs
+    let at_two = store.get_app_at("shop", 2).await.unwrap().unwrap();
+    assert_eq!(
+        (at_two.revision, at_two.yaml.as_str()),
+        (2, "app: shop # v2")
+    );
+    assert_eq!(store.get_app_at("shop", 9).await.unwrap(), None);
+    assert_eq!(store.get_app_at("nope", 1).await.unwrap(), None);
+
     // independent counter per app; list by name
     let blog = store
         .apply_manifest(manifest("blog", "app: blog", 50))

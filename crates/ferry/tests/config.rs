@@ -372,3 +372,74 @@ async fn canary_environments_redeploy_on_the_rolling_path() {
     })
     .await;
 }
+
+/// `ferry apply` alone never changes what runs: replicas replaced after the server and
+/// every replica were killed, and replicas re-adopted after a restart, keep the
+/// configuration of the deployment that made the version current; `ferry redeploy` brings
+/// the applied change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_keep_their_deployments_configuration_until_the_next_deployment() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let mut ferry = Ferry::start().await;
+        let mut spec = Spec::new("pinned");
+        spec.replicas = 2;
+        spec.prelude = "export FERRY_SERVICE=\"web@$DATABASE_URL\";".to_string();
+        let staging_port = common::free_port();
+        let listener = spec.listener();
+        let first = write(&ferry, &spec, staging_port, "db-a", "no");
+        ferry.apply(&first).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let a = "web@postgres://db-a:5432/shop";
+        assert!(bodies(&listener, 20).await.iter().all(|b| b.contains(a)));
+
+        // A new manifest, no deployment.
+        let second = write(&ferry, &spec, staging_port, "db-b", "no");
+        ferry.apply(&second).await;
+
+        // The server dies, then every replica: the next server replaces them all.
+        let before = replica_ids(&ferry, &spec).await;
+        ferry.kill9_server();
+        for pid in before.iter().filter_map(|(_, pid)| *pid) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        ferry.start_server().await;
+        let replaced = ferry
+            .wait_status(&spec, Duration::from_secs(60), "two new healthy replicas", |s| {
+                let live = common::active_replicas(s);
+                live.len() == 2
+                    && live.iter().all(|r| {
+                        r.state == ferry_core::model::ReplicaState::Healthy
+                            && !before.iter().any(|(id, _)| *id == r.id)
+                    })
+            })
+            .await;
+        assert_eq!(replaced.current_version.as_deref(), Some("1.0.0"));
+        let answers = bodies(&listener, 20).await;
+        assert!(
+            answers.iter().all(|b| b.contains(a)),
+            "replaced replicas run the deployed configuration, not the merely applied one: {answers:?}"
+        );
+
+        // Re-adopted after a plain restart: still the deployed configuration.
+        ferry.kill9_server();
+        ferry.start_server().await;
+        assert!(bodies(&listener, 20).await.iter().all(|b| b.contains(a)));
+
+        // The next deployment brings the applied change.
+        let out = ferry
+            .cli(&["redeploy", "pinned", "--env", "production", "--wait", "--timeout", "60s"])
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        let answers = bodies(&listener, 20).await;
+        assert!(
+            answers
+                .iter()
+                .all(|b| b.contains("web@postgres://db-b:5432/shop")),
+            "{answers:?}"
+        );
+    })
+    .await;
+}
