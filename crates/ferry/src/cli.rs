@@ -166,6 +166,16 @@ enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Record or show an immutable release (version, commit, artifacts, notes).
+    #[command(subcommand)]
+    Release(releases::Command),
+    /// List an app's releases, newest first, with where each is deployed and its tag there.
+    Releases {
+        /// App name.
+        app: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Roll an environment back to the previous succeeded release (or to --to VERSION).
     Rollback {
         /// App name.
@@ -329,6 +339,13 @@ enum Command {
     Identity(identity::Command),
     #[command(flatten)]
     Audit(audit::Command),
+    /// Show the effective variables of each service in an environment and where each comes
+    /// from (secrets: name, version and fingerprint only); `ferry config diff APP ENV1 ENV2`
+    /// compares two environments.
+    Config(vars::ConfigArgs),
+    /// Deploy the version already serving again, replacing the replicas whose configuration
+    /// (variables, secrets, command line) changed, at the environment's rolling pace.
+    Redeploy(vars::RedeployArgs),
     /// Encrypted secrets, injected as environment variables when replicas start.
     #[command(subcommand)]
     Secrets(secrets::Command),
@@ -342,7 +359,6 @@ enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
-    // gates:
     /// Show every gate of a deployment with its state (GATE / STATE / DETAIL), or
     /// `ferry gates override ID --gate freeze --reason "…"` to lift a freeze for it.
     Gates(gates::GatesArgs),
@@ -363,25 +379,6 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: SocketAddr,
     },
-    // releases:
-    /// Record or show an immutable release (version, commit, artifacts, notes).
-    #[command(subcommand)]
-    Release(releases::Command),
-    /// List an app's releases, newest first, with where each is deployed and its tag there.
-    Releases {
-        /// App name.
-        app: String,
-        #[command(flatten)]
-        out: OutputArg,
-    },
-    // config:
-    /// Show the effective variables of each service in an environment and where each comes
-    /// from (secrets: name, version and fingerprint only); `ferry config diff APP ENV1 ENV2`
-    /// compares two environments.
-    Config(vars::ConfigArgs),
-    /// Deploy the version already serving again, replacing the replicas whose configuration
-    /// (variables, secrets, command line) changed, at the environment's rolling pace.
-    Redeploy(vars::RedeployArgs),
 }
 
 #[derive(Debug, Clone, Copy, Args)]
