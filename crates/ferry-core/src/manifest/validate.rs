@@ -795,25 +795,7 @@ pub(crate) const CHECK_PLACEHOLDERS: [&str; 3] = ["VERSION", "FERRY_ENV", "FERRY
 
 /// `${NAME}` placeholders of `text` that a gate check does not know.
 fn unknown_check_placeholders(text: &str) -> Vec<String> {
-    let mut bad = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        match after.find('}') {
-            Some(end) => {
-                let name = &after[..end];
-                if !CHECK_PLACEHOLDERS.contains(&name) {
-                    bad.push(name.to_string());
-                }
-                rest = &after[end + 1..];
-            }
-            None => {
-                bad.push(format!("${{{after}"));
-                break;
-            }
-        }
-    }
-    bad
+    placeholders_outside(text, &CHECK_PLACEHOLDERS)
 }
 
 // gates:
@@ -1056,14 +1038,20 @@ fn check_vars(out: &mut Issues, base: &[Seg], vars: &BTreeMap<String, String>) {
 
 /// The names inside `${...}` in `arg` that Ferry does not substitute.
 fn unknown_placeholders(arg: &str) -> Vec<String> {
+    placeholders_outside(arg, &RUN_PLACEHOLDERS)
+}
+
+/// The names inside `${...}` in `text` that are not in `known` (an unclosed `${` counts,
+/// as itself).
+fn placeholders_outside(text: &str, known: &[&str]) -> Vec<String> {
     let mut bad = Vec::new();
-    let mut rest = arg;
+    let mut rest = text;
     while let Some(start) = rest.find("${") {
         let after = &rest[start + 2..];
         match after.find('}') {
             Some(end) => {
                 let name = &after[..end];
-                if !RUN_PLACEHOLDERS.contains(&name) {
+                if !known.contains(&name) {
                     bad.push(name.to_string());
                 }
                 rest = &after[end + 1..];
