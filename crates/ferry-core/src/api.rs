@@ -99,7 +99,7 @@ pub struct DeploymentView {
     pub updated_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     // gates:
-    /// While it waits (pending / awaiting-approval) in `ferry status`: every configured gate
+    /// While it waits (pending / awaiting-approval / blocked) in `ferry status`: every configured gate
     /// of its environment with its state. Empty (and left out) otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<crate::gates::GateRow>,

@@ -218,6 +218,17 @@ pub struct GateReport {
     pub rejected: Option<(String, String)>,
 }
 
+/// The state a deployment waits in for `unmet`: `awaiting-approval` when only approvals are
+/// missing (someone can act), `blocked` when anything else holds it (a freeze, `after`, a
+/// soak, a check).
+pub fn waiting_state(unmet: &[Unmet]) -> crate::model::DeploymentState {
+    if unmet.iter().all(|u| u.gate == "approvals") {
+        crate::model::DeploymentState::AwaitingApproval
+    } else {
+        crate::model::DeploymentState::Blocked
+    }
+}
+
 impl GateReport {
     /// Passed when every row passes; Rejected when someone rejected; otherwise the rows
     /// that hold the deployment (a soak that has not begun is left out while `after` waits).
@@ -679,6 +690,30 @@ fn freeze_open(window: &FreezeWindow, now_ms: i64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_missing_approvals_await_approval_anything_else_blocks() {
+        use crate::model::DeploymentState::{AwaitingApproval, Blocked};
+        let unmet = |gates: &[&str]| -> Vec<Unmet> {
+            gates
+                .iter()
+                .map(|g| Unmet {
+                    gate: g.to_string(),
+                    key: g.to_string(),
+                    message: String::new(),
+                })
+                .collect()
+        };
+        assert_eq!(waiting_state(&unmet(&["approvals"])), AwaitingApproval);
+        for other in ["after", "soak", "freeze", "checks:ci"] {
+            assert_eq!(waiting_state(&unmet(&[other])), Blocked, "{other}");
+            assert_eq!(
+                waiting_state(&unmet(&["approvals", other])),
+                Blocked,
+                "{other}"
+            );
+        }
+    }
 
     fn rule(role: &str, count: u32) -> ApprovalRule {
         ApprovalRule {

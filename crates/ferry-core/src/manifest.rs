@@ -212,7 +212,8 @@ pub struct Environment {
     pub gates: Option<Gates>,
 }
 
-/// Conditions a deployment waits for (in state `awaiting-approval`) before it starts.
+/// Conditions a deployment waits for (in state `blocked`, or `awaiting-approval` when only
+/// approvals are missing) before it starts.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gates {

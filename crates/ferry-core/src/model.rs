@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 pub enum DeploymentState {
     /// Accepted, about to start.
     Pending,
-    /// Waiting for its gates (approvals) before it may start.
+    /// Waiting before it may start for approvals only (every other gate holds).
     AwaitingApproval,
+    /// Waiting before it may start for a gate nobody can approve: a freeze window, `after`,
+    /// a soak, a check (and maybe approvals too).
+    Blocked,
     /// Replicas being replaced and traffic moving.
     Progressing,
     /// The new version failed; the previous one is being restored.
@@ -32,9 +35,10 @@ pub enum DeploymentState {
 }
 
 impl DeploymentState {
-    pub const ALL: [DeploymentState; 10] = [
+    pub const ALL: [DeploymentState; 11] = [
         DeploymentState::Pending,
         DeploymentState::AwaitingApproval,
+        DeploymentState::Blocked,
         DeploymentState::Progressing,
         DeploymentState::RollingBack,
         DeploymentState::Succeeded,
@@ -44,6 +48,14 @@ impl DeploymentState {
         DeploymentState::Aborted,
         DeploymentState::Rejected,
     ];
+
+    /// Not started yet: pending, or held at its gates.
+    pub fn is_waiting(self) -> bool {
+        matches!(
+            self,
+            DeploymentState::Pending | DeploymentState::AwaitingApproval | DeploymentState::Blocked
+        )
+    }
 
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -61,6 +73,7 @@ impl DeploymentState {
         match self {
             DeploymentState::Pending => "pending",
             DeploymentState::AwaitingApproval => "awaiting-approval",
+            DeploymentState::Blocked => "blocked",
             DeploymentState::Progressing => "progressing",
             DeploymentState::RollingBack => "rolling-back",
             DeploymentState::Succeeded => "succeeded",

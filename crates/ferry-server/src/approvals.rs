@@ -69,9 +69,13 @@ pub async fn decide(
             format!("deployment {id} not found"),
         )
     })?;
-    if deployment.state != DeploymentState::AwaitingApproval {
+    // Approvals may come in while other gates still hold it (`blocked`, e.g. frozen).
+    if !matches!(
+        deployment.state,
+        DeploymentState::AwaitingApproval | DeploymentState::Blocked
+    ) {
         return Err(conflict(format!(
-            "deployment #{id} is {}; only a deployment awaiting approval can be approved or rejected",
+            "deployment #{id} is {}; only a deployment waiting at its gates (awaiting-approval or blocked) can be approved or rejected",
             deployment.state
         )));
     }
@@ -159,9 +163,14 @@ pub async fn withdraw(
     slot.with(|n| n.target = Some(format!("deployment {id}")));
     let approver = access.caller.principal();
     let deployment = state.store.get_deployment(id).await?;
-    if deployment.is_none_or(|d| d.state != DeploymentState::AwaitingApproval) {
+    if deployment.is_none_or(|d| {
+        !matches!(
+            d.state,
+            DeploymentState::AwaitingApproval | DeploymentState::Blocked
+        )
+    }) {
         return Err(conflict(format!(
-            "deployment #{id} is not awaiting approval"
+            "deployment #{id} is not waiting at its gates"
         )));
     }
     state

@@ -432,7 +432,7 @@ impl Controller {
         };
         if matches!(
             deployment.state,
-            DeploymentState::Pending | DeploymentState::AwaitingApproval
+            DeploymentState::Pending | DeploymentState::AwaitingApproval | DeploymentState::Blocked
         ) && !self.gates_pass(&deployment, manifest, env).await?
         {
             return Ok(());
@@ -440,7 +440,7 @@ impl Controller {
         // hooks: pre_deploy runs to completion before anything moves.
         if matches!(
             deployment.state,
-            DeploymentState::Pending | DeploymentState::AwaitingApproval
+            DeploymentState::Pending | DeploymentState::AwaitingApproval | DeploymentState::Blocked
         ) && !self
             .pre_deploy_done(app, manifest, env, &deployment)
             .await?
@@ -467,7 +467,9 @@ impl Controller {
             None
         };
         let (target, pace) = match deployment.state {
-            DeploymentState::Pending | DeploymentState::AwaitingApproval
+            DeploymentState::Pending
+            | DeploymentState::AwaitingApproval
+            | DeploymentState::Blocked
                 if let Some(plan) = &redeploy =>
             {
                 if plan.stale.is_empty() {
@@ -501,7 +503,9 @@ impl Controller {
                 }
                 return Ok(());
             }
-            DeploymentState::Pending | DeploymentState::AwaitingApproval => {
+            DeploymentState::Pending
+            | DeploymentState::AwaitingApproval
+            | DeploymentState::Blocked => {
                 let message = match &deployment.previous_version {
                     Some(previous) => format!(
                         "rollout started: {previous} -> {} ({})",
@@ -868,7 +872,7 @@ impl Controller {
     }
 
     /// Whether a deployment may start: its environment's approval rules hold (rollbacks
-    /// to a known-good version skip them). Moves it to `awaiting-approval` (saying who must
+    /// to a known-good version skip them). Moves it to `awaiting-approval` or `blocked` (saying who must
     /// approve) or `rejected`; `true` when it may go on.
     async fn gates_pass(
         &self,
@@ -928,15 +932,11 @@ impl Controller {
                         .collect::<Vec<_>>()
                         .join("; ")
                 );
-                if deployment.state == DeploymentState::Pending {
-                    self.transition(
-                        deployment,
-                        DeploymentState::AwaitingApproval,
-                        None,
-                        None,
-                        &message,
-                    )
-                    .await?;
+                // `awaiting-approval` when only approvals are missing, else `blocked`.
+                let waiting = gates::waiting_state(&unmet);
+                if deployment.state != waiting {
+                    self.transition(deployment, waiting, None, None, &message)
+                        .await?;
                     self.unmet_gates_changed(deployment.id, Some(&unmet));
                 } else if self.unmet_gates_changed(deployment.id, Some(&unmet)) {
                     // Already waiting: a new timeline line only when what is awaited

@@ -24,10 +24,7 @@ use crate::clock::now_ms;
 /// Whether a deployment still waits at its gates (and so may run checks, get overrides and
 /// show its gate rows in `ferry status`).
 pub fn waiting(state: DeploymentState) -> bool {
-    matches!(
-        state,
-        DeploymentState::Pending | DeploymentState::AwaitingApproval
-    )
+    state.is_waiting()
 }
 
 /// The gates of `env` in the app's current manifest (none: the default, no gate).
@@ -460,7 +457,7 @@ pub async fn create_override(
             StatusCode::CONFLICT,
             "conflict",
             format!(
-                "deployment #{id} is {}; only a waiting deployment (pending or awaiting-approval) can get an override",
+                "deployment #{id} is {}; only a waiting deployment (pending, awaiting-approval or blocked) can get an override",
                 deployment.state
             ),
         ));

@@ -155,7 +155,7 @@ async fn checks_hold_the_deployment_until_they_pass() {
         })
         .await;
         assert_eq!(report["verdict"], "waiting", "{report:#}");
-        assert_eq!(report["deployment"]["state"], "awaiting-approval");
+        assert_eq!(report["deployment"]["state"], "blocked");
         let detail = row(&report, "checks:ci-green")["detail"].as_str().unwrap();
         assert!(detail.contains("expected status 200, got 503"), "{detail}");
         let detail = row(&report, "checks:uat")["detail"].as_str().unwrap();
@@ -199,7 +199,7 @@ async fn checks_hold_the_deployment_until_they_pass() {
         }
         assert_eq!(
             ferry.deployment(prod).await.deployment.state.to_string(),
-            "awaiting-approval"
+            "blocked"
         );
 
         // CI turns green: only the command check still holds it.
@@ -211,7 +211,7 @@ async fn checks_hold_the_deployment_until_they_pass() {
         assert_eq!(row(&report, "checks:uat")["state"], "failed");
         assert_eq!(
             ferry.deployment(prod).await.deployment.state.to_string(),
-            "awaiting-approval"
+            "blocked"
         );
 
         // UAT signs off (in the manifest's directory): it starts and succeeds.
@@ -323,7 +323,7 @@ async fn a_freeze_is_overridden_by_someone_allowed_with_a_reason() {
 
         let prod = deploy_production(&ferry, "hotfix").await;
         let report = wait_gates(&ferry, prod, "frozen", |r| {
-            r["deployment"]["state"] == "awaiting-approval"
+            r["deployment"]["state"] == "blocked"
         })
         .await;
         assert_eq!(row(&report, "freeze")["state"], "waiting", "{report:#}");
@@ -352,7 +352,7 @@ async fn a_freeze_is_overridden_by_someone_allowed_with_a_reason() {
         assert_eq!(out.code, 2, "only freeze can be overridden:\n{out}");
         assert_eq!(
             ferry.deployment(prod).await.deployment.state.to_string(),
-            "awaiting-approval"
+            "blocked"
         );
         let out = ferry
             .cli_with_token(

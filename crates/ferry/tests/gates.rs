@@ -86,14 +86,14 @@ async fn production_waits_for_staging_and_the_soak() {
 
         // Never ran in staging: production waits, and says why.
         let prod = deploy(&ferry, "gated", "production", "1.0.0").await;
-        let timeline = wait_state(&ferry, prod, "awaiting-approval").await;
+        let timeline = wait_state(&ferry, prod, "blocked").await;
         assert!(
             timeline.contains("waiting for 1.0.0 to succeed in staging"),
             "{timeline}"
         );
         tokio::time::sleep(Duration::from_millis(600)).await;
         let (state, _) = state_and_timeline(&ferry, prod).await;
-        assert_eq!(state, "awaiting-approval");
+        assert_eq!(state, "blocked");
 
         // It succeeds in staging; production then soaks 2 s before it starts.
         ferry.deploy_ok(&spec, "1.0.0").await;
@@ -132,7 +132,7 @@ async fn a_freeze_window_holds_the_deployment() {
         ferry.apply(&manifest).await;
 
         let prod = deploy(&ferry, "frozen", "production", "1.0.0").await;
-        let timeline = wait_state(&ferry, prod, "awaiting-approval").await;
+        let timeline = wait_state(&ferry, prod, "blocked").await;
         assert!(
             timeline.contains(
                 "freeze window 2000-01-01T00:00:00 to 2999-01-01T00:00:00 (UTC) open until 2999-01-01T00:00:00+00:00"
@@ -141,7 +141,7 @@ async fn a_freeze_window_holds_the_deployment() {
         );
         tokio::time::sleep(Duration::from_millis(600)).await;
         let (state, _) = state_and_timeline(&ferry, prod).await;
-        assert_eq!(state, "awaiting-approval");
+        assert_eq!(state, "blocked");
 
         let out = ferry.cli(&["abort", "frozen", "--env", "production"]).await;
         assert_eq!(out.code, 0, "abort:\n{out}");

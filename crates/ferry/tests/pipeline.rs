@@ -280,7 +280,7 @@ async fn one_release_goes_from_dev_to_production_through_every_gate() {
         .await;
         ok(&out, "promote");
         let id = out.json()["id"].as_i64().expect("deployment id");
-        wait_for_state(&ferry, &alice, id, "awaiting-approval").await;
+        wait_for_state(&ferry, &alice, id, "blocked").await;
         let gates = run(&ferry, &alice, &["gates", &id.to_string()], None).await;
         ok(&gates, "gates");
         for needle in ["after", "freeze", "approvals"] {
@@ -295,7 +295,7 @@ async fn one_release_goes_from_dev_to_production_through_every_gate() {
         );
         // Still frozen: approvals alone do not start it.
         let d = detail(&ferry, &alice, id).await;
-        assert_eq!(d["deployment"]["state"], "awaiting-approval", "{d:#}");
+        assert_eq!(d["deployment"]["state"], "blocked", "{d:#}");
 
         let no_reason = run(
             &ferry,

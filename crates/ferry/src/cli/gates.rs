@@ -27,7 +27,7 @@ pub enum GatesAction {
     /// Lift a gate (only `freeze`) for one waiting deployment. Needs the override_freeze
     /// permission and the global --reason; recorded, audited and shown on the timeline.
     Override {
-        /// The waiting deployment (pending or awaiting-approval).
+        /// The waiting deployment (pending, awaiting-approval or blocked).
         deployment: i64,
         /// The gate to lift: `freeze`.
         #[arg(long, value_name = "GATE")]
