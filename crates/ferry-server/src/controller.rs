@@ -1221,9 +1221,23 @@ impl Controller {
                 .map(|d| d.manifest_revision),
             None => None,
         };
-        let Some(revision) = revision.filter(|r| *r != app.revision) else {
+        match revision {
+            Some(revision) => self.manifest_at(app, latest, revision).await,
+            None => Arc::new(latest.clone()),
+        }
+    }
+
+    /// The app's manifest at `revision` (revisions are immutable: cached), or the latest if
+    /// that revision can't be read.
+    async fn manifest_at(
+        &self,
+        app: &AppRecord,
+        latest: &Manifest,
+        revision: i64,
+    ) -> Arc<Manifest> {
+        if revision == app.revision {
             return Arc::new(latest.clone());
-        };
+        }
         let key = (app.name.clone(), revision);
         if let Some(manifest) = lock(&self.pinned).get(&key) {
             return manifest.clone();

@@ -150,3 +150,41 @@ async fn a_freeze_window_holds_the_deployment() {
     })
     .await;
 }
+
+/// What waited at its gates runs as it was requested (and approved): a manifest applied
+/// meanwhile changes the next deployments, not this one — its hooks included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_deployment_keeps_the_manifest_it_was_requested_with() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let log = ferry.dir.path().join("hooks.log");
+        let hook = |word: &str| {
+            format!(
+                "hooks:\n  pre_deploy:\n    - name: mark\n      run: [\"sh\", \"-c\", \"echo \\\"$FERRY_ENV $VERSION {word}\\\" >> '{}'\"]\n",
+                log.display()
+            )
+        };
+        let mut spec = staging_spec("pinned");
+        spec.extra_service_yaml = hook("ONE");
+        let manifest = two_environments(&ferry, &spec, "{ after: staging }");
+        ferry.apply(&manifest).await;
+        let prod = deploy(&ferry, "pinned", "production", "1.0.0").await;
+        wait_state(&ferry, prod, "blocked").await;
+
+        // The hook changes while production waits for staging.
+        spec.extra_service_yaml = hook("TWO");
+        let manifest = two_environments(&ferry, &spec, "{ after: staging }");
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let done = ferry.wait_terminal(prod, Duration::from_secs(30)).await;
+        assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
+        let ran = std::fs::read_to_string(&log).expect("hooks ran");
+        assert_eq!(
+            ran.lines().collect::<Vec<_>>(),
+            ["staging 1.0.0 TWO", "production 1.0.0 ONE"],
+            "production ran the hook it was requested with"
+        );
+    })
+    .await;
+}

@@ -69,6 +69,11 @@ impl Controller {
         phase: HookPhase,
         route: Route,
     ) -> Result<PhaseStatus, ServerError> {
+        // The hooks of the manifest revision the deployment was requested (and approved) with.
+        let pinned = self
+            .manifest_at(app, manifest, deployment.manifest_revision)
+            .await;
+        let manifest = pinned.as_ref();
         let jobs = HookRunner::jobs(manifest, phase, env);
         let target = Target {
             app,
@@ -95,8 +100,11 @@ impl Controller {
         env: &str,
         deployment: &DeploymentRecord,
     ) -> Result<bool, ServerError> {
+        let pinned = self
+            .manifest_at(app, manifest, deployment.manifest_revision)
+            .await;
         if deployment.kind == "rollback"
-            || HookRunner::jobs(manifest, HookPhase::PreDeploy, env).is_empty()
+            || HookRunner::jobs(&pinned, HookPhase::PreDeploy, env).is_empty()
         {
             return Ok(true);
         }
@@ -196,7 +204,10 @@ impl Controller {
         if deployment.kind == "rollback" {
             return Ok(PhaseStatus::Done);
         }
-        if HookRunner::jobs(manifest, HookPhase::PostDeploy, env).is_empty() {
+        let pinned = self
+            .manifest_at(app, manifest, deployment.manifest_revision)
+            .await;
+        if HookRunner::jobs(&pinned, HookPhase::PostDeploy, env).is_empty() {
             return Ok(PhaseStatus::Done);
         }
         if !self.preview_routed(&app.name, env, &deployment.version) {
