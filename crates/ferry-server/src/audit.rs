@@ -494,6 +494,23 @@ async fn build_change_record(store: &Store, id: i64) -> ApiResult<ChangeRecord> 
     })
 }
 
+/// A Markdown section `title` with one table row per entry of `rows` (cells escaped), or
+/// "_None recorded._".
+fn table(out: &mut String, title: &str, headers: &[&str], rows: Vec<Vec<String>>) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "\n## {title}\n");
+    if rows.is_empty() {
+        let _ = writeln!(out, "_None recorded._");
+        return;
+    }
+    let _ = writeln!(out, "| {} |", headers.join(" | "));
+    let _ = writeln!(out, "|{}", " --- |".repeat(headers.len()));
+    for row in rows {
+        let cells: Vec<String> = row.iter().map(|c| cell(c)).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+}
+
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
@@ -548,9 +565,6 @@ pub fn render_markdown(c: &ChangeRecord) -> String {
             let _ = writeln!(out, "- {} — {}", rfc3339(e.at_ms), cell(&e.message));
         }
     };
-    let none = |out: &mut String, title: &str| {
-        let _ = writeln!(out, "\n## {title}\n\n_None recorded._");
-    };
     let _ = writeln!(out, "\n## Approvals\n");
     if c.approvals.is_empty() {
         let _ = writeln!(out, "_None recorded._");
@@ -570,71 +584,62 @@ pub fn render_markdown(c: &ChangeRecord) -> String {
             a.roles.join(", ")
         );
     }
-    if c.gates.is_empty() {
-        none(&mut out, "Gates passed");
-    } else {
-        let _ = writeln!(
-            out,
-            "\n## Gates passed\n\n| Gate | State | Detail |\n| --- | --- | --- |"
-        );
-        for g in &c.gates {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} |",
-                cell(&g.gate),
-                g.state,
-                cell(&g.detail)
-            );
-        }
-    }
+    table(
+        &mut out,
+        "Gates passed",
+        &["Gate", "State", "Detail"],
+        c.gates
+            .iter()
+            .map(|g| vec![g.gate.clone(), g.state.to_string(), g.detail.clone()])
+            .collect(),
+    );
     events(&mut out, "Analysis verdicts", &c.analysis);
     events(&mut out, "Traffic", &c.traffic);
-    if c.hooks.is_empty() {
-        none(&mut out, "Hooks");
-    } else {
-        let _ = writeln!(
-            out,
-            "\n## Hooks\n\n| Phase | Hook | Attempt | State | Started | Duration | Result |\n| --- | --- | --- | --- | --- | --- | --- |"
-        );
-        for h in &c.hooks {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                cell(&h.phase),
-                cell(&h.hook),
-                h.attempt,
-                cell(&h.state),
-                rfc3339(h.started_at_ms),
-                h.duration_ms
-                    .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
-                    .unwrap_or_else(|| "-".to_string()),
-                cell(h.summary.as_deref().unwrap_or("-"))
-            );
-        }
-    }
-    let _ = writeln!(out, "\n## Audit trail\n");
-    if c.audit.is_empty() {
-        let _ = writeln!(out, "_None recorded._");
-    } else {
-        let _ = writeln!(
-            out,
-            "| # | Time | Actor | Action | Outcome | Summary | Reason |\n| --- | --- | --- | --- | --- | --- | --- |"
-        );
-        for r in &c.audit {
-            let e = &r.entry;
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                r.seq,
-                rfc3339(e.at_ms),
-                cell(&e.actor),
-                cell(&e.action),
-                cell(&e.outcome),
-                cell(&e.summary),
-                cell(e.reason.as_deref().unwrap_or("-"))
-            );
-        }
-    }
+    table(
+        &mut out,
+        "Hooks",
+        &[
+            "Phase", "Hook", "Attempt", "State", "Started", "Duration", "Result",
+        ],
+        c.hooks
+            .iter()
+            .map(|h| {
+                vec![
+                    h.phase.clone(),
+                    h.hook.clone(),
+                    h.attempt.to_string(),
+                    h.state.clone(),
+                    rfc3339(h.started_at_ms),
+                    h.duration_ms
+                        .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                        .unwrap_or_else(|| "-".to_string()),
+                    h.summary.clone().unwrap_or_else(|| "-".to_string()),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &mut out,
+        "Audit trail",
+        &[
+            "#", "Time", "Actor", "Action", "Outcome", "Summary", "Reason",
+        ],
+        c.audit
+            .iter()
+            .map(|r| {
+                let e = &r.entry;
+                vec![
+                    r.seq.to_string(),
+                    rfc3339(e.at_ms),
+                    e.actor.clone(),
+                    e.action.clone(),
+                    e.outcome.clone(),
+                    e.summary.clone(),
+                    e.reason.clone().unwrap_or_else(|| "-".to_string()),
+                ]
+            })
+            .collect(),
+    );
     let _ = writeln!(
         out,
         "\n## Timeline\n\n| Time | Kind | Event |\n| --- | --- | --- |"
