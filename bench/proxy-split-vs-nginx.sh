@@ -69,36 +69,8 @@ PIN_SERVERS=()
 [[ -n "$LOAD_CPUS" ]] && PIN_LOAD=(taskset -c "$LOAD_CPUS")
 [[ -n "$SERVER_CPUS" ]] && PIN_SERVERS=(taskset -c "$SERVER_CPUS")
 
-TMP=$(mktemp -d /tmp/ferry-split-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_http() {
-    local url=$1; shift
-    for _ in $(seq 100); do
-        if curl -fsS -o /dev/null "$@" "$url" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out waiting for $url" >&2
-    return 1
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"   # TMP, PIDS (stopped on exit), free_port, wait_http
 
 V1_PORT=$(free_port)
 V2_PORT=$(free_port)

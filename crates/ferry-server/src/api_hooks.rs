@@ -80,11 +80,7 @@ pub async fn output(
         runs.iter()
             .map(|run| HookOutput {
                 run: view(run),
-                output: secrets
-                    .iter()
-                    .fold(crate::hooks::read_output(run), |text, secret| {
-                        text.replace(secret.as_str(), "[redacted]")
-                    }),
+                output: crate::secrets::redact(crate::hooks::read_output(run), &secrets),
             })
             .collect(),
     ))

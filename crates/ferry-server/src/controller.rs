@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::error::ServerError;
+use crate::lock;
 use crate::progressive::{CommandName, Meter, PendingCommand, Phase, Subject, plan_for};
 use crate::proxy_link::ProxyLink;
 use ferry_core::progressive::{self, Outcome, Plan};
@@ -179,9 +180,10 @@ impl Controller {
             let spec = match apps.get(&record.app) {
                 Some((app, latest)) => {
                     let pinned = self
-                        .spec_manifest(app, latest, &record.env, record.deployment_id)
+                        .spec_manifest(app, &record.env, record.deployment_id)
                         .await;
-                    replica_spec(app, &pinned, &record, secrets.clone(), commit.as_deref())
+                    let manifest = pinned.as_deref().unwrap_or(latest);
+                    replica_spec(app, manifest, &record, secrets.clone(), commit.as_deref())
                         .or_else(|| replica_spec(app, latest, &record, secrets, commit.as_deref()))
                 }
                 None => None,
@@ -456,11 +458,10 @@ impl Controller {
         }
         // config: a redeploy replaces the replicas whose configuration is out of date.
         let redeploy = if deployment.kind == "redeploy" {
-            let pinned = self
-                .spec_manifest(app, manifest, env, Some(deployment.id))
-                .await;
+            let pinned = self.manifest_at(app, deployment.manifest_revision).await;
+            let manifest = pinned.as_deref().unwrap_or(manifest);
             Some(
-                crate::config::redeploy_state(&self.store, app, &pinned, env, &deployment.version)
+                crate::config::redeploy_state(&self.store, app, manifest, env, &deployment.version)
                     .await?,
             )
         } else {
@@ -1149,12 +1150,11 @@ impl Controller {
             .map_err(|e| format!("cannot start {service}: {e}"))?;
         let commit = self.release_commit(&app.name, version).await;
         // A service new since that revision has no older configuration: the latest it is.
-        let pinned = self.spec_manifest(app, manifest, env, deployment).await;
-        let manifest = if pinned.services.contains_key(service) {
-            pinned.as_ref()
-        } else {
-            manifest
-        };
+        let pinned = self.spec_manifest(app, env, deployment).await;
+        let manifest = pinned
+            .as_deref()
+            .filter(|pinned| pinned.services.contains_key(service))
+            .unwrap_or(manifest);
         let spec = replica_spec(app, manifest, &record, secrets, commit.as_deref())
             .ok_or_else(|| format!("service {service} is not in the manifest"))?;
         // Persist, then act: the row exists before the process does.
@@ -1189,74 +1189,53 @@ impl Controller {
         }
     }
 
-    /// The manifest a replica of `env` runs with: the revision of the deployment that
-    /// starts it (`deployment_id`), else of the deployment that made the environment's
-    /// current version. So `ferry apply` alone never changes what runs, not even for a
-    /// replica replaced after a crash or re-adopted after a restart; the next deployment
-    /// brings the change. The latest manifest when there is no such deployment.
+    /// The manifest a replica of `env` runs with, when it is not the latest: the revision of
+    /// the deployment that starts it (`deployment_id`), else of the deployment that made the
+    /// environment's current version. So `ferry apply` alone never changes what runs, not
+    /// even for a replica replaced after a crash or re-adopted after a restart; the next
+    /// deployment brings the change. `None`: the latest manifest.
     async fn spec_manifest(
         &self,
         app: &AppRecord,
-        latest: &Manifest,
         env: &str,
         deployment_id: Option<i64>,
-    ) -> Arc<Manifest> {
+    ) -> Option<Arc<Manifest>> {
         let deployment_id = match deployment_id {
-            Some(id) => Some(id),
-            None => self
-                .store
-                .env_current(&app.name, env)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|e| e.deployment_id),
+            Some(id) => id,
+            None => {
+                self.store
+                    .env_current(&app.name, env)
+                    .await
+                    .ok()
+                    .flatten()?
+                    .deployment_id?
+            }
         };
-        let revision = match deployment_id {
-            Some(id) => self
-                .store
-                .get_deployment(id)
-                .await
-                .ok()
-                .flatten()
-                .map(|d| d.manifest_revision),
-            None => None,
-        };
-        match revision {
-            Some(revision) => self.manifest_at(app, latest, revision).await,
-            None => Arc::new(latest.clone()),
-        }
+        let deployment = self.store.get_deployment(deployment_id).await.ok()??;
+        self.manifest_at(app, deployment.manifest_revision).await
     }
 
-    /// The app's manifest at `revision` (revisions are immutable: cached), or the latest if
-    /// that revision can't be read.
-    async fn manifest_at(
-        &self,
-        app: &AppRecord,
-        latest: &Manifest,
-        revision: i64,
-    ) -> Arc<Manifest> {
+    /// The app's manifest at `revision` when that is not its latest (revisions are
+    /// immutable: cached). `None`: the latest is it, or that revision can't be read.
+    async fn manifest_at(&self, app: &AppRecord, revision: i64) -> Option<Arc<Manifest>> {
         if revision == app.revision {
-            return Arc::new(latest.clone());
+            return None;
         }
         let key = (app.name.clone(), revision);
         if let Some(manifest) = lock(&self.pinned).get(&key) {
-            return manifest.clone();
+            return Some(manifest.clone());
         }
         let pinned = match self.store.get_app_at(&app.name, revision).await {
             Ok(Some(record)) => serde_json::from_str::<Manifest>(&record.manifest_json).ok(),
             _ => None,
         };
-        match pinned {
-            Some(manifest) => {
-                let manifest = Arc::new(manifest);
-                lock(&self.pinned).insert(key, manifest.clone());
-                manifest
-            }
-            None => {
-                tracing::warn!(app = %app.name, revision, "manifest revision unreadable; using the latest");
-                Arc::new(latest.clone())
-            }
-        }
+        let Some(manifest) = pinned else {
+            tracing::warn!(app = %app.name, revision, "manifest revision unreadable; using the latest");
+            return None;
+        };
+        let manifest = Arc::new(manifest);
+        lock(&self.pinned).insert(key, manifest.clone());
+        Some(manifest)
     }
 
     async fn transition(
@@ -2148,12 +2127,6 @@ impl Controller {
         self.proxy.stop().await;
         tracing::info!("teardown complete: replicas and proxy stopped");
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn millis(d: Duration) -> i64 {

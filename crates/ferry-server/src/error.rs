@@ -25,3 +25,16 @@ impl ServerError {
         ServerError::Io { context, source }
     }
 }
+
+/// An error and its causes on one line ("error sending request: invalid peer certificate…"):
+/// reqwest's own message hides the cause that explains it.
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}

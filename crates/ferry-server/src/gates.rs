@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::{Access, AuditSlot};
 use crate::api::{ApiFailure, ApiResult, AppState};
 use crate::clock::now_ms;
+use crate::lock;
 
 /// Whether a deployment still waits at its gates (and so may run checks, get overrides and
 /// show its gate rows in `ferry status`).
@@ -222,7 +223,10 @@ impl CheckRunner {
                     false,
                     format!("GET {url}: no answer within {}", gates::compact(timeout)),
                 ),
-                Err(e) => (false, format!("GET {url} failed: {}", one_line(&e))),
+                Err(e) => (
+                    false,
+                    format!("GET {url} failed: {}", crate::error::one_line(&e)),
+                ),
             };
         }
         let argv: Vec<String> = check.run.iter().flatten().map(|a| fill(a)).collect();
@@ -317,27 +321,9 @@ impl CommandEnv {
         out
     }
 
-    fn redact(&self, mut text: String) -> String {
-        for secret in &self.secret_values {
-            text = text.replace(secret.as_str(), "[redacted]");
-        }
-        text
+    fn redact(&self, text: String) -> String {
+        crate::secrets::redact(text, &self.secret_values)
     }
-}
-
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text.replace('\n', " ")
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 // -- API -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ use tokio::process::Command;
 
 use crate::clock::now_ms;
 use crate::error::ServerError;
+use crate::lock;
 
 /// Largest hook output kept (the tail).
 pub const MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
@@ -486,12 +487,6 @@ fn hooks_default_timeout() -> Duration {
     ferry_core::manifest::DEFAULT_HOOK_TIMEOUT
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 async fn finish_run(
     store: &Store,
     run: &HookRunRecord,
@@ -779,10 +774,10 @@ fn finalize_output(path: &Path, secrets: &[String]) {
     } else {
         0
     };
-    let mut text = String::from_utf8_lossy(&bytes[start..]).into_owned();
-    for secret in secrets {
-        text = text.replace(secret.as_str(), "[redacted]");
-    }
+    let mut text = crate::secrets::redact(
+        String::from_utf8_lossy(&bytes[start..]).into_owned(),
+        secrets,
+    );
     if over {
         text = format!("--- output truncated to its last {MAX_OUTPUT_BYTES} bytes ---\n{text}");
     }

@@ -49,6 +49,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ServerError;
 
+/// Locks a mutex whose data stays valid even if a holder panicked (plain maps and sets).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Largest replica log kept on disk before the oldest half is dropped.
 const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
 

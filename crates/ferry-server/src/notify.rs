@@ -58,25 +58,13 @@ pub fn send(http: &reqwest::Client, notifications: &[Notification], change: Stat
                         tracing::warn!(host = %host(&url), status = %response.status(), attempt, "webhook refused the notification")
                     }
                     Err(e) => {
-                        tracing::warn!(host = %host(&url), error = %error_chain(&e.without_url()), attempt, "webhook unreachable")
+                        tracing::warn!(host = %host(&url), error = %crate::error::one_line(&e.without_url()), attempt, "webhook unreachable")
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
             }
         });
     }
-}
-
-/// An error and its causes on one line ("error sending request: invalid peer certificate…").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Only the host goes to logs: webhook URLs often carry a secret in their path.

@@ -2,6 +2,7 @@
 //! environment's strategy, and the I/O that feeds analysis (proxy stats windows, HTTP and
 //! command checks, Prometheus queries). Decisions stay in `ferry_core::progressive`.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -283,12 +284,6 @@ fn cumulative(stats: &StatsSnapshot, listener: &str, version: &str) -> WindowSta
         });
     }
     total
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

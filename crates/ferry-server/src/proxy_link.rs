@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::clock::now_ms;
 use crate::error::ServerError;
+use crate::lock;
 
 /// Failed health checks (one a second) before a live but silent proxy is replaced.
 const MAX_MISSED_CHECKS: u32 = 5;
@@ -196,12 +197,6 @@ impl ProxyLink {
         }
         let _ = std::fs::remove_file(self.state_dir.join("proxy.json"));
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn read_endpoint(state_dir: &Path) -> Option<Endpoint> {

@@ -259,6 +259,15 @@ fn pending_path(key_path: &FsPath) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// `text` with every secret value in `values` replaced by `[redacted]` (hook output, check
+/// explanations).
+pub fn redact(mut text: String, values: &[String]) -> String {
+    for value in values {
+        text = text.replace(value.as_str(), "[redacted]");
+    }
+    text
+}
+
 /// The secrets of every app: the master key and the store.
 pub struct Secrets {
     store: Store,

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{As, DEMO, Ferry, SERIAL, bounded, free_port, ok, run};
+use common::{As, DEMO, Ferry, SERIAL, admin, bounded, free_port, ok, run, user};
 
 const LIMIT: Duration = Duration::from_secs(240);
 const ALICE_PASSWORD: &str = "correct horse battery staple";
@@ -89,14 +89,8 @@ async fn users_roles_tokens_audit_and_change_records() {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
-        let admin = As {
-            config: ferry.dir.path().join("admin-config.json"),
-            token: Some(&ferry.token),
-        };
-        let alice = As {
-            config: ferry.dir.path().join("alice-config.json"),
-            token: None,
-        };
+        let admin = admin(&ferry);
+        let alice = user(&ferry, "alice");
         // every CLI output that must not show a secret
         let mut seen = String::new();
         macro_rules! cli {
@@ -607,14 +601,8 @@ async fn failed_logins_are_throttled() {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
-        let admin = As {
-            config: ferry.dir.path().join("admin-config.json"),
-            token: Some(&ferry.token),
-        };
-        let bob = As {
-            config: ferry.dir.path().join("bob-config.json"),
-            token: None,
-        };
+        let admin = admin(&ferry);
+        let bob = user(&ferry, "bob");
         let out = run(
             &ferry,
             &admin,
@@ -724,14 +712,8 @@ async fn approvals_enforce_separation_of_duties() {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
-        let admin = As {
-            config: ferry.dir.path().join("admin.json"),
-            token: Some(&ferry.token),
-        };
-        let person = |name: &str| As {
-            config: ferry.dir.path().join(format!("{name}.json")),
-            token: None,
-        };
+        let admin = admin(&ferry);
+        let person = |name: &str| user(&ferry, name);
         let (alice, bob, carol) = (person("alice"), person("bob"), person("carol"));
         for (name, role, env) in [
             ("alice", "developer", None),

@@ -1069,6 +1069,18 @@ fn placeholders_outside(text: &str, known: &[&str]) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// `gates` gives exactly one error, at `environments.production.gates.FIELD`, saying
+    /// `expected`.
+    fn assert_one_gate_error(gates: &str, expected: &str, field: &str) {
+        let errors = gate_errors(gates);
+        assert_eq!(errors.len(), 1, "{gates}: {errors:?}");
+        assert!(errors[0].contains(expected), "{gates}: {errors:?}");
+        assert!(
+            errors[0].contains(&format!("environments.production.gates.{field}:")),
+            "{gates}: {errors:?}"
+        );
+    }
+
     #[test]
     fn names() {
         for good in ["a", "shop", "api-v2", "x1"] {
@@ -1239,13 +1251,7 @@ mod tests {
                 "freeze[0]",
             ),
         ] {
-            let errors = gate_errors(gates);
-            assert_eq!(errors.len(), 1, "{gates}: {errors:?}");
-            assert!(errors[0].contains(expected), "{gates}: {errors:?}");
-            assert!(
-                errors[0].contains(&format!("environments.production.gates.{field}:")),
-                "{gates}: {errors:?}"
-            );
+            assert_one_gate_error(gates, expected, field);
         }
     }
 
@@ -1327,13 +1333,7 @@ mod tests {
                 "checks[0].interval",
             ),
         ] {
-            let errors = gate_errors(gates);
-            assert_eq!(errors.len(), 1, "{gates}: {errors:?}");
-            assert!(errors[0].contains(expected), "{gates}: {errors:?}");
-            assert!(
-                errors[0].contains(&format!("environments.production.gates.{field}:")),
-                "{gates}: {errors:?}"
-            );
+            assert_one_gate_error(gates, expected, field);
         }
         // Unknown fields are refused by the typed parse.
         let errors = gate_errors("{ checks: [ { name: a, run: [\"true\"], every: 1s } ] }");

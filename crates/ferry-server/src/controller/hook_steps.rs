@@ -70,10 +70,8 @@ impl Controller {
         route: Route,
     ) -> Result<PhaseStatus, ServerError> {
         // The hooks of the manifest revision the deployment was requested (and approved) with.
-        let pinned = self
-            .manifest_at(app, manifest, deployment.manifest_revision)
-            .await;
-        let manifest = pinned.as_ref();
+        let pinned = self.manifest_at(app, deployment.manifest_revision).await;
+        let manifest = pinned.as_deref().unwrap_or(manifest);
         let jobs = HookRunner::jobs(manifest, phase, env);
         let target = Target {
             app,
@@ -100,11 +98,10 @@ impl Controller {
         env: &str,
         deployment: &DeploymentRecord,
     ) -> Result<bool, ServerError> {
-        let pinned = self
-            .manifest_at(app, manifest, deployment.manifest_revision)
-            .await;
+        let pinned = self.manifest_at(app, deployment.manifest_revision).await;
+        let manifest = pinned.as_deref().unwrap_or(manifest);
         if deployment.kind == "rollback"
-            || HookRunner::jobs(&pinned, HookPhase::PreDeploy, env).is_empty()
+            || HookRunner::jobs(manifest, HookPhase::PreDeploy, env).is_empty()
         {
             return Ok(true);
         }
@@ -204,10 +201,14 @@ impl Controller {
         if deployment.kind == "rollback" {
             return Ok(PhaseStatus::Done);
         }
-        let pinned = self
-            .manifest_at(app, manifest, deployment.manifest_revision)
-            .await;
-        if HookRunner::jobs(&pinned, HookPhase::PostDeploy, env).is_empty() {
+        let pinned = self.manifest_at(app, deployment.manifest_revision).await;
+        if HookRunner::jobs(
+            pinned.as_deref().unwrap_or(manifest),
+            HookPhase::PostDeploy,
+            env,
+        )
+        .is_empty()
+        {
             return Ok(PhaseStatus::Done);
         }
         if !self.preview_routed(&app.name, env, &deployment.version) {

@@ -968,6 +968,14 @@ pub fn ok(out: &CliOutput, what: &str) {
     assert_eq!(out.code, 0, "{what} should succeed:\n{out}");
 }
 
+/// User `name` as a CLI actor with a config file of their own (no session yet).
+pub fn user<'a>(ferry: &Ferry, name: &str) -> As<'a> {
+    As {
+        config: ferry.dir.path().join(format!("{name}.json")),
+        token: None,
+    }
+}
+
 /// The admin (the server's bootstrap token) as a CLI actor.
 pub fn admin(ferry: &Ferry) -> As<'_> {
     As {
@@ -1003,10 +1011,7 @@ pub async fn add_person<'a>(
         }
         ok(&run(ferry, &root, &args, None).await, "grant");
     }
-    let who = As {
-        config: ferry.dir.path().join(format!("{name}.json")),
-        token: None,
-    };
+    let who = user(ferry, name);
     ok(
         &run(
             ferry,
