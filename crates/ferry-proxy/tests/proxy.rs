@@ -479,7 +479,9 @@ async fn stopped_upstream_is_ejected_and_requests_retry() {
 async fn unreachable_upstream_gives_502() {
     let h = Harness::new().await;
     let listen = free_port();
-    let dead = free_port();
+    // Port 1: nothing listens there, and no test's port-0 bind can ever be given it (a
+    // freed free_port() could be re-bound by a concurrent test's proxy and answer slowly).
+    let dead: SocketAddr = "127.0.0.1:1".parse().unwrap();
     h.put_ok(&table(
         1,
         listen,
