@@ -417,6 +417,12 @@ async fn replicas_keep_their_deployments_configuration_until_the_next_deployment
             })
             .await;
         assert_eq!(replaced.current_version.as_deref(), Some("1.0.0"));
+        // Healthy is not yet routed: wait until the proxy's table has them.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !bodies(&listener, 1).await.iter().all(|b| b.starts_with("hello from")) {
+            assert!(Instant::now() < deadline, "the replaced replicas are never routed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let answers = bodies(&listener, 20).await;
         assert!(
             answers.iter().all(|b| b.contains(a)),
