@@ -10,15 +10,22 @@
 //!
 //! Dropping the last [`ProcessRuntime`] handle detaches: supervision tasks end, processes
 //! keep running (as if the server had crashed).
+//!
+//! Isolation ([`isolation`]): a replica starts with a clean environment (only what its spec
+//! gives plus a documented minimal set) and as the user of [`ReplicaSpec::run_as`]. Its log
+//! (mode 0600) is written through the redacting log filter ([`redact`]) when the spec has
+//! secret values and the runtime knows the filter ([`ProcessRuntime::set_log_filter`]).
 
+pub mod isolation;
 mod logs;
 mod procfs;
+pub mod redact;
 mod supervise;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use ferry_core::model::ReplicaState;
@@ -26,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::isolation::RunAs;
 use crate::supervise::Proc;
 
 /// What to run for one replica.
@@ -43,7 +51,13 @@ pub struct ReplicaSpec {
     pub cwd: Option<PathBuf>,
     /// Service env + environment vars, merged by the caller; set after the runtime's own
     /// (`PORT`, `VERSION`, `FERRY_APP`, `FERRY_ENV`, `FERRY_SERVICE`), so they may override them.
+    /// Nothing else of the server's environment reaches the replica but
+    /// [`isolation::base_env`].
     pub env_vars: BTreeMap<String, String>,
+    /// The user the replica runs as (None: the server's own user).
+    pub run_as: Option<RunAs>,
+    /// Secret values (every version the replica may know) kept out of its log file.
+    pub redact: Vec<String>,
     pub port: u16,
     pub health: HealthSpec,
     /// How long `stop` waits after SIGTERM before SIGKILL.
@@ -137,12 +151,14 @@ pub enum RuntimeError {
     EmptyArgv { id: String },
     #[error("replica {id}: working directory {} does not exist", dir.display())]
     MissingCwd { id: String, dir: PathBuf },
-    #[error("replica {id}: cannot start {program:?}: {source}")]
+    #[error("replica {id}: cannot start {program:?}: {source}{hint}")]
     Spawn {
         id: String,
         program: String,
         #[source]
         source: std::io::Error,
+        /// What a replica running as another user needs (may be empty).
+        hint: String,
     },
     #[error("replica {id}: cannot open log file {}: {source}", path.display())]
     LogFile {
@@ -194,6 +210,8 @@ pub(crate) struct Inner {
     http: reqwest::Client,
     detach: CancellationToken,
     janitor_started: AtomicBool,
+    /// The `ferry` executable that runs the redacting log filter.
+    log_filter: OnceLock<PathBuf>,
 }
 
 impl Inner {
@@ -266,9 +284,17 @@ impl ProcessRuntime {
                 http,
                 detach: detach.clone(),
                 janitor_started: AtomicBool::new(false),
+                log_filter: OnceLock::new(),
             }),
             _detach: Arc::new(DetachOnDrop(detach)),
         }
+    }
+
+    /// Replicas with secret values ([`ReplicaSpec::redact`]) write their output through
+    /// `ferry_exe __log-filter` (see [`redact`]), so their log never holds a secret in plain
+    /// text. Without it (set once) their output goes straight to the file.
+    pub fn set_log_filter(&self, ferry_exe: PathBuf) {
+        let _ = self.inner.log_filter.set(ferry_exe);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {

@@ -1,16 +1,14 @@
-//! Replica log files: append-mode files the replica writes to directly, capped in size.
+//! Replica log files: append-mode files (0600) the replica (or its log filter) writes to
+//! directly, capped in size.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Opens (creating it and its directory) the log file in append mode.
+/// Opens (creating it 0600 and its directory 0700) the log file in append mode.
 pub(crate) fn open_append(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    OpenOptions::new().create(true).append(true).open(path)
+    crate::redact::open_private_append(path)
 }
 
 /// Appends one line of our own to a replica log (best effort).

@@ -1,5 +1,6 @@
 //! Spawning replica processes and the per-replica supervision task.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -11,7 +12,8 @@ use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
 use crate::{
-    Done, Inner, ProcessIdentity, Replica, ReplicaSpec, RuntimeError, RuntimeEvent, logs, procfs,
+    Done, Inner, ProcessIdentity, Replica, ReplicaSpec, RuntimeError, RuntimeEvent, isolation,
+    logs, procfs, redact,
 };
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -115,31 +117,52 @@ pub(crate) fn spawn(
         path: path.clone(),
         source,
     };
-    let log = logs::open_append(&path).map_err(log_error)?;
-    let stderr = log.try_clone().map_err(log_error)?;
+    // Secrets never reach the file: the output goes through the redacting log filter.
+    let (stdout, stderr): (Stdio, Stdio) = match inner.log_filter.get() {
+        Some(exe) if !spec.redact.is_empty() => {
+            // The filter appends to the file itself; make sure it exists with its mode.
+            logs::open_append(&path).map_err(log_error)?;
+            let (filter, pipe) =
+                redact::spawn_filter(exe, &path, &spec.redact).map_err(log_error)?;
+            reap(filter);
+            let err = pipe.try_clone().map_err(log_error)?;
+            (pipe.into(), err.into())
+        }
+        _ => {
+            let log = logs::open_append(&path).map_err(log_error)?;
+            let err = log.try_clone().map_err(log_error)?;
+            (log.into(), err.into())
+        }
+    };
 
     let mut command = Command::new(program);
+    let mut vars = BTreeMap::from([
+        ("PORT".to_string(), spec.port.to_string()),
+        ("VERSION".to_string(), spec.version.clone()),
+        ("FERRY_APP".to_string(), spec.app.clone()),
+        ("FERRY_ENV".to_string(), spec.env.clone()),
+        ("FERRY_SERVICE".to_string(), spec.service.clone()),
+    ]);
+    vars.extend(spec.env_vars.clone());
+    isolation::apply(&mut command, &vars, spec.run_as.as_ref());
     command
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(stderr))
+        .stdout(stdout)
+        .stderr(stderr)
         .process_group(0)
-        .kill_on_drop(false)
-        .env("PORT", spec.port.to_string())
-        .env("VERSION", &spec.version)
-        .env("FERRY_APP", &spec.app)
-        .env("FERRY_ENV", &spec.env)
-        .env("FERRY_SERVICE", &spec.service)
-        .envs(&spec.env_vars);
+        .kill_on_drop(false);
     if let Some(dir) = &spec.cwd {
         command.current_dir(dir);
     }
     let child = command.spawn().map_err(|source| RuntimeError::Spawn {
         id: id.clone(),
         program: program.clone(),
+        hint: isolation::spawn_hint(&source, spec.run_as.as_ref()),
         source,
     })?;
+    // Our copies of the pipe's write end must close, or the filter never sees the end.
+    drop(command);
     // Not yet waited for, so /proc/PID exists even if it already exited (zombie).
     let identity = child
         .id()
@@ -163,6 +186,14 @@ pub(crate) fn spawn(
     );
     tracing::info!(replica = %id, pid = identity.pid, "replica started");
     Ok((child, identity))
+}
+
+/// Waits for a log filter in the background (it ends after its workload), so it never
+/// lingers as a zombie while the server lives.
+pub(crate) fn reap(mut filter: Child) {
+    tokio::spawn(async move {
+        let _ = filter.wait().await;
+    });
 }
 
 enum Outcome {

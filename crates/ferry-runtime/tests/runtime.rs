@@ -45,6 +45,8 @@ fn spec(id: &str, argv: &[&str], port: u16) -> ReplicaSpec {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         cwd: None,
         env_vars: BTreeMap::new(),
+        run_as: None,
+        redact: Vec::new(),
         port,
         health: HealthSpec {
             path: "/".to_string(),
@@ -216,6 +218,112 @@ async fn child_sees_env_vars_argv_substitution_and_cwd() {
     assert_eq!(rt.log_path("env-1"), dir.path().join("env-1.log"));
     rt.stop("env-1").await.unwrap();
     assert_eq!(process_identity(identity.pid), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_gets_a_clean_environment_and_a_private_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let reaper = Reaper::default();
+    let rt = runtime(dir.path());
+    // `cargo test` gives this process CARGO_* variables; none may reach the replica.
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    let mut spec = shell("clean-1", "env; echo END-OF-ENV; exec sleep 30");
+    spec.env_vars.insert("GIVEN".into(), "yes".into());
+    let identity = rt.start(spec).await.unwrap();
+    reaper.watch(identity.pid);
+    let log = wait_log(&rt.log_path("clean-1"), "the environment", |t| {
+        t.contains("END-OF-ENV")
+    })
+    .await;
+    let names: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("---") && *l != "END-OF-ENV")
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    let allowed = [
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "PORT",
+        "VERSION",
+        "FERRY_APP",
+        "FERRY_ENV",
+        "FERRY_SERVICE",
+        "GIVEN",
+        "PWD",
+        "SHLVL",
+        "_",
+    ];
+    assert!(names.contains(&"GIVEN") && names.contains(&"PATH"), "{log}");
+    for name in names {
+        assert!(
+            allowed.contains(&name),
+            "{name} leaked into the replica:\n{log}"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(rt.log_path("clean-1"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "replica logs are private");
+    rt.stop("clean-1").await.unwrap();
+}
+
+/// Root (as in CI) starts a replica as `nobody`: it cannot read a root-only file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_runs_as_the_user_it_is_given() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("admin.token");
+    std::fs::write(&private, "top-secret-token").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let reaper = Reaper::default();
+    let rt = runtime(dir.path());
+    let nobody = ferry_runtime::isolation::RunAs::lookup("nobody").unwrap();
+    let mut spec = shell(
+        "nobody-1",
+        &format!(
+            "echo \"uid $(id -u) gid $(id -g) home $HOME\"; cat '{}' || echo DENIED; exec sleep 30",
+            private.display()
+        ),
+    );
+    spec.run_as = Some(nobody.clone());
+    let identity = rt.start(spec).await.unwrap();
+    reaper.watch(identity.pid);
+    let log = wait_log(&rt.log_path("nobody-1"), "the uid line", |t| {
+        t.contains("DENIED") || t.contains("top-secret")
+    })
+    .await;
+    assert!(
+        log.contains(&format!(
+            "uid {} gid {} home {}",
+            nobody.uid,
+            nobody.gid,
+            nobody.home.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("top-secret-token"), "{log}");
+    rt.stop("nobody-1").await.unwrap();
+
+    // A working directory the user may not enter: a clear error that says why.
+    let closed = dir.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut spec = shell("nobody-2", "true");
+    spec.run_as = Some(nobody);
+    spec.cwd = Some(closed);
+    let err = rt.start(spec).await.unwrap_err().to_string();
+    assert!(err.contains("runs as nobody"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

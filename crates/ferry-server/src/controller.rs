@@ -2343,6 +2343,8 @@ fn replica_spec(
     let service = manifest.services.get(&record.service)?;
     manifest.environments.get(&record.env)?;
     let cwd = crate::config::cwd_of(app, service);
+    // Kept out of the replica's log (every value it is given).
+    let redact: Vec<String> = secrets.values().cloned().collect();
     // Layered, templated variables; secrets win over all of them.
     let mut env_vars = crate::config::replica_env(
         manifest,
@@ -2369,6 +2371,8 @@ fn replica_spec(
         argv: service.run.clone(),
         cwd,
         env_vars,
+        run_as: None,
+        redact,
         port: record.port,
         health: HealthSpec {
             path: health.path.clone(),
