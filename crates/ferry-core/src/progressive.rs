@@ -468,6 +468,7 @@ mod tests {
             analysis: None,
             stickiness: None,
             preview_header: "X-Ferry-Preview".into(),
+            preview_secret: None,
         }
     }
 

@@ -5,7 +5,8 @@ use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -26,7 +27,7 @@ use crate::body::{InFlight, ProxyBody, UpstreamBody};
 use crate::metrics::KeyStats;
 use crate::table::{LazyNow, ListenerTable, Tried, now_ms};
 use crate::tunnel::{self, UPGRADE_TOKEN};
-use crate::upstream::{self, ReqBody};
+use crate::upstream::{self, ClientBody, ClientBodyState, ClientFault, ReqBody};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -133,13 +134,115 @@ struct ConnCtx {
     /// The worker thread serving this connection (index of its upstream idle pools).
     worker: usize,
     client_ip: HeaderValue,
+    /// The client is on this host (loopback): it may use preview headers without a token.
+    local_client: bool,
+    /// Reads and writes that moved bytes on the client connection (for the idle timeout).
+    activity: AtomicU64,
+    /// Requests of this connection waiting for an upstream's response head: the client
+    /// is not idle then, the upstream is slow (bounded by `upstream_timeout`).
+    waiting: AtomicUsize,
 }
 
-fn server_builder() -> auto::Builder<TokioExecutor> {
+/// Counts the requests of a connection waiting on an upstream while alive.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A client connection that counts its reads and writes (see [`ConnCtx::activity`]).
+struct Watched {
+    io: tokio::net::TcpStream,
+    conn: Arc<ConnCtx>,
+}
+
+impl Watched {
+    #[inline]
+    fn touch(&self) {
+        // One thread serves the connection: no read-modify-write needed.
+        let a = &self.conn.activity;
+        a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.touch();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_write(cx, data);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+fn server_builder(opts: &ProxyOptions) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // hyper starts this timer whenever it waits for a request head: for the first request
+    // and between keep-alive requests alike.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(opts.header_read_timeout)
         .keep_alive(true);
     b.http2().timer(TokioTimer::new());
     b
@@ -201,7 +304,7 @@ pub(crate) fn spawn_listener(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let drain = Arc::new(Drain::default());
-        let builder = Arc::new(server_builder());
+        let builder = Arc::new(server_builder(&ctx.shared.opts));
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
@@ -229,6 +332,9 @@ pub(crate) fn spawn_listener(
                 listener: ctx.clone(),
                 worker,
                 client_ip: ip_header(peer),
+                local_client: peer.ip().to_canonical().is_loopback(),
+                activity: AtomicU64::new(0),
+                waiting: AtomicUsize::new(0),
             });
             let token = DrainToken::new(&drain);
             let builder = builder.clone();
@@ -241,14 +347,35 @@ pub(crate) fn spawn_listener(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = service_fn(move |req| handle(conn.clone(), req));
+                let opts = &conn.listener.shared.opts;
+                let (first_byte, idle_timeout) = (opts.header_read_timeout, opts.idle_timeout);
+                // A client that sends nothing at all is closed: hyper's header timer only
+                // starts once it knows the protocol, i.e. after the first bytes.
+                let mut probe = [0u8; 1];
+                match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+                let io = Watched {
+                    io: stream,
+                    conn: conn.clone(),
+                };
+                let svc = {
+                    let conn = conn.clone();
+                    service_fn(move |req| handle(conn.clone(), req))
+                };
                 let served = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
                     .into_owned();
                 let mut served = std::pin::pin!(served);
                 let d = &token.0;
                 let mut started = std::pin::pin!(d.started.notified());
                 let (mut registered, mut finishing) = (false, false);
+                // One timer per connection, re-armed only when it fires: the connection
+                // closes after between one and two `idle_timeout`s without a byte either
+                // way while no request waits on an upstream.
+                let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
+                let mut seen = conn.activity.load(Ordering::Relaxed);
                 let res = std::future::poll_fn(|cx| {
                     if !finishing {
                         if !registered {
@@ -262,11 +389,27 @@ pub(crate) fn spawn_listener(
                             served.as_mut().graceful_shutdown();
                         }
                     }
-                    served.as_mut().poll(cx)
+                    if let Poll::Ready(r) = served.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    while idle.as_mut().poll(cx).is_ready() {
+                        let now = conn.activity.load(Ordering::Relaxed);
+                        if now == seen && conn.waiting.load(Ordering::Relaxed) == 0 {
+                            return Poll::Ready(None);
+                        }
+                        seen = now;
+                        idle.as_mut()
+                            .reset(tokio::time::Instant::now() + idle_timeout);
+                    }
+                    Poll::Pending
                 })
                 .await;
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "client connection ended with an error");
+                match res {
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                    }
+                    Some(Ok(())) => {}
+                    None => tracing::debug!("idle client connection closed"),
                 }
             });
         }
@@ -416,14 +559,58 @@ fn truncated(path: &str) -> &str {
     }
 }
 
+/// Blames the client for a request abandoned before its answer (the client closed the
+/// connection, or it was closed for being idle): dropped with the request's future.
+struct Abandoned<'t>(Option<&'t KeyStats>);
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(stats) = self.0 {
+            stats.record_client_error();
+        }
+    }
+}
+
+/// An answer to a request the client spoiled: counted apart from the version's requests.
+fn client_fault_answer(
+    stats: &KeyStats,
+    fault: ClientFault,
+    request_id: HeaderValue,
+) -> Response<ProxyBody> {
+    stats.record_client_error();
+    let msg = match fault {
+        ClientFault::Malformed => "ferry-proxy: malformed request body\n",
+        ClientFault::Stalled => "ferry-proxy: the request body stopped arriving\n",
+        ClientFault::Aborted => "ferry-proxy: the client went away\n",
+    };
+    let mut resp = Response::new(ProxyBody::full(msg));
+    *resp.status_mut() = fault.status();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    h.insert(X_REQUEST_ID.clone(), request_id);
+    resp
+}
+
 async fn handle(
     conn: Arc<ConnCtx>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let table = conn.listener.table.load_full();
+    let mut abandoned = Abandoned(None);
+    let resp = proxy(&conn, &table, req, &mut abandoned).await;
+    abandoned.0 = None;
+    Ok(resp)
+}
+
+async fn proxy<'t>(
+    conn: &ConnCtx,
+    table: &'t ListenerTable,
+    mut req: Request<Incoming>,
+    abandoned: &mut Abandoned<'t>,
+) -> Response<ProxyBody> {
     let start = Instant::now();
-    let ctx = &conn.listener;
-    let opts = &ctx.shared.opts;
-    let table = ctx.table.load_full();
+    let opts = &conn.listener.shared.opts;
     // WebSocket and other upgrades: the protocol asked for, and the client side's switch.
     let upgrade = tunnel::requested_protocol(req.version(), req.headers())
         .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
@@ -439,13 +626,13 @@ async fn handle(
             table.id,
             truncated(parts.uri.path())
         );
-        return Ok(local_answer(
+        return local_answer(
             &table.unrouted_stats,
             start,
             StatusCode::SERVICE_UNAVAILABLE,
             msg,
             request_id,
-        ));
+        );
     };
     if !route.has_backends() {
         let msg = format!(
@@ -453,15 +640,17 @@ async fn handle(
             table.id,
             truncated(parts.uri.path())
         );
-        return Ok(local_answer(
+        return local_answer(
             &route.no_backend_stats,
             start,
             StatusCode::SERVICE_UNAVAILABLE,
             msg,
             request_id,
-        ));
+        );
     }
-    let preferred = route.choose_group(&parts.headers);
+    let preferred = route.choose_group(&parts.headers, conn.local_client);
+    let preferred_stats = &route.groups[preferred.min(route.groups.len() - 1)].stats;
+    abandoned.0 = Some(preferred_stats);
 
     // Small or empty bodies are buffered so that the request can be sent again.
     let buffered = body.is_end_stream()
@@ -469,32 +658,36 @@ async fn handle(
             .size_hint()
             .upper()
             .is_some_and(|n| n <= opts.max_buffered_body as u64);
+    let mut body_state = None;
     let up_body = if body.is_end_stream() {
         ReqBody::Full(None)
     } else if buffered {
-        match body.collect().await {
-            Ok(c) => {
+        match tokio::time::timeout(opts.header_read_timeout, body.collect()).await {
+            Ok(Ok(c)) => {
                 let b = c.to_bytes();
                 ReqBody::Full((!b.is_empty()).then_some(b))
             }
-            Err(_) => {
-                let stats = &route.groups[preferred.min(route.groups.len() - 1)].stats;
-                return Ok(local_answer(
-                    stats,
-                    start,
-                    StatusCode::BAD_REQUEST,
-                    "ferry-proxy: could not read the request body\n".into(),
-                    request_id,
-                ));
+            Ok(Err(e)) => {
+                abandoned.0 = None;
+                return client_fault_answer(preferred_stats, ClientFault::of(&e), request_id);
+            }
+            Err(_elapsed) => {
+                abandoned.0 = None;
+                return client_fault_answer(preferred_stats, ClientFault::Stalled, request_id);
             }
         }
     } else {
-        ReqBody::Stream(body)
+        let (b, state) = ClientBody::new(body);
+        body_state = Some(state);
+        ReqBody::Stream(b)
     };
+    // The client's fault, if its streamed body is why an exchange failed.
+    let client_fault = |state: &Option<ClientBodyState>| state.as_ref().and_then(|s| s.fault());
 
     // Upstream request headers.
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
+    route.strip_preview_token(h);
     // Room for the forwarding headers in one allocation.
     h.reserve(4);
     if buffered && h.contains_key(header::EXPECT) {
@@ -562,7 +755,9 @@ async fn handle(
     if let Some((_, client)) = upgrade
         && let Some(up) = pending.take()
     {
-        return Ok(upgrade_through(&conn, route, preferred, up, client, start, request_id).await);
+        let resp = upgrade_through(conn, route, preferred, up, client, start, request_id).await;
+        abandoned.0 = None;
+        return resp;
     }
     let mut stale_retry_used = false;
     let mut last_stats: Option<&KeyStats> = None;
@@ -576,11 +771,13 @@ async fn handle(
         };
         let group = &route.groups[usize::from(gi)];
         let ep = &group.endpoints[usize::from(ei)];
+        abandoned.0 = Some(&group.stats);
         if !up.headers().contains_key(header::HOST)
             && let Ok(v) = HeaderValue::from_str(ep.authority.as_str())
         {
             up.headers_mut().insert(header::HOST, v);
         }
+        let waiting = Waiting::new(&conn.waiting);
         let c = match ep.idle.checkout(conn.worker, start, opts.pool_idle_timeout) {
             Some(c) => c,
             None => match upstream::connect(ep.addr, opts.connect_timeout).await {
@@ -608,24 +805,30 @@ async fn handle(
 
         let guard = InFlight::new(ep.clone(), group.stats.clone());
         last_stats = Some(&group.stats);
-        match tokio::time::timeout(opts.upstream_timeout, upstream::send(c, up)).await {
+        let sent = tokio::time::timeout(opts.upstream_timeout, upstream::send(c, up)).await;
+        drop(waiting);
+        abandoned.0 = None;
+        match sent {
             Ok((Ok(resp), alive)) => {
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 rp.headers.insert(X_REQUEST_ID.clone(), request_id);
                 group.stats.record(rp.status.as_u16(), start.elapsed());
                 let body = UpstreamBody::new(rb, alive, conn.worker, guard);
-                return Ok(Response::from_parts(rp, ProxyBody::Upstream(body)));
+                return Response::from_parts(rp, ProxyBody::Upstream(body));
             }
             Err(_elapsed) => {
                 drop(guard);
-                return Ok(local_answer(
+                if let Some(fault) = client_fault(&body_state) {
+                    return client_fault_answer(&group.stats, fault, request_id);
+                }
+                return local_answer(
                     &group.stats,
                     start,
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("ferry-proxy: upstream {} timed out\n", ep.addr),
                     request_id,
-                ));
+                );
             }
             Ok((Err(mut e), _)) => {
                 drop(guard);
@@ -637,6 +840,10 @@ async fn handle(
                     continue;
                 }
                 let e = e.into_error();
+                if let Some(fault) = client_fault(&body_state) {
+                    tracing::debug!(upstream = %ep.addr, error = %e, ?fault, "client request failed");
+                    return client_fault_answer(&group.stats, fault, request_id);
+                }
                 if let Some(copy) = copy
                     && is_stale_connection(&e)
                 {
@@ -652,6 +859,7 @@ async fn handle(
             }
         }
     }
+    abandoned.0 = None;
     let (status, msg) = match failure {
         Some(f) => (
             StatusCode::BAD_GATEWAY,
@@ -666,8 +874,8 @@ async fn handle(
             ),
         ),
     };
-    let stats = last_stats.unwrap_or(&route.groups[preferred.min(route.groups.len() - 1)].stats);
-    Ok(local_answer(stats, start, status, msg, request_id))
+    let stats = last_stats.unwrap_or(preferred_stats);
+    local_answer(stats, start, status, msg, request_id)
 }
 
 /// Forwards an upgrade request to one endpoint of the route (on a connection of its own)

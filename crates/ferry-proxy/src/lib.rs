@@ -62,6 +62,15 @@ pub struct ProxyOptions {
     pub pool_max_idle_per_host: usize,
     /// Data-plane threads (single-threaded runtimes); default: one per CPU.
     pub workers: usize,
+    /// A client connection must send its first byte, each request head (from its first
+    /// byte, or from the end of the previous exchange on a keep-alive connection) and a
+    /// buffered request body within this time, else it is closed (a stalled body gets
+    /// 408). Env `FERRY_PROXY_HEADER_READ_TIMEOUT` for `ferry proxy`; default 30s.
+    pub header_read_timeout: Duration,
+    /// A client connection on which no byte moved either way, while none of its requests
+    /// waits on an upstream, is closed after between one and two times this. Env
+    /// `FERRY_PROXY_IDLE_TIMEOUT`; default 75s.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -77,6 +86,8 @@ impl Default for ProxyOptions {
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -197,11 +208,22 @@ pub async fn start(
 
 /// Starts a proxy for tests: admin API on an ephemeral loopback port, short drains.
 pub async fn spawn_for_test(state_dir: &Path) -> Result<RunningProxy, ProxyError> {
-    let options = ProxyOptions {
-        drain_timeout: Duration::from_secs(5),
-        workers: 2,
-        ..ProxyOptions::default()
-    };
+    spawn_for_test_with(
+        state_dir,
+        ProxyOptions {
+            drain_timeout: Duration::from_secs(5),
+            workers: 2,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+}
+
+/// [`spawn_for_test`] with explicit tunables.
+pub async fn spawn_for_test_with(
+    state_dir: &Path,
+    options: ProxyOptions,
+) -> Result<RunningProxy, ProxyError> {
     start(
         ProxyConfig {
             state_dir: state_dir.to_path_buf(),

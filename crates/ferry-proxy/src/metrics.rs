@@ -55,6 +55,7 @@ pub(crate) struct KeyStats {
     synthetic: bool,
     requests: AtomicU64,
     errors_5xx: AtomicU64,
+    client_errors: AtomicU64,
     in_flight: AtomicI64,
     codes: [AtomicU64; 5],
     buckets: [AtomicU64; BUCKETS.len()],
@@ -72,6 +73,7 @@ impl KeyStats {
             synthetic,
             requests: AtomicU64::new(0),
             errors_5xx: AtomicU64::new(0),
+            client_errors: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             codes: Default::default(),
             buckets: Default::default(),
@@ -109,6 +111,13 @@ impl KeyStats {
         if let Ok(mut h) = self.hist[shard].lock() {
             h.saturating_record(us.clamp(1, HDR_MAX_US));
         }
+    }
+
+    /// Records a request the client spoiled (malformed, stalled or abandoned): it never
+    /// counts against the version.
+    #[inline]
+    pub fn record_client_error(&self) {
+        self.client_errors.fetch_add(1, Relaxed);
     }
 
     fn merged_hist(&self) -> Histogram<u64> {
@@ -161,6 +170,7 @@ impl KeyStats {
             version: self.version.to_string(),
             requests: self.requests.load(Relaxed),
             errors_5xx: self.errors_5xx.load(Relaxed),
+            client_errors: self.client_errors.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed).max(0) as u64,
             latency_ms: LatencyPercentiles {
                 p50: q(0.50),
@@ -174,7 +184,10 @@ impl KeyStats {
     }
 
     fn visible(&self) -> bool {
-        !self.synthetic || self.requests.load(Relaxed) > 0 || self.in_flight.load(Relaxed) > 0
+        !self.synthetic
+            || self.requests.load(Relaxed) > 0
+            || self.client_errors.load(Relaxed) > 0
+            || self.in_flight.load(Relaxed) > 0
     }
 }
 
@@ -281,6 +294,27 @@ impl Collector for MetricsCollector {
                 let sum = k.sum_us.load(Relaxed) as f64 / 1e6;
                 m.encode_family(&labels)?
                     .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "ferry_proxy_client_errors",
+                "Requests the client spoiled (malformed, stalled or abandoned); not in ferry_proxy_requests.",
+                None,
+                MetricType::Counter,
+            )?;
+            for k in &keys {
+                let v = k.client_errors.load(Relaxed);
+                if v == 0 {
+                    continue;
+                }
+                let labels = [
+                    ("listener", &*k.listener),
+                    ("service", &*k.service),
+                    ("version", &*k.version),
+                ];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
             }
         }
         {

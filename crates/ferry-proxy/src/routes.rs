@@ -42,14 +42,38 @@ pub struct Route {
     pub sticky: Option<StickyRule>,
 }
 
-/// A request carrying `header` with any value other than empty, `0` or `false`
-/// (case-insensitive, surrounding whitespace ignored) goes to the group of `version`, even
-/// at weight 0, as long as that group has endpoints; otherwise the normal choice applies.
+/// A request carrying `header` goes to the group of `version`, even at weight 0, as long
+/// as that group has endpoints (otherwise the normal choice applies), when either
+/// - the client connects from this host (a loopback address) and the value is anything
+///   other than empty, `0` or `false` (case-insensitive, surrounding whitespace ignored);
+///   a local client could reach the replicas' loopback ports directly anyway; or
+/// - `token_sha256` is set and the SHA-256 of the value is that digest (any client).
+///
+/// Any other client's header is ignored, so no one on the network can steer traffic to
+/// an unreleased version. When a token is set, the header is not passed upstream.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PreviewRule {
     /// E.g. `X-Ferry-Preview`.
     pub header: String,
     pub version: String,
+    /// Lowercase hex SHA-256 of the value remote clients must send (never the value
+    /// itself, so the route table holds no secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+}
+
+/// Parses a lowercase or uppercase hex SHA-256 digest.
+pub(crate) fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    let b = hex.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Sticky group choice. The key is the (first) value of `header` if the request has it
@@ -168,6 +192,14 @@ impl RouteTable {
                             p.header
                         )));
                     }
+                    if let Some(t) = &p.token_sha256
+                        && parse_sha256_hex(t).is_none()
+                    {
+                        return Err(ValidationError(format!(
+                            "{}: preview token_sha256 must be 64 hex digits",
+                            ctx()
+                        )));
+                    }
                     if !versions.contains(p.version.as_str()) {
                         return Err(ValidationError(format!(
                             "{}: preview version {:?} is not one of the route's backend groups",
@@ -261,6 +293,7 @@ mod tests {
             Some(PreviewRule {
                 header: h.into(),
                 version: v.into(),
+                token_sha256: None,
             })
         };
         let sticky = |h: Option<&str>, c: Option<&str>| {
@@ -273,6 +306,16 @@ mod tests {
         assert!(with(preview("X-Ferry-Preview", "v9"), None).is_err());
         assert!(with(preview("bad header", "v0"), None).is_err());
         assert!(with(preview("", "v0"), None).is_err());
+        let with_token = |t: &str| {
+            let mut p = preview("X-Ferry-Preview", "v0");
+            if let Some(p) = p.as_mut() {
+                p.token_sha256 = Some(t.into());
+            }
+            with(p, None)
+        };
+        assert!(with_token(&"ab".repeat(32)).is_ok());
+        assert!(with_token("abc").is_err());
+        assert!(with_token(&"zz".repeat(32)).is_err());
         assert!(with(None, sticky(Some("X-User-Id"), None)).is_ok());
         assert!(with(None, sticky(None, Some("ferry_id"))).is_ok());
         assert!(with(None, sticky(Some("x-user"), Some("sid"))).is_ok());

@@ -29,10 +29,18 @@ pub struct VersionStats {
     pub listener: String,
     pub service: String,
     pub version: String,
-    /// Completed requests (response headers sent or proxy error answered).
+    /// Completed requests (response headers sent or proxy error answered), not counting
+    /// those the client spoiled (see `client_errors`).
     pub requests: u64,
-    /// Answers with status >= 500, including the proxy's own 502/503/504.
+    /// Answers with status >= 500 that are the version's doing: its own 5xx, and the
+    /// proxy's 502/503/504 when its replicas refused, failed or timed out. Never a
+    /// client's fault (a malformed or abandoned request).
     pub errors_5xx: u64,
+    /// Requests the client spoiled: a malformed request body (400), a body that stalled
+    /// (408) or a client that went away before the answer (499). Not counted in
+    /// `requests` or `errors_5xx`, so no client can move a version's error rate.
+    #[serde(default)]
+    pub client_errors: u64,
     pub in_flight: u64,
     /// Latency to response headers.
     pub latency_ms: LatencyPercentiles,

@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::uri::Authority;
 
 use crate::metrics::{KeyStats, StatsRegistry};
-use crate::routes::{ListenerConfig, Route, sticky_bucket};
+use crate::routes::{ListenerConfig, Route, parse_sha256_hex, sticky_bucket};
 use crate::upstream::IdlePool;
 
 /// One upstream address; shared by every table that mentions it, so outstanding-request
@@ -145,11 +145,39 @@ pub(crate) struct RouteEntry {
     counter: AtomicUsize,
     /// Stats key for answers of a route without backends.
     pub no_backend_stats: Arc<KeyStats>,
-    /// Preview header and the index of the group it forces.
-    preview: Option<(HeaderName, usize)>,
+    preview: Option<Preview>,
     sticky: Option<Sticky>,
     /// Running sum of the group weights, in table order (for sticky buckets).
     cumulative: Box<[u32]>,
+}
+
+/// A compiled [`crate::routes::PreviewRule`].
+#[derive(Debug)]
+struct Preview {
+    header: HeaderName,
+    /// The group it forces.
+    group: usize,
+    token_sha256: Option<[u8; 32]>,
+}
+
+impl Preview {
+    /// Whether a request with this header value, from a local client or not, asks for
+    /// (and may have) the preview.
+    fn allows(&self, value: &[u8], local_client: bool) -> bool {
+        if local_client && preview_on(value) {
+            return true;
+        }
+        match &self.token_sha256 {
+            Some(want) => {
+                use sha2::Digest;
+                use subtle::ConstantTimeEq;
+                let got = sha2::Sha256::digest(value);
+                let got: [u8; 32] = got.into();
+                bool::from(got.ct_eq(want))
+            }
+            None => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -251,9 +279,14 @@ impl ListenerTable {
                     })
                     .collect();
                 let preview = r.preview.as_ref().and_then(|p| {
-                    let name = HeaderName::from_bytes(p.header.as_bytes()).ok()?;
-                    let gi = r.backends.iter().position(|g| g.version == p.version)?;
-                    Some((name, gi))
+                    Some(Preview {
+                        header: HeaderName::from_bytes(p.header.as_bytes()).ok()?,
+                        group: r.backends.iter().position(|g| g.version == p.version)?,
+                        token_sha256: match &p.token_sha256 {
+                            Some(t) => Some(parse_sha256_hex(t)?),
+                            None => None,
+                        },
+                    })
                 });
                 RouteEntry {
                     prefix: r.path_prefix.clone(),
@@ -370,16 +403,16 @@ impl RouteEntry {
     }
 
     /// The group a request should go to: the preview group if the request asks for it
-    /// (and it has endpoints), else the sticky group of the request's key, else the next
-    /// group by weight.
+    /// and may have it (see [`crate::routes::PreviewRule`]) and it has endpoints, else the
+    /// sticky group of the request's key, else the next group by weight.
     #[inline]
-    pub fn choose_group(&self, headers: &HeaderMap) -> usize {
-        if let Some((name, gi)) = &self.preview
-            && let Some(v) = headers.get(name)
-            && preview_on(v.as_bytes())
-            && !self.groups[*gi].endpoints.is_empty()
+    pub fn choose_group(&self, headers: &HeaderMap, local_client: bool) -> usize {
+        if let Some(p) = &self.preview
+            && let Some(v) = headers.get(&p.header)
+            && !self.groups[p.group].endpoints.is_empty()
+            && p.allows(v.as_bytes(), local_client)
         {
-            return *gi;
+            return p.group;
         }
         if let Some(st) = &self.sticky
             && let Some(key) = st.key(headers)
@@ -388,6 +421,16 @@ impl RouteEntry {
             return gi;
         }
         self.next_group()
+    }
+
+    /// Removes a token-protected preview header, so that its token never reaches a replica.
+    #[inline]
+    pub fn strip_preview_token(&self, headers: &mut HeaderMap) {
+        if let Some(p) = &self.preview
+            && p.token_sha256.is_some()
+        {
+            headers.remove(&p.header);
+        }
     }
 
     /// First group, in table order, whose cumulative weight exceeds `bucket`.
@@ -508,6 +551,31 @@ mod tests {
         for off in ["", "0", "false", "FALSE", " 0 "] {
             assert!(!preview_on(off.as_bytes()), "{off}");
         }
+    }
+
+    #[test]
+    fn preview_is_for_local_clients_or_token_holders() {
+        use sha2::Digest;
+        let open = Preview {
+            header: HeaderName::from_static("x-ferry-preview"),
+            group: 0,
+            token_sha256: None,
+        };
+        assert!(open.allows(b"1", true));
+        assert!(!open.allows(b"0", true));
+        assert!(!open.allows(b"1", false), "a remote client needs a token");
+        let digest: [u8; 32] = sha2::Sha256::digest(b"s3cret").into();
+        let guarded = Preview {
+            token_sha256: Some(digest),
+            ..open
+        };
+        assert!(guarded.allows(b"s3cret", false));
+        assert!(!guarded.allows(b"s3cre", false));
+        assert!(!guarded.allows(b"1", false));
+        assert!(
+            guarded.allows(b"1", true),
+            "local clients keep the plain switch"
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,143 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub(crate) enum ReqBody {
     Full(Option<Bytes>),
-    Stream(Incoming),
+    Stream(ClientBody),
+}
+
+/// What a client did wrong, when a request failed because of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientFault {
+    /// Malformed framing (e.g. a bad chunk size): 400.
+    Malformed,
+    /// The body stopped arriving: 408.
+    Stalled,
+    /// The client closed or reset its connection: 499.
+    Aborted,
+}
+
+impl ClientFault {
+    /// Classifies an error reading the client's request body.
+    pub fn of(e: &hyper::Error) -> Self {
+        if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+            return ClientFault::Aborted;
+        }
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe => ClientFault::Aborted,
+                    std::io::ErrorKind::TimedOut => ClientFault::Stalled,
+                    _ => ClientFault::Malformed,
+                };
+            }
+            if let Some(h2) = s.downcast_ref::<hyper::Error>()
+                && (h2.is_incomplete_message() || h2.is_canceled())
+            {
+                return ClientFault::Aborted;
+            }
+            src = s.source();
+        }
+        ClientFault::Malformed
+    }
+
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            ClientFault::Malformed => http::StatusCode::BAD_REQUEST,
+            ClientFault::Stalled => http::StatusCode::REQUEST_TIMEOUT,
+            // nginx's "client closed request"; nobody reads it, but logs and tests do.
+            ClientFault::Aborted => {
+                http::StatusCode::from_u16(499).unwrap_or(http::StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+}
+
+const BODY_READING: u8 = 0;
+const BODY_DONE: u8 = 1;
+const BODY_MALFORMED: u8 = 2;
+const BODY_ABORTED: u8 = 3;
+
+/// A client's request body streamed upstream, which remembers how it ended so that a
+/// failed exchange is blamed on the right side.
+#[derive(Debug)]
+pub(crate) struct ClientBody {
+    inner: Incoming,
+    state: Arc<AtomicU8>,
+}
+
+/// How a [`ClientBody`] ended, readable after the body moved into the upstream request.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientBodyState(Arc<AtomicU8>);
+
+impl ClientBody {
+    pub fn new(inner: Incoming) -> (Self, ClientBodyState) {
+        let state = Arc::new(AtomicU8::new(BODY_READING));
+        (
+            Self {
+                inner,
+                state: state.clone(),
+            },
+            ClientBodyState(state),
+        )
+    }
+}
+
+impl ClientBodyState {
+    /// The client's fault if its body failed, or had not ended when the exchange did.
+    pub fn fault(&self) -> Option<ClientFault> {
+        match self.0.load(Ordering::Acquire) {
+            BODY_DONE => None,
+            BODY_MALFORMED => Some(ClientFault::Malformed),
+            BODY_ABORTED => Some(ClientFault::Aborted),
+            _ => Some(ClientFault::Stalled),
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => this.state.store(BODY_DONE, Ordering::Release),
+            Poll::Ready(Some(Err(e))) => {
+                let s = match ClientFault::of(e) {
+                    ClientFault::Malformed => BODY_MALFORMED,
+                    ClientFault::Stalled | ClientFault::Aborted => BODY_ABORTED,
+                };
+                this.state.store(s, Ordering::Release);
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // hyper may stop polling once the last byte arrived, without the final `None`.
+        let end = self.inner.is_end_stream();
+        if end {
+            let _ = self.state.compare_exchange(
+                BODY_READING,
+                BODY_DONE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Body for ReqBody {

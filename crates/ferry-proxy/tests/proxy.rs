@@ -884,6 +884,7 @@ async fn preview_header_reaches_a_zero_weight_group() {
     let preview = Some(PreviewRule {
         header: "X-Ferry-Preview".into(),
         version: "v2".into(),
+        token_sha256: None,
     });
     h.put_ok(&canary_table(
         1,
@@ -930,11 +931,13 @@ async fn preview_header_reaches_a_zero_weight_group() {
     bad.listeners[0].routes[0].preview = Some(PreviewRule {
         header: "X-Ferry-Preview".into(),
         version: "v9".into(),
+        token_sha256: None,
     });
     assert_eq!(h.put(&bad).await.status(), 400);
     bad.listeners[0].routes[0].preview = Some(PreviewRule {
         header: "bad header".into(),
         version: "v2".into(),
+        token_sha256: None,
     });
     assert_eq!(h.put(&bad).await.status(), 400);
     h.stop().await;
@@ -1072,6 +1075,7 @@ async fn sticky_cookie_and_preview_precedence() {
         Some(PreviewRule {
             header: "X-Ferry-Preview".into(),
             version: "v2".into(),
+            token_sha256: None,
         }),
         Some(StickyRule {
             header: None,

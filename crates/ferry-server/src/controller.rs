@@ -1387,6 +1387,10 @@ impl Controller {
                         };
                         Some((stable, d.version.clone(), bp))
                     });
+                let preview_token = match (&weighting, preview_secret(&env.strategy)) {
+                    (Some(_), Some(name)) => self.preview_token(&app.name, env_name, name).await,
+                    _ => None,
+                };
                 for (service_name, service) in &manifest.services {
                     let observed: Vec<Observed> = replicas
                         .iter()
@@ -1434,6 +1438,7 @@ impl Controller {
                             Some(PreviewRule {
                                 header: preview_header(&env.strategy),
                                 version: canary.clone(),
+                                token_sha256: preview_token.clone(),
                             }),
                             sticky_rule(&env.strategy),
                         ),
@@ -2172,6 +2177,34 @@ fn preview_header(strategy: &Strategy) -> String {
         Strategy::Canary(c) => c.preview_header.clone(),
         Strategy::BlueGreen(b) => b.preview_header.clone(),
         _ => ferry_core::manifest::DEFAULT_PREVIEW_HEADER.to_string(),
+    }
+}
+
+fn preview_secret(strategy: &Strategy) -> Option<&str> {
+    match strategy {
+        Strategy::Canary(c) => c.preview_secret.as_deref(),
+        Strategy::BlueGreen(b) => b.preview_secret.as_deref(),
+        _ => None,
+    }
+}
+
+impl Controller {
+    /// SHA-256 (hex) of the environment's preview secret, for the proxy to compare remote
+    /// clients' preview headers with; `None` (local clients only) if it is not set.
+    async fn preview_token(&self, app: &str, env: &str, secret: &str) -> Option<String> {
+        match self.secrets.env_vars(app, env).await {
+            Ok(vars) => match vars.get(secret) {
+                Some(value) => Some(ferry_core::audit::sha256_hex(value.as_bytes())),
+                None => {
+                    tracing::debug!(%app, %env, %secret, "preview_secret is not set; the preview header works from this host only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(%app, %env, error = %e, "cannot read the preview secret");
+                None
+            }
+        }
     }
 }
 

@@ -298,6 +298,7 @@ mod tests {
             version: version.into(),
             requests,
             errors_5xx,
+            client_errors: 0,
             in_flight: 0,
             latency_ms: LatencyPercentiles::default(),
             histogram_us: String::new(),

@@ -129,6 +129,24 @@ enum Command {
         state_dir: PathBuf,
         #[arg(long, value_name = "ADDR")]
         admin_listen: SocketAddr,
+        /// Close a client connection that has not sent its first byte, or a complete
+        /// request head (also between keep-alive requests), or a buffered body, in time.
+        #[arg(
+            long,
+            value_name = "DURATION",
+            env = "FERRY_PROXY_HEADER_READ_TIMEOUT",
+            default_value = "30s"
+        )]
+        header_read_timeout: HumanDuration,
+        /// Close a client connection on which nothing moved for this long (up to twice
+        /// this) while none of its requests waits on an upstream.
+        #[arg(
+            long,
+            value_name = "DURATION",
+            env = "FERRY_PROXY_IDLE_TIMEOUT",
+            default_value = "75s"
+        )]
+        idle_timeout: HumanDuration,
     },
     /// Run the demo HTTP service (same as the `ferry-demo` binary).
     #[command(hide = true)]
@@ -508,7 +526,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Proxy {
             state_dir,
             admin_listen,
-        } => serve::proxy(state_dir, admin_listen).await,
+            header_read_timeout,
+            idle_timeout,
+        } => {
+            let options = ferry_proxy::ProxyOptions {
+                header_read_timeout: header_read_timeout.get(),
+                idle_timeout: idle_timeout.get(),
+                ..ferry_proxy::ProxyOptions::default()
+            };
+            serve::proxy(state_dir, admin_listen, options).await
+        }
         Command::Quickstart { data, listen } => quickstart::run(data, listen).await,
         Command::Schema => commands::schema(),
         Command::Demo(args) => ferry_demo::serve(args).await,

@@ -38,10 +38,16 @@ pub struct Canary {
     /// Keep each client on the same side for the whole rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stickiness: Option<Stickiness>,
-    /// A request carrying this header (any value but `0`/`false`) always goes to the new
-    /// version, so testers can try it at any weight. Default `X-Ferry-Preview`.
+    /// A request carrying this header (any value but `0`/`false`) from this host (a
+    /// loopback client, e.g. the smoke tests) always goes to the new version, so testers
+    /// can try it at any weight. Default `X-Ferry-Preview`.
     #[serde(default = "default_preview_header")]
     pub preview_header: String,
+    /// Name of a secret of the environment: clients from other hosts reach the new
+    /// version only when the preview header's value is that secret. Without it the
+    /// header is ignored for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_secret: Option<String>,
 }
 
 /// One canary step. Keys present are applied in the order weight → analysis → pause.
@@ -144,6 +150,10 @@ pub struct BlueGreen {
     /// `X-Ferry-Preview`.
     #[serde(default = "default_preview_header")]
     pub preview_header: String,
+    /// As for canary: the secret whose value lets clients from other hosts use the
+    /// preview header (loopback clients need none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_secret: Option<String>,
     /// Switch as soon as green is ready and pre-promotion analysis passed (default
     /// true); `false` waits for `ferry promote`.
     #[serde(default = "default_true")]
@@ -167,6 +177,7 @@ impl Default for BlueGreen {
         BlueGreen {
             preview_listen: None,
             preview_header: default_preview_header(),
+            preview_secret: None,
             auto_promote: true,
             auto_promote_after: None,
             pre_promotion_analysis: None,

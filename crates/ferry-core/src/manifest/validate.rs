@@ -556,9 +556,23 @@ fn check_canary(out: &mut Issues, base: &[Seg], canary: &Canary) {
             Some(format!("e.g. `{DEFAULT_PREVIEW_HEADER}`")),
         );
     }
+    check_preview_secret(out, base, canary.preview_secret.as_deref());
+}
+
+fn check_preview_secret(out: &mut Issues, base: &[Seg], secret: Option<&str>) {
+    if let Some(name) = secret
+        && !is_var_name(name)
+    {
+        out.value(
+            with(base, "preview_secret"),
+            format!("invalid secret name {name:?}"),
+            Some("the name of a secret of this environment, e.g. `PREVIEW_TOKEN`".into()),
+        );
+    }
 }
 
 fn check_blue_green(out: &mut Issues, base: &[Seg], blue_green: &BlueGreen) {
+    check_preview_secret(out, base, blue_green.preview_secret.as_deref());
     if !is_header_name(&blue_green.preview_header) {
         out.value(
             with(base, "preview_header"),

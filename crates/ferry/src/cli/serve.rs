@@ -74,7 +74,11 @@ pub async fn server(
     Ok(())
 }
 
-pub async fn proxy(state_dir: PathBuf, admin_listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn proxy(
+    state_dir: PathBuf,
+    admin_listen: SocketAddr,
+    options: ferry_proxy::ProxyOptions,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -83,11 +87,12 @@ pub async fn proxy(state_dir: PathBuf, admin_listen: SocketAddr) -> anyhow::Resu
         }
         on_signal.cancel();
     });
-    ferry_proxy::run(
+    ferry_proxy::run_with_options(
         ferry_proxy::ProxyConfig {
             state_dir,
             admin_listen,
         },
+        options,
         shutdown,
     )
     .await
