@@ -172,8 +172,8 @@ pub fn reconcile(
                 .join(", ")
         }
     };
-    let commit_differs =
-        (explicit || requested.commit.is_some()) && stored.commit != requested.commit;
+    let commit_differs = (explicit || requested.commit.is_some())
+        && !same_commit(stored.commit.as_deref(), requested.commit.as_deref());
     if commit_differs {
         return Reconciled::Conflict {
             field: "commit",
@@ -199,6 +199,16 @@ pub fn reconcile(
         };
     }
     Reconciled::Exists
+}
+
+/// Whether two recorded commits name the same commit: equal, or one is a prefix of the
+/// other (both are normalized, at least 7 hex characters). A release's commit is fixed by
+/// its version, so the short form every listing shows (`abcdef1`) names it unambiguously.
+pub fn same_commit(stored: Option<&str>, requested: Option<&str>) -> bool {
+    match (stored, requested) {
+        (Some(a), Some(b)) => a.starts_with(b) || b.starts_with(a),
+        (a, b) => a == b,
+    }
 }
 
 /// The first 7 characters of a commit.
@@ -414,6 +424,36 @@ mod tests {
         assert!(validate("blue", &ReleaseData::default(), ["api"], false).is_ok());
         let long = "x".repeat(MAX_NOTES + 1);
         assert!(validate("1.0.0", &data(None, &[], Some(&long)), ["api"], true).is_err());
+    }
+
+    #[test]
+    fn the_short_commit_listings_show_names_a_release_recorded_with_its_full_sha() {
+        let sha = "abcdef1234567890abcdef1234567890abcdef12";
+        let full = data(Some(sha), &[("api", "img:1")], None);
+        // `ferry deploy --commit abcdef1` (implicit) and `release create` (explicit)
+        let short = data(Some("abcdef1"), &[], None);
+        assert_eq!(reconcile(Some(&full), &short, false), Reconciled::Exists);
+        let short_explicit = data(Some("abcdef12345"), &[("api", "img:1")], None);
+        assert_eq!(
+            reconcile(Some(&full), &short_explicit, true),
+            Reconciled::Exists
+        );
+        // a prefix of another commit, or a longer SHA that diverges, is another commit
+        for other in ["abcdef2", "abcdef1234567890abcdef1234567890abcdef13"] {
+            assert!(
+                matches!(
+                    reconcile(Some(&full), &data(Some(other), &[], None), false),
+                    Reconciled::Conflict {
+                        field: "commit",
+                        ..
+                    }
+                ),
+                "{other}"
+            );
+        }
+        assert!(same_commit(Some("abcdef1"), Some(sha)));
+        assert!(!same_commit(Some(sha), None));
+        assert!(same_commit(None, None));
     }
 
     #[test]
