@@ -32,18 +32,18 @@ pub use checks::{
 };
 pub use compare::{
     MannWhitney, TwoProportion, hodges_lehmann_shift, mann_whitney_u, normal_cdf, normal_sf,
-    two_proportion_test,
+    two_proportion_excess, two_proportion_test,
 };
-pub use judge::{CompareDetail, Measurement, Unit, Verdict, measure};
+pub use judge::{CompareDetail, Measurement, Unit, Verdict, measure, measure_services};
 pub use run::{AnalysisRun, MetricRecord, RunVerdict, due, record};
 pub use spec::{
     AnalysisSpec, Builtin, CommandCheck, CompareSpec, DEFAULT_COMMAND_TIMEOUT,
     DEFAULT_COMPARE_MIN_REQUESTS, DEFAULT_CONFIDENCE, DEFAULT_CONSECUTIVE_SUCCESSES,
     DEFAULT_ERRORS_MAX_INCREASE, DEFAULT_FAILURE_LIMIT, DEFAULT_HTTP_TIMEOUT,
     DEFAULT_INCONCLUSIVE_LIMIT, DEFAULT_INTERVAL, DEFAULT_LATENCY_MAX_INCREASE,
-    DEFAULT_MIN_REQUESTS, DEFAULT_REQUEST_RATE_MIN_REQUESTS, ErrorsCompare, HttpCheck,
-    InconclusivePolicy, JsonFieldCheck, LatencyCompare, MetricSpec, PrometheusQuery, Ratio, Source,
-    Threshold,
+    DEFAULT_LATENCY_MIN_INCREASE, DEFAULT_MIN_REQUESTS, DEFAULT_REQUEST_RATE_MIN_REQUESTS,
+    ErrorsCompare, HttpCheck, InconclusivePolicy, JsonFieldCheck, LatencyCompare, MetricSpec,
+    PrometheusQuery, Ratio, Source, Threshold,
 };
 pub use stats::{LatencyBins, Observation, WindowStats};
 pub use validate::{AnalysisIssue, PathPart};

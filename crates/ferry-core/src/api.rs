@@ -169,8 +169,14 @@ pub struct RolloutView {
     pub stable_version: String,
     /// Share of requests the new version gets now, in percent.
     pub canary_weight: f64,
+    /// Held until a person acts, and `ferry resume` continues it: paused by hand, or an
+    /// analysis that stayed Inconclusive beyond its `inconclusive_limit`.
     pub paused: bool,
-    /// Why it waits for a person (a pause step, an inconclusive analysis), if it does.
+    /// Paused by `ferry pause` (else, when `paused`, by an analysis).
+    #[serde(default)]
+    pub paused_by_hand: bool,
+    /// What it waits for, if it holds (a pause step, an analysis without a verdict yet, a
+    /// person).
     pub waiting_for: Option<String>,
     /// Latest verdict of each analysis metric, one line each.
     pub analysis: Vec<String>,

@@ -8,7 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{self, AnalysisRun, AnalysisSpec, Measurement, RunVerdict};
+use crate::analysis::{
+    self, AnalysisRun, AnalysisSpec, InconclusivePolicy, Measurement, RunVerdict, Verdict,
+};
 use crate::manifest::{BlueGreen, Canary, Pause, weight_basis_points};
 
 /// One stage of a rollout plan.
@@ -33,6 +35,8 @@ pub struct Plan {
     pub stages: Vec<Stage>,
     pub finale: usize,
     pub background: Option<AnalysisSpec>,
+    /// The rollout may enter the finale without a conclusive background verdict.
+    pub allow_unjudged: bool,
 }
 
 /// Compiles a canary: each step becomes scale → weight → analysis → pause, then the
@@ -78,6 +82,7 @@ pub fn canary_plan(canary: &Canary, replicas: u32) -> Plan {
         stages,
         finale,
         background: canary.analysis.clone(),
+        allow_unjudged: canary.allow_unjudged,
     }
 }
 
@@ -117,6 +122,7 @@ pub fn blue_green_plan(blue_green: &BlueGreen, replicas: u32) -> Plan {
         stages,
         finale,
         background: None,
+        allow_unjudged: false,
     }
 }
 
@@ -145,10 +151,34 @@ pub struct Progress {
     pub retiring_stable: bool,
     /// Paused by `ferry pause`.
     pub manually_paused: bool,
-    /// Why the rollout waits for a person, if it does (pause step, inconclusive analysis).
+    /// What the rollout waits for, if it holds: a pause step, an analysis without a verdict
+    /// yet (Inconclusive, or not enough passes), a person after `inconclusive_limit`.
     pub waiting_for: Option<String>,
     pub stage_run: Option<AnalysisRun>,
     pub background_run: Option<AnalysisRun>,
+    /// The final promotion may start: the background analysis passed, or the rollout was
+    /// allowed (`allow_unjudged`) or promoted by hand without its verdict.
+    #[serde(default)]
+    pub finale_cleared: bool,
+    /// Set when the rollout went on without a conclusive background verdict: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unjudged: Option<String>,
+}
+
+impl Progress {
+    /// Held until a person acts and `ferry resume` continues it: paused by hand, or an
+    /// analysis that stayed Inconclusive beyond `inconclusive_limit` (`on_inconclusive:
+    /// pause`).
+    pub fn paused(&self) -> bool {
+        self.manually_paused || self.paused_by_analysis()
+    }
+
+    fn paused_by_analysis(&self) -> bool {
+        [&self.stage_run, &self.background_run]
+            .into_iter()
+            .flatten()
+            .any(|run| matches!(run.verdict, RunVerdict::NeedsHuman { .. }))
+    }
 }
 
 /// What the controller saw this pass.
@@ -251,7 +281,7 @@ pub fn advance(
             next.manually_paused = true;
             notes.push("paused by hand; background analysis keeps watching".into());
         }
-        Some(Command::Resume) if next.manually_paused || next.waiting_for.is_some() => {
+        Some(Command::Resume) if next.paused() => {
             next.manually_paused = false;
             if let Some(run) = &next.stage_run {
                 next.stage_run = Some(run.resume(now_ms));
@@ -259,6 +289,20 @@ pub fn advance(
             resume_background(&mut next, now_ms);
             next.waiting_for = None;
             notes.push("resumed".into());
+        }
+        Some(Command::PromoteFull | Command::Promote) if holds_for_evidence(plan, &next) => {
+            // Held before the final promotion for the background verdict: a person takes
+            // the decision without it.
+            resume_background(&mut next, now_ms);
+            let why = format!(
+                "promoted by hand without a conclusive verdict from the background analysis \
+                 ({})",
+                background_undecided(plan, &next)
+            );
+            notes.push(format!("{why}: on to the final promotion"));
+            next.unjudged = Some(why);
+            next.finale_cleared = true;
+            next.waiting_for = None;
         }
         Some(Command::PromoteFull) if next.stage < plan.finale => {
             notes.push("promoted to full by hand: skipping to the final promotion".into());
@@ -297,6 +341,12 @@ pub fn advance(
 
     // Run through every stage that can finish in this pass.
     for _ in 0..plan.stages.len() + 1 {
+        if next.stage == plan.finale
+            && !next.finale_cleared
+            && !clear_finale(plan, &mut next, &mut notes, now_ms)
+        {
+            return (next, Outcome::Continue(notes));
+        }
         let Some(stage) = plan.stages.get(next.stage) else {
             return (next, Outcome::Completed);
         };
@@ -357,7 +407,15 @@ pub fn advance(
                                 next.waiting_for = Some(waiting);
                                 false
                             }
-                            RunVerdict::Running => false,
+                            RunVerdict::Running => {
+                                // Holding on an undecided metric: say which and why.
+                                next.waiting_for = Some(format!(
+                                    "{label} at {}: no verdict yet — {}",
+                                    percent(next.weight_bp),
+                                    undecided(next.stage_run.as_ref(), spec)
+                                ));
+                                false
+                            }
                         }
                     }
                     _ => false,
@@ -392,6 +450,104 @@ pub fn advance(
         enter(&mut next, plan, following, now_ms);
     }
     (next, Outcome::Continue(notes))
+}
+
+/// Whether the rollout stands before the final promotion, held for the background
+/// analysis's verdict.
+fn holds_for_evidence(plan: &Plan, progress: &Progress) -> bool {
+    progress.stage == plan.finale && !progress.finale_cleared && plan.background.is_some()
+}
+
+/// The gate before the final promotion: the background analysis must have passed (or the
+/// plan allows finishing unjudged). `false` holds the rollout, with `waiting_for` saying why.
+fn clear_finale(plan: &Plan, next: &mut Progress, notes: &mut Vec<String>, now_ms: i64) -> bool {
+    let Some(spec) = &plan.background else {
+        next.finale_cleared = true;
+        return true;
+    };
+    let run = next
+        .background_run
+        .get_or_insert_with(|| AnalysisRun::new(now_ms));
+    if run.verdict == RunVerdict::Passed {
+        next.finale_cleared = true;
+        notes.push("background analysis passed: on to the final promotion".into());
+        return true;
+    }
+    let undecided = undecided(Some(run), spec);
+    if plan.allow_unjudged {
+        let why = format!(
+            "finished without a conclusive verdict from the background analysis \
+             (allow_unjudged: {undecided})"
+        );
+        notes.push(format!("{why}: on to the final promotion"));
+        next.unjudged = Some(why);
+        next.finale_cleared = true;
+        return true;
+    }
+    let waiting = format!(
+        "background analysis at {}: no conclusive verdict yet, holding before the final \
+         promotion — {undecided}",
+        percent(next.weight_bp)
+    );
+    if next.waiting_for.is_none() {
+        notes.push(format!(
+            "holding before the final promotion until the background analysis passes — \
+             {undecided}"
+        ));
+    }
+    next.waiting_for = Some(waiting);
+    false
+}
+
+fn background_undecided(plan: &Plan, progress: &Progress) -> String {
+    plan.background
+        .as_ref()
+        .map(|spec| undecided(progress.background_run.as_ref(), spec))
+        .unwrap_or_default()
+}
+
+/// Why an analysis has no verdict yet: each enforced metric that has not passed enough.
+fn undecided(run: Option<&AnalysisRun>, spec: &AnalysisSpec) -> String {
+    let parts: Vec<String> = spec
+        .metrics
+        .iter()
+        .filter(|m| !m.dry_run)
+        .filter_map(|m| {
+            let Some(r) = run.and_then(|run| run.metric(&m.name)) else {
+                return Some(format!("{}: not measured yet", m.name));
+            };
+            if r.consecutive_successes >= spec.consecutive_successes {
+                return None;
+            }
+            Some(match &r.last {
+                Some(last)
+                    if last.verdict == Verdict::Inconclusive && r.consecutive_inconclusive == 0 =>
+                {
+                    format!("{}: measuring again since resumed", m.name)
+                }
+                Some(last) if last.verdict == Verdict::Inconclusive => format!(
+                    "{}: inconclusive {} of {} times in a row allowed ({}): {}",
+                    m.name,
+                    r.consecutive_inconclusive,
+                    spec.inconclusive_limit,
+                    match spec.on_inconclusive {
+                        InconclusivePolicy::Pause => "then it pauses",
+                        InconclusivePolicy::Fail => "then it fails",
+                    },
+                    last.reason
+                ),
+                _ => format!(
+                    "{}: {} of {} passing measurements in a row",
+                    m.name, r.consecutive_successes, spec.consecutive_successes
+                ),
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        "every metric has passed".to_string()
+    } else {
+        parts.join("; ")
+    }
 }
 
 /// A person took responsibility: background analysis that was waiting measures again.
@@ -466,6 +622,7 @@ mod tests {
         Canary {
             steps,
             analysis: None,
+            allow_unjudged: false,
             stickiness: None,
             preview_header: "X-Ferry-Preview".into(),
             preview_secret: None,
@@ -505,6 +662,7 @@ mod tests {
             reason: "error rate 0.5 (50/100) > max 0.01".into(),
             dry_run: false,
             details: Vec::new(),
+            service: None,
         }
     }
 
@@ -715,12 +873,190 @@ mod tests {
         );
         let (held, _) = advance(&plan, &p, &ready(2), None, 60_000);
         assert_eq!(held.stage, stage, "held while waiting");
+        assert!(held.paused(), "held for a person: paused");
         let (p, _) = advance(&plan, &held, &ready(1), Some(Command::Resume), 61_000);
-        assert_eq!(p.waiting_for, None);
+        assert!(!p.paused());
+        // Resumed, it measures again; without a verdict it still holds before the finale.
+        let waiting = p.waiting_for.clone().unwrap_or_default();
+        assert!(
+            waiting.starts_with("background analysis at 50%: no conclusive verdict yet")
+                && waiting.contains("errors: measuring again since resumed"),
+            "{waiting}"
+        );
         assert!(
             wants(&plan, &p, 66_000).1.is_some(),
             "background analysis is due again"
         );
+    }
+
+    /// The README's canary shape with a background analysis: timed steps only.
+    fn timed_canary_with_background(spec: AnalysisSpec, allow_unjudged: bool) -> Plan {
+        let mut c = canary(vec![
+            weight(10.0),
+            pause(Pause::For("10s".parse().unwrap())),
+            weight(50.0),
+            pause(Pause::For("10s".parse().unwrap())),
+        ]);
+        c.analysis = Some(spec);
+        c.allow_unjudged = allow_unjudged;
+        canary_plan(&c, 2)
+    }
+
+    /// Drives a plan for `seconds` with one background round per 5s, every round's verdict
+    /// from `verdict_at(t)`; returns the progress and the outcome where it stopped.
+    fn drive(
+        plan: &Plan,
+        seconds: i64,
+        verdict_at: impl Fn(i64) -> Verdict,
+    ) -> (Progress, Outcome) {
+        let mut p = start(0);
+        let mut stable = 2;
+        for t in 0..=seconds {
+            let now = t * 1_000;
+            let measurements = wants(plan, &p, now)
+                .1
+                .map(|_| vec![measurement(verdict_at(t))]);
+            let obs = Observation {
+                canary_ready: p.canary_replicas,
+                stable_running: stable,
+                background_measurements: measurements,
+                ..Observation::default()
+            };
+            let (next, out) = advance(plan, &p, &obs, None, now);
+            if next.retiring_stable {
+                stable = 0;
+            }
+            p = next;
+            if out != Outcome::Continue(Vec::new()) && !matches!(out, Outcome::Continue(_)) {
+                return (p, out);
+            }
+        }
+        (p, Outcome::Continue(Vec::new()))
+    }
+
+    #[test]
+    fn a_canary_never_judged_by_its_background_analysis_does_not_reach_100_percent() {
+        // Little traffic: every background round is Inconclusive. The pauses end, but the
+        // rollout holds at 50% before the final promotion and says why.
+        let mut spec = errors_analysis();
+        spec.inconclusive_limit = 100;
+        let plan = timed_canary_with_background(spec.clone(), false);
+        let (p, out) = drive(&plan, 120, |_| Verdict::Inconclusive);
+        assert!(matches!(out, Outcome::Continue(_)), "{out:?}");
+        assert_eq!((p.stage, p.weight_bp), (plan.finale, 5_000));
+        assert!(!p.retiring_stable && !p.finale_cleared);
+        let waiting = p.waiting_for.clone().unwrap_or_default();
+        assert!(
+            waiting.starts_with(
+                "background analysis at 50%: no conclusive verdict yet, holding before the \
+                 final promotion — errors: inconclusive"
+            ) && waiting.contains("then it pauses"),
+            "{waiting}"
+        );
+        assert!(
+            !p.paused(),
+            "holding for evidence is not a pause: resume has nothing to do"
+        );
+
+        // Beyond inconclusive_limit: `on_inconclusive: pause` waits for a person…
+        spec.inconclusive_limit = 3;
+        let plan = timed_canary_with_background(spec.clone(), false);
+        let (p, _) = drive(&plan, 120, |_| Verdict::Inconclusive);
+        assert!(p.paused(), "{:?}", p.waiting_for);
+        assert!(p.weight_bp < 10_000);
+        // …and `fail` rolls back.
+        spec.on_inconclusive = InconclusivePolicy::Fail;
+        let plan = timed_canary_with_background(spec.clone(), false);
+        let (_, out) = drive(&plan, 120, |_| Verdict::Inconclusive);
+        assert!(
+            matches!(&out, Outcome::Failed(r) if r.contains("background analysis failed")),
+            "{out:?}"
+        );
+
+        // Conclusive evidence arriving late releases it.
+        let plan = timed_canary_with_background(errors_analysis(), false);
+        let (p, out) = drive(&plan, 120, |t| {
+            if t < 60 {
+                Verdict::Inconclusive
+            } else {
+                Verdict::Pass
+            }
+        });
+        assert_eq!(out, Outcome::Completed, "{p:?}");
+        assert_eq!(p.unjudged, None);
+    }
+
+    #[test]
+    fn allow_unjudged_finishes_and_says_so() {
+        let mut spec = errors_analysis();
+        spec.inconclusive_limit = 100;
+        let plan = timed_canary_with_background(spec, true);
+        let (p, out) = drive(&plan, 120, |_| Verdict::Inconclusive);
+        assert_eq!(out, Outcome::Completed);
+        let why = p.unjudged.unwrap_or_default();
+        assert!(
+            why.starts_with(
+                "finished without a conclusive verdict from the background analysis \
+                 (allow_unjudged: errors: inconclusive"
+            ),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_person_can_promote_past_the_missing_verdict_and_it_is_recorded() {
+        let mut spec = errors_analysis();
+        spec.inconclusive_limit = 100;
+        let plan = timed_canary_with_background(spec, false);
+        let (held, _) = drive(&plan, 60, |_| Verdict::Inconclusive);
+        assert_eq!(held.stage, plan.finale);
+        let obs = Observation {
+            canary_ready: held.canary_replicas,
+            stable_running: 2,
+            ..Observation::default()
+        };
+        let (p, out) = advance(&plan, &held, &obs, Some(Command::Promote), 61_000);
+        let Outcome::Continue(notes) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            p.stage, plan.finale,
+            "the finale's scale stage is not skipped"
+        );
+        assert!(p.finale_cleared && p.waiting_for.is_none(), "{p:?}");
+        assert!(
+            notes.iter().any(|n| n.starts_with(
+                "promoted by hand without a conclusive verdict from the background analysis"
+            )),
+            "{notes:?}"
+        );
+        assert!(p.unjudged.is_some());
+    }
+
+    #[test]
+    fn a_step_holding_on_inconclusive_says_what_it_waits_for() {
+        let mut step = weight(5.0);
+        step.analysis = Some(errors_analysis());
+        let plan = canary_plan(&canary(vec![step]), 2);
+        let (p, _) = advance(&plan, &start(0), &ready(1), None, 0);
+        assert_eq!(p.waiting_for, None, "nothing measured yet");
+        let mut thin = measurement(Verdict::Inconclusive);
+        thin.reason = "error rate: only 3 requests in 5s, need 20 before judging".into();
+        let obs = Observation {
+            stage_measurements: Some(vec![thin]),
+            ..ready(1)
+        };
+        let (p, _) = advance(&plan, &p, &obs, None, 5_000);
+        assert_eq!(p.stage, 2, "holds");
+        assert_eq!(
+            p.waiting_for.as_deref(),
+            Some(
+                "step 1 analysis at 5%: no verdict yet — errors: inconclusive 1 of 12 times in \
+                 a row allowed (then it pauses): error rate: only 3 requests in 5s, need 20 \
+                 before judging"
+            )
+        );
+        assert!(!p.paused());
     }
 
     #[test]

@@ -86,6 +86,7 @@ fn m(name: &str, verdict: Verdict) -> Measurement {
         reason: format!("{name} was {}", verdict.as_str()),
         dry_run: false,
         details: Vec::new(),
+        service: None,
     }
 }
 
@@ -1304,7 +1305,11 @@ fn compare_clearly_slower_canary_fails() {
     assert!(d.p_value.unwrap() < 1e-6);
     assert!((0.5..0.7).contains(&d.effect.unwrap()), "{d:?}");
     assert!(got.reason.contains("latency fail"), "{}", got.reason);
-    assert!(got.reason.contains("more than +20%"), "{}", got.reason);
+    assert!(
+        got.reason.contains("by more than the tolerance"),
+        "{}",
+        got.reason
+    );
     // a faster canary never fails
     let got = measure(&spec, &baseline, Some(&canary), None);
     assert_eq!(got.verdict, Verdict::Pass, "{}", got.reason);
@@ -1319,15 +1324,60 @@ fn compare_tiny_shift_with_huge_samples_passes_on_effect_size() {
     let got = measure(&spec, &canary, Some(&baseline), None);
     assert_eq!(got.verdict, Verdict::Pass, "{}", got.reason);
     let d = &got.details[0];
-    assert!(d.p_value.unwrap() < 1e-6, "{d:?}");
     assert!(d.effect.unwrap() < 0.05, "{d:?}");
-    assert!(d.reason.contains("by no more than +20%"), "{}", d.reason);
-    // with max_increase 1% the same data fails
+    assert!(
+        d.reason
+            .contains("slower than stable but within the tolerance"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason.contains("tolerance +10ms (+20% or 5ms)"),
+        "{}",
+        d.reason
+    );
+    // with max_increase 1%, the 5ms floor still tolerates a 1ms shift…
     let strict = compare_metric("latency: { max_increase: 1% }");
     assert_eq!(
         measure(&strict, &canary, Some(&baseline), None).verdict,
-        Verdict::Fail
+        Verdict::Pass
     );
+    // …and without the floor the same data fails
+    let no_floor = compare_metric("latency: { max_increase: 1%, min_increase: 0ms }");
+    let got = measure(&no_floor, &canary, Some(&baseline), None);
+    assert_eq!(got.verdict, Verdict::Fail, "{}", got.reason);
+    assert!(
+        got.details[0].p_value.unwrap() < 1e-6,
+        "{:?}",
+        got.details[0]
+    );
+}
+
+#[test]
+fn compare_latency_floor_and_significance_both_decide() {
+    // 55µs against 70µs: +27%, over the relative bound, far under the 5ms floor
+    let baseline = spread(20_000, 55, 10, 40);
+    let canary = spread(20_000, 70, 10, 41);
+    let spec = compare_metric("latency: {}");
+    let got = measure(&spec, &canary, Some(&baseline), None);
+    assert_eq!(got.verdict, Verdict::Pass, "{}", got.reason);
+    assert!(
+        got.reason.contains("within the tolerance"),
+        "{}",
+        got.reason
+    );
+    // a larger shift than the tolerance on few, noisy samples: not significant beyond it
+    let noisy_base = spread(100, 50_000, 45_000, 42);
+    let noisy_canary = spread(100, 62_000, 45_000, 43);
+    let got = measure(&spec, &noisy_canary, Some(&noisy_base), None);
+    assert_eq!(got.verdict, Verdict::Pass, "{}", got.reason);
+    // the floor is a duration: bad input is refused with the field's name
+    let err = serde_saphyr::from_str::<MetricSpec>(
+        "{ name: c, compare: { latency: { min_increase: fast } } }",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("invalid duration"), "{err}");
 }
 
 #[test]
@@ -1416,7 +1466,12 @@ fn compare_errors() {
     // significant but within max_increase (0.5 points)
     let got = measure(&spec, &errs(100_000, 400), Some(&errs(100_000, 200)), None);
     assert_eq!(got.verdict, Verdict::Pass, "{}", got.reason);
-    assert!(got.details[0].p_value.unwrap() < 0.001);
+    assert!(
+        got.reason
+            .contains("higher than stable but within the tolerance"),
+        "{}",
+        got.reason
+    );
     // all errors on both sides: not worse than stable (the builtin error_rate catches it)
     let got = measure(&spec, &errs(500, 500), Some(&errs(500, 500)), None);
     assert_eq!(got.verdict, Verdict::Pass, "{}", got.reason);
@@ -1427,13 +1482,13 @@ fn compare_errors() {
 
 #[test]
 fn compare_confidence_is_configurable() {
-    // 30/1000 vs 20/1000: one-sided p ≈ 0.1
-    let canary = errs(1000, 30);
+    // 40/1000 vs 20/1000: 2pp higher, 1.5pp beyond the 0.5pp tolerance, one-sided p ≈ 0.03
+    let canary = errs(1000, 40);
     let base = errs(1000, 20);
-    let p = analysis::two_proportion_test(30, 1000, 20, 1000)
+    let p = analysis::two_proportion_excess(40, 1000, 20, 1000, 0.005)
         .unwrap()
         .p_value;
-    assert!((0.05..0.2).contains(&p), "{p}");
+    assert!((0.01..0.05).contains(&p), "{p}");
     let lax = compare_metric("errors: { confidence: 0.8 }");
     let strict = compare_metric("errors: { confidence: 0.99 }");
     assert_eq!(
@@ -1444,6 +1499,38 @@ fn compare_confidence_is_configurable() {
         measure(&strict, &canary, Some(&base), None).verdict,
         Verdict::Pass
     );
+}
+
+#[test]
+fn compare_errors_judges_the_excess_over_the_tolerance() {
+    // hand-computed: 40/1000 vs 20/1000, margin 0.5pp, unpooled SE
+    let t = analysis::two_proportion_excess(40, 1000, 20, 1000, 0.005).unwrap();
+    let se = (0.04f64 * 0.96 / 1000.0 + 0.02 * 0.98 / 1000.0).sqrt();
+    let z = (0.04 - 0.02 - 0.005 - 0.001) / se;
+    assert!((t.z - z).abs() < 1e-12, "{t:?} {z}");
+    assert!(
+        (t.p_value - (1.0 - Normal::standard().cdf(z))).abs() < 1e-9,
+        "{t:?}"
+    );
+    // an identical build with a few stray errors on a small canary sample: 3/120 against
+    // 3/1080 is "significantly higher" for the plain test, not beyond the tolerance
+    let plain = analysis::two_proportion_test(3, 120, 3, 1080).unwrap();
+    assert!(plain.p_value < 0.01, "{plain:?}");
+    let spec = compare_metric("errors: {}");
+    let got = measure(&spec, &errs(120, 3), Some(&errs(1080, 3)), None);
+    assert_eq!(got.verdict, Verdict::Pass, "{}", got.reason);
+    assert!(
+        got.reason
+            .contains("the increase beyond the tolerance is not significant"),
+        "{}",
+        got.reason
+    );
+    // no variance at all: certain either way
+    let t = analysis::two_proportion_excess(500, 500, 0, 500, 0.005).unwrap();
+    assert_eq!(t.p_value, 0.0);
+    let t = analysis::two_proportion_excess(0, 500, 0, 500, 0.005).unwrap();
+    assert_eq!(t.p_value, 1.0);
+    assert!(analysis::two_proportion_excess(0, 0, 0, 1, 0.0).is_none());
 }
 
 #[test]
@@ -1464,7 +1551,7 @@ fn compare_score_is_share_of_passing_submetrics() {
     );
     assert_eq!(
         got.threshold,
-        "latency ≤ +20% (95% confidence), errors ≤ +0.5pp (95% confidence)"
+        "latency ≤ +20% or +5ms (95% confidence), errors ≤ +0.5pp (95% confidence)"
     );
     // latency inconclusive (no latency samples recorded), errors pass → Inconclusive, 50
     let no_lat = WindowStats {
@@ -1488,6 +1575,7 @@ fn compare_settings_can_be_built_in_code() {
     spec.compare = Some(CompareSpec {
         latency: Some(LatencyCompare {
             max_increase: Ratio(0.1),
+            min_increase: HumanDuration(Duration::from_millis(1)),
             confidence: 0.99,
         }),
         errors: None,
@@ -1560,6 +1648,7 @@ fn inconclusive_limit_boundaries_and_policies() {
         "{reason}"
     );
     assert!(reason.contains("ferry promote"), "{reason}");
+    assert!(reason.contains("`ferry resume` measures again"), "{reason}");
     assert!(!due(&run, &spec, i64::MAX));
     // a Pass in between resets the streak
     let pass = [("errors", Verdict::Pass)];
@@ -1845,4 +1934,104 @@ fn slower_canary_never_scores_better() {
         last_p = p;
     }
     assert!(last_p < 1e-10);
+}
+
+// ---------------------------------------------------------------------------------------
+// releases of several services
+
+fn services(list: &[(&str, WindowStats)]) -> std::collections::BTreeMap<String, WindowStats> {
+    list.iter()
+        .map(|(s, w)| (s.to_string(), w.clone()))
+        .collect()
+}
+
+#[test]
+fn a_broken_service_cannot_hide_in_the_release_s_combined_error_rate() {
+    // The release: `api` answers only 500s but carries ~1.6% of the requests.
+    let spec = metric("{ name: errors, builtin: error_rate, max: 5% }");
+    let api = errs(4, 4);
+    let web = errs(246, 2);
+    let combined = api.merge(&web);
+    assert_eq!(
+        measure(&spec, &combined, None, None).verdict,
+        Verdict::Pass,
+        "6/250 = 2.4% passes when the services are merged"
+    );
+    let release = services(&[("api", api.clone()), ("web", web.clone())]);
+    let got = analysis::measure_services(&spec, &release, None, None);
+    assert_eq!(got.verdict, Verdict::Fail, "{}", got.reason);
+    assert_eq!(got.service.as_deref(), Some("api"));
+    assert!(
+        got.reason
+            .starts_with("service api: error rate 1 (4/4 in 5s) > max 5%"),
+        "{}",
+        got.reason
+    );
+    assert!(got.reason.contains("(web passes)"), "{}", got.reason);
+    assert_eq!(got.sample_size, 250);
+    // the run's failure (rollback reason, timeline, change record) names the service
+    let run_spec = yaml("metrics: [{ name: errors, builtin: error_rate, max: 5% }]");
+    let (_, verdict) = record(&AnalysisRun::new(0), &run_spec, &[got], 5_000);
+    let RunVerdict::Failed { reason, .. } = verdict else {
+        panic!("{verdict:?}")
+    };
+    assert!(
+        reason.starts_with("errors: service api: error rate 1"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn every_service_must_pass_and_an_undecided_one_holds() {
+    let spec = metric("{ name: errors, builtin: error_rate, max: 5% }");
+    let both_fine = services(&[("api", errs(100, 0)), ("web", errs(300, 3))]);
+    let got = analysis::measure_services(&spec, &both_fine, None, None);
+    assert_eq!(got.verdict, Verdict::Pass, "{}", got.reason);
+    assert_eq!(got.service, None);
+    assert!(
+        got.reason
+            .starts_with("every service passes — api: error rate 0"),
+        "{}",
+        got.reason
+    );
+    // api has too few requests to be judged, and no error yet: Inconclusive, said why
+    let thin = services(&[("api", errs(3, 0)), ("web", errs(300, 3))]);
+    let got = analysis::measure_services(&spec, &thin, None, None);
+    assert_eq!(got.verdict, Verdict::Inconclusive, "{}", got.reason);
+    assert_eq!(got.service.as_deref(), Some("api"));
+    assert!(
+        got.reason
+            .contains("service api: error rate: only 3 requests"),
+        "{}",
+        got.reason
+    );
+    // a service without requests is not judged; without any request at all: Inconclusive
+    let idle = services(&[("api", WindowStats::default()), ("web", errs(300, 3))]);
+    let got = analysis::measure_services(&spec, &idle, None, None);
+    assert_eq!(got.verdict, Verdict::Pass, "{}", got.reason);
+    let none = services(&[
+        ("api", WindowStats::default()),
+        ("web", WindowStats::default()),
+    ]);
+    let got = analysis::measure_services(&spec, &none, None, None);
+    assert_eq!(got.verdict, Verdict::Inconclusive, "{}", got.reason);
+    // latency is per service too: a slow api fails though the release's p95 is fast
+    let p95 = metric("{ name: slow, builtin: latency_p95, max: 100ms }");
+    let mut slow_api = latencies(&[900_000; 30]);
+    slow_api.requests = 30;
+    let fast_web = spread(1000, 20_000, 5_000, 50);
+    let release = services(&[("api", slow_api.clone()), ("web", fast_web.clone())]);
+    assert_eq!(
+        measure(&p95, &slow_api.merge(&fast_web), None, None).verdict,
+        Verdict::Pass
+    );
+    let got = analysis::measure_services(&p95, &release, None, None);
+    assert_eq!(got.verdict, Verdict::Fail, "{}", got.reason);
+    assert_eq!(got.service.as_deref(), Some("api"));
+    // one service: exactly `measure`
+    let single = services(&[("web", errs(300, 30))]);
+    assert_eq!(
+        analysis::measure_services(&spec, &single, None, None),
+        measure(&spec, &errs(300, 30), None, None)
+    );
 }

@@ -358,6 +358,20 @@ fn unknown_strategy_suggests() {
         environments:
           dev:
             listen: 127.0.0.1:8080
+            strategy: { canary: { steps: [{ weight: 10 }], allow_unjudged: true } }
+        ",
+        &[&[
+            "environments.dev.strategy.canary.allow_unjudged",
+            "allow_unjudged only applies with a background `analysis`",
+        ]],
+    );
+    check(
+        "
+        app: shop
+        services: { api: { run: [./api] } }
+        environments:
+          dev:
+            listen: 127.0.0.1:8080
             strategy: { rolling: { max_surge: 1, maxUnavailable: 0 } }
         ",
         &[&[

@@ -706,11 +706,11 @@ impl Controller {
         let mut stage_measurements = None;
         let mut background_measurements = None;
         if let Some(stats) = &stats {
-            if progress.stage_run.is_some() {
-                self.meter.open(stage_key, stats, &subject);
+            if let Some(run) = &progress.stage_run {
+                self.meter.open(stage_key, run, stats, &subject);
             }
-            if progress.background_run.is_some() {
-                self.meter.open(background_key, stats, &subject);
+            if let Some(run) = &progress.background_run {
+                self.meter.open(background_key, run, stats, &subject);
             }
             if let Some(spec) = stage_spec {
                 stage_measurements = self.meter.measure(stage_key, spec, stats, &subject).await;
@@ -779,13 +779,19 @@ impl Controller {
             Outcome::Completed => {
                 if self.routed_only_to(&app.name, env, canary, services) {
                     self.meter.forget(deployment.id);
+                    // A rollout that went on without its background verdict says so, on
+                    // the timeline and (as the reason) in the change record.
+                    let mut message = format!("{canary} serves all traffic; {stable} retired");
+                    if let Some(why) = &next.unjudged {
+                        message.push_str(&format!("; {why}"));
+                    }
                     self.transition_with_phase(
                         deployment,
                         DeploymentState::Succeeded,
-                        None,
+                        next.unjudged.clone(),
                         Some(canary.to_string()),
                         phase.to_value(),
-                        &format!("{canary} serves all traffic; {stable} retired"),
+                        &message,
                     )
                     .await?;
                     return Ok(());
@@ -2276,7 +2282,8 @@ fn rollout_view(
         canary_version: deployment.version.clone(),
         stable_version: target_or(&deployment.previous_version).to_string(),
         canary_weight: f64::from(weight) / 100.0,
-        paused: progress.manually_paused,
+        paused: progress.paused(),
+        paused_by_hand: progress.manually_paused,
         waiting_for: progress.waiting_for.clone(),
         analysis,
         summary: match deployment.state {

@@ -3,13 +3,13 @@
 //! command checks, Prometheus queries). Decisions stay in `ferry_core::progressive`.
 
 use crate::lock;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use ferry_core::analysis::{
-    AnalysisSpec, LatencyBins, Measurement, MetricSpec, Observation, Source, TemplateVars,
-    WindowStats, measure, observe_command, observe_http, observe_prometheus,
+    AnalysisRun, AnalysisSpec, LatencyBins, Measurement, MetricSpec, Observation, Source,
+    TemplateVars, WindowStats, measure_services, observe_command, observe_http, observe_prometheus,
 };
 use ferry_core::manifest::Strategy;
 use ferry_core::progressive::{self, Command, Plan, Progress};
@@ -93,11 +93,14 @@ pub struct Subject<'a> {
     pub base_dir: Option<PathBuf>,
 }
 
+/// Each service's window (or cumulative counters) of one version.
+type PerService = BTreeMap<String, WindowStats>;
+
 /// Cumulative counters of both sides when an analysis window opened.
 #[derive(Debug, Clone)]
 struct WindowStart {
-    canary: WindowStats,
-    stable: WindowStats,
+    canary: PerService,
+    stable: PerService,
     at_ms: i64,
 }
 
@@ -110,14 +113,32 @@ pub struct Meter {
 
 impl Meter {
     /// Makes sure a window is open for this analysis (the first one opens when the run
-    /// starts, within one controller pass).
-    pub fn open(&self, key: (i64, u64), stats: &StatsSnapshot, subject: &Subject<'_>) {
+    /// starts, within one controller pass). A window opened long before the run's latest
+    /// round (or start) is opened again: after a pause for a person, `ferry resume` starts
+    /// the next round's clock, and the first measurement must cover one interval, not the
+    /// whole wait.
+    pub fn open(
+        &self,
+        key: (i64, u64),
+        run: &AnalysisRun,
+        stats: &StatsSnapshot,
+        subject: &Subject<'_>,
+    ) {
+        let since = run.last_measured_at_ms.unwrap_or(run.started_at_ms);
         let mut windows = lock(&self.windows);
-        windows.entry(key).or_insert_with(|| WindowStart {
-            canary: cumulative(stats, subject.listener, subject.canary),
-            stable: cumulative(stats, subject.listener, subject.stable),
-            at_ms: stats.taken_at_ms,
-        });
+        let stale = windows
+            .get(&key)
+            .is_some_and(|w| stale_window(w.at_ms, since, stats.taken_at_ms));
+        if stale || !windows.contains_key(&key) {
+            windows.insert(
+                key,
+                WindowStart {
+                    canary: cumulative(stats, subject.listener, subject.canary),
+                    stable: cumulative(stats, subject.listener, subject.stable),
+                    at_ms: stats.taken_at_ms,
+                },
+            );
+        }
     }
 
     pub fn forget(&self, deployment_id: i64) {
@@ -160,10 +181,9 @@ impl Meter {
                 },
             )?
         };
-        let mut canary = WindowStats::between(&start.canary, &canary_now);
-        let mut stable = WindowStats::between(&start.stable, &stable_now);
-        canary.duration_ms = (stats.taken_at_ms - start.at_ms).max(0);
-        stable.duration_ms = canary.duration_ms;
+        let duration_ms = (stats.taken_at_ms - start.at_ms).max(0);
+        let canary = window(&start.canary, &canary_now, duration_ms);
+        let stable = window(&start.stable, &stable_now, duration_ms);
         let vars = TemplateVars {
             app: subject.app,
             env: subject.env,
@@ -177,7 +197,12 @@ impl Meter {
             } else {
                 None
             };
-            measurements.push(measure(&metric, &canary, Some(&stable), external.as_ref()));
+            measurements.push(measure_services(
+                &metric,
+                &canary,
+                Some(&stable),
+                external.as_ref(),
+            ));
         }
         Some(measurements)
     }
@@ -253,15 +278,36 @@ impl Meter {
     }
 }
 
+/// Whether a window opened at `opened_ms` started well before the round that is now
+/// counting (`since_ms`, the run's latest round or resume): more than a second earlier, as
+/// after a wait for a person. Rounds recorded at the pass that opened the window are never
+/// stale (the controller's clock and the proxy's snapshot time differ by a pass at most).
+fn stale_window(opened_ms: i64, since_ms: i64, now_ms: i64) -> bool {
+    since_ms.min(now_ms) - opened_ms > 1_000
+}
+
+/// Each service's window between two cumulative snapshots, `duration_ms` long.
+fn window(earlier: &PerService, later: &PerService, duration_ms: i64) -> PerService {
+    later
+        .iter()
+        .map(|(service, now)| {
+            let before = earlier.get(service).cloned().unwrap_or_default();
+            let mut w = WindowStats::between(&before, now);
+            w.duration_ms = duration_ms;
+            (service.clone(), w)
+        })
+        .collect()
+}
+
 /// Everything the proxy has counted for `version` on `listener` and on its blue/green
 /// preview listener (`LISTENER/preview`, which serves the new version before the switch),
-/// all services merged.
-fn cumulative(stats: &StatsSnapshot, listener: &str, version: &str) -> WindowStats {
+/// per service.
+fn cumulative(stats: &StatsSnapshot, listener: &str, version: &str) -> PerService {
     let ours = |id: &str| {
         id.strip_prefix(listener)
             .is_some_and(|rest| rest.is_empty() || rest == "/preview")
     };
-    let mut total = WindowStats::default();
+    let mut per_service = PerService::new();
     for v in stats
         .versions
         .iter()
@@ -276,14 +322,16 @@ fn cumulative(stats: &StatsSnapshot, listener: &str, version: &str) -> WindowSta
                 );
             }
         }
-        total = total.merge(&WindowStats {
+        let counted = WindowStats {
             requests: v.requests,
             errors_5xx: v.errors_5xx,
             duration_ms: 0,
             latency_us: bins,
-        });
+        };
+        let total = per_service.entry(v.service.clone()).or_default();
+        *total = total.merge(&counted);
     }
-    total
+    per_service
 }
 
 #[cfg(test)]
@@ -307,6 +355,17 @@ mod tests {
     }
 
     #[test]
+    fn a_window_opened_before_a_wait_for_a_person_is_opened_again_after_resume() {
+        // Last round at 10s, paused for a person, resumed at 600s.
+        assert!(stale_window(10_000, 600_000, 600_200));
+        // Normal rounds: the window reopened by the round itself is current.
+        assert!(!stale_window(10_050, 10_000, 12_000));
+        assert!(!stale_window(15_000, 15_000, 15_000));
+        // A run that started just now.
+        assert!(!stale_window(0, 500, 700));
+    }
+
+    #[test]
     fn a_version_counts_on_its_listener_and_its_preview_listener_only() {
         let stats = StatsSnapshot {
             started_at_ms: 0,
@@ -320,9 +379,9 @@ mod tests {
                 counted("shop/staging/preview", "2.0.0", 1000, 1000),
             ],
         };
-        let green = cumulative(&stats, "shop/production", "2.0.0");
+        let green = &cumulative(&stats, "shop/production", "2.0.0")["web"];
         assert_eq!((green.requests, green.errors_5xx), (40, 4));
-        let blue = cumulative(&stats, "shop/production", "1.0.0");
+        let blue = &cumulative(&stats, "shop/production", "1.0.0")["web"];
         assert_eq!((blue.requests, blue.errors_5xx), (500, 0));
     }
 }

@@ -169,6 +169,42 @@ pub fn two_proportion_test(e1: u64, n1: u64, e2: u64, n2: u64) -> Option<TwoProp
     })
 }
 
+/// One-sided test "the canary's error rate exceeds the baseline's by more than `margin`"
+/// (absolute, e.g. 0.005): `z = (p1 − p2 − margin − c) / SE` with the unpooled
+/// `SE = √(p1(1 − p1)/n1 + p2(1 − p2)/n2)` (the null hypothesis `p1 − p2 = margin` has no
+/// common rate to pool) and the same continuity correction `c` as
+/// [`two_proportion_test`]. Judging the excess over the tolerance, rather than any excess,
+/// keeps identical builds with a few stray errors from failing by chance. `None` when
+/// either side has no request.
+pub fn two_proportion_excess(
+    e1: u64,
+    n1: u64,
+    e2: u64,
+    n2: u64,
+    margin: f64,
+) -> Option<TwoProportion> {
+    if n1 == 0 || n2 == 0 {
+        return None;
+    }
+    let (f1, f2) = (n1 as f64, n2 as f64);
+    let (p1, p2) = (e1.min(n1) as f64 / f1, e2.min(n2) as f64 / f2);
+    let se = (p1 * (1.0 - p1) / f1 + p2 * (1.0 - p2) / f2).sqrt();
+    let numerator = p1 - p2 - margin - (1.0 / f1 + 1.0 / f2) / 2.0;
+    let z = if se > 0.0 {
+        numerator / se
+    } else if numerator > 0.0 {
+        f64::INFINITY
+    } else {
+        f64::NEG_INFINITY
+    };
+    Some(TwoProportion {
+        canary_rate: p1,
+        baseline_rate: p2,
+        z,
+        p_value: normal_sf(z),
+    })
+}
+
 /// Standard normal CDF Φ(z), double precision (Hart 1968, as given by G. West, "Better
 /// approximations to cumulative normal functions", 2005).
 pub fn normal_cdf(z: f64) -> f64 {

@@ -1,13 +1,17 @@
 //! The judges: one metric, one window (and an observation) in, one [`Measurement`] out.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::compare::{hodges_lehmann_shift, mann_whitney_u, two_proportion_test};
+use super::compare::{
+    hodges_lehmann_shift, mann_whitney_u, two_proportion_excess, two_proportion_test,
+};
 use super::format::{fmt_exact, fmt_ms, fmt_pct, fmt_sig, fmt_window};
 use super::spec::{
     Builtin, CompareSpec, ErrorsCompare, LatencyCompare, MetricSpec, Source, Threshold,
 };
-use super::stats::{Observation, WindowStats, rank_for};
+use super::stats::{LatencyBins, Observation, WindowStats, rank_for};
 
 /// The verdict of one measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -69,6 +73,11 @@ pub struct Measurement {
     /// Per-sub-metric results of a `compare` metric.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<CompareDetail>,
+    /// For a builtin metric of a release of several services: the service this verdict is
+    /// about (the first failing one, else the first undecided one). `None` when the verdict
+    /// is about the release as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// One sub-metric (`latency` or `errors`) of a `compare` measurement.
@@ -125,6 +134,89 @@ pub fn measure(
     m
 }
 
+/// Judges one metric over a release of several services, `canary` (and `baseline`) holding
+/// each service's window.
+///
+/// A builtin metric is judged **per service**, so one broken service cannot hide inside the
+/// release's combined figures: the measurement fails when any service fails (and names
+/// it); it is Inconclusive when no service fails but one that served requests cannot be
+/// judged yet; it passes only when every service that served requests passes. Services
+/// without a request in the window are not judged (a window without any request at all is
+/// Inconclusive). Other metrics (`compare`, external checks) judge the release as a whole
+/// ([`measure`] on the merged windows). With one service this is exactly [`measure`].
+pub fn measure_services(
+    metric: &MetricSpec,
+    canary: &BTreeMap<String, WindowStats>,
+    baseline: Option<&BTreeMap<String, WindowStats>>,
+    external: Option<&Observation>,
+) -> Measurement {
+    let merged = |side: &BTreeMap<String, WindowStats>| {
+        side.values()
+            .fold(WindowStats::default(), |acc, w| acc.merge(w))
+    };
+    let total = merged(canary);
+    let baseline = baseline.map(merged);
+    let per_service = matches!(metric.source(), Some(Source::Builtin(_)));
+    let served: Vec<(&String, &WindowStats)> = canary
+        .iter()
+        .filter(|(_, w)| w.requests > 0 || !w.latency_us.is_empty())
+        .collect();
+    if !per_service || canary.len() < 2 || served.is_empty() {
+        return measure(metric, &total, baseline.as_ref(), external);
+    }
+    let judged: Vec<(&String, Measurement)> = served
+        .into_iter()
+        .map(|(service, w)| (service, measure(metric, w, None, None)))
+        .collect();
+    let worst = [Verdict::Fail, Verdict::Inconclusive]
+        .into_iter()
+        .find_map(|v| judged.iter().find(|(_, m)| m.verdict == v));
+    let others = |skip: &str, verdict: Verdict| -> Vec<&str> {
+        judged
+            .iter()
+            .filter(|(s, m)| s.as_str() != skip && m.verdict == verdict)
+            .map(|(s, _)| s.as_str())
+            .collect()
+    };
+    let mut m = match worst {
+        Some((service, m)) => {
+            let mut out = m.clone();
+            let mut reason = format!("service {service}: {}", m.reason);
+            let failing = others(service, Verdict::Fail);
+            if !failing.is_empty() {
+                reason.push_str(&format!(" (also failing: {})", failing.join(", ")));
+            }
+            let passing = others(service, Verdict::Pass);
+            if !passing.is_empty() {
+                reason.push_str(&format!(
+                    " ({} pass{})",
+                    passing.join(", "),
+                    if passing.len() == 1 { "es" } else { "" }
+                ));
+            }
+            out.reason = reason;
+            out.service = Some((*service).clone());
+            out
+        }
+        None => {
+            let mut out = measure(metric, &total, None, None);
+            out.verdict = Verdict::Pass;
+            out.reason = format!(
+                "every service passes — {}",
+                judged
+                    .iter()
+                    .map(|(s, m)| format!("{s}: {}", m.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            out
+        }
+    };
+    m.sample_size = total.requests;
+    m.dry_run = metric.dry_run;
+    m
+}
+
 fn base(
     metric: &MetricSpec,
     unit: Unit,
@@ -142,6 +234,7 @@ fn base(
         reason,
         dry_run: metric.dry_run,
         details: Vec::new(),
+        service: None,
     }
 }
 
@@ -426,8 +519,9 @@ fn compare_text(latency: Option<&LatencyCompare>, errors: Option<&ErrorsCompare>
     let mut parts = Vec::new();
     if let Some(l) = latency {
         parts.push(format!(
-            "latency ≤ +{} ({}% confidence)",
+            "latency ≤ +{} or +{} ({}% confidence)",
             l.max_increase,
+            fmt_ms(l.min_increase.get().as_secs_f64() * 1000.0),
             fmt_exact(l.confidence * 100.0)
         ));
     }
@@ -561,44 +655,60 @@ fn compare_latency(
     } else {
         0.0
     };
+    let tolerance_ms = spec.tolerance_ms(base_ms);
+    // "slower than stable by more than the tolerance": the canary's latencies minus the
+    // tolerance against the stable ones.
+    let tolerance_us = (tolerance_ms * 1000.0).round() as u64;
+    let lowered = LatencyBins::from_bins(
+        c.bins()
+            .iter()
+            .map(|&(v, n)| (v.saturating_sub(tolerance_us), n)),
+    );
+    let beyond = mann_whitney_u(&lowered, b).unwrap_or(mw);
     d.effect = Some(relative);
-    d.p_value = Some(mw.p_value);
+    d.p_value = Some(beyond.p_value);
     let alpha = 1.0 - spec.confidence;
-    let max = spec.max_increase.get();
-    let significant = mw.p_value <= alpha;
-    let large = relative > max;
+    let significant = beyond.p_value <= alpha;
+    let large = shift_ms > tolerance_ms;
     let figures = format!(
-        "median {} vs {} stable, shift {}{} ({}{}), {} (U={}, z={})",
+        "median {} vs {} stable, shift {}{} ({}{}), tolerance +{} (+{} or {}), {} (U={}, z={})",
         fmt_ms(canary_ms),
         fmt_ms(base_ms),
         if shift_ms >= 0.0 { "+" } else { "" },
         fmt_ms(shift_ms),
         if relative >= 0.0 { "+" } else { "" },
         fmt_pct(relative),
-        fmt_p(mw.p_value),
-        fmt_sig(mw.u),
-        fmt_sig(mw.z),
+        fmt_ms(tolerance_ms),
+        spec.max_increase,
+        fmt_ms(spec.min_increase.get().as_secs_f64() * 1000.0),
+        fmt_p(beyond.p_value),
+        fmt_sig(beyond.u),
+        fmt_sig(beyond.z),
     );
-    let (verdict, why) = match (significant, large) {
+    let (verdict, why) = match (large, significant) {
         (true, true) => (
             Verdict::Fail,
             format!(
-                "slower than stable with {}% confidence and by more than +{}",
-                fmt_exact(spec.confidence * 100.0),
-                spec.max_increase
+                "slower than stable by more than the tolerance, with {}% confidence",
+                fmt_exact(spec.confidence * 100.0)
             ),
         ),
-        (true, false) => (
+        (false, _) if mw.p_value > alpha => (
             Verdict::Pass,
             format!(
-                "slower than stable but by no more than +{} (max_increase)",
-                spec.max_increase
+                "not significantly slower than stable (p={} > {})",
+                fmt_sig(mw.p_value),
+                fmt_exact(alpha)
             ),
         ),
         (false, _) => (
             Verdict::Pass,
+            "slower than stable but within the tolerance".to_string(),
+        ),
+        (true, false) => (
+            Verdict::Pass,
             format!(
-                "not significantly slower than stable (p > {})",
+                "the shift beyond the tolerance is not significant (p > {})",
                 fmt_exact(alpha)
             ),
         ),
@@ -631,45 +741,53 @@ fn compare_errors(
         d.reason = why;
         return d;
     }
-    let Some(t) = two_proportion_test(e1, n1, e2, n2) else {
+    let (Some(t), Some(beyond)) = (
+        two_proportion_test(e1, n1, e2, n2),
+        two_proportion_excess(e1, n1, e2, n2, spec.max_increase.get()),
+    ) else {
         d.reason = "no requests".to_string();
         return d;
     };
     let diff = t.canary_rate - t.baseline_rate;
     d.effect = Some(diff);
-    d.p_value = Some(t.p_value);
+    d.p_value = Some(beyond.p_value);
     let alpha = 1.0 - spec.confidence;
     let max = spec.max_increase.get();
-    let significant = t.p_value <= alpha;
+    let significant = beyond.p_value <= alpha;
     let large = diff > max;
     let figures = format!(
-        "error rate {} ({e1}/{n1}) vs {} ({e2}/{n2}) stable, {}{}, {}",
+        "error rate {} ({e1}/{n1}) vs {} ({e2}/{n2}) stable, {}{}, tolerance +{}, {}",
         fmt_pct(t.canary_rate),
         fmt_pct(t.baseline_rate),
         if diff >= 0.0 { "+" } else { "" },
         fmt_pp(diff),
-        fmt_p(t.p_value),
+        fmt_pp(max),
+        fmt_p(beyond.p_value),
     );
-    let (verdict, why) = match (significant, large) {
+    let (verdict, why) = match (large, significant) {
         (true, true) => (
             Verdict::Fail,
             format!(
-                "higher than stable with {}% confidence and by more than +{}",
-                fmt_exact(spec.confidence * 100.0),
-                fmt_pp(max)
+                "higher than stable by more than the tolerance, with {}% confidence",
+                fmt_exact(spec.confidence * 100.0)
             ),
         ),
-        (true, false) => (
+        (false, _) if t.p_value > alpha => (
             Verdict::Pass,
             format!(
-                "higher than stable but by no more than +{} (max_increase)",
-                fmt_pp(max)
+                "not significantly higher than stable (p={} > {})",
+                fmt_sig(t.p_value),
+                fmt_exact(alpha)
             ),
         ),
         (false, _) => (
             Verdict::Pass,
+            "higher than stable but within the tolerance".to_string(),
+        ),
+        (true, false) => (
+            Verdict::Pass,
             format!(
-                "not significantly higher than stable (p > {})",
+                "the increase beyond the tolerance is not significant (p > {})",
                 fmt_exact(alpha)
             ),
         ),

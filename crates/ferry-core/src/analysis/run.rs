@@ -218,7 +218,8 @@ fn judge(run: &AnalysisRun, spec: &AnalysisSpec) -> RunVerdict {
             return match spec.on_inconclusive {
                 InconclusivePolicy::Pause => RunVerdict::NeedsHuman {
                     reason: format!(
-                        "{head}; paused: promote by hand (ferry promote) or abort (ferry abort)"
+                        "{head}; paused: `ferry resume` measures again, `ferry promote` goes \
+                         on without a verdict, `ferry abort` rolls back"
                     ),
                 },
                 InconclusivePolicy::Fail => RunVerdict::Failed {

@@ -30,6 +30,8 @@ pub const DEFAULT_COMPARE_MIN_REQUESTS: u64 = 100;
 pub const DEFAULT_CONFIDENCE: f64 = 0.95;
 /// Default `compare.latency.max_increase` (relative): 20%.
 pub const DEFAULT_LATENCY_MAX_INCREASE: f64 = 0.20;
+/// Default `compare.latency.min_increase` (absolute floor of the tolerated increase): 5ms.
+pub const DEFAULT_LATENCY_MIN_INCREASE: Duration = Duration::from_millis(5);
 /// Default `compare.errors.max_increase` (absolute, in error-rate points): 0.5%.
 pub const DEFAULT_ERRORS_MAX_INCREASE: f64 = 0.005;
 /// Default timeout of `http` checks and `prometheus` queries.
@@ -409,16 +411,24 @@ impl CompareSpec {
     }
 }
 
-/// Latency comparison: the new version fails when it is slower than the stable one with the
-/// given `confidence` (one-sided Mann-Whitney U test) **and** its typical latency grew by
-/// more than `max_increase` (Hodges-Lehmann shift relative to the stable median), so tiny
-/// but significant differences on huge samples pass.
+/// Latency comparison. The tolerated increase is the larger of `max_increase` (relative to
+/// the stable median) and `min_increase` (absolute): 20% of 55µs is 11µs, far below what a
+/// user notices or a busy machine's noise, so the floor (default 5ms) keeps identical builds
+/// from being rolled back under load. The new version fails only when its typical latency
+/// (Hodges-Lehmann shift) grew by more than that tolerance **and** it is slower than stable
+/// plus the tolerance with the given `confidence` (one-sided Mann-Whitney U test of the
+/// canary's latencies minus the tolerance against the stable ones). Tiny but significant
+/// differences on huge samples, and large but noisy ones on few samples, pass.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LatencyCompare {
     /// Largest tolerated relative increase (default `20%`).
     #[serde(default = "default_latency_max_increase")]
     pub max_increase: Ratio,
+    /// Smallest increase that can ever fail, whatever `max_increase` says (default `5ms`;
+    /// `0ms` leaves only the relative bound).
+    #[serde(default = "default_latency_min_increase")]
+    pub min_increase: HumanDuration,
     /// Confidence of the test, strictly between 0.5 and 1 (default 0.95).
     #[serde(default = "default_confidence")]
     pub confidence: f64,
@@ -428,8 +438,16 @@ impl Default for LatencyCompare {
     fn default() -> Self {
         LatencyCompare {
             max_increase: default_latency_max_increase(),
+            min_increase: default_latency_min_increase(),
             confidence: DEFAULT_CONFIDENCE,
         }
+    }
+}
+
+impl LatencyCompare {
+    /// The tolerated increase in milliseconds over a stable median of `baseline_ms`.
+    pub fn tolerance_ms(&self, baseline_ms: f64) -> f64 {
+        (self.max_increase.get() * baseline_ms).max(self.min_increase.get().as_secs_f64() * 1e3)
     }
 }
 
@@ -693,6 +711,9 @@ fn default_confidence() -> f64 {
 }
 fn default_latency_max_increase() -> Ratio {
     Ratio(DEFAULT_LATENCY_MAX_INCREASE)
+}
+fn default_latency_min_increase() -> HumanDuration {
+    HumanDuration(DEFAULT_LATENCY_MIN_INCREASE)
 }
 fn default_errors_max_increase() -> Ratio {
     Ratio(DEFAULT_ERRORS_MAX_INCREASE)

@@ -32,9 +32,16 @@ pub struct Canary {
     /// takes all traffic and the old one is stopped.
     pub steps: Vec<CanaryStep>,
     /// Analysis run in the background from the first weighted step to the end; a
-    /// failure rolls back at once.
+    /// failure rolls back at once. It also counts toward promotion: the rollout holds
+    /// before the final promotion until it has passed (Inconclusive holds and says why,
+    /// then applies its `on_inconclusive`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
+    /// Let the rollout finish without a conclusive verdict from the background `analysis`
+    /// (default false). The timeline and the change record then say "finished without a
+    /// conclusive verdict".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unjudged: bool,
     /// Keep each client on the same side for the whole rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stickiness: Option<Stickiness>,

@@ -530,6 +530,12 @@ fn check_canary(out: &mut Issues, base: &[Seg], canary: &Canary) {
     }
     if let Some(analysis) = &canary.analysis {
         check_analysis(out, &with(base, "analysis"), analysis);
+    } else if canary.allow_unjudged {
+        out.value(
+            with(base, "allow_unjudged"),
+            "allow_unjudged only applies with a background `analysis`",
+            Some("remove it, or add `analysis:` to the canary".into()),
+        );
     }
     if let Some(sticky) = &canary.stickiness {
         let spath = with(base, "stickiness");

@@ -246,9 +246,15 @@ pub fn rollout_lines(r: &RolloutView) -> Vec<String> {
         percent(100.0 - new_weight),
         bar(100.0 - new_weight)
     ));
-    if r.paused {
+    if r.paused_by_hand {
         lines.push(
             "  paused    by hand (`ferry resume` continues; background analysis keeps watching)"
+                .into(),
+        );
+    } else if r.paused {
+        lines.push(
+            "  paused    analysis could not judge (`ferry resume` measures again, `ferry \
+             promote` goes on without a verdict, `ferry abort` rolls back)"
                 .into(),
         );
     }
@@ -611,6 +617,7 @@ mod tests {
             stable_version: "1.0.0".into(),
             canary_weight: 12.5,
             paused: false,
+            paused_by_hand: false,
             waiting_for: Some("step 2 pause: waiting for `ferry promote`".into()),
             analysis: vec!["errors Pass: error rate 0 (0/120) ≤ max 0.05".into()],
             summary: "stage 3/9".into(),
@@ -631,6 +638,29 @@ mod tests {
         );
         assert!(
             lines.iter().any(|l| l.contains("errors Pass")),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_rollout_paused_by_its_analysis_says_paused_and_how_to_go_on() {
+        let mut r = rollout();
+        r.paused = true;
+        r.waiting_for = Some("step 1 analysis at 5%: errors: inconclusive 13 times".into());
+        let lines = rollout_lines(&r);
+        let paused = lines
+            .iter()
+            .find(|l| l.starts_with("  paused    "))
+            .expect("a paused line");
+        assert!(
+            paused.contains("analysis could not judge")
+                && paused.contains("`ferry resume` measures again"),
+            "{paused}"
+        );
+        r.paused_by_hand = true;
+        let lines = rollout_lines(&r);
+        assert!(
+            lines.iter().any(|l| l.starts_with("  paused    by hand")),
             "{lines:#?}"
         );
     }
