@@ -18,9 +18,17 @@
 
 pub mod isolation;
 mod logs;
+mod process;
 mod procfs;
 pub mod redact;
+pub mod runtime;
 mod supervise;
+pub mod task;
+
+pub use runtime::{
+    BoxFuture, ContainerSpec, Instance, LogLines, RegistryAuth, Runtime, TaskEnd, TaskOutcome,
+    TaskOutput, TaskSpec,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -62,6 +70,9 @@ pub struct ReplicaSpec {
     pub health: HealthSpec,
     /// How long `stop` waits after SIGTERM before SIGKILL.
     pub stop_timeout: Duration,
+    /// The image and its settings, for a container runtime (`argv` is then the optional
+    /// command); the process runtime ignores it.
+    pub container: Option<ContainerSpec>,
 }
 
 /// HTTP health check: `GET http://127.0.0.1:{port}{path}`, 2xx is a success. An empty
@@ -110,11 +121,9 @@ pub struct ReplicaStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeEvent {
-    /// A process was started (first start or restart): persist `identity` to re-adopt it.
-    Started {
-        id: String,
-        identity: ProcessIdentity,
-    },
+    /// A replica was started (first start or restart): persist a process `instance`'s
+    /// identity to re-adopt it.
+    Started { id: String, instance: Instance },
     /// Reached `healthy_threshold` consecutive successful checks (from Starting or Unhealthy).
     Healthy { id: String },
     /// Was healthy, then failed `unhealthy_threshold` consecutive checks.
@@ -173,6 +182,37 @@ pub enum RuntimeError {
     AlreadySupervised { id: String, pid: Option<u32> },
     #[error("replica {id}: process {pid} still runs after SIGKILL")]
     StopFailed { id: String, pid: u32 },
+    #[error("task {name}: empty command")]
+    EmptyCommand { name: String },
+    #[error("task {name}: working directory {} does not exist", dir.display())]
+    TaskDir { name: String, dir: PathBuf },
+    #[error("task {name}: cannot start {program:?}: {source}")]
+    TaskStart {
+        name: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("replica {id}: a container runtime needs an `image:` for its service")]
+    NoImage { id: String },
+    #[error(
+        "{what}: image {image} would run as root (uid 0): set `user:` to a non-root uid, or `allow_root: true` to allow it explicitly"
+    )]
+    RootRefused { what: String, image: String },
+    #[error("pulling image {image} failed: {message}")]
+    Pull { image: String, message: String },
+    #[error("{what}: {source}")]
+    Engine {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("task {id}: waiting for it failed: {source}")]
+    Wait {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot reserve a free port on 127.0.0.1: {0}")]
     FreePort(#[source] std::io::Error),
 }
@@ -332,7 +372,7 @@ impl ProcessRuntime {
         drop(replicas);
         inner.emit(RuntimeEvent::Started {
             id: replica.spec.id.clone(),
-            identity,
+            instance: Instance::Process(identity),
         });
         tokio::spawn(supervise::supervise(
             inner.clone(),
@@ -457,6 +497,14 @@ impl ProcessRuntime {
             .replicas()
             .get(id)
             .and_then(|replica| replica.shared().identity)
+    }
+
+    /// The port a supervised replica listens on.
+    pub fn port(&self, id: &str) -> Option<u16> {
+        self.inner
+            .replicas()
+            .get(id)
+            .map(|replica| replica.spec.port)
     }
 
     /// `log_dir/<id>.log`.

@@ -279,7 +279,7 @@ pub(crate) async fn supervise(inner: Arc<Inner>, replica: Arc<Replica>, first: P
                     }
                     inner.emit(RuntimeEvent::Started {
                         id: id.clone(),
-                        identity,
+                        instance: crate::Instance::Process(identity),
                     });
                     break Proc::Own { child, identity };
                 }
@@ -403,7 +403,11 @@ fn set_healthy(inner: &Inner, replica: &Replica) {
     });
 }
 
-async fn check(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn check(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     let timeout = if timeout.is_zero() {
         Duration::from_secs(1)
     } else {

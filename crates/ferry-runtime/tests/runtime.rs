@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::model::ReplicaState;
 use ferry_runtime::{
-    HealthSpec, ProcessIdentity, ProcessRuntime, ReplicaSpec, RuntimeError, RuntimeEvent,
+    HealthSpec, Instance, ProcessIdentity, ProcessRuntime, ReplicaSpec, RuntimeError, RuntimeEvent,
     free_port, kill_process_group, process_identity,
 };
 use nix::sys::signal::{Signal, killpg};
@@ -56,6 +56,7 @@ fn spec(id: &str, argv: &[&str], port: u16) -> ReplicaSpec {
             unhealthy_threshold: 2,
         },
         stop_timeout: Duration::from_secs(5),
+        container: None,
     }
 }
 
@@ -151,7 +152,7 @@ async fn start_becomes_healthy_then_stop_removes_the_process() {
         started,
         RuntimeEvent::Started {
             id: "web-1".into(),
-            identity
+            instance: Instance::Process(identity)
         }
     );
     wait_event(
@@ -352,11 +353,14 @@ async fn crash_is_restarted_with_a_new_pid() {
     let second = match wait_event(
         &mut rx,
         "restart",
-        |e| matches!(e, RuntimeEvent::Started { identity, .. } if *identity != first),
+        |e| matches!(e, RuntimeEvent::Started { instance, .. } if instance.process() != Some(first)),
     )
     .await
     {
-        RuntimeEvent::Started { identity, .. } => identity,
+        RuntimeEvent::Started {
+            instance: Instance::Process(identity),
+            ..
+        } => identity,
         other => panic!("{other:?}"),
     };
     reaper.watch(second.pid);
@@ -471,7 +475,10 @@ async fn adopted_process_that_exits_is_restarted() {
     })
     .await
     {
-        RuntimeEvent::Started { identity, .. } => identity,
+        RuntimeEvent::Started {
+            instance: Instance::Process(identity),
+            ..
+        } => identity,
         other => panic!("{other:?}"),
     };
     reaper.watch(new.pid);

@@ -275,15 +275,16 @@ impl Controller {
 
     async fn on_runtime_event(&self, event: RuntimeEvent) {
         let (id, message) = match &event {
-            RuntimeEvent::Started { id, identity } => {
-                if let Err(e) = self
-                    .store
-                    .set_replica_process(id, identity.pid, identity.start_time)
-                    .await
+            RuntimeEvent::Started { id, instance } => {
+                if let Some(identity) = instance.process()
+                    && let Err(e) = self
+                        .store
+                        .set_replica_process(id, identity.pid, identity.start_time)
+                        .await
                 {
                     tracing::error!(replica = %id, error = %e, "could not record the replica's pid");
                 }
-                (id, format!("started (pid {})", identity.pid))
+                (id, format!("started ({instance})"))
             }
             RuntimeEvent::Healthy { id } => (id, "healthy".to_string()),
             RuntimeEvent::Unhealthy { id, reason } => (id, format!("unhealthy: {reason}")),
@@ -2422,6 +2423,7 @@ fn replica_spec(
             unhealthy_threshold: health.unhealthy_threshold,
         },
         stop_timeout: service.stop_timeout.get(),
+        container: None,
     })
 }
 

@@ -22,6 +22,9 @@ use crate::api::{ApiFailure, ApiResult, AppState};
 use crate::clock::now_ms;
 use crate::lock;
 
+/// The most of a command check's stdout (and of its stderr) kept to explain it (the tail).
+const CHECK_OUTPUT_BYTES: usize = 64 * 1024;
+
 /// Whether a deployment still waits at its gates (and so may run checks, get overrides and
 /// show its gate rows in `ferry status`).
 pub fn waiting(state: DeploymentState) -> bool {
@@ -230,53 +233,40 @@ impl CheckRunner {
             };
         }
         let argv: Vec<String> = check.run.iter().flatten().map(|a| fill(a)).collect();
-        let Some((program, args)) = argv.split_first() else {
+        let Some(program) = argv.first() else {
             return (false, "the check has neither `http` nor `run`".into());
         };
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(args)
-            .envs(&subject.command_env.vars)
-            .env("VERSION", &subject.version)
-            .env("FERRY_ENV", &subject.env)
-            .env("FERRY_APP", &subject.app)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            // Its own group, so that a timeout stops what it started too (`sh -c` children):
-            // the group goes while its leader still lives, so it is not dropped-and-killed.
-            .process_group(0)
-            .kill_on_drop(false);
-        if let Some(dir) = &subject.base_dir {
-            command.current_dir(dir);
-        }
-        let child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) => return (false, format!("cannot run {program}: {e}")),
+        let mut env_vars = subject.command_env.vars.clone();
+        env_vars.insert("VERSION".into(), subject.version.clone());
+        env_vars.insert("FERRY_ENV".into(), subject.env.clone());
+        env_vars.insert("FERRY_APP".into(), subject.app.clone());
+        let task = ferry_runtime::TaskSpec {
+            name: format!("check-{}", check.name),
+            app: subject.app.clone(),
+            env: subject.env.clone(),
+            argv: argv.clone(),
+            env_vars,
+            cwd: subject.base_dir.clone(),
+            timeout,
+            output: ferry_runtime::TaskOutput::Capture {
+                max_bytes: CHECK_OUTPUT_BYTES,
+            },
+            container: None,
         };
-        let identity = child.id().and_then(ferry_runtime::process_identity);
-        let finished = tokio::time::timeout(timeout, child.wait_with_output()).await;
-        if finished.is_err()
-            && let Some(identity) = identity
-        {
-            ferry_runtime::kill_process_group(&identity, std::time::Duration::from_secs(1)).await;
-        }
-        match finished {
-            Ok(Ok(output)) => {
-                let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-                text.push('\n');
-                text.push_str(&String::from_utf8_lossy(&output.stderr));
-                let (passed, why) = gates::judge_exit(output.status.code(), &text);
-                (passed, subject.command_env.redact(why))
-            }
-            Ok(Err(e)) => (false, format!("cannot run {program}: {e}")),
-            Err(_) => (
+        match ferry_runtime::task::run(task, None).await {
+            Ok(outcome) if outcome.end == ferry_runtime::TaskEnd::TimedOut => (
                 false,
                 format!(
                     "{program} did not finish within {}",
                     gates::compact(timeout)
                 ),
             ),
+            Ok(outcome) => {
+                let text = format!("{}\n{}", outcome.stdout, outcome.stderr);
+                let (passed, why) = gates::judge_exit(outcome.end.code(), &text);
+                (passed, subject.command_env.redact(why))
+            }
+            Err(e) => (false, format!("cannot run {program}: {e}")),
         }
     }
 }

@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use ferry_core::hooks::{self, Decision, HookPhase, RunState, Step};
 use ferry_core::manifest::{Hook, HttpHook, Manifest, Migration, OnInterrupt};
-use ferry_runtime::ProcessIdentity;
+use ferry_runtime::{Instance, ProcessIdentity, TaskEnd, TaskOutput, TaskSpec};
 use ferry_store::{AppRecord, DeploymentRecord, HookRunRecord, NewHookRun, Store};
-use tokio::process::Command;
 
 use crate::clock::now_ms;
 use crate::error::ServerError;
@@ -585,74 +584,38 @@ enum Failure {
 }
 
 async fn run_command(store: &Store, a: &Attempt, argv: &[String]) -> Result<(), Failure> {
-    let Some((program, args)) = argv.split_first() else {
-        return Err(Failure::Other("empty command".into()));
+    let spec = TaskSpec {
+        name: format!("hook-{}-{}", a.job.name, a.run.id),
+        app: String::new(),
+        env: String::new(),
+        argv: argv.to_vec(),
+        env_vars: a.env.clone(),
+        cwd: a.cwd.clone(),
+        timeout: a.job.timeout,
+        output: TaskOutput::File {
+            path: a.output.clone(),
+            max_bytes: MAX_OUTPUT_BYTES,
+        },
+        container: None,
     };
-    let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&a.output)
-    };
-    let (out, err) = match (open(), open()) {
-        (Ok(out), Ok(err)) => (out, err),
-        (Err(e), _) | (_, Err(e)) => {
-            return Err(Failure::Other(format!(
-                "cannot open {}: {e}",
-                a.output.display()
-            )));
+    // Persist, then wait: the pid is recorded as soon as the task runs.
+    let (started, instance) = tokio::sync::oneshot::channel();
+    let record = async {
+        if let Ok(identity) = instance.await.map(|i: Instance| i.process())
+            && let Some(identity) = identity
+            && let Err(e) = store
+                .set_hook_run_process(a.run.id, identity.pid, identity.start_time)
+                .await
+        {
+            tracing::error!(run = a.run.id, error = %e, "could not record the hook's pid");
         }
     };
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .kill_on_drop(false)
-        .envs(&a.env);
-    if let Some(cwd) = &a.cwd {
-        command.current_dir(cwd);
-    }
-    let mut child = command
-        .spawn()
-        .map_err(|e| Failure::Other(format!("cannot start {program:?}: {e}")))?;
-    let identity = child.id().and_then(ferry_runtime::process_identity);
-    if let Some(identity) = identity
-        && let Err(e) = store
-            .set_hook_run_process(a.run.id, identity.pid, identity.start_time)
-            .await
-    {
-        tracing::error!(run = a.run.id, error = %e, "could not record the hook's pid");
-    }
-    // Wait, keeping the output file within bounds while the hook writes.
-    let waited = tokio::time::timeout(a.job.timeout, async {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                status = child.wait() => return status,
-                _ = tick.tick() => trim_running_output(&a.output),
-            }
-        }
-    })
-    .await;
-    match waited {
-        Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => {
-            // The hook is done; anything it left behind in its group goes too.
-            if let Some(identity) = identity {
-                ferry_runtime::kill_process_group(&identity, Duration::from_secs(1)).await;
-            }
-            Err(Failure::Exit(status.code().map(i64::from)))
-        }
-        Ok(Err(e)) => Err(Failure::Other(format!("waiting for the hook: {e}"))),
-        Err(_) => {
-            if let Some(identity) = identity {
-                ferry_runtime::kill_process_group(&identity, Duration::from_secs(2)).await;
-            }
-            let _ = child.kill().await;
-            let _ = child.wait().await;
+    let (outcome, ()) = tokio::join!(ferry_runtime::task::run(spec, Some(started)), record);
+    match outcome.map_err(|e| Failure::Other(e.to_string()))?.end {
+        TaskEnd::Exited(0) => Ok(()),
+        TaskEnd::Exited(code) => Err(Failure::Exit(Some(i64::from(code)))),
+        TaskEnd::Signalled(_) => Err(Failure::Exit(None)),
+        TaskEnd::TimedOut => {
             append_line(
                 &a.output,
                 &format!(
@@ -725,38 +688,6 @@ fn append_line(path: &Path, line: &str) {
     }
 }
 
-/// While a hook runs: once its output passes 4× the cap, keep only the last cap's worth
-/// (lines written during the trim may be lost; the file stays bounded).
-fn trim_running_output(path: &Path) {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    let Ok(len) = std::fs::metadata(path).map(|m| m.len()) else {
-        return;
-    };
-    if len <= 4 * MAX_OUTPUT_BYTES {
-        return;
-    }
-    let Ok(mut f) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-    else {
-        return;
-    };
-    let mut tail = Vec::new();
-    if f.seek(SeekFrom::Start(len - MAX_OUTPUT_BYTES)).is_err()
-        || f.read_to_end(&mut tail).is_err()
-        || f.set_len(0).is_err()
-        || f.seek(SeekFrom::Start(0)).is_err()
-    {
-        return;
-    }
-    let _ = writeln!(
-        f,
-        "--- output truncated to its last {MAX_OUTPUT_BYTES} bytes ---"
-    );
-    let _ = f.write_all(&tail);
-}
-
 /// Caps the output (keeping the tail) and redacts secret values.
 fn finalize_output(path: &Path, secrets: &[String]) {
     let Ok(bytes) = std::fs::read(path) else {
@@ -816,26 +747,6 @@ mod tests {
         assert!(text.starts_with("--- output truncated"), "{}", &text[..60]);
         assert!(text.ends_with("\nEND\n"));
         assert!(text.len() as u64 <= MAX_OUTPUT_BYTES + 100);
-    }
-
-    #[test]
-    fn running_output_is_trimmed_past_four_caps() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("out.log");
-        std::fs::write(&path, "y".repeat(MAX_OUTPUT_BYTES as usize)).expect("write");
-        trim_running_output(&path);
-        assert_eq!(
-            std::fs::metadata(&path).expect("meta").len(),
-            MAX_OUTPUT_BYTES,
-            "small files are left alone"
-        );
-        std::fs::write(&path, "z".repeat(5 * MAX_OUTPUT_BYTES as usize)).expect("write");
-        trim_running_output(&path);
-        let len = std::fs::metadata(&path).expect("meta").len();
-        assert!(
-            len > MAX_OUTPUT_BYTES && len < MAX_OUTPUT_BYTES + 100,
-            "{len}"
-        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ use ferry_core::progressive::{self, Command, Plan, Progress};
 use ferry_proxy::stats::{StatsSnapshot, decode_histogram};
 use serde::{Deserialize, Serialize};
 
+/// The most of a command analysis' stdout (and of its stderr) judged (the tail).
+const COMMAND_OUTPUT_BYTES: usize = 64 * 1024;
+
 /// What a progressive deployment keeps in its `phase` column.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Phase {
@@ -232,28 +235,35 @@ impl Meter {
                 }
             }
             Some(Source::Command(check)) => {
-                let Some((program, args)) = check.run.split_first() else {
+                let Some(program) = check.run.first() else {
                     return Observation::Error("empty command".into());
                 };
-                let mut command = tokio::process::Command::new(program);
-                command
-                    .args(args)
-                    .kill_on_drop(true)
-                    .stdin(std::process::Stdio::null());
-                if let Some(dir) = &subject.base_dir {
-                    command.current_dir(dir);
-                }
-                match tokio::time::timeout(check.timeout.get(), command.output()).await {
-                    Ok(Ok(output)) => {
-                        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-                        text.push_str(&String::from_utf8_lossy(&output.stderr));
-                        observe_command(output.status.code(), &text)
+                // Its own process group, so a timeout stops what it started too.
+                let task = ferry_runtime::TaskSpec {
+                    name: format!("analysis-{program}"),
+                    app: subject.app.to_string(),
+                    env: subject.env.to_string(),
+                    argv: check.run.clone(),
+                    env_vars: BTreeMap::new(),
+                    cwd: subject.base_dir.clone(),
+                    timeout: check.timeout.get(),
+                    output: ferry_runtime::TaskOutput::Capture {
+                        max_bytes: COMMAND_OUTPUT_BYTES,
+                    },
+                    container: None,
+                };
+                match ferry_runtime::task::run(task, None).await {
+                    Ok(outcome) if outcome.end == ferry_runtime::TaskEnd::TimedOut => {
+                        Observation::Error(format!(
+                            "{program} did not finish within {}",
+                            check.timeout
+                        ))
                     }
-                    Ok(Err(e)) => Observation::Error(format!("cannot run {program}: {e}")),
-                    Err(_) => Observation::Error(format!(
-                        "{program} did not finish within {}",
-                        check.timeout
-                    )),
+                    Ok(outcome) => {
+                        let text = outcome.stdout + &outcome.stderr;
+                        observe_command(outcome.end.code(), &text)
+                    }
+                    Err(e) => Observation::Error(format!("cannot run {program}: {e}")),
                 }
             }
             Some(Source::Prometheus(query)) => {
@@ -383,5 +393,50 @@ mod tests {
         assert_eq!((green.requests, green.errors_5xx), (40, 4));
         let blue = &cumulative(&stats, "shop/production", "1.0.0")["web"];
         assert_eq!((blue.requests, blue.errors_5xx), (500, 0));
+    }
+
+    /// True while `pid` runs (a zombie waiting for init to reap it counts as gone).
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit(')').next().map(str::to_string))
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_command_analysis_leaves_no_process_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metric: MetricSpec = serde_json::from_value(serde_json::json!({
+            "name": "probe",
+            "command": {
+                "run": ["sh", "-c", "sleep 300 & echo $! > first.pid; sleep 300 & echo $! > second.pid; wait"],
+                "timeout": "500ms"
+            }
+        }))
+        .expect("metric");
+        let subject = Subject {
+            app: "shop",
+            env: "production",
+            listener: "shop/production",
+            canary: "2.0.0",
+            stable: "1.0.0",
+            base_dir: Some(dir.path().to_path_buf()),
+        };
+        let observation = Meter::default().observe(&metric, &subject).await;
+        match &observation {
+            Observation::Error(why) => assert!(why.contains("did not finish"), "{why}"),
+            other => panic!("a timed-out command is inconclusive, got {other:?}"),
+        }
+        for file in ["first.pid", "second.pid"] {
+            let pid: u32 = std::fs::read_to_string(dir.path().join(file))
+                .expect("the command wrote its child's pid")
+                .trim()
+                .parse()
+                .expect("a pid");
+            assert!(
+                !running(pid),
+                "the command's child {pid} outlived the analysis timeout"
+            );
+        }
     }
 }
