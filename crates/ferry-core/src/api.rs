@@ -2,9 +2,42 @@
 //!
 //! Times are milliseconds since the Unix epoch (`*_ms`).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::{DeploymentState, ReplicaState};
+
+/// Largest request body the server reads (a manifest travels in one, JSON-escaped); the
+/// CLI refuses to send more, so both sides say the same.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Longest message (in characters) an error repeats: input quoted in an error is cut.
+pub const MAX_MESSAGE_CHARS: usize = 512;
+
+/// `text` if it has at most `max` characters; else its start and end around
+/// `…(cut N of M bytes)…`, so that an error quoting a 20 MB value stays one short line.
+pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    let Some((head_end, _)) = text.char_indices().nth(max) else {
+        return Cow::Borrowed(text);
+    };
+    let head = max * 2 / 3;
+    let tail = max - head;
+    let head_end = text.char_indices().nth(head).map_or(head_end, |(i, _)| i);
+    let tail_start = text
+        .char_indices()
+        .rev()
+        .nth(tail.saturating_sub(1))
+        .map_or(text.len(), |(i, _)| i)
+        .max(head_end);
+    Cow::Owned(format!(
+        "{}…(cut {} of {} bytes)…{}",
+        &text[..head_end],
+        tail_start - head_end,
+        text.len(),
+        &text[tail_start..]
+    ))
+}
 
 /// Every error answer of the API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -293,4 +326,20 @@ pub struct HookRunView {
 pub struct HookOutput {
     pub run: HookRunView,
     pub output: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_with_its_length() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("0123456789", 10), "0123456789");
+        let long = "é".repeat(30);
+        let cut = clip(&long, 9);
+        assert_eq!(cut, format!("éééééé…(cut 42 of 60 bytes)…ééé"));
+        let huge = "x".repeat(20_000_000);
+        assert!(clip(&huge, MAX_MESSAGE_CHARS).len() < 600);
+    }
 }

@@ -13,6 +13,13 @@
 //! `${FERRY_APP}`, `${FERRY_ENV}`, `${FERRY_SERVICE}`); `$${` is a literal `${`; any other
 //! `$` is left alone. Secrets are never visible to templates, so no template can copy a
 //! secret into a visible value. Pure: no I/O.
+//!
+//! Templating is bounded, because a manifest is caller input: references nest at most
+//! [`MAX_TEMPLATE_DEPTH`] levels, one value expands to at most [`MAX_VALUE_BYTES`], the
+//! variables of one replica to at most [`MAX_EXPANDED_BYTES`] together, a map holds at most
+//! [`MAX_VARIABLES`] variables, and checking a whole manifest does at most
+//! [`MAX_CHECK_WORK`] bytes of templating work. Each bound, when reached, is an error at the
+//! variable that reached it; nothing is expanded past it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -26,6 +33,24 @@ use crate::manifest::Manifest;
 pub const BUILTINS: [&str; 4] = ["VERSION", "FERRY_APP", "FERRY_ENV", "FERRY_SERVICE"];
 /// Version used to check templates at apply time (no release is known then).
 pub const CHECK_VERSION: &str = "0.0.0";
+
+/// Deepest chain of references (`A` uses `B` uses `C`…) a template may follow.
+pub const MAX_TEMPLATE_DEPTH: usize = 16;
+/// Largest value one variable may expand to: Linux refuses to start a process with a
+/// longer environment string (`MAX_ARG_STRLEN`, 128 KiB).
+pub const MAX_VALUE_BYTES: usize = 128 * 1024;
+/// Largest total of the variables one replica (or hook) receives from the manifest.
+pub const MAX_EXPANDED_BYTES: usize = 1024 * 1024;
+/// Longest value a placeholder of another template (`${VERSION}` in `run`, `{{app}}` in an
+/// analysis query…) stands for: a version (128 bytes; names are shorter).
+pub const MAX_PLACEHOLDER_BYTES: usize = 128;
+/// Most variables one map (`vars`, an environment's `vars`, a service's `env`) may hold.
+pub const MAX_VARIABLES: usize = 1000;
+/// Most templating work (bytes read plus bytes written) checking one manifest may take, over
+/// all its environments × services.
+pub const MAX_CHECK_WORK: usize = 64 * 1024 * 1024;
+/// Errors one resolution reports before it stops.
+const MAX_ERRORS: usize = 100;
 
 /// Where an effective variable's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -118,6 +143,31 @@ pub enum ConfigError {
     Unclosed {
         path: Vec<String>,
     },
+    /// References nest deeper than [`MAX_TEMPLATE_DEPTH`]; `chain` is the way down.
+    TooDeep {
+        path: Vec<String>,
+        chain: Vec<String>,
+    },
+    /// One value would be longer than [`MAX_VALUE_BYTES`].
+    ValueTooLarge {
+        path: Vec<String>,
+        name: String,
+    },
+    /// One replica's variables would total more than [`MAX_EXPANDED_BYTES`].
+    TotalTooLarge {
+        path: Vec<String>,
+    },
+    /// A map holds more than [`MAX_VARIABLES`] variables.
+    TooMany {
+        path: Vec<String>,
+        count: usize,
+    },
+    /// Checking the manifest would take more than [`MAX_CHECK_WORK`] bytes of templating.
+    TooMuchWork {
+        path: Vec<String>,
+        environments: usize,
+        services: usize,
+    },
 }
 
 impl ConfigError {
@@ -126,9 +176,26 @@ impl ConfigError {
         match self {
             ConfigError::UnknownVariable { path, .. }
             | ConfigError::Cycle { path, .. }
-            | ConfigError::Unclosed { path } => path,
-            _ => &[],
+            | ConfigError::Unclosed { path }
+            | ConfigError::TooDeep { path, .. }
+            | ConfigError::ValueTooLarge { path, .. }
+            | ConfigError::TotalTooLarge { path }
+            | ConfigError::TooMany { path, .. }
+            | ConfigError::TooMuchWork { path, .. } => path,
+            ConfigError::UnknownEnvironment(_) | ConfigError::UnknownService(_) => &[],
         }
+    }
+
+    /// A bound of templating was reached (the rest was not expanded).
+    pub fn is_bound(&self) -> bool {
+        matches!(
+            self,
+            ConfigError::TooDeep { .. }
+                | ConfigError::ValueTooLarge { .. }
+                | ConfigError::TotalTooLarge { .. }
+                | ConfigError::TooMany { .. }
+                | ConfigError::TooMuchWork { .. }
+        )
     }
 
     /// The message without the path.
@@ -155,6 +222,26 @@ impl ConfigError {
                 )
             }
             ConfigError::Unclosed { .. } => "`${` is missing its closing `}`".to_string(),
+            ConfigError::TooDeep { chain, .. } => format!(
+                "variables reference each other more than {MAX_TEMPLATE_DEPTH} levels deep: {}",
+                elide(chain, 3).join(" -> ")
+            ),
+            ConfigError::ValueTooLarge { name, .. } => format!(
+                "`{name}` expands to more than {MAX_VALUE_BYTES} bytes (the limit of one value)"
+            ),
+            ConfigError::TotalTooLarge { .. } => format!(
+                "the variables of one replica expand to more than {MAX_EXPANDED_BYTES} bytes in total (the limit)"
+            ),
+            ConfigError::TooMany { count, .. } => {
+                format!("{count} variables, more than the limit of {MAX_VARIABLES}")
+            }
+            ConfigError::TooMuchWork {
+                environments,
+                services,
+                ..
+            } => format!(
+                "templating {environments} environment(s) × {services} service(s) takes more than {MAX_CHECK_WORK} bytes of work (the limit)"
+            ),
         }
     }
 
@@ -183,7 +270,19 @@ impl ConfigError {
             )),
             ConfigError::Cycle { .. } => Some("make one of them a literal value".into()),
             ConfigError::Unclosed { .. } => Some("write `$${` for a literal `${`".into()),
-            _ => None,
+            ConfigError::TooDeep { .. } => {
+                Some("reference fewer variables in a row; write some values out".into())
+            }
+            ConfigError::ValueTooLarge { .. } | ConfigError::TotalTooLarge { .. } => Some(
+                "a value that repeats a variable (e.g. `${A}${A}`) doubles at each level; keep large data in a file the process reads".into(),
+            ),
+            ConfigError::TooMany { .. } => {
+                Some("keep large configuration in a file the process reads".into())
+            }
+            ConfigError::TooMuchWork { .. } => {
+                Some("move shared large values out of `vars` into a file the process reads".into())
+            }
+            ConfigError::UnknownEnvironment(_) | ConfigError::UnknownService(_) => None,
         }
     }
 }
@@ -203,6 +302,17 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// `items` with the middle replaced by `…` when there are more than `2 * keep`.
+fn elide(items: &[String], keep: usize) -> Vec<String> {
+    if items.len() <= 2 * keep + 1 {
+        return items.to_vec();
+    }
+    let mut out = items[..keep].to_vec();
+    out.push(format!("… ({} more)", items.len() - 2 * keep));
+    out.extend_from_slice(&items[items.len() - keep..]);
+    out
+}
 
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,13 +362,28 @@ fn path(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
 
+/// A resolved variable: its value, how deep its references nest (0: none) and through
+/// which variable the deepest chain goes.
+#[derive(Clone)]
+struct Rendered<'a> {
+    value: String,
+    depth: usize,
+    deepest: Option<&'a str>,
+}
+
 struct Resolver<'a> {
     manifest: &'a Manifest,
     env: &'a str,
     raw: BTreeMap<&'a str, Raw<'a>>,
     builtins: BTreeMap<&'static str, String>,
-    done: BTreeMap<&'a str, Option<String>>,
+    done: BTreeMap<&'a str, Option<Rendered<'a>>>,
     errors: Vec<ConfigError>,
+    /// Bytes written so far by this resolution (bounded by [`MAX_EXPANDED_BYTES`]).
+    written: usize,
+    /// Templating work (bytes read and written) this resolution may still do.
+    work_left: usize,
+    /// Set when a bound was reached: nothing more is rendered.
+    stopped: bool,
 }
 
 impl<'a> Resolver<'a> {
@@ -268,77 +393,163 @@ impl<'a> Resolver<'a> {
         names
     }
 
+    /// Records `error`; stops the resolution when it is a bound or too many were found.
+    fn fail(&mut self, error: ConfigError, stop: bool) {
+        self.errors.push(error);
+        if stop || self.errors.len() >= MAX_ERRORS {
+            self.stopped = true;
+        }
+    }
+
+    /// Takes `bytes` of work from what is left; `false` (and stops) when it runs out.
+    fn charge(&mut self, bytes: usize, at: &[String]) -> bool {
+        match self.work_left.checked_sub(bytes) {
+            Some(left) => {
+                self.work_left = left;
+                true
+            }
+            None => {
+                let error = ConfigError::TooMuchWork {
+                    path: at.to_vec(),
+                    environments: self.manifest.environments.len(),
+                    services: self.manifest.services.len(),
+                };
+                self.fail(error, true);
+                false
+            }
+        }
+    }
+
+    /// Appends `text` to the value of `name` (at `at`), within every bound.
+    fn append(&mut self, out: &mut String, text: &str, name: &str, at: &[String]) -> bool {
+        if out.len() + text.len() > MAX_VALUE_BYTES {
+            let error = ConfigError::ValueTooLarge {
+                path: at.to_vec(),
+                name: name.to_string(),
+            };
+            self.fail(error, true);
+            return false;
+        }
+        if self.written + text.len() > MAX_EXPANDED_BYTES {
+            self.fail(ConfigError::TotalTooLarge { path: at.to_vec() }, true);
+            return false;
+        }
+        if !self.charge(text.len(), at) {
+            return false;
+        }
+        self.written += text.len();
+        out.push_str(text);
+        true
+    }
+
     /// Resolves the layered variable `name`; `None` when it (or what it references) fails.
-    fn var(&mut self, name: &'a str, stack: &mut Vec<&'a str>) -> Option<String> {
+    fn var(&mut self, name: &'a str, stack: &mut Vec<&'a str>) -> Option<Rendered<'a>> {
         if let Some(done) = self.done.get(name) {
             return done.clone();
         }
+        if self.stopped {
+            return None;
+        }
+        let at = self.raw.get(name)?.path.clone();
         if let Some(start) = stack.iter().position(|n| *n == name) {
             let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
             cycle.push(name.to_string());
-            let at = self
-                .raw
-                .get(name)
-                .map(|r| r.path.clone())
-                .unwrap_or_default();
-            self.errors.push(ConfigError::Cycle { path: at, cycle });
+            self.fail(ConfigError::Cycle { path: at, cycle }, false);
             return None;
         }
-        let raw = self.raw.get(name)?;
-        let (template, at) = (raw.template, raw.path.clone());
+        let template = self.raw[name].template;
         stack.push(name);
-        let value = self.render(template, &at, stack);
+        let rendered = self.render(template, name, &at, stack);
         stack.pop();
-        self.done.insert(name, value.clone());
-        value
+        let rendered = match rendered {
+            Some(r) if r.depth > MAX_TEMPLATE_DEPTH => {
+                let chain = self.chain(name, &r);
+                self.fail(ConfigError::TooDeep { path: at, chain }, true);
+                None
+            }
+            other => other,
+        };
+        self.done.insert(name, rendered.clone());
+        rendered
     }
 
+    /// The deepest chain of references from `name` (resolved as `r`).
+    fn chain(&self, name: &'a str, r: &Rendered<'a>) -> Vec<String> {
+        let mut chain = vec![name.to_string()];
+        let mut next = r.deepest;
+        while let Some(n) = next {
+            chain.push(n.to_string());
+            next = self
+                .done
+                .get(n)
+                .and_then(|d| d.as_ref())
+                .and_then(|d| d.deepest);
+        }
+        chain
+    }
+
+    /// Renders `template`, the value of `name` at `at`. The stack of variables being
+    /// resolved never grows past [`MAX_TEMPLATE_DEPTH`] + 1: deeper is an error anyway.
     fn render(
         &mut self,
         template: &'a str,
+        name: &str,
         at: &[String],
         stack: &mut Vec<&'a str>,
-    ) -> Option<String> {
+    ) -> Option<Rendered<'a>> {
+        if self.stopped || !self.charge(template.len(), at) {
+            return None;
+        }
         let Ok(pieces) = parse_template(template) else {
-            self.errors
-                .push(ConfigError::Unclosed { path: at.to_vec() });
+            self.fail(ConfigError::Unclosed { path: at.to_vec() }, false);
             return None;
         };
-        let mut out = String::new();
+        let mut out = Rendered {
+            value: String::new(),
+            depth: 0,
+            deepest: None,
+        };
         let mut ok = true;
         for piece in pieces {
+            if self.stopped {
+                return None;
+            }
             match piece {
-                Piece::Text(t) => out.push_str(&t),
-                Piece::Ref(name) => {
-                    if let Some(v) = self.builtins.get(name.as_str()) {
-                        out.push_str(v);
+                Piece::Text(t) => {
+                    if !self.append(&mut out.value, &t, name, at) {
+                        return None;
+                    }
+                }
+                Piece::Ref(reference) => {
+                    if let Some(v) = self.builtins.get(reference.as_str()) {
+                        let v = v.clone();
+                        if !self.append(&mut out.value, &v, name, at) {
+                            return None;
+                        }
                         continue;
                     }
                     // Borrow the key from the map so that it lives as long as the resolver.
-                    let key = self.raw.keys().copied().find(|k| *k == name);
+                    let key = self.raw.get_key_value(reference.as_str()).map(|(k, _)| *k);
                     match key {
+                        Some(key) if stack.len() > MAX_TEMPLATE_DEPTH => {
+                            // Deeper than allowed whatever `key` holds.
+                            out.depth = out.depth.max(stack.len());
+                            out.deepest = Some(key);
+                        }
                         Some(key) => match self.var(key, stack) {
-                            Some(v) => out.push_str(&v),
+                            Some(v) => {
+                                if v.depth + 1 > out.depth {
+                                    out.depth = v.depth + 1;
+                                    out.deepest = Some(key);
+                                }
+                                if !self.append(&mut out.value, &v.value, name, at) {
+                                    return None;
+                                }
+                            }
                             None => ok = false,
                         },
                         None => {
-                            let known = self.known();
-                            let suggestion =
-                                crate::manifest::closest(&name, &known).map(str::to_string);
-                            let defined_in = self
-                                .manifest
-                                .environments
-                                .iter()
-                                .filter(|(_, e)| e.vars.contains_key(&name))
-                                .map(|(n, _)| n.to_string())
-                                .collect();
-                            self.errors.push(ConfigError::UnknownVariable {
-                                path: at.to_vec(),
-                                name,
-                                suggestion,
-                                env: self.env.to_string(),
-                                defined_in,
-                            });
+                            self.unknown(reference, at);
                             ok = false;
                         }
                     }
@@ -346,6 +557,26 @@ impl<'a> Resolver<'a> {
             }
         }
         ok.then_some(out)
+    }
+
+    fn unknown(&mut self, name: String, at: &[String]) {
+        let known = self.known();
+        let suggestion = crate::manifest::closest(&name, &known).map(str::to_string);
+        let defined_in = self
+            .manifest
+            .environments
+            .iter()
+            .filter(|(_, e)| e.vars.contains_key(&name))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let error = ConfigError::UnknownVariable {
+            path: at.to_vec(),
+            name,
+            suggestion,
+            env: self.env.to_string(),
+            defined_in,
+        };
+        self.fail(error, false);
     }
 }
 
@@ -362,7 +593,7 @@ pub fn environment_vars(
             vec![ConfigError::UnknownEnvironment(env.to_string())],
         );
     };
-    let (r, out) = layered(manifest, env, environment, version, None);
+    let (r, out) = layered(manifest, env, environment, version, None, MAX_CHECK_WORK);
     (out.into_values().collect(), r.errors)
 }
 
@@ -374,6 +605,7 @@ fn layered<'a>(
     environment: &'a crate::manifest::Environment,
     version: &str,
     service: Option<&str>,
+    work: usize,
 ) -> (Resolver<'a>, BTreeMap<String, EffectiveVar>) {
     let mut raw: BTreeMap<&str, Raw> = BTreeMap::new();
     for (name, template) in &manifest.vars {
@@ -411,11 +643,14 @@ fn layered<'a>(
         builtins,
         done: BTreeMap::new(),
         errors: Vec::new(),
+        written: 0,
+        work_left: work,
+        stopped: false,
     };
     let mut out: BTreeMap<String, EffectiveVar> = BTreeMap::new();
     let names: Vec<&str> = r.raw.keys().copied().collect();
     for name in names {
-        if let Some(value) = r.var(name, &mut Vec::new()) {
+        if let Some(Rendered { value, .. }) = r.var(name, &mut Vec::new()) {
             let source = r.raw[name].source.clone();
             out.insert(
                 name.to_string(),
@@ -438,27 +673,41 @@ pub fn resolve(
     service: &str,
     version: &str,
 ) -> (Vec<EffectiveVar>, Vec<ConfigError>) {
+    let (vars, errors, _) = resolve_within(manifest, env, service, version, MAX_CHECK_WORK);
+    (vars, errors)
+}
+
+/// [`resolve`] with at most `work` bytes of templating work; also returns the work left.
+fn resolve_within(
+    manifest: &Manifest,
+    env: &str,
+    service: &str,
+    version: &str,
+    work: usize,
+) -> (Vec<EffectiveVar>, Vec<ConfigError>, usize) {
     let Some(environment) = manifest.environments.get(env) else {
         return (
             vec![],
             vec![ConfigError::UnknownEnvironment(env.to_string())],
+            work,
         );
     };
     let Some(svc) = manifest.services.get(service) else {
         return (
             vec![],
             vec![ConfigError::UnknownService(service.to_string())],
+            work,
         );
     };
-    let (mut r, mut out) = layered(manifest, env, environment, version, Some(service));
+    let (mut r, mut out) = layered(manifest, env, environment, version, Some(service), work);
     for (name, template) in &svc.env {
         let at = path(&["services", service, "env", name]);
         // Rendered even when shadowed, so that its mistakes are reported.
-        let value = r.render(template, &at, &mut Vec::new());
+        let value = r.render(template, name, &at, &mut Vec::new());
         if environment.vars.contains_key(name) {
             continue;
         }
-        if let Some(value) = value {
+        if let Some(Rendered { value, .. }) = value {
             out.insert(
                 name.clone(),
                 EffectiveVar {
@@ -482,7 +731,7 @@ pub fn resolve(
     let mut errors = r.errors;
     let mut seen = BTreeSet::new();
     errors.retain(|e| seen.insert(e.to_string()));
-    (out.into_values().collect(), errors)
+    (out.into_values().collect(), errors, r.work_left)
 }
 
 /// The effective variables of `service` in `env` for `version` (see [`resolve`]); the
@@ -519,17 +768,38 @@ pub fn with_secrets(vars: Vec<EffectiveVar>, secrets: &[SecretRef]) -> Vec<Effec
 }
 
 /// Every template mistake of a manifest, for every environment × service, once each.
-/// Checked with version [`CHECK_VERSION`].
+/// Checked with version [`CHECK_VERSION`], within every bound (see the module's doc): a
+/// map with more than [`MAX_VARIABLES`] is reported without expanding anything.
 pub fn check(manifest: &Manifest) -> Vec<ConfigError> {
+    let mut maps = vec![(path(&["vars"]), manifest.vars.len())];
+    for (name, e) in manifest.environments.iter() {
+        maps.push((path(&["environments", name, "vars"]), e.vars.len()));
+    }
+    for (name, s) in &manifest.services {
+        maps.push((path(&["services", name, "env"]), s.env.len()));
+    }
+    let too_many: Vec<ConfigError> = maps
+        .into_iter()
+        .filter(|(_, count)| *count > MAX_VARIABLES)
+        .map(|(path, count)| ConfigError::TooMany { path, count })
+        .collect();
+    if !too_many.is_empty() {
+        return too_many;
+    }
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
-    for (env, _) in manifest.environments.iter() {
+    let mut work = MAX_CHECK_WORK;
+    'all: for (env, _) in manifest.environments.iter() {
         for service in manifest.services.keys() {
-            let (_, found) = resolve(manifest, env, service, CHECK_VERSION);
+            let (_, found, left) = resolve_within(manifest, env, service, CHECK_VERSION, work);
+            work = left;
             for e in found {
                 if seen.insert(e.to_string()) {
                     errors.push(e);
                 }
+            }
+            if errors.len() >= MAX_ERRORS || errors.iter().any(ConfigError::is_bound) {
+                break 'all;
             }
         }
     }

@@ -36,6 +36,10 @@ use crate::duration::HumanDuration;
 pub const NAME_PATTERN: &str = "^[a-z][a-z0-9-]{0,62}$";
 /// Most replicas a service may run in one environment.
 pub const MAX_REPLICAS: u32 = 64;
+/// Most services one app may have.
+pub const MAX_SERVICES: usize = 100;
+/// Most environments one app may have.
+pub const MAX_ENVIRONMENTS: usize = 100;
 /// Environment variables Ferry sets for every replica; manifests may not set them.
 pub const RESERVED_VARS: [&str; 8] = [
     "PORT",
@@ -744,8 +748,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for IndexedMap<T> {
                 mut access: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut entries: Vec<(String, T)> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 while let Some((k, v)) = access.next_entry::<String, T>()? {
-                    if entries.iter().any(|(existing, _)| *existing == k) {
+                    if !seen.insert(k.clone()) {
                         return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
                     }
                     entries.push((k, v));
@@ -841,6 +846,10 @@ pub struct ManifestError {
 /// type error (unknown field, wrong type) stops parsing at that point; semantic mistakes
 /// (names, ranges, listeners, variables…) are all collected.
 pub fn parse(text: &str, file_name: &str) -> Result<Manifest, ManifestErrors> {
+    parse_unbounded(text, file_name).map_err(|e| e.bounded())
+}
+
+fn parse_unbounded(text: &str, file_name: &str) -> Result<Manifest, ManifestErrors> {
     let tree = tree::parse(text).map_err(|e| ManifestErrors {
         errors: vec![errors::from_yaml(&e, None, file_name)],
     })?;
@@ -860,6 +869,55 @@ pub fn parse(text: &str, file_name: &str) -> Result<Manifest, ManifestErrors> {
     }
     errors.sort_by_key(|e| (e.line, e.column));
     Err(ManifestErrors { errors })
+}
+
+/// The `app:` of a manifest, read without validating or expanding anything else (the API
+/// gate needs it to decide who may apply it). `None` when the text is not a YAML map.
+pub fn app_name(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct AppOnly {
+        #[serde(default)]
+        app: String,
+    }
+    serde_saphyr::from_str::<AppOnly>(text).ok().map(|a| a.app)
+}
+
+/// Most errors [`parse`] reports; a last line says how many more there were.
+pub const MAX_ERRORS: usize = 100;
+
+impl ManifestErrors {
+    /// At most [`MAX_ERRORS`] errors, each field cut to a bounded length (see
+    /// [`crate::api::clip`]): a mistake in a 20 MB value is reported in one short line.
+    fn bounded(mut self) -> ManifestErrors {
+        use crate::api::{MAX_MESSAGE_CHARS, clip};
+        let more = self.errors.len().saturating_sub(MAX_ERRORS);
+        if more > 0 {
+            let next = &self.errors[MAX_ERRORS];
+            let note = ManifestError {
+                file: next.file.clone(),
+                line: next.line,
+                column: next.column,
+                path: String::new(),
+                message: format!("{more} more error(s) from here on are not shown"),
+                hint: Some(format!("fix the first {MAX_ERRORS} and validate again")),
+            };
+            self.errors.truncate(MAX_ERRORS);
+            self.errors.push(note);
+        }
+        for e in &mut self.errors {
+            for field in [&mut e.file, &mut e.path, &mut e.message] {
+                if let std::borrow::Cow::Owned(cut) = clip(field, MAX_MESSAGE_CHARS) {
+                    *field = cut;
+                }
+            }
+            if let Some(hint) = &mut e.hint
+                && let std::borrow::Cow::Owned(cut) = clip(hint, MAX_MESSAGE_CHARS)
+            {
+                *hint = cut;
+            }
+        }
+        self
+    }
 }
 
 impl Manifest {

@@ -33,8 +33,7 @@ use crate::api::{ApiFailure, AppState, internal};
 use crate::auth::{self, Caller};
 use crate::clock::now_ms;
 
-/// Largest request body the gate buffers (manifests included).
-const MAX_BODY: usize = 8 * 1024 * 1024;
+use ferry_core::api::MAX_REQUEST_BYTES;
 
 /// What a route needs from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -713,34 +712,6 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
         .map(|c| c.0.ip().to_string());
     let (mut parts, body) = request.into_parts();
     let params = raw_params(&mut parts).await;
-    let bytes = if method == Method::GET {
-        Bytes::new()
-    } else {
-        match axum::body::to_bytes(body, MAX_BODY).await {
-            Ok(b) => b,
-            Err(_) => {
-                return ApiFailure::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("request bodies are limited to {MAX_BODY} bytes"),
-                )
-                .into_response();
-            }
-        }
-    };
-    // A secret's value never enters what the gate keeps for the audit record.
-    let body_json: Option<Value> = if rule.action == "secrets.set" {
-        None
-    } else {
-        serde_json::from_slice(&bytes).ok()
-    };
-    let reason = body_json
-        .as_ref()
-        .and_then(|b| b.get("reason"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or_else(|| reason_header(&parts.headers))
-        .filter(|r| !r.trim().is_empty());
     let mut seen = Seen {
         rule,
         source,
@@ -748,13 +719,13 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
         env: params.get("env").cloned(),
         target: None,
         params,
-        body: body_json,
-        reason,
+        body: None,
+        reason: reason_header(&parts.headers).filter(|r| !r.trim().is_empty()),
     };
     let slot = AuditSlot::default();
     let now = now_ms();
 
-    // 1. who
+    // 1. who: from the headers alone, before anything the caller sent is read
     let access = if rule.need == Need::Public {
         None
     } else {
@@ -771,6 +742,7 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
                 Err(e) => return internal(e).into_response(),
             },
             Ok(Err(message)) => {
+                discard(body.into_data_stream());
                 let response =
                     ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", message.clone())
                         .into_response();
@@ -789,22 +761,65 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
             Err(e) => return internal(e).into_response(),
         }
     };
-
-    // 2. may they
-    if let Some(access) = &access
-        && let Err(denied) = authorize(&state, access, &mut seen, &bytes).await
-    {
-        let outcome = denied_outcome(denied.message());
-        let actor = access.caller.name.clone();
-        record(&state, &seen, &actor, &outcome, slot).await;
-        return denied.into_response();
-    }
-
-    // 3. do it
     let actor = access
         .as_ref()
         .map(|a| a.caller.name.clone())
         .unwrap_or_else(|| "anonymous".to_string());
+
+    // 2. may they, as far as the path tells: still nothing of the body is read, so a
+    //    caller without the permission costs no parsing, however large the body
+    if let Some(access) = &access
+        && let Err(denied) = authorize(&state, access, &mut seen).await
+    {
+        discard(body.into_data_stream());
+        let outcome = denied_outcome(denied.message());
+        record(&state, &seen, &actor, &outcome, slot).await;
+        return denied.into_response();
+    }
+
+    // 3. the body, bounded
+    let bytes = if method == Method::GET {
+        Bytes::new()
+    } else {
+        match read_bounded(body).await {
+            Some(b) => b,
+            None => {
+                let failure = ApiFailure::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("request bodies are limited to {MAX_REQUEST_BYTES} bytes"),
+                );
+                if access.is_some() {
+                    record(&state, &seen, &actor, "failed: 413", slot).await;
+                }
+                return failure.into_response();
+            }
+        }
+    };
+    // A secret's value never enters what the gate keeps for the audit record.
+    if rule.action != "secrets.set" {
+        seen.body = serde_json::from_slice(&bytes).ok();
+    }
+    if let Some(reason) = seen
+        .body
+        .as_ref()
+        .and_then(|b| b.get("reason"))
+        .and_then(Value::as_str)
+        .filter(|r| !r.trim().is_empty())
+    {
+        seen.reason = Some(reason.to_string());
+    }
+
+    // 4. may they, for targets the body names
+    if let Some(access) = &access
+        && let Err(denied) = authorize_body(access, &mut seen, &bytes)
+    {
+        let outcome = denied_outcome(denied.message());
+        record(&state, &seen, &actor, &outcome, slot).await;
+        return denied.into_response();
+    }
+
+    // 5. do it
     if let Some(access) = access {
         parts.extensions.insert(access);
     }
@@ -814,7 +829,7 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
 
-    // 4. write it down
+    // 6. write it down
     let status = response.status();
     let denied = slot.0.lock().map(|n| n.denied.clone()).unwrap_or(None);
     let must = method != Method::GET || status == StatusCode::FORBIDDEN || denied.is_some();
@@ -827,6 +842,43 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
         record(&state, &seen, &actor, &outcome, slot).await;
     }
     response
+}
+
+/// The whole body if it has at most [`MAX_REQUEST_BYTES`]; else `None`, the rest being
+/// discarded (see [`discard`]).
+async fn read_bounded(body: Body) -> Option<Bytes> {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.ok()?;
+        if bytes.len() + chunk.len() > MAX_REQUEST_BYTES {
+            discard(chunks);
+            return None;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Some(bytes.freeze())
+}
+
+/// Reads and drops, in the background, the body of a request answered without it (at most
+/// 4 × [`MAX_REQUEST_BYTES`] more, for at most 30 s): a client still sending then gets to
+/// read the answer instead of a broken pipe. Nothing is kept or parsed.
+fn discard(body: impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send + 'static) {
+    use futures_util::StreamExt;
+    tokio::spawn(async move {
+        let mut body = std::pin::pin!(body);
+        let drain = async {
+            let mut read = 0;
+            while let Some(Ok(chunk)) = body.next().await {
+                read += chunk.len();
+                if read > 4 * MAX_REQUEST_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), drain).await;
+    });
 }
 
 /// `denied: <reason>` (decisions' reasons already start with `denied:`).
@@ -850,17 +902,46 @@ async fn raw_params(parts: &mut axum::http::request::Parts) -> HashMap<String, S
     into
 }
 
-/// Resolves the target and checks the rule. `Err` = the 403 (or 401-free failure) answer.
-async fn authorize(
-    state: &AppState,
-    access: &Access,
-    seen: &mut Seen,
-    bytes: &Bytes,
-) -> Result<(), ApiFailure> {
-    let forbidden = |reason: String| ApiFailure::new(StatusCode::FORBIDDEN, "forbidden", reason);
+fn forbidden(reason: String) -> ApiFailure {
+    ApiFailure::new(StatusCode::FORBIDDEN, "forbidden", reason)
+}
+
+/// Whether the rule's target is named by the request body (judged in [`authorize_body`]).
+fn body_target(target: TargetFrom) -> bool {
+    matches!(target, TargetFrom::Manifest | TargetFrom::BodyTo)
+}
+
+/// Resolves the target from the path and checks the rule, before the body is read. A
+/// target named by the body is only pre-checked here: the caller must hold the permission
+/// somewhere, or no byte of the body is read. `Err` = the 403 answer.
+async fn authorize(state: &AppState, access: &Access, seen: &mut Seen) -> Result<(), ApiFailure> {
+    if body_target(seen.rule.target) {
+        return match seen.rule.need {
+            Perm(p) | InSomeEnv(p) | Anywhere(p) if !access.anywhere(p) => Err(forbidden(format!(
+                "denied: none of your bindings gives {p} anywhere"
+            ))),
+            _ => Ok(()),
+        };
+    }
+    if seen.rule.target == TargetFrom::Deployment {
+        let id = seen.params.get("id").and_then(|id| id.parse::<i64>().ok());
+        if let Some(id) = id {
+            seen.target = Some(format!("deployment {id}"));
+            if let Some(d) = state.store.get_deployment(id).await.map_err(internal)? {
+                seen.app = Some(d.app);
+                seen.env = Some(d.env);
+            }
+            // unknown: judged as a global target, so only who may see everything
+            // learns that it doesn't exist
+        }
+    }
+    decide(access, seen, seen.rule.need)
+}
+
+/// Checks the rule against the target the body names (manifests, promotions).
+fn authorize_body(access: &Access, seen: &mut Seen, bytes: &Bytes) -> Result<(), ApiFailure> {
     let mut need = seen.rule.need;
     match seen.rule.target {
-        TargetFrom::Global | TargetFrom::App | TargetFrom::AppEnv => {}
         // releases:
         TargetFrom::BodyTo => {
             // no `to`: judged app-wide, so only who may deploy everywhere in the app learns
@@ -872,27 +953,12 @@ async fn authorize(
                 .and_then(Value::as_str)
                 .map(str::to_string);
         }
-        TargetFrom::Deployment => {
-            let id = seen.params.get("id").and_then(|id| id.parse::<i64>().ok());
-            if let Some(id) = id {
-                seen.target = Some(format!("deployment {id}"));
-                if let Some(d) = state.store.get_deployment(id).await.map_err(internal)? {
-                    seen.app = Some(d.app);
-                    seen.env = Some(d.env);
-                }
-                // unknown: judged as a global target, so only who may see everything
-                // learns that it doesn't exist
-            }
-        }
         TargetFrom::Manifest => {
+            // Only the `app:` line is read here; the handler parses and checks the rest.
             let app = serde_json::from_slice::<ApplyRequest>(bytes)
                 .ok()
-                .and_then(|r| {
-                    let file = r.file_name.as_deref().unwrap_or("ferry.yaml");
-                    ferry_core::manifest::parse(&r.manifest, file)
-                        .ok()
-                        .map(|m| m.app)
-                });
+                .and_then(|r| ferry_core::manifest::app_name(&r.manifest))
+                .filter(|app| !app.is_empty());
             match app {
                 Some(app) => seen.app = Some(app),
                 // the handler explains what is wrong with it to anyone who may apply somewhere
@@ -903,7 +969,13 @@ async fn authorize(
                 }
             }
         }
+        _ => return Ok(()),
     }
+    decide(access, seen, need)
+}
+
+/// The decision of `need` on the target `seen` has resolved.
+fn decide(access: &Access, seen: &Seen, need: Need) -> Result<(), ApiFailure> {
     let target = Target {
         app: seen.app.as_deref(),
         env: seen.env.as_deref(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use ferry_core::api::{
     ApiError, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
-    DeploymentView, PromoteRequest, RollbackRequest,
+    DeploymentView, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, PromoteRequest, RollbackRequest, clip,
 };
 use ferry_core::manifest::{self, Manifest};
 use ferry_core::rbac::{Permission, Target};
@@ -170,7 +170,50 @@ pub fn router(state: AppState) -> Router {
                 "no such endpoint; see /openapi.json",
             )
         })
+        .layer(middleware::from_fn(json_errors))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
+}
+
+/// Every error answer is the JSON error object: what the framework answers in plain text
+/// (a body that is not JSON or not declared as JSON, a path or query parameter that does
+/// not parse, a method a route does not serve) is turned into one, headers such as
+/// `Allow` kept.
+async fn json_errors(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let mut answer = ApiFailure::new(status, code, message).into_response();
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    answer.headers_mut().extend(parts.headers);
+    answer
 }
 
 /// An error answer: status code plus the `ApiError` body.
@@ -198,7 +241,16 @@ impl ApiFailure {
 }
 
 impl IntoResponse for ApiFailure {
-    fn into_response(self) -> Response {
+    /// The error object, with the message and each detail cut to a bounded length: an
+    /// error never repeats a huge value back.
+    fn into_response(mut self) -> Response {
+        let cut = |text: &mut String| {
+            if let std::borrow::Cow::Owned(short) = clip(text, MAX_MESSAGE_CHARS) {
+                *text = short;
+            }
+        };
+        cut(&mut self.body.message);
+        self.body.details.iter_mut().for_each(cut);
         (self.status, Json(self.body)).into_response()
     }
 }

@@ -476,18 +476,28 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Prints an error to stderr and returns its exit code.
+/// Prints an error to stderr (each line cut to a bounded length: an error never repeats a
+/// huge value) and returns its exit code.
 fn report(err: &anyhow::Error) -> u8 {
+    use ferry_core::api::{MAX_MESSAGE_CHARS, clip};
     let _ = std::io::stdout().flush();
     let mut stderr = std::io::stderr().lock();
     if let Some(failure) = err.downcast_ref::<Failure>() {
-        let _ = writeln!(stderr, "error: {}", failure.message);
+        let _ = writeln!(
+            stderr,
+            "error: {}",
+            clip(&failure.message, MAX_MESSAGE_CHARS)
+        );
         for line in &failure.details {
-            let _ = writeln!(stderr, "  {line}");
+            let _ = writeln!(stderr, "  {}", clip(line, MAX_MESSAGE_CHARS));
         }
         failure.code
     } else {
-        let _ = writeln!(stderr, "error: {err:#}");
+        let _ = writeln!(
+            stderr,
+            "error: {}",
+            clip(&format!("{err:#}"), MAX_MESSAGE_CHARS)
+        );
         exit::ERROR
     }
 }

@@ -471,3 +471,222 @@ fn environment_vars_are_the_layered_vars_without_any_service() {
     let (_, errors) = environment_vars(&m, "nowhere", "1.2.0");
     assert_eq!(errors.len(), 1);
 }
+
+/// A manifest whose `vars` are `T0: "x"`, then `T{i}: "${T{i-1}}${T{i-1}}"` up to `levels`.
+fn doubling(levels: usize) -> String {
+    let mut yaml = String::from("app: bomb\nvars:\n  T0: \"xxxxxxxxxxxxxxxx\"\n");
+    for i in 1..=levels {
+        yaml.push_str(&format!("  T{i}: \"${{T{}}}${{T{}}}\"\n", i - 1, i - 1));
+    }
+    yaml.push_str("services:\n  web:\n    run: [\"./web\"]\n    env:\n      ALL: \"${T");
+    yaml.push_str(&format!("{levels}}}\"\n"));
+    yaml.push_str("environments:\n  prod:\n    listen: 127.0.0.1:8080\n");
+    yaml
+}
+
+#[test]
+fn a_doubling_bomb_stops_at_the_value_bound_with_a_located_error() {
+    // 30 levels would be 16 GiB; the first value over 128 KiB (T13: 16 B × 2^13) stops it.
+    let started = std::time::Instant::now();
+    let errors = errors(&doubling(30));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let all = errors.join("\n");
+    assert!(
+        all.contains(&format!(
+            "ferry.yaml:17:8: vars.T14: `T14` expands to more than {MAX_VALUE_BYTES} bytes"
+        )) || all.contains("more than 16 levels deep"),
+        "{all}"
+    );
+    assert!(all.len() < 10_000, "errors stay short: {} bytes", all.len());
+}
+
+#[test]
+fn value_bound_is_exact() {
+    let at_limit = format!(
+        "app: a\nvars:\n  A: \"{}\"\n  B: \"${{A}}\"\nservices:\n  web:\n    run: [\"./web\"]\nenvironments:\n  prod:\n    listen: 127.0.0.1:8080\n",
+        "x".repeat(MAX_VALUE_BYTES)
+    );
+    let m = manifest(&at_limit);
+    let vars = effective(&m, "prod", "web", "1.0.0").unwrap();
+    assert_eq!(get(&vars, "B").value.len(), MAX_VALUE_BYTES);
+    let over = at_limit.replace("B: \"${A}\"", "B: \"${A}!\"");
+    let all = errors(&over).join("\n");
+    assert!(
+        all.contains(&format!(
+            "vars.B: `B` expands to more than {MAX_VALUE_BYTES} bytes"
+        )),
+        "{all}"
+    );
+}
+
+#[test]
+fn the_total_of_one_replica_is_bounded() {
+    // Nine values of 120 KiB each: each fits, together they pass 1 MiB.
+    let mut yaml = format!("app: a\nvars:\n  BIG: \"{}\"\n", "x".repeat(120 * 1024));
+    for i in 0..9 {
+        yaml.push_str(&format!("  COPY{i}: \"${{BIG}}\"\n"));
+    }
+    yaml.push_str("services:\n  web:\n    run: [\"./web\"]\nenvironments:\n  prod:\n    listen: 127.0.0.1:8080\n");
+    let all = errors(&yaml).join("\n");
+    assert!(
+        all.contains(&format!(
+            "the variables of one replica expand to more than {MAX_EXPANDED_BYTES} bytes in total"
+        )),
+        "{all}"
+    );
+}
+
+#[test]
+fn reference_depth_is_bounded() {
+    let mut yaml = String::from("app: a\nvars:\n  V0: x\n");
+    for i in 1..=MAX_TEMPLATE_DEPTH + 1 {
+        yaml.push_str(&format!("  V{i}: \"${{V{}}}\"\n", i - 1));
+    }
+    yaml.push_str("services:\n  web:\n    run: [\"./web\"]\nenvironments:\n  prod:\n    listen: 127.0.0.1:8080\n");
+    let all = errors(&yaml).join("\n");
+    assert!(
+        all.contains(&format!("more than {MAX_TEMPLATE_DEPTH} levels deep")),
+        "{all}"
+    );
+    assert!(all.contains("…"), "the chain is shortened: {all}");
+    // One level less is fine.
+    let ok = yaml.replace(
+        &format!(
+            "  V{}: \"${{V{}}}\"\n",
+            MAX_TEMPLATE_DEPTH + 1,
+            MAX_TEMPLATE_DEPTH
+        ),
+        "",
+    );
+    let m = manifest(&ok);
+    let vars = effective(&m, "prod", "web", "1.0.0").unwrap();
+    assert_eq!(get(&vars, &format!("V{MAX_TEMPLATE_DEPTH}")).value, "x");
+}
+
+#[test]
+fn variable_count_is_bounded_per_map_and_checked_fast() {
+    let count = 50_000;
+    let mut yaml = String::from("app: a\nvars:\n");
+    for i in 0..count {
+        yaml.push_str(&format!("  V{i}: \"${{V{}}}\"\n", i + 1));
+    }
+    yaml.push_str("services:\n  web:\n    run: [\"./web\"]\nenvironments:\n  prod:\n    listen: 127.0.0.1:8080\n");
+    let started = std::time::Instant::now();
+    let all = errors(&yaml).join("\n");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        all.contains(&format!(
+            "ferry.yaml:2:1: vars: {count} variables, more than the limit of {MAX_VARIABLES}"
+        )),
+        "{all}"
+    );
+}
+
+#[test]
+fn checking_many_environments_and_services_is_bounded_work() {
+    // 100 environments × 100 services, each replica with ~1 MiB of (valid) variables:
+    // 10 GiB of expansion if nothing stopped it.
+    let mut yaml = format!("app: a\nvars:\n  BIG: \"{}\"\n", "x".repeat(100 * 1024));
+    for i in 0..9 {
+        yaml.push_str(&format!("  C{i}: \"${{BIG}}\"\n"));
+    }
+    yaml.push_str("services:\n");
+    for s in 0..100 {
+        yaml.push_str(&format!(
+            "  s{s}:\n    run: [\"./web\"]\n    route: /s{s}\n"
+        ));
+    }
+    yaml.push_str("environments:\n");
+    for e in 0..100 {
+        yaml.push_str(&format!("  e{e}:\n    listen: 127.0.0.1:{}\n", 20000 + e));
+    }
+    let started = std::time::Instant::now();
+    let all = errors(&yaml).join("\n");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        all.contains(&format!(
+            "templating 100 environment(s) × 100 service(s) takes more than {MAX_CHECK_WORK} bytes of work"
+        )),
+        "{all}"
+    );
+}
+
+#[test]
+fn other_templates_are_bounded_by_their_worst_case() {
+    // `${VERSION}` in a run argument stands for up to 128 bytes: 20,000 of them would be
+    // 2.5 MB of argv.
+    let arg = "${VERSION}".repeat(20_000);
+    let yaml = format!(
+        "app: a\nservices:\n  web:\n    run: [\"./web\", \"{arg}\"]\nenvironments:\n  prod:\n    listen: 127.0.0.1:8080\n"
+    );
+    let all = errors(&yaml).join("\n");
+    assert!(
+        all.contains(&format!(
+            "ferry.yaml:4:20: services.web.run[1]: 200000 bytes with 20000 placeholder(s) may expand to {} bytes, more than the limit of {MAX_VALUE_BYTES}",
+            200_000 + 20_000 * MAX_PLACEHOLDER_BYTES
+        )),
+        "{all}"
+    );
+    // A long argument without placeholders is the caller's own text: not refused here.
+    let plain = yaml.replace(&arg, &"x".repeat(200_000));
+    manifest(&plain);
+}
+
+#[test]
+fn services_and_environments_are_counted_before_anything_else() {
+    let mut yaml = String::from("app: a\nservices:\n  web:\n    run: [\"./web\"]\nenvironments:\n");
+    for e in 0..=crate::manifest::MAX_ENVIRONMENTS {
+        yaml.push_str(&format!("  e{e}:\n    listen: 127.0.0.1:{}\n", 20000 + e));
+    }
+    let all = errors(&yaml);
+    assert_eq!(
+        all,
+        vec![format!(
+            "ferry.yaml:5:1: environments: {} environments, more than the limit of {} (hint: split the app into several apps)",
+            crate::manifest::MAX_ENVIRONMENTS + 1,
+            crate::manifest::MAX_ENVIRONMENTS
+        )]
+    );
+}
+
+#[test]
+fn errors_are_few_and_short_whatever_the_input() {
+    // A 1 MB bad app name, and 500 bad listen addresses.
+    let mut yaml = format!(
+        "app: \"{}\"\nservices:\n  web:\n    run: [\"./web\"]\nenvironments:\n",
+        "A".repeat(1_000_000)
+    );
+    for e in 0..crate::manifest::MAX_ENVIRONMENTS {
+        yaml.push_str(&format!("  e{e}:\n    listen: nowhere{e}\n"));
+    }
+    let all = errors(&yaml);
+    assert_eq!(all.len(), crate::manifest::MAX_ERRORS + 1, "{all:?}");
+    assert!(
+        all[0].starts_with("ferry.yaml:1:6: app: invalid app name \"AAAA"),
+        "{}",
+        all[0]
+    );
+    assert!(
+        all[0].contains("bytes)…") && all[0].len() < 2_000,
+        "cut: {}",
+        all[0]
+    );
+    assert!(
+        all.last()
+            .unwrap()
+            .contains("1 more error(s) from here on are not shown"),
+        "{all:?}"
+    );
+}

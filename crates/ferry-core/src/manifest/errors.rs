@@ -260,15 +260,31 @@ pub(super) fn example(path: &[Seg]) -> Option<&'static str> {
 }
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
+///
+/// Words and candidates longer than [`MAX_SUGGESTED`] are never compared (the distance costs
+/// the product of the lengths), nor candidates whose length alone puts them too far.
 pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    if word.len() > MAX_SUGGESTED {
+        return None;
+    }
     let word_lower = word.to_ascii_lowercase();
+    let chars = word.chars().count();
     candidates
         .iter()
+        .filter(|c| {
+            // The distance is at least the difference in length.
+            c.len() <= MAX_SUGGESTED
+                && (c.chars().count().abs_diff(chars) <= (c.len().max(word.len()) / 3).max(1)
+                    || c.starts_with(&word_lower))
+        })
         .map(|c| (edit_distance(&word_lower, &c.to_ascii_lowercase()), *c))
         .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1) || c.starts_with(&word_lower))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
+
+/// Longest word [`closest`] looks for a typo in.
+const MAX_SUGGESTED: usize = 128;
 
 /// Levenshtein distance over chars.
 pub(super) fn edit_distance(a: &str, b: &str) -> usize {

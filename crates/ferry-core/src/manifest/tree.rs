@@ -105,10 +105,18 @@ impl Node {
     fn collect_duplicates(&self, path: &mut Vec<Seg>, out: &mut Vec<(Vec<Seg>, Pos, Pos)>) {
         match &self.kind {
             Kind::Map(entries) => {
-                for (i, entry) in entries.iter().enumerate() {
+                // Linear in the keys: a map may be large, and it is caller input.
+                let mut first: std::collections::HashMap<&str, Pos> =
+                    std::collections::HashMap::with_capacity(entries.len());
+                for entry in entries {
                     path.push(Seg::Key(entry.key.clone()));
-                    if let Some(first) = entries[..i].iter().find(|e| e.key == entry.key) {
-                        out.push((path.clone(), entry.key_pos, first.key_pos));
+                    match first.entry(entry.key.as_str()) {
+                        std::collections::hash_map::Entry::Occupied(at) => {
+                            out.push((path.clone(), entry.key_pos, *at.get()));
+                        }
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(entry.key_pos);
+                        }
                     }
                     entry.value.collect_duplicates(path, out);
                     path.pop();

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use super::tree::{Node, Seg, path_string};
 use super::{
-    MAX_REPLICAS, Manifest, ManifestError, NAME_PATTERN, RESERVED_VARS, RUN_PLACEHOLDERS, Service,
-    Strategy,
+    MAX_ENVIRONMENTS, MAX_REPLICAS, MAX_SERVICES, Manifest, ManifestError, NAME_PATTERN,
+    RESERVED_VARS, RUN_PLACEHOLDERS, Service, Strategy,
 };
 use crate::analysis::{AnalysisSpec, PathPart};
 use crate::duration::HumanDuration;
@@ -98,6 +98,23 @@ fn name_hint(name: &str) -> Option<String> {
 
 pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
     let mut out = Issues::default();
+    // Counts first: everything below is bounded by them.
+    for (key, count, max) in [
+        ("services", m.services.len(), MAX_SERVICES),
+        ("environments", m.environments.len(), MAX_ENVIRONMENTS),
+    ] {
+        if count > max {
+            out.key(
+                p(&[key]),
+                format!("{count} {key}, more than the limit of {max}"),
+                Some("split the app into several apps".into()),
+            );
+        }
+    }
+    if !out.0.is_empty() {
+        return out.0;
+    }
+    check_expansions(&mut out, m);
     if m.app.is_empty() {
         out.key(
             p(&["app"]),
@@ -327,7 +344,11 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
     check_vars(&mut out, &p(&["vars"]), &m.vars);
     for e in crate::config::check(m) {
         let path = e.path().iter().map(|k| Seg::Key(k.clone())).collect();
-        out.value(path, e.message(), e.hint());
+        if matches!(e, crate::config::ConfigError::TooMany { .. }) {
+            out.key(path, e.message(), e.hint());
+        } else {
+            out.value(path, e.message(), e.hint());
+        }
     }
     // hooks:
     check_hooks(&mut out, m);
@@ -823,7 +844,7 @@ fn unknown_check_placeholders(text: &str) -> Vec<String> {
 fn check_gate_checks(out: &mut Issues, gpath: &[Seg], gates: &Gates) {
     let placeholder_hint =
         || Some("gate checks know `${VERSION}`, `${FERRY_ENV}` and `${FERRY_APP}`".to_string());
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     for (i, check) in gates.checks.iter().enumerate() {
         let mut cpath = with(gpath, "checks");
         cpath.push(Seg::Index(i));
@@ -850,7 +871,7 @@ fn check_gate_checks(out: &mut Issues, gpath: &[Seg], gates: &Gates) {
                 Some("give each check its own name".into()),
             );
         }
-        seen.push(name);
+        seen.insert(name);
         match (&check.http, &check.run) {
             (Some(_), Some(_)) => out.value(
                 cpath.clone(),
@@ -1053,6 +1074,61 @@ fn check_vars(out: &mut Issues, base: &[Seg], vars: &BTreeMap<String, String>) {
                 Some("names are letters, digits and `_`, not starting with a digit (^[A-Za-z_][A-Za-z0-9_]*$)".into()),
             );
         }
+    }
+}
+
+/// Every templated text outside the variable maps (`run` arguments, check URLs and
+/// commands, hook expectations, analysis queries, URLs, headers and bodies…) has its
+/// placeholders (`${VERSION}`, `{{app}}`…) replaced by values of at most
+/// [`crate::config::MAX_PLACEHOLDER_BYTES`]: a text whose worst case would exceed
+/// [`crate::config::MAX_VALUE_BYTES`] is refused here, before anything expands it.
+fn check_expansions(out: &mut Issues, m: &Manifest) {
+    use crate::config::{MAX_PLACEHOLDER_BYTES, MAX_VALUE_BYTES};
+    fn walk(value: &serde_json::Value, path: &mut Vec<Seg>, out: &mut Issues) {
+        match value {
+            serde_json::Value::String(text) => {
+                let placeholders = text.matches("${").count() + text.matches("{{").count();
+                let bound = text.len() + placeholders * MAX_PLACEHOLDER_BYTES;
+                if placeholders > 0 && bound > MAX_VALUE_BYTES {
+                    out.value(
+                        path.clone(),
+                        format!(
+                            "{} bytes with {placeholders} placeholder(s) may expand to {bound} bytes, more than the limit of {MAX_VALUE_BYTES}",
+                            text.len()
+                        ),
+                        Some(format!(
+                            "each placeholder stands for up to {MAX_PLACEHOLDER_BYTES} bytes (a version); write fewer"
+                        )),
+                    );
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    walk(item, path, out);
+                    path.pop();
+                }
+            }
+            serde_json::Value::Object(fields) => {
+                for (key, item) in fields {
+                    // Variable maps are templates of their own, bounded by `config::check`.
+                    let variables = matches!(
+                        (path.as_slice(), key.as_str()),
+                        ([], "vars") | ([Seg::Key(_), Seg::Key(_)], "vars" | "env")
+                    );
+                    if variables {
+                        continue;
+                    }
+                    path.push(Seg::Key(key.clone()));
+                    walk(item, path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Ok(value) = serde_json::to_value(m) {
+        walk(&value, &mut Vec::new(), out);
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 const REASON_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
 use anyhow::Context;
-use ferry_core::api::ApiError;
+use ferry_core::api::{ApiError, MAX_REQUEST_BYTES};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -232,9 +232,12 @@ impl Client {
         segments: &[&str],
         body: &B,
     ) -> anyhow::Result<T> {
+        let body = json_body(body)?;
         let resp = self
             .send(
-                self.request(Method::POST, segments, &[]).json(body),
+                self.request(Method::POST, segments, &[])
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body),
                 Some(REQUEST_TIMEOUT),
             )
             .await?;
@@ -246,9 +249,12 @@ impl Client {
         segments: &[&str],
         body: &B,
     ) -> anyhow::Result<T> {
+        let body = json_body(body)?;
         let resp = self
             .send(
-                self.request(Method::PUT, segments, &[]).json(body),
+                self.request(Method::PUT, segments, &[])
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body),
                 Some(REQUEST_TIMEOUT),
             )
             .await?;
@@ -318,6 +324,23 @@ impl Client {
             .into()
         })
     }
+}
+
+/// `body` as JSON, refused here when the server would refuse it for its size
+/// ([`MAX_REQUEST_BYTES`], the limit both sides share).
+fn json_body<B: Serialize + ?Sized>(body: &B) -> anyhow::Result<Vec<u8>> {
+    let bytes = serde_json::to_vec(body).context("cannot encode the request")?;
+    if bytes.len() > MAX_REQUEST_BYTES {
+        return Err(Failure::new(
+            exit::INVALID,
+            format!(
+                "the request is too large to send: {} bytes, the server accepts at most {MAX_REQUEST_BYTES}; nothing was sent",
+                bytes.len()
+            ),
+        )
+        .into());
+    }
+    Ok(bytes)
 }
 
 /// Exit code of an API error code (falling back to the HTTP status).

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use ferry_core::api::MAX_REQUEST_BYTES;
 use ferry_core::api::{
     AppStatus, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
     DeploymentView, EnvStatus, RollbackRequest, WhoAmI,
@@ -61,12 +62,7 @@ pub async fn apply(
     dry_run: bool,
     format: Format,
 ) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        Failure::new(
-            exit::INVALID,
-            format!("cannot read {}: {e}", file.display()),
-        )
-    })?;
+    let text = read_manifest(file)?;
     let file_name = file.display().to_string();
     if let Err(errors) = ferry_core::manifest::parse(&text, &file_name) {
         let count = errors.errors.len();
@@ -87,12 +83,51 @@ pub async fn apply(
         base_dir: Some(base_dir.display().to_string()),
         dry_run,
     };
+    let size = serde_json::to_vec(&request).map_or(0, |body| body.len());
+    if size > MAX_REQUEST_BYTES {
+        return Err(too_large(file, size).into());
+    }
     let resp: ApplyResponse = client.post(&["v1", "apps"], &request).await?;
     if format == Format::Json {
         return print_json(&resp);
     }
     print_apply(&resp);
     Ok(())
+}
+
+/// Reads a manifest, refusing (before reading it) a file that could not be sent anyway.
+pub fn read_manifest(file: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| {
+        Failure::new(
+            exit::INVALID,
+            format!("cannot read {}: {e}", file.display()),
+        )
+    };
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .map_err(cannot)?
+        .take(MAX_REQUEST_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() > MAX_REQUEST_BYTES {
+        let size = std::fs::metadata(file).map_or(text.len(), |m| m.len() as usize);
+        return Err(too_large(file, size).into());
+    }
+    Ok(text)
+}
+
+fn too_large(file: &Path, size: usize) -> Failure {
+    Failure::new(
+        exit::INVALID,
+        format!(
+            "{} is too large to send: {size} bytes, the server accepts at most {MAX_REQUEST_BYTES} bytes per request; nothing was sent",
+            file.display()
+        ),
+    )
+    .with_details(vec![
+        "keep large data out of the manifest (e.g. in a file the service reads)".into(),
+    ])
 }
 
 pub fn print_apply(resp: &ApplyResponse) {
