@@ -145,6 +145,11 @@ pub struct Service {
     /// How long a replica gets between SIGTERM and SIGKILL (default 10s).
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: HumanDuration,
+    /// Most time a replica taken out of traffic waits for the requests already sent to it
+    /// before it gets SIGTERM (default 60s, the proxy's upstream timeout). A replica that
+    /// is drained sooner is stopped sooner.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: HumanDuration,
 }
 
 /// HTTP health check: `GET http://127.0.0.1:$PORT{path}` on each replica.
@@ -785,6 +790,9 @@ fn default_route() -> String {
 }
 fn default_stop_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+fn default_drain_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 fn default_health_path() -> String {
     "/health".to_string()

@@ -327,7 +327,8 @@ async fn admin_handle(p: Arc<Proxy>, req: Request<Incoming>) -> Result<AdminResp
     if path == "/healthz" {
         return Ok(respond(StatusCode::OK, "text/plain", "ok\n"));
     }
-    let known = matches!(path, "/v1/routes" | "/v1/stats" | "/metrics");
+    let endpoint = path.strip_prefix("/v1/endpoints/");
+    let known = endpoint.is_some() || matches!(path, "/v1/routes" | "/v1/stats" | "/metrics");
     if !known {
         return Ok(error(StatusCode::NOT_FOUND, "not found"));
     }
@@ -338,6 +339,21 @@ async fn admin_handle(p: Arc<Proxy>, req: Request<Incoming>) -> Result<AdminResp
         return Ok(r);
     }
     let method = req.method().clone();
+    if let Some(addr) = endpoint {
+        if method != Method::GET {
+            return Ok(error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
+        }
+        return Ok(match addr.parse::<SocketAddr>() {
+            Ok(addr) => json(StatusCode::OK, &p.endpoints.usage(addr)),
+            Err(_) => error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "invalid endpoint address {:?}: expected IP:PORT, e.g. 127.0.0.1:8080",
+                    addr.chars().take(64).collect::<String>()
+                ),
+            ),
+        });
+    }
     Ok(match (method, path) {
         (Method::GET, "/v1/routes") => json(StatusCode::OK, &**p.table.load()),
         (Method::PUT, "/v1/routes") => {

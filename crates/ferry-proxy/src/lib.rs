@@ -13,7 +13,8 @@
 //!
 //! Admin API (HTTP/1.1, JSON, `Authorization: Bearer <token>` except `/healthz`):
 //! `GET /healthz`, `GET|PUT /v1/routes`, `GET /v1/stats` ([`stats::StatsSnapshot`]),
-//! `GET /metrics` (OpenMetrics text).
+//! `GET /v1/endpoints/{ip:port}` ([`stats::EndpointUsage`]: whether a request can still
+//! reach an upstream, whatever the current table), `GET /metrics` (OpenMetrics text).
 
 pub mod routes;
 pub mod stats;

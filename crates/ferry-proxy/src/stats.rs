@@ -70,6 +70,26 @@ pub struct EndpointStats {
     pub ejected_until_ms: Option<i64>,
 }
 
+/// Body of `GET /v1/endpoints/{addr}`: whether a request can still reach an upstream
+/// address, independently of the current table. A replica may be stopped without failing
+/// a client once [`EndpointUsage::drained`] holds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointUsage {
+    pub addr: SocketAddr,
+    /// Live route tables listing it: the one being served, and older ones still held by
+    /// requests that loaded them before a swap (they may still pick it).
+    pub listed: u64,
+    /// Requests sent to it whose response is not finished yet.
+    pub in_flight: u64,
+}
+
+impl EndpointUsage {
+    /// In no table any request holds, and nothing in flight: no request can reach it.
+    pub fn drained(&self) -> bool {
+        self.listed == 0 && self.in_flight == 0
+    }
+}
+
 /// Error decoding [`VersionStats::histogram_us`].
 #[derive(Debug, thiserror::Error)]
 pub enum HistogramDecodeError {

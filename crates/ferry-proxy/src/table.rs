@@ -14,6 +14,7 @@ use http::uri::Authority;
 
 use crate::metrics::{KeyStats, StatsRegistry};
 use crate::routes::{ListenerConfig, Route, parse_sha256_hex, sticky_bucket};
+use crate::stats::EndpointUsage;
 use crate::upstream::IdlePool;
 
 /// One upstream address; shared by every table that mentions it, so outstanding-request
@@ -23,6 +24,10 @@ pub(crate) struct Endpoint {
     pub addr: SocketAddr,
     pub authority: Authority,
     in_flight: AtomicI64,
+    /// Live compiled tables that list this endpoint: the ones being served and older ones
+    /// still held by requests that loaded them before a swap. While above zero a request
+    /// may still pick the endpoint (see [`Listing`]).
+    listed: AtomicI64,
     /// Unix ms; 0 = never ejected.
     ejected_until_ms: AtomicI64,
     /// Idle upstream connections, per worker thread.
@@ -37,6 +42,7 @@ impl Endpoint {
             addr,
             authority,
             in_flight: AtomicI64::new(0),
+            listed: AtomicI64::new(0),
             ejected_until_ms: AtomicI64::new(0),
             idle: IdlePool::new(workers, max_idle),
         }
@@ -70,6 +76,41 @@ impl Endpoint {
     pub fn ejected_until(&self, now_ms: i64) -> Option<i64> {
         let until = self.ejected_until_ms.load(Relaxed);
         (until > now_ms).then_some(until)
+    }
+
+    /// Whether a request can still reach this endpoint, for the drain of a replica.
+    pub fn usage(&self) -> EndpointUsage {
+        EndpointUsage {
+            addr: self.addr,
+            listed: self.listed.load(Relaxed).max(0) as u64,
+            in_flight: self.in_flight(),
+        }
+    }
+}
+
+/// Counts a compiled table in its endpoints' `listed` for as long as the table lives.
+///
+/// A request loads its listener's table once and keeps it until it has an answer (it
+/// picks endpoints from it, maybe after reading the body or retrying), then the response
+/// body keeps the endpoint's in-flight count raised. So an endpoint that is in no live
+/// table and has nothing in flight can get no more requests: its process may be stopped.
+#[derive(Debug)]
+pub(crate) struct Listing(Box<[Arc<Endpoint>]>);
+
+impl Listing {
+    pub fn new(endpoints: &[Arc<Endpoint>]) -> Self {
+        for e in endpoints {
+            e.listed.fetch_add(1, Relaxed);
+        }
+        Self(endpoints.into())
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        for e in self.0.iter() {
+            e.listed.fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -121,9 +162,27 @@ impl EndpointRegistry {
             .clone()
     }
 
-    /// Closes idle upstream connections that expired or were closed by the upstream.
+    /// Whether a request can still reach `addr` (all zero for an address never routed to,
+    /// or forgotten once it was in no table and had nothing in flight).
+    pub fn usage(&self, addr: SocketAddr) -> EndpointUsage {
+        match self.lock().get(&addr) {
+            Some(e) => e.usage(),
+            None => EndpointUsage {
+                addr,
+                listed: 0,
+                in_flight: 0,
+            },
+        }
+    }
+
+    /// Closes idle upstream connections that expired or were closed by the upstream, and
+    /// forgets endpoints nothing refers to any more (no table, no request, no stats list).
     pub fn reap_idle(&self, idle_timeout: std::time::Duration) -> usize {
-        let eps: Vec<Arc<Endpoint>> = self.lock().values().cloned().collect();
+        let eps: Vec<Arc<Endpoint>> = {
+            let mut map = self.lock();
+            map.retain(|_, e| Arc::strong_count(e) > 1);
+            map.values().cloned().collect()
+        };
         let now = std::time::Instant::now();
         eps.iter().map(|e| e.idle.reap(now, idle_timeout)).sum()
     }
@@ -134,6 +193,8 @@ pub(crate) struct Group {
     pub weight: u32,
     pub endpoints: Box<[Arc<Endpoint>]>,
     pub stats: Arc<KeyStats>,
+    /// Marks the endpoints as listed while this table lives (drain confirmation).
+    _listing: Listing,
 }
 
 #[derive(Debug)]
@@ -265,6 +326,7 @@ impl ListenerTable {
                         key.set_endpoints(eps.to_vec());
                         Group {
                             weight: g.weight,
+                            _listing: Listing::new(&eps),
                             endpoints: eps,
                             stats: key,
                         }

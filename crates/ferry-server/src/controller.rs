@@ -48,8 +48,8 @@ const TICK: Duration = Duration::from_millis(200);
 const SETTLE_TIMEOUT_MS: i64 = 10_000;
 /// Exits before first becoming healthy that mark a new version as crash-looping.
 const MAX_START_EXITS: u32 = 3;
-/// Most time a drained replica gets to finish its in-flight requests before it is stopped.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a draining replica's usage is asked of the proxy.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// A state change asked for by a person, applied with compare-and-set.
 struct Change {
@@ -300,7 +300,11 @@ impl Controller {
                     format!("exited ({reason})")
                 },
             ),
-            RuntimeEvent::Stopped { id } => (id, "stopped".to_string()),
+            // The stop task says `stopped` itself, while the replica's row still exists.
+            RuntimeEvent::Stopped { .. } => {
+                self.wake.notify_one();
+                return;
+            }
         };
         self.replica_event(id, &message).await;
         self.wake.notify_one();
@@ -410,7 +414,7 @@ impl Controller {
             self.store.set_replica_draining(&id, now).await?;
         }
         self.push_routes(&apps).await?;
-        self.stop_drained().await?;
+        self.stop_drained(&apps).await?;
         Ok(())
     }
 
@@ -491,7 +495,7 @@ impl Controller {
                     let message = format!(
                         "redeploy of {} started ({}): config changed: {}",
                         deployment.version,
-                        describe(&strategy),
+                        describe_run(&deployment, &strategy, manifest, env),
                         plan.changes.join(", ")
                     );
                     self.transition(
@@ -512,12 +516,12 @@ impl Controller {
                     Some(previous) => format!(
                         "rollout started: {previous} -> {} ({})",
                         deployment.version,
-                        describe(&strategy)
+                        describe_run(&deployment, &strategy, manifest, env)
                     ),
                     None => format!(
                         "rollout started: {} ({})",
                         deployment.version,
-                        describe(&strategy)
+                        describe_run(&deployment, &strategy, manifest, env)
                     ),
                 };
                 self.transition(
@@ -778,7 +782,11 @@ impl Controller {
                 return self.roll_back(deployment, &phase, &stable, &reason).await;
             }
             Outcome::Completed => {
-                if self.routed_only_to(&app.name, env, canary, services) {
+                // `retired` only once the old processes are gone (drained, then stopped).
+                let old_gone = services
+                    .iter()
+                    .all(|s| s.replicas.iter().all(|r| r.version == canary));
+                if old_gone && self.routed_only_to(&app.name, env, canary, services) {
                     self.meter.forget(deployment.id);
                     // A rollout that went on without its background verdict says so, on
                     // the timeline and (as the reason) in the change record.
@@ -1527,8 +1535,12 @@ impl Controller {
         Ok(())
     }
 
-    /// Stops replicas marked draining, once the route table without them is in place.
-    async fn stop_drained(self: &Arc<Self>) -> Result<(), ServerError> {
+    /// Stops replicas marked draining, once the proxy confirms no request can reach them
+    /// any more (or their service's `drain_timeout` has passed).
+    async fn stop_drained(
+        self: &Arc<Self>,
+        apps: &BTreeMap<String, (AppRecord, Manifest)>,
+    ) -> Result<(), ServerError> {
         for record in self
             .store
             .list_replicas(None, None)
@@ -1539,9 +1551,15 @@ impl Controller {
             if !lock(&self.stopping).insert(record.id.clone()) {
                 continue;
             }
+            let drain_timeout = apps
+                .get(&record.app)
+                .and_then(|(_, m)| m.services.get(&record.service))
+                .map(|s| s.drain_timeout.get())
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
             let this = Arc::clone(self);
             tokio::spawn(async move {
-                this.wait_for_drain(record.port).await;
+                let drained = this.wait_for_drain(record.port, drain_timeout).await;
+                this.replica_event(&record.id, &drained.to_string()).await;
                 let stopped = match this.runtime.status(&record.id) {
                     Some(_) => this
                         .runtime
@@ -1562,6 +1580,9 @@ impl Controller {
                 };
                 match stopped {
                     Ok(()) => {
+                        // Said here, while the row still names the replica (the runtime's
+                        // own `Stopped` event may arrive after the row is gone).
+                        this.replica_event(&record.id, "stopped").await;
                         if let Err(e) = this.store.delete_replica(&record.id).await {
                             tracing::error!(replica = %record.id, error = %e, "could not forget a stopped replica");
                         }
@@ -1584,31 +1605,80 @@ impl Controller {
         lock(&self.stopping).retain(|id| live.contains(id));
         Ok(())
     }
+
+    /// Waits until the proxy confirms that no request can reach `port` any more: it is in
+    /// no route table a request holds and nothing is in flight to it. Bounded by `limit`;
+    /// while the proxy does not answer, the wait goes on (a restarted proxy may still
+    /// route to it from its saved table).
+    async fn wait_for_drain(&self, port: u16, limit: Duration) -> Drained {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let started = tokio::time::Instant::now();
+        let mut last = Err("no answer yet".to_string());
+        while started.elapsed() < limit {
+            last = self
+                .proxy
+                .endpoint_usage(addr)
+                .await
+                .map_err(|e| e.to_string());
+            if let Ok(usage) = &last
+                && usage.drained()
+            {
+                return Drained::Confirmed(started.elapsed());
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        Drained::TimedOut { limit, last }
+    }
+}
+
+/// Default `drain_timeout` for a replica whose service left the manifest.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the drain of a replica ended (a timeline line).
+enum Drained {
+    Confirmed(Duration),
+    TimedOut {
+        limit: Duration,
+        last: Result<ferry_proxy::stats::EndpointUsage, String>,
+    },
+}
+
+impl std::fmt::Display for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drained::Confirmed(after) => write!(
+                f,
+                "drained: out of every route table, nothing in flight ({:.1}s); stopping",
+                after.as_secs_f64()
+            ),
+            Drained::TimedOut {
+                limit,
+                last: Ok(usage),
+            } => write!(
+                f,
+                "drain_timeout ({}) reached with {} request(s) in flight{}; stopping anyway",
+                ferry_core::duration::HumanDuration(*limit),
+                usage.in_flight,
+                if usage.listed > 0 {
+                    " and still in a route table"
+                } else {
+                    ""
+                }
+            ),
+            Drained::TimedOut {
+                limit,
+                last: Err(e),
+            } => write!(
+                f,
+                "drain_timeout ({}) reached without an answer from the proxy ({e}); stopping anyway",
+                ferry_core::duration::HumanDuration(*limit)
+            ),
+        }
+    }
 }
 
 // What the API asks of the controller.
 impl Controller {
-    /// Waits (bounded) until the proxy has no request in flight to `port`, so stopping the
-    /// replica fails no client. Requests picked it before the route change at the latest.
-    async fn wait_for_drain(&self, port: u16) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        while tokio::time::Instant::now() < deadline {
-            let busy = match self.proxy.stats().await {
-                Ok(stats) => stats
-                    .versions
-                    .iter()
-                    .flat_map(|v| v.endpoints.iter())
-                    .any(|e| e.addr == addr && e.in_flight > 0),
-                Err(_) => false,
-            };
-            if !busy {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     // releases:
     /// The commit of a release, when it is known (for `FERRY_COMMIT`/`FERRY_RELEASE_TAG`).
     async fn release_commit(&self, app: &str, version: &str) -> Option<String> {
@@ -2327,6 +2397,33 @@ fn restore_pace(manifest: &Manifest, env: &str) -> Pace {
     Pace::Rolling {
         max_surge: largest_replicas(manifest, env),
         max_unavailable: 0,
+    }
+}
+
+/// How a deployment actually runs, for its timeline: in a canary or blue/green
+/// environment a rollback, a first deployment or a redeploy takes the rolling path.
+fn describe_run(
+    deployment: &DeploymentRecord,
+    strategy: &Strategy,
+    manifest: &Manifest,
+    env: &str,
+) -> String {
+    let progressive = matches!(strategy, Strategy::Canary(_) | Strategy::BlueGreen(_));
+    if !progressive || plan_of(deployment, strategy, manifest, env).is_some() {
+        return describe(strategy);
+    }
+    let why = if deployment.kind == "rollback" {
+        "a rollback"
+    } else if deployment.previous_version.is_none() {
+        "a first deployment"
+    } else {
+        "the serving version"
+    };
+    match pace_of(strategy, manifest, env) {
+        Pace::Rolling { max_surge, .. } => {
+            format!("rolling, max surge {max_surge}, max unavailable 0: {why} skips the steps")
+        }
+        Pace::Recreate => "recreate".to_string(),
     }
 }
 

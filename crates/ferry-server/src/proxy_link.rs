@@ -3,6 +3,7 @@
 //! its metrics, and restarts it if it dies. The proxy keeps serving its last table when
 //! the server is gone.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ferry_proxy::routes::RouteTable;
-use ferry_proxy::stats::StatsSnapshot;
+use ferry_proxy::stats::{EndpointUsage, StatsSnapshot};
 use serde::Deserialize;
 
 use crate::clock::now_ms;
@@ -173,6 +174,30 @@ impl ProxyLink {
             .json::<StatsSnapshot>()
             .await
             .map_err(|e| ServerError::Proxy(format!("decoding stats: {e}")))
+    }
+
+    /// Whether a request can still reach `addr` through the proxy (listed in a table a
+    /// request holds, or in flight), whatever the current table says.
+    pub async fn endpoint_usage(&self, addr: SocketAddr) -> Result<EndpointUsage, ServerError> {
+        let endpoint = self.endpoint();
+        let response = self
+            .http
+            .get(format!("{}/v1/endpoints/{addr}", endpoint.base_url))
+            .bearer_auth(&endpoint.token)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(|e| ServerError::Proxy(format!("reading the drain of {addr}: {e}")))?;
+        if !response.status().is_success() {
+            return Err(ServerError::Proxy(format!(
+                "reading the drain of {addr}: the proxy answered {}",
+                response.status()
+            )));
+        }
+        response
+            .json::<EndpointUsage>()
+            .await
+            .map_err(|e| ServerError::Proxy(format!("decoding the drain of {addr}: {e}")))
     }
 
     /// The proxy's Prometheus text, re-exported on the server's `/metrics`.

@@ -243,6 +243,7 @@ pub(super) fn example(path: &[Seg]) -> Option<&'static str> {
         [.., "interval"] => "interval: 1s",
         [.., "timeout"] => "timeout: 500ms",
         [.., "stop_timeout"] => "stop_timeout: 10s",
+        [.., "drain_timeout"] => "drain_timeout: 60s",
         [.., "start_timeout"] => "start_timeout: 30s",
         [.., "healthy_threshold"] => "healthy_threshold: 2",
         [.., "unhealthy_threshold"] => "unhealthy_threshold: 3",

@@ -735,6 +735,7 @@ fn check_service(out: &mut Issues, base: &[Seg], s: &Service) {
         positive(out, with(&health, field), d);
     }
     positive(out, with(base, "stop_timeout"), s.stop_timeout);
+    positive(out, with(base, "drain_timeout"), s.drain_timeout);
     if !s.health.timeout.0.is_zero() && s.health.timeout > s.health.interval {
         out.value(
             with(&health, "timeout"),

@@ -91,6 +91,8 @@ pub struct Spec {
     pub extra_service_yaml: String,
     /// The environment's `strategy:` as one line of YAML (flow style).
     pub strategy: String,
+    /// What the replica runs instead of `ferry-demo` (a shell command line, after `exec`).
+    pub program: Option<String>,
 }
 
 impl Spec {
@@ -104,6 +106,7 @@ impl Spec {
             start_timeout: "15s".to_string(),
             extra_service_yaml: String::new(),
             strategy: "{ rolling: { max_surge: 1, max_unavailable: 0 } }".to_string(),
+            program: None,
         }
     }
 
@@ -261,11 +264,14 @@ impl Ferry {
 
     /// Writes the manifest for `spec` and returns its path.
     pub fn write_manifest(&self, spec: &Spec, file: &str) -> PathBuf {
+        let program = spec
+            .program
+            .clone()
+            .unwrap_or_else(|| format!("'{DEMO}' --port \"$PORT\" --version \"$VERSION\""));
         let script = format!(
-            "echo $$ >> '{pids}'; {prelude} exec '{demo}' --port \"$PORT\" --version \"$VERSION\"",
+            "echo $$ >> '{pids}'; {prelude} exec {program}",
             pids = self.pids_file().display(),
             prelude = spec.prelude,
-            demo = DEMO,
         );
         let run = serde_json::to_string(&["sh", "-c", &script]).expect("json");
         let mark = serde_json::to_string(&self.mark).expect("json");
@@ -706,8 +712,9 @@ pub struct Sample {
     pub version: Option<String>,
 }
 
-/// A bounded client loop: `workers` keep-alive clients hitting the listener until stopped
-/// (or until each has sent `cap` requests).
+/// A client loop: `workers` keep-alive clients hitting the listener until stopped. Each
+/// worker counts what a client WITHOUT retries sees (see [`StrictClient`]); the loop is
+/// bounded by the test's own deadline, never by a silent cap on the number of requests.
 pub struct Load {
     pub started: Instant,
     pub started_wall_ms: i64,
@@ -717,27 +724,25 @@ pub struct Load {
 }
 
 impl Load {
+    /// `workers` clients sending `GET /` one after the other (3 ms apart).
     pub fn start(listener: &str, workers: usize) -> Load {
+        Load::start_on(listener, "/", workers)
+    }
+
+    /// `workers` clients sending `GET path` one after the other (3 ms apart).
+    pub fn start_on(listener: &str, path: &str, workers: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU64::new(0));
-        let url = format!("http://{listener}/");
         let tasks = (0..workers)
             .map(|_| {
                 let stop = stop.clone();
                 let count = count.clone();
-                let url = url.clone();
+                let mut client = StrictClient::new(listener, Duration::from_secs(30));
+                let path = path.to_string();
                 tokio::spawn(async move {
-                    let client = reqwest::Client::builder()
-                        .pool_max_idle_per_host(1)
-                        .timeout(Duration::from_secs(10))
-                        .build()
-                        .expect("client");
                     let mut samples = Vec::new();
-                    const CAP: usize = 50_000;
-                    while !stop.load(Ordering::Relaxed) && samples.len() < CAP {
-                        let sent = Instant::now();
-                        let sample = request_once(&client, &url, sent).await;
-                        samples.push(sample);
+                    while !stop.load(Ordering::Relaxed) {
+                        samples.push(client.get(&path).await);
                         count.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(3)).await;
                     }
@@ -778,7 +783,117 @@ impl Load {
         }
         LoadReport {
             started: self.started,
+            started_wall_ms: self.started_wall_ms,
             workers,
+        }
+    }
+}
+
+/// An HTTP/1.1 keep-alive client that never retries, unlike reqwest/hyper-util's pooled
+/// client (which silently sends a request again when its pooled connection turns out to be
+/// closed). One connection, reopened only when it is known closed BEFORE a request is
+/// written (as any client would); a request written on it that gets no complete answer is
+/// a failure, as it would be for a client without retries.
+pub struct StrictClient {
+    addr: String,
+    timeout: Duration,
+    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>>,
+}
+
+impl StrictClient {
+    pub fn new(addr: &str, timeout: Duration) -> StrictClient {
+        StrictClient {
+            addr: addr.to_string(),
+            timeout,
+            sender: None,
+        }
+    }
+
+    /// The open connection if it is still usable, else a new one.
+    async fn connection(
+        &mut self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>, String>
+    {
+        if let Some(mut sender) = self.sender.take()
+            && sender.ready().await.is_ok()
+        {
+            return Ok(sender);
+        }
+        let stream = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| format!("connect {}: {e}", self.addr))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// One `GET path`: the version that answered, or what went wrong.
+    pub async fn get(&mut self, path: &str) -> Sample {
+        let sent = Instant::now();
+        let failed = |result: String| Sample {
+            sent,
+            result: Err(result),
+            status: None,
+            version: None,
+        };
+        let mut sender = match self.connection().await {
+            Ok(s) => s,
+            Err(e) => return failed(e),
+        };
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, &self.addr)
+            .body(http_body_util::Empty::new())
+            .expect("request");
+        let exchange = async {
+            let response = sender.send_request(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = http_body_util::BodyExt::collect(body).await?.to_bytes();
+            Ok::<_, hyper::Error>((parts, body))
+        };
+        let (parts, body) = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return failed(format!("request written, no complete answer: {e}")),
+            Err(_) => return failed(format!("no answer within {:?}", self.timeout)),
+        };
+        self.sender = Some(sender);
+        let header = parts
+            .headers
+            .get("x-version")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = String::from_utf8_lossy(&body);
+        if parts.status.is_success() {
+            let version =
+                header.unwrap_or_else(|| body.split_whitespace().last().unwrap_or("").to_string());
+            Sample {
+                sent,
+                result: Ok(version.clone()),
+                status: Some(parts.status.as_u16()),
+                version: Some(version),
+            }
+        } else {
+            let server = parts
+                .headers
+                .get("server")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let body: String = body.chars().take(200).collect();
+            Sample {
+                sent,
+                result: Err(format!(
+                    "HTTP {} (server {server:?}, version {header:?}): {}",
+                    parts.status,
+                    body.trim()
+                )),
+                status: Some(parts.status.as_u16()),
+                version: header,
+            }
         }
     }
 }
@@ -838,6 +953,7 @@ pub async fn request_once(client: &reqwest::Client, url: &str, sent: Instant) ->
 
 pub struct LoadReport {
     pub started: Instant,
+    pub started_wall_ms: i64,
     pub workers: Vec<Vec<Sample>>,
 }
 
