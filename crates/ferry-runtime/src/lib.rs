@@ -16,6 +16,8 @@
 //! (mode 0600) is written through the redacting log filter ([`redact`]) when the spec has
 //! secret values and the runtime knows the filter ([`ProcessRuntime::set_log_filter`]).
 
+#[cfg(feature = "docker")]
+pub mod docker;
 pub mod isolation;
 mod logs;
 mod process;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

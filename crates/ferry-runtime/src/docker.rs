@@ -1,0 +1,1205 @@
+//! The Docker runtime: replicas and tasks as containers on a Docker engine, over the Engine
+//! API (bollard, Unix socket).
+//!
+//! - **Labels, not memory.** Every container carries `ferry.owner` (which Ferry server owns
+//!   it), `ferry.app`, `ferry.env`, `ferry.service`, `ferry.version`, `ferry.replica` (or
+//!   `ferry.task`) and the spec's own labels (`ferry.deployment`). A restarted server finds
+//!   its replicas by label ([`Runtime::adopt`]): no orphan, no duplicate.
+//! - **Secure by default.** Never uid 0 unless the spec allows it explicitly; every
+//!   capability dropped, no-new-privileges, read-only root filesystem with a writable tmpfs
+//!   `/tmp` owned by the container's uid (the engine ignores a tmpfs `mode=1777`), memory and
+//!   CPU limits, the stop signal and grace period of the spec, bounded json-file logs.
+//! - **Networking.** The container listens on `$PORT`. Without a bridge network (`dockerd
+//!   --bridge=none`) it shares the host's network and answers on 127.0.0.1:`$PORT`; with one,
+//!   `$PORT` is published on 127.0.0.1:`$PORT`. Either way [`Runtime::endpoint`] says where.
+//! - Like replica processes, containers outlive the server: dropping the runtime detaches.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::container::LogOutput;
+use bollard::errors::Error as EngineError;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, HostConfig, HostConfigLogConfig, PortBinding,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use ferry_core::model::ReplicaState;
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{
+    BoxFuture, ContainerSpec, Instance, LogLines, Runtime, TaskEnd, TaskOutcome, TaskOutput,
+    TaskSpec,
+};
+use crate::{
+    Done, HealthSpec, ProcessIdentity, ReplicaSpec, ReplicaStatus, RuntimeError, RuntimeEvent,
+};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+const FAST_HEALTH_POLL: Duration = Duration::from_millis(50);
+const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
+/// How often a container is inspected when the engine's wait call failed.
+const EXIT_POLL: Duration = Duration::from_millis(500);
+/// Grace for containers stopped without a spec (discarded, leftovers).
+const DISCARD_GRACE_SECS: i32 = 10;
+/// Size of the writable `/tmp`.
+const TMPFS_SIZE: &str = "64m";
+
+/// Labels (see the module documentation).
+pub const LABEL_OWNER: &str = "ferry.owner";
+pub const LABEL_APP: &str = "ferry.app";
+pub const LABEL_ENV: &str = "ferry.env";
+pub const LABEL_SERVICE: &str = "ferry.service";
+pub const LABEL_VERSION: &str = "ferry.version";
+pub const LABEL_REPLICA: &str = "ferry.replica";
+pub const LABEL_TASK: &str = "ferry.task";
+
+/// How containers reach the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network namespace: the container answers on 127.0.0.1:`$PORT`.
+    Host,
+    /// The engine's default bridge, `$PORT` published on 127.0.0.1:`$PORT`.
+    Bridge,
+}
+
+/// Starts and supervises containers. Cheap to clone.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    inner: Arc<Inner>,
+    _detach: Arc<DetachOnDrop>,
+}
+
+struct DetachOnDrop(CancellationToken);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+struct Inner {
+    docker: Docker,
+    owner: String,
+    /// Short hash of the owner, in container names (unique per engine).
+    prefix: String,
+    network: Network,
+    events: broadcast::Sender<RuntimeEvent>,
+    replicas: Mutex<HashMap<String, Arc<Replica>>>,
+    http: reqwest::Client,
+    detach: CancellationToken,
+    tasks: AtomicU64,
+}
+
+struct Replica {
+    spec: ReplicaSpec,
+    shared: Mutex<Shared>,
+    stop: CancellationToken,
+    done: watch::Sender<Done>,
+}
+
+#[derive(Debug, Clone)]
+struct Shared {
+    state: ReplicaState,
+    container: String,
+    pid: Option<u32>,
+    restarts: u32,
+    ever_healthy: bool,
+    last_exit: Option<String>,
+    healthy_since: Option<Instant>,
+}
+
+impl Replica {
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime")
+            .field("owner", &self.inner.owner)
+            .field("network", &self.inner.network)
+            .finish()
+    }
+}
+
+fn engine(what: impl Into<String>) -> impl FnOnce(EngineError) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Engine {
+        what,
+        source: Box::new(source),
+    }
+}
+
+fn is_status(e: &EngineError, code: u16) -> bool {
+    matches!(e, EngineError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// The engine's own words for an error (the registry's message for a failed pull).
+fn engine_message(e: &EngineError) -> String {
+    match e {
+        EngineError::DockerResponseServerError { message, .. } => message.clone(),
+        EngineError::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to the engine at `socket` (e.g. `/var/run/docker.sock`), agrees on an API
+    /// version, and detects whether a bridge network exists. `owner` names this Ferry server
+    /// on the engine (e.g. its data directory): only containers labelled with it are
+    /// adopted, discarded or listed.
+    pub async fn connect(socket: &Path, owner: &str) -> Result<DockerRuntime, RuntimeError> {
+        let socket = socket.display().to_string();
+        let docker = Docker::connect_with_unix(&socket, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(engine(format!("cannot use the Docker engine at {socket}")))?
+            .negotiate_version()
+            .await
+            .map_err(engine(format!(
+                "the Docker engine at {socket} does not answer"
+            )))?;
+        let network = match docker
+            .inspect_network(
+                "bridge",
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => Network::Bridge,
+            Err(e) if is_status(&e, 404) => Network::Host,
+            Err(e) => return Err(engine("listing the engine's networks")(e)),
+        };
+        Ok(Self::with(docker, owner, network))
+    }
+
+    fn with(docker: Docker, owner: &str, network: Network) -> DockerRuntime {
+        let (events, _) = broadcast::channel(1024);
+        let detach = CancellationToken::new();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        DockerRuntime {
+            inner: Arc::new(Inner {
+                docker,
+                owner: owner.to_string(),
+                prefix: short_hash(owner),
+                network,
+                events,
+                replicas: Mutex::new(HashMap::new()),
+                http,
+                detach: detach.clone(),
+                tasks: AtomicU64::new(0),
+            }),
+            _detach: Arc::new(DetachOnDrop(detach)),
+        }
+    }
+
+    pub fn network(&self) -> Network {
+        self.inner.network
+    }
+
+    /// Every container this server owns, running or not (by label).
+    pub async fn containers(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        self.inner.find(&[]).await
+    }
+
+    /// Removes the owned replica containers whose replica id is not in `keep` and that are not
+    /// supervised (left by a crash between a stop and the forgetting of its row); returns
+    /// how many.
+    pub async fn remove_orphans(&self, keep: &[String]) -> Result<usize, RuntimeError> {
+        let supervised: Vec<String> = self.inner.replicas().keys().cloned().collect();
+        let mut removed = 0;
+        for container in self.inner.find(&[]).await? {
+            let Some(replica) = label(&container, LABEL_REPLICA) else {
+                continue;
+            };
+            if keep.iter().chain(&supervised).any(|id| id == replica) {
+                continue;
+            }
+            if let Some(id) = &container.id {
+                self.inner.remove(id, DISCARD_GRACE_SECS).await;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Stops and removes the containers of a task (by its name), e.g. one a dead server left
+    /// running; returns how many.
+    pub async fn discard_task(&self, name: &str) -> Result<usize, RuntimeError> {
+        let found = self.inner.find(&[(LABEL_TASK, name)]).await?;
+        for id in found.iter().filter_map(|c| c.id.as_deref()) {
+            self.inner.remove(id, 1).await;
+        }
+        Ok(found.len())
+    }
+
+    async fn start_replica(&self, spec: ReplicaSpec) -> Result<Instance, RuntimeError> {
+        crate::validate_id(&spec.id)?;
+        if let Some(existing) = self.inner.replicas().get(&spec.id) {
+            return Err(RuntimeError::AlreadySupervised {
+                id: spec.id.clone(),
+                pid: existing.shared().pid,
+            });
+        }
+        let inner = &self.inner;
+        let Some(container) = &spec.container else {
+            return Err(RuntimeError::NoImage {
+                id: spec.id.clone(),
+            });
+        };
+        let image_user = inner.ensure_image(container).await?;
+        let user = effective_user(&spec.id, container, image_user.as_deref())?;
+        let name = format!("ferry-{}-{}", inner.prefix, container_name(&spec.id));
+        let mut labels = container_labels(&inner.owner, &spec.app, &spec.env, container);
+        labels.insert(LABEL_SERVICE.into(), spec.service.clone());
+        labels.insert(LABEL_VERSION.into(), spec.version.clone());
+        labels.insert(LABEL_REPLICA.into(), spec.id.clone());
+        let mut env = vec![
+            format!("PORT={}", spec.port),
+            format!("VERSION={}", spec.version),
+            format!("FERRY_APP={}", spec.app),
+            format!("FERRY_ENV={}", spec.env),
+            format!("FERRY_SERVICE={}", spec.service),
+        ];
+        env.extend(spec.env_vars.iter().map(|(k, v)| format!("{k}={v}")));
+        let cmd: Vec<String> = spec
+            .argv
+            .iter()
+            .map(|a| {
+                a.replace("${PORT}", &spec.port.to_string())
+                    .replace("${VERSION}", &spec.version)
+            })
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(container.image.clone()),
+            cmd: (!cmd.is_empty()).then_some(cmd),
+            env: Some(env),
+            user: Some(user.clone()),
+            labels: Some(labels),
+            stop_signal: container.stop_signal.clone(),
+            stop_timeout: Some(secs(spec.stop_timeout)),
+            exposed_ports: (inner.network == Network::Bridge)
+                .then(|| vec![format!("{}/tcp", spec.port)]),
+            host_config: Some(inner.host_config(container, &user, Some(spec.port))),
+            ..ContainerCreateBody::default()
+        };
+        let id = inner.create(&name, body).await?;
+        if let Err(e) = inner.docker.start_container(&id, None).await {
+            inner.remove(&id, 0).await;
+            return Err(engine(format!(
+                "replica {}: cannot start its container",
+                spec.id
+            ))(e));
+        }
+        let pid = inner.pid(&id).await;
+        let replica = Arc::new(Replica {
+            spec,
+            shared: Mutex::new(Shared {
+                state: ReplicaState::Starting,
+                container: id.clone(),
+                pid,
+                restarts: 0,
+                ever_healthy: false,
+                last_exit: None,
+                healthy_since: None,
+            }),
+            stop: CancellationToken::new(),
+            done: watch::channel(Done::Running).0,
+        });
+        inner
+            .replicas()
+            .insert(replica.spec.id.clone(), replica.clone());
+        inner.emit(RuntimeEvent::Started {
+            id: replica.spec.id.clone(),
+            instance: Instance::Container(id.clone()),
+        });
+        tokio::spawn(supervise(inner.clone(), replica));
+        Ok(Instance::Container(id))
+    }
+
+    async fn adopt_replica(&self, spec: ReplicaSpec) -> Result<bool, RuntimeError> {
+        crate::validate_id(&spec.id)?;
+        let inner = &self.inner;
+        if inner.replicas().contains_key(&spec.id) {
+            return Ok(true);
+        }
+        let mut found = inner.find(&[(LABEL_REPLICA, &spec.id)]).await?;
+        // The newest running one is kept; any other is a duplicate (or dead): removed.
+        found.sort_by_key(|c| std::cmp::Reverse(c.created.unwrap_or(0)));
+        let running = found
+            .iter()
+            .position(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING));
+        for (i, container) in found.iter().enumerate() {
+            if Some(i) != running
+                && let Some(id) = &container.id
+            {
+                inner.remove(id, DISCARD_GRACE_SECS).await;
+            }
+        }
+        let Some(id) = running.and_then(|i| found[i].id.clone()) else {
+            return Ok(false);
+        };
+        let pid = inner.pid(&id).await;
+        let replica = Arc::new(Replica {
+            spec,
+            shared: Mutex::new(Shared {
+                state: ReplicaState::Starting,
+                container: id,
+                pid,
+                restarts: 0,
+                ever_healthy: false,
+                last_exit: None,
+                healthy_since: None,
+            }),
+            stop: CancellationToken::new(),
+            done: watch::channel(Done::Running).0,
+        });
+        inner
+            .replicas()
+            .insert(replica.spec.id.clone(), replica.clone());
+        tokio::spawn(supervise(inner.clone(), replica));
+        Ok(true)
+    }
+
+    async fn stop_replica(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(replica) = self.inner.replicas().get(id).cloned() else {
+            return Ok(());
+        };
+        replica.stop.cancel();
+        let mut done = replica.done.subscribe();
+        let _ = done.wait_for(|d| *d != Done::Running).await;
+        let mut replicas = self.inner.replicas();
+        if replicas
+            .get(id)
+            .is_some_and(|current| Arc::ptr_eq(current, &replica))
+        {
+            replicas.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn task(
+        &self,
+        spec: TaskSpec,
+        started: Option<oneshot::Sender<Instance>>,
+    ) -> Result<TaskOutcome, RuntimeError> {
+        let began = Instant::now();
+        let inner = &self.inner;
+        let Some(container) = &spec.container else {
+            return crate::task::run(spec, started).await;
+        };
+        let image_user = inner.ensure_image(container).await?;
+        let user = effective_user(&spec.name, container, image_user.as_deref())?;
+        let serial = inner.tasks.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "ferry-{}-task-{}-{}-{serial}",
+            inner.prefix,
+            container_name(&spec.name),
+            std::process::id()
+        );
+        let mut labels = container_labels(&inner.owner, &spec.app, &spec.env, container);
+        labels.insert(LABEL_TASK.into(), spec.name.clone());
+        let body = ContainerCreateBody {
+            image: Some(container.image.clone()),
+            cmd: (!spec.argv.is_empty()).then(|| spec.argv.clone()),
+            env: Some(
+                spec.env_vars
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
+            user: Some(user.clone()),
+            labels: Some(labels),
+            stop_signal: container.stop_signal.clone(),
+            host_config: Some(inner.host_config(container, &user, None)),
+            ..ContainerCreateBody::default()
+        };
+        let id = inner.create(&name, body).await?;
+        // From here on the container goes, whatever happens (even if this future is dropped).
+        let _guard = RemoveOnDrop {
+            docker: inner.docker.clone(),
+            id: id.clone(),
+        };
+        inner
+            .docker
+            .start_container(&id, None)
+            .await
+            .map_err(engine(format!(
+                "task {}: cannot start its container",
+                spec.name
+            )))?;
+        if let Some(started) = started {
+            let _ = started.send(Instance::Container(id.clone()));
+        }
+        let output = tokio::spawn(collect_output(
+            inner.docker.clone(),
+            id.clone(),
+            spec.output.clone(),
+        ));
+        let end = match tokio::time::timeout(spec.timeout, wait_exit(&inner.docker, &id)).await {
+            Ok(code) => code.map_or(TaskEnd::Signalled(0), TaskEnd::Exited),
+            Err(_) => {
+                inner.remove(&id, 0).await;
+                TaskEnd::TimedOut
+            }
+        };
+        let (stdout, stderr) = match tokio::time::timeout(Duration::from_secs(5), output).await {
+            Ok(Ok(pair)) => pair,
+            _ => (String::new(), String::new()),
+        };
+        Ok(TaskOutcome {
+            end,
+            stdout,
+            stderr,
+            took: began.elapsed(),
+        })
+    }
+}
+
+/// Removes a task's container when the task ends, however it ends.
+struct RemoveOnDrop {
+    docker: Docker,
+    id: String,
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let docker = self.docker.clone();
+        let id = std::mem::take(&mut self.id);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let options = RemoveContainerOptionsBuilder::new().force(true).build();
+                if let Err(e) = docker.remove_container(&id, Some(options)).await
+                    && !is_status(&e, 404)
+                {
+                    tracing::warn!(container = %id, error = %e, "cannot remove a task's container");
+                }
+            });
+        }
+    }
+}
+
+impl Inner {
+    fn replicas(&self) -> MutexGuard<'_, HashMap<String, Arc<Replica>>> {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, event: RuntimeEvent) {
+        tracing::debug!(?event, "runtime event");
+        let _ = self.events.send(event);
+    }
+
+    /// Owned containers (all states) with these labels too.
+    async fn find(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let mut wanted = vec![format!("{LABEL_OWNER}={}", self.owner)];
+        wanted.extend(labels.iter().map(|(k, v)| format!("{k}={v}")));
+        let filters = HashMap::from([("label".to_string(), wanted)]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine("listing containers"))
+    }
+
+    /// Stops (`grace` seconds) and removes a container; gone already is fine.
+    async fn remove(&self, id: &str, grace: i32) {
+        if grace > 0 {
+            let options = StopContainerOptionsBuilder::new().t(grace).build();
+            let _ = self.docker.stop_container(id, Some(options)).await;
+        }
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        if let Err(e) = self.docker.remove_container(id, Some(options)).await
+            && !is_status(&e, 404)
+        {
+            tracing::warn!(container = %id, error = %e, "cannot remove container");
+        }
+    }
+
+    /// Creates a container; one left with the same name by an earlier attempt is removed.
+    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, RuntimeError> {
+        let options = || CreateContainerOptionsBuilder::new().name(name).build();
+        let created = match self
+            .docker
+            .create_container(Some(options()), body.clone())
+            .await
+        {
+            Err(e) if is_status(&e, 409) => {
+                self.remove(name, 0).await;
+                self.docker.create_container(Some(options()), body).await
+            }
+            other => other,
+        };
+        created
+            .map(|r| r.id)
+            .map_err(engine(format!("cannot create container {name}")))
+    }
+
+    /// The container's main process on the host, when visible.
+    async fn pid(&self, id: &str) -> Option<u32> {
+        let inspect = self.docker.inspect_container(id, None).await.ok()?;
+        inspect
+            .state
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+    }
+
+    /// Pulls the image when it is missing; returns its configured `USER`.
+    async fn ensure_image(&self, spec: &ContainerSpec) -> Result<Option<String>, RuntimeError> {
+        let user_of = |inspect: bollard::models::ImageInspect| {
+            inspect
+                .config
+                .and_then(|c| c.user)
+                .filter(|u| !u.is_empty())
+        };
+        match self.docker.inspect_image(&spec.image).await {
+            Ok(inspect) => return Ok(user_of(inspect)),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(engine(format!("inspecting image {}", spec.image))(e)),
+        }
+        let (repo, tag) = split_image(&spec.image);
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(repo)
+            .tag(tag)
+            .build();
+        let credentials = spec.registry_auth.as_ref().map(|auth| DockerCredentials {
+            username: Some(auth.username.clone()),
+            password: Some(auth.password.clone()),
+            serveraddress: registry_of(&spec.image).map(str::to_string),
+            ..DockerCredentials::default()
+        });
+        let mut pull = self.docker.create_image(Some(options), None, credentials);
+        while let Some(step) = pull.next().await {
+            let message = match step {
+                Ok(info) => info.error_detail.and_then(|d| d.message),
+                Err(e) => Some(engine_message(&e)),
+            };
+            if let Some(message) = message {
+                return Err(RuntimeError::Pull {
+                    image: spec.image.clone(),
+                    message,
+                });
+            }
+        }
+        match self.docker.inspect_image(&spec.image).await {
+            Ok(inspect) => Ok(user_of(inspect)),
+            Err(e) => Err(RuntimeError::Pull {
+                image: spec.image.clone(),
+                message: engine_message(&e),
+            }),
+        }
+    }
+
+    fn host_config(&self, spec: &ContainerSpec, user: &str, port: Option<u16>) -> HostConfig {
+        let mut tmpfs = format!("rw,nosuid,nodev,size={TMPFS_SIZE}");
+        let mut ids = user.split(':');
+        if let Some(uid) = ids.next().filter(|u| u.parse::<u32>().is_ok()) {
+            tmpfs.push_str(&format!(",uid={uid}"));
+        }
+        if let Some(gid) = ids.next().filter(|g| g.parse::<u32>().is_ok()) {
+            tmpfs.push_str(&format!(",gid={gid}"));
+        }
+        let (network_mode, port_bindings) = match (self.network, port) {
+            (Network::Host, _) => (Some("host".to_string()), None),
+            (Network::Bridge, None) => (None, None),
+            (Network::Bridge, Some(port)) => (
+                None,
+                Some(HashMap::from([(
+                    format!("{port}/tcp"),
+                    Some(vec![PortBinding {
+                        host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
+                        host_port: Some(port.to_string()),
+                    }]),
+                )])),
+            ),
+        };
+        HostConfig {
+            network_mode,
+            port_bindings,
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([("/tmp".to_string(), tmpfs)])),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            memory: spec.memory_bytes,
+            nano_cpus: spec.nano_cpus,
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".to_string()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), "10m".to_string()),
+                    ("max-file".to_string(), "2".to_string()),
+                ])),
+            }),
+            ..HostConfig::default()
+        }
+    }
+}
+
+/// The user a container runs as: the spec's, else the image's. Root (no user, `0`, `root`)
+/// is refused unless the spec allows it explicitly.
+fn effective_user(
+    what: &str,
+    spec: &ContainerSpec,
+    image_user: Option<&str>,
+) -> Result<String, RuntimeError> {
+    let user = spec
+        .user
+        .as_deref()
+        .or(image_user)
+        .unwrap_or("0")
+        .to_string();
+    let uid = user.split(':').next().unwrap_or_default();
+    if (uid.is_empty() || uid == "0" || uid == "root") && !spec.allow_root {
+        return Err(RuntimeError::RootRefused {
+            what: what.to_string(),
+            image: spec.image.clone(),
+        });
+    }
+    Ok(user)
+}
+
+fn container_labels(
+    owner: &str,
+    app: &str,
+    env: &str,
+    spec: &ContainerSpec,
+) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+    labels.insert(LABEL_OWNER.into(), owner.to_string());
+    labels.insert(LABEL_APP.into(), app.to_string());
+    labels.insert(LABEL_ENV.into(), env.to_string());
+    labels
+}
+
+fn label<'a>(container: &'a ContainerSummary, name: &str) -> Option<&'a str> {
+    container.labels.as_ref()?.get(name).map(String::as_str)
+}
+
+/// A name fragment the engine accepts (`[a-zA-Z0-9_.-]`).
+fn container_name(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn short_hash(text: &str) -> String {
+    // FNV-1a: stable across builds, enough to keep two owners' names apart.
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{:08x}", hash as u32)
+}
+
+/// `registry/name:tag` → (`registry/name`, `tag`); no tag means `latest` (never "every
+/// tag"); a digest reference stays whole.
+fn split_image(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[name_start..].rfind(':') {
+        Some(i) => (&image[..name_start + i], &image[name_start + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+/// The registry host of an image reference, when it names one.
+fn registry_of(image: &str) -> Option<&str> {
+    let (first, _) = image.split_once('/')?;
+    (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1)
+}
+
+/// Waits until the container has stopped; its exit code (None: unknown, e.g. removed).
+async fn wait_exit(docker: &Docker, id: &str) -> Option<i32> {
+    let mut wait = docker.wait_container(id, None);
+    match wait.next().await {
+        Some(Ok(response)) => return i32::try_from(response.status_code).ok(),
+        Some(Err(EngineError::DockerContainerWaitError { code, .. })) => {
+            return i32::try_from(code).ok();
+        }
+        Some(Err(e)) if is_status(&e, 404) => return None,
+        _ => {}
+    }
+    // The wait call broke (engine restarting?): poll.
+    loop {
+        match docker.inspect_container(id, None).await {
+            Ok(inspect) => {
+                let state = inspect.state.unwrap_or_default();
+                if !state.running.unwrap_or(false) {
+                    return state.exit_code.and_then(|c| i32::try_from(c).ok());
+                }
+            }
+            Err(e) if is_status(&e, 404) => return None,
+            Err(_) => {}
+        }
+        tokio::time::sleep(EXIT_POLL).await;
+    }
+}
+
+fn describe_exit(code: Option<i32>) -> String {
+    match code {
+        Some(code) if code > 128 => format!("exit code {code} (signal {})", code - 128),
+        Some(code) => format!("exit code {code}"),
+        None => "container gone".to_string(),
+    }
+}
+
+/// A task container's output: into memory (two bounded tails) or appended to a file.
+async fn collect_output(docker: Docker, id: String, output: TaskOutput) -> (String, String) {
+    let options = LogsOptionsBuilder::new()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut logs = docker.logs(&id, Some(options));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut file = match &output {
+        TaskOutput::File { path, .. } => crate::logs::open_append(path).ok(),
+        TaskOutput::Capture { .. } => None,
+    };
+    let mut last_trim = Instant::now();
+    while let Some(Ok(chunk)) = logs.next().await {
+        match (&output, chunk) {
+            (TaskOutput::Capture { max_bytes }, LogOutput::StdErr { message }) => {
+                keep_tail(&mut err, &message, *max_bytes);
+            }
+            (TaskOutput::Capture { max_bytes }, other) => {
+                keep_tail(&mut out, &other.into_bytes(), *max_bytes);
+            }
+            (TaskOutput::File { path, max_bytes }, chunk) => {
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write;
+                    let _ = f.write_all(&chunk.into_bytes());
+                }
+                if last_trim.elapsed() >= Duration::from_secs(1) {
+                    last_trim = Instant::now();
+                    crate::task::trim_running_output(path, *max_bytes);
+                }
+            }
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+fn keep_tail(kept: &mut Vec<u8>, more: &[u8], max: usize) {
+    kept.extend_from_slice(more);
+    if kept.len() > max {
+        kept.drain(..kept.len() - max);
+    }
+}
+
+enum Outcome {
+    Stop,
+    Detach,
+    Exited(String),
+}
+
+/// Supervises one replica's container until it is stopped (or the runtime is dropped).
+async fn supervise(inner: Arc<Inner>, replica: Arc<Replica>) {
+    let id = replica.spec.id.clone();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let container = replica.shared().container.clone();
+        let outcome = tokio::select! {
+            biased;
+            () = inner.detach.cancelled() => Outcome::Detach,
+            () = replica.stop.cancelled() => Outcome::Stop,
+            code = wait_exit(&inner.docker, &container) => Outcome::Exited(describe_exit(code)),
+            never = health_loop(&inner, &replica) => match never {},
+        };
+        match outcome {
+            Outcome::Detach => return,
+            Outcome::Stop => {
+                replica.shared().state = ReplicaState::Stopping;
+                let grace = i32::try_from(secs(replica.spec.stop_timeout)).unwrap_or(i32::MAX);
+                inner.remove(&container, grace).await;
+                finish_stopped(&inner, &replica);
+                return;
+            }
+            Outcome::Exited(reason) => {
+                tracing::warn!(replica = %id, %reason, "container exited");
+                {
+                    let mut shared = replica.shared();
+                    if shared
+                        .healthy_since
+                        .is_some_and(|since| since.elapsed() >= BACKOFF_RESET_AFTER)
+                    {
+                        backoff = BACKOFF_MIN;
+                    }
+                    shared.state = ReplicaState::Exited;
+                    shared.pid = None;
+                    shared.healthy_since = None;
+                    shared.last_exit = Some(reason.clone());
+                }
+                inner.emit(RuntimeEvent::Exited {
+                    id: id.clone(),
+                    reason,
+                    will_restart: true,
+                });
+            }
+        }
+        // Restart the same container with backoff until it starts or we are told to stop.
+        loop {
+            tokio::select! {
+                biased;
+                () = inner.detach.cancelled() => return,
+                () = replica.stop.cancelled() => {
+                    inner.remove(&container, 1).await;
+                    finish_stopped(&inner, &replica);
+                    return;
+                }
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            match inner.docker.start_container(&container, None).await {
+                Ok(()) => {
+                    let pid = inner.pid(&container).await;
+                    {
+                        let mut shared = replica.shared();
+                        shared.state = ReplicaState::Starting;
+                        shared.pid = pid;
+                        shared.restarts += 1;
+                    }
+                    inner.emit(RuntimeEvent::Started {
+                        id: id.clone(),
+                        instance: Instance::Container(container.clone()),
+                    });
+                    break;
+                }
+                Err(e) => {
+                    let reason = format!("restart failed: {}", engine_message(&e));
+                    tracing::warn!(replica = %id, %reason);
+                    replica.shared().last_exit = Some(reason.clone());
+                    inner.emit(RuntimeEvent::Exited {
+                        id: id.clone(),
+                        reason,
+                        will_restart: true,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn finish_stopped(inner: &Inner, replica: &Replica) {
+    {
+        let mut shared = replica.shared();
+        shared.state = ReplicaState::Stopped;
+        shared.pid = None;
+        shared.healthy_since = None;
+    }
+    inner.emit(RuntimeEvent::Stopped {
+        id: replica.spec.id.clone(),
+    });
+    replica.done.send_replace(Done::Stopped);
+}
+
+/// HTTP health checks against the replica's endpoint; never returns.
+async fn health_loop(inner: &Inner, replica: &Replica) -> Infallible {
+    let spec: &HealthSpec = &replica.spec.health;
+    if spec.path.is_empty() {
+        set_healthy(inner, replica);
+        return std::future::pending().await;
+    }
+    let path = if spec.path.starts_with('/') {
+        spec.path.clone()
+    } else {
+        format!("/{}", spec.path)
+    };
+    let url = format!("http://127.0.0.1:{}{path}", replica.spec.port);
+    let interval = spec.interval.max(MIN_HEALTH_INTERVAL);
+    let fast = FAST_HEALTH_POLL.min(interval);
+    let (mut successes, mut failures) = (0u32, 0u32);
+    let mut seen_success = false;
+    loop {
+        let result = crate::supervise::check(&inner.http, &url, spec.timeout).await;
+        let state = replica.shared().state;
+        match result {
+            Ok(()) => {
+                seen_success = true;
+                successes = successes.saturating_add(1);
+                failures = 0;
+                if matches!(state, ReplicaState::Starting | ReplicaState::Unhealthy)
+                    && successes >= spec.healthy_threshold.max(1)
+                {
+                    set_healthy(inner, replica);
+                }
+            }
+            Err(reason) => {
+                failures = failures.saturating_add(1);
+                successes = 0;
+                if state == ReplicaState::Healthy && failures >= spec.unhealthy_threshold.max(1) {
+                    {
+                        let mut shared = replica.shared();
+                        shared.state = ReplicaState::Unhealthy;
+                        shared.healthy_since = None;
+                    }
+                    inner.emit(RuntimeEvent::Unhealthy {
+                        id: replica.spec.id.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        tokio::time::sleep(if seen_success { interval } else { fast }).await;
+    }
+}
+
+fn set_healthy(inner: &Inner, replica: &Replica) {
+    {
+        let mut shared = replica.shared();
+        shared.state = ReplicaState::Healthy;
+        shared.ever_healthy = true;
+        shared.healthy_since = Some(Instant::now());
+    }
+    inner.emit(RuntimeEvent::Healthy {
+        id: replica.spec.id.clone(),
+    });
+}
+
+fn status_of(replica: &Replica) -> ReplicaStatus {
+    let shared = replica.shared();
+    ReplicaStatus {
+        id: replica.spec.id.clone(),
+        state: shared.state,
+        pid: shared.pid,
+        restarts: shared.restarts,
+        ever_healthy: shared.ever_healthy,
+        last_exit: shared.last_exit.clone(),
+    }
+}
+
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn start(&self, spec: ReplicaSpec) -> BoxFuture<'_, Result<Instance, RuntimeError>> {
+        Box::pin(self.start_replica(spec))
+    }
+
+    fn adopt(
+        &self,
+        spec: ReplicaSpec,
+        _recorded: Option<ProcessIdentity>,
+    ) -> BoxFuture<'_, Result<bool, RuntimeError>> {
+        Box::pin(self.adopt_replica(spec))
+    }
+
+    fn discard<'a>(&'a self, id: &'a str, _: Option<ProcessIdentity>) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            let found = match self.inner.find(&[(LABEL_REPLICA, id)]).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(replica = id, error = %e, "cannot look for its containers");
+                    return 0;
+                }
+            };
+            for container in found.iter().filter_map(|c| c.id.as_deref()) {
+                self.inner.remove(container, DISCARD_GRACE_SECS).await;
+            }
+            found.len()
+        })
+    }
+
+    fn stop<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.stop_replica(id))
+    }
+
+    fn stop_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let ids: Vec<String> = self.inner.replicas().keys().cloned().collect();
+            let mut tasks = tokio::task::JoinSet::new();
+            for id in ids {
+                let runtime = self.clone();
+                tasks.spawn(async move { runtime.stop_replica(&id).await });
+            }
+            while tasks.join_next().await.is_some() {}
+        })
+    }
+
+    fn status(&self, id: &str) -> Option<ReplicaStatus> {
+        self.inner.replicas().get(id).map(|r| status_of(r))
+    }
+
+    fn list(&self) -> Vec<ReplicaStatus> {
+        let mut all: Vec<ReplicaStatus> = self
+            .inner
+            .replicas()
+            .values()
+            .map(|r| status_of(r))
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    fn endpoint(&self, id: &str) -> Option<SocketAddr> {
+        // Host network: the container's own port; bridge: published on the same port.
+        self.inner
+            .replicas()
+            .get(id)
+            .map(|r| SocketAddr::from((Ipv4Addr::LOCALHOST, r.spec.port)))
+    }
+
+    fn logs(&self, id: &str, tail: usize, follow: bool) -> LogLines {
+        let (tx, rx) = mpsc::channel(256);
+        let inner = self.inner.clone();
+        let id = id.to_string();
+        let known = inner
+            .replicas()
+            .get(&id)
+            .map(|replica| replica.shared().container.clone());
+        tokio::spawn(async move {
+            let container = match known {
+                Some(container) => container,
+                None => match inner.find(&[(LABEL_REPLICA, &id)]).await {
+                    Ok(found) => match found.into_iter().find_map(|c| c.id) {
+                        Some(container) => container,
+                        None => return,
+                    },
+                    Err(_) => return,
+                },
+            };
+            let options = LogsOptionsBuilder::new()
+                .follow(follow)
+                .stdout(true)
+                .stderr(true)
+                .tail(&tail.to_string())
+                .build();
+            let mut logs = inner.docker.logs(&container, Some(options));
+            let mut partial = Vec::new();
+            loop {
+                let chunk = tokio::select! {
+                    () = tx.closed() => return,
+                    chunk = logs.next() => chunk,
+                };
+                let Some(Ok(chunk)) = chunk else { break };
+                partial.extend_from_slice(&chunk.into_bytes());
+                while let Some(newline) = partial.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=newline).collect();
+                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                    if tx.send(text).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !partial.is_empty() {
+                let _ = tx
+                    .send(String::from_utf8_lossy(&partial).into_owned())
+                    .await;
+            }
+        });
+        rx
+    }
+
+    fn run_task(
+        &self,
+        spec: TaskSpec,
+        started: Option<oneshot::Sender<Instance>>,
+    ) -> BoxFuture<'_, Result<TaskOutcome, RuntimeError>> {
+        Box::pin(self.task(spec, started))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_into_repository_and_tag() {
+        assert_eq!(split_image("shop/api:1.2.0"), ("shop/api", "1.2.0"));
+        assert_eq!(
+            split_image("registry.example.com:5000/shop/api:2.0"),
+            ("registry.example.com:5000/shop/api", "2.0")
+        );
+        assert_eq!(
+            split_image("registry.example.com:5000/shop/api"),
+            ("registry.example.com:5000/shop/api", "latest")
+        );
+        assert_eq!(split_image("api@sha256:abc"), ("api@sha256:abc", ""));
+        assert_eq!(
+            registry_of("registry.example.com/shop/api:1"),
+            Some("registry.example.com")
+        );
+        assert_eq!(registry_of("shop/api:1"), None);
+        assert_eq!(registry_of("api:1"), None);
+    }
+
+    #[test]
+    fn root_is_refused_unless_allowed() {
+        let spec = ContainerSpec {
+            image: "shop/api:1".into(),
+            ..ContainerSpec::default()
+        };
+        for image_user in [None, Some("0"), Some("root"), Some("0:0")] {
+            let err = effective_user("api", &spec, image_user).unwrap_err();
+            assert!(err.to_string().contains("root"), "{err}");
+        }
+        assert_eq!(effective_user("api", &spec, Some("app")).unwrap(), "app");
+        let explicit = ContainerSpec {
+            user: Some("65534:65534".into()),
+            ..spec.clone()
+        };
+        assert_eq!(
+            effective_user("api", &explicit, Some("0")).unwrap(),
+            "65534:65534"
+        );
+        let allowed = ContainerSpec {
+            allow_root: true,
+            ..spec
+        };
+        assert_eq!(effective_user("api", &allowed, None).unwrap(), "0");
+    }
+
+    #[test]
+    fn container_names_are_engine_safe() {
+        assert_eq!(
+            container_name("shop.prod.api.1.2.3_b.0a1b2c"),
+            "shop.prod.api.1.2.3_b.0a1b2c"
+        );
+        assert_eq!(container_name("hook migrate/1"), "hook_migrate_1");
+        assert_eq!(short_hash("/data/a").len(), 8);
+        assert_ne!(short_hash("/data/a"), short_hash("/data/b"));
+    }
+}

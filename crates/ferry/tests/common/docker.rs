@@ -1,0 +1,151 @@
+//! Docker for the tests: is an engine there (skip, or fail under `FERRY_REQUIRE_DOCKER=1`
+//! as `.ci/run` sets), test images built locally (no registry is reachable: a directory with
+//! `ferry-demo`, `sh`, `sleep` and the shared libraries `ldd` lists, `docker import`ed), and
+//! a guard that removes every container of a test's owner label, even when it fails.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+pub const SOCKET: &str = "/var/run/docker.sock";
+/// The demo image: `ferry-demo` as its command, `USER 65534:65534`.
+pub const DEMO_IMAGE: &str = "ferry-test/demo:1.0.0";
+/// The same files without a `USER` (so it would run as root).
+pub const ROOT_IMAGE: &str = "ferry-test/root:1.0.0";
+
+/// Whether the tests can use a Docker engine. Without one: `false` after saying the test
+/// is skipped, or a failure when `FERRY_REQUIRE_DOCKER=1`.
+pub fn engine_or_skip() -> bool {
+    let answer = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output();
+    let problem = match answer {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(e) => format!("cannot run `docker`: {e}"),
+    };
+    let required = std::env::var("FERRY_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "FERRY_REQUIRE_DOCKER=1 but no Docker engine answers: {problem}"
+    );
+    eprintln!("SKIPPED: no Docker engine ({problem})");
+    false
+}
+
+/// Builds the test images once per test binary (a fresh import each run, so they always
+/// hold the `ferry-demo` just built).
+pub fn images() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for binary in [super::DEMO, "/bin/sh", "/bin/sleep"] {
+            let name = Path::new(binary).file_name().expect("a file name");
+            let target = if binary == super::DEMO {
+                root.join("ferry-demo")
+            } else {
+                root.join("bin").join(name)
+            };
+            copy(Path::new(binary), &target);
+            for lib in libraries(binary) {
+                copy(&lib, &root.join(lib.strip_prefix("/").expect("absolute")));
+            }
+        }
+        std::fs::create_dir_all(root.join("tmp")).expect("tmp");
+        import(
+            root,
+            DEMO_IMAGE,
+            &["USER 65534:65534", "CMD [\"/ferry-demo\"]"],
+        );
+        import(root, ROOT_IMAGE, &["CMD [\"/ferry-demo\"]"]);
+    });
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+}
+
+/// The shared libraries a binary needs (`ldd`), by absolute path.
+fn libraries(binary: &str) -> Vec<std::path::PathBuf> {
+    let out = Command::new("ldd").arg(binary).output().expect("ldd");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.starts_with('/'))
+                .map(std::path::PathBuf::from)
+        })
+        .collect()
+}
+
+fn import(root: &Path, tag: &str, changes: &[&str]) {
+    let mut command = Command::new("docker");
+    command.arg("import");
+    for change in changes {
+        command.args(["--change", change]);
+    }
+    let mut tar = Command::new("tar")
+        .args(["-C"])
+        .arg(root)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tar");
+    let out = command
+        .args(["-", tag])
+        .stdin(tar.stdout.take().expect("tar output"))
+        .output()
+        .expect("docker import");
+    assert!(
+        tar.wait().expect("tar").success(),
+        "tar of {}",
+        root.display()
+    );
+    assert!(
+        out.status.success(),
+        "docker import {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The containers carrying `label=value` (all states), by id.
+pub fn containers(label: &str, value: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("label={label}={value}"))
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `docker inspect --format TEMPLATE ID`.
+pub fn inspect(id: &str, template: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", "--format", template, id])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Removes every container of an owner when dropped (the test's own cleanup may not run).
+pub struct Cleanup(pub String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let ids = containers("ferry.owner", &self.0);
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
