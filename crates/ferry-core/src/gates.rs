@@ -251,7 +251,10 @@ impl GateReport {
             .map(|r| Unmet {
                 gate: r.gate.clone(),
                 key: r.key.clone(),
-                message: r.detail.clone(),
+                message: match r.gate.strip_prefix("checks:") {
+                    Some(name) => format!("check {name}: {}", r.detail),
+                    None => r.detail.clone(),
+                },
             })
             .collect();
         if unmet.is_empty() {
@@ -272,6 +275,17 @@ impl GateReport {
             })
             .collect()
     }
+}
+
+/// The timeline line of a deployment waiting at its gates: `waiting for 1.4.2 to succeed in
+/// staging; check ci: pending: not run yet` (a message that already says "waiting for" is
+/// not prefixed twice).
+pub fn waiting_message(unmet: &[Unmet]) -> String {
+    let parts: Vec<&str> = unmet
+        .iter()
+        .map(|u| u.message.strip_prefix("waiting for ").unwrap_or(&u.message))
+        .collect();
+    format!("waiting for {}", parts.join("; "))
 }
 
 /// `user:bob` reads `bob`; other principals (`token:ci`) stay as they are.
@@ -607,9 +621,18 @@ pub fn window_timezone(window: &FreezeWindow) -> &str {
     window.timezone.as_deref().unwrap_or("UTC")
 }
 
-/// When the window covering `now_ms` closes, if one does. `Err` when the window cannot be
-/// read (the manifest validation prevents this).
-pub fn freeze_open_until(window: &FreezeWindow, now_ms: i64) -> Result<Option<Zoned>, String> {
+/// When an open freeze window closes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FreezeEnd {
+    At(Zoned),
+    /// Its openings overlap one another for as far as Ferry looks (1,000 openings): it
+    /// never closes, e.g. `* * * * *` with `duration: 2m`.
+    NoEndInSight,
+}
+
+/// When the window covering `now_ms` closes, if one covers it. `Err` when the window cannot
+/// be read (the manifest validation prevents this).
+pub fn freeze_open_until(window: &FreezeWindow, now_ms: i64) -> Result<Option<FreezeEnd>, String> {
     let tz = parse_timezone(window_timezone(window))?;
     let now = Timestamp::from_millisecond(now_ms)
         .map_err(|e| format!("time out of range: {e}"))?
@@ -633,10 +656,10 @@ pub fn freeze_open_until(window: &FreezeWindow, now_ms: i64) -> Result<Option<Zo
             // Windows that overlap (or touch) run on into one another.
             for _ in 0..1000 {
                 let Ok(next) = cron.find_next_occurrence(&start, false) else {
-                    break;
+                    return Ok(Some(FreezeEnd::At(end)));
                 };
                 if next > end {
-                    break;
+                    return Ok(Some(FreezeEnd::At(end)));
                 }
                 let next_end = next
                     .checked_add(length)
@@ -646,7 +669,7 @@ pub fn freeze_open_until(window: &FreezeWindow, now_ms: i64) -> Result<Option<Zo
                 }
                 start = next;
             }
-            Ok(Some(end))
+            Ok(Some(FreezeEnd::NoEndInSight))
         }
         (None, None, Some(from), Some(until)) => {
             let from = parse_local(from)?
@@ -655,7 +678,7 @@ pub fn freeze_open_until(window: &FreezeWindow, now_ms: i64) -> Result<Option<Zo
             let until = parse_local(until)?
                 .to_zoned(tz)
                 .map_err(|e| format!("`until` out of range: {e}"))?;
-            Ok((from <= now && now < until).then_some(until))
+            Ok((from <= now && now < until).then_some(FreezeEnd::At(until)))
         }
         _ => Err("a freeze window is either `cron` + `duration` or `from` + `until`".into()),
     }
@@ -675,10 +698,14 @@ pub fn describe_window(window: &FreezeWindow) -> String {
 fn freeze_open(window: &FreezeWindow, now_ms: i64) -> Option<String> {
     match freeze_open_until(window, now_ms) {
         Ok(None) => None,
-        Ok(Some(end)) => Some(format!(
+        Ok(Some(FreezeEnd::At(end))) => Some(format!(
             "freeze window {} open until {}",
             describe_window(window),
             end.strftime("%Y-%m-%dT%H:%M:%S%:z")
+        )),
+        Ok(Some(FreezeEnd::NoEndInSight)) => Some(format!(
+            "freeze window {} open, no end in sight (its openings overlap one another)",
+            describe_window(window)
         )),
         Err(e) => Some(format!(
             "freeze window {} cannot be read ({e})",
@@ -1045,6 +1072,56 @@ mod tests {
         );
         assert!(freeze_line(window(), "2026-06-03T11:59:59Z").is_some());
         assert_eq!(freeze_line(window(), "2026-06-03T12:00:00Z"), None);
+    }
+
+    #[test]
+    fn a_freeze_window_that_never_closes_says_so_instead_of_inventing_an_end() {
+        // Every day at midnight for 48 h: each opening overlaps the next, forever.
+        let endless = || cron_window("0 0 * * *", 48, "UTC");
+        assert_eq!(
+            freeze_line(endless(), "2026-06-01T06:00:00Z").as_deref(),
+            Some(
+                "freeze window `0 0 * * *` (UTC) open, no end in sight (its openings overlap \
+                 one another)"
+            )
+        );
+    }
+
+    #[test]
+    fn waiting_lines_name_each_check_and_never_say_waiting_for_twice() {
+        let unmet = vec![
+            Unmet {
+                gate: "after".into(),
+                key: "after:staging".into(),
+                message: "waiting for 1.4.2 to succeed in staging".into(),
+            },
+            Unmet {
+                gate: "freeze".into(),
+                key: "f".into(),
+                message: "freeze window x open until y".into(),
+            },
+        ];
+        assert_eq!(
+            waiting_message(&unmet),
+            "waiting for 1.4.2 to succeed in staging; freeze window x open until y"
+        );
+        let report = GateReport {
+            rows: vec![GateRow {
+                gate: "checks:ci-green".into(),
+                state: GateState::Waiting,
+                detail: "pending: not run yet".into(),
+                key: "checks:ci-green:pending".into(),
+            }],
+            rejected: None,
+        };
+        let GatesVerdict::Waiting(unmet) = report.verdict() else {
+            panic!()
+        };
+        assert_eq!(unmet[0].message, "check ci-green: pending: not run yet");
+        assert_eq!(
+            waiting_message(&unmet),
+            "waiting for check ci-green: pending: not run yet"
+        );
     }
 
     #[test]

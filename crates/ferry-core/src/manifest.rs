@@ -219,6 +219,11 @@ pub struct Environment {
     /// What must hold before a deployment may start here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gates: Option<Gates>,
+    /// Keep watching a new version this long after it converged (e.g. `2m`), before the
+    /// deployment succeeds: crash loops, failing health and (canary) the background analysis
+    /// roll it back automatically meanwhile. Default: none (succeed at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake: Option<HumanDuration>,
 }
 
 /// Conditions a deployment waits for (in state `blocked`, or `awaiting-approval` when only

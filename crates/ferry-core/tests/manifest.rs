@@ -372,6 +372,36 @@ fn unknown_strategy_suggests() {
         environments:
           dev:
             listen: 127.0.0.1:8080
+            bake: 25h
+          prod:
+            listen: 127.0.0.1:8081
+            bake: 0s
+        ",
+        &[
+            &["environments.dev.bake", "bake is limited to 24h"],
+            &["environments.prod.bake", "duration must be greater than 0"],
+        ],
+    );
+    let m = ok("
+        app: shop
+        services: { api: { run: [./api] } }
+        environments:
+          prod: { listen: 127.0.0.1:8080, bake: 2m }
+        ");
+    assert_eq!(
+        m.environments
+            .get("prod")
+            .and_then(|e| e.bake)
+            .map(|b| b.get()),
+        Some(std::time::Duration::from_secs(120))
+    );
+    check(
+        "
+        app: shop
+        services: { api: { run: [./api] } }
+        environments:
+          dev:
+            listen: 127.0.0.1:8080
             strategy: { rolling: { max_surge: 1, maxUnavailable: 0 } }
         ",
         &[&[

@@ -576,6 +576,14 @@ impl Controller {
         } else {
             verdict
         };
+        // bake: a converged version is watched for `bake` before it succeeds.
+        let baking = Phase::of(&deployment.phase).bake_until_ms.is_some();
+        if verdict == Verdict::Converged
+            && deployment.state == DeploymentState::Progressing
+            && !self.baked(&deployment, manifest, env, now).await?
+        {
+            return Ok(());
+        }
         if let Some((state, reason)) = rollout::next_state(
             deployment.state,
             &verdict,
@@ -587,6 +595,10 @@ impl Controller {
                 _ => None,
             };
             let message = match state {
+                DeploymentState::RollingBack if baking => format!(
+                    "rolling back to {} during the bake: {reason}",
+                    target_or(&deployment.previous_version)
+                ),
                 DeploymentState::RollingBack => format!(
                     "rolling back to {}: {reason}",
                     target_or(&deployment.previous_version)
@@ -787,6 +799,32 @@ impl Controller {
                     .iter()
                     .all(|s| s.replicas.iter().all(|r| r.version == canary));
                 if old_gone && self.routed_only_to(&app.name, env, canary, services) {
+                    // bake: keep watching (crash loops, health, the background analysis).
+                    if !self.baked(deployment, manifest, env, now).await? {
+                        if let Some(measured) = &observed.background_measurements {
+                            let mut fresh = Phase::of(&deployment.phase);
+                            fresh.progress = Some(next.clone());
+                            let lines: Vec<String> = measured
+                                .iter()
+                                .map(|m| {
+                                    format!(
+                                        "baking: background analysis: {}",
+                                        progressive::describe(m)
+                                    )
+                                })
+                                .collect();
+                            self.transition_with_phase(
+                                deployment,
+                                DeploymentState::Progressing,
+                                None,
+                                None,
+                                fresh.to_value(),
+                                &lines.join("; "),
+                            )
+                            .await?;
+                        }
+                        return Ok(());
+                    }
                     self.meter.forget(deployment.id);
                     // A rollout that went on without its background verdict says so, on
                     // the timeline and (as the reason) in the change record.
@@ -858,6 +896,60 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// bake: whether a deployment that would succeed now has been watched long enough. The
+    /// first time, records when the bake ends (on the deployment's phase, so a restarted
+    /// server keeps the same end) and says so on the timeline; at the end, says "baked".
+    /// Until then the caller keeps watching: crash loops, failing health and (canary) the
+    /// background analysis roll back as during the rollout.
+    async fn baked(
+        &self,
+        deployment: &DeploymentRecord,
+        manifest: &Manifest,
+        env: &str,
+        now: i64,
+    ) -> Result<bool, ServerError> {
+        let Some(bake) = manifest.environments.get(env).and_then(|e| e.bake) else {
+            return Ok(true);
+        };
+        let bake_ms = millis(bake.get());
+        let mut phase = Phase::of(&deployment.phase);
+        match phase.bake_until_ms {
+            None => {
+                let until = now.saturating_add(bake_ms);
+                phase.bake_until_ms = Some(until);
+                let message = format!(
+                    "{} converged; baking until {} ({bake}): rolls back on crash loops, failing \
+                     health or a failing analysis",
+                    deployment.version,
+                    crate::progressive::clock(until)
+                );
+                self.transition_with_phase(
+                    deployment,
+                    DeploymentState::Progressing,
+                    None,
+                    None,
+                    phase.to_value(),
+                    &message,
+                )
+                .await?;
+                Ok(false)
+            }
+            Some(until) if now < until => Ok(false),
+            Some(_) => {
+                self.event(
+                    deployment.id,
+                    "bake",
+                    &format!(
+                        "baked: {} watched for {bake} without a failure",
+                        deployment.version
+                    ),
+                )
+                .await;
+                Ok(true)
+            }
+        }
     }
 
     /// Sends a progressive rollout back to `stable`: the next route table gives it 100 %.
@@ -940,14 +1032,7 @@ impl Controller {
                 Ok(true)
             }
             gates::GatesVerdict::Waiting(unmet) => {
-                let message = format!(
-                    "waiting for {}",
-                    unmet
-                        .iter()
-                        .map(|u| u.message.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
+                let message = gates::waiting_message(&unmet);
                 // `awaiting-approval` when only approvals are missing, else `blocked`.
                 let waiting = gates::waiting_state(&unmet);
                 if deployment.state != waiting {
@@ -1991,7 +2076,25 @@ impl Controller {
             let mut phase = Phase::of(&deployment.phase);
             phase.aborted_by = Some(by.to_string());
             let reason = format!("aborted by {by}");
+            let waiting = matches!(
+                deployment.state,
+                DeploymentState::Pending
+                    | DeploymentState::AwaitingApproval
+                    | DeploymentState::Blocked
+            );
             let (state, message) = match &deployment.previous_version {
+                // Still at its gates: nothing of it started, nothing goes back.
+                _ if waiting => (
+                    DeploymentState::Aborted,
+                    format!(
+                        "{reason} before it started: nothing of {} ran, {}",
+                        deployment.version,
+                        match &deployment.previous_version {
+                            Some(previous) => format!("{previous} keeps serving"),
+                            None => "nothing was serving".to_string(),
+                        }
+                    ),
+                ),
                 Some(previous) => (
                     DeploymentState::RollingBack,
                     format!("{reason}: all traffic back to {previous}"),

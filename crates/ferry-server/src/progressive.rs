@@ -30,6 +30,16 @@ pub struct Phase {
     /// Set when `ferry abort` asked for the way back: the end state is `aborted`.
     #[serde(default)]
     pub aborted_by: Option<String>,
+    /// bake: when the watch after convergence ends (Unix ms), once it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_until_ms: Option<i64>,
+}
+
+/// `2026-12-06T04:12:30Z`: a moment on the timeline, to the second, UTC.
+pub fn clock(unix_ms: i64) -> String {
+    let at =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0).unsigned_abs());
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 impl Phase {

@@ -75,6 +75,15 @@ async fn wait_state(ferry: &Ferry, id: i64, state: &str) -> String {
     }
 }
 
+/// A positive proof that a waiting deployment stays put: another deployment (of `version`
+/// in the ungated staging) goes all the way through the controller loop meanwhile, and the
+/// production one is still `blocked` afterwards.
+async fn still_blocked_after_the_loop_ran(ferry: &Ferry, spec: &Spec, prod: i64, version: &str) {
+    ferry.deploy_ok(spec, version).await;
+    let (state, timeline) = state_and_timeline(ferry, prod).await;
+    assert_eq!(state, "blocked", "{timeline}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn production_waits_for_staging_and_the_soak() {
     let _serial = SERIAL.lock().await;
@@ -91,13 +100,17 @@ async fn production_waits_for_staging_and_the_soak() {
             timeline.contains("waiting for 1.0.0 to succeed in staging"),
             "{timeline}"
         );
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let (state, _) = state_and_timeline(&ferry, prod).await;
-        assert_eq!(state, "blocked");
+        assert!(!timeline.contains("waiting for waiting for"), "{timeline}");
+        still_blocked_after_the_loop_ran(&ferry, &spec, prod, "0.9.0").await;
 
         // It succeeds in staging; production then soaks 2 s before it starts.
         ferry.deploy_ok(&spec, "1.0.0").await;
-        let staged = Instant::now();
+        let staged_at = ferry
+            .env_status(&spec)
+            .await
+            .latest_deployment
+            .and_then(|d| d.finished_at_ms)
+            .expect("staging's deployment finished");
         ferry
             .wait_for_event(prod, Duration::from_secs(10), |e| {
                 e.message.contains("soaking in staging:") && e.message.contains("(needs 2s)")
@@ -105,10 +118,20 @@ async fn production_waits_for_staging_and_the_soak() {
             .await;
         let done = ferry.wait_terminal(prod, Duration::from_secs(25)).await;
         assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
+        // The soak itself, on the server's clock: from the moment 1.0.0 succeeded in
+        // staging to the moment production passed its gates (not to the end of its rollout).
+        let passed_at = ferry
+            .deployment(prod)
+            .await
+            .events
+            .iter()
+            .find(|e| e.kind == "gate" && e.message.starts_with("soak: "))
+            .map(|e| e.at_ms)
+            .expect("a `soak` gate line when production passed its gates");
+        let soaked = passed_at - staged_at;
         assert!(
-            staged.elapsed() >= Duration::from_millis(1500),
-            "production started before the soak was over ({:?})",
-            staged.elapsed()
+            (2_000..10_000).contains(&soaked),
+            "production passed its soak {soaked}ms after 1.0.0 succeeded in staging (needs 2s)"
         );
         // The countdown does not flood the timeline.
         let (_, timeline) = state_and_timeline(&ferry, prod).await;
@@ -139,14 +162,19 @@ async fn a_freeze_window_holds_the_deployment() {
             ),
             "{timeline}"
         );
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let (state, _) = state_and_timeline(&ferry, prod).await;
-        assert_eq!(state, "blocked");
+        still_blocked_after_the_loop_ran(&ferry, &spec, prod, "0.9.0").await;
 
         let out = ferry.cli(&["abort", "frozen", "--env", "production"]).await;
         assert_eq!(out.code, 0, "abort:\n{out}");
         let done = ferry.wait_terminal(prod, Duration::from_secs(10)).await;
-        assert!(done.state.is_terminal(), "{done:?}");
+        assert_eq!(done.state.to_string(), "aborted", "{done:?}");
+        // Nothing of it started: the timeline says so, and no traffic "goes back".
+        let (_, timeline) = state_and_timeline(&ferry, prod).await;
+        assert!(
+            timeline.contains("before it started: nothing of 1.0.0 ran"),
+            "{timeline}"
+        );
+        assert!(!timeline.contains("all traffic back"), "{timeline}");
     })
     .await;
 }

@@ -267,6 +267,16 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
                 .collect();
             check_promotion_gates(&mut out, &with(&base, "gates"), name, gates, &earlier, m);
         }
+        if let Some(bake) = env.bake {
+            positive(&mut out, with(&base, "bake"), bake);
+            if bake.get() > MAX_BAKE {
+                out.value(
+                    with(&base, "bake"),
+                    "bake is limited to 24h",
+                    Some("a deployment stays in progress while it bakes; e.g. `2m` or `1h`".into()),
+                );
+            }
+        }
         match &env.strategy {
             Strategy::Canary(canary) => {
                 check_canary(&mut out, &with(&with(&base, "strategy"), "canary"), canary)
@@ -1045,6 +1055,9 @@ fn check_freeze_window(out: &mut Issues, wpath: &[Seg], w: &FreezeWindow) {
         }
     }
 }
+
+/// Longest `bake`: a deployment stays in progress (holding its environment) meanwhile.
+const MAX_BAKE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 fn positive(out: &mut Issues, path: Vec<Seg>, d: HumanDuration) {
     if d.0.is_zero() {
