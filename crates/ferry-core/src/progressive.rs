@@ -308,6 +308,20 @@ pub fn advance(
             notes.push("promoted to full by hand: skipping to the final promotion".into());
             resume_background(&mut next, now_ms);
             enter(&mut next, plan, plan.finale, now_ms);
+            // A person asked for 100% now: they take the decision without the background
+            // verdict, if there is none yet, and the record says so.
+            let judged = next
+                .background_run
+                .as_ref()
+                .is_some_and(|run| run.verdict == RunVerdict::Passed);
+            if plan.background.is_some() && !judged {
+                next.unjudged = Some(format!(
+                    "promoted to full by hand without a conclusive verdict from the background \
+                     analysis ({})",
+                    background_undecided(plan, &next)
+                ));
+            }
+            next.finale_cleared = true;
         }
         Some(Command::Promote) => {
             if let Some(stage) = plan.stages.get(next.stage) {
@@ -1031,6 +1045,37 @@ mod tests {
             "{notes:?}"
         );
         assert!(p.unjudged.is_some());
+    }
+
+    #[test]
+    fn promote_full_goes_to_100_percent_and_records_the_missing_verdict() {
+        let mut spec = errors_analysis();
+        spec.inconclusive_limit = 100;
+        let plan = timed_canary_with_background(spec, false);
+        let (p, _) = drive(&plan, 5, |_| Verdict::Inconclusive);
+        assert!(p.stage < plan.finale);
+        let mut p = advance(&plan, &p, &ready(1), Some(Command::PromoteFull), 6_000).0;
+        assert!(p.finale_cleared);
+        assert!(
+            p.unjudged
+                .as_deref()
+                .is_some_and(|w| w.starts_with("promoted to full by hand without a conclusive")),
+            "{:?}",
+            p.unjudged
+        );
+        for t in 7..20 {
+            let obs = Observation {
+                canary_ready: p.canary_replicas,
+                stable_running: if p.retiring_stable { 0 } else { 2 },
+                ..Observation::default()
+            };
+            let (next, out) = advance(&plan, &p, &obs, None, t * 1_000);
+            p = next;
+            if out == Outcome::Completed {
+                return;
+            }
+        }
+        panic!("promote --full did not complete: {p:?}");
     }
 
     #[test]
