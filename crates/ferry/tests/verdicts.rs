@@ -112,3 +112,63 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve
     })
     .await;
 }
+
+/// A canary nobody sends traffic to: its background analysis can only say Inconclusive. Its
+/// pause ends, but it does not reach 100%: it holds before the final promotion and says so,
+/// then (after `inconclusive_limit`) is paused for a person — `paused: true` in the JSON
+/// and the text, `ferry resume` named — and a person's `promote` finishes it on the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_its_background_analysis_never_judged_does_not_finish_by_itself() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("quiet");
+        spec.replicas = 1;
+        spec.strategy = "{ canary: { steps: [{ weight: 50 }, { pause: 1s }], analysis: { interval: 1s, inconclusive_limit: 3, metrics: [{ name: errors, builtin: error_rate, max: 5% }] } } }".into();
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let out = ferry
+            .cli(&["deploy", "quiet", "--env", "production", "--version", "2.0.0", "-o", "json"])
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        let id = out.json()["id"].as_i64().expect("deployment id");
+
+        ferry
+            .wait_for_event(id, Duration::from_secs(30), |e| {
+                e.message
+                    .contains("holding before the final promotion until the background analysis passes")
+            })
+            .await;
+        let status = ferry
+            .wait_status(&spec, Duration::from_secs(30), "paused for a person", |s| {
+                s.rollout.as_ref().is_some_and(|r| r.paused)
+            })
+            .await;
+        let rollout = status.rollout.expect("rollout");
+        assert!(!rollout.paused_by_hand);
+        assert_eq!(rollout.canary_weight, 50.0, "never reached 100%");
+        let waiting = rollout.waiting_for.unwrap_or_default();
+        assert!(
+            waiting.starts_with("background analysis at 50%:") && waiting.contains("ferry resume"),
+            "{waiting}"
+        );
+        let text = ferry.cli(&["status", "quiet", "--env", "production"]).await;
+        assert!(
+            text.stdout.contains("paused    analysis could not judge (`ferry resume` measures again"),
+            "{text}"
+        );
+
+        let out = ferry.cli(&["promote", "quiet", "--env", "production"]).await;
+        assert_eq!(out.code, 0, "{out}");
+        let done = ferry.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(done.state, DeploymentState::Succeeded, "{done:?}");
+        let reason = done.reason.unwrap_or_default();
+        assert!(
+            reason.starts_with("promoted by hand without a conclusive verdict from the background analysis"),
+            "{reason}"
+        );
+        ferry.assert_serves(&spec, "2.0.0").await;
+    })
+    .await;
+}
