@@ -66,6 +66,10 @@ pub struct ApplyRequest {
     /// Validate and show the changes without storing anything.
     #[serde(default)]
     pub dry_run: bool,
+    /// Confirms removals that stop what runs (an environment or a service with replicas):
+    /// without it such a manifest is refused and nothing changes.
+    #[serde(default)]
+    pub prune: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +80,12 @@ pub struct ApplyResponse {
     pub dry_run: bool,
     /// Human-readable changes, e.g. `+ environment staging`, `~ services.api.replicas: 2 -> 3`.
     pub changes: Vec<String>,
+    /// What stops at once (confirmed with `prune`), or would stop (a dry run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stops: Vec<String>,
+    /// What changes in running environments only with their next deployment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_deployment: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +120,35 @@ pub struct RollbackRequest {
     /// Why (kept in the audit log); the `X-Ferry-Reason` header works too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// `POST /v1/apps/{app}/envs/{env}/redeploy`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RedeployRequest {
+    /// Supersede a deployment of another version that has not ended (e.g. one waiting for
+    /// approval: its approvals and freeze override are lost). Without it that is refused.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The answer to a redeploy: a deployment (201), or nothing to do (200).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RedeployAnswer {
+    Started(DeploymentView),
+    Unchanged(Unchanged),
+}
+
+/// A redeploy with nothing to change: no deployment was created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Unchanged {
+    pub app: String,
+    pub env: String,
+    /// The version serving there, unchanged.
+    pub version: String,
+    /// Always `true`.
+    pub unchanged: bool,
+    pub message: String,
 }
 
 /// One deployment (rollout) of a version into an environment.

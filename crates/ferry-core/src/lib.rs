@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod api;
+pub mod apply;
 pub mod audit;
 pub mod duration;
 pub mod gates;

@@ -933,6 +933,59 @@ impl ManifestErrors {
     }
 }
 
+/// Names a manifest uses that must exist outside it, checked where they are known (the
+/// server, at apply time): each approval rule's `role` must be a built-in or custom role.
+/// Every unknown name is a located error, like the parse errors (`text` is the manifest
+/// `manifest` was parsed from).
+pub fn check_references(
+    text: &str,
+    file_name: &str,
+    manifest: &Manifest,
+    known_roles: &[&str],
+) -> Vec<ManifestError> {
+    use tree::Seg;
+    let Ok(tree) = tree::parse(text) else {
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    for (env, environment) in manifest.environments.iter() {
+        let Some(gates) = &environment.gates else {
+            continue;
+        };
+        for (i, rule) in gates.approvals.iter().enumerate() {
+            if known_roles.contains(&rule.role.as_str()) {
+                continue;
+            }
+            let path = vec![
+                Seg::Key("environments".into()),
+                Seg::Key(env.to_string()),
+                Seg::Key("gates".into()),
+                Seg::Key("approvals".into()),
+                Seg::Index(i),
+                Seg::Key("role".into()),
+            ];
+            let pos = tree.locate(&path, true);
+            let create = format!(
+                "create it first: `ferry roles create {} --permission approve`",
+                rule.role
+            );
+            let hint = match closest(&rule.role, known_roles) {
+                Some(near) => format!("did you mean {near}? or {create}"),
+                None => format!("{create}; known roles: {}", known_roles.join(", ")),
+            };
+            errors.push(ManifestError {
+                file: file_name.to_string(),
+                line: pos.line,
+                column: pos.column,
+                path: tree::path_string(&path),
+                message: format!("unknown role {:?}: no one could ever approve", rule.role),
+                hint: Some(hint),
+            });
+        }
+    }
+    errors
+}
+
 impl Manifest {
     /// Replica count of `service` in `env` (the environment's override wins).
     pub fn replicas(&self, service: &str, env: &str) -> u32 {
@@ -988,5 +1041,29 @@ fn mark_required(schema: &mut serde_json::Value, fields: &[&str]) {
             "required".into(),
             fields.iter().map(|f| serde_json::Value::from(*f)).collect(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_approval_roles_are_located() {
+        let text = "app: shop\nservices:\n  web:\n    run: [./web]\nenvironments:\n  production:\n    listen: 127.0.0.1:8082\n    gates:\n      approvals: [{ role: approver }, { role: tech-lead }]\n";
+        let manifest = parse(text, "ferry.yaml").expect("valid");
+        let roles = ["admin", "approver", "viewer"];
+        let errors = check_references(text, "ferry.yaml", &manifest, &roles);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let shown = errors[0].to_string();
+        assert!(
+            shown.starts_with(
+                "ferry.yaml:9:47: environments.production.gates.approvals[1].role: unknown role \"tech-lead\""
+            ),
+            "{shown}"
+        );
+        assert!(shown.contains("ferry roles create tech-lead"), "{shown}");
+        let roles = ["admin", "approver", "tech-lead"];
+        assert!(check_references(text, "ferry.yaml", &manifest, &roles).is_empty());
     }
 }

@@ -368,12 +368,38 @@ async fn crash_is_restarted_with_a_new_pid() {
     let status = rt.status("crash-1").unwrap();
     assert!(status.restarts >= 1, "{status:?}");
     assert_eq!(status.last_exit.as_deref(), Some("exit code 3"));
+    let restarts = status.restarts;
     rt.stop("crash-1").await.unwrap();
-    // No restart after stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let starts = std::fs::read_to_string(rt.log_path("crash-1"))
+        .unwrap()
+        .matches("--- started pid")
+        .count();
+    assert!(starts >= 2, "started, then restarted");
+    // No restart after stop. A witness with the same script goes through one more restart
+    // than crash-1 had (so through every backoff crash-1 could still be waiting out), on
+    // this machine at its current load; meanwhile crash-1 must not start again.
+    let witness = rt
+        .start(shell("crash-2", "echo up; sleep 0.3; exit 3"))
+        .await
+        .unwrap();
+    reaper.watch(witness.pid);
+    let deadline = Instant::now() + WAIT;
+    while rt.status("crash-2").map(|s| s.restarts).unwrap_or(0) <= restarts {
+        assert!(Instant::now() < deadline, "the witness never restarted");
+        if let Ok(RuntimeEvent::Started { id, .. }) = rx.try_recv() {
+            assert_ne!(id, "crash-1", "crash-1 restarted after stop");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while let Ok(event) = rx.try_recv() {
+        if let RuntimeEvent::Started { id, .. } = event {
+            assert_ne!(id, "crash-1", "crash-1 restarted after stop");
+        }
+    }
     assert!(rt.status("crash-1").is_none());
     let log = std::fs::read_to_string(rt.log_path("crash-1")).unwrap();
-    assert!(log.matches("--- started pid").count() >= 2, "{log}");
+    assert_eq!(log.matches("--- started pid").count(), starts, "{log}");
+    rt.stop("crash-2").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,8 +459,19 @@ async fn replicas_survive_runtime_drop_and_are_adopted() {
     rt2.stop("adopt-1").await.unwrap();
     assert!(began.elapsed() < Duration::from_secs(4));
     assert_eq!(process_identity(identity.pid), None);
-    // Nobody restarted it (neither rt2 nor the dropped rt1).
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Nobody restarted it (neither rt2 nor the dropped rt1): by the time a witness that
+    // crashes has been restarted here, a restart of adopt-1 would have happened too.
+    let witness = rt2
+        .start(shell("adopt-witness", "sleep 0.3; exit 3"))
+        .await
+        .unwrap();
+    reaper.watch(witness.pid);
+    let deadline = Instant::now() + WAIT;
+    while rt2.status("adopt-witness").map(|s| s.restarts).unwrap_or(0) < 1 {
+        assert!(Instant::now() < deadline, "the witness never restarted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rt2.stop("adopt-witness").await.unwrap();
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "something still listens on {port}"

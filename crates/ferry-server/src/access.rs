@@ -109,6 +109,7 @@ pub static RULES: &[Rule] = &[
     rule(Method::POST, "/v1/login", "login", Public, Global),
     rule(Method::POST, "/v1/logout", "logout", Authenticated, Global),
     rule(Method::GET, "/v1/whoami", "whoami", Authenticated, Global),
+    rule(Method::GET, "/v1/version", "version", Authenticated, Global),
     rule(
         Method::GET,
         "/metrics",
@@ -135,6 +136,13 @@ pub static RULES: &[Rule] = &[
         "/v1/apps/{app}",
         "apps.get",
         Perm(P::View),
+        App,
+    ),
+    rule(
+        Method::DELETE,
+        "/v1/apps/{app}",
+        "apps.delete",
+        Perm(P::ManageApps),
         App,
     ),
     rule(

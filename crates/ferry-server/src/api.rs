@@ -17,7 +17,8 @@ use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use ferry_core::api::{
     ApiError, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
-    DeploymentView, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, PromoteRequest, RollbackRequest, clip,
+    DeploymentView, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, PromoteRequest, RedeployAnswer,
+    RedeployRequest, RollbackRequest, clip,
 };
 use ferry_core::manifest::{self, Manifest};
 use ferry_core::rbac::{Permission, Target};
@@ -103,7 +104,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}/approvals", get(approvals::list))
         .route("/metrics", get(metrics))
         .route("/v1/apps", post(apply).get(list_apps))
-        .route("/v1/apps/{app}", get(get_app))
+        .route(
+            "/v1/apps/{app}",
+            get(get_app).delete(crate::apply::delete_app),
+        )
+        .route("/v1/version", get(version))
         .route("/v1/apps/{app}/status", get(status))
         .route(
             "/v1/apps/{app}/envs/{env}/deployments",
@@ -229,12 +234,22 @@ impl ApiFailure {
     }
 
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self::with_details(status, code, message, Vec::new())
+    }
+
+    /// An error with detail lines (e.g. each located manifest error).
+    pub fn with_details(
+        status: StatusCode,
+        code: &str,
+        message: impl Into<String>,
+        details: Vec<String>,
+    ) -> Self {
         ApiFailure {
             status,
             body: ApiError {
                 code: code.to_string(),
                 message: message.into(),
-                details: Vec::new(),
+                details,
             },
         }
     }
@@ -302,6 +317,11 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         .into_response())
 }
 
+/// `GET /v1/version`: the server's version (the CLI prints it beside its own).
+async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
 async fn apply(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -332,11 +352,13 @@ async fn apply(
             format!("base_dir {base_dir:?} must be absolute"),
         ));
     }
+    crate::apply::check_names(&access, &request.manifest, &file_name, &manifest)?;
     let apps = state.store.list_apps().await?;
     check_listeners(&manifest, &apps)?;
     let old = apps.iter().find(|a| a.name == manifest.app);
     let old_manifest: Option<Manifest> =
         old.and_then(|a| serde_json::from_str(&a.manifest_json).ok());
+    let effects = crate::apply::effects(&state.store, old_manifest.as_ref(), &manifest).await?;
     let mut changes = manifest.diff(old_manifest.as_ref());
     if old.is_some_and(|a| a.base_dir != request.base_dir) {
         changes.push(format!(
@@ -350,7 +372,12 @@ async fn apply(
             revision: old.map(|a| a.revision).unwrap_or(0),
             dry_run: true,
             changes,
+            stops: effects.stops,
+            next_deployment: effects.next_deployment,
         }));
+    }
+    if !effects.stops.is_empty() && !request.prune {
+        return Err(crate::apply::unconfirmed(&file_name, &effects));
     }
     let manifest_json = serde_json::to_string(&manifest).map_err(internal)?;
     let record = state
@@ -367,17 +394,33 @@ async fn apply(
     slot.with(|n| {
         n.target = Some(format!("revision {}", record.revision));
         n.summary = Some(format!(
-            "apply the manifest of {}: revision {}{}",
+            "apply the manifest of {}: revision {}{}{}",
             record.name,
             record.revision,
             if changes.is_empty() {
                 " (no change)".to_string()
             } else {
                 format!(" ({} change(s))", changes.len())
+            },
+            if effects.stops.is_empty() {
+                String::new()
+            } else {
+                format!("; pruned: {}", effects.stops.join("; "))
             }
         ));
     });
     if let Some(controller) = &state.controller {
+        for id in &effects.abandoned {
+            controller
+                .abandon(
+                    *id,
+                    &format!(
+                        "its environment was removed from the manifest by {} (--prune)",
+                        access.caller.name
+                    ),
+                )
+                .await?;
+        }
         controller.wake();
     }
     Ok(Json(ApplyResponse {
@@ -385,6 +428,8 @@ async fn apply(
         revision: record.revision,
         dry_run: false,
         changes,
+        stops: effects.stops,
+        next_deployment: effects.next_deployment,
     }))
 }
 
@@ -549,17 +594,30 @@ async fn deploy(
 }
 
 /// config: `POST .../redeploy` — the serving version again, with the current configuration.
+/// Nothing changed: 200 and no deployment. A deployment of another version that has not
+/// ended is superseded only with `force`.
 async fn redeploy(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
     Extension(slot): Extension<AuditSlot>,
     Path((app, env)): Path<(String, String)>,
-) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
-    let view = state
+    body: Option<Json<RedeployRequest>>,
+) -> ApiResult<(StatusCode, Json<RedeployAnswer>)> {
+    let force = body.is_some_and(|Json(b)| b.force);
+    let answer = state
         .controller()?
-        .request_redeploy(&app, &env, &access.caller.principal())
+        .request_redeploy(&app, &env, &access.caller.principal(), force)
         .await?;
-    Ok((StatusCode::CREATED, Json(noted(&slot, view))))
+    Ok(match answer {
+        RedeployAnswer::Started(view) => (
+            StatusCode::CREATED,
+            Json(RedeployAnswer::Started(noted(&slot, view))),
+        ),
+        RedeployAnswer::Unchanged(unchanged) => {
+            slot.with(|n| n.summary = Some(unchanged.message.clone()));
+            (StatusCode::OK, Json(RedeployAnswer::Unchanged(unchanged)))
+        }
+    })
 }
 
 async fn rollback(
@@ -830,6 +888,7 @@ mod tests {
             "/openapi.json",
             "/metrics",
             "/v1/whoami",
+            "/v1/version",
             "/v1/apps",
             "/v1/apps/{app}",
             "/v1/apps/{app}/status",

@@ -134,6 +134,27 @@ pub struct Redeploy {
     pub fresh: HashSet<String>,
     /// What differs, by name only (`DB_HOST`, `secret API_KEY v2 → v3`).
     pub changes: Vec<String>,
+    /// Replica counts to reach (`api 2 → 3 replicas`, `ferry_core::apply::scale_changes`).
+    pub scale: Vec<String>,
+}
+
+impl Redeploy {
+    /// Nothing to replace and nothing to scale.
+    pub fn is_empty(&self) -> bool {
+        self.stale.is_empty() && self.scale.is_empty()
+    }
+
+    /// What the redeploy does, for its timeline.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.stale.is_empty() {
+            parts.push(format!("config changed: {}", self.changes.join(", ")));
+        }
+        if !self.scale.is_empty() {
+            parts.push(format!("scale: {}", self.scale.join(", ")));
+        }
+        parts.join("; ")
+    }
 }
 
 pub async fn redeploy_state(
@@ -348,6 +369,7 @@ mod tests {
             stale: stale.iter().map(|s| s.to_string()).collect(),
             fresh: fresh.iter().map(|s| s.to_string()).collect(),
             changes: vec![],
+            scale: vec![],
         }
     }
 

@@ -16,7 +16,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferry_core::api::{AppStatus, DeploymentView, EnvStatus, EventView, ReplicaView};
+use ferry_core::api::{
+    AppStatus, DeploymentView, EnvStatus, EventView, RedeployAnswer, ReplicaView, Unchanged,
+};
 use ferry_core::gates;
 use ferry_core::manifest::{BlueGreen, Manifest, Strategy};
 use ferry_core::model::{DeploymentState, ReplicaState};
@@ -426,17 +428,61 @@ impl Controller {
         replicas: &[&ReplicaRecord],
         now: i64,
     ) -> Result<(), ServerError> {
-        let mut services = self.observe(manifest, env, replicas);
+        let active = self.active_deployment(&app.name, env).await?;
+        // apply: replica counts and services follow the manifest revision of a deployment
+        // (the active one, else the one that made the current version), never a bare apply.
+        let pinned = self
+            .spec_manifest(app, env, active.as_ref().map(|d| d.id))
+            .await;
+        let spec = ferry_core::apply::running_spec(manifest, pinned.as_deref());
+        let mut services = self.observe(&spec, env, replicas);
         let strategy = manifest
             .environments
             .get(env)
             .map(|e| e.strategy.clone())
             .unwrap_or_default();
-        let Some(deployment) = self.active_deployment(&app.name, env).await? else {
+        let Some(deployment) = active else {
             // hooks:
             self.after_rollback_hooks(app, manifest, env).await?;
             return self.maintain(app, manifest, env, &services, now).await;
         };
+        // config: a redeploy replaces the replicas whose configuration is out of date, and
+        // scales to the replica counts of its manifest revision.
+        let redeploy = if deployment.kind == "redeploy" {
+            let pinned = self.manifest_at(app, deployment.manifest_revision).await;
+            let manifest = pinned.as_deref().unwrap_or(manifest);
+            let mut plan =
+                crate::config::redeploy_state(&self.store, app, manifest, env, &deployment.version)
+                    .await?;
+            plan.scale = ferry_core::apply::scale_changes(&services, &deployment.version);
+            Some(plan)
+        } else {
+            None
+        };
+        // A redeploy with nothing to change ends here: no gate, hook or replica is touched.
+        if let Some(plan) = &redeploy
+            && plan.is_empty()
+            && matches!(
+                deployment.state,
+                DeploymentState::Pending
+                    | DeploymentState::AwaitingApproval
+                    | DeploymentState::Blocked
+            )
+        {
+            let message = format!(
+                "nothing to redeploy: {} already runs with this configuration and replica count; no gate, hook or replica was touched",
+                deployment.version
+            );
+            self.transition(
+                &deployment,
+                DeploymentState::Succeeded,
+                None,
+                Some(deployment.version.clone()),
+                &message,
+            )
+            .await?;
+            return Ok(());
+        }
         if matches!(
             deployment.state,
             DeploymentState::Pending | DeploymentState::AwaitingApproval | DeploymentState::Blocked
@@ -461,52 +507,26 @@ impl Controller {
                 .drive_progressive(app, manifest, env, &deployment, &plan, &services, now)
                 .await;
         }
-        // config: a redeploy replaces the replicas whose configuration is out of date.
-        let redeploy = if deployment.kind == "redeploy" {
-            let pinned = self.manifest_at(app, deployment.manifest_revision).await;
-            let manifest = pinned.as_deref().unwrap_or(manifest);
-            Some(
-                crate::config::redeploy_state(&self.store, app, manifest, env, &deployment.version)
-                    .await?,
-            )
-        } else {
-            None
-        };
         let (target, pace) = match deployment.state {
             DeploymentState::Pending
             | DeploymentState::AwaitingApproval
             | DeploymentState::Blocked
                 if let Some(plan) = &redeploy =>
             {
-                if plan.stale.is_empty() {
-                    let message = format!(
-                        "redeploy of {}: configuration unchanged",
-                        deployment.version
-                    );
-                    self.transition(
-                        &deployment,
-                        DeploymentState::Succeeded,
-                        None,
-                        Some(deployment.version.clone()),
-                        &message,
-                    )
-                    .await?;
-                } else {
-                    let message = format!(
-                        "redeploy of {} started ({}): config changed: {}",
-                        deployment.version,
-                        describe_run(&deployment, &strategy, manifest, env),
-                        plan.changes.join(", ")
-                    );
-                    self.transition(
-                        &deployment,
-                        DeploymentState::Progressing,
-                        None,
-                        None,
-                        &message,
-                    )
-                    .await?;
-                }
+                let message = format!(
+                    "redeploy of {} started ({}): {}",
+                    deployment.version,
+                    describe_run(&deployment, &strategy, manifest, env),
+                    plan.describe()
+                );
+                self.transition(
+                    &deployment,
+                    DeploymentState::Progressing,
+                    None,
+                    None,
+                    &message,
+                )
+                .await?;
                 return Ok(());
             }
             DeploymentState::Pending
@@ -1849,13 +1869,17 @@ impl Controller {
 
     /// config: a deployment of the version serving in `env`, replacing the replicas whose
     /// configuration (variables, secrets, command line) is out of date.
+    /// Nothing changed (configuration, replica counts, services): no deployment, and the
+    /// answer says so. A deployment of another version that has not ended is superseded
+    /// only with `force` (and its timeline says by what).
     pub async fn request_redeploy(
         &self,
         app: &str,
         env: &str,
         requested_by: &str,
-    ) -> Result<DeploymentView, RequestError> {
-        self.app_manifest(app).await?;
+        force: bool,
+    ) -> Result<RedeployAnswer, RequestError> {
+        let (record, manifest) = self.app_manifest(app).await?;
         let current = self
             .store
             .env_current(app, env)
@@ -1866,11 +1890,78 @@ impl Controller {
                     "nothing has been deployed to {app}/{env} yet: use `ferry deploy` first"
                 ))
             })?;
-        self.request_deployment(app, env, &current, "redeploy", requested_by)
-            .await
+        let active = self.active_deployment(app, env).await?;
+        if let Some(other) = active.as_ref().filter(|d| d.version != current) {
+            if !force {
+                return Err(RequestError::Conflict(format!(
+                    "deployment #{} of {} is {} in {app}/{env}; a redeploy of {current} would supersede it (its approvals and any freeze override would be lost): wait until it ends, or pass --force",
+                    other.id, other.version, other.state
+                )));
+            }
+        } else if active.is_none() {
+            let replicas = self.store.list_replicas(Some(app), Some(env)).await?;
+            let replicas: Vec<&ReplicaRecord> = replicas.iter().collect();
+            let services = self.observe(&manifest, env, &replicas);
+            let mut plan =
+                crate::config::redeploy_state(&self.store, &record, &manifest, env, &current)
+                    .await?;
+            plan.scale = ferry_core::apply::scale_changes(&services, &current);
+            if plan.is_empty() {
+                return Ok(RedeployAnswer::Unchanged(Unchanged {
+                    app: app.to_string(),
+                    env: env.to_string(),
+                    message: format!(
+                        "nothing to redeploy: {app}/{env} runs {current} with the current configuration and replica counts; no deployment was created"
+                    ),
+                    version: current,
+                    unchanged: true,
+                }));
+            }
+        }
+        let view = self
+            .request_deployment(app, env, &current, "redeploy", requested_by)
+            .await?;
+        if let Some(other) = active.filter(|d| d.version != current) {
+            self.event(
+                view.id,
+                "state",
+                &format!(
+                    "superseded deployment #{} of {} ({}) on request of {requested_by} (--force)",
+                    other.id, other.version, other.state
+                ),
+            )
+            .await;
+        }
+        Ok(RedeployAnswer::Started(view))
     }
 
     async fn supersede(&self, active: &DeploymentRecord) -> Result<(), RequestError> {
+        self.supersede_because(
+            active,
+            "superseded by a newer deployment request",
+            "superseded: a newer deployment request takes over",
+        )
+        .await
+    }
+
+    /// Ends deployment `id` (if it has not ended) as superseded, saying why: its
+    /// environment was removed from the manifest, so it could never finish.
+    pub(crate) async fn abandon(&self, id: i64, why: &str) -> Result<(), RequestError> {
+        match self.store.get_deployment(id).await? {
+            Some(d) if !d.state.is_terminal() => {
+                self.supersede_because(&d, why, &format!("superseded: {why}"))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn supersede_because(
+        &self,
+        active: &DeploymentRecord,
+        reason: &str,
+        event: &str,
+    ) -> Result<(), RequestError> {
         let mut current = active.clone();
         for _ in 0..5 {
             let result = self
@@ -1879,10 +1970,10 @@ impl Controller {
                     id: current.id,
                     expected_row_version: current.row_version,
                     state: DeploymentState::Superseded,
-                    reason: Some("superseded by a newer deployment request".to_string()),
+                    reason: Some(reason.to_string()),
                     phase: current.phase.clone(),
                     set_current_version: None,
-                    event: "superseded: a newer deployment request takes over".to_string(),
+                    event: event.to_string(),
                     now_ms: now_ms(),
                 })
                 .await;

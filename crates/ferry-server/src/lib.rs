@@ -14,6 +14,7 @@
 
 mod access;
 mod api;
+mod apply;
 // hooks:
 mod api_hooks;
 mod approvals;

@@ -132,6 +132,40 @@ impl Store {
         rows.iter().map(run_from_row).collect()
     }
 
+    /// The deployment (other than `except`) of `version` in `app`/`env` where the
+    /// irreversible migration `hook` already succeeded, if any: it never runs twice for
+    /// one version in one environment.
+    pub async fn irreversible_migration_ran(
+        &self,
+        app: &str,
+        env: &str,
+        version: &str,
+        hook: &str,
+        except: i64,
+    ) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT h.deployment_id FROM hook_runs h JOIN deployments d ON d.id = h.deployment_id \
+             WHERE d.app = $1 AND d.env = $2 AND d.version = $3 AND h.hook = $4 AND h.phase = $5 \
+             AND h.state = $6 AND h.migration = $7 AND h.deployment_id <> $8 \
+             ORDER BY h.id LIMIT 1",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(version)
+        .bind(hook)
+        .bind(HookPhase::PreDeploy.as_str())
+        .bind(RunState::Succeeded.as_str())
+        .bind("irreversible")
+        .bind(except)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx(|| {
+            format!("looking for earlier runs of migration {hook} for {app}/{env} {version}")
+        })?;
+        row.map(|r| get::<i64>(&r, "deployment_id", &|| "hook_runs row".to_string()))
+            .transpose()
+    }
+
     /// Attempts still recorded `running` (after a restart: those of the previous server).
     pub async fn running_hook_runs(&self) -> Result<Vec<HookRunRecord>> {
         let rows = sqlx::query(concat!(

@@ -611,6 +611,34 @@ impl Store {
         rows.iter().map(app_from_row).collect()
     }
 
+    /// Forgets an app: its manifest revisions, what serves its environments and its
+    /// secrets. Its deployments (with their timelines), releases, hook runs and audit
+    /// records stay. Its replica rows stay too: the controller stops those replicas (they
+    /// belong to no manifest any more). `false` if there was no such app.
+    pub async fn delete_app(&self, app: &str) -> Result<bool> {
+        let op = || format!("deleting app {app}");
+        let mut tx = self.pool.begin().await.ctx(op)?;
+        let deleted = sqlx::query("DELETE FROM apps WHERE name = $1")
+            .bind(app)
+            .execute(&mut *tx)
+            .await
+            .ctx(op)?
+            .rows_affected();
+        for delete in [
+            "DELETE FROM manifest_revisions WHERE app = $1",
+            "DELETE FROM environments WHERE app = $1",
+            "DELETE FROM secrets WHERE app = $1",
+        ] {
+            sqlx::query(delete)
+                .bind(app)
+                .execute(&mut *tx)
+                .await
+                .ctx(op)?;
+        }
+        tx.commit().await.ctx(op)?;
+        Ok(deleted > 0)
+    }
+
     // -- releases -----------------------------------------------------------------------------
 
     /// Records release `version` of `app` unless it exists (idempotent).

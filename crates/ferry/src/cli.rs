@@ -154,16 +154,38 @@ enum Command {
     /// Log in with user name and password (or check --token TOKEN) and save the session
     /// token and URL in the config file (mode 0600).
     Login(identity::LoginArgs),
-    /// Validate a manifest and store it on the server.
+    /// Validate a manifest and store it on the server. Nothing restarts: replica counts and
+    /// new services take effect with each environment's next deployment (`ferry redeploy`).
     Apply {
         /// The manifest (ferry.yaml).
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
-        /// Show what would change without storing anything.
+        /// Show what would change (and what would stop) without storing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Confirm removing environments or services that run: their replicas stop (and a
+        /// removed environment's listener closes). Without it such a manifest is refused.
+        #[arg(long)]
+        prune: bool,
         #[command(flatten)]
         out: OutputArg,
+    },
+    /// Check a manifest offline (no server needed): the same located errors as `apply`.
+    /// Role names are checked by the server at apply time.
+    Validate {
+        /// The manifest (ferry.yaml).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the version of this client and of the server it talks to.
+    Version {
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Print a shell completion script: `ferry completions bash > /etc/bash_completion.d/ferry`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Deploy a version of an app to an environment.
     Deploy {
@@ -341,8 +363,10 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text, requires = "hook")]
         output: Format,
     },
-    /// List the apps.
+    /// List the apps (or `ferry apps delete APP --yes`).
     Apps {
+        #[command(subcommand)]
+        command: Option<AppsCommand>,
         #[command(flatten)]
         out: OutputArg,
     },
@@ -396,6 +420,19 @@ enum Command {
         /// Address of the API.
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppsCommand {
+    /// Delete an app: its manifest, and (with --yes) every replica of every environment;
+    /// its listeners close. Its deployments, releases and audit records are kept.
+    Delete {
+        /// App name.
+        app: String,
+        /// Confirm: the app's replicas stop and its traffic stops.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -548,6 +585,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Quickstart { data, listen } => quickstart::run(data, listen).await,
         Command::Schema => commands::schema(),
+        Command::Validate { file } => commands::validate(&file),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "ferry", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Demo(args) => ferry_demo::serve(args).await,
         command => {
             // hooks: a forced rollback must say why (it is audited).
@@ -562,9 +606,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let client = client::Client::new(&conn)?.with_reason(reason)?;
             match command {
-                Command::Apply { file, dry_run, out } => {
-                    commands::apply(&client, &file, dry_run, out.output).await
-                }
+                Command::Apply {
+                    file,
+                    dry_run,
+                    prune,
+                    out,
+                } => commands::apply(&client, &file, dry_run, prune, out.output).await,
+                Command::Version { out } => commands::version(&client, out.output).await,
                 Command::Deploy {
                     app,
                     env,
@@ -684,7 +732,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     follow,
                     ..
                 } => commands::logs(&client, &app, &env, service.as_deref(), tail, follow).await,
-                Command::Apps { out } => commands::apps(&client, out.output).await,
+                Command::Apps {
+                    command: Some(AppsCommand::Delete { app, yes }),
+                    ..
+                } => commands::delete_app(&client, &app, yes).await,
+                Command::Apps { command: None, out } => commands::apps(&client, out.output).await,
                 Command::Approve(args) => approvals::approve(&client, args).await,
                 Command::Approvals { deployment, out } => {
                     approvals::approvals(&client, deployment, out).await
@@ -708,6 +760,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 | Command::Proxy { .. }
                 | Command::Quickstart { .. }
                 | Command::Schema
+                | Command::Validate { .. }
+                | Command::Completions { .. }
                 | Command::Demo(_)
                 | Command::Login(_) => Ok(()),
             }

@@ -251,23 +251,21 @@ async fn layered_config_diff_and_redeploys() {
         );
         assert_eq!(bodies(&listener, 6).await, BTreeSet::from([expected.clone()]));
 
-        // Nothing changed: succeeds at once, replaces nothing (also via `ferry deploy`).
+        // Nothing changed: no deployment at all, replaces nothing; `ferry deploy` of the
+        // serving version succeeds at once.
         let before = replica_ids(&ferry, &spec).await;
+        let latest = latest_deployment_id(&ferry, &spec).await;
         let out = ferry
             .cli(&["redeploy", "cfg", "--env", "production", "--wait", "-o", "json"])
             .await;
         assert_eq!(out.code, 0, "{out}");
-        let id = out.json()["id"].as_i64().expect("id");
-        assert!(
-            ferry.timeline(id).await.contains("configuration unchanged"),
-            "{}",
-            ferry.timeline(id).await
-        );
+        assert_eq!(out.json()["unchanged"], true, "{out}");
+        assert_eq!(latest_deployment_id(&ferry, &spec).await, latest, "no deployment");
         let out = ferry.deploy_ok(&spec, "1.0.0").await;
         assert!(out.stdout.contains("1.0.0"), "{out}");
         let id = latest_deployment_id(&ferry, &spec).await;
         assert_eq!(ferry.deployment(id).await.deployment.kind, "redeploy");
-        assert!(ferry.timeline(id).await.contains("configuration unchanged"));
+        assert!(ferry.timeline(id).await.contains("nothing to redeploy"));
         assert_eq!(replica_ids(&ferry, &spec).await, before);
 
         // A broken configuration: the new replicas never become healthy, the old ones keep
@@ -308,7 +306,7 @@ async fn layered_config_diff_and_redeploys() {
         assert_eq!(out.code, 0, "{out}");
         assert_eq!(out.json()["kind"], "redeploy", "{out}");
         let id = out.json()["id"].as_i64().expect("id");
-        assert!(ferry.timeline(id).await.contains("configuration unchanged"));
+        assert!(ferry.timeline(id).await.contains("nothing to redeploy"));
 
         // The secret values are nowhere: outputs above, logs, database files.
         for value in [&secret_one, &secret_two] {

@@ -213,6 +213,12 @@ async fn kill9_after_traffic_split_resumes() {
     .await;
 }
 
+/// A rolling update of 3 replicas is caught in flight (new replicas take a second to come
+/// up, so at least two more are still to start), the server is SIGKILLed, restarted, and
+/// must finish that same deployment — `succeeded`, nothing else — from where it was: no
+/// second "rollout started", the new replicas that were healthy at the kill are adopted
+/// (not replaced), no new replica starts more than once (one whose spawn the kill
+/// interrupted aside), and no old one starts again.
 async fn kill9_scenario(kill_after: impl Fn(&ferry_core::api::EventView) -> bool) {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
@@ -245,39 +251,85 @@ async fn kill9_scenario(kill_after: impl Fn(&ferry_core::api::EventView) -> bool
         let event = ferry
             .wait_for_event(id, Duration::from_secs(30), &kill_after)
             .await;
+        // Where it was: in flight, with the replicas as they were at the kill.
+        let at_kill = ferry.status_api(&spec).await;
+        let before = ferry.deployment(id).await;
+        assert_eq!(
+            before.deployment.state,
+            DeploymentState::Progressing,
+            "the deployment must be in flight when the server is killed"
+        );
         let old_server = ferry.server_pid().expect("server pid");
         ferry.kill9_server();
         assert!(!is_alive(old_server));
-        eprintln!("killed the server after: {} {}", event.kind, event.message);
+        let healthy_new: std::collections::BTreeSet<String> = at_kill
+            .replicas
+            .iter()
+            .filter(|r| {
+                r.version == "1.1.0" && r.state == ferry_core::model::ReplicaState::Healthy
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        let seen_before = before.events.last().map(|e| e.seq).unwrap_or(0);
+        eprintln!(
+            "killed the server after: {} {} (healthy new replicas: {healthy_new:?})",
+            event.kind, event.message
+        );
 
         // Leaderless for a moment: the proxy keeps serving on its own.
-        let before = load.count();
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        assert!(
-            load.count() > before + 20,
-            "the proxy must serve while the server is down"
-        );
+        let before_count = load.count();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while load.count() < before_count + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "the proxy must serve while the server is down"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
         ferry.start_server().await;
         let done = ferry.wait_terminal(id, Duration::from_secs(90)).await;
-        assert!(
-            matches!(
-                done.state,
-                DeploymentState::Succeeded | DeploymentState::RolledBack
-            ),
-            "the resumed deployment must end cleanly, got {done:#?}"
+        let timeline = ferry.timeline(id).await;
+        assert_eq!(
+            done.state,
+            DeploymentState::Succeeded,
+            "the resumed deployment must finish what it started:\n{timeline}\n{}",
+            ferry.server_logs()
         );
-        let expected = if done.state == DeploymentState::Succeeded {
-            "1.1.0"
-        } else {
-            "1.0.0"
+        let events = ferry.deployment(id).await.events;
+        assert!(
+            events.iter().any(|e| e.seq > seen_before),
+            "the restarted server carried on the same deployment:\n{timeline}"
+        );
+        let count = |needle: &str| {
+            events
+                .iter()
+                .filter(|e| e.message.contains(needle))
+                .count()
         };
+        assert_eq!(count("rollout started"), 1, "started once:\n{timeline}");
+        let new_starts = events
+            .iter()
+            .filter(|e| {
+                e.kind == "replica" && e.message.contains("1.1.0") && e.message.contains("starting")
+            })
+            .count();
+        assert!(
+            (3..=4).contains(&new_starts),
+            "3 new replicas, at most one of them replaced after an interrupted spawn; got {new_starts}:\n{timeline}"
+        );
+        assert!(
+            !events.iter().any(|e| {
+                e.kind == "replica" && e.message.contains("1.0.0") && e.message.contains("starting")
+            }),
+            "no old replica starts again:\n{timeline}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let origin = load.started_wall_ms;
         let report = load.stop().await;
         report.assert_no_failures(&ferry.timelines(&spec, origin).await);
 
-        // Give the runtime a moment to finish stopping replaced replicas.
+        // The runtime finishes stopping replaced replicas: poll until settled.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let status = ferry.env_status(&spec).await;
@@ -294,15 +346,21 @@ async fn kill9_scenario(kill_after: impl Fn(&ferry_core::api::EventView) -> bool
             let settled = alive == listed
                 && active.len() == 3
                 && ids.len() == active.len()
-                && active.iter().all(|r| r.version == expected);
+                && active.iter().all(|r| r.version == "1.1.0");
             if settled {
-                assert_eq!(status.current_version.as_deref(), Some(expected));
+                assert_eq!(status.current_version.as_deref(), Some("1.1.0"));
+                for id in &healthy_new {
+                    assert!(
+                        ids.contains(id.as_str()),
+                        "{id} was healthy at the kill: it must be adopted, not replaced; now {ids:?}\n{timeline}"
+                    );
+                }
                 break;
             }
             assert!(
                 Instant::now() < deadline,
                 "after the restart: live replica pids {alive:?} must be exactly the listed ones \
-                 {listed:?} (no orphan, no duplicate), 3 replicas of {expected}; status: {:#?}\n{}",
+                 {listed:?} (no orphan, no duplicate), 3 replicas of 1.1.0; status: {:#?}\n{}",
                 status.replicas,
                 ferry.server_logs()
             );

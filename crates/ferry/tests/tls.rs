@@ -13,15 +13,16 @@ use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// A self-signed certificate for 127.0.0.1 (`cert.pem`, `key.pem` in `dir`).
-fn self_signed(dir: &Path) {
+/// A self-signed certificate for 127.0.0.1 (`cert.pem`, `key.pem` in `dir`) whose subject
+/// and issuer are `/CN={cn}`: its own CA.
+fn self_signed(dir: &Path, cn: &str) {
     let status = Command::new("openssl")
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
         ])
         .args([
             "-subj",
-            "/CN=127.0.0.1",
+            &format!("/CN={cn}"),
             "-addext",
             "subjectAltName=IP:127.0.0.1",
         ])
@@ -100,13 +101,19 @@ async fn webhooks_are_delivered_over_https_to_trusted_receivers_only() {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let certs = tempfile::tempdir().expect("tempdir");
-        self_signed(certs.path());
-        let (trusted_port, untrusted_port) = (free_port(), free_port());
+        self_signed(certs.path(), "127.0.0.1");
+        // Another self-signed certificate for the same address: a CA the server never trusts.
+        let stranger = tempfile::tempdir().expect("tempdir");
+        self_signed(stranger.path(), "Stranger CA");
+        let (trusted_port, untrusted_port, stranger_port) = (free_port(), free_port(), free_port());
         let trusted_log = certs.path().join("trusted.log");
         let untrusted_log = certs.path().join("untrusted.log");
-        // Same certificate on both; the second is addressed by a name it does not carry.
+        let stranger_log = certs.path().join("stranger.log");
+        // Same certificate on the first two; the second is addressed by a name it does not
+        // carry. The third is addressed correctly but signed by an unknown CA.
         let _trusted = Receiver::start(certs.path(), trusted_port, &trusted_log);
         let _untrusted = Receiver::start(certs.path(), untrusted_port, &untrusted_log);
+        let _stranger = Receiver::start(stranger.path(), stranger_port, &stranger_log);
 
         let cert_file = certs.path().join("cert.pem");
         let ferry =
@@ -114,7 +121,7 @@ async fn webhooks_are_delivered_over_https_to_trusted_receivers_only() {
         let mut spec = Spec::new("secure");
         spec.replicas = 1;
         spec.extra_service_yaml = format!(
-            "notifications:\n  - webhook: https://127.0.0.1:{trusted_port}/hook\n    states: [succeeded]\n  - webhook: https://localhost:{untrusted_port}/hook\n    states: [succeeded]\n"
+            "notifications:\n  - webhook: https://127.0.0.1:{trusted_port}/hook\n    states: [succeeded]\n  - webhook: https://localhost:{untrusted_port}/hook\n    states: [succeeded]\n  - webhook: https://127.0.0.1:{stranger_port}/hook\n    states: [succeeded]\n"
         );
         let manifest = ferry.write_manifest(&spec, "ferry.yaml");
         ferry.apply(&manifest).await;
@@ -127,20 +134,26 @@ async fn webhooks_are_delivered_over_https_to_trusted_receivers_only() {
         assert_eq!(event["version"], "1.0.0");
         assert_eq!(event["state"], "succeeded");
 
-        // The name check fails for `localhost` (the certificate names 127.0.0.1 only): the
-        // server refuses to talk, so nothing arrives; its log says why.
+        // The name check fails for `localhost` (the certificate names 127.0.0.1 only), and
+        // the stranger's CA is unknown: the server refuses to talk to either, so nothing
+        // arrives; its log says why, for each.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let refused = |logs: &str| {
+        let refused = |logs: &str, url: &str, why: &str| {
             logs.lines().any(|l| {
                 l.contains("webhook unreachable")
-                    && l.contains("localhost")
+                    && l.contains(url)
                     && l.contains("certificate")
+                    && l.to_ascii_lowercase().contains(why)
             })
         };
-        while !refused(&ferry.server_logs()) {
+        let wrong_name = format!("localhost:{untrusted_port}");
+        let unknown_ca = format!("127.0.0.1:{stranger_port}");
+        while !(refused(&ferry.server_logs(), &wrong_name, "not valid for name")
+            && refused(&ferry.server_logs(), &unknown_ca, "unknownissuer"))
+        {
             assert!(
                 Instant::now() < deadline,
-                "the refused webhook is never logged:\n{}",
+                "both refused webhooks must be logged with their certificate error:\n{}",
                 ferry.server_logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -149,6 +162,11 @@ async fn webhooks_are_delivered_over_https_to_trusted_receivers_only() {
             std::fs::read_to_string(&untrusted_log).unwrap_or_default(),
             "",
             "a receiver whose certificate does not match got the notification"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&stranger_log).unwrap_or_default(),
+            "",
+            "a receiver whose certificate comes from an untrusted CA got the notification"
         );
     })
     .await;

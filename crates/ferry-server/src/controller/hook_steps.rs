@@ -12,7 +12,7 @@ use ferry_store::{AppRecord, DeploymentRecord};
 
 use super::{Controller, RequestError, preview_header};
 use crate::error::ServerError;
-use crate::hooks::{HookRunner, HttpVia, PhaseStatus, Target};
+use crate::hooks::{HookRunner, HttpVia, Job, PhaseStatus, Target};
 
 /// How a phase's HTTP hooks reach the new version.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,12 @@ impl Controller {
         // The hooks of the manifest revision the deployment was requested (and approved) with.
         let pinned = self.manifest_at(app, deployment.manifest_revision).await;
         let manifest = pinned.as_deref().unwrap_or(manifest);
-        let jobs = HookRunner::jobs(manifest, phase, env);
+        let mut jobs = HookRunner::jobs(manifest, phase, env);
+        if phase == HookPhase::PreDeploy {
+            jobs = self
+                .skip_applied_migrations(app, env, deployment, jobs)
+                .await?;
+        }
         let target = Target {
             app,
             manifest,
@@ -87,6 +92,58 @@ impl Controller {
             self.events_changed.send_modify(|n| *n += 1);
         }
         Ok(status)
+    }
+
+    /// Leaves out the irreversible migrations that already succeeded for this version in
+    /// this environment (in an earlier deployment): they never run twice. The timeline says
+    /// so once, before the phase's first attempt.
+    async fn skip_applied_migrations(
+        &self,
+        app: &AppRecord,
+        env: &str,
+        deployment: &DeploymentRecord,
+        jobs: Vec<Job>,
+    ) -> Result<Vec<Job>, ServerError> {
+        let mut kept = Vec::with_capacity(jobs.len());
+        let mut skipped = Vec::new();
+        for job in jobs {
+            if job.migration.as_deref() == Some("irreversible")
+                && let Some(earlier) = self
+                    .store
+                    .irreversible_migration_ran(
+                        &app.name,
+                        env,
+                        &deployment.version,
+                        &job.name,
+                        deployment.id,
+                    )
+                    .await?
+            {
+                skipped.push(format!("{} (deployment #{earlier})", job.name));
+                continue;
+            }
+            kept.push(job);
+        }
+        if !skipped.is_empty()
+            && !self
+                .store
+                .hook_runs(deployment.id)
+                .await?
+                .iter()
+                .any(|r| r.phase == HookPhase::PreDeploy)
+        {
+            self.event(
+                deployment.id,
+                "hook",
+                &format!(
+                    "skipped: irreversible migration {} already ran for {} in {env}",
+                    skipped.join(", "),
+                    deployment.version
+                ),
+            )
+            .await;
+        }
+        Ok(kept)
     }
 
     /// pre_deploy hooks, after the gates passed and before anything moves. `false`: not

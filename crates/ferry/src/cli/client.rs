@@ -262,9 +262,17 @@ impl Client {
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, segments: &[&str]) -> anyhow::Result<T> {
+        self.delete_with(segments, &[]).await
+    }
+
+    pub async fn delete_with<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
         let resp = self
             .send(
-                self.request(Method::DELETE, segments, &[]),
+                self.request(Method::DELETE, segments, query),
                 Some(REQUEST_TIMEOUT),
             )
             .await?;

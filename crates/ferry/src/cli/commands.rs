@@ -55,33 +55,66 @@ pub async fn login(url: Option<String>, token: Option<String>) -> anyhow::Result
     Ok(())
 }
 
+/// Reads and parses a manifest file: the located errors, exit 2, on a bad one.
+fn parse_manifest_file(
+    file: &Path,
+    nothing: &str,
+) -> anyhow::Result<(String, ferry_core::manifest::Manifest)> {
+    let text = read_manifest(file)?;
+    let file_name = file.display().to_string();
+    match ferry_core::manifest::parse(&text, &file_name) {
+        Ok(manifest) => Ok((text, manifest)),
+        Err(errors) => {
+            let count = errors.errors.len();
+            Err(Failure::new(
+                exit::INVALID,
+                format!(
+                    "{file_name} is not a valid manifest ({count} error{}); {nothing}",
+                    if count == 1 { "" } else { "s" }
+                ),
+            )
+            .with_details(errors.errors.iter().map(ToString::to_string).collect())
+            .into())
+        }
+    }
+}
+
+/// `ferry validate -f FILE`: the manifest checked offline, as `apply` checks it first.
+pub fn validate(file: &Path) -> anyhow::Result<()> {
+    let (_, manifest) = parse_manifest_file(file, "see docs/manifest.md")?;
+    println!(
+        "{}: valid manifest of app {} ({} service(s): {}; {} environment(s): {}); role names are checked by the server at apply time",
+        file.display(),
+        manifest.app,
+        manifest.services.len(),
+        manifest
+            .services
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        manifest.environments.len(),
+        manifest.environments.keys().collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
 /// Reads and validates the manifest locally, then sends it.
 pub async fn apply(
     client: &Client,
     file: &Path,
     dry_run: bool,
+    prune: bool,
     format: Format,
 ) -> anyhow::Result<()> {
-    let text = read_manifest(file)?;
-    let file_name = file.display().to_string();
-    if let Err(errors) = ferry_core::manifest::parse(&text, &file_name) {
-        let count = errors.errors.len();
-        return Err(Failure::new(
-            exit::INVALID,
-            format!(
-                "{file_name} is not a valid manifest ({count} error{}); nothing was sent",
-                if count == 1 { "" } else { "s" }
-            ),
-        )
-        .with_details(errors.errors.iter().map(ToString::to_string).collect())
-        .into());
-    }
+    let (text, _) = parse_manifest_file(file, "nothing was sent")?;
     let base_dir = absolute_dir_of(file)?;
     let request = ApplyRequest {
         manifest: text,
-        file_name: Some(file_name),
+        file_name: Some(file.display().to_string()),
         base_dir: Some(base_dir.display().to_string()),
         dry_run,
+        prune,
     };
     let size = serde_json::to_vec(&request).map_or(0, |body| body.len());
     if size > MAX_REQUEST_BYTES {
@@ -130,6 +163,45 @@ fn too_large(file: &Path, size: usize) -> Failure {
     ])
 }
 
+/// `ferry version`: this client's, and the server's when it answers.
+pub async fn version(client: &Client, format: Format) -> anyhow::Result<()> {
+    let ours = env!("CARGO_PKG_VERSION");
+    let server: Result<serde_json::Value, _> = client.get(&["v1", "version"], &[]).await;
+    let theirs = server
+        .as_ref()
+        .ok()
+        .and_then(|v| v["version"].as_str().map(str::to_string));
+    if format == Format::Json {
+        return print_json(&serde_json::json!({
+            "client": ours,
+            "server": theirs,
+            "url": client.base_url(),
+        }));
+    }
+    println!("client  ferry {ours}");
+    match (theirs, server) {
+        (Some(v), _) => println!("server  ferry {v} at {}", client.base_url()),
+        (None, Err(e)) => println!("server  unknown: {e:#}"),
+        (None, Ok(_)) => println!("server  unknown: no version in its answer"),
+    }
+    Ok(())
+}
+
+/// `ferry apps delete APP [--yes]`.
+pub async fn delete_app(client: &Client, app: &str, yes: bool) -> anyhow::Result<()> {
+    let query = [("confirm", yes.to_string())];
+    let answer: serde_json::Value = client.delete_with(&["v1", "apps", app], &query).await?;
+    let stopped: Vec<&str> = answer["stopped"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+        .unwrap_or_default();
+    println!("app {app} deleted");
+    for line in stopped {
+        println!("  stopped: {line}");
+    }
+    Ok(())
+}
+
 pub fn print_apply(resp: &ApplyResponse) {
     let n = resp.changes.len();
     let plural = if n == 1 { "" } else { "s" };
@@ -147,6 +219,24 @@ pub fn print_apply(resp: &ApplyResponse) {
     }
     for change in &resp.changes {
         println!("  {change}");
+    }
+    if !resp.stops.is_empty() {
+        println!(
+            "{}",
+            match resp.dry_run {
+                true => "would stop at once (apply needs --prune to confirm):",
+                false => "stopped (--prune):",
+            }
+        );
+        for stop in &resp.stops {
+            println!("  {stop}");
+        }
+    }
+    if !resp.next_deployment.is_empty() {
+        println!("nothing restarts now; these take effect with the next deployment:");
+        for pending in &resp.next_deployment {
+            println!("  {pending}");
+        }
     }
 }
 

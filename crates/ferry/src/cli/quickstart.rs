@@ -141,6 +141,7 @@ impl Tour<'_> {
                     file_name: Some(self.manifest_path.display().to_string()),
                     base_dir: Some(self.data.display().to_string()),
                     dry_run: false,
+                    prune: false,
                 },
             )
             .await?;

@@ -3,7 +3,7 @@
 //! Secrets show only as `(secret)` with their version and fingerprint.
 
 use clap::{Args, Subcommand};
-use ferry_core::api::DeploymentView;
+use ferry_core::api::{RedeployAnswer, RedeployRequest};
 use ferry_core::config::{self, EnvConfig, Source};
 
 use super::client::Client;
@@ -52,6 +52,10 @@ pub struct RedeployArgs {
     /// Environment.
     #[arg(long, value_name = "ENV")]
     env: String,
+    /// Supersede a deployment of another version that has not ended yet (e.g. a promotion
+    /// waiting for approval: its approvals and freeze override are lost).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     wait: WaitArgs,
     #[command(flatten)]
@@ -161,12 +165,24 @@ async fn diff(
     Ok(())
 }
 
+/// Nothing changed: says so, exits 0, and no deployment exists.
 pub async fn redeploy(client: &Client, args: RedeployArgs) -> anyhow::Result<()> {
-    let dep: DeploymentView = client
+    let answer: RedeployAnswer = client
         .post(
             &["v1", "apps", &args.app, "envs", &args.env, "redeploy"],
-            &serde_json::json!({}),
+            &RedeployRequest { force: args.force },
         )
         .await?;
-    finish_request(client, dep, args.wait, args.out.output).await
+    match answer {
+        RedeployAnswer::Started(dep) => {
+            finish_request(client, dep, args.wait, args.out.output).await
+        }
+        RedeployAnswer::Unchanged(unchanged) => {
+            if args.out.output == Format::Json {
+                return print_json(&unchanged);
+            }
+            println!("{}", unchanged.message);
+            Ok(())
+        }
+    }
 }
