@@ -86,6 +86,7 @@ use Permission as P;
 /// `/v1/logout` ends the session it is called with: both are checked after the matrix.)
 const TABLE: &[Row] = &[
     row("GET", "/v1/whoami", None, Auth),
+    row("GET", "/v1/version", None, Auth),
     row("GET", "/metrics", None, Perm(P::ViewMetrics, Global)),
     row("GET", "/v1/apps", None, Anywhere(P::View)),
     row(
@@ -97,6 +98,8 @@ const TABLE: &[Row] = &[
         Perm(P::ManageApps, App),
     ),
     row("GET", "/v1/apps/{app}", None, Perm(P::View, App)),
+    // No app is stored here: an allowed caller gets 404, the others 403.
+    row("DELETE", "/v1/apps/{app}", None, Perm(P::ManageApps, App)),
     row("GET", "/v1/apps/{app}/status", None, Perm(P::View, App)),
     row(
         "POST",
