@@ -202,6 +202,17 @@ pub struct Environment {
     #[serde(default)]
     #[schemars(example = "127.0.0.1:8080")]
     pub listen: String,
+    /// Host names this environment answers for on `listen` (`shop.example.com`, or
+    /// `*.example.com` for one label in front), matched against the request's `Host` and
+    /// the TLS server name. Environments of any apps may share one `listen` address when
+    /// each lists its hosts, no host twice, and all or none use `tls`; a request for
+    /// another host gets a 404. Empty: every request on `listen`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Terminate TLS on `listen` with this certificate (chosen by SNI among the
+    /// environments sharing the address; reloaded when the files change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
     /// Variables given to every replica in this environment (they override the app's
     /// `vars` and service `env`). Values may reference other variables as `${NAME}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -224,6 +235,23 @@ pub struct Environment {
     /// roll it back automatically meanwhile. Default: none (succeed at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake: Option<HumanDuration>,
+}
+
+/// TLS termination of an environment's listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file on the server's machine: the certificate, then its intermediates.
+    pub cert: String,
+    /// PEM file with the private key (PKCS#8, RSA or EC).
+    pub key: String,
+    /// A plain-HTTP listener (e.g. `0.0.0.0:80`) that answers every request for the
+    /// environment's hosts with a redirect (308) to HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_http: Option<String>,
+    /// Send `Strict-Transport-Security: max-age=…` with this duration (e.g. `365d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<HumanDuration>,
 }
 
 /// Conditions a deployment waits for (in state `blocked`, or `awaiting-approval` when only

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -23,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dataplane::{ListenerCtx, Shared, spawn_listener};
 use crate::metrics::{MetricsCollector, StatsRegistry};
-use crate::routes::RouteTable;
+use crate::routes::{ListenerConfig, RouteTable};
 use crate::stats::StatsSnapshot;
-use crate::table::{EndpointRegistry, ListenerTable, now_ms};
+use crate::table::{AddrTable, EndpointRegistry, now_ms};
+use crate::tls::{self, CertCache, SniMap};
 
 const MAX_ADMIN_BODY: usize = 16 * 1024 * 1024;
 
@@ -45,6 +46,7 @@ pub(crate) struct Proxy {
     shared: Arc<Shared>,
     stats: Arc<StatsRegistry>,
     endpoints: EndpointRegistry,
+    certs: CertCache,
     registry: Registry,
     table: ArcSwap<RouteTable>,
     state: tokio::sync::Mutex<State>,
@@ -66,6 +68,23 @@ impl AdminError {
             message: message.into(),
         }
     }
+}
+
+/// What a listening address does about TLS after a table change.
+enum TlsPlan {
+    Plain,
+    Certs(SniMap),
+    /// The new certificates did not load: keep what it has.
+    Keep,
+}
+
+/// Answer of `PUT /v1/routes`.
+#[derive(Serialize)]
+pub(crate) struct Applied {
+    pub generation: u64,
+    /// Problems that did not stop the table (e.g. a certificate file that does not load).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Writes `contents` to `path` via a temporary file and a rename.
@@ -95,6 +114,7 @@ impl Proxy {
             shared,
             stats,
             endpoints,
+            certs: CertCache::default(),
             registry,
             table: ArcSwap::from_pointee(RouteTable::default()),
             state: tokio::sync::Mutex::new(State::default()),
@@ -145,13 +165,13 @@ impl Proxy {
             }
         };
         match self.apply(table, false).await {
-            Ok(g) => tracing::info!(generation = g, "restored saved route table"),
+            Ok(a) => tracing::info!(generation = a.generation, "restored saved route table"),
             Err(e) => tracing::error!(error = %e.message, "cannot restore saved routes"),
         }
     }
 
     /// Validates, binds new listeners, persists, then swaps. All-or-nothing when `strict`.
-    pub async fn apply(&self, new: RouteTable, strict: bool) -> Result<u64, AdminError> {
+    pub async fn apply(&self, new: RouteTable, strict: bool) -> Result<Applied, AdminError> {
         let mut st = self.state.lock().await;
         let current_generation = self.table.load().generation;
         if strict && new.generation < current_generation {
@@ -166,18 +186,50 @@ impl Proxy {
         new.validate()
             .map_err(|e| AdminError::new(StatusCode::BAD_REQUEST, e.0))?;
 
-        // 1. Bind the new listeners first; on failure nothing has changed yet.
-        let mut bound: HashMap<SocketAddr, TcpListener> = HashMap::new();
+        // The sites of each address, in table order.
+        let mut by_addr: Vec<(SocketAddr, Vec<&ListenerConfig>)> = Vec::new();
         for l in &new.listeners {
-            if st.listeners.contains_key(&l.listen) {
+            match by_addr.iter_mut().find(|(a, _)| *a == l.listen) {
+                Some((_, sites)) => sites.push(l),
+                None => by_addr.push((l.listen, vec![l])),
+            }
+        }
+
+        // 1. Load the certificates, then bind the new listeners; on a bind failure nothing
+        //    has changed yet. A certificate that does not load is a warning, not a refusal:
+        //    one site's bad renewal must not block every other route change, and the
+        //    address keeps the certificates it had (or fails handshakes; never plain HTTP).
+        let mut warnings = Vec::new();
+        let mut certs = HashMap::with_capacity(by_addr.len());
+        for (addr, sites) in &by_addr {
+            let plan = match sites.iter().any(|s| s.tls.is_some()) {
+                true => match SniMap::build(sites, &self.certs) {
+                    Ok(map) => TlsPlan::Certs(map),
+                    Err(e) => {
+                        let msg = format!(
+                            "listener {}: {e}; keeping its previous certificates",
+                            sites[0].id
+                        );
+                        tracing::error!("{msg}");
+                        warnings.push(msg);
+                        TlsPlan::Keep
+                    }
+                },
+                false => TlsPlan::Plain,
+            };
+            certs.insert(*addr, plan);
+        }
+        let mut bound: HashMap<SocketAddr, TcpListener> = HashMap::new();
+        for (addr, sites) in &by_addr {
+            if st.listeners.contains_key(addr) {
                 continue;
             }
-            match TcpListener::bind(l.listen).await {
+            match TcpListener::bind(addr).await {
                 Ok(sock) => {
-                    bound.insert(l.listen, sock);
+                    bound.insert(*addr, sock);
                 }
                 Err(e) => {
-                    let msg = format!("listener {} cannot bind {}: {e}", l.id, l.listen);
+                    let msg = format!("listener {} cannot bind {addr}: {e}", sites[0].id);
                     if strict {
                         return Err(AdminError::new(StatusCode::CONFLICT, msg));
                     }
@@ -187,13 +239,12 @@ impl Proxy {
         }
 
         // 2. Compile.
-        let compiled: Vec<(SocketAddr, ListenerTable)> = new
-            .listeners
+        let compiled: Vec<(SocketAddr, AddrTable)> = by_addr
             .iter()
-            .map(|l| {
+            .map(|(addr, sites)| {
                 (
-                    l.listen,
-                    ListenerTable::compile(l, &self.endpoints, &self.stats),
+                    *addr,
+                    AddrTable::compile(*addr, sites, &self.endpoints, &self.stats),
                 )
             })
             .collect();
@@ -217,20 +268,50 @@ impl Proxy {
         // 4. Swap: existing listeners get the new table, new ones start, removed ones drain.
         let mut keep = std::collections::HashSet::new();
         for (addr, table) in compiled {
+            let ctx = match st.listeners.get(&addr) {
+                Some(h) => {
+                    h.ctx.table.store(Arc::new(table));
+                    h.ctx.clone()
+                }
+                None => match bound.remove(&addr) {
+                    Some(sock) => {
+                        let ctx = Arc::new(ListenerCtx {
+                            table: ArcSwap::from_pointee(table),
+                            shared: self.shared.clone(),
+                            certs: Arc::default(),
+                            tls: ArcSwapOption::empty(),
+                        });
+                        let cancel = CancellationToken::new();
+                        let task = spawn_listener(sock, ctx.clone(), cancel.clone());
+                        st.listeners.insert(
+                            addr,
+                            ListenerHandle {
+                                ctx: ctx.clone(),
+                                cancel,
+                                task,
+                            },
+                        );
+                        ctx
+                    }
+                    None => continue,
+                },
+            };
             keep.insert(addr);
-            if let Some(h) = st.listeners.get(&addr) {
-                h.ctx.table.store(Arc::new(table));
-            } else if let Some(sock) = bound.remove(&addr) {
-                let ctx = Arc::new(ListenerCtx {
-                    table: ArcSwap::from_pointee(table),
-                    shared: self.shared.clone(),
-                });
-                let cancel = CancellationToken::new();
-                let task = spawn_listener(sock, ctx.clone(), cancel.clone());
-                st.listeners
-                    .insert(addr, ListenerHandle { ctx, cancel, task });
+            let plan = certs.remove(&addr).unwrap_or(TlsPlan::Plain);
+            if let TlsPlan::Certs(map) = plan {
+                ctx.certs.store(map);
+            } else if let TlsPlan::Plain = plan {
+                ctx.tls.store(None);
+                continue;
+            }
+            if ctx.tls.load().is_none() {
+                match tls::acceptor(ctx.certs.clone()) {
+                    Ok(a) => ctx.tls.store(Some(Arc::new(a))),
+                    Err(e) => tracing::error!(error = %e, "cannot configure TLS on {addr}"),
+                }
             }
         }
+        self.certs.retain(&tls::used_files(new.listeners.iter()));
         let removed: Vec<SocketAddr> = st
             .listeners
             .keys()
@@ -246,7 +327,41 @@ impl Proxy {
         st.draining.retain(|t| !t.is_finished());
         let generation = new.generation;
         self.table.store(Arc::new(new));
-        Ok(generation)
+        Ok(Applied {
+            generation,
+            warnings,
+        })
+    }
+
+    /// Watches the certificate files of TLS sites; on a change, new handshakes get the
+    /// new certificate (open connections keep theirs).
+    pub async fn reload_certificates(self: Arc<Self>, shutdown: CancellationToken) {
+        let period = self.shared.opts.cert_check_interval;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if !self.certs.refresh() {
+                continue;
+            }
+            let st = self.state.lock().await;
+            let table = self.table.load_full();
+            for (addr, h) in &st.listeners {
+                let sites: Vec<&ListenerConfig> = table
+                    .listeners
+                    .iter()
+                    .filter(|l| l.listen == *addr && l.tls.is_some())
+                    .collect();
+                if sites.is_empty() {
+                    continue;
+                }
+                match SniMap::build(&sites, &self.certs) {
+                    Ok(map) => h.ctx.certs.store(map),
+                    Err(e) => tracing::warn!(error = %e, "TLS certificates of {addr} not reloaded"),
+                }
+            }
+        }
     }
 
     /// Stops every listener and waits for their drains.
@@ -379,10 +494,7 @@ async fn admin_handle(p: Arc<Proxy>, req: Request<Incoming>) -> Result<AdminResp
                 }
             };
             match p.apply(table, true).await {
-                Ok(generation) => json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "generation": generation }),
-                ),
+                Ok(applied) => json(StatusCode::OK, &applied),
                 Err(e) => error(e.status, &e.message),
             }
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::ProxyOptions;
 use crate::body::{InFlight, ProxyBody, UpstreamBody};
 use crate::metrics::KeyStats;
-use crate::table::{LazyNow, ListenerTable, Tried, now_ms};
+use crate::table::{AddrTable, LazyNow, ListenerTable, Tried, now_ms, request_host};
+use crate::tls::SniCerts;
 use crate::tunnel::{self, UPGRADE_TOKEN};
 use crate::upstream::{self, ClientBody, ClientBodyState, ClientFault, ReqBody};
 
@@ -36,6 +37,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
 /// Attempts per request (connect failures move on to another endpoint).
@@ -125,8 +127,12 @@ impl Shared {
 
 /// A listener's live state: its table is swapped atomically by the admin API.
 pub(crate) struct ListenerCtx {
-    pub table: ArcSwap<ListenerTable>,
+    pub table: ArcSwap<AddrTable>,
     pub shared: Arc<Shared>,
+    /// The certificates of the address's TLS sites (swapped on reload).
+    pub certs: Arc<SniCerts>,
+    /// Set when the address's sites terminate TLS.
+    pub tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
 }
 
 struct ConnCtx {
@@ -134,6 +140,10 @@ struct ConnCtx {
     /// The worker thread serving this connection (index of its upstream idle pools).
     worker: usize,
     client_ip: HeaderValue,
+    /// Over TLS (`X-Forwarded-Proto: https`).
+    tls: bool,
+    /// The TLS server name the client asked for.
+    sni: std::sync::OnceLock<Box<str>>,
     /// The client is on this host (loopback): it may use preview headers without a token.
     local_client: bool,
     /// Reads and writes that moved bytes on the client connection (for the idle timeout).
@@ -328,10 +338,13 @@ pub(crate) fn spawn_listener(
                 }
             };
             let worker = ctx.shared.workers.pick();
+            let tls = ctx.tls.load_full();
             let conn = Arc::new(ConnCtx {
                 listener: ctx.clone(),
                 worker,
                 client_ip: ip_header(peer),
+                tls: tls.is_some(),
+                sni: std::sync::OnceLock::new(),
                 local_client: peer.ip().to_canonical().is_loopback(),
                 activity: AtomicU64::new(0),
                 waiting: AtomicUsize::new(0),
@@ -347,69 +360,37 @@ pub(crate) fn spawn_listener(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let opts = &conn.listener.shared.opts;
-                let (first_byte, idle_timeout) = (opts.header_read_timeout, opts.idle_timeout);
-                // A client that sends nothing at all is closed: hyper's header timer only
-                // starts once it knows the protocol, i.e. after the first bytes.
-                let mut probe = [0u8; 1];
-                match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
-                }
+                let first_byte = conn.listener.shared.opts.header_read_timeout;
                 let io = Watched {
                     io: stream,
                     conn: conn.clone(),
                 };
-                let svc = {
-                    let conn = conn.clone();
-                    service_fn(move |req| handle(conn.clone(), req))
-                };
-                let served = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                    .into_owned();
-                let mut served = std::pin::pin!(served);
-                let d = &token.0;
-                let mut started = std::pin::pin!(d.started.notified());
-                let (mut registered, mut finishing) = (false, false);
-                // One timer per connection, re-armed only when it fires: the connection
-                // closes after between one and two `idle_timeout`s without a byte either
-                // way while no request waits on an upstream.
-                let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
-                let mut seen = conn.activity.load(Ordering::Relaxed);
-                let res = std::future::poll_fn(|cx| {
-                    if !finishing {
-                        if !registered {
-                            // Once: the task's waker is stable, so this registration wakes
-                            // the connection when the drain starts.
-                            registered = true;
-                            let _ = started.as_mut().poll(cx);
+                match tls {
+                    None => {
+                        // A client that sends nothing at all is closed: hyper's header
+                        // timer only starts once it knows the protocol (first bytes).
+                        let mut probe = [0u8; 1];
+                        match tokio::time::timeout(first_byte, io.io.peek(&mut probe)).await {
+                            Ok(Ok(n)) if n > 0 => {}
+                            _ => return,
                         }
-                        if d.draining.load(Ordering::Acquire) {
-                            finishing = true;
-                            served.as_mut().graceful_shutdown();
+                        serve_connection(TokioIo::new(io), conn, &builder, token).await;
+                    }
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(first_byte, acceptor.accept(io)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                        if let Some(name) = stream.get_ref().1.server_name() {
+                            let _ = conn.sni.set(name.into());
                         }
+                        serve_connection(TokioIo::new(stream), conn, &builder, token).await;
                     }
-                    if let Poll::Ready(r) = served.as_mut().poll(cx) {
-                        return Poll::Ready(Some(r));
-                    }
-                    while idle.as_mut().poll(cx).is_ready() {
-                        let now = conn.activity.load(Ordering::Relaxed);
-                        if now == seen && conn.waiting.load(Ordering::Relaxed) == 0 {
-                            return Poll::Ready(None);
-                        }
-                        seen = now;
-                        idle.as_mut()
-                            .reset(tokio::time::Instant::now() + idle_timeout);
-                    }
-                    Poll::Pending
-                })
-                .await;
-                match res {
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "client connection ended with an error");
-                    }
-                    Some(Ok(())) => {}
-                    None => tracing::debug!("idle client connection closed"),
                 }
             });
         }
@@ -422,6 +403,65 @@ pub(crate) fn spawn_listener(
             }
         }
     })
+}
+
+/// Serves one client connection until it ends, drains, or stays idle too long.
+async fn serve_connection<I>(
+    io: I,
+    conn: Arc<ConnCtx>,
+    builder: &auto::Builder<TokioExecutor>,
+    token: DrainToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let idle_timeout = conn.listener.shared.opts.idle_timeout;
+    let svc = {
+        let conn = conn.clone();
+        service_fn(move |req| handle(conn.clone(), req))
+    };
+    let served = builder.serve_connection_with_upgrades(io, svc);
+    let mut served = std::pin::pin!(served);
+    let d = &token.0;
+    let mut started = std::pin::pin!(d.started.notified());
+    let (mut registered, mut finishing) = (false, false);
+    // One timer per connection, re-armed only when it fires: the connection closes after
+    // between one and two `idle_timeout`s without a byte either way while no request
+    // waits on an upstream.
+    let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
+    let mut seen = conn.activity.load(Ordering::Relaxed);
+    let res = std::future::poll_fn(|cx| {
+        if !finishing {
+            if !registered {
+                // Once: the task's waker is stable, so this registration wakes the
+                // connection when the drain starts.
+                registered = true;
+                let _ = started.as_mut().poll(cx);
+            }
+            if d.draining.load(Ordering::Acquire) {
+                finishing = true;
+                served.as_mut().graceful_shutdown();
+            }
+        }
+        if let Poll::Ready(r) = served.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        while idle.as_mut().poll(cx).is_ready() {
+            let now = conn.activity.load(Ordering::Relaxed);
+            if now == seen && conn.waiting.load(Ordering::Relaxed) == 0 {
+                return Poll::Ready(None);
+            }
+            seen = now;
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + idle_timeout);
+        }
+        Poll::Pending
+    })
+    .await;
+    match res {
+        Some(Err(e)) => tracing::debug!(error = %e, "client connection ended with an error"),
+        Some(Ok(())) => {}
+        None => tracing::debug!("idle client connection closed"),
+    }
 }
 
 fn ip_header(peer: SocketAddr) -> HeaderValue {
@@ -596,14 +636,104 @@ async fn handle(
     conn: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let table = conn.listener.table.load_full();
+    let sites = conn.listener.table.load_full();
     let mut abandoned = Abandoned(None);
-    let resp = proxy(&conn, &table, req, &mut abandoned).await;
+    let resp = proxy(&conn, &sites, req, &mut abandoned).await;
     abandoned.0 = None;
     Ok(resp)
 }
 
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
+        Some(v) if !v.is_empty() => v.clone(),
+        _ => new_request_id(),
+    }
+}
+
+/// Chooses the site by host, then proxies (or redirects) there.
 async fn proxy<'t>(
+    conn: &ConnCtx,
+    sites: &'t AddrTable,
+    req: Request<Incoming>,
+    abandoned: &mut Abandoned<'t>,
+) -> Response<ProxyBody> {
+    let host = || request_host(req.uri(), req.headers(), conn.sni.get().map(|s| &**s));
+    let Some(table) = sites.site(host) else {
+        let msg = match host() {
+            Some(h) => format!(
+                "ferry-proxy: no site for host {} on {}\n",
+                truncated(h),
+                sites.addr
+            ),
+            None => format!(
+                "ferry-proxy: no site on {} for a request without Host\n",
+                sites.addr
+            ),
+        };
+        let id = request_id(req.headers());
+        return local_answer(
+            &sites.unknown_host_stats,
+            Instant::now(),
+            StatusCode::NOT_FOUND,
+            msg,
+            id,
+        );
+    };
+    if let Some(port) = table.redirect_https {
+        let resp = redirect_https(host(), port, req.uri(), request_id(req.headers()));
+        table
+            .unrouted_stats
+            .record(resp.status().as_u16(), Duration::ZERO);
+        return resp;
+    }
+    let mut resp = proxy_site(conn, table, req, abandoned).await;
+    if let Some(hsts) = &table.hsts {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    resp
+}
+
+/// `308` to the same host and path over HTTPS.
+fn redirect_https(
+    host: Option<&str>,
+    port: u16,
+    uri: &Uri,
+    request_id: HeaderValue,
+) -> Response<ProxyBody> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = host.and_then(|h| {
+        let h = if h.contains(':') {
+            format!("[{h}]")
+        } else {
+            h.to_string()
+        };
+        let url = if port == 443 {
+            format!("https://{h}{path}")
+        } else {
+            format!("https://{h}:{port}{path}")
+        };
+        HeaderValue::from_str(&url).ok()
+    });
+    let (status, body) = match &location {
+        Some(_) => (StatusCode::PERMANENT_REDIRECT, "ferry-proxy: use HTTPS\n"),
+        None => (
+            StatusCode::BAD_REQUEST,
+            "ferry-proxy: a valid Host header is needed to redirect to HTTPS\n",
+        ),
+    };
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
+    h.insert(X_REQUEST_ID.clone(), request_id);
+    if let Some(l) = location {
+        h.insert(header::LOCATION, l);
+    }
+    resp
+}
+
+async fn proxy_site<'t>(
     conn: &ConnCtx,
     table: &'t ListenerTable,
     mut req: Request<Incoming>,
@@ -615,10 +745,7 @@ async fn proxy<'t>(
     let upgrade = tunnel::requested_protocol(req.version(), req.headers())
         .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
-    let request_id = match parts.headers.get(&X_REQUEST_ID) {
-        Some(v) if !v.is_empty() => v.clone(),
-        _ => new_request_id(),
-    };
+    let request_id = request_id(&parts.headers);
 
     let Some(route) = table.route_for(parts.uri.path()) else {
         let msg = format!(
@@ -718,7 +845,14 @@ async fn proxy<'t>(
         None => conn.client_ip.clone(),
     };
     h.insert(X_FORWARDED_FOR.clone(), xff);
-    h.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        if conn.tls {
+            HTTPS.clone()
+        } else {
+            HTTP.clone()
+        },
+    );
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     if let Some((protocol, _)) = &upgrade {
         h.insert(header::CONNECTION, UPGRADE_TOKEN.clone());

@@ -24,6 +24,7 @@ mod body;
 mod dataplane;
 mod metrics;
 mod table;
+mod tls;
 mod tunnel;
 mod upstream;
 
@@ -72,6 +73,8 @@ pub struct ProxyOptions {
     /// waits on an upstream, is closed after between one and two times this. Env
     /// `FERRY_PROXY_IDLE_TIMEOUT`; default 75s.
     pub idle_timeout: Duration,
+    /// How often the certificate files of TLS sites are checked for changes.
+    pub cert_check_interval: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -89,6 +92,7 @@ impl Default for ProxyOptions {
                 .unwrap_or(2),
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
+            cert_check_interval: Duration::from_secs(2),
         }
     }
 }
@@ -198,6 +202,7 @@ pub async fn start(
     tracing::info!(%admin_addr, "ferry proxy admin API listening");
 
     tokio::spawn(proxy.clone().reap_idle_connections(shutdown.clone()));
+    tokio::spawn(proxy.clone().reload_certificates(shutdown.clone()));
     let handle = tokio::spawn(admin::serve_admin(proxy, listener, shutdown.clone()));
     Ok(RunningProxy {
         admin_addr,

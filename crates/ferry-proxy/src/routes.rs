@@ -1,7 +1,8 @@
 //! Route tables pushed by the control plane.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,14 +18,72 @@ pub struct RouteTable {
     pub listeners: Vec<ListenerConfig>,
 }
 
-/// One listening socket (one app environment).
+/// One site (one app environment) on a listening socket. Several sites may share one
+/// `listen` address when each names its `hosts` and no host is claimed twice; they must
+/// then all use TLS or none.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
-    /// Usually `"app/env"`.
+    /// Usually `"app/env"`; the stats key of its versions.
     pub id: String,
     pub listen: SocketAddr,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Host names this site answers for: `shop.example.com`, or `*.example.com` for any
+    /// one label in front. Matched (case-insensitively, port ignored) against the
+    /// request's `Host` (HTTP/2: `:authority`), else the TLS server name. Empty: any
+    /// host. On a shared address a request for no listed host gets a 404 that says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Terminate TLS with this certificate (chosen by SNI among the address's sites).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+    /// Route nothing: answer every request with `308` to `https://HOST[:PORT]/path`
+    /// (the port left out when it is 443). For a plain-HTTP listener beside a TLS one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_https: Option<u16>,
+}
+
+impl ListenerConfig {
+    /// A plain site answering any host.
+    pub fn new(id: impl Into<String>, listen: SocketAddr, routes: Vec<Route>) -> Self {
+        Self {
+            id: id.into(),
+            listen,
+            routes,
+            hosts: Vec::new(),
+            tls: None,
+            redirect_https: None,
+        }
+    }
+}
+
+/// A certificate chain and its private key, PEM files on the proxy's machine. Reloaded
+/// when either file changes, without dropping open connections.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The leaf certificate first, then its intermediates.
+    pub cert: PathBuf,
+    /// PKCS#8, PKCS#1 (RSA) or SEC1 (EC) private key.
+    pub key: PathBuf,
+    /// Send `Strict-Transport-Security: max-age=N` on this site's answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts_max_age_secs: Option<u64>,
+}
+
+/// A valid `hosts` entry: DNS labels of letters, digits and `-`, optionally after `*.`.
+fn valid_host_pattern(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Requests whose path starts with `path_prefix` (segment-aware) go to `backends`.
@@ -128,7 +187,9 @@ pub struct ValidationError(pub String);
 impl RouteTable {
     /// Checks the invariants the data plane relies on.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        let mut addrs = HashSet::new();
+        // The first site seen on each address, and which site claimed each host there.
+        let mut addrs: HashMap<SocketAddr, &ListenerConfig> = HashMap::new();
+        let mut claimed: HashMap<(SocketAddr, String), &str> = HashMap::new();
         let mut ids = HashSet::new();
         for l in &self.listeners {
             if l.id.is_empty() {
@@ -140,11 +201,41 @@ impl RouteTable {
             if !ids.insert(l.id.as_str()) {
                 return Err(ValidationError(format!("duplicate listener id {:?}", l.id)));
             }
-            if !addrs.insert(l.listen) {
+            for h in &l.hosts {
+                if !valid_host_pattern(h) {
+                    return Err(ValidationError(format!(
+                        "listener {:?}: host {h:?} is not a host name (e.g. shop.example.com or *.example.com)",
+                        l.id
+                    )));
+                }
+                if let Some(other) = claimed.insert((l.listen, h.to_ascii_lowercase()), &l.id) {
+                    return Err(ValidationError(format!(
+                        "listener {:?}: host {h} on {} is already served by listener {other:?}",
+                        l.id, l.listen
+                    )));
+                }
+            }
+            if l.redirect_https.is_some() && (l.tls.is_some() || !l.routes.is_empty()) {
                 return Err(ValidationError(format!(
-                    "listener {:?}: listen address {} is used by another listener",
-                    l.id, l.listen
+                    "listener {:?}: redirect_https is for a plain listener without routes",
+                    l.id
                 )));
+            }
+            if let Some(first) = addrs.get(&l.listen) {
+                if l.hosts.is_empty() || first.hosts.is_empty() {
+                    return Err(ValidationError(format!(
+                        "listener {:?}: listen address {} is used by listener {:?}; sites sharing an address must each list their hosts",
+                        l.id, l.listen, first.id
+                    )));
+                }
+                if l.tls.is_some() != first.tls.is_some() {
+                    return Err(ValidationError(format!(
+                        "listener {:?}: listen address {} is shared with listener {:?}, and only one of them has tls",
+                        l.id, l.listen, first.id
+                    )));
+                }
+            } else {
+                addrs.insert(l.listen, l);
             }
             let mut prefixes = HashSet::new();
             for r in &l.routes {
@@ -248,6 +339,9 @@ mod tests {
             listeners: vec![ListenerConfig {
                 id: "a/b".into(),
                 listen: "127.0.0.1:1".parse().expect("addr"),
+                hosts: vec![],
+                tls: None,
+                redirect_https: None,
                 routes: vec![Route {
                     service: "api".into(),
                     path_prefix: prefix.into(),
@@ -279,6 +373,26 @@ mod tests {
         t.listeners.push(t.listeners[0].clone());
         t.listeners[1].id = "other".into();
         assert!(t.validate().is_err(), "duplicate listen address");
+        // Sharing an address: fine with disjoint hosts, refused otherwise.
+        t.listeners[0].hosts = vec!["shop.example.com".into()];
+        assert!(t.validate().is_err(), "the other site lists no host");
+        t.listeners[1].hosts = vec!["*.blog.example.com".into()];
+        assert!(t.validate().is_ok());
+        t.listeners[1].hosts.push("SHOP.example.com".into());
+        let e = t.validate().expect_err("a host claimed twice");
+        assert!(e.0.contains("already served by listener \"a/b\""), "{e}");
+        t.listeners[1].hosts = vec!["blog.example.com".into()];
+        t.listeners[1].tls = Some(TlsFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            hsts_max_age_secs: None,
+        });
+        assert!(t.validate().is_err(), "tls and plain on one address");
+        for bad in ["", "shop.example.com:443", "*", "a..b", "-a.b", "sh op"] {
+            t.listeners[1].tls = None;
+            t.listeners[1].hosts = vec![bad.into()];
+            assert!(t.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 
 use crate::metrics::{KeyStats, StatsRegistry};
@@ -298,12 +298,113 @@ fn preview_on(v: &[u8]) -> bool {
     !(v.is_empty() || v == b"0" || v.eq_ignore_ascii_case(b"false"))
 }
 
+/// The sites sharing one listening address, chosen by host.
+#[derive(Debug)]
+pub(crate) struct AddrTable {
+    pub addr: SocketAddr,
+    sites: Box<[ListenerTable]>,
+    /// Lowercase host → site.
+    exact: HashMap<Box<str>, usize>,
+    /// `*.example.com` as `example.com` → site.
+    wildcard: HashMap<Box<str>, usize>,
+    /// The site that answers any host (a lone site without `hosts`).
+    any: Option<usize>,
+    /// Requests for a host no site serves.
+    pub unknown_host_stats: Arc<KeyStats>,
+}
+
+impl AddrTable {
+    pub fn compile(
+        addr: SocketAddr,
+        sites: &[&ListenerConfig],
+        endpoints: &EndpointRegistry,
+        stats: &StatsRegistry,
+    ) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut any = None;
+        for (i, site) in sites.iter().enumerate() {
+            if site.hosts.is_empty() {
+                any = Some(i);
+            }
+            for h in &site.hosts {
+                let h = h.to_ascii_lowercase();
+                match h.strip_prefix("*.") {
+                    Some(suffix) => wildcard.insert(suffix.into(), i),
+                    None => exact.insert(h.into_boxed_str(), i),
+                };
+            }
+        }
+        Self {
+            addr,
+            sites: sites
+                .iter()
+                .map(|s| ListenerTable::compile(s, endpoints, stats))
+                .collect(),
+            exact,
+            wildcard,
+            any,
+            unknown_host_stats: stats.key(&addr.to_string(), "", "", true),
+        }
+    }
+
+    /// The site for a request to `host` (asked for only when hosts decide).
+    #[inline]
+    pub fn site<'h>(&self, host: impl FnOnce() -> Option<&'h str>) -> Option<&ListenerTable> {
+        if let Some(i) = self.any {
+            return Some(&self.sites[i]);
+        }
+        let host = host()?;
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        let i = match self.exact.get(host) {
+            Some(i) => *i,
+            None => *self.wildcard.get(host.split_once('.')?.1)?,
+        };
+        Some(&self.sites[i])
+    }
+}
+
+/// The host a request is for: HTTP/2's `:authority`, else `Host`, else the TLS server
+/// name; without port or trailing dot.
+pub(crate) fn request_host<'a>(
+    uri: &'a http::Uri,
+    headers: &'a HeaderMap,
+    sni: Option<&'a str>,
+) -> Option<&'a str> {
+    if let Some(a) = uri.authority() {
+        return Some(a.host().trim_end_matches('.'));
+    }
+    let Some(v) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return sni;
+    };
+    let host = if let Some(rest) = v.strip_prefix('[') {
+        // [v6]:port
+        rest.split_once(']').map_or(v, |(h, _)| h)
+    } else {
+        match v.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => v,
+        }
+    };
+    Some(host.trim_end_matches('.'))
+}
+
 #[derive(Debug)]
 pub(crate) struct ListenerTable {
     pub id: Arc<str>,
     /// Longest prefix first.
     routes: Box<[RouteEntry]>,
     pub unrouted_stats: Arc<KeyStats>,
+    /// `Strict-Transport-Security` value for this site's answers.
+    pub hsts: Option<HeaderValue>,
+    /// Redirect everything to HTTPS on this port instead of routing.
+    pub redirect_https: Option<u16>,
 }
 
 impl ListenerTable {
@@ -367,6 +468,12 @@ impl ListenerTable {
             id: cfg.id.as_str().into(),
             routes: routes.into_boxed_slice(),
             unrouted_stats: stats.key(&cfg.id, "", "", true),
+            hsts: cfg
+                .tls
+                .as_ref()
+                .and_then(|t| t.hsts_max_age_secs)
+                .and_then(|s| HeaderValue::from_str(&format!("max-age={s}")).ok()),
+            redirect_https: cfg.redirect_https,
         }
     }
 
@@ -591,6 +698,39 @@ mod tests {
         assert!(!prefix_matches("/api", "/apix"));
         assert!(prefix_matches("/api/", "/api/x"));
         assert!(!prefix_matches("/api/", "/api"));
+    }
+
+    #[test]
+    fn hosts_of_requests() {
+        let h = |host: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_str(host).expect("value"));
+            m
+        };
+        let origin: http::Uri = "/x".parse().expect("uri");
+        let host = |v: &str| request_host(&origin, &h(v), None).map(str::to_owned);
+        assert_eq!(
+            host("shop.example.com").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            host("shop.example.com:8443").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            host("shop.example.com.").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(host("[::1]:80").as_deref(), Some("::1"));
+        assert_eq!(
+            request_host(&origin, &HeaderMap::new(), Some("sni.example.com")),
+            Some("sni.example.com")
+        );
+        let absolute: http::Uri = "https://h2.example.com/x".parse().expect("uri");
+        assert_eq!(
+            request_host(&absolute, &h("other"), None),
+            Some("h2.example.com")
+        );
     }
 
     #[test]

@@ -65,6 +65,9 @@ fn canary_table(listen: SocketAddr, canary: SocketAddr, stable: SocketAddr) -> R
         generation: 1,
         listeners: vec![ListenerConfig {
             id: "shop/prod".into(),
+            hosts: vec![],
+            tls: None,
+            redirect_https: None,
             listen,
             routes: vec![Route {
                 service: "api".into(),

@@ -111,6 +111,9 @@ fn table(
         generation,
         listeners: vec![ListenerConfig {
             id: "shop/prod".into(),
+            hosts: vec![],
+            tls: None,
+            redirect_https: None,
             listen,
             routes: routes
                 .into_iter()
@@ -626,6 +629,9 @@ async fn admin_auth_stale_generation_and_bind_conflict() {
     t6.listeners[0].routes[0].backends = vec![];
     t6.listeners.push(ListenerConfig {
         id: "shop/staging".into(),
+        hosts: vec![],
+        tls: None,
+        redirect_https: None,
         listen: busy,
         routes: vec![],
     });
@@ -795,6 +801,9 @@ async fn removed_listener_drains_in_flight_requests() {
     );
     t.listeners.push(ListenerConfig {
         id: "shop/staging".into(),
+        hosts: vec![],
+        tls: None,
+        redirect_https: None,
         listen: keep,
         routes: t.listeners[0].routes.clone(),
     });

@@ -3,7 +3,7 @@
 //! route's permission, the audit record. Handlers only translate; decisions live in the
 //! controller and the pure core.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -433,64 +433,133 @@ async fn apply(
     }))
 }
 
-/// A listener may belong to one environment of one app, and must be free to bind.
+/// A listener may belong to one environment of one app, or be shared by environments of
+/// any apps that each list their `hosts` (none twice, all or none with TLS); it must be
+/// free to bind if nobody uses it yet.
 fn check_listeners(manifest: &Manifest, apps: &[AppRecord]) -> ApiResult<()> {
-    let mut ours: HashMap<String, String> = HashMap::new();
+    // Other apps' sites by address, and the addresses this app holds already.
+    let mut ours: HashMap<String, Vec<Site>> = HashMap::new();
+    let mut mine: HashSet<String> = HashSet::new();
     for app in apps {
         let Ok(other) = serde_json::from_str::<Manifest>(&app.manifest_json) else {
             continue;
         };
         for (env, config) in other.environments.iter() {
-            for listen in listens(config) {
-                ours.insert(listen, format!("{}/{env}", app.name));
+            for site in sites(config, &format!("{}/{env}", app.name)) {
+                if app.name == manifest.app {
+                    mine.insert(site.listen);
+                } else {
+                    ours.entry(site.listen.clone()).or_default().push(site);
+                }
             }
         }
     }
     for (env, config) in manifest.environments.iter() {
-        for listen in listens(config) {
-            check_listener(manifest, env, &listen, &ours)?;
+        for site in sites(config, env) {
+            check_listener(env, &site, &ours, &mine)?;
         }
     }
     Ok(())
 }
 
-/// An environment's proxy listeners: the main one and blue/green's preview.
-fn listens(env: &ferry_core::manifest::Environment) -> Vec<String> {
-    let mut all = vec![env.listen.clone()];
+/// One use of a proxy listener by an environment.
+struct Site {
+    listen: String,
+    /// `app/env` (or, for the manifest being applied, `env`).
+    owner: String,
+    hosts: Vec<String>,
+    tls: bool,
+    /// Where an error about it points.
+    field: &'static str,
+}
+
+/// An environment's proxy listeners: the main one, blue/green's preview and the HTTPS
+/// redirect.
+fn sites(env: &ferry_core::manifest::Environment, owner: &str) -> Vec<Site> {
+    let site = |listen: &str, hosts: &[String], tls: bool, field| Site {
+        listen: listen.to_string(),
+        owner: owner.to_string(),
+        hosts: hosts.to_vec(),
+        tls,
+        field,
+    };
+    let mut all = vec![site(&env.listen, &env.hosts, env.tls.is_some(), "listen")];
     if let ferry_core::manifest::Strategy::BlueGreen(bg) = &env.strategy
         && let Some(preview) = &bg.preview_listen
     {
-        all.push(preview.clone());
+        all.push(site(
+            preview,
+            &[],
+            false,
+            "strategy.blue_green.preview_listen",
+        ));
+    }
+    if let Some(redirect) = env.tls.as_ref().and_then(|t| t.redirect_http.as_ref()) {
+        all.push(site(redirect, &env.hosts, false, "tls.redirect_http"));
     }
     all
 }
 
 fn check_listener(
-    manifest: &Manifest,
     env: &str,
-    listen: &str,
-    ours: &HashMap<String, String>,
+    site: &Site,
+    ours: &HashMap<String, Vec<Site>>,
+    mine: &HashSet<String>,
 ) -> ApiResult<()> {
-    match ours.get(listen) {
-        Some(owner) if !owner.starts_with(&format!("{}/", manifest.app)) => Err(ApiFailure::new(
+    let conflict = |field: String, message: String| {
+        Err(ApiFailure::new(
             StatusCode::CONFLICT,
             "conflict",
-            format!("environments.{env}: listener {listen} is already used by {owner}"),
-        )),
-        Some(_) => Ok(()),
+            format!("environments.{env}.{field}: {message}"),
+        ))
+    };
+    let listen = &site.listen;
+    match ours.get(listen) {
+        Some(others) => {
+            for other in others {
+                if site.hosts.is_empty() || other.hosts.is_empty() || site.tls != other.tls {
+                    return conflict(
+                        site.field.to_string(),
+                        format!(
+                            "listener {listen} is already used by {}; environments share a listener only when each lists its `hosts` and all or none use `tls`",
+                            other.owner
+                        ),
+                    );
+                }
+                for (i, host) in site.hosts.iter().enumerate() {
+                    if other.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+                        return conflict(
+                            format!("hosts[{i}]"),
+                            format!(
+                                "host {host} on {listen} is already served by {}",
+                                other.owner
+                            ),
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        None if mine.contains(listen) => Ok(()),
         None => {
             let addr: SocketAddr = listen.parse().map_err(|_| {
                 ApiFailure::new(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
-                    format!("environments.{env}: listener {listen:?} is not IP:PORT"),
+                    format!(
+                        "environments.{env}.{}: listener {listen:?} is not IP:PORT",
+                        site.field
+                    ),
                 )
             })?;
             std::net::TcpListener::bind(addr).map(|_| ()).map_err(|e| {
                 ApiFailure::new(
                     StatusCode::CONFLICT,
                     "conflict",
-                    format!("environments.{env}: cannot listen on {addr}: {e}; pick a free port"),
+                    format!(
+                        "environments.{env}.{}: cannot listen on {addr}: {e}; pick a free port",
+                        site.field
+                    ),
                 )
             })
         }

@@ -24,7 +24,7 @@ use ferry_core::manifest::{BlueGreen, Manifest, Strategy};
 use ferry_core::model::{DeploymentState, ReplicaState};
 use ferry_core::rollout::{self, Action, Observed, Pace, Patience, ServiceInput, Verdict};
 use ferry_proxy::routes::{
-    BackendGroup, ListenerConfig, PreviewRule, Route, RouteTable, StickyRule,
+    BackendGroup, ListenerConfig, PreviewRule, Route, RouteTable, StickyRule, TlsFiles,
 };
 use ferry_runtime::{HealthSpec, ProcessIdentity, ProcessRuntime, ReplicaSpec, RuntimeEvent};
 use ferry_store::{
@@ -1591,22 +1591,39 @@ impl Controller {
                         sticky,
                     });
                 }
-                listeners.push(ListenerConfig {
-                    id: format!("{}/{env_name}", app.name),
-                    listen,
-                    routes,
+                let mut site =
+                    ListenerConfig::new(format!("{}/{env_name}", app.name), listen, routes);
+                site.hosts = env.hosts.clone();
+                site.tls = env.tls.as_ref().map(|t| TlsFiles {
+                    cert: t.cert.clone().into(),
+                    key: t.key.clone().into(),
+                    hsts_max_age_secs: t.hsts.map(|d| d.get().as_secs()),
                 });
+                listeners.push(site);
+                // The plain-HTTP twin that sends the environment's hosts to HTTPS.
+                if let Some(redirect) = env.tls.as_ref().and_then(|t| t.redirect_http.as_ref())
+                    && let Ok(addr) = redirect.parse::<SocketAddr>()
+                {
+                    let mut r = ListenerConfig::new(
+                        format!("{}/{env_name}/redirect", app.name),
+                        addr,
+                        vec![],
+                    );
+                    r.hosts = env.hosts.clone();
+                    r.redirect_https = Some(listen.port());
+                    listeners.push(r);
+                }
                 if let Strategy::BlueGreen(BlueGreen {
                     preview_listen: Some(preview),
                     ..
                 }) = &env.strategy
                     && let Ok(listen) = preview.parse::<SocketAddr>()
                 {
-                    listeners.push(ListenerConfig {
-                        id: format!("{}/{env_name}/preview", app.name),
+                    listeners.push(ListenerConfig::new(
+                        format!("{}/{env_name}/preview", app.name),
                         listen,
-                        routes: preview_routes,
-                    });
+                        preview_routes,
+                    ));
                 }
                 let summary = if summary.is_empty() {
                     "no ready replicas".to_string()

@@ -167,7 +167,8 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
             Some("e.g. `environments: { dev: { listen: 127.0.0.1:8080 } }`; they are listed in promotion order".into()),
         );
     }
-    let mut listeners: Vec<(SocketAddr, &str)> = Vec::new();
+    // Address, environment, its hosts and whether it terminates TLS.
+    let mut listeners: Vec<(SocketAddr, &str, &[String], bool)> = Vec::new();
     for (position, (name, env)) in m.environments.iter().enumerate() {
         let base = p(&["environments", name]);
         if !is_name(name) {
@@ -200,21 +201,35 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
                     Some("pick a fixed port, e.g. `127.0.0.1:8080`".into()),
                 ),
                 Ok(addr) => {
-                    let clash = listeners.iter().find(|(other, _)| {
+                    let tls = env.tls.is_some();
+                    let clash = listeners.iter().find(|(other, _, hosts, other_tls)| {
                         other.port() == addr.port()
                             && (other.ip() == addr.ip() || other.ip().is_unspecified() || addr.ip().is_unspecified())
+                            && !shares_by_host(*other, hosts, *other_tls, addr, &env.hosts, tls)
                     });
-                    if let Some((other, other_env)) = clash {
+                    if let Some((other, other_env, _, _)) = clash {
                         out.value(
                             listen_path,
                             format!("listen address `{addr}` clashes with environment `{other_env}` ({other})"),
-                            Some("every environment needs its own listener; use another port".into()),
+                            Some("every environment needs its own listener, or several share one exact address when each lists its `hosts` and all or none use `tls`".into()),
                         );
                     }
-                    listeners.push((addr, name));
+                    for (i, host) in env.hosts.iter().enumerate() {
+                        if let Some((_, other_env, _, _)) = listeners.iter().find(|(other, _, hosts, _)| {
+                            *other == addr && hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+                        }) {
+                            out.value(
+                                at(&with(&base, "hosts"), i),
+                                format!("host `{host}` on `{addr}` is also served by environment `{other_env}`"),
+                                None,
+                            );
+                        }
+                    }
+                    listeners.push((addr, name, &env.hosts, tls));
                 }
             }
         }
+        check_site(&mut out, &base, env);
         check_vars(&mut out, &with(&base, "vars"), &env.vars);
         if let Some(replicas) = env.replicas {
             check_replicas(&mut out, with(&base, "replicas"), replicas);
@@ -288,7 +303,7 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
                     let ppath = with(&bpath, "preview_listen");
                     match preview.parse::<SocketAddr>() {
                         Ok(addr) if addr.port() != 0 => {
-                            if listeners.iter().any(|(other, _)| *other == addr)
+                            if listeners.iter().any(|(other, _, _, _)| *other == addr)
                                 || env.listen == *preview
                             {
                                 out.value(
@@ -297,7 +312,7 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
                                     Some("give the preview its own port".into()),
                                 );
                             }
-                            listeners.push((addr, name));
+                            listeners.push((addr, name, &[], false));
                         }
                         _ => out.value(
                             ppath,
@@ -661,6 +676,97 @@ fn is_header_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+}
+
+fn at(base: &[Seg], index: usize) -> Vec<Seg> {
+    let mut path = base.to_vec();
+    path.push(Seg::Index(index));
+    path
+}
+
+/// Two environments may share one exact address when both list their hosts, none twice
+/// (checked per host), and both or neither terminate TLS.
+fn shares_by_host(
+    a: SocketAddr,
+    a_hosts: &[String],
+    a_tls: bool,
+    b: SocketAddr,
+    b_hosts: &[String],
+    b_tls: bool,
+) -> bool {
+    a == b && !a_hosts.is_empty() && !b_hosts.is_empty() && a_tls == b_tls
+}
+
+/// `shop.example.com` or `*.example.com`: DNS labels of letters, digits and `-`.
+pub fn is_host_pattern(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// `hosts` and `tls` of an environment.
+fn check_site(out: &mut Issues, base: &[Seg], env: &crate::manifest::Environment) {
+    let hosts = with(base, "hosts");
+    for (i, host) in env.hosts.iter().enumerate() {
+        if !is_host_pattern(host) {
+            out.value(
+                at(&hosts, i),
+                format!("invalid host {host:?}"),
+                Some("a host name without scheme or port, e.g. `shop.example.com` or `*.example.com`".into()),
+            );
+        } else if env.hosts[..i].iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            out.value(
+                at(&hosts, i),
+                format!("host `{host}` is listed twice"),
+                None,
+            );
+        }
+    }
+    let Some(tls) = &env.tls else { return };
+    let tpath = with(base, "tls");
+    for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+        if !std::path::Path::new(file).is_absolute() {
+            out.value(
+                with(&tpath, key),
+                format!("`{key}` must be the absolute path of a PEM file on the server's machine"),
+                Some("e.g. `/etc/ferry/tls/shop.pem`".into()),
+            );
+        }
+    }
+    if let Some(redirect) = &tls.redirect_http {
+        match redirect.parse::<SocketAddr>() {
+            Ok(addr)
+                if env
+                    .listen
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|l| l.port() == addr.port()) =>
+            {
+                out.value(
+                    with(&tpath, "redirect_http"),
+                    format!("`{addr}` is the port of `listen` itself"),
+                    Some("the plain-HTTP port, e.g. `0.0.0.0:80`".into()),
+                );
+            }
+            Ok(_) => {}
+            Err(_) => out.value(
+                with(&tpath, "redirect_http"),
+                format!("invalid listen address {redirect:?}"),
+                Some("write it as IP:PORT, e.g. `0.0.0.0:80`".into()),
+            ),
+        }
+    }
+    if let Some(hsts) = tls.hsts {
+        positive(out, with(&tpath, "hsts"), hsts);
+    }
 }
 
 fn with(base: &[Seg], key: &str) -> Vec<Seg> {
@@ -1217,6 +1323,81 @@ mod tests {
         assert_eq!(unknown_placeholders("${HOME}/x${PORT}"), vec!["HOME"]);
         assert_eq!(unknown_placeholders("${PORT"), vec!["${PORT"]);
         assert!(unknown_placeholders("$PORT").is_empty());
+    }
+
+    /// Errors of a manifest with a `staging` and a `production` environment (YAML text
+    /// of their bodies), as `path: message`.
+    fn site_errors(staging: &str, production: &str) -> Vec<String> {
+        let text = format!(
+            "app: shop\nservices:\n  web:\n    run: [./web]\nenvironments:\n  staging: {staging}\n  production: {production}\n"
+        );
+        match crate::manifest::parse(&text, "ferry.yaml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn environments_share_a_listener_by_host() {
+        let tls = "tls: { cert: /etc/ferry/shop.pem, key: /etc/ferry/shop.key, redirect_http: \"0.0.0.0:80\", hsts: 365d }";
+        let ok = site_errors(
+            &format!("{{ listen: \"0.0.0.0:443\", hosts: [staging.shop.example.com], {tls} }}"),
+            &format!(
+                "{{ listen: \"0.0.0.0:443\", hosts: [shop.example.com, \"*.shop.example.com\"], {tls} }}"
+            ),
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+
+        let overlap = site_errors(
+            "{ listen: \"0.0.0.0:8080\", hosts: [shop.example.com] }",
+            "{ listen: \"0.0.0.0:8080\", hosts: [www.example.com, SHOP.example.com] }",
+        );
+        assert_eq!(
+            overlap,
+            vec![
+                "environments.production.hosts[1]: host `SHOP.example.com` on `0.0.0.0:8080` is also served by environment `staging`"
+            ]
+        );
+        let no_hosts = site_errors(
+            "{ listen: \"0.0.0.0:8080\", hosts: [shop.example.com] }",
+            "{ listen: \"0.0.0.0:8080\" }",
+        );
+        assert!(
+            no_hosts.len() == 1
+                && no_hosts[0].starts_with(
+                    "environments.production.listen: listen address `0.0.0.0:8080` clashes"
+                ),
+            "{no_hosts:?}"
+        );
+        let mixed_tls = site_errors(
+            "{ listen: \"0.0.0.0:8443\", hosts: [a.example.com] }",
+            &format!("{{ listen: \"0.0.0.0:8443\", hosts: [b.example.com], {tls} }}"),
+        );
+        assert!(
+            mixed_tls.iter().any(|e| e.contains("clashes")),
+            "{mixed_tls:?}"
+        );
+
+        let bad = site_errors(
+            "{ listen: \"0.0.0.0:8080\", hosts: [\"shop.example.com:80\", a.example.com, a.example.com] }",
+            "{ listen: \"0.0.0.0:8443\", tls: { cert: shop.pem, key: /k.pem, redirect_http: \"0.0.0.0:8443\" } }",
+        );
+        for expected in [
+            "environments.staging.hosts[0]: invalid host",
+            "environments.staging.hosts[2]: host `a.example.com` is listed twice",
+            "environments.production.tls.cert: `cert` must be the absolute path",
+            "environments.production.tls.redirect_http: `0.0.0.0:8443` is the port of `listen`",
+        ] {
+            assert!(
+                bad.iter().any(|e| e.starts_with(expected)),
+                "{expected}: {bad:?}"
+            );
+        }
+        assert_eq!(bad.len(), 4, "{bad:?}");
     }
 
     // -- after, soak and freeze ----------------------------------------------------------
