@@ -58,6 +58,9 @@ fn table(generation: u64, listen: SocketAddr, endpoints: &[SocketAddr]) -> Route
         generation,
         listeners: vec![ListenerConfig {
             id: "shop/prod".into(),
+            hosts: vec![],
+            tls: None,
+            redirect_https: None,
             listen,
             routes: vec![Route {
                 service: "web".into(),

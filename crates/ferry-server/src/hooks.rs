@@ -89,6 +89,8 @@ impl Job {
 pub struct HttpVia {
     pub addr: String,
     pub header: Option<String>,
+    /// `Host` to send when the listener is shared by host (the environment's first host).
+    pub host: Option<String>,
 }
 
 /// The deployment (and its environment) a phase runs for.
@@ -633,6 +635,9 @@ async fn run_http(http: &reqwest::Client, a: &Attempt, spec: &HttpHook) -> Resul
     let mut request = http.get(&url).timeout(a.job.timeout);
     if let Some(header) = &a.http.header {
         request = request.header(header.as_str(), "1");
+    }
+    if let Some(host) = &a.http.host {
+        request = request.header(reqwest::header::HOST, host.as_str());
     }
     let via = match &a.http.header {
         Some(h) => format!(" (preview header {h})"),

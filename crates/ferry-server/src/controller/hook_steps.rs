@@ -37,10 +37,16 @@ fn http_via(manifest: &Manifest, env: &str, route: Route) -> HttpVia {
     let Some(environment) = manifest.environments.get(env) else {
         return HttpVia::default();
     };
+    // On a listener shared by host, the environment's first host (a wildcard's `www`).
+    let host = environment.hosts.first().map(|h| {
+        h.strip_prefix('*')
+            .map_or(h.clone(), |rest| format!("www{rest}"))
+    });
     match (route, &environment.strategy) {
         (Route::Listener, _) => HttpVia {
             addr: loopback(&environment.listen),
             header: None,
+            host,
         },
         (
             Route::Preview,
@@ -51,10 +57,12 @@ fn http_via(manifest: &Manifest, env: &str, route: Route) -> HttpVia {
         ) => HttpVia {
             addr: loopback(preview),
             header: None,
+            host: None,
         },
         (Route::Preview, strategy) => HttpVia {
             addr: loopback(&environment.listen),
             header: Some(preview_header(strategy)),
+            host,
         },
     }
 }
