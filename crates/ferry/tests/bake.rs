@@ -105,3 +105,34 @@ async fn a_version_that_crash_loops_after_converging_is_rolled_back_during_the_b
     })
     .await;
 }
+
+/// A canary bakes too once it has all the traffic and the old version is retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_bakes_after_its_final_promotion() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("bakedcanary");
+        spec.replicas = 1;
+        spec.strategy = "{ canary: { steps: [{ weight: 50 }] } }\n    bake: 2s".into();
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let id = deploy(&ferry, &spec, "2.0.0").await;
+        let done = ferry.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
+        let events = ferry.deployment(id).await.events;
+        let at = |needle: &str| {
+            events
+                .iter()
+                .find(|e| e.message.contains(needle))
+                .map(|e| e.at_ms)
+                .unwrap_or_else(|| panic!("no {needle:?} on the timeline: {events:#?}"))
+        };
+        let baked_for = at("baked: 2.0.0 watched for 2s") - at("2.0.0 converged; baking until");
+        assert!(baked_for >= 2_000, "baked for {baked_for}ms");
+        assert!(at("serves all traffic") >= at("baked: 2.0.0"));
+        ferry.assert_serves(&spec, "2.0.0").await;
+    })
+    .await;
+}
