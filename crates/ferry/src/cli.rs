@@ -490,9 +490,50 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// What happens when a reader closes our standard output (`ferry status APP | head -2`).
+pub(crate) mod closed_stdout {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Exit quietly (0) at the first write to a closed stdout; off for commands that must
+    /// clean up whatever happens to their output (the quickstart).
+    static EXIT: AtomicBool = AtomicBool::new(true);
+
+    fn is_closed_stdout(message: &str) -> bool {
+        message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
+    }
+
+    /// `print!` panics when stdout is a closed pipe: that panic ends the process quietly,
+    /// like `head`'s other writers, instead of a `Broken pipe` panic and exit code 101.
+    /// With `keep_running` it is only kept out of stderr (the caller catches it).
+    pub fn install(keep_running: bool) {
+        EXIT.store(!keep_running, Ordering::SeqCst);
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload_as_str().is_some_and(is_closed_stdout) {
+                if EXIT.load(Ordering::SeqCst) {
+                    std::process::exit(0);
+                }
+                return;
+            }
+            default(info);
+        }));
+    }
+
+    /// Prints a line; a closed or failing stdout is ignored (output is best effort where
+    /// what follows matters more, e.g. the quickstart's cleanup).
+    #[macro_export]
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+        }};
+    }
+}
+
 /// Entry point: parse, run, turn the outcome into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    closed_stdout::install(matches!(cli.command, Command::Quickstart { .. }));
     init_tracing(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -191,3 +191,43 @@ async fn canary_scale_down_loses_nothing() {
     })
     .await;
 }
+
+/// `ferry status APP | head -2`: a reader that closed the pipe ends the CLI quietly (no
+/// `Broken pipe` panic, no exit code 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_exits_quietly_when_stdout_is_closed() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let spec = Spec::new("pipe");
+        ferry.apply(&ferry.write_manifest(&spec, "ferry.yaml")).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        for args in [
+            vec!["status", "pipe"],
+            vec!["status", "pipe", "-o", "json"],
+            vec!["history", "pipe", "--env", "production"],
+        ] {
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            drop(reader);
+            let out = tokio::process::Command::new(common::FERRY)
+                .args(&args)
+                .env("FERRY_URL", &ferry.url)
+                .env("FERRY_TOKEN", &ferry.token)
+                .env("FERRY_CONFIG", ferry.dir.path().join("cli-config.json"))
+                .stdin(std::process::Stdio::null())
+                .stdout(writer)
+                .stderr(std::process::Stdio::piped())
+                .output()
+                .await
+                .expect("run ferry");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "ferry {args:?} with a closed stdout: {stderr}"
+            );
+            assert!(stderr.is_empty(), "ferry {args:?}: {stderr}");
+        }
+    })
+    .await;
+}

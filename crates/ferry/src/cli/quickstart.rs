@@ -55,11 +55,11 @@ pub async fn run(data: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
         .map(|e| e.listen.clone())
         .unwrap_or_default();
 
-    println!("Starting Ferry (data in {})", data.display());
+    crate::say!("Starting Ferry (data in {})", data.display());
     let server = start_server(&data, listen, None).await?;
     let url = format!("http://{}", server.addr());
     let token = server.admin_token();
-    println!("  API      {url}");
+    crate::say!("  API      {url}");
     let config_note = match config::save(&ConfigFile {
         url: Some(url.clone()),
         token: Some(token.clone()),
@@ -73,7 +73,7 @@ pub async fn run(data: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
             data.display()
         ),
     };
-    println!("  {config_note}");
+    crate::say!("  {config_note}");
 
     let client = Client::new(&Connection {
         url: url.clone(),
@@ -91,29 +91,35 @@ pub async fn run(data: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     };
 
     // Ok(true): the tour finished, keep serving until Ctrl-C.
+    // A closed stdout (`quickstart | tee log`, then Ctrl-C) panics a print in the tour:
+    // caught here, so that the cleanup below always runs.
+    let tour_run = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(tour.run()));
     let outcome = tokio::select! {
-        result = tour.run() => result.map(|()| true),
+        result = tour_run => match result {
+            Ok(result) => result.map(|()| true),
+            Err(_) => Ok(false),
+        },
         signal = terminated() => {
-            println!();
-            println!("{}: interrupted", signal.unwrap_or("signal"));
+            crate::say!();
+            crate::say!("{}: interrupted", signal.unwrap_or("signal"));
             Ok(false)
         }
     };
     let mut stopped_by_api = false;
     if let Ok(true) = outcome {
         tokio::select! {
-            _ = terminated() => println!(),
+            _ = terminated() => crate::say!(),
             () = server.stopped() => stopped_by_api = true,
         }
     }
     if stopped_by_api {
-        println!("Teardown requested through the API; stopping the server.");
+        crate::say!("Teardown requested through the API; stopping the server.");
         server.stop().await;
     } else {
-        println!("Stopping the replicas, the proxy and the server…");
+        crate::say!("Stopping the replicas, the proxy and the server…");
         server.teardown().await;
     }
-    println!("Stopped everything quickstart started.");
+    crate::say!("Stopped everything quickstart started.");
     outcome.map(|_| ())
 }
 
