@@ -85,6 +85,10 @@ async fn assert_drained_before_stop(ferry: &Ferry, spec: &Spec, what: &str) {
         !last.contains("drain_timeout"),
         "{what}: drains end when the requests are done, not at the timeout:\n{last}"
     );
+    assert!(
+        last.contains("traffic during the rollout: web ") && !last.contains("clients saw"),
+        "{what}: the timeline says what clients saw during the rollout (no errors):\n{last}"
+    );
     let succeeded = last
         .rfind("succeeded")
         .or_else(|| last.rfind("rolled-back"));
@@ -200,7 +204,9 @@ async fn cli_exits_quietly_when_stdout_is_closed() {
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
         let spec = Spec::new("pipe");
-        ferry.apply(&ferry.write_manifest(&spec, "ferry.yaml")).await;
+        ferry
+            .apply(&ferry.write_manifest(&spec, "ferry.yaml"))
+            .await;
         ferry.deploy_ok(&spec, "1.0.0").await;
         for args in [
             vec!["status", "pipe"],
@@ -228,6 +234,46 @@ async fn cli_exits_quietly_when_stdout_is_closed() {
             );
             assert!(stderr.is_empty(), "ferry {args:?}: {stderr}");
         }
+    })
+    .await;
+}
+
+/// A rolling update without analysis still says when clients saw errors: on the timeline
+/// and as the reason `ferry status` shows next to `succeeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn errors_seen_during_a_rollout_are_reported() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("errs");
+        spec.prelude =
+            "if [ \"$VERSION\" = 2.0.0 ]; then export DEMO_ERROR_RATE=0.5; fi;".to_string();
+        ferry
+            .apply(&ferry.write_manifest(&spec, "ferry.yaml"))
+            .await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let load = Load::start(&spec.listener(), 2);
+        load.warm_up(20).await;
+        ferry.deploy_ok(&spec, "2.0.0").await;
+        let report = load.stop().await;
+        assert!(
+            !report.failures().is_empty(),
+            "2.0.0 answers 500s half the time"
+        );
+        let status = ferry.env_status(&spec).await;
+        let latest = status.latest_deployment.expect("latest deployment");
+        let reason = latest.reason.unwrap_or_default();
+        assert!(
+            reason.starts_with("clients saw ") && reason.contains("web 2.0.0 "),
+            "{reason:?}"
+        );
+        let out = ferry.cli(&["status", "errs", "--env", "production"]).await;
+        assert!(out.stdout.contains("clients saw "), "{out}");
+        let timeline = ferry.timelines(&spec, common::wall_ms()).await;
+        assert!(
+            timeline.contains("traffic during the rollout: web 1.0.0: "),
+            "{timeline}"
+        );
     })
     .await;
 }
