@@ -1407,10 +1407,9 @@ impl Controller {
             lock(&self.traffic_baselines).remove(&deployment.id);
         } else if !state.is_terminal()
             && !lock(&self.traffic_baselines).contains_key(&deployment.id)
+            && let Ok(stats) = self.proxy.stats().await
         {
-            if let Ok(stats) = self.proxy.stats().await {
-                lock(&self.traffic_baselines).insert(deployment.id, stats);
-            }
+            lock(&self.traffic_baselines).insert(deployment.id, stats);
         }
         let result = self
             .store
