@@ -409,6 +409,14 @@ async fn apply(
             }
         ));
     });
+    // A removed environment keeps no current version: added back, it starts nothing.
+    if let Some(old) = &old_manifest {
+        for (env, _) in old.environments.iter() {
+            if manifest.environments.get(env).is_none() {
+                state.store.forget_environment(&record.name, env).await?;
+            }
+        }
+    }
     if let Some(controller) = &state.controller {
         for id in &effects.abandoned {
             controller

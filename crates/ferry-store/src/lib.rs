@@ -611,6 +611,18 @@ impl Store {
         rows.iter().map(app_from_row).collect()
     }
 
+    /// Forgets what served `env` of `app` (its environment was removed from the manifest):
+    /// adding it back later starts nothing until a deployment.
+    pub async fn forget_environment(&self, app: &str, env: &str) -> Result<()> {
+        sqlx::query("DELETE FROM environments WHERE app = $1 AND env = $2")
+            .bind(app)
+            .bind(env)
+            .execute(&self.pool)
+            .await
+            .ctx(|| format!("forgetting environment {app}/{env}"))?;
+        Ok(())
+    }
+
     /// Forgets an app: its manifest revisions, what serves its environments and its
     /// secrets. Its deployments (with their timelines), releases, hook runs and audit
     /// records stay. Its replica rows stay too: the controller stops those replicas (they

@@ -221,6 +221,24 @@ async fn apply_changes_what_runs_only_through_deployments() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
+        // Added back, the environment starts nothing until a deployment.
+        let back = write(dir, "back.yaml", &v2).display().to_string();
+        ok(
+            &cli(&ferry, &["apply", "-f", &back]).await,
+            "apply staging back",
+        );
+        let staged = ferry
+            .status_api(&Spec {
+                env: "staging".into(),
+                ..Spec::new("shop")
+            })
+            .await;
+        assert_eq!(staged.current_version, None, "{staged:#?}");
+        ok(
+            &cli(&ferry, &["apply", "-f", &v3_path]).await,
+            "no replicas: no --prune needed",
+        );
+
         // Removing a running service: the same.
         let v4 = v3.replace(
             &v3[v3.find("  worker:\n").expect("worker")..v3.find("environments:").expect("envs")],
