@@ -30,8 +30,12 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 "$target/debug/ferry" server --data "$data" --listen "127.0.0.1:$port" >"$data/server.log" 2>&1 &
 server=$!
 cleanup() {
+    # The server supervises a proxy in its own process group: stop both.
+    proxy=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pid"])' \
+        "$data/proxy/proxy.json" 2>/dev/null || true)
     kill "$server" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
+    if [ -n "$proxy" ]; then kill "$proxy" 2>/dev/null || true; fi
     rm -rf "$data"
 }
 trap cleanup EXIT
