@@ -17,6 +17,7 @@ mod hooks;
 mod progressive;
 mod tree;
 mod validate;
+pub use validate::is_user_name;
 
 pub(crate) use errors::closest;
 pub use hooks::{DEFAULT_HOOK_TIMEOUT, ExpectJson, Hook, Hooks, HttpHook, Migration, OnInterrupt};
@@ -235,6 +236,13 @@ pub struct Environment {
     /// roll it back automatically meanwhile. Default: none (succeed at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake: Option<HumanDuration>,
+    /// The OS user this environment's replicas, hooks and command checks run as, when the
+    /// Ferry server runs as root (default: the server's `--run-as`, normally `nobody`).
+    /// `root` only when written here explicitly. A server not running as root starts them
+    /// as itself and refuses any other user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$"))]
+    pub run_as: Option<String>,
 }
 
 /// TLS termination of an environment's listener.

@@ -1093,3 +1093,44 @@ fn empty_and_null_sections() {
         ]],
     );
 }
+
+#[test]
+fn run_as_is_an_os_user_name_or_uid() {
+    let m = ok("
+        app: shop
+        services:
+          api:
+            run: [./api]
+        environments:
+          dev:
+            listen: 127.0.0.1:8080
+            run_as: www-data
+          prod:
+            listen: 127.0.0.1:8081
+            run_as: root
+        ");
+    assert_eq!(
+        m.environments.get("dev").unwrap().run_as.as_deref(),
+        Some("www-data")
+    );
+    assert_eq!(
+        m.environments.get("prod").unwrap().run_as.as_deref(),
+        Some("root")
+    );
+    check(
+        "
+        app: shop
+        services:
+          api:
+            run: [./api]
+        environments:
+          dev:
+            listen: 127.0.0.1:8080
+            run_as: ../Root
+        ",
+        &[&[
+            "ferry.yaml:8:13: environments.dev.run_as: invalid run_as \"../Root\"",
+            "numeric uid",
+        ]],
+    );
+}

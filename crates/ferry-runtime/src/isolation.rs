@@ -79,20 +79,6 @@ impl RunAs {
     }
 }
 
-/// Whether `run_as` is a plausible user name (or uid): checked when a manifest is applied
-/// (whether the user exists is only known on the host that starts the workload).
-pub fn valid_user_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    !name.is_empty()
-        && name.len() <= 32
-        && (name.bytes().all(|b| b.is_ascii_digit())
-            || (chars
-                .next()
-                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                && chars
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')))
-}
-
 /// Who a workload runs as. `explicit` is the environment's `run_as`; `default_user` applies
 /// when the server runs as root and `explicit` is absent. `Ok(None)`: as the server's own
 /// user (root only when `run_as: root` is explicit, or `default_user` is `root`).
@@ -177,16 +163,6 @@ pub fn spawn_hint(error: &std::io::Error, run_as: Option<&RunAs>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_names_are_checked() {
-        for ok in ["nobody", "www-data", "_svc", "app1", "65534", "root"] {
-            assert!(valid_user_name(ok), "{ok}");
-        }
-        for bad in ["", "Root", "a b", "../x", "x;y", "-x", &"a".repeat(33)] {
-            assert!(!valid_user_name(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn looks_users_up_by_name_and_uid() {

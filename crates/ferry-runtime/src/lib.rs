@@ -188,12 +188,14 @@ pub enum RuntimeError {
     EmptyCommand { name: String },
     #[error("task {name}: working directory {} does not exist", dir.display())]
     TaskDir { name: String, dir: PathBuf },
-    #[error("task {name}: cannot start {program:?}: {source}")]
+    #[error("task {name}: cannot start {program:?}: {source}{hint}")]
     TaskStart {
         name: String,
         program: String,
         #[source]
         source: std::io::Error,
+        /// What a task running as another user needs (may be empty).
+        hint: String,
     },
     #[error("replica {id}: a container runtime needs an `image:` for its service")]
     NoImage { id: String },

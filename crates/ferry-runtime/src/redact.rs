@@ -12,7 +12,7 @@
 //! or after the server died.
 
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -158,6 +158,23 @@ impl StreamRedactor<'_> {
     /// The rest, redacted.
     pub fn finish(self) -> Vec<u8> {
         self.redactor.redact_bytes(&self.held)
+    }
+}
+
+/// Output to redact on its way to a file: the `ferry` executable that runs the filter and
+/// the secret values (every version the writer may know).
+#[derive(Clone, PartialEq, Eq)]
+pub struct LogFilter {
+    pub exe: PathBuf,
+    pub values: Vec<String>,
+}
+
+impl std::fmt::Debug for LogFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogFilter")
+            .field("exe", &self.exe)
+            .field("values", &self.values.len())
+            .finish()
     }
 }
 

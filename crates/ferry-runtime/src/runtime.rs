@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::{ProcessIdentity, ReplicaSpec, ReplicaStatus, RuntimeError, RuntimeEvent};
+use crate::redact::LogFilter;
+use crate::{ProcessIdentity, ReplicaSpec, ReplicaStatus, RunAs, RuntimeError, RuntimeEvent};
 
 /// A boxed future, so that [`Runtime`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -65,6 +66,8 @@ pub struct TaskSpec {
     pub env_vars: BTreeMap<String, String>,
     /// Working directory (processes only).
     pub cwd: Option<PathBuf>,
+    /// The user a process runs as (None: the server's own user; see [`crate::isolation`]).
+    pub run_as: Option<RunAs>,
     /// After this the task and everything it started are killed: [`TaskEnd::TimedOut`].
     pub timeout: Duration,
     pub output: TaskOutput,
@@ -116,9 +119,14 @@ pub enum TaskOutput {
     /// Kept in memory, each stream cut to its last `max_bytes`
     /// ([`TaskOutcome::stdout`]/[`TaskOutcome::stderr`]).
     Capture { max_bytes: usize },
-    /// Appended to a file (created with its directory) that outlives a dying server; kept
-    /// under about `4 × max_bytes` while the task writes (the tail is kept).
-    File { path: PathBuf, max_bytes: u64 },
+    /// Appended to a file (created 0600 with its directory) that outlives a dying server;
+    /// kept under about `4 × max_bytes` while the task writes (the tail is kept). With a
+    /// `filter`, through the redacting log filter ([`crate::redact`]).
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        filter: Option<LogFilter>,
+    },
 }
 
 /// How a task ended.

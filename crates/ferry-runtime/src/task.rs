@@ -13,7 +13,7 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use crate::runtime::{Instance, TaskEnd, TaskOutcome, TaskOutput, TaskSpec};
-use crate::{RuntimeError, kill_process_group, process_identity, procfs};
+use crate::{RuntimeError, isolation, kill_process_group, process_identity, procfs, redact};
 
 /// How long a timed-out task's group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(1);
@@ -22,8 +22,9 @@ const STRAGGLER_WAIT: Duration = Duration::from_secs(2);
 /// How often a file output is checked against its cap while the task runs.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
-/// Runs `spec` as a local process in its own group (see the module documentation). The
-/// process inherits the server's environment with `spec.env_vars` on top.
+/// Runs `spec` as a local process in its own group (see the module documentation), on a
+/// clean environment ([`crate::isolation::base_env`] and `spec.env_vars`), as
+/// `spec.run_as`.
 pub async fn run(
     spec: TaskSpec,
     started: Option<oneshot::Sender<Instance>>,
@@ -41,9 +42,9 @@ pub async fn run(
         });
     }
     let mut command = Command::new(program);
+    isolation::apply(&mut command, &spec.env_vars, spec.run_as.as_ref());
     command
         .args(args)
-        .envs(&spec.env_vars)
         .stdin(Stdio::null())
         // Its own group: a timeout stops what it started too. The group goes while its
         // leader still lives, so the leader is never dropped-and-killed alone.
@@ -52,24 +53,40 @@ pub async fn run(
     if let Some(dir) = &spec.cwd {
         command.current_dir(dir);
     }
+    let mut log_filter = None;
     match &spec.output {
         TaskOutput::Capture { .. } => {
             command.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
-        TaskOutput::File { path, .. } => {
+        TaskOutput::File { path, filter, .. } => {
             let log_error = |source| RuntimeError::LogFile {
                 id: spec.name.clone(),
                 path: path.clone(),
                 source,
             };
             let out = crate::logs::open_append(path).map_err(log_error)?;
-            let err = out.try_clone().map_err(log_error)?;
-            command.stdout(out).stderr(err);
+            match filter {
+                Some(filter) if !filter.values.is_empty() => {
+                    let (child, pipe) = redact::spawn_filter(&filter.exe, path, &filter.values)
+                        .map_err(log_error)?;
+                    log_filter = Some(child);
+                    let err = pipe.try_clone().map_err(log_error)?;
+                    command.stdout(pipe).stderr(err);
+                }
+                _ => {
+                    let err = out.try_clone().map_err(log_error)?;
+                    command.stdout(out).stderr(err);
+                }
+            }
         }
     }
-    let mut child = command.spawn().map_err(|source| RuntimeError::TaskStart {
+    let spawned = command.spawn();
+    // Our copies of the filter's pipe must close, or it never sees the end of the output.
+    drop(command);
+    let mut child = spawned.map_err(|source| RuntimeError::TaskStart {
         name: spec.name.clone(),
         program: program.clone(),
+        hint: isolation::spawn_hint(&source, spec.run_as.as_ref()),
         source,
     })?;
     // Not yet waited for, so /proc/PID exists even if it already exited.
@@ -90,7 +107,9 @@ pub async fn run(
         .take()
         .map(|pipe| tokio::spawn(read_tail(pipe, max)));
     let trim = match &spec.output {
-        TaskOutput::File { path, max_bytes } => Some((path.clone(), *max_bytes)),
+        TaskOutput::File {
+            path, max_bytes, ..
+        } => Some((path.clone(), *max_bytes)),
         TaskOutput::Capture { .. } => None,
     };
 
@@ -136,6 +155,15 @@ pub async fn run(
             TaskEnd::TimedOut
         }
     };
+    // The filter ends once everything the task started has closed the pipe.
+    if let Some(mut filter) = log_filter
+        && tokio::time::timeout(STRAGGLER_WAIT, filter.wait())
+            .await
+            .is_err()
+    {
+        tracing::warn!(task = %spec.name, "the task's log filter still runs (a leftover process holds its output)");
+        crate::supervise::reap(filter);
+    }
     // The group is gone, so the pipes are closed; bounded anyway (a member that left the
     // group with setsid could hold them).
     let collect = |reader: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {

@@ -22,6 +22,7 @@ fn task(dir: &Path, script: &str, timeout: Duration) -> TaskSpec {
         argv: vec!["sh".into(), "-c".into(), script.into()],
         env_vars: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         cwd: Some(dir.to_path_buf()),
+        run_as: None,
         timeout,
         output: TaskOutput::Capture { max_bytes: 1024 },
         container: None,
@@ -136,6 +137,7 @@ async fn a_task_can_write_to_a_file_and_errors_are_clear() {
     spec.output = TaskOutput::File {
         path: path.clone(),
         max_bytes: 1024,
+        filter: None,
     };
     let outcome = rt.run_task(spec, None).await.unwrap();
     assert!(outcome.end.success());
@@ -209,4 +211,35 @@ async fn replicas_have_an_endpoint_and_logs_through_the_trait() {
     rt.stop("logger-1").await.unwrap();
     assert!(rt.status("logger-1").is_none());
     assert_eq!(rt.discard("logger-1", None).await, 0);
+}
+
+/// A task gets none of this process's environment (`cargo test` sets CARGO_*), and under
+/// root runs as the user it is given.
+#[tokio::test]
+async fn a_task_runs_on_a_clean_environment_as_its_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    let mut spec = task(dir.path(), "env; id -u", WAIT);
+    spec.cwd = None;
+    let root = nix::unistd::Uid::effective().is_root();
+    let nobody = ferry_runtime::isolation::RunAs::lookup("nobody").unwrap();
+    if root {
+        spec.run_as = Some(nobody.clone());
+    }
+    let outcome = rt.run_task(spec, None).await.unwrap();
+    assert!(outcome.end.success(), "{outcome:?}");
+    assert!(
+        outcome.stdout.contains("GREETING=hello"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(!outcome.stdout.contains("CARGO"), "{}", outcome.stdout);
+    if root {
+        assert!(
+            outcome.stdout.trim_end().ends_with(&nobody.uid.to_string()),
+            "{}",
+            outcome.stdout
+        );
+    }
 }

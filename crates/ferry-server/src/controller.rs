@@ -113,6 +113,8 @@ pub struct Controller {
     traffic_baselines: Mutex<HashMap<i64, ferry_proxy::stats::StatsSnapshot>>,
     /// Manifests at older revisions (immutable), read when replicas start with one.
     pinned: Mutex<HashMap<(String, i64), Arc<Manifest>>>,
+    /// Who workloads run as (and their log filter).
+    workloads: Arc<crate::workload::Workloads>,
 }
 
 impl Controller {
@@ -121,6 +123,7 @@ impl Controller {
         runtime: ProcessRuntime,
         proxy: ProxyLink,
         secrets: Arc<crate::secrets::Secrets>,
+        workloads: Arc<crate::workload::Workloads>,
     ) -> Arc<Controller> {
         // hooks: output lives beside the replicas' logs, in DATA_DIR/hooks.
         let hooks_dir = runtime
@@ -129,7 +132,12 @@ impl Controller {
             .and_then(|logs| logs.parent())
             .map(|data| data.join("hooks"))
             .unwrap_or_else(|| PathBuf::from("hooks"));
-        let hooks = crate::hooks::HookRunner::new(store.clone(), secrets.clone(), hooks_dir);
+        let hooks = crate::hooks::HookRunner::new(
+            store.clone(),
+            secrets.clone(),
+            hooks_dir,
+            workloads.clone(),
+        );
         Arc::new(Controller {
             store,
             runtime,
@@ -149,6 +157,7 @@ impl Controller {
             hooks,
             pinned: Mutex::new(HashMap::new()),
             traffic_baselines: Mutex::new(HashMap::new()),
+            workloads,
         })
     }
 
@@ -189,8 +198,25 @@ impl Controller {
                         .spec_manifest(app, &record.env, record.deployment_id)
                         .await;
                     let manifest = pinned.as_deref().unwrap_or(latest);
-                    replica_spec(app, manifest, &record, secrets.clone(), commit.as_deref())
-                        .or_else(|| replica_spec(app, latest, &record, secrets, commit.as_deref()))
+                    // A restart of an adopted replica runs as its environment says; never
+                    // as the server's user because the lookup failed.
+                    match self.workloads.run_as(manifest, &record.env) {
+                        Ok(run_as) => replica_spec(
+                            app,
+                            manifest,
+                            &record,
+                            secrets.clone(),
+                            commit.as_deref(),
+                            run_as.clone(),
+                        )
+                        .or_else(|| {
+                            replica_spec(app, latest, &record, secrets, commit.as_deref(), run_as)
+                        }),
+                        Err(e) => {
+                            tracing::error!(replica = %record.id, error = %e, "cannot resolve the user it runs as");
+                            None
+                        }
+                    }
                 }
                 None => None,
             };
@@ -734,6 +760,10 @@ impl Controller {
             canary,
             stable: &stable,
             base_dir: app.base_dir.as_ref().map(PathBuf::from),
+            run_as: self
+                .workloads
+                .run_as(manifest, env)
+                .map_err(|e| e.to_string()),
         };
         let stage_key = (deployment.id, progress.stage as u64);
         let background_key = (deployment.id, u64::MAX);
@@ -1026,6 +1056,7 @@ impl Controller {
             .start_due(
                 &self.store,
                 &self.secrets,
+                &self.workloads,
                 manifest,
                 deployment,
                 &env_gates,
@@ -1279,7 +1310,11 @@ impl Controller {
             .as_deref()
             .filter(|pinned| pinned.services.contains_key(service))
             .unwrap_or(manifest);
-        let spec = replica_spec(app, manifest, &record, secrets, commit.as_deref())
+        let run_as = self
+            .workloads
+            .run_as(manifest, env)
+            .map_err(|e| format!("cannot start {service}: {e}"))?;
+        let spec = replica_spec(app, manifest, &record, secrets, commit.as_deref(), run_as)
             .ok_or_else(|| format!("service {service} is not in the manifest"))?;
         // Persist, then act: the row exists before the process does.
         self.store
@@ -2826,6 +2861,7 @@ fn replica_spec(
     record: &ReplicaRecord,
     secrets: BTreeMap<String, String>,
     commit: Option<&str>,
+    run_as: Option<ferry_runtime::RunAs>,
 ) -> Option<ReplicaSpec> {
     let service = manifest.services.get(&record.service)?;
     manifest.environments.get(&record.env)?;
@@ -2858,7 +2894,7 @@ fn replica_spec(
         argv: service.run.clone(),
         cwd,
         env_vars,
-        run_as: None,
+        run_as,
         redact,
         port: record.port,
         health: HealthSpec {

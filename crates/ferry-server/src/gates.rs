@@ -143,6 +143,7 @@ impl CheckRunner {
         &self,
         store: &Store,
         secrets: &crate::secrets::Secrets,
+        workloads: &crate::workload::Workloads,
         manifest: &ferry_core::manifest::Manifest,
         deployment: &DeploymentRecord,
         env_gates: &Gates,
@@ -176,7 +177,7 @@ impl CheckRunner {
                 });
             }
             if check.run.is_some() && command_env.is_none() {
-                command_env = Some(CommandEnv::of(secrets, manifest, deployment).await);
+                command_env = Some(CommandEnv::of(secrets, workloads, manifest, deployment).await);
             }
             let subject = Subject {
                 deployment_id: deployment.id,
@@ -236,6 +237,10 @@ impl CheckRunner {
         let Some(program) = argv.first() else {
             return (false, "the check has neither `http` nor `run`".into());
         };
+        let run_as = match &subject.command_env.run_as {
+            Ok(run_as) => run_as.clone(),
+            Err(e) => return (false, format!("cannot run {program}: {e}")),
+        };
         let mut env_vars = subject.command_env.vars.clone();
         env_vars.insert("VERSION".into(), subject.version.clone());
         env_vars.insert("FERRY_ENV".into(), subject.env.clone());
@@ -247,6 +252,7 @@ impl CheckRunner {
             argv: argv.clone(),
             env_vars,
             cwd: subject.base_dir.clone(),
+            run_as,
             timeout,
             output: ferry_runtime::TaskOutput::Capture {
                 max_bytes: CHECK_OUTPUT_BYTES,
@@ -283,15 +289,29 @@ struct Subject {
 /// The environment of a command check: the layered variables and the secrets of the
 /// deployment's environment (as hooks get them), and the secret values to keep out of its
 /// one-line explanation.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct CommandEnv {
     vars: BTreeMap<String, String>,
     secret_values: Vec<String>,
+    /// The user it runs as, or why that user is not available.
+    run_as: Result<Option<ferry_runtime::RunAs>, String>,
+}
+
+impl Default for CommandEnv {
+    /// For HTTP checks, which start no process (a command never runs as "not resolved").
+    fn default() -> Self {
+        CommandEnv {
+            vars: BTreeMap::new(),
+            secret_values: Vec::new(),
+            run_as: Err("its user was not resolved".into()),
+        }
+    }
 }
 
 impl CommandEnv {
     async fn of(
         secrets: &crate::secrets::Secrets,
+        workloads: &crate::workload::Workloads,
         manifest: &ferry_core::manifest::Manifest,
         deployment: &DeploymentRecord,
     ) -> CommandEnv {
@@ -300,6 +320,9 @@ impl CommandEnv {
         let mut out = CommandEnv {
             vars: vars.into_iter().map(|v| (v.name, v.value)).collect(),
             secret_values: Vec::new(),
+            run_as: workloads
+                .run_as(manifest, &deployment.env)
+                .map_err(|e| e.to_string()),
         };
         match secrets.env_vars(&deployment.app, &deployment.env).await {
             Ok(secrets) => {
@@ -492,6 +515,7 @@ mod tests {
             command_env: CommandEnv {
                 vars: BTreeMap::from([("CI_TOKEN".to_string(), "s3cr3t-token".to_string())]),
                 secret_values: vec!["s3cr3t-token".to_string()],
+                run_as: Ok(None),
             },
         }
     }

@@ -7,10 +7,15 @@
 //! time checked, like replica adoption), marks the attempt `interrupted` and says so on the
 //! timeline; `decide` then reruns it as a NEW attempt or fails, per `on_interrupt`.
 //!
-//! Output (stdout + stderr) goes straight to a file (not a pipe, so a hook outlives a dying
-//! server like replicas do): `DATA_DIR/hooks/<deployment>/<phase>-<name>-<attempt>.log`,
-//! capped at [`MAX_OUTPUT_BYTES`] (the tail is kept) and with secret values redacted once
-//! the attempt ends.
+//! Output (stdout + stderr) goes to `DATA_DIR/hooks/<deployment>/<phase>-<name>-<attempt>.log`
+//! (mode 0600), capped at [`MAX_OUTPUT_BYTES`] (the tail is kept). When the environment has
+//! secrets, it goes through the redacting log filter (`ferry_runtime::redact`), a process of
+//! its own like the hook (so a hook outlives a dying server as replicas do): the file never
+//! holds a secret value in plain text, not while the hook runs, nor after an interruption.
+//! Without secrets it goes straight to the file.
+//!
+//! A hook runs like a replica: a clean environment (the layered variables, secrets, the
+//! hook's `env` and Ferry's own), as the environment's user (`run_as`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -113,6 +118,10 @@ struct Attempt {
     cwd: Option<PathBuf>,
     env: BTreeMap<String, String>,
     secret_values: Vec<String>,
+    /// The user it runs as, or why that user is not available.
+    run_as: Result<Option<ferry_runtime::RunAs>, String>,
+    /// The `ferry` executable that runs the log filter.
+    log_filter: Option<PathBuf>,
     version: String,
     previous: Option<String>,
     http: HttpVia,
@@ -124,6 +133,7 @@ pub struct HookRunner {
     secrets: Arc<crate::secrets::Secrets>,
     http: reqwest::Client,
     dir: PathBuf,
+    workloads: Arc<crate::workload::Workloads>,
     /// Deployments whose after-rollback phases are known to be done (saves store reads).
     settled: Mutex<HashSet<i64>>,
     /// Deployments that said they wait for another deployment's hook.
@@ -131,12 +141,18 @@ pub struct HookRunner {
 }
 
 impl HookRunner {
-    pub fn new(store: Store, secrets: Arc<crate::secrets::Secrets>, dir: PathBuf) -> HookRunner {
+    pub fn new(
+        store: Store,
+        secrets: Arc<crate::secrets::Secrets>,
+        dir: PathBuf,
+        workloads: Arc<crate::workload::Workloads>,
+    ) -> HookRunner {
         HookRunner {
             store,
             secrets,
             http: reqwest::Client::new(),
             dir,
+            workloads,
             settled: Mutex::new(HashSet::new()),
             waiting: Mutex::new(HashSet::new()),
         }
@@ -281,6 +297,11 @@ impl HookRunner {
             cwd: target.app.base_dir.as_ref().map(PathBuf::from),
             env,
             secret_values,
+            run_as: self
+                .workloads
+                .run_as(target.manifest, target.env)
+                .map_err(|e| e.to_string()),
+            log_filter: self.workloads.log_filter().map(Path::to_path_buf),
             version: target.version.to_string(),
             previous: target.previous.map(str::to_string),
             http: target.http.clone(),
@@ -346,6 +367,20 @@ impl HookRunner {
                     Duration::from_secs(5),
                 )
                 .await;
+            }
+            // Its output went through the log filter when there were secrets; this also
+            // covers output an older Ferry wrote unfiltered: capped and redacted now.
+            if let Some(path) = &run.output_path {
+                let values = match self.store.get_deployment(run.deployment_id).await {
+                    Ok(Some(d)) => self
+                        .secrets
+                        .env_vars(&d.app, &d.env)
+                        .await
+                        .map(|s| s.into_values().collect())
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                finalize_output(Path::new(path), &values);
             }
             match self
                 .store
@@ -586,6 +621,7 @@ enum Failure {
 }
 
 async fn run_command(store: &Store, a: &Attempt, argv: &[String]) -> Result<(), Failure> {
+    let run_as = a.run_as.clone().map_err(Failure::Other)?;
     let spec = TaskSpec {
         name: format!("hook-{}-{}", a.job.name, a.run.id),
         app: String::new(),
@@ -593,10 +629,18 @@ async fn run_command(store: &Store, a: &Attempt, argv: &[String]) -> Result<(), 
         argv: argv.to_vec(),
         env_vars: a.env.clone(),
         cwd: a.cwd.clone(),
+        run_as,
         timeout: a.job.timeout,
         output: TaskOutput::File {
             path: a.output.clone(),
             max_bytes: MAX_OUTPUT_BYTES,
+            filter: a
+                .log_filter
+                .clone()
+                .map(|exe| ferry_runtime::redact::LogFilter {
+                    exe,
+                    values: a.secret_values.clone(),
+                }),
         },
         container: None,
     };
@@ -643,17 +687,17 @@ async fn run_http(http: &reqwest::Client, a: &Attempt, spec: &HttpHook) -> Resul
         Some(h) => format!(" (preview header {h})"),
         None => String::new(),
     };
-    append_line(&a.output, &format!("GET {url}{via}"));
+    note(a, &format!("GET {url}{via}"));
     let started = Instant::now();
     let response = match request.send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
-            append_line(&a.output, "timed out");
+            note(a, "timed out");
             return Err(Failure::TimedOut);
         }
         Err(e) => {
             let message = format!("GET {url}: {e}");
-            append_line(&a.output, &message);
+            note(a, &message);
             return Err(Failure::Other(message));
         }
     };
@@ -665,7 +709,7 @@ async fn run_http(http: &reqwest::Client, a: &Attempt, spec: &HttpHook) -> Resul
     };
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let shown: String = body.chars().take(2000).collect();
-    append_line(&a.output, &format!("{status} in {latency_ms}ms\n{shown}"));
+    note(a, &format!("{status} in {latency_ms}ms\n{shown}"));
     match hooks::check_http(
         spec,
         &a.version,
@@ -676,10 +720,18 @@ async fn run_http(http: &reqwest::Client, a: &Attempt, spec: &HttpHook) -> Resul
     ) {
         Ok(_) => Ok(()),
         Err(why) => {
-            append_line(&a.output, &why);
+            note(a, &why);
             Err(Failure::Other(why))
         }
     }
+}
+
+/// A line of Ferry's own in the attempt's output, secret values redacted.
+fn note(a: &Attempt, line: &str) {
+    append_line(
+        &a.output,
+        &crate::secrets::redact(line.to_string(), &a.secret_values),
+    );
 }
 
 fn append_line(path: &Path, line: &str) {
@@ -699,24 +751,23 @@ fn finalize_output(path: &Path, secrets: &[String]) {
         return;
     };
     let over = bytes.len() as u64 > MAX_OUTPUT_BYTES;
-    let needs_redaction = secrets
-        .iter()
-        .any(|s| bytes.windows(s.len()).any(|w| w == s.as_bytes()));
-    if !over && !needs_redaction {
-        return;
-    }
     let start = if over {
         bytes.len() - MAX_OUTPUT_BYTES as usize
     } else {
         0
     };
-    let mut text = crate::secrets::redact(
-        String::from_utf8_lossy(&bytes[start..]).into_owned(),
-        secrets,
-    );
-    if over {
-        text = format!("--- output truncated to its last {MAX_OUTPUT_BYTES} bytes ---\n{text}");
+    let kept = &bytes[start..];
+    let clean = ferry_runtime::redact::Redactor::new(secrets).redact_bytes(kept);
+    if !over && clean == kept {
+        return;
     }
+    let mut text = Vec::with_capacity(clean.len() + 64);
+    if over {
+        text.extend_from_slice(
+            format!("--- output truncated to its last {MAX_OUTPUT_BYTES} bytes ---\n").as_bytes(),
+        );
+    }
+    text.extend_from_slice(&clean);
     if let Err(e) = std::fs::write(path, text) {
         tracing::error!(path = %path.display(), error = %e, "could not rewrite hook output");
     }

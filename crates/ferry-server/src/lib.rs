@@ -11,6 +11,10 @@
 //! - `proxy/`       the proxy's own state (its admin token, pid file, last route table)
 //! - `logs/`        one log file per replica
 //! - `hooks/`       captured hook output: `<deployment>/<phase>-<name>-<attempt>.log`
+//!
+//! The directory is 0700 and every file in it 0600 (the server sets umask 077 and fixes
+//! the modes of what an older version left): workloads never run as the server's user when
+//! it is root, and must not read its keys when it is not.
 
 mod access;
 mod api;
@@ -38,6 +42,7 @@ mod promotion;
 mod releases;
 // config:
 mod config;
+mod workload;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +73,9 @@ pub struct ServerConfig {
     pub ferry_exe: PathBuf,
     /// The store: a `postgres://` (or `sqlite://`) URL; `None` = `DATA_DIR/ferry.db`.
     pub database_url: Option<String>,
+    /// Who workloads run as when the server runs as root and their environment has no
+    /// `run_as` (`None`: `nobody`).
+    pub run_as: Option<String>,
 }
 
 /// A running server. Dropping it leaves the proxy and replicas running.
@@ -82,6 +90,8 @@ pub struct Server {
 /// Starts the control plane: opens the store, adopts or starts the proxy, re-adopts the
 /// replicas of a previous run, resumes unfinished deployments and serves the API.
 pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+    // Everything the server (and the proxy it starts) creates is private to its user.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServerError::io(
             format!("creating data directory {}", config.data_dir.display()),
@@ -90,6 +100,16 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     })?;
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| ServerError::io(format!("resolving {}", config.data_dir.display()), e))?;
+    make_private(&data_dir).map_err(|e| {
+        ServerError::io(
+            format!("restricting {} to 0700/0600", data_dir.display()),
+            e,
+        )
+    })?;
+    let workloads = Arc::new(workload::Workloads::new(
+        config.run_as.clone(),
+        Some(config.ferry_exe.clone()),
+    ));
     let store = match &config.database_url {
         Some(url) => Store::open(url).await?,
         None => Store::open_sqlite_file(&data_dir.join("ferry.db")).await?,
@@ -110,7 +130,9 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let proxy =
         proxy_link::ProxyLink::adopt_or_start(&config.ferry_exe, &data_dir.join("proxy")).await?;
     let runtime = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
-    let controller = controller::Controller::new(store.clone(), runtime, proxy, secrets.clone());
+    runtime.set_log_filter(config.ferry_exe.clone());
+    let controller =
+        controller::Controller::new(store.clone(), runtime, proxy, secrets.clone(), workloads);
     controller.recover().await?;
 
     let mut tasks = Vec::new();
@@ -152,6 +174,26 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         tasks,
         controller,
     })
+}
+
+/// The data directory 0700, and everything below it: directories 0700, files 0600 (what an
+/// older version or another umask left). Symbolic links are not followed.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            make_private(&entry.path())?;
+        } else if kind.is_file() {
+            let path = entry.path();
+            if entry.metadata()?.permissions().mode() & 0o777 != 0o600 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The operator's master key file (`FERRY_MASTER_KEY_FILE`), if given.

@@ -104,6 +104,8 @@ pub struct Subject<'a> {
     pub canary: &'a str,
     pub stable: &'a str,
     pub base_dir: Option<PathBuf>,
+    /// The user command analyses run as, or why it is not available.
+    pub run_as: Result<Option<ferry_runtime::RunAs>, String>,
 }
 
 /// Each service's window (or cumulative counters) of one version.
@@ -248,14 +250,23 @@ impl Meter {
                 let Some(program) = check.run.first() else {
                     return Observation::Error("empty command".into());
                 };
+                let run_as = match &subject.run_as {
+                    Ok(run_as) => run_as.clone(),
+                    Err(e) => return Observation::Error(format!("cannot run {program}: {e}")),
+                };
                 // Its own process group, so a timeout stops what it started too.
                 let task = ferry_runtime::TaskSpec {
                     name: format!("analysis-{program}"),
                     app: subject.app.to_string(),
                     env: subject.env.to_string(),
                     argv: check.run.clone(),
-                    env_vars: BTreeMap::new(),
+                    env_vars: BTreeMap::from([
+                        ("FERRY_APP".to_string(), subject.app.to_string()),
+                        ("FERRY_ENV".to_string(), subject.env.to_string()),
+                        ("VERSION".to_string(), subject.canary.to_string()),
+                    ]),
                     cwd: subject.base_dir.clone(),
+                    run_as,
                     timeout: check.timeout.get(),
                     output: ferry_runtime::TaskOutput::Capture {
                         max_bytes: COMMAND_OUTPUT_BYTES,
@@ -431,6 +442,7 @@ mod tests {
             canary: "2.0.0",
             stable: "1.0.0",
             base_dir: Some(dir.path().to_path_buf()),
+            run_as: Ok(None),
         };
         let observation = Meter::default().observe(&metric, &subject).await;
         match &observation {

@@ -263,7 +263,15 @@ async fn start_proxy(
         .try_clone()
         .map_err(|e| ServerError::io(format!("opening {}", log_path.display()), e))?;
     let _ = std::fs::remove_file(state_dir.join("proxy.json"));
+    // Nothing of the server's environment (its database URL, say) but the minimal set and
+    // the log filter.
+    let mut env = ferry_runtime::isolation::base_env(None);
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        env.insert("RUST_LOG".into(), filter);
+    }
     let mut child = tokio::process::Command::new(ferry_exe)
+        .env_clear()
+        .envs(env)
         .arg("proxy")
         .arg("--state-dir")
         .arg(state_dir)

@@ -259,13 +259,14 @@ fn pending_path(key_path: &FsPath) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// `text` with every secret value in `values` replaced by `[redacted]` (hook output, check
-/// explanations).
-pub fn redact(mut text: String, values: &[String]) -> String {
-    for value in values {
-        text = text.replace(value.as_str(), "[redacted]");
+/// `text` with every secret value in `values`, and its simple encodings, replaced by
+/// `[redacted]` (check explanations; see `ferry_runtime::redact`).
+pub fn redact(text: String, values: &[String]) -> String {
+    let redactor = ferry_runtime::redact::Redactor::new(values);
+    if redactor.is_empty() {
+        return text;
     }
-    text
+    redactor.redact(&text)
 }
 
 /// The secrets of every app: the master key and the store.

@@ -121,6 +121,16 @@ enum Command {
             hide_env_values = true
         )]
         database: Option<String>,
+        /// When the server runs as root: the OS user replicas, hooks and command checks run
+        /// as, unless their environment says `run_as` (default nobody; `root` to keep root).
+        #[arg(long, env = "FERRY_RUN_AS", value_name = "USER")]
+        run_as: Option<String>,
+    },
+    /// Redact workload output into a file (started by `ferry server`).
+    #[command(name = "__log-filter", hide = true)]
+    LogFilter {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Run the data-plane proxy (started by `ferry server`).
     #[command(hide = true)]
@@ -610,7 +620,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             listen,
             database,
-        } => serve::server(data, listen, database).await,
+            run_as,
+        } => serve::server(data, listen, database, run_as).await,
+        Command::LogFilter { out } => {
+            ferry_runtime::redact::run_filter(std::io::stdin().lock(), &out)
+                .map_err(|e| anyhow::anyhow!("log filter into {}: {e}", out.display()))
+        }
         Command::Proxy {
             state_dir,
             admin_listen,
@@ -798,6 +813,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Config(args) => vars::config(&client, args).await,
                 Command::Redeploy(args) => vars::redeploy(&client, args).await,
                 Command::Server { .. }
+                | Command::LogFilter { .. }
                 | Command::Proxy { .. }
                 | Command::Quickstart { .. }
                 | Command::Schema

@@ -156,6 +156,10 @@ async fn pg_dump_backup_and_migration_run_before_traffic_moves() {
         let mut spec = Spec::new("ledger");
         spec.replicas = 1;
         spec.extra_service_yaml = hooks_yaml(&db.name);
+        // The hooks reach PostgreSQL by peer authentication as the user running the tests:
+        // the environment says explicitly that its workloads run as that user (under root,
+        // they would otherwise run as `nobody`).
+        spec.run_as = Some(common::os_user());
         let manifest = ferry.write_manifest(&spec, "ferry.yaml");
         ferry.apply(&manifest).await;
 

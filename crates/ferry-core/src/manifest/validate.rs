@@ -72,6 +72,16 @@ fn is_name(name: &str) -> bool {
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
 }
 
+/// An OS user name (`[a-z_][a-z0-9_-]*`, at most 32) or a numeric uid.
+pub fn is_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    !name.is_empty()
+        && name.len() <= 32
+        && (name.bytes().all(|b| b.is_ascii_digit())
+            || (matches!(chars.next(), Some('a'..='z' | '_'))
+                && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))))
+}
+
 fn is_var_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some('A'..='Z' | 'a'..='z' | '_'))
@@ -231,6 +241,15 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
         }
         check_site(&mut out, &base, env);
         check_vars(&mut out, &with(&base, "vars"), &env.vars);
+        if let Some(user) = &env.run_as
+            && !is_user_name(user)
+        {
+            out.value(
+                with(&base, "run_as"),
+                format!("invalid run_as {user:?}"),
+                Some("an OS user name (lowercase, e.g. `nobody`, `www-data`, `root`) or a numeric uid".into()),
+            );
+        }
         if let Some(replicas) = env.replicas {
             check_replicas(&mut out, with(&base, "replicas"), replicas);
         }

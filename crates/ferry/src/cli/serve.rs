@@ -25,6 +25,7 @@ pub async fn start_server(
     data: &Path,
     listen: SocketAddr,
     database_url: Option<String>,
+    run_as: Option<String>,
 ) -> anyhow::Result<ferry_server::Server> {
     let ferry_exe = std::env::current_exe().context("cannot find the ferry executable")?;
     ferry_server::start(ferry_server::ServerConfig {
@@ -32,6 +33,7 @@ pub async fn start_server(
         listen,
         ferry_exe,
         database_url,
+        run_as,
     })
     .await
     .map_err(|e| Failure::new(exit::ERROR, format!("cannot start the Ferry server: {e}")).into())
@@ -41,12 +43,13 @@ pub async fn server(
     data: PathBuf,
     listen: SocketAddr,
     database: Option<String>,
+    run_as: Option<String>,
 ) -> anyhow::Result<()> {
     let store = match &database {
         Some(url) => ferry_store::redact(url).into_owned(),
         None => "SQLite, in the data directory".to_string(),
     };
-    let server = start_server(&data, listen, database).await?;
+    let server = start_server(&data, listen, database, run_as).await?;
     let data_abs = std::fs::canonicalize(&data).unwrap_or(data);
     let token_file = data_abs.join("admin.token");
     println!("Ferry API on http://{}", server.addr());

@@ -9,6 +9,7 @@ pub mod docker;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -95,6 +96,8 @@ pub struct Spec {
     pub strategy: String,
     /// What the replica runs instead of `ferry-demo` (a shell command line, after `exec`).
     pub program: Option<String>,
+    /// The environment's `run_as:` (None: the server's default, `nobody` under root).
+    pub run_as: Option<String>,
 }
 
 impl Spec {
@@ -109,6 +112,7 @@ impl Spec {
             extra_service_yaml: String::new(),
             strategy: "{ rolling: { max_surge: 1, max_unavailable: 0 } }".to_string(),
             program: None,
+            run_as: None,
         }
     }
 
@@ -144,6 +148,10 @@ impl Ferry {
             .prefix("ferry-e2e-")
             .tempdir()
             .expect("tempdir");
+        // Run as root (CI), the server starts workloads as `nobody`: like a user would, give
+        // them a directory they may write to (the data dir inside stays 0700).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod the test directory");
         let data = dir.path().join("data");
         let api_port = free_port();
         let mark = format!("{}", dir.path().display());
@@ -290,7 +298,7 @@ services:
   {env}:
     listen: {listen}
     strategy: {strategy}
-",
+{run_as}",
             app = spec.app,
             replicas = spec.replicas,
             start_timeout = spec.start_timeout,
@@ -298,6 +306,11 @@ services:
             env = spec.env,
             listen = spec.listener(),
             strategy = spec.strategy,
+            run_as = spec
+                .run_as
+                .as_ref()
+                .map(|user| format!("    run_as: {user}\n"))
+                .unwrap_or_default(),
         );
         let path = self.dir.path().join(file);
         std::fs::write(&path, yaml).expect("write manifest");
@@ -1155,6 +1168,15 @@ pub fn psql(database: &str, sql: &str) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
     }
+}
+
+/// The name of the OS user running the tests (as whom `psql` connects, peer authentication).
+pub fn os_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .expect("the current user is in the user database")
 }
 
 /// A PostgreSQL database of its own on the local server, dropped at the end.
