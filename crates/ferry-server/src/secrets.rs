@@ -31,6 +31,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ferry_core::audit::hmac_sha256;
+use ferry_core::config::ConfigSummary;
 use ferry_core::manifest::Manifest;
 use ferry_store::{SecretInfo, Store};
 use rand::RngExt;
@@ -178,17 +180,100 @@ pub fn open(keys: &[&MasterKey], aad: &str, stored: &str) -> Result<Vec<u8>, Cry
         .map_err(|_| CryptoError::Auth)
 }
 
-/// A value's public fingerprint: SHA-256 over the secret's identity and the value, first 12
-/// hex — equal values of different secrets look different.
-pub fn fingerprint(app: &str, env: &str, name: &str, value: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(b"ferry-secret-fingerprint\0");
+/// A value's public fingerprint: HMAC-SHA256, under a key derived from the master key, of
+/// the secret's identity (app, env, name, each length-prefixed) and the value; the first 8
+/// bytes in hex (16 characters). Equal values of different secrets look different, and
+/// without the master key a fingerprint says nothing about its value (no offline guessing).
+/// A 12-character fingerprint is the unkeyed SHA-256 of older versions: recomputed at start.
+pub fn fingerprint(key: &MasterKey, app: &str, env: &str, name: &str, value: &[u8]) -> String {
+    let mut msg = Vec::with_capacity(value.len() + 64);
     for part in [app.as_bytes(), env.as_bytes(), name.as_bytes()] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
+        msg.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        msg.extend_from_slice(part);
     }
-    h.update(value);
-    auth::hex(&h.finalize())[..12].to_string()
+    msg.extend_from_slice(value);
+    auth::hex(&hmac_sha256(&fingerprint_key(key), &msg)[..8])
+}
+
+/// The fingerprint key: HMAC-SHA256(master key, "ferry-secret-fingerprint-key").
+fn fingerprint_key(key: &MasterKey) -> [u8; 32] {
+    hmac_sha256(&key.bytes, b"ferry-secret-fingerprint-key")
+}
+
+/// Whether a stored fingerprint is the unkeyed one of older versions.
+fn is_legacy_fingerprint(fingerprint: &str) -> bool {
+    fingerprint.len() == 12
+}
+
+/// Replaces the unkeyed fingerprints older versions stored (guessable offline) by keyed
+/// ones: first in the replicas' recorded configurations (so no replica looks changed), then
+/// in the secrets. Idempotent, so a crash in between is finished at the next start.
+async fn rekey_fingerprints(store: &Store, key: &MasterKey) -> Result<usize, ServerError> {
+    let mut renamed: BTreeMap<(String, String), BTreeMap<(String, i64), String>> = BTreeMap::new();
+    let legacy: Vec<_> = store
+        .all_secrets()
+        .await?
+        .into_iter()
+        .filter(|s| is_legacy_fingerprint(&s.fingerprint))
+        .collect();
+    for s in &legacy {
+        // A secret this key cannot open keeps its fingerprint (and is reported elsewhere).
+        let Ok(plain) = open(
+            &[key],
+            &aad(&s.app, &s.env, &s.name, s.version),
+            &s.ciphertext,
+        ) else {
+            continue;
+        };
+        renamed
+            .entry((s.app.clone(), s.env.clone()))
+            .or_default()
+            .insert(
+                (s.name.clone(), s.version),
+                fingerprint(key, &s.app, &s.env, &s.name, &plain),
+            );
+    }
+    for ((app, env), new) in &renamed {
+        for config in store.replica_configs(app, env).await? {
+            let Some(mut summary) = config
+                .summary
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<ConfigSummary>(s).ok())
+            else {
+                continue;
+            };
+            let mut changed = false;
+            for (name, stamp) in summary.secrets.iter_mut() {
+                if is_legacy_fingerprint(&stamp.fingerprint)
+                    && let Some(fp) = new.get(&(name.clone(), stamp.version))
+                {
+                    stamp.fingerprint = fp.clone();
+                    changed = true;
+                }
+            }
+            if changed {
+                let json = serde_json::to_string(&summary).unwrap_or_default();
+                store
+                    .set_replica_config(&config.id, &summary.digest(), &json)
+                    .await?;
+            }
+        }
+    }
+    let mut count = 0;
+    for ((app, env), new) in renamed {
+        for ((name, version), fp) in new {
+            if store
+                .set_secret_fingerprint(&app, &env, &name, version, &fp)
+                .await?
+            {
+                count += 1;
+            }
+        }
+    }
+    if count > 0 {
+        tracing::info!(count, "replaced unkeyed secret fingerprints by keyed ones");
+    }
+    Ok(count)
 }
 
 /// `^[A-Z_][A-Z0-9_]*$`, and not a variable Ferry sets itself.
@@ -339,6 +424,7 @@ impl Secrets {
         if stale > 0 {
             tracing::error!(key_id = %key.id, count = stale, "secrets sealed under another master key cannot be injected");
         }
+        rekey_fingerprints(&store, &key).await?;
         Ok(Arc::new(Secrets {
             store,
             key_path,
@@ -356,7 +442,7 @@ impl Secrets {
         by: &str,
     ) -> Result<SecretInfo, ferry_store::StoreError> {
         let key = self.key.read().await;
-        let fp = fingerprint(app, env, name, value);
+        let fp = fingerprint(&key, app, env, name, value);
         self.store
             .put_secret(app, env, name, &fp, by, now_ms(), |version| {
                 seal(&key, &aad(app, env, name, version), value).map_err(|e| e.to_string())
@@ -621,13 +707,95 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_are_salted_per_secret() {
-        let a = fingerprint("shop", "prod", "A", b"same");
-        assert_eq!(a.len(), 12);
-        assert_eq!(a, fingerprint("shop", "prod", "A", b"same"));
-        assert_ne!(a, fingerprint("shop", "prod", "B", b"same"));
-        assert_ne!(a, fingerprint("shop", "dev", "A", b"same"));
-        assert_ne!(a, fingerprint("shop", "prod", "A", b"other"));
+    fn fingerprints_are_keyed_and_salted_per_secret() {
+        let key = MasterKey::new([7; 32]);
+        let a = fingerprint(&key, "shop", "prod", "A", b"same");
+        assert_eq!(a.len(), 16);
+        assert!(!is_legacy_fingerprint(&a));
+        assert_eq!(a, fingerprint(&key, "shop", "prod", "A", b"same"));
+        assert_ne!(a, fingerprint(&key, "shop", "prod", "B", b"same"));
+        assert_ne!(a, fingerprint(&key, "shop", "dev", "A", b"same"));
+        assert_ne!(a, fingerprint(&key, "shop", "prod", "A", b"other"));
+        // Without the master key, the value cannot be guessed from the fingerprint: the
+        // unkeyed SHA-256 an attacker could compute does not match, another key neither.
+        let mut h = Sha256::new();
+        h.update(b"ferry-secret-fingerprint\0");
+        for part in [&b"shop"[..], b"prod", b"A"] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.update(b"same");
+        assert!(!auth::hex(&h.finalize()).starts_with(&a));
+        assert_ne!(
+            a,
+            fingerprint(&MasterKey::new([8; 32]), "shop", "prod", "A", b"same")
+        );
+    }
+
+    #[tokio::test]
+    async fn unkeyed_fingerprints_are_replaced_at_start_and_replicas_keep_their_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite_file(&dir.path().join("ferry.db"))
+            .await
+            .unwrap();
+        let key = MasterKey::new([7; 32]);
+        std::fs::write(
+            dir.path().join("secrets.key"),
+            format!("{}\n", auth::hex(&key.bytes)),
+        )
+        .unwrap();
+        // What an older version stored: a 12-hex unkeyed fingerprint.
+        store
+            .put_secret("shop", "prod", "PIN", "0123456789ab", "t", 1, |version| {
+                seal(&key, &aad("shop", "prod", "PIN", version), b"123456")
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap();
+        store
+            .insert_replica(&ferry_store::ReplicaRecord {
+                id: "r1".into(),
+                app: "shop".into(),
+                env: "prod".into(),
+                service: "web".into(),
+                version: "1.0".into(),
+                port: 1,
+                pid: None,
+                start_time: None,
+                draining: false,
+                deployment_id: None,
+                created_at_ms: 1,
+            })
+            .await
+            .unwrap();
+        let old = ConfigSummary {
+            secrets: BTreeMap::from([(
+                "PIN".to_string(),
+                ferry_core::config::SecretStamp {
+                    version: 1,
+                    fingerprint: "0123456789ab".into(),
+                },
+            )]),
+            ..ConfigSummary::default()
+        };
+        store
+            .set_replica_config("r1", &old.digest(), &serde_json::to_string(&old).unwrap())
+            .await
+            .unwrap();
+
+        let _secrets = Secrets::open(store.clone(), dir.path(), None)
+            .await
+            .unwrap();
+        let keyed = fingerprint(&key, "shop", "prod", "PIN", b"123456");
+        let listed = store.list_secrets("shop", "prod").await.unwrap();
+        assert_eq!(listed[0].fingerprint, keyed);
+        let config = &store.replica_configs("shop", "prod").await.unwrap()[0];
+        let summary: ConfigSummary =
+            serde_json::from_str(config.summary.as_deref().unwrap()).unwrap();
+        assert_eq!(summary.secrets["PIN"].fingerprint, keyed);
+        assert_eq!(config.digest.as_deref(), Some(summary.digest().as_str()));
+        // Idempotent.
+        assert_eq!(rekey_fingerprints(&store, &key).await.unwrap(), 0);
     }
 
     #[test]

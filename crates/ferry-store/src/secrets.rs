@@ -185,6 +185,31 @@ impl Store {
         rows.iter().map(secret_from_row).collect()
     }
 
+    /// Replaces the fingerprint of one version of a secret (a recomputation: the value is
+    /// unchanged). Whether that version still exists.
+    pub async fn set_secret_fingerprint(
+        &self,
+        app: &str,
+        env: &str,
+        name: &str,
+        version: i64,
+        fingerprint: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE secrets SET fingerprint = $1 \
+             WHERE app = $2 AND env = $3 AND name = $4 AND version = $5",
+        )
+        .bind(fingerprint)
+        .bind(app)
+        .bind(env)
+        .bind(name)
+        .bind(version)
+        .execute(&self.pool)
+        .await
+        .ctx(|| format!("recording the fingerprint of secret {name} of {app}/{env}"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Deletes a secret; whether it existed.
     pub async fn delete_secret(&self, app: &str, env: &str, name: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM secrets WHERE app = $1 AND env = $2 AND name = $3")
