@@ -791,6 +791,15 @@ async fn collect_output(docker: Docker, id: String, output: TaskOutput) -> (Stri
         TaskOutput::File { path, .. } => crate::logs::open_append(path).ok(),
         TaskOutput::Capture { .. } => None,
     };
+    // The file never holds a secret value: redacted here, as it is written.
+    let redactor = match &output {
+        TaskOutput::File {
+            filter: Some(filter),
+            ..
+        } => crate::redact::Redactor::new(&filter.values),
+        _ => crate::redact::Redactor::default(),
+    };
+    let mut redacting = redactor.stream();
     let mut last_trim = Instant::now();
     while let Some(Ok(chunk)) = logs.next().await {
         match (&output, chunk) {
@@ -800,10 +809,15 @@ async fn collect_output(docker: Docker, id: String, output: TaskOutput) -> (Stri
             (TaskOutput::Capture { max_bytes }, other) => {
                 keep_tail(&mut out, &other.into_bytes(), *max_bytes);
             }
-            (TaskOutput::File { path, max_bytes }, chunk) => {
+            (
+                TaskOutput::File {
+                    path, max_bytes, ..
+                },
+                chunk,
+            ) => {
                 if let Some(f) = file.as_mut() {
                     use std::io::Write;
-                    let _ = f.write_all(&chunk.into_bytes());
+                    let _ = f.write_all(&redacting.push(&chunk.into_bytes()));
                 }
                 if last_trim.elapsed() >= Duration::from_secs(1) {
                     last_trim = Instant::now();
@@ -811,6 +825,10 @@ async fn collect_output(docker: Docker, id: String, output: TaskOutput) -> (Stri
                 }
             }
         }
+    }
+    if let Some(f) = file.as_mut() {
+        use std::io::Write;
+        let _ = f.write_all(&redacting.finish());
     }
     (
         String::from_utf8_lossy(&out).into_owned(),
@@ -1090,6 +1108,12 @@ impl Runtime for DockerRuntime {
             .replicas()
             .get(&id)
             .map(|replica| replica.shared().container.clone());
+        // The engine keeps the raw output (root-only, in its own storage): redacted as read.
+        let redactor = inner
+            .replicas()
+            .get(&id)
+            .map(|replica| crate::redact::Redactor::new(&replica.spec.redact))
+            .unwrap_or_default();
         tokio::spawn(async move {
             let container = match known {
                 Some(container) => container,
@@ -1118,7 +1142,7 @@ impl Runtime for DockerRuntime {
                 partial.extend_from_slice(&chunk.into_bytes());
                 while let Some(newline) = partial.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = partial.drain(..=newline).collect();
-                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                    let text = redactor.redact(&String::from_utf8_lossy(&line[..line.len() - 1]));
                     if tx.send(text).await.is_err() {
                         return;
                     }
@@ -1126,7 +1150,7 @@ impl Runtime for DockerRuntime {
             }
             if !partial.is_empty() {
                 let _ = tx
-                    .send(String::from_utf8_lossy(&partial).into_owned())
+                    .send(redactor.redact(&String::from_utf8_lossy(&partial)))
                     .await;
             }
         });

@@ -283,6 +283,7 @@ fn task(name: &str, script: &str, timeout: Duration) -> TaskSpec {
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env_vars: BTreeMap::from([("VERSION".to_string(), "1.0.0".to_string())]),
         cwd: None,
+        run_as: None,
         timeout,
         output: TaskOutput::Capture { max_bytes: 4096 },
         container: Some(container(DEMO_IMAGE)),
@@ -315,13 +316,21 @@ async fn tasks_run_in_one_off_containers_with_a_timeout() {
     // Into a file, like hooks.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hook.log");
-    let mut to_file = task("hook-seed-2", "echo seeded", WAIT);
+    let mut to_file = task("hook-seed-2", "echo seeded s3cr3t-value", WAIT);
     to_file.output = TaskOutput::File {
         path: path.clone(),
         max_bytes: 4096,
+        // Secret values never reach the file (the engine's stream is redacted as written).
+        filter: Some(ferry_runtime::redact::LogFilter {
+            exe: std::path::PathBuf::new(),
+            values: vec!["s3cr3t-value".to_string()],
+        }),
     };
     assert!(rt.run_task(to_file, None).await.unwrap().end.success());
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "seeded\n");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "seeded [redacted]\n"
+    );
 
     let started = std::time::Instant::now();
     let slow = rt
