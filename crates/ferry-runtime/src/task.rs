@@ -13,7 +13,7 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use crate::runtime::{Instance, TaskEnd, TaskOutcome, TaskOutput, TaskSpec};
-use crate::{RuntimeError, isolation, kill_process_group, process_identity, procfs, redact};
+use crate::{ProcessIdentity, RuntimeError, isolation, kill_process_group, procfs, redact};
 
 /// How long a timed-out task's group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(1);
@@ -89,8 +89,14 @@ pub async fn run(
         hint: isolation::spawn_hint(&source, spec.run_as.as_ref()),
         source,
     })?;
-    // Not yet waited for, so /proc/PID exists even if it already exited.
-    let identity = child.id().and_then(process_identity);
+    // Not yet waited for, so /proc/PID exists even if it already exited: a task that
+    // exits at once is a zombie here, and its group's stragglers must still be found.
+    let identity = child.id().and_then(|pid| {
+        procfs::read_stat(pid).map(|stat| ProcessIdentity {
+            pid,
+            start_time: stat.start_time,
+        })
+    });
     if let (Some(identity), Some(started)) = (identity, started) {
         let _ = started.send(Instance::Process(identity));
     }
