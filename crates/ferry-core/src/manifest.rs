@@ -151,6 +151,90 @@ pub struct Service {
     /// is drained sooner is stopped sooner.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: HumanDuration,
+    /// Container image for `runtime: docker` environments, e.g.
+    /// `registry.example.com/shop/api:${VERSION}` (`${VERSION}` is substituted). With an
+    /// image, `run` is optional: the command run in it (default: the image's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `uid[:gid]` the container runs as (default: the image's `USER`). Ferry refuses uid 0
+    /// unless `allow_root: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Let the container run as root (uid 0); off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_root: bool,
+    /// Limits of each container: `{ memory: 256Mi, cpus: 0.5 }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// Container limits.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit: bytes, or with a unit `K`/`M`/`G` (×1000) or `Ki`/`Mi`/`Gi` (×1024),
+    /// e.g. `256Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(K|M|G|Ki|Mi|Gi)?$"))]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs, e.g. `0.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+}
+
+impl Resources {
+    /// The memory limit in bytes; `None` when unset, `Err` when unreadable.
+    pub fn memory_bytes(&self) -> Result<Option<i64>, String> {
+        let Some(text) = &self.memory else {
+            return Ok(None);
+        };
+        let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let factor: i64 = match &text[digits.len()..] {
+            "" => 1,
+            "K" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            unit => return Err(format!("unknown memory unit {unit:?}")),
+        };
+        digits
+            .parse::<i64>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .filter(|n| *n >= 6 * 1024 * 1024)
+            .map(Some)
+            .ok_or_else(|| format!("memory {text:?} is not a size of at least 6Mi"))
+    }
+
+    /// The CPU limit in billionths of a CPU (the engine's unit).
+    pub fn nano_cpus(&self) -> Result<Option<i64>, String> {
+        match self.cpus {
+            None => Ok(None),
+            Some(cpus) if cpus.is_finite() && (0.01..=1024.0).contains(&cpus) => {
+                Ok(Some((cpus * 1e9).round() as i64))
+            }
+            Some(cpus) => Err(format!("cpus {cpus} is not between 0.01 and 1024")),
+        }
+    }
+}
+
+/// What runs an environment's replicas and hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Local processes (`run`), the default.
+    #[default]
+    Process,
+    /// Containers of each service's `image` on the local Docker engine.
+    Docker,
+}
+
+impl RuntimeKind {
+    fn is_process(&self) -> bool {
+        *self == RuntimeKind::Process
+    }
 }
 
 /// HTTP health check: `GET http://127.0.0.1:$PORT{path}` on each replica.
@@ -243,6 +327,10 @@ pub struct Environment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$"))]
     pub run_as: Option<String>,
+    /// What runs the replicas and hooks: `process` (default) or `docker` (containers of each
+    /// service's `image`).
+    #[serde(default, skip_serializing_if = "RuntimeKind::is_process")]
+    pub runtime: RuntimeKind,
 }
 
 /// TLS termination of an environment's listener.
@@ -1053,13 +1141,12 @@ pub fn json_schema() -> serde_json::Value {
     // These fields default to empty so that validation can report all of them missing at
     // once; for editors they are required and have no default.
     mark_required(&mut value, &["app", "services", "environments"]);
-    if let Some(defs) = value.get_mut("definitions") {
-        if let Some(service) = defs.get_mut("Service") {
-            mark_required(service, &["run"]);
-        }
-        if let Some(environment) = defs.get_mut("Environment") {
-            mark_required(environment, &["listen"]);
-        }
+    // `run` (or `image` for containers) is said by validation, not the schema.
+    if let Some(environment) = value
+        .get_mut("definitions")
+        .and_then(|defs| defs.get_mut("Environment"))
+    {
+        mark_required(environment, &["listen"]);
     }
     value
 }

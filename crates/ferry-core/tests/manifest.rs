@@ -94,7 +94,7 @@ fn unknown_field_suggests_the_closest_and_lists_allowed() {
         &[&[
             "ferry.yaml:5:5: services.api.replica: unknown field `replica`",
             "(hint: did you mean `replicas`?",
-            "allowed fields: `run`, `cwd`, `env`, `replicas`, `route`, `health`, `stop_timeout`, `drain_timeout`)",
+            "allowed fields: `run`, `cwd`, `env`, `replicas`, `route`, `health`, `stop_timeout`, `drain_timeout`, `image`, `user`, `allow_root`, `resources`)",
         ]],
     );
 }
@@ -135,12 +135,12 @@ fn unknown_top_level_and_nested_fields() {
         services:
           api:
             run: [./api]
-            image: nginx
+            imag: nginx
         environments:
           dev: { listen: 127.0.0.1:8080 }
         ",
         &[&[
-            "ferry.yaml:5:5: services.api.image: unknown field `image` (hint: allowed fields: `run`",
+            "ferry.yaml:5:5: services.api.imag: unknown field `imag` (hint: did you mean `image`?",
         ]],
     );
 }
@@ -995,9 +995,9 @@ fn schema_describes_the_manifest() {
         schema["required"],
         serde_json::json!(["app", "services", "environments"])
     );
-    assert_eq!(
-        schema["definitions"]["Service"]["required"],
-        serde_json::json!(["run"])
+    assert!(
+        schema["definitions"]["Service"]["required"].is_null(),
+        "`run` or `image`: validation says which is missing"
     );
     assert_eq!(
         schema["definitions"]["Environment"]["required"],
@@ -1132,5 +1132,54 @@ fn run_as_is_an_os_user_name_or_uid() {
             "ferry.yaml:8:13: environments.dev.run_as: invalid run_as \"../Root\"",
             "numeric uid",
         ]],
+    );
+}
+
+#[test]
+fn docker_environments_need_images_and_valid_limits() {
+    check(
+        "
+        app: shop
+        services:
+          api:
+            run: [./api]
+          web:
+            image: shop/web:${VERSION}
+            route: /web
+            resources: { memory: 12Xi, cpus: 0 }
+        environments:
+          prod: { listen: 127.0.0.1:8080, runtime: docker }
+        ",
+        &[
+            &[
+                "services.api: environment prod runs on `runtime: docker`, so service api needs an `image`",
+            ],
+            &["services.web.resources.memory: unknown memory unit \"Xi\""],
+            &["services.web.resources.cpus: cpus 0 is not between 0.01 and 1024"],
+        ],
+    );
+    let ok = manifest::parse(
+        &dedent(
+            "
+            app: shop
+            services:
+              web:
+                image: shop/web:${VERSION}
+                user: \"1000:1000\"
+                resources: { memory: 256Mi, cpus: 0.5 }
+            environments:
+              prod: { listen: 127.0.0.1:8080, runtime: docker }
+            ",
+        ),
+        FILE,
+    )
+    .expect("an image without run is enough");
+    let web = ok.services.get("web").expect("web");
+    let resources = web.resources.as_ref().expect("resources");
+    assert_eq!(resources.memory_bytes(), Ok(Some(256 * 1024 * 1024)));
+    assert_eq!(resources.nano_cpus(), Ok(Some(500_000_000)));
+    assert_eq!(
+        ok.environments.get("prod").expect("prod").runtime,
+        manifest::RuntimeKind::Docker
     );
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use super::tree::{Node, Seg, path_string};
 use super::{
     MAX_ENVIRONMENTS, MAX_REPLICAS, MAX_SERVICES, Manifest, ManifestError, NAME_PATTERN,
-    RESERVED_VARS, RUN_PLACEHOLDERS, Service, Strategy,
+    RESERVED_VARS, RUN_PLACEHOLDERS, RuntimeKind, Service, Strategy,
 };
 use crate::analysis::{AnalysisSpec, PathPart};
 use crate::duration::HumanDuration;
@@ -181,6 +181,15 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
     let mut listeners: Vec<(SocketAddr, &str, &[String], bool)> = Vec::new();
     for (position, (name, env)) in m.environments.iter().enumerate() {
         let base = p(&["environments", name]);
+        if env.runtime == RuntimeKind::Docker {
+            for (service_name, _) in m.services.iter().filter(|(_, s)| s.image.is_none()) {
+                out.key(
+                    p(&["services", service_name]),
+                    format!("environment {name} runs on `runtime: docker`, so service {service_name} needs an `image`"),
+                    Some("e.g. `image: registry.example.com/shop/api:${VERSION}`".into()),
+                );
+            }
+        }
         if !is_name(name) {
             out.key(
                 base.clone(),
@@ -811,13 +820,32 @@ fn check_replicas(out: &mut Issues, path: Vec<Seg>, replicas: u32) {
 
 fn check_service(out: &mut Issues, base: &[Seg], s: &Service) {
     let run = with(base, "run");
-    if s.run.is_empty() {
+    if let Some(resources) = &s.resources {
+        let at = with(base, "resources");
+        if let Err(e) = resources.memory_bytes() {
+            out.value(with(&at, "memory"), e, Some("e.g. `memory: 256Mi`".into()));
+        }
+        if let Err(e) = resources.nano_cpus() {
+            out.value(with(&at, "cpus"), e, Some("e.g. `cpus: 0.5`".into()));
+        }
+    }
+    if s.image
+        .as_deref()
+        .is_some_and(|i| i.trim().is_empty() || i.contains(char::is_whitespace))
+    {
+        out.value(
+            with(base, "image"),
+            "the image reference is empty or has spaces",
+            Some("e.g. `image: registry.example.com/shop/api:${VERSION}`".into()),
+        );
+    }
+    if s.run.is_empty() && s.image.is_none() {
         out.key(
             run.clone(),
-            "`run` is required: the command line that starts one replica",
-            Some("e.g. `run: [\"./server\", \"--port\", \"${PORT}\"]`".into()),
+            "`run` is required: the command line that starts one replica (or an `image`)",
+            Some("e.g. `run: [\"./server\", \"--port\", \"${PORT}\"]`, or `image: shop/api:${VERSION}` for `runtime: docker`".into()),
         );
-    } else if s.run[0].trim().is_empty() {
+    } else if s.run.first().is_some_and(|p| p.trim().is_empty()) {
         let mut first = run.clone();
         first.push(Seg::Index(0));
         out.value(first, "the program to run (argv[0]) is empty", None);
