@@ -241,6 +241,15 @@ impl DockerRuntime {
         Ok(removed)
     }
 
+    /// Stops and removes every container this server owns (teardown); returns how many.
+    pub async fn remove_all(&self) -> Result<usize, RuntimeError> {
+        let found = self.inner.find(&[]).await?;
+        for id in found.iter().filter_map(|c| c.id.as_deref()) {
+            self.inner.remove(id, DISCARD_GRACE_SECS).await;
+        }
+        Ok(found.len())
+    }
+
     /// Stops and removes the containers of a task (by its name), e.g. one a dead server left
     /// running; returns how many.
     pub async fn discard_task(&self, name: &str) -> Result<usize, RuntimeError> {

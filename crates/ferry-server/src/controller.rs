@@ -26,7 +26,9 @@ use ferry_core::rollout::{self, Action, Observed, Pace, Patience, ServiceInput, 
 use ferry_proxy::routes::{
     BackendGroup, ListenerConfig, PreviewRule, Route, RouteTable, StickyRule, TlsFiles,
 };
-use ferry_runtime::{HealthSpec, ProcessIdentity, ProcessRuntime, ReplicaSpec, RuntimeEvent};
+use ferry_runtime::{HealthSpec, ProcessIdentity, ReplicaSpec, RuntimeEvent};
+
+use crate::runtimes::Runtimes;
 use ferry_store::{
     AppRecord, DeploymentRecord, NewDeployment, ReplicaRecord, Store, StoreError, Transition,
 };
@@ -82,7 +84,7 @@ impl From<StoreError> for RequestError {
 
 pub struct Controller {
     store: Store,
-    runtime: ProcessRuntime,
+    runtime: Runtimes,
     proxy: ProxyLink,
     wake: Notify,
     events_changed: watch::Sender<u64>,
@@ -120,7 +122,7 @@ pub struct Controller {
 impl Controller {
     pub fn new(
         store: Store,
-        runtime: ProcessRuntime,
+        runtime: Runtimes,
         proxy: ProxyLink,
         secrets: Arc<crate::secrets::Secrets>,
         workloads: Arc<crate::workload::Workloads>,
@@ -137,6 +139,7 @@ impl Controller {
             secrets.clone(),
             hooks_dir,
             workloads.clone(),
+            runtime.clone(),
         );
         Arc::new(Controller {
             store,
@@ -165,7 +168,7 @@ impl Controller {
         &self.store
     }
 
-    pub fn runtime(&self) -> &ProcessRuntime {
+    pub fn runtime(&self) -> &Runtimes {
         &self.runtime
     }
 
@@ -226,15 +229,19 @@ impl Controller {
                 .map(|(pid, start_time)| ProcessIdentity { pid, start_time });
             // Draining replicas are adopted too: the loop takes them out of the route table
             // before stopping them, as it would have done without the crash.
-            let keep = match (spec, identity) {
-                (Some(spec), Some(identity)) => self.runtime.adopt(spec, identity).await?,
-                (None, Some(identity)) => {
-                    ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
-                    false
-                }
-                (_, None) => {
-                    // Crashed between writing the row and recording the pid: find it by id.
-                    kill_by_replica_id(&record.id).await;
+            // What can't be adopted is stopped: a process by its identity or (crashed
+            // between writing the row and recording the pid) by its id, containers by label.
+            let keep = match spec {
+                Some(spec) => self.runtime.adopt(spec, identity).await?,
+                None => {
+                    match identity {
+                        Some(identity) => {
+                            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10))
+                                .await;
+                        }
+                        None => kill_by_replica_id(&record.id).await,
+                    }
+                    self.runtime.discard(&record.id, None).await;
                     false
                 }
             };
@@ -1334,11 +1341,13 @@ impl Controller {
             .await;
         }
         match self.runtime.start(spec).await {
-            Ok(identity) => {
-                self.store
-                    .set_replica_process(&record.id, identity.pid, identity.start_time)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            Ok(instance) => {
+                if let Some(identity) = instance.process() {
+                    self.store
+                        .set_replica_process(&record.id, identity.pid, identity.start_time)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -1758,14 +1767,11 @@ impl Controller {
                         .await
                         .map_err(|e| e.to_string()),
                     None => {
-                        if let Some(identity) = record
+                        let identity = record
                             .pid
                             .zip(record.start_time)
-                            .map(|(pid, start_time)| ProcessIdentity { pid, start_time })
-                        {
-                            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10))
-                                .await;
-                        }
+                            .map(|(pid, start_time)| ProcessIdentity { pid, start_time });
+                        this.runtime.discard(&record.id, identity).await;
                         Ok(())
                     }
                 };
@@ -2868,6 +2874,28 @@ fn replica_spec(
     let cwd = crate::config::cwd_of(app, service);
     // Kept out of the replica's log (every value it is given).
     let redact: Vec<String> = secrets.values().cloned().collect();
+    // runtime: a container in a `runtime: docker` environment (registry credentials for
+    // the pull only, never in its environment).
+    let container = crate::runtimes::container_spec(
+        manifest,
+        &record.env,
+        &record.service,
+        &record.version,
+        &secrets,
+    )
+    .map(|mut container| {
+        if let Some(deployment) = record.deployment_id {
+            container
+                .labels
+                .insert("ferry.deployment".into(), deployment.to_string());
+        }
+        container
+    });
+    let mut secrets = secrets;
+    if container.is_some() {
+        secrets.remove(crate::runtimes::REGISTRY_USERNAME);
+        secrets.remove(crate::runtimes::REGISTRY_PASSWORD);
+    }
     // Layered, templated variables; secrets win over all of them.
     let mut env_vars = crate::config::replica_env(
         manifest,
@@ -2905,7 +2933,7 @@ fn replica_spec(
             unhealthy_threshold: health.unhealthy_threshold,
         },
         stop_timeout: service.stop_timeout.get(),
-        container: None,
+        container,
     })
 }
 

@@ -126,6 +126,8 @@ struct Attempt {
     previous: Option<String>,
     http: HttpVia,
     output: PathBuf,
+    /// runtime: the one-off container it runs in (`runtime: docker` environments).
+    container: Option<ferry_runtime::ContainerSpec>,
 }
 
 pub struct HookRunner {
@@ -134,6 +136,7 @@ pub struct HookRunner {
     http: reqwest::Client,
     dir: PathBuf,
     workloads: Arc<crate::workload::Workloads>,
+    runtimes: crate::runtimes::Runtimes,
     /// Deployments whose after-rollback phases are known to be done (saves store reads).
     settled: Mutex<HashSet<i64>>,
     /// Deployments that said they wait for another deployment's hook.
@@ -146,6 +149,7 @@ impl HookRunner {
         secrets: Arc<crate::secrets::Secrets>,
         dir: PathBuf,
         workloads: Arc<crate::workload::Workloads>,
+        runtimes: crate::runtimes::Runtimes,
     ) -> HookRunner {
         HookRunner {
             store,
@@ -153,6 +157,7 @@ impl HookRunner {
             http: reqwest::Client::new(),
             dir,
             workloads,
+            runtimes,
             settled: Mutex::new(HashSet::new()),
             waiting: Mutex::new(HashSet::new()),
         }
@@ -274,6 +279,15 @@ impl HookRunner {
         }
         let mut env: BTreeMap<String, String> =
             vars.into_iter().map(|v| (v.name, v.value)).collect();
+        // runtime: in a `runtime: docker` environment, a one-off container of the
+        // deployment's image (registry credentials for the pull only).
+        let container =
+            crate::runtimes::hook_container(target.manifest, target.env, target.version, &secrets);
+        let mut secrets = secrets;
+        if container.is_some() {
+            secrets.remove(crate::runtimes::REGISTRY_USERNAME);
+            secrets.remove(crate::runtimes::REGISTRY_PASSWORD);
+        }
         let secret_values: Vec<String> =
             secrets.values().filter(|v| v.len() >= 4).cloned().collect();
         env.extend(secrets);
@@ -306,12 +320,14 @@ impl HookRunner {
             previous: target.previous.map(str::to_string),
             http: target.http.clone(),
             output,
+            container,
         };
         let store = self.store.clone();
         let http = self.http.clone();
+        let runtimes = self.runtimes.clone();
         tokio::spawn(async move {
             let deployment_id = attempt.run.deployment_id;
-            let (state, exit_code, summary) = execute(&store, &http, &attempt).await;
+            let (state, exit_code, summary) = execute(&store, &http, &runtimes, &attempt).await;
             let runner_store = store.clone();
             finish_run(
                 &runner_store,
@@ -382,6 +398,8 @@ impl HookRunner {
                 };
                 finalize_output(Path::new(path), &values);
             }
+            // runtime: or its one-off container.
+            self.runtimes.discard_task(&task_name(&run)).await;
             match self
                 .store
                 .finish_hook_run(
@@ -552,6 +570,7 @@ async fn finish_run(
 async fn execute(
     store: &Store,
     http: &reqwest::Client,
+    runtimes: &crate::runtimes::Runtimes,
     a: &Attempt,
 ) -> (RunState, Option<i64>, String) {
     let started = Instant::now();
@@ -565,7 +584,7 @@ async fn execute(
         );
     }
     let result = match &a.job.kind {
-        JobKind::Command(argv) => run_command(store, a, argv).await,
+        JobKind::Command(argv) => run_command(store, runtimes, a, argv).await,
         JobKind::Http(spec) => run_http(http, a, spec).await,
     };
     finalize_output(&a.output, &a.secret_values);
@@ -620,12 +639,17 @@ enum Failure {
     Other(String),
 }
 
-async fn run_command(store: &Store, a: &Attempt, argv: &[String]) -> Result<(), Failure> {
+async fn run_command(
+    store: &Store,
+    runtimes: &crate::runtimes::Runtimes,
+    a: &Attempt,
+    argv: &[String],
+) -> Result<(), Failure> {
     let run_as = a.run_as.clone().map_err(Failure::Other)?;
     let spec = TaskSpec {
-        name: format!("hook-{}-{}", a.job.name, a.run.id),
-        app: String::new(),
-        env: String::new(),
+        name: task_name(&a.run),
+        app: a.env.get("FERRY_APP").cloned().unwrap_or_default(),
+        env: a.env.get("FERRY_ENV").cloned().unwrap_or_default(),
         argv: argv.to_vec(),
         env_vars: a.env.clone(),
         cwd: a.cwd.clone(),
@@ -642,7 +666,7 @@ async fn run_command(store: &Store, a: &Attempt, argv: &[String]) -> Result<(), 
                     values: a.secret_values.clone(),
                 }),
         },
-        container: None,
+        container: a.container.clone(),
     };
     // Persist, then wait: the pid is recorded as soon as the task runs.
     let (started, instance) = tokio::sync::oneshot::channel();
@@ -656,7 +680,7 @@ async fn run_command(store: &Store, a: &Attempt, argv: &[String]) -> Result<(), 
             tracing::error!(run = a.run.id, error = %e, "could not record the hook's pid");
         }
     };
-    let (outcome, ()) = tokio::join!(ferry_runtime::task::run(spec, Some(started)), record);
+    let (outcome, ()) = tokio::join!(runtimes.run_task(spec, Some(started)), record);
     match outcome.map_err(|e| Failure::Other(e.to_string()))?.end {
         TaskEnd::Exited(0) => Ok(()),
         TaskEnd::Exited(code) => Err(Failure::Exit(Some(i64::from(code)))),
@@ -672,6 +696,11 @@ async fn run_command(store: &Store, a: &Attempt, argv: &[String]) -> Result<(), 
             Err(Failure::TimedOut)
         }
     }
+}
+
+/// The task name of a hook attempt (and its container's `ferry.task` label).
+fn task_name(run: &HookRunRecord) -> String {
+    format!("hook-{}-{}", run.hook, run.id)
 }
 
 async fn run_http(http: &reqwest::Client, a: &Attempt, spec: &HttpHook) -> Result<(), Failure> {

@@ -36,6 +36,7 @@ mod logs;
 mod notify;
 mod progressive;
 mod proxy_link;
+mod runtimes;
 mod secrets;
 // releases:
 mod promotion;
@@ -129,8 +130,9 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let shutdown = CancellationToken::new();
     let proxy =
         proxy_link::ProxyLink::adopt_or_start(&config.ferry_exe, &data_dir.join("proxy")).await?;
-    let runtime = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
-    runtime.set_log_filter(config.ferry_exe.clone());
+    let process = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
+    process.set_log_filter(config.ferry_exe.clone());
+    let runtime = runtimes::Runtimes::new(process, data_dir.display().to_string());
     let controller =
         controller::Controller::new(store.clone(), runtime, proxy, secrets.clone(), workloads);
     controller.recover().await?;

@@ -24,6 +24,7 @@ pub fn stream(
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let mut offsets: HashMap<String, u64> = HashMap::new();
+        let mut streamed: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut first = true;
         loop {
             let Ok(replicas) = controller
@@ -44,6 +45,32 @@ pub fn stream(
                     replica.version,
                     short(&replica.id)
                 );
+                // runtime: a container's log comes from the engine, streamed once per replica.
+                if controller.runtime().is_container(&replica.id) {
+                    if !streamed.insert(replica.id.clone()) {
+                        continue;
+                    }
+                    let lines_wanted = if first { tail } else { usize::MAX >> 1 };
+                    let mut lines = controller.runtime().logs(&replica.id, lines_wanted, follow);
+                    let tx = tx.clone();
+                    let forward = async move {
+                        while let Some(line) = lines.recv().await {
+                            if tx
+                                .send(Bytes::from(format!("{prefix}{line}\n")))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    };
+                    if follow {
+                        tokio::spawn(forward);
+                    } else {
+                        forward.await;
+                    }
+                    continue;
+                }
                 let known = offsets.get(&replica.id).copied();
                 let (text, end) = match known {
                     None if first => read_tail(&path, tail),

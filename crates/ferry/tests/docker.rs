@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::docker::{self, Cleanup, DEMO_IMAGE, ROOT_IMAGE};
+use common::{Ferry, Load, SERIAL, Spec, bounded};
 use ferry_runtime::docker::DockerRuntime;
 use ferry_runtime::{
     ContainerSpec, HealthSpec, Instance, ReplicaSpec, Runtime, RuntimeError, RuntimeEvent, TaskEnd,
@@ -390,4 +391,99 @@ async fn root_and_missing_images_are_refused_before_any_container() {
     let err = rt.start(no_image).await.unwrap_err();
     assert!(matches!(err, RuntimeError::NoImage { .. }), "{err:?}");
     assert!(docker::containers("ferry.owner", &cleanup.0).is_empty());
+}
+
+/// A `runtime: docker` environment end to end through the real server: a pre_deploy hook in
+/// a one-off container of the new image, a rolling update of 3 containers under load with
+/// no failed request, `ferry logs` from the engine, and teardown leaves no container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_docker_environment_rolls_out_containers_under_load() {
+    if !docker::engine_or_skip() {
+        return;
+    }
+    docker::images();
+    let _serial = SERIAL.lock().await;
+    bounded(Duration::from_secs(240), async {
+        let ferry = Ferry::start().await;
+        let owner = ferry.data.display().to_string();
+        let _cleanup = Cleanup(owner.clone());
+        let spec = Spec::new("boxed");
+        let yaml = format!(
+            r#"app: boxed
+services:
+  web:
+    image: ferry-test/demo:${{VERSION}}
+    replicas: 3
+    stop_timeout: 5s
+    resources: {{ memory: 128Mi, cpus: 0.5 }}
+    health: {{ path: /health, interval: 300ms, timeout: 300ms, start_timeout: 30s }}
+hooks:
+  pre_deploy:
+    - name: migrate
+      run: ["/bin/sh", "-c", "echo migrating to $VERSION from ${{PREVIOUS_VERSION:-nothing}}"]
+environments:
+  production:
+    listen: {listen}
+    runtime: docker
+"#,
+            listen = spec.listener(),
+        );
+        let manifest = ferry.dir.path().join("ferry.yaml");
+        std::fs::write(&manifest, yaml).unwrap();
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        ferry.assert_serves(&spec, "1.0.0").await;
+        let first = docker::containers("ferry.owner", &owner);
+        assert_eq!(first.len(), 3, "three replica containers: {first:?}");
+
+        let load = Load::start(&spec.listener(), 4);
+        load.warm_up(100).await;
+        ferry.deploy_ok(&spec, "1.1.0").await;
+        let done = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let origin = load.started_wall_ms;
+        let report = load.stop().await;
+        report.assert_no_failures(&ferry.timelines(&spec, origin).await);
+        assert_eq!(
+            report.versions_sent_after(done),
+            ["1.1.0".to_string()].into(),
+            "after the rollout every answer comes from 1.1.0"
+        );
+        // The old containers are gone, three new ones run, found by label.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let now = docker::containers("ferry.owner", &owner);
+            let versions: Vec<String> = now
+                .iter()
+                .map(|id| docker::inspect(id, "{{index .Config.Labels \"ferry.version\"}}"))
+                .collect();
+            if now.len() == 3 && versions.iter().all(|v| v == "1.1.0") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "expected three 1.1.0 containers, got {versions:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // The hook ran in a one-off container of the new image (its output captured).
+        let out = ferry
+            .cli(&["logs", "boxed", "--env", "production", "--hook", "migrate"])
+            .await;
+        assert!(
+            out.stdout.contains("migrating to 1.1.0 from 1.0.0"),
+            "hook output:\n{out}"
+        );
+        // Replica logs through the Engine API.
+        let out = ferry.cli(&["logs", "boxed", "--env", "production"]).await;
+        assert!(out.stdout.contains("listening on 127.0.0.1"), "{out}");
+
+        drop(ferry);
+        assert!(
+            docker::containers("ferry.owner", &owner).is_empty(),
+            "teardown leaves no container"
+        );
+    })
+    .await;
 }

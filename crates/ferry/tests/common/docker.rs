@@ -60,6 +60,12 @@ pub fn images() {
             &["USER 65534:65534", "CMD [\"/ferry-demo\"]"],
         );
         import(root, ROOT_IMAGE, &["CMD [\"/ferry-demo\"]"]);
+        // The same image under a second version, for rolling updates.
+        let out = Command::new("docker")
+            .args(["tag", DEMO_IMAGE, "ferry-test/demo:1.1.0"])
+            .output()
+            .expect("docker tag");
+        assert!(out.status.success(), "docker tag: {out:?}");
     });
 }
 

@@ -1,0 +1,264 @@
+//! The runtimes the controller runs workloads through, chosen per environment
+//! (`runtime: process | docker`): the process runtime always, the Docker runtime once an
+//! environment needs it (connected on first use, so the quickstart never needs Docker).
+//! Replica ids are unique, so status, stop and events need no environment: each replica is
+//! asked of the runtime that supervises it, and both runtimes' events arrive on one channel.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::manifest::{Manifest, RuntimeKind};
+use ferry_runtime::docker::DockerRuntime;
+use ferry_runtime::{
+    ContainerSpec, Instance, ProcessIdentity, ProcessRuntime, RegistryAuth, ReplicaSpec,
+    ReplicaStatus, Runtime, RuntimeError, RuntimeEvent, TaskOutcome, TaskSpec,
+};
+use tokio::sync::{OnceCell, broadcast, oneshot};
+
+/// Registry credentials for pulls, read from the environment's Ferry secrets (and never
+/// given to the containers).
+pub const REGISTRY_USERNAME: &str = "FERRY_REGISTRY_USERNAME";
+pub const REGISTRY_PASSWORD: &str = "FERRY_REGISTRY_PASSWORD";
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Runtimes {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    process: ProcessRuntime,
+    docker: OnceCell<DockerRuntime>,
+    /// Names this server on the engine (its data directory).
+    owner: String,
+    socket: PathBuf,
+    events: broadcast::Sender<RuntimeEvent>,
+}
+
+impl Runtimes {
+    pub fn new(process: ProcessRuntime, owner: String) -> Runtimes {
+        let (events, _) = broadcast::channel(1024);
+        forward(process.subscribe(), events.clone());
+        let socket = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+        Runtimes {
+            inner: Arc::new(Inner {
+                process,
+                docker: OnceCell::new(),
+                owner,
+                socket,
+                events,
+            }),
+        }
+    }
+
+    /// The Docker runtime, connected on first use.
+    pub async fn docker(&self) -> Result<&DockerRuntime, RuntimeError> {
+        self.inner
+            .docker
+            .get_or_try_init(|| async {
+                let docker = DockerRuntime::connect(&self.inner.socket, &self.inner.owner).await?;
+                forward(Runtime::subscribe(&docker), self.inner.events.clone());
+                Ok(docker)
+            })
+            .await
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.inner.process.log_path(id)
+    }
+
+    /// The runtime that supervises `id`, if any.
+    fn owner_of(&self, id: &str) -> Option<&dyn Runtime> {
+        if self.inner.process.status(id).is_some() {
+            return Some(&self.inner.process);
+        }
+        self.inner
+            .docker
+            .get()
+            .filter(|docker| Runtime::status(*docker, id).is_some())
+            .map(|docker| docker as &dyn Runtime)
+    }
+
+    pub fn status(&self, id: &str) -> Option<ReplicaStatus> {
+        self.owner_of(id).and_then(|runtime| runtime.status(id))
+    }
+
+    /// Whether the replica runs as a container (its logs come from the engine).
+    pub fn is_container(&self, id: &str) -> bool {
+        self.inner
+            .docker
+            .get()
+            .is_some_and(|docker| Runtime::status(docker, id).is_some())
+    }
+
+    /// The replica's log lines (tail, then follow), from whichever runtime runs it.
+    pub fn logs(&self, id: &str, tail: usize, follow: bool) -> ferry_runtime::LogLines {
+        match self.owner_of(id) {
+            Some(runtime) => runtime.logs(id, tail, follow),
+            None => Runtime::logs(&self.inner.process, id, tail, follow),
+        }
+    }
+
+    /// Starts a replica: a container when its spec has one, else a process.
+    pub async fn start(&self, spec: ReplicaSpec) -> Result<Instance, RuntimeError> {
+        if spec.container.is_some() {
+            self.docker().await?.start(spec).await
+        } else {
+            Runtime::start(&self.inner.process, spec).await
+        }
+    }
+
+    /// Re-adopts a replica an earlier server started; when it can't be, whatever still runs
+    /// for it is stopped (a process by identity or `FERRY_REPLICA_ID`, containers by label).
+    pub async fn adopt(
+        &self,
+        spec: ReplicaSpec,
+        recorded: Option<ProcessIdentity>,
+    ) -> Result<bool, RuntimeError> {
+        let id = spec.id.clone();
+        let runtime: &dyn Runtime = if spec.container.is_some() {
+            self.docker().await?
+        } else {
+            &self.inner.process
+        };
+        let adopted = runtime.adopt(spec, recorded).await?;
+        if !adopted {
+            runtime.discard(&id, recorded).await;
+        }
+        Ok(adopted)
+    }
+
+    /// Stops what runs for a replica no runtime supervises (a recorded process group, its
+    /// containers).
+    pub async fn discard(&self, id: &str, recorded: Option<ProcessIdentity>) {
+        if let Some(identity) = recorded {
+            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
+        }
+        if let Some(docker) = self.inner.docker.get() {
+            docker.discard(id, None).await;
+        }
+    }
+
+    /// Removes a task's containers left by an earlier server (only when an engine is there).
+    pub async fn discard_task(&self, name: &str) {
+        if self.inner.docker.get().is_none() && !self.inner.socket.exists() {
+            return;
+        }
+        match self.docker().await {
+            Ok(docker) => {
+                if let Err(e) = docker.discard_task(name).await {
+                    tracing::warn!(task = name, error = %e, "cannot look for its containers");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no Docker engine to look for task containers"),
+        }
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.owner_of(id) {
+            Some(runtime) => runtime.stop(id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops every replica of both runtimes, and every container this server owns.
+    pub async fn stop_all(&self) {
+        self.inner.process.stop_all().await;
+        if let Some(docker) = self.inner.docker.get() {
+            Runtime::stop_all(docker).await;
+            if let Err(e) = docker.remove_all().await {
+                tracing::warn!(error = %e, "could not remove every container");
+            }
+        }
+    }
+
+    /// Runs a one-off task: in a container when its spec has one, else as a process group.
+    pub async fn run_task(
+        &self,
+        spec: TaskSpec,
+        started: Option<oneshot::Sender<Instance>>,
+    ) -> Result<TaskOutcome, RuntimeError> {
+        if spec.container.is_some() {
+            self.docker().await?.run_task(spec, started).await
+        } else {
+            ferry_runtime::task::run(spec, started).await
+        }
+    }
+}
+
+/// Copies one runtime's events onto the shared channel until that runtime goes.
+fn forward(mut from: broadcast::Receiver<RuntimeEvent>, to: broadcast::Sender<RuntimeEvent>) {
+    tokio::spawn(async move {
+        loop {
+            match from.recv().await {
+                Ok(event) => {
+                    let _ = to.send(event);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "runtime events lagged");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// How `service` of `manifest` runs as a container in `env`, when the environment is
+/// `runtime: docker` (`None` otherwise, or without an image). `secrets` may hold the
+/// registry credentials ([`REGISTRY_USERNAME`], [`REGISTRY_PASSWORD`]).
+pub fn container_spec(
+    manifest: &Manifest,
+    env: &str,
+    service: &str,
+    version: &str,
+    secrets: &std::collections::BTreeMap<String, String>,
+) -> Option<ContainerSpec> {
+    if manifest.environments.get(env)?.runtime != RuntimeKind::Docker {
+        return None;
+    }
+    let service = manifest.services.get(service)?;
+    let image = service.image.as_ref()?.replace("${VERSION}", version);
+    let resources = service.resources.clone().unwrap_or_default();
+    let registry_auth = match (
+        secrets.get(REGISTRY_USERNAME),
+        secrets.get(REGISTRY_PASSWORD),
+    ) {
+        (Some(username), Some(password)) => Some(RegistryAuth {
+            username: username.clone(),
+            password: password.clone(),
+        }),
+        _ => None,
+    };
+    Some(ContainerSpec {
+        image,
+        user: service.user.clone(),
+        allow_root: service.allow_root,
+        // Validated with the manifest: an unreadable value can't get here.
+        memory_bytes: resources.memory_bytes().ok().flatten(),
+        nano_cpus: resources.nano_cpus().ok().flatten(),
+        stop_signal: None,
+        registry_auth,
+        labels: Default::default(),
+    })
+}
+
+/// The image hooks run in for `env`: the first service (by name) with an image.
+pub fn hook_container(
+    manifest: &Manifest,
+    env: &str,
+    version: &str,
+    secrets: &std::collections::BTreeMap<String, String>,
+) -> Option<ContainerSpec> {
+    manifest
+        .services
+        .iter()
+        .find_map(|(name, _)| container_spec(manifest, env, name, version, secrets))
+}
