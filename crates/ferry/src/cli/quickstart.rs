@@ -3,6 +3,7 @@
 //! Ctrl-C, which tears down every process it started.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,8 +29,18 @@ pub async fn run(data: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     let data = std::fs::canonicalize(&data)
         .with_context(|| format!("cannot resolve {}", data.display()))?;
 
+    // The app's directory (its replicas' working directory) lies beside the private data
+    // directory, not in it: run as root, Ferry starts the replicas as `nobody`.
+    let app_dir = data.with_file_name(format!(
+        "{}-app",
+        data.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&app_dir)
+        .and_then(|()| std::fs::set_permissions(&app_dir, std::fs::Permissions::from_mode(0o755)))
+        .with_context(|| format!("cannot create {}", app_dir.display()))?;
+
     // Everything that can be checked before starting processes is checked first.
-    let manifest_path = data.join("ferry.yaml");
+    let manifest_path = app_dir.join("ferry.yaml");
     let manifest =
         ferry_core::manifest::parse(&manifest_text, &manifest_path.display().to_string()).map_err(
             |errors| {
@@ -145,7 +156,10 @@ impl Tour<'_> {
                 &ApplyRequest {
                     manifest: self.manifest_text.to_string(),
                     file_name: Some(self.manifest_path.display().to_string()),
-                    base_dir: Some(self.data.display().to_string()),
+                    base_dir: self
+                        .manifest_path
+                        .parent()
+                        .map(|dir| dir.display().to_string()),
                     dry_run: false,
                     prune: false,
                 },
