@@ -6,6 +6,7 @@ pub mod api;
 pub mod apply;
 pub mod audit;
 pub mod duration;
+pub mod flags;
 pub mod gates;
 pub mod manifest;
 pub mod model;
