@@ -10,7 +10,8 @@ use ferry_core::model::DeploymentState;
 use ferry_core::rollout::Verdict;
 use ferry_store::{AppRecord, DeploymentRecord};
 
-use super::{Controller, RequestError, preview_header};
+use super::routes::preview_header;
+use super::{Controller, RequestError};
 use crate::error::ServerError;
 use crate::hooks::{HookRunner, HttpVia, Job, PhaseStatus, Target};
 

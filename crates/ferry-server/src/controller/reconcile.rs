@@ -1,0 +1,451 @@
+//! The reconcile loop: one pass over every environment (woken by requests, runtime events or a tick), and the rolling/recreate rollout of one environment.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ferry_core::manifest::Manifest;
+use ferry_core::model::{DeploymentState, ReplicaState};
+use ferry_core::rollout::{self, Verdict};
+use ferry_runtime::RuntimeEvent;
+use ferry_store::{AppRecord, DeploymentRecord, ReplicaRecord, StoreError};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::error::ServerError;
+use crate::lock;
+use crate::progressive::Phase;
+
+use super::replicas::short_id;
+use super::strategy::describe_run;
+use super::strategy::pace_of;
+use super::strategy::plan_of;
+use super::strategy::restore_pace;
+use super::strategy::target_or;
+use super::{Controller, TICK};
+
+impl Controller {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut events = self.runtime.subscribe();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_proxy_check = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tick.tick() => {}
+                event = events.recv() => match event {
+                    Ok(event) => self.on_runtime_event(event).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "controller lagged behind runtime events");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+            // Record everything already queued before deciding (decisions read live
+            // status), so the timeline shows every change that led to a decision.
+            while let Ok(event) = events.try_recv() {
+                self.on_runtime_event(event).await;
+            }
+            if self.torn_down.load(Ordering::SeqCst) {
+                continue;
+            }
+            let now = now_ms();
+            if now - last_proxy_check > 1_000 {
+                last_proxy_check = now;
+                match self.proxy.ensure_alive().await {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "proxy is down and could not be restarted")
+                    }
+                }
+            }
+            if let Err(e) = self.reconcile_all().await {
+                tracing::error!(error = %e, "reconcile failed; retrying");
+            }
+        }
+    }
+
+    pub(super) fn settled(&self) -> bool {
+        if now_ms() >= *lock(&self.settle_until_ms) {
+            return true;
+        }
+        let adopted = lock(&self.adopted).clone();
+        adopted.iter().all(|id| {
+            self.runtime
+                .status(id)
+                .is_none_or(|s| s.state != ReplicaState::Starting)
+        })
+    }
+
+    pub(super) async fn on_runtime_event(&self, event: RuntimeEvent) {
+        let (id, message) = match &event {
+            RuntimeEvent::Started { id, instance } => {
+                if let Some(identity) = instance.process()
+                    && let Err(e) = self
+                        .store
+                        .set_replica_process(id, identity.pid, identity.start_time)
+                        .await
+                {
+                    tracing::error!(replica = %id, error = %e, "could not record the replica's pid");
+                }
+                (id, format!("started ({instance})"))
+            }
+            RuntimeEvent::Healthy { id } => (id, "healthy".to_string()),
+            RuntimeEvent::Unhealthy { id, reason } => (id, format!("unhealthy: {reason}")),
+            RuntimeEvent::Exited {
+                id,
+                reason,
+                will_restart,
+            } => (
+                id,
+                if *will_restart {
+                    format!("exited ({reason}); restarting")
+                } else {
+                    format!("exited ({reason})")
+                },
+            ),
+            // The stop task says `stopped` itself, while the replica's row still exists.
+            RuntimeEvent::Stopped { .. } => {
+                self.wake.notify_one();
+                return;
+            }
+        };
+        self.replica_event(id, &message).await;
+        self.wake.notify_one();
+    }
+
+    /// Puts a replica's news on the timeline of the deployment running in its environment.
+    pub(super) async fn replica_event(&self, id: &str, message: &str) {
+        let Ok(replicas) = self.store.list_replicas(None, None).await else {
+            return;
+        };
+        let Some(record) = replicas.into_iter().find(|r| r.id == id) else {
+            return;
+        };
+        let line = format!(
+            "{} {} {} on 127.0.0.1:{}: {message}",
+            record.service,
+            record.version,
+            short_id(id),
+            record.port
+        );
+        tracing::info!(app = %record.app, env = %record.env, "{line}");
+        if let Ok(Some(active)) = self.active_deployment(&record.app, &record.env).await {
+            self.event(active.id, "replica", &line).await;
+        }
+    }
+
+    pub(super) async fn apps(
+        &self,
+    ) -> Result<BTreeMap<String, (AppRecord, Manifest)>, ServerError> {
+        let mut apps = BTreeMap::new();
+        for record in self.store.list_apps().await? {
+            match serde_json::from_str::<Manifest>(&record.manifest_json) {
+                Ok(manifest) => {
+                    apps.insert(record.name.clone(), (record, manifest));
+                }
+                Err(e) => {
+                    tracing::error!(app = %record.name, error = %e, "stored manifest is unreadable")
+                }
+            }
+        }
+        Ok(apps)
+    }
+
+    pub(super) async fn active_deployment(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Result<Option<DeploymentRecord>, StoreError> {
+        Ok(self
+            .store
+            .latest_deployment(app, env)
+            .await?
+            .filter(|d| !d.state.is_terminal()))
+    }
+
+    /// One pass over every environment of every app, then the route table.
+    pub(super) async fn reconcile_all(self: &Arc<Self>) -> Result<(), ServerError> {
+        if !self.settled() {
+            return Ok(());
+        }
+        let apps = self.apps().await?;
+        let replicas = self.store.list_replicas(None, None).await?;
+        let now = now_ms();
+        for (app, manifest) in apps.values() {
+            for (env_name, _) in manifest.environments.iter() {
+                let env_replicas: Vec<&ReplicaRecord> = replicas
+                    .iter()
+                    .filter(|r| r.app == app.name && r.env == env_name)
+                    .collect();
+                if let Err(e) = self
+                    .reconcile_env(app, manifest, env_name, &env_replicas, now)
+                    .await
+                {
+                    tracing::error!(app = %app.name, env = env_name, error = %e, "could not reconcile");
+                }
+            }
+        }
+        // releases: auto-promotion, level-triggered from the store (promotion.rs)
+        if let Err(e) = crate::promotion::auto_promote(self, &apps).await {
+            tracing::error!(error = %e, "auto-promotion pass failed; retrying");
+        }
+        // Replicas of apps, environments or services no longer in any manifest.
+        let orphans: Vec<String> = replicas
+            .iter()
+            .filter(|r| !r.draining)
+            .filter(|r| {
+                apps.get(&r.app).is_none_or(|(_, m)| {
+                    m.environments.get(&r.env).is_none() || !m.services.contains_key(&r.service)
+                })
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        for id in orphans {
+            self.store.set_replica_draining(&id, now).await?;
+        }
+        self.push_routes(&apps).await?;
+        self.stop_drained(&apps).await?;
+        Ok(())
+    }
+
+    pub(super) async fn reconcile_env(
+        &self,
+        app: &AppRecord,
+        manifest: &Manifest,
+        env: &str,
+        replicas: &[&ReplicaRecord],
+        now: i64,
+    ) -> Result<(), ServerError> {
+        let active = self.active_deployment(&app.name, env).await?;
+        // apply: replica counts and services follow the manifest revision of a deployment
+        // (the active one, else the one that made the current version), never a bare apply.
+        let pinned = self
+            .spec_manifest(app, env, active.as_ref().map(|d| d.id))
+            .await;
+        let spec = ferry_core::apply::running_spec(manifest, pinned.as_deref());
+        let mut services = self.observe(&spec, env, replicas);
+        let strategy = manifest
+            .environments
+            .get(env)
+            .map(|e| e.strategy.clone())
+            .unwrap_or_default();
+        let Some(deployment) = active else {
+            // hooks:
+            self.after_rollback_hooks(app, manifest, env).await?;
+            return self.maintain(app, manifest, env, &services, now).await;
+        };
+        // config: a redeploy replaces the replicas whose configuration is out of date, and
+        // scales to the replica counts of its manifest revision.
+        let redeploy = if deployment.kind == "redeploy" {
+            let pinned = self.manifest_at(app, deployment.manifest_revision).await;
+            let manifest = pinned.as_deref().unwrap_or(manifest);
+            let mut plan =
+                crate::config::redeploy_state(&self.store, app, manifest, env, &deployment.version)
+                    .await?;
+            plan.scale = ferry_core::apply::scale_changes(&services, &deployment.version);
+            Some(plan)
+        } else {
+            None
+        };
+        // A redeploy with nothing to change ends here: no gate, hook or replica is touched.
+        if let Some(plan) = &redeploy
+            && plan.is_empty()
+            && matches!(
+                deployment.state,
+                DeploymentState::Pending
+                    | DeploymentState::AwaitingApproval
+                    | DeploymentState::Blocked
+            )
+        {
+            let message = format!(
+                "nothing to redeploy: {} already runs with this configuration and replica count; no gate, hook or replica was touched",
+                deployment.version
+            );
+            self.transition(
+                &deployment,
+                DeploymentState::Succeeded,
+                None,
+                Some(deployment.version.clone()),
+                &message,
+            )
+            .await?;
+            return Ok(());
+        }
+        if matches!(
+            deployment.state,
+            DeploymentState::Pending | DeploymentState::AwaitingApproval | DeploymentState::Blocked
+        ) && !self.gates_pass(&deployment, manifest, env).await?
+        {
+            return Ok(());
+        }
+        // hooks: pre_deploy runs to completion before anything moves.
+        if matches!(
+            deployment.state,
+            DeploymentState::Pending | DeploymentState::AwaitingApproval | DeploymentState::Blocked
+        ) && !self
+            .pre_deploy_done(app, manifest, env, &deployment)
+            .await?
+        {
+            return Ok(());
+        }
+        if deployment.state != DeploymentState::Pending
+            && let Some(plan) = plan_of(&deployment, &strategy, manifest, env)
+        {
+            return self
+                .drive_progressive(app, manifest, env, &deployment, &plan, &services, now)
+                .await;
+        }
+        let (target, pace) = match deployment.state {
+            DeploymentState::Pending
+            | DeploymentState::AwaitingApproval
+            | DeploymentState::Blocked
+                if let Some(plan) = &redeploy =>
+            {
+                let message = format!(
+                    "redeploy of {} started ({}): {}",
+                    deployment.version,
+                    describe_run(&deployment, &strategy, manifest, env),
+                    plan.describe()
+                );
+                self.transition(
+                    &deployment,
+                    DeploymentState::Progressing,
+                    None,
+                    None,
+                    &message,
+                )
+                .await?;
+                return Ok(());
+            }
+            DeploymentState::Pending
+            | DeploymentState::AwaitingApproval
+            | DeploymentState::Blocked => {
+                let message = match &deployment.previous_version {
+                    Some(previous) => format!(
+                        "rollout started: {previous} -> {} ({})",
+                        deployment.version,
+                        describe_run(&deployment, &strategy, manifest, env)
+                    ),
+                    None => format!(
+                        "rollout started: {} ({})",
+                        deployment.version,
+                        describe_run(&deployment, &strategy, manifest, env)
+                    ),
+                };
+                self.transition(
+                    &deployment,
+                    DeploymentState::Progressing,
+                    None,
+                    None,
+                    &message,
+                )
+                .await?;
+                return Ok(());
+            }
+            DeploymentState::Progressing => (
+                deployment.version.clone(),
+                pace_of(&strategy, manifest, env),
+            ),
+            DeploymentState::RollingBack => match &deployment.previous_version {
+                Some(previous) => (previous.clone(), restore_pace(manifest, env)),
+                None => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        if let Some(plan) = &redeploy {
+            let rolling_back = deployment.state == DeploymentState::RollingBack;
+            crate::config::mark(&mut services, &deployment.version, plan, rolling_back);
+        }
+        let verdict = match rollout::reconcile(&target, &services, pace, now) {
+            Verdict::Progress(actions) => match self
+                .act(app, manifest, env, Some(deployment.id), actions, now)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(reason) => Verdict::Failed(reason),
+            },
+            other => other,
+        };
+        if verdict == Verdict::Converged && !self.routed_only_to(&app.name, env, &target, &services)
+        {
+            // Converged replicas are not enough: the proxy must have acknowledged a table
+            // that sends everything to them before the deployment can claim success.
+            return Ok(());
+        }
+        // hooks: post_deploy smoke tests before `succeeded`; a failure rolls back.
+        let verdict = if verdict == Verdict::Converged {
+            match self
+                .post_deploy_verdict(app, manifest, env, &deployment)
+                .await?
+            {
+                Some(verdict) => verdict,
+                None => return Ok(()),
+            }
+        } else {
+            verdict
+        };
+        // bake: a converged version is watched for `bake` before it succeeds.
+        let baking = Phase::of(&deployment.phase).bake_until_ms.is_some();
+        if verdict == Verdict::Converged
+            && deployment.state == DeploymentState::Progressing
+            && !self.baked(&deployment, manifest, env, now).await?
+        {
+            return Ok(());
+        }
+        if let Some((state, reason)) = rollout::next_state(
+            deployment.state,
+            &verdict,
+            deployment.previous_version.is_some(),
+        ) {
+            let current = match state {
+                DeploymentState::Succeeded => Some(deployment.version.clone()),
+                DeploymentState::RolledBack => deployment.previous_version.clone(),
+                _ => None,
+            };
+            let message = match state {
+                DeploymentState::RollingBack if baking => format!(
+                    "rolling back to {} during the bake: {reason}",
+                    target_or(&deployment.previous_version)
+                ),
+                DeploymentState::RollingBack => format!(
+                    "rolling back to {}: {reason}",
+                    target_or(&deployment.previous_version)
+                ),
+                _ => reason.clone(),
+            };
+            let keep_reason = matches!(
+                state,
+                DeploymentState::RollingBack | DeploymentState::Failed
+            );
+            let reason = if keep_reason {
+                Some(reason)
+            } else {
+                deployment.reason.clone()
+            };
+            // hooks: say so when this goes back past an irreversible migration.
+            if state == DeploymentState::RollingBack {
+                self.warn_if_irreversible(&deployment).await?;
+            }
+            let aborted_by = Phase::of(&deployment.phase).aborted_by;
+            let (state, message) = match (state, aborted_by) {
+                (DeploymentState::RolledBack, Some(by)) => (
+                    DeploymentState::Aborted,
+                    format!("aborted by {by}; previous version restored"),
+                ),
+                // config: a failed redeploy keeps the replicas that run the old configuration.
+                (DeploymentState::RolledBack, None) if redeploy.is_some() => (
+                    DeploymentState::RolledBack,
+                    "previous configuration kept: its replicas serve all traffic".to_string(),
+                ),
+                (state, _) => (state, message),
+            };
+            self.transition(&deployment, state, reason, current, &message)
+                .await?;
+        }
+        Ok(())
+    }
+}

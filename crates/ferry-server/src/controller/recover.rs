@@ -1,0 +1,109 @@
+//! Re-adoption after a restart: what a previous server left running is adopted or stopped.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use ferry_runtime::ProcessIdentity;
+
+use crate::clock::now_ms;
+use crate::error::ServerError;
+use crate::lock;
+
+use super::replicas::replica_spec;
+use super::{Controller, SETTLE_TIMEOUT_MS};
+
+impl Controller {
+    /// Re-adopts the replicas a previous server left running; stops what it can't vouch for.
+    pub async fn recover(&self) -> Result<(), ServerError> {
+        // hooks: attempts the previous server left running are interrupted, never re-adopted.
+        self.hooks.recover().await?;
+        let apps = self.apps().await?;
+        let mut adopted = HashSet::new();
+        for record in self.store.list_replicas(None, None).await? {
+            // An adopted process keeps the environment it started with; these are for the
+            // runtime's restarts of it.
+            let secrets = self
+                .secrets
+                .env_vars(&record.app, &record.env)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(replica = %record.id, error = %e, "cannot decrypt its secrets");
+                    BTreeMap::new()
+                });
+            let commit = self.release_commit(&record.app, &record.version).await;
+            let spec = match apps.get(&record.app) {
+                Some((app, latest)) => {
+                    let pinned = self
+                        .spec_manifest(app, &record.env, record.deployment_id)
+                        .await;
+                    let manifest = pinned.as_deref().unwrap_or(latest);
+                    // A restart of an adopted replica runs as its environment says; never
+                    // as the server's user because the lookup failed.
+                    match self.workloads.run_as(manifest, &record.env) {
+                        Ok(run_as) => replica_spec(
+                            app,
+                            manifest,
+                            &record,
+                            secrets.clone(),
+                            commit.as_deref(),
+                            run_as.clone(),
+                        )
+                        .or_else(|| {
+                            replica_spec(app, latest, &record, secrets, commit.as_deref(), run_as)
+                        }),
+                        Err(e) => {
+                            tracing::error!(replica = %record.id, error = %e, "cannot resolve the user it runs as");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            let identity = record
+                .pid
+                .zip(record.start_time)
+                .map(|(pid, start_time)| ProcessIdentity { pid, start_time });
+            // Draining replicas are adopted too: the loop takes them out of the route table
+            // before stopping them, as it would have done without the crash.
+            // What can't be adopted is stopped: a process by its identity or (crashed
+            // between writing the row and recording the pid) by its id, containers by label.
+            let keep = match spec {
+                Some(spec) => self.runtime.adopt(spec, identity).await?,
+                None => {
+                    match identity {
+                        Some(identity) => {
+                            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10))
+                                .await;
+                        }
+                        None => kill_by_replica_id(&record.id).await,
+                    }
+                    self.runtime.discard(&record.id, None).await;
+                    false
+                }
+            };
+            if keep {
+                tracing::info!(replica = %record.id, "re-adopted replica");
+                adopted.insert(record.id.clone());
+            } else {
+                tracing::info!(replica = %record.id, "replica from a previous run is gone; forgetting it");
+                self.store.delete_replica(&record.id).await?;
+            }
+        }
+        *lock(&self.settle_until_ms) = now_ms() + SETTLE_TIMEOUT_MS;
+        *lock(&self.adopted) = adopted;
+        Ok(())
+    }
+}
+
+/// Stops a replica whose pid was never recorded (the server died right after starting
+/// it), found by its `FERRY_REPLICA_ID`.
+pub(super) async fn kill_by_replica_id(id: &str) {
+    for pid in ferry_runtime::kill_by_marker("FERRY_REPLICA_ID", id, Duration::from_secs(10)).await
+    {
+        tracing::info!(
+            replica = id,
+            pid,
+            "stopped a replica whose pid was never recorded"
+        );
+    }
+}

@@ -1,0 +1,402 @@
+//! Replicas: observing them (store + runtime), carrying out the core's start/drain actions, keeping an idle environment at its version, and the spec a replica runs with.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ferry_core::manifest::Manifest;
+use ferry_core::model::ReplicaState;
+use ferry_core::rollout::{self, Action, Observed, Patience, ServiceInput, Verdict};
+use ferry_runtime::{HealthSpec, ReplicaSpec};
+use ferry_store::{AppRecord, ReplicaRecord};
+use rand::RngExt;
+
+use crate::error::ServerError;
+use crate::lock;
+
+use super::strategy::millis;
+use super::strategy::restore_pace;
+use super::{Controller, MAX_START_EXITS};
+
+impl Controller {
+    /// Keeps an idle environment at its current version: replaces lost replicas, removes
+    /// anything else (e.g. the remains of a failed first deployment).
+    pub(super) async fn maintain(
+        &self,
+        app: &AppRecord,
+        manifest: &Manifest,
+        env: &str,
+        services: &[ServiceInput],
+        now: i64,
+    ) -> Result<(), ServerError> {
+        let current = self
+            .store
+            .env_current(&app.name, env)
+            .await?
+            .and_then(|e| e.current_version);
+        match current {
+            Some(version) => {
+                if let Verdict::Progress(actions) =
+                    rollout::reconcile(&version, services, restore_pace(manifest, env), now)
+                    && let Err(reason) = self.act(app, manifest, env, None, actions, now).await
+                {
+                    tracing::error!(app = %app.name, env, "{reason}");
+                }
+            }
+            None => {
+                let leftovers: Vec<String> = services
+                    .iter()
+                    .flat_map(|s| s.replicas.iter())
+                    .filter(|r| !r.draining)
+                    .map(|r| r.id.clone())
+                    .collect();
+                for id in leftovers {
+                    self.store.set_replica_draining(&id, now).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn observe(
+        &self,
+        manifest: &Manifest,
+        env: &str,
+        replicas: &[&ReplicaRecord],
+    ) -> Vec<ServiceInput> {
+        manifest
+            .services
+            .iter()
+            .map(|(name, service)| ServiceInput {
+                service: name.clone(),
+                desired: manifest.replicas(name, env),
+                replicas: replicas
+                    .iter()
+                    .filter(|r| &r.service == name)
+                    .map(|r| self.observed(r))
+                    .collect(),
+                patience: Patience {
+                    start_timeout_ms: millis(service.health.start_timeout.get()),
+                    max_start_exits: MAX_START_EXITS,
+                },
+            })
+            .collect()
+    }
+
+    pub(super) fn observed(&self, record: &ReplicaRecord) -> Observed {
+        let status = self.runtime.status(&record.id);
+        Observed {
+            id: record.id.clone(),
+            version: record.version.clone(),
+            state: status
+                .as_ref()
+                .map(|s| s.state)
+                .unwrap_or(ReplicaState::Exited),
+            started_at_ms: record.created_at_ms,
+            restarts: status.as_ref().map(|s| s.restarts).unwrap_or(0),
+            ever_healthy: status.as_ref().is_some_and(|s| s.ever_healthy),
+            draining: record.draining,
+            last_exit: status.and_then(|s| s.last_exit),
+        }
+    }
+
+    /// Carries out the core's actions. Err: the new version can't even be started.
+    pub(super) async fn act(
+        &self,
+        app: &AppRecord,
+        manifest: &Manifest,
+        env: &str,
+        deployment: Option<i64>,
+        actions: Vec<Action>,
+        now: i64,
+    ) -> Result<(), String> {
+        for action in actions {
+            match action {
+                Action::Start {
+                    service,
+                    version,
+                    count,
+                } => {
+                    for _ in 0..count {
+                        self.start_replica(app, manifest, env, &service, &version, deployment, now)
+                            .await?;
+                    }
+                }
+                Action::Drain { service, ids } => {
+                    for id in ids {
+                        self.store
+                            .set_replica_draining(&id, now)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if let Some(deployment) = deployment {
+                            self.event(
+                                deployment,
+                                "replica",
+                                &format!("{service} {}: draining", short_id(&id)),
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn start_replica(
+        &self,
+        app: &AppRecord,
+        manifest: &Manifest,
+        env: &str,
+        service: &str,
+        version: &str,
+        deployment: Option<i64>,
+        now: i64,
+    ) -> Result<(), String> {
+        let port =
+            ferry_runtime::free_port().map_err(|e| format!("no free port for {service}: {e}"))?;
+        let record = ReplicaRecord {
+            id: replica_id(&app.name, env, service, version),
+            app: app.name.clone(),
+            env: env.to_string(),
+            service: service.to_string(),
+            version: version.to_string(),
+            port,
+            pid: None,
+            start_time: None,
+            draining: false,
+            deployment_id: deployment,
+            created_at_ms: now,
+        };
+        let secrets = self
+            .secrets
+            .env_vars(&app.name, env)
+            .await
+            .map_err(|e| format!("cannot start {service}: {e}"))?;
+        let commit = self.release_commit(&app.name, version).await;
+        // A service new since that revision has no older configuration: the latest it is.
+        let pinned = self.spec_manifest(app, env, deployment).await;
+        let manifest = pinned
+            .as_deref()
+            .filter(|pinned| pinned.services.contains_key(service))
+            .unwrap_or(manifest);
+        let run_as = self
+            .workloads
+            .run_as(manifest, env)
+            .map_err(|e| format!("cannot start {service}: {e}"))?;
+        let spec = replica_spec(app, manifest, &record, secrets, commit.as_deref(), run_as)
+            .ok_or_else(|| format!("service {service} is not in the manifest"))?;
+        // Persist, then act: the row exists before the process does.
+        self.store
+            .insert_replica(&record)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::config::record(&self.store, app, manifest, &record).await;
+        if let Some(deployment) = deployment {
+            self.event(
+                deployment,
+                "replica",
+                &format!(
+                    "{service} {version} {}: starting on 127.0.0.1:{port}",
+                    short_id(&record.id)
+                ),
+            )
+            .await;
+        }
+        match self.runtime.start(spec).await {
+            Ok(instance) => {
+                if let Some(identity) = instance.process() {
+                    self.store
+                        .set_replica_process(&record.id, identity.pid, identity.start_time)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.store.delete_replica(&record.id).await;
+                Err(format!("{service} {version}: could not start: {e}"))
+            }
+        }
+    }
+
+    /// The manifest a replica of `env` runs with, when it is not the latest: the revision of
+    /// the deployment that starts it (`deployment_id`), else of the deployment that made the
+    /// environment's current version. So `ferry apply` alone never changes what runs, not
+    /// even for a replica replaced after a crash or re-adopted after a restart; the next
+    /// deployment brings the change. `None`: the latest manifest.
+    pub(super) async fn spec_manifest(
+        &self,
+        app: &AppRecord,
+        env: &str,
+        deployment_id: Option<i64>,
+    ) -> Option<Arc<Manifest>> {
+        let deployment_id = match deployment_id {
+            Some(id) => id,
+            None => {
+                self.store
+                    .env_current(&app.name, env)
+                    .await
+                    .ok()
+                    .flatten()?
+                    .deployment_id?
+            }
+        };
+        let deployment = self.store.get_deployment(deployment_id).await.ok()??;
+        self.manifest_at(app, deployment.manifest_revision).await
+    }
+
+    /// The app's manifest at `revision` when that is not its latest (revisions are
+    /// immutable: cached). `None`: the latest is it, or that revision can't be read.
+    pub(super) async fn manifest_at(
+        &self,
+        app: &AppRecord,
+        revision: i64,
+    ) -> Option<Arc<Manifest>> {
+        if revision == app.revision {
+            return None;
+        }
+        let key = (app.name.clone(), revision);
+        if let Some(manifest) = lock(&self.pinned).get(&key) {
+            return Some(manifest.clone());
+        }
+        let pinned = match self.store.get_app_at(&app.name, revision).await {
+            Ok(Some(record)) => serde_json::from_str::<Manifest>(&record.manifest_json).ok(),
+            _ => None,
+        };
+        let Some(manifest) = pinned else {
+            tracing::warn!(app = %app.name, revision, "manifest revision unreadable; using the latest");
+            return None;
+        };
+        let manifest = Arc::new(manifest);
+        lock(&self.pinned).insert(key, manifest.clone());
+        Some(manifest)
+    }
+
+    // releases:
+    /// The commit of a release, when it is known (for `FERRY_COMMIT`/`FERRY_RELEASE_TAG`).
+    pub(super) async fn release_commit(&self, app: &str, version: &str) -> Option<String> {
+        match self.store.get_release(app, version).await {
+            Ok(release) => release.and_then(|r| r.data.commit),
+            Err(e) => {
+                tracing::error!(app, version, error = %e, "cannot read the release");
+                None
+            }
+        }
+    }
+}
+
+/// `app.env.service.version.xxxxxx`: unique across servers (the random tail) and readable.
+pub(super) fn replica_id(app: &str, env: &str, service: &str, version: &str) -> String {
+    let tail: u32 = rand::rng().random();
+    let safe_version: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{app}.{env}.{service}.{safe_version}.{:06x}",
+        tail & 0xff_ffff
+    )
+}
+
+/// The random tail of a replica id: enough to tell replicas apart in a timeline.
+pub(super) fn short_id(id: &str) -> String {
+    format!("#{}", id.rsplit('.').next().unwrap_or(id))
+}
+
+/// What the runtime needs to run (or re-adopt) the replica of `record`.
+pub(super) fn replica_spec(
+    app: &AppRecord,
+    manifest: &Manifest,
+    record: &ReplicaRecord,
+    secrets: BTreeMap<String, String>,
+    commit: Option<&str>,
+    run_as: Option<ferry_runtime::RunAs>,
+) -> Option<ReplicaSpec> {
+    let service = manifest.services.get(&record.service)?;
+    manifest.environments.get(&record.env)?;
+    let cwd = crate::config::cwd_of(app, service);
+    // Kept out of the replica's log (every value it is given).
+    let redact: Vec<String> = secrets.values().cloned().collect();
+    // runtime: a container in a `runtime: docker` environment (registry credentials for
+    // the pull only, never in its environment).
+    let container = crate::runtimes::container_spec(
+        manifest,
+        &record.env,
+        &record.service,
+        &record.version,
+        &secrets,
+    )
+    .map(|mut container| {
+        if let Some(deployment) = record.deployment_id {
+            container
+                .labels
+                .insert("ferry.deployment".into(), deployment.to_string());
+        }
+        container
+    });
+    let mut secrets = secrets;
+    if container.is_some() {
+        secrets.remove(crate::runtimes::REGISTRY_USERNAME);
+        secrets.remove(crate::runtimes::REGISTRY_PASSWORD);
+    }
+    // Layered, templated variables; secrets win over all of them.
+    let mut env_vars = crate::config::replica_env(
+        manifest,
+        &record.env,
+        &record.service,
+        &record.version,
+        secrets,
+    );
+    env_vars.insert("FERRY_REPLICA_ID".to_string(), record.id.clone());
+    // releases: the release's identity, when its commit is known
+    if let Some(commit) = commit {
+        env_vars.insert("FERRY_COMMIT".to_string(), commit.to_string());
+        if let Some(tag) = ferry_core::release::tag(&record.version, Some(commit), &record.env) {
+            env_vars.insert("FERRY_RELEASE_TAG".to_string(), tag);
+        }
+    }
+    let health = &service.health;
+    Some(ReplicaSpec {
+        id: record.id.clone(),
+        app: record.app.clone(),
+        env: record.env.clone(),
+        service: record.service.clone(),
+        version: record.version.clone(),
+        argv: service.run.clone(),
+        cwd,
+        env_vars,
+        run_as,
+        redact,
+        port: record.port,
+        health: HealthSpec {
+            path: health.path.clone(),
+            interval: health.interval.get(),
+            timeout: health.timeout.get(),
+            healthy_threshold: health.healthy_threshold,
+            unhealthy_threshold: health.unhealthy_threshold,
+        },
+        stop_timeout: service.stop_timeout.get(),
+        container,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_ids_are_unique_and_readable() {
+        let a = replica_id("shop", "prod", "api", "1.2.3+build");
+        let b = replica_id("shop", "prod", "api", "1.2.3+build");
+        assert_ne!(a, b);
+        assert!(a.starts_with("shop.prod.api.1.2.3_build."), "{a}");
+        assert_eq!(short_id(&a).len(), 7);
+    }
+}

@@ -1,0 +1,280 @@
+//! The route table pushed to the proxy: weights per version, preview and sticky rules, listeners.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use ferry_core::manifest::{BlueGreen, Manifest, Strategy};
+use ferry_core::model::DeploymentState;
+use ferry_core::rollout::{self, Observed, ServiceInput};
+use ferry_proxy::routes::{
+    BackendGroup, ListenerConfig, PreviewRule, Route, RouteTable, StickyRule, TlsFiles,
+};
+
+use ferry_store::{AppRecord, DeploymentRecord};
+
+use crate::error::ServerError;
+use crate::lock;
+use crate::progressive::Phase;
+
+use super::Controller;
+use super::strategy::plan_of;
+
+impl Controller {
+    /// Whether the proxy's acknowledged table sends every route of app/env to exactly the
+    /// desired replicas of `version` and nothing else.
+    pub(super) fn routed_only_to(
+        &self,
+        app: &str,
+        env: &str,
+        version: &str,
+        services: &[ServiceInput],
+    ) -> bool {
+        let Some(table) = self.proxy.acknowledged() else {
+            return false;
+        };
+        let id = format!("{app}/{env}");
+        let Some(listener) = table.listeners.iter().find(|l| l.id == id) else {
+            return false;
+        };
+        services.iter().all(|service| {
+            listener.routes.iter().any(|route| {
+                route.service == service.service
+                    && matches!(route.backends.as_slice(), [group]
+                        if group.version == version
+                            && group.weight == 10_000
+                            && group.endpoints.len() == service.desired as usize)
+            })
+        })
+    }
+
+    pub(super) async fn push_routes(
+        &self,
+        apps: &BTreeMap<String, (AppRecord, Manifest)>,
+    ) -> Result<(), ServerError> {
+        let replicas = self.store.list_replicas(None, None).await?;
+        let active: HashMap<(String, String), DeploymentRecord> = self
+            .store
+            .active_deployments()
+            .await?
+            .into_iter()
+            .map(|d| ((d.app.clone(), d.env.clone()), d))
+            .collect();
+        let mut listeners = Vec::new();
+        let mut summaries: Vec<(String, String, String)> = Vec::new();
+        for (app, manifest) in apps.values() {
+            for (env_name, env) in manifest.environments.iter() {
+                let Ok(listen) = env.listen.parse::<SocketAddr>() else {
+                    continue;
+                };
+                let mut routes = Vec::new();
+                let mut preview_routes = Vec::new();
+                let mut summary = Vec::new();
+                // A progressive rollout splits by its weight; anything else by replica count.
+                let weighting = active
+                    .get(&(app.name.clone(), env_name.to_string()))
+                    .and_then(|d| {
+                        plan_of(d, &env.strategy, manifest, env_name)?;
+                        let stable = d.previous_version.clone()?;
+                        let bp = match d.state {
+                            DeploymentState::Progressing => Phase::of(&d.phase)
+                                .progress
+                                .map(|p| p.weight_bp)
+                                .unwrap_or(0),
+                            _ => 0,
+                        };
+                        Some((stable, d.version.clone(), bp))
+                    });
+                let preview_token = match (&weighting, preview_secret(&env.strategy)) {
+                    (Some(_), Some(name)) => self.preview_token(&app.name, env_name, name).await,
+                    _ => None,
+                };
+                for (service_name, service) in &manifest.services {
+                    let observed: Vec<Observed> = replicas
+                        .iter()
+                        .filter(|r| {
+                            r.app == app.name && r.env == env_name && &r.service == service_name
+                        })
+                        .map(|r| self.observed(r))
+                        .collect();
+                    let ports: HashMap<&str, u16> =
+                        replicas.iter().map(|r| (r.id.as_str(), r.port)).collect();
+                    let shares = match &weighting {
+                        Some((stable, canary, bp)) => {
+                            rollout::weighted_traffic(&observed, stable, canary, *bp)
+                        }
+                        None => rollout::traffic(&observed),
+                    };
+                    let backends: Vec<BackendGroup> = shares
+                        .into_iter()
+                        .map(|share| {
+                            summary.push(format!(
+                                "{service_name} {} {}% ({} replica{})",
+                                share.version,
+                                share.weight as f64 / 100.0,
+                                share.replica_ids.len(),
+                                if share.replica_ids.len() == 1 {
+                                    ""
+                                } else {
+                                    "s"
+                                }
+                            ));
+                            BackendGroup {
+                                version: share.version,
+                                weight: share.weight,
+                                endpoints: share
+                                    .replica_ids
+                                    .iter()
+                                    .filter_map(|id| ports.get(id.as_str()))
+                                    .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
+                                    .collect(),
+                            }
+                        })
+                        .collect();
+                    let (preview, sticky) = match &weighting {
+                        Some((_, canary, _)) if backends.iter().any(|g| &g.version == canary) => (
+                            Some(PreviewRule {
+                                header: preview_header(&env.strategy),
+                                version: canary.clone(),
+                                token_sha256: preview_token.clone(),
+                            }),
+                            sticky_rule(&env.strategy),
+                        ),
+                        _ => (None, None),
+                    };
+                    // Blue/green's preview listener serves the new version only.
+                    let preview_backends: Vec<BackendGroup> = match &weighting {
+                        Some((_, canary, _)) => backends
+                            .iter()
+                            .filter(|g| &g.version == canary && !g.endpoints.is_empty())
+                            .map(|g| BackendGroup {
+                                weight: 10_000,
+                                ..g.clone()
+                            })
+                            .collect(),
+                        None => backends.clone(),
+                    };
+                    preview_routes.push(Route {
+                        service: service_name.clone(),
+                        path_prefix: service.route.clone(),
+                        backends: preview_backends,
+                        preview: None,
+                        sticky: None,
+                    });
+                    routes.push(Route {
+                        service: service_name.clone(),
+                        path_prefix: service.route.clone(),
+                        backends,
+                        preview,
+                        sticky,
+                    });
+                }
+                let mut site =
+                    ListenerConfig::new(format!("{}/{env_name}", app.name), listen, routes);
+                site.hosts = env.hosts.clone();
+                site.tls = env.tls.as_ref().map(|t| TlsFiles {
+                    cert: t.cert.clone().into(),
+                    key: t.key.clone().into(),
+                    hsts_max_age_secs: t.hsts.map(|d| d.get().as_secs()),
+                });
+                listeners.push(site);
+                // The plain-HTTP twin that sends the environment's hosts to HTTPS.
+                if let Some(redirect) = env.tls.as_ref().and_then(|t| t.redirect_http.as_ref())
+                    && let Ok(addr) = redirect.parse::<SocketAddr>()
+                {
+                    let mut r = ListenerConfig::new(
+                        format!("{}/{env_name}/redirect", app.name),
+                        addr,
+                        vec![],
+                    );
+                    r.hosts = env.hosts.clone();
+                    r.redirect_https = Some(listen.port());
+                    listeners.push(r);
+                }
+                if let Strategy::BlueGreen(BlueGreen {
+                    preview_listen: Some(preview),
+                    ..
+                }) = &env.strategy
+                    && let Ok(listen) = preview.parse::<SocketAddr>()
+                {
+                    listeners.push(ListenerConfig::new(
+                        format!("{}/{env_name}/preview", app.name),
+                        listen,
+                        preview_routes,
+                    ));
+                }
+                let summary = if summary.is_empty() {
+                    "no ready replicas".to_string()
+                } else {
+                    summary.join(", ")
+                };
+                summaries.push((app.name.clone(), env_name.to_string(), summary));
+            }
+        }
+        let previous = lock(&self.traffic_summary).clone();
+        if self
+            .proxy
+            .push(RouteTable {
+                generation: 0,
+                listeners,
+            })
+            .await?
+        {
+            // Decisions wait on the acknowledged table: take the next pass right away.
+            self.wake.notify_one();
+            for (app, env, summary) in summaries {
+                if previous.get(&(app.clone(), env.clone())) == Some(&summary) {
+                    continue;
+                }
+                if let Ok(Some(active)) = self.active_deployment(&app, &env).await {
+                    self.event(active.id, "traffic", &summary).await;
+                }
+                lock(&self.traffic_summary).insert((app, env), summary);
+            }
+        }
+        Ok(())
+    }
+
+    /// SHA-256 (hex) of the environment's preview secret, for the proxy to compare remote
+    /// clients' preview headers with; `None` (local clients only) if it is not set.
+    pub(super) async fn preview_token(&self, app: &str, env: &str, secret: &str) -> Option<String> {
+        match self.secrets.env_vars(app, env).await {
+            Ok(vars) => match vars.get(secret) {
+                Some(value) => Some(ferry_core::audit::sha256_hex(value.as_bytes())),
+                None => {
+                    tracing::debug!(%app, %env, %secret, "preview_secret is not set; the preview header works from this host only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(%app, %env, error = %e, "cannot read the preview secret");
+                None
+            }
+        }
+    }
+}
+
+pub(super) fn preview_header(strategy: &Strategy) -> String {
+    match strategy {
+        Strategy::Canary(c) => c.preview_header.clone(),
+        Strategy::BlueGreen(b) => b.preview_header.clone(),
+        _ => ferry_core::manifest::DEFAULT_PREVIEW_HEADER.to_string(),
+    }
+}
+
+pub(super) fn preview_secret(strategy: &Strategy) -> Option<&str> {
+    match strategy {
+        Strategy::Canary(c) => c.preview_secret.as_deref(),
+        Strategy::BlueGreen(b) => b.preview_secret.as_deref(),
+        _ => None,
+    }
+}
+
+pub(super) fn sticky_rule(strategy: &Strategy) -> Option<StickyRule> {
+    match strategy {
+        Strategy::Canary(c) => c.stickiness.as_ref().map(|s| StickyRule {
+            header: s.header.clone(),
+            cookie: s.cookie.clone(),
+        }),
+        _ => None,
+    }
+}

@@ -1,0 +1,221 @@
+//! Status queries and streams: `ferry status`, the SSE watch, deployment events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::api::{AppStatus, EnvStatus, EventView, ReplicaView};
+use ferry_core::manifest::{Manifest, Strategy};
+use ferry_core::model::{DeploymentState, ReplicaState};
+use ferry_store::DeploymentRecord;
+
+use crate::error::ServerError;
+
+use crate::progressive::Phase;
+
+use ferry_core::progressive;
+
+use super::strategy::plan_of;
+use super::{Controller, RequestError};
+
+use super::strategy::target_or;
+
+impl Controller {
+    /// The environment's status now and after every change (at most every 250 ms).
+    pub fn watch(
+        self: Arc<Self>,
+        app: String,
+        env: String,
+    ) -> futures_util::stream::BoxStream<
+        'static,
+        Result<axum::response::sse::Event, std::convert::Infallible>,
+    > {
+        use futures_util::StreamExt;
+        let changed = self.events_changed.subscribe();
+        futures_util::stream::unfold((self, changed, true), move |(this, mut changed, first)| {
+            let (app, env) = (app.clone(), env.clone());
+            async move {
+                if !first {
+                    changed.changed().await.ok()?;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                changed.borrow_and_update();
+                let status = this.status(&app, Some(&env)).await.ok()?;
+                let env_status = status.environments.into_iter().next()?;
+                let event = axum::response::sse::Event::default()
+                    .event("status")
+                    .json_data(&env_status)
+                    .ok()?;
+                Some((Ok(event), (this, changed, false)))
+            }
+        })
+        .boxed()
+    }
+
+    /// Events after `after`, waiting up to `wait` for the first one.
+    pub async fn wait_events(
+        &self,
+        id: i64,
+        after: i64,
+        wait: Duration,
+    ) -> Result<Vec<EventView>, RequestError> {
+        if self.store.get_deployment(id).await?.is_none() {
+            return Err(RequestError::NotFound(format!("deployment {id} not found")));
+        }
+        let mut changed = self.events_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            changed.borrow_and_update();
+            let events = self.store.events_after(id, after, 1000).await?;
+            if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(events);
+            }
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    pub async fn status(
+        &self,
+        app: &str,
+        only_env: Option<&str>,
+    ) -> Result<AppStatus, RequestError> {
+        let (record, manifest) = self.app_manifest(app).await?;
+        if let Some(env) = only_env
+            && manifest.environments.get(env).is_none()
+        {
+            return Err(RequestError::NotFound(format!(
+                "app {app} has no environment {env:?}"
+            )));
+        }
+        let replicas = self.store.list_replicas(Some(app), None).await?;
+        let mut environments = Vec::new();
+        for (env_name, env) in manifest
+            .environments
+            .iter()
+            .filter(|(name, _)| only_env.is_none_or(|only| only == *name))
+        {
+            let current_version = self
+                .store
+                .env_current(app, env_name)
+                .await?
+                .and_then(|e| e.current_version);
+            let latest_deployment = match self.store.latest_deployment(app, env_name).await? {
+                Some(d) => {
+                    let mut view = d.view();
+                    // gates: the rows of a deployment waiting at its gates
+                    view.gates = crate::gates::rows_if_waiting(&self.store, &d).await?;
+                    Some(view)
+                }
+                None => None,
+            };
+            let replicas = replicas
+                .iter()
+                .filter(|r| r.env == env_name)
+                .map(|r| {
+                    let status = self.runtime.status(&r.id);
+                    let state = if r.draining {
+                        ReplicaState::Stopping
+                    } else {
+                        status
+                            .as_ref()
+                            .map(|s| s.state)
+                            .unwrap_or(ReplicaState::Exited)
+                    };
+                    ReplicaView {
+                        id: r.id.clone(),
+                        service: r.service.clone(),
+                        version: r.version.clone(),
+                        port: r.port,
+                        pid: status.as_ref().and_then(|s| s.pid).or(r.pid),
+                        state,
+                        restarts: status.as_ref().map(|s| s.restarts).unwrap_or(0),
+                        in_traffic: state == ReplicaState::Healthy,
+                    }
+                })
+                .collect();
+            let rollout = self
+                .active_deployment(app, env_name)
+                .await?
+                .and_then(|d| rollout_view(&d, &env.strategy, &manifest, env_name));
+            // releases:
+            let release_tag = match &current_version {
+                Some(version) => ferry_core::release::tag(
+                    version,
+                    self.release_commit(app, version).await.as_deref(),
+                    env_name,
+                ),
+                None => None,
+            };
+            environments.push(EnvStatus {
+                release_tag,
+                app: app.to_string(),
+                env: env_name.to_string(),
+                listen: env.listen.clone(),
+                current_version,
+                latest_deployment,
+                replicas,
+                rollout,
+            });
+        }
+        Ok(AppStatus {
+            app: app.to_string(),
+            revision: record.revision,
+            environments,
+        })
+    }
+
+    pub async fn proxy_metrics(&self) -> Result<String, ServerError> {
+        self.proxy.metrics_text().await
+    }
+}
+
+/// Where a progressive deployment stands, for `ferry status`.
+pub(super) fn rollout_view(
+    deployment: &DeploymentRecord,
+    strategy: &Strategy,
+    manifest: &Manifest,
+    env: &str,
+) -> Option<ferry_core::api::RolloutView> {
+    let plan = plan_of(deployment, strategy, manifest, env)?;
+    let progress = Phase::of(&deployment.phase).progress.unwrap_or_default();
+    let weight = match deployment.state {
+        DeploymentState::Progressing => progress.weight_bp,
+        _ => 0,
+    };
+    let analysis = [&progress.stage_run, &progress.background_run]
+        .into_iter()
+        .flatten()
+        .flat_map(|run| run.metrics.iter())
+        .filter_map(|metric| metric.last.as_ref())
+        .map(progressive::describe)
+        .collect();
+    Some(ferry_core::api::RolloutView {
+        deployment_id: deployment.id,
+        strategy: strategy.name().to_string(),
+        stage: (progress.stage + 1).min(plan.stages.len()),
+        stages: plan.stages.len(),
+        stage_name: plan
+            .stages
+            .get(progress.stage)
+            .map(progressive::stage_name)
+            .unwrap_or_else(|| "done".to_string()),
+        canary_version: deployment.version.clone(),
+        stable_version: target_or(&deployment.previous_version).to_string(),
+        canary_weight: f64::from(weight) / 100.0,
+        paused: progress.paused(),
+        paused_by_hand: progress.manually_paused,
+        waiting_for: progress.waiting_for.clone(),
+        analysis,
+        summary: match deployment.state {
+            DeploymentState::RollingBack => format!(
+                "rolling back: all traffic on {}",
+                target_or(&deployment.previous_version)
+            ),
+            _ => progressive::summary(&plan, &progress),
+        },
+    })
+}
