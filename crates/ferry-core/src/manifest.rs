@@ -151,6 +151,10 @@ pub struct Service {
     /// is drained sooner is stopped sooner.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: HumanDuration,
+    /// How long the proxy waits for a replica's response head before answering 504
+    /// (at most `24h`). Default: the environment's `upstream_timeout`, else 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_timeout: Option<HumanDuration>,
     /// Container image for `runtime: docker` environments, e.g.
     /// `registry.example.com/shop/api:${VERSION}` (`${VERSION}` is substituted). With an
     /// image, `run` is optional: the command run in it (default: the image's own).
@@ -298,6 +302,17 @@ pub struct Environment {
     /// environments sharing the address; reloaded when the files change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// How long the proxy waits for a replica's response head before answering 504, for
+    /// the services that set no `upstream_timeout` of their own (default 60s, at most `24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_timeout: Option<HumanDuration>,
+    /// Access log: the proxy appends one JSON line per answered request on `listen` (time,
+    /// request id, host, method, path without query, protocol, service, version, upstream,
+    /// status, duration) to this file, an absolute path on the server's machine (created
+    /// 0640). Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "/var/log/ferry/shop-production.access.log")]
+    pub access_log: Option<String>,
     /// Variables given to every replica in this environment (they override the app's
     /// `vars` and service `env`). Values may reference other variables as `${NAME}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -94,7 +94,7 @@ fn unknown_field_suggests_the_closest_and_lists_allowed() {
         &[&[
             "ferry.yaml:5:5: services.api.replica: unknown field `replica`",
             "(hint: did you mean `replicas`?",
-            "allowed fields: `run`, `cwd`, `env`, `replicas`, `route`, `health`, `stop_timeout`, `drain_timeout`, `image`, `user`, `allow_root`, `resources`)",
+            "allowed fields: `run`, `cwd`, `env`, `replicas`, `route`, `health`, `stop_timeout`, `drain_timeout`, `upstream_timeout`, `image`, `user`, `allow_root`, `resources`)",
         ]],
     );
 }

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::AccessLogs;
 use crate::dataplane::{ListenerCtx, Shared, spawn_listener};
 use crate::metrics::{MetricsCollector, StatsRegistry};
 use crate::routes::{ListenerConfig, RouteTable};
@@ -47,6 +48,7 @@ pub(crate) struct Proxy {
     stats: Arc<StatsRegistry>,
     endpoints: EndpointRegistry,
     certs: CertCache,
+    access_logs: AccessLogs,
     registry: Registry,
     table: ArcSwap<RouteTable>,
     state: tokio::sync::Mutex<State>,
@@ -115,6 +117,7 @@ impl Proxy {
             stats,
             endpoints,
             certs: CertCache::default(),
+            access_logs: AccessLogs::default(),
             registry,
             table: ArcSwap::from_pointee(RouteTable::default()),
             state: tokio::sync::Mutex::new(State::default()),
@@ -219,6 +222,27 @@ impl Proxy {
             };
             certs.insert(*addr, plan);
         }
+        // An access log that cannot be opened is a warning too: the site serves unlogged.
+        let mut logs = HashMap::new();
+        for site in &new.listeners {
+            let Some(path) = &site.access_log else {
+                continue;
+            };
+            match self.access_logs.get(path) {
+                Ok(log) => {
+                    logs.insert(path.clone(), log);
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "listener {}: cannot open access log {}: {e}; serving without it",
+                        site.id,
+                        path.display()
+                    );
+                    tracing::error!("{msg}");
+                    warnings.push(msg);
+                }
+            }
+        }
         let mut bound: HashMap<SocketAddr, TcpListener> = HashMap::new();
         for (addr, sites) in &by_addr {
             if st.listeners.contains_key(addr) {
@@ -244,7 +268,7 @@ impl Proxy {
             .map(|(addr, sites)| {
                 (
                     *addr,
-                    AddrTable::compile(*addr, sites, &self.endpoints, &self.stats),
+                    AddrTable::compile(*addr, sites, &self.endpoints, &self.stats, &logs),
                 )
             })
             .collect();

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ProxyOptions;
+use crate::access_log::{AccessLog, Entry, Rfc3339};
 use crate::body::{InFlight, ProxyBody, UpstreamBody};
 use crate::metrics::KeyStats;
 use crate::table::{AddrTable, LazyNow, ListenerTable, Tried, now_ms, request_host};
@@ -146,6 +147,8 @@ struct ConnCtx {
     sni: std::sync::OnceLock<Box<str>>,
     /// The client is on this host (loopback): it may use preview headers without a token.
     local_client: bool,
+    /// The listener's drain (upgraded connections take part in it).
+    drain: Arc<Drain>,
     /// Reads and writes that moved bytes on the client connection (for the idle timeout).
     activity: AtomicU64,
     /// Requests of this connection waiting for an upstream's response head: the client
@@ -263,15 +266,17 @@ fn server_builder(opts: &ProxyOptions) -> auto::Builder<TokioExecutor> {
 /// poll of every connection: here a connection registers for the start signal once and
 /// then only reads an atomic flag.
 #[derive(Default)]
-struct Drain {
+pub(crate) struct Drain {
     draining: AtomicBool,
     started: tokio::sync::Notify,
     active: AtomicUsize,
     idle: tokio::sync::Notify,
+    /// Cancelled when the drain is over (done or timed out): closes the tunnels left.
+    abort: CancellationToken,
 }
 
-/// One open connection of a [`Drain`] (counted from accept to close).
-struct DrainToken(Arc<Drain>);
+/// One open connection (or upgraded tunnel) of a [`Drain`] (counted from accept to close).
+pub(crate) struct DrainToken(Arc<Drain>);
 
 impl DrainToken {
     fn new(d: &Arc<Drain>) -> Self {
@@ -346,6 +351,7 @@ pub(crate) fn spawn_listener(
                 tls: tls.is_some(),
                 sni: std::sync::OnceLock::new(),
                 local_client: peer.ip().to_canonical().is_loopback(),
+                drain: drain.clone(),
                 activity: AtomicU64::new(0),
                 waiting: AtomicUsize::new(0),
             });
@@ -402,6 +408,7 @@ pub(crate) fn spawn_listener(
                 tracing::warn!("listener drain timed out after {limit:?}");
             }
         }
+        drain.abort.cancel();
     })
 }
 
@@ -679,19 +686,93 @@ async fn proxy<'t>(
             id,
         );
     };
-    if let Some(port) = table.redirect_https {
+    let logged = table.access_log.as_ref().map(|log| {
+        (
+            log,
+            Logged {
+                time: std::time::SystemTime::now(),
+                start: Instant::now(),
+                host: req.headers().get(header::HOST).cloned(),
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+            },
+        )
+    });
+    let mut served = Served::default();
+    let mut resp = if let Some(port) = table.redirect_https {
         let resp = redirect_https(host(), port, req.uri(), request_id(req.headers()));
         table
             .unrouted_stats
             .record(resp.status().as_u16(), Duration::ZERO);
-        return resp;
-    }
-    let mut resp = proxy_site(conn, table, req, abandoned).await;
+        resp
+    } else {
+        proxy_site(conn, table, req, abandoned, &mut served).await
+    };
     if let Some(hsts) = &table.hsts {
         resp.headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
+    if let Some((log, l)) = logged {
+        l.write(log, &table.id, &served, &resp);
+    }
     resp
+}
+
+/// What the access log needs of a request, taken before it is forwarded.
+struct Logged {
+    time: std::time::SystemTime,
+    start: Instant,
+    host: Option<HeaderValue>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+}
+
+impl Logged {
+    fn write(
+        &self,
+        log: &AccessLog,
+        listener: &str,
+        served: &Served<'_>,
+        resp: &Response<ProxyBody>,
+    ) {
+        fn named(s: &str) -> Option<&str> {
+            (!s.is_empty()).then_some(s)
+        }
+        let id = resp.headers().get(&X_REQUEST_ID);
+        log.write(&Entry {
+            time: Rfc3339(self.time),
+            request_id: id.and_then(|v| v.to_str().ok()).unwrap_or(""),
+            listener,
+            host: self
+                .host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| self.uri.authority().map(|a| a.as_str())),
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            protocol: match self.version {
+                Version::HTTP_09 => "HTTP/0.9",
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            },
+            service: served.stats.and_then(|s| named(&s.service)),
+            version: served.stats.and_then(|s| named(&s.version)),
+            upstream: served.upstream,
+            status: resp.status().as_u16(),
+            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+}
+
+/// Which version (and endpoint) a request was sent to, for the access log.
+#[derive(Default)]
+struct Served<'t> {
+    stats: Option<&'t KeyStats>,
+    upstream: Option<SocketAddr>,
 }
 
 /// `308` to the same host and path over HTTPS.
@@ -738,6 +819,7 @@ async fn proxy_site<'t>(
     table: &'t ListenerTable,
     mut req: Request<Incoming>,
     abandoned: &mut Abandoned<'t>,
+    served: &mut Served<'t>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let opts = &conn.listener.shared.opts;
@@ -762,6 +844,7 @@ async fn proxy_site<'t>(
         );
     };
     if !route.has_backends() {
+        served.stats = Some(&route.no_backend_stats);
         let msg = format!(
             "ferry-proxy: no backend on listener {} for path {}\n",
             table.id,
@@ -778,6 +861,8 @@ async fn proxy_site<'t>(
     let preferred = route.choose_group(&parts.headers, conn.local_client);
     let preferred_stats = &route.groups[preferred.min(route.groups.len() - 1)].stats;
     abandoned.0 = Some(preferred_stats);
+    served.stats = Some(preferred_stats);
+    let upstream_timeout = route.upstream_timeout.unwrap_or(opts.upstream_timeout);
 
     // Small or empty bodies are buffered so that the request can be sent again.
     let buffered = body.is_end_stream()
@@ -889,7 +974,10 @@ async fn proxy_site<'t>(
     if let Some((_, client)) = upgrade
         && let Some(up) = pending.take()
     {
-        let resp = upgrade_through(conn, route, preferred, up, client, start, request_id).await;
+        let resp = upgrade_through(
+            conn, route, preferred, up, client, start, request_id, served,
+        )
+        .await;
         abandoned.0 = None;
         return resp;
     }
@@ -906,6 +994,8 @@ async fn proxy_site<'t>(
         let group = &route.groups[usize::from(gi)];
         let ep = &group.endpoints[usize::from(ei)];
         abandoned.0 = Some(&group.stats);
+        served.stats = Some(&group.stats);
+        served.upstream = Some(ep.addr);
         if !up.headers().contains_key(header::HOST)
             && let Ok(v) = HeaderValue::from_str(ep.authority.as_str())
         {
@@ -939,7 +1029,7 @@ async fn proxy_site<'t>(
 
         let guard = InFlight::new(ep.clone(), group.stats.clone());
         last_stats = Some(&group.stats);
-        let sent = tokio::time::timeout(opts.upstream_timeout, upstream::send(c, up)).await;
+        let sent = tokio::time::timeout(upstream_timeout, upstream::send(c, up)).await;
         drop(waiting);
         abandoned.0 = None;
         match sent {
@@ -1013,15 +1103,20 @@ async fn proxy_site<'t>(
 }
 
 /// Forwards an upgrade request to one endpoint of the route (on a connection of its own)
-/// and answers with the upstream's response; a `101` leaves the tunnel running.
-async fn upgrade_through(
+/// and answers with the upstream's response; a `101` leaves the tunnel running, counted
+/// in flight for its endpoint (so a replica's drain waits for it) and in its listener's
+/// drain until either side closes it, it stays idle for `idle_timeout`, or the listener's
+/// drain times out.
+#[allow(clippy::too_many_arguments)]
+async fn upgrade_through<'t>(
     conn: &ConnCtx,
-    route: &crate::table::RouteEntry,
+    route: &'t crate::table::RouteEntry,
     preferred: usize,
     up: Request<ReqBody>,
     client: hyper::upgrade::OnUpgrade,
     start: Instant,
     request_id: HeaderValue,
+    served: &mut Served<'t>,
 ) -> Response<ProxyBody> {
     let opts = &conn.listener.shared.opts;
     let mut now = LazyNow::default();
@@ -1037,30 +1132,38 @@ async fn upgrade_through(
     };
     let group = &route.groups[usize::from(gi)];
     let ep = &group.endpoints[usize::from(ei)];
+    served.stats = Some(&group.stats);
+    served.upstream = Some(ep.addr);
     let guard = InFlight::new(ep.clone(), group.stats.clone());
+    let held = tunnel::Held {
+        in_flight: guard,
+        _drain: DrainToken::new(&conn.drain),
+        closed: conn.drain.abort.clone(),
+        idle_timeout: opts.idle_timeout,
+    };
     match tunnel::forward(
         ep.addr,
         opts.connect_timeout,
-        opts.upstream_timeout,
+        route.upstream_timeout.unwrap_or(opts.upstream_timeout),
         up,
         client,
+        held,
     )
     .await
     {
-        Ok(resp) => {
+        Ok((resp, held)) => {
             let (mut rp, rb) = resp.into_parts();
             rp.headers.insert(X_REQUEST_ID.clone(), request_id);
             group.stats.record(rp.status.as_u16(), start.elapsed());
-            if rp.status == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(held) = held else {
                 // `Connection`/`Upgrade` stay: they are the answer's point.
                 return Response::from_parts(rp, ProxyBody::Full(None));
-            }
+            };
             strip_hop_by_hop(&mut rp.headers);
-            let body = UpstreamBody::new(rb, None, conn.worker, guard);
+            let body = UpstreamBody::new(rb, None, conn.worker, held.in_flight);
             Response::from_parts(rp, ProxyBody::Upstream(body))
         }
         Err(e) => {
-            drop(guard);
             if matches!(e, tunnel::TunnelError::Connect(_)) {
                 let ms = i64::try_from(opts.ejection.as_millis()).unwrap_or(i64::MAX / 2);
                 ep.eject(now_ms().saturating_add(ms));

@@ -19,6 +19,7 @@
 pub mod routes;
 pub mod stats;
 
+mod access_log;
 mod admin;
 mod body;
 mod dataplane;
@@ -48,7 +49,8 @@ pub struct ProxyConfig {
 /// Tunables of the data plane; [`run`] uses the defaults.
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
-    /// Time to wait for an upstream's response headers before answering 504.
+    /// Time to wait for an upstream's response headers before answering 504, for routes
+    /// without an `upstream_timeout_ms` of their own.
     pub upstream_timeout: Duration,
     /// Time to establish an upstream connection before ejecting the endpoint.
     pub connect_timeout: Duration,
@@ -56,7 +58,8 @@ pub struct ProxyOptions {
     pub ejection: Duration,
     /// Request bodies up to this size are buffered so the request can be retried.
     pub max_buffered_body: usize,
-    /// How long a removed listener (or the proxy at shutdown) waits for open connections.
+    /// How long a removed listener (or the proxy at shutdown) waits for open connections
+    /// (upgraded tunnels included, which are closed then).
     pub drain_timeout: Duration,
     /// Idle upstream connections are closed after this long.
     pub pool_idle_timeout: Duration,
@@ -70,8 +73,8 @@ pub struct ProxyOptions {
     /// 408). Env `FERRY_PROXY_HEADER_READ_TIMEOUT` for `ferry proxy`; default 30s.
     pub header_read_timeout: Duration,
     /// A client connection on which no byte moved either way, while none of its requests
-    /// waits on an upstream, is closed after between one and two times this. Env
-    /// `FERRY_PROXY_IDLE_TIMEOUT`; default 75s.
+    /// waits on an upstream, is closed after between one and two times this; so is an
+    /// upgraded (WebSocket) tunnel. Env `FERRY_PROXY_IDLE_TIMEOUT`; default 75s.
     pub idle_timeout: Duration,
     /// How often the certificate files of TLS sites are checked for changes.
     pub cert_check_interval: Duration,

@@ -41,6 +41,11 @@ pub struct ListenerConfig {
     /// (the port left out when it is 443). For a plain-HTTP listener beside a TLS one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_https: Option<u16>,
+    /// Append one JSON line per answered request to this file (absolute path; created
+    /// 0640 if missing). Off when absent. Fields: time, request_id, listener, host,
+    /// method, path (no query), protocol, service, version, upstream, status, duration_ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<PathBuf>,
 }
 
 impl ListenerConfig {
@@ -53,6 +58,7 @@ impl ListenerConfig {
             hosts: Vec::new(),
             tls: None,
             redirect_https: None,
+            access_log: None,
         }
     }
 }
@@ -99,7 +105,14 @@ pub struct Route {
     /// Keeps a client (by header or cookie) on the same version while weights change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<StickyRule>,
+    /// Time to wait for an upstream's response head before answering 504, in ms
+    /// (`1..=`[`MAX_UPSTREAM_TIMEOUT_MS`]); absent: the proxy's default (60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_timeout_ms: Option<u64>,
 }
+
+/// Longest [`Route::upstream_timeout_ms`]: one day.
+pub const MAX_UPSTREAM_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 
 /// A request carrying `header` goes to the group of `version`, even at weight 0, as long
 /// as that group has endpoints (otherwise the normal choice applies), when either
@@ -215,6 +228,15 @@ impl RouteTable {
                     )));
                 }
             }
+            if let Some(path) = &l.access_log
+                && !path.is_absolute()
+            {
+                return Err(ValidationError(format!(
+                    "listener {:?}: access_log {} must be an absolute path",
+                    l.id,
+                    path.display()
+                )));
+            }
             if l.redirect_https.is_some() && (l.tls.is_some() || !l.routes.is_empty()) {
                 return Err(ValidationError(format!(
                     "listener {:?}: redirect_https is for a plain listener without routes",
@@ -275,6 +297,14 @@ impl RouteTable {
                     )));
                 }
                 let ctx = || format!("listener {:?} service {:?}", l.id, r.service);
+                if let Some(ms) = r.upstream_timeout_ms
+                    && !(1..=MAX_UPSTREAM_TIMEOUT_MS).contains(&ms)
+                {
+                    return Err(ValidationError(format!(
+                        "{}: upstream_timeout_ms {ms} is not within 1..={MAX_UPSTREAM_TIMEOUT_MS}",
+                        ctx()
+                    )));
+                }
                 if let Some(p) = &r.preview {
                     if http::HeaderName::from_bytes(p.header.as_bytes()).is_err() {
                         return Err(ValidationError(format!(
@@ -342,6 +372,7 @@ mod tests {
                 hosts: vec![],
                 tls: None,
                 redirect_https: None,
+                access_log: None,
                 routes: vec![Route {
                     service: "api".into(),
                     path_prefix: prefix.into(),
@@ -356,6 +387,7 @@ mod tests {
                         .collect(),
                     preview: None,
                     sticky: None,
+                    upstream_timeout_ms: None,
                 }],
             }],
         }
@@ -393,6 +425,27 @@ mod tests {
             t.listeners[1].hosts = vec![bad.into()];
             assert!(t.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn upstream_timeout_and_access_log_validation() {
+        let mut t = table(&[10000], "/");
+        for (ms, ok) in [
+            (Some(1), true),
+            (Some(MAX_UPSTREAM_TIMEOUT_MS), true),
+            (None, true),
+            (Some(0), false),
+            (Some(MAX_UPSTREAM_TIMEOUT_MS + 1), false),
+        ] {
+            t.listeners[0].routes[0].upstream_timeout_ms = ms;
+            assert_eq!(t.validate().is_ok(), ok, "{ms:?}");
+        }
+        t.listeners[0].routes[0].upstream_timeout_ms = None;
+        t.listeners[0].access_log = Some("/var/log/ferry/a.log".into());
+        assert!(t.validate().is_ok());
+        t.listeners[0].access_log = Some("logs/a.log".into());
+        let e = t.validate().expect_err("relative access log");
+        assert!(e.0.contains("absolute path"), "{e}");
     }
 
     #[test]
@@ -443,11 +496,11 @@ mod tests {
     fn new_fields_are_optional_in_json() {
         let old = r#"{"service":"api","path_prefix":"/","backends":[]}"#;
         let r: Route = serde_json::from_str(old).expect("old route json");
-        assert!(r.preview.is_none() && r.sticky.is_none());
+        assert!(r.preview.is_none() && r.sticky.is_none() && r.upstream_timeout_ms.is_none());
         // And are left out when unset, so older readers keep working.
         let back = serde_json::to_string(&r).expect("json");
         assert!(
-            !back.contains("preview") && !back.contains("sticky"),
+            !back.contains("preview") && !back.contains("sticky") && !back.contains("timeout"),
             "{back}"
         );
     }

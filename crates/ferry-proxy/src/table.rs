@@ -4,14 +4,17 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 
+use crate::access_log::AccessLog;
 use crate::metrics::{KeyStats, StatsRegistry};
 use crate::routes::{ListenerConfig, Route, parse_sha256_hex, sticky_bucket};
 use crate::stats::EndpointUsage;
@@ -210,6 +213,8 @@ pub(crate) struct RouteEntry {
     sticky: Option<Sticky>,
     /// Running sum of the group weights, in table order (for sticky buckets).
     cumulative: Box<[u32]>,
+    /// The service's own upstream timeout, if it has one.
+    pub upstream_timeout: Option<Duration>,
 }
 
 /// A compiled [`crate::routes::PreviewRule`].
@@ -319,6 +324,7 @@ impl AddrTable {
         sites: &[&ListenerConfig],
         endpoints: &EndpointRegistry,
         stats: &StatsRegistry,
+        logs: &HashMap<PathBuf, Arc<AccessLog>>,
     ) -> Self {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
@@ -339,7 +345,7 @@ impl AddrTable {
             addr,
             sites: sites
                 .iter()
-                .map(|s| ListenerTable::compile(s, endpoints, stats))
+                .map(|s| ListenerTable::compile(s, endpoints, stats, logs))
                 .collect(),
             exact,
             wildcard,
@@ -405,6 +411,7 @@ pub(crate) struct ListenerTable {
     pub hsts: Option<HeaderValue>,
     /// Redirect everything to HTTPS on this port instead of routing.
     pub redirect_https: Option<u16>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl ListenerTable {
@@ -412,6 +419,7 @@ impl ListenerTable {
         cfg: &ListenerConfig,
         endpoints: &EndpointRegistry,
         stats: &StatsRegistry,
+        logs: &HashMap<PathBuf, Arc<AccessLog>>,
     ) -> Self {
         let mut routes: Vec<RouteEntry> = cfg
             .routes
@@ -460,6 +468,7 @@ impl ListenerTable {
                     preview,
                     sticky: Sticky::compile(r),
                     cumulative,
+                    upstream_timeout: r.upstream_timeout_ms.map(Duration::from_millis),
                 }
             })
             .collect();
@@ -474,6 +483,7 @@ impl ListenerTable {
                 .and_then(|t| t.hsts_max_age_secs)
                 .and_then(|s| HeaderValue::from_str(&format!("max-age={s}")).ok()),
             redirect_https: cfg.redirect_https,
+            access_log: cfg.access_log.as_ref().and_then(|p| logs.get(p).cloned()),
         }
     }
 

@@ -68,6 +68,7 @@ fn canary_table(listen: SocketAddr, canary: SocketAddr, stable: SocketAddr) -> R
             hosts: vec![],
             tls: None,
             redirect_https: None,
+            access_log: None,
             listen,
             routes: vec![Route {
                 service: "api".into(),
@@ -90,6 +91,7 @@ fn canary_table(listen: SocketAddr, canary: SocketAddr, stable: SocketAddr) -> R
                     token_sha256: None,
                 }),
                 sticky: None,
+                upstream_timeout_ms: None,
             }],
         }],
     }

@@ -61,6 +61,7 @@ fn table(generation: u64, listen: SocketAddr, endpoints: &[SocketAddr]) -> Route
             hosts: vec![],
             tls: None,
             redirect_https: None,
+            access_log: None,
             listen,
             routes: vec![Route {
                 service: "web".into(),
@@ -72,6 +73,7 @@ fn table(generation: u64, listen: SocketAddr, endpoints: &[SocketAddr]) -> Route
                 }],
                 preview: None,
                 sticky: None,
+                upstream_timeout_ms: None,
             }],
         }],
     }

@@ -114,6 +114,7 @@ fn table(
             hosts: vec![],
             tls: None,
             redirect_https: None,
+            access_log: None,
             listen,
             routes: routes
                 .into_iter()
@@ -123,6 +124,7 @@ fn table(
                     backends,
                     preview: None,
                     sticky: None,
+                    upstream_timeout_ms: None,
                 })
                 .collect(),
         }],
@@ -139,6 +141,18 @@ impl Harness {
     async fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let proxy = spawn_for_test(dir.path()).await.unwrap();
+        Harness {
+            proxy,
+            http: reqwest::Client::new(),
+            _dir: Some(dir),
+        }
+    }
+
+    async fn with_options(options: ferry_proxy::ProxyOptions) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = ferry_proxy::spawn_for_test_with(dir.path(), options)
+            .await
+            .unwrap();
         Harness {
             proxy,
             http: reqwest::Client::new(),
@@ -179,6 +193,41 @@ impl Harness {
             .json()
             .await
             .unwrap()
+    }
+
+    /// `GET /v1/endpoints/{addr}`: (listed, in_flight).
+    async fn usage(&self, addr: SocketAddr) -> (u64, u64) {
+        let u: ferry_proxy::stats::EndpointUsage = self
+            .http
+            .get(self.admin(&format!("/v1/endpoints/{addr}")))
+            .bearer_auth(&self.proxy.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (u.listed, u.in_flight)
+    }
+
+    /// Polls (bounded) until `addr`'s (listed, in_flight) satisfies `pred`.
+    async fn wait_usage(&self, addr: SocketAddr, pred: impl Fn((u64, u64)) -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let u = self.usage(addr).await;
+            if pred(u) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "usage of {addr} (listed, in flight): {u:?} after 20s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn wait_in_flight(&self, addr: SocketAddr, want: u64) {
+        self.wait_usage(addr, |(_, n)| n == want).await;
     }
 
     async fn stop(self) {
@@ -632,6 +681,7 @@ async fn admin_auth_stale_generation_and_bind_conflict() {
         hosts: vec![],
         tls: None,
         redirect_https: None,
+        access_log: None,
         listen: busy,
         routes: vec![],
     });
@@ -804,6 +854,7 @@ async fn removed_listener_drains_in_flight_requests() {
         hosts: vec![],
         tls: None,
         redirect_https: None,
+        access_log: None,
         listen: keep,
         routes: t.listeners[0].routes.clone(),
     });
@@ -1390,4 +1441,277 @@ async fn upgrades_are_tunnelled_both_ways() {
     );
     h.stop().await;
     task.abort();
+}
+
+/// Opens an `Upgrade: echo` tunnel through the proxy on `listen` and checks it echoes.
+async fn open_tunnel(listen: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut client = tokio::net::TcpStream::connect(listen).await.unwrap();
+    client
+        .write_all(
+            b"GET /socket HTTP/1.1\r\nhost: shop\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert_echoes(&mut client).await;
+    client
+}
+
+async fn assert_echoes(client: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    client.write_all(b"ping").await.unwrap();
+    let mut answer = [0u8; 4];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.read_exact(&mut answer),
+    )
+    .await
+    .expect("echo within 10s")
+    .unwrap();
+    assert_eq!(&answer, b"PING");
+}
+
+/// Waits (bounded) until the proxy closes `client`'s connection; returns how long it took.
+async fn wait_closed(
+    client: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> std::time::Duration {
+    use tokio::io::AsyncReadExt;
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(within, client.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("the tunnel is still open after {within:?}"));
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    t.elapsed()
+}
+
+/// The defect: the endpoint's in-flight count dropped as soon as the upstream answered 101,
+/// so a replica's drain did not wait for its open WebSockets.
+#[tokio::test]
+async fn an_open_tunnel_counts_as_in_flight_until_it_closes() {
+    let h = Harness::new().await;
+    let (up, task) = upgrading_upstream().await;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![("ws", "/", vec![group("v1", 10000, &[up])])],
+    ))
+    .await;
+    let mut client = open_tunnel(listen).await;
+    // Still in flight while open, even once no table lists the endpoint any more.
+    h.put_ok(&table(2, listen, vec![("ws", "/", vec![])])).await;
+    h.wait_usage(up, |u| u == (0, 1)).await;
+    let v1 = h.stats().await;
+    let v1 = v1.versions.iter().find(|v| v.version == "v1").unwrap();
+    assert_eq!(v1.in_flight, 1);
+    assert_echoes(&mut client).await;
+    drop(client);
+    h.wait_in_flight(up, 0).await;
+    h.stop().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn idle_tunnels_are_closed() {
+    let idle = std::time::Duration::from_millis(300);
+    let h = Harness::with_options(ferry_proxy::ProxyOptions {
+        idle_timeout: idle,
+        workers: 2,
+        ..ferry_proxy::ProxyOptions::default()
+    })
+    .await;
+    let (up, task) = upgrading_upstream().await;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![("ws", "/", vec![group("v1", 10000, &[up])])],
+    ))
+    .await;
+    let mut client = open_tunnel(listen).await;
+    // Traffic keeps it open past the idle timeout...
+    for _ in 0..4 {
+        tokio::time::sleep(idle / 2).await;
+        assert_echoes(&mut client).await;
+    }
+    // ...silence closes it (after one to two idle timeouts), and the endpoint is free.
+    let took = wait_closed(&mut client, std::time::Duration::from_secs(20)).await;
+    assert!(took >= idle, "closed after {took:?}");
+    h.wait_in_flight(up, 0).await;
+    h.stop().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_removed_listener_waits_for_its_tunnels_until_the_drain_timeout() {
+    let drain = std::time::Duration::from_millis(1500);
+    let h = Harness::with_options(ferry_proxy::ProxyOptions {
+        drain_timeout: drain,
+        workers: 2,
+        ..ferry_proxy::ProxyOptions::default()
+    })
+    .await;
+    let (up, task) = upgrading_upstream().await;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![("ws", "/", vec![group("v1", 10000, &[up])])],
+    ))
+    .await;
+    let mut client = open_tunnel(listen).await;
+    let removed = std::time::Instant::now();
+    h.put_ok(&RouteTable {
+        generation: 2,
+        listeners: vec![],
+    })
+    .await;
+    // The drain lets it work meanwhile, then closes it.
+    assert_echoes(&mut client).await;
+    wait_closed(&mut client, std::time::Duration::from_secs(20)).await;
+    assert!(
+        removed.elapsed() >= drain,
+        "closed after {:?}",
+        removed.elapsed()
+    );
+    h.wait_in_flight(up, 0).await;
+    h.stop().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn the_upstream_timeout_is_per_route() {
+    let h = Harness::new().await;
+    let up = Upstream::start("api").await;
+    let listen = free_port();
+    let mut t = table(
+        1,
+        listen,
+        vec![("web", "/", vec![group("v1", 10000, &[up.addr])])],
+    );
+    // The upstream answers /slow after 300 ms.
+    t.listeners[0].routes[0].upstream_timeout_ms = Some(100);
+    h.put_ok(&t).await;
+    let (status, body) = get(&h.http, &format!("http://{listen}/slow")).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("timed out"), "{body}");
+    // Without one of its own, the route has the proxy's default (60 s).
+    t.generation = 2;
+    t.listeners[0].routes[0].upstream_timeout_ms = None;
+    h.put_ok(&t).await;
+    assert_eq!(
+        get(&h.http, &format!("http://{listen}/slow")).await,
+        (200, "api".into())
+    );
+    h.stop().await;
+    up.stop().await;
+}
+
+#[tokio::test]
+async fn the_access_log_has_one_json_line_per_answer() {
+    let h = Harness::new().await;
+    let up = Upstream::start("api").await;
+    let listen = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let mut t = table(
+        1,
+        listen,
+        vec![
+            ("api", "/api", vec![group("v1", 10000, &[up.addr])]),
+            ("api", "/fail", vec![group("v1", 10000, &[up.addr])]),
+        ],
+    );
+    t.listeners[0].access_log = Some(log.clone());
+    h.put_ok(&t).await;
+    let r = h
+        .http
+        .get(format!("http://{listen}/api/cart?token=s3cret"))
+        .header("x-request-id", "log-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        h.http
+            .post(format!("http://{listen}/fail"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        500
+    );
+    let r = h
+        .http
+        .get(format!("http://{listen}/other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let generated_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 3 || std::time::Instant::now() > deadline {
+            break text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let (ok, fail, unrouted) = (&lines[0], &lines[1], &lines[2]);
+    assert_eq!(ok["request_id"], "log-1");
+    assert_eq!(ok["listener"], "shop/prod");
+    assert_eq!(ok["host"], listen.to_string());
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(
+        ok["path"], "/api/cart",
+        "no query string (it may carry secrets)"
+    );
+    assert_eq!(ok["protocol"], "HTTP/1.1");
+    assert_eq!(ok["service"], "api");
+    assert_eq!(ok["version"], "v1");
+    assert_eq!(ok["upstream"], up.addr.to_string());
+    assert_eq!(ok["status"], 200);
+    assert!(ok["duration_ms"].as_f64().unwrap() > 0.0, "{ok}");
+    let time = ok["time"].as_str().unwrap();
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "{time}"
+    );
+    assert_eq!(
+        (fail["method"].as_str(), fail["status"].as_u64()),
+        (Some("POST"), Some(500))
+    );
+    assert_eq!(unrouted["status"], 503);
+    assert_eq!(unrouted["request_id"], generated_id.as_str());
+    assert!(
+        unrouted["service"].is_null() && unrouted["upstream"].is_null(),
+        "{unrouted}"
+    );
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("s3cret"));
+
+    // A relative path is refused with a located error; a file that cannot be opened is a
+    // warning, and the site serves unlogged.
+    let mut bad = t.clone();
+    bad.generation = 2;
+    bad.listeners[0].access_log = Some("access.log".into());
+    let r = h.put(&bad).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("absolute path"));
+    bad.listeners[0].access_log = Some(dir.path().join("missing/dir/access.log"));
+    let r = h.put(&bad).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("cannot open access log"));
+    assert_eq!(get(&h.http, &format!("http://{listen}/api/x")).await.0, 200);
+    h.stop().await;
+    up.stop().await;
 }

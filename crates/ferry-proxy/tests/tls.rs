@@ -132,6 +132,7 @@ fn site(
                 }],
                 preview: None,
                 sticky: None,
+                upstream_timeout_ms: None,
             })
             .collect(),
     );

@@ -244,6 +244,8 @@ pub(super) fn example(path: &[Seg]) -> Option<&'static str> {
         [.., "timeout"] => "timeout: 500ms",
         [.., "stop_timeout"] => "stop_timeout: 10s",
         [.., "drain_timeout"] => "drain_timeout: 60s",
+        [.., "upstream_timeout"] => "upstream_timeout: 60s",
+        [.., "access_log"] => "access_log: /var/log/ferry/shop-production.access.log",
         [.., "start_timeout"] => "start_timeout: 30s",
         [.., "healthy_threshold"] => "healthy_threshold: 2",
         [.., "unhealthy_threshold"] => "unhealthy_threshold: 3",

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::tree::{Node, Seg, path_string};
 use super::{
@@ -759,6 +760,18 @@ fn check_site(out: &mut Issues, base: &[Seg], env: &crate::manifest::Environment
             );
         }
     }
+    if let Some(d) = env.upstream_timeout {
+        upstream_timeout(out, with(base, "upstream_timeout"), d);
+    }
+    if let Some(file) = &env.access_log
+        && !std::path::Path::new(file).is_absolute()
+    {
+        out.value(
+            with(base, "access_log"),
+            "`access_log` must be the absolute path of a file on the server's machine",
+            Some("e.g. `/var/log/ferry/shop-production.access.log`".into()),
+        );
+    }
     let Some(tls) = &env.tls else { return };
     let tpath = with(base, "tls");
     for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
@@ -899,6 +912,9 @@ fn check_service(out: &mut Issues, base: &[Seg], s: &Service) {
     }
     positive(out, with(base, "stop_timeout"), s.stop_timeout);
     positive(out, with(base, "drain_timeout"), s.drain_timeout);
+    if let Some(d) = s.upstream_timeout {
+        upstream_timeout(out, with(base, "upstream_timeout"), d);
+    }
     if !s.health.timeout.0.is_zero() && s.health.timeout > s.health.interval {
         out.value(
             with(&health, "timeout"),
@@ -1212,6 +1228,25 @@ fn check_freeze_window(out: &mut Issues, wpath: &[Seg], w: &FreezeWindow) {
 /// Longest `bake`: a deployment stays in progress (holding its environment) meanwhile.
 const MAX_BAKE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// Longest `upstream_timeout` (the proxy's bound too).
+const MAX_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+fn upstream_timeout(out: &mut Issues, path: Vec<Seg>, d: HumanDuration) {
+    if d.0 > MAX_UPSTREAM_TIMEOUT {
+        out.value(
+            path,
+            format!("upstream_timeout {d} is longer than 24h"),
+            Some("e.g. `60s` or `5m`".into()),
+        );
+    } else if d.0 < Duration::from_millis(1) {
+        out.value(
+            path,
+            format!("upstream_timeout {d} is shorter than 1ms"),
+            Some("e.g. `60s` or `5m`".into()),
+        );
+    }
+}
+
 fn positive(out: &mut Issues, path: Vec<Seg>, d: HumanDuration) {
     if d.0.is_zero() {
         out.value(
@@ -1445,6 +1480,39 @@ mod tests {
             );
         }
         assert_eq!(bad.len(), 4, "{bad:?}");
+    }
+
+    #[test]
+    fn upstream_timeouts_and_access_logs_are_checked() {
+        let ok = site_errors(
+            "{ listen: \"127.0.0.1:8081\", upstream_timeout: 5m, access_log: /var/log/ferry/shop.log }",
+            "{ listen: \"127.0.0.1:8082\", upstream_timeout: 24h }",
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let bad = site_errors(
+            "{ listen: \"127.0.0.1:8081\", upstream_timeout: 0s, access_log: logs/shop.log }",
+            "{ listen: \"127.0.0.1:8082\", upstream_timeout: 25h }",
+        );
+        for expected in [
+            "environments.staging.upstream_timeout: upstream_timeout 0s is shorter than 1ms",
+            "environments.staging.access_log: `access_log` must be the absolute path",
+            "environments.production.upstream_timeout: upstream_timeout 1day 1h is longer than 24h",
+        ] {
+            assert!(
+                bad.iter().any(|e| e.starts_with(expected)),
+                "{expected}: {bad:?}"
+            );
+        }
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        let text = "app: shop\nservices:\n  web:\n    run: [./web]\n    upstream_timeout: 2d\nenvironments:\n  staging: { listen: \"127.0.0.1:8081\" }\n";
+        let e = crate::manifest::parse(text, "ferry.yaml").expect_err("2d is too long");
+        assert!(
+            e.errors
+                .iter()
+                .any(|e| e.path == "services.web.upstream_timeout"),
+            "{:?}",
+            e.errors
+        );
     }
 
     // -- after, soak and freeze ----------------------------------------------------------

@@ -153,12 +153,18 @@ impl Controller {
                             .collect(),
                         None => backends.clone(),
                     };
+                    // The service's own, else the environment's (else the proxy's 60 s).
+                    let upstream_timeout_ms = service
+                        .upstream_timeout
+                        .or(env.upstream_timeout)
+                        .map(|d| u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX));
                     preview_routes.push(Route {
                         service: service_name.clone(),
                         path_prefix: service.route.clone(),
                         backends: preview_backends,
                         preview: None,
                         sticky: None,
+                        upstream_timeout_ms,
                     });
                     routes.push(Route {
                         service: service_name.clone(),
@@ -166,11 +172,13 @@ impl Controller {
                         backends,
                         preview,
                         sticky,
+                        upstream_timeout_ms,
                     });
                 }
                 let mut site =
                     ListenerConfig::new(format!("{}/{env_name}", app.name), listen, routes);
                 site.hosts = env.hosts.clone();
+                site.access_log = env.access_log.as_ref().map(Into::into);
                 site.tls = env.tls.as_ref().map(|t| TlsFiles {
                     cert: t.cert.clone().into(),
                     key: t.key.clone().into(),
@@ -187,6 +195,7 @@ impl Controller {
                         vec![],
                     );
                     r.hosts = env.hosts.clone();
+                    r.access_log = env.access_log.as_ref().map(Into::into);
                     r.redirect_https = Some(listen.port());
                     listeners.push(r);
                 }
@@ -196,11 +205,13 @@ impl Controller {
                 }) = &env.strategy
                     && let Ok(listen) = preview.parse::<SocketAddr>()
                 {
-                    listeners.push(ListenerConfig::new(
+                    let mut p = ListenerConfig::new(
                         format!("{}/{env_name}/preview", app.name),
                         listen,
                         preview_routes,
-                    ));
+                    );
+                    p.access_log = env.access_log.as_ref().map(Into::into);
+                    listeners.push(p);
                 }
                 let summary = if summary.is_empty() {
                     "no ready replicas".to_string()
