@@ -15,11 +15,10 @@
 //! - Like replica processes, containers outlive the server: dropping the runtime detaches.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -34,24 +33,18 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
-use ferry_core::model::ReplicaState;
 use futures_util::StreamExt;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::runtime::{
     BoxFuture, ContainerSpec, Instance, LogLines, Runtime, TaskEnd, TaskOutcome, TaskOutput,
     TaskSpec,
 };
+use crate::supervisor::{Done, Driver, Started, Supervisor};
 use crate::{
-    Done, HealthSpec, ProcessIdentity, ReplicaSpec, ReplicaStatus, RuntimeError, RuntimeEvent,
+    DetachOnDrop, ProcessIdentity, ReplicaSpec, ReplicaStatus, RuntimeError, RuntimeEvent,
 };
 
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
-const FAST_HEALTH_POLL: Duration = Duration::from_millis(50);
-const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
 /// How often a container is inspected when the engine's wait call failed.
 const EXIT_POLL: Duration = Duration::from_millis(500);
 /// Grace for containers stopped without a spec (discarded, leftovers).
@@ -80,65 +73,31 @@ pub enum Network {
 /// Starts and supervises containers. Cheap to clone.
 #[derive(Clone)]
 pub struct DockerRuntime {
-    inner: Arc<Inner>,
+    sup: Arc<Supervisor<Engine>>,
     _detach: Arc<DetachOnDrop>,
 }
 
-struct DetachOnDrop(CancellationToken);
-
-impl Drop for DetachOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
-struct Inner {
+/// The engine connection: the Docker runtime's [`Driver`] (a replica's instance is one
+/// container, restarted in place when it exits).
+struct Engine {
     docker: Docker,
     owner: String,
     /// Short hash of the owner, in container names (unique per engine).
     prefix: String,
     network: Network,
-    events: broadcast::Sender<RuntimeEvent>,
-    replicas: Mutex<HashMap<String, Arc<Replica>>>,
-    http: reqwest::Client,
-    detach: CancellationToken,
     tasks: AtomicU64,
-}
-
-struct Replica {
-    spec: ReplicaSpec,
-    shared: Mutex<Shared>,
-    stop: CancellationToken,
-    done: watch::Sender<Done>,
-}
-
-#[derive(Debug, Clone)]
-struct Shared {
-    state: ReplicaState,
-    container: String,
-    pid: Option<u32>,
-    restarts: u32,
-    ever_healthy: bool,
-    last_exit: Option<String>,
-    healthy_since: Option<Instant>,
-}
-
-impl Replica {
-    fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl std::fmt::Debug for DockerRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerRuntime")
-            .field("owner", &self.inner.owner)
-            .field("network", &self.inner.network)
+            .field("owner", &self.sup.driver.owner)
+            .field("network", &self.sup.driver.network)
             .finish()
     }
 }
 
-fn engine(what: impl Into<String>) -> impl FnOnce(EngineError) -> RuntimeError {
+fn engine_error(what: impl Into<String>) -> impl FnOnce(EngineError) -> RuntimeError {
     let what = what.into();
     move |source| RuntimeError::Engine {
         what,
@@ -167,10 +126,12 @@ impl DockerRuntime {
     pub async fn connect(socket: &Path, owner: &str) -> Result<DockerRuntime, RuntimeError> {
         let socket = socket.display().to_string();
         let docker = Docker::connect_with_unix(&socket, 120, bollard::API_DEFAULT_VERSION)
-            .map_err(engine(format!("cannot use the Docker engine at {socket}")))?
+            .map_err(engine_error(format!(
+                "cannot use the Docker engine at {socket}"
+            )))?
             .negotiate_version()
             .await
-            .map_err(engine(format!(
+            .map_err(engine_error(format!(
                 "the Docker engine at {socket} does not answer"
             )))?;
         let network = match docker
@@ -182,51 +143,42 @@ impl DockerRuntime {
         {
             Ok(_) => Network::Bridge,
             Err(e) if is_status(&e, 404) => Network::Host,
-            Err(e) => return Err(engine("listing the engine's networks")(e)),
+            Err(e) => return Err(engine_error("listing the engine's networks")(e)),
         };
         Ok(Self::with(docker, owner, network))
     }
 
     fn with(docker: Docker, owner: &str, network: Network) -> DockerRuntime {
-        let (events, _) = broadcast::channel(1024);
-        let detach = CancellationToken::new();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        let sup = Supervisor::new(Engine {
+            docker,
+            owner: owner.to_string(),
+            prefix: short_hash(owner),
+            network,
+            tasks: AtomicU64::new(0),
+        });
+        let detach = sup.detach.clone();
         DockerRuntime {
-            inner: Arc::new(Inner {
-                docker,
-                owner: owner.to_string(),
-                prefix: short_hash(owner),
-                network,
-                events,
-                replicas: Mutex::new(HashMap::new()),
-                http,
-                detach: detach.clone(),
-                tasks: AtomicU64::new(0),
-            }),
+            sup,
             _detach: Arc::new(DetachOnDrop(detach)),
         }
     }
 
     pub fn network(&self) -> Network {
-        self.inner.network
+        self.sup.driver.network
     }
 
     /// Every container this server owns, running or not (by label).
     pub async fn containers(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
-        self.inner.find(&[]).await
+        self.sup.driver.find(&[]).await
     }
 
     /// Removes the owned replica containers whose replica id is not in `keep` and that are not
     /// supervised (left by a crash between a stop and the forgetting of its row); returns
     /// how many.
     pub async fn remove_orphans(&self, keep: &[String]) -> Result<usize, RuntimeError> {
-        let supervised: Vec<String> = self.inner.replicas().keys().cloned().collect();
+        let supervised: Vec<String> = self.sup.replicas().keys().cloned().collect();
         let mut removed = 0;
-        for container in self.inner.find(&[]).await? {
+        for container in self.sup.driver.find(&[]).await? {
             let Some(replica) = label(&container, LABEL_REPLICA) else {
                 continue;
             };
@@ -234,7 +186,7 @@ impl DockerRuntime {
                 continue;
             }
             if let Some(id) = &container.id {
-                self.inner.remove(id, DISCARD_GRACE_SECS).await;
+                self.sup.driver.remove(id, DISCARD_GRACE_SECS).await;
                 removed += 1;
             }
         }
@@ -243,9 +195,9 @@ impl DockerRuntime {
 
     /// Stops and removes every container this server owns (teardown); returns how many.
     pub async fn remove_all(&self) -> Result<usize, RuntimeError> {
-        let found = self.inner.find(&[]).await?;
+        let found = self.sup.driver.find(&[]).await?;
         for id in found.iter().filter_map(|c| c.id.as_deref()) {
-            self.inner.remove(id, DISCARD_GRACE_SECS).await;
+            self.sup.driver.remove(id, DISCARD_GRACE_SECS).await;
         }
         Ok(found.len())
     }
@@ -253,104 +205,54 @@ impl DockerRuntime {
     /// Stops and removes the containers of a task (by its name), e.g. one a dead server left
     /// running; returns how many.
     pub async fn discard_task(&self, name: &str) -> Result<usize, RuntimeError> {
-        let found = self.inner.find(&[(LABEL_TASK, name)]).await?;
+        let found = self.sup.driver.find(&[(LABEL_TASK, name)]).await?;
         for id in found.iter().filter_map(|c| c.id.as_deref()) {
-            self.inner.remove(id, 1).await;
+            self.sup.driver.remove(id, 1).await;
         }
         Ok(found.len())
     }
 
     async fn start_replica(&self, spec: ReplicaSpec) -> Result<Instance, RuntimeError> {
         crate::validate_id(&spec.id)?;
-        if let Some(existing) = self.inner.replicas().get(&spec.id) {
-            return Err(RuntimeError::AlreadySupervised {
-                id: spec.id.clone(),
-                pid: existing.shared().pid,
-            });
-        }
-        let inner = &self.inner;
+        Supervisor::<Engine>::ensure_absent(&self.sup.replicas(), &spec.id)?;
+        let engine = &self.sup.driver;
         let Some(container) = &spec.container else {
             return Err(RuntimeError::NoImage {
                 id: spec.id.clone(),
             });
         };
-        let image_user = inner.ensure_image(container).await?;
+        let image_user = engine.ensure_image(container).await?;
         let user = effective_user(&spec.id, container, image_user.as_deref())?;
-        let name = format!("ferry-{}-{}", inner.prefix, container_name(&spec.id));
-        let mut labels = container_labels(&inner.owner, &spec.app, &spec.env, container);
-        labels.insert(LABEL_SERVICE.into(), spec.service.clone());
-        labels.insert(LABEL_VERSION.into(), spec.version.clone());
-        labels.insert(LABEL_REPLICA.into(), spec.id.clone());
-        let mut env = vec![
-            format!("PORT={}", spec.port),
-            format!("VERSION={}", spec.version),
-            format!("FERRY_APP={}", spec.app),
-            format!("FERRY_ENV={}", spec.env),
-            format!("FERRY_SERVICE={}", spec.service),
-        ];
-        env.extend(spec.env_vars.iter().map(|(k, v)| format!("{k}={v}")));
-        let cmd: Vec<String> = spec
-            .argv
-            .iter()
-            .map(|a| {
-                a.replace("${PORT}", &spec.port.to_string())
-                    .replace("${VERSION}", &spec.version)
-            })
-            .collect();
-        let body = ContainerCreateBody {
-            image: Some(container.image.clone()),
-            cmd: (!cmd.is_empty()).then_some(cmd),
-            env: Some(env),
-            user: Some(user.clone()),
-            labels: Some(labels),
-            stop_signal: container.stop_signal.clone(),
-            stop_timeout: Some(secs(spec.stop_timeout)),
-            exposed_ports: (inner.network == Network::Bridge)
-                .then(|| vec![format!("{}/tcp", spec.port)]),
-            host_config: Some(inner.host_config(container, &user, Some(spec.port))),
-            ..ContainerCreateBody::default()
-        };
-        let id = inner.create(&name, body).await?;
-        if let Err(e) = inner.docker.start_container(&id, None).await {
-            inner.remove(&id, 0).await;
-            return Err(engine(format!(
+        let name = format!("ferry-{}-{}", engine.prefix, container_name(&spec.id));
+        let body = engine.replica_body(&spec, container, user);
+        let id = engine.create(&name, body).await?;
+        if let Err(e) = engine.docker.start_container(&id, None).await {
+            engine.remove(&id, 0).await;
+            return Err(engine_error(format!(
                 "replica {}: cannot start its container",
                 spec.id
             ))(e));
         }
-        let pid = inner.pid(&id).await;
-        let replica = Arc::new(Replica {
-            spec,
-            shared: Mutex::new(Shared {
-                state: ReplicaState::Starting,
-                container: id.clone(),
-                pid,
-                restarts: 0,
-                ever_healthy: false,
-                last_exit: None,
-                healthy_since: None,
-            }),
-            stop: CancellationToken::new(),
-            done: watch::channel(Done::Running).0,
-        });
-        inner
-            .replicas()
-            .insert(replica.spec.id.clone(), replica.clone());
-        inner.emit(RuntimeEvent::Started {
-            id: replica.spec.id.clone(),
-            instance: Instance::Container(id.clone()),
-        });
-        tokio::spawn(supervise(inner.clone(), replica));
-        Ok(Instance::Container(id))
+        let pid = engine.pid(&id).await;
+        let instance = Instance::Container(id.clone());
+        let started = Started {
+            running: id,
+            instance: instance.clone(),
+            pid,
+        };
+        let mut replicas = self.sup.replicas();
+        Supervisor::<Engine>::ensure_absent(&replicas, &spec.id)?;
+        self.sup.supervise(&mut replicas, spec, started, true);
+        Ok(instance)
     }
 
     async fn adopt_replica(&self, spec: ReplicaSpec) -> Result<bool, RuntimeError> {
         crate::validate_id(&spec.id)?;
-        let inner = &self.inner;
-        if inner.replicas().contains_key(&spec.id) {
+        let engine = &self.sup.driver;
+        if self.sup.replicas().contains_key(&spec.id) {
             return Ok(true);
         }
-        let mut found = inner.find(&[(LABEL_REPLICA, &spec.id)]).await?;
+        let mut found = engine.find(&[(LABEL_REPLICA, &spec.id)]).await?;
         // The newest running one is kept; any other is a duplicate (or dead): removed.
         found.sort_by_key(|c| std::cmp::Reverse(c.created.unwrap_or(0)));
         let running = found
@@ -360,49 +262,24 @@ impl DockerRuntime {
             if Some(i) != running
                 && let Some(id) = &container.id
             {
-                inner.remove(id, DISCARD_GRACE_SECS).await;
+                engine.remove(id, DISCARD_GRACE_SECS).await;
             }
         }
         let Some(id) = running.and_then(|i| found[i].id.clone()) else {
             return Ok(false);
         };
-        let pid = inner.pid(&id).await;
-        let replica = Arc::new(Replica {
-            spec,
-            shared: Mutex::new(Shared {
-                state: ReplicaState::Starting,
-                container: id,
-                pid,
-                restarts: 0,
-                ever_healthy: false,
-                last_exit: None,
-                healthy_since: None,
-            }),
-            stop: CancellationToken::new(),
-            done: watch::channel(Done::Running).0,
-        });
-        inner
-            .replicas()
-            .insert(replica.spec.id.clone(), replica.clone());
-        tokio::spawn(supervise(inner.clone(), replica));
-        Ok(true)
-    }
-
-    async fn stop_replica(&self, id: &str) -> Result<(), RuntimeError> {
-        let Some(replica) = self.inner.replicas().get(id).cloned() else {
-            return Ok(());
+        let pid = engine.pid(&id).await;
+        let started = Started {
+            running: id.clone(),
+            instance: Instance::Container(id),
+            pid,
         };
-        replica.stop.cancel();
-        let mut done = replica.done.subscribe();
-        let _ = done.wait_for(|d| *d != Done::Running).await;
-        let mut replicas = self.inner.replicas();
-        if replicas
-            .get(id)
-            .is_some_and(|current| Arc::ptr_eq(current, &replica))
-        {
-            replicas.remove(id);
+        let mut replicas = self.sup.replicas();
+        if replicas.contains_key(&spec.id) {
+            return Ok(true);
         }
-        Ok(())
+        self.sup.supervise(&mut replicas, spec, started, false);
+        Ok(true)
     }
 
     async fn task(
@@ -411,20 +288,20 @@ impl DockerRuntime {
         started: Option<oneshot::Sender<Instance>>,
     ) -> Result<TaskOutcome, RuntimeError> {
         let began = Instant::now();
-        let inner = &self.inner;
+        let engine = &self.sup.driver;
         let Some(container) = &spec.container else {
             return crate::task::run(spec, started).await;
         };
-        let image_user = inner.ensure_image(container).await?;
+        let image_user = engine.ensure_image(container).await?;
         let user = effective_user(&spec.name, container, image_user.as_deref())?;
-        let serial = inner.tasks.fetch_add(1, Ordering::Relaxed);
+        let serial = engine.tasks.fetch_add(1, Ordering::Relaxed);
         let name = format!(
             "ferry-{}-task-{}-{}-{serial}",
-            inner.prefix,
+            engine.prefix,
             container_name(&spec.name),
             std::process::id()
         );
-        let mut labels = container_labels(&inner.owner, &spec.app, &spec.env, container);
+        let mut labels = container_labels(&engine.owner, &spec.app, &spec.env, container);
         labels.insert(LABEL_TASK.into(), spec.name.clone());
         let body = ContainerCreateBody {
             image: Some(container.image.clone()),
@@ -438,20 +315,20 @@ impl DockerRuntime {
             user: Some(user.clone()),
             labels: Some(labels),
             stop_signal: container.stop_signal.clone(),
-            host_config: Some(inner.host_config(container, &user, None)),
+            host_config: Some(engine.host_config(container, &user, None)),
             ..ContainerCreateBody::default()
         };
-        let id = inner.create(&name, body).await?;
+        let id = engine.create(&name, body).await?;
         // From here on the container goes, whatever happens (even if this future is dropped).
         let _guard = RemoveOnDrop {
-            docker: inner.docker.clone(),
+            docker: engine.docker.clone(),
             id: id.clone(),
         };
-        inner
+        engine
             .docker
             .start_container(&id, None)
             .await
-            .map_err(engine(format!(
+            .map_err(engine_error(format!(
                 "task {}: cannot start its container",
                 spec.name
             )))?;
@@ -459,14 +336,14 @@ impl DockerRuntime {
             let _ = started.send(Instance::Container(id.clone()));
         }
         let output = tokio::spawn(collect_output(
-            inner.docker.clone(),
+            engine.docker.clone(),
             id.clone(),
             spec.output.clone(),
         ));
-        let end = match tokio::time::timeout(spec.timeout, wait_exit(&inner.docker, &id)).await {
+        let end = match tokio::time::timeout(spec.timeout, wait_exit(&engine.docker, &id)).await {
             Ok(code) => code.map_or(TaskEnd::Signalled(0), TaskEnd::Exited),
             Err(_) => {
-                inner.remove(&id, 0).await;
+                engine.remove(&id, 0).await;
                 TaskEnd::TimedOut
             }
         };
@@ -506,14 +383,54 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-impl Inner {
-    fn replicas(&self) -> MutexGuard<'_, HashMap<String, Arc<Replica>>> {
-        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn emit(&self, event: RuntimeEvent) {
-        tracing::debug!(?event, "runtime event");
-        let _ = self.events.send(event);
+impl Engine {
+    /// How a replica's container is created: labels, environment (with `HOST`, the address
+    /// to listen on: 127.0.0.1 on the host's network, 0.0.0.0 behind a bridge, where only
+    /// the published port reaches it), command, user, limits, network.
+    fn replica_body(
+        &self,
+        spec: &ReplicaSpec,
+        container: &ContainerSpec,
+        user: String,
+    ) -> ContainerCreateBody {
+        let mut labels = container_labels(&self.owner, &spec.app, &spec.env, container);
+        labels.insert(LABEL_SERVICE.into(), spec.service.clone());
+        labels.insert(LABEL_VERSION.into(), spec.version.clone());
+        labels.insert(LABEL_REPLICA.into(), spec.id.clone());
+        let host = match self.network {
+            Network::Host => Ipv4Addr::LOCALHOST,
+            Network::Bridge => Ipv4Addr::UNSPECIFIED,
+        };
+        let mut env = vec![
+            format!("PORT={}", spec.port),
+            format!("HOST={host}"),
+            format!("VERSION={}", spec.version),
+            format!("FERRY_APP={}", spec.app),
+            format!("FERRY_ENV={}", spec.env),
+            format!("FERRY_SERVICE={}", spec.service),
+        ];
+        env.extend(spec.env_vars.iter().map(|(k, v)| format!("{k}={v}")));
+        let cmd: Vec<String> = spec
+            .argv
+            .iter()
+            .map(|a| {
+                a.replace("${PORT}", &spec.port.to_string())
+                    .replace("${VERSION}", &spec.version)
+            })
+            .collect();
+        ContainerCreateBody {
+            image: Some(container.image.clone()),
+            cmd: (!cmd.is_empty()).then_some(cmd),
+            env: Some(env),
+            host_config: Some(self.host_config(container, &user, Some(spec.port))),
+            user: Some(user),
+            labels: Some(labels),
+            stop_signal: container.stop_signal.clone(),
+            stop_timeout: Some(secs(spec.stop_timeout)),
+            exposed_ports: (self.network == Network::Bridge)
+                .then(|| vec![format!("{}/tcp", spec.port)]),
+            ..ContainerCreateBody::default()
+        }
     }
 
     /// Owned containers (all states) with these labels too.
@@ -528,7 +445,7 @@ impl Inner {
         self.docker
             .list_containers(Some(options))
             .await
-            .map_err(engine("listing containers"))
+            .map_err(engine_error("listing containers"))
     }
 
     /// Stops (`grace` seconds) and removes a container; gone already is fine.
@@ -561,7 +478,7 @@ impl Inner {
         };
         created
             .map(|r| r.id)
-            .map_err(engine(format!("cannot create container {name}")))
+            .map_err(engine_error(format!("cannot create container {name}")))
     }
 
     /// The container's main process on the host, when visible.
@@ -585,7 +502,7 @@ impl Inner {
         match self.docker.inspect_image(&spec.image).await {
             Ok(inspect) => return Ok(user_of(inspect)),
             Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(engine(format!("inspecting image {}", spec.image))(e)),
+            Err(e) => return Err(engine_error(format!("inspecting image {}", spec.image))(e)),
         }
         let (repo, tag) = split_image(&spec.image);
         let options = CreateImageOptionsBuilder::new()
@@ -852,184 +769,48 @@ fn keep_tail(kept: &mut Vec<u8>, more: &[u8], max: usize) {
     }
 }
 
-enum Outcome {
-    Stop,
-    Detach,
-    Exited(String),
-}
+impl Driver for Engine {
+    /// The container's id: a replica keeps its container across restarts.
+    type Running = String;
+    type Exited = String;
 
-/// Supervises one replica's container until it is stopped (or the runtime is dropped).
-async fn supervise(inner: Arc<Inner>, replica: Arc<Replica>) {
-    let id = replica.spec.id.clone();
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let container = replica.shared().container.clone();
-        let outcome = tokio::select! {
-            biased;
-            () = inner.detach.cancelled() => Outcome::Detach,
-            () = replica.stop.cancelled() => Outcome::Stop,
-            code = wait_exit(&inner.docker, &container) => Outcome::Exited(describe_exit(code)),
-            never = health_loop(&inner, &replica) => match never {},
-        };
-        match outcome {
-            Outcome::Detach => return,
-            Outcome::Stop => {
-                replica.shared().state = ReplicaState::Stopping;
-                let grace = i32::try_from(secs(replica.spec.stop_timeout)).unwrap_or(i32::MAX);
-                inner.remove(&container, grace).await;
-                finish_stopped(&inner, &replica);
-                return;
-            }
-            Outcome::Exited(reason) => {
-                tracing::warn!(replica = %id, %reason, "container exited");
-                {
-                    let mut shared = replica.shared();
-                    if shared
-                        .healthy_since
-                        .is_some_and(|since| since.elapsed() >= BACKOFF_RESET_AFTER)
-                    {
-                        backoff = BACKOFF_MIN;
-                    }
-                    shared.state = ReplicaState::Exited;
-                    shared.pid = None;
-                    shared.healthy_since = None;
-                    shared.last_exit = Some(reason.clone());
-                }
-                inner.emit(RuntimeEvent::Exited {
-                    id: id.clone(),
-                    reason,
-                    will_restart: true,
-                });
-            }
-        }
-        // Restart the same container with backoff until it starts or we are told to stop.
-        loop {
-            tokio::select! {
-                biased;
-                () = inner.detach.cancelled() => return,
-                () = replica.stop.cancelled() => {
-                    inner.remove(&container, 1).await;
-                    finish_stopped(&inner, &replica);
-                    return;
-                }
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            match inner.docker.start_container(&container, None).await {
-                Ok(()) => {
-                    let pid = inner.pid(&container).await;
-                    {
-                        let mut shared = replica.shared();
-                        shared.state = ReplicaState::Starting;
-                        shared.pid = pid;
-                        shared.restarts += 1;
-                    }
-                    inner.emit(RuntimeEvent::Started {
-                        id: id.clone(),
-                        instance: Instance::Container(container.clone()),
-                    });
-                    break;
-                }
-                Err(e) => {
-                    let reason = format!("restart failed: {}", engine_message(&e));
-                    tracing::warn!(replica = %id, %reason);
-                    replica.shared().last_exit = Some(reason.clone());
-                    inner.emit(RuntimeEvent::Exited {
-                        id: id.clone(),
-                        reason,
-                        will_restart: true,
-                    });
-                }
-            }
-        }
+    async fn wait_exit(&self, container: &mut String) -> String {
+        describe_exit(wait_exit(&self.docker, container).await)
     }
-}
 
-fn finish_stopped(inner: &Inner, replica: &Replica) {
-    {
-        let mut shared = replica.shared();
-        shared.state = ReplicaState::Stopped;
-        shared.pid = None;
-        shared.healthy_since = None;
+    async fn exited(&self, _spec: &ReplicaSpec, container: String, _reason: &str) -> String {
+        container
     }
-    inner.emit(RuntimeEvent::Stopped {
-        id: replica.spec.id.clone(),
-    });
-    replica.done.send_replace(Done::Stopped);
-}
 
-/// HTTP health checks against the replica's endpoint; never returns.
-async fn health_loop(inner: &Inner, replica: &Replica) -> Infallible {
-    let spec: &HealthSpec = &replica.spec.health;
-    if spec.path.is_empty() {
-        set_healthy(inner, replica);
-        return std::future::pending().await;
+    async fn restart(
+        &self,
+        _spec: &ReplicaSpec,
+        container: &String,
+    ) -> Result<Started<String>, String> {
+        self.docker
+            .start_container(container, None)
+            .await
+            .map_err(|e| engine_message(&e))?;
+        Ok(Started {
+            running: container.clone(),
+            instance: Instance::Container(container.clone()),
+            pid: self.pid(container).await,
+        })
     }
-    let path = if spec.path.starts_with('/') {
-        spec.path.clone()
-    } else {
-        format!("/{}", spec.path)
-    };
-    let url = format!("http://127.0.0.1:{}{path}", replica.spec.port);
-    let interval = spec.interval.max(MIN_HEALTH_INTERVAL);
-    let fast = FAST_HEALTH_POLL.min(interval);
-    let (mut successes, mut failures) = (0u32, 0u32);
-    let mut seen_success = false;
-    loop {
-        let result = crate::supervise::check(&inner.http, &url, spec.timeout).await;
-        let state = replica.shared().state;
-        match result {
-            Ok(()) => {
-                seen_success = true;
-                successes = successes.saturating_add(1);
-                failures = 0;
-                if matches!(state, ReplicaState::Starting | ReplicaState::Unhealthy)
-                    && successes >= spec.healthy_threshold.max(1)
-                {
-                    set_healthy(inner, replica);
-                }
-            }
-            Err(reason) => {
-                failures = failures.saturating_add(1);
-                successes = 0;
-                if state == ReplicaState::Healthy && failures >= spec.unhealthy_threshold.max(1) {
-                    {
-                        let mut shared = replica.shared();
-                        shared.state = ReplicaState::Unhealthy;
-                        shared.healthy_since = None;
-                    }
-                    inner.emit(RuntimeEvent::Unhealthy {
-                        id: replica.spec.id.clone(),
-                        reason,
-                    });
-                }
-            }
-        }
-        tokio::time::sleep(if seen_success { interval } else { fast }).await;
-    }
-}
 
-fn set_healthy(inner: &Inner, replica: &Replica) {
-    {
-        let mut shared = replica.shared();
-        shared.state = ReplicaState::Healthy;
-        shared.ever_healthy = true;
-        shared.healthy_since = Some(Instant::now());
+    async fn stop(&self, spec: &ReplicaSpec, container: String) -> Done {
+        let grace = i32::try_from(secs(spec.stop_timeout)).unwrap_or(i32::MAX);
+        self.remove(&container, grace).await;
+        Done::Stopped
     }
-    inner.emit(RuntimeEvent::Healthy {
-        id: replica.spec.id.clone(),
-    });
-}
 
-fn status_of(replica: &Replica) -> ReplicaStatus {
-    let shared = replica.shared();
-    ReplicaStatus {
-        id: replica.spec.id.clone(),
-        state: shared.state,
-        pid: shared.pid,
-        restarts: shared.restarts,
-        ever_healthy: shared.ever_healthy,
-        last_exit: shared.last_exit.clone(),
+    async fn discard_exited(&self, _spec: &ReplicaSpec, container: String) {
+        self.remove(&container, 1).await;
+    }
+
+    fn endpoint(&self, spec: &ReplicaSpec) -> SocketAddr {
+        // Host network: the container's own port; bridge: published on the same host port.
+        SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port))
     }
 }
 
@@ -1039,7 +820,7 @@ impl Runtime for DockerRuntime {
     }
 
     fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
-        self.inner.events.subscribe()
+        self.sup.subscribe()
     }
 
     fn start(&self, spec: ReplicaSpec) -> BoxFuture<'_, Result<Instance, RuntimeError>> {
@@ -1056,7 +837,7 @@ impl Runtime for DockerRuntime {
 
     fn discard<'a>(&'a self, id: &'a str, _: Option<ProcessIdentity>) -> BoxFuture<'a, usize> {
         Box::pin(async move {
-            let found = match self.inner.find(&[(LABEL_REPLICA, id)]).await {
+            let found = match self.sup.driver.find(&[(LABEL_REPLICA, id)]).await {
                 Ok(found) => found,
                 Err(e) => {
                     tracing::warn!(replica = id, error = %e, "cannot look for its containers");
@@ -1064,69 +845,62 @@ impl Runtime for DockerRuntime {
                 }
             };
             for container in found.iter().filter_map(|c| c.id.as_deref()) {
-                self.inner.remove(container, DISCARD_GRACE_SECS).await;
+                self.sup.driver.remove(container, DISCARD_GRACE_SECS).await;
             }
             found.len()
         })
     }
 
     fn stop<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
-        Box::pin(self.stop_replica(id))
+        Box::pin(self.sup.stop(id))
     }
 
     fn stop_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.sup.stop_all())
+    }
+
+    fn remove_all(&self) -> BoxFuture<'_, Result<usize, RuntimeError>> {
         Box::pin(async move {
-            let ids: Vec<String> = self.inner.replicas().keys().cloned().collect();
-            let mut tasks = tokio::task::JoinSet::new();
-            for id in ids {
-                let runtime = self.clone();
-                tasks.spawn(async move { runtime.stop_replica(&id).await });
-            }
-            while tasks.join_next().await.is_some() {}
+            self.sup.stop_all().await;
+            DockerRuntime::remove_all(self).await
         })
     }
 
+    fn discard_task<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<usize, RuntimeError>> {
+        Box::pin(DockerRuntime::discard_task(self, name))
+    }
+
     fn status(&self, id: &str) -> Option<ReplicaStatus> {
-        self.inner.replicas().get(id).map(|r| status_of(r))
+        self.sup.status(id)
     }
 
     fn list(&self) -> Vec<ReplicaStatus> {
-        let mut all: Vec<ReplicaStatus> = self
-            .inner
-            .replicas()
-            .values()
-            .map(|r| status_of(r))
-            .collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
+        self.sup.list()
     }
 
     fn endpoint(&self, id: &str) -> Option<SocketAddr> {
-        // Host network: the container's own port; bridge: published on the same port.
-        self.inner
-            .replicas()
-            .get(id)
-            .map(|r| SocketAddr::from((Ipv4Addr::LOCALHOST, r.spec.port)))
+        self.sup.endpoint(id)
     }
 
     fn logs(&self, id: &str, tail: usize, follow: bool) -> LogLines {
         let (tx, rx) = mpsc::channel(256);
-        let inner = self.inner.clone();
+        let sup = self.sup.clone();
         let id = id.to_string();
-        let known = inner
-            .replicas()
-            .get(&id)
-            .map(|replica| replica.shared().container.clone());
+        let replica = sup.get(&id);
+        let known = replica
+            .as_ref()
+            .and_then(|replica| match &replica.shared().instance {
+                Some(Instance::Container(container)) => Some(container.clone()),
+                _ => None,
+            });
         // The engine keeps the raw output (root-only, in its own storage): redacted as read.
-        let redactor = inner
-            .replicas()
-            .get(&id)
+        let redactor = replica
             .map(|replica| crate::redact::Redactor::new(&replica.spec.redact))
             .unwrap_or_default();
         tokio::spawn(async move {
             let container = match known {
                 Some(container) => container,
-                None => match inner.find(&[(LABEL_REPLICA, &id)]).await {
+                None => match sup.driver.find(&[(LABEL_REPLICA, &id)]).await {
                     Ok(found) => match found.into_iter().find_map(|c| c.id) {
                         Some(container) => container,
                         None => return,
@@ -1140,7 +914,7 @@ impl Runtime for DockerRuntime {
                 .stderr(true)
                 .tail(&tail.to_string())
                 .build();
-            let mut logs = inner.docker.logs(&container, Some(options));
+            let mut logs = sup.driver.docker.logs(&container, Some(options));
             let mut partial = Vec::new();
             loop {
                 let chunk = tokio::select! {
@@ -1223,6 +997,83 @@ mod tests {
             ..spec
         };
         assert_eq!(effective_user("api", &allowed, None).unwrap(), "0");
+    }
+
+    fn engine(network: Network) -> Engine {
+        Engine {
+            // Never dialled: these tests only build requests.
+            docker: Docker::connect_with_unix("/dev/null", 5, bollard::API_DEFAULT_VERSION)
+                .unwrap(),
+            owner: "/data".into(),
+            prefix: short_hash("/data"),
+            network,
+            tasks: AtomicU64::new(0),
+        }
+    }
+
+    fn replica_spec(port: u16) -> ReplicaSpec {
+        ReplicaSpec {
+            id: "shop.prod.api.1.0.0.a".into(),
+            app: "shop".into(),
+            env: "prod".into(),
+            service: "api".into(),
+            version: "1.0.0".into(),
+            argv: vec!["serve".into(), "--port=${PORT}".into()],
+            cwd: None,
+            env_vars: Default::default(),
+            run_as: None,
+            redact: Vec::new(),
+            port,
+            health: crate::HealthSpec::default(),
+            stop_timeout: Duration::from_secs(7),
+            container: None,
+        }
+    }
+
+    /// Bridge mode can't run on the CI engine (`--bridge=none`): the configuration it
+    /// generates is checked here instead.
+    #[tokio::test]
+    async fn behind_a_bridge_the_port_is_published_on_loopback_and_the_app_listens_on_all_addresses()
+     {
+        let spec = replica_spec(18_080);
+        let container = ContainerSpec {
+            image: "shop/api:1.0.0".into(),
+            ..ContainerSpec::default()
+        };
+        let bridge = engine(Network::Bridge);
+        let body = bridge.replica_body(&spec, &container, "65534".into());
+        let env = body.env.clone().unwrap();
+        assert!(env.contains(&"HOST=0.0.0.0".to_string()), "{env:?}");
+        assert!(env.contains(&"PORT=18080".to_string()), "{env:?}");
+        assert_eq!(body.exposed_ports, Some(vec!["18080/tcp".to_string()]));
+        assert_eq!(
+            body.cmd,
+            Some(vec!["serve".to_string(), "--port=18080".to_string()])
+        );
+        let host = body.host_config.unwrap();
+        assert_eq!(host.network_mode, None, "the engine's default bridge");
+        let bindings = host.port_bindings.unwrap();
+        let published = bindings["18080/tcp"].as_ref().unwrap();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(published[0].host_port.as_deref(), Some("18080"));
+        // The proxy and health checks go to the published host port.
+        assert_eq!(
+            bridge.endpoint(&spec),
+            SocketAddr::from(([127, 0, 0, 1], 18_080))
+        );
+
+        let shared = engine(Network::Host);
+        let body = shared.replica_body(&spec, &container, "65534".into());
+        assert!(body.env.unwrap().contains(&"HOST=127.0.0.1".to_string()));
+        assert_eq!(body.exposed_ports, None);
+        let host = body.host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("host"));
+        assert_eq!(host.port_bindings, None);
+        assert_eq!(
+            shared.endpoint(&spec),
+            SocketAddr::from(([127, 0, 0, 1], 18_080))
+        );
     }
 
     #[test]

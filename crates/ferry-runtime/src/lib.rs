@@ -25,6 +25,7 @@ mod procfs;
 pub mod redact;
 pub mod runtime;
 mod supervise;
+mod supervisor;
 pub mod task;
 
 pub use runtime::{
@@ -32,19 +33,20 @@ pub use runtime::{
     TaskOutput, TaskSpec,
 };
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use ferry_core::model::ReplicaState;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::isolation::RunAs;
-use crate::supervise::Proc;
+use crate::supervise::{Proc, ProcessDriver};
+use crate::supervisor::{Started, Supervisor};
 
 /// What to run for one replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +219,10 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "this Ferry was built without the {runtime} runtime: rebuild with the `{runtime}` cargo feature (on by default)"
+    )]
+    Unavailable { runtime: &'static str },
     #[error("cannot reserve a free port on 127.0.0.1: {0}")]
     FreePort(#[source] std::io::Error),
 }
@@ -224,7 +230,7 @@ pub enum RuntimeError {
 /// Starts and supervises replica processes. Cheap to clone (an `Arc` inside).
 #[derive(Clone)]
 pub struct ProcessRuntime {
-    inner: Arc<Inner>,
+    sup: Arc<Supervisor<ProcessDriver>>,
     /// Detaches (ends supervision without touching processes) when the last handle drops.
     _detach: Arc<DetachOnDrop>,
 }
@@ -232,78 +238,18 @@ pub struct ProcessRuntime {
 impl std::fmt::Debug for ProcessRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessRuntime")
-            .field("log_dir", &self.inner.log_dir)
-            .field("replicas", &self.inner.replicas().len())
+            .field("log_dir", &self.sup.driver.log_dir)
+            .field("replicas", &self.sup.replicas().len())
             .finish()
     }
 }
 
-struct DetachOnDrop(CancellationToken);
+pub(crate) struct DetachOnDrop(pub CancellationToken);
 
 impl Drop for DetachOnDrop {
     fn drop(&mut self) {
         self.0.cancel();
     }
-}
-
-pub(crate) struct Inner {
-    log_dir: PathBuf,
-    max_log_bytes: u64,
-    events: broadcast::Sender<RuntimeEvent>,
-    replicas: Mutex<HashMap<String, Arc<Replica>>>,
-    http: reqwest::Client,
-    detach: CancellationToken,
-    janitor_started: AtomicBool,
-    /// The `ferry` executable that runs the redacting log filter.
-    log_filter: OnceLock<PathBuf>,
-}
-
-impl Inner {
-    fn replicas(&self) -> MutexGuard<'_, HashMap<String, Arc<Replica>>> {
-        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn emit(&self, event: RuntimeEvent) {
-        tracing::debug!(?event, "runtime event");
-        // No subscriber is fine.
-        let _ = self.events.send(event);
-    }
-
-    pub(crate) fn log_path(&self, id: &str) -> PathBuf {
-        self.log_dir.join(format!("{id}.log"))
-    }
-}
-
-/// How a supervision task ended, for `stop` to report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Done {
-    Running,
-    Stopped,
-    /// The process (this pid) survived SIGKILL.
-    Stuck(u32),
-}
-
-pub(crate) struct Replica {
-    pub spec: ReplicaSpec,
-    pub shared: Mutex<Shared>,
-    pub stop: CancellationToken,
-    pub done: watch::Sender<Done>,
-}
-
-impl Replica {
-    pub(crate) fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Shared {
-    pub state: ReplicaState,
-    pub identity: Option<ProcessIdentity>,
-    pub restarts: u32,
-    pub ever_healthy: bool,
-    pub last_exit: Option<String>,
-    pub healthy_since: Option<Instant>,
 }
 
 const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -312,24 +258,15 @@ impl ProcessRuntime {
     /// `log_dir` receives `<id>.log` per replica (created when needed); a log above
     /// `max_log_bytes` is cut to its last `max_log_bytes / 2` bytes (0 = no limit).
     pub fn new(log_dir: PathBuf, max_log_bytes: u64) -> Self {
-        let (events, _) = broadcast::channel(1024);
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        let detach = CancellationToken::new();
+        let sup = Supervisor::new(ProcessDriver {
+            log_dir,
+            max_log_bytes,
+            janitor_started: AtomicBool::new(false),
+            log_filter: OnceLock::new(),
+        });
+        let detach = sup.detach.clone();
         ProcessRuntime {
-            inner: Arc::new(Inner {
-                log_dir,
-                max_log_bytes,
-                events,
-                replicas: Mutex::new(HashMap::new()),
-                http,
-                detach: detach.clone(),
-                janitor_started: AtomicBool::new(false),
-                log_filter: OnceLock::new(),
-            }),
+            sup,
             _detach: Arc::new(DetachOnDrop(detach)),
         }
     }
@@ -338,11 +275,11 @@ impl ProcessRuntime {
     /// `ferry_exe __log-filter` (see [`redact`]), so their log never holds a secret in plain
     /// text. Without it (set once) their output goes straight to the file.
     pub fn set_log_filter(&self, ferry_exe: PathBuf) {
-        let _ = self.inner.log_filter.set(ferry_exe);
+        let _ = self.sup.driver.log_filter.set(ferry_exe);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
-        self.inner.events.subscribe()
+        self.sup.subscribe()
     }
 
     /// Spawns the replica and supervises it. Returns once the process exists (not once it
@@ -350,39 +287,15 @@ impl ProcessRuntime {
     pub async fn start(&self, spec: ReplicaSpec) -> Result<ProcessIdentity, RuntimeError> {
         validate_id(&spec.id)?;
         self.ensure_janitor();
-        let inner = &self.inner;
-        let mut replicas = inner.replicas();
-        if let Some(existing) = replicas.get(&spec.id) {
-            return Err(RuntimeError::AlreadySupervised {
-                id: spec.id.clone(),
-                pid: existing.shared().identity.map(|i| i.pid),
-            });
-        }
-        let (child, identity) = supervise::spawn(inner, &spec)?;
-        let replica = Arc::new(Replica {
-            spec,
-            shared: Mutex::new(Shared {
-                state: ReplicaState::Starting,
-                identity: Some(identity),
-                restarts: 0,
-                ever_healthy: false,
-                last_exit: None,
-                healthy_since: None,
-            }),
-            stop: CancellationToken::new(),
-            done: watch::channel(Done::Running).0,
-        });
-        replicas.insert(replica.spec.id.clone(), replica.clone());
-        drop(replicas);
-        inner.emit(RuntimeEvent::Started {
-            id: replica.spec.id.clone(),
+        let mut replicas = self.sup.replicas();
+        Supervisor::<ProcessDriver>::ensure_absent(&replicas, &spec.id)?;
+        let (child, identity) = supervise::spawn(&self.sup.driver, &spec)?;
+        let started = Started {
+            running: Proc::Own { child, identity },
             instance: Instance::Process(identity),
-        });
-        tokio::spawn(supervise::supervise(
-            inner.clone(),
-            replica,
-            Proc::Own { child, identity },
-        ));
+            pid: Some(identity.pid),
+        };
+        self.sup.supervise(&mut replicas, spec, started, true);
         Ok(identity)
     }
 
@@ -398,10 +311,13 @@ impl ProcessRuntime {
     ) -> Result<bool, RuntimeError> {
         validate_id(&spec.id)?;
         self.ensure_janitor();
-        let inner = &self.inner;
-        let mut replicas = inner.replicas();
+        let mut replicas = self.sup.replicas();
         if let Some(existing) = replicas.get(&spec.id) {
-            let current = existing.shared().identity;
+            let current = existing
+                .shared()
+                .instance
+                .as_ref()
+                .and_then(Instance::process);
             if current == Some(identity) {
                 return Ok(true);
             }
@@ -413,34 +329,20 @@ impl ProcessRuntime {
         if !procfs::is_alive(&identity) {
             return Ok(false);
         }
-        let replica = Arc::new(Replica {
-            spec,
-            shared: Mutex::new(Shared {
-                state: ReplicaState::Starting,
-                identity: Some(identity),
-                restarts: 0,
-                ever_healthy: false,
-                last_exit: None,
-                healthy_since: None,
-            }),
-            stop: CancellationToken::new(),
-            done: watch::channel(Done::Running).0,
-        });
-        replicas.insert(replica.spec.id.clone(), replica.clone());
-        drop(replicas);
         logs::append_line(
-            &inner.log_path(&replica.spec.id),
+            &self.sup.driver.log_path(&spec.id),
             &format!(
                 "--- adopted pid {} at {} ---",
                 identity.pid,
                 logs::now_rfc3339()
             ),
         );
-        tokio::spawn(supervise::supervise(
-            inner.clone(),
-            replica,
-            Proc::Adopted { identity },
-        ));
+        let started = Started {
+            running: Proc::Adopted { identity },
+            instance: Instance::Process(identity),
+            pid: Some(identity.pid),
+        };
+        self.sup.supervise(&mut replicas, spec, started, false);
         Ok(true)
     }
 
@@ -448,108 +350,63 @@ impl ProcessRuntime {
     /// then SIGKILL to the group. No restart afterwards. Returns once the process is gone;
     /// the replica is then forgotten (`status` returns None). Unknown id: `Ok(())`.
     pub async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
-        let Some(replica) = self.inner.replicas().get(id).cloned() else {
-            return Ok(());
-        };
-        replica.stop.cancel();
-        let mut done = replica.done.subscribe();
-        let outcome = match done.wait_for(|d| *d != Done::Running).await {
-            Ok(d) => *d,
-            // The supervision task ended without reporting (runtime shutting down).
-            Err(_) => Done::Stopped,
-        };
-        {
-            let mut replicas = self.inner.replicas();
-            if replicas
-                .get(id)
-                .is_some_and(|current| Arc::ptr_eq(current, &replica))
-            {
-                replicas.remove(id);
-            }
-        }
-        match outcome {
-            Done::Stuck(pid) => Err(RuntimeError::StopFailed {
-                id: id.to_string(),
-                pid,
-            }),
-            Done::Running | Done::Stopped => Ok(()),
-        }
+        self.sup.stop(id).await
     }
 
     pub fn status(&self, id: &str) -> Option<ReplicaStatus> {
-        self.inner
-            .replicas()
-            .get(id)
-            .map(|replica| status_of(replica))
+        self.sup.status(id)
     }
 
     /// Every supervised replica, sorted by id.
     pub fn list(&self) -> Vec<ReplicaStatus> {
-        let mut all: Vec<ReplicaStatus> = self
-            .inner
-            .replicas()
-            .values()
-            .map(|replica| status_of(replica))
-            .collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
+        self.sup.list()
     }
 
     /// The identity of the replica's current process (None while waiting to restart).
     pub fn identity(&self, id: &str) -> Option<ProcessIdentity> {
-        self.inner
-            .replicas()
-            .get(id)
-            .and_then(|replica| replica.shared().identity)
+        self.sup.get(id).and_then(|replica| {
+            replica
+                .shared()
+                .instance
+                .as_ref()
+                .and_then(Instance::process)
+        })
     }
 
     /// The port a supervised replica listens on.
     pub fn port(&self, id: &str) -> Option<u16> {
-        self.inner
-            .replicas()
-            .get(id)
-            .map(|replica| replica.spec.port)
+        self.sup.get(id).map(|replica| replica.spec.port)
     }
 
     /// `log_dir/<id>.log`.
     pub fn log_path(&self, id: &str) -> PathBuf {
-        self.inner.log_path(id)
+        self.sup.driver.log_path(id)
     }
 
     /// Stops every supervised replica concurrently (errors are logged).
     pub async fn stop_all(&self) {
-        let ids: Vec<String> = self.inner.replicas().keys().cloned().collect();
-        let mut tasks = tokio::task::JoinSet::new();
-        for id in ids {
-            let runtime = self.clone();
-            tasks.spawn(async move {
-                if let Err(e) = runtime.stop(&id).await {
-                    tracing::warn!(error = %e, "stop failed");
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
+        self.sup.stop_all().await;
     }
 
     fn ensure_janitor(&self) {
-        if self.inner.janitor_started.swap(true, Ordering::SeqCst) {
+        if self.sup.driver.janitor_started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let inner = self.inner.clone();
+        let sup = self.sup.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = inner.detach.cancelled() => return,
+                    () = sup.detach.cancelled() => return,
                     () = tokio::time::sleep(LOG_CHECK_INTERVAL) => {}
                 }
-                let max = inner.max_log_bytes;
+                let max = sup.driver.max_log_bytes;
                 if max == 0 {
                     continue;
                 }
-                let paths: Vec<PathBuf> = inner
+                let paths: Vec<PathBuf> = sup
                     .replicas()
                     .keys()
-                    .map(|id| inner.log_path(id))
+                    .map(|id| sup.driver.log_path(id))
                     .collect();
                 let _ = tokio::task::spawn_blocking(move || {
                     for path in paths {
@@ -569,18 +426,6 @@ fn validate_id(id: &str) -> Result<(), RuntimeError> {
         return Err(RuntimeError::InvalidId { id: id.to_string() });
     }
     Ok(())
-}
-
-fn status_of(replica: &Replica) -> ReplicaStatus {
-    let shared = replica.shared();
-    ReplicaStatus {
-        id: replica.spec.id.clone(),
-        state: shared.state,
-        pid: shared.identity.map(|i| i.pid),
-        restarts: shared.restarts,
-        ever_healthy: shared.ever_healthy,
-        last_exit: shared.last_exit.clone(),
-    }
 }
 
 /// Binds 127.0.0.1:0, reads the port the OS chose, releases it.

@@ -2,7 +2,7 @@
 //! 127.0.0.1, logs are files, tasks are process groups (see [`crate::task`]).
 
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -88,8 +88,7 @@ impl Runtime for ProcessRuntime {
     }
 
     fn endpoint(&self, id: &str) -> Option<SocketAddr> {
-        self.port(id)
-            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        self.sup.endpoint(id)
     }
 
     fn logs(&self, id: &str, tail: usize, follow: bool) -> LogLines {

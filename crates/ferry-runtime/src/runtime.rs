@@ -204,6 +204,24 @@ pub trait Runtime: Send + Sync + 'static {
     /// Stops every supervised replica (errors are logged).
     fn stop_all(&self) -> BoxFuture<'_, ()>;
 
+    /// Teardown: stops every supervised replica, then removes whatever else this server still
+    /// owns on the runtime (e.g. containers of replicas it no longer supervises); returns how
+    /// many of those it removed. By default the same as [`Runtime::stop_all`].
+    fn remove_all(&self) -> BoxFuture<'_, Result<usize, RuntimeError>> {
+        Box::pin(async move {
+            self.stop_all().await;
+            Ok(0)
+        })
+    }
+
+    /// Stops and removes what a one-off task named `name` left running when an earlier
+    /// server died during it; returns how many instances. By default nothing: a process task
+    /// dies with its process group.
+    fn discard_task<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<usize, RuntimeError>> {
+        let _ = name;
+        Box::pin(async { Ok(0) })
+    }
+
     fn status(&self, id: &str) -> Option<ReplicaStatus>;
 
     /// Every supervised replica, sorted by id.

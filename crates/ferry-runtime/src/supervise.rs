@@ -1,34 +1,93 @@
-//! Spawning replica processes and the per-replica supervision task.
+//! The process runtime's [`Driver`]: spawning replica processes (each in its own process
+//! group, output appended to its log file), watching them exit, stopping their group.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use ferry_core::model::ReplicaState;
 use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
-use crate::{
-    Done, Inner, ProcessIdentity, Replica, ReplicaSpec, RuntimeError, RuntimeEvent, isolation,
-    logs, procfs, redact,
-};
+use crate::runtime::Instance;
+use crate::supervisor::{Done, Driver, Started};
+use crate::{ProcessIdentity, ReplicaSpec, RuntimeError, isolation, logs, procfs, redact};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// A replica healthy this long before it exits restarts without accumulated backoff.
-const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 /// How often an adopted (not our child) process is checked in /proc.
 const ADOPTED_POLL: Duration = Duration::from_millis(200);
 /// How often an adopted process is checked while it is being stopped.
 const STOP_POLL: Duration = Duration::from_millis(20);
 /// How long to wait for a process to vanish after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-/// Polling period before the first successful health check (capped by the interval).
-const FAST_HEALTH_POLL: Duration = Duration::from_millis(50);
-const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Replicas as local process groups on 127.0.0.1, logs in `log_dir/<id>.log`.
+pub(crate) struct ProcessDriver {
+    pub log_dir: PathBuf,
+    pub max_log_bytes: u64,
+    pub janitor_started: AtomicBool,
+    /// The `ferry` executable that runs the redacting log filter.
+    pub log_filter: OnceLock<PathBuf>,
+}
+
+impl ProcessDriver {
+    pub(crate) fn log_path(&self, id: &str) -> PathBuf {
+        self.log_dir.join(format!("{id}.log"))
+    }
+}
+
+impl Driver for ProcessDriver {
+    type Running = Proc;
+    /// Nothing of an exited process is needed to start it again.
+    type Exited = ();
+
+    async fn wait_exit(&self, running: &mut Proc) -> String {
+        running.wait_exit().await
+    }
+
+    async fn exited(&self, spec: &ReplicaSpec, running: Proc, reason: &str) {
+        let identity = running.identity();
+        procfs::kill_stragglers_and_wait(identity.pid, Duration::from_secs(2)).await;
+        drop(running);
+        logs::append_line(
+            &self.log_path(&spec.id),
+            &format!(
+                "--- pid {} {reason} at {} ---",
+                identity.pid,
+                logs::now_rfc3339()
+            ),
+        );
+    }
+
+    async fn restart(&self, spec: &ReplicaSpec, (): &()) -> Result<Started<Proc>, String> {
+        let (child, identity) = spawn(self, spec).map_err(|e| e.to_string())?;
+        Ok(Started {
+            running: Proc::Own { child, identity },
+            instance: Instance::Process(identity),
+            pid: Some(identity.pid),
+        })
+    }
+
+    async fn stop(&self, spec: &ReplicaSpec, mut running: Proc) -> Done {
+        terminate(&mut running, spec.stop_timeout).await
+    }
+
+    async fn discard_exited(&self, _spec: &ReplicaSpec, (): ()) {}
+
+    fn stopped(&self, spec: &ReplicaSpec) {
+        logs::append_line(
+            &self.log_path(&spec.id),
+            &format!("--- stopped at {} ---", logs::now_rfc3339()),
+        );
+    }
+
+    fn endpoint(&self, spec: &ReplicaSpec) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port))
+    }
+}
 
 /// The process being supervised.
 pub(crate) enum Proc {
@@ -42,7 +101,7 @@ pub(crate) enum Proc {
 }
 
 impl Proc {
-    fn identity(&self) -> ProcessIdentity {
+    pub(crate) fn identity(&self) -> ProcessIdentity {
         match self {
             Proc::Own { identity, .. } | Proc::Adopted { identity } => *identity,
         }
@@ -95,7 +154,7 @@ fn substitute(arg: &str, spec: &ReplicaSpec) -> String {
 
 /// Spawns the replica's process in its own process group, output appended to its log file.
 pub(crate) fn spawn(
-    inner: &Inner,
+    driver: &ProcessDriver,
     spec: &ReplicaSpec,
 ) -> Result<(Child, ProcessIdentity), RuntimeError> {
     let id = &spec.id;
@@ -111,14 +170,14 @@ pub(crate) fn spawn(
             dir: dir.clone(),
         });
     }
-    let path = inner.log_path(id);
+    let path = driver.log_path(id);
     let log_error = |source| RuntimeError::LogFile {
         id: id.clone(),
         path: path.clone(),
         source,
     };
     // Secrets never reach the file: the output goes through the redacting log filter.
-    let (stdout, stderr): (Stdio, Stdio) = match inner.log_filter.get() {
+    let (stdout, stderr): (Stdio, Stdio) = match driver.log_filter.get() {
         Some(exe) if !spec.redact.is_empty() => {
             // The filter appends to the file itself; make sure it exists with its mode.
             logs::open_append(&path).map_err(log_error)?;
@@ -196,125 +255,6 @@ pub(crate) fn reap(mut filter: Child) {
     });
 }
 
-enum Outcome {
-    Stop,
-    Detach,
-    Exited(String),
-}
-
-/// Supervises one replica until it is stopped (or the runtime is dropped: then it just ends,
-/// leaving the process running).
-pub(crate) async fn supervise(inner: Arc<Inner>, replica: Arc<Replica>, first: Proc) {
-    let id = replica.spec.id.clone();
-    let mut backoff = BACKOFF_MIN;
-    let mut current = first;
-    loop {
-        let outcome = tokio::select! {
-            biased;
-            () = inner.detach.cancelled() => Outcome::Detach,
-            () = replica.stop.cancelled() => Outcome::Stop,
-            reason = current.wait_exit() => Outcome::Exited(reason),
-            never = health_loop(&inner, &replica) => match never {},
-        };
-        let identity = current.identity();
-        match outcome {
-            Outcome::Detach => return,
-            Outcome::Stop => {
-                replica.shared().state = ReplicaState::Stopping;
-                let result = terminate(&mut current, replica.spec.stop_timeout).await;
-                finish_stopped(&inner, &replica, result);
-                return;
-            }
-            Outcome::Exited(reason) => {
-                procfs::kill_stragglers_and_wait(identity.pid, Duration::from_secs(2)).await;
-                drop(current);
-                tracing::warn!(replica = %id, pid = identity.pid, %reason, "replica exited");
-                logs::append_line(
-                    &inner.log_path(&id),
-                    &format!(
-                        "--- pid {} {reason} at {} ---",
-                        identity.pid,
-                        logs::now_rfc3339()
-                    ),
-                );
-                {
-                    let mut shared = replica.shared();
-                    if shared
-                        .healthy_since
-                        .is_some_and(|since| since.elapsed() >= BACKOFF_RESET_AFTER)
-                    {
-                        backoff = BACKOFF_MIN;
-                    }
-                    shared.state = ReplicaState::Exited;
-                    shared.identity = None;
-                    shared.healthy_since = None;
-                    shared.last_exit = Some(reason.clone());
-                }
-                inner.emit(RuntimeEvent::Exited {
-                    id: id.clone(),
-                    reason,
-                    will_restart: true,
-                });
-            }
-        }
-        // Restart with backoff until a spawn succeeds or we are told to stop.
-        current = loop {
-            tokio::select! {
-                biased;
-                () = inner.detach.cancelled() => return,
-                () = replica.stop.cancelled() => {
-                    finish_stopped(&inner, &replica, Done::Stopped);
-                    return;
-                }
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            match spawn(&inner, &replica.spec) {
-                Ok((child, identity)) => {
-                    {
-                        let mut shared = replica.shared();
-                        shared.state = ReplicaState::Starting;
-                        shared.identity = Some(identity);
-                        shared.restarts += 1;
-                    }
-                    inner.emit(RuntimeEvent::Started {
-                        id: id.clone(),
-                        instance: crate::Instance::Process(identity),
-                    });
-                    break Proc::Own { child, identity };
-                }
-                Err(e) => {
-                    let reason = format!("restart failed: {e}");
-                    tracing::warn!(replica = %id, %reason);
-                    replica.shared().last_exit = Some(reason.clone());
-                    inner.emit(RuntimeEvent::Exited {
-                        id: id.clone(),
-                        reason,
-                        will_restart: true,
-                    });
-                }
-            }
-        };
-    }
-}
-
-fn finish_stopped(inner: &Inner, replica: &Replica, result: Done) {
-    {
-        let mut shared = replica.shared();
-        shared.state = ReplicaState::Stopped;
-        shared.identity = None;
-        shared.healthy_since = None;
-    }
-    logs::append_line(
-        &inner.log_path(&replica.spec.id),
-        &format!("--- stopped at {} ---", logs::now_rfc3339()),
-    );
-    inner.emit(RuntimeEvent::Stopped {
-        id: replica.spec.id.clone(),
-    });
-    replica.done.send_replace(result);
-}
-
 /// SIGTERM to the group, wait up to `stop_timeout`, SIGKILL the group, wait.
 async fn terminate(current: &mut Proc, stop_timeout: Duration) -> Done {
     let identity = current.identity();
@@ -334,92 +274,4 @@ async fn terminate(current: &mut Proc, stop_timeout: Duration) -> Done {
     }
     procfs::kill_stragglers_and_wait(identity.pid, Duration::from_secs(2)).await;
     Done::Stopped
-}
-
-/// Health checking for the current process; never returns (dropped by the supervisor).
-async fn health_loop(inner: &Inner, replica: &Replica) -> Infallible {
-    let spec = &replica.spec.health;
-    let id = &replica.spec.id;
-    if spec.path.is_empty() {
-        set_healthy(inner, replica);
-        return std::future::pending().await;
-    }
-    let path = if spec.path.starts_with('/') {
-        spec.path.clone()
-    } else {
-        format!("/{}", spec.path)
-    };
-    let url = format!("http://127.0.0.1:{}{path}", replica.spec.port);
-    let interval = spec.interval.max(MIN_HEALTH_INTERVAL);
-    let fast = FAST_HEALTH_POLL.min(interval);
-    let healthy_threshold = spec.healthy_threshold.max(1);
-    let unhealthy_threshold = spec.unhealthy_threshold.max(1);
-    let (mut successes, mut failures) = (0u32, 0u32);
-    let mut seen_success = false;
-    loop {
-        let result = check(&inner.http, &url, spec.timeout).await;
-        let state = replica.shared().state;
-        match result {
-            Ok(()) => {
-                seen_success = true;
-                successes = successes.saturating_add(1);
-                failures = 0;
-                if matches!(state, ReplicaState::Starting | ReplicaState::Unhealthy)
-                    && successes >= healthy_threshold
-                {
-                    set_healthy(inner, replica);
-                }
-            }
-            Err(reason) => {
-                failures = failures.saturating_add(1);
-                successes = 0;
-                if state == ReplicaState::Healthy && failures >= unhealthy_threshold {
-                    {
-                        let mut shared = replica.shared();
-                        shared.state = ReplicaState::Unhealthy;
-                        shared.healthy_since = None;
-                    }
-                    tracing::warn!(replica = %id, %reason, "replica unhealthy");
-                    inner.emit(RuntimeEvent::Unhealthy {
-                        id: id.clone(),
-                        reason,
-                    });
-                }
-            }
-        }
-        tokio::time::sleep(if seen_success { interval } else { fast }).await;
-    }
-}
-
-fn set_healthy(inner: &Inner, replica: &Replica) {
-    {
-        let mut shared = replica.shared();
-        shared.state = ReplicaState::Healthy;
-        shared.ever_healthy = true;
-        shared.healthy_since = Some(Instant::now());
-    }
-    inner.emit(RuntimeEvent::Healthy {
-        id: replica.spec.id.clone(),
-    });
-}
-
-pub(crate) async fn check(
-    http: &reqwest::Client,
-    url: &str,
-    timeout: Duration,
-) -> Result<(), String> {
-    let timeout = if timeout.is_zero() {
-        Duration::from_secs(1)
-    } else {
-        timeout
-    };
-    let request = http.get(url).timeout(timeout).send();
-    match tokio::time::timeout(timeout, request).await {
-        Err(_) => Err(format!("GET {url}: timed out after {timeout:?}")),
-        Ok(Err(e)) if e.is_timeout() => Err(format!("GET {url}: timed out after {timeout:?}")),
-        Ok(Err(e)) if e.is_connect() => Err(format!("GET {url}: connection failed")),
-        Ok(Err(e)) => Err(format!("GET {url}: {e}")),
-        Ok(Ok(response)) if response.status().is_success() => Ok(()),
-        Ok(Ok(response)) => Err(format!("GET {url}: status {}", response.status().as_u16())),
-    }
 }

@@ -5,7 +5,7 @@
 //! unhealthiness, crashes and start failures so rollouts and rollbacks can be exercised.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,9 +26,13 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ferry-demo")]
 pub struct DemoArgs {
-    /// Port to listen on (127.0.0.1).
+    /// Port to listen on.
     #[arg(long, env = "PORT")]
     pub port: u16,
+    /// Address to listen on (the Docker runtime sets `HOST=0.0.0.0` behind a bridge network,
+    /// where only the published port reaches the container).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
     /// Version reported in answers.
     #[arg(long, env = "VERSION", default_value = "dev")]
     pub version: String,
@@ -159,7 +163,7 @@ pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let addr = SocketAddr::new(args.host, args.port);
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
