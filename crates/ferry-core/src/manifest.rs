@@ -1125,6 +1125,47 @@ pub fn check_references(
     errors
 }
 
+/// Environments whose `runtime:` this build of Ferry can't run (e.g. `docker` in a build
+/// without the `docker` feature), each located at its `runtime:` key.
+pub fn check_runtimes(
+    text: &str,
+    file_name: &str,
+    manifest: &Manifest,
+    available: &[RuntimeKind],
+) -> Vec<ManifestError> {
+    use tree::Seg;
+    let Ok(tree) = tree::parse(text) else {
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    for (env, environment) in manifest.environments.iter() {
+        if available.contains(&environment.runtime) {
+            continue;
+        }
+        let path = vec![
+            Seg::Key("environments".into()),
+            Seg::Key(env.to_string()),
+            Seg::Key("runtime".into()),
+        ];
+        let pos = tree.locate(&path, true);
+        let name = serde_json::to_value(environment.runtime)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        errors.push(ManifestError {
+            file: file_name.to_string(),
+            line: pos.line,
+            column: pos.column,
+            path: tree::path_string(&path),
+            message: format!("this Ferry server was built without the {name} runtime"),
+            hint: Some(format!(
+                "use a build with the `{name}` cargo feature (the default), or `runtime: process`"
+            )),
+        });
+    }
+    errors
+}
+
 impl Manifest {
     /// Replica count of `service` in `env` (the environment's override wins).
     pub fn replicas(&self, service: &str, env: &str) -> u32 {
@@ -1203,5 +1244,21 @@ mod tests {
         assert!(shown.contains("ferry roles create tech-lead"), "{shown}");
         let roles = ["admin", "approver", "tech-lead"];
         assert!(check_references(text, "ferry.yaml", &manifest, &roles).is_empty());
+    }
+
+    #[test]
+    fn a_runtime_this_build_lacks_is_located() {
+        let text = "app: shop\nservices:\n  web:\n    image: shop/web:${VERSION}\n    user: \"65534\"\nenvironments:\n  production:\n    listen: 127.0.0.1:8082\n    runtime: docker\n  dev:\n    listen: 127.0.0.1:8083\n";
+        let manifest = parse(text, "ferry.yaml").expect("valid");
+        let errors = check_runtimes(text, "ferry.yaml", &manifest, &[RuntimeKind::Process]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let shown = errors[0].to_string();
+        assert!(
+            shown.starts_with("ferry.yaml:9:14: environments.production.runtime: this Ferry server was built without the docker runtime"),
+            "{shown}"
+        );
+        assert!(shown.contains("`docker` cargo feature"), "{shown}");
+        let all = [RuntimeKind::Process, RuntimeKind::Docker];
+        assert!(check_runtimes(text, "ferry.yaml", &manifest, &all).is_empty());
     }
 }

@@ -20,7 +20,13 @@ pub(crate) fn check_names(
     manifest: &Manifest,
 ) -> ApiResult<()> {
     let roles: Vec<&str> = access.roles.iter().map(|r| r.name.as_str()).collect();
-    let errors = manifest::check_references(text, file_name, manifest, &roles);
+    let mut errors = manifest::check_references(text, file_name, manifest, &roles);
+    errors.extend(manifest::check_runtimes(
+        text,
+        file_name,
+        manifest,
+        crate::runtimes::AVAILABLE,
+    ));
     if errors.is_empty() {
         return Ok(());
     }

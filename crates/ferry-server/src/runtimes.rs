@@ -3,13 +3,16 @@
 //! environment needs it (connected on first use, so the quickstart never needs Docker).
 //! Replica ids are unique, so status, stop and events need no environment: each replica is
 //! asked of the runtime that supervises it, and both runtimes' events arrive on one channel.
+//!
+//! The Docker runtime is behind the `docker` cargo feature (on by default). A build without
+//! it refuses `runtime: docker` environments when the manifest is applied ([`AVAILABLE`]),
+//! and [`RuntimeError::Unavailable`] answers any use of it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::manifest::{Manifest, RuntimeKind};
-use ferry_runtime::docker::DockerRuntime;
 use ferry_runtime::{
     ContainerSpec, Instance, ProcessIdentity, ProcessRuntime, RegistryAuth, ReplicaSpec,
     ReplicaStatus, Runtime, RuntimeError, RuntimeEvent, TaskOutcome, TaskSpec,
@@ -21,6 +24,12 @@ use tokio::sync::{OnceCell, broadcast, oneshot};
 pub const REGISTRY_USERNAME: &str = "FERRY_REGISTRY_USERNAME";
 pub const REGISTRY_PASSWORD: &str = "FERRY_REGISTRY_PASSWORD";
 
+/// The runtimes this build can run.
+#[cfg(feature = "docker")]
+pub const AVAILABLE: &[RuntimeKind] = &[RuntimeKind::Process, RuntimeKind::Docker];
+#[cfg(not(feature = "docker"))]
+pub const AVAILABLE: &[RuntimeKind] = &[RuntimeKind::Process];
+
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Runtimes {
@@ -29,7 +38,7 @@ pub struct Runtimes {
 
 struct Inner {
     process: ProcessRuntime,
-    docker: OnceCell<DockerRuntime>,
+    docker: OnceCell<Arc<dyn Runtime>>,
     /// Names this server on the engine (its data directory).
     owner: String,
     socket: PathBuf,
@@ -56,15 +65,16 @@ impl Runtimes {
     }
 
     /// The Docker runtime, connected on first use.
-    pub async fn docker(&self) -> Result<&DockerRuntime, RuntimeError> {
+    pub async fn docker(&self) -> Result<&dyn Runtime, RuntimeError> {
         self.inner
             .docker
             .get_or_try_init(|| async {
-                let docker = DockerRuntime::connect(&self.inner.socket, &self.inner.owner).await?;
-                forward(Runtime::subscribe(&docker), self.inner.events.clone());
+                let docker = connect_docker(&self.inner.socket, &self.inner.owner).await?;
+                forward(docker.subscribe(), self.inner.events.clone());
                 Ok(docker)
             })
             .await
+            .map(|docker| docker.as_ref())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
@@ -83,8 +93,8 @@ impl Runtimes {
         self.inner
             .docker
             .get()
-            .filter(|docker| Runtime::status(*docker, id).is_some())
-            .map(|docker| docker as &dyn Runtime)
+            .filter(|docker| docker.status(id).is_some())
+            .map(|docker| docker.as_ref())
     }
 
     pub fn status(&self, id: &str) -> Option<ReplicaStatus> {
@@ -96,7 +106,7 @@ impl Runtimes {
         self.inner
             .docker
             .get()
-            .is_some_and(|docker| Runtime::status(docker, id).is_some())
+            .is_some_and(|docker| docker.status(id).is_some())
     }
 
     /// The replica's log lines (tail, then follow), from whichever runtime runs it.
@@ -172,11 +182,10 @@ impl Runtimes {
     /// Stops every replica of both runtimes, and every container this server owns.
     pub async fn stop_all(&self) {
         self.inner.process.stop_all().await;
-        if let Some(docker) = self.inner.docker.get() {
-            Runtime::stop_all(docker).await;
-            if let Err(e) = docker.remove_all().await {
-                tracing::warn!(error = %e, "could not remove every container");
-            }
+        if let Some(docker) = self.inner.docker.get()
+            && let Err(e) = docker.remove_all().await
+        {
+            tracing::warn!(error = %e, "could not remove every container");
         }
     }
 
@@ -192,6 +201,25 @@ impl Runtimes {
             ferry_runtime::task::run(spec, started).await
         }
     }
+}
+
+/// Connects to the Docker engine at `socket`, as `owner`.
+#[cfg(feature = "docker")]
+async fn connect_docker(
+    socket: &std::path::Path,
+    owner: &str,
+) -> Result<Arc<dyn Runtime>, RuntimeError> {
+    let docker = ferry_runtime::docker::DockerRuntime::connect(socket, owner).await?;
+    Ok(Arc::new(docker))
+}
+
+/// A build without the `docker` feature has no Docker runtime.
+#[cfg(not(feature = "docker"))]
+async fn connect_docker(
+    _socket: &std::path::Path,
+    _owner: &str,
+) -> Result<Arc<dyn Runtime>, RuntimeError> {
+    Err(RuntimeError::Unavailable { runtime: "docker" })
 }
 
 /// Copies one runtime's events onto the shared channel until that runtime goes.

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
-    Ferry, Load, LoadReport, SERIAL, Sample, Spec, active_replicas, bounded, free_port, is_alive,
-    sample_sequential, wall_ms,
+    Ferry, Load, LoadReport, RuntimeKind, SERIAL, Sample, Spec, active_replicas, bounded, docker,
+    free_port, is_alive, sample_sequential, wall_ms,
 };
 use ferry_core::api::{EnvStatus, EventView};
 use ferry_core::model::DeploymentState;
@@ -242,10 +242,27 @@ async fn canary_progresses_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_canary_rolls_back_fast() {
+    bad_canary_rolls_back(RuntimeKind::Process).await;
+}
+
+/// The same scenario with containers on a real Docker engine.
+#[cfg(feature = "docker")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_canary_rolls_back_fast_on_docker() {
+    if !docker::engine_or_skip() {
+        return;
+    }
+    docker::demo_versions(&["2.0.0", "3.0.0"]);
+    bad_canary_rolls_back(RuntimeKind::Docker).await;
+}
+
+async fn bad_canary_rolls_back(runtime: RuntimeKind) {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
+        let _cleanup = docker::cleanup_for(runtime, &ferry);
         let mut spec = Spec::new("shop");
+        spec.runtime = runtime;
         spec.replicas = 2;
         spec.prelude = "if [ \"$VERSION\" = 3.0.0 ]; then export DEMO_ERROR_RATE=0.5; fi;".into();
         // Default analysis settings (interval 5s, failure_limit 0, min_requests 20).
@@ -450,10 +467,27 @@ async fn abort_and_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blue_green_switch() {
+    blue_green(RuntimeKind::Process).await;
+}
+
+/// The same scenario with containers on a real Docker engine.
+#[cfg(feature = "docker")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blue_green_switch_on_docker() {
+    if !docker::engine_or_skip() {
+        return;
+    }
+    docker::demo_versions(&["1.0.0", "2.0.0"]);
+    blue_green(RuntimeKind::Docker).await;
+}
+
+async fn blue_green(runtime: RuntimeKind) {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
+        let _cleanup = docker::cleanup_for(runtime, &ferry);
         let mut spec = Spec::new("shop");
+        spec.runtime = runtime;
         spec.replicas = 2;
         let preview_port = free_port();
         spec.strategy = format!(

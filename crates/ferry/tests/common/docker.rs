@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 pub const SOCKET: &str = "/var/run/docker.sock";
+/// The demo image's repository: one tag per version a test deploys ([`demo_versions`]).
+pub const DEMO_REPOSITORY: &str = "ferry-test/demo";
 /// The demo image: `ferry-demo` as its command, `USER 65534:65534`.
 pub const DEMO_IMAGE: &str = "ferry-test/demo:1.0.0";
 /// The same files without a `USER` (so it would run as root).
@@ -61,12 +63,60 @@ pub fn images() {
         );
         import(root, ROOT_IMAGE, &["CMD [\"/ferry-demo\"]"]);
         // The same image under a second version, for rolling updates.
-        let out = Command::new("docker")
-            .args(["tag", DEMO_IMAGE, "ferry-test/demo:1.1.0"])
-            .output()
-            .expect("docker tag");
-        assert!(out.status.success(), "docker tag: {out:?}");
+        tag(DEMO_IMAGE, &format!("{DEMO_REPOSITORY}:1.1.0"));
     });
+}
+
+/// The demo image under each of these versions (`ferry-test/demo:VERSION`), built first if
+/// needed: a deployment of VERSION finds its image locally.
+pub fn demo_versions(versions: &[&str]) {
+    images();
+    for version in versions {
+        tag(DEMO_IMAGE, &format!("{DEMO_REPOSITORY}:{version}"));
+    }
+}
+
+fn tag(image: &str, as_tag: &str) {
+    let out = Command::new("docker")
+        .args(["tag", image, as_tag])
+        .output()
+        .expect("docker tag");
+    assert!(out.status.success(), "docker tag {as_tag}: {out:?}");
+}
+
+/// One container, as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: String,
+    pub replica: String,
+    pub version: String,
+    /// `running`, `exited`, `created`…
+    pub state: String,
+}
+
+/// The replica containers (label `ferry.replica`) a Ferry server with this data directory
+/// owns, in every state, as the engine lists them.
+pub fn replica_containers(owner: &str) -> Vec<Listed> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--no-trunc", "--filter"])
+        .arg(format!("label=ferry.owner={owner}"))
+        .args(["--filter", "label=ferry.replica", "--format"])
+        .arg("{{.ID}} {{.Label \"ferry.replica\"}} {{.Label \"ferry.version\"}} {{.State}}")
+        .output()
+        .expect("docker ps");
+    assert!(out.status.success(), "docker ps: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace().map(str::to_string);
+            Some(Listed {
+                id: words.next()?,
+                replica: words.next()?,
+                version: words.next()?,
+                state: words.next()?,
+            })
+        })
+        .collect()
 }
 
 fn copy(from: &Path, to: &Path) {
@@ -137,6 +187,11 @@ pub fn inspect(id: &str, template: &str) -> String {
         .output()
         .expect("docker inspect");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// For a test on Docker: removes the containers of this installation when dropped.
+pub fn cleanup_for(runtime: super::RuntimeKind, ferry: &super::Ferry) -> Option<Cleanup> {
+    (runtime == super::RuntimeKind::Docker).then(|| Cleanup(ferry.data.display().to_string()))
 }
 
 /// Removes every container of an owner when dropped (the test's own cleanup may not run).

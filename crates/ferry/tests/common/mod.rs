@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_core::api::{DeploymentDetail, DeploymentView, EnvStatus, EventView};
+pub use ferry_core::manifest::RuntimeKind;
 use ferry_core::model::ReplicaState;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -98,6 +99,9 @@ pub struct Spec {
     pub program: Option<String>,
     /// The environment's `run_as:` (None: the server's default, `nobody` under root).
     pub run_as: Option<String>,
+    /// What runs the replicas: processes, or containers of the test image
+    /// ([`docker::DEMO_REPOSITORY`]`:VERSION`, see [`docker::demo_versions`]).
+    pub runtime: RuntimeKind,
 }
 
 impl Spec {
@@ -113,6 +117,7 @@ impl Spec {
             strategy: "{ rolling: { max_surge: 1, max_unavailable: 0 } }".to_string(),
             program: None,
             run_as: None,
+            runtime: RuntimeKind::Process,
         }
     }
 
@@ -274,22 +279,40 @@ impl Ferry {
 
     /// Writes the manifest for `spec` and returns its path.
     pub fn write_manifest(&self, spec: &Spec, file: &str) -> PathBuf {
-        let program = spec
-            .program
-            .clone()
-            .unwrap_or_else(|| format!("'{DEMO}' --port \"$PORT\" --version \"$VERSION\""));
-        let script = format!(
-            "echo $$ >> '{pids}'; {prelude} exec {program}",
-            pids = self.pids_file().display(),
-            prelude = spec.prelude,
-        );
-        let run = serde_json::to_string(&["sh", "-c", &script]).expect("json");
         let mark = serde_json::to_string(&self.mark).expect("json");
+        let (workload, runtime) = match spec.runtime {
+            RuntimeKind::Process => {
+                let program = spec
+                    .program
+                    .clone()
+                    .unwrap_or_else(|| format!("'{DEMO}' --port \"$PORT\" --version \"$VERSION\""));
+                let script = format!(
+                    "echo $$ >> '{pids}'; {prelude} exec {program}",
+                    pids = self.pids_file().display(),
+                    prelude = spec.prelude,
+                );
+                let run = serde_json::to_string(&["sh", "-c", &script]).expect("json");
+                (format!("run: {run}"), String::new())
+            }
+            // The test image's `ferry-demo` (it reads $PORT and $VERSION), in a container.
+            RuntimeKind::Docker => {
+                let program = spec.program.as_deref().unwrap_or("/ferry-demo");
+                let script = format!("{} exec {program}", spec.prelude);
+                let run = serde_json::to_string(&["/bin/sh", "-c", &script]).expect("json");
+                (
+                    format!(
+                        "image: {}:${{VERSION}}\n    run: {run}\n    resources: {{ memory: 128Mi, cpus: 0.5 }}",
+                        docker::DEMO_REPOSITORY
+                    ),
+                    "    runtime: docker\n".to_string(),
+                )
+            }
+        };
         let yaml = format!(
             "app: {app}
 services:
   web:
-    run: {run}
+    {workload}
     replicas: {replicas}
     env: {{ FERRY_TEST_MARK: {mark} }}
     stop_timeout: 5s
@@ -298,7 +321,7 @@ services:
   {env}:
     listen: {listen}
     strategy: {strategy}
-{run_as}",
+{runtime}{run_as}",
             app = spec.app,
             replicas = spec.replicas,
             start_timeout = spec.start_timeout,
