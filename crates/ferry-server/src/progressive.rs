@@ -43,8 +43,24 @@ pub fn clock(unix_ms: i64) -> String {
 }
 
 impl Phase {
-    pub fn of(value: &serde_json::Value) -> Phase {
-        serde_json::from_value(value.clone()).unwrap_or_default()
+    /// The phase deployment `id` persisted (`{}` when new). Unreadable is an error, never
+    /// a default: a canary must not silently start again at stage 0.
+    pub fn read(id: i64, value: &serde_json::Value) -> Result<Phase, crate::error::ServerError> {
+        if value.is_null() {
+            return Ok(Phase::default());
+        }
+        Phase::deserialize(value).map_err(|e| {
+            crate::error::ServerError::Corrupt(format!(
+                "deployment #{id}: its stored phase is unreadable ({e}); it is left as it is"
+            ))
+        })
+    }
+
+    /// [`Phase::read`] of a deployment record.
+    pub fn of(
+        deployment: &ferry_store::DeploymentRecord,
+    ) -> Result<Phase, crate::error::ServerError> {
+        Phase::read(deployment.id, &deployment.phase)
     }
 
     pub fn to_value(&self) -> serde_json::Value {
@@ -369,6 +385,35 @@ fn cumulative(stats: &StatsSnapshot, listener: &str, version: &str) -> PerServic
 mod tests {
     use super::*;
     use ferry_proxy::stats::{LatencyPercentiles, VersionStats};
+
+    #[test]
+    fn an_unreadable_phase_is_an_error_not_stage_zero() {
+        // New deployments have `{}`; a saved phase reads back as saved.
+        assert!(
+            Phase::read(1, &serde_json::json!({}))
+                .unwrap()
+                .progress
+                .is_none()
+        );
+        let phase = Phase {
+            progress: Some(progressive::start(5)),
+            bake_until_ms: Some(9),
+            ..Default::default()
+        };
+        let back = Phase::read(1, &phase.to_value()).unwrap();
+        assert_eq!(back.progress, phase.progress);
+        assert_eq!(back.bake_until_ms, Some(9));
+        // A phase the server cannot read is an error naming the deployment, never a
+        // default (which would restart a canary at stage 0 with 0 % traffic).
+        for bad in [
+            serde_json::json!({ "progress": "stage 3" }),
+            serde_json::json!([1, 2]),
+            serde_json::json!({ "bake_until_ms": "soon" }),
+        ] {
+            let err = Phase::read(42, &bad).expect_err("unreadable");
+            assert!(err.to_string().contains("deployment #42"), "{err}");
+        }
+    }
 
     fn counted(listener: &str, version: &str, requests: u64, errors_5xx: u64) -> VersionStats {
         VersionStats {

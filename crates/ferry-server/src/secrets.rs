@@ -100,6 +100,17 @@ pub enum CryptoError {
     Seal,
 }
 
+/// Why an environment's secrets could not be given to a workload.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvSecretsError {
+    /// The store failed (retry later).
+    #[error(transparent)]
+    Store(#[from] ferry_store::StoreError),
+    /// A secret does not decrypt or is not UTF-8 (needs a person).
+    #[error("{0}")]
+    Unreadable(String),
+}
+
 /// What the ciphertext of `app/env/name` at `version` is bound to.
 pub fn aad(app: &str, env: &str, name: &str, version: i64) -> String {
     format!("{app}/{env}/{name}/{version}")
@@ -451,19 +462,25 @@ impl Secrets {
     }
 
     /// The decrypted secrets of one environment, by name (for a replica's environment).
-    pub async fn env_vars(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String> {
-        let records = self
-            .store
-            .secrets_of(app, env)
-            .await
-            .map_err(|e| e.to_string())?;
+    pub async fn env_vars(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Result<BTreeMap<String, String>, EnvSecretsError> {
+        let records = self.store.secrets_of(app, env).await?;
         let key = self.key.read().await;
         let mut vars = BTreeMap::new();
         for r in records {
-            let plain = open(&[&key], &aad(app, env, &r.name, r.version), &r.ciphertext)
-                .map_err(|e| format!("secret {} of {app}/{env}: {e}", r.name))?;
-            let value = String::from_utf8(plain)
-                .map_err(|_| format!("secret {} of {app}/{env} is not UTF-8", r.name))?;
+            let plain =
+                open(&[&key], &aad(app, env, &r.name, r.version), &r.ciphertext).map_err(|e| {
+                    EnvSecretsError::Unreadable(format!("secret {} of {app}/{env}: {e}", r.name))
+                })?;
+            let value = String::from_utf8(plain).map_err(|_| {
+                EnvSecretsError::Unreadable(format!(
+                    "secret {} of {app}/{env} is not UTF-8",
+                    r.name
+                ))
+            })?;
             vars.insert(r.name, value);
         }
         Ok(vars)

@@ -616,3 +616,99 @@ async fn cli_outputs() {
     })
     .await;
 }
+
+/// A store failure while a replica starts is an infrastructure hiccup: nothing is decided,
+/// the next pass tries again, and the healthy rollout goes on once the store recovers. It
+/// used to become the deployment's failure, rolling it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_hiccup_while_starting_a_replica_is_retried_never_rolled_back() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let spec = Spec::new("shop");
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+
+        // The real database refuses new replica rows (as a full disk or a lost connection
+        // would), through a trigger.
+        let db = ferry.data.join("ferry.db");
+        sqlite(
+            &db,
+            "CREATE TRIGGER hiccup BEFORE INSERT ON replicas \
+             BEGIN SELECT RAISE(ABORT, 'injected store hiccup'); END;",
+        );
+        let out = ferry
+            .cli(&[
+                "deploy",
+                "shop",
+                "--env",
+                "production",
+                "--version",
+                "1.1.0",
+                "-o",
+                "json",
+            ])
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        let id = out.json()["id"].as_i64().expect("deployment id");
+        // Wait until the server has met the failure (and retried) a few times, or gave up.
+        let logs = || {
+            ["out", "err"]
+                .iter()
+                .map(|ext| {
+                    std::fs::read_to_string(ferry.dir.path().join(format!("server-1.{ext}")))
+                        .unwrap_or_default()
+                })
+                .collect::<String>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let state = ferry.deployment(id).await.deployment.state;
+            let seen = logs().matches("injected store hiccup").count();
+            if seen >= 3
+                || !matches!(
+                    state,
+                    DeploymentState::Pending | DeploymentState::Progressing
+                )
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no store failure within 60s:\n{}",
+                logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let during = ferry.deployment(id).await;
+        assert_eq!(
+            during.deployment.state,
+            DeploymentState::Progressing,
+            "a store failure must not decide the deployment: {:#?}",
+            during.events
+        );
+        ferry.assert_serves(&spec, "1.0.0").await;
+
+        sqlite(&db, "DROP TRIGGER hiccup;");
+        let done = ferry.wait_terminal(id, Duration::from_secs(90)).await;
+        assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
+        ferry.assert_serves(&spec, "1.1.0").await;
+    })
+    .await;
+}
+
+/// Runs `sql` on the server's SQLite database from outside, as another client would.
+fn sqlite(db: &std::path::Path, sql: &str) {
+    let script = "import sqlite3, sys\n\
+                  c = sqlite3.connect(sys.argv[1], timeout=10)\n\
+                  c.executescript(sys.argv[2])\n\
+                  c.close()\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "{sql}: {out:?}");
+}

@@ -14,6 +14,7 @@ use crate::progressive::{Phase, Subject};
 use ferry_core::progressive::{self, Outcome, Plan};
 
 use super::Controller;
+use super::replicas::ActError;
 
 use super::strategy::millis;
 use super::strategy::target_or;
@@ -34,7 +35,7 @@ impl Controller {
     ) -> Result<(), ServerError> {
         let canary = deployment.version.as_str();
         let stable = target_or(&deployment.previous_version).to_string();
-        let mut phase = Phase::of(&deployment.phase);
+        let mut phase = Phase::of(deployment)?;
         if deployment.state == DeploymentState::RollingBack {
             // All traffic is on the stable version already (routes use weight 0 here):
             // restore its replicas, stop the new ones.
@@ -188,7 +189,7 @@ impl Controller {
                     // bake: keep watching (crash loops, health, the background analysis).
                     if !self.baked(deployment, manifest, env, now).await? {
                         if let Some(measured) = &observed.background_measurements {
-                            let mut fresh = Phase::of(&deployment.phase);
+                            let mut fresh = Phase::of(deployment)?;
                             fresh.progress = Some(next.clone());
                             let lines: Vec<String> = measured
                                 .iter()
@@ -274,11 +275,16 @@ impl Controller {
                 ]
             };
             let (actions, _) = rollout::reconcile_sets(service, &want);
-            if let Err(reason) = self
+            match self
                 .act(app, manifest, env, Some(deployment.id), actions, now)
                 .await
             {
-                return self.roll_back(deployment, &phase, &stable, &reason).await;
+                Ok(()) => {}
+                Err(ActError::Failed(reason)) => {
+                    return self.roll_back(deployment, &phase, &stable, &reason).await;
+                }
+                // The store or the engine failed: the phase is saved; retry next pass.
+                Err(ActError::Infra(e)) => return Err(e),
             }
         }
         Ok(())
@@ -300,7 +306,7 @@ impl Controller {
             return Ok(true);
         };
         let bake_ms = millis(bake.get());
-        let mut phase = Phase::of(&deployment.phase);
+        let mut phase = Phase::of(deployment)?;
         match phase.bake_until_ms {
             None => {
                 let until = now.saturating_add(bake_ms);

@@ -367,7 +367,7 @@ impl Controller {
                     deployment.id, deployment.state, name.verb()
                 )));
             }
-            let mut phase = Phase::of(&deployment.phase);
+            let mut phase = Phase::of(deployment)?;
             phase.command = Some(PendingCommand { name, by: by.to_string() });
             Ok(Change {
                 state: DeploymentState::Progressing,
@@ -388,7 +388,7 @@ impl Controller {
         by: &str,
     ) -> Result<DeploymentView, RequestError> {
         self.change_in_progress(app, env, |deployment| {
-            let mut phase = Phase::of(&deployment.phase);
+            let mut phase = Phase::of(deployment)?;
             phase.aborted_by = Some(by.to_string());
             let reason = format!("aborted by {by}");
             let waiting = matches!(

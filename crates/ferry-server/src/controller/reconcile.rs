@@ -17,6 +17,7 @@ use crate::error::ServerError;
 use crate::lock;
 use crate::progressive::Phase;
 
+use super::replicas::ActError;
 use super::replicas::short_id;
 use super::strategy::describe_run;
 use super::strategy::pace_of;
@@ -366,7 +367,9 @@ impl Controller {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(reason) => Verdict::Failed(reason),
+                Err(ActError::Failed(reason)) => Verdict::Failed(reason),
+                // The store or the engine failed: decide nothing, retry on the next pass.
+                Err(ActError::Infra(e)) => return Err(e),
             },
             other => other,
         };
@@ -389,7 +392,7 @@ impl Controller {
             verdict
         };
         // bake: a converged version is watched for `bake` before it succeeds.
-        let baking = Phase::of(&deployment.phase).bake_until_ms.is_some();
+        let baking = Phase::of(&deployment)?.bake_until_ms.is_some();
         if verdict == Verdict::Converged
             && deployment.state == DeploymentState::Progressing
             && !self.baked(&deployment, manifest, env, now).await?
@@ -430,7 +433,7 @@ impl Controller {
             if state == DeploymentState::RollingBack {
                 self.warn_if_irreversible(&deployment).await?;
             }
-            let aborted_by = Phase::of(&deployment.phase).aborted_by;
+            let aborted_by = Phase::of(&deployment)?.aborted_by;
             let (state, message) = match (state, aborted_by) {
                 (DeploymentState::RolledBack, Some(by)) => (
                     DeploymentState::Aborted,

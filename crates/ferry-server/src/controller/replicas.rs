@@ -99,7 +99,8 @@ impl Controller {
         }
     }
 
-    /// Carries out the core's actions. Err: the new version can't even be started.
+    /// Carries out the core's actions. [`ActError::Failed`]: the new version can't even be
+    /// started; [`ActError::Infra`]: the store or the engine failed (retried next pass).
     pub(super) async fn act(
         &self,
         app: &AppRecord,
@@ -108,7 +109,7 @@ impl Controller {
         deployment: Option<i64>,
         actions: Vec<Action>,
         now: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), ActError> {
         for action in actions {
             match action {
                 Action::Start {
@@ -123,10 +124,7 @@ impl Controller {
                 }
                 Action::Drain { service, ids } => {
                     for id in ids {
-                        self.store
-                            .set_replica_draining(&id, now)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        self.store.set_replica_draining(&id, now).await?;
                         if let Some(deployment) = deployment {
                             self.event(
                                 deployment,
@@ -152,9 +150,8 @@ impl Controller {
         version: &str,
         deployment: Option<i64>,
         now: i64,
-    ) -> Result<(), String> {
-        let port =
-            ferry_runtime::free_port().map_err(|e| format!("no free port for {service}: {e}"))?;
+    ) -> Result<(), ActError> {
+        let port = ferry_runtime::free_port().map_err(|e| ActError::Infra(e.into()))?;
         let record = ReplicaRecord {
             id: replica_id(&app.name, env, service, version),
             app: app.name.clone(),
@@ -172,7 +169,10 @@ impl Controller {
             .secrets
             .env_vars(&app.name, env)
             .await
-            .map_err(|e| format!("cannot start {service}: {e}"))?;
+            .map_err(|e| match e {
+                crate::secrets::EnvSecretsError::Store(e) => ActError::from(e),
+                e => ActError::Failed(format!("cannot start {service}: {e}")),
+            })?;
         let commit = self.release_commit(&app.name, version).await;
         // A service new since that revision has no older configuration: the latest it is.
         let pinned = self.spec_manifest(app, env, deployment).await;
@@ -183,14 +183,11 @@ impl Controller {
         let run_as = self
             .workloads
             .run_as(manifest, env)
-            .map_err(|e| format!("cannot start {service}: {e}"))?;
+            .map_err(|e| ActError::Failed(format!("cannot start {service}: {e}")))?;
         let spec = replica_spec(app, manifest, &record, secrets, commit.as_deref(), run_as)
-            .ok_or_else(|| format!("service {service} is not in the manifest"))?;
+            .ok_or_else(|| ActError::Failed(format!("service {service} is not in the manifest")))?;
         // Persist, then act: the row exists before the process does.
-        self.store
-            .insert_replica(&record)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.store.insert_replica(&record).await?;
         crate::config::record(&self.store, app, manifest, &record).await;
         if let Some(deployment) = deployment {
             self.event(
@@ -208,14 +205,17 @@ impl Controller {
                 if let Some(identity) = instance.process() {
                     self.store
                         .set_replica_process(&record.id, identity.pid, identity.start_time)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                        .await?;
                 }
                 Ok(())
             }
             Err(e) => {
                 let _ = self.store.delete_replica(&record.id).await;
-                Err(format!("{service} {version}: could not start: {e}"))
+                Err(if is_infrastructure(&e) {
+                    ActError::Infra(e.into())
+                } else {
+                    ActError::Failed(format!("{service} {version}: could not start: {e}"))
+                })
             }
         }
     }
@@ -284,6 +284,35 @@ impl Controller {
             }
         }
     }
+}
+
+/// Why carrying out an action failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ActError {
+    /// The new version cannot run (a bad command, a refused or missing image…): the
+    /// deployment fails, or rolls back.
+    #[error("{0}")]
+    Failed(String),
+    /// The store or the engine failed (a database hiccup, the engine unreachable): nothing
+    /// is decided; the next pass tries again. Never rolls a healthy deployment back.
+    #[error(transparent)]
+    Infra(#[from] ServerError),
+}
+
+impl From<ferry_store::StoreError> for ActError {
+    fn from(e: ferry_store::StoreError) -> Self {
+        ActError::Infra(e.into())
+    }
+}
+
+/// A runtime failure that says nothing about the version being started: the engine or the
+/// host failed, so the start is retried rather than judged.
+fn is_infrastructure(e: &ferry_runtime::RuntimeError) -> bool {
+    use ferry_runtime::RuntimeError as E;
+    matches!(
+        e,
+        E::Engine { .. } | E::FreePort(_) | E::LogFile { .. } | E::Identity { .. }
+    )
 }
 
 /// `app.env.service.version.xxxxxx`: unique across servers (the random tail) and readable.

@@ -47,6 +47,23 @@ impl Controller {
         })
     }
 
+    /// The listeners of app/env in the table the proxy acknowledged last.
+    fn acknowledged_listeners(&self, app: &str, env: &str) -> Vec<ListenerConfig> {
+        let id = format!("{app}/{env}");
+        self.proxy
+            .acknowledged()
+            .map(|table| {
+                table
+                    .listeners
+                    .into_iter()
+                    .filter(|l| {
+                        l.id == id || l.id.strip_prefix(&id).is_some_and(|r| r.starts_with('/'))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub(super) async fn push_routes(
         &self,
         apps: &BTreeMap<String, (AppRecord, Manifest)>,
@@ -69,21 +86,30 @@ impl Controller {
                 let mut routes = Vec::new();
                 let mut preview_routes = Vec::new();
                 let mut summary = Vec::new();
+                let deployment = active.get(&(app.name.clone(), env_name.to_string()));
+                let phase = match deployment.map(Phase::of).transpose() {
+                    Ok(phase) => phase,
+                    Err(e) => {
+                        // An unreadable phase says nothing of the weights: what the proxy
+                        // has for this environment stays as it is.
+                        tracing::error!(app = %app.name, env = env_name, error = %e, "route table of this environment kept as it is");
+                        listeners.extend(self.acknowledged_listeners(&app.name, env_name));
+                        continue;
+                    }
+                };
                 // A progressive rollout splits by its weight; anything else by replica count.
-                let weighting = active
-                    .get(&(app.name.clone(), env_name.to_string()))
-                    .and_then(|d| {
-                        plan_of(d, &env.strategy, manifest, env_name)?;
-                        let stable = d.previous_version.clone()?;
-                        let bp = match d.state {
-                            DeploymentState::Progressing => Phase::of(&d.phase)
-                                .progress
-                                .map(|p| p.weight_bp)
-                                .unwrap_or(0),
-                            _ => 0,
-                        };
-                        Some((stable, d.version.clone(), bp))
-                    });
+                let weighting = deployment.and_then(|d| {
+                    plan_of(d, &env.strategy, manifest, env_name)?;
+                    let stable = d.previous_version.clone()?;
+                    let bp = match d.state {
+                        DeploymentState::Progressing => phase
+                            .as_ref()
+                            .and_then(|p| p.progress.as_ref())
+                            .map_or(0, |p| p.weight_bp),
+                        _ => 0,
+                    };
+                    Some((stable, d.version.clone(), bp))
+                });
                 let preview_token = match (&weighting, preview_secret(&env.strategy)) {
                     (Some(_), Some(name)) => self.preview_token(&app.name, env_name, name).await,
                     _ => None,

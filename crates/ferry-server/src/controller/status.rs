@@ -181,7 +181,7 @@ pub(super) fn rollout_view(
     env: &str,
 ) -> Option<ferry_core::api::RolloutView> {
     let plan = plan_of(deployment, strategy, manifest, env)?;
-    let progress = Phase::of(&deployment.phase).progress.unwrap_or_default();
+    let progress = Phase::of(deployment).ok()?.progress.unwrap_or_default();
     let weight = match deployment.state {
         DeploymentState::Progressing => progress.weight_bp,
         _ => 0,
