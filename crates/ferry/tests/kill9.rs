@@ -2,14 +2,19 @@
 //! canary and blue/green rollouts (each time right after the Nth event of the deployment's
 //! timeline), restarted on the same data directory, and every rollout must converge to the
 //! same end: succeeded, 100% of the new version, no orphan process, no step applied twice,
-//! and zero failed client requests through the proxy, which keeps serving meanwhile.
+//! and zero failed client requests through the proxy, which keeps serving meanwhile. The same
+//! on a real Docker engine (rolling and canary), where "no orphan, no duplicate" is counted
+//! through the engine by label, and teardown must leave no container.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Ferry, Load, SERIAL, Spec, active_replicas, bounded, free_port, is_alive, wall_ms};
+use common::{
+    Ferry, Load, RuntimeKind, SERIAL, Spec, active_replicas, bounded, docker, free_port, is_alive,
+    wall_ms,
+};
 use ferry_core::api::EventView;
 use ferry_core::model::DeploymentState;
 use tokio::time::Instant;
@@ -20,7 +25,14 @@ const LIMIT: Duration = Duration::from_secs(420);
 async fn kill9_canary_at_many_points() {
     let strategy = "{ canary: { steps: [{ weight: 20 }, { pause: 1s }, { weight: 50 }, { pause: 1s }], \
                     analysis: { interval: 1s, metrics: [{ name: errors, builtin: error_rate, max: 0.05, min_requests: 20 }] } } }";
-    kill9_many_points("canary", strategy.to_string(), &[0, 100, 250, 500, 800]).await;
+    kill9_many_points(
+        RuntimeKind::Process,
+        "canary",
+        strategy.to_string(),
+        &[0, 100, 250, 500, 800],
+        20,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -29,7 +41,55 @@ async fn kill9_blue_green_at_many_points() {
         "{{ blue_green: {{ auto_promote: false, auto_promote_after: 1s, scale_down_delay: 1s, preview_listen: \"127.0.0.1:{}\" }} }}",
         free_port()
     );
-    kill9_many_points("blue/green", strategy, &[0, 100, 250, 500, 800]).await;
+    kill9_many_points(
+        RuntimeKind::Process,
+        "blue/green",
+        strategy,
+        &[0, 100, 250, 500, 800],
+        20,
+    )
+    .await;
+}
+
+/// Containers on a real Docker engine: the server is killed mid rolling update; the restarted
+/// server re-adopts the containers by label (no orphan, no duplicate, counted through the
+/// engine) and finishes the rollout; teardown leaves no container.
+#[cfg(feature = "docker")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_rolling_update_on_docker() {
+    if !docker::engine_or_skip() {
+        return;
+    }
+    docker::demo_versions(&["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0"]);
+    let strategy = "{ rolling: { max_surge: 1, max_unavailable: 0 } }".to_string();
+    kill9_many_points(
+        RuntimeKind::Docker,
+        "rolling on docker",
+        strategy,
+        &[0, 150, 300, 600],
+        6,
+    )
+    .await;
+}
+
+/// The same mid canary (weights, pauses, analysis), on Docker.
+#[cfg(feature = "docker")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_canary_on_docker() {
+    if !docker::engine_or_skip() {
+        return;
+    }
+    docker::demo_versions(&["1.0.0", "1.1.0", "1.2.0"]);
+    let strategy = "{ canary: { steps: [{ weight: 20 }, { pause: 1s }, { weight: 50 }, { pause: 1s }], \
+                    analysis: { interval: 1s, metrics: [{ name: errors, builtin: error_rate, max: 0.05, min_requests: 20 }] } } }";
+    kill9_many_points(
+        RuntimeKind::Docker,
+        "canary on docker",
+        strategy.to_string(),
+        &[0, 300],
+        6,
+    )
+    .await;
 }
 
 /// One kill: which rollout, after its how-manyth transition (`state` event) and how long
@@ -45,12 +105,20 @@ struct KillPoint {
 /// of its deployment (each `state` event on the timeline: persisted progress of the state
 /// machine), that many milliseconds after it. Restarts add no transition of their own, so
 /// every kill is followed by progress and the rollout ends.
-async fn kill9_many_points(name: &str, strategy: String, delays_ms: &[u64]) {
+async fn kill9_many_points(
+    runtime: RuntimeKind,
+    name: &str,
+    strategy: String,
+    delays_ms: &[u64],
+    min_points: usize,
+) {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let started = Instant::now();
         let mut ferry = Ferry::start().await;
+        let _cleanup = docker::cleanup_for(runtime, &ferry);
         let mut spec = Spec::new("shop");
+        spec.runtime = runtime;
         spec.replicas = 2;
         spec.strategy = strategy;
         let manifest = ferry.write_manifest(&spec, "ferry.yaml");
@@ -129,7 +197,20 @@ async fn kill9_many_points(name: &str, strategy: String, delays_ms: &[u64]) {
         for k in &kills {
             eprintln!("  run {} +{:>3}ms after transition {:>2}: {}", k.run, k.delay_ms, k.transition, k.after);
         }
-        assert!(points.len() >= 20, "{name}: only {} distinct kill points", points.len());
+        assert!(
+            points.len() >= min_points,
+            "{name}: only {} distinct kill points",
+            points.len()
+        );
+        if runtime == RuntimeKind::Docker {
+            let owner = ferry.data.display().to_string();
+            drop(ferry);
+            assert_eq!(
+                docker::containers("ferry.owner", &owner),
+                Vec::<String>::new(),
+                "{name}: teardown leaves no container"
+            );
+        }
     })
     .await;
 }
@@ -200,18 +281,44 @@ fn assert_no_repeated_steps(events: &[EventView], timeline: &str) {
     );
 }
 
-/// After success: exactly the listed replicas run (no orphan, no duplicate), all of `version`.
+/// After success: exactly the listed replicas run (no orphan, no duplicate), all of `version`:
+/// processes by the pids each replica recorded, containers as the engine lists them by label.
 async fn assert_converged(ferry: &Ferry, spec: &Spec, version: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let status = ferry.status_api(spec).await;
         let active = active_replicas(&status);
-        let listed: BTreeSet<u32> = active.iter().filter_map(|r| r.pid).collect();
-        let alive: BTreeSet<u32> = ferry
-            .recorded_replica_pids()
-            .into_iter()
-            .filter(|pid| is_alive(*pid))
-            .collect();
+        // Sorted lists, not sets: a duplicate container must show.
+        let (mut listed, mut alive): (Vec<String>, Vec<String>) = match spec.runtime {
+            RuntimeKind::Process => (
+                active
+                    .iter()
+                    .filter_map(|r| r.pid)
+                    .map(|p| p.to_string())
+                    .collect(),
+                ferry
+                    .recorded_replica_pids()
+                    .into_iter()
+                    .filter(|pid| is_alive(*pid))
+                    .map(|p| p.to_string())
+                    .collect(),
+            ),
+            RuntimeKind::Docker => {
+                let containers = docker::replica_containers(&ferry.data.display().to_string());
+                // Every container (in any state) is a listed replica of `version`, one each.
+                let all: Vec<String> = containers
+                    .iter()
+                    .map(|c| format!("{} {} {}", c.replica, c.version, c.state))
+                    .collect();
+                let listed = active
+                    .iter()
+                    .map(|r| format!("{} {version} running", r.id))
+                    .collect();
+                (listed, all)
+            }
+        };
+        listed.sort();
+        alive.sort();
         let settled = alive == listed
             && active.len() == spec.replicas as usize
             && active.iter().all(|r| r.version == version)
@@ -221,7 +328,7 @@ async fn assert_converged(ferry: &Ferry, spec: &Spec, version: &str) {
         }
         assert!(
             Instant::now() < deadline,
-            "live replica pids {alive:?} must be exactly the listed ones {listed:?}, {} replicas of {version}; status: {:#?}\n{}\n{}",
+            "live replicas {alive:?} must be exactly the listed ones {listed:?}, {} replicas of {version}; status: {:#?}\n{}\n{}",
             spec.replicas,
             status,
             ferry.timelines(spec, wall_ms()).await,
