@@ -5,6 +5,8 @@ pub mod analysis;
 pub mod api;
 pub mod apply;
 pub mod audit;
+// console:
+pub mod console;
 pub mod duration;
 pub mod flags;
 pub mod gates;

@@ -160,7 +160,7 @@ pub fn router(state: AppState) -> Router {
             get(crate::api_hooks::output),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), access::gate));
-    Router::new()
+    let api = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .route(
@@ -177,7 +177,9 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(state)
+        .with_state(state.clone());
+    // console: the web console at `/`, beside the API (it calls the API router itself)
+    crate::console::mount(api, state)
 }
 
 /// Every error answer is the JSON error object: what the framework answers in plain text

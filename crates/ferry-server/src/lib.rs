@@ -25,6 +25,8 @@ mod approvals;
 mod audit;
 mod auth;
 mod clock;
+// console:
+mod console;
 mod controller;
 mod error;
 // gates:

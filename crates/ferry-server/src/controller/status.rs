@@ -20,6 +20,11 @@ use super::{Controller, RequestError};
 use super::strategy::target_or;
 
 impl Controller {
+    /// Ticks after every timeline event of any deployment (the console's live dashboard).
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events_changed.subscribe()
+    }
+
     /// The environment's status now and after every change (at most every 250 ms).
     pub fn watch(
         self: Arc<Self>,

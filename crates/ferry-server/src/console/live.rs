@@ -1,0 +1,178 @@
+//! Live updates over server-sent events, for the console's script.
+//!
+//! - `GET /deployments/{id}/live`: the deployment's timeline events (`event: timeline`,
+//!   `id:` = the event's sequence number, so a reconnecting browser resumes after the last
+//!   one it saw with `Last-Event-ID`; a first connection passes `?after=` = the last event
+//!   the page showed), each batch followed by `event: status` (state, reason, weights).
+//!   Ends with `event: end` once the deployment is over.
+//! - `GET /live`: `event: changed` after any timeline event (at most every 300 ms); the
+//!   dashboard then fetches itself again.
+//!
+//! Both check the session (and, for a deployment, the API's view permission) before they
+//! start, re-check the session with every batch, and end when the server stops.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use ferry_core::api::DeploymentDetail;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Console, refused};
+
+/// Longest wait for new events before the session is checked again.
+const BATCH_WAIT: Duration = Duration::from_secs(15);
+/// The dashboard is told of changes at most this often.
+const DASHBOARD_EVERY: Duration = Duration::from_millis(300);
+
+type Events = BoxStream<'static, Result<Event, Infallible>>;
+
+#[derive(Deserialize)]
+pub(crate) struct LiveQuery {
+    after: Option<i64>,
+}
+
+fn last_event_id(headers: &HeaderMap) -> Option<i64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn sse(stream: Events) -> Response {
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+pub(crate) async fn deployment(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(q): Query<LiveQuery>,
+) -> Response {
+    let Ok(session) = console.session(&headers).await else {
+        return refused(StatusCode::UNAUTHORIZED, "log in again");
+    };
+    // The API's gate decides whether this person may see the deployment.
+    let answer = console
+        .api(
+            Some(&session),
+            Method::GET,
+            &format!("/v1/deployments/{id}"),
+            None,
+            None,
+            None,
+        )
+        .await;
+    let detail: DeploymentDetail = match answer.json() {
+        Ok(d) => d,
+        Err(failure) => return failure.into_response(),
+    };
+    let Ok(controller) = console.state.controller().cloned() else {
+        return refused(StatusCode::SERVICE_UNAVAILABLE, "no controller runs here");
+    };
+    let after = last_event_id(&headers).or(q.after).unwrap_or(0).max(0);
+    let (app, env) = (detail.deployment.app, detail.deployment.env);
+    let shutdown = console.state.shutdown.clone();
+    struct Cursor {
+        console: Console,
+        headers: HeaderMap,
+        after: i64,
+        done: bool,
+    }
+    let cursor = Cursor {
+        console,
+        headers,
+        after,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(cursor, move |mut cur| {
+        let controller = controller.clone();
+        let (app, env) = (app.clone(), env.clone());
+        async move {
+            if cur.done || cur.console.session(&cur.headers).await.is_err() {
+                return None;
+            }
+            let events = controller
+                .wait_events(id, cur.after, BATCH_WAIT)
+                .await
+                .ok()?;
+            let mut out: Vec<Result<Event, Infallible>> = Vec::new();
+            for e in &events {
+                cur.after = cur.after.max(e.seq);
+                if let Ok(event) = Event::default()
+                    .event("timeline")
+                    .id(e.seq.to_string())
+                    .json_data(json!({
+                        "seq": e.seq,
+                        "at": crate::auth::rfc3339(e.at_ms),
+                        "at_ms": e.at_ms,
+                        "kind": e.kind,
+                        "message": e.message,
+                    }))
+                {
+                    out.push(Ok(event));
+                }
+            }
+            if !events.is_empty() {
+                let d = cur.console.state.store.get_deployment(id).await.ok()??;
+                let status = controller.status(&app, Some(&env)).await.ok();
+                let rollout = status
+                    .and_then(|s| s.environments.into_iter().next())
+                    .and_then(|e| e.rollout)
+                    .filter(|r| r.deployment_id == id);
+                let view = d.view();
+                if let Ok(event) = Event::default().event("status").json_data(json!({
+                    "state": view.state.to_string(),
+                    "reason": view.reason,
+                    "canary": rollout.as_ref().map(|r| r.canary_weight * 100.0),
+                    "stage": rollout.as_ref().map(|r| format!("{}/{} {}", r.stage + 1, r.stages, r.stage_name)),
+                    "summary": rollout.as_ref().map(|r| r.summary.clone()),
+                })) {
+                    out.push(Ok(event));
+                }
+                if view.state.is_terminal() {
+                    cur.done = true;
+                    out.push(Ok(Event::default().event("end").data("over")));
+                }
+            }
+            Some((futures_util::stream::iter(out), cur))
+        }
+    })
+    .flatten()
+    .take_until(async move { shutdown.cancelled().await })
+    .boxed();
+    sse(stream)
+}
+
+pub(crate) async fn changes(State(console): State<Console>, headers: HeaderMap) -> Response {
+    let Ok(_session) = console.session(&headers).await else {
+        return refused(StatusCode::UNAUTHORIZED, "log in again");
+    };
+    let Ok(controller) = console.state.controller().cloned() else {
+        return refused(StatusCode::SERVICE_UNAVAILABLE, "no controller runs here");
+    };
+    let shutdown = console.state.shutdown.clone();
+    let changed = controller.changes();
+    let stream = futures_util::stream::unfold(
+        (console, headers, changed),
+        |(console, headers, mut changed)| async move {
+            changed.changed().await.ok()?;
+            tokio::time::sleep(DASHBOARD_EVERY).await;
+            let n = *changed.borrow_and_update();
+            console.session(&headers).await.ok()?;
+            let event = Event::default().event("changed").id(n.to_string()).data("");
+            Some((Ok(event), (console, headers, changed)))
+        },
+    )
+    .take_until(async move { shutdown.cancelled().await })
+    .boxed();
+    sse(stream)
+}

@@ -1,0 +1,315 @@
+//! The console's pages as askama templates (`templates/console/`): every value is escaped
+//! as HTML text unless a template says otherwise (none does).
+
+use askama::Template;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Renders a template as an HTML answer.
+pub(crate) trait Page: Template {
+    fn into_page(self, status: StatusCode) -> Response
+    where
+        Self: Sized,
+    {
+        match self.render() {
+            Ok(html) => (
+                status,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                html,
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "rendering a console page failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    "the page could not be rendered",
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+impl<T: Template> Page for T {}
+
+/// The header of every page.
+#[derive(Default)]
+pub(crate) struct Nav {
+    /// Empty when nobody is logged in.
+    pub user: String,
+    pub csrf: String,
+    pub manage_users: bool,
+}
+
+#[derive(Template)]
+#[template(path = "console/error.html")]
+pub(crate) struct ErrorPage<'a> {
+    pub status: u16,
+    pub title: &'a str,
+    pub message: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "console/login.html")]
+pub(crate) struct LoginPage {
+    pub nav: Nav,
+    pub csrf: String,
+    pub next: String,
+    pub username: String,
+    pub error: String,
+    pub notice: String,
+}
+
+/// One environment of one app on the dashboard.
+pub(crate) struct Cell {
+    pub present: bool,
+    pub version: String,
+    pub state: String,
+    pub age: String,
+    pub who: String,
+    pub deployment: Option<i64>,
+    /// `37 %` while a canary moves.
+    pub weight: String,
+}
+
+pub(crate) struct AppRow {
+    pub app: String,
+    pub cells: Vec<Cell>,
+}
+
+pub(crate) struct RolloutRow {
+    pub app: String,
+    pub env: String,
+    pub id: i64,
+    pub version: String,
+    pub stable: String,
+    pub weight: Weight,
+    pub stage: String,
+    pub paused: bool,
+}
+
+pub(crate) struct WaitingRow {
+    pub app: String,
+    pub env: String,
+    pub id: i64,
+    pub version: String,
+    pub state: String,
+    pub requested_by: String,
+    pub waiting_for: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "console/dashboard.html")]
+pub(crate) struct Dashboard {
+    pub nav: Nav,
+    pub filter: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<AppRow>,
+    pub rollouts: Vec<RolloutRow>,
+    pub waiting: Vec<WaitingRow>,
+    pub total: usize,
+}
+
+/// A traffic split for the weights bar (SVG widths in percent, no inline style).
+pub(crate) struct Weight {
+    pub canary: f64,
+    pub canary_label: String,
+    pub stable_label: String,
+}
+
+impl Weight {
+    pub fn new(canary_share: f64) -> Weight {
+        let canary = (canary_share * 100.0).clamp(0.0, 100.0);
+        Weight {
+            canary,
+            canary_label: format!("{canary:.1}"),
+            stable_label: format!("{:.1}", 100.0 - canary),
+        }
+    }
+
+    pub fn canary_width(&self) -> String {
+        format!("{:.2}", self.canary)
+    }
+
+    pub fn stable_width(&self) -> String {
+        format!("{:.2}", 100.0 - self.canary)
+    }
+}
+
+pub(crate) struct EventRow {
+    pub seq: i64,
+    pub at: String,
+    pub kind: String,
+    pub message: String,
+}
+
+pub(crate) struct GateView {
+    pub gate: String,
+    pub state: String,
+    pub detail: String,
+}
+
+pub(crate) struct HookView {
+    pub phase: String,
+    pub hook: String,
+    pub attempt: u32,
+    pub state: String,
+    pub summary: String,
+    pub duration: String,
+    /// Empty when the person may not read logs.
+    pub output: String,
+}
+
+pub(crate) struct ActionForm {
+    pub path: String,
+    pub label: &'static str,
+    /// `none`, `optional` or `required`.
+    pub reason: &'static str,
+    pub danger: bool,
+    pub id: String,
+}
+
+impl ActionForm {
+    pub fn asks_reason(&self) -> bool {
+        self.reason != "none"
+    }
+
+    pub fn needs_reason(&self) -> bool {
+        self.reason == "required"
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/deployment.html")]
+pub(crate) struct DeploymentPage {
+    pub nav: Nav,
+    pub id: i64,
+    pub app: String,
+    pub env: String,
+    pub version: String,
+    pub previous: String,
+    pub strategy: String,
+    pub kind: String,
+    pub state: String,
+    pub reason: String,
+    pub requested_by: String,
+    pub created: String,
+    pub finished: String,
+    pub rollout: Option<RolloutBox>,
+    pub events: Vec<EventRow>,
+    pub last_seq: i64,
+    pub gates: Vec<GateView>,
+    pub approvals: Vec<String>,
+    pub hooks: Vec<HookView>,
+    pub actions: Vec<ActionForm>,
+    pub live: bool,
+}
+
+pub(crate) struct RolloutBox {
+    pub weight: Weight,
+    pub canary_version: String,
+    pub stable_version: String,
+    pub stage: String,
+    pub summary: String,
+    pub waiting_for: String,
+    pub analysis: Vec<String>,
+}
+
+pub(crate) struct EnvView {
+    pub env: String,
+    pub version: String,
+    pub tag: String,
+    pub state: String,
+    pub deployment: Option<i64>,
+    pub replicas: String,
+    pub gates: Vec<String>,
+}
+
+pub(crate) struct ReleaseRow {
+    pub version: String,
+    pub commit: String,
+    pub created: String,
+    pub by: String,
+    pub notes: String,
+    /// `production: 1.4.2-sha-abcdef1-production (current)`.
+    pub placements: Vec<String>,
+}
+
+pub(crate) struct DiffRow {
+    pub service: String,
+    pub name: String,
+    pub left: String,
+    pub right: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/app.html")]
+pub(crate) struct AppPage {
+    pub nav: Nav,
+    pub app: String,
+    pub revision: i64,
+    pub envs: Vec<EnvView>,
+    pub env_names: Vec<String>,
+    pub releases: Vec<ReleaseRow>,
+    pub left: String,
+    pub right: String,
+    pub diff: Vec<DiffRow>,
+    /// `NAME vN fingerprint` of each side's secrets.
+    pub left_secrets: Vec<String>,
+    pub right_secrets: Vec<String>,
+    pub diff_error: String,
+}
+
+impl AppPage {
+    pub fn is_left(&self, env: &str) -> bool {
+        self.left == env
+    }
+
+    pub fn is_right(&self, env: &str) -> bool {
+        self.right == env
+    }
+}
+
+pub(crate) struct AuditRow {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub reason: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/audit.html")]
+pub(crate) struct AuditPage {
+    pub nav: Nav,
+    pub app: String,
+    pub env: String,
+    pub actor: String,
+    pub since: String,
+    pub until: String,
+    pub rows: Vec<AuditRow>,
+    pub verification: String,
+    pub verified: bool,
+    pub error: String,
+}
+
+pub(crate) struct UserRow {
+    pub name: String,
+    pub disabled: bool,
+    pub bindings: Vec<(i64, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "console/users.html")]
+pub(crate) struct UsersPage {
+    pub nav: Nav,
+    pub users: Vec<UserRow>,
+    pub roles: Vec<String>,
+    pub tokens: Vec<String>,
+    /// A token just created: shown once.
+    pub new_token: String,
+    pub notice: String,
+}

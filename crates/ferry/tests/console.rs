@@ -1,0 +1,569 @@
+//! The web console over HTTP, without a browser, against a real `ferry server`: login,
+//! sessions, CSRF, the Content-Security-Policy, escaping of what people typed, which
+//! buttons each role gets, forged POSTs refused by the API's gate (and audited), approval
+//! and rollback through the console's forms, logout and session expiry, the login
+//! throttle.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Ferry, SERIAL, Spec, add_person, bounded, free_port};
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap};
+use tokio::time::Instant;
+
+const LIMIT: Duration = Duration::from_secs(150);
+const PASSWORD: &str = "correct horse battery";
+
+/// A cookie-keeping client that does not follow redirects.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: BTreeMap<String, String>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect()
+    }
+}
+
+/// The value of the first `name="csrf" value="…"` on a page.
+fn csrf(body: &str) -> String {
+    let at = body
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no CSRF field on the page:\n{body}"));
+    let rest = &body[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').expect("closing quote")].to_string()
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                k,
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl Browser {
+    fn new(ferry: &Ferry) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            base: ferry.url.clone(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn answer(&mut self, response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let headers = response.headers().clone();
+        for set in headers.get_all(header::SET_COOKIE) {
+            let set = set.to_str().expect("ascii cookie");
+            let pair = set.split(';').next().unwrap_or_default();
+            let (name, value) = pair.split_once('=').expect("name=value");
+            if value.is_empty() || set.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_string(), value.to_string());
+            }
+        }
+        let body = response.text().await.unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Answer {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(header::COOKIE, self.cookie_header())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        self.answer(response).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Answer {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(header::COOKIE, self.cookie_header())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form(fields))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        self.answer(response).await
+    }
+
+    async fn login(&mut self, user: &str, password: &str) -> Answer {
+        let page = self.get("/login").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let token = csrf(&page.body);
+        self.post(
+            "/login",
+            &[
+                ("csrf", &token),
+                ("username", user),
+                ("password", password),
+                ("next", "/"),
+            ],
+        )
+        .await
+    }
+
+    /// Logs in and returns the CSRF token of the session (from the dashboard).
+    async fn logged_in(ferry: &Ferry, user: &str) -> (Browser, String) {
+        let mut browser = Browser::new(ferry);
+        let answer = browser.login(user, PASSWORD).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::SEE_OTHER,
+            "login of {user}: {}",
+            answer.body
+        );
+        let page = browser.get("/").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let token = csrf(&page.body);
+        (browser, token)
+    }
+}
+
+/// `staging` without gates, then `production` held for an `approver`'s approval.
+fn pipeline(ferry: &Ferry, spec: &Spec) -> PathBuf {
+    let path = ferry.write_manifest(spec, "ferry.yaml");
+    let mut yaml = std::fs::read_to_string(&path).expect("read manifest");
+    yaml.push_str(&format!(
+        "  production:\n    listen: 127.0.0.1:{}\n    strategy: {}\n    gates: {{ approvals: [{{ role: approver }}] }}\n",
+        free_port(),
+        spec.strategy
+    ));
+    std::fs::write(&path, yaml).expect("write manifest");
+    path
+}
+
+async fn deploy(ferry: &Ferry, app: &str, env: &str, version: &str, who: &str) -> i64 {
+    let config = ferry.dir.path().join(format!("{who}.json"));
+    let out = common::run(
+        ferry,
+        &common::As {
+            config,
+            token: None,
+        },
+        &[
+            "deploy",
+            app,
+            "--env",
+            env,
+            "--version",
+            version,
+            "-o",
+            "json",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "deploy:\n{out}");
+    out.json()["id"].as_i64().expect("deployment id")
+}
+
+async fn wait_state(ferry: &Ferry, id: i64, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let detail = ferry.deployment(id).await;
+        if detail.deployment.state.to_string() == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment #{id} is {}, never {state}",
+            detail.deployment.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_no_markup_from_users(body: &str) {
+    assert!(
+        !body.contains("<script>alert"),
+        "text someone typed reached the page as HTML:\n{body}"
+    );
+    let scripts: Vec<&str> = body
+        .match_indices("<script")
+        .map(|(i, _)| &body[i..])
+        .collect();
+    for script in scripts {
+        assert!(
+            script.starts_with("<script src=\"/assets/console.js\" defer></script>"),
+            "a script other than the console's own: {}",
+            &script[..script.len().min(80)]
+        );
+    }
+    assert!(!body.contains(" style="), "an inline style on the page");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn console_sessions_csrf_roles_and_escaping() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.env = "staging".into();
+        spec.replicas = 1;
+        ferry.apply(&pipeline(&ferry, &spec)).await;
+        add_person(&ferry, "alice", PASSWORD, &[("developer", "shop", None)]).await;
+        add_person(&ferry, "bob", PASSWORD, &[("approver", "shop", None)]).await;
+        add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
+
+        // Not logged in: every page sends the browser to the login form, which says where
+        // it goes back to; the API keeps answering JSON 401s.
+        let mut anonymous = Browser::new(&ferry);
+        let answer = anonymous.get("/apps/shop").await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER);
+        assert_eq!(answer.location(), "/login?next=%2Fapps%2Fshop");
+        let (status, _) = {
+            let r = reqwest::get(format!("{}/v1/apps", ferry.url))
+                .await
+                .expect("api");
+            (r.status(), ())
+        };
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        // The login page: a CSP without inline script, a double-submit CSRF cookie.
+        let page = anonymous.get("/login").await;
+        let csp = page.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("csp");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_no_markup_from_users(&page.body);
+        let login_cookie = page.set_cookies().join("\n");
+        assert!(login_cookie.contains("HttpOnly") && login_cookie.contains("SameSite=Strict"));
+
+        // A login form from elsewhere (no or another CSRF value) is refused before the
+        // password is even checked.
+        let forged = anonymous
+            .post(
+                "/login",
+                &[
+                    ("csrf", "0".repeat(64).as_str()),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+        assert!(forged.body.contains("CSRF"));
+
+        // A wrong password: 401, the form again with the API's message, the name kept as
+        // text. The name someone typed is markup: it is shown escaped (and audited).
+        let wrong = anonymous
+            .login("<script>alert(1)</script>", "not the password")
+            .await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.body);
+        assert!(
+            wrong.body.contains("wrong username or password"),
+            "{}",
+            wrong.body
+        );
+        assert!(
+            wrong
+                .body
+                .contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+                || wrong.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{}",
+            wrong.body
+        );
+        assert_no_markup_from_users(&wrong.body);
+
+        // Logged in: a session cookie, HttpOnly and SameSite=Strict.
+        let mut alice = Browser::new(&ferry);
+        let answer = alice.login("alice", PASSWORD).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        assert_eq!(answer.location(), "/");
+        let session = answer
+            .set_cookies()
+            .into_iter()
+            .find(|c| c.starts_with("ferry_session="))
+            .expect("a session cookie");
+        assert!(
+            session.contains("HttpOnly")
+                && session.contains("SameSite=Strict")
+                && session.contains("Path=/"),
+            "{session}"
+        );
+        assert!(!session.contains("Secure"), "plain HTTP here: {session}");
+        let (_, alice_csrf) = Browser::logged_in(&ferry, "alice").await;
+        drop(alice_csrf);
+        let dashboard = alice.get("/").await;
+        assert_eq!(dashboard.status, StatusCode::OK);
+        assert!(
+            dashboard.body.contains("<a href=\"/apps/shop\">shop</a>"),
+            "{}",
+            dashboard.body
+        );
+        assert!(
+            dashboard
+                .body
+                .contains("Logged in as <strong>alice</strong>")
+        );
+        assert!(
+            !dashboard.body.contains("href=\"/users\""),
+            "alice may not manage users"
+        );
+        let users = alice.get("/users").await;
+        assert_eq!(users.status, StatusCode::FORBIDDEN, "{}", users.body);
+
+        // staging 1.0.0 then 2.0.0; production 2.0.0 waits for an approver.
+        let first = deploy(&ferry, "shop", "staging", "1.0.0", "alice").await;
+        wait_state(&ferry, first, "succeeded").await;
+        let second = deploy(&ferry, "shop", "staging", "2.0.0", "alice").await;
+        wait_state(&ferry, second, "succeeded").await;
+        let prod = deploy(&ferry, "shop", "production", "2.0.0", "alice").await;
+        wait_state(&ferry, prod, "awaiting-approval").await;
+
+        let dashboard = alice.get("/").await;
+        assert!(
+            dashboard.body.contains(&format!(
+                "<a href=\"/deployments/{prod}\">shop/production 2.0.0</a>"
+            )),
+            "the dashboard lists the waiting deployment:\n{}",
+            dashboard.body
+        );
+        assert!(
+            dashboard.body.contains("approvals"),
+            "and what it waits for"
+        );
+        let filtered = alice.get("/?app=nothing-like-this").await;
+        assert!(
+            !filtered.body.contains("/apps/shop\""),
+            "the filter hides shop"
+        );
+
+        // Which buttons each role gets on the waiting production deployment.
+        let page = format!("/deployments/{prod}");
+        let (mut bob, bob_csrf) = Browser::logged_in(&ferry, "bob").await;
+        let (mut vic, vic_csrf) = Browser::logged_in(&ferry, "vic").await;
+        let (mut alice, alice_csrf) = Browser::logged_in(&ferry, "alice").await;
+        let as_alice = alice.get(&page).await;
+        let as_bob = bob.get(&page).await;
+        let as_vic = vic.get(&page).await;
+        assert!(
+            !as_alice.body.contains("id=\"do-approve\""),
+            "the requester gets no approve button"
+        );
+        assert!(
+            as_bob.body.contains("id=\"do-approve\"") && as_bob.body.contains("id=\"do-reject\"")
+        );
+        assert!(
+            !as_bob.body.contains("id=\"do-rollback\""),
+            "an approver may not roll back"
+        );
+        assert!(
+            as_vic.body.contains("No action is open to you"),
+            "{}",
+            as_vic.body
+        );
+        assert!(!as_vic.body.contains("id=\"do-"));
+        for body in [&as_alice.body, &as_bob.body, &as_vic.body] {
+            assert_no_markup_from_users(body);
+        }
+
+        // Forged approvals: a viewer's and the requester's (right CSRF token, no approve
+        // permission) are refused by the API's gate, 403, and audited.
+        let approve = format!("/deployments/{prod}/approve");
+        let by_vic = vic
+            .post(&approve, &[("csrf", &vic_csrf), ("reason", "looks fine")])
+            .await;
+        assert_eq!(by_vic.status, StatusCode::FORBIDDEN, "{}", by_vic.body);
+        let by_alice = alice
+            .post(&approve, &[("csrf", &alice_csrf), ("reason", "mine")])
+            .await;
+        assert_eq!(by_alice.status, StatusCode::FORBIDDEN, "{}", by_alice.body);
+        assert!(by_alice.body.contains("denied"), "{}", by_alice.body);
+        // Bob's approval with a CSRF token that is not his session's: refused.
+        let no_csrf = bob
+            .post(&approve, &[("csrf", &vic_csrf), ("reason", "ok")])
+            .await;
+        assert_eq!(no_csrf.status, StatusCode::FORBIDDEN);
+        assert!(no_csrf.body.contains("CSRF"));
+        let (_, audit) = ferry
+            .api_get("/v1/audit?actor=user:vic&action=approve")
+            .await;
+        let records = audit.as_array().expect("audit records");
+        assert!(
+            records
+                .iter()
+                .any(|r| r["outcome"].as_str().unwrap_or("").starts_with("denied")),
+            "the viewer's forged approval is in the audit log: {audit}"
+        );
+        assert_eq!(
+            ferry.deployment(prod).await.deployment.state.to_string(),
+            "awaiting-approval"
+        );
+
+        // Bob approves through the console; production goes ahead.
+        let approved = bob
+            .post(
+                &approve,
+                &[("csrf", &bob_csrf), ("reason", "release train <b>42</b>")],
+            )
+            .await;
+        assert_eq!(approved.status, StatusCode::SEE_OTHER, "{}", approved.body);
+        assert_eq!(approved.location(), page);
+        wait_state(&ferry, prod, "succeeded").await;
+
+        // Alice rolls staging back from the console, with a reason that is markup.
+        let staging = alice.get(&format!("/deployments/{second}")).await;
+        assert!(
+            staging.body.contains("id=\"do-rollback\""),
+            "{}",
+            staging.body
+        );
+        let rollback = alice
+            .post(
+                "/apps/shop/envs/staging/rollback",
+                &[
+                    ("csrf", &alice_csrf),
+                    ("deployment", &second.to_string()),
+                    ("reason", "<script>alert(2)</script> bad build"),
+                ],
+            )
+            .await;
+        assert_eq!(rollback.status, StatusCode::SEE_OTHER, "{}", rollback.body);
+        let back: i64 = rollback
+            .location()
+            .trim_start_matches("/deployments/")
+            .parse()
+            .expect("the new deployment's page");
+        assert_ne!(back, second);
+        wait_state(&ferry, back, "succeeded").await;
+        let status = ferry.api_get("/v1/apps/shop/status?env=staging").await.1;
+        assert_eq!(status["environments"][0]["current_version"], "1.0.0");
+
+        // The audit page shows the reason and the failed login's name as text.
+        let audit = alice.get("/audit?app=shop").await;
+        assert_eq!(audit.status, StatusCode::OK);
+        assert!(audit.body.contains("bad build"), "{}", audit.body);
+        // verifying the whole chain needs `view` on everything: alice is told so
+        assert!(
+            audit.body.contains("Verification not available to you"),
+            "{}",
+            audit.body
+        );
+        assert_no_markup_from_users(&audit.body);
+
+        // The app page: environments in order with versions, the release tag, a diff.
+        let app = alice.get("/apps/shop").await;
+        assert_eq!(app.status, StatusCode::OK);
+        let (s, p) = (
+            app.body
+                .find("<th scope=\"row\">staging</th>")
+                .expect("staging row"),
+            app.body
+                .find("<th scope=\"row\">production</th>")
+                .expect("production row"),
+        );
+        assert!(s < p, "promotion order");
+        assert_no_markup_from_users(&app.body);
+
+        // Logout ends the session: the old cookie no longer opens a page.
+        let stolen = alice.cookies.clone();
+        let out = alice.post("/logout", &[("csrf", &alice_csrf)]).await;
+        assert_eq!(out.status, StatusCode::SEE_OTHER);
+        assert_eq!(out.location(), "/login?out=1");
+        assert!(!alice.cookies.contains_key("ferry_session"));
+        alice.cookies = stolen;
+        let after = alice.get("/").await;
+        assert_eq!(after.status, StatusCode::SEE_OTHER);
+        assert!(after.location().contains("ended=1"), "{}", after.location());
+
+        // Expiry: a session past its end opens nothing (and the form says so).
+        let sql =
+            "UPDATE api_tokens SET expires_at_ms = 1 WHERE owner = 'bob' AND kind = 'session'";
+        let done = std::process::Command::new("sqlite3")
+            .arg(ferry.data.join("ferry.db"))
+            .arg(sql)
+            .status()
+            .expect("sqlite3");
+        assert!(done.success());
+        let expired = bob.get("/").await;
+        assert_eq!(expired.status, StatusCode::SEE_OTHER);
+        let form = bob.get(expired.location()).await;
+        assert!(form.body.contains("Your session ended"), "{}", form.body);
+        let late = bob
+            .post(&approve, &[("csrf", &bob_csrf), ("reason", "late")])
+            .await;
+        assert_eq!(
+            late.status,
+            StatusCode::SEE_OTHER,
+            "an expired session acts on nothing"
+        );
+
+        // The API's failed-login throttling holds for the console too (last: it locks
+        // this address out for a while).
+        let mut mallory = Browser::new(&ferry);
+        let mut throttled = None;
+        for attempt in 0..8 {
+            let answer = mallory.login("mallory", "guess guess guess").await;
+            if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                throttled = Some((attempt, answer));
+                break;
+            }
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        }
+        let (attempt, answer) = throttled.expect("the login throttle never answered 429");
+        assert!(attempt <= 5, "throttled only after {attempt} failures");
+        assert!(answer.headers.contains_key(header::RETRY_AFTER));
+        assert!(
+            answer.body.contains("too many failed logins"),
+            "{}",
+            answer.body
+        );
+    })
+    .await;
+}
