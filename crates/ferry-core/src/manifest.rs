@@ -1175,6 +1175,22 @@ impl Manifest {
             .unwrap_or(1)
     }
 
+    /// Where this manifest uses `role` (approval rules), as field paths:
+    /// `environments.production.gates.approvals[0].role`. A role still used here must not
+    /// be deleted: no one could ever approve.
+    pub fn role_uses(&self, role: &str) -> Vec<String> {
+        self.environments
+            .iter()
+            .flat_map(|(env, environment)| {
+                let rules = environment.gates.iter().flat_map(|g| g.approvals.iter());
+                rules
+                    .enumerate()
+                    .filter(|(_, rule)| rule.role == role)
+                    .map(move |(i, _)| format!("environments.{env}.gates.approvals[{i}].role"))
+            })
+            .collect()
+    }
+
     /// Human-readable changes from `old` to `self`, one per line, in a stable order:
     /// `+ services.web`, `- environments.qa`, `~ services.api.replicas: 2 -> 3`.
     /// With no `old` every service and environment is listed as added. Empty when equal.
@@ -1226,6 +1242,20 @@ fn mark_required(schema: &mut serde_json::Value, fields: &[&str]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn role_uses_name_each_approval_rule() {
+        let text = "app: shop\nservices:\n  web:\n    run: [./web]\nenvironments:\n  staging:\n    listen: 127.0.0.1:8081\n    gates:\n      approvals: [{ role: approver }]\n  production:\n    listen: 127.0.0.1:8082\n    gates:\n      approvals: [{ role: tech-lead }, { role: approver, count: 2 }]\n";
+        let manifest = parse(text, "ferry.yaml").unwrap();
+        assert_eq!(
+            manifest.role_uses("approver"),
+            [
+                "environments.staging.gates.approvals[0].role",
+                "environments.production.gates.approvals[1].role",
+            ]
+        );
+        assert!(manifest.role_uses("viewer").is_empty());
+    }
 
     #[test]
     fn unknown_approval_roles_are_located() {

@@ -591,3 +591,87 @@ pub fn may_approve(
     }
     Ok(())
 }
+
+/// A name in a binding's scope that names nothing (yet): a binding for an app that was
+/// never applied, or for an environment the app does not have, would silently grant
+/// nothing, so `ferry grant` refuses it unless asked to bind ahead (`--allow-missing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnknownName {
+    /// No app of this name.
+    App { app: String, near: Option<String> },
+    /// `app`'s manifest has no such environment (`app: None`: no app has it).
+    Env {
+        app: Option<String>,
+        env: String,
+        known: Vec<String>,
+        near: Option<String>,
+    },
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnknownName::App { app, near } => {
+                write!(f, "no app named {app:?}")?;
+                if let Some(near) = near {
+                    write!(f, " (did you mean {near}?)")?;
+                }
+                Ok(())
+            }
+            UnknownName::Env {
+                app,
+                env,
+                known,
+                near,
+            } => {
+                match app {
+                    Some(app) => write!(f, "app {app} has no environment {env:?}")?,
+                    None => write!(f, "no app has an environment {env:?}")?,
+                }
+                match near {
+                    Some(near) => write!(f, " (did you mean {near}?)"),
+                    None if app.is_some() && !known.is_empty() => {
+                        write!(f, " (its environments: {})", known.join(", "))
+                    }
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// The names in `scope` that do not exist, given the existing apps with their
+/// environments. An unknown app's environments are not judged (they cannot be known);
+/// with all apps (`scope.app == None`), an environment must exist in at least one app.
+pub fn unknown_in_scope(
+    scope: &Scope,
+    apps: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Vec<UnknownName> {
+    let known: Vec<&str> = match &scope.app {
+        Some(app) => match apps.get(app) {
+            Some(envs) => envs.iter().map(String::as_str).collect(),
+            None => {
+                let names: Vec<&str> = apps.keys().map(String::as_str).collect();
+                return vec![UnknownName::App {
+                    app: app.clone(),
+                    near: crate::manifest::closest(app, &names).map(str::to_string),
+                }];
+            }
+        },
+        None => {
+            let all: BTreeSet<&str> = apps.values().flatten().map(String::as_str).collect();
+            all.into_iter().collect()
+        }
+    };
+    scope
+        .envs
+        .iter()
+        .filter(|env| !known.contains(&env.as_str()))
+        .map(|env| UnknownName::Env {
+            app: scope.app.clone(),
+            env: env.clone(),
+            known: known.iter().map(|k| k.to_string()).collect(),
+            near: crate::manifest::closest(env, &known).map(str::to_string),
+        })
+        .collect()
+}

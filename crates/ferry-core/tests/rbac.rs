@@ -664,3 +664,57 @@ fn throttle_custom_policy() {
     t.failed("k", 2);
     assert_eq!(t.check("k", 2), Err(100));
 }
+
+#[test]
+fn a_scope_naming_what_does_not_exist_is_reported() {
+    use ferry_core::rbac::{UnknownName, unknown_in_scope};
+    use std::collections::BTreeMap;
+    let apps: BTreeMap<String, Vec<String>> = [
+        ("shop", vec!["staging", "production"]),
+        ("blog", vec!["dev"]),
+    ]
+    .into_iter()
+    .map(|(a, envs)| (a.to_string(), envs.into_iter().map(String::from).collect()))
+    .collect();
+    // everything exists
+    assert!(unknown_in_scope(&Scope::all(), &apps).is_empty());
+    assert!(unknown_in_scope(&Scope::app_envs("shop", ["production"]), &apps).is_empty());
+    let all_apps_dev = Scope {
+        app: None,
+        envs: vec!["dev".into()],
+    };
+    assert!(unknown_in_scope(&all_apps_dev, &apps).is_empty());
+    // a typo in the app: named, with the near miss; its environments are not judged
+    let unknown = unknown_in_scope(&Scope::app_envs("shp", ["whatever"]), &apps);
+    assert_eq!(
+        unknown,
+        vec![UnknownName::App {
+            app: "shp".into(),
+            near: Some("shop".into())
+        }]
+    );
+    assert_eq!(
+        unknown[0].to_string(),
+        "no app named \"shp\" (did you mean shop?)"
+    );
+    // a typo in an environment, and one with nothing near
+    let unknown = unknown_in_scope(&Scope::app_envs("shop", ["prodution", "qa"]), &apps);
+    let shown: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "app shop has no environment \"prodution\" (did you mean production?)",
+            "app shop has no environment \"qa\" (its environments: staging, production)",
+        ]
+    );
+    // all apps: the environment must exist somewhere
+    let all_apps_qa = Scope {
+        app: None,
+        envs: vec!["qa".into()],
+    };
+    let shown: Vec<String> = unknown_in_scope(&all_apps_qa, &apps)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(shown, ["no app has an environment \"qa\""]);
+}

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ferry_core::duration::HumanDuration;
+use ferry_core::manifest::Manifest;
 use ferry_core::rbac::{self, Binding, Decision, Permission, Role, Scope, Target};
 use ferry_store::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
 use serde::{Deserialize, Serialize};
@@ -458,6 +459,27 @@ pub async fn delete_role(
             format!("{name} is a built-in role and cannot be deleted"),
         ));
     }
+    // approval rules that name the role: no one could ever approve there any more
+    let uses: Vec<String> = applied_manifests(&state)
+        .await?
+        .iter()
+        .flat_map(|(app, m)| {
+            m.role_uses(&name)
+                .into_iter()
+                .map(move |p| format!("app {app}: {p}"))
+        })
+        .collect();
+    if !uses.is_empty() {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "role {name} is still used by manifests ({}); change those manifests and apply \
+                 them first",
+                uses.join(", ")
+            ),
+        ));
+    }
     state
         .store
         .delete_role(&name, now_ms())
@@ -514,6 +536,33 @@ pub struct CreateBindingRequest {
     pub app: Option<String>,
     #[serde(default)]
     pub envs: Vec<String>,
+    /// Bind ahead: accept an app or environments that do not exist (yet). Without it a
+    /// name that exists nowhere is refused: the binding would grant nothing.
+    #[serde(default)]
+    pub allow_missing: bool,
+}
+
+/// Every app's manifest as applied now, by app name.
+async fn applied_manifests(state: &AppState) -> ApiResult<Vec<(String, Manifest)>> {
+    let apps = state.store.list_apps().await.map_err(internal)?;
+    apps.into_iter()
+        .map(|a| {
+            Ok((
+                a.name,
+                serde_json::from_str(&a.manifest_json).map_err(internal)?,
+            ))
+        })
+        .collect()
+}
+
+/// The names in `scope` that exist nowhere (apps as applied now, with their environments).
+async fn unknown_in_scope(state: &AppState, scope: &Scope) -> ApiResult<Vec<rbac::UnknownName>> {
+    let known = applied_manifests(state)
+        .await?
+        .into_iter()
+        .map(|(app, m)| (app, m.environments.keys().map(|e| e.to_string()).collect()))
+        .collect();
+    Ok(rbac::unknown_in_scope(scope, &known))
 }
 
 pub async fn create_binding(
@@ -525,6 +574,19 @@ pub async fn create_binding(
     validate_scope(&request.app, &request.envs).map_err(bad_request)?;
     role_named(&access.roles, &request.role)?;
     slot.with(|n| n.app = request.app.clone());
+    let scope = Scope {
+        app: request.app.clone(),
+        envs: request.envs.clone(),
+    };
+    let unknown = unknown_in_scope(&state, &scope).await?;
+    if !unknown.is_empty() && !request.allow_missing {
+        let what: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+        return Err(bad_request(format!(
+            "the binding would grant nothing: {}; apply the app's manifest first, or bind \
+             ahead with --allow-missing (API: \"allow_missing\": true)",
+            what.join("; ")
+        )));
+    }
     let binding = state
         .store
         .create_binding(NewBinding {
@@ -537,7 +599,19 @@ pub async fn create_binding(
         })
         .await
         .map_err(store_failure)?;
-    slot.with(|n| n.target = Some(format!("binding #{}", binding.id)));
+    slot.with(|n| {
+        n.target = Some(format!("binding #{}", binding.id));
+        if !unknown.is_empty() {
+            let what: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+            n.summary = Some(format!(
+                "give role {} to user {} on {} ahead of time: {}",
+                binding.role,
+                binding.subject,
+                scope.short(),
+                what.join("; ")
+            ));
+        }
+    });
     Ok((StatusCode::CREATED, Json(binding)))
 }
 

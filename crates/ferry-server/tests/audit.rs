@@ -117,9 +117,11 @@ async fn requests_are_recorded_with_who_what_where_and_outcome() {
     assert_eq!(all[6].entry.actor, "user:dana");
     assert_eq!(all[0].entry.actor, "token:admin");
     assert_eq!(all[0].entry.summary, "add user dana");
+    // (the harness binds ahead of time: it applies no manifest)
     assert_eq!(
         all[1].entry.summary,
-        "give role developer to user dana on shop [dev, staging]"
+        "give role developer to user dana on shop [dev, staging] ahead of time: \
+         no app named \"shop\""
     );
     assert!(
         all[7]

@@ -750,3 +750,91 @@ async fn missing_or_garbage_credentials_are_401_with_a_reason() {
         (Some("token:admin"), Some("admin"), Some("admin"))
     );
 }
+
+/// A binding naming an app or environment that exists nowhere would grant nothing: refused
+/// with the near miss named, unless bound ahead (`allow_missing`, audited as such); a role
+/// that an applied manifest's approval rule uses cannot be deleted.
+#[tokio::test]
+async fn grants_name_what_exists_and_used_roles_stay() {
+    let h = Harness::new().await;
+    h.add_user("gina").await;
+    h.admin_ok(
+        "POST",
+        "/v1/roles",
+        Some(json!({"name": "tech-lead", "permissions": ["approve", "view"]})),
+    )
+    .await;
+    let manifest = "app: shop\nservices:\n  web:\n    run: [./web]\nenvironments:\n  staging:\n    listen: 127.0.0.1:18081\n  production:\n    listen: 127.0.0.1:18082\n    gates:\n      approvals: [{ role: approver }, { role: tech-lead }]\n";
+    h.admin_ok("POST", "/v1/apps", Some(json!({ "manifest": manifest })))
+        .await;
+    let grant =
+        |body: serde_json::Value| h.call("POST", "/v1/bindings", Some(&h.admin), Some(body));
+    for (body, says) in [
+        (
+            json!({"user": "gina", "role": "viewer", "app": "shp"}),
+            "no app named \"shp\" (did you mean shop?)",
+        ),
+        (
+            json!({"user": "gina", "role": "viewer", "app": "shop", "envs": ["prodution"]}),
+            "app shop has no environment \"prodution\" (did you mean production?)",
+        ),
+        (
+            json!({"user": "gina", "role": "viewer", "envs": ["qa"]}),
+            "no app has an environment \"qa\"",
+        ),
+    ] {
+        let a = grant(body.clone()).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.text);
+        let message = a.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains(says), "{message}");
+        assert!(message.contains("--allow-missing"), "{message}");
+    }
+    assert_eq!(
+        h.admin_ok("GET", "/v1/bindings?user=gina", None).await,
+        json!([]),
+        "a refused grant binds nothing"
+    );
+    // names that exist
+    let a = grant(json!({"user": "gina", "role": "viewer", "app": "shop", "envs": ["production"]}))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    // ahead of time: accepted, and the audit record says so
+    let a = grant(json!({"user": "gina", "role": "viewer", "app": "cart", "allow_missing": true}))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let audit = h
+        .admin_ok("GET", "/v1/audit?action=bindings.create", None)
+        .await;
+    // (the refused grants are recorded too, as failed)
+    let summaries: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["outcome"].as_str().unwrap().starts_with("failed"))
+        .map(|r| r["summary"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            "give role viewer to user gina on shop [production]",
+            "give role viewer to user gina on cart [all environments] ahead of time: \
+             no app named \"cart\"",
+        ]
+    );
+
+    // a role an approval rule names stays until the manifest changes
+    let a = h
+        .call("DELETE", "/v1/roles/tech-lead", Some(&h.admin), None)
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
+    assert!(
+        a.text
+            .contains("app shop: environments.production.gates.approvals[1].role"),
+        "{}",
+        a.text
+    );
+    let without = manifest.replace(", { role: tech-lead }", "");
+    h.admin_ok("POST", "/v1/apps", Some(json!({ "manifest": without })))
+        .await;
+    h.admin_ok("DELETE", "/v1/roles/tech-lead", None).await;
+}

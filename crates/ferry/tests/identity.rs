@@ -149,6 +149,15 @@ async fn users_roles_tokens_audit_and_change_records() {
         );
         ok(&out, "grant");
         let binding_id = out.json()["id"].as_i64().expect("binding id");
+        // a typo would grant nothing: refused, naming the near miss
+        let out = cli!(&admin, &["grant", "alice", "developer", "--app", "shp"]);
+        assert_ne!(out.code, 0, "{out}");
+        assert!(
+            out.stderr
+                .contains("no app named \"shp\" (did you mean shop?)")
+                && out.stderr.contains("--allow-missing"),
+            "{out}"
+        );
         let out = cli!(&admin, &["bindings", "--user", "alice"]);
         ok(&out, "bindings");
         assert!(
@@ -730,7 +739,8 @@ async fn approvals_enforce_separation_of_duties() {
                 .await,
                 "users add",
             );
-            let mut args = vec!["grant", name, role, "--app", "shop"];
+            // shop is applied below, by alice: the roles are granted ahead of time
+            let mut args = vec!["grant", name, role, "--app", "shop", "--allow-missing"];
             if let Some(env) = env {
                 args.extend(["--env", env]);
             }
@@ -760,6 +770,7 @@ async fn approvals_enforce_separation_of_duties() {
                     "shop",
                     "--env",
                     "production",
+                    "--allow-missing",
                 ],
                 None,
             )

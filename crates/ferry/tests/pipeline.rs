@@ -175,6 +175,7 @@ async fn one_release_goes_from_dev_to_production_through_every_gate() {
                     "shop",
                     "--env",
                     "production",
+                    "--allow-missing",
                 ],
                 None,
             )

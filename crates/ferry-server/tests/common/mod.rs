@@ -126,12 +126,16 @@ impl Harness {
         .await;
     }
 
+    /// Binds ahead of time (`allow_missing`): this harness applies no manifests, its apps
+    /// are names in requests.
     pub async fn bind(&self, user: &str, role: &str, app: Option<&str>, envs: &[&str]) -> i64 {
         let b = self
             .admin_ok(
                 "POST",
                 "/v1/bindings",
-                Some(json!({ "user": user, "role": role, "app": app, "envs": envs })),
+                Some(json!({
+                    "user": user, "role": role, "app": app, "envs": envs, "allow_missing": true
+                })),
             )
             .await;
         b["id"].as_i64().expect("binding id")

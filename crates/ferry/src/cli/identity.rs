@@ -62,6 +62,10 @@ pub enum Command {
         /// Only these environments (repeatable; default: all).
         #[arg(long = "env", value_name = "ENV")]
         envs: Vec<String>,
+        /// Bind ahead of time: accept an app or environments not applied yet (otherwise a
+        /// name that exists nowhere is refused, since the binding would grant nothing).
+        #[arg(long)]
+        allow_missing: bool,
         #[command(flatten)]
         out: OutputArg,
     },
@@ -476,8 +480,15 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             role,
             app,
             envs,
+            allow_missing,
             out,
-        } => grant(client, user, role, app, envs, out.output).await,
+        } => {
+            let request = serde_json::json!({
+                "user": user, "role": role, "app": app, "envs": envs,
+                "allow_missing": allow_missing,
+            });
+            grant(client, request, out.output).await
+        }
         Command::Revoke { id } => {
             let b: BindingView = client.delete(&["v1", "bindings", &id.to_string()]).await?;
             println!(
@@ -716,20 +727,8 @@ async fn roles(client: &Client, command: RolesCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn grant(
-    client: &Client,
-    user: String,
-    role: String,
-    app: Option<String>,
-    envs: Vec<String>,
-    format: Format,
-) -> anyhow::Result<()> {
-    let b: BindingView = client
-        .post(
-            &["v1", "bindings"],
-            &serde_json::json!({ "user": user, "role": role, "app": app, "envs": envs }),
-        )
-        .await?;
+async fn grant(client: &Client, request: serde_json::Value, format: Format) -> anyhow::Result<()> {
+    let b: BindingView = client.post(&["v1", "bindings"], &request).await?;
     if format == Format::Json {
         return print_json(&b);
     }
