@@ -116,7 +116,7 @@ pub fn effects(
         if old.environments.get(env).is_none() || total(env, None) == 0 {
             continue;
         }
-        let mut pending = Vec::new();
+        let mut pending = edge_changes(env, old, new);
         for (service, _) in new.services.iter() {
             let want = new.replicas(service, env);
             if !old.services.contains_key(service) {
@@ -133,6 +133,45 @@ pub fn effects(
                 "{env}: {} with the next deployment (`ferry redeploy {app} --env {env}`)",
                 pending.join(", ")
             ));
+        }
+    }
+    out
+}
+
+/// How traffic reaches environment `env` changes from manifest `from` to `to`: its
+/// listener address, hosts, TLS settings and the services' route prefixes. Like replica
+/// counts, these follow the environment's deployment (the proxy serves an environment as
+/// its deployment's manifest revision says), so `apply` reports them as waiting for the
+/// next deployment. Empty: nothing changes, or `env` is missing from either manifest.
+pub fn edge_changes(env: &str, from: &Manifest, to: &Manifest) -> Vec<String> {
+    let (Some(a), Some(b)) = (from.environments.get(env), to.environments.get(env)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if a.listen != b.listen {
+        out.push(format!("listener {} → {}", a.listen, b.listen));
+    }
+    if a.hosts != b.hosts {
+        let hosts = |h: &[String]| {
+            if h.is_empty() {
+                "(any)".to_string()
+            } else {
+                h.join(", ")
+            }
+        };
+        out.push(format!("hosts {} → {}", hosts(&a.hosts), hosts(&b.hosts)));
+    }
+    match (&a.tls, &b.tls) {
+        (None, Some(_)) => out.push("TLS on".to_string()),
+        (Some(_), None) => out.push("TLS off".to_string()),
+        (Some(x), Some(y)) if x != y => out.push("TLS settings".to_string()),
+        _ => {}
+    }
+    for (service, old) in from.services.iter() {
+        if let Some(new) = to.services.get(service)
+            && old.route != new.route
+        {
+            out.push(format!("{service} route {} → {}", old.route, new.route));
         }
     }
     out
@@ -260,6 +299,37 @@ mod tests {
             e.next_deployment,
             [
                 "staging: api 2 → 3 replicas, worker starts (1 replica(s)) with the next deployment (`ferry redeploy shop --env staging`)"
+            ]
+        );
+    }
+
+    #[test]
+    fn listener_hosts_tls_and_routes_wait_for_the_next_deployment() {
+        let old = manifest(API, &format!("{STAGING}{PRODUCTION}"));
+        let new = manifest(
+            &format!("{API}    route: /api\n"),
+            &format!(
+                "{}    hosts: [shop.example]\n    tls: {{ cert: /etc/c.pem, key: /etc/k.pem }}\n{PRODUCTION}",
+                STAGING.replace("8080", "8081")
+            ),
+        );
+        let e = effects("shop", Some(&old), &new, &[run("staging", "api", "1")], &[]);
+        assert!(e.stops.is_empty());
+        assert_eq!(
+            e.next_deployment,
+            [
+                "staging: listener 127.0.0.1:8080 → 127.0.0.1:8081, hosts (any) → shop.example, TLS on, api route / → /api with the next deployment (`ferry redeploy shop --env staging`)"
+            ]
+        );
+        assert_eq!(edge_changes("staging", &new, &new), Vec::<String>::new());
+        assert_eq!(edge_changes("qa", &old, &new), Vec::<String>::new());
+        assert_eq!(
+            edge_changes("staging", &new, &old),
+            [
+                "listener 127.0.0.1:8081 → 127.0.0.1:8080",
+                "hosts shop.example → (any)",
+                "TLS off",
+                "api route /api → /",
             ]
         );
     }

@@ -211,8 +211,9 @@ pub enum Outcome {
     Continue(Vec<String>),
     /// Every stage is done: the new version has all traffic and the old one is gone.
     Completed,
-    /// Roll back, for this reason.
-    Failed(String),
+    /// Roll back, for this reason. `notes`: the timeline lines of this pass (the
+    /// measurements that failed it, with their values, thresholds and sample sizes).
+    Failed { reason: String, notes: Vec<String> },
 }
 
 /// Which analyses are due now (the controller measures only those).
@@ -254,7 +255,13 @@ pub fn advance(
     let mut notes = Vec::new();
 
     if let Some(reason) = &observed.canary_failure {
-        return (next, Outcome::Failed(reason.clone()));
+        return (
+            next,
+            Outcome::Failed {
+                reason: reason.clone(),
+                notes,
+            },
+        );
     }
     if let (Some(spec), Some(run), Some(measurements)) = (
         &plan.background,
@@ -271,7 +278,10 @@ pub fn advance(
         if let RunVerdict::Failed { reason, .. } = verdict {
             return (
                 next,
-                Outcome::Failed(format!("background analysis failed: {reason}")),
+                Outcome::Failed {
+                    reason: format!("background analysis failed: {reason}"),
+                    notes,
+                },
             );
         }
     }
@@ -409,7 +419,10 @@ pub fn advance(
                             RunVerdict::Failed { reason, .. } => {
                                 return (
                                     next,
-                                    Outcome::Failed(format!("{label} failed: {reason}")),
+                                    Outcome::Failed {
+                                        reason: format!("{label} failed: {reason}"),
+                                        notes,
+                                    },
                                 );
                             }
                             RunVerdict::NeedsHuman { reason } => {
@@ -788,12 +801,19 @@ mod tests {
             ..ready(1)
         };
         let (_, out) = advance(&plan, &p, &bad, None, 5_000);
-        let Outcome::Failed(reason) = out else {
+        let Outcome::Failed { reason, notes } = out else {
             panic!("{out:?}")
         };
         assert!(
             reason.contains("step 1 analysis failed") && reason.contains("0.5"),
             "{reason}"
+        );
+        assert_eq!(
+            notes,
+            [format!(
+                "step 1 analysis: {}",
+                describe(&measurement(Verdict::Fail))
+            )]
         );
         let good = Observation {
             stage_measurements: Some(vec![measurement(Verdict::Pass)]),
@@ -837,7 +857,13 @@ mod tests {
             ..ready(1)
         };
         let (_, out) = advance(&plan, &start(0), &obs, Some(Command::PromoteFull), 0);
-        assert_eq!(out, Outcome::Failed("web 2.0: replica #1 unhealthy".into()));
+        assert_eq!(
+            out,
+            Outcome::Failed {
+                reason: "web 2.0: replica #1 unhealthy".into(),
+                notes: Vec::new()
+            }
+        );
     }
 
     #[test]
@@ -859,7 +885,18 @@ mod tests {
             ..ready(1)
         };
         let (_, out) = advance(&plan, &p, &bad, None, 10_000);
-        assert!(matches!(out, Outcome::Failed(r) if r.contains("background analysis failed")));
+        let Outcome::Failed { reason, notes } = out else {
+            panic!("{out:?}")
+        };
+        assert!(reason.contains("background analysis failed"), "{reason}");
+        // the measurement that failed it is on the timeline, like a step analysis's
+        assert_eq!(
+            notes,
+            [format!(
+                "background analysis: {}",
+                describe(&measurement(Verdict::Fail))
+            )]
+        );
     }
 
     #[test]
@@ -983,7 +1020,7 @@ mod tests {
         let plan = timed_canary_with_background(spec.clone(), false);
         let (_, out) = drive(&plan, 120, |_| Verdict::Inconclusive);
         assert!(
-            matches!(&out, Outcome::Failed(r) if r.contains("background analysis failed")),
+            matches!(&out, Outcome::Failed { reason, .. } if reason.contains("background analysis failed")),
             "{out:?}"
         );
 

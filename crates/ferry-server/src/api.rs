@@ -356,7 +356,8 @@ async fn apply(
     }
     crate::apply::check_names(&access, &request.manifest, &file_name, &manifest)?;
     let apps = state.store.list_apps().await?;
-    check_listeners(&manifest, &apps)?;
+    let serving = crate::apply::serving_revisions(&state.store, &apps).await?;
+    check_listeners(&manifest, &[apps.as_slice(), &serving].concat())?;
     let old = apps.iter().find(|a| a.name == manifest.app);
     let old_manifest: Option<Manifest> =
         old.and_then(|a| serde_json::from_str(&a.manifest_json).ok());

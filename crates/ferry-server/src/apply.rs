@@ -1,7 +1,8 @@
 //! The apply path beside the handler in `api.rs`: names a manifest uses that must exist on
 //! this server (located errors), and what applying it does to what runs
 //! (`ferry_core::apply::effects`): removals that stop replicas need `--prune`; scale
-//! changes and new services wait for the environment's next deployment.
+//! changes, new services and listener/hosts/TLS/route changes wait for the environment's
+//! next deployment.
 
 use axum::http::StatusCode;
 use ferry_core::apply::{self, Active, Effects, Running};
@@ -80,6 +81,60 @@ pub(crate) async fn effects(
         &running,
         &active,
     ))
+}
+
+/// The environments of `apps` as the proxy may serve them now when that differs from
+/// their latest manifests: an environment follows its deployment's manifest revision
+/// (`apply` moves no listener), so its old listener is still in use until the next
+/// deployment. One record per (app, revision), holding only those environments; for the
+/// listener checks of an apply, so no address in use is handed to another app.
+pub(crate) async fn serving_revisions(
+    store: &Store,
+    apps: &[ferry_store::AppRecord],
+) -> ApiResult<Vec<ferry_store::AppRecord>> {
+    let active = store.active_deployments().await?;
+    let mut out = Vec::new();
+    for app in apps {
+        let Ok(latest) = serde_json::from_str::<Manifest>(&app.manifest_json) else {
+            continue;
+        };
+        // revision -> the environments served with it
+        let mut revisions: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+        for (env, _) in latest.environments.iter() {
+            let current = match store.env_current(&app.name, env).await? {
+                Some(current) => match current.deployment_id {
+                    Some(id) => store.get_deployment(id).await?,
+                    None => None,
+                },
+                None => None,
+            };
+            let started = active.iter().filter(|d| d.app == app.name && d.env == env);
+            for d in current.iter().chain(started) {
+                if d.manifest_revision != app.revision {
+                    revisions
+                        .entry(d.manifest_revision)
+                        .or_default()
+                        .push(env.to_string());
+                }
+            }
+        }
+        for (revision, envs) in revisions {
+            let Some(mut record) = store.get_app_at(&app.name, revision).await? else {
+                continue;
+            };
+            let Ok(mut manifest) = serde_json::from_str::<Manifest>(&record.manifest_json) else {
+                continue;
+            };
+            manifest
+                .environments
+                .0
+                .retain(|(env, _)| envs.contains(env));
+            record.manifest_json =
+                serde_json::to_string(&manifest).map_err(crate::api::internal)?;
+            out.push(record);
+        }
+    }
+    Ok(out)
 }
 
 /// The answer to a manifest whose removals would stop what runs, without `--prune`.

@@ -136,12 +136,16 @@ pub struct Redeploy {
     pub changes: Vec<String>,
     /// Replica counts to reach (`api 2 → 3 replicas`, `ferry_core::apply::scale_changes`).
     pub scale: Vec<String>,
+    /// How traffic reaches the environment changes (`listener 127.0.0.1:8080 →
+    /// 127.0.0.1:8081`, `ferry_core::apply::edge_changes`): it moves when the redeploy
+    /// has passed its gates.
+    pub edge: Vec<String>,
 }
 
 impl Redeploy {
-    /// Nothing to replace and nothing to scale.
+    /// Nothing to replace, to scale nor to move.
     pub fn is_empty(&self) -> bool {
-        self.stale.is_empty() && self.scale.is_empty()
+        self.stale.is_empty() && self.scale.is_empty() && self.edge.is_empty()
     }
 
     /// What the redeploy does, for its timeline.
@@ -152,6 +156,9 @@ impl Redeploy {
         }
         if !self.scale.is_empty() {
             parts.push(format!("scale: {}", self.scale.join(", ")));
+        }
+        if !self.edge.is_empty() {
+            parts.push(format!("traffic: {}", self.edge.join(", ")));
         }
         parts.join("; ")
     }
@@ -370,6 +377,7 @@ mod tests {
             fresh: fresh.iter().map(|s| s.to_string()).collect(),
             changes: vec![],
             scale: vec![],
+            edge: vec![],
         }
     }
 

@@ -582,3 +582,101 @@ async fn version_names_client_and_server() {
     })
     .await;
 }
+
+/// A new `listen` address is stored by `apply`, not acted on: the old listener serves until
+/// the environment's next deployment (here `ferry redeploy`), which moves it on its
+/// timeline; apply and the redeploy say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listener_moves_only_with_a_deployment() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.replicas = 1;
+        let base =
+            std::fs::read_to_string(ferry.write_manifest(&spec, "base.yaml")).expect("manifest");
+        let (staging_old, staging_new) = (free_port(), free_port());
+        let v1 = base.clone() + &staging(staging_old);
+        let dir = ferry.dir.path();
+        ferry.apply(&write(dir, "v1.yaml", &v1)).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let out = cli(
+            &ferry,
+            &[
+                "deploy",
+                "shop",
+                "--env",
+                "staging",
+                "--version",
+                "1.0.0",
+                "--wait",
+            ],
+        )
+        .await;
+        ok(&out, "deploy staging");
+
+        let moved = Spec {
+            listen_port: free_port(),
+            ..spec.clone()
+        };
+        let v2 = base.replace(&spec.listener(), &moved.listener()) + &staging(staging_new);
+        let out = cli(
+            &ferry,
+            &[
+                "apply",
+                "-f",
+                &write(dir, "v2.yaml", &v2).display().to_string(),
+            ],
+        )
+        .await;
+        ok(&out, "apply v2");
+        assert!(
+            out.stdout.contains(&format!(
+                "production: listener {} → {} with the next deployment",
+                spec.listener(),
+                moved.listener()
+            )) && out.stdout.contains("ferry redeploy shop --env production"),
+            "apply says when the listener moves:\n{out}"
+        );
+        // Witness: the same controller loop moves staging's listener through a redeploy;
+        // production, which got no deployment, still listens where it did.
+        let out = cli(
+            &ferry,
+            &[
+                "redeploy", "shop", "--env", "staging", "--wait", "-o", "json",
+            ],
+        )
+        .await;
+        ok(&out, "redeploy staging");
+        let id = out.json()["id"].as_i64().expect("a deployment");
+        let timeline = ferry.timeline(id).await;
+        assert!(
+            timeline.contains(&format!(
+                "traffic: listener 127.0.0.1:{staging_old} → 127.0.0.1:{staging_new}"
+            )),
+            "{timeline}"
+        );
+        wait_refused(
+            &format!("127.0.0.1:{staging_old}"),
+            "staging's old listener",
+        )
+        .await;
+        ferry.assert_serves(&spec, "1.0.0").await;
+        assert!(
+            std::net::TcpStream::connect(moved.listener()).is_err(),
+            "a bare apply opened production's new listener"
+        );
+        assert_eq!(ferry.status_api(&spec).await.listen, spec.listener());
+
+        let out = cli(
+            &ferry,
+            &["redeploy", "shop", "--env", "production", "--wait"],
+        )
+        .await;
+        ok(&out, "redeploy production");
+        ferry.assert_serves(&moved, "1.0.0").await;
+        wait_refused(&spec.listener(), "production's old listener").await;
+        assert_eq!(ferry.status_api(&moved).await.listen, moved.listener());
+    })
+    .await;
+}

@@ -136,3 +136,46 @@ async fn a_canary_bakes_after_its_final_promotion() {
     })
     .await;
 }
+
+/// The bake's length is the deployment's manifest revision's: an `apply` during the
+/// rollout that changes `bake` takes effect with the next deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bake_is_as_long_as_the_deployments_manifest_says() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("bakepinned");
+        spec.replicas = 1;
+        spec.start_timeout = "60s".into();
+        // 2.0.0 starts serving only once the test drops the marker.
+        let marker = ferry.dir.path().join("serve-now");
+        spec.prelude = format!(
+            "if [ \"$VERSION\" = 2.0.0 ]; then while [ ! -e '{m}' ]; do sleep 0.1; done; fi;",
+            m = marker.display()
+        );
+        let rolling = spec.strategy.clone();
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        spec.strategy = format!("{rolling}\n    bake: 2s");
+        ferry
+            .apply(&ferry.write_manifest(&spec, "ferry.yaml"))
+            .await;
+        let id = deploy(&ferry, &spec, "2.0.0").await;
+        // while 2.0.0 cannot converge, a longer bake is applied
+        spec.strategy = format!("{rolling}\n    bake: 10m");
+        ferry
+            .apply(&ferry.write_manifest(&spec, "ferry.yaml"))
+            .await;
+        std::fs::write(&marker, b"").expect("marker");
+        let baking = ferry
+            .wait_for_event(id, Duration::from_secs(60), |e| {
+                e.message.contains("2.0.0 converged; baking until")
+            })
+            .await;
+        assert!(baking.message.contains("(2s)"), "{}", baking.message);
+        let done = ferry.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
+    })
+    .await;
+}

@@ -98,6 +98,13 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve
             "{:#?}",
             detail.events
         );
+        // the measurement that failed it is on the timeline, like a step analysis's
+        assert!(
+            detail.events.iter().any(|e| e.kind == "analysis"
+                && e.message.contains("background analysis: errors Fail: service api: error rate 1 (")),
+            "{:#?}",
+            detail.events
+        );
         let (status, record) = ferry
             .api_get(&format!("/v1/deployments/{id}/change-record"))
             .await;

@@ -143,7 +143,10 @@ impl Controller {
         );
         let changed = phase.progress.as_ref() != Some(&next) || command.is_some();
         // hooks: post_deploy smoke tests through the preview route before traffic first moves.
-        if next.weight_bp > 0 && progress.weight_bp == 0 && !matches!(outcome, Outcome::Failed(_)) {
+        if next.weight_bp > 0
+            && progress.weight_bp == 0
+            && !matches!(outcome, Outcome::Failed { .. })
+        {
             match self
                 .progressive_post_deploy(app, manifest, env, deployment)
                 .await?
@@ -177,7 +180,12 @@ impl Controller {
         phase.progress = Some(next.clone());
 
         match outcome {
-            Outcome::Failed(reason) => {
+            Outcome::Failed { reason, notes } => {
+                // the measurements that failed it, as a step analysis's are
+                if !notes.is_empty() {
+                    self.event(deployment.id, "analysis", &notes.join("; "))
+                        .await;
+                }
                 return self.roll_back(deployment, &phase, &stable, &reason).await;
             }
             Outcome::Completed => {
@@ -187,7 +195,7 @@ impl Controller {
                     .all(|s| s.replicas.iter().all(|r| r.version == canary));
                 if old_gone && self.routed_only_to(&app.name, env, canary, services) {
                     // bake: keep watching (crash loops, health, the background analysis).
-                    if !self.baked(deployment, manifest, env, now).await? {
+                    if !self.baked(app, manifest, deployment, env, now).await? {
                         if let Some(measured) = &observed.background_measurements {
                             let mut fresh = Phase::of(deployment)?;
                             fresh.progress = Some(next.clone());
@@ -295,13 +303,17 @@ impl Controller {
     /// server keeps the same end) and says so on the timeline; at the end, says "baked".
     /// Until then the caller keeps watching: crash loops, failing health and (canary) the
     /// background analysis roll back as during the rollout.
+    /// The bake's length is the deployment's manifest revision's, whatever was applied since.
     pub(super) async fn baked(
         &self,
-        deployment: &DeploymentRecord,
+        app: &AppRecord,
         manifest: &Manifest,
+        deployment: &DeploymentRecord,
         env: &str,
         now: i64,
     ) -> Result<bool, ServerError> {
+        let pinned = self.manifest_at(app, deployment.manifest_revision).await;
+        let manifest = pinned.as_deref().unwrap_or(manifest);
         let Some(bake) = manifest.environments.get(env).and_then(|e| e.bake) else {
             return Ok(true);
         };

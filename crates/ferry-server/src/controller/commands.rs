@@ -130,6 +130,7 @@ impl Controller {
                 crate::config::redeploy_state(&self.store, &record, &manifest, env, &current)
                     .await?;
             plan.scale = ferry_core::apply::scale_changes(&services, &current);
+            plan.edge = self.edge_changes(&record, env, &manifest).await;
             if plan.is_empty() {
                 return Ok(RedeployAnswer::Unchanged(Unchanged {
                     app: app.to_string(),

@@ -248,6 +248,7 @@ impl Controller {
                 crate::config::redeploy_state(&self.store, app, manifest, env, &deployment.version)
                     .await?;
             plan.scale = ferry_core::apply::scale_changes(&services, &deployment.version);
+            plan.edge = self.edge_changes(app, env, manifest).await;
             Some(plan)
         } else {
             None
@@ -395,7 +396,7 @@ impl Controller {
         let baking = Phase::of(&deployment)?.bake_until_ms.is_some();
         if verdict == Verdict::Converged
             && deployment.state == DeploymentState::Progressing
-            && !self.baked(&deployment, manifest, env, now).await?
+            && !self.baked(app, manifest, &deployment, env, now).await?
         {
             return Ok(());
         }

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferry_core::manifest::Manifest;
-use ferry_core::model::ReplicaState;
+use ferry_core::model::{DeploymentState, ReplicaState};
 use ferry_core::rollout::{self, Action, Observed, Patience, ServiceInput, Verdict};
 use ferry_runtime::{HealthSpec, ReplicaSpec};
-use ferry_store::{AppRecord, ReplicaRecord};
+use ferry_store::{AppRecord, DeploymentRecord, ReplicaRecord};
 use rand::RngExt;
 
 use crate::error::ServerError;
@@ -217,6 +217,40 @@ impl Controller {
                     ActError::Failed(format!("{service} {version}: could not start: {e}"))
                 })
             }
+        }
+    }
+
+    /// The manifest revision that says how traffic reaches `env` (listener, hosts, TLS,
+    /// routes), when it is not the latest: the `active` deployment's once it has passed its
+    /// gates, else the one that made the current version. So `apply` never moves a
+    /// listener; the next deployment (or `ferry redeploy`) does, on its timeline.
+    pub(super) async fn edge_manifest(
+        &self,
+        app: &AppRecord,
+        env: &str,
+        active: Option<&DeploymentRecord>,
+    ) -> Option<Arc<Manifest>> {
+        let started = active.filter(|d| {
+            !matches!(
+                d.state,
+                DeploymentState::Pending
+                    | DeploymentState::AwaitingApproval
+                    | DeploymentState::Blocked
+            )
+        });
+        self.spec_manifest(app, env, started.map(|d| d.id)).await
+    }
+
+    /// How traffic would reach `env` differently under `manifest` than it does now.
+    pub(super) async fn edge_changes(
+        &self,
+        app: &AppRecord,
+        env: &str,
+        manifest: &Manifest,
+    ) -> Vec<String> {
+        match self.spec_manifest(app, env, None).await {
+            Some(serving) => ferry_core::apply::edge_changes(env, &serving, manifest),
+            None => Vec::new(),
         }
     }
 

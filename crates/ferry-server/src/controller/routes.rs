@@ -80,7 +80,21 @@ impl Controller {
         let mut summaries: Vec<(String, String, String)> = Vec::new();
         for (app, manifest) in apps.values() {
             for (env_name, env) in manifest.environments.iter() {
-                let Ok(listen) = env.listen.parse::<SocketAddr>() else {
+                // apply: the listener, hosts, TLS and routes are those of the manifest
+                // revision the environment is deployed with (a deployment's once it has
+                // passed its gates), never a bare apply's.
+                let serving = self
+                    .edge_manifest(
+                        app,
+                        env_name,
+                        active.get(&(app.name.clone(), env_name.to_string())),
+                    )
+                    .await;
+                let serving = serving.as_deref();
+                let edge = serving
+                    .and_then(|m| m.environments.get(env_name))
+                    .unwrap_or(env);
+                let Ok(listen) = edge.listen.parse::<SocketAddr>() else {
                     continue;
                 };
                 let mut routes = Vec::new();
@@ -184,9 +198,14 @@ impl Controller {
                         .upstream_timeout
                         .or(env.upstream_timeout)
                         .map(|d| u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX));
+                    let path_prefix = serving
+                        .and_then(|m| m.services.get(service_name))
+                        .unwrap_or(service)
+                        .route
+                        .clone();
                     preview_routes.push(Route {
                         service: service_name.clone(),
-                        path_prefix: service.route.clone(),
+                        path_prefix: path_prefix.clone(),
                         backends: preview_backends,
                         preview: None,
                         sticky: None,
@@ -194,7 +213,7 @@ impl Controller {
                     });
                     routes.push(Route {
                         service: service_name.clone(),
-                        path_prefix: service.route.clone(),
+                        path_prefix,
                         backends,
                         preview,
                         sticky,
@@ -203,16 +222,16 @@ impl Controller {
                 }
                 let mut site =
                     ListenerConfig::new(format!("{}/{env_name}", app.name), listen, routes);
-                site.hosts = env.hosts.clone();
+                site.hosts = edge.hosts.clone();
                 site.access_log = env.access_log.as_ref().map(Into::into);
-                site.tls = env.tls.as_ref().map(|t| TlsFiles {
+                site.tls = edge.tls.as_ref().map(|t| TlsFiles {
                     cert: t.cert.clone().into(),
                     key: t.key.clone().into(),
                     hsts_max_age_secs: t.hsts.map(|d| d.get().as_secs()),
                 });
                 listeners.push(site);
                 // The plain-HTTP twin that sends the environment's hosts to HTTPS.
-                if let Some(redirect) = env.tls.as_ref().and_then(|t| t.redirect_http.as_ref())
+                if let Some(redirect) = edge.tls.as_ref().and_then(|t| t.redirect_http.as_ref())
                     && let Ok(addr) = redirect.parse::<SocketAddr>()
                 {
                     let mut r = ListenerConfig::new(
@@ -220,7 +239,7 @@ impl Controller {
                         addr,
                         vec![],
                     );
-                    r.hosts = env.hosts.clone();
+                    r.hosts = edge.hosts.clone();
                     r.access_log = env.access_log.as_ref().map(Into::into);
                     r.redirect_https = Some(listen.port());
                     listeners.push(r);

@@ -142,10 +142,18 @@ impl Controller {
                     }
                 })
                 .collect();
-            let rollout = self
-                .active_deployment(app, env_name)
-                .await?
-                .and_then(|d| rollout_view(&d, &env.strategy, &manifest, env_name));
+            let active = self.active_deployment(app, env_name).await?;
+            // apply: the address traffic reaches it on now (see `edge_manifest`)
+            let listen = match self.edge_manifest(&record, env_name, active.as_ref()).await {
+                Some(serving) => serving
+                    .environments
+                    .get(env_name)
+                    .unwrap_or(env)
+                    .listen
+                    .clone(),
+                None => env.listen.clone(),
+            };
+            let rollout = active.and_then(|d| rollout_view(&d, &env.strategy, &manifest, env_name));
             // releases:
             let release_tag = match &current_version {
                 Some(version) => ferry_core::release::tag(
@@ -159,7 +167,7 @@ impl Controller {
                 release_tag,
                 app: app.to_string(),
                 env: env_name.to_string(),
-                listen: env.listen.clone(),
+                listen,
                 current_version,
                 latest_deployment,
                 replicas,

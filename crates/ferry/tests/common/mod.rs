@@ -84,6 +84,7 @@ impl std::fmt::Display for CliOutput {
 }
 
 /// A service of the test manifest: `ferry-demo` behind `sh -c PRELUDE; exec ferry-demo`.
+#[derive(Clone)]
 pub struct Spec {
     pub app: String,
     pub env: String,
@@ -1138,8 +1139,9 @@ pub fn admin(ferry: &Ferry) -> As<'_> {
     }
 }
 
-/// Creates user `name` with `password`, binds each `(role, app, env)`, logs the user in
-/// and returns them as a CLI actor (their session in their own config file).
+/// Creates user `name` with `password`, binds each `(role, app, env)` (ahead of time if
+/// the app is not applied yet: `--allow-missing`), logs the user in and returns them as a
+/// CLI actor (their session in their own config file).
 pub async fn add_person<'a>(
     ferry: &'a Ferry,
     name: &str,
@@ -1159,7 +1161,7 @@ pub async fn add_person<'a>(
         "users add",
     );
     for (role, app, env) in grants {
-        let mut args = vec!["grant", name, role, "--app", app];
+        let mut args = vec!["grant", name, role, "--app", app, "--allow-missing"];
         if let Some(env) = env {
             args.extend(["--env", env]);
         }
