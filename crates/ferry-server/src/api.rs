@@ -46,6 +46,8 @@ pub struct AppState {
     pub secrets: Arc<crate::secrets::Secrets>,
     pub shutdown: CancellationToken,
     pub gov: Arc<Governance>,
+    /// What the flag SDK endpoints serve, per environment and revision.
+    pub flags: Arc<crate::flags_api::FlagCache>,
 }
 
 impl AppState {
@@ -159,6 +161,51 @@ pub fn router(state: AppState) -> Router {
             "/v1/deployments/{id}/hooks/{name}/output",
             get(crate::api_hooks::output),
         )
+        // flags:
+        .route(
+            "/v1/apps/{app}/envs/{env}/flags",
+            get(crate::flags_api::list).post(crate::flags_api::create),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/flags/{flag}",
+            get(crate::flags_api::show).put(crate::flags_api::set),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/flags/{flag}/enable",
+            post(crate::flags_api::enable),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/flags/{flag}/disable",
+            post(crate::flags_api::disable),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/flags/{flag}/archive",
+            post(crate::flags_api::archive),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/flags/{flag}/rollout",
+            put(crate::flags_api::rollout),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/flags/{flag}/variants",
+            put(crate::flags_api::variants),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/features",
+            get(crate::flags_api::export).post(crate::flags_api::import),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/flag-tokens",
+            get(crate::flags_api::list_tokens).post(crate::flags_api::create_token),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/flag-tokens/{id}",
+            delete(crate::flags_api::delete_token),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/flag-metrics",
+            get(crate::flags_api::metrics),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), access::gate));
     let api = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -168,6 +215,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .merge(gated)
+        .merge(crate::flags_api::sdk_routes())
         .fallback(|| async {
             ApiFailure::new(
                 StatusCode::NOT_FOUND,
@@ -1030,7 +1078,10 @@ mod tests {
         let mut documented = 0;
         for (path, ops) in spec["paths"].as_object().expect("paths") {
             for (method, op) in ops.as_object().expect("operations") {
-                if public.contains(&path.as_str()) {
+                // flags: the SDK endpoints authenticate client tokens themselves
+                if public.contains(&path.as_str())
+                    || crate::flags_api::SDK_PATHS.contains(&path.as_str())
+                {
                     continue;
                 }
                 documented += 1;

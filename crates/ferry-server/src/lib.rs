@@ -29,6 +29,8 @@ mod clock;
 mod console;
 mod controller;
 mod error;
+// flags:
+mod flags_api;
 // gates:
 mod gates;
 // hooks:
@@ -157,6 +159,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         secrets,
         shutdown: shutdown.clone(),
         gov: Arc::new(access::Governance::new(audit_key)),
+        flags: Default::default(),
     });
     let api_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {
@@ -260,6 +263,7 @@ impl ApiOnly {
             secrets,
             shutdown: CancellationToken::new(),
             gov: Arc::new(access::Governance::new(audit_key)),
+            flags: Default::default(),
         });
         Ok(ApiOnly {
             router,

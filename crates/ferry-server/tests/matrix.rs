@@ -365,6 +365,97 @@ const TABLE: &[Row] = &[
         None,
         Perm(P::ViewLogs, AppEnv),
     ),
+    // flags: (no app is stored here: an allowed caller gets 404)
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/flags",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/flags",
+        Some(r#"{"name": "f{n}"}"#),
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/flags/f",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "PUT",
+        "/v1/apps/{app}/envs/{env}/flags/f",
+        Some(r#"{"feature": {"name": "f", "enabled": true}}"#),
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/flags/f/enable",
+        None,
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/flags/f/disable",
+        None,
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/flags/f/archive",
+        None,
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "PUT",
+        "/v1/apps/{app}/envs/{env}/flags/f/rollout",
+        Some(r#"{"percent": 5}"#),
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "PUT",
+        "/v1/apps/{app}/envs/{env}/flags/f/variants",
+        Some(r#"{"variants": [{"name": "a"}]}"#),
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/features",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/features",
+        Some(r#"{"features": []}"#),
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/flag-tokens",
+        None,
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/flag-tokens",
+        Some(r#"{"name": "t{n}"}"#),
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "DELETE",
+        "/v1/apps/{app}/envs/{env}/flag-tokens/1",
+        None,
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "GET",
+        "/v1/apps/{app}/envs/{env}/flag-metrics",
+        None,
+        Perm(P::View, AppEnv),
+    ),
 ];
 
 /// The rules spelled independently of the server: a binding on `shop [staging]` grants a

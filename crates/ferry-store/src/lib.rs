@@ -35,6 +35,11 @@ mod gates;
 // config:
 mod config;
 pub use config::ReplicaConfig;
+// flags:
+mod flags;
+pub use flags::{
+    ChangeMeta, FlagChange, FlagMetricRow, FlagRecord, FlagTokenRecord, FlagWrite, ServedFlags,
+};
 
 pub use audit::{AuditQuery, CheckpointRecord};
 pub use hooks::{HookRunRecord, NewHookRun};
@@ -231,6 +236,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "hooks", include_str!("../migrations/0006_hooks.sql")),
     (7, "config", include_str!("../migrations/0007_config.sql")),
     (8, "gates", include_str!("../migrations/0008_gates.sql")),
+    (9, "flags", include_str!("../migrations/0009_flags.sql")),
 ];
 
 /// The migration files this build embeds (`(version, description)`), for tests.
@@ -640,6 +646,11 @@ impl Store {
             "DELETE FROM manifest_revisions WHERE app = $1",
             "DELETE FROM environments WHERE app = $1",
             "DELETE FROM secrets WHERE app = $1",
+            // flags: (their change history stays, like deployments)
+            "DELETE FROM flags WHERE app = $1",
+            "DELETE FROM flag_envs WHERE app = $1",
+            "DELETE FROM flag_tokens WHERE app = $1",
+            "DELETE FROM flag_clients WHERE app = $1",
         ] {
             sqlx::query(delete)
                 .bind(app)

@@ -2051,7 +2051,266 @@ on_every_engine!(
     gate_check_results_and_overrides,
     // config:
     replica_configs_are_recorded_and_listed,
+    // flags:
+    flags_write_bumps_the_revision_atomically_and_keeps_changes,
+    flag_tokens_clients_and_metrics,
 );
+
+// flags:
+fn flag_meta<'a>(action: &'a str, now_ms: i64) -> ferry_store::ChangeMeta<'a> {
+    ferry_store::ChangeMeta {
+        actor: "alice",
+        action,
+        reason: Some("why not"),
+        now_ms,
+        new_epoch: "e1",
+    }
+}
+
+pub async fn flags_write_bumps_the_revision_atomically_and_keeps_changes(
+    store: Store,
+    _url: String,
+) {
+    use ferry_core::flags::{Feature, Segment};
+    use ferry_store::FlagWrite;
+    assert_eq!(store.flag_revision("shop", "prod").await.unwrap(), None);
+    assert_eq!(store.served_flags("shop", "prod").await.unwrap(), None);
+    let feature = |name: &str, enabled: bool| Feature {
+        name: name.into(),
+        enabled,
+        ..Feature::default()
+    };
+    let names = vec!["a".to_string(), "b".to_string()];
+    let segments = vec![Segment {
+        id: 7,
+        name: None,
+        constraints: vec![],
+    }];
+    let (rev, changes) = store
+        .write_flags(
+            "shop",
+            "prod",
+            &names,
+            Some(&segments),
+            flag_meta("import", 10),
+            |current| {
+                assert_eq!(current, vec![None, None]);
+                Ok::<_, ()>(vec![
+                    Some(FlagWrite {
+                        feature: feature("a", true),
+                        archived: false,
+                    }),
+                    Some(FlagWrite {
+                        feature: feature("b", false),
+                        archived: true,
+                    }),
+                ])
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rev, changes.len()), (1, 2));
+    assert!(changes[0].before.is_none());
+    // served: not archived, with the segments, at the revision
+    let served = store.served_flags("shop", "prod").await.unwrap().unwrap();
+    assert_eq!((served.revision, served.epoch.as_str()), (1, "e1"));
+    assert_eq!(served.features, vec![feature("a", true)]);
+    assert_eq!(served.segments, segments);
+    // a refused change leaves everything, the revision included, as it was
+    let refused = store
+        .write_flags(
+            "shop",
+            "prod",
+            &names[..1],
+            None,
+            flag_meta("enable", 20),
+            |_| Err("no"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("no"));
+    assert_eq!(
+        store.flag_revision("shop", "prod").await.unwrap(),
+        Some((1, "e1".into()))
+    );
+    // a change: revision 2, before and after kept, the segments kept
+    let (rev, _) = store
+        .write_flags(
+            "shop",
+            "prod",
+            &names[..1],
+            None,
+            flag_meta("disable", 30),
+            |current| {
+                let mut f = current[0].clone().unwrap().feature;
+                f.enabled = false;
+                Ok::<_, ()>(vec![Some(FlagWrite {
+                    feature: f,
+                    archived: false,
+                })])
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rev, 2);
+    let changes = store
+        .flag_changes("shop", "prod", Some("a"), 10)
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0].action, "disable");
+    assert_eq!(changes[0].before.as_ref().unwrap()["enabled"], true);
+    assert_eq!(changes[0].after.as_ref().unwrap()["enabled"], false);
+    assert_eq!(changes[0].reason.as_deref(), Some("why not"));
+    assert_eq!(
+        store
+            .flag_changes("shop", "prod", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        store
+            .served_flags("shop", "prod")
+            .await
+            .unwrap()
+            .unwrap()
+            .segments,
+        segments
+    );
+    assert_eq!(
+        store.list_flags("shop", "prod", true).await.unwrap().len(),
+        2
+    );
+    assert_eq!(
+        store.list_flags("shop", "prod", false).await.unwrap().len(),
+        1
+    );
+    assert!(
+        store
+            .get_flag("shop", "prod", "b")
+            .await
+            .unwrap()
+            .unwrap()
+            .archived
+    );
+    assert!(
+        store
+            .list_flags("shop", "qa", true)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // concurrent writers each get their own revision
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .write_flags(
+                    "shop",
+                    "prod",
+                    &[format!("c{i}")],
+                    None,
+                    flag_meta("create", 40),
+                    |_| {
+                        Ok::<_, ()>(vec![Some(FlagWrite {
+                            feature: Feature {
+                                name: format!("c{i}"),
+                                ..Feature::default()
+                            },
+                            archived: false,
+                        })])
+                    },
+                )
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+        }));
+    }
+    let mut revisions = Vec::new();
+    for t in tasks {
+        revisions.push(t.await.unwrap());
+    }
+    revisions.sort();
+    assert_eq!(revisions, (3..=10).collect::<Vec<i64>>());
+    // deleting the app forgets its flags (their history stays)
+    store.delete_app("shop").await.unwrap();
+    assert_eq!(store.flag_revision("shop", "prod").await.unwrap(), None);
+    assert!(
+        !store
+            .flag_changes("shop", "prod", None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn flag_tokens_clients_and_metrics(store: Store, _url: String) {
+    use ferry_store::FlagMetricRow;
+    let t = store
+        .create_flag_token("shop", "prod", "web", "h1", "alice", 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.flag_token_scope("h1").await.unwrap(),
+        Some(("shop".into(), "prod".into()))
+    );
+    assert_eq!(store.flag_token_scope("h2").await.unwrap(), None);
+    assert_eq!(
+        store.list_flag_tokens("shop", "prod").await.unwrap(),
+        vec![t.clone()]
+    );
+    assert!(!store.delete_flag_token("shop", "qa", t.id).await.unwrap());
+    assert!(store.delete_flag_token("shop", "prod", t.id).await.unwrap());
+    assert_eq!(store.flag_token_scope("h1").await.unwrap(), None);
+
+    store
+        .register_flag_client("shop", "prod", "web", "i1", "sdk:1", 5)
+        .await
+        .unwrap();
+    store
+        .register_flag_client("shop", "prod", "web", "i1", "sdk:2", 6)
+        .await
+        .unwrap();
+
+    let row = |flag: &str, bucket_ms: i64, yes: i64| FlagMetricRow {
+        flag: flag.into(),
+        bucket_ms,
+        yes,
+        no: 1,
+        variants: [("blue".to_string(), yes)].into(),
+    };
+    store
+        .add_flag_metrics("shop", "prod", &[row("a", 0, 2), row("b", 0, 1)])
+        .await
+        .unwrap();
+    store
+        .add_flag_metrics("shop", "prod", &[row("a", 0, 3), row("a", 3_600_000, 1)])
+        .await
+        .unwrap();
+    let all = store.flag_metrics("shop", "prod", None, 0).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            FlagMetricRow {
+                no: 2,
+                ..row("a", 0, 5)
+            },
+            row("a", 3_600_000, 1),
+            row("b", 0, 1),
+        ]
+    );
+    let recent = store
+        .flag_metrics("shop", "prod", Some("a"), 1)
+        .await
+        .unwrap();
+    assert_eq!(recent, vec![row("a", 3_600_000, 1)]);
+}
 
 // config:
 pub async fn replica_configs_are_recorded_and_listed(store: Store, _url: String) {

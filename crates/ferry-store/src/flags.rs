@@ -1,0 +1,563 @@
+//! Feature flags: their state per app environment, the revision that versions what is
+//! served, every change with its before and after, client tokens, registered SDKs and the
+//! evaluation counts they report.
+
+use ferry_core::flags::{Feature, Segment};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+
+use crate::{Ctx, Result, Store, StoreError, get};
+
+/// One flag of one environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagRecord {
+    pub name: String,
+    pub feature: Feature,
+    pub archived: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub updated_by: String,
+}
+
+/// The new state of one flag, written by [`Store::write_flags`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlagWrite {
+    pub feature: Feature,
+    pub archived: bool,
+}
+
+/// What the SDK endpoints serve for an environment: every flag that is not archived, the
+/// segments, and the revision they are at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedFlags {
+    pub revision: i64,
+    pub epoch: String,
+    pub features: Vec<Feature>,
+    pub segments: Vec<Segment>,
+}
+
+/// One change of one flag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagChange {
+    pub flag: String,
+    pub revision: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagTokenRecord {
+    pub id: i64,
+    pub app: String,
+    pub env: String,
+    pub name: String,
+    pub created_by: String,
+    pub created_at_ms: i64,
+}
+
+/// Evaluation counts of one flag in one hour.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagMetricRow {
+    pub flag: String,
+    pub bucket_ms: i64,
+    pub yes: i64,
+    pub no: i64,
+    pub variants: std::collections::BTreeMap<String, i64>,
+}
+
+/// Who changed what, and why (one per write).
+pub struct ChangeMeta<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub reason: Option<&'a str>,
+    pub now_ms: i64,
+    /// The epoch of the environment's revision if this write creates it.
+    pub new_epoch: &'a str,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn flag_from_row(row: &AnyRow) -> Result<FlagRecord> {
+    let name: String = get(row, "name", &|| "flags row".to_string())?;
+    let what = || format!("flag {name}");
+    let json: String = get(row, "feature_json", &what)?;
+    let archived: i64 = get(row, "archived", &what)?;
+    Ok(FlagRecord {
+        feature: serde_json::from_str(&json).map_err(|e| corrupt(&what(), e))?,
+        archived: archived != 0,
+        created_at_ms: get(row, "created_at_ms", &what)?,
+        updated_at_ms: get(row, "updated_at_ms", &what)?,
+        updated_by: get(row, "updated_by", &what)?,
+        name,
+    })
+}
+
+const FLAG_COLS: &str = "name, feature_json, archived, created_at_ms, updated_at_ms, updated_by";
+
+impl Store {
+    /// The flags of an environment, by name (archived ones too when asked).
+    pub async fn list_flags(
+        &self,
+        app: &str,
+        env: &str,
+        include_archived: bool,
+    ) -> Result<Vec<FlagRecord>> {
+        let sql = format!(
+            "SELECT {FLAG_COLS} FROM flags WHERE app = $1 AND env = $2 {} ORDER BY name",
+            if include_archived {
+                ""
+            } else {
+                "AND archived = 0"
+            }
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app)
+            .bind(env)
+            .fetch_all(&self.pool)
+            .await
+            .ctx(|| format!("listing the flags of {app}/{env}"))?;
+        rows.iter().map(flag_from_row).collect()
+    }
+
+    pub async fn get_flag(&self, app: &str, env: &str, name: &str) -> Result<Option<FlagRecord>> {
+        let sql =
+            format!("SELECT {FLAG_COLS} FROM flags WHERE app = $1 AND env = $2 AND name = $3");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app)
+            .bind(env)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx(|| format!("reading flag {name} of {app}/{env}"))?;
+        row.as_ref().map(flag_from_row).transpose()
+    }
+
+    /// `(revision, epoch)` of an environment's flags; `None` before its first flag.
+    pub async fn flag_revision(&self, app: &str, env: &str) -> Result<Option<(i64, String)>> {
+        let row = sqlx::query("SELECT revision, epoch FROM flag_envs WHERE app = $1 AND env = $2")
+            .bind(app)
+            .bind(env)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx(|| format!("reading the flag revision of {app}/{env}"))?;
+        let what = || format!("flag revision of {app}/{env}");
+        row.map(|r| Ok((get(&r, "revision", &what)?, get(&r, "epoch", &what)?)))
+            .transpose()
+    }
+
+    /// Everything the SDK endpoints serve, read in one transaction (so the revision matches
+    /// the flags).
+    pub async fn served_flags(&self, app: &str, env: &str) -> Result<Option<ServedFlags>> {
+        let op = || format!("reading the served flags of {app}/{env}");
+        let mut tx = self.pool.begin().await.ctx(op)?;
+        let Some(row) = sqlx::query(
+            "SELECT revision, epoch, segments_json FROM flag_envs WHERE app = $1 AND env = $2",
+        )
+        .bind(app)
+        .bind(env)
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx(op)?
+        else {
+            return Ok(None);
+        };
+        let what = || format!("flag revision of {app}/{env}");
+        let segments: String = get(&row, "segments_json", &what)?;
+        let rows = sqlx::query(
+            "SELECT feature_json FROM flags WHERE app = $1 AND env = $2 AND archived = 0 \
+             ORDER BY name",
+        )
+        .bind(app)
+        .bind(env)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx(op)?;
+        tx.commit().await.ctx(op)?;
+        let features = rows
+            .iter()
+            .map(|r| {
+                let json: String = get(r, "feature_json", &op)?;
+                serde_json::from_str(&json).map_err(|e| corrupt(&op(), e))
+            })
+            .collect::<Result<Vec<Feature>>>()?;
+        Ok(Some(ServedFlags {
+            revision: get(&row, "revision", &what)?,
+            epoch: get(&row, "epoch", &what)?,
+            segments: serde_json::from_str(&segments).map_err(|e| corrupt(&what(), e))?,
+            features,
+        }))
+    }
+
+    /// Changes flags of an environment in one transaction: bumps the revision first (which
+    /// takes the write lock), hands the current state of the named flags to `decide`, writes
+    /// what it returns (`None` leaves a flag as it is) and records each change. `decide`'s
+    /// error aborts everything. Returns the new revision and the changes made.
+    pub async fn write_flags<E: Send>(
+        &self,
+        app: &str,
+        env: &str,
+        names: &[String],
+        segments: Option<&[Segment]>,
+        meta: ChangeMeta<'_>,
+        decide: impl FnOnce(Vec<Option<FlagRecord>>) -> std::result::Result<Vec<Option<FlagWrite>>, E>
+        + Send,
+    ) -> Result<std::result::Result<(i64, Vec<FlagChange>), E>> {
+        let op = || format!("changing flags of {app}/{env}");
+        let mut tx = self.pool.begin().await.ctx(op)?;
+        let segments_json = match segments {
+            Some(s) => Some(serde_json::to_string(s).map_err(|e| corrupt(&op(), e))?),
+            None => None,
+        };
+        let revision: i64 = sqlx::query_scalar(
+            "INSERT INTO flag_envs (app, env, revision, epoch, segments_json, updated_at_ms) \
+             VALUES ($1, $2, 1, $3, COALESCE($4, '[]'), $5) \
+             ON CONFLICT (app, env) DO UPDATE SET revision = flag_envs.revision + 1, \
+             segments_json = COALESCE($4, flag_envs.segments_json), updated_at_ms = $5 \
+             RETURNING revision",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(meta.new_epoch)
+        .bind(segments_json.as_deref())
+        .bind(meta.now_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx(op)?;
+        let mut current = Vec::with_capacity(names.len());
+        for name in names {
+            let sql =
+                format!("SELECT {FLAG_COLS} FROM flags WHERE app = $1 AND env = $2 AND name = $3");
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(app)
+                .bind(env)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .ctx(op)?;
+            current.push(row.as_ref().map(flag_from_row).transpose()?);
+        }
+        let writes = match decide(current.clone()) {
+            Ok(w) => w,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut changes = Vec::new();
+        for ((name, before), write) in names.iter().zip(current).zip(writes) {
+            let Some(write) = write else { continue };
+            let json = serde_json::to_string(&write.feature).map_err(|e| corrupt(&op(), e))?;
+            sqlx::query(
+                "INSERT INTO flags (app, env, name, feature_json, archived, created_at_ms, \
+                 updated_at_ms, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
+                 ON CONFLICT (app, env, name) DO UPDATE SET feature_json = excluded.feature_json, \
+                 archived = excluded.archived, updated_at_ms = excluded.updated_at_ms, \
+                 updated_by = excluded.updated_by",
+            )
+            .bind(app)
+            .bind(env)
+            .bind(name)
+            .bind(&json)
+            .bind(i64::from(write.archived))
+            .bind(meta.now_ms)
+            .bind(meta.actor)
+            .execute(&mut *tx)
+            .await
+            .ctx(op)?;
+            let as_value = |f: &Feature, archived: bool| {
+                let mut v = serde_json::to_value(f).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("archived".into(), archived.into());
+                }
+                v
+            };
+            let change = FlagChange {
+                flag: name.clone(),
+                revision,
+                at_ms: meta.now_ms,
+                actor: meta.actor.to_string(),
+                action: meta.action.to_string(),
+                before: before.as_ref().map(|b| as_value(&b.feature, b.archived)),
+                after: Some(as_value(&write.feature, write.archived)),
+                reason: meta.reason.map(str::to_string),
+            };
+            sqlx::query(
+                "INSERT INTO flag_changes (app, env, flag, revision, at_ms, actor, action, \
+                 before_json, after_json, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(app)
+            .bind(env)
+            .bind(name)
+            .bind(revision)
+            .bind(meta.now_ms)
+            .bind(meta.actor)
+            .bind(meta.action)
+            .bind(change.before.as_ref().map(|v| v.to_string()))
+            .bind(change.after.as_ref().map(|v| v.to_string()))
+            .bind(meta.reason)
+            .execute(&mut *tx)
+            .await
+            .ctx(op)?;
+            changes.push(change);
+        }
+        tx.commit().await.ctx(op)?;
+        Ok(Ok((revision, changes)))
+    }
+
+    /// The changes of a flag (or of every flag of the environment), newest first.
+    pub async fn flag_changes(
+        &self,
+        app: &str,
+        env: &str,
+        flag: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<FlagChange>> {
+        let rows = sqlx::query(
+            "SELECT flag, revision, at_ms, actor, action, before_json, after_json, reason \
+             FROM flag_changes WHERE app = $1 AND env = $2 AND ($3 IS NULL OR flag = $3) \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(flag)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx(|| format!("reading the flag changes of {app}/{env}"))?;
+        let what = || format!("flag change of {app}/{env}");
+        let json = |row: &AnyRow, col: &str| -> Result<Option<serde_json::Value>> {
+            let text: Option<String> = get(row, col, &what)?;
+            text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(&what(), e)))
+                .transpose()
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(FlagChange {
+                    flag: get(row, "flag", &what)?,
+                    revision: get(row, "revision", &what)?,
+                    at_ms: get(row, "at_ms", &what)?,
+                    actor: get(row, "actor", &what)?,
+                    action: get(row, "action", &what)?,
+                    before: json(row, "before_json")?,
+                    after: json(row, "after_json")?,
+                    reason: get(row, "reason", &what)?,
+                })
+            })
+            .collect()
+    }
+
+    // -- client tokens ---------------------------------------------------------------------
+
+    pub async fn create_flag_token(
+        &self,
+        app: &str,
+        env: &str,
+        name: &str,
+        token_sha256: &str,
+        created_by: &str,
+        now_ms: i64,
+    ) -> Result<FlagTokenRecord> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO flag_tokens (app, env, name, token_sha256, created_by, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(name)
+        .bind(token_sha256)
+        .bind(created_by)
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await
+        .ctx(|| format!("creating a flag client token for {app}/{env}"))?;
+        Ok(FlagTokenRecord {
+            id,
+            app: app.into(),
+            env: env.into(),
+            name: name.into(),
+            created_by: created_by.into(),
+            created_at_ms: now_ms,
+        })
+    }
+
+    /// The app environment a client token is for.
+    pub async fn flag_token_scope(&self, token_sha256: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT app, env FROM flag_tokens WHERE token_sha256 = $1")
+            .bind(token_sha256)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx(|| "looking up a flag client token".to_string())?;
+        let what = || "flag client token".to_string();
+        row.map(|r| Ok((get(&r, "app", &what)?, get(&r, "env", &what)?)))
+            .transpose()
+    }
+
+    pub async fn list_flag_tokens(&self, app: &str, env: &str) -> Result<Vec<FlagTokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, app, env, name, created_by, created_at_ms FROM flag_tokens \
+             WHERE app = $1 AND env = $2 ORDER BY id",
+        )
+        .bind(app)
+        .bind(env)
+        .fetch_all(&self.pool)
+        .await
+        .ctx(|| format!("listing the flag client tokens of {app}/{env}"))?;
+        let what = || "flag client token".to_string();
+        rows.iter()
+            .map(|r| {
+                Ok(FlagTokenRecord {
+                    id: get(r, "id", &what)?,
+                    app: get(r, "app", &what)?,
+                    env: get(r, "env", &what)?,
+                    name: get(r, "name", &what)?,
+                    created_by: get(r, "created_by", &what)?,
+                    created_at_ms: get(r, "created_at_ms", &what)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes a client token; `false` if the environment has no such token.
+    pub async fn delete_flag_token(&self, app: &str, env: &str, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM flag_tokens WHERE id = $1 AND app = $2 AND env = $3")
+            .bind(id)
+            .bind(app)
+            .bind(env)
+            .execute(&self.pool)
+            .await
+            .ctx(|| format!("revoking flag client token {id} of {app}/{env}"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // -- SDKs and their metrics ------------------------------------------------------------
+
+    pub async fn register_flag_client(
+        &self,
+        app: &str,
+        env: &str,
+        app_name: &str,
+        instance_id: &str,
+        sdk_version: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO flag_clients (app, env, app_name, instance_id, sdk_version, seen_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (app, env, app_name, instance_id) \
+             DO UPDATE SET sdk_version = excluded.sdk_version, seen_at_ms = excluded.seen_at_ms",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(app_name)
+        .bind(instance_id)
+        .bind(sdk_version)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .ctx(|| format!("registering an SDK of {app}/{env}"))?;
+        Ok(())
+    }
+
+    /// Adds reported counts (one transaction for the whole report).
+    pub async fn add_flag_metrics(
+        &self,
+        app: &str,
+        env: &str,
+        rows: &[FlagMetricRow],
+    ) -> Result<()> {
+        let op = || format!("recording flag metrics of {app}/{env}");
+        let mut tx = self.pool.begin().await.ctx(op)?;
+        for row in rows {
+            sqlx::query(
+                "INSERT INTO flag_metrics (app, env, flag, bucket_ms, yes, no) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (app, env, flag, bucket_ms) \
+                 DO UPDATE SET yes = flag_metrics.yes + excluded.yes, \
+                 no = flag_metrics.no + excluded.no",
+            )
+            .bind(app)
+            .bind(env)
+            .bind(&row.flag)
+            .bind(row.bucket_ms)
+            .bind(row.yes)
+            .bind(row.no)
+            .execute(&mut *tx)
+            .await
+            .ctx(op)?;
+            for (variant, count) in &row.variants {
+                sqlx::query(
+                    "INSERT INTO flag_metric_variants (app, env, flag, bucket_ms, variant, count) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (app, env, flag, bucket_ms, variant) \
+                     DO UPDATE SET count = flag_metric_variants.count + excluded.count",
+                )
+                .bind(app)
+                .bind(env)
+                .bind(&row.flag)
+                .bind(row.bucket_ms)
+                .bind(variant)
+                .bind(*count)
+                .execute(&mut *tx)
+                .await
+                .ctx(op)?;
+            }
+        }
+        tx.commit().await.ctx(op)?;
+        Ok(())
+    }
+
+    /// Counts since `since_ms`, per flag (all flags when `flag` is `None`) and hour, oldest
+    /// first.
+    pub async fn flag_metrics(
+        &self,
+        app: &str,
+        env: &str,
+        flag: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<FlagMetricRow>> {
+        let op = || format!("reading flag metrics of {app}/{env}");
+        let rows = sqlx::query(
+            "SELECT flag, bucket_ms, yes, no FROM flag_metrics WHERE app = $1 AND env = $2 \
+             AND ($3 IS NULL OR flag = $3) AND bucket_ms >= $4 ORDER BY flag, bucket_ms",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(flag)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .ctx(op)?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(FlagMetricRow {
+                    flag: get(r, "flag", &op)?,
+                    bucket_ms: get(r, "bucket_ms", &op)?,
+                    yes: get(r, "yes", &op)?,
+                    no: get(r, "no", &op)?,
+                    variants: Default::default(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let variants = sqlx::query(
+            "SELECT flag, bucket_ms, variant, count FROM flag_metric_variants \
+             WHERE app = $1 AND env = $2 AND ($3 IS NULL OR flag = $3) AND bucket_ms >= $4",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(flag)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .ctx(op)?;
+        for v in &variants {
+            let (f, b): (String, i64) = (get(v, "flag", &op)?, get(v, "bucket_ms", &op)?);
+            if let Some(row) = out.iter_mut().find(|r| r.flag == f && r.bucket_ms == b) {
+                row.variants
+                    .insert(get(v, "variant", &op)?, get(v, "count", &op)?);
+            }
+        }
+        Ok(out)
+    }
+}
