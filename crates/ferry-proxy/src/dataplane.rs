@@ -76,6 +76,7 @@ impl Workers {
                         .build()
                     {
                         Ok(rt) => {
+                            crate::metrics::pin_shard(i);
                             let _ = tx.send(Ok(rt.handle().clone()));
                             rt.block_on(stop.cancelled());
                         }
@@ -500,48 +501,62 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-#[inline]
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || *name == header::PROXY_AUTHENTICATE
-        || *name == header::PROXY_AUTHORIZATION
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
+/// Hop-by-hop headers (RFC 9110 7.6.1 and the usual non-standard ones): never forwarded.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &PROXY_CONNECTION,
+];
+
+/// `Connection` tokens that name no header beyond [`HOP_BY_HOP`] (or none at all).
+fn names_only_hop_by_hop(connection: &HeaderValue) -> bool {
+    connection.as_bytes().split(|b| *b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty()
+            || t.eq_ignore_ascii_case(b"close")
+            || HOP_BY_HOP
+                .iter()
+                .any(|n| t.eq_ignore_ascii_case(n.as_str().as_bytes()))
+    })
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the (few) names instead of a hash lookup per hop-by-hop header.
-    if !h.keys().any(is_hop_by_hop) {
+    // One pass over the (few) headers notes which hop-by-hop names are there; the usual
+    // `Connection: keep-alive` or `close` then costs no parsing and no header-name building.
+    let mut found = 0u16;
+    let mut listed_others = false;
+    for (name, value) in h.iter() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| *n == name) {
+            found |= 1 << i;
+            if i == 0 && !names_only_hop_by_hop(value) {
+                listed_others = true;
+            }
+        }
+    }
+    if found == 0 {
         return;
     }
-    if let Some(conn) = h.get(header::CONNECTION) {
-        let listed: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
+    if listed_others {
+        let listed: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
             .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
             .collect();
         for name in listed {
             h.remove(name);
         }
-        h.remove(header::CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-    ] {
-        if h.contains_key(name) {
-            h.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            h.remove(*name);
         }
     }
 }
@@ -1177,5 +1192,54 @@ async fn upgrade_through<'t>(
                 request_id,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(|n| n.as_str()).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_lists_are_stripped() {
+        let mut h = headers(&[
+            ("content-type", "text/plain"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-version", "v1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["content-type", "x-version"]);
+
+        let mut h = headers(&[
+            ("connection", "Close"),
+            ("connection", "X-Secret , upgrade"),
+            ("x-secret", "hop"),
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-kept"]);
+
+        let mut h = headers(&[("host", "shop"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["host", "x-a"]);
     }
 }
