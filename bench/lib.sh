@@ -93,3 +93,49 @@ CONF
     PIDS+=("$NGINX_PID")
     wait_http "http://127.0.0.1:$listen/"
 }
+
+# start_static_upstream NAME PORT VERSION: an nginx answering every request like ferry-demo
+# (`x-version: VERSION`, body `hello from demo VERSION`), for runs without a release
+# ferry-demo (UPSTREAM=nginx). Keep-alive connections are never closed by it.
+start_static_upstream() {
+    local name=$1 port=$2 version=$3 dir="$TMP/$1"
+    mkdir -p "$dir/logs"
+    cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            add_header x-version $version;
+            return 200 "hello from demo $version\n";
+        }
+    }
+}
+CONF
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$port/"
+}
+
+# start_upstream NAME PORT VERSION: ferry-demo ($DEMO), or a static nginx when UPSTREAM=nginx.
+start_upstream() {
+    if [[ "${UPSTREAM:-demo}" == nginx ]]; then
+        start_static_upstream "$@"
+    else
+        "${PIN_SERVERS[@]}" "$DEMO" --port "$2" --version "$3" >"$TMP/$1.log" 2>&1 &
+        PIDS+=($!)
+        wait_http "http://127.0.0.1:$2/"
+    fi
+}

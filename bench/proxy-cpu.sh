@@ -8,6 +8,7 @@
 #       # (e.g. `target/release/examples/proxy` of an older commit)
 #   FERRY_CMD=target/release/examples/proxy SKIP_BUILD=1 bench/proxy-cpu.sh
 #       # the proxy under test as a stand-alone binary instead of `ferry proxy`
+#   UPSTREAM=nginx ...   # a static nginx upstream instead of ferry-demo
 #
 # For each target in turn (ROUNDS times, interleaved) it runs wrk and, over the same
 # DURATION, `perf stat -e instructions:u,instructions:k` on the proxy's processes (nginx:
@@ -36,9 +37,8 @@ DEMO="$TARGET_DIR/release/ferry-demo"
 source "$ROOT/bench/lib.sh"
 
 UP_PORT=$(free_port)
-"$DEMO" --port "$UP_PORT" --version bench >"$TMP/demo.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$UP_PORT/"
+PIN_SERVERS=()
+start_upstream demo "$UP_PORT" bench
 
 declare -A PORT PROCS
 TARGETS=(nginx ferry)
@@ -79,7 +79,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo
-echo "wrk -t$THREADS -c$CONNS, ${DURATION}s per measurement, median of $ROUNDS interleaved rounds; $(nproc) CPUs; $(uname -srm)"
+echo "wrk -t$THREADS -c$CONNS, ${DURATION}s per measurement, median of $ROUNDS interleaved rounds; $(nproc) CPUs; $(uname -srm); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| proxy | user instructions / req | kernel instructions / req | user instr. vs nginx | req/s (noisy) |"
 echo "| --- | ---: | ---: | ---: | ---: |"

@@ -13,6 +13,8 @@
 #       # directly (e.g. target/release/examples/proxy, or a saved older build), as
 #       # target "ferry-alt", interleaved with the others (A/B of two builds)
 #   TASKSET_LOAD=1 TASKSET_SERVERS=0 ...       # pin wrk / the servers to CPU lists
+#   UPSTREAM=nginx ...                         # static nginx upstreams instead of ferry-demo
+#   NO_HAPROXY=1 ...                           # leave haproxy out (it runs when installed)
 #
 # Starts two `ferry-demo` upstreams (v1 and v2), a `ferry proxy` with one route
 # `v1 9000 bp / v2 1000 bp` (PUT over its admin API) and a foreground nginx
@@ -57,7 +59,8 @@ if [[ -n "${FERRY_CMD:-}" ]]; then
 else
     FERRY_ARGV=("$FERRY" proxy)
 fi
-for bin in "$FERRY" "$DEMO" ${ALT_PROXY:+"$ALT_PROXY"}; do
+[[ "${UPSTREAM:-demo}" == nginx ]] && DEMO=""
+for bin in "$FERRY" ${DEMO:+"$DEMO"} ${ALT_PROXY:+"$ALT_PROXY"}; do
     [[ -x "$bin" ]] || { echo "missing $bin" >&2; exit 1; }
 done
 
@@ -76,13 +79,9 @@ V1_PORT=$(free_port)
 V2_PORT=$(free_port)
 NGINX_PORT=$(free_port)
 
-# 1. Upstreams.
-"${PIN_SERVERS[@]}" "$DEMO" --port "$V1_PORT" --version v1 >"$TMP/v1.log" 2>&1 &
-PIDS+=($!)
-"${PIN_SERVERS[@]}" "$DEMO" --port "$V2_PORT" --version v2 >"$TMP/v2.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$V1_PORT/"
-wait_http "http://127.0.0.1:$V2_PORT/"
+# 1. Upstreams (ferry-demo, or a static nginx with UPSTREAM=nginx).
+start_upstream v1 "$V1_PORT" v1
+start_upstream v2 "$V2_PORT" v2
 
 # 2. Proxies under test: name, pid, listen port, admin port, token.
 declare -A PORT ADMIN TOKEN PID
@@ -155,6 +154,37 @@ PID[nginx]=$!
 PIDS+=("${PID[nginx]}")
 PORT[nginx]=$NGINX_PORT
 wait_http "http://127.0.0.1:$NGINX_PORT/"
+
+# 3b. haproxy (when installed; NO_HAPROXY=1 leaves it out): the same weighted split,
+# keep-alive to the upstreams, one process with a thread per CPU.
+if command -v haproxy >/dev/null && [[ -z "${NO_HAPROXY:-}" ]]; then
+    HAPROXY_PORT=$(free_port)
+    cat >"$TMP/haproxy.cfg" <<CONF
+global
+    maxconn 4096
+    nbthread $(nproc)
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend app
+backend app
+    balance roundrobin
+    server v1 127.0.0.1:$V1_PORT weight $V1_W
+    server v2 127.0.0.1:$V2_PORT weight $V2_W
+CONF
+    "${PIN_SERVERS[@]}" haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
+    PID[haproxy]=$!
+    PIDS+=("${PID[haproxy]}")
+    PORT[haproxy]=$HAPROXY_PORT
+    wait_http "http://127.0.0.1:$HAPROXY_PORT/"
+    TARGETS=(direct nginx haproxy "${TARGETS[@]:2}")
+fi
 
 # 4. Load, in turn.
 to_ms() {
@@ -235,7 +265,7 @@ rss_of() {
             kb=$(hwm_kb "${PID[nginx]}")
             for w in $(pgrep -P "${PID[nginx]}" || true); do kb=$(( kb + $(hwm_kb "$w") )); done
             echo "$(( kb / 1024 )) MiB (master + workers)" ;;
-        ferry*) echo "$(( $(hwm_kb "${PID[$t]}") / 1024 )) MiB" ;;
+        ferry* | haproxy) echo "$(( $(hwm_kb "${PID[$t]}") / 1024 )) MiB" ;;
         *) echo "-" ;;
     esac
 }
@@ -255,3 +285,5 @@ echo
 echo -n "errors are summed over all rounds; req/s of each round:"
 for t in "${TARGETS[@]}"; do echo -n " $t:${ALL_RPS[$t]} /"; done
 echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+
