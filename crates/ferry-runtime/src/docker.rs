@@ -240,9 +240,21 @@ impl DockerRuntime {
             instance: instance.clone(),
             pid,
         };
-        let mut replicas = self.sup.replicas();
-        Supervisor::<Engine>::ensure_absent(&replicas, &spec.id)?;
-        self.sup.supervise(&mut replicas, spec, started, true);
+        let clash = {
+            let mut replicas = self.sup.replicas();
+            match Supervisor::<Engine>::ensure_absent(&replicas, &spec.id) {
+                Ok(()) => {
+                    self.sup.supervise(&mut replicas, spec, started, true);
+                    None
+                }
+                Err(e) => Some((e, started.running)),
+            }
+        };
+        if let Some((e, container)) = clash {
+            // Started twice at once: the replica already supervised stays.
+            engine.remove(&container, 0).await;
+            return Err(e);
+        }
         Ok(instance)
     }
 
