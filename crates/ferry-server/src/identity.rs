@@ -579,12 +579,12 @@ pub async fn create_binding(
         envs: request.envs.clone(),
     };
     let unknown = unknown_in_scope(&state, &scope).await?;
+    let unknown: Vec<String> = unknown.iter().map(ToString::to_string).collect();
     if !unknown.is_empty() && !request.allow_missing {
-        let what: Vec<String> = unknown.iter().map(ToString::to_string).collect();
         return Err(bad_request(format!(
             "the binding would grant nothing: {}; apply the app's manifest first, or bind \
              ahead with --allow-missing (API: \"allow_missing\": true)",
-            what.join("; ")
+            unknown.join("; ")
         )));
     }
     let binding = state
@@ -602,13 +602,12 @@ pub async fn create_binding(
     slot.with(|n| {
         n.target = Some(format!("binding #{}", binding.id));
         if !unknown.is_empty() {
-            let what: Vec<String> = unknown.iter().map(ToString::to_string).collect();
             n.summary = Some(format!(
                 "give role {} to user {} on {} ahead of time: {}",
                 binding.role,
                 binding.subject,
                 scope.short(),
-                what.join("; ")
+                unknown.join("; ")
             ));
         }
     });
