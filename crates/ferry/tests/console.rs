@@ -567,3 +567,75 @@ async fn console_sessions_csrf_roles_and_escaping() {
     })
     .await;
 }
+
+/// The dashboard with 200 apps × 4 environments (sharing one listener by host): its
+/// server render time and page weight (figures in docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_with_200_apps_by_4_environments() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let port = free_port();
+        let api = |path: &str| format!("{}{path}", ferry.url);
+        for i in 0..200 {
+            let envs: String = ["dev", "test", "staging", "production"]
+                .iter()
+                .map(|env| {
+                    format!(
+                        "  {env}:\n    listen: 127.0.0.1:{port}\n    hosts: [app-{i:03}-{env}.test]\n"
+                    )
+                })
+                .collect();
+            let yaml = format!(
+                "app: app-{i:03}\nservices:\n  web:\n    run: [\"true\"]\nenvironments:\n{envs}"
+            );
+            let answer = ferry
+                .http
+                .post(api("/v1/apps"))
+                .bearer_auth(&ferry.token)
+                .json(&serde_json::json!({ "manifest": yaml }))
+                .send()
+                .await
+                .expect("apply");
+            assert!(answer.status().is_success(), "{}", answer.text().await.unwrap_or_default());
+        }
+        for (path, body) in [
+            ("/v1/users", serde_json::json!({ "username": "ops", "password": PASSWORD })),
+            ("/v1/bindings", serde_json::json!({ "user": "ops", "role": "viewer" })),
+        ] {
+            let answer = ferry
+                .http
+                .post(api(path))
+                .bearer_auth(&ferry.token)
+                .json(&body)
+                .send()
+                .await
+                .expect("identity");
+            assert!(answer.status().is_success(), "{path}: {}", answer.text().await.unwrap_or_default());
+        }
+        let (mut ops, _) = Browser::logged_in(&ferry, "ops").await;
+        let mut times = Vec::new();
+        let mut size = 0;
+        for round in 0..23 {
+            let started = std::time::Instant::now();
+            let page = ops.get("/").await;
+            let took = started.elapsed();
+            assert_eq!(page.status, StatusCode::OK);
+            assert!(page.body.contains("Apps (200 of 200)"), "{}", &page.body[..page.body.len().min(2000)]);
+            size = page.body.len();
+            if round >= 3 {
+                times.push(took.as_secs_f64() * 1000.0);
+            }
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median = times[times.len() / 2];
+        let p95 = times[(times.len() * 95).div_ceil(100) - 1];
+        eprintln!(
+            "dashboard, 200 apps x 4 environments: {size} bytes, median {median:.1} ms, p95 {p95:.1} ms over {} requests",
+            times.len()
+        );
+        assert!(size < 200 * 1024, "the dashboard weighs {size} bytes");
+        assert!(p95 < 2000.0, "the dashboard took {p95} ms (p95)");
+    })
+    .await;
+}

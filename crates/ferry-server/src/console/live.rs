@@ -132,8 +132,8 @@ pub(crate) async fn deployment(
                 if let Ok(event) = Event::default().event("status").json_data(json!({
                     "state": view.state.to_string(),
                     "reason": view.reason,
-                    "canary": rollout.as_ref().map(|r| r.canary_weight * 100.0),
-                    "stage": rollout.as_ref().map(|r| format!("{}/{} {}", r.stage + 1, r.stages, r.stage_name)),
+                    "canary": rollout.as_ref().map(|r| r.canary_weight),
+                    "stage": rollout.as_ref().map(|r| format!("{}/{} {}", r.stage, r.stages, r.stage_name)),
                     "summary": rollout.as_ref().map(|r| r.summary.clone()),
                 })) {
                     out.push(Ok(event));

@@ -215,7 +215,7 @@ pub(crate) async fn dashboard_page(
                     version: r.canary_version.clone(),
                     stable: r.stable_version.clone(),
                     weight: Weight::new(r.canary_weight),
-                    stage: format!("{}/{} {}", r.stage + 1, r.stages, r.stage_name),
+                    stage: format!("{}/{} {}", r.stage, r.stages, r.stage_name),
                     paused: r.paused,
                 });
             }
@@ -267,7 +267,7 @@ fn cell(env: &EnvStatus, now: i64) -> Cell {
         weight: env
             .rollout
             .as_ref()
-            .map(|r| format!("{:.0} %", r.canary_weight * 100.0))
+            .map(|r| format!("{:.0} %", r.canary_weight))
             .unwrap_or_default(),
     }
 }
@@ -439,7 +439,7 @@ async fn deployment_page(
             weight: Weight::new(r.canary_weight),
             canary_version: r.canary_version,
             stable_version: r.stable_version,
-            stage: format!("{}/{} {}", r.stage + 1, r.stages, r.stage_name),
+            stage: format!("{}/{} {}", r.stage, r.stages, r.stage_name),
             summary: r.summary,
             waiting_for: r.waiting_for.unwrap_or_default(),
             analysis: r.analysis,

@@ -119,8 +119,9 @@ pub(crate) struct Weight {
 }
 
 impl Weight {
-    pub fn new(canary_share: f64) -> Weight {
-        let canary = (canary_share * 100.0).clamp(0.0, 100.0);
+    /// From the canary's share in percent.
+    pub fn new(canary_percent: f64) -> Weight {
+        let canary = canary_percent.clamp(0.0, 100.0);
         Weight {
             canary,
             canary_label: format!("{canary:.1}"),

@@ -1,0 +1,525 @@
+//! The web console in a real browser: Debian's Chromium driven over WebDriver
+//! (chromium-driver) against a real `ferry server`. Log in; watch a canary's weight change
+//! without reloading; a second user approves a production deployment while the requester
+//! sees no approve button and a forged approve from the requester's page is refused; a
+//! viewer sees no action; a rollback from the browser. Measures the time from a timeline
+//! event to the open page (p95). With FERRY_CONSOLE_SCREENSHOTS=DIR it writes screenshots
+//! of the main pages there (`FERRY_CONSOLE_SCREENSHOTS=docs/console` refreshes the ones in
+//! the docs; a plain test run leaves the checkout untouched).
+//!
+//! Skipped when Chromium or chromedriver is missing, unless FERRY_REQUIRE_BROWSER=1 (CI),
+//! which makes a missing browser a failure.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use common::{Ferry, SERIAL, Spec, add_person, bounded, free_port};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const LIMIT: Duration = Duration::from_secs(240);
+const PASSWORD: &str = "correct horse battery";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// chromedriver on a loopback port, stopped on drop.
+struct DriverProcess {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for DriverProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A WebDriver session (W3C protocol over HTTP, with reqwest).
+struct Browser {
+    http: reqwest::Client,
+    session: String,
+    base: String,
+    profile: PathBuf,
+}
+
+impl Browser {
+    async fn start(driver: &DriverProcess) -> Browser {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        let base = format!("http://127.0.0.1:{}", driver.port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http
+                .get(format!("{base}/status"))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = driver._profile.path().to_path_buf();
+        let caps = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }
+        }}});
+        let answer: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .expect("session json");
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {answer}"))
+            .to_string();
+        Browser {
+            http,
+            session,
+            base,
+            profile,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        value["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+    }
+
+    async fn url(&self) -> String {
+        self.call(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn find(&self, css: &str) -> Option<String> {
+        let found = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await;
+        found[ELEMENT].as_str().map(str::to_string)
+    }
+
+    async fn must(&self, css: &str) -> String {
+        match self.find(css).await {
+            Some(id) => id,
+            None => panic!(
+                "no element {css} on {}:\n{}",
+                self.url().await,
+                self.exec("return document.body.innerText;", json!([]))
+                    .await
+            ),
+        }
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let id = self.must(css).await;
+        self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.must(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.must(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    async fn exec(&self, script: &str, args: Value) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({
+                "script": format!("const done = arguments[arguments.length - 1]; Promise.resolve((async () => {{ {script} }})()).then(done, e => done('error: ' + e));"),
+                "args": args,
+            })),
+        )
+        .await
+    }
+
+    async fn body_text(&self) -> String {
+        self.exec("return document.body.innerText;", json!([]))
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits until `css`'s text satisfies `ok` (polling, bounded).
+    async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.find(css).await.is_some() {
+                let text = self.text(css).await;
+                if ok(&text) {
+                    return text;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {css} never matched on {}:\n{}",
+                self.url().await,
+                self.body_text().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(&self, path: &Path) {
+        let data = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().expect("screenshot data"))
+            .expect("base64 png");
+        std::fs::write(path, png).expect("write screenshot");
+    }
+
+    async fn window(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await;
+    }
+
+    /// Logs `user` in through the form (after dropping any earlier session's cookies).
+    async fn login(&self, console: &str, user: &str) {
+        self.call(reqwest::Method::DELETE, "/cookie", None).await;
+        self.goto(&format!("{console}/")).await;
+        assert!(
+            self.url().await.contains("/login"),
+            "not sent to the login form"
+        );
+        self.type_into("#username", user).await;
+        self.type_into("#password", PASSWORD).await;
+        self.click("form.login button").await;
+        self.wait_text("header .who strong", "logged in", |t| t == user)
+            .await;
+    }
+
+    async fn quit(self) {
+        self.call(reqwest::Method::DELETE, "", None).await;
+        let _ = &self.profile;
+    }
+}
+
+fn start_driver() -> Option<DriverProcess> {
+    let required = std::env::var("FERRY_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+        assert!(
+            !required,
+            "FERRY_REQUIRE_BROWSER=1 but {CHROMIUM} or {CHROMEDRIVER} is missing \
+             (apt-get install -y chromium chromium-driver)"
+        );
+        eprintln!(
+            "skipped: no Chromium/chromedriver (apt-get install -y chromium chromium-driver)"
+        );
+        return None;
+    }
+    let port = free_port();
+    let profile = tempfile::tempdir().expect("profile dir");
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    Some(DriverProcess {
+        child,
+        port,
+        _profile: profile,
+    })
+}
+
+/// Where screenshots go: FERRY_CONSOLE_SCREENSHOTS (relative to the workspace root), or
+/// a temporary directory.
+fn shots_dir(scratch: &Path) -> PathBuf {
+    let dir = match std::env::var("FERRY_CONSOLE_SCREENSHOTS") {
+        Ok(dir) if !dir.is_empty() => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(dir),
+        _ => scratch.join("screenshots"),
+    };
+    std::fs::create_dir_all(&dir).expect("screenshot directory");
+    dir
+}
+
+/// staging: a canary in steps; production: rolling, held for an approver.
+fn pipeline(ferry: &Ferry, spec: &Spec) -> PathBuf {
+    let path = ferry.write_manifest(spec, "ferry.yaml");
+    let mut yaml = std::fs::read_to_string(&path).expect("read manifest");
+    yaml.push_str(&format!(
+        "  production:\n    listen: 127.0.0.1:{}\n    strategy: {{ rolling: {{ max_surge: 1, max_unavailable: 0 }} }}\n    gates: {{ approvals: [{{ role: approver }}] }}\n",
+        free_port(),
+    ));
+    std::fs::write(&path, yaml).expect("write manifest");
+    path
+}
+
+async fn deploy(ferry: &Ferry, env: &str, version: &str, who: &str) -> i64 {
+    let out = common::run(
+        ferry,
+        &common::As {
+            config: ferry.dir.path().join(format!("{who}.json")),
+            token: None,
+        },
+        &[
+            "deploy",
+            "shop",
+            "--env",
+            env,
+            "--version",
+            version,
+            "-o",
+            "json",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "deploy:\n{out}");
+    out.json()["id"].as_i64().expect("deployment id")
+}
+
+async fn wait_state(ferry: &Ferry, id: i64, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let detail = ferry.deployment(id).await;
+        if detail.deployment.state.to_string() == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment #{id} is {}, never {state}",
+            detail.deployment.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn p95(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let at = ((values.len() as f64) * 0.95).ceil() as usize;
+    values[at.clamp(1, values.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_in_chromium() {
+    let Some(driver) = start_driver() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.env = "staging".into();
+        spec.replicas = 1;
+        spec.strategy = "{ canary: { steps: [{ weight: 20 }, { pause: 3s }, { weight: 50 }, { pause: 3s }, { weight: 80 }, { pause: 3s }] } }".into();
+        ferry.apply(&pipeline(&ferry, &spec)).await;
+        add_person(&ferry, "alice", PASSWORD, &[("developer", "shop", None)]).await;
+        add_person(&ferry, "bob", PASSWORD, &[("approver", "shop", None)]).await;
+        add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
+        let first = deploy(&ferry, "staging", "1.0.0", "alice").await;
+        wait_state(&ferry, first, "succeeded").await;
+
+        let browser = Browser::start(&driver).await;
+        let console = ferry.url.clone();
+        let shots = shots_dir(ferry.dir.path());
+
+        // Log in.
+        browser.goto(&format!("{console}/")).await;
+        browser.wait_text("h1", "login form", |t| t.contains("Log in")).await;
+        browser.screenshot(&shots.join("login.png")).await;
+        browser.login(&console, "alice").await;
+
+        // A canary moves: its page follows the weight without a reload.
+        let canary = deploy(&ferry, "staging", "2.0.0", "alice").await;
+        browser.goto(&format!("{console}/deployments/{canary}")).await;
+        let first_weight = browser
+            .wait_text("#canary-weight", "canary started", |t| !t.is_empty())
+            .await;
+        browser
+            .exec("window.__sameDocument = 'yes'; return 1;", json!([]))
+            .await;
+        browser
+            .wait_text("#canary-weight", "the weight moved", |t| {
+                t != first_weight && t != "100.0"
+            })
+            .await;
+        browser.screenshot(&shots.join("deployment-canary.png")).await;
+        browser
+            .wait_text("#state", "the canary finished", |t| t == "succeeded")
+            .await;
+        let same = browser
+            .exec("return window.__sameDocument || 'reloaded';", json!([]))
+            .await;
+        assert_eq!(same, "yes", "the page was reloaded");
+        // Time from each event to the open page, over the whole rollout.
+        let delays = browser
+            .exec(
+                "return Array.from(document.querySelectorAll('#timeline li[data-arrived-ms]')).map(li => Number(li.dataset.arrivedMs) - Number(li.dataset.atMs));",
+                json!([]),
+            )
+            .await;
+        let delays: Vec<f64> = delays
+            .as_array()
+            .expect("delays")
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        assert!(delays.len() >= 5, "live events seen: {delays:?}");
+        let p95_ms = p95(delays.clone());
+        eprintln!(
+            "event -> open page: {} events, p95 {p95_ms:.0} ms, max {:.0} ms",
+            delays.len(),
+            delays.iter().cloned().fold(0.0, f64::max)
+        );
+        assert!(p95_ms < 1000.0, "p95 {p95_ms} ms: {delays:?}");
+
+        // The dashboard.
+        browser.goto(&format!("{console}/")).await;
+        browser.wait_text("h1", "dashboard", |t| t == "Dashboard").await;
+
+        // Production waits for an approver; the requester sees no approve button, and an
+        // approval forged from her page (her session, her CSRF token) is refused.
+        let prod = deploy(&ferry, "production", "2.0.0", "alice").await;
+        wait_state(&ferry, prod, "awaiting-approval").await;
+        browser.goto(&format!("{console}/")).await;
+        browser
+            .wait_text("#live", "the dashboard lists it", |t| t.contains("awaiting-approval"))
+            .await;
+        browser.screenshot(&shots.join("dashboard.png")).await;
+        browser.window(390, 844).await;
+        browser.screenshot(&shots.join("dashboard-phone.png")).await;
+        browser.window(1280, 900).await;
+        browser.goto(&format!("{console}/deployments/{prod}")).await;
+        browser.must("#actions").await;
+        assert!(browser.find("#do-approve").await.is_none(), "the requester sees approve");
+        let forged = browser
+            .exec(
+                "const csrf = document.querySelector('input[name=csrf]').value; const r = await fetch(arguments[0], { method: 'POST', headers: { 'Content-Type': 'application/x-www-form-urlencoded' }, body: 'csrf=' + encodeURIComponent(csrf) + '&reason=forged' }); return r.status;",
+                json!([format!("/deployments/{prod}/approve")]),
+            )
+            .await;
+        assert_eq!(forged, 403, "a forged approval");
+
+        // A viewer sees no action.
+        browser.login(&console, "vic").await;
+        browser.goto(&format!("{console}/deployments/{prod}")).await;
+        let actions = browser.text("#actions").await;
+        assert!(actions.contains("No action is open to you"), "{actions}");
+        assert!(browser.find("#actions form").await.is_none());
+
+        // Bob approves from his browser.
+        browser.login(&console, "bob").await;
+        browser.goto(&format!("{console}/deployments/{prod}")).await;
+        browser.type_into("#reason-approve", "release train 42").await;
+        browser.screenshot(&shots.join("deployment-approval.png")).await;
+        browser.click("#do-approve").await;
+        browser
+            .wait_text("#state", "production went ahead", |t| t == "succeeded")
+            .await;
+        assert_eq!(
+            ferry.deployment(prod).await.deployment.state.to_string(),
+            "succeeded"
+        );
+
+        // Alice rolls staging back from her browser.
+        browser.login(&console, "alice").await;
+        browser.goto(&format!("{console}/deployments/{canary}")).await;
+        browser.type_into("#reason-rollback", "bad build").await;
+        browser.click("#do-rollback").await;
+        browser
+            .wait_text("h1", "the rollback's page", |t| !t.contains(&format!("#{canary}:")))
+            .await;
+        browser
+            .wait_text("#state", "the rollback finished", |t| t == "succeeded")
+            .await;
+        let status = ferry.api_get("/v1/apps/shop/status?env=staging").await.1;
+        assert_eq!(status["environments"][0]["current_version"], "1.0.0");
+
+        // The app and audit pages.
+        browser.goto(&format!("{console}/apps/shop")).await;
+        browser.wait_text("h1", "app page", |t| t.starts_with("shop")).await;
+        browser.screenshot(&shots.join("app.png")).await;
+        browser.goto(&format!("{console}/audit?app=shop")).await;
+        browser
+            .wait_text("table", "audit", |t| t.contains("bad build"))
+            .await;
+        browser.screenshot(&shots.join("audit.png")).await;
+
+        // Keyboard: Tab from the top reaches the skip link first, and focus is visible.
+        let outline = browser
+            .exec(
+                "const a = document.querySelector('a.skip'); a.focus(); const s = getComputedStyle(a); return document.activeElement === a ? s.left : 'not focused';",
+                json!([]),
+            )
+            .await;
+        assert_ne!(outline, "not focused");
+        assert_ne!(outline, "-9999px", "the skip link shows when focused");
+
+        browser.quit().await;
+    })
+    .await;
+    drop(driver);
+}
