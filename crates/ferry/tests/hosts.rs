@@ -98,3 +98,58 @@ async fn apps_share_a_listener_by_host() {
     })
     .await;
 }
+
+/// An environment's `access_log` and `upstream_timeout` travel from the manifest through
+/// the route table to the proxy: answers are logged as JSON lines, and the route carries
+/// the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_log_and_upstream_timeout_reach_the_proxy() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut shop = Spec::new("shop");
+        shop.replicas = 1;
+        let log = ferry.dir.path().join("shop-access.log");
+        let path = with_hosts(&ferry, &shop, &["shop.example.com"]);
+        let yaml = std::fs::read_to_string(&path).expect("read manifest");
+        let listen = format!("    listen: {}\n", shop.listener());
+        let yaml = yaml.replacen(
+            &listen,
+            &format!(
+                "{listen}    upstream_timeout: 5m\n    access_log: {}\n",
+                log.display()
+            ),
+            1,
+        );
+        std::fs::write(&path, yaml).expect("write manifest");
+        ferry.apply(&path).await;
+        ferry.deploy_ok(&shop, "1.0.0").await;
+        let (status, version, _) = get(&ferry, &shop, "shop.example.com").await;
+        assert_eq!((status, version.as_str()), (200, "1.0.0"));
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let line = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains("\"version\":\"1.0.0\"")) {
+                break serde_json::from_str::<serde_json::Value>(l).expect("a JSON line");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no line for 1.0.0 in {}: {text}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(line["listener"], "shop/production");
+        assert_eq!(line["host"], "shop.example.com");
+        assert_eq!(line["status"], 200);
+
+        let routes = std::fs::read_to_string(ferry.data.join("proxy/routes.json"))
+            .expect("the proxy's saved route table");
+        assert!(
+            routes.contains("\"upstream_timeout_ms\": 300000"),
+            "{routes}"
+        );
+    })
+    .await;
+}
