@@ -485,6 +485,36 @@ async fn console_sessions_csrf_roles_and_escaping() {
         let status = ferry.api_get("/v1/apps/shop/status?env=staging").await.1;
         assert_eq!(status["environments"][0]["current_version"], "1.0.0");
 
+        // The live stream resumes after the last event the browser saw (Last-Event-ID),
+        // and ends once the deployment is over.
+        let live = alice
+            .http
+            .get(format!("{}/deployments/{back}/live", ferry.url))
+            .header(header::COOKIE, alice.cookie_header())
+            .header("last-event-id", "2")
+            .send()
+            .await
+            .expect("live");
+        assert_eq!(live.status(), StatusCode::OK);
+        let stream = tokio::time::timeout(Duration::from_secs(30), live.text())
+            .await
+            .expect("the stream of a finished deployment ends")
+            .expect("stream body");
+        assert!(
+            stream.contains("id: 3\n")
+                && !stream.contains("id: 2\n")
+                && !stream.contains("id: 1\n"),
+            "{stream}"
+        );
+        assert!(
+            stream.contains("event: status") && stream.contains("event: end"),
+            "{stream}"
+        );
+        let anonymous_live = reqwest::get(format!("{}/deployments/{back}/live", ferry.url))
+            .await
+            .expect("live");
+        assert_eq!(anonymous_live.status(), StatusCode::UNAUTHORIZED);
+
         // The audit page shows the reason and the failed login's name as text.
         let audit = alice.get("/audit?app=shop").await;
         assert_eq!(audit.status, StatusCode::OK);

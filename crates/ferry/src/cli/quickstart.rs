@@ -257,6 +257,14 @@ impl Tour<'_> {
                 format!("curl {}/openapi.json", self.api_url),
                 "the OpenAPI spec",
             ),
+            // console:
+            (
+                format!(
+                    "{ferry} users add me && {ferry} grant me admin, then open {}/",
+                    self.api_url
+                ),
+                "the web console",
+            ),
         ];
         let width = lines
             .iter()
