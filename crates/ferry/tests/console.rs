@@ -574,6 +574,58 @@ async fn console_sessions_csrf_roles_and_escaping() {
             "an expired session acts on nothing"
         );
 
+        // Users and tokens, for who may manage users: a token is shown once.
+        for (path, body) in [
+            (
+                "/v1/users",
+                serde_json::json!({ "username": "root", "password": PASSWORD }),
+            ),
+            (
+                "/v1/bindings",
+                serde_json::json!({ "user": "root", "role": "admin" }),
+            ),
+        ] {
+            let answer = ferry
+                .http
+                .post(format!("{}{path}", ferry.url))
+                .bearer_auth(&ferry.token)
+                .json(&body)
+                .send()
+                .await
+                .expect("identity");
+            assert!(answer.status().is_success(), "{path}");
+        }
+        let (mut root, root_csrf) = Browser::logged_in(&ferry, "root").await;
+        let users = root.get("/users").await;
+        assert_eq!(users.status, StatusCode::OK, "{}", users.body);
+        assert!(
+            users.body.contains("<th scope=\"row\">vic"),
+            "{}",
+            users.body
+        );
+        let created = root
+            .post(
+                "/tokens",
+                &[
+                    ("csrf", &root_csrf),
+                    ("name", "ci"),
+                    ("role", "viewer"),
+                    ("app", "shop"),
+                ],
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        assert!(
+            created.body.contains("value=\"ferry_"),
+            "the token is shown once"
+        );
+        let again = root.get("/users").await;
+        assert!(
+            !again.body.contains("value=\"ferry_") && again.body.contains("ci (viewer, active)"),
+            "{}",
+            again.body
+        );
+
         // The API's failed-login throttling holds for the console too (last: it locks
         // this address out for a while).
         let mut mallory = Browser::new(&ferry);
