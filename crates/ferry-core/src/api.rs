@@ -86,6 +86,10 @@ pub struct ApplyResponse {
     /// What changes in running environments only with their next deployment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub next_deployment: Vec<String>,
+    /// Valid but probably not meant, each `file:line:column: path: message (hint: …)`
+    /// (e.g. `$PORT` without braces, which is passed on as it is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +211,15 @@ pub struct ReplicaView {
     pub restarts: u32,
     /// Whether the proxy currently sends it traffic.
     pub in_traffic: bool,
+    /// How its last process ended (`exit code 1`, `signal 9`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// The last lines that process wrote (at most 20 lines / 4 KiB, escaped, redacted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_output: Vec<String>,
+    /// What its latest health check got while failing (status and body, refused, timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_health_check: Option<String>,
 }
 
 /// Status of one environment of an app.
@@ -226,6 +239,73 @@ pub struct EnvStatus {
     /// `{version}-sha-{commit7}-{env}` of the current version, when its commit is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_tag: Option<String>,
+    /// Requests, errors and latency per service and version over the last minute, as the
+    /// proxy saw them (None when the proxy could not be asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficStatus>,
+}
+
+/// What the proxy saw of an environment's traffic over a recent window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrafficStatus {
+    /// Length of the window in seconds: the last minute, or less when the proxy (or the
+    /// server) started more recently.
+    pub window_s: f64,
+    /// The window starts when the proxy started (no older sample to compare with).
+    pub since_proxy_start: bool,
+    /// One row per service and version that served in the window or has replicas listed.
+    pub versions: Vec<TrafficView>,
+}
+
+/// One version of a service over [`TrafficStatus::window_s`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrafficView {
+    pub service: String,
+    pub version: String,
+    /// Completed requests in the window.
+    pub requests: u64,
+    /// Requests per second.
+    pub rate_per_s: f64,
+    /// Answers with status >= 500 (the version's own, or the proxy's when its replicas
+    /// failed).
+    pub errors_5xx: u64,
+    /// `errors_5xx / requests` (0 without requests).
+    pub error_rate: f64,
+    /// Latency to response headers in milliseconds (None without requests).
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl TrafficView {
+    /// The row of one version's window (`window.duration_ms` is its length).
+    pub fn from_window(
+        service: &str,
+        version: &str,
+        window: &crate::analysis::WindowStats,
+    ) -> TrafficView {
+        let seconds = window.duration_ms as f64 / 1000.0;
+        let ms = |q: f64| window.latency_us.quantile(q).map(|us| us as f64 / 1000.0);
+        TrafficView {
+            service: service.to_string(),
+            version: version.to_string(),
+            requests: window.requests,
+            rate_per_s: if seconds > 0.0 {
+                window.requests as f64 / seconds
+            } else {
+                0.0
+            },
+            errors_5xx: window.errors(),
+            error_rate: if window.requests > 0 {
+                window.errors() as f64 / window.requests as f64
+            } else {
+                0.0
+            },
+            p50_ms: ms(0.50),
+            p95_ms: ms(0.95),
+            p99_ms: ms(0.99),
+        }
+    }
 }
 
 /// A canary or blue/green rollout in progress.
@@ -370,6 +450,31 @@ pub struct HookOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_traffic_row_has_rate_error_rate_and_percentiles() {
+        use crate::analysis::{LatencyBins, WindowStats};
+        let mut samples: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
+        samples.push(2_000_000);
+        let window = WindowStats {
+            requests: 101,
+            errors_5xx: 3,
+            duration_ms: 10_100,
+            latency_us: LatencyBins::from_samples(&samples),
+        };
+        let row = TrafficView::from_window("web", "1.0.0", &window);
+        assert_eq!(row.rate_per_s, 10.0);
+        assert!((row.error_rate - 3.0 / 101.0).abs() < 1e-9);
+        let p50 = row.p50_ms.expect("p50");
+        let p99 = row.p99_ms.expect("p99");
+        assert!((49.0..=52.0).contains(&p50), "{p50}");
+        assert!((99.0..=101.0).contains(&p99), "{p99}");
+        let idle = TrafficView::from_window("web", "2.0.0", &WindowStats::default());
+        assert_eq!(
+            (idle.rate_per_s, idle.error_rate, idle.p50_ms),
+            (0.0, 0.0, None)
+        );
+    }
 
     #[test]
     fn clip_keeps_short_text_and_cuts_long_text_with_its_length() {

@@ -371,6 +371,8 @@ mod tests {
             ever_healthy: true,
             draining,
             last_exit: None,
+            last_output: Vec::new(),
+            last_probe: None,
         };
         let mut api = ServiceInput {
             service: "api".into(),

@@ -17,7 +17,9 @@ mod hooks;
 mod progressive;
 mod tree;
 mod validate;
+mod warnings;
 pub use validate::is_user_name;
+pub use warnings::{MAX_WARNINGS, warnings};
 
 pub(crate) use errors::closest;
 pub use hooks::{DEFAULT_HOOK_TIMEOUT, ExpectJson, Hook, Hooks, HttpHook, Migration, OnInterrupt};

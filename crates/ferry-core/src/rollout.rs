@@ -20,6 +20,10 @@ pub struct Observed {
     /// Leaving: out of traffic and being stopped.
     pub draining: bool,
     pub last_exit: Option<String>,
+    /// The last lines its last process wrote before it ended (bounded, escaped, redacted).
+    pub last_output: Vec<String>,
+    /// What its latest failed health check got (status and body, refused, timeout…).
+    pub last_probe: Option<String>,
 }
 
 impl Observed {
@@ -115,27 +119,57 @@ pub fn failure(version: &str, service: &ServiceInput, now_ms: i64) -> Option<Str
                 .as_deref()
                 .map(|e| format!(" (last: {e})"))
                 .unwrap_or_default();
-            if !r.ever_healthy && r.restarts >= patience.max_start_exits {
-                Some(format!(
+            let crash_loop = !r.ever_healthy && r.restarts >= patience.max_start_exits;
+            let reason = if crash_loop {
+                format!(
                     "{name} {version}: replica {} exited {} times before becoming healthy{last_exit}",
                     r.id, r.restarts
-                ))
+                )
             } else if !r.ever_healthy && now_ms - r.started_at_ms > patience.start_timeout_ms {
-                Some(format!(
+                format!(
                     "{name} {version}: replica {} not healthy within {}s of starting (state {}){last_exit}",
                     r.id,
                     patience.start_timeout_ms / 1000,
                     r.state
-                ))
+                )
             } else if r.ever_healthy && matches!(r.state, ReplicaState::Unhealthy | ReplicaState::Exited) {
-                Some(format!(
+                format!(
                     "{name} {version}: replica {} became {} after being healthy{last_exit}",
                     r.id, r.state
-                ))
+                )
             } else {
-                None
-            }
+                return None;
+            };
+            // A crash loop's health checks only found nobody there.
+            Some(reason + &diagnosis(r, !crash_loop))
         })
+}
+
+/// What a failing replica last showed: its latest failed health check (with `probe`), and
+/// the last lines its process wrote before it exited (indented, one per line).
+pub fn diagnosis(r: &Observed, probe: bool) -> String {
+    let mut out = String::new();
+    if let Some(probe) = r.last_probe.as_ref().filter(|_| probe) {
+        out.push_str("; last health check: ");
+        out.push_str(probe);
+    }
+    if r.last_exit.is_some() {
+        out.push_str(&output_block(&r.last_output));
+    }
+    out
+}
+
+/// `; its last output:` and the lines, indented one per line (nothing without lines).
+pub fn output_block(lines: &[String]) -> String {
+    let mut out = String::new();
+    if !lines.is_empty() {
+        out.push_str("; its last output:");
+        for line in lines {
+            out.push_str("\n    ");
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// Actions for one service, and whether that service has converged.
@@ -384,6 +418,8 @@ mod tests {
             ever_healthy: state == ReplicaState::Healthy,
             draining: false,
             last_exit: None,
+            last_output: Vec::new(),
+            last_probe: None,
         }
     }
 
@@ -516,11 +552,26 @@ mod tests {
         let mut crashing = replica("n1", "2", ReplicaState::Exited);
         crashing.restarts = 3;
         crashing.last_exit = Some("exit code 1".into());
+        crashing.last_output = vec!["Traceback:".into(), "Error: '$PORT' is not valid".into()];
         let Verdict::Failed(reason) = reconcile("2", &svc(1, vec![crashing]), pace, 0) else {
             panic!("expected a failure")
         };
         assert!(
-            reason.contains("exited 3 times") && reason.contains("exit code 1"),
+            reason.ends_with(
+                "exited 3 times before becoming healthy (last: exit code 1); its last output:\n    Traceback:\n    Error: '$PORT' is not valid"
+            ),
+            "{reason}"
+        );
+
+        let mut refusing = replica("n3", "2", ReplicaState::Starting);
+        refusing.last_probe = Some("GET /health: status 503, body \"db down\"".into());
+        let Verdict::Failed(reason) = reconcile("2", &svc(1, vec![refusing]), pace, 31_001) else {
+            panic!("expected a failure")
+        };
+        assert!(
+            reason.ends_with(
+                "not healthy within 30s of starting (state starting); last health check: GET /health: status 503, body \"db down\""
+            ),
             "{reason}"
         );
 

@@ -121,6 +121,13 @@ pub struct ReplicaStatus {
     pub ever_healthy: bool,
     /// How the last process ended, e.g. `exit code 1`, `signal 9`.
     pub last_exit: Option<String>,
+    /// The last lines that process wrote (bounded, escaped, from its redacted log), when
+    /// the runtime knows them.
+    #[serde(default)]
+    pub last_output: Vec<String>,
+    /// What the latest health check got while failing (None after a success).
+    #[serde(default)]
+    pub last_probe: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,9 +296,10 @@ impl ProcessRuntime {
         self.ensure_janitor();
         let mut replicas = self.sup.replicas();
         Supervisor::<ProcessDriver>::ensure_absent(&replicas, &spec.id)?;
-        let (child, identity) = supervise::spawn(&self.sup.driver, &spec)?;
+        let running = supervise::spawn(&self.sup.driver, &spec)?;
+        let identity = running.identity();
         let started = Started {
-            running: Proc::Own { child, identity },
+            running,
             instance: Instance::Process(identity),
             pid: Some(identity.pid),
         };

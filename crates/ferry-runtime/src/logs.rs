@@ -19,6 +19,80 @@ pub(crate) fn append_line(path: &Path, line: &str) {
     }
 }
 
+/// Most lines [`last_output`] returns.
+pub(crate) const LAST_OUTPUT_LINES: usize = 20;
+/// Most bytes (of text, after escaping) [`last_output`] returns.
+pub(crate) const LAST_OUTPUT_BYTES: usize = 4096;
+/// Longest line [`last_output`] keeps whole (in characters); longer ones are clipped.
+const LAST_OUTPUT_LINE_CHARS: usize = 300;
+/// How far back from the end of the log [`last_output`] reads.
+const LAST_OUTPUT_WINDOW: u64 = 64 * 1024;
+
+/// What the replica's latest process wrote before it ended: the last lines after the last
+/// `--- started pid` marker (our own `--- … ---` lines left out), at most
+/// [`LAST_OUTPUT_LINES`] lines and [`LAST_OUTPUT_BYTES`] bytes, long lines clipped and
+/// control characters escaped, so it can go on a timeline as it is. The file is already
+/// redacted (a replica with secrets writes through the log filter). Empty when the file
+/// can't be read.
+pub(crate) fn last_output(path: &Path) -> Vec<String> {
+    let Ok(mut file) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(LAST_OUTPUT_WINDOW);
+    let mut buf = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err()
+        || file.take(len - start).read_to_end(&mut buf).is_err()
+    {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<&str> = text.lines().collect();
+    // A window that starts mid-file starts mid-line.
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0);
+    }
+    if let Some(marker) = lines
+        .iter()
+        .rposition(|l| l.starts_with("--- started pid "))
+    {
+        lines.drain(..=marker);
+    }
+    let ours = |l: &&str| l.starts_with("--- ") && l.ends_with(" ---");
+    let mut out: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    for line in lines.iter().rev().filter(|l| !ours(l)) {
+        if out.len() == LAST_OUTPUT_LINES {
+            break;
+        }
+        let line = escape_line(line);
+        if bytes + line.len() > LAST_OUTPUT_BYTES {
+            break;
+        }
+        bytes += line.len();
+        out.push(line);
+    }
+    out.reverse();
+    out
+}
+
+/// Control characters escaped (`\u{1b}`), clipped to [`LAST_OUTPUT_LINE_CHARS`].
+fn escape_line(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for (n, c) in line.trim_end_matches('\r').chars().enumerate() {
+        if n == LAST_OUTPUT_LINE_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
 pub(crate) fn now_rfc3339() -> String {
     let secs = SystemTime::now()
@@ -91,6 +165,46 @@ mod tests {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn last_output_is_the_latest_process_tail_bounded_and_escaped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.log");
+        let mut text = String::from("--- started pid 1 at 2026-01-01T00:00:00Z ---\nold run\n");
+        text.push_str("--- pid 1 exit code 1 at 2026-01-01T00:00:01Z ---\n");
+        text.push_str("--- started pid 2 at 2026-01-01T00:00:02Z ---\n");
+        for i in 0..30 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        text.push_str(
+            "Error: \u{1b}[31mbad\r\n--- pid 2 exit code 1 at 2026-01-01T00:00:03Z ---\n",
+        );
+        std::fs::write(&path, &text).expect("write");
+        let out = last_output(&path);
+        assert_eq!(out.len(), LAST_OUTPUT_LINES, "{out:?}");
+        assert_eq!(
+            out.last().map(String::as_str),
+            Some("Error: \\u{1b}[31mbad")
+        );
+        assert_eq!(out[0], "line 11");
+        assert!(
+            !out.iter()
+                .any(|l| l.contains("old run") || l.starts_with("---"))
+        );
+
+        let long = "x".repeat(10_000);
+        std::fs::write(
+            &path,
+            format!("{long}\n{long}\n{long}\n{long}\n{long}\nend\n"),
+        )
+        .expect("write");
+        let out = last_output(&path);
+        let bytes: usize = out.iter().map(String::len).sum();
+        assert!(bytes <= LAST_OUTPUT_BYTES, "{bytes}");
+        assert_eq!(out.last().map(String::as_str), Some("end"));
+        assert!(out[0].ends_with('…') && out.len() > 2, "{out:?}");
+        assert!(last_output(&dir.path().join("missing.log")).is_empty());
     }
 
     #[test]

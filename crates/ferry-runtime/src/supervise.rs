@@ -21,6 +21,8 @@ use crate::{ProcessIdentity, ReplicaSpec, RuntimeError, isolation, logs, procfs,
 const ADOPTED_POLL: Duration = Duration::from_millis(200);
 /// How often an adopted process is checked while it is being stopped.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// How long an exit waits for the log filter to write what the process said last.
+const FILTER_FLUSH: Duration = Duration::from_secs(2);
 /// How long to wait for a process to vanish after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -51,7 +53,14 @@ impl Driver for ProcessDriver {
     async fn exited(&self, spec: &ReplicaSpec, running: Proc, reason: &str) {
         let identity = running.identity();
         procfs::kill_stragglers_and_wait(identity.pid, Duration::from_secs(2)).await;
-        drop(running);
+        // The filter ends once nothing holds the pipe: then the log has it all.
+        if let Proc::Own {
+            filter: Some(filter),
+            ..
+        } = running
+        {
+            let _ = tokio::time::timeout(FILTER_FLUSH, filter).await;
+        }
         logs::append_line(
             &self.log_path(&spec.id),
             &format!(
@@ -63,9 +72,10 @@ impl Driver for ProcessDriver {
     }
 
     async fn restart(&self, spec: &ReplicaSpec, (): &()) -> Result<Started<Proc>, String> {
-        let (child, identity) = spawn(self, spec).map_err(|e| e.to_string())?;
+        let running = spawn(self, spec).map_err(|e| e.to_string())?;
+        let identity = running.identity();
         Ok(Started {
-            running: Proc::Own { child, identity },
+            running,
             instance: Instance::Process(identity),
             pid: Some(identity.pid),
         })
@@ -84,6 +94,10 @@ impl Driver for ProcessDriver {
         );
     }
 
+    fn last_output(&self, spec: &ReplicaSpec) -> Vec<String> {
+        logs::last_output(&self.log_path(&spec.id))
+    }
+
     fn endpoint(&self, spec: &ReplicaSpec) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port))
     }
@@ -91,10 +105,12 @@ impl Driver for ProcessDriver {
 
 /// The process being supervised.
 pub(crate) enum Proc {
-    /// Spawned by this runtime: exit via `wait` (which also reaps it).
+    /// Spawned by this runtime: exit via `wait` (which also reaps it). `filter`: the log
+    /// filter's end, when its output goes through one.
     Own {
         child: Child,
         identity: ProcessIdentity,
+        filter: Option<tokio::task::JoinHandle<()>>,
     },
     /// Started by an earlier server: exit detected by polling /proc.
     Adopted { identity: ProcessIdentity },
@@ -115,7 +131,9 @@ impl Proc {
     /// Like `wait_exit`, polling /proc every `poll` for an adopted process.
     async fn wait_exit_polling(&mut self, poll: Duration) -> String {
         match self {
-            Proc::Own { child, identity } => match child.wait().await {
+            Proc::Own {
+                child, identity, ..
+            } => match child.wait().await {
                 Ok(status) => describe_exit(status),
                 Err(e) => {
                     tracing::warn!(pid = identity.pid, error = %e, "wait failed; polling /proc");
@@ -153,10 +171,7 @@ fn substitute(arg: &str, spec: &ReplicaSpec) -> String {
 }
 
 /// Spawns the replica's process in its own process group, output appended to its log file.
-pub(crate) fn spawn(
-    driver: &ProcessDriver,
-    spec: &ReplicaSpec,
-) -> Result<(Child, ProcessIdentity), RuntimeError> {
+pub(crate) fn spawn(driver: &ProcessDriver, spec: &ReplicaSpec) -> Result<Proc, RuntimeError> {
     let id = &spec.id;
     let argv: Vec<String> = spec.argv.iter().map(|a| substitute(a, spec)).collect();
     let Some((program, args)) = argv.split_first() else {
@@ -177,13 +192,14 @@ pub(crate) fn spawn(
         source,
     };
     // Secrets never reach the file: the output goes through the redacting log filter.
+    let mut filter_end = None;
     let (stdout, stderr): (Stdio, Stdio) = match driver.log_filter.get() {
         Some(exe) if !spec.redact.is_empty() => {
             // The filter appends to the file itself; make sure it exists with its mode.
             logs::open_append(&path).map_err(log_error)?;
             let (filter, pipe) =
                 redact::spawn_filter(exe, &path, &spec.redact).map_err(log_error)?;
-            reap(filter);
+            filter_end = Some(reap(filter));
             let err = pipe.try_clone().map_err(log_error)?;
             (pipe.into(), err.into())
         }
@@ -244,15 +260,19 @@ pub(crate) fn spawn(
         ),
     );
     tracing::info!(replica = %id, pid = identity.pid, "replica started");
-    Ok((child, identity))
+    Ok(Proc::Own {
+        child,
+        identity,
+        filter: filter_end,
+    })
 }
 
 /// Waits for a log filter in the background (it ends after its workload), so it never
-/// lingers as a zombie while the server lives.
-pub(crate) fn reap(mut filter: Child) {
+/// lingers as a zombie while the server lives. The handle ends with it.
+pub(crate) fn reap(mut filter: Child) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let _ = filter.wait().await;
-    });
+    })
 }
 
 /// SIGTERM to the group, wait up to `stop_timeout`, SIGKILL the group, wait.

@@ -75,6 +75,12 @@ pub(crate) trait Driver: Send + Sync + 'static {
     /// Once a replica is stopped for good (e.g. a line in its log file).
     fn stopped(&self, _spec: &ReplicaSpec) {}
 
+    /// The last lines an instance that just exited wrote (bounded, escaped, redacted), when
+    /// the runtime can tell.
+    fn last_output(&self, _spec: &ReplicaSpec) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Where the replica answers (health checks and the proxy).
     fn endpoint(&self, spec: &ReplicaSpec) -> SocketAddr;
 }
@@ -112,6 +118,10 @@ pub(crate) struct Shared {
     pub restarts: u32,
     pub ever_healthy: bool,
     pub last_exit: Option<String>,
+    /// The last lines its last instance wrote before it exited.
+    pub last_output: Vec<String>,
+    /// What the latest health check got while failing (None after a success).
+    pub last_probe: Option<String>,
     pub healthy_since: Option<Instant>,
 }
 
@@ -129,6 +139,8 @@ impl Replica {
             restarts: shared.restarts,
             ever_healthy: shared.ever_healthy,
             last_exit: shared.last_exit.clone(),
+            last_output: shared.last_output.clone(),
+            last_probe: shared.last_probe.clone(),
         }
     }
 }
@@ -211,6 +223,8 @@ impl<D: Driver> Supervisor<D> {
                 restarts: 0,
                 ever_healthy: false,
                 last_exit: None,
+                last_output: Vec::new(),
+                last_probe: None,
                 healthy_since: None,
             }),
             stop: CancellationToken::new(),
@@ -347,6 +361,7 @@ impl<D: Driver> Supervisor<D> {
                     seen_success = true;
                     successes = successes.saturating_add(1);
                     failures = 0;
+                    replica.shared().last_probe = None;
                     if matches!(state, ReplicaState::Starting | ReplicaState::Unhealthy)
                         && successes >= healthy_threshold
                     {
@@ -356,6 +371,11 @@ impl<D: Driver> Supervisor<D> {
                 Err(reason) => {
                     failures = failures.saturating_add(1);
                     successes = 0;
+                    replica.shared().last_probe = Some(if failures > 1 {
+                        format!("{reason} ({failures} failed checks in a row)")
+                    } else {
+                        reason.clone()
+                    });
                     if state == ReplicaState::Healthy && failures >= unhealthy_threshold {
                         {
                             let mut shared = replica.shared();
@@ -406,6 +426,7 @@ async fn supervise<D: Driver>(sup: Arc<Supervisor<D>>, replica: Arc<Replica>, fi
             Outcome::Exited(reason) => {
                 tracing::warn!(replica = %id, %reason, "replica exited");
                 let exited = sup.driver.exited(&replica.spec, current, &reason).await;
+                let output = sup.driver.last_output(&replica.spec);
                 {
                     let mut shared = replica.shared();
                     if shared
@@ -419,6 +440,7 @@ async fn supervise<D: Driver>(sup: Arc<Supervisor<D>>, replica: Arc<Replica>, fi
                     shared.pid = None;
                     shared.healthy_since = None;
                     shared.last_exit = Some(reason.clone());
+                    shared.last_output = output;
                 }
                 sup.emit(RuntimeEvent::Exited {
                     id: id.clone(),
@@ -449,6 +471,7 @@ async fn supervise<D: Driver>(sup: Arc<Supervisor<D>>, replica: Arc<Replica>, fi
                         shared.instance = Some(started.instance.clone());
                         shared.pid = started.pid;
                         shared.restarts += 1;
+                        shared.last_probe = None;
                     }
                     sup.emit(RuntimeEvent::Started {
                         id: id.clone(),
@@ -459,7 +482,11 @@ async fn supervise<D: Driver>(sup: Arc<Supervisor<D>>, replica: Arc<Replica>, fi
                 Err(e) => {
                     let reason = format!("restart failed: {e}");
                     tracing::warn!(replica = %id, %reason);
-                    replica.shared().last_exit = Some(reason.clone());
+                    {
+                        let mut shared = replica.shared();
+                        shared.last_exit = Some(reason.clone());
+                        shared.last_output = Vec::new();
+                    }
                     sup.emit(RuntimeEvent::Exited {
                         id: id.clone(),
                         reason,
@@ -471,7 +498,14 @@ async fn supervise<D: Driver>(sup: Arc<Supervisor<D>>, replica: Arc<Replica>, fi
     }
 }
 
-/// One HTTP health check: a 2xx within `timeout` (1 s when zero) is a success.
+/// Most characters of a failing health check's answer body quoted in its reason.
+const PROBE_BODY_CHARS: usize = 200;
+/// Most bytes of that body read.
+const PROBE_BODY_BYTES: usize = 1024;
+
+/// One health check: `Ok` on 2xx; else what it got, for a person: the status and the start
+/// of the body (escaped), a refused connection (nothing listens on that port), a timeout
+/// with its length, or the transport error.
 pub(crate) async fn check(
     http: &reqwest::Client,
     url: &str,
@@ -482,13 +516,90 @@ pub(crate) async fn check(
     } else {
         timeout
     };
-    let request = http.get(url).timeout(timeout).send();
-    match tokio::time::timeout(timeout, request).await {
-        Err(_) => Err(format!("GET {url}: timed out after {timeout:?}")),
-        Ok(Err(e)) if e.is_timeout() => Err(format!("GET {url}: timed out after {timeout:?}")),
-        Ok(Err(e)) if e.is_connect() => Err(format!("GET {url}: connection failed")),
-        Ok(Err(e)) => Err(format!("GET {url}: {e}")),
-        Ok(Ok(response)) if response.status().is_success() => Ok(()),
-        Ok(Ok(response)) => Err(format!("GET {url}: status {}", response.status().as_u16())),
+    let timed_out = || {
+        format!(
+            "GET {url}: no answer within {} ms (timed out)",
+            timeout.as_millis()
+        )
+    };
+    let exchange = async {
+        let response = http.get(url).timeout(timeout).send().await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(None);
+        }
+        let mut body = Vec::new();
+        let mut response = response;
+        while body.len() < PROBE_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                // A body cut short still tells something: keep what came.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Ok::<_, reqwest::Error>(Some((status, body)))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(timed_out()),
+        Ok(Err(e)) if e.is_timeout() => Err(timed_out()),
+        Ok(Err(e)) if e.is_connect() => Err(connect_failure(url, &e)),
+        Ok(Err(e)) => Err(format!("GET {url}: {}", error_chain(&e))),
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some((status, body)))) => Err(format!(
+            "GET {url}: status {}{}",
+            status.as_u16(),
+            quote_body(&body)
+        )),
     }
+}
+
+/// `connection refused` says nothing listens there: most often the app listens on another
+/// port than `$PORT` (or not yet).
+fn connect_failure(url: &str, e: &reqwest::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return format!(
+                "GET {url}: connection refused (nothing listens on that port: does the app listen on $PORT?)"
+            );
+        }
+        source = err.source();
+    }
+    format!("GET {url}: connection failed: {}", error_chain(e))
+}
+
+/// The error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let more = err.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = err.source();
+    }
+    text
+}
+
+/// `, body "…"` with the body's start escaped (quotes, control characters), or nothing
+/// for an empty body.
+fn quote_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let mut quoted = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == PROBE_BODY_CHARS {
+            quoted.push('…');
+            break;
+        }
+        quoted.extend(c.escape_debug());
+    }
+    format!(", body \"{quoted}\"")
 }

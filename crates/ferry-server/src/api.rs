@@ -410,6 +410,10 @@ async fn apply(
     let old_manifest: Option<Manifest> =
         old.and_then(|a| serde_json::from_str(&a.manifest_json).ok());
     let effects = crate::apply::effects(&state.store, old_manifest.as_ref(), &manifest).await?;
+    let warnings: Vec<String> = manifest::warnings(&request.manifest, &file_name, &manifest)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let mut changes = manifest.diff(old_manifest.as_ref());
     if old.is_some_and(|a| a.base_dir != request.base_dir) {
         changes.push(format!(
@@ -425,6 +429,7 @@ async fn apply(
             changes,
             stops: effects.stops,
             next_deployment: effects.next_deployment,
+            warnings,
         }));
     }
     if !effects.stops.is_empty() && !request.prune {
@@ -489,6 +494,7 @@ async fn apply(
         changes,
         stops: effects.stops,
         next_deployment: effects.next_deployment,
+        warnings,
     }))
 }
 

@@ -356,6 +356,8 @@ mod tests {
             ever_healthy: state == ReplicaState::Healthy,
             draining: false,
             last_exit: None,
+            last_output: Vec::new(),
+            last_probe: None,
         }
     }
 

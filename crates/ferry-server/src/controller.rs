@@ -117,6 +117,8 @@ pub struct Controller {
     pinned: Mutex<HashMap<(String, i64), Arc<Manifest>>>,
     /// Who workloads run as (and their log filter).
     workloads: Arc<crate::workload::Workloads>,
+    /// Recent samples of the proxy's counters, for the traffic `status` shows.
+    traffic: crate::traffic::Sampler,
 }
 
 impl Controller {
@@ -161,6 +163,7 @@ impl Controller {
             pinned: Mutex::new(HashMap::new()),
             traffic_baselines: Mutex::new(HashMap::new()),
             workloads,
+            traffic: crate::traffic::Sampler::default(),
         })
     }
 

@@ -42,6 +42,7 @@ mod progressive;
 mod proxy_link;
 mod runtimes;
 mod secrets;
+mod traffic;
 // releases:
 mod promotion;
 mod releases;

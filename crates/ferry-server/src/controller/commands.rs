@@ -86,6 +86,8 @@ impl Controller {
                 now_ms: now,
             })
             .await?;
+        // The logs of replicas gone before this deployment are kept no longer.
+        crate::logs::prune(self, app, env).await;
         self.events_changed.send_modify(|n| *n += 1);
         self.wake.notify_one();
         Ok(deployment.view())

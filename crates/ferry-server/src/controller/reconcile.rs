@@ -66,6 +66,11 @@ impl Controller {
             if let Err(e) = self.reconcile_all().await {
                 tracing::error!(error = %e, "reconcile failed; retrying");
             }
+            if self.traffic.due(now)
+                && let Ok(stats) = self.proxy.stats().await
+            {
+                self.traffic.record(stats);
+            }
         }
     }
 
@@ -100,14 +105,17 @@ impl Controller {
                 id,
                 reason,
                 will_restart,
-            } => (
-                id,
+            } => {
+                let mut message = format!("exited ({reason})");
                 if *will_restart {
-                    format!("exited ({reason}); restarting")
-                } else {
-                    format!("exited ({reason})")
-                },
-            ),
+                    message.push_str("; restarting");
+                }
+                // What it said before it went, from its (redacted) log.
+                if let Some(status) = self.runtime.status(id) {
+                    message.push_str(&ferry_core::rollout::output_block(&status.last_output));
+                }
+                (id, message)
+            }
             // The stop task says `stopped` itself, while the replica's row still exists.
             RuntimeEvent::Stopped { .. } => {
                 self.wake.notify_one();

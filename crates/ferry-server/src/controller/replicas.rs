@@ -95,6 +95,11 @@ impl Controller {
             restarts: status.as_ref().map(|s| s.restarts).unwrap_or(0),
             ever_healthy: status.as_ref().is_some_and(|s| s.ever_healthy),
             draining: record.draining,
+            last_output: status
+                .as_ref()
+                .map(|s| s.last_output.clone())
+                .unwrap_or_default(),
+            last_probe: status.as_ref().and_then(|s| s.last_probe.clone()),
             last_exit: status.and_then(|s| s.last_exit),
         }
     }

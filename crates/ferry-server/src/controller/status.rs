@@ -139,6 +139,12 @@ impl Controller {
                         state,
                         restarts: status.as_ref().map(|s| s.restarts).unwrap_or(0),
                         in_traffic: state == ReplicaState::Healthy,
+                        last_health_check: status.as_ref().and_then(|s| s.last_probe.clone()),
+                        last_output: status
+                            .as_ref()
+                            .map(|s| s.last_output.clone())
+                            .unwrap_or_default(),
+                        last_exit: status.and_then(|s| s.last_exit),
                     }
                 })
                 .collect();
@@ -172,6 +178,7 @@ impl Controller {
                 latest_deployment,
                 replicas,
                 rollout,
+                traffic: self.traffic.status(&format!("{app}/{env_name}")),
             });
         }
         Ok(AppStatus {

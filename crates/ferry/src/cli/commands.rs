@@ -81,7 +81,13 @@ fn parse_manifest_file(
 
 /// `ferry validate -f FILE`: the manifest checked offline, as `apply` checks it first.
 pub fn validate(file: &Path) -> anyhow::Result<()> {
-    let (_, manifest) = parse_manifest_file(file, "see docs/manifest.md")?;
+    let (text, manifest) = parse_manifest_file(file, "see docs/manifest.md")?;
+    let warnings: Vec<String> =
+        ferry_core::manifest::warnings(&text, &file.display().to_string(), &manifest)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    print_warnings(&warnings);
     println!(
         "{}: valid manifest of app {} ({} service(s): {}; {} environment(s): {}); role names are checked by the server at apply time",
         file.display(),
@@ -121,11 +127,19 @@ pub async fn apply(
         return Err(too_large(file, size).into());
     }
     let resp: ApplyResponse = client.post(&["v1", "apps"], &request).await?;
+    print_warnings(&resp.warnings);
     if format == Format::Json {
         return print_json(&resp);
     }
     print_apply(&resp);
     Ok(())
+}
+
+/// Warnings go to stderr (also with `-o json`, whose answer carries them too).
+pub fn print_warnings(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// Reads a manifest, refusing (before reading it) a file that could not be sent anyway.
@@ -455,6 +469,9 @@ fn print_env_status(status: &EnvStatus, now: i64) {
     for line in summary_lines(status, now) {
         println!("{line}");
     }
+    if let Some(traffic) = status.traffic.as_ref().filter(|t| !t.versions.is_empty()) {
+        print!("{}", traffic_table(traffic));
+    }
     if status.replicas.is_empty() {
         println!("  replicas  none");
         return;
@@ -477,6 +494,55 @@ fn print_env_status(status: &EnvStatus, now: i64) {
         ]);
     }
     print!("{}", table.render());
+    for line in replica_diagnosis(&status.replicas) {
+        println!("{line}");
+    }
+}
+
+/// Requests per second, 5xx and latency per service and version, as the proxy saw them.
+fn traffic_table(traffic: &ferry_core::api::TrafficStatus) -> String {
+    let window = if traffic.since_proxy_start {
+        format!("since the proxy started {:.0}s ago", traffic.window_s)
+    } else {
+        format!("last {:.0}s", traffic.window_s)
+    };
+    let mut out = format!("  traffic   {window}\n");
+    let mut table = Table::new(&[
+        "SERVICE", "VERSION", "REQUESTS", "REQ/S", "5XX", "P50", "P95", "P99",
+    ])
+    .indent(4);
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}ms"));
+    for v in &traffic.versions {
+        table.row(vec![
+            v.service.clone(),
+            v.version.clone(),
+            v.requests.to_string(),
+            format!("{:.1}", v.rate_per_s),
+            format!("{:.1}% ({})", v.error_rate * 100.0, v.errors_5xx),
+            ms(v.p50_ms),
+            ms(v.p95_ms),
+            ms(v.p99_ms),
+        ]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
+/// Why replicas are not well, under the table: the last exit with the last lines of output,
+/// the latest failing health check.
+fn replica_diagnosis(replicas: &[ferry_core::api::ReplicaView]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for r in replicas {
+        let short = r.id.rsplit('.').next().unwrap_or(&r.id);
+        if let Some(exit) = &r.last_exit {
+            lines.push(format!("    {short} last exit: {exit}"));
+            lines.extend(r.last_output.iter().map(|l| format!("      | {l}")));
+        }
+        if let Some(check) = &r.last_health_check {
+            lines.push(format!("    {short} last health check: {check}"));
+        }
+    }
+    lines
 }
 
 pub async fn history(

@@ -1,0 +1,158 @@
+//! What a newcomer sees when a replica fails: the exit and the last lines of its output on
+//! the timeline, in `deploy --wait`, in `ferry status` and in `ferry logs` (also for
+//! replicas that exited); what the health checks got.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Ferry, SERIAL, Spec, bounded};
+use ferry_core::model::DeploymentState;
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+async fn deploy_fails(ferry: &Ferry, spec: &Spec, version: &str) -> (common::CliOutput, i64) {
+    let out = ferry
+        .cli(&[
+            "deploy",
+            &spec.app,
+            "--env",
+            &spec.env,
+            "--version",
+            version,
+            "--wait",
+            "--timeout",
+            "90s",
+        ])
+        .await;
+    assert_eq!(out.code, 3, "a rolled-back deployment exits 3:\n{out}");
+    let status = ferry.env_status(spec).await;
+    let latest = status.latest_deployment.expect("latest deployment");
+    assert_eq!(latest.version, version);
+    assert_eq!(latest.state, DeploymentState::RolledBack, "{latest:#?}");
+    (out, latest.id)
+}
+
+/// A version that prints an error and exits 1 at once: its output is on the timeline, in
+/// the failure reason `deploy --wait` and `status` print, and `ferry logs` shows the exited
+/// replicas until the next deployment; a secret it prints is redacted everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_exits_at_start_shows_its_last_output() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.replicas = 1;
+        spec.prelude = "if [ \"$VERSION\" = 2.0.0 ]; then echo 'starting on port $PORT'; \
+                        echo \"db password $DB_PASSWORD refused\"; \
+                        echo \"Error: '\\$PORT' is not a valid port number.\" >&2; exit 1; fi;"
+            .to_string();
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+        let secret = "hunter2-very-secret";
+        let out = ferry
+            .cli_with_stdin(
+                &["secrets", "set", "shop", "--env", "production", "DB_PASSWORD"],
+                secret,
+            )
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        ferry.deploy_ok(&spec, "1.0.0").await;
+
+        let (out, id) = deploy_fails(&ferry, &spec, "2.0.0").await;
+        let error_line = "Error: '$PORT' is not a valid port number.";
+        assert!(
+            out.stderr.contains("exit code 1") && out.stderr.contains(error_line),
+            "deploy --wait says how it exited and what it said:\n{out}"
+        );
+        let timeline = ferry.timeline(id).await;
+        assert!(
+            timeline.contains(&format!(
+                "exited (exit code 1); restarting; its last output:\n    starting on port $PORT\n    db password [redacted] refused\n    {error_line}"
+            )),
+            "{timeline}"
+        );
+        let text = ferry
+            .cli(&["status", "shop", "--env", "production"])
+            .await;
+        assert!(text.stdout.contains(error_line), "{text}");
+        let json = ferry
+            .cli(&["status", "shop", "--env", "production", "-o", "json"])
+            .await;
+        assert!(json.stdout.contains("is not a valid port number"), "{json}");
+
+        let logs = ferry.cli(&["logs", "shop", "--env", "production"]).await;
+        assert_eq!(logs.code, 0, "{logs}");
+        let exited: Vec<&str> = logs
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("[web 2.0.0 ") && l.contains(" times, stopped] "))
+            .collect();
+        assert!(
+            exited.iter().any(|l| l.ends_with(error_line))
+                && exited.iter().any(|l| l.contains("exit code 1")),
+            "`ferry logs` shows the exited replica's output and exit:\n{logs}"
+        );
+        for shown in [&out.stdout, &out.stderr, &timeline, &text.stdout, &json.stdout, &logs.stdout] {
+            assert!(!shown.contains(secret), "a secret leaked:\n{shown}");
+        }
+
+        // The next deployment supersedes it: the exited replicas' logs go.
+        ferry.deploy_ok(&spec, "3.0.0").await;
+        let logs = ferry.cli(&["logs", "shop", "--env", "production"]).await;
+        assert!(!logs.stdout.contains("2.0.0"), "{logs}");
+        let left: Vec<String> = std::fs::read_dir(ferry.data.join("logs"))
+            .expect("logs dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".2.0.0."))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    })
+    .await;
+}
+
+/// Health checks that fail say what they got: the status and the body, a refused
+/// connection (the app listens on another port), a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_health_checks_say_what_they_got() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.replicas = 1;
+        spec.start_timeout = "2s".to_string();
+        // 2.x answers 503, 3.x listens on the wrong port, 4.x accepts and never answers.
+        spec.prelude = "case \"$VERSION\" in \
+             2.*) export DEMO_UNHEALTHY=1;; \
+             3.*) PORT=$((PORT+1));; \
+             4.*) exec python3 -c 'import socket,sys; s=socket.socket(); \
+                  s.bind((\"127.0.0.1\", int(sys.argv[1]))); s.listen(100); c=[]; \
+                  [c.append(s.accept()) for _ in iter(int, 1)]' \"$PORT\";; \
+             esac;"
+            .to_string();
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+
+        for (version, expected) in [
+            ("2.0.0", "/health: status 503, body \"{"),
+            (
+                "3.0.0",
+                "/health: connection refused (nothing listens on that port: does the app listen on $PORT?)",
+            ),
+            ("4.0.0", "/health: no answer within 300 ms (timed out)"),
+        ] {
+            let (out, _) = deploy_fails(&ferry, &spec, version).await;
+            assert!(
+                out.stderr.contains("not healthy within 2s")
+                    && out.stderr.contains("last health check: GET http://127.0.0.1:")
+                    && out.stderr.contains(expected),
+                "{version}: expected {expected:?} in:\n{out}"
+            );
+        }
+        let status = ferry.cli(&["status", "shop", "--env", "production"]).await;
+        assert!(status.stdout.contains("no answer within 300 ms"), "{status}");
+    })
+    .await;
+}
