@@ -7,6 +7,7 @@ pub mod apply;
 pub mod audit;
 // console:
 pub mod console;
+pub mod dora;
 pub mod duration;
 pub mod flags;
 pub mod gates;

@@ -1,0 +1,388 @@
+//! Golden dataset for the DORA metrics: four weeks of an app deploying ten times a day, with
+//! rollbacks, incidents, a rollback request, a failed deployment, deployments that end after
+//! midnight UTC, a commit time from the future, and noise from other apps and environments.
+//! Every expectation below is computed by hand in the comments.
+
+use ferry_core::dora::{
+    Bucket, DeploymentFact, DeploymentKind, DoraError, DoraQuery, IncidentFact, Interval, Level,
+    compute,
+};
+use ferry_core::model::DeploymentState;
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
+/// 2026-03-02T00:00:00Z, a Monday.
+const T0: i64 = 1_772_409_600_000;
+const DAYS: i64 = 28;
+
+fn fact(
+    id: i64,
+    kind: DeploymentKind,
+    state: DeploymentState,
+    start: i64,
+    end: i64,
+) -> DeploymentFact {
+    DeploymentFact {
+        id,
+        app: "shop".into(),
+        env: "production".into(),
+        kind,
+        state,
+        started_at_ms: start,
+        finished_at_ms: Some(end),
+        commit_at_ms: None,
+    }
+}
+
+/// Day d, k = 0..9: deployment id d*100+k starts at (1+2k):00, ends ten minutes later, its
+/// commit made k+1 hours before the start (lead time (k+1)h10m). k = 4 rolls back every day.
+/// Each day a deployment id d*100+50 starts 23:55 and ends 00:05 the next day (lead 40 min).
+/// Even days: k = 7 causes two incidents (16:00 and 17:00). Day 3: k = 0's commit is an
+/// hour after its start. Day 10: a rollback request (id 1060) at 20:00–20:05 rolls k = 9
+/// away. Day 27: k = 9 fails.
+fn dataset() -> (Vec<DeploymentFact>, Vec<IncidentFact>) {
+    let mut deployments = Vec::new();
+    let mut incidents = Vec::new();
+    for d in 0..DAYS {
+        let day = T0 + d * DAY;
+        for k in 0..10 {
+            let start = day + (1 + 2 * k) * HOUR;
+            let state = match (d, k) {
+                (_, 4) => DeploymentState::RolledBack,
+                (27, 9) => DeploymentState::Failed,
+                _ => DeploymentState::Succeeded,
+            };
+            let mut f = fact(
+                d * 100 + k,
+                DeploymentKind::Deploy,
+                state,
+                start,
+                start + 10 * MIN,
+            );
+            f.commit_at_ms = Some(if (d, k) == (3, 0) {
+                start + HOUR
+            } else {
+                start - (k + 1) * HOUR
+            });
+            deployments.push(f);
+        }
+        let start = day + 23 * HOUR + 55 * MIN;
+        let mut late = fact(
+            d * 100 + 50,
+            DeploymentKind::Deploy,
+            DeploymentState::Succeeded,
+            start,
+            start + 10 * MIN,
+        );
+        late.commit_at_ms = Some(start - 30 * MIN);
+        deployments.push(late);
+        if d % 2 == 0 {
+            for hour in [16, 17] {
+                incidents.push(IncidentFact {
+                    deployment_id: d * 100 + 7,
+                    opened_at_ms: day + hour * HOUR,
+                });
+            }
+        }
+    }
+    let day10 = T0 + 10 * DAY;
+    deployments.push(fact(
+        1060,
+        DeploymentKind::Rollback,
+        DeploymentState::Succeeded,
+        day10 + 20 * HOUR,
+        day10 + 20 * HOUR + 5 * MIN,
+    ));
+    // Never reached production, or not finished: not counted.
+    let day5 = T0 + 5 * DAY;
+    deployments.push(fact(
+        90_001,
+        DeploymentKind::Deploy,
+        DeploymentState::Superseded,
+        day5 + 2 * HOUR,
+        day5 + 2 * HOUR + MIN,
+    ));
+    deployments.push(fact(
+        90_002,
+        DeploymentKind::Deploy,
+        DeploymentState::Rejected,
+        day5 + 4 * HOUR,
+        day5 + 4 * HOUR + MIN,
+    ));
+    let mut running = fact(
+        90_003,
+        DeploymentKind::Deploy,
+        DeploymentState::Progressing,
+        day5 + 6 * HOUR,
+        0,
+    );
+    running.finished_at_ms = None;
+    deployments.push(running);
+    // Other environments and apps, failing a lot: ignored.
+    for (i, (app, env)) in [("shop", "staging"), ("other", "production")]
+        .into_iter()
+        .enumerate()
+    {
+        for d in 0..DAYS {
+            let start = T0 + d * DAY + 12 * HOUR;
+            let id = 200_000 + i as i64 * 1000 + d;
+            let mut f = fact(
+                id,
+                DeploymentKind::Deploy,
+                DeploymentState::Failed,
+                start,
+                start + MIN,
+            );
+            f.app = app.into();
+            f.env = env.into();
+            deployments.push(f);
+            incidents.push(IncidentFact {
+                deployment_id: id,
+                opened_at_ms: start,
+            });
+        }
+    }
+    (deployments, incidents)
+}
+
+fn query(start: i64, end: i64, interval: Interval) -> DoraQuery {
+    DoraQuery {
+        app: "shop".into(),
+        env: "production".into(),
+        start_ms: start,
+        end_ms: end,
+        interval,
+    }
+}
+
+#[test]
+fn golden_summary_over_four_weeks() {
+    let (deployments, incidents) = dataset();
+    assert!(deployments.len() > 300);
+    let report = compute(
+        &deployments,
+        &incidents,
+        &query(T0, T0 + DAYS * DAY, Interval::All),
+    )
+    .unwrap();
+    assert!(report.buckets.is_empty());
+    let s = &report.summary;
+    // 28 days × 10 + 27 late ones ending inside the window (day 27's ends on day 28).
+    assert_eq!(s.production_deployments.len(), 307);
+    // 28 × 9 succeeded regular − day 27's failed one + 27 late ones.
+    assert_eq!(s.deployment_frequency.count, 278);
+    assert!((s.deployment_frequency.per_day - 278.0 / 28.0).abs() < 1e-9);
+    assert_eq!(s.deployment_frequency.level, Some(Level::Elite));
+    assert!(
+        !s.deployment_frequency.deployments.contains(&1060),
+        "a rollback request is no deployment of a change"
+    );
+    assert!(!s.deployment_frequency.deployments.contains(&90_001));
+
+    // 277 samples (day 3's negative one dropped): 27×40m, 27×1h10, 28×2h10, 28×3h10,
+    // 28×4h10, then 6h10 from index 138 = the 139th, the median.
+    let lead = &s.lead_time_for_changes;
+    assert_eq!(lead.samples.len(), 277);
+    assert_eq!(lead.dropped_negative, vec![300]);
+    assert_eq!(lead.median_ms, Some(6 * HOUR + 10 * MIN));
+    assert_eq!(lead.level, Some(Level::Elite));
+
+    // 28 rolled back + 14 with incidents (two each, counted once) + 1 rolled away + 1 failed.
+    let cfr = &s.change_failure_rate;
+    assert_eq!((cfr.count, cfr.total), (44, 307));
+    assert!((cfr.rate.unwrap() - 44.0 / 307.0).abs() < 1e-12);
+    assert_eq!(cfr.level, Some(Level::Medium));
+    assert!(cfr.deployments.contains(&1009) && cfr.deployments.contains(&2709));
+    assert!(cfr.deployments.contains(&7) && !cfr.deployments.contains(&107));
+
+    // 5 min (rollback request), 28 × 10 min, 14 × 1h10, 5h05 (day 27 fixed by the late one).
+    let rec = &s.failed_deployment_recovery_time;
+    assert_eq!(rec.samples.len(), 44);
+    assert!(rec.unrecovered.is_empty());
+    assert_eq!(rec.median_ms, Some(10 * MIN));
+    assert_eq!(rec.level, Some(Level::Elite));
+    let sample = |id: i64| rec.samples.iter().find(|x| x.deployment == id).unwrap().ms;
+    assert_eq!(sample(1009), 5 * MIN);
+    assert_eq!(sample(4), 10 * MIN);
+    assert_eq!(sample(207), HOUR + 10 * MIN);
+    assert_eq!(sample(2709), 5 * HOUR + 5 * MIN);
+
+    // Fixes: 28 × k=5 + 14 × k=8 + day 10's late one; day 27's late one ends outside.
+    let rework = &s.deployment_rework_rate;
+    assert_eq!((rework.count, rework.total), (43, 307));
+    assert!(rework.deployments.contains(&1050) && !rework.deployments.contains(&2750));
+    // 43/307 = 14.0 %: at most 15 %.
+    assert_eq!(rework.level, Some(Level::Medium));
+}
+
+fn day(buckets: &[Bucket], d: i64) -> &Bucket {
+    let b = &buckets[d as usize];
+    assert_eq!((b.start_ms, b.end_ms), (T0 + d * DAY, T0 + (d + 1) * DAY));
+    b
+}
+
+#[test]
+fn golden_daily_buckets_cut_at_midnight_utc() {
+    let (deployments, incidents) = dataset();
+    let report = compute(
+        &deployments,
+        &incidents,
+        &query(T0, T0 + DAYS * DAY, Interval::Daily),
+    )
+    .unwrap();
+    assert_eq!(report.buckets.len(), 28);
+
+    // Day 0: no late one from the day before; k=4 rolled back, k=7 incidents.
+    let f = &day(&report.buckets, 0).figures;
+    assert_eq!(f.production_deployments.len(), 10);
+    assert_eq!(f.deployment_frequency.count, 9);
+    assert_eq!(
+        (f.change_failure_rate.count, f.deployment_rework_rate.count),
+        (2, 2)
+    );
+    assert_eq!(f.lead_time_for_changes.median_ms, Some(6 * HOUR + 10 * MIN));
+
+    // Day 3: the negative lead time dropped; 40m, 2h10..4h10, 6h10..10h10 → 6h10.
+    let f = &day(&report.buckets, 3).figures;
+    assert_eq!(f.lead_time_for_changes.dropped_negative, vec![300]);
+    assert_eq!(f.lead_time_for_changes.samples.len(), 9);
+    assert_eq!(f.lead_time_for_changes.median_ms, Some(6 * HOUR + 10 * MIN));
+
+    // Day 10: k=4, k=7 and k=9 failed; 10 min, 1h10, 5 min → 10 min.
+    let f = &day(&report.buckets, 10).figures;
+    assert_eq!(
+        (f.change_failure_rate.count, f.change_failure_rate.total),
+        (3, 11)
+    );
+    assert_eq!(f.failed_deployment_recovery_time.median_ms, Some(10 * MIN));
+
+    // Day 11: day 10's late deployment (ended 00:05) is here, and it is the fix.
+    let f = &day(&report.buckets, 11).figures;
+    assert!(f.production_deployments.contains(&1050));
+    assert!(
+        !day(&report.buckets, 10)
+            .figures
+            .production_deployments
+            .contains(&1050)
+    );
+    // In end order: 1050 ended 00:05, 1105 at 11:10.
+    assert_eq!(f.deployment_rework_rate.deployments, vec![1050, 1105]);
+    assert_eq!(f.change_failure_rate.count, 1);
+
+    let summed: usize = report
+        .buckets
+        .iter()
+        .map(|b| b.figures.production_deployments.len())
+        .sum();
+    assert_eq!(summed, 307);
+}
+
+#[test]
+fn golden_weekly_and_monthly_buckets() {
+    let (deployments, incidents) = dataset();
+    let weekly = compute(
+        &deployments,
+        &incidents,
+        &query(T0, T0 + DAYS * DAY, Interval::Weekly),
+    )
+    .unwrap();
+    let sizes: Vec<usize> = weekly
+        .buckets
+        .iter()
+        .map(|b| b.figures.production_deployments.len())
+        .collect();
+    assert_eq!(sizes, vec![76, 77, 77, 77]);
+    assert_eq!(weekly.buckets[1].start_ms, T0 + 7 * DAY);
+
+    // A window starting mid-week snaps the next bucket to Monday.
+    let mid = compute(
+        &deployments,
+        &incidents,
+        &query(T0 + 3 * DAY, T0 + 10 * DAY, Interval::Weekly),
+    )
+    .unwrap();
+    let bounds: Vec<(i64, i64)> = mid.buckets.iter().map(|b| (b.start_ms, b.end_ms)).collect();
+    assert_eq!(
+        bounds,
+        vec![(T0 + 3 * DAY, T0 + 7 * DAY), (T0 + 7 * DAY, T0 + 10 * DAY)]
+    );
+
+    // 2026-02-15 .. 2026-04-10: February empty, March everything (day 27's late one too),
+    // April empty.
+    let (feb15, mar1, apr1, apr10) = (T0 - 15 * DAY, T0 - DAY, T0 + 30 * DAY, T0 + 39 * DAY);
+    let monthly = compute(
+        &deployments,
+        &incidents,
+        &query(feb15, apr10, Interval::Monthly),
+    )
+    .unwrap();
+    let bounds: Vec<(i64, i64)> = monthly
+        .buckets
+        .iter()
+        .map(|b| (b.start_ms, b.end_ms))
+        .collect();
+    assert_eq!(bounds, vec![(feb15, mar1), (mar1, apr1), (apr1, apr10)]);
+    let feb = &monthly.buckets[0].figures;
+    assert_eq!(feb.deployment_frequency.count, 0);
+    assert_eq!(feb.deployment_frequency.level, Some(Level::Low));
+    assert_eq!(feb.change_failure_rate.rate, None);
+    assert_eq!(feb.lead_time_for_changes.median_ms, None);
+    let mar = &monthly.buckets[1].figures;
+    assert_eq!(mar.production_deployments.len(), 308);
+    assert_eq!(mar.deployment_rework_rate.count, 44);
+    assert_eq!(mar.deployment_frequency.count, 279);
+}
+
+#[test]
+fn unrecovered_failure_and_bad_windows() {
+    let (mut deployments, incidents) = dataset();
+    // A failure after everything else: nothing recovers it.
+    let late = T0 + 40 * DAY;
+    deployments.push(fact(
+        99_999,
+        DeploymentKind::Deploy,
+        DeploymentState::Failed,
+        late,
+        late + MIN,
+    ));
+    let report = compute(
+        &deployments,
+        &incidents,
+        &query(late, late + DAY, Interval::All),
+    )
+    .unwrap();
+    assert_eq!(
+        report.summary.failed_deployment_recovery_time.unrecovered,
+        vec![99_999]
+    );
+    assert_eq!(
+        report.summary.failed_deployment_recovery_time.median_ms,
+        None
+    );
+    assert_eq!(report.summary.change_failure_rate.rate, Some(1.0));
+
+    assert_eq!(
+        compute(&deployments, &incidents, &query(T0, T0, Interval::Daily)),
+        Err(DoraError::EmptyWindow {
+            start_ms: T0,
+            end_ms: T0
+        })
+    );
+    assert!(matches!(
+        compute(
+            &deployments,
+            &incidents,
+            &query(T0, T0 + 20_000 * DAY, Interval::Daily)
+        ),
+        Err(DoraError::TooManyBuckets { .. })
+    ));
+    assert!(
+        compute(
+            &deployments,
+            &incidents,
+            &query(T0, T0 + 20_000 * DAY, Interval::Monthly)
+        )
+        .is_ok()
+    );
+}
