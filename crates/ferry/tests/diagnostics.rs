@@ -156,3 +156,71 @@ async fn failing_health_checks_say_what_they_got() {
     })
     .await;
 }
+
+/// `$PORT` without braces in `run` is a located warning of `validate` and `apply` (stderr,
+/// and `-o json`'s `warnings`); `ferry status` shows each version's traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apply_warns_and_status_shows_traffic() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let spec = Spec::new("shop");
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let warned = ferry.dir.path().join("warned.yaml");
+        let services = text.find("services:").unwrap();
+        std::fs::write(
+            &warned,
+            format!(
+                "{}services:\n  api:\n    run: [\"./api\", \"--port\", \"$PORT\"]\n    route: /api\n{}",
+                &text[..services],
+                &text[services + "services:\n".len()..]
+            ),
+        )
+        .unwrap();
+        let file = warned.display().to_string();
+        let expected = "services.api.run[2]: `$PORT` is passed on as it is: did you mean `${PORT}`?";
+        let out = ferry.cli(&["validate", "-f", &file]).await;
+        assert_eq!(out.code, 0, "{out}");
+        assert!(out.stderr.contains("warning: ") && out.stderr.contains(expected), "{out}");
+        let out = ferry.cli(&["apply", "-f", &file, "-o", "json"]).await;
+        assert_eq!(out.code, 0, "{out}");
+        assert!(out.stderr.contains(expected), "{out}");
+        let warnings = out.json()["warnings"].clone();
+        assert!(
+            warnings[0].as_str().is_some_and(|w| w.contains(expected)),
+            "{out}"
+        );
+        let out = ferry.cli(&["apply", "-f", &manifest.display().to_string()]).await;
+        assert_eq!(out.code, 0, "{out}");
+        assert!(!out.stderr.contains("warning"), "{out}");
+
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        for _ in 0..40 {
+            let resp = ferry
+                .http
+                .get(format!("http://{}/", spec.listener()))
+                .send()
+                .await
+                .expect("GET through the proxy");
+            assert!(resp.status().is_success());
+        }
+        let status = ferry
+            .wait_status(&spec, Duration::from_secs(60), "40 requests in the traffic", |s| {
+                s.traffic.as_ref().is_some_and(|t| {
+                    t.versions
+                        .iter()
+                        .any(|v| v.version == "1.0.0" && v.requests >= 40 && v.p50_ms.is_some())
+                })
+            })
+            .await;
+        let traffic = status.traffic.expect("traffic");
+        assert!(traffic.window_s > 0.0, "{traffic:?}");
+        let text = ferry.cli(&["status", "shop", "--env", "production"]).await;
+        assert!(
+            text.stdout.contains("traffic") && text.stdout.contains("REQ/S"),
+            "{text}"
+        );
+    })
+    .await;
+}
