@@ -5,6 +5,8 @@ mod audit;
 mod client;
 mod commands;
 mod config;
+// flags:
+mod flags;
 // gates:
 mod gates;
 // hooks:
@@ -401,6 +403,9 @@ enum Command {
     /// Encrypted secrets, injected as environment variables when replicas start.
     #[command(subcommand)]
     Secrets(secrets::Command),
+    /// Feature flags served to Unleash and OpenFeature SDKs (docs/flags.md).
+    #[command(subcommand)]
+    Flags(flags::Command),
     /// Approve a deployment awaiting approval (or --reject it with --reason, or
     /// --withdraw your decision). You can never approve your own deployment.
     Approve(approvals::ApproveArgs),
@@ -804,6 +809,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Identity(cmd) => identity::run(&client, cmd).await,
                 Command::Audit(cmd) => audit::run(&client, cmd).await,
                 Command::Secrets(cmd) => secrets::run(&client, cmd).await,
+                // flags:
+                Command::Flags(cmd) => flags::run(&client, cmd).await,
                 // releases:
                 Command::Release(cmd) => releases::run(&client, cmd).await,
                 Command::Releases { app, out } => releases::list(&client, &app, out.output).await,

@@ -52,15 +52,23 @@ pub fn check_name(name: &str) -> Result<(), FlagError> {
     }
 }
 
-/// Checks a flag before it is stored.
+/// Checks a flag before it is stored (constraint values must parse: a value that cannot
+/// match is a mistake when a person writes it).
 pub fn validate(f: &Feature) -> Result<(), FlagError> {
+    check_feature(f, true)
+}
+
+/// `strict`: constraint values must parse. An import is not strict: a document written by
+/// another Unleash server may hold values that never match (the client specification has
+/// some on purpose); they are kept and evaluate as Unleash's SDKs do.
+fn check_feature(f: &Feature, strict: bool) -> Result<(), FlagError> {
     check_name(&f.name)?;
     let at = format!("flag {}", f.name);
     if f.strategies.len() > MAX_STRATEGIES {
         return Err(err(&at, format!("at most {MAX_STRATEGIES} strategies")));
     }
     for (i, s) in f.strategies.iter().enumerate() {
-        validate_strategy(s, &format!("{at}.strategies[{i}]"))?;
+        validate_strategy(s, &format!("{at}.strategies[{i}]"), strict)?;
     }
     validate_variants(&f.variants, &format!("{at}.variants"))?;
     if f.dependencies.len() > MAX_DEPENDENCIES {
@@ -98,7 +106,7 @@ pub fn validate_document(doc: &ClientFeatures) -> Result<(), FlagError> {
     }
     let mut seen = std::collections::HashSet::new();
     for f in &doc.features {
-        validate(f)?;
+        check_feature(f, false)?;
         if !seen.insert(f.name.as_str()) {
             return Err(err(format!("flag {}", f.name), "appears twice"));
         }
@@ -109,13 +117,13 @@ pub fn validate_document(doc: &ClientFeatures) -> Result<(), FlagError> {
             return Err(err(at, format!("at most {MAX_CONSTRAINTS} constraints")));
         }
         for (j, c) in s.constraints.iter().enumerate() {
-            validate_constraint(c, &format!("{at}.constraints[{j}]"))?;
+            validate_constraint(c, &format!("{at}.constraints[{j}]"), false)?;
         }
     }
     Ok(())
 }
 
-fn validate_strategy(s: &Strategy, at: &str) -> Result<(), FlagError> {
+fn validate_strategy(s: &Strategy, at: &str, strict: bool) -> Result<(), FlagError> {
     const KNOWN: [&str; 7] = [
         "default",
         "userWithId",
@@ -161,7 +169,7 @@ fn validate_strategy(s: &Strategy, at: &str) -> Result<(), FlagError> {
         return Err(err(at, format!("at most {MAX_CONSTRAINTS} constraints")));
     }
     for (i, c) in s.constraints.iter().enumerate() {
-        validate_constraint(c, &format!("{at}.constraints[{i}]"))?;
+        validate_constraint(c, &format!("{at}.constraints[{i}]"), strict)?;
     }
     if s.segments.len() > MAX_CONSTRAINTS {
         return Err(err(at, format!("at most {MAX_CONSTRAINTS} segments")));
@@ -169,7 +177,11 @@ fn validate_strategy(s: &Strategy, at: &str) -> Result<(), FlagError> {
     validate_variants(&s.variants, &format!("{at}.variants"))
 }
 
-fn validate_constraint(c: &super::model::Constraint, at: &str) -> Result<(), FlagError> {
+fn validate_constraint(
+    c: &super::model::Constraint,
+    at: &str,
+    strict: bool,
+) -> Result<(), FlagError> {
     if c.operator == Operator::Unknown {
         return Err(err(at, "unknown operator"));
     }
@@ -188,6 +200,9 @@ fn validate_constraint(c: &super::model::Constraint, at: &str) -> Result<(), Fla
         .any(|v| v.len() > MAX_VALUE_LEN)
     {
         return Err(err(at, format!("values are at most {MAX_VALUE_LEN} bytes")));
+    }
+    if !strict {
+        return Ok(());
     }
     let single = c.value.as_deref();
     let need_single = |what: &str, ok: &dyn Fn(&str) -> bool| match single {

@@ -89,7 +89,9 @@ pub struct Segment {
 pub struct Constraint {
     pub context_name: String,
     pub operator: Operator,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Always served, even empty: SDKs read it for every operator (unleash-client for
+    /// Node fails on an `IN` constraint without it).
+    #[serde(default)]
     pub values: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
