@@ -882,7 +882,18 @@ async fn watch(
     // Fail fast on an unknown app/env instead of opening an empty stream.
     let controller = state.controller()?;
     controller.status(&app, Some(&env)).await?;
-    let stream = controller.clone().watch(app, env);
+    use futures_util::StreamExt;
+    let stream = controller
+        .clone()
+        .watch(app, env)
+        .filter_map(|status| async move {
+            axum::response::sse::Event::default()
+                .event("status")
+                .json_data(&status)
+                .ok()
+                .map(Ok)
+        })
+        .boxed();
     Ok(axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 

@@ -180,3 +180,28 @@ impl Controller {
         self.wake.notify_one();
     }
 }
+
+/// Invariants of the layer's shape.
+#[cfg(test)]
+mod tidy {
+    /// The control layer knows nothing of HTTP: the API (`api.rs`) turns its answers into
+    /// responses, so the console, flags or another front end can drive it too.
+    #[test]
+    fn the_control_layer_does_not_import_axum() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.join("controller.rs")];
+        for entry in std::fs::read_dir(src.join("controller")).expect("controller/") {
+            files.push(entry.expect("entry").path());
+        }
+        assert!(files.len() > 10, "found the controller's modules");
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("read source");
+            let code = text.split("mod tidy").next().unwrap_or(&text);
+            assert!(
+                !code.contains("axum"),
+                "{} uses axum: the control layer returns data; api.rs speaks HTTP",
+                file.display()
+            );
+        }
+    }
+}

@@ -30,10 +30,7 @@ impl Controller {
         self: Arc<Self>,
         app: String,
         env: String,
-    ) -> futures_util::stream::BoxStream<
-        'static,
-        Result<axum::response::sse::Event, std::convert::Infallible>,
-    > {
+    ) -> futures_util::stream::BoxStream<'static, EnvStatus> {
         use futures_util::StreamExt;
         let changed = self.events_changed.subscribe();
         futures_util::stream::unfold((self, changed, true), move |(this, mut changed, first)| {
@@ -46,11 +43,7 @@ impl Controller {
                 changed.borrow_and_update();
                 let status = this.status(&app, Some(&env)).await.ok()?;
                 let env_status = status.environments.into_iter().next()?;
-                let event = axum::response::sse::Event::default()
-                    .event("status")
-                    .json_data(&env_status)
-                    .ok()?;
-                Some((Ok(event), (this, changed, false)))
+                Some((env_status, (this, changed, false)))
             }
         })
         .boxed()
