@@ -168,8 +168,8 @@ pub struct DeploymentView {
     pub state: DeploymentState,
     /// Why it ended the way it did (failure reason, rollback target…).
     pub reason: Option<String>,
-    /// What kind of request created it: `deploy` or `rollback`.
-    pub kind: String,
+    /// What kind of request created it.
+    pub kind: crate::model::DeploymentKind,
     pub requested_by: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -187,8 +187,7 @@ pub struct EventView {
     /// Increasing per deployment; pass as `after` to get only newer events.
     pub seq: i64,
     pub at_ms: i64,
-    /// e.g. `state`, `replica`, `health`, `traffic`, `error`.
-    pub kind: String,
+    pub kind: crate::model::EventKind,
     pub message: String,
 }
 

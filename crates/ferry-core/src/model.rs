@@ -102,6 +102,161 @@ impl FromStr for DeploymentState {
     }
 }
 
+/// What kind of request created a deployment (its `kind`, as stored and answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentKind {
+    /// `ferry deploy` of a version.
+    Deploy,
+    /// The serving version again with its current configuration (`ferry redeploy`, or a
+    /// deploy or retry of the version that serves).
+    Redeploy,
+    /// Back to a version that succeeded before (`ferry rollback`): no gates, no steps.
+    Rollback,
+    /// An aborted, rolled-back or failed deployment started again (`ferry retry`).
+    Retry,
+    /// `ferry promote --from --to`.
+    Promote,
+    /// The auto-promotion pass (`gates: { auto_promote: true }`).
+    AutoPromote,
+}
+
+impl DeploymentKind {
+    pub const ALL: [DeploymentKind; 6] = [
+        DeploymentKind::Deploy,
+        DeploymentKind::Redeploy,
+        DeploymentKind::Rollback,
+        DeploymentKind::Retry,
+        DeploymentKind::Promote,
+        DeploymentKind::AutoPromote,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentKind::Deploy => "deploy",
+            DeploymentKind::Redeploy => "redeploy",
+            DeploymentKind::Rollback => "rollback",
+            DeploymentKind::Retry => "retry",
+            DeploymentKind::Promote => "promote",
+            DeploymentKind::AutoPromote => "auto-promote",
+        }
+    }
+}
+
+impl fmt::Display for DeploymentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for DeploymentKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeploymentKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| format!("unknown deployment kind {s:?}"))
+    }
+}
+
+/// Lets tests and filters compare with the stored name.
+impl PartialEq<&str> for DeploymentKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// What a line of a deployment's timeline is about (its `kind`, as stored and answered):
+/// clients branch on this, never on the wording of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// A state transition; the message starts with the new state (`succeeded: …`).
+    State,
+    /// A person asked a running rollout for promote, pause or resume.
+    CommandRequested,
+    /// The controller applied such a request (the rollout moved, paused or resumed).
+    CommandApplied,
+    /// A replica started, became healthy or unhealthy, exited, drained or stopped.
+    Replica,
+    Health,
+    /// The traffic split changed, or what clients saw during the rollout.
+    Traffic,
+    /// A gate passed (one line per gate).
+    Gate,
+    /// What the deployment waits for at its gates changed.
+    Gates,
+    Approval,
+    /// A freeze override.
+    Override,
+    Bake,
+    Hook,
+    Promotion,
+    Analysis,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 14] = [
+        EventKind::State,
+        EventKind::CommandRequested,
+        EventKind::CommandApplied,
+        EventKind::Replica,
+        EventKind::Health,
+        EventKind::Traffic,
+        EventKind::Gate,
+        EventKind::Gates,
+        EventKind::Approval,
+        EventKind::Override,
+        EventKind::Bake,
+        EventKind::Hook,
+        EventKind::Promotion,
+        EventKind::Analysis,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::State => "state",
+            EventKind::CommandRequested => "request",
+            EventKind::CommandApplied => "command",
+            EventKind::Replica => "replica",
+            EventKind::Health => "health",
+            EventKind::Traffic => "traffic",
+            EventKind::Gate => "gate",
+            EventKind::Gates => "gates",
+            EventKind::Approval => "approval",
+            EventKind::Override => "override",
+            EventKind::Bake => "bake",
+            EventKind::Hook => "hook",
+            EventKind::Promotion => "promotion",
+            EventKind::Analysis => "analysis",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`: the CLI aligns timeline columns with `{:<8}`.
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| format!("unknown event kind {s:?}"))
+    }
+}
+
+/// Lets tests and filters compare with the stored name.
+impl PartialEq<&str> for EventKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Lifecycle of one replica process as the runtime sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -163,6 +318,20 @@ mod tests {
 
     #[test]
     fn states_round_trip_through_text_and_json() {
+        assert_eq!(format!("{:<8}|", EventKind::Bake), "bake    |");
+        for kind in EventKind::ALL {
+            assert_eq!(kind.as_str().parse::<EventKind>().unwrap(), kind);
+            assert_eq!(
+                serde_json::to_string(&kind).unwrap(),
+                format!("\"{}\"", kind.as_str())
+            );
+        }
+        for kind in DeploymentKind::ALL {
+            assert_eq!(kind.as_str().parse::<DeploymentKind>().unwrap(), kind);
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
+        assert!("promote-by-hand".parse::<DeploymentKind>().is_err());
         for state in DeploymentState::ALL {
             assert_eq!(state.as_str().parse::<DeploymentState>().unwrap(), state);
             let json = serde_json::to_string(&state).unwrap();

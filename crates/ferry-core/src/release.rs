@@ -290,8 +290,7 @@ pub struct Serving {
     pub version: String,
     pub deployment_id: i64,
     pub state: DeploymentState,
-    /// `deploy`, `rollback`, `promote`, `auto-promote` …
-    pub kind: String,
+    pub kind: crate::model::DeploymentKind,
     pub requested_by: String,
 }
 
@@ -341,7 +340,9 @@ pub fn auto_promotions(envs: &[EnvFacts]) -> Vec<AutoPromotion> {
         let Some(serving) = &source.serving else {
             continue;
         };
-        if serving.state != DeploymentState::Succeeded || serving.kind == "rollback" {
+        if serving.state != DeploymentState::Succeeded
+            || serving.kind == crate::model::DeploymentKind::Rollback
+        {
             continue;
         }
         if env.deployed_versions.contains(&serving.version) {
@@ -569,7 +570,7 @@ mod tests {
             version: version.into(),
             deployment_id: id,
             state,
-            kind: kind.into(),
+            kind: kind.parse().expect("a deployment kind"),
             requested_by: "user:alice".into(),
         }
     }

@@ -720,7 +720,7 @@ async fn deploy(
             &app,
             &env,
             &request.version,
-            "deploy",
+            ferry_core::model::DeploymentKind::Deploy,
             &access.caller.principal(),
         )
         .await?;

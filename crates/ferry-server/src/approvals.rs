@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 use ferry_core::api::DeploymentView;
 use ferry_core::gates::{self, Approval, GateVerdict};
 use ferry_core::manifest::{Gates, Manifest};
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentState, EventKind};
 use ferry_core::rbac::{self, Binding};
 use serde::{Deserialize, Serialize};
 
@@ -148,7 +148,7 @@ pub async fn decide(
         (false, None) => format!("rejected by {approver}"),
     };
     if let Some(controller) = &state.controller {
-        controller.note(id, "approval", &line).await;
+        controller.note(id, EventKind::Approval, &line).await;
     }
     status(&state, id).await.map(Json)
 }
@@ -187,7 +187,7 @@ pub async fn withdraw(
         controller
             .note(
                 id,
-                "approval",
+                EventKind::Approval,
                 &format!("{approver} withdrew their decision"),
             )
             .await;

@@ -421,8 +421,8 @@ async fn build_change_record(store: &Store, id: i64) -> ApiResult<ChangeRecord> 
     };
     let state_changes = of_kind(&|e| e.kind == "state");
     let analysis = of_kind(&|e| {
-        e.kind.contains("analysis")
-            || e.kind.contains("verdict")
+        e.kind == ferry_core::model::EventKind::Analysis
+            || e.kind.as_str().contains("verdict")
             || e.message.to_ascii_lowercase().contains("analysis")
     });
     let traffic = of_kind(&|e| e.kind == "traffic");
@@ -536,7 +536,7 @@ pub fn render_markdown(c: &ChangeRecord) -> String {
                 None => d.version.clone(),
             },
         ),
-        ("Kind", d.kind.clone()),
+        ("Kind", d.kind.to_string()),
         ("Strategy", d.strategy.clone()),
         ("Manifest revision", c.manifest_revision.to_string()),
         ("Requested by", c.requested_by.clone()),
@@ -649,7 +649,7 @@ pub fn render_markdown(c: &ChangeRecord) -> String {
             out,
             "| {} | {} | {} |",
             rfc3339(e.at_ms),
-            cell(&e.kind),
+            cell(e.kind.as_str()),
             cell(&e.message)
         );
     }

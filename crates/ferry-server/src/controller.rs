@@ -61,6 +61,8 @@ struct Change {
     reason: Option<String>,
     phase: serde_json::Value,
     message: String,
+    /// The kind of its timeline line.
+    event_kind: ferry_core::model::EventKind,
 }
 
 /// Why a user request was refused; the API maps these to status codes.

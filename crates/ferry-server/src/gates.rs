@@ -13,7 +13,7 @@ use axum::{Extension, Json};
 use ferry_core::api::DeploymentView;
 use ferry_core::gates::{self, CheckResult, Facts, GateReport, GateRow, Override};
 use ferry_core::manifest::{GateCheck, Gates, Manifest};
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentState, EventKind};
 use ferry_store::{DeploymentRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -116,7 +116,8 @@ pub async fn rows_if_waiting(
     store: &Store,
     deployment: &DeploymentRecord,
 ) -> Result<Vec<GateRow>, StoreError> {
-    if !waiting(deployment.state) || deployment.kind == "rollback" {
+    if !waiting(deployment.state) || deployment.kind == ferry_core::model::DeploymentKind::Rollback
+    {
         return Ok(Vec::new());
     }
     let env_gates = gates_of(store, &deployment.app, &deployment.env).await?;
@@ -485,7 +486,7 @@ pub async fn create_override(
         gates::display_principal(&by)
     );
     if let Some(controller) = &state.controller {
-        controller.note(id, "override", &line).await;
+        controller.note(id, EventKind::Override, &line).await;
     }
     Ok((
         StatusCode::CREATED,

@@ -17,6 +17,7 @@
 //! A hook runs like a replica: a clean environment (the layered variables, secrets, the
 //! hook's `env` and Ferry's own), as the environment's user (`run_as`).
 
+use ferry_core::model::EventKind;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -357,7 +358,7 @@ impl HookRunner {
     async fn event(&self, deployment_id: i64, message: &str) {
         if let Err(e) = self
             .store
-            .append_event(deployment_id, "hook", message, now_ms())
+            .append_event(deployment_id, EventKind::Hook, message, now_ms())
             .await
         {
             tracing::error!(deployment = deployment_id, error = %e, "could not record a hook event");
@@ -556,7 +557,7 @@ async fn finish_run(
         Ok(_) => {
             let line = format!("{}: {summary}", run.hook);
             if let Err(e) = store
-                .append_event(deployment_id, "hook", &line, now_ms())
+                .append_event(deployment_id, EventKind::Hook, &line, now_ms())
                 .await
             {
                 tracing::error!(deployment = deployment_id, error = %e, "could not record a hook event");

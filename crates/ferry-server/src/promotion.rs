@@ -11,17 +11,12 @@ use std::collections::BTreeMap;
 
 use ferry_core::api::DeploymentView;
 use ferry_core::manifest::Manifest;
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentKind, DeploymentState, EventKind};
 use ferry_core::release::{EnvFacts, Serving, auto_promotions};
 use ferry_store::AppRecord;
 
 use crate::controller::{Controller, RequestError};
 use crate::error::ServerError;
-
-/// Deployment kind of a `ferry promote --from --to`.
-pub const KIND_PROMOTE: &str = "promote";
-/// Deployment kind the controller gives an auto-promotion.
-pub const KIND_AUTO: &str = "auto-promote";
 
 fn known_envs(manifest: &Manifest) -> String {
     manifest
@@ -70,13 +65,15 @@ pub async fn request_promotion(
     };
     let source_id = source.and_then(|e| e.deployment_id);
     let view = controller
-        .request_deployment(app, to, &version, KIND_PROMOTE, requested_by)
+        .request_deployment(app, to, &version, DeploymentKind::Promote, requested_by)
         .await?;
     let message = match source_id {
         Some(id) => format!("promoted from {from} (#{id})"),
         None => format!("promoted from {from}"),
     };
-    controller.note(view.id, "promotion", &message).await;
+    controller
+        .note(view.id, EventKind::Promotion, &message)
+        .await;
     Ok(view)
 }
 
@@ -100,7 +97,7 @@ pub async fn auto_promote(
                     app,
                     &promotion.env,
                     &promotion.version,
-                    KIND_AUTO,
+                    DeploymentKind::AutoPromote,
                     &promotion.requested_by,
                 )
                 .await
@@ -140,7 +137,7 @@ pub async fn auto_promote(
             controller
                 .note(
                     view.id,
-                    "promotion",
+                    EventKind::Promotion,
                     &format!(
                         "auto-promoted from {} after #{} succeeded",
                         promotion.from_env, promotion.source_deployment_id

@@ -374,13 +374,18 @@ async fn change_record_links_release_requester_timeline_and_audit() {
         .deployment("shop", "production", "1.2.0", "user:dana")
         .await;
     h.store
-        .append_event(id, "traffic", "canary 1.2.0 at 5%", 1_100)
+        .append_event(
+            id,
+            ferry_core::model::EventKind::Traffic,
+            "canary 1.2.0 at 5%",
+            1_100,
+        )
         .await
         .unwrap();
     h.store
         .append_event(
             id,
-            "analysis",
+            ferry_core::model::EventKind::Analysis,
             "analysis errors: 0.001 <= 0.01 (pass)",
             1_200,
         )

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_core::api::{DeploymentView, EventView};
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentKind, DeploymentState, EventKind};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -118,8 +118,7 @@ pub struct NewDeployment {
     pub env: String,
     pub version: String,
     pub previous_version: Option<String>,
-    /// `deploy` or `rollback`.
-    pub kind: String,
+    pub kind: DeploymentKind,
     pub strategy: String,
     pub requested_by: String,
     pub manifest_revision: i64,
@@ -133,7 +132,7 @@ pub struct DeploymentRecord {
     pub env: String,
     pub version: String,
     pub previous_version: Option<String>,
-    pub kind: String,
+    pub kind: DeploymentKind,
     pub strategy: String,
     pub state: DeploymentState,
     pub reason: Option<String>,
@@ -158,7 +157,7 @@ impl DeploymentRecord {
             strategy: self.strategy.clone(),
             state: self.state,
             reason: self.reason.clone(),
-            kind: self.kind.clone(),
+            kind: self.kind,
             requested_by: self.requested_by.clone(),
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
@@ -178,8 +177,11 @@ pub struct Transition {
     pub phase: serde_json::Value,
     /// When Some, the environment's current version becomes this (with this deployment's id).
     pub set_current_version: Option<String>,
-    /// Message of the `state` event appended in the same transaction.
+    /// Message of the event appended in the same transaction.
     pub event: String,
+    /// Its kind: [`EventKind::State`], or a person's command to a rollout
+    /// ([`EventKind::CommandRequested`]) and its application ([`EventKind::CommandApplied`]).
+    pub event_kind: EventKind,
     pub now_ms: i64,
 }
 
@@ -319,6 +321,10 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRecord> {
     let state = state_text
         .parse::<DeploymentState>()
         .map_err(|e| StoreError::Corrupt(format!("deployment {id}: state: {e}")))?;
+    let kind_text: String = get(row, "kind", &what)?;
+    let kind = kind_text
+        .parse::<DeploymentKind>()
+        .map_err(|e| StoreError::Corrupt(format!("deployment {id}: kind: {e}")))?;
     let phase_text: String = get(row, "phase", &what)?;
     let phase = serde_json::from_str(&phase_text)
         .map_err(|e| StoreError::Corrupt(format!("deployment {id}: phase: {e}")))?;
@@ -328,7 +334,7 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRecord> {
         env: get(row, "env", &what)?,
         version: get(row, "version", &what)?,
         previous_version: get(row, "previous_version", &what)?,
-        kind: get(row, "kind", &what)?,
+        kind,
         strategy: get(row, "strategy", &what)?,
         state,
         reason: get(row, "reason", &what)?,
@@ -703,7 +709,7 @@ impl Store {
         .bind(&d.env)
         .bind(&d.version)
         .bind(d.previous_version.as_deref())
-        .bind(&d.kind)
+        .bind(d.kind.as_str())
         .bind(&d.strategy)
         .bind(DeploymentState::Pending.as_str())
         .bind(&d.requested_by)
@@ -716,7 +722,7 @@ impl Store {
         insert_event(
             &mut tx,
             record.id,
-            "state",
+            EventKind::State,
             &format!(
                 "{}: {} of {} requested by {}",
                 DeploymentState::Pending,
@@ -863,7 +869,7 @@ impl Store {
             .await
             .ctx(op)?;
         }
-        insert_event(&mut tx, id, "state", &t.event, t.now_ms).await?;
+        insert_event(&mut tx, id, t.event_kind, &t.event, t.now_ms).await?;
         tx.commit().await.ctx(op)?;
         tracing::debug!(id, state = %record.state, row_version = record.row_version,
             "deployment transitioned");
@@ -933,7 +939,7 @@ impl Store {
     pub async fn append_event(
         &self,
         deployment_id: i64,
-        kind: &str,
+        kind: EventKind,
         message: &str,
         now_ms: i64,
     ) -> Result<i64> {
@@ -974,10 +980,13 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let what = || format!("event of deployment {deployment_id}");
+                let kind: String = get(row, "kind", &what)?;
                 Ok(EventView {
                     seq: get(row, "seq", &what)?,
                     at_ms: get(row, "at_ms", &what)?,
-                    kind: get(row, "kind", &what)?,
+                    kind: kind
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", what())))?,
                     message: get(row, "message", &what)?,
                 })
             })
@@ -1081,7 +1090,7 @@ impl Store {
 async fn insert_event(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     deployment_id: i64,
-    kind: &str,
+    kind: EventKind,
     message: &str,
     now_ms: i64,
 ) -> Result<i64> {
@@ -1092,7 +1101,7 @@ async fn insert_event(
     )
     .bind(deployment_id)
     .bind(now_ms)
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(message)
     .fetch_one(&mut **tx)
     .await

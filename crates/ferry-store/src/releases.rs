@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentKind, DeploymentState};
 use ferry_core::release::{Reconciled, ReleaseData, reconcile};
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -59,7 +59,7 @@ pub struct DeploymentFact {
     pub env: String,
     pub version: String,
     pub state: DeploymentState,
-    pub kind: String,
+    pub kind: DeploymentKind,
     pub created_at_ms: i64,
 }
 
@@ -229,6 +229,7 @@ impl Store {
                 let id: i64 = get(row, "id", &|| "deployments row".to_string())?;
                 let what = || format!("deployment {id}");
                 let state: String = get(row, "state", &what)?;
+                let kind: String = get(row, "kind", &what)?;
                 Ok(DeploymentFact {
                     id,
                     env: get(row, "env", &what)?,
@@ -236,7 +237,9 @@ impl Store {
                     state: state
                         .parse()
                         .map_err(|e| StoreError::Corrupt(format!("deployment {id}: state: {e}")))?,
-                    kind: get(row, "kind", &what)?,
+                    kind: kind
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("deployment {id}: kind: {e}")))?,
                     created_at_ms: get(row, "created_at_ms", &what)?,
                 })
             })

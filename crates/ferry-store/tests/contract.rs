@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferry_core::audit::{self, AuditEntry};
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentKind, DeploymentState};
 use ferry_store::{
     AuditQuery, DeploymentRecord, NewBinding, NewDeployment, NewManifest, NewToken, ReplicaRecord,
     RoleRecord, Store, StoreError, Transition,
@@ -38,7 +38,7 @@ fn new_deployment(app: &str, env: &str, version: &str, now_ms: i64) -> NewDeploy
         env: env.into(),
         version: version.into(),
         previous_version: None,
-        kind: "deploy".into(),
+        kind: DeploymentKind::Deploy,
         strategy: "rolling".into(),
         requested_by: "alice".into(),
         manifest_revision: 1,
@@ -55,6 +55,7 @@ fn to(d: &DeploymentRecord, state: DeploymentState, now_ms: i64) -> Transition {
         phase: d.phase.clone(),
         set_current_version: None,
         event: format!("state: {state}"),
+        event_kind: ferry_core::model::EventKind::State,
         now_ms,
     }
 }
@@ -448,14 +449,24 @@ pub async fn events_have_increasing_seq(store: Store, _url: String) {
         .unwrap();
     for i in 0..5 {
         let seq = store
-            .append_event(d.id, "replica", &format!("replica {i} healthy"), 10 + i)
+            .append_event(
+                d.id,
+                ferry_core::model::EventKind::Replica,
+                &format!("replica {i} healthy"),
+                10 + i,
+            )
             .await
             .unwrap();
         assert_eq!(seq, i + 2, "seq 1 is the creation event");
     }
     assert_eq!(
         store
-            .append_event(other.id, "traffic", "weight 5%", 20)
+            .append_event(
+                other.id,
+                ferry_core::model::EventKind::Traffic,
+                "weight 5%",
+                20
+            )
             .await
             .unwrap(),
         2,
@@ -472,6 +483,9 @@ pub async fn events_have_increasing_seq(store: Store, _url: String) {
         all.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [1, 2, 3, 4, 5, 6, 7]
     );
+    // Kinds come back typed, as they were written.
+    assert_eq!(all[0].kind, ferry_core::model::EventKind::State);
+    assert_eq!(all[1].kind, ferry_core::model::EventKind::Replica);
     assert_eq!(all[6].message, "state: progressing");
     let page = store.events_after(d.id, 3, 2).await.unwrap();
     assert_eq!(
@@ -483,7 +497,7 @@ pub async fn events_have_increasing_seq(store: Store, _url: String) {
     assert!(store.events_after(d.id, 7, 10).await.unwrap().is_empty());
     assert!(matches!(
         store
-            .append_event(d.id + 99, "x", "y", 1)
+            .append_event(d.id + 99, ferry_core::model::EventKind::State, "y", 1)
             .await
             .unwrap_err(),
         StoreError::NotFound(_)
@@ -496,7 +510,12 @@ pub async fn events_have_increasing_seq(store: Store, _url: String) {
         let id = other.id;
         tasks.push(tokio::spawn(async move {
             store
-                .append_event(id, "health", &format!("c{i}"), 100)
+                .append_event(
+                    id,
+                    ferry_core::model::EventKind::Health,
+                    &format!("c{i}"),
+                    100,
+                )
                 .await
         }));
     }
@@ -595,7 +614,7 @@ pub async fn previous_succeeded_version_skips_failures(store: Store, _url: Strin
 
     // a rollback deployment back to 1.1.0 that succeeds makes 1.1.0 current; the previous is 1.4.0
     let mut rb = new_deployment("shop", "prod", "1.1.0", 700);
-    rb.kind = "rollback".into();
+    rb.kind = DeploymentKind::Rollback;
     let rb = store.create_deployment(rb).await.unwrap();
     let rb = store
         .transition(to(&rb, DeploymentState::Progressing, 701))
@@ -1077,7 +1096,7 @@ fn token(
     NewToken {
         name: name.into(),
         token_hash: hash_char.repeat(64),
-        kind: kind.into(),
+        kind: kind.parse().expect("a deployment kind"),
         owner: owner.map(String::from),
         role: role.into(),
         app: Some("shop".into()),

@@ -428,7 +428,7 @@ async fn deployment_page(
         version: d.version.clone(),
         previous: d.previous_version.clone().unwrap_or_default(),
         strategy: d.strategy.clone(),
-        kind: d.kind.clone(),
+        kind: d.kind.to_string(),
         state: d.state.to_string(),
         reason: d.reason.clone().unwrap_or_default(),
         requested_by: d.requested_by.clone(),
@@ -450,7 +450,7 @@ async fn deployment_page(
             .map(|e| EventRow {
                 seq: e.seq,
                 at: rfc3339(e.at_ms),
-                kind: e.kind.clone(),
+                kind: e.kind.to_string(),
                 message: e.message.clone(),
             })
             .collect(),

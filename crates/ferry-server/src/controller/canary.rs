@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use ferry_core::manifest::Manifest;
-use ferry_core::model::{DeploymentState, ReplicaState};
+use ferry_core::model::{DeploymentState, EventKind, ReplicaState};
 use ferry_core::rollout::{self, Observed, ServiceInput};
 use ferry_store::{AppRecord, DeploymentRecord};
 
@@ -183,7 +183,7 @@ impl Controller {
             Outcome::Failed { reason, notes } => {
                 // the measurements that failed it, as a step analysis's are
                 if !notes.is_empty() {
-                    self.event(deployment.id, "analysis", &notes.join("; "))
+                    self.event(deployment.id, EventKind::Analysis, &notes.join("; "))
                         .await;
                 }
                 return self.roll_back(deployment, &phase, &stable, &reason).await;
@@ -253,13 +253,18 @@ impl Controller {
                     if message.is_empty() {
                         message = progressive::summary(plan, &next);
                     }
+                    let kind = match command {
+                        Some(_) => EventKind::CommandApplied,
+                        None => EventKind::State,
+                    };
                     let saved = self
-                        .transition_with_phase(
+                        .transition_as(
                             deployment,
                             DeploymentState::Progressing,
                             None,
                             None,
                             phase.to_value(),
+                            kind,
                             &message,
                         )
                         .await?;
@@ -344,7 +349,7 @@ impl Controller {
             Some(_) => {
                 self.event(
                     deployment.id,
-                    "bake",
+                    EventKind::Bake,
                     &format!(
                         "baked: {} watched for {bake} without a failure",
                         deployment.version

@@ -2,7 +2,7 @@
 
 use ferry_core::api::{DeploymentView, RedeployAnswer, Unchanged};
 use ferry_core::manifest::Manifest;
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentKind, DeploymentState, EventKind};
 use ferry_store::{
     AppRecord, DeploymentRecord, NewDeployment, ReplicaRecord, StoreError, Transition,
 };
@@ -40,7 +40,7 @@ impl Controller {
         app: &str,
         env: &str,
         version: &str,
-        kind: &str,
+        kind: DeploymentKind,
         requested_by: &str,
     ) -> Result<DeploymentView, RequestError> {
         let (record, manifest) = self.app_manifest(app).await?;
@@ -62,8 +62,8 @@ impl Controller {
         // config: deploying (or retrying) the version that already serves rolls out its
         // configuration.
         let same = previous_version.as_deref() == Some(version);
-        let kind = if same && matches!(kind, "deploy" | "retry") {
-            "redeploy"
+        let kind = if same && matches!(kind, DeploymentKind::Deploy | DeploymentKind::Retry) {
+            DeploymentKind::Redeploy
         } else {
             kind
         };
@@ -79,7 +79,7 @@ impl Controller {
                 env: env.to_string(),
                 version: version.to_string(),
                 previous_version,
-                kind: kind.to_string(),
+                kind,
                 strategy: environment.strategy.name().to_string(),
                 requested_by: requested_by.to_string(),
                 manifest_revision: record.revision,
@@ -146,12 +146,12 @@ impl Controller {
             }
         }
         let view = self
-            .request_deployment(app, env, &current, "redeploy", requested_by)
+            .request_deployment(app, env, &current, DeploymentKind::Redeploy, requested_by)
             .await?;
         if let Some(other) = active.filter(|d| d.version != current) {
             self.event(
                 view.id,
-                "state",
+                EventKind::State,
                 &format!(
                     "superseded deployment #{} of {} ({}) on request of {requested_by} (--force)",
                     other.id, other.version, other.state
@@ -201,6 +201,7 @@ impl Controller {
                     phase: current.phase.clone(),
                     set_current_version: None,
                     event: event.to_string(),
+                    event_kind: EventKind::State,
                     now_ms: now_ms(),
                 })
                 .await;
@@ -257,6 +258,7 @@ impl Controller {
                         message: format!("{reason}: all traffic back to {previous}"),
                         reason: Some(reason),
                         phase: deployment.phase.clone(),
+                        event_kind: EventKind::State,
                     })
                 })
                 .await;
@@ -307,7 +309,7 @@ impl Controller {
                 .unwrap_or(active)
                 .view());
         }
-        self.request_deployment(app, env, &target, "rollback", requested_by)
+        self.request_deployment(app, env, &target, DeploymentKind::Rollback, requested_by)
             .await
     }
 
@@ -328,9 +330,18 @@ impl Controller {
                 reason,
                 phase,
                 message,
+                event_kind,
             } = change(&deployment)?;
             if self
-                .transition_with_phase(&deployment, state, reason, None, phase, &message)
+                .transition_as(
+                    &deployment,
+                    state,
+                    reason,
+                    None,
+                    phase,
+                    event_kind,
+                    &message,
+                )
                 .await?
             {
                 let fresh = self.store.get_deployment(deployment.id).await?;
@@ -377,6 +388,7 @@ impl Controller {
                 reason: None,
                 phase: phase.to_value(),
                 message: format!("{} requested by {by}", name.verb()),
+                event_kind: EventKind::CommandRequested,
             })
         })
         .await
@@ -425,6 +437,7 @@ impl Controller {
                 reason: Some(reason),
                 phase: phase.to_value(),
                 message,
+                event_kind: EventKind::State,
             })
         })
         .await
@@ -453,7 +466,7 @@ impl Controller {
                 latest.id, latest.version, latest.state
             )));
         }
-        self.request_deployment(app, env, &latest.version, "retry", by)
+        self.request_deployment(app, env, &latest.version, DeploymentKind::Retry, by)
             .await
     }
 }

@@ -2,7 +2,7 @@
 
 use ferry_core::gates;
 use ferry_core::manifest::Manifest;
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentKind, DeploymentState, EventKind};
 use ferry_store::DeploymentRecord;
 
 use crate::clock::now_ms;
@@ -24,7 +24,7 @@ impl Controller {
         let Some(env_gates) = manifest.environments.get(env).and_then(|e| e.gates.clone()) else {
             return Ok(true);
         };
-        if deployment.kind == "rollback" {
+        if deployment.kind == DeploymentKind::Rollback {
             return Ok(true);
         }
         let history = self.gate_history(deployment, &env_gates).await?;
@@ -56,7 +56,7 @@ impl Controller {
                 self.unmet_gates_changed(deployment.id, None);
                 // History shows every gate and who or what passed it.
                 for line in report.passed_lines() {
-                    self.event(deployment.id, "gate", &line).await;
+                    self.event(deployment.id, EventKind::Gate, &line).await;
                 }
                 if !report.rows.is_empty() {
                     self.store
@@ -76,7 +76,7 @@ impl Controller {
                 } else if self.unmet_gates_changed(deployment.id, Some(&unmet)) {
                     // Already waiting: a new timeline line only when what is awaited
                     // changes (not for every tick of a soak countdown).
-                    self.event(deployment.id, "gates", &message).await;
+                    self.event(deployment.id, EventKind::Gates, &message).await;
                 }
                 Ok(false)
             }

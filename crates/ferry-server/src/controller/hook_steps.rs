@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use ferry_core::hooks::HookPhase;
 use ferry_core::manifest::{BlueGreen, Manifest, Strategy};
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentKind, DeploymentState, EventKind};
 use ferry_core::rollout::Verdict;
 use ferry_store::{AppRecord, DeploymentRecord};
 
@@ -143,7 +143,7 @@ impl Controller {
         {
             self.event(
                 deployment.id,
-                "hook",
+                EventKind::Hook,
                 &format!(
                     "skipped: irreversible migration {} already ran for {} in {env}",
                     skipped.join(", "),
@@ -166,7 +166,7 @@ impl Controller {
     ) -> Result<bool, ServerError> {
         let pinned = self.manifest_at(app, deployment.manifest_revision).await;
         let manifest = pinned.as_deref().unwrap_or(manifest);
-        if deployment.kind == "rollback"
+        if deployment.kind == ferry_core::model::DeploymentKind::Rollback
             || HookRunner::jobs(manifest, HookPhase::PreDeploy, env).is_empty()
         {
             return Ok(true);
@@ -177,7 +177,7 @@ impl Controller {
             if self.hooks.first_wait(deployment.id) {
                 self.event(
                     deployment.id,
-                    "hook",
+                    EventKind::Hook,
                     &format!(
                         "waiting for hook {hook} of deployment #{other} to finish before running pre_deploy hooks"
                     ),
@@ -227,7 +227,9 @@ impl Controller {
         env: &str,
         deployment: &DeploymentRecord,
     ) -> Result<Option<Verdict>, ServerError> {
-        if deployment.kind == "rollback" || deployment.state != DeploymentState::Progressing {
+        if deployment.kind == ferry_core::model::DeploymentKind::Rollback
+            || deployment.state != DeploymentState::Progressing
+        {
             return Ok(Some(Verdict::Converged));
         }
         match self
@@ -264,7 +266,7 @@ impl Controller {
         env: &str,
         deployment: &DeploymentRecord,
     ) -> Result<PhaseStatus, ServerError> {
-        if deployment.kind == "rollback" {
+        if deployment.kind == ferry_core::model::DeploymentKind::Rollback {
             return Ok(PhaseStatus::Done);
         }
         let pinned = self.manifest_at(app, deployment.manifest_revision).await;
@@ -344,7 +346,7 @@ impl Controller {
         if let Some(migration) = self.hooks.irreversible_migration(deployment.id).await? {
             self.event(
                 deployment.id,
-                "hook",
+                EventKind::Hook,
                 &format!(
                     "warning: rolling back past irreversible migration {migration}: {} cannot serve, so the previous version runs on the migrated data",
                     deployment.version
@@ -434,7 +436,7 @@ impl Controller {
         &self,
         rollback: &DeploymentRecord,
     ) -> Result<Vec<i64>, ServerError> {
-        if rollback.kind != "rollback" {
+        if rollback.kind != DeploymentKind::Rollback {
             return Ok(vec![rollback.id]);
         }
         let history = self

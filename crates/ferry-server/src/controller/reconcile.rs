@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ferry_core::manifest::Manifest;
-use ferry_core::model::{DeploymentState, ReplicaState};
+use ferry_core::model::{DeploymentKind, DeploymentState, EventKind, ReplicaState};
 use ferry_core::rollout::{self, Verdict};
 use ferry_runtime::RuntimeEvent;
 use ferry_store::{AppRecord, DeploymentRecord, ReplicaRecord, StoreError};
@@ -143,7 +143,7 @@ impl Controller {
         );
         tracing::info!(app = %record.app, env = %record.env, "{line}");
         if let Ok(Some(active)) = self.active_deployment(&record.app, &record.env).await {
-            self.event(active.id, "replica", &line).await;
+            self.event(active.id, EventKind::Replica, &line).await;
         }
     }
 
@@ -249,7 +249,7 @@ impl Controller {
         };
         // config: a redeploy replaces the replicas whose configuration is out of date, and
         // scales to the replica counts of its manifest revision.
-        let redeploy = if deployment.kind == "redeploy" {
+        let redeploy = if deployment.kind == DeploymentKind::Redeploy {
             let pinned = self.manifest_at(app, deployment.manifest_revision).await;
             let manifest = pinned.as_deref().unwrap_or(manifest);
             let mut plan =

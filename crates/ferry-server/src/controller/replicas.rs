@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferry_core::manifest::Manifest;
-use ferry_core::model::{DeploymentState, ReplicaState};
+use ferry_core::model::{DeploymentState, EventKind, ReplicaState};
 use ferry_core::rollout::{self, Action, Observed, Patience, ServiceInput, Verdict};
 use ferry_runtime::{HealthSpec, ReplicaSpec};
 use ferry_store::{AppRecord, DeploymentRecord, ReplicaRecord};
@@ -133,7 +133,7 @@ impl Controller {
                         if let Some(deployment) = deployment {
                             self.event(
                                 deployment,
-                                "replica",
+                                EventKind::Replica,
                                 &format!("{service} {}: draining", short_id(&id)),
                             )
                             .await;
@@ -197,7 +197,7 @@ impl Controller {
         if let Some(deployment) = deployment {
             self.event(
                 deployment,
-                "replica",
+                EventKind::Replica,
                 &format!(
                     "{service} {version} {}: starting on 127.0.0.1:{port}",
                     short_id(&record.id)

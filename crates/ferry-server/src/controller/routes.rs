@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use ferry_core::manifest::{BlueGreen, Manifest, Strategy};
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentState, EventKind};
 use ferry_core::rollout::{self, Observed, ServiceInput};
 use ferry_proxy::routes::{
     BackendGroup, ListenerConfig, PreviewRule, Route, RouteTable, StickyRule, TlsFiles,
@@ -282,7 +282,7 @@ impl Controller {
                     continue;
                 }
                 if let Ok(Some(active)) = self.active_deployment(&app, &env).await {
-                    self.event(active.id, "traffic", &summary).await;
+                    self.event(active.id, EventKind::Traffic, &summary).await;
                 }
                 lock(&self.traffic_summary).insert((app, env), summary);
             }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use ferry_core::manifest::{Manifest, Strategy};
+use ferry_core::model::DeploymentKind;
 use ferry_core::rollout::Pace;
 use ferry_store::DeploymentRecord;
 
@@ -19,7 +20,7 @@ pub(super) fn plan_of(
     env: &str,
 ) -> Option<Plan> {
     let previous = deployment.previous_version.as_ref()?;
-    if previous == &deployment.version || deployment.kind == "rollback" {
+    if previous == &deployment.version || deployment.kind == DeploymentKind::Rollback {
         return None;
     }
     plan_for(strategy, largest_replicas(manifest, env))
@@ -71,7 +72,7 @@ pub(super) fn describe_run(
     if !progressive || plan_of(deployment, strategy, manifest, env).is_some() {
         return describe(strategy);
     }
-    let why = if deployment.kind == "rollback" {
+    let why = if deployment.kind == DeploymentKind::Rollback {
         "a rollback"
     } else if deployment.previous_version.is_none() {
         "a first deployment"

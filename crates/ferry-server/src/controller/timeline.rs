@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use ferry_core::manifest::Manifest;
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentState, EventKind};
 use ferry_store::{DeploymentRecord, StoreError, Transition};
 
 use crate::clock::now_ms;
@@ -13,7 +13,7 @@ use crate::lock;
 use super::Controller;
 
 impl Controller {
-    pub(super) async fn event(&self, deployment_id: i64, kind: &str, message: &str) {
+    pub(super) async fn event(&self, deployment_id: i64, kind: EventKind, message: &str) {
         match self
             .store
             .append_event(deployment_id, kind, message, now_ms())
@@ -30,7 +30,7 @@ impl Controller {
 
     /// Records a line on a deployment's timeline from outside the loop (an approval), and
     /// lets the loop look again.
-    pub async fn note(&self, deployment_id: i64, kind: &str, message: &str) {
+    pub async fn note(&self, deployment_id: i64, kind: EventKind, message: &str) {
         self.event(deployment_id, kind, message).await;
         self.wake.notify_one();
     }
@@ -66,12 +66,37 @@ impl Controller {
         phase: serde_json::Value,
         message: &str,
     ) -> Result<bool, ServerError> {
+        self.transition_as(
+            deployment,
+            state,
+            reason,
+            set_current_version,
+            phase,
+            EventKind::State,
+            message,
+        )
+        .await
+    }
+
+    /// [`Controller::transition_with_phase`] whose timeline line is of `event_kind` (a
+    /// person's command to a rollout, or its application).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn transition_as(
+        &self,
+        deployment: &DeploymentRecord,
+        state: DeploymentState,
+        reason: Option<String>,
+        set_current_version: Option<String>,
+        phase: serde_json::Value,
+        event_kind: EventKind,
+        message: &str,
+    ) -> Result<bool, ServerError> {
         // What clients saw during the rollout goes on the timeline when it ends (and
         // becomes the reason of a deployment that succeeded although clients saw errors).
         let mut reason = reason;
         if state.is_terminal() && !deployment.state.is_terminal() {
             if let Some(seen) = self.rollout_traffic(deployment).await {
-                self.event(deployment.id, "traffic", &seen.to_string())
+                self.event(deployment.id, EventKind::Traffic, &seen.to_string())
                     .await;
                 if seen.errors() > 0 && reason.is_none() {
                     reason = Some(seen.errors_line());
@@ -94,6 +119,7 @@ impl Controller {
                 phase,
                 set_current_version,
                 event: format!("{state}: {message}"),
+                event_kind,
                 now_ms: now_ms(),
             })
             .await;

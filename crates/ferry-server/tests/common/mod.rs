@@ -188,7 +188,7 @@ impl Harness {
                 env: env.into(),
                 version: version.into(),
                 previous_version: None,
-                kind: "deploy".into(),
+                kind: ferry_core::model::DeploymentKind::Deploy,
                 strategy: "rolling".into(),
                 requested_by: by.into(),
                 manifest_revision: 1,

@@ -303,7 +303,7 @@ pub async fn rollback(
             },
         )
         .await?;
-    if dep.kind == "rollback" {
+    if dep.kind == ferry_core::model::DeploymentKind::Rollback {
         return finish_request(client, dep, wait, format).await;
     }
     // Mid-rollout the server sends the rollout in progress straight back to the version
@@ -577,7 +577,7 @@ pub async fn history(
         table.row(vec![
             format!("#{}", d.id),
             d.version.clone(),
-            d.kind.clone(),
+            d.kind.to_string(),
             d.state.to_string(),
             age(d.created_at_ms, now),
             duration,

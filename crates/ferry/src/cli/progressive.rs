@@ -7,7 +7,7 @@ use std::time::Duration;
 use ferry_core::api::{
     DeploymentDetail, DeploymentView, EnvStatus, EventView, PromoteRequest, RolloutView,
 };
-use ferry_core::model::{DeploymentState, ReplicaState};
+use ferry_core::model::{DeploymentState, EventKind, ReplicaState};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
@@ -64,7 +64,7 @@ pub async fn steer(
         return print_json(&dep);
     }
     println!("{}", wait::headline(&dep));
-    let applied = applied_events(client, &dep, what).await;
+    let applied = applied_events(client, &dep).await;
     if applied.is_empty() {
         println!(
             "  {} requested; the controller applies it on its next pass (`ferry status {app} --env {env}` shows it)",
@@ -83,8 +83,8 @@ pub async fn steer(
 }
 
 /// The timeline lines written after the request was recorded, up to the controller's
-/// pass that applied `what` (bounded by [`APPLIED_WAIT`]).
-async fn applied_events(client: &Client, dep: &DeploymentView, what: Steer) -> Vec<EventView> {
+/// pass that applied the request (bounded by [`APPLIED_WAIT`]).
+async fn applied_events(client: &Client, dep: &DeploymentView) -> Vec<EventView> {
     let id = dep.id.to_string();
     let Ok(detail) = client
         .get::<DeploymentDetail>(&["v1", "deployments", &id], &[])
@@ -92,19 +92,17 @@ async fn applied_events(client: &Client, dep: &DeploymentView, what: Steer) -> V
     else {
         return Vec::new();
     };
-    // The request itself is the last "… requested by …" line; start after it.
-    let requested = format!("{} requested by", what.verb());
+    // The request itself is the last `command-requested` line; start after it.
     let mut after = detail
         .events
         .iter()
         .rev()
-        .find(|e| e.message.contains(&requested))
+        .find(|e| e.kind == EventKind::CommandRequested)
         .or(detail.events.last())
         .map(|e| e.seq)
         .unwrap_or(0);
     let deadline = Instant::now() + APPLIED_WAIT;
     let mut seen = Vec::new();
-    let applied_marker = format!("{} by ", what.verb());
     while Instant::now() < deadline {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let query = [
@@ -124,7 +122,8 @@ async fn applied_events(client: &Client, dep: &DeploymentView, what: Steer) -> V
         let mut done = false;
         for event in events {
             after = after.max(event.seq);
-            done |= event.message.contains(&applied_marker) || event.kind != "state";
+            // Applied, or the rollout moved on (replicas, traffic, the end) without it.
+            done |= !matches!(event.kind, EventKind::State | EventKind::CommandRequested);
             seen.push(event);
         }
         if done {

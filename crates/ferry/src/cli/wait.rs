@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ferry_core::api::{DeploymentDetail, DeploymentView, EventView};
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentState, EventKind};
 use tokio::time::Instant;
 
 use super::client::Client;
@@ -29,7 +29,7 @@ pub fn headline(dep: &DeploymentView) -> String {
 
 /// `rollback` or `deployment`.
 fn kind_word(dep: &DeploymentView) -> &'static str {
-    if dep.kind == "rollback" {
+    if dep.kind == ferry_core::model::DeploymentKind::Rollback {
         "rollback"
     } else {
         "deployment"
@@ -116,7 +116,7 @@ pub async fn follow(
 
 /// A `state` event recording a move to a terminal state (`aborted: …`, `succeeded: …`).
 fn is_terminal_transition(event: &EventView) -> bool {
-    event.kind == "state"
+    event.kind == EventKind::State
         && event
             .message
             .split_once(':')
@@ -227,7 +227,7 @@ mod tests {
         let event = |kind: &str, message: &str| EventView {
             seq: 1,
             at_ms: 0,
-            kind: kind.into(),
+            kind: kind.parse().expect("an event kind"),
             message: message.into(),
         };
         assert!(is_terminal_transition(&event(
