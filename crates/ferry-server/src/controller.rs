@@ -55,6 +55,9 @@ const MAX_START_EXITS: u32 = 3;
 /// How often a draining replica's usage is asked of the proxy.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
+/// Every app with its latest manifest, by name.
+pub type Apps = std::collections::BTreeMap<String, (ferry_store::AppRecord, Arc<Manifest>)>;
+
 /// A state change asked for by a person, applied with compare-and-set.
 struct Change {
     state: DeploymentState,
@@ -117,6 +120,8 @@ pub struct Controller {
     traffic_baselines: Mutex<HashMap<i64, ferry_proxy::stats::StatsSnapshot>>,
     /// Manifests at older revisions (immutable), read when replicas start with one.
     pinned: Mutex<HashMap<(String, i64), Arc<Manifest>>>,
+    /// Each app's latest manifest, parsed once per revision (not on every pass).
+    parsed: Mutex<HashMap<String, (i64, Arc<Manifest>)>>,
     /// Who workloads run as (and their log filter).
     workloads: Arc<crate::workload::Workloads>,
     /// Recent samples of the proxy's counters, for the traffic `status` shows.
@@ -163,6 +168,7 @@ impl Controller {
             gate_checks: crate::gates::CheckRunner::default(),
             hooks,
             pinned: Mutex::new(HashMap::new()),
+            parsed: Mutex::new(HashMap::new()),
             traffic_baselines: Mutex::new(HashMap::new()),
             workloads,
             traffic: crate::traffic::Sampler::default(),

@@ -7,13 +7,10 @@
 //! that version was ever created in the target environment. So a restart never creates a
 //! second one, and a failed or rejected auto-promotion is not retried.
 
-use std::collections::BTreeMap;
-
 use ferry_core::api::DeploymentView;
 use ferry_core::manifest::Manifest;
 use ferry_core::model::{DeploymentKind, DeploymentState, EventKind};
 use ferry_core::release::{EnvFacts, Serving, auto_promotions};
-use ferry_store::AppRecord;
 
 use crate::controller::{Controller, RequestError};
 use crate::error::ServerError;
@@ -80,7 +77,7 @@ pub async fn request_promotion(
 /// One auto-promotion pass over every app whose manifest asks for it.
 pub async fn auto_promote(
     controller: &Controller,
-    apps: &BTreeMap<String, (AppRecord, Manifest)>,
+    apps: &crate::controller::Apps,
 ) -> Result<(), ServerError> {
     for (app, (_, manifest)) in apps {
         let wanted = manifest

@@ -1,13 +1,11 @@
 //! Stopping drained replicas once the proxy confirms nothing can reach them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::manifest::Manifest;
 use ferry_runtime::ProcessIdentity;
-use ferry_store::AppRecord;
 
 use crate::error::ServerError;
 use crate::lock;
@@ -19,7 +17,7 @@ impl Controller {
     /// any more (or their service's `drain_timeout` has passed).
     pub(super) async fn stop_drained(
         self: &Arc<Self>,
-        apps: &BTreeMap<String, (AppRecord, Manifest)>,
+        apps: &crate::controller::Apps,
     ) -> Result<(), ServerError> {
         for record in self
             .store

@@ -1,6 +1,6 @@
 //! The reconcile loop: one pass over every environment (woken by requests, runtime events or a tick), and the rolling/recreate rollout of one environment.
 
-use std::collections::BTreeMap;
+use super::Apps;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -147,19 +147,28 @@ impl Controller {
         }
     }
 
-    pub(super) async fn apps(
-        &self,
-    ) -> Result<BTreeMap<String, (AppRecord, Manifest)>, ServerError> {
-        let mut apps = BTreeMap::new();
-        for record in self.store.list_apps().await? {
-            match serde_json::from_str::<Manifest>(&record.manifest_json) {
-                Ok(manifest) => {
-                    apps.insert(record.name.clone(), (record, manifest));
-                }
-                Err(e) => {
-                    tracing::error!(app = %record.name, error = %e, "stored manifest is unreadable")
-                }
-            }
+    /// Every app with its latest manifest; a manifest is parsed once per revision.
+    pub(super) async fn apps(&self) -> Result<Apps, ServerError> {
+        let mut apps = Apps::new();
+        let records = self.store.list_apps().await?;
+        let mut parsed = lock(&self.parsed);
+        parsed.retain(|name, _| records.iter().any(|r| &r.name == name));
+        for record in records {
+            let manifest = match parsed.get(&record.name) {
+                Some((revision, manifest)) if *revision == record.revision => manifest.clone(),
+                _ => match serde_json::from_str::<Manifest>(&record.manifest_json) {
+                    Ok(manifest) => {
+                        let manifest = Arc::new(manifest);
+                        parsed.insert(record.name.clone(), (record.revision, manifest.clone()));
+                        manifest
+                    }
+                    Err(e) => {
+                        tracing::error!(app = %record.name, error = %e, "stored manifest is unreadable");
+                        continue;
+                    }
+                },
+            };
+            apps.insert(record.name.clone(), (record, manifest));
         }
         Ok(apps)
     }

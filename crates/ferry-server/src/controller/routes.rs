@@ -1,16 +1,16 @@
 //! The route table pushed to the proxy: weights per version, preview and sticky rules, listeners.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use ferry_core::manifest::{BlueGreen, Manifest, Strategy};
+use ferry_core::manifest::{BlueGreen, Strategy};
 use ferry_core::model::{DeploymentState, EventKind};
 use ferry_core::rollout::{self, Observed, ServiceInput};
 use ferry_proxy::routes::{
     BackendGroup, ListenerConfig, PreviewRule, Route, RouteTable, StickyRule, TlsFiles,
 };
 
-use ferry_store::{AppRecord, DeploymentRecord};
+use ferry_store::DeploymentRecord;
 
 use crate::error::ServerError;
 use crate::lock;
@@ -66,7 +66,7 @@ impl Controller {
 
     pub(super) async fn push_routes(
         &self,
-        apps: &BTreeMap<String, (AppRecord, Manifest)>,
+        apps: &crate::controller::Apps,
     ) -> Result<(), ServerError> {
         let replicas = self.store.list_replicas(None, None).await?;
         let active: HashMap<(String, String), DeploymentRecord> = self
