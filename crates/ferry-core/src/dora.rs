@@ -6,14 +6,14 @@
 //! Pure: the facts (finished deployments, incidents attributed to them) and the window come
 //! in, a [`DoraReport`] comes out. The rules, in one place:
 //!
-//! - A *production deployment* is a `deploy` (not a `rollback` request) of the app in the
+//! - A *production deployment* is any deployment but a `rollback` request of the app in the
 //!   environment that ended succeeded, rolled back, failed or aborted. It belongs to the
 //!   bucket of its end time. Superseded and rejected requests never reached production.
 //! - *Deployment frequency*: succeeded production deployments.
 //! - *Lead time for changes*: end time − commit time of each succeeded deployment that has a
 //!   commit time, median; negative lead times (clock skew, bad input) are dropped and listed.
 //! - A *failed change* is a production deployment that rolled back, failed or was aborted,
-//!   that a later `rollback` request rolled away from, or that has at least one incident
+//!   that a `rollback` request right after it rolled away from, or that has at least one incident
 //!   attributed to it. It counts once however many incidents it caused.
 //!   *Change failure rate* = failed changes / production deployments.
 //! - *Failed deployment recovery time*: from the failure (the deployment's start when it
@@ -31,21 +31,13 @@ use jiff::{Timestamp, ToSpan};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::model::DeploymentState;
+use crate::model::{DeploymentKind, DeploymentState};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// At most this many buckets in one report (ten years of days).
 pub const MAX_BUCKETS: usize = 3660;
-
-/// What kind of request created a deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeploymentKind {
-    Deploy,
-    Rollback,
-}
 
 /// One deployment as the metrics see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +98,10 @@ pub struct DoraQuery {
 pub enum DoraError {
     #[error("the window is empty: start {start_ms} is not before end {end_ms}")]
     EmptyWindow { start_ms: i64, end_ms: i64 },
+    #[error("{field}: {value:?} is not a date (YYYY-MM-DD)")]
+    BadDate { field: &'static str, value: String },
+    #[error("the window is {days} days long; at most {MAX_WINDOW_DAYS} are allowed")]
+    WindowTooLong { days: i64 },
     #[error("timestamp {0} ms is outside the supported range")]
     OutOfRange(i64),
     #[error(
@@ -255,7 +251,7 @@ fn rows(
         .collect();
     mine.sort_by_key(|d| (d.started_at_ms, d.id));
     let is_production = |d: &DeploymentFact| {
-        d.kind == DeploymentKind::Deploy
+        d.kind != DeploymentKind::Rollback
             && matches!(
                 d.state,
                 DeploymentState::Succeeded
@@ -284,6 +280,8 @@ fn rows(
             *at = (*at).min(incident.opened_at_ms);
         }
     }
+    // A rollback request fails the production deployment just before it, when that one
+    // succeeded (one that already rolled back or failed is no more failed for it).
     let mut last_succeeded: Option<i64> = None;
     for d in &mine {
         if d.kind == DeploymentKind::Rollback {
@@ -291,8 +289,8 @@ fn rows(
                 let at = failed_at.entry(bad).or_insert(i64::MAX);
                 *at = (*at).min(d.started_at_ms);
             }
-        } else if d.state == DeploymentState::Succeeded {
-            last_succeeded = Some(d.id);
+        } else if is_production(d) {
+            last_succeeded = (d.state == DeploymentState::Succeeded).then_some(d.id);
         }
     }
     let production: Vec<&DeploymentFact> = mine.into_iter().filter(|d| is_production(d)).collect();
@@ -552,4 +550,120 @@ fn bucket_bounds(query: &DoraQuery) -> Result<Vec<i64>, DoraError> {
         });
     }
     Ok(bounds)
+}
+
+/// One metric, as GitLab's DORA API names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    DeploymentFrequency,
+    LeadTimeForChanges,
+    ChangeFailureRate,
+    /// GitLab's `time_to_restore_service` is accepted as well.
+    #[serde(alias = "time_to_restore_service")]
+    FailedDeploymentRecoveryTime,
+    DeploymentReworkRate,
+}
+
+impl Metric {
+    /// The figure's value as GitLab gives it: a count, seconds, or a ratio.
+    pub fn value(self, figures: &Figures) -> Option<f64> {
+        let seconds = |ms: Option<i64>| ms.map(|ms| ms as f64 / 1000.0);
+        match self {
+            Metric::DeploymentFrequency => Some(figures.deployment_frequency.count as f64),
+            Metric::LeadTimeForChanges => seconds(figures.lead_time_for_changes.median_ms),
+            Metric::ChangeFailureRate => figures.change_failure_rate.rate,
+            Metric::FailedDeploymentRecoveryTime => {
+                seconds(figures.failed_deployment_recovery_time.median_ms)
+            }
+            Metric::DeploymentReworkRate => figures.deployment_rework_rate.rate,
+        }
+    }
+}
+
+/// One point of a metric's series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MetricPoint {
+    /// The bucket's first day (`YYYY-MM-DD`, UTC); None for the interval `all`.
+    pub date: Option<String>,
+    pub value: Option<f64>,
+}
+
+/// The report as GitLab's DORA API answers for one metric: one point per bucket.
+pub fn series(report: &DoraReport, metric: Metric) -> Vec<MetricPoint> {
+    if report.interval == Interval::All {
+        return vec![MetricPoint {
+            date: None,
+            value: metric.value(&report.summary),
+        }];
+    }
+    report
+        .buckets
+        .iter()
+        .map(|b| MetricPoint {
+            date: date_of(b.start_ms),
+            value: metric.value(&b.figures),
+        })
+        .collect()
+}
+
+/// Longest window the API accepts (about ten years).
+pub const MAX_WINDOW_DAYS: i64 = MAX_BUCKETS as i64;
+
+/// The window `[start of start_date, end of end_date)` in UTC, as GitLab reads
+/// `start_date`/`end_date` (both inclusive, `YYYY-MM-DD`); by default the 90 days up to and
+/// including today.
+pub fn window(
+    start_date: Option<&str>,
+    end_date: Option<&str>,
+    now_ms: i64,
+) -> Result<(i64, i64), DoraError> {
+    let parse = |field: &'static str, text: &str| -> Result<Date, DoraError> {
+        if text.len() > 10 {
+            return Err(DoraError::BadDate {
+                field,
+                value: text.chars().take(16).collect(),
+            });
+        }
+        text.parse::<Date>().map_err(|_| DoraError::BadDate {
+            field,
+            value: text.to_string(),
+        })
+    };
+    let midnight = |date: Date| -> Result<i64, DoraError> {
+        Ok(date
+            .to_zoned(TimeZone::UTC)
+            .map_err(|_| DoraError::OutOfRange(now_ms))?
+            .timestamp()
+            .as_millisecond())
+    };
+    let today = Timestamp::from_millisecond(now_ms)
+        .map_err(|_| DoraError::OutOfRange(now_ms))?
+        .to_zoned(TimeZone::UTC)
+        .date();
+    let end = match end_date {
+        Some(text) => parse("end_date", text)?,
+        None => today,
+    };
+    let end_ms = midnight(end)? + DAY_MS;
+    let start_ms = match start_date {
+        Some(text) => midnight(parse("start_date", text)?)?,
+        None => end_ms - 90 * DAY_MS,
+    };
+    if start_ms >= end_ms {
+        return Err(DoraError::EmptyWindow { start_ms, end_ms });
+    }
+    if end_ms - start_ms > MAX_WINDOW_DAYS * DAY_MS {
+        return Err(DoraError::WindowTooLong {
+            days: (end_ms - start_ms) / DAY_MS,
+        });
+    }
+    Ok((start_ms, end_ms))
+}
+
+/// `YYYY-MM-DD` of a moment in UTC.
+pub fn date_of(ms: i64) -> Option<String> {
+    Timestamp::from_millisecond(ms)
+        .ok()
+        .map(|t| t.to_zoned(TimeZone::UTC).date().to_string())
 }

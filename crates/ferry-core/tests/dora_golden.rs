@@ -4,10 +4,9 @@
 //! Every expectation below is computed by hand in the comments.
 
 use ferry_core::dora::{
-    Bucket, DeploymentFact, DeploymentKind, DoraError, DoraQuery, IncidentFact, Interval, Level,
-    compute,
+    Bucket, DeploymentFact, DoraError, DoraQuery, IncidentFact, Interval, Level, compute,
 };
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentKind, DeploymentState};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -384,5 +383,114 @@ fn unrecovered_failure_and_bad_windows() {
             &query(T0, T0 + 20_000 * DAY, Interval::Monthly)
         )
         .is_ok()
+    );
+}
+
+#[test]
+fn gitlab_shaped_series() {
+    use ferry_core::dora::{Metric, series};
+    let (deployments, incidents) = dataset();
+    let weekly = compute(
+        &deployments,
+        &incidents,
+        &query(T0, T0 + 14 * DAY, Interval::Weekly),
+    )
+    .unwrap();
+    let points = series(&weekly, Metric::DeploymentFrequency);
+    // Week 0: 7 × 9 + 6 late ones; week 1: 7 × 9 + 7 late ones.
+    let got: Vec<(Option<String>, Option<f64>)> =
+        points.into_iter().map(|p| (p.date, p.value)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("2026-03-02".into()), Some(69.0)),
+            (Some("2026-03-09".into()), Some(70.0))
+        ]
+    );
+    let metric: Metric = serde_json::from_str("\"time_to_restore_service\"").unwrap();
+    assert_eq!(metric, Metric::FailedDeploymentRecoveryTime);
+    let all = compute(
+        &deployments,
+        &incidents,
+        &query(T0, T0 + DAYS * DAY, Interval::All),
+    )
+    .unwrap();
+    let points = series(&all, Metric::LeadTimeForChanges);
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].date, None);
+    assert_eq!(points[0].value, Some((6 * 3600 + 600) as f64));
+}
+
+#[test]
+fn windows_from_dates() {
+    use ferry_core::dora::window;
+    let noon = T0 + 12 * HOUR;
+    assert_eq!(
+        window(None, None, noon),
+        Ok((T0 + DAY - 90 * DAY, T0 + DAY))
+    );
+    assert_eq!(
+        window(Some("2026-03-02"), Some("2026-03-02"), noon),
+        Ok((T0, T0 + DAY))
+    );
+    assert!(matches!(
+        window(Some("2026-3-2x"), None, noon),
+        Err(DoraError::BadDate {
+            field: "start_date",
+            ..
+        })
+    ));
+    assert!(matches!(
+        window(None, Some(&"9".repeat(5000)), noon),
+        Err(DoraError::BadDate {
+            field: "end_date",
+            ..
+        })
+    ));
+    assert!(matches!(
+        window(Some("2026-03-05"), Some("2026-03-02"), noon),
+        Err(DoraError::EmptyWindow { .. })
+    ));
+    assert!(matches!(
+        window(Some("2000-01-01"), Some("2026-03-02"), noon),
+        Err(DoraError::WindowTooLong { .. })
+    ));
+}
+
+#[test]
+fn a_rollback_request_fails_only_the_succeeded_deployment_right_before_it() {
+    let ok = fact(
+        1,
+        DeploymentKind::Deploy,
+        DeploymentState::Succeeded,
+        1000,
+        1010,
+    );
+    let bad = fact(
+        2,
+        DeploymentKind::Deploy,
+        DeploymentState::RolledBack,
+        2000,
+        2010,
+    );
+    let back = fact(
+        3,
+        DeploymentKind::Rollback,
+        DeploymentState::Succeeded,
+        3000,
+        3010,
+    );
+    let report = compute(
+        &[ok.clone(), bad, back.clone()],
+        &[],
+        &query(0, DAY, Interval::All),
+    )
+    .unwrap();
+    assert_eq!(report.summary.change_failure_rate.deployments, vec![2]);
+    let report = compute(&[ok, back], &[], &query(0, DAY, Interval::All)).unwrap();
+    assert_eq!(report.summary.change_failure_rate.deployments, vec![1]);
+    assert_eq!(
+        report.summary.failed_deployment_recovery_time.samples[0].ms,
+        10
     );
 }

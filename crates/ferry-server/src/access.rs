@@ -182,6 +182,13 @@ pub static RULES: &[Rule] = &[
     ),
     rule(
         Method::GET,
+        "/v1/apps/{app}/envs/{env}/dora",
+        "dora",
+        Perm(P::View),
+        AppEnv,
+    ),
+    rule(
+        Method::GET,
         const_concat::WATCH,
         "watch",
         Perm(P::View),

@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/apps/{app}/envs/{env}/rollback", post(rollback))
         .route("/v1/apps/{app}/envs/{env}/logs", get(logs))
+        .route("/v1/apps/{app}/envs/{env}/dora", get(crate::dora::metrics))
         .route("/v1/apps/{app}/envs/{env}/watch", get(watch))
         .route("/v1/apps/{app}/envs/{env}/promote", post(promote))
         .route("/v1/apps/{app}/envs/{env}/pause", post(pause))

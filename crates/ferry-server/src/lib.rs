@@ -28,6 +28,7 @@ mod clock;
 // console:
 mod console;
 mod controller;
+mod dora;
 mod error;
 // flags:
 mod flags_api;

@@ -128,6 +128,12 @@ const TABLE: &[Row] = &[
     ),
     row(
         "GET",
+        "/v1/apps/{app}/envs/{env}/dora",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "GET",
         "/v1/apps/{app}/envs/{env}/watch",
         None,
         Perm(P::View, AppEnv),

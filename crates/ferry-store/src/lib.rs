@@ -29,6 +29,7 @@ mod hooks;
 mod identity;
 mod secrets;
 // releases:
+mod dora;
 mod releases;
 // gates:
 mod gates;

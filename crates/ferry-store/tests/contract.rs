@@ -2012,6 +2012,99 @@ pub async fn gate_check_results_and_overrides(store: Store, _url: String) {
     assert_eq!(store.passed_gates(other.id).await.unwrap(), None);
 }
 
+pub async fn dora_facts_read_finished_deployments(store: Store, _url: String) {
+    use ferry_core::dora::{self, DoraQuery, Interval};
+    let ok = finished(
+        &store,
+        "shop",
+        "prod",
+        "1.0.0",
+        DeploymentState::Succeeded,
+        1000,
+    )
+    .await;
+    let bad = finished(
+        &store,
+        "shop",
+        "prod",
+        "1.1.0",
+        DeploymentState::RolledBack,
+        2000,
+    )
+    .await;
+    let mut request = new_deployment("shop", "prod", "1.0.0", 3000);
+    request.kind = DeploymentKind::Rollback;
+    let back = store.create_deployment(request).await.unwrap();
+    let back = store
+        .transition(to(&back, DeploymentState::Succeeded, 3005))
+        .await
+        .unwrap();
+    finished(
+        &store,
+        "shop",
+        "staging",
+        "1.1.0",
+        DeploymentState::Failed,
+        4000,
+    )
+    .await;
+    store
+        .create_deployment(new_deployment("shop", "prod", "1.2.0", 5000))
+        .await
+        .unwrap();
+    let facts = store.dora_facts("shop", "prod", 100).await.unwrap();
+    let seen: Vec<(i64, DeploymentKind, DeploymentState, i64, Option<i64>)> = facts
+        .iter()
+        .map(|f| (f.id, f.kind, f.state, f.started_at_ms, f.finished_at_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                ok.id,
+                DeploymentKind::Deploy,
+                DeploymentState::Succeeded,
+                1000,
+                Some(1003)
+            ),
+            (
+                bad.id,
+                DeploymentKind::Deploy,
+                DeploymentState::RolledBack,
+                2000,
+                Some(2003)
+            ),
+            (
+                back.id,
+                DeploymentKind::Rollback,
+                DeploymentState::Succeeded,
+                3000,
+                Some(3005)
+            ),
+        ]
+    );
+    // the newest are kept when there are more than the limit
+    let newest = store.dora_facts("shop", "prod", 1).await.unwrap();
+    assert_eq!(
+        newest.iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![back.id]
+    );
+    let query = DoraQuery {
+        app: "shop".into(),
+        env: "prod".into(),
+        start_ms: 0,
+        end_ms: 86_400_000,
+        interval: Interval::All,
+    };
+    let report = dora::compute(&facts, &[], &query).unwrap();
+    assert_eq!(report.summary.production_deployments, vec![ok.id, bad.id]);
+    assert_eq!(report.summary.change_failure_rate.count, 1);
+    assert_eq!(
+        report.summary.failed_deployment_recovery_time.median_ms,
+        Some(3)
+    );
+}
+
 macro_rules! contract_tests {
     ($engine:ident, $fresh:ident: $($case:ident),* $(,)?) => {
         mod $engine {
@@ -2047,6 +2140,7 @@ on_every_engine!(
     concurrent_applies_of_one_manifest_make_one_revision,
     releases_are_recorded_once,
     deployments_create_get_list_latest,
+    dora_facts_read_finished_deployments,
     transition_cas_conflicts_on_stale_row_version,
     terminal_transition_sets_finished_and_env_current_atomically,
     events_have_increasing_seq,

@@ -5,6 +5,7 @@ mod audit;
 mod client;
 mod commands;
 mod config;
+mod dora;
 // flags:
 mod flags;
 // gates:
@@ -419,6 +420,10 @@ enum Command {
     /// Show every gate of a deployment with its state (GATE / STATE / DETAIL), or
     /// `ferry gates override ID --gate freeze --reason "…"` to lift a freeze for it.
     Gates(gates::GatesArgs),
+    /// DORA metrics of an app in an environment from Ferry's history: deployment frequency,
+    /// lead time for changes, change failure rate, failed deployment recovery time and
+    /// deployment rework rate, each with its DORA performance level.
+    Dora(dora::DoraArgs),
     /// Print the JSON Schema of ferry.yaml (for editors).
     Schema,
     /// Stop every replica and the proxy, then the server (nothing keeps running).
@@ -816,6 +821,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Releases { app, out } => releases::list(&client, &app, out.output).await,
                 // gates:
                 Command::Gates(args) => gates::run(&client, args).await,
+                Command::Dora(args) => dora::run(&client, args).await,
                 // config:
                 Command::Config(args) => vars::config(&client, args).await,
                 Command::Redeploy(args) => vars::redeploy(&client, args).await,
