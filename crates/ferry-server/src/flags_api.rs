@@ -813,7 +813,8 @@ pub async fn set(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
-    pub percent: u32,
+    /// A whole number from 0 to 100 (`25` or `25.0`).
+    pub percent: f64,
     #[serde(default)]
     pub stickiness: Option<String>,
     #[serde(default)]
@@ -838,11 +839,18 @@ pub async fn rollout(
             "stickiness: a context field name (default, userId, sessionId, random, …)",
         ));
     }
+    if body.percent.fract() != 0.0 || !(0.0..=100.0).contains(&body.percent) {
+        return Err(bad_request(format!(
+            "percent: {} is not a whole percentage from 0 to 100",
+            body.percent
+        )));
+    }
+    let percent = body.percent as u32;
     let change = Change::new(&access, "rollout", &headers, body.reason.clone());
     let name = flag.clone();
     change_one(&state, &slot, &app, &env, &flag, change, move |current| {
         let current = require(current, &name)?;
-        let feature = edit::set_rollout(current.feature, body.percent, body.stickiness.as_deref())
+        let feature = edit::set_rollout(current.feature, percent, body.stickiness.as_deref())
             .map_err(invalid)?;
         Ok(FlagWrite {
             feature,
