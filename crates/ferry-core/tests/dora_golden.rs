@@ -494,3 +494,38 @@ fn a_rollback_request_fails_only_the_succeeded_deployment_right_before_it() {
         10
     );
 }
+
+/// The benchmark (docs/benchmarks.md): 100,000 deployments over about 3 years, daily buckets.
+/// `cargo test --release -p ferry-core --test dora_golden -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark: run in release"]
+fn bench_100k_deployments() {
+    let mut deployments = Vec::with_capacity(100_000);
+    let mut incidents = Vec::new();
+    for i in 0..100_000i64 {
+        let start = T0 + i * 15 * MIN;
+        let state = if i % 20 == 0 {
+            DeploymentState::RolledBack
+        } else {
+            DeploymentState::Succeeded
+        };
+        let mut f = fact(i, DeploymentKind::Deploy, state, start, start + 5 * MIN);
+        f.commit_at_ms = Some(start - (i % 48) * HOUR);
+        deployments.push(f);
+        if i % 33 == 0 {
+            incidents.push(IncidentFact {
+                deployment_id: i,
+                opened_at_ms: start + 6 * MIN,
+            });
+        }
+    }
+    let q = query(T0, T0 + 1100 * DAY, Interval::Daily);
+    let started = std::time::Instant::now();
+    let report = compute(&deployments, &incidents, &q).unwrap();
+    let took = started.elapsed();
+    println!(
+        "100000 deployments, {} daily buckets: {took:?}",
+        report.buckets.len()
+    );
+    assert_eq!(report.summary.production_deployments.len(), 100_000);
+}
