@@ -334,6 +334,23 @@ pub struct RolloutView {
     pub summary: String,
 }
 
+impl RolloutView {
+    /// Whether every request already goes to the new version (blue/green during its
+    /// scale-down delay, a canary's finale) while the old one is still kept until retired.
+    pub fn all_traffic_on_new(&self) -> bool {
+        self.canary_weight >= 100.0
+    }
+}
+
+/// The version serving all traffic now: the recorded current version, or the new version
+/// of a rollout that already sends it every request (the old one is only kept warm).
+pub fn serving_version(recorded: Option<String>, rollout: Option<&RolloutView>) -> Option<String> {
+    match rollout {
+        Some(rollout) if rollout.all_traffic_on_new() => Some(rollout.canary_version.clone()),
+        _ => recorded,
+    }
+}
+
 /// `POST /v1/apps/{app}/envs/{env}/promote`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct PromoteRequest {
@@ -449,6 +466,46 @@ pub struct HookOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rollout_at(weight: f64) -> RolloutView {
+        RolloutView {
+            deployment_id: 7,
+            strategy: "blue_green".into(),
+            stage: 4,
+            stages: 5,
+            stage_name: "scale-down delay".into(),
+            canary_version: "2.0.0".into(),
+            stable_version: "1.0.0".into(),
+            canary_weight: weight,
+            paused: false,
+            paused_by_hand: false,
+            waiting_for: None,
+            analysis: vec![],
+            summary: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_version_serving_all_traffic_is_current() {
+        let recorded = Some("1.0.0".to_string());
+        // nothing in progress, or the new version not yet at 100 %: the recorded one
+        assert_eq!(serving_version(recorded.clone(), None), recorded);
+        for weight in [0.0, 10.0, 99.99] {
+            assert_eq!(
+                serving_version(recorded.clone(), Some(&rollout_at(weight))),
+                recorded
+            );
+        }
+        // blue/green during its scale-down delay: green serves everything
+        assert_eq!(
+            serving_version(recorded, Some(&rollout_at(100.0))).as_deref(),
+            Some("2.0.0")
+        );
+        assert_eq!(
+            serving_version(None, Some(&rollout_at(100.0))).as_deref(),
+            Some("2.0.0")
+        );
+    }
 
     #[test]
     fn a_traffic_row_has_rate_error_rate_and_percentiles() {

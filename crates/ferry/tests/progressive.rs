@@ -545,6 +545,16 @@ async fn blue_green(runtime: RuntimeKind) {
         let switch = ferry
             .wait_for_event(id, Duration::from_secs(30), |e| e.kind == "traffic" && e.message.contains("2.0.0 100%"))
             .await;
+        // During the scale-down delay green serves everything: status says green is
+        // current and blue only kept warm (unless this machine was too slow to ask in time).
+        let during = ferry.status_api(&spec).await;
+        match &during.rollout {
+            Some(rollout) if rollout.all_traffic_on_new() => {
+                assert_eq!(during.current_version.as_deref(), Some("2.0.0"), "green is current during the delay: {during:#?}");
+                assert!(rollout.summary.contains("1.0.0 kept warm"), "status says blue is only kept warm: {}", rollout.summary);
+            }
+            _ => eprintln!("status was read after the scale-down delay: {:?}", during.rollout),
+        }
         let done = ferry.wait_terminal(id, Duration::from_secs(60)).await;
         assert_eq!(done.state, DeploymentState::Succeeded);
         let events = ferry.deployment(id).await.events;

@@ -153,6 +153,10 @@ impl Controller {
                 None => env.listen.clone(),
             };
             let rollout = active.and_then(|d| rollout_view(&d, &env.strategy, &manifest, env_name));
+            // blue/green's scale-down delay: the new version serves everything; the old one
+            // is only kept warm (the summary says so)
+            let current_version =
+                ferry_core::api::serving_version(current_version, rollout.as_ref());
             // releases:
             let release_tag = match &current_version {
                 Some(version) => ferry_core::release::tag(
@@ -226,6 +230,11 @@ pub(super) fn rollout_view(
         summary: match deployment.state {
             DeploymentState::RollingBack => format!(
                 "rolling back: all traffic on {}",
+                target_or(&deployment.previous_version)
+            ),
+            _ if weight >= 10_000 => format!(
+                "{}; {} kept warm until it is retired",
+                progressive::summary(&plan, &progress),
                 target_or(&deployment.previous_version)
             ),
             _ => progressive::summary(&plan, &progress),
