@@ -232,6 +232,10 @@ pub enum RuntimeError {
     Unavailable { runtime: &'static str },
     #[error("cannot reserve a free port on 127.0.0.1: {0}")]
     FreePort(#[source] std::io::Error),
+    #[error(
+        "no free port left in the range {range} (--ports / FERRY_PORTS): widen it or stop what holds them"
+    )]
+    PortsExhausted { range: PortRange },
 }
 
 /// Starts and supervises replica processes. Cheap to clone (an `Arc` inside).
@@ -437,6 +441,76 @@ fn validate_id(id: &str) -> Result<(), RuntimeError> {
 }
 
 /// Binds 127.0.0.1:0, reads the port the OS chose, releases it.
+/// The ports Ferry may give replicas and its proxy's admin API (`ferry server --ports
+/// 20000-29999`), for hosts whose firewall allows only a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+/// Why a `--ports` value is not a range.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{value:?} is not a port range: {why} (e.g. 20000-29999)")]
+pub struct PortRangeError {
+    value: String,
+    why: &'static str,
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = PortRangeError;
+
+    fn from_str(value: &str) -> Result<PortRange, PortRangeError> {
+        let fail = |why| PortRangeError {
+            value: value.chars().take(64).collect(),
+            why,
+        };
+        let (first, last) = value
+            .trim()
+            .split_once('-')
+            .ok_or_else(|| fail("expected FIRST-LAST"))?;
+        let port = |text: &str| {
+            text.trim()
+                .parse::<u16>()
+                .map_err(|_| fail("each end must be a port number from 1 to 65535"))
+        };
+        let (first, last) = (port(first)?, port(last)?);
+        if first == 0 {
+            return Err(fail("port 0 is not a port"));
+        }
+        if first > last {
+            return Err(fail("the first port is above the last"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// A free port on 127.0.0.1: anywhere (the kernel's choice) without a range, else the first
+/// free one in the range, searched from a rotating start so that a port just released is not
+/// handed out again at once.
+pub fn free_port_in(range: Option<PortRange>) -> Result<u16, RuntimeError> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Some(range) = range else {
+        return free_port();
+    };
+    let size = u32::from(range.last - range.first) + 1;
+    let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % size;
+    for step in 0..size {
+        let port = range.first + u16::try_from((start + step) % size).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            NEXT.store(start + step + 1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(port);
+        }
+    }
+    Err(RuntimeError::PortsExhausted { range })
+}
+
 pub fn free_port() -> Result<u16, RuntimeError> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(RuntimeError::FreePort)?;
     let port = listener

@@ -83,6 +83,8 @@ pub struct ServerConfig {
     /// Who workloads run as when the server runs as root and their environment has no
     /// `run_as` (`None`: `nobody`).
     pub run_as: Option<String>,
+    /// The ports replicas and the proxy's admin API get (`--ports`; None: anywhere).
+    pub ports: Option<ferry_runtime::PortRange>,
 }
 
 /// A running server. Dropping it leaves the proxy and replicas running.
@@ -113,10 +115,10 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
             e,
         )
     })?;
-    let workloads = Arc::new(workload::Workloads::new(
-        config.run_as.clone(),
-        Some(config.ferry_exe.clone()),
-    ));
+    let workloads = Arc::new(
+        workload::Workloads::new(config.run_as.clone(), Some(config.ferry_exe.clone()))
+            .with_ports(config.ports),
+    );
     let store = match &config.database_url {
         Some(url) => Store::open(url).await?,
         None => Store::open_sqlite_file(&data_dir.join("ferry.db")).await?,
@@ -134,8 +136,12 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         .local_addr()
         .map_err(|e| ServerError::io("reading the API address".to_string(), e))?;
     let shutdown = CancellationToken::new();
-    let proxy =
-        proxy_link::ProxyLink::adopt_or_start(&config.ferry_exe, &data_dir.join("proxy")).await?;
+    let proxy = proxy_link::ProxyLink::adopt_or_start(
+        &config.ferry_exe,
+        &data_dir.join("proxy"),
+        config.ports,
+    )
+    .await?;
     let process = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
     process.set_log_filter(config.ferry_exe.clone());
     let runtime = runtimes::Runtimes::new(process, data_dir.display().to_string());

@@ -40,6 +40,8 @@ struct Endpoint {
 pub struct ProxyLink {
     ferry_exe: PathBuf,
     state_dir: PathBuf,
+    /// The operator's port range (`--ports`), for the admin port of a restarted proxy.
+    ports: Option<ferry_runtime::PortRange>,
     endpoint: Mutex<Endpoint>,
     /// Last table the proxy accepted: pushes of an equal table are skipped.
     last_pushed: Mutex<Option<RouteTable>>,
@@ -52,6 +54,7 @@ impl ProxyLink {
     pub async fn adopt_or_start(
         ferry_exe: &Path,
         state_dir: &Path,
+        ports: Option<ferry_runtime::PortRange>,
     ) -> Result<ProxyLink, ServerError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| ServerError::io(format!("creating {}", state_dir.display()), e))?;
@@ -64,11 +67,12 @@ impl ProxyLink {
                 tracing::info!(pid = existing.pid, "adopted the running proxy");
                 existing
             }
-            _ => start_proxy(ferry_exe, state_dir, &http).await?,
+            _ => start_proxy(ferry_exe, state_dir, ports, &http).await?,
         };
         let link = ProxyLink {
             ferry_exe: ferry_exe.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
+            ports,
             endpoint: Mutex::new(endpoint),
             last_pushed: Mutex::new(None),
             missed_checks: AtomicU32::new(0),
@@ -107,7 +111,7 @@ impl ProxyLink {
             ferry_runtime::kill_process_group(&identity, Duration::from_secs(5)).await;
         }
         self.missed_checks.store(0, Ordering::Relaxed);
-        let fresh = start_proxy(&self.ferry_exe, &self.state_dir, &self.http).await?;
+        let fresh = start_proxy(&self.ferry_exe, &self.state_dir, self.ports, &self.http).await?;
         *lock(&self.endpoint) = fresh;
         Ok(())
     }
@@ -251,8 +255,15 @@ async fn healthy(http: &reqwest::Client, endpoint: &Endpoint) -> bool {
 async fn start_proxy(
     ferry_exe: &Path,
     state_dir: &Path,
+    ports: Option<ferry_runtime::PortRange>,
     http: &reqwest::Client,
 ) -> Result<Endpoint, ServerError> {
+    // The admin API: in the operator's port range if one was given, else anywhere.
+    let admin_port = match ports {
+        Some(_) => ferry_runtime::free_port_in(ports)
+            .map_err(|e| ServerError::Proxy(format!("choosing the proxy's admin port: {e}")))?,
+        None => 0,
+    };
     let log_path = state_dir.join("proxy.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -276,7 +287,7 @@ async fn start_proxy(
         .arg("--state-dir")
         .arg(state_dir)
         .arg("--admin-listen")
-        .arg("127.0.0.1:0")
+        .arg(format!("127.0.0.1:{admin_port}"))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)

@@ -14,6 +14,8 @@ pub struct Workloads {
     default_user: String,
     /// The `ferry` executable (runs the redacting log filter); None in API-only tests.
     ferry_exe: Option<PathBuf>,
+    /// Where replica ports come from (`ferry server --ports`; None: anywhere).
+    ports: Option<ferry_runtime::PortRange>,
 }
 
 impl Default for Workloads {
@@ -21,6 +23,7 @@ impl Default for Workloads {
         Workloads {
             default_user: isolation::DEFAULT_USER.to_string(),
             ferry_exe: None,
+            ports: None,
         }
     }
 }
@@ -32,7 +35,19 @@ impl Workloads {
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| isolation::DEFAULT_USER.to_string()),
             ferry_exe,
+            ports: None,
         }
+    }
+
+    /// Replica ports from this range only.
+    pub fn with_ports(mut self, ports: Option<ferry_runtime::PortRange>) -> Workloads {
+        self.ports = ports;
+        self
+    }
+
+    /// A free port for a replica (in the operator's range, if one was given).
+    pub fn free_port(&self) -> Result<u16, ferry_runtime::RuntimeError> {
+        ferry_runtime::free_port_in(self.ports)
     }
 
     /// The user the workloads of `env` run as (None: the server's own user).

@@ -128,6 +128,10 @@ enum Command {
         /// as, unless their environment says `run_as` (default nobody; `root` to keep root).
         #[arg(long, env = "FERRY_RUN_AS", value_name = "USER")]
         run_as: Option<String>,
+        /// The ports replicas and the proxy's admin API get, e.g. 20000-29999 (for hosts
+        /// whose firewall allows only a range; default: any free port).
+        #[arg(long, env = "FERRY_PORTS", value_name = "FIRST-LAST")]
+        ports: Option<ferry_runtime::PortRange>,
     },
     /// Redact workload output into a file (started by `ferry server`).
     #[command(name = "__log-filter", hide = true)]
@@ -631,7 +635,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             database,
             run_as,
-        } => serve::server(data, listen, database, run_as).await,
+            ports,
+        } => serve::server(data, listen, database, run_as, ports).await,
         Command::LogFilter { out } => {
             ferry_runtime::redact::run_filter(std::io::stdin().lock(), &out)
                 .map_err(|e| anyhow::anyhow!("log filter into {}: {e}", out.display()))

@@ -224,3 +224,69 @@ async fn apply_warns_and_status_shows_traffic() {
     })
     .await;
 }
+
+/// `ferry server --ports` (here `FERRY_PORTS`): replicas and the proxy's admin API get
+/// ports from the operator's range only (firewalls allow a range).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_and_the_proxy_admin_take_ports_from_the_operators_range() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        // Twenty ports that are free now (a replica and the admin API need five).
+        let first = (21_000..60_000u16)
+            .step_by(97)
+            .find(|p| (0..20).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+            .expect("twenty free ports in a row");
+        let last = first + 19;
+        let range = format!("{first}-{last}");
+        let ferry = Ferry::start_with_env(&[("FERRY_PORTS", range.as_str())]).await;
+        let mut spec = Spec::new("shop");
+        spec.replicas = 2;
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        ferry.deploy_ok(&spec, "2.0.0").await;
+        let status = ferry.env_status(&spec).await;
+        assert!(!status.replicas.is_empty());
+        for replica in &status.replicas {
+            assert!(
+                (first..=last).contains(&replica.port),
+                "replica {} got port {} outside {range}",
+                replica.id,
+                replica.port
+            );
+        }
+        let pid_file = ferry.dir.path().join("data/proxy/proxy.json");
+        let proxy: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&pid_file).expect("proxy.json")).expect("json");
+        let admin = proxy["admin_addr"].as_str().expect("admin_addr");
+        let admin_port: u16 = admin
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        assert!(
+            (first..=last).contains(&admin_port),
+            "proxy admin on {admin}, outside {range}"
+        );
+    })
+    .await;
+}
+
+/// A malformed `--ports` is refused before the server starts, saying what is wrong.
+#[tokio::test]
+async fn a_malformed_port_range_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["server", "--data"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--ports", "30000-20000"])
+        .output()
+        .expect("run ferry server");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--ports") && stderr.contains("the first port is above the last"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}

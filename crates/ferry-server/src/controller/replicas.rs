@@ -156,7 +156,10 @@ impl Controller {
         deployment: Option<i64>,
         now: i64,
     ) -> Result<(), ActError> {
-        let port = ferry_runtime::free_port().map_err(|e| ActError::Infra(e.into()))?;
+        let port = self
+            .workloads
+            .free_port()
+            .map_err(|e| ActError::Infra(e.into()))?;
         let record = ReplicaRecord {
             id: replica_id(&app.name, env, service, version),
             app: app.name.clone(),

@@ -67,7 +67,7 @@ pub async fn run(data: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
         .unwrap_or_default();
 
     crate::say!("Starting Ferry (data in {})", data.display());
-    let server = start_server(&data, listen, None, None).await?;
+    let server = start_server(&data, listen, None, None, None).await?;
     let url = format!("http://{}", server.addr());
     let token = server.admin_token();
     crate::say!("  API      {url}");

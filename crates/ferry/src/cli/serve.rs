@@ -26,6 +26,7 @@ pub async fn start_server(
     listen: SocketAddr,
     database_url: Option<String>,
     run_as: Option<String>,
+    ports: Option<ferry_runtime::PortRange>,
 ) -> anyhow::Result<ferry_server::Server> {
     let ferry_exe = std::env::current_exe().context("cannot find the ferry executable")?;
     ferry_server::start(ferry_server::ServerConfig {
@@ -34,6 +35,7 @@ pub async fn start_server(
         ferry_exe,
         database_url,
         run_as,
+        ports,
     })
     .await
     .map_err(|e| Failure::new(exit::ERROR, format!("cannot start the Ferry server: {e}")).into())
@@ -44,12 +46,13 @@ pub async fn server(
     listen: SocketAddr,
     database: Option<String>,
     run_as: Option<String>,
+    ports: Option<ferry_runtime::PortRange>,
 ) -> anyhow::Result<()> {
     let store = match &database {
         Some(url) => ferry_store::redact(url).into_owned(),
         None => "SQLite, in the data directory".to_string(),
     };
-    let server = start_server(&data, listen, database, run_as).await?;
+    let server = start_server(&data, listen, database, run_as, ports).await?;
     let data_abs = std::fs::canonicalize(&data).unwrap_or(data);
     let token_file = data_abs.join("admin.token");
     println!("Ferry API on http://{}", server.addr());
