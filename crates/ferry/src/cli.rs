@@ -25,6 +25,8 @@ mod wait;
 mod vars;
 
 use std::fmt;
+
+use quickstart::{DEV_LISTEN, PRODUCTION_LISTEN};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -444,6 +446,12 @@ enum Command {
         /// Address of the API.
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: SocketAddr,
+        /// Where the demo app's dev environment serves (when 8080 is taken).
+        #[arg(long, default_value = DEV_LISTEN, value_name = "ADDR")]
+        dev_listen: SocketAddr,
+        /// Where the demo app's production environment serves (when 8090 is taken).
+        #[arg(long, default_value = PRODUCTION_LISTEN, value_name = "ADDR")]
+        production_listen: SocketAddr,
     },
 }
 
@@ -654,7 +662,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             serve::proxy(state_dir, admin_listen, options).await
         }
-        Command::Quickstart { data, listen } => quickstart::run(data, listen).await,
+        Command::Quickstart {
+            data,
+            listen,
+            dev_listen,
+            production_listen,
+        } => quickstart::run(data, listen, [dev_listen, production_listen]).await,
         Command::Schema => commands::schema(),
         Command::Validate { file } => commands::validate(&file),
         Command::Completions { shell } => {

@@ -22,8 +22,25 @@ const DEMO_BIN_PLACEHOLDER: &str = "FERRY_DEMO_BIN";
 const VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub async fn run(data: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
-    let manifest_text = with_demo_command(EXAMPLE)?;
+/// Where the bundled manifest's environments listen (overridable: `--dev-listen`,
+/// `--production-listen`).
+pub const DEV_LISTEN: &str = "127.0.0.1:8080";
+pub const PRODUCTION_LISTEN: &str = "127.0.0.1:8090";
+
+pub async fn run(
+    data: PathBuf,
+    listen: SocketAddr,
+    [dev_listen, production_listen]: [SocketAddr; 2],
+) -> anyhow::Result<()> {
+    let manifest_text = with_demo_command(EXAMPLE)?
+        .replace(
+            &format!("listen: {DEV_LISTEN}\n"),
+            &format!("listen: {dev_listen}\n"),
+        )
+        .replace(
+            &format!("listen: {PRODUCTION_LISTEN}\n"),
+            &format!("listen: {production_listen}\n"),
+        );
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
     let data = std::fs::canonicalize(&data)
@@ -353,6 +370,17 @@ mod tests {
             }
         }
         assert!(manifest.environments.get("production").is_some());
+    }
+
+    #[test]
+    fn the_bundled_listeners_are_the_ones_the_flags_replace() {
+        for listen in [DEV_LISTEN, PRODUCTION_LISTEN] {
+            assert_eq!(
+                EXAMPLE.matches(&format!("listen: {listen}\n")).count(),
+                1,
+                "{listen} in examples/quickstart/ferry.yaml"
+            );
+        }
     }
 
     #[test]
