@@ -174,8 +174,10 @@ pub enum EventKind {
     /// A state transition; the message starts with the new state (`succeeded: …`).
     State,
     /// A person asked a running rollout for promote, pause or resume.
+    #[serde(rename = "request")]
     CommandRequested,
     /// The controller applied such a request (the rollout moved, paused or resumed).
+    #[serde(rename = "command")]
     CommandApplied,
     /// A replica started, became healthy or unhealthy, exited, drained or stopped.
     Replica,

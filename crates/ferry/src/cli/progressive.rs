@@ -92,7 +92,7 @@ async fn applied_events(client: &Client, dep: &DeploymentView) -> Vec<EventView>
     else {
         return Vec::new();
     };
-    // The request itself is the last `command-requested` line; start after it.
+    // The request itself is the last `request` line; start after it.
     let mut after = detail
         .events
         .iter()
