@@ -122,10 +122,11 @@ async fn failing_health_checks_say_what_they_got() {
         let mut spec = Spec::new("shop");
         spec.replicas = 1;
         spec.start_timeout = "2s".to_string();
-        // 2.x answers 503, 3.x listens on the wrong port, 4.x accepts and never answers.
+        // 2.x answers 503, 3.x listens on another port (an ephemeral one, so that it
+        // never collides with a port in use), 4.x accepts and never answers.
         spec.prelude = "case \"$VERSION\" in \
              2.*) export DEMO_UNHEALTHY=1;; \
-             3.*) PORT=$((PORT+1));; \
+             3.*) PORT=0;; \
              4.*) exec python3 -c 'import socket,sys; s=socket.socket(); \
                   s.bind((\"127.0.0.1\", int(sys.argv[1]))); s.listen(100); c=[]; \
                   [c.append(s.accept()) for _ in iter(int, 1)]' \"$PORT\";; \
