@@ -19,7 +19,7 @@
 
 mod checks;
 mod compare;
-mod format;
+pub(crate) mod format;
 mod judge;
 mod run;
 mod spec;

@@ -208,6 +208,9 @@ pub struct Override {
 pub struct Facts {
     pub checks: Vec<CheckResult>,
     pub overrides: Vec<Override>,
+    // alerts:
+    /// The environment's `block_promotions` alerts that fire (None: no rule blocks here).
+    pub alerts: Option<Vec<crate::alerts::BlockingAlert>>,
 }
 
 /// Every configured gate of an environment with its state; the verdict derives from it.
@@ -314,7 +317,7 @@ pub fn evaluate_gates(
 }
 
 /// The report: one row per configured gate, in the order after, soak, freeze, approvals,
-/// checks (in manifest order).
+/// checks (in manifest order), then `alerts` when a rule holds deployments here.
 pub fn report(
     gates: &Gates,
     history: &History,
@@ -386,6 +389,10 @@ pub fn report(
     }
     for check in &gates.checks {
         rows.push(check_row(check, &facts.checks, now_ms));
+    }
+    // alerts:
+    if let Some(alerts) = &facts.alerts {
+        rows.push(crate::alerts::gate_row(alerts));
     }
     GateReport { rows, rejected }
 }
@@ -1390,6 +1397,7 @@ mod tests {
                 result("uat", true, "exit 0", now - 2_000),
             ],
             overrides: vec![lift("user:bob", "hotfix for INC-123")],
+            alerts: None,
         };
         let approvals = [approval("user:carol", &["approver"], true)];
         let passed = report(
@@ -1424,6 +1432,7 @@ mod tests {
             let facts = Facts {
                 checks: results,
                 overrides: Vec::new(),
+                alerts: None,
             };
             report(&gates, &History::default(), &[], "u", &facts, now)
         };
@@ -1492,6 +1501,7 @@ mod tests {
             let facts = Facts {
                 checks: results,
                 overrides: Vec::new(),
+                alerts: None,
             };
             report(&gates, &History::default(), &[], "u", &facts, now).rows[0]
                 .key
@@ -1517,6 +1527,7 @@ mod tests {
         let facts = Facts {
             checks: Vec::new(),
             overrides: vec![lift("user:bob", "hotfix for INC-123")],
+            alerts: None,
         };
         let lifted = report(
             &gates,
@@ -1539,6 +1550,7 @@ mod tests {
         let two = Facts {
             checks: Vec::new(),
             overrides: vec![lift("user:bob", "first"), lift("token:ci", "second")],
+            alerts: None,
         };
         let lifted = report(
             &gates,
@@ -1556,6 +1568,7 @@ mod tests {
                 gate: "approvals".into(),
                 ..lift("user:bob", "x")
             }],
+            alerts: None,
         };
         let held = report(
             &gates,
@@ -1617,6 +1630,7 @@ mod tests {
         let facts = Facts {
             checks: vec![result("ci", true, "status 200", 0)],
             overrides: Vec::new(),
+            alerts: None,
         };
         let rejected = [approval("user:bob", &["approver"], false)];
         let r = report(

@@ -1,6 +1,8 @@
 //! Ferry's pure core: the manifest, the domain vocabulary, the API bodies and the rollout
 //! decisions. Nothing here does I/O or reads a clock; callers pass `now` in.
 
+// alerts:
+pub mod alerts;
 pub mod analysis;
 pub mod api;
 pub mod apply;

@@ -88,6 +88,12 @@ pub struct Manifest {
     /// Commands and HTTP smoke tests run at fixed points of every deployment.
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
+    // alerts:
+    /// Alert rules watched in every environment (or those each rule lists): a condition
+    /// over Ferry's own metrics or a Prometheus query, `for`, severity, labels, annotations
+    /// and actions (notify, pause or roll back the rollout, hold deployments while firing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 /// A webhook that receives a POST for deployment state changes.

@@ -88,6 +88,7 @@ pub async fn facts(store: &Store, deployment_id: i64) -> Result<Facts, StoreErro
     Ok(Facts {
         checks: store.check_results(deployment_id).await?,
         overrides: store.overrides(deployment_id).await?,
+        alerts: None,
     })
 }
 

@@ -22,6 +22,9 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
+// alerts:
+mod alerts;
+pub use alerts::{AlertEvent, StoredAlert};
 mod approvals;
 mod audit;
 // hooks:
@@ -240,6 +243,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "config", include_str!("../migrations/0007_config.sql")),
     (8, "gates", include_str!("../migrations/0008_gates.sql")),
     (9, "flags", include_str!("../migrations/0009_flags.sql")),
+    (12, "alerts", include_str!("../migrations/0012_alerts.sql")),
 ];
 
 /// The migration files this build embeds (`(version, description)`), for tests.

@@ -406,7 +406,26 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
     }
     // hooks:
     check_hooks(&mut out, m);
+    // alerts:
+    check_alerts(&mut out, m);
     out.0
+}
+
+fn check_alerts(out: &mut Issues, m: &Manifest) {
+    let environments: Vec<&str> = m.environments.keys().collect();
+    let services: Vec<&str> = m.services.keys().map(String::as_str).collect();
+    for issue in crate::alerts::validate(&m.alerts, &environments, &services) {
+        let mut path = vec![Seg::Key("alerts".into())];
+        path.extend(issue.path.iter().map(|part| match part {
+            PathPart::Key(k) => Seg::Key(k.clone()),
+            PathPart::Index(i) => Seg::Index(*i),
+        }));
+        if issue.at_key {
+            out.key(path, issue.message, issue.hint);
+        } else {
+            out.value(path, issue.message, issue.hint);
+        }
+    }
 }
 
 /// Variables Ferry sets for every hook; `env:` may not set them.

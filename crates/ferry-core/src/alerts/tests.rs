@@ -1,0 +1,701 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::api::{DeploymentView, EnvStatus, ReplicaView, TrafficStatus, TrafficView};
+use crate::duration::HumanDuration;
+use crate::gates::GateState;
+use crate::model::{DeploymentKind, DeploymentState, ReplicaState};
+
+fn rule(condition: &str, for_s: u64, keep_s: u64) -> AlertRule {
+    AlertRule {
+        name: "high_error_rate".into(),
+        environments: Vec::new(),
+        service: None,
+        condition: Some(condition.into()),
+        prometheus: None,
+        for_: (for_s > 0).then(|| HumanDuration(Duration::from_secs(for_s))),
+        keep_firing_for: (keep_s > 0).then(|| HumanDuration(Duration::from_secs(keep_s))),
+        severity: Severity::Critical,
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
+        actions: AlertActions::default(),
+        interval: None,
+    }
+}
+
+fn sample(version: &str, value: f64) -> Sample {
+    Sample {
+        labels: BTreeMap::from([
+            ("service".to_string(), "web".to_string()),
+            ("version".to_string(), version.to_string()),
+        ]),
+        value,
+    }
+}
+
+/// Runs `steps` (time in seconds, value of version 1.0.0 or None for no sample, or NaN)
+/// through `evaluate` and returns the status after each step with the transitions seen.
+fn run(
+    r: &AlertRule,
+    steps: &[(i64, Option<f64>)],
+) -> Vec<(AlertStatus, Vec<(AlertStatus, AlertStatus)>)> {
+    let condition = r.parsed_condition().expect("parses");
+    let mut alerts: Vec<AlertInstance> = Vec::new();
+    let mut out = Vec::new();
+    for (t, value) in steps {
+        let samples = value.map(|v| vec![sample("1.0.0", v)]).unwrap_or_default();
+        let e = evaluate(
+            r,
+            condition.as_ref(),
+            &Input::Samples(samples),
+            &alerts,
+            t * 1000,
+        );
+        let status = e.alerts.first().map_or(AlertStatus::Inactive, |a| a.status);
+        out.push((
+            status,
+            e.transitions.iter().map(|t| (t.from, t.to)).collect(),
+        ));
+        alerts = e.alerts;
+    }
+    out
+}
+
+use AlertStatus::{Firing as F, Inactive as I, Pending as P, Resolved as R};
+
+#[test]
+fn evaluation_follows_prometheus_for_and_keep_firing_for() {
+    struct Case {
+        name: &'static str,
+        for_s: u64,
+        keep_s: u64,
+        steps: Vec<(i64, Option<f64>)>,
+        statuses: Vec<AlertStatus>,
+        transitions: Vec<Vec<(AlertStatus, AlertStatus)>>,
+    }
+    let hi = Some(0.5);
+    let lo = Some(0.0);
+    let cases = vec![
+        Case {
+            name: "for 0 fires at once, resolves at once",
+            for_s: 0,
+            keep_s: 0,
+            steps: vec![(0, lo), (10, hi), (20, hi), (30, lo)],
+            statuses: vec![I, F, F, R],
+            transitions: vec![vec![], vec![(I, F)], vec![], vec![(F, R)]],
+        },
+        Case {
+            name: "pending until for has passed, inclusive",
+            for_s: 20,
+            keep_s: 0,
+            steps: vec![(0, hi), (10, hi), (19, hi), (20, hi), (30, hi)],
+            statuses: vec![P, P, P, F, F],
+            transitions: vec![vec![(I, P)], vec![], vec![], vec![(P, F)], vec![]],
+        },
+        Case {
+            name: "a pending alert that stops holding ends without firing",
+            for_s: 20,
+            keep_s: 0,
+            steps: vec![(0, hi), (10, lo), (20, hi), (30, hi), (40, hi)],
+            statuses: vec![P, I, P, P, F],
+            transitions: vec![
+                vec![(I, P)],
+                vec![(P, I)],
+                vec![(I, P)],
+                vec![],
+                vec![(P, F)],
+            ],
+        },
+        Case {
+            name: "a missing series does not hold (no data resolves)",
+            for_s: 0,
+            keep_s: 0,
+            steps: vec![(0, hi), (10, None)],
+            statuses: vec![F, R],
+            transitions: vec![vec![(I, F)], vec![(F, R)]],
+        },
+        Case {
+            name: "NaN never holds",
+            for_s: 0,
+            keep_s: 0,
+            steps: vec![(0, Some(f64::NAN)), (10, hi), (20, Some(f64::NAN))],
+            statuses: vec![I, F, R],
+            transitions: vec![vec![], vec![(I, F)], vec![(F, R)]],
+        },
+        Case {
+            name: "keep_firing_for holds a flapping alert, then resolves",
+            for_s: 0,
+            keep_s: 30,
+            steps: vec![(0, hi), (10, lo), (20, hi), (30, lo), (49, lo), (50, lo)],
+            statuses: vec![F, F, F, F, F, R],
+            transitions: vec![vec![(I, F)], vec![], vec![], vec![], vec![], vec![(F, R)]],
+        },
+        Case {
+            name: "a resolved alert that holds again starts a new episode",
+            for_s: 10,
+            keep_s: 0,
+            steps: vec![(0, hi), (10, hi), (20, lo), (30, hi), (40, hi)],
+            statuses: vec![P, F, R, P, F],
+            transitions: vec![
+                vec![(I, P)],
+                vec![(P, F)],
+                vec![(F, R)],
+                vec![(R, P)],
+                vec![(P, F)],
+            ],
+        },
+        Case {
+            name: "resolved alerts are dropped after the retention",
+            for_s: 0,
+            keep_s: 0,
+            steps: vec![(0, hi), (10, lo), (10 + 899, lo), (10 + 900, lo)],
+            statuses: vec![F, R, R, I],
+            transitions: vec![vec![(I, F)], vec![(F, R)], vec![], vec![]],
+        },
+    ];
+    for case in cases {
+        let r = rule("error_rate > 1%", case.for_s, case.keep_s);
+        let got = run(&r, &case.steps);
+        let statuses: Vec<AlertStatus> = got.iter().map(|(s, _)| *s).collect();
+        let transitions: Vec<_> = got.into_iter().map(|(_, t)| t).collect();
+        assert_eq!(statuses, case.statuses, "{}: statuses", case.name);
+        assert_eq!(transitions, case.transitions, "{}: transitions", case.name);
+    }
+}
+
+#[test]
+fn every_status_against_every_input_in_one_table() {
+    // (status before, condition holds now, for elapsed?, keep elapsed?) → status after
+    let r = rule("error_rate > 1%", 10, 10);
+    let condition = r.parsed_condition().unwrap();
+    let base = AlertInstance {
+        rule: r.name.clone(),
+        series: sample("1.0.0", 0.0).series(),
+        labels: sample("1.0.0", 0.0).labels,
+        status: P,
+        active_since_ms: 0,
+        last_active_ms: 0,
+        fired_at_ms: None,
+        resolved_at_ms: None,
+        value: 0.5,
+        fired_value: None,
+        acted: false,
+    };
+    let table = [
+        (P, true, 5, P),
+        (P, true, 10, F),
+        (P, false, 5, I),
+        (F, true, 5, F),
+        (F, false, 5, F),
+        (F, false, 10, R),
+        (R, false, 5, R),
+        (R, true, 5, P),
+    ];
+    for (before, holds, at_s, after) in table {
+        let mut prev = base.clone();
+        prev.status = before;
+        if before == R {
+            prev.resolved_at_ms = Some(0);
+        }
+        let value = if holds { 0.5 } else { 0.0 };
+        let e = evaluate(
+            &r,
+            condition.as_ref(),
+            &Input::Samples(vec![sample("1.0.0", value)]),
+            &[prev],
+            at_s * 1000,
+        );
+        let got = e.alerts.first().map_or(I, |a| a.status);
+        assert_eq!(got, after, "{before} holds={holds} at {at_s}s");
+        assert_eq!(
+            e.transitions.len(),
+            usize::from(before != after),
+            "{before} → {after}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_measurement_changes_nothing() {
+    let r = rule("error_rate > 1%", 0, 0);
+    let c = r.parsed_condition().unwrap();
+    let fired = evaluate(
+        &r,
+        c.as_ref(),
+        &Input::Samples(vec![sample("1.0.0", 0.3)]),
+        &[],
+        0,
+    );
+    assert_eq!(fired.alerts[0].status, F);
+    let after = evaluate(
+        &r,
+        c.as_ref(),
+        &Input::Failed("unreachable".into()),
+        &fired.alerts,
+        60_000,
+    );
+    assert_eq!(after.alerts, fired.alerts);
+    assert!(after.transitions.is_empty());
+}
+
+#[test]
+fn each_series_is_its_own_alert_and_keeps_the_value_that_fired() {
+    let r = rule("error_rate > 1%", 0, 0);
+    let c = r.parsed_condition().unwrap();
+    let first = evaluate(
+        &r,
+        c.as_ref(),
+        &Input::Samples(vec![sample("1.0.0", 0.0), sample("2.0.0", 0.4)]),
+        &[],
+        0,
+    );
+    assert_eq!(first.alerts.len(), 1);
+    assert_eq!(first.alerts[0].labels["version"], "2.0.0");
+    assert_eq!(first.alerts[0].fired_value, Some(0.4));
+    let second = evaluate(
+        &r,
+        c.as_ref(),
+        &Input::Samples(vec![sample("1.0.0", 0.2), sample("2.0.0", 0.9)]),
+        &first.alerts,
+        1000,
+    );
+    assert_eq!(second.alerts.len(), 2);
+    let v2 = second
+        .alerts
+        .iter()
+        .find(|a| a.labels["version"] == "2.0.0")
+        .unwrap();
+    assert_eq!(
+        (v2.value, v2.fired_value, v2.fired_at_ms),
+        (0.9, Some(0.4), Some(0))
+    );
+    assert_eq!(second.transitions.len(), 1, "only 1.0.0 fired now");
+}
+
+#[test]
+fn retiring_a_rule_resolves_what_fires() {
+    let r = rule("error_rate > 1%", 0, 0);
+    let c = r.parsed_condition().unwrap();
+    let fired = evaluate(
+        &r,
+        c.as_ref(),
+        &Input::Samples(vec![sample("1.0.0", 0.3)]),
+        &[],
+        0,
+    );
+    let retired = retire(&fired.alerts, 5000);
+    assert_eq!(retired.transitions.len(), 1);
+    assert_eq!(
+        (retired.transitions[0].from, retired.transitions[0].to),
+        (F, R)
+    );
+    assert!(retired.alerts.is_empty());
+}
+
+#[test]
+fn conditions_parse_with_their_units_and_refuse_what_ferry_cannot_measure() {
+    let ok = [
+        ("error_rate > 1%", Metric::ErrorRate, Op::Gt, 0.01),
+        ("error_rate>=0.05", Metric::ErrorRate, Op::Ge, 0.05),
+        ("latency_p99 > 500ms", Metric::LatencyP99, Op::Gt, 500.0),
+        ("latency_p50 > 1.5s", Metric::LatencyP50, Op::Gt, 1500.0),
+        ("up == 0", Metric::Up, Op::Eq, 0.0),
+        ("replicas_ready < 2", Metric::ReplicasReady, Op::Lt, 2.0),
+        ("restarts > 3", Metric::Restarts, Op::Gt, 3.0),
+        ("request_rate <= 0.5", Metric::RequestRate, Op::Le, 0.5),
+        ("up != 1", Metric::Up, Op::Ne, 1.0),
+    ];
+    for (text, metric, op, value) in ok {
+        let c = Condition::parse(text, false).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!((c.metric, c.op), (metric, op), "{text}");
+        assert!((c.threshold.value() - value).abs() < 1e-9, "{text}");
+    }
+    let bad = [
+        ("error_rate > 1", "could never hold"),
+        ("cpu_usage > 80", "does not sample replica CPU or memory"),
+        ("memory_usage > 80", "does not sample replica CPU or memory"),
+        ("disk_usage > 80", "unknown metric `disk_usage`"),
+        ("latency_p99 > 500", "give the threshold with its unit"),
+        ("up = 0", "no comparison"),
+        ("error_rate >", "nothing after"),
+        ("> 3", "names no metric"),
+        ("restarts > 5ms", "not a duration"),
+        ("restarts > 5%", "not a share"),
+        ("value > 80", "has none"),
+        ("error_rate > banana", "invalid threshold"),
+    ];
+    for (text, wanted) in bad {
+        let e = Condition::parse(text, false).expect_err(text);
+        assert!(e.contains(wanted), "{text}: {e}");
+    }
+    assert!(Condition::parse("value > 80", true).is_ok());
+    assert!(
+        Condition::parse("error_rate > 1%", true)
+            .unwrap_err()
+            .contains("compares each series with `value`")
+    );
+    assert!(Op::Ne.holds(1.0, 0.0) && !Op::Ne.holds(f64::NAN, 0.0) && !Op::Gt.holds(f64::NAN, 0.0));
+}
+
+fn view_row(version: &str, requests: u64, errors: u64) -> TrafficView {
+    TrafficView {
+        service: "web".into(),
+        version: version.into(),
+        requests,
+        rate_per_s: requests as f64 / 60.0,
+        errors_5xx: errors,
+        error_rate: if requests > 0 {
+            errors as f64 / requests as f64
+        } else {
+            0.0
+        },
+        p50_ms: (requests > 0).then_some(10.0),
+        p95_ms: (requests > 0).then_some(20.0),
+        p99_ms: (requests > 0).then_some(30.0),
+    }
+}
+
+fn replica(version: &str, state: ReplicaState, restarts: u32) -> ReplicaView {
+    ReplicaView {
+        id: format!("r-{version}-{restarts}"),
+        service: "web".into(),
+        version: version.into(),
+        port: 1,
+        pid: None,
+        state,
+        restarts,
+        in_traffic: state == ReplicaState::Healthy,
+        last_exit: None,
+        last_output: Vec::new(),
+        last_health_check: None,
+    }
+}
+
+fn env_status() -> EnvStatus {
+    EnvStatus {
+        app: "shop".into(),
+        env: "production".into(),
+        listen: "127.0.0.1:1".into(),
+        current_version: Some("1.0.0".into()),
+        latest_deployment: None,
+        replicas: vec![
+            replica("1.0.0", ReplicaState::Healthy, 0),
+            replica("1.0.0", ReplicaState::Healthy, 1),
+            replica("2.0.0", ReplicaState::Healthy, 0),
+            replica("2.0.0", ReplicaState::Unhealthy, 4),
+            replica("0.9.0", ReplicaState::Stopping, 9),
+        ],
+        rollout: None,
+        release_tag: None,
+        traffic: Some(TrafficStatus {
+            window_s: 60.0,
+            since_proxy_start: false,
+            versions: vec![
+                view_row("1.0.0", 100, 0),
+                view_row("2.0.0", 20, 10),
+                view_row("0.9.0", 0, 0),
+            ],
+        }),
+    }
+}
+
+#[test]
+fn ferry_metrics_are_sampled_per_service_and_version() {
+    let env = env_status();
+    let values = |metric| -> Vec<(String, f64)> {
+        builtin_samples(metric, None, &env)
+            .into_iter()
+            .map(|s| (s.labels["version"].clone(), s.value))
+            .collect()
+    };
+    assert_eq!(
+        values(Metric::ErrorRate),
+        vec![("1.0.0".into(), 0.0), ("2.0.0".into(), 0.5)],
+        "a version without requests has no error rate"
+    );
+    assert_eq!(values(Metric::RequestRate).len(), 3);
+    assert_eq!(
+        values(Metric::LatencyP99),
+        vec![("1.0.0".into(), 30.0), ("2.0.0".into(), 30.0)]
+    );
+    assert_eq!(
+        values(Metric::Up),
+        vec![("1.0.0".into(), 1.0), ("2.0.0".into(), 0.0)],
+        "a replica being stopped does not count"
+    );
+    assert_eq!(
+        values(Metric::ReplicasReady),
+        vec![("1.0.0".into(), 2.0), ("2.0.0".into(), 1.0)]
+    );
+    assert_eq!(
+        values(Metric::Restarts),
+        vec![("1.0.0".into(), 1.0), ("2.0.0".into(), 4.0)]
+    );
+    assert!(builtin_samples(Metric::ErrorRate, Some("api"), &env).is_empty());
+    let mut no_traffic = env.clone();
+    no_traffic.traffic = None;
+    assert!(builtin_samples(Metric::ErrorRate, None, &no_traffic).is_empty());
+}
+
+#[test]
+fn prometheus_answers_become_series() {
+    let vector = r#"{"status":"success","data":{"resultType":"vector","result":[
+        {"metric":{"__name__":"up","instance":"db1:9187","job":"postgres"},"value":[1.0,"0"]},
+        {"metric":{"instance":"db2:9187","job":"postgres"},"value":[1.0,"1"]}]}}"#;
+    let samples = prometheus_samples(vector).unwrap();
+    assert_eq!(samples.len(), 2);
+    assert_eq!(samples[0].series(), "instance=db1:9187,job=postgres");
+    assert_eq!(samples[1].value, 1.0);
+    let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1.0,"NaN"]}}"#;
+    assert!(prometheus_samples(scalar).unwrap()[0].value.is_nan());
+    let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+    assert!(
+        prometheus_samples(empty).unwrap().is_empty(),
+        "no series: nothing holds"
+    );
+    for (body, wanted) in [
+        ("nope", "not JSON"),
+        (
+            r#"{"status":"error","errorType":"bad_data","error":"parse error at char 3"}"#,
+            "parse error",
+        ),
+        (
+            r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+            "matrix",
+        ),
+        (
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"x"]}]}}"#,
+            "no readable value",
+        ),
+    ] {
+        assert!(
+            prometheus_samples(body).unwrap_err().contains(wanted),
+            "{body}"
+        );
+    }
+}
+
+fn deployment(
+    id: i64,
+    state: DeploymentState,
+    strategy: &str,
+    finished_s_ago: Option<i64>,
+) -> DeploymentView {
+    DeploymentView {
+        id,
+        app: "shop".into(),
+        env: "production".into(),
+        version: "2.0.0".into(),
+        previous_version: Some("1.0.0".into()),
+        strategy: strategy.into(),
+        state,
+        reason: None,
+        kind: DeploymentKind::Deploy,
+        requested_by: "user:alice".into(),
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        finished_at_ms: finished_s_ago.map(|s| 1_000_000 - s * 1000),
+        gates: Vec::new(),
+    }
+}
+
+#[test]
+fn actions_target_the_deployment_of_the_version_that_fired() {
+    let mut r = rule("error_rate > 1%", 0, 0);
+    r.actions.rollback = true;
+    r.actions.rollback_within = Some(HumanDuration(Duration::from_secs(600)));
+    r.actions.pause = true;
+    let v2 = sample("2.0.0", 0.5).labels;
+    let v1 = sample("1.0.0", 0.5).labels;
+    let now = 1_000_000;
+    let progressing = deployment(7, DeploymentState::Progressing, "canary", None);
+    let plans = plan_actions(&r, &v2, Some(&progressing), now);
+    assert_eq!(
+        plans[0],
+        ActionPlan::Rollback {
+            deployment_id: 7,
+            version: "2.0.0".into()
+        }
+    );
+    assert!(matches!(&plans[1], ActionPlan::Skip { action, .. } if action == "pause"));
+    // the stable version's errors do not roll back the new one
+    assert!(
+        matches!(&plan_actions(&r, &v1, Some(&progressing), now)[0], ActionPlan::Skip { why, .. } if why.contains("not 1.0.0"))
+    );
+    // a deployment that succeeded 5 minutes ago, within 10 minutes: rolled back
+    let recent = deployment(8, DeploymentState::Succeeded, "rolling", Some(300));
+    assert!(matches!(
+        plan_actions(&r, &v2, Some(&recent), now)[0],
+        ActionPlan::Rollback {
+            deployment_id: 8,
+            ..
+        }
+    ));
+    let old = deployment(8, DeploymentState::Succeeded, "rolling", Some(601));
+    assert!(
+        matches!(&plan_actions(&r, &v2, Some(&old), now)[0], ActionPlan::Skip { why, .. } if why.contains("more than 10m ago"))
+    );
+    let mut rollback = recent.clone();
+    rollback.kind = DeploymentKind::Rollback;
+    assert!(
+        matches!(
+            plan_actions(&r, &v2, Some(&rollback), now)[0],
+            ActionPlan::Skip { .. }
+        ),
+        "never roll back a rollback"
+    );
+    let mut first = progressing.clone();
+    first.previous_version = None;
+    assert!(
+        matches!(&plan_actions(&r, &v2, Some(&first), now)[0], ActionPlan::Skip { why, .. } if why.contains("no earlier version"))
+    );
+    assert!(matches!(
+        plan_actions(&r, &v2, None, now)[0],
+        ActionPlan::Skip { .. }
+    ));
+    // pause only: canary pauses, rolling says why not
+    r.actions.rollback = false;
+    r.actions.rollback_within = None;
+    assert_eq!(
+        plan_actions(&r, &v2, Some(&progressing), now),
+        vec![ActionPlan::Pause { deployment_id: 7 }]
+    );
+    let rolling = deployment(9, DeploymentState::Progressing, "rolling", None);
+    assert!(
+        matches!(&plan_actions(&r, &v2, Some(&rolling), now)[0], ActionPlan::Skip { why, .. } if why.contains("only canary and blue/green"))
+    );
+    // a Prometheus series without a version label acts on whatever is in progress
+    assert_eq!(
+        plan_actions(&r, &BTreeMap::new(), Some(&progressing), now),
+        vec![ActionPlan::Pause { deployment_id: 7 }]
+    );
+    r.actions.pause = false;
+    assert!(
+        plan_actions(&r, &v2, Some(&progressing), now).is_empty(),
+        "notify only"
+    );
+}
+
+#[test]
+fn silences_and_the_promotion_gate() {
+    let mut r = rule("error_rate > 1%", 0, 0);
+    r.actions.block_promotions = true;
+    let c = r.parsed_condition().unwrap();
+    let fired = evaluate(
+        &r,
+        c.as_ref(),
+        &Input::Samples(vec![sample("2.0.0", 0.12)]),
+        &[],
+        5_000,
+    )
+    .alerts;
+    let rules = vec![r.clone()];
+    let held = blocking(&rules, &fired, &[], "shop", "production", 6_000);
+    let row = gate_row(&held);
+    assert_eq!(row.state, GateState::Waiting);
+    assert!(
+        row.detail.contains(
+            "alert high_error_rate (critical) is firing: error_rate 12% (> 1%) on web 2.0.0"
+        ),
+        "{}",
+        row.detail
+    );
+    assert_eq!(gate_row(&[]).state, GateState::Met);
+    let silence = Silence {
+        id: 1,
+        app: "shop".into(),
+        env: "production".into(),
+        alert: "high_error_rate".into(),
+        created_by: "user:alice".into(),
+        reason: "known, fix coming".into(),
+        created_at_ms: 0,
+        until_ms: 10_000,
+        ended_by: None,
+    };
+    let silences = [silence.clone()];
+    assert!(blocking(&rules, &fired, &silences, "shop", "production", 9_999).is_empty());
+    assert_eq!(
+        blocking(&rules, &fired, &silences, "shop", "production", 10_000).len(),
+        1,
+        "expired"
+    );
+    assert!(silenced_by(&silences, "shop", "staging", "high_error_rate", 0).is_none());
+    let mut ended = silence;
+    ended.ended_by = Some("user:bob".into());
+    assert!(silenced_by(&[ended], "shop", "production", "high_error_rate", 0).is_none());
+    let mut quiet = r;
+    quiet.actions.block_promotions = false;
+    assert!(blocking(&[quiet], &fired, &[], "shop", "production", 6_000).is_empty());
+}
+
+#[test]
+fn annotations_are_rendered_with_value_and_labels() {
+    let mut r = rule("error_rate > 1%", 0, 0);
+    r.annotations.insert("summary".into(), "{{ $labels.app }}/{{$labels.env}} {{ $labels.version }}: {{ $value }} errors{{ $labels.nope }}".into());
+    r.annotations.insert(
+        "runbook_url".into(),
+        "https://runbooks.example.com/{{ $labels.alertname }}".into(),
+    );
+    let c = r.parsed_condition().unwrap();
+    let a = evaluate(
+        &r,
+        c.as_ref(),
+        &Input::Samples(vec![sample("2.0.0", 0.125)]),
+        &[],
+        0,
+    )
+    .alerts;
+    let v = view(&r, "shop", "production", &a[0], &[], 0);
+    assert_eq!(
+        v.annotations["summary"],
+        "shop/production 2.0.0: 12.5% errors"
+    );
+    assert_eq!(
+        v.annotations["runbook_url"],
+        "https://runbooks.example.com/high_error_rate"
+    );
+    assert_eq!(v.labels["severity"], "critical");
+}
+
+#[test]
+fn validation_locates_each_mistake() {
+    let mut bad = rule("cpu_usage > 80", 0, 0);
+    bad.name = "9lives".into();
+    bad.environments = vec!["prod".into()];
+    bad.labels.insert("severity".into(), "x".into());
+    bad.annotations
+        .insert("summary".into(), "{{ $values }}".into());
+    bad.actions.rollback_within = Some(HumanDuration(Duration::from_secs(60)));
+    bad.interval = Some(HumanDuration(Duration::from_millis(10)));
+    let mut dup = rule("up == 0", 0, 0);
+    dup.name = "dup".into();
+    let issues = validate(&[bad, dup.clone(), dup], &["production"], &["web"]);
+    let got: Vec<(String, &str)> = issues
+        .iter()
+        .map(|i| {
+            let path = crate::analysis::AnalysisIssue {
+                path: i.path.clone(),
+                message: String::new(),
+                hint: None,
+            }
+            .path_string();
+            (path, i.message.as_str())
+        })
+        .collect();
+    let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "[0].name",
+            "[0].environments[0]",
+            "[0].condition",
+            "[0].interval",
+            "[0].actions.rollback_within",
+            "[0].labels.severity",
+            "[0].annotations.summary",
+            "[2].name"
+        ],
+        "{got:?}"
+    );
+}
