@@ -1,7 +1,10 @@
 //! Listeners and the per-request proxy path.
 
+pub(crate) mod h1;
+
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -373,16 +376,7 @@ pub(crate) fn spawn_listener(
                     conn: conn.clone(),
                 };
                 match tls {
-                    None => {
-                        // A client that sends nothing at all is closed: hyper's header
-                        // timer only starts once it knows the protocol (first bytes).
-                        let mut probe = [0u8; 1];
-                        match tokio::time::timeout(first_byte, io.io.peek(&mut probe)).await {
-                            Ok(Ok(n)) if n > 0 => {}
-                            _ => return,
-                        }
-                        serve_connection(TokioIo::new(io), conn, &builder, token).await;
-                    }
+                    None => serve_plain(io, conn, &builder, token).await,
                     Some(acceptor) => {
                         let stream =
                             match tokio::time::timeout(first_byte, acceptor.accept(io)).await {
@@ -413,7 +407,36 @@ pub(crate) fn spawn_listener(
     })
 }
 
-/// Serves one client connection until it ends, drains, or stays idle too long.
+/// Serves a plain-text client connection: HTTP/1.1 on the fast path, handed to hyper
+/// (with the bytes already read) for anything else (HTTP/2, HTTP/1.0, upgrades...).
+async fn serve_plain(
+    mut io: Watched,
+    conn: Arc<ConnCtx>,
+    builder: &auto::Builder<TokioExecutor>,
+    token: DrainToken,
+) {
+    let read = {
+        let fast = std::pin::pin!(h1::serve(&mut io, &conn));
+        // The fast path notices the drain itself, between requests.
+        match guard_connection(&conn, &token.0, fast, |_| {}).await {
+            Some(h1::Ended::Fallback(read)) => read,
+            Some(h1::Ended::Closed) => return,
+            None => {
+                tracing::debug!("idle client connection closed");
+                return;
+            }
+        }
+    };
+    serve_connection(
+        TokioIo::new(h1::Prefixed::new(io, read)),
+        conn,
+        builder,
+        token,
+    )
+    .await;
+}
+
+/// Serves one client connection with hyper until it ends, drains, or stays idle too long.
 async fn serve_connection<I>(
     io: I,
     conn: Arc<ConnCtx>,
@@ -422,14 +445,27 @@ async fn serve_connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let idle_timeout = conn.listener.shared.opts.idle_timeout;
     let svc = {
         let conn = conn.clone();
         service_fn(move |req| handle(conn.clone(), req))
     };
-    let served = builder.serve_connection_with_upgrades(io, svc);
-    let mut served = std::pin::pin!(served);
-    let d = &token.0;
+    let served = std::pin::pin!(builder.serve_connection_with_upgrades(io, svc));
+    match guard_connection(&conn, &token.0, served, |s| s.graceful_shutdown()).await {
+        Some(Err(e)) => tracing::debug!(error = %e, "client connection ended with an error"),
+        Some(Ok(())) => {}
+        None => tracing::debug!("idle client connection closed"),
+    }
+}
+
+/// Drives a connection's future `served`, telling it (`drain`) once when the listener
+/// drains, and ends it (`None`) when it stays idle too long.
+async fn guard_connection<F: Future>(
+    conn: &ConnCtx,
+    d: &Drain,
+    mut served: std::pin::Pin<&mut F>,
+    mut drain: impl FnMut(std::pin::Pin<&mut F>),
+) -> Option<F::Output> {
+    let idle_timeout = conn.listener.shared.opts.idle_timeout;
     let mut started = std::pin::pin!(d.started.notified());
     let (mut registered, mut finishing) = (false, false);
     // One timer per connection, re-armed only when it fires: the connection closes after
@@ -437,7 +473,7 @@ async fn serve_connection<I>(
     // waits on an upstream.
     let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
     let mut seen = conn.activity.load(Ordering::Relaxed);
-    let res = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         if !finishing {
             if !registered {
                 // Once: the task's waker is stable, so this registration wakes the
@@ -447,7 +483,7 @@ async fn serve_connection<I>(
             }
             if d.draining.load(Ordering::Acquire) {
                 finishing = true;
-                served.as_mut().graceful_shutdown();
+                drain(served.as_mut());
             }
         }
         if let Poll::Ready(r) = served.as_mut().poll(cx) {
@@ -464,12 +500,7 @@ async fn serve_connection<I>(
         }
         Poll::Pending
     })
-    .await;
-    match res {
-        Some(Err(e)) => tracing::debug!(error = %e, "client connection ended with an error"),
-        Some(Ok(())) => {}
-        None => tracing::debug!("idle client connection closed"),
-    }
+    .await
 }
 
 fn ip_header(peer: SocketAddr) -> HeaderValue {
@@ -486,6 +517,11 @@ thread_local! {
 
 /// 32 hex chars: a random per-thread prefix and a per-thread counter.
 fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&new_request_id_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn new_request_id_bytes() -> [u8; 32] {
     let (seed, n) = REQ_ID.with(|c| {
         let (s, n) = c.get();
         c.set((s, n.wrapping_add(1)));
@@ -498,7 +534,7 @@ fn new_request_id() -> HeaderValue {
         let shift = (15 - (i % 16)) * 4;
         *b = HEX[((word >> shift) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    buf
 }
 
 /// Hop-by-hop headers (RFC 9110 7.6.1 and the usual non-standard ones): never forwarded.
@@ -680,114 +716,148 @@ async fn proxy<'t>(
     abandoned: &mut Abandoned<'t>,
 ) -> Response<ProxyBody> {
     let host = || request_host(req.uri(), req.headers(), conn.sni.get().map(|s| &**s));
+    let id = request_id(req.headers());
     let Some(table) = sites.site(host) else {
-        let msg = match host() {
-            Some(h) => format!(
-                "ferry-proxy: no site for host {} on {}\n",
-                truncated(h),
-                sites.addr
-            ),
-            None => format!(
-                "ferry-proxy: no site on {} for a request without Host\n",
-                sites.addr
-            ),
-        };
-        let id = request_id(req.headers());
-        return local_answer(
-            &sites.unknown_host_stats,
-            Instant::now(),
-            StatusCode::NOT_FOUND,
-            msg,
-            id,
-        );
+        return unknown_host(sites, host(), id);
     };
-    let logged = table.access_log.as_ref().map(|log| {
-        (
-            log,
-            Logged {
-                time: std::time::SystemTime::now(),
-                start: Instant::now(),
-                host: req.headers().get(header::HOST).cloned(),
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                version: req.version(),
-            },
-        )
+    let mut line = AccessLine::start(table, || Logged {
+        host: req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .map(Into::into),
+        method: req.method().as_str().into(),
+        path: req.uri().path().into(),
+        protocol: match req.version() {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        },
+        request_id: id.to_str().unwrap_or("").into(),
     });
-    let mut served = Served::default();
     let mut resp = if let Some(port) = table.redirect_https {
-        let resp = redirect_https(host(), port, req.uri(), request_id(req.headers()));
+        let resp = redirect_https(host(), port, req.uri(), id);
         table
             .unrouted_stats
             .record(resp.status().as_u16(), Duration::ZERO);
         resp
     } else {
-        proxy_site(conn, table, req, abandoned, &mut served).await
+        proxy_site(conn, table, req, id, abandoned, &mut line.served).await
     };
     if let Some(hsts) = &table.hsts {
         resp.headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    if let Some((log, l)) = logged {
-        l.write(log, &table.id, &served, &resp);
-    }
+    line.finish(resp.status().as_u16());
     resp
 }
 
-/// What the access log needs of a request, taken before it is forwarded.
-struct Logged {
-    time: std::time::SystemTime,
-    start: Instant,
-    host: Option<HeaderValue>,
-    method: Method,
-    uri: Uri,
-    version: Version,
+/// `404` for a host no site of the address serves.
+pub(crate) fn unknown_host(
+    sites: &AddrTable,
+    host: Option<&str>,
+    id: HeaderValue,
+) -> Response<ProxyBody> {
+    let msg = match host {
+        Some(h) => format!(
+            "ferry-proxy: no site for host {} on {}\n",
+            truncated(h),
+            sites.addr
+        ),
+        None => format!(
+            "ferry-proxy: no site on {} for a request without Host\n",
+            sites.addr
+        ),
+    };
+    local_answer(
+        &sites.unknown_host_stats,
+        Instant::now(),
+        StatusCode::NOT_FOUND,
+        msg,
+        id,
+    )
 }
 
-impl Logged {
-    fn write(
-        &self,
-        log: &AccessLog,
-        listener: &str,
-        served: &Served<'_>,
-        resp: &Response<ProxyBody>,
-    ) {
+/// What the access log needs of a request, taken before it is forwarded.
+pub(crate) struct Logged {
+    pub host: Option<Box<str>>,
+    pub method: Box<str>,
+    pub path: Box<str>,
+    pub protocol: &'static str,
+    pub request_id: Box<str>,
+}
+
+/// The access-log line of one request (when its site has a log): written once the
+/// answer's status is known, or, if the request is abandoned first (the client went
+/// away, the connection closed), with status 499 when dropped. Always carries the
+/// version and endpoint the request went to.
+pub(crate) struct AccessLine<'t> {
+    open: Option<(
+        &'t AccessLog,
+        &'t str,
+        std::time::SystemTime,
+        Instant,
+        Logged,
+    )>,
+    pub served: Served<'t>,
+}
+
+impl<'t> AccessLine<'t> {
+    /// Takes what the line needs (`what` runs only when the site logs).
+    pub fn start(table: &'t ListenerTable, what: impl FnOnce() -> Logged) -> Self {
+        Self {
+            open: table.access_log.as_deref().map(|log| {
+                (
+                    log,
+                    &*table.id,
+                    std::time::SystemTime::now(),
+                    Instant::now(),
+                    what(),
+                )
+            }),
+            served: Served::default(),
+        }
+    }
+
+    pub fn finish(&mut self, status: u16) {
+        let Some((log, listener, time, start, l)) = self.open.take() else {
+            return;
+        };
         fn named(s: &str) -> Option<&str> {
             (!s.is_empty()).then_some(s)
         }
-        let id = resp.headers().get(&X_REQUEST_ID);
         log.write(&Entry {
-            time: Rfc3339(self.time),
-            request_id: id.and_then(|v| v.to_str().ok()).unwrap_or(""),
+            time: Rfc3339(time),
+            request_id: &l.request_id,
             listener,
-            host: self
-                .host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| self.uri.authority().map(|a| a.as_str())),
-            method: self.method.as_str(),
-            path: self.uri.path(),
-            protocol: match self.version {
-                Version::HTTP_09 => "HTTP/0.9",
-                Version::HTTP_10 => "HTTP/1.0",
-                Version::HTTP_2 => "HTTP/2.0",
-                Version::HTTP_3 => "HTTP/3.0",
-                _ => "HTTP/1.1",
-            },
-            service: served.stats.and_then(|s| named(&s.service)),
-            version: served.stats.and_then(|s| named(&s.version)),
-            upstream: served.upstream,
-            status: resp.status().as_u16(),
-            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            host: l.host.as_deref(),
+            method: &l.method,
+            path: &l.path,
+            protocol: l.protocol,
+            service: self.served.stats.and_then(|s| named(&s.service)),
+            version: self.served.stats.and_then(|s| named(&s.version)),
+            upstream: self.served.upstream,
+            status,
+            duration_ms: start.elapsed().as_secs_f64() * 1000.0,
         });
+    }
+}
+
+impl Drop for AccessLine<'_> {
+    fn drop(&mut self) {
+        // Abandoned before its answer: nginx's "client closed request".
+        self.finish(ClientFault::Aborted.status().as_u16());
     }
 }
 
 /// Which version (and endpoint) a request was sent to, for the access log.
 #[derive(Default)]
-struct Served<'t> {
-    stats: Option<&'t KeyStats>,
-    upstream: Option<SocketAddr>,
+pub(crate) struct Served<'t> {
+    pub stats: Option<&'t KeyStats>,
+    pub upstream: Option<SocketAddr>,
 }
 
 /// `308` to the same host and path over HTTPS.
@@ -833,6 +903,7 @@ async fn proxy_site<'t>(
     conn: &ConnCtx,
     table: &'t ListenerTable,
     mut req: Request<Incoming>,
+    request_id: HeaderValue,
     abandoned: &mut Abandoned<'t>,
     served: &mut Served<'t>,
 ) -> Response<ProxyBody> {
@@ -842,7 +913,6 @@ async fn proxy_site<'t>(
     let upgrade = tunnel::requested_protocol(req.version(), req.headers())
         .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
-    let request_id = request_id(&parts.headers);
 
     let Some(route) = table.route_for(parts.uri.path()) else {
         let msg = format!(

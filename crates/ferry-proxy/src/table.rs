@@ -15,10 +15,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 
 use crate::access_log::AccessLog;
+use crate::dataplane::h1::RawConn;
 use crate::metrics::{KeyStats, StatsRegistry};
 use crate::routes::{ListenerConfig, Route, parse_sha256_hex, sticky_bucket};
 use crate::stats::EndpointUsage;
-use crate::upstream::IdlePool;
+use crate::upstream::{Conn, IdlePool};
 
 /// One upstream address; shared by every table that mentions it, so outstanding-request
 /// counts and ejections survive table swaps.
@@ -33,8 +34,10 @@ pub(crate) struct Endpoint {
     listed: AtomicI64,
     /// Unix ms; 0 = never ejected.
     ejected_until_ms: AtomicI64,
-    /// Idle upstream connections, per worker thread.
-    pub idle: IdlePool,
+    /// Idle upstream connections of hyper's client (h2 and fallback requests), per worker.
+    pub idle: IdlePool<Conn>,
+    /// Idle upstream connections of the HTTP/1.1 fast path, per worker thread.
+    pub raw: IdlePool<RawConn>,
 }
 
 impl Endpoint {
@@ -48,6 +51,7 @@ impl Endpoint {
             listed: AtomicI64::new(0),
             ejected_until_ms: AtomicI64::new(0),
             idle: IdlePool::new(workers, max_idle),
+            raw: IdlePool::new(workers, max_idle),
         }
     }
 
@@ -187,7 +191,9 @@ impl EndpointRegistry {
             map.values().cloned().collect()
         };
         let now = std::time::Instant::now();
-        eps.iter().map(|e| e.idle.reap(now, idle_timeout)).sum()
+        eps.iter()
+            .map(|e| e.idle.reap(now, idle_timeout) + e.raw.reap(now, idle_timeout))
+            .sum()
     }
 }
 
@@ -265,18 +271,34 @@ impl Sticky {
     }
 
     /// The request's sticky key: the header's value, else the cookie's.
-    fn key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+    fn key<'h, H: Headers + ?Sized>(&self, headers: &'h H) -> Option<&'h [u8]> {
         if let Some(name) = &self.header
-            && let Some(v) = headers.get(name)
+            && let Some(v) = headers.first(name)
             && !v.is_empty()
         {
-            return Some(v.as_bytes());
+            return Some(v);
         }
-        let cookie = self.cookie.as_deref()?;
-        headers
-            .get_all(header::COOKIE)
+        headers.cookie(self.cookie.as_deref()?)
+    }
+}
+
+/// Request headers as the pickers read them: hyper's map, or the header lines of the
+/// HTTP/1.1 fast path (read in place, never copied into a map).
+pub(crate) trait Headers {
+    /// The first value of header `name`.
+    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
+    /// The value of cookie `name` in the request's `Cookie` headers.
+    fn cookie(&self, name: &[u8]) -> Option<&[u8]>;
+}
+
+impl Headers for HeaderMap {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
+    }
+    fn cookie(&self, name: &[u8]) -> Option<&[u8]> {
+        self.get_all(header::COOKIE)
             .iter()
-            .find_map(|v| cookie_value(v.as_bytes(), cookie))
+            .find_map(|v| cookie_value(v.as_bytes(), name))
     }
 }
 
@@ -389,6 +411,11 @@ pub(crate) fn request_host<'a>(
     let Some(v) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
         return sni;
     };
+    Some(host_of(v))
+}
+
+/// The host of a `Host` header value: without port or trailing dot.
+pub(crate) fn host_of(v: &str) -> &str {
     let host = if let Some(rest) = v.strip_prefix('[') {
         // [v6]:port
         rest.split_once(']').map_or(v, |(h, _)| h)
@@ -398,7 +425,7 @@ pub(crate) fn request_host<'a>(
             _ => v,
         }
     };
-    Some(host.trim_end_matches('.'))
+    host.trim_end_matches('.')
 }
 
 #[derive(Debug)]
@@ -585,11 +612,11 @@ impl RouteEntry {
     /// and may have it (see [`crate::routes::PreviewRule`]) and it has endpoints, else the
     /// sticky group of the request's key, else the next group by weight.
     #[inline]
-    pub fn choose_group(&self, headers: &HeaderMap, local_client: bool) -> usize {
+    pub fn choose_group<H: Headers + ?Sized>(&self, headers: &H, local_client: bool) -> usize {
         if let Some(p) = &self.preview
-            && let Some(v) = headers.get(&p.header)
+            && let Some(v) = headers.first(&p.header)
             && !self.groups[p.group].endpoints.is_empty()
-            && p.allows(v.as_bytes(), local_client)
+            && p.allows(v, local_client)
         {
             return p.group;
         }
@@ -605,11 +632,18 @@ impl RouteEntry {
     /// Removes a token-protected preview header, so that its token never reaches a replica.
     #[inline]
     pub fn strip_preview_token(&self, headers: &mut HeaderMap) {
-        if let Some(p) = &self.preview
-            && p.token_sha256.is_some()
-        {
-            headers.remove(&p.header);
+        if let Some(name) = self.preview_token_header() {
+            headers.remove(name);
         }
+    }
+
+    /// The preview header, when it carries a token (never forwarded).
+    #[inline]
+    pub fn preview_token_header(&self) -> Option<&HeaderName> {
+        self.preview
+            .as_ref()
+            .filter(|p| p.token_sha256.is_some())
+            .map(|p| &p.header)
     }
 
     /// First group, in table order, whose cumulative weight exceeds `bucket`.

@@ -242,8 +242,8 @@ impl Conn {
     }
 }
 
-/// Opens a connection to `addr` (TCP_NODELAY) within `timeout`.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Box<Conn>> {
+/// Opens a TCP connection to `addr` (TCP_NODELAY) within `timeout`.
+pub(crate) async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(r) => r?,
         Err(_) => {
@@ -254,6 +254,12 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Res
         }
     };
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens a hyper client connection to `addr` within `timeout`.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Box<Conn>> {
+    let stream = connect_tcp(addr, timeout).await?;
     let (tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -296,20 +302,42 @@ pub(crate) async fn send(
     (res, alive)
 }
 
+/// An idle upstream connection: how long it has been idle, and whether it can carry
+/// another request (checked once, when it is taken out of the pool).
+pub(crate) trait Pooled {
+    fn since(&self) -> Instant;
+    fn set_since(&mut self, at: Instant);
+    /// Lets the connection notice a close without a task to wake; `false` once it has
+    /// ended (or cannot carry a request).
+    fn alive(&mut self) -> bool;
+}
+
+impl Pooled for Conn {
+    fn since(&self) -> Instant {
+        self.since
+    }
+    fn set_since(&mut self, at: Instant) {
+        self.since = at;
+    }
+    fn alive(&mut self) -> bool {
+        self.reusable()
+    }
+}
+
 /// Boxed on purpose: a connection (hyper's state machine and buffers) moves between the
 /// pool and the response body of each request it serves; a box moves as one pointer.
 #[allow(clippy::vec_box)]
-type Stack = Vec<Box<Conn>>;
+type Stack<T> = Vec<Box<T>>;
 
 /// Idle connections of one endpoint, one stack per worker thread (most recently used on
 /// top, so a light load keeps a few connections warm and the rest expire).
 #[derive(Debug)]
-pub(crate) struct IdlePool {
-    slots: Box<[Mutex<Stack>]>,
+pub(crate) struct IdlePool<T> {
+    slots: Box<[Mutex<Stack<T>>]>,
     max_idle: usize,
 }
 
-impl IdlePool {
+impl<T: Pooled> IdlePool<T> {
     pub fn new(workers: usize, max_idle: usize) -> Self {
         Self {
             slots: (0..workers.max(1))
@@ -319,7 +347,7 @@ impl IdlePool {
         }
     }
 
-    fn slot(&self, worker: usize) -> std::sync::MutexGuard<'_, Stack> {
+    fn slot(&self, worker: usize) -> std::sync::MutexGuard<'_, Stack<T>> {
         let m = &self.slots[worker % self.slots.len()];
         match m.lock() {
             Ok(g) => g,
@@ -327,28 +355,25 @@ impl IdlePool {
         }
     }
 
-    /// A live, ready connection idle for less than `idle_timeout`, if any.
-    pub fn checkout(
-        &self,
-        worker: usize,
-        now: Instant,
-        idle_timeout: Duration,
-    ) -> Option<Box<Conn>> {
+    /// A live connection idle for less than `idle_timeout`, if any: the one place a
+    /// pooled connection's liveness is probed.
+    pub fn checkout(&self, worker: usize, now: Instant, idle_timeout: Duration) -> Option<Box<T>> {
         loop {
             let mut c = self.slot(worker).pop()?;
-            if c.idle_for(now) < idle_timeout && c.reusable() {
+            if now.saturating_duration_since(c.since()) < idle_timeout && c.alive() {
                 return Some(c);
             }
             // Dropped outside the lock: closes the socket.
         }
     }
 
-    /// Puts a connection back after its exchange completed, if it can be reused.
-    pub fn checkin(&self, worker: usize, mut c: Box<Conn>) {
-        if self.max_idle == 0 || !c.reusable() {
+    /// Puts a connection back after its exchange completed cleanly. Not probed here: it
+    /// is, once, when taken out again (or by the reaper).
+    pub fn checkin(&self, worker: usize, mut c: Box<T>) {
+        if self.max_idle == 0 {
             return;
         }
-        c.since = Instant::now();
+        c.set_since(Instant::now());
         let evicted = {
             let mut slot = self.slot(worker);
             // Full: the oldest goes (closed outside the lock).
@@ -363,17 +388,17 @@ impl IdlePool {
     pub fn reap(&self, now: Instant, idle_timeout: Duration) -> usize {
         let mut left = 0;
         for w in 0..self.slots.len() {
-            let dead: Vec<Box<Conn>> = {
+            let dead: Vec<Box<T>> = {
                 let mut slot = self.slot(w);
                 let all = std::mem::take(&mut *slot);
                 let (keep, dead): (Vec<_>, Vec<_>) = all
                     .into_iter()
-                    .partition(|c| c.idle_for(now) < idle_timeout);
+                    .partition(|c| now.saturating_duration_since(c.since()) < idle_timeout);
                 *slot = keep;
                 let mut dead = dead;
                 let mut i = 0;
                 while i < slot.len() {
-                    if slot[i].poll_idle() {
+                    if slot[i].alive() {
                         i += 1;
                     } else {
                         dead.push(slot.remove(i));

@@ -359,3 +359,298 @@ async fn silent_slow_and_idle_connections_are_closed() {
     p.shutdown.cancel();
     t1.abort();
 }
+
+// ---------- the HTTP/1.1 fast path, byte by byte ----------
+
+/// An upstream speaking raw HTTP/1.1 on keep-alive connections: `/echo` answers with the
+/// request head it received, `/close` with a body that ends when it closes, `/early` with
+/// a 103 first, `/chunked` chunked, `/hang` never; anything else `ok`.
+async fn raw_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head: Vec<u8> = buf.drain(..end).collect();
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..len);
+                    let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let answer: Vec<u8> = match path.split('?').next().unwrap() {
+                        "/echo" => {
+                            let mut a = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n",
+                                head.len()
+                            )
+                            .into_bytes();
+                            a.extend_from_slice(&head);
+                            a
+                        }
+                        "/close" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil-close").await;
+                            return;
+                        }
+                        "/early" => b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly".to_vec(),
+                        "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n0\r\n\r\n".to_vec(),
+                        "/hang" => {
+                            tokio::time::sleep(SOON).await;
+                            return;
+                        }
+                        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                    };
+                    if s.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn body_of(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+#[tokio::test]
+async fn the_fast_path_copies_header_lines_and_strips_hop_by_hop_ones() {
+    let (p, _dir) = proxy(ProxyOptions::default()).await;
+    let (up, task) = raw_upstream().await;
+    let listen = free_port([127, 0, 0, 1]);
+    put(&p, &canary_table(listen, up, up)).await;
+
+    let answer = exchange(
+        listen,
+        b"GET /echo?q=1 HTTP/1.1\r\nHost: shop\r\nConnection: x-secret, close\r\nX-Secret: s\r\n\
+          Keep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Host: evil\r\n\
+          X-Request-Id: rid-1\r\nX-Kept: k\r\n\r\n",
+    )
+    .await;
+    let (head, seen) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    // The response: the upstream's hop-by-hop headers gone, the request id back.
+    let lower = format!("{}\r\n", head.to_ascii_lowercase());
+    assert!(lower.contains("\r\nx-request-id: rid-1\r\n"), "{head}");
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(
+        !lower.contains("x-hop") && !lower.contains("keep-alive"),
+        "{head}"
+    );
+    // The request as the upstream saw it.
+    assert!(seen.starts_with("GET /echo?q=1 HTTP/1.1\r\n"), "{seen}");
+    for line in [
+        "Host: shop",
+        "X-Kept: k",
+        "x-forwarded-host: shop",
+        "x-forwarded-for: 10.0.0.1, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-request-id: rid-1",
+    ] {
+        assert!(seen.contains(&format!("\r\n{line}\r\n")), "{line}: {seen}");
+    }
+    let seen_lower = seen.to_ascii_lowercase();
+    for gone in ["x-secret", "keep-alive", "connection", "evil"] {
+        assert!(!seen_lower.contains(gone), "{gone}: {seen}");
+    }
+
+    // Bare LF line ends are read (as nginx does) and forwarded as CRLF.
+    let answer = exchange(
+        listen,
+        b"GET /echo HTTP/1.1\nHost: shop\nX-A: 1\nConnection: close\n\n",
+    )
+    .await;
+    let seen = body_of(&answer);
+    assert!(seen.contains("\r\nX-A: 1\r\n"), "{answer}");
+    assert!(
+        seen.match_indices('\n')
+            .all(|(i, _)| i > 0 && &seen[i - 1..i] == "\r"),
+        "{seen:?}"
+    );
+
+    // Response bodies: until close, after a 103, chunked (passed through).
+    let answer = exchange(listen, b"GET /close HTTP/1.1\r\nHost: shop\r\n\r\n").await;
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
+    assert_eq!(body_of(&answer), "until-close");
+    let answer = exchange(
+        listen,
+        b"GET /early HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(body_of(&answer), "early");
+    let answer = exchange(
+        listen,
+        b"GET /chunked HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.contains("transfer-encoding: chunked\r\n"),
+        "{answer}"
+    );
+    assert_eq!(body_of(&answer), "3\r\none\r\n0\r\n\r\n");
+
+    // Pipelined requests (one with a body) are answered in order on one connection.
+    let answer = exchange(
+        listen,
+        b"GET / HTTP/1.1\r\nHost: shop\r\nX-Request-Id: p1\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: shop\r\nX-Request-Id: p2\r\nContent-Length: 4\r\n\r\nbody\
+          HEAD / HTTP/1.1\r\nHost: shop\r\nX-Request-Id: p3\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: shop\r\nX-Request-Id: p4\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let at = |id: &str| {
+        answer
+            .find(&format!("x-request-id: {id}\r\n"))
+            .unwrap_or_else(|| panic!("{id} missing: {answer}"))
+    };
+    assert!(
+        at("p1") < at("p2") && at("p2") < at("p3") && at("p3") < at("p4"),
+        "{answer}"
+    );
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+
+    let s = stats(&p).await;
+    assert_eq!(
+        (version(&s, "v1").requests, version(&s, "v1").errors_5xx),
+        (9, 0)
+    );
+    p.shutdown.cancel();
+    task.abort();
+}
+
+#[tokio::test]
+async fn smuggling_shapes_and_oversized_heads_are_refused() {
+    let (p, _dir) = proxy(ProxyOptions::default()).await;
+    let (up, task) = raw_upstream().await;
+    let listen = free_port([127, 0, 0, 1]);
+    put(&p, &canary_table(listen, up, up)).await;
+
+    for raw in [
+        // Both framings, either order.
+        &b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        // Two lengths (equal or not), a list, a sign.
+        b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nbody",
+        b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 4\r\ncontent-length: 4\r\n\r\nbody",
+        b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 4, 4\r\n\r\nbody",
+        b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: +4\r\n\r\nbody",
+        // Obsolete line folding; whitespace before the colon; two hosts.
+        b"GET / HTTP/1.1\r\nHost: shop\r\nX-A: 1\r\n  folded\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: shop\r\nHost: other\r\n\r\n",
+    ] {
+        let answer = exchange(listen, raw).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 "),
+            "{}: {answer}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+
+    let mut many = b"GET / HTTP/1.1\r\nHost: shop\r\n".to_vec();
+    for i in 0..120 {
+        many.extend_from_slice(format!("x-h{i}: 1\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let answer = exchange(listen, &many).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    let mut big = b"GET / HTTP/1.1\r\nHost: shop\r\nx-big: ".to_vec();
+    big.resize(70 * 1024, b'a');
+    let answer = exchange(listen, &big).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+
+    // None of them reached a version.
+    let s = stats(&p).await;
+    assert_eq!(version(&s, "v1").requests, 0);
+    let ok = exchange(
+        listen,
+        b"GET / HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        ok.starts_with("HTTP/1.1 200 ") && ok.ends_with("ok"),
+        "{ok}"
+    );
+    p.shutdown.cancel();
+    task.abort();
+}
+
+/// Waits for `n` lines in an access log.
+async fn log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n {
+            return text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "{n} lines never came: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn abandoned_requests_are_logged_with_499_and_their_duration() {
+    let (p, _dir) = proxy(ProxyOptions::default()).await;
+    let (up, task) = raw_upstream().await;
+    let listen = free_port([127, 0, 0, 1]);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    let mut t = canary_table(listen, up, up);
+    t.listeners[0].access_log = Some(log.clone());
+    put(&p, &t).await;
+
+    // HTTP/1.1 (the fast path) and HTTP/1.0 (hyper): the client gives up waiting.
+    for (i, raw) in [
+        &b"GET /hang HTTP/1.1\r\nHost: shop\r\nX-Request-Id: gone-1\r\n\r\n"[..],
+        b"GET /hang HTTP/1.0\r\nHost: shop\r\nX-Request-Id: gone-2\r\n\r\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(s);
+        let lines = log_lines(&log, i + 1).await;
+        let l = &lines[i];
+        assert_eq!(l["status"], 499, "{l}");
+        assert_eq!(l["request_id"], format!("gone-{}", i + 1), "{l}");
+        assert_eq!(l["version"], "v1", "{l}");
+        assert_eq!(l["upstream"], up.to_string(), "{l}");
+        assert!(l["duration_ms"].as_f64().unwrap() >= 250.0, "{l}");
+    }
+    let s = stats_until(&p, |s| version(s, "v1").client_errors == 2).await;
+    assert_eq!(version(&s, "v1").errors_5xx, 0);
+    p.shutdown.cancel();
+    task.abort();
+}
