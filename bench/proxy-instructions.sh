@@ -7,6 +7,9 @@
 #   SKIP_BUILD=1 bench/proxy-instructions.sh                   # ferry (examples/proxy) vs nginx
 #   SKIP_BUILD=1 ALT_PROXY=/tmp/proxy-old bench/proxy-instructions.sh   # + an older build
 #   REQUESTS_FOR=5s CONNS=16 ...
+#   HOSTS=100 ...   # host routing: 100 sites (site1.example … site100.example) share the
+#                   # listener, in ferry (one environment per host) and in nginx (one
+#                   # server block each); wrk asks for the middle one by Host
 #
 # Each proxy runs under `valgrind --tool=callgrind` (nginx with `master_process off`, so
 # one process does everything), in front of the same static nginx upstream (not
@@ -19,6 +22,11 @@
 set -euo pipefail
 
 REQUESTS_FOR=${REQUESTS_FOR:-5s}
+HOSTS=${HOSTS:-0}
+WRK_HOST=()
+if (( HOSTS > 0 )); then
+    WRK_HOST=(-H "Host: site$(( HOSTS / 2 + 1 )).example")
+fi
 CONNS=${CONNS:-16}
 OUT=${OUT:-/tmp/ferry-callgrind}
 
@@ -61,16 +69,20 @@ start_ferry() { # start_ferry NAME BINARY
     callgrind_run "$name" "$bin" --state-dir "$dir" --admin-listen "127.0.0.1:$admin"
     VG[$name]=$VG_PID
     for _ in $(seq 300); do curl -fsS -o /dev/null "http://127.0.0.1:$admin/healthz" 2>/dev/null && break; sleep 0.2; done
-    cat >"$dir/table.json" <<JSON
-{"generation": 1, "listeners": [{"id": "bench/prod", "listen": "127.0.0.1:${PORT[$name]}",
+    local listeners="" i
+    for i in $(seq "$(( HOSTS > 0 ? HOSTS : 1 ))"); do
+        local hosts='[]'
+        (( HOSTS > 0 )) && hosts="[\"site$i.example\"]"
+        listeners+="${listeners:+,}"'{"id": "bench/prod'"$i"'", "listen": "127.0.0.1:'"${PORT[$name]}"'", "hosts": '"$hosts"',
   "routes": [{"service": "demo", "path_prefix": "/",
     "backends": [
-      {"version": "v2", "weight": 1000, "endpoints": ["127.0.0.1:$V2_PORT"]},
-      {"version": "v1", "weight": 9000, "endpoints": ["127.0.0.1:$V1_PORT"]}]}]}]}
-JSON
+      {"version": "v2", "weight": 1000, "endpoints": ["127.0.0.1:'"$V2_PORT"'"]},
+      {"version": "v1", "weight": 9000, "endpoints": ["127.0.0.1:'"$V1_PORT"'"]}]}]}'
+    done
+    echo '{"generation": 1, "listeners": ['"$listeners"']}' >"$dir/table.json"
     curl -fsS -X PUT -H "Authorization: Bearer $(cat "$dir/admin.token")" -H 'Content-Type: application/json' \
         --data-binary @"$dir/table.json" "http://127.0.0.1:$admin/v1/routes" >/dev/null
-    wait_http "http://127.0.0.1:${PORT[$name]}/"
+    wait_http "http://127.0.0.1:${PORT[$name]}/" "${WRK_HOST[@]}"
 }
 
 TARGETS=(nginx ferry)
@@ -95,19 +107,23 @@ http {
         server 127.0.0.1:$V2_PORT weight=1;
         keepalive 64;
     }
-    server {
+$(for i in $(seq "$(( HOSTS > 0 ? HOSTS : 1 ))"); do
+    (( HOSTS > 0 )) && name="server_name site$i.example;" || name=""
+    echo "    server {
         listen 127.0.0.1:${PORT[nginx]};
+        $name
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
         }
-    }
+    }"
+done)
 }
 CONF
 callgrind_run nginx "$(command -v nginx)" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log"
 VG[nginx]=$VG_PID
-for _ in $(seq 300); do curl -fsS -o /dev/null "http://127.0.0.1:${PORT[nginx]}/" 2>/dev/null && break; sleep 0.2; done
+for _ in $(seq 300); do curl -fsS -o /dev/null "${WRK_HOST[@]}" "http://127.0.0.1:${PORT[nginx]}/" 2>/dev/null && break; sleep 0.2; done
 start_ferry ferry "$FERRY"
 if [[ -n "${ALT_PROXY:-}" ]]; then
     start_ferry ferry-alt "$ALT_PROXY"
@@ -119,9 +135,9 @@ echo "| --- | ---: | ---: | ---: | ---: |"
 declare -A PER
 for t in "${TARGETS[@]}"; do
     url="http://127.0.0.1:${PORT[$t]}/"
-    wrk -t2 -c"$CONNS" -d2s "$url" >/dev/null
+    wrk -t2 -c"$CONNS" -d2s "${WRK_HOST[@]}" "$url" >/dev/null
     callgrind_control -z "${VG[$t]}" >/dev/null
-    requests=$(wrk -t2 -c"$CONNS" -d"$REQUESTS_FOR" "$url" | awk '/requests in/ { print $1 }')
+    requests=$(wrk -t2 -c"$CONNS" -d"$REQUESTS_FOR" "${WRK_HOST[@]}" "$url" | awk '/requests in/ { print $1 }')
     callgrind_control -d "${VG[$t]}" >/dev/null
     dump=""
     for _ in $(seq 100); do
