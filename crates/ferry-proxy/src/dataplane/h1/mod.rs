@@ -469,15 +469,13 @@ async fn exchange(io: &mut Watched, b: &mut Bufs, head: &ReqHead, conn: &ConnCtx
         out.extend_from_slice(&b.inp[target]);
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut host_value: &[u8] = b"";
-        let mut xff_before = 0usize;
-        let mut xff_len = 0usize;
+        let mut xff = false;
         for (n, v) in hl.iter() {
             match classify(n) {
                 Name::HopByHop | Name::Forwarded | Name::RequestId => continue,
                 Name::ForwardedFor => {
-                    // Joined in place below (after the other lines).
-                    xff_before += 1;
-                    xff_len += v.len() + 2;
+                    // Joined into one line below, with the client's address.
+                    xff = true;
                     continue;
                 }
                 Name::Host => host_value = v,
@@ -493,8 +491,7 @@ async fn exchange(io: &mut Watched, b: &mut Bufs, head: &ReqHead, conn: &ConnCtx
         }
         push_header(out, b"x-forwarded-host", host_value);
         out.extend_from_slice(b"x-forwarded-for: ");
-        if xff_before > 0 {
-            out.reserve(xff_len);
+        if xff {
             for v in hl.all(b"x-forwarded-for") {
                 out.extend_from_slice(v);
                 out.extend_from_slice(b", ");
@@ -694,12 +691,19 @@ async fn exchange(io: &mut Watched, b: &mut Bufs, head: &ReqHead, conn: &ConnCtx
                 // More than the response: the upstream is not to be trusted again.
                 reuse = false;
             }
-            b.out.extend_from_slice(&data[..n]);
-            if io.write_all(&b.out).await.is_err() {
+            let written = if b.out.is_empty() {
+                io.write_all(&data[..n]).await
+            } else {
+                // The head, with the first body bytes: one write.
+                b.out.extend_from_slice(&data[..n]);
+                let w = io.write_all(&b.out).await;
+                b.out.clear();
+                w
+            };
+            if written.is_err() {
                 // The client went away during the body.
                 return Next::Close;
             }
-            b.out.clear();
             if complete {
                 done = true;
                 break;
