@@ -463,6 +463,17 @@ pub struct HookOutput {
     pub output: String,
 }
 
+/// `POST /v1/login-links`: a one-time console login link (shown once).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoginLink {
+    /// The user it logs in.
+    pub user: String,
+    /// The path to open on the server (`/login/link/ferry_…`): it works once.
+    pub path: String,
+    /// Unused after this time, it is refused.
+    pub expires_at_ms: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

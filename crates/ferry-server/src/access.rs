@@ -107,6 +107,14 @@ use TargetFrom::{App, AppEnv, BodyTo, Deployment, Global, Manifest};
 /// here answers 405 — deny by default.
 pub static RULES: &[Rule] = &[
     rule(Method::POST, "/v1/login", "login", Public, Global),
+    rule(Method::POST, "/v1/login/link", "login.link", Public, Global),
+    rule(
+        Method::POST,
+        "/v1/login-links",
+        "login_links.create",
+        Perm(P::ManageUsers),
+        Global,
+    ),
     rule(Method::POST, "/v1/logout", "logout", Authenticated, Global),
     rule(Method::GET, "/v1/whoami", "whoami", Authenticated, Global),
     rule(Method::GET, "/v1/version", "version", Authenticated, Global),
@@ -1220,6 +1228,11 @@ fn summarize(seen: &Seen) -> String {
     };
     match seen.rule.action {
         "login" => format!("log in as {}", s("username").unwrap_or_default()),
+        "login.link" => "log in with a one-time link".to_string(),
+        "login_links.create" => format!(
+            "create a one-time console login link for {}",
+            s("user").unwrap_or_default()
+        ),
         "logout" => "log out".to_string(),
         "apply" => format!(
             "apply the manifest of {}{}",

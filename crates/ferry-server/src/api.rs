@@ -66,6 +66,8 @@ pub fn router(state: AppState) -> Router {
     use crate::{audit, identity, secrets};
     let gated = Router::new()
         .route("/v1/login", post(identity::login))
+        .route("/v1/login/link", post(identity::use_login_link))
+        .route("/v1/login-links", post(identity::create_login_link))
         .route("/v1/logout", post(identity::logout))
         .route("/v1/whoami", get(identity::whoami))
         .route(
@@ -875,7 +877,8 @@ type StatusEvents = axum::response::sse::Sse<
 >;
 
 /// Server-sent events: the environment's status (JSON `EnvStatus`) now and after every
-/// change, for `ferry status --watch`.
+/// change, for `ferry status --watch`. The stream ends when the server stops (a graceful
+/// shutdown waits for open connections).
 async fn watch(
     State(state): State<AppState>,
     Path((app, env)): Path<(String, String)>,
@@ -894,6 +897,7 @@ async fn watch(
                 .ok()
                 .map(Ok)
         })
+        .take_until(state.shutdown.clone().cancelled_owned())
         .boxed();
     Ok(axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
 }

@@ -157,6 +157,11 @@ pub async fn login(
         .into_response();
     }
     state.gov.throttle().succeeded(&user_key);
+    open_session(&state, &slot, user, now).await
+}
+
+/// A new session for `user` (a password login or a one-time link): its token, shown once.
+async fn open_session(state: &AppState, slot: &AuditSlot, user: UserRecord, now: i64) -> Response {
     let token = auth::new_token();
     let expires_at_ms = now.saturating_add(SESSION_TTL_MS);
     let created = state
@@ -185,6 +190,147 @@ pub async fn login(
         }
         Err(e) => internal(e).into_response(),
     }
+}
+
+/// How long a one-time console login link may wait for its use.
+pub const LOGIN_LINK_TTL_MS: i64 = 10 * 60 * 1000;
+
+#[derive(Deserialize)]
+pub struct LoginLinkRequest {
+    /// The user the link logs in.
+    pub user: String,
+}
+
+/// `POST /v1/login-links`: a one-time link that logs `user` into the console, valid for ten
+/// minutes (`ferry quickstart` prints one). The link is shown once; it is stored as its
+/// SHA-256 only.
+pub async fn create_login_link(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Extension(slot): Extension<AuditSlot>,
+    Json(request): Json<LoginLinkRequest>,
+) -> ApiResult<(StatusCode, Json<ferry_core::api::LoginLink>)> {
+    validate_username(&request.user).map_err(bad_request)?;
+    slot.with(|n| n.target = Some(format!("user {}", request.user)));
+    let user = state
+        .store
+        .get_user(&request.user)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| not_found(format!("user {} not found", request.user)))?;
+    if user.disabled {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "disabled",
+            format!("user {} is disabled; enable it first", user.name),
+        ));
+    }
+    let token = auth::new_token();
+    let now = now_ms();
+    let expires_at_ms = now.saturating_add(LOGIN_LINK_TTL_MS);
+    state
+        .store
+        .create_login_link(
+            &auth::token_hash(&token),
+            &user.name,
+            &access.caller.principal(),
+            now,
+            expires_at_ms,
+        )
+        .await
+        .map_err(store_failure)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ferry_core::api::LoginLink {
+            user: user.name,
+            path: format!("/login/link/{token}"),
+            expires_at_ms,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct UseLoginLinkRequest {
+    pub token: String,
+}
+
+/// `POST /v1/login/link`: exchanges a one-time login link's token for a session, once.
+/// A used, expired or unknown link is refused (401) and counts as a failed login of the
+/// client's address (the same throttle as `POST /v1/login`).
+pub async fn use_login_link(
+    State(state): State<AppState>,
+    Extension(slot): Extension<AuditSlot>,
+    Extension(client): Extension<ClientAddr>,
+    Json(request): Json<UseLoginLinkRequest>,
+) -> Response {
+    let now = now_ms();
+    let addr_key = client.0.map(|ip| format!("addr:{ip}"));
+    let locked = addr_key
+        .as_ref()
+        .and_then(|k| state.gov.throttle().check(k, now).err());
+    if let Some(retry_after_ms) = locked {
+        let secs = retry_after_ms.div_ceil(1000);
+        slot.with(|n| n.outcome = Some(format!("denied: throttled, retry in {secs}s")));
+        return too_many(
+            retry_after_ms,
+            format!("too many failed logins; try again in {secs} s"),
+        );
+    }
+    if request.token.len() > 128 {
+        return bad_request("a login link token has at most 128 characters").into_response();
+    }
+    let used = match state
+        .store
+        .use_login_link(&auth::token_hash(&request.token), now)
+        .await
+    {
+        Ok(used) => used,
+        Err(e) => return internal(e).into_response(),
+    };
+    let username = match used {
+        Ok(username) => username,
+        Err(why) => {
+            if let Some(k) = &addr_key {
+                let mut throttle = state.gov.throttle();
+                throttle.failed(k, now);
+                throttle.prune(now);
+            }
+            let message = match why {
+                ferry_store::LinkRefusal::Unknown => "unknown login link".to_string(),
+                ferry_store::LinkRefusal::Used(at) => {
+                    format!(
+                        "this login link was used already (at {})",
+                        auth::rfc3339(at)
+                    )
+                }
+                ferry_store::LinkRefusal::Expired(at) => {
+                    format!("this login link expired at {}", auth::rfc3339(at))
+                }
+            };
+            slot.with(|n| n.outcome = Some(format!("failed: {message}")));
+            return ApiFailure::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("{message}; log in with a password or ask for a new link"),
+            )
+            .into_response();
+        }
+    };
+    slot.with(|n| n.actor = Some(format!("user:{username}")));
+    let user = match state.store.get_user(&username).await {
+        Ok(Some(user)) if !user.disabled => user,
+        Ok(_) => {
+            slot.with(|n| n.outcome = Some("denied: user is disabled or gone".to_string()));
+            return ApiFailure::new(
+                StatusCode::FORBIDDEN,
+                "disabled",
+                format!("user {username} is disabled; ask an administrator"),
+            )
+            .into_response();
+        }
+        Err(e) => return internal(e).into_response(),
+    };
+    open_session(&state, &slot, user, now).await
 }
 
 pub async fn logout(

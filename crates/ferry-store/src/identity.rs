@@ -585,3 +585,78 @@ impl Store {
         get(&row, "n", &|| "token count".to_string())
     }
 }
+
+// -- one-time login links ------------------------------------------------------------------
+
+/// Why a one-time login link was not exchanged for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRefusal {
+    /// No link has this token.
+    Unknown,
+    /// It was exchanged already (at this time).
+    Used(i64),
+    /// It expired (at this time) unused.
+    Expired(i64),
+}
+
+impl Store {
+    /// Stores a one-time login link for `username` (its token as SHA-256 only).
+    pub async fn create_login_link(
+        &self,
+        token_hash: &str,
+        username: &str,
+        created_by: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO login_links (token_hash, username, created_by, created_at_ms, \
+             expires_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash)
+        .bind(username)
+        .bind(created_by)
+        .bind(now_ms)
+        .bind(expires_at_ms)
+        .execute(&self.pool)
+        .await
+        .ctx(|| format!("storing a login link for {username}"))?;
+        Ok(())
+    }
+
+    /// Uses a one-time login link: marks it used — once, in one statement, so two
+    /// concurrent uses cannot both win — and returns its user; or says why not.
+    pub async fn use_login_link(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<std::result::Result<String, LinkRefusal>> {
+        let used = sqlx::query(
+            "UPDATE login_links SET used_at_ms = $1 \
+             WHERE token_hash = $2 AND used_at_ms IS NULL AND expires_at_ms > $1 \
+             RETURNING username",
+        )
+        .bind(now_ms)
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx(|| "using a login link".into())?;
+        if let Some(row) = used {
+            return Ok(Ok(get(&row, "username", &|| "login link".to_string())?));
+        }
+        let row =
+            sqlx::query("SELECT used_at_ms, expires_at_ms FROM login_links WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .ctx(|| "reading a login link".into())?;
+        let Some(row) = row else {
+            return Ok(Err(LinkRefusal::Unknown));
+        };
+        let what = || "login link".to_string();
+        Ok(Err(match get::<Option<i64>>(&row, "used_at_ms", &what)? {
+            Some(at) => LinkRefusal::Used(at),
+            None => LinkRefusal::Expired(get(&row, "expires_at_ms", &what)?),
+        }))
+    }
+}

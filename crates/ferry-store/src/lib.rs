@@ -47,7 +47,9 @@ pub use flags::{
 
 pub use audit::{AuditQuery, CheckpointRecord};
 pub use hooks::{HookRunRecord, NewHookRun};
-pub use identity::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
+pub use identity::{
+    BindingRecord, LinkRefusal, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord,
+};
 pub use secrets::{SecretInfo, SecretRecord};
 // releases:
 pub use releases::{DeploymentFact, NewRelease, ReleaseOutcome, ReleaseRecord};
@@ -244,6 +246,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "gates", include_str!("../migrations/0008_gates.sql")),
     (9, "flags", include_str!("../migrations/0009_flags.sql")),
     (12, "alerts", include_str!("../migrations/0012_alerts.sql")),
+    (
+        15,
+        "login_links",
+        include_str!("../migrations/0015_login_links.sql"),
+    ),
 ];
 
 /// The migration files this build embeds (`(version, description)`), for tests.
@@ -785,6 +792,21 @@ impl Store {
         env: &str,
     ) -> Result<Option<DeploymentRecord>> {
         Ok(self.list_deployments(app, env, 1).await?.into_iter().next())
+    }
+
+    /// The newest deployment of every app/env at once, whatever its state (the console's
+    /// dashboard: one query instead of one per app × environment).
+    pub async fn latest_deployments(&self) -> Result<Vec<DeploymentRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            deployment_cols!(),
+            " FROM deployments WHERE id IN (SELECT MAX(id) FROM deployments GROUP BY app, env) ",
+            "ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .ctx(|| "listing the newest deployment of every environment".into())?;
+        rows.iter().map(deployment_from_row).collect()
     }
 
     /// Deployments not in a terminal state, oldest first (what to resume after a crash).

@@ -260,6 +260,19 @@ impl Store {
             .collect()
     }
 
+    /// What serves every environment of every app (the console's dashboard), by app and
+    /// environment name.
+    pub async fn all_env_currents(&self) -> Result<Vec<EnvRecord>> {
+        let rows = sqlx::query(
+            "SELECT app, env, current_version, deployment_id, updated_at_ms FROM environments \
+             ORDER BY app, env",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .ctx(|| "reading every environment's current version".into())?;
+        rows.iter().map(env_from_row).collect()
+    }
+
     /// What serves each environment of an app, by environment name.
     pub async fn env_currents(&self, app: &str) -> Result<Vec<EnvRecord>> {
         let rows = sqlx::query(

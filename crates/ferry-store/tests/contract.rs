@@ -262,6 +262,12 @@ pub async fn deployments_create_get_list_latest(store: Store, _url: String) {
         Some(other_env.clone())
     );
 
+    assert_eq!(
+        store.latest_deployments().await.unwrap(),
+        vec![b.clone(), other_env.clone()],
+        "the newest of every app/env, by id"
+    );
+
     // creation logs the first event
     let events = store.events_after(a.id, 0, 10).await.unwrap();
     assert_eq!(events.len(), 1);
@@ -1917,6 +1923,58 @@ pub async fn release_facts_per_version_and_env(store: Store, _url: String) {
         .map(|e| (e.env.as_str(), e.current_version.as_deref()))
         .collect();
     assert_eq!(currents, [("dev", Some("1.0.0")), ("qa", Some("1.0.0"))]);
+    let all = store.all_env_currents().await.unwrap();
+    let all: Vec<(&str, &str, Option<&str>)> = all
+        .iter()
+        .map(|e| (e.app.as_str(), e.env.as_str(), e.current_version.as_deref()))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            ("blog", "dev", Some("1.0.0")),
+            ("shop", "dev", Some("1.0.0")),
+            ("shop", "qa", Some("1.0.0"))
+        ],
+        "every app's, by app and environment"
+    );
+}
+
+// console: one-time login links
+pub async fn login_links_are_single_use_and_expire(store: Store, _url: String) {
+    use ferry_store::LinkRefusal;
+    store
+        .create_login_link("h1", "alice", "token:admin", 1_000, 61_000)
+        .await
+        .unwrap();
+    store
+        .create_login_link("h2", "bob", "token:admin", 1_000, 61_000)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .create_login_link("h1", "mallory", "token:admin", 1_000, 61_000)
+            .await
+            .is_err(),
+        "a token hash is stored once"
+    );
+    assert_eq!(
+        store.use_login_link("nope", 2_000).await.unwrap(),
+        Err(LinkRefusal::Unknown)
+    );
+    assert_eq!(
+        store.use_login_link("h1", 2_000).await.unwrap(),
+        Ok("alice".to_string())
+    );
+    assert_eq!(
+        store.use_login_link("h1", 3_000).await.unwrap(),
+        Err(LinkRefusal::Used(2_000)),
+        "used twice: refused"
+    );
+    assert_eq!(
+        store.use_login_link("h2", 61_000).await.unwrap(),
+        Err(LinkRefusal::Expired(61_000)),
+        "at its expiry: refused"
+    );
 }
 
 // gates:
@@ -2162,6 +2220,8 @@ on_every_engine!(
     release_facts_per_version_and_env,
     // gates:
     gate_check_results_and_overrides,
+    // console:
+    login_links_are_single_use_and_expire,
     // config:
     replica_configs_are_recorded_and_listed,
     // flags:

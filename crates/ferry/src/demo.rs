@@ -42,6 +42,10 @@ pub struct DemoArgs {
     /// Fraction (0..1) of `/` answers that are 500.
     #[arg(long, env = "DEMO_ERROR_RATE", default_value_t = 0.0)]
     pub error_rate: f64,
+    /// Only these versions (comma-separated) answer errors at `--error-rate`; empty: every
+    /// version (the quickstart's bad release: `DEMO_ERROR_VERSIONS=1.2.0`).
+    #[arg(long, env = "DEMO_ERROR_VERSIONS", default_value = "")]
+    pub error_versions: String,
     /// Delay added to every `/` answer, in milliseconds.
     #[arg(long, env = "DEMO_LATENCY_MS", default_value_t = 0)]
     pub latency_ms: u64,
@@ -54,6 +58,21 @@ pub struct DemoArgs {
     /// Print an error and exit 1 immediately.
     #[arg(long, env = "DEMO_FAIL_START", value_parser = clap::builder::FalseyValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub fail_start: bool,
+}
+
+/// The error rate of this version: `--error-rate`, unless `--error-versions` leaves it out.
+fn error_rate_of(args: &DemoArgs) -> f64 {
+    let listed: Vec<&str> = args
+        .error_versions
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    if listed.is_empty() || listed.contains(&args.version.as_str()) {
+        args.error_rate
+    } else {
+        0.0
+    }
 }
 
 struct State {
@@ -178,7 +197,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
         version: HeaderValue::from_str(&args.version)
             .map_err(|_| anyhow::anyhow!("version {:?} is not a valid header", args.version))?,
-        error_rate: args.error_rate,
+        error_rate: error_rate_of(&args),
         latency: (args.latency_ms > 0).then(|| Duration::from_millis(args.latency_ms)),
         unhealthy: args.unhealthy,
         crash_after: args.crash_after,
@@ -230,4 +249,34 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("ferry-demo {} {} stopped", args.service, args.version);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_rate_applies_to_the_listed_versions_only() {
+        let args = |version: &str, listed: &str| {
+            DemoArgs::parse_from([
+                "ferry-demo",
+                "--port",
+                "1",
+                "--version",
+                version,
+                "--error-rate",
+                "0.3",
+                "--error-versions",
+                listed,
+            ])
+        };
+        assert_eq!(
+            error_rate_of(&args("1.2.0", "")),
+            0.3,
+            "no list: every version"
+        );
+        assert_eq!(error_rate_of(&args("1.2.0", "1.2.0")), 0.3);
+        assert_eq!(error_rate_of(&args("1.2.0", "0.9, 1.2.0")), 0.3);
+        assert_eq!(error_rate_of(&args("1.1.0", "1.2.0")), 0.0);
+    }
 }

@@ -721,3 +721,177 @@ async fn dashboard_with_200_apps_by_4_environments() {
     })
     .await;
 }
+
+/// Reads a server-sent event stream until it ends; the stream's text, or None if it was
+/// still open after `limit`.
+async fn read_until_end(response: reqwest::Response, limit: Duration) -> Option<String> {
+    use futures_util::StreamExt;
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Err(_) => return None,
+            Ok(None) | Ok(Some(Err(_))) => return Some(text),
+            Ok(Some(Ok(bytes))) => text.push_str(&String::from_utf8_lossy(&bytes)),
+        }
+    }
+}
+
+/// A graceful stop (SIGTERM) ends the open event streams — `ferry status --watch`'s
+/// `/watch`, the dashboard's `/live` and a deployment's live timeline — and the server
+/// exits promptly instead of waiting for their clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn event_streams_end_when_the_server_stops() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let mut ferry = Ferry::start().await;
+        let mut spec = Spec::new("streams");
+        spec.replicas = 1;
+        ferry
+            .apply(&ferry.write_manifest(&spec, "ferry.yaml"))
+            .await;
+        add_person(&ferry, "ops", PASSWORD, &[("viewer", "streams", None)]).await;
+        let out = ferry
+            .cli(&[
+                "deploy",
+                "streams",
+                "--env",
+                "production",
+                "--version",
+                "1.0.0",
+                "-o",
+                "json",
+            ])
+            .await;
+        assert_eq!(out.code, 0, "deploy:\n{out}");
+        let id = out.json()["id"].as_i64().expect("deployment id");
+        let (ops, _) = Browser::logged_in(&ferry, "ops").await;
+        let open = |request: reqwest::RequestBuilder, what: &'static str| async move {
+            let response = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(response.status(), StatusCode::OK, "{what}");
+            let kind = response.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert!(kind.starts_with("text/event-stream"), "{what}: {kind}");
+            response
+        };
+        // A client without a timeout: only the server can end these.
+        let http = reqwest::Client::new();
+        let watch = open(
+            http.get(format!(
+                "{}/v1/apps/streams/envs/production/watch",
+                ferry.url
+            ))
+            .bearer_auth(&ferry.token),
+            "/watch",
+        )
+        .await;
+        let live = open(
+            http.get(format!("{}/live", ferry.url))
+                .header(header::COOKIE, ops.cookie_header()),
+            "/live",
+        )
+        .await;
+        let timeline = open(
+            http.get(format!("{}/deployments/{id}/live?after=1000000", ferry.url))
+                .header(header::COOKIE, ops.cookie_header()),
+            "/deployments/ID/live",
+        )
+        .await;
+        let started = Instant::now();
+        let status = ferry.stop_server(Duration::from_secs(15)).await;
+        let took = started.elapsed();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the server did not exit cleanly within 15 s of SIGTERM ({status:?})\n{}",
+            ferry.server_logs()
+        );
+        eprintln!("server exited {took:?} after SIGTERM with three open event streams");
+        for (what, stream) in [
+            ("/watch", watch),
+            ("/live", live),
+            ("/deployments/ID/live", timeline),
+        ] {
+            let text = read_until_end(stream, Duration::from_secs(10)).await;
+            assert!(text.is_some(), "{what} still open after the server stopped");
+        }
+        // The proxy (and replicas) outlive the control plane: start it again so the
+        // harness tears everything down.
+        ferry.start_server().await;
+    })
+    .await;
+}
+
+/// `ferry users login-link NAME` (manage_users): the link logs that user into the console
+/// once; opened again it is refused and shows the login form; someone without manage_users
+/// cannot make one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_time_login_links_work_once() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let vic = add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
+        let out = common::run(
+            &ferry,
+            &common::admin(&ferry),
+            &["users", "login-link", "vic"],
+            None,
+        )
+        .await;
+        common::ok(&out, "users login-link");
+        let link = out.stdout.trim().to_string();
+        assert!(
+            link.starts_with(&format!("{}/login/link/ferry_", ferry.url)),
+            "{link}"
+        );
+        assert!(
+            out.stderr.contains("opens the web console as vic once"),
+            "{}",
+            out.stderr
+        );
+
+        let mut browser = Browser::new(&ferry);
+        let path = &link[ferry.url.len()..];
+        let first = browser.get(path).await;
+        assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.body);
+        assert_eq!(first.location(), "/");
+        let cookies = first.set_cookies();
+        let session = cookies
+            .iter()
+            .find(|c| c.starts_with("ferry_session="))
+            .expect("a session cookie");
+        for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(session.contains(flag), "{session}");
+        }
+        let dashboard = browser.get("/").await;
+        assert_eq!(dashboard.status, StatusCode::OK);
+        assert!(dashboard.body.contains("vic"), "{}", dashboard.body);
+
+        let mut other = Browser::new(&ferry);
+        let again = other.get(path).await;
+        assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+        assert!(again.body.contains("used already"), "{}", again.body);
+        assert!(
+            again.body.contains("name=\"password\""),
+            "the login form: {}",
+            again.body
+        );
+        assert!(
+            other.get("/").await.status == StatusCode::SEE_OTHER,
+            "no session"
+        );
+
+        let unknown = other.get("/login/link/ferry_0000").await;
+        assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+
+        let refused = common::run(&ferry, &vic, &["users", "login-link", "vic"], None).await;
+        assert_ne!(refused.code, 0, "a viewer makes no login link:\n{refused}");
+        assert!(refused.stderr.contains("manage_users"), "{refused}");
+    })
+    .await;
+}

@@ -1,5 +1,7 @@
-//! `ferry quickstart` end to end on free ports: the tour deploys and serves, and Ctrl-C
-//! (SIGINT) stops everything it started — no replica, proxy or server left, ports free.
+//! `ferry quickstart` end to end on free ports: the tour deploys and serves, its bad canary
+//! is rolled back by the analysis under the tour's own load, its one-time console login
+//! link works once, and Ctrl-C (SIGINT) stops everything it started — no replica, proxy or
+//! server left, ports free.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -37,6 +39,86 @@ fn processes_under(path: &std::path::Path) -> Vec<String> {
     found
 }
 
+/// The link logs in once (a session cookie, then the dashboard), is refused the second
+/// time, and both uses are in the audit log.
+fn check_login_link(link: &str, api: u16, data: &std::path::Path) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let first = http.get(link).send().await.expect("open the link");
+        assert_eq!(first.status(), reqwest::StatusCode::SEE_OTHER);
+        let session = first
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|c| c.starts_with("ferry_session=") && !c.contains("Max-Age=0"))
+            .and_then(|c| c.split(';').next())
+            .expect("a session cookie")
+            .to_string();
+        let dashboard = http
+            .get(format!("http://127.0.0.1:{api}/"))
+            .header(reqwest::header::COOKIE, &session)
+            .send()
+            .await
+            .expect("dashboard");
+        assert_eq!(dashboard.status(), reqwest::StatusCode::OK);
+        let body = dashboard.text().await.unwrap_or_default();
+        assert!(
+            body.contains("quickstart"),
+            "logged in as quickstart: {body}"
+        );
+        assert!(body.contains("demo"), "the dashboard shows the app: {body}");
+
+        let again = http.get(link).send().await.expect("open the link again");
+        assert_eq!(again.status(), reqwest::StatusCode::UNAUTHORIZED);
+        assert!(!again.headers().contains_key(reqwest::header::LOCATION));
+        let body = again.text().await.unwrap_or_default();
+        assert!(body.contains("used already"), "{body}");
+
+        let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token");
+        let audit: serde_json::Value = http
+            .get(format!("http://127.0.0.1:{api}/v1/audit?limit=500"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .expect("audit")
+            .json()
+            .await
+            .expect("audit JSON");
+        let uses: Vec<(String, String)> = audit
+            .as_array()
+            .expect("records")
+            .iter()
+            .filter(|r| r["action"] == "login.link")
+            .map(|r| {
+                (
+                    r["actor"].as_str().unwrap_or_default().to_string(),
+                    r["outcome"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(uses.len(), 2, "{uses:?}");
+        assert_eq!(uses[0], ("user:quickstart".to_string(), "ok".to_string()));
+        assert!(uses[1].1.starts_with("failed: "), "{uses:?}");
+        assert!(
+            audit
+                .as_array()
+                .expect("records")
+                .iter()
+                .any(|r| r["action"] == "login_links.create" && r["outcome"] == "ok"),
+            "the link's creation is audited"
+        );
+    });
+}
+
 #[test]
 fn ctrl_c_stops_everything_the_quickstart_started() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -72,7 +154,8 @@ fn ctrl_c_stops_everything_the_quickstart_started() {
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(180);
     let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -93,11 +176,34 @@ fn ctrl_c_stops_everything_the_quickstart_started() {
             }
         }
     }
+    let tour = started.elapsed();
+    eprintln!("the quickstart's tour took {tour:?}");
     let output = seen.join("\n");
     assert!(
         output.contains(&format!("127.0.0.1:{production}")),
         "{output}"
     );
+    // The bad canary went out under the tour's load and the analysis rolled it back.
+    assert!(
+        output.contains("Ferry's analysis rolled 1.2.0 back by itself"),
+        "{output}"
+    );
+    let load = seen
+        .iter()
+        .find(|l| l.trim_start().starts_with("load: "))
+        .unwrap_or_else(|| panic!("no load line:\n{output}"));
+    assert!(
+        load.contains("1.2.0"),
+        "the canary got some of the load: {load}"
+    );
+    // The last screen's one-time console link logs in once.
+    let link = seen
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with(&format!("http://127.0.0.1:{api}/login/link/")))
+        .unwrap_or_else(|| panic!("no console login link:\n{output}"))
+        .to_string();
+    check_login_link(&link, api, &dir.path().join("qs"));
     assert!(
         processes_under(dir.path()).len() >= 2,
         "the server, proxy and replicas run under {}",

@@ -85,7 +85,42 @@ pub(crate) async fn login(
         }
         return page;
     }
-    let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    session_cookie(&headers, &answer.body, next)
+}
+
+/// `GET /login/link/{token}`: a one-time login link (from `ferry quickstart` or
+/// `POST /v1/login-links`). The API exchanges it for a session once (and audits it); the
+/// session goes into the cookie, and the browser on to the dashboard. A used or expired link
+/// shows the login form with why.
+pub(crate) async fn login_link(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    Path(token): Path<String>,
+) -> Response {
+    let answer = console
+        .api(
+            None,
+            Method::POST,
+            "/v1/login/link",
+            Some(json!({ "token": field(&token) })),
+            None,
+            peer(&extensions),
+        )
+        .await;
+    if !answer.status.is_success() {
+        let failure = answer.failure();
+        let mut page = super::pages::login_page(&headers, "/", "", &failure.message, "");
+        *page.status_mut() = answer.status;
+        return page;
+    }
+    session_cookie(&headers, &answer.body, "/")
+}
+
+/// The answer to a successful login (the API's `LoginResponse`): the session cookie, the
+/// login form's CSRF cookie cleared, and on to `next`.
+fn session_cookie(headers: &HeaderMap, login_answer: &[u8], next: &str) -> Response {
+    let body: Value = serde_json::from_slice(login_answer).unwrap_or(Value::Null);
     let (Some(token), Some(expires)) = (body["token"].as_str(), body["expires_at_ms"].as_i64())
     else {
         return refused(
@@ -98,12 +133,9 @@ pub(crate) async fn login(
     let cookies = response.headers_mut();
     cookies.append(
         header::SET_COOKIE,
-        set_cookie(&headers, SESSION_COOKIE, token, max_age),
+        set_cookie(headers, SESSION_COOKIE, token, max_age),
     );
-    cookies.append(
-        header::SET_COOKIE,
-        set_cookie(&headers, LOGIN_COOKIE, "", 0),
-    );
+    cookies.append(header::SET_COOKIE, set_cookie(headers, LOGIN_COOKIE, "", 0));
     response
 }
 

@@ -71,6 +71,7 @@ pub(crate) fn mount(api: Router, state: AppState) -> Router {
     let routes = Router::new()
         .route("/", get(pages::dashboard))
         .route("/login", get(pages::login_form).post(actions::login))
+        .route("/login/link/{token}", get(actions::login_link))
         .route("/logout", post(actions::logout))
         .route("/apps/{app}", get(pages::app))
         .route("/apps/{app}/envs/{env}/{action}", post(actions::env_action))

@@ -11,7 +11,6 @@ use ferry_core::api::{AppStatus, DeploymentDetail, EnvStatus, HookOutput, HookRu
 use ferry_core::config::{EnvConfig, diff};
 use ferry_core::console::{Action, Facts, Reason, actions};
 use ferry_core::rbac::{Permission, Target};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -26,8 +25,6 @@ use crate::clock::now_ms;
 
 /// Longest filter text taken from a query string.
 const MAX_FILTER_CHARS: usize = 64;
-/// How many apps' status the dashboard reads at once.
-const STATUS_CONCURRENCY: usize = 8;
 
 pub(crate) fn nav(session: &Session) -> Nav {
     Nav {
@@ -145,35 +142,25 @@ pub(crate) async fn dashboard_page(
         status: StatusCode::SERVICE_UNAVAILABLE,
         message: f.message().to_string(),
     })?;
-    let apps = console.state.store.list_apps().await.map_err(|e| Failure {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: e.to_string(),
-    })?;
-    let visible: Vec<String> = apps
-        .into_iter()
-        .map(|a| a.name)
-        .filter(|name| {
-            session.access.allows(
+    let needle = filter.to_lowercase();
+    let mut total = 0;
+    let statuses: Vec<AppStatus> = controller
+        .overview(|name| {
+            let visible = session.access.allows(
                 Permission::View,
                 Target {
                     app: Some(name),
                     env: None,
                 },
-            )
+            );
+            total += usize::from(visible);
+            visible && (needle.is_empty() || name.to_lowercase().contains(&needle))
         })
-        .collect();
-    let total = visible.len();
-    let needle = filter.to_lowercase();
-    let shown: Vec<String> = visible
-        .into_iter()
-        .filter(|name| needle.is_empty() || name.to_lowercase().contains(&needle))
-        .collect();
-    let statuses: Vec<AppStatus> = futures_util::stream::iter(shown)
-        .map(|app| async move { controller.status(&app, None).await })
-        .buffered(STATUS_CONCURRENCY)
-        .filter_map(|s| async move { s.ok() })
-        .collect()
-        .await;
+        .await
+        .map_err(|e| Failure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: e.to_string(),
+        })?;
     let now = now_ms();
     let mut columns: Vec<String> = Vec::new();
     for env in statuses.iter().flat_map(|s| &s.environments) {

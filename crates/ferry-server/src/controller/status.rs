@@ -185,6 +185,72 @@ impl Controller {
         })
     }
 
+    /// Every wanted app's environments in one pass over the store (the console's dashboard):
+    /// versions, the newest deployment with its gates when it waits, and the rollout in
+    /// progress — a fixed handful of queries, whatever the number of apps. Lighter than
+    /// [`Controller::status`]: no replicas, no traffic, no release tag, the manifest's
+    /// listen address.
+    pub async fn overview(
+        &self,
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Result<Vec<AppStatus>, RequestError> {
+        use std::collections::HashMap;
+        let apps = self.apps().await?;
+        let currents: HashMap<(String, String), Option<String>> = self
+            .store
+            .all_env_currents()
+            .await?
+            .into_iter()
+            .map(|e| ((e.app, e.env), e.current_version))
+            .collect();
+        let mut latest: HashMap<(String, String), ferry_store::DeploymentRecord> = self
+            .store
+            .latest_deployments()
+            .await?
+            .into_iter()
+            .map(|d| ((d.app.clone(), d.env.clone()), d))
+            .collect();
+        let mut out = Vec::new();
+        for (name, (record, manifest)) in apps.iter().filter(|(name, _)| wanted(name)) {
+            let mut environments = Vec::with_capacity(manifest.environments.len());
+            for (env_name, env) in manifest.environments.iter() {
+                let key = (name.clone(), env_name.to_string());
+                let deployment = latest.remove(&key);
+                let latest_deployment = match &deployment {
+                    Some(d) => {
+                        let mut view = d.view();
+                        view.gates = crate::gates::rows_if_waiting(&self.store, d).await?;
+                        Some(view)
+                    }
+                    None => None,
+                };
+                let rollout = deployment
+                    .filter(|d| !d.state.is_terminal())
+                    .and_then(|d| rollout_view(&d, &env.strategy, manifest, env_name));
+                environments.push(EnvStatus {
+                    app: name.clone(),
+                    env: env_name.to_string(),
+                    listen: env.listen.clone(),
+                    current_version: ferry_core::api::serving_version(
+                        currents.get(&key).cloned().flatten(),
+                        rollout.as_ref(),
+                    ),
+                    latest_deployment,
+                    replicas: Vec::new(),
+                    rollout,
+                    release_tag: None,
+                    traffic: None,
+                });
+            }
+            out.push(AppStatus {
+                app: name.clone(),
+                revision: record.revision,
+                environments,
+            });
+        }
+        Ok(out)
+    }
+
     pub async fn proxy_metrics(&self) -> Result<String, ServerError> {
         self.proxy.metrics_text().await
     }

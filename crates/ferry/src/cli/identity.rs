@@ -115,6 +115,12 @@ pub enum UsersCommand {
         /// User name.
         name: String,
     },
+    /// Print a one-time link that logs the user into the web console (valid 10 minutes,
+    /// works once).
+    LoginLink {
+        /// User name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -624,6 +630,18 @@ async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<()> {
                 .post(&["v1", "users", &name, "enable"], &serde_json::json!({}))
                 .await?;
             println!("enabled user {}", user.name);
+            Ok(())
+        }
+        UsersCommand::LoginLink { name } => {
+            let link: ferry_core::api::LoginLink = client
+                .post(&["v1", "login-links"], &serde_json::json!({ "user": name }))
+                .await?;
+            println!("{}{}", client.base_url().trim_end_matches('/'), link.path);
+            eprintln!(
+                "opens the web console as {} once, until {}",
+                link.user,
+                timestamp(link.expires_at_ms)
+            );
             Ok(())
         }
     }

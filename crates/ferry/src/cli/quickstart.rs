@@ -1,5 +1,7 @@
 //! `ferry quickstart`: a whole Ferry in one command — server in-process, the bundled demo
-//! app applied, 1.0.0 deployed, 1.1.0 rolled out, then everything kept running until
+//! app applied, 1.0.0 deployed, 1.1.0 rolled out, then production switched to a canary and
+//! the bad 1.2.0 rolled out under a small load the tour makes itself, until Ferry's analysis
+//! rolls it back; then a one-time console login link, and everything kept running until
 //! Ctrl-C, which tears down every process it started.
 
 use std::net::SocketAddr;
@@ -8,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_core::api::{ApplyRequest, ApplyResponse, DeployRequest, DeploymentView};
+use ferry_core::api::{ApplyRequest, ApplyResponse, DeployRequest, DeploymentView, LoginLink};
 
 use super::client::Client;
 use super::commands::print_apply;
@@ -20,7 +22,31 @@ use super::{Failure, exit, wait};
 const EXAMPLE: &str = include_str!("../../../../examples/quickstart/ferry.yaml");
 const DEMO_BIN_PLACEHOLDER: &str = "FERRY_DEMO_BIN";
 const VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
+/// The release the bundled manifest makes answer errors (`DEMO_ERROR_VERSIONS`).
+const BAD_VERSION: &str = "1.2.0";
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Production's strategy in the bundled manifest, and the canary the tour switches it to
+/// before the bad release: 20 % of the traffic, judged every second by its error rate.
+const ROLLING: &str = "    strategy:\n      rolling: { max_surge: 1, max_unavailable: 0 }\n";
+const CANARY: &str = "    strategy:
+      canary:
+        steps:
+          - weight: 20
+          - pause: 5s
+          - weight: 50
+          - pause: 5s
+        analysis:
+          interval: 1s
+          metrics:
+            - { name: errors, builtin: error_rate, max: 5% }
+";
+/// The console user the quickstart makes (an admin, with a random password nobody sees) and
+/// logs in with the one-time link.
+const CONSOLE_USER: &str = "quickstart";
+/// The tour's load: this many requests at most, one every `LOAD_PAUSE` per worker.
+const LOAD_WORKERS: usize = 2;
+const LOAD_PAUSE: Duration = Duration::from_millis(40);
+const LOAD_MAX_REQUESTS: u64 = 10_000;
 
 /// Where the bundled manifest's environments listen (overridable: `--dev-listen`,
 /// `--production-listen`).
@@ -168,19 +194,7 @@ impl Tour<'_> {
         println!("==> Applying {}", self.manifest_path.display());
         let applied: ApplyResponse = self
             .client
-            .post(
-                &["v1", "apps"],
-                &ApplyRequest {
-                    manifest: self.manifest_text.to_string(),
-                    file_name: Some(self.manifest_path.display().to_string()),
-                    base_dir: self
-                        .manifest_path
-                        .parent()
-                        .map(|dir| dir.display().to_string()),
-                    dry_run: false,
-                    prune: false,
-                },
-            )
+            .post(&["v1", "apps"], &self.apply_request(self.manifest_text))
             .await?;
         print_apply(&applied);
 
@@ -203,8 +217,124 @@ impl Tour<'_> {
             wait::outcome(&done)?;
             self.probe().await;
         }
-        self.print_try();
+        self.bad_canary().await?;
+        let link = self.console_link().await?;
+        self.print_try(&link);
         Ok(())
+    }
+
+    /// Production becomes a canary judged by its error rate; the bad release goes out under
+    /// a small load the tour makes, and the analysis rolls it back by itself.
+    async fn bad_canary(&self) -> anyhow::Result<()> {
+        println!();
+        println!(
+            "==> Switching {} to canary releases judged by their error rate ({})",
+            self.env,
+            self.manifest_path.display()
+        );
+        let text = canary_manifest(self.manifest_text)?;
+        std::fs::write(self.manifest_path, &text)
+            .with_context(|| format!("cannot write {}", self.manifest_path.display()))?;
+        let applied: ApplyResponse = self
+            .client
+            .post(&["v1", "apps"], &self.apply_request(&text))
+            .await?;
+        print_apply(&applied);
+
+        println!();
+        println!(
+            "==> Sending a small load to http://{}/ and rolling out {} {BAD_VERSION}, a bad release (30% errors), as a canary",
+            self.listener, self.app
+        );
+        let load = Load::start(self.listener);
+        let outcome = async {
+            let dep: DeploymentView = self
+                .client
+                .post(
+                    &["v1", "apps", self.app, "envs", self.env, "deployments"],
+                    &DeployRequest {
+                        version: BAD_VERSION.to_string(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            println!("{}", wait::headline(&dep));
+            wait::follow(self.client, &dep, DEPLOY_TIMEOUT, true).await
+        }
+        .await;
+        let tally = load.stop().await;
+        let done = outcome?;
+        println!("  load: {tally}");
+        if done.state != ferry_core::model::DeploymentState::RolledBack {
+            return Err(Failure::new(
+                exit::ERROR,
+                format!(
+                    "the bad release {BAD_VERSION} was not rolled back (it ended {})",
+                    done.state
+                ),
+            )
+            .into());
+        }
+        println!(
+            "Ferry's analysis rolled {BAD_VERSION} back by itself: {}",
+            done.reason.as_deref().unwrap_or("no reason recorded")
+        );
+        self.probe().await;
+        Ok(())
+    }
+
+    fn apply_request(&self, manifest: &str) -> ApplyRequest {
+        ApplyRequest {
+            manifest: manifest.to_string(),
+            file_name: Some(self.manifest_path.display().to_string()),
+            base_dir: self
+                .manifest_path
+                .parent()
+                .map(|dir| dir.display().to_string()),
+            dry_run: false,
+            prune: false,
+        }
+    }
+
+    /// A console user (an admin, once per data directory) and a one-time link that logs
+    /// it in.
+    async fn console_link(&self) -> anyhow::Result<String> {
+        // Nobody needs it: the link logs in (`ferry passwd quickstart` sets one).
+        let password: String = rand::random::<[u8; 24]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let created: anyhow::Result<serde_json::Value> = self
+            .client
+            .post(
+                &["v1", "users"],
+                &serde_json::json!({ "username": CONSOLE_USER, "password": password }),
+            )
+            .await;
+        match created {
+            Ok(_) => {
+                let _: serde_json::Value = self
+                    .client
+                    .post(
+                        &["v1", "bindings"],
+                        &serde_json::json!({ "user": CONSOLE_USER, "role": "admin" }),
+                    )
+                    .await?;
+            }
+            // made by an earlier quickstart in this data directory
+            Err(e)
+                if e.downcast_ref::<Failure>()
+                    .is_some_and(|f| f.code == exit::CONFLICT) => {}
+            Err(e) => return Err(e),
+        }
+        let link: LoginLink = self
+            .client
+            .post(
+                &["v1", "login-links"],
+                &serde_json::json!({ "user": CONSOLE_USER }),
+            )
+            .await?;
+        Ok(format!("{}{}", self.api_url, link.path))
     }
 
     /// One request through the proxy, to show what answers.
@@ -230,7 +360,7 @@ impl Tour<'_> {
         }
     }
 
-    fn print_try(&self) {
+    fn print_try(&self, console_link: &str) {
         let ferry = ferry_command();
         let token_file = self.data.join("admin.token");
         let listener = format!("http://{}/", self.listener);
@@ -252,10 +382,10 @@ impl Tour<'_> {
             ),
             (
                 format!(
-                    "{ferry} deploy {} --env {} --version 1.2.0 --wait",
+                    "{ferry} deploy {} --env {} --version 1.3.0",
                     self.app, self.env
                 ),
-                "another rolling update",
+                "a canary, judged on the traffic it gets",
             ),
             (
                 format!("{ferry} rollback {} --env {} --wait", self.app, self.env),
@@ -276,11 +406,8 @@ impl Tour<'_> {
             ),
             // console:
             (
-                format!(
-                    "{ferry} users add me && {ferry} grant me admin, then open {}/",
-                    self.api_url
-                ),
-                "the web console",
+                format!("{ferry} users login-link {CONSOLE_USER}"),
+                "a new console login link",
             ),
         ];
         let width = lines
@@ -293,7 +420,115 @@ impl Tour<'_> {
             println!("  {what}{}   {cmd}", " ".repeat(pad));
         }
         println!();
+        println!("Open the web console (a one-time login link, valid 10 minutes):");
+        println!("  {console_link}");
+        println!();
         println!("Press Ctrl-C to stop everything.");
+    }
+}
+
+/// The manifest with production's rolling strategy replaced by the tour's canary.
+fn canary_manifest(manifest: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        manifest.matches(ROLLING).count() == 1,
+        "the quickstart manifest has no rolling strategy for production to replace"
+    );
+    Ok(manifest.replace(ROLLING, CANARY))
+}
+
+/// The tour's own load on the production listener: a few workers on loopback, bounded in
+/// count, until stopped.
+struct Load {
+    stop: tokio_util::sync::CancellationToken,
+    workers: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+/// Answers per version (`X-Version`), and requests that got no answer.
+#[derive(Default)]
+struct Tally {
+    by_version: std::collections::BTreeMap<String, (u64, u64)>,
+    failed: u64,
+}
+
+impl Load {
+    fn start(listener: &str) -> Load {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let url = format!("http://{listener}/");
+        let workers = (0..LOAD_WORKERS)
+            .map(|_| {
+                let (stop, sent, url) = (stop.clone(), sent.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut tally = Tally::default();
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(2))
+                        .build()
+                        .unwrap_or_default();
+                    while !stop.is_cancelled()
+                        && sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            < LOAD_MAX_REQUESTS
+                    {
+                        match client.get(&url).send().await {
+                            Ok(answer) => {
+                                let version = answer
+                                    .headers()
+                                    .get("x-version")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("?")
+                                    .to_string();
+                                let entry = tally.by_version.entry(version).or_default();
+                                entry.0 += 1;
+                                if answer.status().is_server_error() {
+                                    entry.1 += 1;
+                                }
+                            }
+                            Err(_) => tally.failed += 1,
+                        }
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            () = tokio::time::sleep(LOAD_PAUSE) => {}
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Load { stop, workers }
+    }
+
+    async fn stop(self) -> Tally {
+        self.stop.cancel();
+        let mut total = Tally::default();
+        for worker in self.workers {
+            if let Ok(tally) = worker.await {
+                for (version, (answers, errors)) in tally.by_version {
+                    let entry = total.by_version.entry(version).or_default();
+                    entry.0 += answers;
+                    entry.1 += errors;
+                }
+                total.failed += tally.failed;
+            }
+        }
+        total
+    }
+}
+
+impl std::fmt::Display for Tally {
+    /// `412 requests: 1.1.0 330 (0 errors), 1.2.0 82 (25 errors)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let answered: u64 = self.by_version.values().map(|(n, _)| n).sum();
+        write!(f, "{} requests:", answered + self.failed)?;
+        let mut first = true;
+        for (version, (answers, errors)) in &self.by_version {
+            let sep = if first { " " } else { ", " };
+            first = false;
+            let plural = if *errors == 1 { "" } else { "s" };
+            write!(f, "{sep}{version} {answers} ({errors} error{plural})")?;
+        }
+        if self.failed > 0 {
+            write!(f, ", {} without an answer", self.failed)?;
+        }
+        Ok(())
     }
 }
 
@@ -381,6 +616,34 @@ mod tests {
                 "{listen} in examples/quickstart/ferry.yaml"
             );
         }
+    }
+
+    #[test]
+    fn the_tour_switches_production_to_a_canary_that_judges_errors() {
+        let text = canary_manifest(&with_demo_command(EXAMPLE).unwrap()).unwrap();
+        let manifest = ferry_core::manifest::parse(&text, "ferry.yaml").unwrap();
+        let production = manifest.environments.get("production").unwrap();
+        assert_eq!(production.strategy.name(), "canary");
+        let dev = manifest.environments.get("dev").unwrap();
+        assert_eq!(dev.strategy.name(), "rolling", "only production changes");
+        let web = manifest.services.get("web").unwrap();
+        assert_eq!(
+            web.env.get("DEMO_ERROR_VERSIONS").map(String::as_str),
+            Some(BAD_VERSION)
+        );
+        assert!(!VERSIONS.contains(&BAD_VERSION));
+    }
+
+    #[test]
+    fn the_load_tally_reads_per_version() {
+        let mut tally = Tally::default();
+        tally.by_version.insert("1.1.0".into(), (330, 0));
+        tally.by_version.insert("1.2.0".into(), (82, 25));
+        tally.failed = 1;
+        assert_eq!(
+            tally.to_string(),
+            "413 requests: 1.1.0 330 (0 errors), 1.2.0 82 (25 errors), 1 without an answer"
+        );
     }
 
     #[test]

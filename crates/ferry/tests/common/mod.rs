@@ -244,6 +244,24 @@ impl Ferry {
         self.server.as_ref().map(Child::id)
     }
 
+    /// SIGTERM to the server (a graceful stop of the control plane: the proxy and the
+    /// replicas keep serving) and its exit status, or None when it did not exit within
+    /// `limit` (then it is killed). `start_server` starts it again.
+    pub async fn stop_server(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.server.take().expect("server running");
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     /// `kill -9` of the server process only (the proxy and replicas are its children in
     /// the process tree but must survive it).
     pub fn kill9_server(&mut self) {
