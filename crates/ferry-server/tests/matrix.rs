@@ -83,8 +83,9 @@ use Needs::*;
 use On::*;
 use Permission as P;
 
-/// THE table: every gated endpoint with what it needs. (`/v1/login` is public and
-/// `/v1/logout` ends the session it is called with: both are checked after the matrix.)
+/// THE table: every gated endpoint with what it needs. (`/v1/login` and `/v1/login/link`
+/// are public and `/v1/logout` ends the session it is called with: they are checked after
+/// the matrix.)
 const TABLE: &[Row] = &[
     row("GET", "/v1/whoami", None, Auth),
     row("GET", "/v1/version", None, Auth),
@@ -225,6 +226,12 @@ const TABLE: &[Row] = &[
     ),
     row("POST", "/v1/teardown", None, Perm(P::ManageServer, Global)),
     row("GET", "/v1/users", None, Perm(P::ManageUsers, Global)),
+    row(
+        "POST",
+        "/v1/login-links",
+        Some(r#"{"user": "victim"}"#),
+        Perm(P::ManageUsers, Global),
+    ),
     row(
         "POST",
         "/v1/users",
@@ -675,8 +682,20 @@ async fn every_role_times_every_endpoint_times_scope() {
         })
         .collect();
     covered.insert(("POST".into(), "/v1/login".into()));
+    covered.insert(("POST".into(), "/v1/login/link".into()));
     covered.insert(("POST".into(), "/v1/logout".into()));
     assert_eq!(covered, gated, "the table covers exactly the gated routes");
+
+    // a one-time login link is public too: an unknown one is refused
+    let link = h
+        .call(
+            "POST",
+            "/v1/login/link",
+            None,
+            Some(json!({"token": "ferry_not_a_link"})),
+        )
+        .await;
+    assert_eq!(link.status, StatusCode::UNAUTHORIZED, "{}", link.text);
 
     // login is public; logout ends the session it comes with (any principal may)
     let login = h
