@@ -195,6 +195,36 @@ pub static RULES: &[Rule] = &[
         Perm(P::View),
         AppEnv,
     ),
+    // alerts: reading takes `view`; a silence switches off an alert's rollback and its
+    // promotion block, so it takes `rollback` on the environment.
+    rule(
+        Method::GET,
+        "/v1/alerts",
+        "alerts.list",
+        Anywhere(P::View),
+        Global,
+    ),
+    rule(
+        Method::GET,
+        "/v1/silences",
+        "silences.list",
+        Anywhere(P::View),
+        Global,
+    ),
+    rule(
+        Method::POST,
+        "/v1/apps/{app}/envs/{env}/silences",
+        "silences.create",
+        Perm(P::Rollback),
+        AppEnv,
+    ),
+    rule(
+        Method::DELETE,
+        "/v1/apps/{app}/envs/{env}/silences/{id}",
+        "silences.delete",
+        Perm(P::Rollback),
+        AppEnv,
+    ),
     rule(
         Method::GET,
         const_concat::WATCH,

@@ -121,6 +121,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/apps/{app}/envs/{env}/rollback", post(rollback))
         .route("/v1/apps/{app}/envs/{env}/logs", get(logs))
         .route("/v1/apps/{app}/envs/{env}/dora", get(crate::dora::metrics))
+        // alerts:
+        .route("/v1/alerts", get(crate::alerts::list))
+        .route("/v1/silences", get(crate::alerts::list_silences))
+        .route(
+            "/v1/apps/{app}/envs/{env}/silences",
+            post(crate::alerts::create_silence),
+        )
+        .route(
+            "/v1/apps/{app}/envs/{env}/silences/{id}",
+            delete(crate::alerts::end_silence),
+        )
         .route("/v1/apps/{app}/envs/{env}/watch", get(watch))
         .route("/v1/apps/{app}/envs/{env}/promote", post(promote))
         .route("/v1/apps/{app}/envs/{env}/pause", post(pause))

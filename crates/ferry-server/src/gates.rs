@@ -83,12 +83,24 @@ pub async fn history(
     Ok(history)
 }
 
-/// Check results and overrides recorded for a deployment.
-pub async fn facts(store: &Store, deployment_id: i64) -> Result<Facts, StoreError> {
+/// Check results and overrides recorded for a deployment, and the firing alerts that hold
+/// deployments into its environment.
+pub async fn facts(store: &Store, deployment: &DeploymentRecord) -> Result<Facts, StoreError> {
+    // alerts:
+    let manifest: Option<Manifest> = store
+        .get_app(&deployment.app)
+        .await?
+        .and_then(|r| serde_json::from_str(&r.manifest_json).ok());
+    let alerts = match manifest {
+        Some(m) => {
+            crate::alerts::gate_facts(store, &m, &deployment.app, &deployment.env, now_ms()).await?
+        }
+        None => None,
+    };
     Ok(Facts {
-        checks: store.check_results(deployment_id).await?,
-        overrides: store.overrides(deployment_id).await?,
-        alerts: None,
+        checks: store.check_results(deployment.id).await?,
+        overrides: store.overrides(deployment.id).await?,
+        alerts,
     })
 }
 
@@ -101,7 +113,7 @@ pub async fn report_for(
 ) -> Result<GateReport, StoreError> {
     let history = history(store, deployment, env_gates).await?;
     let approvals = store.approvals(deployment.id).await?;
-    let facts = facts(store, deployment.id).await?;
+    let facts = facts(store, deployment).await?;
     Ok(gates::report(
         env_gates,
         &history,

@@ -17,6 +17,8 @@
 //! it is root, and must not read its keys when it is not.
 
 mod access;
+// alerts:
+mod alerts;
 mod api;
 mod apply;
 // hooks:
@@ -158,6 +160,11 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     )));
     tasks.push(tokio::spawn(auth::purge_ended_sessions(
         store.clone(),
+        shutdown.clone(),
+    )));
+    // alerts:
+    tasks.push(tokio::spawn(alerts::run(
+        controller.clone(),
         shutdown.clone(),
     )));
 

@@ -133,6 +133,21 @@ const TABLE: &[Row] = &[
         None,
         Perm(P::View, AppEnv),
     ),
+    // alerts:
+    row("GET", "/v1/alerts", None, Anywhere(P::View)),
+    row("GET", "/v1/silences", None, Anywhere(P::View)),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/silences",
+        Some(r#"{"alert": "high_error_rate", "for": "1h", "reason": "known"}"#),
+        Perm(P::Rollback, AppEnv),
+    ),
+    row(
+        "DELETE",
+        "/v1/apps/{app}/envs/{env}/silences/{n}",
+        None,
+        Perm(P::Rollback, AppEnv),
+    ),
     row(
         "GET",
         "/v1/apps/{app}/envs/{env}/watch",

@@ -21,7 +21,14 @@ impl Controller {
         manifest: &Manifest,
         env: &str,
     ) -> Result<bool, ServerError> {
-        let Some(env_gates) = manifest.environments.get(env).and_then(|e| e.gates.clone()) else {
+        // alerts: an environment without gates still holds deployments while one of its
+        // `block_promotions` alerts fires.
+        let Some(env_gates) = manifest
+            .environments
+            .get(env)
+            .and_then(|e| e.gates.clone())
+            .or_else(|| crate::alerts::blocks(manifest, env).then(Default::default))
+        else {
             return Ok(true);
         };
         if deployment.kind == DeploymentKind::Rollback {
@@ -30,7 +37,7 @@ impl Controller {
         let history = self.gate_history(deployment, &env_gates).await?;
         let approvals = self.store.approvals(deployment.id).await?;
         let now = now_ms();
-        let facts = crate::gates::facts(&self.store, deployment.id).await?;
+        let facts = crate::gates::facts(&self.store, deployment).await?;
         self.gate_checks
             .start_due(
                 &self.store,

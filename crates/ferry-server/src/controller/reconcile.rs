@@ -148,7 +148,7 @@ impl Controller {
     }
 
     /// Every app with its latest manifest; a manifest is parsed once per revision.
-    pub(super) async fn apps(&self) -> Result<Apps, ServerError> {
+    pub(crate) async fn apps(&self) -> Result<Apps, ServerError> {
         let mut apps = Apps::new();
         let records = self.store.list_apps().await?;
         let mut parsed = lock(&self.parsed);

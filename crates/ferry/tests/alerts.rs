@@ -1,0 +1,366 @@
+//! Alert rules end to end: a version that answers 500s through the proxy makes its alert
+//! pending, then firing, and the alert rolls the canary back (audited as `alert:NAME`); a
+//! firing alert (from a Prometheus-compatible server on loopback) holds deployments into its
+//! environment, survives a `kill -9` of the server with its state, and resolves after it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use ferry_core::alerts::{AlertStatus, AlertsAnswer};
+use ferry_core::model::DeploymentState;
+use tokio::time::Instant;
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+fn append(manifest: &Path, yaml: &str) {
+    let mut text = std::fs::read_to_string(manifest).expect("manifest");
+    text.push_str(yaml);
+    std::fs::write(manifest, text).expect("write manifest");
+}
+
+async fn alerts(ferry: &Ferry, app: &str) -> AlertsAnswer {
+    let (status, body) = ferry.api_get(&format!("/v1/alerts?app={app}")).await;
+    assert!(status.is_success(), "GET /v1/alerts: {status} {body}");
+    serde_json::from_value(body).expect("AlertsAnswer")
+}
+
+/// Polls `GET /v1/alerts` until `pred` holds (or fails with what was seen).
+async fn wait_alerts(
+    ferry: &Ferry,
+    app: &str,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&AlertsAnswer) -> bool,
+) -> AlertsAnswer {
+    let deadline = Instant::now() + limit;
+    loop {
+        let answer = alerts(ferry, app).await;
+        if pred(&answer) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {limit:?}; alerts now: {answer:#?}\n{}",
+            ferry.server_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn history_has(answer: &AlertsAnswer, kind: &str, needle: &str) -> bool {
+    answer
+        .history
+        .iter()
+        .any(|e| e.kind == kind && e.message.contains(needle))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_on_500s_rolls_back_the_canary_that_causes_them() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.replicas = 2;
+        spec.prelude = "if [ \"$VERSION\" = 2.0.0 ]; then export DEMO_ERROR_RATE=1; fi;".into();
+        // No analysis: only the alert can stop this canary, which otherwise waits 10 minutes.
+        spec.strategy = "{ canary: { steps: [{ weight: 50 }, { pause: 10m }] } }".into();
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        append(
+            &manifest,
+            "alerts:
+  - name: high_error_rate
+    condition: error_rate > 10%
+    for: 2s
+    interval: 1s
+    severity: critical
+    annotations:
+      summary: \"{{ $labels.version }} answers {{ $value }} errors\"
+    actions: { rollback: true }
+",
+        );
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let load = Load::start(&spec.listener(), 2);
+        load.warm_up(30).await;
+
+        let out = ferry
+            .cli(&[
+                "deploy",
+                "shop",
+                "--env",
+                "production",
+                "--version",
+                "2.0.0",
+            ])
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        let firing = wait_alerts(
+            &ferry,
+            "shop",
+            Duration::from_secs(90),
+            "2.0.0's alert fires",
+            |a| {
+                a.alerts.iter().any(|v| {
+                    v.status == AlertStatus::Firing
+                        && v.labels.get("version").map(String::as_str) == Some("2.0.0")
+                })
+            },
+        )
+        .await;
+        let alert = firing
+            .alerts
+            .iter()
+            .find(|v| v.labels["version"] == "2.0.0")
+            .expect("the alert of 2.0.0");
+        assert_eq!(alert.alert, "high_error_rate");
+        assert!(
+            alert.annotations["summary"].starts_with("2.0.0 answers "),
+            "{alert:?}"
+        );
+        assert!(
+            firing.alerts.iter().all(|v| v.labels["version"] != "1.0.0"),
+            "the stable version answers no errors: {firing:#?}"
+        );
+        // pending for `for` (2s) first, then firing
+        let lines: Vec<&str> = firing
+            .history
+            .iter()
+            .rev()
+            .filter(|e| e.series.contains("2.0.0"))
+            .map(|e| e.kind.as_str())
+            .collect();
+        let pending = lines.iter().position(|k| *k == "pending");
+        let fired = lines.iter().position(|k| *k == "firing");
+        assert!(
+            matches!((pending, fired), (Some(p), Some(f)) if p < f),
+            "pending then firing: {lines:?}"
+        );
+
+        let deployments = ferry
+            .api_get("/v1/apps/shop/envs/production/deployments?limit=5")
+            .await
+            .1;
+        let id = deployments
+            .as_array()
+            .and_then(|list| list.iter().find(|d| d["version"] == "2.0.0"))
+            .and_then(|d| d["id"].as_i64())
+            .expect("the deployment of 2.0.0");
+        let ended = ferry.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(ended.state, DeploymentState::RolledBack, "{ended:?}");
+        assert!(
+            ended
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("alert:high_error_rate"),
+            "{ended:?}"
+        );
+        let after = wait_alerts(
+            &ferry,
+            "shop",
+            Duration::from_secs(10),
+            "the action is recorded",
+            |a| {
+                history_has(
+                    a,
+                    "action",
+                    &format!("rolled back deployment #{id} of 2.0.0"),
+                )
+            },
+        )
+        .await;
+        assert_eq!(
+            after.history.iter().filter(|e| e.kind == "action").count(),
+            1,
+            "one action per firing: {after:#?}"
+        );
+        let (_, audit) = ferry.api_get("/v1/audit?actor=alert:high_error_rate").await;
+        let records = audit.as_array().cloned().unwrap_or_default();
+        assert!(
+            records
+                .iter()
+                .any(|r| r["action"] == "alerts.rollback" && r["outcome"] == "ok"),
+            "audited as the alert: {audit}"
+        );
+        let status = ferry.env_status(&spec).await;
+        assert_eq!(status.current_version.as_deref(), Some("1.0.0"));
+        load.stop().await;
+    })
+    .await;
+}
+
+/// A Prometheus HTTP API answering `up`-like samples from a file: `0`/`1`, or `none`.
+struct FakePrometheus {
+    child: Child,
+    port: u16,
+    value: std::path::PathBuf,
+}
+
+impl FakePrometheus {
+    fn start(dir: &Path) -> FakePrometheus {
+        let script = dir.join("prometheus.py");
+        std::fs::write(
+            &script,
+            r#"import http.server, json, sys, time
+value_file = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        v = open(value_file).read().strip()
+        result = [] if v == "none" else [{"metric": {"db": "main"}, "value": [time.time(), v]}]
+        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#,
+        )
+        .expect("write the fake Prometheus");
+        let value = dir.join("prometheus.value");
+        std::fs::write(&value, "1").expect("value");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(&value)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the fake Prometheus's port");
+        let port = line.trim().parse().expect("a port");
+        FakePrometheus { child, port, value }
+    }
+
+    fn set(&self, value: &str) {
+        std::fs::write(&self.value, value).expect("value");
+    }
+}
+
+impl Drop for FakePrometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_alert_holds_deployments_survives_a_restart_and_resolves() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let mut ferry = Ferry::start().await;
+        let prometheus = FakePrometheus::start(ferry.dir.path());
+        let mut spec = Spec::new("shop");
+        spec.replicas = 1;
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        append(
+            &manifest,
+            &format!(
+                "alerts:
+  - name: database_down
+    prometheus:
+      address: http://127.0.0.1:{}
+      query: 'up{{app=\"{{{{app}}}}\",env=\"{{{{env}}}}\"}}'
+    condition: value == 0
+    for: 1s
+    interval: 1s
+    severity: critical
+    actions: {{ block_promotions: true }}
+",
+                prometheus.port
+            ),
+        );
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+
+        prometheus.set("0");
+        let firing = wait_alerts(
+            &ferry,
+            "shop",
+            Duration::from_secs(30),
+            "database_down fires",
+            |a| a.alerts.iter().any(|v| v.status == AlertStatus::Firing),
+        )
+        .await;
+        let fired_at = firing.alerts[0].fired_at_ms.expect("fired at");
+        assert_eq!(firing.alerts[0].labels["db"], "main", "the series' labels");
+        assert!(history_has(&firing, "pending", "value"), "{firing:#?}");
+
+        // A deployment into the environment waits, naming the alert.
+        let out = ferry
+            .cli(&[
+                "deploy",
+                "shop",
+                "--env",
+                "production",
+                "--version",
+                "2.0.0",
+            ])
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        let id = ferry
+            .env_status(&spec)
+            .await
+            .latest_deployment
+            .expect("deployment")
+            .id;
+        ferry
+            .wait_for_event(id, Duration::from_secs(30), |e| {
+                e.message
+                    .contains("alert database_down (critical) is firing")
+            })
+            .await;
+        assert_eq!(
+            ferry.deployment(id).await.deployment.state,
+            DeploymentState::Blocked
+        );
+
+        // kill -9 and restart: the alert is still firing since the same moment, the
+        // deployment still waits, and no second `firing` line is written.
+        ferry.kill9_server();
+        ferry.start_server().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let again = alerts(&ferry, "shop").await;
+        assert_eq!(again.alerts.len(), 1, "{again:#?}");
+        assert_eq!(again.alerts[0].status, AlertStatus::Firing);
+        assert_eq!(again.alerts[0].fired_at_ms, Some(fired_at));
+        assert_eq!(
+            again.history.iter().filter(|e| e.kind == "firing").count(),
+            1,
+            "{again:#?}"
+        );
+        assert_eq!(
+            ferry.deployment(id).await.deployment.state,
+            DeploymentState::Blocked
+        );
+
+        // It resolves on the new server; the deployment goes ahead.
+        prometheus.set("1");
+        let resolved = wait_alerts(
+            &ferry,
+            "shop",
+            Duration::from_secs(30),
+            "database_down resolves",
+            |a| a.alerts.iter().any(|v| v.status == AlertStatus::Resolved),
+        )
+        .await;
+        assert!(
+            history_has(&resolved, "resolved", "no longer holds"),
+            "{resolved:#?}"
+        );
+        let ended = ferry.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(ended.state, DeploymentState::Succeeded, "{ended:?}");
+    })
+    .await;
+}
