@@ -151,22 +151,17 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         controller::Controller::new(store.clone(), runtime, proxy, secrets.clone(), workloads);
     controller.recover().await?;
 
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(controller.clone().run(shutdown.clone())));
-    tasks.push(tokio::spawn(audit::run_checkpoints(
-        store.clone(),
-        audit_key,
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(auth::purge_ended_sessions(
-        store.clone(),
-        shutdown.clone(),
-    )));
-    // alerts:
-    tasks.push(tokio::spawn(alerts::run(
-        controller.clone(),
-        shutdown.clone(),
-    )));
+    let mut tasks = vec![
+        tokio::spawn(controller.clone().run(shutdown.clone())),
+        tokio::spawn(audit::run_checkpoints(
+            store.clone(),
+            audit_key,
+            shutdown.clone(),
+        )),
+        tokio::spawn(auth::purge_ended_sessions(store.clone(), shutdown.clone())),
+        // alerts:
+        tokio::spawn(alerts::run(controller.clone(), shutdown.clone())),
+    ];
 
     let app = api::router(api::AppState {
         store,
