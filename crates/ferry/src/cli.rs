@@ -1,5 +1,7 @@
 //! The command line: argument parsing, dispatch, and how errors become exit codes.
 
+// alerts:
+mod alerts;
 mod approvals;
 mod audit;
 mod client;
@@ -430,6 +432,9 @@ enum Command {
     /// lead time for changes, change failure rate, failed deployment recovery time and
     /// deployment rework rate, each with its DORA performance level.
     Dora(dora::DoraArgs),
+    /// Alerts: firing, pending and recently resolved ones with their history (`ferry
+    /// alerts [APP] [--env ENV]`), and silences (`ferry alerts silence|silences|unsilence`).
+    Alerts(alerts::AlertsArgs),
     /// Print the JSON Schema of ferry.yaml (for editors).
     Schema,
     /// Stop every replica and the proxy, then the server (nothing keeps running).
@@ -688,7 +693,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .into());
             }
-            let client = client::Client::new(&conn)?.with_reason(reason)?;
+            let client = client::Client::new(&conn)?.with_reason(reason.clone())?;
             match command {
                 Command::Apply {
                     file,
@@ -840,6 +845,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 // gates:
                 Command::Gates(args) => gates::run(&client, args).await,
                 Command::Dora(args) => dora::run(&client, args).await,
+                // alerts:
+                Command::Alerts(args) => alerts::run(&client, args, reason.as_deref()).await,
                 // config:
                 Command::Config(args) => vars::config(&client, args).await,
                 Command::Redeploy(args) => vars::redeploy(&client, args).await,

@@ -344,6 +344,21 @@ async fn a_firing_alert_holds_deployments_survives_a_restart_and_resolves() {
             ferry.deployment(id).await.deployment.state,
             DeploymentState::Blocked
         );
+        let listed = ferry.cli(&["alerts", "shop", "--env", "production"]).await;
+        assert_eq!(listed.code, 0, "{listed}");
+        for needle in [
+            "firing",
+            "critical",
+            "shop/production",
+            "database_down",
+            "db=main",
+            "history",
+        ] {
+            assert!(
+                listed.stdout.contains(needle),
+                "`ferry alerts` shows {needle:?}:\n{listed}"
+            );
+        }
 
         // It resolves on the new server; the deployment goes ahead.
         prometheus.set("1");
@@ -361,6 +376,113 @@ async fn a_firing_alert_holds_deployments_survives_a_restart_and_resolves() {
         );
         let ended = ferry.wait_terminal(id, Duration::from_secs(60)).await;
         assert_eq!(ended.state, DeploymentState::Succeeded, "{ended:?}");
+
+        // It fires again (a new episode); a silence (with a reason, audited) lets the next
+        // deployment through.
+        prometheus.set("0");
+        wait_alerts(
+            &ferry,
+            "shop",
+            Duration::from_secs(30),
+            "database_down fires again",
+            |a| a.alerts.iter().any(|v| v.status == AlertStatus::Firing),
+        )
+        .await;
+        let refused = ferry
+            .cli(&[
+                "alerts",
+                "silence",
+                "shop",
+                "--env",
+                "production",
+                "--alert",
+                "database_down",
+                "--for",
+                "1h",
+            ])
+            .await;
+        assert_ne!(refused.code, 0, "a silence needs a reason: {refused}");
+        assert!(refused.stderr.contains("--reason"), "{refused}");
+        let unknown = ferry
+            .cli(&[
+                "alerts",
+                "silence",
+                "shop",
+                "--env",
+                "production",
+                "--alert",
+                "nope",
+                "--for",
+                "1h",
+                "--reason",
+                "x",
+            ])
+            .await;
+        assert_ne!(unknown.code, 0, "{unknown}");
+        assert!(
+            unknown.stderr.contains("no alert rule \"nope\""),
+            "{unknown}"
+        );
+        let silenced = ferry
+            .cli(&[
+                "alerts",
+                "silence",
+                "shop",
+                "--env",
+                "production",
+                "--alert",
+                "database_down",
+                "--for",
+                "1h",
+                "--reason",
+                "planned database failover",
+                "-o",
+                "json",
+            ])
+            .await;
+        assert_eq!(silenced.code, 0, "{silenced}");
+        let silence_id = silenced.json()["id"].as_i64().expect("silence id");
+        let out = ferry
+            .cli(&[
+                "deploy",
+                "shop",
+                "--env",
+                "production",
+                "--version",
+                "3.0.0",
+                "--wait",
+                "--timeout",
+                "60s",
+            ])
+            .await;
+        assert_eq!(out.code, 0, "a silenced alert holds nothing:\n{out}");
+        let listed = ferry.cli(&["alerts", "silences", "shop"]).await;
+        assert!(
+            listed.stdout.contains("planned database failover"),
+            "{listed}"
+        );
+        let lifted = ferry
+            .cli(&["alerts", "unsilence", &silence_id.to_string()])
+            .await;
+        assert_eq!(lifted.code, 0, "{lifted}");
+        assert!(
+            ferry
+                .cli(&["alerts", "silences"])
+                .await
+                .stdout
+                .contains("no silence in force")
+        );
+        let (_, audit) = ferry.api_get("/v1/audit?action=silences.create").await;
+        assert!(
+            audit
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["outcome"] == "ok"
+                    && r["summary"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("planned database failover"))),
+            "the silence is audited: {audit}"
+        );
     })
     .await;
 }
