@@ -376,7 +376,7 @@ pub(crate) fn spawn_listener(
                     conn: conn.clone(),
                 };
                 match tls {
-                    None => serve_plain(io, conn, &builder, token).await,
+                    None => serve_h1(io, conn, &builder, token).await,
                     Some(acceptor) => {
                         let stream =
                             match tokio::time::timeout(first_byte, acceptor.accept(io)).await {
@@ -387,10 +387,15 @@ pub(crate) fn spawn_listener(
                                 }
                                 Err(_) => return,
                             };
-                        if let Some(name) = stream.get_ref().1.server_name() {
+                        let tls = stream.get_ref().1;
+                        if let Some(name) = tls.server_name() {
                             let _ = conn.sni.set(name.into());
                         }
-                        serve_connection(TokioIo::new(stream), conn, &builder, token).await;
+                        if tls.alpn_protocol() == Some(b"h2") {
+                            serve_connection(TokioIo::new(stream), conn, &builder, token).await;
+                        } else {
+                            serve_h1(stream, conn, &builder, token).await;
+                        }
                     }
                 }
             });
@@ -407,14 +412,16 @@ pub(crate) fn spawn_listener(
     })
 }
 
-/// Serves a plain-text client connection: HTTP/1.1 on the fast path, handed to hyper
-/// (with the bytes already read) for anything else (HTTP/2, HTTP/1.0, upgrades...).
-async fn serve_plain(
-    mut io: Watched,
+/// Serves a client connection: HTTP/1.1 on the fast path, handed to hyper (with the bytes
+/// already read) for anything else (HTTP/2 prior knowledge, HTTP/1.0, upgrades...).
+async fn serve_h1<I>(
+    mut io: I,
     conn: Arc<ConnCtx>,
     builder: &auto::Builder<TokioExecutor>,
     token: DrainToken,
-) {
+) where
+    I: h1::Io + Send + 'static,
+{
     let read = {
         let fast = std::pin::pin!(h1::serve(&mut io, &conn));
         // The fast path notices the drain itself, between requests.

@@ -1,4 +1,4 @@
-//! The HTTP/1.1 fast path of plain-text client connections.
+//! The HTTP/1.1 fast path of client connections.
 //!
 //! hyper builds a `HeaderMap` of every request and response and encodes both again. This
 //! path reads a request head in place (httparse), picks the site, route and version from
@@ -8,7 +8,8 @@
 //! connection runs one exchange at a time (pipelined requests wait their turn), on raw
 //! upstream connections pooled per endpoint and worker thread.
 //!
-//! Anything else goes to hyper, with the bytes read so far: HTTP/1.0, upgrades, `Expect`,
+//! It serves plain-text connections and TLS ones that did not negotiate h2. Anything else
+//! goes to hyper, with the bytes read so far: HTTP/1.0, upgrades, `Expect`,
 //! chunked request bodies, a request without `Host`, a target that is not a path, the
 //! HTTP/2 preface, or a head httparse refuses (hyper answers those with 400).
 
@@ -29,7 +30,7 @@ use tokio::time::Sleep;
 
 use self::parse::{Chunked, HeadError, HeadLines, Line, Name, ReqHead, RespHead, classify};
 use super::{
-    AccessLine, ConnCtx, Logged, MAX_ATTEMPTS, TEXT_PLAIN, Waiting, Watched, client_fault_answer,
+    AccessLine, ConnCtx, Logged, MAX_ATTEMPTS, TEXT_PLAIN, Waiting, client_fault_answer,
     local_answer, new_request_id_bytes, redirect_https, truncated, unknown_host,
 };
 use crate::body::{InFlight, ProxyBody};
@@ -74,6 +75,11 @@ impl Pooled for RawConn {
     }
 }
 
+/// A client connection: plain TCP, or TLS that negotiated HTTP/1.1 (or nothing).
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
 /// How the fast path left a connection.
 pub(super) enum Ended {
     Closed,
@@ -94,8 +100,8 @@ struct Bufs {
     rlines: Vec<Line>,
 }
 
-/// Serves requests on a plain-text client connection until it closes or needs hyper.
-pub(super) async fn serve(io: &mut Watched, conn: &ConnCtx) -> Ended {
+/// Serves requests on a client connection until it closes or needs hyper.
+pub(super) async fn serve<I: Io>(io: &mut I, conn: &ConnCtx) -> Ended {
     let timeout = conn.listener.shared.opts.header_read_timeout;
     let mut b = Bufs {
         inp: BytesMut::with_capacity(4096),
@@ -150,8 +156,8 @@ pub(super) async fn serve(io: &mut Watched, conn: &ConnCtx) -> Ended {
 
 /// Reads more of a request head into `inp`; `false` when the connection is to close: the
 /// client closed it, the head is late, or the listener drains between requests.
-async fn read_head(
-    io: &mut Watched,
+async fn read_head<I: Io>(
+    io: &mut I,
     inp: &mut BytesMut,
     conn: &ConnCtx,
     mut timer: Pin<&mut Sleep>,
@@ -216,8 +222,8 @@ struct Reply<'a> {
 }
 
 /// Writes a local answer (an error, a redirect) and ends the exchange.
-async fn answer(
-    io: &mut Watched,
+async fn answer<I: Io>(
+    io: &mut I,
     out: &mut Vec<u8>,
     mut resp: Response<ProxyBody>,
     r: &Reply<'_>,
@@ -315,7 +321,7 @@ impl BodyKind {
 }
 
 /// One request: routed, sent upstream (with retries), answered.
-async fn exchange(io: &mut Watched, b: &mut Bufs, head: &ReqHead, conn: &ConnCtx) -> Next {
+async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCtx) -> Next {
     let start = Instant::now();
     let opts = &conn.listener.shared.opts;
     let hl = HeadLines {
@@ -680,7 +686,7 @@ async fn exchange(io: &mut Watched, b: &mut Bufs, head: &ReqHead, conn: &ConnCtx
 
         // The body: what came with the head, then the rest as it arrives.
         let mut at = rh.len;
-        let mut done = false;
+        let mut up = Some((c, guard));
         loop {
             let data = &b.up[at..];
             let Ok((n, complete)) = kind.take(data) else {
@@ -690,6 +696,14 @@ async fn exchange(io: &mut Watched, b: &mut Bufs, head: &ReqHead, conn: &ConnCtx
             if n < data.len() {
                 // More than the response: the upstream is not to be trusted again.
                 reuse = false;
+            }
+            if complete && let Some((c, guard)) = up.take() {
+                // The replica's part is over: out of flight (and its connection back in
+                // the pool) before the client sees the end.
+                drop(guard);
+                if reuse {
+                    ep.raw.checkin(conn.worker, c);
+                }
             }
             let written = if b.out.is_empty() {
                 io.write_all(&data[..n]).await
@@ -704,28 +718,19 @@ async fn exchange(io: &mut Watched, b: &mut Bufs, head: &ReqHead, conn: &ConnCtx
                 // The client went away during the body.
                 return Next::Close;
             }
-            if complete {
-                done = true;
+            let Some((c, _)) = up.as_mut() else {
                 break;
-            }
+            };
             b.up.clear();
             b.up.reserve(READ_SIZE);
             match c.io.read_buf(&mut b.up).await {
-                Ok(0) if until_close => {
-                    done = true;
-                    break;
+                Ok(0) if until_close => break,
+                Ok(0) | Err(_) => {
+                    tracing::debug!(upstream = %ep.addr, "upstream response body cut short");
+                    return Next::Close;
                 }
-                Ok(0) | Err(_) => break,
                 Ok(_) => at = 0,
             }
-        }
-        drop(guard);
-        if !done {
-            tracing::debug!(upstream = %ep.addr, "upstream response body cut short");
-            return Next::Close;
-        }
-        if reuse {
-            ep.raw.checkin(conn.worker, c);
         }
         return match reply.consumed {
             Some(n) if !close => Next::KeepAlive(n),
@@ -769,8 +774,8 @@ fn itoa3(status: u16) -> [u8; 3] {
 }
 
 /// Reads a buffered request body until `inp` holds `want` bytes.
-async fn read_body(
-    io: &mut Watched,
+async fn read_body<I: Io>(
+    io: &mut I,
     inp: &mut BytesMut,
     want: usize,
     timeout: std::time::Duration,
@@ -792,7 +797,7 @@ async fn read_body(
 
 /// Resolves when the client closes its connection while its request waits on an
 /// upstream; keeps what it pipelines meanwhile (up to a bound, then stops reading).
-async fn client_gone(io: &mut Watched, inp: &mut BytesMut) {
+async fn client_gone<I: Io>(io: &mut I, inp: &mut BytesMut) {
     loop {
         if inp.len() >= MAX_PIPELINED {
             return std::future::pending().await;
@@ -817,8 +822,8 @@ async fn send_buffered(
 }
 
 /// A request body too large to buffer, copied from the client as it arrives.
-struct Streamed<'a> {
-    client: &'a mut Watched,
+struct Streamed<'a, I> {
+    client: &'a mut I,
     /// Holds the head, then any body bytes read with it (moved out) and pipelined ones.
     inp: &'a mut BytesMut,
     head_len: usize,
@@ -827,10 +832,10 @@ struct Streamed<'a> {
 }
 
 /// Sends a request head, then its body from the client, and reads the response head.
-async fn send_streamed(
+async fn send_streamed<I: Io>(
     up: &mut TcpStream,
     head: &[u8],
-    mut body: Streamed<'_>,
+    mut body: Streamed<'_, I>,
     buf: &mut BytesMut,
     rlines: &mut Vec<Line>,
 ) -> Result<RespHead, UpErr> {
@@ -897,18 +902,18 @@ async fn read_response(
 
 /// A client connection given to hyper after the fast path read from it: what was read
 /// comes first.
-pub(super) struct Prefixed {
-    io: Watched,
+pub(super) struct Prefixed<I> {
+    io: I,
     read: BytesMut,
 }
 
-impl Prefixed {
-    pub(super) fn new(io: Watched, read: BytesMut) -> Self {
+impl<I> Prefixed<I> {
+    pub(super) fn new(io: I, read: BytesMut) -> Self {
         Self { io, read }
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<I: Io> AsyncRead for Prefixed<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -925,7 +930,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<I: Io> AsyncWrite for Prefixed<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -537,4 +537,132 @@ mod tests {
             assert_eq!(Chunked::default().feed(bad), Err(BadChunk), "{bad:?}");
         }
     }
+
+    /// xorshift: deterministic, no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Mutated requests (bytes inserted, removed, lines doubled) never panic the parser,
+    /// and whatever it accepts has one framing an independent reading agrees with: at
+    /// most one length, never a length and an encoding together.
+    #[test]
+    fn mutated_heads_are_refused_or_read_one_way() {
+        const TEMPLATE: &[u8] = b"POST /a HTTP/1.1\r\nHost: shop\r\nContent-Length: 4\r\n\
+            Transfer-Encoding: chunked\r\nX-A: 1\r\n\r\nbody";
+        const NOISE: &[&[u8]] = &[
+            b"\r",
+            b"\n",
+            b" ",
+            b"\t",
+            b":",
+            b"\0",
+            b",",
+            b"\r\n",
+            b"\r\n ",
+            b"Content-Length: 5\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"\x7f",
+            b"\xff",
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut raw = TEMPLATE.to_vec();
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(raw.len());
+                match rng.below(3) {
+                    0 => {
+                        let n = NOISE[rng.below(NOISE.len())];
+                        raw.splice(at..at, n.iter().copied());
+                    }
+                    1 => {
+                        raw.remove(at);
+                    }
+                    _ => {
+                        // Removes the Content-Length or the Transfer-Encoding line.
+                        let line: &[u8] = if rng.below(2) == 0 {
+                            b"Content-Length: 4\r\n"
+                        } else {
+                            b"Transfer-Encoding: chunked\r\n"
+                        };
+                        if let Some(i) = raw.windows(line.len()).position(|w| w == line) {
+                            raw.drain(i..i + line.len());
+                        }
+                    }
+                }
+            }
+            let mut lines = Vec::new();
+            let Ok(Some(head)) = request(&raw, &mut lines) else {
+                continue;
+            };
+            let hl = HeadLines {
+                buf: &raw,
+                lines: &lines,
+            };
+            let Ok(f) = framing(hl) else {
+                continue;
+            };
+            accepted += 1;
+            // Independent reading of the accepted head's lines.
+            let named = |want: &str| {
+                hl.iter()
+                    .filter(|(n, _)| {
+                        std::str::from_utf8(n).is_ok_and(|n| n.eq_ignore_ascii_case(want))
+                    })
+                    .count()
+            };
+            let (lengths, encodings) = (named("content-length"), named("transfer-encoding"));
+            assert!(lengths <= 1, "{:?}", String::from_utf8_lossy(&raw));
+            assert!(
+                lengths == 0 || encodings == 0,
+                "{:?}",
+                String::from_utf8_lossy(&raw)
+            );
+            assert_eq!(f.transfer_encoding, encodings > 0);
+            assert_eq!(f.content_length.is_some(), lengths == 1);
+            assert!(head.len <= raw.len());
+            // Every name is a token: no whitespace, no colon, nothing a peer could split.
+            for (n, v) in hl.iter() {
+                assert!(!n.is_empty() && n.iter().all(|b| b.is_ascii_graphic() && *b != b':'));
+                assert!(!v.contains(&b'\r') && !v.contains(&b'\n'), "{v:?}");
+            }
+        }
+        assert!(
+            accepted > 100,
+            "the mutations left too few valid heads ({accepted})"
+        );
+    }
+
+    /// A chunked body fed in random pieces ends where it ends when fed whole.
+    #[test]
+    fn chunked_bodies_end_in_the_same_place_however_they_arrive() {
+        let body =
+            b"1a;x=y\r\nabcdefghijklmnopqrstuvwxyz\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\nGET /next";
+        let end = Chunked::default().feed(body).unwrap().unwrap();
+        assert_eq!(&body[end..], b"GET /next");
+        let mut rng = Rng(42);
+        for _ in 0..2_000 {
+            let mut c = Chunked::default();
+            let mut at = 0;
+            let found = loop {
+                let n = 1 + rng.below(8);
+                let piece = &body[at..(at + n).min(body.len())];
+                if let Some(k) = c.feed(piece).unwrap() {
+                    break at + k;
+                }
+                at += piece.len();
+            };
+            assert_eq!(found, end);
+        }
+    }
 }
