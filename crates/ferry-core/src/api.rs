@@ -196,6 +196,42 @@ pub struct EventView {
 pub struct DeploymentDetail {
     pub deployment: DeploymentView,
     pub events: Vec<EventView>,
+    /// A progressive deployment's analysis metrics (the current step's, then the
+    /// background analysis's), kept after it ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<AnalysisMetric>,
+}
+
+/// Which analysis of a rollout a metric belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnalysisKind {
+    /// The analysis of the current (or last) step.
+    Step,
+    /// The background analysis, over the whole rollout.
+    Background,
+}
+
+impl AnalysisKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnalysisKind::Step => "step",
+            AnalysisKind::Background => "background",
+        }
+    }
+}
+
+/// One analysis metric of a progressive deployment: its latest measurement (value,
+/// threshold, sample size, verdict, the service it is about) and its verdicts so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisMetric {
+    pub analysis: AnalysisKind,
+    pub metric: String,
+    pub passes: u32,
+    pub failures: u32,
+    pub inconclusives: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<crate::analysis::Measurement>,
 }
 
 /// One running (or failed) replica.

@@ -611,6 +611,30 @@ pub fn percent(basis_points: u32) -> String {
     }
 }
 
+/// The analysis metrics of a rollout (its current step's, then its background analysis's),
+/// for the API and the console.
+pub fn analysis_metrics(progress: &Progress) -> Vec<crate::api::AnalysisMetric> {
+    use crate::api::{AnalysisKind, AnalysisMetric};
+    [
+        (AnalysisKind::Step, &progress.stage_run),
+        (AnalysisKind::Background, &progress.background_run),
+    ]
+    .into_iter()
+    .flat_map(|(kind, run)| {
+        run.iter()
+            .flat_map(move |run| run.metrics.iter().map(move |m| (kind, m)))
+    })
+    .map(|(analysis, m)| AnalysisMetric {
+        analysis,
+        metric: m.name.clone(),
+        passes: m.passes,
+        failures: m.failures,
+        inconclusives: m.inconclusives,
+        last: m.last.clone(),
+    })
+    .collect()
+}
+
 /// One line for the timeline: metric, value, sample, threshold, verdict, why.
 pub fn describe(m: &Measurement) -> String {
     let dry = if m.dry_run { " (dry run)" } else { "" };

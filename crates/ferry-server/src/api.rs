@@ -952,9 +952,15 @@ async fn deployment(
         let events = state.store.events_after(id, 0, 10_000).await?;
         let after = read().await?;
         if after.row_version == before.row_version {
+            let analysis = crate::progressive::Phase::of(&after)
+                .ok()
+                .and_then(|phase| phase.progress)
+                .map(|progress| ferry_core::progressive::analysis_metrics(&progress))
+                .unwrap_or_default();
             return Ok(Json(DeploymentDetail {
                 deployment: after.view(),
                 events,
+                analysis,
             }));
         }
         before = after;

@@ -895,3 +895,66 @@ async fn one_time_login_links_work_once() {
     })
     .await;
 }
+
+/// A canary rolled back by its analysis: the API's deployment detail carries the analysis
+/// as typed rows (metric, value, threshold, sample size, verdict), and the deployment page
+/// shows them as a table, after the rollout ended too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_deployment_page_shows_the_analysis_as_a_table() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.replicas = 2;
+        spec.prelude = "if [ \"$VERSION\" = 2.0.0 ]; then export DEMO_ERROR_RATE=0.5; fi;".into();
+        spec.strategy = "{ canary: { steps: [{ weight: 50 }, { pause: 1m }], analysis: { interval: 1s, metrics: [{ name: errors, builtin: error_rate, max: 5% }] } } }".into();
+        ferry.apply(&ferry.write_manifest(&spec, "ferry.yaml")).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
+        let load = common::Load::start(&spec.listener(), 2);
+        load.warm_up(20).await;
+        let out = ferry
+            .cli(&["deploy", "shop", "--env", "production", "--version", "2.0.0", "-o", "json"])
+            .await;
+        assert_eq!(out.code, 0, "deploy:\n{out}");
+        let id = out.json()["id"].as_i64().expect("deployment id");
+        wait_state(&ferry, id, "rolled-back").await;
+        load.stop().await;
+
+        let (status, detail) = ferry.api_get(&format!("/v1/deployments/{id}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let rows = detail["analysis"].as_array().expect("analysis rows");
+        let errors = rows
+            .iter()
+            .find(|r| r["metric"] == "errors" && r["analysis"] == "background")
+            .unwrap_or_else(|| panic!("no background errors row: {detail:#}"));
+        assert!(errors["failures"].as_u64() >= Some(1), "{errors:#}");
+        let last = &errors["last"];
+        assert_eq!(last["verdict"], "fail", "{errors:#}");
+        assert_eq!(last["unit"], "ratio");
+        assert!(last["value"].as_f64().is_some_and(|v| v > 0.05), "{errors:#}");
+        assert!(last["sample_size"].as_u64().is_some_and(|n| n > 0), "{errors:#}");
+        assert!(last["threshold"].as_str().is_some_and(|t| !t.is_empty()), "{errors:#}");
+
+        let (mut vic, _) = Browser::logged_in(&ferry, "vic").await;
+        let page = vic.get(&format!("/deployments/{id}")).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let table = page
+            .body
+            .split("<section id=\"analysis\"")
+            .nth(1)
+            .and_then(|rest| rest.split("</section>").next())
+            .unwrap_or_else(|| panic!("no analysis section: {}", page.body));
+        for needle in [
+            "<th scope=\"col\">Threshold</th>",
+            "<th scope=\"col\">Sample</th>",
+            "<td>background</td>",
+            "<td>errors",
+            "<span class=\"state s-fail\">fail</span>",
+            last["threshold"].as_str().unwrap_or_default(),
+        ] {
+            assert!(table.contains(needle), "{needle:?} in {table}");
+        }
+    })
+    .await;
+}

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::views::{
-    ActionForm, AppPage, AppRow, AuditPage, AuditRow, Cell, Dashboard, DeploymentPage, DiffRow,
-    EnvView, EventRow, GateView, HookView, LoginPage, Nav, Page, ReleaseRow, RolloutBox,
+    ActionForm, AnalysisRow, AppPage, AppRow, AuditPage, AuditRow, Cell, Dashboard, DeploymentPage,
+    DiffRow, EnvView, EventRow, GateView, HookView, LoginPage, Nav, Page, ReleaseRow, RolloutBox,
     RolloutRow, UserRow, UsersPage, WaitingRow, Weight,
 };
 use super::{Console, Failure, Session, cookie, safe_next, seg};
@@ -429,8 +429,8 @@ async fn deployment_page(
             stage: format!("{}/{} {}", r.stage, r.stages, r.stage_name),
             summary: r.summary,
             waiting_for: r.waiting_for.unwrap_or_default(),
-            analysis: r.analysis,
         }),
+        analysis: detail.analysis.iter().map(AnalysisRow::of).collect(),
         events: detail
             .events
             .iter()

@@ -151,6 +151,53 @@ pub(crate) struct GateView {
     pub detail: String,
 }
 
+/// One analysis metric's row on the deployment page.
+pub(crate) struct AnalysisRow {
+    pub analysis: &'static str,
+    pub metric: String,
+    pub dry_run: bool,
+    pub service: String,
+    pub value: String,
+    pub threshold: String,
+    pub sample: String,
+    /// `pass`, `fail`, `inconclusive`, or empty before the first measurement.
+    pub verdict: &'static str,
+    /// `3 · 0 · 1`: passes, failures, inconclusive measurements so far.
+    pub counts: String,
+    /// Why the latest verdict (the judge's own words).
+    pub reason: String,
+}
+
+impl AnalysisRow {
+    pub fn of(a: &ferry_core::api::AnalysisMetric) -> AnalysisRow {
+        let last = a.last.as_ref();
+        AnalysisRow {
+            analysis: a.analysis.as_str(),
+            metric: a.metric.clone(),
+            dry_run: last.is_some_and(|m| m.dry_run),
+            service: last.and_then(|m| m.service.clone()).unwrap_or_default(),
+            value: last.map(value_text).unwrap_or_default(),
+            threshold: last.map(|m| m.threshold.clone()).unwrap_or_default(),
+            sample: last.map(|m| m.sample_size.to_string()).unwrap_or_default(),
+            verdict: last.map(|m| m.verdict.as_str()).unwrap_or(""),
+            counts: format!("{} · {} · {}", a.passes, a.failures, a.inconclusives),
+            reason: last.map(|m| m.reason.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// A measured value in its unit: `27.27 %`, `412 ms`, `12.5/s`.
+pub(crate) fn value_text(m: &ferry_core::analysis::Measurement) -> String {
+    use ferry_core::analysis::Unit;
+    match (m.value, m.unit) {
+        (None, _) | (_, Unit::Check) => "—".to_string(),
+        (Some(v), Unit::Ratio) => format!("{:.2} %", v * 100.0),
+        (Some(v), Unit::Millis) => format!("{v:.0} ms"),
+        (Some(v), Unit::PerSecond) => format!("{v:.1}/s"),
+        (Some(v), Unit::Number | Unit::Score) => format!("{v:.4}"),
+    }
+}
+
 pub(crate) struct HookView {
     pub phase: String,
     pub hook: String,
@@ -198,6 +245,7 @@ pub(crate) struct DeploymentPage {
     pub created: String,
     pub finished: String,
     pub rollout: Option<RolloutBox>,
+    pub analysis: Vec<AnalysisRow>,
     pub events: Vec<EventRow>,
     pub last_seq: i64,
     pub gates: Vec<GateView>,
@@ -214,7 +262,6 @@ pub(crate) struct RolloutBox {
     pub stage: String,
     pub summary: String,
     pub waiting_for: String,
-    pub analysis: Vec<String>,
 }
 
 pub(crate) struct EnvView {
