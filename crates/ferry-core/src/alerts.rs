@@ -28,8 +28,8 @@ pub use eval::{
     evaluate, retire, series_key,
 };
 pub use facts::{
-    ActionPlan, BlockingAlert, MAX_SERIES, Silence, alert_labels, blocking, builtin_samples,
-    describe, gate_row, plan_actions, prometheus_samples, silenced_by,
+    ActionPlan, BlockingAlert, MAX_SERIES, Silence, alert_labels, blocking, builtin_input,
+    builtin_samples, describe, gate_row, plan_actions, prometheus_samples, silenced_by,
 };
 pub use spec::{
     AlertActions, AlertIssue, AlertQuery, AlertRule, Condition, DEFAULT_INTERVAL,

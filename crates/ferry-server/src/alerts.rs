@@ -158,11 +158,11 @@ impl Evaluator {
         };
         let input = match &rule.prometheus {
             Some(query) => self.query(query, app, &env.env).await,
-            None => Input::Samples(alerts::builtin_samples(
+            None => alerts::builtin_input(
                 condition.map_or(alerts::Metric::Value, |c| c.metric),
                 rule.service.as_deref(),
                 env,
-            )),
+            ),
         };
         if let Input::Failed(why) = &input {
             tracing::warn!(app = %app, env = %env.env, alert = %rule.name, error = %why, "alert not evaluated");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::eval::{AlertInstance, AlertStatus, Sample};
+use super::eval::{AlertInstance, AlertStatus, Input, Sample};
 use super::spec::{AlertRule, Metric};
 use crate::api::{DeploymentView, EnvStatus};
 use crate::gates::{GateRow, GateState};
@@ -78,6 +78,16 @@ pub fn builtin_samples(metric: Metric, service: Option<&str>, env: &EnvStatus) -
         Metric::Value => {}
     }
     out
+}
+
+/// [`builtin_samples`] as an evaluation input. Without the proxy's counters (not sampled
+/// yet after a start, or the proxy unreachable) a traffic metric is a failed measurement,
+/// which changes no alert: a restart never resolves a firing alert for want of data.
+pub fn builtin_input(metric: Metric, service: Option<&str>, env: &EnvStatus) -> Input {
+    if metric.from_proxy() && env.traffic.is_none() {
+        return Input::Failed("the proxy's counters have not been sampled yet".to_string());
+    }
+    Input::Samples(builtin_samples(metric, service, env))
 }
 
 /// The series of a Prometheus instant-query answer (`/api/v1/query`): a vector's series with

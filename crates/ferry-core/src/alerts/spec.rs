@@ -244,6 +244,11 @@ impl Metric {
             .map_or("value", |(n, _)| n)
     }
 
+    /// Measured from the proxy's counters (the others from the replicas).
+    pub fn from_proxy(self) -> bool {
+        matches!(self, Metric::ErrorRate | Metric::RequestRate) || self.is_latency()
+    }
+
     fn is_latency(self) -> bool {
         matches!(
             self,

@@ -436,6 +436,15 @@ fn ferry_metrics_are_sampled_per_service_and_version() {
     let mut no_traffic = env.clone();
     no_traffic.traffic = None;
     assert!(builtin_samples(Metric::ErrorRate, None, &no_traffic).is_empty());
+    // without the proxy's counters a traffic metric is not measured (nothing resolves)…
+    assert!(matches!(
+        builtin_input(Metric::ErrorRate, None, &no_traffic),
+        Input::Failed(_)
+    ));
+    // …while replica metrics still are
+    assert!(
+        matches!(builtin_input(Metric::Up, None, &no_traffic), Input::Samples(s) if s.len() == 2)
+    );
 }
 
 #[test]
