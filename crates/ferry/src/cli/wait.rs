@@ -48,11 +48,11 @@ pub async fn follow(
     let deadline = Instant::now() + timeout;
     let mut last_seq: Option<i64> = None;
     let mut lost_contact = false;
-    // Set once a terminal transition was printed: the deployment row may have been read
+    // Set once a state transition was printed: the deployment row may have been read
     // just before it committed (the detail is two reads), so don't long-poll for events
-    // that already came; re-read the deployment instead.
-    let mut ended = false;
-    let print = |events: &[EventView], last_seq: &mut Option<i64>, ended: &mut bool| {
+    // that may never come; re-read the deployment first, then go on if it has not ended.
+    let mut transitioned = false;
+    let print = |events: &[EventView], last_seq: &mut Option<i64>, transitioned: &mut bool| {
         for event in events {
             if last_seq.is_some_and(|last| event.seq <= last) {
                 continue;
@@ -60,17 +60,18 @@ pub async fn follow(
             if print_events {
                 println!("{}", event_line(event));
             }
-            *ended |= is_terminal_transition(event);
+            *transitioned |= is_transition(event);
             *last_seq = Some(event.seq);
         }
     };
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if ended {
+        let recheck = transitioned;
+        if recheck {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let step = async {
-            if remaining > Duration::ZERO && !ended {
+            if remaining > Duration::ZERO && !recheck {
                 let wait = remaining.min(POLL);
                 let mut query = vec![("wait_ms", wait.as_millis().to_string())];
                 if let Some(seq) = last_seq {
@@ -79,10 +80,10 @@ pub async fn follow(
                 let events: Vec<EventView> = client
                     .get_long_poll(&["v1", "deployments", &id, "events"], &query, wait)
                     .await?;
-                print(&events, &mut last_seq, &mut ended);
+                print(&events, &mut last_seq, &mut transitioned);
             }
             let detail: DeploymentDetail = client.get(&["v1", "deployments", &id], &[]).await?;
-            print(&detail.events, &mut last_seq, &mut ended);
+            print(&detail.events, &mut last_seq, &mut transitioned);
             anyhow::Ok(detail.deployment)
         };
         match tokio::time::timeout(remaining + Duration::from_secs(5), step).await {
@@ -93,6 +94,10 @@ pub async fn follow(
                 }
                 if current.state.is_terminal() {
                     return Ok(current);
+                }
+                // Read after the transition committed, and not terminal: long-poll again.
+                if recheck {
+                    transitioned = false;
                 }
                 if remaining == Duration::ZERO {
                     return Err(timed_out(&current, timeout).into());
@@ -114,14 +119,10 @@ pub async fn follow(
     }
 }
 
-/// A `state` event recording a move to a terminal state (`aborted: …`, `succeeded: …`).
-fn is_terminal_transition(event: &EventView) -> bool {
+/// A state transition (by the event's typed kind; its wording is for people): the
+/// deployment is read again before waiting for more events.
+fn is_transition(event: &EventView) -> bool {
     event.kind == EventKind::State
-        && event
-            .message
-            .split_once(':')
-            .and_then(|(state, _)| state.parse::<DeploymentState>().ok())
-            .is_some_and(DeploymentState::is_terminal)
 }
 
 fn timed_out(dep: &DeploymentView, timeout: Duration) -> Failure {
@@ -223,28 +224,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recognises_terminal_transitions() {
-        let event = |kind: &str, message: &str| EventView {
+    fn a_transition_is_known_by_its_kind_not_its_wording() {
+        let event = |kind: EventKind, message: &str| EventView {
             seq: 1,
             at_ms: 0,
-            kind: kind.parse().expect("an event kind"),
+            kind,
             message: message.into(),
         };
-        assert!(is_terminal_transition(&event(
-            "state",
-            "aborted: aborted by x; 1.0.0 serves all traffic"
+        // Whatever the server's prose says.
+        assert!(is_transition(&event(EventKind::State, "aborted by x")));
+        assert!(is_transition(&event(
+            EventKind::State,
+            "Rolled back, 1.0.0 restored"
         )));
-        assert!(is_terminal_transition(&event(
-            "state",
-            "rolled-back: 1.0.0 restored"
-        )));
-        assert!(!is_terminal_transition(&event(
-            "state",
-            "rolling-back: all traffic back"
-        )));
-        assert!(!is_terminal_transition(&event(
-            "replica",
+        assert!(!is_transition(&event(
+            EventKind::Replica,
             "succeeded: not a state event"
+        )));
+        assert!(!is_transition(&event(
+            EventKind::CommandApplied,
+            "promoted"
         )));
     }
 }
