@@ -882,6 +882,13 @@ impl Runtime for DockerRuntime {
         Box::pin(DockerRuntime::discard_task(self, name))
     }
 
+    fn remove_orphans<'a>(
+        &'a self,
+        keep: &'a [String],
+    ) -> BoxFuture<'a, Result<usize, RuntimeError>> {
+        Box::pin(DockerRuntime::remove_orphans(self, keep))
+    }
+
     fn status(&self, id: &str) -> Option<ReplicaStatus> {
         self.sup.status(id)
     }

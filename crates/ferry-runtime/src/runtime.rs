@@ -222,6 +222,19 @@ pub trait Runtime: Send + Sync + 'static {
         Box::pin(async { Ok(0) })
     }
 
+    /// After a restart's adoptions: stops and removes what this server owns on the runtime
+    /// for a replica that is neither in `keep` (the replicas the store knows) nor
+    /// supervised, so nothing runs that no row accounts for; returns how many. By default
+    /// nothing: a process replica without a row is found by its `FERRY_REPLICA_ID` when its
+    /// row is read ([`Runtime::discard`]).
+    fn remove_orphans<'a>(
+        &'a self,
+        keep: &'a [String],
+    ) -> BoxFuture<'a, Result<usize, RuntimeError>> {
+        let _ = keep;
+        Box::pin(async { Ok(0) })
+    }
+
     fn status(&self, id: &str) -> Option<ReplicaStatus>;
 
     /// Every supervised replica, sorted by id.

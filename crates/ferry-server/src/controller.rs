@@ -29,8 +29,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::error::ServerError;
 
+use crate::clock::Clock;
 use crate::progressive::Meter;
-use crate::proxy_link::ProxyLink;
+use crate::proxy_link::DataPlane;
 
 mod canary;
 mod commands;
@@ -45,6 +46,13 @@ mod status;
 mod strategy;
 mod teardown;
 mod timeline;
+
+#[cfg(test)]
+mod crash_sim;
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod fast_tests;
 
 /// How often the loop re-evaluates without being woken (timeouts, proxy liveness).
 const TICK: Duration = Duration::from_millis(200);
@@ -90,7 +98,10 @@ impl From<StoreError> for RequestError {
 pub struct Controller {
     store: Store,
     runtime: Runtimes,
-    proxy: ProxyLink,
+    /// The proxy (a fake in tests).
+    proxy: Arc<dyn DataPlane>,
+    /// Where decisions and records get "now" (a manual clock in tests).
+    clock: Arc<dyn Clock>,
     wake: Notify,
     events_changed: watch::Sender<u64>,
     /// Replicas whose stop task is running.
@@ -102,6 +113,9 @@ pub struct Controller {
     traffic_summary: Mutex<HashMap<(String, String), String>>,
     /// Analysis windows over the proxy's counters.
     meter: Meter,
+    /// When acting for a deployment first failed on the store or the engine (cleared when
+    /// it works again); bounded by `replicas::INFRA_RETRY_LIMIT`.
+    infra_failing_since: Mutex<HashMap<i64, i64>>,
     /// Last unmet-gate keys announced per waiting deployment (timeline shows changes only).
     unmet_gates: Mutex<HashMap<i64, Vec<String>>>,
     /// Client for webhooks.
@@ -132,7 +146,8 @@ impl Controller {
     pub fn new(
         store: Store,
         runtime: Runtimes,
-        proxy: ProxyLink,
+        proxy: Arc<dyn DataPlane>,
+        clock: Arc<dyn Clock>,
         secrets: Arc<crate::secrets::Secrets>,
         workloads: Arc<crate::workload::Workloads>,
     ) -> Arc<Controller> {
@@ -154,6 +169,7 @@ impl Controller {
             store,
             runtime,
             proxy,
+            clock,
             wake: Notify::new(),
             events_changed: watch::channel(0).0,
             stopping: Mutex::new(HashSet::new()),
@@ -162,6 +178,7 @@ impl Controller {
             traffic_summary: Mutex::new(HashMap::new()),
             meter: Meter::default(),
             unmet_gates: Mutex::new(HashMap::new()),
+            infra_failing_since: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
             torn_down: AtomicBool::new(false),
             secrets,
@@ -181,6 +198,11 @@ impl Controller {
 
     pub fn runtime(&self) -> &Runtimes {
         &self.runtime
+    }
+
+    /// Now, by the controller's clock (Unix ms).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Asks the loop for a pass now (after an apply, say).

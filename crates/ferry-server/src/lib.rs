@@ -147,8 +147,14 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let process = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
     process.set_log_filter(config.ferry_exe.clone());
     let runtime = runtimes::Runtimes::new(process, data_dir.display().to_string());
-    let controller =
-        controller::Controller::new(store.clone(), runtime, proxy, secrets.clone(), workloads);
+    let controller = controller::Controller::new(
+        store.clone(),
+        runtime,
+        Arc::new(proxy),
+        Arc::new(clock::SystemClock),
+        secrets.clone(),
+        workloads,
+    );
     controller.recover().await?;
 
     let mut tasks = vec![

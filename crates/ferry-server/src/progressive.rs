@@ -122,6 +122,8 @@ pub struct Subject<'a> {
     pub base_dir: Option<PathBuf>,
     /// The user command analyses run as, or why it is not available.
     pub run_as: Result<Option<ferry_runtime::RunAs>, String>,
+    /// Runs command analyses (on the server's host: as processes).
+    pub runtime: &'a crate::runtimes::Runtimes,
 }
 
 /// Each service's window (or cumulative counters) of one version.
@@ -289,7 +291,7 @@ impl Meter {
                     },
                     container: None,
                 };
-                match ferry_runtime::task::run(task, None).await {
+                match subject.runtime.run_task(task, None).await {
                     Ok(outcome) if outcome.end == ferry_runtime::TaskEnd::TimedOut => {
                         Observation::Error(format!(
                             "{program} did not finish within {}",
@@ -480,6 +482,10 @@ mod tests {
             }
         }))
         .expect("metric");
+        let runtime = crate::runtimes::Runtimes::new(
+            ferry_runtime::ProcessRuntime::new(dir.path().join("logs"), 1 << 20),
+            "test".into(),
+        );
         let subject = Subject {
             app: "shop",
             env: "production",
@@ -488,6 +494,7 @@ mod tests {
             stable: "1.0.0",
             base_dir: Some(dir.path().to_path_buf()),
             run_as: Ok(None),
+            runtime: &runtime,
         };
         let observation = Meter::default().observe(&metric, &subject).await;
         match &observation {

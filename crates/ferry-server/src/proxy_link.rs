@@ -2,6 +2,9 @@
 //! (or adopts the one a previous server left running), pushes route tables to it, reads
 //! its metrics, and restarts it if it dies. The proxy keeps serving its last table when
 //! the server is gone.
+//!
+//! The controller speaks to the data plane through [`DataPlane`] only, so its tests can put
+//! a fake in the proxy's place (one that records route tables and reports drains).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use ferry_proxy::routes::RouteTable;
 use ferry_proxy::stats::{EndpointUsage, StatsSnapshot};
+use ferry_runtime::BoxFuture;
 use serde::Deserialize;
 
 use crate::clock::now_ms;
@@ -35,6 +39,59 @@ struct Endpoint {
     pid: u32,
     base_url: String,
     token: String,
+}
+
+/// What the controller asks of the data plane. Object safe (`Arc<dyn DataPlane>`).
+pub trait DataPlane: Send + Sync + 'static {
+    /// Checks that the data plane answers, restarting it if it died.
+    fn ensure_alive(&self) -> BoxFuture<'_, Result<(), ServerError>>;
+    /// The last route table the data plane accepted.
+    fn acknowledged(&self) -> Option<RouteTable>;
+    /// Sends `table` unless the data plane already has it. Returns whether anything was sent.
+    fn push(&self, table: RouteTable) -> BoxFuture<'_, Result<bool, ServerError>>;
+    /// The cumulative counters per (listener, service, version).
+    fn stats(&self) -> BoxFuture<'_, Result<StatsSnapshot, ServerError>>;
+    /// Whether a request can still reach `addr` (listed in a table a request holds, or in
+    /// flight).
+    fn endpoint_usage(&self, addr: SocketAddr)
+    -> BoxFuture<'_, Result<EndpointUsage, ServerError>>;
+    /// Prometheus text, re-exported on the server's `/metrics`.
+    fn metrics_text(&self) -> BoxFuture<'_, Result<String, ServerError>>;
+    /// Stops the data plane (teardown only).
+    fn stop(&self) -> BoxFuture<'_, ()>;
+}
+
+impl DataPlane for ProxyLink {
+    fn ensure_alive(&self) -> BoxFuture<'_, Result<(), ServerError>> {
+        Box::pin(ProxyLink::ensure_alive(self))
+    }
+
+    fn acknowledged(&self) -> Option<RouteTable> {
+        ProxyLink::acknowledged(self)
+    }
+
+    fn push(&self, table: RouteTable) -> BoxFuture<'_, Result<bool, ServerError>> {
+        Box::pin(ProxyLink::push(self, table))
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<StatsSnapshot, ServerError>> {
+        Box::pin(ProxyLink::stats(self))
+    }
+
+    fn endpoint_usage(
+        &self,
+        addr: SocketAddr,
+    ) -> BoxFuture<'_, Result<EndpointUsage, ServerError>> {
+        Box::pin(ProxyLink::endpoint_usage(self, addr))
+    }
+
+    fn metrics_text(&self) -> BoxFuture<'_, Result<String, ServerError>> {
+        Box::pin(ProxyLink::metrics_text(self))
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(ProxyLink::stop(self))
+    }
 }
 
 pub struct ProxyLink {

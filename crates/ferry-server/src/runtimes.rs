@@ -37,7 +37,10 @@ pub struct Runtimes {
 }
 
 struct Inner {
-    process: ProcessRuntime,
+    /// The runtime of `runtime: process` environments (a fake one in the controller's tests).
+    local: Arc<dyn Runtime>,
+    /// Where the local runtime writes replica logs (`<id>.log`).
+    log_dir: PathBuf,
     docker: OnceCell<Arc<dyn Runtime>>,
     /// Names this server on the engine (its data directory).
     owner: String,
@@ -47,15 +50,27 @@ struct Inner {
 
 impl Runtimes {
     pub fn new(process: ProcessRuntime, owner: String) -> Runtimes {
+        let log_dir = process
+            .log_path("x")
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        Runtimes::with_local(Arc::new(process), log_dir, owner)
+    }
+
+    /// Runtimes whose `runtime: process` environments run on `local` (which writes replica
+    /// logs under `log_dir`): the process runtime, or a fake one in tests.
+    pub fn with_local(local: Arc<dyn Runtime>, log_dir: PathBuf, owner: String) -> Runtimes {
         let (events, _) = broadcast::channel(1024);
-        forward(process.subscribe(), events.clone());
+        forward(local.subscribe(), events.clone());
         let socket = std::env::var("DOCKER_HOST")
             .ok()
             .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
         Runtimes {
             inner: Arc::new(Inner {
-                process,
+                local,
+                log_dir,
                 docker: OnceCell::new(),
                 owner,
                 socket,
@@ -82,13 +97,13 @@ impl Runtimes {
     }
 
     pub fn log_path(&self, id: &str) -> PathBuf {
-        self.inner.process.log_path(id)
+        self.inner.log_dir.join(format!("{id}.log"))
     }
 
     /// The runtime that supervises `id`, if any.
     fn owner_of(&self, id: &str) -> Option<&dyn Runtime> {
-        if self.inner.process.status(id).is_some() {
-            return Some(&self.inner.process);
+        if self.inner.local.status(id).is_some() {
+            return Some(self.inner.local.as_ref());
         }
         self.inner
             .docker
@@ -113,7 +128,7 @@ impl Runtimes {
     pub fn logs(&self, id: &str, tail: usize, follow: bool) -> ferry_runtime::LogLines {
         match self.owner_of(id) {
             Some(runtime) => runtime.logs(id, tail, follow),
-            None => Runtime::logs(&self.inner.process, id, tail, follow),
+            None => self.inner.local.logs(id, tail, follow),
         }
     }
 
@@ -122,7 +137,7 @@ impl Runtimes {
         if spec.container.is_some() {
             self.docker().await?.start(spec).await
         } else {
-            Runtime::start(&self.inner.process, spec).await
+            self.inner.local.start(spec).await
         }
     }
 
@@ -137,7 +152,7 @@ impl Runtimes {
         let runtime: &dyn Runtime = if spec.container.is_some() {
             self.docker().await?
         } else {
-            &self.inner.process
+            self.inner.local.as_ref()
         };
         let adopted = runtime.adopt(spec, recorded).await?;
         if !adopted {
@@ -172,6 +187,17 @@ impl Runtimes {
         }
     }
 
+    /// After the adoptions of a restart: removes what runs for replicas the store does not
+    /// know (`keep`: the ids it knows), on the local runtime and on the engine when this
+    /// server is connected to one.
+    pub async fn remove_orphans(&self, keep: &[String]) -> Result<usize, RuntimeError> {
+        let mut removed = self.inner.local.remove_orphans(keep).await?;
+        if let Some(docker) = self.inner.docker.get() {
+            removed += docker.remove_orphans(keep).await?;
+        }
+        Ok(removed)
+    }
+
     pub async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
         match self.owner_of(id) {
             Some(runtime) => runtime.stop(id).await,
@@ -181,7 +207,7 @@ impl Runtimes {
 
     /// Stops every replica of both runtimes, and every container this server owns.
     pub async fn stop_all(&self) {
-        self.inner.process.stop_all().await;
+        self.inner.local.stop_all().await;
         if let Some(docker) = self.inner.docker.get()
             && let Err(e) = docker.remove_all().await
         {
@@ -198,7 +224,7 @@ impl Runtimes {
         if spec.container.is_some() {
             self.docker().await?.run_task(spec, started).await
         } else {
-            ferry_runtime::task::run(spec, started).await
+            self.inner.local.run_task(spec, started).await
         }
     }
 }

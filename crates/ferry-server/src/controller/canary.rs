@@ -97,6 +97,7 @@ impl Controller {
                 .workloads
                 .run_as(manifest, env)
                 .map_err(|e| e.to_string()),
+            runtime: &self.runtime,
         };
         let stage_key = (deployment.id, progress.stage as u64);
         let background_key = (deployment.id, u64::MAX);
@@ -296,10 +297,17 @@ impl Controller {
                 Err(ActError::Failed(reason)) => {
                     return self.roll_back(deployment, &phase, &stable, &reason).await;
                 }
-                // The store or the engine failed: the phase is saved; retry next pass.
-                Err(ActError::Infra(e)) => return Err(e),
+                // The store or the engine failed: the phase is saved; retry next pass, for
+                // at most INFRA_RETRY_LIMIT.
+                Err(ActError::Infra(e)) => {
+                    return match self.infra_failed(deployment, &e, now).await {
+                        Some(reason) => self.roll_back(deployment, &phase, &stable, &reason).await,
+                        None => Err(e),
+                    };
+                }
             }
         }
+        self.infra_recovered(deployment.id);
         Ok(())
     }
 

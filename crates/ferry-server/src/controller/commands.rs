@@ -7,7 +7,6 @@ use ferry_store::{
     AppRecord, DeploymentRecord, NewDeployment, ReplicaRecord, StoreError, Transition,
 };
 
-use crate::clock::now_ms;
 use crate::error::ServerError;
 
 use crate::progressive::{CommandName, PendingCommand, Phase};
@@ -52,7 +51,7 @@ impl Controller {
             ))
         })?;
         validate_version(version)?;
-        let now = now_ms();
+        let now = self.now_ms();
         self.store.ensure_release(app, version, now).await?;
         let previous_version = self
             .store
@@ -202,7 +201,7 @@ impl Controller {
                     set_current_version: None,
                     event: event.to_string(),
                     event_kind: EventKind::State,
-                    now_ms: now_ms(),
+                    now_ms: self.now_ms(),
                 })
                 .await;
             match result {

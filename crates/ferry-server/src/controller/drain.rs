@@ -1,11 +1,11 @@
 //! Stopping drained replicas once the proxy confirms nothing can reach them.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_runtime::ProcessIdentity;
+use ferry_store::ReplicaRecord;
 
 use crate::error::ServerError;
 use crate::lock;
@@ -15,17 +15,15 @@ use super::{Controller, DRAIN_POLL};
 impl Controller {
     /// Stops replicas marked draining, once the proxy confirms no request can reach them
     /// any more (or their service's `drain_timeout` has passed).
+    /// `replicas`: every replica row, as this pass left them (read once per pass).
     pub(super) async fn stop_drained(
         self: &Arc<Self>,
         apps: &crate::controller::Apps,
+        replicas: &[ReplicaRecord],
     ) -> Result<(), ServerError> {
-        for record in self
-            .store
-            .list_replicas(None, None)
-            .await?
-            .into_iter()
-            .filter(|r| r.draining)
-        {
+        // Forget ids whose rows are gone so the set doesn't grow forever.
+        lock(&self.stopping).retain(|id| replicas.iter().any(|r| &r.id == id));
+        for record in replicas.iter().filter(|r| r.draining).cloned() {
             if !lock(&self.stopping).insert(record.id.clone()) {
                 continue;
             }
@@ -69,15 +67,6 @@ impl Controller {
                 this.wake.notify_one();
             });
         }
-        // Forget ids whose rows are gone so the set doesn't grow forever.
-        let live: HashSet<String> = self
-            .store
-            .list_replicas(None, None)
-            .await?
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        lock(&self.stopping).retain(|id| live.contains(id));
         Ok(())
     }
 

@@ -5,7 +5,6 @@ use ferry_core::manifest::Manifest;
 use ferry_core::model::{DeploymentKind, DeploymentState, EventKind};
 use ferry_store::DeploymentRecord;
 
-use crate::clock::now_ms;
 use crate::error::ServerError;
 use crate::lock;
 
@@ -36,7 +35,7 @@ impl Controller {
         }
         let history = self.gate_history(deployment, &env_gates).await?;
         let approvals = self.store.approvals(deployment.id).await?;
-        let now = now_ms();
+        let now = self.now_ms();
         let facts = crate::gates::facts(&self.store, deployment).await?;
         self.gate_checks
             .start_due(

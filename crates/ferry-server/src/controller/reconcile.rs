@@ -12,7 +12,6 @@ use ferry_store::{AppRecord, DeploymentRecord, ReplicaRecord, StoreError};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::now_ms;
 use crate::error::ServerError;
 use crate::lock;
 use crate::progressive::Phase;
@@ -53,7 +52,7 @@ impl Controller {
             if self.torn_down.load(Ordering::SeqCst) {
                 continue;
             }
-            let now = now_ms();
+            let now = self.now_ms();
             if now - last_proxy_check > 1_000 {
                 last_proxy_check = now;
                 match self.proxy.ensure_alive().await {
@@ -75,7 +74,7 @@ impl Controller {
     }
 
     pub(super) fn settled(&self) -> bool {
-        if now_ms() >= *lock(&self.settle_until_ms) {
+        if self.now_ms() >= *lock(&self.settle_until_ms) {
             return true;
         }
         let adopted = lock(&self.adopted).clone();
@@ -192,7 +191,7 @@ impl Controller {
         }
         let apps = self.apps().await?;
         let replicas = self.store.list_replicas(None, None).await?;
-        let now = now_ms();
+        let now = self.now_ms();
         for (app, manifest) in apps.values() {
             for (env_name, _) in manifest.environments.iter() {
                 let env_replicas: Vec<&ReplicaRecord> = replicas
@@ -225,8 +224,10 @@ impl Controller {
         for id in orphans {
             self.store.set_replica_draining(&id, now).await?;
         }
-        self.push_routes(&apps).await?;
-        self.stop_drained(&apps).await?;
+        // One read of the replicas as this pass left them, for the table and the drains.
+        let replicas = self.store.list_replicas(None, None).await?;
+        self.push_routes(&apps, &replicas).await?;
+        self.stop_drained(&apps, &replicas).await?;
         Ok(())
     }
 
@@ -384,10 +385,17 @@ impl Controller {
                 .act(app, manifest, env, Some(deployment.id), actions, now)
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.infra_recovered(deployment.id);
+                    return Ok(());
+                }
                 Err(ActError::Failed(reason)) => Verdict::Failed(reason),
-                // The store or the engine failed: decide nothing, retry on the next pass.
-                Err(ActError::Infra(e)) => return Err(e),
+                // The store or the engine failed: decide nothing, retry on the next pass,
+                // for at most INFRA_RETRY_LIMIT.
+                Err(ActError::Infra(e)) => match self.infra_failed(&deployment, &e, now).await {
+                    Some(reason) => Verdict::Failed(reason),
+                    None => return Err(e),
+                },
             },
             other => other,
         };

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use ferry_runtime::ProcessIdentity;
 
-use crate::clock::now_ms;
 use crate::error::ServerError;
 use crate::lock;
 
@@ -89,7 +88,15 @@ impl Controller {
                 self.store.delete_replica(&record.id).await?;
             }
         }
-        *lock(&self.settle_until_ms) = now_ms() + SETTLE_TIMEOUT_MS;
+        // What runs without a row (a container whose row was forgotten after a failed
+        // removal): nothing may run that the store does not account for.
+        let keep: Vec<String> = adopted.iter().cloned().collect();
+        match self.runtime.remove_orphans(&keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed replicas no row accounts for"),
+            Err(e) => tracing::warn!(error = %e, "cannot look for orphaned replicas"),
+        }
+        *lock(&self.settle_until_ms) = self.now_ms() + SETTLE_TIMEOUT_MS;
         *lock(&self.adopted) = adopted;
         Ok(())
     }

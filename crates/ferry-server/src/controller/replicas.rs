@@ -328,6 +328,53 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// The store or the engine failed while acting for `deployment`. The first time, says
+    /// so on its timeline with the deadline; `Some(reason)` once it has kept failing for
+    /// [`INFRA_RETRY_LIMIT`] (the deployment then fails or rolls back), `None` meanwhile
+    /// (retry on the next pass). Counted from this server's first failure: a restart
+    /// gives the infrastructure the whole limit again.
+    pub(super) async fn infra_failed(
+        &self,
+        deployment: &DeploymentRecord,
+        error: &ServerError,
+        now: i64,
+    ) -> Option<String> {
+        let (since, first) = {
+            let mut failing = lock(&self.infra_failing_since);
+            match failing.get(&deployment.id) {
+                Some(since) => (*since, false),
+                None => {
+                    failing.insert(deployment.id, now);
+                    (now, true)
+                }
+            }
+        };
+        let limit = ferry_core::duration::HumanDuration(INFRA_RETRY_LIMIT);
+        if first {
+            self.event(
+                deployment.id,
+                EventKind::Replica,
+                &format!("cannot act: {error}; retrying for at most {limit}"),
+            )
+            .await;
+        }
+        (now - since >= millis(INFRA_RETRY_LIMIT)).then(|| {
+            lock(&self.infra_failing_since).remove(&deployment.id);
+            format!("the runtime or the store kept failing for {limit}: {error}")
+        })
+    }
+
+    /// Acting for `deployment` worked: a later failure starts a new retry window.
+    pub(super) fn infra_recovered(&self, deployment: i64) {
+        lock(&self.infra_failing_since).remove(&deployment);
+    }
+}
+
+/// How long an infrastructure failure is retried before the deployment fails (or rolls
+/// back) with it.
+pub(super) const INFRA_RETRY_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Why carrying out an action failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ActError {

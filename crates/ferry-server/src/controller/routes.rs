@@ -10,7 +10,7 @@ use ferry_proxy::routes::{
     BackendGroup, ListenerConfig, PreviewRule, Route, RouteTable, StickyRule, TlsFiles,
 };
 
-use ferry_store::DeploymentRecord;
+use ferry_store::{DeploymentRecord, ReplicaRecord};
 
 use crate::error::ServerError;
 use crate::lock;
@@ -67,8 +67,8 @@ impl Controller {
     pub(super) async fn push_routes(
         &self,
         apps: &crate::controller::Apps,
+        replicas: &[ReplicaRecord],
     ) -> Result<(), ServerError> {
-        let replicas = self.store.list_replicas(None, None).await?;
         let active: HashMap<(String, String), DeploymentRecord> = self
             .store
             .active_deployments()

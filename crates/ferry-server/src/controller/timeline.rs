@@ -6,7 +6,6 @@ use ferry_core::manifest::Manifest;
 use ferry_core::model::{DeploymentState, EventKind};
 use ferry_store::{DeploymentRecord, StoreError, Transition};
 
-use crate::clock::now_ms;
 use crate::error::ServerError;
 use crate::lock;
 
@@ -16,7 +15,7 @@ impl Controller {
     pub(super) async fn event(&self, deployment_id: i64, kind: EventKind, message: &str) {
         match self
             .store
-            .append_event(deployment_id, kind, message, now_ms())
+            .append_event(deployment_id, kind, message, self.now_ms())
             .await
         {
             Ok(_) => {
@@ -120,7 +119,7 @@ impl Controller {
                 set_current_version,
                 event: format!("{state}: {message}"),
                 event_kind,
-                now_ms: now_ms(),
+                now_ms: self.now_ms(),
             })
             .await;
         match result {
@@ -179,7 +178,7 @@ impl Controller {
             state: state.to_string(),
             previous_state: deployment.state.to_string(),
             message: message.to_string(),
-            at_ms: now_ms(),
+            at_ms: self.now_ms(),
         };
         crate::notify::send(&self.http, &manifest.notifications, change);
     }

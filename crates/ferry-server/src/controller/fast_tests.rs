@@ -1,0 +1,470 @@
+//! The controller against the fakes (`fakes.rs`): each test drives a real controller over a
+//! real store, pass by pass, with no process, socket or sleep, in milliseconds.
+
+use std::time::Duration;
+
+use ferry_core::model::DeploymentState;
+use ferry_runtime::TaskEnd;
+
+use super::fakes::{Behaviour, Sim};
+
+const LISTENER: &str = "shop/production";
+
+/// One service, three replicas, `strategy` in production (YAML of the strategy's value).
+fn manifest(strategy: &str, extra: &str) -> String {
+    format!(
+        r#"app: shop
+services:
+  web:
+    run: ["server", "--port", "${{PORT}}"]
+    replicas: 3
+    health: {{ path: /health, start_timeout: 30s }}
+{extra}environments:
+  production:
+    listen: 127.0.0.1:18080
+    strategy: {strategy}
+"#
+    )
+}
+
+/// The serving version's replicas, healthy, every request to them.
+async fn serving(sim: &mut Sim, version: &str) -> i64 {
+    let id = sim.deploy("shop", "production", version).await;
+    sim.until_state(id, DeploymentState::Succeeded).await;
+    id
+}
+
+#[tokio::test]
+async fn a_rolling_update_keeps_full_capacity_and_ends_on_the_new_version() {
+    let mut sim = Sim::new(&manifest(
+        "{ rolling: { max_surge: 1, max_unavailable: 0 } }",
+        "",
+    ))
+    .await;
+    serving(&mut sim, "1.0").await;
+    assert_eq!(
+        sim.proxy.weights(LISTENER, "web"),
+        [("1.0".to_string(), 10_000)].into()
+    );
+    let id = sim.deploy("shop", "production", "2.0").await;
+    let mut passes = 0;
+    loop {
+        sim.pass().await;
+        passes += 1;
+        // max_unavailable 0: three healthy replicas in the table at every step; surge 1:
+        // never more than four replicas taking traffic.
+        let table = sim.proxy.last().expect("a table");
+        let endpoints: usize = table.listeners[0].routes[0]
+            .backends
+            .iter()
+            .map(|g| g.endpoints.len())
+            .sum();
+        assert!((3..=4).contains(&endpoints), "{endpoints} endpoints");
+        let live = sim.rows("shop", "production").await.len();
+        assert!(live <= 4, "{live} replicas during a surge of 1");
+        if sim.deployment(id).await.state == DeploymentState::Succeeded {
+            break;
+        }
+        assert!(passes < 100, "{}", sim.timeline(id).await);
+    }
+    assert_eq!(
+        sim.proxy.weights(LISTENER, "web"),
+        [("2.0".to_string(), 10_000)].into()
+    );
+    let rows = sim.rows("shop", "production").await;
+    assert_eq!(rows, vec![("2.0".to_string(), true); 3]);
+    let running: Vec<String> = sim.world.running().into_iter().map(|r| r.1).collect();
+    assert_eq!(running, vec!["2.0"; 3], "the old replicas were stopped");
+    assert_eq!(sim.world.starts().len(), 6, "3 + 3 starts, no extra");
+}
+
+#[tokio::test]
+async fn a_version_never_healthy_is_rolled_back_at_its_start_timeout_by_the_clock() {
+    let mut sim = Sim::new(&manifest("rolling", "")).await;
+    serving(&mut sim, "1.0").await;
+    sim.world.set_behaviour("2.0", Behaviour::NeverHealthy);
+    let id = sim.deploy("shop", "production", "2.0").await;
+    sim.until(id, "started a 2.0 replica", |_| true).await;
+    for _ in 0..20 {
+        sim.pass().await;
+    }
+    // Without the clock moving, the new version waits; the old one keeps serving.
+    assert_eq!(sim.deployment(id).await.state, DeploymentState::Progressing);
+    assert_eq!(
+        sim.proxy.weights(LISTENER, "web"),
+        [("1.0".to_string(), 10_000)].into()
+    );
+    sim.advance(Duration::from_secs(31));
+    let done = sim.until_state(id, DeploymentState::RolledBack).await;
+    assert!(
+        done.reason.as_deref().unwrap_or("").contains("healthy"),
+        "{:?}",
+        done.reason
+    );
+    assert_eq!(
+        sim.proxy.weights(LISTENER, "web"),
+        [("1.0".to_string(), 10_000)].into()
+    );
+    assert!(sim.world.running().iter().all(|(_, v)| v == "1.0"));
+}
+
+#[tokio::test]
+async fn a_crash_looping_version_is_rolled_back() {
+    let mut sim = Sim::new(&manifest("rolling", "")).await;
+    serving(&mut sim, "1.0").await;
+    sim.world.set_behaviour("2.0", Behaviour::Crash);
+    let id = sim.deploy("shop", "production", "2.0").await;
+    let done = sim.until_state(id, DeploymentState::RolledBack).await;
+    assert!(
+        sim.timeline(id).await.contains("exited (exit code 1)"),
+        "{}",
+        sim.timeline(id).await
+    );
+    assert!(done.reason.is_some());
+    assert!(sim.world.running().iter().all(|(_, v)| v == "1.0"));
+}
+
+const CANARY: &str = r#"
+      canary:
+        steps:
+          - weight: 20
+          - analysis:
+              interval: 10s
+              metrics:
+                - name: smoke
+                  command: { run: ["./smoke.sh"], timeout: 5s }
+          - weight: 50
+"#;
+
+#[tokio::test]
+async fn a_canary_whose_analysis_fails_goes_back_to_the_stable_version() {
+    let mut sim = Sim::new(&manifest(CANARY, "")).await;
+    serving(&mut sim, "1.0").await;
+    sim.world.script_tasks(|task| {
+        if task.name.starts_with("analysis-") {
+            TaskEnd::Exited(1)
+        } else {
+            TaskEnd::Exited(0)
+        }
+    });
+    let id = sim.deploy("shop", "production", "2.0").await;
+    // The canary gets its 20 % before any analysis.
+    sim.until(id, "sent 20% to the canary", |_| true).await;
+    let mut saw_canary_weight = false;
+    for _ in 0..50 {
+        sim.pass().await;
+        let weights = sim.proxy.weights(LISTENER, "web");
+        saw_canary_weight |= weights.get("2.0") == Some(&2_000);
+        if saw_canary_weight {
+            break;
+        }
+    }
+    assert!(saw_canary_weight, "{}", sim.timeline(id).await);
+    // Without the clock moving, the analysis never measures: the canary stays at 20 %.
+    for _ in 0..10 {
+        sim.pass().await;
+    }
+    assert_eq!(sim.deployment(id).await.state, DeploymentState::Progressing);
+    assert!(sim.world.task_names().is_empty(), "no measurement yet");
+    // It measures once its interval has passed on the clock.
+    for _ in 0..30 {
+        sim.advance(Duration::from_secs(1));
+        sim.pass().await;
+        if sim.deployment(id).await.state != DeploymentState::Progressing {
+            break;
+        }
+    }
+    let done = sim.until_state(id, DeploymentState::RolledBack).await;
+    assert!(
+        sim.world
+            .task_names()
+            .iter()
+            .any(|t| t.starts_with("analysis-")),
+        "the command analysis ran through the runtime"
+    );
+    assert!(
+        done.reason.as_deref().unwrap_or("").contains("smoke"),
+        "{:?}",
+        done.reason
+    );
+    assert_eq!(
+        sim.proxy.weights(LISTENER, "web"),
+        [("1.0".to_string(), 10_000)].into()
+    );
+    assert!(sim.world.running().iter().all(|(_, v)| v == "1.0"));
+}
+
+#[tokio::test]
+async fn a_canary_whose_analysis_passes_moves_step_by_step_to_the_new_version() {
+    let mut sim = Sim::new(&manifest(CANARY, "")).await;
+    serving(&mut sim, "1.0").await;
+    let id = sim.deploy("shop", "production", "2.0").await;
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        sim.pass().await;
+        sim.advance(Duration::from_secs(1));
+        let bp = sim
+            .proxy
+            .weights(LISTENER, "web")
+            .get("2.0")
+            .copied()
+            .unwrap_or(0);
+        if seen.last() != Some(&bp) {
+            seen.push(bp);
+        }
+        if sim.deployment(id).await.state == DeploymentState::Succeeded {
+            break;
+        }
+    }
+    assert_eq!(
+        sim.deployment(id).await.state,
+        DeploymentState::Succeeded,
+        "{}",
+        sim.timeline(id).await
+    );
+    assert_eq!(seen, vec![0, 2_000, 5_000, 10_000], "the weights, in order");
+    assert!(sim.world.running().iter().all(|(_, v)| v == "2.0"));
+}
+
+#[tokio::test]
+async fn blue_green_switches_at_once_and_keeps_blue_for_its_scale_down_delay() {
+    let strategy = "{ blue_green: { preview_listen: 127.0.0.1:18081, auto_promote: true, scale_down_delay: 1m } }";
+    let mut sim = Sim::new(&manifest(strategy, "")).await;
+    serving(&mut sim, "1.0").await;
+    let id = sim.deploy("shop", "production", "2.0").await;
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        sim.pass().await;
+        let weights = sim.proxy.weights(LISTENER, "web");
+        if seen.last() != Some(&weights) {
+            seen.push(weights.clone());
+        }
+        if weights.get("2.0") == Some(&10_000) {
+            break;
+        }
+    }
+    // No step between: blue has everything, then green has everything.
+    assert!(
+        seen.iter()
+            .all(|w| w.values().all(|bp| *bp == 10_000 || *bp == 0)),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.last().and_then(|w| w.get("2.0")),
+        Some(&10_000),
+        "{}",
+        sim.timeline(id).await
+    );
+    // Blue still runs during the delay…
+    for _ in 0..5 {
+        sim.pass().await;
+    }
+    assert!(sim.world.running().iter().any(|(_, v)| v == "1.0"));
+    // …and goes once it has passed on the clock.
+    sim.advance(Duration::from_secs(61));
+    sim.until_state(id, DeploymentState::Succeeded).await;
+    for _ in 0..5 {
+        sim.pass().await;
+    }
+    assert!(
+        sim.world.running().iter().all(|(_, v)| v == "2.0"),
+        "{:?}",
+        sim.world.running()
+    );
+}
+
+const HOOKS: &str = r#"hooks:
+  pre_deploy:
+    - name: migrate
+      run: ["./migrate", "up"]
+"#;
+
+#[tokio::test]
+async fn a_pre_deploy_hook_runs_once_before_anything_moves() {
+    let mut sim = Sim::new(&manifest("rolling", HOOKS)).await;
+    serving(&mut sim, "1.0").await;
+    let id = sim.deploy("shop", "production", "2.0").await;
+    sim.until_state(id, DeploymentState::Succeeded).await;
+    for _ in 0..10 {
+        sim.pass().await;
+    }
+    let tasks = sim.world.task_names();
+    assert_eq!(tasks.len(), 2, "once per deployment: {tasks:?}");
+    assert!(tasks.iter().all(|t| t.contains("migrate")), "{tasks:?}");
+    let timeline = sim.timeline(id).await;
+    let hook = timeline.find("migrate: succeeded").expect(&timeline);
+    let start = timeline.find("rollout started").expect(&timeline);
+    assert!(
+        hook < start,
+        "the hook ran before the rollout started:\n{timeline}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_pre_deploy_hook_fails_the_deployment_with_nothing_moved() {
+    let mut sim = Sim::new(&manifest("rolling", HOOKS)).await;
+    serving(&mut sim, "1.0").await;
+    sim.world.script_tasks(|task| {
+        if task.env_vars.get("VERSION").map(String::as_str) == Some("2.0") {
+            TaskEnd::Exited(3)
+        } else {
+            TaskEnd::Exited(0)
+        }
+    });
+    let starts = sim.world.starts().len();
+    let id = sim.deploy("shop", "production", "2.0").await;
+    let done = sim.until_state(id, DeploymentState::Failed).await;
+    assert!(
+        done.reason.as_deref().unwrap_or("").contains("migrate"),
+        "{:?}",
+        done.reason
+    );
+    assert_eq!(sim.world.starts().len(), starts, "no replica started");
+    assert_eq!(
+        sim.proxy.weights(LISTENER, "web"),
+        [("1.0".to_string(), 10_000)].into()
+    );
+}
+
+const APPROVAL: &str = "rolling\n    gates:\n      approvals: [{ role: tech-lead }]";
+
+#[tokio::test]
+async fn a_deployment_waits_for_its_approval_then_rolls_out() {
+    let mut sim = Sim::new(&manifest(APPROVAL, "")).await;
+    let id = sim.deploy("shop", "production", "1.0").await;
+    sim.until_state(id, DeploymentState::AwaitingApproval).await;
+    for _ in 0..10 {
+        sim.pass().await;
+    }
+    assert_eq!(
+        sim.deployment(id).await.state,
+        DeploymentState::AwaitingApproval
+    );
+    assert!(
+        sim.world.starts().is_empty(),
+        "nothing starts before approval"
+    );
+    sim.store
+        .record_approval(
+            id,
+            &ferry_core::gates::Approval {
+                approver: "user:carol".into(),
+                roles: vec!["tech-lead".into()],
+                approved: true,
+                reason: None,
+                at_ms: sim.controller.now_ms(),
+            },
+        )
+        .await
+        .expect("approve");
+    sim.until_state(id, DeploymentState::Succeeded).await;
+    assert_eq!(sim.world.starts().len(), 3);
+}
+
+#[tokio::test]
+async fn an_engine_that_stays_down_is_retried_then_fails_the_deployment_at_its_deadline() {
+    let mut sim = Sim::new(&manifest("rolling", "")).await;
+    serving(&mut sim, "1.0").await;
+    sim.world.set_engine_down(true);
+    let id = sim.deploy("shop", "production", "2.0").await;
+    for _ in 0..30 {
+        sim.pass().await;
+    }
+    // Retried, never judged: 1.0 serves on.
+    assert_eq!(sim.deployment(id).await.state, DeploymentState::Progressing);
+    let timeline = sim.timeline(id).await;
+    assert_eq!(
+        timeline.matches("retrying for at most 10m").count(),
+        1,
+        "said once:\n{timeline}"
+    );
+    // A short outage within the limit changes nothing…
+    sim.advance(super::replicas::INFRA_RETRY_LIMIT / 2);
+    sim.pass().await;
+    assert_eq!(sim.deployment(id).await.state, DeploymentState::Progressing);
+    // …a persistent one ends it, saying why.
+    sim.advance(super::replicas::INFRA_RETRY_LIMIT / 2);
+    let done = sim.until(id, "ended", |d| d.state.is_terminal()).await;
+    assert_eq!(
+        done.state,
+        DeploymentState::RolledBack,
+        "{}",
+        sim.timeline(id).await
+    );
+    assert!(
+        done.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("kept failing for 10m"),
+        "{:?}",
+        done.reason
+    );
+    assert_eq!(
+        sim.proxy.weights(LISTENER, "web"),
+        [("1.0".to_string(), 10_000)].into()
+    );
+}
+
+#[tokio::test]
+async fn a_draining_replica_is_stopped_only_once_nothing_is_in_flight() {
+    let mut sim = Sim::new(&manifest(
+        "{ rolling: { max_surge: 1, max_unavailable: 0 } }",
+        "",
+    ))
+    .await;
+    serving(&mut sim, "1.0").await;
+    let old = sim
+        .store
+        .list_replicas(Some("shop"), Some("production"))
+        .await
+        .expect("rows");
+    for row in &old {
+        sim.proxy
+            .set_in_flight(std::net::SocketAddr::from(([127, 0, 0, 1], row.port)), 1);
+    }
+    let id = sim.deploy("shop", "production", "2.0").await;
+    let mut drained = None;
+    for _ in 0..50 {
+        sim.pass().await;
+        let rows = sim
+            .store
+            .list_replicas(Some("shop"), Some("production"))
+            .await
+            .expect("rows");
+        if let Some(row) = rows.iter().find(|r| r.draining) {
+            drained = Some(row.clone());
+            break;
+        }
+    }
+    let drained = drained.expect("a 1.0 replica drains");
+    for _ in 0..10 {
+        sim.pass().await;
+    }
+    // Out of the table, but a request is still on its way: it keeps running.
+    let endpoint = std::net::SocketAddr::from(([127, 0, 0, 1], drained.port));
+    let table = sim.proxy.last().expect("a table");
+    assert!(
+        table.listeners[0].routes[0]
+            .backends
+            .iter()
+            .all(|g| !g.endpoints.contains(&endpoint)),
+        "taken out of the route table first"
+    );
+    assert!(
+        sim.world.running().iter().any(|(id, _)| id == &drained.id),
+        "stopped with a request in flight"
+    );
+    for row in &old {
+        sim.proxy
+            .set_in_flight(std::net::SocketAddr::from(([127, 0, 0, 1], row.port)), 0);
+    }
+    sim.until_state(id, DeploymentState::Succeeded).await;
+    assert!(sim.world.running().iter().all(|(_, v)| v == "2.0"));
+    assert!(
+        sim.timeline(id)
+            .await
+            .contains("drained: out of every route table, nothing in flight"),
+        "{}",
+        sim.timeline(id).await
+    );
+}
