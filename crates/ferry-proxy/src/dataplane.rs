@@ -922,33 +922,11 @@ async fn proxy_site<'t>(
     let (mut parts, body) = req.into_parts();
 
     let Some(route) = table.route_for(parts.uri.path()) else {
-        let msg = format!(
-            "ferry-proxy: no route on listener {} for path {}\n",
-            table.id,
-            truncated(parts.uri.path())
-        );
-        return local_answer(
-            &table.unrouted_stats,
-            start,
-            StatusCode::SERVICE_UNAVAILABLE,
-            msg,
-            request_id,
-        );
+        return unrouted(table, None, parts.uri.path(), start, request_id);
     };
     if !route.has_backends() {
         served.stats = Some(&route.no_backend_stats);
-        let msg = format!(
-            "ferry-proxy: no backend on listener {} for path {}\n",
-            table.id,
-            truncated(parts.uri.path())
-        );
-        return local_answer(
-            &route.no_backend_stats,
-            start,
-            StatusCode::SERVICE_UNAVAILABLE,
-            msg,
-            request_id,
-        );
+        return unrouted(table, Some(route), parts.uri.path(), start, request_id);
     }
     let preferred = route.choose_group(&parts.headers, conn.local_client);
     let preferred_stats = &route.groups[preferred.min(route.groups.len() - 1)].stats;
@@ -1176,6 +1154,41 @@ async fn proxy_site<'t>(
         }
     }
     abandoned.0 = None;
+    let stats = last_stats.unwrap_or(preferred_stats);
+    unanswered(table, stats, failure, parts.uri.path(), start, request_id)
+}
+
+/// `503` for a path the site has no route for (`route` `None`), or whose route has no
+/// backend.
+fn unrouted(
+    table: &ListenerTable,
+    route: Option<&crate::table::RouteEntry>,
+    path: &str,
+    start: Instant,
+    id: HeaderValue,
+) -> Response<ProxyBody> {
+    let (stats, what) = match route {
+        None => (&*table.unrouted_stats, "route"),
+        Some(r) => (&*r.no_backend_stats, "backend"),
+    };
+    let msg = format!(
+        "ferry-proxy: no {what} on listener {} for path {}\n",
+        table.id,
+        truncated(path)
+    );
+    local_answer(stats, start, StatusCode::SERVICE_UNAVAILABLE, msg, id)
+}
+
+/// The answer when no attempt got a response: 502 saying what failed, or 503 when no
+/// endpoint could be tried.
+fn unanswered(
+    table: &ListenerTable,
+    stats: &KeyStats,
+    failure: Option<&str>,
+    path: &str,
+    start: Instant,
+    id: HeaderValue,
+) -> Response<ProxyBody> {
     let (status, msg) = match failure {
         Some(f) => (
             StatusCode::BAD_GATEWAY,
@@ -1186,12 +1199,11 @@ async fn proxy_site<'t>(
             format!(
                 "ferry-proxy: no endpoint on listener {} for path {}\n",
                 table.id,
-                truncated(parts.uri.path())
+                truncated(path)
             ),
         ),
     };
-    let stats = last_stats.unwrap_or(preferred_stats);
-    local_answer(stats, start, status, msg, request_id)
+    local_answer(stats, start, status, msg, id)
 }
 
 /// Forwards an upgrade request to one endpoint of the route (on a connection of its own)

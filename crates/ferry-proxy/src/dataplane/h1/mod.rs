@@ -31,7 +31,7 @@ use tokio::time::Sleep;
 use self::parse::{Chunked, HeadError, HeadLines, Line, Name, ReqHead, RespHead, classify};
 use super::{
     AccessLine, ConnCtx, Logged, MAX_ATTEMPTS, TEXT_PLAIN, Waiting, client_fault_answer,
-    local_answer, new_request_id_bytes, redirect_https, truncated, unknown_host,
+    local_answer, new_request_id_bytes, redirect_https, unanswered, unknown_host, unrouted,
 };
 use crate::body::{InFlight, ProxyBody};
 use crate::table::{LazyNow, Tried, host_of, now_ms};
@@ -405,39 +405,15 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
         line.finish(resp.status().as_u16());
         return answer(io, &mut b.out, resp, &reply).await;
     }
-    let Some(route) = table.route_for(path) else {
-        let msg = format!(
-            "ferry-proxy: no route on listener {} for path {}\n",
-            table.id,
-            truncated(path)
-        );
-        let resp = local_answer(
-            &table.unrouted_stats,
-            start,
-            StatusCode::SERVICE_UNAVAILABLE,
-            msg,
-            rid.header(&b.inp),
-        );
+    let route = table.route_for(path);
+    if let Some(r) = route {
+        line.served.stats = Some(&r.no_backend_stats);
+    }
+    let Some(route) = route.filter(|r| r.has_backends()) else {
+        let resp = unrouted(table, route, path, start, rid.header(&b.inp));
         line.finish(resp.status().as_u16());
         return answer(io, &mut b.out, resp, &reply).await;
     };
-    if !route.has_backends() {
-        line.served.stats = Some(&route.no_backend_stats);
-        let msg = format!(
-            "ferry-proxy: no backend on listener {} for path {}\n",
-            table.id,
-            truncated(path)
-        );
-        let resp = local_answer(
-            &route.no_backend_stats,
-            start,
-            StatusCode::SERVICE_UNAVAILABLE,
-            msg,
-            rid.header(&b.inp),
-        );
-        line.finish(resp.status().as_u16());
-        return answer(io, &mut b.out, resp, &reply).await;
-    }
     let preferred = route.choose_group(&hl, conn.local_client);
     let preferred_stats = &route.groups[preferred.min(route.groups.len() - 1)].stats;
     line.served.stats = Some(preferred_stats);
@@ -737,22 +713,9 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
             _ => Next::Close,
         };
     }
-    let (status, msg) = match failure {
-        Some(f) => (
-            StatusCode::BAD_GATEWAY,
-            format!("ferry-proxy: {f} (listener {})\n", table.id),
-        ),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "ferry-proxy: no endpoint on listener {} for path {}\n",
-                table.id,
-                truncated(path_of(&b.inp, &head.target))
-            ),
-        ),
-    };
     let stats = last_stats.unwrap_or(preferred_stats);
-    let resp = local_answer(stats, start, status, msg, rid.header(&b.inp));
+    let path = path_of(&b.inp, &head.target);
+    let resp = unanswered(table, stats, failure, path, start, rid.header(&b.inp));
     line.finish(resp.status().as_u16());
     answer(io, &mut b.out, resp, &reply).await
 }
