@@ -1978,6 +1978,134 @@ pub async fn login_links_are_single_use_and_expire(store: Store, _url: String) {
 }
 
 // gates:
+// alerts:
+pub async fn alerts_are_replaced_per_rule_with_their_history_and_silences(
+    store: Store,
+    _url: String,
+) {
+    use ferry_core::alerts::{AlertInstance, AlertStatus, Silence};
+    use ferry_store::AlertEvent;
+    let alert = |rule: &str, series: &str, status: AlertStatus| AlertInstance {
+        rule: rule.into(),
+        series: series.into(),
+        labels: [("version".to_string(), series.to_string())].into(),
+        status,
+        active_since_ms: 1,
+        last_active_ms: 2,
+        fired_at_ms: Some(2),
+        resolved_at_ms: None,
+        value: 0.25,
+        fired_value: Some(0.2),
+        acted: false,
+    };
+    let line = |rule: &str, kind: &str, at_ms: i64| AlertEvent {
+        id: 0,
+        app: String::new(),
+        env: String::new(),
+        rule: rule.into(),
+        series: "1.0".into(),
+        kind: kind.into(),
+        message: format!("{kind} line"),
+        at_ms,
+    };
+    let a = alert("errors", "1.0", AlertStatus::Firing);
+    let b = alert("errors", "2.0", AlertStatus::Pending);
+    store
+        .save_alerts(
+            "shop",
+            "prod",
+            "errors",
+            &[a.clone(), b],
+            &[line("errors", "firing", 5)],
+            5,
+        )
+        .await
+        .unwrap();
+    store
+        .save_alerts(
+            "shop",
+            "dev",
+            "down",
+            &[alert("down", "x", AlertStatus::Firing)],
+            &[line("down", "firing", 6)],
+            6,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.alerts(None, None).await.unwrap().len(), 3);
+    // a rule's alerts are replaced as a whole; the others stay
+    let mut acted = a.clone();
+    acted.acted = true;
+    store
+        .save_alerts(
+            "shop",
+            "prod",
+            "errors",
+            &[acted.clone()],
+            &[line("errors", "action", 7)],
+            7,
+        )
+        .await
+        .unwrap();
+    let prod = store.alerts(Some("shop"), Some("prod")).await.unwrap();
+    assert_eq!(prod.len(), 1);
+    assert_eq!(prod[0].alert, acted, "read back exactly as saved");
+    assert_eq!(store.alerts(Some("shop"), None).await.unwrap().len(), 2);
+    let history = store
+        .alert_events(Some("shop"), Some("prod"), 10)
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["action", "firing"], "newest first");
+    assert_eq!(
+        (history[0].app.as_str(), history[0].env.as_str()),
+        ("shop", "prod")
+    );
+    assert_eq!(
+        store.alert_events(None, None, 1).await.unwrap().len(),
+        1,
+        "bounded"
+    );
+
+    let silence = store
+        .create_silence(&Silence {
+            id: 0,
+            app: "shop".into(),
+            env: "prod".into(),
+            alert: "errors".into(),
+            created_by: "user:alice".into(),
+            reason: "failover".into(),
+            created_at_ms: 10,
+            until_ms: 1_000,
+            ended_by: None,
+        })
+        .await
+        .unwrap();
+    assert!(silence.id > 0);
+    assert_eq!(
+        store.silences(Some("shop"), 500).await.unwrap(),
+        vec![silence.clone()]
+    );
+    assert!(
+        store
+            .silences(Some("shop"), 1_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "expired"
+    );
+    assert!(store.silences(Some("other"), 0).await.unwrap().is_empty());
+    assert!(store.end_silence(silence.id, "user:bob").await.unwrap());
+    assert!(
+        !store.end_silence(silence.id, "user:bob").await.unwrap(),
+        "once"
+    );
+    let ended = store.silence(silence.id).await.unwrap().expect("kept");
+    assert_eq!(ended.ended_by.as_deref(), Some("user:bob"));
+    assert!(!ended.active(20));
+    assert_eq!(store.silence(silence.id + 100).await.unwrap(), None);
+}
+
 pub async fn gate_check_results_and_overrides(store: Store, _url: String) {
     use ferry_core::gates::{CheckResult, Override};
     let d = store
@@ -2220,6 +2348,8 @@ on_every_engine!(
     release_facts_per_version_and_env,
     // gates:
     gate_check_results_and_overrides,
+    // alerts:
+    alerts_are_replaced_per_rule_with_their_history_and_silences,
     // console:
     login_links_are_single_use_and_expire,
     // config:
