@@ -14,6 +14,7 @@ mod diff;
 mod errors;
 // hooks:
 mod hooks;
+pub mod kubernetes;
 mod progressive;
 mod tree;
 mod validate;
@@ -241,6 +242,8 @@ pub enum RuntimeKind {
     Process,
     /// Containers of each service's `image` on the local Docker engine.
     Docker,
+    /// Deployments of each service's `image` on a Kubernetes cluster (see `kubernetes:`).
+    Kubernetes,
 }
 
 impl RuntimeKind {
@@ -350,10 +353,13 @@ pub struct Environment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$"))]
     pub run_as: Option<String>,
-    /// What runs the replicas and hooks: `process` (default) or `docker` (containers of each
-    /// service's `image`).
+    /// What runs the replicas and hooks: `process` (default), `docker` (containers of each
+    /// service's `image`) or `kubernetes` (Deployments on a cluster, see `kubernetes:`).
     #[serde(default, skip_serializing_if = "RuntimeKind::is_process")]
     pub runtime: RuntimeKind,
+    /// With `runtime: kubernetes`: the cluster context, namespace and traffic mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<kubernetes::Kubernetes>,
 }
 
 /// TLS termination of an environment's listener.
@@ -1165,10 +1171,18 @@ pub fn check_runtimes(
             line: pos.line,
             column: pos.column,
             path: tree::path_string(&path),
-            message: format!("this Ferry server was built without the {name} runtime"),
-            hint: Some(format!(
-                "use a build with the `{name}` cargo feature (the default), or `runtime: process`"
-            )),
+            message: if environment.runtime == RuntimeKind::Kubernetes {
+                "this Ferry server does not run `runtime: kubernetes` environments yet".to_string()
+            } else {
+                format!("this Ferry server was built without the {name} runtime")
+            },
+            hint: Some(if environment.runtime == RuntimeKind::Kubernetes {
+                format!("`ferry export --k8s {} --env {env} --version V` prints the objects to apply with kubectl or a GitOps tool (docs/kubernetes.md)", manifest.app)
+            } else {
+                format!(
+                    "use a build with the `{name}` cargo feature (the default), or `runtime: process`"
+                )
+            }),
         });
     }
     errors

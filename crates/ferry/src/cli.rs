@@ -8,6 +8,7 @@ mod client;
 mod commands;
 mod config;
 mod dora;
+mod export;
 // flags:
 mod flags;
 // gates:
@@ -191,6 +192,9 @@ enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Print the Kubernetes objects of a release (multi-document YAML) for review or
+    /// GitOps, offline: `ferry export --k8s APP --env ENV --version V [-f ferry.yaml]`.
+    Export(export::ExportArgs),
     /// Check a manifest offline (no server needed): the same located errors as `apply`.
     /// Role names are checked by the server at apply time.
     Validate {
@@ -675,6 +679,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => quickstart::run(data, listen, [dev_listen, production_listen]).await,
         Command::Schema => commands::schema(),
         Command::Validate { file } => commands::validate(&file),
+        Command::Export(args) => export::run(&args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut command = Cli::command();
@@ -856,6 +861,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 | Command::Quickstart { .. }
                 | Command::Schema
                 | Command::Validate { .. }
+                | Command::Export(_)
                 | Command::Completions { .. }
                 | Command::Demo(_)
                 | Command::Login(_) => Ok(()),

@@ -41,10 +41,15 @@ impl Issue {
 }
 
 #[derive(Default)]
-struct Issues(Vec<Issue>);
+pub(super) struct Issues(Vec<Issue>);
 
 impl Issues {
-    fn value(&mut self, path: Vec<Seg>, message: impl Into<String>, hint: Option<String>) {
+    pub(super) fn value(
+        &mut self,
+        path: Vec<Seg>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         self.0.push(Issue {
             path,
             at_value: true,
@@ -52,7 +57,7 @@ impl Issues {
             hint,
         });
     }
-    fn key(&mut self, path: Vec<Seg>, message: impl Into<String>, hint: Option<String>) {
+    pub(super) fn key(&mut self, path: Vec<Seg>, message: impl Into<String>, hint: Option<String>) {
         self.0.push(Issue {
             path,
             at_value: false,
@@ -250,6 +255,7 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
             }
         }
         check_site(&mut out, &base, env);
+        super::kubernetes::check(&mut out, m, name, env);
         check_vars(&mut out, &with(&base, "vars"), &env.vars);
         if let Some(user) = &env.run_as
             && !is_user_name(user)

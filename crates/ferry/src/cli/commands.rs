@@ -56,7 +56,7 @@ pub async fn login(url: Option<String>, token: Option<String>) -> anyhow::Result
 }
 
 /// Reads and parses a manifest file: the located errors, exit 2, on a bad one.
-fn parse_manifest_file(
+pub(super) fn parse_manifest_file(
     file: &Path,
     nothing: &str,
 ) -> anyhow::Result<(String, ferry_core::manifest::Manifest)> {

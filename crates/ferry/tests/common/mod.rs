@@ -326,6 +326,7 @@ impl Ferry {
                     "    runtime: docker\n".to_string(),
                 )
             }
+            RuntimeKind::Kubernetes => panic!("no Kubernetes cluster can run in these tests"),
         };
         let yaml = format!(
             "app: {app}

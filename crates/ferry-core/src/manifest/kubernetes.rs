@@ -1,0 +1,333 @@
+//! `kubernetes:` — where an environment with `runtime: kubernetes` runs on a cluster, and
+//! how its traffic is split (Ferry's proxy, or a Gateway API `HTTPRoute`'s weights).
+//!
+//! The objects themselves are built by the `ferry-k8s` crate; this module only holds the
+//! manifest's shape and its located checks.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::tree::Seg;
+use super::validate::Issues;
+use super::{Environment, Manifest, RuntimeKind};
+
+/// Longest kubeconfig context name accepted.
+pub const MAX_CONTEXT_BYTES: usize = 253;
+
+/// `runtime: kubernetes` settings of one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// The kubeconfig context to use (default: the kubeconfig's current context, or the
+    /// in-cluster configuration when Ferry runs in a pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// The namespace of this environment's objects (default `APP-ENV`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+    /// How traffic is split between versions: `proxy` (Ferry's proxy routes to the pods'
+    /// endpoints, the default) or `gateway` (the weights of a Gateway API `HTTPRoute`).
+    #[serde(default)]
+    pub traffic: Traffic,
+    /// With `traffic: gateway`: the name of the `HTTPRoute` (in the namespace) whose
+    /// `SERVICE-stable` / `SERVICE-canary` backendRef weights Ferry sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    pub route: Option<String>,
+}
+
+/// How a Kubernetes environment's traffic is split between versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Traffic {
+    /// Ferry's proxy routes by exact weights to the endpoints of each version's Service.
+    #[default]
+    Proxy,
+    /// Ferry sets the backendRef weights of a Gateway API `HTTPRoute`.
+    Gateway,
+}
+
+impl Kubernetes {
+    /// The namespace of `env`'s objects: `namespace:`, else `APP-ENV`.
+    pub fn namespace_of(manifest: &Manifest, env: &str) -> String {
+        manifest
+            .environments
+            .get(env)
+            .and_then(|e| e.kubernetes.as_ref())
+            .and_then(|k| k.namespace.clone())
+            .unwrap_or_else(|| format!("{}-{env}", manifest.app))
+    }
+}
+
+/// A DNS-1123 label: what Kubernetes accepts as a namespace name.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// A DNS-1123 subdomain: what Kubernetes accepts as most object names.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// The checks of one environment's `runtime:` / `kubernetes:` pair.
+pub(super) fn check(out: &mut Issues, m: &Manifest, name: &str, env: &Environment) {
+    let base = [Seg::Key("environments".into()), Seg::Key(name.to_string())];
+    let key = |k: &str| {
+        let mut path = base.to_vec();
+        path.push(Seg::Key(k.to_string()));
+        path
+    };
+    let Some(k8s) = &env.kubernetes else {
+        if env.runtime == RuntimeKind::Kubernetes {
+            check_images(out, m, name);
+            let namespace = format!("{}-{name}", m.app);
+            if !is_dns_label(&namespace) {
+                out.value(
+                    key("runtime"),
+                    format!("the default namespace {namespace:?} (APP-ENV) is longer than 63 characters"),
+                    Some("set `kubernetes: { namespace: NAME }` (a DNS label: a-z, 0-9, `-`, at most 63)".into()),
+                );
+            }
+        }
+        return;
+    };
+    if env.runtime != RuntimeKind::Kubernetes {
+        out.key(
+            key("kubernetes"),
+            "`kubernetes:` settings need `runtime: kubernetes`",
+            Some("add `runtime: kubernetes` to this environment, or remove `kubernetes:`".into()),
+        );
+        return;
+    }
+    check_images(out, m, name);
+    let at = |k: &str| {
+        let mut path = key("kubernetes");
+        path.push(Seg::Key(k.to_string()));
+        path
+    };
+    if let Some(context) = &k8s.context
+        && (context.is_empty()
+            || context.len() > MAX_CONTEXT_BYTES
+            || context.chars().any(char::is_control))
+    {
+        out.value(
+            at("context"),
+            format!("invalid kubeconfig context {context:?}"),
+            Some(format!(
+                "a context name from `kubectl config get-contexts` (1 to {MAX_CONTEXT_BYTES} characters, no control characters)"
+            )),
+        );
+    }
+    match &k8s.namespace {
+        Some(namespace) if !is_dns_label(namespace) => out.value(
+            at("namespace"),
+            format!("invalid namespace {namespace:?}"),
+            Some("a DNS label: a-z, 0-9 and `-`, starting and ending with a letter or digit, at most 63".into()),
+        ),
+        Some(_) => {}
+        None => {
+            let namespace = format!("{}-{name}", m.app);
+            if !is_dns_label(&namespace) {
+                out.key(
+                    key("kubernetes"),
+                    format!("the default namespace {namespace:?} (APP-ENV) is longer than 63 characters"),
+                    Some("set `namespace:` here (a DNS label, at most 63)".into()),
+                );
+            }
+        }
+    }
+    match (k8s.traffic, &k8s.route) {
+        (Traffic::Gateway, None) => out.key(
+            key("kubernetes"),
+            "`traffic: gateway` needs the `route:` (the HTTPRoute whose weights Ferry sets)",
+            Some("e.g. `kubernetes: { traffic: gateway, route: shop-web }`".into()),
+        ),
+        (Traffic::Proxy, Some(_)) => out.key(
+            at("route"),
+            "`route:` is only used with `traffic: gateway`",
+            Some("add `traffic: gateway`, or remove `route:`".into()),
+        ),
+        (Traffic::Gateway, Some(route)) if !is_dns_subdomain(route) => out.value(
+            at("route"),
+            format!("invalid HTTPRoute name {route:?}"),
+            Some("a DNS subdomain: a-z, 0-9, `-` and `.`, at most 253".into()),
+        ),
+        _ => {}
+    }
+}
+
+/// Every service needs an image on a cluster, and a numeric `user` (Kubernetes' runAsUser).
+fn check_images(out: &mut Issues, m: &Manifest, env: &str) {
+    for (service_name, service) in &m.services {
+        let base = vec![Seg::Key("services".into()), Seg::Key(service_name.clone())];
+        if service.image.is_none() {
+            out.key(
+                base.clone(),
+                format!("environment {env} runs on `runtime: kubernetes`, so service {service_name} needs an `image`"),
+                Some("e.g. `image: registry.example.com/shop/api:${VERSION}`".into()),
+            );
+        }
+        if let Some(user) = &service.user
+            && parse_user(user).is_none()
+        {
+            let mut path = base;
+            path.push(Seg::Key("user".into()));
+            out.value(
+                path,
+                format!("environment {env} runs on `runtime: kubernetes`, which needs a numeric `user` (uid[:gid]), not {user:?}"),
+                Some("e.g. `user: \"65534\"` or `user: \"1000:1000\"`".into()),
+            );
+        }
+    }
+}
+
+/// `uid[:gid]` as numbers (Kubernetes' `runAsUser` / `runAsGroup`).
+pub fn parse_user(user: &str) -> Option<(i64, Option<i64>)> {
+    let number = |s: &str| {
+        (!s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<i64>().ok())
+            .flatten()
+    };
+    match user.split_once(':') {
+        Some((uid, gid)) => Some((number(uid)?, Some(number(gid)?))),
+        None => Some((number(user)?, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{check_runtimes, parse};
+
+    fn errors(environment: &str, web: &str) -> Vec<String> {
+        let text = format!(
+            "app: shop\nservices:\n  web:\n{web}environments:\n  production:\n    listen: 127.0.0.1:8082\n{environment}"
+        );
+        match parse(&text, "ferry.yaml") {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const IMAGE: &str = "    image: shop/web:${VERSION}\n";
+
+    #[test]
+    fn a_kubernetes_environment_is_accepted() {
+        let ok = "    runtime: kubernetes\n    kubernetes:\n      context: prod-eu\n      namespace: shop-prod\n      traffic: gateway\n      route: shop\n";
+        assert_eq!(errors(ok, IMAGE), Vec::<String>::new());
+        assert_eq!(
+            errors("    runtime: kubernetes\n", IMAGE),
+            Vec::<String>::new()
+        );
+        let manifest = parse(
+            &format!("app: shop\nservices:\n  web:\n{IMAGE}environments:\n  production:\n    listen: 127.0.0.1:8082\n{ok}"),
+            "ferry.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            Kubernetes::namespace_of(&manifest, "production"),
+            "shop-prod"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        let cases = [
+            (
+                "    kubernetes:\n      namespace: shop\n",
+                IMAGE,
+                "ferry.yaml:8:5: environments.production.kubernetes: `kubernetes:` settings need `runtime: kubernetes`",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      namespace: Shop_Prod\n",
+                IMAGE,
+                "ferry.yaml:10:18: environments.production.kubernetes.namespace: invalid namespace \"Shop_Prod\"",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      traffic: gateway\n",
+                IMAGE,
+                "ferry.yaml:9:5: environments.production.kubernetes: `traffic: gateway` needs the `route:`",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      route: shop\n",
+                IMAGE,
+                "ferry.yaml:10:7: environments.production.kubernetes.route: `route:` is only used with `traffic: gateway`",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      context: \"\"\n",
+                IMAGE,
+                "ferry.yaml:10:16: environments.production.kubernetes.context: invalid kubeconfig context",
+            ),
+            (
+                "    runtime: kubernetes\n",
+                "    run: [./web]\n",
+                "ferry.yaml:3:3: services.web: environment production runs on `runtime: kubernetes`, so service web needs an `image`",
+            ),
+            (
+                "    runtime: kubernetes\n",
+                "    image: shop/web\n    user: nobody\n",
+                "ferry.yaml:5:11: services.web.user: environment production runs on `runtime: kubernetes`, which needs a numeric `user`",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      traffic: sideways\n",
+                IMAGE,
+                "ferry.yaml:10:16: environments.production.kubernetes.traffic",
+            ),
+        ];
+        for (environment, web, expected) in cases {
+            let found = errors(environment, web);
+            assert!(
+                found.iter().any(|e| e.starts_with(expected)),
+                "{expected}\nnot in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_that_cannot_run_kubernetes_points_to_export() {
+        let text = format!(
+            "app: shop\nservices:\n  web:\n{IMAGE}environments:\n  production:\n    listen: 127.0.0.1:8082\n    runtime: kubernetes\n"
+        );
+        let manifest = parse(&text, "ferry.yaml").unwrap();
+        let errors = check_runtimes(&text, "ferry.yaml", &manifest, &[RuntimeKind::Process]);
+        let shown = errors[0].to_string();
+        assert!(
+            shown.starts_with("ferry.yaml:8:14: environments.production.runtime: this Ferry server does not run `runtime: kubernetes` environments yet"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("ferry export --k8s shop --env production --version V"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn names_follow_kubernetes_rules() {
+        assert!(is_dns_label("shop-production"));
+        assert!(!is_dns_label("Shop"));
+        assert!(!is_dns_label("-shop"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_dns_subdomain("shop.web-1"));
+        assert!(!is_dns_subdomain("shop..web"));
+        assert_eq!(parse_user("1000:2000"), Some((1000, Some(2000))));
+        assert_eq!(parse_user("65534"), Some((65534, None)));
+        assert_eq!(parse_user("nobody"), None);
+        assert_eq!(parse_user("1:"), None);
+    }
+}

@@ -1,0 +1,518 @@
+//! Talking to a cluster through kube-rs: the imperative shell around [`crate::objects`] and
+//! [`crate::gateway`].
+//!
+//! - [`Cluster::apply`]: server-side apply under the field manager [`FIELD_MANAGER`]
+//!   (forced: Ferry is the authority for the fields it sets), but first a GET, and no
+//!   write at all when the live object already holds everything Ferry wants and carries
+//!   the hash of what Ferry last applied ([`ANNOTATION_APPLIED`]; a field Ferry stopped
+//!   setting changes the hash, so it is removed). A 409 conflict is read again and retried
+//!   (at most [`MAX_CONFLICT_RETRIES`] times).
+//! - [`Cluster::adopt`]: after a restart, the Deployments of an environment found by
+//!   Ferry's labels, with their version and replica counts.
+//! - [`Cluster::endpoints`]: the ready pod addresses of a version, from its EndpointSlices.
+//! - [`Cluster::stop`]: scale to 0 (the pods get SIGTERM and their grace period), then
+//!   delete the Deployment and its Service.
+//! - [`Cluster::run_hook`]: a hook attempt as a Job, exactly once (an existing Job of the
+//!   same name is waited for, never created again), its logs, deleted with its pods at its
+//!   timeout.
+//! - [`Cluster::set_weights`]: `traffic: gateway`'s HTTPRoute weights
+//!   ([`crate::gateway::weights_patch`]), with the `resourceVersion` it read.
+
+use std::fmt::Debug;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
+    PatchParams, PostParams,
+};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::FIELD_MANAGER;
+use crate::gateway::{self, GatewayError, WeightsPatch};
+use crate::objects::{
+    ANNOTATION_VERSION, LABEL_APP, LABEL_DEPLOYMENT, LABEL_ENV, LABEL_SERVICE, Objects,
+};
+
+/// The hash of what Ferry last applied to an object.
+pub const ANNOTATION_APPLIED: &str = "ferry.dev/applied";
+/// How often a 409 conflict is read again and retried before it is an error.
+pub const MAX_CONFLICT_RETRIES: u32 = 3;
+/// Most log bytes kept of a hook Job.
+pub const MAX_HOOK_LOG_BYTES: i64 = 64 * 1024;
+/// How often a running Job is looked at.
+const JOB_POLL: Duration = Duration::from_millis(500);
+
+/// A failure talking to the cluster, with the object it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{what}: still conflicting after {MAX_CONFLICT_RETRIES} retries: {source}")]
+    Conflict {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error("kubeconfig context {context}: {source}")]
+    Config {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{what}: the object cannot be encoded: {source}")]
+    Encode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// What [`Cluster::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The live object already was what Ferry wants: nothing was sent.
+    Unchanged,
+    /// Created or changed by a server-side apply.
+    Written,
+}
+
+/// A Deployment found by Ferry's labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub name: String,
+    pub service: String,
+    /// The full version (from the annotation; labels cannot hold every version).
+    pub version: String,
+    pub deployment: Option<String>,
+    pub replicas: i32,
+    pub ready: i32,
+}
+
+/// How a hook Job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    Succeeded,
+    Failed(String),
+    /// Still running at the timeout: the Job and its pods were deleted.
+    TimedOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub end: JobEnd,
+    /// The last [`MAX_HOOK_LOG_BYTES`] of its pod's log (empty when none could be read).
+    pub log: String,
+    /// Whether this call created the Job (false: it existed, e.g. before a restart).
+    pub created: bool,
+}
+
+/// A cluster, through a kube-rs client.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+}
+
+fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Api { what, source }
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+fn is_already_exists(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409 && status.reason == "AlreadyExists")
+}
+
+/// Every field of `want` is in `have` with the same value (`have` may hold more: defaults,
+/// status, other managers' fields).
+pub fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(have), Value::Object(want)) => want
+            .iter()
+            .all(|(k, w)| have.get(k).is_some_and(|h| contains(h, w))),
+        (Value::Array(have), Value::Array(want)) => {
+            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| contains(h, w))
+        }
+        _ => have == want,
+    }
+}
+
+impl Cluster {
+    pub fn new(client: Client) -> Self {
+        Cluster { client }
+    }
+
+    /// The client of a kubeconfig context (None: the current context, or the in-cluster
+    /// configuration).
+    pub async fn connect(context: Option<&str>) -> Result<Self, ClusterError> {
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| ClusterError::Config {
+            context: context.unwrap_or("(current)").to_string(),
+            source,
+        };
+        let config = match context {
+            None => kube::Config::infer().await.map_err(|e| fail(e.into()))?,
+            Some(context) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+                context: Some(context.to_string()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail(e.into()))?,
+        };
+        Ok(Cluster::new(
+            Client::try_from(config).map_err(|e| fail(e.into()))?,
+        ))
+    }
+
+    /// Server-side applies `desired` through `api` unless nothing would change (see the
+    /// module documentation).
+    pub async fn apply<K>(&self, api: &Api<K>, desired: &K) -> Result<Applied, ClusterError>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        let name = desired.meta().name.clone().unwrap_or_default();
+        let what = format!("{} {name}", K::kind(&()));
+        let mut body = serde_json::to_value(desired).map_err(|source| ClusterError::Encode {
+            what: what.clone(),
+            source,
+        })?;
+        let hash = crate::names::short_hash(&[&body.to_string()], 16);
+        body["metadata"]["annotations"][ANNOTATION_APPLIED] = Value::String(hash.clone());
+        let mut attempt = 0;
+        loop {
+            let live = api.get_opt(&name).await.map_err(api_error(&what))?;
+            if let Some(live) = &live {
+                let live = serde_json::to_value(live).map_err(|source| ClusterError::Encode {
+                    what: what.clone(),
+                    source,
+                })?;
+                if contains(&live, &body) {
+                    return Ok(Applied::Unchanged);
+                }
+            }
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match api.patch(&name, &params, &Patch::Apply(&body)).await {
+                Ok(_) => return Ok(Applied::Written),
+                Err(e) if is_conflict(&e) && attempt < MAX_CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tracing::info!(object = %what, attempt, "conflict while applying; reading it again");
+                }
+                Err(source) if is_conflict(&source) => {
+                    return Err(ClusterError::Conflict { what, source });
+                }
+                Err(source) => return Err(ClusterError::Api { what, source }),
+            }
+        }
+    }
+
+    fn namespaced<K>(&self, namespace: &str) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Applies a release's objects in order: the namespace, the Services, the Deployments.
+    pub async fn apply_release(&self, objects: &Objects) -> Result<Vec<Applied>, ClusterError> {
+        let mut done = vec![
+            self.apply(
+                &Api::<Namespace>::all(self.client.clone()),
+                &objects.namespace,
+            )
+            .await?,
+        ];
+        for service in &objects.services {
+            let ns = service.metadata.namespace.clone().unwrap_or_default();
+            done.push(
+                self.apply(&self.namespaced::<Service>(&ns), service)
+                    .await?,
+            );
+        }
+        for deployment in &objects.deployments {
+            let ns = deployment.metadata.namespace.clone().unwrap_or_default();
+            done.push(
+                self.apply(&self.namespaced::<Deployment>(&ns), deployment)
+                    .await?,
+            );
+        }
+        Ok(done)
+    }
+
+    /// Applies the environment's Secret (see [`crate::objects::secret`]).
+    pub async fn apply_secret(&self, secret: &Secret) -> Result<Applied, ClusterError> {
+        let ns = secret.metadata.namespace.clone().unwrap_or_default();
+        self.apply(&self.namespaced::<Secret>(&ns), secret).await
+    }
+
+    /// Ferry's Deployments of `app` in `env`, by label, sorted by name.
+    pub async fn adopt(
+        &self,
+        namespace: &str,
+        app: &str,
+        env: &str,
+    ) -> Result<Vec<Workload>, ClusterError> {
+        let params = ListParams::default().labels(&format!("{LABEL_APP}={app},{LABEL_ENV}={env}"));
+        let list = self
+            .namespaced::<Deployment>(namespace)
+            .list(&params)
+            .await
+            .map_err(api_error(format!(
+                "Deployments of {app}/{env} in {namespace}"
+            )))?;
+        let mut found: Vec<Workload> = list
+            .items
+            .into_iter()
+            .map(|d| {
+                let label =
+                    |key: &str| d.metadata.labels.as_ref().and_then(|l| l.get(key)).cloned();
+                Workload {
+                    name: d.metadata.name.clone().unwrap_or_default(),
+                    service: label(LABEL_SERVICE).unwrap_or_default(),
+                    version: d
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ANNOTATION_VERSION))
+                        .cloned()
+                        .unwrap_or_default(),
+                    deployment: label(LABEL_DEPLOYMENT),
+                    replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+                    ready: d
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0),
+                }
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    /// The ready endpoints of the Service `service` (a version of a service), from its
+    /// EndpointSlices, sorted.
+    pub async fn endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> Result<Vec<SocketAddr>, ClusterError> {
+        let params = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+        let slices = self
+            .namespaced::<EndpointSlice>(namespace)
+            .list(&params)
+            .await
+            .map_err(api_error(format!("EndpointSlices of Service {service}")))?;
+        let mut out = Vec::new();
+        for slice in slices.items {
+            let port = slice
+                .ports
+                .as_ref()
+                .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some("http")))
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok());
+            let Some(port) = port else { continue };
+            for endpoint in slice.endpoints {
+                let ready = endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true);
+                if !ready {
+                    continue;
+                }
+                for address in &endpoint.addresses {
+                    if let Ok(ip) = address.parse::<IpAddr>() {
+                        out.push(SocketAddr::new(ip, port));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Scales a version's Deployment to `replicas` (only `spec.replicas`, under Ferry's field
+    /// manager).
+    pub async fn scale(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: i32,
+    ) -> Result<(), ClusterError> {
+        let body = serde_json::json!({ "spec": { "replicas": replicas } });
+        self.namespaced::<Deployment>(namespace)
+            .patch_scale(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .map_err(api_error(format!("scale Deployment {name}")))?;
+        Ok(())
+    }
+
+    /// Stops a version: scale to 0 (its pods get SIGTERM and `grace`), then delete its
+    /// Deployment and Service (already gone is fine).
+    pub async fn stop(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace: Duration,
+    ) -> Result<(), ClusterError> {
+        match self.scale(namespace, name, 0).await {
+            Err(ClusterError::Api {
+                source: kube::Error::Api(status),
+                ..
+            }) if status.code == 404 => {}
+            other => other?,
+        }
+        let grace = u32::try_from(grace.as_secs()).unwrap_or(u32::MAX);
+        let params = DeleteParams::foreground().grace_period(grace);
+        for result in [
+            self.namespaced::<Deployment>(namespace)
+                .delete(name, &params)
+                .await
+                .map(|_| ()),
+            self.namespaced::<Service>(namespace)
+                .delete(name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        ] {
+            match result {
+                Ok(()) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(source) => {
+                    return Err(ClusterError::Api {
+                        what: format!("delete {name}"),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a hook attempt's Job to its end (see the module documentation).
+    pub async fn run_hook(&self, job: &Job, timeout: Duration) -> Result<JobOutcome, ClusterError> {
+        let namespace = job.metadata.namespace.clone().unwrap_or_default();
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let jobs = self.namespaced::<Job>(&namespace);
+        let what = format!("Job {name}");
+        let created = match jobs.create(&PostParams::default(), job).await {
+            Ok(_) => true,
+            Err(e) if is_already_exists(&e) => false,
+            Err(source) => return Err(ClusterError::Api { what, source }),
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let end = loop {
+            let live = jobs.get(&name).await.map_err(api_error(&what))?;
+            if let Some(end) = job_end(&live) {
+                break end;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break JobEnd::TimedOut;
+            }
+            tokio::time::sleep(JOB_POLL).await;
+        };
+        let log = self.job_log(&namespace, &name).await;
+        if end == JobEnd::TimedOut {
+            match jobs.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(source) => return Err(ClusterError::Api { what, source }),
+            }
+        }
+        Ok(JobOutcome { end, log, created })
+    }
+
+    /// The log of a Job's (last) pod; empty when it cannot be read.
+    async fn job_log(&self, namespace: &str, job: &str) -> String {
+        let pods = self.namespaced::<Pod>(namespace);
+        let params = ListParams::default().labels(&format!("job-name={job}"));
+        let Ok(list) = pods.list(&params).await else {
+            return String::new();
+        };
+        let Some(pod) = list.items.last().and_then(|p| p.metadata.name.clone()) else {
+            return String::new();
+        };
+        let params = LogParams {
+            limit_bytes: Some(MAX_HOOK_LOG_BYTES),
+            ..LogParams::default()
+        };
+        pods.logs(&pod, &params).await.unwrap_or_default()
+    }
+
+    /// Sets `service`'s canary weight (basis points) on the HTTPRoute `route`; `Ok(false)`
+    /// when the route already had it (nothing sent). A 409 (someone changed the route
+    /// since it was read) reads it again.
+    pub async fn set_weights(
+        &self,
+        namespace: &str,
+        route: &str,
+        service: &str,
+        canary: u32,
+    ) -> Result<bool, ClusterError> {
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "gateway.networking.k8s.io",
+            "v1",
+            "HTTPRoute",
+        ));
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let what = format!("HTTPRoute {route}");
+        let mut attempt = 0;
+        loop {
+            let live = api.get(route).await.map_err(api_error(&what))?;
+            let live = serde_json::to_value(&live).map_err(|source| ClusterError::Encode {
+                what: what.clone(),
+                source,
+            })?;
+            let WeightsPatch::Apply(body) = gateway::weights_patch(&live, service, canary)? else {
+                return Ok(false);
+            };
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match api.patch(route, &params, &Patch::Apply(&body)).await {
+                Ok(_) => return Ok(true),
+                Err(e) if is_conflict(&e) && attempt < MAX_CONFLICT_RETRIES => attempt += 1,
+                Err(source) if is_conflict(&source) => {
+                    return Err(ClusterError::Conflict { what, source });
+                }
+                Err(source) => return Err(ClusterError::Api { what, source }),
+            }
+        }
+    }
+}
+
+/// How a Job ended, from its conditions (None: still running).
+fn job_end(job: &Job) -> Option<JobEnd> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    let holds = |kind: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == kind && c.status == "True")
+    };
+    if holds("Complete").is_some() {
+        return Some(JobEnd::Succeeded);
+    }
+    holds("Failed").map(|c| {
+        JobEnd::Failed(
+            c.message
+                .clone()
+                .or_else(|| c.reason.clone())
+                .unwrap_or_else(|| "failed".to_string()),
+        )
+    })
+}
