@@ -91,7 +91,11 @@ fn every_generated_object_is_valid_for_every_supported_kubernetes_version() {
         .expect("a Deployment");
     deployment["spec"]["replicas"] = serde_json::json!("three");
     std::fs::write(&broken, ferry_k8s::to_yaml(&[deployment.clone()])).expect("write");
-    let (ok, output) = validate(&tool, ferry_k8s::SUPPORTED_VERSIONS[0], &[broken.clone()]);
+    let (ok, output) = validate(
+        &tool,
+        ferry_k8s::SUPPORTED_VERSIONS[0],
+        std::slice::from_ref(&broken),
+    );
     assert!(!ok, "a string replica count passed:\n{output}");
     deployment["spec"]["replicas"] = serde_json::json!(1);
     deployment["spec"]["template"]["spec"]["containers"][0]["bogus"] = serde_json::json!(true);
