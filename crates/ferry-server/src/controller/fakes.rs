@@ -682,7 +682,7 @@ impl Sim {
 
     /// Waits (bounded) for the stop tasks of drained replicas to delete their rows.
     async fn settle_stops(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if self.world.crashed.load(Ordering::SeqCst) {
                 return;
