@@ -617,6 +617,27 @@ pub static RULES: &[Rule] = &[
     ),
     rule(
         Method::GET,
+        "/v1/apps/{app}/envs/{env}/flags/{flag}/guarded-rollout",
+        "flags.guarded_rollout.get",
+        Perm(P::View),
+        AppEnv,
+    ),
+    rule(
+        Method::POST,
+        "/v1/apps/{app}/envs/{env}/flags/{flag}/guarded-rollout",
+        "flags.guarded_rollout.start",
+        Perm(P::ManageFlags),
+        AppEnv,
+    ),
+    rule(
+        Method::DELETE,
+        "/v1/apps/{app}/envs/{env}/flags/{flag}/guarded-rollout",
+        "flags.guarded_rollout.stop",
+        Perm(P::ManageFlags),
+        AppEnv,
+    ),
+    rule(
+        Method::GET,
         "/v1/apps/{app}/envs/{env}/features",
         "flags.export",
         Perm(P::View),

@@ -205,6 +205,12 @@ pub fn router(state: AppState) -> Router {
             put(crate::flags_api::variants),
         )
         .route(
+            "/v1/apps/{app}/envs/{env}/flags/{flag}/guarded-rollout",
+            get(crate::flags_api::guard_show)
+                .post(crate::flags_api::guard_start)
+                .delete(crate::flags_api::guard_stop),
+        )
+        .route(
             "/v1/apps/{app}/envs/{env}/features",
             get(crate::flags_api::export).post(crate::flags_api::import),
         )

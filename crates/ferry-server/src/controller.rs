@@ -205,6 +205,14 @@ impl Controller {
         self.clock.now_ms()
     }
 
+    pub fn proxy(&self) -> &ProxyLink {
+        &self.proxy
+    }
+
+    pub fn workloads(&self) -> &crate::workload::Workloads {
+        &self.workloads
+    }
+
     /// Asks the loop for a pass now (after an apply, say).
     pub fn wake(&self) {
         self.wake.notify_one();

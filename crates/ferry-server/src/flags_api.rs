@@ -12,18 +12,25 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use ferry_core::analysis::AnalysisSpec;
+use ferry_core::duration::HumanDuration;
 use ferry_core::flags::edit::{self, FlagError};
+use ferry_core::flags::guard::{self, GuardSpec, GuardState};
 use ferry_core::flags::metrics::{MetricsReport, Registration};
 use ferry_core::flags::ofrep::{self, ErrorCode, EvaluationError, OfrepRequest};
 use ferry_core::flags::{ClientFeatures, Engine, EvalEnv, Feature, Payload};
-use ferry_core::manifest::Manifest;
-use ferry_store::{ChangeMeta, FlagChange, FlagMetricRow, FlagRecord, FlagWrite, Store};
+use ferry_core::manifest::{Manifest, Strategy};
+use ferry_store::{
+    ChangeMeta, FlagChange, FlagGuardRecord, FlagMetricRow, FlagRecord, FlagWrite, GuardRefused,
+    Store,
+};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -391,19 +398,17 @@ fn not_found(message: impl Into<String>) -> ApiFailure {
     ApiFailure::new(StatusCode::NOT_FOUND, "not_found", message)
 }
 
-/// The app must exist and declare the environment.
-async fn check_env(state: &AppState, app: &str, env: &str) -> ApiResult<()> {
+/// The app must exist and declare the environment; its manifest.
+async fn check_env(state: &AppState, app: &str, env: &str) -> ApiResult<Manifest> {
     let record = state
         .store
         .get_app(app)
         .await?
         .ok_or_else(|| not_found(format!("app {app:?} not found")))?;
-    let declared = serde_json::from_str::<Manifest>(&record.manifest_json)
-        .is_ok_and(|m| m.environments.get(env).is_some());
-    if !declared {
-        return Err(not_found(format!("app {app} has no environment {env:?}")));
-    }
-    Ok(())
+    serde_json::from_str::<Manifest>(&record.manifest_json)
+        .ok()
+        .filter(|m| m.environments.get(env).is_some())
+        .ok_or_else(|| not_found(format!("app {app} has no environment {env:?}")))
 }
 
 /// A flag as listed.
@@ -419,6 +424,9 @@ pub struct FlagSummary {
     pub description: Option<String>,
     pub updated_at_ms: i64,
     pub updated_by: String,
+    /// The latest guarded rollout (state, step, percentages), in lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guarded_rollout: Option<Value>,
 }
 
 fn summary(r: &FlagRecord) -> FlagSummary {
@@ -437,6 +445,7 @@ fn summary(r: &FlagRecord) -> FlagSummary {
         description: r.feature.description.clone(),
         updated_at_ms: r.updated_at_ms,
         updated_by: r.updated_by.clone(),
+        guarded_rollout: None,
     }
 }
 
@@ -459,7 +468,22 @@ pub async fn list(
         .flag_revision(&app, &env)
         .await?
         .map_or(0, |r| r.0);
-    let flags: Vec<FlagSummary> = flags.iter().map(summary).collect();
+    let guards = state.store.latest_flag_guards(&app, &env, None).await?;
+    let flags: Vec<FlagSummary> = flags
+        .iter()
+        .map(|f| {
+            let mut s = summary(f);
+            s.guarded_rollout = guards.iter().find(|g| g.flag == f.name).map(|g| {
+                let mut view = guard_view(g);
+                if let Some(o) = view.as_object_mut() {
+                    o.remove("analysis");
+                    o.remove("measurements");
+                }
+                view
+            });
+            s
+        })
+        .collect();
     Ok(Json(json!({ "revision": revision, "flags": flags })))
 }
 
@@ -483,11 +507,18 @@ pub async fn show(
         .store
         .flag_metrics(&app, &env, Some(&flag), since)
         .await?;
+    let guard = state
+        .store
+        .latest_flag_guards(&app, &env, Some(&flag))
+        .await?
+        .pop()
+        .map(|g| guard_view(&g));
     Ok(Json(json!({
         "summary": summary(&record),
         "feature": record.feature,
         "changes": changes,
         "metrics": metrics,
+        "guarded_rollout": guard,
     })))
 }
 
@@ -1083,6 +1114,233 @@ pub async fn metrics(
         .flag_metrics(&app, &env, q.flag.as_deref(), since)
         .await?;
     Ok(Json(json!({ "since_ms": since, "metrics": rows })))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guarded rollouts (driven by `flags_guard`)
+// ---------------------------------------------------------------------------------------------
+
+/// A guarded rollout as answered: its state (and why, once ended), the step, the
+/// percentages, the last measurements.
+fn guard_view(r: &FlagGuardRecord) -> Value {
+    let g = &r.guard;
+    let mut view = serde_json::to_value(&g.state).unwrap_or_else(|_| json!({}));
+    if let Some(o) = view.as_object_mut() {
+        o.insert("id".into(), r.id.into());
+        o.insert("flag".into(), r.flag.clone().into());
+        o.insert("step".into(), (g.step + 1).into());
+        o.insert("steps".into(), json!(g.spec.steps));
+        o.insert("percent".into(), g.percent().into());
+        o.insert("pause".into(), json!(g.spec.pause));
+        o.insert("step_started_ms".into(), g.step_started_ms.into());
+        o.insert("started_by".into(), r.started_by.clone().into());
+        o.insert("started_at_ms".into(), r.started_at_ms.into());
+        o.insert("updated_at_ms".into(), r.updated_at_ms.into());
+        o.insert("measurements".into(), json!(g.last));
+        o.insert("analysis".into(), json!(g.spec.analysis));
+    }
+    view
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartGuard {
+    /// Whole percentages (`25` or `25.0`), increasing, the last where it ends.
+    #[serde(default)]
+    pub steps: Option<Vec<f64>>,
+    #[serde(default)]
+    pub pause: Option<HumanDuration>,
+    #[serde(default)]
+    pub analysis: Option<AnalysisSpec>,
+    #[serde(default)]
+    pub stickiness: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The least time at each step when the request names none.
+const DEFAULT_GUARD_PAUSE: Duration = Duration::from_secs(30);
+
+/// `POST …/flags/{flag}/guarded-rollout`: enables the flag at the first step's percentage
+/// and lets the analysis move it (201); 409 while one runs.
+pub async fn guard_start(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Extension(slot): Extension<AuditSlot>,
+    Path((app, env, flag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<StartGuard>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    slot.with(|n| n.target = Some(format!("flag {flag}")));
+    edit::check_name(&flag).map_err(invalid)?;
+    let manifest = check_env(&state, &app, &env).await?;
+    let steps = match &body.steps {
+        None => guard::DEFAULT_STEPS.to_vec(),
+        Some(steps) if steps.len() > guard::MAX_STEPS => {
+            return Err(bad_request(format!(
+                "steps: at most {} percentages",
+                guard::MAX_STEPS
+            )));
+        }
+        Some(steps) => steps
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                if p.fract() == 0.0 && (0.0..=100.0).contains(&p) {
+                    Ok(p as u32)
+                } else {
+                    Err(bad_request(format!(
+                        "steps[{i}]: {p} is not a whole percentage from 1 to 100"
+                    )))
+                }
+            })
+            .collect::<ApiResult<Vec<u32>>>()?,
+    };
+    let from_strategy = manifest
+        .environments
+        .get(&env)
+        .and_then(|e| match &e.strategy {
+            Strategy::Canary(c) => c.analysis.clone(),
+            Strategy::BlueGreen(b) => b.post_promotion_analysis.clone(),
+            _ => None,
+        });
+    let spec = GuardSpec {
+        steps,
+        pause: body.pause.unwrap_or(HumanDuration(DEFAULT_GUARD_PAUSE)),
+        analysis: body
+            .analysis
+            .or(from_strategy)
+            .unwrap_or_else(guard::default_analysis),
+        stickiness: body.stickiness,
+    };
+    let problems = spec.validate();
+    if let Some(first) = problems.first() {
+        return Err(ApiFailure::with_details(
+            StatusCode::BAD_REQUEST,
+            "invalid_guarded_rollout",
+            format!("guarded rollout of {flag}: {first}"),
+            problems.iter().map(|p| p.at.clone()).collect(),
+        ));
+    }
+    let guard = guard::start(spec, now_ms());
+    let first = guard.percent();
+    let stickiness = guard.spec.stickiness.clone();
+    let change = Change::new(&access, "guarded-rollout", &headers, body.reason);
+    let name = flag.clone();
+    let started = state
+        .store
+        .start_flag_guard(&app, &env, &flag, &guard, change.meta(), |current| {
+            let current = require(current, &name)?;
+            let mut feature = edit::set_rollout(current.feature, first, stickiness.as_deref())
+                .map_err(invalid)?;
+            feature.enabled = true;
+            edit::validate(&feature).map_err(invalid)?;
+            Ok::<_, ApiFailure>(FlagWrite {
+                feature,
+                archived: false,
+            })
+        })
+        .await?;
+    let (record, revision, _) = match started {
+        Ok(done) => done,
+        Err(GuardRefused::Refused(e)) => return Err(e),
+        Err(GuardRefused::Running(r)) => {
+            return Err(ApiFailure::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "flag {flag} has a guarded rollout running (step {}/{}, {}%); stop it \
+                     first: ferry flags rollout {app} --env {env} {flag} --stop",
+                    r.guard.step + 1,
+                    r.guard.spec.steps.len(),
+                    r.guard.percent()
+                ),
+            ));
+        }
+    };
+    let steps: Vec<String> = guard.spec.steps.iter().map(|p| format!("{p}%")).collect();
+    slot.with(|n| {
+        n.summary = Some(format!(
+            "flag {flag}: guarded rollout {} (pause {}) started at {first}% (revision {revision})",
+            steps.join(" → "),
+            guard.spec.pause
+        ))
+    });
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "revision": revision, "guarded_rollout": guard_view(&record) })),
+    ))
+}
+
+/// The latest guarded rollout of a flag; 404 when it never had one.
+async fn latest_guard(
+    state: &AppState,
+    app: &str,
+    env: &str,
+    flag: &str,
+) -> ApiResult<FlagGuardRecord> {
+    check_env(state, app, env).await?;
+    state
+        .store
+        .latest_flag_guards(app, env, Some(flag))
+        .await?
+        .pop()
+        .ok_or_else(|| not_found(format!("flag {flag} of {app}/{env} had no guarded rollout")))
+}
+
+/// `GET …/flags/{flag}/guarded-rollout`: the flag's latest guarded rollout.
+pub async fn guard_show(
+    State(state): State<AppState>,
+    Path((app, env, flag)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let record = latest_guard(&state, &app, &env, &flag).await?;
+    Ok(Json(json!({ "guarded_rollout": guard_view(&record) })))
+}
+
+/// `DELETE …/flags/{flag}/guarded-rollout`: stops the running guarded rollout; the flag
+/// stays at the percentage it reached.
+pub async fn guard_stop(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Extension(slot): Extension<AuditSlot>,
+    Path((app, env, flag)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    slot.with(|n| n.target = Some(format!("flag {flag}")));
+    let record = latest_guard(&state, &app, &env, &flag).await?;
+    if !record.guard.state.is_running() {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "the guarded rollout of {flag} is not running (it is {})",
+                record.guard.state.label()
+            ),
+        ));
+    }
+    let mut next = record.guard.clone();
+    next.state = GuardState::Cancelled {
+        reason: format!("stopped by {}", access.caller.name),
+    };
+    if !state
+        .store
+        .update_flag_guard(&record, &next, now_ms(), None)
+        .await?
+    {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the guarded rollout moved meanwhile; try again",
+        ));
+    }
+    let percent = next.percent();
+    slot.with(|n| {
+        n.summary = Some(format!(
+            "flag {flag}: guarded rollout stopped at {percent}%"
+        ))
+    });
+    let mut record = record;
+    record.guard = next;
+    Ok(Json(json!({ "guarded_rollout": guard_view(&record) })))
 }
 
 /// The SDK endpoints: outside the gate (client tokens, not Ferry credentials; not audited).

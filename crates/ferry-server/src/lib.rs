@@ -34,6 +34,7 @@ mod dora;
 mod error;
 // flags:
 mod flags_api;
+mod flags_guard;
 // gates:
 mod gates;
 // hooks:
@@ -177,6 +178,11 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         gov: Arc::new(access::Governance::new(audit_key)),
         flags: Default::default(),
     });
+    // Guarded flag rollouts: their own loop, on the controller's proxy link.
+    tasks.push(tokio::spawn(flags_guard::run(
+        controller.clone(),
+        shutdown.clone(),
+    )));
     let api_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let served = axum::serve(

@@ -174,6 +174,11 @@ impl Meter {
         }
     }
 
+    /// Whether a window is open for this analysis.
+    pub fn is_open(&self, key: (i64, u64)) -> bool {
+        lock(&self.windows).contains_key(&key)
+    }
+
     pub fn forget(&self, deployment_id: i64) {
         lock(&self.windows).retain(|(id, _), _| *id != deployment_id);
     }

@@ -450,6 +450,24 @@ const TABLE: &[Row] = &[
     ),
     row(
         "GET",
+        "/v1/apps/{app}/envs/{env}/flags/f/guarded-rollout",
+        None,
+        Perm(P::View, AppEnv),
+    ),
+    row(
+        "POST",
+        "/v1/apps/{app}/envs/{env}/flags/f/guarded-rollout",
+        Some(r#"{"steps": [5, 100]}"#),
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "DELETE",
+        "/v1/apps/{app}/envs/{env}/flags/f/guarded-rollout",
+        None,
+        Perm(P::ManageFlags, AppEnv),
+    ),
+    row(
+        "GET",
         "/v1/apps/{app}/envs/{env}/features",
         None,
         Perm(P::View, AppEnv),

@@ -2,6 +2,7 @@
 //! served, every change with its before and after, client tokens, registered SDKs and the
 //! evaluation counts they report.
 
+use ferry_core::flags::guard::Guard;
 use ferry_core::flags::{Feature, Segment};
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -69,6 +70,33 @@ pub struct FlagMetricRow {
     pub variants: std::collections::BTreeMap<String, i64>,
 }
 
+/// A guarded rollout of a flag, as stored (the latest of a flag is its current one).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagGuardRecord {
+    pub id: i64,
+    pub app: String,
+    pub env: String,
+    pub flag: String,
+    /// Bumped by every write: the compare-and-set of [`Store::update_flag_guard`].
+    pub seq: i64,
+    pub guard: Guard,
+    pub started_by: String,
+    pub started_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Given the stored flag, its new state; `None` writes nothing.
+pub type FlagDecide<'a> = Box<dyn FnOnce(Option<FlagRecord>) -> Option<FlagWrite> + Send + 'a>;
+
+/// Why [`Store::start_flag_guard`] wrote nothing.
+#[derive(Debug)]
+pub enum GuardRefused<E> {
+    /// The flag has a running guarded rollout already.
+    Running(Box<FlagGuardRecord>),
+    /// `decide` refused.
+    Refused(E),
+}
+
 /// Who changed what, and why (one per write).
 pub struct ChangeMeta<'a> {
     pub actor: &'a str,
@@ -97,6 +125,26 @@ fn flag_from_row(row: &AnyRow) -> Result<FlagRecord> {
         name,
     })
 }
+
+fn guard_from_row(row: &AnyRow) -> Result<FlagGuardRecord> {
+    let id: i64 = get(row, "id", &|| "flag_guards row".to_string())?;
+    let what = || format!("guarded rollout {id}");
+    let json: String = get(row, "guard_json", &what)?;
+    Ok(FlagGuardRecord {
+        id,
+        app: get(row, "app", &what)?,
+        env: get(row, "env", &what)?,
+        flag: get(row, "flag", &what)?,
+        seq: get(row, "seq", &what)?,
+        guard: serde_json::from_str(&json).map_err(|e| corrupt(&what(), e))?,
+        started_by: get(row, "started_by", &what)?,
+        started_at_ms: get(row, "started_at_ms", &what)?,
+        updated_at_ms: get(row, "updated_at_ms", &what)?,
+    })
+}
+
+const GUARD_COLS: &str =
+    "id, app, env, flag, seq, guard_json, started_by, started_at_ms, updated_at_ms";
 
 const FLAG_COLS: &str = "name, feature_json, archived, created_at_ms, updated_at_ms, updated_by";
 
@@ -210,101 +258,11 @@ impl Store {
     ) -> Result<std::result::Result<(i64, Vec<FlagChange>), E>> {
         let op = || format!("changing flags of {app}/{env}");
         let mut tx = self.pool.begin().await.ctx(op)?;
-        let segments_json = match segments {
-            Some(s) => Some(serde_json::to_string(s).map_err(|e| corrupt(&op(), e))?),
-            None => None,
-        };
-        let revision: i64 = sqlx::query_scalar(
-            "INSERT INTO flag_envs (app, env, revision, epoch, segments_json, updated_at_ms) \
-             VALUES ($1, $2, 1, $3, COALESCE($4, '[]'), $5) \
-             ON CONFLICT (app, env) DO UPDATE SET revision = flag_envs.revision + 1, \
-             segments_json = COALESCE($4, flag_envs.segments_json), updated_at_ms = $5 \
-             RETURNING revision",
-        )
-        .bind(app)
-        .bind(env)
-        .bind(meta.new_epoch)
-        .bind(segments_json.as_deref())
-        .bind(meta.now_ms)
-        .fetch_one(&mut *tx)
-        .await
-        .ctx(op)?;
-        let mut current = Vec::with_capacity(names.len());
-        for name in names {
-            let sql =
-                format!("SELECT {FLAG_COLS} FROM flags WHERE app = $1 AND env = $2 AND name = $3");
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(app)
-                .bind(env)
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await
-                .ctx(op)?;
-            current.push(row.as_ref().map(flag_from_row).transpose()?);
+        let written = write_flags_in(&mut tx, app, env, names, segments, &meta, decide).await?;
+        if written.is_ok() {
+            tx.commit().await.ctx(op)?;
         }
-        let writes = match decide(current.clone()) {
-            Ok(w) => w,
-            Err(e) => return Ok(Err(e)),
-        };
-        let mut changes = Vec::new();
-        for ((name, before), write) in names.iter().zip(current).zip(writes) {
-            let Some(write) = write else { continue };
-            let json = serde_json::to_string(&write.feature).map_err(|e| corrupt(&op(), e))?;
-            sqlx::query(
-                "INSERT INTO flags (app, env, name, feature_json, archived, created_at_ms, \
-                 updated_at_ms, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
-                 ON CONFLICT (app, env, name) DO UPDATE SET feature_json = excluded.feature_json, \
-                 archived = excluded.archived, updated_at_ms = excluded.updated_at_ms, \
-                 updated_by = excluded.updated_by",
-            )
-            .bind(app)
-            .bind(env)
-            .bind(name)
-            .bind(&json)
-            .bind(i64::from(write.archived))
-            .bind(meta.now_ms)
-            .bind(meta.actor)
-            .execute(&mut *tx)
-            .await
-            .ctx(op)?;
-            let as_value = |f: &Feature, archived: bool| {
-                let mut v = serde_json::to_value(f).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("archived".into(), archived.into());
-                }
-                v
-            };
-            let change = FlagChange {
-                flag: name.clone(),
-                revision,
-                at_ms: meta.now_ms,
-                actor: meta.actor.to_string(),
-                action: meta.action.to_string(),
-                before: before.as_ref().map(|b| as_value(&b.feature, b.archived)),
-                after: Some(as_value(&write.feature, write.archived)),
-                reason: meta.reason.map(str::to_string),
-            };
-            sqlx::query(
-                "INSERT INTO flag_changes (app, env, flag, revision, at_ms, actor, action, \
-                 before_json, after_json, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(app)
-            .bind(env)
-            .bind(name)
-            .bind(revision)
-            .bind(meta.now_ms)
-            .bind(meta.actor)
-            .bind(meta.action)
-            .bind(change.before.as_ref().map(|v| v.to_string()))
-            .bind(change.after.as_ref().map(|v| v.to_string()))
-            .bind(meta.reason)
-            .execute(&mut *tx)
-            .await
-            .ctx(op)?;
-            changes.push(change);
-        }
-        tx.commit().await.ctx(op)?;
-        Ok(Ok((revision, changes)))
+        Ok(written)
     }
 
     /// The changes of a flag (or of every flag of the environment), newest first.
@@ -347,6 +305,159 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    // -- guarded rollouts ------------------------------------------------------------------
+
+    /// Starts a guarded rollout of `flag`: in one transaction, writes the flag as `decide`
+    /// says (its first step) and stores `guard` — unless the flag has a running one.
+    pub async fn start_flag_guard<E: Send>(
+        &self,
+        app: &str,
+        env: &str,
+        flag: &str,
+        guard: &Guard,
+        meta: ChangeMeta<'_>,
+        decide: impl FnOnce(Option<FlagRecord>) -> std::result::Result<FlagWrite, E> + Send,
+    ) -> Result<std::result::Result<(FlagGuardRecord, i64, Vec<FlagChange>), GuardRefused<E>>> {
+        let op = || format!("starting a guarded rollout of {flag} in {app}/{env}");
+        let json = serde_json::to_string(guard).map_err(|e| corrupt(&op(), e))?;
+        let mut tx = self.pool.begin().await.ctx(op)?;
+        // The revision is bumped first: that takes the write lock before the check below.
+        let written = write_flags_in(
+            &mut tx,
+            app,
+            env,
+            &[flag.to_string()],
+            None,
+            &meta,
+            |mut c| decide(c.pop().flatten()).map(|w| vec![Some(w)]),
+        )
+        .await?;
+        let (revision, changes) = match written {
+            Ok(w) => w,
+            Err(e) => return Ok(Err(GuardRefused::Refused(e))),
+        };
+        let sql = format!(
+            "SELECT {GUARD_COLS} FROM flag_guards WHERE app = $1 AND env = $2 AND flag = $3 \
+             AND running = 1"
+        );
+        let running = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app)
+            .bind(env)
+            .bind(flag)
+            .fetch_optional(&mut *tx)
+            .await
+            .ctx(op)?;
+        if let Some(row) = running {
+            return Ok(Err(GuardRefused::Running(Box::new(guard_from_row(&row)?))));
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO flag_guards (app, env, flag, running, seq, guard_json, started_by, \
+             started_at_ms, updated_at_ms) VALUES ($1, $2, $3, 1, 1, $4, $5, $6, $6) RETURNING id",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(flag)
+        .bind(&json)
+        .bind(meta.actor)
+        .bind(meta.now_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx(op)?;
+        tx.commit().await.ctx(op)?;
+        let record = FlagGuardRecord {
+            id,
+            app: app.into(),
+            env: env.into(),
+            flag: flag.into(),
+            seq: 1,
+            guard: guard.clone(),
+            started_by: meta.actor.into(),
+            started_at_ms: meta.now_ms,
+            updated_at_ms: meta.now_ms,
+        };
+        Ok(Ok((record, revision, changes)))
+    }
+
+    /// Stores `next` as the new state of guarded rollout `current` if nobody wrote it since
+    /// (`current.seq`), and in the same transaction writes the flag as `write` says (its
+    /// `decide` may refuse: nothing is written). `false` when nothing was written.
+    pub async fn update_flag_guard(
+        &self,
+        current: &FlagGuardRecord,
+        next: &Guard,
+        now_ms: i64,
+        write: Option<(ChangeMeta<'_>, FlagDecide<'_>)>,
+    ) -> Result<bool> {
+        let (app, env, flag) = (&current.app, &current.env, &current.flag);
+        let op = || format!("updating guarded rollout {} of {flag}", current.id);
+        let json = serde_json::to_string(next).map_err(|e| corrupt(&op(), e))?;
+        let mut tx = self.pool.begin().await.ctx(op)?;
+        if let Some((meta, decide)) = write {
+            let written = write_flags_in(
+                &mut tx,
+                app,
+                env,
+                std::slice::from_ref(flag),
+                None,
+                &meta,
+                |mut c| decide(c.pop().flatten()).map(|w| vec![Some(w)]).ok_or(()),
+            )
+            .await?;
+            if written.is_err() {
+                return Ok(false);
+            }
+        }
+        let done = sqlx::query(
+            "UPDATE flag_guards SET guard_json = $1, running = $2, seq = seq + 1, \
+             updated_at_ms = $3 WHERE id = $4 AND seq = $5",
+        )
+        .bind(&json)
+        .bind(i64::from(next.state.is_running()))
+        .bind(now_ms)
+        .bind(current.id)
+        .bind(current.seq)
+        .execute(&mut *tx)
+        .await
+        .ctx(op)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.commit().await.ctx(op)?;
+        Ok(true)
+    }
+
+    /// The guarded rollouts the server drives.
+    pub async fn running_flag_guards(&self) -> Result<Vec<FlagGuardRecord>> {
+        let sql = format!("SELECT {GUARD_COLS} FROM flag_guards WHERE running = 1 ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .ctx(|| "listing the running guarded rollouts".to_string())?;
+        rows.iter().map(guard_from_row).collect()
+    }
+
+    /// The latest guarded rollout of each flag of an environment (of one flag if named).
+    pub async fn latest_flag_guards(
+        &self,
+        app: &str,
+        env: &str,
+        flag: Option<&str>,
+    ) -> Result<Vec<FlagGuardRecord>> {
+        let sql = format!(
+            "SELECT {GUARD_COLS} FROM flag_guards WHERE id IN (SELECT MAX(id) FROM flag_guards \
+             WHERE app = $1 AND env = $2 AND ($3 IS NULL OR flag = $3) GROUP BY flag) \
+             ORDER BY flag"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app)
+            .bind(env)
+            .bind(flag)
+            .fetch_all(&self.pool)
+            .await
+            .ctx(|| format!("reading the guarded rollouts of {app}/{env}"))?;
+        rows.iter().map(guard_from_row).collect()
     }
 
     // -- client tokens ---------------------------------------------------------------------
@@ -560,4 +671,112 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// [`Store::write_flags`] inside a transaction the caller commits.
+async fn write_flags_in<E: Send>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    app: &str,
+    env: &str,
+    names: &[String],
+    segments: Option<&[Segment]>,
+    meta: &ChangeMeta<'_>,
+    decide: impl FnOnce(Vec<Option<FlagRecord>>) -> std::result::Result<Vec<Option<FlagWrite>>, E>
+    + Send,
+) -> Result<std::result::Result<(i64, Vec<FlagChange>), E>> {
+    let op = || format!("changing flags of {app}/{env}");
+    let segments_json = match segments {
+        Some(s) => Some(serde_json::to_string(s).map_err(|e| corrupt(&op(), e))?),
+        None => None,
+    };
+    let revision: i64 = sqlx::query_scalar(
+        "INSERT INTO flag_envs (app, env, revision, epoch, segments_json, updated_at_ms) \
+         VALUES ($1, $2, 1, $3, COALESCE($4, '[]'), $5) \
+         ON CONFLICT (app, env) DO UPDATE SET revision = flag_envs.revision + 1, \
+         segments_json = COALESCE($4, flag_envs.segments_json), updated_at_ms = $5 \
+         RETURNING revision",
+    )
+    .bind(app)
+    .bind(env)
+    .bind(meta.new_epoch)
+    .bind(segments_json.as_deref())
+    .bind(meta.now_ms)
+    .fetch_one(&mut **tx)
+    .await
+    .ctx(op)?;
+    let mut current = Vec::with_capacity(names.len());
+    for name in names {
+        let sql =
+            format!("SELECT {FLAG_COLS} FROM flags WHERE app = $1 AND env = $2 AND name = $3");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app)
+            .bind(env)
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await
+            .ctx(op)?;
+        current.push(row.as_ref().map(flag_from_row).transpose()?);
+    }
+    let writes = match decide(current.clone()) {
+        Ok(w) => w,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut changes = Vec::new();
+    for ((name, before), write) in names.iter().zip(current).zip(writes) {
+        let Some(write) = write else { continue };
+        let json = serde_json::to_string(&write.feature).map_err(|e| corrupt(&op(), e))?;
+        sqlx::query(
+            "INSERT INTO flags (app, env, name, feature_json, archived, created_at_ms, \
+             updated_at_ms, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
+             ON CONFLICT (app, env, name) DO UPDATE SET feature_json = excluded.feature_json, \
+             archived = excluded.archived, updated_at_ms = excluded.updated_at_ms, \
+             updated_by = excluded.updated_by",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(name)
+        .bind(&json)
+        .bind(i64::from(write.archived))
+        .bind(meta.now_ms)
+        .bind(meta.actor)
+        .execute(&mut **tx)
+        .await
+        .ctx(op)?;
+        let as_value = |f: &Feature, archived: bool| {
+            let mut v = serde_json::to_value(f).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("archived".into(), archived.into());
+            }
+            v
+        };
+        let change = FlagChange {
+            flag: name.clone(),
+            revision,
+            at_ms: meta.now_ms,
+            actor: meta.actor.to_string(),
+            action: meta.action.to_string(),
+            before: before.as_ref().map(|b| as_value(&b.feature, b.archived)),
+            after: Some(as_value(&write.feature, write.archived)),
+            reason: meta.reason.map(str::to_string),
+        };
+        sqlx::query(
+            "INSERT INTO flag_changes (app, env, flag, revision, at_ms, actor, action, \
+             before_json, after_json, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(name)
+        .bind(revision)
+        .bind(meta.now_ms)
+        .bind(meta.actor)
+        .bind(meta.action)
+        .bind(change.before.as_ref().map(|v| v.to_string()))
+        .bind(change.after.as_ref().map(|v| v.to_string()))
+        .bind(meta.reason)
+        .execute(&mut **tx)
+        .await
+        .ctx(op)?;
+        changes.push(change);
+    }
+    Ok(Ok((revision, changes)))
 }

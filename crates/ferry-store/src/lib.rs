@@ -42,7 +42,8 @@ pub use config::ReplicaConfig;
 // flags:
 mod flags;
 pub use flags::{
-    ChangeMeta, FlagChange, FlagMetricRow, FlagRecord, FlagTokenRecord, FlagWrite, ServedFlags,
+    ChangeMeta, FlagChange, FlagDecide, FlagGuardRecord, FlagMetricRow, FlagRecord,
+    FlagTokenRecord, FlagWrite, GuardRefused, ServedFlags,
 };
 
 pub use audit::{AuditQuery, CheckpointRecord};
@@ -246,6 +247,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "gates", include_str!("../migrations/0008_gates.sql")),
     (9, "flags", include_str!("../migrations/0009_flags.sql")),
     (12, "alerts", include_str!("../migrations/0012_alerts.sql")),
+    (
+        14,
+        "flag guards",
+        include_str!("../migrations/0014_flag_guards.sql"),
+    ),
     (
         15,
         "login_links",

@@ -4,6 +4,7 @@
 
 pub mod edit;
 mod eval;
+pub mod guard;
 pub mod metrics;
 mod model;
 pub mod ofrep;

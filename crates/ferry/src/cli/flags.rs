@@ -82,15 +82,40 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
-    /// Set the gradual rollout percentage (0-100).
+    /// Set the gradual rollout percentage (0-100), or move it in steps judged by analysis
+    /// (--guarded), back to 0% by itself when the analysis fails.
     Rollout {
         #[command(flatten)]
         at: FlagTarget,
-        percent: u32,
+        /// The percentage (with --guarded: where the steps end, default 100).
+        #[arg(required_unless_present_any = ["guarded", "stop"])]
+        percent: Option<u32>,
         /// What keeps a user in or out: default (userId, else sessionId, else random),
         /// userId, sessionId, random or any context field.
         #[arg(long)]
         stickiness: Option<String>,
+        /// A guarded rollout: step by step, each step held --pause and until the analysis
+        /// passes; a failed analysis sets the flag back to 0%.
+        #[arg(long, conflicts_with = "stop")]
+        guarded: bool,
+        /// The steps of a guarded rollout (default 1,5,25,100, up to PERCENT).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            requires = "guarded",
+            value_name = "PERCENT,…"
+        )]
+        steps: Vec<u32>,
+        /// The least time at each step (default 30s).
+        #[arg(long, requires = "guarded", value_name = "DURATION")]
+        pause: Option<String>,
+        /// The analysis (YAML or JSON, the shape of a canary's `analysis:` block); default:
+        /// the environment's canary analysis, else its error rate ≤ 1%.
+        #[arg(long, requires = "guarded", value_name = "FILE")]
+        analysis: Option<PathBuf>,
+        /// Stop the running guarded rollout (the flag stays where it is).
+        #[arg(long)]
+        stop: bool,
         #[command(flatten)]
         out: OutputArg,
     },
@@ -232,6 +257,78 @@ fn changed(answer: &Value, format: Format, at: &FlagTarget, what: &str) -> anyho
     Ok(())
 }
 
+/// The steps of a guarded rollout: as given, or the default ones below `percent`, then it.
+fn guarded_steps(steps: Vec<u32>, percent: Option<u32>) -> anyhow::Result<Vec<u32>> {
+    if !steps.is_empty() {
+        if let Some(p) = percent
+            && steps.last() != Some(&p)
+        {
+            return Err(invalid(format!(
+                "{p}: the last of --steps is where the rollout ends; give one or the other"
+            )));
+        }
+        return Ok(steps);
+    }
+    let end = percent.unwrap_or(100);
+    if end == 0 {
+        return Err(invalid(
+            "a guarded rollout goes up: give a percentage from 1 to 100",
+        ));
+    }
+    let mut out: Vec<u32> = ferry_core::flags::guard::DEFAULT_STEPS
+        .into_iter()
+        .filter(|s| *s < end)
+        .collect();
+    out.push(end);
+    Ok(out)
+}
+
+/// `guarded rollout of checkout in shop/prod: running, step 2/4 at 5% (1% → 5% → …)`.
+fn guarded_text(g: &Value) -> String {
+    let steps: Vec<String> = g["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| format!("{p}%"))
+        .collect();
+    let mut line = format!(
+        "{}, step {}/{} at {}% ({}), pause {}, started by {}",
+        g["state"].as_str().unwrap_or("?"),
+        g["step"],
+        steps.len(),
+        g["percent"],
+        steps.join(" → "),
+        g["pause"].as_str().unwrap_or("?"),
+        g["started_by"].as_str().unwrap_or("?"),
+    );
+    if let Some(reason) = g["reason"].as_str() {
+        line.push_str(&format!("\n  why: {reason}"));
+    }
+    for m in g["measurements"].as_array().into_iter().flatten() {
+        line.push_str(&format!(
+            "\n  {} {}: {}",
+            m["metric"].as_str().unwrap_or("?"),
+            m["verdict"].as_str().unwrap_or("?"),
+            m["reason"].as_str().unwrap_or("")
+        ));
+    }
+    line
+}
+
+fn guarded_line(answer: &Value, format: Format, at: &FlagTarget) -> anyhow::Result<()> {
+    if format == Format::Json {
+        return print_json(answer);
+    }
+    println!(
+        "guarded rollout of {} in {}/{}: {}",
+        at.flag,
+        at.app,
+        at.env,
+        guarded_text(&answer["guarded_rollout"])
+    );
+    Ok(())
+}
+
 fn names(v: &Value) -> String {
     let list: Vec<&str> = v
         .as_array()
@@ -330,6 +427,12 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
                 },
                 s["rollout"]
             );
+            if answer["guarded_rollout"].is_object() {
+                println!(
+                    "guarded rollout: {}",
+                    guarded_text(&answer["guarded_rollout"])
+                );
+            }
             println!(
                 "definition:\n{}",
                 serde_json::to_string_pretty(&answer["feature"])?
@@ -393,14 +496,44 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             at,
             percent,
             stickiness,
+            guarded,
+            steps,
+            pause,
+            analysis,
+            stop,
             out,
         } => {
-            if percent > 100 {
-                return Err(invalid(format!("{percent}: a percentage from 0 to 100")));
+            if let Some(p) = percent.filter(|p| *p > 100) {
+                return Err(invalid(format!("{p}: a percentage from 0 to 100")));
             }
-            let body = json!({"percent": percent, "stickiness": stickiness});
-            let answer: Value = client.put(&flag_path(&at, &["rollout"]), &body).await?;
-            changed(&answer, out.output, &at, "rolled out")
+            if stop {
+                let answer: Value = client.delete(&flag_path(&at, &["guarded-rollout"])).await?;
+                return guarded_line(&answer, out.output, &at);
+            }
+            if !guarded {
+                let body = json!({"percent": percent, "stickiness": stickiness});
+                let answer: Value = client.put(&flag_path(&at, &["rollout"]), &body).await?;
+                return changed(&answer, out.output, &at, "rolled out");
+            }
+            let steps = guarded_steps(steps, percent)?;
+            let analysis = analysis
+                .map(|path| {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| invalid(format!("reading {}: {e}", path.display())))?;
+                    ferry_core::flags::guard::parse_analysis(&text)
+                        .map_err(|e| invalid(format!("{}: {e}", path.display())))
+                })
+                .transpose()?;
+            let body = json!({
+                "steps": steps,
+                "pause": pause,
+                "analysis": analysis,
+                "stickiness": stickiness,
+            });
+            let answer: Value = client
+                .post(&flag_path(&at, &["guarded-rollout"]), &body)
+                .await?;
+            guarded_line(&answer, out.output, &at)
         }
         Command::Variants {
             at,

@@ -1,0 +1,194 @@
+//! Guarded flag rollouts end to end: a real app (`tests/apps/flag_app.py`) reads its flag
+//! through Ferry's OFREP endpoint on every request, traffic goes through Ferry's proxy, and
+//! the analysis judges the environment's error rate at each step.
+//! - A flag whose ON path answers 500 goes back to 0 % by itself and says why (audited as
+//!   `analysis`).
+//! - A good flag climbs every step to 100 %, across a `kill -9` of the server mid-rollout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Ferry, Load, SERIAL, Spec, bounded};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(240);
+const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/flag_app.py");
+
+async fn show(ferry: &Ferry, spec: &Spec, flag: &str) -> Value {
+    let out = ferry
+        .cli(&[
+            "flags", "show", &spec.app, "--env", &spec.env, flag, "-o", "json",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "flags show:\n{out}");
+    serde_json::from_str(&out.stdout).expect("show -o json")
+}
+
+/// Polls the flag until its guarded rollout is no longer running (bounded).
+async fn wait_ended(ferry: &Ferry, spec: &Spec, flag: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let shown = show(ferry, spec, flag).await;
+        let state = shown["guarded_rollout"]["state"].as_str().unwrap_or("none");
+        if state != "running" {
+            return shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guarded rollout of {flag} still runs after {limit:?}: {}\n{}",
+            shown["guarded_rollout"],
+            ferry.server_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls until the flag's rollout reaches `percent` (bounded).
+async fn wait_percent(ferry: &Ferry, spec: &Spec, flag: &str, percent: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = show(ferry, spec, flag).await;
+        if shown["summary"]["rollout"].as_u64() >= Some(percent) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{flag} never reached {percent}%: {}",
+            shown["guarded_rollout"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts a guarded rollout 10 → 50 → 100 % (1 s per step, random stickiness).
+async fn start(ferry: &Ferry, spec: &Spec, flag: &str, analysis: &str) {
+    let args = [
+        "flags",
+        "rollout",
+        &spec.app,
+        "--env",
+        &spec.env,
+        flag,
+        "--guarded",
+        "--steps",
+        "10,50,100",
+        "--pause",
+        "1s",
+        "--stickiness",
+        "random",
+        "--analysis",
+        analysis,
+    ];
+    let out = ferry.cli(&args).await;
+    assert_eq!(out.code, 0, "rollout --guarded {flag}:\n{out}");
+    assert!(
+        out.stdout.contains("running, step 1/3 at 10%"),
+        "the start says where it is:\n{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guarded_flag_rollout_rolls_a_bad_flag_back_and_takes_a_good_one_to_100() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let mut ferry = Ferry::start().await;
+        let token_file = ferry.dir.path().join("flag-token");
+        let mut spec = Spec::new("flagged");
+        spec.replicas = 1;
+        spec.program = Some(format!(
+            "python3 '{APP}' --port \"$PORT\" --version \"$VERSION\" --ferry '{}' \
+             --token-file '{}'",
+            ferry.url,
+            token_file.display()
+        ));
+        let manifest = ferry.write_manifest(&spec, "flagged.yaml");
+        ferry.apply(&manifest).await;
+        // The app's client token, readable by the replica (which may run as nobody).
+        let out = ferry
+            .cli(&["flags", "token", "create", &spec.app, "--env", &spec.env, "-o", "json"])
+            .await;
+        assert_eq!(out.code, 0, "token create:\n{out}");
+        let token: Value = serde_json::from_str(&out.stdout).expect("token json");
+        std::fs::write(&token_file, token["token"].as_str().expect("token")).expect("token");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let analysis = ferry.dir.path().join("analysis.yaml");
+        std::fs::write(
+            &analysis,
+            "interval: 1s\nmetrics:\n  - { name: errors, builtin: error_rate, max: 2%, min_requests: 30 }\n",
+        )
+        .expect("analysis file");
+        for flag in ["bad-checkout", "new-search"] {
+            let out = ferry
+                .cli(&["flags", "create", &spec.app, "--env", &spec.env, flag])
+                .await;
+            assert_eq!(out.code, 0, "create {flag}:\n{out}");
+        }
+        let analysis = analysis.display().to_string();
+        // A bad flag: its ON path answers 500. Back to 0 %, with the verdict.
+        let load = Load::start_on(&spec.listener(), "/?flag=bad-checkout", 4);
+        load.warm_up(20).await;
+        start(&ferry, &spec, "bad-checkout", &analysis).await;
+        let shown = wait_ended(&ferry, &spec, "bad-checkout", Duration::from_secs(90)).await;
+        load.stop().await;
+        let guard = &shown["guarded_rollout"];
+        assert_eq!(guard["state"], "rolled-back", "{guard}");
+        assert_eq!(guard["metric"], "errors", "{guard}");
+        assert_eq!(guard["percent"], 0, "{guard}");
+        let reason = guard["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("errors: error rate") && reason.contains("max 2%") && reason.contains(" in "),
+            "the reason names the metric, value and sample: {reason}"
+        );
+        assert_eq!(shown["summary"]["rollout"], 0, "{}", shown["summary"]);
+        assert_eq!(shown["summary"]["enabled"], true);
+        let last = &shown["changes"][0];
+        assert_eq!(last["actor"], "analysis", "{last}");
+        assert!(
+            last["reason"].as_str().unwrap_or_default().contains("rolled back to 0%"),
+            "{last}"
+        );
+        let (status, audit) = ferry.api_get("/v1/audit?actor=analysis").await;
+        assert!(status.is_success(), "{status} {audit}");
+        let text = audit.to_string();
+        assert!(
+            text.contains("flags.guarded_rollout") && text.contains("rolled back to 0%"),
+            "the audit log has the rollback by analysis: {text}"
+        );
+        // The CLI says it in words too.
+        let out = ferry
+            .cli(&["flags", "show", &spec.app, "--env", &spec.env, "bad-checkout"])
+            .await;
+        assert!(
+            out.stdout.contains("guarded rollout: rolled-back") && out.stdout.contains("why:"),
+            "{out}"
+        );
+
+        // A good flag climbs to 100 %, across a kill -9 of the server after its first step.
+        let load = Load::start_on(&spec.listener(), "/?flag=new-search", 4);
+        load.warm_up(20).await;
+        start(&ferry, &spec, "new-search", &analysis).await;
+        wait_percent(&ferry, &spec, "new-search", 50).await;
+        ferry.kill9_server();
+        ferry.start_server().await;
+        let shown = wait_ended(&ferry, &spec, "new-search", Duration::from_secs(90)).await;
+        let report = load.stop().await;
+        let guard = &shown["guarded_rollout"];
+        assert_eq!(guard["state"], "completed", "{guard}");
+        assert_eq!(shown["summary"]["rollout"], 100, "{}", shown["summary"]);
+        let steps: Vec<&Value> = shown["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .filter(|c| c["actor"] == "analysis")
+            .collect();
+        assert_eq!(steps.len(), 2, "10 → 50 and 50 → 100 by analysis: {steps:?}");
+        assert!(report.total() > 0);
+    })
+    .await;
+}
