@@ -254,7 +254,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         15,
-        "login_links",
+        "login links",
         include_str!("../migrations/0015_login_links.sql"),
     ),
 ];
