@@ -205,7 +205,7 @@ impl Controller {
         self.clock.now_ms()
     }
 
-    pub fn proxy(&self) -> &ProxyLink {
+    pub fn proxy(&self) -> &Arc<dyn DataPlane> {
         &self.proxy
     }
 

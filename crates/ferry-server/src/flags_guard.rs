@@ -99,6 +99,7 @@ async fn drive(
                     .as_ref()
                     .and_then(|a| a.base_dir.as_ref())
                     .map(PathBuf::from),
+                runtime: controller.runtime(),
                 run_as: match &manifest {
                     Some(m) => controller
                         .workloads()
