@@ -15,6 +15,7 @@ pub mod flags;
 pub mod gates;
 pub mod manifest;
 pub mod model;
+pub mod notify;
 pub mod progressive;
 pub mod rbac;
 // releases:

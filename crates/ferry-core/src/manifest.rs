@@ -15,6 +15,8 @@ mod errors;
 // hooks:
 mod hooks;
 pub mod kubernetes;
+// notify:
+mod notify;
 mod progressive;
 mod tree;
 mod validate;
@@ -24,6 +26,10 @@ pub use warnings::{MAX_WARNINGS, warnings};
 
 pub(crate) use errors::closest;
 pub use hooks::{DEFAULT_HOOK_TIMEOUT, ExpectJson, Hook, Hooks, HttpHook, Migration, OnInterrupt};
+pub use notify::{
+    EmailReceiver, EmailTls, InhibitRule, MAX_NOTIFY_ITEMS, MatchValue, Matchers, NotifyRoute,
+    PAGERDUTY_EVENTS_URL, PagerDutyReceiver, Receiver, SlackReceiver, WebhookReceiver,
+};
 pub use progressive::{
     BlueGreen, Canary, CanaryStep, DEFAULT_PREVIEW_HEADER, Pause, Stickiness, weight_basis_points,
 };
@@ -84,8 +90,18 @@ pub struct Manifest {
     #[schemars(extend("propertyNames" = { "pattern": "^[a-z][a-z0-9-]{0,62}$" }))]
     pub environments: IndexedMap<Environment>,
     /// Webhooks told about every deployment state change (or only the listed states).
+    /// Deprecated in favour of `receivers` + `routes`, which they are compiled into.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<Notification>,
+    /// Named receivers of notifications (webhook, slack, email, pagerduty).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub receivers: BTreeMap<String, Receiver>,
+    /// Which notifications go to which receiver, grouped how (first match wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<NotifyRoute>,
+    /// Notifications not sent while a matching alert fires.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inhibit: Vec<InhibitRule>,
     /// Commands and HTTP smoke tests run at fixed points of every deployment.
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,

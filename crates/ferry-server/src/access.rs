@@ -449,6 +449,14 @@ pub static RULES: &[Rule] = &[
         Authenticated,
         Global,
     ),
+    // notify:
+    rule(
+        Method::GET,
+        "/v1/notifications",
+        "notifications",
+        Anywhere(P::View),
+        Global,
+    ),
     rule(
         Method::GET,
         "/v1/audit",

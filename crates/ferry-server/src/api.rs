@@ -132,6 +132,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/apps/{app}/envs/{env}/silences/{id}",
             delete(crate::alerts::end_silence),
         )
+        // notify:
+        .route("/v1/notifications", get(crate::notify_api::history))
         .route("/v1/apps/{app}/envs/{env}/watch", get(watch))
         .route("/v1/apps/{app}/envs/{env}/promote", post(promote))
         .route("/v1/apps/{app}/envs/{env}/pause", post(pause))

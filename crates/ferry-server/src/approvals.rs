@@ -9,6 +9,7 @@ use ferry_core::api::DeploymentView;
 use ferry_core::gates::{self, Approval, GateVerdict};
 use ferry_core::manifest::{Gates, Manifest};
 use ferry_core::model::{DeploymentState, EventKind};
+use ferry_core::notify::{self, Kind, Notification, Severity};
 use ferry_core::rbac::{self, Binding};
 use serde::{Deserialize, Serialize};
 
@@ -141,13 +142,39 @@ pub async fn decide(
         reason: reason.clone(),
         at_ms: now_ms(),
     };
-    state.store.record_approval(id, &decision).await?;
     let line = match (&decision.approved, &reason) {
         (true, _) => format!("approved by {approver} ({})", decision.roles.join(", ")),
         (false, Some(reason)) => format!("rejected by {approver}: {reason}"),
         (false, None) => format!("rejected by {approver}"),
     };
+    let notification = Notification::new(
+        notify::key_approval_given(id, &approver, decision.at_ms),
+        Kind::ApprovalGiven,
+        &deployment.app,
+        &deployment.env,
+        Severity::Info,
+        format!(
+            "{}/{}: deployment #{id} of {} {line}",
+            deployment.app, deployment.env, deployment.version
+        ),
+        decision.at_ms,
+    )
+    .label(
+        "state",
+        if decision.approved {
+            "approved"
+        } else {
+            "rejected"
+        },
+    )
+    .label("version", &deployment.version)
+    .label("deployment", id.to_string());
+    state
+        .store
+        .record_approval(id, &decision, &[notification])
+        .await?;
     if let Some(controller) = &state.controller {
+        controller.outbox_wake().notify_one();
         controller.note(id, EventKind::Approval, &line).await;
     }
     status(&state, id).await.map(Json)

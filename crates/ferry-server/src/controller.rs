@@ -118,8 +118,8 @@ pub struct Controller {
     infra_failing_since: Mutex<HashMap<i64, i64>>,
     /// Last unmet-gate keys announced per waiting deployment (timeline shows changes only).
     unmet_gates: Mutex<HashMap<i64, Vec<String>>>,
-    /// Client for webhooks.
-    http: reqwest::Client,
+    /// Wakes the notification dispatcher after a transition enqueued notifications.
+    outbox: Arc<Notify>,
     torn_down: AtomicBool,
     /// Decrypts each environment's secrets when its replicas start.
     secrets: Arc<crate::secrets::Secrets>,
@@ -179,7 +179,7 @@ impl Controller {
             meter: Meter::default(),
             unmet_gates: Mutex::new(HashMap::new()),
             infra_failing_since: Mutex::new(HashMap::new()),
-            http: reqwest::Client::new(),
+            outbox: Arc::new(Notify::new()),
             torn_down: AtomicBool::new(false),
             secrets,
             gate_checks: crate::gates::CheckRunner::default(),
@@ -198,6 +198,11 @@ impl Controller {
 
     pub fn runtime(&self) -> &Runtimes {
         &self.runtime
+    }
+
+    /// What wakes the notification dispatcher (`crate::notify::Dispatcher`).
+    pub fn outbox_wake(&self) -> Arc<Notify> {
+        self.outbox.clone()
     }
 
     /// Now, by the controller's clock (Unix ms).

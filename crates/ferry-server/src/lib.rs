@@ -42,6 +42,7 @@ mod hooks;
 mod identity;
 mod logs;
 mod notify;
+mod notify_api;
 mod progressive;
 mod proxy_link;
 mod runtimes;
@@ -169,6 +170,10 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         // alerts:
         tokio::spawn(alerts::run(controller.clone(), shutdown.clone())),
     ];
+    // notify:
+    let dispatcher =
+        notify::Dispatcher::new(store.clone(), secrets.clone(), controller.outbox_wake());
+    tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));
 
     let app = api::router(api::AppState {
         store,

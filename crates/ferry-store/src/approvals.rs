@@ -6,9 +6,15 @@ use sqlx::any::AnyRow;
 use crate::{Ctx, Result, Store, StoreError, get};
 
 impl Store {
-    /// Records a decision. A person has at most one live decision per deployment: a new
-    /// one replaces (withdraws) their previous one.
-    pub async fn record_approval(&self, deployment_id: i64, approval: &Approval) -> Result<()> {
+    /// Records a decision, with its notifications in the same transaction. A person has at
+    /// most one live decision per deployment: a new one replaces (withdraws) their previous
+    /// one.
+    pub async fn record_approval(
+        &self,
+        deployment_id: i64,
+        approval: &Approval,
+        notifications: &[ferry_core::notify::Notification],
+    ) -> Result<()> {
         let op = || {
             format!(
                 "recording {}'s decision on deployment {deployment_id}",
@@ -41,6 +47,9 @@ impl Store {
         .execute(&mut *tx)
         .await
         .ctx(op)?;
+        for n in notifications {
+            crate::notify::enqueue(&mut tx, n, approval.at_ms).await?;
+        }
         tx.commit().await.ctx(op)
     }
 

@@ -41,10 +41,13 @@ mod config;
 pub use config::ReplicaConfig;
 // flags:
 mod flags;
+// notify:
+pub mod notify;
 pub use flags::{
     ChangeMeta, FlagChange, FlagDecide, FlagGuardRecord, FlagMetricRow, FlagRecord,
     FlagTokenRecord, FlagWrite, GuardRefused, ServedFlags,
 };
+pub use notify::{DeliveryQuery, DeliveryRecord, GroupRow, NewDelivery};
 
 pub use audit::{AuditQuery, CheckpointRecord};
 pub use hooks::{HookRunRecord, NewHookRun};
@@ -190,6 +193,8 @@ pub struct Transition {
     /// ([`EventKind::CommandRequested`]) and its application ([`EventKind::CommandApplied`]).
     pub event_kind: EventKind,
     pub now_ms: i64,
+    /// Notifications enqueued in the outbox in the same transaction (see [`notify::enqueue`]).
+    pub notifications: Vec<ferry_core::notify::Notification>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -246,6 +251,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "config", include_str!("../migrations/0007_config.sql")),
     (8, "gates", include_str!("../migrations/0008_gates.sql")),
     (9, "flags", include_str!("../migrations/0009_flags.sql")),
+    (
+        11,
+        "notifications",
+        include_str!("../migrations/0011_notifications.sql"),
+    ),
     (12, "alerts", include_str!("../migrations/0012_alerts.sql")),
     (
         14,
@@ -903,6 +913,9 @@ impl Store {
             .ctx(op)?;
         }
         insert_event(&mut tx, id, t.event_kind, &t.event, t.now_ms).await?;
+        for n in &t.notifications {
+            notify::enqueue(&mut tx, n, t.now_ms).await?;
+        }
         tx.commit().await.ctx(op)?;
         tracing::debug!(id, state = %record.state, row_version = record.row_version,
             "deployment transitioned");

@@ -16,6 +16,10 @@ use ferry_store::{
     RoleRecord, Store, StoreError, Transition,
 };
 use serde_json::json;
+// notify:
+use ferry_core::notify::{self, DeliveryState, Notification};
+use ferry_store::notify::ActiveChange;
+use ferry_store::{DeliveryQuery, GroupRow, NewDelivery};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -57,6 +61,7 @@ fn to(d: &DeploymentRecord, state: DeploymentState, now_ms: i64) -> Transition {
         event: format!("state: {state}"),
         event_kind: ferry_core::model::EventKind::State,
         now_ms,
+        notifications: Vec::new(),
     }
 }
 
@@ -1704,16 +1709,16 @@ pub async fn approvals_replace_and_withdraw(store: Store, _url: String) {
     };
     assert!(store.approvals(d.id).await.unwrap().is_empty());
     store
-        .record_approval(d.id, &decision("user:bob", true, 10))
+        .record_approval(d.id, &decision("user:bob", true, 10), &[])
         .await
         .unwrap();
     store
-        .record_approval(d.id, &decision("user:carol", true, 11))
+        .record_approval(d.id, &decision("user:carol", true, 11), &[])
         .await
         .unwrap();
     // a new decision of the same person replaces the old one
     store
-        .record_approval(d.id, &decision("user:bob", false, 12))
+        .record_approval(d.id, &decision("user:bob", false, 12), &[])
         .await
         .unwrap();
     let live = store.approvals(d.id).await.unwrap();
@@ -2291,6 +2296,202 @@ pub async fn dora_facts_read_finished_deployments(store: Store, _url: String) {
     );
 }
 
+// notify:
+fn deployment_notification(d: &DeploymentRecord, state: DeploymentState) -> Notification {
+    Notification::new(
+        notify::key_deployment(d.id, d.row_version + 1, state),
+        notify::Kind::of_deployment_state(state),
+        &d.app,
+        &d.env,
+        notify::Severity::Info,
+        format!("{} is {state}", d.version),
+        5,
+    )
+}
+
+async fn outbox_is_written_with_its_event_and_delivered_once(store: Store, _url: String) {
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let n = deployment_notification(&d, DeploymentState::Progressing);
+    let mut t = to(&d, DeploymentState::Progressing, 2);
+    t.notifications = vec![n.clone()];
+    // a transition that loses its compare-and-set writes no notification either
+    let mut stale = t.clone();
+    stale.expected_row_version += 7;
+    assert!(matches!(
+        store.transition(stale).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.unrouted_notifications(10).await.unwrap().is_empty());
+    store.transition(t).await.unwrap();
+    // the same key again is stored once
+    assert_eq!(
+        store.enqueue_notifications(&[n.clone()], 3).await.unwrap(),
+        0
+    );
+    let unrouted = store.unrouted_notifications(10).await.unwrap();
+    assert_eq!(unrouted.len(), 1);
+    let (id, stored) = &unrouted[0];
+    assert_eq!(stored, &n);
+    // a bad key is refused before anything is written
+    let mut bad = n.clone();
+    bad.key = "has space".into();
+    assert!(store.enqueue_notifications(&[bad], 3).await.is_err());
+
+    let group = GroupRow {
+        app: "shop".into(),
+        receiver: "ops".into(),
+        group_key: "g1".into(),
+        state: "{}".into(),
+        due_at_ms: Some(10),
+    };
+    let inhibited = NewDelivery {
+        key: "d-inhibited".into(),
+        receiver: "chat".into(),
+        receiver_type: "slack".into(),
+        app: "shop".into(),
+        env: "prod".into(),
+        group_key: "g2".into(),
+        summary: "1.0.0 is progressing".into(),
+        notification_ids: vec![*id],
+        state: DeliveryState::Inhibited,
+        note: Some("inhibited by alert x".into()),
+    };
+    store
+        .route_notification(
+            *id,
+            std::slice::from_ref(&group),
+            std::slice::from_ref(&inhibited),
+            &ActiveChange::Firing(Box::new(n.clone())),
+            4,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .route_notification(*id, &[], &[], &ActiveChange::None, 4)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.unrouted_notifications(10).await.unwrap().is_empty());
+    assert_eq!(store.active_alerts("shop").await.unwrap(), vec![n.clone()]);
+    assert_eq!(store.next_group_due().await.unwrap(), Some(10));
+    assert!(store.due_groups(9, 10).await.unwrap().is_empty());
+    assert_eq!(store.due_groups(10, 10).await.unwrap(), vec![group.clone()]);
+
+    // the flush plans a delivery and saves the group in one step
+    let delivery = NewDelivery {
+        key: "d-1".into(),
+        receiver: "ops".into(),
+        receiver_type: "webhook".into(),
+        group_key: "g1".into(),
+        state: DeliveryState::Pending,
+        note: None,
+        ..inhibited.clone()
+    };
+    store
+        .flush_group(&group, None, Some(&delivery), 11)
+        .await
+        .unwrap();
+    assert!(store.group("shop", "ops", "g1").await.unwrap().is_none());
+    assert_eq!(store.next_delivery_due().await.unwrap(), Some(11));
+    let due = store.due_deliveries(11, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    let pending = &due[0];
+    assert_eq!(pending.key, "d-1");
+    assert_eq!(pending.attempts, 0);
+    assert_eq!(
+        store
+            .notifications_by_id(&pending.notification_ids)
+            .await
+            .unwrap(),
+        vec![(*id, n.clone())]
+    );
+
+    // one claim wins; a failed attempt keeps it pending until its retry time
+    assert!(store.claim_delivery(pending.id, 0, 20).await.unwrap());
+    assert!(!store.claim_delivery(pending.id, 0, 20).await.unwrap());
+    store
+        .finish_delivery(pending.id, Some("connection refused"), Some(20), 12)
+        .await
+        .unwrap();
+    assert!(store.due_deliveries(19, 10).await.unwrap().is_empty());
+    let retry = store.due_deliveries(20, 10).await.unwrap();
+    assert_eq!(retry[0].attempts, 1);
+    assert_eq!(retry[0].last_error.as_deref(), Some("connection refused"));
+    assert!(store.claim_delivery(pending.id, 1, 40).await.unwrap());
+    store
+        .finish_delivery(pending.id, None, None, 21)
+        .await
+        .unwrap();
+    // delivered is final: a late failure report changes nothing
+    store
+        .finish_delivery(pending.id, Some("late"), None, 22)
+        .await
+        .unwrap();
+    assert!(store.due_deliveries(100, 10).await.unwrap().is_empty());
+
+    let all = store
+        .deliveries(&DeliveryQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].state, DeliveryState::Delivered);
+    assert_eq!(all[0].delivered_at_ms, Some(21));
+    assert_eq!(all[0].attempts, 2);
+    assert_eq!(all[1].state, DeliveryState::Inhibited);
+    let inhibited_only = store
+        .deliveries(&DeliveryQuery {
+            app: Some("shop".into()),
+            env: Some("prod".into()),
+            state: Some(DeliveryState::Inhibited),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(inhibited_only.len(), 1);
+    assert_eq!(
+        inhibited_only[0].last_error.as_deref(),
+        Some("inhibited by alert x")
+    );
+    assert!(
+        store
+            .deliveries(&DeliveryQuery {
+                env: Some("staging".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // a resolved alert leaves the firing set
+    let (id2, _) = {
+        store
+            .enqueue_notifications(
+                &[Notification {
+                    key: "k2".into(),
+                    ..n.clone()
+                }],
+                30,
+            )
+            .await
+            .unwrap();
+        store.unrouted_notifications(1).await.unwrap().remove(0)
+    };
+    store
+        .route_notification(id2, &[], &[], &ActiveChange::Resolved(n.fingerprint()), 31)
+        .await
+        .unwrap();
+    assert!(store.active_alerts("shop").await.unwrap().is_empty());
+}
+
 macro_rules! contract_tests {
     ($engine:ident, $fresh:ident: $($case:ident),* $(,)?) => {
         mod $engine {
@@ -2357,6 +2558,8 @@ on_every_engine!(
     // flags:
     flags_write_bumps_the_revision_atomically_and_keeps_changes,
     flag_tokens_clients_and_metrics,
+    // notify:
+    outbox_is_written_with_its_event_and_delivered_once,
 );
 
 // flags:

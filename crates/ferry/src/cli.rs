@@ -9,6 +9,8 @@ mod commands;
 mod config;
 mod dora;
 mod export;
+// notify:
+mod notifications;
 // flags:
 mod flags;
 // gates:
@@ -439,6 +441,9 @@ enum Command {
     /// Alerts: firing, pending and recently resolved ones with their history (`ferry
     /// alerts [APP] [--env ENV]`), and silences (`ferry alerts silence|silences|unsilence`).
     Alerts(alerts::AlertsArgs),
+    /// The delivery history of notifications (webhook, Slack, email, PagerDuty), newest
+    /// first: receiver, state, attempts, delivered at, last error.
+    Notifications(notifications::NotificationsArgs),
     /// Print the JSON Schema of ferry.yaml (for editors).
     Schema,
     /// Stop every replica and the proxy, then the server (nothing keeps running).
@@ -852,6 +857,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Dora(args) => dora::run(&client, args).await,
                 // alerts:
                 Command::Alerts(args) => alerts::run(&client, args, reason.as_deref()).await,
+                // notify:
+                Command::Notifications(args) => notifications::run(&client, args).await,
                 // config:
                 Command::Config(args) => vars::config(&client, args).await,
                 Command::Redeploy(args) => vars::redeploy(&client, args).await,

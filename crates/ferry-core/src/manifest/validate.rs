@@ -400,6 +400,8 @@ pub(super) fn validate(m: &Manifest) -> Vec<Issue> {
             }
         }
     }
+    // notify:
+    super::notify::validate(&mut out, m);
     // config: top-level vars and templates in vars / service env.
     check_vars(&mut out, &p(&["vars"]), &m.vars);
     for e in crate::config::check(m) {
@@ -835,7 +837,7 @@ fn check_site(out: &mut Issues, base: &[Seg], env: &crate::manifest::Environment
     }
 }
 
-fn with(base: &[Seg], key: &str) -> Vec<Seg> {
+pub(super) fn with(base: &[Seg], key: &str) -> Vec<Seg> {
     let mut path = base.to_vec();
     path.push(Seg::Key(key.to_string()));
     path

@@ -82,6 +82,22 @@ pub fn warnings(text: &str, file_name: &str, manifest: &Manifest) -> Vec<Manifes
             }
         })
         .collect();
+    // notify: the old webhook list still works, compiled into receivers and routes
+    if !manifest.notifications.is_empty() && warnings.len() < MAX_WARNINGS {
+        let path = key(&["notifications"]);
+        let pos = tree.locate(&path, false);
+        warnings.push(ManifestError {
+            file: file_name.to_string(),
+            line: pos.line,
+            column: pos.column,
+            path: path_string(&path),
+            message: "`notifications:` is deprecated (it still works, unchanged)".to_string(),
+            hint: Some(
+                "move each webhook to `receivers:` and a `routes:` entry (docs/notifications.md)"
+                    .to_string(),
+            ),
+        });
+    }
     warnings.sort_by_key(|w| (w.line, w.column));
     warnings
 }
@@ -200,5 +216,17 @@ environments:
     listen: 127.0.0.1:8080
 ";
         assert!(warn(yaml).is_empty());
+    }
+
+    #[test]
+    fn the_old_notifications_list_is_deprecated_with_a_location() {
+        let yaml = "app: shop\nservices:\n  web:\n    run: [\"x\"]\nenvironments:\n  prod: { listen: \"127.0.0.1:8080\" }\nnotifications:\n  - webhook: http://127.0.0.1:9/x\n";
+        let found = warn(yaml);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("ferry.yaml:7:1: notifications: `notifications:` is deprecated"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("receivers"), "{found:?}");
     }
 }

@@ -202,6 +202,7 @@ impl Controller {
                     event: event.to_string(),
                     event_kind: EventKind::State,
                     now_ms: self.now_ms(),
+                    notifications: Vec::new(),
                 })
                 .await;
             match result {

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use ferry_core::manifest::Manifest;
 use ferry_core::model::{DeploymentState, EventKind};
+use ferry_core::notify::{self, Kind, Notification, Severity};
 use ferry_store::{DeploymentRecord, StoreError, Transition};
 
 use crate::error::ServerError;
@@ -108,6 +108,13 @@ impl Controller {
         {
             lock(&self.traffic_baselines).insert(deployment.id, stats);
         }
+        let now = self.now_ms();
+        let notifications = if state != deployment.state {
+            state_notifications(deployment, state, message, now)
+        } else {
+            Vec::new()
+        };
+        let notified = !notifications.is_empty();
         let result = self
             .store
             .transition(Transition {
@@ -119,14 +126,15 @@ impl Controller {
                 set_current_version,
                 event: format!("{state}: {message}"),
                 event_kind,
-                now_ms: self.now_ms(),
+                now_ms: now,
+                notifications,
             })
             .await;
         match result {
             Ok(_) => {
                 tracing::info!(deployment = deployment.id, app = %deployment.app, env = %deployment.env, %state, "{message}");
-                if state != deployment.state {
-                    self.notify(deployment, state, message).await;
+                if notified {
+                    self.outbox.notify_one();
                 }
                 self.events_changed.send_modify(|n| *n += 1);
                 self.wake.notify_one();
@@ -152,36 +160,65 @@ impl Controller {
             &format!("{}/{}", deployment.app, deployment.env),
         ))
     }
+}
 
-    /// Tells the app's webhooks that a deployment changed state.
-    pub(super) async fn notify(
-        &self,
-        deployment: &DeploymentRecord,
-        state: DeploymentState,
-        message: &str,
-    ) {
-        let Ok(Some(app)) = self.store.get_app(&deployment.app).await else {
-            return;
-        };
-        let Ok(manifest) = serde_json::from_str::<Manifest>(&app.manifest_json) else {
-            return;
-        };
-        if manifest.notifications.is_empty() {
-            return;
-        }
-        let change = crate::notify::StateChange {
-            app: deployment.app.clone(),
-            env: deployment.env.clone(),
-            deployment_id: deployment.id,
-            version: deployment.version.clone(),
-            previous_version: deployment.previous_version.clone(),
-            state: state.to_string(),
-            previous_state: deployment.state.to_string(),
-            message: message.to_string(),
-            at_ms: self.now_ms(),
-        };
-        crate::notify::send(&self.http, &manifest.notifications, change);
+/// The notifications of a deployment entering `state` (enqueued with the transition): its
+/// state change (today's webhook body as details), and an approval request when it starts
+/// waiting for approvals.
+fn state_notifications(
+    d: &DeploymentRecord,
+    state: DeploymentState,
+    message: &str,
+    now: i64,
+) -> Vec<Notification> {
+    let kind = Kind::of_deployment_state(state);
+    let change = crate::notify::StateChange {
+        app: d.app.clone(),
+        env: d.env.clone(),
+        deployment_id: d.id,
+        version: d.version.clone(),
+        previous_version: d.previous_version.clone(),
+        state: state.to_string(),
+        previous_state: d.state.to_string(),
+        message: message.to_string(),
+        at_ms: now,
+    };
+    let base = |key: String, kind: Kind, summary: String| {
+        Notification::new(
+            key,
+            kind,
+            &d.app,
+            &d.env,
+            Severity::of_kind(kind),
+            summary,
+            now,
+        )
+        .label("state", state.as_str())
+        .label("version", &d.version)
+        .label("deployment", d.id.to_string())
+    };
+    let mut out = vec![
+        base(
+            notify::key_deployment(d.id, d.row_version + 1, state),
+            kind,
+            format!(
+                "{}/{}: deployment #{} of {} is {state} — {message}",
+                d.app, d.env, d.id, d.version
+            ),
+        )
+        .with_details(serde_json::to_value(&change).unwrap_or_default()),
+    ];
+    if state == DeploymentState::AwaitingApproval {
+        out.push(base(
+            notify::key_approval_requested(d.id),
+            Kind::ApprovalRequested,
+            format!(
+                "{}/{}: deployment #{} of {} waits for approval",
+                d.app, d.env, d.id, d.version
+            ),
+        ));
     }
+    out
 }
 
 /// What the proxy answered per version of one environment during a rollout.
