@@ -330,6 +330,8 @@ const TABLE: &[Row] = &[
         None,
         Perm(P::ManageUsers, Global),
     ),
+    // notify:
+    row("GET", "/v1/notifications", None, Anywhere(P::View)),
     row("GET", "/v1/audit?app={app}", None, Anywhere(P::View)),
     row("GET", "/v1/audit/export", None, Anywhere(P::View)),
     row("GET", "/v1/audit/verify", None, Perm(P::View, Global)),

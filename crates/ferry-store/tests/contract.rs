@@ -2328,7 +2328,10 @@ async fn outbox_is_written_with_its_event_and_delivered_once(store: Store, _url:
     store.transition(t).await.unwrap();
     // the same key again is stored once
     assert_eq!(
-        store.enqueue_notifications(&[n.clone()], 3).await.unwrap(),
+        store
+            .enqueue_notifications(std::slice::from_ref(&n), 3)
+            .await
+            .unwrap(),
         0
     );
     let unrouted = store.unrouted_notifications(10).await.unwrap();

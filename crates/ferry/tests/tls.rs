@@ -140,7 +140,7 @@ async fn webhooks_are_delivered_over_https_to_trusted_receivers_only() {
         let deadline = Instant::now() + Duration::from_secs(30);
         let refused = |logs: &str, url: &str, why: &str| {
             logs.lines().any(|l| {
-                l.contains("webhook unreachable")
+                l.contains("notification not delivered")
                     && l.contains(url)
                     && l.contains("certificate")
                     && l.to_ascii_lowercase().contains(why)
