@@ -354,6 +354,7 @@ async fn a_deployment_waits_for_its_approval_then_rolls_out() {
                 reason: None,
                 at_ms: sim.controller.now_ms(),
             },
+            &[],
         )
         .await
         .expect("approve");
