@@ -109,6 +109,10 @@ pub struct DeployRequest {
     /// (then the version must be semver), must match it when it is known.
     #[serde(flatten)]
     pub release: crate::release::ReleaseData,
+    /// DORA: this deployment fixes deployment N (an earlier production deployment of the app
+    /// in the same environment), which counts as a failed change from this request on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix_of: Option<i64>,
 }
 
 /// `POST /v1/apps/{app}/envs/{env}/rollback`.
@@ -439,6 +443,9 @@ pub struct ReleaseView {
     pub version: String,
     #[serde(default)]
     pub commit: Option<String>,
+    /// When the commit was made (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_time: Option<String>,
     #[serde(default)]
     pub artifacts: std::collections::BTreeMap<String, String>,
     #[serde(default)]

@@ -64,6 +64,7 @@ pub struct IncidentFact {
 /// Bucket size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "DoraInterval")]
 pub enum Interval {
     Daily,
     Weekly,
@@ -72,16 +73,50 @@ pub enum Interval {
     All,
 }
 
+impl Interval {
+    /// The names the API accepts.
+    pub const NAMES: &[&str] = &["daily", "weekly", "monthly", "all"];
+}
+
 /// DORA's performance levels.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "DoraLevel")]
 pub enum Level {
     Elite,
     High,
     Medium,
     Low,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Elite => "elite",
+            Level::High => "high",
+            Level::Medium => "medium",
+            Level::Low => "low",
+        }
+    }
+}
+
+/// A lead or recovery time for people: `45m 12s`, `3h 20m`, `4d 2h`.
+pub fn human_duration(ms: i64) -> String {
+    let (minutes, hours, days) = (ms / 60_000, ms / HOUR_MS, ms / DAY_MS);
+    if days >= 2 {
+        format!("{days}d {}h", hours % 24)
+    } else if hours >= 1 {
+        format!("{hours}h {}m", minutes % 60)
+    } else {
+        format!("{}m {}s", minutes, (ms / 1000) % 60)
+    }
+}
+
+/// A rate for people: `12.5 %`.
+pub fn human_rate(rate: f64) -> String {
+    format!("{:.1} %", rate * 100.0)
 }
 
 /// What to compute: one app in one environment over `[start_ms, end_ms)`.
@@ -112,12 +147,14 @@ pub enum DoraError {
 
 /// One deployment's lead time or recovery time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "DoraSample")]
 pub struct Sample {
     pub deployment: i64,
     pub ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "DoraFrequency")]
 pub struct Frequency {
     pub count: usize,
     pub per_day: f64,
@@ -126,6 +163,7 @@ pub struct Frequency {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "DoraLeadTime")]
 pub struct LeadTime {
     pub median_ms: Option<i64>,
     pub level: Option<Level>,
@@ -135,6 +173,7 @@ pub struct LeadTime {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "DoraRate")]
 pub struct Rate {
     /// The deployments counted (failed changes, or fixes).
     pub count: usize,
@@ -146,6 +185,7 @@ pub struct Rate {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "DoraRecoveryTime")]
 pub struct RecoveryTime {
     pub median_ms: Option<i64>,
     pub level: Option<Level>,
@@ -156,6 +196,7 @@ pub struct RecoveryTime {
 
 /// The five metrics over one span.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "DoraFigures")]
 pub struct Figures {
     pub deployment_frequency: Frequency,
     pub lead_time_for_changes: LeadTime,
@@ -167,6 +208,7 @@ pub struct Figures {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "DoraBucket")]
 pub struct Bucket {
     pub start_ms: i64,
     pub end_ms: i64,
@@ -182,6 +224,19 @@ pub struct DoraReport {
     pub end_ms: i64,
     pub summary: Figures,
     pub buckets: Vec<Bucket>,
+}
+
+/// Whether a deployment counts as a production deployment: anything but a `rollback`
+/// request that ended succeeded, rolled back, failed or aborted.
+pub fn is_production(kind: DeploymentKind, state: DeploymentState) -> bool {
+    kind != DeploymentKind::Rollback
+        && matches!(
+            state,
+            DeploymentState::Succeeded
+                | DeploymentState::RolledBack
+                | DeploymentState::Failed
+                | DeploymentState::Aborted
+        )
 }
 
 /// What each production deployment contributes, computed once over the whole history.
@@ -250,16 +305,7 @@ fn rows(
         .filter(|d| d.app == app && d.env == env && d.finished_at_ms.is_some())
         .collect();
     mine.sort_by_key(|d| (d.started_at_ms, d.id));
-    let is_production = |d: &DeploymentFact| {
-        d.kind != DeploymentKind::Rollback
-            && matches!(
-                d.state,
-                DeploymentState::Succeeded
-                    | DeploymentState::RolledBack
-                    | DeploymentState::Failed
-                    | DeploymentState::Aborted
-            )
-    };
+    let is_production = |d: &DeploymentFact| is_production(d.kind, d.state);
     // Ends of every succeeded deployment or rollback: the moments the environment recovers.
     let mut healthy_at: Vec<i64> = mine
         .iter()
@@ -555,6 +601,7 @@ fn bucket_bounds(query: &DoraQuery) -> Result<Vec<i64>, DoraError> {
 /// One metric, as GitLab's DORA API names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "DoraMetric")]
 pub enum Metric {
     DeploymentFrequency,
     LeadTimeForChanges,
@@ -566,6 +613,16 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// The names the API accepts.
+    pub const NAMES: &[&str] = &[
+        "deployment_frequency",
+        "lead_time_for_changes",
+        "change_failure_rate",
+        "failed_deployment_recovery_time",
+        "time_to_restore_service",
+        "deployment_rework_rate",
+    ];
+
     /// The figure's value as GitLab gives it: a count, seconds, or a ratio.
     pub fn value(self, figures: &Figures) -> Option<f64> {
         let seconds = |ms: Option<i64>| ms.map(|ms| ms as f64 / 1000.0);
@@ -583,6 +640,7 @@ impl Metric {
 
 /// One point of a metric's series.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "DoraPoint")]
 pub struct MetricPoint {
     /// The bucket's first day (`YYYY-MM-DD`, UTC); None for the interval `all`.
     pub date: Option<String>,

@@ -25,11 +25,18 @@ pub struct ReleaseData {
     pub artifacts: BTreeMap<String, String>,
     #[serde(default)]
     pub notes: Option<String>,
+    /// When the commit was made, RFC 3339 (`2026-03-02T09:15:00+01:00`); stored and shown in
+    /// UTC to the millisecond. The start of DORA's lead time for changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_time: Option<String>,
 }
 
 impl ReleaseData {
     pub fn is_bare(&self) -> bool {
-        self.commit.is_none() && self.artifacts.is_empty() && self.notes.is_none()
+        self.commit.is_none()
+            && self.artifacts.is_empty()
+            && self.notes.is_none()
+            && self.commit_time.is_none()
     }
 }
 
@@ -46,6 +53,46 @@ pub enum ReleaseError {
     BadArtifact { text: String },
     #[error("notes are limited to {max} characters")]
     NotesTooLong { max: usize },
+    #[error(
+        "commit time {text:?} is not an RFC 3339 time with an offset (e.g. 2026-03-02T09:15:00Z or 2026-03-02T10:15:00+01:00): {reason}"
+    )]
+    BadCommitTime { text: String, reason: String },
+}
+
+/// Longest commit time text accepted before it is parsed.
+const MAX_COMMIT_TIME: usize = 64;
+
+/// A commit time as milliseconds since the epoch: RFC 3339 with an offset (`Z` or `±hh:mm`),
+/// truncated to the millisecond.
+pub fn commit_time_ms(text: &str) -> Result<i64, ReleaseError> {
+    let bad = |reason: String| ReleaseError::BadCommitTime {
+        text: text.chars().take(MAX_COMMIT_TIME).collect(),
+        reason,
+    };
+    if text.len() > MAX_COMMIT_TIME {
+        return Err(bad(format!("longer than {MAX_COMMIT_TIME} bytes")));
+    }
+    let at: jiff::Timestamp = text
+        .trim()
+        .parse()
+        .map_err(|e: jiff::Error| bad(e.to_string()))?;
+    Ok(at.as_millisecond())
+}
+
+/// A commit time as stored and shown: UTC, RFC 3339, to the millisecond.
+pub fn commit_time_text(ms: i64) -> Option<String> {
+    jiff::Timestamp::from_millisecond(ms)
+        .ok()
+        .map(|t| t.to_string())
+}
+
+/// A commit time in its stored form (see [`commit_time_text`]).
+pub fn normalize_commit_time(text: &str) -> Result<String, ReleaseError> {
+    let ms = commit_time_ms(text)?;
+    commit_time_text(ms).ok_or_else(|| ReleaseError::BadCommitTime {
+        text: text.to_string(),
+        reason: "out of range".into(),
+    })
 }
 
 /// Longest notes accepted.
@@ -115,10 +162,16 @@ pub fn validate<'a>(
     {
         return Err(ReleaseError::NotesTooLong { max: MAX_NOTES });
     }
+    let commit_time = data
+        .commit_time
+        .as_deref()
+        .map(normalize_commit_time)
+        .transpose()?;
     Ok(ReleaseData {
         commit,
         artifacts: data.artifacts.clone(),
         notes: data.notes.clone().filter(|n| !n.is_empty()),
+        commit_time,
     })
 }
 
@@ -196,6 +249,15 @@ pub fn reconcile(
             field: "notes",
             stored: show(&stored.notes),
             requested: show(&requested.notes),
+        };
+    }
+    let commit_time_differs = (explicit || requested.commit_time.is_some())
+        && stored.commit_time != requested.commit_time;
+    if commit_time_differs {
+        return Reconciled::Conflict {
+            field: "commit_time",
+            stored: show(&stored.commit_time),
+            requested: show(&requested.commit_time),
         };
     }
     Reconciled::Exists
@@ -372,7 +434,70 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             notes: notes.map(str::to_string),
+            commit_time: None,
         }
+    }
+
+    #[test]
+    fn commit_times_are_rfc3339_with_an_offset_stored_in_utc() {
+        let with = |t: &str| ReleaseData {
+            commit_time: Some(t.to_string()),
+            ..data(Some("abcdef1"), &[], None)
+        };
+        let valid = validate("1.0.0", &with("2026-03-02T10:15:00.5+01:00"), [], true).unwrap();
+        assert_eq!(valid.commit_time.as_deref(), Some("2026-03-02T09:15:00.5Z"));
+        assert_eq!(
+            commit_time_ms("2026-03-02T00:00:00Z").unwrap(),
+            1_772_409_600_000
+        );
+        assert_eq!(
+            commit_time_text(1_772_409_600_000).as_deref(),
+            Some("2026-03-02T00:00:00Z")
+        );
+        for bad in [
+            "2026-03-02T10:15:00",
+            "2026-03-02",
+            "yesterday",
+            &"9".repeat(100),
+        ] {
+            match validate("1.0.0", &with(bad), [], true) {
+                Err(ReleaseError::BadCommitTime { text, .. }) => {
+                    assert!(text.len() <= 64 && bad.starts_with(&text), "{text}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // a commit time is release data: immutable once given, compared when asked for
+        let stored = validate("1.0.0", &with("2026-03-02T09:15:00Z"), [], true).unwrap();
+        assert!(
+            !ReleaseData {
+                commit: None,
+                ..stored.clone()
+            }
+            .is_bare()
+        );
+        assert_eq!(reconcile(Some(&stored), &stored, true), Reconciled::Exists);
+        let later = validate("1.0.0", &with("2026-03-02T09:16:00Z"), [], true).unwrap();
+        assert!(matches!(
+            reconcile(Some(&stored), &later, false),
+            Reconciled::Conflict {
+                field: "commit_time",
+                ..
+            }
+        ));
+        // a deploy that does not give it does not compare it; `release create` does
+        let commit_only = data(Some("abcdef1"), &[], None);
+        assert_eq!(
+            reconcile(Some(&stored), &commit_only, false),
+            Reconciled::Exists
+        );
+        assert!(matches!(
+            reconcile(Some(&stored), &commit_only, true),
+            Reconciled::Conflict {
+                field: "commit_time",
+                ..
+            }
+        ));
     }
 
     #[test]

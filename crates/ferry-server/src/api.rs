@@ -734,6 +734,10 @@ async fn deploy(
     Path((app, env)): Path<(String, String)>,
     Json(request): Json<DeployRequest>,
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
+    // dora: `fix_of` names a deployment that needed this fix (checked before any write)
+    if let Some(fix_of) = request.fix_of {
+        crate::dora::check_fix_of(&state, &app, &env, fix_of).await?;
+    }
     // releases: a deploy may carry release data (recorded when unknown, checked when known)
     crate::releases::record_for_deploy(&state, &access, &app, &env, &request).await?;
     let view = state
@@ -746,6 +750,9 @@ async fn deploy(
             &access.caller.principal(),
         )
         .await?;
+    if let Some(fix_of) = request.fix_of {
+        crate::dora::record_fix(&state, fix_of, &view, &access.caller.principal()).await?;
+    }
     Ok((StatusCode::CREATED, Json(noted(&slot, view))))
 }
 

@@ -29,7 +29,7 @@ fn not_found(message: impl Into<String>) -> ApiFailure {
 }
 
 /// The app's stored manifest, or 404.
-async fn manifest_of(store: &Store, app: &str) -> ApiResult<Manifest> {
+pub(crate) async fn manifest_of(store: &Store, app: &str) -> ApiResult<Manifest> {
     let record = store
         .get_app(app)
         .await?
@@ -96,6 +96,7 @@ pub fn view(
         app: record.app.clone(),
         version: record.version.clone(),
         commit: record.data.commit.clone(),
+        commit_time: record.data.commit_time.clone(),
         artifacts: record.data.artifacts.clone(),
         notes: record.data.notes.clone(),
         created_by: record.created_by.clone(),

@@ -33,6 +33,7 @@ mod identity;
 mod secrets;
 // releases:
 mod dora;
+pub use dora::{DoraFacts, NewIncident};
 mod releases;
 // gates:
 mod gates;
@@ -257,6 +258,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0011_notifications.sql"),
     ),
     (12, "alerts", include_str!("../migrations/0012_alerts.sql")),
+    (13, "dora", include_str!("../migrations/0013_dora.sql")),
     (
         14,
         "flag guards",

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_core::model::{DeploymentKind, DeploymentState};
-use ferry_core::release::{Reconciled, ReleaseData, reconcile};
+use ferry_core::release::{self, Reconciled, ReleaseData, reconcile};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 
@@ -65,7 +65,7 @@ pub struct DeploymentFact {
 
 macro_rules! release_cols {
     () => {
-        "app, version, created_at_ms, commit_sha, artifacts, notes, created_by"
+        "app, version, created_at_ms, commit_sha, artifacts, notes, created_by, commit_at_ms"
     };
 }
 
@@ -76,17 +76,39 @@ pub(crate) fn release_from_row(row: &AnyRow) -> Result<ReleaseRecord> {
     let artifacts_text: String = get(row, "artifacts", &what)?;
     let artifacts: BTreeMap<String, String> = serde_json::from_str(&artifacts_text)
         .map_err(|e| StoreError::Corrupt(format!("release {app} {version}: artifacts: {e}")))?;
+    let commit_at_ms: Option<i64> = get(row, "commit_at_ms", &what)?;
+    let commit_time = commit_at_ms
+        .map(|ms| {
+            release::commit_time_text(ms).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "release {app} {version}: commit time {ms} is out of range"
+                ))
+            })
+        })
+        .transpose()?;
     Ok(ReleaseRecord {
         created_at_ms: get(row, "created_at_ms", &what)?,
         data: ReleaseData {
             commit: get(row, "commit_sha", &what)?,
             artifacts,
             notes: get(row, "notes", &what)?,
+            commit_time,
         },
         created_by: get(row, "created_by", &what)?,
         app,
         version,
     })
+}
+
+/// The stored form of a release's commit time (validated by the caller).
+fn commit_at_ms(data: &ReleaseData) -> Result<Option<i64>> {
+    data.commit_time
+        .as_deref()
+        .map(|text| {
+            release::commit_time_ms(text)
+                .map_err(|e| StoreError::Corrupt(format!("encoding the commit time: {e}")))
+        })
+        .transpose()
 }
 
 fn artifacts_json(data: &ReleaseData) -> Result<String> {
@@ -103,11 +125,12 @@ impl Store {
     pub async fn record_release(&self, r: NewRelease, explicit: bool) -> Result<ReleaseOutcome> {
         let op = || format!("recording release {} {}", r.app, r.version);
         let artifacts = artifacts_json(&r.data)?;
+        let commit_at_ms = commit_at_ms(&r.data)?;
         let mut tx = self.pool.begin().await.ctx(op)?;
         // write first: takes the write lock, and creates it when unknown
         let inserted = sqlx::query(
             "INSERT INTO releases (app, version, created_at_ms, commit_sha, artifacts, notes, \
-             created_by) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             created_by, commit_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (app, version) DO NOTHING",
         )
         .bind(&r.app)
@@ -117,6 +140,7 @@ impl Store {
         .bind(&artifacts)
         .bind(r.data.notes.as_deref())
         .bind(&r.created_by)
+        .bind(commit_at_ms)
         .execute(&mut *tx)
         .await
         .ctx(op)?
@@ -153,7 +177,8 @@ impl Store {
             Reconciled::Complete => {
                 sqlx::query(
                     "UPDATE releases SET commit_sha = $1, artifacts = $2, notes = $3, \
-                     created_by = COALESCE(created_by, $4) WHERE app = $5 AND version = $6",
+                     created_by = COALESCE(created_by, $4), commit_at_ms = $7 \
+                     WHERE app = $5 AND version = $6",
                 )
                 .bind(r.data.commit.as_deref())
                 .bind(&artifacts)
@@ -161,6 +186,7 @@ impl Store {
                 .bind(&r.created_by)
                 .bind(&r.app)
                 .bind(&r.version)
+                .bind(commit_at_ms)
                 .execute(&mut *tx)
                 .await
                 .ctx(op)?;

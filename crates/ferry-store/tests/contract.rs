@@ -1758,6 +1758,7 @@ fn new_release(
             commit: commit.map(str::to_string),
             artifacts: [("api".to_string(), format!("img:{version}"))].into(),
             notes: notes.map(str::to_string),
+            commit_time: None,
         },
         created_by: "user:alice".into(),
         now_ms,
@@ -2204,7 +2205,18 @@ pub async fn gate_check_results_and_overrides(store: Store, _url: String) {
 }
 
 pub async fn dora_facts_read_finished_deployments(store: Store, _url: String) {
-    use ferry_core::dora::{self, DoraQuery, Interval};
+    use ferry_core::dora::{self, DoraQuery, IncidentFact, Interval};
+    // 1.0.0's release knows when its commit was made (stored in UTC to the millisecond)
+    let mut release = new_release("1.0.0", Some("abcdef1"), None, 10);
+    release.data.commit_time = Some("1970-01-01T00:00:00.4+00:00".into());
+    let recorded = match store.record_release(release, true).await.unwrap() {
+        ferry_store::ReleaseOutcome::Created(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        recorded.data.commit_time.as_deref(),
+        Some("1970-01-01T00:00:00.4Z")
+    );
     let ok = finished(
         &store,
         "shop",
@@ -2230,7 +2242,7 @@ pub async fn dora_facts_read_finished_deployments(store: Store, _url: String) {
         .transition(to(&back, DeploymentState::Succeeded, 3005))
         .await
         .unwrap();
-    finished(
+    let staging = finished(
         &store,
         "shop",
         "staging",
@@ -2243,43 +2255,90 @@ pub async fn dora_facts_read_finished_deployments(store: Store, _url: String) {
         .create_deployment(new_deployment("shop", "prod", "1.2.0", 5000))
         .await
         .unwrap();
+    // deployment `ok` needed a fix, twice; an incident in staging is not production's
+    for at in [6000, 7000] {
+        store
+            .record_incident(&ferry_store::NewIncident {
+                deployment_id: ok.id,
+                opened_at_ms: at,
+                fixed_by: None,
+                opened_by: "user:alice".into(),
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .record_incident(&ferry_store::NewIncident {
+            deployment_id: staging.id,
+            opened_at_ms: 6500,
+            fixed_by: None,
+            opened_by: "user:alice".into(),
+        })
+        .await
+        .unwrap();
     let facts = store.dora_facts("shop", "prod", 100).await.unwrap();
-    let seen: Vec<(i64, DeploymentKind, DeploymentState, i64, Option<i64>)> = facts
-        .iter()
-        .map(|f| (f.id, f.kind, f.state, f.started_at_ms, f.finished_at_ms))
-        .collect();
+    let fact = |id, kind, state, started_at_ms, finished_at_ms, commit_at_ms| {
+        ferry_core::dora::DeploymentFact {
+            id,
+            app: "shop".into(),
+            env: "prod".into(),
+            kind,
+            state,
+            started_at_ms,
+            finished_at_ms: Some(finished_at_ms),
+            commit_at_ms,
+        }
+    };
     assert_eq!(
-        seen,
+        facts.deployments,
         vec![
-            (
+            fact(
                 ok.id,
                 DeploymentKind::Deploy,
                 DeploymentState::Succeeded,
                 1000,
-                Some(1003)
+                1003,
+                Some(400)
             ),
-            (
+            fact(
                 bad.id,
                 DeploymentKind::Deploy,
                 DeploymentState::RolledBack,
                 2000,
-                Some(2003)
+                2003,
+                None
             ),
-            (
+            fact(
                 back.id,
                 DeploymentKind::Rollback,
                 DeploymentState::Succeeded,
                 3000,
-                Some(3005)
+                3005,
+                Some(400)
             ),
+        ]
+    );
+    assert_eq!(
+        facts.incidents,
+        vec![
+            IncidentFact {
+                deployment_id: ok.id,
+                opened_at_ms: 6000
+            },
+            IncidentFact {
+                deployment_id: ok.id,
+                opened_at_ms: 7000
+            },
         ]
     );
     // the newest are kept when there are more than the limit
     let newest = store.dora_facts("shop", "prod", 1).await.unwrap();
     assert_eq!(
-        newest.iter().map(|f| f.id).collect::<Vec<_>>(),
+        newest.deployments.iter().map(|f| f.id).collect::<Vec<_>>(),
         vec![back.id]
     );
+    assert_eq!(newest.incidents.len(), 1);
+    assert_eq!(newest.incidents[0].opened_at_ms, 7000);
     let query = DoraQuery {
         app: "shop".into(),
         env: "prod".into(),
@@ -2287,13 +2346,15 @@ pub async fn dora_facts_read_finished_deployments(store: Store, _url: String) {
         end_ms: 86_400_000,
         interval: Interval::All,
     };
-    let report = dora::compute(&facts, &[], &query).unwrap();
-    assert_eq!(report.summary.production_deployments, vec![ok.id, bad.id]);
-    assert_eq!(report.summary.change_failure_rate.count, 1);
-    assert_eq!(
-        report.summary.failed_deployment_recovery_time.median_ms,
-        Some(3)
-    );
+    let report = dora::compute(&facts.deployments, &facts.incidents, &query).unwrap();
+    let s = &report.summary;
+    assert_eq!(s.production_deployments, vec![ok.id, bad.id]);
+    assert_eq!(s.lead_time_for_changes.median_ms, Some(1003 - 400));
+    // both failed: `bad` rolled back, `ok` needed a fix (counted once)
+    assert_eq!(s.change_failure_rate.deployments, vec![ok.id, bad.id]);
+    // `bad` recovered as it rolled back (3 ms); `ok` is not healthy again since its fix
+    assert_eq!(s.failed_deployment_recovery_time.median_ms, Some(3));
+    assert_eq!(s.failed_deployment_recovery_time.unrecovered, vec![ok.id]);
 }
 
 // notify:
@@ -2495,6 +2556,107 @@ async fn outbox_is_written_with_its_event_and_delivered_once(store: Store, _url:
     assert!(store.active_alerts("shop").await.unwrap().is_empty());
 }
 
+/// The core's golden DORA dataset (hundreds of deployments, incidents, a rollback request,
+/// deployments across midnight UTC, a commit from the future, other apps and environments)
+/// inserted through the store: the report from `Store::dora_facts` is the one the core
+/// computes from the dataset itself (whose hand-computed expectations
+/// `ferry-core/tests/dora_golden.rs` checks), deployment ids aside.
+pub async fn dora_golden_dataset_through_the_store(store: Store, _url: String) {
+    use dora_dataset::{DAY, DAYS, HOUR, MIN, T0, dataset, query};
+    use ferry_core::dora::{DoraReport, Interval, compute};
+    use std::collections::HashMap;
+    let (mut facts, incidents) = dataset();
+    facts.sort_by_key(|f| f.id);
+    let mut ids: HashMap<i64, i64> = HashMap::new();
+    for f in &facts {
+        let version = format!("1.0.{}", f.id);
+        if let Some(at) = f.commit_at_ms {
+            let mut release = new_release(&version, Some("abcdef1"), None, f.started_at_ms);
+            release.app = f.app.clone();
+            release.data.commit_time = ferry_core::release::commit_time_text(at);
+            store.record_release(release, true).await.unwrap();
+        }
+        let mut request = new_deployment(&f.app, &f.env, &version, f.started_at_ms);
+        request.kind = f.kind;
+        let d = store.create_deployment(request).await.unwrap();
+        let end = f.finished_at_ms.unwrap_or(f.started_at_ms + 1);
+        store.transition(to(&d, f.state, end)).await.unwrap();
+        ids.insert(f.id, d.id);
+    }
+    for i in &incidents {
+        store
+            .record_incident(&ferry_store::NewIncident {
+                deployment_id: ids[&i.deployment_id],
+                opened_at_ms: i.opened_at_ms,
+                fixed_by: None,
+                opened_by: "user:alice".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let stored = store
+        .dora_facts("shop", "production", 100_000)
+        .await
+        .unwrap();
+    // 28 days × 11, the rollback request, a superseded and a rejected one (not the running one)
+    assert_eq!(stored.deployments.len(), 28 * 11 + 3);
+    assert_eq!(stored.incidents.len(), 28);
+    let back: HashMap<i64, i64> = ids.iter().map(|(fact, id)| (*id, *fact)).collect();
+    let relabel = |mut report: DoraReport| {
+        let map = |list: &mut Vec<i64>| list.iter_mut().for_each(|id| *id = back[id]);
+        let figures = std::iter::once(&mut report.summary)
+            .chain(report.buckets.iter_mut().map(|b| &mut b.figures));
+        for f in figures {
+            map(&mut f.production_deployments);
+            map(&mut f.deployment_frequency.deployments);
+            map(&mut f.lead_time_for_changes.dropped_negative);
+            map(&mut f.change_failure_rate.deployments);
+            map(&mut f.failed_deployment_recovery_time.unrecovered);
+            map(&mut f.deployment_rework_rate.deployments);
+            for sample in f
+                .lead_time_for_changes
+                .samples
+                .iter_mut()
+                .chain(f.failed_deployment_recovery_time.samples.iter_mut())
+            {
+                sample.deployment = back[&sample.deployment];
+            }
+        }
+        report
+    };
+    for q in [
+        query(T0, T0 + DAYS * DAY, Interval::All),
+        query(T0, T0 + DAYS * DAY, Interval::Daily),
+        query(T0, T0 + DAYS * DAY, Interval::Weekly),
+        query(T0 - 15 * DAY, T0 + 39 * DAY, Interval::Monthly),
+    ] {
+        let want = compute(&facts, &incidents, &q).unwrap();
+        let got = relabel(compute(&stored.deployments, &stored.incidents, &q).unwrap());
+        assert_eq!(got, want, "{:?}", q.interval);
+    }
+    // and some of the hand-computed figures, straight from the store's facts
+    let s = compute(
+        &stored.deployments,
+        &stored.incidents,
+        &query(T0, T0 + DAYS * DAY, Interval::All),
+    )
+    .unwrap()
+    .summary;
+    assert_eq!(s.production_deployments.len(), 307);
+    assert_eq!(s.deployment_frequency.count, 278);
+    assert_eq!(
+        (s.change_failure_rate.count, s.change_failure_rate.total),
+        (44, 307)
+    );
+    assert_eq!(s.lead_time_for_changes.median_ms, Some(6 * HOUR + 10 * MIN));
+    assert_eq!(s.lead_time_for_changes.dropped_negative, vec![ids[&300]]);
+    assert_eq!(s.failed_deployment_recovery_time.median_ms, Some(10 * MIN));
+    assert_eq!(s.deployment_rework_rate.count, 43);
+}
+
+#[path = "../../ferry-core/tests/dora_golden/dataset.rs"]
+mod dora_dataset;
+
 macro_rules! contract_tests {
     ($engine:ident, $fresh:ident: $($case:ident),* $(,)?) => {
         mod $engine {
@@ -2531,6 +2693,7 @@ on_every_engine!(
     releases_are_recorded_once,
     deployments_create_get_list_latest,
     dora_facts_read_finished_deployments,
+    dora_golden_dataset_through_the_store,
     transition_cas_conflicts_on_stale_row_version,
     terminal_transition_sets_finished_and_env_current_atomically,
     events_have_increasing_seq,

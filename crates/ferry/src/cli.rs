@@ -228,6 +228,10 @@ enum Command {
         /// be a semantic version), must match it otherwise (exit 7).
         #[command(flatten)]
         release: releases::ReleaseFlags,
+        /// This deployment fixes deployment N (an earlier one in the same environment):
+        /// DORA counts N as a failed change from now on (docs/dora.md).
+        #[arg(long, value_name = "N")]
+        fix_of: Option<i64>,
         #[command(flatten)]
         wait: WaitArgs,
         #[command(flatten)]
@@ -717,11 +721,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     env,
                     version,
                     release,
+                    fix_of,
                     wait,
                     out,
                 } => {
-                    let release = release.data()?;
-                    commands::deploy(&client, &app, &env, &version, release, wait, out.output).await
+                    let request = ferry_core::api::DeployRequest {
+                        version,
+                        release: release.data()?,
+                        fix_of,
+                    };
+                    commands::deploy(&client, &app, &env, &request, wait, out.output).await
                 }
                 Command::Rollback {
                     app,

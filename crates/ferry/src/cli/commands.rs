@@ -267,19 +267,12 @@ pub async fn deploy(
     client: &Client,
     app: &str,
     env: &str,
-    version: &str,
-    release: ferry_core::release::ReleaseData,
+    request: &DeployRequest,
     wait: WaitArgs,
     format: Format,
 ) -> anyhow::Result<()> {
     let dep: DeploymentView = client
-        .post(
-            &["v1", "apps", app, "envs", env, "deployments"],
-            &DeployRequest {
-                version: version.to_string(),
-                release,
-            },
-        )
+        .post(&["v1", "apps", app, "envs", env, "deployments"], request)
         .await?;
     finish_request(client, dep, wait, format).await
 }

@@ -32,6 +32,9 @@ pub struct DoraArgs {
     /// One figure for the window, or a row per day/week/month (UTC).
     #[arg(long, value_enum, default_value_t = IntervalArg::All)]
     pub interval: IntervalArg,
+    /// Also list the deployments behind each figure of the whole window.
+    #[arg(long)]
+    pub show_deployments: bool,
     #[command(flatten)]
     pub out: OutputArg,
 }
@@ -57,37 +60,22 @@ pub async fn run(client: &Client, args: DoraArgs) -> anyhow::Result<()> {
         return print_json(&report);
     }
     print!("{}", render(&report));
+    if args.show_deployments {
+        print!("{}", behind(&report.summary));
+    }
     Ok(())
 }
 
 fn level(level: Option<Level>) -> String {
-    match level {
-        Some(Level::Elite) => "elite".into(),
-        Some(Level::High) => "high".into(),
-        Some(Level::Medium) => "medium".into(),
-        Some(Level::Low) => "low".into(),
-        None => "-".into(),
-    }
+    level.map_or("-", Level::as_str).to_string()
 }
 
 fn duration(ms: Option<i64>) -> String {
-    match ms {
-        Some(ms) => {
-            let (minutes, hours, days) = (ms / 60_000, ms / 3_600_000, ms / 86_400_000);
-            if days >= 2 {
-                format!("{days}d {}h", hours % 24)
-            } else if hours >= 1 {
-                format!("{hours}h {}m", minutes % 60)
-            } else {
-                format!("{}m {}s", minutes, (ms / 1000) % 60)
-            }
-        }
-        None => "-".into(),
-    }
+    ms.map_or("-".into(), dora::human_duration)
 }
 
 fn percent(rate: Option<f64>) -> String {
-    rate.map_or("-".into(), |r| format!("{:.1} %", r * 100.0))
+    rate.map_or("-".into(), dora::human_rate)
 }
 
 /// One row per metric (and per bucket with an interval).
@@ -151,13 +139,70 @@ fn render(report: &DoraReport) -> String {
             &bucket.figures,
         );
     }
+    let count = report.summary.production_deployments.len();
     format!(
-        "{} in {}, {} to {} (UTC), {} production deployments; `-o json` lists the deployments behind each figure\n{}",
+        "{} in {}, {} to {} (UTC), {count} production deployment{}; `--show-deployments` lists the deployments behind each figure\n{}",
         report.app,
         report.env,
         dora::date_of(report.start_ms).unwrap_or_default(),
         dora::date_of(report.end_ms - 1).unwrap_or_default(),
-        report.summary.production_deployments.len(),
+        if count == 1 { "" } else { "s" },
+        table.render()
+    )
+}
+
+fn ids(ids: &[i64]) -> String {
+    if ids.is_empty() {
+        return "-".into();
+    }
+    ids.iter()
+        .map(|id| format!("#{id}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn samples(samples: &[dora::Sample]) -> String {
+    if samples.is_empty() {
+        return "-".into();
+    }
+    samples
+        .iter()
+        .map(|s| format!("#{} ({})", s.deployment, duration(Some(s.ms))))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The deployments behind each figure (`ferry deployment ID` shows one).
+fn behind(f: &Figures) -> String {
+    let lead = &f.lead_time_for_changes;
+    let rec = &f.failed_deployment_recovery_time;
+    let mut table = Table::new(&["METRIC", "DEPLOYMENTS"]);
+    for (name, list) in [
+        ("production deployments", ids(&f.production_deployments)),
+        (
+            "deployment frequency",
+            ids(&f.deployment_frequency.deployments),
+        ),
+        ("lead time for changes", samples(&lead.samples)),
+        (
+            "  dropped (commit after the deployment)",
+            ids(&lead.dropped_negative),
+        ),
+        (
+            "change failure rate",
+            ids(&f.change_failure_rate.deployments),
+        ),
+        ("failed deployment recovery time", samples(&rec.samples)),
+        ("  not recovered yet", ids(&rec.unrecovered)),
+        (
+            "deployment rework rate",
+            ids(&f.deployment_rework_rate.deployments),
+        ),
+    ] {
+        table.row(vec![name.into(), list]);
+    }
+    format!(
+        "\nthe deployments behind each figure (`ferry deployment ID` shows one):\n{}",
         table.render()
     )
 }

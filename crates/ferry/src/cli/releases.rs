@@ -24,6 +24,10 @@ pub struct ReleaseFlags {
     /// Release notes.
     #[arg(long, value_name = "TEXT")]
     pub notes: Option<String>,
+    /// When the commit was made, RFC 3339 with an offset (e.g. from
+    /// `git show -s --format=%cI`); DORA's lead time for changes starts there.
+    #[arg(long, value_name = "RFC3339")]
+    pub commit_time: Option<String>,
 }
 
 impl ReleaseFlags {
@@ -45,6 +49,7 @@ impl ReleaseFlags {
             commit: self.commit.clone(),
             artifacts,
             notes: self.notes.clone(),
+            commit_time: self.commit_time.clone(),
         })
     }
 }
@@ -145,6 +150,9 @@ fn print_release(r: &ReleaseView) {
     let now = now_ms();
     println!("{} {}", r.app, r.version);
     println!("  commit     {}", r.commit.as_deref().unwrap_or("-"));
+    if let Some(at) = &r.commit_time {
+        println!("  committed  {at}");
+    }
     println!("  created    {}", created_line(r, now));
     if r.artifacts.is_empty() {
         println!("  artifacts  -");
