@@ -20,6 +20,7 @@
 //!   inline script or style.
 
 mod actions;
+mod dora;
 mod live;
 mod pages;
 mod views;
@@ -74,6 +75,7 @@ pub(crate) fn mount(api: Router, state: AppState) -> Router {
         .route("/login/link/{token}", get(actions::login_link))
         .route("/logout", post(actions::logout))
         .route("/apps/{app}", get(pages::app))
+        .route("/apps/{app}/dora", get(dora::page))
         .route("/apps/{app}/envs/{env}/{action}", post(actions::env_action))
         .route("/deployments/{id}", get(pages::deployment))
         .route("/deployments/{id}/live", get(live::deployment))
