@@ -1,9 +1,14 @@
-# Shared by the proxy benchmarks: process cleanup, ports, readiness, and the two proxies
-# under test (a `ferry proxy` fed one route table, a foreground nginx). Source it after
-# `set -euo pipefail`; it sets TMP and an EXIT trap that stops everything started here.
+# Shared by the benchmarks: process cleanup, ports, readiness, the binaries, a `ferry server`
+# on a temporary data directory, and the two proxies under test (a `ferry proxy` fed one
+# route table, a foreground nginx). Source it after `set -euo pipefail`; it sets TMP and an
+# EXIT trap that stops everything started here: the processes in PIDS, the server
+# (`stop_ferry_server`), then whatever the script's own `bench_extra_cleanup` does, if it
+# defines one. KEEP=1 keeps TMP (logs, data).
 
 TMP=$(mktemp -d /tmp/ferry-bench.XXXXXX)
+chmod 0755 "$TMP" # replicas run as nobody when this runs as root
 PIDS=()
+SERVER_PID=""
 bench_cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do
@@ -14,10 +19,60 @@ bench_cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$TMP"
+    stop_ferry_server
+    if declare -F bench_extra_cleanup >/dev/null; then bench_extra_cleanup || true; fi
+    if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
+
+# build_ferry: `cargo build --release -p ferry` unless SKIP_BUILD is set; sets FERRY and DEMO
+# to the binaries of PROFILE (release by default; `PROFILE=debug` for a quick check only).
+build_ferry() {
+    if [[ -z "${SKIP_BUILD:-}" ]]; then
+        echo "building (cargo build --release -p ferry)" >&2
+        cargo build --release -p ferry >&2
+    fi
+    local target_dir bin
+    target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    FERRY="$target_dir/${PROFILE:-release}/ferry"
+    DEMO="$target_dir/${PROFILE:-release}/ferry-demo"
+    for bin in "$FERRY" "$DEMO"; do
+        [[ -x "$bin" ]] || { echo "missing $bin" >&2; exit 1; }
+    done
+}
+
+# start_ferry_server LOG: `ferry server` on a free port with data in $TMP/data (emptied
+# first), up to 30 s for /readyz; sets SERVER_PID and exports FERRY_URL, FERRY_TOKEN and
+# FERRY_CONFIG for the CLI.
+start_ferry_server() {
+    local port
+    rm -rf "$TMP/data"
+    port=$(free_port)
+    export FERRY_URL="http://127.0.0.1:$port"
+    "$FERRY" server --data "$TMP/data" --listen "127.0.0.1:$port" >"$1" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 300); do
+        curl -fsS -o /dev/null "$FERRY_URL/readyz" 2>/dev/null && break
+        sleep 0.1
+    done
+    FERRY_TOKEN=$(cat "$TMP/data/admin.token")
+    export FERRY_TOKEN
+    export FERRY_CONFIG="$TMP/cli.json"
+}
+
+# stop_ferry_server: teardown (the server stops the replicas, containers included, and the
+# proxy, then itself), SIGKILL after 10 s.
+stop_ferry_server() {
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        curl -fsS -m 60 -X POST -H "Authorization: Bearer ${FERRY_TOKEN:-}" \
+            -H 'Content-Type: application/json' -d '{}' "$FERRY_URL/v1/teardown" >/dev/null 2>&1 || true
+        for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+}
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

@@ -5,6 +5,7 @@
 #   RUNS=10 RATE=300 bench/rollback-time.sh
 #   KEEP=1 bench/ ...                       # keep the temporary directory (logs, data)
 #   SKIP_BUILD=1 bench/rollback-time.sh    # reuse target/release/{ferry,ferry-demo}
+#   PROFILE=debug SKIP_BUILD=1 RUNS=1 bench/rollback-time.sh   # target/debug (quick check only)
 #
 # Starts `ferry server` (which starts its proxy) on a temporary data dir, deploys a stable
 # `ferry-demo` 1.0.0 (4 replicas), keeps a bounded client loop of RATE req/s on the
@@ -29,50 +30,18 @@ PROFILES=${PROFILES:-"default fast"}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-if [[ -z "${SKIP_BUILD:-}" ]]; then
-    echo "building (cargo build --release -p ferry)" >&2
-    cargo build --release -p ferry >&2
-fi
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-FERRY="$TARGET_DIR/release/ferry"
-DEMO="$TARGET_DIR/release/ferry-demo"
-for bin in "$FERRY" "$DEMO"; do
-    [[ -x "$bin" ]] || { echo "missing $bin" >&2; exit 1; }
-done
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh" # TMP, PIDS, build_ferry, start/stop_ferry_server, free_port
+build_ferry
 
-TMP=$(mktemp -d /tmp/ferry-rollback-bench.XXXXXX)
-SERVER_PID=""
 LOAD_PID=""
-cleanup() {
+# after the server's teardown (bench/lib.sh): the client loop
+bench_extra_cleanup() {
     if [[ -n "$LOAD_PID" ]]; then kill -TERM "$LOAD_PID" 2>/dev/null || true; wait "$LOAD_PID" 2>/dev/null || true; fi
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        # Teardown stops the replicas and the proxy, then the server.
-        curl -fsS -m 60 -X POST -H "Authorization: Bearer $(cat "$TMP/data/admin.token" 2>/dev/null)" \
-            -H 'Content-Type: application/json' -d '{}' "$FERRY_URL/v1/teardown" >/dev/null 2>&1 || true
-        for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-API_PORT=$(free_port)
 LISTEN_PORT=$(free_port)
-export FERRY_URL="http://127.0.0.1:$API_PORT"
-"$FERRY" server --data "$TMP/data" --listen "127.0.0.1:$API_PORT" >"$TMP/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 300); do
-    curl -fsS -o /dev/null "$FERRY_URL/readyz" 2>/dev/null && break
-    sleep 0.1
-done
-export FERRY_TOKEN=$(cat "$TMP/data/admin.token")
-export FERRY_CONFIG="$TMP/cli.json"
+start_ferry_server "$TMP/server.log"
 
 # The client loop: CLIENTS keep-alive clients at RATE req/s in total; one line per answer
 # (`wall_ms status x-version`) in $1 until SIGTERM.

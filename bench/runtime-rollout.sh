@@ -29,50 +29,22 @@ RUNTIMES=${RUNTIMES:-"process docker"}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-if [[ -z "${SKIP_BUILD:-}" ]]; then
-    echo "building (cargo build --release -p ferry)" >&2
-    cargo build --release -p ferry >&2
-fi
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-FERRY="$TARGET_DIR/${PROFILE:-release}/ferry"
-DEMO="$TARGET_DIR/${PROFILE:-release}/ferry-demo"
-for bin in "$FERRY" "$DEMO"; do
-    [[ -x "$bin" ]] || { echo "missing $bin" >&2; exit 1; }
-done
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh" # TMP, PIDS, build_ferry, start/stop_ferry_server, free_port
+build_ferry
 
-TMP=$(mktemp -d /tmp/ferry-runtime-bench.XXXXXX)
-chmod 0755 "$TMP" # replicas run as nobody when this runs as root
-SERVER_PID=""
 LOAD_PID=""
 SAMPLER_PID=""
 IMAGE=ferry-bench/demo
-stop_server() {
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        # Teardown stops the replicas (processes or containers) and the proxy, then the server.
-        curl -fsS -m 60 -X POST -H "Authorization: Bearer $FERRY_TOKEN" \
-            -H 'Content-Type: application/json' -d '{}' "$FERRY_URL/v1/teardown" >/dev/null 2>&1 || true
-        for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=""
-}
-cleanup() {
+# after the server's teardown (bench/lib.sh): the load and sampler, leftover containers
+bench_extra_cleanup() {
     for pid in "$LOAD_PID" "$SAMPLER_PID"; do
         if [[ -n "$pid" ]]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
     done
-    stop_server
     if command -v docker >/dev/null && docker version >/dev/null 2>&1; then
         left=$(docker ps -aq --filter "label=ferry.owner=$TMP/data" 2>/dev/null || true)
         [[ -z "$left" ]] || docker rm -f $left >/dev/null 2>&1 || true
     fi
-    if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
 # rss_kib PID: the process's resident memory in KiB.
@@ -136,18 +108,8 @@ for runtime in $RUNTIMES; do
         docker version >/dev/null 2>&1 || { echo "no Docker engine answers: start one (dockerd --iptables=false --bridge=none)" >&2; exit 1; }
         build_image
     fi
-    rm -rf "$TMP/data"
-    API_PORT=$(free_port)
     LISTEN_PORT=$(free_port)
-    export FERRY_URL="http://127.0.0.1:$API_PORT"
-    "$FERRY" server --data "$TMP/data" --listen "127.0.0.1:$API_PORT" >"$TMP/server-$runtime.log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 300); do
-        curl -fsS -o /dev/null "$FERRY_URL/readyz" 2>/dev/null && break
-        sleep 0.1
-    done
-    export FERRY_TOKEN=$(cat "$TMP/data/admin.token")
-    export FERRY_CONFIG="$TMP/cli.json"
+    start_ferry_server "$TMP/server-$runtime.log"
     write_manifest "$runtime"
     "$FERRY" apply -f "$TMP/ferry.yaml" >/dev/null
     "$FERRY" deploy bench --env production --version 1.0.0 --wait --timeout 3m >/dev/null
@@ -180,7 +142,7 @@ for runtime in $RUNTIMES; do
         echo "$runtime $wall $idle $peak $requests $failed" >>"$RESULTS"
         echo "$runtime run $n (→ $version): $wall ms, server RSS idle $((idle / 1024)) MiB, peak $((peak / 1024)) MiB, $requests requests, $failed failed" >&2
     done
-    stop_server
+    stop_ferry_server
 done
 
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs" >&2
