@@ -66,6 +66,7 @@ async fn finished(
             event: format!("state: {state}"),
             event_kind: EventKind::State,
             now_ms: end,
+            notifications: Vec::new(),
         })
         .await
         .unwrap();
