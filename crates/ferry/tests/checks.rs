@@ -147,11 +147,14 @@ async fn checks_hold_the_deployment_until_they_pass() {
         ferry.apply(&manifest).await;
 
         let prod = deploy_production(&ferry, "checked").await;
-        // Both checks run and fail: the deployment waits, each row says why.
+        // Both checks run and fail: the deployment waits, each row says why. (A check
+        // started in the pass that blocks the deployment can fail before that pass
+        // records `blocked`, so wait for both.)
         let report = wait_gates(&ferry, prod, "both checks failed", |r| {
-            r["gates"].as_array().is_some_and(|rows| {
-                rows.len() == 2 && rows.iter().all(|row| row["state"] == "failed")
-            })
+            r["deployment"]["state"] == "blocked"
+                && r["gates"].as_array().is_some_and(|rows| {
+                    rows.len() == 2 && rows.iter().all(|row| row["state"] == "failed")
+                })
         })
         .await;
         assert_eq!(report["verdict"], "waiting", "{report:#}");
