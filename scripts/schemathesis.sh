@@ -5,6 +5,7 @@
 #
 #   scripts/schemathesis.sh                # install schemathesis if needed, build, run
 #   MAX_EXAMPLES=50 MAX_TIME=600 scripts/schemathesis.sh
+#   scripts/schemathesis.sh --include-path-regex /flags   # more arguments go to `st run`
 #
 # `POST /v1/teardown` is left out: it stops the server under test (its own tests cover it).
 set -euo pipefail
@@ -62,7 +63,7 @@ timeout $((MAX_TIME + 120)) "$st" --config-file scripts/schemathesis.toml run \
     --max-examples "$MAX_EXAMPLES" \
     --max-time "$MAX_TIME" \
     --workers 1 \
-    --seed "${SEED:-1}" || status=$?
+    --seed "${SEED:-1}" "$@" || status=$?
 if grep -q "panicked" "$data/server.log"; then
     echo "the server panicked:" >&2
     grep -A5 "panicked" "$data/server.log" >&2

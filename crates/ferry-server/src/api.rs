@@ -1122,6 +1122,89 @@ mod tests {
         assert!(served_routes(&probe).await.is_empty());
     }
 
+    /// Every integer a caller sends (a parameter, or a field of a request body, however
+    /// nested) is bounded in openapi.json: an unbounded one lets a client send a number no
+    /// 64-bit field holds, which is refused as an invalid body rather than described.
+    #[test]
+    fn openapi_bounds_every_integer_a_caller_sends() {
+        use serde_json::Value;
+        fn refs(value: &Value, out: &mut std::collections::BTreeSet<String>) {
+            match value {
+                Value::Object(map) => {
+                    for (key, v) in map {
+                        match (key.as_str(), v.as_str()) {
+                            ("$ref", Some(r)) => {
+                                out.insert(r.rsplit('/').next().unwrap_or(r).to_string());
+                            }
+                            _ => refs(v, out),
+                        }
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        fn unbounded(value: &Value, at: &str, out: &mut Vec<String>) {
+            match value {
+                Value::Object(map) => {
+                    let integer = match &map.get("type") {
+                        Some(Value::String(t)) => t == "integer",
+                        Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                        _ => false,
+                    };
+                    if integer && !(map.contains_key("minimum") && map.contains_key("maximum")) {
+                        out.push(at.to_string());
+                    }
+                    for (key, v) in map {
+                        unbounded(v, &format!("{at}/{key}"), out);
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, v) in items.iter().enumerate() {
+                        unbounded(v, &format!("{at}[{i}]"), out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let spec: Value = serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON");
+        let mut sent = std::collections::BTreeSet::new();
+        let mut found = Vec::new();
+        for (path, ops) in spec["paths"].as_object().expect("paths") {
+            for (method, op) in ops.as_object().expect("operations") {
+                refs(&op["requestBody"], &mut sent);
+                refs(&op["parameters"], &mut sent);
+                unbounded(
+                    &op["parameters"],
+                    &format!("{method} {path} parameters"),
+                    &mut found,
+                );
+                unbounded(
+                    &op["requestBody"],
+                    &format!("{method} {path} body"),
+                    &mut found,
+                );
+            }
+        }
+        let schemas = &spec["components"]["schemas"];
+        loop {
+            let before = sent.len();
+            for name in sent.clone() {
+                refs(&schemas[&name], &mut sent);
+            }
+            if sent.len() == before {
+                break;
+            }
+        }
+        for name in &sent {
+            unbounded(&schemas[name], name, &mut found);
+        }
+        assert!(
+            found.is_empty(),
+            "integers without minimum and maximum: {found:#?}"
+        );
+    }
+
     /// Every gated operation is documented with its audit action and permission, and every
     /// documented operation outside the public three has a rule (deny by default).
     #[test]
