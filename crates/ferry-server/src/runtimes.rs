@@ -8,6 +8,7 @@
 //! it refuses `runtime: docker` environments when the manifest is applied ([`AVAILABLE`]),
 //! and [`RuntimeError::Unavailable`] answers any use of it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,6 +115,12 @@ impl Runtimes {
 
     pub fn status(&self, id: &str) -> Option<ReplicaStatus> {
         self.owner_of(id).and_then(|runtime| runtime.status(id))
+    }
+
+    /// Where the replica answers, as the runtime that supervises it reports it (what the
+    /// proxy routes to); `None` when no runtime supervises it.
+    pub fn endpoint(&self, id: &str) -> Option<SocketAddr> {
+        self.owner_of(id).and_then(|runtime| runtime.endpoint(id))
     }
 
     /// Whether the replica runs as a container (its logs come from the engine).

@@ -34,7 +34,12 @@ impl Controller {
                 .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
             let this = Arc::clone(self);
             tokio::spawn(async move {
-                let drained = this.wait_for_drain(record.port, drain_timeout).await;
+                // Where the proxy was sent (the runtime's endpoint); a replica no runtime
+                // supervises is in no route table this server pushed.
+                let drained = match this.runtime.endpoint(&record.id) {
+                    Some(addr) => this.wait_for_drain(addr, drain_timeout).await,
+                    None => Drained::NotRunning,
+                };
                 this.replica_event(&record.id, &drained.to_string()).await;
                 let stopped = match this.runtime.status(&record.id) {
                     Some(_) => this
@@ -70,12 +75,11 @@ impl Controller {
         Ok(())
     }
 
-    /// Waits until the proxy confirms that no request can reach `port` any more: it is in
+    /// Waits until the proxy confirms that no request can reach `addr` any more: it is in
     /// no route table a request holds and nothing is in flight to it. Bounded by `limit`;
     /// while the proxy does not answer, the wait goes on (a restarted proxy may still
     /// route to it from its saved table).
-    pub(super) async fn wait_for_drain(&self, port: u16, limit: Duration) -> Drained {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    pub(super) async fn wait_for_drain(&self, addr: SocketAddr, limit: Duration) -> Drained {
         let started = tokio::time::Instant::now();
         let mut last = Err("no answer yet".to_string());
         while started.elapsed() < limit {
@@ -101,6 +105,8 @@ pub(super) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How the drain of a replica ended (a timeline line).
 pub(super) enum Drained {
     Confirmed(Duration),
+    /// No runtime supervises it: nothing runs there to drain.
+    NotRunning,
     TimedOut {
         limit: Duration,
         last: Result<ferry_proxy::stats::EndpointUsage, String>,
@@ -115,6 +121,7 @@ impl std::fmt::Display for Drained {
                 "drained: out of every route table, nothing in flight ({:.1}s); stopping",
                 after.as_secs_f64()
             ),
+            Drained::NotRunning => write!(f, "not running: nothing to drain; stopping"),
             Drained::TimedOut {
                 limit,
                 last: Ok(usage),

@@ -10,7 +10,7 @@
 //! running and are adopted again by id.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,6 +87,9 @@ struct Replicas {
     script: Option<TaskScript>,
     /// Starts fail as an unreachable engine would.
     engine_down: bool,
+    /// The address replicas answer on (default 127.0.0.1), as a container runtime may
+    /// report another one.
+    host: Option<IpAddr>,
 }
 
 /// What outlives a server: the replicas that run, the tasks that ran, and the crash gate.
@@ -143,6 +146,17 @@ impl World {
     /// Makes every start fail as an unreachable engine would (or work again).
     pub fn set_engine_down(&self, down: bool) {
         lock(&self.replicas).engine_down = down;
+    }
+
+    /// Replicas answer on `host` from now on (what [`Runtime::endpoint`] reports).
+    pub fn set_host(&self, host: IpAddr) {
+        lock(&self.replicas).host = Some(host);
+    }
+
+    /// Where a replica listening on `port` answers.
+    pub fn endpoint(&self, port: u16) -> SocketAddr {
+        let host = lock(&self.replicas).host;
+        SocketAddr::new(host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), port)
     }
 
     /// How tasks end (default: exit 0).
@@ -382,10 +396,8 @@ impl Runtime for FakeRuntime {
 
     fn endpoint(&self, id: &str) -> Option<SocketAddr> {
         self.world.alive_now(self.incarnation);
-        lock(&self.world.replicas)
-            .running
-            .get(id)
-            .map(|r| SocketAddr::from(([127, 0, 0, 1], r.spec.port)))
+        let port = lock(&self.world.replicas).running.get(id)?.spec.port;
+        Some(self.world.endpoint(port))
     }
 
     fn logs(&self, _id: &str, _tail: usize, _follow: bool) -> LogLines {
@@ -689,11 +701,10 @@ impl Sim {
             }
             let stopping = lock(&self.controller.stopping).clone();
             let rows = self.store.list_replicas(None, None).await.expect("rows");
-            let waiting = rows.iter().filter(|r| stopping.contains(&r.id)).any(|r| {
-                self.proxy
-                    .usage(SocketAddr::from(([127, 0, 0, 1], r.port)))
-                    .drained()
-            });
+            let waiting = rows
+                .iter()
+                .filter(|r| stopping.contains(&r.id))
+                .any(|r| self.proxy.usage(self.world.endpoint(r.port)).drained());
             if !waiting {
                 return;
             }

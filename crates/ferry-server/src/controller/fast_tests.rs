@@ -406,6 +406,34 @@ async fn an_engine_that_stays_down_is_retried_then_fails_the_deployment_at_its_d
     );
 }
 
+/// Another loopback address than 127.0.0.1, as a container runtime may report.
+const ELSEWHERE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+#[tokio::test]
+async fn the_route_table_carries_the_endpoints_the_runtime_reports() {
+    let mut sim = Sim::new(&manifest("rolling", "")).await;
+    sim.world.set_host(ELSEWHERE);
+    serving(&mut sim, "1.0").await;
+    let table = sim.proxy.last().expect("a table");
+    let endpoints: Vec<std::net::SocketAddr> = table.listeners[0].routes[0]
+        .backends
+        .iter()
+        .flat_map(|g| g.endpoints.clone())
+        .collect();
+    let mut expected: Vec<std::net::SocketAddr> = sim
+        .store
+        .list_replicas(Some("shop"), Some("production"))
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| std::net::SocketAddr::new(ELSEWHERE, r.port))
+        .collect();
+    expected.sort();
+    let mut got = endpoints.clone();
+    got.sort();
+    assert_eq!(got, expected, "every replica at the runtime's address");
+}
+
 #[tokio::test]
 async fn a_draining_replica_is_stopped_only_once_nothing_is_in_flight() {
     let mut sim = Sim::new(&manifest(
@@ -413,6 +441,8 @@ async fn a_draining_replica_is_stopped_only_once_nothing_is_in_flight() {
         "",
     ))
     .await;
+    // The drain waits on the address the runtime reports, not on 127.0.0.1.
+    sim.world.set_host(ELSEWHERE);
     serving(&mut sim, "1.0").await;
     let old = sim
         .store
@@ -420,8 +450,7 @@ async fn a_draining_replica_is_stopped_only_once_nothing_is_in_flight() {
         .await
         .expect("rows");
     for row in &old {
-        sim.proxy
-            .set_in_flight(std::net::SocketAddr::from(([127, 0, 0, 1], row.port)), 1);
+        sim.proxy.set_in_flight(sim.world.endpoint(row.port), 1);
     }
     let id = sim.deploy("shop", "production", "2.0").await;
     let mut drained = None;
@@ -442,7 +471,7 @@ async fn a_draining_replica_is_stopped_only_once_nothing_is_in_flight() {
         sim.pass().await;
     }
     // Out of the table, but a request is still on its way: it keeps running.
-    let endpoint = std::net::SocketAddr::from(([127, 0, 0, 1], drained.port));
+    let endpoint = sim.world.endpoint(drained.port);
     let table = sim.proxy.last().expect("a table");
     assert!(
         table.listeners[0].routes[0]
@@ -456,8 +485,7 @@ async fn a_draining_replica_is_stopped_only_once_nothing_is_in_flight() {
         "stopped with a request in flight"
     );
     for row in &old {
-        sim.proxy
-            .set_in_flight(std::net::SocketAddr::from(([127, 0, 0, 1], row.port)), 0);
+        sim.proxy.set_in_flight(sim.world.endpoint(row.port), 0);
     }
     sim.until_state(id, DeploymentState::Succeeded).await;
     assert!(sim.world.running().iter().all(|(_, v)| v == "2.0"));

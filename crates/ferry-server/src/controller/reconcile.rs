@@ -133,12 +133,15 @@ impl Controller {
         let Some(record) = replicas.into_iter().find(|r| r.id == id) else {
             return;
         };
+        let at = match self.runtime.endpoint(id) {
+            Some(addr) => addr.to_string(),
+            None => format!("port {}", record.port),
+        };
         let line = format!(
-            "{} {} {} on 127.0.0.1:{}: {message}",
+            "{} {} {} on {at}: {message}",
             record.service,
             record.version,
             short_id(id),
-            record.port
         );
         tracing::info!(app = %record.app, env = %record.env, "{line}");
         if let Ok(Some(active)) = self.active_deployment(&record.app, &record.env).await {

@@ -202,7 +202,7 @@ impl Controller {
                 deployment,
                 EventKind::Replica,
                 &format!(
-                    "{service} {version} {}: starting on 127.0.0.1:{port}",
+                    "{service} {version} {}: starting on port {port}",
                     short_id(&record.id)
                 ),
             )

@@ -136,8 +136,6 @@ impl Controller {
                         })
                         .map(|r| self.observed(r))
                         .collect();
-                    let ports: HashMap<&str, u16> =
-                        replicas.iter().map(|r| (r.id.as_str(), r.port)).collect();
                     let shares = match &weighting {
                         Some((stable, canary, bp)) => {
                             rollout::weighted_traffic(&observed, stable, canary, *bp)
@@ -164,8 +162,9 @@ impl Controller {
                                 endpoints: share
                                     .replica_ids
                                     .iter()
-                                    .filter_map(|id| ports.get(id.as_str()))
-                                    .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
+                                    // Where the runtime says the replica answers
+                                    // (a container's may be another address).
+                                    .filter_map(|id| self.runtime.endpoint(id))
                                     .collect(),
                             }
                         })
