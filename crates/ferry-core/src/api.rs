@@ -111,7 +111,11 @@ pub struct DeployRequest {
     pub release: crate::release::ReleaseData,
     /// DORA: this deployment fixes deployment N (an earlier production deployment of the app
     /// in the same environment), which counts as a failed change from this request on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole::opt_i64"
+    )]
     pub fix_of: Option<i64>,
 }
 

@@ -21,6 +21,7 @@ pub mod rbac;
 // releases:
 pub mod release;
 pub mod rollout;
+pub mod whole;
 // config:
 pub mod config;
 // hooks:

@@ -58,11 +58,11 @@ pub struct Bucket {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ToggleCount {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::whole::u64")]
     pub yes: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::whole::u64")]
     pub no: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::whole::u64_map")]
     pub variants: BTreeMap<String, u64>,
 }
 

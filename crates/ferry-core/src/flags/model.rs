@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientFeatures {
-    #[serde(default = "one", deserialize_with = "whole_u32")]
+    #[serde(default = "one", deserialize_with = "crate::whole::u32")]
     pub version: u32,
     #[serde(default)]
     pub features: Vec<Feature>,
@@ -59,7 +59,7 @@ pub struct Strategy {
     pub constraints: Vec<Constraint>,
     #[serde(
         default,
-        deserialize_with = "whole_i64s",
+        deserialize_with = "crate::whole::i64s",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub segments: Vec<i64>,
@@ -81,7 +81,7 @@ impl Strategy {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Segment {
-    #[serde(deserialize_with = "whole_i64")]
+    #[serde(deserialize_with = "crate::whole::i64")]
     pub id: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -138,7 +138,7 @@ pub enum Operator {
 #[serde(rename_all = "camelCase")]
 pub struct Variant {
     pub name: String,
-    #[serde(default, deserialize_with = "whole_u32")]
+    #[serde(default, deserialize_with = "crate::whole::u32")]
     pub weight: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_type: Option<String>,
@@ -222,54 +222,6 @@ where
     T: Default + Deserialize<'de>,
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
-/// A whole number, also when written as a float (`1000.0`), as JSON tools may send one.
-struct Whole(i64);
-
-impl<'de> Deserialize<'de> for Whole {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Whole;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a whole number")
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Whole, E> {
-                Ok(Whole(v))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Whole, E> {
-                i64::try_from(v)
-                    .map(Whole)
-                    .map_err(|_| E::custom(format!("{v} is too large")))
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Whole, E> {
-                // 2^63: beyond it the cast would saturate.
-                if v.fract() == 0.0 && v.abs() < 9.223_372_036_854_776e18 {
-                    Ok(Whole(v as i64))
-                } else {
-                    Err(E::custom(format!("{v} is not a whole number")))
-                }
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
-fn whole_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    Whole::deserialize(d).map(|w| w.0)
-}
-
-fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let Whole(v) = Whole::deserialize(d)?;
-    u32::try_from(v).map_err(|_| serde::de::Error::custom(format!("{v} is out of range")))
-}
-
-fn whole_i64s<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
-    Ok(Vec::<Whole>::deserialize(d)?
-        .into_iter()
-        .map(|w| w.0)
-        .collect())
 }
 
 /// One change of Unleash's delta API (`/api/client/delta`), applied by [`apply_delta`].
