@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use ferry_proxy::routes::{BackendGroup, ListenerConfig, PreviewRule, Route, RouteTable};
@@ -363,8 +363,9 @@ async fn silent_slow_and_idle_connections_are_closed() {
 // ---------- the HTTP/1.1 fast path, byte by byte ----------
 
 /// An upstream speaking raw HTTP/1.1 on keep-alive connections: `/echo` answers with the
-/// request head it received, `/close` with a body that ends when it closes, `/early` with
-/// a 103 first, `/chunked` chunked, `/hang` never; anything else `ok`.
+/// request head (and body) it received, `/close` with a body that ends when it closes,
+/// `/early` with a 103 first, `/chunked` chunked, `/dated` with a `Date`, `/hang` never;
+/// anything else `ok`. Reads `Content-Length` and (simple) chunked request bodies.
 async fn raw_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -385,28 +386,37 @@ async fn raw_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
                     };
                     let head: Vec<u8> = buf.drain(..end).collect();
                     let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                    let len: usize = text
+                    let chunked = text.contains("\r\ntransfer-encoding: chunked\r\n");
+                    let mut len: usize = text
                         .lines()
                         .find_map(|l| l.strip_prefix("content-length:"))
                         .map_or(0, |v| v.trim().parse().unwrap());
-                    while buf.len() < len {
+                    loop {
+                        if chunked && let Some(i) = buf.windows(5).position(|w| w == b"0\r\n\r\n") {
+                            len = i + 5;
+                        }
+                        if (!chunked || len > 0) && buf.len() >= len {
+                            break;
+                        }
                         match s.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    buf.drain(..len);
+                    let body: Vec<u8> = buf.drain(..len).collect();
                     let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
                     let answer: Vec<u8> = match path.split('?').next().unwrap() {
                         "/echo" => {
                             let mut a = format!(
                                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n",
-                                head.len()
+                                head.len() + body.len()
                             )
                             .into_bytes();
                             a.extend_from_slice(&head);
+                            a.extend_from_slice(&body);
                             a
                         }
+                        "/dated" => b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Dec 2026 00:00:00 GMT\r\ncontent-length: 2\r\n\r\nok".to_vec(),
                         "/close" => {
                             let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil-close").await;
                             return;
@@ -651,6 +661,278 @@ async fn abandoned_requests_are_logged_with_499_and_their_duration() {
     }
     let s = stats_until(&p, |s| version(s, "v1").client_errors == 2).await;
     assert_eq!(version(&s, "v1").errors_5xx, 0);
+    p.shutdown.cancel();
+    task.abort();
+}
+
+// ---------- request bodies and local answers on the fast path ----------
+
+/// An upstream with a body limit of zero: answers 413 as soon as a request head arrives,
+/// without reading the body, and closes at once (its kernel resets the connection over
+/// the unread body, as a real server's does).
+async fn refusing_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 9\r\n\
+                          connection: close\r\n\r\ntoo large",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// The first response head on `s` (bytes up to its blank line).
+async fn next_head(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(SOON, s.read(&mut b)).await {
+            Ok(Ok(1)) => got.push(b[0]),
+            other => panic!(
+                "no head: {other:?} after {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8(got).unwrap()
+}
+
+fn lines_named<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_upstream_answering_before_a_large_body_is_heard() {
+    let (p, _dir) = proxy(ProxyOptions::default()).await;
+    let (up, task) = refusing_upstream().await;
+    let listen = free_port([127, 0, 0, 1]);
+    put(&p, &canary_table(listen, up, up)).await;
+    let mib = 1024 * 1024;
+
+    // A client that sends part of its body, then waits for an answer: it gets the
+    // upstream's 413 (it used to wait until the proxy gave up on the body).
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: shop\r\nContent-Length: {mib}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(&vec![b'x'; 100 * 1024]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(SOON, s.read_to_end(&mut answer))
+        .await
+        .expect("the proxy answers and closes")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert_eq!(body_of(&answer), "too large");
+    assert_eq!(lines_named(&answer, "connection"), ["connection: close"]);
+
+    // Clients that send the whole body without waiting (4 MiB each, as curl does): each
+    // reads the whole 413, no reset, while the proxy reads and drops the rest.
+    for _ in 0..3 {
+        let s = TcpStream::connect(listen).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let writer = tokio::spawn(async move {
+            let head = format!(
+                "PUT /upload HTTP/1.1\r\nHost: shop\r\nContent-Length: {}\r\n\r\n",
+                4 * mib
+            );
+            let _ = wr.write_all(head.as_bytes()).await;
+            let _ = wr.write_all(&vec![b'y'; 4 * mib]).await;
+            wr
+        });
+        let mut answer = Vec::new();
+        tokio::time::timeout(SOON, rd.read_to_end(&mut answer))
+            .await
+            .expect("answered")
+            .expect("no reset before the answer was read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+        assert_eq!(body_of(&answer), "too large");
+        drop(
+            tokio::time::timeout(SOON, writer)
+                .await
+                .expect("the writer finished"),
+        );
+    }
+
+    // The upstream's answers, not the proxy's failures: 4 requests, no 5xx, no client fault.
+    let s = stats_until(&p, |s| version(s, "v1").requests == 4).await;
+    let v1 = version(&s, "v1");
+    assert_eq!((v1.errors_5xx, v1.client_errors), (0, 0), "{v1:?}");
+    p.shutdown.cancel();
+    task.abort();
+}
+
+#[tokio::test]
+async fn expect_continue_and_chunked_uploads_are_served() {
+    let (p, _dir) = proxy(ProxyOptions::default()).await;
+    let (up, task) = raw_upstream().await;
+    let listen = free_port([127, 0, 0, 1]);
+    let mut t = canary_table(listen, up, up);
+    t.listeners[0].hosts = vec!["shop".into()];
+    put(&p, &t).await;
+
+    // `Expect: 100-continue`: the proxy asks for the body, then forwards the request
+    // without `Expect` (header names as sent: the fast path).
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    s.write_all(b"PUT /echo HTTP/1.1\r\nHost: shop\r\nExpect: 100-continue\r\nX-Case: K\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(next_head(&mut s).await, "HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let head = next_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let len: usize = lines_named(&head, "content-length")[0][15..]
+        .trim()
+        .parse()
+        .unwrap();
+    let mut seen = vec![0u8; len];
+    tokio::time::timeout(SOON, s.read_exact(&mut seen))
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = String::from_utf8(seen).unwrap();
+    assert!(seen.starts_with("PUT /echo HTTP/1.1\r\n"), "{seen}");
+    assert!(
+        seen.contains("\r\nX-Case: K\r\n") && seen.ends_with("\r\n\r\nhello"),
+        "{seen}"
+    );
+    assert!(lines_named(&seen, "expect").is_empty(), "{seen}");
+
+    // The same connection: a chunked upload, forwarded chunked, then a pipelined request.
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\nX-Case: K\r\n\r\n\
+          5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(SOON, s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let rest = String::from_utf8(rest).unwrap();
+    let (first, second) = rest.split_at(rest.rfind("HTTP/1.1 200 OK\r\n").unwrap());
+    let seen = body_of(first);
+    assert!(seen.starts_with("POST /echo HTTP/1.1\r\n"), "{rest}");
+    assert!(seen.contains("\r\nX-Case: K\r\n"), "{seen}");
+    assert_eq!(
+        lines_named(seen, "transfer-encoding"),
+        ["transfer-encoding: chunked"]
+    );
+    assert!(
+        seen.ends_with("\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"),
+        "{seen}"
+    );
+    assert_eq!(body_of(second), "ok");
+
+    // A request the proxy refuses is answered before the body is asked for.
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    s.write_all(b"PUT /echo HTTP/1.1\r\nHost: elsewhere\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let head = next_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+
+    let s = stats(&p).await;
+    assert_eq!(
+        (version(&s, "v1").requests, version(&s, "v1").errors_5xx),
+        (3, 0)
+    );
+    p.shutdown.cancel();
+    task.abort();
+}
+
+/// `answer` has `status` and one `Date`, of a time since `before`.
+fn assert_dated(answer: &str, status: &str, before: SystemTime) {
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{answer}"
+    );
+    let head = answer.split_once("\r\n\r\n").unwrap().0;
+    let dates = lines_named(head, "date");
+    assert_eq!(dates.len(), 1, "{answer}");
+    let date = httpdate::parse_http_date(dates[0][5..].trim()).unwrap();
+    // HTTP dates count whole seconds.
+    let since = before - Duration::from_secs(1);
+    assert!(since <= date && date <= SystemTime::now(), "{answer}");
+}
+
+#[tokio::test]
+async fn the_proxys_own_answers_and_undated_responses_carry_a_date() {
+    let (p, _dir) = proxy(ProxyOptions::default()).await;
+    let (up, task) = raw_upstream().await;
+    let listen = free_port([127, 0, 0, 1]);
+    let dead = free_port([127, 0, 0, 1]);
+    // Nothing listens on `dead`: 502.
+    let mut t = canary_table(listen, dead, dead);
+    t.listeners[0].hosts = vec!["shop".into()];
+    put(&p, &t).await;
+    let before = SystemTime::now();
+    let failing = exchange(
+        listen,
+        b"GET / HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_dated(&failing, "502", before);
+    t.generation = 2;
+    t.listeners[0].routes[0].backends[0].endpoints = vec![up];
+    t.listeners[0].routes[0].backends[1].endpoints = vec![up];
+    put(&p, &t).await;
+
+    let mut big = b"GET / HTTP/1.1\r\nHost: shop\r\nx-big: ".to_vec();
+    big.resize(70 * 1024, b'a');
+    let undated =
+        b"GET / HTTP/1.1\r\nHost: shop\r\nX-Ferry-Preview: 1\r\nConnection: close\r\n\r\n";
+    for (raw, status) in [
+        (
+            &b"GET / HTTP/1.1\r\nHost: elsewhere\r\nConnection: close\r\n\r\n"[..],
+            "404",
+        ),
+        (&big, "431"),
+        (
+            b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "400",
+        ),
+        (undated, "200"),
+    ] {
+        let before = SystemTime::now();
+        assert_dated(&exchange(listen, raw).await, status, before);
+    }
+    // An upstream's own Date is kept, alone.
+    let answer = exchange(
+        listen,
+        b"GET /dated HTTP/1.1\r\nHost: shop\r\nX-Ferry-Preview: 1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let head = answer.split_once("\r\n\r\n").unwrap().0;
+    assert_eq!(
+        lines_named(head, "date"),
+        ["Date: Sun, 06 Dec 2026 00:00:00 GMT"]
+    );
     p.shutdown.cancel();
     task.abort();
 }

@@ -8,18 +8,32 @@
 //! connection runs one exchange at a time (pipelined requests wait their turn), on raw
 //! upstream connections pooled per endpoint and worker thread.
 //!
+//! Request bodies (`Content-Length` or `chunked`) up to `max_buffered_body` are read whole
+//! first (so that the request can be sent again); larger and chunked ones are copied
+//! upstream as they arrive while the response is read, so an upstream that answers early
+//! (413, 401) is heard: its answer is forwarded and both connections close. The proxy
+//! answers `Expect: 100-continue` itself when it starts reading the body, and puts a `Date`
+//! on its own answers and on responses that came without one (RFC 9110 6.6.1). A client
+//! connection closed with a request body unread lingers as nginx's does (the rest is read
+//! and dropped, bounded), so that the client reads the answer before any reset.
+//!
 //! It serves plain-text connections and TLS ones that did not negotiate h2. Anything else
-//! goes to hyper, with the bytes read so far: HTTP/1.0, upgrades, `Expect`,
-//! chunked request bodies, a request without `Host`, a target that is not a path, the
-//! HTTP/2 preface, or a head httparse refuses (hyper answers those with 400).
+//! goes to hyper, with the bytes read so far: HTTP/1.0, upgrades, an `Expect` other than
+//! `100-continue`, transfer codings other than `chunked` alone, a request without `Host`, a
+//! target that is not a path, the HTTP/2 preface, or a head httparse refuses (hyper answers
+//! those with 400).
+//!
+//! Header names keep the case they were sent in, both ways (as nginx does); hyper, which
+//! serves the rest, writes them in lower case. Names are case-insensitive (RFC 9110 5.1).
 
 mod parse;
 
+use std::cell::Cell;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderValue};
@@ -28,7 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use self::parse::{Chunked, HeadError, HeadLines, Line, Name, ReqHead, RespHead, classify};
+use self::parse::{Chunked, Expect, HeadError, HeadLines, Line, Name, ReqHead, RespHead, classify};
 use super::{
     AccessLine, ConnCtx, Logged, MAX_ATTEMPTS, TEXT_PLAIN, Waiting, client_fault_answer,
     local_answer, new_request_id_bytes, redirect_https, unanswered, unknown_host, unrouted,
@@ -42,6 +56,38 @@ const READ_SIZE: usize = 16 * 1024;
 /// Bytes a client may pipeline while its request waits on an upstream (then it is not
 /// read until its turn).
 const MAX_PIPELINED: usize = parse::MAX_HEAD;
+/// A connection closed with a request body unread is read (and what comes dropped) for at
+/// most this long, and until the client stays silent for [`LINGER_IDLE`] (nginx:
+/// `lingering_time 30s`, `lingering_timeout 5s`).
+const LINGER_TIME: Duration = Duration::from_secs(30);
+const LINGER_IDLE: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// This thread's `Date` value and the second it was made for.
+    static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((0, [b' '; 29])) };
+}
+
+/// Now as an HTTP date (`Sun, 06 Dec 2026 12:00:00 GMT`), formatted once a second per
+/// thread.
+fn http_date() -> [u8; 29] {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|c| {
+        let (at, date) = c.get();
+        if at == secs && at != 0 {
+            return date;
+        }
+        let mut date = [b' '; 29];
+        let s = httpdate::fmt_http_date(now);
+        if s.len() == date.len() {
+            date.copy_from_slice(s.as_bytes());
+        }
+        c.set((secs, date));
+        date
+    })
+}
 
 /// An upstream connection of the fast path.
 #[derive(Debug)]
@@ -145,6 +191,10 @@ pub(super) async fn serve<I: Io>(io: &mut I, conn: &ConnCtx) -> Ended {
         match exchange(io, &mut b, &head, conn).await {
             Next::KeepAlive(consumed) => b.inp.advance(consumed),
             Next::Close => return Ended::Closed,
+            Next::Linger => {
+                linger(io, &mut b.inp, conn).await;
+                return Ended::Closed;
+            }
             Next::Fallback => return Ended::Fallback(b.inp),
         }
         if conn.drain.draining.load(Ordering::Acquire) {
@@ -185,10 +235,48 @@ async fn read_head<I: Io>(
     .await
 }
 
+/// Closes a connection whose request body was (partly) left unread, after its answer:
+/// sends FIN, then reads and drops what the client still sends, until it closes, stays
+/// silent for [`LINGER_IDLE`], [`LINGER_TIME`] passes or the listener drains. Closing at
+/// once would make the kernel reset the connection, and a client still sending could lose
+/// the answer.
+async fn linger<I: Io>(io: &mut I, buf: &mut BytesMut, conn: &ConnCtx) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let end = Instant::now() + LINGER_TIME;
+    let mut timer = std::pin::pin!(tokio::time::sleep(LINGER_IDLE));
+    std::future::poll_fn(|cx| {
+        loop {
+            if conn.drain.draining.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            buf.clear();
+            buf.reserve(READ_SIZE);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    let next = (Instant::now() + LINGER_IDLE).min(end);
+                    timer.as_mut().reset(next.into());
+                }
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => {
+                    return match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(()),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    })
+    .await;
+}
+
 enum Next {
     /// The exchange is over; the request took this many bytes of the input buffer.
     KeepAlive(usize),
     Close,
+    /// Close after a lingering read: the request's body was not read (in full).
+    Linger,
     Fallback,
 }
 
@@ -236,6 +324,7 @@ async fn answer<I: Io>(
     encode_answer(out, &resp, r.head_only, close);
     match (io.write_all(out).await, r.consumed) {
         (Ok(()), Some(n)) if !close => Next::KeepAlive(n),
+        (Ok(()), None) => Next::Linger,
         _ => Next::Close,
     }
 }
@@ -257,6 +346,7 @@ fn encode_answer(out: &mut Vec<u8>, resp: &Response<ProxyBody>, head_only: bool,
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    push_header(out, b"date", &http_date());
     for (n, v) in resp.headers() {
         push_header(out, n.as_str().as_bytes(), v.as_bytes());
     }
@@ -366,19 +456,21 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
     };
     if head.minor != 1
         || f.upgrade
-        || f.expect
-        || f.transfer_encoding
+        || f.expect == Expect::Other
+        || (f.transfer_encoding && !f.chunked_only)
         || f.hosts != 1
         || !path.starts_with('/')
     {
         return Next::Fallback;
     }
+    let chunked = f.transfer_encoding;
     let rid = match hl.all(b"x-request-id").next() {
         Some(v) if !v.is_empty() => Rid::Given(parse::range_of(&b.inp, v)),
         _ => Rid::New(new_request_id_bytes()),
     };
     let body_len = f.content_length.unwrap_or(0);
-    if body_len > 0 {
+    let has_body = chunked || body_len > 0;
+    if has_body {
         // Answered before its body is read, a request closes the connection.
         reply.consumed = None;
     }
@@ -425,8 +517,18 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
     let target = head.target.clone();
     let method = head.method.clone();
 
+    if f.expect == Expect::Continue && has_body && b.inp.len() == head.len {
+        // The client waits before it sends the body: the proxy reads it now.
+        if io
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return Next::Close;
+        }
+    }
     // Small bodies are read whole first, so that the request can be sent again.
-    let buffered = body_len <= opts.max_buffered_body as u64;
+    let buffered = !chunked && body_len <= opts.max_buffered_body as u64;
     if buffered && body_len > 0 {
         let want = head.len + body_len as usize;
         if let Err(fault) = read_body(io, &mut b.inp, want, opts.header_read_timeout).await {
@@ -454,14 +556,14 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
         let mut xff = false;
         for (n, v) in hl.iter() {
             match classify(n) {
-                Name::HopByHop | Name::Forwarded | Name::RequestId => continue,
+                Name::HopByHop | Name::Forwarded | Name::RequestId | Name::Expect => continue,
                 Name::ForwardedFor => {
                     // Joined into one line below, with the client's address.
                     xff = true;
                     continue;
                 }
                 Name::Host => host_value = v,
-                Name::Hsts => {}
+                Name::Hsts | Name::Date => {}
                 Name::Other => {
                     if parse::listed(n, hl, &f) || token.is_some_and(|t| n.eq_ignore_ascii_case(t))
                     {
@@ -487,6 +589,9 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
             if conn.tls { b"https" } else { b"http" },
         );
         push_header(out, b"x-request-id", rid.bytes(&b.inp));
+        if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
         out.extend_from_slice(b"\r\n");
         if buffered {
             out.extend_from_slice(&b.inp[head.len..head.len + body_len as usize]);
@@ -534,6 +639,7 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
                 upstream_timeout,
                 send_buffered(&mut c.io, &b.out, &mut b.up, &mut b.rlines),
             );
+            let send = async { send.await.map(|r| r.map(|h| (h, true))) };
             tokio::select! {
                 biased;
                 r = send => Some(r),
@@ -544,7 +650,11 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
                 client: io,
                 inp: &mut b.inp,
                 head_len: head.len,
-                left: body_len,
+                kind: if chunked {
+                    BodyKind::Chunked(Chunked::default())
+                } else {
+                    BodyKind::Length(body_len)
+                },
                 read_timeout: opts.header_read_timeout,
             };
             let send = send_streamed(&mut c.io, &b.out, body, &mut b.up, &mut b.rlines);
@@ -593,7 +703,12 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
             }
             Some(Ok(Ok(rh))) => rh,
         };
-        if !buffered {
+        let (rh, whole) = rh;
+        if !whole {
+            // Answered before the whole body went: the rest is not read, and the
+            // upstream connection (half a request on it) is not used again.
+            let _ = c.io.shutdown().await;
+        } else if !buffered {
             // The body went through; what follows it in the buffer is pipelined.
             reply.consumed = Some(head.len);
         }
@@ -625,7 +740,7 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
             BodyKind::UntilClose
         };
         let until_close = matches!(kind, BodyKind::UntilClose);
-        let mut reuse = !until_close && !rf.close && (rh.minor == 1 || rf.keep_alive);
+        let mut reuse = whole && !until_close && !rf.close && (rh.minor == 1 || rf.keep_alive);
         let close = reply.close
             || until_close
             || reply.consumed.is_none()
@@ -637,14 +752,19 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
         out.push(b' ');
         out.extend_from_slice(&b.up[rh.reason.clone()]);
         out.extend_from_slice(b"\r\n");
+        let mut dated = false;
         for (n, v) in rl.iter() {
             match classify(n) {
                 Name::HopByHop | Name::RequestId => continue,
                 Name::Hsts if reply.hsts.is_some() => continue,
                 Name::Other if parse::listed(n, rl, &rf) => continue,
+                Name::Date => dated = true,
                 _ => {}
             }
             push_header(out, n, v);
+        }
+        if !dated {
+            push_header(out, b"date", &http_date());
         }
         if matches!(kind, BodyKind::Chunked(_)) {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -710,7 +830,8 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
         }
         return match reply.consumed {
             Some(n) if !close => Next::KeepAlive(n),
-            _ => Next::Close,
+            None => Next::Linger,
+            Some(_) => Next::Close,
         };
     }
     let stats = last_stats.unwrap_or(preferred_stats);
@@ -784,58 +905,91 @@ async fn send_buffered(
     read_response(up, rbuf, rlines).await
 }
 
-/// A request body too large to buffer, copied from the client as it arrives.
+/// A request body not buffered (too large, or chunked), copied from the client as it
+/// arrives.
 struct Streamed<'a, I> {
     client: &'a mut I,
     /// Holds the head, then any body bytes read with it (moved out) and pipelined ones.
     inp: &'a mut BytesMut,
     head_len: usize,
-    left: u64,
-    read_timeout: std::time::Duration,
+    kind: BodyKind,
+    read_timeout: Duration,
 }
 
-/// Sends a request head, then its body from the client, and reads the response head.
+impl<I: Io> Streamed<'_, I> {
+    /// Copies the body to `up`: what came with the head, then the rest as it arrives
+    /// (what follows it is kept in `inp`, pipelined). `UpErr::Failed` when the upstream
+    /// stops taking it.
+    async fn copy<W: AsyncWrite + Unpin>(
+        &mut self,
+        up: &mut W,
+        chunk: &mut BytesMut,
+    ) -> Result<(), UpErr> {
+        let malformed = |_| UpErr::Client(ClientFault::Malformed);
+        let have = &self.inp[self.head_len..];
+        let (n, mut done) = self.kind.take(have).map_err(malformed)?;
+        if n > 0 {
+            up.write_all(&have[..n]).await.map_err(|_| UpErr::Failed)?;
+            let rest = self.inp.split_off(self.head_len + n);
+            self.inp.truncate(self.head_len);
+            self.inp.extend_from_slice(&rest);
+        }
+        while !done {
+            chunk.clear();
+            chunk.reserve(READ_SIZE);
+            let read = tokio::time::timeout(self.read_timeout, self.client.read_buf(chunk)).await;
+            let got = match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(UpErr::Client(ClientFault::Aborted)),
+                Ok(Ok(got)) => got,
+                Err(_) => return Err(UpErr::Client(ClientFault::Stalled)),
+            };
+            let (n, complete) = self.kind.take(&chunk[..got]).map_err(malformed)?;
+            up.write_all(&chunk[..n]).await.map_err(|_| UpErr::Failed)?;
+            // Pipelined after the body: kept for its turn.
+            self.inp.extend_from_slice(&chunk[n..got]);
+            done = complete;
+        }
+        Ok(())
+    }
+}
+
+/// Sends a request head, then its body from the client while reading the response head;
+/// `true` with the head when the whole body went first (else the upstream answered
+/// early, and the rest of the body is not read).
 async fn send_streamed<I: Io>(
     up: &mut TcpStream,
     head: &[u8],
     mut body: Streamed<'_, I>,
-    buf: &mut BytesMut,
+    rbuf: &mut BytesMut,
     rlines: &mut Vec<Line>,
-) -> Result<RespHead, UpErr> {
+) -> Result<(RespHead, bool), UpErr> {
     up.write_all(head).await.map_err(|_| UpErr::Closed)?;
-    // Body bytes that came with the head.
-    let have = body.inp.len() - body.head_len;
-    let n = have.min(usize::try_from(body.left).unwrap_or(usize::MAX));
-    if n > 0 {
-        up.write_all(&body.inp[body.head_len..body.head_len + n])
-            .await
-            .map_err(|_| UpErr::Failed)?;
-        let rest = body.inp.split_off(body.head_len + n);
-        body.inp.truncate(body.head_len);
-        body.inp.extend_from_slice(&rest);
-        body.left -= n as u64;
+    let (mut rd, mut wr) = up.split();
+    let mut chunk = BytesMut::new();
+    let mut copy = std::pin::pin!(body.copy(&mut wr, &mut chunk));
+    let mut read = std::pin::pin!(read_response(&mut rd, rbuf, rlines));
+    let mut copying = true;
+    let mut whole = false;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut read => return r.map(|h| (h, whole)),
+            c = &mut copy, if copying => {
+                copying = false;
+                match c {
+                    Ok(()) => whole = true,
+                    Err(UpErr::Client(fault)) => return Err(UpErr::Client(fault)),
+                    // The upstream stopped reading: its answer may be on the way.
+                    Err(_) => {}
+                }
+            }
+        }
     }
-    while body.left > 0 {
-        buf.clear();
-        buf.reserve(READ_SIZE);
-        let read = tokio::time::timeout(body.read_timeout, body.client.read_buf(buf)).await;
-        let got = match read {
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(UpErr::Client(ClientFault::Aborted)),
-            Ok(Ok(got)) => got,
-            Err(_) => return Err(UpErr::Client(ClientFault::Stalled)),
-        };
-        let n = got.min(usize::try_from(body.left).unwrap_or(usize::MAX));
-        up.write_all(&buf[..n]).await.map_err(|_| UpErr::Failed)?;
-        // Pipelined after the body: kept for its turn.
-        body.inp.extend_from_slice(&buf[n..got]);
-        body.left -= n as u64;
-    }
-    read_response(up, buf, rlines).await
 }
 
 /// Reads a response head (skipping interim 1xx answers) into `rbuf`.
-async fn read_response(
-    up: &mut TcpStream,
+async fn read_response<R: AsyncRead + Unpin>(
+    up: &mut R,
     rbuf: &mut BytesMut,
     rlines: &mut Vec<Line>,
 ) -> Result<RespHead, UpErr> {

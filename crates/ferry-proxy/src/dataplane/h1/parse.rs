@@ -160,6 +160,9 @@ pub(crate) enum Name {
     Forwarded,
     RequestId,
     Hsts,
+    Date,
+    /// `Expect`: answered by the proxy itself (`100 Continue`), never forwarded.
+    Expect,
     Other,
 }
 
@@ -169,6 +172,8 @@ pub(crate) fn classify(n: &[u8]) -> Name {
     match n.len() {
         2 if is(b"te") => Name::HopByHop,
         4 if is(b"host") => Name::Host,
+        4 if is(b"date") => Name::Date,
+        6 if is(b"expect") => Name::Expect,
         7 if is(b"trailer") || is(b"upgrade") => Name::HopByHop,
         10 if is(b"connection") || is(b"keep-alive") => Name::HopByHop,
         12 if is(b"x-request-id") => Name::RequestId,
@@ -197,6 +202,9 @@ pub(crate) struct Framing {
     pub transfer_encoding: bool,
     /// The last transfer coding is `chunked`.
     pub chunked: bool,
+    /// One `Transfer-Encoding` line, whose only coding is `chunked` (the one framing of a
+    /// request body the fast path streams besides `Content-Length`).
+    pub chunked_only: bool,
     /// `Connection: close`.
     pub close: bool,
     /// `Connection: keep-alive` (HTTP/1.0 peers).
@@ -204,8 +212,19 @@ pub(crate) struct Framing {
     /// `Connection` names headers other than the standard hop-by-hop ones.
     pub connection_lists_others: bool,
     pub upgrade: bool,
-    pub expect: bool,
+    pub expect: Expect,
     pub hosts: u8,
+}
+
+/// What a request's `Expect` header asks for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expect {
+    #[default]
+    Nothing,
+    /// `100-continue` (one line, that token alone, any case).
+    Continue,
+    /// Anything else, or several lines.
+    Other,
 }
 
 /// How a message's framing headers are wrong (a request is refused with 400 then, as
@@ -250,7 +269,14 @@ pub(crate) fn framing(h: HeadLines<'_>) -> Result<Framing, FramingError> {
         // Dispatch on length first: most lines are none of these.
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => f.hosts = f.hosts.saturating_add(1),
-            6 if name.eq_ignore_ascii_case(b"expect") => f.expect = true,
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                f.expect = match f.expect {
+                    Expect::Nothing if value.trim_ascii().eq_ignore_ascii_case(b"100-continue") => {
+                        Expect::Continue
+                    }
+                    _ => Expect::Other,
+                };
+            }
             7 if name.eq_ignore_ascii_case(b"upgrade") => f.upgrade = true,
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for t in tokens(value) {
@@ -268,10 +294,11 @@ pub(crate) fn framing(h: HeadLines<'_>) -> Result<Framing, FramingError> {
                 f.content_length = Some(parse_length(value).ok_or(FramingError::BadLength)?);
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                let first = !f.transfer_encoding;
                 f.transfer_encoding = true;
-                f.chunked = tokens(value)
-                    .last()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                let is_chunked = |t: &[u8]| t.eq_ignore_ascii_case(b"chunked");
+                f.chunked = tokens(value).last().is_some_and(is_chunked);
+                f.chunked_only = first && f.chunked && tokens(value).count() == 1;
             }
             _ => {}
         }
@@ -505,6 +532,36 @@ mod tests {
         assert!(listed(b"X-SECRET", hl, &f));
         assert!(is_hop_by_hop(b"Upgrade"));
         assert!(!listed(b"x-other", hl, &f) && !is_hop_by_hop(b"x-other"));
+    }
+
+    #[test]
+    fn expectations_and_request_codings() {
+        let f = |raw: &[u8]| framing_of(raw).unwrap();
+        assert_eq!(f(b"PUT / HTTP/1.1\r\n\r\n").expect, Expect::Nothing);
+        assert_eq!(
+            f(b"PUT / HTTP/1.1\r\nExpect:  100-Continue \r\n\r\n").expect,
+            Expect::Continue
+        );
+        for other in [
+            &b"PUT / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n"[..],
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue, x\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
+        ] {
+            assert_eq!(f(other).expect, Expect::Other);
+        }
+        let te = f(b"PUT / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert!(te.transfer_encoding && te.chunked && te.chunked_only);
+        for not_only in [
+            &b"PUT / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        ] {
+            let g = f(not_only);
+            assert!(g.transfer_encoding && !g.chunked_only);
+        }
+        assert_eq!(classify(b"DATE"), Name::Date);
+        assert_eq!(classify(b"expect"), Name::Expect);
     }
 
     #[test]
