@@ -159,6 +159,11 @@ impl Cluster {
         Cluster { client }
     }
 
+    /// The kube-rs client, for the calls this type does not wrap.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// The client of a kubeconfig context (None: the current context, or the in-cluster
     /// configuration).
     pub async fn connect(context: Option<&str>) -> Result<Self, ClusterError> {

@@ -16,6 +16,8 @@ pub mod client;
 pub mod gateway;
 pub mod names;
 pub mod objects;
+#[cfg(feature = "client")]
+pub mod runtime;
 
 pub use objects::{HookAttempt, ObjectError, Objects, Release, hook_job, objects, to_yaml};
 

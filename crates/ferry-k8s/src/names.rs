@@ -100,6 +100,12 @@ pub fn hook_job(deployment: i64, phase: &str, hook: &str, attempt: u32) -> Strin
     format!("{head}-{hash}")
 }
 
+/// The Job of a one-off task named `task` by the server (e.g. `hook-migrate-17`, one name
+/// per attempt): the same task gets the same Job, so it never runs twice.
+pub fn task_job(task: &str) -> String {
+    label(task, MAX_LABEL)
+}
+
 /// The Service that `traffic: gateway` routes to as `stable` or `canary`.
 pub fn gateway_backend(service: &str, role: &str) -> String {
     format!("{service}-{role}")

@@ -47,6 +47,8 @@ pub const LABEL_SERVICE: &str = "ferry.dev/service";
 pub const LABEL_VERSION: &str = "ferry.dev/version";
 pub const LABEL_HOOK: &str = "ferry.dev/hook";
 pub const LABEL_DEPLOYMENT: &str = "ferry.dev/deployment";
+/// The one-off task a Job runs (see [`task_job`]).
+pub const LABEL_TASK: &str = "ferry.dev/task";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// The full version (labels cannot hold every version string).
 pub const ANNOTATION_VERSION: &str = "ferry.dev/version";
@@ -736,4 +738,82 @@ pub fn to_yaml(values: &[serde_json::Value]) -> String {
         }
     }
     out
+}
+
+/// The Job of a one-off task the runtime is asked to run (a hook attempt, a gate's command
+/// check, a command analysis): named from `name` (which the server derives from the
+/// deployment, the hook and the attempt's record, so asking twice finds the same Job), the
+/// image of the first service that has one, `argv` as its args, `vars` as its environment
+/// except the environment's secrets, which are read from its Secret by `secretKeyRef`
+/// (their values never appear in the Job). Killed at `timeout`, never retried by Kubernetes.
+pub fn task_job(
+    release: &Release<'_>,
+    name: &str,
+    argv: &[String],
+    vars: &BTreeMap<String, String>,
+    timeout: std::time::Duration,
+) -> Result<Job, ObjectError> {
+    environment(release)?;
+    let (service_name, service) = release
+        .manifest
+        .services
+        .iter()
+        .find(|(_, s)| s.image.is_some())
+        .ok_or_else(|| ObjectError::NoHookImage {
+            env: release.env.to_string(),
+            hook: name.to_string(),
+        })?;
+    let plain_vars: Vec<EffectiveVar> = vars
+        .iter()
+        .filter(|(k, _)| !release.secrets.contains(k))
+        .map(|(k, v)| EffectiveVar {
+            name: k.clone(),
+            value: v.clone(),
+            source: config::Source::Builtin,
+        })
+        .collect();
+    let namespace = namespace_name(release.manifest, release.env);
+    let (user, group) = user_of(service_name, service)?;
+    let labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), "ferry".to_string()),
+        (LABEL_APP.to_string(), release.manifest.app.clone()),
+        (LABEL_ENV.to_string(), release.env.to_string()),
+        (LABEL_TASK.to_string(), names::label_value(name)),
+    ]);
+    let container = Container {
+        name: "task".to_string(),
+        image: Some(image(service, service_name, release.version)?),
+        args: (!argv.is_empty()).then(|| argv.to_vec()),
+        env: Some(variables(release, &plain_vars)),
+        resources: resources(service_name, service)?,
+        security_context: Some(security_context(service)),
+        volume_mounts: Some(tmp_mount()),
+        ..Container::default()
+    };
+    let mut metadata = meta(names::task_job(name), &namespace, labels.clone());
+    metadata.annotations = version_annotation(release.version);
+    Ok(Job {
+        metadata,
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(seconds(timeout)),
+            ttl_seconds_after_finished: Some(HOOK_JOB_TTL_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(
+                    service,
+                    vec![container],
+                    user,
+                    group,
+                    Some("Never"),
+                    seconds(service.stop_timeout.get()),
+                )),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    })
 }

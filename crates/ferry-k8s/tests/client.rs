@@ -1,0 +1,1043 @@
+//! The kube-rs client against a mocked API server (tower-test, as kube-rs's own tests do):
+//! which requests Ferry sends, in what order, with which bodies. The fake keeps the objects
+//! it was sent (adding what an API server adds: resourceVersion, defaults, status) so that a
+//! second pass sees what the first one left. It is not Kubernetes: see docs/kubernetes.md.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_k8s::client::{Applied, Cluster, ClusterError, JobEnd, MAX_CONFLICT_RETRIES};
+use ferry_k8s::names;
+use ferry_k8s::objects::{self, HookAttempt};
+use ferry_k8s::runtime::KubernetesRuntime;
+use ferry_runtime::{
+    HealthSpec, ReplicaSpec, Runtime, RuntimeEvent, TaskEnd, TaskOutput, TaskSpec,
+};
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+/// One request as the fake saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+impl Seen {
+    fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Value>,
+    seen: Vec<Seen>,
+    /// Answer the next requests whose `METHOD path` starts with the key with this status.
+    faults: Vec<(String, u16)>,
+    /// Jobs become Complete after this many GETs (None: never).
+    job_done_after: Option<usize>,
+    job_gets: usize,
+    version: u64,
+    /// Deployments (by name) whose pods never become ready.
+    unready: Vec<String>,
+}
+
+/// What the Deployment controller, the kubelet and the EndpointSlice controller would make
+/// of a Deployment's `spec.replicas`: `status` and one EndpointSlice with as many pod
+/// addresses (10.0.N.i, N per Deployment), ready unless the Deployment is `unready`.
+fn settle(state: &mut State, path: &str) {
+    let Some(live) = state.objects.get_mut(path) else {
+        return;
+    };
+    let name = live["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let namespace = live["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let replicas = live["spec"]["replicas"].as_u64().unwrap_or(0);
+    let ready = !state.unready.contains(&name);
+    live["status"] =
+        json!({ "replicas": replicas, "readyReplicas": if ready { replicas } else { 0 } });
+    let pod_labels = live["spec"]["template"]["metadata"]["labels"].clone();
+    let net = name.bytes().map(u64::from).sum::<u64>() % 250;
+    let endpoints: Vec<Value> = (1..=replicas)
+        .map(|i| json!({ "addresses": [format!("10.0.{net}.{i}")], "conditions": { "ready": ready } }))
+        .collect();
+    state.objects.insert(
+        format!("/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}-auto"),
+        json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                "metadata": { "name": format!("{name}-auto"), "namespace": namespace,
+                              "labels": { "kubernetes.io/service-name": name } },
+                "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+                "endpoints": endpoints }),
+    );
+    // Its pods (for their logs).
+    state.objects.insert(
+        format!("/api/v1/namespaces/{namespace}/pods/{name}-pod0"),
+        json!({ "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": format!("{name}-pod0"), "namespace": namespace,
+                              "labels": pod_labels } }),
+    );
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<State>>);
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason,
+            "reason": reason, "code": code })
+}
+
+fn merge(into: &mut Value, from: &Value) {
+    match (into, from) {
+        (Value::Object(into), Value::Object(from)) => {
+            for (k, v) in from {
+                merge(into.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (into, from) => *into = from.clone(),
+    }
+}
+
+fn matches_labels(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        object["metadata"]["labels"][k] == v
+    })
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| {
+            v.replace("%3D", "=")
+                .replace("%2C", ",")
+                .replace("%2F", "/")
+        })
+    })
+}
+
+impl Fake {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().expect("fake state")
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.lock().seen.iter().map(Seen::line).collect()
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.lock().seen.clone()
+    }
+
+    fn forget_requests(&self) {
+        self.lock().seen.clear();
+    }
+
+    fn put(&self, path: &str, object: Value) {
+        self.lock().objects.insert(path.to_string(), object);
+    }
+
+    fn fail(&self, prefix: &str, code: u16) {
+        self.lock().faults.push((prefix.to_string(), code));
+    }
+
+    fn answer(&self, seen: Seen) -> (u16, Value) {
+        let mut state = self.lock();
+        state.seen.push(seen.clone());
+        let line = seen.line();
+        if let Some(i) = state
+            .faults
+            .iter()
+            .position(|(p, _)| line.starts_with(p.as_str()))
+        {
+            let (_, code) = state.faults.remove(i);
+            return (
+                code,
+                status(code, if code == 409 { "Conflict" } else { "Fault" }),
+            );
+        }
+        let path = seen.path.clone();
+        match seen.method.as_str() {
+            "GET" if path.ends_with("/log") => {
+                (200, Value::String("migrated 3 tables\n".to_string()))
+            }
+            "GET" => {
+                if let Some(object) = state.objects.get(&path).cloned() {
+                    let mut object = object;
+                    if path.contains("/jobs/") {
+                        state.job_gets += 1;
+                        if state.job_done_after.is_some_and(|n| state.job_gets >= n) {
+                            object["status"] = json!({ "conditions": [
+                                { "type": "Complete", "status": "True" }
+                            ]});
+                        }
+                    }
+                    return (200, object);
+                }
+                // A collection: list what is under it, filtered by labels.
+                let selector = query_param(&seen.query, "labelSelector").unwrap_or_default();
+                let prefix = format!("{path}/");
+                let items: Vec<Value> = state
+                    .objects
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                    .map(|(_, v)| v.clone())
+                    .filter(|v| matches_labels(v, &selector))
+                    .collect();
+                let collection = path.rsplit('/').next().is_some_and(|last| {
+                    [
+                        "deployments",
+                        "services",
+                        "pods",
+                        "jobs",
+                        "endpointslices",
+                        "secrets",
+                        "namespaces",
+                        "httproutes",
+                    ]
+                    .contains(&last)
+                });
+                if !collection {
+                    return (404, status(404, "NotFound"));
+                }
+                (
+                    200,
+                    json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items }),
+                )
+            }
+            "PATCH" if path.ends_with("/scale") => {
+                let object = path.trim_end_matches("/scale").to_string();
+                let Some(live) = state.objects.get_mut(&object) else {
+                    return (404, status(404, "NotFound"));
+                };
+                merge(live, &seen.body);
+                let name = live["metadata"]["name"].clone();
+                settle(&mut state, &object);
+                (
+                    200,
+                    json!({ "apiVersion": "autoscaling/v1", "kind": "Scale",
+                              "metadata": { "name": name },
+                              "spec": seen.body["spec"] }),
+                )
+            }
+            "PATCH" => {
+                state.version += 1;
+                let version = state.version.to_string();
+                let live = state.objects.entry(path.clone()).or_insert(json!({}));
+                merge(live, &seen.body);
+                // What an API server adds.
+                live["metadata"]["resourceVersion"] = json!(version);
+                live["metadata"]["uid"] = json!(format!("uid-{path}"));
+                let deployment = live["kind"] == "Deployment";
+                if deployment {
+                    live["spec"]["progressDeadlineSeconds"] = json!(600);
+                }
+                let answer = live.clone();
+                if deployment {
+                    settle(&mut state, &path);
+                }
+                (200, answer)
+            }
+            "POST" => {
+                let name = seen.body["metadata"]["name"].as_str().unwrap_or_default();
+                let object = format!("{path}/{name}");
+                if state.objects.contains_key(&object) {
+                    return (409, status(409, "AlreadyExists"));
+                }
+                let mut body = seen.body.clone();
+                body["metadata"]["resourceVersion"] = json!("1");
+                state.objects.insert(object, body.clone());
+                // Its pod, as the Job controller would make it.
+                let namespace = body["metadata"]["namespace"].as_str().unwrap_or_default();
+                state.objects.insert(
+                    format!("/api/v1/namespaces/{namespace}/pods/{name}-x7k2p"),
+                    json!({ "apiVersion": "v1", "kind": "Pod",
+                            "metadata": { "name": format!("{name}-x7k2p"), "namespace": namespace,
+                                          "labels": { "job-name": name } } }),
+                );
+                (201, body)
+            }
+            "DELETE" => match state.objects.remove(&path) {
+                Some(object) => (200, object),
+                None => (404, status(404, "NotFound")),
+            },
+            _ => (405, status(405, "MethodNotAllowed")),
+        }
+    }
+
+    /// A kube client whose every request this fake answers.
+    fn client(&self) -> kube::Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let fake = self.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.expect("request body");
+                let seen = Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    query: parts.uri.query().unwrap_or_default().to_string(),
+                    content_type: parts
+                        .headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
+                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                };
+                let (code, body) = fake.answer(seen);
+                let bytes = match &body {
+                    Value::String(text) => text.clone().into_bytes(),
+                    other => serde_json::to_vec(other).expect("json"),
+                };
+                let response = Response::builder()
+                    .status(StatusCode::from_u16(code).expect("status"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(bytes))
+                    .expect("response");
+                respond.send_response(response);
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+}
+
+const NS: &str = "/api/v1/namespaces/shop-staging";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/shop-staging/deployments";
+const SERVICES: &str = "/api/v1/namespaces/shop-staging/services";
+
+#[tokio::test]
+async fn a_release_is_applied_in_order_once_and_then_left_alone() {
+    let fake = Fake::default();
+    let cluster = Cluster::new(fake.client());
+    let manifest = common::manifest();
+    let secrets = common::secrets();
+    let release = common::release(&manifest, "staging", &secrets);
+    let objects = objects::objects(&release).expect("objects");
+    let web = objects.deployments[0].metadata.name.clone().expect("name");
+    let worker = objects.deployments[1].metadata.name.clone().expect("name");
+
+    let done = cluster.apply_release(&objects).await.expect("apply");
+    assert_eq!(done, vec![Applied::Written; 5]);
+    assert_eq!(
+        fake.seen(),
+        [
+            format!("GET {NS}"),
+            format!("PATCH {NS}"),
+            format!("GET {SERVICES}/{web}"),
+            format!("PATCH {SERVICES}/{web}"),
+            format!("GET {SERVICES}/{worker}"),
+            format!("PATCH {SERVICES}/{worker}"),
+            format!("GET {DEPLOYMENTS}/{web}"),
+            format!("PATCH {DEPLOYMENTS}/{web}"),
+            format!("GET {DEPLOYMENTS}/{worker}"),
+            format!("PATCH {DEPLOYMENTS}/{worker}"),
+        ],
+        "the namespace first, then the Services, then the Deployments"
+    );
+    for patch in fake.requests().iter().filter(|s| s.method == "PATCH") {
+        assert_eq!(
+            patch.content_type, "application/apply-patch+yaml",
+            "server-side apply"
+        );
+        assert_eq!(
+            query_param(&patch.query, "fieldManager").as_deref(),
+            Some("ferry")
+        );
+        assert_eq!(query_param(&patch.query, "force").as_deref(), Some("true"));
+        assert!(
+            patch.body["metadata"]["annotations"]["ferry.dev/applied"].is_string(),
+            "{}",
+            patch.body
+        );
+    }
+    let deployment = &fake.requests()[7].body;
+    let mut expected = serde_json::to_value(&objects.deployments[0]).expect("json");
+    expected["metadata"]["annotations"]["ferry.dev/applied"] =
+        deployment["metadata"]["annotations"]["ferry.dev/applied"].clone();
+    assert_eq!(
+        deployment, &expected,
+        "the body is the pure function's object"
+    );
+
+    // The same release again: reads only, no write.
+    fake.forget_requests();
+    let done = cluster.apply_release(&objects).await.expect("apply again");
+    assert_eq!(done, vec![Applied::Unchanged; 5]);
+    assert!(
+        fake.seen().iter().all(|l| l.starts_with("GET ")),
+        "{:?}",
+        fake.seen()
+    );
+
+    // A change of replicas writes that Deployment alone.
+    let mut scaled = manifest.clone();
+    scaled.services.get_mut("web").expect("web").replicas = 4;
+    let objects =
+        objects::objects(&common::release(&scaled, "staging", &secrets)).expect("objects");
+    fake.forget_requests();
+    cluster.apply_release(&objects).await.expect("apply scaled");
+    let writes: Vec<String> = fake
+        .seen()
+        .into_iter()
+        .filter(|l| !l.starts_with("GET "))
+        .collect();
+    assert_eq!(writes, [format!("PATCH {DEPLOYMENTS}/{web}")]);
+    assert_eq!(
+        fake.requests()
+            .iter()
+            .rfind(|s| s.method == "PATCH")
+            .expect("patch")
+            .body["spec"]["replicas"],
+        4
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_is_read_again_and_retried_then_reported() {
+    let fake = Fake::default();
+    let cluster = Cluster::new(fake.client());
+    let manifest = common::manifest();
+    let secrets = common::secrets();
+    let objects =
+        objects::objects(&common::release(&manifest, "staging", &secrets)).expect("objects");
+    let deployment = &objects.deployments[0];
+    let name = deployment.metadata.name.clone().expect("name");
+    let api = kube::Api::namespaced(fake.client(), "shop-staging");
+    fake.fail(&format!("PATCH {DEPLOYMENTS}/{name}"), 409);
+    assert_eq!(
+        cluster.apply(&api, deployment).await.expect("retried"),
+        Applied::Written
+    );
+    assert_eq!(
+        fake.seen(),
+        [
+            format!("GET {DEPLOYMENTS}/{name}"),
+            format!("PATCH {DEPLOYMENTS}/{name}"),
+            format!("GET {DEPLOYMENTS}/{name}"),
+            format!("PATCH {DEPLOYMENTS}/{name}"),
+        ]
+    );
+    // Conflicting every time: an error naming the object, after the bounded retries.
+    let other = &objects.deployments[1];
+    let other_name = other.metadata.name.clone().expect("name");
+    for _ in 0..=MAX_CONFLICT_RETRIES {
+        fake.fail(&format!("PATCH {DEPLOYMENTS}/{other_name}"), 409);
+    }
+    fake.forget_requests();
+    let error = cluster.apply(&api, other).await.unwrap_err();
+    assert!(matches!(error, ClusterError::Conflict { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("Deployment {other_name}: still conflicting")),
+        "{error}"
+    );
+    let patches = fake
+        .seen()
+        .iter()
+        .filter(|l| l.starts_with("PATCH"))
+        .count();
+    assert_eq!(patches, 1 + MAX_CONFLICT_RETRIES as usize);
+}
+
+#[tokio::test]
+async fn a_restarted_server_adopts_by_labels_and_reads_endpoints() {
+    let fake = Fake::default();
+    let manifest = common::manifest();
+    let secrets = common::secrets();
+    let objects =
+        objects::objects(&common::release(&manifest, "staging", &secrets)).expect("objects");
+    Cluster::new(fake.client())
+        .apply_release(&objects)
+        .await
+        .expect("apply");
+    // Someone else's Deployment in the namespace is not Ferry's.
+    fake.put(
+        &format!("{DEPLOYMENTS}/redis"),
+        json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": { "name": "redis", "labels": { "app": "redis" } } }),
+    );
+
+    // A new client, as after a restart.
+    fake.forget_requests();
+    let cluster = Cluster::new(fake.client());
+    let found = cluster
+        .adopt("shop-staging", "shop", "staging")
+        .await
+        .expect("adopt");
+    assert_eq!(fake.requests()[0].line(), format!("GET {DEPLOYMENTS}"),);
+    assert_eq!(
+        query_param(&fake.requests()[0].query, "labelSelector").as_deref(),
+        Some("ferry.dev/app=shop,ferry.dev/env=staging")
+    );
+    let summary: Vec<(String, String, i32)> = found
+        .iter()
+        .map(|w| (w.service.clone(), w.version.clone(), w.replicas))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("web".into(), common::VERSION.into(), 2),
+            ("worker".into(), common::VERSION.into(), 1)
+        ]
+    );
+
+    let web = objects.services[0].metadata.name.clone().expect("name");
+    let slices = "/apis/discovery.k8s.io/v1/namespaces/shop-staging/endpointslices";
+    // Instead of the fake's own slices, one with an unready endpoint.
+    fake.lock().objects.retain(|k, _| !k.starts_with(slices));
+    fake.put(
+        &format!("{slices}/{web}-abc"),
+        json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                "metadata": { "name": format!("{web}-abc"), "labels": { "kubernetes.io/service-name": web } },
+                "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+                "endpoints": [
+                    { "addresses": ["10.1.0.7"], "conditions": { "ready": true } },
+                    { "addresses": ["10.1.0.5"], "conditions": { "ready": true } },
+                    { "addresses": ["10.1.0.9"], "conditions": { "ready": false } }
+                ] }),
+    );
+    let endpoints = cluster
+        .endpoints("shop-staging", &web)
+        .await
+        .expect("endpoints");
+    assert_eq!(
+        endpoints,
+        [
+            "10.1.0.5:8080".parse().expect("addr"),
+            "10.1.0.7:8080".parse().expect("addr")
+        ],
+        "ready endpoints only, sorted"
+    );
+}
+
+#[tokio::test]
+async fn stop_scales_to_zero_then_deletes_with_the_grace_period() {
+    let fake = Fake::default();
+    let manifest = common::manifest();
+    let secrets = common::secrets();
+    let objects =
+        objects::objects(&common::release(&manifest, "staging", &secrets)).expect("objects");
+    let cluster = Cluster::new(fake.client());
+    cluster.apply_release(&objects).await.expect("apply");
+    let web = objects.deployments[0].metadata.name.clone().expect("name");
+    fake.forget_requests();
+    cluster
+        .stop("shop-staging", &web, Duration::from_secs(20))
+        .await
+        .expect("stop");
+    assert_eq!(
+        fake.seen(),
+        [
+            format!("PATCH {DEPLOYMENTS}/{web}/scale"),
+            format!("DELETE {DEPLOYMENTS}/{web}"),
+            format!("DELETE {SERVICES}/{web}"),
+        ]
+    );
+    let requests = fake.requests();
+    assert_eq!(requests[0].body, json!({ "spec": { "replicas": 0 } }));
+    assert_eq!(requests[1].body["gracePeriodSeconds"], 20);
+    assert_eq!(requests[1].body["propagationPolicy"], "Foreground");
+    // Stopping what is already gone is fine.
+    cluster
+        .stop("shop-staging", &web, Duration::from_secs(20))
+        .await
+        .expect("stop again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hook_job_runs_once_even_when_asked_twice_and_dies_at_its_timeout() {
+    let fake = Fake::default();
+    let cluster = Cluster::new(fake.client());
+    let manifest = common::manifest();
+    let secrets = common::secrets();
+    let release = common::release(&manifest, "staging", &secrets);
+    let hook = &manifest.hooks.pre_deploy[0];
+    let attempt = HookAttempt {
+        deployment: 42,
+        phase: "pre_deploy",
+        hook,
+        attempt: 1,
+        previous: None,
+    };
+    let job = objects::hook_job(&release, &attempt).expect("job");
+    let name = job.metadata.name.clone().expect("name");
+    let jobs = "/apis/batch/v1/namespaces/shop-staging/jobs";
+
+    fake.lock().job_done_after = Some(3);
+    let outcome = cluster
+        .run_hook(&job, Duration::from_secs(60))
+        .await
+        .expect("run");
+    assert_eq!(outcome.end, JobEnd::Succeeded);
+    assert!(outcome.created);
+    assert_eq!(outcome.log, "migrated 3 tables\n");
+    let seen = fake.seen();
+    assert_eq!(seen[0], format!("POST {jobs}"));
+    assert_eq!(seen.iter().filter(|l| l.starts_with("POST")).count(), 1);
+
+    // The same attempt again (a restarted server): the existing Job, never a second one.
+    fake.forget_requests();
+    let again = cluster
+        .run_hook(&job, Duration::from_secs(60))
+        .await
+        .expect("run again");
+    assert!(!again.created);
+    assert_eq!(again.end, JobEnd::Succeeded);
+    assert_eq!(
+        fake.lock()
+            .objects
+            .keys()
+            .filter(|k| k.starts_with(jobs))
+            .count(),
+        1
+    );
+
+    // An attempt that never ends is deleted (with its pods) at its timeout.
+    let stuck = objects::hook_job(
+        &release,
+        &HookAttempt {
+            attempt: 2,
+            ..attempt
+        },
+    )
+    .expect("job");
+    let stuck_name = stuck.metadata.name.clone().expect("name");
+    fake.lock().job_done_after = None;
+    fake.forget_requests();
+    let outcome = cluster
+        .run_hook(&stuck, Duration::from_secs(5))
+        .await
+        .expect("run stuck");
+    assert_eq!(outcome.end, JobEnd::TimedOut);
+    let delete = fake
+        .requests()
+        .into_iter()
+        .find(|s| s.method == "DELETE")
+        .expect("a DELETE");
+    assert_eq!(delete.path, format!("{jobs}/{stuck_name}"));
+    assert_eq!(delete.body["propagationPolicy"], "Background");
+    assert!(
+        !fake
+            .lock()
+            .objects
+            .contains_key(&format!("{jobs}/{stuck_name}"))
+    );
+    assert_ne!(name, stuck_name);
+}
+
+#[tokio::test]
+async fn gateway_weights_are_applied_only_when_they_change() {
+    let fake = Fake::default();
+    let cluster = Cluster::new(fake.client());
+    let path = "/apis/gateway.networking.k8s.io/v1/namespaces/shop-prod/httproutes/shop";
+    fake.put(
+        path,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": "shop", "namespace": "shop-prod", "resourceVersion": "7" },
+            "spec": { "parentRefs": [{ "name": "public" }], "hostnames": ["shop.example.com"],
+                      "rules": [{ "backendRefs": [
+                          { "name": "web-stable", "port": 80, "weight": 10000 },
+                          { "name": "web-canary", "port": 80, "weight": 0 } ] }] }
+        }),
+    );
+    assert!(
+        cluster
+            .set_weights("shop-prod", "shop", "web", 250)
+            .await
+            .expect("set")
+    );
+    let requests = fake.requests();
+    assert_eq!(
+        requests.iter().map(Seen::line).collect::<Vec<_>>(),
+        [format!("GET {path}"), format!("PATCH {path}")]
+    );
+    let patch = &requests[1];
+    assert_eq!(patch.content_type, "application/apply-patch+yaml");
+    assert_eq!(
+        query_param(&patch.query, "fieldManager").as_deref(),
+        Some("ferry")
+    );
+    assert_eq!(
+        patch.body,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": "shop", "namespace": "shop-prod", "resourceVersion": "7" },
+            "spec": { "rules": [{ "backendRefs": [
+                { "name": "web-stable", "port": 80, "weight": 9750 },
+                { "name": "web-canary", "port": 80, "weight": 250 } ] }] }
+        })
+    );
+    // Unchanged: a GET, no write.
+    fake.forget_requests();
+    assert!(
+        !cluster
+            .set_weights("shop-prod", "shop", "web", 250)
+            .await
+            .expect("set again")
+    );
+    assert_eq!(fake.seen(), [format!("GET {path}")]);
+    // Someone changed the route meanwhile: 409, read again, apply again.
+    fake.forget_requests();
+    fake.fail(&format!("PATCH {path}"), 409);
+    assert!(
+        cluster
+            .set_weights("shop-prod", "shop", "web", 5000)
+            .await
+            .expect("retried")
+    );
+    assert_eq!(
+        fake.seen(),
+        [
+            format!("GET {path}"),
+            format!("PATCH {path}"),
+            format!("GET {path}"),
+            format!("PATCH {path}")
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The Kubernetes runtime (the `Runtime` trait) through the same fake.
+
+const V1: &str = "1.4.0";
+const V2: &str = "1.5.0";
+const V3: &str = "1.6.0";
+
+fn replica(id: &str, version: &str) -> ReplicaSpec {
+    ReplicaSpec {
+        id: id.to_string(),
+        app: "shop".to_string(),
+        env: "staging".to_string(),
+        service: "web".to_string(),
+        version: version.to_string(),
+        argv: Vec::new(),
+        cwd: None,
+        env_vars: BTreeMap::new(),
+        run_as: None,
+        redact: Vec::new(),
+        port: 0,
+        health: HealthSpec::default(),
+        stop_timeout: Duration::from_secs(20),
+        container: None,
+    }
+}
+
+fn runtime(fake: &Fake) -> KubernetesRuntime {
+    // The poller would read every hour: the test steps it with `observe`.
+    let runtime =
+        KubernetesRuntime::with_poll(Cluster::new(fake.client()), Duration::from_secs(3600));
+    runtime.configure(
+        &common::manifest(),
+        "staging",
+        BTreeMap::from([("DB_PASSWORD".to_string(), common::SECRET_VALUE.to_string())]),
+    );
+    runtime
+}
+
+fn writes(fake: &Fake) -> Vec<String> {
+    fake.seen()
+        .into_iter()
+        .filter(|l| !l.starts_with("GET "))
+        .collect()
+}
+
+fn drain(events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>) -> Vec<RuntimeEvent> {
+    let mut out = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        out.push(event);
+    }
+    out
+}
+
+fn replicas_sent(fake: &Fake, name: &str) -> Value {
+    fake.requests()
+        .iter()
+        .rev()
+        .find(|s| s.method == "PATCH" && s.path.ends_with(name))
+        .map(|s| s.body["spec"]["replicas"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_canary_on_the_runtime_scales_two_deployments_and_retires_the_old_one() {
+    let fake = Fake::default();
+    let rt = runtime(&fake);
+    let mut events = rt.subscribe();
+    let v1 = names::workload("web", V1);
+    let v2 = names::workload("web", V2);
+
+    // The stable version: two replicas are one Deployment with replicas 2.
+    rt.start(replica("web-a", V1)).await.expect("start a");
+    rt.start(replica("web-b", V1)).await.expect("start b");
+    assert_eq!(replicas_sent(&fake, &format!("deployments/{v1}")), 2);
+    let secret = fake
+        .requests()
+        .into_iter()
+        .find(|s| s.method == "PATCH" && s.path.contains("/secrets/"))
+        .expect("the Secret is applied");
+    assert_eq!(
+        secret.body["data"]["DB_PASSWORD"], "czNjcjN0LWRiLXBhc3N3b3JkLTdmMmE=",
+        "base64 of the value, in the Secret alone"
+    );
+    let deployment = fake
+        .requests()
+        .into_iter()
+        .rfind(|s| s.path.ends_with(&format!("deployments/{v1}")))
+        .expect("deployment");
+    assert!(
+        !deployment.body.to_string().contains(common::SECRET_VALUE),
+        "a secret value only ever goes into the Secret"
+    );
+    rt.observe().await;
+    let healthy: Vec<String> = drain(&mut events)
+        .into_iter()
+        .filter_map(|e| match e {
+            RuntimeEvent::Healthy { id } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(healthy, ["web-a", "web-b"]);
+    let a = rt.endpoint("web-a").expect("endpoint of a");
+    let b = rt.endpoint("web-b").expect("endpoint of b");
+    assert_ne!(a, b);
+    for endpoint in [a, b] {
+        assert!(!endpoint.ip().is_loopback(), "{endpoint}: a pod address");
+        assert_eq!(endpoint.port(), 8080);
+    }
+
+    // The canary: one replica of the new version, the stable Deployment untouched.
+    fake.forget_requests();
+    rt.start(replica("web-c", V2)).await.expect("start canary");
+    assert_eq!(
+        writes(&fake),
+        [
+            format!("PATCH {SERVICES}/{v2}"),
+            format!("PATCH {DEPLOYMENTS}/{v2}")
+        ],
+        "the namespace, the Secret and v1 are unchanged: no write"
+    );
+    assert_eq!(replicas_sent(&fake, &format!("deployments/{v2}")), 1);
+    rt.observe().await;
+    assert!(rt.endpoint("web-c").is_some());
+
+    // Scale steps: v2 up to 2, v1 down to 1, then 0 (deleted with its Service).
+    fake.forget_requests();
+    rt.start(replica("web-d", V2)).await.expect("start d");
+    rt.stop("web-a").await.expect("stop a");
+    assert_eq!(
+        writes(&fake),
+        [
+            format!("PATCH {DEPLOYMENTS}/{v2}"),
+            format!("PATCH {DEPLOYMENTS}/{v1}/scale")
+        ]
+    );
+    assert_eq!(replicas_sent(&fake, &format!("deployments/{v2}")), 2);
+    assert_eq!(replicas_sent(&fake, &format!("deployments/{v1}/scale")), 1);
+    fake.forget_requests();
+    rt.stop("web-b").await.expect("stop b");
+    assert_eq!(
+        writes(&fake),
+        [
+            format!("PATCH {DEPLOYMENTS}/{v1}/scale"),
+            format!("DELETE {DEPLOYMENTS}/{v1}"),
+            format!("DELETE {SERVICES}/{v1}"),
+        ]
+    );
+    assert_eq!(fake.requests()[1].body["propagationPolicy"], "Foreground");
+    assert_eq!(fake.requests()[1].body["gracePeriodSeconds"], 20);
+    let stopped: Vec<RuntimeEvent> = drain(&mut events)
+        .into_iter()
+        .filter(|e| matches!(e, RuntimeEvent::Stopped { .. }))
+        .collect();
+    assert_eq!(
+        stopped,
+        [
+            RuntimeEvent::Stopped { id: "web-a".into() },
+            RuntimeEvent::Stopped { id: "web-b".into() }
+        ]
+    );
+    assert!(rt.status("web-a").is_none());
+    let ids: Vec<String> = rt.list().into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, ["web-c", "web-d"]);
+
+    // Its logs come from the pods' log API.
+    let mut lines = rt.logs("web-c", 10, false);
+    assert_eq!(lines.recv().await.as_deref(), Some("migrated 3 tables"));
+    let log = fake
+        .requests()
+        .into_iter()
+        .find(|s| s.path.ends_with("/log"))
+        .expect("a log request");
+    assert!(
+        log.path
+            .starts_with("/api/v1/namespaces/shop-staging/pods/")
+    );
+    assert_eq!(query_param(&log.query, "tailLines").as_deref(), Some("10"));
+}
+
+#[tokio::test]
+async fn a_version_that_never_gets_ready_is_rolled_back() {
+    let fake = Fake::default();
+    let rt = runtime(&fake);
+    let mut events = rt.subscribe();
+    let v2 = names::workload("web", V2);
+    let v3 = names::workload("web", V3);
+    fake.lock().unready.push(v3.clone());
+    rt.start(replica("web-c", V2)).await.expect("start stable");
+    rt.start(replica("web-e", V3)).await.expect("start canary");
+    rt.observe().await;
+    let seen = drain(&mut events);
+    assert!(seen.contains(&RuntimeEvent::Healthy { id: "web-c".into() }));
+    assert!(
+        !seen.contains(&RuntimeEvent::Healthy { id: "web-e".into() }),
+        "{seen:?}"
+    );
+    assert_eq!(rt.endpoint("web-e"), None, "no address before it is ready");
+    assert_eq!(
+        rt.status("web-e").expect("status").state,
+        ferry_core::model::ReplicaState::Starting
+    );
+
+    // The rollback: the canary goes, the stable version stays as it was.
+    fake.forget_requests();
+    rt.stop("web-e").await.expect("stop canary");
+    let w = writes(&fake);
+    assert!(w.contains(&format!("DELETE {DEPLOYMENTS}/{v3}")), "{w:?}");
+    assert!(w.iter().all(|l| !l.contains(&v2)), "{w:?}");
+    assert!(rt.endpoint("web-c").is_some());
+
+    // A ready replica whose pods stop being ready is Unhealthy.
+    fake.lock().unready.push(v2.clone());
+    let path = format!("{DEPLOYMENTS}/{v2}");
+    settle(&mut fake.lock(), &path);
+    rt.observe().await;
+    assert!(drain(&mut events).contains(&RuntimeEvent::Unhealthy {
+        id: "web-c".into(),
+        reason: format!("Deployment {v2} has 0 ready pods of 1"),
+    }));
+    assert_eq!(rt.endpoint("web-c"), None);
+}
+
+#[tokio::test]
+async fn a_restarted_server_adopts_the_replicas_its_deployments_have() {
+    let fake = Fake::default();
+    let v2 = names::workload("web", V2);
+    {
+        let before = runtime(&fake);
+        before.start(replica("web-c", V2)).await.expect("c");
+        before.start(replica("web-d", V2)).await.expect("d");
+    }
+    // A new server: a new client and runtime, the same cluster.
+    fake.forget_requests();
+    let rt = runtime(&fake);
+    let mut events = rt.subscribe();
+    assert!(rt.adopt(replica("web-c", V2), None).await.expect("adopt c"));
+    assert!(rt.adopt(replica("web-d", V2), None).await.expect("adopt d"));
+    assert!(
+        !rt.adopt(replica("web-x", V2), None).await.expect("adopt x"),
+        "the Deployment has 2 replicas: a third is not there"
+    );
+    assert!(
+        !rt.adopt(replica("web-y", V3), None).await.expect("adopt y"),
+        "no Deployment of that version"
+    );
+    assert!(writes(&fake).is_empty(), "adoption writes nothing");
+    let list = &fake.requests()[0];
+    assert_eq!(list.line(), format!("GET {DEPLOYMENTS}"));
+    assert_eq!(
+        query_param(&list.query, "labelSelector").as_deref(),
+        Some("ferry.dev/app=shop,ferry.dev/env=staging")
+    );
+    rt.observe().await;
+    assert_eq!(
+        drain(&mut events),
+        [
+            RuntimeEvent::Healthy { id: "web-c".into() },
+            RuntimeEvent::Healthy { id: "web-d".into() }
+        ]
+    );
+    // Stopping one of them scales the adopted Deployment down.
+    fake.forget_requests();
+    rt.stop("web-d").await.expect("stop d");
+    assert_eq!(writes(&fake), [format!("PATCH {DEPLOYMENTS}/{v2}/scale")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_runs_once_as_a_job_with_its_secrets_from_the_secret() {
+    let fake = Fake::default();
+    let rt = runtime(&fake);
+    fake.lock().job_done_after = Some(2);
+    let task = TaskSpec {
+        name: "hook-migrate-17".to_string(),
+        app: "shop".to_string(),
+        env: "staging".to_string(),
+        argv: vec!["shop".to_string(), "migrate".to_string()],
+        env_vars: BTreeMap::from([
+            ("VERSION".to_string(), V2.to_string()),
+            ("DB_PASSWORD".to_string(), common::SECRET_VALUE.to_string()),
+            ("MIGRATION_LOCK".to_string(), "1".to_string()),
+        ]),
+        cwd: None,
+        run_as: None,
+        timeout: Duration::from_secs(60),
+        output: TaskOutput::Capture { max_bytes: 1024 },
+        container: None,
+    };
+    let outcome = rt.run_task(task.clone(), None).await.expect("task");
+    assert_eq!(outcome.end, TaskEnd::Exited(0));
+    assert_eq!(outcome.stdout, "migrated 3 tables\n");
+    let jobs = "/apis/batch/v1/namespaces/shop-staging/jobs";
+    let post = fake
+        .requests()
+        .into_iter()
+        .find(|s| s.method == "POST")
+        .expect("the Job is created");
+    assert_eq!(post.path, jobs);
+    assert_eq!(post.body["metadata"]["name"], "hook-migrate-17");
+    let container = &post.body["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["args"], json!(["shop", "migrate"]));
+    assert_eq!(
+        container["image"],
+        format!("registry.example.com/shop/web:{V2}")
+    );
+    assert!(!post.body.to_string().contains(common::SECRET_VALUE));
+    let password = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "DB_PASSWORD")
+        .expect("DB_PASSWORD");
+    assert_eq!(
+        password["valueFrom"]["secretKeyRef"]["name"],
+        "shop-staging-ferry-secrets"
+    );
+
+    // The same task again (a restarted server retrying the attempt): 409, the same Job.
+    fake.forget_requests();
+    let again = rt.run_task(task, None).await.expect("task again");
+    assert_eq!(again.end, TaskEnd::Exited(0));
+    assert_eq!(
+        fake.lock()
+            .objects
+            .keys()
+            .filter(|k| k.starts_with(jobs))
+            .count(),
+        1,
+        "one Job"
+    );
+}
