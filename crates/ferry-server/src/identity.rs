@@ -402,6 +402,16 @@ pub async fn create_user(
     let name = request.username.trim().to_string();
     validate_username(&name).map_err(bad_request)?;
     request.password.check_policy().map_err(bad_request)?;
+    // A taken name is refused before the (costly) hash; the insert still refuses a race.
+    if state
+        .store
+        .get_user(&name)
+        .await
+        .map_err(internal)?
+        .is_some()
+    {
+        return Err(user_exists(&name));
+    }
     let hash = auth::hash_password(request.password)
         .await
         .map_err(internal)?;
@@ -410,14 +420,18 @@ pub async fn create_user(
         .create_user(&name, &hash, now_ms())
         .await
         .map_err(|e| match e {
-            ferry_store::StoreError::Conflict(_) => ApiFailure::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("user {name} already exists"),
-            ),
+            ferry_store::StoreError::Conflict(_) => user_exists(&name),
             other => internal(other),
         })?;
     Ok((StatusCode::CREATED, Json(user)))
+}
+
+fn user_exists(name: &str) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("user {name} already exists"),
+    )
 }
 
 async fn set_disabled(state: &AppState, name: &str, disabled: bool) -> ApiResult<UserRecord> {
