@@ -497,3 +497,33 @@ async fn a_draining_replica_is_stopped_only_once_nothing_is_in_flight() {
         sim.timeline(id).await
     );
 }
+
+/// Issue 11's gate race: the pass that holds a deployment at a gate check records `blocked`
+/// before it starts the check, so a check that fails at once is never seen beside `pending`.
+#[tokio::test]
+async fn a_deployment_is_blocked_before_its_gate_checks_start() {
+    use super::steps::Effect;
+    // The check's server never answers while the test runs (it never accepts).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/ok", held.local_addr().expect("addr"));
+    let gates =
+        format!("rolling\n    gates:\n      checks: [{{ name: ci, http: {{ url: \"{url}\" }} }}]");
+    let mut sim = Sim::new(&manifest(&gates, "")).await;
+    let id = sim.deploy("shop", "production", "1.0").await;
+    sim.until_state(id, DeploymentState::Blocked).await;
+    let journal = sim.controller.journal();
+    let blocked = journal
+        .iter()
+        .position(|e| matches!(e, Effect::Transition(t) if t.to == DeploymentState::Blocked));
+    let started = journal
+        .iter()
+        .position(|e| matches!(e, Effect::StartChecks(checks) if checks[0].name == "ci"));
+    match (blocked, started) {
+        (Some(blocked), Some(started)) => assert!(blocked < started, "{journal:?}"),
+        _ => panic!("blocked, then the check started: {journal:?}"),
+    }
+    assert!(
+        sim.world.starts().is_empty(),
+        "nothing started behind a gate"
+    );
+}

@@ -16,13 +16,14 @@ use crate::error::ServerError;
 use crate::lock;
 use crate::progressive::Phase;
 
+use super::executor::Scope;
 use super::replicas::ActError;
 use super::replicas::short_id;
+use super::steps;
 use super::strategy::describe_run;
 use super::strategy::pace_of;
 use super::strategy::plan_of;
 use super::strategy::restore_pace;
-use super::strategy::target_or;
 use super::{Controller, TICK};
 
 impl Controller {
@@ -214,17 +215,7 @@ impl Controller {
             tracing::error!(error = %e, "auto-promotion pass failed; retrying");
         }
         // Replicas of apps, environments or services no longer in any manifest.
-        let orphans: Vec<String> = replicas
-            .iter()
-            .filter(|r| !r.draining)
-            .filter(|r| {
-                apps.get(&r.app).is_none_or(|(_, m)| {
-                    m.environments.get(&r.env).is_none() || !m.services.contains_key(&r.service)
-                })
-            })
-            .map(|r| r.id.clone())
-            .collect();
-        for id in orphans {
+        for id in steps::maintain::orphans(&apps, &replicas) {
             self.store.set_replica_draining(&id, now).await?;
         }
         // One read of the replicas as this pass left them, for the table and the drains.
@@ -274,34 +265,25 @@ impl Controller {
         } else {
             None
         };
+        let scope = Scope {
+            app,
+            manifest,
+            env,
+            deployment: Some(&deployment),
+            now,
+        };
         // A redeploy with nothing to change ends here: no gate, hook or replica is touched.
-        if let Some(plan) = &redeploy
-            && plan.is_empty()
-            && matches!(
-                deployment.state,
-                DeploymentState::Pending
-                    | DeploymentState::AwaitingApproval
-                    | DeploymentState::Blocked
-            )
+        if let Some(done) = redeploy
+            .as_ref()
+            .and_then(|plan| steps::rollout::nothing_to_redeploy(&deployment, plan))
         {
-            let message = format!(
-                "nothing to redeploy: {} already runs with this configuration and replica count; no gate, hook or replica was touched",
-                deployment.version
-            );
-            self.transition(
-                &deployment,
-                DeploymentState::Succeeded,
-                None,
-                Some(deployment.version.clone()),
-                &message,
-            )
-            .await?;
+            self.execute_logged(&scope, vec![done.into()]).await?;
             return Ok(());
         }
         if matches!(
             deployment.state,
             DeploymentState::Pending | DeploymentState::AwaitingApproval | DeploymentState::Blocked
-        ) && !self.gates_pass(&deployment, manifest, env).await?
+        ) && !self.gates_pass(app, &deployment, manifest, env).await?
         {
             return Ok(());
         }
@@ -322,53 +304,12 @@ impl Controller {
                 .drive_progressive(app, manifest, env, &deployment, &plan, &services, now)
                 .await;
         }
+        let run = describe_run(&deployment, &strategy, manifest, env);
+        if let Some(started) = steps::rollout::start(&deployment, &run, redeploy.as_ref()) {
+            self.execute_logged(&scope, vec![started.into()]).await?;
+            return Ok(());
+        }
         let (target, pace) = match deployment.state {
-            DeploymentState::Pending
-            | DeploymentState::AwaitingApproval
-            | DeploymentState::Blocked
-                if let Some(plan) = &redeploy =>
-            {
-                let message = format!(
-                    "redeploy of {} started ({}): {}",
-                    deployment.version,
-                    describe_run(&deployment, &strategy, manifest, env),
-                    plan.describe()
-                );
-                self.transition(
-                    &deployment,
-                    DeploymentState::Progressing,
-                    None,
-                    None,
-                    &message,
-                )
-                .await?;
-                return Ok(());
-            }
-            DeploymentState::Pending
-            | DeploymentState::AwaitingApproval
-            | DeploymentState::Blocked => {
-                let message = match &deployment.previous_version {
-                    Some(previous) => format!(
-                        "rollout started: {previous} -> {} ({})",
-                        deployment.version,
-                        describe_run(&deployment, &strategy, manifest, env)
-                    ),
-                    None => format!(
-                        "rollout started: {} ({})",
-                        deployment.version,
-                        describe_run(&deployment, &strategy, manifest, env)
-                    ),
-                };
-                self.transition(
-                    &deployment,
-                    DeploymentState::Progressing,
-                    None,
-                    None,
-                    &message,
-                )
-                .await?;
-                return Ok(());
-            }
             DeploymentState::Progressing => (
                 deployment.version.clone(),
                 pace_of(&strategy, manifest, env),
@@ -385,10 +326,10 @@ impl Controller {
         }
         let verdict = match rollout::reconcile(&target, &services, pace, now) {
             Verdict::Progress(actions) => match self
-                .act(app, manifest, env, Some(deployment.id), actions, now)
+                .execute(&scope, vec![steps::Effect::Replicas(actions)])
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     self.infra_recovered(deployment.id);
                     return Ok(());
                 }
@@ -428,55 +369,19 @@ impl Controller {
         {
             return Ok(());
         }
-        if let Some((state, reason)) = rollout::next_state(
-            deployment.state,
+        let aborted_by = Phase::of(&deployment)?.aborted_by;
+        if let Some(next) = steps::rollout::finish(
+            &deployment,
             &verdict,
-            deployment.previous_version.is_some(),
+            baking,
+            aborted_by.as_deref(),
+            redeploy.is_some(),
         ) {
-            let current = match state {
-                DeploymentState::Succeeded => Some(deployment.version.clone()),
-                DeploymentState::RolledBack => deployment.previous_version.clone(),
-                _ => None,
-            };
-            let message = match state {
-                DeploymentState::RollingBack if baking => format!(
-                    "rolling back to {} during the bake: {reason}",
-                    target_or(&deployment.previous_version)
-                ),
-                DeploymentState::RollingBack => format!(
-                    "rolling back to {}: {reason}",
-                    target_or(&deployment.previous_version)
-                ),
-                _ => reason.clone(),
-            };
-            let keep_reason = matches!(
-                state,
-                DeploymentState::RollingBack | DeploymentState::Failed
-            );
-            let reason = if keep_reason {
-                Some(reason)
-            } else {
-                deployment.reason.clone()
-            };
             // hooks: say so when this goes back past an irreversible migration.
-            if state == DeploymentState::RollingBack {
+            if next.to == DeploymentState::RollingBack {
                 self.warn_if_irreversible(&deployment).await?;
             }
-            let aborted_by = Phase::of(&deployment)?.aborted_by;
-            let (state, message) = match (state, aborted_by) {
-                (DeploymentState::RolledBack, Some(by)) => (
-                    DeploymentState::Aborted,
-                    format!("aborted by {by}; previous version restored"),
-                ),
-                // config: a failed redeploy keeps the replicas that run the old configuration.
-                (DeploymentState::RolledBack, None) if redeploy.is_some() => (
-                    DeploymentState::RolledBack,
-                    "previous configuration kept: its replicas serve all traffic".to_string(),
-                ),
-                (state, _) => (state, message),
-            };
-            self.transition(&deployment, state, reason, current, &message)
-                .await?;
+            self.execute_logged(&scope, vec![next.into()]).await?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ferry_core::manifest::Manifest;
 use ferry_core::model::{DeploymentState, EventKind, ReplicaState};
-use ferry_core::rollout::{self, Action, Observed, Patience, ServiceInput, Verdict};
+use ferry_core::rollout::{Action, Observed, Patience, ServiceInput};
 use ferry_runtime::{HealthSpec, ReplicaSpec};
 use ferry_store::{AppRecord, DeploymentRecord, ReplicaRecord};
 use rand::RngExt;
@@ -33,26 +33,21 @@ impl Controller {
             .env_current(&app.name, env)
             .await?
             .and_then(|e| e.current_version);
-        match current {
-            Some(version) => {
-                if let Verdict::Progress(actions) =
-                    rollout::reconcile(&version, services, restore_pace(manifest, env), now)
-                    && let Err(reason) = self.act(app, manifest, env, None, actions, now).await
-                {
-                    tracing::error!(app = %app.name, env, "{reason}");
-                }
-            }
-            None => {
-                let leftovers: Vec<String> = services
-                    .iter()
-                    .flat_map(|s| s.replicas.iter())
-                    .filter(|r| !r.draining)
-                    .map(|r| r.id.clone())
-                    .collect();
-                for id in leftovers {
-                    self.store.set_replica_draining(&id, now).await?;
-                }
-            }
+        let effects = super::steps::maintain::step(
+            current.as_deref(),
+            services,
+            restore_pace(manifest, env),
+            now,
+        );
+        let scope = super::executor::Scope {
+            app,
+            manifest,
+            env,
+            deployment: None,
+            now,
+        };
+        if let Err(e) = self.execute(&scope, effects).await {
+            tracing::error!(app = %app.name, env, "{e}");
         }
         Ok(())
     }

@@ -1,0 +1,128 @@
+//! Decisions as pure steps: each concern looks at a snapshot of one environment (the facts
+//! it needs, read by the shell before it is called) and `now`, and returns the effects to
+//! apply, in order. No I/O here (no tokio, no store, no runtime, no proxy: the `tidy` test
+//! below enforces it); [`super::executor`] applies the effects.
+//!
+//! Concerns moved here so far: `maintain` (an idle environment at its version, replicas
+//! outside every manifest), `gates` (may a deployment start), `rollout` (the entry and
+//! exit transitions of a rolling/recreate deployment).
+
+use ferry_core::manifest::GateCheck;
+use ferry_core::model::{DeploymentState, EventKind};
+use ferry_core::rollout::Action;
+
+pub(super) mod gates;
+pub(super) mod maintain;
+pub(super) mod rollout;
+
+/// One thing the executor does, in the order a step returns them.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Effect {
+    /// A compare-and-set state change of the deployment the plan is for. When another
+    /// writer moved the deployment first, the executor drops the rest of the plan (the next
+    /// pass decides again from what is stored).
+    Transition(Transition),
+    /// A line on the deployment's timeline.
+    Event { kind: EventKind, message: String },
+    /// Start and drain replicas (the core's rollout actions); a started replica's row is
+    /// written before it runs, a drained one leaves the route table before it stops.
+    Replicas(Vec<Action>),
+    /// Run these gate checks in the background (their results are facts of a later pass).
+    StartChecks(Vec<GateCheck>),
+    /// Keep the rows of the gates a deployment passed (`ferry status` shows them).
+    RecordPassedGates(Vec<ferry_core::gates::GateRow>),
+    /// Remember the unmet gates announced on the timeline (`None`: forget the deployment),
+    /// so a waiting deployment's timeline gets a line only when what it awaits changes.
+    RememberUnmet(Option<Vec<String>>),
+}
+
+/// A state change, applied with compare-and-set against the row version the snapshot read.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Transition {
+    pub to: DeploymentState,
+    /// The deployment's reason after the change (`None` clears it).
+    pub reason: Option<String>,
+    /// The environment's current version becomes this.
+    pub current: Option<String>,
+    /// The timeline line (recorded as `{state}: {message}`).
+    pub message: String,
+}
+
+impl Transition {
+    pub fn to(to: DeploymentState, message: impl Into<String>) -> Transition {
+        Transition {
+            to,
+            reason: None,
+            current: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn because(mut self, reason: Option<String>) -> Transition {
+        self.reason = reason;
+        self
+    }
+
+    pub fn current(mut self, version: Option<String>) -> Transition {
+        self.current = version;
+        self
+    }
+}
+
+impl From<Transition> for Effect {
+    fn from(t: Transition) -> Effect {
+        Effect::Transition(t)
+    }
+}
+
+/// Invariants of the pure layer's shape.
+#[cfg(test)]
+mod tidy {
+    /// The steps do no I/O: no async, no tokio, no store, runtime, proxy or clock handle.
+    #[test]
+    fn the_steps_do_no_io() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/controller");
+        let mut files = vec![dir.join("steps.rs")];
+        for entry in std::fs::read_dir(dir.join("steps")).expect("steps/") {
+            files.push(entry.expect("entry").path());
+        }
+        assert!(files.len() >= 4, "found the steps' modules");
+        let forbidden = [
+            "async",
+            ".await",
+            "tokio",
+            "ferry_runtime",
+            "Store",
+            "sqlx",
+            "reqwest",
+            "std::fs",
+            "std::net",
+            "std::process",
+            "Controller",
+            "Clock",
+            "DataPlane",
+            "now_ms()",
+            "SystemTime",
+            "Instant",
+            "rand::",
+        ];
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("read source");
+            let code = text.split("mod tidy").next().unwrap_or(&text);
+            for (n, line) in code.lines().enumerate() {
+                let line = line.trim_start();
+                if line.starts_with("//") {
+                    continue;
+                }
+                for word in forbidden {
+                    assert!(
+                        !line.contains(word),
+                        "{}:{}: `{word}` in a pure step (I/O belongs to the executor): {line}",
+                        file.display(),
+                        n + 1
+                    );
+                }
+            }
+        }
+    }
+}
