@@ -72,6 +72,19 @@ async fn apps_share_a_listener_by_host() {
         let (status, _, body) = get(&ferry, &shop, "unknown.example.com").await;
         assert_eq!(status, 404, "{body}");
         assert!(body.contains("no site for host unknown.example.com"), "{body}");
+        // The proxy's own answers are dated, like a replica's (the HTTP/1.1 fast path).
+        let resp = ferry
+            .http
+            .get(format!("http://{}/", shop.listener()))
+            .header("host", "unknown.example.com")
+            .send()
+            .await
+            .expect("GET through the proxy");
+        let date = resp.headers().get("date").expect("a Date on the 404");
+        assert!(
+            date.to_str().is_ok_and(|d| d.ends_with(" GMT")),
+            "{date:?}"
+        );
 
         // A third app claiming shop's host on the same address: a located conflict.
         let mut evil = Spec::new("evil");
