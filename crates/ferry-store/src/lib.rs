@@ -155,6 +155,10 @@ pub struct DeploymentRecord {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub finished_at_ms: Option<i64>,
+    /// When acting for it first failed on the store or the engine, while that lasts (the
+    /// controller's infrastructure-retry window; see [`Store::infra_failing_since`]).
+    #[serde(skip)]
+    pub infra_failing_since_ms: Option<i64>,
 }
 
 impl DeploymentRecord {
@@ -269,6 +273,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "login links",
         include_str!("../migrations/0015_login_links.sql"),
     ),
+    (
+        19,
+        "infra retry",
+        include_str!("../migrations/0019_infra_retry.sql"),
+    ),
 ];
 
 /// The migration files this build embeds (`(version, description)`), for tests.
@@ -325,7 +334,8 @@ fn migrator_for(backend: &str) -> Result<Migrator> {
 macro_rules! deployment_cols {
     () => {
         "id, app, env, version, previous_version, kind, strategy, state, reason, requested_by, \
-         manifest_revision, phase, row_version, created_at_ms, updated_at_ms, finished_at_ms"
+         manifest_revision, phase, row_version, created_at_ms, updated_at_ms, finished_at_ms, \
+         infra_failing_since_ms"
     };
 }
 
@@ -375,6 +385,7 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRecord> {
         created_at_ms: get(row, "created_at_ms", &what)?,
         updated_at_ms: get(row, "updated_at_ms", &what)?,
         finished_at_ms: get(row, "finished_at_ms", &what)?,
+        infra_failing_since_ms: get(row, "infra_failing_since_ms", &what)?,
     })
 }
 
@@ -922,6 +933,51 @@ impl Store {
         tracing::debug!(id, state = %record.state, row_version = record.row_version,
             "deployment transitioned");
         Ok(record)
+    }
+
+    /// Acting for deployment `id` failed on the store or the engine at `now`: when that
+    /// began (kept across restarts, so a restart grants no new retry window). `true` when
+    /// it began now.
+    pub async fn infra_failing_since(&self, id: i64, now: i64) -> Result<(i64, bool)> {
+        let op = || format!("recording an infrastructure failure of deployment {id}");
+        let started = sqlx::query(
+            "UPDATE deployments SET infra_failing_since_ms = $1 \
+             WHERE id = $2 AND infra_failing_since_ms IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .ctx(op)?
+        .rows_affected()
+            > 0;
+        if started {
+            return Ok((now, true));
+        }
+        let row = sqlx::query("SELECT infra_failing_since_ms FROM deployments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx(op)?
+            .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
+        let since: Option<i64> = get(&row, "infra_failing_since_ms", &|| {
+            format!("deployment {id}")
+        })?;
+        Ok((since.unwrap_or(now), false))
+    }
+
+    /// Acting for deployment `id` works again (or its failure was judged): a later failure
+    /// starts a new retry window.
+    pub async fn infra_recovered(&self, id: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE deployments SET infra_failing_since_ms = NULL \
+             WHERE id = $1 AND infra_failing_since_ms IS NOT NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .ctx(|| format!("clearing the infrastructure failure of deployment {id}"))?;
+        Ok(())
     }
 
     /// For `rollback` without `--to`: the version of the newest *succeeded* deployment of

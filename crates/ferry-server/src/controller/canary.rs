@@ -307,7 +307,7 @@ impl Controller {
                 }
             }
         }
-        self.infra_recovered(deployment.id);
+        self.infra_recovered(deployment).await;
         Ok(())
     }
 

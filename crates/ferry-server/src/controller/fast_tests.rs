@@ -527,3 +527,41 @@ async fn a_deployment_is_blocked_before_its_gate_checks_start() {
         "nothing started behind a gate"
     );
 }
+
+/// The infrastructure-retry window survives a restart: a server killed 7½ minutes into an
+/// outage gives the deployment the 2½ minutes left, not another 10.
+#[tokio::test]
+async fn a_restart_grants_no_new_infrastructure_retry_window() {
+    let mut sim = Sim::new(&manifest("rolling", "")).await;
+    serving(&mut sim, "1.0").await;
+    sim.world.set_engine_down(true);
+    let id = sim.deploy("shop", "production", "2.0").await;
+    sim.until(id, "failing on the engine", |d| {
+        d.infra_failing_since_ms.is_some()
+    })
+    .await;
+    let limit = super::replicas::INFRA_RETRY_LIMIT;
+    sim.advance(limit * 3 / 4);
+    sim.pass().await;
+    assert_eq!(sim.deployment(id).await.state, DeploymentState::Progressing);
+    sim.crash().await;
+    sim.advance(limit / 4);
+    let done = sim.until(id, "ended", |d| d.state.is_terminal()).await;
+    let timeline = sim.timeline(id).await;
+    assert_eq!(done.state, DeploymentState::RolledBack, "{timeline}");
+    assert!(
+        done.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("kept failing for 10m"),
+        "{:?}",
+        done.reason
+    );
+    assert_eq!(
+        timeline.matches("retrying for at most 10m").count(),
+        1,
+        "said once, not again after the restart:\n{timeline}"
+    );
+    // The window was closed with the verdict.
+    assert_eq!(sim.deployment(id).await.infra_failing_since_ms, None);
+}

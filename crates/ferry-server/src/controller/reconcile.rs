@@ -330,7 +330,7 @@ impl Controller {
                 .await
             {
                 Ok(_) => {
-                    self.infra_recovered(deployment.id);
+                    self.infra_recovered(&deployment).await;
                     return Ok(());
                 }
                 Err(ActError::Failed(reason)) => Verdict::Failed(reason),

@@ -327,24 +327,31 @@ impl Controller {
     /// The store or the engine failed while acting for `deployment`. The first time, says
     /// so on its timeline with the deadline; `Some(reason)` once it has kept failing for
     /// [`INFRA_RETRY_LIMIT`] (the deployment then fails or rolls back), `None` meanwhile
-    /// (retry on the next pass). Counted from this server's first failure: a restart
-    /// gives the infrastructure the whole limit again.
+    /// (retry on the next pass). Counted from the first failure as the store keeps it
+    /// (`deployments.infra_failing_since_ms`): a restart grants no new window. While the
+    /// store itself fails, this server remembers when it began.
     pub(super) async fn infra_failed(
         &self,
         deployment: &DeploymentRecord,
         error: &ServerError,
         now: i64,
     ) -> Option<String> {
-        let (since, first) = {
-            let mut failing = lock(&self.infra_failing_since);
-            match failing.get(&deployment.id) {
-                Some(since) => (*since, false),
-                None => {
-                    failing.insert(deployment.id, now);
+        let known = deployment
+            .infra_failing_since_ms
+            .or_else(|| lock(&self.infra_failing_since).get(&deployment.id).copied());
+        let (since, first) = match known {
+            Some(since) => (since, false),
+            None => match self.store.infra_failing_since(deployment.id, now).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(deployment = deployment.id, error = %e, "the retry window is kept in memory only");
                     (now, true)
                 }
-            }
+            },
         };
+        lock(&self.infra_failing_since)
+            .entry(deployment.id)
+            .or_insert(since);
         let limit = ferry_core::duration::HumanDuration(INFRA_RETRY_LIMIT);
         if first {
             self.event(
@@ -354,15 +361,26 @@ impl Controller {
             )
             .await;
         }
-        (now - since >= millis(INFRA_RETRY_LIMIT)).then(|| {
-            lock(&self.infra_failing_since).remove(&deployment.id);
-            format!("the runtime or the store kept failing for {limit}: {error}")
-        })
+        if now.saturating_sub(since) < millis(INFRA_RETRY_LIMIT) {
+            return None;
+        }
+        self.infra_recovered(deployment).await;
+        Some(format!(
+            "the runtime or the store kept failing for {limit}: {error}"
+        ))
     }
 
-    /// Acting for `deployment` worked: a later failure starts a new retry window.
-    pub(super) fn infra_recovered(&self, deployment: i64) {
-        lock(&self.infra_failing_since).remove(&deployment);
+    /// Acting for `deployment` worked (or its failure was judged): a later failure starts a
+    /// new retry window. Writes only when a window is open.
+    pub(super) async fn infra_recovered(&self, deployment: &DeploymentRecord) {
+        let remembered = lock(&self.infra_failing_since)
+            .remove(&deployment.id)
+            .is_some();
+        if (remembered || deployment.infra_failing_since_ms.is_some())
+            && let Err(e) = self.store.infra_recovered(deployment.id).await
+        {
+            tracing::warn!(deployment = deployment.id, error = %e, "clearing the retry window");
+        }
     }
 }
 

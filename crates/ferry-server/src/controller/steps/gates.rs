@@ -157,6 +157,7 @@ pub(super) mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             finished_at_ms: None,
+            infra_failing_since_ms: None,
         }
     }
 
