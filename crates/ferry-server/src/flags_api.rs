@@ -1150,8 +1150,10 @@ pub struct StartGuard {
     pub steps: Option<Vec<f64>>,
     #[serde(default)]
     pub pause: Option<HumanDuration>,
+    /// An analysis block as in a manifest; read by the handler, so that a block the
+    /// manifest's schema refuses is a located 400 like every other rule of the request.
     #[serde(default)]
-    pub analysis: Option<AnalysisSpec>,
+    pub analysis: Option<Value>,
     #[serde(default)]
     pub stickiness: Option<String>,
     #[serde(default)]
@@ -1204,13 +1206,21 @@ pub async fn guard_start(
             Strategy::BlueGreen(b) => b.post_promotion_analysis.clone(),
             _ => None,
         });
+    let analysis = match body.analysis {
+        Some(value) => Some(serde_json::from_value::<AnalysisSpec>(value).map_err(|e| {
+            ApiFailure::with_details(
+                StatusCode::BAD_REQUEST,
+                "invalid_guarded_rollout",
+                format!("guarded rollout of {flag}: analysis: {e}"),
+                vec!["analysis".into()],
+            )
+        })?),
+        None => from_strategy,
+    };
     let spec = GuardSpec {
         steps,
         pause: body.pause.unwrap_or(HumanDuration(DEFAULT_GUARD_PAUSE)),
-        analysis: body
-            .analysis
-            .or(from_strategy)
-            .unwrap_or_else(guard::default_analysis),
+        analysis: analysis.unwrap_or_else(guard::default_analysis),
         stickiness: body.stickiness,
     };
     let problems = spec.validate();

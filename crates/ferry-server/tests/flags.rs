@@ -579,3 +579,42 @@ async fn import_then_export_keeps_the_unleash_document_and_bad_flags_are_located
         .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_guarded_rollout_refuses_a_bad_analysis_block_with_a_located_400() {
+    let h = harness().await;
+    h.admin_ok(
+        "POST",
+        "/v1/apps/shop/envs/production/flags",
+        Some(json!({"name": "checkout"})),
+    )
+    .await;
+    let path = "/v1/apps/shop/envs/production/flags/checkout/guarded-rollout";
+    // Any object is schema-valid for `analysis`: what the manifest's schema refuses (an
+    // unknown field, a wrong type) is the same 400 as the analysis rules.
+    for analysis in [
+        json!({"¢": {}}),
+        json!({"interval": 5}),
+        json!({"metrics": [{"name": "errors", "builtin": "error_rate", "max": 1, "x": 1}]}),
+    ] {
+        let a = h
+            .call(
+                "POST",
+                path,
+                Some(&h.admin),
+                Some(json!({ "analysis": analysis })),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{analysis}: {}", a.text);
+        assert_eq!(a.json()["code"], "invalid_guarded_rollout", "{}", a.text);
+        assert_eq!(a.json()["details"][0], "analysis", "{}", a.text);
+    }
+    let zero = h
+        .call("POST", path, Some(&h.admin), Some(json!({"pause": "0s"})))
+        .await;
+    assert_eq!(zero.status, StatusCode::BAD_REQUEST, "{}", zero.text);
+    assert_eq!(zero.json()["details"][0], "pause", "{}", zero.text);
+    // Nothing was started by the refused requests.
+    let none = h.call("GET", path, Some(&h.admin), None).await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND, "{}", none.text);
+}
