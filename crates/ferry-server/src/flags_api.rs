@@ -771,40 +771,30 @@ async fn switch(
     .await
 }
 
-/// `POST …/flags/{flag}/enable`
-pub async fn enable(
-    State(state): State<AppState>,
-    Extension(access): Extension<Access>,
-    Extension(slot): Extension<AuditSlot>,
-    Path(path): FlagPath,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    switch(state, access, slot, path, headers, body, Switch::Enable).await
+/// One handler per switch (the route names the switch).
+macro_rules! switch_handlers {
+    ($($(#[doc = $doc:literal])* $name:ident => $how:ident;)*) => {$(
+        $(#[doc = $doc])*
+        pub async fn $name(
+            State(state): State<AppState>,
+            Extension(access): Extension<Access>,
+            Extension(slot): Extension<AuditSlot>,
+            Path(path): FlagPath,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> ApiResult<Json<Value>> {
+            switch(state, access, slot, path, headers, body, Switch::$how).await
+        }
+    )*};
 }
 
-/// `POST …/flags/{flag}/disable`: the kill switch.
-pub async fn disable(
-    State(state): State<AppState>,
-    Extension(access): Extension<Access>,
-    Extension(slot): Extension<AuditSlot>,
-    Path(path): FlagPath,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    switch(state, access, slot, path, headers, body, Switch::Disable).await
-}
-
-/// `POST …/flags/{flag}/archive`
-pub async fn archive(
-    State(state): State<AppState>,
-    Extension(access): Extension<Access>,
-    Extension(slot): Extension<AuditSlot>,
-    Path(path): FlagPath,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    switch(state, access, slot, path, headers, body, Switch::Archive).await
+switch_handlers! {
+    /// `POST …/flags/{flag}/enable`
+    enable => Enable;
+    /// `POST …/flags/{flag}/disable`: the kill switch.
+    disable => Disable;
+    /// `POST …/flags/{flag}/archive`
+    archive => Archive;
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@
 use ferry_core::flags::guard::Guard;
 use ferry_core::flags::{Feature, Segment};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sqlx::any::AnyRow;
 
 use crate::{Ctx, Result, Store, StoreError, get};
@@ -111,13 +112,19 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
+/// A JSON text column as `T` (a NULL is JSON `null`: `None` for an `Option`).
+fn json_col<T: DeserializeOwned>(row: &AnyRow, col: &str, what: &dyn Fn() -> String) -> Result<T> {
+    let text: Option<String> = get(row, col, what)?;
+    serde_json::from_str(text.as_deref().unwrap_or("null"))
+        .map_err(|e| corrupt(&format!("{}: column {col}", what()), e))
+}
+
 fn flag_from_row(row: &AnyRow) -> Result<FlagRecord> {
     let name: String = get(row, "name", &|| "flags row".to_string())?;
     let what = || format!("flag {name}");
-    let json: String = get(row, "feature_json", &what)?;
     let archived: i64 = get(row, "archived", &what)?;
     Ok(FlagRecord {
-        feature: serde_json::from_str(&json).map_err(|e| corrupt(&what(), e))?,
+        feature: json_col(row, "feature_json", &what)?,
         archived: archived != 0,
         created_at_ms: get(row, "created_at_ms", &what)?,
         updated_at_ms: get(row, "updated_at_ms", &what)?,
@@ -129,17 +136,53 @@ fn flag_from_row(row: &AnyRow) -> Result<FlagRecord> {
 fn guard_from_row(row: &AnyRow) -> Result<FlagGuardRecord> {
     let id: i64 = get(row, "id", &|| "flag_guards row".to_string())?;
     let what = || format!("guarded rollout {id}");
-    let json: String = get(row, "guard_json", &what)?;
     Ok(FlagGuardRecord {
         id,
         app: get(row, "app", &what)?,
         env: get(row, "env", &what)?,
         flag: get(row, "flag", &what)?,
         seq: get(row, "seq", &what)?,
-        guard: serde_json::from_str(&json).map_err(|e| corrupt(&what(), e))?,
+        guard: json_col(row, "guard_json", &what)?,
         started_by: get(row, "started_by", &what)?,
         started_at_ms: get(row, "started_at_ms", &what)?,
         updated_at_ms: get(row, "updated_at_ms", &what)?,
+    })
+}
+
+fn change_from_row(row: &AnyRow) -> Result<FlagChange> {
+    let what = || "flag_changes row".to_string();
+    Ok(FlagChange {
+        flag: get(row, "flag", &what)?,
+        revision: get(row, "revision", &what)?,
+        at_ms: get(row, "at_ms", &what)?,
+        actor: get(row, "actor", &what)?,
+        action: get(row, "action", &what)?,
+        before: json_col(row, "before_json", &what)?,
+        after: json_col(row, "after_json", &what)?,
+        reason: get(row, "reason", &what)?,
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<FlagTokenRecord> {
+    let what = || "flag client token".to_string();
+    Ok(FlagTokenRecord {
+        id: get(row, "id", &what)?,
+        app: get(row, "app", &what)?,
+        env: get(row, "env", &what)?,
+        name: get(row, "name", &what)?,
+        created_by: get(row, "created_by", &what)?,
+        created_at_ms: get(row, "created_at_ms", &what)?,
+    })
+}
+
+fn metric_from_row(row: &AnyRow) -> Result<FlagMetricRow> {
+    let what = || "flag_metrics row".to_string();
+    Ok(FlagMetricRow {
+        flag: get(row, "flag", &what)?,
+        bucket_ms: get(row, "bucket_ms", &what)?,
+        yes: get(row, "yes", &what)?,
+        no: get(row, "no", &what)?,
+        variants: Default::default(),
     })
 }
 
@@ -147,6 +190,24 @@ const GUARD_COLS: &str =
     "id, app, env, flag, seq, guard_json, started_by, started_at_ms, updated_at_ms";
 
 const FLAG_COLS: &str = "name, feature_json, archived, created_at_ms, updated_at_ms, updated_by";
+
+/// One flag, read through the pool or inside a transaction.
+async fn read_flag<'e>(
+    ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    app: &str,
+    env: &str,
+    name: &str,
+) -> Result<Option<FlagRecord>> {
+    let sql = format!("SELECT {FLAG_COLS} FROM flags WHERE app = $1 AND env = $2 AND name = $3");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(app)
+        .bind(env)
+        .bind(name)
+        .fetch_optional(ex)
+        .await
+        .ctx(|| format!("reading flag {name} of {app}/{env}"))?;
+    row.as_ref().map(flag_from_row).transpose()
+}
 
 impl Store {
     /// The flags of an environment, by name (archived ones too when asked).
@@ -174,16 +235,7 @@ impl Store {
     }
 
     pub async fn get_flag(&self, app: &str, env: &str, name: &str) -> Result<Option<FlagRecord>> {
-        let sql =
-            format!("SELECT {FLAG_COLS} FROM flags WHERE app = $1 AND env = $2 AND name = $3");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(app)
-            .bind(env)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .ctx(|| format!("reading flag {name} of {app}/{env}"))?;
-        row.as_ref().map(flag_from_row).transpose()
+        read_flag(&self.pool, app, env, name).await
     }
 
     /// `(revision, epoch)` of an environment's flags; `None` before its first flag.
@@ -216,7 +268,6 @@ impl Store {
             return Ok(None);
         };
         let what = || format!("flag revision of {app}/{env}");
-        let segments: String = get(&row, "segments_json", &what)?;
         let rows = sqlx::query(
             "SELECT feature_json FROM flags WHERE app = $1 AND env = $2 AND archived = 0 \
              ORDER BY name",
@@ -229,15 +280,12 @@ impl Store {
         tx.commit().await.ctx(op)?;
         let features = rows
             .iter()
-            .map(|r| {
-                let json: String = get(r, "feature_json", &op)?;
-                serde_json::from_str(&json).map_err(|e| corrupt(&op(), e))
-            })
+            .map(|r| json_col(r, "feature_json", &op))
             .collect::<Result<Vec<Feature>>>()?;
         Ok(Some(ServedFlags {
             revision: get(&row, "revision", &what)?,
             epoch: get(&row, "epoch", &what)?,
-            segments: serde_json::from_str(&segments).map_err(|e| corrupt(&what(), e))?,
+            segments: json_col(&row, "segments_json", &what)?,
             features,
         }))
     }
@@ -285,26 +333,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .ctx(|| format!("reading the flag changes of {app}/{env}"))?;
-        let what = || format!("flag change of {app}/{env}");
-        let json = |row: &AnyRow, col: &str| -> Result<Option<serde_json::Value>> {
-            let text: Option<String> = get(row, col, &what)?;
-            text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(&what(), e)))
-                .transpose()
-        };
-        rows.iter()
-            .map(|row| {
-                Ok(FlagChange {
-                    flag: get(row, "flag", &what)?,
-                    revision: get(row, "revision", &what)?,
-                    at_ms: get(row, "at_ms", &what)?,
-                    actor: get(row, "actor", &what)?,
-                    action: get(row, "action", &what)?,
-                    before: json(row, "before_json")?,
-                    after: json(row, "after_json")?,
-                    reason: get(row, "reason", &what)?,
-                })
-            })
-            .collect()
+        rows.iter().map(change_from_row).collect()
     }
 
     // -- guarded rollouts ------------------------------------------------------------------
@@ -516,19 +545,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .ctx(|| format!("listing the flag client tokens of {app}/{env}"))?;
-        let what = || "flag client token".to_string();
-        rows.iter()
-            .map(|r| {
-                Ok(FlagTokenRecord {
-                    id: get(r, "id", &what)?,
-                    app: get(r, "app", &what)?,
-                    env: get(r, "env", &what)?,
-                    name: get(r, "name", &what)?,
-                    created_by: get(r, "created_by", &what)?,
-                    created_at_ms: get(r, "created_at_ms", &what)?,
-                })
-            })
-            .collect()
+        rows.iter().map(token_from_row).collect()
     }
 
     /// Revokes a client token; `false` if the environment has no such token.
@@ -641,15 +658,7 @@ impl Store {
         .ctx(op)?;
         let mut out = rows
             .iter()
-            .map(|r| {
-                Ok(FlagMetricRow {
-                    flag: get(r, "flag", &op)?,
-                    bucket_ms: get(r, "bucket_ms", &op)?,
-                    yes: get(r, "yes", &op)?,
-                    no: get(r, "no", &op)?,
-                    variants: Default::default(),
-                })
-            })
+            .map(metric_from_row)
             .collect::<Result<Vec<_>>>()?;
         let variants = sqlx::query(
             "SELECT flag, bucket_ms, variant, count FROM flag_metric_variants \
@@ -706,16 +715,7 @@ async fn write_flags_in<E: Send>(
     .ctx(op)?;
     let mut current = Vec::with_capacity(names.len());
     for name in names {
-        let sql =
-            format!("SELECT {FLAG_COLS} FROM flags WHERE app = $1 AND env = $2 AND name = $3");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(app)
-            .bind(env)
-            .bind(name)
-            .fetch_optional(&mut **tx)
-            .await
-            .ctx(op)?;
-        current.push(row.as_ref().map(flag_from_row).transpose()?);
+        current.push(read_flag(&mut **tx, app, env, name).await?);
     }
     let writes = match decide(current.clone()) {
         Ok(w) => w,
