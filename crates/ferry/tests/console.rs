@@ -958,3 +958,205 @@ async fn the_deployment_page_shows_the_analysis_as_a_table() {
     })
     .await;
 }
+
+/// The flags page: per environment, a flag's state, strategies, rollout and guarded
+/// rollout, text as text; the on/off forms only for who may manage that environment's
+/// flags, judged again (and audited) by the API's gate; forged forms refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn console_flags_page_switches_flags_by_role_with_csrf() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.env = "staging".into();
+        spec.replicas = 1;
+        ferry.apply(&pipeline(&ferry, &spec)).await;
+        let out = ferry
+            .cli(&[
+                "roles",
+                "create",
+                "flagger",
+                "--permission",
+                "manage_flags",
+                "--permission",
+                "view",
+            ])
+            .await;
+        assert_eq!(out.code, 0, "roles create:\n{out}");
+        add_person(
+            &ferry,
+            "fay",
+            PASSWORD,
+            &[
+                ("flagger", "shop", Some("staging")),
+                ("viewer", "shop", None),
+            ],
+        )
+        .await;
+        add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
+        let at = ["shop", "--env", "staging"];
+        for args in [
+            &[
+                "flags",
+                "create",
+                at[0],
+                at[1],
+                at[2],
+                "checkout",
+                "--description",
+                "<script>alert(1)</script> & co",
+            ][..],
+            &["flags", "rollout", at[0], at[1], at[2], "checkout", "25"],
+            &["flags", "create", at[0], at[1], at[2], "beta"],
+            &[
+                "flags",
+                "rollout",
+                at[0],
+                at[1],
+                at[2],
+                "beta",
+                "--guarded",
+                "--steps",
+                "5,100",
+                "--pause",
+                "1h",
+            ],
+        ] {
+            let out = ferry.cli(args).await;
+            assert_eq!(out.code, 0, "{args:?}:\n{out}");
+        }
+
+        let (mut fay, fay_csrf) = Browser::logged_in(&ferry, "fay").await;
+        let (mut vic, vic_csrf) = Browser::logged_in(&ferry, "vic").await;
+        let app = fay.get("/apps/shop").await;
+        assert!(
+            app.body.contains("href=\"/apps/shop/flags\""),
+            "{}",
+            app.body
+        );
+
+        let page = fay.get("/apps/shop/flags?env=staging").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert_no_markup_from_users(&page.body);
+        assert!(
+            page.body
+                .contains("&#60;script&#62;alert(1)&#60;/script&#62; &#38; co")
+                || page
+                    .body
+                    .contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"),
+            "the description as text: {}",
+            page.body
+        );
+        assert!(page.body.contains("25 %"), "{}", page.body);
+        assert!(page.body.contains("flexibleRollout"), "{}", page.body);
+        // (With no traffic to judge, the first step holds: running, or paused once the
+        // analysis stayed inconclusive for long.)
+        assert!(
+            page.body.contains(">running</span> step 1/2 at 5 %")
+                || page.body.contains(">paused</span> step 1/2 at 5 %"),
+            "{}",
+            page.body
+        );
+        assert!(
+            page.body.contains("id=\"switch-checkout\">Turn on<"),
+            "{}",
+            page.body
+        );
+        assert!(
+            page.body
+                .contains("id=\"switch-beta\">Turn off (kill switch)<"),
+            "{}",
+            page.body
+        );
+        // Fay manages staging's flags, not production's: no button there.
+        let production = fay.get("/apps/shop/flags?env=production").await;
+        assert_eq!(production.status, StatusCode::OK, "{}", production.body);
+        assert!(
+            !production.body.contains("id=\"switch-"),
+            "{}",
+            production.body
+        );
+        // A viewer sees the flags and no button.
+        let as_vic = vic.get("/apps/shop/flags?env=staging").await;
+        assert_eq!(as_vic.status, StatusCode::OK, "{}", as_vic.body);
+        assert!(as_vic.body.contains("checkout"));
+        assert!(!as_vic.body.contains("id=\"switch-"), "{}", as_vic.body);
+
+        // The viewer's forged form (right CSRF token, no manage_flags): the API's gate
+        // refuses it, 403, and audits it.
+        let enable = "/apps/shop/envs/staging/flags/checkout/enable";
+        let by_vic = vic
+            .post(enable, &[("csrf", &vic_csrf), ("reason", "why not")])
+            .await;
+        assert_eq!(by_vic.status, StatusCode::FORBIDDEN, "{}", by_vic.body);
+        let (_, audit) = ferry.api_get("/v1/audit?actor=user:vic").await;
+        assert!(
+            audit.as_array().expect("audit records").iter().any(|r| {
+                r["action"] == "flags.enable"
+                    && r["outcome"].as_str().unwrap_or("").starts_with("denied")
+            }),
+            "the viewer's forged switch is in the audit log: {audit}"
+        );
+        // Fay's form with a CSRF token that is not her session's: refused.
+        let forged = fay.post(enable, &[("csrf", &vic_csrf)]).await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+        assert!(forged.body.contains("CSRF"), "{}", forged.body);
+        // Not in production, whatever the page shows.
+        let elsewhere = fay
+            .post(
+                "/apps/shop/envs/production/flags/checkout/enable",
+                &[("csrf", &fay_csrf)],
+            )
+            .await;
+        assert_eq!(
+            elsewhere.status,
+            StatusCode::FORBIDDEN,
+            "{}",
+            elsewhere.body
+        );
+        let (_, shown) = ferry
+            .api_get("/v1/apps/shop/envs/staging/flags/checkout")
+            .await;
+        assert_eq!(shown["summary"]["enabled"], false, "{shown}");
+
+        // Fay turns it on, then off again (the kill switch), with a reason kept as text.
+        let on = fay
+            .post(enable, &[("csrf", &fay_csrf), ("reason", "<b>launch</b>")])
+            .await;
+        assert_eq!(on.status, StatusCode::SEE_OTHER, "{}", on.body);
+        assert_eq!(on.location(), "/apps/shop/flags?env=staging");
+        let page = fay.get("/apps/shop/flags?env=staging").await;
+        assert!(
+            page.body
+                .contains("id=\"switch-checkout\">Turn off (kill switch)<"),
+            "{}",
+            page.body
+        );
+        let (_, shown) = ferry
+            .api_get("/v1/apps/shop/envs/staging/flags/checkout")
+            .await;
+        assert_eq!(shown["summary"]["enabled"], true, "{shown}");
+        assert_eq!(shown["changes"][0]["reason"], "<b>launch</b>", "{shown}");
+        assert_eq!(shown["changes"][0]["actor"], "user:fay", "{shown}");
+        let off = fay
+            .post(
+                "/apps/shop/envs/staging/flags/checkout/disable",
+                &[("csrf", &fay_csrf)],
+            )
+            .await;
+        assert_eq!(off.status, StatusCode::SEE_OTHER, "{}", off.body);
+        let (_, shown) = ferry
+            .api_get("/v1/apps/shop/envs/staging/flags/checkout")
+            .await;
+        assert_eq!(shown["summary"]["enabled"], false, "{shown}");
+        // Only enable and disable are forms here.
+        let archive = fay
+            .post(
+                "/apps/shop/envs/staging/flags/checkout/archive",
+                &[("csrf", &fay_csrf)],
+            )
+            .await;
+        assert_eq!(archive.status, StatusCode::NOT_FOUND, "{}", archive.body);
+    })
+    .await;
+}

@@ -21,6 +21,7 @@
 
 mod actions;
 mod dora;
+mod flags;
 mod live;
 mod pages;
 mod views;
@@ -77,6 +78,11 @@ pub(crate) fn mount(api: Router, state: AppState) -> Router {
         .route("/apps/{app}", get(pages::app))
         .route("/apps/{app}/dora", get(dora::page))
         .route("/apps/{app}/envs/{env}/{action}", post(actions::env_action))
+        .route("/apps/{app}/flags", get(flags::page))
+        .route(
+            "/apps/{app}/envs/{env}/flags/{flag}/{action}",
+            post(flags::switch),
+        )
         .route("/deployments/{id}", get(pages::deployment))
         .route("/deployments/{id}/live", get(live::deployment))
         .route("/deployments/{id}/change-record", get(pages::change_record))
