@@ -2724,6 +2724,7 @@ on_every_engine!(
     // flags:
     flags_write_bumps_the_revision_atomically_and_keeps_changes,
     flag_tokens_clients_and_metrics,
+    flag_guards_start_once_and_move_by_compare_and_set,
     // notify:
     outbox_is_written_with_its_event_and_delivered_once,
 );
@@ -3085,4 +3086,247 @@ async fn in_memory_sqlite_works_for_quick_tests() {
         .await
         .unwrap();
     assert_eq!(store.get_deployment(d.id).await.unwrap(), Some(d));
+}
+
+// flags:
+/// A flag at `percent` (its gradual rollout), enabled.
+fn flag_at(name: &str, percent: u32) -> ferry_store::FlagWrite {
+    use ferry_core::flags::edit;
+    let mut feature = edit::set_rollout(edit::new_flag(name, None), percent, None).unwrap();
+    feature.enabled = true;
+    ferry_store::FlagWrite {
+        feature,
+        archived: false,
+    }
+}
+
+pub async fn flag_guards_start_once_and_move_by_compare_and_set(store: Store, _url: String) {
+    use ferry_core::duration::HumanDuration;
+    use ferry_core::flags::edit::rollout_of;
+    use ferry_core::flags::guard::{self, GuardSpec, GuardState};
+    use ferry_store::{FlagDecide, GuardRefused};
+
+    let spec = GuardSpec {
+        steps: vec![5, 25, 100],
+        pause: HumanDuration(std::time::Duration::from_secs(30)),
+        analysis: guard::default_analysis(),
+        stickiness: None,
+    };
+    let first = guard::start(spec, 100);
+    // No flag: `decide` refuses and nothing is written (not even the revision).
+    let refused = store
+        .start_flag_guard(
+            "shop",
+            "prod",
+            "a",
+            &first,
+            flag_meta("guard", 100),
+            |current| current.map(|_| flag_at("a", 5)).ok_or("no flag"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(refused, Err(GuardRefused::Refused("no flag"))));
+    assert_eq!(store.flag_revision("shop", "prod").await.unwrap(), None);
+    assert!(store.running_flag_guards().await.unwrap().is_empty());
+
+    store
+        .write_flags(
+            "shop",
+            "prod",
+            &["a".into()],
+            None,
+            flag_meta("create", 110),
+            |_| Ok::<_, ()>(vec![Some(flag_at("a", 0))]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // Started: the flag at the first step in the same transaction, one more revision.
+    let (record, revision, changes) = store
+        .start_flag_guard(
+            "shop",
+            "prod",
+            "a",
+            &first,
+            flag_meta("guard", 120),
+            |current| current.map(|_| flag_at("a", 5)).ok_or("no flag"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revision, 2);
+    assert_eq!(changes.len(), 1);
+    assert_eq!((record.seq, record.started_at_ms), (1, 120));
+    assert_eq!(record.guard, first);
+    let flag = store.get_flag("shop", "prod", "a").await.unwrap().unwrap();
+    assert_eq!(rollout_of(&flag.feature), 5);
+    assert_eq!(
+        store.running_flag_guards().await.unwrap(),
+        vec![record.clone()]
+    );
+    assert_eq!(
+        store
+            .latest_flag_guards("shop", "prod", None)
+            .await
+            .unwrap(),
+        vec![record.clone()]
+    );
+
+    // A second start while one runs: refused, and its flag write rolled back with it.
+    let again = store
+        .start_flag_guard("shop", "prod", "a", &first, flag_meta("guard", 130), |_| {
+            Ok::<_, ()>(flag_at("a", 50))
+        })
+        .await
+        .unwrap();
+    match again {
+        Err(GuardRefused::Running(r)) => assert_eq!(r.id, record.id),
+        other => panic!("expected Running, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .flag_revision("shop", "prod")
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        2
+    );
+    let flag = store.get_flag("shop", "prod", "a").await.unwrap().unwrap();
+    assert_eq!(rollout_of(&flag.feature), 5);
+
+    // The next step, by compare-and-set: two writers from the same state, one wins.
+    let mut next = record.guard.clone();
+    next.step = 1;
+    next.step_started_ms = 200;
+    let step = |pct: u32| -> FlagDecide<'static> {
+        Box::new(move |current| current.map(|_| flag_at("a", pct)))
+    };
+    let (s1, s2) = (store.clone(), store.clone());
+    let (r1, n1, r2, n2) = (record.clone(), next.clone(), record.clone(), next.clone());
+    let (w1, w2) = tokio::join!(
+        tokio::spawn(async move {
+            s1.update_flag_guard(&r1, &n1, 200, Some((flag_meta("analysis", 200), step(25))))
+                .await
+                .unwrap()
+        }),
+        tokio::spawn(async move {
+            s2.update_flag_guard(&r2, &n2, 200, Some((flag_meta("analysis", 200), step(25))))
+                .await
+                .unwrap()
+        }),
+    );
+    assert_eq!(
+        [w1.unwrap(), w2.unwrap()].iter().filter(|w| **w).count(),
+        1,
+        "exactly one writer moves the guard"
+    );
+    assert_eq!(
+        store
+            .flag_revision("shop", "prod")
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        3
+    );
+    let moved = store.running_flag_guards().await.unwrap().pop().unwrap();
+    assert_eq!(
+        (moved.seq, moved.guard.step, moved.updated_at_ms),
+        (2, 1, 200)
+    );
+    let flag = store.get_flag("shop", "prod", "a").await.unwrap().unwrap();
+    assert_eq!(rollout_of(&flag.feature), 25);
+    // A stale writer (the old seq) writes nothing, and neither does a refusing `decide`.
+    assert!(
+        !store
+            .update_flag_guard(&record, &next, 210, None)
+            .await
+            .unwrap()
+    );
+    let mut paused = moved.guard.clone();
+    paused.state = GuardState::Paused {
+        reason: "inconclusive".into(),
+    };
+    let refuse: FlagDecide<'static> = Box::new(|_| None);
+    assert!(
+        !store
+            .update_flag_guard(
+                &moved,
+                &paused,
+                220,
+                Some((flag_meta("analysis", 220), refuse))
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.running_flag_guards().await.unwrap(),
+        vec![moved.clone()]
+    );
+    assert_eq!(
+        store
+            .flag_revision("shop", "prod")
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        3
+    );
+
+    // Rolled back: the guard ends and the flag goes to 0 % in the same transaction.
+    let mut back = moved.guard.clone();
+    back.state = GuardState::RolledBack {
+        metric: "errors".into(),
+        reason: "error rate 31% > 1% over 200 requests".into(),
+    };
+    assert!(
+        store
+            .update_flag_guard(
+                &moved,
+                &back,
+                300,
+                Some((flag_meta("analysis", 300), step(0)))
+            )
+            .await
+            .unwrap()
+    );
+    assert!(store.running_flag_guards().await.unwrap().is_empty());
+    let flag = store.get_flag("shop", "prod", "a").await.unwrap().unwrap();
+    assert_eq!(rollout_of(&flag.feature), 0);
+    let ended = store
+        .latest_flag_guards("shop", "prod", Some("a"))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!((ended.seq, &ended.guard.state), (3, &back.state));
+    let history = store
+        .flag_changes("shop", "prod", Some("a"), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|c| c.action.as_str())
+            .collect::<Vec<_>>(),
+        ["analysis", "analysis", "guard", "create"]
+    );
+
+    // Ended, so a new one may start; it is the flag's latest.
+    let (second, _, _) = store
+        .start_flag_guard("shop", "prod", "a", &first, flag_meta("guard", 400), |_| {
+            Ok::<_, ()>(flag_at("a", 5))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.id > record.id);
+    assert_eq!(
+        store
+            .latest_flag_guards("shop", "prod", Some("a"))
+            .await
+            .unwrap(),
+        vec![second]
+    );
 }
