@@ -111,52 +111,14 @@ JSON
     wait_http "http://127.0.0.1:$listen/"
 }
 
-# start_nginx LISTEN_PORT UPSTREAM_PORT: nginx in the foreground with its own prefix
-# (worker_processes auto, upstream keepalive 64, access log off). Sets NGINX_PID.
-start_nginx() {
-    local listen=$1 upstream=$2
-    mkdir -p "$TMP/nginx/logs"
-    cat >"$TMP/nginx/nginx.conf" <<CONF
-worker_processes auto;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    upstream app {
-        server 127.0.0.1:$upstream;
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:$listen;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-CONF
-    nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log" &
-    NGINX_PID=$!
-    PIDS+=("$NGINX_PID")
-    wait_http "http://127.0.0.1:$listen/"
-}
-
-# start_static_upstream NAME PORT VERSION: an nginx answering every request like ferry-demo
-# (`x-version: VERSION`, body `hello from demo VERSION`), for runs without a release
-# ferry-demo (UPSTREAM=nginx). Keep-alive connections are never closed by it.
-start_static_upstream() {
-    local name=$1 port=$2 version=$3 dir="$TMP/$1"
+# run_nginx DIR WORKERS HTTP_BODY: a foreground nginx with its own prefix DIR (pid, error log
+# and temporary paths inside it, access log off), worker_processes WORKERS, HTTP_BODY inside
+# its `http` block. Its pid is added to PIDS and set in LAST_NGINX_PID.
+run_nginx() {
+    local dir=$1 workers=$2 body=$3
     mkdir -p "$dir/logs"
     cat >"$dir/nginx.conf" <<CONF
-worker_processes 1;
+worker_processes $workers;
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/logs/error.log warn;
@@ -168,19 +130,50 @@ http {
     fastcgi_temp_path $dir/fastcgi;
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
+$body
+}
+CONF
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" &
+    LAST_NGINX_PID=$!
+    PIDS+=("$LAST_NGINX_PID")
+}
+
+# start_nginx LISTEN_PORT UPSTREAM_PORT: nginx in the foreground with its own prefix
+# (worker_processes auto, upstream keepalive 64, access log off). Sets NGINX_PID.
+start_nginx() {
+    local listen=$1 upstream=$2
+    run_nginx "$TMP/nginx" auto "
+    upstream app {
+        server 127.0.0.1:$upstream;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$listen;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+    NGINX_PID=$LAST_NGINX_PID
+    wait_http "http://127.0.0.1:$listen/"
+}
+
+# start_static_upstream NAME PORT VERSION: an nginx answering every request like ferry-demo
+# (`x-version: VERSION`, body `hello from demo VERSION`), for runs without a release
+# ferry-demo (UPSTREAM=nginx). Keep-alive connections are never closed by it.
+start_static_upstream() {
+    local port=$2 version=$3
+    run_nginx "$TMP/$1" 1 "
     keepalive_requests 100000000;
     keepalive_timeout 300s;
     server {
         listen 127.0.0.1:$port;
         location / {
             add_header x-version $version;
-            return 200 "hello from demo $version\n";
+            return 200 \"hello from demo $version\\n\";
         }
-    }
-}
-CONF
-    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" &
-    PIDS+=($!)
+    }"
     wait_http "http://127.0.0.1:$port/"
 }
 
@@ -192,5 +185,36 @@ start_upstream() {
         "${PIN_SERVERS[@]}" "$DEMO" --port "$2" --version "$3" >"$TMP/$1.log" 2>&1 &
         PIDS+=($!)
         wait_http "http://127.0.0.1:$2/"
+    fi
+}
+
+# to_ms TIME: wrk's "1.23ms" / "456.00us" / "1.20s" in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+        else printf "nan" }'
+}
+
+# median: the median of the numbers on stdin (whitespace separated).
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# wrk_figures OUTPUT: "REQ_PER_S P50_MS P99_MS ERRORS" of one `wrk --latency` run (errors:
+# socket errors and answers other than 2xx/3xx).
+wrk_figures() {
+    local rps p50 p99 errs
+    rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$1")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$1")")
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$1")")
+    errs=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$1")
+    echo "$rps $p50 $p99 $errs"
+}
+
+# need_nginx_wrk: installs nginx and wrk (Debian) when either is missing.
+need_nginx_wrk() {
+    if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+        echo "installing nginx and wrk" >&2
+        apt-get install -y nginx wrk >/dev/null
     fi
 }
