@@ -3202,20 +3202,17 @@ pub async fn flag_guards_start_once_and_move_by_compare_and_set(store: Store, _u
     let step = |pct: u32| -> FlagDecide<'static> {
         Box::new(move |current| current.map(|_| flag_at("a", pct)))
     };
-    let (s1, s2) = (store.clone(), store.clone());
-    let (r1, n1, r2, n2) = (record.clone(), next.clone(), record.clone(), next.clone());
-    let (w1, w2) = tokio::join!(
+    let writer = || {
+        let (store, record, next) = (store.clone(), record.clone(), next.clone());
         tokio::spawn(async move {
-            s1.update_flag_guard(&r1, &n1, 200, Some((flag_meta("analysis", 200), step(25))))
+            let write = Some((flag_meta("analysis", 200), step(25)));
+            store
+                .update_flag_guard(&record, &next, 200, write)
                 .await
                 .unwrap()
-        }),
-        tokio::spawn(async move {
-            s2.update_flag_guard(&r2, &n2, 200, Some((flag_meta("analysis", 200), step(25))))
-                .await
-                .unwrap()
-        }),
-    );
+        })
+    };
+    let (w1, w2) = tokio::join!(writer(), writer());
     assert_eq!(
         [w1.unwrap(), w2.unwrap()].iter().filter(|w| **w).count(),
         1,
