@@ -7,7 +7,8 @@
 //!    the replicas), or [`prometheus_samples`] from a query's answer ([`Input::Failed`] when
 //!    it could not run);
 //! 2. calls [`evaluate`] with the alerts stored for the rule and `now`, persists the new
-//!    alerts and the [`Transition`]s together (history, notifications);
+//!    alerts and the [`Transition`]s together (history, and the [`notification`]s of firing
+//!    and resolved alerts);
 //! 3. for each firing alert not yet acted on and not silenced ([`silenced_by`]), carries out
 //!    [`plan_actions`] through the controller's command API, then marks it acted.
 //!
@@ -16,6 +17,7 @@
 
 mod eval;
 mod facts;
+mod notice;
 mod spec;
 
 use std::collections::BTreeMap;
@@ -31,6 +33,7 @@ pub use facts::{
     ActionPlan, BlockingAlert, MAX_SERIES, Silence, alert_labels, blocking, builtin_input,
     builtin_samples, describe, gate_row, plan_actions, prometheus_samples, silenced_by,
 };
+pub use notice::notification;
 pub use spec::{
     AlertActions, AlertIssue, AlertQuery, AlertRule, Condition, DEFAULT_INTERVAL,
     DEFAULT_QUERY_TIMEOUT, MAX_RULES, Metric, Op, QUERY_PLACEHOLDERS, RESERVED_LABELS, Severity,

@@ -242,12 +242,18 @@ impl Notification {
 
     /// What this notification is about, the same for an alert's firing and resolved
     /// notifications (and for every state change of one deployment): SHA-256 over the
-    /// labels without `kind`, `state` and `version`. PagerDuty's `dedup_key`, and how a
-    /// resolved alert finds the firing one it ends.
+    /// labels without `kind` (and, for a deployment, `state` and `version`; an alert's
+    /// `version` tells its series apart). PagerDuty's `dedup_key`, and how a resolved
+    /// alert finds the firing one it ends.
     pub fn fingerprint(&self) -> String {
         let mut hash = Sha256::new();
         for (name, value) in &self.labels {
-            if matches!(name.as_str(), LABEL_KIND | "state" | "version") {
+            let skipped = match name.as_str() {
+                LABEL_KIND => true,
+                "state" | "version" => !self.kind.is_alert(),
+                _ => false,
+            };
+            if skipped {
                 continue;
             }
             hash.update(name.as_bytes());

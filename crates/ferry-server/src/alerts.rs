@@ -92,8 +92,9 @@ impl Evaluator {
                     .iter()
                     .map(|t| event(t, format!("{}: its rule was removed", t.to)))
                     .collect();
+                // Its rule is gone: no notification (its labels and receivers went with it).
                 self.store()
-                    .save_alerts(app, env, rule, &[], &events, now)
+                    .save_alerts(app, env, rule, &[], &events, &[], now)
                     .await?;
                 self.last.remove(&(app.clone(), env.clone(), rule.clone()));
             }
@@ -172,19 +173,27 @@ impl Evaluator {
             transitions,
         } = alerts::evaluate(rule, condition.as_ref(), &input, &previous, now);
         if current != previous || !transitions.is_empty() {
-            let events: Vec<AlertEvent> = transitions
-                .iter()
-                .map(|t| {
-                    let a = current.iter().find(|a| a.series == t.series);
-                    event(t, alerts::transition_message(rule, t, a))
-                })
-                .collect();
-            self.store()
-                .save_alerts(app, &env.env, &rule.name, &current, &events, now)
-                .await?;
+            let mut events = Vec::new();
+            let mut notifications = Vec::new();
             for t in &transitions {
-                notify(app, &env.env, rule, t, silences, now);
+                let a = current.iter().find(|a| a.series == t.series);
+                events.push(event(t, alerts::transition_message(rule, t, a)));
+                notifications.extend(
+                    a.and_then(|a| alerts::notification(rule, app, &env.env, t, a, silences, now)),
+                );
             }
+            // The alerts, their history and their notifications commit together.
+            self.store()
+                .save_alerts(
+                    app,
+                    &env.env,
+                    &rule.name,
+                    &current,
+                    &events,
+                    &notifications,
+                    now,
+                )
+                .await?;
         }
         // Persist, then act: a restart between the two finds `acted: false` and acts then.
         let mut lines = Vec::new();
@@ -211,7 +220,7 @@ impl Evaluator {
         }
         if acted {
             self.store()
-                .save_alerts(app, &env.env, &rule.name, &current, &lines, now)
+                .save_alerts(app, &env.env, &rule.name, &current, &lines, &[], now)
                 .await?;
         }
         Ok(())
@@ -336,26 +345,6 @@ fn action_line(
         message,
         at_ms: now,
     }
-}
-
-/// The notification seam: called once per transition, after it is stored. Firing and
-/// resolved alerts of rules with `notify` (not silenced) are announced here.
-fn notify(
-    app: &str,
-    env: &str,
-    rule: &AlertRule,
-    t: &alerts::Transition,
-    silences: &[Silence],
-    now: i64,
-) {
-    if !rule.actions.notify
-        || !matches!(t.to, AlertStatus::Firing | AlertStatus::Resolved)
-        || alerts::silenced_by(silences, app, env, &rule.name, now).is_some()
-    {
-        return;
-    }
-    tracing::info!(app = %app, env = %env, alert = %rule.name, series = %t.series,
-        severity = %rule.severity, status = %t.to, "alert {}", t.to);
 }
 
 /// Whether a rule of `manifest` holds deployments into `env` while it fires.

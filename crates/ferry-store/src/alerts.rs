@@ -2,6 +2,7 @@
 //! `AlertInstance`), their history, and silences.
 
 use ferry_core::alerts::{AlertInstance, Silence};
+use ferry_core::notify::Notification;
 
 use crate::{Ctx, Result, Store, StoreError, get};
 
@@ -28,8 +29,10 @@ pub struct AlertEvent {
 }
 
 impl Store {
-    /// Replaces the stored alerts of `rule` in app/env with `alerts` and appends `events`,
-    /// in one transaction: a restart finds both or neither.
+    /// Replaces the stored alerts of `rule` in app/env with `alerts`, appends `events` and
+    /// enqueues `notifications` in the outbox, in one transaction: a restart finds all or
+    /// none (a firing alert is never stored without its notification, nor a resolve).
+    #[allow(clippy::too_many_arguments)]
     pub async fn save_alerts(
         &self,
         app: &str,
@@ -37,6 +40,7 @@ impl Store {
         rule: &str,
         alerts: &[AlertInstance],
         events: &[AlertEvent],
+        notifications: &[Notification],
         now_ms: i64,
     ) -> Result<()> {
         let op = || format!("saving the alerts of {rule} in {app}/{env}");
@@ -80,6 +84,9 @@ impl Store {
             .execute(&mut *tx)
             .await
             .ctx(op)?;
+        }
+        for n in notifications {
+            crate::notify::enqueue(&mut tx, n, now_ms).await?;
         }
         tx.commit().await.ctx(op)?;
         Ok(())

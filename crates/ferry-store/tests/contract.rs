@@ -2016,17 +2016,41 @@ pub async fn alerts_are_replaced_per_rule_with_their_history_and_silences(
     };
     let a = alert("errors", "1.0", AlertStatus::Firing);
     let b = alert("errors", "2.0", AlertStatus::Pending);
-    store
-        .save_alerts(
-            "shop",
-            "prod",
-            "errors",
-            &[a.clone(), b],
-            &[line("errors", "firing", 5)],
-            5,
-        )
-        .await
-        .unwrap();
+    // the firing alert's notification is enqueued with it (once, however often it is saved)
+    let fired = Notification::new(
+        notify::key_alert("shop", "prod", "errors", 1, notify::Kind::AlertFiring),
+        notify::Kind::AlertFiring,
+        "shop",
+        "prod",
+        notify::Severity::Critical,
+        "errors firing",
+        5,
+    );
+    for _ in 0..2 {
+        store
+            .save_alerts(
+                "shop",
+                "prod",
+                "errors",
+                &[a.clone(), b.clone()],
+                &[line("errors", "firing", 5)],
+                std::slice::from_ref(&fired),
+                5,
+            )
+            .await
+            .unwrap();
+    }
+    let outbox = store.unrouted_notifications(10).await.unwrap();
+    let keys: Vec<&str> = outbox
+        .iter()
+        .map(|(_, n)| n.key.as_str())
+        .filter(|k| k.starts_with("alert-"))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![fired.key.as_str()],
+        "enqueued once with its alert"
+    );
     store
         .save_alerts(
             "shop",
@@ -2034,6 +2058,7 @@ pub async fn alerts_are_replaced_per_rule_with_their_history_and_silences(
             "down",
             &[alert("down", "x", AlertStatus::Firing)],
             &[line("down", "firing", 6)],
+            &[],
             6,
         )
         .await
@@ -2049,6 +2074,7 @@ pub async fn alerts_are_replaced_per_rule_with_their_history_and_silences(
             "errors",
             &[acted.clone()],
             &[line("errors", "action", 7)],
+            &[],
             7,
         )
         .await

@@ -1,7 +1,9 @@
 //! Alert rules end to end: a version that answers 500s through the proxy makes its alert
 //! pending, then firing, and the alert rolls the canary back (audited as `alert:NAME`); a
 //! firing alert (from a Prometheus-compatible server on loopback) holds deployments into its
-//! environment, survives a `kill -9` of the server with its state, and resolves after it.
+//! environment, survives a `kill -9` of the server with its state, and resolves after it;
+//! a firing and a resolved alert reach a signed webhook once each, although the server was
+//! killed between the firing and its delivery.
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::receiver::WebhookReceiver;
 use common::*;
 use ferry_core::alerts::{AlertStatus, AlertsAnswer};
 use ferry_core::model::DeploymentState;
@@ -255,19 +258,23 @@ impl Drop for FakePrometheus {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_firing_alert_holds_deployments_survives_a_restart_and_resolves() {
-    let _serial = SERIAL.lock().await;
-    bounded(LIMIT, async {
-        let mut ferry = Ferry::start().await;
-        let prometheus = FakePrometheus::start(ferry.dir.path());
-        let mut spec = Spec::new("shop");
-        spec.replicas = 1;
-        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
-        append(
-            &manifest,
-            &format!(
-                "alerts:
+/// App `shop` (one replica of 1.0.0 deployed) with the alert `database_down` (critical,
+/// `for: 1s`, evaluated every second), which fires while `prometheus` answers 0, with
+/// `actions` and `extra` (top-level manifest YAML, before `environments:`).
+async fn database_down_app(
+    ferry: &Ferry,
+    prometheus: &FakePrometheus,
+    actions: &str,
+    extra: &str,
+) -> Spec {
+    let mut spec = Spec::new("shop");
+    spec.replicas = 1;
+    spec.extra_service_yaml = extra.to_string();
+    let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+    append(
+        &manifest,
+        &format!(
+            "alerts:
   - name: database_down
     prometheus:
       address: http://127.0.0.1:{}
@@ -276,13 +283,24 @@ async fn a_firing_alert_holds_deployments_survives_a_restart_and_resolves() {
     for: 1s
     interval: 1s
     severity: critical
-    actions: {{ block_promotions: true }}
+    annotations: {{ summary: 'database {{{{ $labels.db }}}} is down' }}
+    actions: {{ {actions} }}
 ",
-                prometheus.port
-            ),
-        );
-        ferry.apply(&manifest).await;
-        ferry.deploy_ok(&spec, "1.0.0").await;
+            prometheus.port
+        ),
+    );
+    ferry.apply(&manifest).await;
+    ferry.deploy_ok(&spec, "1.0.0").await;
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_alert_holds_deployments_survives_a_restart_and_resolves() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let mut ferry = Ferry::start().await;
+        let prometheus = FakePrometheus::start(ferry.dir.path());
+        let spec = database_down_app(&ferry, &prometheus, "block_promotions: true", "").await;
 
         prometheus.set("0");
         let firing = wait_alerts(
@@ -482,6 +500,140 @@ async fn a_firing_alert_holds_deployments_survives_a_restart_and_resolves() {
                         .unwrap_or("")
                         .contains("planned database failover"))),
             "the silence is audited: {audit}"
+        );
+    })
+    .await;
+}
+
+/// The messages of `lines` (POSTs to `path`) whose body's `status` is `status`.
+fn messages<'a>(
+    lines: &'a [serde_json::Value],
+    path: &str,
+    status: &str,
+) -> Vec<&'a serde_json::Value> {
+    lines
+        .iter()
+        .filter(|l| l["path"] == path && l["body"]["status"] == status)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_is_notified_once_when_it_fires_and_once_when_it_resolves_across_kill9() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        const SIGNING_KEY: &str = "whsec-alerts-4d1c9e";
+        let mut ferry = Ferry::start().await;
+        let prometheus = FakePrometheus::start(ferry.dir.path());
+        let receiver = WebhookReceiver::start(ferry.dir.path(), SIGNING_KEY);
+        // Critical alerts go to /pager after a group_wait long enough to kill the server
+        // while the firing notification waits in the outbox; warnings go to /chat.
+        let routes = format!(
+            "receivers:
+  pager:
+    webhook: {{ url: '{pager}', secret: HOOK_KEY }}
+  chat:
+    webhook: {{ url: '{chat}' }}
+routes:
+  - receiver: pager
+    match: {{ kind: [alert-firing, alert-resolved], severity: critical, env: production }}
+    group_wait: 4s
+    group_interval: 1s
+  - receiver: chat
+    match: {{ severity: warning }}
+",
+            pager = receiver.url("/pager"),
+            chat = receiver.url("/chat"),
+        );
+        database_down_app(&ferry, &prometheus, "notify: true", &routes).await;
+        let out = ferry
+            .cli_with_stdin(
+                &["secrets", "set", "shop", "--env", "production", "HOOK_KEY"],
+                SIGNING_KEY,
+            )
+            .await;
+        assert_eq!(out.code, 0, "secrets set: {out}");
+
+        // It fires; the server dies (SIGKILL) while the notification waits for its group.
+        prometheus.set("0");
+        wait_alerts(
+            &ferry,
+            "shop",
+            Duration::from_secs(30),
+            "database_down fires",
+            |a| a.alerts.iter().any(|v| v.status == AlertStatus::Firing),
+        )
+        .await;
+        ferry.kill9_server();
+        let before_restart = receiver.lines().len();
+        ferry.start_server().await;
+        let lines = receiver
+            .wait(
+                "the firing notification",
+                &ferry,
+                Duration::from_secs(60),
+                |l| !messages(l, "/pager", "firing").is_empty(),
+            )
+            .await;
+        let firing = messages(&lines, "/pager", "firing");
+        assert_eq!(firing.len(), 1, "once: {lines:#?}");
+        let message = firing[0];
+        assert_eq!(message["sig_ok"], true, "signed: {message}");
+        assert!(message["key"].is_string(), "an Idempotency-Key: {message}");
+        let n = &message["body"]["notifications"][0];
+        assert_eq!(n["kind"], "alert-firing", "{message}");
+        assert_eq!(n["summary"], "database main is down", "{message}");
+        for (label, want) in [
+            ("alertname", "database_down"),
+            ("severity", "critical"),
+            ("app", "shop"),
+            ("env", "production"),
+            ("db", "main"),
+        ] {
+            assert_eq!(n["labels"][label], want, "{label}: {message}");
+        }
+        assert_eq!(n["details"]["fired_value"], "0", "{message}");
+
+        // It resolves: one resolve notification, about the same alert.
+        prometheus.set("1");
+        let lines = receiver
+            .wait(
+                "the resolve notification",
+                &ferry,
+                Duration::from_secs(60),
+                |l| !messages(l, "/pager", "resolved").is_empty(),
+            )
+            .await;
+        let resolved = messages(&lines, "/pager", "resolved");
+        assert_eq!(resolved.len(), 1, "once: {lines:#?}");
+        let r = &resolved[0]["body"]["notifications"];
+        assert_eq!(r.as_array().map(Vec::len), Some(1), "{r}");
+        assert_eq!(r[0]["kind"], "alert-resolved");
+        assert_eq!(r[0]["labels"]["alertname"], "database_down");
+        assert_eq!(resolved[0]["sig_ok"], true);
+
+        // Every delivery is recorded as delivered (none left to retry), and nothing went
+        // to the receiver of warnings or more than once anywhere.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, history) = ferry.api_get("/v1/notifications?app=shop").await;
+            let rows = history.as_array().cloned().unwrap_or_default();
+            let alerts: Vec<_> = rows.iter().filter(|d| d["receiver"] == "pager").collect();
+            if alerts.len() == 2 && alerts.iter().all(|d| d["state"] == "delivered") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "deliveries: {history:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let lines = receiver.lines();
+        assert_eq!(
+            lines.iter().filter(|l| l["path"] == "/pager").count(),
+            2,
+            "one firing and one resolve message (the server was killed with {before_restart} \
+             received): {lines:#?}"
+        );
+        assert!(
+            lines.iter().all(|l| l["path"] != "/chat"),
+            "a critical alert is not routed to warnings: {lines:#?}"
         );
     })
     .await;

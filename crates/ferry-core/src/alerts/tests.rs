@@ -708,3 +708,139 @@ fn validation_locates_each_mistake() {
         "{got:?}"
     );
 }
+
+/// Fires then resolves version `version` of `r` (from 10s to 20s): the alerts after each
+/// step with their transitions.
+fn fire_and_resolve(r: &AlertRule, version: &str) -> Vec<(Transition, AlertInstance)> {
+    let condition = r.parsed_condition().expect("parses");
+    let mut alerts: Vec<AlertInstance> = Vec::new();
+    let mut out = Vec::new();
+    for (t, samples) in [
+        (10, vec![sample(version, 0.5)]),
+        (20, vec![sample(version, 0.0)]),
+    ] {
+        let e = evaluate(
+            r,
+            condition.as_ref(),
+            &Input::Samples(samples),
+            &alerts,
+            t * 1000,
+        );
+        for tr in &e.transitions {
+            let a = e
+                .alerts
+                .iter()
+                .find(|a| a.series == tr.series)
+                .expect("alert");
+            out.push((tr.clone(), a.clone()));
+        }
+        alerts = e.alerts;
+    }
+    out
+}
+
+#[test]
+fn firing_and_resolved_alerts_become_notifications_with_the_rules_labels() {
+    use crate::notify::Kind;
+    let mut r = rule("error_rate > 10%", 0, 0);
+    r.labels.insert("team".into(), "checkout".into());
+    r.annotations.insert(
+        "summary".into(),
+        "{{ $labels.version }} answers {{ $value }} errors".into(),
+    );
+    r.annotations
+        .insert("runbook_url".into(), "https://runbooks/x".into());
+    let steps = fire_and_resolve(&r, "2.0.0");
+    assert_eq!(steps.len(), 2, "fired then resolved: {steps:?}");
+    let notes: Vec<_> = steps
+        .iter()
+        .map(|(t, a)| notification(&r, "shop", "production", t, a, &[], 30_000).expect("notified"))
+        .collect();
+    let (firing, resolved) = (&notes[0], &notes[1]);
+    assert_eq!(firing.kind, Kind::AlertFiring);
+    assert_eq!(resolved.kind, Kind::AlertResolved);
+    assert_eq!(firing.summary, "2.0.0 answers 50% errors");
+    assert_eq!(firing.annotations["runbook_url"], "https://runbooks/x");
+    for (label, want) in [
+        ("alertname", "high_error_rate"),
+        ("app", "shop"),
+        ("env", "production"),
+        ("severity", "critical"),
+        ("team", "checkout"),
+        ("version", "2.0.0"),
+        ("service", "web"),
+        ("kind", "alert-firing"),
+    ] {
+        assert_eq!(firing.labels[label], want, "{label}: {firing:?}");
+    }
+    assert!(firing.check().is_ok());
+    assert_ne!(firing.key, resolved.key);
+    assert!(firing.key.contains("-10000-firing-"), "{}", firing.key);
+    assert!(
+        resolved.key.contains("-10000-resolved-"),
+        "{}",
+        resolved.key
+    );
+    assert_eq!(firing.fingerprint(), resolved.fingerprint(), "one alert");
+    assert_eq!(firing.details["fired_value"], "50%");
+
+    // Another version of the same rule, firing in the same evaluation, is another alert.
+    let other = fire_and_resolve(&r, "1.0.0");
+    let (t, a) = &other[0];
+    let firing_other = notification(&r, "shop", "production", t, a, &[], 30_000).expect("other");
+    assert_ne!(firing_other.key, firing.key);
+    assert_ne!(firing_other.fingerprint(), firing.fingerprint());
+}
+
+#[test]
+fn pending_silenced_and_quiet_rules_notify_nothing() {
+    let r = rule("error_rate > 10%", 5, 0);
+    let condition = r.parsed_condition().expect("parses");
+    let e = evaluate(
+        &r,
+        condition.as_ref(),
+        &Input::Samples(vec![sample("2.0.0", 0.5)]),
+        &[],
+        1000,
+    );
+    assert_eq!(e.transitions[0].to, AlertStatus::Pending);
+    assert!(
+        notification(
+            &r,
+            "shop",
+            "production",
+            &e.transitions[0],
+            &e.alerts[0],
+            &[],
+            1000
+        )
+        .is_none()
+    );
+
+    let r = rule("error_rate > 10%", 0, 0);
+    let (t, a) = fire_and_resolve(&r, "2.0.0").remove(0);
+    let silence = Silence {
+        id: 7,
+        app: "shop".into(),
+        env: "production".into(),
+        alert: r.name.clone(),
+        created_by: "user:alice".into(),
+        reason: "known".into(),
+        created_at_ms: 0,
+        until_ms: 60_000,
+        ended_by: None,
+    };
+    let silences = [silence];
+    assert!(notification(&r, "shop", "production", &t, &a, &silences, 30_000).is_none());
+    assert!(
+        notification(&r, "shop", "staging", &t, &a, &silences, 30_000).is_some(),
+        "a silence holds in its environment only"
+    );
+    assert!(
+        notification(&r, "shop", "production", &t, &a, &silences, 60_000).is_some(),
+        "an expired silence holds nothing"
+    );
+    let mut quiet = r.clone();
+    quiet.actions.notify = false;
+    assert!(notification(&quiet, "shop", "production", &t, &a, &[], 30_000).is_none());
+}

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod receiver;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

@@ -1,0 +1,92 @@
+//! The notifications of an alert: one when it fires and one when it resolves, written to
+//! the outbox in the transaction that stores the transition.
+
+use sha2::{Digest, Sha256};
+
+use super::eval::{AlertInstance, AlertStatus, Transition};
+use super::facts::{Silence, alert_labels, describe, silenced_by};
+use super::spec::{AlertRule, Metric, render};
+use crate::notify::{self, Kind, LABEL_APP, LABEL_ENV, LABEL_KIND, Notification};
+
+/// The notification of transition `t` of alert `a` (its state after `t`) of `rule` in
+/// app/env: `None` unless it fires or resolves, the rule notifies and no silence is in
+/// force at `now_ms`.
+///
+/// - key: [`notify::key_alert`] (rule, environment, when the episode began, firing or
+///   resolved) with a hash of the series, so a restart that re-evaluates never enqueues it
+///   twice and two series of one rule never share a key;
+/// - labels: the alert's (`alertname`, `app`, `env`, `severity`, the rule's, the series'),
+///   which routes match; the firing and resolved notifications share a fingerprint;
+/// - summary: the rule's `summary` annotation, else what fired and where;
+/// - annotations: the rule's, rendered with the value; details: the series and values.
+pub fn notification(
+    rule: &AlertRule,
+    app: &str,
+    env: &str,
+    t: &Transition,
+    a: &AlertInstance,
+    silences: &[Silence],
+    now_ms: i64,
+) -> Option<Notification> {
+    let kind = match t.to {
+        AlertStatus::Firing => Kind::AlertFiring,
+        AlertStatus::Resolved => Kind::AlertResolved,
+        AlertStatus::Pending | AlertStatus::Inactive => return None,
+    };
+    if !rule.actions.notify || silenced_by(silences, app, env, &rule.name, now_ms).is_some() {
+        return None;
+    }
+    let metric = rule
+        .parsed_condition()
+        .ok()
+        .flatten()
+        .map_or(Metric::Value, |c| c.metric);
+    let value = metric.format(t.value.unwrap_or(a.value));
+    let labels = alert_labels(rule, app, env, &a.labels);
+    let annotations: Vec<(String, String)> = rule
+        .annotations
+        .iter()
+        .map(|(k, text)| (k.clone(), render(text, &value, &labels)))
+        .collect();
+    let summary = annotations
+        .iter()
+        .find(|(k, _)| k == "summary")
+        .map_or_else(
+            || format!("{} {}: {}", rule.name, t.to, describe(rule, a)),
+            |(_, s)| s.clone(),
+        );
+    let mut key = notify::key_alert(app, env, &rule.name, a.active_since_ms, kind);
+    if !a.series.is_empty() {
+        let digest = Sha256::digest(a.series.as_bytes());
+        key.push('-');
+        key.extend(digest[..6].iter().map(|b| format!("{b:02x}")));
+    }
+    let mut n = Notification::new(key, kind, app, env, notify_severity(rule), summary, t.at_ms);
+    for (name, v) in labels {
+        // the outbox's own app, env and kind stay what routes match on
+        if ![LABEL_APP, LABEL_ENV, LABEL_KIND].contains(&name.as_str()) {
+            n = n.label(name, v);
+        }
+    }
+    for (name, text) in annotations {
+        n = n.annotation(name, text);
+    }
+    Some(n.with_details(serde_json::json!({
+        "alert": rule.name,
+        "series": a.series,
+        "status": t.to,
+        "value": value,
+        "fired_value": a.fired_value.map(|v| metric.format(v)),
+        "active_since_ms": a.active_since_ms,
+        "fired_at_ms": a.fired_at_ms,
+        "resolved_at_ms": a.resolved_at_ms,
+    })))
+}
+
+fn notify_severity(rule: &AlertRule) -> notify::Severity {
+    match rule.severity {
+        super::Severity::Info => notify::Severity::Info,
+        super::Severity::Warning => notify::Severity::Warning,
+        super::Severity::Critical => notify::Severity::Critical,
+    }
+}
