@@ -19,7 +19,8 @@
 //! - *Failed deployment recovery time*: from the failure (the deployment's start when it
 //!   failed on its own; the rollback request's start; the first incident) to the moment the
 //!   environment is healthy again (its own end when it rolled back or was aborted; else the
-//!   end of the next succeeded deployment or rollback), median. Unrecovered ones are listed.
+//!   end of the next succeeded deployment or rollback, or the first incident's restore — an
+//!   alert's resolve — when that comes first), median. Unrecovered ones are listed.
 //! - *Deployment rework rate*: production deployments that are the first deployment after a
 //!   failed change (the fix) / production deployments.
 
@@ -59,6 +60,9 @@ pub struct DeploymentFact {
 pub struct IncidentFact {
     pub deployment_id: i64,
     pub opened_at_ms: i64,
+    /// When the environment was healthy again by itself (an alert's incident: when the
+    /// alert resolved); None for `--fix-of` marks and alerts still firing.
+    pub restored_at_ms: Option<i64>,
 }
 
 /// Bucket size.
@@ -315,6 +319,8 @@ fn rows(
     healthy_at.sort_unstable();
     // The moment each production deployment became a failed change (earliest reason).
     let mut failed_at: HashMap<i64, i64> = HashMap::new();
+    // When its first incident was restored by itself (an alert resolved).
+    let mut restored_at: HashMap<i64, (i64, Option<i64>)> = HashMap::new();
     let ids: BTreeSet<i64> = mine
         .iter()
         .filter(|d| is_production(d))
@@ -324,6 +330,12 @@ fn rows(
         if ids.contains(&incident.deployment_id) {
             let at = failed_at.entry(incident.deployment_id).or_insert(i64::MAX);
             *at = (*at).min(incident.opened_at_ms);
+            let first = restored_at
+                .entry(incident.deployment_id)
+                .or_insert((i64::MAX, None));
+            if incident.opened_at_ms < first.0 {
+                *first = (incident.opened_at_ms, incident.restored_at_ms);
+            }
         }
     }
     // A rollback request fails the production deployment just before it, when that one
@@ -362,9 +374,20 @@ fn rows(
                     // The first moment after both the failure and this deployment's end
                     // that a deployment or rollback succeeded.
                     let after = at.max(finished);
-                    healthy_at
+                    let next = healthy_at
                         .get(healthy_at.partition_point(|&h| h <= after))
-                        .copied()
+                        .copied();
+                    // …or the first incident restored by itself, when that failure is
+                    // the deployment's (not a rollback request's, which came earlier).
+                    let restored = restored_at
+                        .get(&d.id)
+                        .filter(|(opened, _)| *opened == at)
+                        .and_then(|(_, r)| *r)
+                        .map(|r| r.max(at));
+                    match (next, restored) {
+                        (Some(n), Some(r)) => Some(n.min(r)),
+                        (n, r) => n.or(r),
+                    }
                 };
                 recovered.map(|r| r - at).ok_or(())
             });

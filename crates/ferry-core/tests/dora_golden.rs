@@ -371,6 +371,7 @@ fn bench_100k_deployments() {
             incidents.push(IncidentFact {
                 deployment_id: i,
                 opened_at_ms: start + 6 * MIN,
+                restored_at_ms: None,
             });
         }
     }

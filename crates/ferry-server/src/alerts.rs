@@ -19,7 +19,7 @@ use ferry_core::api::EnvStatus;
 use ferry_core::audit::AuditEntry;
 use ferry_core::manifest::Manifest;
 use ferry_core::rbac::{Permission, Target};
-use ferry_store::{AlertEvent, Store, StoreError};
+use ferry_store::{AlertEvent, AlertWrite, IncidentChange, Store, StoreError};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -93,8 +93,25 @@ impl Evaluator {
                     .map(|t| event(t, format!("{}: its rule was removed", t.to)))
                     .collect();
                 // Its rule is gone: no notification (its labels and receivers went with it).
+                // Its rule is gone: no notification (its labels and receivers went with
+                // it); its incidents are restored.
+                let incidents: Vec<IncidentChange> = evaluation
+                    .transitions
+                    .iter()
+                    .filter(|t| t.to == AlertStatus::Resolved)
+                    .filter_map(|t| previous.iter().find(|a| a.series == t.series))
+                    .map(|a| IncidentChange::Restore {
+                        alert_key: alerts::episode_key(app, env, a),
+                        at_ms: now,
+                    })
+                    .collect();
+                let write = AlertWrite {
+                    events: &events,
+                    incidents: &incidents,
+                    ..AlertWrite::default()
+                };
                 self.store()
-                    .save_alerts(app, env, rule, &[], &events, &[], now)
+                    .save_alerts(app, env, rule, &write, now)
                     .await?;
                 self.last.remove(&(app.clone(), env.clone(), rule.clone()));
             }
@@ -173,26 +190,45 @@ impl Evaluator {
             transitions,
         } = alerts::evaluate(rule, condition.as_ref(), &input, &previous, now);
         if current != previous || !transitions.is_empty() {
+            let silenced = alerts::silenced_by(silences, app, &env.env, &rule.name, now).is_some();
             let mut events = Vec::new();
             let mut notifications = Vec::new();
+            let mut incidents = Vec::new();
             for t in &transitions {
                 let a = current.iter().find(|a| a.series == t.series);
                 events.push(event(t, alerts::transition_message(rule, t, a)));
-                notifications.extend(
-                    a.and_then(|a| alerts::notification(rule, app, &env.env, t, a, silences, now)),
-                );
+                let Some(a) = a else { continue };
+                notifications.extend(alerts::notification(
+                    rule, app, &env.env, t, a, silences, now,
+                ));
+                let alert_key = alerts::episode_key(app, &env.env, a);
+                match t.to {
+                    AlertStatus::Firing if !silenced => {
+                        let latest = env.latest_deployment.as_ref();
+                        if let Some(deployment_id) = alerts::incident_deployment(rule, a, latest) {
+                            incidents.push(IncidentChange::Open {
+                                alert_key,
+                                deployment_id,
+                                at_ms: t.at_ms,
+                            });
+                        }
+                    }
+                    AlertStatus::Resolved => incidents.push(IncidentChange::Restore {
+                        alert_key,
+                        at_ms: t.at_ms,
+                    }),
+                    _ => {}
+                }
             }
-            // The alerts, their history and their notifications commit together.
+            // The alerts, their history, notifications and incidents commit together.
+            let write = AlertWrite {
+                alerts: &current,
+                events: &events,
+                notifications: &notifications,
+                incidents: &incidents,
+            };
             self.store()
-                .save_alerts(
-                    app,
-                    &env.env,
-                    &rule.name,
-                    &current,
-                    &events,
-                    &notifications,
-                    now,
-                )
+                .save_alerts(app, &env.env, &rule.name, &write, now)
                 .await?;
         }
         // Persist, then act: a restart between the two finds `acted: false` and acts then.
@@ -219,8 +255,13 @@ impl Evaluator {
             }
         }
         if acted {
+            let write = AlertWrite {
+                alerts: &current,
+                events: &lines,
+                ..AlertWrite::default()
+            };
             self.store()
-                .save_alerts(app, &env.env, &rule.name, &current, &lines, &[], now)
+                .save_alerts(app, &env.env, &rule.name, &write, now)
                 .await?;
         }
         Ok(())

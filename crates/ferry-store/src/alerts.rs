@@ -28,19 +28,43 @@ pub struct AlertEvent {
     pub at_ms: i64,
 }
 
+/// What an alert does to the incidents the DORA metrics count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncidentChange {
+    /// It fired: deployment `deployment_id` caused an incident from `at_ms` (once per
+    /// `alert_key`, the alert's episode).
+    Open {
+        alert_key: String,
+        deployment_id: i64,
+        at_ms: i64,
+    },
+    /// It resolved: its incident (if any) is restored at `at_ms`.
+    Restore { alert_key: String, at_ms: i64 },
+}
+
+/// What one evaluation of a rule writes, together ([`Store::save_alerts`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlertWrite<'a> {
+    /// Every alert of the rule in the environment (replacing the stored ones).
+    pub alerts: &'a [AlertInstance],
+    /// History lines to append.
+    pub events: &'a [AlertEvent],
+    /// Notifications to enqueue in the outbox.
+    pub notifications: &'a [Notification],
+    pub incidents: &'a [IncidentChange],
+}
+
 impl Store {
-    /// Replaces the stored alerts of `rule` in app/env with `alerts`, appends `events` and
-    /// enqueues `notifications` in the outbox, in one transaction: a restart finds all or
-    /// none (a firing alert is never stored without its notification, nor a resolve).
-    #[allow(clippy::too_many_arguments)]
+    /// Replaces the stored alerts of `rule` in app/env with `write.alerts`, appends its
+    /// history lines, enqueues its notifications in the outbox and opens or restores its
+    /// incidents, in one transaction: a restart finds all or none (a firing alert is never
+    /// stored without its notification, nor a resolve).
     pub async fn save_alerts(
         &self,
         app: &str,
         env: &str,
         rule: &str,
-        alerts: &[AlertInstance],
-        events: &[AlertEvent],
-        notifications: &[Notification],
+        write: &AlertWrite<'_>,
         now_ms: i64,
     ) -> Result<()> {
         let op = || format!("saving the alerts of {rule} in {app}/{env}");
@@ -52,7 +76,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .ctx(op)?;
-        for a in alerts {
+        for a in write.alerts {
             let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
                 "INSERT INTO alert_states (app, env, rule, series, status, alert_json, updated_at_ms) \
@@ -69,7 +93,7 @@ impl Store {
             .await
             .ctx(op)?;
         }
-        for e in events {
+        for e in write.events {
             sqlx::query(
                 "INSERT INTO alert_events (app, env, rule, series, kind, message, at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -85,8 +109,31 @@ impl Store {
             .await
             .ctx(op)?;
         }
-        for n in notifications {
+        for n in write.notifications {
             crate::notify::enqueue(&mut tx, n, now_ms).await?;
+        }
+        for change in write.incidents {
+            let query = match change {
+                IncidentChange::Open {
+                    alert_key,
+                    deployment_id,
+                    at_ms,
+                } => sqlx::query(
+                    "INSERT INTO incidents (deployment_id, opened_at_ms, opened_by, alert_key) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (alert_key) DO NOTHING",
+                )
+                .bind(*deployment_id)
+                .bind(*at_ms)
+                .bind(format!("alert:{rule}"))
+                .bind(alert_key),
+                IncidentChange::Restore { alert_key, at_ms } => sqlx::query(
+                    "UPDATE incidents SET restored_at_ms = $1 \
+                     WHERE alert_key = $2 AND restored_at_ms IS NULL",
+                )
+                .bind(*at_ms)
+                .bind(alert_key),
+            };
+            query.execute(&mut *tx).await.ctx(op)?;
         }
         tx.commit().await.ctx(op)?;
         Ok(())

@@ -1,6 +1,7 @@
 //! The facts the DORA metrics are computed from (`ferry_core::dora`): finished deployments
-//! with their release's commit time, and the incidents attributed to deployments (today:
-//! `ferry deploy --fix-of N`, which says deployment N needed a fix).
+//! with their release's commit time, and the incidents attributed to deployments
+//! (`ferry deploy --fix-of N`, which says deployment N needed a fix, and critical alerts that
+//! fired — see `Store::save_alerts`).
 
 use ferry_core::dora::{DeploymentFact, IncidentFact};
 
@@ -69,7 +70,7 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         deployments.reverse();
         let rows = sqlx::query(
-            "SELECT i.id, i.deployment_id, i.opened_at_ms FROM incidents i \
+            "SELECT i.id, i.deployment_id, i.opened_at_ms, i.restored_at_ms FROM incidents i \
              JOIN deployments d ON d.id = i.deployment_id \
              WHERE d.app = $1 AND d.env = $2 ORDER BY i.id DESC LIMIT $3",
         )
@@ -87,6 +88,7 @@ impl Store {
                 Ok(IncidentFact {
                     deployment_id: get(row, "deployment_id", &what)?,
                     opened_at_ms: get(row, "opened_at_ms", &what)?,
+                    restored_at_ms: get(row, "restored_at_ms", &what)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -24,7 +24,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
 // alerts:
 mod alerts;
-pub use alerts::{AlertEvent, StoredAlert};
+pub use alerts::{AlertEvent, AlertWrite, IncidentChange, StoredAlert};
 mod approvals;
 mod audit;
 // hooks:
@@ -272,6 +272,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "login links",
         include_str!("../migrations/0015_login_links.sql"),
+    ),
+    (
+        17,
+        "alert incidents",
+        include_str!("../migrations/0017_alert_incidents.sql"),
     ),
     (
         19,

@@ -1990,7 +1990,7 @@ pub async fn alerts_are_replaced_per_rule_with_their_history_and_silences(
     _url: String,
 ) {
     use ferry_core::alerts::{AlertInstance, AlertStatus, Silence};
-    use ferry_store::AlertEvent;
+    use ferry_store::{AlertEvent, AlertWrite};
     let alert = |rule: &str, series: &str, status: AlertStatus| AlertInstance {
         rule: rule.into(),
         series: series.into(),
@@ -2026,15 +2026,18 @@ pub async fn alerts_are_replaced_per_rule_with_their_history_and_silences(
         "errors firing",
         5,
     );
-    for _ in 0..2 {
+    for events in [vec![line("errors", "firing", 5)], Vec::new()] {
         store
             .save_alerts(
                 "shop",
                 "prod",
                 "errors",
-                &[a.clone(), b.clone()],
-                &[line("errors", "firing", 5)],
-                std::slice::from_ref(&fired),
+                &AlertWrite {
+                    alerts: &[a.clone(), b.clone()],
+                    events: &events,
+                    notifications: std::slice::from_ref(&fired),
+                    incidents: &[],
+                },
                 5,
             )
             .await
@@ -2056,9 +2059,11 @@ pub async fn alerts_are_replaced_per_rule_with_their_history_and_silences(
             "shop",
             "dev",
             "down",
-            &[alert("down", "x", AlertStatus::Firing)],
-            &[line("down", "firing", 6)],
-            &[],
+            &AlertWrite {
+                alerts: &[alert("down", "x", AlertStatus::Firing)],
+                events: &[line("down", "firing", 6)],
+                ..AlertWrite::default()
+            },
             6,
         )
         .await
@@ -2072,9 +2077,11 @@ pub async fn alerts_are_replaced_per_rule_with_their_history_and_silences(
             "shop",
             "prod",
             "errors",
-            &[acted.clone()],
-            &[line("errors", "action", 7)],
-            &[],
+            &AlertWrite {
+                alerts: &[acted.clone()],
+                events: &[line("errors", "action", 7)],
+                ..AlertWrite::default()
+            },
             7,
         )
         .await
@@ -2349,11 +2356,13 @@ pub async fn dora_facts_read_finished_deployments(store: Store, _url: String) {
         vec![
             IncidentFact {
                 deployment_id: ok.id,
-                opened_at_ms: 6000
+                opened_at_ms: 6000,
+                restored_at_ms: None,
             },
             IncidentFact {
                 deployment_id: ok.id,
-                opened_at_ms: 7000
+                opened_at_ms: 7000,
+                restored_at_ms: None,
             },
         ]
     );
@@ -2381,6 +2390,47 @@ pub async fn dora_facts_read_finished_deployments(store: Store, _url: String) {
     // `bad` recovered as it rolled back (3 ms); `ok` is not healthy again since its fix
     assert_eq!(s.failed_deployment_recovery_time.median_ms, Some(3));
     assert_eq!(s.failed_deployment_recovery_time.unrecovered, vec![ok.id]);
+
+    // an alert's incident: opened once per episode however often it is saved, restored
+    // once (the first resolve counts)
+    use ferry_store::{AlertWrite, IncidentChange};
+    let open = IncidentChange::Open {
+        alert_key: "alert-shop-prod-down-8000".into(),
+        deployment_id: ok.id,
+        at_ms: 8000,
+    };
+    for (change, at) in [(open.clone(), 8000), (open, 8000)]
+        .into_iter()
+        .chain([9000, 9500].map(|at| {
+            (
+                IncidentChange::Restore {
+                    alert_key: "alert-shop-prod-down-8000".into(),
+                    at_ms: at,
+                },
+                at,
+            )
+        }))
+    {
+        let incidents = [change];
+        let write = AlertWrite {
+            incidents: &incidents,
+            ..AlertWrite::default()
+        };
+        store
+            .save_alerts("shop", "prod", "down", &write, at)
+            .await
+            .unwrap();
+    }
+    let facts = store.dora_facts("shop", "prod", 100).await.unwrap();
+    assert_eq!(
+        facts.incidents.last(),
+        Some(&IncidentFact {
+            deployment_id: ok.id,
+            opened_at_ms: 8000,
+            restored_at_ms: Some(9000),
+        })
+    );
+    assert_eq!(facts.incidents.len(), 3);
 }
 
 // notify:

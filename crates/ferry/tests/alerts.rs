@@ -3,7 +3,7 @@
 //! firing alert (from a Prometheus-compatible server on loopback) holds deployments into its
 //! environment, survives a `kill -9` of the server with its state, and resolves after it;
 //! a firing and a resolved alert reach a signed webhook once each, although the server was
-//! killed between the firing and its delivery.
+//! killed between the firing and its delivery, and DORA counts it as an incident.
 
 mod common;
 
@@ -518,7 +518,7 @@ fn messages<'a>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_alert_is_notified_once_when_it_fires_and_once_when_it_resolves_across_kill9() {
+async fn a_critical_alert_is_notified_once_across_kill9_and_counts_as_an_incident() {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         const SIGNING_KEY: &str = "whsec-alerts-4d1c9e";
@@ -544,7 +544,7 @@ routes:
             pager = receiver.url("/pager"),
             chat = receiver.url("/chat"),
         );
-        database_down_app(&ferry, &prometheus, "notify: true", &routes).await;
+        let spec = database_down_app(&ferry, &prometheus, "notify: true", &routes).await;
         let out = ferry
             .cli_with_stdin(
                 &["secrets", "set", "shop", "--env", "production", "HOOK_KEY"],
@@ -634,6 +634,33 @@ routes:
         assert!(
             lines.iter().all(|l| l["path"] != "/chat"),
             "a critical alert is not routed to warnings: {lines:#?}"
+        );
+
+        // DORA: the critical alert was an incident of the deployment running when it fired
+        // (a failed change), restored when it resolved.
+        let answer = alerts(&ferry, "shop").await;
+        let alert = &answer.alerts[0];
+        let (fired, resolved) = (
+            alert.fired_at_ms.expect("fired"),
+            alert.resolved_at_ms.expect("resolved"),
+        );
+        let deployed = ferry
+            .env_status(&spec)
+            .await
+            .latest_deployment
+            .expect("1.0.0's deployment");
+        let (status, report) = ferry.api_get("/v1/apps/shop/envs/production/dora").await;
+        assert!(status.is_success(), "{status} {report}");
+        let s = &report["summary"];
+        assert_eq!(
+            s["change_failure_rate"]["deployments"],
+            serde_json::json!([deployed.id]),
+            "{s:#}"
+        );
+        assert_eq!(
+            s["failed_deployment_recovery_time"]["median_ms"],
+            serde_json::json!(resolved - fired),
+            "recovered when the alert resolved: {s:#}"
         );
     })
     .await;

@@ -1,11 +1,14 @@
-//! The notifications of an alert: one when it fires and one when it resolves, written to
-//! the outbox in the transaction that stores the transition.
+//! What an alert's transitions leave besides its state, written in the transaction that
+//! stores them: a notification when it fires and one when it resolves (the outbox), and
+//! for a critical alert an incident on the deployment running when it fired (DORA).
 
 use sha2::{Digest, Sha256};
 
 use super::eval::{AlertInstance, AlertStatus, Transition};
 use super::facts::{Silence, alert_labels, describe, silenced_by};
 use super::spec::{AlertRule, Metric, render};
+use crate::api::DeploymentView;
+use crate::model::{DeploymentKind, DeploymentState};
 use crate::notify::{self, Kind, LABEL_APP, LABEL_ENV, LABEL_KIND, Notification};
 
 /// The notification of transition `t` of alert `a` (its state after `t`) of `rule` in
@@ -89,4 +92,32 @@ fn notify_severity(rule: &AlertRule) -> notify::Severity {
         super::Severity::Warning => notify::Severity::Warning,
         super::Severity::Critical => notify::Severity::Critical,
     }
+}
+
+/// The deployment a firing alert opens an incident on (the DORA metrics count it as a
+/// failed change, restored when the alert resolves): only a `critical` alert does, and only
+/// on the environment's latest deployment when it is of the version that fired (any, for an
+/// alert without a `version` label), in progress or succeeded, and not a rollback — the
+/// change that was running when it fired. A silenced alert opens none (the shell checks).
+pub fn incident_deployment(
+    rule: &AlertRule,
+    a: &AlertInstance,
+    latest: Option<&DeploymentView>,
+) -> Option<i64> {
+    let d = latest?;
+    let ours = a.labels.get("version").is_none_or(|v| *v == d.version);
+    (rule.severity == super::Severity::Critical
+        && ours
+        && d.kind != DeploymentKind::Rollback
+        && matches!(
+            d.state,
+            DeploymentState::Progressing | DeploymentState::Succeeded
+        ))
+    .then_some(d.id)
+}
+
+/// Names one episode of an alert (an incident's `alert_key`): app, environment, rule,
+/// series and when it began.
+pub fn episode_key(app: &str, env: &str, a: &AlertInstance) -> String {
+    format!("{app}/{env}/{}/{}/{}", a.rule, a.series, a.active_since_ms)
 }

@@ -844,3 +844,52 @@ fn pending_silenced_and_quiet_rules_notify_nothing() {
     quiet.actions.notify = false;
     assert!(notification(&quiet, "shop", "production", &t, &a, &[], 30_000).is_none());
 }
+
+#[test]
+fn a_critical_alert_opens_an_incident_on_the_deployment_of_its_version() {
+    let mut r = rule("error_rate > 10%", 0, 0);
+    let (_, a) = fire_and_resolve(&r, "2.0.0").remove(0);
+    let deployment = |version: &str, kind, state| DeploymentView {
+        id: 9,
+        version: version.into(),
+        kind,
+        ..deployment(9, state, "canary", None)
+    };
+    use DeploymentKind::{Deploy, Rollback};
+    use DeploymentState::{Failed, Progressing, RolledBack, Succeeded};
+    for (latest, want) in [
+        (Some(deployment("2.0.0", Deploy, Progressing)), Some(9)),
+        (Some(deployment("2.0.0", Deploy, Succeeded)), Some(9)),
+        (Some(deployment("1.0.0", Deploy, Succeeded)), None),
+        (Some(deployment("2.0.0", Rollback, Succeeded)), None),
+        (Some(deployment("2.0.0", Deploy, RolledBack)), None),
+        (Some(deployment("2.0.0", Deploy, Failed)), None),
+        (None, None),
+    ] {
+        assert_eq!(
+            incident_deployment(&r, &a, latest.as_ref()),
+            want,
+            "{latest:?}"
+        );
+    }
+    let latest = deployment("2.0.0", Deploy, Succeeded);
+    r.severity = Severity::Warning;
+    assert_eq!(
+        incident_deployment(&r, &a, Some(&latest)),
+        None,
+        "critical only"
+    );
+    // an alert without a version (a Prometheus series) is the latest deployment's
+    r.severity = Severity::Critical;
+    let mut unversioned = a.clone();
+    unversioned.labels.clear();
+    unversioned.series.clear();
+    assert_eq!(
+        incident_deployment(&r, &unversioned, Some(&latest)),
+        Some(9)
+    );
+    assert_ne!(
+        episode_key("shop", "production", &a),
+        episode_key("shop", "production", &unversioned)
+    );
+}

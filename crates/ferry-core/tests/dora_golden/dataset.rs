@@ -80,6 +80,7 @@ pub fn dataset() -> (Vec<DeploymentFact>, Vec<IncidentFact>) {
                 incidents.push(IncidentFact {
                     deployment_id: d * 100 + 7,
                     opened_at_ms: day + hour * HOUR,
+                    restored_at_ms: None,
                 });
             }
         }
@@ -138,6 +139,7 @@ pub fn dataset() -> (Vec<DeploymentFact>, Vec<IncidentFact>) {
             incidents.push(IncidentFact {
                 deployment_id: id,
                 opened_at_ms: start,
+                restored_at_ms: None,
             });
         }
     }
