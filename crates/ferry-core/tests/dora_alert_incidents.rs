@@ -3,7 +3,6 @@
 //! a later deployment succeeds, whichever comes first.
 
 #[path = "dora_golden/dataset.rs"]
-#[allow(dead_code)]
 mod dataset;
 
 use dataset::{DAY, MIN, fact, query};
