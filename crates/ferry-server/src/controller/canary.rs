@@ -14,7 +14,9 @@ use crate::progressive::{Phase, Subject};
 use ferry_core::progressive::{self, Outcome, Plan};
 
 use super::Controller;
+use super::executor::Scope;
 use super::replicas::ActError;
+use super::steps;
 
 use super::strategy::millis;
 use super::strategy::target_or;
@@ -37,41 +39,27 @@ impl Controller {
         let stable = target_or(&deployment.previous_version).to_string();
         let mut phase = Phase::of(deployment)?;
         if deployment.state == DeploymentState::RollingBack {
-            // All traffic is on the stable version already (routes use weight 0 here):
-            // restore its replicas, stop the new ones.
-            let mut converged = true;
-            for service in services {
-                let want = vec![(stable.clone(), service.desired)];
-                let (actions, done) = rollout::reconcile_sets(service, &want);
-                converged &= done;
-                if let Err(reason) = self
-                    .act(app, manifest, env, Some(deployment.id), actions, now)
-                    .await
-                {
-                    tracing::error!(deployment = deployment.id, "{reason}");
-                }
-            }
-            if converged && self.routed_only_to(&app.name, env, &stable, services) {
+            let effects = steps::progressive::roll_back(&steps::progressive::RollingBack {
+                deployment,
+                stable: &stable,
+                services,
+                routed_to_stable: self.routed_only_to(&app.name, env, &stable, services),
+                aborted_by: phase.aborted_by.as_deref(),
+            });
+            if effects
+                .iter()
+                .any(|e| matches!(e, steps::Effect::Transition(_)))
+            {
                 self.meter.forget(deployment.id);
-                let (state, message) = match &phase.aborted_by {
-                    Some(by) => (
-                        DeploymentState::Aborted,
-                        format!("aborted by {by}; {stable} serves all traffic"),
-                    ),
-                    None => (
-                        DeploymentState::RolledBack,
-                        format!("{stable} restored and serving all traffic"),
-                    ),
-                };
-                self.transition(
-                    deployment,
-                    state,
-                    deployment.reason.clone(),
-                    Some(stable),
-                    &message,
-                )
-                .await?;
             }
+            let scope = Scope {
+                app,
+                manifest,
+                env,
+                deployment: Some(deployment),
+                now,
+            };
+            self.execute_logged(&scope, effects).await?;
             return Ok(());
         }
 

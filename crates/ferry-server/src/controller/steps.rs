@@ -5,7 +5,8 @@
 //!
 //! Concerns moved here so far: `maintain` (an idle environment at its version, replicas
 //! outside every manifest), `gates` (may a deployment start), `rollout` (the entry and
-//! exit transitions of a rolling/recreate deployment).
+//! exit transitions of a rolling/recreate deployment), `progressive` (the way back of a
+//! canary or blue/green rollout).
 
 use ferry_core::manifest::GateCheck;
 use ferry_core::model::{DeploymentState, EventKind};
@@ -13,6 +14,7 @@ use ferry_core::rollout::Action;
 
 pub(super) mod gates;
 pub(super) mod maintain;
+pub(super) mod progressive;
 pub(super) mod rollout;
 
 /// One thing the executor does, in the order a step returns them.
