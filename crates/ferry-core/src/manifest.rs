@@ -1188,12 +1188,12 @@ pub fn check_runtimes(
             column: pos.column,
             path: tree::path_string(&path),
             message: if environment.runtime == RuntimeKind::Kubernetes {
-                "this Ferry server does not run `runtime: kubernetes` environments yet".to_string()
+                "this Ferry server cannot run `runtime: kubernetes` environments: it was built without the `kubernetes` cargo feature, or it finds no cluster configuration (no in-cluster service account, no $KUBECONFIG, no ~/.kube/config)".to_string()
             } else {
                 format!("this Ferry server was built without the {name} runtime")
             },
             hint: Some(if environment.runtime == RuntimeKind::Kubernetes {
-                format!("`ferry export --k8s {} --env {env} --version V` prints the objects to apply with kubectl or a GitOps tool (docs/kubernetes.md)", manifest.app)
+                format!("give the server a kubeconfig (or run it in the cluster), or print the objects with `ferry export --k8s {} --env {env} --version V` to apply them with kubectl or a GitOps tool (docs/kubernetes.md)", manifest.app)
             } else {
                 format!(
                     "use a build with the `{name}` cargo feature (the default), or `runtime: process`"

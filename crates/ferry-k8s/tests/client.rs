@@ -36,6 +36,10 @@ impl Seen {
     }
 }
 
+/// Every request any fake answered in this test binary, and whether its object existed
+/// then (for the RBAC test).
+static EVERY_REQUEST: Mutex<Vec<(Seen, bool)>> = Mutex::new(Vec::new());
+
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, Value>,
@@ -156,6 +160,11 @@ impl Fake {
     fn answer(&self, seen: Seen) -> (u16, Value) {
         let mut state = self.lock();
         state.seen.push(seen.clone());
+        let existed = state.objects.contains_key(&seen.path);
+        EVERY_REQUEST
+            .lock()
+            .expect("every request")
+            .push((seen.clone(), existed));
         let line = seen.line();
         if let Some(i) = state
             .faults
@@ -1039,5 +1048,104 @@ async fn a_task_runs_once_as_a_job_with_its_secrets_from_the_secret() {
             .count(),
         1,
         "one Job"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Ferry's own RBAC (deploy/kubernetes/ferry.yaml) against the requests the fakes saw.
+
+/// The (apiGroup, resource, verb) a request needs. A server-side apply that creates its
+/// object is also authorized as a create.
+fn permissions(seen: &Seen, existed: bool) -> Vec<(String, String, String)> {
+    let segs: Vec<&str> = seen.path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = if segs[0] == "api" {
+        ("", &segs[2..])
+    } else {
+        (segs[1], &segs[3..])
+    };
+    let (resource, name, sub) = if rest[0] == "namespaces" && rest.len() >= 3 {
+        (rest[2], rest.get(3), rest.get(4))
+    } else {
+        (rest[0], rest.get(1), rest.get(2))
+    };
+    let resource = match sub {
+        Some(sub) => format!("{resource}/{sub}"),
+        None => resource.to_string(),
+    };
+    let verb = match (seen.method.as_str(), name) {
+        ("GET", Some(_)) => "get",
+        ("GET", None) if query_param(&seen.query, "watch").as_deref() == Some("true") => "watch",
+        ("GET", None) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        (other, _) => panic!("unexpected method {other}"),
+    };
+    let mut out = vec![(group.to_string(), resource.clone(), verb.to_string())];
+    if seen.content_type == "application/apply-patch+yaml" && !existed {
+        out.push((group.to_string(), resource, "create".to_string()));
+    }
+    out
+}
+
+#[test]
+fn ferry_s_own_rbac_grants_every_request_the_runtime_makes_and_nothing_more() {
+    // Every scenario above, again, so that this test sees all their requests.
+    a_release_is_applied_in_order_once_and_then_left_alone();
+    a_conflict_is_read_again_and_retried_then_reported();
+    a_restarted_server_adopts_by_labels_and_reads_endpoints();
+    stop_scales_to_zero_then_deletes_with_the_grace_period();
+    a_hook_job_runs_once_even_when_asked_twice_and_dies_at_its_timeout();
+    gateway_weights_are_applied_only_when_they_change();
+    a_canary_on_the_runtime_scales_two_deployments_and_retires_the_old_one();
+    a_version_that_never_gets_ready_is_rolled_back();
+    a_restarted_server_adopts_the_replicas_its_deployments_have();
+    a_task_runs_once_as_a_job_with_its_secrets_from_the_secret();
+    let used: std::collections::BTreeSet<(String, String, String)> = EVERY_REQUEST
+        .lock()
+        .expect("every request")
+        .iter()
+        .flat_map(|(seen, existed)| permissions(seen, *existed))
+        .collect();
+
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/ferry.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/kubernetes/ferry.yaml");
+    let role = text
+        .split("\n---\n")
+        .map(|doc| serde_saphyr::from_str::<Value>(doc).expect("a YAML document"))
+        .find(|doc| doc["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let mut granted = std::collections::BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let list = |key: &str| -> Vec<String> {
+            rule[key]
+                .as_array()
+                .unwrap_or_else(|| panic!("{key} in {rule}"))
+                .iter()
+                .map(|v| v.as_str().expect("a string").to_string())
+                .collect()
+        };
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                for verb in list("verbs") {
+                    assert!(
+                        group != "*" && resource != "*" && verb != "*",
+                        "no wildcard: {rule}"
+                    );
+                    granted.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    let missing: Vec<_> = used.difference(&granted).collect();
+    assert!(
+        missing.is_empty(),
+        "requests the ClusterRole does not allow: {missing:?}"
+    );
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(
+        unused.is_empty(),
+        "permissions no request needs: {unused:?}"
     );
 }

@@ -103,3 +103,33 @@ fn every_generated_object_is_valid_for_every_supported_kubernetes_version() {
     let (ok, output) = validate(&tool, ferry_k8s::SUPPORTED_VERSIONS[0], &[broken]);
     assert!(!ok, "an unknown field passed strict validation:\n{output}");
 }
+
+#[test]
+fn ferry_s_own_manifests_are_valid_for_every_supported_kubernetes_version() {
+    let Some(tool) = validator() else {
+        assert!(
+            !required(),
+            "kubernetes-validate is missing (FERRY_REQUIRE_K8S_VALIDATE=1)"
+        );
+        eprintln!("SKIPPED: kubernetes-validate is not installed");
+        return;
+    };
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/ferry.yaml");
+    for version in ferry_k8s::SUPPORTED_VERSIONS {
+        let (ok, output) = validate(&tool, version, std::slice::from_ref(&file));
+        assert!(
+            ok,
+            "deploy/kubernetes/ferry.yaml on Kubernetes {version}:\n{output}"
+        );
+        for kind in [
+            "clusterrole/ferry",
+            "deployment/ferry",
+            "persistentvolumeclaim/ferry-data",
+        ] {
+            assert!(
+                output.contains(&format!("passed for resource {kind}")),
+                "{output}"
+            );
+        }
+    }
+}

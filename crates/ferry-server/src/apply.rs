@@ -26,7 +26,7 @@ pub(crate) fn check_names(
         text,
         file_name,
         manifest,
-        crate::runtimes::AVAILABLE,
+        &crate::runtimes::available(),
     ));
     if errors.is_empty() {
         return Ok(());

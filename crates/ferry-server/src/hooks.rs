@@ -270,6 +270,17 @@ impl HookRunner {
                 return Ok(());
             }
         };
+        // runtime: on Kubernetes the hook is a Job built from the manifest.
+        if let Err(e) = self
+            .runtimes
+            .configure_kubernetes(target.manifest, target.env, &secrets)
+            .await
+        {
+            let summary = format!("cannot reach the environment's cluster: {e}");
+            self.finish(&run, RunState::Failed, None, &summary, target.deployment_id)
+                .await;
+            return Ok(());
+        }
         // The environment's layered, templated variables (a template that no longer
         // resolves is left out and reported on the timeline).
         let (vars, errors) =

@@ -5,12 +5,18 @@
 //! asked of the runtime that supervises it, and both runtimes' events arrive on one channel.
 //!
 //! The Docker runtime is behind the `docker` cargo feature (on by default). A build without
-//! it refuses `runtime: docker` environments when the manifest is applied ([`AVAILABLE`]),
+//! it refuses `runtime: docker` environments when the manifest is applied ([`available`]),
 //! and [`RuntimeError::Unavailable`] answers any use of it.
+//!
+//! `runtime: kubernetes` environments (cargo feature `kubernetes`) run on
+//! `ferry_k8s::runtime::KubernetesRuntime`, one per kubeconfig context (connected when the
+//! controller first configures an environment of it, [`Runtimes::configure_kubernetes`]);
+//! [`available`] offers them only when the server finds a cluster configuration.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::manifest::{Manifest, RuntimeKind};
@@ -25,11 +31,45 @@ use tokio::sync::{OnceCell, broadcast, oneshot};
 pub const REGISTRY_USERNAME: &str = "FERRY_REGISTRY_USERNAME";
 pub const REGISTRY_PASSWORD: &str = "FERRY_REGISTRY_PASSWORD";
 
-/// The runtimes this build can run.
-#[cfg(feature = "docker")]
-pub const AVAILABLE: &[RuntimeKind] = &[RuntimeKind::Process, RuntimeKind::Docker];
-#[cfg(not(feature = "docker"))]
-pub const AVAILABLE: &[RuntimeKind] = &[RuntimeKind::Process];
+/// The runtimes this server can run: processes; Docker in a build with the `docker`
+/// feature; Kubernetes in a build with the `kubernetes` feature that finds a cluster
+/// configuration ([`kubernetes_configured`]).
+pub fn available() -> Vec<RuntimeKind> {
+    let mut kinds = vec![RuntimeKind::Process];
+    if cfg!(feature = "docker") {
+        kinds.push(RuntimeKind::Docker);
+    }
+    if cfg!(feature = "kubernetes") && kubernetes_configured() {
+        kinds.push(RuntimeKind::Kubernetes);
+    }
+    kinds
+}
+
+/// Whether a cluster configuration is there: the in-cluster service account
+/// (`KUBERNETES_SERVICE_HOST` and its token), a file named by `$KUBECONFIG`, or
+/// `~/.kube/config`.
+pub fn kubernetes_configured() -> bool {
+    cluster_configuration(
+        std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        std::env::var_os("KUBECONFIG").as_deref(),
+        std::env::var_os("HOME").as_deref(),
+    )
+}
+
+/// [`kubernetes_configured`], with what it reads passed in.
+fn cluster_configuration(
+    service_host: bool,
+    token: &std::path::Path,
+    kubeconfig: Option<&std::ffi::OsStr>,
+    home: Option<&std::ffi::OsStr>,
+) -> bool {
+    let in_cluster = service_host && token.is_file();
+    let kubeconfig =
+        kubeconfig.is_some_and(|paths| std::env::split_paths(paths).any(|path| path.is_file()));
+    let home = home.is_some_and(|home| PathBuf::from(home).join(".kube/config").is_file());
+    in_cluster || kubeconfig || home
+}
 
 /// Cheap to clone.
 #[derive(Clone)]
@@ -47,6 +87,13 @@ struct Inner {
     owner: String,
     socket: PathBuf,
     events: broadcast::Sender<RuntimeEvent>,
+    /// `runtime: kubernetes` environments (app, env) and their kubeconfig context.
+    kube_envs: Mutex<BTreeMap<(String, String), Option<String>>>,
+    /// One Kubernetes runtime per context (None: the current one, or in-cluster).
+    #[cfg(feature = "kubernetes")]
+    kube: Mutex<BTreeMap<Option<String>, ferry_k8s::runtime::KubernetesRuntime>>,
+    #[cfg(feature = "kubernetes")]
+    kube_connect: tokio::sync::Mutex<()>,
 }
 
 impl Runtimes {
@@ -76,6 +123,11 @@ impl Runtimes {
                 owner,
                 socket,
                 events,
+                kube_envs: Mutex::new(BTreeMap::new()),
+                #[cfg(feature = "kubernetes")]
+                kube: Mutex::new(BTreeMap::new()),
+                #[cfg(feature = "kubernetes")]
+                kube_connect: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -102,15 +154,130 @@ impl Runtimes {
     }
 
     /// The runtime that supervises `id`, if any.
-    fn owner_of(&self, id: &str) -> Option<&dyn Runtime> {
+    fn owner_of(&self, id: &str) -> Option<Arc<dyn Runtime>> {
         if self.inner.local.status(id).is_some() {
-            return Some(self.inner.local.as_ref());
+            return Some(self.inner.local.clone());
         }
-        self.inner
+        if let Some(docker) = self
+            .inner
             .docker
             .get()
             .filter(|docker| docker.status(id).is_some())
-            .map(|docker| docker.as_ref())
+        {
+            return Some(docker.clone());
+        }
+        self.kube_owner_of(id)
+    }
+
+    #[cfg(feature = "kubernetes")]
+    fn kube_owner_of(&self, id: &str) -> Option<Arc<dyn Runtime>> {
+        crate::lock(&self.inner.kube)
+            .values()
+            .find(|kube| kube.status(id).is_some())
+            .map(|kube| Arc::new(kube.clone()) as Arc<dyn Runtime>)
+    }
+
+    #[cfg(not(feature = "kubernetes"))]
+    fn kube_owner_of(&self, _id: &str) -> Option<Arc<dyn Runtime>> {
+        None
+    }
+
+    /// Gives the Kubernetes runtime `env`'s manifest and secrets (its objects are built from
+    /// them), connecting to its cluster on first use; nothing for other environments. The
+    /// controller calls it before it starts, adopts or runs anything of the environment.
+    pub async fn configure_kubernetes(
+        &self,
+        manifest: &Manifest,
+        env: &str,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        let Some(environment) = manifest.environments.get(env) else {
+            return Ok(());
+        };
+        if environment.runtime != RuntimeKind::Kubernetes {
+            return Ok(());
+        }
+        let context = environment
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.context.clone());
+        crate::lock(&self.inner.kube_envs)
+            .insert((manifest.app.clone(), env.to_string()), context.clone());
+        self.connect_kubernetes(context, manifest, env, secrets)
+            .await
+    }
+
+    #[cfg(feature = "kubernetes")]
+    async fn connect_kubernetes(
+        &self,
+        context: Option<String>,
+        manifest: &Manifest,
+        env: &str,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        let _connecting = self.inner.kube_connect.lock().await;
+        let existing = crate::lock(&self.inner.kube).get(&context).cloned();
+        let kube = match existing {
+            Some(kube) => kube,
+            None => {
+                let cluster = ferry_k8s::client::Cluster::connect(context.as_deref())
+                    .await
+                    .map_err(|e| RuntimeError::Engine {
+                        what: "connecting to the Kubernetes cluster".to_string(),
+                        source: Box::new(e),
+                    })?;
+                let kube = ferry_k8s::runtime::KubernetesRuntime::new(cluster);
+                forward(kube.subscribe(), self.inner.events.clone());
+                crate::lock(&self.inner.kube).insert(context, kube.clone());
+                kube
+            }
+        };
+        kube.configure(manifest, env, secrets.clone());
+        Ok(())
+    }
+
+    #[cfg(not(feature = "kubernetes"))]
+    async fn connect_kubernetes(
+        &self,
+        _context: Option<String>,
+        _manifest: &Manifest,
+        _env: &str,
+        _secrets: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unavailable {
+            runtime: "kubernetes",
+        })
+    }
+
+    /// The Kubernetes runtime of a `runtime: kubernetes` environment (an error when it could
+    /// not be connected); `None` for other environments.
+    fn kubernetes_of(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Option<Result<Arc<dyn Runtime>, RuntimeError>> {
+        let context = crate::lock(&self.inner.kube_envs)
+            .get(&(app.to_string(), env.to_string()))
+            .cloned()?;
+        Some(self.kube_for(&context))
+    }
+
+    #[cfg(feature = "kubernetes")]
+    fn kube_for(&self, context: &Option<String>) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        crate::lock(&self.inner.kube)
+            .get(context)
+            .map(|kube| Arc::new(kube.clone()) as Arc<dyn Runtime>)
+            .ok_or_else(|| RuntimeError::Engine {
+                what: "the Kubernetes runtime".to_string(),
+                source: "not connected to the cluster (see the server's log)".into(),
+            })
+    }
+
+    #[cfg(not(feature = "kubernetes"))]
+    fn kube_for(&self, _context: &Option<String>) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        Err(RuntimeError::Unavailable {
+            runtime: "kubernetes",
+        })
     }
 
     pub fn status(&self, id: &str) -> Option<ReplicaStatus> {
@@ -123,12 +290,14 @@ impl Runtimes {
         self.owner_of(id).and_then(|runtime| runtime.endpoint(id))
     }
 
-    /// Whether the replica runs as a container (its logs come from the engine).
+    /// Whether the replica runs as a container (its logs come from the engine or the
+    /// cluster, not a file of this server).
     pub fn is_container(&self, id: &str) -> bool {
         self.inner
             .docker
             .get()
             .is_some_and(|docker| docker.status(id).is_some())
+            || self.kube_owner_of(id).is_some()
     }
 
     /// The replica's log lines (tail, then follow), from whichever runtime runs it.
@@ -139,9 +308,12 @@ impl Runtimes {
         }
     }
 
-    /// Starts a replica: a container when its spec has one, else a process.
+    /// Starts a replica: pods on Kubernetes for a `runtime: kubernetes` environment, a
+    /// container when its spec has one, else a process.
     pub async fn start(&self, spec: ReplicaSpec) -> Result<Instance, RuntimeError> {
-        if spec.container.is_some() {
+        if let Some(kube) = self.kubernetes_of(&spec.app, &spec.env) {
+            kube?.start(spec).await
+        } else if spec.container.is_some() {
             self.docker().await?.start(spec).await
         } else {
             self.inner.local.start(spec).await
@@ -156,10 +328,18 @@ impl Runtimes {
         recorded: Option<ProcessIdentity>,
     ) -> Result<bool, RuntimeError> {
         let id = spec.id.clone();
-        let runtime: &dyn Runtime = if spec.container.is_some() {
-            self.docker().await?
+        let runtime: Arc<dyn Runtime> = if let Some(kube) = self.kubernetes_of(&spec.app, &spec.env)
+        {
+            kube?
+        } else if spec.container.is_some() {
+            self.docker().await?;
+            self.inner
+                .docker
+                .get()
+                .cloned()
+                .ok_or(RuntimeError::Unavailable { runtime: "docker" })?
         } else {
-            self.inner.local.as_ref()
+            self.inner.local.clone()
         };
         let adopted = runtime.adopt(spec, recorded).await?;
         if !adopted {
@@ -212,9 +392,16 @@ impl Runtimes {
         }
     }
 
-    /// Stops every replica of both runtimes, and every container this server owns.
+    /// Stops every replica of the runtimes, and every container this server owns.
     pub async fn stop_all(&self) {
         self.inner.local.stop_all().await;
+        #[cfg(feature = "kubernetes")]
+        {
+            let kubes: Vec<_> = crate::lock(&self.inner.kube).values().cloned().collect();
+            for kube in kubes {
+                kube.stop_all().await;
+            }
+        }
         if let Some(docker) = self.inner.docker.get()
             && let Err(e) = docker.remove_all().await
         {
@@ -228,7 +415,9 @@ impl Runtimes {
         spec: TaskSpec,
         started: Option<oneshot::Sender<Instance>>,
     ) -> Result<TaskOutcome, RuntimeError> {
-        if spec.container.is_some() {
+        if let Some(kube) = self.kubernetes_of(&spec.app, &spec.env) {
+            kube?.run_task(spec, started).await
+        } else if spec.container.is_some() {
             self.docker().await?.run_task(spec, started).await
         } else {
             self.inner.local.run_task(spec, started).await
@@ -322,4 +511,47 @@ pub fn hook_container(
         .services
         .iter()
         .find_map(|(name, _)| container_spec(manifest, env, name, version, secrets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_configuration_is_the_service_account_a_kubeconfig_or_the_home_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        let config = dir.path().join("config");
+        let none = dir.path().join("absent");
+        let os = |p: &std::path::Path| p.as_os_str().to_owned();
+        assert!(!cluster_configuration(
+            true,
+            &token,
+            None,
+            Some(&os(dir.path()))
+        ));
+        std::fs::write(&token, "t").expect("token");
+        assert!(cluster_configuration(true, &token, None, None));
+        assert!(
+            !cluster_configuration(false, &token, None, None),
+            "a token without the service host"
+        );
+        assert!(!cluster_configuration(
+            false,
+            &token,
+            Some(&os(&none)),
+            None
+        ));
+        std::fs::write(&config, "apiVersion: v1").expect("config");
+        let both = std::env::join_paths([&none, &config]).expect("paths");
+        assert!(cluster_configuration(false, &token, Some(&both), None));
+        std::fs::create_dir_all(dir.path().join(".kube")).expect("dir");
+        std::fs::write(dir.path().join(".kube/config"), "apiVersion: v1").expect("config");
+        assert!(cluster_configuration(
+            false,
+            &token,
+            None,
+            Some(&os(dir.path()))
+        ));
+    }
 }

@@ -308,7 +308,7 @@ mod tests {
         let errors = check_runtimes(&text, "ferry.yaml", &manifest, &[RuntimeKind::Process]);
         let shown = errors[0].to_string();
         assert!(
-            shown.starts_with("ferry.yaml:8:14: environments.production.runtime: this Ferry server does not run `runtime: kubernetes` environments yet"),
+            shown.starts_with("ferry.yaml:8:14: environments.production.runtime: this Ferry server cannot run `runtime: kubernetes` environments: it was built without the `kubernetes` cargo feature, or it finds no cluster configuration"),
             "{shown}"
         );
         assert!(

@@ -36,6 +36,13 @@ impl Controller {
                         .spec_manifest(app, &record.env, record.deployment_id)
                         .await;
                     let manifest = pinned.as_deref().unwrap_or(latest);
+                    if let Err(e) = self
+                        .runtime
+                        .configure_kubernetes(manifest, &record.env, &secrets)
+                        .await
+                    {
+                        tracing::error!(replica = %record.id, error = %e, "cannot reach its cluster");
+                    }
                     // A restart of an adopted replica runs as its environment says; never
                     // as the server's user because the lookup failed.
                     match self.workloads.run_as(manifest, &record.env) {

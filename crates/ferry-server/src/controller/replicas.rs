@@ -187,6 +187,10 @@ impl Controller {
             .workloads
             .run_as(manifest, env)
             .map_err(|e| ActError::Failed(format!("cannot start {service}: {e}")))?;
+        self.runtime
+            .configure_kubernetes(manifest, env, &secrets)
+            .await
+            .map_err(|e| ActError::Failed(format!("cannot start {service}: {e}")))?;
         let spec = replica_spec(app, manifest, &record, secrets, commit.as_deref(), run_as)
             .ok_or_else(|| ActError::Failed(format!("service {service} is not in the manifest")))?;
         // Persist, then act: the row exists before the process does.
