@@ -56,12 +56,17 @@ pub(in crate::controller) fn orphans(apps: &Apps, replicas: &[ReplicaRecord]) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use ferry_core::model::ReplicaState;
     use ferry_core::rollout::{Observed, Patience};
 
-    fn replica(id: &str, version: &str, state: ReplicaState, draining: bool) -> Observed {
+    pub(in crate::controller::steps) fn replica(
+        id: &str,
+        version: &str,
+        state: ReplicaState,
+        draining: bool,
+    ) -> Observed {
         Observed {
             id: id.into(),
             version: version.into(),
@@ -76,7 +81,8 @@ mod tests {
         }
     }
 
-    fn web(replicas: Vec<Observed>) -> Vec<ServiceInput> {
+    /// Service `web`, 2 replicas wanted.
+    pub(in crate::controller::steps) fn web(replicas: Vec<Observed>) -> Vec<ServiceInput> {
         vec![ServiceInput {
             service: "web".into(),
             desired: 2,

@@ -61,35 +61,9 @@ pub(in crate::controller) fn roll_back(s: &RollingBack) -> Vec<Effect> {
 mod tests {
     use super::*;
     use crate::controller::steps::gates::tests::deployment;
+    use crate::controller::steps::maintain::tests::{replica, web};
     use ferry_core::model::{DeploymentKind, ReplicaState};
-    use ferry_core::rollout::{Action, Observed, Patience};
-
-    fn replica(id: &str, version: &str, state: ReplicaState, draining: bool) -> Observed {
-        Observed {
-            id: id.into(),
-            version: version.into(),
-            state,
-            started_at_ms: 0,
-            restarts: 0,
-            ever_healthy: state == ReplicaState::Healthy,
-            draining,
-            last_exit: None,
-            last_output: Vec::new(),
-            last_probe: None,
-        }
-    }
-
-    fn web(replicas: Vec<Observed>) -> Vec<ServiceInput> {
-        vec![ServiceInput {
-            service: "web".into(),
-            desired: 2,
-            replicas,
-            patience: Patience {
-                start_timeout_ms: 30_000,
-                max_start_exits: 3,
-            },
-        }]
-    }
+    use ferry_core::rollout::Action;
 
     fn plan(services: &[ServiceInput], routed: bool, aborted_by: Option<&str>) -> Vec<Effect> {
         let mut d = deployment(DeploymentState::RollingBack, DeploymentKind::Deploy);
