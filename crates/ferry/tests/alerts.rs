@@ -91,17 +91,7 @@ async fn an_alert_on_500s_rolls_back_the_canary_that_causes_them() {
         let load = Load::start(&spec.listener(), 2);
         load.warm_up(30).await;
 
-        let out = ferry
-            .cli(&[
-                "deploy",
-                "shop",
-                "--env",
-                "production",
-                "--version",
-                "2.0.0",
-            ])
-            .await;
-        assert_eq!(out.code, 0, "{out}");
+        ferry.deploy_nowait(&spec, "2.0.0").await;
         let firing = wait_alerts(
             &ferry,
             "shop",
@@ -316,17 +306,7 @@ async fn a_firing_alert_holds_deployments_survives_a_restart_and_resolves() {
         assert!(history_has(&firing, "pending", "value"), "{firing:#?}");
 
         // A deployment into the environment waits, naming the alert.
-        let out = ferry
-            .cli(&[
-                "deploy",
-                "shop",
-                "--env",
-                "production",
-                "--version",
-                "2.0.0",
-            ])
-            .await;
-        assert_eq!(out.code, 0, "{out}");
+        ferry.deploy_nowait(&spec, "2.0.0").await;
         let id = ferry
             .env_status(&spec)
             .await
@@ -460,20 +440,8 @@ async fn a_firing_alert_holds_deployments_survives_a_restart_and_resolves() {
             .await;
         assert_eq!(silenced.code, 0, "{silenced}");
         let silence_id = silenced.json()["id"].as_i64().expect("silence id");
-        let out = ferry
-            .cli(&[
-                "deploy",
-                "shop",
-                "--env",
-                "production",
-                "--version",
-                "3.0.0",
-                "--wait",
-                "--timeout",
-                "60s",
-            ])
-            .await;
-        assert_eq!(out.code, 0, "a silenced alert holds nothing:\n{out}");
+        // a silenced alert holds nothing
+        ferry.deploy_ok(&spec, "3.0.0").await;
         let listed = ferry.cli(&["alerts", "silences", "shop"]).await;
         assert!(
             listed.stdout.contains("planned database failover"),
@@ -505,16 +473,22 @@ async fn a_firing_alert_holds_deployments_survives_a_restart_and_resolves() {
     .await;
 }
 
-/// The messages of `lines` (POSTs to `path`) whose body's `status` is `status`.
-fn messages<'a>(
-    lines: &'a [serde_json::Value],
-    path: &str,
+/// Waits for the receiver's message to `/pager` whose status is `status` (`firing`,
+/// `resolved`), which must be the only one.
+async fn only_message(
+    receiver: &WebhookReceiver,
+    ferry: &Ferry,
     status: &str,
-) -> Vec<&'a serde_json::Value> {
-    lines
-        .iter()
-        .filter(|l| l["path"] == path && l["body"]["status"] == status)
-        .collect()
+) -> serde_json::Value {
+    let ours = |l: &serde_json::Value| l["path"] == "/pager" && l["body"]["status"] == status;
+    let lines = receiver
+        .wait(status, ferry, Duration::from_secs(60), |l| {
+            l.iter().any(ours)
+        })
+        .await;
+    let found: Vec<&serde_json::Value> = lines.iter().filter(|l| ours(l)).collect();
+    assert_eq!(found.len(), 1, "one {status} message: {lines:#?}");
+    found[0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,17 +540,7 @@ routes:
         ferry.kill9_server();
         let before_restart = receiver.lines().len();
         ferry.start_server().await;
-        let lines = receiver
-            .wait(
-                "the firing notification",
-                &ferry,
-                Duration::from_secs(60),
-                |l| !messages(l, "/pager", "firing").is_empty(),
-            )
-            .await;
-        let firing = messages(&lines, "/pager", "firing");
-        assert_eq!(firing.len(), 1, "once: {lines:#?}");
-        let message = firing[0];
+        let message = &only_message(&receiver, &ferry, "firing").await;
         assert_eq!(message["sig_ok"], true, "signed: {message}");
         assert!(message["key"].is_string(), "an Idempotency-Key: {message}");
         let n = &message["body"]["notifications"][0];
@@ -595,21 +559,12 @@ routes:
 
         // It resolves: one resolve notification, about the same alert.
         prometheus.set("1");
-        let lines = receiver
-            .wait(
-                "the resolve notification",
-                &ferry,
-                Duration::from_secs(60),
-                |l| !messages(l, "/pager", "resolved").is_empty(),
-            )
-            .await;
-        let resolved = messages(&lines, "/pager", "resolved");
-        assert_eq!(resolved.len(), 1, "once: {lines:#?}");
-        let r = &resolved[0]["body"]["notifications"];
+        let resolved = only_message(&receiver, &ferry, "resolved").await;
+        let r = &resolved["body"]["notifications"];
         assert_eq!(r.as_array().map(Vec::len), Some(1), "{r}");
         assert_eq!(r[0]["kind"], "alert-resolved");
         assert_eq!(r[0]["labels"]["alertname"], "database_down");
-        assert_eq!(resolved[0]["sig_ok"], true);
+        assert_eq!(resolved["sig_ok"], true);
 
         // Every delivery is recorded as delivered (none left to retry), and nothing went
         // to the receiver of warnings or more than once anywhere.

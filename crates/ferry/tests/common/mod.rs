@@ -397,6 +397,21 @@ services:
         assert_eq!(out.code, 0, "apply failed:\n{out}\n{}", self.server_logs());
     }
 
+    /// `ferry deploy` of `version` without waiting: the request must be accepted.
+    pub async fn deploy_nowait(&self, spec: &Spec, version: &str) {
+        let out = self
+            .cli(&[
+                "deploy",
+                &spec.app,
+                "--env",
+                &spec.env,
+                "--version",
+                version,
+            ])
+            .await;
+        assert_eq!(out.code, 0, "deploy {version}:\n{out}");
+    }
+
     pub async fn deploy_ok(&self, spec: &Spec, version: &str) -> CliOutput {
         let out = self
             .cli(&[
