@@ -397,34 +397,29 @@ services:
         assert_eq!(out.code, 0, "apply failed:\n{out}\n{}", self.server_logs());
     }
 
+    /// `ferry deploy APP --env ENV --version VERSION` with `extra` arguments.
+    async fn deploy_cli(&self, spec: &Spec, version: &str, extra: &[&str]) -> CliOutput {
+        let mut args = vec![
+            "deploy",
+            &spec.app,
+            "--env",
+            &spec.env,
+            "--version",
+            version,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args).await
+    }
+
     /// `ferry deploy` of `version` without waiting: the request must be accepted.
     pub async fn deploy_nowait(&self, spec: &Spec, version: &str) {
-        let out = self
-            .cli(&[
-                "deploy",
-                &spec.app,
-                "--env",
-                &spec.env,
-                "--version",
-                version,
-            ])
-            .await;
+        let out = self.deploy_cli(spec, version, &[]).await;
         assert_eq!(out.code, 0, "deploy {version}:\n{out}");
     }
 
     pub async fn deploy_ok(&self, spec: &Spec, version: &str) -> CliOutput {
         let out = self
-            .cli(&[
-                "deploy",
-                &spec.app,
-                "--env",
-                &spec.env,
-                "--version",
-                version,
-                "--wait",
-                "--timeout",
-                "60s",
-            ])
+            .deploy_cli(spec, version, &["--wait", "--timeout", "60s"])
             .await;
         assert_eq!(
             out.code,
