@@ -452,7 +452,8 @@ pub struct GateCheck {
     /// Passes when a GET of `url` answers `expect_status` (and its body contains `expect_body`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpGateCheck>,
-    /// Passes when this command (argv, run in the manifest's directory) exits 0.
+    /// Passes when this command (argv, run in the manifest's directory; under
+    /// `runtime: docker`, in a one-off container of the deployment's image) exits 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<Vec<String>>,
     /// How often the check is re-run while the deployment waits (default `10s`).

@@ -26,7 +26,7 @@ pub mod redact;
 pub mod runtime;
 mod supervise;
 mod supervisor;
-pub mod task;
+mod task;
 
 pub use runtime::{
     BoxFuture, ContainerSpec, Instance, LogLines, RegistryAuth, Runtime, TaskEnd, TaskOutcome,
@@ -549,6 +549,11 @@ pub async fn kill_process_group(identity: &ProcessIdentity, timeout: Duration) -
     procfs::kill_stragglers_and_wait(identity.pid, Duration::from_secs(2)).await;
     true
 }
+
+/// The environment variable every replica process starts with, set to its replica id by the
+/// process runtime itself: how [`Runtime::discard`] finds a replica whose pid was never
+/// recorded.
+pub const REPLICA_MARKER: &str = "FERRY_REPLICA_ID";
 
 /// Finds the processes started with the environment variable `name=value` (a marker such
 /// as `FERRY_REPLICA_ID`, for a process whose pid was never recorded because the server died

@@ -156,6 +156,7 @@ impl CheckRunner {
     pub async fn start_due(
         &self,
         store: &Store,
+        runtimes: &crate::runtimes::Runtimes,
         secrets: &crate::secrets::Secrets,
         workloads: &crate::workload::Workloads,
         manifest: &ferry_core::manifest::Manifest,
@@ -200,6 +201,7 @@ impl CheckRunner {
                 version: deployment.version.clone(),
                 base_dir: base_dir.clone().flatten(),
                 command_env: command_env.clone().unwrap_or_default(),
+                runtimes: runtimes.clone(),
             };
             let runner = self.clone();
             let store = store.clone();
@@ -259,21 +261,32 @@ impl CheckRunner {
         env_vars.insert("VERSION".into(), subject.version.clone());
         env_vars.insert("FERRY_ENV".into(), subject.env.clone());
         env_vars.insert("FERRY_APP".into(), subject.app.clone());
+        let container = subject.command_env.container.clone();
         let task = ferry_runtime::TaskSpec {
-            name: format!("check-{}", check.name),
+            // One run at a time per (deployment, check): the name finds what a dead
+            // server's run left on the engine.
+            name: format!("check-{}-{}", check.name, subject.deployment_id),
             app: subject.app.clone(),
             env: subject.env.clone(),
             argv: argv.clone(),
             env_vars,
-            cwd: subject.base_dir.clone(),
+            // A container runs in the image's own directory, as the image's user.
+            cwd: if container.is_some() {
+                None
+            } else {
+                subject.base_dir.clone()
+            },
             run_as,
             timeout,
             output: ferry_runtime::TaskOutput::Capture {
                 max_bytes: CHECK_OUTPUT_BYTES,
             },
-            container: None,
+            container,
         };
-        match ferry_runtime::task::run(task, None).await {
+        if task.container.is_some() {
+            subject.runtimes.discard_task(&task.name).await;
+        }
+        match subject.runtimes.run_task(task, None).await {
             Ok(outcome) if outcome.end == ferry_runtime::TaskEnd::TimedOut => (
                 false,
                 format!(
@@ -298,17 +311,21 @@ struct Subject {
     version: String,
     base_dir: Option<PathBuf>,
     command_env: CommandEnv,
+    /// What runs a command check (through the environment's runtime, like hooks).
+    runtimes: crate::runtimes::Runtimes,
 }
 
 /// The environment of a command check: the layered variables and the secrets of the
 /// deployment's environment (as hooks get them), and the secret values to keep out of its
-/// one-line explanation.
+/// one-line explanation; where it runs: like a hook, a one-off container of the
+/// deployment's image in a `runtime: docker` environment, else a process on this host.
 #[derive(Clone)]
 struct CommandEnv {
     vars: BTreeMap<String, String>,
     secret_values: Vec<String>,
     /// The user it runs as, or why that user is not available.
     run_as: Result<Option<ferry_runtime::RunAs>, String>,
+    container: Option<ferry_runtime::ContainerSpec>,
 }
 
 impl Default for CommandEnv {
@@ -318,6 +335,7 @@ impl Default for CommandEnv {
             vars: BTreeMap::new(),
             secret_values: Vec::new(),
             run_as: Err("its user was not resolved".into()),
+            container: None,
         }
     }
 }
@@ -331,21 +349,36 @@ impl CommandEnv {
     ) -> CommandEnv {
         let (vars, _) =
             ferry_core::config::environment_vars(manifest, &deployment.env, &deployment.version);
-        let mut out = CommandEnv {
-            vars: vars.into_iter().map(|v| (v.name, v.value)).collect(),
-            secret_values: Vec::new(),
+        let mut secrets = secrets
+            .env_vars(&deployment.app, &deployment.env)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "a gate check runs without the secrets");
+                BTreeMap::new()
+            });
+        let container = crate::runtimes::hook_container(
+            manifest,
+            &deployment.env,
+            &deployment.version,
+            &secrets,
+        );
+        if container.is_some() {
+            // For the pull only, never in the container.
+            secrets.remove(crate::runtimes::REGISTRY_USERNAME);
+            secrets.remove(crate::runtimes::REGISTRY_PASSWORD);
+        }
+        let secret_values = secrets.values().filter(|v| v.len() >= 4).cloned().collect();
+        let mut vars: BTreeMap<String, String> =
+            vars.into_iter().map(|v| (v.name, v.value)).collect();
+        vars.extend(secrets);
+        CommandEnv {
+            vars,
+            secret_values,
             run_as: workloads
                 .run_as(manifest, &deployment.env)
                 .map_err(|e| e.to_string()),
-        };
-        match secrets.env_vars(&deployment.app, &deployment.env).await {
-            Ok(secrets) => {
-                out.secret_values = secrets.values().filter(|v| v.len() >= 4).cloned().collect();
-                out.vars.extend(secrets);
-            }
-            Err(e) => tracing::warn!(error = %e, "a gate check runs without the secrets"),
+            container,
         }
-        out
     }
 
     fn redact(&self, text: String) -> String {
@@ -530,7 +563,12 @@ mod tests {
                 vars: BTreeMap::from([("CI_TOKEN".to_string(), "s3cr3t-token".to_string())]),
                 secret_values: vec!["s3cr3t-token".to_string()],
                 run_as: Ok(None),
+                container: None,
             },
+            runtimes: crate::runtimes::Runtimes::new(
+                ferry_runtime::ProcessRuntime::new(dir.join("logs"), 1 << 20),
+                "gates-test".into(),
+            ),
         }
     }
 

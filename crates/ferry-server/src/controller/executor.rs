@@ -91,6 +91,7 @@ impl Controller {
                         self.gate_checks
                             .start_due(
                                 &self.store,
+                                &self.runtime,
                                 &self.secrets,
                                 &self.workloads,
                                 scope.manifest,

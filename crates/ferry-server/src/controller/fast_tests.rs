@@ -329,6 +329,25 @@ async fn a_failing_pre_deploy_hook_fails_the_deployment_with_nothing_moved() {
 const APPROVAL: &str = "rolling\n    gates:\n      approvals: [{ role: tech-lead }]";
 
 #[tokio::test]
+async fn a_gate_command_check_runs_through_the_runtime() {
+    let mut sim = Sim::new(&manifest(
+        "rolling\n    gates:\n      checks: [{ name: ci, run: [\"ci-check\", \"${VERSION}\"] }]",
+        "",
+    ))
+    .await;
+    let id = sim.deploy("shop", "production", "1.0").await;
+    // No `ci-check` program exists on this host: only the runtime can pass it.
+    sim.until_state(id, DeploymentState::Succeeded).await;
+    let checks: Vec<String> = sim
+        .world
+        .task_names()
+        .into_iter()
+        .filter(|name| name.starts_with("check-"))
+        .collect();
+    assert_eq!(checks, vec![format!("check-ci-{id}")]);
+}
+
+#[tokio::test]
 async fn a_deployment_waits_for_its_approval_then_rolls_out() {
     let mut sim = Sim::new(&manifest(APPROVAL, "")).await;
     let id = sim.deploy("shop", "production", "1.0").await;
