@@ -64,7 +64,7 @@ impl Runtime for ProcessRuntime {
                 }
                 Some(_) => 0,
                 // The server died between writing the row and recording the pid.
-                None => kill_by_marker("FERRY_REPLICA_ID", id, DISCARD_GRACE)
+                None => kill_by_marker(crate::REPLICA_MARKER, id, DISCARD_GRACE)
                     .await
                     .len(),
             }

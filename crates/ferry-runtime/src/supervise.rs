@@ -15,7 +15,9 @@ use tokio::process::{Child, Command};
 
 use crate::runtime::Instance;
 use crate::supervisor::{Done, Driver, Started};
-use crate::{ProcessIdentity, ReplicaSpec, RuntimeError, isolation, logs, procfs, redact};
+use crate::{
+    ProcessIdentity, REPLICA_MARKER, ReplicaSpec, RuntimeError, isolation, logs, procfs, redact,
+};
 
 /// How often an adopted (not our child) process is checked in /proc.
 const ADOPTED_POLL: Duration = Duration::from_millis(200);
@@ -219,6 +221,9 @@ pub(crate) fn spawn(driver: &ProcessDriver, spec: &ReplicaSpec) -> Result<Proc, 
         ("FERRY_SERVICE".to_string(), spec.service.clone()),
     ]);
     vars.extend(spec.env_vars.clone());
+    // The runtime's own marker: a replica whose pid was never recorded (the server died
+    // right after starting it) is found by it ([`crate::kill_by_marker`]).
+    vars.insert(REPLICA_MARKER.to_string(), spec.id.clone());
     isolation::apply(&mut command, &vars, spec.run_as.as_ref());
     command
         .args(args)

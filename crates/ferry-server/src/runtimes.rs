@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use ferry_core::manifest::{Manifest, RuntimeKind};
 use ferry_runtime::{
@@ -348,12 +347,11 @@ impl Runtimes {
         Ok(adopted)
     }
 
-    /// Stops what runs for a replica no runtime supervises (a recorded process group, its
-    /// containers).
+    /// Stops what runs for a replica no runtime supervises: its process group (by the
+    /// `recorded` identity or, when the server died before recording it, by the marker the
+    /// process runtime gives every replica), its containers.
     pub async fn discard(&self, id: &str, recorded: Option<ProcessIdentity>) {
-        if let Some(identity) = recorded {
-            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
-        }
+        self.inner.local.discard(id, recorded).await;
         if let Some(docker) = self.inner.docker.get() {
             docker.discard(id, None).await;
         }
@@ -515,6 +513,10 @@ pub fn hook_container(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use ferry_runtime::HealthSpec;
+
     use super::*;
 
     #[test]
@@ -553,5 +555,73 @@ mod tests {
             None,
             Some(&os(dir.path()))
         ));
+    }
+
+    /// A replica whose pid was never recorded (the server died between starting it and
+    /// writing the pid): a later server's `discard` finds it by the process runtime's own
+    /// marker and stops it.
+    #[tokio::test]
+    async fn discard_stops_a_local_replica_whose_pid_was_never_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = format!("shop-production-web-1.0-discard{}", std::process::id());
+        let pid_file = dir.path().join("replica.pid");
+        let spec = ReplicaSpec {
+            id: id.clone(),
+            app: "shop".into(),
+            env: "production".into(),
+            service: "web".into(),
+            version: "1.0".into(),
+            // Like a real server, it runs until told to stop (and its child with it).
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo $$ > '{}'; sleep 120 & wait", pid_file.display()),
+            ],
+            cwd: None,
+            env_vars: BTreeMap::new(),
+            run_as: None,
+            redact: Vec::new(),
+            port: ferry_runtime::free_port().expect("port"),
+            health: HealthSpec {
+                path: String::new(),
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_millis(500),
+                healthy_threshold: 1,
+                unhealthy_threshold: 2,
+            },
+            stop_timeout: Duration::from_secs(5),
+            container: None,
+        };
+        let logs = dir.path().join("logs");
+        let dead = Runtimes::new(ProcessRuntime::new(logs.clone(), 1 << 20), "t".into());
+        dead.start(spec).await.expect("start");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let pid: u32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the replica never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The server dies: its runtime detaches, the replica keeps running.
+        drop(dead);
+        assert!(ferry_runtime::process_identity(pid).is_some());
+
+        let next = Runtimes::new(ProcessRuntime::new(logs, 1 << 20), "t".into());
+        next.discard(&id, None).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while ferry_runtime::process_identity(pid).is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {pid} still runs after discard"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -1,7 +1,6 @@
 //! Re-adoption after a restart: what a previous server left running is adopted or stopped.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use ferry_runtime::ProcessIdentity;
 
@@ -76,14 +75,7 @@ impl Controller {
             let keep = match spec {
                 Some(spec) => self.runtime.adopt(spec, identity).await?,
                 None => {
-                    match identity {
-                        Some(identity) => {
-                            ferry_runtime::kill_process_group(&identity, Duration::from_secs(10))
-                                .await;
-                        }
-                        None => kill_by_replica_id(&record.id).await,
-                    }
-                    self.runtime.discard(&record.id, None).await;
+                    self.runtime.discard(&record.id, identity).await;
                     false
                 }
             };
@@ -106,18 +98,5 @@ impl Controller {
         *lock(&self.settle_until_ms) = self.now_ms() + SETTLE_TIMEOUT_MS;
         *lock(&self.adopted) = adopted;
         Ok(())
-    }
-}
-
-/// Stops a replica whose pid was never recorded (the server died right after starting
-/// it), found by its `FERRY_REPLICA_ID`.
-pub(super) async fn kill_by_replica_id(id: &str) {
-    for pid in ferry_runtime::kill_by_marker("FERRY_REPLICA_ID", id, Duration::from_secs(10)).await
-    {
-        tracing::info!(
-            replica = id,
-            pid,
-            "stopped a replica whose pid was never recorded"
-        );
     }
 }

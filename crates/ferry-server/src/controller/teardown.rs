@@ -1,7 +1,6 @@
 //! Teardown: stop every workload and the proxy.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use ferry_runtime::ProcessIdentity;
 
@@ -16,13 +15,12 @@ impl Controller {
         self.runtime.stop_all().await;
         if let Ok(records) = self.store.list_replicas(None, None).await {
             for record in records {
-                if let Some(identity) = record
+                // Also one whose pid was never recorded.
+                let identity = record
                     .pid
                     .zip(record.start_time)
-                    .map(|(pid, start_time)| ProcessIdentity { pid, start_time })
-                {
-                    ferry_runtime::kill_process_group(&identity, Duration::from_secs(10)).await;
-                }
+                    .map(|(pid, start_time)| ProcessIdentity { pid, start_time });
+                self.runtime.discard(&record.id, identity).await;
                 let _ = self.store.delete_replica(&record.id).await;
             }
         }
