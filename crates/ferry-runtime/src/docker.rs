@@ -49,6 +49,13 @@ use crate::{
 const EXIT_POLL: Duration = Duration::from_millis(500);
 /// Grace for containers stopped without a spec (discarded, leftovers).
 const DISCARD_GRACE_SECS: i32 = 10;
+/// How many of an exited container's last log lines are read for its diagnosis (those of
+/// its latest run are then bounded as a process replica's are).
+const LAST_OUTPUT_TAIL: usize = 200;
+/// The most bytes of them read.
+const LAST_OUTPUT_READ: usize = 256 * 1024;
+/// How long the engine gets to answer with them.
+const LAST_OUTPUT_WAIT: Duration = Duration::from_secs(5);
 /// Size of the writable `/tmp`.
 const TMPFS_SIZE: &str = "64m";
 
@@ -708,6 +715,39 @@ async fn wait_exit(docker: &Docker, id: &str) -> Option<i32> {
     }
 }
 
+/// An engine time (`2026-12-06T13:00:00.123456789Z`, UTC, any number of fraction digits) as
+/// (seconds since the Unix epoch, nanoseconds), ordered as the times are.
+fn parse_timestamp(text: &str) -> Option<(i64, u32)> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(str::parse::<i64>);
+    let (year, month, day) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut clock = clock.splitn(3, ':').map(str::parse::<i64>);
+    let (hour, minute, second) = (
+        clock.next()?.ok()?,
+        clock.next()?.ok()?,
+        clock.next()?.ok()?,
+    );
+    if !(1..=12).contains(&month) || fraction.len() > 9 {
+        return None;
+    }
+    let nanos = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<u32>().ok()? * 10u32.pow(9 - fraction.len() as u32)
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hour * 3600 + minute * 60 + second, nanos))
+}
+
 fn describe_exit(code: Option<i32>) -> String {
     match code {
         Some(code) if code > 128 => format!("exit code {code} (signal {})", code - 128),
@@ -818,6 +858,50 @@ impl Driver for Engine {
 
     async fn discard_exited(&self, _spec: &ReplicaSpec, container: String) {
         self.remove(&container, 1).await;
+    }
+
+    /// What the container's latest run wrote (a restart reuses the container, so lines
+    /// from before its latest start are left out), from the Engine API, redacted as read.
+    async fn last_output(&self, spec: &ReplicaSpec, container: &String) -> Vec<String> {
+        let started = match self.docker.inspect_container(container, None).await {
+            Ok(inspect) => inspect
+                .state
+                .and_then(|state| state.started_at)
+                .and_then(|at| parse_timestamp(&at)),
+            Err(_) => None,
+        };
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .tail(&LAST_OUTPUT_TAIL.to_string())
+            .build();
+        let mut logs = self.docker.logs(container, Some(options));
+        let mut raw = Vec::new();
+        let read = async {
+            while let Some(Ok(chunk)) = logs.next().await {
+                raw.extend_from_slice(&chunk.into_bytes());
+                if raw.len() > LAST_OUTPUT_READ {
+                    break;
+                }
+            }
+        };
+        // An engine that does not answer leaves the diagnosis without lines, never stuck.
+        let _ = tokio::time::timeout(LAST_OUTPUT_WAIT, read).await;
+        let redactor = crate::redact::Redactor::new(&spec.redact);
+        let text = String::from_utf8_lossy(&raw);
+        let lines: Vec<String> = text
+            .lines()
+            .filter_map(|line| {
+                // Each line is `<RFC 3339 time> <text>`.
+                let (at, text) = line.split_once(' ').unwrap_or((line, ""));
+                match (started, parse_timestamp(at)) {
+                    (Some(started), Some(at)) if at < started => None,
+                    _ => Some(redactor.redact(text)),
+                }
+            })
+            .collect();
+        crate::logs::last_lines(lines.iter().map(String::as_str).collect())
     }
 
     fn endpoint(&self, spec: &ReplicaSpec) -> SocketAddr {
@@ -971,6 +1055,37 @@ impl Runtime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_times_parse_and_order() {
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some((0, 0)));
+        assert_eq!(
+            parse_timestamp("2026-12-06T10:00:00.5Z"),
+            Some((1_796_551_200, 500_000_000))
+        );
+        assert_eq!(
+            parse_timestamp("2024-02-29T23:59:59.000000001Z"),
+            Some((1_709_251_199, 1))
+        );
+        // Go trims trailing zeros: fewer digits still order right.
+        assert!(
+            parse_timestamp("2026-12-06T10:00:00.12Z")
+                > parse_timestamp("2026-12-06T10:00:00.119999999Z")
+        );
+        assert_eq!(
+            parse_timestamp("0001-01-01T00:00:00Z").map(|t| t.0),
+            Some(-62_135_596_800)
+        );
+        for bad in [
+            "",
+            "2026-12-06",
+            "2026-13-01T00:00:00Z",
+            "2026-12-06T10:00:00.1234567890Z",
+            "x",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn image_references_split_into_repository_and_tag() {

@@ -52,6 +52,12 @@ pub(crate) fn last_output(path: &Path) -> Vec<String> {
     if start > 0 && !lines.is_empty() {
         lines.remove(0);
     }
+    last_lines(lines)
+}
+
+/// The tail of `lines` as [`last_output`] returns it: after the last `--- started pid`
+/// marker, our own `--- … ---` lines left out, bounded, clipped and escaped.
+pub(crate) fn last_lines(mut lines: Vec<&str>) -> Vec<String> {
     if let Some(marker) = lines
         .iter()
         .rposition(|l| l.starts_with("--- started pid "))

@@ -96,7 +96,7 @@ impl Driver for ProcessDriver {
         );
     }
 
-    fn last_output(&self, spec: &ReplicaSpec) -> Vec<String> {
+    async fn last_output(&self, spec: &ReplicaSpec, _exited: &Self::Exited) -> Vec<String> {
         logs::last_output(&self.log_path(&spec.id))
     }
 

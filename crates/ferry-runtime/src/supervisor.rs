@@ -77,9 +77,11 @@ pub(crate) trait Driver: Send + Sync + 'static {
 
     /// The last lines an instance that just exited wrote (bounded, escaped, redacted), when
     /// the runtime can tell.
-    fn last_output(&self, _spec: &ReplicaSpec) -> Vec<String> {
-        Vec::new()
-    }
+    fn last_output<'a>(
+        &'a self,
+        spec: &'a ReplicaSpec,
+        exited: &'a Self::Exited,
+    ) -> impl Future<Output = Vec<String>> + Send + 'a;
 
     /// Where the replica answers (health checks and the proxy).
     fn endpoint(&self, spec: &ReplicaSpec) -> SocketAddr;
@@ -426,7 +428,7 @@ async fn supervise<D: Driver>(sup: Arc<Supervisor<D>>, replica: Arc<Replica>, fi
             Outcome::Exited(reason) => {
                 tracing::warn!(replica = %id, %reason, "replica exited");
                 let exited = sup.driver.exited(&replica.spec, current, &reason).await;
-                let output = sup.driver.last_output(&replica.spec);
+                let output = sup.driver.last_output(&replica.spec, &exited).await;
                 {
                     let mut shared = replica.shared();
                     if shared

@@ -272,6 +272,23 @@ async fn a_crashed_container_is_restarted() {
     .await;
     assert_eq!(rt.status("shop.staging.api.1.0.0.ddd").unwrap().restarts, 1);
     assert_eq!(docker::containers("ferry.owner", &cleanup.0).len(), 1);
+    // Its last lines, from the engine: what the failure diagnosis shows.
+    let crashed = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("ferry-demo crashing after 1 requests"))
+            .count()
+    };
+    let first = rt.status("shop.staging.api.1.0.0.ddd").unwrap().last_output;
+    assert_eq!(crashed(&first), 1, "{first:?}");
+    // The same container crashes again: only its latest run's lines.
+    let _ = get(endpoint, "/").await;
+    wait_event(&mut events, "Exited again", |e| {
+        matches!(e, RuntimeEvent::Exited { .. })
+    })
+    .await;
+    let second = rt.status("shop.staging.api.1.0.0.ddd").unwrap().last_output;
+    assert_eq!(crashed(&second), 1, "{second:?}");
     rt.stop_all().await;
     assert!(docker::containers("ferry.owner", &cleanup.0).is_empty());
 }
