@@ -219,6 +219,58 @@ impl DockerRuntime {
         Ok(found.len())
     }
 
+    /// Takes over a task's container an earlier server left (see [`Runtime::adopt_task`]):
+    /// found by its `ferry.task` label, awaited, its whole log (kept by the engine) written
+    /// again to `output`, then removed.
+    pub async fn adopt_task(
+        &self,
+        name: &str,
+        timeout: Duration,
+        output: TaskOutput,
+    ) -> Result<Option<TaskOutcome>, RuntimeError> {
+        let began = Instant::now();
+        let engine = &self.sup.driver;
+        let mut found: Vec<String> = engine
+            .find(&[(LABEL_TASK, name)])
+            .await?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect();
+        let Some(id) = found.pop() else {
+            return Ok(None);
+        };
+        // One container per task name; anything else is a leftover.
+        for extra in found {
+            engine.remove(&extra, 1).await;
+        }
+        let _guard = RemoveOnDrop {
+            docker: engine.docker.clone(),
+            id: id.clone(),
+        };
+        if let TaskOutput::File { path, .. } = &output {
+            // The engine has all of it: what the dead server wrote goes.
+            let _ = std::fs::write(path, b"");
+        }
+        let collected = tokio::spawn(collect_output(engine.docker.clone(), id.clone(), output));
+        let end = match tokio::time::timeout(timeout, wait_exit(&engine.docker, &id)).await {
+            Ok(code) => code.map_or(TaskEnd::Signalled(0), TaskEnd::Exited),
+            Err(_) => {
+                engine.remove(&id, 0).await;
+                TaskEnd::TimedOut
+            }
+        };
+        let (stdout, stderr) = match tokio::time::timeout(Duration::from_secs(5), collected).await {
+            Ok(Ok(pair)) => pair,
+            _ => (String::new(), String::new()),
+        };
+        Ok(Some(TaskOutcome {
+            end,
+            stdout,
+            stderr,
+            took: began.elapsed(),
+        }))
+    }
+
     async fn start_replica(&self, spec: ReplicaSpec) -> Result<Instance, RuntimeError> {
         crate::validate_id(&spec.id)?;
         Supervisor::<Engine>::ensure_absent(&self.sup.replicas(), &spec.id)?;
@@ -971,6 +1023,15 @@ impl Runtime for DockerRuntime {
         keep: &'a [String],
     ) -> BoxFuture<'a, Result<usize, RuntimeError>> {
         Box::pin(DockerRuntime::remove_orphans(self, keep))
+    }
+
+    fn adopt_task<'a>(
+        &'a self,
+        name: &'a str,
+        timeout: Duration,
+        output: TaskOutput,
+    ) -> BoxFuture<'a, Result<Option<TaskOutcome>, RuntimeError>> {
+        Box::pin(DockerRuntime::adopt_task(self, name, timeout, output))
     }
 
     fn status(&self, id: &str) -> Option<ReplicaStatus> {

@@ -222,6 +222,21 @@ pub trait Runtime: Send + Sync + 'static {
         Box::pin(async { Ok(0) })
     }
 
+    /// Takes over a one-off task named `name` that an earlier server started and died
+    /// during: waits (up to `timeout`) for the instance still there, running or already
+    /// ended, and reports how it ended, its whole output written to `output` (a file is
+    /// rewritten, not appended to); it is then removed. `Ok(None)`: nothing to take over.
+    /// By default nothing: a process task's group can't be awaited by another server.
+    fn adopt_task<'a>(
+        &'a self,
+        name: &'a str,
+        timeout: Duration,
+        output: TaskOutput,
+    ) -> BoxFuture<'a, Result<Option<TaskOutcome>, RuntimeError>> {
+        let _ = (name, timeout, output);
+        Box::pin(async { Ok(None) })
+    }
+
     /// After a restart's adoptions: stops and removes what this server owns on the runtime
     /// for a replica that is neither in `keep` (the replicas the store knows) nor
     /// supervised, so nothing runs that no row accounts for; returns how many. By default

@@ -377,10 +377,22 @@ impl HookRunner {
     }
 
     /// After a restart: every attempt still recorded `running` belonged to the previous
-    /// server. Its process group is killed if it still runs (pid + start time must match),
-    /// the attempt is marked `interrupted` and the timeline says so.
+    /// server. A one-off container (`runtime: docker`) outlives it: it is awaited and its
+    /// end recorded, never run again ([`crate::runtimes::Runtimes::adopt_task`]). A process
+    /// group is killed if it still runs (pid + start time must match); the attempt is then
+    /// marked `interrupted` and the timeline says so.
     pub async fn recover(&self) -> Result<(), ServerError> {
         for run in self.store.running_hook_runs().await? {
+            let values = self.secret_values(run.deployment_id).await;
+            if let Some(timeout) = self.container_timeout(&run).await {
+                let store = self.store.clone();
+                let runtimes = self.runtimes.clone();
+                let exe = self.workloads.log_filter().map(Path::to_path_buf);
+                tokio::spawn(async move {
+                    adopt_container(&store, &runtimes, run, timeout, values, exe).await;
+                });
+                continue;
+            }
             if let (Some(pid), Some(start_time)) = (run.pid, run.start_time) {
                 let identity = ProcessIdentity { pid, start_time };
                 if ferry_runtime::process_identity(pid).is_some_and(|i| i == identity) {
@@ -396,49 +408,51 @@ impl HookRunner {
                 )
                 .await;
             }
-            // Its output went through the log filter when there were secrets; this also
-            // covers output an older Ferry wrote unfiltered: capped and redacted now.
-            if let Some(path) = &run.output_path {
-                let values = match self.store.get_deployment(run.deployment_id).await {
-                    Ok(Some(d)) => self
-                        .secrets
-                        .env_vars(&d.app, &d.env)
-                        .await
-                        .map(|s| s.into_values().collect())
-                        .unwrap_or_default(),
-                    _ => Vec::new(),
-                };
-                finalize_output(Path::new(path), &values);
-            }
             // runtime: or its one-off container.
             self.runtimes.discard_task(&task_name(&run)).await;
-            match self
-                .store
-                .finish_hook_run(
-                    run.id,
-                    RunState::Interrupted,
-                    None,
-                    Some("interrupted by a server restart"),
-                    now_ms(),
-                )
-                .await
-            {
-                Ok(_) => {
-                    self.event(
-                        run.deployment_id,
-                        &format!(
-                            "{} was interrupted by a server restart ({}, attempt {})",
-                            run.hook, run.phase, run.attempt
-                        ),
-                    )
-                    .await;
-                }
-                Err(e) => {
-                    tracing::error!(run = run.id, error = %e, "could not mark a hook run interrupted")
-                }
-            }
+            interrupt(&self.store, &run, &values).await;
         }
         Ok(())
+    }
+
+    /// The values of the secrets a run's environment has (to redact its output).
+    async fn secret_values(&self, deployment_id: i64) -> Vec<String> {
+        match self.store.get_deployment(deployment_id).await {
+            Ok(Some(d)) => self
+                .secrets
+                .env_vars(&d.app, &d.env)
+                .await
+                .map(|s| s.into_values().collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// When a run's attempt ran in a one-off container (its deployment's environment is
+    /// `runtime: docker` in the manifest revision it was deployed with): the time its hook
+    /// had left.
+    async fn container_timeout(&self, run: &HookRunRecord) -> Option<Duration> {
+        let deployment = self.store.get_deployment(run.deployment_id).await.ok()??;
+        let app = self
+            .store
+            .get_app_at(&deployment.app, deployment.manifest_revision)
+            .await
+            .ok()??;
+        let manifest: Manifest = serde_json::from_str(&app.manifest_json).ok()?;
+        crate::runtimes::hook_container(
+            &manifest,
+            &deployment.env,
+            &deployment.version,
+            &BTreeMap::new(),
+        )?;
+        let timeout = Self::jobs(&manifest, run.phase, &deployment.env)
+            .into_iter()
+            .find(|job| job.name == run.hook)
+            .map_or(ferry_core::manifest::DEFAULT_HOOK_TIMEOUT, |job| {
+                job.timeout
+            });
+        let ran = Duration::from_millis(u64::try_from(now_ms() - run.started_at_ms).unwrap_or(0));
+        Some(timeout.saturating_sub(ran).max(Duration::from_secs(1)))
     }
 
     /// Stops the process group of every running attempt (teardown). The attempts' tasks
@@ -578,6 +592,87 @@ async fn finish_run(
     }
 }
 
+/// Marks a run the previous server left `interrupted` (its output capped and redacted).
+async fn interrupt(store: &Store, run: &HookRunRecord, secret_values: &[String]) {
+    // Its output went through the log filter when there were secrets; this also covers
+    // output an older Ferry wrote unfiltered: capped and redacted now.
+    if let Some(path) = &run.output_path {
+        finalize_output(Path::new(path), secret_values);
+    }
+    let summary = "interrupted by a server restart";
+    match store
+        .finish_hook_run(run.id, RunState::Interrupted, None, Some(summary), now_ms())
+        .await
+    {
+        Ok(_) => {
+            let line = format!(
+                "{} was interrupted by a server restart ({}, attempt {})",
+                run.hook, run.phase, run.attempt
+            );
+            if let Err(e) = store
+                .append_event(run.deployment_id, EventKind::Hook, &line, now_ms())
+                .await
+            {
+                tracing::error!(deployment = run.deployment_id, error = %e, "could not record a hook event");
+            }
+        }
+        Err(e) => {
+            tracing::error!(run = run.id, error = %e, "could not mark a hook run interrupted")
+        }
+    }
+}
+
+/// Takes over the container of an attempt the previous server started: waits for it
+/// (`timeout`: what its hook had left), records how it ended with its whole output, as
+/// the attempt would have. Nothing found (or no engine): the attempt was interrupted.
+async fn adopt_container(
+    store: &Store,
+    runtimes: &crate::runtimes::Runtimes,
+    run: HookRunRecord,
+    timeout: Duration,
+    secret_values: Vec<String>,
+    log_filter: Option<PathBuf>,
+) {
+    let output = match &run.output_path {
+        Some(path) => TaskOutput::File {
+            path: PathBuf::from(path),
+            max_bytes: MAX_OUTPUT_BYTES,
+            filter: Some(ferry_runtime::redact::LogFilter {
+                exe: log_filter.unwrap_or_default(),
+                values: secret_values.clone(),
+            }),
+        },
+        None => TaskOutput::Capture { max_bytes: 0 },
+    };
+    let outcome = match runtimes.adopt_task(&task_name(&run), timeout, output).await {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => {
+            interrupt(store, &run, &secret_values).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(hook = %run.hook, error = %e, "cannot look for its container");
+            interrupt(store, &run, &secret_values).await;
+            return;
+        }
+    };
+    tracing::info!(hook = %run.hook, "took over a hook container left by the previous server");
+    let output = run
+        .output_path
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    finalize_output(&output, &secret_values);
+    let (state, exit_code, summary) = conclude(
+        failure_of(outcome.end),
+        &output,
+        true,
+        outcome.took,
+        timeout,
+    );
+    finish_run(store, &run, state, exit_code, &summary, run.deployment_id).await;
+}
+
 /// Runs one attempt to its end; (state, exit code, summary for the timeline).
 async fn execute(
     store: &Store,
@@ -600,15 +695,31 @@ async fn execute(
         JobKind::Http(spec) => run_http(http, a, spec).await,
     };
     finalize_output(&a.output, &a.secret_values);
-    let took = started.elapsed();
+    conclude(
+        result,
+        &a.output,
+        matches!(a.job.kind, JobKind::Command(_)),
+        started.elapsed(),
+        a.job.timeout,
+    )
+}
+
+/// How an attempt ended, for the store and the timeline: (state, exit code, summary).
+fn conclude(
+    result: Result<(), Failure>,
+    output: &Path,
+    command: bool,
+    took: Duration,
+    timeout: Duration,
+) -> (RunState, Option<i64>, String) {
     match result {
         Ok(()) => (
             RunState::Succeeded,
-            matches!(a.job.kind, JobKind::Command(_)).then_some(0),
+            command.then_some(0),
             format!("succeeded in {}", seconds(took)),
         ),
         Err(Failure::Exit(code)) => {
-            let last = std::fs::read_to_string(&a.output)
+            let last = std::fs::read_to_string(output)
                 .ok()
                 .and_then(|o| hooks::last_line(&o));
             let code_text = code.map_or("killed by a signal".to_string(), |c| format!("exit {c}"));
@@ -626,7 +737,7 @@ async fn execute(
             None,
             format!(
                 "timed out after {} (process group killed)",
-                humantime::format_duration(a.job.timeout)
+                humantime::format_duration(timeout)
             ),
         ),
         Err(Failure::Other(message)) => (RunState::Failed, None, format!("failed: {message}")),
@@ -693,20 +804,25 @@ async fn run_command(
         }
     };
     let (outcome, ()) = tokio::join!(runtimes.run_task(spec, Some(started)), record);
-    match outcome.map_err(|e| Failure::Other(e.to_string()))?.end {
+    let end = outcome.map_err(|e| Failure::Other(e.to_string()))?.end;
+    if end == TaskEnd::TimedOut {
+        append_line(
+            &a.output,
+            &format!(
+                "--- timed out after {}; process group killed ---",
+                humantime::format_duration(a.job.timeout)
+            ),
+        );
+    }
+    failure_of(end)
+}
+
+fn failure_of(end: TaskEnd) -> Result<(), Failure> {
+    match end {
         TaskEnd::Exited(0) => Ok(()),
         TaskEnd::Exited(code) => Err(Failure::Exit(Some(i64::from(code)))),
         TaskEnd::Signalled(_) => Err(Failure::Exit(None)),
-        TaskEnd::TimedOut => {
-            append_line(
-                &a.output,
-                &format!(
-                    "--- timed out after {}; process group killed ---",
-                    humantime::format_duration(a.job.timeout)
-                ),
-            );
-            Err(Failure::TimedOut)
-        }
+        TaskEnd::TimedOut => Err(Failure::TimedOut),
     }
 }
 

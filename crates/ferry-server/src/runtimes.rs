@@ -372,6 +372,20 @@ impl Runtimes {
         }
     }
 
+    /// Takes over a task's container an earlier server left (see [`Runtime::adopt_task`]);
+    /// `Ok(None)` when there is none (or no engine to ask).
+    pub async fn adopt_task(
+        &self,
+        name: &str,
+        timeout: std::time::Duration,
+        output: ferry_runtime::TaskOutput,
+    ) -> Result<Option<TaskOutcome>, RuntimeError> {
+        if self.inner.docker.get().is_none() && !self.inner.socket.exists() {
+            return Ok(None);
+        }
+        self.docker().await?.adopt_task(name, timeout, output).await
+    }
+
     /// After the adoptions of a restart: removes what runs for replicas the store does not
     /// know (`keep`: the ids it knows), on the local runtime and on the engine when this
     /// server is connected to one.

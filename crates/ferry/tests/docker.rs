@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::docker::{self, Cleanup, DEMO_IMAGE, ROOT_IMAGE};
 use common::{Ferry, Load, SERIAL, Spec, bounded};
+use ferry_core::model::DeploymentState;
 use ferry_runtime::docker::DockerRuntime;
 use ferry_runtime::{
     ContainerSpec, HealthSpec, Instance, ReplicaSpec, Runtime, RuntimeError, RuntimeEvent, TaskEnd,
@@ -496,6 +497,94 @@ environments:
         let out = ferry.cli(&["logs", "boxed", "--env", "production"]).await;
         assert!(out.stdout.contains("listening on 127.0.0.1"), "{out}");
 
+        drop(ferry);
+        assert!(
+            docker::containers("ferry.owner", &owner).is_empty(),
+            "teardown leaves no container"
+        );
+    })
+    .await;
+}
+
+/// A pre_deploy hook in a one-off container runs exactly once across a `kill -9` of the
+/// server while it runs: the restarted server finds the container by its `ferry.task`
+/// label, waits for it and records how it ended (its whole output), never starting it
+/// again; the container is removed, teardown leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hook_container_runs_once_across_a_kill_9_of_the_server() {
+    if !docker::engine_or_skip() {
+        return;
+    }
+    docker::images();
+    let _serial = SERIAL.lock().await;
+    bounded(Duration::from_secs(180), async {
+        let mut ferry = Ferry::start().await;
+        let owner = ferry.data.display().to_string();
+        let _cleanup = Cleanup(owner.clone());
+        let spec = Spec::new("once");
+        let yaml = format!(
+            r#"app: once
+services:
+  web:
+    image: ferry-test/demo:${{VERSION}}
+    replicas: 1
+    stop_timeout: 5s
+    health: {{ path: /health, interval: 300ms, timeout: 300ms, start_timeout: 30s }}
+hooks:
+  pre_deploy:
+    - name: migrate
+      run: ["/bin/sh", "-c", "echo migration $FERRY_HOOK_RUN_ID begins; sleep 4; echo migration ends"]
+      timeout: 60s
+environments:
+  production:
+    listen: {listen}
+    runtime: docker
+"#,
+            listen = spec.listener(),
+        );
+        let manifest = ferry.dir.path().join("ferry.yaml");
+        std::fs::write(&manifest, yaml).unwrap();
+        ferry.apply(&manifest).await;
+        let out = ferry
+            .cli(&["deploy", "once", "--env", "production", "--version", "1.0.0", "-o", "json"])
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        let id = out.json()["id"].as_i64().expect("deployment id");
+        ferry
+            .wait_for_event(id, WAIT, |e| e.message.starts_with("migrate: started"))
+            .await;
+        // The hook's container runs (nothing else does yet): the server dies now.
+        let deadline = std::time::Instant::now() + WAIT;
+        while docker::containers("ferry.owner", &owner).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no hook container");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ferry.kill9_server();
+        ferry.start_server().await;
+
+        let done = ferry.wait_terminal(id, Duration::from_secs(90)).await;
+        let timeline = ferry.timeline(id).await;
+        assert_eq!(done.state, DeploymentState::Succeeded, "{timeline}");
+        assert_eq!(
+            timeline.matches("migrate: started").count(),
+            1,
+            "started once:\n{timeline}"
+        );
+        assert!(!timeline.contains("interrupted"), "{timeline}");
+        assert!(timeline.contains("migrate: succeeded"), "{timeline}");
+        // Its whole output, once.
+        let out = ferry
+            .cli(&["logs", "once", "--env", "production", "--hook", "migrate"])
+            .await;
+        assert_eq!(out.stdout.matches("begins").count(), 1, "{out}");
+        assert!(out.stdout.contains("migration ends"), "{out}");
+        // Only the replica's container is left; teardown removes it.
+        let left = docker::containers("ferry.owner", &owner);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(
+            docker::inspect(&left[0], "{{index .Config.Labels \"ferry.task\"}}").is_empty(),
+            "the hook's container is gone"
+        );
         drop(ferry);
         assert!(
             docker::containers("ferry.owner", &owner).is_empty(),
