@@ -254,6 +254,8 @@ async fn child_gets_a_clean_environment_and_a_private_log() {
         "FERRY_APP",
         "FERRY_ENV",
         "FERRY_SERVICE",
+        // The runtime's own marker (how a replica whose pid was never recorded is found).
+        "FERRY_REPLICA_ID",
         "GIVEN",
         "PWD",
         "SHLVL",
