@@ -92,30 +92,6 @@ async fn kill9_canary_on_docker() {
     .await;
 }
 
-/// A blue/green switch on Docker, the server killed after each transition: green's
-/// containers are re-adopted by label (no orphan, no duplicate), the switch and blue's
-/// scale-down happen once; teardown leaves no container.
-#[cfg(feature = "docker")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill9_blue_green_on_docker() {
-    if !docker::engine_or_skip() {
-        return;
-    }
-    docker::demo_versions(&["1.0.0", "1.1.0", "1.2.0"]);
-    let strategy = format!(
-        "{{ blue_green: {{ auto_promote: false, auto_promote_after: 1s, scale_down_delay: 1s, preview_listen: \"127.0.0.1:{}\" }} }}",
-        free_port()
-    );
-    kill9_many_points(
-        RuntimeKind::Docker,
-        "blue/green on docker",
-        strategy,
-        &[0, 300],
-        6,
-    )
-    .await;
-}
-
 /// One kill: which rollout, after its how-manyth transition (`state` event) and how long
 /// after it, and the transition it followed.
 struct KillPoint {
