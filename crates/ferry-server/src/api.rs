@@ -742,17 +742,15 @@ async fn deploy(
     crate::releases::record_for_deploy(&state, &access, &app, &env, &request).await?;
     let view = state
         .controller()?
-        .request_deployment(
+        .request_fix(
             &app,
             &env,
             &request.version,
             ferry_core::model::DeploymentKind::Deploy,
             &access.caller.principal(),
+            request.fix_of,
         )
         .await?;
-    if let Some(fix_of) = request.fix_of {
-        crate::dora::record_fix(&state, fix_of, &view, &access.caller.principal()).await?;
-    }
     Ok((StatusCode::CREATED, Json(noted(&slot, view))))
 }
 

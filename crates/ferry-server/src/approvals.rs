@@ -174,7 +174,6 @@ pub async fn decide(
         .record_approval(id, &decision, &[notification])
         .await?;
     if let Some(controller) = &state.controller {
-        controller.outbox_wake().notify_one();
         controller.note(id, EventKind::Approval, &line).await;
     }
     status(&state, id).await.map(Json)

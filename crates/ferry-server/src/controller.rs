@@ -124,8 +124,6 @@ pub struct Controller {
     /// Every effect the executor applied, in order (tests read it).
     #[cfg(test)]
     journal: Mutex<Vec<steps::Effect>>,
-    /// Wakes the notification dispatcher after a transition enqueued notifications.
-    outbox: Arc<Notify>,
     torn_down: AtomicBool,
     /// Decrypts each environment's secrets when its replicas start.
     secrets: Arc<crate::secrets::Secrets>,
@@ -187,7 +185,6 @@ impl Controller {
             #[cfg(test)]
             journal: Mutex::new(Vec::new()),
             infra_failing_since: Mutex::new(HashMap::new()),
-            outbox: Arc::new(Notify::new()),
             torn_down: AtomicBool::new(false),
             secrets,
             gate_checks: crate::gates::CheckRunner::default(),
@@ -206,11 +203,6 @@ impl Controller {
 
     pub fn runtime(&self) -> &Runtimes {
         &self.runtime
-    }
-
-    /// What wakes the notification dispatcher (`crate::notify::Dispatcher`).
-    pub fn outbox_wake(&self) -> Arc<Notify> {
-        self.outbox.clone()
     }
 
     /// Now, by the controller's clock (Unix ms).

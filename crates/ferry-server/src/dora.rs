@@ -7,9 +7,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ferry_core::api::DeploymentView;
 use ferry_core::dora::{self, DoraQuery, DoraReport, Interval, Metric};
-use ferry_store::NewIncident;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -129,25 +127,6 @@ pub async fn check_fix_of(state: &AppState, app: &str, env: &str, fix_of: i64) -
             target.kind, target.state
         )));
     }
-    Ok(())
-}
-
-/// Records that deployment `fix_of` needed a fix, known since `fix` was requested.
-pub async fn record_fix(
-    state: &AppState,
-    fix_of: i64,
-    fix: &DeploymentView,
-    by: &str,
-) -> ApiResult<()> {
-    state
-        .store
-        .record_incident(&NewIncident {
-            deployment_id: fix_of,
-            opened_at_ms: fix.created_at_ms,
-            fixed_by: Some(fix.id),
-            opened_by: by.to_string(),
-        })
-        .await?;
     Ok(())
 }
 

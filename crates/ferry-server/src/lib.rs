@@ -65,6 +65,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ServerError;
+pub use notify::Settings as NotifySettings;
 
 /// Locks a mutex whose data stays valid even if a holder panicked (plain maps and sets).
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,6 +90,8 @@ pub struct ServerConfig {
     pub run_as: Option<String>,
     /// The ports replicas and the proxy's admin API get (`--ports`; None: anywhere).
     pub ports: Option<ferry_runtime::PortRange>,
+    /// The notification dispatcher's retry base and retention.
+    pub notify: NotifySettings,
 }
 
 /// A running server. Dropping it leaves the proxy and replicas running.
@@ -171,8 +174,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         tokio::spawn(alerts::run(controller.clone(), shutdown.clone())),
     ];
     // notify:
-    let dispatcher =
-        notify::Dispatcher::new(store.clone(), secrets.clone(), controller.outbox_wake());
+    let dispatcher = notify::Dispatcher::new(store.clone(), secrets.clone(), config.notify);
     tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));
 
     let app = api::router(api::AppState {

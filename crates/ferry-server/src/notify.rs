@@ -19,7 +19,7 @@ use ferry_core::manifest::{
 use ferry_core::notify::route::{Flush, Group, Routing, Timing, delivery_key};
 use ferry_core::notify::{DeliveryState, Kind, Notification, Severity};
 use ferry_store::notify::ActiveChange;
-use ferry_store::{DeliveryRecord, GroupRow, NewDelivery, Store, StoreError};
+use ferry_store::{GroupRow, NewDelivery, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -33,13 +33,47 @@ pub const MAX_ATTEMPTS: i64 = 8;
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// Most notifications routed, groups flushed and deliveries started per pass.
 const BATCH: u32 = 100;
-/// The longest sleep between passes (also catches what another process enqueued).
-const IDLE: Duration = Duration::from_secs(1);
+/// Longest wait between retries.
+const MAX_BACKOFF_MS: i64 = 300_000;
+/// Most rows of each table one pruning pass deletes.
+const PRUNE_BATCH: u32 = 1000;
+/// How often the history is pruned (sooner while a pass finds a full batch).
+const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 
-/// The wait before attempt `attempt + 1` after `attempt` failed: 1 s, 2 s, 4 s … 5 min.
-pub fn backoff_ms(attempt: i64) -> i64 {
+/// The dispatcher's knobs (`ferry server --notify-retry-base`, `--notify-retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// The wait after a first failed attempt; it doubles after each one, up to 5 min.
+    pub retry_base: Duration,
+    /// Delivered, failed and inhibited deliveries, and the notifications no delivery needs,
+    /// are deleted this long after they were created.
+    pub retention: Duration,
+    /// The longest sleep while idle. Enqueueing in this process wakes the dispatcher at
+    /// once; this poll only catches other processes' writes.
+    pub poll: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            retry_base: Duration::from_secs(1),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            poll: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The wait before attempt `attempt + 1` after `attempt` failed: `base`, 2×, 4× … 5 min.
+pub fn backoff_ms(base: Duration, attempt: i64) -> i64 {
+    let base = i64::try_from(base.as_millis())
+        .unwrap_or(MAX_BACKOFF_MS)
+        .clamp(1, MAX_BACKOFF_MS);
     let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-    (1000i64 << exp).min(300_000)
+    base.saturating_mul(1i64 << exp).min(MAX_BACKOFF_MS)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// What a deployment state change says (today's webhook body, kept as the notification's
@@ -98,10 +132,11 @@ impl SendError {
     }
 }
 
-/// The dispatcher. Cheap to share; [`Dispatcher::wake`] after enqueueing.
+/// The dispatcher. It wakes on [`Store::outbox_signal`].
 pub struct Dispatcher {
     store: Store,
     secrets: Arc<crate::secrets::Secrets>,
+    settings: Settings,
     http: reqwest::Client,
     wake: Arc<Notify>,
     /// Each app's routing, parsed once per manifest revision.
@@ -112,7 +147,7 @@ impl Dispatcher {
     pub fn new(
         store: Store,
         secrets: Arc<crate::secrets::Secrets>,
-        wake: Arc<Notify>,
+        settings: Settings,
     ) -> Arc<Dispatcher> {
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
@@ -120,30 +155,64 @@ impl Dispatcher {
             .build()
             .unwrap_or_default();
         Arc::new(Dispatcher {
+            wake: store.outbox_signal(),
             store,
             secrets,
+            settings,
             http,
-            wake,
             routing: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Runs until `shutdown`: a pass, then sleep until something is due, a wake, or 1 s.
+    /// Runs until `shutdown`: a pass, then sleep until something is due, a wake (a commit
+    /// that enqueued), or the idle poll; prunes the history now and then.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut next_prune = tokio::time::Instant::now();
         loop {
             let now = now_ms();
             if let Err(e) = self.pass(now).await {
                 tracing::warn!(error = %e, "notification dispatcher pass failed; retrying");
             }
+            if tokio::time::Instant::now() >= next_prune {
+                let full = self.prune(now).await;
+                next_prune = tokio::time::Instant::now()
+                    + if full {
+                        self.settings.poll
+                    } else {
+                        PRUNE_EVERY
+                    };
+            }
+            let poll = self.settings.poll;
             let next = self.next_due().await.unwrap_or(None);
             let sleep = next
                 .map(|t| Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0)))
-                .unwrap_or(IDLE)
-                .clamp(Duration::from_millis(20), IDLE);
+                .unwrap_or(poll)
+                .clamp(Duration::from_millis(20).min(poll), poll);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// One bounded pruning pass; `true` when it found a full batch (more may be left).
+    async fn prune(&self, now: i64) -> bool {
+        let before = now.saturating_sub(millis(self.settings.retention));
+        match self.store.prune_notifications(before, PRUNE_BATCH).await {
+            Ok(pruned) => {
+                if pruned.deliveries + pruned.notifications > 0 {
+                    tracing::info!(
+                        deliveries = pruned.deliveries,
+                        notifications = pruned.notifications,
+                        "pruned the notification history"
+                    );
+                }
+                pruned.deliveries.max(pruned.notifications) >= u64::from(PRUNE_BATCH)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the notification history failed");
+                false
             }
         }
     }
@@ -183,37 +252,9 @@ impl Dispatcher {
     async fn route_new(&self, now: i64) -> Result<(), StoreError> {
         for (id, n) in self.store.unrouted_notifications(BATCH).await? {
             let routing = self.routing_of(&n.app).await?;
-            let firing = if routing.inhibit.is_empty() {
-                Vec::new()
-            } else {
-                self.store.active_alerts(&n.app).await?
-            };
             let mut groups = Vec::new();
-            let mut deliveries = Vec::new();
             for r in routing.routes_for(&n) {
                 let route = &routing.routes[r];
-                let receiver_type = routing
-                    .receivers
-                    .get(&route.receiver)
-                    .map_or("unknown", |s| s.receiver.type_name());
-                if let Some((rule, source)) = routing.inhibited_by(&n, &firing) {
-                    deliveries.push(NewDelivery {
-                        key: format!("{}-inhibited-{r}", n.key),
-                        receiver: route.receiver.clone(),
-                        receiver_type: receiver_type.into(),
-                        app: n.app.clone(),
-                        env: n.env.clone(),
-                        group_key: routing.group_key(r, &n),
-                        summary: n.summary.clone(),
-                        notification_ids: vec![id],
-                        state: DeliveryState::Inhibited,
-                        note: Some(format!(
-                            "inhibited by inhibit[{rule}] while {} fires",
-                            source.summary
-                        )),
-                    });
-                    continue;
-                }
                 let group_key = routing.group_key(r, &n);
                 let mut stored = match self
                     .store
@@ -237,7 +278,7 @@ impl Dispatcher {
                 _ => ActiveChange::None,
             };
             self.store
-                .route_notification(id, &groups, &deliveries, &active, now)
+                .route_notification(id, &groups, &active, now)
                 .await?;
         }
         Ok(())
@@ -248,42 +289,16 @@ impl Dispatcher {
             let mut stored = parse_group(&row)?;
             let timing = stored.timing();
             match stored.group.flush(&timing, now) {
-                Flush::Idle => self.store.flush_group(&row, None, None, now).await?,
+                Flush::Idle => self.store.flush_group(&row, None, &[], now).await?,
                 Flush::Wait(_) => {
                     let new = group_row(&row.app, &row.receiver, &row.group_key, &stored)?;
-                    self.store.flush_group(&row, Some(&new), None, now).await?
+                    self.store.flush_group(&row, Some(&new), &[], now).await?
                 }
                 Flush::Send(batch) => {
-                    let notifications = self.store.notifications_by_id(&batch).await?;
-                    let routing = self.routing_of(&row.app).await?;
-                    let receiver_type = routing
-                        .receivers
-                        .get(&row.receiver)
-                        .map_or("unknown", |s| s.receiver.type_name());
-                    let delivery = NewDelivery {
-                        key: delivery_key(
-                            &row.app,
-                            &row.receiver,
-                            &row.group_key,
-                            &batch,
-                            stored.group.flushes,
-                        ),
-                        receiver: row.receiver.clone(),
-                        receiver_type: receiver_type.into(),
-                        app: row.app.clone(),
-                        env: notifications
-                            .first()
-                            .map(|(_, n)| n.env.clone())
-                            .unwrap_or_default(),
-                        group_key: row.group_key.clone(),
-                        summary: summary_line(&notifications),
-                        notification_ids: batch,
-                        state: DeliveryState::Pending,
-                        note: None,
-                    };
+                    let deliveries = self.plan(&row, &batch, stored.group.flushes).await?;
                     let new = group_row(&row.app, &row.receiver, &row.group_key, &stored)?;
                     self.store
-                        .flush_group(&row, Some(&new), Some(&delivery), now)
+                        .flush_group(&row, Some(&new), &deliveries, now)
                         .await?;
                 }
             }
@@ -291,10 +306,72 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// The deliveries of a group's message: inhibition is decided now, against the alerts
+    /// firing now (Alertmanager's meaning) — what they mute is recorded as `inhibited`, the
+    /// rest is one pending delivery.
+    async fn plan(
+        &self,
+        row: &GroupRow,
+        batch: &[i64],
+        flushes: u64,
+    ) -> Result<Vec<NewDelivery>, StoreError> {
+        let notifications = self.store.notifications_by_id(batch).await?;
+        let routing = self.routing_of(&row.app).await?;
+        let firing = match routing.inhibit.is_empty() {
+            true => Vec::new(),
+            false => self.store.active_alerts(&row.app).await?,
+        };
+        let muting = routing.mute(&notifications, &firing);
+        let key = delivery_key(&row.app, &row.receiver, &row.group_key, batch, flushes);
+        let delivery = |key: String, ids: &[i64], state, last_error| {
+            let these: Vec<&(i64, Notification)> = notifications
+                .iter()
+                .filter(|(id, _)| ids.contains(id))
+                .collect();
+            NewDelivery {
+                key,
+                receiver: row.receiver.clone(),
+                receiver_type: routing
+                    .receivers
+                    .get(&row.receiver)
+                    .map_or("unknown", |s| s.receiver.type_name())
+                    .into(),
+                app: row.app.clone(),
+                env: these
+                    .first()
+                    .map(|(_, n)| n.env.clone())
+                    .unwrap_or_default(),
+                group_key: row.group_key.clone(),
+                summary: summary_line(&these),
+                notification_ids: ids.to_vec(),
+                state,
+                last_error,
+            }
+        };
+        let mut out = Vec::new();
+        if let Some((rule, source)) = muting.muted_by {
+            let note = format!(
+                "inhibited by inhibit[{rule}] while {} fires",
+                source.summary
+            );
+            out.push(delivery(
+                format!("{key}-inhibited"),
+                &muting.muted,
+                DeliveryState::Inhibited,
+                Some(note),
+            ));
+        }
+        if !muting.send.is_empty() {
+            out.push(delivery(key, &muting.send, DeliveryState::Pending, None));
+        }
+        Ok(out)
+    }
+
     async fn deliver_due(self: &Arc<Self>, now: i64) -> Result<(), StoreError> {
         for d in self.store.due_deliveries(now, BATCH).await? {
             // claimed before it is sent: a crash during the attempt retries it after this
-            let retry_at = now + TIMEOUT.as_millis() as i64 + backoff_ms(d.attempts + 1);
+            let retry_at =
+                now + millis(TIMEOUT) + backoff_ms(self.settings.retry_base, d.attempts + 1);
             if !self
                 .store
                 .claim_delivery(d.id, d.attempts, retry_at)
@@ -305,17 +382,18 @@ impl Dispatcher {
             let this = self.clone();
             tokio::spawn(async move {
                 let attempt = d.attempts + 1;
-                let outcome = this.send(&d).await;
+                let outcome = this.send(&d.delivery).await;
                 let now = now_ms();
                 let result = match &outcome {
                     Ok(()) => {
-                        tracing::info!(delivery = d.id, receiver = %d.receiver, key = %d.key, attempt, "notification delivered");
+                        tracing::info!(delivery = d.id, receiver = %d.delivery.receiver, key = %d.delivery.key, attempt, "notification delivered");
                         this.store.finish_delivery(d.id, None, None, now).await
                     }
                     Err(e) => {
                         let give_up = e.permanent || attempt >= MAX_ATTEMPTS;
-                        tracing::warn!(delivery = d.id, receiver = %d.receiver, attempt, give_up, error = %e.message, "notification not delivered");
-                        let retry = (!give_up).then(|| now + backoff_ms(attempt));
+                        tracing::warn!(delivery = d.id, receiver = %d.delivery.receiver, attempt, give_up, error = %e.message, "notification not delivered");
+                        let retry =
+                            (!give_up).then(|| now + backoff_ms(this.settings.retry_base, attempt));
                         this.store
                             .finish_delivery(d.id, Some(&e.message), retry, now)
                             .await
@@ -331,7 +409,7 @@ impl Dispatcher {
     }
 
     /// One attempt of `d`. Error messages never carry a secret or a receiver URL.
-    async fn send(&self, d: &DeliveryRecord) -> Result<(), SendError> {
+    async fn send(&self, d: &NewDelivery) -> Result<(), SendError> {
         let routing = self
             .routing_of(&d.app)
             .await
@@ -502,7 +580,7 @@ pub fn sign(key: &str, timestamp: &str, body: &[u8]) -> String {
 }
 
 /// A delivery's one-line summary: the first notification's, `(+N more)`.
-fn summary_line(notifications: &[(i64, Notification)]) -> String {
+fn summary_line(notifications: &[&(i64, Notification)]) -> String {
     let first = notifications
         .first()
         .map(|(_, n)| n.summary.as_str())
@@ -876,10 +954,203 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff_ms(1), 1000);
-        assert_eq!(backoff_ms(2), 2000);
-        assert_eq!(backoff_ms(4), 8000);
-        assert_eq!(backoff_ms(30), 300_000);
+        let base = Settings::default().retry_base;
+        assert_eq!(backoff_ms(base, 1), 1000);
+        assert_eq!(backoff_ms(base, 2), 2000);
+        assert_eq!(backoff_ms(base, 4), 8000);
+        assert_eq!(backoff_ms(base, 30), 300_000);
+        assert_eq!(backoff_ms(Duration::from_millis(20), 3), 80);
+        assert_eq!(backoff_ms(Duration::ZERO, 1), 1);
+        assert_eq!(backoff_ms(Duration::from_secs(u64::MAX), 1), 300_000);
+    }
+
+    /// A store with app `shop` whose every notification goes to a webhook on `port`, and
+    /// the dispatcher's secrets.
+    async fn shop(port: u16, dir: &std::path::Path) -> (Store, Arc<crate::secrets::Secrets>) {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let yaml = format!(
+            "app: shop\nservices:\n  web:\n    run: [\"x\"]\nenvironments:\n  prod: {{ listen: \"127.0.0.1:8080\" }}\nreceivers:\n  hook:\n    webhook: {{ url: 'http://127.0.0.1:{port}/hook' }}\nroutes:\n  - receiver: hook\n"
+        );
+        let manifest = ferry_core::manifest::parse(&yaml, "ferry.yaml").unwrap();
+        store
+            .apply_manifest(ferry_store::NewManifest {
+                app: "shop".into(),
+                yaml: yaml.clone(),
+                manifest_json: serde_json::to_string(&manifest).unwrap(),
+                base_dir: None,
+                applied_by: "user:admin".into(),
+                now_ms: 1,
+            })
+            .await
+            .unwrap();
+        let secrets = crate::secrets::Secrets::open(store.clone(), dir, None)
+            .await
+            .unwrap();
+        (store, secrets)
+    }
+
+    /// A loopback webhook receiver answering `status`; each request's arrival is sent on the
+    /// channel.
+    async fn receiver(
+        status: u16,
+    ) -> (
+        u16,
+        tokio::sync::mpsc::UnboundedReceiver<std::time::Instant>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(std::time::Instant::now());
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (port, rx)
+    }
+
+    /// Enqueues `rounds` notifications one after another, each once the previous one
+    /// arrived, and returns how long each took to reach the receiver. With
+    /// `woken: false` the dispatcher does not hear the store's signal (as before it did):
+    /// only its poll finds the notification.
+    async fn first_delivery_latencies(rounds: u32, poll: Duration, woken: bool) -> Vec<Duration> {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, mut arrivals) = receiver(200).await;
+        let (store, secrets) = shop(port, dir.path()).await;
+        let settings = Settings {
+            poll,
+            ..Settings::default()
+        };
+        let dispatcher = Dispatcher::new(store.clone(), secrets, settings);
+        let dispatcher = match woken {
+            true => dispatcher,
+            false => Arc::new(Dispatcher {
+                wake: Arc::new(Notify::new()),
+                store: store.clone(),
+                secrets: dispatcher.secrets.clone(),
+                settings,
+                http: dispatcher.http.clone(),
+                routing: Mutex::new(HashMap::new()),
+            }),
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(dispatcher.run(shutdown.clone()));
+        let mut out = Vec::new();
+        for i in 0..rounds {
+            // let the dispatcher go idle first
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let n = Notification::new(
+                format!("n-{i}"),
+                Kind::DeploymentSucceeded,
+                "shop",
+                "prod",
+                Severity::Info,
+                "1.0.0 succeeded",
+                1,
+            );
+            let start = std::time::Instant::now();
+            store.enqueue_notifications(&[n], now_ms()).await.unwrap();
+            let arrived = tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
+                .await
+                .expect("delivered within 30 s")
+                .unwrap();
+            out.push(arrived - start);
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        out
+    }
+
+    fn median(mut d: Vec<Duration>) -> Duration {
+        d.sort();
+        d[d.len() / 2]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_enqueue_wakes_the_idle_dispatcher_at_once() {
+        // the poll is an hour: only the store's signal can deliver within the 30 s bound
+        let latencies = first_delivery_latencies(3, Duration::from_secs(3600), true).await;
+        eprintln!("first-delivery latency, woken: {latencies:?}");
+        assert_eq!(latencies.len(), 3);
+    }
+
+    /// The figure in docs/benchmarks.md: `cargo test -p ferry-server --lib
+    /// notify::tests::first_delivery_latency_before_and_after -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a test"]
+    async fn first_delivery_latency_before_and_after() {
+        let before = first_delivery_latencies(20, Duration::from_secs(1), false).await;
+        let after = first_delivery_latencies(20, Settings::default().poll, true).await;
+        eprintln!(
+            "first delivery, median of 20: polled every 1 s {:?} (max {:?}); woken {:?} (max {:?})",
+            median(before.clone()),
+            before.iter().max().unwrap(),
+            median(after.clone()),
+            after.iter().max().unwrap()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_that_always_fails_ends_failed_after_the_bounded_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, mut arrivals) = receiver(500).await;
+        let (store, secrets) = shop(port, dir.path()).await;
+        let settings = Settings {
+            retry_base: Duration::from_millis(10),
+            ..Settings::default()
+        };
+        let shutdown = CancellationToken::new();
+        let task =
+            tokio::spawn(Dispatcher::new(store.clone(), secrets, settings).run(shutdown.clone()));
+        let n = Notification::new(
+            "n-fail",
+            Kind::DeploymentFailed,
+            "shop",
+            "prod",
+            Severity::Warning,
+            "1.0.0 failed",
+            1,
+        );
+        store.enqueue_notifications(&[n], now_ms()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let failed = loop {
+            let rows = store
+                .deliveries(&ferry_store::DeliveryQuery {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if let Some(row) = rows
+                .iter()
+                .find(|r| r.delivery.state == DeliveryState::Failed)
+            {
+                break row.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not failed in 60 s: {rows:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(failed.attempts, MAX_ATTEMPTS);
+        let want = format!("127.0.0.1:{port} answered 500 Internal Server Error");
+        assert_eq!(failed.delivery.last_error, Some(want));
+        let mut count = 0;
+        while arrivals.try_recv().is_ok() {
+            count += 1;
+        }
+        assert_eq!(
+            count, MAX_ATTEMPTS,
+            "the receiver saw every attempt, no more"
+        );
     }
 
     #[test]

@@ -28,9 +28,10 @@ fn bad_request(message: impl Into<String>) -> ApiFailure {
     ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
-fn view(d: DeliveryRecord) -> DeliveryView {
+pub(crate) fn view(r: DeliveryRecord) -> DeliveryView {
+    let d = r.delivery;
     DeliveryView {
-        id: d.id,
+        id: r.id,
         key: d.key,
         receiver: d.receiver,
         receiver_type: d.receiver_type,
@@ -39,12 +40,47 @@ fn view(d: DeliveryRecord) -> DeliveryView {
         state: d.state,
         summary: d.summary,
         notifications: d.notification_ids.len(),
-        attempts: d.attempts,
+        attempts: r.attempts,
         last_error: d.last_error,
-        created_at_ms: d.created_at_ms,
-        next_attempt_at_ms: (d.state == DeliveryState::Pending).then_some(d.next_attempt_at_ms),
-        delivered_at_ms: d.delivered_at_ms,
+        created_at_ms: r.created_at_ms,
+        next_attempt_at_ms: (d.state == DeliveryState::Pending).then_some(r.next_attempt_at_ms),
+        delivered_at_ms: r.delivered_at_ms,
     }
+}
+
+/// The deliveries `access` may view (newest first): the limit counts only those, because
+/// the (app, env) pairs the caller may not view are left out by the query itself.
+pub(crate) async fn visible_deliveries(
+    store: &ferry_store::Store,
+    access: &Access,
+    mut query: DeliveryQuery,
+) -> Result<Vec<DeliveryRecord>, ferry_store::StoreError> {
+    let may_view = |app: &str, env: &str| {
+        access.allows(
+            Permission::View,
+            Target {
+                app: Some(app),
+                env: Some(env),
+            },
+        )
+    };
+    let scopes = store.delivery_scopes().await?;
+    let visible: Vec<(String, String)> = scopes
+        .iter()
+        .filter(|(app, env)| {
+            query.app.as_ref().is_none_or(|a| a == app)
+                && query.env.as_ref().is_none_or(|e| e == env)
+                && may_view(app, env)
+        })
+        .cloned()
+        .collect();
+    // everything there is visible: no need to list the pairs in the query (a pair that
+    // appeared since is still checked below)
+    let all = visible.len() == scopes.len();
+    query.scopes = (!all).then_some(visible);
+    let mut rows = store.deliveries(&query).await?;
+    rows.retain(|r| may_view(&r.delivery.app, &r.delivery.env));
+    Ok(rows)
 }
 
 /// Newest first, only of the app environments the caller may view; naming an app or
@@ -82,27 +118,13 @@ pub async fn history(
     if limit == 0 || limit > MAX_LIMIT {
         return Err(bad_request(format!("`limit` must be 1 to {MAX_LIMIT}")));
     }
-    let rows = state
-        .store
-        .deliveries(&DeliveryQuery {
-            app: params.app.clone(),
-            env: params.env.clone(),
-            state: wanted_state,
-            limit,
-        })
-        .await?;
-    Ok(Json(
-        rows.into_iter()
-            .filter(|d| {
-                access.allows(
-                    Permission::View,
-                    Target {
-                        app: Some(&d.app),
-                        env: Some(&d.env),
-                    },
-                )
-            })
-            .map(view)
-            .collect(),
-    ))
+    let query = DeliveryQuery {
+        app: params.app,
+        env: params.env,
+        state: wanted_state,
+        scopes: None,
+        limit,
+    };
+    let rows = visible_deliveries(&state.store, &access, query).await?;
+    Ok(Json(rows.into_iter().map(view).collect()))
 }

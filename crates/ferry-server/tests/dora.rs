@@ -11,19 +11,8 @@ mod common;
 use axum::http::StatusCode;
 use common::Harness;
 use ferry_core::model::{DeploymentKind, DeploymentState, EventKind};
-use ferry_store::{NewDeployment, NewManifest, NewRelease, Transition};
+use ferry_store::{NewDeployment, NewRelease, Transition};
 use serde_json::{Value, json};
-
-const MANIFEST: &str = "app: shop
-services:
-  web:
-    run: [./web]
-environments:
-  staging:
-    listen: 127.0.0.1:18081
-  production:
-    listen: 127.0.0.1:18082
-";
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -52,6 +41,7 @@ async fn finished(
             requested_by: "user:alice".into(),
             manifest_revision: 1,
             now_ms: start,
+            fix_of: None,
         })
         .await
         .unwrap();
@@ -77,19 +67,7 @@ async fn finished(
 /// started) succeeded on Monday, 1.1.0 rolled back on Tuesday, 1.2.0 succeeded the next
 /// Monday; one failed deployment in staging.
 async fn with_history() -> (Harness, [i64; 4]) {
-    let h = Harness::new().await;
-    let manifest = ferry_core::manifest::parse(MANIFEST, "ferry.yaml").unwrap();
-    h.store
-        .apply_manifest(NewManifest {
-            app: "shop".into(),
-            yaml: MANIFEST.into(),
-            manifest_json: serde_json::to_string(&manifest).unwrap(),
-            base_dir: None,
-            applied_by: "admin".into(),
-            now_ms: 1,
-        })
-        .await
-        .unwrap();
+    let h = Harness::with_manifest(common::SHOP).await;
     let mut data = ferry_core::release::ReleaseData {
         commit: Some("abcdef1".into()),
         ..Default::default()

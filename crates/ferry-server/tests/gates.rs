@@ -9,19 +9,10 @@ mod common;
 use axum::http::StatusCode;
 use common::Harness;
 use ferry_core::gates::CheckResult;
-use ferry_store::NewManifest;
 use serde_json::{Value, json};
 
-const MANIFEST: &str = "app: shop
-services:
-  web:
-    run: [./web]
-environments:
-  staging:
-    listen: 127.0.0.1:18081
-  production:
-    listen: 127.0.0.1:18082
-    gates:
+/// Appended to `common::SHOP`: production's gates.
+const GATES: &str = "    gates:
       freeze:
         - { from: \"2000-01-01T00:00:00\", until: \"2999-01-01T00:00:00\" }
       approvals:
@@ -31,20 +22,7 @@ environments:
 ";
 
 async fn with_manifest() -> Harness {
-    let h = Harness::new().await;
-    let manifest = ferry_core::manifest::parse(MANIFEST, "ferry.yaml").unwrap();
-    h.store
-        .apply_manifest(NewManifest {
-            app: "shop".into(),
-            yaml: MANIFEST.into(),
-            manifest_json: serde_json::to_string(&manifest).unwrap(),
-            base_dir: None,
-            applied_by: "admin".into(),
-            now_ms: 1,
-        })
-        .await
-        .unwrap();
-    h
+    Harness::with_manifest(&format!("{}{GATES}", common::SHOP)).await
 }
 
 fn rows(report: &Value) -> Vec<(String, String)> {

@@ -50,7 +50,11 @@ impl Store {
         for n in notifications {
             crate::notify::enqueue(&mut tx, n, approval.at_ms).await?;
         }
-        tx.commit().await.ctx(op)
+        tx.commit().await.ctx(op)?;
+        if !notifications.is_empty() {
+            self.outbox_committed();
+        }
+        Ok(())
     }
 
     /// Withdraws `approver`'s live decision. `NotFound` when there is none.

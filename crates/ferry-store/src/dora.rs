@@ -101,22 +101,35 @@ impl Store {
 
     /// Records that a deployment needed a fix; returns the incident's id.
     pub async fn record_incident(&self, incident: &NewIncident) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO incidents (deployment_id, opened_at_ms, fixed_by, opened_by) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(incident.deployment_id)
-        .bind(incident.opened_at_ms)
-        .bind(incident.fixed_by)
-        .bind(&incident.opened_by)
-        .fetch_one(&self.pool)
-        .await
-        .ctx(|| {
-            format!(
-                "recording that deployment {} needed a fix",
-                incident.deployment_id
-            )
-        })?;
-        get(&row, "id", &|| "incidents row".to_string())
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .ctx(|| "recording an incident".into())?;
+        insert_incident(&mut conn, incident).await
     }
+}
+
+/// Inserts an incident on `conn` (a transaction's, to write it with its cause).
+pub(crate) async fn insert_incident(
+    conn: &mut sqlx::AnyConnection,
+    incident: &NewIncident,
+) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO incidents (deployment_id, opened_at_ms, fixed_by, opened_by) \
+         VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(incident.deployment_id)
+    .bind(incident.opened_at_ms)
+    .bind(incident.fixed_by)
+    .bind(&incident.opened_by)
+    .fetch_one(conn)
+    .await
+    .ctx(|| {
+        format!(
+            "recording that deployment {} needed a fix",
+            incident.deployment_id
+        )
+    })?;
+    get(&row, "id", &|| "incidents row".to_string())
 }

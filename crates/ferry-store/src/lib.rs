@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::api::{DeploymentView, EventView};
@@ -134,6 +135,9 @@ pub struct NewDeployment {
     pub requested_by: String,
     pub manifest_revision: i64,
     pub now_ms: i64,
+    /// dora: the deployment this one fixes (`ferry deploy --fix-of N`): the incident is
+    /// written in the same transaction as the deployment.
+    pub fix_of: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -277,6 +281,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         17,
         "alert incidents",
         include_str!("../migrations/0017_alert_incidents.sql"),
+    ),
+    (
+        18,
+        "notification retention",
+        include_str!("../migrations/0018_notification_retention.sql"),
     ),
     (
         19,
@@ -483,6 +492,8 @@ fn sqlite_url_for(path: &Path) -> Result<String> {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Signalled after a commit that enqueued notifications (see [`Store::outbox_signal`]).
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -534,7 +545,10 @@ impl Store {
             .map_err(|e| StoreError::Database("running migrations".into(), e.into()))?;
         drop(conn);
         tracing::debug!(backend, "store opened and migrated");
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            outbox: Arc::default(),
+        })
     }
 
     /// Opens (creating if needed) a SQLite database file.
@@ -779,6 +793,15 @@ impl Store {
             d.now_ms,
         )
         .await?;
+        if let Some(fix_of) = d.fix_of {
+            let incident = NewIncident {
+                deployment_id: fix_of,
+                opened_at_ms: d.now_ms,
+                fixed_by: Some(record.id),
+                opened_by: d.requested_by.clone(),
+            };
+            dora::insert_incident(&mut tx, &incident).await?;
+        }
         tx.commit().await.ctx(op)?;
         tracing::info!(id = record.id, app = %record.app, env = %record.env,
             version = %record.version, kind = %record.kind, "deployment created");
@@ -935,6 +958,9 @@ impl Store {
             notify::enqueue(&mut tx, n, t.now_ms).await?;
         }
         tx.commit().await.ctx(op)?;
+        if !t.notifications.is_empty() {
+            self.outbox_committed();
+        }
         tracing::debug!(id, state = %record.state, row_version = record.row_version,
             "deployment transitioned");
         Ok(record)

@@ -11,6 +11,8 @@
 use ferry_core::notify::{DeliveryState, Notification};
 use serde::Serialize;
 use sqlx::any::AnyRow;
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 use crate::{Ctx, Result, Store, StoreError, get};
 
@@ -52,7 +54,7 @@ pub struct GroupRow {
     pub due_at_ms: Option<i64>,
 }
 
-/// A delivery planned by the dispatcher.
+/// A delivery planned by the dispatcher (and the part of [`DeliveryRecord`] it wrote).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewDelivery {
     /// The idempotency key sent to the receiver.
@@ -64,27 +66,20 @@ pub struct NewDelivery {
     pub group_key: String,
     pub summary: String,
     pub notification_ids: Vec<i64>,
-    /// `Pending`, or `Inhibited` with the reason in `note`.
+    /// Planned `Pending`, or `Inhibited` with the reason in `last_error`.
     pub state: DeliveryState,
-    pub note: Option<String>,
+    /// Why it was inhibited; once attempted, the last attempt's error.
+    pub last_error: Option<String>,
 }
 
 /// One delivery as the history shows it (no receiver URL or credential is stored).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeliveryRecord {
     pub id: i64,
-    pub key: String,
-    pub receiver: String,
-    pub receiver_type: String,
-    pub app: String,
-    pub env: String,
-    pub group_key: String,
-    pub summary: String,
-    pub notification_ids: Vec<i64>,
-    pub state: DeliveryState,
+    #[serde(flatten)]
+    pub delivery: NewDelivery,
     pub attempts: i64,
     pub next_attempt_at_ms: i64,
-    pub last_error: Option<String>,
     pub created_at_ms: i64,
     pub delivered_at_ms: Option<i64>,
 }
@@ -95,7 +90,16 @@ pub struct DeliveryQuery {
     pub app: Option<String>,
     pub env: Option<String>,
     pub state: Option<DeliveryState>,
+    /// Only deliveries of these (app, env) pairs (`None`: any); the limit applies after.
+    pub scopes: Option<Vec<(String, String)>>,
     pub limit: u32,
+}
+
+/// What one [`Store::prune_notifications`] pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub deliveries: u64,
+    pub notifications: u64,
 }
 
 /// What the routing of one notification changes about the alerts firing now.
@@ -122,21 +126,24 @@ fn delivery_from_row(row: &AnyRow) -> Result<DeliveryRecord> {
     let ids: String = get(row, "notification_ids", &what)?;
     Ok(DeliveryRecord {
         id,
-        key: get(row, "dkey", &what)?,
-        receiver: get(row, "receiver", &what)?,
-        receiver_type: get(row, "receiver_type", &what)?,
-        app: get(row, "app", &what)?,
-        env: get(row, "env", &what)?,
-        group_key: get(row, "group_key", &what)?,
-        summary: get(row, "summary", &what)?,
-        notification_ids: serde_json::from_str(&ids)
-            .map_err(|e| StoreError::Corrupt(format!("delivery {id}: notification_ids: {e}")))?,
-        state: state
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("delivery {id}: {e}")))?,
+        delivery: NewDelivery {
+            key: get(row, "dkey", &what)?,
+            receiver: get(row, "receiver", &what)?,
+            receiver_type: get(row, "receiver_type", &what)?,
+            app: get(row, "app", &what)?,
+            env: get(row, "env", &what)?,
+            group_key: get(row, "group_key", &what)?,
+            summary: get(row, "summary", &what)?,
+            notification_ids: serde_json::from_str(&ids).map_err(|e| {
+                StoreError::Corrupt(format!("delivery {id}: notification_ids: {e}"))
+            })?,
+            state: state
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("delivery {id}: {e}")))?,
+            last_error: get(row, "last_error", &what)?,
+        },
         attempts: get(row, "attempts", &what)?,
         next_attempt_at_ms: get(row, "next_attempt_at_ms", &what)?,
-        last_error: get(row, "last_error", &what)?,
         created_at_ms: get(row, "created_at_ms", &what)?,
         delivered_at_ms: get(row, "delivered_at_ms", &what)?,
     })
@@ -173,7 +180,7 @@ async fn insert_delivery(
     .bind(ids)
     .bind(d.state.as_str())
     .bind(now_ms)
-    .bind(d.note.as_deref())
+    .bind(d.last_error.as_deref())
     .execute(&mut **tx)
     .await
     .ctx(|| format!("planning delivery {}", d.key))?;
@@ -208,7 +215,23 @@ impl Store {
             new += usize::from(enqueue(&mut tx, n, now_ms).await?);
         }
         tx.commit().await.ctx(op)?;
+        if new > 0 {
+            self.outbox_committed();
+        }
         Ok(new)
+    }
+
+    /// Signalled (a stored permit: a signal is never lost) after this process committed a
+    /// transaction that enqueued notifications, so the dispatcher wakes at once. Writers
+    /// in other processes are not seen: the dispatcher also polls.
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        self.outbox.clone()
+    }
+
+    /// Call after committing a transaction in which [`enqueue`] wrote something (the
+    /// `Store` methods that enqueue do it themselves).
+    pub fn outbox_committed(&self) {
+        self.outbox.notify_one();
     }
 
     /// Notifications not routed yet, oldest first.
@@ -312,13 +335,12 @@ impl Store {
     }
 
     /// Records the routing of notification `id` in one transaction: its groups' new states,
-    /// deliveries planned at once (inhibited ones), the change to the firing alerts, and
-    /// the notification marked routed (so it is routed once).
+    /// the change to the firing alerts, and the notification marked routed (so it is
+    /// routed once).
     pub async fn route_notification(
         &self,
         id: i64,
         groups: &[GroupRow],
-        deliveries: &[NewDelivery],
         active: &ActiveChange,
         now_ms: i64,
     ) -> Result<()> {
@@ -339,9 +361,6 @@ impl Store {
         }
         for g in groups {
             upsert_group(&mut tx, g).await?;
-        }
-        for d in deliveries {
-            insert_delivery(&mut tx, d, now_ms).await?;
         }
         match active {
             ActiveChange::None => {}
@@ -372,13 +391,13 @@ impl Store {
         tx.commit().await.ctx(op)
     }
 
-    /// Saves a group's new state after a flush, with the delivery the flush planned, in
+    /// Saves a group's new state after a flush, with the deliveries the flush planned, in
     /// one transaction; `state: None` deletes an idle group.
     pub async fn flush_group(
         &self,
         group: &GroupRow,
         state: Option<&GroupRow>,
-        delivery: Option<&NewDelivery>,
+        deliveries: &[NewDelivery],
         now_ms: i64,
     ) -> Result<()> {
         let op = || format!("flushing notification group {}", group.group_key);
@@ -398,7 +417,7 @@ impl Store {
                 .ctx(op)?;
             }
         }
-        if let Some(d) = delivery {
+        for d in deliveries {
             insert_delivery(&mut tx, d, now_ms).await?;
         }
         tx.commit().await.ctx(op)
@@ -486,21 +505,108 @@ impl Store {
 
     /// The delivery history, newest first.
     pub async fn deliveries(&self, q: &DeliveryQuery) -> Result<Vec<DeliveryRecord>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            delivery_cols!(),
-            " FROM notification_deliveries WHERE ($1 IS NULL OR app = $1) \
-             AND ($2 IS NULL OR env = $2) AND ($3 IS NULL OR state = $3) \
-             ORDER BY id DESC LIMIT $4"
-        ))
-        .bind(q.app.as_deref())
-        .bind(q.env.as_deref())
-        .bind(q.state.map(|s| s.as_str()))
-        .bind(i64::from(q.limit))
-        .fetch_all(&self.pool)
-        .await
-        .ctx(|| "reading the delivery history".into())?;
+        let scopes = q.scopes.as_deref().unwrap_or_default();
+        if q.scopes.is_some() && scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // $1..$4 are the fixed filters, then one (app, env) pair per two placeholders
+        let pairs: Vec<String> = (0..scopes.len())
+            .map(|i| format!("(app = ${} AND env = ${})", 5 + 2 * i, 6 + 2 * i))
+            .collect();
+        let scoped = match pairs.is_empty() {
+            true => String::new(),
+            false => format!(" AND ({})", pairs.join(" OR ")),
+        };
+        let sql = format!(
+            concat!(
+                "SELECT ",
+                delivery_cols!(),
+                " FROM notification_deliveries WHERE ($1 IS NULL OR app = $1) \
+                 AND ($2 IS NULL OR env = $2) AND ($3 IS NULL OR state = $3){} \
+                 ORDER BY id DESC LIMIT $4"
+            ),
+            scoped
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(q.app.as_deref())
+            .bind(q.env.as_deref())
+            .bind(q.state.map(|s| s.as_str()))
+            .bind(i64::from(q.limit));
+        for (app, env) in scopes {
+            query = query.bind(app).bind(env);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .ctx(|| "reading the delivery history".into())?;
         rows.iter().map(delivery_from_row).collect()
+    }
+
+    /// The (app, env) pairs that have deliveries (to decide which of them a caller sees).
+    pub async fn delivery_scopes(&self) -> Result<Vec<(String, String)>> {
+        let rows =
+            sqlx::query("SELECT DISTINCT app, env FROM notification_deliveries ORDER BY app, env")
+                .fetch_all(&self.pool)
+                .await
+                .ctx(|| "reading the apps and environments of the delivery history".into())?;
+        rows.iter()
+            .map(|row| {
+                let what = || "notification_deliveries".to_string();
+                Ok((get(row, "app", &what)?, get(row, "env", &what)?))
+            })
+            .collect()
+    }
+
+    /// Deletes at most `limit` deliveries that are done (delivered, failed, inhibited) and
+    /// were created before `before_ms`, then at most `limit` routed notifications created
+    /// before then that no pending delivery needs and that are not an alert firing now
+    /// (a group repeats those). Call again while a count reaches `limit`.
+    pub async fn prune_notifications(&self, before_ms: i64, limit: u32) -> Result<Pruned> {
+        let op = || "pruning the notification history".to_string();
+        let limit = i64::from(limit);
+        let deliveries = sqlx::query(
+            "DELETE FROM notification_deliveries WHERE id IN (SELECT id FROM \
+             notification_deliveries WHERE created_at_ms < $1 AND state <> $2 \
+             ORDER BY created_at_ms LIMIT $3)",
+        )
+        .bind(before_ms)
+        .bind(DeliveryState::Pending.as_str())
+        .bind(limit)
+        .execute(&self.pool)
+        .await
+        .ctx(op)?;
+        // A pending delivery is younger than its attempts' schedule (minutes), so one
+        // created before the cutoff keeps its notifications.
+        let oldest_pending: Option<i64> = get(
+            &sqlx::query(
+                "SELECT MIN(created_at_ms) AS oldest FROM notification_deliveries \
+                 WHERE state = $1",
+            )
+            .bind(DeliveryState::Pending.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .ctx(op)?,
+            "oldest",
+            &op,
+        )?;
+        let cutoff = oldest_pending.map_or(before_ms, |t| t.min(before_ms));
+        let notifications = sqlx::query(
+            "DELETE FROM notifications WHERE id IN (SELECT n.id FROM notifications n \
+             WHERE n.created_at_ms < $1 AND n.routed_at_ms IS NOT NULL \
+             AND NOT (n.kind = $2 AND n.fingerprint IN \
+             (SELECT fingerprint FROM notification_active_alerts)) \
+             ORDER BY n.created_at_ms LIMIT $3)",
+        )
+        .bind(cutoff)
+        .bind(ferry_core::notify::Kind::AlertFiring.as_str())
+        .bind(limit)
+        .execute(&self.pool)
+        .await
+        .ctx(op)?;
+        Ok(Pruned {
+            deliveries: deliveries.rows_affected(),
+            notifications: notifications.rows_affected(),
+        })
     }
 }
 

@@ -47,6 +47,7 @@ fn new_deployment(app: &str, env: &str, version: &str, now_ms: i64) -> NewDeploy
         requested_by: "alice".into(),
         manifest_revision: 1,
         now_ms,
+        fix_of: None,
     }
 }
 
@@ -2497,13 +2498,12 @@ async fn outbox_is_written_with_its_event_and_delivered_once(store: Store, _url:
         summary: "1.0.0 is progressing".into(),
         notification_ids: vec![*id],
         state: DeliveryState::Inhibited,
-        note: Some("inhibited by alert x".into()),
+        last_error: Some("inhibited by alert x".into()),
     };
     store
         .route_notification(
             *id,
             std::slice::from_ref(&group),
-            std::slice::from_ref(&inhibited),
             &ActiveChange::Firing(Box::new(n.clone())),
             4,
         )
@@ -2511,7 +2511,7 @@ async fn outbox_is_written_with_its_event_and_delivered_once(store: Store, _url:
         .unwrap();
     assert!(matches!(
         store
-            .route_notification(*id, &[], &[], &ActiveChange::None, 4)
+            .route_notification(*id, &[], &ActiveChange::None, 4)
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -2521,18 +2521,19 @@ async fn outbox_is_written_with_its_event_and_delivered_once(store: Store, _url:
     assert!(store.due_groups(9, 10).await.unwrap().is_empty());
     assert_eq!(store.due_groups(10, 10).await.unwrap(), vec![group.clone()]);
 
-    // the flush plans a delivery and saves the group in one step
+    // the flush plans its deliveries (one inhibited, one to send) and saves the group in
+    // one step
     let delivery = NewDelivery {
         key: "d-1".into(),
         receiver: "ops".into(),
         receiver_type: "webhook".into(),
         group_key: "g1".into(),
         state: DeliveryState::Pending,
-        note: None,
+        last_error: None,
         ..inhibited.clone()
     };
     store
-        .flush_group(&group, None, Some(&delivery), 11)
+        .flush_group(&group, None, &[inhibited.clone(), delivery.clone()], 11)
         .await
         .unwrap();
     assert!(store.group("shop", "ops", "g1").await.unwrap().is_none());
@@ -2540,11 +2541,11 @@ async fn outbox_is_written_with_its_event_and_delivered_once(store: Store, _url:
     let due = store.due_deliveries(11, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     let pending = &due[0];
-    assert_eq!(pending.key, "d-1");
+    assert_eq!(pending.delivery, delivery);
     assert_eq!(pending.attempts, 0);
     assert_eq!(
         store
-            .notifications_by_id(&pending.notification_ids)
+            .notifications_by_id(&pending.delivery.notification_ids)
             .await
             .unwrap(),
         vec![(*id, n.clone())]
@@ -2560,7 +2561,10 @@ async fn outbox_is_written_with_its_event_and_delivered_once(store: Store, _url:
     assert!(store.due_deliveries(19, 10).await.unwrap().is_empty());
     let retry = store.due_deliveries(20, 10).await.unwrap();
     assert_eq!(retry[0].attempts, 1);
-    assert_eq!(retry[0].last_error.as_deref(), Some("connection refused"));
+    assert_eq!(
+        retry[0].delivery.last_error.as_deref(),
+        Some("connection refused")
+    );
     assert!(store.claim_delivery(pending.id, 1, 40).await.unwrap());
     store
         .finish_delivery(pending.id, None, None, 21)
@@ -2581,22 +2585,23 @@ async fn outbox_is_written_with_its_event_and_delivered_once(store: Store, _url:
         .await
         .unwrap();
     assert_eq!(all.len(), 2);
-    assert_eq!(all[0].state, DeliveryState::Delivered);
+    assert_eq!(all[0].delivery.state, DeliveryState::Delivered);
     assert_eq!(all[0].delivered_at_ms, Some(21));
     assert_eq!(all[0].attempts, 2);
-    assert_eq!(all[1].state, DeliveryState::Inhibited);
+    assert_eq!(all[1].delivery.state, DeliveryState::Inhibited);
     let inhibited_only = store
         .deliveries(&DeliveryQuery {
             app: Some("shop".into()),
             env: Some("prod".into()),
             state: Some(DeliveryState::Inhibited),
             limit: 10,
+            ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(inhibited_only.len(), 1);
     assert_eq!(
-        inhibited_only[0].last_error.as_deref(),
+        inhibited_only[0].delivery.last_error.as_deref(),
         Some("inhibited by alert x")
     );
     assert!(
@@ -2626,10 +2631,261 @@ async fn outbox_is_written_with_its_event_and_delivered_once(store: Store, _url:
         store.unrouted_notifications(1).await.unwrap().remove(0)
     };
     store
-        .route_notification(id2, &[], &[], &ActiveChange::Resolved(n.fingerprint()), 31)
+        .route_notification(id2, &[], &ActiveChange::Resolved(n.fingerprint()), 31)
         .await
         .unwrap();
     assert!(store.active_alerts("shop").await.unwrap().is_empty());
+}
+
+/// A delivery of `ids` planned for `app`/`env` (for the history and pruning tests).
+fn planned(key: &str, app: &str, env: &str, ids: Vec<i64>, state: DeliveryState) -> NewDelivery {
+    NewDelivery {
+        key: key.into(),
+        receiver: "ops".into(),
+        receiver_type: "webhook".into(),
+        app: app.into(),
+        env: env.into(),
+        group_key: format!("g-{key}"),
+        summary: key.into(),
+        notification_ids: ids,
+        state,
+        last_error: None,
+    }
+}
+
+async fn flush(store: &Store, deliveries: &[NewDelivery], now_ms: i64) {
+    let group = GroupRow {
+        app: "shop".into(),
+        receiver: "ops".into(),
+        group_key: "g".into(),
+        state: "{}".into(),
+        due_at_ms: None,
+    };
+    store
+        .flush_group(&group, None, deliveries, now_ms)
+        .await
+        .unwrap();
+}
+
+/// The outbox signal has a permit after a commit that enqueued, and none otherwise.
+async fn committing_an_enqueue_signals_the_outbox(store: Store, _url: String) {
+    let signal = store.outbox_signal();
+    let signalled = || async {
+        tokio::time::timeout(std::time::Duration::from_millis(50), signal.notified())
+            .await
+            .is_ok()
+    };
+    assert!(!signalled().await, "no permit before anything is enqueued");
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let mut t = to(&d, DeploymentState::Progressing, 2);
+    t.notifications = vec![deployment_notification(&d, DeploymentState::Progressing)];
+    let mut stale = t.clone();
+    stale.expected_row_version += 7;
+    assert!(store.transition(stale).await.is_err());
+    assert!(
+        !signalled().await,
+        "a transition that wrote nothing signals nothing"
+    );
+    store.transition(t.clone()).await.unwrap();
+    assert!(signalled().await, "a transition that enqueued signals");
+    let n = deployment_notification(&d, DeploymentState::Succeeded);
+    store
+        .enqueue_notifications(std::slice::from_ref(&n), 3)
+        .await
+        .unwrap();
+    assert!(signalled().await, "enqueue_notifications signals");
+    // the same key again writes nothing: no signal
+    store.enqueue_notifications(&[n], 4).await.unwrap();
+    assert!(!signalled().await);
+}
+
+/// The limit of the history applies to the (app, env) pairs asked for, not before them.
+async fn the_delivery_history_limit_applies_within_the_scopes(store: Store, _url: String) {
+    let mut planned_rows = Vec::new();
+    for i in 0..6 {
+        // newest first: three of another app, then three of shop/prod
+        let app = if i < 3 { "shop" } else { "other" };
+        planned_rows.push(planned(
+            &format!("d{i}"),
+            app,
+            "prod",
+            vec![],
+            DeliveryState::Pending,
+        ));
+    }
+    flush(&store, &planned_rows, 10).await;
+    let query = |scopes: Option<Vec<(String, String)>>, limit| DeliveryQuery {
+        scopes,
+        limit,
+        ..Default::default()
+    };
+    let shop = Some(vec![("shop".to_string(), "prod".to_string())]);
+    let rows = store.deliveries(&query(shop.clone(), 2)).await.unwrap();
+    let keys: Vec<&str> = rows.iter().map(|r| r.delivery.key.as_str()).collect();
+    assert_eq!(keys, ["d2", "d1"]);
+    assert_eq!(store.deliveries(&query(None, 2)).await.unwrap().len(), 2);
+    assert!(
+        store
+            .deliveries(&query(Some(vec![]), 9))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let both = Some(vec![
+        ("shop".to_string(), "prod".to_string()),
+        ("other".to_string(), "prod".to_string()),
+    ]);
+    assert_eq!(store.deliveries(&query(both, 9)).await.unwrap().len(), 6);
+    assert_eq!(
+        store.delivery_scopes().await.unwrap(),
+        vec![
+            ("other".to_string(), "prod".to_string()),
+            ("shop".to_string(), "prod".to_string())
+        ]
+    );
+}
+
+/// Done deliveries and the notifications nothing needs go after the retention, a bounded
+/// batch at a time; pending deliveries, their notifications and alerts firing now stay.
+async fn the_notification_history_is_pruned_in_bounded_batches(store: Store, _url: String) {
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let old: Vec<Notification> = (0..5)
+        .map(|i| Notification {
+            key: format!("old-{i}"),
+            ..deployment_notification(&d, DeploymentState::Progressing)
+        })
+        .collect();
+    let firing = Notification::new(
+        notify::key_alert("shop", "prod", "errors", 1, notify::Kind::AlertFiring),
+        notify::Kind::AlertFiring,
+        "shop",
+        "prod",
+        notify::Severity::Critical,
+        "errors",
+        1,
+    );
+    let mut all = old.clone();
+    all.push(firing.clone());
+    store.enqueue_notifications(&all, 100).await.unwrap();
+    let ids: Vec<i64> = store
+        .unrouted_notifications(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    for (id, n) in ids.iter().zip(&all) {
+        let active = match n.kind {
+            notify::Kind::AlertFiring => ActiveChange::Firing(Box::new(n.clone())),
+            _ => ActiveChange::None,
+        };
+        store
+            .route_notification(*id, &[], &active, 100)
+            .await
+            .unwrap();
+    }
+    // ids[0..4]: delivered, failed, inhibited, and one still pending (its notification stays)
+    flush(
+        &store,
+        &[
+            planned("a", "shop", "prod", vec![ids[0]], DeliveryState::Pending),
+            planned("b", "shop", "prod", vec![ids[1]], DeliveryState::Pending),
+            planned("c", "shop", "prod", vec![ids[2]], DeliveryState::Inhibited),
+            planned("p", "shop", "prod", vec![ids[3]], DeliveryState::Pending),
+        ],
+        100,
+    )
+    .await;
+    let rows = store
+        .deliveries(&DeliveryQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id_of = |key: &str| rows.iter().find(|r| r.delivery.key == key).unwrap().id;
+    store
+        .finish_delivery(id_of("a"), None, None, 101)
+        .await
+        .unwrap();
+    store
+        .finish_delivery(id_of("b"), Some("answered 500"), None, 101)
+        .await
+        .unwrap();
+    // nothing is older than the cutoff yet
+    assert_eq!(
+        store.prune_notifications(100, 10).await.unwrap(),
+        ferry_store::notify::Pruned::default()
+    );
+    // a batch of two, then the last done one
+    let first = store.prune_notifications(1000, 2).await.unwrap();
+    assert_eq!(first.deliveries, 2);
+    let second = store.prune_notifications(1000, 2).await.unwrap();
+    assert_eq!(second.deliveries, 1);
+    let left = store
+        .deliveries(&DeliveryQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].delivery.key, "p");
+    // the pending delivery is as old as every notification here, so none went
+    assert_eq!(first.notifications + second.notifications, 0);
+    assert_eq!(store.notifications_by_id(&ids).await.unwrap().len(), 6);
+    // once it is delivered, the old notifications go, but not the alert firing now
+    store
+        .finish_delivery(left[0].id, None, None, 102)
+        .await
+        .unwrap();
+    let mut pruned = ferry_store::notify::Pruned::default();
+    loop {
+        let p = store.prune_notifications(1000, 2).await.unwrap();
+        if p == ferry_store::notify::Pruned::default() {
+            break;
+        }
+        pruned.deliveries += p.deliveries;
+        pruned.notifications += p.notifications;
+    }
+    assert_eq!(pruned.deliveries, 1);
+    assert_eq!(pruned.notifications, 5);
+    let kept = store.notifications_by_id(&ids).await.unwrap();
+    assert_eq!(kept, vec![(ids[5], firing)]);
+}
+
+/// `ferry deploy --fix-of N`: the fix deployment and the incident on N are written in one
+/// transaction — both or neither.
+async fn a_fix_and_its_incident_are_written_together(store: Store, _url: String) {
+    let broken = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 10))
+        .await
+        .unwrap();
+    let mut fix = new_deployment("shop", "prod", "1.0.1", 20);
+    fix.fix_of = Some(broken.id);
+    let fixed = store.create_deployment(fix.clone()).await.unwrap();
+    let facts = store.dora_facts("shop", "prod", 100).await.unwrap();
+    assert_eq!(
+        facts.incidents,
+        vec![ferry_core::dora::IncidentFact {
+            deployment_id: broken.id,
+            opened_at_ms: 20,
+            restored_at_ms: None,
+        }]
+    );
+    // an incident that cannot be written (no deployment 999999) takes the fix with it
+    fix.fix_of = Some(999_999);
+    fix.version = "1.0.2".into();
+    assert!(store.create_deployment(fix).await.is_err());
+    let listed = store.list_deployments("shop", "prod", 10).await.unwrap();
+    let ids: Vec<i64> = listed.iter().map(|d| d.id).collect();
+    assert_eq!(ids, vec![fixed.id, broken.id]);
 }
 
 /// The core's golden DORA dataset (hundreds of deployments, incidents, a rollback request,
@@ -2803,6 +3059,10 @@ on_every_engine!(
     flag_guards_start_once_and_move_by_compare_and_set,
     // notify:
     outbox_is_written_with_its_event_and_delivered_once,
+    committing_an_enqueue_signals_the_outbox,
+    the_delivery_history_limit_applies_within_the_scopes,
+    the_notification_history_is_pruned_in_bounded_batches,
+    a_fix_and_its_incident_are_written_together,
 );
 
 // flags:

@@ -139,6 +139,8 @@ enum Command {
         /// whose firewall allows only a range; default: any free port).
         #[arg(long, env = "FERRY_PORTS", value_name = "FIRST-LAST")]
         ports: Option<ferry_runtime::PortRange>,
+        #[command(flatten)]
+        notify: serve::NotifyArgs,
     },
     /// Redact workload output into a file (started by `ferry server`).
     #[command(name = "__log-filter", hide = true)]
@@ -662,7 +664,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database,
             run_as,
             ports,
-        } => serve::server(data, listen, database, run_as, ports).await,
+            notify,
+        } => serve::server(data, listen, database, run_as, ports, notify.settings()?).await,
         Command::LogFilter { out } => {
             ferry_runtime::redact::run_filter(std::io::stdin().lock(), &out)
                 .map_err(|e| anyhow::anyhow!("log filter into {}: {e}", out.display()))

@@ -11,14 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Ferry, SERIAL, Spec, bounded, free_port};
+use common::{Ferry, SERIAL, Spec, add_person, bounded, free_port, run};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(180);
 
 /// A loopback HTTP receiver (python3): every POST becomes a JSON line in `log` with its
 /// path, `Idempotency-Key`, whether its `X-Ferry-Signature` verifies with `key`, and body.
-/// The first POST to `/held` is recorded, then answered only after `hold` seconds.
+/// The first POST to `/held` is recorded, then answered only after `hold` seconds; every
+/// POST to `/fail` is answered 500.
 struct Receiver {
     child: std::process::Child,
     log: PathBuf,
@@ -47,7 +48,7 @@ class Hook(http.server.BaseHTTPRequestHandler):
                 held.append(1)
         if wait:
             time.sleep(hold)
-        self.send_response(202 if self.path == '/pagerduty' else 200)
+        self.send_response({'/pagerduty': 202, '/fail': 500}.get(self.path, 200))
         self.send_header('content-length', '0')
         self.end_headers()
     def log_message(self, *args):
@@ -454,6 +455,86 @@ routes:
         );
         assert!(!ferry.server_logs().contains(PASSWORD));
         assert!(!out.stdout.contains(PASSWORD));
+    })
+    .await;
+}
+
+/// A receiver that always answers 500: after the bounded attempts (a 10 ms retry base
+/// here) the delivery is `failed` with the last error, as `ferry notifications` shows. A
+/// viewer of that app alone asking for the newest delivery gets it, although another
+/// app's deliveries are newer (the limit applies to what the caller may see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_that_always_fails_ends_failed_and_the_history_is_per_viewer() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start_with_env(&[("FERRY_NOTIFY_RETRY_BASE", "10ms")]).await;
+        let port = free_port();
+        let receiver = Receiver::start(ferry.dir.path(), port, "unused", 0);
+        for (app, path) in [("failing", "fail"), ("other", "ok")] {
+            let mut spec = Spec::new(app);
+            spec.replicas = 1;
+            spec.extra_service_yaml = format!(
+                "receivers:\n  hook:\n    webhook: {{ url: 'http://127.0.0.1:{port}/{path}' }}\nroutes:\n  - receiver: hook\n    match: {{ kind: deployment-succeeded }}\n"
+            );
+            let manifest = ferry.write_manifest(&spec, &format!("{app}.yaml"));
+            ferry.apply(&manifest).await;
+            ferry.deploy_ok(&spec, "1.0.0").await;
+            if app == "failing" {
+                // every attempt reaches the receiver, then the delivery gives up
+                receiver
+                    .wait("8 attempts", &ferry, |l| on_path(l, "/fail").len() >= 8)
+                    .await;
+            }
+        }
+        receiver
+            .wait("the other app's delivery", &ferry, |l| {
+                !on_path(l, "/ok").is_empty()
+            })
+            .await;
+        let args = [
+            "notifications",
+            "--app",
+            "failing",
+            "--state",
+            "failed",
+            "-o",
+            "json",
+        ];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let row = loop {
+            let out = ferry.cli(&args).await;
+            assert_eq!(out.code, 0, "{out}");
+            if let Some(row) = out.json().as_array().and_then(|rows| rows.first().cloned()) {
+                break row;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no failed delivery within 60 s\n{}",
+                ferry.server_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(row["attempts"], 8, "{row}");
+        let error = format!("127.0.0.1:{port} answered 500 Internal Server Error");
+        assert_eq!(row["last_error"], error.as_str(), "{row}");
+        assert!(row.get("next_attempt_at_ms").is_none_or(|v| v.is_null()), "{row}");
+        assert_eq!(on_path(&receiver.lines(), "/fail").len(), 8, "no 9th attempt");
+        let text = ferry.cli(&["notifications", "--app", "failing"]).await;
+        assert!(
+            text.stdout.contains("failed") && text.stdout.contains(&error),
+            "{text}"
+        );
+
+        // the newest delivery is the other app's; a viewer of `failing` alone still gets one
+        let vera = add_person(&ferry, "vera", "a-long-password-1", &[("viewer", "failing", None)]).await;
+        let out = run(&ferry, &vera, &["notifications", "--limit", "1", "-o", "json"], None).await;
+        assert_eq!(out.code, 0, "{out}");
+        let rows = out.json();
+        let rows = rows.as_array().expect("rows");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0]["app"], "failing");
+        let everything = ferry.cli(&["notifications", "--limit", "1", "-o", "json"]).await;
+        assert_eq!(everything.json()[0]["app"], "other", "{everything}");
     })
     .await;
 }

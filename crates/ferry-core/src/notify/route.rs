@@ -12,8 +12,11 @@
 //!   group's new notifications and its alerts still firing;
 //! - **inhibition**: while an alert matching a rule's `source_match` fires, a notification
 //!   matching its `target_match` with the same values of the `equal` labels is not sent
-//!   ([`Routing::inhibited_by`]); an alert never inhibits itself. Inhibition is decided when
-//!   a notification is routed.
+//!   ([`Routing::inhibited_by`]); an alert never inhibits itself. As in Alertmanager, it is
+//!   decided when a group's message is sent, against the alerts firing then
+//!   ([`Routing::mute`]): a notification routed while its inhibitor fired is sent if the
+//!   inhibitor resolved before the message left, and one routed before its inhibitor
+//!   started firing is muted if the inhibitor fires when the message leaves.
 //!
 //! The legacy `notifications:` entries compile to one receiver and one route each
 //! (`notifications[N]`), matching only deployment events, ungrouped and never delayed.
@@ -242,6 +245,43 @@ impl Routing {
             }
         }
         None
+    }
+}
+
+/// A group's message split at the moment it is sent ([`Routing::mute`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Muting<'a> {
+    /// Outbox ids to send, in the batch's order.
+    pub send: Vec<i64>,
+    /// Outbox ids an alert firing now mutes, in the batch's order.
+    pub muted: Vec<i64>,
+    /// The rule (index into `inhibit`) and firing alert that muted the first of `muted`.
+    pub muted_by: Option<(usize, &'a Notification)>,
+}
+
+impl Routing {
+    /// Splits a group's message (`batch`: outbox id and notification) into what is sent and
+    /// what the alerts firing at this moment (`firing`) inhibit.
+    pub fn mute<'a>(
+        &self,
+        batch: &[(i64, Notification)],
+        firing: &'a [Notification],
+    ) -> Muting<'a> {
+        let mut out = Muting {
+            send: Vec::new(),
+            muted: Vec::new(),
+            muted_by: None,
+        };
+        for (id, n) in batch {
+            match self.inhibited_by(n, firing) {
+                Some(by) => {
+                    out.muted.push(*id);
+                    out.muted_by.get_or_insert(by);
+                }
+                None => out.send.push(*id),
+            }
+        }
+        out
     }
 }
 
@@ -496,6 +536,42 @@ mod tests {
             "{RECEIVERS}inhibit:\n  - source_match: {{severity: critical}}\n    target_match: {{severity: warning}}\n    equal: [team]\n"
         ));
         assert!(r.inhibited_by(&warning, &firing).is_some());
+    }
+
+    #[test]
+    fn inhibition_is_decided_when_the_message_is_sent() {
+        let r = routing(&format!(
+            "{RECEIVERS}inhibit:\n  - source_match: {{severity: critical}}\n    target_match: {{severity: warning}}\n    equal: [env]\n"
+        ));
+        let critical = alert("down", Severity::Critical, "prod", Kind::AlertFiring);
+        let warning = alert("slow", Severity::Warning, "prod", Kind::AlertFiring);
+        let staging = alert("slow", Severity::Warning, "staging", Kind::AlertFiring);
+        let deploy_warning = deploy(9, "failed", "prod");
+        let batch = vec![
+            (1, warning.clone()),
+            (2, staging.clone()),
+            (3, deploy_warning.clone()),
+        ];
+        // the group's message leaves while the critical alert fires: the prod warnings are
+        // muted, whenever they were routed (before the critical alert started firing too)
+        let firing = [critical.clone()];
+        let m = r.mute(&batch, &firing);
+        assert_eq!(m.send, vec![2]);
+        assert_eq!(m.muted, vec![1, 3]);
+        assert_eq!(m.muted_by, Some((0, &critical)));
+        // the critical alert resolved before the message left: everything is sent, although
+        // it fired when the warnings were routed
+        let m = r.mute(&batch, &[]);
+        assert_eq!(m.send, vec![1, 2, 3]);
+        assert!(m.muted.is_empty() && m.muted_by.is_none());
+        // a firing list that holds the target itself does not mute it; the source itself
+        // in a message is never muted by itself
+        let m = r.mute(&[(4, critical.clone())], &firing);
+        assert_eq!(m.send, vec![4]);
+        // a group whose message is all muted sends nothing
+        let m = r.mute(&batch[..1], &firing);
+        assert!(m.send.is_empty());
+        assert_eq!(m.muted, vec![1]);
     }
 
     const T: Timing = Timing {

@@ -42,6 +42,21 @@ impl Controller {
         kind: DeploymentKind,
         requested_by: &str,
     ) -> Result<DeploymentView, RequestError> {
+        self.request_fix(app, env, version, kind, requested_by, None)
+            .await
+    }
+
+    /// [`Controller::request_deployment`] that, with `fix_of`, also records (in the same
+    /// transaction) that deployment `fix_of` needed this fix (dora).
+    pub async fn request_fix(
+        &self,
+        app: &str,
+        env: &str,
+        version: &str,
+        kind: DeploymentKind,
+        requested_by: &str,
+        fix_of: Option<i64>,
+    ) -> Result<DeploymentView, RequestError> {
         let (record, manifest) = self.app_manifest(app).await?;
         let environment = manifest.environments.get(env).ok_or_else(|| {
             let known: Vec<&str> = manifest.environments.keys().collect();
@@ -83,6 +98,7 @@ impl Controller {
                 requested_by: requested_by.to_string(),
                 manifest_revision: record.revision,
                 now_ms: now,
+                fix_of,
             })
             .await?;
         // The logs of replicas gone before this deployment are kept no longer.

@@ -114,7 +114,6 @@ impl Controller {
         } else {
             Vec::new()
         };
-        let notified = !notifications.is_empty();
         let result = self
             .store
             .transition(Transition {
@@ -133,9 +132,6 @@ impl Controller {
         match result {
             Ok(_) => {
                 tracing::info!(deployment = deployment.id, app = %deployment.app, env = %deployment.env, %state, "{message}");
-                if notified {
-                    self.outbox.notify_one();
-                }
                 self.events_changed.send_modify(|n| *n += 1);
                 self.wake.notify_one();
                 Ok(true)

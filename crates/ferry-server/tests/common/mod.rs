@@ -35,7 +35,37 @@ impl Answer {
     }
 }
 
+/// App `shop` with a `staging` and a `production` environment; tests append to it.
+pub const SHOP: &str = "app: shop
+services:
+  web:
+    run: [./web]
+environments:
+  staging:
+    listen: 127.0.0.1:18081
+  production:
+    listen: 127.0.0.1:18082
+";
+
 impl Harness {
+    /// A harness with the manifest `yaml` applied (revision 1, by `admin`).
+    pub async fn with_manifest(yaml: &str) -> Harness {
+        let h = Harness::new().await;
+        let manifest = ferry_core::manifest::parse(yaml, "ferry.yaml").expect("manifest");
+        h.store
+            .apply_manifest(ferry_store::NewManifest {
+                app: manifest.app.clone(),
+                yaml: yaml.into(),
+                manifest_json: serde_json::to_string(&manifest).expect("json"),
+                base_dir: None,
+                applied_by: "admin".into(),
+                now_ms: 1,
+            })
+            .await
+            .expect("apply the manifest");
+        h
+    }
+
     pub async fn new() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open_sqlite_file(&dir.path().join("ferry.db"))
@@ -193,6 +223,7 @@ impl Harness {
                 requested_by: by.into(),
                 manifest_revision: 1,
                 now_ms: 1_000,
+                fix_of: None,
             })
             .await
             .expect("deployment")

@@ -2,8 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
+use ferry_core::duration::HumanDuration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +22,59 @@ pub async fn terminated() -> anyhow::Result<&'static str> {
     })
 }
 
+/// `ferry server`'s notification knobs (docs/notifications.md).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct NotifyArgs {
+    /// The wait before a failed notification delivery is retried; it doubles after each
+    /// failed attempt, up to 5 min (at most 8 attempts).
+    #[arg(
+        long,
+        env = "FERRY_NOTIFY_RETRY_BASE",
+        default_value = "1s",
+        value_name = "DURATION"
+    )]
+    notify_retry_base: HumanDuration,
+    /// How long delivered, failed and inhibited notification deliveries are kept in the
+    /// history (`ferry notifications`), e.g. 30d.
+    #[arg(
+        long,
+        env = "FERRY_NOTIFY_RETENTION",
+        default_value = "30d",
+        value_name = "DURATION"
+    )]
+    notify_retention: HumanDuration,
+}
+
+impl NotifyArgs {
+    /// The dispatcher's settings; out-of-range values are refused, naming the flag.
+    pub fn settings(self) -> anyhow::Result<ferry_server::NotifySettings> {
+        let retry_base = self.notify_retry_base.get();
+        let retention = self.notify_retention.get();
+        let bad = |message: String| Failure::new(exit::INVALID, message);
+        if retry_base < Duration::from_millis(10) || retry_base > Duration::from_secs(300) {
+            return Err(bad(format!(
+                "--notify-retry-base {}: must be 10ms to 5m",
+                self.notify_retry_base
+            ))
+            .into());
+        }
+        if retention < Duration::from_secs(3600)
+            || retention > Duration::from_secs(10 * 365 * 86_400)
+        {
+            return Err(bad(format!(
+                "--notify-retention {}: must be 1h to 3650d",
+                self.notify_retention
+            ))
+            .into());
+        }
+        Ok(ferry_server::NotifySettings {
+            retry_base,
+            retention,
+            ..Default::default()
+        })
+    }
+}
+
 /// Starts the server in this process (the `ferry` executable is reused for the proxy).
 pub async fn start_server(
     data: &Path,
@@ -27,6 +82,7 @@ pub async fn start_server(
     database_url: Option<String>,
     run_as: Option<String>,
     ports: Option<ferry_runtime::PortRange>,
+    notify: ferry_server::NotifySettings,
 ) -> anyhow::Result<ferry_server::Server> {
     let ferry_exe = std::env::current_exe().context("cannot find the ferry executable")?;
     ferry_server::start(ferry_server::ServerConfig {
@@ -36,6 +92,7 @@ pub async fn start_server(
         database_url,
         run_as,
         ports,
+        notify,
     })
     .await
     .map_err(|e| Failure::new(exit::ERROR, format!("cannot start the Ferry server: {e}")).into())
@@ -47,12 +104,13 @@ pub async fn server(
     database: Option<String>,
     run_as: Option<String>,
     ports: Option<ferry_runtime::PortRange>,
+    notify: ferry_server::NotifySettings,
 ) -> anyhow::Result<()> {
     let store = match &database {
         Some(url) => ferry_store::redact(url).into_owned(),
         None => "SQLite, in the data directory".to_string(),
     };
-    let server = start_server(&data, listen, database, run_as, ports).await?;
+    let server = start_server(&data, listen, database, run_as, ports, notify).await?;
     let data_abs = std::fs::canonicalize(&data).unwrap_or(data);
     let token_file = data_abs.join("admin.token");
     println!("Ferry API on http://{}", server.addr());
