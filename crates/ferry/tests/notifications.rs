@@ -535,6 +535,48 @@ async fn a_receiver_that_always_fails_ends_failed_and_the_history_is_per_viewer(
         assert_eq!(rows[0]["app"], "failing");
         let everything = ferry.cli(&["notifications", "--limit", "1", "-o", "json"]).await;
         assert_eq!(everything.json()[0]["app"], "other", "{everything}");
+
+        // the console's page, as vera: the same rows as the API, filterable; another app's
+        // history is refused with the API's reason
+        let login = ferry
+            .http
+            .post(format!("{}/v1/login", ferry.url))
+            .json(&serde_json::json!({"username": "vera", "password": "a-long-password-1"}))
+            .send()
+            .await
+            .unwrap();
+        let session: serde_json::Value = login.json().await.unwrap();
+        let cookie = format!("ferry_session={}", session["token"].as_str().unwrap());
+        let page = |path: &'static str| {
+            let (ferry, cookie) = (&ferry, &cookie);
+            async move {
+                let answer = ferry
+                    .http
+                    .get(format!("{}{path}", ferry.url))
+                    .header("cookie", cookie)
+                    .send()
+                    .await
+                    .unwrap();
+                (answer.status().as_u16(), answer.text().await.unwrap())
+            }
+        };
+        let (status, html) = page("/").await;
+        assert_eq!(status, 200);
+        assert!(html.contains("href=\"/notifications\""), "a nav link: {html}");
+        let (status, html) = page("/notifications?state=failed").await;
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains("<option value=\"failed\" selected>"), "{html}");
+        assert!(html.contains("failing</a>/production"), "{html}");
+        assert!(html.contains(&format!("127.0.0.1:{port} answered 500")), "{html}");
+        assert!(!html.contains("other</a>/"), "another app's row: {html}");
+        assert!(!html.contains("/fail'") && !html.contains("/fail\""), "no receiver URL: {html}");
+        let (_, html) = page("/notifications?state=delivered").await;
+        assert!(html.contains("No deliveries."), "{html}");
+        let (_, html) = page("/notifications?app=other").await;
+        assert!(
+            html.contains("viewing the notifications of other needs the permission view there"),
+            "{html}"
+        );
     })
     .await;
 }

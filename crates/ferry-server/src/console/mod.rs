@@ -23,6 +23,7 @@ mod actions;
 mod dora;
 mod flags;
 mod live;
+mod notifications;
 mod pages;
 mod views;
 
@@ -91,6 +92,7 @@ pub(crate) fn mount(api: Router, state: AppState) -> Router {
             post(actions::deployment_action),
         )
         .route("/audit", get(pages::audit))
+        .route("/notifications", get(notifications::page))
         .route("/users", get(pages::users).post(actions::create_user))
         .route("/users/{name}/{action}", post(actions::user_action))
         .route("/bindings", post(actions::grant))
