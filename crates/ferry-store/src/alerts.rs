@@ -136,6 +136,9 @@ impl Store {
             query.execute(&mut *tx).await.ctx(op)?;
         }
         tx.commit().await.ctx(op)?;
+        if !write.notifications.is_empty() {
+            self.outbox_committed();
+        }
         Ok(())
     }
 
