@@ -208,6 +208,10 @@ pub struct DeploymentDetail {
     /// background analysis's), kept after it ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis: Vec<AnalysisMetric>,
+    /// A progressive deployment's traffic per version over the rollout (request rate, error
+    /// rate, p95 latency per sampling interval), for the console's charts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<crate::series::VersionSeries>,
 }
 
 /// Which analysis of a rollout a metric belongs to.

@@ -18,6 +18,7 @@ pub mod model;
 pub mod notify;
 pub mod progressive;
 pub mod rbac;
+pub mod series;
 // releases:
 pub mod release;
 pub mod rollout;

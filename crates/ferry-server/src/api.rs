@@ -970,10 +970,12 @@ async fn deployment(
                 .and_then(|phase| phase.progress)
                 .map(|progress| ferry_core::progressive::analysis_metrics(&progress))
                 .unwrap_or_default();
+            let series = state.store.deployment_series(id).await?;
             return Ok(Json(DeploymentDetail {
                 deployment: after.view(),
                 events,
                 analysis,
+                series,
             }));
         }
         before = after;

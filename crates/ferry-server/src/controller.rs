@@ -144,6 +144,8 @@ pub struct Controller {
     workloads: Arc<crate::workload::Workloads>,
     /// Recent samples of the proxy's counters, for the traffic `status` shows.
     traffic: crate::traffic::Sampler,
+    /// Each progressive rollout's per-version traffic, sampled for the console's charts.
+    series: crate::series::SeriesSampler,
 }
 
 impl Controller {
@@ -194,6 +196,7 @@ impl Controller {
             traffic_baselines: Mutex::new(HashMap::new()),
             workloads,
             traffic: crate::traffic::Sampler::default(),
+            series: crate::series::SeriesSampler::default(),
         })
     }
 

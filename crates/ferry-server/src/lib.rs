@@ -47,6 +47,7 @@ mod progressive;
 mod proxy_link;
 mod runtimes;
 mod secrets;
+mod series;
 mod traffic;
 // releases:
 mod promotion;

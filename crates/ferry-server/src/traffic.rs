@@ -104,7 +104,10 @@ fn ours(listener_id: &str, listener: &str) -> bool {
 
 /// Cumulative counters per (service, version) of the listener (its preview listener
 /// added); requests that matched no route or version are left out.
-fn cumulative(listener_id: &str, stats: &StatsSnapshot) -> BTreeMap<(String, String), WindowStats> {
+pub(crate) fn cumulative(
+    listener_id: &str,
+    stats: &StatsSnapshot,
+) -> BTreeMap<(String, String), WindowStats> {
     let mut out: BTreeMap<(String, String), WindowStats> = BTreeMap::new();
     for v in stats.versions.iter().filter(|v| {
         ours(listener_id, &v.listener) && !v.service.is_empty() && !v.version.is_empty()

@@ -34,6 +34,7 @@ mod identity;
 mod secrets;
 // releases:
 mod dora;
+mod series;
 pub use dora::{DoraFacts, NewIncident};
 mod releases;
 // gates:
@@ -276,6 +277,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "login links",
         include_str!("../migrations/0015_login_links.sql"),
+    ),
+    // console:
+    (
+        16,
+        "deployment series",
+        include_str!("../migrations/0016_deployment_series.sql"),
     ),
     (
         17,

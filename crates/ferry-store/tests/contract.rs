@@ -1984,6 +1984,96 @@ pub async fn login_links_are_single_use_and_expire(store: Store, _url: String) {
     );
 }
 
+// console: each rollout's traffic per version, for the charts
+pub async fn deployment_series_round_trip_and_stay_bounded(store: Store, _url: String) {
+    use ferry_core::series::{SeriesPoint, VersionSeries};
+    let a = finished(
+        &store,
+        "shop",
+        "prod",
+        "2.0",
+        DeploymentState::Succeeded,
+        1_000,
+    )
+    .await;
+    let b = finished(
+        &store,
+        "shop",
+        "dev",
+        "2.0",
+        DeploymentState::Succeeded,
+        1_000,
+    )
+    .await;
+    let point = |t: i64, requests: u64, p95_us: Option<u64>| SeriesPoint {
+        t_ms: t,
+        span_ms: 1_000,
+        requests,
+        errors: requests / 10,
+        p95_us,
+    };
+    assert_eq!(store.deployment_series(a.id).await.unwrap(), vec![]);
+    let first = vec![
+        ("2.0".to_string(), point(2_000, 10, Some(1_500))),
+        ("1.0".to_string(), point(2_000, 90, None)),
+        // u64 counts beyond i64 are stored clamped, not refused
+        ("1.0".to_string(), point(3_000, u64::MAX, Some(u64::MAX))),
+    ];
+    store.append_series(a.id, &first, 4).await.unwrap();
+    store
+        .append_series(b.id, &[("2.0".to_string(), point(2_000, 1, None))], 4)
+        .await
+        .unwrap();
+    // the same time again is kept as it was
+    store
+        .append_series(a.id, &[("2.0".to_string(), point(2_000, 99, None))], 4)
+        .await
+        .unwrap();
+    let clamped = i64::MAX as u64;
+    assert_eq!(
+        store.deployment_series(a.id).await.unwrap(),
+        vec![
+            VersionSeries {
+                version: "1.0".into(),
+                points: vec![
+                    point(2_000, 90, None),
+                    SeriesPoint {
+                        errors: u64::MAX / 10,
+                        ..point(3_000, clamped, Some(clamped))
+                    }
+                ],
+            },
+            VersionSeries {
+                version: "2.0".into(),
+                points: vec![point(2_000, 10, Some(1_500))],
+            },
+        ],
+        "by version, oldest first; deployments apart"
+    );
+    // Over the bound: the version's points are merged pairwise, the totals kept.
+    let more: Vec<(String, SeriesPoint)> = (3..=5)
+        .map(|i| {
+            (
+                "2.0".to_string(),
+                point(i * 1_000, 10, Some(i as u64 * 100)),
+            )
+        })
+        .collect();
+    store.append_series(a.id, &more, 3).await.unwrap();
+    let series = store.deployment_series(a.id).await.unwrap();
+    let canary = &series[1].points;
+    assert_eq!(canary.len(), 2, "{canary:?}");
+    assert_eq!(canary.iter().map(|p| p.requests).sum::<u64>(), 40);
+    assert_eq!(canary.iter().map(|p| p.span_ms).sum::<i64>(), 4_000);
+    assert_eq!((canary[0].t_ms, canary[0].p95_us), (3_000, Some(1_500)));
+    assert_eq!((canary[1].t_ms, canary[1].p95_us), (5_000, Some(500)));
+    assert_eq!(series[0].points.len(), 2, "the other version untouched");
+    assert_eq!(
+        store.deployment_series(b.id).await.unwrap()[0].points.len(),
+        1
+    );
+}
+
 // gates:
 // alerts:
 pub async fn alerts_are_replaced_per_rule_with_their_history_and_silences(
@@ -3051,6 +3141,7 @@ on_every_engine!(
     alerts_are_replaced_per_rule_with_their_history_and_silences,
     // console:
     login_links_are_single_use_and_expire,
+    deployment_series_round_trip_and_stay_bounded,
     // config:
     replica_configs_are_recorded_and_listed,
     // flags:

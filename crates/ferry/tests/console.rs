@@ -827,8 +827,9 @@ async fn event_streams_end_when_the_server_stops() {
     .await;
 }
 
-/// `ferry users login-link NAME` (manage_users): the link logs that user into the console
-/// once; opened again it is refused and shows the login form; someone without manage_users
+/// `ferry users login-link NAME` (manage_users): opening the link shows a "Sign in" button
+/// and uses nothing up (a link-preview bot leaves it valid); the button logs that user into
+/// the console once; used again it is refused and shows the login form; someone without manage_users
 /// cannot make one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_time_login_links_work_once() {
@@ -855,9 +856,36 @@ async fn one_time_login_links_work_once() {
             out.stderr
         );
 
-        let mut browser = Browser::new(&ferry);
         let path = &link[ferry.url.len()..];
-        let first = browser.get(path).await;
+        // A chat app's link-preview bot fetches the link (twice, without cookies): it gets a
+        // page with a "Sign in" button, and the link stays valid.
+        for _ in 0..2 {
+            let mut bot = Browser::new(&ferry);
+            let preview = bot.get(path).await;
+            assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
+            assert!(
+                preview.body.contains(">Sign in</button>"),
+                "{}",
+                preview.body
+            );
+            assert!(
+                preview.body.contains(&format!("action=\"{path}\"")),
+                "the button posts the link: {}",
+                preview.body
+            );
+            assert!(
+                !bot.cookies.contains_key("ferry_session"),
+                "a GET signs nobody in"
+            );
+        }
+        let mut browser = Browser::new(&ferry);
+        let page = browser.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        // The button's POST is guarded like the login form: without the page's CSRF token
+        // (another site's form) it is refused and uses nothing up.
+        let forged = browser.post(path, &[("csrf", "0")]).await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+        let first = browser.post(path, &[("csrf", &csrf(&page.body))]).await;
         assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.body);
         assert_eq!(first.location(), "/");
         let cookies = first.set_cookies();
@@ -873,7 +901,9 @@ async fn one_time_login_links_work_once() {
         assert!(dashboard.body.contains("vic"), "{}", dashboard.body);
 
         let mut other = Browser::new(&ferry);
-        let again = other.get(path).await;
+        let page = other.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let again = other.post(path, &[("csrf", &csrf(&page.body))]).await;
         assert_eq!(again.status, StatusCode::UNAUTHORIZED);
         assert!(again.body.contains("used already"), "{}", again.body);
         assert!(
@@ -886,7 +916,9 @@ async fn one_time_login_links_work_once() {
             "no session"
         );
 
-        let unknown = other.get("/login/link/ferry_0000").await;
+        let unknown = other
+            .post("/login/link/ferry_0000", &[("csrf", &csrf(&page.body))])
+            .await;
         assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
 
         let refused = common::run(&ferry, &vic, &["users", "login-link", "vic"], None).await;
@@ -1157,6 +1189,124 @@ async fn console_flags_page_switches_flags_by_role_with_csrf() {
             )
             .await;
         assert_eq!(archive.status, StatusCode::NOT_FOUND, "{}", archive.body);
+    })
+    .await;
+}
+
+/// A real canary under load: the controller samples each version's traffic, the API's
+/// deployment detail carries it (`series`), and the deployment page draws it — request
+/// rate, error rate and p95 per version as SVG with a title, a description and the same
+/// figures as a table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_deployment_page_charts_each_versions_traffic() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.replicas = 2;
+        // the canary answers 20 % errors, 30 ms slower
+        spec.prelude =
+            "if [ \"$VERSION\" = 2.0.0 ]; then export DEMO_ERROR_RATE=0.2 DEMO_LATENCY_MS=30; fi;"
+                .into();
+        spec.strategy = "{ canary: { steps: [{ weight: 50 }, { pause: 10m }] } }".into();
+        ferry
+            .apply(&ferry.write_manifest(&spec, "ferry.yaml"))
+            .await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
+        let load = common::Load::start(&spec.listener(), 2);
+        load.warm_up(20).await;
+        let out = ferry
+            .cli(&[
+                "deploy",
+                "shop",
+                "--env",
+                "production",
+                "--version",
+                "2.0.0",
+                "-o",
+                "json",
+            ])
+            .await;
+        assert_eq!(out.code, 0, "deploy:\n{out}");
+        let id = out.json()["id"].as_i64().expect("deployment id");
+        // Wait until both versions have served in at least two sampled intervals.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let series = loop {
+            let detail = ferry.deployment(id).await;
+            let served = |version: &str| {
+                detail
+                    .series
+                    .iter()
+                    .find(|s| s.version == version)
+                    .map_or(0, |s| s.points.iter().filter(|p| p.requests > 0).count())
+            };
+            if served("1.0.0") >= 2 && served("2.0.0") >= 2 {
+                break detail.series;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no traffic sampled for both versions: {:?}",
+                detail.series
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        load.stop().await;
+        let canary = series
+            .iter()
+            .find(|s| s.version == "2.0.0")
+            .expect("canary");
+        let errors: u64 = canary.points.iter().map(|p| p.errors).sum();
+        let requests: u64 = canary.points.iter().map(|p| p.requests).sum();
+        assert!(errors > 0 && errors < requests, "{canary:?}");
+        assert!(
+            canary
+                .points
+                .iter()
+                .any(|p| p.p95_us.is_some_and(|us| us >= 30_000)),
+            "the canary's p95 shows its 30 ms: {canary:?}"
+        );
+        for s in &series {
+            assert!(s.points.windows(2).all(|w| w[0].t_ms < w[1].t_ms), "{s:?}");
+            assert!(
+                s.points
+                    .iter()
+                    .all(|p| p.span_ms > 0 && p.errors <= p.requests)
+            );
+        }
+
+        let (mut vic, _) = Browser::logged_in(&ferry, "vic").await;
+        let page = vic.get(&format!("/deployments/{id}")).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let section = page
+            .body
+            .split("<section id=\"charts\"")
+            .nth(1)
+            .and_then(|rest| rest.split("</section>").next())
+            .unwrap_or_else(|| panic!("no charts section: {}", page.body));
+        assert_eq!(section.matches("role=\"img\"").count(), 3, "{section}");
+        // one line per version in each chart: the stable one (v0), the canary (v1)
+        assert_eq!(
+            section
+                .matches("data-version=\"1.0.0\"><path class=\"line v0\"")
+                .count(),
+            3
+        );
+        assert_eq!(
+            section
+                .matches("data-version=\"2.0.0\"><path class=\"line v1\"")
+                .count(),
+            3
+        );
+        assert!(
+            section.contains("<circle class=\"dot v1\""),
+            "points drawn: {section}"
+        );
+        assert!(section.contains("2.0.0 peaks at"), "{section}");
+        assert!(
+            section.matches("<td>2.0.0</td>").count() >= 2,
+            "the figures as a table: {section}"
+        );
     })
     .await;
 }

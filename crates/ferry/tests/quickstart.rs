@@ -52,7 +52,42 @@ fn check_login_link(link: &str, api: u16, data: &std::path::Path) {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
-        let first = http.get(link).send().await.expect("open the link");
+        // Opening the link (as a chat app's preview bot would) shows a "Sign in" button and
+        // uses nothing up; the button (a POST with the page's CSRF token) signs in.
+        let sign_in = || async {
+            let page = http.get(link).send().await.expect("open the link");
+            assert_eq!(page.status(), reqwest::StatusCode::OK);
+            let cookie = page
+                .headers()
+                .get_all(reqwest::header::SET_COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find(|c| c.starts_with("ferry_login="))
+                .and_then(|c| c.split(';').next())
+                .expect("the sign-in form's cookie")
+                .to_string();
+            let body = page.text().await.unwrap_or_default();
+            assert!(body.contains(">Sign in</button>"), "{body}");
+            let csrf = body
+                .split("name=\"csrf\" value=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .expect("the sign-in form's CSRF field")
+                .to_string();
+            http.post(link)
+                .header(reqwest::header::COOKIE, cookie)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(format!("csrf={csrf}"))
+                .send()
+                .await
+                .expect("sign in")
+        };
+        let preview = http.get(link).send().await.expect("preview the link");
+        assert_eq!(preview.status(), reqwest::StatusCode::OK);
+        let first = sign_in().await;
         assert_eq!(first.status(), reqwest::StatusCode::SEE_OTHER);
         let session = first
             .headers()
@@ -77,7 +112,7 @@ fn check_login_link(link: &str, api: u16, data: &std::path::Path) {
         );
         assert!(body.contains("demo"), "the dashboard shows the app: {body}");
 
-        let again = http.get(link).send().await.expect("open the link again");
+        let again = sign_in().await;
         assert_eq!(again.status(), reqwest::StatusCode::UNAUTHORIZED);
         assert!(!again.headers().contains_key(reqwest::header::LOCATION));
         let body = again.text().await.unwrap_or_default();

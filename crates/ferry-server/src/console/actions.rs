@@ -88,16 +88,29 @@ pub(crate) async fn login(
     session_cookie(&headers, &answer.body, next)
 }
 
-/// `GET /login/link/{token}`: a one-time login link (from `ferry quickstart` or
-/// `POST /v1/login-links`). The API exchanges it for a session once (and audits it); the
-/// session goes into the cookie, and the browser on to the dashboard. A used or expired link
-/// shows the login form with why.
+/// `POST /login/link/{token}` (the "Sign in" button of the link's page): uses a one-time
+/// login link (from `ferry quickstart` or `POST /v1/login-links`). The API exchanges it for
+/// a session once (and audits it); the session goes into the cookie, and the browser on to
+/// the dashboard. A used or expired link shows the login form with why. Guarded like the
+/// login form (same origin, double-submit CSRF cookie), so no other site can sign a
+/// browser in as someone else.
 pub(crate) async fn login_link(
     State(console): State<Console>,
     headers: HeaderMap,
     extensions: Extensions,
     Path(token): Path<String>,
+    Form(form): Form<CsrfForm>,
 ) -> Response {
+    if !same_origin(&headers) {
+        return cross_site();
+    }
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !same_secret(&form.csrf, expected) {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "This sign-in form is not from this console (CSRF check failed); open the link again.",
+        );
+    }
     let answer = console
         .api(
             None,

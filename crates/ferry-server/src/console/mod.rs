@@ -20,6 +20,7 @@
 //!   inline script or style.
 
 mod actions;
+mod charts;
 mod dora;
 mod flags;
 mod live;
@@ -74,7 +75,10 @@ pub(crate) fn mount(api: Router, state: AppState) -> Router {
     let routes = Router::new()
         .route("/", get(pages::dashboard))
         .route("/login", get(pages::login_form).post(actions::login))
-        .route("/login/link/{token}", get(actions::login_link))
+        .route(
+            "/login/link/{token}",
+            get(pages::login_link_page).post(actions::login_link),
+        )
         .route("/logout", post(actions::logout))
         .route("/apps/{app}", get(pages::app))
         .route("/apps/{app}/dora", get(dora::page))

@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use super::views::{
     ActionForm, AnalysisRow, AppPage, AppRow, AuditPage, AuditRow, Cell, Dashboard, DeploymentPage,
-    DiffRow, EnvView, EventRow, GateView, HookView, LoginPage, Nav, Page, ReleaseRow, RolloutBox,
-    RolloutRow, UserRow, UsersPage, WaitingRow, Weight,
+    DiffRow, EnvView, EventRow, GateView, HookView, LoginLinkPage, LoginPage, Nav, Page,
+    ReleaseRow, RolloutBox, RolloutRow, UserRow, UsersPage, WaitingRow, Weight,
 };
 use super::{Console, Failure, Session, cookie, safe_next, seg};
 use crate::auth::rfc3339;
@@ -84,10 +84,7 @@ pub(crate) fn login_page(
     error: &str,
     notice: &str,
 ) -> Response {
-    let csrf = cookie(headers, super::LOGIN_COOKIE)
-        .filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_string)
-        .unwrap_or_else(|| crate::auth::hex(&rand::random::<[u8; 32]>()));
+    let csrf = login_csrf(headers);
     let status = if error.is_empty() {
         StatusCode::OK
     } else {
@@ -105,6 +102,38 @@ pub(crate) fn login_page(
     response.headers_mut().insert(
         header::SET_COOKIE,
         super::set_cookie(headers, super::LOGIN_COOKIE, &csrf, 3600),
+    );
+    response
+}
+
+/// The login forms' double-submit CSRF token: the browser's `ferry_login` cookie, or a new one.
+fn login_csrf(headers: &HeaderMap) -> String {
+    cookie(headers, super::LOGIN_COOKIE)
+        .filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::auth::hex(&rand::random::<[u8; 32]>()))
+}
+
+/// `GET /login/link/{token}`: the page of a one-time login link, with a "Sign in" button
+/// (a POST to the same address, which uses the link). A GET uses nothing up, so a chat
+/// app's link-preview bot leaves the link valid.
+pub(crate) async fn login_link_page(headers: HeaderMap, Path(token): Path<String>) -> Response {
+    let csrf = login_csrf(&headers);
+    let mut response = LoginLinkPage {
+        nav: Nav::default(),
+        csrf: csrf.clone(),
+        // A token is `ferry_` and 64 hex digits; anything longer is not one.
+        token: token.chars().take(128).collect(),
+    }
+    .into_page(StatusCode::OK);
+    let headers_out = response.headers_mut();
+    headers_out.insert(
+        header::SET_COOKIE,
+        super::set_cookie(&headers, super::LOGIN_COOKIE, &csrf, 3600),
+    );
+    headers_out.insert(
+        header::HeaderName::from_static("x-robots-tag"),
+        header::HeaderValue::from_static("noindex, nofollow"),
     );
     response
 }
@@ -431,6 +460,14 @@ async fn deployment_page(
             waiting_for: r.waiting_for.unwrap_or_default(),
         }),
         analysis: detail.analysis.iter().map(AnalysisRow::of).collect(),
+        charts: super::charts::charts(
+            &detail.series,
+            &[
+                d.previous_version.as_deref().unwrap_or_default(),
+                &d.version,
+            ],
+            d.created_at_ms,
+        ),
         events: detail
             .events
             .iter()

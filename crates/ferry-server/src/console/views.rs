@@ -61,6 +61,16 @@ pub(crate) struct LoginPage {
     pub notice: String,
 }
 
+/// `GET /login/link/{token}`: a "Sign in" button that POSTs the link; opening the page (as
+/// a chat app's link preview does) uses nothing up.
+#[derive(Template)]
+#[template(path = "console/login_link.html")]
+pub(crate) struct LoginLinkPage {
+    pub nav: Nav,
+    pub csrf: String,
+    pub token: String,
+}
+
 /// One environment of one app on the dashboard.
 pub(crate) struct Cell {
     pub present: bool,
@@ -246,6 +256,8 @@ pub(crate) struct DeploymentPage {
     pub finished: String,
     pub rollout: Option<RolloutBox>,
     pub analysis: Vec<AnalysisRow>,
+    /// Request rate, error rate and p95 per version over the rollout (None: no sample).
+    pub charts: Option<super::charts::Charts>,
     pub events: Vec<EventRow>,
     pub last_seq: i64,
     pub gates: Vec<GateView>,

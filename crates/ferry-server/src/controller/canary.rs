@@ -91,11 +91,19 @@ impl Controller {
         let background_key = (deployment.id, u64::MAX);
         let (stage_spec, background_spec) = progressive::wants(plan, &progress, now);
         let analysing = progress.stage_run.is_some() || progress.background_run.is_some();
-        let stats = if analysing {
+        // console: the rollout's per-version traffic, sampled for the deployment page's charts.
+        let chart_due = self.series.due(deployment.id, now);
+        let stats = if analysing || chart_due {
             self.proxy.stats().await.ok()
         } else {
             None
         };
+        if let Some(stats) = stats.as_ref().filter(|_| chart_due) {
+            let versions = [canary, stable.as_str()];
+            self.series
+                .record(&self.store, deployment.id, &listener, &versions, stats, now)
+                .await;
+        }
         let mut stage_measurements = None;
         let mut background_measurements = None;
         if let Some(stats) = &stats {
