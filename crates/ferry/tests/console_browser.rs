@@ -392,7 +392,10 @@ async fn the_console_in_chromium() {
         browser.screenshot(&shots.join("login.png")).await;
         browser.login(&console, "alice").await;
 
-        // A canary moves: its page follows the weight without a reload.
+        // A canary moves under a little load: its page follows the weight without a
+        // reload, and charts each version's traffic.
+        let load = common::Load::start(&spec.listener(), 1);
+        load.warm_up(5).await;
         let canary = deploy(&ferry, "staging", "2.0.0", "alice").await;
         browser.goto(&format!("{console}/deployments/{canary}")).await;
         let first_weight = browser
@@ -408,6 +411,25 @@ async fn the_console_in_chromium() {
         browser
             .wait_text("#state", "the canary finished", |t| t == "succeeded")
             .await;
+        load.stop().await;
+        // The charts (filled in live when the page was opened before the first sample).
+        browser
+            .wait_text("#charts", "the charts", |t| t.contains("Request rate"))
+            .await;
+        let lines = browser
+            .exec(
+                "return document.querySelectorAll('#chart-rate path.line').length;",
+                json!([]),
+            )
+            .await;
+        assert_eq!(lines, 2, "one line per version");
+        browser
+            .exec(
+                "document.getElementById('charts').scrollIntoView(); return 1;",
+                json!([]),
+            )
+            .await;
+        browser.screenshot(&shots.join("deployment-charts.png")).await;
         let same = browser
             .exec("return window.__sameDocument || 'reloaded';", json!([]))
             .await;

@@ -109,6 +109,12 @@
       li.append(time, ' ', kind, ' ', text);
       timeline.appendChild(li);
     });
+    // The charts follow the rollout: redrawn by the server every 5 s until it ends.
+    var charts = window.setInterval(function () {
+      if (document.getElementById('charts')) {
+        refresh('#charts');
+      }
+    }, 5000);
     source.addEventListener('status', function (message) {
       var s = JSON.parse(message.data);
       if (typeof s.canary === 'number') {
@@ -128,6 +134,7 @@
     });
     source.addEventListener('end', function () {
       source.close();
+      window.clearInterval(charts);
       say('This deployment is over.');
       refresh('[data-live-part]');
     });
