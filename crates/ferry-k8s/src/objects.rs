@@ -700,30 +700,14 @@ pub fn hook_job(release: &Release<'_>, attempt: &HookAttempt<'_>) -> Result<Job,
         labels.clone(),
     );
     metadata.annotations = version_annotation(release.version);
-    Ok(Job {
+    Ok(run_once_job(
         metadata,
-        spec: Some(JobSpec {
-            backoff_limit: Some(0),
-            active_deadline_seconds: Some(seconds(hook.timeout())),
-            ttl_seconds_after_finished: Some(HOOK_JOB_TTL_SECONDS),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod_spec(
-                    service,
-                    vec![container],
-                    user,
-                    group,
-                    Some("Never"),
-                    seconds(service.stop_timeout.get()),
-                )),
-            },
-            ..JobSpec::default()
-        }),
-        ..Job::default()
-    })
+        labels,
+        hook.timeout(),
+        service,
+        container,
+        (user, group),
+    ))
 }
 
 /// Objects as a multi-document YAML stream (`---` between documents).
@@ -792,7 +776,27 @@ pub fn task_job(
     };
     let mut metadata = meta(names::task_job(name), &namespace, labels.clone());
     metadata.annotations = version_annotation(release.version);
-    Ok(Job {
+    Ok(run_once_job(
+        metadata,
+        labels,
+        timeout,
+        service,
+        container,
+        (user, group),
+    ))
+}
+
+/// A Job that runs `container` once (no retry) in `service`'s locked-down pod, stopped by
+/// Kubernetes after `timeout` and removed some time after it finished: hooks and tasks.
+fn run_once_job(
+    metadata: ObjectMeta,
+    labels: BTreeMap<String, String>,
+    timeout: std::time::Duration,
+    service: &ServiceSpec,
+    container: Container,
+    (user, group): (Option<i64>, Option<i64>),
+) -> Job {
+    Job {
         metadata,
         spec: Some(JobSpec {
             backoff_limit: Some(0),
@@ -815,5 +819,5 @@ pub fn task_job(
             ..JobSpec::default()
         }),
         ..Job::default()
-    })
+    }
 }
