@@ -462,13 +462,14 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     check_env(&state, &app, &env).await?;
+    // Guards before flags, as in `show`.
+    let guards = state.store.latest_flag_guards(&app, &env, None).await?;
     let flags = state.store.list_flags(&app, &env, q.archived).await?;
     let revision = state
         .store
         .flag_revision(&app, &env)
         .await?
         .map_or(0, |r| r.0);
-    let guards = state.store.latest_flag_guards(&app, &env, None).await?;
     let flags: Vec<FlagSummary> = flags
         .iter()
         .map(|f| {
@@ -493,6 +494,14 @@ pub async fn show(
     Path((app, env, flag)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
     check_env(&state, &app, &env).await?;
+    // The guard is read before the flag: a guard step writes both in one transaction, so
+    // an ended guard is never shown beside the flag as it was before its last step.
+    let guard = state
+        .store
+        .latest_flag_guards(&app, &env, Some(&flag))
+        .await?
+        .pop()
+        .map(|g| guard_view(&g));
     let record = state
         .store
         .get_flag(&app, &env, &flag)
@@ -507,12 +516,6 @@ pub async fn show(
         .store
         .flag_metrics(&app, &env, Some(&flag), since)
         .await?;
-    let guard = state
-        .store
-        .latest_flag_guards(&app, &env, Some(&flag))
-        .await?
-        .pop()
-        .map(|g| guard_view(&g));
     Ok(Json(json!({
         "summary": summary(&record),
         "feature": record.feature,
