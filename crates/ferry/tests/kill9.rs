@@ -3,7 +3,7 @@
 //! timeline), restarted on the same data directory, and every rollout must converge to the
 //! same end: succeeded, 100% of the new version, no orphan process, no step applied twice,
 //! and zero failed client requests through the proxy, which keeps serving meanwhile. The same
-//! on a real Docker engine (rolling and canary), where "no orphan, no duplicate" is counted
+//! on a real Docker engine (rolling, canary and blue/green), where "no orphan, no duplicate" is counted
 //! through the engine by label, and teardown must leave no container.
 
 mod common;
@@ -86,6 +86,28 @@ async fn kill9_canary_on_docker() {
         RuntimeKind::Docker,
         "canary on docker",
         strategy.to_string(),
+        &[0, 300],
+        6,
+    )
+    .await;
+}
+
+/// The same mid blue/green (preview, promotion after a bake, scale-down delay), on Docker.
+#[cfg(feature = "docker")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_blue_green_on_docker() {
+    if !docker::engine_or_skip() {
+        return;
+    }
+    docker::demo_versions(&["1.0.0", "1.1.0", "1.2.0"]);
+    let strategy = format!(
+        "{{ blue_green: {{ auto_promote: false, auto_promote_after: 1s, scale_down_delay: 1s, preview_listen: \"127.0.0.1:{}\" }} }}",
+        free_port()
+    );
+    kill9_many_points(
+        RuntimeKind::Docker,
+        "blue/green on docker",
+        strategy,
         &[0, 300],
         6,
     )
