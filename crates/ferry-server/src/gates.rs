@@ -84,16 +84,17 @@ pub async fn history(
 }
 
 /// Check results and overrides recorded for a deployment, and the firing alerts that hold
-/// deployments into its environment.
-pub async fn facts(store: &Store, deployment: &DeploymentRecord) -> Result<Facts, StoreError> {
+/// deployments into its environment (under `manifest`, the app's latest), at `now`.
+pub async fn facts(
+    store: &Store,
+    manifest: Option<&Manifest>,
+    deployment: &DeploymentRecord,
+    now: i64,
+) -> Result<Facts, StoreError> {
     // alerts:
-    let manifest: Option<Manifest> = store
-        .get_app(&deployment.app)
-        .await?
-        .and_then(|r| serde_json::from_str(&r.manifest_json).ok());
     let alerts = match manifest {
         Some(m) => {
-            crate::alerts::gate_facts(store, &m, &deployment.app, &deployment.env, now_ms()).await?
+            crate::alerts::gate_facts(store, m, &deployment.app, &deployment.env, now).await?
         }
         None => None,
     };
@@ -113,7 +114,11 @@ pub async fn report_for(
 ) -> Result<GateReport, StoreError> {
     let history = history(store, deployment, env_gates).await?;
     let approvals = store.approvals(deployment.id).await?;
-    let facts = facts(store, deployment).await?;
+    let manifest: Option<Manifest> = store
+        .get_app(&deployment.app)
+        .await?
+        .and_then(|r| serde_json::from_str(&r.manifest_json).ok());
+    let facts = facts(store, manifest.as_ref(), deployment, now).await?;
     Ok(gates::report(
         env_gates,
         &history,
@@ -163,8 +168,9 @@ impl CheckRunner {
         deployment: &DeploymentRecord,
         env_gates: &Gates,
         results: &[CheckResult],
-        now: i64,
+        clock: &Arc<dyn crate::clock::Clock>,
     ) {
+        let now = clock.now_ms();
         let mut base_dir: Option<Option<PathBuf>> = None;
         // What a command check runs with: the environment's variables and secrets.
         let mut command_env: Option<CommandEnv> = None;
@@ -206,13 +212,14 @@ impl CheckRunner {
             let runner = self.clone();
             let store = store.clone();
             let check = check.clone();
+            let clock = clock.clone();
             tokio::spawn(async move {
                 let (passed, explanation) = runner.run(&check, &subject).await;
                 let result = CheckResult {
                     name: check.name.clone(),
                     passed,
                     explanation,
-                    at_ms: now_ms(),
+                    at_ms: clock.now_ms(),
                 };
                 if let Err(e) = store
                     .record_check_result(subject.deployment_id, &result)

@@ -98,7 +98,7 @@ impl Controller {
                                 deployment,
                                 &due,
                                 &[],
-                                scope.now,
+                                &self.clock,
                             )
                             .await;
                     }

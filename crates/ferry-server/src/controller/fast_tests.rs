@@ -584,3 +584,110 @@ async fn a_restart_grants_no_new_infrastructure_retry_window() {
     // The window was closed with the verdict.
     assert_eq!(sim.deployment(id).await.infra_failing_since_ms, None);
 }
+
+/// Gate facts are judged at the controller's clock, not the wall clock: a silence that
+/// covers the manual clock's "now" lifts a firing `block_promotions` alert, and once the
+/// clock passes its end the alert holds the next deployment again.
+#[tokio::test]
+async fn a_silenced_alert_is_judged_by_the_controllers_clock() {
+    use ferry_core::alerts::{AlertInstance, AlertStatus, Silence};
+    let alerts = "alerts:\n  - name: errors\n    condition: error_rate > 1%\n    for: 1m\n    \
+                  severity: critical\n    actions: { block_promotions: true }\n";
+    let mut sim = Sim::new(&manifest("rolling", alerts)).await;
+    let now = sim.controller.now_ms();
+    let firing = AlertInstance {
+        rule: "errors".into(),
+        series: String::new(),
+        labels: Default::default(),
+        status: AlertStatus::Firing,
+        active_since_ms: now,
+        last_active_ms: now,
+        fired_at_ms: Some(now),
+        resolved_at_ms: None,
+        value: 0.5,
+        fired_value: Some(0.5),
+        acted: true,
+    };
+    let write = ferry_store::AlertWrite {
+        alerts: &[firing],
+        events: &[],
+        notifications: &[],
+        incidents: &[],
+    };
+    sim.store
+        .save_alerts("shop", "production", "errors", &write, now)
+        .await
+        .expect("alert");
+    sim.store
+        .create_silence(&Silence {
+            id: 0,
+            app: "shop".into(),
+            env: "production".into(),
+            alert: "errors".into(),
+            created_by: "user:admin".into(),
+            reason: "known, fixing".into(),
+            created_at_ms: now,
+            until_ms: now + 3_600_000,
+            ended_by: None,
+        })
+        .await
+        .expect("silence");
+    let id = sim.deploy("shop", "production", "1.0").await;
+    sim.until_state(id, DeploymentState::Succeeded).await;
+    sim.advance(Duration::from_secs(3_601));
+    let id = sim.deploy("shop", "production", "2.0").await;
+    let held = sim.until_state(id, DeploymentState::Blocked).await;
+    assert_eq!(held.version, "2.0");
+    let timeline = sim.timeline(id).await;
+    assert!(timeline.contains("errors"), "{timeline}");
+}
+
+/// A failing gate check runs again once its interval has passed by the controller's clock
+/// (its result is stamped with that clock, not the wall clock).
+#[tokio::test]
+async fn a_failing_gate_check_runs_again_after_its_interval() {
+    let mut sim = Sim::new(&manifest(
+        "rolling\n    gates:\n      checks: [{ name: ci, run: [\"ci-check\"], interval: 30s }]",
+        "",
+    ))
+    .await;
+    sim.world.script_tasks(|_| TaskEnd::Exited(1));
+    let id = sim.deploy("shop", "production", "1.0").await;
+    let runs = |sim: &Sim| {
+        sim.world
+            .task_names()
+            .iter()
+            .filter(|n| n.starts_with("check-ci-"))
+            .count()
+    };
+    sim.until_state(id, DeploymentState::Blocked).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sim
+        .store
+        .check_results(id)
+        .await
+        .expect("results")
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the check never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..5 {
+        sim.pass().await;
+    }
+    assert_eq!(runs(&sim), 1, "not again within its interval");
+    sim.advance(Duration::from_secs(31));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while runs(&sim) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the check never ran again"
+        );
+        sim.pass().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sim.deployment(id).await.state, DeploymentState::Blocked);
+}

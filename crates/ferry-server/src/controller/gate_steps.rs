@@ -35,9 +35,9 @@ impl Controller {
         let env_gates = env_gates.unwrap_or_default();
         let history = crate::gates::history(&self.store, deployment, &env_gates).await?;
         let approvals = self.store.approvals(deployment.id).await?;
-        let facts = crate::gates::facts(&self.store, deployment).await?;
-        let announced = lock(&self.unmet_gates).get(&deployment.id).cloned();
         let now = self.now_ms();
+        let facts = crate::gates::facts(&self.store, Some(manifest), deployment, now).await?;
+        let announced = lock(&self.unmet_gates).get(&deployment.id).cloned();
         let plan = steps::gates::step(&steps::gates::Snapshot {
             deployment,
             gates: &env_gates,
