@@ -183,9 +183,114 @@ pub fn live_canary_weight(live: &Value, service: &str) -> Option<u32> {
     None
 }
 
+/// How one service's traffic maps onto its two gateway Services: which version each
+/// selects, and the canary's weight (basis points).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// The version `SERVICE-stable` selects.
+    pub stable: String,
+    /// The version `SERVICE-canary` selects (the stable one when a single version serves).
+    pub canary: String,
+    /// `SERVICE-canary`'s weight; `SERVICE-stable` gets the rest of [`TOTAL_WEIGHT`].
+    pub canary_weight: u32,
+}
+
+/// The [`Split`] of one service from the controller's route table: `shares` are (version,
+/// basis points) of the versions with ready replicas, `new` the version being rolled out.
+/// A Gateway route holds two sides, so: one version serving → both Services select it and
+/// the canary weighs 0; the new version beside others → it is the canary, the heaviest
+/// other version the stable one, and the canary's weight is its share of the two. `None`:
+/// no version is ready, and the route is left as it is (a weight never points at a side
+/// without ready pods).
+pub fn split(shares: &[(String, u32)], new: Option<&str>) -> Option<Split> {
+    let heaviest = |skip: Option<&str>| {
+        shares
+            .iter()
+            .filter(|(version, _)| Some(version.as_str()) != skip)
+            .fold(None::<&(String, u32)>, |best, share| match best {
+                Some(best) if best.1 >= share.1 => Some(best),
+                _ => Some(share),
+            })
+    };
+    let top = heaviest(None)?;
+    let canary = new
+        .and_then(|new| shares.iter().find(|(version, _)| version == new))
+        .unwrap_or_else(|| heaviest(Some(&top.0)).unwrap_or(top));
+    let Some(stable) = heaviest(Some(&canary.0)) else {
+        return Some(Split {
+            stable: canary.0.clone(),
+            canary: canary.0.clone(),
+            canary_weight: 0,
+        });
+    };
+    let total = u64::from(stable.1) + u64::from(canary.1);
+    let canary_weight = (u64::from(canary.1) * u64::from(TOTAL_WEIGHT) + total / 2)
+        .checked_div(total)
+        .map_or(0, |share| u32::try_from(share).unwrap_or(TOTAL_WEIGHT));
+    Some(Split {
+        stable: stable.0.clone(),
+        canary: canary.0.clone(),
+        canary_weight,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shares(list: &[(&str, u32)]) -> Vec<(String, u32)> {
+        list.iter().map(|(v, w)| (v.to_string(), *w)).collect()
+    }
+
+    fn sides(split: Option<Split>) -> Option<(String, String, u32)> {
+        split.map(|s| (s.stable, s.canary, s.canary_weight))
+    }
+
+    #[test]
+    fn a_route_table_splits_into_a_stable_and_a_canary_side() {
+        let both = |stable: &str, canary: &str, weight| {
+            Some((stable.to_string(), canary.to_string(), weight))
+        };
+        // One version serving: both Services select it, the canary weighs nothing.
+        assert_eq!(
+            sides(split(&shares(&[("1", 10_000)]), None)),
+            both("1", "1", 0)
+        );
+        assert_eq!(
+            sides(split(&shares(&[("1", 10_000)]), Some("2"))),
+            both("1", "1", 0),
+            "the new version has no ready replica yet"
+        );
+        // A canary step, whatever the order of the shares.
+        assert_eq!(
+            sides(split(&shares(&[("2", 1_000), ("1", 9_000)]), Some("2"))),
+            both("1", "2", 1_000)
+        );
+        assert_eq!(
+            sides(split(&shares(&[("1", 9_000), ("2", 1_000)]), Some("2"))),
+            both("1", "2", 1_000)
+        );
+        // All traffic on the new version while the old one still has ready replicas.
+        assert_eq!(
+            sides(split(&shares(&[("2", 10_000), ("1", 0)]), Some("2"))),
+            both("1", "2", 10_000)
+        );
+        // A rolling update splits by replica counts; a third version left over is dropped
+        // and the two sides are renormalised.
+        assert_eq!(
+            sides(split(
+                &shares(&[("1", 5_000), ("0", 1_000), ("2", 4_000)]),
+                Some("2")
+            )),
+            both("1", "2", 4_444)
+        );
+        // No deployment in progress: the heaviest version is the stable one.
+        assert_eq!(
+            sides(split(&shares(&[("1", 2_500), ("2", 7_500)]), None)),
+            both("2", "1", 2_500)
+        );
+        assert_eq!(split(&[], Some("2")), None, "nothing ready: no change");
+    }
 
     fn route() -> Value {
         json!({

@@ -41,12 +41,23 @@ use ferry_runtime::{
 use kube::api::{Api, ListParams, LogParams};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::client::{Cluster, ClusterError, JobEnd};
+use crate::client::{Applied, Cluster, ClusterError, JobEnd};
+use crate::gateway::{self, Split};
 use crate::names;
 use crate::objects::{self, LABEL_APP, LABEL_ENV, LABEL_SERVICE, LABEL_VERSION, Release};
 
 /// How often the Deployments and EndpointSlices are read, by default.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
+/// How long a `traffic: gateway` split that has not changed is trusted before the route is
+/// read again (a GET; a write only if someone put other weights back).
+pub const GATEWAY_RESYNC: Duration = Duration::from_secs(60);
+
+/// (namespace, HTTPRoute, service).
+type RouteKey = (String, String, String);
+
+/// One service's traffic in the controller's route table: the service, and (version, basis
+/// points) for each version with ready replicas.
+pub type ServiceShares = (String, Vec<(String, u32)>);
 
 /// What the runtime knows of one environment.
 #[derive(Clone)]
@@ -74,6 +85,8 @@ struct Inner {
     events: broadcast::Sender<RuntimeEvent>,
     /// Serializes the writes that change a Deployment's replica count.
     writes: tokio::sync::Mutex<()>,
+    /// `traffic: gateway`: the split last written per (namespace, route, service), and when.
+    gateway: Mutex<BTreeMap<RouteKey, (Split, tokio::time::Instant)>>,
 }
 
 /// See the module documentation. Cheap to clone.
@@ -115,6 +128,7 @@ impl KubernetesRuntime {
             replicas: Mutex::new(BTreeMap::new()),
             events,
             writes: tokio::sync::Mutex::new(()),
+            gateway: Mutex::new(BTreeMap::new()),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(poll_loop(weak, poll));
@@ -204,6 +218,81 @@ impl KubernetesRuntime {
             .await
             .map_err(|e| engine(&what, e))?;
         Ok(())
+    }
+
+    /// `traffic: gateway`: makes the environment's HTTPRoute split each service as the
+    /// controller's route table does (`traffic`; `new` is the version being rolled out):
+    /// first `SERVICE-stable` and `SERVICE-canary` select the two versions
+    /// ([`gateway::split`]), then the route's weights are set. Nothing is sent for a split
+    /// written less than [`GATEWAY_RESYNC`] ago, and the cluster sees no write when the
+    /// Services and the weights already are right. Returns how many objects were written;
+    /// 0 for an environment that is not `traffic: gateway`.
+    pub async fn route_gateway(
+        &self,
+        app: &str,
+        env: &str,
+        new: Option<&str>,
+        traffic: &[ServiceShares],
+    ) -> Result<usize, RuntimeError> {
+        let environment = self.environment(app, env)?;
+        let Some(route) = environment
+            .manifest
+            .environments
+            .get(env)
+            .and_then(|e| e.kubernetes.as_ref())
+            .filter(|k| k.traffic == ferry_core::manifest::kubernetes::Traffic::Gateway)
+            .and_then(|k| k.route.clone())
+        else {
+            return Ok(0);
+        };
+        let namespace = objects::namespace_name(&environment.manifest, env);
+        let cluster = &self.inner.cluster;
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(cluster.client(), &namespace);
+        let mut written = 0;
+        for (service, shares) in traffic {
+            let Some(split) = gateway::split(shares, new) else {
+                continue;
+            };
+            let key = (namespace.clone(), route.clone(), service.clone());
+            let fresh = lock(&self.inner.gateway)
+                .get(&key)
+                .is_some_and(|(last, at)| *last == split && at.elapsed() < GATEWAY_RESYNC);
+            if fresh {
+                continue;
+            }
+            let what = format!("HTTPRoute {route} of {app}/{env}, service {service}");
+            // The selectors first: a weight moves only onto a Service that already selects
+            // its version (the canary's weight is 0 until then, or its version is the same).
+            for (role, version) in [("canary", &split.canary), ("stable", &split.stable)] {
+                let release = Release {
+                    manifest: &environment.manifest,
+                    env,
+                    version,
+                    secrets: &[],
+                };
+                let object = objects::gateway_service(&release, &namespace, service, role);
+                if cluster
+                    .apply(&services, &object)
+                    .await
+                    .map_err(|e| engine(&what, e))?
+                    == Applied::Written
+                {
+                    written += 1;
+                }
+            }
+            let canary_weight = split.canary_weight;
+            if cluster
+                .set_weights(&namespace, &route, service, canary_weight)
+                .await
+                .map_err(|e| engine(&what, e))?
+            {
+                written += 1;
+            }
+            tracing::debug!(%app, %env, %service, canary = %split.canary, canary_weight, "gateway route in step");
+            lock(&self.inner.gateway).insert(key, (split, tokio::time::Instant::now()));
+        }
+        Ok(written)
     }
 
     fn emit(&self, event: RuntimeEvent) {

@@ -1051,6 +1051,217 @@ async fn a_task_runs_once_as_a_job_with_its_secrets_from_the_secret() {
     );
 }
 
+const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/shop-prod/httproutes/shop";
+const PROD_SERVICES: &str = "/api/v1/namespaces/shop-prod/services";
+
+/// The production environment's HTTPRoute as its GitOps repository has it: all traffic on
+/// `web-stable`.
+fn gitops_route(fake: &Fake) {
+    fake.put(
+        ROUTE,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": "shop", "namespace": "shop-prod", "resourceVersion": "3" },
+            "spec": { "parentRefs": [{ "name": "public" }],
+                      "rules": [{ "backendRefs": [
+                          { "name": "web-stable", "port": 80, "weight": 10000 },
+                          { "name": "web-canary", "port": 80, "weight": 0 } ] }] }
+        }),
+    );
+}
+
+/// (stable weight, canary weight) of the live route.
+fn live_weights(fake: &Fake) -> (Value, Value) {
+    let state = fake.lock();
+    let refs = &state.objects[ROUTE]["spec"]["rules"][0]["backendRefs"];
+    (refs[0]["weight"].clone(), refs[1]["weight"].clone())
+}
+
+/// The version label the live gateway Service `web-ROLE` selects.
+fn selects(fake: &Fake, role: &str) -> Value {
+    fake.lock().objects[&format!("{PROD_SERVICES}/web-{role}")]["spec"]["selector"]
+        ["ferry.dev/version"]
+        .clone()
+}
+
+fn web(shares: &[(&str, u32)]) -> Vec<(String, Vec<(String, u32)>)> {
+    vec![(
+        "web".to_string(),
+        shares.iter().map(|(v, w)| (v.to_string(), *w)).collect(),
+    )]
+}
+
+#[tokio::test]
+async fn gateway_traffic_follows_the_route_table_through_a_canary_and_a_rollback() {
+    let fake = Fake::default();
+    gitops_route(&fake);
+    let rt = runtime(&fake);
+    rt.configure(&common::manifest(), "production", BTreeMap::new());
+    let label = |version: &str| json!(names::label_value(version));
+
+    // Before the rollout: V1 serves; both Services are created selecting it, and the
+    // route already has these weights: no write to it.
+    let n = rt
+        .route_gateway("shop", "production", None, &web(&[(V1, 10_000)]))
+        .await
+        .expect("stable");
+    assert_eq!(n, 2);
+    assert_eq!(
+        writes(&fake),
+        [
+            format!("PATCH {PROD_SERVICES}/web-canary"),
+            format!("PATCH {PROD_SERVICES}/web-stable")
+        ]
+    );
+    assert!(fake.seen().contains(&format!("GET {ROUTE}")));
+    assert_eq!(
+        (selects(&fake, "stable"), selects(&fake, "canary")),
+        (label(V1), label(V1))
+    );
+
+    // The canary at 10 %: web-canary selects V2 first, then the weights move.
+    fake.forget_requests();
+    rt.route_gateway(
+        "shop",
+        "production",
+        Some(V2),
+        &web(&[(V2, 1_000), (V1, 9_000)]),
+    )
+    .await
+    .expect("10 %");
+    assert_eq!(
+        writes(&fake),
+        [
+            format!("PATCH {PROD_SERVICES}/web-canary"),
+            format!("PATCH {ROUTE}")
+        ],
+        "the selector before the weight; web-stable unchanged"
+    );
+    assert_eq!(selects(&fake, "canary"), label(V2));
+    assert_eq!(live_weights(&fake), (json!(9_000), json!(1_000)));
+    let patch = fake
+        .requests()
+        .into_iter()
+        .find(|s| s.line() == format!("PATCH {ROUTE}"))
+        .expect("route patch");
+    assert_eq!(patch.content_type, "application/apply-patch+yaml");
+    assert_eq!(
+        query_param(&patch.query, "fieldManager").as_deref(),
+        Some("ferry")
+    );
+    assert!(
+        patch.body["spec"].get("parentRefs").is_none(),
+        "the rest of the route is left to GitOps"
+    );
+
+    // The same table again (the controller's next pass): nothing sent at all.
+    fake.forget_requests();
+    let n = rt
+        .route_gateway(
+            "shop",
+            "production",
+            Some(V2),
+            &web(&[(V2, 1_000), (V1, 9_000)]),
+        )
+        .await
+        .expect("unchanged");
+    assert_eq!(n, 0);
+    assert!(fake.seen().is_empty(), "{:?}", fake.seen());
+
+    // 50 %, then 100 %: the weights alone.
+    for (canary, stable) in [(5_000, 5_000), (10_000, 0)] {
+        fake.forget_requests();
+        rt.route_gateway(
+            "shop",
+            "production",
+            Some(V2),
+            &web(&[(V2, canary), (V1, stable)]),
+        )
+        .await
+        .expect("step");
+        assert_eq!(writes(&fake), [format!("PATCH {ROUTE}")]);
+        assert_eq!(live_weights(&fake), (json!(stable), json!(canary)));
+    }
+    // V1's replicas are gone: V2 is the stable version, web-canary weighs 0 again.
+    fake.forget_requests();
+    rt.route_gateway("shop", "production", None, &web(&[(V2, 10_000)]))
+        .await
+        .expect("done");
+    assert_eq!(
+        writes(&fake),
+        [
+            format!("PATCH {PROD_SERVICES}/web-stable"),
+            format!("PATCH {ROUTE}")
+        ],
+        "web-stable selects V2 before it gets the weight"
+    );
+    assert_eq!(
+        (selects(&fake, "stable"), selects(&fake, "canary")),
+        (label(V2), label(V2))
+    );
+    assert_eq!(live_weights(&fake), (json!(10_000), json!(0)));
+
+    // V3 canary at 25 %, then a rollback: its replicas are no longer ready, the weights go
+    // back to V2 and web-canary selects V2 again.
+    rt.route_gateway(
+        "shop",
+        "production",
+        Some(V3),
+        &web(&[(V3, 2_500), (V2, 7_500)]),
+    )
+    .await
+    .expect("V3 at 25 %");
+    assert_eq!(live_weights(&fake), (json!(7_500), json!(2_500)));
+    assert_eq!(selects(&fake, "canary"), label(V3));
+    fake.forget_requests();
+    rt.route_gateway("shop", "production", Some(V3), &web(&[(V2, 10_000)]))
+        .await
+        .expect("rollback");
+    assert_eq!(
+        writes(&fake),
+        [
+            format!("PATCH {PROD_SERVICES}/web-canary"),
+            format!("PATCH {ROUTE}")
+        ]
+    );
+    assert_eq!(live_weights(&fake), (json!(10_000), json!(0)));
+    assert_eq!(selects(&fake, "canary"), label(V2));
+
+    // Nothing ready (e.g. every pod restarting): the route is left as it is.
+    fake.forget_requests();
+    rt.route_gateway("shop", "production", Some(V3), &web(&[]))
+        .await
+        .expect("nothing ready");
+    assert!(fake.seen().is_empty());
+
+    // An environment that is not `traffic: gateway` has no route to set.
+    assert_eq!(
+        rt.route_gateway("shop", "staging", None, &web(&[(V1, 10_000)]))
+            .await
+            .expect("staging"),
+        0
+    );
+    assert!(fake.seen().is_empty());
+
+    // A route that does not list the service's two backends: a located error.
+    fake.lock().objects.get_mut(ROUTE).expect("route")["spec"]["rules"][0]["backendRefs"][1]["name"] =
+        json!("web-preview");
+    let error = rt
+        .route_gateway(
+            "shop",
+            "production",
+            Some(V3),
+            &web(&[(V3, 100), (V2, 9_900)]),
+        )
+        .await
+        .unwrap_err();
+    let shown = error.to_string();
+    assert!(
+        shown.contains("HTTPRoute shop has no backendRef to Service web-canary"),
+        "{shown}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Ferry's own RBAC (deploy/kubernetes/ferry.yaml) against the requests the fakes saw.
 
@@ -1101,6 +1312,7 @@ fn ferry_s_own_rbac_grants_every_request_the_runtime_makes_and_nothing_more() {
     a_version_that_never_gets_ready_is_rolled_back();
     a_restarted_server_adopts_the_replicas_its_deployments_have();
     a_task_runs_once_as_a_job_with_its_secrets_from_the_secret();
+    gateway_traffic_follows_the_route_table_through_a_canary_and_a_rollback();
     let used: std::collections::BTreeSet<(String, String, String)> = EVERY_REQUEST
         .lock()
         .expect("every request")

@@ -279,6 +279,41 @@ impl Runtimes {
         })
     }
 
+    /// A `traffic: gateway` environment's route table, per service (version, basis points)
+    /// with `new` the version being rolled out, onto its HTTPRoute's weights and its
+    /// stable/canary Services (`KubernetesRuntime::route_gateway`). Nothing for an
+    /// environment the Kubernetes runtime does not run (yet).
+    pub async fn route_gateway(
+        &self,
+        app: &str,
+        env: &str,
+        new: Option<&str>,
+        traffic: &[(String, Vec<(String, u32)>)],
+    ) -> Result<(), RuntimeError> {
+        #[cfg(feature = "kubernetes")]
+        {
+            let Some(context) = crate::lock(&self.inner.kube_envs)
+                .get(&(app.to_string(), env.to_string()))
+                .cloned()
+            else {
+                return Ok(());
+            };
+            let kube = crate::lock(&self.inner.kube).get(&context).cloned();
+            let Some(kube) = kube else {
+                return Err(RuntimeError::Engine {
+                    what: "the Kubernetes runtime".to_string(),
+                    source: "not connected to the cluster (see the server's log)".into(),
+                });
+            };
+            kube.route_gateway(app, env, new, traffic).await.map(|_| ())
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        {
+            let _ = (app, env, new, traffic);
+            Ok(())
+        }
+    }
+
     pub fn status(&self, id: &str) -> Option<ReplicaStatus> {
         self.owner_of(id).and_then(|runtime| runtime.status(id))
     }

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::tree::Seg;
 use super::validate::Issues;
-use super::{Environment, Manifest, RuntimeKind};
+use super::{Environment, Manifest, RuntimeKind, Strategy};
+use crate::analysis::AnalysisSpec;
 
 /// Longest kubeconfig context name accepted.
 pub const MAX_CONTEXT_BYTES: usize = 253;
@@ -170,6 +171,79 @@ pub(super) fn check(out: &mut Issues, m: &Manifest, name: &str, env: &Environmen
         ),
         _ => {}
     }
+    if k8s.traffic == Traffic::Gateway {
+        check_gateway_strategy(out, &key("strategy"), &env.strategy);
+    }
+}
+
+/// With `traffic: gateway` the requests go through the cluster's Gateway, not Ferry's proxy:
+/// what only the proxy can do (measure each version's requests, keep a client on one side)
+/// is refused where the manifest asks for it.
+fn check_gateway_strategy(out: &mut Issues, base: &[Seg], strategy: &Strategy) {
+    let with = |path: &[Seg], k: &str| {
+        let mut path = path.to_vec();
+        path.push(Seg::Key(k.to_string()));
+        path
+    };
+    let mut analyses: Vec<(Vec<Seg>, &AnalysisSpec)> = Vec::new();
+    match strategy {
+        Strategy::Canary(canary) => {
+            let base = with(base, "canary");
+            for (i, step) in canary.steps.iter().enumerate() {
+                if let Some(analysis) = &step.analysis {
+                    let mut path = with(&base, "steps");
+                    path.push(Seg::Index(i));
+                    analyses.push((with(&path, "analysis"), analysis));
+                }
+            }
+            if let Some(analysis) = &canary.analysis {
+                analyses.push((with(&base, "analysis"), analysis));
+            }
+            if canary.stickiness.is_some() {
+                out.key(
+                    with(&base, "stickiness"),
+                    "stickiness needs Ferry's proxy: with `traffic: gateway` the Gateway splits the requests by weight alone",
+                    Some("remove `stickiness`, or use `traffic: proxy` (docs/kubernetes.md)".into()),
+                );
+            }
+        }
+        Strategy::BlueGreen(blue_green) => {
+            let base = with(base, "blue_green");
+            for (key, analysis) in [
+                ("pre_promotion_analysis", &blue_green.pre_promotion_analysis),
+                (
+                    "post_promotion_analysis",
+                    &blue_green.post_promotion_analysis,
+                ),
+            ] {
+                if let Some(analysis) = analysis {
+                    analyses.push((with(&base, key), analysis));
+                }
+            }
+        }
+        _ => {}
+    }
+    for (path, analysis) in analyses {
+        for (i, metric) in analysis.metrics.iter().enumerate() {
+            let mut at = with(&path, "metrics");
+            at.push(Seg::Index(i));
+            let source = if metric.builtin.is_some() {
+                "builtin"
+            } else if metric.compare.is_some() {
+                "compare"
+            } else {
+                continue;
+            };
+            out.key(
+                with(&at, source),
+                format!(
+                    "metric {}: `{source}` metrics are measured by Ferry's proxy, which the requests do not cross with `traffic: gateway`",
+                    metric.name
+                ),
+                Some("measure the versions with `prometheus:` (e.g. your Gateway's or mesh's request metrics of the Service SERVICE-canary), or use `traffic: proxy`".into()),
+            );
+        }
+    }
 }
 
 /// Every service needs an image on a cluster, and a numeric `user` (Kubernetes' runAsUser).
@@ -283,6 +357,26 @@ mod tests {
                 "    runtime: kubernetes\n",
                 "    image: shop/web\n    user: nobody\n",
                 "ferry.yaml:5:11: services.web.user: environment production runs on `runtime: kubernetes`, which needs a numeric `user`",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      traffic: gateway\n      route: shop\n    strategy:\n      canary:\n        steps:\n          - weight: 10\n            analysis:\n              metrics:\n                - name: up\n                  prometheus: { address: 'http://prometheus:9090', query: 'up' }\n                  min: 1\n                - name: errors\n                  builtin: error_rate\n                  max: 1%\n",
+                IMAGE,
+                "ferry.yaml:22:19: environments.production.strategy.canary.steps[0].analysis.metrics[1].builtin: metric errors: `builtin` metrics are measured by Ferry's proxy, which the requests do not cross with `traffic: gateway`",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      traffic: gateway\n      route: shop\n    strategy:\n      canary:\n        steps: [{ weight: 10 }]\n        stickiness: { header: X-User }\n        analysis:\n          metrics: [{ name: same, compare: { errors: {} } }]\n",
+                IMAGE,
+                "ferry.yaml:15:9: environments.production.strategy.canary.stickiness: stickiness needs Ferry's proxy",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      traffic: gateway\n      route: shop\n    strategy:\n      canary:\n        steps: [{ weight: 10 }]\n        analysis:\n          metrics: [{ name: same, compare: { errors: {} } }]\n",
+                IMAGE,
+                "ferry.yaml:16:35: environments.production.strategy.canary.analysis.metrics[0].compare: metric same: `compare` metrics",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      traffic: gateway\n      route: shop\n    strategy:\n      blue_green:\n        pre_promotion_analysis:\n          metrics: [{ name: p95, builtin: latency_p95, max: 500ms }]\n",
+                IMAGE,
+                "ferry.yaml:15:34: environments.production.strategy.blue_green.pre_promotion_analysis.metrics[0].builtin: metric p95",
             ),
             (
                 "    runtime: kubernetes\n    kubernetes:\n      traffic: sideways\n",

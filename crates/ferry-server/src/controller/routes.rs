@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use ferry_core::manifest::{BlueGreen, Strategy};
+use ferry_core::manifest::kubernetes::Traffic;
+use ferry_core::manifest::{BlueGreen, RuntimeKind, Strategy};
 use ferry_core::model::{DeploymentState, EventKind};
 use ferry_core::rollout::{self, Observed, ServiceInput};
 use ferry_proxy::routes::{
@@ -128,6 +129,13 @@ impl Controller {
                     (Some(_), Some(name)) => self.preview_token(&app.name, env_name, name).await,
                     _ => None,
                 };
+                // `traffic: gateway`: the same split goes onto the cluster's HTTPRoute.
+                let gateway = env.runtime == RuntimeKind::Kubernetes
+                    && env
+                        .kubernetes
+                        .as_ref()
+                        .is_some_and(|k| k.traffic == Traffic::Gateway);
+                let mut gateway_traffic = Vec::new();
                 for (service_name, service) in &manifest.services {
                     let observed: Vec<Observed> = replicas
                         .iter()
@@ -142,6 +150,15 @@ impl Controller {
                         }
                         None => rollout::traffic(&observed),
                     };
+                    if gateway {
+                        gateway_traffic.push((
+                            service_name.clone(),
+                            shares
+                                .iter()
+                                .map(|s| (s.version.clone(), s.weight))
+                                .collect(),
+                        ));
+                    }
                     let backends: Vec<BackendGroup> = shares
                         .into_iter()
                         .map(|share| {
@@ -218,6 +235,23 @@ impl Controller {
                         sticky,
                         upstream_timeout_ms,
                     });
+                }
+                if gateway
+                    && let Err(e) = self
+                        .runtime
+                        .route_gateway(
+                            &app.name,
+                            env_name,
+                            deployment.map(|d| d.version.as_str()),
+                            &gateway_traffic,
+                        )
+                        .await
+                {
+                    // Until the cluster has the new split, the proxy keeps the old one too,
+                    // so that nothing waiting on the table (drains, steps) moves on.
+                    tracing::warn!(app = %app.name, env = env_name, error = %e, "gateway route not set; retrying");
+                    listeners.extend(self.acknowledged_listeners(&app.name, env_name));
+                    continue;
                 }
                 let mut site =
                     ListenerConfig::new(format!("{}/{env_name}", app.name), listen, routes);
