@@ -287,7 +287,9 @@ async fn rekey_fingerprints(store: &Store, key: &MasterKey) -> Result<usize, Ser
     Ok(count)
 }
 
-/// `^[A-Z_][A-Z0-9_]*$`, and not a variable Ferry sets itself.
+/// `^[A-Z_][A-Z0-9_]*$`, and not a variable Ferry sets itself; the registry credentials
+/// of a `runtime: docker` environment ([`crate::runtimes::REGISTRY_USERNAME`],
+/// [`crate::runtimes::REGISTRY_PASSWORD`]) are `FERRY_*` names it reads, never sets.
 pub fn check_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let first_ok = chars
@@ -298,9 +300,17 @@ pub fn check_name(name: &str) -> Result<(), String> {
             "secret name {name:?} must match ^[A-Z_][A-Z0-9_]*$ (an environment variable name)"
         ));
     }
-    if name == "PORT" || name == "VERSION" || name.starts_with("FERRY_") {
+    let registry = [
+        crate::runtimes::REGISTRY_USERNAME,
+        crate::runtimes::REGISTRY_PASSWORD,
+    ];
+    if name == "PORT"
+        || name == "VERSION"
+        || (name.starts_with("FERRY_") && !registry.contains(&name))
+    {
         return Err(format!(
-            "{name} is set by Ferry itself (PORT, VERSION, FERRY_*); pick another name"
+            "{name} is set by Ferry itself (PORT, VERSION, FERRY_* but the registry credentials {}); pick another name",
+            registry.join(", ")
         ));
     }
     Ok(())
@@ -817,11 +827,27 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["DB_PASSWORD", "_X", "A1", "API_KEY_2"] {
+        for ok in [
+            "DB_PASSWORD",
+            "_X",
+            "A1",
+            "API_KEY_2",
+            "FERRY_REGISTRY_USERNAME",
+            "FERRY_REGISTRY_PASSWORD",
+        ] {
             assert!(check_name(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "db", "1A", "A-B", "A B", "PORT", "VERSION", "FERRY_X", "É",
+            "",
+            "db",
+            "1A",
+            "A-B",
+            "A B",
+            "PORT",
+            "VERSION",
+            "FERRY_X",
+            "FERRY_REGISTRY_TOKEN",
+            "É",
         ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }

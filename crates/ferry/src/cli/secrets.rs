@@ -17,7 +17,7 @@ pub enum Command {
         app: String,
         #[arg(long)]
         env: String,
-        /// Variable name: ^[A-Z_][A-Z0-9_]*$, not PORT, VERSION or FERRY_*.
+        /// Variable name: ^[A-Z_][A-Z0-9_]*$, not PORT, VERSION or FERRY_* (FERRY_REGISTRY_USERNAME/_PASSWORD excepted: registry credentials).
         name: String,
     },
     /// List an environment's secrets: names, versions and fingerprints (never values).
