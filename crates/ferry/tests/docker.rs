@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -411,57 +411,242 @@ async fn root_and_missing_images_are_refused_before_any_container() {
     assert!(docker::containers("ferry.owner", &cleanup.0).is_empty());
 }
 
+/// A whole Ferry server whose app runs in a `runtime: docker` environment (`production`):
+/// the tests of the server on the engine hold [`SERIAL`]; every container of this server
+/// is removed when it drops, even when the test fails.
+struct OnDocker {
+    ferry: Ferry,
+    spec: Spec,
+    /// The server's `ferry.owner` label (its data directory).
+    owner: String,
+    _cleanup: Cleanup,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl OnDocker {
+    /// A server (with `server_env`) and `app` on the demo image (`versions` of it tagged),
+    /// `replicas` of service `web`, its manifest applied. `top` is YAML put before
+    /// `environments:` (hooks), `env` lines of the environment (gates); the manifest's
+    /// `image:` is [`docker::DEMO_REPOSITORY`]`:${VERSION}` unless `image` says otherwise.
+    /// None (skipped) without an engine.
+    async fn start(
+        app: &str,
+        versions: &[&str],
+        server_env: &[(&str, &str)],
+        manifest: Manifest<'_>,
+    ) -> Option<OnDocker> {
+        if !docker::engine_or_skip() {
+            return None;
+        }
+        docker::demo_versions(versions);
+        let serial = SERIAL.lock().await;
+        let ferry = Ferry::start_with_env(server_env).await;
+        let owner = ferry.data.display().to_string();
+        let cleanup = Cleanup(owner.clone());
+        let mut spec = Spec::new(app);
+        spec.runtime = ferry_core::manifest::RuntimeKind::Docker;
+        spec.replicas = manifest.replicas;
+        spec.start_timeout = "30s".into();
+        spec.extra_service_yaml = manifest.top.to_string();
+        let path = ferry.write_manifest(&spec, "ferry.yaml");
+        let mut yaml = std::fs::read_to_string(&path).unwrap();
+        yaml.push_str(manifest.env);
+        if let Some(image) = manifest.image {
+            let demo = format!("image: {}:${{VERSION}}", docker::DEMO_REPOSITORY);
+            assert!(yaml.contains(&demo), "{yaml}");
+            yaml = yaml.replace(&demo, &format!("image: {image}"));
+        }
+        std::fs::write(&path, yaml).unwrap();
+        ferry.apply(&path).await;
+        Some(OnDocker {
+            ferry,
+            spec,
+            owner,
+            _cleanup: cleanup,
+            _serial: serial,
+        })
+    }
+
+    /// The replica containers of this server as the engine lists them (any state).
+    fn replicas(&self) -> Vec<docker::Listed> {
+        docker::replica_containers(&self.owner)
+    }
+
+    /// `ferry deploy` without waiting; the deployment's id.
+    async fn deploy(&self, version: &str) -> i64 {
+        let out = self
+            .ferry
+            .cli(&[
+                "deploy",
+                &self.spec.app,
+                "--env",
+                &self.spec.env,
+                "--version",
+                version,
+                "-o",
+                "json",
+            ])
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        out.json()["id"].as_i64().expect("deployment id")
+    }
+
+    /// `ferry abort` of the environment's deployment.
+    async fn abort(&self) {
+        let out = self
+            .ferry
+            .cli(&["abort", &self.spec.app, "--env", &self.spec.env])
+            .await;
+        assert_eq!(out.code, 0, "abort:\n{out}");
+    }
+
+    async fn set_secret(&self, name: &str, value: &str) {
+        let out = self
+            .ferry
+            .cli_with_stdin(
+                &[
+                    "secrets",
+                    "set",
+                    &self.spec.app,
+                    "--env",
+                    &self.spec.env,
+                    name,
+                ],
+                value,
+            )
+            .await;
+        assert_eq!(out.code, 0, "secrets set {name}:\n{out}");
+    }
+
+    /// Stops the server as `drop` does (teardown) and checks the engine holds no container
+    /// of it any more.
+    fn teardown(self) {
+        let OnDocker { ferry, owner, .. } = self;
+        drop(ferry);
+        assert_eq!(
+            docker::containers("ferry.owner", &owner),
+            Vec::<String>::new(),
+            "teardown leaves no container"
+        );
+    }
+}
+
+/// What [`OnDocker::start`] puts into the manifest.
+struct Manifest<'a> {
+    replicas: u32,
+    top: &'a str,
+    env: &'a str,
+    image: Option<&'a str>,
+}
+
+impl Default for Manifest<'_> {
+    fn default() -> Self {
+        Manifest {
+            replicas: 1,
+            top: "",
+            env: "",
+            image: None,
+        }
+    }
+}
+
+/// Polls until the engine lists no container of `owner` carrying `label` (any value):
+/// removal of a finished one-off container may lag its end.
+async fn wait_no_container_with(owner: &str, label: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left: Vec<String> = docker::containers("ferry.owner", owner)
+            .into_iter()
+            .filter(|id| {
+                !docker::inspect(id, &format!("{{{{index .Config.Labels {label:?}}}}}")).is_empty()
+            })
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containers with {label} left: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A `runtime: docker` environment end to end through the real server: a pre_deploy hook in
 /// a one-off container of the new image, a rolling update of 3 containers under load with
-/// no failed request, `ferry logs` from the engine, and teardown leaves no container.
+/// no failed request, `ferry logs` from the engine, locked-down replica containers whose
+/// environment holds their variables and secrets and nothing else (no registry credentials,
+/// nothing of the server's), and teardown leaves no container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_docker_environment_rolls_out_containers_under_load() {
-    if !docker::engine_or_skip() {
-        return;
-    }
-    docker::images();
-    let _serial = SERIAL.lock().await;
     bounded(Duration::from_secs(240), async {
-        let ferry = Ferry::start().await;
-        let owner = ferry.data.display().to_string();
-        let _cleanup = Cleanup(owner.clone());
-        let spec = Spec::new("boxed");
-        let yaml = format!(
-            r#"app: boxed
-services:
-  web:
-    image: ferry-test/demo:${{VERSION}}
-    replicas: 3
-    stop_timeout: 5s
-    resources: {{ memory: 128Mi, cpus: 0.5 }}
-    health: {{ path: /health, interval: 300ms, timeout: 300ms, start_timeout: 30s }}
-hooks:
+        let hooks = r#"hooks:
   pre_deploy:
     - name: migrate
-      run: ["/bin/sh", "-c", "echo migrating to $VERSION from ${{PREVIOUS_VERSION:-nothing}}"]
-environments:
-  production:
-    listen: {listen}
-    runtime: docker
-"#,
-            listen = spec.listener(),
-        );
-        let manifest = ferry.dir.path().join("ferry.yaml");
-        std::fs::write(&manifest, yaml).unwrap();
-        ferry.apply(&manifest).await;
-        ferry.deploy_ok(&spec, "1.0.0").await;
-        ferry.assert_serves(&spec, "1.0.0").await;
-        let first = docker::containers("ferry.owner", &owner);
+      run: ["/bin/sh", "-c", "echo migrating to $VERSION from ${PREVIOUS_VERSION:-nothing} with ${DB_PASSWORD:+a} password, registry ${FERRY_REGISTRY_PASSWORD:-not} given"]
+"#;
+        let manifest = Manifest {
+            replicas: 3,
+            top: hooks,
+            ..Manifest::default()
+        };
+        let server_env = [("FERRY_TEST_SERVER_ONLY", "server-only-value")];
+        let Some(t) = OnDocker::start("boxed", &["1.0.0", "1.1.0"], &server_env, manifest).await
+        else {
+            return;
+        };
+        let (ferry, spec) = (&t.ferry, &t.spec);
+        t.set_secret("DB_PASSWORD", "db-s3cr3t").await;
+        t.set_secret("FERRY_REGISTRY_USERNAME", "robot").await;
+        t.set_secret("FERRY_REGISTRY_PASSWORD", "registry-s3cr3t").await;
+        ferry.deploy_ok(spec, "1.0.0").await;
+        ferry.assert_serves(spec, "1.0.0").await;
+        let first = t.replicas();
         assert_eq!(first.len(), 3, "three replica containers: {first:?}");
+
+        // Each replica: locked down, and its environment is what the app needs.
+        for container in &first {
+            let id = &container.id;
+            assert_eq!(docker::inspect(id, "{{.Config.User}}"), "65534:65534");
+            assert_eq!(docker::inspect(id, "{{.HostConfig.ReadonlyRootfs}}"), "true");
+            assert_eq!(docker::inspect(id, "{{json .HostConfig.CapDrop}}"), "[\"ALL\"]");
+            assert_eq!(
+                docker::inspect(id, "{{json .HostConfig.SecurityOpt}}"),
+                "[\"no-new-privileges\"]"
+            );
+            assert_eq!(docker::inspect(id, "{{.HostConfig.Memory}}"), "134217728");
+            let env: Vec<String> =
+                serde_json::from_str(&docker::inspect(id, "{{json .Config.Env}}")).unwrap();
+            let names: BTreeSet<&str> = env
+                .iter()
+                .map(|var| var.split_once('=').map_or(var.as_str(), |(name, _)| name))
+                .collect();
+            assert_eq!(
+                names,
+                BTreeSet::from([
+                    "DB_PASSWORD",
+                    "FERRY_APP",
+                    "FERRY_ENV",
+                    "FERRY_REPLICA_ID",
+                    "FERRY_SERVICE",
+                    "FERRY_TEST_MARK",
+                    "HOST",
+                    "PORT",
+                    "VERSION",
+                ]),
+                "{env:?}"
+            );
+            assert!(env.contains(&"DB_PASSWORD=db-s3cr3t".to_string()), "{env:?}");
+        }
 
         let load = Load::start(&spec.listener(), 4);
         load.warm_up(100).await;
-        ferry.deploy_ok(&spec, "1.1.0").await;
+        ferry.deploy_ok(spec, "1.1.0").await;
         let done = tokio::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(700)).await;
         let origin = load.started_wall_ms;
         let report = load.stop().await;
-        report.assert_no_failures(&ferry.timelines(&spec, origin).await);
+        report.assert_no_failures(&ferry.timelines(spec, origin).await);
         assert_eq!(
             report.versions_sent_after(done),
             ["1.1.0".to_string()].into(),
@@ -470,12 +655,8 @@ environments:
         // The old containers are gone, three new ones run, found by label.
         let deadline = std::time::Instant::now() + WAIT;
         loop {
-            let now = docker::containers("ferry.owner", &owner);
-            let versions: Vec<String> = now
-                .iter()
-                .map(|id| docker::inspect(id, "{{index .Config.Labels \"ferry.version\"}}"))
-                .collect();
-            if now.len() == 3 && versions.iter().all(|v| v == "1.1.0") {
+            let versions: Vec<String> = t.replicas().into_iter().map(|c| c.version).collect();
+            if versions == ["1.1.0"; 3] {
                 break;
             }
             assert!(
@@ -485,23 +666,21 @@ environments:
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
 
-        // The hook ran in a one-off container of the new image (its output captured).
+        // The hook ran in a one-off container of the new image (its output captured), with
+        // the secrets but not the registry's credentials (those are for the pull only).
         let out = ferry
             .cli(&["logs", "boxed", "--env", "production", "--hook", "migrate"])
             .await;
         assert!(
-            out.stdout.contains("migrating to 1.1.0 from 1.0.0"),
+            out.stdout
+                .contains("migrating to 1.1.0 from 1.0.0 with a password, registry not given"),
             "hook output:\n{out}"
         );
         // Replica logs through the Engine API.
         let out = ferry.cli(&["logs", "boxed", "--env", "production"]).await;
         assert!(out.stdout.contains("listening on 127.0.0.1"), "{out}");
 
-        drop(ferry);
-        assert!(
-            docker::containers("ferry.owner", &owner).is_empty(),
-            "teardown leaves no container"
-        );
+        t.teardown();
     })
     .await;
 }
@@ -512,56 +691,34 @@ environments:
 /// again; the container is removed, teardown leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hook_container_runs_once_across_a_kill_9_of_the_server() {
-    if !docker::engine_or_skip() {
-        return;
-    }
-    docker::images();
-    let _serial = SERIAL.lock().await;
     bounded(Duration::from_secs(180), async {
-        let mut ferry = Ferry::start().await;
-        let owner = ferry.data.display().to_string();
-        let _cleanup = Cleanup(owner.clone());
-        let spec = Spec::new("once");
-        let yaml = format!(
-            r#"app: once
-services:
-  web:
-    image: ferry-test/demo:${{VERSION}}
-    replicas: 1
-    stop_timeout: 5s
-    health: {{ path: /health, interval: 300ms, timeout: 300ms, start_timeout: 30s }}
-hooks:
+        let hooks = r#"hooks:
   pre_deploy:
     - name: migrate
       run: ["/bin/sh", "-c", "echo migration $FERRY_HOOK_RUN_ID begins; sleep 4; echo migration ends"]
       timeout: 60s
-environments:
-  production:
-    listen: {listen}
-    runtime: docker
-"#,
-            listen = spec.listener(),
-        );
-        let manifest = ferry.dir.path().join("ferry.yaml");
-        std::fs::write(&manifest, yaml).unwrap();
-        ferry.apply(&manifest).await;
-        let out = ferry
-            .cli(&["deploy", "once", "--env", "production", "--version", "1.0.0", "-o", "json"])
-            .await;
-        assert_eq!(out.code, 0, "{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
-        ferry
+"#;
+        let manifest = Manifest {
+            top: hooks,
+            ..Manifest::default()
+        };
+        let Some(mut t) = OnDocker::start("once", &["1.0.0"], &[], manifest).await else {
+            return;
+        };
+        let id = t.deploy("1.0.0").await;
+        t.ferry
             .wait_for_event(id, WAIT, |e| e.message.starts_with("migrate: started"))
             .await;
         // The hook's container runs (nothing else does yet): the server dies now.
         let deadline = std::time::Instant::now() + WAIT;
-        while docker::containers("ferry.owner", &owner).is_empty() {
+        while docker::containers("ferry.owner", &t.owner).is_empty() {
             assert!(std::time::Instant::now() < deadline, "no hook container");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ferry.kill9_server();
-        ferry.start_server().await;
+        t.ferry.kill9_server();
+        t.ferry.start_server().await;
 
+        let ferry = &t.ferry;
         let done = ferry.wait_terminal(id, Duration::from_secs(90)).await;
         let timeline = ferry.timeline(id).await;
         assert_eq!(done.state, DeploymentState::Succeeded, "{timeline}");
@@ -579,17 +736,277 @@ environments:
         assert_eq!(out.stdout.matches("begins").count(), 1, "{out}");
         assert!(out.stdout.contains("migration ends"), "{out}");
         // Only the replica's container is left; teardown removes it.
-        let left = docker::containers("ferry.owner", &owner);
+        let left = docker::containers("ferry.owner", &t.owner);
         assert_eq!(left.len(), 1, "{left:?}");
         assert!(
             docker::inspect(&left[0], "{{index .Config.Labels \"ferry.task\"}}").is_empty(),
             "the hook's container is gone"
         );
-        drop(ferry);
-        assert!(
-            docker::containers("ferry.owner", &owner).is_empty(),
-            "teardown leaves no container"
+        t.teardown();
+    })
+    .await;
+}
+
+/// Gate command checks in a `runtime: docker` environment run in one-off containers of the
+/// image of the version waiting at the gate, with its secrets (redacted from the record) and
+/// without the registry's credentials: a passing check lets the deployment start, a failing
+/// one holds it with its last output line in the gate record, a check that outlives its
+/// `timeout` is stopped and its container removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gate_command_checks_run_in_one_off_containers() {
+    bounded(Duration::from_secs(180), async {
+        // `/ferry-demo` exists in the image only (not on this host).
+        let gates = r#"    gates:
+      checks:
+        - name: smoke
+          run: ["/bin/sh", "-c", "test -x /ferry-demo || exit 9; test -z \"$FERRY_REGISTRY_PASSWORD\" || exit 8; case $VERSION in 2.*) echo checking; echo not ready: $VERSION with $CHECK_TOKEN; exit 1;; esac"]
+          interval: 300ms
+          timeout: 30s
+        - name: slow
+          run: ["/bin/sh", "-c", "case $VERSION in 3.*) echo sleeping; sleep 300;; esac"]
+          interval: 1h
+          timeout: 3s
+"#;
+        let manifest = Manifest {
+            env: gates,
+            ..Manifest::default()
+        };
+        let Some(t) =
+            OnDocker::start("gated", &["1.0.0", "2.0.0", "3.0.0"], &[], manifest).await
+        else {
+            return;
+        };
+        let ferry = &t.ferry;
+        t.set_secret("CHECK_TOKEN", "check-s3cr3t").await;
+        t.set_secret("FERRY_REGISTRY_USERNAME", "robot").await;
+        t.set_secret("FERRY_REGISTRY_PASSWORD", "registry-s3cr3t").await;
+
+        // Both pass: the deployment starts.
+        let first = t.deploy("1.0.0").await;
+        let done = ferry.wait_terminal(first, WAIT).await;
+        let timeline = ferry.timeline(first).await;
+        assert_eq!(done.state, DeploymentState::Succeeded, "{timeline}");
+        for check in ["smoke", "slow"] {
+            assert!(
+                timeline.contains(&format!("gate checks:{check}: met (passed: exit 0)")),
+                "{timeline}"
+            );
+        }
+
+        // Failing: the deployment waits, the record holds the check's last line.
+        let failing = t.deploy("2.0.0").await;
+        let report = wait_gate(ferry, failing, "smoke", |row| row["state"] == "failed").await;
+        let detail = row(&report, "smoke")["detail"].as_str().unwrap().to_string();
+        assert_eq!(
+            detail, "exit 1: not ready: 2.0.0 with [redacted] (re-run every 300ms)",
+            "{report:#}"
         );
+        assert_eq!(report["deployment"]["state"], "blocked", "{report:#}");
+        assert_eq!(t.replicas().len(), 1, "nothing of 2.0.0 started");
+        ferry.assert_serves(&t.spec, "1.0.0").await;
+        t.abort().await;
+        wait_no_container_with(&t.owner, "ferry.task").await;
+
+        // Too slow: stopped at its timeout, its container removed, the deployment held.
+        let slow = t.deploy("3.0.0").await;
+        let report = wait_gate(ferry, slow, "slow", |row| row["state"] == "failed").await;
+        let detail = row(&report, "slow")["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("/bin/sh did not finish within 3s"),
+            "{report:#}"
+        );
+        assert_eq!(report["deployment"]["state"], "blocked", "{report:#}");
+        // Only `smoke` (every 300 ms) may run on: `slow` runs again in an hour.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let slow_left = docker::containers("ferry.owner", &t.owner)
+                .into_iter()
+                .filter(|id| {
+                    docker::inspect(id, "{{index .Config.Labels \"ferry.task\"}}")
+                        .starts_with("check-slow-")
+                })
+                .count();
+            if slow_left == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the timed-out check's container is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        t.abort().await;
+        wait_no_container_with(&t.owner, "ferry.task").await;
+        t.teardown();
+    })
+    .await;
+}
+
+/// Polls `GET /v1/deployments/{id}/gates` until the row of check `name` satisfies `pred`;
+/// the whole report.
+async fn wait_gate(
+    ferry: &Ferry,
+    id: i64,
+    name: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, report) = ferry.api_get(&format!("/v1/deployments/{id}/gates")).await;
+        assert!(status.is_success(), "gates of {id}: {status} {report}");
+        if report["gates"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r["gate"] == format!("checks:{name}") && pred(r))
+        }) {
+            return report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "check {name} never got there: {report:#}\n{}",
+            ferry.timeline(id).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The row of check `name` in a gates report.
+fn row<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["gates"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["gate"] == format!("checks:{name}")))
+        .unwrap_or_else(|| panic!("no row checks:{name} in {report:#}"))
+}
+
+/// A registry on loopback that wants Basic credentials and has no image: without the
+/// right credentials 401, with them `/v2/` answers and every manifest is unknown (404, with
+/// a message of its own). Remembers each request's `Authorization`.
+struct Registry {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+const REGISTRY_MESSAGE: &str = "manifest unknown: this registry has no such version";
+
+impl Registry {
+    async fn start(expected_authorization: String) -> Registry {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (log, expected) = (log.clone(), expected_authorization.clone());
+                tokio::spawn(async move {
+                    // One request per connection, its head bounded.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let Some(path) = head.split_whitespace().nth(1).map(str::to_string) else {
+                        return; // not HTTP (the engine tries TLS first)
+                    };
+                    let authorization = head.lines().find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("authorization")
+                            .then(|| value.trim().to_string())
+                    });
+                    let allowed = authorization.as_deref() == Some(expected.as_str());
+                    log.lock().unwrap().push(authorization);
+                    let (status, body) = match (allowed, path.as_str()) {
+                        (false, _) => (
+                            "401 Unauthorized",
+                            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#.to_string(),
+                        ),
+                        (true, "/v2/") => ("200 OK", "{}".to_string()),
+                        (true, _) => (
+                            "404 Not Found",
+                            format!(r#"{{"errors":[{{"code":"MANIFEST_UNKNOWN","message":"{REGISTRY_MESSAGE}","detail":null}}]}}"#),
+                        ),
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                         docker-distribution-api-version: registry/2.0\r\n\
+                         www-authenticate: Basic realm=\"ferry-test\"\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        Registry { port, seen }
+    }
+}
+
+/// An image pulled from a registry with the environment's credentials (its secrets
+/// `FERRY_REGISTRY_USERNAME`/`_PASSWORD`), which the registry does not have: the deployment
+/// fails before any traffic moves, with the registry's own message on its timeline; the old
+/// containers keep serving every request and no container of the new version is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pull_failure_fails_the_deployment_before_traffic_moves() {
+    use base64::Engine as _;
+    bounded(Duration::from_secs(180), async {
+        let authorization = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("robot:registry-s3cr3t")
+        );
+        let registry = Registry::start(authorization.clone()).await;
+        // 1.0.0 is there locally; 2.0.0 must be pulled.
+        let image = format!("127.0.0.1:{}/ferry-test/demo", registry.port);
+        if docker::engine_or_skip() {
+            docker::images();
+            docker::tag(docker::DEMO_IMAGE, &format!("{image}:1.0.0"));
+        }
+        let templated = format!("{image}:${{VERSION}}");
+        let manifest = Manifest {
+            replicas: 2,
+            image: Some(&templated),
+            ..Manifest::default()
+        };
+        let Some(t) = OnDocker::start("pulled", &[], &[], manifest).await else {
+            return;
+        };
+        let (ferry, spec) = (&t.ferry, &t.spec);
+        t.set_secret("FERRY_REGISTRY_USERNAME", "robot").await;
+        t.set_secret("FERRY_REGISTRY_PASSWORD", "registry-s3cr3t")
+            .await;
+        ferry.deploy_ok(spec, "1.0.0").await;
+        assert!(
+            registry.seen.lock().unwrap().is_empty(),
+            "a local image is not pulled"
+        );
+        let load = Load::start(&spec.listener(), 2);
+        load.warm_up(50).await;
+        let id = t.deploy("2.0.0").await;
+        let done = ferry.wait_terminal(id, WAIT).await;
+        let timeline = ferry.timeline(id).await;
+        assert_eq!(done.state, DeploymentState::RolledBack, "{timeline}");
+        assert!(
+            timeline.contains(&format!("pulling image {image}:2.0.0 failed"))
+                && timeline.contains(REGISTRY_MESSAGE),
+            "the registry's message:\n{timeline}"
+        );
+        assert!(!timeline.contains("registry-s3cr3t"), "{timeline}");
+        assert!(
+            registry.seen.lock().unwrap().contains(&Some(authorization)),
+            "the credentials reached the registry: {:?}",
+            registry.seen.lock().unwrap()
+        );
+        let origin = load.started_wall_ms;
+        let report = load.stop().await;
+        report.assert_no_failures(&ferry.timelines(spec, origin).await);
+        assert_eq!(report.versions(), ["1.0.0".to_string()].into());
+        let versions: Vec<String> = t.replicas().into_iter().map(|c| c.version).collect();
+        assert_eq!(versions, ["1.0.0"; 2], "only the old containers");
+        t.teardown();
+        docker::untag(&format!("{image}:1.0.0"));
     })
     .await;
 }

@@ -76,12 +76,22 @@ pub fn demo_versions(versions: &[&str]) {
     }
 }
 
-fn tag(image: &str, as_tag: &str) {
+/// `docker tag IMAGE AS_TAG`.
+pub fn tag(image: &str, as_tag: &str) {
     let out = Command::new("docker")
         .args(["tag", image, as_tag])
         .output()
         .expect("docker tag");
     assert!(out.status.success(), "docker tag {as_tag}: {out:?}");
+}
+
+/// Removes a tag a test added (`docker rmi TAG`: the image stays under its other tags).
+pub fn untag(tag: &str) {
+    let out = Command::new("docker")
+        .args(["rmi", tag])
+        .output()
+        .expect("docker rmi");
+    assert!(out.status.success(), "docker rmi {tag}: {out:?}");
 }
 
 /// One container, as the engine lists it.
