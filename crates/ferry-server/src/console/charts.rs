@@ -7,14 +7,20 @@
 
 use ferry_core::series::{SeriesPoint, VersionSeries};
 
-/// The SVG's coordinate system (`viewBox="0 0 WIDTH HEIGHT"`), scaled to the page's width.
-pub(crate) const WIDTH: f64 = 640.0;
-pub(crate) const HEIGHT: f64 = 200.0;
-/// The plot area inside it (room for the axes' labels on the left and below).
-const LEFT: f64 = 56.0;
-const RIGHT: f64 = 632.0;
+/// The SVG's coordinate system (`viewBox="0 0 WIDTH HEIGHT"`), scaled to the chart's width.
+/// Narrow on purpose: a chart is about as wide on a phone (~340 px) as in a desktop
+/// grid, so the axis labels (`FONT` units, console.css) render at about their size in CSS
+/// pixels: ≥ 11 px from 300 px of chart width up.
+pub(crate) const WIDTH: f64 = 360.0;
+pub(crate) const HEIGHT: f64 = 210.0;
+/// The axis labels' font size in SVG units (console.css says the same).
+const FONT: f64 = 14.0;
+/// The plot area inside it: room for the y labels on the left, the x labels below, and
+/// half of the right-most x label (centred on the axis's end) on the right.
+const LEFT: f64 = 44.0;
+const RIGHT: f64 = 334.0;
 const TOP: f64 = 10.0;
-const BOTTOM: f64 = 168.0;
+const BOTTOM: f64 = 180.0;
 /// Versions drawn, at most (a rollout has two).
 const MAX_VERSIONS: usize = 4;
 
@@ -67,6 +73,12 @@ pub(crate) struct Charts {
     pub legend: Vec<(String, String)>,
     pub width: f64,
     pub height: f64,
+    /// The plot area's left and right edges (the grid lines).
+    pub left: f64,
+    pub right: f64,
+    /// Where the y labels end (right-aligned) and the x labels' baseline.
+    pub y_label_x: f64,
+    pub x_label_y: f64,
 }
 
 /// A metric drawn by one chart.
@@ -223,6 +235,10 @@ pub(crate) fn charts(series: &[VersionSeries], order: &[&str], start_ms: i64) ->
         legend,
         width: WIDTH,
         height: HEIGHT,
+        left: LEFT,
+        right: RIGHT,
+        y_label_x: LEFT - 6.0,
+        x_label_y: BOTTOM + FONT + 4.0,
     })
 }
 
@@ -328,10 +344,10 @@ mod tests {
         // x: 0…5 s (3 s rounded up); y: 0…50 req/s (40 rounded up)
         assert_eq!(rate.x_ticks.last().map(|t| t.label.as_str()), Some("5s"));
         assert_eq!(rate.y_ticks.last().map(|t| t.label.as_str()), Some("50"));
-        assert_eq!(rate.y_ticks.first().map(|t| t.at.as_str()), Some("168.0"));
-        // 40 req/s at t=1 s: x = 56 + 1/5 × 576, y = 168 − 40/50 × 158
+        assert_eq!(rate.y_ticks.first().map(|t| t.at.as_str()), Some("180.0"));
+        // 40 req/s at t=1 s: x = 44 + 1/5 × 290, y = 180 − 40/50 × 170
         assert!(
-            rate.lines[0].path.starts_with("M171.2 41.6 L"),
+            rate.lines[0].path.starts_with("M102.0 44.0 L"),
             "{}",
             rate.lines[0].path
         );
@@ -396,7 +412,7 @@ mod tests {
             "{html}"
         );
         assert_eq!(
-            html.matches("<svg viewBox=\"0 0 640 200\" role=\"img\"")
+            html.matches("<svg viewBox=\"0 0 360 210\" role=\"img\"")
                 .count(),
             3
         );
