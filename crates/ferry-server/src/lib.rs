@@ -186,6 +186,11 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         gov: Arc::new(access::Governance::new(audit_key)),
         flags: Default::default(),
     });
+    // console: rolling deployments' charts, and old charts pruned.
+    tasks.push(tokio::spawn(series::run(
+        controller.clone(),
+        shutdown.clone(),
+    )));
     // Guarded flag rollouts: their own loop, on the controller's proxy link.
     tasks.push(tokio::spawn(flags_guard::run(
         controller.clone(),

@@ -1,24 +1,103 @@
-//! The per-version traffic of each progressive rollout, for the deployment page's charts:
-//! every [`SAMPLE_EVERY_MS`] during a canary or blue/green rollout the controller hands
-//! the proxy's cumulative counters to [`SeriesSampler::record`], which stores one point
-//! per version (requests, 5xx, p95 since the previous sample) in `deployment_series`.
+//! The per-version traffic of each rollout, for the deployment page's charts: every
+//! [`SAMPLE_EVERY_MS`] the proxy's cumulative counters go to [`SeriesSampler::record`],
+//! which stores one point per version (requests, 5xx, p95 since the previous sample) in
+//! `deployment_series`. During a canary or blue/green rollout the controller's
+//! progressive step does it (it reads the counters for its analysis anyway); for rolling
+//! and recreate deployments, which have no analysis, [`run`] does (the new version and
+//! the one it replaces, while it progresses or rolls back).
 //! The last snapshot of each deployment is kept in memory only: after a restart of the
 //! server or the proxy the next sample starts a new baseline.
+//!
+//! Retention: [`run`] keeps the charts of the newest [`KEEP_PER_ENV`] deployments of each
+//! app environment and deletes older ones every [`PRUNE_EVERY`] (and once at start).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ferry_core::analysis::WindowStats;
+use ferry_core::model::DeploymentState;
 use ferry_core::series::{MAX_POINTS, SeriesPoint};
 use ferry_proxy::stats::StatsSnapshot;
-use ferry_store::Store;
+use ferry_store::{DeploymentRecord, Store};
+use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
+use crate::controller::Controller;
+use crate::error::ServerError;
 use crate::lock;
 
 /// How often a rollout's traffic is sampled.
 pub const SAMPLE_EVERY_MS: i64 = 1_000;
 /// A deployment not sampled for this long is forgotten (it ended).
 const FORGET_AFTER_MS: i64 = 10 * 60_000;
+/// The charts of this many newest deployments of each app environment are kept.
+pub const KEEP_PER_ENV: u32 = 20;
+/// How often older charts are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
+
+/// What [`run`] samples of deployment `d`: its listener and versions (the new one, then
+/// the one it replaces); None when the controller samples it (progressive strategies) or
+/// it moves no traffic now.
+fn sampled_here(d: &DeploymentRecord) -> Option<(String, Vec<&str>)> {
+    let moving = matches!(
+        d.state,
+        DeploymentState::Progressing | DeploymentState::RollingBack
+    );
+    let rolling = matches!(d.strategy.as_str(), "rolling" | "recreate");
+    (moving && rolling).then(|| {
+        let mut versions = vec![d.version.as_str()];
+        versions.extend(d.previous_version.as_deref());
+        (format!("{}/{}", d.app, d.env), versions)
+    })
+}
+
+/// Samples rolling and recreate deployments' traffic, and prunes old charts, until
+/// `shutdown`.
+pub async fn run(controller: Arc<Controller>, shutdown: CancellationToken) {
+    let sampler = SeriesSampler::default();
+    let mut pruned_at: Option<tokio::time::Instant> = None;
+    loop {
+        if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            match controller.store().prune_series(KEEP_PER_ENV).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "deleted old rollout charts"),
+                Err(e) => tracing::warn!(error = %e, "could not delete old rollout charts"),
+            }
+            pruned_at = Some(tokio::time::Instant::now());
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(SAMPLE_EVERY_MS.unsigned_abs())) => {}
+        }
+        if let Err(e) = sample_rolling(&controller, &sampler).await {
+            tracing::debug!(error = %e, "could not sample rolling deployments' traffic");
+        }
+    }
+}
+
+async fn sample_rolling(
+    controller: &Controller,
+    sampler: &SeriesSampler,
+) -> Result<(), ServerError> {
+    let store = controller.store();
+    let active = store.active_deployments().await?;
+    let wanted: Vec<(&DeploymentRecord, (String, Vec<&str>))> = active
+        .iter()
+        .filter_map(|d| sampled_here(d).map(|what| (d, what)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let stats = controller.proxy().stats().await?;
+    let now = now_ms();
+    for (d, (listener, versions)) in wanted {
+        sampler
+            .record(store, d.id, &listener, &versions, &stats, now)
+            .await;
+    }
+    Ok(())
+}
 
 /// What one deployment's last sample saw.
 struct Baseline {
@@ -138,6 +217,51 @@ mod tests {
             taken_at_ms: taken,
             generation: 1,
             versions,
+        }
+    }
+
+    #[test]
+    fn rolling_deployments_are_sampled_here_while_they_move_traffic() {
+        let store = |strategy: &str, state, previous: Option<&str>| DeploymentRecord {
+            id: 1,
+            app: "shop".into(),
+            env: "prod".into(),
+            version: "2.0".into(),
+            previous_version: previous.map(str::to_string),
+            kind: ferry_core::model::DeploymentKind::Deploy,
+            strategy: strategy.into(),
+            state,
+            reason: None,
+            requested_by: "alice".into(),
+            manifest_revision: 1,
+            phase: serde_json::json!({}),
+            row_version: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            finished_at_ms: None,
+            infra_failing_since_ms: None,
+        };
+        use DeploymentState::*;
+        assert_eq!(
+            sampled_here(&store("rolling", Progressing, Some("1.0"))),
+            Some(("shop/prod".to_string(), vec!["2.0", "1.0"]))
+        );
+        assert_eq!(
+            sampled_here(&store("recreate", RollingBack, None)),
+            Some(("shop/prod".to_string(), vec!["2.0"]))
+        );
+        for (strategy, state) in [
+            ("canary", Progressing),
+            ("blue_green", Progressing),
+            ("rolling", AwaitingApproval),
+            ("rolling", Pending),
+            ("rolling", Succeeded),
+        ] {
+            assert_eq!(
+                sampled_here(&store(strategy, state, Some("1.0"))),
+                None,
+                "{strategy} {state}"
+            );
         }
     }
 

@@ -90,6 +90,33 @@ impl Store {
         tx.commit().await.ctx(op)
     }
 
+    /// The time of deployment `deployment_id`'s newest point (None without one): what an
+    /// open page compares to know whether its charts are behind.
+    pub async fn series_head(&self, deployment_id: i64) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT MAX(t_ms) FROM deployment_series WHERE deployment_id = $1")
+            .bind(deployment_id)
+            .fetch_one(&self.pool)
+            .await
+            .ctx(|| format!("reading the traffic of deployment {deployment_id}"))
+    }
+
+    /// Deletes the charts of all but the newest `keep` deployments of each app environment
+    /// (by deployment id, whether or not those have charts); the number of rows deleted.
+    pub async fn prune_series(&self, keep: u32) -> Result<u64> {
+        sqlx::query(
+            "DELETE FROM deployment_series WHERE deployment_id IN ( \
+               SELECT d.id FROM deployments d \
+               WHERE d.id IN (SELECT DISTINCT deployment_id FROM deployment_series) \
+               AND (SELECT COUNT(*) FROM deployments n \
+                    WHERE n.app = d.app AND n.env = d.env AND n.id > d.id) >= $1)",
+        )
+        .bind(i64::from(keep))
+        .execute(&self.pool)
+        .await
+        .map(|done| done.rows_affected())
+        .ctx(|| "pruning old rollout charts".into())
+    }
+
     /// Deployment `deployment_id`'s series, one per version (by name), points oldest first.
     pub async fn deployment_series(&self, deployment_id: i64) -> Result<Vec<VersionSeries>> {
         let rows = sqlx::query(

@@ -2074,6 +2074,73 @@ pub async fn deployment_series_round_trip_and_stay_bounded(store: Store, _url: S
     );
 }
 
+pub async fn old_deployment_series_are_pruned_per_environment(store: Store, _url: String) {
+    use ferry_core::series::SeriesPoint;
+    let point = SeriesPoint {
+        t_ms: 2_000,
+        span_ms: 1_000,
+        requests: 5,
+        errors: 0,
+        p95_us: Some(900),
+    };
+    let mut prod = Vec::new();
+    for version in ["1.0", "2.0", "3.0"] {
+        let d = finished(
+            &store,
+            "shop",
+            "prod",
+            version,
+            DeploymentState::Succeeded,
+            1_000,
+        )
+        .await;
+        store
+            .append_series(d.id, &[(version.to_string(), point)], 10)
+            .await
+            .unwrap();
+        prod.push(d.id);
+    }
+    let dev = finished(
+        &store,
+        "shop",
+        "dev",
+        "1.0",
+        DeploymentState::Succeeded,
+        1_000,
+    )
+    .await;
+    store
+        .append_series(dev.id, &[("1.0".to_string(), point)], 10)
+        .await
+        .unwrap();
+    // a newer deployment without a chart still counts as one of the newest
+    finished(
+        &store,
+        "shop",
+        "prod",
+        "4.0",
+        DeploymentState::Failed,
+        1_000,
+    )
+    .await;
+    assert_eq!(store.prune_series(2).await.unwrap(), 2);
+    let kept = |id| {
+        let store = store.clone();
+        async move { !store.deployment_series(id).await.unwrap().is_empty() }
+    };
+    assert!(
+        !kept(prod[0]).await && !kept(prod[1]).await,
+        "older than the newest two"
+    );
+    assert!(kept(prod[2]).await, "the second newest of prod");
+    assert!(kept(dev.id).await, "environments are counted apart");
+    assert_eq!(
+        store.prune_series(2).await.unwrap(),
+        0,
+        "nothing left to prune"
+    );
+}
+
 // gates:
 // alerts:
 pub async fn alerts_are_replaced_per_rule_with_their_history_and_silences(
@@ -3142,6 +3209,7 @@ on_every_engine!(
     // console:
     login_links_are_single_use_and_expire,
     deployment_series_round_trip_and_stay_bounded,
+    old_deployment_series_are_pruned_per_environment,
     // config:
     replica_configs_are_recorded_and_listed,
     // flags:
