@@ -4,14 +4,14 @@
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use ferry_core::api::AppStatus;
 use ferry_core::dora::{self, DoraReport, Figures, Level, Sample};
 use serde::Deserialize;
 
 use super::pages::nav;
-use super::views::{Nav, Page};
+use super::views::Nav;
 use super::{Console, Failure, Session, seg};
 
 /// The windows the page offers, in days.
@@ -82,17 +82,12 @@ pub(crate) async fn page(
     Path(app): Path<String>,
     Query(q): Query<DoraQuery>,
 ) -> Response {
-    let session = match console
-        .session_or_login(&headers, &format!("/apps/{}/dora", seg(&app)))
+    let back = format!("/apps/{}/dora", seg(&app));
+    console
+        .page(&headers, &back, |c, s| async move {
+            dora_page(c, &s, &app, q).await
+        })
         .await
-    {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match dora_page(&console, &session, &app, q).await {
-        Ok(page) => page.into_page(StatusCode::OK),
-        Err(failure) => failure.into_response(),
-    }
 }
 
 async fn dora_page(

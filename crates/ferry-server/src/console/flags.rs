@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::pages::{age, nav};
-use super::views::{Nav, Page};
+use super::views::Nav;
 use super::{Console, Failure, Session, refused, see_other, seg};
 use crate::clock::now_ms;
 
@@ -91,17 +91,12 @@ pub(crate) async fn page(
     Path(app): Path<String>,
     Query(q): Query<FlagsQuery>,
 ) -> Response {
-    let session = match console
-        .session_or_login(&headers, &format!("/apps/{}/flags", seg(&app)))
+    let back = format!("/apps/{}/flags", seg(&app));
+    console
+        .page(&headers, &back, |c, s| async move {
+            flags_page(c, &s, &app, q).await
+        })
         .await
-    {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match flags_page(&console, &session, &app, q).await {
-        Ok(page) => page.into_page(StatusCode::OK),
-        Err(failure) => failure.into_response(),
-    }
 }
 
 async fn flags_page(

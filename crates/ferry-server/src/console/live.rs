@@ -4,15 +4,20 @@
 //!   `id:` = the event's sequence number, so a reconnecting browser resumes after the last
 //!   one it saw with `Last-Event-ID`; a first connection passes `?after=` = the last event
 //!   the page showed), each batch followed by `event: status` (state, reason, weights).
+//!   Between events, `event: sampled` (`data:` the newest sample's time) when the rollout's
+//!   traffic was sampled again since the last one sent, at most every [`SAMPLED_EVERY`].
+//!   The page then fetches its live parts (`GET /deployments/{id}/parts`, server-rendered:
+//!   weights, analysis, charts, actions, gates, hooks) and swaps in those that changed.
 //!   Ends with `event: end` once the deployment is over.
 //! - `GET /live`: `event: changed` after any timeline event (at most every 300 ms); the
 //!   dashboard then fetches itself again.
 //!
 //! Both check the session (and, for a deployment, the API's view permission) before they
-//! start, re-check the session with every batch, and end when the server stops.
+//! start, re-check the session at least every [`SESSION_EVERY`], and end when the server
+//! stops.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -26,8 +31,10 @@ use serde_json::json;
 
 use super::{Console, refused};
 
-/// Longest wait for new events before the session is checked again.
-const BATCH_WAIT: Duration = Duration::from_secs(15);
+/// Longest wait for new events before the charts' samples are looked at.
+const SAMPLED_EVERY: Duration = Duration::from_secs(2);
+/// The session is checked again at least this often.
+const SESSION_EVERY: Duration = Duration::from_secs(15);
 /// The dashboard is told of changes at most this often.
 const DASHBOARD_EVERY: Duration = Duration::from_millis(300);
 
@@ -85,23 +92,32 @@ pub(crate) async fn deployment(
         console: Console,
         headers: HeaderMap,
         after: i64,
+        /// The newest sample the page was told of.
+        sampled: Option<i64>,
+        session_checked: Instant,
         done: bool,
     }
     let cursor = Cursor {
+        sampled: console.state.store.series_head(id).await.ok().flatten(),
         console,
         headers,
         after,
+        session_checked: Instant::now(),
         done: false,
     };
     let stream = futures_util::stream::unfold(cursor, move |mut cur| {
         let controller = controller.clone();
         let (app, env) = (app.clone(), env.clone());
         async move {
-            if cur.done || cur.console.session(&cur.headers).await.is_err() {
+            if cur.done {
                 return None;
             }
+            if cur.session_checked.elapsed() >= SESSION_EVERY {
+                cur.console.session(&cur.headers).await.ok()?;
+                cur.session_checked = Instant::now();
+            }
             let events = controller
-                .wait_events(id, cur.after, BATCH_WAIT)
+                .wait_events(id, cur.after, SAMPLED_EVERY)
                 .await
                 .ok()?;
             let mut out: Vec<Result<Event, Infallible>> = Vec::new();
@@ -121,7 +137,13 @@ pub(crate) async fn deployment(
                     out.push(Ok(event));
                 }
             }
-            if !events.is_empty() {
+            if events.is_empty() {
+                let head = cur.console.state.store.series_head(id).await.ok().flatten();
+                if let Some(t_ms) = head.filter(|_| head != cur.sampled) {
+                    cur.sampled = head;
+                    out.push(Ok(Event::default().event("sampled").data(t_ms.to_string())));
+                }
+            } else {
                 let d = cur.console.state.store.get_deployment(id).await.ok()??;
                 let status = controller.status(&app, Some(&env)).await.ok();
                 let rollout = status

@@ -90,6 +90,7 @@ pub(crate) fn mount(api: Router, state: AppState) -> Router {
         )
         .route("/deployments/{id}", get(pages::deployment))
         .route("/deployments/{id}/live", get(live::deployment))
+        .route("/deployments/{id}/parts", get(pages::deployment_parts))
         .route("/deployments/{id}/change-record", get(pages::change_record))
         .route(
             "/deployments/{id}/{action}",
@@ -274,6 +275,28 @@ impl Console {
             Err(NoSession::Failed(response)) => Err(response),
             Err(NoSession::Missing) => Err(to_login(path, None)),
             Err(NoSession::Ended(why)) => Err(to_login(path, Some(why))),
+        }
+    }
+
+    /// A page for the request's session: the login page (back to `back` afterwards)
+    /// without one, else the page `build` makes for it, or its failure as an error page.
+    pub(crate) async fn page<'c, P, F, Fut>(
+        &'c self,
+        headers: &HeaderMap,
+        back: &str,
+        build: F,
+    ) -> Response
+    where
+        P: Page,
+        F: FnOnce(&'c Console, Session) -> Fut,
+        Fut: Future<Output = Result<P, Failure>> + 'c,
+    {
+        match self.session_or_login(headers, back).await {
+            Ok(session) => match build(self, session).await {
+                Ok(page) => page.into_page(StatusCode::OK),
+                Err(failure) => failure.into_response(),
+            },
+            Err(response) => response,
         }
     }
 

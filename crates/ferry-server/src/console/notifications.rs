@@ -5,14 +5,14 @@
 
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use ferry_core::notify::{DeliveryState, DeliveryView};
 use serde::Deserialize;
 
 use super::pages::nav;
-use super::views::{Nav, Page};
-use super::{Console, seg};
+use super::views::Nav;
+use super::{Console, Failure, Session, seg};
 use crate::auth::rfc3339;
 
 /// Rows the page asks for.
@@ -96,12 +96,16 @@ pub(crate) async fn page(
     headers: HeaderMap,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let session = match console.session_or_login(&headers, "/notifications").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    console
+        .page(&headers, "/notifications", |c, s| async move {
+            Ok::<_, Failure>(history(c, &s, q).await)
+        })
+        .await
+}
+
+async fn history(console: &Console, session: &Session, q: HistoryQuery) -> NotificationsPage {
     let mut page = NotificationsPage {
-        nav: nav(&session),
+        nav: nav(session),
         app: filter(q.app),
         env: filter(q.env),
         state: filter(q.state),
@@ -120,10 +124,10 @@ pub(crate) async fn page(
             uri.push_str(&format!("&{key}={}", seg(value)));
         }
     }
-    match console.get::<Vec<DeliveryView>>(&session, &uri).await {
+    match console.get::<Vec<DeliveryView>>(session, &uri).await {
         Ok(deliveries) => page.rows = deliveries.into_iter().map(row).collect(),
         // a refusal (403 naming the app) or a bad filter (400) is shown above the form
         Err(e) => page.error = e.message,
     }
-    page.into_page(StatusCode::OK)
+    page
 }

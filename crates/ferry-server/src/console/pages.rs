@@ -19,7 +19,7 @@ use super::views::{
     DiffRow, EnvView, EventRow, GateView, HookView, LoginLinkPage, LoginPage, Nav, Page,
     ReleaseRow, RolloutBox, RolloutRow, UserRow, UsersPage, WaitingRow, Weight,
 };
-use super::{Console, Failure, Session, cookie, safe_next, seg};
+use super::{Console, Failure, NoSession, Session, cookie, refused, safe_next, seg};
 use crate::auth::rfc3339;
 use crate::clock::now_ms;
 
@@ -152,14 +152,11 @@ pub(crate) async fn dashboard(
     headers: HeaderMap,
     Query(q): Query<DashboardQuery>,
 ) -> Response {
-    let session = match console.session_or_login(&headers, "/").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match dashboard_page(&console, &session, bounded(q.app)).await {
-        Ok(page) => page.into_page(StatusCode::OK),
-        Err(failure) => failure.into_response(),
-    }
+    console
+        .page(&headers, "/", |c, s| async move {
+            dashboard_page(c, &s, bounded(q.app)).await
+        })
+        .await
 }
 
 pub(crate) async fn dashboard_page(
@@ -297,15 +294,32 @@ pub(crate) async fn deployment(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Response {
-    let session = match console
-        .session_or_login(&headers, &format!("/deployments/{id}"))
+    console
+        .page(&headers, &format!("/deployments/{id}"), |c, s| async move {
+            deployment_page(c, &s, id).await
+        })
         .await
-    {
-        Ok(s) => s,
-        Err(r) => return r,
+}
+
+/// `GET /deployments/{id}/parts`: the deployment page's live parts alone, for the
+/// console's script (401 without a session: the script then says to reload).
+pub(crate) async fn deployment_parts(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let session = match console.session(&headers).await {
+        Ok(session) => session,
+        Err(NoSession::Failed(response)) => return response,
+        Err(NoSession::Missing | NoSession::Ended(_)) => {
+            return refused(
+                StatusCode::UNAUTHORIZED,
+                "Your session ended; log in again.",
+            );
+        }
     };
     match deployment_page(&console, &session, id).await {
-        Ok(page) => page.into_page(StatusCode::OK),
+        Ok(page) => page.as_parts().into_page(StatusCode::OK),
         Err(failure) => failure.into_response(),
     }
 }
@@ -566,17 +580,12 @@ pub(crate) async fn app(
     Path(app): Path<String>,
     Query(q): Query<AppQuery>,
 ) -> Response {
-    let session = match console
-        .session_or_login(&headers, &format!("/apps/{}", seg(&app)))
+    let back = format!("/apps/{}", seg(&app));
+    console
+        .page(&headers, &back, |c, s| async move {
+            app_page(c, &s, &app, q).await
+        })
         .await
-    {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match app_page(&console, &session, &app, q).await {
-        Ok(page) => page.into_page(StatusCode::OK),
-        Err(failure) => failure.into_response(),
-    }
 }
 
 async fn app_page(
@@ -758,12 +767,16 @@ pub(crate) async fn audit(
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> Response {
-    let session = match console.session_or_login(&headers, "/audit").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    console
+        .page(&headers, "/audit", |c, s| async move {
+            Ok::<_, Failure>(audit_page(c, &s, q).await)
+        })
+        .await
+}
+
+async fn audit_page(console: &Console, session: &Session, q: AuditQuery) -> AuditPage {
     let mut page = AuditPage {
-        nav: nav(&session),
+        nav: nav(session),
         app: bounded(q.app),
         env: bounded(q.env),
         actor: bounded(q.actor),
@@ -793,7 +806,7 @@ pub(crate) async fn audit(
     }
     if page.error.is_empty() {
         match console
-            .get::<Vec<ferry_core::audit::AuditRecord>>(&session, &uri)
+            .get::<Vec<ferry_core::audit::AuditRecord>>(session, &uri)
             .await
         {
             Ok(records) => {
@@ -823,7 +836,7 @@ pub(crate) async fn audit(
             Err(e) => page.error = e.message,
         }
     }
-    match console.get::<Value>(&session, "/v1/audit/verify").await {
+    match console.get::<Value>(session, "/v1/audit/verify").await {
         Ok(v) => {
             page.verified = v["ok"].as_bool() == Some(true);
             page.verification = if page.verified {
@@ -841,7 +854,7 @@ pub(crate) async fn audit(
         }
         Err(e) => page.verification = format!("Verification not available to you: {}", e.message),
     }
-    page.into_page(StatusCode::OK)
+    page
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -849,14 +862,11 @@ pub(crate) async fn audit(
 // ---------------------------------------------------------------------------------------------
 
 pub(crate) async fn users(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let session = match console.session_or_login(&headers, "/users").await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match users_page(&console, &session, String::new(), String::new()).await {
-        Ok(page) => page.into_page(StatusCode::OK),
-        Err(failure) => failure.into_response(),
-    }
+    console
+        .page(&headers, "/users", |c, s| async move {
+            users_page(c, &s, String::new(), String::new()).await
+        })
+        .await
 }
 
 pub(crate) async fn users_page(

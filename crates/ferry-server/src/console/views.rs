@@ -239,7 +239,7 @@ impl ActionForm {
 }
 
 #[derive(Template)]
-#[template(path = "console/deployment.html")]
+#[template(path = "console/deployment.html", blocks = ["parts"])]
 pub(crate) struct DeploymentPage {
     pub nav: Nav,
     pub id: i64,

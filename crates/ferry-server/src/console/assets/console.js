@@ -1,7 +1,8 @@
 // Ferry console: live updates over server-sent events. Every page works without this
-// script; with it, a deployment's timeline, state and traffic weights, and the dashboard,
-// follow what happens without a reload. No inline script (the CSP forbids it); all text
-// from the server is inserted as text, never as HTML.
+// script; with it, a deployment's timeline, state, traffic weights, analysis and charts,
+// and the dashboard, follow what happens without a reload. No inline script (the CSP
+// forbids it); text from the event stream is inserted as text, never as HTML; HTML comes
+// only from the console's own server-rendered pages and fragments (escaped there).
 (function () {
   'use strict';
   var main = document.getElementById('main');
@@ -15,16 +16,28 @@
     }
   }
 
-  // Fetches this page again and swaps in the fresh versions of the given elements.
+  // Whether a part holds something the person is doing (focus, a typed reason): it is
+  // left alone unless the deployment's state changed.
+  function inUse(part) {
+    if (part.contains(document.activeElement) && document.activeElement !== document.body) {
+      return true;
+    }
+    return Array.prototype.some.call(part.querySelectorAll('input, select, textarea'), function (input) {
+      return input.type !== 'hidden' && input.value !== input.defaultValue;
+    });
+  }
+
+  // Fetches `url` (this page, or a fragment of it) and swaps in the fresh versions of the
+  // elements matching `selector` that changed (by id). `force`: even those in use.
   var busy = false;
   var pending = null;
-  function refresh(selector) {
+  function refresh(url, selector, force) {
     if (busy) {
-      pending = selector;
+      pending = { url: url, selector: selector, force: force || (pending && pending.force) };
       return;
     }
     busy = true;
-    fetch(location.href, { credentials: 'same-origin', headers: { Accept: 'text/html' } })
+    fetch(url, { credentials: 'same-origin', headers: { Accept: 'text/html' } })
       .then(function (r) {
         if (!r.ok) {
           throw new Error('HTTP ' + r.status);
@@ -38,10 +51,11 @@
             return;
           }
           var next = fresh.getElementById(old.id);
-          if (next) {
+          if (next && !old.isEqualNode(next) && (force || !inUse(old))) {
             old.replaceWith(document.importNode(next, true));
           }
         });
+        main.setAttribute('data-refreshed', String(Date.now()));
       })
       .catch(function () {
         say('Could not refresh this page; reload it.');
@@ -51,7 +65,7 @@
         if (pending) {
           var again = pending;
           pending = null;
-          refresh(again);
+          refresh(again.url, again.selector, again.force);
         }
       });
   }
@@ -109,12 +123,15 @@
       li.append(time, ' ', kind, ' ', text);
       timeline.appendChild(li);
     });
-    // The charts follow the rollout: redrawn by the server every 5 s until it ends.
-    var charts = window.setInterval(function () {
-      if (document.getElementById('charts')) {
-        refresh('#charts');
-      }
-    }, 5000);
+    // The parts that change (weights, analysis, charts, actions, gates, hooks), rendered by
+    // the server, after each batch of events and each new traffic sample.
+    var parts = '/deployments/' + encodeURIComponent(deployment) + '/parts';
+    function refreshParts(force) {
+      refresh(parts, '[data-live-part]', force);
+    }
+    source.addEventListener('sampled', function () {
+      refreshParts(false);
+    });
     source.addEventListener('status', function (message) {
       var s = JSON.parse(message.data);
       if (typeof s.canary === 'number') {
@@ -126,24 +143,22 @@
       if (s.summary) {
         setText('rollout-summary', s.summary);
       }
-      if (s.state !== state) {
-        state = s.state;
-        main.setAttribute('data-state', state);
-        refresh('[data-live-part]');
-      }
+      var changed = s.state !== state;
+      state = s.state;
+      main.setAttribute('data-state', state);
+      refreshParts(changed);
     });
     source.addEventListener('end', function () {
       source.close();
-      window.clearInterval(charts);
       say('This deployment is over.');
-      refresh('[data-live-part]');
+      refreshParts(true);
     });
   }
 
   if (main.hasAttribute('data-live-dashboard')) {
     var changes = new EventSource('/live');
     changes.addEventListener('changed', function () {
-      refresh('#live');
+      refresh(location.href, '#live', false);
     });
   }
 })();
