@@ -7,16 +7,20 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Ferry, SERIAL, Spec, add_person, bounded, free_port};
+use common::{
+    Ferry, SERIAL, Spec, add_person, bounded, deploy_as, free_port, wait_state,
+    with_approved_production,
+};
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(150);
 const PASSWORD: &str = "correct horse battery";
+/// Longest wait for a deployment to reach a state.
+const STATE_LIMIT: Duration = Duration::from_secs(60);
 
 /// A cookie-keeping client that does not follow redirects.
 struct Browser {
@@ -170,60 +174,6 @@ impl Browser {
     }
 }
 
-/// `staging` without gates, then `production` held for an `approver`'s approval.
-fn pipeline(ferry: &Ferry, spec: &Spec) -> PathBuf {
-    let path = ferry.write_manifest(spec, "ferry.yaml");
-    let mut yaml = std::fs::read_to_string(&path).expect("read manifest");
-    yaml.push_str(&format!(
-        "  production:\n    listen: 127.0.0.1:{}\n    strategy: {}\n    gates: {{ approvals: [{{ role: approver }}] }}\n",
-        free_port(),
-        spec.strategy
-    ));
-    std::fs::write(&path, yaml).expect("write manifest");
-    path
-}
-
-async fn deploy(ferry: &Ferry, app: &str, env: &str, version: &str, who: &str) -> i64 {
-    let config = ferry.dir.path().join(format!("{who}.json"));
-    let out = common::run(
-        ferry,
-        &common::As {
-            config,
-            token: None,
-        },
-        &[
-            "deploy",
-            app,
-            "--env",
-            env,
-            "--version",
-            version,
-            "-o",
-            "json",
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(out.code, 0, "deploy:\n{out}");
-    out.json()["id"].as_i64().expect("deployment id")
-}
-
-async fn wait_state(ferry: &Ferry, id: i64, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let detail = ferry.deployment(id).await;
-        if detail.deployment.state.to_string() == state {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deployment #{id} is {}, never {state}",
-            detail.deployment.state
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn assert_no_markup_from_users(body: &str) {
     assert!(
         !body.contains("<script>alert"),
@@ -251,7 +201,9 @@ async fn console_sessions_csrf_roles_and_escaping() {
         let mut spec = Spec::new("shop");
         spec.env = "staging".into();
         spec.replicas = 1;
-        ferry.apply(&pipeline(&ferry, &spec)).await;
+        ferry
+            .apply(&with_approved_production(&ferry, &spec, &spec.strategy))
+            .await;
         add_person(&ferry, "alice", PASSWORD, &[("developer", "shop", None)]).await;
         add_person(&ferry, "bob", PASSWORD, &[("approver", "shop", None)]).await;
         add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
@@ -359,12 +311,12 @@ async fn console_sessions_csrf_roles_and_escaping() {
         assert_eq!(users.status, StatusCode::FORBIDDEN, "{}", users.body);
 
         // staging 1.0.0 then 2.0.0; production 2.0.0 waits for an approver.
-        let first = deploy(&ferry, "shop", "staging", "1.0.0", "alice").await;
-        wait_state(&ferry, first, "succeeded").await;
-        let second = deploy(&ferry, "shop", "staging", "2.0.0", "alice").await;
-        wait_state(&ferry, second, "succeeded").await;
-        let prod = deploy(&ferry, "shop", "production", "2.0.0", "alice").await;
-        wait_state(&ferry, prod, "awaiting-approval").await;
+        let first = deploy_as(&ferry, "alice", "shop", "staging", "1.0.0").await;
+        wait_state(&ferry, first, "succeeded", STATE_LIMIT).await;
+        let second = deploy_as(&ferry, "alice", "shop", "staging", "2.0.0").await;
+        wait_state(&ferry, second, "succeeded", STATE_LIMIT).await;
+        let prod = deploy_as(&ferry, "alice", "shop", "production", "2.0.0").await;
+        wait_state(&ferry, prod, "awaiting-approval", STATE_LIMIT).await;
 
         let dashboard = alice.get("/").await;
         assert!(
@@ -455,7 +407,7 @@ async fn console_sessions_csrf_roles_and_escaping() {
             .await;
         assert_eq!(approved.status, StatusCode::SEE_OTHER, "{}", approved.body);
         assert_eq!(approved.location(), page);
-        wait_state(&ferry, prod, "succeeded").await;
+        wait_state(&ferry, prod, "succeeded", STATE_LIMIT).await;
 
         // Alice rolls staging back from the console, with a reason that is markup.
         let staging = alice.get(&format!("/deployments/{second}")).await;
@@ -481,7 +433,7 @@ async fn console_sessions_csrf_roles_and_escaping() {
             .parse()
             .expect("the new deployment's page");
         assert_ne!(back, second);
-        wait_state(&ferry, back, "succeeded").await;
+        wait_state(&ferry, back, "succeeded", STATE_LIMIT).await;
         let status = ferry.api_get("/v1/apps/shop/status?env=staging").await.1;
         assert_eq!(status["environments"][0]["current_version"], "1.0.0");
 
@@ -950,7 +902,7 @@ async fn the_deployment_page_shows_the_analysis_as_a_table() {
             .await;
         assert_eq!(out.code, 0, "deploy:\n{out}");
         let id = out.json()["id"].as_i64().expect("deployment id");
-        wait_state(&ferry, id, "rolled-back").await;
+        wait_state(&ferry, id, "rolled-back", STATE_LIMIT).await;
         load.stop().await;
 
         let (status, detail) = ferry.api_get(&format!("/v1/deployments/{id}")).await;
@@ -1002,7 +954,9 @@ async fn console_flags_page_switches_flags_by_role_with_csrf() {
         let mut spec = Spec::new("shop");
         spec.env = "staging".into();
         spec.replicas = 1;
-        ferry.apply(&pipeline(&ferry, &spec)).await;
+        ferry
+            .apply(&with_approved_production(&ferry, &spec, &spec.strategy))
+            .await;
         let out = ferry
             .cli(&[
                 "roles",
@@ -1306,6 +1260,88 @@ async fn the_deployment_page_charts_each_versions_traffic() {
         assert!(
             section.matches("<td>2.0.0</td>").count() >= 2,
             "the figures as a table: {section}"
+        );
+    })
+    .await;
+}
+
+/// A rolling update of slow-starting replicas under load is charted too (sampled beside
+/// the controller, while it progresses), and the deployment page's live parts come as a
+/// fragment: what the console's script swaps in without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_update_is_charted_and_its_parts_come_alone() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.replicas = 3;
+        // the new version warms up for 2 s before it listens, like a real server
+        spec.prelude = "if [ \"$VERSION\" = 2.0.0 ]; then sleep 2; fi;".into();
+        ferry
+            .apply(&ferry.write_manifest(&spec, "ferry.yaml"))
+            .await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
+        let load = common::Load::start(&spec.listener(), 2);
+        load.warm_up(20).await;
+        let out = ferry
+            .cli(&[
+                "deploy",
+                "shop",
+                "--env",
+                "production",
+                "--version",
+                "2.0.0",
+                "-o",
+                "json",
+            ])
+            .await;
+        assert_eq!(out.code, 0, "deploy:\n{out}");
+        let id = out.json()["id"].as_i64().expect("deployment id");
+        wait_state(&ferry, id, "succeeded", STATE_LIMIT).await;
+        load.stop().await;
+        let series = ferry.deployment(id).await.series;
+        let served = |version: &str| {
+            series
+                .iter()
+                .find(|s| s.version == version)
+                .map_or(0, |s| s.points.iter().filter(|p| p.requests > 0).count())
+        };
+        assert!(
+            served("1.0.0") >= 1 && served("2.0.0") >= 1,
+            "both versions' traffic during the roll: {series:?}"
+        );
+
+        let (mut vic, _) = Browser::logged_in(&ferry, "vic").await;
+        let page = vic.get(&format!("/deployments/{id}")).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(page.body.matches("role=\"img\"").count(), 3, "three charts");
+        let parts = vic.get(&format!("/deployments/{id}/parts")).await;
+        assert_eq!(parts.status, StatusCode::OK, "{}", parts.body);
+        assert!(!parts.body.contains("<html") && !parts.body.contains("<header"));
+        for part in [
+            "summary", "rollout", "analysis", "charts", "actions", "gates", "hooks",
+        ] {
+            assert!(
+                parts
+                    .body
+                    .contains(&format!("<section id=\"{part}\" data-live-part")),
+                "{part}: {}",
+                parts.body
+            );
+        }
+        assert!(
+            parts
+                .body
+                .contains("<span id=\"state\" class=\"state s-succeeded\"")
+        );
+        assert_eq!(parts.body.matches("role=\"img\"").count(), 3);
+        let mut stranger = Browser::new(&ferry);
+        let refused = stranger.get(&format!("/deployments/{id}/parts")).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNAUTHORIZED,
+            "no session, no fragment"
         );
     })
     .await;

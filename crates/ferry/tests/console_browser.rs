@@ -17,12 +17,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
-use common::{Ferry, SERIAL, Spec, add_person, bounded, free_port};
+use common::{
+    Ferry, SERIAL, Spec, add_person, bounded, deploy_as, free_port, wait_state,
+    with_approved_production,
+};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(240);
 const PASSWORD: &str = "correct horse battery";
+/// Longest wait for a deployment to reach a state.
+const STATE_LIMIT: Duration = Duration::from_secs(90);
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -263,6 +268,140 @@ impl Browser {
     }
 }
 
+/// Presses Tab once (WebDriver actions: the browser's own focus navigation).
+async fn press_tab(browser: &Browser) {
+    let tab = "\u{E004}";
+    browser
+        .call(
+            reqwest::Method::POST,
+            "/actions",
+            Some(
+                json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": [
+                    { "type": "keyDown", "value": tab }, { "type": "keyUp", "value": tab }
+                ]}]}),
+            ),
+        )
+        .await;
+}
+
+/// WCAG AA contrast of every rendered text on the page from the colours the browser
+/// computed (4.5:1, 3:1 for large text; SVG text by its fill at its rendered size) and of
+/// the charts' lines (3:1, graphics); the failures, as text.
+const CONTRAST_SCRIPT: &str = r#"
+const rgb = (c) => { const m = /rgba?\(([^)]+)\)/.exec(c); if (!m) return null;
+  const p = m[1].split(/[ ,\/]+/).filter(Boolean).map(Number); return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 }; };
+const lum = (c) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b); };
+const ratio = (a, b) => { const x = lum(a), y = lum(b); return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05); };
+const background = (el) => { for (let e = el; e && e.nodeType === 1; e = e.parentElement) {
+  const c = rgb(getComputedStyle(e).backgroundColor); if (c && c.a > 0.5) return c; } return { r: 255, g: 255, b: 255, a: 1 }; };
+const problems = [];
+for (const el of document.querySelectorAll('body *')) {
+  const own = Array.from(el.childNodes).some((n) => n.nodeType === 3 && n.textContent.trim());
+  if (!own || el.getClientRects().length === 0) continue;
+  const s = getComputedStyle(el);
+  if (s.visibility === 'hidden' || el.closest('[hidden], .visually-hidden, title, desc')) continue;
+  if (el.matches('.skip') && el !== document.activeElement) continue;
+  const svg = el.closest('svg');
+  const fg = rgb(svg ? s.fill : s.color);
+  if (!fg) continue;
+  const size = parseFloat(s.fontSize) * (svg && el.getScreenCTM ? el.getScreenCTM().a : 1);
+  const large = size >= 24 || (size >= 18.66 && Number(s.fontWeight) >= 700);
+  const need = large ? 3 : 4.5;
+  const got = ratio(fg, background(el));
+  if (got < need) problems.push(`${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''}.${el.className.baseVal ?? el.className} "${el.textContent.trim().slice(0, 30)}": ${got.toFixed(2)} < ${need}`);
+}
+for (const line of document.querySelectorAll('svg .line')) {
+  const got = ratio(rgb(getComputedStyle(line).stroke), background(line));
+  if (got < 3) problems.push(`chart line ${line.className.baseVal}: ${got.toFixed(2)} < 3`);
+}
+return problems;
+"#;
+
+/// Marks every element that should take keyboard focus (`data-a11y`), and says how many.
+const FOCUSABLE_SCRIPT: &str = r#"
+const all = Array.from(document.querySelectorAll('a[href], button, input:not([type=hidden]), select, textarea, summary'))
+  .filter((e) => !e.disabled && e.getClientRects().length > 0 && getComputedStyle(e).visibility !== 'hidden');
+all.forEach((e, i) => e.setAttribute('data-a11y', String(i)));
+document.activeElement && document.activeElement.blur();
+window.scrollTo(0, 0);
+return all.length;
+"#;
+
+/// The focused element's mark and whether its focus is visible (an outline of 2 px or more).
+const FOCUSED_SCRIPT: &str = r#"
+const e = document.activeElement; if (!e || e === document.body) return null;
+const s = getComputedStyle(e);
+return { mark: e.getAttribute('data-a11y'), what: e.tagName.toLowerCase() + ' ' + (e.id || e.textContent.trim().slice(0, 30)),
+  visible: s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2 };
+"#;
+
+/// The page at `path` passes the checks of `CONTRAST_SCRIPT`, every action on it takes
+/// focus from the keyboard (Tab) with a visible outline, and at 375 px wide it has no
+/// horizontal scroll.
+async fn assert_accessible(browser: &Browser, console: &str, path: &str) {
+    browser.window(1280, 900).await;
+    browser.goto(&format!("{console}{path}")).await;
+    browser.must("main").await;
+    let problems = browser.exec(CONTRAST_SCRIPT, json!([])).await;
+    assert_eq!(problems, json!([]), "contrast on {path}");
+    let count = browser
+        .exec(FOCUSABLE_SCRIPT, json!([]))
+        .await
+        .as_u64()
+        .expect("count of focusable elements");
+    assert!(count > 0, "{path}: nothing to focus");
+    let mut reached = std::collections::BTreeSet::new();
+    for _ in 0..count + 3 {
+        press_tab(browser).await;
+        let focused = browser.exec(FOCUSED_SCRIPT, json!([])).await;
+        if focused.is_null() {
+            continue;
+        }
+        assert_eq!(
+            focused["visible"], true,
+            "{path}: focus is not visible on {}",
+            focused["what"]
+        );
+        if let Some(mark) = focused["mark"].as_str() {
+            reached.insert(mark.parse::<u64>().expect("mark"));
+        }
+    }
+    let missed: Vec<u64> = (0..count).filter(|i| !reached.contains(i)).collect();
+    assert!(
+        missed.is_empty(),
+        "{path}: Tab never reached elements {missed:?} of {count}"
+    );
+    browser.window(375, 812).await;
+    let widths = browser
+        .exec(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            json!([]),
+        )
+        .await;
+    assert!(
+        widths[0].as_f64() <= widths[1].as_f64(),
+        "{path} scrolls sideways at 375 px: {widths}"
+    );
+    browser.window(1280, 900).await;
+}
+
+/// The rendered size (CSS px) of the charts' axis labels, and whether any is cut off by
+/// its chart's edges, at the window's current width.
+const LABELS_SCRIPT: &str = r#"
+const out = { smallest: 1e9, clipped: [], width: window.innerWidth };
+for (const svg of document.querySelectorAll('#charts svg[role=img]')) {
+  const box = svg.getBoundingClientRect();
+  for (const t of svg.querySelectorAll('.axis text')) {
+    const px = parseFloat(getComputedStyle(t).fontSize) * t.getScreenCTM().a;
+    out.smallest = Math.min(out.smallest, px);
+    const r = t.getBoundingClientRect();
+    if (r.left < box.left - 0.5 || r.right > box.right + 0.5 || r.bottom > box.bottom + 0.5) out.clipped.push(t.textContent);
+  }
+}
+return out;
+"#;
+
 fn start_driver() -> Option<DriverProcess> {
     let required = std::env::var("FERRY_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
     if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
@@ -305,58 +444,6 @@ fn shots_dir(scratch: &Path) -> PathBuf {
     dir
 }
 
-/// staging: a canary in steps; production: rolling, held for an approver.
-fn pipeline(ferry: &Ferry, spec: &Spec) -> PathBuf {
-    let path = ferry.write_manifest(spec, "ferry.yaml");
-    let mut yaml = std::fs::read_to_string(&path).expect("read manifest");
-    yaml.push_str(&format!(
-        "  production:\n    listen: 127.0.0.1:{}\n    strategy: {{ rolling: {{ max_surge: 1, max_unavailable: 0 }} }}\n    gates: {{ approvals: [{{ role: approver }}] }}\n",
-        free_port(),
-    ));
-    std::fs::write(&path, yaml).expect("write manifest");
-    path
-}
-
-async fn deploy(ferry: &Ferry, env: &str, version: &str, who: &str) -> i64 {
-    let out = common::run(
-        ferry,
-        &common::As {
-            config: ferry.dir.path().join(format!("{who}.json")),
-            token: None,
-        },
-        &[
-            "deploy",
-            "shop",
-            "--env",
-            env,
-            "--version",
-            version,
-            "-o",
-            "json",
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(out.code, 0, "deploy:\n{out}");
-    out.json()["id"].as_i64().expect("deployment id")
-}
-
-async fn wait_state(ferry: &Ferry, id: i64, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let detail = ferry.deployment(id).await;
-        if detail.deployment.state.to_string() == state {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deployment #{id} is {}, never {state}",
-            detail.deployment.state
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn p95(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let at = ((values.len() as f64) * 0.95).ceil() as usize;
@@ -375,12 +462,18 @@ async fn the_console_in_chromium() {
         spec.env = "staging".into();
         spec.replicas = 1;
         spec.strategy = "{ canary: { steps: [{ weight: 20 }, { pause: 3s }, { weight: 50 }, { pause: 3s }, { weight: 80 }, { pause: 3s }] } }".into();
-        ferry.apply(&pipeline(&ferry, &spec)).await;
+        ferry
+            .apply(&with_approved_production(
+                &ferry,
+                &spec,
+                "{ rolling: { max_surge: 1, max_unavailable: 0 } }",
+            ))
+            .await;
         add_person(&ferry, "alice", PASSWORD, &[("developer", "shop", None)]).await;
         add_person(&ferry, "bob", PASSWORD, &[("approver", "shop", None)]).await;
         add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
-        let first = deploy(&ferry, "staging", "1.0.0", "alice").await;
-        wait_state(&ferry, first, "succeeded").await;
+        let first = deploy_as(&ferry, "alice", "shop", "staging", "1.0.0").await;
+        wait_state(&ferry, first, "succeeded", STATE_LIMIT).await;
 
         let browser = Browser::start(&driver).await;
         let console = ferry.url.clone();
@@ -396,7 +489,7 @@ async fn the_console_in_chromium() {
         // reload, and charts each version's traffic.
         let load = common::Load::start(&spec.listener(), 1);
         load.warm_up(5).await;
-        let canary = deploy(&ferry, "staging", "2.0.0", "alice").await;
+        let canary = deploy_as(&ferry, "alice", "shop", "staging", "2.0.0").await;
         browser.goto(&format!("{console}/deployments/{canary}")).await;
         let first_weight = browser
             .wait_text("#canary-weight", "canary started", |t| !t.is_empty())
@@ -407,6 +500,18 @@ async fn the_console_in_chromium() {
         browser
             .wait_text("#canary-weight", "the weight moved", |t| t != first_weight)
             .await;
+        // The charts grow as samples arrive: server-rendered parts swapped in, no reload.
+        let rows_script = "return document.querySelectorAll('#charts tbody tr').length;";
+        let rows_before = browser.exec(rows_script, json!([])).await.as_u64().unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = browser.exec(rows_script, json!([])).await.as_u64().unwrap_or(0);
+            if rows > rows_before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the charts never grew from {rows_before} rows");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         browser.screenshot(&shots.join("deployment-canary.png")).await;
         browser
             .wait_text("#state", "the canary finished", |t| t == "succeeded")
@@ -423,6 +528,26 @@ async fn the_console_in_chromium() {
             )
             .await;
         assert_eq!(lines, 2, "one line per version");
+        // Axis labels readable at a phone's width and at 400 px, none cut off.
+        for width in [375, 400, 1280] {
+            browser.window(width, 900).await;
+            let labels = browser.exec(LABELS_SCRIPT, json!([])).await;
+            eprintln!("chart axis labels at {width} px: {labels}");
+            assert!(
+                labels["smallest"].as_f64().unwrap_or(0.0) >= 11.0,
+                "axis labels too small at {width} px: {labels}"
+            );
+            assert_eq!(labels["clipped"], json!([]), "labels cut off at {width} px");
+        }
+        browser.window(390, 844).await;
+        browser
+            .exec(
+                "document.getElementById('charts').scrollIntoView(); return 1;",
+                json!([]),
+            )
+            .await;
+        browser.screenshot(&shots.join("deployment-charts-phone.png")).await;
+        browser.window(1280, 900).await;
         browser
             .exec(
                 "document.getElementById('charts').scrollIntoView(); return 1;",
@@ -462,8 +587,8 @@ async fn the_console_in_chromium() {
 
         // Production waits for an approver; the requester sees no approve button, and an
         // approval forged from her page (her session, her CSRF token) is refused.
-        let prod = deploy(&ferry, "production", "2.0.0", "alice").await;
-        wait_state(&ferry, prod, "awaiting-approval").await;
+        let prod = deploy_as(&ferry, "alice", "shop", "production", "2.0.0").await;
+        wait_state(&ferry, prod, "awaiting-approval", STATE_LIMIT).await;
         browser.goto(&format!("{console}/")).await;
         browser
             .wait_text("#live", "the dashboard lists it", |t| t.contains("awaiting-approval"))
@@ -537,6 +662,40 @@ async fn the_console_in_chromium() {
             .await;
         assert_ne!(outline, "not focused");
         assert_ne!(outline, "-9999px", "the skip link shows when focused");
+
+        // The newer pages: contrast, keyboard and a phone's width.
+        let out = ferry
+            .cli(&["flags", "create", "shop", "--env", "staging", "checkout", "--description", "new checkout"])
+            .await;
+        assert_eq!(out.code, 0, "flags create:\n{out}");
+        // The contrast check can fail: a pale grey text added to the page is caught.
+        browser.goto(&format!("{console}/deployments/{canary}")).await;
+        browser.must("main").await;
+        let caught = browser
+            .exec(
+                &format!(
+                    "const s = document.createElement('span'); s.textContent = 'faint'; \
+                     s.style.color = '#aaaaaa'; document.querySelector('main').append(s); \
+                     {CONTRAST_SCRIPT}"
+                ),
+                json!([]),
+            )
+            .await;
+        assert!(caught.to_string().contains("faint"), "{caught}");
+        for path in [
+            format!("/deployments/{canary}"),
+            "/apps/shop/flags?env=staging".to_string(),
+            "/notifications".to_string(),
+            "/apps/shop/dora?env=production".to_string(),
+            "/".to_string(),
+        ] {
+            assert_accessible(&browser, &console, &path).await;
+        }
+        browser.screenshot(&shots.join("dora.png")).await;
+        browser.call(reqwest::Method::DELETE, "/cookie", None).await;
+        let link = format!("/login/link/ferry_{}", "0".repeat(64));
+        assert_accessible(&browser, &console, &link).await;
+        browser.screenshot(&shots.join("login-link.png")).await;
 
         browser.quit().await;
     })

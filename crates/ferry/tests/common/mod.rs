@@ -1211,6 +1211,59 @@ pub async fn add_person<'a>(
     who
 }
 
+/// `spec`'s manifest (its environment, e.g. `staging`) followed by a `production`
+/// environment with `strategy` (one line of YAML) held for an `approver`'s approval.
+pub fn with_approved_production(ferry: &Ferry, spec: &Spec, strategy: &str) -> PathBuf {
+    let path = ferry.write_manifest(spec, "ferry.yaml");
+    let mut yaml = std::fs::read_to_string(&path).expect("read manifest");
+    yaml.push_str(&format!(
+        "  production:\n    listen: 127.0.0.1:{}\n    strategy: {strategy}\n    gates: {{ approvals: [{{ role: approver }}] }}\n",
+        free_port(),
+    ));
+    std::fs::write(&path, yaml).expect("write manifest");
+    path
+}
+
+/// `ferry deploy APP --env ENV --version VERSION` as person `who` (see [`add_person`]);
+/// the new deployment's id.
+pub async fn deploy_as(ferry: &Ferry, who: &str, app: &str, env: &str, version: &str) -> i64 {
+    let out = run(
+        ferry,
+        &user(ferry, who),
+        &[
+            "deploy",
+            app,
+            "--env",
+            env,
+            "--version",
+            version,
+            "-o",
+            "json",
+        ],
+        None,
+    )
+    .await;
+    ok(&out, "deploy");
+    out.json()["id"].as_i64().expect("deployment id")
+}
+
+/// Waits (up to `limit`) until deployment `id` is in `state` (as `ferry` writes it).
+pub async fn wait_state(ferry: &Ferry, id: i64, state: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let detail = ferry.deployment(id).await;
+        if detail.deployment.state.to_string() == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment #{id} is {}, never {state}",
+            detail.deployment.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `psql -X -d DB -Atc SQL` as the current user on the local server's socket: its output,
 /// or psql's error text.
 pub fn psql(database: &str, sql: &str) -> Result<String, String> {
