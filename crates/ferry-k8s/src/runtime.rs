@@ -85,6 +85,8 @@ struct Inner {
     events: broadcast::Sender<RuntimeEvent>,
     /// Serializes the writes that change a Deployment's replica count.
     writes: tokio::sync::Mutex<()>,
+    /// Replicas whose adoption failed: (namespace, app, env, workload), for `discard`.
+    unadopted: Mutex<BTreeMap<String, (String, String, String, String)>>,
     /// `traffic: gateway`: the split last written per (namespace, route, service), and when.
     gateway: Mutex<BTreeMap<RouteKey, (Split, tokio::time::Instant)>>,
 }
@@ -128,6 +130,7 @@ impl KubernetesRuntime {
             replicas: Mutex::new(BTreeMap::new()),
             events,
             writes: tokio::sync::Mutex::new(()),
+            unadopted: Mutex::new(BTreeMap::new()),
             gateway: Mutex::new(BTreeMap::new()),
         });
         let weak = Arc::downgrade(&inner);
@@ -293,6 +296,60 @@ impl KubernetesRuntime {
             lock(&self.inner.gateway).insert(key, (split, tokio::time::Instant::now()));
         }
         Ok(written)
+    }
+
+    /// Brings the Deployments of app/env (`only`: that one) in line with the replicas this
+    /// runtime supervises: one no replica accounts for is deleted (scaled to 0 first, its
+    /// grace period), one with more pods than replicas is scaled down to them. Returns how
+    /// many pods it removed.
+    async fn trim(
+        &self,
+        namespace: &str,
+        app: &str,
+        env: &str,
+        only: Option<&str>,
+    ) -> Result<usize, RuntimeError> {
+        let _writes = self.inner.writes.lock().await;
+        let manifest = self.environment(app, env)?.manifest;
+        let cluster = &self.inner.cluster;
+        let what = format!("Deployments of {app}/{env}");
+        let found = cluster
+            .adopt(namespace, app, env)
+            .await
+            .map_err(|e| engine(&what, e))?;
+        let mut removed = 0;
+        for live in found {
+            if only.is_some_and(|only| only != live.name) {
+                continue;
+            }
+            let supervised = lock(&self.inner.replicas)
+                .values()
+                .filter(|r| r.namespace == namespace && r.workload == live.name)
+                .count();
+            let supervised = i32::try_from(supervised).unwrap_or(i32::MAX);
+            if supervised >= live.replicas && supervised > 0 {
+                continue;
+            }
+            let what = format!("Deployment {}", live.name);
+            if supervised == 0 {
+                let grace = manifest
+                    .services
+                    .get(&live.service)
+                    .map_or(Duration::from_secs(10), |s| s.stop_timeout.get());
+                cluster
+                    .stop(namespace, &live.name, grace)
+                    .await
+                    .map_err(|e| engine(&what, e))?;
+            } else {
+                cluster
+                    .scale(namespace, &live.name, supervised)
+                    .await
+                    .map_err(|e| engine(&what, e))?;
+            }
+            tracing::info!(deployment = %live.name, from = live.replicas, to = supervised, "removed pods no replica accounts for");
+            removed += usize::try_from(live.replicas - supervised).unwrap_or(0);
+        }
+        Ok(removed)
     }
 
     fn emit(&self, event: RuntimeEvent) {
@@ -481,13 +538,18 @@ impl Runtime for KubernetesRuntime {
                 return Ok(false);
             };
             let mut replicas = lock(&self.inner.replicas);
+            if replicas.contains_key(&spec.id) {
+                return Ok(false);
+            }
             let supervised = replicas
                 .values()
                 .filter(|r| r.namespace == namespace && r.workload == workload)
                 .count();
-            if replicas.contains_key(&spec.id)
-                || supervised >= usize::try_from(live.replicas).unwrap_or(0)
-            {
+            if supervised >= usize::try_from(live.replicas).unwrap_or(0) {
+                lock(&self.inner.unadopted).insert(
+                    spec.id.clone(),
+                    (namespace, spec.app.clone(), spec.env.clone(), workload),
+                );
                 return Ok(false);
             }
             replicas.insert(
@@ -507,12 +569,49 @@ impl Runtime for KubernetesRuntime {
 
     fn discard<'a>(
         &'a self,
-        _id: &'a str,
+        id: &'a str,
         _recorded: Option<ProcessIdentity>,
     ) -> BoxFuture<'a, usize> {
-        // A replica is a share of its version's Deployment: what no replica accounts for
-        // is scaled away by the next start or stop of that version.
-        Box::pin(async { 0 })
+        // A replica is a share of its version's Deployment: discarding one whose adoption
+        // failed trims that Deployment to the replicas that were adopted (deleted when none
+        // was).
+        Box::pin(async move {
+            let Some((namespace, app, env, workload)) = lock(&self.inner.unadopted).remove(id)
+            else {
+                return 0;
+            };
+            self.trim(&namespace, &app, &env, Some(&workload))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(replica = id, error = %e, "cannot discard");
+                    0
+                })
+        })
+    }
+
+    fn remove_orphans<'a>(
+        &'a self,
+        _keep: &'a [String],
+    ) -> BoxFuture<'a, Result<usize, RuntimeError>> {
+        // The replicas this runtime supervises are the adopted ones (all in `keep`): every
+        // Deployment of a known environment is trimmed to them.
+        Box::pin(async move {
+            let environments: Vec<(String, String, String)> = lock(&self.inner.environments)
+                .iter()
+                .map(|((app, env), e)| {
+                    (
+                        objects::namespace_name(&e.manifest, env),
+                        app.clone(),
+                        env.clone(),
+                    )
+                })
+                .collect();
+            let mut removed = 0;
+            for (namespace, app, env) in environments {
+                removed += self.trim(&namespace, &app, &env, None).await?;
+            }
+            Ok(removed)
+        })
     }
 
     fn stop<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {

@@ -986,6 +986,88 @@ async fn a_restarted_server_adopts_the_replicas_its_deployments_have() {
     assert_eq!(writes(&fake), [format!("PATCH {DEPLOYMENTS}/{v2}/scale")]);
 }
 
+#[tokio::test]
+async fn after_a_restart_deployments_no_replica_accounts_for_are_trimmed() {
+    const V4: &str = "1.7.0";
+    let fake = Fake::default();
+    let [v1, v2, v3, v4] = [V1, V2, V3, V4].map(|v| names::workload("web", v));
+    {
+        let before = runtime(&fake);
+        for (id, version) in [
+            ("web-a", V1),
+            ("web-b", V1),
+            ("web-c", V2),
+            ("web-d", V3),
+            ("web-e", V4),
+        ] {
+            before.start(replica(id, version)).await.expect("start");
+        }
+    }
+    // Someone scaled V3 to 0 while no server ran.
+    fake.lock()
+        .objects
+        .get_mut(&format!("{DEPLOYMENTS}/{v3}"))
+        .expect("v3")["spec"]["replicas"] = json!(0);
+
+    // The new server's store knows web-a (not web-b), web-c, web-x (one more than V2 has)
+    // and web-d.
+    fake.forget_requests();
+    let rt = runtime(&fake);
+    assert!(rt.adopt(replica("web-a", V1), None).await.expect("a"));
+    assert!(rt.adopt(replica("web-c", V2), None).await.expect("c"));
+    assert!(!rt.adopt(replica("web-x", V2), None).await.expect("x"));
+    assert_eq!(rt.discard("web-x", None).await, 0);
+    assert!(
+        writes(&fake).is_empty(),
+        "V2 has as many pods as adopted replicas"
+    );
+    assert!(!rt.adopt(replica("web-d", V3), None).await.expect("d"));
+    assert_eq!(rt.discard("web-d", None).await, 0, "it had no pods");
+    assert_eq!(
+        writes(&fake),
+        [
+            format!("PATCH {DEPLOYMENTS}/{v3}/scale"),
+            format!("DELETE {DEPLOYMENTS}/{v3}"),
+            format!("DELETE {SERVICES}/{v3}"),
+        ],
+        "a Deployment no replica accounts for is deleted"
+    );
+    assert_eq!(rt.discard("never-adopted", None).await, 0);
+
+    // What no row accounts for: web-b's pod (V1 2 → 1) and all of V4; V2 stays.
+    fake.forget_requests();
+    let removed = rt
+        .remove_orphans(&["web-a".to_string(), "web-c".to_string()])
+        .await
+        .expect("orphans");
+    assert_eq!(removed, 2);
+    assert_eq!(
+        writes(&fake),
+        [
+            format!("PATCH {DEPLOYMENTS}/{v1}/scale"),
+            format!("PATCH {DEPLOYMENTS}/{v4}/scale"),
+            format!("DELETE {DEPLOYMENTS}/{v4}"),
+            format!("DELETE {SERVICES}/{v4}"),
+        ]
+    );
+    assert_eq!(replicas_sent(&fake, &format!("deployments/{v1}/scale")), 1);
+    let delete = fake
+        .requests()
+        .into_iter()
+        .find(|s| s.line() == format!("DELETE {DEPLOYMENTS}/{v4}"))
+        .expect("delete");
+    assert_eq!(delete.body["gracePeriodSeconds"], 20, "web's stop_timeout");
+    assert!(
+        fake.lock()
+            .objects
+            .contains_key(&format!("{DEPLOYMENTS}/{v2}"))
+    );
+    // A second pass finds nothing more.
+    fake.forget_requests();
+    assert_eq!(rt.remove_orphans(&[]).await.expect("again"), 0);
+    assert!(writes(&fake).is_empty(), "{:?}", writes(&fake));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_task_runs_once_as_a_job_with_its_secrets_from_the_secret() {
     let fake = Fake::default();
@@ -1313,6 +1395,7 @@ fn ferry_s_own_rbac_grants_every_request_the_runtime_makes_and_nothing_more() {
     a_restarted_server_adopts_the_replicas_its_deployments_have();
     a_task_runs_once_as_a_job_with_its_secrets_from_the_secret();
     gateway_traffic_follows_the_route_table_through_a_canary_and_a_rollback();
+    after_a_restart_deployments_no_replica_accounts_for_are_trimmed();
     let used: std::collections::BTreeSet<(String, String, String)> = EVERY_REQUEST
         .lock()
         .expect("every request")

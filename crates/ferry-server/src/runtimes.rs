@@ -422,12 +422,20 @@ impl Runtimes {
     }
 
     /// After the adoptions of a restart: removes what runs for replicas the store does not
-    /// know (`keep`: the ids it knows), on the local runtime and on the engine when this
-    /// server is connected to one.
+    /// know (`keep`: the ids it knows), on the local runtime, on the engine when this
+    /// server is connected to one, and in the namespaces of its `runtime: kubernetes`
+    /// environments (Deployments trimmed to the adopted replicas).
     pub async fn remove_orphans(&self, keep: &[String]) -> Result<usize, RuntimeError> {
         let mut removed = self.inner.local.remove_orphans(keep).await?;
         if let Some(docker) = self.inner.docker.get() {
             removed += docker.remove_orphans(keep).await?;
+        }
+        #[cfg(feature = "kubernetes")]
+        {
+            let kubes: Vec<_> = crate::lock(&self.inner.kube).values().cloned().collect();
+            for kube in kubes {
+                removed += kube.remove_orphans(keep).await?;
+            }
         }
         Ok(removed)
     }
