@@ -10,6 +10,8 @@
 //! - [`Cluster::adopt`]: after a restart, the Deployments of an environment found by
 //!   Ferry's labels, with their version and replica counts.
 //! - [`Cluster::endpoints`]: the ready pod addresses of a version, from its EndpointSlices.
+//! - [`Cluster::watch`]: a wake-up whenever a watched kind changes (the runtime watches its
+//!   Deployments and EndpointSlices instead of polling them).
 //! - [`Cluster::stop`]: scale to 0 (the pods get SIGTERM and their grace period), then
 //!   delete the Deployment and its Service.
 //! - [`Cluster::run_hook`]: a hook attempt as a Job, exactly once (an existing Job of the
@@ -29,7 +31,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
-    PatchParams, PostParams,
+    PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::{Client, Resource};
 use serde::Serialize;
@@ -50,6 +52,9 @@ pub const MAX_CONFLICT_RETRIES: u32 = 3;
 pub const MAX_HOOK_LOG_BYTES: i64 = 64 * 1024;
 /// How often a running Job is looked at.
 const JOB_POLL: Duration = Duration::from_millis(500);
+/// How long the API server keeps one watch open before Ferry opens the next (its own
+/// limit; a watch it ends is simply opened again from the last version seen).
+const WATCH_TIMEOUT_SECS: u32 = 290;
 
 /// A failure talking to the cluster, with the object it was about.
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +356,77 @@ impl Cluster {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// Watches the `K`s of `namespace` that `labels` selects and sends a wake-up on `changed`
+    /// after each change (a full channel already holds one: none is lost, several are
+    /// coalesced). Watches from resourceVersion "0" (the API server first sends the objects
+    /// as they are), then from the last version seen; a watch the server ends is opened
+    /// again, an error (a 410 Gone: that version is too old) waits `retry` and starts over.
+    /// Returns when `changed` is closed.
+    pub async fn watch<K>(
+        &self,
+        namespace: &str,
+        labels: &str,
+        changed: tokio::sync::mpsc::Sender<()>,
+        retry: Duration,
+    ) where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + 'static,
+    {
+        use futures_util::StreamExt;
+        let api = self.namespaced::<K>(namespace);
+        let params = WatchParams::default()
+            .labels(labels)
+            .timeout(WATCH_TIMEOUT_SECS);
+        let what = format!("watch of {} in {namespace}", K::plural(&()));
+        let mut version = "0".to_string();
+        while !changed.is_closed() {
+            let stream = match api.watch(&params, &version).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(watch = %what, error = %e, "cannot watch; trying again");
+                    version = "0".to_string();
+                    tokio::time::sleep(retry).await;
+                    continue;
+                }
+            };
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let object = match event {
+                    Ok(WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o)) => {
+                        o
+                    }
+                    Ok(WatchEvent::Bookmark(mark)) => {
+                        version = mark.metadata.resource_version;
+                        continue;
+                    }
+                    Ok(WatchEvent::Error(status)) => {
+                        tracing::debug!(watch = %what, code = status.code, "watch ended; starting over");
+                        version = "0".to_string();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(watch = %what, error = %e, "watch failed; starting over");
+                        version = "0".to_string();
+                        tokio::time::sleep(retry).await;
+                        break;
+                    }
+                };
+                if let Some(seen) = object.meta().resource_version.clone() {
+                    version = seen;
+                }
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) =
+                    changed.try_send(())
+                {
+                    return;
+                }
+            }
+        }
     }
 
     /// Scales a version's Deployment to `replicas` (only `spec.replicas`, under Ferry's field

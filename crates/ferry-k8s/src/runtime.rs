@@ -12,9 +12,9 @@
 //!   choice.
 //! - Readiness comes from the Deployment's `status.readyReplicas` (the pods' readiness
 //!   probes are the manifest's `health`): the first `readyReplicas` replicas of a version (by
-//!   id) are Healthy. A poller lists the environment's Deployments by Ferry's labels and the
-//!   version's EndpointSlices every [`KubernetesRuntime::with_poll`] interval and emits the
-//!   [`RuntimeEvent`]s.
+//!   id) are Healthy. The runtime watches the environment's Deployments and EndpointSlices
+//!   (by Ferry's labels, [`Cluster::watch`]); on each change, and every [`DEFAULT_RESYNC`]
+//!   besides, it lists them and emits the [`RuntimeEvent`]s.
 //! - [`Runtime::endpoint`]: a ready pod address of the version (from its EndpointSlices,
 //!   the n-th for the n-th replica), never an address on this host; none until it is ready.
 //! - [`Runtime::adopt`] after a restart: the Deployment is found again by name and labels;
@@ -46,8 +46,10 @@ use crate::gateway::{self, Split};
 use crate::names;
 use crate::objects::{self, LABEL_APP, LABEL_ENV, LABEL_SERVICE, LABEL_VERSION, Release};
 
-/// How often the Deployments and EndpointSlices are read, by default.
-pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
+/// How often the Deployments and EndpointSlices are read when no watch said they changed.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+/// How long a failed watch waits before it starts over.
+const WATCH_RETRY: Duration = Duration::from_secs(2);
 /// How long a `traffic: gateway` split that has not changed is trusted before the route is
 /// read again (a GET; a write only if someone put other weights back).
 pub const GATEWAY_RESYNC: Duration = Duration::from_secs(60);
@@ -87,6 +89,12 @@ struct Inner {
     writes: tokio::sync::Mutex<()>,
     /// Replicas whose adoption failed: (namespace, app, env, workload), for `discard`.
     unadopted: Mutex<BTreeMap<String, (String, String, String, String)>>,
+    /// Wakes the observer (a watch saw a change).
+    wake: tokio::sync::mpsc::Sender<()>,
+    /// Whether the runtime watches (false: it only polls, see `with_poll`).
+    watching: bool,
+    /// The (namespace, app, env) whose Deployments and EndpointSlices are watched.
+    watched: Mutex<BTreeSet<(String, String, String)>>,
     /// `traffic: gateway`: the split last written per (namespace, route, service), and when.
     gateway: Mutex<BTreeMap<RouteKey, (Split, tokio::time::Instant)>>,
 }
@@ -116,13 +124,20 @@ fn refused(what: impl Into<String>, message: impl Into<String>) -> RuntimeError 
 }
 
 impl KubernetesRuntime {
-    /// A runtime on `cluster`, reading its state every [`DEFAULT_POLL`].
+    /// A runtime on `cluster` that watches its Deployments and EndpointSlices (and reads
+    /// them again every [`DEFAULT_RESYNC`]). Needs a Tokio runtime.
     pub fn new(cluster: Cluster) -> Self {
-        Self::with_poll(cluster, DEFAULT_POLL)
+        Self::build(cluster, DEFAULT_RESYNC, true)
     }
 
-    /// A runtime whose poller reads the cluster every `poll`. Needs a Tokio runtime.
+    /// A runtime that reads the cluster every `poll` and watches nothing (tests step it with
+    /// [`KubernetesRuntime::observe`]). Needs a Tokio runtime.
     pub fn with_poll(cluster: Cluster, poll: Duration) -> Self {
+        Self::build(cluster, poll, false)
+    }
+
+    fn build(cluster: Cluster, resync: Duration, watch: bool) -> Self {
+        let (wake, woken) = tokio::sync::mpsc::channel(1);
         let (events, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             cluster,
@@ -131,11 +146,47 @@ impl KubernetesRuntime {
             events,
             writes: tokio::sync::Mutex::new(()),
             unadopted: Mutex::new(BTreeMap::new()),
+            wake,
+            watching: watch,
+            watched: Mutex::new(BTreeSet::new()),
             gateway: Mutex::new(BTreeMap::new()),
         });
         let weak = Arc::downgrade(&inner);
-        tokio::spawn(poll_loop(weak, poll));
+        tokio::spawn(observe_loop(weak, woken, resync));
         KubernetesRuntime { inner }
+    }
+
+    /// Starts watching the Deployments and EndpointSlices of (namespace, app, env), once.
+    fn watch(&self, namespace: &str, app: &str, env: &str) {
+        if !self.inner.watching {
+            return;
+        }
+        let wake = &self.inner.wake;
+        let group = (namespace.to_string(), app.to_string(), env.to_string());
+        if !lock(&self.inner.watched).insert(group) {
+            return;
+        }
+        // The EndpointSlice controller copies a Service's labels onto its slices.
+        let labels = format!("{LABEL_APP}={app},{LABEL_ENV}={env}");
+        let cluster = self.inner.cluster.clone();
+        let (ns, by, changed) = (namespace.to_string(), labels.clone(), wake.clone());
+        tokio::spawn(async move {
+            cluster
+                .watch::<k8s_openapi::api::apps::v1::Deployment>(&ns, &by, changed, WATCH_RETRY)
+                .await;
+        });
+        let cluster = self.inner.cluster.clone();
+        let (ns, wake) = (namespace.to_string(), wake.clone());
+        tokio::spawn(async move {
+            cluster
+                .watch::<k8s_openapi::api::discovery::v1::EndpointSlice>(
+                    &ns,
+                    &labels,
+                    wake,
+                    WATCH_RETRY,
+                )
+                .await;
+        });
     }
 
     /// The manifest and secrets of `env` (its objects are built from them); call again when
@@ -465,9 +516,15 @@ async fn observe(inner: &Inner) {
     }
 }
 
-async fn poll_loop(inner: Weak<Inner>, poll: Duration) {
+/// Reads the cluster whenever a watch saw a change, and every `resync` besides; ends (and
+/// with it the watches, whose channel closes) when the runtime is dropped.
+async fn observe_loop(
+    inner: Weak<Inner>,
+    mut woken: tokio::sync::mpsc::Receiver<()>,
+    resync: Duration,
+) {
     loop {
-        tokio::time::sleep(poll).await;
+        let _ = tokio::time::timeout(resync, woken.recv()).await;
         let Some(inner) = inner.upgrade() else { return };
         observe(&inner).await;
     }
@@ -510,6 +567,7 @@ impl Runtime for KubernetesRuntime {
                 lock(&self.inner.replicas).remove(&id);
                 return Err(e);
             }
+            self.watch(&namespace, &spec.app, &spec.env);
             let instance = Instance::Container(format!("{namespace}/{workload}"));
             self.emit(RuntimeEvent::Started {
                 id,
@@ -552,17 +610,20 @@ impl Runtime for KubernetesRuntime {
                 );
                 return Ok(false);
             }
+            let (app, env) = (spec.app.clone(), spec.env.clone());
             replicas.insert(
                 spec.id.clone(),
                 Replica {
                     spec,
-                    namespace,
+                    namespace: namespace.clone(),
                     workload,
                     state: ReplicaState::Starting,
                     ever_healthy: false,
                     endpoint: None,
                 },
             );
+            drop(replicas);
+            self.watch(&namespace, &app, &env);
             Ok(true)
         })
     }

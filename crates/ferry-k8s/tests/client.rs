@@ -52,6 +52,8 @@ struct State {
     version: u64,
     /// Deployments (by name) whose pods never become ready.
     unready: Vec<String>,
+    /// The watch requests (kept apart from `seen`: they come from background tasks).
+    watches: Vec<Seen>,
 }
 
 /// What the Deployment controller, the kubelet and the EndpointSlice controller would make
@@ -73,7 +75,16 @@ fn settle(state: &mut State, path: &str) {
     let ready = !state.unready.contains(&name);
     live["status"] =
         json!({ "replicas": replicas, "readyReplicas": if ready { replicas } else { 0 } });
+    state.version += 1;
+    let version = state.version.to_string();
+    let Some(live) = state.objects.get_mut(path) else {
+        return;
+    };
+    live["metadata"]["resourceVersion"] = json!(version);
     let pod_labels = live["spec"]["template"]["metadata"]["labels"].clone();
+    // The EndpointSlice controller copies the Service's labels (Ferry's) onto its slices.
+    let mut slice_labels = pod_labels.clone();
+    slice_labels["kubernetes.io/service-name"] = json!(name);
     let net = name.bytes().map(u64::from).sum::<u64>() % 250;
     let endpoints: Vec<Value> = (1..=replicas)
         .map(|i| json!({ "addresses": [format!("10.0.{net}.{i}")], "conditions": { "ready": ready } }))
@@ -82,7 +93,7 @@ fn settle(state: &mut State, path: &str) {
         format!("/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}-auto"),
         json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
                 "metadata": { "name": format!("{name}-auto"), "namespace": namespace,
-                              "labels": { "kubernetes.io/service-name": name } },
+                              "labels": slice_labels, "resourceVersion": version },
                 "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
                 "endpoints": endpoints }),
     );
@@ -95,8 +106,9 @@ fn settle(state: &mut State, path: &str) {
     );
 }
 
+/// The fake's state, and a signal of every change to it (for the watches it holds open).
 #[derive(Clone, Default)]
-struct Fake(Arc<Mutex<State>>);
+struct Fake(Arc<Mutex<State>>, Arc<tokio::sync::Notify>);
 
 fn status(code: u16, reason: &str) -> Value {
     json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason,
@@ -151,6 +163,59 @@ impl Fake {
 
     fn put(&self, path: &str, object: Value) {
         self.lock().objects.insert(path.to_string(), object);
+    }
+
+    /// Tells the watches held open that the state changed (after a test changed it).
+    fn touch(&self) {
+        self.1.notify_waiters();
+    }
+
+    /// A watch (`?watch=true`): held until an object of the collection that the label
+    /// selector selects has a resourceVersion above the one asked for, then answered with
+    /// those objects as MODIFIED events (the body ends: the client watches again).
+    async fn watch(&self, seen: Seen) -> Vec<u8> {
+        {
+            let mut state = self.lock();
+            state.watches.push(seen.clone());
+        }
+        EVERY_REQUEST
+            .lock()
+            .expect("every request")
+            .push((seen.clone(), false));
+        let from: u64 = query_param(&seen.query, "resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let selector = query_param(&seen.query, "labelSelector").unwrap_or_default();
+        let prefix = format!("{}/", seen.path);
+        loop {
+            let changed = self.1.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let events: Vec<u8> = self
+                .lock()
+                .objects
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                .map(|(_, v)| v)
+                .filter(|v| matches_labels(v, &selector))
+                .filter(|v| {
+                    v["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|r| r.parse::<u64>().ok())
+                        .is_some_and(|r| r > from)
+                })
+                .flat_map(|v| {
+                    let mut line = serde_json::to_vec(&json!({ "type": "MODIFIED", "object": v }))
+                        .expect("json");
+                    line.push(b'\n');
+                    line
+                })
+                .collect();
+            if !events.is_empty() {
+                return events;
+            }
+            changed.await;
+        }
     }
 
     fn fail(&self, prefix: &str, code: u16) {
@@ -306,7 +371,21 @@ impl Fake {
                         .to_string(),
                     body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
                 };
+                if query_param(&seen.query, "watch").as_deref() == Some("true") {
+                    let fake = fake.clone();
+                    tokio::spawn(async move {
+                        let events = fake.watch(seen).await;
+                        let response = Response::builder()
+                            .status(StatusCode::OK)
+                            .header("content-type", "application/json")
+                            .body(Body::from(events))
+                            .expect("response");
+                        respond.send_response(response);
+                    });
+                    continue;
+                }
                 let (code, body) = fake.answer(seen);
+                fake.touch();
                 let bytes = match &body {
                     Value::String(text) => text.clone().into_bytes(),
                     other => serde_json::to_vec(other).expect("json"),
@@ -986,6 +1065,75 @@ async fn a_restarted_server_adopts_the_replicas_its_deployments_have() {
     assert_eq!(writes(&fake), [format!("PATCH {DEPLOYMENTS}/{v2}/scale")]);
 }
 
+/// The next event matching `wanted`, within a bounded time (the watch drives it).
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>,
+    wanted: impl Fn(&RuntimeEvent) -> bool,
+) -> RuntimeEvent {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.recv().await {
+                Ok(event) if wanted(&event) => return event,
+                Ok(_) => {}
+                Err(e) => panic!("events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the event within 20 s")
+}
+
+#[tokio::test]
+async fn the_runtime_watches_deployments_and_endpoint_slices_instead_of_polling() {
+    let fake = Fake::default();
+    // Watching, with the default resync (30 s): within the bounded waits below only a
+    // watch can bring the changes.
+    let rt = KubernetesRuntime::new(Cluster::new(fake.client()));
+    rt.configure(&common::manifest(), "staging", BTreeMap::new());
+    let mut events = rt.subscribe();
+    rt.start(replica("web-a", V1)).await.expect("start");
+    let healthy = next_event(&mut events, |e| matches!(e, RuntimeEvent::Healthy { .. })).await;
+    assert_eq!(healthy, RuntimeEvent::Healthy { id: "web-a".into() });
+    assert!(rt.endpoint("web-a").is_some());
+    let watches = fake.lock().watches.clone();
+    for kind in [
+        DEPLOYMENTS,
+        "/apis/discovery.k8s.io/v1/namespaces/shop-staging/endpointslices",
+    ] {
+        let watch = watches
+            .iter()
+            .find(|w| w.path == kind)
+            .unwrap_or_else(|| panic!("a watch of {kind} in {watches:?}"));
+        assert_eq!(
+            query_param(&watch.query, "labelSelector").as_deref(),
+            Some("ferry.dev/app=shop,ferry.dev/env=staging")
+        );
+    }
+
+    // Its pods stop being ready (the kubelet's probes fail): Unhealthy, by the watch.
+    let v1 = names::workload("web", V1);
+    fake.lock().unready.push(v1.clone());
+    settle(&mut fake.lock(), &format!("{DEPLOYMENTS}/{v1}"));
+    fake.touch();
+    let unhealthy = next_event(&mut events, |e| matches!(e, RuntimeEvent::Unhealthy { .. })).await;
+    assert_eq!(
+        unhealthy,
+        RuntimeEvent::Unhealthy {
+            id: "web-a".into(),
+            reason: format!("Deployment {v1} has 0 ready pods of 1"),
+        }
+    );
+    assert_eq!(rt.endpoint("web-a"), None);
+    // Each watch went on from the last resourceVersion it saw, not from the start.
+    let later = fake.lock().watches.clone();
+    assert!(
+        later
+            .iter()
+            .any(|w| query_param(&w.query, "resourceVersion").is_some_and(|v| v != "0")),
+        "{later:?}"
+    );
+}
+
 #[tokio::test]
 async fn after_a_restart_deployments_no_replica_accounts_for_are_trimmed() {
     const V4: &str = "1.7.0";
@@ -1396,6 +1544,7 @@ fn ferry_s_own_rbac_grants_every_request_the_runtime_makes_and_nothing_more() {
     a_task_runs_once_as_a_job_with_its_secrets_from_the_secret();
     gateway_traffic_follows_the_route_table_through_a_canary_and_a_rollback();
     after_a_restart_deployments_no_replica_accounts_for_are_trimmed();
+    the_runtime_watches_deployments_and_endpoint_slices_instead_of_polling();
     let used: std::collections::BTreeSet<(String, String, String)> = EVERY_REQUEST
         .lock()
         .expect("every request")
