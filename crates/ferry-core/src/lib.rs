@@ -11,6 +11,7 @@ pub mod audit;
 pub mod console;
 pub mod dora;
 pub mod duration;
+pub mod endpoint;
 pub mod flags;
 pub mod gates;
 pub mod manifest;

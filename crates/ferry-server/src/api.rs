@@ -10,16 +10,18 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{MethodFilter, get, on};
 use axum::{Extension, Json, Router};
 use ferry_core::api::{
     ApiError, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
     DeploymentView, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, PromoteRequest, RedeployAnswer,
     RedeployRequest, RollbackRequest, clip,
 };
+use ferry_core::endpoint::{Endpoint, Method};
 use ferry_core::manifest::{self, Manifest};
 use ferry_core::rbac::{Permission, Target};
 use ferry_store::{AppRecord, NewManifest, Store};
@@ -63,171 +65,98 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    use crate::{audit, identity, secrets};
+    use crate::{alerts, api_hooks, apply, audit, config, dora, flags_api, gates, identity};
+    use crate::{notify_api, releases, secrets};
+    use ferry_core::endpoint as e;
+    // Every declared endpoint, bound to its handler (tests: the router serves exactly the
+    // declarations, and openapi.json describes exactly them).
     let gated = Router::new()
-        .route("/v1/login", post(identity::login))
-        .route("/v1/login/link", post(identity::use_login_link))
-        .route("/v1/login-links", post(identity::create_login_link))
-        .route("/v1/logout", post(identity::logout))
-        .route("/v1/whoami", get(identity::whoami))
-        .route(
-            "/v1/users",
-            get(identity::list_users).post(identity::create_user),
-        )
-        .route("/v1/users/{name}/disable", post(identity::disable_user))
-        .route("/v1/users/{name}/enable", post(identity::enable_user))
-        .route("/v1/users/{name}/password", put(identity::set_password))
-        .route(
-            "/v1/roles",
-            get(identity::list_roles).post(identity::create_role),
-        )
-        .route("/v1/roles/{name}", delete(identity::delete_role))
-        .route(
-            "/v1/bindings",
-            get(identity::list_bindings).post(identity::create_binding),
-        )
-        .route("/v1/bindings/{id}", delete(identity::delete_binding))
-        .route(
-            "/v1/tokens",
-            get(identity::list_tokens).post(identity::create_token),
-        )
-        .route("/v1/tokens/{id}", delete(identity::delete_token))
-        .route("/v1/auth/can-i", get(identity::can_i))
-        .route("/v1/audit", get(audit::query))
-        .route("/v1/audit/export", get(audit::export))
-        .route("/v1/audit/verify", get(audit::verify))
-        .route("/v1/audit/checkpoints", get(audit::checkpoints))
-        .route(
-            "/v1/deployments/{id}/change-record",
-            get(audit::change_record),
-        )
-        .route(
-            "/v1/deployments/{id}/approve",
-            post(approvals::decide).delete(approvals::withdraw),
-        )
-        .route("/v1/deployments/{id}/approvals", get(approvals::list))
-        .route("/metrics", get(metrics))
-        .route("/v1/apps", post(apply).get(list_apps))
-        .route(
-            "/v1/apps/{app}",
-            get(get_app).delete(crate::apply::delete_app),
-        )
-        .route("/v1/version", get(version))
-        .route("/v1/apps/{app}/status", get(status))
-        .route(
-            "/v1/apps/{app}/envs/{env}/deployments",
-            post(deploy).get(history),
-        )
-        .route("/v1/apps/{app}/envs/{env}/rollback", post(rollback))
-        .route("/v1/apps/{app}/envs/{env}/logs", get(logs))
-        .route("/v1/apps/{app}/envs/{env}/dora", get(crate::dora::metrics))
-        // alerts:
-        .route("/v1/alerts", get(crate::alerts::list))
-        .route("/v1/silences", get(crate::alerts::list_silences))
-        .route(
-            "/v1/apps/{app}/envs/{env}/silences",
-            post(crate::alerts::create_silence),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/silences/{id}",
-            delete(crate::alerts::end_silence),
-        )
-        // notify:
-        .route("/v1/notifications", get(crate::notify_api::history))
-        .route("/v1/apps/{app}/envs/{env}/watch", get(watch))
-        .route("/v1/apps/{app}/envs/{env}/promote", post(promote))
-        .route("/v1/apps/{app}/envs/{env}/pause", post(pause))
-        .route("/v1/apps/{app}/envs/{env}/resume", post(resume))
-        .route("/v1/apps/{app}/envs/{env}/abort", post(abort))
-        .route("/v1/apps/{app}/envs/{env}/retry", post(retry))
-        .route("/v1/deployments/{id}", get(deployment))
-        .route("/v1/deployments/{id}/events", get(events))
-        .route("/v1/apps/{app}/envs/{env}/secrets", get(secrets::list))
-        .route(
-            "/v1/apps/{app}/envs/{env}/secrets/{name}",
-            put(secrets::set).delete(secrets::delete),
-        )
-        .route("/v1/secrets/rotate-key", post(secrets::rotate_key))
-        // config:
-        .route(
-            "/v1/apps/{app}/envs/{env}/config",
-            get(crate::config::get_config),
-        )
-        .route("/v1/apps/{app}/envs/{env}/redeploy", post(redeploy))
-        .route("/v1/teardown", post(teardown))
-        // releases:
-        .route(
-            "/v1/apps/{app}/releases",
-            post(crate::releases::create).get(crate::releases::list),
-        )
-        .route(
-            "/v1/apps/{app}/releases/{version}",
-            get(crate::releases::show),
-        )
-        .route("/v1/apps/{app}/promotions", post(crate::releases::promote))
-        // gates:
-        .route("/v1/deployments/{id}/gates", get(crate::gates::status))
-        .route(
-            "/v1/deployments/{id}/overrides",
-            post(crate::gates::create_override),
-        )
-        // hooks:
-        .route("/v1/deployments/{id}/hooks", get(crate::api_hooks::list))
-        .route(
-            "/v1/deployments/{id}/hooks/{name}/output",
-            get(crate::api_hooks::output),
-        )
-        // flags:
-        .route(
-            "/v1/apps/{app}/envs/{env}/flags",
-            get(crate::flags_api::list).post(crate::flags_api::create),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/flags/{flag}",
-            get(crate::flags_api::show).put(crate::flags_api::set),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/flags/{flag}/enable",
-            post(crate::flags_api::enable),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/flags/{flag}/disable",
-            post(crate::flags_api::disable),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/flags/{flag}/archive",
-            post(crate::flags_api::archive),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/flags/{flag}/rollout",
-            put(crate::flags_api::rollout),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/flags/{flag}/variants",
-            put(crate::flags_api::variants),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/flags/{flag}/guarded-rollout",
-            get(crate::flags_api::guard_show)
-                .post(crate::flags_api::guard_start)
-                .delete(crate::flags_api::guard_stop),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/features",
-            get(crate::flags_api::export).post(crate::flags_api::import),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/flag-tokens",
-            get(crate::flags_api::list_tokens).post(crate::flags_api::create_token),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/flag-tokens/{id}",
-            delete(crate::flags_api::delete_token),
-        )
-        .route(
-            "/v1/apps/{app}/envs/{env}/flag-metrics",
-            get(crate::flags_api::metrics),
-        )
+        .serve(e::Login, identity::login)
+        .serve(e::LoginWithLink, identity::use_login_link)
+        .serve(e::LoginLinksCreate, identity::create_login_link)
+        .serve(e::Logout, identity::logout)
+        .serve(e::Whoami, identity::whoami)
+        .serve(e::Version, version)
+        .serve(e::Metrics, metrics)
+        .serve(e::AppsList, list_apps)
+        .serve(e::Apply, apply)
+        .serve(e::AppsGet, get_app)
+        .serve(e::AppsDelete, apply::delete_app)
+        .serve(e::Status, status)
+        .serve(e::Deploy, deploy)
+        .serve(e::History, history)
+        .serve(e::Rollback, rollback)
+        .serve(e::Logs, logs)
+        .serve(e::Dora, dora::metrics)
+        .serve(e::AlertsList, alerts::list)
+        .serve(e::SilencesList, alerts::list_silences)
+        .serve(e::SilencesCreate, alerts::create_silence)
+        .serve(e::SilencesDelete, alerts::end_silence)
+        .serve(e::Watch, watch)
+        .serve(e::Promote, promote)
+        .serve(e::Pause, pause)
+        .serve(e::Resume, resume)
+        .serve(e::Abort, abort)
+        .serve(e::Retry, retry)
+        .serve(e::SecretsList, secrets::list)
+        .serve(e::SecretsSet, secrets::set)
+        .serve(e::SecretsDelete, secrets::delete)
+        .serve(e::SecretsRotateKey, secrets::rotate_key)
+        .serve(e::DeploymentsGet, deployment)
+        .serve(e::DeploymentsEvents, events)
+        .serve(e::Approve, approvals::decide)
+        .serve(e::ApproveWithdraw, approvals::withdraw)
+        .serve(e::Approvals, approvals::list)
+        .serve(e::ChangeRecord, audit::change_record)
+        .serve(e::Teardown, teardown)
+        .serve(e::UsersList, identity::list_users)
+        .serve(e::UsersCreate, identity::create_user)
+        .serve(e::UsersDisable, identity::disable_user)
+        .serve(e::UsersEnable, identity::enable_user)
+        .serve(e::UsersPassword, identity::set_password)
+        .serve(e::RolesList, identity::list_roles)
+        .serve(e::RolesCreate, identity::create_role)
+        .serve(e::RolesDelete, identity::delete_role)
+        .serve(e::BindingsList, identity::list_bindings)
+        .serve(e::BindingsCreate, identity::create_binding)
+        .serve(e::BindingsDelete, identity::delete_binding)
+        .serve(e::TokensList, identity::list_tokens)
+        .serve(e::TokensCreate, identity::create_token)
+        .serve(e::TokensDelete, identity::delete_token)
+        .serve(e::AuthCanI, identity::can_i)
+        .serve(e::Notifications, notify_api::history)
+        .serve(e::AuditQuery, audit::query)
+        .serve(e::AuditExport, audit::export)
+        .serve(e::AuditVerify, audit::verify)
+        .serve(e::AuditCheckpoints, audit::checkpoints)
+        .serve(e::ReleasesCreate, releases::create)
+        .serve(e::ReleasesList, releases::list)
+        .serve(e::ReleasesGet, releases::show)
+        .serve(e::PromotionsCreate, releases::promote)
+        .serve(e::Gates, gates::status)
+        .serve(e::GatesOverride, gates::create_override)
+        .serve(e::ConfigGet, config::get_config)
+        .serve(e::Redeploy, redeploy)
+        .serve(e::DeploymentsHooks, api_hooks::list)
+        .serve(e::DeploymentsHookOutput, api_hooks::output)
+        .serve(e::FlagsList, flags_api::list)
+        .serve(e::FlagsCreate, flags_api::create)
+        .serve(e::FlagsGet, flags_api::show)
+        .serve(e::FlagsSet, flags_api::set)
+        .serve(e::FlagsEnable, flags_api::enable)
+        .serve(e::FlagsDisable, flags_api::disable)
+        .serve(e::FlagsArchive, flags_api::archive)
+        .serve(e::FlagsRollout, flags_api::rollout)
+        .serve(e::FlagsVariants, flags_api::variants)
+        .serve(e::FlagsGuardedRolloutGet, flags_api::guard_show)
+        .serve(e::FlagsGuardedRolloutStart, flags_api::guard_start)
+        .serve(e::FlagsGuardedRolloutStop, flags_api::guard_stop)
+        .serve(e::FlagsExport, flags_api::export)
+        .serve(e::FlagsImport, flags_api::import)
+        .serve(e::FlagsTokensList, flags_api::list_tokens)
+        .serve(e::FlagsTokensCreate, flags_api::create_token)
+        .serve(e::FlagsTokensDelete, flags_api::delete_token)
+        .serve(e::FlagsMetrics, flags_api::metrics)
         .route_layer(middleware::from_fn_with_state(state.clone(), access::gate));
     let api = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -250,6 +179,24 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone());
     // console: the web console at `/`, beside the API (it calls the API router itself)
     crate::console::mount(api, state)
+}
+
+/// Binds a declared endpoint ([`ferry_core::endpoint`]) to its handler: the path and method
+/// come from the declaration, never written twice.
+trait Serve {
+    fn serve<E: Endpoint, H: Handler<T, AppState>, T: 'static>(self, _: E, handler: H) -> Self;
+}
+
+impl Serve for Router<AppState> {
+    fn serve<E: Endpoint, H: Handler<T, AppState>, T: 'static>(self, _: E, handler: H) -> Self {
+        let method = match E::SPEC.method {
+            Method::Get => MethodFilter::GET,
+            Method::Post => MethodFilter::POST,
+            Method::Put => MethodFilter::PUT,
+            Method::Delete => MethodFilter::DELETE,
+        };
+        self.route(E::SPEC.path, on(method, handler))
+    }
 }
 
 /// Every error answer is the JSON error object: what the framework answers in plain text
@@ -1113,10 +1060,28 @@ mod tests {
         }
         let mut paths: std::collections::BTreeSet<String> =
             documented.iter().map(|(_, p)| p.clone()).collect();
-        paths.extend(access::RULES.iter().map(|r| r.path.to_string()));
+        paths.extend(
+            ferry_core::endpoint::ENDPOINTS
+                .iter()
+                .map(|e| e.path.to_string()),
+        );
         paths.extend(["/healthz", "/readyz", "/openapi.json"].map(String::from));
         let served = served_routes(&paths).await;
         assert_eq!(documented, served);
+        // Outside the public and SDK routes, the router serves exactly the declarations.
+        let declared: std::collections::BTreeSet<(String, String)> =
+            ferry_core::endpoint::ENDPOINTS
+                .iter()
+                .map(|e| (e.method.as_str().to_lowercase(), e.path.to_string()))
+                .collect();
+        let gated: std::collections::BTreeSet<(String, String)> = served
+            .into_iter()
+            .filter(|(_, path)| {
+                !["/healthz", "/readyz", "/openapi.json"].contains(&path.as_str())
+                    && !crate::flags_api::SDK_PATHS.contains(&path.as_str())
+            })
+            .collect();
+        assert_eq!(gated, declared);
         // A path nothing serves is the JSON 404 of the fallback (so the probe can tell).
         let probe: std::collections::BTreeSet<String> = ["/v1/nothing/here".to_string()].into();
         assert!(served_routes(&probe).await.is_empty());
@@ -1205,10 +1170,11 @@ mod tests {
         );
     }
 
-    /// Every gated operation is documented with its audit action and permission, and every
-    /// documented operation outside the public three has a rule (deny by default).
+    /// openapi.json describes each declared endpoint with the declaration's audit action and
+    /// permission, and every documented operation outside the public and SDK routes is
+    /// declared (deny by default).
     #[test]
-    fn openapi_names_each_rule() {
+    fn openapi_matches_the_declarations() {
         let spec: serde_json::Value =
             serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON");
         let public = ["/healthz", "/readyz", "/openapi.json"];
@@ -1222,17 +1188,20 @@ mod tests {
                     continue;
                 }
                 documented += 1;
-                let method: axum::http::Method = method.to_uppercase().parse().expect("method");
-                let rule = access::rule_for(&method, path)
-                    .unwrap_or_else(|| panic!("{method} {path} has no rule"));
-                assert_eq!(op["x-ferry-action"], rule.action, "{method} {path}");
-                assert!(op["x-ferry-permission"].is_string(), "{method} {path}");
-                if rule.need != access::Need::Public {
+                let endpoint = ferry_core::endpoint::find(method, path)
+                    .unwrap_or_else(|| panic!("{method} {path} is not declared"));
+                assert_eq!(op["x-ferry-action"], endpoint.action, "{method} {path}");
+                assert_eq!(
+                    op["x-ferry-permission"],
+                    endpoint.permission_label(),
+                    "{method} {path}"
+                );
+                if endpoint.need != access::Need::Public {
                     assert!(op["responses"]["403"].is_object(), "{method} {path}: 403");
                     assert!(op["responses"]["401"].is_object(), "{method} {path}: 401");
                 }
             }
         }
-        assert_eq!(documented, access::RULES.len());
+        assert_eq!(documented, ferry_core::endpoint::ENDPOINTS.len());
     }
 }
