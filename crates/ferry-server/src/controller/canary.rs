@@ -1,9 +1,12 @@
-//! Canary and blue/green rollouts: one pass of the progressive machine, the bake, and the way back.
+//! Canary and blue/green rollouts, the shell: observes, measures what is due, runs the
+//! post_deploy hooks when traffic first moves, asks the pure steps (`steps::progressive`)
+//! and hands their effects to the executor.
 
 use std::path::PathBuf;
 
+use ferry_core::duration::HumanDuration;
 use ferry_core::manifest::Manifest;
-use ferry_core::model::{DeploymentState, EventKind, ReplicaState};
+use ferry_core::model::{DeploymentState, ReplicaState};
 use ferry_core::rollout::{self, Observed, ServiceInput};
 use ferry_store::{AppRecord, DeploymentRecord};
 
@@ -11,14 +14,13 @@ use crate::error::ServerError;
 
 use crate::progressive::{Phase, Subject};
 
-use ferry_core::progressive::{self, Outcome, Plan};
+use ferry_core::progressive::{self, Plan};
 
 use super::Controller;
 use super::executor::Scope;
 use super::replicas::ActError;
 use super::steps;
 
-use super::strategy::millis;
 use super::strategy::target_or;
 
 impl Controller {
@@ -37,7 +39,7 @@ impl Controller {
     ) -> Result<(), ServerError> {
         let canary = deployment.version.as_str();
         let stable = target_or(&deployment.previous_version).to_string();
-        let mut phase = Phase::of(deployment)?;
+        let phase = Phase::of(deployment)?;
         if deployment.state == DeploymentState::RollingBack {
             let effects = steps::progressive::roll_back(&steps::progressive::RollingBack {
                 deployment,
@@ -123,7 +125,6 @@ impl Controller {
                     .await;
             }
         }
-        let command = phase.command.take();
         let observed = progressive::Observation {
             canary_ready,
             stable_running,
@@ -135,261 +136,102 @@ impl Controller {
             plan,
             &progress,
             &observed,
-            command.as_ref().map(|c| c.name.command()),
+            phase.command.as_ref().map(|c| c.name.command()),
             now,
         );
-        let changed = phase.progress.as_ref() != Some(&next) || command.is_some();
         // hooks: post_deploy smoke tests through the preview route before traffic first moves.
-        if next.weight_bp > 0
-            && progress.weight_bp == 0
-            && !matches!(outcome, Outcome::Failed { .. })
-        {
-            match self
-                .progressive_post_deploy(app, manifest, env, deployment)
+        let post_deploy = if steps::progressive::first_move(&progress, &next, &outcome) {
+            self.progressive_post_deploy(app, manifest, env, deployment)
                 .await?
-            {
-                crate::hooks::PhaseStatus::Done => {}
-                crate::hooks::PhaseStatus::Waiting => {
-                    // Hold the weight at 0; keep the new replicas the step wants running.
-                    for service in services {
-                        let want = vec![
-                            (
-                                canary.to_string(),
-                                next.canary_replicas.min(service.desired),
-                            ),
-                            (stable.clone(), service.desired),
-                        ];
-                        let (actions, _) = rollout::reconcile_sets(service, &want);
-                        if let Err(reason) = self
-                            .act(app, manifest, env, Some(deployment.id), actions, now)
-                            .await
-                        {
-                            tracing::error!(deployment = deployment.id, "{reason}");
-                        }
-                    }
-                    return Ok(());
-                }
-                crate::hooks::PhaseStatus::Failed(reason) => {
-                    return self.roll_back(deployment, &phase, &stable, &reason).await;
-                }
+        } else {
+            crate::hooks::PhaseStatus::Done
+        };
+        let pass = steps::progressive::forward(&steps::progressive::Forward {
+            deployment,
+            phase: &phase,
+            plan,
+            progress: &progress,
+            next: &next,
+            outcome: &outcome,
+            background: observed.background_measurements.as_deref(),
+            stable: &stable,
+            services,
+            post_deploy: &post_deploy,
+            routed_to_canary: self.routed_only_to(&app.name, env, canary, services),
+            bake: self.bake_of(app, manifest, deployment, env).await,
+            now,
+        });
+        let scope = Scope {
+            app,
+            manifest,
+            env,
+            deployment: Some(deployment),
+            now,
+        };
+        if !pass.judged {
+            if let Err(e) = self.execute(&scope, pass.effects).await {
+                tracing::error!(deployment = deployment.id, "{e}");
             }
+            return Ok(());
         }
-        phase.progress = Some(next.clone());
-
-        match outcome {
-            Outcome::Failed { reason, notes } => {
-                // the measurements that failed it, as a step analysis's are
-                if !notes.is_empty() {
-                    self.event(deployment.id, EventKind::Analysis, &notes.join("; "))
-                        .await;
-                }
-                return self.roll_back(deployment, &phase, &stable, &reason).await;
-            }
-            Outcome::Completed => {
-                // `retired` only once the old processes are gone (drained, then stopped).
-                let old_gone = services
-                    .iter()
-                    .all(|s| s.replicas.iter().all(|r| r.version == canary));
-                if old_gone && self.routed_only_to(&app.name, env, canary, services) {
-                    // bake: keep watching (crash loops, health, the background analysis).
-                    if !self.baked(app, manifest, deployment, env, now).await? {
-                        if let Some(measured) = &observed.background_measurements {
-                            let mut fresh = Phase::of(deployment)?;
-                            fresh.progress = Some(next.clone());
-                            let lines: Vec<String> = measured
-                                .iter()
-                                .map(|m| {
-                                    format!(
-                                        "baking: background analysis: {}",
-                                        progressive::describe(m)
-                                    )
-                                })
-                                .collect();
-                            self.transition_with_phase(
-                                deployment,
-                                DeploymentState::Progressing,
-                                None,
-                                None,
-                                fresh.to_value(),
-                                &lines.join("; "),
-                            )
-                            .await?;
-                        }
-                        return Ok(());
-                    }
+        let effects = self
+            .never_back_past_irreversible(deployment, pass.effects)
+            .await?;
+        let ends = steps::ends(&effects);
+        // Persisted, then the replicas move to match the progress.
+        let failed = match self.execute(&scope, effects).await {
+            Ok(_) => {
+                if ends {
                     self.meter.forget(deployment.id);
-                    // A rollout that went on without its background verdict says so, on
-                    // the timeline and (as the reason) in the change record.
-                    let mut message = format!("{canary} serves all traffic; {stable} retired");
-                    if let Some(why) = &next.unjudged {
-                        message.push_str(&format!("; {why}"));
-                    }
-                    self.transition_with_phase(
-                        deployment,
-                        DeploymentState::Succeeded,
-                        next.unjudged.clone(),
-                        Some(canary.to_string()),
-                        phase.to_value(),
-                        &message,
-                    )
-                    .await?;
-                    return Ok(());
                 }
+                self.infra_recovered(deployment).await;
+                return Ok(());
             }
-            Outcome::Continue(notes) => {
-                if changed {
-                    let mut message = notes.join("; ");
-                    if let Some(command) = &command {
-                        let done = format!("{} by {}", command.name.verb(), command.by);
-                        message = if message.is_empty() {
-                            done
-                        } else {
-                            format!("{done}: {message}")
-                        };
-                    }
-                    if message.is_empty() {
-                        message = progressive::summary(plan, &next);
-                    }
-                    let kind = match command {
-                        Some(_) => EventKind::CommandApplied,
-                        None => EventKind::State,
-                    };
-                    let saved = self
-                        .transition_as(
-                            deployment,
-                            DeploymentState::Progressing,
-                            None,
-                            None,
-                            phase.to_value(),
-                            kind,
-                            &message,
-                        )
-                        .await?;
-                    if !saved {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        // Persisted: now move replicas to match the progress.
-        for service in services {
-            let want = if next.retiring_stable {
-                vec![(canary.to_string(), service.desired)]
-            } else {
-                vec![
-                    (
-                        canary.to_string(),
-                        next.canary_replicas.min(service.desired),
-                    ),
-                    (stable.clone(), service.desired),
-                ]
-            };
-            let (actions, _) = rollout::reconcile_sets(service, &want);
-            match self
-                .act(app, manifest, env, Some(deployment.id), actions, now)
-                .await
-            {
-                Ok(()) => {}
-                Err(ActError::Failed(reason)) => {
-                    return self.roll_back(deployment, &phase, &stable, &reason).await;
-                }
-                // The store or the engine failed: the phase is saved; retry next pass, for
-                // at most INFRA_RETRY_LIMIT.
-                Err(ActError::Infra(e)) => {
-                    return match self.infra_failed(deployment, &e, now).await {
-                        Some(reason) => self.roll_back(deployment, &phase, &stable, &reason).await,
-                        None => Err(e),
-                    };
-                }
-            }
-        }
-        self.infra_recovered(deployment).await;
+            Err(ActError::Failed(reason)) => reason,
+            // The store or the engine failed: the phase is saved; retry next pass, for
+            // at most the retry window.
+            Err(ActError::Infra(e)) => match self.infra_failed(&scope, deployment, &e).await {
+                Some(reason) => reason,
+                None => return Err(e),
+            },
+        };
+        let back = steps::progressive::back(&pass.phase, &stable, &failed);
+        let effects = self
+            .never_back_past_irreversible(deployment, vec![back.into()])
+            .await?;
+        self.execute_logged(&scope, effects).await?;
         Ok(())
     }
 
-    /// bake: whether a deployment that would succeed now has been watched long enough. The
-    /// first time, records when the bake ends (on the deployment's phase, so a restarted
-    /// server keeps the same end) and says so on the timeline; at the end, says "baked".
-    /// Until then the caller keeps watching: crash loops, failing health and (canary) the
-    /// background analysis roll back as during the rollout.
-    /// The bake's length is the deployment's manifest revision's, whatever was applied since.
-    pub(super) async fn baked(
+    /// The bake of the deployment's manifest revision, whatever was applied since.
+    pub(super) async fn bake_of(
         &self,
         app: &AppRecord,
         manifest: &Manifest,
         deployment: &DeploymentRecord,
         env: &str,
-        now: i64,
-    ) -> Result<bool, ServerError> {
+    ) -> Option<HumanDuration> {
         let pinned = self.manifest_at(app, deployment.manifest_revision).await;
         let manifest = pinned.as_deref().unwrap_or(manifest);
-        let Some(bake) = manifest.environments.get(env).and_then(|e| e.bake) else {
-            return Ok(true);
-        };
-        let bake_ms = millis(bake.get());
-        let mut phase = Phase::of(deployment)?;
-        match phase.bake_until_ms {
-            None => {
-                let until = now.saturating_add(bake_ms);
-                phase.bake_until_ms = Some(until);
-                let message = format!(
-                    "{} converged; baking until {} ({bake}): rolls back on crash loops, failing \
-                     health or a failing analysis",
-                    deployment.version,
-                    crate::progressive::clock(until)
-                );
-                self.transition_with_phase(
-                    deployment,
-                    DeploymentState::Progressing,
-                    None,
-                    None,
-                    phase.to_value(),
-                    &message,
-                )
-                .await?;
-                Ok(false)
-            }
-            Some(until) if now < until => Ok(false),
-            Some(_) => {
-                self.event(
-                    deployment.id,
-                    EventKind::Bake,
-                    &format!(
-                        "baked: {} watched for {bake} without a failure",
-                        deployment.version
-                    ),
-                )
-                .await;
-                Ok(true)
-            }
-        }
+        manifest.environments.get(env).and_then(|e| e.bake)
     }
 
-    /// Sends a progressive rollout back to `stable`: the next route table gives it 100 %.
-    pub(super) async fn roll_back(
+    /// hooks: `effects`, unless they send the deployment back past an irreversible
+    /// migration: then it fails forward instead (`steps::hooks::never_back_past`).
+    pub(super) async fn never_back_past_irreversible(
         &self,
         deployment: &DeploymentRecord,
-        phase: &Phase,
-        stable: &str,
-        reason: &str,
-    ) -> Result<(), ServerError> {
-        // hooks: never roll back past an irreversible migration automatically.
-        if self
-            .fail_forward_if_irreversible(deployment, reason)
-            .await?
-        {
-            return Ok(());
+        effects: Vec<steps::Effect>,
+    ) -> Result<Vec<steps::Effect>, ServerError> {
+        if !steps::hooks::rolls_back(&effects) {
+            return Ok(effects);
         }
-        self.transition_with_phase(
-            deployment,
-            DeploymentState::RollingBack,
-            Some(reason.to_string()),
-            None,
-            phase.to_value(),
-            &format!("all traffic back to {stable} now: {reason}"),
+        Ok(
+            match self.hooks.irreversible_migration(deployment.id).await? {
+                Some(migration) => steps::hooks::never_back_past(deployment, &migration, effects),
+                None => effects,
+            },
         )
-        .await
-        .map(|_| ())
     }
 }
 

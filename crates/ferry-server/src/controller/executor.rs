@@ -53,12 +53,13 @@ impl Controller {
                         continue;
                     };
                     let won = self
-                        .transition_with_phase(
+                        .transition_as(
                             deployment,
                             t.to,
                             t.reason,
                             t.current,
-                            deployment.phase.clone(),
+                            t.phase.unwrap_or_else(|| deployment.phase.clone()),
+                            t.kind,
                             &t.message,
                         )
                         .await?;

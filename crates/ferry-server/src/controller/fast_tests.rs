@@ -399,11 +399,11 @@ async fn an_engine_that_stays_down_is_retried_then_fails_the_deployment_at_its_d
         "said once:\n{timeline}"
     );
     // A short outage within the limit changes nothing…
-    sim.advance(super::replicas::INFRA_RETRY_LIMIT / 2);
+    sim.advance(super::steps::retry::LIMIT / 2);
     sim.pass().await;
     assert_eq!(sim.deployment(id).await.state, DeploymentState::Progressing);
     // …a persistent one ends it, saying why.
-    sim.advance(super::replicas::INFRA_RETRY_LIMIT / 2);
+    sim.advance(super::steps::retry::LIMIT / 2);
     let done = sim.until(id, "ended", |d| d.state.is_terminal()).await;
     assert_eq!(
         done.state,
@@ -559,7 +559,7 @@ async fn a_restart_grants_no_new_infrastructure_retry_window() {
         d.infra_failing_since_ms.is_some()
     })
     .await;
-    let limit = super::replicas::INFRA_RETRY_LIMIT;
+    let limit = super::steps::retry::LIMIT;
     sim.advance(limit * 3 / 4);
     sim.pass().await;
     assert_eq!(sim.deployment(id).await.state, DeploymentState::Progressing);

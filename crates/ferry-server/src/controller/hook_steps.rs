@@ -10,7 +10,9 @@ use ferry_core::model::{DeploymentKind, DeploymentState, EventKind};
 use ferry_core::rollout::Verdict;
 use ferry_store::{AppRecord, DeploymentRecord};
 
+use super::executor::Scope;
 use super::routes::preview_header;
+use super::steps;
 use super::{Controller, RequestError};
 use crate::error::ServerError;
 use crate::hooks::{HookRunner, HttpVia, Job, PhaseStatus, Target};
@@ -200,19 +202,15 @@ impl Controller {
             PhaseStatus::Done => Ok(true),
             PhaseStatus::Waiting => Ok(false),
             PhaseStatus::Failed(reason) => {
-                let serving = deployment
-                    .previous_version
-                    .as_deref()
-                    .map(|v| format!("; {v} keeps serving"))
-                    .unwrap_or_default();
-                self.transition(
-                    deployment,
-                    DeploymentState::Failed,
-                    Some(reason.clone()),
-                    None,
-                    &format!("{reason}; nothing was changed{serving}"),
-                )
-                .await?;
+                let failed = steps::hooks::pre_deploy_failed(deployment, &reason);
+                let scope = Scope {
+                    app,
+                    manifest,
+                    env,
+                    deployment: Some(deployment),
+                    now: self.now_ms(),
+                };
+                self.execute_logged(&scope, vec![failed.into()]).await?;
                 Ok(false)
             }
         }
@@ -322,18 +320,9 @@ impl Controller {
         let Some(migration) = self.hooks.irreversible_migration(deployment.id).await? else {
             return Ok(false);
         };
-        let reason = format!(
-            "cannot roll back automatically: migration {migration} is irreversible; {} keeps serving ({reason})",
-            deployment.version
-        );
-        self.transition(
-            deployment,
-            DeploymentState::Failed,
-            Some(reason.clone()),
-            Some(deployment.version.clone()),
-            &reason,
-        )
-        .await?;
+        let t = steps::hooks::fail_forward(deployment, &migration, reason);
+        self.transition(deployment, t.to, t.reason, t.current, &t.message)
+            .await?;
         Ok(true)
     }
 

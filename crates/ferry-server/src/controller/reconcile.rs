@@ -336,7 +336,7 @@ impl Controller {
                 Err(ActError::Failed(reason)) => Verdict::Failed(reason),
                 // The store or the engine failed: decide nothing, retry on the next pass,
                 // for at most INFRA_RETRY_LIMIT.
-                Err(ActError::Infra(e)) => match self.infra_failed(&deployment, &e, now).await {
+                Err(ActError::Infra(e)) => match self.infra_failed(&scope, &deployment, &e).await {
                     Some(reason) => Verdict::Failed(reason),
                     None => return Err(e),
                 },
@@ -362,14 +362,17 @@ impl Controller {
             verdict
         };
         // bake: a converged version is watched for `bake` before it succeeds.
-        let baking = Phase::of(&deployment)?.bake_until_ms.is_some();
-        if verdict == Verdict::Converged
-            && deployment.state == DeploymentState::Progressing
-            && !self.baked(app, manifest, &deployment, env, now).await?
-        {
-            return Ok(());
+        let phase = Phase::of(&deployment)?;
+        if verdict == Verdict::Converged && deployment.state == DeploymentState::Progressing {
+            let bake = self.bake_of(app, manifest, &deployment, env).await;
+            let bake = steps::bake::step(&deployment, &phase, bake, now);
+            self.execute_logged(&scope, bake.effects).await?;
+            if !bake.baked {
+                return Ok(());
+            }
         }
-        let aborted_by = Phase::of(&deployment)?.aborted_by;
+        let baking = phase.bake_until_ms.is_some();
+        let aborted_by = phase.aborted_by;
         if let Some(next) = steps::rollout::finish(
             &deployment,
             &verdict,

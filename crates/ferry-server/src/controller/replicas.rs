@@ -13,6 +13,8 @@ use rand::RngExt;
 use crate::error::ServerError;
 use crate::lock;
 
+use super::executor::Scope;
+use super::steps;
 use super::strategy::millis;
 use super::strategy::restore_pace;
 use super::{Controller, MAX_START_EXITS};
@@ -328,18 +330,19 @@ impl Controller {
 }
 
 impl Controller {
-    /// The store or the engine failed while acting for `deployment`. The first time, says
-    /// so on its timeline with the deadline; `Some(reason)` once it has kept failing for
-    /// [`INFRA_RETRY_LIMIT`] (the deployment then fails or rolls back), `None` meanwhile
-    /// (retry on the next pass). Counted from the first failure as the store keeps it
-    /// (`deployments.infra_failing_since_ms`): a restart grants no new window. While the
-    /// store itself fails, this server remembers when it began.
+    /// The store or the engine failed while acting for `deployment`: `Some(reason)` once it
+    /// has kept failing for [`steps::retry::LIMIT`] (the deployment then fails or rolls
+    /// back), `None` meanwhile (retry on the next pass); the pure step decides. Counted from
+    /// the first failure as the store keeps it (`deployments.infra_failing_since_ms`): a
+    /// restart grants no new window. While the store itself fails, this server remembers
+    /// when it began.
     pub(super) async fn infra_failed(
         &self,
+        scope: &Scope<'_>,
         deployment: &DeploymentRecord,
         error: &ServerError,
-        now: i64,
     ) -> Option<String> {
+        let now = scope.now;
         let known = deployment
             .infra_failing_since_ms
             .or_else(|| lock(&self.infra_failing_since).get(&deployment.id).copied());
@@ -356,22 +359,14 @@ impl Controller {
         lock(&self.infra_failing_since)
             .entry(deployment.id)
             .or_insert(since);
-        let limit = ferry_core::duration::HumanDuration(INFRA_RETRY_LIMIT);
-        if first {
-            self.event(
-                deployment.id,
-                EventKind::Replica,
-                &format!("cannot act: {error}; retrying for at most {limit}"),
-            )
-            .await;
+        let verdict = steps::retry::step(since, first, &error.to_string(), now);
+        if let Err(e) = self.execute_logged(scope, verdict.effects).await {
+            tracing::warn!(deployment = deployment.id, error = %e, "announcing the retries");
         }
-        if now.saturating_sub(since) < millis(INFRA_RETRY_LIMIT) {
-            return None;
+        if verdict.give_up.is_some() {
+            self.infra_recovered(deployment).await;
         }
-        self.infra_recovered(deployment).await;
-        Some(format!(
-            "the runtime or the store kept failing for {limit}: {error}"
-        ))
+        verdict.give_up
     }
 
     /// Acting for `deployment` worked (or its failure was judged): a later failure starts a
@@ -387,10 +382,6 @@ impl Controller {
         }
     }
 }
-
-/// How long an infrastructure failure is retried before the deployment fails (or rolls
-/// back) with it.
-pub(super) const INFRA_RETRY_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Why carrying out an action failed.
 #[derive(Debug, thiserror::Error)]

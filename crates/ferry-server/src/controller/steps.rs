@@ -12,10 +12,20 @@ use ferry_core::manifest::GateCheck;
 use ferry_core::model::{DeploymentState, EventKind};
 use ferry_core::rollout::Action;
 
+pub(super) mod bake;
 pub(super) mod gates;
+pub(super) mod hooks;
 pub(super) mod maintain;
 pub(super) mod progressive;
+pub(super) mod retry;
 pub(super) mod rollout;
+
+/// Whether a plan ends its deployment (a transition to a terminal state).
+pub(super) fn ends(effects: &[Effect]) -> bool {
+    effects
+        .iter()
+        .any(|e| matches!(e, Effect::Transition(t) if t.to.is_terminal()))
+}
 
 /// One thing the executor does, in the order a step returns them.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +58,10 @@ pub(super) struct Transition {
     pub current: Option<String>,
     /// The timeline line (recorded as `{state}: {message}`).
     pub message: String,
+    /// The deployment's phase after the change (`None` keeps the stored one).
+    pub phase: Option<serde_json::Value>,
+    /// The kind of its timeline line: `State`, or `CommandApplied` for a person's command.
+    pub kind: EventKind,
 }
 
 impl Transition {
@@ -57,7 +71,19 @@ impl Transition {
             reason: None,
             current: None,
             message: message.into(),
+            phase: None,
+            kind: EventKind::State,
         }
+    }
+
+    pub fn phase(mut self, phase: &crate::progressive::Phase) -> Transition {
+        self.phase = Some(phase.to_value());
+        self
+    }
+
+    pub fn kind(mut self, kind: EventKind) -> Transition {
+        self.kind = kind;
+        self
     }
 
     pub fn because(mut self, reason: Option<String>) -> Transition {
