@@ -116,7 +116,7 @@ pub struct Controller {
     /// Analysis windows over the proxy's counters.
     meter: Meter,
     /// When acting for a deployment first failed on the store or the engine (cleared when
-    /// it works again); bounded by `replicas::INFRA_RETRY_LIMIT`. The store keeps it too
+    /// it works again); bounded by `steps::retry::LIMIT`. The store keeps it too
     /// (across restarts); this copy covers a store that is what fails.
     infra_failing_since: Mutex<HashMap<i64, i64>>,
     /// Last unmet-gate keys announced per waiting deployment (timeline shows changes only).

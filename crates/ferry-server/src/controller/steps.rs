@@ -5,8 +5,9 @@
 //!
 //! Concerns moved here so far: `maintain` (an idle environment at its version, replicas
 //! outside every manifest), `gates` (may a deployment start), `rollout` (the entry and
-//! exit transitions of a rolling/recreate deployment), `progressive` (the way back of a
-//! canary or blue/green rollout).
+//! exit transitions of a rolling/recreate deployment), `progressive` (a canary or
+//! blue/green pass, forward and back), `bake`, `retry` (infrastructure failures), `hooks`
+//! (what the hooks' outcomes make of a deployment).
 
 use ferry_core::manifest::GateCheck;
 use ferry_core::model::{DeploymentState, EventKind};
