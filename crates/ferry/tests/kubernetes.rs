@@ -1,0 +1,258 @@
+//! `ferry server` (the real binary) running a `runtime: kubernetes`, `traffic: gateway`
+//! environment against a fake Kubernetes API server on loopback
+//! (`tests/apps/fake_kube_api.py`, reached through a kubeconfig like a cluster would be):
+//! apply, a first deploy, a canary 10 → 50 % → promoted whose weights land on the HTTPRoute, and
+//! a version whose pods never get ready, rolled back. What this proves and what it does not:
+//! docs/kubernetes.md.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use ferry_core::model::DeploymentState;
+use serde_json::{Value, json};
+
+const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/fake_kube_api.py");
+const NS: &str = "kshop-production";
+const ROUTE: &str =
+    "/apis/gateway.networking.k8s.io/v1/namespaces/kshop-production/httproutes/kshop";
+
+/// The fake API server, stopped on drop.
+struct FakeApi {
+    child: Child,
+    url: String,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl FakeApi {
+    fn start() -> FakeApi {
+        let mut child = Command::new("python3")
+            .arg(FAKE)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 fake_kube_api.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the fake's port");
+        let port: u16 = line.trim().parse().expect("a port");
+        FakeApi {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Every write Ferry made (after the test's own first one, the route's seed).
+    async fn writes(&self, http: &reqwest::Client) -> Vec<Value> {
+        let all: Vec<Value> = http
+            .get(format!("{}/fake/writes", self.url))
+            .send()
+            .await
+            .expect("the fake's writes")
+            .json()
+            .await
+            .expect("JSON");
+        all.into_iter().skip(1).collect()
+    }
+
+    async fn get(&self, http: &reqwest::Client, path: &str) -> Value {
+        http.get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET the fake")
+            .json()
+            .await
+            .expect("JSON")
+    }
+}
+
+/// The canary weights Ferry wrote to the route, in order.
+fn route_weights(writes: &[Value]) -> Vec<u64> {
+    writes
+        .iter()
+        .filter(|w| w["method"] == "PATCH" && w["path"] == ROUTE)
+        .map(|w| {
+            w["body"]["spec"]["rules"][0]["backendRefs"][1]["weight"]
+                .as_u64()
+                .expect("the canary's weight")
+        })
+        .collect()
+}
+
+async fn deployment_of(ferry: &Ferry, version: &str) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = ferry
+            .api_get("/v1/apps/kshop/envs/production/deployments?limit=10")
+            .await
+            .1;
+        if let Some(id) = list
+            .as_array()
+            .and_then(|list| list.iter().find(|d| d["version"] == version))
+            .and_then(|d| d["id"].as_i64())
+        {
+            return id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no deployment of {version}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_canary_and_a_rollback_through_the_server_against_a_fake_api_server() {
+    bounded(Duration::from_secs(300), async {
+        let fake = FakeApi::start();
+        let http = reqwest::Client::new();
+        // The route as the user's GitOps repository has it: all traffic on web-stable.
+        http.patch(format!("{}{ROUTE}", fake.url))
+            .json(&json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": { "name": "kshop", "namespace": NS },
+                "spec": { "parentRefs": [{ "name": "public" }],
+                          "rules": [{ "backendRefs": [
+                              { "name": "web-stable", "port": 80, "weight": 10000 },
+                              { "name": "web-canary", "port": 80, "weight": 0 } ] }] }
+            }))
+            .send()
+            .await
+            .expect("seed the route");
+        let kube_dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = kube_dir.path().join("config");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{ server: \"{}\" }}\nusers:\n- name: ferry\n  user: {{ token: fake-token }}\ncontexts:\n- name: fake\n  context: {{ cluster: fake, user: ferry }}\ncurrent-context: fake\n",
+                fake.url
+            ),
+        )
+        .expect("kubeconfig");
+        let ferry =
+            Ferry::start_with_env(&[("KUBECONFIG", &kubeconfig.display().to_string())]).await;
+        let manifest = ferry.dir.path().join("ferry.yaml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "app: kshop
+services:
+  web:
+    image: registry.example.com/kshop/web:${{VERSION}}
+    replicas: 2
+    stop_timeout: 5s
+    health: {{ path: /health, start_timeout: 5s }}
+environments:
+  production:
+    listen: 127.0.0.1:{}
+    runtime: kubernetes
+    kubernetes: {{ traffic: gateway, route: kshop }}
+    strategy:
+      canary:
+        steps: [{{ weight: 10 }}, {{ pause: 1s }}, {{ weight: 50 }}, {{ pause: 1s }}]
+",
+                free_port()
+            ),
+        )
+        .expect("manifest");
+        ferry.apply(&manifest).await;
+
+        // The first version: its Deployment, both gateway Services selecting it; the route
+        // already has its weights, so it is not written.
+        let out = ferry
+            .cli(&["deploy", "kshop", "--env", "production", "--version", "1.0.0", "--wait", "--timeout", "120s"])
+            .await;
+        assert_eq!(out.code, 0, "{out}\n{}", ferry.server_logs());
+        let deployment = fake
+            .get(&http, &format!("/apis/apps/v1/namespaces/{NS}/deployments/{}", ferry_k8s::names::workload("web", "1.0.0")))
+            .await;
+        assert_eq!(deployment["spec"]["replicas"], 2, "{deployment}");
+        let services = format!("/api/v1/namespaces/{NS}/services");
+        let selects = |service: Value| service["spec"]["selector"]["ferry.dev/version"].clone();
+        assert_eq!(selects(fake.get(&http, &format!("{services}/web-stable")).await), "1.0.0");
+        assert_eq!(selects(fake.get(&http, &format!("{services}/web-canary")).await), "1.0.0");
+        let writes = fake.writes(&http).await;
+        assert_eq!(route_weights(&writes), Vec::<u64>::new(), "{writes:#?}");
+
+        // The canary: web-canary selects 2.0.0, the weights go 10 → 50 %; at the promotion
+        // the table holds 2.0.0 alone: web-stable selects it first, then takes all the
+        // weight (the canary's goes back to 0), and only then does 1.0.0 go.
+        let out = ferry
+            .cli(&["deploy", "kshop", "--env", "production", "--version", "2.0.0", "--wait", "--timeout", "120s"])
+            .await;
+        assert_eq!(out.code, 0, "{out}\n{}", ferry.server_logs());
+        let writes = fake.writes(&http).await;
+        assert_eq!(route_weights(&writes), [1_000, 5_000, 0], "{writes:#?}");
+        let at = |what: &dyn Fn(&Value) -> bool| {
+            writes
+                .iter()
+                .position(what)
+                .unwrap_or_else(|| panic!("not written: {writes:#?}"))
+        };
+        let canary_selects = at(&|w| {
+            w["path"] == format!("{services}/web-canary")
+                && w["body"]["spec"]["selector"]["ferry.dev/version"] == "2.0.0"
+        });
+        let stable_selects = at(&|w| {
+            w["path"] == format!("{services}/web-stable")
+                && w["body"]["spec"]["selector"]["ferry.dev/version"] == "2.0.0"
+        });
+        let first_weight = at(&|w| w["path"] == ROUTE);
+        let last_weight = writes
+            .iter()
+            .rposition(|w| w["path"] == ROUTE)
+            .expect("a route write");
+        let old_goes = at(&|w| {
+            w["method"] == "DELETE"
+                && w["path"].as_str().is_some_and(|p| p.contains("/deployments/web-1-0-0"))
+        });
+        assert!(
+            canary_selects < first_weight && stable_selects < last_weight && last_weight < old_goes,
+            "selectors before weights, weights before the old version goes: {writes:#?}"
+        );
+        let route = fake.get(&http, ROUTE).await;
+        assert_eq!(route["spec"]["parentRefs"], json!([{ "name": "public" }]), "the rest of the route is left alone");
+        assert_eq!(selects(fake.get(&http, &format!("{services}/web-stable")).await), "2.0.0");
+        assert_eq!(selects(fake.get(&http, &format!("{services}/web-canary")).await), "2.0.0");
+        let patches = writes
+            .iter()
+            .filter(|w| w["method"] == "PATCH" && w["path"] == ROUTE)
+            .collect::<Vec<_>>();
+        assert!(patches.iter().all(|p| p["body"]["metadata"]["resourceVersion"].is_string()));
+
+        // The controller keeps computing the same table: no more writes to the route.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(route_weights(&fake.writes(&http).await).len(), 3);
+
+        // A version whose pods never get ready: rolled back, the route never moved.
+        let before = fake.writes(&http).await.len();
+        let out = ferry
+            .cli(&["deploy", "kshop", "--env", "production", "--version", "3.0.0-bad"])
+            .await;
+        assert_eq!(out.code, 0, "{out}");
+        let id = deployment_of(&ferry, "3.0.0-bad").await;
+        let ended = ferry.wait_terminal(id, Duration::from_secs(120)).await;
+        assert_eq!(ended.state, DeploymentState::RolledBack, "{ended:?}\n{}", ferry.server_logs());
+        let writes = fake.writes(&http).await;
+        assert_eq!(route_weights(&writes[before..]), Vec::<u64>::new(), "{writes:#?}");
+        assert!(
+            writes[before..].iter().any(|w| w["method"] == "DELETE"
+                && w["path"].as_str().is_some_and(|p| p.contains("/deployments/web-3-0-0-bad"))),
+            "the bad version's Deployment is deleted: {:#?}",
+            &writes[before..]
+        );
+        assert_eq!(selects(fake.get(&http, &format!("{services}/web-canary")).await), "2.0.0");
+    })
+    .await;
+}
