@@ -419,6 +419,8 @@ impl Proxy {
             taken_at_ms: now,
             generation: self.table.load().generation,
             versions: self.stats.snapshot(now),
+            flags: self.stats.flag_snapshot(),
+            flags_dropped: crate::flags::dropped(),
         }
     }
 

@@ -1107,7 +1107,9 @@ async fn proxy_site<'t>(
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 rp.headers.insert(X_REQUEST_ID.clone(), request_id);
-                group.stats.record(rp.status.as_u16(), start.elapsed());
+                let (status, elapsed) = (rp.status.as_u16(), start.elapsed());
+                group.stats.record(status, elapsed);
+                group.stats.flags.take(&mut rp.headers, status, elapsed);
                 let body = UpstreamBody::new(rb, alive, conn.worker, guard);
                 return Response::from_parts(rp, ProxyBody::Upstream(body));
             }
@@ -1258,7 +1260,9 @@ async fn upgrade_through<'t>(
         Ok((resp, held)) => {
             let (mut rp, rb) = resp.into_parts();
             rp.headers.insert(X_REQUEST_ID.clone(), request_id);
-            group.stats.record(rp.status.as_u16(), start.elapsed());
+            let (status, elapsed) = (rp.status.as_u16(), start.elapsed());
+            group.stats.record(status, elapsed);
+            group.stats.flags.take(&mut rp.headers, status, elapsed);
             let Some(held) = held else {
                 // `Connection`/`Upgrade` stay: they are the answer's point.
                 return Response::from_parts(rp, ProxyBody::Full(None));

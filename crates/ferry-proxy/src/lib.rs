@@ -23,6 +23,7 @@ mod access_log;
 mod admin;
 mod body;
 mod dataplane;
+mod flags;
 mod metrics;
 mod table;
 mod tls;

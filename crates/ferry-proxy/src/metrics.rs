@@ -11,7 +11,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use crate::stats::{EndpointStats, LatencyPercentiles, VersionStats};
+use crate::flags::FlagCounters;
+use crate::stats::{EndpointStats, FlagStats, LatencyPercentiles, VersionStats};
 use crate::table::Endpoint;
 
 /// Upper bounds (seconds) of the Prometheus histogram buckets.
@@ -23,10 +24,10 @@ const BUCKETS_US: [u64; 14] = [
     5_000_000, 10_000_000, 30_000_000,
 ];
 /// Highest latency the HDR histograms track (values above are clamped): 1 hour.
-const HDR_MAX_US: u64 = 3_600_000_000;
+pub(crate) const HDR_MAX_US: u64 = 3_600_000_000;
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-fn new_hist() -> Histogram<u64> {
+pub(crate) fn new_hist() -> Histogram<u64> {
     // 2 significant digits (1 % precision) keeps each histogram around 30 KB.
     #[allow(clippy::expect_used)]
     Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static histogram bounds are valid")
@@ -94,6 +95,8 @@ pub(crate) struct KeyStats {
     /// A power-of-two count of shards, indexed by the recording thread.
     shards: Box<[Shard]>,
     endpoints: Mutex<Vec<Arc<Endpoint>>>,
+    /// Its answers' figures per (flag, variant), from their `Ferry-Flags` header.
+    pub flags: FlagCounters,
 }
 
 impl KeyStats {
@@ -106,6 +109,7 @@ impl KeyStats {
             in_flight: AtomicI64::new(0),
             shards: (0..shard_count()).map(|_| Shard::new()).collect(),
             endpoints: Mutex::new(Vec::new()),
+            flags: FlagCounters::default(),
         }
     }
 
@@ -269,6 +273,14 @@ impl StatsRegistry {
 
     pub fn snapshot(&self, now_ms: i64) -> Vec<VersionStats> {
         self.all().iter().map(|k| k.snapshot(now_ms)).collect()
+    }
+
+    /// Every key's per-flag figures.
+    pub fn flag_snapshot(&self) -> Vec<FlagStats> {
+        self.all()
+            .iter()
+            .flat_map(|k| k.flags.snapshot(&k.listener, &k.service, &k.version))
+            .collect()
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// Body of `GET /v1/stats`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct StatsSnapshot {
     /// Unix ms when this proxy process started (counters restart from zero then).
     pub started_at_ms: i64,
@@ -18,6 +18,32 @@ pub struct StatsSnapshot {
     pub generation: u64,
     /// One entry per (listener, service, version) ever routed to since start.
     pub versions: Vec<VersionStats>,
+    /// One entry per (listener, service, version, flag, variant) that answers named in
+    /// their `Ferry-Flags` header since start.
+    #[serde(default)]
+    pub flags: Vec<FlagStats>,
+    /// `Ferry-Flags` attributions not counted since start (a header over 1 KiB, a malformed
+    /// pair, more than 16 pairs in an answer, or a new series over the bounds).
+    #[serde(default)]
+    pub flags_dropped: u64,
+}
+
+/// Cumulative figures of the answers of one (listener, service, version) that named
+/// `flag=variant` in their `Ferry-Flags` header.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FlagStats {
+    pub listener: String,
+    pub service: String,
+    pub version: String,
+    pub flag: String,
+    /// As the app wrote it (`on`, `off`, a variant's name).
+    pub variant: String,
+    /// Answers counted (as in [`VersionStats::requests`]).
+    pub requests: u64,
+    /// Of which with status >= 500.
+    pub errors_5xx: u64,
+    /// Latency to response headers, as [`VersionStats::histogram_us`].
+    pub histogram_us: String,
 }
 
 /// Cumulative figures of one (listener, service, version).

@@ -55,6 +55,10 @@ impl Upstream {
                             resp = resp.header(seen, v.clone());
                         }
                     }
+                    // `…/flags/checkout=on,search=off`: the flags this answer evaluated.
+                    if let Some((_, flags)) = req.uri().path().split_once("/flags/") {
+                        resp = resp.header("ferry-flags", flags);
+                    }
                     if req.uri().path() == "/slow" {
                         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                     }
@@ -790,6 +794,67 @@ async fn stats_and_metrics_count_per_version() {
     h.stop().await;
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn ferry_flags_answers_are_counted_per_flag_and_the_header_never_reaches_clients() {
+    let h = Harness::new().await;
+    let a = Upstream::start("a").await;
+    let listen = free_port();
+    h.put_ok(&table(
+        1,
+        listen,
+        vec![("api", "/", vec![group("v1", 10000, &[a.addr])])],
+    ))
+    .await;
+    for (path, n) in [
+        ("/flags/checkout=on,search=off", 6),
+        ("/fail/flags/checkout=on", 3),
+        ("/flags/checkout=off", 5),
+        ("/plain", 4),
+    ] {
+        for _ in 0..n {
+            let r = h
+                .http
+                .get(format!("http://{listen}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                r.headers().get("ferry-flags").is_none(),
+                "{path}: the header is removed before the answer reaches the client"
+            );
+            assert_eq!(r.headers()["x-upstream"], "a", "other headers stay");
+        }
+    }
+    let st = h.stats().await;
+    let v1 = st.versions.iter().find(|s| s.version == "v1").unwrap();
+    assert_eq!((v1.requests, v1.errors_5xx), (18, 3));
+    let mut counted: Vec<(&str, &str, u64, u64)> = st
+        .flags
+        .iter()
+        .map(|f| {
+            assert_eq!(
+                (&*f.listener, &*f.service, &*f.version),
+                ("shop/prod", "api", "v1")
+            );
+            let hist = decode_histogram(&f.histogram_us).unwrap();
+            assert_eq!(hist.len(), f.requests, "one latency per request");
+            (&*f.flag, &*f.variant, f.requests, f.errors_5xx)
+        })
+        .collect();
+    counted.sort();
+    assert_eq!(
+        counted,
+        [
+            ("checkout", "off", 5, 0),
+            ("checkout", "on", 9, 3),
+            ("search", "off", 6, 0)
+        ]
+    );
+    assert_eq!(st.flags_dropped, 0);
+    h.stop().await;
+    a.stop().await;
 }
 
 /// An upstream that answers one keep-alive response per connection and then closes the

@@ -22,7 +22,7 @@ use axum::{Extension, Json};
 use ferry_core::analysis::AnalysisSpec;
 use ferry_core::duration::HumanDuration;
 use ferry_core::flags::edit::{self, FlagError};
-use ferry_core::flags::guard::{self, GuardSpec, GuardState};
+use ferry_core::flags::guard::{self, GuardSpec, GuardState, Judge};
 use ferry_core::flags::metrics::{MetricsReport, Registration};
 use ferry_core::flags::ofrep::{self, ErrorCode, EvaluationError, OfrepRequest};
 use ferry_core::flags::{ClientFeatures, Engine, EvalEnv, Feature, Payload};
@@ -1131,6 +1131,7 @@ fn guard_view(r: &FlagGuardRecord) -> Value {
         o.insert("updated_at_ms".into(), r.updated_at_ms.into());
         o.insert("measurements".into(), json!(g.last));
         o.insert("analysis".into(), json!(g.spec.analysis));
+        o.insert("judge".into(), g.spec.judge.as_str().into());
     }
     view
 }
@@ -1149,6 +1150,9 @@ pub struct StartGuard {
     pub analysis: Option<Value>,
     #[serde(default)]
     pub stickiness: Option<String>,
+    /// Whose requests the proxy metrics judge (default: those that carried the flag).
+    #[serde(default)]
+    pub judge: Option<Judge>,
     #[serde(default)]
     pub reason: Option<String>,
 }
@@ -1215,6 +1219,7 @@ pub async fn guard_start(
         pause: body.pause.unwrap_or(HumanDuration(DEFAULT_GUARD_PAUSE)),
         analysis: analysis.unwrap_or_else(guard::default_analysis),
         stickiness: body.stickiness,
+        judge: body.judge.unwrap_or_default(),
     };
     let problems = spec.validate();
     if let Some(first) = problems.first() {

@@ -1,8 +1,10 @@
 //! The driver of guarded flag rollouts: a thin shell around the pure decision
 //! `ferry_core::flags::guard::advance`. Every 500 ms it reads the running guards, measures
 //! their analysis when a round is due (the deployments' `Meter` and judges, over the
-//! environment's traffic through the proxy: its serving version on its listener), asks the
-//! core what to do, and stores the new guard together with the flag's new percentage in one
+//! requests through the proxy whose answers carried the flag on — the proxy's per-flag
+//! figures from the `Ferry-Flags` header, those that carried it off as `compare`'s baseline
+//! — or, when the guard asks for it, the environment's whole traffic), asks the core what
+//! to do, and stores the new guard together with the flag's new percentage in one
 //! transaction (compare-and-set on the guard's `seq`), then writes the audit record (actor
 //! `analysis`). All state is in the store, so a restarted server resumes every rollout.
 
@@ -13,9 +15,9 @@ use std::time::Duration;
 use ferry_core::analysis;
 use ferry_core::audit::AuditEntry;
 use ferry_core::flags::edit;
-use ferry_core::flags::guard::{self, Action, FlagNow, Observed};
+use ferry_core::flags::guard::{self, Action, FlagNow, Judge, Observed};
 use ferry_core::manifest::Manifest;
-use ferry_proxy::stats::StatsSnapshot;
+use ferry_proxy::stats::{StatsSnapshot, VersionStats};
 use ferry_store::{ChangeMeta, FlagDecide, FlagGuardRecord, FlagWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -89,12 +91,20 @@ async fn drive(
                 .and_then(|e| e.current_version)
                 .unwrap_or_default();
             let listener = format!("{app}/{env}");
+            let attributed;
+            let (snapshot, stable) = match guard.spec.judge {
+                Judge::Flag => {
+                    attributed = attributed_to(snapshot, flag, &version);
+                    (&attributed, FLAG_OFF)
+                }
+                Judge::Environment => (snapshot, version.as_str()),
+            };
             let subject = Subject {
                 app,
                 env,
                 listener: &listener,
                 canary: &version,
-                stable: &version,
+                stable,
                 base_dir: app_record
                     .as_ref()
                     .and_then(|a| a.base_dir.as_ref())
@@ -113,6 +123,9 @@ async fn drive(
                 measurements = meter
                     .measure(key, &guard.spec.analysis, snapshot, &subject)
                     .await;
+                if let Some(round) = measurements.as_mut() {
+                    guard::attribute(round, &guard.spec, flag);
+                }
             }
         }
     }
@@ -185,8 +198,87 @@ async fn drive(
     Ok(())
 }
 
+/// The side the requests that carried the flag off are counted under (never a version).
+const FLAG_OFF: &str = "(flag off)";
+
+/// The proxy's per-flag figures of `flag` as a snapshot the `Meter` reads like versions':
+/// the answers that carried it on under `version` (whichever version served them), those
+/// that carried it off under [`FLAG_OFF`]. The `Meter` keeps the environment's listener.
+fn attributed_to(stats: &StatsSnapshot, flag: &str, version: &str) -> StatsSnapshot {
+    let versions = stats
+        .flags
+        .iter()
+        .filter(|f| f.flag == flag)
+        .map(|f| VersionStats {
+            listener: f.listener.clone(),
+            service: f.service.clone(),
+            version: if guard::carried_on(&f.variant) {
+                version.to_string()
+            } else {
+                FLAG_OFF.to_string()
+            },
+            requests: f.requests,
+            errors_5xx: f.errors_5xx,
+            client_errors: 0,
+            in_flight: 0,
+            latency_ms: Default::default(),
+            histogram_us: f.histogram_us.clone(),
+            endpoints: Vec::new(),
+        })
+        .collect();
+    StatsSnapshot {
+        started_at_ms: stats.started_at_ms,
+        taken_at_ms: stats.taken_at_ms,
+        generation: stats.generation,
+        versions,
+        ..Default::default()
+    }
+}
+
 /// Whether this guard's current step has no analysis window open yet (a new step, or a
 /// restarted server): it is opened right away so the first round covers a full interval.
 fn meter_is_closed(meter: &Meter, record: &FlagGuardRecord) -> bool {
     !meter.is_open((-record.id, record.guard.step as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proxy::stats::FlagStats;
+
+    fn carried(listener: &str, version: &str, flag: &str, variant: &str, n: u64) -> FlagStats {
+        FlagStats {
+            listener: listener.into(),
+            service: "web".into(),
+            version: version.into(),
+            flag: flag.into(),
+            variant: variant.into(),
+            requests: n,
+            errors_5xx: n / 2,
+            histogram_us: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_the_guarded_flags_requests_are_judged_split_on_and_off() {
+        let stats = StatsSnapshot {
+            taken_at_ms: 7,
+            flags: vec![
+                carried("shop/prod", "1.0", "checkout", "on", 10),
+                carried("shop/prod", "1.1", "checkout", "blue", 4),
+                carried("shop/prod", "1.0", "checkout", "off", 100),
+                carried("shop/prod", "1.0", "search", "on", 1_000),
+            ],
+            ..Default::default()
+        };
+        let view = attributed_to(&stats, "checkout", "1.1");
+        assert_eq!(view.taken_at_ms, 7);
+        let sides: Vec<(&str, u64)> = view
+            .versions
+            .iter()
+            .map(|v| (v.version.as_str(), v.requests))
+            .collect();
+        assert_eq!(sides, [("1.1", 10), ("1.1", 4), (FLAG_OFF, 100)]);
+        assert!(attributed_to(&stats, "other", "1.1").versions.is_empty());
+    }
 }

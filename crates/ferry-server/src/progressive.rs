@@ -461,6 +461,7 @@ mod tests {
                 counted("shop/production-eu", "2.0.0", 1000, 1000),
                 counted("shop/staging/preview", "2.0.0", 1000, 1000),
             ],
+            ..Default::default()
         };
         let green = &cumulative(&stats, "shop/production", "2.0.0")["web"];
         assert_eq!((green.requests, green.errors_5xx), (40, 4));

@@ -217,6 +217,7 @@ mod tests {
             taken_at_ms: taken,
             generation: 1,
             versions,
+            ..Default::default()
         }
     }
 

@@ -190,6 +190,7 @@ mod tests {
             taken_at_ms,
             generation: 1,
             versions,
+            ..Default::default()
         }
     }
 

@@ -3606,6 +3606,7 @@ pub async fn flag_guards_start_once_and_move_by_compare_and_set(store: Store, _u
         pause: HumanDuration(std::time::Duration::from_secs(30)),
         analysis: guard::default_analysis(),
         stickiness: None,
+        judge: guard::Judge::Flag,
     };
     let first = guard::start(spec, 100);
     // No flag: `decide` refuses and nothing is written (not even the revision).

@@ -1,9 +1,14 @@
 //! Guarded flag rollouts end to end: a real app (`tests/apps/flag_app.py`) reads its flag
-//! through Ferry's OFREP endpoint on every request, traffic goes through Ferry's proxy, and
-//! the analysis judges the environment's error rate at each step.
-//! - A flag whose ON path answers 500 goes back to 0 % by itself and says why (audited as
-//!   `analysis`).
-//! - A good flag climbs every step to 100 %, across a `kill -9` of the server mid-rollout.
+//! through Ferry's OFREP endpoint on every request and names it in a `Ferry-Flags` response
+//! header, traffic goes through Ferry's proxy, and the analysis judges the error rate of the
+//! requests that carried each flag on.
+//! - Two guarded rollouts at once on one environment: a flag whose ON path answers 500 goes
+//!   back to 0 % by itself and says why (its own error rate and sample; audited as
+//!   `analysis`), while a good flag climbs every step to 100 % — across a `kill -9` of the
+//!   server mid-rollout. Judged on the environment's whole traffic, the bad flag's errors
+//!   would have rolled the good one back too.
+//! - A flag no answer names is never judged on other traffic: Inconclusive, saying how to
+//!   attribute requests.
 
 mod common;
 
@@ -61,7 +66,7 @@ async fn wait_percent(ferry: &Ferry, spec: &Spec, flag: &str, percent: u64) {
     }
 }
 
-/// Starts a guarded rollout 10 → 50 → 100 % (1 s per step, random stickiness).
+/// Starts a guarded rollout 20 → 50 → 100 % (1 s per step, random stickiness).
 async fn start(ferry: &Ferry, spec: &Spec, flag: &str, analysis: &str) {
     let args = [
         "flags",
@@ -72,7 +77,7 @@ async fn start(ferry: &Ferry, spec: &Spec, flag: &str, analysis: &str) {
         flag,
         "--guarded",
         "--steps",
-        "10,50,100",
+        "20,50,100",
         "--pause",
         "1s",
         "--stickiness",
@@ -83,7 +88,7 @@ async fn start(ferry: &Ferry, spec: &Spec, flag: &str, analysis: &str) {
     let out = ferry.cli(&args).await;
     assert_eq!(out.code, 0, "rollout --guarded {flag}:\n{out}");
     assert!(
-        out.stdout.contains("running, step 1/3 at 10%"),
+        out.stdout.contains("running, step 1/3 at 20%"),
         "the start says where it is:\n{out}"
     );
 }
@@ -120,31 +125,43 @@ async fn a_guarded_flag_rollout_rolls_a_bad_flag_back_and_takes_a_good_one_to_10
         let analysis = ferry.dir.path().join("analysis.yaml");
         std::fs::write(
             &analysis,
-            "interval: 1s\nmetrics:\n  - { name: errors, builtin: error_rate, max: 2%, min_requests: 30 }\n",
+            "interval: 1s\ninconclusive_limit: 30\nmetrics:\n  - { name: errors, builtin: error_rate, max: 2%, min_requests: 10 }\n",
         )
         .expect("analysis file");
-        for flag in ["bad-checkout", "new-search"] {
+        for flag in ["bad-checkout", "new-search", "silent"] {
             let out = ferry
                 .cli(&["flags", "create", &spec.app, "--env", &spec.env, flag])
                 .await;
             assert_eq!(out.code, 0, "create {flag}:\n{out}");
         }
         let analysis = analysis.display().to_string();
-        // A bad flag: its ON path answers 500. Back to 0 %, with the verdict.
-        let load = Load::start_on(&spec.listener(), "/?flag=bad-checkout", 4);
-        load.warm_up(20).await;
+        // Two pages of the app, each evaluating its own flag; both rollouts start together.
+        let bad_load = Load::start_on(&spec.listener(), "/?flag=bad-checkout", 3);
+        let good_load = Load::start_on(&spec.listener(), "/?flag=new-search", 3);
+        bad_load.warm_up(20).await;
+        good_load.warm_up(20).await;
         start(&ferry, &spec, "bad-checkout", &analysis).await;
+        start(&ferry, &spec, "new-search", &analysis).await;
+        start(&ferry, &spec, "silent", &analysis).await;
+
+        // The bad flag: back to 0 %, with a verdict on its own requests.
         let shown = wait_ended(&ferry, &spec, "bad-checkout", Duration::from_secs(90)).await;
-        load.stop().await;
+        bad_load.stop().await;
         let guard = &shown["guarded_rollout"];
         assert_eq!(guard["state"], "rolled-back", "{guard}");
         assert_eq!(guard["metric"], "errors", "{guard}");
         assert_eq!(guard["percent"], 0, "{guard}");
+        assert_eq!(guard["judge"], "flag", "{guard}");
         let reason = guard["reason"].as_str().unwrap_or_default();
         assert!(
-            reason.contains("errors: error rate") && reason.contains("max 2%") && reason.contains(" in "),
-            "the reason names the metric, value and sample: {reason}"
+            reason.contains("errors: error rate")
+                && reason.contains("max 2%")
+                && reason.contains(" in ")
+                && reason.contains("[requests carrying bad-checkout on]"),
+            "the reason names the metric, its value and sample on the flag's requests: {reason}"
         );
+        let sample = guard["measurements"][0]["sample_size"].as_u64().unwrap_or(0);
+        assert!(sample > 0, "the sample is the flag's requests: {guard}");
         assert_eq!(shown["summary"]["rollout"], 0, "{}", shown["summary"]);
         assert_eq!(shown["summary"]["enabled"], true);
         let last = &shown["changes"][0];
@@ -160,24 +177,23 @@ async fn a_guarded_flag_rollout_rolls_a_bad_flag_back_and_takes_a_good_one_to_10
             text.contains("flags.guarded_rollout") && text.contains("rolled back to 0%"),
             "the audit log has the rollback by analysis: {text}"
         );
-        // The CLI says it in words too.
+        // The CLI says it in words too, with whose requests were judged.
         let out = ferry
             .cli(&["flags", "show", &spec.app, "--env", &spec.env, "bad-checkout"])
             .await;
         assert!(
-            out.stdout.contains("guarded rollout: rolled-back") && out.stdout.contains("why:"),
+            out.stdout.contains("guarded rollout: rolled-back")
+                && out.stdout.contains("why:")
+                && out.stdout.contains("judged on: the requests that carried the flag"),
             "{out}"
         );
 
-        // A good flag climbs to 100 %, across a kill -9 of the server after its first step.
-        let load = Load::start_on(&spec.listener(), "/?flag=new-search", 4);
-        load.warm_up(20).await;
-        start(&ferry, &spec, "new-search", &analysis).await;
+        // The good flag climbs to 100 %, across a kill -9 of the server after a step.
         wait_percent(&ferry, &spec, "new-search", 50).await;
         ferry.kill9_server();
         ferry.start_server().await;
         let shown = wait_ended(&ferry, &spec, "new-search", Duration::from_secs(90)).await;
-        let report = load.stop().await;
+        let report = good_load.stop().await;
         let guard = &shown["guarded_rollout"];
         assert_eq!(guard["state"], "completed", "{guard}");
         assert_eq!(shown["summary"]["rollout"], 100, "{}", shown["summary"]);
@@ -187,8 +203,19 @@ async fn a_guarded_flag_rollout_rolls_a_bad_flag_back_and_takes_a_good_one_to_10
             .iter()
             .filter(|c| c["actor"] == "analysis")
             .collect();
-        assert_eq!(steps.len(), 2, "10 → 50 and 50 → 100 by analysis: {steps:?}");
+        assert_eq!(steps.len(), 2, "20 → 50 and 50 → 100 by analysis: {steps:?}");
         assert!(report.total() > 0);
+
+        // No answer names `silent`: never judged on the others' traffic.
+        let shown = show(&ferry, &spec, "silent").await;
+        let guard = &shown["guarded_rollout"];
+        assert_eq!(guard["percent"], 20, "it never moves without a verdict: {guard}");
+        let why = guard["measurements"][0]["reason"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("no request carried flag silent on") && why.contains("Ferry-Flags"),
+            "{guard}"
+        );
+        assert_eq!(guard["measurements"][0]["verdict"], "inconclusive", "{guard}");
     })
     .await;
 }

@@ -1,7 +1,14 @@
 //! Guarded rollout of a flag: its gradual rollout percentage moves in steps (`1 → 5 → 25 →
 //! 100`), each held at least `pause` and until the analysis — the same judges as a canary
-//! deployment's, over the environment's traffic — has passed at that percentage; a failed
-//! analysis sets the flag back to 0 % at once (the kill switch), with the verdict.
+//! deployment's — has passed at that percentage; a failed analysis sets the flag back to 0 %
+//! at once (the kill switch), with the verdict.
+//!
+//! The proxy metrics (`builtin`, `compare`) judge the requests that carried the flag
+//! ([`Judge::Flag`], the default): those whose answer named it in a `Ferry-Flags` response
+//! header with a variant that [`carried_on`] reads as on (`compare` takes those with it off
+//! as its baseline). A window without one such request is Inconclusive and says how to
+//! attribute requests ([`attribute`]); the environment's whole traffic is judged only when
+//! asked for ([`Judge::Environment`]), and every verdict says which.
 //!
 //! [`advance`] is the whole decision: (guard, what the server observed, now) → the next
 //! persisted [`Guard`] and one [`Action`]. The server persists the new guard and applies
@@ -13,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{
     AnalysisRun, AnalysisSpec, Builtin, Measurement, MetricSpec, RunVerdict, Source, Threshold,
-    record,
+    Verdict, record,
 };
 use crate::duration::HumanDuration;
 
@@ -38,6 +45,69 @@ pub struct GuardSpec {
     /// The rollout's stickiness (`default`, `userId`, `sessionId`, `random`, a field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stickiness: Option<String>,
+    /// Whose requests the proxy metrics judge.
+    #[serde(default)]
+    pub judge: Judge,
+}
+
+/// Whose requests a guarded rollout's proxy metrics (`builtin`, `compare`) judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Judge {
+    /// The requests whose answer carried the flag on in its `Ferry-Flags` header (for
+    /// `compare`: against those that carried it off).
+    #[default]
+    Flag,
+    /// The environment's whole traffic through the proxy: a flag at 1 % is diluted 100-fold
+    /// and two guarded rollouts at once share their errors. Only when asked for.
+    Environment,
+}
+
+impl Judge {
+    /// `flag`, `environment`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Judge::Flag => "flag",
+            Judge::Environment => "environment",
+        }
+    }
+}
+
+/// Whether a `Ferry-Flags` variant says the flag was on for that request: anything but
+/// `off`, `false`, `0` or `disabled` (Unleash's variant when the flag is off), in any case.
+pub fn carried_on(variant: &str) -> bool {
+    !["off", "false", "0", "disabled"]
+        .iter()
+        .any(|off| variant.eq_ignore_ascii_case(off))
+}
+
+/// Says on whose requests each measurement of a round was taken (`measurements` in the
+/// order of `spec.analysis.metrics`): proxy metrics get `[requests carrying FLAG on]` (or
+/// `[whole environment]`) after their reason; with [`Judge::Flag`], one that saw no
+/// attributed request is Inconclusive with a why that says how to attribute requests.
+/// External metrics (Prometheus, HTTP, command) are left as they are.
+pub fn attribute(measurements: &mut [Measurement], spec: &GuardSpec, flag: &str) {
+    for (m, metric) in measurements.iter_mut().zip(&spec.analysis.metrics) {
+        if !matches!(
+            metric.source(),
+            Some(Source::Builtin(_) | Source::Compare(_))
+        ) {
+            continue;
+        }
+        match spec.judge {
+            Judge::Flag if m.sample_size == 0 => {
+                m.verdict = Verdict::Inconclusive;
+                m.value = None;
+                m.reason = format!(
+                    "no request carried flag {flag} on in this window: the app names the                      flags each answer evaluated in a `Ferry-Flags: {flag}=on` response                      header (docs/flags.md#attribution); or judge the whole environment                      (--judge environment)"
+                );
+            }
+            Judge::Flag => m
+                .reason
+                .push_str(&format!(" [requests carrying {flag} on]")),
+            Judge::Environment => m.reason.push_str(" [whole environment]"),
+        }
+    }
 }
 
 /// The analysis of a guarded rollout when neither the request nor the environment's
@@ -116,11 +186,14 @@ impl GuardSpec {
             }));
         }
         for (i, m) in self.analysis.metrics.iter().enumerate() {
-            if let Some(Source::Compare(_)) = m.source() {
+            if self.judge == Judge::Environment
+                && let Some(Source::Compare(_)) = m.source()
+            {
                 out.push(fault(
                     format!("analysis.metrics[{i}].compare"),
-                    "compare needs a baseline version; a flag rollout has none \
-                     (use builtin error_rate / latency_* with max)",
+                    "compare needs a baseline: judged on the whole environment a flag \
+                     rollout has none (judge: flag compares the requests that carried it on \
+                     with those that carried it off)",
                 ));
             }
         }
@@ -347,7 +420,7 @@ fn passed_summary(guard: &Guard) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{Unit, Verdict};
+    use crate::analysis::{LatencyBins, Unit, WindowStats, measure};
     use std::time::Duration;
 
     fn spec(steps: &[u32]) -> GuardSpec {
@@ -363,6 +436,7 @@ mod tests {
                 ..AnalysisSpec::default()
             },
             stickiness: None,
+            judge: Judge::Flag,
         }
     }
 
@@ -610,6 +684,99 @@ mod tests {
         let mut s = spec(&[5]);
         s.analysis.metrics[0].builtin = None;
         s.analysis.metrics[0].compare = Some(serde_json::from_str("{}").unwrap());
+        s.analysis.metrics[0].max = None;
+        assert!(
+            at(s.clone()).is_empty(),
+            "judged on the flag, off is the baseline"
+        );
+        s.judge = Judge::Environment;
         assert!(at(s).contains(&"analysis.metrics[0].compare".to_string()));
+    }
+
+    #[test]
+    fn variants_read_as_on_or_off() {
+        for on in ["on", "ON", "true", "blue", "1", "variant-b"] {
+            assert!(carried_on(on), "{on}");
+        }
+        for off in ["off", "Off", "false", "FALSE", "0", "disabled"] {
+            assert!(!carried_on(off), "{off}");
+        }
+    }
+
+    /// Errors of a flag served to 1 % of the traffic, judged on its own requests and on the
+    /// whole environment's: only the first sees it.
+    #[test]
+    fn a_bad_flag_at_one_percent_fails_on_its_requests_and_hides_in_the_environment() {
+        let metric = &spec(&[1]).analysis.metrics[0];
+        let window = |requests, errors_5xx| WindowStats {
+            requests,
+            errors_5xx,
+            duration_ms: 5_000,
+            latency_us: LatencyBins::from_bins([(1_000, requests)]),
+        };
+        let carrying = window(40, 10);
+        let environment = carrying.merge(&window(3_960, 0));
+        let on_flag = measure(metric, &carrying, None, None);
+        assert_eq!(on_flag.verdict, Verdict::Fail, "{}", on_flag.reason);
+        assert_eq!(on_flag.sample_size, 40);
+        let diluted = measure(metric, &environment, None, None);
+        assert_eq!(diluted.verdict, Verdict::Pass, "{}", diluted.reason);
+    }
+
+    #[test]
+    fn measurements_say_whose_requests_they_judged() {
+        let mut s = spec(&[5]);
+        let mut external = MetricSpec::named("probe");
+        external.http = Some(serde_json::from_str(r#"{"url": "http://x/"}"#).unwrap());
+        s.analysis.metrics.push(external);
+        let round = |sample| {
+            let mut ms = m(Verdict::Pass);
+            ms[0].sample_size = sample;
+            let mut probe = m(Verdict::Pass).remove(0);
+            probe.metric = "probe".into();
+            probe.sample_size = 0;
+            ms.push(probe);
+            ms
+        };
+        // Attributed requests: the reason says so; the external check is untouched.
+        let mut ms = round(120);
+        attribute(&mut ms, &s, "checkout");
+        assert_eq!(ms[0].verdict, Verdict::Pass);
+        assert!(
+            ms[0].reason.ends_with("[requests carrying checkout on]"),
+            "{}",
+            ms[0].reason
+        );
+        assert_eq!(ms[1].reason, "errors pass");
+        // None: Inconclusive, never a pass, with how to attribute.
+        let mut ms = round(0);
+        attribute(&mut ms, &s, "checkout");
+        assert_eq!(ms[0].verdict, Verdict::Inconclusive);
+        assert!(
+            ms[0].reason.contains("no request carried flag checkout on")
+                && ms[0].reason.contains("Ferry-Flags: checkout=on")
+                && ms[0].reason.contains("--judge environment"),
+            "{}",
+            ms[0].reason
+        );
+        assert_eq!(ms[1].verdict, Verdict::Pass);
+        // Whole environment, when asked for: said in the verdict.
+        s.judge = Judge::Environment;
+        let mut ms = round(0);
+        attribute(&mut ms, &s, "checkout");
+        assert_eq!(ms[0].verdict, Verdict::Pass);
+        assert!(
+            ms[0].reason.ends_with("[whole environment]"),
+            "{}",
+            ms[0].reason
+        );
+    }
+
+    #[test]
+    fn a_guard_stored_before_attribution_reads_as_judged_on_the_flag() {
+        let mut g = serde_json::to_value(start(spec(&[5]), 0)).unwrap();
+        g["spec"].as_object_mut().unwrap().remove("judge");
+        let back: Guard = serde_json::from_value(g).unwrap();
+        assert_eq!(back.spec.judge, Judge::Flag);
     }
 }

@@ -179,16 +179,20 @@ fn list_or_none(items: &[String]) -> String {
     }
 }
 
-/// `step 2/4 at 25 %`, and for an ended one why it ended.
+/// `step 2/4 at 25 %, judged on …`, and for an ended one why it ended.
 fn guard_detail(guard: &Value) -> String {
     if guard.is_null() {
         return String::new();
     }
     let steps = guard["steps"].as_array().map_or(0, Vec::len);
     let mut text = format!(
-        "step {}/{steps} at {} %",
+        "step {}/{steps} at {} %, judged on {}",
         guard["step"].as_u64().unwrap_or_default(),
-        guard["percent"].as_u64().unwrap_or_default()
+        guard["percent"].as_u64().unwrap_or_default(),
+        match guard["judge"].as_str() {
+            Some("environment") => "the environment's whole traffic",
+            _ => "the requests that carried the flag",
+        }
     );
     if let Some(reason) = guard["reason"].as_str() {
         text.push_str(": ");
@@ -281,7 +285,15 @@ mod tests {
             "steps": [5, 25, 100], "percent": 0});
         assert_eq!(
             guard_detail(&guard),
-            "step 2/3 at 0 %: error_rate 0.3 > 0.01 over 120 requests"
+            "step 2/3 at 0 %, judged on the requests that carried the flag: error_rate 0.3 > \
+             0.01 over 120 requests"
+        );
+        let mut env_wide = guard.clone();
+        env_wide["judge"] = json!("environment");
+        assert!(
+            guard_detail(&env_wide).contains("judged on the environment's whole traffic"),
+            "{}",
+            guard_detail(&env_wide)
         );
         assert_eq!(verdicts(&guard, &Value::Null), ["error_rate failed"]);
         let measured = json!([{"metric": "error_rate", "value": 0.3, "threshold": "≤ 0.01",

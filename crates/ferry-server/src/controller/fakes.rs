@@ -533,7 +533,7 @@ impl DataPlane for FakeDataPlane {
                 started_at_ms: 0,
                 taken_at_ms: self.proxy.clock.now_ms(),
                 generation: lock(&self.proxy.tables).len() as u64,
-                versions: Vec::new(),
+                ..Default::default()
             })
         })
     }

@@ -347,6 +347,7 @@ mod tests {
                     },
                 )
                 .collect(),
+            ..Default::default()
         }
     }
 

@@ -113,6 +113,10 @@ pub enum Command {
         /// the environment's canary analysis, else its error rate ≤ 1%.
         #[arg(long, requires = "guarded", value_name = "FILE")]
         analysis: Option<PathBuf>,
+        /// Whose requests the proxy metrics judge: `flag` (default), those whose answer
+        /// carried the flag on in a `Ferry-Flags` header; `environment`, all of its traffic.
+        #[arg(long, requires = "guarded", value_parser = ["flag", "environment"])]
+        judge: Option<String>,
         /// Stop the running guarded rollout (the flag stays where it is).
         #[arg(long)]
         stop: bool,
@@ -301,14 +305,19 @@ fn guarded_text(g: &Value) -> String {
         g["pause"].as_str().unwrap_or("?"),
         g["started_by"].as_str().unwrap_or("?"),
     );
+    line.push_str(match g["judge"].as_str() {
+        Some("environment") => "\n  judged on: the environment's whole traffic",
+        _ => "\n  judged on: the requests that carried the flag (Ferry-Flags header)",
+    });
     if let Some(reason) = g["reason"].as_str() {
         line.push_str(&format!("\n  why: {reason}"));
     }
     for m in g["measurements"].as_array().into_iter().flatten() {
         line.push_str(&format!(
-            "\n  {} {}: {}",
+            "\n  {} {} (sample {}): {}",
             m["metric"].as_str().unwrap_or("?"),
             m["verdict"].as_str().unwrap_or("?"),
+            m["sample_size"],
             m["reason"].as_str().unwrap_or("")
         ));
     }
@@ -500,6 +509,7 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             steps,
             pause,
             analysis,
+            judge,
             stop,
             out,
         } => {
@@ -529,6 +539,7 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
                 "pause": pause,
                 "analysis": analysis,
                 "stickiness": stickiness,
+                "judge": judge,
             });
             let answer: Value = client
                 .post(&flag_path(&at, &["guarded-rollout"]), &body)

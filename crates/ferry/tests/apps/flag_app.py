@@ -7,6 +7,8 @@ app with an OpenFeature SDK configured without a cache.
 GET /?flag=NAME  -> evaluates NAME (context: the `user` query parameter as targetingKey);
                     when it is on and NAME starts with `bad-`, the new code path is broken:
                     500; otherwise 200. A failed evaluation counts as off (the SDK default).
+                    The answer names the evaluated flag in `Ferry-Flags: NAME=on|off`, as the
+                    middleware in docs/flags.md does, so Ferry judges the flag on its requests.
 GET /health      -> 200 (no flag read)
 Dies at once on SIGTERM.
 """
@@ -53,13 +55,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         status = 200
+        evaluated = []
         if url.path != "/health":
             name = query.get("flag", [""])[0]
             user = query.get("user", ["anonymous"])[0]
-            if name and flag_on(name, user) and name.startswith("bad-"):
+            on = bool(name) and flag_on(name, user)
+            if name:
+                evaluated.append(f"{name}={'on' if on else 'off'}")
+            if on and name.startswith("bad-"):
                 status = 500
         body = f"{args.version} {status}\n".encode()
         self.send_response(status)
+        if evaluated:
+            self.send_header("Ferry-Flags", ", ".join(evaluated))
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Version", args.version)

@@ -563,7 +563,7 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
                     continue;
                 }
                 Name::Host => host_value = v,
-                Name::Hsts | Name::Date => {}
+                Name::Hsts | Name::Date | Name::FerryFlags => {}
                 Name::Other => {
                     if parse::listed(n, hl, &f) || token.is_some_and(|t| n.eq_ignore_ascii_case(t))
                     {
@@ -753,9 +753,14 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
         out.extend_from_slice(&b.up[rh.reason.clone()]);
         out.extend_from_slice(b"\r\n");
         let mut dated = false;
+        let mut flagged = false;
         for (n, v) in rl.iter() {
             match classify(n) {
                 Name::HopByHop | Name::RequestId => continue,
+                Name::FerryFlags => {
+                    flagged = true;
+                    continue;
+                }
                 Name::Hsts if reply.hsts.is_some() => continue,
                 Name::Other if parse::listed(n, rl, &rf) => continue,
                 Name::Date => dated = true,
@@ -777,7 +782,12 @@ async fn exchange<I: Io>(io: &mut I, b: &mut Bufs, head: &ReqHead, conn: &ConnCt
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        group.stats.record(status, start.elapsed());
+        let elapsed = start.elapsed();
+        group.stats.record(status, elapsed);
+        if flagged {
+            let lines: Vec<&[u8]> = rl.all(b"ferry-flags").collect();
+            group.stats.flags.record(&lines, status, elapsed);
+        }
         line.finish(status);
 
         // The body: what came with the head, then the rest as it arrives.

@@ -163,6 +163,8 @@ pub(crate) enum Name {
     Date,
     /// `Expect`: answered by the proxy itself (`100 Continue`), never forwarded.
     Expect,
+    /// `Ferry-Flags` (a response's: the flags it evaluated, counted and removed).
+    FerryFlags,
     Other,
 }
 
@@ -176,6 +178,7 @@ pub(crate) fn classify(n: &[u8]) -> Name {
         6 if is(b"expect") => Name::Expect,
         7 if is(b"trailer") || is(b"upgrade") => Name::HopByHop,
         10 if is(b"connection") || is(b"keep-alive") => Name::HopByHop,
+        11 if is(b"ferry-flags") => Name::FerryFlags,
         12 if is(b"x-request-id") => Name::RequestId,
         15 if is(b"x-forwarded-for") => Name::ForwardedFor,
         16 if is(b"x-forwarded-host") => Name::Forwarded,
@@ -562,6 +565,7 @@ mod tests {
         }
         assert_eq!(classify(b"DATE"), Name::Date);
         assert_eq!(classify(b"expect"), Name::Expect);
+        assert_eq!(classify(b"Ferry-Flags"), Name::FerryFlags);
     }
 
     #[test]
