@@ -323,9 +323,24 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
             }
         }
     };
+    // Every body the API takes is a JSON object (openapi.json). Another JSON value is
+    // refused here: serde reads an array into a struct's fields in order, so `[]` would
+    // pass for a body whose fields are all optional.
+    let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+    if body.as_ref().is_some_and(|b| !b.is_object()) {
+        if access.is_some() {
+            record(&state, &seen, &actor, "failed: 422", slot).await;
+        }
+        return ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "the request body must be a JSON object",
+        )
+        .into_response();
+    }
     // A secret's value never enters what the gate keeps for the audit record.
     if !rule.secret_body {
-        seen.body = serde_json::from_slice(&bytes).ok();
+        seen.body = body;
     }
     if let Some(reason) = seen
         .body

@@ -207,7 +207,7 @@ pub async fn client_register(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let Ok(reg) = serde_json::from_slice::<Registration>(&body) else {
+    let Ok(reg) = json_object::<Registration>(&body) else {
         return bad_request("the body must be an Unleash client registration (JSON)")
             .into_response();
     };
@@ -239,7 +239,7 @@ pub async fn client_metrics(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let report = match serde_json::from_slice::<MetricsReport>(&body) {
+    let report = match json_object::<MetricsReport>(&body) {
         Ok(r) => r,
         Err(e) => {
             return bad_request(format!("not an Unleash metrics report: {e}")).into_response();
@@ -281,12 +281,21 @@ fn ofrep_error(
     (status, Json(body)).into_response()
 }
 
+/// A body that must be a JSON object: serde reads an array into a struct's fields in order,
+/// so `[]` would pass for a body whose fields are all optional.
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    match serde_json::from_slice::<Value>(body).map_err(|e| e.to_string())? {
+        Value::Object(map) => serde_json::from_value(Value::Object(map)).map_err(|e| e.to_string()),
+        _ => Err("not a JSON object".into()),
+    }
+}
+
 /// The evaluation context of an OFREP body (empty: no context); `Err` is the error code.
 fn ofrep_context(body: &Bytes) -> Result<ferry_core::flags::Context, (ErrorCode, String)> {
     let request: OfrepRequest = if body.is_empty() {
         OfrepRequest::default()
     } else {
-        serde_json::from_slice(body).map_err(|e| {
+        json_object(body).map_err(|e| {
             (
                 ErrorCode::ParseError,
                 format!("the body must be {{\"context\": {{…}}}}: {e}"),

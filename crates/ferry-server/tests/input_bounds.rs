@@ -298,3 +298,87 @@ async fn early_answers_reach_a_client_still_sending() {
     }
     server.abort();
 }
+
+/// Every body the API takes is a JSON object (openapi.json). Serde reads a JSON array into a
+/// struct's fields in order, so `[]` used to create a flag client token and evaluate OFREP
+/// flags (found by schemathesis once the flag endpoints had a real app to act on). Now any
+/// other JSON value is refused on every operation with a body: 422 `invalid_body` on the
+/// Ferry API, 400 on the SDK endpoints.
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused_on_every_operation() {
+    let h = Harness::with_manifest(common::SHOP).await;
+    let doc = h.call("GET", "/openapi.json", None, None).await.json();
+    let mut checked = 0;
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let concrete: Vec<&str> = path
+            .split('/')
+            .map(|segment| match segment {
+                "{app}" => "shop",
+                "{env}" => "staging",
+                s if s.starts_with('{') => "1",
+                s => s,
+            })
+            .collect();
+        let concrete = concrete.join("/");
+        for (method, operation) in operations.as_object().unwrap() {
+            if operation.get("requestBody").is_none() {
+                continue;
+            }
+            for body in [json!([]), json!(["x"]), json!("x"), json!(1), json!(null)] {
+                let a = h
+                    .call(
+                        &method.to_uppercase(),
+                        &concrete,
+                        Some(&h.admin),
+                        Some(body.clone()),
+                    )
+                    .await;
+                assert_eq!(
+                    a.status,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "{method} {concrete} {body}: {}",
+                    a.text
+                );
+                assert_eq!(
+                    a.json()["code"],
+                    "invalid_body",
+                    "{method} {concrete} {body}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "only {checked} operations with a body");
+
+    let token = h
+        .admin_ok(
+            "POST",
+            "/v1/apps/shop/envs/staging/flag-tokens",
+            Some(json!({})),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The SDK endpoints: an object is taken (202, 200), anything else is 400.
+    for (path, taken) in [
+        ("/api/client/register", StatusCode::ACCEPTED),
+        ("/api/client/metrics", StatusCode::BAD_REQUEST), // `{}` has no `bucket`
+        ("/ofrep/v1/evaluate/flags", StatusCode::OK),
+    ] {
+        let a = h.call("POST", path, Some(&token), Some(json!({}))).await;
+        assert_eq!(a.status, taken, "{path} {{}}: {}", a.text);
+        for body in [json!([]), json!("x")] {
+            let a = h.call("POST", path, Some(&token), Some(body.clone())).await;
+            assert_eq!(
+                a.status,
+                StatusCode::BAD_REQUEST,
+                "{path} {body}: {}",
+                a.text
+            );
+        }
+    }
+}
