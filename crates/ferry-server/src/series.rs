@@ -2,9 +2,10 @@
 //! [`SAMPLE_EVERY_MS`] the proxy's cumulative counters go to [`SeriesSampler::record`],
 //! which stores one point per version (requests, 5xx, p95 since the previous sample) in
 //! `deployment_series`. During a canary or blue/green rollout the controller's
-//! progressive step does it (it reads the counters for its analysis anyway); for rolling
-//! and recreate deployments, which have no analysis, [`run`] does (the new version and
-//! the one it replaces, while it progresses or rolls back).
+//! progressive step does it (it reads the counters for its analysis anyway); for every
+//! deployment on the rolling path (rolling and recreate; a canary environment's first
+//! deployment, redeploy or rollback), which has no analysis, [`run`] does (the new version
+//! and the one it replaces, while it progresses or rolls back).
 //! The last snapshot of each deployment is kept in memory only: after a restart of the
 //! server or the proxy the next sample starts a new baseline.
 //!
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::analysis::WindowStats;
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentKind, DeploymentState};
 use ferry_core::series::{MAX_POINTS, SeriesPoint};
 use ferry_proxy::stats::StatsSnapshot;
 use ferry_store::{DeploymentRecord, Store};
@@ -37,15 +38,19 @@ pub const KEEP_PER_ENV: u32 = 20;
 const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// What [`run`] samples of deployment `d`: its listener and versions (the new one, then
-/// the one it replaces); None when the controller samples it (progressive strategies) or
-/// it moves no traffic now.
+/// the one it replaces); None when it moves no traffic now, or when it follows a canary or
+/// blue/green plan, whose pass samples it (as `controller::strategy::plan_of` decides:
+/// a rollback, a first deployment and a redeploy of the serving version take the rolling
+/// path whatever the strategy).
 fn sampled_here(d: &DeploymentRecord) -> Option<(String, Vec<&str>)> {
     let moving = matches!(
         d.state,
         DeploymentState::Progressing | DeploymentState::RollingBack
     );
-    let rolling = matches!(d.strategy.as_str(), "rolling" | "recreate");
-    (moving && rolling).then(|| {
+    let progressive = matches!(d.strategy.as_str(), "canary" | "blue_green")
+        && d.kind != DeploymentKind::Rollback
+        && d.previous_version.as_ref().is_some_and(|p| *p != d.version);
+    (moving && !progressive).then(|| {
         let mut versions = vec![d.version.as_str()];
         versions.extend(d.previous_version.as_deref());
         (format!("{}/{}", d.app, d.env), versions)
@@ -229,7 +234,7 @@ mod tests {
             env: "prod".into(),
             version: "2.0".into(),
             previous_version: previous.map(str::to_string),
-            kind: ferry_core::model::DeploymentKind::Deploy,
+            kind: DeploymentKind::Deploy,
             strategy: strategy.into(),
             state,
             reason: None,
@@ -251,8 +256,17 @@ mod tests {
             sampled_here(&store("recreate", RollingBack, None)),
             Some(("shop/prod".to_string(), vec!["2.0"]))
         );
+        // a canary environment's rolling paths: a first deployment, a redeploy, a rollback
+        assert!(sampled_here(&store("canary", Progressing, None)).is_some());
+        assert!(sampled_here(&store("blue_green", Progressing, Some("2.0"))).is_some());
+        let rollback = DeploymentRecord {
+            kind: DeploymentKind::Rollback,
+            ..store("canary", Progressing, Some("1.0"))
+        };
+        assert!(sampled_here(&rollback).is_some());
         for (strategy, state) in [
             ("canary", Progressing),
+            ("canary", RollingBack),
             ("blue_green", Progressing),
             ("rolling", AwaitingApproval),
             ("rolling", Pending),
