@@ -384,6 +384,12 @@ async fn assert_accessible(browser: &Browser, console: &str, path: &str) {
         "{path} scrolls sideways at 375 px: {widths}"
     );
     browser.window(1280, 900).await;
+    browser
+        .exec(
+            "document.activeElement.blur(); window.scrollTo(0, 0); return 1;",
+            json!([]),
+        )
+        .await;
 }
 
 /// The rendered size (CSS px) of the charts' axis labels, and whether any is cut off by
@@ -686,8 +692,8 @@ async fn the_console_in_chromium() {
             format!("/deployments/{canary}"),
             "/apps/shop/flags?env=staging".to_string(),
             "/notifications".to_string(),
-            "/apps/shop/dora?env=production".to_string(),
             "/".to_string(),
+            "/apps/shop/dora?env=production".to_string(),
         ] {
             assert_accessible(&browser, &console, &path).await;
         }
