@@ -19,6 +19,8 @@ use crate::api::{
     PromotionRequest, RedeployAnswer, RedeployRequest, ReleaseCreated, ReleaseRequest, ReleaseView,
     RollbackRequest,
 };
+use crate::config::EnvConfig;
+use crate::dora::DoraReport;
 use crate::rbac::Permission;
 
 /// The HTTP methods the API serves.
@@ -340,7 +342,7 @@ endpoints! {
             None => format!("roll back {} in {} to the previous version", f.app(), f.env()),
         });
     Logs: () => Text = get("/v1/apps/{app}/envs/{env}/logs", "logs", Perm(P::ViewLogs), AppEnv);
-    Dora: () => Value = get("/v1/apps/{app}/envs/{env}/dora", "dora", Perm(P::View), AppEnv);
+    Dora: () => DoraReport = get("/v1/apps/{app}/envs/{env}/dora", "dora", Perm(P::View), AppEnv);
     AlertsList: () => Value = get("/v1/alerts", "alerts.list", Anywhere(P::View), Global);
     SilencesList: () => Value = get("/v1/silences", "silences.list", Anywhere(P::View), Global);
     SilencesCreate: Value => Value = post("/v1/apps/{app}/envs/{env}/silences", "silences.create", Perm(P::Rollback), AppEnv);
@@ -436,7 +438,7 @@ endpoints! {
         ));
     Gates: () => Value = get("/v1/deployments/{id}/gates", "gates", Perm(P::View), Deployment);
     GatesOverride: Value => Value = post("/v1/deployments/{id}/overrides", "gates.override", Perm(P::OverrideFreeze), Deployment);
-    ConfigGet: () => Value = get("/v1/apps/{app}/envs/{env}/config", "config.get", Perm(P::View), AppEnv);
+    ConfigGet: () => EnvConfig = get("/v1/apps/{app}/envs/{env}/config", "config.get", Perm(P::View), AppEnv);
     Redeploy: RedeployRequest => RedeployAnswer = post("/v1/apps/{app}/envs/{env}/redeploy", "redeploy", Perm(P::Deploy), AppEnv)
         .summary(|f| format!("redeploy {} in {} with its current configuration", f.app(), f.env()));
     DeploymentsHooks: () => Vec<HookRunView> = get("/v1/deployments/{id}/hooks", "deployments.hooks", Perm(P::View), Deployment);

@@ -8,6 +8,7 @@ const REASON_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.
 
 use anyhow::Context;
 use ferry_core::api::{ApiError, MAX_REQUEST_BYTES};
+use ferry_core::endpoint::Endpoint;
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -197,6 +198,59 @@ impl Client {
         Failure::new(code, message).with_details(details)
     }
 
+    /// Calls a declared endpoint ([`ferry_core::endpoint`]): its path parameters in order,
+    /// query pairs, and its request body (sent for POST and PUT; `()` for none). The answer
+    /// is the endpoint's declared response type.
+    pub async fn call<E: Endpoint>(
+        &self,
+        endpoint: E,
+        params: &[&str],
+        query: &[(&str, String)],
+        body: &E::Request,
+    ) -> anyhow::Result<E::Response> {
+        self.call_within(endpoint, params, query, body, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// [`Client::call`] with its own timeout (a long poll: the server's wait plus margin).
+    pub async fn call_within<E: Endpoint>(
+        &self,
+        _: E,
+        params: &[&str],
+        query: &[(&str, String)],
+        body: &E::Request,
+        timeout: Duration,
+    ) -> anyhow::Result<E::Response> {
+        let resp = self
+            .send(self.endpoint::<E>(params, query, body)?, Some(timeout))
+            .await?;
+        self.decode(resp).await
+    }
+
+    /// The request of a declared endpoint, its body attached for POST and PUT.
+    fn endpoint<E: Endpoint>(
+        &self,
+        params: &[&str],
+        query: &[(&str, String)],
+        body: &E::Request,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
+        let spec = E::SPEC;
+        let segments = spec.segments(params).map_err(anyhow::Error::msg)?;
+        let (method, with_body) = match spec.method {
+            ferry_core::endpoint::Method::Get => (Method::GET, false),
+            ferry_core::endpoint::Method::Post => (Method::POST, true),
+            ferry_core::endpoint::Method::Put => (Method::PUT, true),
+            ferry_core::endpoint::Method::Delete => (Method::DELETE, false),
+        };
+        let req = self.request(method, &segments, query);
+        Ok(if with_body {
+            req.header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(json_body(body)?)
+        } else {
+            req
+        })
+    }
+
     pub async fn get<T: DeserializeOwned>(
         &self,
         segments: &[&str],
@@ -206,22 +260,6 @@ impl Client {
             .send(
                 self.request(Method::GET, segments, query),
                 Some(REQUEST_TIMEOUT),
-            )
-            .await?;
-        self.decode(resp).await
-    }
-
-    /// A GET that may be held by the server for up to `wait`.
-    pub async fn get_long_poll<T: DeserializeOwned>(
-        &self,
-        segments: &[&str],
-        query: &[(&str, String)],
-        wait: Duration,
-    ) -> anyhow::Result<T> {
-        let resp = self
-            .send(
-                self.request(Method::GET, segments, query),
-                Some(REQUEST_TIMEOUT + wait),
             )
             .await?;
         self.decode(resp).await
@@ -279,6 +317,18 @@ impl Client {
         self.decode(resp).await
     }
 
+    /// A declared endpoint whose answer is read as it comes (no overall timeout): logs,
+    /// server-sent events.
+    pub async fn open<E: Endpoint<Request = ()>>(
+        &self,
+        _: E,
+        params: &[&str],
+        query: &[(&str, String)],
+    ) -> anyhow::Result<reqwest::Response> {
+        self.send(self.endpoint::<E>(params, query, &())?, None)
+            .await
+    }
+
     /// A GET whose answer is text (Markdown, JSON lines), not one JSON value.
     pub async fn get_text(
         &self,
@@ -305,16 +355,6 @@ impl Client {
         )
         .await?;
         Ok(())
-    }
-
-    /// A streamed GET (no overall timeout).
-    pub async fn get_stream(
-        &self,
-        segments: &[&str],
-        query: &[(&str, String)],
-    ) -> anyhow::Result<reqwest::Response> {
-        self.send(self.request(Method::GET, segments, query), None)
-            .await
     }
 
     async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response) -> anyhow::Result<T> {

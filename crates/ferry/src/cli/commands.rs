@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_core::api::MAX_REQUEST_BYTES;
 use ferry_core::api::{
-    AppStatus, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
-    DeploymentView, EnvStatus, RollbackRequest, WhoAmI,
+    ApplyRequest, ApplyResponse, DeployRequest, DeploymentView, EnvStatus, RollbackRequest, WhoAmI,
 };
+use ferry_core::endpoint as e;
 use ferry_core::model::DeploymentState;
 use futures_util::StreamExt;
 
@@ -126,7 +126,7 @@ pub async fn apply(
     if size > MAX_REQUEST_BYTES {
         return Err(too_large(file, size).into());
     }
-    let resp: ApplyResponse = client.post(&["v1", "apps"], &request).await?;
+    let resp = client.call(e::Apply, &[], &[], &request).await?;
     print_warnings(&resp.warnings);
     if format == Format::Json {
         return print_json(&resp);
@@ -271,9 +271,7 @@ pub async fn deploy(
     wait: WaitArgs,
     format: Format,
 ) -> anyhow::Result<()> {
-    let dep: DeploymentView = client
-        .post(&["v1", "apps", app, "envs", env, "deployments"], request)
-        .await?;
+    let dep = client.call(e::Deploy, &[app, env], &[], request).await?;
     finish_request(client, dep, wait, format).await
 }
 
@@ -286,9 +284,11 @@ pub async fn rollback(
     wait: WaitArgs,
     format: Format,
 ) -> anyhow::Result<()> {
-    let dep: DeploymentView = client
-        .post(
-            &["v1", "apps", app, "envs", env, "rollback"],
+    let dep = client
+        .call(
+            e::Rollback,
+            &[app, env],
+            &[],
             &RollbackRequest {
                 to,
                 force,
@@ -377,7 +377,7 @@ pub async fn status(
     format: Format,
 ) -> anyhow::Result<()> {
     let query: Vec<(&str, String)> = env.map(|e| ("env", e.to_string())).into_iter().collect();
-    let status: AppStatus = client.get(&["v1", "apps", app, "status"], &query).await?;
+    let status = client.call(e::Status, &[app], &query, &()).await?;
     if let Some(env) = env {
         let env_status = status
             .environments
@@ -597,9 +597,7 @@ pub async fn logs(
     if let Some(tail) = tail {
         query.push(("tail", tail.to_string()));
     }
-    let resp = client
-        .get_stream(&["v1", "apps", app, "envs", env, "logs"], &query)
-        .await?;
+    let resp = client.open(e::Logs, &[app, env], &query).await?;
     let mut stream = resp.bytes_stream();
     let mut stdout = std::io::stdout().lock();
     while let Some(chunk) = stream.next().await {
@@ -617,7 +615,7 @@ pub async fn logs(
 }
 
 pub async fn apps(client: &Client, format: Format) -> anyhow::Result<()> {
-    let apps: Vec<AppSummary> = client.get(&["v1", "apps"], &[]).await?;
+    let apps = client.call(e::AppsList, &[], &[], &()).await?;
     if format == Format::Json {
         return print_json(&apps);
     }
@@ -641,8 +639,8 @@ pub async fn apps(client: &Client, format: Format) -> anyhow::Result<()> {
 }
 
 pub async fn deployment(client: &Client, id: i64, format: Format) -> anyhow::Result<()> {
-    let detail: DeploymentDetail = client
-        .get(&["v1", "deployments", &id.to_string()], &[])
+    let detail = client
+        .call(e::DeploymentsGet, &[&id.to_string()], &[], &())
         .await?;
     // hooks:
     let hook_runs = super::hooks::runs(client, id).await.unwrap_or_default();

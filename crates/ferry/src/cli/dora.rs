@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use ferry_core::dora::{self, DoraReport, Figures, Level};
 use ferry_core::duration::HumanDuration;
+use ferry_core::endpoint as e;
 
 use super::client::Client;
 use super::output::{Table, print_json};
@@ -50,10 +51,12 @@ pub async fn run(client: &Client, args: DoraArgs) -> anyhow::Result<()> {
         IntervalArg::Weekly => "weekly",
         IntervalArg::Monthly => "monthly",
     };
-    let report: DoraReport = client
-        .get(
-            &["v1", "apps", &args.app, "envs", &args.env, "dora"],
+    let report = client
+        .call(
+            e::Dora,
+            &[&args.app, &args.env],
             &[("start_date", start), ("interval", interval.to_string())],
+            &(),
         )
         .await?;
     if args.out.output == Format::Json {

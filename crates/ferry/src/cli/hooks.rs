@@ -1,7 +1,8 @@
 //! `ferry logs APP --env E --hook NAME [--deployment ID]` and the hook runs shown by
 //! `ferry deployment ID`.
 
-use ferry_core::api::{DeploymentView, HookOutput, HookRunView};
+use ferry_core::api::HookRunView;
+use ferry_core::endpoint as e;
 
 use super::client::Client;
 use super::output::{duration_ms, print_json};
@@ -24,18 +25,8 @@ pub async fn logs(
         Some(id) => id,
         None => latest_with_hook(client, app, env, name).await?,
     };
-    let outputs: Vec<HookOutput> = client
-        .get(
-            &[
-                "v1",
-                "deployments",
-                &id.to_string(),
-                "hooks",
-                name,
-                "output",
-            ],
-            &[],
-        )
+    let outputs = client
+        .call(e::DeploymentsHookOutput, &[&id.to_string(), name], &[], &())
         .await?;
     if json {
         return print_json(&outputs);
@@ -59,16 +50,16 @@ async fn latest_with_hook(
     env: &str,
     name: &str,
 ) -> anyhow::Result<i64> {
-    let deployments: Vec<DeploymentView> = client
-        .get(
-            &["v1", "apps", app, "envs", env, "deployments"],
+    let deployments = client
+        .call(
+            e::History,
+            &[app, env],
             &[("limit", LOOK_BACK.to_string())],
+            &(),
         )
         .await?;
     for d in &deployments {
-        let runs: Vec<HookRunView> = client
-            .get(&["v1", "deployments", &d.id.to_string(), "hooks"], &[])
-            .await?;
+        let runs = runs(client, d.id).await?;
         if runs.iter().any(|r| r.hook == name) {
             return Ok(d.id);
         }
@@ -99,7 +90,7 @@ fn header(run: &HookRunView) -> String {
 /// The hook runs of a deployment, for `ferry deployment ID` (empty when it ran none).
 pub async fn runs(client: &Client, id: i64) -> anyhow::Result<Vec<HookRunView>> {
     client
-        .get(&["v1", "deployments", &id.to_string(), "hooks"], &[])
+        .call(e::DeploymentsHooks, &[&id.to_string()], &[], &())
         .await
 }
 

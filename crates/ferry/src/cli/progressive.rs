@@ -4,9 +4,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use ferry_core::api::{
-    DeploymentDetail, DeploymentView, EnvStatus, EventView, PromoteRequest, RolloutView,
-};
+use ferry_core::api::{DeploymentView, EnvStatus, EventView, PromoteRequest, RolloutView};
+use ferry_core::endpoint::{self as e, Empty};
 use ferry_core::model::{DeploymentState, EventKind, ReplicaState};
 use futures_util::StreamExt;
 use tokio::time::Instant;
@@ -25,14 +24,6 @@ pub enum Steer {
 }
 
 impl Steer {
-    fn path(self) -> &'static str {
-        match self {
-            Steer::Promote { .. } => "promote",
-            Steer::Pause => "pause",
-            Steer::Resume => "resume",
-        }
-    }
-
     fn verb(self) -> &'static str {
         match self {
             Steer::Promote { full: true } => "promote --full",
@@ -55,10 +46,15 @@ pub async fn steer(
     what: Steer,
     format: Format,
 ) -> anyhow::Result<()> {
-    let segments = ["v1", "apps", app, "envs", env, what.path()];
+    let at = [app, env];
     let dep: DeploymentView = match what {
-        Steer::Promote { full } => client.post(&segments, &PromoteRequest { full }).await?,
-        Steer::Pause | Steer::Resume => client.post(&segments, &serde_json::json!({})).await?,
+        Steer::Promote { full } => {
+            client
+                .call(e::Promote, &at, &[], &PromoteRequest { full })
+                .await?
+        }
+        Steer::Pause => client.call(e::Pause, &at, &[], &Empty {}).await?,
+        Steer::Resume => client.call(e::Resume, &at, &[], &Empty {}).await?,
     };
     if format == Format::Json {
         return print_json(&dep);
@@ -86,10 +82,7 @@ pub async fn steer(
 /// pass that applied the request (bounded by [`APPLIED_WAIT`]).
 async fn applied_events(client: &Client, dep: &DeploymentView) -> Vec<EventView> {
     let id = dep.id.to_string();
-    let Ok(detail) = client
-        .get::<DeploymentDetail>(&["v1", "deployments", &id], &[])
-        .await
-    else {
+    let Ok(detail) = client.call(e::DeploymentsGet, &[&id], &[], &()).await else {
         return Vec::new();
     };
     // The request itself is the last `request` line; start after it.
@@ -110,11 +103,7 @@ async fn applied_events(client: &Client, dep: &DeploymentView) -> Vec<EventView>
             ("wait_ms", remaining.as_millis().to_string()),
         ];
         let Ok(events) = client
-            .get_long_poll::<Vec<EventView>>(
-                &["v1", "deployments", &id, "events"],
-                &query,
-                remaining,
-            )
+            .call_within(e::DeploymentsEvents, &[&id], &query, &(), remaining)
             .await
         else {
             break;
@@ -141,12 +130,7 @@ pub async fn abort(
     wait_args: WaitArgs,
     format: Format,
 ) -> anyhow::Result<()> {
-    let dep: DeploymentView = client
-        .post(
-            &["v1", "apps", app, "envs", env, "abort"],
-            &serde_json::json!({}),
-        )
-        .await?;
+    let dep = client.call(e::Abort, &[app, env], &[], &Empty {}).await?;
     let json = format == Format::Json;
     if !wait_args.wait {
         if json {
@@ -198,18 +182,13 @@ pub async fn retry(
     wait_args: WaitArgs,
     format: Format,
 ) -> anyhow::Result<()> {
-    let dep: DeploymentView = client
-        .post(
-            &["v1", "apps", app, "envs", env, "retry"],
-            &serde_json::json!({}),
-        )
-        .await?;
+    let dep = client.call(e::Retry, &[app, env], &[], &Empty {}).await?;
     finish_request(client, dep, wait_args, format).await
 }
 
 async fn env_status(client: &Client, app: &str, env: &str) -> anyhow::Result<EnvStatus> {
-    let status: ferry_core::api::AppStatus = client
-        .get(&["v1", "apps", app, "status"], &[("env", env.to_string())])
+    let status = client
+        .call(e::Status, &[app], &[("env", env.to_string())], &())
         .await?;
     status
         .environments
@@ -424,10 +403,7 @@ pub async fn watch(
         let mut view = View::new(format);
         let mut lost_contact = false;
         loop {
-            let resp = match client
-                .get_stream(&["v1", "apps", app, "envs", env, "watch"], &[])
-                .await
-            {
+            let resp = match client.open(e::Watch, &[app, env], &[]).await {
                 Ok(resp) => resp,
                 Err(err) if Failure::is_transient(&err) && view.drawn > 0 => {
                     if !lost_contact {
@@ -535,7 +511,7 @@ impl View {
         }
         let events = match &status.latest_deployment {
             Some(dep) => client
-                .get::<DeploymentDetail>(&["v1", "deployments", &dep.id.to_string()], &[])
+                .call(e::DeploymentsGet, &[&dep.id.to_string()], &[], &())
                 .await
                 .map(|d| d.events)
                 .unwrap_or_default(),

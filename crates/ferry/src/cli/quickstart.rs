@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_core::api::{ApplyRequest, ApplyResponse, DeployRequest, DeploymentView, LoginLink};
+use ferry_core::endpoint as e;
 
 use super::client::Client;
 use super::commands::print_apply;
@@ -194,7 +195,7 @@ impl Tour<'_> {
         println!("==> Applying {}", self.manifest_path.display());
         let applied: ApplyResponse = self
             .client
-            .post(&["v1", "apps"], &self.apply_request(self.manifest_text))
+            .call(e::Apply, &[], &[], &self.apply_request(self.manifest_text))
             .await?;
         print_apply(&applied);
 
@@ -204,8 +205,10 @@ impl Tour<'_> {
             println!("==> {how} {} {version} to {}", self.app, self.env);
             let dep: DeploymentView = self
                 .client
-                .post(
-                    &["v1", "apps", self.app, "envs", self.env, "deployments"],
+                .call(
+                    e::Deploy,
+                    &[self.app, self.env],
+                    &[],
                     &DeployRequest {
                         version: (*version).to_string(),
                         ..Default::default()
@@ -237,7 +240,7 @@ impl Tour<'_> {
             .with_context(|| format!("cannot write {}", self.manifest_path.display()))?;
         let applied: ApplyResponse = self
             .client
-            .post(&["v1", "apps"], &self.apply_request(&text))
+            .call(e::Apply, &[], &[], &self.apply_request(&text))
             .await?;
         print_apply(&applied);
 
@@ -250,8 +253,10 @@ impl Tour<'_> {
         let outcome = async {
             let dep: DeploymentView = self
                 .client
-                .post(
-                    &["v1", "apps", self.app, "envs", self.env, "deployments"],
+                .call(
+                    e::Deploy,
+                    &[self.app, self.env],
+                    &[],
                     &DeployRequest {
                         version: BAD_VERSION.to_string(),
                         ..Default::default()
@@ -329,8 +334,10 @@ impl Tour<'_> {
         }
         let link: LoginLink = self
             .client
-            .post(
-                &["v1", "login-links"],
+            .call(
+                e::LoginLinksCreate,
+                &[],
+                &[],
                 &serde_json::json!({ "user": CONSOLE_USER }),
             )
             .await?;

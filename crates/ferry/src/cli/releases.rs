@@ -2,9 +2,8 @@
 //! `ferry promote --from --to`.
 
 use clap::{Args, Subcommand};
-use ferry_core::api::{
-    DeploymentView, PromotionRequest, ReleaseCreated, ReleaseRequest, ReleaseView,
-};
+use ferry_core::api::{PromotionRequest, ReleaseRequest, ReleaseView};
+use ferry_core::endpoint as e;
 use ferry_core::release::{self, ReleaseData};
 
 use super::client::Client;
@@ -99,8 +98,8 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
                 version,
                 data: flags.data()?,
             };
-            let created: ReleaseCreated = client
-                .post(&["v1", "apps", &app, "releases"], &request)
+            let created = client
+                .call(e::ReleasesCreate, &[&app], &[], &request)
                 .await?;
             if out.output == Format::Json {
                 return print_json(&created);
@@ -125,8 +124,8 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Show { app, version, out } => {
-            let r: ReleaseView = client
-                .get(&["v1", "apps", &app, "releases", &version], &[])
+            let r = client
+                .call(e::ReleasesGet, &[&app, &version], &[], &())
                 .await?;
             if out.output == Format::Json {
                 return print_json(&r);
@@ -194,7 +193,7 @@ fn print_release(r: &ReleaseView) {
 
 /// `ferry releases APP`.
 pub async fn list(client: &Client, app: &str, format: Format) -> anyhow::Result<()> {
-    let releases: Vec<ReleaseView> = client.get(&["v1", "apps", app, "releases"], &[]).await?;
+    let releases = client.call(e::ReleasesList, &[app], &[], &()).await?;
     if format == Format::Json {
         return print_json(&releases);
     }
@@ -242,9 +241,11 @@ pub async fn promote(
     wait: WaitArgs,
     format: Format,
 ) -> anyhow::Result<()> {
-    let dep: DeploymentView = client
-        .post(
-            &["v1", "apps", app, "promotions"],
+    let dep = client
+        .call(
+            e::PromotionsCreate,
+            &[app],
+            &[],
             &PromotionRequest {
                 from: from.to_string(),
                 to: to.to_string(),

@@ -5,6 +5,7 @@
 use clap::{Args, Subcommand};
 use ferry_core::api::{RedeployAnswer, RedeployRequest};
 use ferry_core::config::{self, EnvConfig, Source};
+use ferry_core::endpoint as e;
 
 use super::client::Client;
 use super::commands::finish_request;
@@ -72,9 +73,7 @@ async fn fetch(
         .map(|s| ("service", s.to_string()))
         .into_iter()
         .collect();
-    client
-        .get(&["v1", "apps", app, "envs", env, "config"], &query)
-        .await
+    client.call(e::ConfigGet, &[app, env], &query, &()).await
 }
 
 pub async fn config(client: &Client, args: ConfigArgs) -> anyhow::Result<()> {
@@ -167,9 +166,11 @@ async fn diff(
 
 /// Nothing changed: says so, exits 0, and no deployment exists.
 pub async fn redeploy(client: &Client, args: RedeployArgs) -> anyhow::Result<()> {
-    let answer: RedeployAnswer = client
-        .post(
-            &["v1", "apps", &args.app, "envs", &args.env, "redeploy"],
+    let answer = client
+        .call(
+            e::Redeploy,
+            &[&args.app, &args.env],
+            &[],
             &RedeployRequest { force: args.force },
         )
         .await?;

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use ferry_core::api::{DeploymentDetail, DeploymentView, EventView};
+use ferry_core::api::{DeploymentView, EventView};
+use ferry_core::endpoint as e;
 use ferry_core::model::{DeploymentState, EventKind};
 use tokio::time::Instant;
 
@@ -77,12 +78,12 @@ pub async fn follow(
                 if let Some(seq) = last_seq {
                     query.push(("after", seq.to_string()));
                 }
-                let events: Vec<EventView> = client
-                    .get_long_poll(&["v1", "deployments", &id, "events"], &query, wait)
+                let events = client
+                    .call_within(e::DeploymentsEvents, &[&id], &query, &(), wait)
                     .await?;
                 print(&events, &mut last_seq, &mut transitioned);
             }
-            let detail: DeploymentDetail = client.get(&["v1", "deployments", &id], &[]).await?;
+            let detail = client.call(e::DeploymentsGet, &[&id], &[], &()).await?;
             print(&detail.events, &mut last_seq, &mut transitioned);
             anyhow::Ok(detail.deployment)
         };
