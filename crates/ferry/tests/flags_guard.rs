@@ -125,7 +125,7 @@ async fn a_guarded_flag_rollout_rolls_a_bad_flag_back_and_takes_a_good_one_to_10
         let analysis = ferry.dir.path().join("analysis.yaml");
         std::fs::write(
             &analysis,
-            "interval: 1s\ninconclusive_limit: 30\nmetrics:\n  - { name: errors, builtin: error_rate, max: 2%, min_requests: 10 }\n",
+            "interval: 1s\ninconclusive_limit: 30\nmetrics:\n  - { name: errors, builtin: error_rate, max: 2%, min_requests: 5 }\n",
         )
         .expect("analysis file");
         for flag in ["bad-checkout", "new-search", "silent"] {
