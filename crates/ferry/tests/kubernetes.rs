@@ -193,7 +193,16 @@ environments:
             .await;
         assert_eq!(out.code, 0, "{out}\n{}", ferry.server_logs());
         let writes = fake.writes(&http).await;
-        assert_eq!(route_weights(&writes), [1_000, 5_000, 0], "{writes:#?}");
+        // (A pass that caught the promotion half-way may have written 100 % on the canary
+        // before the stable Service took the new version.)
+        let weights = route_weights(&writes);
+        assert!(
+            weights.len() >= 3
+                && weights[..2] == [1_000, 5_000]
+                && weights[2..weights.len() - 1].iter().all(|w| *w == 10_000)
+                && weights.last() == Some(&0),
+            "{weights:?}: {writes:#?}"
+        );
         let at = |what: &dyn Fn(&Value) -> bool| {
             writes
                 .iter()
@@ -233,7 +242,7 @@ environments:
 
         // The controller keeps computing the same table: no more writes to the route.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(route_weights(&fake.writes(&http).await).len(), 3);
+        assert_eq!(route_weights(&fake.writes(&http).await).len(), weights.len());
 
         // A version whose pods never get ready: rolled back, the route never moved.
         let before = fake.writes(&http).await.len();
