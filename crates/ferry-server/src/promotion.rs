@@ -110,7 +110,7 @@ pub async fn auto_promote(
                 from = %promotion.from_env, id = view.id, "auto-promoted");
             // The audit log says who did what: here Ferry itself, for the source's requester.
             let entry = ferry_core::audit::AuditEntry {
-                at_ms: crate::clock::now_ms(),
+                at_ms: controller.now_ms(),
                 actor: "system".to_string(),
                 source: None,
                 action: "promotions.auto".to_string(),

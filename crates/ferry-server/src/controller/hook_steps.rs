@@ -217,7 +217,8 @@ impl Controller {
     }
 
     /// post_deploy hooks of a rolling/recreate rollout whose new version converged. `None`:
-    /// wait (hooks running, or the deployment was ended here); `Some(verdict)`: go on.
+    /// wait (hooks running, or the deployment was ended here); `Some(verdict)`: go on
+    /// (`steps::hooks::post_deploy` judges).
     pub(super) async fn post_deploy_verdict(
         &self,
         app: &AppRecord,
@@ -225,12 +226,10 @@ impl Controller {
         env: &str,
         deployment: &DeploymentRecord,
     ) -> Result<Option<Verdict>, ServerError> {
-        if deployment.kind == ferry_core::model::DeploymentKind::Rollback
-            || deployment.state != DeploymentState::Progressing
-        {
+        if !steps::hooks::runs_post_deploy(deployment) {
             return Ok(Some(Verdict::Converged));
         }
-        match self
+        let status = self
             .hook_phase(
                 app,
                 manifest,
@@ -239,20 +238,16 @@ impl Controller {
                 HookPhase::PostDeploy,
                 Route::Listener,
             )
-            .await?
+            .await?;
+        let verdict = steps::hooks::post_deploy(&status);
+        if let Some(Verdict::Failed(reason)) = &verdict
+            && self
+                .fail_forward_if_irreversible(deployment, reason)
+                .await?
         {
-            PhaseStatus::Done => Ok(Some(Verdict::Converged)),
-            PhaseStatus::Waiting => Ok(None),
-            PhaseStatus::Failed(reason) => {
-                if self
-                    .fail_forward_if_irreversible(deployment, &reason)
-                    .await?
-                {
-                    return Ok(None);
-                }
-                Ok(Some(Verdict::Failed(reason)))
-            }
+            return Ok(None);
         }
+        Ok(verdict)
     }
 
     /// post_deploy hooks of a canary/blue-green rollout, through the preview route, before

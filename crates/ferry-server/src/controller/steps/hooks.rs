@@ -2,10 +2,30 @@
 //! nothing moved; no automatic rollback goes back past an irreversible migration (the new
 //! version is kept serving and the deployment fails forward).
 
-use ferry_core::model::DeploymentState;
+use ferry_core::model::{DeploymentKind, DeploymentState};
+use ferry_core::rollout::Verdict;
 use ferry_store::DeploymentRecord;
 
 use super::{Effect, Transition};
+use crate::hooks::PhaseStatus;
+
+/// Whether a rolling/recreate rollout that converged runs its post_deploy hooks before it
+/// succeeds: a new version going forward does; a rollback, or a deployment on its way
+/// back, does not.
+pub(in crate::controller) fn runs_post_deploy(deployment: &DeploymentRecord) -> bool {
+    deployment.kind != DeploymentKind::Rollback && deployment.state == DeploymentState::Progressing
+}
+
+/// What the post_deploy phase makes of a converged rollout: `None` while a hook runs;
+/// done, it goes on; failed, the version is judged failed (it rolls back, unless past an
+/// irreversible migration: see [`never_back_past`]).
+pub(in crate::controller) fn post_deploy(status: &PhaseStatus) -> Option<Verdict> {
+    match status {
+        PhaseStatus::Done => Some(Verdict::Converged),
+        PhaseStatus::Waiting => None,
+        PhaseStatus::Failed(reason) => Some(Verdict::Failed(reason.clone())),
+    }
+}
 
 /// A pre_deploy hook failed for good: `failed`, nothing was changed.
 pub(in crate::controller) fn pre_deploy_failed(
@@ -72,6 +92,26 @@ mod tests {
     use super::*;
     use crate::controller::steps::gates::tests::deployment;
     use ferry_core::model::{DeploymentKind, EventKind};
+
+    #[test]
+    fn the_post_deploy_phase_holds_or_judges_a_converged_rollout() {
+        use DeploymentState as S;
+        for (state, kind, runs) in [
+            (S::Progressing, DeploymentKind::Deploy, true),
+            (S::Progressing, DeploymentKind::Redeploy, true),
+            (S::Progressing, DeploymentKind::Rollback, false),
+            (S::RollingBack, DeploymentKind::Deploy, false),
+        ] {
+            let d = deployment(state, kind);
+            assert_eq!(runs_post_deploy(&d), runs, "{state} {kind:?}");
+        }
+        assert_eq!(post_deploy(&PhaseStatus::Done), Some(Verdict::Converged));
+        assert_eq!(post_deploy(&PhaseStatus::Waiting), None);
+        assert_eq!(
+            post_deploy(&PhaseStatus::Failed("smoke: 503".into())),
+            Some(Verdict::Failed("smoke: 503".into()))
+        );
+    }
 
     #[test]
     fn a_failed_pre_deploy_phase_fails_the_deployment_saying_what_serves() {
