@@ -26,8 +26,8 @@ use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, HostConfig, HostConfigLogConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HostConfig,
+    HostConfigLogConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -230,23 +230,29 @@ impl DockerRuntime {
     ) -> Result<Option<TaskOutcome>, RuntimeError> {
         let began = Instant::now();
         let engine = &self.sup.driver;
-        let mut found: Vec<String> = engine
-            .find(&[(LABEL_TASK, name)])
-            .await?
-            .into_iter()
-            .filter_map(|c| c.id)
-            .collect();
-        let Some(id) = found.pop() else {
+        let mut found = engine.find(&[(LABEL_TASK, name)]).await?;
+        let Some((id, state)) = found.pop().and_then(|c| Some((c.id?, c.state))) else {
             return Ok(None);
         };
         // One container per task name; anything else is a leftover.
-        for extra in found {
-            engine.remove(&extra, 1).await;
+        for extra in found.iter().filter_map(|c| c.id.as_deref()) {
+            engine.remove(extra, 1).await;
         }
         let _guard = RemoveOnDrop {
             docker: engine.docker.clone(),
             id: id.clone(),
         };
+        if state == Some(ContainerSummaryStateEnum::CREATED) {
+            // The dead server created it but never started it: this is its only run (the
+            // engine's wait would read "not running" as already ended).
+            engine
+                .docker
+                .start_container(&id, None)
+                .await
+                .map_err(engine_error(format!(
+                    "task {name}: cannot start its container"
+                )))?;
+        }
         if let TaskOutput::File { path, .. } = &output {
             // The engine has all of it: what the dead server wrote goes.
             let _ = std::fs::write(path, b"");
@@ -328,7 +334,7 @@ impl DockerRuntime {
         found.sort_by_key(|c| std::cmp::Reverse(c.created.unwrap_or(0)));
         let running = found
             .iter()
-            .position(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING));
+            .position(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING));
         for (i, container) in found.iter().enumerate() {
             if Some(i) != running
                 && let Some(id) = &container.id

@@ -1,7 +1,11 @@
 //! The Docker runtime on a real engine: replicas as labelled, locked-down containers that
 //! answer where the runtime says, survive the runtime (re-adopted by label, no duplicate),
 //! restart when they crash, and leave nothing behind when stopped; one-off tasks in
-//! containers with a timeout; root and missing images refused with clear errors.
+//! containers with a timeout; root and missing images refused with clear errors. Then the
+//! whole server on the engine ([`OnDocker`]): a rolling update under load, hooks and gate
+//! command checks in one-off containers, a hook once across `kill -9`, a failed pull before
+//! traffic moves, and `examples/docker` as written. (Canary, blue/green and `kill -9` at many
+//! points on Docker: `progressive.rs` and `kill9.rs`.)
 //!
 //! Skipped (saying so) without a Docker engine, unless `FERRY_REQUIRE_DOCKER=1` (set by
 //! `.ci/run`, which installs and starts one).
@@ -366,15 +370,40 @@ async fn tasks_run_in_one_off_containers_with_a_timeout() {
     assert_eq!(slow.end, TaskEnd::TimedOut);
     assert!(started.elapsed() < WAIT);
     // The task containers are gone (removal is asynchronous: bounded wait).
-    let deadline = std::time::Instant::now() + WAIT;
-    while !docker::containers("ferry.owner", &cleanup.0).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "task containers left: {:?}",
-            docker::containers("ferry.owner", &cleanup.0)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_no_container_with(&cleanup.0, "ferry.task").await;
+}
+
+/// A server that dies between creating a task's container and starting it leaves it
+/// `created`: the next server's takeover starts it (its only run) and records its output,
+/// rather than reading "not running" as a run that ended (exit 0, no output, never ran).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_container_left_created_runs_once_when_taken_over() {
+    let Some((rt, cleanup)) = runtime("created").await else {
+        return;
+    };
+    let out = std::process::Command::new("docker")
+        .args(["create", "--label"])
+        .arg(format!("ferry.owner={}", cleanup.0))
+        .args(["--label", "ferry.task=hook-migrate-9", DEMO_IMAGE])
+        .args(["/bin/sh", "-c", "echo ran once; exit 4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker create: {out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(docker::inspect(&id, "{{.State.Status}}"), "created");
+
+    let outcome = rt
+        .adopt_task(
+            "hook-migrate-9",
+            WAIT,
+            TaskOutput::Capture { max_bytes: 4096 },
+        )
+        .await
+        .unwrap()
+        .expect("the container is found");
+    assert_eq!(outcome.end, TaskEnd::Exited(4), "{outcome:?}");
+    assert_eq!(outcome.stdout, "ran once\n", "{outcome:?}");
+    wait_no_container_with(&cleanup.0, "ferry.task").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,27 +464,42 @@ impl OnDocker {
         server_env: &[(&str, &str)],
         manifest: Manifest<'_>,
     ) -> Option<OnDocker> {
+        OnDocker::start_with(server_env, |ferry| {
+            docker::demo_versions(versions);
+            let mut spec = Spec::new(app);
+            spec.runtime = ferry_core::manifest::RuntimeKind::Docker;
+            spec.replicas = manifest.replicas;
+            spec.start_timeout = "30s".into();
+            spec.extra_service_yaml = manifest.top.to_string();
+            let path = ferry.write_manifest(&spec, "ferry.yaml");
+            let mut yaml = std::fs::read_to_string(&path).unwrap();
+            yaml.push_str(manifest.env);
+            if let Some(image) = manifest.image {
+                let demo = format!("image: {}:${{VERSION}}", docker::DEMO_REPOSITORY);
+                assert!(yaml.contains(&demo), "{yaml}");
+                yaml = yaml.replace(&demo, &format!("image: {image}"));
+            }
+            (spec, yaml)
+        })
+        .await
+    }
+
+    /// A server (with `server_env`) and the manifest `manifest` writes (its images built
+    /// first if needed), applied; `spec` names its app, environment and listener. None
+    /// (skipped) without an engine.
+    async fn start_with(
+        server_env: &[(&str, &str)],
+        manifest: impl FnOnce(&Ferry) -> (Spec, String),
+    ) -> Option<OnDocker> {
         if !docker::engine_or_skip() {
             return None;
         }
-        docker::demo_versions(versions);
         let serial = SERIAL.lock().await;
         let ferry = Ferry::start_with_env(server_env).await;
         let owner = ferry.data.display().to_string();
         let cleanup = Cleanup(owner.clone());
-        let mut spec = Spec::new(app);
-        spec.runtime = ferry_core::manifest::RuntimeKind::Docker;
-        spec.replicas = manifest.replicas;
-        spec.start_timeout = "30s".into();
-        spec.extra_service_yaml = manifest.top.to_string();
-        let path = ferry.write_manifest(&spec, "ferry.yaml");
-        let mut yaml = std::fs::read_to_string(&path).unwrap();
-        yaml.push_str(manifest.env);
-        if let Some(image) = manifest.image {
-            let demo = format!("image: {}:${{VERSION}}", docker::DEMO_REPOSITORY);
-            assert!(yaml.contains(&demo), "{yaml}");
-            yaml = yaml.replace(&demo, &format!("image: {image}"));
-        }
+        let (spec, yaml) = manifest(&ferry);
+        let path = ferry.dir.path().join("ferry.yaml");
         std::fs::write(&path, yaml).unwrap();
         ferry.apply(&path).await;
         Some(OnDocker {
@@ -1007,6 +1051,66 @@ async fn a_pull_failure_fails_the_deployment_before_traffic_moves() {
         assert_eq!(versions, ["1.0.0"; 2], "only the old containers");
         t.teardown();
         docker::untag(&format!("{image}:1.0.0"));
+    })
+    .await;
+}
+
+/// `examples/docker/ferry.yaml` as written (only its listen addresses moved to free ports)
+/// runs an image built as the README's "building an image Ferry can run" says: the server at
+/// `/app/server` listening on `$PORT`, its migration tool at `/app/migrate`, `USER
+/// 10001:10001`, nothing written outside `/tmp`. Staging deploys 3 replicas behind the
+/// proxy, the pre_deploy hook runs once in a one-off container, teardown leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_docker_example_runs_as_written() {
+    bounded(Duration::from_secs(180), async {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/docker/ferry.yaml");
+        let example = std::fs::read_to_string(&example).unwrap();
+        let Some(t) = OnDocker::start_with(&[], |_| {
+            docker::example_image("registry.example.com/shop/web:1.0.0");
+            let mut spec = Spec::new("shop");
+            spec.env = "staging".into();
+            spec.replicas = 3;
+            let mut yaml = example.clone();
+            for (written, port) in [
+                ("127.0.0.1:8080", spec.listen_port),
+                ("127.0.0.1:8081", free_port().unwrap()),
+            ] {
+                assert!(
+                    yaml.contains(&format!("listen: {written}")),
+                    "{written} in the example"
+                );
+                yaml = yaml.replace(
+                    &format!("listen: {written}"),
+                    &format!("listen: 127.0.0.1:{port}"),
+                );
+            }
+            (spec, yaml)
+        })
+        .await
+        else {
+            return;
+        };
+        let (ferry, spec) = (&t.ferry, &t.spec);
+        ferry.deploy_ok(spec, "1.0.0").await;
+        ferry.assert_serves(spec, "1.0.0").await;
+        let replicas = t.replicas();
+        assert_eq!(replicas.len(), 3, "{replicas:?}");
+        for replica in &replicas {
+            assert_eq!(
+                docker::inspect(&replica.id, "{{.Config.User}}"),
+                "10001:10001"
+            );
+        }
+        let out = ferry
+            .cli(&["logs", "shop", "--env", "staging", "--hook", "migrate"])
+            .await;
+        assert_eq!(
+            out.stdout.matches("migrated to 1.0.0: up").count(),
+            1,
+            "{out}"
+        );
+        t.teardown();
     })
     .await;
 }

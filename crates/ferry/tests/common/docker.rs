@@ -41,30 +41,59 @@ pub fn engine_or_skip() -> bool {
 pub fn images() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        for binary in [super::DEMO, "/bin/sh", "/bin/sleep"] {
-            let name = Path::new(binary).file_name().expect("a file name");
-            let target = if binary == super::DEMO {
-                root.join("ferry-demo")
-            } else {
-                root.join("bin").join(name)
-            };
-            copy(Path::new(binary), &target);
-            for lib in libraries(binary) {
-                copy(&lib, &root.join(lib.strip_prefix("/").expect("absolute")));
-            }
-        }
-        std::fs::create_dir_all(root.join("tmp")).expect("tmp");
+        let root = rootfs(&[
+            (Path::new(super::DEMO), "ferry-demo"),
+            (Path::new("/bin/sh"), "bin/sh"),
+            (Path::new("/bin/sleep"), "bin/sleep"),
+        ]);
         import(
-            root,
+            root.path(),
             DEMO_IMAGE,
             &["USER 65534:65534", "CMD [\"/ferry-demo\"]"],
         );
-        import(root, ROOT_IMAGE, &["CMD [\"/ferry-demo\"]"]);
+        import(root.path(), ROOT_IMAGE, &["CMD [\"/ferry-demo\"]"]);
         // The same image under a second version, for rolling updates.
         tag(DEMO_IMAGE, &format!("{DEMO_REPOSITORY}:1.1.0"));
     });
+}
+
+/// The image the README's section "building an image Ferry can run" describes, as `tag`:
+/// the server (`ferry-demo`, it listens on `$PORT`) at `/app/server`, a migration tool at
+/// `/app/migrate` (it prints `migrated to $VERSION: ARGS`), `USER 10001:10001`.
+pub fn example_image(tag: &str) {
+    let tools = tempfile::tempdir().expect("tempdir");
+    let migrate = tools.path().join("migrate");
+    std::fs::write(&migrate, "#!/bin/sh\necho \"migrated to $VERSION: $*\"\n").expect("migrate");
+    std::fs::set_permissions(
+        &migrate,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod migrate");
+    let root = rootfs(&[
+        (Path::new(super::DEMO), "app/server"),
+        (&migrate, "app/migrate"),
+        (Path::new("/bin/sh"), "bin/sh"),
+    ]);
+    import(
+        root.path(),
+        tag,
+        &["USER 10001:10001", "CMD [\"/app/server\"]"],
+    );
+}
+
+/// A root filesystem: each file (from this host) at its path in the image, with the shared
+/// libraries `ldd` lists for it, and an empty `/tmp`.
+fn rootfs(files: &[(&Path, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    for (from, to) in files {
+        copy(from, &root.join(to));
+        for lib in libraries(from) {
+            copy(&lib, &root.join(lib.strip_prefix("/").expect("absolute")));
+        }
+    }
+    std::fs::create_dir_all(root.join("tmp")).expect("tmp");
+    dir
 }
 
 /// The demo image under each of these versions (`ferry-test/demo:VERSION`), built first if
@@ -135,7 +164,7 @@ fn copy(from: &Path, to: &Path) {
 }
 
 /// The shared libraries a binary needs (`ldd`), by absolute path.
-fn libraries(binary: &str) -> Vec<std::path::PathBuf> {
+fn libraries(binary: &Path) -> Vec<std::path::PathBuf> {
     let out = Command::new("ldd").arg(binary).output().expect("ldd");
     String::from_utf8_lossy(&out.stdout)
         .lines()
