@@ -267,6 +267,13 @@ pub struct ReplicaView {
     /// What its latest health check got while failing (status and body, refused, timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_health_check: Option<String>,
+    /// CPU it used over the latest sampling interval, as a share of its limit
+    /// ([`crate::usage`]); None when not sampled (yet, or by its runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_share: Option<f64>,
+    /// Memory it holds (resident, without the page cache), as a share of its limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_share: Option<f64>,
 }
 
 /// Status of one environment of an app.
@@ -320,6 +327,8 @@ pub struct TrafficView {
     pub error_rate: f64,
     /// Latency to response headers in milliseconds (None without requests).
     pub p50_ms: Option<f64>,
+    #[serde(default)]
+    pub p90_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
 }
@@ -349,6 +358,7 @@ impl TrafficView {
                 0.0
             },
             p50_ms: ms(0.50),
+            p90_ms: ms(0.90),
             p95_ms: ms(0.95),
             p99_ms: ms(0.99),
         }

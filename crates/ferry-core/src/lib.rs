@@ -20,6 +20,8 @@ pub mod notify;
 pub mod progressive;
 pub mod rbac;
 pub mod series;
+// alerts: replica CPU and memory shares
+pub mod usage;
 // releases:
 pub mod release;
 pub mod rollout;

@@ -197,7 +197,8 @@ pub struct Service {
     pub resources: Option<Resources>,
 }
 
-/// Container limits.
+/// Limits: enforced on containers; what a replica's CPU and memory shares are relative to
+/// ([`crate::usage`]).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {

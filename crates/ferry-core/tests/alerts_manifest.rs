@@ -171,7 +171,7 @@ environments:
     listen: 127.0.0.1:8090
 alerts:
   - name: high_cpu
-    condition: cpu_usage > 80
+    condition: cpu_usage > 0.8
   - name: high_error_rate
     condition: error_rate > 1
   - name: slow
@@ -196,8 +196,8 @@ alerts:
         (
             "ferry.yaml:10:",
             "alerts[0].condition",
-            "does not sample replica CPU or memory",
-            "query it from Prometheus",
+            "is ambiguous: a share of the limit is written in percent",
+            "",
         ),
         (
             "ferry.yaml:12:",

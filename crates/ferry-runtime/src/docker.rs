@@ -26,19 +26,20 @@ use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HostConfig,
-    HostConfigLogConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerStatsResponse, ContainerSummary, ContainerSummaryStateEnum,
+    HostConfig, HostConfigLogConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::runtime::{
     BoxFuture, ContainerSpec, Instance, LogLines, Runtime, TaskEnd, TaskOutcome, TaskOutput,
-    TaskSpec,
+    TaskSpec, Usage,
 };
 use crate::supervisor::{Done, Driver, Started, Supervisor};
 use crate::{
@@ -968,6 +969,63 @@ impl Driver for Engine {
     }
 }
 
+/// How long the engine gets to answer one container's stats.
+const STATS_WAIT: Duration = Duration::from_secs(2);
+
+impl DockerRuntime {
+    /// One-shot stats of each replica's container, one after the other (each a few ms).
+    async fn usage_of_replicas(&self) -> std::collections::BTreeMap<String, Usage> {
+        let containers: Vec<(String, String)> = self
+            .sup
+            .replicas()
+            .iter()
+            .filter_map(|(id, r)| match &r.shared().instance {
+                Some(Instance::Container(c)) => Some((id.clone(), c.clone())),
+                _ => None,
+            })
+            .collect();
+        let options = StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut out = std::collections::BTreeMap::new();
+        for (id, container) in containers {
+            let mut stats = self
+                .sup
+                .driver
+                .docker
+                .stats(&container, Some(options.clone()));
+            match tokio::time::timeout(STATS_WAIT, stats.next()).await {
+                Ok(Some(Ok(stats))) => {
+                    if let Some(usage) = usage_of(&stats) {
+                        out.insert(id, usage);
+                    }
+                }
+                Ok(Some(Err(e))) => tracing::debug!(replica = %id, error = %e, "no stats"),
+                Ok(None) | Err(_) => tracing::debug!(replica = %id, "no stats in time"),
+            }
+        }
+        out
+    }
+}
+
+/// A container's CPU time and its memory minus the page cache it could give back (as
+/// `docker stats` shows it: `inactive_file` on cgroup v2, `total_inactive_file` on v1).
+fn usage_of(stats: &ContainerStatsResponse) -> Option<Usage> {
+    let cpu_ns = stats.cpu_stats.as_ref()?.cpu_usage.as_ref()?.total_usage?;
+    let memory = stats.memory_stats.as_ref()?;
+    let cache = memory
+        .stats
+        .as_ref()
+        .and_then(|s| s.get("inactive_file").or_else(|| s.get("total_inactive_file")))
+        .copied()
+        .unwrap_or(0);
+    Some(Usage {
+        cpu_ns,
+        memory_bytes: memory.usage?.saturating_sub(cache),
+    })
+}
+
 impl Runtime for DockerRuntime {
     fn name(&self) -> &'static str {
         "docker"
@@ -1038,6 +1096,10 @@ impl Runtime for DockerRuntime {
         output: TaskOutput,
     ) -> BoxFuture<'a, Result<Option<TaskOutcome>, RuntimeError>> {
         Box::pin(DockerRuntime::adopt_task(self, name, timeout, output))
+    }
+
+    fn usage(&self) -> BoxFuture<'_, std::collections::BTreeMap<String, Usage>> {
+        Box::pin(self.usage_of_replicas())
     }
 
     fn status(&self, id: &str) -> Option<ReplicaStatus> {
@@ -1122,6 +1184,42 @@ impl Runtime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_give_cpu_time_and_memory_without_the_cache() {
+        // one-shot stats as Docker 20.10 answers them on cgroup v2 (shortened)
+        let v2: ContainerStatsResponse = serde_json::from_str(
+            r#"{"cpu_stats":{"cpu_usage":{"total_usage":2500000000},"online_cpus":2},
+                "precpu_stats":{"cpu_usage":{"total_usage":0}},
+                "memory_stats":{"usage":104857600,"limit":268435456,
+                                "stats":{"inactive_file":4194304,"anon":96468992}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            usage_of(&v2),
+            Some(Usage {
+                cpu_ns: 2_500_000_000,
+                memory_bytes: 96 << 20
+            })
+        );
+        // cgroup v1 names the cache `total_inactive_file`
+        let v1: ContainerStatsResponse = serde_json::from_str(
+            r#"{"cpu_stats":{"cpu_usage":{"total_usage":7}},
+                "memory_stats":{"usage":1000,"stats":{"total_inactive_file":400}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            usage_of(&v1),
+            Some(Usage {
+                cpu_ns: 7,
+                memory_bytes: 600
+            })
+        );
+        // a stopped container's stats are empty: not measured
+        let stopped: ContainerStatsResponse =
+            serde_json::from_str(r#"{"cpu_stats":{},"memory_stats":{}}"#).unwrap();
+        assert_eq!(usage_of(&stopped), None);
+    }
 
     #[test]
     fn engine_times_parse_and_order() {

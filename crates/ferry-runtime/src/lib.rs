@@ -30,7 +30,7 @@ mod task;
 
 pub use runtime::{
     BoxFuture, ContainerSpec, Instance, LogLines, RegistryAuth, Runtime, TaskEnd, TaskOutcome,
-    TaskOutput, TaskSpec,
+    TaskOutput, TaskSpec, Usage,
 };
 
 use std::collections::BTreeMap;

@@ -1,6 +1,7 @@
 //! [`ProcessRuntime`] behind the [`Runtime`] trait: replicas are local process groups on
 //! 127.0.0.1, logs are files, tasks are process groups (see [`crate::task`]).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::runtime::{BoxFuture, Instance, LogLines, Runtime, TaskOutcome, TaskSpec};
+use crate::runtime::{BoxFuture, Instance, LogLines, Runtime, TaskOutcome, TaskSpec, Usage};
 use crate::{
     ProcessIdentity, ProcessRuntime, ReplicaSpec, ReplicaStatus, RuntimeError, RuntimeEvent,
     kill_by_marker, kill_process_group, procfs,
@@ -77,6 +78,29 @@ impl Runtime for ProcessRuntime {
 
     fn stop_all(&self) -> BoxFuture<'_, ()> {
         Box::pin(ProcessRuntime::stop_all(self))
+    }
+
+    fn usage(&self) -> BoxFuture<'_, BTreeMap<String, Usage>> {
+        // Each replica leads its own process group: one pass over /proc for all of them.
+        let leaders: Vec<(String, ProcessIdentity)> = self
+            .sup
+            .replicas()
+            .iter()
+            .filter_map(|(id, r)| Some((id.clone(), r.shared().instance.as_ref()?.process()?)))
+            .collect();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let groups = leaders.iter().map(|(_, p)| i64::from(p.pid)).collect();
+                let usage = procfs::group_usage(&groups);
+                leaders
+                    .into_iter()
+                    .filter(|(_, p)| procfs::is_alive(p))
+                    .filter_map(|(id, p)| Some((id, *usage.get(&i64::from(p.pid))?)))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+        })
     }
 
     fn status(&self, id: &str) -> Option<ReplicaStatus> {

@@ -162,6 +162,16 @@ pub struct TaskOutcome {
     pub took: Duration,
 }
 
+/// What a replica has used: the cumulative CPU time and the memory it holds now (see
+/// [`Runtime::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time (user + system) since it started, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Resident memory without the page cache, in bytes.
+    pub memory_bytes: u64,
+}
+
 /// Lines of a replica's log, in order, as they come (see [`Runtime::logs`]).
 pub type LogLines = mpsc::Receiver<String>;
 
@@ -248,6 +258,14 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<usize, RuntimeError>> {
         let _ = keep;
         Box::pin(async { Ok(0) })
+    }
+
+    /// The [`Usage`] of every supervised replica this runtime can measure, by replica id
+    /// (one that it cannot, e.g. one restarting, is left out). Callers sample it every few
+    /// seconds and take CPU shares from two samples. By default none: the replicas' CPU and
+    /// memory are not sampled (Kubernetes: that needs metrics-server or Prometheus).
+    fn usage(&self) -> BoxFuture<'_, BTreeMap<String, Usage>> {
+        Box::pin(async { BTreeMap::new() })
     }
 
     fn status(&self, id: &str) -> Option<ReplicaStatus>;

@@ -17,7 +17,7 @@ use ferry_core::alerts::{
 };
 use ferry_core::api::EnvStatus;
 use ferry_core::audit::AuditEntry;
-use ferry_core::manifest::Manifest;
+use ferry_core::manifest::{Manifest, RuntimeKind};
 use ferry_core::rbac::{Permission, Target};
 use ferry_store::{AlertEvent, AlertWrite, IncidentChange, Store, StoreError};
 use serde::Deserialize;
@@ -150,14 +150,20 @@ impl Evaluator {
                     continue;
                 };
                 let previous = stored.remove(&key).unwrap_or_default();
-                self.evaluate(app, env_status, rule, previous, &silences, now)
+                let sampled = manifest
+                    .environments
+                    .get(env)
+                    .is_none_or(|e| e.runtime != RuntimeKind::Kubernetes);
+                self.evaluate(app, env_status, rule, previous, &silences, sampled, now)
                     .await?;
             }
         }
         Ok(())
     }
 
-    /// One rule in one environment: measure, evaluate, persist, act.
+    /// One rule in one environment: measure, evaluate, persist, act. `usage_sampled`: the
+    /// environment's runtime samples the replicas' CPU and memory (not Kubernetes).
+    #[allow(clippy::too_many_arguments)]
     async fn evaluate(
         &self,
         app: &str,
@@ -165,6 +171,7 @@ impl Evaluator {
         rule: &AlertRule,
         previous: Vec<AlertInstance>,
         silences: &[Silence],
+        usage_sampled: bool,
         now: i64,
     ) -> Result<(), ServerError> {
         let condition = match rule.parsed_condition() {
@@ -174,13 +181,14 @@ impl Evaluator {
                 return Ok(());
             }
         };
+        let metric = condition.map_or(alerts::Metric::Value, |c| c.metric);
         let input = match &rule.prometheus {
             Some(query) => self.query(query, app, &env.env).await,
-            None => alerts::builtin_input(
-                condition.map_or(alerts::Metric::Value, |c| c.metric),
-                rule.service.as_deref(),
-                env,
-            ),
+            None if metric.from_usage() && !usage_sampled => Input::Failed(format!(
+                "the Kubernetes runtime does not sample the replicas' CPU or memory (that needs metrics-server): query `{}` from Prometheus instead",
+                metric.name()
+            )),
+            None => alerts::builtin_input(metric, rule.service.as_deref(), env),
         };
         if let Input::Failed(why) = &input {
             tracing::warn!(app = %app, env = %env.env, alert = %rule.name, error = %why, "alert not evaluated");

@@ -146,6 +146,8 @@ pub struct Controller {
     traffic: crate::traffic::Sampler,
     /// Each progressive rollout's per-version traffic, sampled for the console's charts.
     series: crate::series::SeriesSampler,
+    /// Each replica's CPU and memory share, sampled by `usage::run`.
+    pub(crate) usage: crate::usage::Sampler,
 }
 
 impl Controller {
@@ -197,6 +199,7 @@ impl Controller {
             workloads,
             traffic: crate::traffic::Sampler::default(),
             series: crate::series::SeriesSampler::default(),
+            usage: crate::usage::Sampler::default(),
         })
     }
 

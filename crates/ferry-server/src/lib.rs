@@ -49,6 +49,8 @@ mod runtimes;
 mod secrets;
 mod series;
 mod traffic;
+// alerts: replica CPU and memory
+mod usage;
 // releases:
 mod promotion;
 mod releases;
@@ -173,6 +175,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         tokio::spawn(auth::purge_ended_sessions(store.clone(), shutdown.clone())),
         // alerts:
         tokio::spawn(alerts::run(controller.clone(), shutdown.clone())),
+        tokio::spawn(usage::run(controller.clone(), shutdown.clone())),
     ];
     // notify:
     let dispatcher = notify::Dispatcher::new(store.clone(), secrets.clone(), config.notify);

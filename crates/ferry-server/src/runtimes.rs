@@ -318,6 +318,16 @@ impl Runtimes {
         self.owner_of(id).and_then(|runtime| runtime.status(id))
     }
 
+    /// The CPU and memory of every replica the process and Docker runtimes supervise (a
+    /// Kubernetes runtime samples none: that needs metrics-server or Prometheus).
+    pub async fn usage(&self) -> std::collections::BTreeMap<String, ferry_runtime::Usage> {
+        let mut usage = self.inner.local.usage().await;
+        if let Some(docker) = self.inner.docker.get() {
+            usage.extend(docker.usage().await);
+        }
+        usage
+    }
+
     /// Where the replica answers, as the runtime that supervises it reports it (what the
     /// proxy routes to); `None` when no runtime supervises it.
     pub fn endpoint(&self, id: &str) -> Option<SocketAddr> {

@@ -620,3 +620,89 @@ routes:
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_burns_cpu_above_its_limit_fires_with_the_value_notified() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let receiver = WebhookReceiver::start(ferry.dir.path(), "unused");
+        let mut spec = Spec::new("shop");
+        spec.replicas = 1;
+        // A busy loop in the replica's process group beside the server. Its limit is a
+        // tenth of a CPU, so it stays above 80 % of it even on a loaded machine.
+        spec.prelude = "python3 -c 'while True: pass' &".into();
+        spec.extra_service_yaml = format!(
+            "    resources: {{ cpus: 0.1, memory: 512Mi }}
+receivers:
+  hook:
+    webhook: {{ url: '{}' }}
+routes:
+  - receiver: hook
+    match: {{ kind: alert-firing }}
+    group_wait: 0s
+alerts:
+  - name: high_cpu
+    condition: cpu_usage > 80
+    interval: 1s
+    severity: critical
+    annotations: {{ summary: '{{{{ $labels.service }}}} uses {{{{ $value }}}} of its CPU' }}
+  - name: high_memory
+    condition: memory_usage > 80
+    interval: 1s
+",
+            receiver.url("/hook")
+        );
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+
+        let firing = wait_alerts(
+            &ferry,
+            "shop",
+            Duration::from_secs(60),
+            "high_cpu fires",
+            |a| {
+                a.alerts
+                    .iter()
+                    .any(|v| v.alert == "high_cpu" && v.status == AlertStatus::Firing)
+            },
+        )
+        .await;
+        let alert = &firing.alerts[0];
+        assert_eq!(alert.labels["version"], "1.0.0", "{alert:?}");
+        let percent = |text: &str| -> f64 {
+            text.trim_end_matches('%')
+                .parse()
+                .unwrap_or_else(|_| panic!("a percentage: {text:?}"))
+        };
+        let fired = alert.fired_value.as_deref().expect("the value that fired");
+        assert!(percent(fired) > 80.0, "{alert:?}");
+        assert!(
+            firing.alerts.iter().all(|v| v.alert != "high_memory"),
+            "a replica far below its memory limit does not fire: {firing:#?}"
+        );
+
+        // The notification carries the value, in the summary and the details.
+        let lines = receiver
+            .wait("high_cpu's notification", &ferry, Duration::from_secs(30), |l| {
+                !l.is_empty()
+            })
+            .await;
+        let n = &lines[0]["body"]["notifications"][0];
+        assert_eq!(n["labels"]["alertname"], "high_cpu", "{n:#}");
+        let value = n["details"]["fired_value"].as_str().expect("fired_value");
+        assert!(percent(value) > 80.0, "{n:#}");
+        assert_eq!(n["summary"], format!("web uses {value} of its CPU"), "{n:#}");
+
+        // `ferry status` (the API) shows each replica's shares.
+        let status = ferry.env_status(&spec).await;
+        let replica = &status.replicas[0];
+        assert!(replica.cpu_share.is_some_and(|c| c > 0.8), "{replica:?}");
+        assert!(
+            replica.memory_share.is_some_and(|m| m > 0.0 && m < 0.8),
+            "{replica:?}"
+        );
+    })
+    .await;
+}

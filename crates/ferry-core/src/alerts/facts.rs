@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::eval::{AlertInstance, AlertStatus, Input, Sample};
 use super::spec::{AlertRule, Metric};
-use crate::api::{DeploymentView, EnvStatus};
+use crate::api::{DeploymentView, EnvStatus, ReplicaView};
 use crate::gates::{GateRow, GateState};
 use crate::model::{DeploymentKind, DeploymentState, ReplicaState};
 
@@ -18,7 +18,7 @@ pub const MAX_SERIES: usize = 1000;
 /// The samples of Ferry's own `metric` in one environment: one per service and version
 /// (only `service` when given). Traffic metrics come from the proxy's last minute (a version
 /// without requests has no error rate or latency); replica metrics from the replicas that
-/// are not being stopped.
+/// are not being stopped (CPU and memory: the highest share among them that were sampled).
 pub fn builtin_samples(metric: Metric, service: Option<&str>, env: &EnvStatus) -> Vec<Sample> {
     let labels = |service: &str, version: &str| {
         BTreeMap::from([
@@ -32,6 +32,7 @@ pub fn builtin_samples(metric: Metric, service: Option<&str>, env: &EnvStatus) -
         Metric::ErrorRate
         | Metric::RequestRate
         | Metric::LatencyP50
+        | Metric::LatencyP90
         | Metric::LatencyP95
         | Metric::LatencyP99 => {
             let rows = env.traffic.iter().flat_map(|t| t.versions.iter());
@@ -40,6 +41,7 @@ pub fn builtin_samples(metric: Metric, service: Option<&str>, env: &EnvStatus) -
                     Metric::ErrorRate => (row.requests > 0).then_some(row.error_rate),
                     Metric::RequestRate => Some(row.rate_per_s),
                     Metric::LatencyP50 => row.p50_ms,
+                    Metric::LatencyP90 => row.p90_ms,
                     Metric::LatencyP95 => row.p95_ms,
                     _ => row.p99_ms,
                 };
@@ -75,9 +77,37 @@ pub fn builtin_samples(metric: Metric, service: Option<&str>, env: &EnvStatus) -
                 });
             }
         }
+        Metric::Cpu | Metric::Memory => {
+            // the busiest (fullest) sampled replica of each (service, version)
+            let mut groups: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+            for r in env.replicas.iter().filter(|r| {
+                wanted(&r.service)
+                    && !matches!(r.state, ReplicaState::Stopping | ReplicaState::Stopped)
+            }) {
+                if let Some(share) = share(metric, r) {
+                    let g = groups.entry((&r.service, &r.version)).or_insert(share);
+                    *g = g.max(share);
+                }
+            }
+            for ((service, version), value) in groups {
+                out.push(Sample {
+                    labels: labels(service, version),
+                    value,
+                });
+            }
+        }
         Metric::Value => {}
     }
     out
+}
+
+/// A replica's sampled share of `metric` (CPU or memory).
+fn share(metric: Metric, r: &ReplicaView) -> Option<f64> {
+    match metric {
+        Metric::Cpu => r.cpu_share,
+        _ => r.memory_share,
+    }
+    .filter(|s| s.is_finite())
 }
 
 /// [`builtin_samples`] as an evaluation input. Without the proxy's counters (not sampled
@@ -86,6 +116,20 @@ pub fn builtin_samples(metric: Metric, service: Option<&str>, env: &EnvStatus) -
 pub fn builtin_input(metric: Metric, service: Option<&str>, env: &EnvStatus) -> Input {
     if metric.from_proxy() && env.traffic.is_none() {
         return Input::Failed("the proxy's counters have not been sampled yet".to_string());
+    }
+    // Likewise CPU and memory: running replicas none of which has a share yet (just
+    // started, or a server that just restarted) are not measured, not idle.
+    if metric.from_usage()
+        && env
+            .replicas
+            .iter()
+            .any(|r| matches!(r.state, ReplicaState::Healthy | ReplicaState::Unhealthy))
+        && env.replicas.iter().all(|r| share(metric, r).is_none())
+    {
+        return Input::Failed(format!(
+            "the replicas' {} has not been sampled yet",
+            metric.name()
+        ));
     }
     Input::Samples(builtin_samples(metric, service, env))
 }

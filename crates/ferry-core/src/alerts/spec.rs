@@ -42,7 +42,8 @@ pub struct AlertRule {
     pub service: Option<String>,
     /// `METRIC OP VALUE` over Ferry's own metrics of each service and version in the
     /// environment, e.g. `error_rate > 1%`, `latency_p99 > 500ms`, `up == 0`,
-    /// `replicas_ready < 2`, `restarts > 3`, `request_rate < 1`. With `prometheus`:
+    /// `replicas_ready < 2`, `restarts > 3`, `request_rate < 1`, `cpu_usage > 80` (a share
+    /// of the replica's `resources:` limit, in percent), `memory > 90%`. With `prometheus`:
     /// `value OP VALUE` compared with each series the query returns (optional: without it,
     /// every series returned is active, as in a Prometheus rule's `expr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,6 +212,7 @@ pub enum Metric {
     RequestRate,
     /// Latency percentiles over the last minute, in milliseconds.
     LatencyP50,
+    LatencyP90,
     LatencyP95,
     LatencyP99,
     /// 1 when every replica of the version is healthy, 0 when one is not.
@@ -219,21 +221,33 @@ pub enum Metric {
     ReplicasReady,
     /// Restarts of the version's current replicas after unexpected exits.
     Restarts,
+    /// CPU of the version's busiest replica over the latest sampling interval, as a share
+    /// of its limit ([`crate::usage`]; 0.8 = 80 %).
+    Cpu,
+    /// Memory of the version's fullest replica, as a share of its limit.
+    Memory,
     /// A Prometheus series' value.
     Value,
 }
 
 impl Metric {
     /// Every name a condition may use, with its metric.
-    pub const NAMES: [(&'static str, Metric); 9] = [
+    /// The first name of a metric is the one it is shown with; `cpu_usage` and
+    /// `memory_usage` are other names (seed 003 writes them so).
+    pub const NAMES: [(&'static str, Metric); 14] = [
         ("error_rate", Metric::ErrorRate),
         ("request_rate", Metric::RequestRate),
         ("latency_p50", Metric::LatencyP50),
+        ("latency_p90", Metric::LatencyP90),
         ("latency_p95", Metric::LatencyP95),
         ("latency_p99", Metric::LatencyP99),
         ("up", Metric::Up),
         ("replicas_ready", Metric::ReplicasReady),
         ("restarts", Metric::Restarts),
+        ("cpu", Metric::Cpu),
+        ("cpu_usage", Metric::Cpu),
+        ("memory", Metric::Memory),
+        ("memory_usage", Metric::Memory),
         ("value", Metric::Value),
     ];
 
@@ -249,18 +263,28 @@ impl Metric {
         matches!(self, Metric::ErrorRate | Metric::RequestRate) || self.is_latency()
     }
 
+    /// Sampled from the replicas' CPU and memory (not by every runtime).
+    pub fn from_usage(self) -> bool {
+        matches!(self, Metric::Cpu | Metric::Memory)
+    }
+
     fn is_latency(self) -> bool {
         matches!(
             self,
-            Metric::LatencyP50 | Metric::LatencyP95 | Metric::LatencyP99
+            Metric::LatencyP50 | Metric::LatencyP90 | Metric::LatencyP95 | Metric::LatencyP99
         )
+    }
+
+    /// A fraction, written as a percentage.
+    fn is_share(self) -> bool {
+        matches!(self, Metric::ErrorRate | Metric::Cpu | Metric::Memory)
     }
 
     /// A value of this metric for humans: `12%`, `340ms`, `2.5/s`, `3`.
     pub fn format(self, value: f64) -> String {
         use crate::analysis::format::{fmt_ms, fmt_sig};
         match self {
-            Metric::ErrorRate => format!("{}%", fmt_sig(value * 100.0)),
+            m if m.is_share() => format!("{}%", fmt_sig(value * 100.0)),
             Metric::RequestRate => format!("{}/s", fmt_sig(value)),
             m if m.is_latency() => fmt_ms(value),
             _ => fmt_sig(value),
@@ -324,17 +348,6 @@ pub struct Condition {
     pub threshold: Threshold,
 }
 
-/// Metrics Ferry's runtime does not sample; their names get a precise error.
-const NOT_SAMPLED: [&str; 8] = [
-    "cpu",
-    "cpu_usage",
-    "cpu_share",
-    "memory",
-    "memory_usage",
-    "memory_share",
-    "mem_usage",
-    "memory_bytes",
-];
 
 impl Condition {
     /// Parses `error_rate > 1%`. `prometheus`: the rule queries Prometheus (only `value`).
@@ -356,11 +369,6 @@ impl Condition {
         let value = t[at + op_text.len()..].trim();
         let metric = match Metric::NAMES.iter().find(|(n, _)| *n == name) {
             Some((_, m)) => *m,
-            None if NOT_SAMPLED.contains(&name) => {
-                return Err(format!(
-                    "`{name}`: Ferry's runtime does not sample replica CPU or memory, so it cannot alert on them"
-                ));
-            }
             None if name.is_empty() => {
                 return Err(format!(
                     "condition {text:?} names no metric before `{op_text}`"
@@ -380,9 +388,19 @@ impl Condition {
         if value.is_empty() {
             return Err(format!("condition {text:?} has nothing after `{op_text}`"));
         }
-        let threshold: Threshold = value.parse()?;
+        let mut threshold: Threshold = value.parse()?;
         if !threshold.value().is_finite() {
             return Err(format!("threshold {value:?} is not a finite number"));
+        }
+        // CPU and memory: a bare number is a percentage (`cpu_usage > 80`, as seed 003 and
+        // most dashboards write it); below 1 it would read as a fraction, so it is refused.
+        if let (true, Threshold::Number(n)) = (metric.from_usage(), threshold) {
+            if n > 0.0 && n < 1.0 {
+                return Err(format!(
+                    "`{name} {op_text} {value}` is ambiguous: a share of the limit is written in percent, e.g. `{name} {op_text} 80%` (or `{name} {op_text} 80`)"
+                ));
+            }
+            threshold = Threshold::Percent(n / 100.0);
         }
         match (metric, threshold) {
             (m, Threshold::Duration(_)) if !m.is_latency() && m != Metric::Value => {
@@ -400,7 +418,7 @@ impl Condition {
                     "`error_rate` is a fraction of requests (0 to 1), so `> {value}` could never hold; write `error_rate > {value}%` for {value} percent"
                 ));
             }
-            (m, Threshold::Percent(_)) if m != Metric::ErrorRate && m != Metric::Value => {
+            (m, Threshold::Percent(_)) if !m.is_share() && m != Metric::Value => {
                 return Err(format!("`{name}` is not a share; compare it with a number"));
             }
             _ => {}
@@ -677,13 +695,9 @@ pub fn validate(rules: &[AlertRule], environments: &[&str], services: &[&str]) -
 }
 
 fn condition_hint(message: &str, prometheus: bool) -> Option<&'static str> {
-    if message.contains("does not sample") {
+    if message.starts_with("unknown metric") && !prometheus {
         Some(
-            "query it from Prometheus instead (cAdvisor or node_exporter): `prometheus: { address: …, query: … }` with `condition: value > 80`",
-        )
-    } else if message.starts_with("unknown metric") && !prometheus {
-        Some(
-            "Ferry's metrics: error_rate, request_rate, latency_p50, latency_p95, latency_p99, up, replicas_ready, restarts; anything else (disk, connections, queries): a `prometheus` query",
+            "Ferry's metrics: error_rate, request_rate, latency_p50, latency_p90, latency_p95, latency_p99, up, replicas_ready, restarts, cpu, memory; anything else (disk, connections, queries): a `prometheus` query",
         )
     } else {
         None

@@ -305,16 +305,27 @@ fn conditions_parse_with_their_units_and_refuse_what_ferry_cannot_measure() {
         ("restarts > 3", Metric::Restarts, Op::Gt, 3.0),
         ("request_rate <= 0.5", Metric::RequestRate, Op::Le, 0.5),
         ("up != 1", Metric::Up, Op::Ne, 1.0),
+        ("latency_p90 > 250ms", Metric::LatencyP90, Op::Gt, 250.0),
+        // CPU and memory: shares of the limit, a bare number in percent (seed 003)
+        ("cpu_usage > 80", Metric::Cpu, Op::Gt, 0.8),
+        ("memory_usage > 80", Metric::Memory, Op::Gt, 0.8),
+        ("cpu > 80%", Metric::Cpu, Op::Gt, 0.8),
+        ("memory >= 95.5%", Metric::Memory, Op::Ge, 0.955),
+        ("cpu > 150", Metric::Cpu, Op::Gt, 1.5),
     ];
     for (text, metric, op, value) in ok {
         let c = Condition::parse(text, false).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!((c.metric, c.op), (metric, op), "{text}");
         assert!((c.threshold.value() - value).abs() < 1e-9, "{text}");
     }
+    // shown as written by the metric's first name, in percent
+    let c = Condition::parse("cpu_usage > 80", false).unwrap();
+    assert_eq!(c.to_string(), "cpu > 80%");
+    assert_eq!(Metric::Memory.format(0.934), "93.4%");
     let bad = [
         ("error_rate > 1", "could never hold"),
-        ("cpu_usage > 80", "does not sample replica CPU or memory"),
-        ("memory_usage > 80", "does not sample replica CPU or memory"),
+        ("cpu > 0.8", "is ambiguous"),
+        ("memory_usage > 500ms", "not a duration"),
         ("disk_usage > 80", "unknown metric `disk_usage`"),
         ("latency_p99 > 500", "give the threshold with its unit"),
         ("up = 0", "no comparison"),
@@ -351,6 +362,7 @@ fn view_row(version: &str, requests: u64, errors: u64) -> TrafficView {
             0.0
         },
         p50_ms: (requests > 0).then_some(10.0),
+        p90_ms: (requests > 0).then_some(15.0),
         p95_ms: (requests > 0).then_some(20.0),
         p99_ms: (requests > 0).then_some(30.0),
     }
@@ -369,6 +381,8 @@ fn replica(version: &str, state: ReplicaState, restarts: u32) -> ReplicaView {
         last_exit: None,
         last_output: Vec::new(),
         last_health_check: None,
+        cpu_share: None,
+        memory_share: None,
     }
 }
 
@@ -420,6 +434,10 @@ fn ferry_metrics_are_sampled_per_service_and_version() {
         vec![("1.0.0".into(), 30.0), ("2.0.0".into(), 30.0)]
     );
     assert_eq!(
+        values(Metric::LatencyP90),
+        vec![("1.0.0".into(), 15.0), ("2.0.0".into(), 15.0)]
+    );
+    assert_eq!(
         values(Metric::Up),
         vec![("1.0.0".into(), 1.0), ("2.0.0".into(), 0.0)],
         "a replica being stopped does not count"
@@ -445,6 +463,69 @@ fn ferry_metrics_are_sampled_per_service_and_version() {
     assert!(
         matches!(builtin_input(Metric::Up, None, &no_traffic), Input::Samples(s) if s.len() == 2)
     );
+}
+
+#[test]
+fn cpu_and_memory_are_the_highest_share_of_each_version_once_sampled() {
+    let mut env = env_status();
+    // nothing sampled yet (a server that just started): not measured, nothing resolves
+    for metric in [Metric::Cpu, Metric::Memory] {
+        assert!(
+            matches!(builtin_input(metric, None, &env), Input::Failed(ref why) if why.contains("not been sampled")),
+            "{metric:?}"
+        );
+    }
+    let shares = [
+        (Some(0.2), Some(0.5)),
+        (Some(0.9), Some(0.1)),
+        (Some(0.3), None), // memory not read this time
+        (None, None),      // just started
+        (Some(5.0), Some(5.0)), // being stopped: not counted
+    ];
+    for (r, (cpu, memory)) in env.replicas.iter_mut().zip(shares) {
+        r.cpu_share = cpu;
+        r.memory_share = memory;
+    }
+    let values = |metric| -> Vec<(String, f64)> {
+        match builtin_input(metric, None, &env) {
+            Input::Samples(samples) => samples
+                .into_iter()
+                .map(|s| (s.labels["version"].clone(), s.value))
+                .collect(),
+            Input::Failed(why) => panic!("{why}"),
+        }
+    };
+    assert_eq!(
+        values(Metric::Cpu),
+        vec![("1.0.0".into(), 0.9), ("2.0.0".into(), 0.3)]
+    );
+    assert_eq!(values(Metric::Memory), vec![("1.0.0".into(), 0.5)]);
+    // `cpu > 80%` holds for 1.0.0 only, and says so in percent
+    let r = rule("cpu_usage > 80", 0, 0);
+    let c = r.parsed_condition().unwrap().unwrap();
+    let e = evaluate(&r, Some(&c), &builtin_input(Metric::Cpu, None, &env), &[], 1_000);
+    assert_eq!(e.alerts.len(), 1);
+    assert_eq!(e.alerts[0].labels["version"], "1.0.0");
+    assert_eq!(describe(&r, &e.alerts[0]), "cpu 90% (> 80%) on web 1.0.0");
+}
+
+#[test]
+fn seed_003s_rules_are_accepted_as_written() {
+    // seed 003: `condition: cpu_usage > 80`, `duration: 5m`, `severity: critical` (its
+    // `labels: {app, environment}` are what Ferry's labels `app` and `env` already say)
+    for (name, condition) in [
+        ("high_cpu", "cpu_usage > 80"),
+        ("high_memory", "memory_usage > 80"),
+        ("high_error_rate", "error_rate > 1%"),
+    ] {
+        let yaml = format!(
+            "name: {name}\ncondition: {condition}\nduration: 5m\nseverity: critical\nlabels:\n  environment: production\n"
+        );
+        let r: AlertRule = serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        assert!(validate(&[r.clone()], &["production"], &["web"]).is_empty(), "{name}");
+        assert_eq!(r.for_duration(), Duration::from_secs(300));
+        assert_eq!(r.severity, Severity::Critical);
+    }
 }
 
 #[test]
@@ -669,7 +750,7 @@ fn annotations_are_rendered_with_value_and_labels() {
 
 #[test]
 fn validation_locates_each_mistake() {
-    let mut bad = rule("cpu_usage > 80", 0, 0);
+    let mut bad = rule("disk_usage > 80", 0, 0);
     bad.name = "9lives".into();
     bad.environments = vec!["prod".into()];
     bad.labels.insert("severity".into(), "x".into());

@@ -115,6 +115,7 @@ impl Controller {
                 .filter(|r| r.env == env_name)
                 .map(|r| {
                     let status = self.runtime.status(&r.id);
+                    let usage = self.usage.shares(&r.id);
                     let state = if r.draining {
                         ReplicaState::Stopping
                     } else {
@@ -138,6 +139,8 @@ impl Controller {
                             .map(|s| s.last_output.clone())
                             .unwrap_or_default(),
                         last_exit: status.and_then(|s| s.last_exit),
+                        cpu_share: usage.and_then(|u| u.cpu),
+                        memory_share: usage.and_then(|u| u.memory),
                     }
                 })
                 .collect();
