@@ -110,11 +110,7 @@ mod tests {
             shares(None, &at(1_000, 128, 1), &HALF_CPU_256MI).memory,
             Some(0.5)
         );
-        let restarted = shares(
-            Some(&at(9_000, 64, 0)),
-            &at(10, 64, 5_000),
-            &HALF_CPU_256MI,
-        );
+        let restarted = shares(Some(&at(9_000, 64, 0)), &at(10, 64, 5_000), &HALF_CPU_256MI);
         assert_eq!(restarted.cpu, None);
         let same_instant = shares(Some(&at(0, 64, 5)), &at(10, 64, 5), &HALF_CPU_256MI);
         assert_eq!(same_instant.cpu, None);

@@ -685,15 +685,22 @@ alerts:
 
         // The notification carries the value, in the summary and the details.
         let lines = receiver
-            .wait("high_cpu's notification", &ferry, Duration::from_secs(30), |l| {
-                !l.is_empty()
-            })
+            .wait(
+                "high_cpu's notification",
+                &ferry,
+                Duration::from_secs(30),
+                |l| !l.is_empty(),
+            )
             .await;
         let n = &lines[0]["body"]["notifications"][0];
         assert_eq!(n["labels"]["alertname"], "high_cpu", "{n:#}");
         let value = n["details"]["fired_value"].as_str().expect("fired_value");
         assert!(percent(value) > 80.0, "{n:#}");
-        assert_eq!(n["summary"], format!("web uses {value} of its CPU"), "{n:#}");
+        assert_eq!(
+            n["summary"],
+            format!("web uses {value} of its CPU"),
+            "{n:#}"
+        );
 
         // `ferry status` (the API) shows each replica's shares.
         let status = ferry.env_status(&spec).await;

@@ -348,7 +348,6 @@ pub struct Condition {
     pub threshold: Threshold,
 }
 
-
 impl Condition {
     /// Parses `error_rate > 1%`. `prometheus`: the rule queries Prometheus (only `value`).
     pub fn parse(text: &str, prometheus: bool) -> Result<Condition, String> {

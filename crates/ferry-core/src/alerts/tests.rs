@@ -478,8 +478,8 @@ fn cpu_and_memory_are_the_highest_share_of_each_version_once_sampled() {
     let shares = [
         (Some(0.2), Some(0.5)),
         (Some(0.9), Some(0.1)),
-        (Some(0.3), None), // memory not read this time
-        (None, None),      // just started
+        (Some(0.3), None),      // memory not read this time
+        (None, None),           // just started
         (Some(5.0), Some(5.0)), // being stopped: not counted
     ];
     for (r, (cpu, memory)) in env.replicas.iter_mut().zip(shares) {
@@ -503,7 +503,13 @@ fn cpu_and_memory_are_the_highest_share_of_each_version_once_sampled() {
     // `cpu > 80%` holds for 1.0.0 only, and says so in percent
     let r = rule("cpu_usage > 80", 0, 0);
     let c = r.parsed_condition().unwrap().unwrap();
-    let e = evaluate(&r, Some(&c), &builtin_input(Metric::Cpu, None, &env), &[], 1_000);
+    let e = evaluate(
+        &r,
+        Some(&c),
+        &builtin_input(Metric::Cpu, None, &env),
+        &[],
+        1_000,
+    );
     assert_eq!(e.alerts.len(), 1);
     assert_eq!(e.alerts[0].labels["version"], "1.0.0");
     assert_eq!(describe(&r, &e.alerts[0]), "cpu 90% (> 80%) on web 1.0.0");
@@ -522,7 +528,10 @@ fn seed_003s_rules_are_accepted_as_written() {
             "name: {name}\ncondition: {condition}\nduration: 5m\nseverity: critical\nlabels:\n  environment: production\n"
         );
         let r: AlertRule = serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
-        assert!(validate(&[r.clone()], &["production"], &["web"]).is_empty(), "{name}");
+        assert!(
+            validate(&[r.clone()], &["production"], &["web"]).is_empty(),
+            "{name}"
+        );
         assert_eq!(r.for_duration(), Duration::from_secs(300));
         assert_eq!(r.severity, Severity::Critical);
     }
