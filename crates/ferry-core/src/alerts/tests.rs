@@ -529,7 +529,7 @@ fn seed_003s_rules_are_accepted_as_written() {
         );
         let r: AlertRule = serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
         assert!(
-            validate(&[r.clone()], &["production"], &["web"]).is_empty(),
+            validate(std::slice::from_ref(&r), &["production"], &["web"]).is_empty(),
             "{name}"
         );
         assert_eq!(r.for_duration(), Duration::from_secs(300));
