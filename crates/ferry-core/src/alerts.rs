@@ -33,7 +33,9 @@ pub use facts::{
     ActionPlan, BlockingAlert, MAX_SERIES, Silence, alert_labels, blocking, builtin_input,
     builtin_samples, describe, gate_row, plan_actions, prometheus_samples, silenced_by,
 };
-pub use notice::{episode_key, incident_deployment, notification};
+pub use notice::{
+    episode_key, incident_deployment, notification, notification_key, retired_notification,
+};
 pub use spec::{
     AlertActions, AlertIssue, AlertQuery, AlertRule, Condition, DEFAULT_INTERVAL,
     DEFAULT_QUERY_TIMEOUT, MAX_RULES, Metric, Op, QUERY_PLACEHOLDERS, RESERVED_LABELS, Severity,

@@ -18,6 +18,7 @@ use ferry_core::alerts::{
 use ferry_core::api::EnvStatus;
 use ferry_core::audit::AuditEntry;
 use ferry_core::manifest::{Manifest, RuntimeKind};
+use ferry_core::notify::Kind;
 use ferry_core::rbac::{Permission, Target};
 use ferry_store::{AlertEvent, AlertWrite, IncidentChange, Store, StoreError};
 use serde::Deserialize;
@@ -92,22 +93,33 @@ impl Evaluator {
                     .iter()
                     .map(|t| event(t, format!("{}: its rule was removed", t.to)))
                     .collect();
-                // Its rule is gone: no notification (its labels and receivers went with it).
-                // Its rule is gone: no notification (its labels and receivers went with
-                // it); its incidents are restored.
-                let incidents: Vec<IncidentChange> = evaluation
+                // Its rule is gone: each firing alert resolves, with a resolve notification
+                // made from its firing one (the rule's labels and annotations went with the
+                // rule), unless it is silenced; its incidents are restored.
+                let silenced = alerts::silenced_by(&silences, app, env, rule, now).is_some();
+                let mut incidents = Vec::new();
+                let mut notifications = Vec::new();
+                for a in evaluation
                     .transitions
                     .iter()
                     .filter(|t| t.to == AlertStatus::Resolved)
                     .filter_map(|t| previous.iter().find(|a| a.series == t.series))
-                    .map(|a| IncidentChange::Restore {
+                {
+                    incidents.push(IncidentChange::Restore {
                         alert_key: alerts::episode_key(app, env, a),
                         at_ms: now,
-                    })
-                    .collect();
+                    });
+                    let firing = alerts::notification_key(app, env, a, Kind::AlertFiring);
+                    if !silenced
+                        && let Some(firing) = self.store().notification_by_key(&firing).await?
+                    {
+                        notifications.push(alerts::retired_notification(&firing, a, now));
+                    }
+                }
                 let write = AlertWrite {
                     events: &events,
                     incidents: &incidents,
+                    notifications: &notifications,
                     ..AlertWrite::default()
                 };
                 self.store()

@@ -295,7 +295,7 @@ impl Dispatcher {
                     self.store.flush_group(&row, Some(&new), &[], now).await?
                 }
                 Flush::Send(batch) => {
-                    let deliveries = self.plan(&row, &batch, stored.group.flushes).await?;
+                    let deliveries = self.plan(&row, &batch, &mut stored.group).await?;
                     let new = group_row(&row.app, &row.receiver, &row.group_key, &stored)?;
                     self.store
                         .flush_group(&row, Some(&new), &deliveries, now)
@@ -307,14 +307,16 @@ impl Dispatcher {
     }
 
     /// The deliveries of a group's message: inhibition is decided now, against the alerts
-    /// firing now (Alertmanager's meaning) — what they mute is recorded as `inhibited`, the
-    /// rest is one pending delivery.
+    /// firing now (Alertmanager's meaning) — what they mute is recorded as `inhibited` (once
+    /// per episode: not again at each repeat of a message that stays muted,
+    /// `Group::note_muted`), the rest is one pending delivery.
     async fn plan(
         &self,
         row: &GroupRow,
         batch: &[i64],
-        flushes: u64,
+        group: &mut Group,
     ) -> Result<Vec<NewDelivery>, StoreError> {
+        let flushes = group.flushes;
         let notifications = self.store.notifications_by_id(batch).await?;
         let routing = self.routing_of(&row.app).await?;
         let firing = match routing.inhibit.is_empty() {
@@ -349,7 +351,8 @@ impl Dispatcher {
             }
         };
         let mut out = Vec::new();
-        if let Some((rule, source)) = muting.muted_by {
+        let news = group.note_muted(&muting.muted);
+        if let Some((rule, source)) = muting.muted_by.filter(|_| news) {
             let note = format!(
                 "inhibited by inhibit[{rule}] while {} fires",
                 source.summary

@@ -271,6 +271,18 @@ impl Store {
         Ok(out)
     }
 
+    /// The notification stored under idempotency key `key`, if it is still there.
+    pub async fn notification_by_key(&self, key: &str) -> Result<Option<Notification>> {
+        let row = sqlx::query("SELECT id, body FROM notifications WHERE nkey = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx(|| format!("reading notification {key}"))?;
+        row.as_ref()
+            .map(|row| notification_from_row(row).map(|(_, n)| n))
+            .transpose()
+    }
+
     /// The alerts of `app` firing now (as their firing notifications).
     pub async fn active_alerts(&self, app: &str) -> Result<Vec<Notification>> {
         let rows = sqlx::query(

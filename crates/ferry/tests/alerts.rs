@@ -713,3 +713,61 @@ alerts:
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_rules_firing_alert_resolves_with_one_resolve_notification() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let mut ferry = Ferry::start().await;
+        let prometheus = FakePrometheus::start(ferry.dir.path());
+        let receiver = WebhookReceiver::start(ferry.dir.path(), "unused");
+        let routes = format!(
+            "receivers:
+  pager:
+    webhook: {{ url: '{}' }}
+routes:
+  - receiver: pager
+    match: {{ kind: [alert-firing, alert-resolved] }}
+    group_wait: 0s
+    group_interval: 1s
+",
+            receiver.url("/pager")
+        );
+        let spec = database_down_app(&ferry, &prometheus, "notify: true", &routes).await;
+        prometheus.set("0");
+        only_message(&receiver, &ferry, "firing").await;
+
+        // The rule goes (the same manifest without `alerts:`): its firing alert resolves,
+        // notified once with the firing one's labels, although the rule is gone.
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+        let resolved = only_message(&receiver, &ferry, "resolved").await;
+        let n = &resolved["body"]["notifications"][0];
+        assert_eq!(n["kind"], "alert-resolved", "{resolved:#}");
+        assert_eq!(n["labels"]["alertname"], "database_down", "{n:#}");
+        assert_eq!(n["labels"]["db"], "main", "{n:#}");
+        assert_eq!(n["details"]["reason"], "its rule was removed", "{n:#}");
+        let answer = alerts(&ferry, "shop").await;
+        assert!(answer.alerts.is_empty(), "{answer:#?}");
+        assert!(
+            history_has(&answer, "resolved", "its rule was removed"),
+            "{answer:#?}"
+        );
+
+        // A restart neither resends it nor resolves anything again.
+        ferry.kill9_server();
+        ferry.start_server().await;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            alerts(&ferry, "shop").await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let pager: Vec<_> = receiver
+            .lines()
+            .into_iter()
+            .filter(|l| l["path"] == "/pager")
+            .collect();
+        assert_eq!(pager.len(), 2, "one firing, one resolve: {pager:#?}");
+    })
+    .await;
+}

@@ -1346,3 +1346,167 @@ async fn a_rolling_update_is_charted_and_its_parts_come_alone() {
     })
     .await;
 }
+
+/// The alerts page: firing and pending alerts with their (escaped) summaries, a silence
+/// form only for who may silence (`rollback`), forged and cross-session forms refused, a
+/// silence made and lifted through the page, as the person, audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_alerts_page_lists_alerts_and_silences_them_by_role_with_csrf() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.replicas = 1;
+        let path = ferry.write_manifest(&spec, "ferry.yaml");
+        let mut yaml = std::fs::read_to_string(&path).expect("read manifest");
+        yaml.push_str(
+            "alerts:
+  - name: few_replicas
+    condition: replicas_ready < 5
+    interval: 1s
+    severity: critical
+    annotations: { summary: '<script>alert(1)</script> only {{ $value }} ready' }
+  - name: slowly
+    condition: replicas_ready < 5
+    for: 1h
+    interval: 1s
+",
+        );
+        std::fs::write(&path, yaml).expect("write manifest");
+        ferry.apply(&path).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        add_person(&ferry, "dev", PASSWORD, &[("developer", "shop", None)]).await;
+        add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, answer) = ferry.api_get("/v1/alerts?app=shop").await;
+            let status = |name: &str| {
+                answer["alerts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["alert"] == name)
+                    .map(|a| a["status"].as_str().unwrap_or_default().to_string())
+            };
+            if status("few_replicas").as_deref() == Some("firing")
+                && status("slowly").as_deref() == Some("pending")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "alerts: {answer:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        let (mut dev, dev_csrf) = Browser::logged_in(&ferry, "dev").await;
+        let (mut vic, vic_csrf) = Browser::logged_in(&ferry, "vic").await;
+        let page = dev.get("/alerts?app=shop").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert!(page.body.contains("href=\"/alerts\""), "in the nav");
+        assert_no_markup_from_users(&page.body);
+        assert!(
+            page.body
+                .contains("&#60;script&#62;alert(1)&#60;/script&#62; only 1 ready")
+                || page
+                    .body
+                    .contains("&lt;script&gt;alert(1)&lt;/script&gt; only 1 ready"),
+            "the summary as text: {}",
+            page.body
+        );
+        assert!(page.body.contains(">firing</span>"), "{}", page.body);
+        assert!(page.body.contains(">pending</span>"), "{}", page.body);
+        let button = "id=\"silence-shop-production-few_replicas\"";
+        assert!(page.body.contains(button), "{}", page.body);
+        // A viewer sees the alerts, no form; a forged one is refused by the API's gate.
+        let as_vic = vic.get("/alerts").await;
+        assert_eq!(as_vic.status, StatusCode::OK, "{}", as_vic.body);
+        assert!(as_vic.body.contains("few_replicas"), "{}", as_vic.body);
+        assert!(!as_vic.body.contains("id=\"silence-"), "{}", as_vic.body);
+        let silence = |csrf: &str| -> Vec<(&'static str, String)> {
+            vec![
+                ("csrf", csrf.to_string()),
+                ("op", "silence".into()),
+                ("app", "shop".into()),
+                ("env", "production".into()),
+                ("alert", "few_replicas".into()),
+                ("for", "2h".into()),
+                ("reason", "<b>known</b>, fix in #12".into()),
+            ]
+        };
+        let by_vic = silence(&vic_csrf);
+        let refs: Vec<(&str, &str)> = by_vic.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let answer = vic.post("/alerts", &refs).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
+        let (_, audit) = ferry.api_get("/v1/audit?actor=user:vic").await;
+        assert!(
+            audit.as_array().expect("audit records").iter().any(|r| {
+                r["action"] == "silences.create"
+                    && r["outcome"].as_str().unwrap_or("").starts_with("denied")
+            }),
+            "the viewer's forged silence is audited: {audit}"
+        );
+        // The developer's form with the viewer's CSRF token: refused.
+        let answer = dev.post("/alerts", &refs).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
+        assert!(answer.body.contains("CSRF"), "{}", answer.body);
+
+        // Silenced through the page, as the developer.
+        let by_dev = silence(&dev_csrf);
+        let refs: Vec<(&str, &str)> = by_dev.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let answer = dev.post("/alerts", &refs).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        assert_eq!(answer.location(), "/alerts?app=shop&env=production");
+        let (_, silences) = ferry.api_get("/v1/silences?app=shop").await;
+        let made = &silences[0];
+        assert_eq!(made["created_by"], "user:dev", "{silences}");
+        assert_eq!(made["reason"], "<b>known</b>, fix in #12", "{silences}");
+        let page = dev.get("/alerts?app=shop&env=production").await;
+        assert_no_markup_from_users(&page.body);
+        assert!(page.body.contains("silenced by #"), "{}", page.body);
+        assert!(
+            !page.body.contains(button),
+            "a silenced alert offers no second silence: {}",
+            page.body
+        );
+        assert!(
+            page.body.contains("&#60;b&#62;known&#60;/b&#62;")
+                || page.body.contains("&lt;b&gt;known&lt;/b&gt;"),
+            "the reason as text: {}",
+            page.body
+        );
+        let id = made["id"].as_i64().expect("silence id").to_string();
+        assert!(
+            page.body.contains(&format!("id=\"lift-{id}\"")),
+            "{}",
+            page.body
+        );
+
+        // Lifted through the page.
+        let answer = dev
+            .post(
+                "/alerts",
+                &[
+                    ("csrf", &dev_csrf),
+                    ("op", "lift"),
+                    ("app", "shop"),
+                    ("env", "production"),
+                    ("id", &id),
+                ],
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        let (_, silences) = ferry.api_get("/v1/silences?app=shop").await;
+        assert_eq!(silences, serde_json::json!([]), "lifted");
+        let (_, audit) = ferry.api_get("/v1/audit?actor=user:dev").await;
+        for action in ["silences.create", "silences.delete"] {
+            assert!(
+                audit
+                    .as_array()
+                    .expect("audit records")
+                    .iter()
+                    .any(|r| r["action"] == action && r["outcome"] == "ok"),
+                "{action} audited: {audit}"
+            );
+        }
+    })
+    .await;
+}

@@ -58,12 +58,7 @@ pub fn notification(
             || format!("{} {}: {}", rule.name, t.to, describe(rule, a)),
             |(_, s)| s.clone(),
         );
-    let mut key = notify::key_alert(app, env, &rule.name, a.active_since_ms, kind);
-    if !a.series.is_empty() {
-        let digest = Sha256::digest(a.series.as_bytes());
-        key.push('-');
-        key.extend(digest[..6].iter().map(|b| format!("{b:02x}")));
-    }
+    let key = notification_key(app, env, a, kind);
     let mut n = Notification::new(key, kind, app, env, notify_severity(rule), summary, t.at_ms);
     for (name, v) in labels {
         // the outbox's own app, env and kind stay what routes match on
@@ -84,6 +79,44 @@ pub fn notification(
         "fired_at_ms": a.fired_at_ms,
         "resolved_at_ms": a.resolved_at_ms,
     })))
+}
+
+/// The idempotency key of alert `a`'s `kind` notification in app/env:
+/// [`notify::key_alert`] (rule, environment, when the episode began, firing or resolved)
+/// with a hash of the series.
+pub fn notification_key(app: &str, env: &str, a: &AlertInstance, kind: Kind) -> String {
+    let mut key = notify::key_alert(app, env, &a.rule, a.active_since_ms, kind);
+    if !a.series.is_empty() {
+        let digest = Sha256::digest(a.series.as_bytes());
+        key.push('-');
+        key.extend(digest[..6].iter().map(|b| format!("{b:02x}")));
+    }
+    key
+}
+
+/// The resolve notification of alert `a`, firing when its rule was removed (or stopped
+/// watching the environment) at `now_ms`, made from its `firing` notification: the rule
+/// and its labels are gone from the manifest, so the firing one's labels and annotations
+/// (what receivers matched and grouped it by) are kept, under the resolved key. A firing
+/// that was never notified (silenced, `notify: false`) has no resolve either.
+pub fn retired_notification(firing: &Notification, a: &AlertInstance, now_ms: i64) -> Notification {
+    let mut n = firing.clone();
+    n.key = notification_key(&firing.app, &firing.env, a, Kind::AlertResolved);
+    n.kind = Kind::AlertResolved;
+    n.labels.insert(
+        LABEL_KIND.to_string(),
+        Kind::AlertResolved.as_str().to_string(),
+    );
+    if !firing.annotations.contains_key("summary") {
+        n.summary = format!("{} resolved: its rule was removed", a.rule);
+    }
+    n.at_ms = now_ms;
+    if let Some(details) = n.details.as_object_mut() {
+        details.insert("status".into(), serde_json::json!(AlertStatus::Resolved));
+        details.insert("resolved_at_ms".into(), serde_json::json!(now_ms));
+        details.insert("reason".into(), serde_json::json!("its rule was removed"));
+    }
+    n
 }
 
 fn notify_severity(rule: &AlertRule) -> notify::Severity {

@@ -883,6 +883,46 @@ fn firing_and_resolved_alerts_become_notifications_with_the_rules_labels() {
 }
 
 #[test]
+fn a_removed_rules_firing_alert_resolves_with_its_firing_notifications_labels() {
+    use crate::notify::Kind;
+    let mut r = rule("error_rate > 10%", 0, 0);
+    r.labels.insert("team".into(), "checkout".into());
+    let steps = fire_and_resolve(&r, "2.0.0");
+    let (t, firing_alert) = &steps[0];
+    let firing = notification(&r, "shop", "production", t, firing_alert, &[], 10_000).unwrap();
+    // the rule is removed while the alert fires: `retire` resolves it, without a rule
+    let retired = retire(std::slice::from_ref(firing_alert), 50_000);
+    assert_eq!(retired.transitions[0].to, AlertStatus::Resolved);
+    let resolved = retired_notification(&firing, firing_alert, 50_000);
+    assert_eq!(resolved.kind, Kind::AlertResolved);
+    assert_eq!(
+        resolved.key,
+        notification_key("shop", "production", firing_alert, Kind::AlertResolved),
+        "the key a normal resolve of this episode would have: stored once"
+    );
+    assert_eq!(resolved.labels["team"], "checkout");
+    assert_eq!(resolved.labels["kind"], "alert-resolved");
+    assert_eq!(
+        resolved.fingerprint(),
+        firing.fingerprint(),
+        "the same alert"
+    );
+    assert_eq!(
+        resolved.summary,
+        "high_error_rate resolved: its rule was removed"
+    );
+    assert_eq!(resolved.details["status"], "resolved");
+    assert_eq!(
+        resolved.details["fired_value"],
+        firing.details["fired_value"]
+    );
+    assert!(resolved.check().is_ok());
+    // the same as the resolve the rule would have sent
+    let normal = notification(&r, "shop", "production", &steps[1].0, &steps[1].1, &[], 0).unwrap();
+    assert_eq!(normal.key, resolved.key);
+}
+
+#[test]
 fn pending_silenced_and_quiet_rules_notify_nothing() {
     let r = rule("error_rate > 10%", 5, 0);
     let condition = r.parsed_condition().expect("parses");

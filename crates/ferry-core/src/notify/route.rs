@@ -305,6 +305,9 @@ pub struct Group {
     pub firing: BTreeMap<String, i64>,
     /// Messages sent so far.
     pub flushes: u64,
+    /// The notifications the latest message left out as inhibited (see [`Group::note_muted`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub muted: Vec<i64>,
 }
 
 /// What a group does at `now`.
@@ -372,6 +375,18 @@ impl Group {
         self.last_flush_at_ms = Some(now_ms);
         self.flushes += 1;
         Flush::Send(batch.into_iter().collect())
+    }
+}
+
+impl Group {
+    /// Records that this message leaves out `muted` (outbox ids, ascending) as inhibited;
+    /// true when that is news to record: not what the previous message left out. A group
+    /// whose alerts stay inhibited repeats its message at each `repeat_interval`, but the
+    /// inhibition is one episode, recorded once; it ends when a message mutes nothing.
+    pub fn note_muted(&mut self, muted: &[i64]) -> bool {
+        let news = !muted.is_empty() && muted != self.muted.as_slice();
+        self.muted = muted.to_vec();
+        news
     }
 }
 
@@ -536,6 +551,35 @@ mod tests {
             "{RECEIVERS}inhibit:\n  - source_match: {{severity: critical}}\n    target_match: {{severity: warning}}\n    equal: [team]\n"
         ));
         assert!(r.inhibited_by(&warning, &firing).is_some());
+    }
+
+    #[test]
+    fn an_inhibition_is_recorded_once_per_episode_not_at_each_repeat() {
+        let mut g = Group::default();
+        assert!(!g.note_muted(&[]), "nothing muted: nothing to record");
+        assert!(g.note_muted(&[4]), "the first muted message");
+        assert!(!g.note_muted(&[4]), "its repeat while still muted");
+        assert!(!g.note_muted(&[4]), "and the next one");
+        assert!(
+            g.note_muted(&[4, 9]),
+            "another alert of the group is muted too"
+        );
+        assert!(
+            !g.note_muted(&[]),
+            "the inhibitor resolved: sent, the episode ends"
+        );
+        assert!(g.note_muted(&[4, 9]), "muted again: a new episode");
+        // the state survives a restart (it is stored with the group)
+        let back: Group = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        assert_eq!(back.muted, vec![4, 9]);
+        let old: Group = serde_json::from_str(
+            r#"{"pending":[],"first_pending_at_ms":null,"last_flush_at_ms":null,"firing":{},"flushes":3}"#,
+        )
+        .unwrap();
+        assert!(
+            old.muted.is_empty(),
+            "groups stored before read as muting nothing"
+        );
     }
 
     #[test]

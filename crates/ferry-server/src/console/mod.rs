@@ -25,6 +25,8 @@ mod dora;
 mod flags;
 mod live;
 mod notifications;
+// alerts: the alerts page and its silence forms
+mod alerts;
 mod pages;
 mod views;
 
@@ -98,6 +100,7 @@ pub(crate) fn mount(api: Router, state: AppState) -> Router {
         )
         .route("/audit", get(pages::audit))
         .route("/notifications", get(notifications::page))
+        .route("/alerts", get(alerts::page).post(alerts::act))
         .route("/users", get(pages::users).post(actions::create_user))
         .route("/users/{name}/{action}", post(actions::user_action))
         .route("/bindings", post(actions::grant))
