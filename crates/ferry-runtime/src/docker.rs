@@ -1017,7 +1017,10 @@ fn usage_of(stats: &ContainerStatsResponse) -> Option<Usage> {
     let cache = memory
         .stats
         .as_ref()
-        .and_then(|s| s.get("inactive_file").or_else(|| s.get("total_inactive_file")))
+        .and_then(|s| {
+            s.get("inactive_file")
+                .or_else(|| s.get("total_inactive_file"))
+        })
         .copied()
         .unwrap_or(0);
     Some(Usage {
