@@ -120,8 +120,9 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::RotateKey => {
-            let answer: serde_json::Value =
-                client.post(&["v1", "secrets", "rotate-key"], &()).await?;
+            let answer: serde_json::Value = client
+                .post(&["v1", "secrets", "rotate-key"], &serde_json::json!({}))
+                .await?;
             println!(
                 "master key rotated to {}: {} secret(s) re-encrypted",
                 answer["key_id"].as_str().unwrap_or("?"),
