@@ -704,20 +704,7 @@ async fn event_streams_end_when_the_server_stops() {
             .apply(&ferry.write_manifest(&spec, "ferry.yaml"))
             .await;
         add_person(&ferry, "ops", PASSWORD, &[("viewer", "streams", None)]).await;
-        let out = ferry
-            .cli(&[
-                "deploy",
-                "streams",
-                "--env",
-                "production",
-                "--version",
-                "1.0.0",
-                "-o",
-                "json",
-            ])
-            .await;
-        assert_eq!(out.code, 0, "deploy:\n{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
+        let id = ferry.deploy_id(&spec, "1.0.0").await;
         let (ops, _) = Browser::logged_in(&ferry, "ops").await;
         let open = |request: reqwest::RequestBuilder, what: &'static str| async move {
             let response = request
@@ -1170,20 +1157,7 @@ async fn the_deployment_page_charts_each_versions_traffic() {
         add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
         let load = common::Load::start(&spec.listener(), 2);
         load.warm_up(20).await;
-        let out = ferry
-            .cli(&[
-                "deploy",
-                "shop",
-                "--env",
-                "production",
-                "--version",
-                "2.0.0",
-                "-o",
-                "json",
-            ])
-            .await;
-        assert_eq!(out.code, 0, "deploy:\n{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
+        let id = ferry.deploy_id(&spec, "2.0.0").await;
         // Wait until both versions have served in at least two sampled intervals.
         let deadline = Instant::now() + Duration::from_secs(60);
         let series = loop {
@@ -1284,20 +1258,7 @@ async fn a_rolling_update_is_charted_and_its_parts_come_alone() {
         add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
         let load = common::Load::start(&spec.listener(), 2);
         load.warm_up(20).await;
-        let out = ferry
-            .cli(&[
-                "deploy",
-                "shop",
-                "--env",
-                "production",
-                "--version",
-                "2.0.0",
-                "-o",
-                "json",
-            ])
-            .await;
-        assert_eq!(out.code, 0, "deploy:\n{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
+        let id = ferry.deploy_id(&spec, "2.0.0").await;
         wait_state(&ferry, id, "succeeded", STATE_LIMIT).await;
         load.stop().await;
         let series = ferry.deployment(id).await.series;

@@ -234,20 +234,7 @@ async fn kill9_scenario(kill_after: impl Fn(&ferry_core::api::EventView) -> bool
 
         let load = Load::start(&spec.listener(), 4);
         load.warm_up(100).await;
-        let out = ferry
-            .cli(&[
-                "deploy",
-                "shop",
-                "--env",
-                "production",
-                "--version",
-                "1.1.0",
-                "-o",
-                "json",
-            ])
-            .await;
-        assert_eq!(out.code, 0, "{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
+        let id = ferry.deploy_id(&spec, "1.1.0").await;
         let event = ferry
             .wait_for_event(id, Duration::from_secs(30), &kill_after)
             .await;
@@ -638,20 +625,7 @@ async fn a_store_hiccup_while_starting_a_replica_is_retried_never_rolled_back() 
             "CREATE TRIGGER hiccup BEFORE INSERT ON replicas \
              BEGIN SELECT RAISE(ABORT, 'injected store hiccup'); END;",
         );
-        let out = ferry
-            .cli(&[
-                "deploy",
-                "shop",
-                "--env",
-                "production",
-                "--version",
-                "1.1.0",
-                "-o",
-                "json",
-            ])
-            .await;
-        assert_eq!(out.code, 0, "{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
+        let id = ferry.deploy_id(&spec, "1.1.0").await;
         // Wait until the server has met the failure (and retried) a few times, or gave up.
         let logs = || {
             ["out", "err"]

@@ -417,6 +417,14 @@ services:
         assert_eq!(out.code, 0, "deploy {version}:\n{out}");
     }
 
+    /// `ferry deploy` of `version` without waiting: the request must be accepted; the new
+    /// deployment's id.
+    pub async fn deploy_id(&self, spec: &Spec, version: &str) -> i64 {
+        let out = self.deploy_cli(spec, version, &["-o", "json"]).await;
+        assert_eq!(out.code, 0, "deploy {version}:\n{out}");
+        out.json()["id"].as_i64().expect("deployment id")
+    }
+
     pub async fn deploy_ok(&self, spec: &Spec, version: &str) -> CliOutput {
         let out = self
             .deploy_cli(spec, version, &["--wait", "--timeout", "60s"])
