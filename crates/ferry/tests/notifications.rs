@@ -11,109 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::receiver::WebhookReceiver;
 use common::{Ferry, SERIAL, Spec, add_person, bounded, free_port, run};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-/// A loopback HTTP receiver (python3): every POST becomes a JSON line in `log` with its
-/// path, `Idempotency-Key`, whether its `X-Ferry-Signature` verifies with `key`, and body.
-/// The first POST to `/held` is recorded, then answered only after `hold` seconds; every
-/// POST to `/fail` is answered 500.
-struct Receiver {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-const RECEIVER: &str = r#"
-import hashlib, hmac, http.server, json, sys, threading, time
-port, log, key, hold = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode(), float(sys.argv[4])
-lock = threading.Lock()
-held = []
-class Hook(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get('content-length', 0)))
-        ts, sig = self.headers.get('X-Ferry-Timestamp'), self.headers.get('X-Ferry-Signature')
-        ok = None
-        if sig is not None:
-            want = 'v1=' + hmac.new(key, ts.encode() + b'.' + body, hashlib.sha256).hexdigest()
-            ok = hmac.compare_digest(want, sig) and abs(time.time() - int(ts)) < 300
-        line = {'path': self.path, 'key': self.headers.get('Idempotency-Key'), 'sig_ok': ok,
-                'body': json.loads(body)}
-        with lock:
-            with open(log, 'a') as f:
-                f.write(json.dumps(line) + '\n')
-            wait = self.path == '/held' and not held
-            if wait:
-                held.append(1)
-        if wait:
-            time.sleep(hold)
-        self.send_response({'/pagerduty': 202, '/fail': 500}.get(self.path, 200))
-        self.send_header('content-length', '0')
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(('127.0.0.1', port), Hook).serve_forever()
-"#;
-
-impl Receiver {
-    fn start(dir: &Path, port: u16, key: &str, hold_secs: u32) -> Receiver {
-        let log = dir.join(format!("receiver-{port}.log"));
-        let child = Command::new("python3")
-            .args(["-c", RECEIVER, &port.to_string()])
-            .arg(&log)
-            .args([key, &hold_secs.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the receiver");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the receiver did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Receiver { child, log }
-    }
-
-    fn lines(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a JSON line"))
-            .collect()
-    }
-
-    /// Waits until `ready` holds for the lines received (bounded).
-    async fn wait(
-        &self,
-        what: &str,
-        ferry: &Ferry,
-        ready: impl Fn(&[serde_json::Value]) -> bool,
-    ) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let lines = self.lines();
-            if ready(&lines) {
-                return lines;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "receiver: {what} did not happen within 60s; it got {lines:#?}\n{}",
-                ferry.server_logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long a receiver is waited for.
+const RECEIVER_WAIT: Duration = Duration::from_secs(60);
 
 async fn set_secret(ferry: &Ferry, app: &str, name: &str, value: &str) {
     let out = ferry
@@ -133,9 +37,9 @@ async fn a_notification_is_delivered_once_across_kill9_signed_and_to_every_recei
         const SIGNING_KEY: &str = "whsec-6c1f0e2a-signing-key";
         const ROUTING_KEY: &str = "pdkey-93b7d55e-routing-key";
         let mut ferry = Ferry::start().await;
-        let port = free_port();
         // the first delivery to /held is answered after 60 s: the server dies first
-        let receiver = Receiver::start(ferry.dir.path(), port, SIGNING_KEY, 60);
+        let receiver = WebhookReceiver::start_holding(ferry.dir.path(), SIGNING_KEY, 60);
+        let port = receiver.port;
         let mut spec = Spec::new("notified");
         spec.replicas = 1;
         spec.extra_service_yaml = format!(
@@ -176,7 +80,7 @@ notifications:
         // The signed delivery's first attempt reached the receiver, which holds it: kill
         // the server now, between sending and recording it.
         receiver
-            .wait("the first signed delivery", &ferry, |l| {
+            .wait("the first signed delivery", &ferry, RECEIVER_WAIT, |l| {
                 !on_path(l, "/held").is_empty()
             })
             .await;
@@ -186,9 +90,12 @@ notifications:
         // After the restart the attempt is made again with the same key: the receiver
         // sees it twice and keeps it once.
         let lines = receiver
-            .wait("the signed delivery again after the restart", &ferry, |l| {
-                on_path(l, "/held").len() >= 2
-            })
+            .wait(
+                "the signed delivery again after the restart",
+                &ferry,
+                RECEIVER_WAIT,
+                |l| on_path(l, "/held").len() >= 2,
+            )
             .await;
         let held = on_path(&lines, "/held");
         let keys: std::collections::BTreeSet<&str> = held
@@ -212,11 +119,16 @@ notifications:
         // PagerDuty got a trigger with the routing key from the secret; Slack its line; the
         // legacy webhook today's body plus the key (unsigned).
         let lines = receiver
-            .wait("pagerduty, slack and the legacy webhook", &ferry, |l| {
-                ["/pagerduty", "/slack", "/legacy"]
-                    .iter()
-                    .all(|p| !on_path(l, p).is_empty())
-            })
+            .wait(
+                "pagerduty, slack and the legacy webhook",
+                &ferry,
+                RECEIVER_WAIT,
+                |l| {
+                    ["/pagerduty", "/slack", "/legacy"]
+                        .iter()
+                        .all(|p| !on_path(l, p).is_empty())
+                },
+            )
             .await;
         let pd = on_path(&lines, "/pagerduty")[0];
         assert_eq!(pd["body"]["routing_key"], ROUTING_KEY);
@@ -468,8 +380,8 @@ async fn a_receiver_that_always_fails_ends_failed_and_the_history_is_per_viewer(
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let ferry = Ferry::start_with_env(&[("FERRY_NOTIFY_RETRY_BASE", "10ms")]).await;
-        let port = free_port();
-        let receiver = Receiver::start(ferry.dir.path(), port, "unused", 0);
+        let receiver = WebhookReceiver::start(ferry.dir.path(), "unused");
+        let port = receiver.port;
         for (app, path) in [("failing", "fail"), ("other", "ok")] {
             let mut spec = Spec::new(app);
             spec.replicas = 1;
@@ -482,12 +394,12 @@ async fn a_receiver_that_always_fails_ends_failed_and_the_history_is_per_viewer(
             if app == "failing" {
                 // every attempt reaches the receiver, then the delivery gives up
                 receiver
-                    .wait("8 attempts", &ferry, |l| on_path(l, "/fail").len() >= 8)
+                    .wait("8 attempts", &ferry, RECEIVER_WAIT, |l| on_path(l, "/fail").len() >= 8)
                     .await;
             }
         }
         receiver
-            .wait("the other app's delivery", &ferry, |l| {
+            .wait("the other app's delivery", &ferry, RECEIVER_WAIT, |l| {
                 !on_path(l, "/ok").is_empty()
             })
             .await;

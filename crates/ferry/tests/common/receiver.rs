@@ -1,7 +1,8 @@
 //! A webhook receiver on loopback (python3) that records every POST as a JSON line: its
 //! path, `Idempotency-Key`, whether `X-Ferry-Signature` verifies with the signing key
 //! (HMAC-SHA256 over `TIMESTAMP.BODY`, `null` when unsigned), and its body. It listens on a
-//! port the system picks and tells it on stdout.
+//! port the system picks and tells it on stdout. `/pagerduty` is answered 202 and `/fail`
+//! 500; with a hold, the first POST to `/held` is recorded, then answered only after it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,8 +15,9 @@ use super::Ferry;
 
 const SCRIPT: &str = r#"
 import hashlib, hmac, http.server, json, sys, threading, time
-log, key = sys.argv[1], sys.argv[2].encode()
+log, key, hold = sys.argv[1], sys.argv[2].encode(), float(sys.argv[3])
 lock = threading.Lock()
+held = []
 class Hook(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get('content-length', 0)))
@@ -29,7 +31,12 @@ class Hook(http.server.BaseHTTPRequestHandler):
         with lock:
             with open(log, 'a') as f:
                 f.write(json.dumps(line) + '\n')
-        self.send_response(200)
+            wait = self.path == '/held' and not held
+            if wait:
+                held.append(1)
+        if wait:
+            time.sleep(hold)
+        self.send_response({'/pagerduty': 202, '/fail': 500}.get(self.path, 200))
         self.send_header('content-length', '0')
         self.end_headers()
     def log_message(self, *args):
@@ -48,11 +55,17 @@ pub struct WebhookReceiver {
 impl WebhookReceiver {
     /// Starts a receiver that verifies signatures made with `signing_key`.
     pub fn start(dir: &Path, signing_key: &str) -> WebhookReceiver {
+        Self::start_holding(dir, signing_key, 0)
+    }
+
+    /// [`WebhookReceiver::start`], holding the first POST to `/held` for `hold_secs`.
+    pub fn start_holding(dir: &Path, signing_key: &str, hold_secs: u32) -> WebhookReceiver {
         let log = dir.join(format!("receiver-{}.log", std::process::id()));
         let mut child = Command::new("python3")
             .args(["-c", SCRIPT])
             .arg(&log)
             .arg(signing_key)
+            .arg(hold_secs.to_string())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the webhook receiver");
