@@ -163,11 +163,15 @@ impl Browser {
 
     async fn text(&self, css: &str) -> String {
         let id = self.must(css).await;
+        self.text_of(&id).await.unwrap_or_default()
+    }
+
+    /// The text of a found element; `None` when it went stale (the page was replaced).
+    async fn text_of(&self, id: &str) -> Option<String> {
         self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
             .await
             .as_str()
-            .unwrap_or_default()
-            .to_string()
+            .map(str::to_string)
     }
 
     async fn click(&self, css: &str) {
@@ -214,10 +218,13 @@ impl Browser {
     async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.find(css).await.is_some() {
-                let text = self.text(css).await;
-                if ok(&text) {
-                    return text;
+            // Find and read in one go, tolerating a page that is replaced in between
+            // (a form's redirect, a live refresh): a vanished element is "not yet".
+            if let Some(id) = self.find(css).await {
+                if let Some(text) = self.text_of(&id).await {
+                    if ok(&text) {
+                        return text;
+                    }
                 }
             }
             assert!(
