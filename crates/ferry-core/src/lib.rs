@@ -14,6 +14,8 @@ pub mod duration;
 pub mod endpoint;
 pub mod flags;
 pub mod gates;
+// leader: the leader lease's rules
+pub mod lease;
 pub mod manifest;
 pub mod model;
 pub mod notify;

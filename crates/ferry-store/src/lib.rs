@@ -46,10 +46,13 @@ pub use config::ReplicaConfig;
 mod flags;
 // notify:
 pub mod notify;
+// leader: leases and wake-ups between servers
+mod lease;
 pub use flags::{
     ChangeMeta, FlagChange, FlagDecide, FlagGuardRecord, FlagMetricRow, FlagRecord,
     FlagTokenRecord, FlagWrite, GuardRefused, ServedFlags,
 };
+pub use lease::{Acquire, Fence, LeaseGrant, LeaseRecord, WAKE_CHANNEL};
 pub use notify::{DeliveryQuery, DeliveryRecord, GroupRow, NewDelivery};
 
 pub use audit::{AuditQuery, CheckpointRecord};
@@ -299,6 +302,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "infra retry",
         include_str!("../migrations/0019_infra_retry.sql"),
     ),
+    (20, "leases", include_str!("../migrations/0020_leases.sql")),
 ];
 
 /// The migration files this build embeds (`(version, description)`), for tests.
@@ -501,6 +505,10 @@ pub struct Store {
     pool: AnyPool,
     /// Signalled after a commit that enqueued notifications (see [`Store::outbox_signal`]).
     outbox: Arc<tokio::sync::Notify>,
+    /// leader: PostgreSQL's URL (for the wake-up listener); `None` on SQLite.
+    postgres: Option<lease::PostgresUrl>,
+    /// leader: the lease deployment transitions are fenced with ([`Store::set_fence`]).
+    fence: Arc<std::sync::RwLock<Option<Fence>>>,
 }
 
 impl Store {
@@ -552,9 +560,14 @@ impl Store {
             .map_err(|e| StoreError::Database("running migrations".into(), e.into()))?;
         drop(conn);
         tracing::debug!(backend, "store opened and migrated");
+        let postgres = (backend.eq_ignore_ascii_case("postgresql")
+            || backend.eq_ignore_ascii_case("postgres"))
+        .then(|| lease::PostgresUrl(url.to_string()));
         Ok(Store {
             pool,
             outbox: Arc::default(),
+            postgres,
+            fence: Arc::default(),
         })
     }
 
@@ -943,6 +956,8 @@ impl Store {
                 ))
             });
         };
+        // leader: only while this server still holds its lease (when it set a fence).
+        self.check_fence(&mut tx).await?;
         let record = deployment_from_row(&row)?;
         if let Some(version) = &t.set_current_version {
             sqlx::query(

@@ -3222,6 +3222,12 @@ on_every_engine!(
     the_delivery_history_limit_applies_within_the_scopes,
     the_notification_history_is_pruned_in_bounded_batches,
     a_fix_and_its_incident_are_written_together,
+    // leader:
+    a_lease_has_one_holder_and_a_new_token_per_holding,
+    an_expired_lease_is_taken_over_and_its_old_holder_cannot_renew,
+    concurrent_acquisitions_grant_the_lease_once,
+    transitions_commit_only_under_the_fence,
+    a_wake_up_reaches_every_listening_server,
 );
 
 // flags:
@@ -3822,4 +3828,255 @@ pub async fn flag_guards_start_once_and_move_by_compare_and_set(store: Store, _u
             .unwrap(),
         vec![second]
     );
+}
+
+// leader: leases and wake-ups between servers
+
+/// Waits (bounded) until `lease` has expired by the database's clock.
+async fn until_expired(store: &Store, lease: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let record = store.lease(lease).await.unwrap().unwrap();
+        if !record.held() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{record:?} never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn a_lease_has_one_holder_and_a_new_token_per_holding(store: Store, _url: String) {
+    use ferry_store::Acquire;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let Acquire::Granted(a) = store.acquire_lease("leader", "a", 60_000).await.unwrap() else {
+        panic!("a free lease is granted");
+    };
+    assert_eq!(a.token, 1);
+    assert_eq!(
+        a.expires_at_ms - a.db_now_ms,
+        60_000,
+        "judged by the database's clock"
+    );
+    assert!((a.db_now_ms - wall).abs() < 60_000, "{a:?} vs {wall}");
+    // Held: another server is told who holds it and until when.
+    match store.acquire_lease("leader", "b", 60_000).await.unwrap() {
+        Acquire::HeldBy(record) => {
+            assert_eq!((record.holder.as_str(), record.token), ("a", 1));
+            assert!(record.held());
+            assert_eq!(record.expires_at_ms, a.expires_at_ms);
+        }
+        other => panic!("b must not get a held lease: {other:?}"),
+    }
+    // Renewals: only the holder with its token; the token stays.
+    let renewed = store.renew_lease("leader", "a", 1, 60_000).await.unwrap();
+    assert_eq!(renewed.map(|g| g.token), Some(1));
+    assert!(renewed.unwrap().expires_at_ms >= a.expires_at_ms);
+    assert_eq!(
+        store.renew_lease("leader", "b", 1, 60_000).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.renew_lease("leader", "a", 7, 60_000).await.unwrap(),
+        None
+    );
+    // Released: the next server takes it at once, with a greater token; the old holder's
+    // renewal and release with its old token fail.
+    assert!(!store.release_lease("leader", "b", 1).await.unwrap());
+    assert!(store.release_lease("leader", "a", 1).await.unwrap());
+    assert!(!store.lease("leader").await.unwrap().unwrap().held());
+    let Acquire::Granted(b) = store.acquire_lease("leader", "b", 60_000).await.unwrap() else {
+        panic!("a released lease is granted");
+    };
+    assert_eq!(b.token, 2);
+    assert_eq!(
+        store.renew_lease("leader", "a", 1, 60_000).await.unwrap(),
+        None
+    );
+    assert!(!store.release_lease("leader", "a", 1).await.unwrap());
+    assert!(matches!(
+        store.acquire_lease("leader", "a", 60_000).await.unwrap(),
+        Acquire::HeldBy(r) if r.holder == "b" && r.token == 2
+    ));
+    // The holder acquiring again (a restart with the same id) is a new holding: new token.
+    let again = store.acquire_lease("leader", "b", 60_000).await.unwrap();
+    assert!(
+        matches!(again, Acquire::Granted(g) if g.token == 3),
+        "{again:?}"
+    );
+    // Another lease name is independent; bad input is refused before any query.
+    assert!(matches!(
+        store.acquire_lease("other", "a", 60_000).await.unwrap(),
+        Acquire::Granted(g) if g.token == 1
+    ));
+    assert!(store.acquire_lease("leader", "", 1_000).await.is_err());
+    assert!(store.acquire_lease("leader", "a", 0).await.is_err());
+    assert!(
+        store
+            .acquire_lease(&"x".repeat(201), "a", 1_000)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.lease("nothing").await.unwrap(), None);
+}
+
+pub async fn an_expired_lease_is_taken_over_and_its_old_holder_cannot_renew(
+    store: Store,
+    _url: String,
+) {
+    use ferry_store::Acquire;
+    let Acquire::Granted(a) = store.acquire_lease("leader", "a", 300).await.unwrap() else {
+        panic!("granted");
+    };
+    until_expired(&store, "leader").await;
+    let Acquire::Granted(b) = store.acquire_lease("leader", "b", 60_000).await.unwrap() else {
+        panic!("an expired lease is granted");
+    };
+    assert_eq!(b.token, a.token + 1);
+    assert_eq!(
+        store
+            .renew_lease("leader", "a", a.token, 60_000)
+            .await
+            .unwrap(),
+        None
+    );
+    // An expired lease is not renewed either, even by its holder with its token.
+    let Acquire::Granted(c) = store.acquire_lease("short", "c", 300).await.unwrap() else {
+        panic!("granted");
+    };
+    until_expired(&store, "short").await;
+    assert_eq!(
+        store
+            .renew_lease("short", "c", c.token, 60_000)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn concurrent_acquisitions_grant_the_lease_once(store: Store, _url: String) {
+    use ferry_store::Acquire;
+    for round in 0..5 {
+        let name = format!("leader-{round}");
+        let barrier = Arc::new(tokio::sync::Barrier::new(6));
+        let tasks: Vec<_> = (0..6)
+            .map(|i| {
+                let (store, barrier, name) = (store.clone(), barrier.clone(), name.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .acquire_lease(&name, &format!("server-{i}"), 60_000)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut granted = 0;
+        for task in tasks {
+            if let Acquire::Granted(g) = task.await.unwrap() {
+                assert_eq!(g.token, 1);
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 1, "round {round}");
+    }
+}
+
+pub async fn transitions_commit_only_under_the_fence(store: Store, _url: String) {
+    use ferry_store::{Acquire, Fence};
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let Acquire::Granted(a) = store.acquire_lease("leader", "a", 60_000).await.unwrap() else {
+        panic!("granted");
+    };
+    store.set_fence(Some(Fence {
+        name: "leader".into(),
+        holder: "a".into(),
+        token: a.token,
+    }));
+    let d = store
+        .transition(to(&d, DeploymentState::Progressing, 2))
+        .await
+        .unwrap();
+    // Another server takes over: this one's transitions are refused, nothing is written.
+    assert!(store.release_lease("leader", "a", a.token).await.unwrap());
+    assert!(matches!(
+        store.acquire_lease("leader", "b", 60_000).await.unwrap(),
+        Acquire::Granted(_)
+    ));
+    match store
+        .transition(to(&d, DeploymentState::Succeeded, 3))
+        .await
+    {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("fenced"), "{message}"),
+        other => panic!("a fenced transition must conflict: {other:?}"),
+    }
+    assert_eq!(store.get_deployment(d.id).await.unwrap().unwrap(), d);
+    assert_eq!(store.events_after(d.id, 0, 10).await.unwrap().len(), 2);
+    // Without a fence (a follower's API) transitions go on.
+    store.set_fence(None);
+    let done = store
+        .transition(to(&d, DeploymentState::Succeeded, 4))
+        .await
+        .unwrap();
+    assert_eq!(done.state, DeploymentState::Succeeded);
+}
+
+pub async fn a_wake_up_reaches_every_listening_server(store: Store, url: String) {
+    let listening = Store::open(&url).await.unwrap();
+    let woken = Arc::new(tokio::sync::Notify::new());
+    let stop = stop_signal();
+    let follow = {
+        let (woken, stop) = (woken.clone(), stop.clone());
+        tokio::spawn(async move {
+            listening
+                .follow_wakes(
+                    move || woken.notify_one(),
+                    async move { stop.notified().await },
+                )
+                .await
+        })
+    };
+    if url.starts_with("sqlite") {
+        // One host, one server: nothing crosses processes; waking is a no-op that succeeds.
+        store.wake_leader().await.unwrap();
+        stop.notify_one();
+        tokio::time::timeout(std::time::Duration::from_secs(10), follow)
+            .await
+            .expect("stops when asked")
+            .unwrap();
+        return;
+    }
+    // The listener may still be connecting: wake until it hears (bounded).
+    let heard = async {
+        loop {
+            store.wake_leader().await.unwrap();
+            if tokio::time::timeout(std::time::Duration::from_millis(200), woken.notified())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), heard)
+        .await
+        .expect("the listening store hears a wake-up");
+    stop.notify_one();
+    tokio::time::timeout(std::time::Duration::from_secs(10), follow)
+        .await
+        .expect("stops when asked")
+        .unwrap();
+}
+
+/// A stop signal for `follow_wakes` (a stored permit, so a stop sent early is not lost).
+fn stop_signal() -> Arc<tokio::sync::Notify> {
+    Arc::new(tokio::sync::Notify::new())
 }
