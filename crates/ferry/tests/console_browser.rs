@@ -161,11 +161,6 @@ impl Browser {
         }
     }
 
-    async fn text(&self, css: &str) -> String {
-        let id = self.must(css).await;
-        self.text_of(&id).await.unwrap_or_default()
-    }
-
     /// The text of a found element; `None` when it went stale (the page was replaced).
     async fn text_of(&self, id: &str) -> Option<String> {
         self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
@@ -220,12 +215,11 @@ impl Browser {
         loop {
             // Find and read in one go, tolerating a page that is replaced in between
             // (a form's redirect, a live refresh): a vanished element is "not yet".
-            if let Some(id) = self.find(css).await {
-                if let Some(text) = self.text_of(&id).await {
-                    if ok(&text) {
-                        return text;
-                    }
-                }
+            if let Some(id) = self.find(css).await
+                && let Some(text) = self.text_of(&id).await
+                && ok(&text)
+            {
+                return text;
             }
             assert!(
                 Instant::now() < deadline,
@@ -624,8 +618,12 @@ async fn the_console_in_chromium() {
         // A viewer sees no action.
         browser.login(&console, "vic").await;
         browser.goto(&format!("{console}/deployments/{prod}")).await;
-        let actions = browser.text("#actions").await;
-        assert!(actions.contains("No action is open to you"), "{actions}");
+        // Found and read in one observation (a live refresh may swap the part in between).
+        browser
+            .wait_text("#actions", "the viewer's actions", |t| {
+                t.contains("No action is open to you")
+            })
+            .await;
         assert!(browser.find("#actions form").await.is_none());
 
         // Bob approves from his browser.
