@@ -409,25 +409,7 @@ async fn redeploy_is_explicit_and_migrations_run_once() {
         .await;
         let backup = ferry.dir.path().join("backup.log");
         let migrate = ferry.dir.path().join("migrate.log");
-        let deploy = |version: &'static str| {
-            let ferry = &ferry;
-            async move {
-                let out = ferry
-                    .cli(&[
-                        "deploy",
-                        "shop",
-                        "--env",
-                        "production",
-                        "--version",
-                        version,
-                        "-o",
-                        "json",
-                    ])
-                    .await;
-                ok(&out, "deploy");
-                out.json()["id"].as_i64().expect("id")
-            }
-        };
+        let deploy = |version| ferry.deploy_id_to("shop", "production", version);
         let first = deploy("1.0.0").await;
         approve_and_wait(&ferry, &bob, first).await;
         assert_eq!(lines(&backup), ["1.0.0"]);

@@ -9,23 +9,6 @@ use common::{Ferry, SERIAL, Spec, bounded};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-async fn deploy(ferry: &Ferry, spec: &Spec, version: &str) -> i64 {
-    let out = ferry
-        .cli(&[
-            "deploy",
-            &spec.app,
-            "--env",
-            &spec.env,
-            "--version",
-            version,
-            "-o",
-            "json",
-        ])
-        .await;
-    assert_eq!(out.code, 0, "deploy:\n{out}");
-    out.json()["id"].as_i64().expect("deployment id")
-}
-
 /// A rolling update whose replicas are healthy at once, then crash-loop: the deployment
 /// does not succeed during its bake; it is rolled back automatically and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,7 +33,7 @@ async fn a_version_that_crash_loops_after_converging_is_rolled_back_during_the_b
         spec.strategy = format!("{rolling}\n    bake: 90s");
         let manifest = ferry.write_manifest(&spec, "ferry.yaml");
         ferry.apply(&manifest).await;
-        let id = deploy(&ferry, &spec, "2.0.0").await;
+        let id = ferry.deploy_id(&spec, "2.0.0").await;
         let baking = ferry
             .wait_for_event(id, Duration::from_secs(30), |e| {
                 e.message.contains("2.0.0 converged; baking until")
@@ -89,7 +72,7 @@ async fn a_version_that_crash_loops_after_converging_is_rolled_back_during_the_b
         spec.strategy = format!("{rolling}\n    bake: 2s");
         let manifest = ferry.write_manifest(&spec, "ferry.yaml");
         ferry.apply(&manifest).await;
-        let id = deploy(&ferry, &spec, "3.0.0").await;
+        let id = ferry.deploy_id(&spec, "3.0.0").await;
         let done = ferry.wait_terminal(id, Duration::from_secs(60)).await;
         assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
         let events = ferry.deployment(id).await.events;
@@ -118,7 +101,7 @@ async fn a_canary_bakes_after_its_final_promotion() {
         let manifest = ferry.write_manifest(&spec, "ferry.yaml");
         ferry.apply(&manifest).await;
         ferry.deploy_ok(&spec, "1.0.0").await;
-        let id = deploy(&ferry, &spec, "2.0.0").await;
+        let id = ferry.deploy_id(&spec, "2.0.0").await;
         let done = ferry.wait_terminal(id, Duration::from_secs(60)).await;
         assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
         let events = ferry.deployment(id).await.events;
@@ -161,7 +144,7 @@ async fn the_bake_is_as_long_as_the_deployments_manifest_says() {
         ferry
             .apply(&ferry.write_manifest(&spec, "ferry.yaml"))
             .await;
-        let id = deploy(&ferry, &spec, "2.0.0").await;
+        let id = ferry.deploy_id(&spec, "2.0.0").await;
         // while 2.0.0 cannot converge, a longer bake is applied
         spec.strategy = format!("{rolling}\n    bake: 10m");
         ferry

@@ -41,23 +41,6 @@ fn staging_spec(app: &str) -> Spec {
     spec
 }
 
-async fn deploy_production(ferry: &Ferry, app: &str) -> i64 {
-    let out = ferry
-        .cli(&[
-            "deploy",
-            app,
-            "--env",
-            "production",
-            "--version",
-            "1.0.0",
-            "-o",
-            "json",
-        ])
-        .await;
-    assert_eq!(out.code, 0, "deploy:\n{out}");
-    out.json()["id"].as_i64().expect("deployment id")
-}
-
 /// Polls `ferry gates ID -o json` until `pred` holds on its JSON (or fails with the last).
 async fn wait_gates(ferry: &Ferry, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -146,7 +129,7 @@ async fn checks_hold_the_deployment_until_they_pass() {
         let manifest = two_environments(&ferry, &spec, &gates);
         ferry.apply(&manifest).await;
 
-        let prod = deploy_production(&ferry, "checked").await;
+        let prod = ferry.deploy_id_to("checked", "production", "1.0.0").await;
         // Both checks run and fail: the deployment waits, each row says why. (A check
         // started in the pass that blocks the deployment can fail before that pass
         // records `blocked`, so wait for both.)
@@ -324,7 +307,7 @@ async fn a_freeze_is_overridden_by_someone_allowed_with_a_reason() {
         let bob = user_with_role(&ferry, "bob", "release-manager", "hotfix").await;
         let dave = user_with_role(&ferry, "dave", "developer", "hotfix").await;
 
-        let prod = deploy_production(&ferry, "hotfix").await;
+        let prod = ferry.deploy_id_to("hotfix", "production", "1.0.0").await;
         let report = wait_gates(&ferry, prod, "frozen", |r| {
             r["deployment"]["state"] == "blocked"
         })

@@ -884,11 +884,7 @@ async fn the_deployment_page_shows_the_analysis_as_a_table() {
         add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
         let load = common::Load::start(&spec.listener(), 2);
         load.warm_up(20).await;
-        let out = ferry
-            .cli(&["deploy", "shop", "--env", "production", "--version", "2.0.0", "-o", "json"])
-            .await;
-        assert_eq!(out.code, 0, "deploy:\n{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
+        let id = ferry.deploy_id_to("shop", "production", "2.0.0").await;
         wait_state(&ferry, id, "rolled-back", STATE_LIMIT).await;
         load.stop().await;
 

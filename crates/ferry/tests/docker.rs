@@ -518,21 +518,7 @@ impl OnDocker {
 
     /// `ferry deploy` without waiting; the deployment's id.
     async fn deploy(&self, version: &str) -> i64 {
-        let out = self
-            .ferry
-            .cli(&[
-                "deploy",
-                &self.spec.app,
-                "--env",
-                &self.spec.env,
-                "--version",
-                version,
-                "-o",
-                "json",
-            ])
-            .await;
-        assert_eq!(out.code, 0, "{out}");
-        out.json()["id"].as_i64().expect("deployment id")
+        self.ferry.deploy_id(&self.spec, version).await
     }
 
     /// `ferry abort` of the environment's deployment.

@@ -31,23 +31,6 @@ fn staging_spec(app: &str) -> Spec {
     spec
 }
 
-async fn deploy(ferry: &Ferry, app: &str, env: &str, version: &str) -> i64 {
-    let out = ferry
-        .cli(&[
-            "deploy",
-            app,
-            "--env",
-            env,
-            "--version",
-            version,
-            "-o",
-            "json",
-        ])
-        .await;
-    assert_eq!(out.code, 0, "deploy:\n{out}");
-    out.json()["id"].as_i64().expect("deployment id")
-}
-
 /// The deployment's state and its timeline as text.
 async fn state_and_timeline(ferry: &Ferry, id: i64) -> (String, String) {
     let detail = ferry.deployment(id).await;
@@ -94,7 +77,7 @@ async fn production_waits_for_staging_and_the_soak() {
         ferry.apply(&manifest).await;
 
         // Never ran in staging: production waits, and says why.
-        let prod = deploy(&ferry, "gated", "production", "1.0.0").await;
+        let prod = ferry.deploy_id_to("gated", "production", "1.0.0").await;
         let timeline = wait_state(&ferry, prod, "blocked").await;
         assert!(
             timeline.contains("waiting for 1.0.0 to succeed in staging"),
@@ -154,7 +137,7 @@ async fn a_freeze_window_holds_the_deployment() {
         );
         ferry.apply(&manifest).await;
 
-        let prod = deploy(&ferry, "frozen", "production", "1.0.0").await;
+        let prod = ferry.deploy_id_to("frozen", "production", "1.0.0").await;
         let timeline = wait_state(&ferry, prod, "blocked").await;
         assert!(
             timeline.contains(
@@ -197,7 +180,7 @@ async fn a_waiting_deployment_keeps_the_manifest_it_was_requested_with() {
         spec.extra_service_yaml = hook("ONE");
         let manifest = two_environments(&ferry, &spec, "{ after: staging }");
         ferry.apply(&manifest).await;
-        let prod = deploy(&ferry, "pinned", "production", "1.0.0").await;
+        let prod = ferry.deploy_id_to("pinned", "production", "1.0.0").await;
         wait_state(&ferry, prod, "blocked").await;
 
         // The hook changes while production waits for staging.

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{As, DEMO, Ferry, SERIAL, admin, bounded, free_port, ok, run, user};
+use common::{As, DEMO, Ferry, SERIAL, admin, bounded, deploy_as, free_port, ok, run, user};
 
 const LIMIT: Duration = Duration::from_secs(240);
 const ALICE_PASSWORD: &str = "correct horse battery staple";
@@ -792,30 +792,7 @@ async fn approvals_enforce_separation_of_duties() {
             "apply",
         );
 
-        let deploy = |version: &'static str| {
-            let alice = &alice;
-            let ferry = &ferry;
-            async move {
-                let out = run(
-                    ferry,
-                    alice,
-                    &[
-                        "deploy",
-                        "shop",
-                        "--env",
-                        "production",
-                        "--version",
-                        version,
-                        "-o",
-                        "json",
-                    ],
-                    None,
-                )
-                .await;
-                ok(&out, "deploy");
-                out.json()["id"].as_i64().expect("deployment id")
-            }
-        };
+        let deploy = |version| deploy_as(&ferry, "alice", "shop", "production", version);
         let id = deploy("1.0.0").await;
         wait_for_state(&ferry, &alice, id, "awaiting-approval").await;
         let out = run(&ferry, &alice, &["approvals", &id.to_string()], None).await;

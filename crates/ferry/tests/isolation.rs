@@ -113,11 +113,7 @@ async fn workloads_see_neither_ferrys_files_nor_its_environment_and_secrets_are_
             .await;
         assert_eq!(out.code, 0, "{out}");
 
-        let out = ferry
-            .cli(&["deploy", "iso", "--env", "production", "--version", "1.0.0", "-o", "json"])
-            .await;
-        assert_eq!(out.code, 0, "{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
+        let id = ferry.deploy_id_to("iso", "production", "1.0.0").await;
 
         // The gate check: none of the server's environment, the secret out of its explanation.
         let deadline = Instant::now() + Duration::from_secs(60);

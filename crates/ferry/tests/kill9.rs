@@ -155,11 +155,7 @@ async fn kill9_many_points(
             let from = format!("1.{run}.0");
             let to = format!("1.{}.0", run + 1);
             let run_started = Instant::now();
-            let out = ferry
-                .cli(&["deploy", "shop", "--env", "production", "--version", &to, "-o", "json"])
-                .await;
-            assert_eq!(out.code, 0, "{out}");
-            let id = out.json()["id"].as_i64().expect("deployment id");
+            let id = ferry.deploy_id_to("shop", "production", &to).await;
 
             let mut seen: Vec<EventView> = Vec::new();
             loop {

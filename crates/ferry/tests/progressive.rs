@@ -122,11 +122,7 @@ async fn canary_progresses_under_load() {
 
         let load = Load::start(&spec.listener(), 2);
         load.warm_up(50).await;
-        let out = ferry
-            .cli(&["deploy", "shop", "--env", "production", "--version", "2.0.0", "-o", "json"])
-            .await;
-        assert_eq!(out.code, 0, "{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
+        let id = ferry.deploy_id_to("shop", "production", "2.0.0").await;
         let status = ferry
             .wait_status(&spec, Duration::from_secs(60), "canary at 10% waiting for promote", |s| {
                 rollout_waits_for_promote(s, "2.0.0", 10.0)
@@ -499,9 +495,7 @@ async fn blue_green(runtime: RuntimeKind) {
 
         let load = Load::start(&spec.listener(), 3);
         load.warm_up(50).await;
-        let out = ferry.cli(&["deploy", "shop", "--env", "production", "--version", "2.0.0", "-o", "json"]).await;
-        assert_eq!(out.code, 0, "{out}");
-        let id = out.json()["id"].as_i64().expect("id");
+        let id = ferry.deploy_id_to("shop", "production", "2.0.0").await;
         let status = ferry
             .wait_status(&spec, Duration::from_secs(60), "green ready, awaiting promotion", |s| {
                 s.rollout.as_ref().is_some_and(|r| {

@@ -72,11 +72,7 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve
                 }
             })
         };
-        let out = ferry
-            .cli(&["deploy", "duo", "--env", "production", "--version", "2.0.0", "-o", "json"])
-            .await;
-        assert_eq!(out.code, 0, "{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
+        let id = ferry.deploy_id_to("duo", "production", "2.0.0").await;
         let done = ferry.wait_terminal(id, Duration::from_secs(60)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         api.await.expect("api client");
@@ -135,11 +131,7 @@ async fn a_canary_its_background_analysis_never_judged_does_not_finish_by_itself
         let manifest = ferry.write_manifest(&spec, "ferry.yaml");
         ferry.apply(&manifest).await;
         ferry.deploy_ok(&spec, "1.0.0").await;
-        let out = ferry
-            .cli(&["deploy", "quiet", "--env", "production", "--version", "2.0.0", "-o", "json"])
-            .await;
-        assert_eq!(out.code, 0, "{out}");
-        let id = out.json()["id"].as_i64().expect("deployment id");
+        let id = ferry.deploy_id_to("quiet", "production", "2.0.0").await;
 
         ferry
             .wait_for_event(id, Duration::from_secs(30), |e| {

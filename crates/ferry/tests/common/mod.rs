@@ -420,8 +420,24 @@ services:
     /// `ferry deploy` of `version` without waiting: the request must be accepted; the new
     /// deployment's id.
     pub async fn deploy_id(&self, spec: &Spec, version: &str) -> i64 {
-        let out = self.deploy_cli(spec, version, &["-o", "json"]).await;
-        assert_eq!(out.code, 0, "deploy {version}:\n{out}");
+        self.deploy_id_to(&spec.app, &spec.env, version).await
+    }
+
+    /// [`Ferry::deploy_id`] for an app and environment named outright (no [`Spec`]).
+    pub async fn deploy_id_to(&self, app: &str, env: &str, version: &str) -> i64 {
+        let out = self
+            .cli(&[
+                "deploy",
+                app,
+                "--env",
+                env,
+                "--version",
+                version,
+                "-o",
+                "json",
+            ])
+            .await;
+        assert_eq!(out.code, 0, "deploy {app} {env} {version}:\n{out}");
         out.json()["id"].as_i64().expect("deployment id")
     }
 
