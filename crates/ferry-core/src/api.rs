@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{DeploymentState, ReplicaState};
 
+pub mod identity;
+
 /// Largest request body the server reads (a manifest travels in one, JSON-escaped); the
 /// CLI refuses to send more, so both sides say the same.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -423,13 +425,6 @@ pub struct AppStatus {
     pub app: String,
     pub revision: i64,
     pub environments: Vec<EnvStatus>,
-}
-
-/// `GET /v1/whoami`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WhoAmI {
-    pub name: String,
-    pub role: String,
 }
 
 // releases:

@@ -13,6 +13,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::api::identity::{
+    BindingView, CanIResponse, CreateBindingRequest, CreateRoleRequest, CreateTokenRequest,
+    CreateUserRequest, CreatedToken, LoginLinkRequest, LoginRequest, LoginResponse,
+    PasswordRequest, RoleDeleted, TokenView, UseLoginLinkRequest, UserView, WhoAmI,
+};
 use crate::api::{
     AppStatus, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
     DeploymentView, EventView, HookOutput, HookRunView, LoginLink, PromoteRequest,
@@ -21,7 +26,7 @@ use crate::api::{
 };
 use crate::config::EnvConfig;
 use crate::dora::DoraReport;
-use crate::rbac::Permission;
+use crate::rbac::{Permission, Role};
 
 /// The HTTP methods the API serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -312,15 +317,15 @@ use Permission as P;
 use TargetFrom::{App, AppEnv, BodyTo, Deployment, Global, Manifest};
 
 endpoints! {
-    Login: Value => Value = post("/v1/login", "login", Public, Global)
+    Login: LoginRequest => LoginResponse = post("/v1/login", "login", Public, Global)
         .summary(|f| format!("log in as {}", f.body_or("username", "")));
-    LoginWithLink: Value => Value = post("/v1/login/link", "login.link", Public, Global)
+    LoginWithLink: UseLoginLinkRequest => LoginResponse = post("/v1/login/link", "login.link", Public, Global)
         .summary(|_| "log in with a one-time link".to_string());
-    LoginLinksCreate: Value => LoginLink = post("/v1/login-links", "login_links.create", Perm(P::ManageUsers), Global)
+    LoginLinksCreate: LoginLinkRequest => LoginLink = post("/v1/login-links", "login_links.create", Perm(P::ManageUsers), Global)
         .summary(|f| format!("create a one-time console login link for {}", f.body_or("user", "")));
-    Logout: Value => Value = post("/v1/logout", "logout", Authenticated, Global)
+    Logout: Empty => TokenView = post("/v1/logout", "logout", Authenticated, Global)
         .summary(|_| "log out".to_string());
-    Whoami: () => Value = get("/v1/whoami", "whoami", Authenticated, Global);
+    Whoami: () => WhoAmI = get("/v1/whoami", "whoami", Authenticated, Global);
     Version: () => Value = get("/v1/version", "version", Authenticated, Global);
     Metrics: () => Text = get("/metrics", "metrics", Perm(P::ViewMetrics), Global);
     AppsList: () => Vec<AppSummary> = get("/v1/apps", "apps.list", Anywhere(P::View), Global);
@@ -378,36 +383,36 @@ endpoints! {
     ChangeRecord: () => Value = get("/v1/deployments/{id}/change-record", "change_record", Perm(P::View), Deployment);
     Teardown: Value => Value = post("/v1/teardown", "teardown", Perm(P::ManageServer), Global)
         .summary(|_| "tear down every app and stop the server".to_string());
-    UsersList: () => Value = get("/v1/users", "users.list", Perm(P::ManageUsers), Global);
-    UsersCreate: Value => Value = post("/v1/users", "users.create", Perm(P::ManageUsers), Global)
+    UsersList: () => Vec<UserView> = get("/v1/users", "users.list", Perm(P::ManageUsers), Global);
+    UsersCreate: CreateUserRequest => UserView = post("/v1/users", "users.create", Perm(P::ManageUsers), Global)
         .summary(|f| format!("add user {}", f.body_or("username", "")));
-    UsersDisable: Value => Value = post("/v1/users/{name}/disable", "users.disable", Perm(P::ManageUsers), Global)
+    UsersDisable: Empty => UserView = post("/v1/users/{name}/disable", "users.disable", Perm(P::ManageUsers), Global)
         .summary(|f| format!("disable user {}", f.param("name")));
-    UsersEnable: Value => Value = post("/v1/users/{name}/enable", "users.enable", Perm(P::ManageUsers), Global)
+    UsersEnable: Empty => UserView = post("/v1/users/{name}/enable", "users.enable", Perm(P::ManageUsers), Global)
         .summary(|f| format!("enable user {}", f.param("name")));
-    UsersPassword: Value => Value = put("/v1/users/{name}/password", "users.password", SelfOr(P::ManageUsers), Global)
+    UsersPassword: PasswordRequest => UserView = put("/v1/users/{name}/password", "users.password", SelfOr(P::ManageUsers), Global)
         .summary(|f| format!("change the password of user {}", f.param("name")));
-    RolesList: () => Value = get("/v1/roles", "roles.list", Authenticated, Global);
-    RolesCreate: Value => Value = post("/v1/roles", "roles.create", Perm(P::ManageRoles), Global)
+    RolesList: () => Vec<Role> = get("/v1/roles", "roles.list", Authenticated, Global);
+    RolesCreate: CreateRoleRequest => Role = post("/v1/roles", "roles.create", Perm(P::ManageRoles), Global)
         .summary(|f| format!(
             "define role {} with permissions [{}]",
             f.body_or("name", ""),
             f.body_or("permissions", "")
         ));
-    RolesDelete: () => Value = delete("/v1/roles/{name}", "roles.delete", Perm(P::ManageRoles), Global)
+    RolesDelete: () => RoleDeleted = delete("/v1/roles/{name}", "roles.delete", Perm(P::ManageRoles), Global)
         .summary(|f| format!("delete role {}", f.param("name")));
-    BindingsList: () => Value = get("/v1/bindings", "bindings.list", Authenticated, Global);
-    BindingsCreate: Value => Value = post("/v1/bindings", "bindings.create", Perm(P::ManageUsers), Global)
+    BindingsList: () => Vec<BindingView> = get("/v1/bindings", "bindings.list", Authenticated, Global);
+    BindingsCreate: CreateBindingRequest => BindingView = post("/v1/bindings", "bindings.create", Perm(P::ManageUsers), Global)
         .summary(|f| format!(
             "give role {} to user {} on {}",
             f.body_or("role", ""),
             f.body_or("user", ""),
             f.scope()
         ));
-    BindingsDelete: () => Value = delete("/v1/bindings/{id}", "bindings.delete", Perm(P::ManageUsers), Global)
+    BindingsDelete: () => BindingView = delete("/v1/bindings/{id}", "bindings.delete", Perm(P::ManageUsers), Global)
         .summary(|f| format!("delete binding #{}", f.param("id")));
-    TokensList: () => Value = get("/v1/tokens", "tokens.list", Authenticated, Global);
-    TokensCreate: Value => Value = post("/v1/tokens", "tokens.create", Authenticated, Global)
+    TokensList: () => Vec<TokenView> = get("/v1/tokens", "tokens.list", Authenticated, Global);
+    TokensCreate: CreateTokenRequest => CreatedToken = post("/v1/tokens", "tokens.create", Authenticated, Global)
         .summary(|f| format!(
             "create token {} with role {} on {}{}",
             f.body_or("name", ""),
@@ -417,9 +422,9 @@ endpoints! {
                 .map(|e| format!(", expiring in {e}"))
                 .unwrap_or_else(|| ", never expiring".to_string())
         ));
-    TokensDelete: () => Value = delete("/v1/tokens/{id}", "tokens.delete", Authenticated, Global)
+    TokensDelete: () => TokenView = delete("/v1/tokens/{id}", "tokens.delete", Authenticated, Global)
         .summary(|f| format!("revoke token #{}", f.param("id")));
-    AuthCanI: () => Value = get("/v1/auth/can-i", "auth.can_i", Authenticated, Global);
+    AuthCanI: () => CanIResponse = get("/v1/auth/can-i", "auth.can_i", Authenticated, Global);
     Notifications: () => Value = get("/v1/notifications", "notifications", Anywhere(P::View), Global);
     AuditQuery: () => Value = get("/v1/audit", "audit.query", Anywhere(P::View), Global);
     AuditExport: () => Text = get("/v1/audit/export", "audit.export", Anywhere(P::View), Global);
@@ -457,9 +462,9 @@ endpoints! {
     FlagsGuardedRolloutStop: () => Value = delete("/v1/apps/{app}/envs/{env}/flags/{flag}/guarded-rollout", "flags.guarded_rollout.stop", Perm(P::ManageFlags), AppEnv);
     FlagsExport: () => Value = get("/v1/apps/{app}/envs/{env}/features", "flags.export", Perm(P::View), AppEnv);
     FlagsImport: Value => Value = post("/v1/apps/{app}/envs/{env}/features", "flags.import", Perm(P::ManageFlags), AppEnv);
-    FlagsTokensList: () => Value = get("/v1/apps/{app}/envs/{env}/flag-tokens", "flags.tokens.list", Perm(P::ManageFlags), AppEnv);
-    FlagsTokensCreate: Value => Value = post("/v1/apps/{app}/envs/{env}/flag-tokens", "flags.tokens.create", Perm(P::ManageFlags), AppEnv);
-    FlagsTokensDelete: () => Value = delete("/v1/apps/{app}/envs/{env}/flag-tokens/{id}", "flags.tokens.delete", Perm(P::ManageFlags), AppEnv);
+    FlagsTokensList: () => Vec<TokenView> = get("/v1/apps/{app}/envs/{env}/flag-tokens", "flags.tokens.list", Perm(P::ManageFlags), AppEnv);
+    FlagsTokensCreate: CreateTokenRequest => CreatedToken = post("/v1/apps/{app}/envs/{env}/flag-tokens", "flags.tokens.create", Perm(P::ManageFlags), AppEnv);
+    FlagsTokensDelete: () => TokenView = delete("/v1/apps/{app}/envs/{env}/flag-tokens/{id}", "flags.tokens.delete", Perm(P::ManageFlags), AppEnv);
     FlagsMetrics: () => Text = get("/v1/apps/{app}/envs/{env}/flag-metrics", "flags.metrics", Perm(P::View), AppEnv);
 }
 

@@ -9,7 +9,6 @@
 //! Neither a password nor a token ever reaches a log line, an answer (except a token once,
 //! when it is made) or the audit log: [`Password`] redacts itself.
 
-use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -20,7 +19,6 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use ferry_core::rbac::{Binding, Scope};
 use ferry_store::{NewToken, Store, TokenRecord};
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::clock::now_ms;
@@ -52,8 +50,6 @@ pub async fn purge_ended_sessions(store: Store, shutdown: tokio_util::sync::Canc
         }
     }
 }
-
-pub const MIN_PASSWORD_CHARS: usize = 12;
 
 /// Reads `DIR/admin.token`, creating it (mode 0600) with a fresh random token on first
 /// start, and makes sure the store knows its hash (as the only valid `admin` token: a
@@ -145,35 +141,8 @@ pub fn hex(bytes: &[u8]) -> String {
 // Passwords
 // ---------------------------------------------------------------------------------------------
 
-/// A password from a request: deserialises from a JSON string, never prints itself.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Password(String);
-
-impl Password {
-    #[cfg(test)]
-    pub fn new(text: impl Into<String>) -> Self {
-        Password(text.into())
-    }
-
-    /// `Err(why)` if the password policy refuses it (at least 12 characters).
-    pub fn check_policy(&self) -> Result<(), String> {
-        let chars = self.0.chars().count();
-        if chars < MIN_PASSWORD_CHARS {
-            return Err(format!(
-                "the password is too short ({chars} characters); use at least \
-                 {MIN_PASSWORD_CHARS}"
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(***)")
-    }
-}
+/// A password from a request (the wire type): never prints itself.
+pub use ferry_core::api::identity::Password;
 
 fn hash_sync(password: &str) -> Result<String, String> {
     let salt_bytes: [u8; 16] = rand::rng().random();
@@ -193,7 +162,7 @@ fn dummy_hash() -> &'static str {
 /// argon2id PHC string of `password` (default parameters: 19 MiB, 2 passes), computed off
 /// the async threads.
 pub async fn hash_password(password: Password) -> Result<String, ServerError> {
-    tokio::task::spawn_blocking(move || hash_sync(&password.0))
+    tokio::task::spawn_blocking(move || hash_sync(password.expose()))
         .await
         .map_err(|e| ServerError::io("hashing a password".into(), std::io::Error::other(e)))?
         .map_err(|e| ServerError::io("hashing a password".into(), std::io::Error::other(e)))
@@ -208,7 +177,7 @@ pub async fn verify_password(password: Password, phc: Option<String>) -> bool {
         let ok = PasswordHash::new(&phc)
             .map(|parsed| {
                 Argon2::default()
-                    .verify_password(password.0.as_bytes(), &parsed)
+                    .verify_password(password.expose().as_bytes(), &parsed)
                     .is_ok()
             })
             .unwrap_or(false);
@@ -227,16 +196,7 @@ pub async fn warm_up() {
 // Callers
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CallerKind {
-    /// A person, through a session from `POST /v1/login`.
-    User,
-    /// An API token (possibly made by a user, then also limited by that user's rights).
-    Token,
-    /// The admin token from `DATA_DIR/admin.token`.
-    Admin,
-}
+pub use ferry_core::api::identity::CallerKind;
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]

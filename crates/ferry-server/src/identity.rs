@@ -8,15 +8,20 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use ferry_core::api::identity::{
+    BindingView, CanIResponse, CreateBindingRequest, CreateRoleRequest, CreateTokenRequest,
+    CreateUserRequest, CreatedToken, LoginLinkRequest, LoginRequest, LoginResponse,
+    PasswordRequest, RoleDeleted, TokenState, TokenView, UseLoginLinkRequest, UserView, WhoAmI,
+};
 use ferry_core::duration::HumanDuration;
 use ferry_core::manifest::Manifest;
-use ferry_core::rbac::{self, Binding, Decision, Permission, Role, Scope, Target};
+use ferry_core::rbac::{self, Permission, Role, Scope, Target};
 use ferry_store::{BindingRecord, NewBinding, NewToken, RoleRecord, TokenRecord, UserRecord};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::access::{Access, AuditSlot, ClientAddr, load_roles, too_many};
 use crate::api::{ApiFailure, ApiResult, AppState, internal};
-use crate::auth::{self, CallerKind, Password, SESSION_TTL_MS};
+use crate::auth::{self, CallerKind, SESSION_TTL_MS};
 use crate::clock::now_ms;
 
 fn bad_request(message: impl Into<String>) -> ApiFailure {
@@ -79,20 +84,6 @@ fn role_named(roles: &[Role], name: &str) -> ApiResult<Role> {
 // ---------------------------------------------------------------------------------------------
 // Login, logout, whoami
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-pub struct LoginRequest {
-    pub username: String,
-    pub password: Password,
-}
-
-#[derive(Serialize)]
-pub struct LoginResponse {
-    /// The session token: send it as `Authorization: Bearer <token>`. Shown once.
-    pub token: String,
-    pub expires_at_ms: i64,
-    pub user: UserRecord,
-}
 
 pub async fn login(
     State(state): State<AppState>,
@@ -184,7 +175,7 @@ async fn open_session(state: &AppState, slot: &AuditSlot, user: UserRecord, now:
             Json(LoginResponse {
                 token,
                 expires_at_ms,
-                user,
+                user: user_view(user),
             })
             .into_response()
         }
@@ -194,12 +185,6 @@ async fn open_session(state: &AppState, slot: &AuditSlot, user: UserRecord, now:
 
 /// How long a one-time console login link may wait for its use.
 pub const LOGIN_LINK_TTL_MS: i64 = 10 * 60 * 1000;
-
-#[derive(Deserialize)]
-pub struct LoginLinkRequest {
-    /// The user the link logs in.
-    pub user: String,
-}
 
 /// `POST /v1/login-links`: a one-time link that logs `user` into the console, valid for ten
 /// minutes (`ferry quickstart` prints one). The link is shown once; it is stored as its
@@ -247,11 +232,6 @@ pub async fn create_login_link(
             expires_at_ms,
         }),
     ))
-}
-
-#[derive(Deserialize)]
-pub struct UseLoginLinkRequest {
-    pub token: String,
 }
 
 /// `POST /v1/login/link`: exchanges a one-time login link's token for a session, once.
@@ -350,27 +330,12 @@ pub async fn logout(
         .revoke_token(access.caller.token_id, now_ms())
         .await
         .map_err(store_failure)?;
-    Ok(Json(TokenView::of(record, now_ms())))
+    Ok(Json(token_view(record, now_ms())))
 }
 
-#[derive(Serialize)]
-pub struct WhoAmIResponse {
-    /// `user:alice`, `token:ci`, `token:admin` (what `requested_by` and the audit log say).
-    pub name: String,
-    /// `user`, `token` or `admin`.
-    pub kind: CallerKind,
-    /// The role names held, comma-separated (compatible with the former `WhoAmI`).
-    pub role: String,
-    /// The person behind the call, when there is one.
-    pub user: Option<String>,
-    pub token_id: i64,
-    pub expires_at_ms: Option<i64>,
-    pub bindings: Vec<Binding>,
-}
-
-pub async fn whoami(Extension(access): Extension<Access>) -> Json<WhoAmIResponse> {
+pub async fn whoami(Extension(access): Extension<Access>) -> Json<WhoAmI> {
     let c = access.caller;
-    Json(WhoAmIResponse {
+    Json(WhoAmI {
         role: c.role_names(),
         name: c.name,
         kind: c.kind,
@@ -385,20 +350,23 @@ pub async fn whoami(Extension(access): Extension<Access>) -> Json<WhoAmIResponse
 // Users
 // ---------------------------------------------------------------------------------------------
 
-pub async fn list_users(State(state): State<AppState>) -> ApiResult<Json<Vec<UserRecord>>> {
-    Ok(Json(state.store.list_users().await.map_err(internal)?))
-}
-
-#[derive(Deserialize)]
-pub struct CreateUserRequest {
-    pub username: String,
-    pub password: Password,
+pub async fn list_users(State(state): State<AppState>) -> ApiResult<Json<Vec<UserView>>> {
+    Ok(Json(
+        state
+            .store
+            .list_users()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(user_view)
+            .collect(),
+    ))
 }
 
 pub async fn create_user(
     State(state): State<AppState>,
     Json(request): Json<CreateUserRequest>,
-) -> ApiResult<(StatusCode, Json<UserRecord>)> {
+) -> ApiResult<(StatusCode, Json<UserView>)> {
     let name = request.username.trim().to_string();
     validate_username(&name).map_err(bad_request)?;
     request.password.check_policy().map_err(bad_request)?;
@@ -423,7 +391,7 @@ pub async fn create_user(
             ferry_store::StoreError::Conflict(_) => user_exists(&name),
             other => internal(other),
         })?;
-    Ok((StatusCode::CREATED, Json(user)))
+    Ok((StatusCode::CREATED, Json(user_view(user))))
 }
 
 fn user_exists(name: &str) -> ApiFailure {
@@ -464,23 +432,15 @@ async fn set_disabled(state: &AppState, name: &str, disabled: bool) -> ApiResult
 pub async fn disable_user(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<UserRecord>> {
-    Ok(Json(set_disabled(&state, &name, true).await?))
+) -> ApiResult<Json<UserView>> {
+    Ok(Json(user_view(set_disabled(&state, &name, true).await?)))
 }
 
 pub async fn enable_user(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<UserRecord>> {
-    Ok(Json(set_disabled(&state, &name, false).await?))
-}
-
-#[derive(Deserialize)]
-pub struct PasswordRequest {
-    pub password: Password,
-    /// Required when changing one's own password.
-    #[serde(default)]
-    pub current_password: Option<Password>,
+) -> ApiResult<Json<UserView>> {
+    Ok(Json(user_view(set_disabled(&state, &name, false).await?)))
 }
 
 /// Changes a password. One's own: `current_password` must match (even for an admin);
@@ -491,7 +451,7 @@ pub async fn set_password(
     Extension(slot): Extension<AuditSlot>,
     Path(name): Path<String>,
     Json(request): Json<PasswordRequest>,
-) -> ApiResult<Json<UserRecord>> {
+) -> ApiResult<Json<UserView>> {
     request.password.check_policy().map_err(bad_request)?;
     let Some(user) = state.store.get_user(&name).await.map_err(internal)? else {
         return Err(not_found(format!("user {name} not found")));
@@ -537,7 +497,7 @@ pub async fn set_password(
         .await
         .map_err(internal)?
         .ok_or_else(|| not_found(format!("user {name} not found")))?;
-    Ok(Json(user))
+    Ok(Json(user_view(user)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -546,14 +506,6 @@ pub async fn set_password(
 
 pub async fn list_roles(State(state): State<AppState>) -> ApiResult<Json<Vec<Role>>> {
     Ok(Json(load_roles(&state.store).await.map_err(internal)?))
-}
-
-#[derive(Deserialize)]
-pub struct CreateRoleRequest {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    pub permissions: Vec<String>,
 }
 
 pub async fn create_role(
@@ -611,7 +563,7 @@ pub async fn create_role(
 pub async fn delete_role(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<RoleDeleted>> {
     if rbac::is_builtin_role_name(&name) {
         return Err(ApiFailure::new(
             StatusCode::CONFLICT,
@@ -645,7 +597,7 @@ pub async fn delete_role(
         .delete_role(&name, now_ms())
         .await
         .map_err(store_failure)?;
-    Ok(Json(serde_json::json!({ "deleted": name })))
+    Ok(Json(RoleDeleted { deleted: name }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -663,7 +615,7 @@ pub async fn list_bindings(
     Extension(access): Extension<Access>,
     Extension(slot): Extension<AuditSlot>,
     Query(query): Query<BindingsQuery>,
-) -> ApiResult<Json<Vec<BindingRecord>>> {
+) -> ApiResult<Json<Vec<BindingView>>> {
     let manager = access.allows(Permission::ManageUsers, Target::global());
     let own = access.caller.user.clone();
     let subject = match (manager, query.user) {
@@ -684,22 +636,11 @@ pub async fn list_bindings(
             .store
             .list_bindings(subject.as_deref())
             .await
-            .map_err(internal)?,
+            .map_err(internal)?
+            .into_iter()
+            .map(binding_view)
+            .collect(),
     ))
-}
-
-#[derive(Deserialize)]
-pub struct CreateBindingRequest {
-    pub user: String,
-    pub role: String,
-    #[serde(default)]
-    pub app: Option<String>,
-    #[serde(default)]
-    pub envs: Vec<String>,
-    /// Bind ahead: accept an app or environments that do not exist (yet). Without it a
-    /// name that exists nowhere is refused: the binding would grant nothing.
-    #[serde(default)]
-    pub allow_missing: bool,
 }
 
 /// Every app's manifest as applied now, by app name.
@@ -730,7 +671,7 @@ pub async fn create_binding(
     Extension(access): Extension<Access>,
     Extension(slot): Extension<AuditSlot>,
     Json(request): Json<CreateBindingRequest>,
-) -> ApiResult<(StatusCode, Json<BindingRecord>)> {
+) -> ApiResult<(StatusCode, Json<BindingView>)> {
     validate_scope(&request.app, &request.envs).map_err(bad_request)?;
     role_named(&access.roles, &request.role)?;
     slot.with(|n| n.app = request.app.clone());
@@ -771,14 +712,14 @@ pub async fn create_binding(
             ));
         }
     });
-    Ok((StatusCode::CREATED, Json(binding)))
+    Ok((StatusCode::CREATED, Json(binding_view(binding))))
 }
 
 pub async fn delete_binding(
     State(state): State<AppState>,
     Extension(slot): Extension<AuditSlot>,
     Path(id): Path<i64>,
-) -> ApiResult<Json<BindingRecord>> {
+) -> ApiResult<Json<BindingView>> {
     let binding = state
         .store
         .delete_binding(id)
@@ -798,34 +739,12 @@ pub async fn delete_binding(
             .short()
         ));
     });
-    Ok(Json(binding))
+    Ok(Json(binding_view(binding)))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Tokens
 // ---------------------------------------------------------------------------------------------
-
-/// A token as listed: never its secret nor its hash.
-#[derive(Debug, Serialize)]
-pub struct TokenView {
-    #[serde(flatten)]
-    pub token: TokenRecord,
-    /// `active`, `expired` or `revoked`.
-    pub state: &'static str,
-}
-
-impl TokenView {
-    fn of(token: TokenRecord, now: i64) -> Self {
-        let state = if token.revoked_at_ms.is_some() {
-            "revoked"
-        } else if token.expires_at_ms.is_some_and(|at| at <= now) {
-            "expired"
-        } else {
-            "active"
-        };
-        TokenView { token, state }
-    }
-}
 
 /// Own tokens (sessions included); every token with `manage_users`.
 pub async fn list_tokens(
@@ -855,29 +774,8 @@ pub async fn list_tokens(
             .collect()
     };
     Ok(Json(
-        tokens.into_iter().map(|t| TokenView::of(t, now)).collect(),
+        tokens.into_iter().map(|t| token_view(t, now)).collect(),
     ))
-}
-
-#[derive(Deserialize)]
-pub struct CreateTokenRequest {
-    pub name: String,
-    pub role: String,
-    #[serde(default)]
-    pub app: Option<String>,
-    #[serde(default)]
-    pub envs: Vec<String>,
-    /// `90d`, `12h`, ...; absent = never expires.
-    #[serde(default)]
-    pub expires_in: Option<String>,
-}
-
-#[derive(Serialize)]
-pub struct CreatedToken {
-    /// The secret: shown this once, stored only as its SHA-256.
-    pub token: String,
-    #[serde(flatten)]
-    pub info: TokenView,
 }
 
 /// Mints an API token. Users and the admin token may; API tokens may not. The token's
@@ -968,7 +866,7 @@ pub async fn create_token(
         StatusCode::CREATED,
         Json(CreatedToken {
             token,
-            info: TokenView::of(record, now),
+            info: token_view(record, now),
         }),
     ))
 }
@@ -1013,7 +911,7 @@ pub async fn delete_token(
         .revoke_token(id, now_ms())
         .await
         .map_err(store_failure)?;
-    Ok(Json(TokenView::of(record, now_ms())))
+    Ok(Json(token_view(record, now_ms())))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1028,17 +926,6 @@ pub struct CanIQuery {
     /// Ask for another user (needs manage_users).
     #[serde(rename = "as")]
     pub as_user: Option<String>,
-}
-
-#[derive(Serialize)]
-pub struct CanIResponse {
-    /// Who the answer is about: `user:alice`, `token:ci`.
-    pub subject: String,
-    pub permission: Permission,
-    pub app: Option<String>,
-    pub env: Option<String>,
-    #[serde(flatten)]
-    pub decision: Decision,
 }
 
 pub async fn can_i(
@@ -1067,7 +954,7 @@ pub async fn can_i(
                 .map_err(internal)?;
             let mut decision = rbac::decide(&access.roles, &bindings, permission, target);
             if record.disabled {
-                decision = Decision {
+                decision = rbac::Decision {
                     allowed: false,
                     reason: format!("denied: user {user} is disabled"),
                     granted_by: None,
@@ -1083,4 +970,44 @@ pub async fn can_i(
         env: query.env,
         decision,
     }))
+}
+
+/// A user as the API shows one.
+fn user_view(user: UserRecord) -> UserView {
+    UserView {
+        name: user.name,
+        disabled: user.disabled,
+        created_at_ms: user.created_at_ms,
+        updated_at_ms: user.updated_at_ms,
+    }
+}
+
+fn binding_view(b: BindingRecord) -> BindingView {
+    BindingView {
+        id: b.id,
+        subject: b.subject,
+        role: b.role,
+        app: b.app,
+        envs: b.envs,
+        created_by: b.created_by,
+        created_at_ms: b.created_at_ms,
+    }
+}
+
+/// A token as listed at `now`: never its secret nor its hash.
+fn token_view(t: TokenRecord, now: i64) -> TokenView {
+    TokenView {
+        state: TokenState::at(t.revoked_at_ms, t.expires_at_ms, now),
+        id: t.id,
+        name: t.name,
+        kind: t.kind,
+        owner: t.owner,
+        role: t.role,
+        app: t.app,
+        envs: t.envs,
+        created_at_ms: t.created_at_ms,
+        expires_at_ms: t.expires_at_ms,
+        revoked_at_ms: t.revoked_at_ms,
+        last_used_at_ms: t.last_used_at_ms,
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_core::api::MAX_REQUEST_BYTES;
 use ferry_core::api::{
-    ApplyRequest, ApplyResponse, DeployRequest, DeploymentView, EnvStatus, RollbackRequest, WhoAmI,
+    ApplyRequest, ApplyResponse, DeployRequest, DeploymentView, EnvStatus, RollbackRequest,
 };
 use ferry_core::endpoint as e;
 use ferry_core::model::DeploymentState;
@@ -40,7 +40,7 @@ pub async fn login(url: Option<String>, token: Option<String>) -> anyhow::Result
         token: Some(token.trim().to_string()),
     };
     let client = Client::new(&conn)?;
-    let me: WhoAmI = client.get(&["v1", "whoami"], &[]).await?;
+    let me = client.call(e::Whoami, &[], &[], &()).await?;
     let path = config::save(&ConfigFile {
         url: Some(conn.url.clone()),
         token: conn.token.clone(),

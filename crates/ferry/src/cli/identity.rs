@@ -5,8 +5,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::Stdio;
 
 use clap::{Args, Subcommand};
-use ferry_core::rbac::{Binding, Role, Scope};
-use serde::{Deserialize, Serialize};
+use ferry_core::api::identity::{
+    CallerKind, CreateBindingRequest, CreateRoleRequest, CreateTokenRequest, CreateUserRequest,
+    LoginLinkRequest, LoginRequest, Password, PasswordRequest,
+};
+use ferry_core::endpoint::{self as e, Empty};
+use ferry_core::rbac::Scope;
 
 use super::client::Client;
 use super::config::{self, ConfigFile, Connection};
@@ -204,84 +208,6 @@ pub enum AuthCommand {
     },
 }
 
-// ---------------------------------------------------------------------------------------------
-// API shapes (as in crates/ferry-server/openapi.json)
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Serialize, Deserialize)]
-struct UserView {
-    name: String,
-    disabled: bool,
-    created_at_ms: i64,
-    updated_at_ms: i64,
-}
-
-#[derive(Debug, Deserialize)]
-struct LoginResponse {
-    token: String,
-    expires_at_ms: i64,
-    user: UserView,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct WhoAmIResponse {
-    name: String,
-    kind: String,
-    role: String,
-    user: Option<String>,
-    token_id: i64,
-    expires_at_ms: Option<i64>,
-    #[serde(default)]
-    bindings: Vec<Binding>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct BindingView {
-    id: i64,
-    subject: String,
-    role: String,
-    app: Option<String>,
-    #[serde(default)]
-    envs: Vec<String>,
-    created_by: String,
-    created_at_ms: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct TokenView {
-    id: i64,
-    name: String,
-    kind: String,
-    owner: Option<String>,
-    role: String,
-    app: Option<String>,
-    #[serde(default)]
-    envs: Vec<String>,
-    created_at_ms: i64,
-    expires_at_ms: Option<i64>,
-    revoked_at_ms: Option<i64>,
-    last_used_at_ms: Option<i64>,
-    state: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct CreatedToken {
-    token: String,
-    #[serde(flatten)]
-    info: TokenView,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct CanIResponse {
-    subject: String,
-    permission: String,
-    app: Option<String>,
-    env: Option<String>,
-    allowed: bool,
-    reason: String,
-    granted_by: Option<i64>,
-}
-
 fn scope_short(app: &Option<String>, envs: &[String]) -> String {
     Scope {
         app: app.clone(),
@@ -444,10 +370,15 @@ pub async fn login(
         return Err(Failure::new(exit::INVALID, "no user name given").into());
     }
     let password = Passwords::new(args.password_stdin).existing("Password: ")?;
-    let resp: LoginResponse = client
-        .post(
-            &["v1", "login"],
-            &serde_json::json!({ "username": username, "password": password }),
+    let resp = client
+        .call(
+            e::Login,
+            &[],
+            &[],
+            &LoginRequest {
+                username,
+                password: Password::new(password),
+            },
         )
         .await
         .map_err(|e| match e.downcast::<Failure>() {
@@ -455,7 +386,6 @@ pub async fn login(
             Ok(f) => Failure::new(f.code, f.message).into(),
             Err(e) => e,
         })?;
-    drop(password);
     let path = config::save(&ConfigFile {
         url: Some(conn.url.clone()),
         token: Some(resp.token),
@@ -489,14 +419,19 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             allow_missing,
             out,
         } => {
-            let request = serde_json::json!({
-                "user": user, "role": role, "app": app, "envs": envs,
-                "allow_missing": allow_missing,
-            });
+            let request = CreateBindingRequest {
+                user,
+                role,
+                app,
+                envs,
+                allow_missing,
+            };
             grant(client, request, out.output).await
         }
         Command::Revoke { id } => {
-            let b: BindingView = client.delete(&["v1", "bindings", &id.to_string()]).await?;
+            let b = client
+                .call(e::BindingsDelete, &[&id.to_string()], &[], &())
+                .await?;
             println!(
                 "deleted binding #{}: role {} of user {} on {}",
                 b.id,
@@ -519,8 +454,7 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
 }
 
 async fn logout(client: &Client) -> anyhow::Result<()> {
-    let result: anyhow::Result<serde_json::Value> =
-        client.post(&["v1", "logout"], &serde_json::json!({})).await;
+    let result = client.call(e::Logout, &[], &[], &Empty {}).await;
     // Forget the saved token whatever the server said (expired, already revoked).
     let mut file = config::load();
     let forgot = file.token.take().is_some();
@@ -545,7 +479,7 @@ async fn logout(client: &Client) -> anyhow::Result<()> {
 }
 
 async fn whoami(client: &Client, format: Format) -> anyhow::Result<()> {
-    let me: WhoAmIResponse = client.get(&["v1", "whoami"], &[]).await?;
+    let me = client.call(e::Whoami, &[], &[], &()).await?;
     if format == Format::Json {
         return print_json(&me);
     }
@@ -585,12 +519,11 @@ async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<()> {
         } => {
             let password =
                 Passwords::new(password_stdin).new_password("Password for the new user: ")?;
-            let user: UserView = client
-                .post(
-                    &["v1", "users"],
-                    &serde_json::json!({ "username": name, "password": password }),
-                )
-                .await?;
+            let request = CreateUserRequest {
+                username: name,
+                password: Password::new(password),
+            };
+            let user = client.call(e::UsersCreate, &[], &[], &request).await?;
             println!(
                 "added user {}; give them a role with `ferry grant {} ROLE`",
                 user.name, user.name
@@ -598,7 +531,7 @@ async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<()> {
             Ok(())
         }
         UsersCommand::List { out } => {
-            let list: Vec<UserView> = client.get(&["v1", "users"], &[]).await?;
+            let list = client.call(e::UsersList, &[], &[], &()).await?;
             if out.output == Format::Json {
                 return print_json(&list);
             }
@@ -616,8 +549,8 @@ async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<()> {
             Ok(())
         }
         UsersCommand::Disable { name } => {
-            let user: UserView = client
-                .post(&["v1", "users", &name, "disable"], &serde_json::json!({}))
+            let user = client
+                .call(e::UsersDisable, &[&name], &[], &Empty {})
                 .await?;
             println!(
                 "disabled user {}: their sessions ended and their tokens are refused",
@@ -626,15 +559,20 @@ async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<()> {
             Ok(())
         }
         UsersCommand::Enable { name } => {
-            let user: UserView = client
-                .post(&["v1", "users", &name, "enable"], &serde_json::json!({}))
+            let user = client
+                .call(e::UsersEnable, &[&name], &[], &Empty {})
                 .await?;
             println!("enabled user {}", user.name);
             Ok(())
         }
         UsersCommand::LoginLink { name } => {
-            let link: ferry_core::api::LoginLink = client
-                .post(&["v1", "login-links"], &serde_json::json!({ "user": name }))
+            let link = client
+                .call(
+                    e::LoginLinksCreate,
+                    &[],
+                    &[],
+                    &LoginLinkRequest { user: name },
+                )
                 .await?;
             println!("{}{}", client.base_url().trim_end_matches('/'), link.path);
             eprintln!(
@@ -648,8 +586,10 @@ async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<()> {
 }
 
 async fn passwd(client: &Client, name: Option<String>, password_stdin: bool) -> anyhow::Result<()> {
-    let me: WhoAmIResponse = client.get(&["v1", "whoami"], &[]).await?;
-    let session_user = (me.kind == "user").then(|| me.user.clone()).flatten();
+    let me = client.call(e::Whoami, &[], &[], &()).await?;
+    let session_user = (me.kind == CallerKind::User)
+        .then(|| me.user.clone())
+        .flatten();
     let name = match name.or_else(|| session_user.clone()) {
         Some(name) => name,
         None => {
@@ -671,13 +611,11 @@ async fn passwd(client: &Client, name: Option<String>, password_stdin: bool) -> 
         None
     };
     let password = passwords.new_password(&format!("New password for {name}: "))?;
-    let mut body = serde_json::json!({ "password": password });
-    if let Some(current) = current {
-        body["current_password"] = serde_json::Value::String(current);
-    }
-    let user: UserView = client
-        .put(&["v1", "users", &name, "password"], &body)
-        .await?;
+    let body = PasswordRequest {
+        password: Password::new(password),
+        current_password: current.map(Password::new),
+    };
+    let user = client.call(e::UsersPassword, &[&name], &[], &body).await?;
     println!(
         "changed the password of {}; their other sessions have ended",
         user.name
@@ -692,7 +630,7 @@ async fn passwd(client: &Client, name: Option<String>, password_stdin: bool) -> 
 async fn roles(client: &Client, command: RolesCommand) -> anyhow::Result<()> {
     match command {
         RolesCommand::List { out } => {
-            let list: Vec<Role> = client.get(&["v1", "roles"], &[]).await?;
+            let list = client.call(e::RolesList, &[], &[], &()).await?;
             if out.output == Format::Json {
                 return print_json(&list);
             }
@@ -716,16 +654,12 @@ async fn roles(client: &Client, command: RolesCommand) -> anyhow::Result<()> {
             permissions,
             description,
         } => {
-            let role: Role = client
-                .post(
-                    &["v1", "roles"],
-                    &serde_json::json!({
-                        "name": name,
-                        "description": description,
-                        "permissions": permissions,
-                    }),
-                )
-                .await?;
+            let request = CreateRoleRequest {
+                name,
+                description,
+                permissions,
+            };
+            let role = client.call(e::RolesCreate, &[], &[], &request).await?;
             println!(
                 "defined role {} with permissions {}",
                 role.name,
@@ -738,15 +672,19 @@ async fn roles(client: &Client, command: RolesCommand) -> anyhow::Result<()> {
             Ok(())
         }
         RolesCommand::Delete { name } => {
-            let _: serde_json::Value = client.delete(&["v1", "roles", &name]).await?;
+            client.call(e::RolesDelete, &[&name], &[], &()).await?;
             println!("deleted role {name}");
             Ok(())
         }
     }
 }
 
-async fn grant(client: &Client, request: serde_json::Value, format: Format) -> anyhow::Result<()> {
-    let b: BindingView = client.post(&["v1", "bindings"], &request).await?;
+async fn grant(
+    client: &Client,
+    request: CreateBindingRequest,
+    format: Format,
+) -> anyhow::Result<()> {
+    let b = client.call(e::BindingsCreate, &[], &[], &request).await?;
     if format == Format::Json {
         return print_json(&b);
     }
@@ -762,7 +700,7 @@ async fn grant(client: &Client, request: serde_json::Value, format: Format) -> a
 
 async fn bindings(client: &Client, user: Option<String>, format: Format) -> anyhow::Result<()> {
     let query: Vec<(&str, String)> = user.into_iter().map(|u| ("user", u)).collect();
-    let list: Vec<BindingView> = client.get(&["v1", "bindings"], &query).await?;
+    let list = client.call(e::BindingsList, &[], &query, &()).await?;
     if format == Format::Json {
         return print_json(&list);
     }
@@ -799,18 +737,14 @@ async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<()> {
             expires,
             out,
         } => {
-            let created: CreatedToken = client
-                .post(
-                    &["v1", "tokens"],
-                    &serde_json::json!({
-                        "name": name,
-                        "role": role,
-                        "app": app,
-                        "envs": envs,
-                        "expires_in": expires,
-                    }),
-                )
-                .await?;
+            let request = CreateTokenRequest {
+                name,
+                role,
+                app,
+                envs,
+                expires_in: expires,
+            };
+            let created = client.call(e::TokensCreate, &[], &[], &request).await?;
             if out.output == Format::Json {
                 print_json(&created)?;
             } else {
@@ -835,7 +769,7 @@ async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TokensCommand::List { out } => {
-            let list: Vec<TokenView> = client.get(&["v1", "tokens"], &[]).await?;
+            let list = client.call(e::TokensList, &[], &[], &()).await?;
             if out.output == Format::Json {
                 return print_json(&list);
             }
@@ -867,7 +801,7 @@ async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<()> {
                     } else {
                         scope_short(&t.app, &t.envs)
                     },
-                    t.state.clone(),
+                    t.state.to_string(),
                     t.expires_at_ms
                         .map(timestamp)
                         .unwrap_or_else(|| "never".to_string()),
@@ -880,7 +814,9 @@ async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TokensCommand::Revoke { id } => {
-            let t: TokenView = client.delete(&["v1", "tokens", &id.to_string()]).await?;
+            let t = client
+                .call(e::TokensDelete, &[&id.to_string()], &[], &())
+                .await?;
             println!("revoked token #{} {:?}", t.id, t.name);
             Ok(())
         }
@@ -903,14 +839,14 @@ async fn can_i(
     query.extend(app.map(|a| ("app", a)));
     query.extend(env.map(|e| ("env", e)));
     query.extend(as_user.map(|u| ("as", u)));
-    let answer: CanIResponse = client.get(&["v1", "auth", "can-i"], &query).await?;
+    let answer = client.call(e::AuthCanI, &[], &query, &()).await?;
     if format == Format::Json {
         print_json(&answer)?;
     } else {
-        println!("{}", if answer.allowed { "yes" } else { "no" });
-        println!("{}", answer.reason);
+        println!("{}", if answer.decision.allowed { "yes" } else { "no" });
+        println!("{}", answer.decision.reason);
     }
-    if answer.allowed {
+    if answer.decision.allowed {
         return Ok(());
     }
     let on = match (&answer.app, &answer.env) {

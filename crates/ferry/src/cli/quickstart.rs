@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_core::api::{ApplyRequest, ApplyResponse, DeployRequest, DeploymentView, LoginLink};
+use ferry_core::api::identity::{
+    CreateBindingRequest, CreateUserRequest, LoginLinkRequest, Password,
+};
+use ferry_core::api::{ApplyRequest, ApplyResponse, DeployRequest, DeploymentView};
 use ferry_core::endpoint as e;
 
 use super::client::Client;
@@ -309,21 +312,21 @@ impl Tour<'_> {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let created: anyhow::Result<serde_json::Value> = self
-            .client
-            .post(
-                &["v1", "users"],
-                &serde_json::json!({ "username": CONSOLE_USER, "password": password }),
-            )
-            .await;
-        match created {
+        let user = CreateUserRequest {
+            username: CONSOLE_USER.to_string(),
+            password: Password::new(password),
+        };
+        match self.client.call(e::UsersCreate, &[], &[], &user).await {
             Ok(_) => {
-                let _: serde_json::Value = self
-                    .client
-                    .post(
-                        &["v1", "bindings"],
-                        &serde_json::json!({ "user": CONSOLE_USER, "role": "admin" }),
-                    )
+                let binding = CreateBindingRequest {
+                    user: CONSOLE_USER.to_string(),
+                    role: "admin".to_string(),
+                    app: None,
+                    envs: Vec::new(),
+                    allow_missing: false,
+                };
+                self.client
+                    .call(e::BindingsCreate, &[], &[], &binding)
                     .await?;
             }
             // made by an earlier quickstart in this data directory
@@ -332,14 +335,12 @@ impl Tour<'_> {
                     .is_some_and(|f| f.code == exit::CONFLICT) => {}
             Err(e) => return Err(e),
         }
-        let link: LoginLink = self
+        let request = LoginLinkRequest {
+            user: CONSOLE_USER.to_string(),
+        };
+        let link = self
             .client
-            .call(
-                e::LoginLinksCreate,
-                &[],
-                &[],
-                &serde_json::json!({ "user": CONSOLE_USER }),
-            )
+            .call(e::LoginLinksCreate, &[], &[], &request)
             .await?;
         Ok(format!("{}{}", self.api_url, link.path))
     }
