@@ -6,6 +6,9 @@
 //! Both are snapshot-tested, and every generated object is validated against the official
 //! Kubernetes OpenAPI schemas (`tests/validate.rs`, PyPI `kubernetes-validate`).
 //!
+//! [`proxy`] computes the objects of a `traffic: proxy` environment's proxy fleet (the
+//! `ferry-proxy` Deployment, its client and admin Services, the route table's ConfigMap).
+//!
 //! [`client`] (cargo feature `client`) talks to a cluster through kube-rs: server-side apply
 //! under the field manager [`FIELD_MANAGER`], no write when nothing changed, adoption by
 //! labels, endpoints from EndpointSlices, hook Jobs. It is tested against a mocked API
@@ -16,6 +19,7 @@ pub mod client;
 pub mod gateway;
 pub mod names;
 pub mod objects;
+pub mod proxy;
 #[cfg(feature = "client")]
 pub mod runtime;
 

@@ -81,6 +81,12 @@ pub enum ObjectError {
     NoHookImage { env: String, hook: String },
     #[error("hook {hook} has no `run` command (an HTTP check runs from the server)")]
     NotACommand { hook: String },
+    #[error(
+        "environment {env} does not run Ferry's proxy pods (`runtime: kubernetes` with `traffic: proxy`)"
+    )]
+    NotProxyTraffic { env: String },
+    #[error("environment {env}: `listen` {listen:?} is not an address:port")]
+    Listen { env: String, listen: String },
     #[error("a variable cannot be resolved: {0}")]
     Config(#[from] config::ConfigError),
 }
@@ -104,7 +110,7 @@ impl Objects {
     }
 }
 
-fn to_value<T: serde::Serialize>(object: &T) -> serde_json::Value {
+pub(crate) fn to_value<T: serde::Serialize>(object: &T) -> serde_json::Value {
     // k8s-openapi's types always serialize (string keys, no floats).
     serde_json::to_value(object).unwrap_or(serde_json::Value::Null)
 }
@@ -137,21 +143,26 @@ pub fn objects(release: &Release<'_>) -> Result<Objects, ObjectError> {
     }
     services.extend(gateway_services);
     Ok(Objects {
-        namespace: Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace),
-                labels: Some(BTreeMap::from([
-                    (LABEL_MANAGED_BY.to_string(), "ferry".to_string()),
-                    (LABEL_APP.to_string(), release.manifest.app.clone()),
-                    (LABEL_ENV.to_string(), release.env.to_string()),
-                ])),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        },
+        namespace: self::namespace(release.manifest, release.env),
         services,
         deployments,
     })
+}
+
+/// The environment's Namespace, labelled with Ferry's app and environment.
+pub fn namespace(manifest: &Manifest, env: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace_name(manifest, env)),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED_BY.to_string(), "ferry".to_string()),
+                (LABEL_APP.to_string(), manifest.app.clone()),
+                (LABEL_ENV.to_string(), env.to_string()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
 }
 
 fn environment<'a>(
@@ -199,7 +210,7 @@ fn labels(release: &Release<'_>, service: &str) -> BTreeMap<String, String> {
     labels
 }
 
-fn meta(name: String, namespace: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+pub(crate) fn meta(name: String, namespace: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(namespace.to_string()),
@@ -280,7 +291,7 @@ fn user_of(name: &str, service: &ServiceSpec) -> Result<(Option<i64>, Option<i64
 }
 
 /// Whole seconds, at least 1, rounded up (Kubernetes counts probes in seconds).
-fn seconds(d: std::time::Duration) -> i64 {
+pub(crate) fn seconds(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis().div_ceil(1000))
         .unwrap_or(i64::MAX)
         .max(1)
@@ -338,7 +349,7 @@ fn security_context(service: &ServiceSpec) -> SecurityContext {
     }
 }
 
-fn tmp_mount() -> Vec<VolumeMount> {
+pub(crate) fn tmp_mount() -> Vec<VolumeMount> {
     vec![VolumeMount {
         name: "tmp".to_string(),
         mount_path: "/tmp".to_string(),
@@ -428,7 +439,7 @@ fn container(
     })
 }
 
-fn plain(name: &str, value: &str) -> EnvVar {
+pub(crate) fn plain(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_string(),
         value: Some(value.to_string()),

@@ -43,10 +43,15 @@ fn pods(values: &[Value]) -> Vec<(&str, &Value)> {
 #[test]
 fn every_pod_is_locked_down() {
     let manifest = manifest();
-    let values = every_object(&manifest, "production");
-    let pods = pods(&values);
-    assert_eq!(pods.len(), 3, "two Deployments and a Job");
-    for (name, pod) in pods {
+    let production = every_object(&manifest, "production");
+    let staging = every_object(&manifest, "staging");
+    assert_eq!(pods(&production).len(), 3, "two Deployments and a Job");
+    assert_eq!(
+        pods(&staging).len(),
+        4,
+        "two Deployments, a Job and the proxy"
+    );
+    for (name, pod) in pods(&production).into_iter().chain(pods(&staging)) {
         assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
         assert_eq!(
@@ -83,6 +88,10 @@ fn secrets_reach_pods_only_by_reference() {
             continue;
         }
         assert!(!text.contains(SECRET_VALUE), "{kind} holds a secret value");
+        assert!(
+            !text.contains(common::ADMIN_TOKEN),
+            "{kind} holds the admin token"
+        );
         assert!(!text.contains("\"warn\""), "{kind} holds a secret value");
     }
     let web = values
@@ -234,4 +243,111 @@ fn what_cannot_be_built_is_named() {
         error.to_string(),
         "the manifest of shop has no environment nowhere"
     );
+}
+
+#[test]
+fn the_proxy_fleet_of_a_traffic_proxy_environment() {
+    use ferry_k8s::proxy;
+    let manifest = manifest();
+    let fleet = proxy::proxy_objects(&manifest, "staging", "ferry:9").expect("staging's proxy");
+    let values = fleet.to_values();
+    let kinds: Vec<(&str, &str)> = values
+        .iter()
+        .map(|v| {
+            (
+                v["kind"].as_str().unwrap_or_default(),
+                v["metadata"]["name"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Service", "ferry-proxy"),
+            ("Service", "ferry-proxy-admin"),
+            ("Deployment", "ferry-proxy")
+        ]
+    );
+    for value in &values {
+        let labels = &value["metadata"]["labels"];
+        assert!(
+            labels.get("ferry.dev/app").is_none() && labels.get("ferry.dev/env").is_none(),
+            "adoption by app/env labels must never find the proxy: {labels}"
+        );
+        assert_eq!(labels["ferry.dev/proxy"], "shop-staging");
+        assert_eq!(value["metadata"]["namespace"], "shop-staging");
+    }
+    // Clients reach the environment's port; the server finds ready pods by the admin Service.
+    assert_eq!(values[0]["spec"]["type"], "ClusterIP");
+    assert_eq!(
+        values[0]["spec"]["ports"],
+        serde_json::json!([{ "name": "http", "port": 18080, "targetPort": 18080, "protocol": "TCP" }])
+    );
+    assert_eq!(values[1]["spec"]["clusterIP"], "None");
+    assert_eq!(values[1]["spec"]["ports"][0]["port"], 9901);
+    assert_eq!(values[1]["spec"]["selector"], values[0]["spec"]["selector"]);
+    let deployment = &values[2];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        values[0]["spec"]["selector"]
+    );
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "ferry:9");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "proxy",
+            "--state-dir",
+            "/var/lib/ferry-proxy",
+            "--admin-listen",
+            "0.0.0.0:9901",
+            "--admin-token-file",
+            "/etc/ferry-proxy/admin/token",
+            "--seed-routes",
+            "/etc/ferry-proxy/routes/routes.json",
+            "--listen-ip",
+            "$(POD_IP)"
+        ]
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+    // The manifest's settings win over the defaults; another traffic mode has no proxy.
+    let text = std::fs::read_to_string(common::data("data/shop.yaml"))
+        .expect("sample")
+        .replace(
+            "    vars:\n      LOG_LEVEL: debug\n",
+            "    vars:\n      LOG_LEVEL: debug\n    kubernetes:\n      proxy: { image: 'reg.example.com/ferry:2', replicas: 4, service_type: LoadBalancer }\n",
+        );
+    let custom = ferry_core::manifest::parse(&text, "shop.yaml").expect("valid");
+    let fleet = proxy::proxy_objects(&custom, "staging", "ferry:9").expect("proxy");
+    let values = fleet.to_values();
+    assert_eq!(values[0]["spec"]["type"], "LoadBalancer");
+    assert_eq!(values[2]["spec"]["replicas"], 4);
+    assert_eq!(
+        values[2]["spec"]["template"]["spec"]["containers"][0]["image"],
+        "reg.example.com/ferry:2"
+    );
+    assert!(matches!(
+        proxy::proxy_objects(&manifest, "production", "ferry:9"),
+        Err(ObjectError::NotProxyTraffic { .. })
+    ));
+    // The table and the token go only where they belong.
+    let map = proxy::routes_config_map(&manifest, "staging", common::ROUTES);
+    assert_eq!(
+        map.data
+            .as_ref()
+            .and_then(|d| d.get("routes.json"))
+            .map(String::as_str),
+        Some(common::ROUTES)
+    );
+    let secret =
+        serde_json::to_value(proxy::admin_secret(&manifest, "staging", "t0k")).expect("JSON");
+    assert_eq!(secret["metadata"]["name"], "ferry-proxy-admin");
+    assert_eq!(secret["data"]["token"], "dDBr", "base64 of the token");
 }

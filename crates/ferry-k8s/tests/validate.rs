@@ -71,7 +71,14 @@ fn every_generated_object_is_valid_for_every_supported_kubernetes_version() {
     }
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
-        ["Deployment", "Job", "Namespace", "Secret", "Service"],
+        [
+            "ConfigMap",
+            "Deployment",
+            "Job",
+            "Namespace",
+            "Secret",
+            "Service"
+        ],
         "every kind of object Ferry makes is validated"
     );
     for version in ferry_k8s::SUPPORTED_VERSIONS {

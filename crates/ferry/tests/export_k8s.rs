@@ -80,6 +80,48 @@ fn export_prints_the_objects_as_yaml_documents() {
 }
 
 #[test]
+fn a_traffic_proxy_environment_also_gets_ferry_s_proxy_pods() {
+    let file = sample();
+    let file = file.to_str().expect("utf-8 path");
+    let out = ferry(&[
+        "export",
+        "--k8s",
+        "shop",
+        "--env",
+        "staging",
+        "--version",
+        "2.0.1",
+        "-f",
+        file,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let named: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  name: "))
+        .filter(|n| n.starts_with("ferry-proxy"))
+        .collect();
+    assert_eq!(
+        named,
+        ["ferry-proxy", "ferry-proxy-admin", "ferry-proxy"],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("image: ferry:{}", env!("CARGO_PKG_VERSION"))),
+        "the default image: {stdout}"
+    );
+    assert!(
+        stdout.contains("# Ferry's proxy pods read their admin token from the Secret shop-staging/ferry-proxy-admin"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("kind: ConfigMap") && !stdout.contains("kind: Secret"));
+}
+
+#[test]
 fn export_refuses_what_it_cannot_print() {
     let file = sample();
     let file = file.to_str().expect("utf-8 path");

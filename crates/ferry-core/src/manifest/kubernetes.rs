@@ -36,6 +36,66 @@ pub struct Kubernetes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub route: Option<String>,
+    /// With `traffic: proxy`: the `ferry-proxy` Deployment Ferry runs in the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyFleet>,
+}
+
+/// The port of the admin API of Ferry's proxy pods (the server pushes route tables to it).
+pub const PROXY_ADMIN_PORT: u16 = 9901;
+/// Most `ferry-proxy` pods an environment may ask for.
+pub const MAX_PROXY_REPLICAS: u32 = 50;
+/// Longest container image reference accepted.
+pub const MAX_IMAGE_BYTES: usize = 512;
+
+/// `kubernetes.proxy`: the proxy pods of a `traffic: proxy` environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFleet {
+    /// Ferry's image (it runs `ferry proxy`); default: the server's `--proxy-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// How many proxy pods (1 to 50, default 2).
+    #[serde(default = "default_proxy_replicas")]
+    #[schemars(range(min = 1, max = 50))]
+    pub replicas: u32,
+    /// The type of the `ferry-proxy` Service the clients reach (default `ClusterIP`).
+    #[serde(default)]
+    pub service_type: ServiceType,
+}
+
+fn default_proxy_replicas() -> u32 {
+    2
+}
+
+impl Default for ProxyFleet {
+    fn default() -> Self {
+        ProxyFleet {
+            image: None,
+            replicas: default_proxy_replicas(),
+            service_type: ServiceType::default(),
+        }
+    }
+}
+
+/// The type of the Service in front of the proxy pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
 }
 
 /// How a Kubernetes environment's traffic is split between versions.
@@ -59,6 +119,28 @@ impl Kubernetes {
             .and_then(|k| k.namespace.clone())
             .unwrap_or_else(|| format!("{}-{env}", manifest.app))
     }
+
+    /// The proxy pods of a `runtime: kubernetes`, `traffic: proxy` environment (their
+    /// settings, defaults when `kubernetes.proxy` is absent); `None` for any other.
+    pub fn proxy_fleet_of(manifest: &Manifest, env: &str) -> Option<ProxyFleet> {
+        let environment = manifest.environments.get(env)?;
+        if environment.runtime != RuntimeKind::Kubernetes {
+            return None;
+        }
+        match &environment.kubernetes {
+            None => Some(ProxyFleet::default()),
+            Some(k) if k.traffic == Traffic::Proxy => Some(k.proxy.clone().unwrap_or_default()),
+            Some(_) => None,
+        }
+    }
+}
+
+/// A container image reference as Ferry accepts it: 1 to [`MAX_IMAGE_BYTES`], no spaces or
+/// control characters.
+pub fn is_image(image: &str) -> bool {
+    !image.is_empty()
+        && image.len() <= MAX_IMAGE_BYTES
+        && !image.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// A DNS-1123 label: what Kubernetes accepts as a namespace name.
@@ -94,6 +176,9 @@ pub(super) fn check(out: &mut Issues, m: &Manifest, name: &str, env: &Environmen
         path.push(Seg::Key(k.to_string()));
         path
     };
+    if Kubernetes::proxy_fleet_of(m, name).is_some() {
+        check_proxy_ports(out, &base, env);
+    }
     let Some(k8s) = &env.kubernetes else {
         if env.runtime == RuntimeKind::Kubernetes {
             check_images(out, m, name);
@@ -173,6 +258,70 @@ pub(super) fn check(out: &mut Issues, m: &Manifest, name: &str, env: &Environmen
     }
     if k8s.traffic == Traffic::Gateway {
         check_gateway_strategy(out, &key("strategy"), &env.strategy);
+    }
+    if let Some(proxy) = &k8s.proxy {
+        let at_proxy = |k: &str| {
+            let mut path = at("proxy");
+            path.push(Seg::Key(k.to_string()));
+            path
+        };
+        if k8s.traffic != Traffic::Proxy {
+            out.key(
+                at("proxy"),
+                "`proxy:` sets Ferry's proxy pods, which only `traffic: proxy` runs",
+                Some("remove `proxy:`, or use `traffic: proxy`".into()),
+            );
+        }
+        if !(1..=MAX_PROXY_REPLICAS).contains(&proxy.replicas) {
+            out.value(
+                at_proxy("replicas"),
+                format!(
+                    "{} proxy pods: must be 1 to {MAX_PROXY_REPLICAS}",
+                    proxy.replicas
+                ),
+                Some("e.g. `replicas: 2` (each pod serves every request it gets)".into()),
+            );
+        }
+        if let Some(image) = &proxy.image
+            && !is_image(image)
+        {
+            out.value(
+                at_proxy("image"),
+                format!("invalid image {image:?}"),
+                Some(format!(
+                    "Ferry's own image, e.g. `registry.example.com/ferry:1.0` (1 to {MAX_IMAGE_BYTES} characters, no spaces)"
+                )),
+            );
+        }
+    }
+}
+
+/// The proxy pods bind the environment's ports as a non-root user with no capability: each
+/// must be 1024 or above, and not the admin API's.
+fn check_proxy_ports(out: &mut Issues, base: &[Seg], env: &Environment) {
+    let mut ports = vec![("listen", env.listen.as_str())];
+    if let Strategy::BlueGreen(b) = &env.strategy
+        && let Some(preview) = &b.preview_listen
+    {
+        ports.push(("preview_listen", preview.as_str()));
+    }
+    for (key, addr) in ports {
+        let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+            continue;
+        };
+        let port = addr.port();
+        if port < 1024 || port == PROXY_ADMIN_PORT {
+            let mut path = base.to_vec();
+            if key == "preview_listen" {
+                path.extend([Seg::Key("strategy".into()), Seg::Key("blue_green".into())]);
+            }
+            path.push(Seg::Key(key.to_string()));
+            out.value(
+                path,
+                format!("port {port}: Ferry's proxy pods (`traffic: proxy` on Kubernetes) bind ports from 1024 up, except {PROXY_ADMIN_PORT} (their admin API)"),
+                Some("e.g. `listen: 0.0.0.0:8080`; the `ferry-proxy` Service exposes this port to clients".into()),
+            );
+        }
     }
 }
 
@@ -379,6 +528,26 @@ mod tests {
                 "ferry.yaml:15:34: environments.production.strategy.blue_green.pre_promotion_analysis.metrics[0].builtin: metric p95",
             ),
             (
+                "    runtime: kubernetes\n    kubernetes:\n      proxy: { replicas: 0 }\n",
+                IMAGE,
+                "ferry.yaml:10:26: environments.production.kubernetes.proxy.replicas: 0 proxy pods: must be 1 to 50",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      proxy: { image: 'ferry :1' }\n",
+                IMAGE,
+                "ferry.yaml:10:23: environments.production.kubernetes.proxy.image: invalid image \"ferry :1\"",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      proxy: { service_type: External }\n",
+                IMAGE,
+                "ferry.yaml:10:",
+            ),
+            (
+                "    runtime: kubernetes\n    kubernetes:\n      traffic: gateway\n      route: shop\n      proxy: { replicas: 3 }\n",
+                IMAGE,
+                "ferry.yaml:12:7: environments.production.kubernetes.proxy: `proxy:` sets Ferry's proxy pods, which only `traffic: proxy` runs",
+            ),
+            (
                 "    runtime: kubernetes\n    kubernetes:\n      traffic: sideways\n",
                 IMAGE,
                 "ferry.yaml:10:16: environments.production.kubernetes.traffic",
@@ -389,6 +558,59 @@ mod tests {
             assert!(
                 found.iter().any(|e| e.starts_with(expected)),
                 "{expected}\nnot in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_proxy_pods_get_their_defaults_and_bind_only_ports_they_may() {
+        let text = |listen: &str, k8s: &str| {
+            format!(
+                "app: shop\nservices:\n  web:\n{IMAGE}environments:\n  production:\n    listen: {listen}\n    runtime: kubernetes\n{k8s}"
+            )
+        };
+        let manifest = parse(&text("0.0.0.0:8080", ""), "ferry.yaml").unwrap();
+        assert_eq!(
+            Kubernetes::proxy_fleet_of(&manifest, "production"),
+            Some(ProxyFleet {
+                image: None,
+                replicas: 2,
+                service_type: ServiceType::ClusterIP
+            })
+        );
+        let manifest = parse(
+            &text(
+                "0.0.0.0:8080",
+                "    kubernetes: { proxy: { image: 'ferry:9', replicas: 3, service_type: LoadBalancer } }\n",
+            ),
+            "ferry.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            Kubernetes::proxy_fleet_of(&manifest, "production").map(|p| (
+                p.image,
+                p.replicas,
+                p.service_type
+            )),
+            Some((Some("ferry:9".to_string()), 3, ServiceType::LoadBalancer))
+        );
+        let manifest = parse(
+            &text(
+                "0.0.0.0:8080",
+                "    kubernetes: { traffic: gateway, route: r }\n",
+            ),
+            "ferry.yaml",
+        )
+        .unwrap();
+        assert_eq!(Kubernetes::proxy_fleet_of(&manifest, "production"), None);
+        for listen in ["0.0.0.0:80", "0.0.0.0:9901"] {
+            let errors = match parse(&text(listen, ""), "ferry.yaml") {
+                Ok(_) => Vec::new(),
+                Err(errors) => errors.errors.iter().map(ToString::to_string).collect(),
+            };
+            assert!(
+                errors.iter().any(|e| e.starts_with("ferry.yaml:7:13: environments.production.listen: port")),
+                "{listen}: {errors:#?}"
             );
         }
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use ferry_core::manifest::{self, Manifest};
 use ferry_k8s::objects::{self, HookAttempt, Release};
+use ferry_k8s::proxy;
 
 pub const VERSION: &str = "1.4.0";
 /// A secret value that must never appear outside the Secret object.
@@ -65,5 +66,25 @@ pub fn every_object(manifest: &Manifest, env: &str) -> Vec<serde_json::Value> {
     )
     .expect("hook job");
     values.push(serde_json::to_value(job).expect("job JSON"));
+    if manifest::kubernetes::Kubernetes::proxy_fleet_of(manifest, env).is_some() {
+        values.extend(
+            proxy::proxy_objects(manifest, env, "registry.example.com/ferry:1.0.0")
+                .expect("proxy objects")
+                .to_values(),
+        );
+        values.push(
+            serde_json::to_value(proxy::routes_config_map(manifest, env, ROUTES))
+                .expect("ConfigMap JSON"),
+        );
+        values.push(
+            serde_json::to_value(proxy::admin_secret(manifest, env, ADMIN_TOKEN))
+                .expect("Secret JSON"),
+        );
+    }
     values
 }
+
+/// The proxy pods' admin token in the samples (only in its Secret).
+pub const ADMIN_TOKEN: &str = "admin-token-0f3c";
+/// A route table as the server writes it to the ConfigMap.
+pub const ROUTES: &str = r#"{"generation":7,"listeners":[]}"#;

@@ -114,7 +114,25 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
             ferry_k8s::names::secret(&manifest.app, &args.env)
         ));
     }
-    out.push_str(&ferry_k8s::to_yaml(&objects.to_values()));
+    let mut values = objects.to_values();
+    // `traffic: proxy`: Ferry's proxy pods. Their route table (a ConfigMap) and admin token
+    // (a Secret) are the server's to write: without them the pods start with no routes.
+    if ferry_core::manifest::kubernetes::Kubernetes::proxy_fleet_of(&manifest, &args.env).is_some()
+    {
+        let fleet = ferry_k8s::proxy::proxy_objects(
+            &manifest,
+            &args.env,
+            &ferry_k8s::proxy::default_image(),
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        out.push_str(&format!(
+            "# Ferry's proxy pods read their admin token from the Secret {namespace}/{} and their routes from the ConfigMap {namespace}/{}, which the Ferry server writes (not printed).\n",
+            ferry_k8s::proxy::ADMIN_SECRET,
+            ferry_k8s::proxy::ROUTES_CONFIG_MAP,
+        ));
+        values.extend(fleet.to_values());
+    }
+    out.push_str(&ferry_k8s::to_yaml(&values));
     print!("{out}");
     Ok(())
 }
