@@ -151,7 +151,12 @@ impl Proxy {
     /// Loads `routes.json` if present and serves it. Listeners that cannot be bound are
     /// logged and retried by the next PUT.
     pub async fn restore(&self) {
-        let path = self.routes_path();
+        let mut path = self.routes_path();
+        if !path.exists()
+            && let Some(seed) = &self.shared.opts.seed_routes
+        {
+            path = seed.clone();
+        }
         let data = match tokio::fs::read(&path).await {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
@@ -174,7 +179,12 @@ impl Proxy {
     }
 
     /// Validates, binds new listeners, persists, then swaps. All-or-nothing when `strict`.
-    pub async fn apply(&self, new: RouteTable, strict: bool) -> Result<Applied, AdminError> {
+    pub async fn apply(&self, mut new: RouteTable, strict: bool) -> Result<Applied, AdminError> {
+        if let Some(ip) = self.shared.opts.listen_ip {
+            for listener in &mut new.listeners {
+                listener.listen.set_ip(ip);
+            }
+        }
         let mut st = self.state.lock().await;
         let current_generation = self.table.load().generation;
         if strict && new.generation < current_generation {

@@ -79,6 +79,14 @@ pub struct ProxyOptions {
     pub idle_timeout: Duration,
     /// How often the certificate files of TLS sites are checked for changes.
     pub cert_check_interval: Duration,
+    /// Read the admin token from this file instead of `admin.token` in the state directory
+    /// (a Kubernetes Secret); only then may the admin API listen beyond loopback.
+    pub admin_token_file: Option<PathBuf>,
+    /// The table to serve at start when the state directory has none (a ConfigMap the
+    /// server keeps up to date), so a new pod routes before the server reaches it.
+    pub seed_routes: Option<PathBuf>,
+    /// Bind every listener on this address instead of the table's (a pod's own IP).
+    pub listen_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for ProxyOptions {
@@ -97,6 +105,9 @@ impl Default for ProxyOptions {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             cert_check_interval: Duration::from_secs(2),
+            admin_token_file: None,
+            seed_routes: None,
+            listen_ip: None,
         }
     }
 }
@@ -111,7 +122,9 @@ pub enum ProxyError {
     },
     #[error("admin token file {path} is empty or unreadable")]
     BadToken { path: PathBuf },
-    #[error("admin API must listen on a loopback address, not {0}")]
+    #[error(
+        "admin API must listen on a loopback address, not {0} (unless its token comes from --admin-token-file)"
+    )]
     AdminNotLoopback(SocketAddr),
     #[error("cannot bind admin API on {addr}: {source}")]
     AdminBind {
@@ -162,7 +175,7 @@ pub async fn start(
     options: ProxyOptions,
     shutdown: CancellationToken,
 ) -> Result<RunningProxy, ProxyError> {
-    if !config.admin_listen.ip().is_loopback() {
+    if !config.admin_listen.ip().is_loopback() && options.admin_token_file.is_none() {
         return Err(ProxyError::AdminNotLoopback(config.admin_listen));
     }
     let dir = &config.state_dir;
@@ -171,7 +184,10 @@ pub async fn start(
         source,
     };
     std::fs::create_dir_all(dir).map_err(state_err)?;
-    let token = load_or_create_token(dir)?;
+    let token = match &options.admin_token_file {
+        Some(path) => read_token_file(path)?,
+        None => load_or_create_token(dir)?,
+    };
 
     let shared = Arc::new(dataplane::Shared::new(options).map_err(ProxyError::Workers)?);
     let proxy = Arc::new(admin::Proxy::new(shared, token.clone(), dir.clone()));
@@ -243,6 +259,18 @@ pub async fn spawn_for_test_with(
         CancellationToken::new(),
     )
     .await
+}
+
+fn read_token_file(path: &Path) -> Result<String, ProxyError> {
+    let bad = || ProxyError::BadToken {
+        path: path.to_path_buf(),
+    };
+    let token = std::fs::read_to_string(path).map_err(|_| bad())?;
+    let token = token.trim();
+    if token.is_empty() || token.len() > 4096 {
+        return Err(bad());
+    }
+    Ok(token.to_owned())
 }
 
 fn load_or_create_token(dir: &Path) -> Result<String, ProxyError> {

@@ -135,6 +135,18 @@ pub fn decode_histogram(
         .map_err(HistogramDecodeError::Histogram)
 }
 
+/// Encodes a histogram as [`VersionStats::histogram_us`] carries it (V2, base64), e.g. one
+/// merged from several proxies' histograms.
+pub fn encode_histogram(histogram: &hdrhistogram::Histogram<u64>) -> String {
+    let mut buf = Vec::new();
+    let _ = hdrhistogram::serialization::Serializer::serialize(
+        &mut hdrhistogram::serialization::V2Serializer::new(),
+        histogram,
+        &mut buf,
+    );
+    base64_encode(&buf)
+}
+
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 pub(crate) fn base64_encode(input: &[u8]) -> String {

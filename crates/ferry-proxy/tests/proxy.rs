@@ -1780,3 +1780,99 @@ async fn the_access_log_has_one_json_line_per_answer() {
     h.stop().await;
     up.stop().await;
 }
+
+/// A proxy pod (Kubernetes): its token from a file, listeners bound on its own IP whatever
+/// the table says, and at its first start the seed table (the ConfigMap the server writes).
+#[tokio::test]
+async fn a_pod_reads_its_token_binds_its_own_ip_and_starts_from_the_seed_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start("up").await;
+    // The pod's IP: another loopback address than the table's 127.0.0.1.
+    let pod_ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let port = std::net::TcpListener::bind((pod_ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let seed = dir.path().join("seed.json");
+    let t = table(
+        9,
+        listen,
+        vec![("api", "/", vec![group("v1", 10000, &[up.addr])])],
+    );
+    std::fs::write(&seed, serde_json::to_vec(&t).unwrap()).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "pod-token-7\n").unwrap();
+    let state = dir.path().join("state");
+    let options = ferry_proxy::ProxyOptions {
+        admin_token_file: Some(token_file.clone()),
+        seed_routes: Some(seed.clone()),
+        listen_ip: Some(pod_ip),
+        workers: 2,
+        ..ferry_proxy::ProxyOptions::default()
+    };
+    let pod = Harness {
+        proxy: ferry_proxy::start(
+            ferry_proxy::ProxyConfig {
+                state_dir: state.clone(),
+                admin_listen: SocketAddr::new(pod_ip, 0),
+            },
+            options.clone(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap(),
+        http: reqwest::Client::new(),
+        _dir: None,
+    };
+    assert_eq!(pod.proxy.token, "pod-token-7");
+    assert!(!state.join("admin.token").exists(), "no token of its own");
+    assert_eq!(pod.stats().await.generation, 9, "serves the seed table");
+    assert_eq!(
+        get(&pod.http, &format!("http://{pod_ip}:{port}/")).await,
+        (200, "up".into()),
+        "bound on the pod's IP"
+    );
+    assert!(
+        reqwest::get(format!("http://{listen}/")).await.is_err(),
+        "not on the table's address"
+    );
+    // A pushed table wins over the seed at the next start (the state directory has it).
+    let mut newer = t.clone();
+    newer.generation = 10;
+    pod.put_ok(&newer).await;
+    pod.stop().await;
+    let again = ferry_proxy::start(
+        ferry_proxy::ProxyConfig {
+            state_dir: state.clone(),
+            admin_listen: SocketAddr::new(pod_ip, 0),
+        },
+        options,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let again = Harness {
+        proxy: again,
+        http: reqwest::Client::new(),
+        _dir: None,
+    };
+    assert_eq!(again.stats().await.generation, 10);
+    again.stop().await;
+
+    // Beyond loopback only with a token file.
+    let refused = ferry_proxy::start(
+        ferry_proxy::ProxyConfig {
+            state_dir: dir.path().join("other"),
+            admin_listen: "0.0.0.0:0".parse().unwrap(),
+        },
+        ferry_proxy::ProxyOptions::default(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(ferry_proxy::ProxyError::AdminNotLoopback(_))),
+        "{refused:?}"
+    );
+}

@@ -173,6 +173,17 @@ enum Command {
             default_value = "75s"
         )]
         idle_timeout: HumanDuration,
+        /// Read the admin API's bearer token from this file (a Kubernetes Secret) instead
+        /// of the state directory; only then may `--admin-listen` be beyond loopback.
+        #[arg(long, value_name = "FILE")]
+        admin_token_file: Option<PathBuf>,
+        /// Serve this route table at start when the state directory has none (a proxy pod
+        /// reads the ConfigMap the server writes).
+        #[arg(long, value_name = "FILE")]
+        seed_routes: Option<PathBuf>,
+        /// Bind every listener on this address instead of the table's (a pod's own IP).
+        #[arg(long, value_name = "IP")]
+        listen_ip: Option<std::net::IpAddr>,
     },
     /// Run the demo HTTP service (same as the `ferry-demo` binary).
     #[command(hide = true)]
@@ -675,10 +686,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin_listen,
             header_read_timeout,
             idle_timeout,
+            admin_token_file,
+            seed_routes,
+            listen_ip,
         } => {
             let options = ferry_proxy::ProxyOptions {
                 header_read_timeout: header_read_timeout.get(),
                 idle_timeout: idle_timeout.get(),
+                admin_token_file,
+                seed_routes,
+                listen_ip,
                 ..ferry_proxy::ProxyOptions::default()
             };
             serve::proxy(state_dir, admin_listen, options).await
