@@ -13,8 +13,11 @@
 //! - Readiness comes from the Deployment's `status.readyReplicas` (the pods' readiness
 //!   probes are the manifest's `health`): the first `readyReplicas` replicas of a version (by
 //!   id) are Healthy. The runtime watches the environment's Deployments and EndpointSlices
-//!   (by Ferry's labels, [`Cluster::watch`]); on each change, and every [`DEFAULT_RESYNC`]
-//!   besides, it lists them and emits the [`RuntimeEvent`]s.
+//!   (by Ferry's labels, [`Cluster::watch`]) while it supervises a replica of it: the watches
+//!   open with the first replica started or adopted and end (their requests dropped) with
+//!   the last one stopped, a teardown included. On each change, and every
+//!   [`DEFAULT_RESYNC`] besides, it lists the Deployments of the environments it has
+//!   replicas of and emits the [`RuntimeEvent`]s.
 //! - [`Runtime::endpoint`]: a ready pod address of the version (from its EndpointSlices,
 //!   the n-th for the n-th replica), never an address on this host; none until it is ready.
 //! - [`Runtime::adopt`] after a restart: the Deployment is found again by name and labels;
@@ -57,6 +60,29 @@ pub const GATEWAY_RESYNC: Duration = Duration::from_secs(60);
 /// (namespace, HTTPRoute, service).
 type RouteKey = (String, String, String);
 
+/// (namespace, app, env): the replicas whose Deployments one pair of watches sees.
+type Group = (String, String, String);
+
+/// The watch tasks of one [`Group`] (its Deployments, its EndpointSlices); dropped, they end:
+/// the request each holds open is dropped with it.
+struct Watches(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The groups the supervised `replicas` belong to.
+fn groups(replicas: &BTreeMap<String, Replica>) -> BTreeSet<Group> {
+    replicas
+        .values()
+        .map(|r| (r.namespace.clone(), r.spec.app.clone(), r.spec.env.clone()))
+        .collect()
+}
+
 /// One service's traffic in the controller's route table: the service, and (version, basis
 /// points) for each version with ready replicas.
 pub type ServiceShares = (String, Vec<(String, u32)>);
@@ -93,8 +119,9 @@ struct Inner {
     wake: tokio::sync::mpsc::Sender<()>,
     /// Whether the runtime watches (false: it only polls, see `with_poll`).
     watching: bool,
-    /// The (namespace, app, env) whose Deployments and EndpointSlices are watched.
-    watched: Mutex<BTreeSet<(String, String, String)>>,
+    /// The watches of each (namespace, app, env) with a supervised replica (see
+    /// [`KubernetesRuntime::follow_replicas`]); dropping one ends them.
+    watched: Mutex<BTreeMap<Group, Watches>>,
     /// `traffic: gateway`: the split last written per (namespace, route, service), and when.
     gateway: Mutex<BTreeMap<RouteKey, (Split, tokio::time::Instant)>>,
 }
@@ -148,7 +175,7 @@ impl KubernetesRuntime {
             unadopted: Mutex::new(BTreeMap::new()),
             wake,
             watching: watch,
-            watched: Mutex::new(BTreeSet::new()),
+            watched: Mutex::new(BTreeMap::new()),
             gateway: Mutex::new(BTreeMap::new()),
         });
         let weak = Arc::downgrade(&inner);
@@ -156,37 +183,56 @@ impl KubernetesRuntime {
         KubernetesRuntime { inner }
     }
 
-    /// Starts watching the Deployments and EndpointSlices of (namespace, app, env), once.
-    fn watch(&self, namespace: &str, app: &str, env: &str) {
+    /// Makes the watches follow the supervised replicas: the Deployments and EndpointSlices
+    /// of each (namespace, app, env) with a replica are watched, once; the watches of one
+    /// with none left end. Called after every change to the replicas: the set is read under
+    /// the watches' lock, so the last call sees the last change.
+    fn follow_replicas(&self) {
         if !self.inner.watching {
             return;
         }
-        let wake = &self.inner.wake;
-        let group = (namespace.to_string(), app.to_string(), env.to_string());
-        if !lock(&self.inner.watched).insert(group) {
-            return;
+        let mut watched = lock(&self.inner.watched);
+        let groups = groups(&lock(&self.inner.replicas));
+        watched.retain(|(namespace, app, env), _| {
+            let keep = groups.contains(&(namespace.clone(), app.clone(), env.clone()));
+            if !keep {
+                tracing::debug!(%namespace, %app, %env, "no replica left: watches end");
+            }
+            keep
+        });
+        for group in groups {
+            if let std::collections::btree_map::Entry::Vacant(slot) = watched.entry(group) {
+                let watches = self.spawn_watches(slot.key());
+                slot.insert(watches);
+            }
         }
+    }
+
+    /// Watches the Deployments and EndpointSlices of (namespace, app, env) by Ferry's labels;
+    /// each change wakes the observer.
+    fn spawn_watches(&self, (namespace, app, env): &Group) -> Watches {
         // The EndpointSlice controller copies a Service's labels onto its slices.
         let labels = format!("{LABEL_APP}={app},{LABEL_ENV}={env}");
         let cluster = self.inner.cluster.clone();
-        let (ns, by, changed) = (namespace.to_string(), labels.clone(), wake.clone());
-        tokio::spawn(async move {
+        let (ns, by, changed) = (namespace.clone(), labels.clone(), self.inner.wake.clone());
+        let deployments = tokio::spawn(async move {
             cluster
                 .watch::<k8s_openapi::api::apps::v1::Deployment>(&ns, &by, changed, WATCH_RETRY)
                 .await;
         });
         let cluster = self.inner.cluster.clone();
-        let (ns, wake) = (namespace.to_string(), wake.clone());
-        tokio::spawn(async move {
+        let (ns, changed) = (namespace.clone(), self.inner.wake.clone());
+        let slices = tokio::spawn(async move {
             cluster
                 .watch::<k8s_openapi::api::discovery::v1::EndpointSlice>(
                     &ns,
                     &labels,
-                    wake,
+                    changed,
                     WATCH_RETRY,
                 )
                 .await;
         });
+        Watches(vec![deployments.abort_handle(), slices.abort_handle()])
     }
 
     /// The manifest and secrets of `env` (its objects are built from them); call again when
@@ -412,6 +458,7 @@ impl KubernetesRuntime {
         let Some(replica) = lock(&self.inner.replicas).remove(id) else {
             return Ok(());
         };
+        self.follow_replicas();
         let left = lock(&self.inner.replicas)
             .values()
             .filter(|r| r.namespace == replica.namespace && r.workload == replica.workload)
@@ -456,10 +503,7 @@ impl KubernetesRuntime {
 /// One pass of the poller: per (namespace, app, env) with supervised replicas, the
 /// Deployments by label, and per workload its ready endpoints.
 async fn observe(inner: &Inner) {
-    let groups: BTreeSet<(String, String, String)> = lock(&inner.replicas)
-        .values()
-        .map(|r| (r.namespace.clone(), r.spec.app.clone(), r.spec.env.clone()))
-        .collect();
+    let groups = groups(&lock(&inner.replicas));
     for (namespace, app, env) in groups {
         let workloads = match inner.cluster.adopt(&namespace, &app, &env).await {
             Ok(found) => found,
@@ -516,8 +560,8 @@ async fn observe(inner: &Inner) {
     }
 }
 
-/// Reads the cluster whenever a watch saw a change, and every `resync` besides; ends (and
-/// with it the watches, whose channel closes) when the runtime is dropped.
+/// Reads the cluster whenever a watch saw a change, and every `resync` besides; ends when
+/// the runtime is dropped (its watches end with it: [`Watches`]).
 async fn observe_loop(
     inner: Weak<Inner>,
     mut woken: tokio::sync::mpsc::Receiver<()>,
@@ -565,9 +609,10 @@ impl Runtime for KubernetesRuntime {
             }
             if let Err(e) = self.apply_workload(&spec).await {
                 lock(&self.inner.replicas).remove(&id);
+                self.follow_replicas();
                 return Err(e);
             }
-            self.watch(&namespace, &spec.app, &spec.env);
+            self.follow_replicas();
             let instance = Instance::Container(format!("{namespace}/{workload}"));
             self.emit(RuntimeEvent::Started {
                 id,
@@ -610,7 +655,6 @@ impl Runtime for KubernetesRuntime {
                 );
                 return Ok(false);
             }
-            let (app, env) = (spec.app.clone(), spec.env.clone());
             replicas.insert(
                 spec.id.clone(),
                 Replica {
@@ -623,7 +667,7 @@ impl Runtime for KubernetesRuntime {
                 },
             );
             drop(replicas);
-            self.watch(&namespace, &app, &env);
+            self.follow_replicas();
             Ok(true)
         })
     }

@@ -106,9 +106,64 @@ fn settle(state: &mut State, path: &str) {
     );
 }
 
-/// The fake's state, and a signal of every change to it (for the watches it holds open).
+/// The fake's state, a signal of every change to it (for the watches it holds open), and
+/// how many watches a client holds open now, by collection path.
 #[derive(Clone, Default)]
-struct Fake(Arc<Mutex<State>>, Arc<tokio::sync::Notify>);
+struct Fake(
+    Arc<Mutex<State>>,
+    Arc<tokio::sync::Notify>,
+    Arc<Mutex<BTreeMap<String, usize>>>,
+);
+
+/// A response body: a whole one, or a watch's, whose events the fake sends when it has them
+/// (the headers go at once, as an API server does). A watch's body counts as open until the
+/// client drops it: it read it to the end, or hung up.
+struct FakeBody {
+    whole: Option<bytes::Bytes>,
+    events: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
+    _open: Option<OpenWatch>,
+}
+
+struct OpenWatch(Arc<Mutex<BTreeMap<String, usize>>>, String);
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        let mut open = self.0.lock().expect("open watches");
+        if let Some(count) = open.get_mut(&self.1) {
+            *count -= 1;
+        }
+    }
+}
+
+impl FakeBody {
+    fn whole(bytes: Vec<u8>) -> Self {
+        FakeBody {
+            whole: Some(bytes.into()),
+            events: None,
+            _open: None,
+        }
+    }
+}
+
+impl http_body::Body for FakeBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(bytes) = self.whole.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes))));
+        }
+        match self.events.as_mut() {
+            Some(events) => events
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|bytes| Ok(http_body::Frame::data(bytes)))),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
 
 fn status(code: u16, reason: &str) -> Value {
     json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason,
@@ -168,6 +223,18 @@ impl Fake {
     /// Tells the watches held open that the state changed (after a test changed it).
     fn touch(&self) {
         self.1.notify_waiters();
+    }
+
+    /// How many watches a client holds open in `namespace`.
+    fn open_watches(&self, namespace: &str) -> usize {
+        let infix = format!("/namespaces/{namespace}/");
+        self.2
+            .lock()
+            .expect("open watches")
+            .iter()
+            .filter(|(path, _)| path.contains(&infix))
+            .map(|(_, count)| count)
+            .sum()
     }
 
     /// A watch (`?watch=true`): held until an object of the collection that the label
@@ -353,7 +420,7 @@ impl Fake {
 
     /// A kube client whose every request this fake answers.
     fn client(&self) -> kube::Client {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<FakeBody>>();
         let fake = self.clone();
         tokio::spawn(async move {
             while let Some((request, respond)) = handle.next_request().await {
@@ -372,15 +439,32 @@ impl Fake {
                     body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
                 };
                 if query_param(&seen.query, "watch").as_deref() == Some("true") {
+                    *fake
+                        .2
+                        .lock()
+                        .expect("open watches")
+                        .entry(seen.path.clone())
+                        .or_default() += 1;
+                    let (send, events) = tokio::sync::mpsc::channel(1);
+                    let response = Response::builder()
+                        .status(StatusCode::OK)
+                        .header("content-type", "application/json")
+                        .body(FakeBody {
+                            whole: None,
+                            events: Some(events),
+                            _open: Some(OpenWatch(fake.2.clone(), seen.path.clone())),
+                        })
+                        .expect("response");
+                    respond.send_response(response);
                     let fake = fake.clone();
                     tokio::spawn(async move {
-                        let events = fake.watch(seen).await;
-                        let response = Response::builder()
-                            .status(StatusCode::OK)
-                            .header("content-type", "application/json")
-                            .body(Body::from(events))
-                            .expect("response");
-                        respond.send_response(response);
+                        // Until the client hangs up (the body is dropped).
+                        tokio::select! {
+                            events = fake.watch(seen) => {
+                                let _ = send.send(events.into()).await;
+                            }
+                            () = send.closed() => {}
+                        }
                     });
                     continue;
                 }
@@ -393,7 +477,7 @@ impl Fake {
                 let response = Response::builder()
                     .status(StatusCode::from_u16(code).expect("status"))
                     .header("content-type", "application/json")
-                    .body(Body::from(bytes))
+                    .body(FakeBody::whole(bytes))
                     .expect("response");
                 respond.send_response(response);
             }
@@ -1134,6 +1218,138 @@ async fn the_runtime_watches_deployments_and_endpoint_slices_instead_of_polling(
     );
 }
 
+/// Waits (bounded) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within 20 s"));
+}
+
+/// The watch requests the fake got for `namespace`.
+fn watches_in(fake: &Fake, namespace: &str) -> Vec<Seen> {
+    let infix = format!("/namespaces/{namespace}/");
+    fake.lock()
+        .watches
+        .iter()
+        .filter(|w| w.path.contains(&infix))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn watches_end_with_the_last_replica_and_open_again_with_the_next() {
+    let fake = Fake::default();
+    // Watching, with the default resync (30 s): within the bounded waits below only a
+    // watch can bring the changes.
+    let rt = KubernetesRuntime::new(Cluster::new(fake.client()));
+    for env in ["staging", "production"] {
+        rt.configure(&common::manifest(), env, BTreeMap::new());
+    }
+    let mut events = rt.subscribe();
+    let in_production = |id: &str| ReplicaSpec {
+        env: "production".to_string(),
+        ..replica(id, V1)
+    };
+    rt.start(replica("web-a", V1)).await.expect("start a");
+    rt.start(in_production("web-p")).await.expect("start p");
+    for id in ["web-a", "web-p"] {
+        next_event(&mut events, |e| {
+            *e == RuntimeEvent::Healthy { id: id.into() }
+        })
+        .await;
+    }
+    // One watch of the Deployments and one of the EndpointSlices per environment.
+    until("two watches in each namespace", || {
+        fake.open_watches("shop-staging") == 2 && fake.open_watches("shop-prod") == 2
+    })
+    .await;
+
+    // The last replica of staging stops: its watches end, production's go on.
+    rt.stop("web-a").await.expect("stop a");
+    until("staging's watches closed", || {
+        fake.open_watches("shop-staging") == 0
+    })
+    .await;
+    assert_eq!(fake.open_watches("shop-prod"), 2);
+    let staging_watches = watches_in(&fake, "shop-staging").len();
+    // Changes in both namespaces: production's watches answer and are opened again (the
+    // client is still there), staging sees no watch request, and the resync reads nothing
+    // of staging.
+    let production_watches = watches_in(&fake, "shop-prod").len();
+    for (namespace, name) in [("shop-staging", "other"), ("shop-prod", "other")] {
+        fake.put(
+            &format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}"),
+            json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": { "name": name, "namespace": namespace, "resourceVersion": "9999",
+                                  "labels": { "ferry.dev/app": "shop",
+                                              "ferry.dev/env": if namespace == "shop-prod" { "production" } else { "staging" } } } }),
+        );
+    }
+    fake.touch();
+    until("production's watch opened again", || {
+        watches_in(&fake, "shop-prod").len() > production_watches
+    })
+    .await;
+    fake.forget_requests();
+    rt.observe().await;
+    assert_eq!(watches_in(&fake, "shop-staging").len(), staging_watches);
+    assert!(
+        fake.seen()
+            .iter()
+            .all(|line| !line.contains("shop-staging")),
+        "{:?}",
+        fake.seen()
+    );
+
+    // Teardown: every replica stopped, every watch closed; then not one request at all,
+    // whatever changes.
+    rt.remove_all().await.expect("teardown");
+    until("production's watches closed", || {
+        fake.open_watches("shop-prod") == 0
+    })
+    .await;
+    let watched = fake.lock().watches.len();
+    fake.forget_requests();
+    rt.observe().await;
+    assert_eq!(fake.seen(), Vec::<String>::new());
+    assert_eq!(fake.lock().watches.len(), watched);
+
+    // A replica started again opens the watches again, from the start, and they bring its
+    // readiness.
+    rt.start(replica("web-c", V2)).await.expect("start c");
+    next_event(&mut events, |e| {
+        *e == RuntimeEvent::Healthy { id: "web-c".into() }
+    })
+    .await;
+    until("staging watched again", || {
+        fake.open_watches("shop-staging") == 2
+    })
+    .await;
+    // (then each goes on from the last version it saw)
+    let mut again: Vec<(String, Option<String>)> = watches_in(&fake, "shop-staging")
+        [staging_watches..]
+        .iter()
+        .take(2)
+        .map(|w| (w.path.clone(), query_param(&w.query, "resourceVersion")))
+        .collect();
+    again.sort();
+    assert_eq!(
+        again,
+        [
+            (DEPLOYMENTS.to_string(), Some("0".to_string())),
+            (
+                "/apis/discovery.k8s.io/v1/namespaces/shop-staging/endpointslices".to_string(),
+                Some("0".to_string())
+            ),
+        ]
+    );
+    assert_eq!(fake.open_watches("shop-prod"), 0);
+}
+
 #[tokio::test]
 async fn after_a_restart_deployments_no_replica_accounts_for_are_trimmed() {
     const V4: &str = "1.7.0";
@@ -1545,6 +1761,7 @@ fn ferry_s_own_rbac_grants_every_request_the_runtime_makes_and_nothing_more() {
     gateway_traffic_follows_the_route_table_through_a_canary_and_a_rollback();
     after_a_restart_deployments_no_replica_accounts_for_are_trimmed();
     the_runtime_watches_deployments_and_endpoint_slices_instead_of_polling();
+    watches_end_with_the_last_replica_and_open_again_with_the_next();
     let used: std::collections::BTreeSet<(String, String, String)> = EVERY_REQUEST
         .lock()
         .expect("every request")
