@@ -1,6 +1,8 @@
 //! `ferry export --k8s`: the binary prints a release's Kubernetes objects offline, and
 //! refuses what it cannot export with a clear message and exit code 2.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -187,4 +189,73 @@ fn export_refuses_what_it_cannot_print() {
         stderr.contains("ferry.yaml:9:5: environments.production.kubernetes: `traffic: gateway` needs the `route:`"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_test_harness_writes_kubernetes_manifests_that_validate_and_export() {
+    // `common::Spec` with `runtime: kubernetes`, as the end-to-end tests use it: through
+    // Ferry's proxy (no options) and through a Gateway in a namespace of its own.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = [
+        ("", "kshop-production", false),
+        (
+            "{ namespace: kshop-gw, traffic: gateway, route: kshop }",
+            "kshop-gw",
+            true,
+        ),
+    ];
+    for (options, namespace, gateway) in cases {
+        let spec = common::Spec {
+            runtime: common::RuntimeKind::Kubernetes,
+            kubernetes: options.to_string(),
+            replicas: 3,
+            ..common::Spec::new("kshop")
+        };
+        let path = dir.path().join("ferry.yaml");
+        std::fs::write(
+            &path,
+            common::manifest_yaml(&spec, "mark", &dir.path().join("pids")),
+        )
+        .expect("write");
+        let file = path.to_str().expect("utf-8 path");
+        let out = ferry(&["validate", "-f", file]);
+        assert!(
+            out.status.success(),
+            "{options}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = ferry(&[
+            "export",
+            "--k8s",
+            "kshop",
+            "--env",
+            "production",
+            "--version",
+            "1.2.3",
+            "-f",
+            file,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{options}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for expected in [
+            format!("namespace: {namespace}"),
+            "image: registry.example.com/kshop/web:1.2.3".to_string(),
+            "replicas: 3".to_string(),
+            "value: mark".to_string(),
+        ] {
+            assert!(
+                stdout.contains(&expected),
+                "{options}: {expected} in {stdout}"
+            );
+        }
+        assert_eq!(
+            stdout.contains("name: web-stable") && stdout.contains("name: web-canary"),
+            gateway,
+            "{options}: {stdout}"
+        );
+    }
 }

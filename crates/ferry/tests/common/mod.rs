@@ -101,9 +101,15 @@ pub struct Spec {
     pub program: Option<String>,
     /// The environment's `run_as:` (None: the server's default, `nobody` under root).
     pub run_as: Option<String>,
-    /// What runs the replicas: processes, or containers of the test image
-    /// ([`docker::DEMO_REPOSITORY`]`:VERSION`, see [`docker::demo_versions`]).
+    /// What runs the replicas: processes, containers of the test image
+    /// ([`docker::DEMO_REPOSITORY`]`:VERSION`, see [`docker::demo_versions`]), or pods of
+    /// `registry.example.com/APP/web:VERSION` (a fake API server runs nothing: see
+    /// [`write_kubeconfig`]).
     pub runtime: RuntimeKind,
+    /// `runtime: kubernetes`: the environment's `kubernetes:` options as one line of YAML
+    /// (flow style, e.g. `{ traffic: gateway, route: shop }`); empty: none (the namespace
+    /// `APP-ENV`, the current kubeconfig context, traffic through Ferry's proxy).
+    pub kubernetes: String,
 }
 
 impl Spec {
@@ -120,6 +126,7 @@ impl Spec {
             program: None,
             run_as: None,
             runtime: RuntimeKind::Process,
+            kubernetes: String::new(),
         }
     }
 
@@ -299,64 +306,8 @@ impl Ferry {
 
     /// Writes the manifest for `spec` and returns its path.
     pub fn write_manifest(&self, spec: &Spec, file: &str) -> PathBuf {
-        let mark = serde_json::to_string(&self.mark).expect("json");
-        let (workload, runtime) = match spec.runtime {
-            RuntimeKind::Process => {
-                let program = spec
-                    .program
-                    .clone()
-                    .unwrap_or_else(|| format!("'{DEMO}' --port \"$PORT\" --version \"$VERSION\""));
-                let script = format!(
-                    "echo $$ >> '{pids}'; {prelude} exec {program}",
-                    pids = self.pids_file().display(),
-                    prelude = spec.prelude,
-                );
-                let run = serde_json::to_string(&["sh", "-c", &script]).expect("json");
-                (format!("run: {run}"), String::new())
-            }
-            // The test image's `ferry-demo` (it reads $PORT and $VERSION), in a container.
-            RuntimeKind::Docker => {
-                let program = spec.program.as_deref().unwrap_or("/ferry-demo");
-                let script = format!("{} exec {program}", spec.prelude);
-                let run = serde_json::to_string(&["/bin/sh", "-c", &script]).expect("json");
-                (
-                    format!(
-                        "image: {}:${{VERSION}}\n    run: {run}\n    resources: {{ memory: 128Mi, cpus: 0.5 }}",
-                        docker::DEMO_REPOSITORY
-                    ),
-                    "    runtime: docker\n".to_string(),
-                )
-            }
-            RuntimeKind::Kubernetes => panic!("no Kubernetes cluster can run in these tests"),
-        };
-        let yaml = format!(
-            "app: {app}
-services:
-  web:
-    {workload}
-    replicas: {replicas}
-    env: {{ FERRY_TEST_MARK: {mark} }}
-    stop_timeout: 5s
-    health: {{ path: /health, interval: 300ms, timeout: 300ms, start_timeout: {start_timeout} }}
-{extra}environments:
-  {env}:
-    listen: {listen}
-    strategy: {strategy}
-{runtime}{run_as}",
-            app = spec.app,
-            replicas = spec.replicas,
-            start_timeout = spec.start_timeout,
-            extra = spec.extra_service_yaml,
-            env = spec.env,
-            listen = spec.listener(),
-            strategy = spec.strategy,
-            run_as = spec
-                .run_as
-                .as_ref()
-                .map(|user| format!("    run_as: {user}\n"))
-                .unwrap_or_default(),
-        );
         let path = self.dir.path().join(file);
+        let yaml = manifest_yaml(spec, &self.mark, &self.pids_file());
         std::fs::write(&path, yaml).expect("write manifest");
         path
     }
@@ -727,6 +678,103 @@ impl Drop for Ferry {
             self.server_logs()
         );
     }
+}
+
+/// The manifest of `spec` (see [`Ferry::write_manifest`]): its replicas carry `mark` in their
+/// environment and, on processes, append their pid to `pids`.
+pub fn manifest_yaml(spec: &Spec, mark: &str, pids: &Path) -> String {
+    let mark = serde_json::to_string(mark).expect("json");
+    // What a container runs: the prelude, then the program.
+    let container_run = |default: &str| {
+        let program = spec.program.as_deref().unwrap_or(default);
+        let script = format!("{} exec {program}", spec.prelude);
+        serde_json::to_string(&["/bin/sh", "-c", &script]).expect("json")
+    };
+    let (workload, runtime) = match spec.runtime {
+        RuntimeKind::Process => {
+            let program = spec
+                .program
+                .clone()
+                .unwrap_or_else(|| format!("'{DEMO}' --port \"$PORT\" --version \"$VERSION\""));
+            let script = format!(
+                "echo $$ >> '{pids}'; {prelude} exec {program}",
+                pids = pids.display(),
+                prelude = spec.prelude,
+            );
+            let run = serde_json::to_string(&["sh", "-c", &script]).expect("json");
+            (format!("run: {run}"), String::new())
+        }
+        // The test image's `ferry-demo` (it reads $PORT and $VERSION), in a container.
+        RuntimeKind::Docker => (
+            format!(
+                "image: {}:${{VERSION}}\n    run: {}\n    resources: {{ memory: 128Mi, cpus: 0.5 }}",
+                docker::DEMO_REPOSITORY,
+                container_run("/ferry-demo")
+            ),
+            "    runtime: docker\n".to_string(),
+        ),
+        // A Deployment of an image no fake API server pulls; `run` (the container's args)
+        // only when the spec names a program.
+        RuntimeKind::Kubernetes => {
+            let run = spec
+                .program
+                .as_ref()
+                .map(|_| format!("\n    run: {}", container_run("")))
+                .unwrap_or_default();
+            let options = if spec.kubernetes.is_empty() {
+                String::new()
+            } else {
+                format!("    kubernetes: {}\n", spec.kubernetes)
+            };
+            (
+                format!(
+                    "image: registry.example.com/{}/web:${{VERSION}}{run}\n    resources: {{ memory: 128Mi, cpus: 0.5 }}",
+                    spec.app
+                ),
+                format!("    runtime: kubernetes\n{options}"),
+            )
+        }
+    };
+    format!(
+        "app: {app}
+services:
+  web:
+    {workload}
+    replicas: {replicas}
+    env: {{ FERRY_TEST_MARK: {mark} }}
+    stop_timeout: 5s
+    health: {{ path: /health, interval: 300ms, timeout: 300ms, start_timeout: {start_timeout} }}
+{extra}environments:
+  {env}:
+    listen: {listen}
+    strategy: {strategy}
+{runtime}{run_as}",
+        app = spec.app,
+        replicas = spec.replicas,
+        start_timeout = spec.start_timeout,
+        extra = spec.extra_service_yaml,
+        env = spec.env,
+        listen = spec.listener(),
+        strategy = spec.strategy,
+        run_as = spec
+            .run_as
+            .as_ref()
+            .map(|user| format!("    run_as: {user}\n"))
+            .unwrap_or_default(),
+    )
+}
+
+/// Writes a kubeconfig at `path` whose current context reaches `server` (e.g. a fake API
+/// server on loopback, plain HTTP) with a token; give it to `ferry server` as `KUBECONFIG`
+/// ([`Ferry::start_with_env`]).
+pub fn write_kubeconfig(path: &Path, server: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{ server: \"{server}\" }}\nusers:\n- name: ferry\n  user: {{ token: fake-token }}\ncontexts:\n- name: fake\n  context: {{ cluster: fake, user: ferry }}\ncurrent-context: fake\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 pub fn is_alive(pid: u32) -> bool {
