@@ -117,24 +117,37 @@ pub(in crate::controller) fn forward(s: &Forward) -> Pass {
                 .iter()
                 .all(|service| service.replicas.iter().all(|r| r.version == canary));
             if old_gone && s.routed_to_canary {
-                // bake: keep watching (crash loops, health, the background analysis).
-                let bake = bake::step(s.deployment, s.phase, s.bake, s.now);
+                // bake: keep watching (crash loops, health, the background analysis). The
+                // phase as stored with this pass's progress: one transition persists both.
+                let mut fresh = s.phase.clone();
+                fresh.progress = Some(s.next.clone());
+                let bake = bake::step(s.deployment, &fresh, s.bake, s.now);
                 effects.extend(bake.effects);
                 if !bake.baked {
                     if let Some(measured) = s.background {
-                        let mut fresh = s.phase.clone();
-                        fresh.progress = Some(s.next.clone());
                         let lines: Vec<String> = measured
                             .iter()
                             .map(|m| {
                                 format!("baking: background analysis: {}", progressive::describe(m))
                             })
                             .collect();
-                        effects.push(
-                            Transition::to(DeploymentState::Progressing, lines.join("; "))
-                                .phase(&fresh)
-                                .into(),
-                        );
+                        let lines = lines.join("; ");
+                        // The bake begins in this very pass: its transition says it too (a
+                        // second one would lose its compare-and-set against the first).
+                        match effects.iter_mut().find_map(|e| match e {
+                            Effect::Transition(t) => Some(t),
+                            _ => None,
+                        }) {
+                            Some(begins) => {
+                                begins.message.push_str("; ");
+                                begins.message.push_str(&lines);
+                            }
+                            None => effects.push(
+                                Transition::to(DeploymentState::Progressing, lines)
+                                    .phase(&fresh)
+                                    .into(),
+                            ),
+                        }
                     }
                 } else {
                     // A rollout that went on without its background verdict says so, on
@@ -589,7 +602,6 @@ mod tests {
         assert_eq!(t.to, DeploymentState::Progressing);
         assert!(t.message.contains("baking until"), "{}", t.message);
         // Baking, with a background measurement this pass: told, with the new progress.
-        case.phase.bake_until_ms = Some(NOW + 1);
         case.background = Some(vec![Measurement {
             metric: "error_rate".into(),
             value: Some(0.0),
@@ -602,6 +614,28 @@ mod tests {
             details: Vec::new(),
             service: None,
         }]);
+        // ... in the pass the bake begins: ONE transition says both and stores both (a
+        // second would always lose its compare-and-set against the first).
+        let mut moved = case.next.clone();
+        moved.stage += 1;
+        case.next = moved.clone();
+        let pass = case.run();
+        let [Effect::Transition(t)] = pass.effects.as_slice() else {
+            panic!("one transition: {:?}", pass.effects);
+        };
+        assert_eq!(t.to, DeploymentState::Progressing);
+        assert!(
+            t.message.starts_with("2.0 converged; baking until")
+                && t.message
+                    .ends_with("; baking: background analysis: error_rate Pass: 0 of 100"),
+            "{}",
+            t.message
+        );
+        let stored_phase = Phase::read(1, t.phase.as_ref().expect("a phase")).expect("phase");
+        assert_eq!(stored_phase.bake_until_ms, Some(NOW + 600_000));
+        assert_eq!(stored_phase.progress, Some(moved), "this pass's progress");
+        // ... once it is under way: told, with the new progress.
+        case.phase.bake_until_ms = Some(NOW + 1);
         let pass = case.run();
         let [t] = transitions(&pass.effects)[..] else {
             panic!("one transition: {:?}", pass.effects);
