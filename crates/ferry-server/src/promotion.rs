@@ -1,16 +1,11 @@
-//! Promotion between environments: `ferry promote APP --from A --to B`, and the
-//! controller's auto-promotion pass (`gates.auto_promote`).
-//!
-//! The auto-promotion pass is level-triggered and crash-safe: every pass recomputes, from
-//! the store only, which (environment, version) pairs must be promoted
-//! (`ferry_core::release::auto_promotions`), and creates a deployment only when none of
-//! that version was ever created in the target environment. So a restart never creates a
-//! second one, and a failed or rejected auto-promotion is not retried.
+//! Promotion between environments: `ferry promote APP --from A --to B`, and the facts of
+//! the controller's auto-promotion pass (`gates.auto_promote`), read from the store only;
+//! the decision is the pure step `controller::steps::promotion`, applied by the executor.
 
 use ferry_core::api::DeploymentView;
 use ferry_core::manifest::Manifest;
 use ferry_core::model::{DeploymentKind, DeploymentState, EventKind};
-use ferry_core::release::{EnvFacts, Serving, auto_promotions};
+use ferry_core::release::{EnvFacts, Serving};
 
 use crate::controller::{Controller, RequestError};
 use crate::error::ServerError;
@@ -74,80 +69,8 @@ pub async fn request_promotion(
     Ok(view)
 }
 
-/// One auto-promotion pass over every app whose manifest asks for it.
-pub async fn auto_promote(
-    controller: &Controller,
-    apps: &crate::controller::Apps,
-) -> Result<(), ServerError> {
-    for (app, (_, manifest)) in apps {
-        let wanted = manifest
-            .environments
-            .iter()
-            .any(|(_, e)| e.gates.as_ref().is_some_and(|g| g.auto_promote));
-        if !wanted {
-            continue;
-        }
-        let facts = env_facts(controller, app, manifest).await?;
-        for promotion in auto_promotions(&facts) {
-            let view = match controller
-                .request_deployment(
-                    app,
-                    &promotion.env,
-                    &promotion.version,
-                    DeploymentKind::AutoPromote,
-                    &promotion.requested_by,
-                )
-                .await
-            {
-                Ok(view) => view,
-                Err(e) => {
-                    tracing::error!(app = %app, env = %promotion.env, version = %promotion.version,
-                        error = %e, "could not auto-promote");
-                    continue;
-                }
-            };
-            tracing::info!(app = %app, env = %promotion.env, version = %promotion.version,
-                from = %promotion.from_env, id = view.id, "auto-promoted");
-            // The audit log says who did what: here Ferry itself, for the source's requester.
-            let entry = ferry_core::audit::AuditEntry {
-                at_ms: controller.now_ms(),
-                actor: "system".to_string(),
-                source: None,
-                action: "promotions.auto".to_string(),
-                app: Some(app.clone()),
-                env: Some(promotion.env.clone()),
-                target: Some(format!("deployment {}", view.id)),
-                summary: format!(
-                    "auto-promote {app} {} from {} (#{}) to {} for {}",
-                    promotion.version,
-                    promotion.from_env,
-                    promotion.source_deployment_id,
-                    promotion.env,
-                    promotion.requested_by
-                ),
-                reason: None,
-                outcome: "ok".to_string(),
-            };
-            if let Err(e) = controller.store().append_audit(entry).await {
-                tracing::error!(error = %e, "could not write the audit record of an auto-promotion");
-            }
-            controller
-                .note(
-                    view.id,
-                    EventKind::Promotion,
-                    &format!(
-                        "auto-promoted from {} after #{} succeeded",
-                        promotion.from_env, promotion.source_deployment_id
-                    ),
-                )
-                .await;
-        }
-    }
-    Ok(())
-}
-
-/// What the pure decision needs, read from the store.
-async fn env_facts(
+/// What the auto-promotion step (`controller::steps::promotion`) needs, read from the store.
+pub(crate) async fn env_facts(
     controller: &Controller,
     app: &str,
     manifest: &Manifest,

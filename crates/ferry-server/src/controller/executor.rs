@@ -14,8 +14,10 @@ use crate::lock;
 use super::Controller;
 use super::replicas::ActError;
 use super::steps::Effect;
+use super::steps::promotion::Request;
 
-/// What a plan is about: one environment, and the deployment running there (if any).
+/// What a plan is about: one environment, and the deployment running there (if any); for
+/// an app-wide plan (auto-promotion: each request names its environment), `env` is empty.
 pub(super) struct Scope<'a> {
     pub app: &'a AppRecord,
     pub manifest: &'a Manifest,
@@ -111,6 +113,7 @@ impl Controller {
                             .await?;
                     }
                 }
+                Effect::Request(request) => self.request(scope, request).await,
                 Effect::RememberUnmet(keys) => {
                     if let Some(deployment) = deployment {
                         let mut announced = lock(&self.unmet_gates);
@@ -123,6 +126,48 @@ impl Controller {
             }
         }
         Ok(Applied::All)
+    }
+
+    /// Requests a deployment for the plan's app (as the API does: superseding, waking the
+    /// loop), then records who did it (`system`) and says where it came from.
+    async fn request(&self, scope: &Scope<'_>, request: Request) {
+        let app = &scope.app.name;
+        let view = match self
+            .request_deployment(
+                app,
+                &request.env,
+                &request.version,
+                request.kind,
+                &request.requested_by,
+            )
+            .await
+        {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::error!(app = %app, env = %request.env, version = %request.version,
+                    error = %e, "could not request a {} deployment", request.kind.as_str());
+                return;
+            }
+        };
+        tracing::info!(app = %app, env = %request.env, version = %request.version, id = view.id,
+            "{}", request.note.1);
+        let entry = ferry_core::audit::AuditEntry {
+            at_ms: scope.now,
+            actor: "system".to_string(),
+            source: None,
+            action: request.audit_action.to_string(),
+            app: Some(app.clone()),
+            env: Some(request.env.clone()),
+            target: Some(format!("deployment {}", view.id)),
+            summary: request.audit_summary,
+            reason: None,
+            outcome: "ok".to_string(),
+        };
+        if let Err(e) = self.store.append_audit(entry).await {
+            tracing::error!(error = %e, "could not write the audit record of a {} deployment", request.kind.as_str());
+        }
+        let (kind, message) = request.note;
+        self.note(view.id, kind, &message).await;
     }
 
     /// [`Controller::execute`] for a plan whose replica moves judge nothing (gates, an idle

@@ -210,8 +210,8 @@ impl Controller {
                 }
             }
         }
-        // releases: auto-promotion, level-triggered from the store (promotion.rs)
-        if let Err(e) = crate::promotion::auto_promote(self, &apps).await {
+        // releases: auto-promotion, level-triggered from the store.
+        if let Err(e) = self.auto_promote(&apps, now).await {
             tracing::error!(error = %e, "auto-promotion pass failed; retrying");
         }
         // Replicas of apps, environments or services no longer in any manifest.
@@ -222,6 +222,27 @@ impl Controller {
         let replicas = self.store.list_replicas(None, None).await?;
         self.push_routes(&apps, &replicas).await?;
         self.stop_drained(&apps, &replicas).await?;
+        Ok(())
+    }
+
+    /// The auto-promotion pass: for each app that asks for it, the facts
+    /// (`promotion::env_facts`), the pure step, the executor (request, audit, timeline).
+    async fn auto_promote(&self, apps: &Apps, now: i64) -> Result<(), ServerError> {
+        for (app, manifest) in apps.values() {
+            if !steps::promotion::wanted(manifest) {
+                continue;
+            }
+            let facts = crate::promotion::env_facts(self, &app.name, manifest).await?;
+            let scope = Scope {
+                app,
+                manifest,
+                env: "",
+                deployment: None,
+                now,
+            };
+            self.execute_logged(&scope, steps::promotion::step(&app.name, &facts))
+                .await?;
+        }
         Ok(())
     }
 

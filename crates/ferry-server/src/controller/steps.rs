@@ -18,6 +18,7 @@ pub(super) mod gates;
 pub(super) mod hooks;
 pub(super) mod maintain;
 pub(super) mod progressive;
+pub(super) mod promotion;
 pub(super) mod retry;
 pub(super) mod rollout;
 
@@ -47,6 +48,9 @@ pub(super) enum Effect {
     /// Remember the unmet gates announced on the timeline (`None`: forget the deployment),
     /// so a waiting deployment's timeline gets a line only when what it awaits changes.
     RememberUnmet(Option<Vec<String>>),
+    /// Request a deployment (an auto-promotion), then write its audit record and timeline
+    /// line. A refused request is logged and the plan goes on (each request stands alone).
+    Request(promotion::Request),
 }
 
 /// A state change, applied with compare-and-set against the row version the snapshot read.

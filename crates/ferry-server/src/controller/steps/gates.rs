@@ -224,6 +224,7 @@ pub(super) mod tests {
                 Effect::RecordPassedGates(rows) => format!("record {}", rows.len()),
                 Effect::RememberUnmet(None) => "forget".into(),
                 Effect::RememberUnmet(Some(keys)) => format!("remember {}", keys.len()),
+                Effect::Request(r) => format!("request {}", r.env),
             })
             .collect()
     }
