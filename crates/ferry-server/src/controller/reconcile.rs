@@ -4,9 +4,9 @@ use super::Apps;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use ferry_core::manifest::Manifest;
+use ferry_core::manifest::{Manifest, Strategy};
 use ferry_core::model::{DeploymentKind, DeploymentState, EventKind, ReplicaState};
-use ferry_core::rollout::{self, Verdict};
+use ferry_core::rollout::{self, ServiceInput, Verdict};
 use ferry_runtime::RuntimeEvent;
 use ferry_store::{AppRecord, DeploymentRecord, ReplicaRecord, StoreError};
 
@@ -20,6 +20,7 @@ use super::executor::Scope;
 use super::replicas::ActError;
 use super::replicas::short_id;
 use super::steps;
+use super::steps::Concern;
 use super::strategy::describe_run;
 use super::strategy::pace_of;
 use super::strategy::plan_of;
@@ -246,6 +247,10 @@ impl Controller {
         Ok(())
     }
 
+    /// One environment's pass: its snapshot (the deployment running there, the observed
+    /// replicas, a redeploy's plan), then concern by concern as `steps::next_concern` picks
+    /// them — each reads its facts, asks its pure step, executes — for as long as each lets
+    /// the deployment go on.
     pub(super) async fn reconcile_env(
         &self,
         app: &AppRecord,
@@ -267,146 +272,209 @@ impl Controller {
             .get(env)
             .map(|e| e.strategy.clone())
             .unwrap_or_default();
-        let Some(deployment) = active else {
-            // hooks:
-            self.after_rollback_hooks(app, manifest, env).await?;
-            return self.maintain(app, manifest, env, &services, now).await;
-        };
         // config: a redeploy replaces the replicas whose configuration is out of date, and
         // scales to the replica counts of its manifest revision.
-        let redeploy = if deployment.kind == DeploymentKind::Redeploy {
-            let pinned = self.manifest_at(app, deployment.manifest_revision).await;
-            let manifest = pinned.as_deref().unwrap_or(manifest);
-            let mut plan =
-                crate::config::redeploy_state(&self.store, app, manifest, env, &deployment.version)
-                    .await?;
-            plan.scale = ferry_core::apply::scale_changes(&services, &deployment.version);
-            plan.edge = self.edge_changes(app, env, manifest).await;
-            Some(plan)
-        } else {
-            None
+        let redeploy = match &active {
+            Some(d) if d.kind == DeploymentKind::Redeploy => {
+                let pinned = self.manifest_at(app, d.manifest_revision).await;
+                let manifest = pinned.as_deref().unwrap_or(manifest);
+                let mut plan =
+                    crate::config::redeploy_state(&self.store, app, manifest, env, &d.version)
+                        .await?;
+                plan.scale = ferry_core::apply::scale_changes(&services, &d.version);
+                plan.edge = self.edge_changes(app, env, manifest).await;
+                Some(plan)
+            }
+            _ => None,
         };
-        let scope = Scope {
-            app,
-            manifest,
-            env,
-            deployment: Some(&deployment),
-            now,
-        };
-        // A redeploy with nothing to change ends here: no gate, hook or replica is touched.
-        if let Some(done) = redeploy
+        let nothing_to_redeploy = active
             .as_ref()
-            .and_then(|plan| steps::rollout::nothing_to_redeploy(&deployment, plan))
-        {
-            self.execute_logged(&scope, vec![done.into()]).await?;
-            return Ok(());
+            .zip(redeploy.as_ref())
+            .and_then(|(d, plan)| steps::rollout::nothing_to_redeploy(d, plan));
+        let mut after = None;
+        let mut verdict = None;
+        loop {
+            let concern = steps::next_concern(&steps::concern::Snapshot {
+                deployment: active.as_ref(),
+                strategy: &strategy,
+                nothing_to_redeploy: nothing_to_redeploy.is_some(),
+                after,
+                verdict: verdict.as_ref(),
+            });
+            let deployment = match (concern, active.as_ref()) {
+                (Concern::Done, _) => return Ok(()),
+                (Concern::AfterRollback, _) => {
+                    self.after_rollback_hooks(app, manifest, env).await?;
+                    after = Some(concern);
+                    continue;
+                }
+                (Concern::Maintain, _) => {
+                    self.maintain(app, manifest, env, &services, now).await?;
+                    after = Some(concern);
+                    continue;
+                }
+                // Every other concern acts on the running deployment.
+                (_, None) => return Ok(()),
+                (_, Some(d)) => d,
+            };
+            let scope = Scope {
+                app,
+                manifest,
+                env,
+                deployment: Some(deployment),
+                now,
+            };
+            let goes_on = match concern {
+                Concern::NothingToRedeploy => {
+                    if let Some(done) = nothing_to_redeploy.clone() {
+                        self.execute_logged(&scope, vec![done.into()]).await?;
+                    }
+                    true
+                }
+                Concern::Gates => self.gates_pass(app, deployment, manifest, env).await?,
+                // hooks: pre_deploy runs to completion before anything moves.
+                Concern::PreDeploy => self.pre_deploy_done(app, manifest, env, deployment).await?,
+                Concern::Progressive => {
+                    if let Some(plan) = plan_of(deployment, &strategy, manifest, env) {
+                        self.drive_progressive(
+                            app, manifest, env, deployment, &plan, &services, now,
+                        )
+                        .await?;
+                    }
+                    true
+                }
+                Concern::Start => {
+                    let run = describe_run(deployment, &strategy, manifest, env);
+                    if let Some(started) =
+                        steps::rollout::start(deployment, &run, redeploy.as_ref())
+                    {
+                        self.execute_logged(&scope, vec![started.into()]).await?;
+                    }
+                    true
+                }
+                Concern::Rollout => {
+                    verdict = self
+                        .roll(
+                            &scope,
+                            deployment,
+                            &strategy,
+                            &mut services,
+                            redeploy.as_ref(),
+                        )
+                        .await?;
+                    verdict.is_some()
+                }
+                // hooks: post_deploy smoke tests before `succeeded`; a failure rolls back.
+                Concern::PostDeploy => {
+                    verdict = self
+                        .post_deploy_verdict(app, manifest, env, deployment)
+                        .await?;
+                    verdict.is_some()
+                }
+                // bake: a converged version is watched for `bake` before it succeeds.
+                Concern::Bake => {
+                    let phase = Phase::of(deployment)?;
+                    let bake = self.bake_of(app, manifest, deployment, env).await;
+                    let bake = steps::bake::step(deployment, &phase, bake, now);
+                    self.execute_logged(&scope, bake.effects).await?;
+                    bake.baked
+                }
+                Concern::Finish => {
+                    if let Some(verdict) = &verdict {
+                        self.finish(&scope, deployment, verdict, redeploy.is_some())
+                            .await?;
+                    }
+                    true
+                }
+                Concern::AfterRollback | Concern::Maintain | Concern::Done => true,
+            };
+            if !goes_on {
+                return Ok(());
+            }
+            after = Some(concern);
         }
-        if matches!(
-            deployment.state,
-            DeploymentState::Pending | DeploymentState::AwaitingApproval | DeploymentState::Blocked
-        ) && !self.gates_pass(app, &deployment, manifest, env).await?
-        {
-            return Ok(());
-        }
-        // hooks: pre_deploy runs to completion before anything moves.
-        if matches!(
-            deployment.state,
-            DeploymentState::Pending | DeploymentState::AwaitingApproval | DeploymentState::Blocked
-        ) && !self
-            .pre_deploy_done(app, manifest, env, &deployment)
-            .await?
-        {
-            return Ok(());
-        }
-        if deployment.state != DeploymentState::Pending
-            && let Some(plan) = plan_of(&deployment, &strategy, manifest, env)
-        {
-            return self
-                .drive_progressive(app, manifest, env, &deployment, &plan, &services, now)
-                .await;
-        }
-        let run = describe_run(&deployment, &strategy, manifest, env);
-        if let Some(started) = steps::rollout::start(&deployment, &run, redeploy.as_ref()) {
-            self.execute_logged(&scope, vec![started.into()]).await?;
-            return Ok(());
-        }
+    }
+
+    /// The rolling/recreate replica moves towards the deployment's target (its version, or
+    /// the previous one on the way back) at its pace. `None`: replicas moved or are still
+    /// starting, or the proxy has not yet confirmed a table that sends everything to the
+    /// converged version; `Some(verdict)`: converged (and routed), or failed.
+    async fn roll(
+        &self,
+        scope: &Scope<'_>,
+        deployment: &DeploymentRecord,
+        strategy: &Strategy,
+        services: &mut [ServiceInput],
+        redeploy: Option<&crate::config::Redeploy>,
+    ) -> Result<Option<Verdict>, ServerError> {
+        let (manifest, env) = (scope.manifest, scope.env);
         let (target, pace) = match deployment.state {
-            DeploymentState::Progressing => (
-                deployment.version.clone(),
-                pace_of(&strategy, manifest, env),
-            ),
+            DeploymentState::Progressing => {
+                (deployment.version.clone(), pace_of(strategy, manifest, env))
+            }
             DeploymentState::RollingBack => match &deployment.previous_version {
                 Some(previous) => (previous.clone(), restore_pace(manifest, env)),
-                None => return Ok(()),
+                None => return Ok(None),
             },
-            _ => return Ok(()),
+            _ => return Ok(None),
         };
-        if let Some(plan) = &redeploy {
+        if let Some(plan) = redeploy {
             let rolling_back = deployment.state == DeploymentState::RollingBack;
-            crate::config::mark(&mut services, &deployment.version, plan, rolling_back);
+            crate::config::mark(services, &deployment.version, plan, rolling_back);
         }
-        let verdict = match rollout::reconcile(&target, &services, pace, now) {
+        let verdict = match rollout::reconcile(&target, services, pace, scope.now) {
             Verdict::Progress(actions) => match self
-                .execute(&scope, vec![steps::Effect::Replicas(actions)])
+                .execute(scope, vec![steps::Effect::Replicas(actions)])
                 .await
             {
                 Ok(_) => {
-                    self.infra_recovered(&deployment).await;
-                    return Ok(());
+                    self.infra_recovered(deployment).await;
+                    return Ok(None);
                 }
                 Err(ActError::Failed(reason)) => Verdict::Failed(reason),
                 // The store or the engine failed: decide nothing, retry on the next pass,
                 // for at most INFRA_RETRY_LIMIT.
-                Err(ActError::Infra(e)) => match self.infra_failed(&scope, &deployment, &e).await {
+                Err(ActError::Infra(e)) => match self.infra_failed(scope, deployment, &e).await {
                     Some(reason) => Verdict::Failed(reason),
                     None => return Err(e),
                 },
             },
             other => other,
         };
-        if verdict == Verdict::Converged && !self.routed_only_to(&app.name, env, &target, &services)
+        // Converged replicas are not enough: the proxy must have acknowledged a table that
+        // sends everything to them before the deployment can claim success.
+        if verdict == Verdict::Converged
+            && !self.routed_only_to(&scope.app.name, env, &target, services)
         {
-            // Converged replicas are not enough: the proxy must have acknowledged a table
-            // that sends everything to them before the deployment can claim success.
+            return Ok(None);
+        }
+        Ok(Some(verdict))
+    }
+
+    /// What the verdict makes of a rolling deployment (`steps::rollout::finish`); the
+    /// timeline warns when it goes back past an irreversible migration.
+    async fn finish(
+        &self,
+        scope: &Scope<'_>,
+        deployment: &DeploymentRecord,
+        verdict: &Verdict,
+        redeploy: bool,
+    ) -> Result<(), ServerError> {
+        let phase = Phase::of(deployment)?;
+        let Some(next) = steps::rollout::finish(
+            deployment,
+            verdict,
+            phase.bake_until_ms.is_some(),
+            phase.aborted_by.as_deref(),
+            redeploy,
+        ) else {
             return Ok(());
-        }
-        // hooks: post_deploy smoke tests before `succeeded`; a failure rolls back.
-        let verdict = if verdict == Verdict::Converged {
-            match self
-                .post_deploy_verdict(app, manifest, env, &deployment)
-                .await?
-            {
-                Some(verdict) => verdict,
-                None => return Ok(()),
-            }
-        } else {
-            verdict
         };
-        // bake: a converged version is watched for `bake` before it succeeds.
-        let phase = Phase::of(&deployment)?;
-        if verdict == Verdict::Converged && deployment.state == DeploymentState::Progressing {
-            let bake = self.bake_of(app, manifest, &deployment, env).await;
-            let bake = steps::bake::step(&deployment, &phase, bake, now);
-            self.execute_logged(&scope, bake.effects).await?;
-            if !bake.baked {
-                return Ok(());
-            }
+        // hooks: say so when this goes back past an irreversible migration.
+        if next.to == DeploymentState::RollingBack {
+            self.warn_if_irreversible(deployment).await?;
         }
-        let baking = phase.bake_until_ms.is_some();
-        let aborted_by = phase.aborted_by;
-        if let Some(next) = steps::rollout::finish(
-            &deployment,
-            &verdict,
-            baking,
-            aborted_by.as_deref(),
-            redeploy.is_some(),
-        ) {
-            // hooks: say so when this goes back past an irreversible migration.
-            if next.to == DeploymentState::RollingBack {
-                self.warn_if_irreversible(&deployment).await?;
-            }
-            self.execute_logged(&scope, vec![next.into()]).await?;
-        }
+        self.execute_logged(scope, vec![next.into()]).await?;
         Ok(())
     }
 }

@@ -13,7 +13,10 @@ use ferry_core::manifest::GateCheck;
 use ferry_core::model::{DeploymentState, EventKind};
 use ferry_core::rollout::Action;
 
+pub(super) use concern::{Concern, next_concern};
+
 pub(super) mod bake;
+pub(super) mod concern;
 pub(super) mod gates;
 pub(super) mod hooks;
 pub(super) mod maintain;

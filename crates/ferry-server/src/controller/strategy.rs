@@ -19,11 +19,21 @@ pub(super) fn plan_of(
     manifest: &Manifest,
     env: &str,
 ) -> Option<Plan> {
-    let previous = deployment.previous_version.as_ref()?;
-    if previous == &deployment.version || deployment.kind == DeploymentKind::Rollback {
+    if !progressive(deployment, strategy) {
         return None;
     }
     plan_for(strategy, largest_replicas(manifest, env))
+}
+
+/// Whether a deployment follows a progressive plan ([`plan_of`]): a canary or blue/green
+/// strategy, a different version serving to compare with, and not a rollback.
+pub(super) fn progressive(deployment: &DeploymentRecord, strategy: &Strategy) -> bool {
+    matches!(strategy, Strategy::Canary(_) | Strategy::BlueGreen(_))
+        && deployment.kind != DeploymentKind::Rollback
+        && deployment
+            .previous_version
+            .as_ref()
+            .is_some_and(|previous| previous != &deployment.version)
 }
 
 pub(super) fn largest_replicas(manifest: &Manifest, env: &str) -> u32 {
