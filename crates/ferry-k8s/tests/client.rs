@@ -1350,6 +1350,170 @@ async fn watches_end_with_the_last_replica_and_open_again_with_the_next() {
     assert_eq!(fake.open_watches("shop-prod"), 0);
 }
 
+/// A TLS API server on 127.0.0.1 for [`the_client_speaks_tls_and_sends_the_kubeconfig_token`]:
+/// its certificate (for the IP 127.0.0.1) signed by a CA of its own; it answers an empty
+/// list to a request that carries `Bearer fake-token`, 401 to others, and keeps each
+/// request's head.
+struct TlsApi {
+    url: String,
+    /// The CA that signed the server's certificate, PEM.
+    ca: String,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+fn test_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).expect("CA");
+    (cert, rcgen::Issuer::new(params, key))
+}
+
+impl TlsApi {
+    async fn start() -> TlsApi {
+        let (ca, issuer) = test_ca("fake cluster CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("server certificate");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+                    .expect("private key"),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("address"));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 16_384 {
+                        if tls.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let authorized = head
+                        .lines()
+                        .any(|l| l.eq_ignore_ascii_case("authorization: Bearer fake-token"));
+                    seen.lock().expect("heads").push(head);
+                    let (code, body) = if authorized {
+                        (
+                            "200 OK",
+                            json!({ "apiVersion": "apps/v1", "kind": "DeploymentList",
+                                            "metadata": { "resourceVersion": "7" }, "items": [] }),
+                        )
+                    } else {
+                        ("401 Unauthorized", status(401, "Unauthorized"))
+                    };
+                    let body = body.to_string();
+                    let answer = format!(
+                        "HTTP/1.1 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        TlsApi {
+            url,
+            ca: ca.pem(),
+            heads,
+        }
+    }
+
+    /// A client configured by a kubeconfig naming this server, `ca` as its authority and
+    /// `token`, as `Cluster::connect` would read it from `$KUBECONFIG`.
+    async fn cluster(&self, dir: &std::path::Path, ca: &str, token: &str) -> Cluster {
+        let ca_file = dir.join(format!(
+            "ca-{}.pem",
+            self.heads.lock().expect("heads").len()
+        ));
+        std::fs::write(&ca_file, ca).expect("write the CA");
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{ server: \"{}\", certificate-authority: \"{}\" }}\nusers:\n- name: u\n  user: {{ token: {token} }}\ncontexts:\n- name: x\n  context: {{ cluster: c, user: u }}\ncurrent-context: x\n",
+            self.url,
+            ca_file.display()
+        );
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("config");
+        Cluster::new(kube::Client::try_from(config).expect("client"))
+    }
+}
+
+#[tokio::test]
+async fn the_client_speaks_tls_and_sends_the_kubeconfig_token() {
+    let api = TlsApi::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The cluster's CA and token: the request goes through, with the token.
+    let cluster = api.cluster(dir.path(), &api.ca, "fake-token").await;
+    let found = tokio::time::timeout(
+        Duration::from_secs(20),
+        cluster.adopt("shop-staging", "shop", "staging"),
+    )
+    .await
+    .expect("an answer within 20 s")
+    .expect("the list over TLS");
+    assert!(found.is_empty());
+    let heads = api.heads.lock().expect("heads").clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].starts_with("GET /apis/apps/v1/namespaces/shop-staging/deployments?"),
+        "{heads:?}"
+    );
+
+    // A wrong token: the server's 401 is an error.
+    let cluster = api.cluster(dir.path(), &api.ca, "wrong-token").await;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        cluster.adopt("shop-staging", "shop", "staging"),
+    )
+    .await
+    .expect("an answer within 20 s");
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(api.heads.lock().expect("heads").len(), 2);
+
+    // Another CA: the server is not trusted, no request reaches it.
+    let (other, _) = test_ca("another CA");
+    let cluster = api.cluster(dir.path(), &other.pem(), "fake-token").await;
+    let untrusted = tokio::time::timeout(
+        Duration::from_secs(20),
+        cluster.adopt("shop-staging", "shop", "staging"),
+    )
+    .await
+    .expect("an answer within 20 s");
+    let error = untrusted.expect_err("a server another CA signed");
+    assert_eq!(api.heads.lock().expect("heads").len(), 2, "{error}");
+}
+
 #[tokio::test]
 async fn after_a_restart_deployments_no_replica_accounts_for_are_trimmed() {
     const V4: &str = "1.7.0";
