@@ -34,7 +34,8 @@ pub use facts::{
     builtin_samples, describe, gate_row, plan_actions, prometheus_samples, silenced_by,
 };
 pub use notice::{
-    episode_key, incident_deployment, notification, notification_key, retired_notification,
+    episode_key, incident_change_of, incident_deployment, notification, notification_key,
+    retired_notification,
 };
 pub use spec::{
     AlertActions, AlertIssue, AlertQuery, AlertRule, Condition, DEFAULT_INTERVAL,

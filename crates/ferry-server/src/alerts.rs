@@ -225,7 +225,18 @@ impl Evaluator {
                 match t.to {
                     AlertStatus::Firing if !silenced => {
                         let latest = env.latest_deployment.as_ref();
-                        if let Some(deployment_id) = alerts::incident_deployment(rule, a, latest) {
+                        // the stable version during a canary: its last change, read
+                        let last_change = match alerts::incident_change_of(rule, a, latest) {
+                            Some(version) => self
+                                .store()
+                                .last_succeeded_change(app, &env.env, version)
+                                .await?
+                                .map(|d| d.view()),
+                            None => None,
+                        };
+                        if let Some(deployment_id) =
+                            alerts::incident_deployment(rule, a, latest, last_change.as_ref())
+                        {
                             incidents.push(IncidentChange::Open {
                                 alert_key,
                                 deployment_id,

@@ -1058,6 +1058,32 @@ impl Store {
             .transpose()
     }
 
+    /// The newest deployment of `version` in app/env that succeeded and was not a rollback:
+    /// the change that put that version into service (an alert's incident on the stable
+    /// version during a canary belongs to it).
+    pub async fn last_succeeded_change(
+        &self,
+        app: &str,
+        env: &str,
+        version: &str,
+    ) -> Result<Option<DeploymentRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            deployment_cols!(),
+            " FROM deployments WHERE app = $1 AND env = $2 AND version = $3 AND state = $4 ",
+            "AND kind <> $5 ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(app)
+        .bind(env)
+        .bind(version)
+        .bind(DeploymentState::Succeeded.as_str())
+        .bind(DeploymentKind::Rollback.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .ctx(|| format!("finding the last succeeded deployment of {version} in {app}/{env}"))?;
+        row.as_ref().map(deployment_from_row).transpose()
+    }
+
     /// Whether a deployment of `version` ever succeeded in app/env (promotion gates).
     pub async fn version_succeeded_in(&self, app: &str, env: &str, version: &str) -> Result<bool> {
         let row = sqlx::query(

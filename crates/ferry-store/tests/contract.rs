@@ -683,6 +683,32 @@ pub async fn previous_succeeded_version_skips_failures(store: Store, _url: Strin
             .await
             .unwrap()
     );
+
+    // the change that put a version into service: its newest succeeded deployment that was
+    // not a rollback (1.1.0's is deployment 2, not the later rollback to it)
+    let last = |version: &'static str, env: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .last_succeeded_change("shop", env, version)
+                .await
+                .unwrap()
+                .map(|d| (d.version, d.kind, d.state, d.created_at_ms))
+        }
+    };
+    assert_eq!(
+        last("1.1.0", "prod").await,
+        Some((
+            "1.1.0".to_string(),
+            DeploymentKind::Deploy,
+            DeploymentState::Succeeded,
+            200
+        ))
+    );
+    assert_eq!(last("1.2.0", "prod").await, None, "rolled back");
+    assert_eq!(last("1.6.0", "prod").await, None, "pending");
+    assert_eq!(last("1.5.0", "prod").await, None, "another environment's");
+    assert!(last("1.5.0", "staging").await.is_some());
 }
 
 pub async fn replicas_lifecycle_and_filters(store: Store, _url: String) {

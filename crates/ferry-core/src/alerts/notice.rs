@@ -1,6 +1,7 @@
 //! What an alert's transitions leave besides its state, written in the transaction that
 //! stores them: a notification when it fires and one when it resolves (the outbox), and
-//! for a critical alert an incident on the deployment running when it fired (DORA).
+//! for a critical alert an incident on the change that put the version that fired into
+//! service (DORA).
 
 use sha2::{Digest, Sha256};
 
@@ -127,26 +128,79 @@ fn notify_severity(rule: &AlertRule) -> notify::Severity {
     }
 }
 
+/// Whether `d` is a change in progress or done that serves now: not a rollback, progressing
+/// or succeeded.
+fn serving_change(d: &DeploymentView) -> bool {
+    d.kind != DeploymentKind::Rollback
+        && matches!(
+            d.state,
+            DeploymentState::Progressing | DeploymentState::Succeeded
+        )
+}
+
+/// The version whose last succeeded change a firing alert's incident belongs to, when it is
+/// not the latest deployment's own: a `critical` alert on version `v` that serves beside or
+/// instead of the latest deployment — its previous version while that one has not succeeded
+/// (the stable version during a canary, before it starts, or restored after a rollback,
+/// abort or failure), or the version a rollback brings back. The shell then reads that
+/// version's last succeeded deployment that was not a rollback and passes it to
+/// [`incident_deployment`]; `None`: nothing to read.
+pub fn incident_change_of<'a>(
+    rule: &AlertRule,
+    a: &'a AlertInstance,
+    latest: Option<&DeploymentView>,
+) -> Option<&'a str> {
+    let v = a.labels.get("version")?;
+    let d = latest?;
+    if rule.severity != super::Severity::Critical || (d.version == *v && serving_change(d)) {
+        return None;
+    }
+    let brought_back = d.kind == DeploymentKind::Rollback
+        && d.version == *v
+        && matches!(
+            d.state,
+            DeploymentState::Progressing | DeploymentState::Succeeded
+        );
+    let stable =
+        d.previous_version.as_deref() == Some(v.as_str()) && d.state != DeploymentState::Succeeded;
+    (brought_back || stable).then_some(v.as_str())
+}
+
 /// The deployment a firing alert opens an incident on (the DORA metrics count it as a
-/// failed change, restored when the alert resolves): only a `critical` alert does, and only
-/// on the environment's latest deployment when it is of the version that fired (any, for an
-/// alert without a `version` label), in progress or succeeded, and not a rollback — the
-/// change that was running when it fired. A silenced alert opens none (the shell checks).
+/// failed change, restored when the alert resolves): only a `critical` alert does, on the
+/// change that put the version that fired into service —
+/// - the environment's latest deployment when it is of that version (any, for an alert
+///   without a `version` label), in progress or succeeded, and not a rollback;
+/// - else, when that version serves beside or instead of the latest deployment (see
+///   [`incident_change_of`]: the stable version during a canary, the version restored
+///   after a rollback), `last_change`: its last succeeded deployment that was not a
+///   rollback (`None` if there is none: nothing to blame).
+///
+/// An alert on a version that no longer serves (the old version after a rollout succeeded,
+/// the canary once it is rolling back) opens none. A silenced alert opens none (the shell
+/// checks).
 pub fn incident_deployment(
     rule: &AlertRule,
     a: &AlertInstance,
     latest: Option<&DeploymentView>,
+    last_change: Option<&DeploymentView>,
 ) -> Option<i64> {
     let d = latest?;
+    if rule.severity != super::Severity::Critical {
+        return None;
+    }
     let ours = a.labels.get("version").is_none_or(|v| *v == d.version);
-    (rule.severity == super::Severity::Critical
-        && ours
-        && d.kind != DeploymentKind::Rollback
-        && matches!(
-            d.state,
-            DeploymentState::Progressing | DeploymentState::Succeeded
-        ))
-    .then_some(d.id)
+    if ours && serving_change(d) {
+        return Some(d.id);
+    }
+    let v = incident_change_of(rule, a, latest)?;
+    last_change
+        .filter(|c| {
+            c.version == v
+                && c.kind != DeploymentKind::Rollback
+                && c.state == DeploymentState::Succeeded
+        })
+        .map(|c| c.id)
 }
 
 /// Names one episode of an alert (an incident's `alert_key`): app, environment, rule,

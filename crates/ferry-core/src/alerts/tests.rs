@@ -975,6 +975,247 @@ fn pending_silenced_and_quiet_rules_notify_nothing() {
     assert!(notification(&quiet, "shop", "production", &t, &a, &[], 30_000).is_none());
 }
 
+/// A deployment of app/env `production` for the incident rule.
+fn change(
+    id: i64,
+    version: &str,
+    previous: Option<&str>,
+    kind: DeploymentKind,
+    state: DeploymentState,
+) -> DeploymentView {
+    DeploymentView {
+        id,
+        version: version.into(),
+        previous_version: previous.map(str::to_string),
+        kind,
+        ..deployment(id, state, "canary", None)
+    }
+}
+
+/// The alert of `fire_and_resolve` (on 2.0.0) moved to `version`.
+fn firing_on(r: &AlertRule, version: Option<&str>) -> AlertInstance {
+    let (_, mut a) = fire_and_resolve(r, "2.0.0").remove(0);
+    match version {
+        Some(v) => {
+            a.labels.insert("version".into(), v.into());
+        }
+        None => {
+            a.labels.remove("version");
+        }
+    }
+    a
+}
+
+#[test]
+fn an_alert_on_the_stable_version_during_a_canary_is_an_incident_of_its_last_change() {
+    use DeploymentKind::{Deploy, Rollback};
+    use DeploymentState::{AwaitingApproval, Progressing, RolledBack, RollingBack, Succeeded};
+    let r = rule("error_rate > 10%", 0, 0);
+    // 1.0.0 went out as deployment 3; 2.0.0 is the canary (9)
+    let stable = change(3, "1.0.0", Some("0.9.0"), Deploy, Succeeded);
+    let canary = |state| change(9, "2.0.0", Some("1.0.0"), Deploy, state);
+    let on = |v: &str| firing_on(&r, Some(v));
+    let decide = |a: &AlertInstance, latest: &DeploymentView| {
+        let wanted = incident_change_of(&r, a, Some(latest));
+        // the shell reads the last change of the version asked for, and only then
+        let last = wanted.map(|v| {
+            assert_eq!(v, "1.0.0");
+            &stable
+        });
+        incident_deployment(&r, a, Some(latest), last)
+    };
+    for (what, alert, latest, want) in [
+        (
+            "stable during the canary",
+            on("1.0.0"),
+            canary(Progressing),
+            Some(3),
+        ),
+        (
+            "canary during the canary",
+            on("2.0.0"),
+            canary(Progressing),
+            Some(9),
+        ),
+        (
+            "stable while the canary waits",
+            on("1.0.0"),
+            canary(AwaitingApproval),
+            Some(3),
+        ),
+        (
+            "stable while the canary rolls back",
+            on("1.0.0"),
+            canary(RollingBack),
+            Some(3),
+        ),
+        (
+            "stable after the canary rolled back",
+            on("1.0.0"),
+            canary(RolledBack),
+            Some(3),
+        ),
+        (
+            "canary rolling back",
+            on("2.0.0"),
+            canary(RollingBack),
+            None,
+        ),
+        ("canary rolled back", on("2.0.0"), canary(RolledBack), None),
+        (
+            "old version after the rollout",
+            on("1.0.0"),
+            canary(Succeeded),
+            None,
+        ),
+        (
+            "new version after the rollout",
+            on("2.0.0"),
+            canary(Succeeded),
+            Some(9),
+        ),
+        (
+            "the version a rollback brought back",
+            on("1.0.0"),
+            change(10, "1.0.0", Some("2.0.0"), Rollback, Succeeded),
+            Some(3),
+        ),
+        (
+            "a version that does not serve",
+            on("0.9.0"),
+            canary(Progressing),
+            None,
+        ),
+    ] {
+        assert_eq!(decide(&alert, &latest), want, "{what}");
+    }
+    // the stable's last change must be a succeeded deployment of it, not a rollback
+    let a = on("1.0.0");
+    let latest = canary(Progressing);
+    assert_eq!(incident_change_of(&r, &a, Some(&latest)), Some("1.0.0"));
+    for bad in [
+        change(3, "1.0.0", None, Rollback, Succeeded),
+        change(3, "1.0.0", None, Deploy, RolledBack),
+        change(3, "0.9.0", None, Deploy, Succeeded),
+    ] {
+        assert_eq!(
+            incident_deployment(&r, &a, Some(&latest), Some(&bad)),
+            None,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(incident_deployment(&r, &a, Some(&latest), None), None);
+}
+
+/// Every latest deployment (kind × state × how its versions relate to the alert's), every
+/// candidate for the stable version's last change, both severities, with and without a
+/// version label: the incident is only ever on a change of the version that fired that
+/// serves, and the shell is asked to read a last change exactly when the rule needs one.
+#[test]
+fn incidents_land_only_on_a_serving_change_of_the_version_that_fired() {
+    let mut r = rule("error_rate > 10%", 0, 0);
+    let versions = [
+        ("2.0.0", Some("1.0.0")),
+        ("1.0.0", Some("2.0.0")),
+        ("1.0.0", Some("1.0.0")),
+        ("2.0.0", None),
+        ("3.0.0", Some("2.0.0")),
+    ];
+    let candidates: Vec<Option<DeploymentView>> = std::iter::once(None)
+        .chain(DeploymentKind::ALL.iter().flat_map(|kind| {
+            DeploymentState::ALL.iter().flat_map(move |state| {
+                ["1.0.0", "2.0.0"]
+                    .into_iter()
+                    .map(move |v| Some(change(3, v, None, *kind, *state)))
+            })
+        }))
+        .collect();
+    let mut cases = 0;
+    let mut opened = [0usize; 2];
+    for severity in [Severity::Critical, Severity::Warning] {
+        r.severity = severity;
+        for fired_on in [Some("2.0.0"), Some("1.0.0"), None] {
+            let a = firing_on(&r, fired_on);
+            for kind in DeploymentKind::ALL {
+                for state in DeploymentState::ALL {
+                    for (version, previous) in versions {
+                        let latest = change(9, version, previous, kind, state);
+                        let wanted = incident_change_of(&r, &a, Some(&latest));
+                        let serving_change = kind != DeploymentKind::Rollback
+                            && matches!(
+                                state,
+                                DeploymentState::Progressing | DeploymentState::Succeeded
+                            );
+                        let serves_beside = fired_on.is_some_and(|v| {
+                            (previous == Some(v) && state != DeploymentState::Succeeded)
+                                || (version == v
+                                    && kind == DeploymentKind::Rollback
+                                    && matches!(
+                                        state,
+                                        DeploymentState::Progressing | DeploymentState::Succeeded
+                                    ))
+                        });
+                        let own = fired_on.is_none_or(|v| v == version) && serving_change;
+                        let critical = severity == Severity::Critical;
+                        assert_eq!(
+                            wanted,
+                            fired_on.filter(|_| critical && !own && serves_beside),
+                            "{fired_on:?} {latest:?}"
+                        );
+                        for last in &candidates {
+                            cases += 1;
+                            let got = incident_deployment(&r, &a, Some(&latest), last.as_ref());
+                            let ctx = || format!("{severity:?} {fired_on:?} {latest:?} {last:?}");
+                            match got {
+                                None => {
+                                    // none only when nothing qualifies
+                                    assert!(
+                                        !critical
+                                            || (!own
+                                                && (wanted.is_none()
+                                                    || last.as_ref().is_none_or(|c| {
+                                                        Some(c.version.as_str()) != wanted
+                                                            || c.kind == DeploymentKind::Rollback
+                                                            || c.state != DeploymentState::Succeeded
+                                                    }))),
+                                        "{}",
+                                        ctx()
+                                    );
+                                }
+                                Some(9) => {
+                                    assert!(critical && own, "{}", ctx());
+                                    opened[0] += 1;
+                                }
+                                Some(3) => {
+                                    let c = last.as_ref().expect("a last change was given");
+                                    assert!(critical && !own, "{}", ctx());
+                                    assert_eq!(Some(c.version.as_str()), wanted, "{}", ctx());
+                                    assert_eq!(Some(c.version.as_str()), fired_on, "{}", ctx());
+                                    assert_ne!(c.kind, DeploymentKind::Rollback, "{}", ctx());
+                                    assert_eq!(c.state, DeploymentState::Succeeded, "{}", ctx());
+                                    opened[1] += 1;
+                                }
+                                Some(other) => panic!("incident on {other}: {}", ctx()),
+                            }
+                        }
+                        // nothing given for the last change: only the latest's own
+                        assert_eq!(
+                            incident_deployment(&r, &a, Some(&latest), None),
+                            (critical && own).then_some(9)
+                        );
+                    }
+                }
+            }
+            assert_eq!(
+                incident_deployment(&r, &a, None, candidates[1].as_ref()),
+                None
+            );
+        }
+    }
+    assert!(cases > 100_000, "{cases}");
+    assert!(opened[0] > 0 && opened[1] > 0, "{opened:?}");
+}
+
 #[test]
 fn a_critical_alert_opens_an_incident_on_the_deployment_of_its_version() {
     let mut r = rule("error_rate > 10%", 0, 0);
@@ -997,7 +1238,7 @@ fn a_critical_alert_opens_an_incident_on_the_deployment_of_its_version() {
         (None, None),
     ] {
         assert_eq!(
-            incident_deployment(&r, &a, latest.as_ref()),
+            incident_deployment(&r, &a, latest.as_ref(), None),
             want,
             "{latest:?}"
         );
@@ -1005,7 +1246,7 @@ fn a_critical_alert_opens_an_incident_on_the_deployment_of_its_version() {
     let latest = deployment("2.0.0", Deploy, Succeeded);
     r.severity = Severity::Warning;
     assert_eq!(
-        incident_deployment(&r, &a, Some(&latest)),
+        incident_deployment(&r, &a, Some(&latest), None),
         None,
         "critical only"
     );
@@ -1015,7 +1256,7 @@ fn a_critical_alert_opens_an_incident_on_the_deployment_of_its_version() {
     unversioned.labels.clear();
     unversioned.series.clear();
     assert_eq!(
-        incident_deployment(&r, &unversioned, Some(&latest)),
+        incident_deployment(&r, &unversioned, Some(&latest), None),
         Some(9)
     );
     assert_ne!(
