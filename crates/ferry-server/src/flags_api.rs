@@ -8,7 +8,8 @@
 //! only read flags and post metrics). What they serve is versioned by the environment's
 //! revision (bumped in the transaction of every change): the ETag is `"epoch-revision"`,
 //! and the serialized document and the evaluation engine are built once per revision and
-//! kept in [`FlagCache`] — a poll costs one indexed read of the revision.
+//! kept in [`FlagCache`] — a poll costs one indexed read: the client token and the revision
+//! together ([`FlagCache::for_client`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,8 +29,8 @@ use ferry_core::flags::ofrep::{self, ErrorCode, EvaluationError, OfrepRequest};
 use ferry_core::flags::{ClientFeatures, Engine, EvalEnv, Feature, Payload};
 use ferry_core::manifest::{Manifest, Strategy};
 use ferry_store::{
-    ChangeMeta, FlagChange, FlagGuardRecord, FlagMetricRow, FlagRecord, FlagWrite, GuardRefused,
-    Store,
+    ChangeMeta, FlagChange, FlagClientScope, FlagGuardRecord, FlagMetricRow, FlagRecord, FlagWrite,
+    GuardRefused, ServedFlags, Store, StoreError,
 };
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
@@ -67,19 +68,92 @@ pub struct FlagCache {
 /// At most this many environments are cached (then the cache starts over).
 const MAX_CACHED: usize = 1_024;
 
+/// The reads the SDK endpoints make of the store (a test wraps it to count them).
+pub(crate) trait FlagReads: Sync {
+    /// A client token's app environment and its flags' revision, in one read.
+    fn client_scope(
+        &self,
+        token_sha256: &str,
+    ) -> impl Future<Output = Result<Option<FlagClientScope>, StoreError>> + Send;
+    /// The revision (and epoch) of an app environment's flags.
+    fn revision(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> impl Future<Output = Result<Option<(i64, String)>, StoreError>> + Send;
+    /// What an app environment serves, with its revision.
+    fn served(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> impl Future<Output = Result<Option<ServedFlags>, StoreError>> + Send;
+}
+
+impl FlagReads for Store {
+    async fn client_scope(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<FlagClientScope>, StoreError> {
+        self.flag_client_scope(token_sha256).await
+    }
+
+    async fn revision(&self, app: &str, env: &str) -> Result<Option<(i64, String)>, StoreError> {
+        self.flag_revision(app, env).await
+    }
+
+    async fn served(&self, app: &str, env: &str) -> Result<Option<ServedFlags>, StoreError> {
+        self.served_flags(app, env).await
+    }
+}
+
 impl FlagCache {
     /// The snapshot of `app/env` at its current revision (an empty one before any flag).
-    pub async fn current(&self, store: &Store, app: &str, env: &str) -> ApiResult<Arc<Snapshot>> {
+    pub async fn current(
+        &self,
+        store: &impl FlagReads,
+        app: &str,
+        env: &str,
+    ) -> ApiResult<Arc<Snapshot>> {
+        let (revision, epoch) = store
+            .revision(app, env)
+            .await?
+            .unwrap_or((0, "none".into()));
+        self.at(store, app, env, revision, &epoch).await
+    }
+
+    /// What an SDK request is served: the snapshot of its client token's app environment,
+    /// whose revision is read with the token — so a poll whose snapshot is cached (every
+    /// poll but the first after a change) costs one read of the store, and its ETag derives
+    /// from the revision read there. A 401 without a valid client token.
+    pub(crate) async fn for_client(
+        &self,
+        store: &impl FlagReads,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Snapshot>, Response> {
+        let scope = client_scope(store, headers).await?;
+        self.at(store, &scope.app, &scope.env, scope.revision, &scope.epoch)
+            .await
+            .map_err(IntoResponse::into_response)
+    }
+
+    /// The snapshot of `app/env` at `revision`/`epoch` (just read): the cached one when it
+    /// is at that revision, else built from what the store serves now.
+    async fn at(
+        &self,
+        store: &impl FlagReads,
+        app: &str,
+        env: &str,
+        revision: i64,
+        epoch: &str,
+    ) -> ApiResult<Arc<Snapshot>> {
         let key = (app.to_string(), env.to_string());
-        let revision = store.flag_revision(app, env).await?;
-        let (revision, epoch) = revision.unwrap_or((0, "none".into()));
         if let Some(s) = self.lock().get(&key)
             && s.revision == revision
             && s.epoch == epoch
         {
             return Ok(s.clone());
         }
-        let served = store.served_flags(app, env).await?;
+        let served = store.served(app, env).await?;
         let (revision, epoch, doc) = match served {
             Some(s) => (
                 s.revision,
@@ -149,10 +223,13 @@ fn eval_env_now(random: &mut dyn FnMut() -> u32) -> EvalEnv<'_> {
 // SDK endpoints (client tokens)
 // ---------------------------------------------------------------------------------------------
 
-/// The app environment of the client token the request carries (`Authorization: TOKEN`
-/// as Unleash SDKs send it, or `Bearer TOKEN`); a 401 otherwise. Ferry API tokens are not
-/// client tokens.
-async fn client_scope(state: &AppState, headers: &HeaderMap) -> Result<(String, String), Response> {
+/// The app environment (and flags' revision) of the client token the request carries
+/// (`Authorization: TOKEN` as Unleash SDKs send it, or `Bearer TOKEN`); a 401 otherwise.
+/// Ferry API tokens are not client tokens.
+async fn client_scope(
+    store: &impl FlagReads,
+    headers: &HeaderMap,
+) -> Result<FlagClientScope, Response> {
     let unauthorized = |message: &str| {
         ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response()
     };
@@ -168,7 +245,7 @@ async fn client_scope(state: &AppState, headers: &HeaderMap) -> Result<(String, 
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(unauthorized("not a flag client token"));
     }
-    match state.store.flag_token_scope(&auth::token_hash(token)).await {
+    match store.client_scope(&auth::token_hash(token)).await {
         Ok(Some(scope)) => Ok(scope),
         Ok(None) => Err(unauthorized("unknown or revoked flag client token")),
         Err(e) => Err(crate::api::internal(e).into_response()),
@@ -178,13 +255,9 @@ async fn client_scope(state: &AppState, headers: &HeaderMap) -> Result<(String, 
 /// `GET /api/client/features`: the environment's flags in Unleash's format; 304 when
 /// `If-None-Match` names the current revision.
 pub async fn client_features(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let (app, env) = match client_scope(&state, &headers).await {
-        Ok(s) => s,
+    let snapshot = match state.flags.for_client(&state.store, &headers).await {
+        Ok(snapshot) => snapshot,
         Err(r) => return r,
-    };
-    let snapshot = match state.flags.current(&state.store, &app, &env).await {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
     };
     if not_modified(&headers, &snapshot.etag) {
         return with_etag(StatusCode::NOT_MODIFIED.into_response(), &snapshot.etag);
@@ -203,7 +276,7 @@ pub async fn client_register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (app, env) = match client_scope(&state, &headers).await {
+    let FlagClientScope { app, env, .. } = match client_scope(&state.store, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -235,7 +308,7 @@ pub async fn client_metrics(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (app, env) = match client_scope(&state, &headers).await {
+    let FlagClientScope { app, env, .. } = match client_scope(&state.store, &headers).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -312,8 +385,8 @@ pub async fn ofrep_one(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (app, env) = match client_scope(&state, &headers).await {
-        Ok(s) => s,
+    let snapshot = match state.flags.for_client(&state.store, &headers).await {
+        Ok(snapshot) => snapshot,
         Err(r) => return r,
     };
     let ctx = match ofrep_context(&body) {
@@ -321,10 +394,6 @@ pub async fn ofrep_one(
         Err((code, details)) => {
             return ofrep_error(StatusCode::BAD_REQUEST, Some(&key), code, details);
         }
-    };
-    let snapshot = match state.flags.current(&state.store, &app, &env).await {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
     };
     let mut rng = rand::rng();
     let mut random = || rng.random::<u32>();
@@ -341,17 +410,13 @@ pub async fn ofrep_one(
 /// `POST /ofrep/v1/evaluate/flags`: every flag for the context; 304 when `If-None-Match`
 /// names the ETag of this revision and context.
 pub async fn ofrep_all(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let (app, env) = match client_scope(&state, &headers).await {
-        Ok(s) => s,
+    let snapshot = match state.flags.for_client(&state.store, &headers).await {
+        Ok(snapshot) => snapshot,
         Err(r) => return r,
     };
     let ctx = match ofrep_context(&body) {
         Ok(c) => c,
         Err((code, details)) => return ofrep_error(StatusCode::BAD_REQUEST, None, code, details),
-    };
-    let snapshot = match state.flags.current(&state.store, &app, &env).await {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
     };
     // The answer depends on the context as much as on the flags.
     let etag = {
@@ -1377,4 +1442,124 @@ pub fn sdk_routes() -> axum::Router<AppState> {
         .route(SDK_PATHS[2], post(client_metrics))
         .route(SDK_PATHS[3], post(ofrep_all))
         .route(SDK_PATHS[4], post(ofrep_one))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// The store, counting the reads made through it.
+    struct Counting {
+        store: Store,
+        reads: AtomicUsize,
+    }
+
+    impl Counting {
+        fn take(&self) -> usize {
+            self.reads.swap(0, Ordering::SeqCst)
+        }
+    }
+
+    impl FlagReads for Counting {
+        async fn client_scope(&self, token: &str) -> Result<Option<FlagClientScope>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.store.client_scope(token).await
+        }
+        async fn revision(
+            &self,
+            app: &str,
+            env: &str,
+        ) -> Result<Option<(i64, String)>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.store.revision(app, env).await
+        }
+        async fn served(&self, app: &str, env: &str) -> Result<Option<ServedFlags>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.store.served(app, env).await
+        }
+    }
+
+    fn authorization(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(token).unwrap());
+        headers
+    }
+
+    #[tokio::test]
+    async fn an_sdk_poll_of_an_unchanged_environment_reads_the_store_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite_file(&dir.path().join("ferry.db"))
+            .await
+            .unwrap();
+        let token = "ferry_client_0123456789";
+        store
+            .create_flag_token("shop", "prod", "web", &auth::token_hash(token), "alice", 1)
+            .await
+            .unwrap();
+        let reads = Counting {
+            store,
+            reads: AtomicUsize::new(0),
+        };
+        let cache = FlagCache::default();
+        let headers = authorization(token);
+
+        // the first poll builds the snapshot: the token with the revision, then the flags
+        let first = cache.for_client(&reads, &headers).await.ok().unwrap();
+        assert_eq!((first.etag.as_str(), reads.take()), ("\"none-0\"", 2));
+        // every later poll at that revision: one read, the same snapshot
+        for _ in 0..3 {
+            let again = cache.for_client(&reads, &headers).await.ok().unwrap();
+            assert!(Arc::ptr_eq(&first, &again));
+            assert_eq!(reads.take(), 1);
+        }
+        // a change moves the revision read with the token: a new snapshot, a new ETag
+        reads
+            .store
+            .write_flags(
+                "shop",
+                "prod",
+                &["a".to_string()],
+                None,
+                ChangeMeta {
+                    actor: "alice",
+                    action: "create",
+                    reason: None,
+                    now_ms: 2,
+                    new_epoch: "e1",
+                },
+                |_| {
+                    Ok::<_, ()>(vec![Some(FlagWrite {
+                        feature: Feature {
+                            name: "a".into(),
+                            enabled: true,
+                            ..Feature::default()
+                        },
+                        archived: false,
+                    })])
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let changed = cache.for_client(&reads, &headers).await.ok().unwrap();
+        assert_eq!((changed.etag.as_str(), reads.take()), ("\"e1-1\"", 2));
+        assert_eq!(changed.engine.state().features.len(), 1);
+        let again = cache.for_client(&reads, &headers).await.ok().unwrap();
+        assert!(Arc::ptr_eq(&changed, &again));
+        assert_eq!(reads.take(), 1);
+        // an unknown token: refused after its one read
+        let refused = cache
+            .for_client(&reads, &authorization("ferry_client_nope"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            (refused.status(), reads.take()),
+            (StatusCode::UNAUTHORIZED, 1)
+        );
+    }
 }

@@ -51,6 +51,16 @@ pub struct FlagChange {
     pub reason: Option<String>,
 }
 
+/// What an SDK request needs before anything else: whose client token it carries and the
+/// revision of that app environment's flags (0 and epoch `none` before any flag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagClientScope {
+    pub app: String,
+    pub env: String,
+    pub revision: i64,
+    pub epoch: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlagTokenRecord {
     pub id: i64,
@@ -523,16 +533,30 @@ impl Store {
         })
     }
 
-    /// The app environment a client token is for.
-    pub async fn flag_token_scope(&self, token_sha256: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT app, env FROM flag_tokens WHERE token_sha256 = $1")
-            .bind(token_sha256)
-            .fetch_optional(&self.pool)
-            .await
-            .ctx(|| "looking up a flag client token".to_string())?;
+    /// The app environment of a client token and its flags' revision, in one read (an SDK's
+    /// poll answered 304 reads nothing else).
+    pub async fn flag_client_scope(&self, token_sha256: &str) -> Result<Option<FlagClientScope>> {
+        let row = sqlx::query(
+            "SELECT t.app AS app, t.env AS env, e.revision AS revision, e.epoch AS epoch \
+             FROM flag_tokens t LEFT JOIN flag_envs e ON e.app = t.app AND e.env = t.env \
+             WHERE t.token_sha256 = $1",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx(|| "looking up a flag client token".to_string())?;
         let what = || "flag client token".to_string();
-        row.map(|r| Ok((get(&r, "app", &what)?, get(&r, "env", &what)?)))
-            .transpose()
+        row.map(|r| {
+            let revision: Option<i64> = get(&r, "revision", &what)?;
+            let epoch: Option<String> = get(&r, "epoch", &what)?;
+            Ok(FlagClientScope {
+                app: get(&r, "app", &what)?,
+                env: get(&r, "env", &what)?,
+                revision: revision.unwrap_or(0),
+                epoch: epoch.unwrap_or_else(|| "none".to_string()),
+            })
+        })
+        .transpose()
     }
 
     pub async fn list_flag_tokens(&self, app: &str, env: &str) -> Result<Vec<FlagTokenRecord>> {

@@ -49,8 +49,8 @@ pub mod notify;
 // leader: leases and wake-ups between servers
 mod lease;
 pub use flags::{
-    ChangeMeta, FlagChange, FlagDecide, FlagGuardRecord, FlagMetricRow, FlagRecord,
-    FlagTokenRecord, FlagWrite, GuardRefused, ServedFlags,
+    ChangeMeta, FlagChange, FlagClientScope, FlagDecide, FlagGuardRecord, FlagMetricRow,
+    FlagRecord, FlagTokenRecord, FlagWrite, GuardRefused, ServedFlags,
 };
 pub use lease::{Acquire, Fence, LeaseGrant, LeaseRecord, WAKE_CHANNEL};
 pub use notify::{DeliveryQuery, DeliveryRecord, GroupRow, NewDelivery};

@@ -3456,18 +3456,53 @@ pub async fn flag_tokens_clients_and_metrics(store: Store, _url: String) {
         .create_flag_token("shop", "prod", "web", "h1", "alice", 5)
         .await
         .unwrap();
+    // the scope and the revision in one read: 0/none before any flag, then the revision's
+    let scope = |revision: i64, epoch: &str| ferry_store::FlagClientScope {
+        app: "shop".into(),
+        env: "prod".into(),
+        revision,
+        epoch: epoch.into(),
+    };
     assert_eq!(
-        store.flag_token_scope("h1").await.unwrap(),
-        Some(("shop".into(), "prod".into()))
+        store.flag_client_scope("h1").await.unwrap(),
+        Some(scope(0, "none"))
     );
-    assert_eq!(store.flag_token_scope("h2").await.unwrap(), None);
+    assert_eq!(store.flag_client_scope("h2").await.unwrap(), None);
+    store
+        .write_flags(
+            "shop",
+            "prod",
+            &["a".to_string()],
+            None,
+            flag_meta("create", 6),
+            |_| {
+                Ok::<_, ()>(vec![Some(ferry_store::FlagWrite {
+                    feature: ferry_core::flags::Feature {
+                        name: "a".into(),
+                        ..Default::default()
+                    },
+                    archived: false,
+                })])
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.flag_client_scope("h1").await.unwrap(),
+        Some(scope(1, "e1"))
+    );
+    assert_eq!(
+        store.flag_revision("shop", "prod").await.unwrap(),
+        Some((1, "e1".to_string()))
+    );
     assert_eq!(
         store.list_flag_tokens("shop", "prod").await.unwrap(),
         vec![t.clone()]
     );
     assert!(!store.delete_flag_token("shop", "qa", t.id).await.unwrap());
     assert!(store.delete_flag_token("shop", "prod", t.id).await.unwrap());
-    assert_eq!(store.flag_token_scope("h1").await.unwrap(), None);
+    assert_eq!(store.flag_client_scope("h1").await.unwrap(), None);
 
     store
         .register_flag_client("shop", "prod", "web", "i1", "sdk:1", 5)
