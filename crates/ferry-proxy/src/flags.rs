@@ -57,6 +57,18 @@ struct Series {
 /// A (flag, variant) as an answer named it.
 type SeriesKey = (Box<str>, Box<str>);
 
+/// One (flag, variant)'s figures as `/metrics` shows them ([`FlagCounters::buckets`]).
+#[derive(Debug)]
+pub(crate) struct FlagBuckets {
+    pub flag: Box<str>,
+    pub variant: Box<str>,
+    pub requests: u64,
+    pub errors_5xx: u64,
+    /// Latencies per bucket (not cumulative), the last one above every bound.
+    pub counts: Vec<u64>,
+    pub sum_us: u64,
+}
+
 /// The per-flag figures of one (listener, service, version). Touched only by answers that
 /// carry the header, under one lock.
 #[derive(Debug, Default)]
@@ -145,6 +157,39 @@ impl FlagCounters {
                     .saturating_record(us.clamp(1, crate::metrics::HDR_MAX_US));
             }
         }
+    }
+
+    /// Every series' figures for `/metrics`: (flag, variant, requests, 5xx, latency
+    /// counts per bucket of `bounds_us` — the last one for above them all —, latency sum in
+    /// microseconds). Latencies come from the HDR histogram: each within 1 % of what was
+    /// measured.
+    pub fn buckets(&self, bounds_us: &[u64]) -> Vec<FlagBuckets> {
+        let series = match self.series.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        series
+            .iter()
+            .map(|((flag, variant), s)| {
+                let mut counts = vec![0u64; bounds_us.len() + 1];
+                let mut sum_us = 0u64;
+                for v in s.hist.iter_recorded() {
+                    let value = s.hist.highest_equivalent(v.value_iterated_to());
+                    let n = v.count_at_value();
+                    let i = bounds_us.partition_point(|b| *b < value);
+                    counts[i] += n;
+                    sum_us = sum_us.saturating_add(value.saturating_mul(n));
+                }
+                FlagBuckets {
+                    flag: flag.clone(),
+                    variant: variant.clone(),
+                    requests: s.requests,
+                    errors_5xx: s.errors_5xx,
+                    counts,
+                    sum_us,
+                }
+            })
+            .collect()
     }
 
     /// The cumulative figures of every series, for `/v1/stats`.

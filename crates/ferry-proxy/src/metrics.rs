@@ -368,6 +368,7 @@ impl Collector for MetricsCollector {
                     .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
             }
         }
+        encode_flags(&mut encoder, &keys)?;
         {
             let mut m = encoder.encode_descriptor(
                 "ferry_proxy_in_flight",
@@ -387,4 +388,89 @@ impl Collector for MetricsCollector {
         }
         Ok(())
     }
+}
+
+/// The per-flag series (from the answers' `Ferry-Flags` header): requests, 5xx answers and
+/// latency per (listener, service, version, flag, variant). At most
+/// [`crate::flags::MAX_SERIES`] in all ([`crate::flags::MAX_SERIES_PER_VERSION`] per
+/// version); what did not fit is counted in `ferry_proxy_flag_dropped`.
+fn encode_flags(
+    encoder: &mut DescriptorEncoder,
+    keys: &[Arc<KeyStats>],
+) -> Result<(), std::fmt::Error> {
+    let series: Vec<(&KeyStats, Vec<crate::flags::FlagBuckets>)> = keys
+        .iter()
+        .map(|k| (&**k, k.flags.buckets(&BUCKETS_US)))
+        .filter(|(_, s)| !s.is_empty())
+        .collect();
+    fn labels<'a>(
+        k: &'a KeyStats,
+        f: &'a crate::flags::FlagBuckets,
+    ) -> [(&'static str, &'a str); 5] {
+        [
+            ("listener", &k.listener),
+            ("service", &k.service),
+            ("version", &k.version),
+            ("flag", &f.flag),
+            ("variant", &f.variant),
+        ]
+    }
+    {
+        let mut m = encoder.encode_descriptor(
+            "ferry_proxy_flag_requests",
+            "Answers whose Ferry-Flags header named the flag's variant.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (k, flags) in &series {
+            for f in flags {
+                m.encode_family(&labels(k, f))?
+                    .encode_counter::<NoLabelSet, _, u64>(&f.requests, None)?;
+            }
+        }
+    }
+    {
+        let mut m = encoder.encode_descriptor(
+            "ferry_proxy_flag_errors",
+            "Of those answers, the ones with status 5xx.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (k, flags) in &series {
+            for f in flags {
+                m.encode_family(&labels(k, f))?
+                    .encode_counter::<NoLabelSet, _, u64>(&f.errors_5xx, None)?;
+            }
+        }
+    }
+    {
+        let mut m = encoder.encode_descriptor(
+            "ferry_proxy_flag_request_duration_seconds",
+            "Latency to response headers of the answers that named the flag's variant (within 1 %).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (k, flags) in &series {
+            for f in flags {
+                // per-bucket counts (the encoder accumulates), +Inf last
+                let buckets: Vec<(f64, u64)> = BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY])
+                    .zip(f.counts.iter().copied())
+                    .collect();
+                let count: u64 = f.counts.iter().sum();
+                m.encode_family(&labels(k, f))?
+                    .encode_histogram::<NoLabelSet>(f.sum_us as f64 / 1e6, count, &buckets, None)?;
+            }
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "ferry_proxy_flag_dropped",
+        "Flag attributions not counted: a malformed or oversized Ferry-Flags header, or over the series bounds.",
+        None,
+        MetricType::Counter,
+    )?;
+    m.encode_counter::<NoLabelSet, _, u64>(&crate::flags::dropped(), None)?;
+    Ok(())
 }

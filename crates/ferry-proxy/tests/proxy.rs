@@ -853,6 +853,60 @@ async fn ferry_flags_answers_are_counted_per_flag_and_the_header_never_reaches_c
         ]
     );
     assert_eq!(st.flags_dropped, 0);
+    // the same series on /metrics (the server re-exports them on its own)
+    let text = h
+        .http
+        .get(h.admin("/metrics"))
+        .bearer_auth(&h.proxy.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = |flag: &str, variant: &str| {
+        format!(
+            r#"listener="shop/prod",service="api",version="v1",flag="{flag}",variant="{variant}""#
+        )
+    };
+    for line in [
+        format!(
+            "ferry_proxy_flag_requests_total{{{}}} 9",
+            labels("checkout", "on")
+        ),
+        format!(
+            "ferry_proxy_flag_errors_total{{{}}} 3",
+            labels("checkout", "on")
+        ),
+        format!(
+            "ferry_proxy_flag_requests_total{{{}}} 5",
+            labels("checkout", "off")
+        ),
+        format!(
+            "ferry_proxy_flag_errors_total{{{}}} 0",
+            labels("checkout", "off")
+        ),
+        format!(
+            "ferry_proxy_flag_requests_total{{{}}} 6",
+            labels("search", "off")
+        ),
+        format!(
+            "ferry_proxy_flag_request_duration_seconds_count{{{}}} 9",
+            labels("checkout", "on")
+        ),
+        format!(
+            "ferry_proxy_flag_request_duration_seconds_bucket{{le=\"+Inf\",{}}} 6",
+            labels("search", "off")
+        ),
+        "ferry_proxy_flag_dropped_total 0".to_string(),
+    ] {
+        assert!(text.contains(&line), "missing {line} in\n{text}");
+    }
+    assert_eq!(
+        text.matches("ferry_proxy_flag_requests_total{").count(),
+        3,
+        "one series per (flag, variant): {text}"
+    );
     h.stop().await;
     a.stop().await;
 }

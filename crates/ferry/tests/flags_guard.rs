@@ -177,6 +177,32 @@ async fn a_guarded_flag_rollout_rolls_a_bad_flag_back_and_takes_a_good_one_to_10
             text.contains("flags.guarded_rollout") && text.contains("rolled back to 0%"),
             "the audit log has the rollback by analysis: {text}"
         );
+        // The server's /metrics has the proxy's per-flag series of those requests.
+        let metrics = ferry
+            .http
+            .get(format!("{}/metrics", ferry.url))
+            .bearer_auth(&ferry.token)
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let series = r#"service="web",version="1.0.0",flag="bad-checkout",variant="on"}"#;
+        let carried = metrics
+            .lines()
+            .find(|l| l.starts_with("ferry_proxy_flag_requests_total{") && l.contains(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no series {series} on /metrics:\n{metrics}"));
+        let failed = metrics
+            .lines()
+            .find(|l| l.starts_with("ferry_proxy_flag_errors_total{") && l.contains(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_default();
+        assert!(
+            carried >= sample && failed > 0 && failed <= carried,
+            "{carried} requests carried bad-checkout on, {failed} failed (sample {sample})"
+        );
         // The CLI says it in words too, with whose requests were judged.
         let out = ferry
             .cli(&["flags", "show", &spec.app, "--env", &spec.env, "bad-checkout"])
