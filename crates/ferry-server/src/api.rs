@@ -1087,6 +1087,16 @@ mod tests {
         assert!(served_routes(&probe).await.is_empty());
     }
 
+    /// A rollout's `stickiness` is described as the handler reads it, 1 to `MAX_NAME`
+    /// characters (schemathesis sent `""`, schema-valid, and got 400).
+    #[test]
+    fn openapi_bounds_the_rollout_stickiness_as_the_handler_does() {
+        let spec: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json");
+        let s = &spec["components"]["schemas"]["RolloutRequest"]["properties"]["stickiness"];
+        assert_eq!(s["minLength"], 1, "{s}");
+        assert_eq!(s["maxLength"], ferry_core::flags::edit::MAX_NAME, "{s}");
+    }
+
     /// Every integer a caller sends (a parameter, or a field of a request body, however
     /// nested) is bounded in openapi.json: an unbounded one lets a client send a number no
     /// 64-bit field holds, which is refused as an invalid body rather than described.
