@@ -8,38 +8,17 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Ferry, SERIAL, Spec, bounded, free_port};
+use common::{Ferry, SERIAL, Spec, bounded, with_gated_production};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// A manifest with `staging` (no gates) then `production` with `gates` (flow YAML).
-fn two_environments(ferry: &Ferry, spec: &Spec, gates: &str) -> PathBuf {
-    let path = ferry.write_manifest(spec, "ferry.yaml");
-    let mut yaml = std::fs::read_to_string(&path).expect("read manifest");
-    yaml.push_str(&format!(
-        "  production:\n    listen: 127.0.0.1:{}\n    strategy: {}\n    gates: {gates}\n",
-        free_port(),
-        spec.strategy
-    ));
-    std::fs::write(&path, yaml).expect("write manifest");
-    path
-}
-
-fn staging_spec(app: &str) -> Spec {
-    let mut spec = Spec::new(app);
-    spec.env = "staging".into();
-    spec.replicas = 1;
-    spec
-}
 
 /// Polls `ferry gates ID -o json` until `pred` holds on its JSON (or fails with the last).
 async fn wait_gates(ferry: &Ferry, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -119,14 +98,14 @@ async fn checks_hold_the_deployment_until_they_pass() {
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
         let ci = CiServer::start().await;
-        let spec = staging_spec("checked");
+        let spec = Spec::staging("checked");
         let gates = format!(
             "{{ checks: [ \
              {{ name: ci-green, http: {{ url: \"http://127.0.0.1:{}/status/${{VERSION}}\", expect_status: 200, expect_body: success }}, interval: 300ms, timeout: 2s }}, \
              {{ name: uat, run: [\"sh\", \"-c\", \"test -f uat-${{VERSION}}-${{FERRY_ENV}}.ok || {{ echo missing uat-${{VERSION}}-${{FERRY_ENV}}.ok; exit 1; }}\"], interval: 300ms }} ] }}",
             ci.port
         );
-        let manifest = two_environments(&ferry, &spec, &gates);
+        let manifest = with_gated_production(&ferry, &spec, &spec.strategy, &gates);
         ferry.apply(&manifest).await;
 
         let prod = ferry.deploy_id_to("checked", "production", "1.0.0").await;
@@ -285,10 +264,8 @@ async fn a_freeze_is_overridden_by_someone_allowed_with_a_reason() {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
-        let spec = staging_spec("hotfix");
-        let manifest = two_environments(
-            &ferry,
-            &spec,
+        let spec = Spec::staging("hotfix");
+        let manifest = with_gated_production(&ferry, &spec, &spec.strategy,
             "{ freeze: [ { from: \"2000-01-01T00:00:00\", until: \"2999-01-01T00:00:00\", timezone: UTC } ] }",
         );
         ferry.apply(&manifest).await;

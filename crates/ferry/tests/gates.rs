@@ -3,33 +3,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Ferry, SERIAL, Spec, bounded, free_port};
+use common::{Ferry, SERIAL, Spec, bounded, with_gated_production};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A manifest with `staging` (no gates) then `production` with `gates` (flow YAML).
-fn two_environments(ferry: &Ferry, spec: &Spec, gates: &str) -> PathBuf {
-    let path = ferry.write_manifest(spec, "ferry.yaml");
-    let mut yaml = std::fs::read_to_string(&path).expect("read manifest");
-    yaml.push_str(&format!(
-        "  production:\n    listen: 127.0.0.1:{}\n    strategy: {}\n    gates: {gates}\n",
-        free_port(),
-        spec.strategy
-    ));
-    std::fs::write(&path, yaml).expect("write manifest");
-    path
-}
-
-fn staging_spec(app: &str) -> Spec {
-    let mut spec = Spec::new(app);
-    spec.env = "staging".into();
-    spec.replicas = 1;
-    spec
-}
 
 /// The deployment's state and its timeline as text.
 async fn state_and_timeline(ferry: &Ferry, id: i64) -> (String, String) {
@@ -72,8 +51,13 @@ async fn production_waits_for_staging_and_the_soak() {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
-        let spec = staging_spec("gated");
-        let manifest = two_environments(&ferry, &spec, "{ after: staging, soak: 2s }");
+        let spec = Spec::staging("gated");
+        let manifest = with_gated_production(
+            &ferry,
+            &spec,
+            &spec.strategy,
+            "{ after: staging, soak: 2s }",
+        );
         ferry.apply(&manifest).await;
 
         // Never ran in staging: production waits, and says why.
@@ -129,10 +113,8 @@ async fn a_freeze_window_holds_the_deployment() {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
-        let spec = staging_spec("frozen");
-        let manifest = two_environments(
-            &ferry,
-            &spec,
+        let spec = Spec::staging("frozen");
+        let manifest = with_gated_production(&ferry, &spec, &spec.strategy,
             "{ freeze: [ { from: \"2000-01-01T00:00:00\", until: \"2999-01-01T00:00:00\", timezone: UTC } ] }",
         );
         ferry.apply(&manifest).await;
@@ -176,16 +158,16 @@ async fn a_waiting_deployment_keeps_the_manifest_it_was_requested_with() {
                 log.display()
             )
         };
-        let mut spec = staging_spec("pinned");
+        let mut spec = Spec::staging("pinned");
         spec.extra_service_yaml = hook("ONE");
-        let manifest = two_environments(&ferry, &spec, "{ after: staging }");
+        let manifest = with_gated_production(&ferry, &spec, &spec.strategy, "{ after: staging }");
         ferry.apply(&manifest).await;
         let prod = ferry.deploy_id_to("pinned", "production", "1.0.0").await;
         wait_state(&ferry, prod, "blocked").await;
 
         // The hook changes while production waits for staging.
         spec.extra_service_yaml = hook("TWO");
-        let manifest = two_environments(&ferry, &spec, "{ after: staging }");
+        let manifest = with_gated_production(&ferry, &spec, &spec.strategy, "{ after: staging }");
         ferry.apply(&manifest).await;
         ferry.deploy_ok(&spec, "1.0.0").await;
         let done = ferry.wait_terminal(prod, Duration::from_secs(30)).await;

@@ -130,6 +130,14 @@ impl Spec {
         }
     }
 
+    /// A one-replica service in `staging`.
+    pub fn staging(app: &str) -> Spec {
+        let mut spec = Spec::new(app);
+        spec.env = "staging".into();
+        spec.replicas = 1;
+        spec
+    }
+
     pub fn listener(&self) -> String {
         format!("127.0.0.1:{}", self.listen_port)
     }
@@ -1286,10 +1294,16 @@ pub async fn add_person<'a>(
 /// `spec`'s manifest (its environment, e.g. `staging`) followed by a `production`
 /// environment with `strategy` (one line of YAML) held for an `approver`'s approval.
 pub fn with_approved_production(ferry: &Ferry, spec: &Spec, strategy: &str) -> PathBuf {
+    with_gated_production(ferry, spec, strategy, "{ approvals: [{ role: approver }] }")
+}
+
+/// `spec`'s manifest (its environment, e.g. `staging`) followed by a `production`
+/// environment with `strategy` and `gates` (each one line of YAML, flow style).
+pub fn with_gated_production(ferry: &Ferry, spec: &Spec, strategy: &str, gates: &str) -> PathBuf {
     let path = ferry.write_manifest(spec, "ferry.yaml");
     let mut yaml = std::fs::read_to_string(&path).expect("read manifest");
     yaml.push_str(&format!(
-        "  production:\n    listen: 127.0.0.1:{}\n    strategy: {strategy}\n    gates: {{ approvals: [{{ role: approver }}] }}\n",
+        "  production:\n    listen: 127.0.0.1:{}\n    strategy: {strategy}\n    gates: {gates}\n",
         free_port(),
     ));
     std::fs::write(&path, yaml).expect("write manifest");
