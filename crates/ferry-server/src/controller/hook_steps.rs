@@ -11,8 +11,8 @@ use ferry_core::rollout::Verdict;
 use ferry_store::{AppRecord, DeploymentRecord};
 
 use super::executor::Scope;
-use super::routes::preview_header;
 use super::steps;
+use super::steps::routes::preview_header;
 use super::{Controller, RequestError};
 use crate::error::ServerError;
 use crate::hooks::{HookRunner, HttpVia, Job, PhaseStatus, Target};
@@ -272,7 +272,12 @@ impl Controller {
         {
             return Ok(PhaseStatus::Done);
         }
-        if !self.preview_routed(&app.name, env, &deployment.version) {
+        if !steps::routes::preview_routed(
+            self.proxy.acknowledged().as_ref(),
+            &app.name,
+            env,
+            &deployment.version,
+        ) {
             // The preview route must reach the new version before it is smoke-tested.
             return Ok(PhaseStatus::Waiting);
         }
@@ -285,24 +290,6 @@ impl Controller {
             Route::Preview,
         )
         .await
-    }
-
-    /// Whether the proxy's acknowledged table routes the preview of `version` (a ready
-    /// group of it on every route of app/env).
-    fn preview_routed(&self, app: &str, env: &str, version: &str) -> bool {
-        let Some(table) = self.proxy.acknowledged() else {
-            return false;
-        };
-        let id = format!("{app}/{env}");
-        let Some(listener) = table.listeners.iter().find(|l| l.id == id) else {
-            return false;
-        };
-        listener.routes.iter().all(|route| {
-            route
-                .backends
-                .iter()
-                .any(|g| g.version == version && !g.endpoints.is_empty())
-        })
     }
 
     /// An automatic rollback past an irreversible migration does not happen: the deployment

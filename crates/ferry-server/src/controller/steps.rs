@@ -24,6 +24,7 @@ pub(super) mod progressive;
 pub(super) mod promotion;
 pub(super) mod retry;
 pub(super) mod rollout;
+pub(super) mod routes;
 
 /// Whether a plan ends its deployment (a transition to a terminal state).
 pub(super) fn ends(effects: &[Effect]) -> bool {
@@ -132,7 +133,9 @@ mod tidy {
             "sqlx",
             "reqwest",
             "std::fs",
-            "std::net",
+            "TcpStream",
+            "TcpListener",
+            "UdpSocket",
             "std::process",
             "Controller",
             "Clock",
