@@ -8,8 +8,9 @@
 //!   process is either known to the store or findable by its `FERRY_REPLICA_ID`.
 //! - Decisions are level-triggered: a restarted controller recomputes them from what runs.
 //!
-//! One module per concern: `reconcile` (the loop; the rolling/recreate pass of one
-//! environment), `canary` (canary and blue/green), `strategy` (plan and pace of a deployment
+//! One module per concern: `reconcile` (the loop; an environment's pass, concern by concern
+//! as `steps::next_concern` picks them; the rolling/recreate reconciler), `canary` (canary
+//! and blue/green), `strategy` (plan and pace of a deployment
 //! kind), `gate_steps`, `hook_steps`, `replicas`, `routes`, `drain`, `timeline`
 //! (transitions and events), `commands` (the command API), `status`, `recover`, `teardown`.
 

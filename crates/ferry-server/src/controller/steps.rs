@@ -3,11 +3,12 @@
 //! apply, in order. No I/O here (no tokio, no store, no runtime, no proxy: the `tidy` test
 //! below enforces it); [`super::executor`] applies the effects.
 //!
-//! Concerns moved here so far: `maintain` (an idle environment at its version, replicas
-//! outside every manifest), `gates` (may a deployment start), `rollout` (the entry and
-//! exit transitions of a rolling/recreate deployment), `progressive` (a canary or
-//! blue/green pass, forward and back), `bake`, `retry` (infrastructure failures), `hooks`
-//! (what the hooks' outcomes make of a deployment).
+//! `concern` picks which concern acts next in an environment's pass ([`next_concern`]);
+//! the concerns: `maintain` (an idle environment at its version, replicas outside every
+//! manifest), `gates` (may a deployment start), `rollout` (the entry and exit transitions
+//! of a rolling/recreate deployment), `progressive` (a canary or blue/green pass, forward
+//! and back), `bake`, `retry` (infrastructure failures), `hooks` (what the hooks' outcomes
+//! make of a deployment), `promotion` (auto-promotion requests), `routes` (the route table).
 
 use ferry_core::manifest::GateCheck;
 use ferry_core::model::{DeploymentState, EventKind};
