@@ -50,6 +50,8 @@ pub struct AppState {
     pub gov: Arc<Governance>,
     /// What the flag SDK endpoints serve, per environment and revision.
     pub flags: Arc<crate::flags_api::FlagCache>,
+    /// leader: whether this server leads, for `/v1/version`, teardown and wake-ups.
+    pub leader: crate::leader::Status,
 }
 
 impl AppState {
@@ -157,6 +159,10 @@ pub fn router(state: AppState) -> Router {
         .serve(e::FlagsTokensCreate, flags_api::create_token)
         .serve(e::FlagsTokensDelete, flags_api::delete_token)
         .serve(e::FlagsMetrics, flags_api::metrics)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            wake_the_leader,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), access::gate));
     let api = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -336,9 +342,38 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         .into_response())
 }
 
-/// `GET /v1/version`: the server's version (the CLI prints it beside its own).
-async fn version() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
+/// `GET /v1/version`: the server's version (the CLI prints it beside its own), and with
+/// several servers on one database, whether this one leads and which one does.
+async fn version(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let mut body = serde_json::json!({ "version": env!("CARGO_PKG_VERSION") });
+    if let Some(view) = state.leader.view(&state.store).await {
+        body["leadership"] = serde_json::json!(view);
+    }
+    Json(body)
+}
+
+/// leader: after a write accepted by a follower, the leader (another process) is woken
+/// through the store (PostgreSQL NOTIFY), so it acts at once rather than at its next poll.
+/// The handlers wake this server's own loop themselves.
+async fn wake_the_leader(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let write = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let response = next.run(request).await;
+    if write && response.status().is_success() && !state.leader.leading() {
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.wake_leader().await {
+                tracing::warn!(error = %e, "cannot wake the leader; it acts at its next poll");
+            }
+        });
+    }
+    response
 }
 
 async fn apply(
@@ -991,7 +1026,16 @@ async fn logs(
 }
 
 async fn teardown(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    state.controller()?.teardown().await;
+    let controller = state.controller()?;
+    // leader: only the leader runs (and may stop) the workloads and the proxy.
+    if !state.leader.leading() {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "not_leader",
+            "this server does not lead: send the teardown to the leader (GET /v1/version names it)",
+        ));
+    }
+    controller.teardown().await;
     state.shutdown.cancel();
     Ok(Json(serde_json::json!({ "stopped": true })))
 }

@@ -229,6 +229,12 @@ impl Controller {
     pub fn wake(&self) {
         self.wake.notify_one();
     }
+
+    /// leader: the store may have changed under another server's loop; live views
+    /// (`watch`, `wait_events`, the console) look again.
+    pub(crate) fn changed_elsewhere(&self) {
+        self.events_changed.send_modify(|n| *n += 1);
+    }
 }
 
 /// Invariants of the layer's shape.

@@ -15,6 +15,9 @@ pub enum ServerError {
     Runtime(#[from] ferry_runtime::RuntimeError),
     #[error("proxy: {0}")]
     Proxy(String),
+    /// A setting the server was started with is out of range (names the flag).
+    #[error("{0}")]
+    Config(String),
     /// Stored state that cannot be read back (a bug or a hand-edited database).
     #[error("corrupt state: {0}")]
     Corrupt(String),

@@ -40,6 +40,8 @@ mod gates;
 // hooks:
 mod hooks;
 mod identity;
+// leader: several servers, one leader
+mod leader;
 mod logs;
 mod notify;
 mod notify_api;
@@ -68,6 +70,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ServerError;
+pub use leader::{DEFAULT_TTL as DEFAULT_LEASE_TTL, LeaderSettings, default_server_id};
 pub use notify::Settings as NotifySettings;
 
 /// Locks a mutex whose data stays valid even if a holder panicked (plain maps and sets).
@@ -95,6 +98,8 @@ pub struct ServerConfig {
     pub ports: Option<ferry_runtime::PortRange>,
     /// The notification dispatcher's retry base and retention.
     pub notify: NotifySettings,
+    /// This server's id among several sharing the database, and its lease's TTL.
+    pub leader: LeaderSettings,
 }
 
 /// A running server. Dropping it leaves the proxy and replicas running.
@@ -104,6 +109,8 @@ pub struct Server {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     controller: Arc<controller::Controller>,
+    /// Set when this server stopped because it lost the leader lease.
+    lost_lease: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts the control plane: opens the store, adopts or starts the proxy, re-adopts the
@@ -133,6 +140,10 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         Some(url) => Store::open(url).await?,
         None => Store::open_sqlite_file(&data_dir.join("ferry.db")).await?,
     };
+    let timing = config
+        .leader
+        .timing()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     let admin_token = auth::ensure_admin_token(&store, &data_dir).await?;
     let audit_key = audit::load_or_create_key(&data_dir)?;
     let secrets = secrets::Secrets::open(store.clone(), &data_dir, master_key_file()).await?;
@@ -146,40 +157,45 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         .local_addr()
         .map_err(|e| ServerError::io("reading the API address".to_string(), e))?;
     let shutdown = CancellationToken::new();
-    let proxy = proxy_link::ProxyLink::adopt_or_start(
-        &config.ferry_exe,
-        &data_dir.join("proxy"),
-        config.ports,
-    )
-    .await?;
+    // The proxy link exists once this server leads (leader.rs): a follower starts none.
+    let proxy = Arc::new(leader::LeaderProxy::default());
     let process = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
     process.set_log_filter(config.ferry_exe.clone());
     let runtime = runtimes::Runtimes::new(process, data_dir.display().to_string());
     let controller = controller::Controller::new(
         store.clone(),
         runtime,
-        Arc::new(proxy),
+        proxy.clone(),
         Arc::new(clock::SystemClock),
         secrets.clone(),
         workloads,
     );
-    controller.recover().await?;
 
-    let mut tasks = vec![
-        tokio::spawn(controller.clone().run(shutdown.clone())),
-        tokio::spawn(audit::run_checkpoints(
-            store.clone(),
+    // Every server serves the API; what acts runs only while this server holds the
+    // leader lease (leader.rs: `Work::start` is the list). Leading at once, the proxy and
+    // the re-adoption are done before the API serves, as a single server always did.
+    let status = leader::Leadership::status(&config.leader);
+    let lost_lease = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let leadership = leader::Leadership {
+        store: store.clone(),
+        settings: config.leader.clone(),
+        timing,
+        status: status.clone(),
+        work: leader::Work {
+            store: store.clone(),
+            controller: controller.clone(),
+            proxy,
+            ferry_exe: config.ferry_exe.clone(),
+            proxy_dir: data_dir.join("proxy"),
+            ports: config.ports,
             audit_key,
-            shutdown.clone(),
-        )),
-        tokio::spawn(auth::purge_ended_sessions(store.clone(), shutdown.clone())),
-        // alerts:
-        tokio::spawn(alerts::run(controller.clone(), shutdown.clone())),
-        tokio::spawn(usage::run(controller.clone(), shutdown.clone())),
-    ];
-    // notify:
-    let dispatcher = notify::Dispatcher::new(store.clone(), secrets.clone(), config.notify);
-    tasks.push(tokio::spawn(dispatcher.run(shutdown.clone())));
+            secrets: secrets.clone(),
+            notify: config.notify,
+        },
+        shutdown: shutdown.clone(),
+        lost: lost_lease.clone(),
+    };
+    let mut tasks = vec![leadership.start().await?];
 
     let app = api::router(api::AppState {
         store,
@@ -188,17 +204,8 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         shutdown: shutdown.clone(),
         gov: Arc::new(access::Governance::new(audit_key)),
         flags: Default::default(),
+        leader: status,
     });
-    // console: rolling deployments' charts, and old charts pruned.
-    tasks.push(tokio::spawn(series::run(
-        controller.clone(),
-        shutdown.clone(),
-    )));
-    // Guarded flag rollouts: their own loop, on the controller's proxy link.
-    tasks.push(tokio::spawn(flags_guard::run(
-        controller.clone(),
-        shutdown.clone(),
-    )));
     let api_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let served = axum::serve(
@@ -218,6 +225,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         shutdown,
         tasks,
         controller,
+        lost_lease,
     })
 }
 
@@ -271,9 +279,16 @@ impl Server {
         self.stop().await;
     }
 
-    /// Resolves when the server was asked to stop through the API (`POST /v1/teardown`).
+    /// Resolves when the server was asked to stop through the API (`POST /v1/teardown`),
+    /// or stopped acting because it lost the leader lease ([`Server::lost_lease`]).
     pub async fn stopped(&self) {
         self.shutdown.cancelled().await
+    }
+
+    /// Whether the server stopped because it lost the leader lease (another server leads
+    /// now); its supervisor should start it again, as a follower.
+    pub fn lost_lease(&self) -> bool {
+        self.lost_lease.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -302,6 +317,7 @@ impl ApiOnly {
             shutdown: CancellationToken::new(),
             gov: Arc::new(access::Governance::new(audit_key)),
             flags: Default::default(),
+            leader: Default::default(),
         });
         Ok(ApiOnly {
             router,

@@ -71,7 +71,7 @@ pub struct Fence {
 }
 
 /// Longest lease name and holder id the store accepts.
-pub const MAX_NAME_LEN: usize = 200;
+pub const MAX_LEASE_NAME_LEN: usize = 200;
 
 fn check_ttl(ttl_ms: u64) -> Result<i64> {
     i64::try_from(ttl_ms)
@@ -86,9 +86,9 @@ fn check_names(name: &str, holder: &str) -> Result<()> {
             "a lease needs a name and a holder".into(),
         ));
     }
-    if name.len() > MAX_NAME_LEN || holder.len() > MAX_NAME_LEN {
+    if name.len() > MAX_LEASE_NAME_LEN || holder.len() > MAX_LEASE_NAME_LEN {
         return Err(StoreError::Conflict(format!(
-            "lease name and holder are at most {MAX_NAME_LEN} bytes"
+            "lease name and holder are at most {MAX_LEASE_NAME_LEN} bytes"
         )));
     }
     Ok(())
@@ -155,6 +155,43 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .ctx(op)?;
+        match row {
+            Some(row) => Ok(Acquire::Granted(grant_from_row(&row, name)?)),
+            None => match self.lease(name).await? {
+                Some(record) => Ok(Acquire::HeldBy(record)),
+                None => Err(StoreError::NotFound(format!("lease {name}"))),
+            },
+        }
+    }
+
+    /// Takes the lease from the holding `from` (as read) before it expires: for a holder
+    /// known to be dead (a server on this host whose process is gone). Only that exact
+    /// holding (holder and token) is replaced; a new one is not.
+    pub async fn take_over_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: u64,
+        from: &LeaseRecord,
+    ) -> Result<Acquire> {
+        check_names(name, holder)?;
+        let ttl = check_ttl(ttl_ms)?;
+        let now = self.db_now_sql();
+        let sql = format!(
+            "UPDATE leases SET holder = $2, token = token + 1, expires_at_ms = {now} + $3, \
+             acquired_at_ms = {now}, renewed_at_ms = {now} \
+             WHERE name = $1 AND holder = $4 AND token = $5 \
+             RETURNING token, expires_at_ms, renewed_at_ms"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .bind(holder)
+            .bind(ttl)
+            .bind(&from.holder)
+            .bind(from.token)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx(|| format!("taking lease {name} over from {}", from.holder))?;
         match row {
             Some(row) => Ok(Acquire::Granted(grant_from_row(&row, name)?)),
             None => match self.lease(name).await? {

@@ -52,7 +52,7 @@ pub use flags::{
     ChangeMeta, FlagChange, FlagClientScope, FlagDecide, FlagGuardRecord, FlagMetricRow,
     FlagRecord, FlagTokenRecord, FlagWrite, GuardRefused, ServedFlags,
 };
-pub use lease::{Acquire, Fence, LeaseGrant, LeaseRecord, WAKE_CHANNEL};
+pub use lease::{Acquire, Fence, LeaseGrant, LeaseRecord, MAX_LEASE_NAME_LEN, WAKE_CHANNEL};
 pub use notify::{DeliveryQuery, DeliveryRecord, GroupRow, NewDelivery};
 
 pub use audit::{AuditQuery, CheckpointRecord};

@@ -141,6 +141,8 @@ enum Command {
         ports: Option<ferry_runtime::PortRange>,
         #[command(flatten)]
         notify: serve::NotifyArgs,
+        #[command(flatten)]
+        leader: serve::LeaderArgs,
     },
     /// Redact workload output into a file (started by `ferry server`).
     #[command(name = "__log-filter", hide = true)]
@@ -676,7 +678,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             run_as,
             ports,
             notify,
-        } => serve::server(data, listen, database, run_as, ports, notify.settings()?).await,
+            leader,
+        } => {
+            serve::server(
+                data,
+                listen,
+                database,
+                run_as,
+                ports,
+                notify.settings()?,
+                leader.settings()?,
+            )
+            .await
+        }
         Command::LogFilter { out } => {
             ferry_runtime::redact::run_filter(std::io::stdin().lock(), &out)
                 .map_err(|e| anyhow::anyhow!("log filter into {}: {e}", out.display()))

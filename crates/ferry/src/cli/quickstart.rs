@@ -114,7 +114,16 @@ pub async fn run(
         .unwrap_or_default();
 
     crate::say!("Starting Ferry (data in {})", data.display());
-    let server = start_server(&data, listen, None, None, None, Default::default()).await?;
+    let server = start_server(
+        &data,
+        listen,
+        None,
+        None,
+        None,
+        Default::default(),
+        Default::default(),
+    )
+    .await?;
     let url = format!("http://{}", server.addr());
     let token = server.admin_token();
     crate::say!("  API      {url}");

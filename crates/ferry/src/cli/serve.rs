@@ -75,6 +75,39 @@ impl NotifyArgs {
     }
 }
 
+/// `ferry server`'s place among several servers on one database (docs/high-availability.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LeaderArgs {
+    /// This server's id, unique among the servers sharing the database (default HOST:PID).
+    #[arg(long, env = "FERRY_SERVER_ID", value_name = "ID")]
+    server_id: Option<String>,
+    /// How long the leader lease lasts without a renewal (2s to 10m): a follower takes over
+    /// this long after the leader dies; the leader renews every third of it.
+    #[arg(
+        long,
+        env = "FERRY_LEASE_TTL",
+        default_value = "15s",
+        value_name = "DURATION"
+    )]
+    lease_ttl: HumanDuration,
+}
+
+impl LeaderArgs {
+    /// The server's leader settings; an out-of-range TTL or a bad id is refused, naming the flag.
+    pub fn settings(self) -> anyhow::Result<ferry_server::LeaderSettings> {
+        let settings = ferry_server::LeaderSettings {
+            server_id: self
+                .server_id
+                .unwrap_or_else(ferry_server::default_server_id),
+            lease_ttl: self.lease_ttl.get(),
+        };
+        settings
+            .timing()
+            .map_err(|e| Failure::new(exit::INVALID, e.to_string()))?;
+        Ok(settings)
+    }
+}
+
 /// Starts the server in this process (the `ferry` executable is reused for the proxy).
 pub async fn start_server(
     data: &Path,
@@ -83,6 +116,7 @@ pub async fn start_server(
     run_as: Option<String>,
     ports: Option<ferry_runtime::PortRange>,
     notify: ferry_server::NotifySettings,
+    leader: ferry_server::LeaderSettings,
 ) -> anyhow::Result<ferry_server::Server> {
     let ferry_exe = std::env::current_exe().context("cannot find the ferry executable")?;
     ferry_server::start(ferry_server::ServerConfig {
@@ -93,6 +127,7 @@ pub async fn start_server(
         run_as,
         ports,
         notify,
+        leader,
     })
     .await
     .map_err(|e| Failure::new(exit::ERROR, format!("cannot start the Ferry server: {e}")).into())
@@ -105,17 +140,20 @@ pub async fn server(
     run_as: Option<String>,
     ports: Option<ferry_runtime::PortRange>,
     notify: ferry_server::NotifySettings,
+    leader: ferry_server::LeaderSettings,
 ) -> anyhow::Result<()> {
     let store = match &database {
         Some(url) => ferry_store::redact(url).into_owned(),
         None => "SQLite, in the data directory".to_string(),
     };
-    let server = start_server(&data, listen, database, run_as, ports, notify).await?;
+    let server_id = leader.server_id.clone();
+    let server = start_server(&data, listen, database, run_as, ports, notify, leader).await?;
     let data_abs = std::fs::canonicalize(&data).unwrap_or(data);
     let token_file = data_abs.join("admin.token");
     println!("Ferry API on http://{}", server.addr());
     println!("  data       {}", data_abs.display());
     println!("  state      {store}");
+    println!("  server id  {server_id} (one leader acts; GET /v1/version says which)");
     println!("  admin token in {} (chmod 600)", token_file.display());
     println!(
         "  try        FERRY_URL=http://{} FERRY_TOKEN=$(cat {}) ferry apps",
@@ -131,8 +169,17 @@ pub async fn server(
             eprintln!("to stop them too: start `ferry server` again and run `ferry teardown --yes`");
         }
         () = server.stopped() => {
-            eprintln!("teardown requested through the API: replicas and proxy stopped");
+            let lost = server.lost_lease();
             server.stop().await;
+            if lost {
+                return Err(Failure::new(
+                    exit::ERROR,
+                    "lost the leader lease (another server leads now): stopped acting; \
+                     start this server again to follow",
+                )
+                .into());
+            }
+            eprintln!("teardown requested through the API: replicas and proxy stopped");
         }
     }
     Ok(())
