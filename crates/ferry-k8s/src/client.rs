@@ -27,7 +27,7 @@ use std::time::Duration;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
@@ -43,6 +43,7 @@ use crate::gateway::{self, GatewayError, WeightsPatch};
 use crate::objects::{
     ANNOTATION_VERSION, LABEL_APP, LABEL_DEPLOYMENT, LABEL_ENV, LABEL_SERVICE, Objects,
 };
+use crate::proxy::ProxyObjects;
 
 /// The hash of what Ferry last applied to an object.
 pub const ANNOTATION_APPLIED: &str = "ferry.dev/applied";
@@ -322,6 +323,25 @@ impl Cluster {
         namespace: &str,
         service: &str,
     ) -> Result<Vec<SocketAddr>, ClusterError> {
+        let mut out: Vec<SocketAddr> = self
+            .ready_endpoints(namespace, service, "http")
+            .await?
+            .into_iter()
+            .map(|(_, addr)| addr)
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The ready endpoints of `service`'s port named `port_name`, each with the name of its
+    /// pod (its `targetRef`, else its address), from its EndpointSlices.
+    pub async fn ready_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        port_name: &str,
+    ) -> Result<Vec<(String, SocketAddr)>, ClusterError> {
         let params = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
         let slices = self
             .namespaced::<EndpointSlice>(namespace)
@@ -333,7 +353,7 @@ impl Cluster {
             let port = slice
                 .ports
                 .as_ref()
-                .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some("http")))
+                .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some(port_name)))
                 .and_then(|p| p.port)
                 .and_then(|p| u16::try_from(p).ok());
             let Some(port) = port else { continue };
@@ -348,14 +368,73 @@ impl Cluster {
                 }
                 for address in &endpoint.addresses {
                     if let Ok(ip) = address.parse::<IpAddr>() {
-                        out.push(SocketAddr::new(ip, port));
+                        let pod = endpoint
+                            .target_ref
+                            .as_ref()
+                            .and_then(|r| r.name.clone())
+                            .unwrap_or_else(|| address.clone());
+                        out.push((pod, SocketAddr::new(ip, port)));
                     }
                 }
             }
         }
-        out.sort();
-        out.dedup();
         Ok(out)
+    }
+
+    /// Applies an environment's proxy fleet ([`crate::proxy`]): its namespace, the admin
+    /// token's Secret, then the Services and the Deployment.
+    pub async fn apply_proxy(
+        &self,
+        namespace: &Namespace,
+        token: &Secret,
+        fleet: &ProxyObjects,
+    ) -> Result<(), ClusterError> {
+        self.apply_namespace(namespace).await?;
+        self.apply_secret(token).await?;
+        for service in &fleet.services {
+            let ns = service.metadata.namespace.clone().unwrap_or_default();
+            self.apply(&self.namespaced::<Service>(&ns), service)
+                .await?;
+        }
+        let ns = fleet
+            .deployment
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_default();
+        self.apply(&self.namespaced::<Deployment>(&ns), &fleet.deployment)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a Namespace, unless it already is as wanted.
+    pub async fn apply_namespace(&self, namespace: &Namespace) -> Result<Applied, ClusterError> {
+        self.apply(&Api::<Namespace>::all(self.client.clone()), namespace)
+            .await
+    }
+
+    /// Applies a ConfigMap (the proxy fleet's route table), unless it already holds it.
+    pub async fn apply_config_map(&self, map: &ConfigMap) -> Result<Applied, ClusterError> {
+        let ns = map.metadata.namespace.clone().unwrap_or_default();
+        self.apply(&self.namespaced::<ConfigMap>(&ns), map).await
+    }
+
+    /// The value of `key` in the Secret `name`, if both exist.
+    pub async fn secret_value(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<String>, ClusterError> {
+        let secret = self
+            .namespaced::<Secret>(namespace)
+            .get_opt(name)
+            .await
+            .map_err(api_error(format!("Secret {name}")))?;
+        Ok(secret
+            .and_then(|s| s.data)
+            .and_then(|mut data| data.remove(key))
+            .and_then(|bytes| String::from_utf8(bytes.0).ok()))
     }
 
     /// Watches the `K`s of `namespace` that `labels` selects and sends a wake-up on `changed`

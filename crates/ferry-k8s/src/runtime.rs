@@ -183,6 +183,11 @@ impl KubernetesRuntime {
         KubernetesRuntime { inner }
     }
 
+    /// The cluster this runtime runs on.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
     /// Makes the watches follow the supervised replicas: the Deployments and EndpointSlices
     /// of each (namespace, app, env) with a replica are watched, once; the watches of one
     /// with none left end. Called after every change to the replicas: the set is read under

@@ -1926,6 +1926,7 @@ fn ferry_s_own_rbac_grants_every_request_the_runtime_makes_and_nothing_more() {
     after_a_restart_deployments_no_replica_accounts_for_are_trimmed();
     the_runtime_watches_deployments_and_endpoint_slices_instead_of_polling();
     watches_end_with_the_last_replica_and_open_again_with_the_next();
+    the_proxy_fleet_is_applied_its_table_saved_and_its_ready_pods_found();
     let used: std::collections::BTreeSet<(String, String, String)> = EVERY_REQUEST
         .lock()
         .expect("every request")
@@ -1972,5 +1973,94 @@ fn ferry_s_own_rbac_grants_every_request_the_runtime_makes_and_nothing_more() {
     assert!(
         unused.is_empty(),
         "permissions no request needs: {unused:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_proxy_fleet_is_applied_its_table_saved_and_its_ready_pods_found() {
+    use ferry_k8s::proxy;
+    let fake = Fake::default();
+    let cluster = Cluster::new(fake.client());
+    let manifest = common::manifest();
+    let fleet = proxy::proxy_objects(&manifest, "staging", "ferry:1").expect("fleet");
+    let namespace = objects::namespace(&manifest, "staging");
+    let token = proxy::admin_secret(&manifest, "staging", "t0k3n");
+    assert_eq!(
+        cluster
+            .secret_value("shop-staging", proxy::ADMIN_SECRET, proxy::TOKEN_KEY)
+            .await
+            .expect("read"),
+        None,
+        "no token yet"
+    );
+    cluster
+        .apply_proxy(&namespace, &token, &fleet)
+        .await
+        .expect("apply the fleet");
+    let writes: Vec<String> = fake
+        .seen()
+        .into_iter()
+        .filter(|l| l.starts_with("PATCH"))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            format!("PATCH {NS}"),
+            format!("PATCH {NS}/secrets/ferry-proxy-admin"),
+            format!("PATCH {SERVICES}/ferry-proxy"),
+            format!("PATCH {SERVICES}/ferry-proxy-admin"),
+            format!("PATCH {DEPLOYMENTS}/ferry-proxy"),
+        ]
+    );
+    assert_eq!(
+        cluster
+            .secret_value("shop-staging", proxy::ADMIN_SECRET, proxy::TOKEN_KEY)
+            .await
+            .expect("read"),
+        Some("t0k3n".to_string())
+    );
+    // Unchanged: reads only.
+    fake.forget_requests();
+    cluster
+        .apply_proxy(&namespace, &token, &fleet)
+        .await
+        .expect("apply again");
+    assert!(
+        fake.seen().iter().all(|l| l.starts_with("GET ")),
+        "{:?}",
+        fake.seen()
+    );
+    // The route table's ConfigMap: written once, then left alone.
+    let map = proxy::routes_config_map(&manifest, "staging", common::ROUTES);
+    assert_eq!(
+        cluster.apply_config_map(&map).await.expect("map"),
+        Applied::Written
+    );
+    assert_eq!(
+        cluster.apply_config_map(&map).await.expect("map"),
+        Applied::Unchanged
+    );
+    // The ready pods of the headless admin Service, by name, on the admin port.
+    fake.put(
+        "/apis/discovery.k8s.io/v1/namespaces/shop-staging/endpointslices/ferry-proxy-admin-x1",
+        json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                "metadata": { "name": "ferry-proxy-admin-x1", "namespace": "shop-staging",
+                              "labels": { "kubernetes.io/service-name": "ferry-proxy-admin" } },
+                "ports": [{ "name": "admin", "port": 9901, "protocol": "TCP" }],
+                "endpoints": [
+                    { "addresses": ["10.1.0.7"], "conditions": { "ready": true },
+                      "targetRef": { "kind": "Pod", "name": "ferry-proxy-abc" } },
+                    { "addresses": ["10.1.0.8"], "conditions": { "ready": false },
+                      "targetRef": { "kind": "Pod", "name": "ferry-proxy-def" } } ] }),
+    );
+    assert_eq!(
+        cluster
+            .ready_endpoints("shop-staging", proxy::ADMIN_SERVICE, proxy::ADMIN_PORT_NAME)
+            .await
+            .expect("pods"),
+        [(
+            "ferry-proxy-abc".to_string(),
+            "10.1.0.7:9901".parse().unwrap()
+        )]
     );
 }

@@ -38,6 +38,9 @@ mod flags_guard;
 // gates:
 mod gates;
 // hooks:
+mod fleet;
+#[cfg(feature = "kubernetes")]
+mod fleet_kube;
 mod hooks;
 mod identity;
 // leader: several servers, one leader
@@ -162,10 +165,12 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let process = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
     process.set_log_filter(config.ferry_exe.clone());
     let runtime = runtimes::Runtimes::new(process, data_dir.display().to_string());
+    // Each environment's listeners go to the local proxy or to its proxy pods.
+    let planes = fleet::Planes::new(proxy.clone(), Arc::new(runtime.clone()));
     let controller = controller::Controller::new(
         store.clone(),
         runtime,
-        proxy.clone(),
+        Arc::new(planes),
         Arc::new(clock::SystemClock),
         secrets.clone(),
         workloads,

@@ -93,6 +93,25 @@ struct Inner {
     kube: Mutex<BTreeMap<Option<String>, ferry_k8s::runtime::KubernetesRuntime>>,
     #[cfg(feature = "kubernetes")]
     kube_connect: tokio::sync::Mutex<()>,
+    /// The proxy pods of `traffic: proxy` Kubernetes environments (app, env).
+    #[cfg(feature = "kubernetes")]
+    fleets: Mutex<BTreeMap<(String, String), ProxyFleet>>,
+}
+
+#[cfg(feature = "kubernetes")]
+struct ProxyFleet {
+    pods: Arc<crate::fleet_kube::KubePods>,
+    fleet: Arc<crate::fleet::Fleet>,
+}
+
+/// The image of the proxy pods when the manifest names none: `$FERRY_PROXY_IMAGE`, else
+/// Ferry's own image at this version.
+#[cfg(feature = "kubernetes")]
+fn proxy_image() -> String {
+    std::env::var("FERRY_PROXY_IMAGE")
+        .ok()
+        .filter(|image| ferry_core::manifest::kubernetes::is_image(image))
+        .unwrap_or_else(ferry_k8s::proxy::default_image)
 }
 
 impl Runtimes {
@@ -127,6 +146,8 @@ impl Runtimes {
                 kube: Mutex::new(BTreeMap::new()),
                 #[cfg(feature = "kubernetes")]
                 kube_connect: tokio::sync::Mutex::new(()),
+                #[cfg(feature = "kubernetes")]
+                fleets: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -232,6 +253,23 @@ impl Runtimes {
             }
         };
         kube.configure(manifest, env, secrets.clone());
+        // `traffic: proxy`: the environment's listeners are served by its proxy pods.
+        let key = (manifest.app.clone(), env.to_string());
+        let mut fleets = crate::lock(&self.inner.fleets);
+        if ferry_core::manifest::kubernetes::Kubernetes::proxy_fleet_of(manifest, env).is_none() {
+            fleets.remove(&key);
+        } else if let Some(existing) = fleets.get(&key) {
+            existing.pods.set_manifest(manifest);
+        } else {
+            let pods = Arc::new(crate::fleet_kube::KubePods::new(
+                kube.cluster().clone(),
+                manifest,
+                env,
+                proxy_image(),
+            ));
+            let fleet = Arc::new(crate::fleet::Fleet::new(pods.clone()));
+            fleets.insert(key, ProxyFleet { pods, fleet });
+        }
         Ok(())
     }
 
@@ -576,6 +614,36 @@ pub fn hook_container(
         .services
         .iter()
         .find_map(|(name, _)| container_spec(manifest, env, name, version, secrets))
+}
+
+impl crate::fleet::FleetDirectory for Runtimes {
+    fn fleet_of(&self, app: &str, env: &str) -> Option<Arc<crate::fleet::Fleet>> {
+        #[cfg(feature = "kubernetes")]
+        {
+            crate::lock(&self.inner.fleets)
+                .get(&(app.to_string(), env.to_string()))
+                .map(|f| f.fleet.clone())
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        {
+            let _ = (app, env);
+            None
+        }
+    }
+
+    fn fleets(&self) -> Vec<(String, Arc<crate::fleet::Fleet>)> {
+        #[cfg(feature = "kubernetes")]
+        {
+            crate::lock(&self.inner.fleets)
+                .iter()
+                .map(|((app, env), f)| (format!("{app}/{env}"), f.fleet.clone()))
+                .collect()
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        {
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]
