@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use ferry_proxy::routes::RouteTable;
 use ferry_proxy::stats::{
-    EndpointStats, EndpointUsage, FlagStats, LatencyPercentiles, StatsSnapshot, VersionStats,
-    decode_histogram, encode_histogram,
+    EndpointUsage, FlagStats, LatencyPercentiles, StatsSnapshot, VersionStats, decode_histogram,
+    encode_histogram,
 };
 use ferry_runtime::BoxFuture;
 use futures_util::future::join_all;
@@ -429,7 +429,7 @@ pub fn merge(parts: &[&StatsSnapshot]) -> StatsSnapshot {
                         t.in_flight += e.in_flight;
                         t.ejected_until_ms = t.ejected_until_ms.max(e.ejected_until_ms);
                     }
-                    None => total.endpoints.push(EndpointStats { ..e.clone() }),
+                    None => total.endpoints.push(e.clone()),
                 }
             }
             add_histogram(histogram, &v.histogram_us);
