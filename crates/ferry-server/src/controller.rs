@@ -38,6 +38,7 @@ mod canary;
 mod commands;
 mod drain;
 mod executor;
+mod facts;
 mod gate_steps;
 mod hook_steps;
 mod reconcile;
@@ -56,6 +57,8 @@ mod crash_sim;
 mod fakes;
 #[cfg(test)]
 mod fast_tests;
+#[cfg(test)]
+mod pass_cost;
 
 /// How often the loop re-evaluates without being woken (timeouts, proxy liveness).
 const TICK: Duration = Duration::from_millis(200);
@@ -137,10 +140,12 @@ pub struct Controller {
     /// The proxy's counters when each running deployment started (in memory: after a
     /// restart a deployment counts from its first transition seen by this server).
     traffic_baselines: Mutex<HashMap<i64, ferry_proxy::stats::StatsSnapshot>>,
-    /// Manifests at older revisions (immutable), read when replicas start with one.
+    /// Manifests at older revisions (immutable), read when replicas start with one; at
+    /// most `facts::PINNED_CACHE` of them.
     pinned: Mutex<HashMap<(String, i64), Arc<Manifest>>>,
-    /// Each app's latest manifest, parsed once per revision (not on every pass).
-    parsed: Mutex<HashMap<String, (i64, Arc<Manifest>)>>,
+    /// Each app's latest record and manifest, read and parsed once per revision (a pass
+    /// reads only the revisions: `facts.rs`).
+    parsed: Mutex<HashMap<String, (ferry_store::AppRecord, Arc<Manifest>)>>,
     /// Who workloads run as (and their log filter).
     workloads: Arc<crate::workload::Workloads>,
     /// Recent samples of the proxy's counters, for the traffic `status` shows.

@@ -371,6 +371,10 @@ macro_rules! replica_cols {
     };
 }
 
+// What a controller pass reads once (declared after the column macros it uses).
+mod pass;
+pub use pass::{AppRevision, EnvState};
+
 fn get<'r, T>(row: &'r AnyRow, col: &str, what: &dyn Fn() -> String) -> Result<T>
 where
     T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,

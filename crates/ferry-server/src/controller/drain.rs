@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ferry_runtime::ProcessIdentity;
 use ferry_store::ReplicaRecord;
+use tracing::Instrument;
 
 use crate::error::ServerError;
 use crate::lock;
@@ -33,7 +34,8 @@ impl Controller {
                 .map(|s| s.drain_timeout.get())
                 .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
             let this = Arc::clone(self);
-            tokio::spawn(async move {
+            tokio::spawn(
+            async move {
                 // Where the proxy was sent (the runtime's endpoint); a replica no runtime
                 // supervises is in no route table this server pushed.
                 let drained = match this.runtime.endpoint(&record.id) {
@@ -70,7 +72,9 @@ impl Controller {
                     }
                 }
                 this.wake.notify_one();
-            });
+            }
+            // In the pass's span: its statements are the pass's (`pass_cost` counts them).
+            .in_current_span());
         }
         Ok(())
     }

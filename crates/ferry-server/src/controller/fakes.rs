@@ -24,6 +24,7 @@ use ferry_runtime::{
 };
 use ferry_store::{DeploymentRecord, NewManifest, Store};
 use tokio::sync::{broadcast, oneshot};
+use tracing::Instrument;
 
 use super::Controller;
 use crate::clock::Clock;
@@ -684,7 +685,10 @@ impl Sim {
             }
             () = died => {}
         }
-        self.settle_stops().await;
+        // The test's own reads while it waits are no part of the pass (`pass_cost`).
+        self.settle_stops()
+            .instrument(super::pass_cost::uncounted())
+            .await;
         if self.world.crashed.swap(false, Ordering::SeqCst) {
             self.crash().await;
             return false;

@@ -336,8 +336,9 @@ impl Controller {
         app: &AppRecord,
         manifest: &Manifest,
         env: &str,
+        latest: Option<&DeploymentRecord>,
     ) -> Result<(), ServerError> {
-        let Some(latest) = self.store.latest_deployment(&app.name, env).await? else {
+        let Some(latest) = latest else {
             return Ok(());
         };
         if self.hooks.is_settled(latest.id) {

@@ -8,7 +8,7 @@ use ferry_core::manifest::{Manifest, Strategy};
 use ferry_core::model::{DeploymentKind, DeploymentState, EventKind, ReplicaState};
 use ferry_core::rollout::{self, ServiceInput, Verdict};
 use ferry_runtime::RuntimeEvent;
-use ferry_store::{AppRecord, DeploymentRecord, ReplicaRecord, StoreError};
+use ferry_store::{AppRecord, DeploymentRecord, EnvState, ReplicaRecord, StoreError};
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +17,7 @@ use crate::lock;
 use crate::progressive::Phase;
 
 use super::executor::Scope;
+use super::facts::env_state;
 use super::replicas::ActError;
 use super::replicas::short_id;
 use super::steps;
@@ -129,10 +130,7 @@ impl Controller {
 
     /// Puts a replica's news on the timeline of the deployment running in its environment.
     pub(super) async fn replica_event(&self, id: &str, message: &str) {
-        let Ok(replicas) = self.store.list_replicas(None, None).await else {
-            return;
-        };
-        let Some(record) = replicas.into_iter().find(|r| r.id == id) else {
+        let Ok(Some(record)) = self.store.get_replica(id).await else {
             return;
         };
         let at = match self.runtime.endpoint(id) {
@@ -149,32 +147,6 @@ impl Controller {
         if let Ok(Some(active)) = self.active_deployment(&record.app, &record.env).await {
             self.event(active.id, EventKind::Replica, &line).await;
         }
-    }
-
-    /// Every app with its latest manifest; a manifest is parsed once per revision.
-    pub(crate) async fn apps(&self) -> Result<Apps, ServerError> {
-        let mut apps = Apps::new();
-        let records = self.store.list_apps().await?;
-        let mut parsed = lock(&self.parsed);
-        parsed.retain(|name, _| records.iter().any(|r| &r.name == name));
-        for record in records {
-            let manifest = match parsed.get(&record.name) {
-                Some((revision, manifest)) if *revision == record.revision => manifest.clone(),
-                _ => match serde_json::from_str::<Manifest>(&record.manifest_json) {
-                    Ok(manifest) => {
-                        let manifest = Arc::new(manifest);
-                        parsed.insert(record.name.clone(), (record.revision, manifest.clone()));
-                        manifest
-                    }
-                    Err(e) => {
-                        tracing::error!(app = %record.name, error = %e, "stored manifest is unreadable");
-                        continue;
-                    }
-                },
-            };
-            apps.insert(record.name.clone(), (record, manifest));
-        }
-        Ok(apps)
     }
 
     pub(super) async fn active_deployment(
@@ -196,6 +168,7 @@ impl Controller {
         }
         let apps = self.apps().await?;
         let replicas = self.store.list_replicas(None, None).await?;
+        let states = self.store.env_states().await?;
         let now = self.now_ms();
         for (app, manifest) in apps.values() {
             for (env_name, _) in manifest.environments.iter() {
@@ -204,7 +177,14 @@ impl Controller {
                     .filter(|r| r.app == app.name && r.env == env_name)
                     .collect();
                 if let Err(e) = self
-                    .reconcile_env(app, manifest, env_name, &env_replicas, now)
+                    .reconcile_env(
+                        app,
+                        manifest,
+                        env_name,
+                        &env_replicas,
+                        env_state(&states, &app.name, env_name),
+                        now,
+                    )
                     .await
                 {
                     tracing::error!(app = %app.name, env = env_name, error = %e, "could not reconcile");
@@ -219,9 +199,11 @@ impl Controller {
         for id in steps::maintain::orphans(&apps, &replicas) {
             self.store.set_replica_draining(&id, now).await?;
         }
-        // One read of the replicas as this pass left them, for the table and the drains.
+        // One read of the replicas and environments as this pass left them, for the table
+        // and the drains.
         let replicas = self.store.list_replicas(None, None).await?;
-        self.push_routes(&apps, &replicas).await?;
+        let states = self.store.env_states().await?;
+        self.push_routes(&apps, &replicas, &states).await?;
         self.stop_drained(&apps, &replicas).await?;
         Ok(())
     }
@@ -257,14 +239,13 @@ impl Controller {
         manifest: &Manifest,
         env: &str,
         replicas: &[&ReplicaRecord],
+        state: &EnvState,
         now: i64,
     ) -> Result<(), ServerError> {
-        let active = self.active_deployment(&app.name, env).await?;
+        let active = state.active().cloned();
         // apply: replica counts and services follow the manifest revision of a deployment
         // (the active one, else the one that made the current version), never a bare apply.
-        let pinned = self
-            .spec_manifest(app, env, active.as_ref().map(|d| d.id))
-            .await;
+        let pinned = self.running_manifest(app, state).await;
         let spec = ferry_core::apply::running_spec(manifest, pinned.as_deref());
         let mut services = self.observe(&spec, env, replicas);
         let strategy = manifest
@@ -304,12 +285,14 @@ impl Controller {
             let deployment = match (concern, active.as_ref()) {
                 (Concern::Done, _) => return Ok(()),
                 (Concern::AfterRollback, _) => {
-                    self.after_rollback_hooks(app, manifest, env).await?;
+                    self.after_rollback_hooks(app, manifest, env, state.latest.as_ref())
+                        .await?;
                     after = Some(concern);
                     continue;
                 }
                 (Concern::Maintain, _) => {
-                    self.maintain(app, manifest, env, &services, now).await?;
+                    self.maintain(app, manifest, env, &services, state.current_version(), now)
+                        .await?;
                     after = Some(concern);
                     continue;
                 }

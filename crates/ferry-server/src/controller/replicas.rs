@@ -7,7 +7,7 @@ use ferry_core::manifest::Manifest;
 use ferry_core::model::{DeploymentState, EventKind, ReplicaState};
 use ferry_core::rollout::{Action, Observed, Patience, ServiceInput};
 use ferry_runtime::{HealthSpec, ReplicaSpec};
-use ferry_store::{AppRecord, DeploymentRecord, ReplicaRecord};
+use ferry_store::{AppRecord, DeploymentRecord, EnvState, ReplicaRecord};
 use rand::RngExt;
 
 use crate::error::ServerError;
@@ -28,19 +28,11 @@ impl Controller {
         manifest: &Manifest,
         env: &str,
         services: &[ServiceInput],
+        current: Option<&str>,
         now: i64,
     ) -> Result<(), ServerError> {
-        let current = self
-            .store
-            .env_current(&app.name, env)
-            .await?
-            .and_then(|e| e.current_version);
-        let effects = super::steps::maintain::step(
-            current.as_deref(),
-            services,
-            restore_pace(manifest, env),
-            now,
-        );
+        let effects =
+            super::steps::maintain::step(current, services, restore_pace(manifest, env), now);
         let scope = super::executor::Scope {
             app,
             manifest,
@@ -229,15 +221,15 @@ impl Controller {
         }
     }
 
-    /// The manifest revision that says how traffic reaches `env` (listener, hosts, TLS,
-    /// routes), when it is not the latest: the `active` deployment's once it has passed its
-    /// gates, else the one that made the current version. So `apply` never moves a
+    /// The manifest revision that says how traffic reaches an environment (listener, hosts,
+    /// TLS, routes), when it is not the latest: the `active` deployment's once it has passed
+    /// its gates, else the one that made the current version (`current_revision`). So `apply` never moves a
     /// listener; the next deployment (or `ferry redeploy`) does, on its timeline.
     pub(super) async fn edge_manifest(
         &self,
         app: &AppRecord,
-        env: &str,
         active: Option<&DeploymentRecord>,
+        current_revision: Option<i64>,
     ) -> Option<Arc<Manifest>> {
         let started = active.filter(|d| {
             !matches!(
@@ -247,7 +239,23 @@ impl Controller {
                     | DeploymentState::Blocked
             )
         });
-        self.spec_manifest(app, env, started.map(|d| d.id)).await
+        let revision = started.map(|d| d.manifest_revision).or(current_revision)?;
+        self.manifest_at(app, revision).await
+    }
+
+    /// The manifest an environment's replicas run with, when it is not the latest: the
+    /// active deployment's revision, else the one of the deployment that made the current
+    /// version (see [`Controller::spec_manifest`]), from what the pass read.
+    pub(super) async fn running_manifest(
+        &self,
+        app: &AppRecord,
+        state: &EnvState,
+    ) -> Option<Arc<Manifest>> {
+        let revision = state
+            .active()
+            .map(|d| d.manifest_revision)
+            .or(state.current_revision)?;
+        self.manifest_at(app, revision).await
     }
 
     /// How traffic would reach `env` differently under `manifest` than it does now.
@@ -312,7 +320,12 @@ impl Controller {
             return None;
         };
         let manifest = Arc::new(manifest);
-        lock(&self.pinned).insert(key, manifest.clone());
+        let mut pinned = lock(&self.pinned);
+        if pinned.len() >= super::facts::PINNED_CACHE {
+            // Bounded: the revisions still in use are read again as needed.
+            pinned.clear();
+        }
+        pinned.insert(key, manifest.clone());
         Some(manifest)
     }
 

@@ -4,16 +4,15 @@
 //! `traffic: gateway` split on the cluster, then pushes through `proxy_link::DataPlane` and
 //! writes the traffic lines.
 
-use std::collections::HashMap;
-
 use ferry_core::model::EventKind;
 use ferry_core::rollout::ServiceInput;
-use ferry_store::{DeploymentRecord, ReplicaRecord};
+use ferry_store::ReplicaRecord;
 
 use crate::error::ServerError;
 use crate::lock;
 
 use super::Controller;
+use super::facts::{EnvStates, env_state};
 use super::steps::routes::{self as decide, Replica, Site, SitePlan};
 
 impl Controller {
@@ -43,24 +42,21 @@ impl Controller {
         &self,
         apps: &crate::controller::Apps,
         replicas: &[ReplicaRecord],
+        states: &EnvStates,
     ) -> Result<(), ServerError> {
-        let active: HashMap<(String, String), DeploymentRecord> = self
-            .store
-            .active_deployments()
-            .await?
-            .into_iter()
-            .map(|d| ((d.app.clone(), d.env.clone()), d))
-            .collect();
         let acknowledged = self.proxy.acknowledged();
         let mut listeners = Vec::new();
         let mut summaries = Vec::new();
         for (app, manifest) in apps.values() {
             for (env_name, _) in manifest.environments.iter() {
-                let deployment = active.get(&(app.name.clone(), env_name.to_string()));
+                let state = env_state(states, &app.name, env_name);
+                let deployment = state.active();
                 // apply: the listener, hosts, TLS and routes are those of the manifest
                 // revision the environment is deployed with (a deployment's once it has
                 // passed its gates), never a bare apply's.
-                let serving = self.edge_manifest(app, env_name, deployment).await;
+                let serving = self
+                    .edge_manifest(app, deployment, state.current_revision)
+                    .await;
                 let observed: Vec<Replica> = replicas
                     .iter()
                     .filter(|r| r.app == app.name && r.env == env_name)
@@ -128,7 +124,7 @@ impl Controller {
             // Decisions wait on the acknowledged table: take the next pass right away.
             self.wake.notify_one();
             for (app, env, summary) in push.lines {
-                if let Some(active) = active.get(&(app.clone(), env.clone())) {
+                if let Some(active) = env_state(states, &app, &env).active() {
                     self.event(active.id, EventKind::Traffic, &summary).await;
                 }
                 lock(&self.traffic_summary).insert((app, env), summary);

@@ -14,6 +14,7 @@ use crate::progressive::Phase;
 
 use ferry_core::progressive;
 
+use super::facts::env_state;
 use super::strategy::plan_of;
 use super::{Controller, RequestError};
 
@@ -90,22 +91,28 @@ impl Controller {
             )));
         }
         let replicas = self.store.list_replicas(Some(app), None).await?;
-        let mut environments = Vec::new();
-        for (env_name, env) in manifest
+        let wanted: Vec<_> = manifest
             .environments
             .iter()
             .filter(|(name, _)| only_env.is_none_or(|only| only == *name))
-        {
-            let current_version = self
-                .store
-                .env_current(app, env_name)
-                .await?
-                .and_then(|e| e.current_version);
-            let latest_deployment = match self.store.latest_deployment(app, env_name).await? {
+            .collect();
+        // Each environment's newest deployment, then (after them, so that a deployment seen
+        // finished is never beside the current version from before it finished) what
+        // serves each one.
+        let mut latest = Vec::with_capacity(wanted.len());
+        for (env_name, _) in &wanted {
+            latest.push(self.store.latest_deployment(app, env_name).await?);
+        }
+        let states = self.store.env_states().await?;
+        let mut environments = Vec::new();
+        for ((env_name, env), latest) in wanted.into_iter().zip(latest) {
+            let state = env_state(&states, app, env_name);
+            let current_version = state.current_version().map(str::to_string);
+            let latest_deployment = match &latest {
                 Some(d) => {
                     let mut view = d.view();
                     // gates: the rows of a deployment waiting at its gates
-                    view.gates = crate::gates::rows_if_waiting(&self.store, &d).await?;
+                    view.gates = crate::gates::rows_if_waiting(&self.store, d).await?;
                     Some(view)
                 }
                 None => None,
@@ -144,9 +151,12 @@ impl Controller {
                     }
                 })
                 .collect();
-            let active = self.active_deployment(app, env_name).await?;
+            let active = latest.filter(|d| !d.state.is_terminal());
             // apply: the address traffic reaches it on now (see `edge_manifest`)
-            let listen = match self.edge_manifest(&record, env_name, active.as_ref()).await {
+            let listen = match self
+                .edge_manifest(&record, active.as_ref(), state.current_revision)
+                .await
+            {
                 Some(serving) => serving
                     .environments
                     .get(env_name)
