@@ -356,7 +356,7 @@ impl CommandEnv {
     ) -> CommandEnv {
         let (vars, _) =
             ferry_core::config::environment_vars(manifest, &deployment.env, &deployment.version);
-        let mut secrets = secrets
+        let secrets = secrets
             .env_vars(&deployment.app, &deployment.env)
             .await
             .unwrap_or_else(|e| {
@@ -369,11 +369,7 @@ impl CommandEnv {
             &deployment.version,
             &secrets,
         );
-        if container.is_some() {
-            // For the pull only, never in the container.
-            secrets.remove(crate::runtimes::REGISTRY_USERNAME);
-            secrets.remove(crate::runtimes::REGISTRY_PASSWORD);
-        }
+        let secrets = crate::runtimes::workload_secrets(secrets, container.as_ref());
         let secret_values = secrets.values().filter(|v| v.len() >= 4).cloned().collect();
         let mut vars: BTreeMap<String, String> =
             vars.into_iter().map(|v| (v.name, v.value)).collect();

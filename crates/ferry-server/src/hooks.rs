@@ -295,11 +295,7 @@ impl HookRunner {
         // deployment's image (registry credentials for the pull only).
         let container =
             crate::runtimes::hook_container(target.manifest, target.env, target.version, &secrets);
-        let mut secrets = secrets;
-        if container.is_some() {
-            secrets.remove(crate::runtimes::REGISTRY_USERNAME);
-            secrets.remove(crate::runtimes::REGISTRY_PASSWORD);
-        }
+        let secrets = crate::runtimes::workload_secrets(secrets, container.as_ref());
         let secret_values: Vec<String> =
             secrets.values().filter(|v| v.len() >= 4).cloned().collect();
         env.extend(secrets);

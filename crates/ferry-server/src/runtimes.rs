@@ -603,6 +603,20 @@ pub fn container_spec(
     })
 }
 
+/// The secrets a workload's environment gets: when it runs as a `container`, all but the
+/// registry credentials ([`REGISTRY_USERNAME`], [`REGISTRY_PASSWORD`]), which are for
+/// pulling its image only. Replicas, hooks and gate command checks all go through here.
+pub fn workload_secrets(
+    mut secrets: std::collections::BTreeMap<String, String>,
+    container: Option<&ContainerSpec>,
+) -> std::collections::BTreeMap<String, String> {
+    if container.is_some() {
+        secrets.remove(REGISTRY_USERNAME);
+        secrets.remove(REGISTRY_PASSWORD);
+    }
+    secrets
+}
+
 /// The image hooks run in for `env`: the first service (by name) with an image.
 pub fn hook_container(
     manifest: &Manifest,

@@ -711,6 +711,68 @@ pub async fn previous_succeeded_version_skips_failures(store: Store, _url: Strin
     assert!(last("1.5.0", "staging").await.is_some());
 }
 
+/// What a controller pass reads once: every environment's newest deployment, current
+/// version and its manifest revision in one statement; the apps' revisions; one replica.
+pub async fn env_states_read_every_environment_at_once(store: Store, _url: String) {
+    let applied = store
+        .apply_manifest(manifest("shop", "app: shop", 1))
+        .await
+        .unwrap();
+    // prod: 1.0 succeeded at revision 3, then 2.0 failed: the newest is the failure,
+    // the current version still 1.0 with its revision.
+    let mut first = new_deployment("shop", "prod", "1.0", 10);
+    first.manifest_revision = 3;
+    let first = store.create_deployment(first).await.unwrap();
+    let first = store
+        .transition(to(&first, DeploymentState::Progressing, 11))
+        .await
+        .unwrap();
+    let mut t = to(&first, DeploymentState::Succeeded, 12);
+    t.set_current_version = Some("1.0".into());
+    store.transition(t).await.unwrap();
+    let failed = finished(&store, "shop", "prod", "2.0", DeploymentState::Failed, 20).await;
+    // staging: only a deployment that waits; dev: only a failure (nothing to say).
+    let waiting = store
+        .create_deployment(new_deployment("shop", "staging", "1.0", 30))
+        .await
+        .unwrap();
+    finished(&store, "shop", "dev", "0.1", DeploymentState::Failed, 40).await;
+
+    let states = store.env_states().await.unwrap();
+    let keys: Vec<_> = states.keys().cloned().collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("shop".to_string(), "prod".to_string()),
+            ("shop".to_string(), "staging".to_string())
+        ]
+    );
+    let prod = &states[&("shop".to_string(), "prod".to_string())];
+    assert_eq!(prod.latest.as_ref().map(|d| d.id), Some(failed.id));
+    assert!(prod.active().is_none(), "the newest has finished");
+    assert_eq!(prod.current_version(), Some("1.0"));
+    assert_eq!(prod.current.as_ref().unwrap().deployment_id, Some(first.id));
+    assert_eq!(prod.current_revision, Some(3));
+    let staging = &states[&("shop".to_string(), "staging".to_string())];
+    assert_eq!(staging.active().map(|d| d.id), Some(waiting.id));
+    assert_eq!(staging.current, None);
+    assert_eq!(staging.current_revision, None);
+
+    let revisions = store.app_revisions().await.unwrap();
+    assert_eq!(
+        revisions.get("shop"),
+        Some(&ferry_store::AppRevision::of(&applied))
+    );
+
+    let r = replica("shop.prod.web.1.0.000001", "shop", "prod", "web", 50);
+    store.insert_replica(&r).await.unwrap();
+    assert_eq!(store.get_replica(&r.id).await.unwrap(), Some(r.clone()));
+    assert_eq!(
+        store.get_replica("shop.prod.web.1.0.nope").await.unwrap(),
+        None
+    );
+}
+
 pub async fn replicas_lifecycle_and_filters(store: Store, _url: String) {
     let mut a = replica("shop-prod-api-1", "shop", "prod", "api", 1);
     a.deployment_id = Some(7);
@@ -3214,6 +3276,7 @@ on_every_engine!(
     events_have_increasing_seq,
     previous_succeeded_version_skips_failures,
     replicas_lifecycle_and_filters,
+    env_states_read_every_environment_at_once,
     tokens_find_touch_count,
     concurrent_transitions_exactly_one_wins,
     corrupt_rows_are_reported,

@@ -480,11 +480,7 @@ pub(super) fn replica_spec(
         }
         container
     });
-    let mut secrets = secrets;
-    if container.is_some() {
-        secrets.remove(crate::runtimes::REGISTRY_USERNAME);
-        secrets.remove(crate::runtimes::REGISTRY_PASSWORD);
-    }
+    let secrets = crate::runtimes::workload_secrets(secrets, container.as_ref());
     // Layered, templated variables; secrets win over all of them.
     let mut env_vars = crate::config::replica_env(
         manifest,
@@ -537,5 +533,79 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("shop.prod.api.1.2.3_build."), "{a}");
         assert_eq!(short_id(&a).len(), 7);
+    }
+
+    /// The registry credentials are for the pull (`workload_secrets`, shared with hooks and
+    /// gate checks): a container never sees them; its other secrets it does.
+    #[test]
+    fn a_container_gets_its_secrets_but_not_the_registry_credentials() {
+        let yaml = r#"app: shop
+services:
+  web:
+    image: registry.example.com/shop/web:${VERSION}
+    replicas: 1
+environments:
+  production:
+    listen: 127.0.0.1:18080
+    runtime: docker
+"#;
+        let manifest = ferry_core::manifest::parse(yaml, "ferry.yaml").expect("manifest");
+        let app = AppRecord {
+            name: "shop".into(),
+            revision: 1,
+            yaml: yaml.into(),
+            manifest_json: String::new(),
+            base_dir: None,
+            updated_at_ms: 0,
+        };
+        let record = ReplicaRecord {
+            id: replica_id("shop", "production", "web", "1.0"),
+            app: "shop".into(),
+            env: "production".into(),
+            service: "web".into(),
+            version: "1.0".into(),
+            port: 18081,
+            pid: None,
+            start_time: None,
+            draining: false,
+            deployment_id: Some(7),
+            created_at_ms: 0,
+        };
+        let secrets: BTreeMap<String, String> = [
+            (crate::runtimes::REGISTRY_USERNAME, "puller"),
+            (crate::runtimes::REGISTRY_PASSWORD, "pull-secret"),
+            ("DB_PASSWORD", "db-secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let spec = replica_spec(&app, &manifest, &record, secrets, None, None).expect("spec");
+        let auth = spec
+            .container
+            .as_ref()
+            .and_then(|c| c.registry_auth.as_ref())
+            .expect("the pull's credentials");
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str()),
+            ("puller", "pull-secret")
+        );
+        assert_eq!(
+            spec.env_vars.get("DB_PASSWORD").map(String::as_str),
+            Some("db-secret")
+        );
+        for name in [
+            crate::runtimes::REGISTRY_USERNAME,
+            crate::runtimes::REGISTRY_PASSWORD,
+        ] {
+            assert!(
+                !spec.env_vars.contains_key(name),
+                "{name} in the container's environment"
+            );
+        }
+        assert!(
+            !spec.env_vars.values().any(|v| v.contains("pull-secret")),
+            "{:?}",
+            spec.env_vars.keys()
+        );
     }
 }
