@@ -352,7 +352,7 @@ impl Controller {
             self.hooks.mark_settled(latest.id);
             return Ok(());
         }
-        let past = self.rolled_back_past(&latest).await?;
+        let past = self.rolled_back_past(latest).await?;
         let downs = self.hooks.down_jobs(manifest, &past).await?;
         let jobs = HookRunner::jobs(manifest, HookPhase::OnRollback, env);
         if downs.is_empty() && jobs.is_empty() {
