@@ -34,8 +34,7 @@ impl Controller {
                 .map(|s| s.drain_timeout.get())
                 .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
             let this = Arc::clone(self);
-            tokio::spawn(
-            async move {
+            let stop = async move {
                 // Where the proxy was sent (the runtime's endpoint); a replica no runtime
                 // supervises is in no route table this server pushed.
                 let drained = match this.runtime.endpoint(&record.id) {
@@ -72,9 +71,9 @@ impl Controller {
                     }
                 }
                 this.wake.notify_one();
-            }
+            };
             // In the pass's span: its statements are the pass's (`pass_cost` counts them).
-            .in_current_span());
+            tokio::spawn(stop.in_current_span());
         }
         Ok(())
     }
