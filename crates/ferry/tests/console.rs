@@ -52,6 +52,25 @@ impl Answer {
     }
 }
 
+/// The dashboard's fingerprints as its script sends them: the frame, then every piece's in
+/// page order, `.`-separated.
+fn fingerprints(body: &str) -> String {
+    let attr = |name: &str| {
+        let pattern = format!("{name}=\"");
+        body.match_indices(&pattern)
+            .map(|(at, _)| {
+                let rest = &body[at + pattern.len()..];
+                rest[..rest.find('"').unwrap_or(0)].to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    attr("data-frame")
+        .into_iter()
+        .chain(attr("data-fp"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// The value of the first `name="csrf" value="…"` on a page.
 fn csrf(body: &str) -> String {
     let at = body
@@ -315,10 +334,45 @@ async fn console_sessions_csrf_roles_and_escaping() {
         wait_state(&ferry, first, "succeeded", STATE_LIMIT).await;
         let second = deploy_as(&ferry, "alice", "shop", "staging", "2.0.0").await;
         wait_state(&ferry, second, "succeeded", STATE_LIMIT).await;
+        let before = fingerprints(&alice.get("/").await.body);
         let prod = deploy_as(&ferry, "alice", "shop", "production", "2.0.0").await;
         wait_state(&ferry, prod, "awaiting-approval", STATE_LIMIT).await;
+        // The dashboard's script, holding the page from before, gets the changed pieces
+        // alone: shop's row and the waiting section, not the page or the other section.
+        let parts = alice.get(&format!("/dashboard/parts?have={before}")).await;
+        assert_eq!(parts.status, StatusCode::OK, "{}", parts.body);
+        assert!(
+            parts.body.contains("<tr id=\"app-shop\"")
+                && parts.body.contains("<section id=\"waiting\"")
+                && parts.body.contains(&format!("/deployments/{prod}")),
+            "{}",
+            parts.body
+        );
+        assert!(
+            !parts.body.contains("id=\"live\"")
+                && !parts.body.contains("id=\"rollouts\"")
+                && !parts.body.contains("<html"),
+            "{}",
+            parts.body
+        );
 
         let dashboard = alice.get("/").await;
+        // …and with the fingerprints of now, nothing.
+        let now = fingerprints(&dashboard.body);
+        let unchanged = alice.get(&format!("/dashboard/parts?have={now}")).await;
+        assert_eq!(unchanged.body.trim(), "", "nothing changed");
+        // A frame it does not know (another filter, an app added): the whole live part.
+        let whole = alice.get("/dashboard/parts?have=00000000").await;
+        assert!(
+            whole.body.contains("<div id=\"live\"") && whole.body.contains("app-shop"),
+            "{}",
+            whole.body
+        );
+        // Without a session: 401, the script says to reload.
+        let anonymous = Browser::new(&ferry)
+            .get(&format!("/dashboard/parts?have={now}"))
+            .await;
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
         assert!(
             dashboard.body.contains(&format!(
                 "<a href=\"/deployments/{prod}\">shop/production 2.0.0</a>"
@@ -670,6 +724,37 @@ async fn dashboard_with_200_apps_by_4_environments() {
         );
         assert!(size < 200 * 1024, "the dashboard weighs {size} bytes");
         assert!(p95 < 2000.0, "the dashboard took {p95} ms (p95)");
+
+        // A live update of one row: the script sends the page's fingerprints, one of which
+        // (app-057's) no longer matches, and gets that row alone.
+        let page = ops.get("/").await;
+        let have = fingerprints(&page.body);
+        let mut pieces: Vec<&str> = have.split('.').collect();
+        assert_eq!(pieces.len(), 3 + 200, "frame, waiting, rollouts, 200 rows");
+        pieces[3 + 57] = "00000000";
+        let stale = pieces.join(".");
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for round in 0..23 {
+            let started = std::time::Instant::now();
+            let parts = ops.get(&format!("/dashboard/parts?have={stale}")).await;
+            let took = started.elapsed();
+            assert_eq!(parts.status, StatusCode::OK);
+            assert!(parts.body.contains("<tr id=\"app-057\""), "{}", parts.body);
+            assert_eq!(parts.body.matches("<tr ").count(), 1, "{}", parts.body);
+            bytes = parts.body.len();
+            if round >= 3 {
+                times.push(took.as_secs_f64() * 1000.0);
+            }
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median = times[times.len() / 2];
+        let p95 = times[(times.len() * 95).div_ceil(100) - 1];
+        eprintln!(
+            "dashboard update of one row, 200 apps x 4 environments: {bytes} bytes (the page: {size}), median {median:.1} ms, p95 {p95:.1} ms over {} requests",
+            times.len()
+        );
+        assert!(bytes * 50 < size, "one row's update weighs {bytes} bytes");
     })
     .await;
 }

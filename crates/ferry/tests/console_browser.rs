@@ -476,7 +476,17 @@ async fn the_console_in_chromium() {
                 "{ rolling: { max_surge: 1, max_unavailable: 0 } }",
             ))
             .await;
-        add_person(&ferry, "alice", PASSWORD, &[("developer", "shop", None)]).await;
+        // A second app, never deployed: its dashboard row must survive shop's updates.
+        ferry
+            .apply(&ferry.write_manifest(&Spec::new("quiet"), "quiet.yaml"))
+            .await;
+        add_person(
+            &ferry,
+            "alice",
+            PASSWORD,
+            &[("developer", "shop", None), ("viewer", "quiet", None)],
+        )
+        .await;
         add_person(&ferry, "bob", PASSWORD, &[("approver", "shop", None)]).await;
         add_person(&ferry, "vic", PASSWORD, &[("viewer", "shop", None)]).await;
         let first = deploy_as(&ferry, "alice", "shop", "staging", "1.0.0").await;
@@ -588,18 +598,41 @@ async fn the_console_in_chromium() {
         );
         assert!(p95_ms < 1000.0, "p95 {p95_ms} ms: {delays:?}");
 
-        // The dashboard.
+        // The dashboard, open while production is asked for: shop's row changes in place,
+        // the other app's row and the page stay the very same elements.
         browser.goto(&format!("{console}/")).await;
         browser.wait_text("h1", "dashboard", |t| t == "Dashboard").await;
+        browser.must("#app-quiet").await;
+        browser
+            .exec(
+                "window.__sameDocument = 'yes'; document.getElementById('app-quiet').__kept = 'yes'; document.getElementById('app-shop').__kept = 'yes'; return 1;",
+                json!([]),
+            )
+            .await;
 
         // Production waits for an approver; the requester sees no approve button, and an
         // approval forged from her page (her session, her CSRF token) is refused.
         let prod = deploy_as(&ferry, "alice", "shop", "production", "2.0.0").await;
         wait_state(&ferry, prod, "awaiting-approval", STATE_LIMIT).await;
-        browser.goto(&format!("{console}/")).await;
         browser
-            .wait_text("#live", "the dashboard lists it", |t| t.contains("awaiting-approval"))
+            .wait_text("#app-shop", "shop's row shows it", |t| t.contains("awaiting-approval"))
             .await;
+        browser
+            .wait_text("#waiting", "the waiting section lists it", |t| {
+                t.contains("shop/production 2.0.0")
+            })
+            .await;
+        let kept = browser
+            .exec(
+                "return [window.__sameDocument || 'reloaded', document.getElementById('app-quiet').__kept || 'replaced', document.getElementById('app-shop').__kept || 'replaced'];",
+                json!([]),
+            )
+            .await;
+        assert_eq!(
+            kept,
+            json!(["yes", "yes", "replaced"]),
+            "only shop's row was swapped, without a reload"
+        );
         browser.screenshot(&shots.join("dashboard.png")).await;
         browser.window(390, 844).await;
         browser.screenshot(&shots.join("dashboard-phone.png")).await;

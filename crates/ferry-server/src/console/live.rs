@@ -9,8 +9,9 @@
 //!   The page then fetches its live parts (`GET /deployments/{id}/parts`, server-rendered:
 //!   weights, analysis, charts, actions, gates, hooks) and swaps in those that changed.
 //!   Ends with `event: end` once the deployment is over.
-//! - `GET /live`: `event: changed` after any timeline event (at most every 300 ms); the
-//!   dashboard then fetches itself again.
+//! - `GET /live`: `event: changed` after any timeline event (at most every 300 ms, a burst
+//!   making one event); the dashboard then fetches the pieces that changed
+//!   (`GET /dashboard/parts` with the fingerprints it has) and swaps them in.
 //!
 //! Both check the session (and, for a deployment, the API's view permission) before they
 //! start, re-check the session at least every [`SESSION_EVERY`], and end when the server

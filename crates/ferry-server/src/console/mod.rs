@@ -76,6 +76,7 @@ pub(crate) fn mount(api: Router, state: AppState) -> Router {
     };
     let routes = Router::new()
         .route("/", get(pages::dashboard))
+        .route("/dashboard/parts", get(pages::dashboard_parts))
         .route("/login", get(pages::login_form).post(actions::login))
         .route(
             "/login/link/{token}",

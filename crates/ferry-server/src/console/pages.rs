@@ -15,9 +15,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::views::{
-    ActionForm, AnalysisRow, AppPage, AppRow, AuditPage, AuditRow, Cell, Dashboard, DeploymentPage,
-    DiffRow, EnvView, EventRow, GateView, HookView, LoginLinkPage, LoginPage, Nav, Page,
-    ReleaseRow, RolloutBox, RolloutRow, UserRow, UsersPage, WaitingRow, Weight,
+    ActionForm, AnalysisRow, AppPage, AppRow, AuditPage, AuditRow, Cell, Dashboard, DashboardLive,
+    DashboardParts, DeploymentPage, DiffRow, EnvView, EventRow, GateView, HookView, LoginLinkPage,
+    LoginPage, Nav, Page, ReleaseRow, RolloutBox, RolloutRow, UserRow, UsersPage, WaitingRow,
+    Weight, fingerprint,
 };
 use super::{Console, Failure, NoSession, Session, cookie, refused, safe_next, seg};
 use crate::auth::rfc3339;
@@ -164,6 +165,19 @@ pub(crate) async fn dashboard_page(
     session: &Session,
     filter: String,
 ) -> Result<Dashboard, Failure> {
+    Ok(Dashboard {
+        nav: nav(session),
+        live: dashboard_live(console, session, &filter).await?,
+        filter,
+    })
+}
+
+/// What the dashboard's live part shows for this person and filter, with fingerprints.
+async fn dashboard_live(
+    console: &Console,
+    session: &Session,
+    filter: &str,
+) -> Result<DashboardLive, Failure> {
     let controller = console.state.controller().map_err(|f| Failure {
         status: StatusCode::SERVICE_UNAVAILABLE,
         message: f.message().to_string(),
@@ -198,7 +212,7 @@ pub(crate) async fn dashboard_page(
     let mut rollouts = Vec::new();
     let mut waiting = Vec::new();
     for status in &statuses {
-        let cells = columns
+        let cells: Vec<Cell> = columns
             .iter()
             .map(
                 |column| match status.environments.iter().find(|e| &e.env == column) {
@@ -207,6 +221,7 @@ pub(crate) async fn dashboard_page(
                         present: false,
                         version: String::new(),
                         state: String::new(),
+                        at_ms: 0,
                         age: String::new(),
                         who: String::new(),
                         deployment: None,
@@ -215,7 +230,23 @@ pub(crate) async fn dashboard_page(
                 },
             )
             .collect();
+        // everything a row shows but the ages
+        let shown: Vec<_> = cells
+            .iter()
+            .map(|c| {
+                (
+                    c.present,
+                    &c.version,
+                    &c.state,
+                    c.at_ms,
+                    &c.who,
+                    c.deployment,
+                    &c.weight,
+                )
+            })
+            .collect();
         rows.push(AppRow {
+            fp: fingerprint(&(&status.app, shown)),
             app: status.app.clone(),
             cells,
         });
@@ -252,10 +283,13 @@ pub(crate) async fn dashboard_page(
             }
         }
     }
-    Ok(Dashboard {
-        nav: nav(session),
-        filter,
+    let apps: Vec<&str> = rows.iter().map(|r| r.app.as_str()).collect();
+    Ok(DashboardLive {
+        frame: fingerprint(&(&columns, &apps, total)),
+        now_ms: now,
         columns,
+        rollouts_fp: fingerprint(&rollouts),
+        waiting_fp: fingerprint(&waiting),
         rows,
         rollouts,
         waiting,
@@ -263,8 +297,63 @@ pub(crate) async fn dashboard_page(
     })
 }
 
+#[derive(Deserialize)]
+pub(crate) struct DashboardPartsQuery {
+    app: Option<String>,
+    /// The fingerprints the page has, `.`-separated: frame, waiting, rollouts, then each row.
+    have: Option<String>,
+}
+
+/// `GET /dashboard/parts?app=FILTER&have=FINGERPRINTS`: the dashboard's pieces that differ
+/// from the fingerprints the page has (see [`DashboardParts`]), for the console's script
+/// (401 without a session: the script then says to reload).
+pub(crate) async fn dashboard_parts(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(q): Query<DashboardPartsQuery>,
+) -> Response {
+    let session = match console.session(&headers).await {
+        Ok(session) => session,
+        Err(NoSession::Failed(response)) => return response,
+        Err(NoSession::Missing | NoSession::Ended(_)) => {
+            return refused(
+                StatusCode::UNAUTHORIZED,
+                "Your session ended; log in again.",
+            );
+        }
+    };
+    let mut live = match dashboard_live(&console, &session, &bounded(q.app)).await {
+        Ok(live) => live,
+        Err(failure) => return failure.into_response(),
+    };
+    // At most one fingerprint per piece is looked at, whatever the length of `have`.
+    let have = q.have.unwrap_or_default();
+    let have: Vec<&str> = have.split('.').take(live.rows.len() + 4).collect();
+    let full = have.len() != live.rows.len() + 3 || have[0] != live.frame;
+    let rows = std::mem::take(&mut live.rows);
+    let rows = if full {
+        rows
+    } else {
+        rows.into_iter()
+            .zip(&have[3..])
+            .filter(|(row, fp)| row.fp != **fp)
+            .map(|(row, _)| row)
+            .collect()
+    };
+    let parts = DashboardParts {
+        full,
+        send_waiting: full || have[1] != live.waiting_fp,
+        send_rollouts: full || have[2] != live.rollouts_fp,
+        live: DashboardLive { rows, ..live },
+    };
+    parts.into_page(StatusCode::OK)
+}
+
 fn cell(env: &EnvStatus, now: i64) -> Cell {
     let latest = env.latest_deployment.as_ref();
+    let at_ms = latest
+        .map(|d| d.finished_at_ms.unwrap_or(d.updated_at_ms))
+        .unwrap_or_default();
     Cell {
         present: true,
         version: env
@@ -272,9 +361,8 @@ fn cell(env: &EnvStatus, now: i64) -> Cell {
             .clone()
             .unwrap_or_else(|| "—".to_string()),
         state: latest.map(|d| d.state.to_string()).unwrap_or_default(),
-        age: latest
-            .map(|d| age(now, d.finished_at_ms.unwrap_or(d.updated_at_ms)))
-            .unwrap_or_default(),
+        at_ms,
+        age: latest.map(|_| age(now, at_ms)).unwrap_or_default(),
         who: latest.map(|d| d.requested_by.clone()).unwrap_or_default(),
         deployment: latest.map(|d| d.id),
         weight: env

@@ -76,6 +76,9 @@ pub(crate) struct Cell {
     pub present: bool,
     pub version: String,
     pub state: String,
+    /// When its latest deployment last moved; `age` counts from it (the console's script
+    /// keeps ages current, so they are not part of the row's fingerprint).
+    pub at_ms: i64,
     pub age: String,
     pub who: String,
     pub deployment: Option<i64>,
@@ -86,8 +89,12 @@ pub(crate) struct Cell {
 pub(crate) struct AppRow {
     pub app: String,
     pub cells: Vec<Cell>,
+    /// Fingerprint of what the row shows (not the ages): the script asks for the rows whose
+    /// fingerprint it does not have.
+    pub fp: String,
 }
 
+#[derive(Hash)]
 pub(crate) struct RolloutRow {
     pub app: String,
     pub env: String,
@@ -99,6 +106,7 @@ pub(crate) struct RolloutRow {
     pub paused: bool,
 }
 
+#[derive(Hash)]
 pub(crate) struct WaitingRow {
     pub app: String,
     pub env: String,
@@ -109,16 +117,47 @@ pub(crate) struct WaitingRow {
     pub waiting_for: Vec<String>,
 }
 
+/// What the dashboard's live part (`#live`) shows, each piece with its fingerprint.
+pub(crate) struct DashboardLive {
+    /// Fingerprint of the frame: the columns, the rows in order and the count of visible
+    /// apps. When it changed, the whole live part is sent again.
+    pub frame: String,
+    pub now_ms: i64,
+    pub columns: Vec<String>,
+    pub rows: Vec<AppRow>,
+    pub rollouts: Vec<RolloutRow>,
+    pub rollouts_fp: String,
+    pub waiting: Vec<WaitingRow>,
+    pub waiting_fp: String,
+    pub total: usize,
+}
+
 #[derive(Template)]
 #[template(path = "console/dashboard.html")]
 pub(crate) struct Dashboard {
     pub nav: Nav,
     pub filter: String,
-    pub columns: Vec<String>,
-    pub rows: Vec<AppRow>,
-    pub rollouts: Vec<RolloutRow>,
-    pub waiting: Vec<WaitingRow>,
-    pub total: usize,
+    pub live: DashboardLive,
+}
+
+/// `GET /dashboard/parts`: what changed on the dashboard since the fingerprints the script
+/// has — the whole live part when its frame changed, else only the sections and rows that
+/// did (`live.rows` holds only those).
+#[derive(Template)]
+#[template(path = "console/dashboard_parts.html")]
+pub(crate) struct DashboardParts {
+    pub full: bool,
+    pub send_waiting: bool,
+    pub send_rollouts: bool,
+    pub live: DashboardLive,
+}
+
+/// A short fingerprint (32 bits of SipHash with fixed keys, so the same in every process of
+/// one build) of what a piece of the dashboard shows.
+pub(crate) fn fingerprint(what: &impl std::hash::Hash) -> String {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(what);
+    format!("{:08x}", hash as u32)
 }
 
 /// A traffic split for the weights bar (SVG widths in percent, no inline style).
@@ -126,6 +165,12 @@ pub(crate) struct Weight {
     pub canary: f64,
     pub canary_label: String,
     pub stable_label: String,
+}
+
+impl std::hash::Hash for Weight {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.canary.to_bits().hash(state);
+    }
 }
 
 impl Weight {

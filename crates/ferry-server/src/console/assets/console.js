@@ -1,8 +1,9 @@
 // Ferry console: live updates over server-sent events. Every page works without this
 // script; with it, a deployment's timeline, state, traffic weights, analysis and charts,
-// and the dashboard, follow what happens without a reload. No inline script (the CSP
-// forbids it); text from the event stream is inserted as text, never as HTML; HTML comes
-// only from the console's own server-rendered pages and fragments (escaped there).
+// and the dashboard's rows and sections, follow what happens without a reload. No inline
+// script (the CSP forbids it); text from the event stream is inserted as text, never as
+// HTML; HTML comes only from the console's own server-rendered pages and fragments
+// (escaped there).
 (function () {
   'use strict';
   var main = document.getElementById('main');
@@ -155,10 +156,90 @@
     });
   }
 
+  // The dashboard: after a change, only the pieces whose fingerprint moved are fetched
+  // (`/dashboard/parts`, given the fingerprints this page has) and swapped in — a row, the
+  // waiting or rollouts section, or the whole live part when the set of apps or columns
+  // changed. Events arriving while a fetch runs make one more fetch after it, not one each.
   if (main.hasAttribute('data-live-dashboard')) {
+    var filter = new URLSearchParams(location.search).get('app') || '';
+    var skew = 0;
+    var setClock = function () {
+      var live = document.getElementById('live');
+      var now = live ? Number(live.getAttribute('data-now-ms')) : 0;
+      if (now) {
+        skew = now - Date.now();
+      }
+    };
+    setClock();
+    var have = function () {
+      var live = document.getElementById('live');
+      if (!live) {
+        return '';
+      }
+      var fps = [live.getAttribute('data-frame')];
+      live.querySelectorAll('[data-fp]').forEach(function (el) {
+        fps.push(el.getAttribute('data-fp'));
+      });
+      return fps.join('.');
+    };
+    var fetching = false;
+    var again = false;
+    var update = function () {
+      if (fetching) {
+        again = true;
+        return;
+      }
+      fetching = true;
+      fetch('/dashboard/parts?app=' + encodeURIComponent(filter) + '&have=' + encodeURIComponent(have()), {
+        credentials: 'same-origin',
+        headers: { Accept: 'text/html' }
+      })
+        .then(function (r) {
+          if (!r.ok) {
+            throw new Error('HTTP ' + r.status);
+          }
+          return r.text();
+        })
+        .then(function (html) {
+          var fresh = new DOMParser().parseFromString(html, 'text/html');
+          var whole = fresh.getElementById('live');
+          var pieces = whole ? [whole] : Array.prototype.slice.call(fresh.querySelectorAll('[data-fp]'));
+          pieces.forEach(function (piece) {
+            var old = document.getElementById(piece.id);
+            if (old) {
+              old.replaceWith(document.importNode(piece, true));
+            }
+          });
+          if (whole) {
+            setClock();
+          }
+          main.setAttribute('data-refreshed', String(Date.now()));
+        })
+        .catch(function () {
+          say('Could not refresh this page; reload it.');
+        })
+        .finally(function () {
+          fetching = false;
+          if (again) {
+            again = false;
+            update();
+          }
+        });
+    };
     var changes = new EventSource('/live');
-    changes.addEventListener('changed', function () {
-      refresh(location.href, '#live', false);
-    });
+    changes.addEventListener('changed', update);
+    // Whatever changed before the stream was (re)connected is fetched once it is.
+    changes.onopen = update;
+    // Ages (`5m`) count on between updates, from the server's clock.
+    var age = function (ms) {
+      var s = Math.max(0, Math.floor(ms / 1000));
+      return s < 60 ? s + 's' : s < 3600 ? Math.floor(s / 60) + 'm' : s < 86400 ? Math.floor(s / 3600) + 'h' : Math.floor(s / 86400) + 'd';
+    };
+    setInterval(function () {
+      var now = Date.now() + skew;
+      document.querySelectorAll('#live time[data-at-ms]').forEach(function (t) {
+        t.textContent = age(now - Number(t.getAttribute('data-at-ms')));
+      });
+    }, 10000);
   }
 })();
