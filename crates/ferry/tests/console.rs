@@ -342,7 +342,7 @@ async fn console_sessions_csrf_roles_and_escaping() {
         let parts = alice.get(&format!("/dashboard/parts?have={before}")).await;
         assert_eq!(parts.status, StatusCode::OK, "{}", parts.body);
         assert!(
-            parts.body.contains("<tr id=\"app-shop\"")
+            parts.body.contains("<tr id=\"row-shop\"")
                 && parts.body.contains("<section id=\"waiting\"")
                 && parts.body.contains(&format!("/deployments/{prod}")),
             "{}",
@@ -364,7 +364,7 @@ async fn console_sessions_csrf_roles_and_escaping() {
         // A frame it does not know (another filter, an app added): the whole live part.
         let whole = alice.get("/dashboard/parts?have=00000000").await;
         assert!(
-            whole.body.contains("<div id=\"live\"") && whole.body.contains("app-shop"),
+            whole.body.contains("<div id=\"live\"") && whole.body.contains("row-shop"),
             "{}",
             whole.body
         );
@@ -726,7 +726,7 @@ async fn dashboard_with_200_apps_by_4_environments() {
         assert!(p95 < 2000.0, "the dashboard took {p95} ms (p95)");
 
         // A live update of one row: the script sends the page's fingerprints, one of which
-        // (app-057's) no longer matches, and gets that row alone.
+        // (row-app-057) no longer matches, and gets that row alone.
         let page = ops.get("/").await;
         let have = fingerprints(&page.body);
         let mut pieces: Vec<&str> = have.split('.').collect();
@@ -740,7 +740,7 @@ async fn dashboard_with_200_apps_by_4_environments() {
             let parts = ops.get(&format!("/dashboard/parts?have={stale}")).await;
             let took = started.elapsed();
             assert_eq!(parts.status, StatusCode::OK);
-            assert!(parts.body.contains("<tr id=\"app-057\""), "{}", parts.body);
+            assert!(parts.body.contains("<tr id=\"row-app-057\""), "{}", parts.body);
             assert_eq!(parts.body.matches("<tr ").count(), 1, "{}", parts.body);
             bytes = parts.body.len();
             if round >= 3 {

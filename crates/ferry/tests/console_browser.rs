@@ -602,10 +602,10 @@ async fn the_console_in_chromium() {
         // the other app's row and the page stay the very same elements.
         browser.goto(&format!("{console}/")).await;
         browser.wait_text("h1", "dashboard", |t| t == "Dashboard").await;
-        browser.must("#app-quiet").await;
+        browser.must("#row-quiet").await;
         browser
             .exec(
-                "window.__sameDocument = 'yes'; document.getElementById('app-quiet').__kept = 'yes'; document.getElementById('app-shop').__kept = 'yes'; return 1;",
+                "window.__sameDocument = 'yes'; document.getElementById('row-quiet').__kept = 'yes'; document.getElementById('row-shop').__kept = 'yes'; return 1;",
                 json!([]),
             )
             .await;
@@ -615,7 +615,7 @@ async fn the_console_in_chromium() {
         let prod = deploy_as(&ferry, "alice", "shop", "production", "2.0.0").await;
         wait_state(&ferry, prod, "awaiting-approval", STATE_LIMIT).await;
         browser
-            .wait_text("#app-shop", "shop's row shows it", |t| t.contains("awaiting-approval"))
+            .wait_text("#row-shop", "shop's row shows it", |t| t.contains("awaiting-approval"))
             .await;
         browser
             .wait_text("#waiting", "the waiting section lists it", |t| {
@@ -624,7 +624,7 @@ async fn the_console_in_chromium() {
             .await;
         let kept = browser
             .exec(
-                "return [window.__sameDocument || 'reloaded', document.getElementById('app-quiet').__kept || 'replaced', document.getElementById('app-shop').__kept || 'replaced'];",
+                "return [window.__sameDocument || 'reloaded', document.getElementById('row-quiet').__kept || 'replaced', document.getElementById('row-shop').__kept || 'replaced'];",
                 json!([]),
             )
             .await;
