@@ -191,7 +191,11 @@ pub(crate) async fn changes(State(console): State<Console>, headers: HeaderMap) 
             tokio::time::sleep(DASHBOARD_EVERY).await;
             let n = *changed.borrow_and_update();
             console.session(&headers).await.ok()?;
-            let event = Event::default().event("changed").id(n.to_string()).data("");
+            // Browsers drop an event whose data is empty (the SSE spec): never send one.
+            let event = Event::default()
+                .event("changed")
+                .id(n.to_string())
+                .data(n.to_string());
             Some((Ok(event), (console, headers, changed)))
         },
     )
