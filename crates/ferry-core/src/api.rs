@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{DeploymentState, ReplicaState};
 
+pub mod audit;
+pub mod gates;
 pub mod identity;
+pub mod secrets;
 
 /// Largest request body the server reads (a manifest travels in one, JSON-escaped); the
 /// CLI refuses to send more, so both sides say the same.
@@ -417,6 +420,28 @@ pub struct PromoteRequest {
     /// Skip every remaining step: straight to 100%.
     #[serde(default)]
     pub full: bool,
+}
+
+/// `GET /v1/version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerVersion {
+    pub version: String,
+}
+
+/// `DELETE /v1/apps/{app}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppDeleted {
+    pub app: String,
+    pub deleted: bool,
+    /// What stopped with it (its running environments and services).
+    #[serde(default)]
+    pub stopped: Vec<String>,
+}
+
+/// `POST /v1/teardown`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TornDown {
+    pub stopped: bool,
 }
 
 /// `GET /v1/apps/{app}/status`.

@@ -13,19 +13,25 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::alerts::{AlertsAnswer, Silence, SilenceRequest};
+use crate::api::audit::{ChangeRecord as ChangeRecordView, VerifyReport};
+use crate::api::gates::{ApprovalStatus, ApproveRequest, GatesStatus, OverrideRequest};
 use crate::api::identity::{
     BindingView, CanIResponse, CreateBindingRequest, CreateRoleRequest, CreateTokenRequest,
     CreateUserRequest, CreatedToken, LoginLinkRequest, LoginRequest, LoginResponse,
     PasswordRequest, RoleDeleted, TokenView, UseLoginLinkRequest, UserView, WhoAmI,
 };
+use crate::api::secrets::{KeyRotated, SecretDeleted, SecretSet, SecretView, SetSecretRequest};
 use crate::api::{
-    AppStatus, AppSummary, ApplyRequest, ApplyResponse, DeployRequest, DeploymentDetail,
-    DeploymentView, EventView, HookOutput, HookRunView, LoginLink, PromoteRequest,
-    PromotionRequest, RedeployAnswer, RedeployRequest, ReleaseCreated, ReleaseRequest, ReleaseView,
-    RollbackRequest,
+    AppDeleted, AppStatus, AppSummary, ApplyRequest, ApplyResponse, DeployRequest,
+    DeploymentDetail, DeploymentView, EventView, HookOutput, HookRunView, LoginLink,
+    PromoteRequest, PromotionRequest, RedeployAnswer, RedeployRequest, ReleaseCreated,
+    ReleaseRequest, ReleaseView, RollbackRequest, ServerVersion, TornDown,
 };
+use crate::audit::{AuditRecord, Checkpoint};
 use crate::config::EnvConfig;
 use crate::dora::DoraReport;
+use crate::notify::DeliveryView;
 use crate::rbac::{Permission, Role};
 
 /// The HTTP methods the API serves.
@@ -326,7 +332,7 @@ endpoints! {
     Logout: Empty => TokenView = post("/v1/logout", "logout", Authenticated, Global)
         .summary(|_| "log out".to_string());
     Whoami: () => WhoAmI = get("/v1/whoami", "whoami", Authenticated, Global);
-    Version: () => Value = get("/v1/version", "version", Authenticated, Global);
+    Version: () => ServerVersion = get("/v1/version", "version", Authenticated, Global);
     Metrics: () => Text = get("/metrics", "metrics", Perm(P::ViewMetrics), Global);
     AppsList: () => Vec<AppSummary> = get("/v1/apps", "apps.list", Anywhere(P::View), Global);
     Apply: ApplyRequest => ApplyResponse = post("/v1/apps", "apply", Perm(P::ManageApps), Manifest)
@@ -336,7 +342,7 @@ endpoints! {
             if f.flag("dry_run") { " (dry run)" } else { "" }
         ));
     AppsGet: () => AppSummary = get("/v1/apps/{app}", "apps.get", Perm(P::View), App);
-    AppsDelete: () => Value = delete("/v1/apps/{app}", "apps.delete", Perm(P::ManageApps), App);
+    AppsDelete: () => AppDeleted = delete("/v1/apps/{app}", "apps.delete", Perm(P::ManageApps), App);
     Status: () => AppStatus = get("/v1/apps/{app}/status", "status", Perm(P::View), App);
     Deploy: DeployRequest => DeploymentView = post("/v1/apps/{app}/envs/{env}/deployments", "deploy", Perm(P::Deploy), AppEnv)
         .summary(|f| format!("deploy {} {} to {}", f.app(), f.body_or("version", "?"), f.env()));
@@ -348,10 +354,10 @@ endpoints! {
         });
     Logs: () => Text = get("/v1/apps/{app}/envs/{env}/logs", "logs", Perm(P::ViewLogs), AppEnv);
     Dora: () => DoraReport = get("/v1/apps/{app}/envs/{env}/dora", "dora", Perm(P::View), AppEnv);
-    AlertsList: () => Value = get("/v1/alerts", "alerts.list", Anywhere(P::View), Global);
-    SilencesList: () => Value = get("/v1/silences", "silences.list", Anywhere(P::View), Global);
-    SilencesCreate: Value => Value = post("/v1/apps/{app}/envs/{env}/silences", "silences.create", Perm(P::Rollback), AppEnv);
-    SilencesDelete: () => Value = delete("/v1/apps/{app}/envs/{env}/silences/{id}", "silences.delete", Perm(P::Rollback), AppEnv);
+    AlertsList: () => AlertsAnswer = get("/v1/alerts", "alerts.list", Anywhere(P::View), Global);
+    SilencesList: () => Vec<Silence> = get("/v1/silences", "silences.list", Anywhere(P::View), Global);
+    SilencesCreate: SilenceRequest => Silence = post("/v1/apps/{app}/envs/{env}/silences", "silences.create", Perm(P::Rollback), AppEnv);
+    SilencesDelete: () => Silence = delete("/v1/apps/{app}/envs/{env}/silences/{id}", "silences.delete", Perm(P::Rollback), AppEnv);
     Watch: () => Text = get("/v1/apps/{app}/envs/{env}/watch", "watch", Perm(P::View), AppEnv);
     Promote: PromoteRequest => DeploymentView = post("/v1/apps/{app}/envs/{env}/promote", "promote", Perm(P::Promote), AppEnv)
         .summary(|f| format!(
@@ -368,20 +374,20 @@ endpoints! {
         .summary(|f| format!("abort the rollout of {} in {}", f.app(), f.env()));
     Retry: Empty => DeploymentView = post("/v1/apps/{app}/envs/{env}/retry", "retry", Perm(P::Deploy), AppEnv)
         .summary(|f| format!("retry the last deployment of {} in {}", f.app(), f.env()));
-    SecretsList: () => Value = get("/v1/apps/{app}/envs/{env}/secrets", "secrets.list", Perm(P::View), AppEnv);
-    SecretsSet: Value => Value = put("/v1/apps/{app}/envs/{env}/secrets/{name}", "secrets.set", Perm(P::ManageSecrets), AppEnv).secret_body()
+    SecretsList: () => Vec<SecretView> = get("/v1/apps/{app}/envs/{env}/secrets", "secrets.list", Perm(P::View), AppEnv);
+    SecretsSet: SetSecretRequest => SecretSet = put("/v1/apps/{app}/envs/{env}/secrets/{name}", "secrets.set", Perm(P::ManageSecrets), AppEnv).secret_body()
         .summary(|f| format!("set secret {} of {} in {}", f.param("name"), f.app(), f.env()));
-    SecretsDelete: () => Value = delete("/v1/apps/{app}/envs/{env}/secrets/{name}", "secrets.delete", Perm(P::ManageSecrets), AppEnv)
+    SecretsDelete: () => SecretDeleted = delete("/v1/apps/{app}/envs/{env}/secrets/{name}", "secrets.delete", Perm(P::ManageSecrets), AppEnv)
         .summary(|f| format!("delete secret {} of {} in {}", f.param("name"), f.app(), f.env()));
-    SecretsRotateKey: Value => Value = post("/v1/secrets/rotate-key", "secrets.rotate_key", Perm(P::ManageServer), Global)
+    SecretsRotateKey: Empty => KeyRotated = post("/v1/secrets/rotate-key", "secrets.rotate_key", Perm(P::ManageServer), Global)
         .summary(|_| "rotate the secrets master key".to_string());
     DeploymentsGet: () => DeploymentDetail = get("/v1/deployments/{id}", "deployments.get", Perm(P::View), Deployment);
     DeploymentsEvents: () => Vec<EventView> = get("/v1/deployments/{id}/events", "deployments.events", Perm(P::View), Deployment);
-    Approve: Value => Value = post("/v1/deployments/{id}/approve", "approve", Perm(P::Approve), Deployment);
-    ApproveWithdraw: () => Value = delete("/v1/deployments/{id}/approve", "approve.withdraw", Perm(P::Approve), Deployment);
-    Approvals: () => Value = get("/v1/deployments/{id}/approvals", "approvals", Perm(P::View), Deployment);
-    ChangeRecord: () => Value = get("/v1/deployments/{id}/change-record", "change_record", Perm(P::View), Deployment);
-    Teardown: Value => Value = post("/v1/teardown", "teardown", Perm(P::ManageServer), Global)
+    Approve: ApproveRequest => ApprovalStatus = post("/v1/deployments/{id}/approve", "approve", Perm(P::Approve), Deployment);
+    ApproveWithdraw: () => ApprovalStatus = delete("/v1/deployments/{id}/approve", "approve.withdraw", Perm(P::Approve), Deployment);
+    Approvals: () => ApprovalStatus = get("/v1/deployments/{id}/approvals", "approvals", Perm(P::View), Deployment);
+    ChangeRecord: () => ChangeRecordView = get("/v1/deployments/{id}/change-record", "change_record", Perm(P::View), Deployment);
+    Teardown: Empty => TornDown = post("/v1/teardown", "teardown", Perm(P::ManageServer), Global)
         .summary(|_| "tear down every app and stop the server".to_string());
     UsersList: () => Vec<UserView> = get("/v1/users", "users.list", Perm(P::ManageUsers), Global);
     UsersCreate: CreateUserRequest => UserView = post("/v1/users", "users.create", Perm(P::ManageUsers), Global)
@@ -425,11 +431,11 @@ endpoints! {
     TokensDelete: () => TokenView = delete("/v1/tokens/{id}", "tokens.delete", Authenticated, Global)
         .summary(|f| format!("revoke token #{}", f.param("id")));
     AuthCanI: () => CanIResponse = get("/v1/auth/can-i", "auth.can_i", Authenticated, Global);
-    Notifications: () => Value = get("/v1/notifications", "notifications", Anywhere(P::View), Global);
-    AuditQuery: () => Value = get("/v1/audit", "audit.query", Anywhere(P::View), Global);
+    Notifications: () => Vec<DeliveryView> = get("/v1/notifications", "notifications", Anywhere(P::View), Global);
+    AuditQuery: () => Vec<AuditRecord> = get("/v1/audit", "audit.query", Anywhere(P::View), Global);
     AuditExport: () => Text = get("/v1/audit/export", "audit.export", Anywhere(P::View), Global);
-    AuditVerify: () => Value = get("/v1/audit/verify", "audit.verify", Perm(P::View), Global);
-    AuditCheckpoints: () => Value = get("/v1/audit/checkpoints", "audit.checkpoints", Perm(P::View), Global);
+    AuditVerify: () => VerifyReport = get("/v1/audit/verify", "audit.verify", Perm(P::View), Global);
+    AuditCheckpoints: () => Vec<Checkpoint> = get("/v1/audit/checkpoints", "audit.checkpoints", Perm(P::View), Global);
     ReleasesCreate: ReleaseRequest => ReleaseCreated = post("/v1/apps/{app}/releases", "releases.create", InSomeEnv(P::Deploy), App)
         .summary(|f| format!("record release {} {}", f.app(), f.body_or("version", "?")));
     ReleasesList: () => Vec<ReleaseView> = get("/v1/apps/{app}/releases", "releases.list", Perm(P::View), App);
@@ -441,8 +447,8 @@ endpoints! {
             f.body_or("from", "?"),
             f.body_or("to", "?")
         ));
-    Gates: () => Value = get("/v1/deployments/{id}/gates", "gates", Perm(P::View), Deployment);
-    GatesOverride: Value => Value = post("/v1/deployments/{id}/overrides", "gates.override", Perm(P::OverrideFreeze), Deployment);
+    Gates: () => GatesStatus = get("/v1/deployments/{id}/gates", "gates", Perm(P::View), Deployment);
+    GatesOverride: OverrideRequest => GatesStatus = post("/v1/deployments/{id}/overrides", "gates.override", Perm(P::OverrideFreeze), Deployment);
     ConfigGet: () => EnvConfig = get("/v1/apps/{app}/envs/{env}/config", "config.get", Perm(P::View), AppEnv);
     Redeploy: RedeployRequest => RedeployAnswer = post("/v1/apps/{app}/envs/{env}/redeploy", "redeploy", Perm(P::Deploy), AppEnv)
         .summary(|f| format!("redeploy {} in {} with its current configuration", f.app(), f.env()));
@@ -452,9 +458,9 @@ endpoints! {
     FlagsCreate: Value => Value = post("/v1/apps/{app}/envs/{env}/flags", "flags.create", Perm(P::ManageFlags), AppEnv);
     FlagsGet: () => Value = get("/v1/apps/{app}/envs/{env}/flags/{flag}", "flags.get", Perm(P::View), AppEnv);
     FlagsSet: Value => Value = put("/v1/apps/{app}/envs/{env}/flags/{flag}", "flags.set", Perm(P::ManageFlags), AppEnv);
-    FlagsEnable: Value => Value = post("/v1/apps/{app}/envs/{env}/flags/{flag}/enable", "flags.enable", Perm(P::ManageFlags), AppEnv);
-    FlagsDisable: Value => Value = post("/v1/apps/{app}/envs/{env}/flags/{flag}/disable", "flags.disable", Perm(P::ManageFlags), AppEnv);
-    FlagsArchive: Value => Value = post("/v1/apps/{app}/envs/{env}/flags/{flag}/archive", "flags.archive", Perm(P::ManageFlags), AppEnv);
+    FlagsEnable: Empty => Value = post("/v1/apps/{app}/envs/{env}/flags/{flag}/enable", "flags.enable", Perm(P::ManageFlags), AppEnv);
+    FlagsDisable: Empty => Value = post("/v1/apps/{app}/envs/{env}/flags/{flag}/disable", "flags.disable", Perm(P::ManageFlags), AppEnv);
+    FlagsArchive: Empty => Value = post("/v1/apps/{app}/envs/{env}/flags/{flag}/archive", "flags.archive", Perm(P::ManageFlags), AppEnv);
     FlagsRollout: Value => Value = put("/v1/apps/{app}/envs/{env}/flags/{flag}/rollout", "flags.rollout", Perm(P::ManageFlags), AppEnv);
     FlagsVariants: Value => Value = put("/v1/apps/{app}/envs/{env}/flags/{flag}/variants", "flags.variants", Perm(P::ManageFlags), AppEnv);
     FlagsGuardedRolloutGet: () => Value = get("/v1/apps/{app}/envs/{env}/flags/{flag}/guarded-rollout", "flags.guarded_rollout.get", Perm(P::View), AppEnv);
@@ -462,10 +468,10 @@ endpoints! {
     FlagsGuardedRolloutStop: () => Value = delete("/v1/apps/{app}/envs/{env}/flags/{flag}/guarded-rollout", "flags.guarded_rollout.stop", Perm(P::ManageFlags), AppEnv);
     FlagsExport: () => Value = get("/v1/apps/{app}/envs/{env}/features", "flags.export", Perm(P::View), AppEnv);
     FlagsImport: Value => Value = post("/v1/apps/{app}/envs/{env}/features", "flags.import", Perm(P::ManageFlags), AppEnv);
-    FlagsTokensList: () => Vec<TokenView> = get("/v1/apps/{app}/envs/{env}/flag-tokens", "flags.tokens.list", Perm(P::ManageFlags), AppEnv);
-    FlagsTokensCreate: CreateTokenRequest => CreatedToken = post("/v1/apps/{app}/envs/{env}/flag-tokens", "flags.tokens.create", Perm(P::ManageFlags), AppEnv);
-    FlagsTokensDelete: () => TokenView = delete("/v1/apps/{app}/envs/{env}/flag-tokens/{id}", "flags.tokens.delete", Perm(P::ManageFlags), AppEnv);
-    FlagsMetrics: () => Text = get("/v1/apps/{app}/envs/{env}/flag-metrics", "flags.metrics", Perm(P::View), AppEnv);
+    FlagsTokensList: () => Value = get("/v1/apps/{app}/envs/{env}/flag-tokens", "flags.tokens.list", Perm(P::ManageFlags), AppEnv);
+    FlagsTokensCreate: Value => Value = post("/v1/apps/{app}/envs/{env}/flag-tokens", "flags.tokens.create", Perm(P::ManageFlags), AppEnv);
+    FlagsTokensDelete: () => Value = delete("/v1/apps/{app}/envs/{env}/flag-tokens/{id}", "flags.tokens.delete", Perm(P::ManageFlags), AppEnv);
+    FlagsMetrics: () => Value = get("/v1/apps/{app}/envs/{env}/flag-metrics", "flags.metrics", Perm(P::View), AppEnv);
 }
 
 /// The endpoint a request's method and matched path template name.

@@ -55,6 +55,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Now (Unix ms), by the controller's clock (a manual one in tests), else the wall
+    /// clock's.
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.controller
+            .as_ref()
+            .map_or_else(crate::clock::now_ms, |c| c.now_ms())
+    }
+
     pub(crate) fn controller(&self) -> ApiResult<&Arc<Controller>> {
         self.controller.as_ref().ok_or_else(|| {
             ApiFailure::new(
@@ -1025,7 +1033,7 @@ async fn logs(
     Ok((headers, Body::from_stream(stream)).into_response())
 }
 
-async fn teardown(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+async fn teardown(State(state): State<AppState>) -> ApiResult<Json<ferry_core::api::TornDown>> {
     let controller = state.controller()?;
     // leader: only the leader runs (and may stop) the workloads and the proxy.
     if !state.leader.leading() {
@@ -1037,7 +1045,7 @@ async fn teardown(State(state): State<AppState>) -> ApiResult<Json<serde_json::V
     }
     controller.teardown().await;
     state.shutdown.cancel();
-    Ok(Json(serde_json::json!({ "stopped": true })))
+    Ok(Json(ferry_core::api::TornDown { stopped: true }))
 }
 
 #[cfg(test)]

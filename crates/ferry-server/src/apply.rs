@@ -166,7 +166,7 @@ pub(crate) async fn delete_app(
     axum::Extension(slot): axum::Extension<crate::access::AuditSlot>,
     axum::extract::Path(app): axum::extract::Path<String>,
     axum::extract::Query(query): axum::extract::Query<DeleteQuery>,
-) -> ApiResult<axum::Json<serde_json::Value>> {
+) -> ApiResult<axum::Json<ferry_core::api::AppDeleted>> {
     let record = state.store.get_app(&app).await?.ok_or_else(|| {
         ApiFailure::new(
             StatusCode::NOT_FOUND,
@@ -211,7 +211,9 @@ pub(crate) async fn delete_app(
     if let Some(controller) = &state.controller {
         controller.wake();
     }
-    Ok(axum::Json(
-        serde_json::json!({ "app": app, "deleted": true, "stopped": effects.stops }),
-    ))
+    Ok(axum::Json(ferry_core::api::AppDeleted {
+        app,
+        deleted: true,
+        stopped: effects.stops,
+    }))
 }

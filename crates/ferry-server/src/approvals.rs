@@ -5,41 +5,16 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
-use ferry_core::api::DeploymentView;
+use ferry_core::api::gates::{ApprovalStatus, ApproveRequest};
 use ferry_core::gates::{self, Approval, GateVerdict};
 use ferry_core::manifest::{Gates, Manifest};
 use ferry_core::model::{DeploymentState, EventKind};
 use ferry_core::notify::{self, Kind, Notification, Severity};
 use ferry_core::rbac::{self, Binding};
-use serde::{Deserialize, Serialize};
 
 use crate::access::{Access, AuditSlot};
 use crate::api::{ApiFailure, ApiResult, AppState};
 use crate::clock::now_ms;
-
-#[derive(Debug, Default, Deserialize)]
-pub struct Decide {
-    /// Reject instead of approve (needs a reason).
-    #[serde(default)]
-    pub reject: bool,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-/// A deployment's approvals and what its gate still needs.
-#[derive(Debug, Serialize)]
-pub struct ApprovalStatus {
-    pub deployment: DeploymentView,
-    pub approvals: Vec<Approval>,
-    /// One line per unmet rule; empty when the gate holds.
-    pub waiting_for: Vec<String>,
-    pub rejected: Option<String>,
-    // gates:
-    /// Every configured gate of the environment with its state (the same rows as
-    /// `GET /v1/deployments/{id}/gates`).
-    #[serde(default)]
-    pub gates: Vec<gates::GateRow>,
-}
 
 /// `GET /v1/deployments/{id}/approvals`
 pub async fn list(
@@ -56,7 +31,7 @@ pub async fn decide(
     Extension(slot): Extension<AuditSlot>,
     Path(id): Path<i64>,
     headers: HeaderMap,
-    body: Option<Json<Decide>>,
+    body: Option<Json<ApproveRequest>>,
 ) -> ApiResult<Json<ApprovalStatus>> {
     let mut request = body.map(|Json(b)| b).unwrap_or_default();
     if request.reason.is_none() {
@@ -239,7 +214,7 @@ async fn status(state: &AppState, id: i64) -> ApiResult<ApprovalStatus> {
                 (Vec::new(), Some(format!("rejected by {by}: {reason}")))
             }
         };
-    let rows = crate::gates::report_for(&state.store, &deployment, &gates, now_ms())
+    let rows = crate::gates::report_for(&state.store, &deployment, &gates, state.now_ms())
         .await?
         .rows;
     Ok(ApprovalStatus {

@@ -9,12 +9,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ferry_core::api::{DeploymentView, EventView};
+use ferry_core::api::EventView;
+use ferry_core::api::audit::{ChangeRecord, ReleaseInfo, VerifyReport};
 use ferry_core::audit::{self, AuditRecord, Break, Checkpoint};
 use ferry_core::rbac::{Permission, Target};
 use ferry_store::{AuditQuery, CheckpointRecord, Store, StoreError};
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
@@ -105,22 +106,6 @@ async fn all_records(store: &Store) -> Result<Vec<AuditRecord>, StoreError> {
         }
     }
     Ok(records)
-}
-
-/// The answer of `GET /v1/audit/verify`.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub struct VerifyReport {
-    pub ok: bool,
-    /// Records in the chain.
-    pub count: i64,
-    /// Hash of the newest record (64 zeros when empty).
-    pub head_hash: String,
-    /// What is wrong, in a sentence.
-    pub problem: Option<String>,
-    /// The first record where the chain breaks.
-    pub broken_at_seq: Option<i64>,
-    /// The newest checkpoint the chain was checked against.
-    pub checkpoint: Option<Checkpoint>,
 }
 
 fn break_seq(b: &Break) -> i64 {
@@ -325,46 +310,6 @@ pub async fn checkpoints(
 // ---------------------------------------------------------------------------------------------
 // Change record
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Serialize)]
-pub struct ReleaseInfo {
-    pub app: String,
-    pub version: String,
-    pub previous_version: Option<String>,
-    pub created_at_ms: Option<i64>,
-}
-
-/// What a change-management system wants to know about one deployment.
-#[derive(Debug, Serialize)]
-pub struct ChangeRecord {
-    pub deployment: DeploymentView,
-    pub release: ReleaseInfo,
-    pub requested_by: String,
-    pub created_at_ms: i64,
-    pub finished_at_ms: Option<i64>,
-    /// The deployment's state (final once `finished_at_ms` is set).
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub manifest_revision: i64,
-    /// Every event, in order.
-    pub timeline: Vec<EventView>,
-    pub state_changes: Vec<EventView>,
-    /// Analysis verdicts (events about analysis).
-    pub analysis: Vec<EventView>,
-    pub traffic: Vec<EventView>,
-    /// Audit records about this deployment: who asked, promoted, paused, aborted.
-    pub audit: Vec<AuditRecord>,
-    /// Approvals and rejections, withdrawn ones included (with when).
-    pub approvals: Vec<ferry_core::gates::Approval>,
-    /// Every gate as it stood when the deployment passed them (who or what passed each);
-    /// empty when it never passed (or its environment has no gates).
-    pub gates: Vec<ferry_core::gates::GateRow>,
-    /// The gates lifted for this deployment (who, when, why).
-    pub overrides: Vec<ferry_core::gates::Override>,
-    /// Every hook attempt: backups, migrations, smoke tests, on-rollback jobs.
-    pub hooks: Vec<ferry_core::api::HookRunView>,
-    pub generated_at_ms: i64,
-}
 
 #[derive(Deserialize)]
 pub struct FormatParam {

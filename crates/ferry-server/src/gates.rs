@@ -10,16 +10,14 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
-use ferry_core::api::DeploymentView;
+use ferry_core::api::gates::{GatesStatus, GatesVerdict, OverrideRequest};
 use ferry_core::gates::{self, CheckResult, Facts, GateReport, GateRow, Override};
 use ferry_core::manifest::{GateCheck, Gates, Manifest};
 use ferry_core::model::{DeploymentState, EventKind};
 use ferry_store::{DeploymentRecord, Store, StoreError};
-use serde::{Deserialize, Serialize};
 
 use crate::access::{Access, AuditSlot};
 use crate::api::{ApiFailure, ApiResult, AppState};
-use crate::clock::now_ms;
 use crate::lock;
 
 /// The most of a command check's stdout (and of its stderr) kept to explain it (the tail).
@@ -129,19 +127,18 @@ pub async fn report_for(
     ))
 }
 
-/// The gate rows shown under a waiting deployment (empty for any other).
+/// The gate rows shown under a waiting deployment (empty for any other), judged at `now`.
 pub async fn rows_if_waiting(
     store: &Store,
     deployment: &DeploymentRecord,
+    now: i64,
 ) -> Result<Vec<GateRow>, StoreError> {
     if !waiting(deployment.state) || deployment.kind == ferry_core::model::DeploymentKind::Rollback
     {
         return Ok(Vec::new());
     }
     let env_gates = gates_of(store, &deployment.app, &deployment.env).await?;
-    Ok(report_for(store, deployment, &env_gates, now_ms())
-        .await?
-        .rows)
+    Ok(report_for(store, deployment, &env_gates, now).await?.rows)
 }
 
 // -- running checks ----------------------------------------------------------------------
@@ -155,10 +152,10 @@ pub struct CheckRunner {
 }
 
 impl CheckRunner {
-    /// Starts every check of `env_gates` that is due for `deployment`: never run, or its
-    /// latest result is at least `interval` old. Returns at once.
+    /// Starts `checks` (the due ones: the controller's gates step decides which) for
+    /// `deployment`, each unless a run of it is under way. Returns at once.
     #[allow(clippy::too_many_arguments)]
-    pub async fn start_due(
+    pub async fn start(
         &self,
         store: &Store,
         runtimes: &crate::runtimes::Runtimes,
@@ -166,24 +163,13 @@ impl CheckRunner {
         workloads: &crate::workload::Workloads,
         manifest: &ferry_core::manifest::Manifest,
         deployment: &DeploymentRecord,
-        env_gates: &Gates,
-        results: &[CheckResult],
+        checks: &[GateCheck],
         clock: &Arc<dyn crate::clock::Clock>,
     ) {
-        let now = clock.now_ms();
         let mut base_dir: Option<Option<PathBuf>> = None;
         // What a command check runs with: the environment's variables and secrets.
         let mut command_env: Option<CommandEnv> = None;
-        for check in &env_gates.checks {
-            let interval_ms = i64::try_from(check.interval().as_millis()).unwrap_or(i64::MAX);
-            let due = results
-                .iter()
-                .rev()
-                .find(|r| r.name == check.name)
-                .is_none_or(|r| now.saturating_sub(r.at_ms) >= interval_ms);
-            if !due {
-                continue;
-            }
+        for check in checks {
             let key = (deployment.id, check.name.clone());
             if !lock(&self.running).insert(key.clone()) {
                 continue;
@@ -391,39 +377,17 @@ impl CommandEnv {
 
 // -- API -----------------------------------------------------------------------------------
 
-/// `GET /v1/deployments/{id}/gates`: every configured gate of the deployment's environment
-/// with its state now.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct GatesStatus {
-    pub deployment: DeploymentView,
-    /// `passed`, `waiting` or `rejected` (derived from the rows).
-    pub verdict: String,
-    pub gates: Vec<GateRow>,
-    /// Gates lifted for this deployment (who, when, why).
-    pub overrides: Vec<Override>,
-    /// Set when the deployment has passed its gates: the rows are as they stood then
-    /// (otherwise they are judged now).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub passed_at_ms: Option<i64>,
-}
-
-/// `POST /v1/deployments/{id}/overrides`
-#[derive(Debug, Default, Deserialize)]
-pub struct OverrideRequest {
-    #[serde(default)]
-    pub gate: Option<String>,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
 pub async fn status(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<GatesStatus>> {
-    gates_status(&state.store, id).await.map(Json)
+    gates_status(&state.store, id, state.now_ms())
+        .await
+        .map(Json)
 }
 
-pub async fn gates_status(store: &Store, id: i64) -> ApiResult<GatesStatus> {
+/// A deployment's gates, judged at `now` unless it has passed them.
+pub async fn gates_status(store: &Store, id: i64, now: i64) -> ApiResult<GatesStatus> {
     let deployment = store
         .get_deployment(id)
         .await?
@@ -433,22 +397,22 @@ pub async fn gates_status(store: &Store, id: i64) -> ApiResult<GatesStatus> {
     {
         return Ok(GatesStatus {
             deployment: deployment.view(),
-            verdict: "passed".into(),
+            verdict: GatesVerdict::Passed,
             gates: rows,
             overrides: store.overrides(id).await?,
             passed_at_ms: Some(at_ms),
         });
     }
     let env_gates = gates_of(store, &deployment.app, &deployment.env).await?;
-    let report = report_for(store, &deployment, &env_gates, now_ms()).await?;
+    let report = report_for(store, &deployment, &env_gates, now).await?;
     let verdict = match report.verdict() {
-        gates::GatesVerdict::Passed => "passed",
-        gates::GatesVerdict::Waiting(_) => "waiting",
-        gates::GatesVerdict::Rejected { .. } => "rejected",
+        gates::GatesVerdict::Passed => GatesVerdict::Passed,
+        gates::GatesVerdict::Waiting(_) => GatesVerdict::Waiting,
+        gates::GatesVerdict::Rejected { .. } => GatesVerdict::Rejected,
     };
     Ok(GatesStatus {
         deployment: deployment.view(),
-        verdict: verdict.to_string(),
+        verdict,
         gates: report.rows,
         overrides: store.overrides(id).await?,
         passed_at_ms: None,
@@ -527,7 +491,7 @@ pub async fn create_override(
         gate: "freeze".into(),
         by: by.clone(),
         reason: reason.clone(),
-        at_ms: now_ms(),
+        at_ms: state.now_ms(),
     };
     state.store.record_override(id, &lifted).await?;
     let line = format!(
@@ -539,7 +503,7 @@ pub async fn create_override(
     }
     Ok((
         StatusCode::CREATED,
-        Json(gates_status(&state.store, id).await?),
+        Json(gates_status(&state.store, id, state.now_ms()).await?),
     ))
 }
 

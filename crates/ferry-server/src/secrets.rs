@@ -22,21 +22,23 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::{Extension, response::IntoResponse};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ferry_core::api::secrets::{
+    KeyRotated, SecretDeleted, SecretSet, SecretView, SetSecretRequest,
+};
 use ferry_core::audit::hmac_sha256;
 use ferry_core::config::ConfigSummary;
 use ferry_core::manifest::Manifest;
 use ferry_store::{SecretInfo, Store};
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 
@@ -536,19 +538,6 @@ impl Secrets {
 // API
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
-struct SetSecret {
-    value: String,
-}
-
-#[derive(Serialize)]
-struct SetAnswer {
-    name: String,
-    version: i64,
-    fingerprint: String,
-    updated_at_ms: i64,
-}
-
 fn bad(message: impl Into<String>) -> ApiFailure {
     ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
@@ -580,12 +569,12 @@ pub async fn set(
     Extension(slot): Extension<AuditSlot>,
     Path((app, env, name)): Path<(String, String, String)>,
     body: Bytes,
-) -> ApiResult<Json<impl Serialize>> {
+) -> ApiResult<Json<SecretSet>> {
     slot.with(|n| n.target = Some(format!("secret {name}")));
     check_name(&name).map_err(bad)?;
     check_env(&state, &app, &env).await?;
     // parsed here, not by an extractor whose error message could quote the body
-    let request: SetSecret = serde_json::from_slice(&body).map_err(|_| {
+    let request: SetSecretRequest = serde_json::from_slice(&body).map_err(|_| {
         bad("the body must be a JSON object {\"value\": \"...\"} with a string value")
     })?;
     let value = request.value;
@@ -610,7 +599,7 @@ pub async fn set(
             info.version, info.fingerprint
         ))
     });
-    Ok(Json(SetAnswer {
+    Ok(Json(SecretSet {
         name: info.name,
         version: info.version,
         fingerprint: info.fingerprint,
@@ -621,16 +610,27 @@ pub async fn set(
 pub async fn list(
     State(state): State<AppState>,
     Path((app, env)): Path<(String, String)>,
-) -> ApiResult<Json<Vec<SecretInfo>>> {
+) -> ApiResult<Json<Vec<SecretView>>> {
     check_env(&state, &app, &env).await?;
-    Ok(Json(state.store.list_secrets(&app, &env).await?))
+    let list = state.store.list_secrets(&app, &env).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|s| SecretView {
+                name: s.name,
+                version: s.version,
+                fingerprint: s.fingerprint,
+                updated_by: s.updated_by,
+                updated_at_ms: s.updated_at_ms,
+            })
+            .collect(),
+    ))
 }
 
 pub async fn delete(
     State(state): State<AppState>,
     Extension(slot): Extension<AuditSlot>,
     Path((app, env, name)): Path<(String, String, String)>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<SecretDeleted>> {
     slot.with(|n| n.target = Some(format!("secret {name}")));
     if !state.store.delete_secret(&app, &env, &name).await? {
         return Err(ApiFailure::new(
@@ -640,22 +640,26 @@ pub async fn delete(
         ));
     }
     slot.with(|n| n.summary = Some(format!("secret {name} deleted")));
-    Ok(Json(serde_json::json!({ "name": name, "deleted": true })))
+    Ok(Json(SecretDeleted {
+        name,
+        deleted: true,
+    }))
 }
 
 pub async fn rotate_key(
     State(state): State<AppState>,
     Extension(slot): Extension<AuditSlot>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<KeyRotated>> {
     let (key_id, count) = state.secrets.rotate().await.map_err(internal)?;
     slot.with(|n| {
         n.summary = Some(format!(
             "rotate the secrets master key to {key_id} ({count} secret(s) re-encrypted)"
         ))
     });
-    Ok(Json(
-        serde_json::json!({ "key_id": key_id, "reencrypted": count }),
-    ))
+    Ok(Json(KeyRotated {
+        key_id,
+        reencrypted: u64::try_from(count).unwrap_or(u64::MAX),
+    }))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! - a replica's row is written before it starts; a drained replica leaves the route table
 //!   before it stops (`act`, `drain`).
 
-use ferry_core::manifest::{Gates, Manifest};
+use ferry_core::manifest::Manifest;
 use ferry_store::{AppRecord, DeploymentRecord};
 
 use crate::lock;
@@ -87,20 +87,15 @@ impl Controller {
                 }
                 Effect::StartChecks(checks) => {
                     if let Some(deployment) = deployment {
-                        let due = Gates {
-                            checks,
-                            ..Gates::default()
-                        };
                         self.gate_checks
-                            .start_due(
+                            .start(
                                 &self.store,
                                 &self.runtime,
                                 &self.secrets,
                                 &self.workloads,
                                 scope.manifest,
                                 deployment,
-                                &due,
-                                &[],
+                                &checks,
                                 &self.clock,
                             )
                             .await;

@@ -691,3 +691,31 @@ async fn a_failing_gate_check_runs_again_after_its_interval() {
     }
     assert_eq!(sim.deployment(id).await.state, DeploymentState::Blocked);
 }
+
+/// Gate rows and the gates answer are judged by the controller's clock, not the wall clock:
+/// at the manual clock's 10:00 a 09:00–10:30 freeze holds the deployment (the wall clock is
+/// past that window), and `ferry status` and `GET …/gates` say so.
+#[tokio::test]
+async fn gate_rows_are_judged_by_the_controllers_clock() {
+    use ferry_core::api::gates::GatesVerdict;
+    use ferry_core::gates::GateState;
+    let freeze = "rolling\n    gates:\n      freeze: [ { from: \"2026-12-06T09:00:00\", until: \"2026-12-06T10:30:00\", timezone: UTC } ]";
+    let mut sim = Sim::new(&manifest(freeze, "")).await;
+    let id = sim.deploy("shop", "production", "1.0").await;
+    sim.until_state(id, DeploymentState::Blocked).await;
+    let status = sim.controller.status("shop", None).await.expect("status");
+    let rows = &status.environments[0]
+        .latest_deployment
+        .as_ref()
+        .expect("the deployment")
+        .gates;
+    assert!(
+        rows.iter()
+            .any(|r| r.gate == "freeze" && r.state == GateState::Waiting),
+        "{rows:?}"
+    );
+    let answer = crate::gates::gates_status(&sim.store, id, sim.controller.now_ms())
+        .await
+        .unwrap_or_else(|e| panic!("gates: {e:?}"));
+    assert_eq!(answer.verdict, GatesVerdict::Waiting, "{answer:?}");
+}

@@ -112,7 +112,8 @@ impl Controller {
                 Some(d) => {
                     let mut view = d.view();
                     // gates: the rows of a deployment waiting at its gates
-                    view.gates = crate::gates::rows_if_waiting(&self.store, d).await?;
+                    view.gates =
+                        crate::gates::rows_if_waiting(&self.store, d, self.now_ms()).await?;
                     Some(view)
                 }
                 None => None,
@@ -232,7 +233,8 @@ impl Controller {
                 let latest_deployment = match &deployment {
                     Some(d) => {
                         let mut view = d.view();
-                        view.gates = crate::gates::rows_if_waiting(&self.store, d).await?;
+                        view.gates =
+                            crate::gates::rows_if_waiting(&self.store, d, self.now_ms()).await?;
                         Some(view)
                     }
                     None => None,

@@ -4,6 +4,7 @@
 
 use clap::{Args, Subcommand};
 use ferry_core::alerts::{AlertStatus, AlertsAnswer, Silence, SilenceRequest};
+use ferry_core::endpoint as e;
 
 use super::client::Client;
 use super::output::{Table, age, clock, now_ms, print_json, timestamp};
@@ -75,7 +76,7 @@ pub async fn run(client: &Client, args: AlertsArgs, reason: Option<&str>) -> any
             if let Some(env) = args.env {
                 query.push(("env", env));
             }
-            let answer: AlertsAnswer = client.get(&["v1", "alerts"], &query).await?;
+            let answer = client.call(e::AlertsList, &[], &query, &()).await?;
             if args.out.output == Format::Json {
                 return print_json(&answer);
             }
@@ -98,8 +99,8 @@ pub async fn run(client: &Client, args: AlertsArgs, reason: Option<&str>) -> any
                 duration,
                 reason: reason.to_string(),
             };
-            let silence: Silence = client
-                .post(&["v1", "apps", &app, "envs", &env, "silences"], &request)
+            let silence = client
+                .call(e::SilencesCreate, &[&app, &env], &[], &request)
                 .await?;
             if out.output == Format::Json {
                 return print_json(&silence);
@@ -145,10 +146,13 @@ pub async fn run(client: &Client, args: AlertsArgs, reason: Option<&str>) -> any
                 .find(|s| s.id == id)
                 .ok_or_else(|| anyhow::anyhow!("no silence #{id} in force that you may see"))?;
             let id_text = id.to_string();
-            let ended: Silence = client
-                .delete(&[
-                    "v1", "apps", &found.app, "envs", &found.env, "silences", &id_text,
-                ])
+            let ended = client
+                .call(
+                    e::SilencesDelete,
+                    &[&found.app, &found.env, &id_text],
+                    &[],
+                    &(),
+                )
                 .await?;
             if out.output == Format::Json {
                 return print_json(&ended);
@@ -164,7 +168,7 @@ pub async fn run(client: &Client, args: AlertsArgs, reason: Option<&str>) -> any
 
 async fn silences(client: &Client, app: Option<String>) -> anyhow::Result<Vec<Silence>> {
     let query: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
-    client.get(&["v1", "silences"], &query).await
+    client.call(e::SilencesList, &[], &query, &()).await
 }
 
 /// The alerts as a table, then the latest history lines.

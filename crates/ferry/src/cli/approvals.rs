@@ -1,9 +1,8 @@
 //! `ferry approve` and `ferry approvals`: decisions on deployments waiting at their gates.
 
 use clap::Args;
-use ferry_core::api::DeploymentView;
-use ferry_core::gates::Approval;
-use serde::Deserialize;
+use ferry_core::api::gates::{ApprovalStatus, ApproveRequest};
+use ferry_core::endpoint as e;
 
 use super::client::Client;
 use super::output::print_json;
@@ -23,35 +22,24 @@ pub struct ApproveArgs {
     pub out: OutputArg,
 }
 
-#[derive(Debug, Deserialize, serde::Serialize)]
-struct ApprovalStatus {
-    deployment: DeploymentView,
-    approvals: Vec<Approval>,
-    waiting_for: Vec<String>,
-    rejected: Option<String>,
-    // gates:
-    #[serde(default)]
-    gates: Vec<ferry_core::gates::GateRow>,
-}
-
 pub async fn approve(client: &Client, args: ApproveArgs) -> anyhow::Result<()> {
     let id = args.deployment.to_string();
-    let path = ["v1", "deployments", id.as_str(), "approve"];
-    let status: ApprovalStatus = if args.withdraw {
-        client.delete(&path).await?
+    let status = if args.withdraw {
+        client.call(e::ApproveWithdraw, &[&id], &[], &()).await?
     } else {
         // The reason travels in the X-Ferry-Reason header (the global --reason flag).
-        let body = serde_json::json!({ "reject": args.reject });
-        client.post(&path, &body).await?
+        let body = ApproveRequest {
+            reject: args.reject,
+            reason: None,
+        };
+        client.call(e::Approve, &[&id], &[], &body).await?
     };
     show(&status, args.out.output)
 }
 
 pub async fn approvals(client: &Client, deployment: i64, out: OutputArg) -> anyhow::Result<()> {
     let id = deployment.to_string();
-    let status: ApprovalStatus = client
-        .get(&["v1", "deployments", id.as_str(), "approvals"], &[])
-        .await?;
+    let status = client.call(e::Approvals, &[&id], &[], &()).await?;
     show(&status, out.output)
 }
 

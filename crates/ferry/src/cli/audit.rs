@@ -4,9 +4,8 @@
 use std::io::Write;
 
 use clap::{Args, Subcommand, ValueEnum};
-use ferry_core::audit::{AuditRecord, Checkpoint};
 use ferry_core::duration::HumanDuration;
-use serde::{Deserialize, Serialize};
+use ferry_core::endpoint as e;
 
 use super::client::Client;
 use super::output::{Table, now_ms, print_json, timestamp};
@@ -219,17 +218,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The answer of `GET /v1/audit/verify`.
-#[derive(Debug, Serialize, Deserialize)]
-struct VerifyReport {
-    ok: bool,
-    count: i64,
-    head_hash: String,
-    problem: Option<String>,
-    broken_at_seq: Option<i64>,
-    checkpoint: Option<Checkpoint>,
-}
-
 /// Runs an audit command.
 pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
@@ -243,7 +231,7 @@ async fn audit(client: &Client, args: AuditArgs) -> anyhow::Result<()> {
         None => query(client, &args.filters, args.limit, args.out.output).await,
         Some(AuditSub::Export { filters, limit }) => {
             let text = client
-                .get_text(&["v1", "audit", "export"], &filters.query(limit)?)
+                .text(e::AuditExport, &[], &filters.query(limit)?)
                 .await?;
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(text.as_bytes())?;
@@ -252,12 +240,8 @@ async fn audit(client: &Client, args: AuditArgs) -> anyhow::Result<()> {
         }
         Some(AuditSub::Verify { out }) => verify(client, out.output).await,
         Some(AuditSub::Checkpoints { limit, out }) => {
-            let list: Vec<Checkpoint> = client
-                .get(
-                    &["v1", "audit", "checkpoints"],
-                    &[("limit", limit.to_string())],
-                )
-                .await?;
+            let query = [("limit", limit.to_string())];
+            let list = client.call(e::AuditCheckpoints, &[], &query, &()).await?;
             if out.output == Format::Json {
                 return print_json(&list);
             }
@@ -282,12 +266,10 @@ async fn audit(client: &Client, args: AuditArgs) -> anyhow::Result<()> {
 
 async fn change_record(client: &Client, id: i64, output: RecordFormat) -> anyhow::Result<()> {
     let id = id.to_string();
-    let path = ["v1", "deployments", &id, "change-record"];
     match output {
         RecordFormat::Markdown => {
-            let text = client
-                .get_text(&path, &[("format", "markdown".to_string())])
-                .await?;
+            let query = [("format", "markdown".to_string())];
+            let text = client.text(e::ChangeRecord, &[&id], &query).await?;
             print!("{text}");
             if !text.ends_with('\n') {
                 println!();
@@ -295,7 +277,7 @@ async fn change_record(client: &Client, id: i64, output: RecordFormat) -> anyhow
             Ok(())
         }
         RecordFormat::Json => {
-            let record: serde_json::Value = client.get(&path, &[]).await?;
+            let record = client.call(e::ChangeRecord, &[&id], &[], &()).await?;
             print_json(&record)
         }
     }
@@ -307,7 +289,9 @@ async fn query(
     limit: Option<u32>,
     format: Format,
 ) -> anyhow::Result<()> {
-    let records: Vec<AuditRecord> = client.get(&["v1", "audit"], &filters.query(limit)?).await?;
+    let records = client
+        .call(e::AuditQuery, &[], &filters.query(limit)?, &())
+        .await?;
     if format == Format::Json {
         return print_json(&records);
     }
@@ -345,7 +329,7 @@ async fn query(
 }
 
 async fn verify(client: &Client, format: Format) -> anyhow::Result<()> {
-    let report: VerifyReport = client.get(&["v1", "audit", "verify"], &[]).await?;
+    let report = client.call(e::AuditVerify, &[], &[], &()).await?;
     if format == Format::Json {
         print_json(&report)?;
     } else if report.ok {

@@ -251,72 +251,6 @@ impl Client {
         })
     }
 
-    pub async fn get<T: DeserializeOwned>(
-        &self,
-        segments: &[&str],
-        query: &[(&str, String)],
-    ) -> anyhow::Result<T> {
-        let resp = self
-            .send(
-                self.request(Method::GET, segments, query),
-                Some(REQUEST_TIMEOUT),
-            )
-            .await?;
-        self.decode(resp).await
-    }
-
-    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        segments: &[&str],
-        body: &B,
-    ) -> anyhow::Result<T> {
-        let body = json_body(body)?;
-        let resp = self
-            .send(
-                self.request(Method::POST, segments, &[])
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body),
-                Some(REQUEST_TIMEOUT),
-            )
-            .await?;
-        self.decode(resp).await
-    }
-
-    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        segments: &[&str],
-        body: &B,
-    ) -> anyhow::Result<T> {
-        let body = json_body(body)?;
-        let resp = self
-            .send(
-                self.request(Method::PUT, segments, &[])
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body),
-                Some(REQUEST_TIMEOUT),
-            )
-            .await?;
-        self.decode(resp).await
-    }
-
-    pub async fn delete<T: DeserializeOwned>(&self, segments: &[&str]) -> anyhow::Result<T> {
-        self.delete_with(segments, &[]).await
-    }
-
-    pub async fn delete_with<T: DeserializeOwned>(
-        &self,
-        segments: &[&str],
-        query: &[(&str, String)],
-    ) -> anyhow::Result<T> {
-        let resp = self
-            .send(
-                self.request(Method::DELETE, segments, query),
-                Some(REQUEST_TIMEOUT),
-            )
-            .await?;
-        self.decode(resp).await
-    }
-
     /// A declared endpoint whose answer is read as it comes (no overall timeout): logs,
     /// server-sent events.
     pub async fn open<E: Endpoint<Request = ()>>(
@@ -329,32 +263,23 @@ impl Client {
             .await
     }
 
-    /// A GET whose answer is text (Markdown, JSON lines), not one JSON value.
-    pub async fn get_text(
+    /// A declared endpoint's answer as text (Markdown, JSON lines), whatever its
+    /// declared response: e.g. a change record asked for as Markdown.
+    pub async fn text<E: Endpoint<Request = ()>>(
         &self,
-        segments: &[&str],
+        _: E,
+        params: &[&str],
         query: &[(&str, String)],
     ) -> anyhow::Result<String> {
         let resp = self
             .send(
-                self.request(Method::GET, segments, query),
+                self.endpoint::<E>(params, query, &())?,
                 Some(REQUEST_TIMEOUT),
             )
             .await?;
         resp.text()
             .await
             .map_err(|e| self.transport_error(&e).into())
-    }
-
-    /// A POST whose answer body is not needed.
-    pub async fn post_ignore(&self, segments: &[&str], timeout: Duration) -> anyhow::Result<()> {
-        self.send(
-            self.request(Method::POST, segments, &[])
-                .json(&serde_json::json!({})),
-            Some(timeout),
-        )
-        .await?;
-        Ok(())
     }
 
     async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response) -> anyhow::Result<T> {
@@ -441,6 +366,32 @@ mod tests {
         assert_eq!(exit_code_for("conflict", StatusCode::CONFLICT), 7);
         assert_eq!(exit_code_for("", StatusCode::BAD_GATEWAY), 1);
         assert_eq!(exit_code_for("", StatusCode::NOT_FOUND), 6);
+    }
+
+    /// Every CLI call takes its method and path from the endpoint declarations
+    /// (`ferry_core::endpoint`): no command builds an API path by hand.
+    #[test]
+    fn no_command_writes_an_api_path() {
+        let cli = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cli");
+        let mut files = vec![cli.with_extension("rs")];
+        for entry in std::fs::read_dir(&cli).expect("src/cli") {
+            files.push(entry.expect("a directory entry").path());
+        }
+        let mut found = Vec::new();
+        for file in files.iter().filter(|f| !f.ends_with("client.rs")) {
+            let text = std::fs::read_to_string(file).expect("a source file");
+            for (n, line) in text.lines().enumerate() {
+                if line.contains("\"v1\"") || line.contains("/v1/") {
+                    found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "call the API through `Client::call(e::Endpoint, …)` (its path comes from the \
+             declaration), not by writing the path:\n{}",
+            found.join("\n")
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use ferry_core::api::MAX_REQUEST_BYTES;
 use ferry_core::api::{
     ApplyRequest, ApplyResponse, DeployRequest, DeploymentView, EnvStatus, RollbackRequest,
 };
-use ferry_core::endpoint as e;
+use ferry_core::endpoint::{self as e, Empty};
 use ferry_core::model::DeploymentState;
 use futures_util::StreamExt;
 
@@ -180,23 +180,18 @@ fn too_large(file: &Path, size: usize) -> Failure {
 /// `ferry version`: this client's, and the server's when it answers.
 pub async fn version(client: &Client, format: Format) -> anyhow::Result<()> {
     let ours = env!("CARGO_PKG_VERSION");
-    let server: Result<serde_json::Value, _> = client.get(&["v1", "version"], &[]).await;
-    let theirs = server
-        .as_ref()
-        .ok()
-        .and_then(|v| v["version"].as_str().map(str::to_string));
+    let server = client.call(e::Version, &[], &[], &()).await;
     if format == Format::Json {
         return print_json(&serde_json::json!({
             "client": ours,
-            "server": theirs,
+            "server": server.ok().map(|v| v.version),
             "url": client.base_url(),
         }));
     }
     println!("client  ferry {ours}");
-    match (theirs, server) {
-        (Some(v), _) => println!("server  ferry {v} at {}", client.base_url()),
-        (None, Err(e)) => println!("server  unknown: {e:#}"),
-        (None, Ok(_)) => println!("server  unknown: no version in its answer"),
+    match server {
+        Ok(v) => println!("server  ferry {} at {}", v.version, client.base_url()),
+        Err(e) => println!("server  unknown: {e:#}"),
     }
     Ok(())
 }
@@ -204,13 +199,9 @@ pub async fn version(client: &Client, format: Format) -> anyhow::Result<()> {
 /// `ferry apps delete APP [--yes]`.
 pub async fn delete_app(client: &Client, app: &str, yes: bool) -> anyhow::Result<()> {
     let query = [("confirm", yes.to_string())];
-    let answer: serde_json::Value = client.delete_with(&["v1", "apps", app], &query).await?;
-    let stopped: Vec<&str> = answer["stopped"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
-        .unwrap_or_default();
+    let answer = client.call(e::AppsDelete, &[app], &query, &()).await?;
     println!("app {app} deleted");
-    for line in stopped {
+    for line in answer.stopped {
         println!("  stopped: {line}");
     }
     Ok(())
@@ -545,12 +536,8 @@ pub async fn history(
     limit: u32,
     format: Format,
 ) -> anyhow::Result<()> {
-    let deployments: Vec<DeploymentView> = client
-        .get(
-            &["v1", "apps", app, "envs", env, "deployments"],
-            &[("limit", limit.to_string())],
-        )
-        .await?;
+    let query = [("limit", limit.to_string())];
+    let deployments = client.call(e::History, &[app, env], &query, &()).await?;
     if format == Format::Json {
         return print_json(&deployments);
     }
@@ -694,7 +681,7 @@ pub async fn teardown(client: &Client, yes: bool) -> anyhow::Result<()> {
         .into());
     }
     client
-        .post_ignore(&["v1", "teardown"], Duration::from_secs(120))
+        .call_within(e::Teardown, &[], &[], &Empty {}, Duration::from_secs(120))
         .await?;
     println!(
         "stopped every replica and the proxy; the Ferry server at {} shuts down too",

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use ferry_core::endpoint::{self as e, Empty};
 use serde_json::{Value, json};
 
 use super::client::Client;
@@ -232,10 +233,23 @@ fn payload_arg(text: &str) -> anyhow::Result<(String, Value)> {
     Ok((name.to_string(), json!({"type": kind, "value": value})))
 }
 
-fn flag_path<'a>(at: &'a FlagTarget, tail: &[&'a str]) -> Vec<&'a str> {
-    let mut p = vec!["v1", "apps", &at.app, "envs", &at.env, "flags", &at.flag];
-    p.extend_from_slice(tail);
-    p
+impl FlagTarget {
+    /// The path parameters of an endpoint on the flag (`{app}`, `{env}`, `{flag}`).
+    fn flag_params(&self) -> [&str; 3] {
+        [&self.app, &self.env, &self.flag]
+    }
+
+    /// The path parameters of an endpoint on the flag's environment (`{app}`, `{env}`).
+    fn env_params(&self) -> [&str; 2] {
+        [&self.app, &self.env]
+    }
+}
+
+impl Target {
+    /// The path parameters of an endpoint on the environment (`{app}`, `{env}`).
+    fn env_params(&self) -> [&str; 2] {
+        [&self.app, &self.env]
+    }
 }
 
 /// One line for a changed flag, or its JSON.
@@ -377,8 +391,8 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::List { at, archived, out } => {
             let query = [("archived", archived.to_string())];
-            let answer: Value = client
-                .get(&["v1", "apps", &at.app, "envs", &at.env, "flags"], &query)
+            let answer = client
+                .call(e::FlagsList, &at.env_params(), &query, &())
                 .await?;
             if out.output == Format::Json {
                 return print_json(&answer);
@@ -418,7 +432,9 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Show { at, out } => {
-            let answer: Value = client.get(&flag_path(&at, &[]), &[]).await?;
+            let answer = client
+                .call(e::FlagsGet, &at.flag_params(), &[], &())
+                .await?;
             if out.output == Format::Json {
                 return print_json(&answer);
             }
@@ -478,26 +494,26 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
                 "enabled": enabled,
                 "feature": feature,
             });
-            let answer: Value = client
-                .post(&["v1", "apps", &at.app, "envs", &at.env, "flags"], &body)
+            let answer = client
+                .call(e::FlagsCreate, &at.env_params(), &[], &body)
                 .await?;
             changed(&answer, out.output, &at, "created")
         }
         Command::Enable { at, out } => {
-            let answer: Value = client
-                .post(&flag_path(&at, &["enable"]), &json!({}))
+            let answer = client
+                .call(e::FlagsEnable, &at.flag_params(), &[], &Empty {})
                 .await?;
             changed(&answer, out.output, &at, "enabled")
         }
         Command::Disable { at, out } => {
-            let answer: Value = client
-                .post(&flag_path(&at, &["disable"]), &json!({}))
+            let answer = client
+                .call(e::FlagsDisable, &at.flag_params(), &[], &Empty {})
                 .await?;
             changed(&answer, out.output, &at, "disabled")
         }
         Command::Archive { at, out } => {
-            let answer: Value = client
-                .post(&flag_path(&at, &["archive"]), &json!({}))
+            let answer = client
+                .call(e::FlagsArchive, &at.flag_params(), &[], &Empty {})
                 .await?;
             changed(&answer, out.output, &at, "archived")
         }
@@ -517,12 +533,16 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
                 return Err(invalid(format!("{p}: a percentage from 0 to 100")));
             }
             if stop {
-                let answer: Value = client.delete(&flag_path(&at, &["guarded-rollout"])).await?;
+                let answer = client
+                    .call(e::FlagsGuardedRolloutStop, &at.flag_params(), &[], &())
+                    .await?;
                 return guarded_line(&answer, out.output, &at);
             }
             if !guarded {
                 let body = json!({"percent": percent, "stickiness": stickiness});
-                let answer: Value = client.put(&flag_path(&at, &["rollout"]), &body).await?;
+                let answer = client
+                    .call(e::FlagsRollout, &at.flag_params(), &[], &body)
+                    .await?;
                 return changed(&answer, out.output, &at, "rolled out");
             }
             let steps = guarded_steps(steps, percent)?;
@@ -541,8 +561,8 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
                 "stickiness": stickiness,
                 "judge": judge,
             });
-            let answer: Value = client
-                .post(&flag_path(&at, &["guarded-rollout"]), &body)
+            let answer = client
+                .call(e::FlagsGuardedRolloutStart, &at.flag_params(), &[], &body)
                 .await?;
             guarded_line(&answer, out.output, &at)
         }
@@ -573,15 +593,15 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
                 return Err(invalid(format!("--payload {name}=…: no variant {name}")));
             }
             let body = json!({"variants": list, "stickiness": stickiness});
-            let answer: Value = client.put(&flag_path(&at, &["variants"]), &body).await?;
+            let answer = client
+                .call(e::FlagsVariants, &at.flag_params(), &[], &body)
+                .await?;
             changed(&answer, out.output, &at, "variants set")
         }
         Command::Token(TokenCommand::Create { at, name, out }) => {
-            let answer: Value = client
-                .post(
-                    &["v1", "apps", &at.app, "envs", &at.env, "flag-tokens"],
-                    &json!({"name": name}),
-                )
+            let body = json!({"name": name});
+            let answer = client
+                .call(e::FlagsTokensCreate, &at.env_params(), &[], &body)
                 .await?;
             if out.output == Format::Json {
                 return print_json(&answer);
@@ -598,11 +618,8 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(TokenCommand::List { at, out }) => {
-            let answer: Value = client
-                .get(
-                    &["v1", "apps", &at.app, "envs", &at.env, "flag-tokens"],
-                    &[],
-                )
+            let answer = client
+                .call(e::FlagsTokensList, &at.env_params(), &[], &())
                 .await?;
             if out.output == Format::Json {
                 return print_json(&answer);
@@ -621,8 +638,9 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
         }
         Command::Token(TokenCommand::Revoke { at, id }) => {
             let id = id.to_string();
-            let _: Value = client
-                .delete(&["v1", "apps", &at.app, "envs", &at.env, "flag-tokens", &id])
+            let [app, env] = at.env_params();
+            client
+                .call(e::FlagsTokensDelete, &[app, env, &id], &[], &())
                 .await?;
             println!("client token {id} of {}/{} revoked", at.app, at.env);
             Ok(())
@@ -637,11 +655,8 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             if let Some(flag) = flag {
                 query.push(("flag", flag));
             }
-            let answer: Value = client
-                .get(
-                    &["v1", "apps", &at.app, "envs", &at.env, "flag-metrics"],
-                    &query,
-                )
+            let answer = client
+                .call(e::FlagsMetrics, &at.env_params(), &query, &())
                 .await?;
             if out.output == Format::Json {
                 return print_json(&answer);
@@ -651,8 +666,8 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
         }
         Command::Import { at, file, out } => {
             let doc = read_json(&file)?;
-            let answer: Value = client
-                .post(&["v1", "apps", &at.app, "envs", &at.env, "features"], &doc)
+            let answer = client
+                .call(e::FlagsImport, &at.env_params(), &[], &doc)
                 .await?;
             if out.output == Format::Json {
                 return print_json(&answer);
@@ -664,8 +679,8 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export { at, file } => {
-            let doc: Value = client
-                .get(&["v1", "apps", &at.app, "envs", &at.env, "features"], &[])
+            let doc = client
+                .call(e::FlagsExport, &at.env_params(), &[], &())
                 .await?;
             let text = serde_json::to_string_pretty(&doc)? + "\n";
             match file {

@@ -2,9 +2,9 @@
 //! `ferry gates override DEPLOYMENT --gate freeze --reason "…"`.
 
 use clap::{Args, Subcommand};
-use ferry_core::api::DeploymentView;
-use ferry_core::gates::{GateRow, Override};
-use serde::{Deserialize, Serialize};
+use ferry_core::api::gates::{GatesStatus, OverrideRequest};
+use ferry_core::endpoint as e;
+use ferry_core::gates::GateRow;
 
 use super::client::Client;
 use super::output::{Table, print_json, timestamp};
@@ -37,18 +37,6 @@ pub enum GatesAction {
     },
 }
 
-/// The answer of `GET /v1/deployments/{id}/gates`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct GatesStatus {
-    pub deployment: DeploymentView,
-    pub verdict: String,
-    pub gates: Vec<GateRow>,
-    #[serde(default)]
-    pub overrides: Vec<Override>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub passed_at_ms: Option<i64>,
-}
-
 pub async fn run(client: &Client, args: GatesArgs) -> anyhow::Result<()> {
     match (args.action, args.deployment) {
         (
@@ -61,17 +49,16 @@ pub async fn run(client: &Client, args: GatesArgs) -> anyhow::Result<()> {
         ) => {
             let id = deployment.to_string();
             // The reason travels as X-Ferry-Reason (the global --reason flag).
-            let body = serde_json::json!({ "gate": gate });
-            let status: GatesStatus = client
-                .post(&["v1", "deployments", id.as_str(), "overrides"], &body)
-                .await?;
+            let body = OverrideRequest {
+                gate: Some(gate),
+                reason: None,
+            };
+            let status = client.call(e::GatesOverride, &[&id], &[], &body).await?;
             show(&status, out.output)
         }
         (None, Some(deployment)) => {
             let id = deployment.to_string();
-            let status: GatesStatus = client
-                .get(&["v1", "deployments", id.as_str(), "gates"], &[])
-                .await?;
+            let status = client.call(e::Gates, &[&id], &[], &()).await?;
             show(&status, args.out.output)
         }
         (None, None) => Err(anyhow::anyhow!("name a deployment: `ferry gates ID`")),

@@ -2,6 +2,7 @@
 //! delivery history of notifications, newest first (docs/notifications.md).
 
 use clap::{Args, ValueEnum};
+use ferry_core::endpoint as e;
 use ferry_core::notify::{DeliveryState, DeliveryView};
 
 use super::client::Client;
@@ -56,7 +57,7 @@ pub async fn run(client: &Client, args: NotificationsArgs) -> anyhow::Result<()>
     if let Some(state) = args.state {
         query.push(("state", state.state().to_string()));
     }
-    let rows: Vec<DeliveryView> = client.get(&["v1", "notifications"], &query).await?;
+    let rows = client.call(e::Notifications, &[], &query, &()).await?;
     if args.out.output == Format::Json {
         return print_json(&rows);
     }

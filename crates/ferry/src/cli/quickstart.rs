@@ -14,7 +14,7 @@ use ferry_core::api::identity::{
     CreateBindingRequest, CreateUserRequest, LoginLinkRequest, Password,
 };
 use ferry_core::api::{ApplyRequest, ApplyResponse, DeployRequest, DeploymentView};
-use ferry_core::endpoint as e;
+use ferry_core::endpoint::{self as e, Endpoint};
 
 use super::client::Client;
 use super::commands::print_apply;
@@ -410,10 +410,10 @@ impl Tour<'_> {
             ),
             (
                 format!(
-                    "curl -H \"Authorization: Bearer $(cat {})\" {}/v1/apps/{}/status",
+                    "curl -H \"Authorization: Bearer $(cat {})\" {}{}",
                     token_file.display(),
                     self.api_url,
-                    self.app
+                    e::Status::SPEC.path.replace("{app}", self.app)
                 ),
                 "the API",
             ),

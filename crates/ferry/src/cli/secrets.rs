@@ -4,7 +4,8 @@
 use std::io::{IsTerminal, Read};
 
 use clap::Subcommand;
-use serde::{Deserialize, Serialize};
+use ferry_core::api::secrets::SetSecretRequest;
+use ferry_core::endpoint::{self as e, Empty};
 
 use super::client::Client;
 use super::output::{Table, print_json, timestamp};
@@ -39,16 +40,6 @@ pub enum Command {
     RotateKey,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct SecretInfo {
-    name: String,
-    version: i64,
-    fingerprint: String,
-    #[serde(default)]
-    updated_by: String,
-    updated_at_ms: i64,
-}
-
 pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Set { app, env, name } => {
@@ -74,11 +65,11 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
                 )
                 .into());
             }
-            let body = serde_json::json!({ "value": value });
-            drop(value);
-            let info: SecretInfo = client
-                .put(&["v1", "apps", &app, "envs", &env, "secrets", &name], &body)
+            let body = SetSecretRequest { value };
+            let info = client
+                .call(e::SecretsSet, &[&app, &env, &name], &[], &body)
                 .await?;
+            drop(body);
             println!(
                 "secret {} of {app}/{env} set: version {}, fingerprint {}",
                 info.name, info.version, info.fingerprint
@@ -89,9 +80,7 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::List { app, env, out } => {
-            let list: Vec<SecretInfo> = client
-                .get(&["v1", "apps", &app, "envs", &env, "secrets"], &[])
-                .await?;
+            let list = client.call(e::SecretsList, &[&app, &env], &[], &()).await?;
             if out.output == Format::Json {
                 return print_json(&list);
             }
@@ -113,20 +102,19 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rm { app, env, name } => {
-            let _: serde_json::Value = client
-                .delete(&["v1", "apps", &app, "envs", &env, "secrets", &name])
+            client
+                .call(e::SecretsDelete, &[&app, &env, &name], &[], &())
                 .await?;
             println!("secret {name} of {app}/{env} deleted");
             Ok(())
         }
         Command::RotateKey => {
-            let answer: serde_json::Value = client
-                .post(&["v1", "secrets", "rotate-key"], &serde_json::json!({}))
+            let answer = client
+                .call(e::SecretsRotateKey, &[], &[], &Empty {})
                 .await?;
             println!(
                 "master key rotated to {}: {} secret(s) re-encrypted",
-                answer["key_id"].as_str().unwrap_or("?"),
-                answer["reencrypted"]
+                answer.key_id, answer.reencrypted
             );
             Ok(())
         }
