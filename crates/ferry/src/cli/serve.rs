@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_core::duration::HumanDuration;
+use ferry_core::endpoint::{self as e, Endpoint};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -153,7 +154,10 @@ pub async fn server(
     println!("Ferry API on http://{}", server.addr());
     println!("  data       {}", data_abs.display());
     println!("  state      {store}");
-    println!("  server id  {server_id} (one leader acts; GET /v1/version says which)");
+    println!(
+        "  server id  {server_id} (one leader acts; GET {} says which)",
+        <e::Version as Endpoint>::SPEC.path
+    );
     println!("  admin token in {} (chmod 600)", token_file.display());
     println!(
         "  try        FERRY_URL=http://{} FERRY_TOKEN=$(cat {}) ferry apps",
