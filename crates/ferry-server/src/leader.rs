@@ -341,11 +341,10 @@ impl Leadership {
     pub async fn start(self) -> Result<JoinHandle<()>, ServerError> {
         let mono = Mono(Instant::now());
         let sent = mono.now();
-        let acting = match self
-            .store
-            .acquire_lease(LEASE, &self.settings.server_id, self.timing.ttl_ms)
-            .await
-        {
+        // `acquire`, not a bare attempt: a server restarted after a crash on this host takes
+        // its predecessor's lease over before the API serves, instead of serving as a
+        // follower until its first retry.
+        let acting = match self.acquire().await {
             Ok(Acquire::Granted(grant)) => Some(self.begin(grant, sent).await?),
             Ok(Acquire::HeldBy(record)) => {
                 tracing::info!(leader = %record.holder, "another server leads; following");
@@ -389,18 +388,22 @@ impl Leadership {
             holder: self.settings.server_id.clone(),
             token: grant.token,
         }));
-        self.status.set(Some(grant.token));
         let cancel = self.shutdown.child_token();
         match self.work.start(&cancel).await {
-            Ok(tasks) => Ok(Acting {
-                token: grant.token,
-                holding: self.timing.granted(sent),
-                cancel,
-                tasks,
-            }),
+            Ok(tasks) => {
+                // Leading (for teardown and `/v1/version`) only once the work runs: a
+                // teardown accepted before the proxy is adopted would stop nothing and leave
+                // it serving.
+                self.status.set(Some(grant.token));
+                Ok(Acting {
+                    token: grant.token,
+                    holding: self.timing.granted(sent),
+                    cancel,
+                    tasks,
+                })
+            }
             Err(e) => {
                 cancel.cancel();
-                self.status.set(None);
                 let _ = self
                     .store
                     .release_lease(LEASE, &self.settings.server_id, grant.token)

@@ -135,6 +135,26 @@ struct WindowStart {
     canary: PerService,
     stable: PerService,
     at_ms: i64,
+    /// The data plane's `started_at_ms` then: its counters restart from zero when it does.
+    counters_since_ms: i64,
+}
+
+impl WindowStart {
+    fn at(stats: &StatsSnapshot, canary: PerService, stable: PerService) -> Self {
+        WindowStart {
+            canary,
+            stable,
+            at_ms: stats.taken_at_ms,
+            counters_since_ms: stats.started_at_ms,
+        }
+    }
+
+    /// Whether these counters can be subtracted from `stats`'s: the data plane did not
+    /// restart in between (its counters would have gone back to zero, and `now − then`
+    /// would mix two lives: fewer requests than errors, or nothing at all).
+    fn same_counters(&self, stats: &StatsSnapshot) -> bool {
+        self.counters_since_ms == stats.started_at_ms
+    }
 }
 
 /// Opens and closes analysis windows over the proxy's cumulative stats.
@@ -159,17 +179,17 @@ impl Meter {
     ) {
         let since = run.last_measured_at_ms.unwrap_or(run.started_at_ms);
         let mut windows = lock(&self.windows);
-        let stale = windows
-            .get(&key)
-            .is_some_and(|w| stale_window(w.at_ms, since, stats.taken_at_ms));
-        if stale || !windows.contains_key(&key) {
+        let current = windows.get(&key).is_some_and(|w| {
+            !stale_window(w.at_ms, since, stats.taken_at_ms) && w.same_counters(stats)
+        });
+        if !current {
             windows.insert(
                 key,
-                WindowStart {
-                    canary: cumulative(stats, subject.listener, subject.canary),
-                    stable: cumulative(stats, subject.listener, subject.stable),
-                    at_ms: stats.taken_at_ms,
-                },
+                WindowStart::at(
+                    stats,
+                    cumulative(stats, subject.listener, subject.canary),
+                    cumulative(stats, subject.listener, subject.stable),
+                ),
             );
         }
     }
@@ -186,7 +206,8 @@ impl Meter {
     /// Measures every metric of `spec` over the window since the last call, then opens the
     /// next window. `None` while the open window is younger than most of an interval (it was
     /// just opened, e.g. by a restarted server): judging a near-empty window would only
-    /// produce a spurious Inconclusive.
+    /// produce a spurious Inconclusive. `None` too when the data plane restarted since the
+    /// window opened: the window opens again from its new counters.
     pub async fn measure(
         &self,
         key: (i64, u64),
@@ -199,25 +220,20 @@ impl Meter {
         let interval_ms = i64::try_from(spec.interval.get().as_millis()).unwrap_or(i64::MAX);
         let start = {
             let mut windows = lock(&self.windows);
-            let young = windows
-                .get(&key)
-                .is_none_or(|w| stats.taken_at_ms - w.at_ms < interval_ms * 4 / 5);
-            if young {
-                windows.entry(key).or_insert_with(|| WindowStart {
-                    canary: canary_now.clone(),
-                    stable: stable_now.clone(),
-                    at_ms: stats.taken_at_ms,
-                });
-                return None;
+            let next = WindowStart::at(stats, canary_now.clone(), stable_now.clone());
+            match windows.get(&key) {
+                Some(w) if !w.same_counters(stats) => {
+                    windows.insert(key, next);
+                    return None;
+                }
+                Some(w) if stats.taken_at_ms - w.at_ms >= interval_ms * 4 / 5 => {}
+                Some(_) => return None,
+                None => {
+                    windows.insert(key, next);
+                    return None;
+                }
             }
-            windows.insert(
-                key,
-                WindowStart {
-                    canary: canary_now.clone(),
-                    stable: stable_now.clone(),
-                    at_ms: stats.taken_at_ms,
-                },
-            )?
+            windows.insert(key, next)?
         };
         let duration_ms = (stats.taken_at_ms - start.at_ms).max(0);
         let canary = window(&start.canary, &canary_now, duration_ms);
@@ -475,6 +491,69 @@ mod tests {
             .ok()
             .and_then(|stat| stat.rsplit(')').next().map(str::to_string))
             .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    }
+
+    #[tokio::test]
+    async fn a_window_across_a_restart_of_the_data_plane_is_opened_again_not_judged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = crate::runtimes::Runtimes::new(
+            ferry_runtime::ProcessRuntime::new(dir.path().join("logs"), 1 << 20),
+            "test".into(),
+        );
+        let subject = Subject {
+            app: "shop",
+            env: "production",
+            listener: "shop/production",
+            canary: "2.0.0",
+            stable: "1.0.0",
+            base_dir: None,
+            run_as: Ok(None),
+            runtime: &runtime,
+        };
+        let mut errors = MetricSpec::named("errors");
+        errors.builtin = Some(ferry_core::analysis::Builtin::ErrorRate);
+        errors.max = Some(ferry_core::analysis::Threshold::Number(0.05));
+        let spec = AnalysisSpec {
+            metrics: vec![errors],
+            ..AnalysisSpec::default()
+        };
+        let interval = i64::try_from(spec.interval.get().as_millis()).expect("ms");
+        let snapshot = |started_at_ms, taken_at_ms, requests, errors_5xx| StatsSnapshot {
+            started_at_ms,
+            taken_at_ms,
+            generation: 1,
+            versions: vec![
+                counted("shop/production", "2.0.0", requests, errors_5xx),
+                counted("shop/production", "1.0.0", 1000, 0),
+            ],
+            ..Default::default()
+        };
+        let meter = Meter::default();
+        let key = (7, 0);
+        // A window opens over a proxy that has counted 1,000 canary requests, 10 failed.
+        assert!(
+            meter
+                .measure(key, &spec, &snapshot(1, 0, 1000, 10), &subject)
+                .await
+                .is_none()
+        );
+        // The proxy restarts: its counters start again (200 requests, 50 failed). Subtracted
+        // from the old ones that would be 0 requests and 40 errors: the window opens again.
+        let restarted = snapshot(5_000, interval, 200, 50);
+        assert!(
+            meter
+                .measure(key, &spec, &restarted, &subject)
+                .await
+                .is_none()
+        );
+        // One interval later the window covers the new counters only: 100 requests, 5 failed.
+        let later = snapshot(5_000, 2 * interval, 300, 55);
+        let measured = meter
+            .measure(key, &spec, &later, &subject)
+            .await
+            .expect("a window of one interval over the same counters is measured");
+        assert_eq!(measured[0].sample_size, 100, "{measured:?}");
+        assert_eq!(measured[0].value, Some(0.05), "{measured:?}");
     }
 
     #[tokio::test]
