@@ -338,6 +338,23 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
         )
         .into_response();
     }
+    // Every request body that has a `reason` documents it as a string (or null): another
+    // type is refused, not silently left out of the audit record.
+    if body
+        .as_ref()
+        .and_then(|b| b.get("reason"))
+        .is_some_and(|r| !r.is_string() && !r.is_null())
+    {
+        if access.is_some() {
+            record(&state, &seen, &actor, "failed: 422", slot).await;
+        }
+        return ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "`reason` must be a string",
+        )
+        .into_response();
+    }
     // A secret's value never enters what the gate keeps for the audit record.
     if !rule.secret_body {
         seen.body = body;
