@@ -493,23 +493,33 @@ mod tests {
             .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
     }
 
-    #[tokio::test]
-    async fn a_window_across_a_restart_of_the_data_plane_is_opened_again_not_judged() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let runtime = crate::runtimes::Runtimes::new(
-            ferry_runtime::ProcessRuntime::new(dir.path().join("logs"), 1 << 20),
+    /// A process runtime whose logs go under `dir`.
+    fn runtimes(dir: &std::path::Path) -> crate::runtimes::Runtimes {
+        crate::runtimes::Runtimes::new(
+            ferry_runtime::ProcessRuntime::new(dir.join("logs"), 1 << 20),
             "test".into(),
-        );
-        let subject = Subject {
+        )
+    }
+
+    /// shop/production's canary 2.0.0 against 1.0.0.
+    fn subject(runtime: &crate::runtimes::Runtimes, base_dir: Option<PathBuf>) -> Subject<'_> {
+        Subject {
             app: "shop",
             env: "production",
             listener: "shop/production",
             canary: "2.0.0",
             stable: "1.0.0",
-            base_dir: None,
+            base_dir,
             run_as: Ok(None),
-            runtime: &runtime,
-        };
+            runtime,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_window_across_a_restart_of_the_data_plane_is_opened_again_not_judged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = runtimes(dir.path());
+        let subject = subject(&runtime, None);
         let mut errors = MetricSpec::named("errors");
         errors.builtin = Some(ferry_core::analysis::Builtin::ErrorRate);
         errors.max = Some(ferry_core::analysis::Threshold::Number(0.05));
@@ -567,20 +577,8 @@ mod tests {
             }
         }))
         .expect("metric");
-        let runtime = crate::runtimes::Runtimes::new(
-            ferry_runtime::ProcessRuntime::new(dir.path().join("logs"), 1 << 20),
-            "test".into(),
-        );
-        let subject = Subject {
-            app: "shop",
-            env: "production",
-            listener: "shop/production",
-            canary: "2.0.0",
-            stable: "1.0.0",
-            base_dir: Some(dir.path().to_path_buf()),
-            run_as: Ok(None),
-            runtime: &runtime,
-        };
+        let runtime = runtimes(dir.path());
+        let subject = subject(&runtime, Some(dir.path().to_path_buf()));
         let observation = Meter::default().observe(&metric, &subject).await;
         match &observation {
             Observation::Error(why) => assert!(why.contains("did not finish"), "{why}"),
