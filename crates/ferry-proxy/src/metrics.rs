@@ -415,31 +415,25 @@ fn encode_flags(
             ("variant", &f.variant),
         ]
     }
-    {
-        let mut m = encoder.encode_descriptor(
+    type Count = fn(&crate::flags::FlagBuckets) -> &u64;
+    let counters: [(&str, &str, Count); 2] = [
+        (
             "ferry_proxy_flag_requests",
             "Answers whose Ferry-Flags header named the flag's variant.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (k, flags) in &series {
-            for f in flags {
-                m.encode_family(&labels(k, f))?
-                    .encode_counter::<NoLabelSet, _, u64>(&f.requests, None)?;
-            }
-        }
-    }
-    {
-        let mut m = encoder.encode_descriptor(
+            |f| &f.requests,
+        ),
+        (
             "ferry_proxy_flag_errors",
             "Of those answers, the ones with status 5xx.",
-            None,
-            MetricType::Counter,
-        )?;
+            |f| &f.errors_5xx,
+        ),
+    ];
+    for (name, help, count) in counters {
+        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for (k, flags) in &series {
             for f in flags {
                 m.encode_family(&labels(k, f))?
-                    .encode_counter::<NoLabelSet, _, u64>(&f.errors_5xx, None)?;
+                    .encode_counter::<NoLabelSet, _, u64>(count(f), None)?;
             }
         }
     }
