@@ -14,6 +14,9 @@ pub const MAX_VARIANTS: usize = 50;
 pub const MAX_PAYLOAD_LEN: usize = 16 * 1024;
 pub const MAX_DEPENDENCIES: usize = 10;
 pub const MAX_SEGMENTS: usize = 500;
+/// Segment ids are whole numbers a JSON number holds exactly (±(2^53 − 1)), as
+/// openapi.json documents: JavaScript SDKs read them as doubles.
+pub const MAX_SEGMENT_ID: i64 = (1 << 53) - 1;
 /// Variant weights of a flag add up to this (Unleash's convention: 100.0 %).
 pub const TOTAL_WEIGHT: u32 = 1_000;
 
@@ -113,6 +116,7 @@ pub fn validate_document(doc: &ClientFeatures) -> Result<(), FlagError> {
     }
     for (i, s) in doc.segments.iter().enumerate() {
         let at = format!("segments[{i}]");
+        check_segment_id(s.id, &format!("{at}.id"))?;
         if s.constraints.len() > MAX_CONSTRAINTS {
             return Err(err(at, format!("at most {MAX_CONSTRAINTS} constraints")));
         }
@@ -174,7 +178,22 @@ fn validate_strategy(s: &Strategy, at: &str, strict: bool) -> Result<(), FlagErr
     if s.segments.len() > MAX_CONSTRAINTS {
         return Err(err(at, format!("at most {MAX_CONSTRAINTS} segments")));
     }
+    for (i, id) in s.segments.iter().enumerate() {
+        check_segment_id(*id, &format!("{at}.segments[{i}]"))?;
+    }
     validate_variants(&s.variants, &format!("{at}.variants"))
+}
+
+fn check_segment_id(id: i64, at: &str) -> Result<(), FlagError> {
+    if id.abs() > MAX_SEGMENT_ID {
+        return Err(err(
+            at,
+            format!(
+                "segment id {id} is beyond ±{MAX_SEGMENT_ID} (what a JSON number holds exactly)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_constraint(
@@ -499,5 +518,22 @@ mod tests {
                 .message
                 .contains("unknown strategy")
         );
+    }
+
+    #[test]
+    fn segment_ids_beyond_what_json_holds_exactly_are_refused() {
+        let mut f = new_flag("a", None);
+        f.strategies[0].segments = vec![MAX_SEGMENT_ID, -MAX_SEGMENT_ID];
+        assert!(validate(&f).is_ok());
+        f.strategies[0].segments.push(-MAX_SEGMENT_ID - 1);
+        let e = validate(&f).expect_err("unsafe id");
+        assert_eq!(e.at, "flag a.strategies[0].segments[2]");
+        let doc: ClientFeatures = serde_json::from_str(
+            r#"{"features": [], "segments": [{"id": -9007199254740992, "constraints": []}]}"#,
+        )
+        .expect("parses");
+        let e = validate_document(&doc).expect_err("unsafe segment id");
+        assert_eq!(e.at, "segments[0].id");
+        assert!(e.message.contains("-9007199254740992"), "{e}");
     }
 }
