@@ -158,6 +158,30 @@ async fn failing_health_checks_say_what_they_got() {
     .await;
 }
 
+/// An app that takes longer than one of the CLI's long polls (10 s) to listen: `deploy
+/// --wait` follows it quietly to the end. (Each poll's request used to time out exactly
+/// when the server answered, so the CLI said it had lost contact with a server that was
+/// fine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_start_is_followed_without_losing_contact() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let mut spec = Spec::new("shop");
+        spec.replicas = 1;
+        spec.start_timeout = "60s".to_string();
+        spec.prelude = "sleep 12;".to_string();
+        let manifest = ferry.write_manifest(&spec, "ferry.yaml");
+        ferry.apply(&manifest).await;
+        let out = ferry.deploy_ok(&spec, "1.0.0").await;
+        assert!(
+            !out.stderr.contains("lost contact") && !out.stderr.contains("reconnected"),
+            "a server that answers every long poll is never reported lost:\n{out}"
+        );
+    })
+    .await;
+}
+
 /// `$PORT` without braces in `run` is a located warning of `validate` and `apply` (stderr,
 /// and `-o json`'s `warnings`); `ferry status` shows each version's traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

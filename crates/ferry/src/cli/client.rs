@@ -18,6 +18,9 @@ use super::{Failure, exit};
 
 /// Timeout of ordinary requests (long polls add their wait to it).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much longer than its `wait_ms` a long poll's request may take: the server answers
+/// at the end of the wait, so a request timeout of exactly the wait fires first.
+pub const LONG_POLL_MARGIN: Duration = Duration::from_secs(5);
 
 pub struct Client {
     http: reqwest::Client,

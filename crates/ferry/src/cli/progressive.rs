@@ -10,7 +10,7 @@ use ferry_core::model::{DeploymentState, EventKind, ReplicaState};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use super::client::Client;
+use super::client::{Client, LONG_POLL_MARGIN};
 use super::commands::finish_request;
 use super::output::{clock, duration_ms, event_line, listen_url, now_ms, print_json};
 use super::{Failure, Format, WaitArgs, exit, wait};
@@ -103,7 +103,13 @@ async fn applied_events(client: &Client, dep: &DeploymentView) -> Vec<EventView>
             ("wait_ms", remaining.as_millis().to_string()),
         ];
         let Ok(events) = client
-            .call_within(e::DeploymentsEvents, &[&id], &query, &(), remaining)
+            .call_within(
+                e::DeploymentsEvents,
+                &[&id],
+                &query,
+                &(),
+                remaining + LONG_POLL_MARGIN,
+            )
             .await
         else {
             break;

@@ -7,7 +7,7 @@ use ferry_core::endpoint as e;
 use ferry_core::model::{DeploymentState, EventKind};
 use tokio::time::Instant;
 
-use super::client::Client;
+use super::client::{Client, LONG_POLL_MARGIN};
 use super::output::{duration_ms, event_line};
 use super::{Failure, exit};
 
@@ -79,7 +79,13 @@ pub async fn follow(
                     query.push(("after", seq.to_string()));
                 }
                 let events = client
-                    .call_within(e::DeploymentsEvents, &[&id], &query, &(), wait)
+                    .call_within(
+                        e::DeploymentsEvents,
+                        &[&id],
+                        &query,
+                        &(),
+                        wait + LONG_POLL_MARGIN,
+                    )
                     .await?;
                 print(&events, &mut last_seq, &mut transitioned);
             }
