@@ -116,4 +116,17 @@ mod tests {
         );
         assert!(parse(r#"{"n": "1"}"#).is_err());
     }
+
+    #[test]
+    fn whole_floats_near_2_pow_52_are_read_exactly() {
+        // Without serde_json's `float_roundtrip` this parsed as -3647706664242694.5.
+        assert_eq!(
+            parse(r#"{"n": -3647706664242694.0}"#).unwrap().n,
+            Some(-3_647_706_664_242_694)
+        );
+        assert_eq!(
+            parse(r#"{"n": 9007199254740991.0}"#).unwrap().n,
+            Some(9_007_199_254_740_991)
+        );
+    }
 }
