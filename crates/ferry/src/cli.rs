@@ -53,6 +53,8 @@ pub mod exit {
     pub const UNAUTHORIZED: u8 = 5;
     pub const NOT_FOUND: u8 = 6;
     pub const CONFLICT: u8 = 7;
+    /// Ctrl-C while following a deployment (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 const AFTER_HELP: &str = "\
@@ -69,7 +71,8 @@ Exit codes:
   4  timed out waiting
   5  unauthorized or forbidden
   6  not found
-  7  conflict (e.g. nothing to roll back to, no rollout in progress to promote or abort)";
+  7  conflict (e.g. nothing to roll back to, no rollout in progress to promote or abort)
+  130  interrupted (Ctrl-C) while following a deployment: it goes on in the server";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,7 +83,13 @@ Exit codes:
 )]
 pub struct Cli {
     /// URL of the Ferry API.
-    #[arg(long, global = true, env = "FERRY_URL", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     url: Option<String>,
     /// API token (bearer).
     #[arg(
@@ -928,6 +937,18 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Unset, FERRY_URL used to show as `[env: FERRY_URL=]`, as if it were set to nothing.
+    #[test]
+    fn help_names_the_environment_variables_without_values() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("[env: FERRY_URL]") && help.contains("[env: FERRY_TOKEN]"),
+            "{help}"
+        );
+        assert!(!help.contains("FERRY_URL="), "{help}");
+        assert!(help.contains("130  interrupted (Ctrl-C)"), "{help}");
     }
 
     #[test]

@@ -4,10 +4,14 @@
 
 mod common;
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Ferry, SERIAL, Spec, bounded};
 use ferry_core::model::DeploymentState;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 const LIMIT: Duration = Duration::from_secs(240);
 
@@ -161,9 +165,9 @@ async fn failing_health_checks_say_what_they_got() {
 /// An app that takes longer than one of the CLI's long polls (10 s) to listen: `deploy
 /// --wait` follows it quietly to the end. (Each poll's request used to time out exactly
 /// when the server answered, so the CLI said it had lost contact with a server that was
-/// fine.)
+/// fine.) Ctrl-C while following says the deployment goes on, and it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_slow_start_is_followed_without_losing_contact() {
+async fn a_slow_start_is_followed_without_losing_contact_and_ctrl_c_says_it_goes_on() {
     let _serial = SERIAL.lock().await;
     bounded(LIMIT, async {
         let ferry = Ferry::start().await;
@@ -177,6 +181,68 @@ async fn a_slow_start_is_followed_without_losing_contact() {
         assert!(
             !out.stderr.contains("lost contact") && !out.stderr.contains("reconnected"),
             "a server that answers every long poll is never reported lost:\n{out}"
+        );
+
+        let mut cmd = tokio::process::Command::new(common::FERRY);
+        cmd.args([
+            "deploy",
+            "shop",
+            "--env",
+            "production",
+            "--version",
+            "2.0.0",
+            "--wait",
+        ])
+        .env("FERRY_URL", &ferry.url)
+        .env("FERRY_TOKEN", &ferry.token)
+        .env("FERRY_CONFIG", ferry.dir.path().join("cli-config.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn ferry deploy --wait");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        // A timeline line is printed once the CLI follows (its Ctrl-C handler is set).
+        let mut seen = String::new();
+        while !seen.contains("rollout started") {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("a timeline line within 60 s")
+                .expect("read stdout")
+                .unwrap_or_else(|| panic!("stdout ended early:\n{seen}"));
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        let pid = Pid::from_raw(i32::try_from(child.id().expect("pid")).expect("pid"));
+        signal::kill(pid, Signal::SIGINT).expect("SIGINT");
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .await
+            .expect("read stderr");
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("the CLI exits at Ctrl-C")
+            .expect("wait");
+        assert_eq!(status.code(), Some(130), "{seen}{stderr}");
+        assert!(
+            stderr.contains("stopped following deployment #")
+                && stderr.contains("it goes on in the server")
+                && stderr.contains("`ferry abort shop --env production`"),
+            "{stderr}"
+        );
+        let latest = ferry
+            .env_status(&spec)
+            .await
+            .latest_deployment
+            .expect("latest deployment");
+        assert_eq!(
+            (latest.version.as_str(), latest.state),
+            ("2.0.0", DeploymentState::Progressing),
+            "Ctrl-C of the CLI leaves the deployment going"
         );
     })
     .await;

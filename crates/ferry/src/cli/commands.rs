@@ -308,7 +308,7 @@ pub async fn rollback(
         }
         return Ok(());
     }
-    let done = wait::follow(client, &dep, wait.timeout.get(), !json).await?;
+    let done = wait::follow_interruptible(client, &dep, wait.timeout.get(), !json).await?;
     if json {
         print_json(&done)?;
     }
@@ -350,7 +350,7 @@ pub(super) async fn finish_request(
     if !json {
         println!("{}", wait::headline(&dep));
     }
-    let done = wait::follow(client, &dep, wait.timeout.get(), !json).await?;
+    let done = wait::follow_interruptible(client, &dep, wait.timeout.get(), !json).await?;
     if json {
         print_json(&done)?;
         // stdout stays one JSON value; a failure still says why on stderr (and exit code).

@@ -155,7 +155,7 @@ pub async fn abort(
     if !json {
         println!("{}", wait::headline(&dep));
     }
-    let done = wait::follow(client, &dep, wait_args.timeout.get(), !json).await?;
+    let done = wait::follow_interruptible(client, &dep, wait_args.timeout.get(), !json).await?;
     if json {
         print_json(&done)?;
     }

@@ -37,6 +37,34 @@ fn kind_word(dep: &DeploymentView) -> &'static str {
     }
 }
 
+/// [`follow`] for a command run by a person: Ctrl-C stops following (exit 130) and says
+/// that the deployment goes on, and how to see or stop it.
+pub async fn follow_interruptible(
+    client: &Client,
+    dep: &DeploymentView,
+    timeout: Duration,
+    print_events: bool,
+) -> anyhow::Result<DeploymentView> {
+    tokio::select! {
+        done = follow(client, dep, timeout, print_events) => done,
+        _ = tokio::signal::ctrl_c() => Err(interrupted(dep).into()),
+    }
+}
+
+fn interrupted(dep: &DeploymentView) -> Failure {
+    Failure::new(
+        exit::INTERRUPTED,
+        format!(
+            "stopped following deployment #{} (Ctrl-C); it goes on in the server",
+            dep.id
+        ),
+    )
+    .with_details(vec![format!(
+        "follow it with `ferry deployment {}`; stop it with `ferry abort {} --env {}`",
+        dep.id, dep.app, dep.env
+    )])
+}
+
 /// Follows `dep` until it reaches a terminal state, printing each new event when
 /// `print_events`. Fails with exit code 4 after `timeout`. Rides out a server restart.
 pub async fn follow(
