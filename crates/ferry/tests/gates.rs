@@ -108,6 +108,49 @@ async fn production_waits_for_staging_and_the_soak() {
     .await;
 }
 
+/// A canary held at its gates: its timeline says, in order, what it waits for, the gate
+/// that let it go, that its rollout started (from which version, how), then its first step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_held_at_its_gates_says_when_its_rollout_starts() {
+    let _serial = SERIAL.lock().await;
+    bounded(LIMIT, async {
+        let ferry = Ferry::start().await;
+        let spec = Spec::staging("held");
+        let manifest = with_gated_production(
+            &ferry,
+            &spec,
+            "{ canary: { steps: [{ weight: 50 }] } }",
+            "{ after: staging }",
+        );
+        ferry.apply(&manifest).await;
+        ferry.deploy_ok(&spec, "1.0.0").await;
+        let first = ferry.deploy_id_to("held", "production", "1.0.0").await;
+        let done = ferry.wait_terminal(first, Duration::from_secs(25)).await;
+        assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
+
+        let prod = ferry.deploy_id_to("held", "production", "2.0.0").await;
+        wait_state(&ferry, prod, "blocked").await;
+        ferry.deploy_ok(&spec, "2.0.0").await;
+        let done = ferry.wait_terminal(prod, Duration::from_secs(25)).await;
+        assert_eq!(done.state.to_string(), "succeeded", "{done:?}");
+        let (_, timeline) = state_and_timeline(&ferry, prod).await;
+        let at = |needle: &str| {
+            timeline
+                .find(needle)
+                .unwrap_or_else(|| panic!("no {needle:?} in:\n{timeline}"))
+        };
+        let waits = at("state blocked: waiting for 2.0.0 to succeed in staging");
+        let passed = at("gate after: ");
+        let started = at("state progressing: rollout started: 1.0.0 -> 2.0.0 (canary");
+        let step = at("weight 0% → 50%");
+        assert!(
+            waits < passed && passed < started && started < step,
+            "{timeline}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_freeze_window_holds_the_deployment() {
     let _serial = SERIAL.lock().await;

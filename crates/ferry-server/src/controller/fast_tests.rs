@@ -381,6 +381,60 @@ async fn a_deployment_waits_for_its_approval_then_rolls_out() {
     assert_eq!(sim.world.starts().len(), 3);
 }
 
+/// Carol (tech-lead) approves deployment `id`.
+async fn approve(sim: &Sim, id: i64) {
+    sim.store
+        .record_approval(
+            id,
+            &ferry_core::gates::Approval {
+                approver: "user:carol".into(),
+                roles: vec!["tech-lead".into()],
+                approved: true,
+                reason: None,
+                at_ms: sim.controller.now_ms(),
+            },
+            &[],
+        )
+        .await
+        .expect("approve");
+}
+
+/// A canary held at its gates says, in order: what it waits for, who passed the gate, that
+/// the rollout started (from which version to which, and how), then its first step.
+#[tokio::test]
+async fn a_canary_held_at_its_gates_says_when_its_rollout_starts() {
+    let strategy = "{ canary: { steps: [{ weight: 50 }] } }\n    gates:\n      approvals: [{ role: tech-lead }]";
+    let mut sim = Sim::new(&manifest(strategy, "")).await;
+    let first = sim.deploy("shop", "production", "1.0").await;
+    approve(&sim, first).await;
+    sim.until_state(first, DeploymentState::Succeeded).await;
+    let id = sim.deploy("shop", "production", "2.0").await;
+    sim.until_state(id, DeploymentState::AwaitingApproval).await;
+    approve(&sim, id).await;
+    sim.until(id, "sent traffic to the canary", |_| true).await;
+    for _ in 0..50 {
+        if sim.proxy.weights(LISTENER, "web").get("2.0") == Some(&5_000) {
+            break;
+        }
+        sim.pass().await;
+    }
+    let timeline = sim.timeline(id).await;
+    let at = |needle: &str| {
+        timeline
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{timeline}"))
+    };
+    let waits = at("[state] awaiting-approval: waiting for");
+    let passed = at("[gate] approvals");
+    let started = at("[state] progressing: rollout started: 1.0 -> 2.0 (canary");
+    let step = at("weight 0% → 50%");
+    assert!(
+        waits < passed && passed < started && started < step,
+        "{timeline}"
+    );
+    assert_eq!(timeline.matches("rollout started").count(), 1, "{timeline}");
+}
+
 #[tokio::test]
 async fn an_engine_that_stays_down_is_retried_then_fails_the_deployment_at_its_deadline() {
     let mut sim = Sim::new(&manifest("rolling", "")).await;

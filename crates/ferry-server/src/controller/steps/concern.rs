@@ -79,9 +79,8 @@ pub(in crate::controller) fn next_concern(s: &Snapshot) -> Concern {
             None if s.nothing_to_redeploy => NothingToRedeploy,
             None => Gates,
             Some(Gates) => PreDeploy,
-            // A progressive rollout held at its gates starts with its first step (the
-            // transition that persists its progress says so); a pending one starts first.
-            Some(PreDeploy) if progressive && d.state != DeploymentState::Pending => Progressive,
+            // Every strategy starts the same way, held at its gates or not: `progressing`
+            // with its "rollout started" line; a canary's first step comes next pass.
             Some(PreDeploy) => Start,
             Some(_) => Done,
         };
@@ -198,11 +197,9 @@ mod tests {
                                 && matches!(name, "canary" | "blue_green");
                             let converged = verdict == &Verdict::Converged;
                             let want: Vec<Concern> = match state {
-                                S::Pending => vec![Gates, PreDeploy, Start, Done],
-                                S::AwaitingApproval | S::Blocked if steps => {
-                                    vec![Gates, PreDeploy, Progressive, Done]
-                                }
-                                S::AwaitingApproval | S::Blocked => {
+                                // Held at its gates or not, it starts (and says so)
+                                // before a canary's first step.
+                                S::Pending | S::AwaitingApproval | S::Blocked => {
                                     vec![Gates, PreDeploy, Start, Done]
                                 }
                                 S::Progressing | S::RollingBack if steps => {
