@@ -343,23 +343,27 @@ impl CommandEnv {
         let (vars, _) =
             ferry_core::config::environment_vars(manifest, &deployment.env, &deployment.version);
         let secrets = secrets
-            .env_vars(&deployment.app, &deployment.env)
+            .for_workloads(&deployment.app, &deployment.env)
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "a gate check runs without the secrets");
-                BTreeMap::new()
+                Default::default()
             });
         let container = crate::runtimes::hook_container(
             manifest,
             &deployment.env,
             &deployment.version,
-            &secrets,
+            secrets.registry.as_ref(),
         );
-        let secrets = crate::runtimes::workload_secrets(secrets, container.as_ref());
-        let secret_values = secrets.values().filter(|v| v.len() >= 4).cloned().collect();
+        let secret_values = secrets
+            .vars
+            .values()
+            .filter(|v| v.len() >= 4)
+            .cloned()
+            .collect();
         let mut vars: BTreeMap<String, String> =
             vars.into_iter().map(|v| (v.name, v.value)).collect();
-        vars.extend(secrets);
+        vars.extend(secrets.vars);
         CommandEnv {
             vars,
             secret_values,

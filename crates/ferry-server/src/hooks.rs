@@ -261,7 +261,11 @@ impl HookRunner {
         };
         self.event(target.deployment_id, &line).await;
 
-        let secrets = match self.secrets.env_vars(&target.app.name, target.env).await {
+        let secrets = match self
+            .secrets
+            .for_workloads(&target.app.name, target.env)
+            .await
+        {
             Ok(secrets) => secrets,
             Err(e) => {
                 let summary = format!("cannot read the environment's secrets: {e}");
@@ -293,12 +297,19 @@ impl HookRunner {
             vars.into_iter().map(|v| (v.name, v.value)).collect();
         // runtime: in a `runtime: docker` environment, a one-off container of the
         // deployment's image (registry credentials for the pull only).
-        let container =
-            crate::runtimes::hook_container(target.manifest, target.env, target.version, &secrets);
-        let secrets = crate::runtimes::workload_secrets(secrets, container.as_ref());
-        let secret_values: Vec<String> =
-            secrets.values().filter(|v| v.len() >= 4).cloned().collect();
-        env.extend(secrets);
+        let container = crate::runtimes::hook_container(
+            target.manifest,
+            target.env,
+            target.version,
+            secrets.registry.as_ref(),
+        );
+        let secret_values: Vec<String> = secrets
+            .vars
+            .values()
+            .filter(|v| v.len() >= 4)
+            .cloned()
+            .collect();
+        env.extend(secrets.vars);
         env.extend(job.env.clone());
         env.insert("FERRY_APP".into(), target.app.name.clone());
         env.insert("FERRY_ENV".into(), target.env.to_string());
@@ -435,12 +446,7 @@ impl HookRunner {
             .await
             .ok()??;
         let manifest: Manifest = serde_json::from_str(&app.manifest_json).ok()?;
-        crate::runtimes::hook_container(
-            &manifest,
-            &deployment.env,
-            &deployment.version,
-            &BTreeMap::new(),
-        )?;
+        crate::runtimes::hook_container(&manifest, &deployment.env, &deployment.version, None)?;
         let timeout = Self::jobs(&manifest, run.phase, &deployment.env)
             .into_iter()
             .find(|job| job.name == run.hook)

@@ -203,13 +203,14 @@ impl Runtimes {
     }
 
     /// Gives the Kubernetes runtime `env`'s manifest and secrets (its objects are built from
-    /// them), connecting to its cluster on first use; nothing for other environments. The
-    /// controller calls it before it starts, adopts or runs anything of the environment.
+    /// them; the registry credentials are not among them), connecting to its cluster on first
+    /// use; nothing for other environments. The controller calls it before it starts, adopts
+    /// or runs anything of the environment.
     pub async fn configure_kubernetes(
         &self,
         manifest: &Manifest,
         env: &str,
-        secrets: &BTreeMap<String, String>,
+        secrets: &EnvSecrets,
     ) -> Result<(), RuntimeError> {
         let Some(environment) = manifest.environments.get(env) else {
             return Ok(());
@@ -223,7 +224,7 @@ impl Runtimes {
             .and_then(|k| k.context.clone());
         crate::lock(&self.inner.kube_envs)
             .insert((manifest.app.clone(), env.to_string()), context.clone());
-        self.connect_kubernetes(context, manifest, env, secrets)
+        self.connect_kubernetes(context, manifest, env, &secrets.vars)
             .await
     }
 
@@ -564,15 +565,39 @@ fn forward(mut from: broadcast::Receiver<RuntimeEvent>, to: broadcast::Sender<Ru
     });
 }
 
+/// An environment's secrets as Ferry hands them out: `vars` for what runs (the
+/// environments of replicas, hooks and gate command checks of every runtime, and the
+/// Kubernetes Secret its pods read), and the registry credentials ([`REGISTRY_USERNAME`],
+/// [`REGISTRY_PASSWORD`]) for pulling images only: they are in no workload's environment.
+#[derive(Clone, Default)]
+pub struct EnvSecrets {
+    pub vars: BTreeMap<String, String>,
+    /// Both credentials, when both are set.
+    pub registry: Option<RegistryAuth>,
+}
+
+impl EnvSecrets {
+    /// Takes the registry credentials out of an environment's secrets.
+    pub fn split(mut all: BTreeMap<String, String>) -> EnvSecrets {
+        let username = all.remove(REGISTRY_USERNAME);
+        let password = all.remove(REGISTRY_PASSWORD);
+        EnvSecrets {
+            vars: all,
+            registry: username
+                .zip(password)
+                .map(|(username, password)| RegistryAuth { username, password }),
+        }
+    }
+}
+
 /// How `service` of `manifest` runs as a container in `env`, when the environment is
-/// `runtime: docker` (`None` otherwise, or without an image). `secrets` may hold the
-/// registry credentials ([`REGISTRY_USERNAME`], [`REGISTRY_PASSWORD`]).
+/// `runtime: docker` (`None` otherwise, or without an image), pulled with `registry`.
 pub fn container_spec(
     manifest: &Manifest,
     env: &str,
     service: &str,
     version: &str,
-    secrets: &std::collections::BTreeMap<String, String>,
+    registry: Option<&RegistryAuth>,
 ) -> Option<ContainerSpec> {
     if manifest.environments.get(env)?.runtime != RuntimeKind::Docker {
         return None;
@@ -580,16 +605,6 @@ pub fn container_spec(
     let service = manifest.services.get(service)?;
     let image = service.image.as_ref()?.replace("${VERSION}", version);
     let resources = service.resources.clone().unwrap_or_default();
-    let registry_auth = match (
-        secrets.get(REGISTRY_USERNAME),
-        secrets.get(REGISTRY_PASSWORD),
-    ) {
-        (Some(username), Some(password)) => Some(RegistryAuth {
-            username: username.clone(),
-            password: password.clone(),
-        }),
-        _ => None,
-    };
     Some(ContainerSpec {
         image,
         user: service.user.clone(),
@@ -598,23 +613,9 @@ pub fn container_spec(
         memory_bytes: resources.memory_bytes().ok().flatten(),
         nano_cpus: resources.nano_cpus().ok().flatten(),
         stop_signal: None,
-        registry_auth,
+        registry_auth: registry.cloned(),
         labels: Default::default(),
     })
-}
-
-/// The secrets a workload's environment gets: when it runs as a `container`, all but the
-/// registry credentials ([`REGISTRY_USERNAME`], [`REGISTRY_PASSWORD`]), which are for
-/// pulling its image only. Replicas, hooks and gate command checks all go through here.
-pub fn workload_secrets(
-    mut secrets: std::collections::BTreeMap<String, String>,
-    container: Option<&ContainerSpec>,
-) -> std::collections::BTreeMap<String, String> {
-    if container.is_some() {
-        secrets.remove(REGISTRY_USERNAME);
-        secrets.remove(REGISTRY_PASSWORD);
-    }
-    secrets
 }
 
 /// The image hooks run in for `env`: the first service (by name) with an image.
@@ -622,12 +623,12 @@ pub fn hook_container(
     manifest: &Manifest,
     env: &str,
     version: &str,
-    secrets: &std::collections::BTreeMap<String, String>,
+    registry: Option<&RegistryAuth>,
 ) -> Option<ContainerSpec> {
     manifest
         .services
         .iter()
-        .find_map(|(name, _)| container_spec(manifest, env, name, version, secrets))
+        .find_map(|(name, _)| container_spec(manifest, env, name, version, registry))
 }
 
 impl crate::fleet::FleetDirectory for Runtimes {

@@ -498,6 +498,18 @@ impl Secrets {
         Ok(vars)
     }
 
+    /// [`Secrets::env_vars`] as workloads get them: the registry credentials apart, for
+    /// image pulls only ([`crate::runtimes::EnvSecrets`]).
+    pub async fn for_workloads(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Result<crate::runtimes::EnvSecrets, EnvSecretsError> {
+        self.env_vars(app, env)
+            .await
+            .map(crate::runtimes::EnvSecrets::split)
+    }
+
     /// Generates a new master key and re-encrypts every secret under it (see the module
     /// documentation for the crash-safe order). Returns the new key id and the count.
     pub async fn rotate(&self) -> Result<(String, usize), String> {

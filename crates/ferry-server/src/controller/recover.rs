@@ -1,6 +1,6 @@
 //! Re-adoption after a restart: what a previous server left running is adopted or stopped.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use ferry_runtime::ProcessIdentity;
 
@@ -22,11 +22,11 @@ impl Controller {
             // runtime's restarts of it.
             let secrets = self
                 .secrets
-                .env_vars(&record.app, &record.env)
+                .for_workloads(&record.app, &record.env)
                 .await
                 .unwrap_or_else(|e| {
                     tracing::error!(replica = %record.id, error = %e, "cannot decrypt its secrets");
-                    BTreeMap::new()
+                    Default::default()
                 });
             let commit = self.release_commit(&record.app, &record.version).await;
             let spec = match apps.get(&record.app) {

@@ -1,6 +1,5 @@
 //! Replicas: observing them (store + runtime), carrying out the core's start/drain actions, keeping an idle environment at its version, and the spec a replica runs with.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferry_core::manifest::Manifest;
@@ -164,7 +163,7 @@ impl Controller {
         };
         let secrets = self
             .secrets
-            .env_vars(&app.name, env)
+            .for_workloads(&app.name, env)
             .await
             .map_err(|e| match e {
                 crate::secrets::EnvSecretsError::Store(e) => ActError::from(e),
@@ -454,7 +453,7 @@ pub(super) fn replica_spec(
     app: &AppRecord,
     manifest: &Manifest,
     record: &ReplicaRecord,
-    secrets: BTreeMap<String, String>,
+    secrets: crate::runtimes::EnvSecrets,
     commit: Option<&str>,
     run_as: Option<ferry_runtime::RunAs>,
 ) -> Option<ReplicaSpec> {
@@ -462,7 +461,7 @@ pub(super) fn replica_spec(
     manifest.environments.get(&record.env)?;
     let cwd = crate::config::cwd_of(app, service);
     // Kept out of the replica's log (every value it is given).
-    let redact: Vec<String> = secrets.values().cloned().collect();
+    let redact: Vec<String> = secrets.vars.values().cloned().collect();
     // runtime: a container in a `runtime: docker` environment (registry credentials for
     // the pull only, never in its environment).
     let container = crate::runtimes::container_spec(
@@ -470,7 +469,7 @@ pub(super) fn replica_spec(
         &record.env,
         &record.service,
         &record.version,
-        &secrets,
+        secrets.registry.as_ref(),
     )
     .map(|mut container| {
         if let Some(deployment) = record.deployment_id {
@@ -480,14 +479,13 @@ pub(super) fn replica_spec(
         }
         container
     });
-    let secrets = crate::runtimes::workload_secrets(secrets, container.as_ref());
     // Layered, templated variables; secrets win over all of them.
     let mut env_vars = crate::config::replica_env(
         manifest,
         &record.env,
         &record.service,
         &record.version,
-        secrets,
+        secrets.vars,
     );
     env_vars.insert("FERRY_REPLICA_ID".to_string(), record.id.clone());
     // releases: the release's identity, when its commit is known
@@ -535,77 +533,77 @@ mod tests {
         assert_eq!(short_id(&a).len(), 7);
     }
 
-    /// The registry credentials are for the pull (`workload_secrets`, shared with hooks and
-    /// gate checks): a container never sees them; its other secrets it does.
+    /// The registry credentials are for the pull (`EnvSecrets`, shared with hooks and gate
+    /// checks): no replica of any runtime sees them (a process replica got them before);
+    /// its other secrets it does, and a container is pulled with them.
     #[test]
-    fn a_container_gets_its_secrets_but_not_the_registry_credentials() {
-        let yaml = r#"app: shop
+    fn a_replica_gets_its_secrets_but_never_the_registry_credentials() {
+        for runtime in ["docker", "process"] {
+            let yaml = format!(
+                r#"app: shop
 services:
   web:
-    image: registry.example.com/shop/web:${VERSION}
+    image: registry.example.com/shop/web:${{VERSION}}
+    run: ["./web"]
     replicas: 1
 environments:
   production:
     listen: 127.0.0.1:18080
-    runtime: docker
-"#;
-        let manifest = ferry_core::manifest::parse(yaml, "ferry.yaml").expect("manifest");
-        let app = AppRecord {
-            name: "shop".into(),
-            revision: 1,
-            yaml: yaml.into(),
-            manifest_json: String::new(),
-            base_dir: None,
-            updated_at_ms: 0,
-        };
-        let record = ReplicaRecord {
-            id: replica_id("shop", "production", "web", "1.0"),
-            app: "shop".into(),
-            env: "production".into(),
-            service: "web".into(),
-            version: "1.0".into(),
-            port: 18081,
-            pid: None,
-            start_time: None,
-            draining: false,
-            deployment_id: Some(7),
-            created_at_ms: 0,
-        };
-        let secrets: BTreeMap<String, String> = [
-            (crate::runtimes::REGISTRY_USERNAME, "puller"),
-            (crate::runtimes::REGISTRY_PASSWORD, "pull-secret"),
-            ("DB_PASSWORD", "db-secret"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let spec = replica_spec(&app, &manifest, &record, secrets, None, None).expect("spec");
-        let auth = spec
-            .container
-            .as_ref()
-            .and_then(|c| c.registry_auth.as_ref())
-            .expect("the pull's credentials");
-        assert_eq!(
-            (auth.username.as_str(), auth.password.as_str()),
-            ("puller", "pull-secret")
-        );
-        assert_eq!(
-            spec.env_vars.get("DB_PASSWORD").map(String::as_str),
-            Some("db-secret")
-        );
-        for name in [
-            crate::runtimes::REGISTRY_USERNAME,
-            crate::runtimes::REGISTRY_PASSWORD,
-        ] {
+    runtime: {runtime}
+"#
+            );
+            let manifest = ferry_core::manifest::parse(&yaml, "ferry.yaml").expect("manifest");
+            let app = AppRecord {
+                name: "shop".into(),
+                revision: 1,
+                yaml: yaml.clone(),
+                manifest_json: String::new(),
+                base_dir: None,
+                updated_at_ms: 0,
+            };
+            let record = ReplicaRecord {
+                id: replica_id("shop", "production", "web", "1.0"),
+                app: "shop".into(),
+                env: "production".into(),
+                service: "web".into(),
+                version: "1.0".into(),
+                port: 18081,
+                pid: None,
+                start_time: None,
+                draining: false,
+                deployment_id: Some(7),
+                created_at_ms: 0,
+            };
+            let secrets = crate::runtimes::EnvSecrets::split(
+                [
+                    (crate::runtimes::REGISTRY_USERNAME, "puller"),
+                    (crate::runtimes::REGISTRY_PASSWORD, "pull-secret"),
+                    ("DB_PASSWORD", "db-secret"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            );
+            let spec = replica_spec(&app, &manifest, &record, secrets, None, None).expect("spec");
+            let auth = spec.container.as_ref().map(|c| {
+                let auth = c.registry_auth.as_ref().expect("the pull's credentials");
+                (auth.username.as_str(), auth.password.as_str())
+            });
+            let expected = (runtime == "docker").then_some(("puller", "pull-secret"));
+            assert_eq!(auth, expected, "{runtime}");
+            assert_eq!(
+                spec.env_vars.get("DB_PASSWORD").map(String::as_str),
+                Some("db-secret"),
+                "{runtime}"
+            );
             assert!(
-                !spec.env_vars.contains_key(name),
-                "{name} in the container's environment"
+                !spec
+                    .env_vars
+                    .iter()
+                    .any(|(k, v)| k.starts_with("FERRY_REGISTRY") || v.contains("pull")),
+                "{runtime}: {:?}",
+                spec.env_vars.keys()
             );
         }
-        assert!(
-            !spec.env_vars.values().any(|v| v.contains("pull-secret")),
-            "{:?}",
-            spec.env_vars.keys()
-        );
     }
 }
