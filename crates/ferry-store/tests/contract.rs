@@ -1638,6 +1638,9 @@ struct PostgresDatabase {
 impl Drop for PostgresDatabase {
     fn drop(&mut self) {
         let name = std::mem::take(&mut self.name);
+        if name.is_empty() {
+            return; // reused already
+        }
         self.run
             .ended
             .lock()
@@ -1864,47 +1867,131 @@ async fn drop_databases_of_ended_runs(admin: &mut sqlx::AnyConnection, owner: &s
 /// `None` (the test is skipped, and says so) when no server answers, unless
 /// `FERRY_REQUIRE_POSTGRES=1` (as in `.ci/run`).
 async fn fresh_postgres() -> Option<(Store, String, PostgresDatabase)> {
-    use sqlx::Connection;
     let run = postgres_run().await?;
-    let n = run.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("{DATABASE_PREFIX}{}_{n}", run.owner);
-    let mut admin = sqlx::AnyConnection::connect(&run.admin_url).await.unwrap();
     let ended = run
         .ended
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .pop();
-    let url = database_url(&run.admin_url, &name);
-    match ended {
-        None => {
-            let create = format!("CREATE DATABASE {name} TEMPLATE {}", run.template);
-            execute(&mut admin, &create).await;
-        }
-        Some(old) => {
-            // Whatever the earlier test left connected goes; under its new name the
-            // database is out of reach of anything that still knows the old one.
-            let rename = format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{old}';
-                 ALTER DATABASE {old} RENAME TO {name}"
-            );
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(rename.clone()))
-                .execute(&mut admin)
-                .await
-            {
-                // a connection of the earlier test still closing: "being accessed by other users"
-                assert!(std::time::Instant::now() < deadline, "{rename}: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    Some(run.database(ended).await)
+}
+
+impl PostgresRun {
+    /// A database for a test: `ended` (an ended test's) reset, or a new copy of the template.
+    async fn database(&'static self, ended: Option<String>) -> (Store, String, PostgresDatabase) {
+        use sqlx::Connection;
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{DATABASE_PREFIX}{}_{n}", self.owner);
+        let url = database_url(&self.admin_url, &name);
+        let mut admin = sqlx::AnyConnection::connect(&self.admin_url).await.unwrap();
+        match ended {
+            None => {
+                let create = format!("CREATE DATABASE {name} TEMPLATE {}", self.template);
+                execute(&mut admin, &create).await;
             }
-            let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
-            execute(&mut conn, &run.reset).await;
-            conn.close().await.unwrap();
+            Some(old) => {
+                // Whatever the earlier test left connected goes; under its new name the
+                // database is out of reach of anything that still knows the old one.
+                let rename = format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{old}';
+                     ALTER DATABASE {old} RENAME TO {name}"
+                );
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(rename.clone()))
+                    .execute(&mut admin)
+                    .await
+                {
+                    // a connection of the earlier test still closing ("being accessed by
+                    // other users")
+                    assert!(std::time::Instant::now() < deadline, "{rename}: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+                execute(&mut conn, &self.reset).await;
+                conn.close().await.unwrap();
+            }
         }
+        admin.close().await.unwrap();
+        let guard = PostgresDatabase { run: self, name };
+        // Opening runs the migrator as a server does (nothing left to apply).
+        let store = Store::open(&url).await.unwrap();
+        (store, url, guard)
     }
-    let guard = PostgresDatabase { run, name };
-    // Opening runs the migrator as a server does (nothing left to apply).
-    let store = Store::open(&url).await.unwrap();
-    Some((store, url, guard))
+}
+
+/// Every table's rows (as one digest each) and every sequence's position.
+async fn postgres_contents(url: &str) -> Vec<String> {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let tables: Vec<String> = sqlx::query(
+        "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect();
+    let mut contents = Vec::new();
+    for table in tables {
+        let digest: String = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') \
+             FROM {table} t"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+        contents.push(format!("{table}: {digest}"));
+    }
+    let sequences: Vec<String> = sqlx::query(
+        "SELECT sequencename || ' ' || coalesce(last_value::text, 'unused') FROM pg_sequences \
+         WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect();
+    contents.extend(sequences);
+    conn.close().await.unwrap();
+    contents
+}
+
+/// The harness itself: a database reused after a test holds what a new copy of the
+/// template holds, to the row and the sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_reused_database_holds_what_a_new_copy_holds() {
+    let Some(run) = postgres_run().await else {
+        return;
+    };
+    let (store, used_url, mut used) = run.database(None).await;
+    store
+        .apply_manifest(manifest("shop", "app: shop", 1))
+        .await
+        .unwrap();
+    finished(
+        &store,
+        "shop",
+        "prod",
+        "1.0.0",
+        DeploymentState::Succeeded,
+        10,
+    )
+    .await;
+    store
+        .append_audit(entry(20, "user:alice", "deploy", Some("shop"), None))
+        .await
+        .unwrap();
+    store.close().await;
+    let (_copy_store, copy_url, _copy) = run.database(None).await;
+    let fresh = postgres_contents(&copy_url).await;
+    let dirty = postgres_contents(&used_url).await;
+    assert_ne!(dirty, fresh, "the test wrote nothing");
+    let (_reused_store, reused_url, _reused) =
+        run.database(Some(std::mem::take(&mut used.name))).await;
+    assert_eq!(postgres_contents(&reused_url).await, fresh);
 }
 
 /// `admin_url` with its database name replaced by `name`.
