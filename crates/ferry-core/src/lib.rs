@@ -22,6 +22,7 @@ pub mod notify;
 pub mod progressive;
 pub mod rbac;
 pub mod series;
+pub mod strict;
 // alerts: replica CPU and memory shares
 pub mod usage;
 // releases:

@@ -356,9 +356,9 @@ fn ofrep_error(
 
 /// A body that must be a JSON object: serde reads an array into a struct's fields in order,
 /// so `[]` would pass for a body whose fields are all optional.
-fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+fn json_object<T: serde::de::DeserializeOwned + Serialize>(body: &[u8]) -> Result<T, String> {
     match serde_json::from_slice::<Value>(body).map_err(|e| e.to_string())? {
-        Value::Object(map) => serde_json::from_value(Value::Object(map)).map_err(|e| e.to_string()),
+        Value::Object(map) => ferry_core::strict::from_value(Value::Object(map)),
         _ => Err("not a JSON object".into()),
     }
 }
@@ -454,6 +454,18 @@ pub async fn ofrep_all(State(state): State<AppState>, headers: HeaderMap, body: 
 // ---------------------------------------------------------------------------------------------
 // Ferry API (through the gate)
 // ---------------------------------------------------------------------------------------------
+
+/// A flag operation's body, read as openapi.json describes it (an array where an object
+/// belongs is refused, see [`ferry_core::strict`]): 422 naming what is wrong.
+fn read_body<T: serde::de::DeserializeOwned + Serialize>(body: Value) -> ApiResult<T> {
+    ferry_core::strict::from_value(body).map_err(|e| {
+        ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("invalid body: {e}"),
+        )
+    })
+}
 
 fn bad_request(message: impl Into<String>) -> ApiFailure {
     ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -730,7 +742,7 @@ fn require<T>(current: Option<T>, flag: &str) -> ApiResult<T> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFlag {
     pub name: String,
@@ -753,8 +765,9 @@ pub async fn create(
     Extension(slot): Extension<AuditSlot>,
     Path((app, env)): Path<(String, String)>,
     headers: HeaderMap,
-    Json(body): Json<CreateFlag>,
+    Json(body): Json<Value>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body: CreateFlag = read_body(body)?;
     let name = body.name.clone();
     let change = Change::new(&access, "create", &headers, body.reason.clone());
     let answer = change_one(&state, &slot, &app, &env, &name, change, |current| {
@@ -874,7 +887,7 @@ switch_handlers! {
     archive => Archive;
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetFlag {
     pub feature: Feature,
@@ -891,8 +904,9 @@ pub async fn set(
     Extension(slot): Extension<AuditSlot>,
     Path((app, env, flag)): Path<(String, String, String)>,
     headers: HeaderMap,
-    Json(body): Json<SetFlag>,
+    Json(body): Json<Value>,
 ) -> ApiResult<Json<Value>> {
+    let body: SetFlag = read_body(body)?;
     let change = Change::new(&access, "set", &headers, body.reason.clone());
     let name = flag.clone();
     change_one(&state, &slot, &app, &env, &flag, change, move |current| {
@@ -908,7 +922,7 @@ pub async fn set(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
     /// A whole number from 0 to 100 (`25` or `25.0`).
@@ -926,8 +940,9 @@ pub async fn rollout(
     Extension(slot): Extension<AuditSlot>,
     Path((app, env, flag)): Path<(String, String, String)>,
     headers: HeaderMap,
-    Json(body): Json<Rollout>,
+    Json(body): Json<Value>,
 ) -> ApiResult<Json<Value>> {
+    let body: Rollout = read_body(body)?;
     if body
         .stickiness
         .as_ref()
@@ -958,7 +973,7 @@ pub async fn rollout(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VariantSpec {
     pub name: String,
@@ -968,7 +983,7 @@ pub struct VariantSpec {
     pub payload: Option<Payload>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetVariants {
     pub variants: Vec<VariantSpec>,
@@ -985,8 +1000,9 @@ pub async fn variants(
     Extension(slot): Extension<AuditSlot>,
     Path((app, env, flag)): Path<(String, String, String)>,
     headers: HeaderMap,
-    Json(body): Json<SetVariants>,
+    Json(body): Json<Value>,
 ) -> ApiResult<Json<Value>> {
+    let body: SetVariants = read_body(body)?;
     if body.variants.len() > edit::MAX_VARIANTS {
         return Err(bad_request(format!(
             "at most {} variants",
@@ -1041,6 +1057,8 @@ pub async fn import(
 ) -> ApiResult<Json<Value>> {
     check_env(&state, &app, &env).await?;
     let doc: ClientFeatures = serde_json::from_slice(&body)
+        .map_err(|e| e.to_string())
+        .and_then(ferry_core::strict::from_value)
         .map_err(|e| bad_request(format!("not an Unleash client-features document: {e}")))?;
     edit::validate_document(&doc).map_err(invalid)?;
     let body_reason = serde_json::from_slice::<ReasonBody>(&body)
@@ -1087,7 +1105,7 @@ pub async fn import(
 }
 
 /// (A `reason` in the body is read by the gate, for the audit record.)
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct CreateClientToken {
     #[serde(default)]
     pub name: Option<String>,
@@ -1099,11 +1117,12 @@ pub async fn create_token(
     Extension(access): Extension<Access>,
     Extension(slot): Extension<AuditSlot>,
     Path((app, env)): Path<(String, String)>,
-    Json(body): Json<CreateClientToken>,
+    Json(body): Json<Value>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body: CreateClientToken = read_body(body)?;
     check_env(&state, &app, &env).await?;
     let name = body.name.unwrap_or_else(|| "sdk".into());
-    if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+    if name.trim().is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(bad_request(
             "token name: 1 to 64 characters, no control characters",
         ));
@@ -1210,14 +1229,15 @@ fn guard_view(r: &FlagGuardRecord) -> Value {
     view
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartGuard {
     /// Whole percentages (`25` or `25.0`), increasing, the last where it ends.
     #[serde(default)]
     pub steps: Option<Vec<f64>>,
+    /// Read by [`guard::parse_pause`]: the pattern openapi.json gives, a located 400.
     #[serde(default)]
-    pub pause: Option<HumanDuration>,
+    pub pause: Option<String>,
     /// An analysis block as in a manifest; read by the handler, so that a block the
     /// manifest's schema refuses is a located 400 like every other rule of the request.
     #[serde(default)]
@@ -1231,6 +1251,14 @@ pub struct StartGuard {
     pub reason: Option<String>,
 }
 
+/// A guarded rollout's `analysis`: an object (openapi.json), read as a manifest's block.
+fn analysis_of(value: Value) -> Result<AnalysisSpec, String> {
+    if !value.is_object() {
+        return Err("an object is expected".into());
+    }
+    ferry_core::strict::from_value(value)
+}
+
 /// The least time at each step when the request names none.
 const DEFAULT_GUARD_PAUSE: Duration = Duration::from_secs(30);
 
@@ -1242,8 +1270,9 @@ pub async fn guard_start(
     Extension(slot): Extension<AuditSlot>,
     Path((app, env, flag)): Path<(String, String, String)>,
     headers: HeaderMap,
-    Json(body): Json<StartGuard>,
+    Json(body): Json<Value>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body: StartGuard = read_body(body)?;
     slot.with(|n| n.target = Some(format!("flag {flag}")));
     edit::check_name(&flag).map_err(invalid)?;
     let manifest = check_env(&state, &app, &env).await?;
@@ -1278,7 +1307,7 @@ pub async fn guard_start(
             _ => None,
         });
     let analysis = match body.analysis {
-        Some(value) => Some(serde_json::from_value::<AnalysisSpec>(value).map_err(|e| {
+        Some(value) => Some(analysis_of(value).map_err(|e| {
             ApiFailure::with_details(
                 StatusCode::BAD_REQUEST,
                 "invalid_guarded_rollout",
@@ -1288,9 +1317,20 @@ pub async fn guard_start(
         })?),
         None => from_strategy,
     };
+    let pause = match &body.pause {
+        Some(text) => guard::parse_pause(text).map_err(|e| {
+            ApiFailure::with_details(
+                StatusCode::BAD_REQUEST,
+                "invalid_guarded_rollout",
+                format!("guarded rollout of {flag}: pause: {e}"),
+                vec!["pause".into()],
+            )
+        })?,
+        None => HumanDuration(DEFAULT_GUARD_PAUSE),
+    };
     let spec = GuardSpec {
         steps,
-        pause: body.pause.unwrap_or(HumanDuration(DEFAULT_GUARD_PAUSE)),
+        pause,
         analysis: analysis.unwrap_or_else(guard::default_analysis),
         stickiness: body.stickiness,
         judge: body.judge.unwrap_or_default(),

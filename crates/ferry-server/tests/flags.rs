@@ -618,3 +618,154 @@ async fn a_guarded_rollout_refuses_a_bad_analysis_block_with_a_located_400() {
     let none = h.call("GET", path, Some(&h.admin), None).await;
     assert_eq!(none.status, StatusCode::NOT_FOUND, "{}", none.text);
 }
+
+/// openapi.json's bounds on the flag operations, each at the bound (accepted) and just
+/// beyond it (refused), and shapes serde alone would take: an array where the schema has an
+/// object, a strategy parameter that is neither a string nor a number, a pause outside the
+/// pattern. Each was accepted before (schemathesis's negative data) or is a bound the
+/// schema states.
+#[tokio::test]
+async fn the_flag_operations_refuse_exactly_what_openapi_refuses() {
+    let h = harness().await;
+    let flags = "/v1/apps/shop/envs/production/flags";
+    h.admin_ok("POST", flags, Some(json!({"name": "checkout"})))
+        .await;
+    let name = |n: usize| "é".repeat(n);
+    let strategy = |constraint: Value| {
+        json!({"feature": {"name": "checkout", "strategies": [
+            {"name": "default", "constraints": [constraint]}]}})
+    };
+    let put = format!("{flags}/checkout");
+    let variants = format!("{flags}/checkout/variants");
+    let guard = format!("{flags}/checkout/guarded-rollout");
+    let tokens = "/v1/apps/shop/envs/production/flag-tokens";
+    // (method, path, body, accepted?)
+    let cases: Vec<(&str, &str, Value, bool)> = vec![
+        // names counted in characters, as maxLength counts them
+        (
+            "PUT",
+            &variants,
+            json!({"variants": [{"name": name(100)}]}),
+            true,
+        ),
+        (
+            "PUT",
+            &variants,
+            json!({"variants": [{"name": name(101)}]}),
+            false,
+        ),
+        ("PUT", &variants, json!({"variants": [{"name": ""}]}), false),
+        (
+            "PUT",
+            &put,
+            strategy(json!({"contextName": name(100), "operator": "IN"})),
+            true,
+        ),
+        (
+            "PUT",
+            &put,
+            strategy(json!({"contextName": name(101), "operator": "IN"})),
+            false,
+        ),
+        (
+            "PUT",
+            &put,
+            strategy(json!({"contextName": "", "operator": "IN"})),
+            false,
+        ),
+        ("POST", tokens, json!({"name": name(64)}), true),
+        ("POST", tokens, json!({"name": name(65)}), false),
+        // strategy names are the enum; parameters strings or numbers
+        (
+            "PUT",
+            &put,
+            json!({"feature": {"name": "x", "strategies": [{"name": "custom"}]}}),
+            false,
+        ),
+        (
+            "PUT",
+            &put,
+            json!({"feature": {"name": "x", "strategies": [
+                {"name": "default", "parameters": {"a": "1", "b": 2}}]}}),
+            true,
+        ),
+        (
+            "PUT",
+            &put,
+            json!({"feature": {"name": "x", "strategies": [
+                {"name": "default", "parameters": {"a": true}}]}}),
+            false,
+        ),
+        (
+            "PUT",
+            &put,
+            json!({"feature": {"name": "x", "strategies": [
+                {"name": "default", "parameters": {"a": null}}]}}),
+            false,
+        ),
+        // arrays where the schema has an object
+        ("PUT", &put, json!({"feature": ["checkout"]}), false),
+        (
+            "PUT",
+            &put,
+            json!({"feature": {"name": "x", "strategies": [["default"]]}}),
+            false,
+        ),
+        ("PUT", &put, strategy(json!(["ctx", "IN"])), false),
+        (
+            "PUT",
+            &put,
+            json!({"feature": {"name": "x", "variants": [["a", 1000]]}}),
+            false,
+        ),
+        ("POST", flags, json!({"name": "n", "feature": ["n"]}), false),
+        ("POST", &guard, json!({"analysis": []}), false),
+        // the pause's pattern, and no more
+        ("POST", &guard, json!({"pause": "1d"}), false),
+        ("POST", &guard, json!({"pause": "1h 30m"}), false),
+        ("POST", &guard, json!({"pause": "5sec"}), false),
+        ("POST", &guard, json!({"pause": "1234567890s"}), false),
+        ("POST", &guard, json!({"pause": "1h30m"}), true),
+    ];
+    for (method, path, body, accepted) in cases {
+        let a = h
+            .call(method, path, Some(&h.admin), Some(body.clone()))
+            .await;
+        if accepted {
+            assert!(a.status.is_success(), "{method} {path} {body}: {}", a.text);
+        } else {
+            assert!(
+                a.status == StatusCode::BAD_REQUEST || a.status == StatusCode::UNPROCESSABLE_ENTITY,
+                "{method} {path} {body}: {} {}",
+                a.status,
+                a.text
+            );
+        }
+    }
+    // The SDK endpoints: a metrics report's bucket and counts are objects.
+    let token = client_token(&h, "production").await;
+    for (body, accepted) in [
+        (
+            json!({"bucket": {"toggles": {"checkout": {"yes": 1, "no": 0}}}}),
+            true,
+        ),
+        (json!({"bucket": []}), false),
+        (json!({"bucket": {"toggles": {"checkout": []}}}), false),
+        (json!({"bucket": {"toggles": {"checkout": [1, 2]}}}), false),
+    ] {
+        let a = raw(
+            &h,
+            "POST",
+            "/api/client/metrics",
+            &[("authorization", &token)],
+            Some(body.clone()),
+        )
+        .await;
+        let expected = if accepted {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        assert_eq!(a.status, expected, "{body}: {}", a.text);
+    }
+}

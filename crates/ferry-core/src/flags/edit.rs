@@ -151,6 +151,14 @@ fn validate_strategy(s: &Strategy, at: &str, strict: bool) -> Result<(), FlagErr
         return Err(err(at, format!("at most {MAX_CONSTRAINTS} parameters")));
     }
     for (k, v) in &s.parameters {
+        // Unleash's parameters are strings (numbers are read as their text): anything else
+        // would be stored and served outside openapi.json's FlagStrategy.
+        if !(v.is_string() || v.is_number()) {
+            return Err(err(
+                format!("{at}.parameters.{k}"),
+                "a parameter is a string or a number",
+            ));
+        }
         if v.to_string().len() > 64 * 1024 || k.len() > MAX_NAME {
             return Err(err(at, format!("parameter {k:?} is too long")));
         }
@@ -204,7 +212,8 @@ fn validate_constraint(
     if c.operator == Operator::Unknown {
         return Err(err(at, "unknown operator"));
     }
-    if c.context_name.is_empty() || c.context_name.len() > MAX_NAME {
+    // Characters, as openapi.json's maxLength counts them (and as for variant names).
+    if c.context_name.is_empty() || c.context_name.chars().count() > MAX_NAME {
         return Err(err(
             at,
             format!("contextName must be 1-{MAX_NAME} characters"),
@@ -268,7 +277,7 @@ fn validate_variants(variants: &[Variant], at: &str) -> Result<(), FlagError> {
     let mut names = std::collections::HashSet::new();
     for (i, v) in variants.iter().enumerate() {
         let at = format!("{at}[{i}]");
-        if v.name.is_empty() || v.name.len() > MAX_NAME {
+        if v.name.is_empty() || v.name.chars().count() > MAX_NAME {
             return Err(err(
                 at,
                 format!("a variant name is 1-{MAX_NAME} characters"),
@@ -518,6 +527,33 @@ mod tests {
                 .message
                 .contains("unknown strategy")
         );
+    }
+
+    #[test]
+    fn strategy_parameters_are_strings_or_numbers() {
+        let mut f = new_flag("a", None);
+        f.strategies[0]
+            .parameters
+            .insert("groupId".into(), "g".into());
+        f.strategies[0]
+            .parameters
+            .insert("rollout".into(), 50.into());
+        assert!(validate(&f).is_ok());
+        for bad in [
+            serde_json::Value::Null,
+            true.into(),
+            serde_json::json!([]),
+            serde_json::json!({}),
+        ] {
+            f.strategies[0].parameters.insert("x".into(), bad.clone());
+            let e = validate(&f).expect_err("not a string or number");
+            assert_eq!(e.at, "flag a.strategies[0].parameters.x", "{bad}");
+            let doc = ClientFeatures {
+                features: vec![f.clone()],
+                ..ClientFeatures::default()
+            };
+            assert!(validate_document(&doc).is_err(), "import of {bad}");
+        }
     }
 
     #[test]

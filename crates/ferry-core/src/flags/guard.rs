@@ -30,6 +30,45 @@ pub const MAX_STEPS: usize = 20;
 /// The default steps: `1, 5, 25, 100`.
 pub const DEFAULT_STEPS: [u32; 4] = [1, 5, 25, 100];
 
+/// A request's pause, as openapi.json's `GuardedRolloutRequest.pause` describes it
+/// (`^([0-9]{1,9}(ms|s|m|h)){1,4}$`): `30s`, `2m`, `1h30m`, `500ms`.
+pub fn parse_pause(text: &str) -> Result<HumanDuration, String> {
+    let bad = || {
+        format!(
+            "{text:?} is not a pause such as 30s, 2m or 1h30m (1 to 4 parts, each up to 9 \
+             digits and a unit: ms, s, m or h)"
+        )
+    };
+    let (mut rest, mut millis, mut parts) = (text, 0u64, 0);
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 || digits > 9 || parts == 4 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else {
+            return Err(bad());
+        };
+        rest = &rest[len..];
+        // At most 4 × 999 999 999 h: well within u64 milliseconds.
+        millis += n * unit;
+        parts += 1;
+    }
+    if parts == 0 {
+        return Err(bad());
+    }
+    Ok(HumanDuration(std::time::Duration::from_millis(millis)))
+}
+
 /// How a guarded rollout moves: its steps, the least time at each, and the analysis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -414,6 +453,50 @@ fn passed_summary(guard: &Guard) -> String {
         "analysis passed".into()
     } else {
         parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod pause_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_pause_is_read_exactly_as_openapi_describes_it() {
+        for (text, ms) in [
+            ("30s", 30_000),
+            ("500ms", 500),
+            ("2m", 120_000),
+            ("1h30m", 5_400_000),
+            ("0s", 0),
+            ("999999999h", 999_999_999 * 3_600_000),
+            ("1h1m1s1ms", 3_661_001),
+        ] {
+            assert_eq!(
+                parse_pause(text).map(|d| d.0),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        // humantime reads every one of these; the schema's pattern refuses them.
+        for text in [
+            "",
+            "1d",
+            "1h 30m",
+            " 5s",
+            "5 s",
+            "5sec",
+            "1234567890s",
+            "1h1m1s1ms1s",
+            "5",
+            "s",
+            "1.5s",
+            "+5s",
+            "5S",
+        ] {
+            assert!(parse_pause(text).is_err(), "{text:?}");
+        }
     }
 }
 

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// At most this many flags in one metrics report, and variants per flag.
 pub const MAX_REPORTED_FLAGS: usize = 5_000;
 pub const MAX_REPORTED_VARIANTS: usize = 100;
 const MAX_TEXT: usize = 200;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Registration {
     #[serde(default)]
@@ -40,7 +40,7 @@ impl Registration {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsReport {
     #[serde(default)]
@@ -50,13 +50,13 @@ pub struct MetricsReport {
     pub bucket: Bucket,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bucket {
     #[serde(default)]
     pub toggles: BTreeMap<String, ToggleCount>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ToggleCount {
     #[serde(default, deserialize_with = "crate::whole::u64")]
     pub yes: u64,

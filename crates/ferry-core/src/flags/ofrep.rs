@@ -15,7 +15,7 @@ use super::model::Context;
 pub const MAX_CONTEXT_FIELDS: usize = 100;
 pub const MAX_CONTEXT_VALUE: usize = 1_000;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OfrepRequest {
     #[serde(default)]
     pub context: Option<Map<String, Value>>,
