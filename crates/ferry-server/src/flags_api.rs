@@ -1014,11 +1014,13 @@ pub async fn variants(
         .into_iter()
         .map(|v| (v.name, v.percent, v.payload))
         .collect();
-    let variants = edit::variants_from(&entries, body.stickiness.as_deref()).map_err(invalid)?;
     let change = Change::new(&access, "variants", &headers, body.reason.clone());
     let name = flag.clone();
     change_one(&state, &slot, &app, &env, &flag, change, move |current| {
+        // A flag that is not there is 404 whatever the variants (then their rules: 400).
         let current = require(current, &name)?;
+        let variants =
+            edit::variants_from(&entries, body.stickiness.as_deref()).map_err(invalid)?;
         let mut feature = current.feature;
         feature.variants = variants;
         Ok(FlagWrite {
