@@ -580,6 +580,14 @@ impl Engine {
         match self.docker.inspect_image(&spec.image).await {
             Ok(inspect) => return Ok(user_of(inspect)),
             Err(e) if is_status(&e, 404) => {}
+            // A reference the engine cannot read (a version like `1.0.0+build` as its
+            // tag): no retry makes it valid.
+            Err(e) if is_status(&e, 400) => {
+                return Err(RuntimeError::Pull {
+                    image: spec.image.clone(),
+                    message: engine_message(&e),
+                });
+            }
             Err(e) => return Err(engine_error(format!("inspecting image {}", spec.image))(e)),
         }
         let (repo, tag) = split_image(&spec.image);

@@ -432,6 +432,14 @@ async fn root_and_missing_images_are_refused_before_any_container() {
     };
     assert_eq!(image, "127.0.0.1:1/ferry-test/nope:9.9.9");
     assert!(!message.is_empty(), "the registry's message: {err}");
+    // A tag the engine cannot read (semver build metadata) fails at once, not retried.
+    let mut unreadable = replica("shop.staging.api.1.0.0.hhh", free_port().unwrap());
+    unreadable.container = Some(container("ferry-test/demo:1.0.0+b1"));
+    let err = rt.start(unreadable).await.unwrap_err();
+    let RuntimeError::Pull { message, .. } = &err else {
+        panic!("an unreadable reference is a pull failure, got {err:?}");
+    };
+    assert!(message.contains("invalid reference format"), "{err}");
 
     let mut no_image = replica("shop.staging.api.1.0.0.ggg", free_port().unwrap());
     no_image.container = None;

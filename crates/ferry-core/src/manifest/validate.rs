@@ -869,13 +869,10 @@ fn check_service(out: &mut Issues, base: &[Seg], s: &Service) {
             out.value(with(&at, "cpus"), e, Some("e.g. `cpus: 0.5`".into()));
         }
     }
-    if s.image
-        .as_deref()
-        .is_some_and(|i| i.trim().is_empty() || i.contains(char::is_whitespace))
-    {
+    if let Some(problem) = s.image.as_deref().and_then(image_reference_problem) {
         out.value(
             with(base, "image"),
-            "the image reference is empty or has spaces",
+            problem,
             Some("e.g. `image: registry.example.com/shop/api:${VERSION}`".into()),
         );
     }
@@ -1362,6 +1359,80 @@ fn check_expansions(out: &mut Issues, m: &Manifest) {
 }
 
 /// The names inside `${...}` in `arg` that Ferry does not substitute.
+/// What is wrong with an image reference, by Docker's grammar (`[DOMAIN/]PATH[:TAG][@DIGEST]`,
+/// each path component lowercase), `${...}` placeholders standing for valid text; `None`
+/// when it is fine. Docker would refuse it at every start ("invalid reference format").
+fn image_reference_problem(image: &str) -> Option<String> {
+    if image.trim().is_empty() || image.contains(char::is_whitespace) {
+        return Some("the image reference is empty or has spaces".into());
+    }
+    let mut text = String::with_capacity(image.len());
+    let mut rest = image;
+    while let Some(start) = rest.find("${") {
+        let Some(end) = rest[start..].find('}') else {
+            break;
+        };
+        text.push_str(&rest[..start]);
+        text.push('x');
+        rest = &rest[start + end + 1..];
+    }
+    text.push_str(rest);
+    if text.contains('$') {
+        return Some(format!(
+            "image {image:?}: only `${{VERSION}}` is expanded, and Docker refuses a `$` (did you mean `${{VERSION}}`?)"
+        ));
+    }
+    let name = text.split('@').next().unwrap_or_default();
+    let (name, tag) = match name.rfind(':') {
+        Some(i) if !name[i + 1..].contains('/') => (&name[..i], Some(&name[i + 1..])),
+        _ => (name, None),
+    };
+    let mut path: Vec<&str> = name.split('/').collect();
+    let first = path[0];
+    if path.len() > 1
+        && (first.contains(['.', ':'])
+            || first == "localhost"
+            || first.chars().any(|c| c.is_ascii_uppercase()))
+    {
+        path.remove(0);
+    }
+    if let Some(bad) = path.iter().find(|c| !is_path_component(c)) {
+        let why = if bad.chars().any(|c| c.is_ascii_uppercase()) {
+            "must be lowercase"
+        } else {
+            "must be lowercase letters and digits, separated by `.`, `_`, `__` or dashes"
+        };
+        return Some(format!(
+            "image {image:?}: the repository name's part {bad:?} {why} (Docker refuses it: invalid reference format)"
+        ));
+    }
+    if let Some(tag) = tag {
+        let valid = (1..=128).contains(&tag.len())
+            && !tag.starts_with(['.', '-'])
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            return Some(format!(
+                "image {image:?}: the tag (after the last `:`) must be 1 to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"
+            ));
+        }
+    }
+    None
+}
+
+/// One `/`-separated component of an image's repository path: `[a-z0-9]+` separated by `.`,
+/// `_`, `__` or any number of `-`.
+fn is_path_component(c: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = c.as_bytes();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    c.split(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+        .all(|sep| matches!(sep, "" | "." | "_" | "__") || sep.bytes().all(|b| b == b'-'))
+}
+
 fn unknown_placeholders(arg: &str) -> Vec<String> {
     placeholders_outside(arg, &RUN_PLACEHOLDERS)
 }
@@ -1415,6 +1486,38 @@ mod tests {
             assert!(!is_name(bad), "{bad}");
         }
         assert!(is_name(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn image_references() {
+        for good in [
+            "shop/web:${VERSION}",
+            "registry.example.com/shop/api:${VERSION}",
+            "localhost:5000/shop/web",
+            "Registry.Example.com/shop/web:1.0.0",
+            "ghcr.io/a__b/c.d/e---f:v1_2-3",
+            "shop/web@sha256:0123abcd",
+            "debian",
+        ] {
+            assert_eq!(image_reference_problem(good), None, "{good}");
+        }
+        for (bad, expected) in [
+            ("QA-walk/Web:${VERSION}", "\"Web\" must be lowercase"),
+            ("shop/Web", "\"Web\" must be lowercase"),
+            ("shop/-web", "\"-web\" must be lowercase letters and digits"),
+            ("shop/a...b", "\"a...b\""),
+            (
+                "shop/web:${VERSION}+1",
+                "the tag (after the last `:`) must be",
+            ),
+            ("shop/web:", "the tag (after the last `:`) must be"),
+            ("shop/web:$VERSION", "did you mean `${VERSION}`?"),
+            ("shop/web :1", "empty or has spaces"),
+            ("", "empty or has spaces"),
+        ] {
+            let problem = image_reference_problem(bad).unwrap_or_default();
+            assert!(problem.contains(expected), "{bad}: {problem}");
+        }
     }
 
     #[test]

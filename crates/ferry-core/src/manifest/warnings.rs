@@ -15,7 +15,8 @@ const SHELLS: [&str; 6] = ["sh", "bash", "dash", "zsh", "ksh", "ash"];
 
 /// The warnings of `manifest` (parsed from `text`, valid): `$NAME` without braces in a
 /// templated field where `${NAME}` would be expanded — `run` arguments (not a shell's `-c`
-/// script, which expands `$NAME` itself), `image`, service `env` and `vars` values.
+/// script, which expands `$NAME` itself), service `env` and `vars` values (in `image`, a `$`
+/// is an error: Docker refuses it).
 pub fn warnings(text: &str, file_name: &str, manifest: &Manifest) -> Vec<ManifestError> {
     let Ok(tree) = tree::parse(text) else {
         return Vec::new();
@@ -39,11 +40,6 @@ pub fn warnings(text: &str, file_name: &str, manifest: &Manifest) -> Vec<Manifes
                 let mut path = key(&["services", name, "run"]);
                 path.push(Seg::Index(i));
                 found.push((path, var));
-            }
-        }
-        if let Some(image) = &service.image {
-            for var in unbraced(image, &["VERSION"]) {
-                found.push((key(&["services", name, "image"]), var));
             }
         }
         for (var_name, value) in &service.env {
@@ -181,7 +177,7 @@ vars:
 services:
   api:
     run: [./api, --port, $PORT, '--version=${VERSION}']
-    image: shop/api:$VERSION
+    image: shop/api:${VERSION}
     env:
       GREETING: hello from $FERRY_ENV
   worker:
@@ -199,7 +195,6 @@ environments:
             vec![
                 "ferry.yaml:4:11: vars.DB_URL: `$DB_HOST` is passed on as it is: did you mean `${DB_HOST}`? only `${...}` is expanded (hint: write `${DB_HOST}`, or `$${DB_HOST}` for a literal `${DB_HOST}`)",
                 "ferry.yaml:7:26: services.api.run[2]: `$PORT` is passed on as it is: did you mean `${PORT}`? only `${...}` is expanded (hint: write `${PORT}`, or `$${PORT}` for a literal `${PORT}`)",
-                "ferry.yaml:8:12: services.api.image: `$VERSION` is passed on as it is: did you mean `${VERSION}`? only `${...}` is expanded (hint: write `${VERSION}`, or `$${VERSION}` for a literal `${VERSION}`)",
                 "ferry.yaml:10:17: services.api.env.GREETING: `$FERRY_ENV` is passed on as it is: did you mean `${FERRY_ENV}`? only `${...}` is expanded (hint: write `${FERRY_ENV}`, or `$${FERRY_ENV}` for a literal `${FERRY_ENV}`)",
             ]
         );
