@@ -170,23 +170,51 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
-        let id = self.must(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            Some(json!({})),
-        )
-        .await;
+        self.act(css, "click", json!({})).await;
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let id = self.must(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/value"),
-            Some(json!({ "text": text })),
-        )
-        .await;
+        self.act(css, "value", json!({ "text": text })).await;
+    }
+
+    /// Finds `css` and does `action` to it (`click`, `value`) as one step. Those are two
+    /// WebDriver requests, and the page may replace the element in between (a live
+    /// refresh, a form's redirect): an element gone stale or missing is looked up again
+    /// and the pair retried, until a deadline; any other error fails at once.
+    async fn act(&self, css: &str, action: &str, body: Value) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self
+                .call(
+                    reqwest::Method::POST,
+                    "/element",
+                    Some(json!({ "using": "css selector", "value": css })),
+                )
+                .await;
+            let answer = match found[ELEMENT].as_str() {
+                Some(id) => {
+                    self.call(
+                        reqwest::Method::POST,
+                        &format!("/element/{id}/{action}"),
+                        Some(body.clone()),
+                    )
+                    .await
+                }
+                None => found,
+            };
+            let Some(error) = answer["error"].as_str() else {
+                return;
+            };
+            assert!(
+                matches!(error, "stale element reference" | "no such element")
+                    && Instant::now() < deadline,
+                "{action} {css}: {error} ({}) on {}:\n{}",
+                answer["message"],
+                self.url().await,
+                self.body_text().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn exec(&self, script: &str, args: Value) -> Value {
