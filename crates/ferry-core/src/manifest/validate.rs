@@ -1358,7 +1358,6 @@ fn check_expansions(out: &mut Issues, m: &Manifest) {
     }
 }
 
-/// The names inside `${...}` in `arg` that Ferry does not substitute.
 /// What is wrong with an image reference, by Docker's grammar (`[DOMAIN/]PATH[:TAG][@DIGEST]`,
 /// each path component lowercase), `${...}` placeholders standing for valid text; `None`
 /// when it is fine. Docker would refuse it at every start ("invalid reference format").
@@ -1433,6 +1432,7 @@ fn is_path_component(c: &str) -> bool {
         .all(|sep| matches!(sep, "" | "." | "_" | "__") || sep.bytes().all(|b| b == b'-'))
 }
 
+/// The names inside `${...}` in `arg` that Ferry does not substitute.
 fn unknown_placeholders(arg: &str) -> Vec<String> {
     placeholders_outside(arg, &RUN_PLACEHOLDERS)
 }
