@@ -18,6 +18,9 @@ pub enum ServerError {
     /// A setting the server was started with is out of range (names the flag).
     #[error("{0}")]
     Config(String),
+    /// Another live server uses this server's `--server-id`.
+    #[error(transparent)]
+    DuplicateServerId(#[from] crate::leader::DuplicateServerId),
     /// Stored state that cannot be read back (a bug or a hand-edited database).
     #[error("corrupt state: {0}")]
     Corrupt(String),

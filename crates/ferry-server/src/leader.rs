@@ -24,7 +24,7 @@ use ferry_core::lease::{self, FollowerOutcome, Holding, Next, Timing};
 use ferry_proxy::routes::RouteTable;
 use ferry_proxy::stats::{EndpointUsage, StatsSnapshot};
 use ferry_runtime::BoxFuture;
-use ferry_store::{Acquire, Fence, LeaseGrant, Store};
+use ferry_store::{Acquire, Fence, LeaseGrant, LeaseRecord, Store};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
 /// How often a follower tells its live views (`/watch`, waiting CLIs) to look again: it
 /// hears nothing from the leader's loop.
 const FOLLOWER_REFRESH: Duration = Duration::from_millis(500);
+/// How often a starting server looks at a lease held under its own id by another process.
+const NAMESAKE_POLL: Duration = Duration::from_millis(200);
 
 /// Who this server is among several, and how long its lease lasts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,14 +74,40 @@ pub fn default_server_id() -> String {
     format!("{}:{}", hostname(), std::process::id())
 }
 
-/// Whether `holder` is a default id (`HOST:PID`) of this host whose process is gone (or a
-/// zombie): a server restarted after a crash takes its own host's dead lease over at once
-/// instead of waiting for it to expire. Any doubt (another host, a custom id, a live pid
-/// that may have been reused) is "alive": the lease then simply expires.
-fn dead_here(holder: &str) -> bool {
-    let Some((host, pid)) = holder.rsplit_once(':') else {
+/// This process among the servers sharing a database, whatever its `--server-id`:
+/// `HOST:PID:RANDOM`, new at every start. The lease is held by (server id, instance).
+pub fn new_instance() -> String {
+    format!(
+        "{}:{}:{:016x}",
+        hostname(),
+        std::process::id(),
+        rand::random::<u64>()
+    )
+}
+
+/// The process holding `record`: its instance (a holding older than migration 0021 has
+/// none; its holder is then a default id `HOST:PID`, or says nothing).
+fn holding_process(record: &LeaseRecord) -> &str {
+    if record.instance.is_empty() {
+        &record.holder
+    } else {
+        &record.instance
+    }
+}
+
+/// Whether `process` (`HOST:PID[:RANDOM]`, an instance or a default id) is a process of
+/// this host that is gone (or a zombie): a server restarted after a crash takes its own
+/// host's dead lease over at once instead of waiting for it to expire. Any doubt (another
+/// host, a custom id of an old holding, a live pid that may have been reused) is "alive":
+/// the lease then simply expires.
+fn dead_here(process: &str) -> bool {
+    let mut parts = process.split(':');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
         return false;
     };
+    if parts.count() > 1 {
+        return false;
+    }
     let Ok(pid) = pid.parse::<u32>() else {
         return false;
     };
@@ -94,6 +122,18 @@ fn dead_here(holder: &str) -> bool {
             .is_some_and(|state| state == "Z" || state == "X"),
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
+}
+
+/// Two live servers were given the same `--server-id`: the one that finds out stops (at
+/// start, or as a follower when the other renews the lease under their id).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "another live server uses --server-id {id:?} (process {instance}, which renews the leader lease under that id): server ids must be unique among the servers sharing a database; give this server another --server-id (FERRY_SERVER_ID), or stop the other one"
+)]
+pub struct DuplicateServerId {
+    pub id: String,
+    /// The other server's instance (`HOST:PID:RANDOM`).
+    pub instance: String,
 }
 
 /// Why leader settings were refused.
@@ -323,11 +363,15 @@ struct Acting {
 pub(crate) struct Leadership {
     pub store: Store,
     pub settings: LeaderSettings,
+    /// This process ([`new_instance`]).
+    pub instance: String,
     pub timing: Timing,
     pub status: Status,
     pub work: Work,
     pub shutdown: CancellationToken,
     pub lost: Arc<AtomicBool>,
+    /// Set when this server stopped because another live server uses its id.
+    pub duplicate: Arc<OnceLock<DuplicateServerId>>,
 }
 
 impl Leadership {
@@ -340,11 +384,19 @@ impl Leadership {
     /// are the server's start errors.
     pub async fn start(self) -> Result<JoinHandle<()>, ServerError> {
         let mono = Mono(Instant::now());
-        let sent = mono.now();
+        let mut sent = mono.now();
         // `acquire`, not a bare attempt: a server restarted after a crash on this host takes
         // its predecessor's lease over before the API serves, instead of serving as a
         // follower until its first retry.
-        let acting = match self.acquire().await {
+        let mut acquired = self.acquire().await;
+        if let Ok(Acquire::HeldBy(record)) = &acquired
+            && self.namesake(record)
+        {
+            self.wait_out_namesake(record).await?;
+            sent = mono.now();
+            acquired = self.acquire().await;
+        }
+        let acting = match acquired {
             Ok(Acquire::Granted(grant)) => Some(self.begin(grant, sent).await?),
             Ok(Acquire::HeldBy(record)) => {
                 tracing::info!(leader = %record.holder, "another server leads; following");
@@ -363,19 +415,68 @@ impl Leadership {
 
     /// Acquires the lease if it is free, expired, or held by a dead server of this host.
     async fn acquire(&self) -> Result<Acquire, ferry_store::StoreError> {
-        let id = &self.settings.server_id;
+        let (id, instance) = (&self.settings.server_id, &self.instance);
         match self
             .store
-            .acquire_lease(LEASE, id, self.timing.ttl_ms)
+            .acquire_lease(LEASE, id, instance, self.timing.ttl_ms)
             .await?
         {
-            Acquire::HeldBy(record) if dead_here(&record.holder) => {
-                tracing::info!(dead = %record.holder, "the leader's process is gone; taking over");
+            Acquire::HeldBy(record) if dead_here(holding_process(&record)) => {
+                tracing::info!(dead = %record.holder, process = %holding_process(&record), "the leader's process is gone; taking over");
                 self.store
-                    .take_over_lease(LEASE, id, self.timing.ttl_ms, &record)
+                    .take_over_lease(LEASE, id, instance, self.timing.ttl_ms, &record)
                     .await
             }
             other => Ok(other),
+        }
+    }
+
+    /// Whether `record` is held under this server's id by another process.
+    fn namesake(&self, record: &LeaseRecord) -> bool {
+        record.held()
+            && record.holder == self.settings.server_id
+            && record.instance != self.instance
+    }
+
+    /// At start, the lease is held under this server's id by another process not known to
+    /// be dead (of another host, or a live pid): another live server with the same id, or a
+    /// predecessor that died on another host. Watches that holding until it ends (a dead
+    /// predecessor's expires: go on) or is renewed (a live server: refuse to start).
+    async fn wait_out_namesake(&self, seen: &LeaseRecord) -> Result<(), DuplicateServerId> {
+        tracing::warn!(
+            server = %self.settings.server_id,
+            other = %seen.instance,
+            "the leader lease is held under this server's id by another process; \
+             waiting for it to expire (if it is renewed, another live server uses this id)"
+        );
+        // The holding ends by the database's clock at its expiry; the slack covers a
+        // database that answers slowly meanwhile (then the follower's loop goes on).
+        let left = u64::try_from(seen.expires_at_ms - seen.db_now_ms).unwrap_or(0);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(left.min(lease::MAX_TTL_MS))
+            + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(NAMESAKE_POLL) => {}
+            }
+            match self.store.lease(LEASE).await {
+                Ok(Some(now)) if now.held() && same_holding_process(&now, seen) => {
+                    if renewed(&now, seen) {
+                        return Err(self.duplicate_of(seen));
+                    }
+                }
+                Ok(_) => return Ok(()),
+                Err(e) => tracing::warn!(error = %e, "cannot read the lease"),
+            }
+        }
+        Ok(())
+    }
+
+    fn duplicate_of(&self, record: &LeaseRecord) -> DuplicateServerId {
+        DuplicateServerId {
+            id: self.settings.server_id.clone(),
+            instance: record.instance.clone(),
         }
     }
 
@@ -434,6 +535,8 @@ impl Leadership {
 
     async fn run(self, mono: Mono, mut acting: Option<Acting>) {
         let mut failures = 0u32;
+        // The last holding seen under this server's id by another process.
+        let mut namesake: Option<LeaseRecord> = None;
         loop {
             let Some(mut current) = acting.take() else {
                 // Following: try to acquire when the holder's lease may have ended.
@@ -459,6 +562,20 @@ impl Leadership {
                     },
                     Ok(Acquire::HeldBy(record)) => {
                         failures = 0;
+                        if self.namesake(&record) {
+                            // Renewed since seen: a live server with this server's id leads.
+                            if let Some(seen) = &namesake
+                                && same_holding_process(&record, seen)
+                                && renewed(&record, seen)
+                            {
+                                let duplicate = self.duplicate_of(&record);
+                                tracing::error!("{duplicate}; stopping");
+                                let _ = self.duplicate.set(duplicate);
+                                self.shutdown.cancel();
+                                return;
+                            }
+                            namesake = Some(record.clone());
+                        }
                         let left =
                             u64::try_from(record.expires_at_ms - record.db_now_ms).unwrap_or(0);
                         lease::follower_retry(
@@ -574,6 +691,16 @@ impl Leadership {
             Err(e) => tracing::warn!(error = %e, "cannot release the leader lease; it expires"),
         }
     }
+}
+
+/// Whether `a` and `b` are holdings of the same process.
+fn same_holding_process(a: &LeaseRecord, b: &LeaseRecord) -> bool {
+    a.holder == b.holder && a.instance == b.instance
+}
+
+/// Whether `now` (of the same process as `seen`) was renewed or acquired again since `seen`.
+fn renewed(now: &LeaseRecord, seen: &LeaseRecord) -> bool {
+    now.renewed_at_ms > seen.renewed_at_ms || now.token != seen.token
 }
 
 async fn stop_tasks(cancel: CancellationToken, tasks: Vec<JoinHandle<()>>) {

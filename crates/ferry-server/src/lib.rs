@@ -73,7 +73,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ServerError;
-pub use leader::{DEFAULT_TTL as DEFAULT_LEASE_TTL, LeaderSettings, default_server_id};
+pub use leader::{
+    DEFAULT_TTL as DEFAULT_LEASE_TTL, DuplicateServerId, LeaderSettings, default_server_id,
+};
 pub use notify::Settings as NotifySettings;
 
 /// Locks a mutex whose data stays valid even if a holder panicked (plain maps and sets).
@@ -114,6 +116,8 @@ pub struct Server {
     controller: Arc<controller::Controller>,
     /// Set when this server stopped because it lost the leader lease.
     lost_lease: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when this server stopped because another live server uses its id.
+    duplicate_id: Arc<std::sync::OnceLock<leader::DuplicateServerId>>,
 }
 
 /// Starts the control plane: opens the store, adopts or starts the proxy, re-adopts the
@@ -181,9 +185,13 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     // the re-adoption are done before the API serves, as a single server always did.
     let status = leader::Leadership::status(&config.leader);
     let lost_lease = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let duplicate_id = Arc::new(std::sync::OnceLock::new());
+    let instance = leader::new_instance();
+    tracing::info!(server = %config.leader.server_id, %instance, "this server's process");
     let leadership = leader::Leadership {
         store: store.clone(),
         settings: config.leader.clone(),
+        instance,
         timing,
         status: status.clone(),
         work: leader::Work {
@@ -199,6 +207,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         },
         shutdown: shutdown.clone(),
         lost: lost_lease.clone(),
+        duplicate: duplicate_id.clone(),
     };
     let mut tasks = vec![leadership.start().await?];
 
@@ -231,6 +240,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         tasks,
         controller,
         lost_lease,
+        duplicate_id,
     })
 }
 
@@ -285,7 +295,8 @@ impl Server {
     }
 
     /// Resolves when the server was asked to stop through the API (`POST /v1/teardown`),
-    /// or stopped acting because it lost the leader lease ([`Server::lost_lease`]).
+    /// or stopped acting because it lost the leader lease ([`Server::lost_lease`]) or found
+    /// another live server with its id ([`Server::duplicate_id`]).
     pub async fn stopped(&self) {
         self.shutdown.cancelled().await
     }
@@ -294,6 +305,11 @@ impl Server {
     /// now); its supervisor should start it again, as a follower.
     pub fn lost_lease(&self) -> bool {
         self.lost_lease.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Set when the server stopped because another live server uses its `--server-id`.
+    pub fn duplicate_id(&self) -> Option<&leader::DuplicateServerId> {
+        self.duplicate_id.get()
     }
 }
 

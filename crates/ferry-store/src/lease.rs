@@ -1,8 +1,9 @@
 //! Leader leases and wake-ups between servers (migration 0020).
 //!
-//! A lease is one row per name: its holder, a fencing token incremented at every
-//! acquisition (never reused, so an action stamped with an old token is recognisably
-//! stale) and its expiry. Every decision is one compare-and-set statement judged by the
+//! A lease is one row per name: its holder (a server id, and the process holding it under
+//! that id: its *instance*, new at every start, so two live servers given the same id are
+//! two holders), a fencing token incremented at every acquisition (never reused, so an
+//! action stamped with an old token is recognisably stale) and its expiry. Every decision is one compare-and-set statement judged by the
 //! *database's* clock (`statement_timestamp()` on PostgreSQL, `julianday('now')` on
 //! SQLite), never a server's: servers whose clocks disagree still agree on who holds it.
 //! The pure rules of when to renew and when to stop acting are `ferry_core::lease`.
@@ -38,6 +39,8 @@ pub struct LeaseGrant {
 pub struct LeaseRecord {
     pub name: String,
     pub holder: String,
+    /// The process holding it under `holder` (empty: a holding older than migration 0021).
+    pub instance: String,
     pub token: i64,
     pub expires_at_ms: i64,
     /// When the current holder acquired it (database clock).
@@ -94,11 +97,21 @@ fn check_names(name: &str, holder: &str) -> Result<()> {
     Ok(())
 }
 
+fn check_instance(instance: &str) -> Result<()> {
+    if instance.is_empty() || instance.len() > MAX_LEASE_NAME_LEN {
+        return Err(StoreError::Conflict(format!(
+            "a lease holder's instance is 1 to {MAX_LEASE_NAME_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
 fn lease_from_row(row: &AnyRow) -> Result<LeaseRecord> {
     let name: String = get(row, "name", &|| "leases row".to_string())?;
     let what = || format!("lease {name}");
     Ok(LeaseRecord {
         holder: get(row, "holder", &what)?,
+        instance: get(row, "instance", &what)?,
         token: get(row, "token", &what)?,
         expires_at_ms: get(row, "expires_at_ms", &what)?,
         acquired_at_ms: get(row, "acquired_at_ms", &what)?,
@@ -127,10 +140,19 @@ impl Store {
         }
     }
 
-    /// Takes the lease `name` for `holder` for `ttl_ms` if it is free or expired (by the
-    /// database's clock), or already `holder`'s: each acquisition gets a new fencing token.
-    pub async fn acquire_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<Acquire> {
+    /// Takes the lease `name` for `holder` (its process `instance`) for `ttl_ms` if it is
+    /// free or expired (by the database's clock), or already this very holder's (same id
+    /// and instance): each acquisition gets a new fencing token. Held under the same id by
+    /// another instance is [`Acquire::HeldBy`], like any other holder.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        instance: &str,
+        ttl_ms: u64,
+    ) -> Result<Acquire> {
         check_names(name, holder)?;
+        check_instance(instance)?;
         let ttl = check_ttl(ttl_ms)?;
         let op = || format!("acquiring lease {name} for {holder}");
         sqlx::query(
@@ -143,15 +165,16 @@ impl Store {
         .ctx(op)?;
         let now = self.db_now_sql();
         let sql = format!(
-            "UPDATE leases SET holder = $2, token = token + 1, expires_at_ms = {now} + $3, \
-             acquired_at_ms = {now}, renewed_at_ms = {now} \
-             WHERE name = $1 AND (holder = $2 OR expires_at_ms <= {now}) \
+            "UPDATE leases SET holder = $2, instance = $4, token = token + 1, \
+             expires_at_ms = {now} + $3, acquired_at_ms = {now}, renewed_at_ms = {now} \
+             WHERE name = $1 AND ((holder = $2 AND instance = $4) OR expires_at_ms <= {now}) \
              RETURNING token, expires_at_ms, renewed_at_ms"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(name)
             .bind(holder)
             .bind(ttl)
+            .bind(instance)
             .fetch_optional(&self.pool)
             .await
             .ctx(op)?;
@@ -166,21 +189,23 @@ impl Store {
 
     /// Takes the lease from the holding `from` (as read) before it expires: for a holder
     /// known to be dead (a server on this host whose process is gone). Only that exact
-    /// holding (holder and token) is replaced; a new one is not.
+    /// holding (holder, instance and token) is replaced; a new one is not.
     pub async fn take_over_lease(
         &self,
         name: &str,
         holder: &str,
+        instance: &str,
         ttl_ms: u64,
         from: &LeaseRecord,
     ) -> Result<Acquire> {
         check_names(name, holder)?;
+        check_instance(instance)?;
         let ttl = check_ttl(ttl_ms)?;
         let now = self.db_now_sql();
         let sql = format!(
-            "UPDATE leases SET holder = $2, token = token + 1, expires_at_ms = {now} + $3, \
-             acquired_at_ms = {now}, renewed_at_ms = {now} \
-             WHERE name = $1 AND holder = $4 AND token = $5 \
+            "UPDATE leases SET holder = $2, instance = $6, token = token + 1, \
+             expires_at_ms = {now} + $3, acquired_at_ms = {now}, renewed_at_ms = {now} \
+             WHERE name = $1 AND holder = $4 AND token = $5 AND instance = $7 \
              RETURNING token, expires_at_ms, renewed_at_ms"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -189,6 +214,8 @@ impl Store {
             .bind(ttl)
             .bind(&from.holder)
             .bind(from.token)
+            .bind(instance)
+            .bind(&from.instance)
             .fetch_optional(&self.pool)
             .await
             .ctx(|| format!("taking lease {name} over from {}", from.holder))?;
@@ -251,8 +278,8 @@ impl Store {
     /// The lease `name` as stored, with the database's clock now.
     pub async fn lease(&self, name: &str) -> Result<Option<LeaseRecord>> {
         let sql = format!(
-            "SELECT name, holder, token, expires_at_ms, acquired_at_ms, renewed_at_ms, \
-             {} AS db_now_ms FROM leases WHERE name = $1",
+            "SELECT name, holder, instance, token, expires_at_ms, acquired_at_ms, \
+             renewed_at_ms, {} AS db_now_ms FROM leases WHERE name = $1",
             self.db_now_sql()
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

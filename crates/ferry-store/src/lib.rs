@@ -303,6 +303,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0019_infra_retry.sql"),
     ),
     (20, "leases", include_str!("../migrations/0020_leases.sql")),
+    (
+        21,
+        "lease_instance",
+        include_str!("../migrations/0021_lease_instance.sql"),
+    ),
 ];
 
 /// The migration files this build embeds (`(version, description)`), for tests.

@@ -3649,6 +3649,7 @@ on_every_engine!(
     a_lease_has_one_holder_and_a_new_token_per_holding,
     an_expired_lease_is_taken_over_and_its_old_holder_cannot_renew,
     concurrent_acquisitions_grant_the_lease_once,
+    one_server_id_in_two_processes_is_two_holders,
     transitions_commit_only_under_the_fence,
     a_wake_up_reaches_every_listening_server,
 );
@@ -4312,7 +4313,11 @@ pub async fn a_lease_has_one_holder_and_a_new_token_per_holding(store: Store, _u
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let Acquire::Granted(a) = store.acquire_lease("leader", "a", 60_000).await.unwrap() else {
+    let Acquire::Granted(a) = store
+        .acquire_lease("leader", "a", "a", 60_000)
+        .await
+        .unwrap()
+    else {
         panic!("a free lease is granted");
     };
     assert_eq!(a.token, 1);
@@ -4323,7 +4328,11 @@ pub async fn a_lease_has_one_holder_and_a_new_token_per_holding(store: Store, _u
     );
     assert!((a.db_now_ms - wall).abs() < 60_000, "{a:?} vs {wall}");
     // Held: another server is told who holds it and until when.
-    match store.acquire_lease("leader", "b", 60_000).await.unwrap() {
+    match store
+        .acquire_lease("leader", "b", "b", 60_000)
+        .await
+        .unwrap()
+    {
         Acquire::HeldBy(record) => {
             assert_eq!((record.holder.as_str(), record.token), ("a", 1));
             assert!(record.held());
@@ -4348,7 +4357,11 @@ pub async fn a_lease_has_one_holder_and_a_new_token_per_holding(store: Store, _u
     assert!(!store.release_lease("leader", "b", 1).await.unwrap());
     assert!(store.release_lease("leader", "a", 1).await.unwrap());
     assert!(!store.lease("leader").await.unwrap().unwrap().held());
-    let Acquire::Granted(b) = store.acquire_lease("leader", "b", 60_000).await.unwrap() else {
+    let Acquire::Granted(b) = store
+        .acquire_lease("leader", "b", "b", 60_000)
+        .await
+        .unwrap()
+    else {
         panic!("a released lease is granted");
     };
     assert_eq!(b.token, 2);
@@ -4358,25 +4371,28 @@ pub async fn a_lease_has_one_holder_and_a_new_token_per_holding(store: Store, _u
     );
     assert!(!store.release_lease("leader", "a", 1).await.unwrap());
     assert!(matches!(
-        store.acquire_lease("leader", "a", 60_000).await.unwrap(),
+        store.acquire_lease("leader", "a", "a", 60_000).await.unwrap(),
         Acquire::HeldBy(r) if r.holder == "b" && r.token == 2
     ));
     // The holder acquiring again (a restart with the same id) is a new holding: new token.
-    let again = store.acquire_lease("leader", "b", 60_000).await.unwrap();
+    let again = store
+        .acquire_lease("leader", "b", "b", 60_000)
+        .await
+        .unwrap();
     assert!(
         matches!(again, Acquire::Granted(g) if g.token == 3),
         "{again:?}"
     );
     // Another lease name is independent; bad input is refused before any query.
     assert!(matches!(
-        store.acquire_lease("other", "a", 60_000).await.unwrap(),
+        store.acquire_lease("other", "a", "a", 60_000).await.unwrap(),
         Acquire::Granted(g) if g.token == 1
     ));
-    assert!(store.acquire_lease("leader", "", 1_000).await.is_err());
-    assert!(store.acquire_lease("leader", "a", 0).await.is_err());
+    assert!(store.acquire_lease("leader", "", "", 1_000).await.is_err());
+    assert!(store.acquire_lease("leader", "a", "a", 0).await.is_err());
     assert!(
         store
-            .acquire_lease(&"x".repeat(201), "a", 1_000)
+            .acquire_lease(&"x".repeat(201), "a", "a", 1_000)
             .await
             .is_err()
     );
@@ -4388,11 +4404,15 @@ pub async fn an_expired_lease_is_taken_over_and_its_old_holder_cannot_renew(
     _url: String,
 ) {
     use ferry_store::Acquire;
-    let Acquire::Granted(a) = store.acquire_lease("leader", "a", 300).await.unwrap() else {
+    let Acquire::Granted(a) = store.acquire_lease("leader", "a", "a", 300).await.unwrap() else {
         panic!("granted");
     };
     until_expired(&store, "leader").await;
-    let Acquire::Granted(b) = store.acquire_lease("leader", "b", 60_000).await.unwrap() else {
+    let Acquire::Granted(b) = store
+        .acquire_lease("leader", "b", "b", 60_000)
+        .await
+        .unwrap()
+    else {
         panic!("an expired lease is granted");
     };
     assert_eq!(b.token, a.token + 1);
@@ -4404,7 +4424,7 @@ pub async fn an_expired_lease_is_taken_over_and_its_old_holder_cannot_renew(
         None
     );
     // An expired lease is not renewed either, even by its holder with its token.
-    let Acquire::Granted(c) = store.acquire_lease("short", "c", 300).await.unwrap() else {
+    let Acquire::Granted(c) = store.acquire_lease("short", "c", "c", 300).await.unwrap() else {
         panic!("granted");
     };
     until_expired(&store, "short").await;
@@ -4428,7 +4448,12 @@ pub async fn concurrent_acquisitions_grant_the_lease_once(store: Store, _url: St
                 tokio::spawn(async move {
                     barrier.wait().await;
                     store
-                        .acquire_lease(&name, &format!("server-{i}"), 60_000)
+                        .acquire_lease(
+                            &name,
+                            &format!("server-{i}"),
+                            &format!("server-{i}"),
+                            60_000,
+                        )
                         .await
                         .unwrap()
                 })
@@ -4445,13 +4470,101 @@ pub async fn concurrent_acquisitions_grant_the_lease_once(store: Store, _url: St
     }
 }
 
+/// Two live servers given the same id are two holders (the instance tells their processes
+/// apart): the second is told who holds it; only the holding process renews or acquires
+/// again; a takeover (of a process known dead) replaces only that exact holding.
+pub async fn one_server_id_in_two_processes_is_two_holders(store: Store, _url: String) {
+    use ferry_store::{Acquire, LeaseRecord};
+    let first = "host:10:aaaa";
+    let second = "host:11:bbbb";
+    let Acquire::Granted(a) = store
+        .acquire_lease("leader", "ferry-1", first, 60_000)
+        .await
+        .unwrap()
+    else {
+        panic!("a free lease is granted");
+    };
+    match store
+        .acquire_lease("leader", "ferry-1", second, 60_000)
+        .await
+        .unwrap()
+    {
+        Acquire::HeldBy(r) => assert_eq!(
+            (r.holder.as_str(), r.instance.as_str(), r.token),
+            ("ferry-1", first, a.token)
+        ),
+        other => panic!("the same id in another process must not get it: {other:?}"),
+    }
+    // The holding process itself acquiring again (a new holding: a new token).
+    let Acquire::Granted(again) = store
+        .acquire_lease("leader", "ferry-1", first, 60_000)
+        .await
+        .unwrap()
+    else {
+        panic!("the holder's own process acquires again");
+    };
+    assert_eq!(again.token, a.token + 1);
+    // A takeover replaces that exact holding only: not an older token, not another process.
+    let held = store.lease("leader").await.unwrap().unwrap();
+    let stale = LeaseRecord {
+        token: a.token,
+        ..held.clone()
+    };
+    let elsewhere = LeaseRecord {
+        instance: "host:12:cccc".into(),
+        ..held.clone()
+    };
+    for from in [&stale, &elsewhere] {
+        assert!(
+            matches!(
+                store
+                    .take_over_lease("leader", "ferry-1", second, 60_000, from)
+                    .await
+                    .unwrap(),
+                Acquire::HeldBy(ref r) if r.instance == first
+            ),
+            "{from:?}"
+        );
+    }
+    let Acquire::Granted(b) = store
+        .take_over_lease("leader", "ferry-1", second, 60_000, &held)
+        .await
+        .unwrap()
+    else {
+        panic!("the exact holding is taken over");
+    };
+    assert_eq!(b.token, again.token + 1);
+    assert_eq!(
+        store.lease("leader").await.unwrap().unwrap().instance,
+        second
+    );
+    assert_eq!(
+        store
+            .renew_lease("leader", "ferry-1", again.token, 60_000)
+            .await
+            .unwrap(),
+        None,
+        "the replaced process cannot renew"
+    );
+    assert!(
+        store
+            .acquire_lease("leader", "ferry-1", "", 1_000)
+            .await
+            .is_err()
+    );
+}
+
 pub async fn transitions_commit_only_under_the_fence(store: Store, _url: String) {
     use ferry_store::{Acquire, Fence};
     let d = store
         .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
         .await
         .unwrap();
-    let Acquire::Granted(a) = store.acquire_lease("leader", "a", 60_000).await.unwrap() else {
+    let Acquire::Granted(a) = store
+        .acquire_lease("leader", "a", "a", 60_000)
+        .await
+        .unwrap()
+    else {
         panic!("granted");
     };
     store.set_fence(Some(Fence {
@@ -4466,7 +4579,10 @@ pub async fn transitions_commit_only_under_the_fence(store: Store, _url: String)
     // Another server takes over: this one's transitions are refused, nothing is written.
     assert!(store.release_lease("leader", "a", a.token).await.unwrap());
     assert!(matches!(
-        store.acquire_lease("leader", "b", 60_000).await.unwrap(),
+        store
+            .acquire_lease("leader", "b", "b", 60_000)
+            .await
+            .unwrap(),
         Acquire::Granted(_)
     ));
     match store

@@ -3,7 +3,9 @@
 //! one leads; a deploy sent to the follower is carried out by the leader at once (woken
 //! through the store) and followed on the follower; `kill -9` of the leader → the follower
 //! leads within the lease TTL, adopts the proxy and the replicas (same pids: no restart, no
-//! duplicate) and carries on with the next deploy.
+//! duplicate) and carries on with the next deploy. A second live server given the same
+//! `--server-id` refuses to start; a server restarted with its id after a `kill -9` takes its
+//! dead predecessor's lease over at once.
 //!
 //! Skipped (saying so) without a local PostgreSQL, unless `FERRY_REQUIRE_POSTGRES=1` (set by
 //! `.ci/run`).
@@ -28,13 +30,17 @@ struct Follower {
 
 impl Follower {
     fn start(ferry: &Ferry, database: &str) -> Follower {
+        Follower::start_as(ferry, database, "b", TTL)
+    }
+
+    fn start_as(ferry: &Ferry, database: &str, id: &str, ttl: &str) -> Follower {
         let port = free_port();
-        let log = ferry.dir.path().join("server-b.err");
+        let log = ferry.dir.path().join(format!("server-{id}-{port}.err"));
         let child = Command::new(FERRY)
             .args(["server", "--data"])
             .arg(&ferry.data)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--server-id", "b", "--lease-ttl", TTL])
+            .args(["--server-id", id, "--lease-ttl", ttl])
             .env("FERRY_DATABASE_URL", database)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -57,7 +63,7 @@ impl Follower {
 impl Drop for Follower {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- server b\n{}", self.logs());
+            eprintln!("--- {}\n{}", self.log.display(), self.logs());
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -242,6 +248,85 @@ async fn one_leader_acts_a_follower_takes_over_after_kill_9() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         ferry.url = a_url;
+    })
+    .await;
+}
+
+/// Two live servers with one `--server-id` would both lead (the lease was keyed by the id):
+/// the second refuses to start, saying why, and the first leads on undisturbed. A restart
+/// with that id after a `kill -9` is not a duplicate: it takes the dead predecessor's lease
+/// over at once, without waiting for it to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_server_with_the_same_id_refuses_to_start_a_restarted_one_takes_over() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = PgDatabase::create("ferry_same_id") else {
+        return;
+    };
+    bounded(LIMIT, async {
+        let database = db.url();
+        // Renewals every 5 s: the twin sees one within that; the lease outlives a restart.
+        let ttl = "15s";
+        let mut ferry = Ferry::start_with_env(&[
+            ("FERRY_DATABASE_URL", &database),
+            ("FERRY_SERVER_ID", "a"),
+            ("FERRY_LEASE_TTL", ttl),
+        ])
+        .await;
+        let url = ferry.url.clone();
+        let (a, _) = until_leadership(&ferry, &url, Duration::from_secs(30), |l| {
+            l["leading"] == true
+        })
+        .await;
+
+        let mut twin = Follower::start_as(&ferry, &database, "a", ttl);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = twin.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the second server with id a still runs:\n{}",
+                twin.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let logs = twin.logs();
+        assert!(!status.success(), "{status}\n{logs}");
+        assert!(
+            logs.contains("another live server uses --server-id \"a\""),
+            "{logs}"
+        );
+        eprintln!(
+            "the second server with the same id stopped after {} ms",
+            started.elapsed().as_millis()
+        );
+        let (still, _) = until_leadership(&ferry, &url, Duration::from_secs(10), |l| {
+            l["leading"] == true
+        })
+        .await;
+        assert_eq!(still["token"], a["token"], "undisturbed: {still}");
+
+        ferry.kill9_server();
+        let restarted = Instant::now();
+        ferry.start_server().await;
+        let (led, _) = until_leadership(&ferry, &url, Duration::from_secs(30), |l| {
+            l["leading"] == true
+        })
+        .await;
+        eprintln!(
+            "the restarted server led {} ms after its start (TTL {ttl})",
+            restarted.elapsed().as_millis()
+        );
+        assert_eq!(led["leader"], "a", "{led}");
+        assert!(led["token"].as_i64() > a["token"].as_i64(), "{led} vs {a}");
+        assert!(
+            ferry
+                .server_logs()
+                .contains("the leader's process is gone; taking over"),
+            "{}",
+            ferry.server_logs()
+        );
     })
     .await;
 }

@@ -174,6 +174,10 @@ pub async fn server(
         }
         () = server.stopped() => {
             let lost = server.lost_lease();
+            if let Some(duplicate) = server.duplicate_id().cloned() {
+                server.stop().await;
+                return Err(Failure::new(exit::ERROR, duplicate.to_string()).into());
+            }
             server.stop().await;
             if lost {
                 return Err(Failure::new(
