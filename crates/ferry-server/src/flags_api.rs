@@ -768,6 +768,10 @@ pub async fn create(
     Json(body): Json<Value>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let body: CreateFlag = read_body(body)?;
+    if let Some(f) = &body.feature {
+        // The flag's name takes its place, but a name openapi.json refuses is refused.
+        edit::check_name(&f.name).map_err(invalid)?;
+    }
     let name = body.name.clone();
     let change = Change::new(&access, "create", &headers, body.reason.clone());
     let answer = change_one(&state, &slot, &app, &env, &name, change, |current| {
@@ -907,6 +911,7 @@ pub async fn set(
     Json(body): Json<Value>,
 ) -> ApiResult<Json<Value>> {
     let body: SetFlag = read_body(body)?;
+    edit::check_name(&body.feature.name).map_err(invalid)?;
     let change = Change::new(&access, "set", &headers, body.reason.clone());
     let name = flag.clone();
     change_one(&state, &slot, &app, &env, &flag, change, move |current| {

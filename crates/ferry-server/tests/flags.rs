@@ -675,6 +675,14 @@ async fn the_flag_operations_refuse_exactly_what_openapi_refuses() {
         ),
         ("POST", tokens, json!({"name": name(64)}), true),
         ("POST", tokens, json!({"name": name(65)}), false),
+        // a feature's name follows the flag names' pattern, even where the path's replaces it
+        ("PUT", &put, json!({"feature": {"name": "a b"}}), false),
+        (
+            "POST",
+            flags,
+            json!({"name": "m", "feature": {"name": ""}}),
+            false,
+        ),
         // strategy names are the enum; parameters strings or numbers
         (
             "PUT",
