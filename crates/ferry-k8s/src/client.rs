@@ -19,6 +19,7 @@
 //!   timeout.
 //! - [`Cluster::set_weights`]: `traffic: gateway`'s HTTPRoute weights
 //!   ([`crate::gateway::weights_patch`]), with the `resourceVersion` it read.
+//! - [`Cluster::delete_proxy`]: a proxy fleet's objects, those Ferry's labels say it owns.
 
 use std::fmt::Debug;
 use std::net::{IpAddr, SocketAddr};
@@ -31,7 +32,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
-    PatchParams, PostParams, WatchEvent, WatchParams,
+    PatchParams, PostParams, Preconditions, PropagationPolicy, WatchEvent, WatchParams,
 };
 use kube::{Client, Resource};
 use serde::Serialize;
@@ -41,9 +42,10 @@ use serde_json::Value;
 use crate::FIELD_MANAGER;
 use crate::gateway::{self, GatewayError, WeightsPatch};
 use crate::objects::{
-    ANNOTATION_VERSION, LABEL_APP, LABEL_DEPLOYMENT, LABEL_ENV, LABEL_SERVICE, Objects,
+    ANNOTATION_VERSION, LABEL_APP, LABEL_DEPLOYMENT, LABEL_ENV, LABEL_MANAGED_BY, LABEL_SERVICE,
+    Objects,
 };
-use crate::proxy::ProxyObjects;
+use crate::proxy::{self, ProxyObjects};
 
 /// The hash of what Ferry last applied to an object.
 pub const ANNOTATION_APPLIED: &str = "ferry.dev/applied";
@@ -405,6 +407,86 @@ impl Cluster {
         self.apply(&self.namespaced::<Deployment>(&ns), &fleet.deployment)
             .await?;
         Ok(())
+    }
+
+    /// Deletes an environment's proxy fleet (its namespace's `ferry-proxy` Deployment, client
+    /// and admin Services, route table ConfigMap and token Secret) — each only if its labels
+    /// say it is that fleet's (`ferry.dev/proxy` = `proxy_label`, managed by `ferry`):
+    /// read first (no `list`, so Ferry needs no right to list Secrets), then deleted with
+    /// the `uid` it read as a precondition (an object replaced in between is not touched: a
+    /// 409, retried by the caller) and `propagationPolicy: Background` (the object goes at
+    /// once, so the same name can be applied again; the garbage collector removes the
+    /// Deployment's ReplicaSets and pods after it, each pod with its grace period). Gone
+    /// already, or already being deleted (a finalizer holds it), counts as done. The
+    /// namespace stays (it may hold other objects). Returns how many deletes were sent.
+    pub async fn delete_proxy(
+        &self,
+        namespace: &str,
+        proxy_label: &str,
+    ) -> Result<usize, ClusterError> {
+        let mut deleted = 0;
+        for done in [
+            self.delete_owned::<Deployment>(namespace, proxy::PROXY_NAME, proxy_label)
+                .await?,
+            self.delete_owned::<Service>(namespace, proxy::PROXY_NAME, proxy_label)
+                .await?,
+            self.delete_owned::<Service>(namespace, proxy::ADMIN_SERVICE, proxy_label)
+                .await?,
+            self.delete_owned::<ConfigMap>(namespace, proxy::ROUTES_CONFIG_MAP, proxy_label)
+                .await?,
+            self.delete_owned::<Secret>(namespace, proxy::ADMIN_SECRET, proxy_label)
+                .await?,
+        ] {
+            deleted += usize::from(done);
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes `name` if it is `proxy_label`'s fleet's (see [`Cluster::delete_proxy`]);
+    /// whether a delete was sent.
+    async fn delete_owned<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        proxy_label: &str,
+    ) -> Result<bool, ClusterError>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        let api = self.namespaced::<K>(namespace);
+        let what = format!("{} {name}", K::kind(&()));
+        let Some(live) = api.get_opt(name).await.map_err(api_error(&what))? else {
+            return Ok(false);
+        };
+        let meta = live.meta();
+        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str);
+        if label(proxy::LABEL_PROXY) != Some(proxy_label) || label(LABEL_MANAGED_BY) != Some("ferry")
+        {
+            tracing::warn!(object = %what, %namespace, "not a Ferry proxy object of this environment (labels): left alone");
+            return Ok(false);
+        }
+        if meta.deletion_timestamp.is_some() {
+            return Ok(false);
+        }
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: Some(Preconditions {
+                uid: meta.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(source) => Err(ClusterError::Api {
+                what: format!("delete {what}"),
+                source,
+            }),
+        }
     }
 
     /// Applies a Namespace, unless it already is as wanted.

@@ -86,13 +86,15 @@ impl ProxyObjects {
     }
 }
 
+/// The value of [`LABEL_PROXY`] on `env`'s proxy objects (`APP-ENV` as a label value).
+pub fn proxy_label(manifest: &Manifest, env: &str) -> String {
+    names::label_value(&format!("{}-{env}", manifest.app))
+}
+
 /// The labels of every proxy object of `env`; the first two select its pods.
 pub fn proxy_labels(manifest: &Manifest, env: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (
-            LABEL_PROXY.to_string(),
-            names::label_value(&format!("{}-{env}", manifest.app)),
-        ),
+        (LABEL_PROXY.to_string(), proxy_label(manifest, env)),
         ("app.kubernetes.io/name".to_string(), PROXY_NAME.to_string()),
         (LABEL_MANAGED_BY.to_string(), "ferry".to_string()),
         (

@@ -410,10 +410,16 @@ impl Fake {
                 );
                 (201, body)
             }
-            "DELETE" => match state.objects.remove(&path) {
-                Some(object) => (200, object),
-                None => (404, status(404, "NotFound")),
-            },
+            "DELETE" => {
+                let uid = &seen.body["preconditions"]["uid"];
+                match state.objects.get(&path) {
+                    None => (404, status(404, "NotFound")),
+                    Some(live) if !uid.is_null() && live["metadata"]["uid"] != *uid => {
+                        (409, status(409, "Conflict"))
+                    }
+                    Some(_) => (200, state.objects.remove(&path).unwrap_or_default()),
+                }
+            }
             _ => (405, status(405, "MethodNotAllowed")),
         }
     }
@@ -1927,6 +1933,7 @@ fn ferry_s_own_rbac_grants_every_request_the_runtime_makes_and_nothing_more() {
     the_runtime_watches_deployments_and_endpoint_slices_instead_of_polling();
     watches_end_with_the_last_replica_and_open_again_with_the_next();
     the_proxy_fleet_is_applied_its_table_saved_and_its_ready_pods_found();
+    a_retired_proxy_fleet_is_deleted_by_its_labels_only();
     let used: std::collections::BTreeSet<(String, String, String)> = EVERY_REQUEST
         .lock()
         .expect("every request")
@@ -2062,5 +2069,106 @@ async fn the_proxy_fleet_is_applied_its_table_saved_and_its_ready_pods_found() {
             "ferry-proxy-abc".to_string(),
             "10.1.0.7:9901".parse().unwrap()
         )]
+    );
+}
+
+#[tokio::test]
+async fn a_retired_proxy_fleet_is_deleted_by_its_labels_only() {
+    use ferry_k8s::proxy;
+    let fake = Fake::default();
+    let cluster = Cluster::new(fake.client());
+    let manifest = common::manifest();
+    let fleet = proxy::proxy_objects(&manifest, "staging", "ferry:1").expect("fleet");
+    let apply = || async {
+        cluster
+            .apply_proxy(
+                &objects::namespace(&manifest, "staging"),
+                &proxy::admin_secret(&manifest, "staging", "t0k3n"),
+                &fleet,
+            )
+            .await
+            .expect("apply the fleet");
+        cluster
+            .apply_config_map(&proxy::routes_config_map(
+                &manifest,
+                "staging",
+                common::ROUTES,
+            ))
+            .await
+            .expect("the table");
+    };
+    apply().await;
+    // A Service of the same name that is not Ferry's proxy's (someone replaced it).
+    let theirs = format!("{SERVICES}/ferry-proxy-admin");
+    fake.put(
+        &theirs,
+        json!({ "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": "ferry-proxy-admin", "namespace": "shop-staging",
+                              "uid": "theirs", "labels": { "app": "theirs" } } }),
+    );
+    let label = proxy::proxy_label(&manifest, "staging");
+    fake.forget_requests();
+    assert_eq!(
+        cluster
+            .delete_proxy("shop-staging", &label)
+            .await
+            .expect("deleted"),
+        4
+    );
+    let deletes: Vec<Seen> = fake
+        .requests()
+        .into_iter()
+        .filter(|s| s.method != "GET")
+        .collect();
+    assert_eq!(
+        deletes.iter().map(Seen::line).collect::<Vec<_>>(),
+        [
+            format!("DELETE {DEPLOYMENTS}/ferry-proxy"),
+            format!("DELETE {SERVICES}/ferry-proxy"),
+            format!("DELETE {NS}/configmaps/ferry-proxy-routes"),
+            format!("DELETE {NS}/secrets/ferry-proxy-admin"),
+        ],
+        "reads, then only the fleet's own objects are deleted"
+    );
+    for delete in &deletes {
+        assert_eq!(
+            delete.body["propagationPolicy"], "Background",
+            "{delete:?}"
+        );
+        assert_eq!(
+            delete.body["preconditions"]["uid"],
+            format!("uid-{}", delete.path),
+            "the object that was read, not one made since: {delete:?}"
+        );
+    }
+    assert!(fake.lock().objects.contains_key(&theirs), "theirs is left");
+    // Nothing left: reads only.
+    fake.forget_requests();
+    assert_eq!(
+        cluster
+            .delete_proxy("shop-staging", &label)
+            .await
+            .expect("nothing to delete"),
+        0
+    );
+    assert!(
+        fake.seen().iter().all(|l| l.starts_with("GET ")),
+        "{:?}",
+        fake.seen()
+    );
+    // An object replaced between the read and the delete (its uid changed): the API
+    // server's 409 is an error naming it, and it stays.
+    apply().await;
+    fake.fail(&format!("DELETE {DEPLOYMENTS}/ferry-proxy"), 409);
+    let error = cluster
+        .delete_proxy("shop-staging", &label)
+        .await
+        .expect_err("a conflict")
+        .to_string();
+    assert!(error.contains("delete Deployment ferry-proxy"), "{error}");
+    assert!(
+        fake.lock()
+            .objects
+            .contains_key(&format!("{DEPLOYMENTS}/ferry-proxy"))
     );
 }

@@ -556,12 +556,25 @@ fn label_sample(line: &str, pod: Option<&str>) -> String {
     }
 }
 
+/// Where an environment's listeners are served.
+pub enum Plane {
+    /// By the proxy next to the server.
+    Local,
+    /// By its proxy pods.
+    Fleet(Arc<Fleet>),
+    /// By proxy pods that do not exist yet (their cluster is not reached yet): nowhere
+    /// until they do, never by the local proxy.
+    Pending,
+}
+
 /// Which environments' listeners a fleet serves.
 pub trait FleetDirectory: Send + Sync + 'static {
-    /// The fleet of `app`/`env`, if it has one.
-    fn fleet_of(&self, app: &str, env: &str) -> Option<Arc<Fleet>>;
+    /// Where the listeners of `app`/`env` go.
+    fn plane_of(&self, app: &str, env: &str) -> Plane;
     /// Every fleet known, by `app/env`.
     fn fleets(&self) -> Vec<(String, Arc<Fleet>)>;
+    /// Deletes every fleet (a teardown).
+    fn remove_all(&self) -> BoxFuture<'_, ()>;
 }
 
 /// The data plane the controller speaks to: the local proxy, and the fleets of the
@@ -577,7 +590,8 @@ impl Planes {
     }
 
     /// `table` split into the local proxy's part and each fleet's (every known fleet gets
-    /// one, empty when none of its listeners remain).
+    /// one, empty when none of its listeners remain). A listener of an environment whose
+    /// fleet is [`Plane::Pending`] is in no part.
     fn split(&self, table: RouteTable) -> (RouteTable, Vec<(Arc<Fleet>, RouteTable)>) {
         let mut local = RouteTable {
             generation: table.generation,
@@ -596,14 +610,17 @@ impl Planes {
                 segments.next().unwrap_or_default(),
             );
             let key = format!("{app}/{env}");
-            match self.directory.fleet_of(app, env) {
-                Some(fleet) => parts
+            match self.directory.plane_of(app, env) {
+                Plane::Fleet(fleet) => parts
                     .entry(key)
                     .or_insert_with(|| (fleet, RouteTable::default()))
                     .1
                     .listeners
                     .push(listener),
-                None => local.listeners.push(listener),
+                Plane::Local => local.listeners.push(listener),
+                Plane::Pending => {
+                    tracing::debug!(listener = %listener.id, "its proxy pods do not exist yet");
+                }
             }
         }
         (local, parts.into_values().collect())
@@ -705,8 +722,11 @@ impl DataPlane for Planes {
     }
 
     fn stop(&self) -> BoxFuture<'_, ()> {
-        // The pods are the cluster's: they keep serving, as the local proxy's routes do.
-        self.local.stop()
+        // A teardown: the proxy pods go with the local proxy.
+        Box::pin(async move {
+            self.directory.remove_all().await;
+            self.local.stop().await;
+        })
     }
 }
 
@@ -985,6 +1005,83 @@ mod tests {
             p.shutdown.cancel();
             let _ = p.handle.await;
         }
+    }
+
+    /// The local proxy: records the tables it is given.
+    #[derive(Default)]
+    struct Local(Mutex<Vec<RouteTable>>);
+
+    impl DataPlane for Local {
+        fn ensure_alive(&self) -> BoxFuture<'_, Result<(), ServerError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn acknowledged(&self) -> Option<RouteTable> {
+            lock(&self.0).last().cloned()
+        }
+        fn push(&self, table: RouteTable) -> BoxFuture<'_, Result<bool, ServerError>> {
+            Box::pin(async move {
+                lock(&self.0).push(table);
+                Ok(true)
+            })
+        }
+        fn stats(&self) -> BoxFuture<'_, Result<StatsSnapshot, ServerError>> {
+            Box::pin(async { Ok(StatsSnapshot::default()) })
+        }
+        fn endpoint_usage(
+            &self,
+            addr: SocketAddr,
+        ) -> BoxFuture<'_, Result<EndpointUsage, ServerError>> {
+            Box::pin(async move {
+                Ok(EndpointUsage {
+                    addr,
+                    listed: 0,
+                    in_flight: 0,
+                })
+            })
+        }
+        fn metrics_text(&self) -> BoxFuture<'_, Result<String, ServerError>> {
+            Box::pin(async { Ok(String::new()) })
+        }
+        fn stop(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    /// `shop/production` is a fleet environment whose pods do not exist yet; `shop/staging`
+    /// is served locally.
+    struct NoFleetYet;
+
+    impl FleetDirectory for NoFleetYet {
+        fn plane_of(&self, _app: &str, env: &str) -> Plane {
+            match env {
+                "production" => Plane::Pending,
+                _ => Plane::Local,
+            }
+        }
+        fn fleets(&self) -> Vec<(String, Arc<Fleet>)> {
+            Vec::new()
+        }
+        fn remove_all(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fleet_environment_s_listeners_never_go_to_the_local_proxy() {
+        let local = Arc::new(Local::default());
+        let planes = Planes::new(local.clone(), Arc::new(NoFleetYet));
+        let up: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let mut both = table(18080, &[up]);
+        let mut staging = both.listeners[0].clone();
+        staging.id = "shop/staging".to_string();
+        both.listeners.push(staging);
+        planes.push(both).await.expect("push");
+        let pushed = lock(&local.0).last().cloned().expect("a table");
+        let ids: Vec<&str> = pushed.listeners.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, ["shop/staging"]);
+        // Nor is it acknowledged: what waits on its routes keeps waiting.
+        let acked = planes.acknowledged().expect("acknowledged");
+        assert!(acked.listeners.iter().all(|l| l.id != "shop/production"));
     }
 
     #[test]

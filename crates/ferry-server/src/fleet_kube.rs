@@ -2,7 +2,7 @@
 //! objects applied (no write when unchanged, read again every [`REAPPLY`]), the ready pods
 //! from the EndpointSlices of the headless `ferry-proxy-admin` Service, the table saved in
 //! the `ferry-proxy-routes` ConfigMap, the admin token in the `ferry-proxy-admin` Secret
-//! (made once, kept across server restarts).
+//! (made once, kept across server restarts); [`KubePods::remove`] deletes them.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -56,6 +56,19 @@ impl KubePods {
 
     fn namespace(&self) -> String {
         objects::namespace_name(&self.manifest(), &self.env)
+    }
+
+    /// Deletes the fleet's objects (those Ferry's labels say are this environment's proxy:
+    /// `Cluster::delete_proxy`); how many deletes were sent.
+    pub async fn remove(&self) -> Result<usize, ServerError> {
+        let label = proxy::proxy_label(&self.manifest(), &self.env);
+        let deleted = self
+            .cluster
+            .delete_proxy(&self.namespace(), &label)
+            .await
+            .map_err(|e| kube_error("deleting the proxy pods", e))?;
+        *lock(&self.applied) = None;
+        Ok(deleted)
     }
 
     async fn ensure_applied(&self) -> Result<(), ServerError> {

@@ -93,13 +93,38 @@ struct Inner {
     kube: Mutex<BTreeMap<Option<String>, ferry_k8s::runtime::KubernetesRuntime>>,
     #[cfg(feature = "kubernetes")]
     kube_connect: tokio::sync::Mutex<()>,
-    /// The proxy pods of `traffic: proxy` Kubernetes environments (app, env).
+    /// The proxy pods of `traffic: proxy` Kubernetes environments ([`Runtimes::serve_fleets`]).
     #[cfg(feature = "kubernetes")]
-    fleets: Mutex<BTreeMap<(String, String), ProxyFleet>>,
+    fleets: Mutex<Fleets>,
+}
+
+/// (app, env).
+#[cfg(feature = "kubernetes")]
+type EnvKey = (String, String);
+
+/// The proxy fleets, as the route table last declared them.
+#[cfg(feature = "kubernetes")]
+#[derive(Default)]
+struct Fleets {
+    /// The environments whose listeners proxy pods serve, whether or not their fleet could
+    /// be made yet: never the local proxy's.
+    serving: std::collections::BTreeSet<EnvKey>,
+    live: BTreeMap<EnvKey, ProxyFleet>,
+    /// Fleets no longer served whose objects are still to be deleted (retried every pass).
+    retiring: BTreeMap<EnvKey, (Place, Arc<crate::fleet_kube::KubePods>)>,
+}
+
+/// Where a fleet's objects are: the kubeconfig context and the namespace.
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Place {
+    context: Option<String>,
+    namespace: String,
 }
 
 #[cfg(feature = "kubernetes")]
 struct ProxyFleet {
+    place: Place,
     pods: Arc<crate::fleet_kube::KubePods>,
     fleet: Arc<crate::fleet::Fleet>,
 }
@@ -147,7 +172,7 @@ impl Runtimes {
                 #[cfg(feature = "kubernetes")]
                 kube_connect: tokio::sync::Mutex::new(()),
                 #[cfg(feature = "kubernetes")]
-                fleets: Mutex::new(BTreeMap::new()),
+                fleets: Mutex::new(Fleets::default()),
             }),
         }
     }
@@ -212,18 +237,21 @@ impl Runtimes {
         env: &str,
         secrets: &EnvSecrets,
     ) -> Result<(), RuntimeError> {
-        let Some(environment) = manifest.environments.get(env) else {
+        let key = (manifest.app.clone(), env.to_string());
+        let Some(environment) = manifest
+            .environments
+            .get(env)
+            .filter(|e| e.runtime == RuntimeKind::Kubernetes)
+        else {
+            // Not (or no longer: its runtime changed) a Kubernetes environment.
+            crate::lock(&self.inner.kube_envs).remove(&key);
             return Ok(());
         };
-        if environment.runtime != RuntimeKind::Kubernetes {
-            return Ok(());
-        }
         let context = environment
             .kubernetes
             .as_ref()
             .and_then(|k| k.context.clone());
-        crate::lock(&self.inner.kube_envs)
-            .insert((manifest.app.clone(), env.to_string()), context.clone());
+        crate::lock(&self.inner.kube_envs).insert(key, context.clone());
         self.connect_kubernetes(context, manifest, env, &secrets.vars)
             .await
     }
@@ -236,42 +264,145 @@ impl Runtimes {
         env: &str,
         secrets: &BTreeMap<String, String>,
     ) -> Result<(), RuntimeError> {
-        let _connecting = self.inner.kube_connect.lock().await;
-        let existing = crate::lock(&self.inner.kube).get(&context).cloned();
-        let kube = match existing {
-            Some(kube) => kube,
-            None => {
-                let cluster = ferry_k8s::client::Cluster::connect(context.as_deref())
-                    .await
-                    .map_err(|e| RuntimeError::Engine {
-                        what: "connecting to the Kubernetes cluster".to_string(),
-                        source: Box::new(e),
-                    })?;
-                let kube = ferry_k8s::runtime::KubernetesRuntime::new(cluster);
-                forward(kube.subscribe(), self.inner.events.clone());
-                crate::lock(&self.inner.kube).insert(context, kube.clone());
-                kube
-            }
-        };
-        kube.configure(manifest, env, secrets.clone());
-        // `traffic: proxy`: the environment's listeners are served by its proxy pods.
-        let key = (manifest.app.clone(), env.to_string());
-        let mut fleets = crate::lock(&self.inner.fleets);
-        if ferry_core::manifest::kubernetes::Kubernetes::proxy_fleet_of(manifest, env).is_none() {
-            fleets.remove(&key);
-        } else if let Some(existing) = fleets.get(&key) {
-            existing.pods.set_manifest(manifest);
-        } else {
-            let pods = Arc::new(crate::fleet_kube::KubePods::new(
-                kube.cluster().clone(),
-                manifest,
-                env,
-                proxy_image(),
-            ));
-            let fleet = Arc::new(crate::fleet::Fleet::new(pods.clone()));
-            fleets.insert(key, ProxyFleet { pods, fleet });
-        }
+        self.kube_runtime(context)
+            .await?
+            .configure(manifest, env, secrets.clone());
         Ok(())
+    }
+
+    /// The Kubernetes runtime of `context`, connected on first use.
+    #[cfg(feature = "kubernetes")]
+    async fn kube_runtime(
+        &self,
+        context: Option<String>,
+    ) -> Result<ferry_k8s::runtime::KubernetesRuntime, RuntimeError> {
+        let _connecting = self.inner.kube_connect.lock().await;
+        if let Some(kube) = crate::lock(&self.inner.kube).get(&context) {
+            return Ok(kube.clone());
+        }
+        let cluster = ferry_k8s::client::Cluster::connect(context.as_deref())
+            .await
+            .map_err(|e| RuntimeError::Engine {
+                what: "connecting to the Kubernetes cluster".to_string(),
+                source: Box::new(e),
+            })?;
+        let kube = ferry_k8s::runtime::KubernetesRuntime::new(cluster);
+        forward(kube.subscribe(), self.inner.events.clone());
+        crate::lock(&self.inner.kube).insert(context, kube.clone());
+        Ok(kube)
+    }
+
+    /// Makes the proxy fleets those of `serving`: each (manifest, env) is an environment
+    /// whose listeners the route table gives to Ferry's proxy pods (`runtime: kubernetes`,
+    /// `traffic: proxy` in the manifest it is routed by). The controller calls it every pass,
+    /// before it pushes the table, so that the table's split ([`crate::fleet::Planes`])
+    /// knows every fleet environment — and never gives its listeners to the local proxy —
+    /// even before its fleet exists (its cluster not connected yet, or unreachable). A
+    /// fleet is made on first use (its objects applied at its first push); one whose
+    /// environment left `serving` (removed from the manifest, or switched to `traffic:
+    /// gateway` or another runtime) has its objects deleted, retried every call until done.
+    pub async fn serve_fleets(&self, serving: &[(&Manifest, &str)]) {
+        #[cfg(feature = "kubernetes")]
+        {
+            let wanted: Vec<(EnvKey, Place, &Manifest)> = serving
+                .iter()
+                .map(|(manifest, env)| {
+                    let place = Place {
+                        context: manifest
+                            .environments
+                            .get(*env)
+                            .and_then(|e| e.kubernetes.as_ref())
+                            .and_then(|k| k.context.clone()),
+                        namespace: ferry_k8s::objects::namespace_name(manifest, env),
+                    };
+                    ((manifest.app.clone(), env.to_string()), place, *manifest)
+                })
+                .collect();
+            {
+                let mut fleets = crate::lock(&self.inner.fleets);
+                let Fleets {
+                    serving,
+                    live,
+                    retiring,
+                } = &mut *fleets;
+                *serving = wanted.iter().map(|(key, _, _)| key.clone()).collect();
+                // No longer served, or moved (another cluster or namespace): retired.
+                let gone: Vec<EnvKey> = live
+                    .iter()
+                    .filter(|(key, fleet)| {
+                        !wanted
+                            .iter()
+                            .any(|(k, place, _)| k == *key && *place == fleet.place)
+                    })
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in gone {
+                    if let Some(fleet) = live.remove(&key) {
+                        retiring.insert(key, (fleet.place, fleet.pods));
+                    }
+                }
+                // Served again where its objects still are: they are applied again, not
+                // deleted.
+                retiring.retain(|key, (place, _)| {
+                    !wanted.iter().any(|(k, p, _)| k == key && p == place)
+                });
+            }
+            for (key, place, manifest) in wanted {
+                if let Some(fleet) = crate::lock(&self.inner.fleets).live.get(&key) {
+                    fleet.pods.set_manifest(manifest);
+                    continue;
+                }
+                let kube = match self.kube_runtime(place.context.clone()).await {
+                    Ok(kube) => kube,
+                    Err(e) => {
+                        tracing::warn!(app = %key.0, env = %key.1, error = %e, "no proxy pods for this environment yet; its listeners wait for them");
+                        continue;
+                    }
+                };
+                let pods = Arc::new(crate::fleet_kube::KubePods::new(
+                    kube.cluster().clone(),
+                    manifest,
+                    &key.1,
+                    proxy_image(),
+                ));
+                let fleet = Arc::new(crate::fleet::Fleet::new(pods.clone()));
+                crate::lock(&self.inner.fleets)
+                    .live
+                    .insert(key, ProxyFleet { place, pods, fleet });
+            }
+            self.delete_retired().await;
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        let _ = serving;
+    }
+
+    /// Deletes the objects of the retired fleets (see [`Runtimes::serve_fleets`]).
+    #[cfg(feature = "kubernetes")]
+    async fn delete_retired(&self) {
+        let retiring: Vec<(EnvKey, Arc<crate::fleet_kube::KubePods>)> =
+            crate::lock(&self.inner.fleets)
+                .retiring
+                .iter()
+                .map(|(key, (_, pods))| (key.clone(), pods.clone()))
+                .collect();
+        for (key, pods) in retiring {
+            match pods.remove().await {
+                Ok(deleted) => {
+                    tracing::info!(app = %key.0, env = %key.1, deleted, "proxy pods' objects deleted");
+                    let mut fleets = crate::lock(&self.inner.fleets);
+                    if fleets
+                        .retiring
+                        .get(&key)
+                        .is_some_and(|(_, p)| Arc::ptr_eq(p, &pods))
+                    {
+                        fleets.retiring.remove(&key);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(app = %key.0, env = %key.1, error = %e, "proxy pods' objects not deleted; retrying")
+                }
+            }
+        }
     }
 
     #[cfg(not(feature = "kubernetes"))]
@@ -632,17 +763,23 @@ pub fn hook_container(
 }
 
 impl crate::fleet::FleetDirectory for Runtimes {
-    fn fleet_of(&self, app: &str, env: &str) -> Option<Arc<crate::fleet::Fleet>> {
+    fn plane_of(&self, app: &str, env: &str) -> crate::fleet::Plane {
         #[cfg(feature = "kubernetes")]
         {
-            crate::lock(&self.inner.fleets)
-                .get(&(app.to_string(), env.to_string()))
-                .map(|f| f.fleet.clone())
+            let key = (app.to_string(), env.to_string());
+            let fleets = crate::lock(&self.inner.fleets);
+            match fleets.live.get(&key) {
+                Some(f) if fleets.serving.contains(&key) => {
+                    crate::fleet::Plane::Fleet(f.fleet.clone())
+                }
+                _ if fleets.serving.contains(&key) => crate::fleet::Plane::Pending,
+                _ => crate::fleet::Plane::Local,
+            }
         }
         #[cfg(not(feature = "kubernetes"))]
         {
             let _ = (app, env);
-            None
+            crate::fleet::Plane::Local
         }
     }
 
@@ -650,6 +787,7 @@ impl crate::fleet::FleetDirectory for Runtimes {
         #[cfg(feature = "kubernetes")]
         {
             crate::lock(&self.inner.fleets)
+                .live
                 .iter()
                 .map(|((app, env), f)| (format!("{app}/{env}"), f.fleet.clone()))
                 .collect()
@@ -658,6 +796,11 @@ impl crate::fleet::FleetDirectory for Runtimes {
         {
             Vec::new()
         }
+    }
+
+    fn remove_all(&self) -> ferry_runtime::BoxFuture<'_, ()> {
+        // A teardown: every fleet is retired, its objects deleted.
+        Box::pin(self.serve_fleets(&[]))
     }
 }
 
@@ -705,6 +848,82 @@ mod tests {
             None,
             Some(&os(dir.path()))
         ));
+    }
+
+    fn kube_manifest(kubernetes: &str) -> Manifest {
+        ferry_core::manifest::parse(
+            &format!(
+                "app: shop
+services:
+  web:
+    image: \"registry.example.com/web:${{VERSION}}\"
+environments:
+  production:
+    listen: 127.0.0.1:18080
+    {kubernetes}
+"
+            ),
+            "ferry.yaml",
+        )
+        .expect("manifest")
+    }
+
+    /// The root of a listener once given to the local proxy on a first deploy: a `traffic:
+    /// proxy` environment is known as a fleet's from its manifest, before its fleet exists
+    /// (here its cluster cannot be reached at all), so the local proxy never gets it.
+    #[cfg(feature = "kubernetes")]
+    #[tokio::test]
+    async fn a_proxy_environment_is_a_fleet_s_before_its_fleet_exists() {
+        use crate::fleet::{FleetDirectory, Plane};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtimes = Runtimes::new(
+            ProcessRuntime::new(dir.path().join("logs"), 1 << 20),
+            "t".into(),
+        );
+        let plane = |r: &Runtimes| match r.plane_of("shop", "production") {
+            Plane::Local => "local",
+            Plane::Fleet(_) => "fleet",
+            Plane::Pending => "pending",
+        };
+        assert_eq!(plane(&runtimes), "local", "nothing declared yet");
+        let proxy = kube_manifest(
+            "runtime: kubernetes\n    kubernetes: { context: ferry-test-no-such-context }",
+        );
+        runtimes.serve_fleets(&[(&proxy, "production")]).await;
+        assert_eq!(plane(&runtimes), "pending");
+        assert!(runtimes.fleets().is_empty());
+        // Switched to another traffic mode (or removed): the local proxy's again.
+        runtimes.serve_fleets(&[]).await;
+        assert_eq!(plane(&runtimes), "local");
+    }
+
+    /// An environment that moves off Kubernetes starts its next replicas on its new
+    /// runtime, not on the cluster it used to run on.
+    #[tokio::test]
+    async fn an_environment_that_leaves_kubernetes_starts_locally_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtimes = Runtimes::new(
+            ProcessRuntime::new(dir.path().join("logs"), 1 << 20),
+            "t".into(),
+        );
+        let kube = kube_manifest(
+            "runtime: kubernetes\n    kubernetes: { context: ferry-test-no-such-context }",
+        );
+        // Without the feature, or with no such context: an error, but the environment is
+        // known as a Kubernetes one.
+        assert!(
+            runtimes
+                .configure_kubernetes(&kube, "production", &EnvSecrets::default())
+                .await
+                .is_err()
+        );
+        assert!(runtimes.kubernetes_of("shop", "production").is_some());
+        let local = kube_manifest("runtime: process");
+        runtimes
+            .configure_kubernetes(&local, "production", &EnvSecrets::default())
+            .await
+            .expect("nothing to do for a process environment");
+        assert!(runtimes.kubernetes_of("shop", "production").is_none());
     }
 
     /// A replica whose pid was never recorded (the server died between starting it and

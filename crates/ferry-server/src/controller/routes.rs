@@ -4,6 +4,7 @@
 //! `traffic: gateway` split on the cluster, then pushes through `proxy_link::DataPlane` and
 //! writes the traffic lines.
 
+use ferry_core::manifest::kubernetes::Kubernetes;
 use ferry_core::model::EventKind;
 use ferry_core::rollout::ServiceInput;
 use ferry_store::ReplicaRecord;
@@ -47,6 +48,8 @@ impl Controller {
         let acknowledged = self.proxy.acknowledged();
         let mut listeners = Vec::new();
         let mut summaries = Vec::new();
+        // Environments served by proxy pods, by the manifest they are routed by.
+        let mut fleets = Vec::new();
         for (app, manifest) in apps.values() {
             for (env_name, _) in manifest.environments.iter() {
                 let state = env_state(states, &app.name, env_name);
@@ -57,6 +60,10 @@ impl Controller {
                 let serving = self
                     .edge_manifest(app, deployment, state.current_revision)
                     .await;
+                let edge = serving.clone().unwrap_or_else(|| manifest.clone());
+                if Kubernetes::proxy_fleet_of(&edge, env_name).is_some() {
+                    fleets.push((edge, env_name.to_string()));
+                }
                 let observed: Vec<Replica> = replicas
                     .iter()
                     .filter(|r| r.app == app.name && r.env == env_name)
@@ -115,6 +122,11 @@ impl Controller {
                 }
             }
         }
+        // Before the push: the table's split must know every fleet environment, even one
+        // whose pods do not exist yet (its listeners never go to the local proxy).
+        let fleets: Vec<(&ferry_core::manifest::Manifest, &str)> =
+            fleets.iter().map(|(m, env)| (m.as_ref(), env.as_str())).collect();
+        self.runtime.serve_fleets(&fleets).await;
         let announced = lock(&self.traffic_summary).clone();
         let push = decide::push(acknowledged.as_ref(), listeners, &announced, summaries);
         let Some(table) = push.table else {
