@@ -30,6 +30,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
     PatchParams, PostParams, Preconditions, PropagationPolicy, WatchEvent, WatchParams,
@@ -384,7 +385,7 @@ impl Cluster {
     }
 
     /// Applies an environment's proxy fleet ([`crate::proxy`]): its namespace, the admin
-    /// token's Secret, then the Services and the Deployment.
+    /// token's Secret, then the Services, the NetworkPolicy and the Deployment.
     pub async fn apply_proxy(
         &self,
         namespace: &Namespace,
@@ -399,6 +400,17 @@ impl Cluster {
                 .await?;
         }
         let ns = fleet
+            .network_policy
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_default();
+        self.apply(
+            &self.namespaced::<NetworkPolicy>(&ns),
+            &fleet.network_policy,
+        )
+        .await?;
+        let ns = fleet
             .deployment
             .metadata
             .namespace
@@ -410,7 +422,7 @@ impl Cluster {
     }
 
     /// Deletes an environment's proxy fleet (its namespace's `ferry-proxy` Deployment, client
-    /// and admin Services, route table ConfigMap and token Secret) — each only if its labels
+    /// and admin Services, route table ConfigMap, token Secret and NetworkPolicy) — each only if its labels
     /// say it is that fleet's (`ferry.dev/proxy` = `proxy_label`, managed by `ferry`):
     /// read first (no `list`, so Ferry needs no right to list Secrets), then deleted with
     /// the `uid` it read as a precondition (an object replaced in between is not touched: a
@@ -435,6 +447,8 @@ impl Cluster {
             self.delete_owned::<ConfigMap>(namespace, proxy::ROUTES_CONFIG_MAP, proxy_label)
                 .await?,
             self.delete_owned::<Secret>(namespace, proxy::ADMIN_SECRET, proxy_label)
+                .await?,
+            self.delete_owned::<NetworkPolicy>(namespace, proxy::ADMIN_POLICY, proxy_label)
                 .await?,
         ] {
             deleted += usize::from(done);
@@ -462,8 +476,14 @@ impl Cluster {
             return Ok(false);
         };
         let meta = live.meta();
-        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str);
-        if label(proxy::LABEL_PROXY) != Some(proxy_label) || label(LABEL_MANAGED_BY) != Some("ferry")
+        let label = |key: &str| {
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .map(String::as_str)
+        };
+        if label(proxy::LABEL_PROXY) != Some(proxy_label)
+            || label(LABEL_MANAGED_BY) != Some("ferry")
         {
             tracing::warn!(object = %what, %namespace, "not a Ferry proxy object of this environment (labels): left alone");
             return Ok(false);

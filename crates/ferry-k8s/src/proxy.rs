@@ -12,6 +12,9 @@
 //!   exposing the environment's `listen` port (and a blue/green `preview_listen`) to clients;
 //! - a headless `Service` `ferry-proxy-admin` whose EndpointSlices tell the server where the
 //!   ready proxy pods are (it pushes every route table to each of them);
+//! - a `NetworkPolicy` `ferry-proxy-admin`: the pods' admin port takes connections from the
+//!   Ferry server's pods only (`app.kubernetes.io/name: ferry` in the server's namespace),
+//!   their listeners from anyone;
 //! - the `ConfigMap` with the last route table ([`routes_config_map`]) and the `Secret` with
 //!   the admin token ([`admin_secret`]), both written by the server only.
 //!
@@ -32,6 +35,10 @@ use k8s_openapi::api::core::v1::{
     EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
     SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -56,6 +63,12 @@ pub const LABEL_PROXY: &str = "ferry.dev/proxy";
 pub const PROXY_UID: i64 = 10001;
 /// The name of the admin port (the EndpointSlices of [`ADMIN_SERVICE`] carry it).
 pub const ADMIN_PORT_NAME: &str = "admin";
+/// The NetworkPolicy that keeps the admin port to the Ferry server's pods.
+pub const ADMIN_POLICY: &str = "ferry-proxy-admin";
+/// The namespace Ferry's own manifests (deploy/kubernetes/ferry.yaml) run the server in.
+pub const DEFAULT_SERVER_NAMESPACE: &str = "ferry-system";
+/// The label (name, value) of the Ferry server's pods (deploy/kubernetes/ferry.yaml).
+pub const SERVER_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "ferry");
 /// How long a stopping proxy pod may drain its connections (the proxy's own drain is 30 s).
 pub const PROXY_GRACE_SECONDS: i64 = 35;
 
@@ -75,12 +88,15 @@ pub fn default_image() -> String {
 pub struct ProxyObjects {
     /// `ferry-proxy` (clients) then `ferry-proxy-admin` (headless, for the server).
     pub services: Vec<Service>,
+    /// Applied before the Deployment: no pod is ever without it.
+    pub network_policy: NetworkPolicy,
     pub deployment: Deployment,
 }
 
 impl ProxyObjects {
     pub fn to_values(&self) -> Vec<serde_json::Value> {
         let mut out: Vec<serde_json::Value> = self.services.iter().map(to_value).collect();
+        out.push(to_value(&self.network_policy));
         out.push(to_value(&self.deployment));
         out
     }
@@ -140,11 +156,13 @@ pub fn listener_ports(manifest: &Manifest, env: &str) -> Result<Vec<(String, u16
 }
 
 /// The proxy fleet of `env` (see the module documentation). `default_image` is used when
-/// the manifest names none.
+/// the manifest names none; `server_namespace` is where the Ferry server's pods run (the
+/// only ones the NetworkPolicy lets reach the admin port).
 pub fn proxy_objects(
     manifest: &Manifest,
     env: &str,
     default_image: &str,
+    server_namespace: &str,
 ) -> Result<ProxyObjects, ObjectError> {
     let fleet =
         Kubernetes::proxy_fleet_of(manifest, env).ok_or_else(|| ObjectError::NotProxyTraffic {
@@ -338,6 +356,7 @@ pub fn proxy_objects(
         ]),
         ..PodSpec::default()
     };
+    let network_policy = admin_policy(&namespace, &labels, &selector, &ports, server_namespace);
     let deployment = Deployment {
         metadata: meta(PROXY_NAME.to_string(), &namespace, labels.clone()),
         spec: Some(DeploymentSpec {
@@ -368,8 +387,65 @@ pub fn proxy_objects(
     };
     Ok(ProxyObjects {
         services: vec![clients, admin],
+        network_policy,
         deployment,
     })
+}
+
+/// The proxy pods' ingress: the admin port from the Ferry server's pods only (those labelled
+/// [`SERVER_POD_LABEL`] in `server_namespace`), the listeners' ports from anyone. (Most
+/// network plugins let the node's kubelet probe a pod whatever the policy says.)
+fn admin_policy(
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+    ports: &[(String, u16)],
+    server_namespace: &str,
+) -> NetworkPolicy {
+    let port = |port: u16| NetworkPolicyPort {
+        protocol: Some("TCP".to_string()),
+        port: Some(IntOrString::Int(i32::from(port))),
+        ..NetworkPolicyPort::default()
+    };
+    let server = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                server_namespace.to_string(),
+            )])),
+            ..LabelSelector::default()
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                SERVER_POD_LABEL.0.to_string(),
+                SERVER_POD_LABEL.1.to_string(),
+            )])),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    NetworkPolicy {
+        metadata: meta(ADMIN_POLICY.to_string(), namespace, labels.clone()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![server]),
+                    ports: Some(vec![port(PROXY_ADMIN_PORT)]),
+                },
+                // No `from`: any source.
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(ports.iter().map(|(_, p)| port(*p)).collect()),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
 }
 
 /// The ConfigMap holding `routes_json`, the last route table the server pushed (what a

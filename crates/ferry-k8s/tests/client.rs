@@ -495,6 +495,7 @@ impl Fake {
 const NS: &str = "/api/v1/namespaces/shop-staging";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/shop-staging/deployments";
 const SERVICES: &str = "/api/v1/namespaces/shop-staging/services";
+const POLICIES: &str = "/apis/networking.k8s.io/v1/namespaces/shop-staging/networkpolicies";
 
 #[tokio::test]
 async fn a_release_is_applied_in_order_once_and_then_left_alone() {
@@ -1989,7 +1990,13 @@ async fn the_proxy_fleet_is_applied_its_table_saved_and_its_ready_pods_found() {
     let fake = Fake::default();
     let cluster = Cluster::new(fake.client());
     let manifest = common::manifest();
-    let fleet = proxy::proxy_objects(&manifest, "staging", "ferry:1").expect("fleet");
+    let fleet = proxy::proxy_objects(
+        &manifest,
+        "staging",
+        "ferry:1",
+        proxy::DEFAULT_SERVER_NAMESPACE,
+    )
+    .expect("fleet");
     let namespace = objects::namespace(&manifest, "staging");
     let token = proxy::admin_secret(&manifest, "staging", "t0k3n");
     assert_eq!(
@@ -2016,6 +2023,7 @@ async fn the_proxy_fleet_is_applied_its_table_saved_and_its_ready_pods_found() {
             format!("PATCH {NS}/secrets/ferry-proxy-admin"),
             format!("PATCH {SERVICES}/ferry-proxy"),
             format!("PATCH {SERVICES}/ferry-proxy-admin"),
+            format!("PATCH {POLICIES}/ferry-proxy-admin"),
             format!("PATCH {DEPLOYMENTS}/ferry-proxy"),
         ]
     );
@@ -2078,7 +2086,13 @@ async fn a_retired_proxy_fleet_is_deleted_by_its_labels_only() {
     let fake = Fake::default();
     let cluster = Cluster::new(fake.client());
     let manifest = common::manifest();
-    let fleet = proxy::proxy_objects(&manifest, "staging", "ferry:1").expect("fleet");
+    let fleet = proxy::proxy_objects(
+        &manifest,
+        "staging",
+        "ferry:1",
+        proxy::DEFAULT_SERVER_NAMESPACE,
+    )
+    .expect("fleet");
     let apply = || async {
         cluster
             .apply_proxy(
@@ -2113,7 +2127,7 @@ async fn a_retired_proxy_fleet_is_deleted_by_its_labels_only() {
             .delete_proxy("shop-staging", &label)
             .await
             .expect("deleted"),
-        4
+        5
     );
     let deletes: Vec<Seen> = fake
         .requests()
@@ -2127,14 +2141,12 @@ async fn a_retired_proxy_fleet_is_deleted_by_its_labels_only() {
             format!("DELETE {SERVICES}/ferry-proxy"),
             format!("DELETE {NS}/configmaps/ferry-proxy-routes"),
             format!("DELETE {NS}/secrets/ferry-proxy-admin"),
+            format!("DELETE {POLICIES}/ferry-proxy-admin"),
         ],
         "reads, then only the fleet's own objects are deleted"
     );
     for delete in &deletes {
-        assert_eq!(
-            delete.body["propagationPolicy"], "Background",
-            "{delete:?}"
-        );
+        assert_eq!(delete.body["propagationPolicy"], "Background", "{delete:?}");
         assert_eq!(
             delete.body["preconditions"]["uid"],
             format!("uid-{}", delete.path),

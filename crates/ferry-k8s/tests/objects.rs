@@ -249,7 +249,13 @@ fn what_cannot_be_built_is_named() {
 fn the_proxy_fleet_of_a_traffic_proxy_environment() {
     use ferry_k8s::proxy;
     let manifest = manifest();
-    let fleet = proxy::proxy_objects(&manifest, "staging", "ferry:9").expect("staging's proxy");
+    let fleet = proxy::proxy_objects(
+        &manifest,
+        "staging",
+        "ferry:9",
+        proxy::DEFAULT_SERVER_NAMESPACE,
+    )
+    .expect("staging's proxy");
     let values = fleet.to_values();
     let kinds: Vec<(&str, &str)> = values
         .iter()
@@ -265,6 +271,7 @@ fn the_proxy_fleet_of_a_traffic_proxy_environment() {
         [
             ("Service", "ferry-proxy"),
             ("Service", "ferry-proxy-admin"),
+            ("NetworkPolicy", "ferry-proxy-admin"),
             ("Deployment", "ferry-proxy")
         ]
     );
@@ -286,7 +293,33 @@ fn the_proxy_fleet_of_a_traffic_proxy_environment() {
     assert_eq!(values[1]["spec"]["clusterIP"], "None");
     assert_eq!(values[1]["spec"]["ports"][0]["port"], 9901);
     assert_eq!(values[1]["spec"]["selector"], values[0]["spec"]["selector"]);
-    let deployment = &values[2];
+    // The admin port only from the Ferry server's pods (in the server's namespace); the
+    // listeners from anyone; no other ingress to the proxy pods.
+    let policy = &values[2];
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        values[0]["spec"]["selector"]
+    );
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    assert_eq!(
+        policy["spec"]["ingress"],
+        serde_json::json!([
+            { "from": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "ferry-system" } },
+                         "podSelector": { "matchLabels": { "app.kubernetes.io/name": "ferry" } } }],
+              "ports": [{ "protocol": "TCP", "port": 9901 }] },
+            { "ports": [{ "protocol": "TCP", "port": 18080 }] }
+        ])
+    );
+    let elsewhere = proxy::proxy_objects(&manifest, "staging", "ferry:9", "ops").expect("proxy");
+    assert_eq!(
+        elsewhere.to_values()[2]["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
+            ["kubernetes.io/metadata.name"],
+        "ops"
+    );
+    let deployment = &values[3];
     assert_eq!(deployment["spec"]["replicas"], 2);
     assert_eq!(
         deployment["spec"]["selector"]["matchLabels"],
@@ -325,16 +358,27 @@ fn the_proxy_fleet_of_a_traffic_proxy_environment() {
             "    vars:\n      LOG_LEVEL: debug\n    kubernetes:\n      proxy: { image: 'reg.example.com/ferry:2', replicas: 4, service_type: LoadBalancer }\n",
         );
     let custom = ferry_core::manifest::parse(&text, "shop.yaml").expect("valid");
-    let fleet = proxy::proxy_objects(&custom, "staging", "ferry:9").expect("proxy");
+    let fleet = proxy::proxy_objects(
+        &custom,
+        "staging",
+        "ferry:9",
+        proxy::DEFAULT_SERVER_NAMESPACE,
+    )
+    .expect("proxy");
     let values = fleet.to_values();
     assert_eq!(values[0]["spec"]["type"], "LoadBalancer");
-    assert_eq!(values[2]["spec"]["replicas"], 4);
+    assert_eq!(values[3]["spec"]["replicas"], 4);
     assert_eq!(
-        values[2]["spec"]["template"]["spec"]["containers"][0]["image"],
+        values[3]["spec"]["template"]["spec"]["containers"][0]["image"],
         "reg.example.com/ferry:2"
     );
     assert!(matches!(
-        proxy::proxy_objects(&manifest, "production", "ferry:9"),
+        proxy::proxy_objects(
+            &manifest,
+            "production",
+            "ferry:9",
+            proxy::DEFAULT_SERVER_NAMESPACE
+        ),
         Err(ObjectError::NotProxyTraffic { .. })
     ));
     // The table and the token go only where they belong.

@@ -76,6 +76,7 @@ fn every_generated_object_is_valid_for_every_supported_kubernetes_version() {
             "Deployment",
             "Job",
             "Namespace",
+            "NetworkPolicy",
             "Secret",
             "Service"
         ],

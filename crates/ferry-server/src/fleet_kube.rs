@@ -28,18 +28,27 @@ pub struct KubePods {
     env: String,
     manifest: Mutex<Manifest>,
     default_image: String,
+    /// Where the server's own pods run (the NetworkPolicy admits them to the admin port).
+    server_namespace: String,
     token: tokio::sync::OnceCell<String>,
     /// What was applied last (the objects as JSON) and when.
     applied: Mutex<Option<(String, Instant)>>,
 }
 
 impl KubePods {
-    pub fn new(cluster: Cluster, manifest: &Manifest, env: &str, default_image: String) -> Self {
+    pub fn new(
+        cluster: Cluster,
+        manifest: &Manifest,
+        env: &str,
+        default_image: String,
+        server_namespace: String,
+    ) -> Self {
         KubePods {
             cluster,
             env: env.to_string(),
             manifest: Mutex::new(manifest.clone()),
             default_image,
+            server_namespace,
             token: tokio::sync::OnceCell::new(),
             applied: Mutex::new(None),
         }
@@ -73,8 +82,13 @@ impl KubePods {
 
     async fn ensure_applied(&self) -> Result<(), ServerError> {
         let manifest = self.manifest();
-        let fleet = proxy::proxy_objects(&manifest, &self.env, &self.default_image)
-            .map_err(|e| kube_error("the proxy pods' objects", e))?;
+        let fleet = proxy::proxy_objects(
+            &manifest,
+            &self.env,
+            &self.default_image,
+            &self.server_namespace,
+        )
+        .map_err(|e| kube_error("the proxy pods' objects", e))?;
         let key = serde_json::Value::Array(fleet.to_values()).to_string();
         if lock(&self.applied)
             .as_ref()

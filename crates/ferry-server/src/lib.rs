@@ -101,6 +101,9 @@ pub struct ServerConfig {
     pub run_as: Option<String>,
     /// The ports replicas and the proxy's admin API get (`--ports`; None: anywhere).
     pub ports: Option<ferry_runtime::PortRange>,
+    /// The image of `traffic: proxy` environments' proxy pods when their manifest names
+    /// none (`--proxy-image` / `$FERRY_PROXY_IMAGE`; None: Ferry's own, `ferry:VERSION`).
+    pub proxy_image: Option<String>,
     /// The notification dispatcher's retry base and retention.
     pub notify: NotifySettings,
     /// This server's id among several sharing the database, and its lease's TTL.
@@ -169,6 +172,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let process = ProcessRuntime::new(data_dir.join("logs"), MAX_LOG_BYTES);
     process.set_log_filter(config.ferry_exe.clone());
     let runtime = runtimes::Runtimes::new(process, data_dir.display().to_string());
+    runtime.set_proxy_image(config.proxy_image.clone());
     // Each environment's listeners go to the local proxy or to its proxy pods.
     let planes = fleet::Planes::new(proxy.clone(), Arc::new(runtime.clone()));
     let controller = controller::Controller::new(

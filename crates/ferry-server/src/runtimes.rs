@@ -86,6 +86,8 @@ struct Inner {
     owner: String,
     socket: PathBuf,
     events: broadcast::Sender<RuntimeEvent>,
+    /// The proxy pods' image when their manifest names none ([`Runtimes::set_proxy_image`]).
+    proxy_image: Mutex<Option<String>>,
     /// `runtime: kubernetes` environments (app, env) and their kubeconfig context.
     kube_envs: Mutex<BTreeMap<(String, String), Option<String>>>,
     /// One Kubernetes runtime per context (None: the current one, or in-cluster).
@@ -112,6 +114,8 @@ struct Fleets {
     live: BTreeMap<EnvKey, ProxyFleet>,
     /// Fleets no longer served whose objects are still to be deleted (retried every pass).
     retiring: BTreeMap<EnvKey, (Place, Arc<crate::fleet_kube::KubePods>)>,
+    /// Torn down: no fleet is made again (a pass still in flight serves none).
+    closed: bool,
 }
 
 /// Where a fleet's objects are: the kubeconfig context and the namespace.
@@ -129,14 +133,17 @@ struct ProxyFleet {
     fleet: Arc<crate::fleet::Fleet>,
 }
 
-/// The image of the proxy pods when the manifest names none: `$FERRY_PROXY_IMAGE`, else
-/// Ferry's own image at this version.
+/// The namespace the server's own pod runs in (its service account's), else Ferry's
+/// default (`ferry-system`, as deploy/kubernetes/ferry.yaml has it): the only one whose
+/// `app.kubernetes.io/name: ferry` pods the proxy pods' NetworkPolicy admits to their admin
+/// port.
 #[cfg(feature = "kubernetes")]
-fn proxy_image() -> String {
-    std::env::var("FERRY_PROXY_IMAGE")
+fn server_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
         .ok()
-        .filter(|image| ferry_core::manifest::kubernetes::is_image(image))
-        .unwrap_or_else(ferry_k8s::proxy::default_image)
+        .map(|ns| ns.trim().to_string())
+        .filter(|ns| ferry_core::manifest::kubernetes::is_dns_label(ns))
+        .unwrap_or_else(|| ferry_k8s::proxy::DEFAULT_SERVER_NAMESPACE.to_string())
 }
 
 impl Runtimes {
@@ -166,6 +173,7 @@ impl Runtimes {
                 owner,
                 socket,
                 events,
+                proxy_image: Mutex::new(None),
                 kube_envs: Mutex::new(BTreeMap::new()),
                 #[cfg(feature = "kubernetes")]
                 kube: Mutex::new(BTreeMap::new()),
@@ -175,6 +183,13 @@ impl Runtimes {
                 fleets: Mutex::new(Fleets::default()),
             }),
         }
+    }
+
+    /// The image of the proxy pods of `traffic: proxy` environments whose manifest names
+    /// none (`ferry server --proxy-image`, or `$FERRY_PROXY_IMAGE`); `None`: Ferry's own image
+    /// at this version. Fleets made from now on use it.
+    pub fn set_proxy_image(&self, image: Option<String>) {
+        *crate::lock(&self.inner.proxy_image) = image;
     }
 
     /// The Docker runtime, connected on first use.
@@ -304,8 +319,10 @@ impl Runtimes {
     pub async fn serve_fleets(&self, serving: &[(&Manifest, &str)]) {
         #[cfg(feature = "kubernetes")]
         {
+            let closed = crate::lock(&self.inner.fleets).closed;
             let wanted: Vec<(EnvKey, Place, &Manifest)> = serving
                 .iter()
+                .filter(|_| !closed)
                 .map(|(manifest, env)| {
                     let place = Place {
                         context: manifest
@@ -324,6 +341,7 @@ impl Runtimes {
                     serving,
                     live,
                     retiring,
+                    ..
                 } = &mut *fleets;
                 *serving = wanted.iter().map(|(key, _, _)| key.clone()).collect();
                 // No longer served, or moved (another cluster or namespace): retired.
@@ -363,12 +381,16 @@ impl Runtimes {
                     kube.cluster().clone(),
                     manifest,
                     &key.1,
-                    proxy_image(),
+                    crate::lock(&self.inner.proxy_image)
+                        .clone()
+                        .unwrap_or_else(ferry_k8s::proxy::default_image),
+                    server_namespace(),
                 ));
                 let fleet = Arc::new(crate::fleet::Fleet::new(pods.clone()));
-                crate::lock(&self.inner.fleets)
-                    .live
-                    .insert(key, ProxyFleet { place, pods, fleet });
+                let mut fleets = crate::lock(&self.inner.fleets);
+                if !fleets.closed {
+                    fleets.live.insert(key, ProxyFleet { place, pods, fleet });
+                }
             }
             self.delete_retired().await;
         }
@@ -799,7 +821,11 @@ impl crate::fleet::FleetDirectory for Runtimes {
     }
 
     fn remove_all(&self) -> ferry_runtime::BoxFuture<'_, ()> {
-        // A teardown: every fleet is retired, its objects deleted.
+        // A teardown: every fleet is retired, its objects deleted, and none made again.
+        #[cfg(feature = "kubernetes")]
+        {
+            crate::lock(&self.inner.fleets).closed = true;
+        }
         Box::pin(self.serve_fleets(&[]))
     }
 }

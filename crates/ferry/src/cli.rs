@@ -148,6 +148,11 @@ enum Command {
         /// whose firewall allows only a range; default: any free port).
         #[arg(long, env = "FERRY_PORTS", value_name = "FIRST-LAST")]
         ports: Option<ferry_runtime::PortRange>,
+        /// The image of the proxy pods of `runtime: kubernetes`, `traffic: proxy`
+        /// environments whose manifest names none (`kubernetes.proxy.image` wins; default
+        /// ferry:VERSION).
+        #[arg(long, env = "FERRY_PROXY_IMAGE", value_name = "IMAGE", value_parser = serve::parse_image)]
+        proxy_image: Option<String>,
         #[command(flatten)]
         notify: serve::NotifyArgs,
         #[command(flatten)]
@@ -686,6 +691,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database,
             run_as,
             ports,
+            proxy_image,
             notify,
             leader,
         } => {
@@ -695,6 +701,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 database,
                 run_as,
                 ports,
+                proxy_image,
                 notify.settings()?,
                 leader.settings()?,
             )
@@ -973,6 +980,23 @@ mod tests {
             }
             other => panic!("parsed {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_proxy_pods_image_is_checked_when_the_server_starts() {
+        let server = |image: &str| {
+            Cli::try_parse_from(["ferry", "server", "--data", "d", "--proxy-image", image])
+        };
+        let cli = server("registry.example.com/ferry:1.4.0").unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Server { proxy_image: Some(ref i), .. } if i == "registry.example.com/ferry:1.4.0"
+        ));
+        let error = server("ferry 1.4").unwrap_err().to_string();
+        assert!(
+            error.contains("--proxy-image") && error.contains("without spaces"),
+            "{error}"
+        );
     }
 
     #[test]

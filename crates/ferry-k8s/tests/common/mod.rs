@@ -68,9 +68,14 @@ pub fn every_object(manifest: &Manifest, env: &str) -> Vec<serde_json::Value> {
     values.push(serde_json::to_value(job).expect("job JSON"));
     if manifest::kubernetes::Kubernetes::proxy_fleet_of(manifest, env).is_some() {
         values.extend(
-            proxy::proxy_objects(manifest, env, "registry.example.com/ferry:1.0.0")
-                .expect("proxy objects")
-                .to_values(),
+            proxy::proxy_objects(
+                manifest,
+                env,
+                "registry.example.com/ferry:1.0.0",
+                proxy::DEFAULT_SERVER_NAMESPACE,
+            )
+            .expect("proxy objects")
+            .to_values(),
         );
         values.push(
             serde_json::to_value(proxy::routes_config_map(manifest, env, ROUTES))

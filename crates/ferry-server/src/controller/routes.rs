@@ -124,8 +124,10 @@ impl Controller {
         }
         // Before the push: the table's split must know every fleet environment, even one
         // whose pods do not exist yet (its listeners never go to the local proxy).
-        let fleets: Vec<(&ferry_core::manifest::Manifest, &str)> =
-            fleets.iter().map(|(m, env)| (m.as_ref(), env.as_str())).collect();
+        let fleets: Vec<(&ferry_core::manifest::Manifest, &str)> = fleets
+            .iter()
+            .map(|(m, env)| (m.as_ref(), env.as_str()))
+            .collect();
         self.runtime.serve_fleets(&fleets).await;
         let announced = lock(&self.traffic_summary).clone();
         let push = decide::push(acknowledged.as_ref(), listeners, &announced, summaries);

@@ -123,6 +123,7 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
             &manifest,
             &args.env,
             &ferry_k8s::proxy::default_image(),
+            ferry_k8s::proxy::DEFAULT_SERVER_NAMESPACE,
         )
         .map_err(|e| invalid(e.to_string()))?;
         out.push_str(&format!(

@@ -120,6 +120,7 @@ pub async fn run(
         None,
         None,
         None,
+        None,
         Default::default(),
         Default::default(),
     )

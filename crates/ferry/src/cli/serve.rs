@@ -109,13 +109,24 @@ impl LeaderArgs {
     }
 }
 
+/// `--proxy-image`: an image reference as a manifest's `kubernetes.proxy.image` may be.
+pub fn parse_image(image: &str) -> Result<String, String> {
+    if ferry_core::manifest::kubernetes::is_image(image) {
+        Ok(image.to_string())
+    } else {
+        Err("an image is 1 to 512 characters, without spaces or control characters".to_string())
+    }
+}
+
 /// Starts the server in this process (the `ferry` executable is reused for the proxy).
+#[allow(clippy::too_many_arguments)]
 pub async fn start_server(
     data: &Path,
     listen: SocketAddr,
     database_url: Option<String>,
     run_as: Option<String>,
     ports: Option<ferry_runtime::PortRange>,
+    proxy_image: Option<String>,
     notify: ferry_server::NotifySettings,
     leader: ferry_server::LeaderSettings,
 ) -> anyhow::Result<ferry_server::Server> {
@@ -127,6 +138,7 @@ pub async fn start_server(
         database_url,
         run_as,
         ports,
+        proxy_image,
         notify,
         leader,
     })
@@ -134,12 +146,14 @@ pub async fn start_server(
     .map_err(|e| Failure::new(exit::ERROR, format!("cannot start the Ferry server: {e}")).into())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn server(
     data: PathBuf,
     listen: SocketAddr,
     database: Option<String>,
     run_as: Option<String>,
     ports: Option<ferry_runtime::PortRange>,
+    proxy_image: Option<String>,
     notify: ferry_server::NotifySettings,
     leader: ferry_server::LeaderSettings,
 ) -> anyhow::Result<()> {
@@ -148,7 +162,17 @@ pub async fn server(
         None => "SQLite, in the data directory".to_string(),
     };
     let server_id = leader.server_id.clone();
-    let server = start_server(&data, listen, database, run_as, ports, notify, leader).await?;
+    let server = start_server(
+        &data,
+        listen,
+        database,
+        run_as,
+        ports,
+        proxy_image,
+        notify,
+        leader,
+    )
+    .await?;
     let data_abs = std::fs::canonicalize(&data).unwrap_or(data);
     let token_file = data_abs.join("admin.token");
     println!("Ferry API on http://{}", server.addr());
