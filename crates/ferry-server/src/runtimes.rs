@@ -327,7 +327,7 @@ impl Runtimes {
                     let place = Place {
                         context: manifest
                             .environments
-                            .get(*env)
+                            .get(env)
                             .and_then(|e| e.kubernetes.as_ref())
                             .and_then(|k| k.context.clone()),
                         namespace: ferry_k8s::objects::namespace_name(manifest, env),

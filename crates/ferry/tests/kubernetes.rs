@@ -8,6 +8,7 @@
 //!   local proxy —, a canary's requests through a pod are split by its weight, a rollback
 //!   puts them back, and the fleet's objects are deleted when the environment leaves the
 //!   manifest and at a teardown.
+//!
 //! What this proves and what it does not: docs/kubernetes.md.
 
 mod common;
