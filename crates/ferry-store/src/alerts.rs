@@ -58,7 +58,7 @@ impl Store {
     /// Replaces the stored alerts of `rule` in app/env with `write.alerts`, appends its
     /// history lines, enqueues its notifications in the outbox and opens or restores its
     /// incidents, in one transaction: a restart finds all or none (a firing alert is never
-    /// stored without its notification, nor a resolve).
+    /// stored without its notification, nor a resolve). Fenced ([`Store::set_fence`]).
     pub async fn save_alerts(
         &self,
         app: &str,
@@ -69,6 +69,7 @@ impl Store {
     ) -> Result<()> {
         let op = || format!("saving the alerts of {rule} in {app}/{env}");
         let mut tx = self.pool.begin().await.ctx(op)?;
+        self.check_fence(&mut tx).await?;
         sqlx::query("DELETE FROM alert_states WHERE app = $1 AND env = $2 AND rule = $3")
             .bind(app)
             .bind(env)

@@ -421,7 +421,8 @@ impl Store {
 
     /// Stores `next` as the new state of guarded rollout `current` if nobody wrote it since
     /// (`current.seq`), and in the same transaction writes the flag as `write` says (its
-    /// `decide` may refuse: nothing is written). `false` when nothing was written.
+    /// `decide` may refuse: nothing is written). `false` when nothing was written. Fenced
+    /// ([`Store::set_fence`]: a guard step is applied by the leader only).
     pub async fn update_flag_guard(
         &self,
         current: &FlagGuardRecord,
@@ -433,6 +434,7 @@ impl Store {
         let op = || format!("updating guarded rollout {} of {flag}", current.id);
         let json = serde_json::to_string(next).map_err(|e| corrupt(&op(), e))?;
         let mut tx = self.pool.begin().await.ctx(op)?;
+        self.check_fence(&mut tx).await?;
         if let Some((meta, decide)) = write {
             let written = write_flags_in(
                 &mut tx,

@@ -46,7 +46,8 @@ macro_rules! hook_cols {
 
 impl Store {
     /// Records an attempt as `running`. `Conflict` when this attempt was already recorded
-    /// (so an attempt can never start twice).
+    /// (so an attempt can never start twice), or when the fence no longer holds
+    /// ([`Store::set_fence`]: a server that lost the lease starts no hook).
     pub async fn start_hook_run(&self, r: &NewHookRun) -> Result<HookRunRecord> {
         let op = || {
             format!(
@@ -54,6 +55,8 @@ impl Store {
                 r.hook, r.phase, r.attempt, r.deployment_id
             )
         };
+        let mut tx = self.pool.begin().await.ctx(op)?;
+        self.check_fence(&mut tx).await?;
         let row = sqlx::query(concat!(
             "INSERT INTO hook_runs (deployment_id, phase, hook, attempt, state, started_at_ms, \
              output_path, migration) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
@@ -67,10 +70,12 @@ impl Store {
         .bind(r.now_ms)
         .bind(r.output_path.as_deref())
         .bind(r.migration.as_deref())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .ctx(op)?;
-        run_from_row(&row)
+        let run = run_from_row(&row)?;
+        tx.commit().await.ctx(op)?;
+        Ok(run)
     }
 
     /// Records the process of a running attempt (for adoption checks after a crash).

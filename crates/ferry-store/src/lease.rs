@@ -290,10 +290,14 @@ impl Store {
         row.as_ref().map(lease_from_row).transpose()
     }
 
-    /// From now on every deployment transition through this store (and its clones) commits
-    /// only while `fence`'s holder still holds the lease with its token, unexpired (checked
-    /// in the transition's own transaction; on PostgreSQL the lease row is locked `FOR
-    /// SHARE` until the commit, so a takeover waits for it). `None` lifts it.
+    /// From now on the leader's writes through this store (and its clones) commit only while
+    /// `fence`'s holder still holds the lease with its token, unexpired (checked in the
+    /// write's own transaction; on PostgreSQL the lease row is locked `FOR SHARE` until the
+    /// commit, so a takeover waits for it): every deployment transition, and the writes
+    /// whose double execution a user would see — a replica's row (written before it
+    /// starts), a hook attempt's (before it runs), a notification delivery's claim (before
+    /// it is sent), the alerts of a rule with their notifications, a guarded flag
+    /// rollout's step. `None` lifts it.
     pub fn set_fence(&self, fence: Option<Fence>) {
         *self
             .fence

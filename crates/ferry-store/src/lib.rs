@@ -1188,7 +1188,11 @@ impl Store {
     // -- replicas -----------------------------------------------------------------------------
 
     /// Records a replica. `Conflict` if the id exists.
+    /// Fenced ([`Store::set_fence`]): a replica is started only by the leader.
     pub async fn insert_replica(&self, r: &ReplicaRecord) -> Result<()> {
+        let op = || format!("recording replica {}", r.id);
+        let mut tx = self.pool.begin().await.ctx(op)?;
+        self.check_fence(&mut tx).await?;
         sqlx::query(concat!(
             "INSERT INTO replicas (",
             replica_cols!(),
@@ -1206,9 +1210,10 @@ impl Store {
         .bind(i64::from(r.draining))
         .bind(r.deployment_id)
         .bind(r.created_at_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .ctx(|| format!("recording replica {}", r.id))?;
+        .ctx(op)?;
+        tx.commit().await.ctx(op)?;
         Ok(())
     }
 

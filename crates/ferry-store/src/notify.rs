@@ -467,8 +467,12 @@ impl Store {
     /// Claims an attempt of delivery `id` before it is made: counts it and schedules the
     /// next one at `retry_at_ms` (so a crash during the attempt retries it then). `false`
     /// when the delivery is no longer pending with `attempts` attempts (someone else
-    /// claimed it).
+    /// claimed it); `Conflict` when the fence no longer holds ([`Store::set_fence`]: a server
+    /// that lost the lease sends nothing).
     pub async fn claim_delivery(&self, id: i64, attempts: i64, retry_at_ms: i64) -> Result<bool> {
+        let op = || format!("claiming delivery {id}");
+        let mut tx = self.pool.begin().await.ctx(op)?;
+        self.check_fence(&mut tx).await?;
         let done = sqlx::query(
             "UPDATE notification_deliveries SET attempts = attempts + 1, next_attempt_at_ms = $1 \
              WHERE id = $2 AND attempts = $3 AND state = $4",
@@ -477,9 +481,10 @@ impl Store {
         .bind(id)
         .bind(attempts)
         .bind(DeliveryState::Pending.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .ctx(|| format!("claiming delivery {id}"))?;
+        .ctx(op)?;
+        tx.commit().await.ctx(op)?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -3651,6 +3651,7 @@ on_every_engine!(
     concurrent_acquisitions_grant_the_lease_once,
     one_server_id_in_two_processes_is_two_holders,
     transitions_commit_only_under_the_fence,
+    the_leaders_visible_writes_commit_only_under_the_fence,
     a_wake_up_reaches_every_listening_server,
 );
 
@@ -4601,6 +4602,164 @@ pub async fn transitions_commit_only_under_the_fence(store: Store, _url: String)
         .await
         .unwrap();
     assert_eq!(done.state, DeploymentState::Succeeded);
+}
+
+/// Besides transitions, the leader's writes whose double execution a user would see are
+/// fenced: a replica's row (written before it starts), a hook attempt (before it runs), a
+/// delivery's claim (before it is sent), a rule's alerts with their notifications, a guarded
+/// rollout's step. A server that lost the lease writes none of them; without a fence (a
+/// follower's API) they go on.
+pub async fn the_leaders_visible_writes_commit_only_under_the_fence(store: Store, _url: String) {
+    use ferry_core::flags::guard;
+    use ferry_core::hooks::HookPhase;
+    use ferry_store::{Acquire, AlertWrite, Fence, FlagGuardRecord, NewHookRun};
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let Acquire::Granted(a) = store
+        .acquire_lease("leader", "a", "a", 60_000)
+        .await
+        .unwrap()
+    else {
+        panic!("granted");
+    };
+    store.set_fence(Some(Fence {
+        name: "leader".into(),
+        holder: "a".into(),
+        token: a.token,
+    }));
+    let hook = |attempt| NewHookRun {
+        deployment_id: d.id,
+        phase: HookPhase::PreDeploy,
+        hook: "migrate".into(),
+        attempt,
+        output_path: None,
+        migration: None,
+        now_ms: 2,
+    };
+    let alerted = |key: &str| {
+        Notification::new(
+            key,
+            notify::Kind::AlertFiring,
+            "shop",
+            "prod",
+            notify::Severity::Critical,
+            "errors firing",
+            3,
+        )
+    };
+    let save_alert = |n: Notification| {
+        let store = store.clone();
+        async move {
+            store
+                .save_alerts(
+                    "shop",
+                    "prod",
+                    "errors",
+                    &AlertWrite {
+                        alerts: &[],
+                        events: &[],
+                        notifications: std::slice::from_ref(&n),
+                        incidents: &[],
+                    },
+                    3,
+                )
+                .await
+        }
+    };
+    let guard = FlagGuardRecord {
+        id: 999,
+        app: "shop".into(),
+        env: "prod".into(),
+        flag: "a".into(),
+        seq: 1,
+        guard: guard::start(
+            guard::GuardSpec {
+                steps: vec![5, 100],
+                pause: ferry_core::duration::HumanDuration(std::time::Duration::from_secs(30)),
+                analysis: guard::default_analysis(),
+                stickiness: None,
+                judge: guard::Judge::Flag,
+            },
+            100,
+        ),
+        started_by: "alice".into(),
+        started_at_ms: 100,
+        updated_at_ms: 100,
+    };
+    // Holding the lease: written.
+    store
+        .insert_replica(&replica("shop-prod-web-1", "shop", "prod", "web", 2))
+        .await
+        .unwrap();
+    store.start_hook_run(&hook(1)).await.unwrap();
+    save_alert(alerted("alert-1")).await.unwrap();
+    assert!(!store.claim_delivery(999, 0, 20).await.unwrap());
+    assert!(
+        !store
+            .update_flag_guard(&guard, &guard.guard, 200, None)
+            .await
+            .unwrap()
+    );
+
+    // Another server takes over: nothing of this one's is written any more.
+    assert!(store.release_lease("leader", "a", a.token).await.unwrap());
+    assert!(matches!(
+        store
+            .acquire_lease("leader", "b", "b", 60_000)
+            .await
+            .unwrap(),
+        Acquire::Granted(_)
+    ));
+    let fenced = |what: &str, r: Result<(), StoreError>| match r {
+        Err(StoreError::Conflict(message)) => {
+            assert!(message.contains("fenced"), "{what}: {message}")
+        }
+        other => panic!("{what}: a fenced write must conflict: {other:?}"),
+    };
+    fenced(
+        "replica",
+        store
+            .insert_replica(&replica("shop-prod-web-2", "shop", "prod", "web", 3))
+            .await,
+    );
+    fenced("hook", store.start_hook_run(&hook(2)).await.map(|_| ()));
+    fenced("alerts", save_alert(alerted("alert-2")).await);
+    fenced(
+        "delivery",
+        store.claim_delivery(999, 0, 20).await.map(|_| ()),
+    );
+    fenced(
+        "guard",
+        store
+            .update_flag_guard(&guard, &guard.guard, 200, None)
+            .await
+            .map(|_| ()),
+    );
+    let replicas: Vec<String> = store
+        .list_replicas(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(replicas, vec!["shop-prod-web-1".to_string()]);
+    assert_eq!(store.hook_runs(d.id).await.unwrap().len(), 1);
+    let outbox: Vec<String> = store
+        .unrouted_notifications(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, n)| n.key)
+        .filter(|k| k.starts_with("alert-"))
+        .collect();
+    assert_eq!(outbox, vec!["alert-1".to_string()]);
+
+    // Without a fence (a follower's API) the writes go on.
+    store.set_fence(None);
+    store.start_hook_run(&hook(2)).await.unwrap();
+    assert!(!store.claim_delivery(999, 0, 20).await.unwrap());
 }
 
 pub async fn a_wake_up_reaches_every_listening_server(store: Store, url: String) {
