@@ -732,6 +732,10 @@ mod tests {
         }
         child.wait().unwrap();
         assert!(dead_here(&format!("{host}:{pid}")));
+        // An instance (`HOST:PID:RANDOM`) is judged by its host and pid the same way.
+        assert!(dead_here(&format!("{host}:{pid}:00c0ffee")));
+        assert!(!dead_here(&new_instance()), "this process is alive");
+        assert!(!dead_here(&format!("{host}:{pid}:a:b")), "not an instance");
     }
 
     #[test]

@@ -109,7 +109,12 @@ fn a_traffic_proxy_environment_also_gets_ferry_s_proxy_pods() {
         .collect();
     assert_eq!(
         named,
-        ["ferry-proxy", "ferry-proxy-admin", "ferry-proxy-admin", "ferry-proxy"],
+        [
+            "ferry-proxy",
+            "ferry-proxy-admin",
+            "ferry-proxy-admin",
+            "ferry-proxy"
+        ],
         "{stdout}"
     );
     assert!(stdout.contains("kind: NetworkPolicy"), "{stdout}");
