@@ -398,7 +398,7 @@ pub fn variants_from(
     stickiness: Option<&str>,
 ) -> Result<Vec<Variant>, FlagError> {
     let at = "variants";
-    let mut fixed = 0u32;
+    let mut given = 0.0;
     let mut open = 0u32;
     for (name, pct, _) in entries {
         match pct {
@@ -408,26 +408,33 @@ pub fn variants_from(
                     format!("{name}: {p} is not a percentage from 0 to 100"),
                 ));
             }
-            Some(p) => fixed += (p * 10.0).round() as u32,
+            Some(p) => given += p,
             None => open += 1,
         }
     }
-    if fixed > TOTAL_WEIGHT || (open == 0 && !entries.is_empty() && fixed != TOTAL_WEIGHT) {
+    // The sum is judged as given (33.33 + 33.33 + 33.34 is 100), with room for the float
+    // error of adding decimals; each variant's weight is then rounded to thousandths.
+    const SLACK: f64 = 1e-9;
+    if given > 100.0 + SLACK || (open == 0 && !entries.is_empty() && (given - 100.0).abs() > SLACK)
+    {
         return Err(err(
             at,
             format!(
                 "the percentages add up to {}, not 100",
-                f64::from(fixed) / 10.0
+                (given * 1e6).round() / 1e6
             ),
         ));
     }
+    let fixed_weights = fixed_weights(entries, if open == 0 { 100.0 } else { given });
+    let fixed: u32 = fixed_weights.iter().flatten().sum();
     let share = (TOTAL_WEIGHT - fixed).checked_div(open).unwrap_or(0);
     let mut rest = (TOTAL_WEIGHT - fixed).saturating_sub(share * open);
     let variants: Vec<Variant> = entries
         .iter()
-        .map(|(name, pct, payload)| {
-            let weight = match pct {
-                Some(p) => (p * 10.0).round() as u32,
+        .zip(fixed_weights)
+        .map(|((name, pct, payload), fixed)| {
+            let weight = match fixed {
+                Some(w) => w,
                 None => {
                     let extra = u32::from(rest > 0);
                     rest -= extra;
@@ -446,6 +453,36 @@ pub fn variants_from(
         .collect();
     validate_variants(&variants, at)?;
     Ok(variants)
+}
+
+/// The weights (thousandths) of the variants given a percentage, adding up to `total` %
+/// rounded to thousandths: each is rounded down, and the thousandths left go to those
+/// with the largest remainders (largest remainder method), so no rounding makes the
+/// whole miss 100 %.
+fn fixed_weights(
+    entries: &[(String, Option<f64>, Option<Payload>)],
+    total: f64,
+) -> Vec<Option<u32>> {
+    let exact: Vec<Option<f64>> = entries
+        .iter()
+        .map(|(_, p, _)| p.map(|p| p * 10.0))
+        .collect();
+    let mut weights: Vec<Option<u32>> = exact.iter().map(|e| e.map(|e| e.floor() as u32)).collect();
+    let target = (total * 10.0).round() as u32;
+    let mut left = target.saturating_sub(weights.iter().flatten().sum());
+    let mut by_remainder: Vec<usize> = (0..entries.len()).filter(|&i| exact[i].is_some()).collect();
+    let remainder = |i: usize| exact[i].map_or(0.0, |e| e - e.floor());
+    by_remainder.sort_by(|&a, &b| remainder(b).total_cmp(&remainder(a)));
+    for i in by_remainder {
+        if left == 0 {
+            break;
+        }
+        if let Some(w) = &mut weights[i] {
+            *w += 1;
+            left -= 1;
+        }
+    }
+    weights
 }
 
 #[cfg(test)]
@@ -500,6 +537,35 @@ mod tests {
         )
         .expect_err("60 %");
         assert!(e.message.contains("add up to 60"), "{e}");
+        let thirds = |a, b, c| {
+            variants_from(
+                &[
+                    ("a".into(), Some(a), None),
+                    ("b".into(), Some(b), None),
+                    ("c".into(), Some(c), None),
+                ],
+                None,
+            )
+            .map(|v| v.iter().map(|v| v.weight).collect::<Vec<u32>>())
+        };
+        // Each rounds to 333 thousandths; the one left goes to the largest remainder.
+        assert_eq!(thirds(33.33, 33.33, 33.34).expect("100 %"), [333, 333, 334]);
+        assert_eq!(thirds(33.35, 33.35, 33.3).expect("100 %"), [334, 333, 333]);
+        let e = thirds(33.3, 33.3, 33.3).expect_err("99.9 %");
+        assert!(e.message.contains("add up to 99.9,"), "{e}");
+        let v = variants_from(
+            &[
+                ("a".into(), Some(12.34), None),
+                ("b".into(), Some(0.06), None),
+                ("c".into(), None, None),
+            ],
+            None,
+        )
+        .expect("open share");
+        assert_eq!(
+            v.iter().map(|v| v.weight).collect::<Vec<_>>(),
+            [123, 1, 876]
+        );
     }
 
     #[test]
