@@ -302,6 +302,24 @@ pub struct EnvStatus {
     /// proxy saw them (None when the proxy could not be asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficStatus>,
+    /// Who saw the replicas' live state and the traffic, and when: this server (it
+    /// supervises them) or, on a follower, the leader as it last stored them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observed>,
+}
+
+/// Where an answer's live parts (replica health, traffic) come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Observed {
+    /// The server that saw them: the one answering, or the leader.
+    pub server: String,
+    /// `true`: seen now by the server answering (it leads); `false`: what the leader last
+    /// stored (the answering server follows), `at_ms` old.
+    pub live: bool,
+    /// When they were seen (Unix ms; `None`: the leader has stored nothing yet).
+    pub at_ms: Option<i64>,
+    /// How old they are, by the answering server's clock.
+    pub age_ms: Option<i64>,
 }
 
 /// What the proxy saw of an environment's traffic over a recent window.

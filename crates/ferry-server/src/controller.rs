@@ -154,6 +154,9 @@ pub struct Controller {
     series: crate::series::SeriesSampler,
     /// Each replica's CPU and memory share, sampled by `usage::run`.
     pub(crate) usage: crate::usage::Sampler,
+    /// Who this server is among several and whether it leads (unset: it runs alone, as in
+    /// the tests): a follower's status serves the leader's stored live views (`live.rs`).
+    observer: std::sync::OnceLock<crate::leader::Status>,
 }
 
 impl Controller {
@@ -206,6 +209,7 @@ impl Controller {
             traffic: crate::traffic::Sampler::default(),
             series: crate::series::SeriesSampler::default(),
             usage: crate::usage::Sampler::default(),
+            observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -233,6 +237,16 @@ impl Controller {
     /// Asks the loop for a pass now (after an apply, say).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// leader: this server is one of several (`status`: who it is, whether it leads).
+    pub(crate) fn observe_as(&self, status: crate::leader::Status) {
+        let _ = self.observer.set(status);
+    }
+
+    /// This server's id among several (`None`: it runs alone).
+    pub(crate) fn server_id(&self) -> Option<String> {
+        self.observer.get().map(|status| status.server_id())
     }
 
     /// leader: the store may have changed under another server's loop; live views

@@ -38,9 +38,6 @@ use crate::proxy_link::{DataPlane, ProxyLink};
 pub const LEASE: &str = "leader";
 /// Default lease TTL (`ferry server --lease-ttl`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
-/// How often a follower tells its live views (`/watch`, waiting CLIs) to look again: it
-/// hears nothing from the leader's loop.
-const FOLLOWER_REFRESH: Duration = Duration::from_millis(500);
 /// How often a starting server looks at a lease held under its own id by another process.
 const NAMESAKE_POLL: Duration = Duration::from_millis(200);
 
@@ -197,6 +194,11 @@ impl Status {
         lock(&self.0).leading
     }
 
+    /// This server's id.
+    pub fn server_id(&self) -> String {
+        lock(&self.0).server_id.clone()
+    }
+
     fn set(&self, token: Option<i64>) {
         let mut seen = lock(&self.0);
         seen.leading = token.is_some();
@@ -316,6 +318,8 @@ impl Work {
             tokio::spawn(dispatcher.run(acting.clone())),
             tokio::spawn(crate::series::run(c.clone(), acting.clone())),
             tokio::spawn(crate::flags_guard::run(c.clone(), acting.clone())),
+            // live.rs: the followers' answers and live views
+            tokio::spawn(crate::live::run(c.clone(), acting.clone())),
         ];
         // Wake-ups from the other servers' writes (PostgreSQL NOTIFY): the controller and
         // the notification dispatcher look at once.
@@ -514,23 +518,15 @@ impl Leadership {
         }
     }
 
-    /// A follower's live views look again every [`FOLLOWER_REFRESH`] (until this server
-    /// leads or stops).
+    /// A follower's live views look again at each change the leader announces (until this
+    /// server leads or stops): `live::follow`.
     fn follower_refresh(&self) {
-        let (controller, status, stop) = (
+        tokio::spawn(crate::live::follow(
             self.work.controller.clone(),
+            self.store.clone(),
             self.status.clone(),
             self.shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FOLLOWER_REFRESH);
-            while !status.leading() {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = tick.tick() => controller.changed_elsewhere(),
-                }
-            }
-        });
+        ));
     }
 
     async fn run(self, mono: Mono, mut acting: Option<Acting>) {

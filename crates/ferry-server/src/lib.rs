@@ -45,6 +45,7 @@ mod hooks;
 mod identity;
 // leader: several servers, one leader
 mod leader;
+mod live;
 mod logs;
 mod notify;
 mod notify_api;
@@ -188,6 +189,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     // leader lease (leader.rs: `Work::start` is the list). Leading at once, the proxy and
     // the re-adoption are done before the API serves, as a single server always did.
     let status = leader::Leadership::status(&config.leader);
+    controller.observe_as(status.clone());
     let lost_lease = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let duplicate_id = Arc::new(std::sync::OnceLock::new());
     let instance = leader::new_instance();

@@ -363,6 +363,16 @@ impl Store {
     /// (100 ms doubling to 5 s) when lost, and `on_wake` called once after each reconnection
     /// (a wake-up may have been missed meanwhile). On SQLite it only waits for `stop`.
     pub async fn follow_wakes(&self, on_wake: impl Fn() + Send, stop: impl Future<Output = ()>) {
+        self.follow(WAKE_CHANNEL, on_wake, stop).await;
+    }
+
+    /// [`Store::follow_wakes`] for any `channel` (`ferry_changed`: see `live.rs`).
+    pub(crate) async fn follow(
+        &self,
+        channel: &'static str,
+        on_wake: impl Fn() + Send,
+        stop: impl Future<Output = ()>,
+    ) {
         let Some(url) = self.postgres.clone() else {
             stop.await;
             return;
@@ -370,7 +380,7 @@ impl Store {
         let follow = async move {
             let mut failures = 0u32;
             loop {
-                match listen(&url.0).await {
+                match listen(&url.0, channel).await {
                     Ok(mut listener) => {
                         if failures > 0 {
                             tracing::info!("listening for wake-ups again");
@@ -405,11 +415,14 @@ impl Store {
     }
 }
 
-async fn listen(url: &str) -> std::result::Result<sqlx::postgres::PgListener, sqlx::Error> {
+async fn listen(
+    url: &str,
+    channel: &str,
+) -> std::result::Result<sqlx::postgres::PgListener, sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect(url).await?;
     // A lost connection ends `try_recv` with `None`; the caller reconnects with backoff.
     listener.eager_reconnect(false);
-    listener.listen(WAKE_CHANNEL).await?;
+    listener.listen(channel).await?;
     Ok(listener)
 }
 

@@ -48,11 +48,13 @@ mod flags;
 pub mod notify;
 // leader: leases and wake-ups between servers
 mod lease;
+mod live;
 pub use flags::{
     ChangeMeta, FlagChange, FlagClientScope, FlagDecide, FlagGuardRecord, FlagMetricRow,
     FlagRecord, FlagTokenRecord, FlagWrite, GuardRefused, ServedFlags,
 };
 pub use lease::{Acquire, Fence, LeaseGrant, LeaseRecord, MAX_LEASE_NAME_LEN, WAKE_CHANNEL};
+pub use live::{CHANGED_CHANNEL, LiveRecord};
 pub use notify::{DeliveryQuery, DeliveryRecord, GroupRow, NewDelivery};
 
 pub use audit::{AuditQuery, CheckpointRecord};
@@ -307,6 +309,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         21,
         "lease_instance",
         include_str!("../migrations/0021_lease_instance.sql"),
+    ),
+    (
+        22,
+        "live views",
+        include_str!("../migrations/0022_live_views.sql"),
     ),
 ];
 

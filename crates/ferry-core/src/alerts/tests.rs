@@ -411,6 +411,7 @@ fn env_status() -> EnvStatus {
                 view_row("0.9.0", 0, 0),
             ],
         }),
+        observed: None,
     }
 }
 

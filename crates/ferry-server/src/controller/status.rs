@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::api::{AppStatus, EnvStatus, EventView, ReplicaView};
+use ferry_core::api::{AppStatus, EnvStatus, EventView, Observed, ReplicaView, TrafficStatus};
 use ferry_core::manifest::{Manifest, Strategy};
 use ferry_core::model::{DeploymentState, ReplicaState};
-use ferry_store::DeploymentRecord;
+use ferry_store::{DeploymentRecord, ReplicaRecord};
 
 use crate::error::ServerError;
 
@@ -118,40 +118,8 @@ impl Controller {
                 }
                 None => None,
             };
-            let replicas = replicas
-                .iter()
-                .filter(|r| r.env == env_name)
-                .map(|r| {
-                    let status = self.runtime.status(&r.id);
-                    let usage = self.usage.shares(&r.id);
-                    let state = if r.draining {
-                        ReplicaState::Stopping
-                    } else {
-                        status
-                            .as_ref()
-                            .map(|s| s.state)
-                            .unwrap_or(ReplicaState::Exited)
-                    };
-                    ReplicaView {
-                        id: r.id.clone(),
-                        service: r.service.clone(),
-                        version: r.version.clone(),
-                        port: r.port,
-                        pid: status.as_ref().and_then(|s| s.pid).or(r.pid),
-                        state,
-                        restarts: status.as_ref().map(|s| s.restarts).unwrap_or(0),
-                        in_traffic: state == ReplicaState::Healthy,
-                        last_health_check: status.as_ref().and_then(|s| s.last_probe.clone()),
-                        last_output: status
-                            .as_ref()
-                            .map(|s| s.last_output.clone())
-                            .unwrap_or_default(),
-                        last_exit: status.and_then(|s| s.last_exit),
-                        cpu_share: usage.and_then(|u| u.cpu),
-                        memory_share: usage.and_then(|u| u.memory),
-                    }
-                })
-                .collect();
+            let rows: Vec<&ReplicaRecord> = replicas.iter().filter(|r| r.env == env_name).collect();
+            let (replicas, traffic, observed) = self.live_parts(app, env_name, &rows).await?;
             let active = latest.filter(|d| !d.state.is_terminal());
             // apply: the address traffic reaches it on now (see `edge_manifest`)
             let listen = match self
@@ -189,7 +157,8 @@ impl Controller {
                 latest_deployment,
                 replicas,
                 rollout,
-                traffic: self.traffic.status(&format!("{app}/{env_name}")),
+                traffic,
+                observed,
             });
         }
         Ok(AppStatus {
@@ -255,6 +224,7 @@ impl Controller {
                     rollout,
                     release_tag: None,
                     traffic: None,
+                    observed: None,
                 });
             }
             out.push(AppStatus {
@@ -264,6 +234,91 @@ impl Controller {
             });
         }
         Ok(out)
+    }
+
+    /// An environment's replicas with their live state, its traffic, and who saw them when:
+    /// this server when it supervises them (it leads, or runs alone), else what the leader
+    /// last stored (`live.rs`).
+    async fn live_parts(
+        &self,
+        app: &str,
+        env: &str,
+        rows: &[&ReplicaRecord],
+    ) -> Result<(Vec<ReplicaView>, Option<TrafficStatus>, Option<Observed>), RequestError> {
+        let now = self.now_ms();
+        match self.observer.get() {
+            Some(status) if !status.leading() => {
+                let stored = self.store.live(app, env).await?;
+                Ok(crate::live::merge(rows, stored.as_ref(), now))
+            }
+            observer => Ok((
+                rows.iter().map(|r| self.replica_view(r)).collect(),
+                self.traffic.status(&format!("{app}/{env}")),
+                observer.map(|status| Observed {
+                    server: status.server_id(),
+                    live: true,
+                    at_ms: Some(now),
+                    age_ms: Some(0),
+                }),
+            )),
+        }
+    }
+
+    /// Every environment's live parts as this server sees them (the leader stores them for
+    /// the followers: `live::run`).
+    pub(crate) async fn live_parts_of_all(
+        &self,
+    ) -> Result<Vec<((String, String), crate::live::LiveParts)>, ServerError> {
+        let apps = self.apps().await?;
+        let rows = self.store.list_replicas(None, None).await?;
+        let mut out = Vec::new();
+        for (record, manifest) in apps.values() {
+            for (env, _) in manifest.environments.iter() {
+                let replicas = rows
+                    .iter()
+                    .filter(|r| r.app == record.name && r.env == env)
+                    .map(|r| self.replica_view(r))
+                    .collect();
+                let traffic = self.traffic.status(&format!("{}/{env}", record.name));
+                out.push((
+                    (record.name.clone(), env.to_string()),
+                    crate::live::LiveParts { replicas, traffic },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A replica as this server's runtime supervises it (`exited` when it does not).
+    fn replica_view(&self, r: &ReplicaRecord) -> ReplicaView {
+        let status = self.runtime.status(&r.id);
+        let usage = self.usage.shares(&r.id);
+        let state = if r.draining {
+            ReplicaState::Stopping
+        } else {
+            status
+                .as_ref()
+                .map(|s| s.state)
+                .unwrap_or(ReplicaState::Exited)
+        };
+        ReplicaView {
+            id: r.id.clone(),
+            service: r.service.clone(),
+            version: r.version.clone(),
+            port: r.port,
+            pid: status.as_ref().and_then(|s| s.pid).or(r.pid),
+            state,
+            restarts: status.as_ref().map(|s| s.restarts).unwrap_or(0),
+            in_traffic: state == ReplicaState::Healthy,
+            last_health_check: status.as_ref().and_then(|s| s.last_probe.clone()),
+            last_output: status
+                .as_ref()
+                .map(|s| s.last_output.clone())
+                .unwrap_or_default(),
+            last_exit: status.and_then(|s| s.last_exit),
+            cpu_share: usage.and_then(|u| u.cpu),
+            memory_share: usage.and_then(|u| u.memory),
+        }
     }
 
     pub async fn proxy_metrics(&self) -> Result<String, ServerError> {

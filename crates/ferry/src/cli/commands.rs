@@ -456,11 +456,22 @@ fn print_env_status(status: &EnvStatus, now: i64) {
     if let Some(traffic) = status.traffic.as_ref().filter(|t| !t.versions.is_empty()) {
         print!("{}", traffic_table(traffic));
     }
+    // leader: a follower's answer says whose view of the replicas it is, and how old.
+    let seen = match &status.observed {
+        Some(o) if !o.live => format!(
+            "  (as the leader {} saw them{})",
+            o.server,
+            o.age_ms
+                .map(|ms| format!(" {} ago", duration_ms(ms)))
+                .unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
     if status.replicas.is_empty() {
-        println!("  replicas  none");
+        println!("  replicas  none{seen}");
         return;
     }
-    println!("  replicas");
+    println!("  replicas{seen}");
     let mut table = Table::new(&[
         "ID", "SERVICE", "VERSION", "STATE", "PORT", "PID", "RESTARTS", "TRAFFIC",
     ])
