@@ -95,3 +95,40 @@ impl Store {
         self.follow(CHANGED_CHANNEL, on_change, stop).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_live_view_is_replaced_whole_and_read_back_with_who_saw_it_when() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite_file(&dir.path().join("ferry.db"))
+            .await
+            .expect("store");
+        assert_eq!(store.live("shop", "prod").await.expect("read"), None);
+        store
+            .save_live("shop", "prod", "a", 1_000, r#"{"replicas":[]}"#)
+            .await
+            .expect("save");
+        store
+            .save_live("shop", "prod", "b", 2_000, r#"{"replicas":[1]}"#)
+            .await
+            .expect("replace");
+        store
+            .save_live("shop", "dev", "a", 1_500, "{}")
+            .await
+            .expect("another environment");
+        assert_eq!(
+            store.live("shop", "prod").await.expect("read"),
+            Some(LiveRecord {
+                server: "b".into(),
+                observed_at_ms: 2_000,
+                body: r#"{"replicas":[1]}"#.into(),
+            })
+        );
+        // SQLite has no wake-ups between servers: nothing to announce, nothing to hear.
+        assert!(!store.announces_changes());
+        store.announce_change().await.expect("a no-op");
+    }
+}
