@@ -307,7 +307,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (20, "leases", include_str!("../migrations/0020_leases.sql")),
     (
         21,
-        "lease_instance",
+        "lease instance",
         include_str!("../migrations/0021_lease_instance.sql"),
     ),
     (
