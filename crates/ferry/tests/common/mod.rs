@@ -53,10 +53,21 @@ pub async fn sample_sequential(listener: &str, n: usize) -> Vec<Sample> {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    // The port is free when asked, and released at once: the kernel may hand it out again
+    // to a later call (two environments of one manifest got the same one). A port is given
+    // out once per test process.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on 127.0.0.1");
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// What a CLI run produced.
