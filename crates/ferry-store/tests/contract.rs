@@ -4555,24 +4555,30 @@ pub async fn one_server_id_in_two_processes_is_two_holders(store: Store, _url: S
     );
 }
 
-pub async fn transitions_commit_only_under_the_fence(store: Store, _url: String) {
-    use ferry_store::{Acquire, Fence};
-    let d = store
-        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
-        .await
-        .unwrap();
-    let Acquire::Granted(a) = store
+/// Takes the `leader` lease as `a` and fences the store's writes with it.
+async fn lead_fenced_as_a(store: &Store) -> ferry_store::LeaseGrant {
+    let ferry_store::Acquire::Granted(a) = store
         .acquire_lease("leader", "a", "a", 60_000)
         .await
         .unwrap()
     else {
         panic!("granted");
     };
-    store.set_fence(Some(Fence {
+    store.set_fence(Some(ferry_store::Fence {
         name: "leader".into(),
         holder: "a".into(),
         token: a.token,
     }));
+    a
+}
+
+pub async fn transitions_commit_only_under_the_fence(store: Store, _url: String) {
+    use ferry_store::Acquire;
+    let d = store
+        .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
+        .await
+        .unwrap();
+    let a = lead_fenced_as_a(&store).await;
     let d = store
         .transition(to(&d, DeploymentState::Progressing, 2))
         .await
@@ -4612,23 +4618,12 @@ pub async fn transitions_commit_only_under_the_fence(store: Store, _url: String)
 pub async fn the_leaders_visible_writes_commit_only_under_the_fence(store: Store, _url: String) {
     use ferry_core::flags::guard;
     use ferry_core::hooks::HookPhase;
-    use ferry_store::{Acquire, AlertWrite, Fence, FlagGuardRecord, NewHookRun};
+    use ferry_store::{Acquire, AlertWrite, FlagGuardRecord, NewHookRun};
     let d = store
         .create_deployment(new_deployment("shop", "prod", "1.0.0", 1))
         .await
         .unwrap();
-    let Acquire::Granted(a) = store
-        .acquire_lease("leader", "a", "a", 60_000)
-        .await
-        .unwrap()
-    else {
-        panic!("granted");
-    };
-    store.set_fence(Some(Fence {
-        name: "leader".into(),
-        holder: "a".into(),
-        token: a.token,
-    }));
+    let a = lead_fenced_as_a(&store).await;
     let hook = |attempt| NewHookRun {
         deployment_id: d.id,
         phase: HookPhase::PreDeploy,
